@@ -1,0 +1,36 @@
+# One-command entry points. Each target works alone from a fresh clone: it creates .venv when absent.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+OUT    ?= results/quickstart
+EXTRAS ?= dev,lstm
+
+.PHONY: install demo test test-all bench lint clean
+
+install: $(VENV)/.installed
+
+# torch is pinned first so that the `lstm` extra is satisfied by the CPU wheel (an unpinned resolve pulls CUDA).
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[$(EXTRAS)]'
+	touch $@
+
+demo: install
+	$(VENV)/bin/fleettwin simulate configs/quickstart.yaml --out $(OUT) --plot
+
+test: install
+	$(PY) -m pytest
+
+test-all: install
+	$(PY) -m pytest -m ''
+
+bench: install
+	$(PY) benchmarks/bench_serving.py
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) results build *.egg-info

@@ -1,0 +1,3 @@
+from fleettwin.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""The ``fleettwin`` command line. Each subcommand lives in ``fleettwin.commands.<name>`` and exposes
+``add_parser(subparsers)`` and ``run(args) -> int``; this module only wires them together and turns
+user-facing errors into one clear line instead of a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from fleettwin import __version__
+from fleettwin.models.errors import FleettwinError
+
+# Module names under fleettwin.commands, in the order `--help` lists them.
+COMMANDS = ["simulate", "catalog", "backtest"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fleettwin",
+        description=(
+            "Plan and run a fleet of LLM-serving GPUs. Simulate scenarios (YAML) of GPU pools serving "
+            "trace-driven traffic, and backtest workload forecasters. Run `fleettwin COMMAND --help` for details."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"fleettwin {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"fleettwin.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"fleettwin.commands.{name}":
+                continue  # a command still being built is simply not offered
+            raise
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except FleettwinError as exc:
+        print(f"fleettwin {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Workload forecasters (issue: forecasting)."""

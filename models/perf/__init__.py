@@ -1,0 +1,8 @@
+"""Performance models: how long one engine iteration takes on a (GPU, model, tensor-parallel) triple.
+
+Models are chosen by name (``PERF_MODELS``) so a calibrated one can replace the roofline without touching callers.
+"""
+
+from fleettwin.models.perf.base import PERF_MODELS, BatchStats, PerformanceModel
+
+__all__ = ["PERF_MODELS", "BatchStats", "PerformanceModel"]

@@ -1,0 +1,76 @@
+"""The performance-model interface shared by the simulator, the emulator and the allocators."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from fleettwin.models.registry import Registry
+
+
+@dataclass(slots=True)
+class BatchStats:
+    """Aggregates of one engine iteration: everything a step-time model may depend on.
+
+    Aggregates rather than per-sequence lists keep the simulator's hot path cheap; every field is a sum over
+    the sequences of the batch, so a scheduler can maintain them incrementally.
+
+    - ``prefill_tokens``: new tokens computed for sequences that are prefilling (a chunk each).
+    - ``prefill_attn_pairs``: sum over those chunks of query-key pairs, ``chunk * (ctx + (chunk + 1) / 2)``
+      where ``ctx`` is the tokens already in the KV cache before the chunk (causal attention).
+    - ``prefill_ctx_tokens``: sum over chunks of ``ctx`` (cached tokens read by the chunk's attention).
+    - ``decode_ctx_tokens``: sum over decoding sequences of their context length (KV tokens read).
+    """
+
+    prefill_seqs: int = 0
+    prefill_tokens: int = 0
+    prefill_attn_pairs: float = 0.0
+    prefill_ctx_tokens: int = 0
+    decode_seqs: int = 0
+    decode_ctx_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prefill_tokens + self.decode_seqs
+
+    def add_prefill(self, chunk: int, ctx: int) -> None:
+        self.prefill_seqs += 1
+        self.prefill_tokens += chunk
+        self.prefill_attn_pairs += chunk * (ctx + (chunk + 1) / 2)
+        self.prefill_ctx_tokens += ctx
+
+    def add_decode(self, ctx: int) -> None:
+        self.decode_seqs += 1
+        self.decode_ctx_tokens += ctx
+
+
+class PerformanceModel(ABC):
+    """Seconds per engine iteration for one replica (a group of ``tp`` GPUs serving one model copy)."""
+
+    registry_name: str = "?"
+
+    @abstractmethod
+    def step_time(self, batch: BatchStats) -> float:
+        """Wall time of one iteration that computes ``batch``."""
+
+    def decode_times(self, num_seqs: int, ctx_tokens: int, steps: int) -> np.ndarray:
+        """Times of ``steps`` consecutive decode-only iterations of ``num_seqs`` sequences.
+
+        Iteration ``k`` (from 0) reads ``ctx_tokens + k * num_seqs`` KV tokens. The simulator uses this to skip
+        ahead over iterations whose batch cannot change; subclasses should vectorise it.
+        """
+        out = np.empty(steps)
+        batch = BatchStats(decode_seqs=num_seqs)
+        for k in range(steps):
+            batch.decode_ctx_tokens = ctx_tokens + k * num_seqs
+            out[k] = self.step_time(batch)
+        return out
+
+    def describe(self) -> str:
+        """One line naming the model and the path it uses, for reports."""
+        return self.registry_name
+
+
+PERF_MODELS: Registry[PerformanceModel] = Registry("performance model")

@@ -1,0 +1,1 @@
+"""SimPy world: replicas, pools, metrics and the scenario runner."""
