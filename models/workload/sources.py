@@ -1,0 +1,177 @@
+"""Workload sources chosen by name in a scenario: real-trace replay and synthetic generators.
+
+    src = WORKLOADS.create("poisson", {"rate": 5, "duration_s": 600,
+                                       "lengths": {"type": "geometric", "prompt_mean": 500, "output_mean": 100}},
+                           base_dir=scenario_dir)
+    requests = src.requests(rng, model="llama-3-8b")
+
+Every source returns requests sorted by arrival with ids ``0..n-1``. Synthetic sources split ``rng`` into one
+stream for arrival times and one for lengths, so changing the length distribution in a sweep leaves the
+arrival times unchanged (common random numbers) and vice versa.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Protocol
+
+import numpy as np
+from fleettwin.models.registry import Registry
+from fleettwin.models.workload.arrivals import MMPP, ArrivalProcess, Diurnal, Gamma, Poisson
+from fleettwin.models.workload.lengths import LengthDist
+from fleettwin.models.workload.request import Request
+from fleettwin.models.workload.traces import TraceFormat, load_trace, resolve_path
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class WorkloadSource(Protocol):
+    def requests(self, rng: np.random.Generator, *, model: str | None = None) -> list[Request]: ...
+
+
+WORKLOADS: Registry[WorkloadSource] = Registry("workload source")
+
+_FROZEN = ConfigDict(extra="forbid", frozen=True)
+
+
+@WORKLOADS.register("trace")
+class TraceSource:
+    """Replay a window of a real trace (see ``load_trace``); deterministic, so ``rng`` is not used."""
+
+    class Params(BaseModel):
+        model_config = _FROZEN
+        path: str = Field(min_length=1)
+        format: TraceFormat
+        start_s: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+        duration_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+        speedup: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+        max_requests: int | None = Field(default=None, ge=1)
+        tenant: str = "default"
+
+    def __init__(self, params: Params, *, base_dir: Path | None = None):
+        self.params = params
+        self.path = resolve_path(params.path, base_dir)  # fail at load time, not at the first run
+
+    def requests(self, rng: np.random.Generator, *, model: str | None = None) -> list[Request]:
+        p = self.params
+        return load_trace(
+            self.path, p.format, start_s=p.start_s, duration_s=p.duration_s, speedup=p.speedup,
+            max_requests=p.max_requests, model=model, tenant=p.tenant,
+        )
+
+
+class _SyntheticParams(BaseModel):
+    model_config = _FROZEN
+    duration_s: float = Field(gt=0, allow_inf_nan=False)
+    lengths: LengthDist
+    tenant: str = "default"
+
+
+class _Synthetic:
+    """An arrival process plus a length distribution; subclasses say how to build the process."""
+
+    def __init__(self, params: Any, *, base_dir: Path | None = None):
+        self.params = params
+        self.lengths = params.lengths.with_base_dir(base_dir)
+        self.arrivals = self._arrivals(params)
+
+    def _arrivals(self, params: Any) -> ArrivalProcess:
+        raise NotImplementedError
+
+    def requests(self, rng: np.random.Generator, *, model: str | None = None) -> list[Request]:
+        arrival_rng, length_rng = rng.spawn(2)
+        times = self.arrivals.times(arrival_rng).tolist()
+        prompt, output = self.lengths.sample(length_rng, len(times))
+        prompt, output = prompt.tolist(), output.tolist()
+        tenant = self.params.tenant
+        return [
+            Request(id=i, arrival_s=t, prompt_tokens=prompt[i], output_tokens=output[i], model=model, tenant=tenant)
+            for i, t in enumerate(times)
+        ]
+
+
+@WORKLOADS.register("poisson")
+class PoissonSource(_Synthetic):
+    """Poisson arrivals at ``rate`` per second."""
+
+    class Params(_SyntheticParams):
+        rate: float = Field(ge=0, allow_inf_nan=False)
+
+    def _arrivals(self, params: Params) -> ArrivalProcess:
+        return Poisson(rate=params.rate, duration_s=params.duration_s)
+
+
+@WORKLOADS.register("gamma")
+class GammaSource(_Synthetic):
+    """Renewal arrivals with Gamma gaps: ``cv`` 1 is Poisson, above 1 bursty."""
+
+    class Params(_SyntheticParams):
+        rate: float = Field(ge=0, allow_inf_nan=False)
+        cv: float = Field(gt=0, allow_inf_nan=False)
+
+    def _arrivals(self, params: Params) -> ArrivalProcess:
+        return Gamma(rate=params.rate, cv=params.cv, duration_s=params.duration_s)
+
+
+@WORKLOADS.register("mmpp")
+class MMPPSource(_Synthetic):
+    """Markov-modulated Poisson arrivals (see ``arrivals.MMPP``): bursts and lulls of exponential length."""
+
+    class Params(_SyntheticParams):
+        rates: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(min_length=1)
+        mean_sojourn_s: float | list[float]
+
+        @model_validator(mode="after")
+        def _sojourns(self) -> MMPPSource.Params:
+            s = self.mean_sojourn_s
+            values = [s] if isinstance(s, int | float) else s
+            if not isinstance(s, int | float) and len(s) != len(self.rates):
+                raise ValueError(f"mean_sojourn_s has {len(s)} entries but rates has {len(self.rates)}")
+            if not all(0 < v < float("inf") for v in values):
+                raise ValueError(f"mean_sojourn_s must be finite and > 0, got {s}")
+            return self
+
+    def _arrivals(self, params: Params) -> ArrivalProcess:
+        s = params.mean_sojourn_s
+        return MMPP(
+            rates=tuple(params.rates),
+            mean_sojourn_s=s if isinstance(s, int | float) else tuple(s),
+            duration_s=params.duration_s,
+        )
+
+
+@WORKLOADS.register("diurnal")
+class DiurnalSource(_Synthetic):
+    """Poisson arrivals whose rate follows a daily sinusoid (see ``arrivals.Diurnal``)."""
+
+    class Params(_SyntheticParams):
+        mean_rate: float = Field(ge=0, allow_inf_nan=False)
+        peak_to_trough: float = Field(ge=1, allow_inf_nan=False)
+        period_s: float = Field(default=86400.0, gt=0, allow_inf_nan=False)
+        peak_at_s: float = Field(default=14 * 3600.0, allow_inf_nan=False)
+
+    def _arrivals(self, params: Params) -> ArrivalProcess:
+        return Diurnal(
+            mean_rate=params.mean_rate, peak_to_trough=params.peak_to_trough, period_s=params.period_s,
+            peak_at_s=params.peak_at_s, duration_s=params.duration_s,
+        )
+
+
+def summarize(requests: list[Request]) -> dict[str, float]:
+    """Headline numbers of a request list for the CLI: count, span (first to last arrival), rate
+    (count / span, as the trace SOURCE.md files compute it) and token mean/p50/p99 (linear interpolation)."""
+    n = len(requests)
+    out: dict[str, float] = {"count": n}
+    if n == 0:
+        nan = float("nan")
+        return out | {"span_s": 0.0, "rate_per_s": nan} | {
+            f"{k}_{s}": nan for k in ("prompt", "output") for s in ("mean", "p50", "p99")
+        }
+    arrivals = np.fromiter((r.arrival_s for r in requests), dtype=float, count=n)
+    span = float(arrivals.max() - arrivals.min())
+    out["span_s"] = span
+    out["rate_per_s"] = n / span if span > 0 else float("nan")
+    for key, attr in (("prompt", "prompt_tokens"), ("output", "output_tokens")):
+        x = np.fromiter((getattr(r, attr) for r in requests), dtype=float, count=n)
+        p50, p99 = np.percentile(x, [50, 99])
+        out |= {f"{key}_mean": float(x.mean()), f"{key}_p50": float(p50), f"{key}_p99": float(p99)}
+    return out
