@@ -1,0 +1,236 @@
+"""The scenario file: one root config, validated on load and frozen afterwards.
+
+Errors name the file, the field path and what was expected, e.g.
+``configs/x.yaml: pools[0].engine.max_num_seqs: Input should be greater than 0 (got -1)``.
+Names chosen from registries or catalogs (GPUs, models, routers, performance models, workload types) are
+checked here too, so a typo fails before any simulation starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from fleettwin.models.errors import ConfigError, FleettwinError
+from fleettwin.models.registry import Registry
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PolicyRef(StrictModel):
+    """A pluggable component chosen by name, with its parameters: ``{name: least_kv, params: {...}}``."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    def check(self, registry: Registry) -> None:
+        try:
+            registry.validate_params(self.name, self.params)
+        except FleettwinError as exc:
+            raise ValueError(str(exc)) from None
+
+
+class EngineConfig(StrictModel):
+    """vLLM engine arguments of the same names."""
+
+    max_num_seqs: PositiveInt = 256
+    max_num_batched_tokens: PositiveInt = 8192
+    block_size: PositiveInt = 16
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    enable_chunked_prefill: bool = True
+    long_prefill_token_threshold: int = Field(0, ge=0)
+    max_model_len: PositiveInt | None = None  # default: the model's context, capped by the KV cache
+    num_gpu_blocks: PositiveInt | None = None  # like vLLM's num_gpu_blocks_override: pin the KV capacity
+
+
+class PoolConfig(StrictModel):
+    name: str
+    gpu: str
+    model: str
+    replicas: PositiveInt
+    tp: PositiveInt | None = None  # default: the smallest degree whose shards fit the GPU
+    purchase: Literal["on_demand", "spot"] = "on_demand"
+    engine: EngineConfig = EngineConfig()
+    router: PolicyRef = PolicyRef(name="least_outstanding")
+    central_queue: bool = False
+    perf_model: PolicyRef = PolicyRef(name="roofline")
+
+    @field_validator("router")
+    @classmethod
+    def _known_router(cls, v: PolicyRef) -> PolicyRef:
+        from fleettwin.models.routing import REPLICA_ROUTERS
+
+        v.check(REPLICA_ROUTERS)
+        return v
+
+    @field_validator("perf_model")
+    @classmethod
+    def _known_perf_model(cls, v: PolicyRef) -> PolicyRef:
+        from fleettwin.models.perf import PERF_MODELS
+
+        v.check(PERF_MODELS)
+        return v
+
+
+class WorkloadConfig(BaseModel):
+    """``type`` picks a workload source; the other keys are that source's parameters."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _known_source(self) -> WorkloadConfig:
+        from fleettwin.models.workload.sources import WORKLOADS
+
+        PolicyRef(name=self.type, params=self.params).check(WORKLOADS)
+        return self
+
+
+class SloConfig(StrictModel):
+    ttft_s: PositiveFloat = 2.0
+    tpot_s: PositiveFloat = 0.2
+
+
+class SimConfig(StrictModel):
+    mode: Literal["skip", "per_iteration"] = "skip"  # per_iteration: one event per engine step (oracle)
+    sample_interval_s: PositiveFloat = 1.0
+    max_time_s: PositiveFloat | None = None  # stop here even if requests remain (they are reported)
+
+
+class CatalogOverrides(StrictModel):
+    """Change or add catalog entries for this scenario, e.g. a negotiated price."""
+
+    gpus: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    llms: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class ScenarioConfig(StrictModel):
+    name: str
+    description: str = ""
+    seed: int = 0
+    workload: WorkloadConfig
+    pools: list[PoolConfig] = Field(min_length=1)
+    slo: SloConfig = SloConfig()
+    sim: SimConfig = SimConfig()
+    catalog: CatalogOverrides = CatalogOverrides()
+
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @property
+    def base_dir(self) -> Path:
+        """Directory that relative paths in the scenario (traces) are resolved against."""
+        return self._base_dir
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ScenarioConfig:
+        names = [p.name for p in self.pools]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"pool names must be unique; repeated: {', '.join(dupes)}")
+        catalog = self.build_catalog()
+        for i, pool in enumerate(self.pools):
+            for field, getter in (("gpu", catalog.gpu), ("model", catalog.llm)):
+                try:
+                    getter(getattr(pool, field))
+                except FleettwinError as exc:
+                    raise ValueError(f"pools[{i}].{field}: {exc}") from None
+        return self
+
+    def build_catalog(self):
+        from fleettwin.models.catalog import Catalog
+
+        try:
+            return Catalog.default().with_overrides(gpus=self.catalog.gpus, llms=self.catalog.llms)
+        except FleettwinError as exc:
+            raise ValueError(f"catalog: {exc}") from None
+
+
+def _format_errors(source: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ""
+        for part in err["loc"]:
+            loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
+        msg = err["msg"].removeprefix("Value error, ")
+        got = f" (got {err['input']!r})" if err["type"] not in ("missing", "value_error") else ""
+        lines.append(f"{source}: {loc or '(top level)'}: {msg}{got}")
+    return "\n".join(lines)
+
+
+def parse_scenario(data: Any, *, source: str = "<scenario>", base_dir: Path | None = None) -> ScenarioConfig:
+    """Validate an already-parsed scenario mapping (``source`` names it in error messages)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of scenario fields at the top level")
+    try:
+        cfg = ScenarioConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc)) from None
+    cfg._base_dir = base_dir or Path.cwd()
+    return cfg
+
+
+def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> ScenarioConfig:
+    """Read, validate and freeze a scenario YAML file; ``overrides`` maps dotted paths to values
+    (``{"pools.0.replicas": 16}``) for what-if runs from the command line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read scenario: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value, source=str(path))
+    return parse_scenario(data, source=str(path), base_dir=path.resolve().parent)
+
+
+def _set_dotted(data: Any, dotted: str, value: Any, *, source: str) -> None:
+    keys = dotted.split(".")
+    node = data
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        if isinstance(node, list):
+            try:
+                idx = int(key)
+                if last:
+                    node[idx] = value
+                else:
+                    node = node[idx]
+                continue
+            except (ValueError, IndexError):
+                raise ConfigError(f"{source}: override {dotted}: no list item {key!r}") from None
+        if not isinstance(node, dict):
+            raise ConfigError(f"{source}: override {dotted}: {'.'.join(keys[:depth])} is not a mapping")
+        if last:
+            node[key] = value
+        else:
+            node = node.setdefault(key, {})
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``pools.0.replicas=16`` -> ("pools.0.replicas", 16); the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. pools.0.replicas=16")
+    return key.strip(), yaml.safe_load(raw)

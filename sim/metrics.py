@@ -1,0 +1,141 @@
+"""Measurement: a per-request sink, a pool time-series sampler, and the summary statistics.
+
+Results are plain records collected here; writing files happens at the edges (``sim/report.py``, the CLI).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import simpy
+
+from fleettwin.models.workload.request import Request
+from fleettwin.sim.pool import Pool
+from fleettwin.sim.scheduler import SeqState
+
+COMPLETED, REJECTED, UNFINISHED = "completed", "rejected", "unfinished"
+PERCENTILES = (50, 95, 99)
+
+
+class RequestLog:
+    """Collects one row per request outcome, column-wise (cheap appends in the hot path)."""
+
+    COLUMNS = (
+        "id", "pool", "replica", "arrival_s", "first_scheduled_s", "first_token_s", "finish_s",
+        "prompt_tokens", "output_tokens", "preemptions", "status", "reason",
+    )  # fmt: skip
+
+    def __init__(self, expected: int):
+        self.expected = expected
+        self.rows: list[tuple] = []
+
+    @property
+    def done(self) -> int:
+        return len(self.rows)
+
+    def completed(self, pool: str, replica: int, seqs: list[SeqState]) -> None:
+        append = self.rows.append
+        for s in seqs:
+            r = s.req
+            append((r.id, pool, replica, r.arrival_s, s.first_scheduled_s, s.first_token_s, s.finish_s,
+                    r.prompt_tokens, s.num_output, s.preemptions, COMPLETED, ""))  # fmt: skip
+
+    def rejected(self, pool: str, req: Request, reason: str) -> None:
+        nan = math.nan
+        self.rows.append((req.id, pool, -1, req.arrival_s, nan, nan, nan, req.prompt_tokens, 0, 0, REJECTED, reason))
+
+    def unfinished(self, pool: str, replica: int, seq: SeqState, reason: str) -> None:
+        r = seq.req
+        self.rows.append((r.id, pool, replica, r.arrival_s, seq.first_scheduled_s, seq.first_token_s, math.nan,
+                          r.prompt_tokens, seq.num_output, seq.preemptions, UNFINISHED, reason))  # fmt: skip
+
+    def to_frame(self) -> pd.DataFrame:
+        df = pd.DataFrame.from_records(self.rows, columns=list(self.COLUMNS))
+        df = df.sort_values("id", kind="stable").reset_index(drop=True)
+        df["queue_s"] = df["first_scheduled_s"] - df["arrival_s"]
+        df["ttft_s"] = df["first_token_s"] - df["arrival_s"]
+        df["e2e_s"] = df["finish_s"] - df["arrival_s"]
+        decode_tokens = (df["output_tokens"] - 1).where(df["output_tokens"] > 1)
+        df["tpot_s"] = (df["finish_s"] - df["first_token_s"]) / decode_tokens
+        return df
+
+
+class PoolSampler:
+    """Samples each pool's state every ``interval_s`` of simulated time (a SimPy process)."""
+
+    COLUMNS = ("time_s", "pool", "running", "waiting", "kv_usage", "busy_fraction")
+
+    def __init__(self, env: simpy.Environment, pools: list[Pool], interval_s: float):
+        self.env, self.pools, self.interval_s = env, pools, interval_s
+        self.rows: list[tuple] = []
+        self._last_busy = {p.name: 0.0 for p in pools}
+        env.process(self._loop())
+
+    def _loop(self):
+        env = self.env
+        while True:
+            yield env.timeout(self.interval_s)
+            now = env.now
+            for pool in self.pools:
+                reps = pool.replicas
+                busy = sum(r.busy_time(now) for r in reps)
+                frac = (busy - self._last_busy[pool.name]) / (self.interval_s * len(reps))
+                self._last_busy[pool.name] = busy
+                kv = sum(r.kv_usage(now) for r in reps) / len(reps)
+                self.rows.append((now, pool.name, pool.running, pool.waiting, kv, frac))
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame.from_records(self.rows, columns=list(self.COLUMNS))
+
+
+@dataclass(frozen=True, slots=True)
+class Slo:
+    ttft_s: float
+    tpot_s: float
+
+
+def percentiles(values: pd.Series | np.ndarray) -> dict[str, float]:
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return {"mean": math.nan, **{f"p{p}": math.nan for p in PERCENTILES}}
+    qs = np.percentile(v, PERCENTILES)
+    return {"mean": float(v.mean()), **{f"p{p}": float(q) for p, q in zip(PERCENTILES, qs, strict=True)}}
+
+
+def slo_met(df: pd.DataFrame, slo: Slo) -> pd.Series:
+    """Completed requests whose TTFT and TPOT (where defined) meet the SLO."""
+    tpot_ok = df["tpot_s"].isna() | (df["tpot_s"] <= slo.tpot_s)
+    return (df["status"] == COMPLETED) & (df["ttft_s"] <= slo.ttft_s) & tpot_ok
+
+
+def latency_summary(df: pd.DataFrame, slo: Slo, duration_s: float) -> dict:
+    """Latency percentiles, throughput and goodput of one set of requests over ``duration_s``."""
+    done = df[df["status"] == COMPLETED]
+    met = slo_met(df, slo)
+    dur = max(duration_s, 1e-9)
+    return {
+        "requests": {
+            "total": int(len(df)),
+            "completed": int(len(done)),
+            "rejected": int((df["status"] == REJECTED).sum()),
+            "unfinished": int((df["status"] == UNFINISHED).sum()),
+        },
+        "latency_s": {name: percentiles(done[col]) for name, col in
+                      (("queue", "queue_s"), ("ttft", "ttft_s"), ("tpot", "tpot_s"), ("e2e", "e2e_s"))},  # fmt: skip
+        "throughput": {
+            "requests_per_s": len(done) / dur,
+            "input_tokens_per_s": float(done["prompt_tokens"].sum()) / dur,
+            "output_tokens_per_s": float(done["output_tokens"].sum()) / dur,
+        },
+        "slo": {
+            "ttft_s": slo.ttft_s,
+            "tpot_s": slo.tpot_s,
+            "attainment": float(met.sum() / len(df)) if len(df) else math.nan,
+            "goodput_requests_per_s": float(met.sum()) / dur,
+        },
+        "preemptions": int(done["preemptions"].sum()),
+    }

@@ -1,0 +1,127 @@
+"""A serving replica as a SimPy process: the vLLM-like scheduler driven by a performance model.
+
+Event skipping: when an iteration is decode-only and the waiting queue is empty or blocked, the batch cannot
+change until a sequence finishes, the KV cache runs short, or a request arrives. The replica then computes the
+times of all those iterations at once and sleeps for their sum in one SimPy timeout. An arrival during such a
+run interrupts it; the replica wakes at the first iteration boundary at or after the arrival — exactly where a
+one-event-per-iteration replica would next look at its queue — so both modes give the same results up to
+floating-point rounding (``skip=False`` keeps that mode as the test oracle).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable
+
+import numpy as np
+import simpy
+
+from fleettwin.models.perf.base import PerformanceModel
+from fleettwin.models.workload.request import Request
+from fleettwin.sim.scheduler import Scheduler, SeqState
+
+MAX_RUN = 4096  # cap on iterations per skipped run, to bound the size of the times array
+
+
+class Replica:
+    """One model copy on ``tp`` GPUs."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        index: int,
+        scheduler: Scheduler,
+        perf: PerformanceModel,
+        *,
+        on_finish: Callable[[Replica, list[SeqState]], None],
+        skip: bool = True,
+    ):
+        self.env = env
+        self.index = index
+        self.scheduler = scheduler
+        self.perf = perf
+        self.skip = skip
+        self._on_finish = on_finish
+        self._wake: simpy.Event | None = None
+        self._run_ends: np.ndarray | None = None  # end times of the iterations of the current skipped run
+        self._interruptible = False
+        self._busy_accum = 0.0
+        self._busy_since: float | None = None
+        self.process = env.process(self._loop())
+
+    # -- the view routers and samplers read ---------------------------------------------------------------
+
+    @property
+    def outstanding(self) -> int:
+        return self.scheduler.num_outstanding
+
+    def kv_used_blocks(self, now: float) -> int:
+        sched = self.scheduler
+        ends = self._run_ends
+        if ends is None:
+            return sched.used_blocks
+        # Iterations scheduled by ``now`` (each allocates its token's slot when it starts).
+        started = min(len(ends), 1 + bisect_right(ends, now))
+        return sched.blocks_after(started)
+
+    def kv_usage(self, now: float) -> float:
+        return self.kv_used_blocks(now) / self.scheduler.limits.num_blocks
+
+    def busy_time(self, now: float) -> float:
+        if self._busy_since is None:
+            return self._busy_accum
+        return self._busy_accum + (now - self._busy_since)
+
+    # -- input ----------------------------------------------------------------------------------------
+
+    def submit(self, req: Request) -> None:
+        sched = self.scheduler
+        could_admit = not sched.waiting and len(sched.running) < sched.limits.max_num_seqs
+        sched.add(SeqState(req))
+        if self._wake is not None:
+            self._wake.succeed()
+            self._wake = None
+        elif self._interruptible and could_admit:
+            self._interruptible = False
+            self.process.interrupt()
+
+    # -- the engine loop --------------------------------------------------------------------------------
+
+    def _loop(self):
+        env, sched, perf = self.env, self.scheduler, self.perf
+        while True:
+            if not sched.has_work():
+                if self._busy_since is not None:
+                    self._busy_accum += env.now - self._busy_since
+                    self._busy_since = None
+                self._wake = env.event()
+                yield self._wake
+            if self._busy_since is None:
+                self._busy_since = env.now
+
+            plan = sched.schedule()
+            start = env.now
+            run = sched.decode_run_length(MAX_RUN) if (self.skip and plan.decode_only) else 1
+            if run == 1:
+                yield env.timeout(perf.step_time(plan.batch))
+                finished = sched.finish_step(plan, start, env.now)
+            else:
+                batch = plan.batch
+                ends = start + np.cumsum(perf.decode_times(batch.decode_seqs, batch.decode_ctx_tokens, run))
+                self._run_ends = ends
+                self._interruptible = True
+                try:
+                    yield env.timeout(ends[-1] - start)
+                    end = float(ends[-1])
+                except simpy.Interrupt:
+                    # An arrival: stop at the first iteration boundary at or after it.
+                    j = bisect_left(ends, env.now)
+                    run, end = j + 1, float(ends[j])
+                    self._run_ends = ends[:run]
+                    if end > env.now:
+                        yield env.timeout(end - env.now)
+                self._interruptible = False
+                self._run_ends = None
+                finished = sched.finish_decode_run(run, start, end)
+            if finished:
+                self._on_finish(self, finished)

@@ -1,0 +1,248 @@
+"""Build the SimPy world from a scenario and run it to completion."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import simpy
+
+from fleettwin.models.catalog import Catalog, GpuSpec, LlmSpec, kv_cache_blocks, min_tensor_parallel
+from fleettwin.models.config import PoolConfig, ScenarioConfig
+from fleettwin.models.errors import ConfigError
+from fleettwin.models.perf import PERF_MODELS, PerformanceModel
+from fleettwin.models.routing import REPLICA_ROUTERS
+from fleettwin.models.workload.request import Request
+from fleettwin.sim.metrics import COMPLETED, PoolSampler, RequestLog, Slo, latency_summary
+from fleettwin.sim.pool import Pool
+from fleettwin.sim.replica import Replica
+from fleettwin.sim.scheduler import EngineLimits, Scheduler, SeqState
+
+Progress = Callable[[float, int, int], None]  # (simulated time, requests done, requests total)
+
+
+@dataclass(frozen=True)
+class ResolvedPool:
+    """A pool config with its catalog entries, parallelism, KV capacity and performance model resolved."""
+
+    cfg: PoolConfig
+    gpu: GpuSpec
+    llm: LlmSpec
+    tp: int
+    limits: EngineLimits
+    perf: PerformanceModel
+
+    @property
+    def gpus(self) -> int:
+        return self.cfg.replicas * self.tp
+
+    def spec(self) -> PoolSpec:
+        c = self.cfg
+        return PoolSpec(name=c.name, limits=self.limits, perf=self.perf, replicas=c.replicas, router=c.router.name,
+                        router_params=c.router.params, central_queue=c.central_queue, model=c.model)  # fmt: skip
+
+    @property
+    def price_per_gpu_hour(self) -> float:
+        g = self.gpu
+        return g.price_spot_usd_h if self.cfg.purchase == "spot" else g.price_on_demand_usd_h
+
+
+def resolve_pool(cfg: PoolConfig, catalog: Catalog) -> ResolvedPool:
+    gpu, llm = catalog.gpu(cfg.gpu), catalog.llm(cfg.model)
+    eng = cfg.engine
+    tp = cfg.tp or min_tensor_parallel(gpu, llm, gpu_memory_utilization=eng.gpu_memory_utilization)
+    blocks = eng.num_gpu_blocks or kv_cache_blocks(
+        gpu, llm, tp, gpu_memory_utilization=eng.gpu_memory_utilization, block_size=eng.block_size
+    )
+    capacity = blocks * eng.block_size
+    max_len = eng.max_model_len or min(llm.max_context, capacity)
+    if max_len > capacity:
+        raise ConfigError(
+            f"pool {cfg.name!r}: max_model_len {max_len} does not fit the KV cache of {capacity} tokens "
+            f"({cfg.model} on {tp}x {cfg.gpu}); lower max_model_len or raise tp / gpu_memory_utilization"
+        )
+    limits = EngineLimits(
+        num_blocks=blocks,
+        block_size=eng.block_size,
+        max_num_seqs=eng.max_num_seqs,
+        max_num_batched_tokens=eng.max_num_batched_tokens,
+        max_model_len=max_len,
+        enable_chunked_prefill=eng.enable_chunked_prefill,
+        long_prefill_token_threshold=eng.long_prefill_token_threshold,
+    )
+    perf = PERF_MODELS.create(cfg.perf_model.name, cfg.perf_model.params, gpu=gpu, llm=llm, tp=tp)
+    return ResolvedPool(cfg=cfg, gpu=gpu, llm=llm, tp=tp, limits=limits, perf=perf)
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    scenario: ScenarioConfig
+    requests: pd.DataFrame  # one row per request (see RequestLog.COLUMNS + derived latencies)
+    timeseries: pd.DataFrame  # pool state every sample interval
+    summary: dict
+
+
+def generate_requests(cfg: ScenarioConfig, seed: int) -> list[Request]:
+    from fleettwin.models.workload.sources import WORKLOADS
+
+    source = WORKLOADS.create(cfg.workload.type, cfg.workload.params, base_dir=cfg.base_dir)
+    # A child stream per component keeps the workload identical when other components draw numbers.
+    return source.requests(np.random.default_rng([seed, 0]))
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """Everything the simulator needs to build one pool, independent of scenario files."""
+
+    name: str
+    limits: EngineLimits
+    perf: PerformanceModel
+    replicas: int = 1
+    router: str = "least_outstanding"
+    router_params: dict | None = None
+    central_queue: bool = False
+    model: str | None = None  # requests for this model id come here; None-model requests go to the first pool
+
+
+@dataclass(frozen=True)
+class RawRun:
+    requests: pd.DataFrame
+    timeseries: pd.DataFrame
+    pools: list[Pool]
+    end_s: float
+
+
+def simulate(
+    requests: Sequence[Request],
+    specs: Sequence[PoolSpec],
+    *,
+    mode: str = "skip",
+    sample_interval_s: float = 1.0,
+    max_time_s: float | None = None,
+    progress: Progress | None = None,
+) -> RawRun:
+    """Run ``requests`` (sorted by arrival) through the pools until every request has an outcome."""
+    if mode not in ("skip", "per_iteration"):
+        raise ValueError(f"mode must be 'skip' or 'per_iteration', got {mode!r}")
+    env = simpy.Environment()
+    log = RequestLog(len(requests))
+    pools: list[Pool] = []
+    for spec in specs:
+        router = REPLICA_ROUTERS.create(spec.router, spec.router_params)
+        pool = Pool(env, spec.name, router, central_queue=spec.central_queue,
+                    on_finish=log.completed, on_reject=log.rejected)  # fmt: skip
+        for i in range(spec.replicas):
+            pool.add_replica(Replica(env, i, Scheduler(spec.limits), spec.perf,
+                                     on_finish=pool.replica_finished, skip=(mode == "skip")))  # fmt: skip
+        pools.append(pool)
+    by_model = {spec.model: pool for spec, pool in zip(specs, pools, strict=True) if spec.model}
+    env.process(_arrivals(env, requests, by_model, pools[0], log))
+    sampler = PoolSampler(env, pools, sample_interval_s)
+
+    horizon = max_time_s or float("inf")
+    chunk = max(sample_interval_s, 1.0) * 10
+    total = len(requests)
+    while log.done < total and env.now < horizon:
+        env.run(until=min(env.now + chunk, horizon))
+        if progress:
+            progress(env.now, log.done, total)
+    _account_unfinished(pools, log)
+    if log.done != total:
+        raise AssertionError(f"request accounting broken: {log.done} outcomes for {total} requests")
+
+    df = log.to_frame()
+    done = df["status"] == COMPLETED
+    end = float(df.loc[done, "finish_s"].max()) if done.any() else float(env.now)
+    ts = sampler.to_frame()
+    return RawRun(requests=df, timeseries=ts[ts["time_s"] <= end + 1e-9].reset_index(drop=True), pools=pools,
+                  end_s=end)  # fmt: skip
+
+
+def run_scenario(
+    cfg: ScenarioConfig,
+    *,
+    seed: int | None = None,
+    mode: str | None = None,
+    requests: Sequence[Request] | None = None,
+    progress: Progress | None = None,
+) -> SimulationResult:
+    """Simulate ``cfg`` until every request has completed or been rejected (or ``sim.max_time_s``)."""
+    wall0 = time.perf_counter()
+    seed = cfg.seed if seed is None else seed
+    mode = mode or cfg.sim.mode
+    catalog = cfg.build_catalog()
+    resolved = [resolve_pool(p, catalog) for p in cfg.pools]
+    if requests is None:
+        requests = generate_requests(cfg, seed)
+    specs = [rp.spec() for rp in resolved]
+    raw = simulate(requests, specs, mode=mode, sample_interval_s=cfg.sim.sample_interval_s,
+                   max_time_s=cfg.sim.max_time_s, progress=progress)  # fmt: skip
+    summary = _summarize(cfg, resolved, raw, seed, mode, time.perf_counter() - wall0)
+    return SimulationResult(scenario=cfg, requests=raw.requests, timeseries=raw.timeseries, summary=summary)
+
+
+def _arrivals(env: simpy.Environment, requests: Sequence[Request], by_model: dict[str, Pool], default: Pool,
+              log: RequestLog):  # fmt: skip
+    for req in requests:
+        delay = req.arrival_s - env.now
+        if delay > 0:
+            yield env.timeout(delay)
+        pool = default if req.model is None else by_model.get(req.model)
+        if pool is None:
+            log.rejected("-", req, f"no pool serves model {req.model!r}")
+        else:
+            pool.submit(req)
+
+
+def _account_unfinished(pools: list[Pool], log: RequestLog) -> None:
+    """Requests still in the system at the horizon are reported, never dropped silently."""
+    for pool in pools:
+        for req in pool.queue:
+            log.unfinished(pool.name, -1, SeqState(req), "simulation horizon reached")
+        for rep in pool.replicas:
+            for seq in [*rep.scheduler.running, *rep.scheduler.waiting]:
+                log.unfinished(pool.name, rep.index, seq, "simulation horizon reached")
+
+
+def _summarize(cfg: ScenarioConfig, resolved: list[ResolvedPool], raw: RawRun, seed: int, mode: str,
+               wall_s: float) -> dict:  # fmt: skip
+    df, ts, pools, end = raw.requests, raw.timeseries, raw.pools, raw.end_s
+    slo = Slo(cfg.slo.ttft_s, cfg.slo.tpot_s)
+    pool_rows = []
+    total_gpu_h = total_cost = 0.0
+    for rp, pool in zip(resolved, pools, strict=True):
+        gpu_h = rp.gpus * end / 3600.0
+        cost = gpu_h * rp.price_per_gpu_hour
+        total_gpu_h += gpu_h
+        total_cost += cost
+        pts = ts[ts["pool"] == pool.name]
+        busy = sum(r.busy_time(end) for r in pool.replicas) / (len(pool.replicas) * max(end, 1e-9))
+        pool_rows.append({
+            "name": rp.cfg.name, "gpu": rp.gpu.id, "model": rp.llm.id, "tp": rp.tp,
+            "replicas": rp.cfg.replicas, "gpus": rp.gpus, "purchase": rp.cfg.purchase,
+            "kv_blocks_per_replica": rp.limits.num_blocks, "max_model_len": rp.limits.max_model_len,
+            "perf_model": rp.perf.describe(), "router": rp.cfg.router.name,
+            "busy_fraction": busy, "mean_kv_usage": float(pts["kv_usage"].mean()) if len(pts) else 0.0,
+            "engine_steps": sum(r.scheduler.steps for r in pool.replicas),
+            "gpu_hours": gpu_h, "cost_usd": cost, "usd_per_gpu_hour": rp.price_per_gpu_hour,
+            **latency_summary(df[df["pool"] == rp.cfg.name], slo, end),
+        })  # fmt: skip
+    summary = {
+        "scenario": cfg.name,
+        "seed": seed,
+        "mode": mode,
+        "sim_time_s": end,
+        "wall_time_s": wall_s,
+        **latency_summary(df, slo, end),
+        "cost": {
+            "gpu_hours": total_gpu_h,
+            "usd": total_cost,
+            "usd_per_hour": total_cost / (end / 3600.0) if end > 0 else 0.0,
+            "usd_per_1k_requests": 1000.0 * total_cost / max(int((df["status"] == COMPLETED).sum()), 1),
+        },
+        "pools": pool_rows,
+    }
+    return summary

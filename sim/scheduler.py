@@ -1,0 +1,304 @@
+"""A vLLM V1-style continuous-batching scheduler, as pure bookkeeping (no SimPy, no clock).
+
+Like vLLM's ``Scheduler``, deciding is split from executing: ``schedule()`` returns a ``StepPlan`` for one
+engine iteration and ``finish_step()`` closes the loop once the iteration's time has passed. The replica
+process (``sim/replica.py``) owns the clock; the live emulator can drive the same object on the wall clock.
+
+Semantics copied from vLLM V1 (v0.8+):
+- one token budget per iteration (``max_num_batched_tokens``) and a sequence cap (``max_num_seqs``);
+- running sequences are served first, in admission order, each with the tokens it still needs (1 for a decode,
+  a chunk for a prefill — chunked prefill mixes prefill chunks with decodes);
+- KV blocks are allocated per iteration for the tokens computed; when they run out the latest-admitted running
+  sequence is preempted by recompute (its blocks freed, its computed tokens reset, back to the head of the
+  waiting queue);
+- waiting sequences are admitted FCFS only if nothing was preempted this iteration; the first one that cannot
+  be admitted blocks the queue (head-of-line), as in vLLM.
+A sequence samples a token whenever all its known tokens (prompt + outputs so far) have been computed, so the
+iteration that finishes a prefill emits the first output token.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from fleettwin.models.perf.base import BatchStats
+from fleettwin.models.workload.request import Request
+
+NAN = float("nan")
+
+
+@dataclass(slots=True, eq=False)
+class SeqState:
+    """Mutable per-request state inside one replica."""
+
+    req: Request
+    num_computed: int = 0  # tokens whose KV is in the cache
+    num_output: int = 0  # output tokens sampled so far
+    blocks: int = 0  # KV blocks held
+    preemptions: int = 0
+    first_scheduled_s: float = NAN
+    first_token_s: float = NAN
+    finish_s: float = NAN
+
+    @property
+    def num_tokens(self) -> int:
+        """All tokens known so far: prompt plus sampled outputs."""
+        return self.req.prompt_tokens + self.num_output
+
+    @property
+    def remaining_output(self) -> int:
+        return self.req.output_tokens - self.num_output
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLimits:
+    """The scheduler's knobs (vLLM engine arguments of the same names) and the KV capacity in blocks."""
+
+    num_blocks: int
+    block_size: int = 16
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    max_model_len: int = 8192
+    enable_chunked_prefill: bool = True
+    long_prefill_token_threshold: int = 0  # 0: no cap on a prefill chunk beyond the budget
+
+
+@dataclass(slots=True)
+class StepPlan:
+    """One iteration: which sequences compute how many tokens, and the batch aggregates for the perf model."""
+
+    seqs: list[SeqState] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    batch: BatchStats = field(default_factory=BatchStats)
+    preempted: list[SeqState] = field(default_factory=list)
+    # True when every scheduled sequence decodes one token, nothing was preempted and the waiting queue is
+    # empty or blocked: the next iterations repeat this batch until a completion, arrival or KV shortfall.
+    decode_only: bool = False
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+
+class Scheduler:
+    """Waiting queue, running list and KV block accounting of one replica."""
+
+    def __init__(self, limits: EngineLimits):
+        if limits.max_model_len > limits.num_blocks * limits.block_size:
+            raise ValueError(
+                f"max_model_len {limits.max_model_len} exceeds the KV cache "
+                f"({limits.num_blocks} blocks x {limits.block_size} tokens)"
+            )
+        self.limits = limits
+        self.waiting: deque[SeqState] = deque()
+        self.running: list[SeqState] = []
+        self.free_blocks = limits.num_blocks
+        self.steps = 0
+
+    # -- queue -------------------------------------------------------------------------------------------
+
+    def rejection_reason(self, req: Request) -> str | None:
+        """Why a request can never be served here (vLLM rejects it at the API), or None."""
+        total = req.prompt_tokens + req.output_tokens
+        if total > self.limits.max_model_len:
+            return f"prompt+output {total} tokens exceeds max_model_len {self.limits.max_model_len}"
+        return None
+
+    def add(self, seq: SeqState) -> None:
+        self.waiting.append(seq)
+
+    @property
+    def num_outstanding(self) -> int:
+        return len(self.running) + len(self.waiting)
+
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    @property
+    def used_blocks(self) -> int:
+        return self.limits.num_blocks - self.free_blocks
+
+    # -- KV blocks ---------------------------------------------------------------------------------------
+
+    def _blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.limits.block_size)
+
+    def _allocate(self, seq: SeqState, tokens: int) -> bool:
+        """Make ``seq`` hold blocks for ``tokens`` tokens; False (and no change) if the cache is short."""
+        need = self._blocks_for(tokens) - seq.blocks
+        if need <= 0:
+            return True
+        if need > self.free_blocks:
+            return False
+        self.free_blocks -= need
+        seq.blocks += need
+        return True
+
+    def _release(self, seq: SeqState) -> None:
+        self.free_blocks += seq.blocks
+        seq.blocks = 0
+
+    # -- one iteration -----------------------------------------------------------------------------------
+
+    def schedule(self) -> StepPlan:
+        lim = self.limits
+        plan = StepPlan()
+        budget = lim.max_num_batched_tokens
+        threshold = lim.long_prefill_token_threshold
+        running = self.running
+        all_decode = True
+
+        i = 0
+        while i < len(running) and budget > 0:
+            seq = running[i]
+            n = min(seq.num_tokens - seq.num_computed, budget)
+            if threshold and n > threshold:
+                n = threshold
+            while not self._allocate(seq, seq.num_computed + n):
+                victim = running.pop()  # latest admitted goes first, as in vLLM V1
+                self._preempt(victim)
+                plan.preempted.append(victim)
+                if victim is seq:
+                    break
+            else:
+                self._add_to_plan(plan, seq, n)
+                if seq.num_tokens - seq.num_computed != 1:
+                    all_decode = False
+                budget -= n
+                i += 1
+                continue
+            break  # the sequence preempted itself: nothing later in the list remains
+
+        head_blocked = True
+        if not plan.preempted:
+            head_blocked = self._admit_waiting(plan, budget)
+        plan.decode_only = (
+            all_decode and not plan.preempted and head_blocked and len(plan.seqs) == len(running) > 0
+        )
+        return plan
+
+    def _admit_waiting(self, plan: StepPlan, budget: int) -> bool:
+        """Admit FCFS while budget, sequence cap and KV allow; True if the queue ends empty or blocked
+        without admitting anything (so the batch stays as it is)."""
+        lim = self.limits
+        waiting, running = self.waiting, self.running
+        admitted = False
+        while waiting and budget > 0 and len(running) < lim.max_num_seqs:
+            seq = waiting[0]
+            n = seq.num_tokens - seq.num_computed
+            if n > budget:
+                if not lim.enable_chunked_prefill:
+                    break
+                n = budget
+            if lim.long_prefill_token_threshold and n > lim.long_prefill_token_threshold:
+                n = lim.long_prefill_token_threshold
+            if not self._allocate(seq, seq.num_computed + n):
+                break
+            waiting.popleft()
+            running.append(seq)
+            self._add_to_plan(plan, seq, n)
+            budget -= n
+            admitted = True
+        return not admitted
+
+    def _add_to_plan(self, plan: StepPlan, seq: SeqState, n: int) -> None:
+        plan.seqs.append(seq)
+        plan.tokens.append(n)
+        if seq.num_tokens - seq.num_computed == 1:
+            plan.batch.add_decode(seq.num_computed)
+        else:
+            plan.batch.add_prefill(n, seq.num_computed)
+
+    def _preempt(self, seq: SeqState) -> None:
+        self._release(seq)
+        seq.num_computed = 0
+        seq.preemptions += 1
+        self.waiting.appendleft(seq)
+
+    def finish_step(self, plan: StepPlan, start_s: float, end_s: float) -> list[SeqState]:
+        """Apply an executed iteration; returns the sequences that finished at ``end_s``."""
+        self.steps += 1
+        finished: list[SeqState] = []
+        for seq, n in zip(plan.seqs, plan.tokens, strict=True):
+            if seq.first_scheduled_s != seq.first_scheduled_s:  # NaN: first time on the GPU
+                seq.first_scheduled_s = start_s
+            seq.num_computed += n
+            if seq.num_computed == seq.num_tokens:
+                seq.num_output += 1
+                if seq.first_token_s != seq.first_token_s:
+                    seq.first_token_s = end_s
+                if seq.num_output >= seq.req.output_tokens:
+                    finished.append(seq)
+        if finished:
+            self._retire(finished, end_s)
+        return finished
+
+    def _retire(self, finished: list[SeqState], end_s: float) -> None:
+        done = set(map(id, finished))
+        self.running = [s for s in self.running if id(s) not in done]
+        for seq in finished:
+            seq.finish_s = end_s
+            self._release(seq)
+
+    # -- event skipping ----------------------------------------------------------------------------------
+
+    def decode_run_length(self, limit: int) -> int:
+        """How many consecutive decode-only iterations, counting the one just planned, can run before the
+        batch must change: a sequence finishes, or the KV cache cannot grow every sequence any more.
+
+        Call right after a ``schedule()`` whose plan is ``decode_only`` (its blocks are allocated)."""
+        running = self.running
+        k_max = min(limit, min(s.remaining_output for s in running))
+        if k_max <= 1:
+            return 1
+        bs = self.limits.block_size
+        # After the planned iteration each sequence has room for ``slack`` more tokens in its blocks.
+        slacks = [s.blocks * bs - s.num_computed - 1 for s in running]
+        free = self.free_blocks
+
+        def extra_blocks(k: int) -> int:  # blocks needed for k-1 further iterations
+            steps = k - 1
+            return sum(-(-(steps - sl) // bs) for sl in slacks if steps > sl)
+
+        if extra_blocks(k_max) <= free:
+            return k_max
+        lo, hi = 1, k_max  # extra_blocks(lo) == 0 <= free, extra_blocks(hi) > free
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if extra_blocks(mid) <= free:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+    def blocks_after(self, k: int) -> int:
+        """Blocks in use once ``k`` iterations of the current decode run have been scheduled."""
+        bs = self.limits.block_size
+        extra = 0
+        for s in self.running:
+            need = -(-(s.num_computed + k) // bs) - s.blocks
+            if need > 0:
+                extra += need
+        return self.used_blocks + extra
+
+    def finish_decode_run(self, k: int, start_s: float, end_s: float) -> list[SeqState]:
+        """Apply ``k`` decode-only iterations at once (the first one planned by ``schedule()``)."""
+        self.steps += k
+        finished: list[SeqState] = []
+        bs = self.limits.block_size
+        free = self.free_blocks
+        for seq in self.running:
+            seq.num_computed += k
+            seq.num_output += k
+            need = -(-seq.num_computed // bs) - seq.blocks
+            if need > 0:
+                seq.blocks += need
+                free -= need
+            if seq.num_output >= seq.req.output_tokens:
+                finished.append(seq)
+        if free < 0:
+            raise AssertionError("decode run over-allocated the KV cache")
+        self.free_blocks = free
+        if finished:
+            self._retire(finished, end_s)
+        return finished
