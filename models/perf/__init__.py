@@ -6,3 +6,5 @@ Models are chosen by name (``PERF_MODELS``) so a calibrated one can replace the 
 from fleettwin.models.perf.base import PERF_MODELS, BatchStats, PerformanceModel
 
 __all__ = ["PERF_MODELS", "BatchStats", "PerformanceModel"]
+
+from fleettwin.models.perf import constant, roofline  # noqa: F401, E402  (registers)

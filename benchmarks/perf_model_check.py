@@ -1,0 +1,90 @@
+"""Compare a performance model with the published vLLM nightly latency benchmark.
+
+Source: vLLM nightly performance benchmark (Buildkite), ``latency_*`` tests, as collected in
+``/work/shared/reference/vllm_measurements.md`` section D: offline ``benchmark_latency``, a fixed batch of 8
+requests with 32 input and 128 output tokens, mean end-to-end latency of the whole batch.
+
+The run is modelled as one prefill iteration of 8 x 32 tokens (which samples each request's first token) followed
+by 127 decode iterations of 8 sequences whose context grows by one token per iteration.
+
+    .venv/bin/python benchmarks/perf_model_check.py            # default roofline parameters
+    .venv/bin/python benchmarks/perf_model_check.py '{"overhead_s": 0.003}'
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fleettwin.models.catalog import Catalog
+from fleettwin.models.perf import PERF_MODELS, BatchStats, PerformanceModel
+
+BATCH, INPUT_TOKENS, OUTPUT_TOKENS = 8, 32, 128
+
+# (test name, gpu id, llm id, tp, measured mean latency in ms). Llama-3.1-8B is modelled as llama-3-8b: the two
+# have the same shapes (3.1 only changes RoPE scaling and the context length), which this check does not reach.
+PUBLISHED_MS: tuple[tuple[str, str, str, int, float], ...] = (
+    ("latency_llama8B_tp1", "h100-80g", "llama-3-8b", 1, 997.542),
+    ("latency_llama70B_tp4", "h100-80g", "llama-3-70b", 4, 2444.47),
+    ("latency_mixtral8x7B_tp2", "h100-80g", "mixtral-8x7b", 2, 2326.97),
+    ("latency_llama8B_tp1", "h200", "llama-3-8b", 1, 833.421),
+    ("latency_llama70B_tp4", "h200", "llama-3-70b", 4, 2077.53),
+    ("latency_mixtral8x7B_tp2", "h200", "mixtral-8x7b", 2, 1917.44),
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LatencyComparison:
+    test: str
+    gpu: str
+    llm: str
+    tp: int
+    predicted_ms: float
+    measured_ms: float
+
+    @property
+    def error(self) -> float:
+        """Relative error of the prediction, (predicted - measured) / measured."""
+        return self.predicted_ms / self.measured_ms - 1
+
+
+def offline_batch_latency(
+    model: PerformanceModel, batch: int = BATCH, input_tokens: int = INPUT_TOKENS, output_tokens: int = OUTPUT_TOKENS
+) -> float:
+    """Seconds for ``batch`` requests arriving together: one whole-prompt prefill, then lock-step decodes."""
+    prefill = BatchStats()
+    for _ in range(batch):
+        prefill.add_prefill(input_tokens, 0)
+    decodes = model.decode_times(batch, batch * input_tokens, output_tokens - 1)
+    return model.step_time(prefill) + float(decodes.sum())
+
+
+def published_latency_check(
+    params: Mapping[str, Any] | None = None, *, model: str = "roofline", catalog: Catalog | None = None
+) -> list[LatencyComparison]:
+    """Predicted versus published latency for each of the six nightly-benchmark configurations."""
+    catalog = catalog or Catalog.default()
+    out = []
+    for test, gpu_id, llm_id, tp, measured in PUBLISHED_MS:
+        perf = PERF_MODELS.create(model, params, gpu=catalog.gpu(gpu_id), llm=catalog.llm(llm_id), tp=tp)
+        out.append(LatencyComparison(
+            test=test, gpu=gpu_id, llm=llm_id, tp=tp,
+            predicted_ms=offline_batch_latency(perf) * 1e3, measured_ms=measured,
+        ))
+    return out
+
+
+def markdown_table(rows: list[LatencyComparison]) -> str:
+    lines = ["| test | GPU | model | TP | predicted (ms) | measured (ms) | error |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        f"| {r.test} | {r.gpu} | {r.llm} | {r.tp} | {r.predicted_ms:.0f} | {r.measured_ms:.0f} | {r.error:+.1%} |"
+        for r in rows
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table(published_latency_check(json.loads(sys.argv[1]) if len(sys.argv) > 1 else None)))
