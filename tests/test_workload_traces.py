@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from fleettwin.models.errors import ConfigError, TraceFormatError
 from fleettwin.models.workload.traces import load_trace, read_azure_csv, read_mooncake_jsonl, read_trace
 
