@@ -82,26 +82,40 @@ def _save(fig, path: Path) -> Path:
 
 
 def summary_table(summary: dict) -> Table:
-    """The headline numbers, one row per pool plus the total."""
-    table = Table(title=f"{summary['scenario']} — {summary['sim_time_s']:.0f} s simulated in "
+    """The headline numbers: one column per pool (plus the total when there are several), metrics as rows."""
+    table = Table(title=f"{summary['scenario']}: {summary['sim_time_s']:.0f} s simulated in "
                         f"{summary['wall_time_s']:.1f} s ({summary['mode']})")  # fmt: skip
-    for col in ("pool", "GPUs", "done / total", "TTFT p50/p95/p99 (s)", "TPOT p50/p95 (ms)", "E2E p50/p95 (s)",
-                "req/s", "out tok/s", "SLO met", "busy", "preempt", "$/h"):  # fmt: skip
-        table.add_column(col, justify="right" if col != "pool" else "left")
-    rows = [(p["name"], p, f"{p['gpus']}x {p['gpu']}") for p in summary["pools"]]
-    if len(rows) > 1:
-        rows.append(("total", summary, str(sum(p["gpus"] for p in summary["pools"]))))
-    for name, s, gpus in rows:
-        lat, req = s["latency_s"], s["requests"]
-        busy = s.get("busy_fraction")
-        usd_h = s["usd_per_gpu_hour"] * s["gpus"] if "gpus" in s else summary["cost"]["usd_per_hour"]
-        table.add_row(
-            name, gpus, f"{req['completed']}/{req['total']}",
-            "{p50:.2f} / {p95:.2f} / {p99:.2f}".format(**lat["ttft"]),
-            "{:.1f} / {:.1f}".format(1e3 * lat["tpot"]["p50"], 1e3 * lat["tpot"]["p95"]),
-            "{p50:.1f} / {p95:.1f}".format(**lat["e2e"]),
-            f"{s['throughput']['requests_per_s']:.2f}", f"{s['throughput']['output_tokens_per_s']:.0f}",
-            f"{100 * s['slo']['attainment']:.1f}%", "-" if busy is None else f"{100 * busy:.0f}%",
-            str(s["preemptions"]), f"{usd_h:.2f}",
-        )  # fmt: skip
+    cols = [(p["name"], p) for p in summary["pools"]]
+    if len(cols) > 1:
+        cols.append(("total", summary))
+    table.add_column("metric")
+    for name, _ in cols:
+        table.add_column(name, justify="right")
+
+    def row(label: str, fmt) -> None:
+        table.add_row(label, *(fmt(s) for _, s in cols))
+
+    def lat(key: str, scale: float = 1.0, digits: int = 2):
+        return lambda s: " / ".join(f"{scale * s['latency_s'][key][q]:.{digits}f}" for q in ("p50", "p95", "p99"))
+
+    row("GPUs", lambda s: f"{s['gpus']}x {s['gpu']} (TP{s['tp']})" if "gpus" in s
+        else str(sum(p["gpus"] for p in summary["pools"])))  # fmt: skip
+    row("requests done / total", lambda s: f"{s['requests']['completed']} / {s['requests']['total']}")
+    row("rejected / unfinished", lambda s: f"{s['requests']['rejected']} / {s['requests']['unfinished']}")
+    row("queue delay p50/p95/p99 (s)", lat("queue"))
+    row("TTFT p50/p95/p99 (s)", lat("ttft"))
+    row("TPOT p50/p95/p99 (ms)", lat("tpot", 1e3, 1))
+    row("E2E p50/p95/p99 (s)", lat("e2e", 1.0, 1))
+    row("throughput (req/s)", lambda s: f"{s['throughput']['requests_per_s']:.2f}")
+    row("output tokens/s", lambda s: f"{s['throughput']['output_tokens_per_s']:.0f}")
+    row("SLO attainment", lambda s: f"{100 * s['slo']['attainment']:.1f} % "
+        f"(TTFT<={s['slo']['ttft_s']:g}s, TPOT<={1e3 * s['slo']['tpot_s']:g}ms)")  # fmt: skip
+    row("goodput (req/s)", lambda s: f"{s['slo']['goodput_requests_per_s']:.2f}")
+    row("preemptions", lambda s: str(s["preemptions"]))
+    row("GPU busy / mean KV used", lambda s: f"{100 * s['busy_fraction']:.0f} % / {100 * s['mean_kv_usage']:.0f} %"
+        if "busy_fraction" in s else "-")  # fmt: skip
+    row("GPU-hours / cost (USD)", lambda s: f"{s['gpu_hours']:.2f} / {s['cost_usd']:.2f}" if "gpu_hours" in s
+        else f"{s['cost']['gpu_hours']:.2f} / {s['cost']['usd']:.2f}")  # fmt: skip
+    row("cost per 1k requests (USD)", lambda s: f"{1000 * s['cost_usd'] / max(s['requests']['completed'], 1):.3f}"
+        if "cost_usd" in s else f"{s['cost']['usd_per_1k_requests']:.3f}")  # fmt: skip
     return table
