@@ -190,3 +190,15 @@ def test_override_adds_new_ids():
 def test_bad_overrides_name_the_id_and_field(gpus, llms, pattern):
     with pytest.raises(ConfigError, match=pattern):
         CAT.with_overrides(gpus=gpus, llms=llms)
+
+
+def test_cli_prints_both_tables(capsys):
+    from fleettwin.cli import main
+
+    assert main(["catalog", "gpus"]) == 0
+    assert "mi300x" in capsys.readouterr().out
+    assert main(["catalog", "models", "--gpu", "h200"]) == 0
+    out = capsys.readouterr().out
+    assert "llama-3.1-405b" in out and "h200" in out
+    assert main(["catalog", "models", "--gpu", "h1000"]) == 2
+    assert "unknown gpu 'h1000'" in capsys.readouterr().err
