@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from fleettwin.models.catalog import Catalog
 from fleettwin.models.perf import PERF_MODELS, BatchStats, PerformanceModel
 
@@ -44,6 +46,8 @@ class LatencyComparison:
     tp: int
     predicted_ms: float
     measured_ms: float
+    prefill_ms: float  # the predicted prefill iteration
+    decode_step_ms: float  # the predicted mean decode iteration
 
     @property
     def error(self) -> float:
@@ -51,15 +55,20 @@ class LatencyComparison:
         return self.predicted_ms / self.measured_ms - 1
 
 
-def offline_batch_latency(
+def offline_batch_iterations(
     model: PerformanceModel, batch: int = BATCH, input_tokens: int = INPUT_TOKENS, output_tokens: int = OUTPUT_TOKENS
-) -> float:
-    """Seconds for ``batch`` requests arriving together: one whole-prompt prefill, then lock-step decodes."""
+) -> tuple[float, np.ndarray]:
+    """Seconds of the prefill iteration and of each decode iteration for ``batch`` requests arriving together."""
     prefill = BatchStats()
     for _ in range(batch):
         prefill.add_prefill(input_tokens, 0)
-    decodes = model.decode_times(batch, batch * input_tokens, output_tokens - 1)
-    return model.step_time(prefill) + float(decodes.sum())
+    return model.step_time(prefill), model.decode_times(batch, batch * input_tokens, output_tokens - 1)
+
+
+def offline_batch_latency(model: PerformanceModel, **shape: int) -> float:
+    """Seconds for the whole batch: one whole-prompt prefill, then lock-step decodes."""
+    prefill_s, decode_s = offline_batch_iterations(model, **shape)
+    return prefill_s + float(decode_s.sum())
 
 
 def published_latency_check(
@@ -70,17 +79,23 @@ def published_latency_check(
     out = []
     for test, gpu_id, llm_id, tp, measured in PUBLISHED_MS:
         perf = PERF_MODELS.create(model, params, gpu=catalog.gpu(gpu_id), llm=catalog.llm(llm_id), tp=tp)
+        prefill_s, decode_s = offline_batch_iterations(perf)
         out.append(LatencyComparison(
-            test=test, gpu=gpu_id, llm=llm_id, tp=tp,
-            predicted_ms=offline_batch_latency(perf) * 1e3, measured_ms=measured,
+            test=test, gpu=gpu_id, llm=llm_id, tp=tp, measured_ms=measured,
+            predicted_ms=(prefill_s + float(decode_s.sum())) * 1e3,
+            prefill_ms=prefill_s * 1e3, decode_step_ms=float(decode_s.mean()) * 1e3,
         ))
     return out
 
 
 def markdown_table(rows: list[LatencyComparison]) -> str:
-    lines = ["| test | GPU | model | TP | predicted (ms) | measured (ms) | error |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| test | GPU | model | TP | predicted (ms) | measured (ms) | error | prefill (ms) | mean decode step (ms) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     lines += [
-        f"| {r.test} | {r.gpu} | {r.llm} | {r.tp} | {r.predicted_ms:.0f} | {r.measured_ms:.0f} | {r.error:+.1%} |"
+        f"| {r.test} | {r.gpu} | {r.llm} | {r.tp} | {r.predicted_ms:.0f} | {r.measured_ms:.0f} | {r.error:+.1%} "
+        f"| {r.prefill_ms:.1f} | {r.decode_step_ms:.2f} |"
         for r in rows
     ]
     return "\n".join(lines)
