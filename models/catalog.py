@@ -425,6 +425,20 @@ def _check_sizing_args(llm: LlmSpec, tp: int, gpu_memory_utilization: float, blo
         )
 
 
+def _reserve_bytes(llm: LlmSpec, tp: int, activation_reserve_gb: float | None, dtype_bytes: float) -> float:
+    if activation_reserve_gb is None:
+        return default_activation_reserve_bytes(llm, tp, dtype_bytes=dtype_bytes)
+    return activation_reserve_gb * 1e9
+
+
+def _budget(gpu: GpuSpec, llm: LlmSpec, tp: int, util: float, reserve: float, dtype_bytes: float) -> str:
+    """The per-GPU memory sum, for error messages."""
+    return (
+        f"per GPU {gpu.memory_bytes / 1e9:.1f} GB x {util} = {gpu.memory_bytes * util / 1e9:.1f} GB usable, "
+        f"weights {llm.weight_bytes(dtype_bytes) / tp / 1e9:.1f} GB, reserve {reserve / 1e9:.1f} GB"
+    )
+
+
 def kv_cache_free_bytes_per_gpu(
     gpu: GpuSpec,
     llm: LlmSpec,
@@ -436,11 +450,7 @@ def kv_cache_free_bytes_per_gpu(
 ) -> float:
     """Bytes per GPU left for the KV cache (may be negative): memory x utilization - weights/TP - reserve."""
     _check_sizing_args(llm, tp, gpu_memory_utilization)
-    reserve = (
-        default_activation_reserve_bytes(llm, tp, dtype_bytes=dtype_bytes)
-        if activation_reserve_gb is None
-        else activation_reserve_gb * 1e9
-    )
+    reserve = _reserve_bytes(llm, tp, activation_reserve_gb, dtype_bytes)
     return gpu.memory_bytes * gpu_memory_utilization - llm.weight_bytes(dtype_bytes) / tp - reserve
 
 
@@ -467,13 +477,10 @@ def kv_cache_blocks(
     )
     blocks = math.floor(free / (block_size * llm.kv_bytes_per_token_per_gpu(tp, dtype_bytes)))
     if blocks <= 0:
+        reserve = _reserve_bytes(llm, tp, activation_reserve_gb, dtype_bytes)
         raise ConfigError(
-            f"{llm.id} on {gpu.id} at TP{tp} leaves no memory for the KV cache: per GPU "
-            f"{gpu.memory_bytes / 1e9:.1f} GB x {gpu_memory_utilization} = "
-            f"{gpu.memory_bytes * gpu_memory_utilization / 1e9:.1f} GB usable, "
-            f"weights {llm.weight_bytes(dtype_bytes) / tp / 1e9:.1f} GB, "
-            f"reserve {(gpu.memory_bytes * gpu_memory_utilization - llm.weight_bytes(dtype_bytes) / tp - free) / 1e9:.1f} GB; "
-            "use a larger TP or a larger GPU"
+            f"{llm.id} on {gpu.id} at TP{tp} leaves no memory for the KV cache: "
+            f"{_budget(gpu, llm, tp, gpu_memory_utilization, reserve, dtype_bytes)}; use a larger TP or GPU"
         )
     return blocks
 
@@ -495,7 +502,7 @@ def min_tensor_parallel(
     TP 16 spans two 8-GPU nodes; performance models charge its all-reduces to the inter-node network.
     """
     need = llm.max_context if min_kv_tokens is None else min_kv_tokens
-    shortfall = ""
+    shortfall = "no size splits its attention heads evenly"
     for tp in TENSOR_PARALLEL_SIZES:
         if not llm.splits_evenly(tp):
             continue
@@ -506,9 +513,12 @@ def min_tensor_parallel(
         tokens = max(0.0, free) / llm.kv_bytes_per_token_per_gpu(tp, dtype_bytes)
         if tokens >= need:
             return tp
-        shortfall = f"at TP{tp} the KV cache holds {tokens:,.0f} tokens"
+        reserve = _reserve_bytes(llm, tp, activation_reserve_gb, dtype_bytes)
+        shortfall = (
+            f"at TP{tp}, {_budget(gpu, llm, tp, gpu_memory_utilization, reserve, dtype_bytes)} "
+            f"leave KV for {tokens:,.0f} tokens"
+        )
     raise ConfigError(
-        f"{llm.id} does not fit on {gpu.id} with tensor parallel up to {TENSOR_PARALLEL_SIZES[-1]} at "
-        f"gpu_memory_utilization={gpu_memory_utilization}: it needs weights of "
-        f"{llm.weight_bytes(dtype_bytes) / 1e9:.1f} GB plus KV for {need:,} tokens, and {shortfall}"
+        f"{llm.id} does not fit on {gpu.id} with tensor parallel up to {TENSOR_PARALLEL_SIZES[-1]}: it needs "
+        f"KV for {need:,} tokens (min_kv_tokens, default max_context) and {shortfall}"
     )
