@@ -98,11 +98,11 @@ def fill_gaps(y: np.ndarray, period: int | None = None) -> np.ndarray:
     if missing.all():
         raise FleettwinError("history has no observed buckets: every bucket is a gap")
     if period and period < len(out):
-        for i in np.flatnonzero(missing):
-            for j in (i - period, i + period):
-                if 0 <= j < len(out) and not np.isnan(y[j]):
-                    out[i] = y[j]
-                    break
+        for i in np.flatnonzero(missing):  # in order, so an earlier filled season is reused
+            if i >= period and not np.isnan(out[i - period]):
+                out[i] = out[i - period]
+            elif i + period < len(out) and not np.isnan(y[i + period]):
+                out[i] = y[i + period]
     still = np.isnan(out)
     if still.any():
         idx = np.arange(len(out))
