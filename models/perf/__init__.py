@@ -7,4 +7,4 @@ from fleettwin.models.perf.base import PERF_MODELS, BatchStats, PerformanceModel
 
 __all__ = ["PERF_MODELS", "BatchStats", "PerformanceModel"]
 
-from fleettwin.models.perf import constant, roofline  # noqa: F401, E402  (registers)
+from fleettwin.models.perf import constant, profiled, roofline  # noqa: F401, E402  (registers)
