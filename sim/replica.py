@@ -100,6 +100,8 @@ class Replica:
                 self._busy_since = env.now
 
             plan = sched.schedule()
+            if not plan.seqs:
+                raise RuntimeError(f"replica {self.index}: the scheduler made no progress with work queued")
             start = env.now
             run = sched.decode_run_length(MAX_RUN) if (self.skip and plan.decode_only) else 1
             if run == 1:
@@ -122,6 +124,6 @@ class Replica:
                         yield env.timeout(end - env.now)
                 self._interruptible = False
                 self._run_ends = None
-                finished = sched.finish_decode_run(run, start, end)
+                finished = sched.finish_decode_run(run, start, float(ends[0]), end)
             if finished:
                 self._on_finish(self, finished)

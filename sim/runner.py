@@ -64,6 +64,11 @@ def resolve_pool(cfg: PoolConfig, catalog: Catalog) -> ResolvedPool:
             f"pool {cfg.name!r}: max_model_len {max_len} does not fit the KV cache of {capacity} tokens "
             f"({cfg.model} on {tp}x {cfg.gpu}); lower max_model_len or raise tp / gpu_memory_utilization"
         )
+    if not eng.enable_chunked_prefill and eng.max_num_batched_tokens < max_len:
+        raise ConfigError(
+            f"pool {cfg.name!r}: without chunked prefill, engine.max_num_batched_tokens "
+            f"({eng.max_num_batched_tokens}) must be >= max_model_len ({max_len}), as vLLM requires"
+        )
     limits = EngineLimits(
         num_blocks=blocks,
         block_size=eng.block_size,

@@ -89,6 +89,12 @@ class Scheduler:
                 f"max_model_len {limits.max_model_len} exceeds the KV cache "
                 f"({limits.num_blocks} blocks x {limits.block_size} tokens)"
             )
+        if not limits.enable_chunked_prefill and limits.max_num_batched_tokens < limits.max_model_len:
+            # vLLM refuses this too: an unchunked prompt longer than the budget could never be scheduled.
+            raise ValueError(
+                f"without chunked prefill, max_num_batched_tokens ({limits.max_num_batched_tokens}) must be "
+                f">= max_model_len ({limits.max_model_len})"
+            )
         self.limits = limits
         self.waiting: deque[SeqState] = deque()
         self.running: list[SeqState] = []
@@ -281,13 +287,17 @@ class Scheduler:
                 extra += need
         return self.used_blocks + extra
 
-    def finish_decode_run(self, k: int, start_s: float, end_s: float) -> list[SeqState]:
-        """Apply ``k`` decode-only iterations at once (the first one planned by ``schedule()``)."""
+    def finish_decode_run(self, k: int, start_s: float, first_end_s: float, end_s: float) -> list[SeqState]:
+        """Apply ``k`` decode-only iterations at once (the first one planned by ``schedule()``), which ran from
+        ``start_s`` to ``end_s``; the first of them ended at ``first_end_s``."""
         self.steps += k
         finished: list[SeqState] = []
         bs = self.limits.block_size
         free = self.free_blocks
         for seq in self.running:
+            if seq.first_token_s != seq.first_token_s:
+                # A prefill whose last chunk is one token looks like a decode; its first token comes now.
+                seq.first_token_s = first_end_s
             seq.num_computed += k
             seq.num_output += k
             need = -(-seq.num_computed // bs) - seq.blocks

@@ -1,0 +1,43 @@
+"""Small builders shared by the simulator tests: request lists and a cheap, exactly-known perf model."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fleettwin.models.perf.base import BatchStats, PerformanceModel
+from fleettwin.models.workload.request import Request
+from fleettwin.sim.runner import PoolSpec, RawRun, simulate
+from fleettwin.sim.scheduler import EngineLimits
+
+
+class LinearPerf(PerformanceModel):
+    """Step time linear in every batch aggregate, so event skipping has a context-dependent decode cost."""
+
+    registry_name = "linear-test"
+
+    def __init__(self, base=0.005, per_prefill=2e-5, per_decode=1e-4, per_ctx=2e-8):
+        self.base, self.per_prefill, self.per_decode, self.per_ctx = base, per_prefill, per_decode, per_ctx
+
+    def step_time(self, b: BatchStats) -> float:
+        return (self.base + self.per_prefill * b.prefill_tokens + self.per_decode * b.decode_seqs
+                + self.per_ctx * (b.decode_ctx_tokens + b.prefill_ctx_tokens))  # fmt: skip
+
+    def decode_times(self, num_seqs: int, ctx_tokens: int, steps: int) -> np.ndarray:
+        ctx = ctx_tokens + num_seqs * np.arange(steps)
+        return self.base + self.per_decode * num_seqs + self.per_ctx * ctx
+
+
+def poisson_requests(seed: int, n: int, rate: float, prompt=(1, 2000), output=(1, 400)) -> list[Request]:
+    rng = np.random.default_rng(seed)
+    arrivals = np.cumsum(rng.exponential(1.0 / rate, n))
+    prompts = rng.integers(prompt[0], prompt[1] + 1, n)
+    outputs = rng.integers(output[0], output[1] + 1, n)
+    return [Request(id=i, arrival_s=float(arrivals[i]), prompt_tokens=int(prompts[i]), output_tokens=int(outputs[i]))
+            for i in range(n)]  # fmt: skip
+
+
+def run_pool(requests, limits: EngineLimits, *, replicas=1, perf=None, mode="skip", router="least_outstanding",
+             central_queue=False, **kw) -> RawRun:  # fmt: skip
+    spec = PoolSpec("pool", limits, perf or LinearPerf(), replicas=replicas, router=router,
+                    central_queue=central_queue)  # fmt: skip
+    return simulate(requests, [spec], mode=mode, **kw)

@@ -1,0 +1,115 @@
+"""Invariants of the simulator on random workloads and engine settings (hypothesis)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fleettwin.sim import runner
+from fleettwin.sim.scheduler import Scheduler
+from tests.simkit import LinearPerf, run_pool
+from tests.strategies import engine_limits, workloads
+
+SETTINGS = settings(
+    max_examples=60, deadline=None,
+    # the monkeypatch fixture only swaps in a checking scheduler class; sharing it across examples is intended
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+
+
+class CheckedScheduler(Scheduler):
+    """Asserts the KV and clock invariants after every operation of the real scheduler."""
+
+    def _check(self) -> None:
+        held = sum(s.blocks for s in self.running) + sum(s.blocks for s in self.waiting)
+        assert 0 <= self.free_blocks <= self.limits.num_blocks
+        assert held == self.used_blocks, "blocks held by sequences must equal blocks in use"
+        assert len(self.running) <= self.limits.max_num_seqs
+
+    def schedule(self):
+        plan = super().schedule()
+        assert plan.batch.total_tokens <= self.limits.max_num_batched_tokens
+        self._check()
+        return plan
+
+    def _stamp(self, start_s: float, end_s: float) -> None:
+        last = getattr(self, "_last_end", 0.0)
+        assert last <= start_s <= end_s, "simulated time went backwards"
+        self._last_end = end_s
+
+    def finish_step(self, plan, start_s, end_s):
+        self._stamp(start_s, end_s)
+        out = super().finish_step(plan, start_s, end_s)
+        self._check()
+        return out
+
+    def finish_decode_run(self, k, start_s, first_end_s, end_s):
+        self._stamp(start_s, end_s)
+        assert start_s < first_end_s <= end_s
+        out = super().finish_decode_run(k, start_s, first_end_s, end_s)
+        self._check()
+        return out
+
+
+@pytest.fixture
+def checked(monkeypatch):
+    monkeypatch.setattr(runner, "Scheduler", CheckedScheduler)
+
+
+@SETTINGS
+@given(reqs=workloads(), limits=engine_limits(), replicas=st.integers(1, 3),
+       router=st.sampled_from(["round_robin", "least_outstanding", "least_kv"]), central=st.booleans())  # fmt: skip
+def test_requests_are_conserved_kv_bounded_and_time_monotone(checked, reqs, limits, replicas, router, central):
+    raw = run_pool(reqs, limits, replicas=replicas, router=router, central_queue=central)
+    df = raw.requests
+    assert sorted(df["id"]) == [r.id for r in reqs]  # every request has exactly one outcome
+    assert set(df["status"]) <= {"completed", "rejected"}
+    rejected = df[df["status"] == "rejected"]
+    assert (rejected["reason"] != "").all()
+    too_long = {r.id for r in reqs if r.prompt_tokens + r.output_tokens > limits.max_model_len}
+    assert set(rejected["id"]) == too_long
+    done = df[df["status"] == "completed"]
+    expected_out = {r.id: r.output_tokens for r in reqs}
+    assert (done["output_tokens"] == done["id"].map(expected_out)).all()
+    assert (done["arrival_s"] <= done["first_scheduled_s"]).all()
+    assert (done["first_scheduled_s"] < done["first_token_s"]).all()
+    assert (done["first_token_s"] <= done["finish_s"]).all()
+    assert (raw.timeseries["kv_usage"] <= 1.0 + 1e-12).all()
+
+
+@SETTINGS
+@given(reqs=workloads(), limits=engine_limits(), replicas=st.integers(1, 3))
+def test_event_skipping_matches_the_per_iteration_oracle(reqs, limits, replicas):
+    a = run_pool(reqs, limits, replicas=replicas, mode="skip")
+    b = run_pool(reqs, limits, replicas=replicas, mode="per_iteration")
+    ra, rb = a.requests, b.requests
+    assert list(ra["status"]) == list(rb["status"])
+    assert list(ra["replica"]) == list(rb["replica"])
+    assert list(ra["preemptions"]) == list(rb["preemptions"])
+    for col in ("first_scheduled_s", "first_token_s", "finish_s"):
+        np.testing.assert_allclose(ra[col], rb[col], rtol=1e-9, atol=1e-9, equal_nan=True)
+    assert sum(r.scheduler.steps for r in a.pools[0].replicas) == sum(r.scheduler.steps for r in b.pools[0].replicas)
+
+
+@SETTINGS
+@given(reqs=workloads(max_requests=30), limits=engine_limits())
+def test_same_inputs_give_identical_results(reqs, limits):
+    a = run_pool(reqs, limits, replicas=2).requests
+    b = run_pool(reqs, limits, replicas=2).requests
+    assert a.equals(b)
+
+
+def test_oracle_agreement_under_heavy_load_with_preemptions():
+    """A larger case than hypothesis draws: saturated replicas, a small KV cache, many preemptions."""
+    from fleettwin.sim.scheduler import EngineLimits
+    from tests.simkit import poisson_requests
+
+    reqs = poisson_requests(seed=3, n=1500, rate=60.0)
+    limits = EngineLimits(num_blocks=600, max_num_seqs=64, max_num_batched_tokens=2048, max_model_len=4096)
+    a = run_pool(reqs, limits, replicas=3, perf=LinearPerf(), mode="skip")
+    b = run_pool(reqs, limits, replicas=3, perf=LinearPerf(), mode="per_iteration")
+    assert a.requests["preemptions"].sum() > 0
+    np.testing.assert_allclose(a.requests["finish_s"], b.requests["finish_s"], rtol=1e-9)
+    np.testing.assert_allclose(a.requests["first_token_s"], b.requests["first_token_s"], rtol=1e-9)
