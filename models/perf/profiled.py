@@ -39,10 +39,12 @@ from fleettwin.models.perf.tables import (
     mlp_tables,
 )
 
-# Efficiencies of the roofline fitted on every shipped (GPU, model, TP) table row by fit_roofline_efficiencies();
-# `fleettwin calibrate` refits and prints them, and a test checks these constants against the refit.
-FITTED_FLOPS_EFFICIENCY = 0.60
-FITTED_BANDWIDTH_EFFICIENCY = 0.57
+# The roofline fitted on every shipped (GPU, model, TP) table row by fit_roofline_efficiencies(): per layer,
+# ``layer_fixed_s + max(compute / flops_efficiency, memory / bandwidth_efficiency)``. `fleettwin calibrate` refits
+# and prints them; a test checks these constants against the refit.
+FITTED_FLOPS_EFFICIENCY = 0.64
+FITTED_BANDWIDTH_EFFICIENCY = 0.93
+FITTED_LAYER_FIXED_S = 69e-6
 _CATALOG_IDS = {"a100": "a100-80g", "h100": "h100-80g",
                 "meta-llama/Llama-2-7b-hf": "llama-2-7b", "meta-llama/Llama-2-70b-hf": "llama-2-70b"}  # fmt: skip
 
@@ -51,6 +53,7 @@ _CATALOG_IDS = {"a100": "a100-80g", "h100": "h100-80g",
 class RooflineFit:
     flops_efficiency: float
     bandwidth_efficiency: float
+    layer_fixed_s: float  # per layer: launch and latency floor of its nine small kernels
     mape: float  # of the fitted per-layer roofline against every table row
     rows: int
 
@@ -65,26 +68,38 @@ def _roofline_layer_terms(table: OperatorTable, catalog: Catalog) -> tuple[np.nd
     return compute, memory
 
 
+def _grid_search(c, m, y, fixed_grid, fe_grid, be_grid) -> tuple[float, float, float, float]:
+    best = (math.inf, 0.0, 0.0, 0.0)
+    for fixed in fixed_grid:
+        for fe in fe_grid:
+            pred = fixed + np.maximum(c[None, :] / fe, m[None, :] / be_grid[:, None])  # every be at once
+            mape = np.abs(pred / y - 1).mean(axis=1)
+            j = int(np.argmin(mape))
+            if mape[j] < best[0]:
+                best = (float(mape[j]), float(fixed), float(fe), float(be_grid[j]))
+    return best
+
+
 @functools.cache
-def fit_roofline_efficiencies(step: float = 0.01) -> RooflineFit:
-    """Flops and bandwidth efficiencies minimising the MAPE of ``max(compute / fe, memory / be)`` against the
-    measured per-layer non-attention time, over every shipped table row (both GPUs, both models, all TP)."""
+def fit_roofline_efficiencies() -> RooflineFit:
+    """Per-layer fixed time, flops and bandwidth efficiencies minimising the MAPE of
+    ``fixed + max(compute / fe, memory / be)`` against the measured per-layer non-attention time, over every
+    shipped table row (both GPUs, both models, all TP). Coarse grid, then a finer one around its optimum."""
     catalog = Catalog.default()
     comp, mem, meas = [], [], []
     for table in mlp_tables():
         c, m = _roofline_layer_terms(table, catalog)
         comp.append(c), mem.append(m), meas.append(table.layer_ms * 1e-3)
     c, m, y = np.concatenate(comp), np.concatenate(mem), np.concatenate(meas)
-    grid = np.arange(step, 1.0 + step / 2, step)
-    best = (math.inf, 0.0, 0.0)
-    for fe in grid:
-        pred = np.maximum(c[None, :] / fe, m[None, :] / grid[:, None])  # all bandwidth efficiencies at once
-        mape = np.abs(pred / y - 1).mean(axis=1)
-        j = int(np.argmin(mape))
-        if mape[j] < best[0]:
-            best = (float(mape[j]), float(fe), float(grid[j]))
-    return RooflineFit(flops_efficiency=round(best[1], 4), bandwidth_efficiency=round(best[2], 4), mape=best[0],
-                       rows=len(y))  # fmt: skip
+    eff = np.arange(0.02, 1.0001, 0.02)
+    _, fixed, fe, be = _grid_search(c, m, y, np.arange(0, 150e-6, 8e-6), eff, eff)
+    fine = np.arange(-0.02, 0.02001, 0.01)
+    mape, fixed, fe, be = _grid_search(
+        c, m, y, np.clip(fixed + np.arange(-8e-6, 8.01e-6, 1e-6), 0, None),
+        np.clip(fe + fine, 0.01, 1.0), np.clip(be + fine, 0.01, 1.0),
+    )
+    return RooflineFit(flops_efficiency=round(fe, 4), bandwidth_efficiency=round(be, 4),
+                       layer_fixed_s=round(fixed, 7), mape=mape, rows=len(y))  # fmt: skip
 
 
 @PERF_MODELS.register("profiled")
@@ -112,6 +127,8 @@ class ProfiledModel(PerformanceModel):
             "decode): launch and tail latency of a tiny kernel. A prior, not measured")
         flops_efficiency: float | None = Field(default=None, gt=0, le=1, description="None: fitted")
         bandwidth_efficiency: float | None = Field(default=None, gt=0, le=1, description="None: fitted")
+        layer_fixed_s: float | None = Field(default=None, ge=0, description="fallback only: fixed seconds per "
+                                            "layer outside attention; None: fitted")
         max_tabulated_tokens: int = Field(default=16384, ge=1, description="token counts precomputed per step")
         dtype_bytes: float = Field(default=2, gt=0)
 
@@ -122,13 +139,15 @@ class ProfiledModel(PerformanceModel):
         p = params
         self.flops_efficiency = p.flops_efficiency or FITTED_FLOPS_EFFICIENCY
         self.bandwidth_efficiency = p.bandwidth_efficiency or FITTED_BANDWIDTH_EFFICIENCY
+        self.layer_fixed_s = FITTED_LAYER_FIXED_S if p.layer_fixed_s is None else p.layer_fixed_s
         self.table = find_mlp_table(gpu.id, llm, tp)
         self.path: Literal["tables", "fallback"] = "tables" if self.table is not None else "fallback"
         self.attention: AttentionTable | None = None
         self._comm_path = "none"
         if self.table is None:
             self._fallback = RooflineModel(
-                RooflineModel.Params(flops_efficiency=self.flops_efficiency, overhead_s=p.overhead_s,
+                RooflineModel.Params(flops_efficiency=self.flops_efficiency,
+                                     overhead_s=p.overhead_s + llm.num_layers * self.layer_fixed_s,
                                      bandwidth_efficiency=self.bandwidth_efficiency, dtype_bytes=p.dtype_bytes),
                 gpu=gpu, llm=llm, tp=tp,
             )  # fmt: skip
@@ -259,8 +278,9 @@ class ProfiledModel(PerformanceModel):
         where = f"{self.gpu.id}, {self.llm.id}, TP{self.tp}"
         if self.table is None:
             return (
-                f"profiled -> roofline fallback, no table for ({where}); fitted efficiencies flops "
-                f"{self.flops_efficiency:.2f}, bandwidth {self.bandwidth_efficiency:.2f}"
+                f"profiled -> roofline fallback, no table for ({where}); fitted flops efficiency "
+                f"{self.flops_efficiency:.2f}, bandwidth {self.bandwidth_efficiency:.2f}, "
+                f"{self.layer_fixed_s * 1e6:.0f} us/layer"
             )
         attn = "attention table" if self.attention is not None else "roofline attention"
         comm = f", {self._comm_path}" if self.tp > 1 else ""
