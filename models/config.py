@@ -155,6 +155,11 @@ class ScenarioConfig(StrictModel):
                     raise ValueError(f"pools[{i}].{field}: {exc}") from None
         return self
 
+    def workload_source(self):
+        from fleettwin.models.workload.sources import WORKLOADS
+
+        return WORKLOADS.create(self.workload.type, self.workload.params, base_dir=self.base_dir)
+
     def build_catalog(self):
         from fleettwin.models.catalog import Catalog
 
@@ -172,7 +177,7 @@ def _format_errors(source: str, exc: ValidationError) -> str:
             loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
         msg = err["msg"].removeprefix("Value error, ")
         got = f" (got {err['input']!r})" if err["type"] not in ("missing", "value_error") else ""
-        lines.append(f"{source}: {loc or '(top level)'}: {msg}{got}")
+        lines.append(f"{source}: {loc}: {msg}{got}" if loc else f"{source}: {msg}")
     return "\n".join(lines)
 
 
@@ -185,6 +190,10 @@ def parse_scenario(data: Any, *, source: str = "<scenario>", base_dir: Path | No
     except ValidationError as exc:
         raise ConfigError(_format_errors(source, exc)) from None
     cfg._base_dir = base_dir or Path.cwd()
+    try:  # build the workload source once so a missing trace file fails now, not after set-up
+        cfg.workload_source()
+    except FleettwinError as exc:
+        raise ConfigError(f"{source}: workload: {exc}") from None
     return cfg
 
 
@@ -199,7 +208,10 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> 
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value, source=str(path))
     return parse_scenario(data, source=str(path), base_dir=path.resolve().parent)

@@ -91,9 +91,7 @@ class SimulationResult:
 
 
 def generate_requests(cfg: ScenarioConfig, seed: int) -> list[Request]:
-    from fleettwin.models.workload.sources import WORKLOADS
-
-    source = WORKLOADS.create(cfg.workload.type, cfg.workload.params, base_dir=cfg.base_dir)
+    source = cfg.workload_source()
     # A child stream per component keeps the workload identical when other components draw numbers.
     return source.requests(np.random.default_rng([seed, 0]))
 
