@@ -121,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     console = Console()
+    if not console.is_terminal and console.width < 120:
+        console = Console(width=120)  # piped to a file: keep the table's headers whole
     wall = time.perf_counter()
     series = load_series(args.trace, args.format, args.bucket)
     if args.zeros_as_gaps:

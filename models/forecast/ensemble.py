@@ -43,8 +43,10 @@ class Ensemble(Forecaster):
     """Weighted average of member forecasters; weights from recent in-history backtest error."""
 
     class Params(ForecasterParams):
-        members: tuple[Member, ...] = (Member(model="seasonal_naive"), Member(model="holt_winters"),
-                                       Member(model="sarimax"))
+        members: tuple[Member, ...] = (Member(model="naive"), Member(model="seasonal_naive"),
+                                       Member(model="holt_winters"), Member(model="sarimax"))
+        """Default: the baselines too, so that on a series without a usable season (ServeGen m-mid and
+        m-large) the weights can move to the last value, which beat every seasonal model there."""
         window: str = "1d"
         """Recent history over which the members are scored."""
         origins: int = 3

@@ -3,10 +3,11 @@
 Design, chosen so that a few seconds of CPU per fit are enough:
 
 - Direct multi-horizon: one pass predicts all ``horizon`` buckets (no error feedback through recursion).
-- Residual on seasonal naive: the network reads the last ``window`` buckets (log1p counts, standardised,
+- Residual on a baseline: the network reads the last ``window`` buckets (log1p counts, standardised,
   with a gap flag and the phase of the day) *and* the seasonal-naive values for the target buckets, and
-  outputs corrections to them. Its last layer starts at zero, so an untrained network *is* seasonal naive
-  and training can only move it where the data says so.
+  outputs corrections to the seasonal-naive values (``anchor: season``) or to the last value
+  (``anchor: last``). Its last layer starts at zero, so an untrained network *is* that baseline and
+  training can only move it where the data says so.
 - Quantiles from the model: heads for the mean (squared error) and p10/p50/p90 (pinball loss), then a
   split-conformal shift per step on the most recent ``val_fraction`` of windows, which the network never
   trains on (they also pick the epoch to keep).
@@ -17,7 +18,7 @@ torch is imported only inside ``fit``; creating ``lstm`` without torch installed
 from __future__ import annotations
 
 import importlib.util
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -50,6 +51,8 @@ class LSTMForecaster(Forecaster):
         lr: float = 3e-3
         val_fraction: float = 0.15
         seed: int = 0
+        anchor: Literal["season", "last"] = "season"
+        """What the network corrects: the seasonal-naive values, or the last value (series without a season)."""
         max_history: str | None = "14d"
         refit_every: str | None = "1d"
 
@@ -116,7 +119,7 @@ class LSTMForecaster(Forecaster):
             return
         torch.manual_seed(p.seed)
         torch.set_num_threads(1)
-        self.net_ = _build_net(torch, self.horizon_, p.hidden)
+        self.net_ = _build_net(torch, self.horizon_, p.hidden, last_anchor=p.anchor == "last")
         tensors = [torch.from_numpy(a) for a in (seq, base, target)]
         train = [t[:n_train] for t in tensors]
         val = [t[-n_val:] for t in tensors]
@@ -192,7 +195,7 @@ class LSTMForecaster(Forecaster):
         """Keep the weights; the next prediction reads the new buckets in its input window."""
 
 
-def _build_net(torch: Any, horizon: int, hidden: int) -> Any:
+def _build_net(torch: Any, horizon: int, hidden: int, *, last_anchor: bool = False) -> Any:
     nn = torch.nn
 
     class Net(nn.Module):
@@ -206,7 +209,7 @@ def _build_net(torch: Any, horizon: int, hidden: int) -> Any:
         def forward(self, seq: Any, base: Any) -> Any:
             _, (h_n, _) = self.lstm(seq)
             d = self.mlp(torch.cat([h_n[-1], base], dim=1)).view(-1, 4, horizon)
-            anchor = base[:, :horizon]
+            anchor = base[:, horizon:].expand(-1, horizon) if last_anchor else base[:, :horizon]
             p50 = anchor + d[:, 2]
             sp = nn.functional.softplus
             spread = 0.1  # softplus(0) * spread: the untrained band is about +-7% around seasonal naive
