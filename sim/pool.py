@@ -55,7 +55,7 @@ class Pool:
 
     @property
     def running(self) -> int:
-        return sum(len(r.scheduler.running) for r in self.replicas)
+        return sum(r.scheduler.num_running for r in self.replicas)
 
     def submit(self, req: Request) -> None:
         reason = self.replicas[0].scheduler.rejection_reason(req)

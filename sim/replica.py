@@ -18,6 +18,7 @@ import simpy
 
 from fleettwin.models.perf.base import PerformanceModel
 from fleettwin.models.workload.request import Request
+from fleettwin.sim.reference_scheduler import ReferenceScheduler
 from fleettwin.sim.scheduler import Scheduler, SeqState
 
 MAX_RUN = 4096  # cap on iterations per skipped run, to bound the size of the times array
@@ -30,7 +31,7 @@ class Replica:
         self,
         env: simpy.Environment,
         index: int,
-        scheduler: Scheduler,
+        scheduler: Scheduler | ReferenceScheduler,
         perf: PerformanceModel,
         *,
         on_finish: Callable[[Replica, list[SeqState]], None],
@@ -76,7 +77,7 @@ class Replica:
 
     def submit(self, req: Request) -> None:
         sched = self.scheduler
-        could_admit = not sched.waiting and len(sched.running) < sched.limits.max_num_seqs
+        could_admit = not sched.waiting and sched.num_running < sched.limits.max_num_seqs
         sched.add(SeqState(req))
         if self._wake is not None:
             self._wake.succeed()
@@ -100,7 +101,7 @@ class Replica:
                 self._busy_since = env.now
 
             plan = sched.schedule()
-            if not plan.seqs:
+            if plan.empty:
                 raise RuntimeError(f"replica {self.index}: the scheduler made no progress with work queued")
             start = env.now
             run = sched.decode_run_length(MAX_RUN) if (self.skip and plan.decode_only) else 1

@@ -19,6 +19,7 @@ from fleettwin.models.workload.request import Request
 from fleettwin.sim.metrics import COMPLETED, PoolSampler, RequestLog, Slo, latency_summary
 from fleettwin.sim.pool import Pool
 from fleettwin.sim.replica import Replica
+from fleettwin.sim.reference_scheduler import ReferenceScheduler
 from fleettwin.sim.scheduler import EngineLimits, Scheduler, SeqState
 
 Progress = Callable[[float, int, int], None]  # (simulated time, requests done, requests total)
@@ -116,6 +117,7 @@ class RawRun:
     timeseries: pd.DataFrame
     pools: list[Pool]
     end_s: float
+    events: int  # SimPy events scheduled during the run (a cost measure for benchmarks)
 
 
 def simulate(
@@ -138,8 +140,10 @@ def simulate(
         pool = Pool(env, spec.name, router, central_queue=spec.central_queue,
                     on_finish=log.completed, on_reject=log.rejected)  # fmt: skip
         for i in range(spec.replicas):
-            pool.add_replica(Replica(env, i, Scheduler(spec.limits), spec.perf,
-                                     on_finish=pool.replica_finished, skip=(mode == "skip")))  # fmt: skip
+            # The oracle mode pairs the plain reference scheduler with one event per iteration.
+            sched = Scheduler(spec.limits) if mode == "skip" else ReferenceScheduler(spec.limits)
+            pool.add_replica(Replica(env, i, sched, spec.perf, on_finish=pool.replica_finished,
+                                     skip=(mode == "skip")))  # fmt: skip
         pools.append(pool)
     by_model = {spec.model: pool for spec, pool in zip(specs, pools, strict=True) if spec.model}
     env.process(_arrivals(env, requests, by_model, pools[0], log))
@@ -161,7 +165,7 @@ def simulate(
     end = float(df.loc[done, "finish_s"].max()) if done.any() else float(env.now)
     ts = sampler.to_frame()
     return RawRun(requests=df, timeseries=ts[ts["time_s"] <= end + 1e-9].reset_index(drop=True), pools=pools,
-                  end_s=end)  # fmt: skip
+                  end_s=end, events=next(env._eid))  # fmt: skip  # SimPy numbers every scheduled event
 
 
 def run_scenario(
@@ -206,7 +210,7 @@ def _account_unfinished(pools: list[Pool], log: RequestLog) -> None:
         for req in pool.queue:
             log.unfinished(pool.name, -1, SeqState(req), "simulation horizon reached")
         for rep in pool.replicas:
-            for seq in [*rep.scheduler.running, *rep.scheduler.waiting]:
+            for seq in rep.scheduler.seqs():
                 log.unfinished(pool.name, rep.index, seq, "simulation horizon reached")
 
 

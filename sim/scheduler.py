@@ -15,10 +15,20 @@ Semantics copied from vLLM V1 (v0.8+):
   be admitted blocks the queue (head-of-line), as in vLLM.
 A sequence samples a token whenever all its known tokens (prompt + outputs so far) have been computed, so the
 iteration that finishes a prefill emits the first output token.
+
+Speed: a serving replica spends nearly all its iterations decoding, and a plain implementation touches every
+running sequence each iteration. Here decoding sequences form an aggregate: a decode clock ``T`` counts the
+iterations the group has run, each member stores its token counts relative to ``T``, a heap orders members by
+the clock value at which they finish, and per-residue counters (token count mod block size) give the KV blocks
+the next iterations need. An ordinary iteration then costs O(prefilling sequences), not O(batch). Whenever the
+cheap path cannot decide exactly as vLLM would (a preemption, a budget smaller than the batch, prefills that
+are not the newest admissions), the group is expanded into explicit per-sequence state and the step is taken
+the plain way. ``sim/reference_scheduler.py`` keeps the plain algorithm alone as the tests' oracle.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -30,7 +40,11 @@ NAN = float("nan")
 
 @dataclass(slots=True, eq=False)
 class SeqState:
-    """Mutable per-request state inside one replica."""
+    """Mutable per-request state inside one replica.
+
+    While a sequence is in the fast scheduler's decode group, ``num_computed``/``num_output``/``blocks`` are
+    stale; the true values are ``key + T``, ``okey + T`` and the blocks for that many tokens (see
+    ``Scheduler.materialize``)."""
 
     req: Request
     num_computed: int = 0  # tokens whose KV is in the cache
@@ -40,6 +54,10 @@ class SeqState:
     first_scheduled_s: float = NAN
     first_token_s: float = NAN
     finish_s: float = NAN
+    admitted: int = 0  # admission sequence number (order of the running list)
+    key: int = 0  # decode group: num_computed - T at join
+    okey: int = 0  # decode group: num_output - T at join
+    in_group: bool = False
 
     @property
     def num_tokens(self) -> int:
@@ -64,42 +82,59 @@ class EngineLimits:
     long_prefill_token_threshold: int = 0  # 0: no cap on a prefill chunk beyond the budget
 
 
+def check_limits(limits: EngineLimits) -> None:
+    if limits.max_model_len > limits.num_blocks * limits.block_size:
+        raise ValueError(
+            f"max_model_len {limits.max_model_len} exceeds the KV cache "
+            f"({limits.num_blocks} blocks x {limits.block_size} tokens)"
+        )
+    if not limits.enable_chunked_prefill and limits.max_num_batched_tokens < limits.max_model_len:
+        # vLLM refuses this too: an unchunked prompt longer than the budget could never be scheduled.
+        raise ValueError(
+            f"without chunked prefill, max_num_batched_tokens ({limits.max_num_batched_tokens}) must be "
+            f">= max_model_len ({limits.max_model_len})"
+        )
+
+
 @dataclass(slots=True)
 class StepPlan:
-    """One iteration: which sequences compute how many tokens, and the batch aggregates for the perf model."""
+    """One iteration: which sequences compute how many tokens, and the batch aggregates for the perf model.
+
+    ``seqs``/``tokens`` list the sequences handled one by one; ``group`` is True when the decode group also
+    runs (one token for each of its members)."""
 
     seqs: list[SeqState] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     batch: BatchStats = field(default_factory=BatchStats)
     preempted: list[SeqState] = field(default_factory=list)
+    group: bool = False
     # True when every scheduled sequence decodes one token, nothing was preempted and the waiting queue is
     # empty or blocked: the next iterations repeat this batch until a completion, arrival or KV shortfall.
     decode_only: bool = False
 
-    def __len__(self) -> int:
-        return len(self.seqs)
+    @property
+    def empty(self) -> bool:
+        return not self.seqs and not self.group
 
 
 class Scheduler:
-    """Waiting queue, running list and KV block accounting of one replica."""
+    """Waiting queue, running sequences and KV block accounting of one replica."""
 
     def __init__(self, limits: EngineLimits):
-        if limits.max_model_len > limits.num_blocks * limits.block_size:
-            raise ValueError(
-                f"max_model_len {limits.max_model_len} exceeds the KV cache "
-                f"({limits.num_blocks} blocks x {limits.block_size} tokens)"
-            )
-        if not limits.enable_chunked_prefill and limits.max_num_batched_tokens < limits.max_model_len:
-            # vLLM refuses this too: an unchunked prompt longer than the budget could never be scheduled.
-            raise ValueError(
-                f"without chunked prefill, max_num_batched_tokens ({limits.max_num_batched_tokens}) must be "
-                f">= max_model_len ({limits.max_model_len})"
-            )
+        check_limits(limits)
         self.limits = limits
         self.waiting: deque[SeqState] = deque()
-        self.running: list[SeqState] = []
+        self.order: dict[SeqState, None] = {}  # running sequences in admission order (an ordered set)
+        self.prefilling: list[SeqState] = []  # running sequences outside the decode group, in admission order
         self.free_blocks = limits.num_blocks
         self.steps = 0
+        self._admissions = 0
+        # The decode group.
+        self.T = 0
+        self._gsize = 0
+        self._gkey_sum = 0
+        self._residue = [0] * limits.block_size  # members by key mod block size
+        self._heap: list[tuple[int, int, SeqState]] = []  # (clock at which it finishes, admitted, seq)
 
     # -- queue -------------------------------------------------------------------------------------------
 
@@ -114,24 +149,92 @@ class Scheduler:
         self.waiting.append(seq)
 
     @property
+    def num_running(self) -> int:
+        return len(self.order)
+
+    @property
     def num_outstanding(self) -> int:
-        return len(self.running) + len(self.waiting)
+        return len(self.order) + len(self.waiting)
 
     def has_work(self) -> bool:
-        return bool(self.running or self.waiting)
+        return bool(self.order or self.waiting)
 
     @property
     def used_blocks(self) -> int:
         return self.limits.num_blocks - self.free_blocks
 
-    # -- KV blocks ---------------------------------------------------------------------------------------
+    def seqs(self) -> list[SeqState]:
+        """Running then waiting sequences, with their per-sequence fields brought up to date."""
+        self.materialize()
+        return [*self.order, *self.waiting]
 
-    def _blocks_for(self, tokens: int) -> int:
-        return -(-tokens // self.limits.block_size)
+    # -- the decode group --------------------------------------------------------------------------------
+
+    def _join(self, seq: SeqState) -> None:
+        T = self.T
+        seq.in_group = True
+        seq.key = seq.num_computed - T
+        seq.okey = seq.num_output - T
+        self._gsize += 1
+        self._gkey_sum += seq.key
+        self._residue[seq.key % self.limits.block_size] += 1
+        heapq.heappush(self._heap, (T + seq.req.output_tokens - seq.num_output, seq.admitted, seq))
+
+    def _group_blocks(self, t_from: int, k: int) -> int:
+        """New blocks the group needs for the ``k`` iterations starting at clock ``t_from``: a member needs one
+        whenever its computed tokens are a multiple of the block size."""
+        if k <= 0:
+            return 0
+        bs = self.limits.block_size
+        cycles, rest = divmod(k, bs)
+        total = cycles * self._gsize
+        res = self._residue
+        for t in range(t_from, t_from + rest):
+            total += res[-t % bs]
+        return total
+
+    def materialize(self) -> None:
+        """Write the true token and block counts into every group member's fields (the group stays)."""
+        T, bs = self.T, self.limits.block_size
+        for seq, _ in self.order.items():
+            if seq.in_group:
+                seq.num_computed = seq.key + T
+                seq.num_output = seq.okey + T
+                seq.blocks = -(-seq.num_computed // bs)
+
+    def _dissolve(self) -> None:
+        """Turn every group member back into an explicit sequence (before a step taken the plain way)."""
+        self.materialize()
+        for seq in self.order:
+            seq.in_group = False
+        self.prefilling = list(self.order)
+        self._gsize = self._gkey_sum = 0
+        self._residue = [0] * self.limits.block_size
+        self._heap = []
+
+    def _retire_group_finished(self, end_s: float) -> list[SeqState]:
+        heap, T, bs = self._heap, self.T, self.limits.block_size
+        finished = []
+        while heap and heap[0][0] <= T:
+            seq = heapq.heappop(heap)[2]
+            seq.num_computed = seq.key + T
+            seq.num_output = seq.okey + T
+            self.free_blocks += -(-seq.num_computed // bs)
+            seq.blocks = 0
+            seq.in_group = False
+            self._gsize -= 1
+            self._gkey_sum -= seq.key
+            self._residue[seq.key % bs] -= 1
+            seq.finish_s = end_s
+            del self.order[seq]
+            finished.append(seq)
+        return finished
+
+    # -- KV blocks of explicit sequences ----------------------------------------------------------------
 
     def _allocate(self, seq: SeqState, tokens: int) -> bool:
         """Make ``seq`` hold blocks for ``tokens`` tokens; False (and no change) if the cache is short."""
-        need = self._blocks_for(tokens) - seq.blocks
+        need = -(-tokens // self.limits.block_size) - seq.blocks
         if need <= 0:
             return True
         if need > self.free_blocks:
@@ -140,26 +243,75 @@ class Scheduler:
         seq.blocks += need
         return True
 
-    def _release(self, seq: SeqState) -> None:
-        self.free_blocks += seq.blocks
-        seq.blocks = 0
-
     # -- one iteration -----------------------------------------------------------------------------------
 
-    def schedule(self) -> StepPlan:
-        lim = self.limits
-        plan = StepPlan()
-        budget = lim.max_num_batched_tokens
-        threshold = lim.long_prefill_token_threshold
-        running = self.running
-        all_decode = True
+    def _chunk(self, seq: SeqState, budget: int) -> int:
+        n = min(seq.num_tokens - seq.num_computed, budget)
+        threshold = self.limits.long_prefill_token_threshold
+        return threshold if threshold and n > threshold else n
 
+    def schedule(self) -> StepPlan:
+        plan = self._schedule_fast()
+        if plan is None:
+            self._dissolve()
+            plan = self._schedule_plain()
+        return plan
+
+    def _schedule_fast(self) -> StepPlan | None:
+        """The iteration when vLLM's ordered pass would give every group member its token and every prefilling
+        sequence its chunk without preempting: None when that is not certain."""
+        n = self._gsize
+        budget = self.limits.max_num_batched_tokens - n
+        if budget < 0:
+            return None
+        pre = self.prefilling
+        if pre and n:
+            # The group must come before every prefilling sequence in admission order, so that the budget
+            # the prefills use could not have starved a decode.
+            tail = reversed(self.order)
+            if any(next(tail) is not p for p in reversed(pre)):
+                return None
+        need = self._group_blocks(self.T, 1) if n else 0
+        if need > self.free_blocks:
+            return None
+        plan = StepPlan(group=n > 0)
+        batch = plan.batch
+        if n:
+            batch.decode_seqs = n
+            batch.decode_ctx_tokens = self._gkey_sum + n * self.T
+        bs = self.limits.block_size
+        free = self.free_blocks - need
+        for seq in pre:
+            if budget <= 0:
+                return None  # a prefilling sequence would get nothing: leave the ordering to the plain pass
+            c = self._chunk(seq, budget)
+            extra = -(-(seq.num_computed + c) // bs) - seq.blocks
+            if extra > free:
+                return None
+            free -= extra
+            budget -= c
+        # Every check passed: commit exactly what the ordered pass would have done.
+        self.free_blocks -= need
+        budget = self.limits.max_num_batched_tokens - n
+        for seq in pre:
+            c = self._chunk(seq, budget)
+            self._allocate(seq, seq.num_computed + c)
+            self._add_explicit(plan, seq, c)
+            budget -= c
+        blocked = self._admit_waiting(plan, budget)
+        # Explicit sequences are prefilling (or sampling their first token), so only a pure group step repeats.
+        plan.decode_only = n > 0 and not pre and blocked
+        return plan
+
+    def _schedule_plain(self) -> StepPlan:
+        """vLLM's ordered pass over explicit sequences (the decode group has been dissolved)."""
+        plan = StepPlan()
+        budget = self.limits.max_num_batched_tokens
+        running = self.prefilling  # all running sequences, in admission order
         i = 0
         while i < len(running) and budget > 0:
             seq = running[i]
-            n = min(seq.num_tokens - seq.num_computed, budget)
-            if threshold and n > threshold:
-                n = threshold
+            n = self._chunk(seq, budget)
             while not self._allocate(seq, seq.num_computed + n):
                 victim = running.pop()  # latest admitted goes first, as in vLLM V1
                 self._preempt(victim)
@@ -167,29 +319,30 @@ class Scheduler:
                 if victim is seq:
                     break
             else:
-                self._add_to_plan(plan, seq, n)
-                if seq.num_tokens - seq.num_computed != 1:
-                    all_decode = False
+                self._add_explicit(plan, seq, n)
                 budget -= n
                 i += 1
                 continue
             break  # the sequence preempted itself: nothing later in the list remains
-
-        head_blocked = True
         if not plan.preempted:
-            head_blocked = self._admit_waiting(plan, budget)
-        plan.decode_only = (
-            all_decode and not plan.preempted and head_blocked and len(plan.seqs) == len(running) > 0
-        )
+            self._admit_waiting(plan, budget)
         return plan
 
+    def _add_explicit(self, plan: StepPlan, seq: SeqState, n: int) -> None:
+        plan.seqs.append(seq)
+        plan.tokens.append(n)
+        if seq.num_tokens - seq.num_computed == 1:
+            plan.batch.add_decode(seq.num_computed)
+        else:
+            plan.batch.add_prefill(n, seq.num_computed)
+
     def _admit_waiting(self, plan: StepPlan, budget: int) -> bool:
-        """Admit FCFS while budget, sequence cap and KV allow; True if the queue ends empty or blocked
-        without admitting anything (so the batch stays as it is)."""
+        """Admit FCFS while budget, sequence cap and KV allow; True if nothing was admitted (the queue is empty
+        or its head blocked), so the batch stays as it is."""
         lim = self.limits
-        waiting, running = self.waiting, self.running
+        waiting = self.waiting
         admitted = False
-        while waiting and budget > 0 and len(running) < lim.max_num_seqs:
+        while waiting and budget > 0 and len(self.order) < lim.max_num_seqs:
             seq = waiting[0]
             n = seq.num_tokens - seq.num_computed
             if n > budget:
@@ -201,30 +354,32 @@ class Scheduler:
             if not self._allocate(seq, seq.num_computed + n):
                 break
             waiting.popleft()
-            running.append(seq)
-            self._add_to_plan(plan, seq, n)
+            self._admissions += 1
+            seq.admitted = self._admissions
+            self.order[seq] = None
+            self.prefilling.append(seq)
+            self._add_explicit(plan, seq, n)
             budget -= n
             admitted = True
         return not admitted
 
-    def _add_to_plan(self, plan: StepPlan, seq: SeqState, n: int) -> None:
-        plan.seqs.append(seq)
-        plan.tokens.append(n)
-        if seq.num_tokens - seq.num_computed == 1:
-            plan.batch.add_decode(seq.num_computed)
-        else:
-            plan.batch.add_prefill(n, seq.num_computed)
-
     def _preempt(self, seq: SeqState) -> None:
-        self._release(seq)
+        self.free_blocks += seq.blocks
+        seq.blocks = 0
         seq.num_computed = 0
         seq.preemptions += 1
+        del self.order[seq]
         self.waiting.appendleft(seq)
 
     def finish_step(self, plan: StepPlan, start_s: float, end_s: float) -> list[SeqState]:
         """Apply an executed iteration; returns the sequences that finished at ``end_s``."""
         self.steps += 1
         finished: list[SeqState] = []
+        if plan.group:
+            self.T += 1
+            if self._heap and self._heap[0][0] <= self.T:
+                finished = self._retire_group_finished(end_s)
+        moved = False
         for seq, n in zip(plan.seqs, plan.tokens, strict=True):
             if seq.first_scheduled_s != seq.first_scheduled_s:  # NaN: first time on the GPU
                 seq.first_scheduled_s = start_s
@@ -234,17 +389,18 @@ class Scheduler:
                 if seq.first_token_s != seq.first_token_s:
                     seq.first_token_s = end_s
                 if seq.num_output >= seq.req.output_tokens:
+                    self.free_blocks += seq.blocks
+                    seq.blocks = 0
+                    seq.finish_s = end_s
+                    del self.order[seq]
                     finished.append(seq)
-        if finished:
-            self._retire(finished, end_s)
+                    moved = True
+                elif seq.num_tokens - seq.num_computed == 1:
+                    self._join(seq)  # decoding from now on
+                    moved = True
+        if moved:
+            self.prefilling = [s for s in self.prefilling if not s.in_group and s in self.order]
         return finished
-
-    def _retire(self, finished: list[SeqState], end_s: float) -> None:
-        done = set(map(id, finished))
-        self.running = [s for s in self.running if id(s) not in done]
-        for seq in finished:
-            seq.finish_s = end_s
-            self._release(seq)
 
     # -- event skipping ----------------------------------------------------------------------------------
 
@@ -253,25 +409,16 @@ class Scheduler:
         batch must change: a sequence finishes, or the KV cache cannot grow every sequence any more.
 
         Call right after a ``schedule()`` whose plan is ``decode_only`` (its blocks are allocated)."""
-        running = self.running
-        k_max = min(limit, min(s.remaining_output for s in running))
+        k_max = min(limit, self._heap[0][0] - self.T)
         if k_max <= 1:
             return 1
-        bs = self.limits.block_size
-        # After the planned iteration each sequence has room for ``slack`` more tokens in its blocks.
-        slacks = [s.blocks * bs - s.num_computed - 1 for s in running]
-        free = self.free_blocks
-
-        def extra_blocks(k: int) -> int:  # blocks needed for k-1 further iterations
-            steps = k - 1
-            return sum(-(-(steps - sl) // bs) for sl in slacks if steps > sl)
-
-        if extra_blocks(k_max) <= free:
+        free, t1 = self.free_blocks, self.T + 1
+        if self._group_blocks(t1, k_max - 1) <= free:
             return k_max
-        lo, hi = 1, k_max  # extra_blocks(lo) == 0 <= free, extra_blocks(hi) > free
+        lo, hi = 1, k_max  # lo fits, hi does not
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            if extra_blocks(mid) <= free:
+            if self._group_blocks(t1, mid - 1) <= free:
                 lo = mid
             else:
                 hi = mid
@@ -279,36 +426,15 @@ class Scheduler:
 
     def blocks_after(self, k: int) -> int:
         """Blocks in use once ``k`` iterations of the current decode run have been scheduled."""
-        bs = self.limits.block_size
-        extra = 0
-        for s in self.running:
-            need = -(-(s.num_computed + k) // bs) - s.blocks
-            if need > 0:
-                extra += need
-        return self.used_blocks + extra
+        return self.used_blocks + self._group_blocks(self.T + 1, k - 1)
 
     def finish_decode_run(self, k: int, start_s: float, first_end_s: float, end_s: float) -> list[SeqState]:
         """Apply ``k`` decode-only iterations at once (the first one planned by ``schedule()``), which ran from
         ``start_s`` to ``end_s``; the first of them ended at ``first_end_s``."""
         self.steps += k
-        finished: list[SeqState] = []
-        bs = self.limits.block_size
-        free = self.free_blocks
-        for seq in self.running:
-            if seq.first_token_s != seq.first_token_s:
-                # A prefill whose last chunk is one token looks like a decode; its first token comes now.
-                seq.first_token_s = first_end_s
-            seq.num_computed += k
-            seq.num_output += k
-            need = -(-seq.num_computed // bs) - seq.blocks
-            if need > 0:
-                seq.blocks += need
-                free -= need
-            if seq.num_output >= seq.req.output_tokens:
-                finished.append(seq)
-        if free < 0:
+        extra = self._group_blocks(self.T + 1, k - 1)
+        if extra > self.free_blocks:
             raise AssertionError("decode run over-allocated the KV cache")
-        self.free_blocks = free
-        if finished:
-            self._retire(finished, end_s)
-        return finished
+        self.free_blocks -= extra
+        self.T += k
+        return self._retire_group_finished(end_s)

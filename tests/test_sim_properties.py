@@ -20,18 +20,20 @@ SETTINGS = settings(
 
 
 class CheckedScheduler(Scheduler):
-    """Asserts the KV and clock invariants after every operation of the real scheduler."""
+    """Asserts the KV, batch and clock invariants around every operation of the fast scheduler."""
 
     def _check(self) -> None:
-        held = sum(s.blocks for s in self.running) + sum(s.blocks for s in self.waiting)
+        seqs = self.seqs()  # brings the decode group's per-sequence fields up to date
         assert 0 <= self.free_blocks <= self.limits.num_blocks
-        assert held == self.used_blocks, "blocks held by sequences must equal blocks in use"
-        assert len(self.running) <= self.limits.max_num_seqs
+        assert sum(s.blocks for s in seqs) == self.used_blocks, "blocks held by sequences must equal blocks in use"
+        assert self.num_running <= self.limits.max_num_seqs
+        for s in seqs[: self.num_running]:
+            assert s.blocks == -(-s.num_computed // self.limits.block_size), "KV held = KV needed, no more"
 
     def schedule(self):
         plan = super().schedule()
         assert plan.batch.total_tokens <= self.limits.max_num_batched_tokens
-        self._check()
+        assert self.used_blocks <= self.limits.num_blocks
         return plan
 
     def _stamp(self, start_s: float, end_s: float) -> None:

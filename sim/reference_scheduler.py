@@ -1,0 +1,242 @@
+"""The reference scheduler: vLLM V1 semantics written as plainly as possible, one pass over every sequence per
+iteration. It is the oracle the fast scheduler (``sim/scheduler.py``) is tested against, and what
+``mode: per_iteration`` runs. See ``sim/scheduler.py`` for the semantics.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from fleettwin.models.workload.request import Request
+from fleettwin.sim.scheduler import EngineLimits, SeqState, StepPlan, check_limits
+
+
+class ReferenceScheduler:
+    """Waiting queue, running list and KV block accounting of one replica, explicitly per sequence."""
+
+    def __init__(self, limits: EngineLimits):
+        check_limits(limits)
+        self.limits = limits
+        self.waiting: deque[SeqState] = deque()
+        self.running: list[SeqState] = []
+        self.free_blocks = limits.num_blocks
+        self.steps = 0
+
+    # -- queue -------------------------------------------------------------------------------------------
+
+    def rejection_reason(self, req: Request) -> str | None:
+        """Why a request can never be served here (vLLM rejects it at the API), or None."""
+        total = req.prompt_tokens + req.output_tokens
+        if total > self.limits.max_model_len:
+            return f"prompt+output {total} tokens exceeds max_model_len {self.limits.max_model_len}"
+        return None
+
+    def add(self, seq: SeqState) -> None:
+        self.waiting.append(seq)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    def seqs(self) -> list[SeqState]:
+        return [*self.running, *self.waiting]
+
+    @property
+    def num_outstanding(self) -> int:
+        return len(self.running) + len(self.waiting)
+
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    @property
+    def used_blocks(self) -> int:
+        return self.limits.num_blocks - self.free_blocks
+
+    # -- KV blocks ---------------------------------------------------------------------------------------
+
+    def _blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.limits.block_size)
+
+    def _allocate(self, seq: SeqState, tokens: int) -> bool:
+        """Make ``seq`` hold blocks for ``tokens`` tokens; False (and no change) if the cache is short."""
+        need = self._blocks_for(tokens) - seq.blocks
+        if need <= 0:
+            return True
+        if need > self.free_blocks:
+            return False
+        self.free_blocks -= need
+        seq.blocks += need
+        return True
+
+    def _release(self, seq: SeqState) -> None:
+        self.free_blocks += seq.blocks
+        seq.blocks = 0
+
+    # -- one iteration -----------------------------------------------------------------------------------
+
+    def schedule(self) -> StepPlan:
+        lim = self.limits
+        plan = StepPlan()
+        budget = lim.max_num_batched_tokens
+        threshold = lim.long_prefill_token_threshold
+        running = self.running
+        all_decode = True
+
+        i = 0
+        while i < len(running) and budget > 0:
+            seq = running[i]
+            n = min(seq.num_tokens - seq.num_computed, budget)
+            if threshold and n > threshold:
+                n = threshold
+            while not self._allocate(seq, seq.num_computed + n):
+                victim = running.pop()  # latest admitted goes first, as in vLLM V1
+                self._preempt(victim)
+                plan.preempted.append(victim)
+                if victim is seq:
+                    break
+            else:
+                self._add_to_plan(plan, seq, n)
+                if seq.num_tokens - seq.num_computed != 1:
+                    all_decode = False
+                budget -= n
+                i += 1
+                continue
+            break  # the sequence preempted itself: nothing later in the list remains
+
+        head_blocked = True
+        if not plan.preempted:
+            head_blocked = self._admit_waiting(plan, budget)
+        plan.decode_only = (
+            all_decode and not plan.preempted and head_blocked and len(plan.seqs) == len(running) > 0
+        )
+        return plan
+
+    def _admit_waiting(self, plan: StepPlan, budget: int) -> bool:
+        """Admit FCFS while budget, sequence cap and KV allow; True if the queue ends empty or blocked
+        without admitting anything (so the batch stays as it is)."""
+        lim = self.limits
+        waiting, running = self.waiting, self.running
+        admitted = False
+        while waiting and budget > 0 and len(running) < lim.max_num_seqs:
+            seq = waiting[0]
+            n = seq.num_tokens - seq.num_computed
+            if n > budget:
+                if not lim.enable_chunked_prefill:
+                    break
+                n = budget
+            if lim.long_prefill_token_threshold and n > lim.long_prefill_token_threshold:
+                n = lim.long_prefill_token_threshold
+            if not self._allocate(seq, seq.num_computed + n):
+                break
+            waiting.popleft()
+            running.append(seq)
+            self._add_to_plan(plan, seq, n)
+            budget -= n
+            admitted = True
+        return not admitted
+
+    def _add_to_plan(self, plan: StepPlan, seq: SeqState, n: int) -> None:
+        plan.seqs.append(seq)
+        plan.tokens.append(n)
+        if seq.num_tokens - seq.num_computed == 1:
+            plan.batch.add_decode(seq.num_computed)
+        else:
+            plan.batch.add_prefill(n, seq.num_computed)
+
+    def _preempt(self, seq: SeqState) -> None:
+        self._release(seq)
+        seq.num_computed = 0
+        seq.preemptions += 1
+        self.waiting.appendleft(seq)
+
+    def finish_step(self, plan: StepPlan, start_s: float, end_s: float) -> list[SeqState]:
+        """Apply an executed iteration; returns the sequences that finished at ``end_s``."""
+        self.steps += 1
+        finished: list[SeqState] = []
+        for seq, n in zip(plan.seqs, plan.tokens, strict=True):
+            if seq.first_scheduled_s != seq.first_scheduled_s:  # NaN: first time on the GPU
+                seq.first_scheduled_s = start_s
+            seq.num_computed += n
+            if seq.num_computed == seq.num_tokens:
+                seq.num_output += 1
+                if seq.first_token_s != seq.first_token_s:
+                    seq.first_token_s = end_s
+                if seq.num_output >= seq.req.output_tokens:
+                    finished.append(seq)
+        if finished:
+            self._retire(finished, end_s)
+        return finished
+
+    def _retire(self, finished: list[SeqState], end_s: float) -> None:
+        done = set(map(id, finished))
+        self.running = [s for s in self.running if id(s) not in done]
+        for seq in finished:
+            seq.finish_s = end_s
+            self._release(seq)
+
+    # -- event skipping ----------------------------------------------------------------------------------
+
+    def decode_run_length(self, limit: int) -> int:
+        """How many consecutive decode-only iterations, counting the one just planned, can run before the
+        batch must change: a sequence finishes, or the KV cache cannot grow every sequence any more.
+
+        Call right after a ``schedule()`` whose plan is ``decode_only`` (its blocks are allocated)."""
+        running = self.running
+        k_max = min(limit, min(s.remaining_output for s in running))
+        if k_max <= 1:
+            return 1
+        bs = self.limits.block_size
+        # After the planned iteration each sequence has room for ``slack`` more tokens in its blocks.
+        slacks = [s.blocks * bs - s.num_computed - 1 for s in running]
+        free = self.free_blocks
+
+        def extra_blocks(k: int) -> int:  # blocks needed for k-1 further iterations
+            steps = k - 1
+            return sum(-(-(steps - sl) // bs) for sl in slacks if steps > sl)
+
+        if extra_blocks(k_max) <= free:
+            return k_max
+        lo, hi = 1, k_max  # extra_blocks(lo) == 0 <= free, extra_blocks(hi) > free
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if extra_blocks(mid) <= free:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+    def blocks_after(self, k: int) -> int:
+        """Blocks in use once ``k`` iterations of the current decode run have been scheduled."""
+        bs = self.limits.block_size
+        extra = 0
+        for s in self.running:
+            need = -(-(s.num_computed + k) // bs) - s.blocks
+            if need > 0:
+                extra += need
+        return self.used_blocks + extra
+
+    def finish_decode_run(self, k: int, start_s: float, first_end_s: float, end_s: float) -> list[SeqState]:
+        """Apply ``k`` decode-only iterations at once (the first one planned by ``schedule()``), which ran from
+        ``start_s`` to ``end_s``; the first of them ended at ``first_end_s``."""
+        self.steps += k
+        finished: list[SeqState] = []
+        bs = self.limits.block_size
+        free = self.free_blocks
+        for seq in self.running:
+            if seq.first_token_s != seq.first_token_s:
+                # A prefill whose last chunk is one token looks like a decode; its first token comes now.
+                seq.first_token_s = first_end_s
+            seq.num_computed += k
+            seq.num_output += k
+            need = -(-seq.num_computed // bs) - seq.blocks
+            if need > 0:
+                seq.blocks += need
+                free -= need
+            if seq.num_output >= seq.req.output_tokens:
+                finished.append(seq)
+        if free < 0:
+            raise AssertionError("decode run over-allocated the KV cache")
+        self.free_blocks = free
+        if finished:
+            self._retire(finished, end_s)
+        return finished
