@@ -3,7 +3,8 @@
 Setup (Vidur's defaults for its ``vllm`` replica scheduler, which fleettwin is configured to match):
 - Llama-2-7B on one A100 80 GB, TP1; Vidur's measured MLP/network tables and the peer kit's synthetic attention
   table (``/work/shared/peers/vidur/make_profile_cache.py``). fleettwin's ``profiled`` model reads the *same*
-  attention.csv.xz that Vidur trains on, with Vidur's decode batching overhead (0.1), no CPU overhead and no LM
+  attention.csv.xz that Vidur trains on, no decode batching overhead (Vidur applies its 0.1 to GQA models only;
+  Llama-2-7B is not one), no CPU overhead and no LM
   head (Vidur models neither), so that differences come from scheduling, not from inputs.
 - KV cache: 7,424 blocks of 16 (what Vidur's MemoryPlanner computes: 80 GiB x 0.9 less weights, rounded down
   to whole 4,096-token request slots); batch cap 128 sequences; 4,096 tokens per iteration; no chunked prefill.
@@ -36,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from fleettwin.models.catalog import Catalog
+from fleettwin.models.perf.base import BatchStats
 from fleettwin.models.perf.profiled import ProfiledModel
 from fleettwin.models.workload.request import Request
 from fleettwin.models.workload.traces import read_azure_csv
@@ -182,7 +184,7 @@ def run_vidur(requests: list[Request], work: Path, tag: str, fix_restart: bool =
 def fleettwin_model(attention_table: Path | None) -> ProfiledModel:
     """The profiled model fed exactly what Vidur is fed, and modelling what Vidur models."""
     cat = Catalog.default()
-    params = ProfiledModel.Params(overhead_s=0.0, lm_head=False, decode_batching_overhead=0.1,
+    params = ProfiledModel.Params(overhead_s=0.0, lm_head=False, decode_batching_overhead=0.0,
                                   attention_table=str(attention_table) if attention_table else None)  # fmt: skip
     return ProfiledModel(params, gpu=cat.gpu("a100-80g"), llm=cat.llm("llama-2-7b"), tp=1)
 
@@ -202,6 +204,49 @@ def run_fleettwin(requests: list[Request], perf: ProfiledModel, mode: str = "ski
     e2e = (df["finish_s"] - df["arrival_s"]).to_numpy()
     restarts = int(df["preemptions"].sum()) if "preemptions" in df else -1
     return RunResult(ttft=ttft, e2e=e2e, wall_s=wall, restarts=restarts)
+
+
+# --------------------------------------------------------------------------- step times on identical batches
+
+_VIDUR_STEPS = """
+import json, sys
+from vidur.config import ReplicaConfig, CacheConfig, RandomForrestExecutionTimePredictorConfig
+from vidur.execution_time_predictor.random_forrest_execution_time_predictor import (
+    RandomForrestExecutionTimePredictor)
+from vidur.entities import Batch
+cfg = RandomForrestExecutionTimePredictorConfig(
+    model_profiling_dataset="project-vajra/dev-staging-meta-llama-llama-2-7b-hf-a100",
+    network_profiling_dataset="project-vajra/dev-staging-a100-dgx",
+    prediction_max_tokens_per_request=8192, num_estimators=[100], max_depth=[16], min_samples_split=[2])
+replica = ReplicaConfig(model_name="meta-llama/Llama-2-7b-hf", device="a100", network_device="a100_dgx",
+                        tensor_parallel_size=1, num_pipeline_stages=1)
+pred = RandomForrestExecutionTimePredictor(cfg, replica, CacheConfig(num_blocks=NUM_BLOCKS))
+print(json.dumps([pred.get_execution_time(Batch(0, [None] * len(q), q, kv), 0).total_time
+                  for q, kv in json.load(sys.stdin)]))
+""".replace("NUM_BLOCKS", str(VIDUR_NUM_BLOCKS))
+
+
+def step_time_check(work: Path) -> str:
+    """Both predictors on the same batches (Vidur's own predictor object, loaded from its cache): the
+    per-iteration difference that comes from lookup conventions, not scheduling."""
+    import json
+
+    model = fleettwin_model(ensure_vidur_cache(work))
+    cases = [([n], [n]) for n in (17, 100, 500, 1000, 2000, 4000)] + [([300, 700], [300, 700])]
+    cases += [([1] * s, [ctx + 1] * s) for s in (1, 8, 32, 128) for ctx in (200, 1000, 3000)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    proc = subprocess.run([str(vidur_python()), "-c", _VIDUR_STEPS], input=json.dumps(cases), cwd=work, env=env,
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+    lines = ["| batch | fleettwin (ms) | Vidur (ms) | diff |", "|---|---|---|---|"]
+    for (q, kv), t_vidur in zip(cases, theirs, strict=True):
+        batch = BatchStats()
+        for nq, nkv in zip(q, kv, strict=True):  # Vidur's num_kv_tokens counts the tokens being computed
+            batch.add_decode(nkv - 1) if nq == 1 else batch.add_prefill(nq, nkv - nq)
+        t_ft = model.step_time(batch)
+        what = f"{len(q)} decodes at context {kv[0] - 1}" if q[0] == 1 else f"prefill of {' + '.join(map(str, q))}"
+        lines.append(f"| {what} | {t_ft * 1e3:.2f} | {t_vidur * 1e3:.2f} | {t_ft / t_vidur - 1:+.1%} |")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -259,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     run_vidur(warm, args.work, tag="warmup")
     startup = run_vidur(warm, args.work, tag="startup").wall_s
     print(f"vidur start-up (50 requests): {startup:.1f} s wall", file=sys.stderr, flush=True)
+    print("Step times of identical batches:\n")
+    print(step_time_check(args.work) + "\n", flush=True)
     rows = []
     for qps in [float(x) for x in re.split(r"[ ,]+", args.qps.strip()) if x]:
         rows.append(compare(args.requests, qps, args.seed, args.work, fix_restart=not args.unpatched_vidur))

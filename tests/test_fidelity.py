@@ -36,4 +36,4 @@ def test_light_load_matches_vidur():
     assert abs(row["ttft_p50_diff"]) < 0.10, row
     assert abs(row["e2e_p50_diff"]) < 0.10, row
     assert abs(row["e2e_p95_diff"]) < 0.10, row
-    assert row["speed_ratio"] > 1.0, row  # fleettwin is faster, by a wide margin (docs/performance.md)
+    assert row["speed_ratio"] > 1.0, row  # fleettwin is faster, by a wide margin (docs/validation.md)
