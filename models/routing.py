@@ -14,23 +14,23 @@ from fleettwin.models.registry import NoParams, Registry
 from fleettwin.models.workload.request import Request
 
 
-class ReplicaView(Protocol):
-    """What a router may read about one replica."""
+class ReplicaSetView(Protocol):
+    """What a router may read about the replicas it chooses among, as vectors indexed like the replicas."""
 
     @property
-    def outstanding(self) -> int:
-        """Requests running or waiting at the replica."""
+    def outstanding(self) -> Sequence[int]:
+        """Requests running or waiting at each replica."""
 
-    def kv_usage(self, now: float) -> float:
-        """Fraction of KV-cache blocks in use, 0..1."""
+    def kv_usage(self, now: float) -> Sequence[float]:
+        """Fraction of KV-cache blocks in use at each replica, 0..1."""
 
 
 class ReplicaRouter(ABC):
     registry_name: str = "?"
 
     @abstractmethod
-    def choose(self, request: Request, replicas: Sequence[ReplicaView], now: float) -> int:
-        """Index into ``replicas`` (non-empty) of the replica that gets ``request``."""
+    def choose(self, request: Request, replicas: ReplicaSetView, now: float) -> int:
+        """Index of the replica (among ``replicas``, never empty) that gets ``request``."""
 
 
 REPLICA_ROUTERS: Registry[ReplicaRouter] = Registry("replica router")
@@ -43,31 +43,25 @@ class RoundRobin(ReplicaRouter):
     def __init__(self, params: NoParams):
         self._next = 0
 
-    def choose(self, request: Request, replicas: Sequence[ReplicaView], now: float) -> int:
-        i = self._next % len(replicas)
+    def choose(self, request: Request, replicas: ReplicaSetView, now: float) -> int:
+        i = self._next % len(replicas.outstanding)
         self._next = i + 1
         return i
 
 
 @REPLICA_ROUTERS.register("least_outstanding")
 class LeastOutstanding(ReplicaRouter):
-    """Join the shortest queue (running + waiting). Ties rotate, so equal replicas share load evenly instead of
-    the first one taking every tie."""
+    """Join the shortest queue (running + waiting). Ties go to the first tied replica at or after a rotating
+    start, so equal replicas share load evenly instead of the first one taking every tie."""
 
     def __init__(self, params: NoParams):
         self._start = 0
 
-    def choose(self, request: Request, replicas: Sequence[ReplicaView], now: float) -> int:
-        n = len(replicas)
-        start = self._start % n
-        best, best_load = start, replicas[start].outstanding
-        for offset in range(1, n):
-            i = (start + offset) % n
-            load = replicas[i].outstanding
-            if load < best_load:
-                best, best_load = i, load
+    def choose(self, request: Request, replicas: ReplicaSetView, now: float) -> int:
+        loads = replicas.outstanding
+        start = self._start % len(loads)
         self._start = start + 1
-        return best
+        return _first_min_from(loads, start)
 
 
 @REPLICA_ROUTERS.register("least_kv")
@@ -77,9 +71,17 @@ class LeastKvUsage(ReplicaRouter):
     def __init__(self, params: NoParams):
         self._start = 0
 
-    def choose(self, request: Request, replicas: Sequence[ReplicaView], now: float) -> int:
-        n = len(replicas)
-        start = self._start % n
+    def choose(self, request: Request, replicas: ReplicaSetView, now: float) -> int:
+        keys = list(zip(replicas.kv_usage(now), replicas.outstanding, strict=True))
+        start = self._start % len(keys)
         self._start = start + 1
-        order = [(start + k) % n for k in range(n)]
-        return min(order, key=lambda i: (replicas[i].kv_usage(now), replicas[i].outstanding))
+        return _first_min_from(keys, start)
+
+
+def _first_min_from(values: Sequence, start: int) -> int:
+    """Index of the first minimum of ``values`` in cyclic order from ``start`` (list methods run in C)."""
+    best = min(values)
+    try:
+        return values.index(best, start)
+    except ValueError:
+        return values.index(best)

@@ -35,15 +35,21 @@ class Pool:
         self.router = router
         self.central_queue = central_queue
         self.replicas: list[Replica] = []
+        self.outstanding: list[int] = []  # per replica, kept in step with submissions and completions
         self.queue: deque[Request] = deque()
         self._on_finish = on_finish
         self._on_reject = on_reject
 
     def add_replica(self, replica: Replica) -> None:
         self.replicas.append(replica)
+        self.outstanding.append(0)
+
+    def kv_usage(self, now: float) -> list[float]:
+        return [r.kv_usage(now) for r in self.replicas]
 
     def replica_finished(self, replica: Replica, seqs: list[SeqState]) -> None:
         """Callback from a replica: record the finished sequences and refill free slots."""
+        self.outstanding[replica.index] -= len(seqs)
         self._on_finish(self.name, replica.index, seqs)
         if self.queue:
             self._dispatch()
@@ -66,13 +72,34 @@ class Pool:
             self.queue.append(req)
             self._dispatch()
         else:
-            self.replicas[self.router.choose(req, self.replicas, self.env.now)].submit(req)
+            self._send(req, self.router.choose(req, self, self.env.now))
+
+    def _send(self, req: Request, index: int) -> None:
+        self.outstanding[index] += 1
+        self.replicas[index].submit(req)
 
     def _dispatch(self) -> None:
         now = self.env.now
+        cap = self.replicas[0].scheduler.limits.max_num_seqs
         while self.queue:
-            free = [r for r in self.replicas if r.outstanding < r.scheduler.limits.max_num_seqs]
+            free = [i for i, n in enumerate(self.outstanding) if n < cap]
             if not free:
                 return
             req = self.queue.popleft()
-            free[self.router.choose(req, free, now)].submit(req)
+            self._send(req, free[self.router.choose(req, _Subset(self, free), now)])
+
+
+class _Subset:
+    """The router's view of some of a pool's replicas (those with a free slot)."""
+
+    def __init__(self, pool: Pool, indices: list[int]):
+        self.pool, self.indices = pool, indices
+
+    @property
+    def outstanding(self) -> list[int]:
+        loads = self.pool.outstanding
+        return [loads[i] for i in self.indices]
+
+    def kv_usage(self, now: float) -> list[float]:
+        reps = self.pool.replicas
+        return [reps[i].kv_usage(now) for i in self.indices]

@@ -52,10 +52,6 @@ class Replica:
 
     # -- the view routers and samplers read ---------------------------------------------------------------
 
-    @property
-    def outstanding(self) -> int:
-        return self.scheduler.num_outstanding
-
     def kv_used_blocks(self, now: float) -> int:
         sched = self.scheduler
         ends = self._run_ends

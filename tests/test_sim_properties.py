@@ -79,6 +79,7 @@ def test_requests_are_conserved_kv_bounded_and_time_monotone(checked, reqs, limi
     assert (done["first_scheduled_s"] < done["first_token_s"]).all()
     assert (done["first_token_s"] <= done["finish_s"]).all()
     assert (raw.timeseries["kv_usage"] <= 1.0 + 1e-12).all()
+    assert raw.pools[0].outstanding == [0] * replicas  # the routers' load view drained with the replicas
 
 
 @SETTINGS
