@@ -1,0 +1,116 @@
+"""Simulator speed: simulated requests and SimPy events per wall-second for 1, 8 and 64 replicas.
+
+The workload is the real Azure conversation trace (lengths and inter-arrival pattern), tiled end to end until
+there are enough requests and sped up so that every replica sees the same load (``--per-replica-rate``). A bare
+SimPy M/M/c loop is timed in the same run so the ratio is comparable across machines.
+
+    .venv/bin/python benchmarks/bench_serving.py            # or: make bench
+    .venv/bin/python benchmarks/bench_serving.py --replicas 64 --requests 200000
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import random
+import time
+from pathlib import Path
+
+import simpy
+
+from fleettwin.models.catalog import Catalog
+from fleettwin.models.config import PoolConfig
+from fleettwin.models.workload.request import Request
+from fleettwin.models.workload.traces import load_trace
+from fleettwin.sim.runner import resolve_pool, simulate
+
+TRACE = Path(__file__).resolve().parents[1] / "traces" / "azure2023_conv" / "AzureLLMInferenceTrace_conv.csv"
+
+
+def tiled_trace(n: int, rate: float) -> list[Request]:
+    """``n`` requests from the trace repeated end to end, time-scaled to ``rate`` requests/s."""
+    base = load_trace(TRACE, "azure")
+    span = base[-1].arrival_s + 1.0 / (len(base) / base[-1].arrival_s)
+    speed = rate / (len(base) / span)
+    out = []
+    for i in range(n):
+        r = base[i % len(base)]
+        t = (r.arrival_s + (i // len(base)) * span) / speed
+        out.append(Request(id=i, arrival_s=t, prompt_tokens=r.prompt_tokens, output_tokens=r.output_tokens))
+    return out
+
+
+def bench_fleettwin(replicas: int, n: int, per_replica_rate: float, gpu: str, model: str) -> dict:
+    pool = resolve_pool(PoolConfig(name="bench", gpu=gpu, model=model, replicas=replicas), Catalog.default())
+    reqs = tiled_trace(n, per_replica_rate * replicas)
+    t0 = time.perf_counter()
+    raw = simulate(reqs, [pool.spec()], sample_interval_s=10.0)
+    wall = time.perf_counter() - t0
+    done = raw.requests
+    return {
+        "replicas": replicas,
+        "requests": n,
+        "sim_s": raw.end_s,
+        "wall_s": wall,
+        "req_per_s": n / wall,
+        "events_per_s": raw.events / wall,
+        "events_per_req": raw.events / n,
+        "steps_per_req": sum(r.scheduler.steps for r in raw.pools[0].replicas) / n,
+        "ttft_p50": float(done["ttft_s"].median()),
+        "tpot_p50_ms": 1e3 * float(done["tpot_s"].median()),
+    }
+
+
+def bench_bare_mmc(servers: int, n: int) -> dict:
+    """The cheapest meaningful SimPy queue: Poisson arrivals, a Resource with ``servers`` slots, exp service."""
+    rng = random.Random(1)
+    env = simpy.Environment()
+    server = simpy.Resource(env, capacity=servers)
+    done = [0]
+
+    def customer():
+        with server.request() as req:
+            yield req
+            yield env.timeout(rng.expovariate(1.0))
+        done[0] += 1
+
+    def source():
+        for _ in range(n):
+            yield env.timeout(rng.expovariate(0.8 * servers))
+            env.process(customer())
+
+    env.process(source())
+    t0 = time.perf_counter()
+    env.run()
+    wall = time.perf_counter() - t0
+    return {"customers_per_s": n / wall, "events_per_s": next(env._eid) / wall}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--replicas", type=int, nargs="+", default=[1, 8, 64])
+    ap.add_argument("--requests", type=int, default=None, help="requests per case (default: 3000 x replicas^0.7)")
+    ap.add_argument("--per-replica-rate", type=float, default=15.0,
+                    help="requests/s per replica (15 ~ 60%% of an H100's capacity for llama-3-8b on this trace)")
+    ap.add_argument("--gpu", default="h100-80g")
+    ap.add_argument("--model", default="llama-3-8b")
+    args = ap.parse_args()
+
+    print(f"python {platform.python_version()}, simpy {simpy.__version__}, {platform.machine()}; "
+          f"{args.model} on {args.gpu}, {args.per_replica_rate:g} req/s per replica, Azure conversation trace")
+    mmc = bench_bare_mmc(8, 200_000)
+    print(f"bare SimPy M/M/8 loop: {mmc['customers_per_s']:,.0f} customers/s, {mmc['events_per_s']:,.0f} events/s")
+    header = f"{'replicas':>8} {'requests':>9} {'sim s':>8} {'wall s':>7} {'req/s':>9} {'events/s':>10} " \
+             f"{'ev/req':>6} {'steps/req':>9} {'vs M/M/c':>8} {'TTFT p50':>8} {'TPOT p50':>8}"
+    print(header)
+    for r in args.replicas:
+        n = args.requests or int(3000 * r**0.7)
+        res = bench_fleettwin(r, n, args.per_replica_rate, args.gpu, args.model)
+        print(f"{r:>8} {n:>9} {res['sim_s']:>8.0f} {res['wall_s']:>7.2f} {res['req_per_s']:>9,.0f} "
+              f"{res['events_per_s']:>10,.0f} {res['events_per_req']:>6.1f} {res['steps_per_req']:>9.1f} "
+              f"{res['req_per_s'] / mmc['customers_per_s']:>8.2f} {res['ttft_p50']:>7.3f}s "
+              f"{res['tpot_p50_ms']:>6.1f}ms")
+
+
+if __name__ == "__main__":
+    main()
