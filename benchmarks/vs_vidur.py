@@ -30,7 +30,8 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ from fleettwin.models.perf.base import BatchStats
 from fleettwin.models.perf.profiled import ProfiledModel
 from fleettwin.models.workload.request import Request
 from fleettwin.models.workload.traces import read_azure_csv
+from fleettwin.sim.reference_scheduler import ReferenceScheduler
 from fleettwin.sim.runner import PoolSpec, simulate
 from fleettwin.sim.scheduler import EngineLimits
 
@@ -195,9 +197,46 @@ def vidur_limits() -> EngineLimits:
                         enable_chunked_prefill=False)  # fmt: skip
 
 
-def run_fleettwin(requests: list[Request], perf: ProfiledModel, mode: str = "skip") -> RunResult:
+class VidurV0Scheduler(ReferenceScheduler):
+    """Experiment only: Vidur's ``vllm`` replica scheduler (vLLM V0 without chunked prefill) on top of
+    fleettwin's bookkeeping. An iteration is prefill-only when the waiting head fits (token budget, batch cap,
+    KV blocks above a 1 % watermark), else decode-only; fleettwin's own scheduler (vLLM V1) mixes both. Built on
+    the plain reference scheduler, so it runs in ``per_iteration`` mode."""
+
+    WATERMARK = 0.01  # vidur CacheConfig.watermark_blocks_fraction
+
+    def schedule(self):
+        lim, running, waiting = self.limits, self.running, self.waiting
+        head = waiting[0] if waiting else None
+        fits = head is not None and len(running) < lim.max_num_seqs and (
+            head.num_tokens <= lim.max_num_batched_tokens
+            and -(-head.num_tokens // lim.block_size) <= self.free_blocks - int(self.WATERMARK * lim.num_blocks))
+        if fits:  # admit waiting requests only: hide the running ones and their share of the batch cap
+            self.running, self.limits = [], replace(lim, max_num_seqs=lim.max_num_seqs - len(running))
+            try:
+                plan = super().schedule()
+            finally:
+                self.running, self.limits = running + self.running, lim
+            plan.decode_only = False
+            return plan
+        self.waiting = deque()  # decode-only: nobody is admitted alongside
+        try:
+            plan = super().schedule()
+        finally:
+            self.waiting.extend(waiting)  # recompute-preempted requests (if any) go first, as in both
+        return plan
+
+
+def run_fleettwin(requests: list[Request], perf: ProfiledModel, mode: str = "skip", v0: bool = False) -> RunResult:
+    from fleettwin.sim import runner
+
+    original = runner.ReferenceScheduler
+    runner.ReferenceScheduler = VidurV0Scheduler if v0 else original
     t0 = time.perf_counter()
-    raw = simulate(requests, [PoolSpec("a100", vidur_limits(), perf)], mode=mode)
+    try:
+        raw = simulate(requests, [PoolSpec("a100", vidur_limits(), perf)], mode="per_iteration" if v0 else mode)
+    finally:
+        runner.ReferenceScheduler = original
     wall = time.perf_counter() - t0
     df = raw.requests.sort_values("id")
     ttft = (df["first_token_s"] - df["arrival_s"]).to_numpy()
