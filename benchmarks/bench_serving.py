@@ -40,11 +40,12 @@ def tiled_trace(n: int, rate: float) -> list[Request]:
     return out
 
 
-def bench_fleettwin(replicas: int, n: int, per_replica_rate: float, gpu: str, model: str) -> dict:
+def bench_fleettwin(replicas: int, n: int, per_replica_rate: float, gpu: str, model: str,
+                    mode: str = "skip") -> dict:  # fmt: skip
     pool = resolve_pool(PoolConfig(name="bench", gpu=gpu, model=model, replicas=replicas), Catalog.default())
     reqs = tiled_trace(n, per_replica_rate * replicas)
     t0 = time.perf_counter()
-    raw = simulate(reqs, [pool.spec()], sample_interval_s=10.0)
+    raw = simulate(reqs, [pool.spec()], sample_interval_s=10.0, mode=mode)
     wall = time.perf_counter() - t0
     done = raw.requests
     return {
@@ -94,6 +95,8 @@ def main() -> None:
                     help="requests/s per replica (15 ~ 60%% of an H100's capacity for llama-3-8b on this trace)")
     ap.add_argument("--gpu", default="h100-80g")
     ap.add_argument("--model", default="llama-3-8b")
+    ap.add_argument("--oracle", action="store_true",
+                    help="also time the per-iteration reference mode on the same requests (slow)")
     args = ap.parse_args()
 
     print(f"python {platform.python_version()}, simpy {simpy.__version__}, {platform.machine()}; "
@@ -101,7 +104,8 @@ def main() -> None:
     mmc = bench_bare_mmc(8, 200_000)
     print(f"bare SimPy M/M/8 loop: {mmc['customers_per_s']:,.0f} customers/s, {mmc['events_per_s']:,.0f} events/s")
     header = f"{'replicas':>8} {'requests':>9} {'sim s':>8} {'wall s':>7} {'req/s':>9} {'events/s':>10} " \
-             f"{'ev/req':>6} {'steps/req':>9} {'vs M/M/c':>8} {'TTFT p50':>8} {'TPOT p50':>8}"
+             f"{'ev/req':>6} {'steps/req':>9} {'vs M/M/c':>8} {'TTFT p50':>8} {'TPOT p50':>8}" \
+             + (f" {'oracle req/s':>12} {'skip/oracle':>11}" if args.oracle else "")
     print(header)
     for r in args.replicas:
         n = args.requests or int(3000 * r**0.7)
@@ -109,7 +113,11 @@ def main() -> None:
         print(f"{r:>8} {n:>9} {res['sim_s']:>8.0f} {res['wall_s']:>7.2f} {res['req_per_s']:>9,.0f} "
               f"{res['events_per_s']:>10,.0f} {res['events_per_req']:>6.1f} {res['steps_per_req']:>9.1f} "
               f"{res['req_per_s'] / mmc['customers_per_s']:>8.2f} {res['ttft_p50']:>7.3f}s "
-              f"{res['tpot_p50_ms']:>6.1f}ms")
+              f"{res['tpot_p50_ms']:>6.1f}ms", end="")
+        if args.oracle:
+            ref = bench_fleettwin(r, n, args.per_replica_rate, args.gpu, args.model, mode="per_iteration")
+            print(f" {ref['req_per_s']:>12,.0f} {res['req_per_s'] / ref['req_per_s']:>10.1f}x", end="")
+        print()
 
 
 if __name__ == "__main__":
