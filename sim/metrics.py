@@ -43,9 +43,10 @@ class RequestLog:
             append((r.id, pool, replica, r.arrival_s, s.first_scheduled_s, s.first_token_s, s.finish_s,
                     r.prompt_tokens, s.num_output, s.preemptions, COMPLETED, ""))  # fmt: skip
 
-    def rejected(self, pool: str, req: Request, reason: str) -> None:
+    def rejected(self, pool: str, req: Request, reason: str, status: str = REJECTED) -> None:
+        """A request that never reached a replica (``status`` UNFINISHED: it never arrived)."""
         nan = math.nan
-        self.rows.append((req.id, pool, -1, req.arrival_s, nan, nan, nan, req.prompt_tokens, 0, 0, REJECTED, reason))
+        self.rows.append((req.id, pool, -1, req.arrival_s, nan, nan, nan, req.prompt_tokens, 0, 0, status, reason))
 
     def unfinished(self, pool: str, replica: int, seq: SeqState, reason: str) -> None:
         r = seq.req

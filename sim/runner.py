@@ -16,10 +16,10 @@ from fleettwin.models.errors import ConfigError
 from fleettwin.models.perf import PERF_MODELS, PerformanceModel
 from fleettwin.models.routing import REPLICA_ROUTERS
 from fleettwin.models.workload.request import Request
-from fleettwin.sim.metrics import COMPLETED, PoolSampler, RequestLog, Slo, latency_summary
+from fleettwin.sim.metrics import COMPLETED, UNFINISHED, PoolSampler, RequestLog, Slo, latency_summary
 from fleettwin.sim.pool import Pool
-from fleettwin.sim.replica import Replica
 from fleettwin.sim.reference_scheduler import ReferenceScheduler
+from fleettwin.sim.replica import Replica
 from fleettwin.sim.scheduler import EngineLimits, Scheduler, SeqState
 
 Progress = Callable[[float, int, int], None]  # (simulated time, requests done, requests total)
@@ -146,7 +146,8 @@ def simulate(
                                      skip=(mode == "skip")))  # fmt: skip
         pools.append(pool)
     by_model = {spec.model: pool for spec, pool in zip(specs, pools, strict=True) if spec.model}
-    env.process(_arrivals(env, requests, by_model, pools[0], log))
+    arrived = [0]  # how many requests the arrival process has handed over
+    env.process(_arrivals(env, requests, by_model, pools[0], log, arrived))
     sampler = PoolSampler(env, pools, sample_interval_s)
 
     horizon = max_time_s or float("inf")
@@ -157,6 +158,8 @@ def simulate(
         if progress:
             progress(env.now, log.done, total)
     _account_unfinished(pools, log)
+    for req in requests[arrived[0]:]:
+        log.rejected("-", req, "arrives after the simulation horizon", status=UNFINISHED)
     if log.done != total:
         raise AssertionError(f"request accounting broken: {log.done} outcomes for {total} requests")
 
@@ -192,11 +195,12 @@ def run_scenario(
 
 
 def _arrivals(env: simpy.Environment, requests: Sequence[Request], by_model: dict[str, Pool], default: Pool,
-              log: RequestLog):  # fmt: skip
+              log: RequestLog, arrived: list[int]):  # fmt: skip
     for req in requests:
         delay = req.arrival_s - env.now
         if delay > 0:
             yield env.timeout(delay)
+        arrived[0] += 1
         pool = default if req.model is None else by_model.get(req.model)
         if pool is None:
             log.rejected("-", req, f"no pool serves model {req.model!r}")
