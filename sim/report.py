@@ -112,8 +112,8 @@ def summary_table(summary: dict) -> Table:
         f"(TTFT<={s['slo']['ttft_s']:g}s, TPOT<={1e3 * s['slo']['tpot_s']:g}ms)")  # fmt: skip
     row("goodput (req/s)", lambda s: f"{s['slo']['goodput_requests_per_s']:.2f}")
     row("preemptions", lambda s: str(s["preemptions"]))
-    row("GPU busy / mean KV used", lambda s: f"{100 * s['busy_fraction']:.0f} % / {100 * s['mean_kv_usage']:.0f} %"
-        if "busy_fraction" in s else "-")  # fmt: skip
+    row("mean batch / KV used / busy", lambda s: f"{s['mean_running_per_replica']:.0f} seqs / "
+        f"{100 * s['mean_kv_usage']:.0f} % / {100 * s['busy_fraction']:.0f} %" if "busy_fraction" in s else "-")  # fmt: skip
     row("GPU-hours / cost (USD)", lambda s: f"{s['gpu_hours']:.2f} / {s['cost_usd']:.2f}" if "gpu_hours" in s
         else f"{s['cost']['gpu_hours']:.2f} / {s['cost']['usd']:.2f}")  # fmt: skip
     row("cost per 1k requests (USD)", lambda s: f"{1000 * s['cost_usd'] / max(s['requests']['completed'], 1):.3f}"

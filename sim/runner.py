@@ -237,6 +237,7 @@ def _summarize(cfg: ScenarioConfig, resolved: list[ResolvedPool], raw: RawRun, s
             "kv_blocks_per_replica": rp.limits.num_blocks, "max_model_len": rp.limits.max_model_len,
             "perf_model": rp.perf.describe(), "router": rp.cfg.router.name,
             "busy_fraction": busy, "mean_kv_usage": float(pts["kv_usage"].mean()) if len(pts) else 0.0,
+            "mean_running_per_replica": float(pts["running"].mean()) / rp.cfg.replicas if len(pts) else 0.0,
             "engine_steps": sum(r.scheduler.steps for r in pool.replicas),
             "gpu_hours": gpu_h, "cost_usd": cost, "usd_per_gpu_hour": rp.price_per_gpu_hour,
             **latency_summary(df[df["pool"] == rp.cfg.name], slo, end),
