@@ -10,14 +10,13 @@ floating-point rounding (``skip=False`` keeps that mode as the test oracle).
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 
-import numpy as np
 import simpy
 
 from fleettwin.models.perf.base import PerformanceModel
 from fleettwin.models.workload.request import Request
+from fleettwin.sim.decode_run import AffineRun, ArrayRun, decode_run
 from fleettwin.sim.reference_scheduler import ReferenceScheduler
 from fleettwin.sim.scheduler import Scheduler, SeqState
 
@@ -44,7 +43,8 @@ class Replica:
         self.skip = skip
         self._on_finish = on_finish
         self._wake: simpy.Event | None = None
-        self._run_ends: np.ndarray | None = None  # end times of the iterations of the current skipped run
+        self._run: AffineRun | ArrayRun | None = None  # end times of the current skipped run's iterations
+        self._run_len = 0
         self._interruptible = False
         self._busy_accum = 0.0
         self._busy_since: float | None = None
@@ -54,12 +54,11 @@ class Replica:
 
     def kv_used_blocks(self, now: float) -> int:
         sched = self.scheduler
-        ends = self._run_ends
-        if ends is None:
+        run = self._run
+        if run is None:
             return sched.used_blocks
         # Iterations scheduled by ``now`` (each allocates its token's slot when it starts).
-        started = min(len(ends), 1 + bisect_right(ends, now))
-        return sched.blocks_after(started)
+        return sched.blocks_after(min(run.started_by(now), self._run_len))
 
     def kv_usage(self, now: float) -> float:
         return self.kv_used_blocks(now) / self.scheduler.limits.num_blocks
@@ -106,21 +105,21 @@ class Replica:
                 finished = sched.finish_step(plan, start, env.now)
             else:
                 batch = plan.batch
-                ends = start + np.cumsum(perf.decode_times(batch.decode_seqs, batch.decode_ctx_tokens, run))
-                self._run_ends = ends
+                times = decode_run(perf, start, batch.decode_seqs, batch.decode_ctx_tokens, run)
+                self._run, self._run_len = times, run
                 self._interruptible = True
+                end = times.end(run - 1)
                 try:
-                    yield env.timeout(ends[-1] - start)
-                    end = float(ends[-1])
+                    yield env.timeout(end - start)
                 except simpy.Interrupt:
                     # An arrival: stop at the first iteration boundary at or after it.
-                    j = bisect_left(ends, env.now)
-                    run, end = j + 1, float(ends[j])
-                    self._run_ends = ends[:run]
+                    j = times.first_end_at_or_after(env.now)
+                    run, end = j + 1, times.end(j)
+                    self._run_len = run
                     if end > env.now:
                         yield env.timeout(end - env.now)
                 self._interruptible = False
-                self._run_ends = None
-                finished = sched.finish_decode_run(run, start, float(ends[0]), end)
+                self._run = None
+                finished = sched.finish_decode_run(run, start, times.end(0), end)
             if finished:
                 self._on_finish(self, finished)

@@ -116,3 +116,22 @@ def test_oracle_agreement_under_heavy_load_with_preemptions():
     assert a.requests["preemptions"].sum() > 0
     np.testing.assert_allclose(a.requests["finish_s"], b.requests["finish_s"], rtol=1e-9)
     np.testing.assert_allclose(a.requests["first_token_s"], b.requests["first_token_s"], rtol=1e-9)
+
+
+def test_oracle_agreement_with_the_roofline_closed_form_runs():
+    """The real roofline model takes the closed-form decode-run path; the oracle sums iteration by iteration."""
+    from fleettwin.models.catalog import Catalog
+    from fleettwin.models.perf import PERF_MODELS
+    from fleettwin.sim.scheduler import EngineLimits
+    from tests.simkit import poisson_requests
+
+    cat = Catalog.default()
+    perf = PERF_MODELS.create("roofline", {}, gpu=cat.gpu("a100-80g"), llm=cat.llm("llama-2-7b"), tp=1)
+    reqs = poisson_requests(seed=5, n=1500, rate=12.0, prompt=(16, 3000), output=(1, 600))
+    limits = EngineLimits(num_blocks=900, max_num_seqs=128, max_num_batched_tokens=4096, max_model_len=4096)
+    a = run_pool(reqs, limits, replicas=2, perf=perf, mode="skip")
+    b = run_pool(reqs, limits, replicas=2, perf=perf, mode="per_iteration")
+    assert a.requests["preemptions"].sum() > 0
+    assert list(a.requests["replica"]) == list(b.requests["replica"])
+    for col in ("first_token_s", "finish_s"):
+        np.testing.assert_allclose(a.requests[col], b.requests[col], rtol=1e-9)

@@ -3,8 +3,8 @@
 Models are chosen by name (``PERF_MODELS``) so a calibrated one can replace the roofline without touching callers.
 """
 
-from fleettwin.models.perf.base import PERF_MODELS, BatchStats, PerformanceModel
+from fleettwin.models.perf.base import PERF_MODELS, BatchStats, DecodeCost, PerformanceModel
 
-__all__ = ["PERF_MODELS", "BatchStats", "PerformanceModel"]
+__all__ = ["PERF_MODELS", "BatchStats", "DecodeCost", "PerformanceModel"]
 
 from fleettwin.models.perf import constant, profiled, roofline  # noqa: F401, E402  (registers)

@@ -46,6 +46,18 @@ class BatchStats:
         self.decode_ctx_tokens += ctx
 
 
+@dataclass(frozen=True, slots=True)
+class DecodeCost:
+    """Iteration ``k`` (from 0) of a decode-only run takes ``base + max(a + b * k for (a, b) in lines)`` seconds.
+
+    Models whose decode iterations have this form (the roofline: compute- or memory-bound, each affine in the
+    context read) let the simulator compute a run's end times in closed form instead of iteration by
+    iteration."""
+
+    base: float
+    lines: tuple[tuple[float, float], ...]
+
+
 class PerformanceModel(ABC):
     """Seconds per engine iteration for one replica (a group of ``tp`` GPUs serving one model copy)."""
 
@@ -67,6 +79,10 @@ class PerformanceModel(ABC):
             batch.decode_ctx_tokens = ctx_tokens + k * num_seqs
             out[k] = self.step_time(batch)
         return out
+
+    def decode_cost(self, num_seqs: int, ctx_tokens: int) -> DecodeCost | None:
+        """The closed form of ``decode_times(num_seqs, ctx_tokens, ...)``, or None when there is none."""
+        return None
 
     def describe(self) -> str:
         """One line naming the model and the path it uses, for reports."""

@@ -6,7 +6,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleettwin.models.catalog import GpuSpec, LlmSpec
-from fleettwin.models.perf.base import PERF_MODELS, BatchStats, PerformanceModel
+from fleettwin.models.perf.base import PERF_MODELS, BatchStats, DecodeCost, PerformanceModel
 
 
 @PERF_MODELS.register("constant")
@@ -32,6 +32,10 @@ class ConstantModel(PerformanceModel):
     def decode_times(self, num_seqs: int, ctx_tokens: int, steps: int) -> np.ndarray:
         p = self.params
         return np.full(steps, p.step_s + p.per_prefill_token_s * 0 + p.per_decode_seq_s * num_seqs)
+
+    def decode_cost(self, num_seqs: int, ctx_tokens: int) -> DecodeCost:
+        p = self.params
+        return DecodeCost(base=p.step_s + p.per_decode_seq_s * num_seqs, lines=((0.0, 0.0),))
 
     def describe(self) -> str:
         p = self.params

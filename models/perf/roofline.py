@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleettwin.models.catalog import GPUS_PER_NODE, GpuSpec, LlmSpec
-from fleettwin.models.perf.base import PERF_MODELS, BatchStats, PerformanceModel
+from fleettwin.models.perf.base import PERF_MODELS, BatchStats, DecodeCost, PerformanceModel
 
 
 @PERF_MODELS.register("roofline")
@@ -100,6 +100,19 @@ class RooflineModel(PerformanceModel):
         memory_s = memory / self._bytes_per_s
         comm_s = self._comm_fixed + self._comm_per_token * num_seqs
         return self.params.overhead_s + np.maximum(compute_s, memory_s) + comm_s
+
+    def decode_cost(self, num_seqs: int, ctx_tokens: int) -> DecodeCost | None:
+        """``decode_times`` in closed form: compute and memory time are each affine in the iteration index."""
+        if num_seqs == 0:
+            return None
+        n = num_seqs
+        compute_a = (self._flops_per_token * n + self._flops_per_pair * ctx_tokens
+                     + self._flops_per_sampling_seq * n) / self._flops_per_s  # fmt: skip
+        compute_b = self._flops_per_pair * n / self._flops_per_s
+        memory_a = (self._weight_bytes(n) + self._kv_bytes * (ctx_tokens + n)) / self._bytes_per_s
+        memory_b = self._kv_bytes * n / self._bytes_per_s
+        base = self.params.overhead_s + self._comm_fixed + self._comm_per_token * n
+        return DecodeCost(base=base, lines=((compute_a, compute_b), (memory_a, memory_b)))
 
     def describe(self) -> str:
         return f"roofline ({self.gpu.id}, {self.llm.id}, TP{self.tp})"

@@ -1,0 +1,97 @@
+"""The iteration end times of one skipped decode run, from a closed form or from an array.
+
+A replica asks three things of a run: when its iteration ``j`` ends, which iteration boundary comes first at or
+after a time (an arrival wakes the replica there), and how many iterations have started by a time (the KV view).
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left, bisect_right
+
+import numpy as np
+
+from fleettwin.models.perf.base import DecodeCost, PerformanceModel
+
+
+class ArrayRun:
+    """End times computed iteration by iteration (any performance model)."""
+
+    __slots__ = ("ends", "steps")
+
+    def __init__(self, start: float, durations: np.ndarray):
+        self.ends = (start + np.cumsum(durations)).tolist()
+        self.steps = len(self.ends)
+
+    def end(self, j: int) -> float:
+        return self.ends[j]
+
+    def first_end_at_or_after(self, t: float) -> int:
+        return bisect_left(self.ends, t)
+
+    def started_by(self, t: float) -> int:
+        return min(self.steps, 1 + bisect_right(self.ends, t))
+
+
+class AffineRun:
+    """End times in closed form when iteration ``k`` takes ``base + max_i(a_i + b_i k)`` (at most two lines):
+    the run splits into at most two segments of arithmetic progressions."""
+
+    __slots__ = ("start", "steps", "_segs")
+
+    def __init__(self, start: float, steps: int, cost: DecodeCost):
+        self.start, self.steps = start, steps
+        (a1, b1), (a2, b2) = cost.lines if len(cost.lines) == 2 else (cost.lines[0], cost.lines[0])
+        first = (a1, b1) if (a1, b1) >= (a2, b2) else (a2, b2)  # dominant at k = 0 (ties: steeper wins later)
+        other = (a2, b2) if first == (a1, b1) else (a1, b1)
+        switch = steps
+        if other[1] > first[1]:  # the steeper line takes over where they cross
+            switch = min(steps, max(1, math.ceil((first[0] - other[0]) / (other[1] - first[1]))))
+        self._segs: list[tuple[int, int, float, float, float]] = []  # (k0, k1, alpha, beta, sum before k0)
+        done = 0.0
+        for k0, k1, (a, b) in ((0, switch, first), (switch, steps, other)):
+            if k1 > k0:
+                self._segs.append((k0, k1, cost.base + a, b, done))
+                done += self._sum(k1 - k0, k0, cost.base + a, b)
+
+    @staticmethod
+    def _sum(m: int, k0: int, alpha: float, beta: float) -> float:
+        """Durations of iterations k0 .. k0+m-1."""
+        return m * alpha + beta * m * (2 * k0 + m - 1) / 2
+
+    def end(self, j: int) -> float:
+        for k0, k1, alpha, beta, before in self._segs:
+            if j < k1:
+                return self.start + before + self._sum(j - k0 + 1, k0, alpha, beta)
+        raise IndexError(j)
+
+    def first_end_at_or_after(self, t: float) -> int:
+        """Smallest ``j`` with ``end(j) >= t`` (the run's last iteration if none)."""
+        if t <= self.start:
+            return 0
+        for k0, k1, alpha, beta, before in self._segs:
+            if self.start + before + self._sum(k1 - k0, k0, alpha, beta) >= t:
+                target = t - self.start - before
+                # m iterations into the segment: beta/2 m^2 + (alpha + beta (k0 - 1/2)) m >= target
+                lin = alpha + beta * (k0 - 0.5)
+                m = target / lin if beta == 0 else (-lin + math.sqrt(lin * lin + 2 * beta * target)) / beta
+                j = k0 + max(0, min(k1 - k0 - 1, math.ceil(m) - 1))
+                while j > k0 and self.end(j - 1) >= t:  # rounding: settle on the exact boundary
+                    j -= 1
+                while j < k1 - 1 and self.end(j) < t:
+                    j += 1
+                return j
+        return self.steps - 1
+
+    def started_by(self, t: float) -> int:
+        j = self.first_end_at_or_after(t)  # iterations 0..j-1 ended before t; j ends at or after it
+        if self.end(j) <= t:  # ended exactly at t: the next one has started too
+            j += 1
+        return min(self.steps, j + 1)
+
+
+def decode_run(perf: PerformanceModel, start: float, num_seqs: int, ctx_tokens: int, steps: int):
+    cost = perf.decode_cost(num_seqs, ctx_tokens)
+    if cost is not None and 1 <= len(cost.lines) <= 2:
+        return AffineRun(start, steps, cost)
+    return ArrayRun(start, perf.decode_times(num_seqs, ctx_tokens, steps))
