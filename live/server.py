@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -82,14 +82,15 @@ def create_app(spec: EmulatorSpec) -> FastAPI:
     async def _internal(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(ApiError(500, f"internal error: {exc!r}").body(), status_code=500)
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if spec.token and request.url.path.startswith("/v1"):
+    async def authorized(request: Request) -> None:
+        """As vLLM's ``--api-key``: ``/v1/*`` needs ``Authorization: Bearer <token>`` when a token is set.
+        (A dependency rather than an HTTP middleware: Starlette's middleware would wrap every SSE stream.)"""
+        if spec.token:
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {spec.token}".encode()):
-                err = ApiError(401, "Unauthorized: a valid bearer token is required", type="AuthenticationError")
-                return JSONResponse(err.body(), status_code=401)
-        return await call_next(request)
+                raise ApiError(401, "Unauthorized: a valid bearer token is required", type="AuthenticationError")
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorized)])
 
     @app.get("/health")
     async def health() -> Response:
@@ -104,7 +105,7 @@ def create_app(spec: EmulatorSpec) -> FastAPI:
     async def metrics() -> Response:
         return Response(state["metrics"].exposition(), media_type=CONTENT_TYPE)
 
-    @app.get("/v1/models")
+    @v1.get("/models")
     async def models() -> dict:
         return {"object": "list", "data": [{
             "id": spec.served_model_name, "object": "model", "created": int(time.time()), "owned_by": "vllm",
@@ -135,14 +136,15 @@ def create_app(spec: EmulatorSpec) -> FastAPI:
         text = protocol.filler_text(0, gen.num_output)
         return JSONResponse(protocol.full_response(p, rid, created, text, gen.num_output, gen.finish_reason))
 
-    @app.post("/v1/completions")
+    @v1.post("/completions")
     async def completions(request: Request) -> Response:
         return await generate(request, chat=False)
 
-    @app.post("/v1/chat/completions")
+    @v1.post("/chat/completions")
     async def chat_completions(request: Request) -> Response:
         return await generate(request, chat=True)
 
+    app.include_router(v1)
     return app
 
 
@@ -175,7 +177,9 @@ async def _stream(p: GenerationParams, gen: Generation, rid: str, created: int) 
 
 
 def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and without
+    # it Nagle's algorithm holds a response's body behind its headers for a delayed ACK (~40 ms).
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)
