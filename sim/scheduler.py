@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fleettwin.models.perf.base import BatchStats
 from fleettwin.models.workload.request import Request
@@ -96,21 +96,23 @@ def check_limits(limits: EngineLimits) -> None:
         )
 
 
-@dataclass(slots=True)
 class StepPlan:
     """One iteration: which sequences compute how many tokens, and the batch aggregates for the perf model.
 
     ``seqs``/``tokens`` list the sequences handled one by one; ``group`` is True when the decode group also
-    runs (one token for each of its members)."""
+    runs (one token for each of its members). ``decode_only`` is True when every scheduled sequence decodes one
+    token, nothing was preempted and the waiting queue is empty or blocked: the next iterations repeat this
+    batch until a completion, arrival or KV shortfall."""
 
-    seqs: list[SeqState] = field(default_factory=list)
-    tokens: list[int] = field(default_factory=list)
-    batch: BatchStats = field(default_factory=BatchStats)
-    preempted: list[SeqState] = field(default_factory=list)
-    group: bool = False
-    # True when every scheduled sequence decodes one token, nothing was preempted and the waiting queue is
-    # empty or blocked: the next iterations repeat this batch until a completion, arrival or KV shortfall.
-    decode_only: bool = False
+    __slots__ = ("seqs", "tokens", "batch", "preempted", "group", "decode_only")
+
+    def __init__(self, group: bool = False):  # written out: this runs once per engine iteration
+        self.seqs: list[SeqState] = []
+        self.tokens: list[int] = []
+        self.batch = BatchStats()
+        self.preempted: list[SeqState] = []
+        self.group = group
+        self.decode_only = False
 
     @property
     def empty(self) -> bool:
@@ -271,7 +273,8 @@ class Scheduler:
             tail = reversed(self.order)
             if any(next(tail) is not p for p in reversed(pre)):
                 return None
-        need = self._group_blocks(self.T, 1) if n else 0
+        bs = self.limits.block_size
+        need = self._residue[-self.T % bs] if n else 0  # members whose blocks are full
         if need > self.free_blocks:
             return None
         plan = StepPlan(group=n > 0)
@@ -279,7 +282,10 @@ class Scheduler:
         if n:
             batch.decode_seqs = n
             batch.decode_ctx_tokens = self._gkey_sum + n * self.T
-        bs = self.limits.block_size
+        if not pre:  # the common iteration: the group plus, perhaps, admissions
+            self.free_blocks -= need
+            plan.decode_only = self._admit_waiting(plan, budget) and n > 0
+            return plan
         free = self.free_blocks - need
         for seq in pre:
             if budget <= 0:
