@@ -3,7 +3,7 @@
 Event skipping: when an iteration is decode-only and the waiting queue is empty or blocked, the batch cannot
 change until a sequence finishes, the KV cache runs short, or a request arrives. The replica then computes the
 times of all those iterations at once and sleeps for their sum in one SimPy timeout. An arrival during such a
-run interrupts it; the replica wakes at the first iteration boundary at or after the arrival — exactly where a
+run shortens it: the replica wakes at the first iteration boundary at or after the arrival — exactly where a
 one-event-per-iteration replica would next look at its queue — so both modes give the same results up to
 floating-point rounding (``skip=False`` keeps that mode as the test oracle).
 """
@@ -78,8 +78,25 @@ class Replica:
             self._wake.succeed()
             self._wake = None
         elif self._interruptible and could_admit:
+            # The request may join the batch: end the run at the first iteration boundary at or after now,
+            # where a one-event-per-iteration engine would next look at its queue.
             self._interruptible = False
-            self.process.interrupt()
+            now = self.env.now
+            j = self._run.first_end_at_or_after(now)
+            self._run_len = j + 1
+            self._wake_at(self._run.end(j) - now)
+
+    def _wake_at(self, delay: float) -> None:
+        """Move the wake-up of the sleeping engine loop to ``delay`` from now.
+
+        This is what ``Process.interrupt`` does (detach the process from the event it waits on) minus the
+        extra Interruption event and the exception thrown into the generator: one event less per arrival.
+        SimPy has no public call to reschedule the event a process waits on, hence the two private names."""
+        proc = self.process
+        proc._target.callbacks.remove(proc._resume)
+        wake = self.env.timeout(delay)
+        wake.callbacks.append(proc._resume)
+        proc._target = wake
 
     # -- the engine loop --------------------------------------------------------------------------------
 
@@ -108,18 +125,10 @@ class Replica:
                 times = decode_run(perf, start, batch.decode_seqs, batch.decode_ctx_tokens, run)
                 self._run, self._run_len = times, run
                 self._interruptible = True
-                end = times.end(run - 1)
-                try:
-                    yield env.timeout(end - start)
-                except simpy.Interrupt:
-                    # An arrival: stop at the first iteration boundary at or after it.
-                    j = times.first_end_at_or_after(env.now)
-                    run, end = j + 1, times.end(j)
-                    self._run_len = run
-                    if end > env.now:
-                        yield env.timeout(end - env.now)
+                yield env.timeout(times.end(run - 1) - start)  # an arrival may shorten it (see submit)
                 self._interruptible = False
+                run = self._run_len
                 self._run = None
-                finished = sched.finish_decode_run(run, start, times.end(0), end)
+                finished = sched.finish_decode_run(run, start, times.end(0), times.end(run - 1))
             if finished:
                 self._on_finish(self, finished)
