@@ -284,7 +284,7 @@ class Scheduler:
             batch.decode_ctx_tokens = self._gkey_sum + n * self.T
         if not pre:  # the common iteration: the group plus, perhaps, admissions
             self.free_blocks -= need
-            plan.decode_only = self._admit_waiting(plan, budget) and n > 0
+            plan.decode_only = (not self.waiting or self._admit_waiting(plan, budget)) and n > 0
             return plan
         free = self.free_blocks - need
         for seq in pre:
