@@ -12,7 +12,7 @@ from fleettwin import __version__
 from fleettwin.models.errors import FleettwinError
 
 # Module names under fleettwin.commands, in the order `--help` lists them.
-COMMANDS = ["simulate", "catalog", "backtest", "calibrate"]
+COMMANDS = ["simulate", "catalog", "backtest", "calibrate", "emulate", "loadgen"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +57,11 @@ class CompletionResult:
         if self.output_tokens < 2:
             return NAN
         return (self.finish_s - self.first_token_s) / (self.output_tokens - 1)
+
+
+def tls_verify(verify: bool | str) -> bool | ssl.SSLContext:
+    """``True``/``False``, or the path of a CA bundle / self-signed certificate to trust."""
+    return ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
 
 
 def prompt_ids(n: int, salt: int = 0) -> list[int]:
@@ -112,7 +118,7 @@ class VllmClient:
         self.retries, self.backoff_s, self.clock = retries, backoff_s, clock
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(
-            base_url=self.base_url, headers=headers, verify=verify,
+            base_url=self.base_url, headers=headers, verify=tls_verify(verify),
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0), pool=None),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         )  # fmt: skip

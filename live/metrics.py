@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from fleettwin.live.client import tls_verify
 from fleettwin.live.promtext import MetricFamily, MetricsFormatError, parse
 
 __all__ = ["BackendMetrics", "BackendSetView", "HistogramSummary", "MetricsFormatError", "Scraper",
@@ -186,7 +187,7 @@ class Scraper:
                  model_name: str | None = None, clock: Callable[[], float] = time.time,
                  client: httpx.AsyncClient | None = None):  # fmt: skip
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = client or httpx.AsyncClient(timeout=timeout_s, verify=verify, headers=headers)
+        self._client = client or httpx.AsyncClient(timeout=timeout_s, verify=tls_verify(verify), headers=headers)
         self._own = client is None
         self.model_name, self.clock = model_name, clock
 
