@@ -125,8 +125,7 @@ def _sum(families: dict[str, MetricFamily], name: str, model: str | None, sample
 
 def _counter(families: dict[str, MetricFamily], base: str, model: str | None) -> float:
     """A counter whose family may be declared as ``base`` (old clients) or ``base_total`` (new)."""
-    fam = families.get(base) or families.get(f"{base}_total")
-    return sum(s.value for s in _series(fam, f"{base}_total", model))
+    return sum(s.value for n in (base, f"{base}_total") for s in _series(families.get(n), f"{base}_total", model))
 
 
 def _histogram(families: dict[str, MetricFamily], names: Sequence[str], model: str | None) -> HistogramSummary:
@@ -153,8 +152,8 @@ def backend_metrics(text: str, *, url: str = "", scraped_at: float = 0.0, model_
     kv_fam, kv_name = _first(families, KV_NAMES)
     kv = [s.value for s in _series(kv_fam, kv_name, model_name)]
     reasons: dict[str, float] = {}
-    fam = families.get("vllm:request_success") or families.get("vllm:request_success_total")
-    for s in _series(fam, "vllm:request_success_total", model_name):
+    fams = (families.get("vllm:request_success"), families.get("vllm:request_success_total"))
+    for s in (s for f in fams for s in _series(f, "vllm:request_success_total", model_name)):
         key = s.labels.get("finished_reason", "")
         reasons[key] = reasons.get(key, 0.0) + s.value
     blocks = block_size = None

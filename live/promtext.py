@@ -63,7 +63,10 @@ def parse(text: str) -> dict[str, MetricFamily]:
             _comment(families, typed, line, no, raw)
             continue
         name, labels, value = _sample(line, no, raw)
-        fam = families.get(name) or families.get(_family_name(name, families))
+        fam = families.get(name)
+        if fam is None or name not in typed:  # prefer the declared family: x_total belongs to "# TYPE x counter"
+            base = _family_name(name, families)
+            fam = families.get(base) if base in typed or fam is None else fam
         if fam is None:
             fam = families[name] = MetricFamily(name)
         if fam.type in ("histogram", "gaugehistogram") and name.endswith("_bucket") and "le" not in labels:
