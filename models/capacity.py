@@ -20,7 +20,7 @@ in use, ``B * (P + O / 2)``, within ``kv_fraction`` of the replica's KV cache.
 What it leaves out, and why the callers add headroom: queueing delay (it grows without bound as load
 approaches this capacity, so running at 100 % of it breaks the TTFT SLO), the spread of request lengths
 (only means enter; long prompts cost more attention than the mean says) and preemption under KV pressure.
-The simulator is the check: ``docs/allocation.md`` compares it on one scenario.
+It has not yet been checked against the simulator (``docs/allocation.md`` says how to).
 """
 
 from __future__ import annotations

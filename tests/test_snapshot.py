@@ -43,8 +43,8 @@ def fleet_snapshots(draw, max_pools: int = 4) -> FleetSnapshot:
                                                   max_size=max_pools - n_inf))
     for i, tier in enumerate(tiers):
         region = draw(st.sampled_from(regions))
-        gpu = draw(st.sampled_from(gpus))
-        purchase = draw(st.sampled_from(["on_demand", "spot"]))
+        gpu = draw(st.sampled_from(gpus[:2]))  # few types, so that pools compete for inventory
+        purchase = draw(st.sampled_from(["on_demand", "on_demand", "spot"]))
         groups = [GpuGroup(gpu=gpu, purchase=purchase, count=draw(st.integers(0, 6))),
                   GpuGroup(gpu=gpu, purchase=purchase, state="provisioning", count=draw(st.integers(0, 2)))]
         if draw(st.booleans()):

@@ -62,6 +62,11 @@ class Plan:
         self._used[(key, pool.region)] += got
         return got
 
+    def keep(self, pool: PoolState) -> None:
+        """Grant ``pool`` what it holds now (ready and provisioning), type by type."""
+        for key in sorted(pool.keys()):
+            self.grant(pool, pool.held(key), key)
+
     def move(self, src: str, dst: str, key: GpuKey, count: int, kind: LendKind) -> None:
         """Record a lend or reclaim; targets move with it (the inventory total is unchanged)."""
         if count <= 0:

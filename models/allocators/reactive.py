@@ -91,8 +91,7 @@ class ReactiveAllocator(Allocator):
         else:
             for pool in snapshot.pools:
                 if pool.tier != "inference":
-                    for key in pool.keys():
-                        plan.grant(pool, pool.held(key), key)
+                    plan.keep(pool)
         return plan.decision()
 
     # ---- the HPA ---------------------------------------------------------------------------------------
