@@ -167,7 +167,9 @@ class VllmClient:
         return await self._generate("/v1/chat/completions", body, stream)
 
     @staticmethod
-    def _body(model: str | None, max_tokens: int, stream: bool, ignore_eos: bool, extra: dict) -> dict[str, Any]:
+    def _body(
+        model: str | None, max_tokens: int, stream: bool, ignore_eos: bool, extra: dict
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {"max_tokens": max_tokens, "stream": stream, "temperature": 0.0}
         if model is not None:
             body["model"] = model
@@ -223,8 +225,15 @@ class VllmClient:
                                             status=r.status_code, error=_message(data), retries=attempt)  # fmt: skip
                 trace.chunk(data, t)
             if not done:
-                return CompletionResult(ok=False, sent_s=sent, first_token_s=trace.first, finish_s=self.clock(),
-                                        status=r.status_code, error="stream ended without [DONE]", retries=attempt)
+                return CompletionResult(
+                    ok=False,
+                    sent_s=sent,
+                    first_token_s=trace.first,
+                    finish_s=self.clock(),
+                    status=r.status_code,
+                    error="stream ended without [DONE]",
+                    retries=attempt,
+                )
             # E2E ends with the last content/usage chunk, not with [DONE] (vLLM sends them back to back).
             return trace.result(r.status_code, attempt, trace.last)
 

@@ -110,7 +110,9 @@ async def replay(
                     text = " tok" * req.prompt_tokens
                     res = await clients[i].chat([{"role": "user", "content": text}], req.output_tokens, **kw)
                 else:
-                    res = await clients[i].completion(prompt_ids(req.prompt_tokens, req.id), req.output_tokens, **kw)
+                    res = await clients[i].completion(
+                        prompt_ids(req.prompt_tokens, req.id), req.output_tokens, **kw
+                    )
                 rows.append(_row(req, targets[i], req.arrival_s / speedup, res, _status(res)))
             finally:
                 view.counts[i] -= 1

@@ -125,10 +125,14 @@ def _sum(families: dict[str, MetricFamily], name: str, model: str | None, sample
 
 def _counter(families: dict[str, MetricFamily], base: str, model: str | None) -> float:
     """A counter whose family may be declared as ``base`` (old clients) or ``base_total`` (new)."""
-    return sum(s.value for n in (base, f"{base}_total") for s in _series(families.get(n), f"{base}_total", model))
+    return sum(
+        s.value for n in (base, f"{base}_total") for s in _series(families.get(n), f"{base}_total", model)
+    )
 
 
-def _histogram(families: dict[str, MetricFamily], names: Sequence[str], model: str | None) -> HistogramSummary:
+def _histogram(
+    families: dict[str, MetricFamily], names: Sequence[str], model: str | None
+) -> HistogramSummary:
     fam, name = _first(families, names)
     if fam is None:
         return EMPTY
@@ -186,7 +190,9 @@ class Scraper:
                  model_name: str | None = None, clock: Callable[[], float] = time.time,
                  client: httpx.AsyncClient | None = None):  # fmt: skip
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = client or httpx.AsyncClient(timeout=timeout_s, verify=tls_verify(verify), headers=headers)
+        self._client = client or httpx.AsyncClient(
+            timeout=timeout_s, verify=tls_verify(verify), headers=headers
+        )
         self._own = client is None
         self.model_name, self.clock = model_name, clock
 

@@ -47,7 +47,9 @@ def buckets_1_2_5(max_value: int) -> list[int]:
 class _Gauges:
     """Gauges read from the engine at scrape time, so they are never stale."""
 
-    def __init__(self, engine: Engine, labels: list[str], *, legacy_names: bool, gpu_memory_utilization: float):
+    def __init__(
+        self, engine: Engine, labels: list[str], *, legacy_names: bool, gpu_memory_utilization: float
+    ):
         self.engine, self.labels, self.legacy = engine, labels, legacy_names
         self.gpu_memory_utilization = gpu_memory_utilization
 
@@ -81,7 +83,9 @@ class EngineMetrics:
                  gpu_memory_utilization: float = 0.9):  # fmt: skip
         self.registry = reg = CollectorRegistry(auto_describe=True)
         lv = [model_name, engine_index]
-        reg.register(_Gauges(engine, lv, legacy_names=legacy_names, gpu_memory_utilization=gpu_memory_utilization))
+        reg.register(
+            _Gauges(engine, lv, legacy_names=legacy_names, gpu_memory_utilization=gpu_memory_utilization)
+        )
 
         def counter(name: str, doc: str, extra: tuple[str, ...] = ()):
             c = Counter(name, doc, [*LABELS, *extra], registry=reg)
@@ -106,12 +110,21 @@ class EngineMetrics:
                               "Histogram of time_per_output_token_seconds per request.", ITL_BUCKETS)  # fmt: skip
         self.e2e = histogram("vllm:e2e_request_latency_seconds",
                              "Histogram of e2e request latency in seconds.", REQUEST_LATENCY_BUCKETS)  # fmt: skip
-        self.queue = histogram("vllm:request_queue_time_seconds",
-                               "Histogram of time spent in WAITING phase for request.", REQUEST_LATENCY_BUCKETS)
-        self.prefill = histogram("vllm:request_prefill_time_seconds",
-                                 "Histogram of time spent in PREFILL phase for request.", REQUEST_LATENCY_BUCKETS)
-        self.decode = histogram("vllm:request_decode_time_seconds",
-                                "Histogram of time spent in DECODE phase for request.", REQUEST_LATENCY_BUCKETS)
+        self.queue = histogram(
+            "vllm:request_queue_time_seconds",
+            "Histogram of time spent in WAITING phase for request.",
+            REQUEST_LATENCY_BUCKETS,
+        )
+        self.prefill = histogram(
+            "vllm:request_prefill_time_seconds",
+            "Histogram of time spent in PREFILL phase for request.",
+            REQUEST_LATENCY_BUCKETS,
+        )
+        self.decode = histogram(
+            "vllm:request_decode_time_seconds",
+            "Histogram of time spent in DECODE phase for request.",
+            REQUEST_LATENCY_BUCKETS,
+        )
         self.inference = histogram("vllm:request_inference_time_seconds",
                                    "Histogram of time spent in RUNNING phase for request.",
                                    REQUEST_LATENCY_BUCKETS)  # fmt: skip
@@ -122,8 +135,11 @@ class EngineMetrics:
                                         buckets_1_2_5(max_len))  # fmt: skip
         self.req_max_tokens = histogram("vllm:request_params_max_tokens", "Histogram of the max_tokens request "
                                         "parameter.", buckets_1_2_5(max_len))  # fmt: skip
-        self.iteration_tokens = histogram("vllm:iteration_tokens_total",
-                                          "Histogram of number of tokens per engine_step.", ITERATION_TOKEN_BUCKETS)
+        self.iteration_tokens = histogram(
+            "vllm:iteration_tokens_total",
+            "Histogram of number of tokens per engine_step.",
+            ITERATION_TOKEN_BUCKETS,
+        )
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

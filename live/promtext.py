@@ -64,7 +64,9 @@ def parse(text: str) -> dict[str, MetricFamily]:
             continue
         name, labels, value = _sample(line, no, raw)
         fam = families.get(name)
-        if fam is None or name not in typed:  # prefer the declared family: x_total belongs to "# TYPE x counter"
+        if (
+            fam is None or name not in typed
+        ):  # prefer the declared family: x_total belongs to "# TYPE x counter"
             base = _family_name(name, families)
             fam = families.get(base) if base in typed or fam is None else fam
         if fam is None:
@@ -147,7 +149,7 @@ def _labels(line: str, pos: int, no: int, raw: str) -> tuple[dict[str, str], int
             raise MetricsFormatError(no, raw, f"bad label name at column {pos + 1}")
         key, pos = m.group(), m.end()
         if line[pos : pos + 2] != '="':
-            raise MetricsFormatError(no, raw, f"expected =\" after label {key!r}")
+            raise MetricsFormatError(no, raw, f'expected =" after label {key!r}')
         pos += 2
         chars: list[str] = []
         while True:

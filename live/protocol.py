@@ -21,7 +21,20 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-FILLER = (" the", " quick", " brown", " fox", " jumps", " over", " a", " lazy", " dog", " and", " runs", " far")
+FILLER = (
+    " the",
+    " quick",
+    " brown",
+    " fox",
+    " jumps",
+    " over",
+    " a",
+    " lazy",
+    " dog",
+    " and",
+    " runs",
+    " far",
+)
 COMPLETION_DEFAULT_MAX_TOKENS = 16
 CHAT_MESSAGE_OVERHEAD = 4
 CHAT_REPLY_OVERHEAD = 3
@@ -39,7 +52,9 @@ class ApiError(Exception):
         self.type = type or self.TYPES.get(status, "APIError")
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.status}}
+        return {
+            "error": {"message": self.message, "type": self.type, "param": self.param, "code": self.status}
+        }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,7 +125,9 @@ def prompt_tokens_of(prompt: Any) -> int:
         if all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in prompt):
             return len(prompt)
         if all(isinstance(t, str | list) for t in prompt):
-            raise _bad("batched prompts (a list of several prompts) are not supported by the emulator", "prompt")
+            raise _bad(
+                "batched prompts (a list of several prompts) are not supported by the emulator", "prompt"
+            )
         raise _bad("prompt must be a string or a list of non-negative token ids", "prompt")
     raise _bad("prompt must be a string or a list of token ids", "prompt")
 
@@ -128,14 +145,18 @@ def chat_tokens_of(messages: Any) -> int:
         elif isinstance(content, str):
             text = content
         elif isinstance(content, list):  # content parts: count the text ones
-            text = "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+            text = "".join(
+                p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+            )
         else:
             raise _bad(f"messages[{i}].content must be a string or a list of parts", "messages")
         total += text_tokens(text) + CHAT_MESSAGE_OVERHEAD
     return total
 
 
-def parse_generation(body: dict[str, Any], *, chat: bool, served_model: str, max_model_len: int) -> GenerationParams:
+def parse_generation(
+    body: dict[str, Any], *, chat: bool, served_model: str, max_model_len: int
+) -> GenerationParams:
     """Validate a completions / chat completions body. Raises ``ApiError`` (400, or 404 for an unknown model)."""
     model = body.get("model")
     if model is None:
@@ -200,7 +221,13 @@ def full_response(p: GenerationParams, rid: str, created: int, text: str, comple
                   "finish_reason": finish_reason, "stop_reason": None}  # fmt: skip
         obj = "chat.completion"
     else:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason, "stop_reason": None}
+        choice = {
+            "index": 0,
+            "text": text,
+            "logprobs": None,
+            "finish_reason": finish_reason,
+            "stop_reason": None,
+        }
         obj = "text_completion"
     return {"id": rid, "object": obj, "created": created, "model": p.model, "choices": [choice],
             "usage": usage(p.prompt_tokens, completion_tokens)}  # fmt: skip

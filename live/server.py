@@ -88,7 +88,9 @@ def create_app(spec: EmulatorSpec) -> FastAPI:
         if spec.token:
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {spec.token}".encode()):
-                raise ApiError(401, "Unauthorized: a valid bearer token is required", type="AuthenticationError")
+                raise ApiError(
+                    401, "Unauthorized: a valid bearer token is required", type="AuthenticationError"
+                )
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorized)])
 
@@ -179,7 +181,9 @@ async def _stream(p: GenerationParams, gen: Generation, rid: str, created: int) 
 def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and without
     # it Nagle's algorithm holds a response's body behind its headers for a delayed ACK (~40 ms).
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock = socket.socket(
+        socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
+    )
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)

@@ -27,7 +27,9 @@ LIMITS = EngineLimits(num_blocks=512, max_num_seqs=16, max_num_batched_tokens=10
 
 
 def spec(step_s: float = 0.003) -> EmulatorSpec:
-    return EmulatorSpec(served_model_name="emu", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=step_s)))
+    return EmulatorSpec(
+        served_model_name="emu", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=step_s))
+    )
 
 
 def workload(n: int, rate: float = 100.0) -> list[Request]:
@@ -48,7 +50,9 @@ def test_metrics_counters_equal_the_load_generators_counts():
         m = asyncio.run(scrape())
     assert len(df) == 61 and (df["status"] == "completed").sum() == 60
     bad = df.set_index("id").loc[60]
-    assert bad["status"] == "rejected" and bad["http_status"] == 400 and "maximum context length" in bad["error"]
+    assert (
+        bad["status"] == "rejected" and bad["http_status"] == 400 and "maximum context length" in bad["error"]
+    )
     done = df[df["status"] == "completed"]
     assert (done["completion_tokens"] == done["output_tokens"]).all()
     assert m.healthy and m.model_names == ("emu",)
@@ -76,7 +80,10 @@ def test_requests_are_spread_over_targets(router):
 
 
 def test_bounded_by_count_duration_and_drain_timeout():
-    reqs = [Request(id=i, arrival_s=0.1 * i, prompt_tokens=5, output_tokens=400 if i == 0 else 2) for i in range(50)]
+    reqs = [
+        Request(id=i, arrival_s=0.1 * i, prompt_tokens=5, output_tokens=400 if i == 0 else 2)
+        for i in range(50)
+    ]
     with serve_in_thread(spec(step_s=0.01)) as srv:
         t0 = time.perf_counter()
         df = asyncio.run(replay(reqs, [srv.url], duration_s=0.45, drain_timeout_s=0.5))
@@ -95,7 +102,9 @@ def closed_port() -> int:
 
 
 def test_unreachable_target_gives_error_rows_after_retries():
-    df = asyncio.run(replay(workload(3), [f"http://127.0.0.1:{closed_port()}"], retries=1, drain_timeout_s=10))
+    df = asyncio.run(
+        replay(workload(3), [f"http://127.0.0.1:{closed_port()}"], retries=1, drain_timeout_s=10)
+    )
     assert (df["status"] == "error").all() and (df["retries"] == 1).all()
     assert df["error"].str.contains("Connect").all()
 

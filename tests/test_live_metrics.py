@@ -70,11 +70,15 @@ def test_histogram_quantile_edges():
     assert h.quantile(0.25) == pytest.approx(0.5)
     assert h.quantile(0.99) == 2.0  # in the +Inf bucket: the largest finite bound, as Prometheus does
     later = HistogramSummary(count=6, sum=13, buckets=((1.0, 4.0), (2.0, 4.0), (math.inf, 6.0)))
-    assert later.minus(h) == HistogramSummary(count=2, sum=3, buckets=((1.0, 2.0), (2.0, 2.0), (math.inf, 2.0)))
+    assert later.minus(h) == HistogramSummary(
+        count=2, sum=3, buckets=((1.0, 2.0), (2.0, 2.0), (math.inf, 2.0))
+    )
 
 
 def test_parser_handles_escapes_timestamps_and_special_values():
-    fams = parse('# a comment\nx{a="q\\"uote",b="back\\\\slash\\n"} NaN 1700000000000\ny +Inf\nz -1e-3\n# EOF\n')
+    fams = parse(
+        '# a comment\nx{a="q\\"uote",b="back\\\\slash\\n"} NaN 1700000000000\ny +Inf\nz -1e-3\n# EOF\n'
+    )
     assert fams["x"].samples[0].labels == {"a": 'q"uote', "b": "back\\slash\n"}
     assert math.isnan(fams["x"].samples[0].value)
     assert fams["y"].samples[0].value == math.inf and fams["z"].samples[0].value == -0.001
@@ -83,14 +87,14 @@ def test_parser_handles_escapes_timestamps_and_special_values():
 @pytest.mark.parametrize(
     ("text", "line", "reason"),
     [
-        ("# TYPE a gauge\na 1\na{b=\"c} 2\n", 3, "unterminated value of label 'b'"),
+        ('# TYPE a gauge\na 1\na{b="c} 2\n', 3, "unterminated value of label 'b'"),
         ("a 1\nb one\n", 2, "value 'one' is not a number"),
         ("a 1\n\n# TYPE b flavour\n", 3, "unknown metric type 'flavour'"),
-        ("a{1b=\"x\"} 3\n", 1, "bad label name"),
-        ("# TYPE h histogram\nh_bucket{x=\"1\"} 3\n", 2, "histogram bucket without an 'le' label"),
+        ('a{1b="x"} 3\n', 1, "bad label name"),
+        ('# TYPE h histogram\nh_bucket{x="1"} 3\n', 2, "histogram bucket without an 'le' label"),
         ("a 1 2 3\n", 1, "expected 'value [timestamp]'"),
-        ("a{b=\"1\",b=\"2\"} 1\n", 1, "label 'b' repeated"),
-        ("{x=\"1\"} 1\n", 1, "expected a metric name"),
+        ('a{b="1",b="2"} 1\n', 1, "label 'b' repeated"),
+        ('{x="1"} 1\n', 1, "expected a metric name"),
     ],
 )
 def test_malformed_text_raises_an_error_naming_the_line(text, line, reason):

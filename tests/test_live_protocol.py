@@ -21,7 +21,9 @@ from fleettwin.sim.scheduler import EngineLimits
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-LIMITS = EngineLimits(num_blocks=256, block_size=16, max_num_seqs=8, max_num_batched_tokens=512, max_model_len=1024)
+LIMITS = EngineLimits(
+    num_blocks=256, block_size=16, max_num_seqs=8, max_num_batched_tokens=512, max_model_len=1024
+)
 
 
 def spec(**kw) -> EmulatorSpec:
@@ -81,7 +83,10 @@ def test_streaming_without_stream_options_has_no_usage(server):
 
 
 def test_chat_completion_and_chat_stream(server):
-    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there, emulator"}]
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hello there, emulator"},
+    ]
     body = server.post("/v1/chat/completions", json={"messages": messages, "max_completion_tokens": 4}).json()
     assert body["object"] == "chat.completion"
     assert body["choices"][0]["message"]["role"] == "assistant"
@@ -185,7 +190,9 @@ def test_bearer_token_guards_v1_only(server):
 
 
 def test_server_survives_a_client_that_hangs_up_mid_stream(server):
-    with server.stream("POST", "/v1/completions", json={"prompt": [1], "max_tokens": 500, "stream": True}) as r:
+    with server.stream(
+        "POST", "/v1/completions", json={"prompt": [1], "max_tokens": 500, "stream": True}
+    ) as r:
         for line in r.iter_lines():
             if line.startswith("data: "):
                 break  # leave after the first token; the emulator aborts the request
@@ -200,7 +207,9 @@ def test_server_survives_a_client_that_hangs_up_mid_stream(server):
     assert running == 0
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI to make a test certificate")
+@pytest.mark.skipif(
+    shutil.which("openssl") is None, reason="needs the openssl CLI to make a test certificate"
+)
 def test_tls(tmp_path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",

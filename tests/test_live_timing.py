@@ -50,5 +50,6 @@ def test_emulator_replay_agrees_with_the_simulator():
     for col in ("ttft_s", "e2e_s", "tpot_s"):
         for q, tol in ((0.5, MEDIAN_TOL), (0.9, P90_TOL)):
             s, e = sim[col].quantile(q), live[col].quantile(q)
-            report.append(f"{col} p{int(q * 100)}: sim {s:.4f} emulator {e:.4f}")
+            report.append(f"{col} p{int(q * 100)}: sim {s:.4f} emulator {e:.4f} ratio {e / s:.3f}")
             assert e == pytest.approx(s, rel=tol), "\n".join(report)
+    print("\n" + "\n".join(report))  # shown with pytest -s; docs/live.md quotes it

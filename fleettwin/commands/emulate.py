@@ -40,11 +40,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-model-len", type=int, help="(default: the model's context, capped by the KV cache)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="(default %(default)s)")
     p.add_argument("--num-gpu-blocks", type=int, help="pin the KV cache size in blocks (vLLM's override)")
-    p.add_argument("--perf-model", default="roofline", help="roofline | profiled | constant (default %(default)s)")
+    p.add_argument(
+        "--perf-model", default="roofline", help="roofline | profiled | constant (default %(default)s)"
+    )
     p.add_argument("--perf-param", action="append", default=[], metavar="KEY=VALUE",
                    help="performance-model parameter, e.g. step_s=0.02 for constant (repeatable)")  # fmt: skip
-    p.add_argument("--legacy-metrics", action="store_true",
-                   help="also expose pre-0.11 names (vllm:gpu_cache_usage_perc, vllm:time_per_output_token_seconds)")
+    p.add_argument(
+        "--legacy-metrics",
+        action="store_true",
+        help="also expose pre-0.11 names (vllm:gpu_cache_usage_perc, vllm:time_per_output_token_seconds)",
+    )
     p.set_defaults(func=run)
 
 
@@ -87,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
     spec = build_spec(args)
 
     def ready(url: str) -> None:
-        print(f"fleettwin emulate: serving {spec.served_model_name} ({spec.description}) at {url}", flush=True)
+        print(
+            f"fleettwin emulate: serving {spec.served_model_name} ({spec.description}) at {url}", flush=True
+        )
 
     try:
         serve(spec, host=args.host, port=args.port, ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key,

@@ -36,14 +36,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, default=60.0,
                    help="send for at most S wall seconds (default %(default)s)")  # fmt: skip
     p.add_argument("--max-requests", type=int, default=10_000, help="send at most N (default %(default)s)")
-    p.add_argument("--drain-timeout", type=float, default=60.0,
-                   help="seconds to wait for requests in flight after the last send (default %(default)s)")
-    p.add_argument("--router", default="round_robin", help="round_robin | least_outstanding (default %(default)s)")
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for requests in flight after the last send (default %(default)s)",
+    )
+    p.add_argument(
+        "--router", default="round_robin", help="round_robin | least_outstanding (default %(default)s)"
+    )
     p.add_argument("--model", help="model name to send (default: each target's first /v1/models entry)")
     p.add_argument("--token", help="bearer token for the targets")
     p.add_argument("--chat", action="store_true", help="use /v1/chat/completions with text prompts")
     p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
-    p.add_argument("--timeout", type=float, default=120.0, help="per-request read timeout, s (default %(default)s)")
+    p.add_argument(
+        "--timeout", type=float, default=120.0, help="per-request read timeout, s (default %(default)s)"
+    )
     p.add_argument("--out", type=Path, help="Parquet file for the per-request results")
     p.set_defaults(func=run)
 
