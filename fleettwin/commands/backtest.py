@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,11 +54,11 @@ example:
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "backtest", help="rolling-origin backtest of workload forecasters on a trace",
-        description=(
+        description=textwrap.fill(
             "Rolling-origin backtest: for each origin after the warm-up, fit each forecaster on the past only, "
             "forecast the horizon and score it (MAE, sMAPE, p90 pinball loss and coverage). Writes "
             "DIR/backtest.csv, DIR/forecasts.csv and DIR/backtest.png and prints the table. "
-            f"Forecasters: {', '.join(FORECASTERS.names())}."
+            f"Forecasters: {', '.join(FORECASTERS.names())}.", width=100
         ),
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trace", required=True, help="trace file")
