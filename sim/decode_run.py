@@ -45,8 +45,9 @@ class AffineRun:
         first = (a1, b1) if (a1, b1) >= (a2, b2) else (a2, b2)  # dominant at k = 0 (ties: steeper wins later)
         other = (a2, b2) if first == (a1, b1) else (a1, b1)
         switch = steps
-        if other[1] > first[1]:  # the steeper line takes over where they cross
-            switch = min(steps, max(1, math.ceil((first[0] - other[0]) / (other[1] - first[1]))))
+        gap, rise = first[0] - other[0], other[1] - first[1]
+        if rise > 0 and gap < rise * steps:  # the steeper line takes over where they cross, inside the run
+            switch = max(1, math.ceil(gap / rise))
         self._segs: list[tuple[int, int, float, float, float]] = []  # (k0, k1, alpha, beta, sum before k0)
         done = 0.0
         for k0, k1, (a, b) in ((0, switch, first), (switch, steps, other)):

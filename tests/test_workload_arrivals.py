@@ -7,9 +7,10 @@ import time
 
 import numpy as np
 import pytest
-from fleettwin.models.workload.arrivals import MMPP, Diurnal, Gamma, Poisson
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from fleettwin.models.workload.arrivals import MMPP, Diurnal, Gamma, Poisson
 
 Z99 = 2.576  # two-sided 99 % normal quantile
 

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from fleettwin.models.errors import ConfigError, UnknownNameError
 from fleettwin.models.workload import (
     WORKLOADS,
@@ -18,8 +21,6 @@ from fleettwin.models.workload import (
     read_azure_csv,
     summarize,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 TRACES = Path(__file__).resolve().parents[1] / "traces"
 AZURE_CONV = TRACES / "azure2023_conv" / "AzureLLMInferenceTrace_conv.csv"

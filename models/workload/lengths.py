@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.workload.traces import TraceFormat, read_trace, resolve_path
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 # Lognormal draws are capped here before the cast to int64 even when no max is given: a large sigma can
 # otherwise overflow, and no model has a 2^31-token context.

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Annotated, Any, Protocol
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from fleettwin.models.registry import Registry
 from fleettwin.models.workload.arrivals import MMPP, ArrivalProcess, Diurnal, Gamma, Poisson
 from fleettwin.models.workload.lengths import LengthDist
 from fleettwin.models.workload.request import Request
 from fleettwin.models.workload.traces import TraceFormat, load_trace, resolve_path
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class WorkloadSource(Protocol):

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import numpy as np
+
 from fleettwin.models.errors import ConfigError, TraceFormatError
 from fleettwin.models.workload.request import Request
 
