@@ -88,7 +88,7 @@ class Gamma:
         if self.rate == 0:
             return np.empty(0)
         shape = 1.0 / self.cv**2
-        scale = 1.0 / (self.rate * shape)
+        scale = self.cv**2 / self.rate  # = 1 / (rate * shape), without underflowing to 1/0 for tiny rates
         # Equilibrium start: the interval covering t = 0 is length-biased, Gamma(shape + 1), and t = 0 falls
         # uniformly inside it.
         first = rng.uniform() * rng.gamma(shape + 1.0, scale)
