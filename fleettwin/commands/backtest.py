@@ -184,7 +184,7 @@ def _print_table(console, table: pd.DataFrame, bucket_s: float) -> None:
     best = table.loc[table.groupby("horizon_buckets")["smape"].idxmin()] if len(table) else table
     for _, row in table.iterrows():
         star = " *" if row.name in best.index else ""
-        view.add_row(f"{row['model']}{star}", f"{row['horizon_buckets']} ({row['horizon_buckets'] * bucket_s / 3600:g} h)",
+        view.add_row(f"{row['model']}{star}", f"{row['horizon_buckets']} ({_span(row['horizon_buckets'] * bucket_s)})",
                      f"{row['mae']:.4g}", f"{row['smape']:.2f}", f"{row['pinball_p90']:.4g}",
                      f"{row['coverage_p90']:.3f}", f"{row['fit_seconds']:.2f}")
     console.print(view)
@@ -195,6 +195,10 @@ def _print_table(console, table: pd.DataFrame, bucket_s: float) -> None:
             base = float(group.loc[group["model"] == baseline, "smape"].iloc[0])
             console.print(f"h={h}: best {top['model']} sMAPE {top['smape']:.2f} vs {baseline} {base:.2f} "
                           f"({base - top['smape']:+.2f} points)")
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds / 60:g} min"
 
 
 def _write_atomic(path: Path, write: Callable, *, binary: bool = False) -> None:
