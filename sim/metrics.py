@@ -28,8 +28,7 @@ class RequestLog:
         "prompt_tokens", "output_tokens", "preemptions", "status", "reason",
     )  # fmt: skip
 
-    def __init__(self, expected: int):
-        self.expected = expected
+    def __init__(self) -> None:
         self.rows: list[tuple] = []
 
     @property

@@ -133,7 +133,7 @@ def simulate(
     if mode not in ("skip", "per_iteration"):
         raise ValueError(f"mode must be 'skip' or 'per_iteration', got {mode!r}")
     env = simpy.Environment()
-    log = RequestLog(len(requests))
+    log = RequestLog()
     pools: list[Pool] = []
     for spec in specs:
         router = REPLICA_ROUTERS.create(spec.router, spec.router_params)
