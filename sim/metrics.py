@@ -66,7 +66,7 @@ class RequestLog:
 class PoolSampler:
     """Samples each pool's state every ``interval_s`` of simulated time (a SimPy process)."""
 
-    COLUMNS = ("time_s", "pool", "running", "waiting", "kv_usage", "busy_fraction")
+    COLUMNS = ("time_s", "pool", "replicas", "running", "waiting", "kv_usage", "busy_fraction")
 
     def __init__(self, env: simpy.Environment, pools: list[Pool], interval_s: float):
         self.env, self.pools, self.interval_s = env, pools, interval_s
@@ -80,12 +80,13 @@ class PoolSampler:
             yield env.timeout(self.interval_s)
             now = env.now
             for pool in self.pools:
-                reps = pool.replicas
-                busy = sum(r.busy_time(now) for r in reps)
-                frac = (busy - self._last_busy[pool.name]) / (self.interval_s * len(reps))
+                # Over the replicas holding GPUs now; a replica released earlier stays idle (busy, KV at 0).
+                held = [pool.replicas[i] for i, (_, end) in enumerate(pool.lifetimes) if end > now]
+                busy = sum(r.busy_time(now) for r in pool.replicas)
+                frac = (busy - self._last_busy[pool.name]) / (self.interval_s * max(len(held), 1))
                 self._last_busy[pool.name] = busy
-                kv = sum(r.kv_usage(now) for r in reps) / len(reps)
-                self.rows.append((now, pool.name, pool.running, pool.waiting, kv, frac))
+                kv = sum(r.kv_usage(now) for r in held) / max(len(held), 1)
+                self.rows.append((now, pool.name, len(held), pool.running, pool.waiting, kv, frac))
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame.from_records(self.rows, columns=list(self.COLUMNS))

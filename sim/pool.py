@@ -1,4 +1,4 @@
-"""A pool of identical replicas behind a replica router.
+"""A pool of identical replicas behind a replica router, resizable while the simulation runs.
 
 Two dispatch disciplines: ``central_queue=False`` (default, like a load balancer in front of vLLM servers)
 routes each request on arrival and it queues at its replica; ``central_queue=True`` holds requests in one
@@ -8,6 +8,7 @@ M/M/c queue when ``max_num_seqs`` is 1 — the closed-form tests rely on it).
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 
@@ -20,12 +21,16 @@ from fleettwin.sim.scheduler import SeqState
 
 
 class Pool:
+    """Replicas of one model behind a router; replicas can be added (after a provisioning delay) and drained
+    while the simulation runs, which is what an allocator's decision turns into."""
+
     def __init__(
         self,
         env: simpy.Environment,
         name: str,
         router: ReplicaRouter,
         *,
+        make_replica: Callable[[Pool, int], Replica],
         central_queue: bool = False,
         on_finish: Callable[[str, int, list[SeqState]], None],
         on_reject: Callable[[str, Request, str], None],
@@ -36,21 +41,83 @@ class Pool:
         self.central_queue = central_queue
         self.replicas: list[Replica] = []
         self.outstanding: list[int] = []  # per replica, kept in step with submissions and completions
+        self.routable: list[int] = []  # replicas that take new requests, by index
+        self.provisioning: set[int] = set()  # GPUs held, model still loading
+        self.draining: set[int] = set()  # finishing their requests, then released
+        self.lifetimes: list[list[float]] = []  # per replica: [GPUs acquired, released (inf while held)]
         self.queue: deque[Request] = deque()
+        self._make_replica = make_replica
         self._on_finish = on_finish
         self._on_reject = on_reject
 
-    def add_replica(self, replica: Replica) -> None:
-        self.replicas.append(replica)
-        self.outstanding.append(0)
+    # -- size --------------------------------------------------------------------------------------------
+
+    def scale_up(self, count: int, delay_s: float = 0.0) -> list[int]:
+        """Acquire ``count`` replicas; each takes requests after ``delay_s`` (GPU acquisition + weight load)."""
+        added = []
+        for _ in range(count):
+            i = len(self.replicas)
+            self.replicas.append(self._make_replica(self, i))
+            self.outstanding.append(0)
+            self.lifetimes.append([self.env.now, math.inf])
+            added.append(i)
+            if delay_s > 0:
+                self.provisioning.add(i)
+                self.env.timeout(delay_s).callbacks.append(lambda _, i=i: self._ready(i))
+            else:
+                self._ready(i)
+        return added
+
+    def scale_down(self, count: int) -> list[int]:
+        """Release ``count`` replicas: cancel the newest still provisioning first, then drain the routable ones
+        with the fewest outstanding requests. A draining replica takes no new requests, finishes the ones it
+        has (nothing is dropped or moved) and releases its GPUs when empty."""
+        chosen = sorted(self.provisioning, reverse=True)[:count]
+        for i in chosen:
+            self.provisioning.discard(i)
+            self._release(i)
+        by_load = sorted(self.routable, key=lambda i: (self.outstanding[i], -i))
+        for i in by_load[: count - len(chosen)]:
+            self.routable.remove(i)
+            self.draining.add(i)
+            chosen.append(i)
+            if self.outstanding[i] == 0:
+                self._release(i)
+        return chosen
+
+    @property
+    def replicas_held(self) -> int:
+        """Replicas holding GPUs: provisioning, routable or draining."""
+        return len(self.provisioning) + len(self.routable) + len(self.draining)
+
+    def replica_seconds(self, until: float) -> float:
+        return sum(min(end, until) - start for start, end in self.lifetimes if start < until)
+
+    def _ready(self, i: int) -> None:
+        if i not in self.provisioning and self.lifetimes[i][1] != math.inf:
+            return  # cancelled while provisioning
+        self.provisioning.discard(i)
+        self.routable.append(i)
+        self.routable.sort()
+        if self.queue:
+            self._dispatch()
+
+    def _release(self, i: int) -> None:
+        self.draining.discard(i)
+        self.lifetimes[i][1] = self.env.now
+
+    # -- requests ----------------------------------------------------------------------------------------
 
     def kv_usage(self, now: float) -> list[float]:
         return [r.kv_usage(now) for r in self.replicas]
 
     def replica_finished(self, replica: Replica, seqs: list[SeqState]) -> None:
         """Callback from a replica: record the finished sequences and refill free slots."""
-        self.outstanding[replica.index] -= len(seqs)
-        self._on_finish(self.name, replica.index, seqs)
+        i = replica.index
+        self.outstanding[i] -= len(seqs)
+        self._on_finish(self.name, i, seqs)
+        if i in self.draining and self.outstanding[i] == 0:
+            self._release(i)
         if self.queue:
             self._dispatch()
 
@@ -68,29 +135,32 @@ class Pool:
         if reason is not None:
             self._on_reject(self.name, req, reason)
             return
-        if self.central_queue:
+        if self.central_queue or not self.routable:  # no replica to take it yet: wait at the pool
             self.queue.append(req)
             self._dispatch()
         else:
-            self._send(req, self.router.choose(req, self, self.env.now))
+            self._route(req, self.routable)
 
-    def _send(self, req: Request, index: int) -> None:
-        self.outstanding[index] += 1
-        self.replicas[index].submit(req)
+    def _route(self, req: Request, candidates: list[int]) -> None:
+        view = self if len(candidates) == len(self.replicas) else _Subset(self, candidates)
+        i = candidates[self.router.choose(req, view, self.env.now)]
+        self.outstanding[i] += 1
+        self.replicas[i].submit(req)
 
     def _dispatch(self) -> None:
-        now = self.env.now
-        cap = self.replicas[0].scheduler.limits.max_num_seqs
-        while self.queue:
-            free = [i for i, n in enumerate(self.outstanding) if n < cap]
-            if not free:
-                return
-            req = self.queue.popleft()
-            self._send(req, free[self.router.choose(req, _Subset(self, free), now)])
+        while self.queue and self.routable:
+            if self.central_queue:
+                cap = self.replicas[0].scheduler.limits.max_num_seqs
+                free = [i for i in self.routable if self.outstanding[i] < cap]
+                if not free:
+                    return
+                self._route(self.queue.popleft(), free)
+            else:
+                self._route(self.queue.popleft(), self.routable)
 
 
 class _Subset:
-    """The router's view of some of a pool's replicas (those with a free slot)."""
+    """The router's view of some of a pool's replicas (the routable ones, or those with a free slot)."""
 
     def __init__(self, pool: Pool, indices: list[int]):
         self.pool, self.indices = pool, indices

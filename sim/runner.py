@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,8 +128,12 @@ def simulate(
     sample_interval_s: float = 1.0,
     max_time_s: float | None = None,
     progress: Progress | None = None,
+    processes: Sequence[Callable[[simpy.Environment, list[Pool]], Generator]] = (),
 ) -> RawRun:
-    """Run ``requests`` (sorted by arrival) through the pools until every request has an outcome."""
+    """Run ``requests`` (sorted by arrival) through the pools until every request has an outcome.
+
+    ``processes`` are started beside the arrivals, each given the environment and the pools (a controller that
+    resizes pools is one)."""
     if mode not in ("skip", "per_iteration"):
         raise ValueError(f"mode must be 'skip' or 'per_iteration', got {mode!r}")
     env = simpy.Environment()
@@ -137,17 +141,21 @@ def simulate(
     pools: list[Pool] = []
     for spec in specs:
         router = REPLICA_ROUTERS.create(spec.router, spec.router_params)
-        pool = Pool(env, spec.name, router, central_queue=spec.central_queue,
-                    on_finish=log.completed, on_reject=log.rejected)  # fmt: skip
-        for i in range(spec.replicas):
+
+        def make_replica(pool: Pool, i: int, spec: PoolSpec = spec) -> Replica:
             # The oracle mode pairs the plain reference scheduler with one event per iteration.
             sched = Scheduler(spec.limits) if mode == "skip" else ReferenceScheduler(spec.limits)
-            pool.add_replica(Replica(env, i, sched, spec.perf, on_finish=pool.replica_finished,
-                                     skip=(mode == "skip")))  # fmt: skip
+            return Replica(env, i, sched, spec.perf, on_finish=pool.replica_finished, skip=(mode == "skip"))
+
+        pool = Pool(env, spec.name, router, make_replica=make_replica, central_queue=spec.central_queue,
+                    on_finish=log.completed, on_reject=log.rejected)  # fmt: skip
+        pool.scale_up(spec.replicas)
         pools.append(pool)
     by_model = {spec.model: pool for spec, pool in zip(specs, pools, strict=True) if spec.model}
     arrived = [0]  # how many requests the arrival process has handed over
     env.process(_arrivals(env, requests, by_model, pools[0], log, arrived))
+    for make_process in processes:  # e.g. a controller that resizes pools
+        env.process(make_process(env, pools))
     sampler = PoolSampler(env, pools, sample_interval_s)
 
     horizon = max_time_s or float("inf")
@@ -225,19 +233,21 @@ def _summarize(cfg: ScenarioConfig, resolved: list[ResolvedPool], raw: RawRun, s
     pool_rows = []
     total_gpu_h = total_cost = 0.0
     for rp, pool in zip(resolved, pools, strict=True):
-        gpu_h = rp.gpus * end / 3600.0
+        replica_s = max(pool.replica_seconds(end), 1e-9)
+        gpu_h = rp.tp * replica_s / 3600.0
         cost = gpu_h * rp.price_per_gpu_hour
         total_gpu_h += gpu_h
         total_cost += cost
         pts = ts[ts["pool"] == pool.name]
-        busy = sum(r.busy_time(end) for r in pool.replicas) / (len(pool.replicas) * max(end, 1e-9))
+        busy = sum(r.busy_time(end) for r in pool.replicas) / replica_s
         pool_rows.append({
             "name": rp.cfg.name, "gpu": rp.gpu.id, "model": rp.llm.id, "tp": rp.tp,
             "replicas": rp.cfg.replicas, "gpus": rp.gpus, "purchase": rp.cfg.purchase,
             "kv_blocks_per_replica": rp.limits.num_blocks, "max_model_len": rp.limits.max_model_len,
             "perf_model": rp.perf.describe(), "router": rp.cfg.router.name,
             "busy_fraction": busy, "mean_kv_usage": float(pts["kv_usage"].mean()) if len(pts) else 0.0,
-            "mean_running_per_replica": float(pts["running"].mean()) / rp.cfg.replicas if len(pts) else 0.0,
+            "mean_running_per_replica": float(pts["running"].mean()) / float(pts["replicas"].mean())
+            if len(pts) else 0.0,
             "engine_steps": sum(r.scheduler.steps for r in pool.replicas),
             "gpu_hours": gpu_h, "cost_usd": cost, "usd_per_gpu_hour": rp.price_per_gpu_hour,
             **latency_summary(df[df["pool"] == rp.cfg.name], slo, end),
