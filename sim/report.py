@@ -61,6 +61,10 @@ def plot_timeseries(result: SimulationResult, path: Path) -> Path:
     for pool, part in ts.groupby("pool"):
         axes[0].plot(part["time_s"], part["running"], label=f"{pool} running")
         axes[0].plot(part["time_s"], part["waiting"], linestyle="--", label=f"{pool} waiting")
+        if part["replicas"].nunique() > 1:  # the pool was resized: show its size on a second axis
+            size = axes[0].twinx()
+            size.step(part["time_s"], part["replicas"], where="post", color="grey", linewidth=1)
+            size.set_ylabel("replicas holding GPUs", color="grey")
         axes[1].plot(part["time_s"], 100 * part["kv_usage"], label=pool)
         axes[2].plot(part["time_s"], 100 * part["busy_fraction"], label=pool)
     axes[0].set_ylabel("requests")
