@@ -72,6 +72,7 @@ class PoolSampler:
         self.env, self.pools, self.interval_s = env, pools, interval_s
         self.rows: list[tuple] = []
         self._last_busy = {p.name: 0.0 for p in pools}
+        self._last_held = {p.name: 0.0 for p in pools}  # replica-seconds of GPUs held so far
         env.process(self._loop())
 
     def _loop(self):
@@ -80,11 +81,13 @@ class PoolSampler:
             yield env.timeout(self.interval_s)
             now = env.now
             for pool in self.pools:
-                # Over the replicas holding GPUs now; a replica released earlier stays idle (busy, KV at 0).
+                # Busy time over the replica-seconds held during the interval (replicas come and go); KV use
+                # over the replicas holding GPUs now.
                 held = [pool.replicas[i] for i, (_, end) in enumerate(pool.lifetimes) if end > now]
                 busy = sum(r.busy_time(now) for r in pool.replicas)
-                frac = (busy - self._last_busy[pool.name]) / (self.interval_s * max(len(held), 1))
-                self._last_busy[pool.name] = busy
+                held_s = pool.replica_seconds(now)
+                frac = (busy - self._last_busy[pool.name]) / max(held_s - self._last_held[pool.name], 1e-9)
+                self._last_busy[pool.name], self._last_held[pool.name] = busy, held_s
                 kv = sum(r.kv_usage(now) for r in held) / max(len(held), 1)
                 self.rows.append((now, pool.name, len(held), pool.running, pool.waiting, kv, frac))
 

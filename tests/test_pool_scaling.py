@@ -101,6 +101,9 @@ def test_no_request_is_lost_and_skip_matches_the_oracle_under_resizing(reqs, lim
         pool = raw.pools[0]
         assert all(pool.outstanding[i] == 0 for i in range(len(pool.replicas)))
         assert not pool.draining  # every drained replica emptied and released its GPUs
+        ts = raw.timeseries
+        assert ((ts["busy_fraction"] >= 0) & (ts["busy_fraction"] <= 1 + 1e-9)).all()
+        assert (ts["replicas"] >= 0).all() and (ts["kv_usage"] <= 1 + 1e-12).all()
     assert list(a.requests["replica"]) == list(b.requests["replica"])
     np.testing.assert_allclose(a.requests["finish_s"], b.requests["finish_s"], rtol=1e-9, atol=1e-9,
                                equal_nan=True)  # fmt: skip
