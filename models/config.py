@@ -116,6 +116,31 @@ class SimConfig(StrictModel):
     max_time_s: PositiveFloat | None = None  # stop here even if requests remain (they are reported)
 
 
+class ProvisioningConfig(StrictModel):
+    """How long new replicas take: GPU acquisition plus loading one weight shard per GPU."""
+
+    acquire_s: float = Field(120.0, ge=0)
+    storage_gbps: PositiveFloat = 2.0  # weight-load bandwidth per GPU, GB/s
+
+
+class ControllerConfig(StrictModel):
+    """A control loop that resizes inference pools by an allocator's decisions (see docs/allocation.md)."""
+
+    allocator: PolicyRef
+    interval_s: PositiveFloat = 60.0
+    provisioning: ProvisioningConfig = ProvisioningConfig()
+    gpu_limits: dict[str, PositiveInt] = Field(default_factory=dict)  # GPUs available per type (default 4096)
+
+    @field_validator("allocator")
+    @classmethod
+    def _known_allocator(cls, v: PolicyRef) -> PolicyRef:
+        import fleettwin.models.allocators  # noqa: F401  (registers the allocators)
+        from fleettwin.models.allocators.base import ALLOCATORS
+
+        v.check(ALLOCATORS)
+        return v
+
+
 class CatalogOverrides(StrictModel):
     """Change or add catalog entries for this scenario, e.g. a negotiated price."""
 
@@ -132,6 +157,7 @@ class ScenarioConfig(StrictModel):
     slo: SloConfig = SloConfig()
     sim: SimConfig = SimConfig()
     catalog: CatalogOverrides = CatalogOverrides()
+    controller: ControllerConfig | None = None
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 

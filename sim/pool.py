@@ -46,6 +46,8 @@ class Pool:
         self.draining: set[int] = set()  # finishing their requests, then released
         self.lifetimes: list[list[float]] = []  # per replica: [GPUs acquired, released (inf while held)]
         self.queue: deque[Request] = deque()
+        # Cumulative arrivals and their token sums: what a controller differentiates into rates.
+        self.arrived = self.arrived_prompt_tokens = self.arrived_output_tokens = 0
         self._make_replica = make_replica
         self._on_finish = on_finish
         self._on_reject = on_reject
@@ -131,6 +133,9 @@ class Pool:
         return sum(r.scheduler.num_running for r in self.replicas)
 
     def submit(self, req: Request) -> None:
+        self.arrived += 1
+        self.arrived_prompt_tokens += req.prompt_tokens
+        self.arrived_output_tokens += req.output_tokens
         reason = self.replicas[0].scheduler.rejection_reason(req)
         if reason is not None:
             self._on_reject(self.name, req, reason)

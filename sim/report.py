@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -24,6 +25,9 @@ def write_results(result: SimulationResult, out_dir: str | Path, *, plots: bool 
         io.write_parquet(out / "timeseries.parquet", result.timeseries),
         io.write_json(out / "summary.json", result.summary),
     ]
+    if result.decisions:
+        lines = "".join(json.dumps(d, sort_keys=True) + "\n" for d in result.decisions)
+        written.append(io.write_text(out / "decisions.jsonl", lines))
     if plots:
         written += [plot_latency_cdf(result, out / "latency_cdf.png"), plot_timeseries(result, out / "pool_timeseries.png")]
     return written

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,9 @@ from fleettwin.sim.pool import Pool
 from fleettwin.sim.reference_scheduler import ReferenceScheduler
 from fleettwin.sim.replica import Replica
 from fleettwin.sim.scheduler import EngineLimits, Scheduler, SeqState
+
+if TYPE_CHECKING:
+    from fleettwin.sim.controller import Controller
 
 Progress = Callable[[float, int, int], None]  # (simulated time, requests done, requests total)
 
@@ -89,6 +93,7 @@ class SimulationResult:
     requests: pd.DataFrame  # one row per request (see RequestLog.COLUMNS + derived latencies)
     timeseries: pd.DataFrame  # pool state every sample interval
     summary: dict
+    decisions: list[dict] = field(default_factory=list)  # the controller's decisions, as JSON-ready records
 
 
 def generate_requests(cfg: ScenarioConfig, seed: int) -> list[Request]:
@@ -128,12 +133,12 @@ def simulate(
     sample_interval_s: float = 1.0,
     max_time_s: float | None = None,
     progress: Progress | None = None,
-    processes: Sequence[Callable[[simpy.Environment, list[Pool]], Generator]] = (),
+    processes: Sequence[Callable[[simpy.Environment, list[Pool], RequestLog], Generator]] = (),
 ) -> RawRun:
     """Run ``requests`` (sorted by arrival) through the pools until every request has an outcome.
 
-    ``processes`` are started beside the arrivals, each given the environment and the pools (a controller that
-    resizes pools is one)."""
+    ``processes`` are started beside the arrivals, each given the environment, the pools and the request log
+    (a controller that resizes pools is one)."""
     if mode not in ("skip", "per_iteration"):
         raise ValueError(f"mode must be 'skip' or 'per_iteration', got {mode!r}")
     env = simpy.Environment()
@@ -155,7 +160,7 @@ def simulate(
     arrived = [0]  # how many requests the arrival process has handed over
     env.process(_arrivals(env, requests, by_model, pools[0], log, arrived))
     for make_process in processes:  # e.g. a controller that resizes pools
-        env.process(make_process(env, pools))
+        env.process(make_process(env, pools, log))
     sampler = PoolSampler(env, pools, sample_interval_s)
 
     horizon = max_time_s or float("inf")
@@ -196,10 +201,41 @@ def run_scenario(
     if requests is None:
         requests = generate_requests(cfg, seed)
     specs = [rp.spec() for rp in resolved]
+    controller = build_controller(cfg, resolved, catalog) if cfg.controller else None
     raw = simulate(requests, specs, mode=mode, sample_interval_s=cfg.sim.sample_interval_s,
-                   max_time_s=cfg.sim.max_time_s, progress=progress)  # fmt: skip
+                   max_time_s=cfg.sim.max_time_s, progress=progress,
+                   processes=[controller.process] if controller else ())  # fmt: skip
     summary = _summarize(cfg, resolved, raw, seed, mode, time.perf_counter() - wall0)
-    return SimulationResult(scenario=cfg, requests=raw.requests, timeseries=raw.timeseries, summary=summary)
+    decisions = [d.to_dict() for d in controller.decisions] if controller else []
+    if controller:
+        summary["controller"] = {"allocator": cfg.controller.allocator.name, "interval_s": controller.interval_s,
+                                 "decisions": len(decisions)}  # fmt: skip
+    return SimulationResult(scenario=cfg, requests=raw.requests, timeseries=raw.timeseries, summary=summary,
+                            decisions=decisions)  # fmt: skip
+
+
+def build_controller(cfg: ScenarioConfig, resolved: list[ResolvedPool], catalog: Catalog) -> Controller:
+    """The scenario's control loop: its allocator, the pools it may resize and the GPU inventory."""
+    from fleettwin.models.allocators.base import ALLOCATORS
+    from fleettwin.models.snapshot import InventoryItem, Slo
+    from fleettwin.sim.controller import ControlledPool, Controller, provisioning_delay_s
+
+    ctl = cfg.controller
+    prov = ctl.provisioning
+    metas, inventory = [], {}
+    for rp in resolved:
+        delay = provisioning_delay_s(rp.llm.weight_bytes(), rp.tp, acquire_s=prov.acquire_s,
+                                     storage_gbps=prov.storage_gbps)  # fmt: skip
+        metas.append(ControlledPool(name=rp.cfg.name, gpu=rp.gpu.id, model=rp.llm.id, tp=rp.tp,
+                                    purchase=rp.cfg.purchase, slo=Slo(ttft_s=cfg.slo.ttft_s, tpot_s=cfg.slo.tpot_s),
+                                    provisioning_delay_s=delay))  # fmt: skip
+        key = (rp.gpu.id, rp.cfg.purchase)
+        inventory[key] = InventoryItem(gpu=rp.gpu.id, purchase=rp.cfg.purchase,
+                                       limit=ctl.gpu_limits.get(rp.gpu.id, 4096),
+                                       price_usd_h=rp.price_per_gpu_hour, provisioning_delay_s=delay)  # fmt: skip
+    allocator = ALLOCATORS.create(ctl.allocator.name, ctl.allocator.params, catalog=catalog)
+    return Controller(allocator=allocator, pools=metas, inventory=list(inventory.values()),
+                      interval_s=ctl.interval_s)  # fmt: skip
 
 
 def _arrivals(env: simpy.Environment, requests: Sequence[Request], by_model: dict[str, Pool], default: Pool,

@@ -19,7 +19,7 @@ def controller(events):
     """A process that applies ``(time, +n/-n, delay)`` resize events to the first pool and records them."""
     log = []
 
-    def process(env, pools):
+    def process(env, pools, _request_log):
         pool = pools[0]
         for t, change, delay in sorted(events):
             if t > env.now:
