@@ -106,8 +106,15 @@ def summary_table(summary: dict) -> Table:
     def lat(key: str, scale: float = 1.0, digits: int = 2):
         return lambda s: " / ".join(f"{scale * s['latency_s'][key][q]:.{digits}f}" for q in ("p50", "p95", "p99"))
 
-    row("GPUs", lambda s: f"{s['gpus']}x {s['gpu']} (TP{s['tp']})" if "gpus" in s
-        else str(sum(p["gpus"] for p in summary["pools"])))  # fmt: skip
+    def gpus(s: dict) -> str:
+        if "gpus" not in s:
+            return str(sum(p["gpus"] for p in summary["pools"]))
+        if s["replicas_min"] == s["replicas_max"] == s["replicas"]:
+            return f"{s['gpus']}x {s['gpu']} (TP{s['tp']})"
+        return (f"{s['replicas_mean'] * s['tp']:.1f} avg ({s['replicas_min'] * s['tp']}-"
+                f"{s['replicas_max'] * s['tp']}) x {s['gpu']} (TP{s['tp']})")
+
+    row("GPUs", gpus)
     row("requests done / total", lambda s: f"{s['requests']['completed']} / {s['requests']['total']}")
     row("rejected / unfinished", lambda s: f"{s['requests']['rejected']} / {s['requests']['unfinished']}")
     row("queue delay p50/p95/p99 (s)", lat("queue"))

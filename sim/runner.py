@@ -279,6 +279,9 @@ def _summarize(cfg: ScenarioConfig, resolved: list[ResolvedPool], raw: RawRun, s
         pool_rows.append({
             "name": rp.cfg.name, "gpu": rp.gpu.id, "model": rp.llm.id, "tp": rp.tp,
             "replicas": rp.cfg.replicas, "gpus": rp.gpus, "purchase": rp.cfg.purchase,
+            "replicas_mean": replica_s / max(end, 1e-9),
+            "replicas_min": int(pts["replicas"].min()) if len(pts) else rp.cfg.replicas,
+            "replicas_max": int(pts["replicas"].max()) if len(pts) else rp.cfg.replicas,
             "kv_blocks_per_replica": rp.limits.num_blocks, "max_model_len": rp.limits.max_model_len,
             "perf_model": rp.perf.describe(), "router": rp.cfg.router.name,
             "busy_fraction": busy, "mean_kv_usage": float(pts["kv_usage"].mean()) if len(pts) else 0.0,
