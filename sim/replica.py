@@ -20,7 +20,7 @@ from fleettwin.sim.decode_run import AffineRun, ArrayRun, decode_run
 from fleettwin.sim.reference_scheduler import ReferenceScheduler
 from fleettwin.sim.scheduler import Scheduler, SeqState
 
-MAX_RUN = 4096  # cap on iterations per skipped run, to bound the size of the times array
+MAX_RUN = 4096  # cap on iterations per skipped run (bounds the work of runs computed step by step)
 
 
 class Replica:

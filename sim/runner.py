@@ -26,6 +26,8 @@ from fleettwin.sim.scheduler import EngineLimits, Scheduler, SeqState
 if TYPE_CHECKING:
     from fleettwin.sim.controller import Controller
 
+STALL_S = 86_400.0  # stop a run in which nothing has finished for this long after the last arrival
+
 Progress = Callable[[float, int, int], None]  # (simulated time, requests done, requests total)
 
 
@@ -166,11 +168,19 @@ def simulate(
     horizon = max_time_s or float("inf")
     chunk = max(sample_interval_s, 1.0) * 10
     total = len(requests)
+    last_done, last_change = 0, 0.0
+    stalled = False
     while log.done < total and env.now < horizon:
         env.run(until=min(env.now + chunk, horizon))
         if progress:
             progress(env.now, log.done, total)
-    _account_unfinished(pools, log)
+        if log.done != last_done or arrived[0] < total:
+            last_done, last_change = log.done, env.now
+        elif env.now - last_change > STALL_S:  # e.g. a policy that scaled a pool to zero and left it there
+            stalled = True
+            break
+    _account_unfinished(pools, log, "stalled: nothing finished for a simulated day" if stalled
+                        else "simulation horizon reached")  # fmt: skip
     for req in requests[arrived[0]:]:
         log.rejected("-", req, "arrives after the simulation horizon", status=UNFINISHED)
     if log.done != total:
@@ -252,14 +262,14 @@ def _arrivals(env: simpy.Environment, requests: Sequence[Request], by_model: dic
             pool.submit(req)
 
 
-def _account_unfinished(pools: list[Pool], log: RequestLog) -> None:
-    """Requests still in the system at the horizon are reported, never dropped silently."""
+def _account_unfinished(pools: list[Pool], log: RequestLog, reason: str) -> None:
+    """Requests still in the system at the end are reported, never dropped silently."""
     for pool in pools:
         for req in pool.queue:
-            log.unfinished(pool.name, -1, SeqState(req), "simulation horizon reached")
+            log.unfinished(pool.name, -1, SeqState(req), reason)
         for rep in pool.replicas:
             for seq in rep.scheduler.seqs():
-                log.unfinished(pool.name, rep.index, seq, "simulation horizon reached")
+                log.unfinished(pool.name, rep.index, seq, reason)
 
 
 def _summarize(cfg: ScenarioConfig, resolved: list[ResolvedPool], raw: RawRun, seed: int, mode: str,

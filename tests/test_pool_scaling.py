@@ -107,3 +107,12 @@ def test_no_request_is_lost_and_skip_matches_the_oracle_under_resizing(reqs, lim
     assert list(a.requests["replica"]) == list(b.requests["replica"])
     np.testing.assert_allclose(a.requests["finish_s"], b.requests["finish_s"], rtol=1e-9, atol=1e-9,
                                equal_nan=True)  # fmt: skip
+
+
+def test_a_pool_left_at_zero_replicas_ends_the_run_as_stalled_not_forever():
+    reqs = poisson_requests(seed=5, n=100, rate=10.0)
+    raw, _ = run(reqs, [(2.0, -2, 0.0)], replicas=2)
+    df = raw.requests
+    stuck = df[df["status"] == "unfinished"]
+    assert len(stuck) > 0 and (stuck["reason"] == "stalled: nothing finished for a simulated day").all()
+    assert len(df) == len(reqs)
