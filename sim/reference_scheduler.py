@@ -5,34 +5,15 @@ iteration. It is the oracle the fast scheduler (``sim/scheduler.py``) is tested 
 
 from __future__ import annotations
 
-from collections import deque
-
-from fleettwin.models.workload.request import Request
-from fleettwin.sim.scheduler import EngineLimits, SeqState, StepPlan, check_limits
+from fleettwin.sim.scheduler import EngineLimits, EngineQueue, SeqState, StepPlan
 
 
-class ReferenceScheduler:
+class ReferenceScheduler(EngineQueue):
     """Waiting queue, running list and KV block accounting of one replica, explicitly per sequence."""
 
     def __init__(self, limits: EngineLimits):
-        check_limits(limits)
-        self.limits = limits
-        self.waiting: deque[SeqState] = deque()
+        super().__init__(limits)
         self.running: list[SeqState] = []
-        self.free_blocks = limits.num_blocks
-        self.steps = 0
-
-    # -- queue -------------------------------------------------------------------------------------------
-
-    def rejection_reason(self, req: Request) -> str | None:
-        """Why a request can never be served here (vLLM rejects it at the API), or None."""
-        total = req.prompt_tokens + req.output_tokens
-        if total > self.limits.max_model_len:
-            return f"prompt+output {total} tokens exceeds max_model_len {self.limits.max_model_len}"
-        return None
-
-    def add(self, seq: SeqState) -> None:
-        self.waiting.append(seq)
 
     @property
     def num_running(self) -> int:
@@ -41,32 +22,7 @@ class ReferenceScheduler:
     def seqs(self) -> list[SeqState]:
         return [*self.running, *self.waiting]
 
-    @property
-    def num_outstanding(self) -> int:
-        return len(self.running) + len(self.waiting)
-
-    def has_work(self) -> bool:
-        return bool(self.running or self.waiting)
-
-    @property
-    def used_blocks(self) -> int:
-        return self.limits.num_blocks - self.free_blocks
-
     # -- KV blocks ---------------------------------------------------------------------------------------
-
-    def _blocks_for(self, tokens: int) -> int:
-        return -(-tokens // self.limits.block_size)
-
-    def _allocate(self, seq: SeqState, tokens: int) -> bool:
-        """Make ``seq`` hold blocks for ``tokens`` tokens; False (and no change) if the cache is short."""
-        need = self._blocks_for(tokens) - seq.blocks
-        if need <= 0:
-            return True
-        if need > self.free_blocks:
-            return False
-        self.free_blocks -= need
-        seq.blocks += need
-        return True
 
     def _release(self, seq: SeqState) -> None:
         self.free_blocks += seq.blocks

@@ -119,26 +119,21 @@ class StepPlan:
         return not self.seqs and not self.group
 
 
-class Scheduler:
-    """Waiting queue, running sequences and KV block accounting of one replica."""
+class EngineQueue:
+    """What every scheduler of a replica shares: the limits, the waiting queue, the KV block pool and vLLM's
+    rejection rule. The scheduling algorithms themselves are kept apart (``Scheduler`` here and the plain
+    ``ReferenceScheduler``) so that one can check the other."""
 
     def __init__(self, limits: EngineLimits):
         check_limits(limits)
         self.limits = limits
         self.waiting: deque[SeqState] = deque()
-        self.order: dict[SeqState, None] = {}  # running sequences in admission order (an ordered set)
-        self.prefilling: list[SeqState] = []  # running sequences outside the decode group, in admission order
         self.free_blocks = limits.num_blocks
         self.steps = 0
-        self._admissions = 0
-        # The decode group.
-        self.T = 0
-        self._gsize = 0
-        self._gkey_sum = 0
-        self._residue = [0] * limits.block_size  # members by key mod block size
-        self._heap: list[tuple[int, int, SeqState]] = []  # (clock at which it finishes, admitted, seq)
 
-    # -- queue -------------------------------------------------------------------------------------------
+    @property
+    def num_running(self) -> int:
+        raise NotImplementedError
 
     def rejection_reason(self, req: Request) -> str | None:
         """Why a request can never be served here (vLLM rejects it at the API), or None."""
@@ -151,19 +146,46 @@ class Scheduler:
         self.waiting.append(seq)
 
     @property
-    def num_running(self) -> int:
-        return len(self.order)
-
-    @property
     def num_outstanding(self) -> int:
-        return len(self.order) + len(self.waiting)
+        return self.num_running + len(self.waiting)
 
     def has_work(self) -> bool:
-        return bool(self.order or self.waiting)
+        return bool(self.num_running or self.waiting)
 
     @property
     def used_blocks(self) -> int:
         return self.limits.num_blocks - self.free_blocks
+
+    def _allocate(self, seq: SeqState, tokens: int) -> bool:
+        """Make ``seq`` hold blocks for ``tokens`` tokens; False (and no change) if the cache is short."""
+        need = -(-tokens // self.limits.block_size) - seq.blocks
+        if need <= 0:
+            return True
+        if need > self.free_blocks:
+            return False
+        self.free_blocks -= need
+        seq.blocks += need
+        return True
+
+
+class Scheduler(EngineQueue):
+    """Waiting queue, running sequences and KV block accounting of one replica."""
+
+    def __init__(self, limits: EngineLimits):
+        super().__init__(limits)
+        self.order: dict[SeqState, None] = {}  # running sequences in admission order (an ordered set)
+        self.prefilling: list[SeqState] = []  # running sequences outside the decode group, in admission order
+        self._admissions = 0
+        # The decode group.
+        self.T = 0
+        self._gsize = 0
+        self._gkey_sum = 0
+        self._residue = [0] * limits.block_size  # members by key mod block size
+        self._heap: list[tuple[int, int, SeqState]] = []  # (clock at which it finishes, admitted, seq)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.order)
 
     def seqs(self) -> list[SeqState]:
         """Running then waiting sequences, with their per-sequence fields brought up to date."""
@@ -231,19 +253,6 @@ class Scheduler:
             del self.order[seq]
             finished.append(seq)
         return finished
-
-    # -- KV blocks of explicit sequences ----------------------------------------------------------------
-
-    def _allocate(self, seq: SeqState, tokens: int) -> bool:
-        """Make ``seq`` hold blocks for ``tokens`` tokens; False (and no change) if the cache is short."""
-        need = -(-tokens // self.limits.block_size) - seq.blocks
-        if need <= 0:
-            return True
-        if need > self.free_blocks:
-            return False
-        self.free_blocks -= need
-        seq.blocks += need
-        return True
 
     # -- one iteration -----------------------------------------------------------------------------------
 
