@@ -12,7 +12,10 @@ from fleettwin import __version__
 from fleettwin.models.errors import FleettwinError
 
 # Module names under fleettwin.commands, in the order `--help` lists them.
-COMMANDS = ["simulate", "catalog", "backtest", "calibrate", "emulate", "loadgen"]
+COMMANDS = [
+    "simulate", "experiment", "sweep", "catalog", "backtest", "calibrate", "calibrate_retrieval",
+    "emulate", "loadgen", "shadow", "validate", "promote", "gateway", "certs",
+]  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,55 @@
+"""``fleettwin experiment NAME``: run a named experiment and write results.csv plus a markdown report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EPILOG = """examples:
+  fleettwin experiment multitier --quick --out results/multitier-quick
+  fleettwin experiment regions --out results/regions
+
+outputs: DIR/results.csv (one row per policy or set-up), DIR/report.md (the numbers next to the claim they
+test), DIR/meta.json (wall time, seeds, settings) and any plots the experiment draws."""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from fleettwin.sim.experiments import EXPERIMENTS
+
+    p = subparsers.add_parser(
+        "experiment",
+        help="run a named experiment (all policies, same workload and seed) and write a report",
+        description="Run one of fleettwin's experiments: several policies or set-ups on the same workload and "
+        "seed, summarised in results.csv and a markdown report that sets the numbers next to the claim tested.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("name", choices=list(EXPERIMENTS), help="which experiment")
+    p.add_argument("--out", type=Path, required=True, help="directory for results.csv, report.md and plots")
+    p.add_argument("--quick", action="store_true", help="a smaller, faster version (a smoke run, minutes)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.markdown import Markdown
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fleettwin.sim.experiments import load, write_experiment
+
+    console = Console()
+    module = load(args.name)
+    with Progress(
+        TextColumn("[bold]experiment[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[label]}"), TimeElapsedColumn(),
+        console=console, disable=args.quiet, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task(args.name, total=None, label="")
+        result = module.run(args.out, quick=args.quick,
+                            progress=lambda done, total, label: bar.update(task, completed=done, total=total,
+                                                                           label=label))  # fmt: skip
+    paths = write_experiment(result, args.out)
+    console.print(Markdown(result.report_md))
+    console.print(f"wall time {result.wall_time_s:.1f} s; wrote {', '.join(str(p) for p in paths)}")
+    return 0

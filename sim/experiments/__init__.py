@@ -1,0 +1,37 @@
+"""Named experiments (``fleettwin experiment NAME``): each runs several policies or set-ups on the same
+workload and seed and writes ``results.csv`` plus a markdown report that sets the numbers next to a claim.
+
+An experiment is a module in this package exposing ``run(out, *, quick, progress) -> ExperimentResult``;
+``EXPERIMENTS`` maps the command-line name to that module so the CLI imports only the one asked for."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from fleettwin.models.errors import FleettwinError
+
+from .base import ExperimentResult, write_experiment
+
+# command-line name -> module in this package
+EXPERIMENTS: dict[str, str] = {
+    "multitier": "multitier",
+    "regions": "regions",
+    "knowledge-fabric": "knowledge_fabric",
+    "failures": "failures",
+    "noisy-neighbor": "noisy_neighbor",
+}
+
+
+def available() -> list[str]:
+    """The experiments whose module is present (one still being built is simply not offered)."""
+    return [name for name, mod in EXPERIMENTS.items() if importlib.util.find_spec(f"{__name__}.{mod}")]
+
+
+def load(name: str) -> ModuleType:
+    if name not in EXPERIMENTS or name not in available():
+        raise FleettwinError(f"unknown experiment {name!r}; available: {', '.join(available()) or 'none'}")
+    return importlib.import_module(f"{__name__}.{EXPERIMENTS[name]}")
+
+
+__all__ = ["EXPERIMENTS", "ExperimentResult", "available", "load", "write_experiment"]

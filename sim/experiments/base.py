@@ -1,0 +1,36 @@
+"""What every experiment returns and how it is written: a results table and a markdown report."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from fleettwin.sim.io import write_csv, write_json, write_text
+
+# (runs done, runs total, label of the run just started or finished)
+ExperimentProgress = Callable[[int, int, str], None]
+
+
+@dataclass
+class ExperimentResult:
+    name: str
+    results: pd.DataFrame  # one row per policy / set-up; the columns the experiment promises
+    report_md: str  # the table next to the claim it tests, and what it does and does not confirm
+    wall_time_s: float = 0.0
+    extra: dict = field(default_factory=dict)  # anything else worth keeping (config, seeds), written as JSON
+    figures: list[Path] = field(default_factory=list)  # plots already written under the output directory
+
+
+def write_experiment(result: ExperimentResult, out: str | Path) -> list[Path]:
+    """Write ``results.csv``, ``report.md`` and ``meta.json`` atomically under ``out``."""
+    out = Path(out)
+    paths = [
+        write_csv(out / "results.csv", result.results),
+        write_text(out / "report.md", result.report_md),
+        write_json(out / "meta.json", {"experiment": result.name, "wall_time_s": result.wall_time_s,
+                                        **result.extra}),  # fmt: skip
+    ]
+    return paths + list(result.figures)
