@@ -66,6 +66,22 @@ class HistogramSummary:
         return HistogramSummary(count=self.count - earlier.count, sum=self.sum - earlier.sum,
                                 buckets=tuple((b, c - before.get(b, 0.0)) for b, c in self.buckets))  # fmt: skip
 
+    def plus(self, other: HistogramSummary) -> HistogramSummary:
+        """Two histograms of the same metric as one (the backends of a pool). A bound that only one side has
+        takes the other side's count at its largest bound below (observations known to lie under it)."""
+        if not self.count and not self.buckets:
+            return other
+        if not other.count and not other.buckets:
+            return self
+        bounds = sorted({b for b, _ in self.buckets} | {b for b, _ in other.buckets})
+
+        def at(h: HistogramSummary, bound: float) -> float:
+            below = [c for b, c in h.buckets if b <= bound]  # cumulative: the count at the largest bound <= it
+            return below[-1] if below else 0.0
+
+        return HistogramSummary(count=self.count + other.count, sum=self.sum + other.sum,
+                                buckets=tuple((b, at(self, b) + at(other, b)) for b in bounds))  # fmt: skip
+
 
 EMPTY = HistogramSummary()
 
@@ -92,6 +108,9 @@ class BackendMetrics:
     ttft: HistogramSummary = EMPTY
     itl: HistogramSummary = EMPTY
     e2e: HistogramSummary = EMPTY
+    tpot: HistogramSummary = EMPTY  # per request: (finish - first token) / (tokens - 1)
+    prompt_len: HistogramSummary = EMPTY  # tokens per finished request's prompt
+    output_len: HistogramSummary = EMPTY  # tokens generated per finished request
     num_gpu_blocks: int | None = None
     block_size: int | None = None
 
@@ -179,6 +198,9 @@ def backend_metrics(text: str, *, url: str = "", scraped_at: float = 0.0, model_
         ttft=_histogram(families, ("vllm:time_to_first_token_seconds",), model_name),
         itl=_histogram(families, ITL_NAMES, model_name),
         e2e=_histogram(families, ("vllm:e2e_request_latency_seconds",), model_name),
+        tpot=_histogram(families, ("vllm:request_time_per_output_token_seconds",), model_name),
+        prompt_len=_histogram(families, ("vllm:request_prompt_tokens",), model_name),
+        output_len=_histogram(families, ("vllm:request_generation_tokens",), model_name),
         num_gpu_blocks=blocks, block_size=block_size,
     )  # fmt: skip
 

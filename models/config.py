@@ -223,21 +223,26 @@ def parse_scenario(data: Any, *, source: str = "<scenario>", base_dir: Path | No
     return cfg
 
 
-def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> ScenarioConfig:
-    """Read, validate and freeze a scenario YAML file; ``overrides`` maps dotted paths to values
-    (``{"pools.0.replicas": 16}``) for what-if runs from the command line."""
-    path = Path(path)
+def read_yaml(path: Path, what: str = "scenario") -> Any:
+    """The parsed YAML of ``path``; a missing file or bad YAML is a ConfigError naming the file (and line)."""
     try:
         text = path.read_text()
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read scenario: {exc.strerror}") from None
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+
+
+def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> ScenarioConfig:
+    """Read, validate and freeze a scenario YAML file; ``overrides`` maps dotted paths to values
+    (``{"pools.0.replicas": 16}``) for what-if runs from the command line."""
+    path = Path(path)
+    data = read_yaml(path, "scenario")
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value, source=str(path))
     return parse_scenario(data, source=str(path), base_dir=path.resolve().parent)

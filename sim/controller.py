@@ -43,6 +43,14 @@ class ControlledPool:
     slo: Slo
     provisioning_delay_s: float
 
+    def state(self, serving: ServingStats, *, active: int, provisioning: int = 0, draining: int = 0) -> PoolState:
+        """The pool as a snapshot shows it, from its replicas by state (the live controller builds it here too)."""
+        groups = [GpuGroup(gpu=self.gpu, purchase=self.purchase, state=state, count=count * self.tp)
+                  for state, count in (("active", active), ("provisioning", provisioning), ("draining", draining))
+                  if count]  # fmt: skip
+        return PoolState(name=self.name, tier="inference", gpu=self.gpu, purchase=self.purchase, model=self.model,
+                         tp=self.tp, gpus=tuple(groups), serving=serving, slo=self.slo)  # fmt: skip
+
 
 @dataclass
 class Controller:
@@ -96,15 +104,8 @@ class Controller:
                 tpot_p50_s=_pct(tpot, 50), tpot_p95_s=_pct(tpot, 95), tpot_p99_s=_pct(tpot, 99),
                 latency_window_s=self.interval_s,
             )  # fmt: skip
-            groups = [
-                GpuGroup(gpu=meta.gpu, purchase=meta.purchase, state=state, count=count * meta.tp)
-                for state, count in (("active", len(pool.routable)), ("provisioning", len(pool.provisioning)),
-                                     ("draining", len(pool.draining)))  # fmt: skip
-                if count
-            ]
-            states.append(PoolState(name=meta.name, tier="inference", gpu=meta.gpu, purchase=meta.purchase,
-                                    model=meta.model, tp=meta.tp, gpus=tuple(groups), serving=serving,
-                                    slo=meta.slo))  # fmt: skip
+            states.append(meta.state(serving, active=len(pool.routable), provisioning=len(pool.provisioning),
+                                     draining=len(pool.draining)))  # fmt: skip
         return FleetSnapshot(time_s=now, control_interval_s=self.interval_s, pools=tuple(states),
                              inventory=tuple(self.inventory))  # fmt: skip
 

@@ -12,7 +12,7 @@ import pandas as pd
 import simpy
 
 from fleettwin.models.catalog import Catalog, GpuSpec, LlmSpec, kv_cache_blocks, min_tensor_parallel
-from fleettwin.models.config import PoolConfig, ScenarioConfig
+from fleettwin.models.config import ControllerConfig, PoolConfig, ScenarioConfig, SloConfig
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.perf import PERF_MODELS, PerformanceModel
 from fleettwin.models.routing import REPLICA_ROUTERS
@@ -226,26 +226,33 @@ def run_scenario(
 
 def build_controller(cfg: ScenarioConfig, resolved: list[ResolvedPool], catalog: Catalog) -> Controller:
     """The scenario's control loop: its allocator, the pools it may resize and the GPU inventory."""
+    from fleettwin.sim.controller import Controller
+
+    allocator, metas, inventory = control_setup(cfg.controller, cfg.slo, resolved, catalog)
+    return Controller(allocator=allocator, pools=metas, inventory=inventory, interval_s=cfg.controller.interval_s)
+
+
+def control_setup(ctl: ControllerConfig, slo: SloConfig, resolved: Sequence[ResolvedPool], catalog: Catalog):
+    """The allocator object, the controlled pools and the GPU inventory of a control loop; the simulator's
+    controller and the live shadow controller (``live/shadow.py``) both build theirs here."""
     from fleettwin.models.allocators.base import ALLOCATORS
     from fleettwin.models.snapshot import InventoryItem, Slo
-    from fleettwin.sim.controller import ControlledPool, Controller, provisioning_delay_s
+    from fleettwin.sim.controller import ControlledPool, provisioning_delay_s
 
-    ctl = cfg.controller
     prov = ctl.provisioning
     metas, inventory = [], {}
     for rp in resolved:
         delay = provisioning_delay_s(rp.llm.weight_bytes(), rp.tp, acquire_s=prov.acquire_s,
                                      storage_gbps=prov.storage_gbps)  # fmt: skip
         metas.append(ControlledPool(name=rp.cfg.name, gpu=rp.gpu.id, model=rp.llm.id, tp=rp.tp,
-                                    purchase=rp.cfg.purchase, slo=Slo(ttft_s=cfg.slo.ttft_s, tpot_s=cfg.slo.tpot_s),
+                                    purchase=rp.cfg.purchase, slo=Slo(ttft_s=slo.ttft_s, tpot_s=slo.tpot_s),
                                     provisioning_delay_s=delay))  # fmt: skip
         key = (rp.gpu.id, rp.cfg.purchase)
         inventory[key] = InventoryItem(gpu=rp.gpu.id, purchase=rp.cfg.purchase,
                                        limit=ctl.gpu_limits.get(rp.gpu.id, 4096),
                                        price_usd_h=rp.price_per_gpu_hour, provisioning_delay_s=delay)  # fmt: skip
     allocator = ALLOCATORS.create(ctl.allocator.name, ctl.allocator.params, catalog=catalog)
-    return Controller(allocator=allocator, pools=metas, inventory=list(inventory.values()),
-                      interval_s=ctl.interval_s)  # fmt: skip
+    return allocator, metas, list(inventory.values())
 
 
 def _arrivals(env: simpy.Environment, requests: Sequence[Request], by_model: dict[str, Pool], default: Pool,
