@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from fleettwin.models.config_failures import FailuresField
 from fleettwin.models.errors import ConfigError, FleettwinError
 from fleettwin.models.registry import Registry
 
@@ -158,6 +159,7 @@ class ScenarioConfig(StrictModel):
     sim: SimConfig = SimConfig()
     catalog: CatalogOverrides = CatalogOverrides()
     controller: ControllerConfig | None = None
+    failures: FailuresField = None  # failure injection and policies (models/config_failures.py)
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 

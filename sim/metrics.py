@@ -17,11 +17,17 @@ from fleettwin.sim.pool import Pool
 from fleettwin.sim.scheduler import SeqState
 
 COMPLETED, REJECTED, UNFINISHED = "completed", "rejected", "unfinished"
+# Failure outcomes (sim/failures.py): failed with a reason (retries exhausted), dropped by a policy.
+FAILED, DROPPED = "failed", "dropped"
 PERCENTILES = (50, 95, 99)
 
 
 class RequestLog:
-    """Collects one row per request outcome, column-wise (cheap appends in the hot path)."""
+    """Collects one row per request outcome, column-wise (cheap appends in the hot path).
+
+    Retries and mitigations are rare, so they live in side tables keyed by request id and join the rows in
+    ``to_frame`` (columns ``retries``, ``lost_s``: time spent in attempts that were thrown away, ``mitigation``)
+    rather than widening every row (the controller reads rows by position)."""
 
     COLUMNS = (
         "id", "pool", "replica", "arrival_s", "first_scheduled_s", "first_token_s", "finish_s",
@@ -30,6 +36,9 @@ class RequestLog:
 
     def __init__(self) -> None:
         self.rows: list[tuple] = []
+        self.retries: dict[int, int] = {}
+        self.lost_s: dict[int, float] = {}
+        self.mitigation: dict[int, str] = {}
 
     @property
     def done(self) -> int:
@@ -47,6 +56,22 @@ class RequestLog:
         nan = math.nan
         self.rows.append((req.id, pool, -1, req.arrival_s, nan, nan, nan, req.prompt_tokens, 0, 0, status, reason))
 
+    def failed(self, pool: str, req: Request, reason: str) -> None:
+        self.rejected(pool, req, reason, status=FAILED)
+
+    def dropped(self, pool: str, req: Request, reason: str) -> None:
+        self.rejected(pool, req, reason, status=DROPPED)
+
+    def retried(self, req_id: int, lost_s: float) -> None:
+        """Request ``req_id`` starts again; the ``lost_s`` seconds of its failed attempt are attributed to it."""
+        self.retries[req_id] = self.retries.get(req_id, 0) + 1
+        self.lost_s[req_id] = self.lost_s.get(req_id, 0.0) + lost_s
+
+    def mitigated(self, req_id: int, what: str) -> None:
+        """A policy changed the request (truncated, compressed, re-routed, fell back to another pool)."""
+        prior = self.mitigation.get(req_id)
+        self.mitigation[req_id] = f"{prior}; {what}" if prior else what
+
     def unfinished(self, pool: str, replica: int, seq: SeqState, reason: str) -> None:
         r = seq.req
         self.rows.append((r.id, pool, replica, r.arrival_s, seq.first_scheduled_s, seq.first_token_s, math.nan,
@@ -60,6 +85,9 @@ class RequestLog:
         df["e2e_s"] = df["finish_s"] - df["arrival_s"]
         decode_tokens = (df["output_tokens"] - 1).where(df["output_tokens"] > 1)
         df["tpot_s"] = (df["finish_s"] - df["first_token_s"]) / decode_tokens
+        df["retries"] = df["id"].map(self.retries).fillna(0).astype(int)
+        df["lost_s"] = df["id"].map(self.lost_s).fillna(0.0).astype(float)
+        df["mitigation"] = df["id"].map(self.mitigation).astype(object).fillna("")
         return df
 
 
@@ -127,6 +155,8 @@ def latency_summary(df: pd.DataFrame, slo: Slo, duration_s: float) -> dict:
             "completed": int(len(done)),
             "rejected": int((df["status"] == REJECTED).sum()),
             "unfinished": int((df["status"] == UNFINISHED).sum()),
+            "failed": int((df["status"] == FAILED).sum()),
+            "dropped": int((df["status"] == DROPPED).sum()),
         },
         "latency_s": {name: percentiles(done[col]) for name, col in
                       (("queue", "queue_s"), ("ttft", "ttft_s"), ("tpot", "tpot_s"), ("e2e", "e2e_s"))},  # fmt: skip
@@ -142,4 +172,9 @@ def latency_summary(df: pd.DataFrame, slo: Slo, duration_s: float) -> dict:
             "goodput_requests_per_s": float(met.sum()) / dur,
         },
         "preemptions": int(done["preemptions"].sum()),
+        "retries": {  # attempts thrown away by failures and the time they cost (sim/failures.py)
+            "requests_retried": int((df["retries"] > 0).sum()) if "retries" in df else 0,
+            "retries": int(df["retries"].sum()) if "retries" in df else 0,
+            "lost_s": float(df["lost_s"].sum()) if "lost_s" in df else 0.0,
+        },
     }

@@ -51,6 +51,11 @@ class Pool:
         self._make_replica = make_replica
         self._on_finish = on_finish
         self._on_reject = on_reject
+        # Failure hooks (sim/failures.py): what to do with a request longer than the window instead of rejecting
+        # it, and a filter over finished sequences that may send some back (answers flagged incoherent).
+        self.on_oversize: Callable[[Pool, Request, str], None] | None = None
+        self.finish_filter: Callable[[Pool, int, list[SeqState]], list[SeqState]] | None = None
+        self.in_transit: dict[int, Request] = {}  # admitted after a delay (a compressed prompt), by request id
 
     # -- size --------------------------------------------------------------------------------------------
 
@@ -108,6 +113,21 @@ class Pool:
         self.draining.discard(i)
         self.lifetimes[i][1] = self.env.now
 
+    def fail_replica(self, i: int) -> list[SeqState]:
+        """Replica ``i`` dies: it leaves the pool at once, its GPUs are released, and the sequences it held
+        (running and queued) are returned for the caller to retry; their progress is lost. A replica already
+        released is left alone (returns nothing)."""
+        if self.lifetimes[i][1] != math.inf:
+            return []
+        self.provisioning.discard(i)
+        self.draining.discard(i)
+        if i in self.routable:
+            self.routable.remove(i)
+        seqs = self.replicas[i].fail()
+        self.outstanding[i] = 0
+        self._release(i)
+        return seqs
+
     # -- requests ----------------------------------------------------------------------------------------
 
     def kv_usage(self, now: float) -> list[float]:
@@ -117,6 +137,8 @@ class Pool:
         """Callback from a replica: record the finished sequences and refill free slots."""
         i = replica.index
         self.outstanding[i] -= len(seqs)
+        if self.finish_filter is not None:
+            seqs = self.finish_filter(self, i, seqs)
         self._on_finish(self.name, i, seqs)
         if i in self.draining and self.outstanding[i] == 0:
             self._release(i)
@@ -136,15 +158,36 @@ class Pool:
         self.arrived += 1
         self.arrived_prompt_tokens += req.prompt_tokens
         self.arrived_output_tokens += req.output_tokens
+        self.admit(req)
+
+    def admit(self, req: Request, avoid: int = -1) -> None:
+        """Queue or route ``req`` without counting it as an arrival (``submit`` does); a retry prefers replicas
+        other than ``avoid`` when there are any."""
         reason = self.replicas[0].scheduler.rejection_reason(req)
         if reason is not None:
-            self._on_reject(self.name, req, reason)
+            if self.on_oversize is None:
+                self._on_reject(self.name, req, reason)
+            else:
+                self.on_oversize(self, req, reason)
             return
         if self.central_queue or not self.routable:  # no replica to take it yet: wait at the pool
             self.queue.append(req)
             self._dispatch()
+        elif avoid >= 0 and avoid in self.routable and len(self.routable) > 1:
+            self._route(req, [i for i in self.routable if i != avoid])
         else:
             self._route(req, self.routable)
+
+    def admit_after(self, req: Request, delay_s: float) -> None:
+        """Admit ``req`` after ``delay_s`` (e.g. compressing its prompt); meanwhile it is in ``in_transit``, so
+        the end-of-run accounting still finds it."""
+        self.in_transit[req.id] = req
+
+        def arrive(_event) -> None:
+            del self.in_transit[req.id]
+            self.admit(req)
+
+        self.env.timeout(delay_s).callbacks.append(arrive)
 
     def _route(self, req: Request, candidates: list[int]) -> None:
         view = self if len(candidates) == len(self.replicas) else _Subset(self, candidates)

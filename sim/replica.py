@@ -48,7 +48,7 @@ class Replica:
         self._interruptible = False
         self._busy_accum = 0.0
         self._busy_since: float | None = None
-        self.process = env.process(self._loop())
+        self.process = env.process(self._guarded())
 
     # -- the view routers and samplers read ---------------------------------------------------------------
 
@@ -80,11 +80,14 @@ class Replica:
         elif self._interruptible and could_admit:
             # The request may join the batch: end the run at the first iteration boundary at or after now,
             # where a one-event-per-iteration engine would next look at its queue.
-            self._interruptible = False
-            now = self.env.now
-            j = self._run.first_end_at_or_after(now)
-            self._run_len = j + 1
-            self._wake_at(self._run.end(j) - now)
+            self._end_run_at_next_boundary()
+
+    def _end_run_at_next_boundary(self) -> None:
+        self._interruptible = False
+        now = self.env.now
+        j = self._run.first_end_at_or_after(now)
+        self._run_len = j + 1
+        self._wake_at(self._run.end(j) - now)
 
     def _wake_at(self, delay: float) -> None:
         """Move the wake-up of the sleeping engine loop to ``delay`` from now.
@@ -98,10 +101,43 @@ class Replica:
         wake.callbacks.append(proc._resume)
         proc._target = wake
 
+    # -- failure (sim/failures.py) ----------------------------------------------------------------------
+
+    def set_perf(self, perf: PerformanceModel) -> None:
+        """Swap the performance model (a straggler episode starts or ends). The iteration running now keeps its
+        duration; a skipped decode run is cut at its next boundary, so later iterations use ``perf`` in both
+        modes."""
+        self.perf = perf
+        if self._interruptible:
+            self._end_run_at_next_boundary()
+
+    def fail(self) -> list[SeqState]:
+        """The replica dies: its engine loop stops and the sequences it held (running, then waiting) are handed
+        back for the caller to retry. It keeps its counters (steps, busy time) and an empty scheduler, so the
+        pool's views (running, waiting, KV use) no longer count it."""
+        sched = self.scheduler
+        seqs = sched.seqs()
+        if self._busy_since is not None:
+            self._busy_accum += self.env.now - self._busy_since
+            self._busy_since = None
+        self.scheduler = type(sched)(sched.limits)
+        self.scheduler.steps = sched.steps
+        self._run, self._interruptible, self._wake = None, False, None
+        if self.process.is_alive:
+            self.process.interrupt("replica failed")
+        return seqs
+
     # -- the engine loop --------------------------------------------------------------------------------
 
+    def _guarded(self):
+        try:
+            yield from self._loop()
+        except simpy.Interrupt:  # the replica failed (see ``fail``): its work has been handed back
+            return
+
     def _loop(self):
-        env, sched, perf = self.env, self.scheduler, self.perf
+        # ``self.perf`` is read at each iteration: a straggler episode swaps in a slowed model (sim/failures.py).
+        env, sched = self.env, self.scheduler
         while True:
             if not sched.has_work():
                 if self._busy_since is not None:
@@ -118,11 +154,11 @@ class Replica:
             start = env.now
             run = sched.decode_run_length(MAX_RUN) if (self.skip and plan.decode_only) else 1
             if run == 1:
-                yield env.timeout(perf.step_time(plan.batch))
+                yield env.timeout(self.perf.step_time(plan.batch))
                 finished = sched.finish_step(plan, start, env.now)
             else:
                 batch = plan.batch
-                times = decode_run(perf, start, batch.decode_seqs, batch.decode_ctx_tokens, run)
+                times = decode_run(self.perf, start, batch.decode_seqs, batch.decode_ctx_tokens, run)
                 self._run, self._run_len = times, run
                 self._interruptible = True
                 yield env.timeout(times.end(run - 1) - start)  # an arrival may shorten it (see submit)

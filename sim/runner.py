@@ -25,6 +25,7 @@ from fleettwin.sim.scheduler import EngineLimits, Scheduler, SeqState
 
 if TYPE_CHECKING:
     from fleettwin.sim.controller import Controller
+    from fleettwin.sim.failures import Failures
 
 STALL_S = 86_400.0  # stop a run in which nothing has finished for this long after the last arrival
 
@@ -212,16 +213,28 @@ def run_scenario(
         requests = generate_requests(cfg, seed)
     specs = [rp.spec() for rp in resolved]
     controller = build_controller(cfg, resolved, catalog) if cfg.controller else None
+    failures = build_failures(cfg, seed) if cfg.failures else None
+    processes = [controller.process] if controller else []
+    if failures:
+        processes.append(failures)
     raw = simulate(requests, specs, mode=mode, sample_interval_s=cfg.sim.sample_interval_s,
-                   max_time_s=cfg.sim.max_time_s, progress=progress,
-                   processes=[controller.process] if controller else ())  # fmt: skip
+                   max_time_s=cfg.sim.max_time_s, progress=progress, processes=processes)  # fmt: skip
     summary = _summarize(cfg, resolved, raw, seed, mode, time.perf_counter() - wall0)
     decisions = [d.to_dict() for d in controller.decisions] if controller else []
+    if failures:
+        summary["failures"] = {"injected": len(failures.events), "events": failures.events}
     if controller:
         summary["controller"] = {"allocator": cfg.controller.allocator.name, "interval_s": controller.interval_s,
                                  "decisions": len(decisions)}  # fmt: skip
     return SimulationResult(scenario=cfg, requests=raw.requests, timeseries=raw.timeseries, summary=summary,
                             decisions=decisions)  # fmt: skip
+
+
+def build_failures(cfg: ScenarioConfig, seed: int) -> Failures:
+    """The scenario's failure injectors and policies (sim/failures.py), seeded from the run's seed."""
+    from fleettwin.sim.failures import Failures
+
+    return Failures(cfg.failures, seed=seed)
 
 
 def build_controller(cfg: ScenarioConfig, resolved: list[ResolvedPool], catalog: Catalog) -> Controller:
@@ -272,7 +285,7 @@ def _arrivals(env: simpy.Environment, requests: Sequence[Request], by_model: dic
 def _account_unfinished(pools: list[Pool], log: RequestLog, reason: str) -> None:
     """Requests still in the system at the end are reported, never dropped silently."""
     for pool in pools:
-        for req in pool.queue:
+        for req in [*pool.queue, *pool.in_transit.values()]:
             log.unfinished(pool.name, -1, SeqState(req), reason)
         for rep in pool.replicas:
             for seq in rep.scheduler.seqs():

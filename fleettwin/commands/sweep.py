@@ -98,10 +98,13 @@ def frontier_table(result):
     x, y = meta["x"], meta["y"]
     labels = [p["label"] for p in meta["params"]]
     cols = list(dict.fromkeys([*labels, x, y, "slo_attainment", "gpus_mean"]))
+    short = {p["label"]: p["label"].rsplit(".", 1)[-1] for p in meta["params"]}  # headers fit 80 columns
+    if len(set(short.values())) < len(short):
+        short = {}
     out = Table(title=f"Pareto frontier of {meta['scenario']} ({x} vs {y}, {meta['points']} points)")
     out.add_column("point", justify="right")
     for c in cols:
-        out.add_column(c, justify="right")
+        out.add_column(short.get(c, c), justify="right", overflow="fold")
     if table.empty or not table["pareto"].any():
         return out
     for _, row in table[table["pareto"]].sort_values([x, y]).iterrows():

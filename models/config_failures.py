@@ -1,0 +1,73 @@
+"""The scenario's ``failures:`` section: failure injectors, the truncation policy, and the checks that tie their
+names to the scenario's pools (and regions), so a typo fails at load time with the field that holds it.
+
+    failures:
+      truncation: {name: truncate}            # truncate | compress | reroute; absent: reject, as vLLM does
+      injectors:
+        - kind: replica_failure
+          pool: chat
+          timing: {mtbf_s: 600, mttr_s: 180, start_s: 1800, end_s: 2400}
+        - kind: straggler
+          pool: chat
+          factor: 3
+          timing: {at_s: [900], mttr_s: 120}
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from fleettwin.models.failures import TRUNCATION_POLICIES, Coherence, FailureSpec, Policy, Reroute
+
+
+class FailuresConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    seed: int | None = None  # default: the scenario's seed (each injector draws from its own child stream)
+    truncation: Policy | None = None  # None: a request longer than the window is rejected
+    injectors: list[FailureSpec] = Field(default_factory=list)
+
+    @field_validator("truncation")
+    @classmethod
+    def _known_truncation(cls, v: Policy | None) -> Policy | None:
+        return v.check(TRUNCATION_POLICIES) if v is not None else v
+
+    def pool_names(self) -> list[tuple[str, str]]:
+        """(field path, pool name) of every pool this section names."""
+        out = []
+        for i, spec in enumerate(self.injectors):
+            if hasattr(spec, "pool"):
+                out.append((f"injectors[{i}].pool", spec.pool))
+            if isinstance(spec, Coherence) and spec.policy.name == "fallback":
+                out.append((f"injectors[{i}].policy.params.pool", spec.policy.params["pool"]))
+        if self.truncation is not None and self.truncation.name == Reroute.registry_name:
+            for j, name in enumerate(self.truncation.params.get("pools", ())):
+                out.append((f"truncation.params.pools[{j}]", name))
+        return out
+
+
+def check_names(cfg: FailuresConfig | None, info: ValidationInfo) -> FailuresConfig | None:
+    """Every pool named exists; replica indices are within the pool's configured size. Runs as the scenario
+    validates its ``failures`` field, after ``pools`` (absent from ``info.data`` when they failed)."""
+    pools: list[Any] | None = info.data.get("pools")
+    if cfg is None or pools is None:
+        return cfg
+    sizes = {p.name: p.replicas for p in pools}
+    known = ", ".join(sizes)
+    for where, name in cfg.pool_names():
+        if name not in sizes:
+            raise ValueError(f"{where}: unknown pool {name!r}; the scenario's pools are: {known}")
+    for i, spec in enumerate(cfg.injectors):
+        indices = {"straggler": (getattr(spec, "replica", None),), "coherence": getattr(spec, "replicas", ())}
+        for idx in indices.get(spec.kind, ()):
+            if idx is not None and idx >= sizes[spec.pool]:
+                raise ValueError(f"injectors[{i}]: replica {idx} does not exist in pool {spec.pool!r} "
+                                 f"({sizes[spec.pool]} replicas, numbered from 0)")  # fmt: skip
+        if isinstance(spec, Coherence) and spec.policy.params.get("pool") == spec.pool:
+            raise ValueError(f"injectors[{i}].policy.params.pool: the fallback must be another pool than "
+                             f"{spec.pool!r}")  # fmt: skip
+    return cfg
+
+
+FailuresField = Annotated[FailuresConfig | None, AfterValidator(check_names)]

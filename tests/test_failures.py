@@ -1,0 +1,295 @@
+"""Failure injection (sim/failures.py, models/failures.py): every request is accounted for exactly once under
+every failure type, retried requests carry their lost time, stragglers slow a replica by exactly their factor,
+and incoherent answers are retried or sent to the fallback pool as the policy says."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fleettwin.models.config import parse_scenario
+from fleettwin.models.config_failures import FailuresConfig
+from fleettwin.models.errors import ConfigError
+from fleettwin.models.failures import COHERENCE_POLICIES, Timing
+from fleettwin.models.workload.request import Request
+from fleettwin.sim.failures import Failures
+from fleettwin.sim.runner import PoolSpec, run_scenario, simulate
+from fleettwin.sim.scheduler import EngineLimits
+from tests.simkit import LinearPerf, poisson_requests
+from tests.strategies import engine_limits, workloads
+
+LIMITS = EngineLimits(num_blocks=2000, max_num_seqs=32, max_num_batched_tokens=2048, max_model_len=4096)
+BIG = EngineLimits(num_blocks=100, max_num_seqs=8, max_num_batched_tokens=512, max_model_len=1024)  # pool "q"
+ENDS = {"completed", "rejected", "failed", "dropped"}
+
+
+def run(reqs, failures: dict, *, limits=LIMITS, replicas=2, mode="skip", seed=0, central=False):
+    """Pool "p" (takes every request) and pool "q" (a longer window: the re-route and fallback target)."""
+    f = Failures(FailuresConfig.model_validate(failures), seed=seed)
+    specs = [PoolSpec("p", limits, LinearPerf(), replicas=replicas, central_queue=central),
+             PoolSpec("q", BIG, LinearPerf(), replicas=1)]  # fmt: skip
+    return simulate(reqs, specs, mode=mode, processes=[f]), f
+
+
+# -- strategies -------------------------------------------------------------------------------------------
+
+times = st.floats(0.0, 15.0, allow_nan=False)
+
+
+@st.composite
+def timings(draw) -> dict:
+    mttr = draw(st.sampled_from([0.0, 0.5, 2.0, 5.0]))
+    if draw(st.booleans()):
+        return {"at_s": draw(st.lists(times, min_size=1, max_size=4)), "mttr_s": mttr}
+    start = draw(times)
+    return {"mtbf_s": draw(st.floats(1.0, 30.0)), "mttr_s": mttr, "start_s": start,
+            "end_s": start + draw(st.floats(1.0, 20.0)), "repair": draw(st.sampled_from(["fixed", "exponential"]))}
+
+
+def injectors(kind: str, replicas: int):
+    pick = st.integers(0, replicas - 1)
+    if kind == "replica_failure":
+        one = st.builds(lambda t, c, r: {"kind": kind, "pool": "p", "timing": t, "count": c, "max_retries": r},
+                        timings(), st.integers(1, 3), st.integers(0, 3))  # fmt: skip
+    elif kind == "straggler":
+        one = st.builds(lambda t, f, i: {"kind": kind, "pool": "p", "timing": t, "factor": f, "replica": i},
+                        timings(), st.floats(0.5, 5.0), st.none() | pick)  # fmt: skip
+    else:
+        policy = st.builds(lambda n: {"name": "retry", "params": {"max_attempts": n}}, st.integers(1, 3)) | st.just(
+            {"name": "fallback", "params": {"pool": "q"}})
+        one = st.builds(lambda t, p, rs, pol: {"kind": kind, "pool": "p", "timing": t, "probability": p,
+                                               "replicas": sorted(set(rs)), "policy": pol},
+                        timings(), st.floats(0.0, 1.0), st.lists(pick, min_size=1, max_size=3), policy)  # fmt: skip
+    return st.lists(one, min_size=1, max_size=3)
+
+
+truncations = st.sampled_from([None, {"name": "truncate"}, {"name": "compress", "params": {"ratio": 0.4}},
+                               {"name": "reroute"}])  # fmt: skip
+
+
+def check_accounting(raw, reqs) -> None:
+    df = raw.requests
+    assert sorted(df["id"]) == [r.id for r in reqs]  # every request exactly once
+    assert set(df["status"]) <= ENDS
+    assert (df.loc[df["status"] != "completed", "reason"] != "").all()
+    done = df[df["status"] == "completed"]
+    assert (done["e2e_s"] >= done["lost_s"] - 1e-9).all()  # the lost attempts are part of the user's wait
+    assert (df["lost_s"] >= 0).all() and (df.loc[df["retries"] == 0, "lost_s"] == 0).all()
+    for pool in raw.pools:
+        assert not pool.queue and not pool.in_transit and not pool.draining
+        assert all(n == 0 for n in pool.outstanding)
+        held = {i for i, (_, end) in enumerate(pool.lifetimes) if end == math.inf}
+        assert held == set(pool.routable) | pool.provisioning  # GPUs: held exactly by live replicas
+        assert all(start <= end for start, end in pool.lifetimes)
+        for i, rep in enumerate(pool.replicas):
+            if i not in held:
+                assert rep.scheduler.num_outstanding == 0 and rep.scheduler.used_blocks == 0
+    ts = raw.timeseries
+    assert (ts["replicas"] >= 0).all() and (ts["running"] >= 0).all() and (ts["waiting"] >= 0).all()
+    assert ((ts["busy_fraction"] >= 0) & (ts["busy_fraction"] <= 1 + 1e-9)).all()
+
+
+# -- conservation -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["replica_failure", "straggler", "coherence", "truncation"])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data(), reqs=workloads(), limits=engine_limits(), replicas=st.integers(1, 3), central=st.booleans(),
+       truncation=truncations)  # fmt: skip
+def test_every_request_ends_exactly_once_and_skip_matches_the_oracle(kind, data, reqs, limits, replicas, central,
+                                                                      truncation):  # fmt: skip
+    cfg = {"truncation": truncation if kind == "truncation" else None,
+           "injectors": [] if kind == "truncation" else data.draw(injectors(kind, replicas))}  # fmt: skip
+    a, fa = run(reqs, cfg, limits=limits, replicas=replicas, central=central, mode="skip")
+    b, _ = run(reqs, cfg, limits=limits, replicas=replicas, central=central, mode="per_iteration")
+    for raw in (a, b):
+        check_accounting(raw, reqs)
+    # Same failures, same victims, same outcomes: event skipping stays exact under failures.
+    assert list(a.requests["status"]) == list(b.requests["status"])
+    assert list(a.requests["retries"]) == list(b.requests["retries"])
+    np.testing.assert_allclose(a.requests["finish_s"], b.requests["finish_s"], rtol=1e-9, atol=1e-9, equal_nan=True)
+    if kind == "replica_failure":
+        failed = sum(e["kind"] == "replica_failure" for e in fa.events)
+        assert len(a.pools[0].replicas) == replicas + failed  # every failed replica was replaced
+
+
+def test_all_failure_types_together_conserve_requests():
+    reqs = poisson_requests(seed=3, n=800, rate=40.0, prompt=(1, 3000), output=(1, 300))
+    cfg = {"truncation": {"name": "reroute"}, "injectors": [
+        {"kind": "replica_failure", "pool": "p", "timing": {"mtbf_s": 10.0, "mttr_s": 2.0}, "max_retries": 1},
+        {"kind": "straggler", "pool": "p", "factor": 4.0, "timing": {"mtbf_s": 5.0, "mttr_s": 3.0}},
+        {"kind": "coherence", "pool": "p", "replicas": [0, 2], "probability": 0.5,
+         "policy": {"name": "fallback", "params": {"pool": "q", "max_attempts": 2}}},
+    ]}  # fmt: skip
+    raw, f = run(reqs, cfg, replicas=3, limits=dataclasses.replace(LIMITS, max_model_len=2048))
+    check_accounting(raw, reqs)
+    df = raw.requests
+    kinds = {e["kind"] for e in f.events}
+    assert kinds == {"replica_failure", "straggler", "coherence"}
+    assert (df["retries"] > 0).any() and (df["mitigation"].str.contains("fallback to q")).any()
+    assert (df["status"] == "dropped").any()  # prompts over 1024 tokens fit neither window
+
+
+# -- replica failures -------------------------------------------------------------------------------------------
+
+
+def test_a_retried_request_waits_its_lost_attempt_plus_a_full_fresh_run():
+    req = Request(id=0, arrival_s=0.0, prompt_tokens=500, output_tokens=200)
+    alone = simulate([req], [PoolSpec("p", LIMITS, LinearPerf())]).requests.iloc[0]
+    t_fail = 0.5 * alone["e2e_s"]  # mid-decode
+    raw, f = run([req], {"injectors": [{"kind": "replica_failure", "pool": "p", "count": 2,
+                                        "timing": {"at_s": [t_fail], "mttr_s": 3.0}}]})  # fmt: skip
+    row = raw.requests.iloc[0]
+    assert row["status"] == "completed" and row["retries"] == 1
+    assert row["lost_s"] == pytest.approx(t_fail, abs=1e-12)
+    # Both replicas died; the replacements serve from t_fail + 3 s and redo the whole request.
+    assert row["first_scheduled_s"] == pytest.approx(t_fail + 3.0, abs=1e-12)
+    assert row["e2e_s"] == pytest.approx(t_fail + 3.0 + alone["e2e_s"], rel=1e-12)
+    assert row["replica"] >= 2 and sorted(e["requests_retried"] for e in f.events) == [0, 1]
+
+
+def test_requests_on_a_failed_replica_move_to_the_survivors_at_once():
+    reqs = poisson_requests(seed=5, n=400, rate=40.0)
+    raw, f = run(reqs, {"injectors": [{"kind": "replica_failure", "pool": "p",
+                                       "timing": {"at_s": [4.0], "mttr_s": math.inf}}]}, replicas=3)  # fmt: skip
+    df = raw.requests
+    victim = f.events[0]["replica"]
+    assert (df["status"] == "completed").all() and len(raw.pools[0].replicas) == 3  # not replaced
+    assert (df.loc[df["replica"] == victim, "finish_s"] <= 4.0).all()
+    moved = df[df["retries"] == 1]
+    assert len(moved) == f.events[0]["requests_retried"] > 0
+    assert (moved["first_scheduled_s"] >= 4.0).all() and (moved["replica"] != victim).all()
+    assert raw.pools[0].lifetimes[victim][1] == 4.0
+
+
+def test_retries_are_bounded_then_the_request_fails_with_the_reason():
+    reqs = [Request(id=0, arrival_s=0.0, prompt_tokens=100, output_tokens=400)]
+    fails = {"kind": "replica_failure", "pool": "p", "max_retries": 2, "timing": {"at_s": [1.0, 3.0, 5.0, 7.0],
+                                                                                   "mttr_s": 0.5}}  # fmt: skip
+    raw, _ = run(reqs, {"injectors": [fails]}, replicas=1)
+    row = raw.requests.iloc[0]
+    assert row["status"] == "failed" and row["retries"] == 2 and "gave up after 2 retries" in row["reason"]
+
+
+# -- stragglers -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["skip", "per_iteration"])
+def test_a_straggler_is_exactly_factor_times_slower(mode):
+    req = Request(id=0, arrival_s=0.0, prompt_tokens=700, output_tokens=300)
+    base = simulate([req], [PoolSpec("p", LIMITS, LinearPerf())], mode=mode).requests.iloc[0]
+    slow, _ = run([req], {"injectors": [{"kind": "straggler", "pool": "p", "replica": 0, "factor": 3.0,
+                                         "timing": {"at_s": [0.0], "mttr_s": math.inf}}]}, replicas=1, mode=mode)
+    row = slow.requests.iloc[0]
+    assert row["e2e_s"] == pytest.approx(3.0 * base["e2e_s"], rel=1e-12)
+    assert row["ttft_s"] == pytest.approx(3.0 * base["ttft_s"], rel=1e-12)
+
+
+def test_a_straggler_episode_slows_only_the_iterations_inside_it():
+    req = Request(id=0, arrival_s=0.0, prompt_tokens=10, output_tokens=1000)  # one step of 5.1 ms + decodes
+    perf = LinearPerf()
+    base = simulate([req], [PoolSpec("p", LIMITS, perf)]).requests.iloc[0]
+    raw, _ = run([req], {"injectors": [{"kind": "straggler", "pool": "p", "replica": 0, "factor": 2.0,
+                                        "timing": {"at_s": [1.0], "mttr_s": 1.0}}]}, replicas=1)  # fmt: skip
+    # For one second the replica did half a second's work: the request ends 0.5 s later (to an iteration or two
+    # at the episode's edges, which keep the duration they started with).
+    delay = raw.requests.iloc[0]["e2e_s"] - base["e2e_s"]
+    assert delay == pytest.approx(0.5, abs=4 * perf.base)
+
+
+# -- coherence --------------------------------------------------------------------------------------------------
+
+
+def test_incoherent_answers_are_retried_on_another_replica():
+    reqs = poisson_requests(seed=7, n=300, rate=20.0)
+    raw, _ = run(reqs, {"injectors": [{"kind": "coherence", "pool": "p", "replicas": [0], "probability": 1.0}]},
+                 replicas=2)  # fmt: skip
+    df = raw.requests
+    assert (df["status"] == "completed").all() and (df["replica"] == 1).all()  # every answer of 0 was bad
+    retried = df[df["retries"] > 0]
+    assert len(retried) > 0 and (retried["retries"] == 1).all()
+    assert (retried["e2e_s"] > retried["lost_s"]).all() and (retried["lost_s"] > 0).all()
+
+
+def test_a_single_bad_replica_exhausts_the_retry_policy_and_fails():
+    reqs = poisson_requests(seed=8, n=20, rate=5.0)
+    raw, _ = run(reqs, {"injectors": [{"kind": "coherence", "pool": "p", "probability": 1.0,
+                                       "policy": {"name": "retry", "params": {"max_attempts": 3}}}]}, replicas=1)
+    df = raw.requests
+    assert (df["status"] == "failed").all() and (df["retries"] == 2).all()
+    assert (df["reason"] == "answer flagged incoherent 3 times").all()
+
+
+def test_fallback_sends_flagged_answers_to_the_larger_pool():
+    reqs = poisson_requests(seed=9, n=100, rate=5.0, prompt=(1, 500), output=(1, 200))
+    raw, _ = run(reqs, {"injectors": [{"kind": "coherence", "pool": "p", "replicas": [0, 1], "probability": 1.0,
+                                       "policy": {"name": "fallback", "params": {"pool": "q"}}}]})  # fmt: skip
+    df = raw.requests
+    assert (df["status"] == "completed").all() and (df["pool"] == "q").all()
+    assert (df["mitigation"] == "fallback to q").all() and (df["retries"] == 1).all()
+
+
+def test_coherence_policy_arithmetic():
+    retry = COHERENCE_POLICIES.create("retry", {"max_attempts": 3})
+    assert [retry.reissue(n) is not None for n in (1, 2, 3)] == [True, True, False]
+    fb = COHERENCE_POLICIES.create("fallback", {"pool": "big"})
+    assert fb.reissue(1).pool == "big" and fb.reissue(2) is None
+
+
+# -- timing and configuration -------------------------------------------------------------------------------------
+
+
+def test_failures_by_rate_have_the_mtbf_and_stay_in_their_window():
+    t = Timing(mtbf_s=10.0, mttr_s=2.0, start_s=100.0, end_s=100_100.0)
+    eps = list(t.episodes(np.random.default_rng(0)))
+    assert all(100.0 <= e.start_s < 100_100.0 for e in eps)
+    ups = [b.start_s - a.end_s for a, b in zip(eps, eps[1:], strict=False)]
+    assert min(ups) > 0 and np.mean(ups) == pytest.approx(10.0, rel=0.05)  # ~8300 samples: 1 % std error
+    assert [e.start_s for e in Timing(at_s=(5.0, 1.0), mttr_s=3.0).episodes(np.random.default_rng(0))] == [1.0, 5.0]
+
+
+def test_the_same_seed_gives_the_same_failures_and_another_seed_others():
+    reqs = poisson_requests(seed=10, n=300, rate=30.0)
+    cfg = {"injectors": [{"kind": "replica_failure", "pool": "p", "timing": {"mtbf_s": 8.0, "mttr_s": 1.0}}]}
+    runs = [run(reqs, cfg, replicas=3, seed=s)[1].events for s in (1, 1, 2)]
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+SCENARIO = {"name": "f", "seed": 3,
+            "workload": {"type": "poisson", "rate": 20, "duration_s": 30,
+                         "lengths": {"type": "geometric", "prompt_mean": 300, "output_mean": 60}},
+            "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 2,
+                       "perf_model": {"name": "constant", "params": {"step_s": 0.02}}}]}  # fmt: skip
+
+
+def test_a_scenario_runs_its_failures_section_and_reports_retries():
+    cfg = parse_scenario({**SCENARIO, "failures": {"injectors": [
+        {"kind": "replica_failure", "pool": "chat", "timing": {"at_s": [10.0], "mttr_s": 5.0}}]}})  # fmt: skip
+    res = run_scenario(cfg)
+    s = res.summary
+    assert s["failures"]["injected"] == 1 and s["failures"]["events"][0]["time_s"] == 10.0
+    assert s["requests"]["completed"] == s["requests"]["total"] and s["requests"]["failed"] == 0
+    assert s["retries"]["retries"] == int(res.requests["retries"].sum()) > 0
+
+
+@pytest.mark.parametrize(("failures", "message"), [
+    ({"injectors": [{"kind": "straggler", "pool": "chatt", "factor": 2, "timing": {"at_s": [1]}}]},
+     "failures: injectors[0].pool: unknown pool 'chatt'; the scenario's pools are: chat"),
+    ({"injectors": [{"kind": "coherence", "pool": "chat", "replicas": [2], "probability": 0.1}]},
+     "replica 2 does not exist in pool 'chat' (2 replicas"),
+    ({"injectors": [{"kind": "replica_failure", "pool": "chat", "timing": {"at_s": [1], "mtbf_s": 5}}]},
+     "give either at_s (scheduled failures) or mtbf_s (failures by rate), not both"),
+    ({"truncation": {"name": "squash"}}, "unknown truncation policy 'squash'; expected one of: compress, reroute"),
+    ({"truncation": {"name": "compress", "params": {"ratio": 1.5}}}, "ratio: Input should be less than 1"),
+    ({"injectors": [{"kind": "coherence", "pool": "chat", "probability": 0.1,
+                     "policy": {"name": "fallback", "params": {"pool": "chat"}}}]}, "the fallback must be another"),
+])  # fmt: skip
+def test_bad_failure_sections_name_the_field(failures, message):
+    with pytest.raises(ConfigError) as err:
+        parse_scenario({**SCENARIO, "failures": failures}, source="s.yaml")
+    assert message in str(err.value) and str(err.value).startswith("s.yaml: failures")
