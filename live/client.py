@@ -59,9 +59,16 @@ class CompletionResult:
         return (self.finish_s - self.first_token_s) / (self.output_tokens - 1)
 
 
-def tls_verify(verify: bool | str) -> bool | ssl.SSLContext:
-    """``True``/``False``, or the path of a CA bundle / self-signed certificate to trust."""
-    return ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+def tls_verify(verify: bool | str, cert: tuple[str, str] | None = None) -> bool | ssl.SSLContext:
+    """``True``/``False``, or the path of a CA bundle / self-signed certificate to trust; ``cert``
+    (certificate, key) is presented to servers that require a client certificate (mTLS)."""
+    if cert is None:
+        return ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+    ctx = ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
+    if verify is False:
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.load_cert_chain(*cert)
+    return ctx
 
 
 def prompt_ids(n: int, salt: int = 0) -> list[int]:
@@ -109,16 +116,17 @@ class _Trace:
 
 
 class VllmClient:
-    """One backend. ``clock`` stamps the results (default ``time.perf_counter``)."""
+    """One backend. ``clock`` stamps the results (default ``time.perf_counter``); ``cert`` = (certificate,
+    key) for a backend that requires client certificates."""
 
     def __init__(self, base_url: str, *, token: str | None = None, timeout_s: float = 60.0, retries: int = 3,
                  backoff_s: float = 0.05, verify: bool | str = True, clock: Callable[[], float] = time.perf_counter,
-                 max_connections: int = 1024):  # fmt: skip
+                 max_connections: int = 1024, cert: tuple[str, str] | None = None):  # fmt: skip
         self.base_url = base_url.rstrip("/")
         self.retries, self.backoff_s, self.clock = retries, backoff_s, clock
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(
-            base_url=self.base_url, headers=headers, verify=tls_verify(verify),
+            base_url=self.base_url, headers=headers, verify=tls_verify(verify, cert),
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0), pool=None),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         )  # fmt: skip

@@ -16,6 +16,7 @@ import contextlib
 import hmac
 import itertools
 import socket
+import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -192,8 +193,10 @@ def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
 
 
 def _config(app: FastAPI, host: str, port: int, ssl_certfile: str | None, ssl_keyfile: str | None,
-            log_level: str) -> uvicorn.Config:  # fmt: skip
+            log_level: str, ssl_ca_certs: str | None = None) -> uvicorn.Config:  # fmt: skip
+    # With a CA, the server requires a client certificate signed by it (mTLS): no certificate, no handshake.
     return uvicorn.Config(app, host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
+                          ssl_ca_certs=ssl_ca_certs, ssl_cert_reqs=ssl.CERT_REQUIRED if ssl_ca_certs else ssl.CERT_NONE,
                           log_level=log_level, lifespan="on", access_log=False, timeout_graceful_shutdown=2)  # fmt: skip
 
 
@@ -215,11 +218,13 @@ class RunningServer:
 
 
 @contextlib.contextmanager
-def serve_in_thread(spec: EmulatorSpec, *, host: str = "127.0.0.1", port: int = 0, ssl_certfile: str | None = None,
-                    ssl_keyfile: str | None = None, startup_timeout_s: float = 10.0) -> Iterator[RunningServer]:  # fmt: skip
-    """Run an emulator on a background thread for the duration of the ``with`` block."""
+def serve_in_thread(spec: EmulatorSpec | FastAPI, *, host: str = "127.0.0.1", port: int = 0,
+                    ssl_certfile: str | None = None, ssl_keyfile: str | None = None, ssl_ca_certs: str | None = None,
+                    startup_timeout_s: float = 10.0) -> Iterator[RunningServer]:  # fmt: skip
+    """Run an emulator (or another app, such as the gateway) on a background thread for the ``with`` block."""
     sock = bind_socket(host, port)
-    server = uvicorn.Server(_config(create_app(spec), host, port, ssl_certfile, ssl_keyfile, "warning"))
+    app = spec if isinstance(spec, FastAPI) else create_app(spec)
+    server = uvicorn.Server(_config(app, host, port, ssl_certfile, ssl_keyfile, "warning", ssl_ca_certs))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), name="emulator",
                               daemon=True)  # fmt: skip
     thread.start()
@@ -236,11 +241,14 @@ def serve_in_thread(spec: EmulatorSpec, *, host: str = "127.0.0.1", port: int = 
         sock.close()
 
 
-def serve(spec: EmulatorSpec, *, host: str, port: int, ssl_certfile: str | None = None,
-          ssl_keyfile: str | None = None, on_ready=None, log_level: str = "warning") -> None:  # fmt: skip
-    """Run an emulator in the foreground until interrupted; ``on_ready(url)`` is called once it listens."""
+def serve(spec: EmulatorSpec | FastAPI, *, host: str, port: int, ssl_certfile: str | None = None,
+          ssl_keyfile: str | None = None, ssl_ca_certs: str | None = None, on_ready=None,
+          log_level: str = "warning") -> None:  # fmt: skip
+    """Run an emulator (or another app) in the foreground until interrupted; ``on_ready(url)`` is called once
+    it listens."""
     sock = bind_socket(host, port)
-    server = uvicorn.Server(_config(create_app(spec), host, port, ssl_certfile, ssl_keyfile, log_level))
+    app = spec if isinstance(spec, FastAPI) else create_app(spec)
+    server = uvicorn.Server(_config(app, host, port, ssl_certfile, ssl_keyfile, log_level, ssl_ca_certs))
     url = url_of(sock, ssl_certfile is not None)
 
     async def main() -> None:

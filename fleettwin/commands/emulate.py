@@ -10,6 +10,8 @@ EPILOG = """examples:
   fleettwin emulate --model llama-3-70b --gpu h100-80g --tp 4 --max-num-seqs 256 --token s3cret
   fleettwin emulate --model llama-3-8b --gpu a100-80g --perf-model constant --perf-param step_s=0.02 --port 0
   fleettwin emulate --model llama-3-8b --gpu h100-80g --tls-cert cert.pem --tls-key key.pem --port 8443
+  fleettwin emulate --model llama-3-8b --gpu h100-80g --tls-cert certs/emulator.pem \
+      --tls-key certs/emulator.key --tls-ca certs/ca.pem --port 8443   # mTLS (fleettwin certs)
 
 endpoints: POST /v1/completions, POST /v1/chat/completions (stream or not), GET /v1/models, /health, /metrics
 (vLLM's metric names, labels and buckets), /version. Every request produces exactly max_tokens tokens of filler
@@ -34,6 +36,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on /v1/* (like vLLM's --api-key)")
     p.add_argument("--tls-cert", "--ssl-certfile", dest="tls_cert", help="PEM certificate: serve HTTPS")
     p.add_argument("--tls-key", "--ssl-keyfile", dest="tls_key", help="PEM private key for --tls-cert")
+    p.add_argument("--tls-ca", "--ssl-ca-certs", dest="tls_ca",
+                   help="PEM CA: require client certificates signed by it (mTLS; needs --tls-cert)")  # fmt: skip
     p.add_argument("--tp", type=int, help="tensor-parallel size (default: the smallest that fits)")
     p.add_argument("--max-num-seqs", type=int, default=256, help="(default %(default)s)")
     p.add_argument("--max-num-batched-tokens", type=int, default=8192, help="(default %(default)s)")
@@ -89,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
+    if args.tls_ca is not None and args.tls_cert is None:
+        raise ConfigError("--tls-ca (client certificates) needs --tls-cert and --tls-key")
     spec = build_spec(args)
 
     def ready(url: str) -> None:
@@ -98,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         serve(spec, host=args.host, port=args.port, ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key,
-              on_ready=ready)  # fmt: skip
+              ssl_ca_certs=args.tls_ca, on_ready=ready)  # fmt: skip
     except OSError as exc:
         raise ConfigError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
     print("fleettwin emulate: stopped", file=sys.stderr)

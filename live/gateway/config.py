@@ -1,0 +1,261 @@
+"""The gateway's policy file (YAML), validated in one place and frozen.
+
+    tenants:
+      team-a:
+        api_keys: ["sha256:9f86d0..."]     # sha256 of the key; the key itself is never stored
+        models: [llama-3-8b]              # gateway model names, or "*"
+        tools: [search]                   # function-tool names a request may declare
+        collections: [handbook]           # retrieval collections its documents may come from
+        max_tokens: 1024
+        quotas: {requests_per_s: 5, tokens_per_s: 4000, concurrent: 8}
+        priority: 0
+        slo_class: interactive
+    backends:
+      llama-3-8b: {urls: ["https://127.0.0.1:8000"], served_model: llama-3-8b}
+    detectors: {prompt_injection: block, email: redact}
+    jwt: {secret_env: FLEETTWIN_JWT_SECRET}
+    backend_tls: {ca: certs/ca.pem, cert: certs/gateway-client.pem, key: certs/gateway-client.key}
+    audit_log: gateway-audit.jsonl
+
+Relative paths are resolved against the file's folder. A bad file is one ``ConfigError`` per problem naming the
+file and the field: ``gateway.yaml: tenants.team-a.models[0]: unknown model 'gpt-9'; backends serve: ...``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fleettwin.live.gateway.sanitize import ACTIONS, DEFAULT_ACTIONS, DETECTORS, Action
+from fleettwin.models.config import _format_errors, read_yaml
+from fleettwin.models.errors import ConfigError
+from fleettwin.models.routing import REPLICA_ROUTERS
+
+_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
+KEY_PREFIX = "ft-"
+ANY = "*"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def hash_key(key: str) -> str:
+    """How an API key is stored in the policy file."""
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> tuple[str, str]:
+    """A fresh random API key (256 bits) and its stored form."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    return key, hash_key(key)
+
+
+class Quotas(_Frozen):
+    """Token buckets refill at the rate and hold at most the burst; ``None`` means no limit.
+    Default bursts: one second of requests (at least 1), ten seconds of tokens."""
+
+    requests_per_s: float | None = Field(None, gt=0)
+    burst_requests: float | None = Field(None, ge=1)
+    tokens_per_s: float | None = Field(None, gt=0)
+    burst_tokens: float | None = Field(None, ge=1)
+    concurrent: int | None = Field(None, ge=1)
+
+    @property
+    def request_burst(self) -> float | None:
+        if self.requests_per_s is None:
+            return None
+        return self.burst_requests if self.burst_requests is not None else max(1.0, self.requests_per_s)
+
+    @property
+    def token_burst(self) -> float | None:
+        if self.tokens_per_s is None:
+            return None
+        return self.burst_tokens if self.burst_tokens is not None else 10.0 * self.tokens_per_s
+
+
+class Tenant(_Frozen):
+    api_keys: tuple[str, ...] = ()
+    models: tuple[str, ...] = Field(min_length=1)
+    tools: tuple[str, ...] = ()
+    collections: tuple[str, ...] = ()
+    max_tokens: int | None = Field(None, ge=1)
+    allow_token_ids: bool = False  # token-id prompts cannot be inspected by the detectors
+    priority: int = 0
+    slo_class: str = "standard"
+    quotas: Quotas = Quotas()
+    detectors: dict[str, Action] = {}  # overrides of the file's detector actions for this tenant
+
+    @field_validator("api_keys")
+    @classmethod
+    def _hashed(cls, keys: tuple[str, ...]) -> tuple[str, ...]:
+        for k in keys:
+            if not _HASH.match(k):
+                shown = k if k.startswith("sha256:") else k[:3] + "..."  # do not echo a plain key
+                raise ValueError(f"an API key must be stored as 'sha256:<64 hex digits>' (fleettwin gateway "
+                                 f"--new-key makes one), got {shown!r}")  # fmt: skip
+        return keys
+
+    def allows(self, kind: str, name: str) -> bool:
+        names = getattr(self, kind)
+        return ANY in names or name in names
+
+
+class Backend(_Frozen):
+    urls: tuple[str, ...] = Field(min_length=1)
+    served_model: str | None = None  # the name the backend serves (default: the gateway's model name)
+    token_env: str | None = None  # environment variable holding the backend's bearer token
+    router: str = "least_outstanding"
+    priority_scheduling: bool = False  # forward the tenant's priority (vLLM --scheduling-policy priority)
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
+        for u in urls:
+            if not re.match(r"^https?://[^/\s]+/?$", u):
+                raise ValueError(f"backend URL must be http(s)://host:port, got {u!r}")
+        return tuple(u.rstrip("/") for u in urls)
+
+    @field_validator("router")
+    @classmethod
+    def _router(cls, name: str) -> str:
+        REPLICA_ROUTERS.get(name)  # UnknownNameError lists the choices
+        return name
+
+    def token(self) -> str | None:
+        if self.token_env is None:
+            return None
+        value = os.environ.get(self.token_env)
+        if not value:
+            raise ConfigError(f"backend token: environment variable {self.token_env} is not set")
+        return value
+
+
+class TlsFiles(_Frozen):
+    """PEM files: ``ca`` to verify the peer, ``cert``/``key`` to present (a client certificate for mTLS)."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsFiles:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together")
+        return self
+
+
+class Jwt(_Frozen):
+    """HS256 bearer tokens; the tenant is named by ``tenant_claim``. The secret comes from the environment or
+    a file, never from the policy file itself."""
+
+    secret_env: str | None = None
+    secret_file: Path | None = None
+    tenant_claim: str = "tenant"
+    issuer: str | None = None
+    audience: str | None = None
+    require_exp: bool = True
+    leeway_s: float = Field(30.0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> Jwt:
+        if (self.secret_env is None) == (self.secret_file is None):
+            raise ValueError("give exactly one of secret_env or secret_file")
+        return self
+
+    def secret(self) -> bytes:
+        if self.secret_env is not None:
+            where = f"environment variable {self.secret_env}"
+            data = os.environ.get(self.secret_env, "").encode()
+            if not data:
+                raise ConfigError(f"jwt: {where} is not set")
+        else:
+            where = f"secret_file {self.secret_file}"
+            try:
+                data = Path(self.secret_file).read_bytes().strip()
+            except OSError as exc:
+                raise ConfigError(f"jwt: cannot read {where}: {exc.strerror}") from None
+        if len(data) < 32:  # RFC 7518 section 3.2: an HS256 key must be at least as long as the hash (256 bits)
+            raise ConfigError(f"jwt: the secret in {where} is shorter than 32 bytes")
+        return data
+
+
+class GatewayConfig(_Frozen):
+    tenants: dict[str, Tenant] = Field(min_length=1)
+    backends: dict[str, Backend] = Field(min_length=1)
+    detectors: dict[str, Action] = dict(DEFAULT_ACTIONS)
+    jwt: Jwt | None = None
+    backend_tls: TlsFiles | None = None
+    audit_log: Path = Path("gateway-audit.jsonl")
+    timeout_s: float = Field(300.0, gt=0)
+
+    @field_validator("detectors")
+    @classmethod
+    def _detectors(cls, actions: dict[str, str]) -> dict[str, str]:
+        _known_detectors(actions)
+        return actions
+
+    @model_validator(mode="after")
+    def _cross(self) -> GatewayConfig:
+        owners: dict[str, str] = {}
+        for name, t in self.tenants.items():
+            for i, m in enumerate(t.models):
+                if m != ANY and m not in self.backends:
+                    raise ValueError(f"tenants.{name}.models[{i}]: unknown model {m!r}; backends serve: "
+                                     f"{', '.join(self.backends)}")  # fmt: skip
+            try:
+                _known_detectors(t.detectors)
+            except ValueError as exc:
+                raise ValueError(f"tenants.{name}.detectors: {exc}") from None
+            for k in t.api_keys:
+                if k in owners:
+                    raise ValueError(f"tenants.{name}.api_keys: the same key is also given to {owners[k]!r}")
+                owners[k] = name
+            if not t.api_keys and self.jwt is None:
+                raise ValueError(f"tenants.{name}: no api_keys and no jwt section, so nobody can use it")
+        return self
+
+    def actions_for(self, tenant: str) -> dict[str, str]:
+        return {**self.detectors, **self.tenants[tenant].detectors}
+
+
+def _known_detectors(actions: dict[str, str]) -> None:
+    for name, action in actions.items():
+        if name not in DETECTORS:
+            raise ValueError(f"unknown detector {name!r}; expected one of: {', '.join(DETECTORS.names())}")
+        if action not in ACTIONS:
+            raise ValueError(f"{name}: action must be one of {', '.join(ACTIONS)}")
+
+
+def parse_gateway(data: Any, *, source: str = "<gateway>", base_dir: Path | None = None) -> GatewayConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping with tenants and backends at the top level")
+    try:
+        cfg = GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc)) from None
+    return _resolve_paths(cfg, base_dir or Path.cwd())
+
+
+def load_gateway(path: str | Path) -> GatewayConfig:
+    path = Path(path)
+    return parse_gateway(read_yaml(path, "gateway policy"), source=str(path), base_dir=path.resolve().parent)
+
+
+def _resolve_paths(cfg: GatewayConfig, base: Path) -> GatewayConfig:
+    def at(p: Path | None) -> Path | None:
+        return None if p is None else Path(os.path.normpath(base / p))
+
+    update: dict[str, Any] = {"audit_log": at(cfg.audit_log)}
+    if cfg.backend_tls is not None:
+        t = cfg.backend_tls
+        update["backend_tls"] = TlsFiles(ca=at(t.ca), cert=at(t.cert), key=at(t.key))
+    if cfg.jwt is not None and cfg.jwt.secret_file is not None:
+        update["jwt"] = cfg.jwt.model_copy(update={"secret_file": at(cfg.jwt.secret_file)})
+    return cfg.model_copy(update=update)

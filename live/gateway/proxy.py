@@ -1,0 +1,160 @@
+"""The way to the backends: one pooled httpx client (presenting the gateway's client certificate when the
+backends require mTLS), a replica router per model over the gateway's own in-flight counts, and an SSE relay
+that passes events through as they arrive while reading the usage the gateway needs for token quotas.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from fleettwin.live.client import tls_verify
+from fleettwin.live.gateway.config import Backend, GatewayConfig
+from fleettwin.live.gateway.pipeline import Admitted
+from fleettwin.models.errors import ConfigError
+from fleettwin.models.routing import REPLICA_ROUTERS
+from fleettwin.models.workload.request import Request
+
+
+class _InFlight:
+    """A ``ReplicaSetView`` of one model's backends: requests in flight through this gateway."""
+
+    def __init__(self, n: int):
+        self.counts = [0] * n
+
+    @property
+    def outstanding(self) -> list[int]:
+        return self.counts
+
+    def kv_usage(self, now: float) -> list[float]:
+        return [0.0] * len(self.counts)
+
+
+@dataclass
+class Usage:
+    """What a response reported: usage when the backend sent it, else the count of content events."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    events: int = 0
+
+    def take(self, usage: Any) -> None:
+        if isinstance(usage, dict):
+            self.prompt_tokens = usage.get("prompt_tokens", self.prompt_tokens)
+            self.completion_tokens = usage.get("completion_tokens", self.completion_tokens)
+
+    @property
+    def output(self) -> int:
+        return self.completion_tokens if self.completion_tokens is not None else self.events
+
+
+@dataclass
+class Pool:
+    backend: Backend
+    headers: dict[str, str]
+    view: _InFlight = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.view = _InFlight(len(self.backend.urls))
+        self.router = REPLICA_ROUTERS.create(self.backend.router)
+        self._ids = 0
+
+    def pick(self, a: Admitted) -> int:
+        self._ids += 1
+        req = Request(id=self._ids, arrival_s=0.0, prompt_tokens=max(1, a.prompt_tokens),
+                      output_tokens=max(1, a.max_tokens or 1), tenant=a.principal.tenant)  # fmt: skip
+        i = self.router.choose(req, self.view, 0.0)
+        self.view.counts[i] += 1
+        return i
+
+    def done(self, i: int) -> None:
+        self.view.counts[i] -= 1
+
+
+def backend_tls(cfg: GatewayConfig) -> bool | ssl.SSLContext:
+    """How the gateway verifies backends and which client certificate it presents; unreadable files are a
+    ``ConfigError`` naming them."""
+    tls = cfg.backend_tls
+    if tls is None:
+        return True
+    try:
+        return tls_verify(str(tls.ca) if tls.ca else True, cert=(str(tls.cert), str(tls.key)) if tls.cert else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"backend_tls: cannot load {tls.ca}, {tls.cert}, {tls.key}: {exc}") from None
+
+
+class Upstreams:
+    """Backend tokens and TLS are resolved when this is built, so a missing secret fails at start-up."""
+
+    def __init__(self, cfg: GatewayConfig):
+        self.verify = backend_tls(cfg)
+        self.timeout_s = cfg.timeout_s
+        self.pools: dict[str, Pool] = {}
+        for model, b in cfg.backends.items():
+            token = b.token()
+            self.pools[model] = Pool(b, {"Authorization": f"Bearer {token}"} if token else {})
+        self.http: httpx.AsyncClient | None = None
+
+    async def open(self) -> None:
+        """The connection pool, made on the server's event loop."""
+        self.http = httpx.AsyncClient(
+            verify=self.verify, timeout=httpx.Timeout(self.timeout_s, connect=5.0, pool=None),
+            limits=httpx.Limits(max_connections=4096, max_keepalive_connections=1024),
+        )  # fmt: skip
+
+    async def aclose(self) -> None:
+        if self.http is not None:
+            await self.http.aclose()
+
+    def send(self, a: Admitted, url: str, request_id: str, *, stream: bool):
+        """The backend's response (a coroutine); raises ``httpx.HTTPError`` when it cannot be reached."""
+        path = "/v1/chat/completions" if a.route == "chat.completions" else "/v1/completions"
+        headers = {**self.pools[a.model].headers, "x-request-id": request_id}
+        req = self.http.build_request("POST", url + path, json=a.body, headers=headers)
+        return self.http.send(req, stream=stream)
+
+
+async def relay(r: httpx.Response, usage: Usage, *, keep_usage_chunk: bool) -> AsyncIterator[bytes]:
+    """SSE events from the backend, re-framed one event per yield. The usage-only chunk (``choices: []``) the
+    gateway asked for on the client's behalf is dropped when the client did not ask for it."""
+    lines: list[str] = []
+    async for line in r.aiter_lines():
+        if line:
+            lines.append(line)
+            continue
+        if lines:
+            event = _event(lines, usage, keep_usage_chunk)
+            lines = []
+            if event is not None:
+                yield event
+    if lines:
+        event = _event(lines, usage, keep_usage_chunk)
+        if event is not None:
+            yield event
+
+
+def _event(lines: list[str], usage: Usage, keep_usage_chunk: bool) -> bytes | None:
+    for line in lines:
+        if not line.startswith("data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            continue
+        if '"usage"' not in payload:
+            usage.events += 1
+            continue
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            continue  # pass it on: the client decides what a garbled event means
+        usage.take(data.get("usage") if isinstance(data, dict) else None)
+        if isinstance(data, dict) and data.get("choices") == [] and not keep_usage_chunk:
+            return None
+        if isinstance(data, dict) and data.get("choices"):
+            usage.events += 1
+    return ("\n".join(lines) + "\n\n").encode()
