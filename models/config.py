@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from fleettwin.models.config_failures import FailuresField
+from fleettwin.models.config_retrieval import RetrievalConfig
 from fleettwin.models.errors import ConfigError, FleettwinError
 from fleettwin.models.registry import Registry
 
@@ -160,6 +161,7 @@ class ScenarioConfig(StrictModel):
     catalog: CatalogOverrides = CatalogOverrides()
     controller: ControllerConfig | None = None
     failures: FailuresField = None  # failure injection and policies (models/config_failures.py)
+    retrieval: RetrievalConfig | None = None  # vector stores and RAG (models/config_retrieval.py)
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 

@@ -13,6 +13,7 @@ class Request:
     ``arrival_s`` is seconds from the start of the run. ``model`` is a catalog id; ``None`` means "whatever the
     pool serves" (single-model scenarios). ``prefix_blocks`` carries prefix-cache block ids where the trace has
     them (Mooncake ``hash_ids``, 512 tokens per block there), for prefix-cache and content-aware routing models.
+    ``rag`` requests first query the knowledge fabric (about ``topic``), then prefill with the retrieved context.
     """
 
     id: int
@@ -24,6 +25,8 @@ class Request:
     region: str | None = None
     prefix_key: str | None = None
     prefix_blocks: tuple[int, ...] = ()
+    topic: str | None = None  # content domain, for routing retrieval queries in the knowledge fabric
+    rag: bool = False  # retrieves context before prefill (the prompt grows by the retrieved passages)
 
     def __post_init__(self) -> None:
         if self.prompt_tokens < 1:
