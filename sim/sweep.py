@@ -244,10 +244,10 @@ def build_table(points: Sequence[Point], runs: Sequence[dict], *, seeds: int, x:
     if table.empty:
         return table
     # parameters and seeds, then each metric beside its confidence half-width, then extra numbers, then error
-    head = [c for c in ("point", *points[0].values, "seed", "seeds", "runs_ok") if c in table]
+    head = [c for c in dict.fromkeys(("point", *points[0].values, "seed", "seeds", "runs_ok")) if c in table]
     metric_cols = [c for m in METRICS for c in (m, f"{m}_ci95") if c in table]
     rest = [c for c in table.columns if c not in {*head, *metric_cols, "error"}]
-    table = table[[*head, *metric_cols, *rest, "error"]]
+    table = table[[*head, *metric_cols, *rest, "error"]].copy()
     table["pareto"] = frontier(table, x, y) if x in table and y in table else False
     return table
 
@@ -281,6 +281,7 @@ def run_sweep(scenario: Path, params: Sequence[Param], executor: Executor, *, fi
     each run (so a crash loses only the runs in flight)."""
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    check_axes(params, x, y)
     points = grid(params, fixed)
     configs = validate(scenario, points)
     tasks = [Task(pt.index, r, cfg.seed + r, cfg) for pt, cfg in zip(points, configs, strict=True)

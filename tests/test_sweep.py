@@ -257,3 +257,9 @@ def test_help_explains_the_parameter_syntax(capsys):
 
 def test_param_dataclass_is_what_the_grid_sees():
     assert grid([Param("k", "a.b", (1,))])[0].overrides == {"a.b": 1}
+
+
+def test_sweeping_the_seed_gives_one_seed_column_and_different_draws(scenario):
+    table = run_sweep(scenario, [parse_param("seed=1,2")], LocalExecutor(1)).table
+    assert table.columns.is_unique and table["seed"].tolist() == [1, 2]
+    assert table["ttft_p95_s"].nunique() == 2
