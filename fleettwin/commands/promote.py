@@ -1,0 +1,41 @@
+"""``fleettwin promote``: allow a validated policy to act (``fleettwin shadow --act``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EPILOG = """examples:
+  fleettwin validate configs/live.yaml --suite configs/validation/ && fleettwin promote configs/live.yaml
+  fleettwin promote configs/allocators/reactive.yaml --registry /tmp/gate.sqlite
+
+Refused unless the latest validation of exactly this configuration (same config hash: allocator name and
+parameters, defaults filled in) passed. `fleettwin shadow --act` then acts for that hash only."""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "promote",
+        help="promote a policy whose latest validation passed, so that shadow --act may run it",
+        description="Record in the gate registry that a policy configuration may act on the fleet; refused "
+        "without a passing validation of the same config hash.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("policy", type=Path, help="allocator YAML, or a (live) scenario with controller.allocator")
+    p.add_argument("--registry", type=Path, help="gate registry (default $FLEETTWIN_REGISTRY or "
+                   ".fleettwin/registry.sqlite)")  # fmt: skip
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fleettwin.live.gate import GateRegistry, policy_hash
+    from fleettwin.live.suite import load_policy
+
+    policy = load_policy(args.policy)
+    config_hash = policy_hash(policy.name, policy.params)
+    with GateRegistry(args.registry) as reg:
+        promo = reg.promote(config_hash, policy.name)
+        print(f"promoted {policy.name} (config hash {config_hash}) on validation #{promo.validation_id}: "
+              f"promotion #{promo.id} in {reg.path}")  # fmt: skip
+    return 0

@@ -1,0 +1,159 @@
+"""``fleettwin shadow``: run the live control loop over running backends, logging every decision (and, with
+``--act``, carrying them out), and report drift between the simulator and the measured fleet."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EPILOG = """examples:
+  fleettwin shadow --scenario configs/live.yaml                        # until Ctrl-C
+  fleettwin shadow --scenario configs/live.yaml --duration 120 --drift-report results/drift --load replay.parquet
+  fleettwin shadow --scenario configs/live.yaml --report-only --drift-report results/drift
+  fleettwin shadow --scenario configs/live.yaml --act                  # needs a promoted policy (fleettwin promote)
+
+Every interval the controller scrapes /health and /metrics of every backend, builds the FleetSnapshot, runs the
+scenario's allocator and each pool's router as the simulator does, and appends one JSON record to the
+decision log (scenario field decision_log): the backends' status and backoff state, each pool's observed load,
+latency and replicas, the decision, and what the actuator did. Restarting continues the same log.
+--drift-report DIR writes drift.csv and drift.md: the simulator's prediction for the load observed (from
+--load, the load generator's Parquet file, else from the counted arrivals) next to the measured values."""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "shadow",
+        help="run the allocator live against vLLM-compatible backends and log its decisions (or act on them)",
+        description="Run the live twin's control loop: scrape the backends of a live scenario every interval, "
+        "decide with the same allocator and routers the simulator runs, and append each decision to a "
+        "durable JSONL log; with --act a promoted policy starts and stops emulator replicas.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--scenario", required=True, type=Path, help="live scenario YAML (see configs/live.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field by dotted path, e.g. controller.interval_s=5 (repeatable)")  # fmt: skip
+    p.add_argument("--duration", type=float, help="stop after S seconds (default: run until interrupted)")
+    p.add_argument("--ticks", type=int, help="stop after N decisions")
+    p.add_argument("--act", action="store_true", help="carry decisions out with the scenario's actuator")
+    p.add_argument("--registry", type=Path, help="gate registry (default $FLEETTWIN_REGISTRY or "
+                   ".fleettwin/registry.sqlite)")  # fmt: skip
+    p.add_argument("--drift-report", type=Path, metavar="DIR", help="write drift.csv and drift.md here at the end")
+    p.add_argument("--load", type=Path, help="the load generator's Parquet file for the drift report")
+    p.add_argument("--report-only", action="store_true", help="only write the drift report from the existing log")
+    p.add_argument("--since-seq", type=int, default=None,
+                   help="drift report over records from this seq on (default: this run's, or all with "
+                   "--report-only)")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no line per decision")
+    p.set_defaults(func=run)
+
+
+def _line(rec: dict) -> str:
+    down = [b["url"] for b in rec["backends"] if b["status"] != "up"]
+    pools = []
+    for p in rec["pools"]:
+        rate = "?" if p["arrival_rate"] is None else f"{p['arrival_rate']:.2f}"
+        pools.append(f"{p['name']}: {p['active']} up {p['provisioning']} starting, {rate} req/s, "
+                     f"{p['running']}+{p['waiting']} in flight")  # fmt: skip
+    targets = ", ".join(f"{t['pool']}={t['gpus']}" for t in (rec["decision"] or {}).get("targets", ()))
+    text = f"#{rec['seq']} t+{rec['elapsed_s']:.1f}s  {'; '.join(pools)}  -> {targets or '-'}"
+    if down:
+        text += f"  [down: {', '.join(down)}]"
+    if rec["error"]:
+        text += f"  [error: {rec['error']}]"
+    if rec["actions"]:
+        text += "  [" + ", ".join(a["event"] for a in rec["actions"]) + "]"
+    return text
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from fleettwin.live.config import load_live
+    from fleettwin.models.config import parse_override
+    from fleettwin.models.errors import ConfigError
+
+    cfg = load_live(args.scenario, dict(parse_override(o) for o in args.overrides))
+    for name, value in (("--duration", args.duration), ("--ticks", args.ticks)):
+        if value is not None and not value > 0:
+            raise ConfigError(f"{name} must be > 0, got {value}")
+    if args.load and not args.drift_report:
+        raise ConfigError("--load is read by the drift report: give --drift-report DIR too")
+    if args.report_only:
+        if not args.drift_report:
+            raise ConfigError("--report-only needs --drift-report DIR")
+        return _report(cfg, args, args.since_seq)
+    since = asyncio.run(_loop(cfg, args))
+    if args.drift_report:
+        return _report(cfg, args, args.since_seq if args.since_seq is not None else since)
+    return 0
+
+
+async def _loop(cfg, args) -> int:
+    """Run the controller; returns the seq of this run's first record."""
+    import asyncio
+    import signal
+
+    from fleettwin.live.decision_log import DecisionLog
+    from fleettwin.live.gate import GateRegistry
+    from fleettwin.live.shadow import ShadowController
+    from fleettwin.models.errors import ConfigError
+
+    actuator = None
+    if args.act:
+        if cfg.actuator is None:
+            raise ConfigError(f"{args.scenario}: --act needs an actuator section in the live scenario")
+        from fleettwin.live.gate import policy_hash
+
+        ref = cfg.controller.allocator
+        with GateRegistry(args.registry) as reg:
+            promo = reg.require_promoted(policy_hash(ref.name, ref.params), ref.name)
+        print(f"acting with {ref.name} {promo.config_hash[:12]} (promotion #{promo.id}, validation "
+              f"#{promo.validation_id})", flush=True)  # fmt: skip
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    with DecisionLog(cfg.decision_log_path, keep=cfg.history_buckets) as log:
+        r = log.recovery
+        if r.records or r.truncated_bytes:
+            print(f"resuming {r.describe(log.path)}", flush=True)
+        first = log.next_seq
+        if args.act:
+            from fleettwin.live.actuator import LocalProcessActuator
+
+            actuator = LocalProcessActuator(cfg, log_dir=log.path.parent / "replicas")
+        ctl = ShadowController(cfg, log, actuator=actuator)
+        mode = "acting" if actuator else "shadow"
+        print(f"{mode}: {cfg.name}, {len(ctl.backends())} backends, {cfg.controller.allocator.name} every "
+              f"{ctl.interval_s:g} s, log {log.path}", flush=True)  # fmt: skip
+        try:
+            n = await ctl.run(ticks=args.ticks, duration_s=args.duration, stop=stop,
+                              on_record=None if args.quiet else lambda rec: print(_line(rec), flush=True))  # fmt: skip
+        finally:
+            if actuator is not None:
+                await actuator.close()
+            await ctl.aclose()
+        print(f"wrote {n} records to {log.path} (seq {first}..{log.next_seq - 1})", flush=True)
+    return first
+
+
+def _report(cfg, args, since: int | None) -> int:
+    import pandas as pd
+
+    from fleettwin.live.decision_log import read_log
+    from fleettwin.live.drift import drift_report
+    from fleettwin.models.errors import ConfigError
+
+    records = [r for r in read_log(cfg.decision_log_path) if since is None or r["seq"] >= since]
+    if not records:
+        raise ConfigError(f"{cfg.decision_log_path}: no decision records to report on")
+    try:
+        load = pd.read_parquet(args.load) if args.load else None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--load {args.load}: cannot read: {exc}") from None
+    report = drift_report(cfg, records, load)
+    paths = report.write(args.drift_report, cfg.name)
+    print(report.markdown(cfg.name))
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    return 0

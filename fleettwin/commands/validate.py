@@ -1,0 +1,74 @@
+"""``fleettwin validate``: simulate a policy on a validation suite against a baseline and record the verdict in
+the gate registry."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EPILOG = """examples:
+  fleettwin validate configs/allocators/reactive.yaml --suite configs/validation/
+  fleettwin validate configs/live.yaml --suite configs/validation/ --registry /tmp/gate.sqlite
+
+POLICY is an allocator file ({name, params}, as in configs/allocators/) or a scenario / live scenario whose
+controller.allocator is taken. Each suite scenario is simulated with the policy as its allocator and with the
+suite's baseline; the policy passes if, on every scenario, its SLO attainment and cost meet the suite's
+criteria. The verdict is recorded with the policy's config hash (SHA-256 of its canonical name + parameters);
+`fleettwin promote` needs a passing one. Exit status: 0 passed, 1 failed."""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "validate",
+        help="validate a policy in simulation on a scenario suite and record the verdict (promotion gate)",
+        description="Run a policy in simulation on every scenario of a validation suite and on the suite's "
+        "baseline, judge it by the suite's criteria, and record pass/fail with the policy's config hash in "
+        "the local gate registry.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("policy", type=Path, help="allocator YAML, or a (live) scenario with controller.allocator")
+    p.add_argument("--suite", type=Path, default=Path("configs/validation"),
+                   help="suite YAML or a directory holding suite.yaml (default %(default)s)")  # fmt: skip
+    p.add_argument("--registry", type=Path, help="gate registry (default $FLEETTWIN_REGISTRY or "
+                   ".fleettwin/registry.sqlite)")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from fleettwin.live.gate import GateRegistry, canonical_policy, policy_hash
+    from fleettwin.live.suite import load_policy, load_suite, run_suite
+
+    console = Console()
+    policy = load_policy(args.policy)
+    suite = load_suite(args.suite)
+    config_hash = policy_hash(policy.name, policy.params)
+    with Progress(
+        TextColumn("[bold]validating[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[label]}"), TimeElapsedColumn(), console=console, disable=args.quiet,
+        transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task(f"{policy.name} {config_hash[:12]}", total=None, label="")
+        result = run_suite(policy, suite, lambda done, total, label: bar.update(task, completed=done, total=total,
+                                                                                label=label))  # fmt: skip
+    table = Table(title=f"{policy.name} {config_hash[:12]} vs {suite.baseline_label} on suite {suite.config.name}")
+    for col in ("scenario", "attainment", "baseline", "cost $", "baseline $", "verdict"):
+        table.add_column(col, justify="left" if col in ("scenario", "verdict") else "right")
+    for name, s in result.scenarios.items():
+        pol, base = s["policy"], s["baseline"]
+        table.add_row(name, f"{pol['attainment']:.4f}", f"{base['attainment']:.4f}", f"{pol['cost_usd']:.3f}",
+                      f"{base['cost_usd']:.3f}", "pass" if s["passed"] else "FAIL: " + "; ".join(s["reasons"]))  # fmt: skip
+    console.print(table)
+    with GateRegistry(args.registry) as reg:
+        v = reg.record_validation(policy=policy.name, config_hash=config_hash,
+                                  config=canonical_policy(policy.name, policy.params), suite=suite.config.name,
+                                  suite_hash=suite.hash, baseline=suite.baseline_label, metrics=result.scenarios,
+                                  passed=result.passed, reasons=result.reasons)  # fmt: skip
+        console.print(f"{'PASSED' if v.passed else 'FAILED'}: validation #{v.id} of {policy.name} "
+                      f"(config hash {config_hash}) recorded in {reg.path}")  # fmt: skip
+    return 0 if result.passed else 1

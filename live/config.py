@@ -1,0 +1,203 @@
+"""The live scenario file (``fleettwin shadow --scenario live.yaml``): which backends form which pool, and the
+control loop to run over them.
+
+The pool and controller sections are the simulator's (``models/config.py``): a pool names its GPU, model,
+tensor parallelism, engine settings, router and performance model as a scenario pool does — with the URLs of
+its running servers instead of a replica count — and ``controller`` is the scenario's (allocator, interval,
+provisioning, GPU limits), so the same allocator runs with the same parameters in both worlds. Errors name the
+file, the field and the reason, like scenario errors::
+
+    configs/live.yaml: pools[0].backends[1]: 'localhost:8000' is not an http(s) URL
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from fleettwin.models.config import (
+    CatalogOverrides,
+    ControllerConfig,
+    EngineConfig,
+    PolicyRef,
+    PoolConfig,
+    SloConfig,
+    StrictModel,
+    _format_errors,
+    _set_dotted,
+    read_yaml,
+)
+from fleettwin.models.errors import ConfigError, FleettwinError
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class LivePool(StrictModel):
+    """One pool of running servers; every field but ``backends`` means what it means in a scenario pool."""
+
+    name: str
+    gpu: str
+    model: str
+    tp: PositiveInt | None = None
+    purchase: Literal["on_demand", "spot"] = "on_demand"
+    engine: EngineConfig = EngineConfig()
+    router: PolicyRef = PolicyRef(name="least_outstanding")
+    perf_model: PolicyRef = PolicyRef(name="roofline")  # for the drift report's simulation and the actuator
+    backends: list[str] = Field(default_factory=list)  # base URLs of vLLM-compatible servers
+
+    @field_validator("backends")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        for i, url in enumerate(v):
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"item {i}, {url!r}, is not an http(s) URL")
+        return [u.rstrip("/") for u in v]
+
+    @model_validator(mode="after")
+    def _as_scenario_pool(self) -> LivePool:
+        self.pool_config()  # router and performance-model names and parameters, checked as the simulator does
+        return self
+
+    def pool_config(self, replicas: int | None = None) -> PoolConfig:
+        """This pool as a simulator pool with ``replicas`` (default: one per backend, at least one)."""
+        fields = self.model_dump(exclude={"backends"})
+        try:
+            return PoolConfig(**fields, replicas=replicas or max(1, len(self.backends)))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            msg = err["msg"].removeprefix("Value error, ")
+            raise ValueError(f"{'.'.join(str(p) for p in err['loc'])}: {msg}") from None
+
+
+class ScrapeConfig(StrictModel):
+    timeout_s: PositiveFloat = 2.0  # per request to /health and /metrics; a hung backend is given up on after it
+    token: str | None = None  # bearer token, if the backends want one
+    verify: bool | str = True  # TLS: verify, don't, or a CA bundle path
+    model_name: str | None = None  # count only this model's series
+
+
+class BackoffConfig(StrictModel):
+    """After ``n`` failed scrapes in a row a backend is next tried ``min(max_s, initial_s * factor**(n-1))``
+    seconds later, times a uniform jitter in ``[1 - jitter, 1 + jitter]`` (from the scenario's seed)."""
+
+    initial_s: PositiveFloat = 1.0
+    max_s: PositiveFloat = 60.0
+    factor: float = Field(2.0, ge=1.0)
+    jitter: float = Field(0.2, ge=0.0, lt=1.0)
+
+
+class ActuatorConfig(StrictModel):
+    """How ``shadow --act`` carries decisions out. ``local_process`` starts ``fleettwin emulate`` replicas on
+    loopback with each pool's GPU, model, engine and performance model."""
+
+    type: Literal["local_process"] = "local_process"
+    host: str = "127.0.0.1"
+    max_replicas_per_pool: PositiveInt = 8  # a safety cap on processes, whatever the policy asks
+    startup_timeout_s: PositiveFloat = 30.0
+    drain_timeout_s: PositiveFloat = 30.0  # a draining replica is stopped once idle, or after this long
+
+    @field_validator("host")
+    @classmethod
+    def _loopback(cls, v: str) -> str:
+        if v not in LOOPBACK:
+            raise ValueError(f"the local-process actuator serves on loopback only ({', '.join(LOOPBACK)})")
+        return v
+
+
+class LiveConfig(StrictModel):
+    name: str
+    description: str = ""
+    seed: int = 0
+    pools: list[LivePool] = Field(min_length=1)
+    controller: ControllerConfig
+    slo: SloConfig = SloConfig()
+    scrape: ScrapeConfig = ScrapeConfig()
+    backoff: BackoffConfig = BackoffConfig()
+    decision_log: str = "decisions.jsonl"  # relative to the scenario file
+    history_buckets: PositiveInt = 2016  # arrival-rate buckets kept for forecasters (as the simulator)
+    actuator: ActuatorConfig | None = None
+    catalog: CatalogOverrides = CatalogOverrides()
+
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
+
+    @property
+    def decision_log_path(self) -> Path:
+        return (self._base_dir / self.decision_log).resolve()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> LiveConfig:
+        names = [p.name for p in self.pools]
+        if len(set(names)) != len(names):
+            raise ValueError(f"pool names must be unique; repeated: {sorted({n for n in names if names.count(n) > 1})}")
+        seen: dict[str, str] = {}
+        catalog = self.build_catalog()
+        for i, pool in enumerate(self.pools):
+            for field, getter in (("gpu", catalog.gpu), ("model", catalog.llm)):
+                try:
+                    getter(getattr(pool, field))
+                except FleettwinError as exc:
+                    raise ValueError(f"pools[{i}].{field}: {exc}") from None
+            for url in pool.backends:
+                if url in seen:
+                    raise ValueError(f"backend {url} is listed in pools {seen[url]!r} and {pool.name!r}")
+                seen[url] = pool.name
+            if not pool.backends and self.actuator is None:
+                raise ValueError(f"pools[{i}].backends: pool {pool.name!r} has no backends and no actuator "
+                                 "would start any")  # fmt: skip
+        return self
+
+    def build_catalog(self):
+        from fleettwin.models.catalog import Catalog
+
+        try:
+            return Catalog.default().with_overrides(gpus=self.catalog.gpus, llms=self.catalog.llms)
+        except FleettwinError as exc:
+            raise ValueError(f"catalog: {exc}") from None
+
+    def resolved(self) -> list:
+        """Each pool resolved as the simulator resolves it (TP, KV blocks, limits, performance model)."""
+        from fleettwin.sim.runner import resolve_pool
+
+        catalog = self.build_catalog()
+        return [resolve_pool(p.pool_config(), catalog) for p in self.pools]
+
+    def pool(self, name: str) -> LivePool:
+        for p in self.pools:
+            if p.name == name:
+                return p
+        raise ConfigError(f"no pool {name!r} in live scenario {self.name!r}")
+
+
+def parse_live(data: Any, *, source: str = "<live scenario>", base_dir: Path | None = None) -> LiveConfig:
+    """Validate an already-parsed live scenario mapping (``source`` names it in error messages)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of live scenario fields at the top level")
+    try:
+        cfg = LiveConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc)) from None
+    cfg._base_dir = base_dir or Path.cwd()
+    return cfg
+
+
+def load_live(path: str | Path, overrides: dict[str, Any] | None = None) -> LiveConfig:
+    """Read and validate a live scenario YAML; ``overrides`` map dotted paths to values, as for scenarios."""
+    path = Path(path)
+    data = read_yaml(path, "live scenario")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value, source=str(path))
+    return parse_live(data, source=str(path), base_dir=path.resolve().parent)

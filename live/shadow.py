@@ -1,0 +1,279 @@
+"""The live control loop: every interval, scrape every backend, build the ``FleetSnapshot``, run the scenario's
+allocator and each pool's router exactly as the simulator's controller does, and append the decision to the
+decision log — in shadow mode nothing more; with an actuator, carry the decision out.
+
+It mirrors ``sim/controller.Controller``: the allocator, pools and inventory come from the same
+``sim.runner.control_setup``, the snapshot has the same fields (``live/observe.py``), the first decision comes
+one interval after the start (the first scrape is the baseline the interval's rates are measured from), and
+every decision is checked with ``conserve``. What differs is the world: a backend may die, hang or answer
+garbage. Such a backend is reported in the record (``status`` down, the reason) and retried with exponential
+backoff and seeded jitter (``status`` backoff until then); an allocator that raises is reported as the
+record's ``error``. The loop itself never stops on either.
+
+Restarting with the same decision log continues its numbering and seeds each pool's arrival-rate history from
+the logged intervals (with ``None`` for the time the controller was down), so forecasters do not start cold.
+An allocator's own state (the reactive allocator's stabilisation windows) starts afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from fleettwin.live.config import BackoffConfig, LiveConfig
+from fleettwin.live.decision_log import DecisionLog
+from fleettwin.live.gate import policy_hash
+from fleettwin.live.metrics import BackendMetrics, BackendSetView, Scraper
+from fleettwin.live.observe import FleetObserver, pool_record
+from fleettwin.models.routing import REPLICA_ROUTERS
+from fleettwin.models.snapshot import Decision, FleetSnapshot, conserve
+from fleettwin.models.workload.request import Request
+from fleettwin.sim.runner import control_setup
+
+
+class Actuator(Protocol):
+    """What the loop needs of an actuator (``live/actuator.py``)."""
+
+    def backends(self) -> list[tuple[str, str]]:
+        """(url, pool) of the replicas it runs that have a URL (to be scraped)."""
+
+    def provisioning(self) -> dict[str, int]:
+        """Replicas per pool started but not yet seen healthy."""
+
+    def draining(self) -> frozenset[str]:
+        """URLs of replicas being drained."""
+
+    async def poll(self, metrics: dict[str, BackendMetrics], now: float) -> list[dict]: ...
+
+    async def apply(self, decision: Decision, snapshot: FleetSnapshot, metrics: dict[str, BackendMetrics],
+                    now: float) -> list[dict]: ...  # fmt: skip
+
+
+class Backoff:
+    """After ``n`` failures in a row: ``min(max_s, initial_s * factor**(n - 1))`` times a jitter factor drawn
+    uniformly from ``[1 - jitter, 1 + jitter]`` (so backends that failed together are not retried in lockstep)."""
+
+    def __init__(self, cfg: BackoffConfig, rng: np.random.Generator):
+        self.cfg, self.rng = cfg, rng
+
+    def delay(self, failures: int) -> float:
+        c = self.cfg
+        base = min(c.max_s, c.initial_s * c.factor ** max(0, failures - 1))
+        return base * (1.0 + c.jitter * self.rng.uniform(-1.0, 1.0))
+
+
+@dataclass
+class BackendHealth:
+    """Scrape outcomes of one backend: consecutive failures and when it may be tried again (loop clock)."""
+
+    url: str
+    pool: str
+    failures: int = 0
+    retry_at: float = -math.inf
+    error: str = ""
+
+
+def _backend_row(h: BackendHealth, m: BackendMetrics, status: str, now: float, managed: bool) -> dict:
+    row: dict[str, Any] = {"url": h.url, "pool": h.pool, "status": status, "managed": managed,
+                           "failures": h.failures, "error": h.error if status != "up" else "",
+                           "retry_in_s": max(0.0, h.retry_at - now) if status != "up" else None}  # fmt: skip
+    if m.healthy:
+        row.update(running=m.running, waiting=m.waiting, kv_usage=m.kv_usage, requests_finished=m.requests_finished,
+                   prompt_tokens=m.prompt_tokens, generation_tokens=m.generation_tokens, ttft_count=m.ttft.count,
+                   e2e_count=m.e2e.count, preemptions=m.preemptions)  # fmt: skip
+    return row
+
+
+class ShadowController:
+    """One live control loop over the backends of ``cfg``; records go to ``log``.
+
+    ``clock`` (monotonic seconds) paces the loop and the backoff; ``wall`` (Unix seconds) stamps snapshots and
+    records, so ``time_s`` keeps increasing across restarts."""
+
+    def __init__(self, cfg: LiveConfig, log: DecisionLog, *, scraper: Scraper | None = None,
+                 actuator: Actuator | None = None, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time):  # fmt: skip
+        self.cfg, self.log, self.actuator, self.clock, self.wall = cfg, log, actuator, clock, wall
+        ctl = cfg.controller
+        self.interval_s = ctl.interval_s
+        self.allocator, self.metas, inventory = control_setup(ctl, cfg.slo, cfg.resolved(), cfg.build_catalog())
+        self.config_hash = policy_hash(ctl.allocator.name, ctl.allocator.params)
+        self.routers = {p.name: REPLICA_ROUTERS.create(p.router.name, p.router.params) for p in cfg.pools}
+        self.observer = FleetObserver(self.metas, inventory, interval_s=self.interval_s,
+                                      history_buckets=cfg.history_buckets)  # fmt: skip
+        self.backoff = Backoff(cfg.backoff, np.random.default_rng([cfg.seed, 101]))  # its own stream
+        self.health: dict[str, BackendHealth] = {}
+        s = cfg.scrape
+        self._own_scraper = scraper is None
+        self.scraper = scraper or Scraper(token=s.token, timeout_s=s.timeout_s, verify=s.verify,
+                                          model_name=s.model_name)  # fmt: skip
+        last = log.last
+        self._last_time = last["time_s"] if last and isinstance(last.get("time_s"), int | float) else -math.inf
+        self._resumed = self._resume() if last else None
+        self._t0 = clock()
+
+    # -- restart ---------------------------------------------------------------------------------------
+
+    def _resume(self) -> dict:
+        """Seed the arrival histories from the logged intervals, with gaps for the time nobody was looking."""
+        last = self.log.last
+        gap_s = max(0.0, self.wall() - float(last.get("time_s", self.wall())))
+        missing = min(self.cfg.history_buckets, max(0, int(gap_s // self.interval_s) - 1))
+        for meta in self.metas:
+            rates = [next((p.get("arrival_rate") for p in rec.get("pools", ()) if p.get("name") == meta.name), None)
+                     for rec in self.log.recent]  # fmt: skip
+            self.observer.seed_history(meta.name, [*rates, *([None] * missing)])
+        rec = self.log.recovery
+        return {"after_seq": rec.last_seq, "gap_s": gap_s, "history_buckets": len(self.log.recent) + missing,
+                "truncated_bytes": rec.truncated_bytes, "truncated_reason": rec.reason}  # fmt: skip
+
+    # -- observe ---------------------------------------------------------------------------------------
+
+    def backends(self) -> list[tuple[str, str, bool]]:
+        """(url, pool, managed by the actuator) of every backend to scrape this interval."""
+        out = [(url, p.name, False) for p in self.cfg.pools for url in p.backends]
+        if self.actuator is not None:
+            out += [(url, pool, True) for url, pool in self.actuator.backends()]
+        return out
+
+    async def _scrape(self, url: str) -> BackendMetrics:
+        limit = 2 * self.cfg.scrape.timeout_s + 0.5  # the client's timeouts are per operation; this bounds the whole
+        try:
+            return await asyncio.wait_for(self.scraper.scrape(url), limit)
+        except TimeoutError:
+            return BackendMetrics.unhealthy(url, self.wall(), f"no complete answer within {limit:g} s (hung)")
+
+    async def scrape_round(self) -> tuple[dict[str, list[BackendMetrics]], list[dict]]:
+        """Scrape every backend that is not backing off; per pool the results (backing-off ones as unhealthy
+        records), and one log row per backend with its status and backoff state."""
+        now = self.clock()
+        targets = self.backends()
+        due = [(u, p, m) for u, p, m in targets if self.health.setdefault(u, BackendHealth(u, p)).retry_at <= now]
+        results = dict(zip([u for u, _, _ in due], await asyncio.gather(*(self._scrape(u) for u, _, _ in due)),
+                           strict=True))  # fmt: skip
+        now = self.clock()
+        scrapes: dict[str, list[BackendMetrics]] = {p.name: [] for p in self.cfg.pools}
+        rows = []
+        for url, pool, managed in targets:
+            h = self.health[url]
+            m = results.get(url)
+            if m is None:
+                m = BackendMetrics.unhealthy(url, self.wall(), f"backoff after {h.failures} failures: {h.error}")
+                status = "backoff"
+            elif m.healthy:
+                h.failures, h.retry_at, h.error = 0, -math.inf, ""
+                status = "up"
+            else:
+                h.failures += 1
+                h.error = m.error
+                h.retry_at = now + self.backoff.delay(h.failures)
+                status = "down"
+            scrapes.setdefault(pool, []).append(m)
+            rows.append(_backend_row(h, m, status, now, managed))
+        self.health = {u: h for u, h in self.health.items() if u in {t[0] for t in targets}}
+        return scrapes, rows
+
+    # -- decide ----------------------------------------------------------------------------------------
+
+    def _decide(self, snapshot: FleetSnapshot) -> tuple[Decision | None, str | None]:
+        try:
+            decision = self.allocator.decide(snapshot)
+            conserve(snapshot, decision)
+        except Exception as exc:  # a policy bug is reported in the log; the loop goes on observing
+            return None, f"{type(exc).__name__}: {exc}"
+        return decision, None
+
+    def _routes(self, snapshot: FleetSnapshot, scrapes: dict[str, list[BackendMetrics]],
+                draining: frozenset[str]) -> dict[str, str | None]:  # fmt: skip
+        """Where each pool's router would send a request of the pool's mean lengths now."""
+        out: dict[str, str | None] = {}
+        for pool in snapshot.pools:
+            view = BackendSetView([m for m in scrapes.get(pool.name, ()) if m.url not in draining])
+            if not len(view):
+                out[pool.name] = None
+                continue
+            s = pool.serving
+            probe = Request(id=self.log.next_seq, arrival_s=0.0, prompt_tokens=max(1, round(s.mean_prompt_tokens)),
+                            output_tokens=max(1, round(s.mean_output_tokens)))  # fmt: skip
+            out[pool.name] = view.url(self.routers[pool.name].choose(probe, view, snapshot.time_s))
+        return out
+
+    # -- the loop --------------------------------------------------------------------------------------
+
+    async def prime(self) -> None:
+        """The baseline scrape that the first interval's rates and latencies are measured from."""
+        scrapes, _ = await self.scrape_round()
+        self.observer.prime(scrapes)
+
+    async def tick(self) -> dict:
+        """One control interval: scrape, observe, decide, route (and act); returns the record as logged."""
+        started = self.clock()
+        now = max(self.wall(), self._last_time + 1e-3)  # time_s never goes back, even across restarts
+        self._last_time = now
+        scrapes, rows = await self.scrape_round()
+        by_url = {m.url: m for ms in scrapes.values() for m in ms}
+        events: list[dict] = []
+        act = self.actuator
+        if act is not None:
+            events += await self._safely(act.poll(by_url, self.clock()))
+        draining = act.draining() if act is not None else frozenset()
+        snapshot, windows = self.observer.observe(now, scrapes, provisioning=act.provisioning() if act else None,
+                                                  draining=draining)  # fmt: skip
+        decision, error = self._decide(snapshot)
+        if act is not None and decision is not None:
+            events += await self._safely(act.apply(decision, snapshot, by_url, self.clock()))
+        routes = self._routes(snapshot, scrapes, draining)
+        record: dict[str, Any] = {
+            "time_s": now, "elapsed_s": started - self._t0, "interval_s": self.interval_s,
+            "scenario": self.cfg.name, "mode": "act" if act is not None else "shadow",
+            "allocator": self.cfg.controller.allocator.name, "config_hash": self.config_hash,
+            "backends": rows,
+            "pools": [dict(pool_record(p, windows[p.name]), route=routes[p.name]) for p in snapshot.pools],
+            "decision": decision.to_dict() if decision is not None else None, "error": error,
+            "actions": events, "tick_s": self.clock() - started,
+        }  # fmt: skip
+        if self._resumed is not None:
+            record["resumed"], self._resumed = self._resumed, None
+        return self.log.append(record)
+
+    async def _safely(self, coro) -> list[dict]:
+        try:
+            return list(await coro)
+        except Exception as exc:  # an actuator failure is an event in the log, not the end of the loop
+            return [{"event": "actuator_error", "error": f"{type(exc).__name__}: {exc}"}]
+
+    async def run(self, *, ticks: int | None = None, duration_s: float | None = None,
+                  stop: asyncio.Event | None = None, on_record: Callable[[dict], None] | None = None) -> int:  # fmt: skip
+        """Decide every interval until ``ticks`` records, ``duration_s`` seconds or ``stop`` is set; returns the
+        number of records written. An interval that overran skips the slots it missed rather than bursting."""
+        stop = stop or asyncio.Event()
+        await self.prime()
+        start, k, written = self.clock(), 0, 0
+        while not stop.is_set():
+            k = max(k + 1, math.floor((self.clock() - start) / self.interval_s))
+            wait = start + k * self.interval_s - self.clock()
+            if wait > 0:
+                try:
+                    await asyncio.wait_for(stop.wait(), wait)
+                    break
+                except TimeoutError:
+                    pass
+            record = await self.tick()
+            written += 1
+            if on_record is not None:
+                on_record(record)
+            if (ticks is not None and written >= ticks) or (
+                duration_s is not None and self.clock() - start >= duration_s
+            ):
+                break
+        return written
+
+    async def aclose(self) -> None:
+        if self._own_scraper:
+            await self.scraper.aclose()
