@@ -2,7 +2,9 @@
 
 A :class:`VectorStore` serves ``servers`` queries at a time from one FIFO queue. Service times are lognormal
 draws from the store's table profile (``models/retrieval.py``), and each store has its own seeded generator. A
-hybrid store runs BM25 beside the dense search, so a query holds its slot for the longer of the two.
+hybrid store also runs BM25 in parallel with the dense search. BM25 runs on its own lexical engine, assumed to be
+provisioned separately, so it has no queue here and takes none of the store's slots; the store answers once both
+searches are done.
 
 :class:`KnowledgeFabric` turns one RAG query into a route (``models/retrieval_routing.py``). It queries the
 chosen stores in parallel, each waiting in its own queue, and once the slowest of them answers it merges the
@@ -53,19 +55,19 @@ class VectorStore:
         self.arrived = self.served = 0
         self.busy_s = 0.0  # summed service time: utilisation = busy_s / (servers x elapsed)
 
-    def service_time(self) -> float:
-        s = self.dense.sample(self.rng)
-        return max(s, self.lexical.sample(self.rng)) if self.lexical else s
-
     def query(self) -> Generator[simpy.Event, object, tuple[float, float]]:
-        """Wait for a free slot, hold it for one service time; returns (wait, service) in seconds."""
+        """Wait for a free slot, hold it for one dense search (and wait for the lexical one of a hybrid store,
+        started on arrival); returns (queue wait, dense service time) in seconds."""
         self.arrived += 1
         t0 = self.env.now
+        lexical = self.lexical.sample(self.rng) if self.lexical else 0.0
         with self.resource.request() as slot:
             yield slot
             wait = self.env.now - t0
-            service = self.service_time()
+            service = self.dense.sample(self.rng)
             yield self.env.timeout(service)
+        if self.env.now - t0 < lexical:
+            yield self.env.timeout(lexical - (self.env.now - t0))
         self.served += 1
         self.busy_s += service
         return wait, service

@@ -135,6 +135,24 @@ def test_fanout_latency_is_the_slowest_store_and_routed_adds_the_classifier():
     assert df["recall"].tolist() == pytest.approx([1.0] * 3) and not df["misrouted"].any()
 
 
+def test_hybrid_store_answers_when_the_slower_search_is_done_and_bm25_takes_no_slot():
+    from fleettwin.models.config_retrieval import HybridConfig
+
+    env = simpy.Environment()
+    store = VectorStore(env, "h", profile(1.0, 1.0), servers=1, rng=np.random.default_rng(0),
+                        hybrid=HybridConfig(lexical_ms_p50=5.0, lexical_ms_p95=5.0))  # fmt: skip
+    done = []
+
+    def one():
+        yield env.process(store.query())
+        done.append(env.now)
+
+    for _ in range(3):  # three at once: dense searches queue (1, 2, 3 ms), BM25 runs apart (5 ms each)
+        env.process(one())
+    env.run()
+    assert done == pytest.approx([0.005] * 3) and store.busy_s == pytest.approx(0.003)
+
+
 def test_same_seed_same_outcomes_and_another_seed_differs():
     frames = []
     for seed in (4, 4, 5):
