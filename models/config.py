@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from fleettwin.models.config_failures import FailuresField
+from fleettwin.models.config_regions import RegionsField
 from fleettwin.models.config_retrieval import RetrievalConfig
 from fleettwin.models.errors import ConfigError, FleettwinError
 from fleettwin.models.registry import Registry
@@ -58,6 +59,10 @@ class EngineConfig(StrictModel):
     long_prefill_token_threshold: int = Field(0, ge=0)
     max_model_len: PositiveInt | None = None  # default: the model's context, capped by the KV cache
     num_gpu_blocks: PositiveInt | None = None  # like vLLM's num_gpu_blocks_override: pin the KV capacity
+    enable_prefix_caching: bool = False  # vLLM's default is on; off here keeps older scenarios' results
+    # Not a vLLM argument: host memory per replica that keeps evicted KV blocks for prefix reuse (a CPU offload
+    # tier such as LMCache's max_local_cpu_size); prefix-cache capacity = GPU KV cache + this (sim/prefix_cache.py)
+    kv_offload_gb: float = Field(0.0, ge=0, allow_inf_nan=False)
 
 
 class PoolConfig(StrictModel):
@@ -160,6 +165,7 @@ class ScenarioConfig(StrictModel):
     sim: SimConfig = SimConfig()
     catalog: CatalogOverrides = CatalogOverrides()
     controller: ControllerConfig | None = None
+    regions: RegionsField = None  # multi-region front door, users and RTTs (models/config_regions.py)
     failures: FailuresField = None  # failure injection and policies (models/config_failures.py)
     retrieval: RetrievalConfig | None = None  # vector stores and RAG (models/config_retrieval.py)
 

@@ -10,6 +10,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Protocol
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from fleettwin.models.registry import NoParams, Registry
 from fleettwin.models.workload.request import Request
 
@@ -23,6 +25,9 @@ class ReplicaSetView(Protocol):
 
     def kv_usage(self, now: float) -> Sequence[float]:
         """Fraction of KV-cache blocks in use at each replica, 0..1."""
+
+    # Optional: ``prefix_hits(request) -> Sequence[int]``, the request's leading prefix blocks cached at each
+    # replica (the simulator's pools provide it; a view without it makes ``prefix_affinity`` load-only).
 
 
 class ReplicaRouter(ABC):
@@ -75,6 +80,34 @@ class LeastKvUsage(ReplicaRouter):
         keys = list(zip(replicas.kv_usage(now), replicas.outstanding, strict=True))
         start = self._start % len(keys)
         self._start = start + 1
+        return _first_min_from(keys, start)
+
+
+@REPLICA_ROUTERS.register("prefix_affinity")
+class PrefixAffinity(ReplicaRouter):
+    """The replica holding the longest cached prefix of the request, unless it is more than ``max_load_gap``
+    outstanding requests above the least loaded one; otherwise (or with no hit anywhere) the least loaded.
+    Ties go to the fewest outstanding, then rotate. Like llm-d's prefix-cache scorer paired with a load scorer:
+    a warm cache skips prefill, but not at the price of an unbounded queue."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True)
+        max_load_gap: int = Field(8, ge=0)
+
+    def __init__(self, params: Params):
+        self.max_load_gap = params.max_load_gap
+        self._start = 0
+
+    def choose(self, request: Request, replicas: ReplicaSetView, now: float) -> int:
+        loads = replicas.outstanding
+        start = self._start % len(loads)
+        self._start = start + 1
+        hits_of = getattr(replicas, "prefix_hits", None)
+        hits = hits_of(request) if hits_of is not None and request.prefix_blocks else None
+        if not hits or max(hits) == 0:
+            return _first_min_from(loads, start)
+        bound = min(loads) + self.max_load_gap
+        keys = [(-h, n) if n <= bound else (1, n) for h, n in zip(hits, loads, strict=True)]
         return _first_min_from(keys, start)
 
 

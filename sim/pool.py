@@ -133,6 +133,10 @@ class Pool:
     def kv_usage(self, now: float) -> list[float]:
         return [r.kv_usage(now) for r in self.replicas]
 
+    def prefix_hits(self, req: Request) -> list[int]:
+        """Leading prefix blocks of ``req`` in each replica's prefix cache (all 0 without prefix caching)."""
+        return [_cached_blocks(r, req) for r in self.replicas]
+
     def replica_finished(self, replica: Replica, seqs: list[SeqState]) -> None:
         """Callback from a replica: record the finished sequences and refill free slots."""
         i = replica.index
@@ -221,3 +225,12 @@ class _Subset:
     def kv_usage(self, now: float) -> list[float]:
         reps = self.pool.replicas
         return [reps[i].kv_usage(now) for i in self.indices]
+
+    def prefix_hits(self, req: Request) -> list[int]:
+        reps = self.pool.replicas
+        return [_cached_blocks(reps[i], req) for i in self.indices]
+
+
+def _cached_blocks(replica: Replica, req: Request) -> int:
+    cache = replica.prefix_cache
+    return cache.match(req.prefix_blocks) if cache is not None and req.prefix_blocks else 0

@@ -22,6 +22,10 @@ class ReferenceScheduler(EngineQueue):
     def seqs(self) -> list[SeqState]:
         return [*self.running, *self.waiting]
 
+    def pending_prefill_tokens(self) -> int:
+        """Prompt tokens not yet computed, waiting or prefilling."""
+        return self._prefill_left(self.running) + self._prefill_left(self.waiting)
+
     # -- KV blocks ---------------------------------------------------------------------------------------
 
     def _release(self, seq: SeqState) -> None:
@@ -101,7 +105,7 @@ class ReferenceScheduler(EngineQueue):
 
     def _preempt(self, seq: SeqState) -> None:
         self._release(seq)
-        seq.num_computed = 0
+        seq.num_computed = seq.cached_tokens  # recompute all but the cached prefix
         seq.preemptions += 1
         self.waiting.appendleft(seq)
 

@@ -17,6 +17,7 @@ import simpy
 from fleettwin.models.perf.base import PerformanceModel
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.decode_run import AffineRun, ArrayRun, decode_run
+from fleettwin.sim.prefix_cache import PREFIX_BLOCK_TOKENS, PrefixCache
 from fleettwin.sim.reference_scheduler import ReferenceScheduler
 from fleettwin.sim.scheduler import Scheduler, SeqState
 
@@ -48,6 +49,10 @@ class Replica:
         self._interruptible = False
         self._busy_accum = 0.0
         self._busy_since: float | None = None
+        lim = scheduler.limits
+        self.prefix_cache = (PrefixCache(lim.prefix_cache_blocks or max(1, lim.num_blocks * lim.block_size
+                                                                        // PREFIX_BLOCK_TOKENS))
+                             if lim.enable_prefix_caching else None)  # fmt: skip
         self.process = env.process(self._guarded())
 
     # -- the view routers and samplers read ---------------------------------------------------------------
@@ -73,7 +78,11 @@ class Replica:
     def submit(self, req: Request) -> None:
         sched = self.scheduler
         could_admit = not sched.waiting and sched.num_running < sched.limits.max_num_seqs
-        sched.add(SeqState(req))
+        cache = self.prefix_cache
+        if cache is None:
+            sched.add(SeqState(req))
+        else:  # the cached prefix is not prefilled (sim/prefix_cache.py)
+            sched.add(SeqState.with_cached_prefix(req, cache.lookup(req.prefix_blocks, req.prompt_tokens)))
         if self._wake is not None:
             self._wake.succeed()
             self._wake = None
@@ -167,4 +176,7 @@ class Replica:
                 self._run = None
                 finished = sched.finish_decode_run(run, start, times.end(0), times.end(run - 1))
             if finished:
+                if self.prefix_cache is not None:
+                    for seq in finished:
+                        self.prefix_cache.insert(seq.req.prefix_blocks, seq.req.prompt_tokens)
                 self._on_finish(self, finished)

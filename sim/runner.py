@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,7 +19,9 @@ from fleettwin.models.routing import REPLICA_ROUTERS
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.metrics import COMPLETED, UNFINISHED, PoolSampler, RequestLog, Slo, latency_summary
 from fleettwin.sim.pool import Pool
+from fleettwin.sim.prefix_cache import cache_stats, prefix_cache_blocks
 from fleettwin.sim.reference_scheduler import ReferenceScheduler
+from fleettwin.sim.regions import RegionFrontDoor, build_front_door, place_users, region_summary
 from fleettwin.sim.replica import Replica
 from fleettwin.sim.scheduler import EngineLimits, Scheduler, SeqState
 
@@ -85,6 +87,8 @@ def resolve_pool(cfg: PoolConfig, catalog: Catalog) -> ResolvedPool:
         max_model_len=max_len,
         enable_chunked_prefill=eng.enable_chunked_prefill,
         long_prefill_token_threshold=eng.long_prefill_token_threshold,
+        enable_prefix_caching=eng.enable_prefix_caching,
+        prefix_cache_blocks=prefix_cache_blocks(blocks * eng.block_size, eng.kv_offload_gb, llm, tp),
     )
     perf = PERF_MODELS.create(cfg.perf_model.name, cfg.perf_model.params, gpu=gpu, llm=llm, tp=tp)
     return ResolvedPool(cfg=cfg, gpu=gpu, llm=llm, tp=tp, limits=limits, perf=perf)
@@ -102,7 +106,10 @@ class SimulationResult:
 def generate_requests(cfg: ScenarioConfig, seed: int) -> list[Request]:
     source = cfg.workload_source()
     # A child stream per component keeps the workload identical when other components draw numbers.
-    return source.requests(np.random.default_rng([seed, 0]))
+    requests = source.requests(np.random.default_rng([seed, 0]))
+    if cfg.regions is not None:  # users in regions: origins and their days (sim/regions.py)
+        requests = place_users(cfg.regions, requests, seed)
+    return requests
 
 
 @dataclass(frozen=True)
@@ -137,11 +144,13 @@ def simulate(
     max_time_s: float | None = None,
     progress: Progress | None = None,
     processes: Sequence[Callable[[simpy.Environment, list[Pool], RequestLog], Generator]] = (),
+    front_door: RegionFrontDoor | None = None,
 ) -> RawRun:
     """Run ``requests`` (sorted by arrival) through the pools until every request has an outcome.
 
     ``processes`` are started beside the arrivals, each given the environment, the pools and the request log
-    (a controller that resizes pools is one)."""
+    (a controller that resizes pools is one). A ``front_door`` (sim/regions.py) takes the arrivals instead of
+    the model-to-pool dispatch: it routes each request to a region and delays it by the network."""
     if mode not in ("skip", "per_iteration"):
         raise ValueError(f"mode must be 'skip' or 'per_iteration', got {mode!r}")
     env = simpy.Environment()
@@ -161,7 +170,10 @@ def simulate(
         pools.append(pool)
     by_model = {spec.model: pool for spec, pool in zip(specs, pools, strict=True) if spec.model}
     arrived = [0]  # how many requests the arrival process has handed over
-    env.process(_arrivals(env, requests, by_model, pools[0], log, arrived))
+    if front_door is None:
+        env.process(_arrivals(env, requests, by_model, pools[0], log, arrived))
+    else:
+        env.process(front_door.arrivals(env, requests, pools, log, arrived))
     for make_process in processes:  # e.g. a controller that resizes pools
         env.process(make_process(env, pools, log))
     sampler = PoolSampler(env, pools, sample_interval_s)
@@ -180,8 +192,10 @@ def simulate(
         elif env.now - last_change > STALL_S:  # e.g. a policy that scaled a pool to zero and left it there
             stalled = True
             break
-    _account_unfinished(pools, log, "stalled: nothing finished for a simulated day" if stalled
-                        else "simulation horizon reached")  # fmt: skip
+    reason = "stalled: nothing finished for a simulated day" if stalled else "simulation horizon reached"
+    _account_unfinished(pools, log, reason)
+    if front_door is not None:
+        front_door.account_unfinished(log, reason)
     for req in requests[arrived[0]:]:
         log.rejected("-", req, "arrives after the simulation horizon", status=UNFINISHED)
     if log.done != total:
@@ -217,9 +231,15 @@ def run_scenario(
     processes = [controller.process] if controller else []
     if failures:
         processes.append(failures)
+    door = build_front_door(cfg.regions, resolved) if cfg.regions else None
     raw = simulate(requests, specs, mode=mode, sample_interval_s=cfg.sim.sample_interval_s,
-                   max_time_s=cfg.sim.max_time_s, progress=progress, processes=processes)  # fmt: skip
+                   max_time_s=cfg.sim.max_time_s, progress=progress, processes=processes,
+                   front_door=door)  # fmt: skip
+    if door is not None:  # latencies as the user sees them, with where each request went
+        raw = replace(raw, requests=door.annotate(raw.requests))
     summary = _summarize(cfg, resolved, raw, seed, mode, time.perf_counter() - wall0)
+    if door is not None:
+        summary["regions"] = region_summary(cfg.regions, door, raw.requests, summary["pools"], raw.pools, raw.end_s)
     decisions = [d.to_dict() for d in controller.decisions] if controller else []
     if failures:
         summary["failures"] = {"injected": len(failures.events), "events": failures.events}
@@ -318,6 +338,7 @@ def _summarize(cfg: ScenarioConfig, resolved: list[ResolvedPool], raw: RawRun, s
             "mean_running_per_replica": float(pts["running"].mean()) / float(pts["replicas"].mean())
             if len(pts) else 0.0,
             "engine_steps": sum(r.scheduler.steps for r in pool.replicas),
+            **cache_stats([r.prefix_cache for r in pool.replicas if r.prefix_cache is not None]),
             "gpu_hours": gpu_h, "cost_usd": cost, "usd_per_gpu_hour": rp.price_per_gpu_hour,
             **latency_summary(df[df["pool"] == rp.cfg.name], slo, end),
         })  # fmt: skip

@@ -58,6 +58,15 @@ class SeqState:
     key: int = 0  # decode group: num_computed - T at join
     okey: int = 0  # decode group: num_output - T at join
     in_group: bool = False
+    cached_tokens: int = 0  # prompt tokens found in the prefix cache on arrival: computed from the start
+
+    @classmethod
+    def with_cached_prefix(cls, req: Request, cached_tokens: int) -> SeqState:
+        """A sequence whose first ``cached_tokens`` prompt tokens come from the prefix cache (vLLM automatic
+        prefix caching): they are not prefilled, but their KV blocks are allocated on admission like any other."""
+        if not 0 <= cached_tokens < req.prompt_tokens:
+            raise ValueError(f"request {req.id}: cached tokens {cached_tokens} not in [0, {req.prompt_tokens})")
+        return cls(req, num_computed=cached_tokens, cached_tokens=cached_tokens)
 
     @property
     def num_tokens(self) -> int:
@@ -80,6 +89,8 @@ class EngineLimits:
     max_model_len: int = 8192
     enable_chunked_prefill: bool = True
     long_prefill_token_threshold: int = 0  # 0: no cap on a prefill chunk beyond the budget
+    enable_prefix_caching: bool = False  # a replica keeps a prefix cache (sim/prefix_cache.py)
+    prefix_cache_blocks: int = 0  # its capacity in prefix blocks; 0: the whole KV cache
 
 
 def check_limits(limits: EngineLimits) -> None:
@@ -156,6 +167,15 @@ class EngineQueue:
     def used_blocks(self) -> int:
         return self.limits.num_blocks - self.free_blocks
 
+    def _prefill_left(self, seqs) -> int:
+        """Tokens still to prefill over ``seqs`` (a decoding sequence's one token does not count)."""
+        total = 0
+        for s in seqs:
+            n = s.num_tokens - s.num_computed
+            if n > 1:
+                total += n
+        return total
+
     def _allocate(self, seq: SeqState, tokens: int) -> bool:
         """Make ``seq`` hold blocks for ``tokens`` tokens; False (and no change) if the cache is short."""
         need = -(-tokens // self.limits.block_size) - seq.blocks
@@ -191,6 +211,11 @@ class Scheduler(EngineQueue):
         """Running then waiting sequences, with their per-sequence fields brought up to date."""
         self.materialize()
         return [*self.order, *self.waiting]
+
+    def pending_prefill_tokens(self) -> int:
+        """Prompt tokens not yet computed, waiting or prefilling (what a latency-aware router waits behind);
+        decode-group members are decoding, so only the explicit sequences are read."""
+        return self._prefill_left(self.prefilling) + self._prefill_left(self.waiting)
 
     # -- the decode group --------------------------------------------------------------------------------
 
@@ -381,7 +406,7 @@ class Scheduler(EngineQueue):
     def _preempt(self, seq: SeqState) -> None:
         self.free_blocks += seq.blocks
         seq.blocks = 0
-        seq.num_computed = 0
+        seq.num_computed = seq.cached_tokens  # recompute all but the cached prefix
         seq.preemptions += 1
         del self.order[seq]
         self.waiting.appendleft(seq)
