@@ -166,7 +166,7 @@ class ScenarioConfig(StrictModel):
     catalog: CatalogOverrides = CatalogOverrides()
     controller: ControllerConfig | None = None
     regions: RegionsField = None  # multi-region front door, users and RTTs (models/config_regions.py)
-    failures: FailuresField = None  # failure injection and policies (models/config_failures.py)
+    failures: FailuresField = None  # failure injection and policies; after regions, whose names it checks
     retrieval: RetrievalConfig | None = None  # vector stores and RAG (models/config_retrieval.py)
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)

@@ -19,7 +19,14 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from fleettwin.models.failures import TRUNCATION_POLICIES, Coherence, FailureSpec, Policy, Reroute
+from fleettwin.models.failures import (
+    REGION_KINDS,
+    TRUNCATION_POLICIES,
+    Coherence,
+    FailureSpec,
+    Policy,
+    Reroute,
+)
 
 
 class FailuresConfig(BaseModel):
@@ -46,13 +53,25 @@ class FailuresConfig(BaseModel):
                 out.append((f"truncation.params.pools[{j}]", name))
         return out
 
+    def region_names(self) -> list[tuple[str, str]]:
+        """(field path, region name) of every region this section names."""
+        out = []
+        for i, spec in enumerate(self.injectors):
+            if spec.kind in REGION_KINDS:
+                out.append((f"injectors[{i}].region", spec.region))
+                out += [(f"injectors[{i}].unreachable[{j}]", r) for j, r in enumerate(getattr(spec, "unreachable", ()))]
+        return out
+
 
 def check_names(cfg: FailuresConfig | None, info: ValidationInfo) -> FailuresConfig | None:
-    """Every pool named exists; replica indices are within the pool's configured size. Runs as the scenario
-    validates its ``failures`` field, after ``pools`` (absent from ``info.data`` when they failed)."""
+    """Every pool and region named exists; replica indices are within the pool's configured size. Runs as the
+    scenario validates its ``failures`` field, after ``pools`` and ``regions`` (absent from ``info.data`` when
+    they failed)."""
     pools: list[Any] | None = info.data.get("pools")
     if cfg is None or pools is None:
         return cfg
+    if "regions" in info.data:
+        _check_regions(cfg, info.data["regions"])
     sizes = {p.name: p.replicas for p in pools}
     known = ", ".join(sizes)
     for where, name in cfg.pool_names():
@@ -68,6 +87,16 @@ def check_names(cfg: FailuresConfig | None, info: ValidationInfo) -> FailuresCon
             raise ValueError(f"injectors[{i}].policy.params.pool: the fallback must be another pool than "
                              f"{spec.pool!r}")  # fmt: skip
     return cfg
+
+
+def _check_regions(cfg: FailuresConfig, regions: Any) -> None:
+    named = cfg.region_names()
+    if named and regions is None:
+        raise ValueError(f"{named[0][0]}: region failures need the scenario's regions: section")
+    known = [r.name for r in regions.regions] if regions is not None else []
+    for where, name in named:
+        if name not in known:
+            raise ValueError(f"{where}: unknown region {name!r}; the scenario's regions are: {', '.join(known)}")
 
 
 FailuresField = Annotated[FailuresConfig | None, AfterValidator(check_names)]

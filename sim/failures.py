@@ -1,5 +1,5 @@
-"""Failure injection in the simulator: SimPy processes that break replicas on a schedule or at random, and the
-pool hooks that carry out the policies of ``models/failures.py``.
+"""Failure injection in the simulator: SimPy processes that break replicas and regions on a schedule or at
+random, and the pool hooks that carry out the policies of ``models/failures.py``.
 
 - **Replica failure**: the replica dies at once; the requests it held (running and queued) are re-queued on the
   pool's other replicas with their progress lost, each retry and the time its lost attempt took attributed to
@@ -11,10 +11,17 @@ pool hooks that carry out the policies of ``models/failures.py``.
   request goes again per its policy (another replica, or a fallback pool) and its E2E includes every attempt.
 - **Token truncation**: a request longer than the pool's window is truncated, compressed or re-routed by the
   scenario's truncation policy instead of rejected; a policy that cannot help drops it with the reason.
+- **Region outage** (needs the regions front door, ``sim/regions.py``): the region leaves routing, every replica
+  of its pools fails and their requests (and those queued at the pools) go back through the front door to
+  another region as retries; replacements are acquired at once and serve when the outage ends.
+- **Network partition**: users on either side cannot reach the other side's regions (new requests and retries;
+  requests already in service across the cut finish). **RTT spike**: round trips to and from the region are
+  multiplied while it lasts (a request keeps the RTT it was routed with).
 
 Every request still ends exactly once: completed, rejected, failed, dropped or unfinished (``sim/runner.py``
 checks the count). Each injector draws from its own generator, ``[seed, 0xFA11, k]`` for the k-th injector,
-so adding one leaves the others' failures where they were.
+so adding one leaves the others' failures where they were. Failures act before anything else scheduled for the
+same instant (``InfraTimeout``), so both simulation modes see them at the same point.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Generator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import simpy
@@ -35,7 +43,10 @@ from fleettwin.models.failures import (
     TRUNCATION_POLICIES,
     Coherence,
     CoherencePolicy,
+    NetworkPartition,
+    RegionOutage,
     ReplicaFailure,
+    RttSpike,
     Straggler,
 )
 from fleettwin.models.perf.base import BatchStats, DecodeCost, PerformanceModel
@@ -43,6 +54,9 @@ from fleettwin.models.workload.request import Request
 from fleettwin.sim.metrics import RequestLog
 from fleettwin.sim.pool import Pool
 from fleettwin.sim.scheduler import SeqState
+
+if TYPE_CHECKING:
+    from fleettwin.sim.regions import RegionFrontDoor
 
 STREAM = 0xFA11  # the failure injectors' branch of the scenario seed
 
@@ -97,14 +111,19 @@ class Failures:
         # (pool, replica) -> (probability, policy, rng) while a coherence episode lasts
         self._degraded: dict[tuple[str, int], tuple[float, CoherencePolicy, np.random.Generator]] = {}
         self._slow: dict[tuple[str, int], tuple[PerformanceModel, list[float]]] = {}  # base model, factors
+        self._down: dict[str, int] = {}  # region -> outages in progress (they may overlap)
+        self.front_door: RegionFrontDoor | None = None  # set by the runner when the scenario has regions
 
     def __call__(self, env: simpy.Environment, pools: list[Pool], log: RequestLog) -> Generator:
         self.env, self.log = env, log
         self.pools = {p.name: p for p in pools}
+        door = self.front_door
         for spec in self.cfg.injectors:
             if spec.kind in REGION_KINDS:
-                raise ConfigError(f"failures: {spec.kind} needs the scenario's regions (sim/regions.py)")
-            if spec.pool not in self.pools:
+                if door is None or spec.region not in door.state:
+                    raise ConfigError(f"failures: {spec.kind} in region {spec.region!r} needs that region in the "
+                                      "scenario's regions: section")  # fmt: skip
+            elif spec.pool not in self.pools:
                 raise ConfigError(f"failures: unknown pool {spec.pool!r}; pools: {', '.join(self.pools)}")
         if self.truncation is not None:
             for pool in pools:
@@ -117,7 +136,8 @@ class Failures:
     def _start(self) -> Generator:
         env = self.env
         run = {"replica_failure": self._replica_failures, "straggler": self._straggler,
-               "coherence": self._coherence}  # fmt: skip
+               "coherence": self._coherence, "region_outage": self._region, "network_partition": self._region,
+               "rtt_spike": self._region}  # fmt: skip
         for k, spec in enumerate(self.cfg.injectors):
             env.process(run[spec.kind](spec, np.random.default_rng([self.seed, STREAM, k])))
         yield env.timeout(0)
@@ -128,6 +148,17 @@ class Failures:
     def _note(self, kind: str, pool: str, replica: int, duration_s: float, **extra) -> None:
         self.events.append({"time_s": self.env.now, "kind": kind, "pool": pool, "replica": replica,
                             "duration_s": duration_s, **extra})  # fmt: skip
+
+    def retry_elsewhere(self, req: Request, region: str, *, max_retries: int, why: str) -> None:
+        """Send ``req`` back through the front door, excluding ``region``; after ``max_retries`` it fails."""
+        now = self.env.now
+        done = self.log.retries.get(req.id, 0)
+        if done >= max_retries:
+            self.log.failed("-", req, f"{why}; gave up after {done} retries")
+            return
+        self.log.retried(req.id, now - self._started.get(req.id, req.arrival_s))
+        self._started[req.id] = now
+        self.front_door.reroute(req, frozenset({region}))
 
     # -- retries ------------------------------------------------------------------------------------------
 
@@ -239,6 +270,54 @@ class Failures:
                 self.log.mitigated(req.id, f"fallback to {target.name}")
             self.retry(target, req, max_retries=math.inf, why="incoherent answer", avoid=i)
         return keep
+
+    # -- regions ------------------------------------------------------------------------------------------------
+
+    def _region(self, spec: RegionOutage | NetworkPartition | RttSpike, rng: np.random.Generator):
+        for ep in spec.timing.episodes(rng):  # one target: the next up-time starts when the episode ends
+            yield self._until(ep.start_s)
+            self._note(spec.kind, "-", -1, ep.duration_s, region=spec.region)
+            self._set_region(spec, ep.duration_s, on=True)
+            if ep.duration_s == math.inf:
+                return
+            yield InfraTimeout(self.env, ep.duration_s)
+            self._set_region(spec, ep.duration_s, on=False)
+
+    def _set_region(self, spec: RegionOutage | NetworkPartition | RttSpike, duration_s: float, *, on: bool) -> None:
+        state = self.front_door.state
+        if isinstance(spec, RttSpike):
+            state[spec.region].rtt_multiplier *= spec.multiplier if on else 1.0 / spec.multiplier
+        elif isinstance(spec, NetworkPartition):
+            # Both directions: the region's users cannot reach the others, nor theirs the region. Requests already
+            # being served across the cut are left to finish (the front door decides only at routing).
+            others = spec.unreachable or tuple(r for r in state if r != spec.region)
+            for other in others:
+                for a, b in ((other, spec.region), (spec.region, other)):
+                    (state[a].unreachable_from.add if on else state[a].unreachable_from.discard)(b)
+        elif on:
+            self._region_down(spec, duration_s)
+        else:
+            self._down[spec.region] -= 1
+            state[spec.region].up = self._down[spec.region] == 0
+
+    def _region_down(self, spec: RegionOutage, duration_s: float) -> None:
+        """Take the region out of routing and fail every replica of its pools; their requests (and those
+        queued at the pools) go back through the front door to other regions. Replacements are acquired now
+        and serve when the outage ends, so the region returns with its capacity."""
+        self._down[spec.region] = self._down.get(spec.region, 0) + 1
+        self.front_door.state[spec.region].up = False
+        region = next(r for r in self.front_door.regions if r.name == spec.region)
+        why = f"region {spec.region} outage"
+        for name in region.pools:
+            pool = self.pools[name]
+            victims = _serving(pool) + sorted(pool.provisioning)
+            stranded = [seq.req for i in victims for seq in pool.fail_replica(i)]
+            if duration_s != math.inf and victims:
+                pool.scale_up(len(victims), duration_s)
+            stranded += list(pool.queue)
+            pool.queue.clear()
+            for req in stranded:
+                self.retry_elsewhere(req, spec.region, max_retries=spec.max_retries, why=why)
 
     # -- truncation ---------------------------------------------------------------------------------------
 

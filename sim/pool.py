@@ -125,7 +125,9 @@ class Pool:
             self.routable.remove(i)
         seqs = self.replicas[i].fail()
         self.outstanding[i] = 0
-        self._release(i)
+        # Not ``_release``: a failed replica's GPUs go to no borrower and grant no waiting order, since its
+        # replacement (a new replica) takes them; the tier fleet's ``reconcile`` forgets loans of such replicas.
+        self.lifetimes[i][1] = self.env.now
         return seqs
 
     # -- requests ----------------------------------------------------------------------------------------

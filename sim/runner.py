@@ -232,6 +232,8 @@ def run_scenario(
     if failures:
         processes.append(failures)
     door = build_front_door(cfg.regions, resolved) if cfg.regions else None
+    if failures and door:
+        failures.front_door = door  # region outages, partitions and RTT spikes act through it
     raw = simulate(requests, specs, mode=mode, sample_interval_s=cfg.sim.sample_interval_s,
                    max_time_s=cfg.sim.max_time_s, progress=progress, processes=processes,
                    front_door=door)  # fmt: skip
