@@ -27,6 +27,7 @@ from pydantic import (
 from fleettwin.models.config_failures import FailuresField
 from fleettwin.models.config_regions import RegionsField
 from fleettwin.models.config_retrieval import RetrievalConfig
+from fleettwin.models.config_tenants import TenantsConfig
 from fleettwin.models.errors import ConfigError, FleettwinError
 from fleettwin.models.registry import Registry
 
@@ -63,6 +64,9 @@ class EngineConfig(StrictModel):
     # Not a vLLM argument: host memory per replica that keeps evicted KV blocks for prefix reuse (a CPU offload
     # tier such as LMCache's max_local_cpu_size); prefix-cache capacity = GPU KV cache + this (sim/prefix_cache.py)
     kv_offload_gb: float = Field(0.0, ge=0, allow_inf_nan=False)
+    # Order of the waiting queue (sim/waiting.py): fcfs (vLLM's default), wfq (weighted fair queueing by tenant
+    # weight), priority (by tenant priority, lower first, as vLLM's --scheduling-policy priority)
+    waiting_policy: Literal["fcfs", "wfq", "priority"] = "fcfs"
 
 
 class PoolConfig(StrictModel):
@@ -168,6 +172,7 @@ class ScenarioConfig(StrictModel):
     regions: RegionsField = None  # multi-region front door, users and RTTs (models/config_regions.py)
     failures: FailuresField = None  # failure injection and policies; after regions, whose names it checks
     retrieval: RetrievalConfig | None = None  # vector stores and RAG (models/config_retrieval.py)
+    tenants: TenantsConfig | None = None  # tenants, quotas, SLO classes, the gateway stage (models/config_tenants.py)
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import simpy
 
@@ -18,6 +19,9 @@ from fleettwin.models.routing import ReplicaRouter
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.replica import Replica
 from fleettwin.sim.scheduler import SeqState
+
+if TYPE_CHECKING:
+    from fleettwin.sim.tenancy import TenantCaps
 
 
 class Pool:
@@ -56,6 +60,8 @@ class Pool:
         self.on_oversize: Callable[[Pool, Request, str], None] | None = None
         self.finish_filter: Callable[[Pool, int, list[SeqState]], list[SeqState]] | None = None
         self.in_transit: dict[int, Request] = {}  # admitted after a delay (a compressed prompt), by request id
+        # Per-tenant concurrency caps (sim/tenancy.py): a request over its tenant's cap waits at the pool.
+        self.caps: TenantCaps | None = None
 
     # -- size --------------------------------------------------------------------------------------------
 
@@ -108,6 +114,8 @@ class Pool:
         self.routable.sort()
         if self.queue:
             self._dispatch()
+        if self.caps is not None:  # more replicas: a gpu_share cap may have grown
+            self._release_held()
 
     def _release(self, i: int) -> None:
         self.draining.discard(i)
@@ -128,6 +136,9 @@ class Pool:
         # Not ``_release``: a failed replica's GPUs go to no borrower and grant no waiting order, since its
         # replacement (a new replica) takes them; the tier fleet's ``reconcile`` forgets loans of such replicas.
         self.lifetimes[i][1] = self.env.now
+        if self.caps is not None:
+            self.caps.left(seqs)
+            self._release_held()
         return seqs
 
     # -- requests ----------------------------------------------------------------------------------------
@@ -143,18 +154,23 @@ class Pool:
         """Callback from a replica: record the finished sequences and refill free slots."""
         i = replica.index
         self.outstanding[i] -= len(seqs)
+        if self.caps is not None:  # before the filter: a request it sends back is admitted (and counted) anew
+            self.caps.left(seqs)
         if self.finish_filter is not None:
             seqs = self.finish_filter(self, i, seqs)
         self._on_finish(self.name, i, seqs)
         if i in self.draining and self.outstanding[i] == 0:
             self._release(i)
+        if self.caps is not None:
+            self._release_held()
         if self.queue:
             self._dispatch()
 
     @property
     def waiting(self) -> int:
         """Requests queued anywhere in the pool and not yet running."""
-        return len(self.queue) + sum(len(r.scheduler.waiting) for r in self.replicas)
+        held = self.caps.num_held if self.caps is not None else 0
+        return len(self.queue) + held + sum(len(r.scheduler.waiting) for r in self.replicas)
 
     @property
     def running(self) -> int:
@@ -195,7 +211,9 @@ class Pool:
 
         self.env.timeout(delay_s).callbacks.append(arrive)
 
-    def _route(self, req: Request, candidates: list[int]) -> None:
+    def _route(self, req: Request, candidates: list[int], counted: bool = False) -> None:
+        if self.caps is not None and not counted and not self.caps.take(req, len(self.routable)):
+            return  # held: its tenant is at its cap
         view = self if len(candidates) == len(self.replicas) else _Subset(self, candidates)
         i = candidates[self.router.choose(req, view, self.env.now)]
         self.outstanding[i] += 1
@@ -208,9 +226,32 @@ class Pool:
                 free = [i for i in self.routable if self.outstanding[i] < cap]
                 if not free:
                     return
-                self._route(self.queue.popleft(), free)
+                if self.caps is None:
+                    self._route(self.queue.popleft(), free)
+                elif not self._route_first_with_room(free):
+                    return  # every queued request's tenant is at its cap
             else:
                 self._route(self.queue.popleft(), self.routable)
+
+    def _route_first_with_room(self, free: list[int]) -> bool:
+        """Central queue with tenant caps: route the first queued request whose tenant has room."""
+        for j, req in enumerate(self.queue):
+            if self.caps.has_room(req.tenant, len(self.routable)):
+                del self.queue[j]
+                self.caps.count(req.tenant)
+                self._route(req, free, counted=True)
+                return True
+        return False
+
+    def _release_held(self) -> None:
+        """Route the requests held by tenant caps whose tenant has room again."""
+        if self.routable:
+            for req in self.caps.release(len(self.routable)):
+                self._route(req, self.routable, counted=True)
+
+    def held_requests(self) -> list[Request]:
+        """Requests waiting at the pool for their tenant's cap (reported as unfinished at the end of a run)."""
+        return self.caps.held_requests() if self.caps is not None else []
 
 
 class _Subset:

@@ -77,12 +77,14 @@ class Replica:
 
     def submit(self, req: Request) -> None:
         sched = self.scheduler
-        could_admit = not sched.waiting and sched.num_running < sched.limits.max_num_seqs
         cache = self.prefix_cache
         if cache is None:
-            sched.add(SeqState(req))
+            at_head = sched.add(SeqState(req))
         else:  # the cached prefix is not prefilled (sim/prefix_cache.py)
-            sched.add(SeqState.with_cached_prefix(req, cache.lookup(req.prefix_blocks, req.prompt_tokens)))
+            at_head = sched.add(SeqState.with_cached_prefix(req, cache.lookup(req.prefix_blocks, req.prompt_tokens)))
+        # Only a request that is now first in the queue (FCFS: the queue was empty; WFQ: the smallest tag) can
+        # change the batch before the next completion.
+        could_admit = at_head and sched.num_running < sched.limits.max_num_seqs
         if self._wake is not None:
             self._wake.succeed()
             self._wake = None

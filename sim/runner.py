@@ -16,6 +16,7 @@ from fleettwin.models.config import ControllerConfig, PoolConfig, ScenarioConfig
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.perf import PERF_MODELS, PerformanceModel
 from fleettwin.models.routing import REPLICA_ROUTERS
+from fleettwin.models.tenancy import Tenancy
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.metrics import COMPLETED, UNFINISHED, PoolSampler, RequestLog, Slo, latency_summary
 from fleettwin.sim.pool import Pool
@@ -24,6 +25,8 @@ from fleettwin.sim.reference_scheduler import ReferenceScheduler
 from fleettwin.sim.regions import RegionFrontDoor, build_front_door, place_users, region_summary
 from fleettwin.sim.replica import Replica
 from fleettwin.sim.scheduler import EngineLimits, Scheduler, SeqState
+from fleettwin.sim.stages import PreSubmitStage, StagePipeline
+from fleettwin.sim.tenancy import TenantCaps, tag_tenants, tenant_stages, tenant_summary
 
 if TYPE_CHECKING:
     from fleettwin.sim.controller import Controller
@@ -60,7 +63,7 @@ class ResolvedPool:
         return g.price_spot_usd_h if self.cfg.purchase == "spot" else g.price_on_demand_usd_h
 
 
-def resolve_pool(cfg: PoolConfig, catalog: Catalog) -> ResolvedPool:
+def resolve_pool(cfg: PoolConfig, catalog: Catalog, tenancy: Tenancy | None = None) -> ResolvedPool:
     gpu, llm = catalog.gpu(cfg.gpu), catalog.llm(cfg.model)
     eng = cfg.engine
     tp = cfg.tp or min_tensor_parallel(gpu, llm, gpu_memory_utilization=eng.gpu_memory_utilization)
@@ -89,6 +92,8 @@ def resolve_pool(cfg: PoolConfig, catalog: Catalog) -> ResolvedPool:
         long_prefill_token_threshold=eng.long_prefill_token_threshold,
         enable_prefix_caching=eng.enable_prefix_caching,
         prefix_cache_blocks=prefix_cache_blocks(blocks * eng.block_size, eng.kv_offload_gb, llm, tp),
+        waiting_policy=eng.waiting_policy,
+        tenancy=tenancy,
     )
     perf = PERF_MODELS.create(cfg.perf_model.name, cfg.perf_model.params, gpu=gpu, llm=llm, tp=tp)
     return ResolvedPool(cfg=cfg, gpu=gpu, llm=llm, tp=tp, limits=limits, perf=perf)
@@ -145,12 +150,14 @@ def simulate(
     progress: Progress | None = None,
     processes: Sequence[Callable[[simpy.Environment, list[Pool], RequestLog], Generator]] = (),
     front_door: RegionFrontDoor | None = None,
+    pre_submit: Sequence[PreSubmitStage] = (),
 ) -> RawRun:
     """Run ``requests`` (sorted by arrival) through the pools until every request has an outcome.
 
     ``processes`` are started beside the arrivals, each given the environment, the pools and the request log
     (a controller that resizes pools is one). A ``front_door`` (sim/regions.py) takes the arrivals instead of
-    the model-to-pool dispatch: it routes each request to a region and delays it by the network."""
+    the model-to-pool dispatch: it routes each request to a region and delays it by the network. ``pre_submit``
+    stages (sim/stages.py: a gateway, quotas) run between a request's arrival and its pool."""
     if mode not in ("skip", "per_iteration"):
         raise ValueError(f"mode must be 'skip' or 'per_iteration', got {mode!r}")
     env = simpy.Environment()
@@ -166,12 +173,16 @@ def simulate(
 
         pool = Pool(env, spec.name, router, make_replica=make_replica, central_queue=spec.central_queue,
                     on_finish=log.completed, on_reject=log.rejected)  # fmt: skip
+        tenancy = spec.limits.tenancy
+        if tenancy is not None and tenancy.has_concurrency_caps:
+            pool.caps = TenantCaps(tenancy, spec.limits.max_num_seqs)
         pool.scale_up(spec.replicas)
         pools.append(pool)
     by_model = {spec.model: pool for spec, pool in zip(specs, pools, strict=True) if spec.model}
     arrived = [0]  # how many requests the arrival process has handed over
+    stages = StagePipeline(pre_submit)
     if front_door is None:
-        env.process(_arrivals(env, requests, by_model, pools[0], log, arrived))
+        env.process(_arrivals(env, requests, by_model, pools[0], log, arrived, stages or None))
     else:
         env.process(front_door.arrivals(env, requests, pools, log, arrived))
     for make_process in processes:  # e.g. a controller that resizes pools
@@ -194,6 +205,7 @@ def simulate(
             break
     reason = "stalled: nothing finished for a simulated day" if stalled else "simulation horizon reached"
     _account_unfinished(pools, log, reason)
+    stages.account_unfinished(log, reason)
     if front_door is not None:
         front_door.account_unfinished(log, reason)
     for req in requests[arrived[0]:]:
@@ -222,7 +234,8 @@ def run_scenario(
     seed = cfg.seed if seed is None else seed
     mode = mode or cfg.sim.mode
     catalog = cfg.build_catalog()
-    resolved = [resolve_pool(p, catalog) for p in cfg.pools]
+    tenancy = cfg.tenants.tenancy() if cfg.tenants else None
+    resolved = [resolve_pool(p, catalog, tenancy) for p in cfg.pools]
     if requests is None:
         requests = generate_requests(cfg, seed)
     specs = [rp.spec() for rp in resolved]
@@ -232,14 +245,22 @@ def run_scenario(
     if failures:
         processes.append(failures)
     door = build_front_door(cfg.regions, resolved) if cfg.regions else None
+    stages = tenant_stages(cfg.tenants, seed) if cfg.tenants else []  # the gateway's checks, quotas
+    if stages and door:
+        raise ConfigError(f"scenario {cfg.name!r}: tenants.gateway and tenant rate quotas do not run behind the "
+                          "regions front door yet (it cannot refuse a request); drop one of them")  # fmt: skip
     if failures and door:
         failures.front_door = door  # region outages, partitions and RTT spikes act through it
     raw = simulate(requests, specs, mode=mode, sample_interval_s=cfg.sim.sample_interval_s,
                    max_time_s=cfg.sim.max_time_s, progress=progress, processes=processes,
-                   front_door=door)  # fmt: skip
+                   front_door=door, pre_submit=stages)  # fmt: skip
     if door is not None:  # latencies as the user sees them, with where each request went
         raw = replace(raw, requests=door.annotate(raw.requests))
+    if cfg.tenants:
+        raw = replace(raw, requests=tag_tenants(raw.requests, requests))
     summary = _summarize(cfg, resolved, raw, seed, mode, time.perf_counter() - wall0)
+    if cfg.tenants:
+        summary["tenants"] = tenant_summary(cfg.tenants, raw.requests, Slo(cfg.slo.ttft_s, cfg.slo.tpot_s), raw.end_s)
     if door is not None:
         summary["regions"] = region_summary(cfg.regions, door, raw.requests, summary["pools"], raw.pools, raw.end_s)
     decisions = [d.to_dict() for d in controller.decisions] if controller else []
@@ -291,7 +312,7 @@ def control_setup(ctl: ControllerConfig, slo: SloConfig, resolved: Sequence[Reso
 
 
 def _arrivals(env: simpy.Environment, requests: Sequence[Request], by_model: dict[str, Pool], default: Pool,
-              log: RequestLog, arrived: list[int]):  # fmt: skip
+              log: RequestLog, arrived: list[int], stages: StagePipeline | None = None):  # fmt: skip
     for req in requests:
         delay = req.arrival_s - env.now
         if delay > 0:
@@ -300,14 +321,16 @@ def _arrivals(env: simpy.Environment, requests: Sequence[Request], by_model: dic
         pool = default if req.model is None else by_model.get(req.model)
         if pool is None:
             log.rejected("-", req, f"no pool serves model {req.model!r}")
-        else:
+        elif stages is None:
             pool.submit(req)
+        else:
+            env.process(stages.enter(env, req, pool.name, pool.submit, log))
 
 
 def _account_unfinished(pools: list[Pool], log: RequestLog, reason: str) -> None:
     """Requests still in the system at the end are reported, never dropped silently."""
     for pool in pools:
-        for req in [*pool.queue, *pool.in_transit.values()]:
+        for req in [*pool.queue, *pool.in_transit.values(), *pool.held_requests()]:
             log.unfinished(pool.name, -1, SeqState(req), reason)
         for rep in pool.replicas:
             for seq in rep.scheduler.seqs():

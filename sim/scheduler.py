@@ -12,7 +12,8 @@ Semantics copied from vLLM V1 (v0.8+):
   sequence is preempted by recompute (its blocks freed, its computed tokens reset, back to the head of the
   waiting queue);
 - waiting sequences are admitted FCFS only if nothing was preempted this iteration; the first one that cannot
-  be admitted blocks the queue (head-of-line), as in vLLM.
+  be admitted blocks the queue (head-of-line), as in vLLM. (``waiting_policy`` ``wfq``/``priority`` orders the
+  waiting queue by tenant instead, ``sim/waiting.py``; the admission rule is the same.)
 A sequence samples a token whenever all its known tokens (prompt + outputs so far) have been computed, so the
 iteration that finishes a prefill emits the first output token.
 
@@ -33,7 +34,9 @@ from collections import deque
 from dataclasses import dataclass
 
 from fleettwin.models.perf.base import BatchStats
+from fleettwin.models.tenancy import Tenancy
 from fleettwin.models.workload.request import Request
+from fleettwin.sim.waiting import PolicyQueue, waiting_queue
 
 NAN = float("nan")
 
@@ -91,6 +94,8 @@ class EngineLimits:
     long_prefill_token_threshold: int = 0  # 0: no cap on a prefill chunk beyond the budget
     enable_prefix_caching: bool = False  # a replica keeps a prefix cache (sim/prefix_cache.py)
     prefix_cache_blocks: int = 0  # its capacity in prefix blocks; 0: the whole KV cache
+    waiting_policy: str = "fcfs"  # order of the waiting queue: fcfs | wfq | priority (sim/waiting.py)
+    tenancy: Tenancy | None = None  # tenants' weights, priorities and caps (models/tenancy.py)
 
 
 def check_limits(limits: EngineLimits) -> None:
@@ -138,7 +143,7 @@ class EngineQueue:
     def __init__(self, limits: EngineLimits):
         check_limits(limits)
         self.limits = limits
-        self.waiting: deque[SeqState] = deque()
+        self.waiting: deque[SeqState] | PolicyQueue = waiting_queue(limits.waiting_policy, limits.tenancy)
         self.free_blocks = limits.num_blocks
         self.steps = 0
 
@@ -153,8 +158,11 @@ class EngineQueue:
             return f"prompt+output {total} tokens exceeds max_model_len {self.limits.max_model_len}"
         return None
 
-    def add(self, seq: SeqState) -> None:
+    def add(self, seq: SeqState) -> bool:
+        """Queue ``seq``; True if it is now at the head (the next to admit: an engine asleep in a decode run
+        must look at its queue again)."""
         self.waiting.append(seq)
+        return self.waiting[0] is seq
 
     @property
     def num_outstanding(self) -> int:

@@ -12,12 +12,15 @@ arrival times unchanged (common random numbers) and vice versa.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fleettwin.models.errors import FleettwinError
 from fleettwin.models.registry import Registry
 from fleettwin.models.workload.arrivals import MMPP, ArrivalProcess, Diurnal, Gamma, Poisson
 from fleettwin.models.workload.lengths import LengthDist
@@ -155,6 +158,91 @@ class DiurnalSource(_Synthetic):
             mean_rate=params.mean_rate, peak_to_trough=params.peak_to_trough, period_s=params.period_s,
             peak_at_s=params.peak_at_s, duration_s=params.duration_s,
         )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Burst:
+    """Poisson arrivals at ``rate``, ``factor`` times that during ``[start_s, start_s + length_s)``: the
+    superposition of the base process and one of rate ``(factor - 1) * rate`` over the window."""
+
+    rate: float
+    factor: float
+    start_s: float
+    length_s: float
+    duration_s: float
+
+    def _window(self) -> float:
+        return max(0.0, min(self.start_s + self.length_s, self.duration_s) - self.start_s)
+
+    @property
+    def mean_rate(self) -> float:
+        return self.rate * (1.0 + (self.factor - 1.0) * self._window() / self.duration_s)
+
+    def times(self, rng: np.random.Generator) -> np.ndarray:
+        base = Poisson(rate=self.rate, duration_s=self.duration_s).times(rng)
+        window = self._window()
+        if window <= 0 or self.factor == 1.0:
+            return base
+        extra = Poisson(rate=(self.factor - 1.0) * self.rate, duration_s=window).times(rng) + self.start_s
+        return np.sort(np.concatenate([base, extra]))
+
+
+@WORKLOADS.register("burst")
+class BurstSource(_Synthetic):
+    """Poisson arrivals at ``rate`` with one burst ``factor`` times as fast for ``burst_s`` seconds from
+    ``burst_start_s`` (a noisy neighbour)."""
+
+    class Params(_SyntheticParams):
+        rate: float = Field(ge=0, allow_inf_nan=False)
+        factor: float = Field(ge=1, allow_inf_nan=False)
+        burst_start_s: float = Field(ge=0, allow_inf_nan=False)
+        burst_s: float = Field(gt=0, allow_inf_nan=False)
+
+    def _arrivals(self, params: Params) -> ArrivalProcess:
+        return Burst(rate=params.rate, factor=params.factor, start_s=params.burst_start_s, length_s=params.burst_s,
+                     duration_s=params.duration_s)  # fmt: skip
+
+
+@WORKLOADS.register("mixture")
+class MixtureSource:
+    """Several sources at once, e.g. one per tenant, each with its own ``type``, parameters and ``tenant``.
+
+    Component ``k`` draws from the ``k``-th child stream of ``rng``, so appending a component leaves the
+    others' requests unchanged. The requests are merged by arrival (ties keep the components' order) and
+    numbered ``0..n-1``."""
+
+    class Params(BaseModel):
+        model_config = _FROZEN
+        components: list[dict[str, Any]] = Field(min_length=1)
+
+        @model_validator(mode="after")
+        def _known_components(self) -> MixtureSource.Params:
+            for i, c in enumerate(self.components):
+                kind = c.get("type")
+                if not isinstance(kind, str):
+                    raise ValueError(f"components[{i}]: needs a 'type' (one of {', '.join(WORKLOADS.names())})")
+                if kind == "mixture":
+                    raise ValueError(f"components[{i}]: a mixture cannot contain a mixture")
+                try:
+                    WORKLOADS.validate_params(kind, _component_params(c))
+                except FleettwinError as exc:
+                    raise ValueError(f"components[{i}]: {exc}") from None
+            return self
+
+    def __init__(self, params: Params, *, base_dir: Path | None = None):
+        self.params = params
+        self.components = [WORKLOADS.create(c["type"], _component_params(c), base_dir=base_dir)
+                           for c in params.components]  # fmt: skip
+
+    def requests(self, rng: np.random.Generator, *, model: str | None = None) -> list[Request]:
+        streams = rng.spawn(len(self.components))
+        merged = [r for src, g in zip(self.components, streams, strict=True) for r in src.requests(g, model=model)]
+        merged.sort(key=lambda r: r.arrival_s)
+        return [dataclasses.replace(r, id=i) for i, r in enumerate(merged)]
+
+
+def _component_params(c: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in c.items() if k != "type"}
 
 
 def summarize(requests: list[Request]) -> dict[str, float]:

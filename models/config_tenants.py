@@ -1,0 +1,92 @@
+"""The scenario's ``tenants:`` section: who shares the fleet, with what weight, priority, SLO class and quotas,
+and what the gateway in front of the pools costs.
+
+    tenants:
+      members:
+        - {name: search, weight: 2, slo_class: interactive, quotas: {requests_per_s: 8, tokens_per_s: 12000}}
+        - {name: batch, weight: 1, priority: 10, slo_class: batch, quotas: {max_concurrent: 64, gpu_share: 0.5}}
+      slo_classes:
+        interactive: {ttft_s: 1.0, tpot_s: 0.1}
+        batch: {ttft_s: 30.0, tpot_s: 0.5}
+      gateway: {fixed_ms: 2.0, per_token_us: 0.5, reject_rate: 0.001}
+      cost: tokens            # what weighted fair queueing charges a request: tokens (prompt + output) | requests
+
+The names follow the live gateway's policy file (``live/gateway/config.py``): ``priority`` (lower first),
+``slo_class``, ``quotas.requests_per_s``/``burst_requests``/``tokens_per_s``/``burst_tokens``. Two differ because
+they mean something else here: ``max_concurrent`` (the gateway's ``concurrent`` refuses a request over the
+limit; the simulator's pool holds it until one of the tenant's requests leaves a replica) and ``gpu_share``.
+Requests carry their tenant (``Request.tenant``; a ``mixture`` workload tags each component); a tenant not
+listed gets weight 1, priority 0 and no quotas. The order of the waiting queue is each pool's
+``engine.waiting_policy`` (``fcfs`` | ``wfq`` | ``priority``). This module does not import ``models.config``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+from fleettwin.models.tenancy import Quotas, Tenancy, TenantSpec
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class QuotasConfig(_Strict):
+    requests_per_s: PositiveFloat | None = None
+    burst_requests: float | None = Field(None, ge=1)  # default: one second of requests, at least 1
+    tokens_per_s: PositiveFloat | None = None  # prompt + output tokens
+    burst_tokens: float | None = Field(None, ge=1)  # default: ten seconds of tokens
+    max_concurrent: PositiveInt | None = None  # requests in a pool's replicas at once; more wait at the pool
+    gpu_share: float | None = Field(None, gt=0, le=1)  # of a pool's sequence slots (replicas x max_num_seqs)
+
+    def build(self) -> Quotas:
+        return Quotas(**self.model_dump())
+
+
+class TenantConfig(_Strict):
+    name: str = Field(min_length=1)
+    weight: PositiveFloat = 1.0  # share of service under engine.waiting_policy: wfq
+    priority: int = 0  # lower is served first under engine.waiting_policy: priority
+    slo_class: str | None = None  # a key of slo_classes; None: the scenario's slo
+    quotas: QuotasConfig = QuotasConfig()
+
+
+class SloClassConfig(_Strict):
+    ttft_s: PositiveFloat
+    tpot_s: PositiveFloat
+
+
+class GatewayConfig(_Strict):
+    """The gateway's checks as a latency stage with a rejection rate (``sim/tenancy.py``): every request waits
+    ``fixed_ms`` plus ``per_token_us`` per prompt token (the detectors read the prompt), and a fraction
+    ``reject_rate`` is refused by a policy check (seeded, the same requests in every run of a seed)."""
+
+    fixed_ms: float = Field(0.0, ge=0, allow_inf_nan=False)
+    per_token_us: float = Field(0.0, ge=0, allow_inf_nan=False)
+    reject_rate: float = Field(0.0, ge=0, le=1)
+
+
+class TenantsConfig(_Strict):
+    members: list[TenantConfig] = Field(min_length=1)
+    slo_classes: dict[str, SloClassConfig] = Field(default_factory=dict)
+    gateway: GatewayConfig | None = None
+    cost: Literal["tokens", "requests"] = "tokens"
+
+    @model_validator(mode="after")
+    def _names(self) -> TenantsConfig:
+        names = [t.name for t in self.members]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"members: tenant names must be unique; repeated: {', '.join(dupes)}")
+        for i, t in enumerate(self.members):
+            if t.slo_class is not None and t.slo_class not in self.slo_classes:
+                known = ", ".join(sorted(self.slo_classes)) or "none defined"
+                raise ValueError(f"members[{i}].slo_class: unknown class {t.slo_class!r} (slo_classes: {known})")
+        return self
+
+    def tenancy(self) -> Tenancy:
+        """The frozen tenant specs the simulator's queues, pools and stages read."""
+        return Tenancy(tuple(TenantSpec(name=t.name, weight=t.weight, priority=t.priority, slo_class=t.slo_class,
+                                        quotas=t.quotas.build()) for t in self.members), cost=self.cost)  # fmt: skip
