@@ -28,7 +28,7 @@ import numpy as np
 
 from fleettwin.live.config import BackoffConfig, LiveConfig
 from fleettwin.live.decision_log import DecisionLog
-from fleettwin.live.gate import policy_hash
+from fleettwin.live.gate import GateError, GateRegistry, policy_hash
 from fleettwin.live.metrics import BackendMetrics, BackendSetView, Scraper
 from fleettwin.live.observe import FleetObserver, pool_record
 from fleettwin.models.routing import REPLICA_ROUTERS
@@ -94,16 +94,22 @@ class ShadowController:
     """One live control loop over the backends of ``cfg``; records go to ``log``.
 
     ``clock`` (monotonic seconds) paces the loop and the backoff; ``wall`` (Unix seconds) stamps snapshots and
-    records, so ``time_s`` keeps increasing across restarts."""
+    records, so ``time_s`` keeps increasing across restarts. With an ``actuator`` the promotion gate must hold
+    a promotion of this exact policy configuration in ``registry`` (``GateError`` otherwise)."""
 
     def __init__(self, cfg: LiveConfig, log: DecisionLog, *, scraper: Scraper | None = None,
-                 actuator: Actuator | None = None, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time):  # fmt: skip
+                 actuator: Actuator | None = None, registry: GateRegistry | None = None,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time):  # fmt: skip
         self.cfg, self.log, self.actuator, self.clock, self.wall = cfg, log, actuator, clock, wall
         ctl = cfg.controller
+        self.config_hash = policy_hash(ctl.allocator.name, ctl.allocator.params)
+        self.promotion = None
+        if actuator is not None:  # the one door every acting controller goes through
+            if registry is None:
+                raise GateError("an acting controller needs the gate registry holding its promotion")
+            self.promotion = registry.require_promoted(self.config_hash, ctl.allocator.name)
         self.interval_s = ctl.interval_s
         self.allocator, self.metas, inventory = control_setup(ctl, cfg.slo, cfg.resolved(), cfg.build_catalog())
-        self.config_hash = policy_hash(ctl.allocator.name, ctl.allocator.params)
         self.routers = {p.name: REPLICA_ROUTERS.create(p.router.name, p.router.params) for p in cfg.pools}
         self.observer = FleetObserver(self.metas, inventory, interval_s=self.interval_s,
                                       history_buckets=cfg.history_buckets)  # fmt: skip

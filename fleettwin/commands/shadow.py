@@ -92,29 +92,30 @@ def run(args: argparse.Namespace) -> int:
 async def _loop(cfg, args) -> int:
     """Run the controller; returns the seq of this run's first record."""
     import asyncio
+    import contextlib
     import signal
 
     from fleettwin.live.decision_log import DecisionLog
-    from fleettwin.live.gate import GateRegistry
+    from fleettwin.live.gate import GateRegistry, policy_hash
     from fleettwin.live.shadow import ShadowController
     from fleettwin.models.errors import ConfigError
 
-    actuator = None
-    if args.act:
-        if cfg.actuator is None:
-            raise ConfigError(f"{args.scenario}: --act needs an actuator section in the live scenario")
-        from fleettwin.live.gate import policy_hash
-
-        ref = cfg.controller.allocator
-        with GateRegistry(args.registry) as reg:
-            promo = reg.require_promoted(policy_hash(ref.name, ref.params), ref.name)
-        print(f"acting with {ref.name} {promo.config_hash[:12]} (promotion #{promo.id}, validation "
-              f"#{promo.validation_id})", flush=True)  # fmt: skip
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    with DecisionLog(cfg.decision_log_path, keep=cfg.history_buckets) as log:
+    async with contextlib.AsyncExitStack() as stack:
+        actuator = registry = None
+        if args.act:
+            if cfg.actuator is None:
+                raise ConfigError(f"{args.scenario}: --act needs an actuator section in the live scenario")
+            ref = cfg.controller.allocator
+            registry = stack.enter_context(GateRegistry(args.registry))
+            # checked before the log is opened, so a refused policy leaves nothing behind
+            promo = registry.require_promoted(policy_hash(ref.name, ref.params), ref.name)
+            print(f"acting with {ref.name} {promo.config_hash[:12]} (promotion #{promo.id}, validation "
+                  f"#{promo.validation_id})", flush=True)  # fmt: skip
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        log = stack.enter_context(DecisionLog(cfg.decision_log_path, keep=cfg.history_buckets))
         r = log.recovery
         if r.records or r.truncated_bytes:
             print(f"resuming {r.describe(log.path)}", flush=True)
@@ -123,17 +124,13 @@ async def _loop(cfg, args) -> int:
             from fleettwin.live.actuator import LocalProcessActuator
 
             actuator = LocalProcessActuator(cfg, log_dir=log.path.parent / "replicas")
-        ctl = ShadowController(cfg, log, actuator=actuator)
-        mode = "acting" if actuator else "shadow"
-        print(f"{mode}: {cfg.name}, {len(ctl.backends())} backends, {cfg.controller.allocator.name} every "
-              f"{ctl.interval_s:g} s, log {log.path}", flush=True)  # fmt: skip
-        try:
-            n = await ctl.run(ticks=args.ticks, duration_s=args.duration, stop=stop,
-                              on_record=None if args.quiet else lambda rec: print(_line(rec), flush=True))  # fmt: skip
-        finally:
-            if actuator is not None:
-                await actuator.close()
-            await ctl.aclose()
+            stack.push_async_callback(actuator.close)
+        ctl = ShadowController(cfg, log, actuator=actuator, registry=registry)
+        stack.push_async_callback(ctl.aclose)
+        print(f"{'acting' if actuator else 'shadow'}: {cfg.name}, {len(ctl.backends())} backends, "
+              f"{cfg.controller.allocator.name} every {ctl.interval_s:g} s, log {log.path}", flush=True)  # fmt: skip
+        n = await ctl.run(ticks=args.ticks, duration_s=args.duration, stop=stop,
+                          on_record=None if args.quiet else lambda rec: print(_line(rec), flush=True))  # fmt: skip
         print(f"wrote {n} records to {log.path} (seq {first}..{log.next_seq - 1})", flush=True)
     return first
 
