@@ -34,7 +34,8 @@ from fleettwin.models.perf.constant import ConstantModel
 from fleettwin.sim.scheduler import EngineLimits
 
 LIMITS = EngineLimits(num_blocks=256, block_size=16, max_num_seqs=8, max_num_batched_tokens=512, max_model_len=1024)
-KEYS = {"alpha": "key-alpha-0123456789", "beta": "key-beta-0123456789", "quota": "key-quota-0123456789"}
+KEYS = {"alpha": "key-alpha-0123456789", "beta": "key-beta-0123456789", "quota": "key-quota-0123456789",
+        "ids": "key-ids-0123456789"}
 JWT_SECRET = b"j" * 40
 BACKEND_TOKEN = "backend-s3cret"
 AWS = "AKIAIOSFODNN7EXAMPLE"
@@ -79,7 +80,25 @@ def recording_backend(seen: list[dict]) -> FastAPI:
     return app
 
 
-def policy(emu_url: str, rec_url: str, tmp) -> dict:
+def holding_backend(held: dict) -> FastAPI:
+    """A backend that streams one event and then stays silent until its caller hangs up, which it records
+    (plain ASGI: it waits on ``receive()`` for ``http.disconnect``)."""
+
+    async def asgi(scope, receive, send) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        event = b'data: {"choices": [{"index": 0, "delta": {"content": "a"}}]}\n\n'
+        await send({"type": "http.response.body", "body": event, "more_body": True})
+        if (await receive())["type"] == "http.disconnect":
+            held["caller_left"] = True
+
+    app = FastAPI()
+    app.mount("/", asgi)
+    return app
+
+
+def policy(emu_url: str, rec_url: str, hold_url: str, tmp) -> dict:
     (tmp / "jwt.secret").write_bytes(JWT_SECRET)
     return {
         "tenants": {
@@ -91,10 +110,12 @@ def policy(emu_url: str, rec_url: str, tmp) -> dict:
                       "quotas": {"requests_per_s": 0.5, "burst_requests": 2, "tokens_per_s": 10, "burst_tokens": 200}},
             "gamma": {"models": ["emu"], "max_tokens": 8},
             "ids": {"api_keys": [hash_key("key-ids-0123456789")], "models": ["emu"], "allow_token_ids": True},
-            "conc": {"api_keys": [hash_key("key-conc-0123456789")], "models": ["emu"], "quotas": {"concurrent": 1}},
+            "conc": {"api_keys": [hash_key("key-conc-0123456789")], "models": ["emu", "hold"],
+                     "quotas": {"concurrent": 1}},
         },
         "backends": {"emu": {"urls": [emu_url], "token_env": "FT_TEST_BACKEND_TOKEN"},
                      "rec": {"urls": [rec_url], "served_model": "recorded-model"},
+                     "hold": {"urls": [hold_url]},
                      "emu-b": {"urls": [emu_url], "served_model": "emu", "token_env": "FT_TEST_BACKEND_TOKEN"}},
         "jwt": {"secret_file": "jwt.secret", "audience": "fleettwin-gateway"},
         "audit_log": "audit.jsonl",
@@ -105,14 +126,17 @@ def policy(emu_url: str, rec_url: str, tmp) -> dict:
 def gw(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gw")
     seen: list[dict] = []
+    held = {"caller_left": False}
     os.environ["FT_TEST_BACKEND_TOKEN"] = BACKEND_TOKEN
     try:
-        with serve_in_thread(_emulator_spec()) as emu, serve_in_thread(recording_backend(seen)) as rec:
-            (tmp / "gateway.yaml").write_text(json.dumps(policy(emu.url, rec.url, tmp)))  # JSON is YAML
+        with (serve_in_thread(_emulator_spec()) as emu, serve_in_thread(recording_backend(seen)) as rec,
+              serve_in_thread(holding_backend(held)) as hold):  # fmt: skip
+            (tmp / "gateway.yaml").write_text(json.dumps(policy(emu.url, rec.url, hold.url, tmp)))  # JSON is YAML
             cfg = load_gateway(tmp / "gateway.yaml")
             with serve_in_thread(create_gateway_app(cfg)) as g:
                 with httpx.Client(base_url=g.url, timeout=10) as client:
-                    yield {"client": client, "url": g.url, "emu": emu.url, "seen": seen, "audit": cfg.audit_log}
+                    yield {"client": client, "url": g.url, "emu": emu.url, "seen": seen, "audit": cfg.audit_log,
+                           "held": held}  # fmt: skip
     finally:
         os.environ.pop("FT_TEST_BACKEND_TOKEN", None)
 
@@ -247,8 +271,7 @@ def test_tools_collections_and_token_ids_follow_the_tenants_rules(gw):
     assert "hr-private" in error(r, 403)["message"]
     err = error(c.post("/v1/completions", headers=auth("alpha"), json={"model": "emu", "prompt": [1, 2, 3]}), 403)
     assert "token-id" in err["message"]
-    r = c.post("/v1/completions", headers={"Authorization": "Bearer key-ids-0123456789"},
-               json={"model": "emu", "prompt": [1, 2, 3], "max_tokens": 2})  # fmt: skip
+    r = c.post("/v1/completions", headers=auth("ids"), json={"model": "emu", "prompt": [1, 2, 3], "max_tokens": 2})
     assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 3  # allowed for this tenant
 
 
@@ -330,26 +353,45 @@ def test_quota_exceeded_is_429_with_retry_after(gw):
 def test_concurrency_limit_and_a_client_hanging_up_frees_its_slot(gw):
     c = gw["client"]
     headers = {"Authorization": "Bearer key-conc-0123456789"}
-    with c.stream("POST", "/v1/completions", headers=headers,
-                  json={"model": "emu", "prompt": "hi", "max_tokens": 400, "stream": True}) as r:  # fmt: skip
-        for line in r.iter_lines():
+    body = {"model": "hold", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with c.stream("POST", "/v1/chat/completions", headers=headers, json=body) as r:
+        lines = r.iter_lines()  # held here: dropping a half-read iterator closes the connection at once
+        for line in lines:
             if line.startswith("data: "):
-                break
+                break  # the backend now holds the stream open: the tenant's one slot is taken
         second = c.post("/v1/completions", headers=headers, json={"model": "emu", "prompt": "hi", "max_tokens": 1})
         assert error(second, 429)["message"].endswith("Retry after 1.00 s.")
+    # hanging up while the backend is silent: the gateway notices at once, closes the upstream request
     rec = audit_of(gw, r)
-    assert rec["outcome"] == "client_closed"
+    assert rec["outcome"] == "client_closed" and rec["status"] == 200
     deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:  # the slot comes back and the backend drops the request
-        ok = c.post("/v1/completions", headers=headers, json={"model": "emu", "prompt": "hi", "max_tokens": 1})
-        if ok.status_code == 200:
-            break
-        time.sleep(0.05)
-    assert ok.status_code == 200
-    running = parse(httpx.get(f"{gw['emu']}/metrics").text)["vllm:num_requests_running"].samples[0].value
-    assert running == 0
+    while not gw["held"]["caller_left"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert gw["held"]["caller_left"], "the backend's request was not closed"
+    ok = c.post("/v1/completions", headers=headers, json={"model": "emu", "prompt": "hi", "max_tokens": 1})
+    assert ok.status_code == 200  # the slot came back
     inflight = parse(c.get("/metrics").text)["fleettwin_gateway_in_flight"].samples
     assert {s.labels["tenant"]: s.value for s in inflight}["conc"] == 0
+
+
+def test_hanging_up_mid_stream_aborts_the_request_at_the_emulator(gw):
+    def finished() -> float:
+        fams = parse(httpx.get(f"{gw['emu']}/metrics").text)
+        return sum(s.value for s in fams["vllm:request_success_total"].samples if s.name.endswith("_total"))
+
+    def running() -> float:
+        return parse(httpx.get(f"{gw['emu']}/metrics").text)["vllm:num_requests_running"].samples[0].value
+
+    before = finished()
+    with gw["client"].stream("POST", "/v1/completions", headers=auth("ids"),
+                             json={"model": "emu", "prompt": "hi", "max_tokens": 1000, "stream": True}) as r:  # fmt: skip
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                break  # leave after the first of 1000 tokens (2 s of generation)
+    deadline = time.monotonic() + 3
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert running() == 0 and finished() == before  # aborted, not finished: vLLM does not count aborts
 
 
 # -- JWTs ----------------------------------------------------------------------------------------------------

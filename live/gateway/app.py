@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import anyio
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -36,7 +37,9 @@ MAX_MESSAGE = 300
 
 
 class _Relay(StreamingResponse):
-    """A streamed response that runs ``on_close`` however it ends (completed, client gone, server stopping),
+    """A streamed response that watches for the client hanging up while it waits on the backend — always, where
+    Starlette does so only for servers speaking ASGI < 2.4 and otherwise notices at its next write, which may
+    be a long prefill away — and runs ``on_close`` however it ends (completed, client gone, server stopping),
     which a generator's ``finally`` cannot promise when the stream never starts."""
 
     def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], Awaitable[None]], **kw: Any):
@@ -45,9 +48,19 @@ class _Relay(StreamingResponse):
 
     async def __call__(self, scope, receive, send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            async with anyio.create_task_group() as tg:
+
+                async def streamed() -> None:
+                    with contextlib.suppress(OSError):  # the client went away mid-write
+                        await self.stream_response(send)
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(streamed)
+                await self.listen_for_disconnect(receive)
+                tg.cancel_scope.cancel()
         finally:
-            await self._on_close()
+            with anyio.CancelScope(shield=True):  # runs even when the server is cancelling this request
+                await self._on_close()
 
 
 def create_gateway_app(cfg: GatewayConfig, *, gatekeeper: Gatekeeper | None = None) -> FastAPI:

@@ -6,6 +6,7 @@ that passes events through as they arrive while reading the usage the gateway ne
 from __future__ import annotations
 
 import json
+import re
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -120,41 +121,52 @@ class Upstreams:
 
 
 async def relay(r: httpx.Response, usage: Usage, *, keep_usage_chunk: bool) -> AsyncIterator[bytes]:
-    """SSE events from the backend, re-framed one event per yield. The usage-only chunk (``choices: []``) the
-    gateway asked for on the client's behalf is dropped when the client did not ask for it."""
-    lines: list[str] = []
-    async for line in r.aiter_lines():
-        if line:
-            lines.append(line)
-            continue
-        if lines:
-            event = _event(lines, usage, keep_usage_chunk)
-            lines = []
-            if event is not None:
-                yield event
-    if lines:
-        event = _event(lines, usage, keep_usage_chunk)
-        if event is not None:
-            yield event
+    """SSE bytes from the backend, passed on as they arrive, cut only at event boundaries. Only events that
+    mention ``"usage"`` are parsed (per-token events are passed through untouched: the relay's cost per token
+    is a bytes search); the usage-only chunk (``choices: []``) the gateway asked for on the client's behalf is
+    dropped when the client did not ask for it."""
+    buf = b""
+    async for chunk in r.aiter_bytes():
+        buf += chunk
+        cut = _last_boundary(buf)
+        if cut:
+            ready, buf = buf[:cut], buf[cut:]
+            out = _complete(ready, usage, keep_usage_chunk)
+            if out:
+                yield out
+    if buf.strip():
+        out = _complete(buf, usage, keep_usage_chunk)
+        if out:
+            yield out
 
 
-def _event(lines: list[str], usage: Usage, keep_usage_chunk: bool) -> bytes | None:
-    for line in lines:
-        if not line.startswith("data:"):
-            continue
-        payload = line[5:].strip()
-        if payload == "[DONE]":
-            continue
-        if '"usage"' not in payload:
-            usage.events += 1
-            continue
-        try:
-            data = json.loads(payload)
-        except ValueError:
-            continue  # pass it on: the client decides what a garbled event means
-        usage.take(data.get("usage") if isinstance(data, dict) else None)
-        if isinstance(data, dict) and data.get("choices") == [] and not keep_usage_chunk:
-            return None
-        if isinstance(data, dict) and data.get("choices"):
-            usage.events += 1
-    return ("\n".join(lines) + "\n\n").encode()
+def _last_boundary(buf: bytes) -> int:
+    """The end (exclusive) of the last complete event in ``buf``; 0 when there is none."""
+    return max(buf.rfind(b"\n\n") + 2, buf.rfind(b"\r\n\r\n") + 4, 0) if b"\n" in buf else 0
+
+
+def _complete(ready: bytes, usage: Usage, keep_usage_chunk: bool) -> bytes:
+    """Account complete events and drop the hidden usage chunk (only events that mention usage are parsed)."""
+    usage.events += ready.count(b"data:") - ready.count(b"data: [DONE]")
+    if b'"usage"' not in ready:
+        return ready
+    kept = []
+    for event in re.split(rb"(?<=\n\n)|(?<=\r\n\r\n)", ready):
+        if b'"usage"' in event:
+            data = _json_of(event)
+            if isinstance(data, dict):
+                usage.take(data.get("usage"))
+                if data.get("choices") == []:
+                    usage.events -= 1  # not a content event
+                    if not keep_usage_chunk:
+                        continue
+        kept.append(event)
+    return b"".join(kept)
+
+
+def _json_of(event: bytes) -> Any:
+    payload = b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
+    try:
+        return json.loads(payload)
+    except ValueError:
+        return None  # passed on as it is: the client decides what a garbled event means
