@@ -13,7 +13,7 @@ file, the field and the reason, like scenario errors::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import (
     Field,
@@ -40,6 +40,7 @@ from fleettwin.models.config import (
 from fleettwin.models.errors import ConfigError, FleettwinError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+M = TypeVar("M", bound=StrictModel)
 
 
 class LivePool(StrictModel):
@@ -182,14 +183,19 @@ class LiveConfig(StrictModel):
         raise ConfigError(f"no pool {name!r} in live scenario {self.name!r}")
 
 
-def parse_live(data: Any, *, source: str = "<live scenario>", base_dir: Path | None = None) -> LiveConfig:
-    """Validate an already-parsed live scenario mapping (``source`` names it in error messages)."""
+def validated(model: type[M], data: Any, *, source: str, what: str) -> M:
+    """``data`` (parsed YAML) as ``model``; a ConfigError names ``source``, the field and the reason."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of live scenario fields at the top level")
+        raise ConfigError(f"{source}: expected a mapping of {what} fields at the top level")
     try:
-        cfg = LiveConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(source, exc)) from None
+
+
+def parse_live(data: Any, *, source: str = "<live scenario>", base_dir: Path | None = None) -> LiveConfig:
+    """Validate an already-parsed live scenario mapping (``source`` names it in error messages)."""
+    cfg = validated(LiveConfig, data, source=source, what="live scenario")
     cfg._base_dir = base_dir or Path.cwd()
     return cfg
 

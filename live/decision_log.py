@@ -17,6 +17,7 @@ import json
 import math
 import os
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,33 +57,45 @@ def clean(value: Any) -> Any:
     return value
 
 
-def _scan(data: bytes, path: Path) -> tuple[list[dict], int, str]:
-    """Records of a log's bytes, the length of the valid prefix, and why the rest (if any) was torn."""
-    records: list[dict] = []
-    pos, line_no = 0, 0
-    while pos < len(data):
-        line_no += 1
-        end = data.find(b"\n", pos)
-        last = end == -1 or end + 1 == len(data)
-        raw = data[pos:] if end == -1 else data[pos:end]
+@dataclass
+class _Scan:
+    """What reading a log found: the last ``keep`` records, how many there were, the length of the valid
+    prefix, and why the rest (if any) is a torn line."""
+
+    recent: deque[dict]
+    count: int = 0
+    last_seq: int | None = None
+    valid: int = 0
+    reason: str = ""
+
+
+def _scan(lines: Iterable[bytes], path: Path, keep: int | None) -> _Scan:
+    """Read a log line by line (a long-running log need not fit in memory: only the last ``keep`` stay)."""
+    out = _Scan(recent=deque(maxlen=keep))
+    pending: tuple[int, bytes, str] | None = None  # a bad line is only fatal if another line follows it
+    for line_no, raw in enumerate(lines, start=1):
+        if pending is not None:
+            raise DecisionLogError(f"{path}:{pending[0]}: not a decision record ({pending[2]}); the log was "
+                                   "changed by something other than the controller")  # fmt: skip
         try:
             rec = json.loads(raw)
             if not isinstance(rec, dict) or not isinstance(rec.get("seq"), int):
                 raise ValueError("not a record with an integer 'seq'")
         except ValueError as exc:
-            if last:  # only the line being written when the writer stopped may be incomplete
-                return records, pos, f"line {line_no}: {str(exc)[:80]}"
-            raise DecisionLogError(f"{path}:{line_no}: not a decision record ({str(exc)[:80]}); the log was "
-                                   "changed by something other than the controller") from None  # fmt: skip
-        if end == -1:  # a whole JSON value but no newline: that write never returned, so it was never a record
-            return records, pos, f"line {line_no}: no newline at the end"
-        expected = records[-1]["seq"] + 1 if records else rec["seq"]
+            pending = (line_no, raw, str(exc)[:80])
+            continue
+        if not raw.endswith(b"\n"):  # a whole JSON value but no newline: that write never returned
+            pending = (line_no, raw, "no newline at the end")
+            continue
+        expected = out.last_seq + 1 if out.last_seq is not None else rec["seq"]
         if rec["seq"] != expected or rec["seq"] < 0:
             raise DecisionLogError(f"{path}:{line_no}: seq {rec['seq']} follows {expected - 1}; records must be "
                                    "numbered one after another")  # fmt: skip
-        records.append(rec)
-        pos = end + 1
-    return records, pos, ""
+        out.recent.append(rec)
+        out.count, out.last_seq, out.valid = out.count + 1, rec["seq"], out.valid + len(raw)
+    if pending is not None:  # only the line being written when the writer stopped may be incomplete
+        out.reason = f"line {pending[0]}: {pending[2]}"
+    return out
 
 
 class DecisionLog:
@@ -112,13 +125,12 @@ class DecisionLog:
 
     def _recover(self, keep: int) -> tuple[Recovery, deque[dict]]:
         size = os.fstat(self._fd).st_size
-        data = os.pread(self._fd, size, 0)
-        records, valid, reason = _scan(data, self.path)
-        if valid < size:
-            os.ftruncate(self._fd, valid)
+        with open(self.path, "rb") as fh:
+            scan = _scan(fh, self.path, keep)
+        if scan.valid < size:
+            os.ftruncate(self._fd, scan.valid)
             os.fsync(self._fd)
-        last = records[-1]["seq"] if records else None
-        return Recovery(len(records), last, size - valid, reason), deque(records, maxlen=keep)
+        return Recovery(scan.count, scan.last_seq, size - scan.valid, scan.reason), scan.recent
 
     @property
     def last(self) -> dict | None:
@@ -159,10 +171,10 @@ def read_log(path: str | Path) -> list[dict]:
     """Every complete record of a log, without opening it for writing (a torn last line is ignored)."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as fh:
+            return list(_scan(fh, path, None).recent)
     except OSError as exc:
         raise DecisionLogError(f"{path}: cannot read the decision log: {exc.strerror}") from None
-    return _scan(data, path)[0]
 
 
 def _fsync_dir(path: Path) -> None:

@@ -15,7 +15,8 @@ Per pool, every control interval:
   ``..._generation_tokens`` sums over counts), as the simulator averages over all arrivals;
 - TTFT and per-request TPOT percentiles of the requests finished in the interval, from the difference of two
   scrapes of each backend's histograms merged over the pool (``HistogramSummary.minus`` / ``plus``), with
-  Prometheus' interpolation inside a bucket — coarser than the simulator's exact percentiles.
+  Prometheus' interpolation inside a bucket — coarser than the simulator's exact percentiles. A server without
+  the per-request TPOT histogram (vLLM before it existed) gives its per-token inter-token latency instead.
 
 A backend whose counters went down was restarted; its next interval starts from that scrape.
 """
@@ -113,8 +114,9 @@ class FleetObserver:
                 arrivals += came
                 rate += came / (m.scraped_at - before.scraped_at)
                 finished += done
-                ttft, tpot, e2e = ttft.plus(m.ttft.minus(before.ttft)), tpot.plus(m.tpot.minus(before.tpot)), \
-                    e2e.plus(m.e2e.minus(before.e2e))  # fmt: skip
+                # per-request TPOT; servers older than that histogram: per-token inter-token latency
+                per_req = m.tpot.minus(before.tpot) if m.tpot.count else m.itl.minus(before.itl)
+                ttft, tpot, e2e = ttft.plus(m.ttft.minus(before.ttft)), tpot.plus(per_req), e2e.plus(m.e2e.minus(before.e2e))
                 known = True
             self.last[m.url] = m
         hist = self.history.setdefault(meta.name, [])

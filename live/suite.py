@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
+from fleettwin.live.config import validated
 from fleettwin.models.config import PolicyRef, StrictModel, _format_errors, load_scenario, read_yaml
 from fleettwin.models.errors import ConfigError
 
@@ -70,13 +71,7 @@ def load_suite(path: str | Path) -> Suite:
     path = Path(path)
     if path.is_dir():
         path = path / "suite.yaml"
-    data = read_yaml(path, "validation suite")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of suite fields at the top level")
-    try:
-        cfg = SuiteConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_format_errors(str(path), exc)) from None
+    cfg = validated(SuiteConfig, read_yaml(path, "validation suite"), source=str(path), what="suite")
     scenarios = [(path.parent / s).resolve() for s in cfg.scenarios]
     digest = hashlib.sha256(path.read_bytes())
     for i, s in enumerate(scenarios):

@@ -186,7 +186,7 @@ def test_arrivals_are_counted_by_conservation_and_gaps_are_none():
     assert s.mean_prompt_tokens == pytest.approx(3500 / 35) and s.mean_output_tokens == pytest.approx(650 / 35)
     # TTFT of the interval: 8 of 20 under 0.1 s, 14 under 1 s; p50 interpolated in (0.1, 1.0]
     assert s.ttft_p50_s == pytest.approx(0.1 + 0.9 * (10 - 8) / 6)
-    assert s.tpot_p50_s is None  # no per-request TPOT histogram in these scrapes
+    assert s.tpot_p50_s is None  # neither a per-request TPOT nor an ITL histogram in these scrapes
     assert pool.held(states=("active",)) == 4 and pool.held(states=("provisioning",)) == 2  # tp 2
     snap.check()
     # next interval: nobody answers -> no data, not zero demand
