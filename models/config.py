@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from fleettwin.models.config_failures import FailuresField
+from fleettwin.models.config_jobs import JobsConfig
 from fleettwin.models.config_regions import RegionsField
 from fleettwin.models.config_retrieval import RetrievalConfig
 from fleettwin.models.config_tenants import TenantsConfig
@@ -141,6 +142,9 @@ class ControllerConfig(StrictModel):
     interval_s: PositiveFloat = 60.0
     provisioning: ProvisioningConfig = ProvisioningConfig()
     gpu_limits: dict[str, PositiveInt] = Field(default_factory=dict)  # GPUs available per type (default 4096)
+    # Seed the arrival-rate history with this many seconds from before t = 0 (rate_series workloads know them),
+    # as a live controller has its metrics history; the first decision is then taken at t = 0.
+    prior_history_s: float = Field(0.0, ge=0, allow_inf_nan=False)
 
     @field_validator("allocator")
     @classmethod
@@ -172,6 +176,7 @@ class ScenarioConfig(StrictModel):
     regions: RegionsField = None  # multi-region front door, users and RTTs (models/config_regions.py)
     failures: FailuresField = None  # failure injection and policies; after regions, whose names it checks
     retrieval: RetrievalConfig | None = None  # vector stores and RAG (models/config_retrieval.py)
+    jobs: JobsConfig | None = None  # training and operational job pools and streams (models/config_jobs.py)
     tenants: TenantsConfig | None = None  # tenants, quotas, SLO classes, the gateway stage (models/config_tenants.py)
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
@@ -194,6 +199,8 @@ class ScenarioConfig(StrictModel):
                     getter(getattr(pool, field))
                 except FleettwinError as exc:
                     raise ValueError(f"pools[{i}].{field}: {exc}") from None
+        if self.jobs is not None:
+            self.jobs.check(names, catalog)
         return self
 
     def workload_source(self):

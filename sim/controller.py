@@ -1,10 +1,13 @@
-"""The simulated control loop: observe the pools as a ``FleetSnapshot``, ask an allocator, apply its decision.
+"""The simulated control loop: observe the fleet as a ``FleetSnapshot``, ask an allocator, carry out its decision.
 
 The allocator is the same policy object the live shadow controller runs; this module is the simulator's side of
-the seam. Every ``interval_s`` it builds the snapshot (replicas by state, running/waiting, KV use, the arrival
-rate history, recent latency percentiles), calls ``decide``, checks the decision with ``conserve`` and turns each
-inference target into ``Pool.scale_up`` (GPUs arrive after the provisioning delay) or ``Pool.scale_down``
-(drain). Training and operational tiers are not simulated yet, so lends and preemptions are logged, not applied.
+the seam. Every ``interval_s`` it builds the snapshot — inference pools (replicas by state, running/waiting,
+KV use, the arrival-rate history, recent latency percentiles), job pools (own and borrowed GPUs by state) and
+their jobs (progress, checkpoint, deadline) — calls ``decide``, checks the decision with ``conserve`` and hands
+it to the actuator (``sim/tiers/actuator.py``): preemptions, lends and reclaims, then targets, with the
+delays of the real thing (GPU acquisition, weight load from storage, drain on scale-down, checkpoint restore).
+The inventory is enforced by the fleet (``sim/tiers/fleet.py``), which never lets the pools hold more GPUs than
+exist.
 """
 
 from __future__ import annotations
@@ -23,33 +26,52 @@ from fleettwin.models.snapshot import (
     GpuGroup,
     InventoryItem,
     PoolState,
+    Purchase,
     ServingStats,
     Slo,
     conserve,
 )
 from fleettwin.sim.metrics import COMPLETED, RequestLog
 from fleettwin.sim.pool import Pool
+from fleettwin.sim.tiers.actuator import Actuator
+from fleettwin.sim.tiers.fleet import Fleet
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ControlledPool:
-    """What the controller knows about a pool beyond its live state."""
+    """What the controller knows about an inference pool beyond its live state."""
 
     name: str
     gpu: str
     model: str
     tp: int
-    purchase: str
+    purchase: Purchase
     slo: Slo
-    provisioning_delay_s: float
+    provisioning_delay_s: float  # a new GPU: acquisition + weight load
+    load_s: float | None = None  # a GPU already held (reclaimed from a loan): weight load; None: the full delay
+    region: str = "default"
 
-    def state(self, serving: ServingStats, *, active: int, provisioning: int = 0, draining: int = 0) -> PoolState:
-        """The pool as a snapshot shows it, from its replicas by state (the live controller builds it here too)."""
-        groups = [GpuGroup(gpu=self.gpu, purchase=self.purchase, state=state, count=count * self.tp)
-                  for state, count in (("active", active), ("provisioning", provisioning), ("draining", draining))
-                  if count]  # fmt: skip
-        return PoolState(name=self.name, tier="inference", gpu=self.gpu, purchase=self.purchase, model=self.model,
-                         tp=self.tp, gpus=tuple(groups), serving=serving, slo=self.slo)  # fmt: skip
+    def __post_init__(self) -> None:
+        if self.load_s is None:
+            object.__setattr__(self, "load_s", self.provisioning_delay_s)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.gpu, self.purchase, self.region)
+
+    def state(self, serving: ServingStats | None, *, active: int, provisioning: int = 0, draining: int = 0,
+              provisioning_gpus: int = 0) -> PoolState:  # fmt: skip
+        """The pool as the seam sees it, from replica counts (GPUs = replicas x tp); ``provisioning_gpus`` are
+        ordered GPUs not yet in a replica (waiting for inventory). Shared with the live observer."""
+        groups = [
+            GpuGroup(gpu=self.gpu, purchase=self.purchase, state=state, count=count)
+            for state, count in (("active", active * self.tp),
+                                 ("provisioning", provisioning * self.tp + provisioning_gpus),
+                                 ("draining", draining * self.tp))  # fmt: skip
+            if count
+        ]
+        return PoolState(name=self.name, tier="inference", region=self.region, gpu=self.gpu, purchase=self.purchase,
+                         model=self.model, tp=self.tp, gpus=tuple(groups), serving=serving, slo=self.slo)  # fmt: skip
 
 
 @dataclass
@@ -59,8 +81,14 @@ class Controller:
     inventory: Sequence[InventoryItem]
     interval_s: float = 60.0
     history_buckets: int = 2016  # a week of 5-minute buckets at most
+    fleet: Fleet | None = None  # the job pools and the inventory ledger; None: inference pools only
+    prior_history: dict[str, list[float | None]] = field(default_factory=dict)
+    """Arrival rates (req/s per ``interval_s`` bucket) before t = 0, per pool: with it, the first decision is
+    taken at t = 0 (a live controller has its metrics history from before)."""
     decisions: list[Decision] = field(default_factory=list)
-    _history: dict[str, list[float]] = field(default_factory=dict)
+    held: list[tuple[float, str, str, int]] = field(default_factory=list)  # (time, pool, tier, GPUs held)
+    actuator: Actuator | None = None
+    _history: dict[str, list[float | None]] = field(default_factory=dict)
     _last_arrived: dict[str, int] = field(default_factory=dict)
     _log_pos: int = 0
     log: RequestLog | None = None
@@ -68,49 +96,79 @@ class Controller:
     def process(self, env: simpy.Environment, pools: list[Pool], log: RequestLog):
         """The SimPy process (pass ``controller.process`` to ``simulate(processes=...)``)."""
         self.log = log
-        by_name = {p.name: p for p in pools}
-        while True:
+        if self.fleet is None:
+            self.fleet = Fleet(inference=self.pools,
+                               limits={(i.gpu, i.purchase, i.region): i.limit for i in self.inventory})  # fmt: skip
+        self.fleet.attach(env, pools)
+        self.actuator = Actuator(self.fleet)
+        for name, rates in self.prior_history.items():
+            self._history[name] = list(rates)[-self.history_buckets:]
+        if not self.prior_history:
             yield env.timeout(self.interval_s)
-            snapshot = self.snapshot(env.now, by_name)
-            decision = self.allocator.decide(snapshot)
-            conserve(snapshot, decision)  # a policy bug stops the run here, not as a silent over-allocation
-            self.decisions.append(decision)
-            self.apply(decision, by_name)
+        while True:
+            self.tick(env.now)
+            yield env.timeout(self.interval_s)
+
+    def tick(self, now: float) -> Decision:
+        """One control step: observe, decide, check, act."""
+        assert self.fleet is not None and self.actuator is not None
+        self.fleet.reconcile()
+        snapshot = self.snapshot(now)
+        decision = self.allocator.decide(snapshot)
+        conserve(snapshot, decision)  # a policy bug stops the run here, not as a silent over-allocation
+        self.decisions.append(decision)
+        self.actuator.apply(decision)
+        for p in snapshot.pools:
+            self.held.append((now, p.name, p.tier, p.held()))
+        return decision
 
     # -- observe ---------------------------------------------------------------------------------------
 
-    def snapshot(self, now: float, pools: dict[str, Pool]) -> FleetSnapshot:
+    def snapshot(self, now: float) -> FleetSnapshot:
+        assert self.fleet is not None
+        fleet = self.fleet
         recent = self._recent_latencies()
         states = []
         for meta in self.pools:
-            pool = pools[meta.name]
-            hist = self._history.setdefault(meta.name, [])
-            arrived = pool.arrived - self._last_arrived.get(meta.name, 0)
-            self._last_arrived[meta.name] = pool.arrived
+            pool = fleet.pools[meta.name]
+            states.append(meta.state(self._serving(meta, pool, now, recent), active=len(pool.routable),
+                                     provisioning=len(pool.provisioning), draining=len(pool.draining),
+                                     provisioning_gpus=fleet.pending(meta.name)))  # fmt: skip
+        jobs = []
+        for jp in fleet.job_pools.values():
+            states.append(jp.state(pending=fleet.pending(jp.name)))
+            jobs.extend(jp.jobs_state(now))
+        return FleetSnapshot(time_s=now, control_interval_s=self.interval_s, pools=tuple(states),
+                             inventory=tuple(self.inventory), jobs=tuple(jobs))  # fmt: skip
+
+    def _serving(self, meta: ControlledPool, pool: Pool, now: float, recent: dict) -> ServingStats:
+        hist = self._history.setdefault(meta.name, [])
+        arrived = pool.arrived - self._last_arrived.get(meta.name, 0)
+        self._last_arrived[meta.name] = pool.arrived
+        if now > 0:  # the decision at t = 0 (with a prior history) has no interval of its own to count
             hist.append(arrived / self.interval_s)
             del hist[: -self.history_buckets]
-            n = max(pool.arrived, 1)
-            ttft, tpot = recent.get(meta.name, ((), ()))
-            serving = ServingStats(
-                running=pool.running,
-                waiting=pool.waiting,
-                kv_usage=min(1.0, float(np.mean([pool.replicas[i].kv_usage(now) for i in pool.routable]))
-                             if pool.routable else 0.0),  # fmt: skip
-                arrival_rate_history=tuple(hist),
-                history_bucket_s=self.interval_s,
-                mean_prompt_tokens=max(1.0, pool.arrived_prompt_tokens / n),
-                mean_output_tokens=max(1.0, pool.arrived_output_tokens / n),
-                ttft_p50_s=_pct(ttft, 50), ttft_p95_s=_pct(ttft, 95), ttft_p99_s=_pct(ttft, 99),
-                tpot_p50_s=_pct(tpot, 50), tpot_p95_s=_pct(tpot, 95), tpot_p99_s=_pct(tpot, 99),
-                latency_window_s=self.interval_s,
-            )  # fmt: skip
-            states.append(meta.state(serving, active=len(pool.routable), provisioning=len(pool.provisioning),
-                                     draining=len(pool.draining)))  # fmt: skip
-        return FleetSnapshot(time_s=now, control_interval_s=self.interval_s, pools=tuple(states),
-                             inventory=tuple(self.inventory))  # fmt: skip
+        n = pool.arrived
+        # Nothing arrived yet (a decision at t = 0): the seam's default request mix, not 1-token requests.
+        mix = {"mean_prompt_tokens": max(1.0, pool.arrived_prompt_tokens / n),
+               "mean_output_tokens": max(1.0, pool.arrived_output_tokens / n)} if n else {}  # fmt: skip
+        ttft, tpot = recent.get(meta.name, ((), ()))
+        return ServingStats(
+            running=pool.running,
+            waiting=pool.waiting,
+            kv_usage=min(1.0, float(np.mean([pool.replicas[i].kv_usage(now) for i in pool.routable]))
+                         if pool.routable else 0.0),  # fmt: skip
+            arrival_rate_history=tuple(hist),
+            history_bucket_s=self.interval_s,
+            **mix,
+            ttft_p50_s=_pct(ttft, 50), ttft_p95_s=_pct(ttft, 95), ttft_p99_s=_pct(ttft, 99),
+            tpot_p50_s=_pct(tpot, 50), tpot_p95_s=_pct(tpot, 95), tpot_p99_s=_pct(tpot, 99),
+            latency_window_s=self.interval_s,
+        )  # fmt: skip
 
     def _recent_latencies(self) -> dict[str, tuple[list[float], list[float]]]:
         """TTFT and TPOT of the requests completed since the last tick, per pool."""
+        assert self.log is not None
         rows = self.log.rows[self._log_pos :]
         self._log_pos = len(self.log.rows)
         out: dict[str, tuple[list[float], list[float]]] = {}
@@ -125,27 +183,16 @@ class Controller:
                 tpot.append((row[6] - row[5]) / (row[8] - 1))
         return out
 
-    # -- act -------------------------------------------------------------------------------------------
-
-    def apply(self, decision: Decision, pools: dict[str, Pool]) -> None:
-        metas = {m.name: m for m in self.pools}
-        for target in decision.targets:
-            meta = metas.get(target.pool)
-            if meta is None or (target.gpu, target.purchase) != (meta.gpu, meta.purchase):
-                continue  # a pool of one GPU type for now: other types are logged in the decision only
-            pool = pools[target.pool]
-            want = target.gpus // meta.tp
-            have = len(pool.routable) + len(pool.provisioning)
-            if want > have:
-                pool.scale_up(want - have, meta.provisioning_delay_s)
-            elif want < have:
-                pool.scale_down(have - want)
-
 
 def _pct(values: Sequence[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if len(values) else None
 
 
+def weight_load_s(weight_bytes: float, tp: int, *, storage_gbps: float) -> float:
+    """Loading one shard of the weights at the storage bandwidth (GB/s per GPU)."""
+    return weight_bytes / tp / (storage_gbps * 1e9) if storage_gbps > 0 else math.inf
+
+
 def provisioning_delay_s(weight_bytes: float, tp: int, *, acquire_s: float, storage_gbps: float) -> float:
     """GPU acquisition plus loading one shard of the weights at the storage bandwidth (GB/s per GPU)."""
-    return acquire_s + weight_bytes / tp / (storage_gbps * 1e9) if storage_gbps > 0 else math.inf
+    return acquire_s + weight_load_s(weight_bytes, tp, storage_gbps=storage_gbps)

@@ -60,6 +60,9 @@ class Pool:
         self.on_oversize: Callable[[Pool, Request, str], None] | None = None
         self.finish_filter: Callable[[Pool, int, list[SeqState]], list[SeqState]] | None = None
         self.in_transit: dict[int, Request] = {}  # admitted after a delay (a compressed prompt), by request id
+        # Told when a replica gives its GPUs back (drained or cancelled): the fleet hands them to a borrower or
+        # grants orders waiting for inventory (sim/tiers/fleet.py).
+        self.on_release: Callable[[Pool, int], None] | None = None
         # Per-tenant concurrency caps (sim/tenancy.py): a request over its tenant's cap waits at the pool.
         self.caps: TenantCaps | None = None
 
@@ -81,11 +84,12 @@ class Pool:
                 self._ready(i)
         return added
 
-    def scale_down(self, count: int) -> list[int]:
+    def scale_down(self, count: int, *, ready_only: bool = False) -> list[int]:
         """Release ``count`` replicas: cancel the newest still provisioning first, then drain the routable ones
         with the fewest outstanding requests. A draining replica takes no new requests, finishes the ones it
-        has (nothing is dropped or moved) and releases its GPUs when empty."""
-        chosen = sorted(self.provisioning, reverse=True)[:count]
+        has (nothing is dropped or moved) and releases its GPUs when empty. ``ready_only``: drain routable
+        replicas only (GPUs lent to another pool must be ready ones)."""
+        chosen = [] if ready_only else sorted(self.provisioning, reverse=True)[:count]
         for i in chosen:
             self.provisioning.discard(i)
             self._release(i)
@@ -120,6 +124,8 @@ class Pool:
     def _release(self, i: int) -> None:
         self.draining.discard(i)
         self.lifetimes[i][1] = self.env.now
+        if self.on_release is not None:
+            self.on_release(self, i)
 
     def fail_replica(self, i: int) -> list[SeqState]:
         """Replica ``i`` dies: it leaves the pool at once, its GPUs are released, and the sequences it held

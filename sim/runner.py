@@ -27,6 +27,7 @@ from fleettwin.sim.replica import Replica
 from fleettwin.sim.scheduler import EngineLimits, Scheduler, SeqState
 from fleettwin.sim.stages import PreSubmitStage, StagePipeline
 from fleettwin.sim.tenancy import TenantCaps, tag_tenants, tenant_stages, tenant_summary
+from fleettwin.sim.tiers.build import add_tier_summary, build_fleet
 
 if TYPE_CHECKING:
     from fleettwin.sim.controller import Controller
@@ -114,6 +115,10 @@ def generate_requests(cfg: ScenarioConfig, seed: int) -> list[Request]:
     requests = source.requests(np.random.default_rng([seed, 0]))
     if cfg.regions is not None:  # users in regions: origins and their days (sim/regions.py)
         requests = place_users(cfg.regions, requests, seed)
+    if cfg.retrieval is not None:  # which requests retrieve first, and about what (sim/retrieval.py)
+        from fleettwin.sim.retrieval import tag_requests
+
+        requests = tag_requests(cfg.retrieval, requests, seed)
     return requests
 
 
@@ -240,15 +245,21 @@ def run_scenario(
         requests = generate_requests(cfg, seed)
     specs = [rp.spec() for rp in resolved]
     controller = build_controller(cfg, resolved, catalog) if cfg.controller else None
+    fleet = build_fleet(cfg, resolved, catalog, seed, controller)  # job pools, inventory, loans (sim/tiers)
     failures = build_failures(cfg, seed) if cfg.failures else None
     processes = [controller.process] if controller else []
+    if fleet:
+        processes.insert(0, fleet.process)
     if failures:
         processes.append(failures)
-    door = build_front_door(cfg.regions, resolved) if cfg.regions else None
+    rag = build_rag(cfg, seed) if cfg.retrieval else None  # retrieval before prefill for RAG requests
+    door = build_front_door(cfg.regions, resolved, pre_submit=[rag] if rag else ()) if cfg.regions else None
     stages = tenant_stages(cfg.tenants, seed) if cfg.tenants else []  # the gateway's checks, quotas
     if stages and door:
         raise ConfigError(f"scenario {cfg.name!r}: tenants.gateway and tenant rate quotas do not run behind the "
                           "regions front door yet (it cannot refuse a request); drop one of them")  # fmt: skip
+    if rag is not None and door is None:
+        stages = [*stages, rag]  # after the gateway's checks: a refused request does not retrieve
     if failures and door:
         failures.front_door = door  # region outages, partitions and RTT spikes act through it
     raw = simulate(requests, specs, mode=mode, sample_interval_s=cfg.sim.sample_interval_s,
@@ -261,8 +272,12 @@ def run_scenario(
     summary = _summarize(cfg, resolved, raw, seed, mode, time.perf_counter() - wall0)
     if cfg.tenants:
         summary["tenants"] = tenant_summary(cfg.tenants, raw.requests, Slo(cfg.slo.ttft_s, cfg.slo.tpot_s), raw.end_s)
+    if fleet:
+        add_tier_summary(summary, fleet, raw, resolved, controller)
     if door is not None:
         summary["regions"] = region_summary(cfg.regions, door, raw.requests, summary["pools"], raw.pools, raw.end_s)
+    if rag is not None:
+        summary["retrieval"] = rag.summary()
     decisions = [d.to_dict() for d in controller.decisions] if controller else []
     if failures:
         summary["failures"] = {"injected": len(failures.events), "events": failures.events}
@@ -278,6 +293,13 @@ def build_failures(cfg: ScenarioConfig, seed: int) -> Failures:
     from fleettwin.sim.failures import Failures
 
     return Failures(cfg.failures, seed=seed)
+
+
+def build_rag(cfg: ScenarioConfig, seed: int) -> PreSubmitStage:
+    """The scenario's knowledge fabric as a pre-submit stage (sim/retrieval.py), seeded from the run's seed."""
+    from fleettwin.sim.retrieval import RagStage
+
+    return RagStage(cfg.retrieval, seed=seed)
 
 
 def build_controller(cfg: ScenarioConfig, resolved: list[ResolvedPool], catalog: Catalog) -> Controller:
