@@ -20,7 +20,10 @@ in use, ``B * (P + O / 2)``, within ``kv_fraction`` of the replica's KV cache.
 What it leaves out, and why the callers add headroom: queueing delay (it grows without bound as load
 approaches this capacity, so running at 100 % of it breaks the TTFT SLO), the spread of request lengths
 (only means enter; long prompts cost more attention than the mean says) and preemption under KV pressure.
-It has not yet been checked against the simulator (``docs/allocation.md`` says how to).
+Checked against the simulator by ``sim/capacity_probe.py``: on the Azure conversation mix the closed form is
+11-38 % above the simulator's knee (the length spread: long prompts make iterations slower than the mean
+iteration, and KV use fluctuates around its mean), so ``CapacityParams.measured`` lets a measured value replace
+it for a replica shape (``docs/allocation.md``).
 """
 
 from __future__ import annotations
@@ -124,6 +127,20 @@ class CapacityParams(BaseModel):
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     kv_fraction: float = Field(default=0.9, gt=0, le=1)
     """Mean KV in use stays below this share of the cache (vLLM preempts at 100 %; lengths vary)."""
+    measured: dict[str, float] = Field(default_factory=dict)
+    """Requests/s per replica measured at the SLO, by ``"gpu/model/tp"`` (e.g. ``"h100-80g/llama-3-70b/2"``),
+    used instead of the closed form for that replica shape. The closed form overestimates where the spread of
+    request lengths matters (``sim/capacity_probe.py`` measures the knee in the simulator; see
+    ``docs/allocation.md``); a measured value holds for the request mix it was measured with."""
+
+    @field_validator("measured")
+    @classmethod
+    def _shapes(cls, v: dict[str, float]) -> dict[str, float]:
+        for key, rps in v.items():
+            parts = key.split("/")
+            if len(parts) != 3 or not parts[2].isdigit() or not rps > 0:
+                raise ValueError(f"measured[{key!r}]: expected 'gpu/model/tp' -> req/s > 0, got {rps}")
+        return v
 
     @field_validator("perf_model")
     @classmethod
@@ -157,7 +174,15 @@ class CapacityModel:
         # Rounding the mix to 2 significant digits keeps the cache small as observed means wander.
         key = (gpu, llm, tp_, float(f"{prompt_tokens:.2g}"), float(f"{output_tokens:.2g}"), slo.ttft_s, slo.tpot_s)
         if key not in self._cache:
-            self._cache[key] = self._compute(gpu, llm, tp_, key[3], key[4], slo)
+            cap = self._compute(gpu, llm, tp_, key[3], key[4], slo)
+            measured = self.params.measured.get(f"{gpu}/{llm}/{tp_}")
+            if measured is not None and cap.requests_per_s > 0:
+                f = measured / cap.requests_per_s  # same batch and step time, fewer requests through them
+                cap = ReplicaCapacity(requests_per_s=measured, tokens_per_s=cap.tokens_per_s * f,
+                                      output_tokens_per_s=cap.output_tokens_per_s * f, batch_size=cap.batch_size,
+                                      step_time_s=cap.step_time_s, ttft_s=cap.ttft_s, limit="measured",
+                                      gpus=cap.gpus)  # fmt: skip
+            self._cache[key] = cap
         return self._cache[key]
 
     def _compute(self, gpu: str, llm: str, tp: int | None, p: float, o: float, slo: Slo) -> ReplicaCapacity:

@@ -10,7 +10,8 @@ subject to, per inference pool, ``sum cap[p, g] * y + short_p >= demand_p * (1 +
 replica's requests/s at the pool's SLO and request mix from ``models/capacity.py``; ``demand`` the current
 rate plus backlog, or the forecast peak when ``forecast`` is set); per job pool ``required <= sum x + short``
 and ``sum x <= desired`` (the elastic range: jobs at minimum size and deadlines met, up to every job at
-``max_gpus``); per (g, u, region) the inventory limit; per pool, spot GPUs at most ``max_spot_share`` of its
+``max_gpus``; with ``keep_busy``, the lower bound is at least the GPUs running jobs use, so a job the pool's
+scheduler widened onto idle GPUs is not preempted just to save one interval's cost); per (g, u, region) the inventory limit; per pool, spot GPUs at most ``max_spot_share`` of its
 GPUs. Shortfall variables keep the program feasible when the inventory cannot meet demand; the decision's
 notes report them. It is myopic (one interval, no switching cost) and may change a pool's GPU type, so the
 actuator must run replicas of several types in one pool, or ``gpu_types`` must pin one.
@@ -61,6 +62,9 @@ class MilpAllocator(Allocator):
             default_factory=lambda: {"inference": 0.5, "training": 1.0, "operational": 1.0})
         training_value_usd_h: float = Field(default=0.0, ge=0)
         """Worth of one training GPU-hour above the jobs' minimum; 0: training gets its minimum only."""
+        keep_busy: bool = True
+        """Job pools keep the GPUs their running jobs use (a preemption throws work away and one interval's
+        saving rarely pays for it); False: only the required GPUs (myopic), preempting the rest."""
         shortfall_penalty_usd_h: float = Field(default=1e4, gt=0)
         """Cost of one GPU (or one replica's req/s) of unmet demand; far above any price."""
         time_limit_s: float = Field(default=10.0, gt=0)
@@ -106,7 +110,8 @@ class MilpAllocator(Allocator):
                 rate = max(rate, peak)
             return rate * (1 + self.params.headroom), np.inf
         d = job_demand(snapshot, pool)
-        return float(d.required), float(d.desired)
+        low = max(d.required, d.used) if self.params.keep_busy else d.required
+        return float(low), float(max(d.desired, low))
 
     def solve(self, snapshot: FleetSnapshot, plan: Plan) -> dict[_Var, int]:
         """Optimal units per variable (replicas or GPUs), and notes on shortfall, into ``plan``."""

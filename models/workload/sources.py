@@ -264,3 +264,6 @@ def summarize(requests: list[Request]) -> dict[str, float]:
         p50, p99 = np.percentile(x, [50, 99])
         out |= {f"{key}_mean": float(x.mean()), f"{key}_p50": float(p50), f"{key}_p99": float(p99)}
     return out
+
+
+from fleettwin.models.workload import rate_series as _rate_series  # noqa: E402, F401 - registers "rate_series"
