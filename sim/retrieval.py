@@ -17,7 +17,7 @@ of the request path: a RAG request retrieves first and is then submitted with th
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,10 +32,12 @@ from fleettwin.models.retrieval_routing import (
     RetrievalRouter,
     StoreView,
     merged_recall,
+    tag_rag,
 )
 from fleettwin.models.workload.request import Request
 
 STREAM = 0xFAB  # the knowledge fabric's branch of the scenario seed
+_ROUTER, _TAGS = 10_000, 20_000  # sub-streams of STREAM beside the stores' 0, 1, 2, ...
 
 
 class VectorStore:
@@ -145,21 +147,24 @@ def build_fabric(env: simpy.Environment, cfg: RetrievalConfig, *, seed: int,
     stores = [VectorStore(env, s.name, s.profile(model), servers=s.servers, hybrid=s.hybrid,
                           rng=np.random.default_rng([seed, STREAM, i])) for i, s in enumerate(cfg.stores)]  # fmt: skip
     router = RETRIEVAL_ROUTERS.create(cfg.router.name, cfg.router.params)
-    return KnowledgeFabric(env, stores, cfg.views(model), router, rng=np.random.default_rng([seed, STREAM, 10_000]),
+    return KnowledgeFabric(env, stores, cfg.views(model), router, rng=np.random.default_rng([seed, STREAM, _ROUTER]),
                            k=cfg.k, tokens_per_passage=cfg.tokens_per_passage, locality=cfg.locality,
                            merge_s=cfg.merge_ms / 1000.0)  # fmt: skip
 
 
-PreSubmitStage = Callable[[simpy.Environment, Request], Generator[simpy.Event, object, Request]]
+def tag_requests(cfg: RetrievalConfig, requests: Sequence[Request], seed: int) -> list[Request]:
+    """The scenario's RAG requests: ``rag_fraction`` of them, with topics from ``topic_mix`` (own seed stream)."""
+    return tag_rag(requests, fraction=cfg.rag_fraction, topic_mix=cfg.topics(),
+                   rng=np.random.default_rng([seed, STREAM, _TAGS]))  # fmt: skip
 
 
 class RagStage:
-    """The request path's pre-submit stage (``PreSubmitStage``): a RAG request retrieves, then goes on with its
-    prompt grown by the retrieved context; other requests pass straight through without any delay.
+    """A pre-submit stage (``sim/stages.py``): a RAG request retrieves, then goes on with its prompt grown by the
+    retrieved context; other requests pass straight through without any delay.
 
     The fabric is built on the first call, in that call's environment, so the stage can be handed to the
-    simulator before the environment exists. ``pending`` holds the requests still retrieving (the runner
-    reports them as unfinished if the run ends first)."""
+    simulator before the environment exists. ``pending`` holds the requests retrieving right now (the stage
+    pipeline and the regions front door report those as unfinished if the run ends first)."""
 
     def __init__(self, cfg: RetrievalConfig, *, seed: int, model: RetrievalModel | None = None):
         self.cfg, self.seed, self.model = cfg, seed, model

@@ -206,3 +206,59 @@ def test_experiment_runs_end_to_end_on_a_small_config(tmp_path):
     assert by.loc["fanout_all", "recall_at_10"] >= by.loc["routed", "recall_at_10"]
     assert "0.992" in result.report_md and "estimate" in result.report_md
     assert (tmp_path / "out" / "sensitivity.csv").exists()
+
+
+# -- in the request path -----------------------------------------------------------------------------------------
+
+
+def test_rag_requests_retrieve_then_prefill_the_longer_prompt_in_the_simulator():
+    # one store with an exact 1 ms query; constant steps: TTFT = retrieval + step + per-token x (prompt + context)
+    from fleettwin.models.perf.constant import ConstantModel
+    from fleettwin.sim.scheduler import EngineLimits
+    from tests.simkit import run_pool
+
+    cfg = RetrievalConfig.model_validate({"stores": [{"name": "a", "domain": "*", "index_type": "flat",
+                                                      "n_vectors": 1000, "dim": 128}],
+                                          "k": 4, "tokens_per_passage": 50})  # fmt: skip
+    stage = RagStage(cfg, seed=0, model=TABLE)
+    reqs = [Request(id=i, arrival_s=float(i), prompt_tokens=100, output_tokens=3, rag=i % 2 == 0, topic="x")
+            for i in range(6)]  # fmt: skip
+    perf = ConstantModel(ConstantModel.Params(step_s=0.01, per_prefill_token_s=1e-4))
+    limits = EngineLimits(num_blocks=1000, max_num_seqs=8, max_num_batched_tokens=4096, max_model_len=4096)
+    df = run_pool(reqs, limits, perf=perf, pre_submit=[stage]).requests.set_index("id")
+    assert (df["status"] == "completed").all()
+    for i in range(6):
+        rag = i % 2 == 0
+        prompt = 100 + (200 if rag else 0)
+        assert df.loc[i, "prompt_tokens"] == prompt
+        assert df.loc[i, "ttft_s"] == pytest.approx((0.001 if rag else 0.0) + 0.01 + 1e-4 * prompt, abs=1e-9)
+    assert stage.summary()["queries"] == 3
+
+
+@pytest.mark.parametrize("regions", [False, True])
+def test_scenarios_with_a_retrieval_section_tag_and_serve_rag_requests(regions):
+    from fleettwin.models.config import parse_scenario
+    from fleettwin.sim.runner import run_scenario
+
+    data = {
+        "name": "rag", "seed": 5,
+        "workload": {"type": "poisson", "rate": 5, "duration_s": 20,
+                     "lengths": {"type": "fixed", "prompt": 100, "output": 4}},
+        "pools": [{"name": "p", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1}],
+        "retrieval": {"stores": [{"name": f"s{d}", "domain": d, "index_type": "hnsw", "n_vectors": 10**6,
+                                  "dim": 768, "search_param": 64, "servers": 2} for d in ("hr", "eng")],
+                      "router": {"name": "routed"}, "k": 5, "tokens_per_passage": 100, "rag_fraction": 0.5},
+    }  # fmt: skip
+    requests = None
+    if regions:  # the front door's pre-submit hook; users from one region, tagged here
+        data["regions"] = {"regions": [{"name": "us-east-1", "pools": ["p"]}], "users": None}
+        requests = [Request(id=i, arrival_s=0.2 * i, prompt_tokens=100, output_tokens=4, region="us-east-1",
+                            rag=i % 2 == 0, topic=("hr", "eng")[i % 3 % 2]) for i in range(100)]  # fmt: skip
+    result = run_scenario(parse_scenario(data), requests=requests)
+    df = result.requests
+    assert (df["status"] == "completed").all() and len(df) > 50
+    rag = df["prompt_tokens"] == 600
+    assert set(df["prompt_tokens"]) == {100, 600} and 0.3 < rag.mean() < 0.7
+    summary = result.summary["retrieval"]
+    assert summary["queries"] == rag.sum() and summary["context_tokens"] == 500
+    assert sum(s["queries"] for s in summary["stores"].values()) >= summary["queries"]
