@@ -18,7 +18,9 @@ COMMANDS = [
 ]  # fmt: skip
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or with ``only`` (a command's name) just that command's: importing every command
+    module costs a second of start-up (pandas, statsmodels), which ``fleettwin emulate`` replicas should not pay."""
     parser = argparse.ArgumentParser(
         prog="fleettwin",
         description=(
@@ -29,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fleettwin {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
+        if only is not None and name.replace("_", "-") != only:
+            continue
         try:
             module = importlib.import_module(f"fleettwin.commands.{name}")
         except ModuleNotFoundError as exc:
@@ -40,7 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    first = next((a for a in argv if not a.startswith("-")), None)
+    known = first is not None and first.replace("-", "_") in COMMANDS
+    parser = build_parser(first if known else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

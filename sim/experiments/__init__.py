@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
 
 from fleettwin.models.errors import FleettwinError
-
-from .base import ExperimentResult, write_experiment
 
 # command-line name -> module in this package
 EXPERIMENTS: dict[str, str] = {
@@ -32,6 +31,16 @@ def load(name: str) -> ModuleType:
     if name not in EXPERIMENTS or name not in available():
         raise FleettwinError(f"unknown experiment {name!r}; available: {', '.join(available()) or 'none'}")
     return importlib.import_module(f"{__name__}.{EXPERIMENTS[name]}")
+
+
+def __getattr__(name: str) -> Any:
+    # The result type pulls in pandas; importing it lazily keeps `fleettwin --help` (which lists the experiment
+    # names) and every command's start-up free of that cost.
+    if name in ("ExperimentResult", "write_experiment"):
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(name)
 
 
 __all__ = ["EXPERIMENTS", "ExperimentResult", "available", "load", "write_experiment"]
