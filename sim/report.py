@@ -117,6 +117,9 @@ def summary_table(summary: dict) -> Table:
     row("GPUs", gpus)
     row("requests done / total", lambda s: f"{s['requests']['completed']} / {s['requests']['total']}")
     row("rejected / unfinished", lambda s: f"{s['requests']['rejected']} / {s['requests']['unfinished']}")
+    if "failures" in summary:  # sim/failures.py: outcomes and thrown-away attempts
+        row("failed / dropped / retries", lambda s: f"{s['requests']['failed']} / {s['requests']['dropped']} / "
+            f"{s['retries']['retries']}")  # fmt: skip
     row("queue delay p50/p95/p99 (s)", lat("queue"))
     row("TTFT p50/p95/p99 (s)", lat("ttft"))
     row("TPOT p50/p95/p99 (ms)", lat("tpot", 1e3, 1))
