@@ -233,7 +233,8 @@ COHERENCE_POLICIES: Registry[CoherencePolicy] = Registry("coherence policy")
 
 @COHERENCE_POLICIES.register("retry")
 class RetryElsewhere(CoherencePolicy):
-    """Retry on another replica of the same pool, up to ``max_attempts`` answers in all."""
+    """Retry on another replica of the same pool (the same one when it is the only one routable, or the pool
+    has a central queue), up to ``max_attempts`` answers in all."""
 
     class Params(BaseModel):
         model_config = _FROZEN

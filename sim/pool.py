@@ -190,7 +190,7 @@ class Pool:
 
     def admit(self, req: Request, avoid: int = -1) -> None:
         """Queue or route ``req`` without counting it as an arrival (``submit`` does); a retry prefers replicas
-        other than ``avoid`` when there are any."""
+        other than ``avoid`` when there are any (not with a central queue, which hands out in FCFS order)."""
         reason = self.replicas[0].scheduler.rejection_reason(req)
         if reason is not None:
             if self.on_oversize is None:
