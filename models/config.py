@@ -31,6 +31,7 @@ from fleettwin.models.config_retrieval import RetrievalConfig
 from fleettwin.models.config_tenants import TenantsConfig
 from fleettwin.models.errors import ConfigError, FleettwinError
 from fleettwin.models.registry import Registry
+from fleettwin.models.workload.workflows import WorkflowsConfig
 
 
 class StrictModel(BaseModel):
@@ -178,6 +179,7 @@ class ScenarioConfig(StrictModel):
     retrieval: RetrievalConfig | None = None  # vector stores and RAG (models/config_retrieval.py)
     jobs: JobsConfig | None = None  # training and operational job pools and streams (models/config_jobs.py)
     tenants: TenantsConfig | None = None  # tenants, quotas, SLO classes, the gateway stage (models/config_tenants.py)
+    workflows: WorkflowsConfig | None = None  # agent/RAG workflows beside the workload (models/workload/workflows.py)
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
@@ -201,7 +203,26 @@ class ScenarioConfig(StrictModel):
                     raise ValueError(f"pools[{i}].{field}: {exc}") from None
         if self.jobs is not None:
             self.jobs.check(names, catalog)
+        if self.workflows is not None:
+            self._check_workflows()
         return self
+
+    def _check_workflows(self) -> None:
+        wf = self.workflows
+        rag = wf.needs_retrieval()
+        if rag and self.retrieval is None:
+            raise ValueError(f"workflows: {', '.join(rag)} query the knowledge fabric, but the scenario has no "
+                             "retrieval: section")  # fmt: skip
+        if self.retrieval is not None:
+            held = {s.domain for s in self.retrieval.stores}
+            for t in wf.templates:
+                for node in t.nodes:
+                    if node.topic is not None and node.topic not in held and "*" not in held:
+                        raise ValueError(f"workflows: template {t.name!r}: node {node.id!r}: topic {node.topic!r} is "
+                                         f"held by no store (store domains: {', '.join(sorted(held))})")  # fmt: skip
+        served = {p.model for p in self.pools}  # requests find their pool by this exact name
+        for model in sorted(wf.models() - served):
+            raise ValueError(f"workflows: model {model!r} is not served by any pool ({', '.join(sorted(served))})")
 
     def workload_source(self):
         from fleettwin.models.workload.sources import WORKLOADS

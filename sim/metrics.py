@@ -6,6 +6,7 @@ Results are plain records collected here; writing files happens at the edges (``
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +40,9 @@ class RequestLog:
         self.retries: dict[int, int] = {}
         self.lost_s: dict[int, float] = {}
         self.mitigation: dict[int, str] = {}
+        # Request id -> called once with the request's row when it ends, whatever the outcome: requests created
+        # during the run (an agent workflow's calls, sim/workflows.py) wait on their outcome here.
+        self.on_outcome: dict[int, Callable[[tuple], None]] = {}
 
     @property
     def done(self) -> int:
@@ -50,11 +54,16 @@ class RequestLog:
             r = s.req
             append((r.id, pool, replica, r.arrival_s, s.first_scheduled_s, s.first_token_s, s.finish_s,
                     r.prompt_tokens, s.num_output, s.preemptions, COMPLETED, ""))  # fmt: skip
+        if self.on_outcome:
+            for row in self.rows[len(self.rows) - len(seqs):]:
+                self._notify(row)
 
     def rejected(self, pool: str, req: Request, reason: str, status: str = REJECTED) -> None:
         """A request that never reached a replica (``status`` UNFINISHED: it never arrived)."""
         nan = math.nan
         self.rows.append((req.id, pool, -1, req.arrival_s, nan, nan, nan, req.prompt_tokens, 0, 0, status, reason))
+        if self.on_outcome:
+            self._notify(self.rows[-1])
 
     def failed(self, pool: str, req: Request, reason: str) -> None:
         self.rejected(pool, req, reason, status=FAILED)
@@ -76,6 +85,13 @@ class RequestLog:
         r = seq.req
         self.rows.append((r.id, pool, replica, r.arrival_s, seq.first_scheduled_s, seq.first_token_s, math.nan,
                           r.prompt_tokens, seq.num_output, seq.preemptions, UNFINISHED, reason))  # fmt: skip
+        if self.on_outcome:
+            self._notify(self.rows[-1])
+
+    def _notify(self, row: tuple) -> None:
+        callback = self.on_outcome.pop(row[0], None)
+        if callback is not None:
+            callback(row)
 
     def to_frame(self) -> pd.DataFrame:
         df = pd.DataFrame.from_records(self.rows, columns=list(self.COLUMNS))

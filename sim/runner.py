@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pandas as pd
@@ -32,10 +32,24 @@ from fleettwin.sim.tiers.build import add_tier_summary, build_fleet
 if TYPE_CHECKING:
     from fleettwin.sim.controller import Controller
     from fleettwin.sim.failures import Failures
+    from fleettwin.sim.workflows import WorkflowDriver
 
 STALL_S = 86_400.0  # stop a run in which nothing has finished for this long after the last arrival
 
 Progress = Callable[[float, int, int], None]  # (simulated time, requests done, requests total)
+
+
+class RequestSpawner(Protocol):
+    """Creates requests while the run goes on (agent workflows: sim/workflows.py). ``start`` is called once with
+    the environment, a ``submit`` that sends a new request down the arrival path (front door or stages, then a
+    pool) and the request log, whose ``on_outcome`` tells it when its requests end. ``busy`` is true while it
+    may still create requests without any request ending first (arrivals to come, timers running): the run
+    goes on while it is."""
+
+    @property
+    def busy(self) -> bool: ...
+
+    def start(self, env: simpy.Environment, submit: Callable[[Request], None], log: RequestLog) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -107,6 +121,8 @@ class SimulationResult:
     timeseries: pd.DataFrame  # pool state every sample interval
     summary: dict
     decisions: list[dict] = field(default_factory=list)  # the controller's decisions, as JSON-ready records
+    workflows: pd.DataFrame | None = None  # one row per workflow (sim/workflows.py), with a workflows: section
+    workflow_nodes: pd.DataFrame | None = None  # one row per workflow node
 
 
 def generate_requests(cfg: ScenarioConfig, seed: int) -> list[Request]:
@@ -156,13 +172,16 @@ def simulate(
     processes: Sequence[Callable[[simpy.Environment, list[Pool], RequestLog], Generator]] = (),
     front_door: RegionFrontDoor | None = None,
     pre_submit: Sequence[PreSubmitStage] = (),
+    spawners: Sequence[RequestSpawner] = (),
 ) -> RawRun:
     """Run ``requests`` (sorted by arrival) through the pools until every request has an outcome.
 
     ``processes`` are started beside the arrivals, each given the environment, the pools and the request log
     (a controller that resizes pools is one). A ``front_door`` (sim/regions.py) takes the arrivals instead of
     the model-to-pool dispatch: it routes each request to a region and delays it by the network. ``pre_submit``
-    stages (sim/stages.py: a gateway, quotas) run between a request's arrival and its pool."""
+    stages (sim/stages.py: a gateway, quotas) run between a request's arrival and its pool. ``spawners`` create
+    requests during the run (agent workflows, sim/workflows.py); theirs take the same path from the moment they
+    are submitted and count in the accounting like the others."""
     if mode not in ("skip", "per_iteration"):
         raise ValueError(f"mode must be 'skip' or 'per_iteration', got {mode!r}")
     env = simpy.Environment()
@@ -190,6 +209,17 @@ def simulate(
         env.process(_arrivals(env, requests, by_model, pools[0], log, arrived, stages or None))
     else:
         env.process(front_door.arrivals(env, requests, pools, log, arrived))
+    spawned = [0]  # requests created during the run by the spawners
+
+    def submit(req: Request) -> None:
+        spawned[0] += 1
+        if front_door is None:
+            _enter(env, req, by_model, pools[0], log, stages or None)
+        else:
+            front_door.route(req)
+
+    for spawner in spawners:  # after the arrival process, which sets the front door up at t = 0
+        spawner.start(env, submit, log)
     for make_process in processes:  # e.g. a controller that resizes pools
         env.process(make_process(env, pools, log))
     sampler = PoolSampler(env, pools, sample_interval_s)
@@ -199,11 +229,11 @@ def simulate(
     total = len(requests)
     last_done, last_change = 0, 0.0
     stalled = False
-    while log.done < total and env.now < horizon:
+    while (log.done < total + spawned[0] or any(s.busy for s in spawners)) and env.now < horizon:
         env.run(until=min(env.now + chunk, horizon))
         if progress:
-            progress(env.now, log.done, total)
-        if log.done != last_done or arrived[0] < total:
+            progress(env.now, log.done, total + spawned[0])
+        if log.done != last_done or arrived[0] < total or any(s.busy for s in spawners):
             last_done, last_change = log.done, env.now
         elif env.now - last_change > STALL_S:  # e.g. a policy that scaled a pool to zero and left it there
             stalled = True
@@ -215,8 +245,8 @@ def simulate(
         front_door.account_unfinished(log, reason)
     for req in requests[arrived[0]:]:
         log.rejected("-", req, "arrives after the simulation horizon", status=UNFINISHED)
-    if log.done != total:
-        raise AssertionError(f"request accounting broken: {log.done} outcomes for {total} requests")
+    if log.done != total + spawned[0]:
+        raise AssertionError(f"request accounting broken: {log.done} outcomes for {total + spawned[0]} requests")
 
     df = log.to_frame()
     done = df["status"] == COMPLETED
@@ -262,9 +292,13 @@ def run_scenario(
         stages = [*stages, rag]  # after the gateway's checks: a refused request does not retrieve
     if failures and door:
         failures.front_door = door  # region outages, partitions and RTT spikes act through it
+    flows = build_workflows(cfg, seed, requests, rag, door) if cfg.workflows else None  # agent/RAG DAGs of calls
     raw = simulate(requests, specs, mode=mode, sample_interval_s=cfg.sim.sample_interval_s,
                    max_time_s=cfg.sim.max_time_s, progress=progress, processes=processes,
-                   front_door=door, pre_submit=stages)  # fmt: skip
+                   front_door=door, pre_submit=stages, spawners=[flows] if flows else ())  # fmt: skip
+    if flows is not None:
+        raw = replace(raw, requests=flows.annotate(raw.requests))
+        requests = [*requests, *flows.requests]
     if door is not None:  # latencies as the user sees them, with where each request went
         raw = replace(raw, requests=door.annotate(raw.requests))
     if cfg.tenants:
@@ -284,8 +318,14 @@ def run_scenario(
     if controller:
         summary["controller"] = {"allocator": cfg.controller.allocator.name, "interval_s": controller.interval_s,
                                  "decisions": len(decisions)}  # fmt: skip
+    wf = wf_nodes = None
+    if flows is not None:
+        from fleettwin.sim.workflows import workflow_summary
+
+        wf, wf_nodes = flows.frames()
+        summary["workflows"] = workflow_summary(wf, wf_nodes)
     return SimulationResult(scenario=cfg, requests=raw.requests, timeseries=raw.timeseries, summary=summary,
-                            decisions=decisions)  # fmt: skip
+                            decisions=decisions, workflows=wf, workflow_nodes=wf_nodes)  # fmt: skip
 
 
 def build_failures(cfg: ScenarioConfig, seed: int) -> Failures:
@@ -293,6 +333,14 @@ def build_failures(cfg: ScenarioConfig, seed: int) -> Failures:
     from fleettwin.sim.failures import Failures
 
     return Failures(cfg.failures, seed=seed)
+
+
+def build_workflows(cfg: ScenarioConfig, seed: int, requests: Sequence[Request], rag: PreSubmitStage | None,
+                    door: RegionFrontDoor | None) -> WorkflowDriver:  # fmt: skip
+    """The scenario's workflows (sim/workflows.py); their requests are numbered after the workload's."""
+    from fleettwin.sim.workflows import build_workflows as build
+
+    return build(cfg, seed, first_id=max((r.id for r in requests), default=-1) + 1, rag=rag, door=door)
 
 
 def build_rag(cfg: ScenarioConfig, seed: int) -> PreSubmitStage:
@@ -340,13 +388,19 @@ def _arrivals(env: simpy.Environment, requests: Sequence[Request], by_model: dic
         if delay > 0:
             yield env.timeout(delay)
         arrived[0] += 1
-        pool = default if req.model is None else by_model.get(req.model)
-        if pool is None:
-            log.rejected("-", req, f"no pool serves model {req.model!r}")
-        elif stages is None:
-            pool.submit(req)
-        else:
-            env.process(stages.enter(env, req, pool.name, pool.submit, log))
+        _enter(env, req, by_model, default, log, stages)
+
+
+def _enter(env: simpy.Environment, req: Request, by_model: dict[str, Pool], default: Pool, log: RequestLog,
+           stages: StagePipeline | None) -> None:  # fmt: skip
+    """A request's way in on the plain path: its model's pool, through the pre-submit stages."""
+    pool = default if req.model is None else by_model.get(req.model)
+    if pool is None:
+        log.rejected("-", req, f"no pool serves model {req.model!r}")
+    elif stages is None:
+        pool.submit(req)
+    else:
+        env.process(stages.enter(env, req, pool.name, pool.submit, log))
 
 
 def _account_unfinished(pools: list[Pool], log: RequestLog, reason: str) -> None:

@@ -13,7 +13,9 @@ EPILOG = """examples:
 outputs (with --out DIR): requests.parquet (one row per request: arrival, queue, TTFT, TPOT, E2E, preemptions,
 status), timeseries.parquet (running/waiting/KV/busy per pool every sample interval), summary.json
 (percentiles, throughput, goodput under the SLO, GPU-hours, cost) and, with --plot, latency_cdf.png and
-pool_timeseries.png."""
+pool_timeseries.png. A scenario with a workflows: section (configs/workflows.yaml, docs/workflows.md) also prints
+workflow E2E percentiles, the critical path and tokens per workflow, and writes workflows.parquet and
+workflow_nodes.parquet."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -57,7 +59,34 @@ def run(args: argparse.Namespace) -> int:
         result = run_scenario(cfg, seed=seed, mode=args.mode, requests=requests,
                               progress=lambda t, done, total: bar.update(task, completed=done, sim_t=t))  # fmt: skip
     console.print(summary_table(result.summary))
+    if "workflows" in result.summary:
+        console.print(workflow_table(result.summary["workflows"]))
     if args.out:
         paths = write_results(result, args.out, plots=args.plot)
+        if result.workflows is not None:
+            from fleettwin.sim.io import write_parquet
+
+            paths += [write_parquet(args.out / "workflows.parquet", result.workflows),
+                      write_parquet(args.out / "workflow_nodes.parquet", result.workflow_nodes)]  # fmt: skip
         console.print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0
+
+
+def workflow_table(w: dict):
+    """The workflows' headline numbers (``summary["workflows"]``, sim/workflows.py) as a rich table."""
+    from rich.table import Table
+
+    t = Table(title="workflows", show_header=False)
+    t.add_row("workflows", f"{w['workflows']} ({w['completed']} completed, {w['failed']} failed, "
+              f"{w['unfinished']} unfinished)")  # fmt: skip
+    e = w["e2e_s"]
+    t.add_row("E2E (s)", f"p50 {e['p50']:.3f}  p95 {e['p95']:.3f}  p99 {e['p99']:.3f}  mean {e['mean']:.3f}")
+    share = ", ".join(f"{k} {v:.0%}" for k, v in w["critical_path_share"].items())
+    t.add_row("critical path", f"{w['critical_path_nodes_mean']:.2f} nodes, {w['critical_path_s_mean']:.3f} s "
+              f"mean; time on it: {share}")  # fmt: skip
+    for p in w["top_critical_paths"]:
+        t.add_row("", f"{p['share']:.0%} {p['path']}")
+    t.add_row("per workflow", f"{w['calls_per_workflow']:.2f} calls ({w['llm_calls_per_workflow']:.2f} LLM), "
+              f"{w['tokens_in_per_workflow']:.0f} tokens in, {w['tokens_out_per_workflow']:.0f} out")  # fmt: skip
+    t.add_row("failed / skipped nodes", f"{w['failed_nodes']} / {w['skipped_nodes']}")
+    return t
