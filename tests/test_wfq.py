@@ -42,14 +42,14 @@ def test_policy_queue_orders_by_finish_tag_and_keeps_the_deque_operations():
     a1, a2, b1 = seq(0, "a", 10, 2), seq(1, "a", 10, 2), seq(2, "b", 10, 2)  # tags 6, 12, 12
     for s in (a1, a2, b1):
         q.append(s)
-    assert q[0] is a1 and list(q) == [a1, a2, b1] and len(q) == 3 and b1 in q
+    assert q[0] is a1 and q.ordered() == [a1, a2, b1] and set(q) == {a1, a2, b1} and len(q) == 3 and b1 in q
     assert q.popleft() is a1 and q.clock.V == 6.0
     pre1, pre2 = seq(3, "b"), seq(4, "a")
     q.appendleft(pre1)
     q.appendleft(pre2)  # preempted: back at the head, the last one first (as a deque)
     assert [q.popleft(), q.popleft()] == [pre2, pre1] and q.clock.V == 6.0
     q.remove(a2)
-    assert list(q) == [b1] and a2 not in q
+    assert q.ordered() == [b1] and a2 not in q
     with pytest.raises(ValueError):
         q.remove(a2)
     assert isinstance(waiting_queue("fcfs", TWO_TO_ONE), deque)
