@@ -162,17 +162,20 @@ class VllmClient:
     # -- generation -------------------------------------------------------------------------------------
 
     async def completion(self, prompt: str | list[int], max_tokens: int, *, model: str | None = None,
-                         stream: bool = True, ignore_eos: bool = True, **extra: Any) -> CompletionResult:  # fmt: skip
-        """``/v1/completions``; ``ignore_eos`` with ``min_tokens = max_tokens`` asks for exactly that many."""
+                         stream: bool = True, ignore_eos: bool = True, headers: dict[str, str] | None = None,
+                         **extra: Any) -> CompletionResult:  # fmt: skip
+        """``/v1/completions``; ``ignore_eos`` with ``min_tokens = max_tokens`` asks for exactly that many.
+        ``headers`` are added to this request (a ``traceparent``, say)."""
         body = self._body(model, max_tokens, stream, ignore_eos, extra)
         body["prompt"] = prompt
-        return await self._generate("/v1/completions", body, stream)
+        return await self._generate("/v1/completions", body, stream, headers)
 
     async def chat(self, messages: list[dict[str, Any]], max_tokens: int, *, model: str | None = None,
-                   stream: bool = True, ignore_eos: bool = True, **extra: Any) -> CompletionResult:  # fmt: skip
+                   stream: bool = True, ignore_eos: bool = True, headers: dict[str, str] | None = None,
+                   **extra: Any) -> CompletionResult:  # fmt: skip
         body = self._body(model, max_tokens, stream, ignore_eos, extra)
         body["messages"] = messages
-        return await self._generate("/v1/chat/completions", body, stream)
+        return await self._generate("/v1/chat/completions", body, stream, headers)
 
     @staticmethod
     def _body(
@@ -188,12 +191,13 @@ class VllmClient:
         body.update(extra)
         return body
 
-    async def _generate(self, path: str, body: dict[str, Any], stream: bool) -> CompletionResult:
+    async def _generate(self, path: str, body: dict[str, Any], stream: bool,
+                        headers: dict[str, str] | None = None) -> CompletionResult:  # fmt: skip
         sent = self.clock()
         for attempt in range(self.retries + 1):
             try:
                 call = self._stream if stream else self._once
-                return await call(path, body, sent, attempt)
+                return await call(path, body, sent, attempt, headers)
             except _RETRYABLE as exc:
                 if attempt == self.retries:
                     return CompletionResult(ok=False, sent_s=sent, error=f"{type(exc).__name__}: {exc}",
@@ -204,8 +208,8 @@ class VllmClient:
                                         error=f"{type(exc).__name__}: {exc}")  # fmt: skip
         raise AssertionError("unreachable")
 
-    async def _once(self, path: str, body: dict, sent: float, attempt: int) -> CompletionResult:
-        r = await self._http.post(path, json=body)
+    async def _once(self, path: str, body: dict, sent: float, attempt: int, headers=None) -> CompletionResult:
+        r = await self._http.post(path, json=body, headers=headers)
         t = self.clock()
         if r.status_code != 200:
             return _http_error(r.status_code, r.content, sent, t, attempt)
@@ -213,8 +217,8 @@ class VllmClient:
         trace.chunk(r.json(), t)
         return trace.result(r.status_code, attempt, t)
 
-    async def _stream(self, path: str, body: dict, sent: float, attempt: int) -> CompletionResult:
-        async with self._http.stream("POST", path, json=body) as r:
+    async def _stream(self, path: str, body: dict, sent: float, attempt: int, headers=None) -> CompletionResult:
+        async with self._http.stream("POST", path, json=body, headers=headers) as r:
             if r.status_code != 200:
                 return _http_error(r.status_code, await r.aread(), sent, self.clock(), attempt)
             trace = _Trace(sent)

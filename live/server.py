@@ -32,6 +32,7 @@ from fleettwin.live import protocol
 from fleettwin.live.emulator import LENGTH, Engine, Generation, RequestTooLong
 from fleettwin.live.prom import CONTENT_TYPE, EngineMetrics
 from fleettwin.live.protocol import ApiError, GenerationParams
+from fleettwin.live.tracing import Tracing, tracing_from_env
 from fleettwin.models.perf.base import PerformanceModel
 from fleettwin.sim.scheduler import EngineLimits
 
@@ -49,9 +50,12 @@ class EmulatorSpec:
     description: str = ""
 
 
-def create_app(spec: EmulatorSpec) -> FastAPI:
-    """A FastAPI app whose lifespan starts and stops the engine loop on the server's event loop."""
+def create_app(spec: EmulatorSpec, *, tracing: Tracing | None = None) -> FastAPI:
+    """A FastAPI app whose lifespan starts and stops the engine loop on the server's event loop. ``tracing``
+    (default: from ``FLEETTWIN_TRACING``, off unless set; ``live/tracing.py``) gives each generation a server
+    span that continues the caller's ``traceparent``."""
     state: dict = {}
+    tracing = tracing or tracing_from_env("fleettwin-emulator")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -65,6 +69,7 @@ def create_app(spec: EmulatorSpec) -> FastAPI:
             yield
         finally:
             await engine.stop()
+            tracing.shutdown()
 
     app = FastAPI(title="fleettwin vLLM emulator", version=__version__, lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url=None)  # fmt: skip
@@ -115,11 +120,13 @@ def create_app(spec: EmulatorSpec) -> FastAPI:
             "root": spec.served_model_name, "parent": None, "max_model_len": spec.limits.max_model_len,
         }]}  # fmt: skip
 
-    async def generate(request: Request, chat: bool) -> Response:
+    async def generate(request: Request, chat: bool, span=None) -> Response:
         engine: Engine = state["engine"]
         body = protocol.parse_json(await request.body())
         p = protocol.parse_generation(body, chat=chat, served_model=spec.served_model_name,
                                       max_model_len=spec.limits.max_model_len)  # fmt: skip
+        tracing.annotate(span, **{"gen_ai.usage.input_tokens": p.prompt_tokens, "gen_ai.request.max_tokens":
+                                  p.max_tokens, "fleettwin.stream": p.stream})  # fmt: skip
         try:
             gen = engine.submit(p.prompt_tokens, p.max_tokens)
         except RequestTooLong as exc:
@@ -139,13 +146,26 @@ def create_app(spec: EmulatorSpec) -> FastAPI:
         text = protocol.filler_text(0, gen.num_output)
         return JSONResponse(protocol.full_response(p, rid, created, text, gen.num_output, gen.finish_reason))
 
+    async def traced(request: Request, chat: bool) -> Response:
+        """``generate`` inside a server span, ended when the response (or the stream) is done."""
+        if not tracing.enabled:
+            return await generate(request, chat)
+        span = tracing.server_span("emulator.generate", request.headers,
+                                   {"http.route": request.url.path, "gen_ai.request.model": spec.served_model_name})  # fmt: skip
+        try:
+            response = await generate(request, chat, span)
+        except BaseException as exc:
+            tracing.end(span, error=exc, **{"http.response.status_code": getattr(exc, "status", 500)})
+            raise
+        return tracing.end_with_response(span, response)
+
     @v1.post("/completions")
     async def completions(request: Request) -> Response:
-        return await generate(request, chat=False)
+        return await traced(request, chat=False)
 
     @v1.post("/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        return await generate(request, chat=True)
+        return await traced(request, chat=True)
 
     app.include_router(v1)
     return app

@@ -11,11 +11,19 @@ EPILOG = """examples:
   fleettwin loadgen --trace traces/azure2023_conv/AzureLLMInferenceTrace_conv.csv --targets http://127.0.0.1:8000 \\
       --speedup 10 --duration 60 --out results/replay.parquet
   fleettwin loadgen --trace T.jsonl --format mooncake --targets http://a:8000,http://b:8000 --router least_outstanding
+  fleettwin loadgen --workflows configs/workflows.yaml --targets http://127.0.0.1:9000 --token KEY --duration 60 \
+      --out results/workflows_live.parquet      # agent/RAG workflows (docs/workflows.md), e.g. through the gateway
 
 Bounded: at most --max-requests requests, none sent after --duration seconds, and whatever is still in flight
 --drain-timeout seconds later is cancelled and reported as 'timeout'. The Parquet file has one row per request
 sent: arrival/sent/first-token/finish times, client-side TTFT/TPOT/E2E, tokens requested and received, status
-(completed | rejected | error | timeout), HTTP status and error message."""
+(completed | rejected | error | timeout), HTTP status and error message.
+
+With --workflows SCENARIO (instead of --trace) the scenario's workflows: section is executed: the same instances
+as `fleettwin simulate` draws from the scenario's seed, each node as soon as its parents completed, retrieval nodes
+as hybrid BM25 + dense searches of --corpus. The Parquet file then has one row per workflow (the simulator's
+columns: E2E, critical path, tokens, calls) and OUT_nodes.parquet one row per node. FLEETTWIN_TRACING=console|otlp
+traces each workflow (docs/live.md, Tracing)."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +36,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--trace", required=True, type=Path, help="trace file (CSV for azure, JSONL for mooncake)")
+    p.add_argument("--trace", type=Path, help="trace file (CSV for azure, JSONL for mooncake)")
+    p.add_argument("--workflows", type=Path, metavar="SCENARIO",
+                   help="run the workflows: section of this scenario YAML instead of a trace")  # fmt: skip
+    p.add_argument("--corpus", type=Path, default=Path("docs"),
+                   help="folder of .md/.txt files the workflows' retrieval searches (default %(default)s)")  # fmt: skip
+    p.add_argument("--max-workflows", type=int, help="with --workflows: start at most N workflows")
     p.add_argument("--format", default="azure", choices=["azure", "mooncake"], help="(default %(default)s)")
     p.add_argument("--targets", required=True, help="comma-separated base URLs, e.g. http://127.0.0.1:8000")
     p.add_argument("--speedup", type=float, default=1.0, help="replay X times faster (default %(default)s)")
@@ -76,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
     if args.max_requests < 1:
         raise ConfigError(f"--max-requests must be >= 1, got {args.max_requests}")
     REPLICA_ROUTERS.get(args.router)  # an unknown name fails here with the list of known ones
+    if (args.trace is None) == (args.workflows is None):
+        raise ConfigError("give --trace (replay requests) or --workflows (run a scenario's workflows), not both")
+    if args.workflows is not None:
+        return run_workflows(args, targets)
     # Only the window that can be sent is read: duration x speedup trace seconds, at most max_requests rows.
     requests = load_trace(args.trace, args.format, start_s=args.start, duration_s=args.duration * args.speedup,
                           max_requests=args.max_requests)  # fmt: skip
@@ -87,4 +104,42 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(summarize(df), indent=2))
     if args.out:
         print(f"wrote {write_parquet(args.out, df)}")
+    return 0
+
+
+def run_workflows(args: argparse.Namespace, targets: list[str]) -> int:
+    """``--workflows``: the scenario's workflow instances against the targets (live/workflows.py)."""
+    from fleettwin.live.tracing import tracing_from_env
+    from fleettwin.live.workflows import run_workflows as execute
+    from fleettwin.models.config import load_scenario
+    from fleettwin.models.errors import ConfigError
+    from fleettwin.models.workload.workflows import sample_instances
+    from fleettwin.sim.io import write_parquet
+    from fleettwin.sim.workflows import workflow_summary
+
+    cfg = load_scenario(args.workflows)
+    if cfg.workflows is None:
+        raise ConfigError(f"{args.workflows}: no workflows: section (see configs/workflows.yaml)")
+    rag = cfg.retrieval
+    context = rag.k * rag.tokens_per_passage if rag else 0
+    instances = sample_instances(cfg.workflows, cfg.seed, context_tokens=context, base_dir=cfg.base_dir)
+    retriever = None
+    if cfg.workflows.needs_retrieval():
+        from fleettwin.live.hybrid import HybridRetriever, load_corpus
+
+        retriever = HybridRetriever(load_corpus(args.corpus))
+    tracing = tracing_from_env("fleettwin-loadgen")
+    try:
+        wf, nodes = asyncio.run(execute(
+            instances, targets, speedup=args.speedup, duration_s=args.duration, max_workflows=args.max_workflows,
+            router=args.router, chat=args.chat, model=args.model, token=args.token, verify=not args.insecure,
+            timeout_s=args.timeout, drain_timeout_s=args.drain_timeout, retriever=retriever,
+            k=rag.k if rag else 10, context_tokens=context, tracing=tracing,
+        ))  # fmt: skip
+    finally:
+        tracing.shutdown()
+    print(json.dumps(workflow_summary(wf, nodes), indent=2))
+    if args.out:
+        print(f"wrote {write_parquet(args.out, wf)}")
+        print(f"wrote {write_parquet(args.out.with_name(args.out.stem + '_nodes.parquet'), nodes)}")
     return 0

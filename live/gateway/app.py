@@ -31,6 +31,7 @@ from fleettwin.live.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from fleettwin.live.gateway.pipeline import CHAT, COMPLETIONS, Admitted, Gatekeeper, Refused
 from fleettwin.live.gateway.proxy import Upstreams, Usage, relay
 from fleettwin.live.protocol import ApiError
+from fleettwin.live.tracing import Tracing, tracing_from_env
 from fleettwin.models.errors import ConfigError
 
 MAX_MESSAGE = 300
@@ -63,10 +64,14 @@ class _Relay(StreamingResponse):
                 await self._on_close()
 
 
-def create_gateway_app(cfg: GatewayConfig, *, gatekeeper: Gatekeeper | None = None) -> FastAPI:
+def create_gateway_app(cfg: GatewayConfig, *, gatekeeper: Gatekeeper | None = None,
+                       tracing: Tracing | None = None) -> FastAPI:  # fmt: skip
     """The app; secrets, certificates and the audit log are opened here, so a problem with any of them is a
-    ``ConfigError`` before the server listens."""
+    ``ConfigError`` before the server listens. ``tracing`` (default: from ``FLEETTWIN_TRACING``, off unless set;
+    ``live/tracing.py``): spans for the request, its checks, its routing and the backend call, whose context
+    travels to the backend in ``traceparent``."""
     gate = gatekeeper or Gatekeeper(cfg)
+    tracing = tracing or tracing_from_env("fleettwin-gateway")
     metrics = GatewayMetrics(list(cfg.tenants))
     upstreams = Upstreams(cfg)
     try:
@@ -78,12 +83,14 @@ def create_gateway_app(cfg: GatewayConfig, *, gatekeeper: Gatekeeper | None = No
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await upstreams.open()
+        tracing.instrument_httpx(upstreams.http)  # the backend call's span context goes upstream
         state["upstreams"] = upstreams
         try:
             yield
         finally:
             await state["upstreams"].aclose()
             state["audit"].close()
+            tracing.shutdown()
 
     app = FastAPI(title="fleettwin gateway", version=__version__, lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url=None)  # fmt: skip
@@ -114,13 +121,17 @@ def create_gateway_app(cfg: GatewayConfig, *, gatekeeper: Gatekeeper | None = No
         })  # fmt: skip
         return JSONResponse(r.error.body(), status_code=r.error.status, headers={**r.headers, "x-request-id": rid})
 
-    def finisher(rid: str, a: Admitted, url: str, i: int, t0: float, client: str | None):
-        """What closing an admitted request does: free its backend slot and quota, count, audit."""
+    def finisher(rid: str, a: Admitted, url: str, i: int, t0: float, client: str | None, spans=(None, None)):
+        """What closing an admitted request does: free its backend slot and quota, count, audit, end its spans."""
         tenant = a.principal.tenant
         pool = state["upstreams"].pools[a.model]
 
         def finish(status: int, outcome: str, usage: Usage | None, error: str = "") -> None:
             pool.done(i)
+            for span in spans[::-1]:  # the backend call, then the request
+                tracing.end(span, error=(error or outcome) if status >= 500 else None, **{
+                    "http.response.status_code": status, "fleettwin.outcome": outcome,
+                    "gen_ai.usage.output_tokens": usage.output if usage else None})  # fmt: skip
             used = None if usage is None else (usage.prompt_tokens or a.prompt_tokens) + usage.output
             gate.release(a, used)
             metrics.in_flight.labels(tenant).dec()
@@ -147,20 +158,28 @@ def create_gateway_app(cfg: GatewayConfig, *, gatekeeper: Gatekeeper | None = No
         t0 = time.perf_counter()
         rid = f"gw-{prefix}-{next(ids)}"
         client = request.client.host if request.client else None
+        span = tracing.server_span("gateway.request", request.headers, {"http.route": route, "fleettwin.request_id": rid})
         try:
-            a = gate.check(route, request.headers, await request.body())
+            body = await request.body()
+            with tracing.child(span, "gateway.check"):
+                a = gate.check(route, request.headers, body)
         except Refused as r:
+            tracing.end(span, **{"http.response.status_code": r.error.status, "fleettwin.refusal": r.reason})
             return refuse(rid, route, r, client)
+        tracing.annotate(span, **{"fleettwin.tenant": a.principal.tenant, "gen_ai.request.model": a.model})
         metrics.check_seconds.observe(a.check_s)
         metrics.in_flight.labels(a.principal.tenant).inc()
         metrics.detector_hits(a.principal.tenant, a.hits)
         upstreams: Upstreams = state["upstreams"]
-        i = upstreams.pools[a.model].pick(a)
+        with tracing.child(span, "gateway.route", **{"fleettwin.router": a.backend.router}):
+            i = upstreams.pools[a.model].pick(a)
         url = a.backend.urls[i]
-        finish = finisher(rid, a, url, i, t0, client)
+        backend = tracing.start("gateway.backend", parent=span, kind="client", attributes={"server.address": url})
+        finish = finisher(rid, a, url, i, t0, client, (span, backend))
         head = {"x-request-id": rid}
         try:
-            r = await upstreams.send(a, url, rid, stream=a.stream)
+            with tracing.current(backend):  # the httpx hook puts its traceparent on the upstream request
+                r = await upstreams.send(a, url, rid, stream=a.stream)
             if not a.stream or r.status_code != 200:
                 try:
                     content = await r.aread()
