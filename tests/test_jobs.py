@@ -101,6 +101,25 @@ def test_operational_jobs_start_earliest_deadline_first_with_the_gpus_their_dead
     assert a.finished_s == pytest.approx(100 + 3600 / 2) and a.missed(5000)  # 1900 > 1100: a miss counted
 
 
+def test_a_job_that_would_miss_its_deadline_grows_at_once_when_gpus_arrive():
+    env = simpy.Environment()
+    p = pool(env, 1, "operational")
+    late = job(id="late", pool="ops", tier="operational", min_gpus=1, max_gpus=4, work_gpu_s=10_800.0,
+               deadline_s=3660.0, restore_s=60.0, checkpoint_s=600.0, scaling=1.0)
+    p.submit(late)
+    assert late.gpus == 1 and late.finish_time() == pytest.approx(10_860.0)  # would miss by two hours
+    env.run(until=100)
+    p.add_own(2)  # it needs ceil(10800 / 3500) = 4; 3 is what there is, and restarting now finishes sooner
+    assert late.gpus == 3 and late.run_start_s == 100.0 and late.finish_time() == pytest.approx(3760.0)
+    env.run(until=200)
+    p.add_own(1)
+    assert late.gpus == 4 and late.finish_time() == pytest.approx(2960.0)
+    env.run(until=4000)
+    assert late.finished_s == pytest.approx(2960.0) and not late.missed(4000.0)
+    assert late.preemptions == 0  # resizes
+    assert late.lost_work_gpu_s == pytest.approx(40.0 * 1 + 40.0 * 3)  # computed since the (no) checkpoint
+
+
 def test_training_job_grows_at_its_next_checkpoint_when_gpus_free_up():
     env = simpy.Environment()
     p = pool(env, 8)

@@ -102,15 +102,16 @@ class JobDemand:
     used: int
 
 
-def deadline_gpus(job: Job, now: float) -> int:
+def deadline_gpus(job: Job, now: float, delay_s: float = 0.0) -> int:
     """GPUs that finish ``job`` by its deadline at linear scaling, within its elastic range.
 
     No deadline: its minimum. A deadline already missed or too close to meet: its maximum. A queued job first
-    pays ``restore_s`` (loading its checkpoint or inputs) before it computes.
+    waits ``delay_s`` for its GPUs (0 when the pool has them idle) and pays ``restore_s`` (loading its
+    checkpoint or inputs) before it computes.
     """
     if job.deadline_s is None:
         return job.min_gpus
-    slack = job.deadline_s - now - (job.restore_s if job.state == "queued" else 0.0)
+    slack = job.deadline_s - now - (job.restore_s + delay_s if job.state == "queued" else 0.0)
     if slack <= 0:
         return job.max_gpus
     return min(job.max_gpus, max(job.min_gpus, math.ceil(job.remaining_gpu_s / slack - 1e-9)))
@@ -121,7 +122,20 @@ def job_demand(snapshot: FleetSnapshot, pool: PoolState) -> JobDemand:
     Operational: the GPUs that meet every deadline (queued jobs included), would take ``max_gpus``."""
     jobs = [j for j in snapshot.jobs_in(pool.name) if j.remaining_gpu_s > 0 or j.state == "running"]
     if pool.tier == "operational":
-        required = sum(deadline_gpus(j, snapshot.time_s) for j in jobs)
+        # Queued jobs, earliest deadline first, start on the pool's idle GPUs; the ones that need more wait
+        # for new GPUs, so their deadline is nearer by the provisioning delay (sizing just in time without it
+        # misses deadlines by the delay, as the simulator showed).
+        item = snapshot.item(pool.key, pool.region)
+        delay = item.provisioning_delay_s if item else 0.0
+        idle = max(0, pool.held(pool.key, states=("active",)) - snapshot.used_gpus(pool.name))
+        required = 0
+        for j in sorted(jobs, key=lambda j: (j.deadline_s if j.deadline_s is not None else math.inf, j.id)):
+            need = deadline_gpus(j, snapshot.time_s)
+            if j.state == "queued":
+                if need > idle:
+                    need = deadline_gpus(j, snapshot.time_s, delay)
+                idle = max(0, idle - need)
+            required += need
     else:
         required = sum(j.min_gpus for j in jobs)
     desired = max(required, sum(j.max_gpus for j in jobs))

@@ -138,8 +138,9 @@ def add_tier_summary(summary: dict, fleet: Fleet, raw: RawRun, resolved: Sequenc
         summary["tiers"]["not_carried_out"] = dict(controller.actuator.ignored) if controller.actuator else {}
 
 
-def hourly_gpus(held: list[tuple[float, str, str, int]], end: float) -> dict[str, list[float]]:
-    """Mean GPUs held per tier in each hour, from the controller's observations (one per interval)."""
+def hourly_gpus(held: list[tuple[float, str, str, int]], end: float) -> dict[str, list[float | None]]:
+    """Mean GPUs held per tier in each hour, from the controller's observations (one per interval); None for
+    an hour without one."""
     hours = max(1, int(np.ceil(end / 3600 - 1e-9)))
     sums = {t: np.zeros(hours) for t in ("inference", "training", "operational")}
     ticks = np.zeros(hours)
@@ -150,7 +151,8 @@ def hourly_gpus(held: list[tuple[float, str, str, int]], end: float) -> dict[str
         if t not in seen:
             seen.add(t)
             ticks[h] += 1
-    return {tier: [float(x) for x in np.where(ticks > 0, v / np.maximum(ticks, 1), np.nan)] for tier, v in sums.items()}
+    return {tier: [float(x) if n else None for x, n in zip(v / np.maximum(ticks, 1), ticks, strict=True)]
+            for tier, v in sums.items()}  # fmt: skip
 
 
 def _by_gpu(resolved: Sequence[ResolvedPool], raw: RawRun, detail: dict, end: float) -> dict[str, float]:

@@ -4,11 +4,19 @@ GPUs are fungible inside a pool; the pool counts them by owner (its own, or on l
 keeps the owner's name) and state (``provisioning``: ordered and paid, not ready; ``active``; ``incoming``:
 lent by an inference pool whose replica is still draining, neither held nor usable here yet).
 
-Its local scheduler, run on every change: queued jobs start in order (operational: earliest deadline first;
-training: priority, then submission) with the GPUs that meet their deadline (operational) or their minimum
-(training), then jobs started in the same pass share the remaining idle GPUs up to their maximum (free, they
-have not begun computing); GPUs still idle grow running jobs at their next checkpoint (nothing lost, one
-restore paid), but only when the time saved beats that restore.
+Its local scheduler, run on every change, in job order (operational: earliest deadline first; training:
+priority, then submission):
+
+1. queued jobs start with the GPUs that meet their deadline (operational) or their minimum (training), or
+   with what is idle if that is at least their minimum;
+2. a running job that would miss its deadline at its size grows at once (it restarts from its checkpoint,
+   so only when that still finishes sooner);
+3. jobs started in this pass share the idle GPUs left up to their maximum (free: they have not computed yet);
+4. GPUs still idle grow running jobs at their next checkpoint (nothing lost, one restore paid) when the time
+   saved beats the restore, leaving what jobs ahead of them lack for their deadlines.
+
+Found necessary by the multitier experiment: growing first-come at checkpoints let a large embedding job take
+the GPUs an evaluation job had been sized for, which then missed its deadline.
 """
 
 from __future__ import annotations
@@ -207,7 +215,8 @@ class JobPool:
         return held - keep
 
     def schedule(self) -> None:
-        """Start queued jobs on idle GPUs, widen the ones just started, and plan growth of the others."""
+        """Start queued jobs on idle GPUs; grow at once the running jobs that would miss their deadline at their
+        size; widen the jobs just started; plan the growth of the others at their next checkpoint."""
         if self.hold:
             return
         now = self.env.now
@@ -219,8 +228,13 @@ class JobPool:
             self.queue.remove(job)
             self._start(job, min(want, self.idle))
             started.append(job)
+        for job in sorted(self.running, key=self._order):  # late: growing now beats missing the deadline
+            short = self._short(job, now)
+            bigger = job.gpus + min(short, self.idle)
+            if short > 0 and job not in started and self._restart_finish(job, now, bigger) < job.finish_time():
+                self._restart(job, bigger)
         for job in started:  # not computing yet: widening costs nothing
-            extra = min(self.idle, job.max_gpus - job.gpus)
+            extra = min(self._available(job, now), job.max_gpus - job.gpus)
             if extra > 0:
                 self._widen(job, job.gpus + extra)
         if self.idle > 0:
@@ -236,13 +250,38 @@ class JobPool:
         return (-job.priority, job.submitted_s, job.id)
 
     def _need(self, job: SimJob, now: float) -> int:
-        """GPUs that meet the job's deadline at linear scaling (its minimum without a deadline)."""
+        """GPUs that meet the job's deadline at linear scaling if it (re)starts now, paying its restore (its
+        minimum without a deadline)."""
         if job.deadline_s is None:
             return job.min_gpus
         slack = job.deadline_s - now - job.restore_s
         if slack <= 0:
             return job.max_gpus
-        return math.ceil(job.remaining_gpu_s(now) / slack - 1e-9)
+        return math.ceil((job.work_gpu_s - job.saved_gpu_s(now)) / slack - 1e-9)
+
+    def _short(self, job: SimJob, now: float) -> int:
+        """GPUs a running job lacks to meet its deadline (0: it meets it at its size, or has no deadline)."""
+        if job.deadline_s is None or not job.running or job.finish_time() <= job.deadline_s:
+            return 0
+        return max(0, min(job.max_gpus, self._need(job, now)) - job.gpus)
+
+    def _available(self, job: SimJob, now: float) -> int:
+        """Idle GPUs ``job`` may take: those not wanted by jobs ahead of it that are short of their deadline."""
+        ahead = [j for j in sorted(self.running, key=self._order) if self._order(j) < self._order(job)]
+        return max(0, self.idle - sum(self._short(j, now) for j in ahead))
+
+    @staticmethod
+    def _restart_finish(job: SimJob, now: float, gpus: int) -> float:
+        """When ``job`` would finish if it restarted now on ``gpus`` GPUs (from its last checkpoint)."""
+        return now + job.restore_s + (job.work_gpu_s - job.saved_gpu_s(now)) / job.rate(gpus)
+
+    def _restart(self, job: SimJob, gpus: int) -> None:
+        """Resize a running job: it stops (keeping its last checkpoint) and starts again on ``gpus`` GPUs; a
+        resize, not counted as a preemption."""
+        job.stop(self.env.now)
+        job.preemptions -= 1
+        self.running.remove(job)
+        self._start(job, gpus)
 
     def _start(self, job: SimJob, gpus: int) -> None:
         job.start(self.env.now, gpus)
@@ -254,8 +293,8 @@ class JobPool:
         job.gpus = job.runs[-1].gpus = gpus
         self._wake(job, job.finish_time())
 
-    def _worth_growing(self, job: SimJob, now: float) -> bool:
-        bigger = min(job.max_gpus, job.gpus + self.idle)
+    def _worth_growing(self, job: SimJob, now: float, free: int | None = None) -> bool:
+        bigger = min(job.max_gpus, job.gpus + (self.idle if free is None else free))
         left = job.remaining_gpu_s(now)
         return left / job.rate() - left / job.rate(bigger) > job.restore_s
 
@@ -277,12 +316,9 @@ class JobPool:
             self.finished.append(job)
             self.schedule()
             return
-        if self.idle > 0 and job.gpus < job.max_gpus and self._worth_growing(job, now):
-            bigger = min(job.max_gpus, job.gpus + self.idle)
-            job.stop(now)  # at a checkpoint: nothing lost, counted as a resize rather than a preemption
-            job.preemptions -= 1
-            self.running.remove(job)
-            self._start(job, bigger)
+        free = self._available(job, now)
+        if free > 0 and job.gpus < job.max_gpus and self._worth_growing(job, now, free):
+            self._restart(job, min(job.max_gpus, job.gpus + free))  # at a checkpoint: nothing lost
         else:
             self._wake(job, job.finish_time())
 
