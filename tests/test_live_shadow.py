@@ -274,7 +274,6 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-@ALLOCATORS.register("test_explodes_on_third_call")
 class _Explodes(Allocator):
     calls = 0
 
@@ -285,7 +284,16 @@ class _Explodes(Allocator):
         return ALLOCATORS.create("reactive", {"target": 4}).decide(snapshot)
 
 
-def test_loop_reports_dead_hung_and_garbled_backends_and_keeps_deciding(tmp_path):
+@pytest.fixture
+def exploding_allocator(monkeypatch):
+    """Registered for this test only: a module-level registration leaks into every other test that walks the
+    registry (test_allocators runs each registered allocator)."""
+    monkeypatch.setitem(ALLOCATORS._classes, "test_explodes_on_third_call", _Explodes)
+    monkeypatch.setattr(_Explodes, "calls", 0)
+    return "test_explodes_on_third_call"
+
+
+def test_loop_reports_dead_hung_and_garbled_backends_and_keeps_deciding(tmp_path, exploding_allocator):
     spec = EmulatorSpec(served_model_name="emu", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=0.003)))
     garbage, hang = broken_server("garbage"), broken_server("hang")
     dead = f"http://127.0.0.1:{closed_port()}"
