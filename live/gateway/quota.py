@@ -15,37 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fleettwin.live.gateway.config import Quotas
-
-
-class TokenBucket:
-    """``rate`` per second up to ``burst``; starts full."""
-
-    def __init__(self, rate: float, burst: float, now: float):
-        if rate <= 0 or burst <= 0:
-            raise ValueError(f"rate and burst must be > 0, got {rate}, {burst}")
-        self.rate, self.burst = rate, burst
-        self.level, self._t = burst, now
-
-    def _refill(self, now: float) -> None:
-        if now > self._t:
-            self.level = min(self.burst, self.level + (now - self._t) * self.rate)
-            self._t = now
-
-    def wait_s(self, n: float, now: float) -> float:
-        """Seconds until ``n`` can be taken (0: now; inf: never, ``n`` exceeds the burst)."""
-        if n > self.burst:
-            return math.inf
-        self._refill(now)
-        return max(0.0, (n - self.level) / self.rate)
-
-    def take(self, n: float, now: float) -> None:
-        self._refill(now)
-        self.level -= n
-
-    def settle(self, delta: float, now: float) -> None:
-        """Give back (``delta`` > 0) or charge more (< 0) after the fact; never above the burst."""
-        self._refill(now)
-        self.level = min(self.burst, self.level + delta)
+from fleettwin.models.tenancy import TokenBucket  # the simulator's admission uses the same arithmetic
 
 
 @dataclass(frozen=True, slots=True)
