@@ -21,15 +21,15 @@ from the region (both ends' multipliers apply; once for traffic within a region)
 the origins whose users cannot reach it (a partition). A request's RTT is fixed when it is routed. A request
 whose region went down while it was on its way is routed again from its origin, excluding that region.
 
-**The pre-submit stage.** ``pre_submit`` stages (``(env, request) -> generator returning the request``, e.g.
-retrieval for RAG, ``sim/retrieval.py``) run in the serving region after the request arrives there and before
-it enters the pool, in ``_enter``: the one place where the request path may be extended.
+**Pre-submit stages.** ``pre_submit`` stages (``sim/stages.py``: ``(env, request) -> generator returning the
+request``, e.g. retrieval for RAG) run in the serving region after the request arrives there and before it
+enters the pool, through the same ``StagePipeline`` as the plain arrival path (a stage may refuse a request).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -47,14 +47,13 @@ from fleettwin.sim.metrics import COMPLETED, RequestLog
 from fleettwin.sim.pool import Pool
 from fleettwin.sim.prefix_cache import cache_stats
 from fleettwin.sim.scheduler import SeqState
+from fleettwin.sim.stages import PreSubmitStage, StagePipeline
 
 if TYPE_CHECKING:
     from fleettwin.sim.runner import ResolvedPool
 
 STREAM = 0x4E610  # the regional users' branch of the scenario seed
 MINUTE_MIN_REQUESTS = 10  # minutes with fewer completions are left out of the per-minute p99 spread
-
-PreSubmitStage = Callable[[simpy.Environment, Request], Generator[simpy.Event, object, Request]]
 
 
 @dataclass
@@ -93,10 +92,10 @@ class RegionFrontDoor:
         self.rtt = rtt.subset([r.name for r in self.regions])
         self.router = router
         self.state = {r.name: RegionState(r.name) for r in self.regions}
-        self.pre_submit = list(pre_submit)
+        self.stages = StagePipeline(pre_submit)
         self._rate = prefill_tokens_per_s  # per replica, by pool
         self.records: dict[int, tuple[str, str, float]] = {}  # request id -> (origin, region, rtt_s)
-        self._flying: dict[int, tuple[Request, str]] = {}  # on the network or in a pre-submit stage -> pool
+        self._flying: dict[int, tuple[Request, str]] = {}  # on the network -> pool
         self._in_flight: dict[str, list[int]] = {}  # pool -> [requests, prompt tokens] on their way
         self.env: simpy.Environment | None = None
 
@@ -145,18 +144,11 @@ class RegionFrontDoor:
             del self._flying[req.id]
             self.route(req, frozenset({region}))
             return
-        if self.pre_submit:
-            self.env.process(self._enter(req, pool))
-        else:
-            del self._flying[req.id]
-            self.pools[pool].submit(req)
-
-    def _enter(self, req: Request, pool: str) -> Generator:
-        """The pre-submit stages, then the pool."""
-        for stage in self.pre_submit:
-            req = yield from stage(self.env, req)
         del self._flying[req.id]
-        self.pools[pool].submit(req)
+        if self.stages:
+            self.env.process(self.stages.enter(self.env, req, pool, self.pools[pool].submit, self.log))
+        else:
+            self.pools[pool].submit(req)
 
     # -- what the router sees -----------------------------------------------------------------------------
 
@@ -198,6 +190,7 @@ class RegionFrontDoor:
         """Requests still on the network or in a pre-submit stage when the run ends."""
         for req, pool in self._flying.values():
             log.unfinished(pool, -1, SeqState(req), reason)
+        self.stages.account_unfinished(log, reason)
 
     def annotate(self, df: pd.DataFrame) -> pd.DataFrame:
         """The request table with ``origin``, ``region``, ``rtt_s`` and user-visible ``ttft_s``/``e2e_s``."""
@@ -287,16 +280,22 @@ def region_summary(cfg: RegionsConfig, door: RegionFrontDoor, df: pd.DataFrame, 
     }  # fmt: skip
 
 
-def minute_p99_spread(df: pd.DataFrame, *, min_requests: int = MINUTE_MIN_REQUESTS) -> dict:
-    """The p99 E2E of the requests sent in each minute (minutes with at least ``min_requests`` completions),
-    and its variance across minutes (s^2): the seed paper's "tail variance"."""
+def minute_p99(df: pd.DataFrame, *, min_requests: int = MINUTE_MIN_REQUESTS) -> pd.Series:
+    """The p99 E2E of the completed requests sent in each minute, for minutes with at least ``min_requests``."""
     done = df[df["status"] == COMPLETED]
-    minutes = (done["arrival_s"] // 60).astype(int)
-    p99 = done.groupby(minutes)["e2e_s"].agg(["size", lambda s: float(np.percentile(s, 99))])
-    p99 = p99[p99["size"] >= min_requests].iloc[:, 1]
-    return {"minutes": int(len(p99)), "var_s2": float(p99.var(ddof=0)) if len(p99) else math.nan,
-            "mean_s": float(p99.mean()) if len(p99) else math.nan,
-            "max_s": float(p99.max()) if len(p99) else math.nan}  # fmt: skip
+    grouped = done.groupby((done["arrival_s"] // 60).astype(int))["e2e_s"]
+    p99 = grouped.quantile(0.99)
+    return p99[grouped.size() >= min_requests]
+
+
+def minute_p99_spread(df: pd.DataFrame, *, min_requests: int = MINUTE_MIN_REQUESTS) -> dict:
+    """The per-minute p99 E2E (``minute_p99``) and its variance across minutes (s^2): the seed paper's "tail
+    variance"."""
+    p99 = minute_p99(df, min_requests=min_requests)
+    if not len(p99):
+        return {"minutes": 0, "var_s2": math.nan, "mean_s": math.nan, "max_s": math.nan}
+    return {"minutes": int(len(p99)), "var_s2": float(p99.var(ddof=0)), "mean_s": float(p99.mean()),
+            "max_s": float(p99.max())}  # fmt: skip
 
 
 def _q(s: pd.Series, q: float) -> float:
