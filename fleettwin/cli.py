@@ -14,7 +14,7 @@ from fleettwin.models.errors import FleettwinError
 # Module names under fleettwin.commands, in the order `--help` lists them.
 COMMANDS = [
     "simulate", "experiment", "sweep", "catalog", "backtest", "calibrate", "calibrate_retrieval",
-    "emulate", "loadgen", "shadow", "validate", "promote", "gateway", "certs",
+    "emulate", "loadgen", "shadow", "validate", "promote", "gateway", "certs", "serve_retrieval",
 ]  # fmt: skip
 
 

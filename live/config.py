@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from fleettwin.live.tls import TlsFiles
 from fleettwin.models.config import (
     CatalogOverrides,
     ControllerConfig,
@@ -55,6 +56,7 @@ class LivePool(StrictModel):
     router: PolicyRef = PolicyRef(name="least_outstanding")
     perf_model: PolicyRef = PolicyRef(name="roofline")  # for the drift report's simulation and the actuator
     backends: list[str] = Field(default_factory=list)  # base URLs of vLLM-compatible servers
+    tls: TlsFiles | None = None  # CA / client certificate for these backends (overrides scrape.tls)
 
     @field_validator("backends")
     @classmethod
@@ -71,7 +73,7 @@ class LivePool(StrictModel):
 
     def pool_config(self, replicas: int | None = None) -> PoolConfig:
         """This pool as a simulator pool with ``replicas`` (default: one per backend, at least one)."""
-        fields = self.model_dump(exclude={"backends"})
+        fields = self.model_dump(exclude={"backends", "tls"})
         try:
             return PoolConfig(**fields, replicas=replicas or max(1, len(self.backends)))
         except ValidationError as exc:
@@ -85,6 +87,7 @@ class ScrapeConfig(StrictModel):
     token: str | None = None  # bearer token, if the backends want one
     verify: bool | str = True  # TLS: verify, don't, or a CA bundle path
     model_name: str | None = None  # count only this model's series
+    tls: TlsFiles | None = None  # {ca, cert, key}: CA to verify backends, client certificate for mTLS backends
 
 
 class BackoffConfig(StrictModel):
@@ -175,6 +178,13 @@ class LiveConfig(StrictModel):
 
         catalog = self.build_catalog()
         return [resolve_pool(p.pool_config(), catalog) for p in self.pools]
+
+    def scrape_tls(self) -> tuple[TlsFiles | None, dict[str, TlsFiles]]:
+        """The scraper's TLS files (relative paths against the scenario's folder): for every backend, and for
+        the backends of pools that have their own."""
+        glob = self.scrape.tls.resolved(self._base_dir) if self.scrape.tls else None
+        per = {u: p.tls.resolved(self._base_dir) for p in self.pools if p.tls is not None for u in p.backends}
+        return glob, per
 
     def pool(self, name: str) -> LivePool:
         for p in self.pools:

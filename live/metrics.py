@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import httpx
 
-from fleettwin.live.client import tls_verify
 from fleettwin.live.promtext import MetricFamily, MetricsFormatError, parse
+from fleettwin.live.tls import TlsFiles, client_context, transport_reason
 
 __all__ = ["BackendMetrics", "BackendSetView", "HistogramSummary", "MetricsFormatError", "Scraper",
            "backend_metrics"]  # fmt: skip
@@ -206,16 +206,32 @@ def backend_metrics(text: str, *, url: str = "", scraped_at: float = 0.0, model_
 
 
 class Scraper:
-    """Polls ``/health`` and ``/metrics`` of backends. ``clock`` stamps the records (default: Unix time)."""
+    """Polls ``/health`` and ``/metrics`` of backends. ``clock`` stamps the records (default: Unix time).
+
+    ``tls`` (CA to trust, client certificate to present) applies to every backend but those in ``tls_by_url``,
+    which have their own (one connection pool per distinct setting); a backend that refuses the handshake is
+    reported down with a reason starting ``TLS:``."""
 
     def __init__(self, *, token: str | None = None, timeout_s: float = 2.0, verify: bool | str = True,
                  model_name: str | None = None, clock: Callable[[], float] = time.time,
-                 client: httpx.AsyncClient | None = None):  # fmt: skip
+                 client: httpx.AsyncClient | None = None, tls: TlsFiles | None = None,
+                 tls_by_url: Mapping[str, TlsFiles] | None = None):  # fmt: skip
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = client or httpx.AsyncClient(
-            timeout=timeout_s, verify=tls_verify(verify), headers=headers
-        )
+
+        def make(t: TlsFiles | None, where: str) -> httpx.AsyncClient:
+            return httpx.AsyncClient(timeout=timeout_s, verify=client_context(t, where=where, verify=verify),
+                                     headers=headers)  # fmt: skip
+
+        self._client = client or make(tls, "scrape.tls")
         self._own = client is None
+        self._presents = {None: tls is not None and tls.cert is not None}
+        self._by_url: dict[str, httpx.AsyncClient] = {}
+        pools: dict[TlsFiles, httpx.AsyncClient] = {}
+        for url, t in (tls_by_url or {}).items():
+            if t not in pools:
+                pools[t] = make(t, f"tls of {url}")
+            self._by_url[url.rstrip("/")] = pools[t]
+            self._presents[url.rstrip("/")] = t.cert is not None
         self.model_name, self.clock = model_name, clock
 
     async def __aenter__(self) -> Scraper:
@@ -225,22 +241,25 @@ class Scraper:
         await self.aclose()
 
     async def aclose(self) -> None:
+        for c in {id(c): c for c in self._by_url.values()}.values():
+            await c.aclose()
         if self._own:
             await self._client.aclose()
 
     async def scrape(self, url: str) -> BackendMetrics:
         base = url.rstrip("/")
         now = self.clock()
+        client = self._by_url.get(base, self._client)
         try:
-            health, page = await asyncio.gather(self._client.get(f"{base}/health"),
-                                                self._client.get(f"{base}/metrics"))  # fmt: skip
+            health, page = await asyncio.gather(client.get(f"{base}/health"), client.get(f"{base}/metrics"))
             if health.status_code != 200:
                 return BackendMetrics.unhealthy(url, now, f"/health answered HTTP {health.status_code}")
             if page.status_code != 200:
                 return BackendMetrics.unhealthy(url, now, f"/metrics answered HTTP {page.status_code}")
             return backend_metrics(page.text, url=url, scraped_at=now, model_name=self.model_name)
         except httpx.HTTPError as exc:
-            return BackendMetrics.unhealthy(url, now, f"{type(exc).__name__}: {exc}")
+            presented = self._presents.get(base, self._presents[None])
+            return BackendMetrics.unhealthy(url, now, transport_reason(exc, base, presented_cert=presented))
         except MetricsFormatError as exc:
             return BackendMetrics.unhealthy(url, now, str(exc))
         except Exception as exc:  # a scrape must never take the controller down

@@ -19,7 +19,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import uvicorn
@@ -50,6 +50,36 @@ class EmulatorSpec:
     description: str = ""
 
 
+def openai_errors(app: FastAPI) -> None:
+    """Every error of ``app`` answered OpenAI-style (``live/protocol.py``); no request can crash the server."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(ApiError(exc.status_code, str(exc.detail)).body(), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(ApiError(500, f"internal error: {exc!r}").body(), status_code=500)
+
+
+def bearer_guard(token: str | None) -> Callable[[Request], Awaitable[None]]:
+    """As vLLM's ``--api-key``: a route dependency that wants ``Authorization: Bearer <token>`` when a token is
+    set (compared in constant time). A dependency rather than an HTTP middleware: Starlette's middleware would
+    wrap every SSE stream."""
+
+    async def authorized(request: Request) -> None:
+        if token:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                raise ApiError(401, "Unauthorized: a valid bearer token is required", type="AuthenticationError")
+
+    return authorized
+
+
 def create_app(spec: EmulatorSpec, *, tracing: Tracing | None = None) -> FastAPI:
     """A FastAPI app whose lifespan starts and stops the engine loop on the server's event loop. ``tracing``
     (default: from ``FLEETTWIN_TRACING``, off unless set; ``live/tracing.py``) gives each generation a server
@@ -76,29 +106,8 @@ def create_app(spec: EmulatorSpec, *, tracing: Tracing | None = None) -> FastAPI
     app.state.emulator = state
     ids = itertools.count()
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(ApiError(exc.status_code, str(exc.detail)).body(), status_code=exc.status_code)
-
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(ApiError(500, f"internal error: {exc!r}").body(), status_code=500)
-
-    async def authorized(request: Request) -> None:
-        """As vLLM's ``--api-key``: ``/v1/*`` needs ``Authorization: Bearer <token>`` when a token is set.
-        (A dependency rather than an HTTP middleware: Starlette's middleware would wrap every SSE stream.)"""
-        if spec.token:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {spec.token}".encode()):
-                raise ApiError(
-                    401, "Unauthorized: a valid bearer token is required", type="AuthenticationError"
-                )
-
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorized)])
+    openai_errors(app)
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(bearer_guard(spec.token))])
 
     @app.get("/health")
     async def health() -> Response:

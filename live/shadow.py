@@ -117,8 +117,9 @@ class ShadowController:
         self.health: dict[str, BackendHealth] = {}
         s = cfg.scrape
         self._own_scraper = scraper is None
+        tls, tls_by_url = cfg.scrape_tls()
         self.scraper = scraper or Scraper(token=s.token, timeout_s=s.timeout_s, verify=s.verify,
-                                          model_name=s.model_name)  # fmt: skip
+                                          model_name=s.model_name, tls=tls, tls_by_url=tls_by_url)  # fmt: skip
         last = log.last
         self._last_time = last["time_s"] if last and isinstance(last.get("time_s"), int | float) else -math.inf
         self._resumed = self._resume() if last else None

@@ -15,6 +15,7 @@
     detectors: {prompt_injection: block, email: redact}
     jwt: {secret_env: FLEETTWIN_JWT_SECRET}
     backend_tls: {ca: certs/ca.pem, cert: certs/gateway-client.pem, key: certs/gateway-client.key}
+    retrieval: {url: "https://127.0.0.1:9100", token_env: FLEETTWIN_RETRIEVAL_TOKEN}   # POST /v1/retrieve
     audit_log: gateway-audit.jsonl
 
 Relative paths are resolved against the file's folder. A bad file is one ``ConfigError`` per problem naming the
@@ -33,6 +34,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fleettwin.live.gateway.sanitize import ACTIONS, DEFAULT_ACTIONS, DETECTORS, Action
+from fleettwin.live.tls import TlsFiles
 from fleettwin.models.config import _format_errors, read_yaml
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.routing import REPLICA_ROUTERS
@@ -129,26 +131,34 @@ class Backend(_Frozen):
         return name
 
     def token(self) -> str | None:
-        if self.token_env is None:
-            return None
-        value = os.environ.get(self.token_env)
-        if not value:
-            raise ConfigError(f"backend token: environment variable {self.token_env} is not set")
-        return value
+        return env_secret(self.token_env, "backend token")
 
 
-class TlsFiles(_Frozen):
-    """PEM files: ``ca`` to verify the peer, ``cert``/``key`` to present (a client certificate for mTLS)."""
+def env_secret(var: str | None, what: str) -> str | None:
+    """The value of environment variable ``var`` (None when no variable is named); unset is a ConfigError."""
+    if var is None:
+        return None
+    value = os.environ.get(var)
+    if not value:
+        raise ConfigError(f"{what}: environment variable {var} is not set")
+    return value
 
-    ca: Path | None = None
-    cert: Path | None = None
-    key: Path | None = None
 
-    @model_validator(mode="after")
-    def _pair(self) -> TlsFiles:
-        if (self.cert is None) != (self.key is None):
-            raise ValueError("cert and key go together")
-        return self
+class RetrievalService(_Frozen):
+    """Where the gateway forwards ``POST /v1/retrieve`` (``live/retrieval_service.py``); ``tls`` defaults to
+    ``backend_tls`` (the CA to verify the service, the client certificate the gateway presents)."""
+
+    url: str
+    token_env: str | None = None  # environment variable holding the service's bearer token
+    tls: TlsFiles | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, u: str) -> str:
+        return Backend._urls((u,))[0]
+
+    def token(self) -> str | None:
+        return env_secret(self.token_env, "retrieval token")
 
 
 class Jwt(_Frozen):
@@ -192,6 +202,7 @@ class GatewayConfig(_Frozen):
     detectors: dict[str, Action] = dict(DEFAULT_ACTIONS)
     jwt: Jwt | None = None
     backend_tls: TlsFiles | None = None
+    retrieval: RetrievalService | None = None
     audit_log: Path = Path("gateway-audit.jsonl")
     timeout_s: float = Field(300.0, gt=0)
 
@@ -254,8 +265,9 @@ def _resolve_paths(cfg: GatewayConfig, base: Path) -> GatewayConfig:
 
     update: dict[str, Any] = {"audit_log": at(cfg.audit_log)}
     if cfg.backend_tls is not None:
-        t = cfg.backend_tls
-        update["backend_tls"] = TlsFiles(ca=at(t.ca), cert=at(t.cert), key=at(t.key))
+        update["backend_tls"] = cfg.backend_tls.resolved(base)
+    if cfg.retrieval is not None and cfg.retrieval.tls is not None:
+        update["retrieval"] = cfg.retrieval.model_copy(update={"tls": cfg.retrieval.tls.resolved(base)})
     if cfg.jwt is not None and cfg.jwt.secret_file is not None:
         update["jwt"] = cfg.jwt.model_copy(update={"secret_file": at(cfg.jwt.secret_file)})
     return cfg.model_copy(update=update)

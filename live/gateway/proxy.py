@@ -14,10 +14,9 @@ from typing import Any
 
 import httpx
 
-from fleettwin.live.client import tls_verify
 from fleettwin.live.gateway.config import Backend, GatewayConfig
 from fleettwin.live.gateway.pipeline import Admitted
-from fleettwin.models.errors import ConfigError
+from fleettwin.live.tls import client_context
 from fleettwin.models.routing import REPLICA_ROUTERS
 from fleettwin.models.workload.request import Request
 
@@ -80,13 +79,7 @@ class Pool:
 def backend_tls(cfg: GatewayConfig) -> bool | ssl.SSLContext:
     """How the gateway verifies backends and which client certificate it presents; unreadable files are a
     ``ConfigError`` naming them."""
-    tls = cfg.backend_tls
-    if tls is None:
-        return True
-    try:
-        return tls_verify(str(tls.ca) if tls.ca else True, cert=(str(tls.cert), str(tls.key)) if tls.cert else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"backend_tls: cannot load {tls.ca}, {tls.cert}, {tls.key}: {exc}") from None
+    return client_context(cfg.backend_tls, where="backend_tls")
 
 
 class Upstreams:

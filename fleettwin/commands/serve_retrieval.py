@@ -1,0 +1,113 @@
+"""``fleettwin serve-retrieval``: serve saved FAISS stores by collection name over HTTP(S), with optional mTLS."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+EPILOG = """examples:
+  fleettwin serve-retrieval --build docs=docs --store-dir stores --build-only     # embed docs/*.md paragraphs
+  fleettwin serve-retrieval --collection docs=stores/docs.faiss --port 9100
+  fleettwin serve-retrieval --build docs=docs --index-type ivf_flat --embedder-param dim=256 --port 0
+  FLEETTWIN_RETRIEVAL_TOKEN=s3cret fleettwin serve-retrieval --collection docs=stores/docs.faiss --port 9100 \\
+      --token-env FLEETTWIN_RETRIEVAL_TOKEN --tls-cert certs/retrieval.pem --tls-key certs/retrieval.key \\
+      --tls-ca certs/ca.pem                                                        # bearer token + mTLS
+
+POST /v1/retrieve {"collection": "docs", "query": "..." | "vector": [...], "k": 5, "nprobe": 8} answers the ids,
+scores and (when stored) passages of the top k; GET /v1/collections lists them; /health and /metrics are open.
+--build NAME=FOLDER splits FOLDER's .md/.txt files into paragraphs, embeds them (--embedder, default hashing:
+no model, no download) and saves STORE_DIR/NAME.faiss with its metadata, embedder and passages beside it.
+See docs/live.md (Retrieval service) and docs/gateway.md (Zero-trust links)."""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve-retrieval",
+        help="serve saved FAISS stores by collection name (POST /v1/retrieve), with bearer token and mTLS",
+        description="Run an HTTP(S) retrieval service over one or more FAISS vector stores saved by the live "
+        "twin's vector store (or built here from a folder of documents): top-k search by text or vector per "
+        "collection, Prometheus metrics per collection, optional bearer token and client certificates.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--collection", action="append", default=[], metavar="NAME=PATH",
+                   help="serve the store saved at PATH as NAME (repeatable)")  # fmt: skip
+    p.add_argument("--build", action="append", default=[], metavar="NAME=FOLDER",
+                   help="build NAME from FOLDER's .md/.txt paragraphs into --store-dir, then serve it")  # fmt: skip
+    p.add_argument("--store-dir", type=Path, default=Path("stores"), help="where --build saves (default %(default)s)")
+    p.add_argument("--build-only", action="store_true", help="with --build: save the stores and exit")
+    p.add_argument("--index-type", default="flat", help="with --build: flat | ivf_flat | ivf_pq | hnsw (default flat)")
+    p.add_argument("--embedder", default="hashing", help="with --build: hashing | minilm (default %(default)s)")
+    p.add_argument("--embedder-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --build: embedder parameter, e.g. dim=256 (repeatable)")  # fmt: skip
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    p.add_argument("--port", type=int, default=9100, help="port (default %(default)s; 0 picks a free one)")
+    p.add_argument("--token-env", metavar="VAR", help="require 'Authorization: Bearer $VAR' on /v1/*")
+    p.add_argument("--tls-cert", help="PEM certificate: serve HTTPS")
+    p.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    p.add_argument("--tls-ca", help="PEM CA: require client certificates signed by it (mTLS)")
+    p.set_defaults(func=run)
+
+
+def _pairs(items: list[str], flag: str) -> list[tuple[str, Path]]:
+    from fleettwin.models.errors import ConfigError
+
+    out = []
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"{flag} {item!r}: expected NAME=PATH")
+        out.append((name, Path(path)))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from fleettwin.live.tls import check_server_files
+    from fleettwin.models.config import parse_override
+    from fleettwin.models.errors import ConfigError
+
+    check_server_files(args.tls_cert, args.tls_key, args.tls_ca)
+    token = None
+    if args.token_env:
+        token = os.environ.get(args.token_env)
+        if not token:
+            raise ConfigError(f"--token-env: environment variable {args.token_env} is not set")
+    served = _pairs(args.collection, "--collection")
+    builds = _pairs(args.build, "--build")
+    if not served and not builds:
+        raise ConfigError("give at least one --collection NAME=PATH or --build NAME=FOLDER")
+    names = [n for n, _ in served + builds]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"collection names must be distinct, got {', '.join(names)}")
+    from fleettwin.live.hybrid import load_corpus
+    from fleettwin.live.retrieval_service import build_collection, create_retrieval_app, load_collection
+
+    params = dict(parse_override(kv) for kv in args.embedder_param)
+    for name, folder in builds:
+        passages = [{"text": p.text, "source": p.source} for p in load_corpus(folder)]
+        if not passages:
+            raise ConfigError(f"--build {name}={folder}: no paragraphs of .md/.txt files found there")
+        path = build_collection(args.store_dir / f"{name}.faiss", passages, embedder=args.embedder,
+                                embedder_params=params, index_type=args.index_type)  # fmt: skip
+        print(f"built {name}: {len(passages)} passages from {folder} -> {path}", flush=True)
+        served.append((name, path))
+    if args.build_only:
+        return 0
+    collections = {name: load_collection(name, path) for name, path in served}
+    app = create_retrieval_app(collections, token=token)
+    from fleettwin.live.server import serve
+
+    def ready(url: str) -> None:
+        what = ", ".join(f"{n} ({c.store.spec.index_type}, {c.store.ntotal})" for n, c in collections.items())
+        mtls = ", client certificates required" if args.tls_ca else ""
+        print(f"fleettwin serve-retrieval: {what} at {url}{mtls}", flush=True)
+
+    try:
+        serve(app, host=args.host, port=args.port, ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key,
+              ssl_ca_certs=args.tls_ca, on_ready=ready)  # fmt: skip
+    except OSError as exc:
+        raise ConfigError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    print("fleettwin serve-retrieval: stopped", file=sys.stderr)
+    return 0
