@@ -283,13 +283,13 @@ def run_scenario(
     if failures:
         processes.append(failures)
     rag = build_rag(cfg, seed) if cfg.retrieval else None  # retrieval before prefill for RAG requests
-    door = build_front_door(cfg.regions, resolved, pre_submit=[rag] if rag else ()) if cfg.regions else None
     stages = tenant_stages(cfg.tenants, seed) if cfg.tenants else []  # the gateway's checks, quotas
-    if stages and door:
-        raise ConfigError(f"scenario {cfg.name!r}: tenants.gateway and tenant rate quotas do not run behind the "
-                          "regions front door yet (it cannot refuse a request); drop one of them")  # fmt: skip
-    if rag is not None and door is None:
-        stages = [*stages, rag]  # after the gateway's checks: a refused request does not retrieve
+    if rag is not None:
+        stages.append(rag)  # after the gateway's checks: a refused request does not retrieve
+    # Behind a regions front door the stages run in the serving region, before its pool.
+    door = build_front_door(cfg.regions, resolved, pre_submit=stages) if cfg.regions else None
+    if door is not None:
+        stages = []
     if failures and door:
         failures.front_door = door  # region outages, partitions and RTT spikes act through it
     flows = build_workflows(cfg, seed, requests, rag, door) if cfg.workflows else None  # agent/RAG DAGs of calls

@@ -234,3 +234,24 @@ def test_requests_are_conserved_with_quota_refusals_and_caps(checked_caps, data,
     pool = raw.pools[0]
     assert pool.caps is None or (pool.caps.num_held == 0 and set(pool.caps.in_replicas.values()) <= {0})
     assert pool.outstanding == [0] * replicas and not pool.queue
+
+
+def test_gateway_and_quotas_run_in_the_serving_region_behind_the_front_door():
+    """User in eu-west-1, GPUs in us-east-1: the gateway's delay adds to TTFT after the outbound half RTT, and the
+    quota refuses by the time the request reaches the region."""
+    step, per_token = 0.02, 1e-4
+    cfg = parse_scenario({
+        "name": "regions-tenants", "workload": {"type": "poisson", "rate": 1, "duration_s": 10, "lengths": LENGTHS},
+        "pools": [{"name": "use1", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1,
+                   "perf_model": {"name": "constant", "params": {"step_s": step, "per_prefill_token_s": per_token}}}],
+        "regions": {"regions": [{"name": "us-east-1", "pools": ["use1"]}, {"name": "eu-west-1"}], "users": None},
+        "tenants": {"members": [{"name": "a", "quotas": {"requests_per_s": 1.0, "burst_requests": 1}}],
+                    "gateway": {"fixed_ms": 10.0}},
+    })  # fmt: skip
+    reqs = [Request(id=i, arrival_s=t, prompt_tokens=200, output_tokens=11, region="eu-west-1", tenant="a")
+            for i, t in enumerate((5.0, 5.1, 5.2, 7.0))]  # fmt: skip
+    df = run_scenario(cfg, requests=reqs).requests.set_index("id")
+    assert list(df["status"]) == ["completed", "rejected", "rejected", "completed"]
+    assert df.loc[1, "reason"].startswith("tenant quota: a over its requests/s")
+    rtt = 69.6e-3  # cloudping p50, eu-west-1 -> us-east-1 (models/data/regions.csv)
+    assert df.loc[0, "ttft_s"] == pytest.approx(rtt + 0.010 + step + per_token * 200, abs=1e-12)
