@@ -2,7 +2,7 @@
 
 - ``TokenBucket``: ``rate`` per second up to ``burst``, starting full. Time is always passed in, so the same
   object serves the simulator's admission stage (``sim/tenancy.py``, simulated seconds) and the live gateway
-  (``live/gateway/quota.py`` has the same interface on ``time.monotonic``).
+  (``live/gateway/quota.py`` uses this class on ``time.monotonic``).
 - ``QuotaGate``: one tenant's requests/s and tokens/s buckets; a request is admitted only if every bucket can
   take it at once, and a refusal takes nothing (so it costs the tenant nothing).
 - ``FairClock``: weighted fair queueing tags, self-clocked (Golestani's SCFQ). A request of tenant ``t`` with
