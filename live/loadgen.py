@@ -79,10 +79,12 @@ async def replay(
     timeout_s: float = 60.0,
     drain_timeout_s: float = 30.0,
     retries: int = 3,
+    cert: tuple[str, str] | None = None,
 ) -> pd.DataFrame:
     """Replay ``requests`` (sorted by arrival) against ``targets`` (base URLs); one row per request sent.
 
-    ``model``: the model name to send; None asks each target's ``/v1/models`` once (first name)."""
+    ``model``: the model name to send; None asks each target's ``/v1/models`` once (first name). ``verify``: verify
+    TLS, don't, or a CA file; ``cert``: (certificate, key) to present to targets that require mTLS."""
     if not targets:
         raise ValueError("at least one target URL is needed")
     if speedup <= 0:
@@ -94,8 +96,8 @@ async def replay(
     def clock() -> float:
         return time.perf_counter() - t0
 
-    clients = [VllmClient(u, token=token, verify=verify, timeout_s=timeout_s, retries=retries, clock=clock)
-               for u in targets]  # fmt: skip
+    clients = [VllmClient(u, token=token, verify=verify, timeout_s=timeout_s, retries=retries, clock=clock,
+                          cert=cert) for u in targets]  # fmt: skip
     rows: list[tuple] = []
     tasks: dict[asyncio.Task, tuple[Request, str, float]] = {}
     try:

@@ -62,6 +62,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--token", help="bearer token for the targets")
     p.add_argument("--chat", action="store_true", help="use /v1/chat/completions with text prompts")
     p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+    p.add_argument("--tls-ca", help="PEM CA to verify the targets with (e.g. certs/ca.pem of fleettwin certs)")
+    p.add_argument("--tls-cert", help="PEM client certificate to present to targets that require mTLS")
+    p.add_argument("--tls-key", help="PEM private key for --tls-cert")
     p.add_argument(
         "--timeout", type=float, default=120.0, help="per-request read timeout, s (default %(default)s)"
     )
@@ -89,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_requests < 1:
         raise ConfigError(f"--max-requests must be >= 1, got {args.max_requests}")
     REPLICA_ROUTERS.get(args.router)  # an unknown name fails here with the list of known ones
+    args.verify = _verify(args)
     if (args.trace is None) == (args.workflows is None):
         raise ConfigError("give --trace (replay requests) or --workflows (run a scenario's workflows), not both")
     if args.workflows is not None:
@@ -98,13 +102,25 @@ def run(args: argparse.Namespace) -> int:
                           max_requests=args.max_requests)  # fmt: skip
     df = asyncio.run(replay(
         requests, targets, speedup=args.speedup, duration_s=args.duration, max_requests=args.max_requests,
-        router=args.router, chat=args.chat, model=args.model, token=args.token, verify=not args.insecure,
+        router=args.router, chat=args.chat, model=args.model, token=args.token, verify=args.verify,
         timeout_s=args.timeout, drain_timeout_s=args.drain_timeout,
     ))  # fmt: skip
     print(json.dumps(summarize(df), indent=2))
     if args.out:
         print(f"wrote {write_parquet(args.out, df)}")
     return 0
+
+
+def _verify(args: argparse.Namespace):
+    """What the clients verify with and present: a context from --tls-ca/--tls-cert/--tls-key (read now, so an
+    unreadable file is one error before any request), else whether to verify at all."""
+    from fleettwin.live.tls import client_context, client_files
+    from fleettwin.models.errors import ConfigError
+
+    tls = client_files(args.tls_ca, args.tls_cert, args.tls_key)
+    if tls is not None and args.insecure and tls.ca is not None:
+        raise ConfigError("--insecure and --tls-ca contradict each other; give one")
+    return client_context(tls, where="--tls-ca/--tls-cert/--tls-key", verify=not args.insecure)
 
 
 def run_workflows(args: argparse.Namespace, targets: list[str]) -> int:
@@ -132,7 +148,7 @@ def run_workflows(args: argparse.Namespace, targets: list[str]) -> int:
     try:
         wf, nodes = asyncio.run(execute(
             instances, targets, speedup=args.speedup, duration_s=args.duration, max_workflows=args.max_workflows,
-            router=args.router, chat=args.chat, model=args.model, token=args.token, verify=not args.insecure,
+            router=args.router, chat=args.chat, model=args.model, token=args.token, verify=args.verify,
             timeout_s=args.timeout, drain_timeout_s=args.drain_timeout, retriever=retriever,
             k=rag.k if rag else 10, context_tokens=context, tracing=tracing,
         ))  # fmt: skip

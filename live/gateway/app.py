@@ -3,7 +3,8 @@
 ``POST /v1/completions`` and ``POST /v1/chat/completions`` pass the policy pipeline (``pipeline.py``); an
 admitted request goes to one of its model's backends (the response, SSE streams included, is relayed as it
 arrives), a refused one is answered here with an OpenAI-style error (401, 403, 404, 400, 429 with
-``Retry-After``; 502 when no backend answers). ``GET /v1/models`` lists the tenant's models; ``/health`` and
+``Retry-After``; 502 when no backend answers). ``POST /v1/retrieve`` searches a retrieval collection the tenant
+may use, through the retrieval service (``retrieve.py``). ``GET /v1/models`` lists the tenant's models; ``/health`` and
 ``/metrics`` (per-tenant counters) are open, as on vLLM. Every decision is one audit record, written when the
 request ends so that it carries the outcome; every response carries ``x-request-id`` to find it.
 """
@@ -30,6 +31,7 @@ from fleettwin.live.gateway.config import GatewayConfig
 from fleettwin.live.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from fleettwin.live.gateway.pipeline import CHAT, COMPLETIONS, Admitted, Gatekeeper, Refused
 from fleettwin.live.gateway.proxy import Upstreams, Usage, relay
+from fleettwin.live.gateway.retrieve import RETRIEVE, RetrievalUpstream, check_retrieval
 from fleettwin.live.protocol import ApiError
 from fleettwin.live.tracing import Tracing, tracing_from_env
 from fleettwin.models.errors import ConfigError
@@ -74,6 +76,7 @@ def create_gateway_app(cfg: GatewayConfig, *, gatekeeper: Gatekeeper | None = No
     tracing = tracing or tracing_from_env("fleettwin-gateway")
     metrics = GatewayMetrics(list(cfg.tenants))
     upstreams = Upstreams(cfg)
+    retrieval = RetrievalUpstream(cfg) if cfg.retrieval is not None else None
     try:
         audit = AuditLog(cfg.audit_log)
     except OSError as exc:
@@ -85,10 +88,14 @@ def create_gateway_app(cfg: GatewayConfig, *, gatekeeper: Gatekeeper | None = No
         await upstreams.open()
         tracing.instrument_httpx(upstreams.http)  # the backend call's span context goes upstream
         state["upstreams"] = upstreams
+        if retrieval is not None:
+            await retrieval.open()
         try:
             yield
         finally:
             await state["upstreams"].aclose()
+            if retrieval is not None:
+                await retrieval.aclose()
             state["audit"].close()
             tracing.shutdown()
 
@@ -249,6 +256,40 @@ def create_gateway_app(cfg: GatewayConfig, *, gatekeeper: Gatekeeper | None = No
         return JSONResponse({"object": "list", "data": [
             {"id": m, "object": "model", "created": created, "owned_by": "fleettwin-gateway", "root": m,
              "parent": None, "max_tokens": t.max_tokens} for m in names]}, headers={"x-request-id": rid})  # fmt: skip
+
+    @app.post("/v1/retrieve")
+    async def retrieve(request: Request) -> Response:
+        """A collection search: checked here (``retrieve.py``), answered by the retrieval service."""
+        t0, rid = time.perf_counter(), f"gw-{prefix}-{next(ids)}"
+        client = request.client.host if request.client else None
+        try:
+            a = check_retrieval(gate, request.headers, await request.body())
+        except Refused as r:
+            return refuse(rid, RETRIEVE, r, client)
+        tenant, outcome, error = a.principal.tenant, "completed", ""
+        try:
+            r = await retrieval.send(a.body, rid)
+            status, content = r.status_code, r.content
+            if status in (401, 403):  # the gateway's own credentials failed: not the caller's fault
+                error = content[:MAX_MESSAGE].decode(errors="replace")
+                raise ApiError(502, f"The retrieval service refused the gateway's credentials (HTTP {status}); "
+                               "check retrieval.token_env and retrieval.tls.", type="BadGatewayError")  # fmt: skip
+            if status != 200:
+                outcome, error = "backend_error", content[:MAX_MESSAGE].decode(errors="replace")
+        except (httpx.HTTPError, ApiError) as exc:
+            err = exc if isinstance(exc, ApiError) else ApiError(
+                502, f"The retrieval service did not answer: {type(exc).__name__}: {exc}", type="BadGatewayError")
+            status, content, outcome, error = 502, json.dumps(err.body()).encode(), "upstream_error", error or err.message
+        finally:
+            gate.limiters[tenant].release(a.ticket, None)
+        metrics.requests.labels(tenant, RETRIEVE, "allow", str(status)).inc()
+        state["audit"].write({
+            "request_id": rid, "tenant": tenant, "auth": a.principal.method, "key_id": a.principal.key_id,
+            "client": client, "route": RETRIEVE, "collection": a.collection, "decision": "allow", "status": status,
+            "reasons": [], "hits": [], "backend": retrieval.url, "outcome": outcome, "error": error[:MAX_MESSAGE],
+            "duration_ms": round((time.perf_counter() - t0) * 1e3, 3),
+        })  # fmt: skip
+        return Response(content, status_code=status, headers={"x-request-id": rid}, media_type="application/json")
 
     @app.get("/health")
     async def health() -> Response:

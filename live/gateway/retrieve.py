@@ -1,0 +1,84 @@
+"""The gateway's ``POST /v1/retrieve``: a tenant's search of one retrieval collection, checked, then forwarded.
+
+The caller is authenticated as for completions; the body names one ``collection``, which the tenant's
+``collections`` rule must allow (403 otherwise, as for documents from that collection in a chat request); an
+allowed request takes one slot of the tenant's request quota (requests/s, concurrent). The retrieval service
+(``live/retrieval_service.py``) is reached with the gateway's own credentials — its bearer token from
+``retrieval.token_env`` and the client certificate of ``retrieval.tls`` (default ``backend_tls``) — never the
+caller's, and its answer is passed on as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from fleettwin.live.gateway.auth import Principal
+from fleettwin.live.gateway.authz import Forbidden
+from fleettwin.live.gateway.config import GatewayConfig
+from fleettwin.live.gateway.pipeline import Gatekeeper, Refused, _reason
+from fleettwin.live.gateway.quota import Ticket, retry_after_header
+from fleettwin.live.protocol import ApiError, parse_json
+from fleettwin.live.tls import client_context
+
+RETRIEVE = "retrieve"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetrievalAdmitted:
+    principal: Principal
+    collection: str
+    body: dict[str, Any]
+    ticket: Ticket
+
+
+def check_retrieval(gate: Gatekeeper, headers: Mapping[str, str], raw: bytes) -> RetrievalAdmitted:
+    """Authenticate, authorize the collection and take a quota slot; raises ``Refused``."""
+    principal = collection = None
+    try:
+        principal = gate.auth.authenticate(headers)
+        body = parse_json(raw)
+        collection = body.get("collection")
+        if not isinstance(collection, str) or not collection:
+            raise ApiError(400, "collection is required (a string naming a retrieval collection)", param="collection")
+        if not gate.cfg.tenants[principal.tenant].allows("collections", collection):
+            raise Forbidden(f"Tenant '{principal.tenant}' may not search collection '{collection}'.", "collection")
+        if gate.cfg.retrieval is None:
+            raise ApiError(404, "This gateway has no retrieval service (policy file: retrieval.url).")
+    except ApiError as exc:
+        raise Refused(exc, _reason(exc), principal=principal, model=collection) from None
+    got = gate.limiters[principal.tenant].admit(0)
+    if not isinstance(got, Ticket):
+        err = ApiError(429, f"Rate limit reached: {got.message}. Retry after {got.retry_after_s:.2f} s.",
+                       type="RateLimitError")  # fmt: skip
+        raise Refused(err, "quota", principal=principal, model=collection,
+                      headers={"Retry-After": retry_after_header(got.retry_after_s)})  # fmt: skip
+    return RetrievalAdmitted(principal=principal, collection=collection, body=body, ticket=got)
+
+
+class RetrievalUpstream:
+    """The connection to the retrieval service; its token and TLS files are read when this is built."""
+
+    def __init__(self, cfg: GatewayConfig):
+        r = cfg.retrieval
+        assert r is not None
+        self.url, self.timeout_s = r.url, cfg.timeout_s
+        self.verify = client_context(r.tls or cfg.backend_tls, where="retrieval.tls" if r.tls else "backend_tls")
+        token = r.token()
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http: httpx.AsyncClient | None = None
+
+    async def open(self) -> None:
+        self.http = httpx.AsyncClient(verify=self.verify, timeout=httpx.Timeout(self.timeout_s, connect=5.0))
+
+    async def aclose(self) -> None:
+        if self.http is not None:
+            await self.http.aclose()
+
+    async def send(self, body: dict[str, Any], request_id: str) -> httpx.Response:
+        """The service's answer; raises ``httpx.HTTPError`` when it cannot be reached."""
+        return await self.http.post(f"{self.url}/v1/retrieve", json=body,
+                                    headers={**self.headers, "x-request-id": request_id})  # fmt: skip
