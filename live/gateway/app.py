@@ -278,7 +278,7 @@ def create_gateway_app(cfg: GatewayConfig, *, gatekeeper: Gatekeeper | None = No
                 outcome, error = "backend_error", content[:MAX_MESSAGE].decode(errors="replace")
         except (httpx.HTTPError, ApiError) as exc:
             err = exc if isinstance(exc, ApiError) else ApiError(
-                502, f"The retrieval service did not answer: {type(exc).__name__}: {exc}", type="BadGatewayError")
+                502, f"The retrieval service did not answer: {retrieval.unreachable(exc)}", type="BadGatewayError")
             status, content, outcome, error = 502, json.dumps(err.body()).encode(), "upstream_error", error or err.message
         finally:
             gate.limiters[tenant].release(a.ticket, None)

@@ -22,7 +22,7 @@ from fleettwin.live.gateway.config import GatewayConfig
 from fleettwin.live.gateway.pipeline import Gatekeeper, Refused, _reason
 from fleettwin.live.gateway.quota import Ticket, retry_after_header
 from fleettwin.live.protocol import ApiError, parse_json
-from fleettwin.live.tls import client_context
+from fleettwin.live.tls import client_context, transport_reason
 
 RETRIEVE = "retrieve"
 
@@ -66,7 +66,9 @@ class RetrievalUpstream:
         r = cfg.retrieval
         assert r is not None
         self.url, self.timeout_s = r.url, cfg.timeout_s
-        self.verify = client_context(r.tls or cfg.backend_tls, where="retrieval.tls" if r.tls else "backend_tls")
+        tls = r.tls or cfg.backend_tls
+        self.verify = client_context(tls, where="retrieval.tls" if r.tls else "backend_tls")
+        self.presents_cert = tls is not None and tls.cert is not None
         token = r.token()
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http: httpx.AsyncClient | None = None
@@ -77,6 +79,10 @@ class RetrievalUpstream:
     async def aclose(self) -> None:
         if self.http is not None:
             await self.http.aclose()
+
+    def unreachable(self, exc: httpx.HTTPError) -> str:
+        """Why the service did not answer, naming TLS when the handshake is why."""
+        return transport_reason(exc, self.url, presented_cert=self.presents_cert)
 
     async def send(self, body: dict[str, Any], request_id: str) -> httpx.Response:
         """The service's answer; raises ``httpx.HTTPError`` when it cannot be reached."""
