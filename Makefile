@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 OUT    ?= results/quickstart
-EXTRAS ?= dev,lstm,live,ray
+EXTRAS ?= dev,lstm,live,ray,embed
 
 .PHONY: install demo test test-all bench lint clean
 
