@@ -159,6 +159,11 @@ class Tracing:
         response.body_iterator = body()
         return response
 
+    def flush(self) -> None:
+        """Export every span ended so far (the batch processor otherwise exports every few seconds)."""
+        if self._provider is not None:
+            self._provider.force_flush()
+
     def shutdown(self) -> None:
         """Export what is buffered and stop (the in-memory exporter is left readable)."""
         if self._provider is None:
