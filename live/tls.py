@@ -14,6 +14,7 @@ import os
 import ssl
 from pathlib import Path
 
+import httpx
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from fleettwin.live.client import tls_verify
@@ -85,15 +86,18 @@ def check_server_files(cert: str | None, key: str | None, ca: str | None) -> Non
 def transport_reason(exc: BaseException, url: str, *, presented_cert: bool) -> str:
     """Why a request got no answer, in words that name TLS when TLS is why. A TLS 1.3 server checks the client's
     certificate after the client's handshake has completed, and uvicorn then closes the connection without a
-    readable alert, so the client sees only "disconnected without sending a response"; on an https URL that is
-    what an mTLS server does to a client certificate it does not accept, and the reason says so."""
+    readable alert, so the client sees only "disconnected without sending a response" (or a reset, when the close
+    crosses its request); on an https URL that is what an mTLS server does to a client certificate it does not
+    accept, and the reason says so."""
     text = f"{type(exc).__name__}: {exc}"
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ssl.SSLError) or "[SSL" in str(seen):
             return f"TLS: {text}"
         seen = seen.__cause__ or seen.__context__
-    if url.startswith("https://") and "without sending a response" in str(exc):
+    # The server's close shows as an EOF before the response or, when it lands mid-write, a reset (ReadError).
+    closed = isinstance(exc, httpx.ReadError) or "without sending a response" in str(exc)
+    if url.startswith("https://") and closed:
         which = "the client certificate presented was refused" if presented_cert else "no client certificate was presented"
         return f"TLS: the server closed the connection without answering; an mTLS server does so when {which} ({text})"
     return text

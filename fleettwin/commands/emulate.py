@@ -89,12 +89,10 @@ def build_spec(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from fleettwin.live.server import serve
+    from fleettwin.live.tls import check_server_files
     from fleettwin.models.errors import ConfigError
 
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise ConfigError("--tls-cert and --tls-key go together")
-    if args.tls_ca is not None and args.tls_cert is None:
-        raise ConfigError("--tls-ca (client certificates) needs --tls-cert and --tls-key")
+    check_server_files(args.tls_cert, args.tls_key, args.tls_ca)
     spec = build_spec(args)
 
     def ready(url: str) -> None:

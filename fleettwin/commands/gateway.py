@@ -50,12 +50,11 @@ def run(args: argparse.Namespace) -> int:
         key, stored = new_key()
         print(f"key:    {key}\nstored: {stored}    # put this line under tenants.<name>.api_keys")
         return 0
+    from fleettwin.live.tls import check_server_files
+
     if args.config is None:
         raise ConfigError("--config is required (or --new-key)")
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise ConfigError("--tls-cert and --tls-key go together")
-    if args.tls_ca is not None and args.tls_cert is None:
-        raise ConfigError("--tls-ca (client certificates) needs --tls-cert and --tls-key")
+    check_server_files(args.tls_cert, args.tls_key, args.tls_ca)
     from fleettwin.live.gateway.config import load_gateway
 
     cfg = load_gateway(args.config)

@@ -23,7 +23,6 @@ import anyio
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fleettwin import __version__
 from fleettwin.live.gateway.audit import AuditLog
@@ -33,6 +32,7 @@ from fleettwin.live.gateway.pipeline import CHAT, COMPLETIONS, Admitted, Gatekee
 from fleettwin.live.gateway.proxy import Upstreams, Usage, relay
 from fleettwin.live.gateway.retrieve import RETRIEVE, RetrievalUpstream, check_retrieval
 from fleettwin.live.protocol import ApiError
+from fleettwin.live.server import openai_errors
 from fleettwin.live.tracing import Tracing, tracing_from_env
 from fleettwin.models.errors import ConfigError
 
@@ -90,6 +90,7 @@ def create_gateway_app(cfg: GatewayConfig, *, gatekeeper: Gatekeeper | None = No
         state["upstreams"] = upstreams
         if retrieval is not None:
             await retrieval.open()
+            tracing.instrument_httpx(retrieval.http)
         try:
             yield
         finally:
@@ -105,17 +106,7 @@ def create_gateway_app(cfg: GatewayConfig, *, gatekeeper: Gatekeeper | None = No
     app.state.gatekeeper = gate
     prefix, ids = secrets.token_hex(3), itertools.count()
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(ApiError(exc.status_code, str(exc.detail)).body(), status_code=exc.status_code)
-
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(ApiError(500, f"internal error: {exc!r}").body(), status_code=500)
+    openai_errors(app)
 
     def refuse(rid: str, route: str, r: Refused, client: str | None) -> JSONResponse:
         p = r.principal
@@ -262,13 +253,18 @@ def create_gateway_app(cfg: GatewayConfig, *, gatekeeper: Gatekeeper | None = No
         """A collection search: checked here (``retrieve.py``), answered by the retrieval service."""
         t0, rid = time.perf_counter(), f"gw-{prefix}-{next(ids)}"
         client = request.client.host if request.client else None
+        span = tracing.server_span("gateway.request", request.headers, {"http.route": RETRIEVE, "fleettwin.request_id": rid})
         try:
             a = check_retrieval(gate, request.headers, await request.body())
         except Refused as r:
+            tracing.end(span, **{"http.response.status_code": r.error.status, "fleettwin.refusal": r.reason})
             return refuse(rid, RETRIEVE, r, client)
         tenant, outcome, error = a.principal.tenant, "completed", ""
+        backend = tracing.start("gateway.retrieval", parent=span, kind="client", attributes={
+            "server.address": retrieval.url, "fleettwin.tenant": tenant, "fleettwin.collection": a.collection})  # fmt: skip
         try:
-            r = await retrieval.send(a.body, rid)
+            with tracing.current(backend):  # the httpx hook puts its traceparent on the request to the service
+                r = await retrieval.send(a.body, rid)
             status, content = r.status_code, r.content
             if status in (401, 403):  # the gateway's own credentials failed: not the caller's fault
                 error = content[:MAX_MESSAGE].decode(errors="replace")
@@ -283,6 +279,9 @@ def create_gateway_app(cfg: GatewayConfig, *, gatekeeper: Gatekeeper | None = No
         finally:
             gate.limiters[tenant].release(a.ticket, None)
         metrics.requests.labels(tenant, RETRIEVE, "allow", str(status)).inc()
+        for s in (backend, span):
+            tracing.end(s, error=(error or outcome) if status >= 500 else None,
+                        **{"http.response.status_code": status, "fleettwin.outcome": outcome})
         state["audit"].write({
             "request_id": rid, "tenant": tenant, "auth": a.principal.method, "key_id": a.principal.key_id,
             "client": client, "route": RETRIEVE, "collection": a.collection, "decision": "allow", "status": status,
