@@ -39,6 +39,7 @@ from fleettwin.live.embed import Embedder, make_embedder
 from fleettwin.live.faiss_store import SEARCH_PARAM, IndexSpec, VectorStore, VectorStoreError
 from fleettwin.live.protocol import ApiError, parse_json
 from fleettwin.live.server import bearer_guard, openai_errors
+from fleettwin.live.tracing import Tracing, tracing_from_env
 from fleettwin.models.errors import ConfigError
 from fleettwin.sim.io import atomic_write, write_json
 
@@ -193,10 +194,14 @@ def _search(c: Collection, req: RetrieveRequest) -> tuple[list[int], list[float]
     return [int(i) for i in ids[keep]], [float(s) for s in scores[keep]], took
 
 
-def create_retrieval_app(collections: dict[str, Collection], *, token: str | None = None) -> FastAPI:
-    """The app over already-loaded ``collections`` (so a bad store fails before the server listens)."""
+def create_retrieval_app(collections: dict[str, Collection], *, token: str | None = None,
+                         tracing: Tracing | None = None) -> FastAPI:  # fmt: skip
+    """The app over already-loaded ``collections`` (so a bad store fails before the server listens). ``tracing``
+    (default: from ``FLEETTWIN_TRACING``, off unless set; ``live/tracing.py``): a server span per search that
+    continues the caller's ``traceparent`` (the gateway's)."""
     if not collections:
         raise ConfigError("serve at least one collection")
+    tracing = tracing or tracing_from_env("fleettwin-retrieval")
     metrics = RetrievalMetrics(collections)
     app = FastAPI(title="fleettwin retrieval service", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url=None)  # fmt: skip
@@ -223,6 +228,7 @@ def create_retrieval_app(collections: dict[str, Collection], *, token: str | Non
     async def retrieve(request: Request) -> dict:
         t0 = time.perf_counter()
         label = UNKNOWN
+        span = tracing.server_span("retrieval.retrieve", request.headers, {"http.route": "/v1/retrieve"})
         try:
             body = parse_json(await request.body())
             name = body.get("collection")
@@ -236,6 +242,7 @@ def create_retrieval_app(collections: dict[str, Collection], *, token: str | Non
             ids, scores, search_s = await run_in_threadpool(_search, c, req)
         except ApiError as exc:
             metrics.requests.labels(label, str(exc.status)).inc()
+            tracing.end(span, error=exc, **{"http.response.status_code": exc.status})
             raise
         took = time.perf_counter() - t0
         metrics.requests.labels(label, "200").inc()
@@ -246,6 +253,8 @@ def create_retrieval_app(collections: dict[str, Collection], *, token: str | Non
                                "took_ms": round(took * 1e3, 3)}  # fmt: skip
         if c.passages is not None:
             out["passages"] = [c.passages[i] for i in ids]
+        tracing.end(span, **{"http.response.status_code": 200, "fleettwin.collection": c.name, "fleettwin.hits": len(ids),
+                             "fleettwin.search_ms": round(search_s * 1e3, 3)})  # fmt: skip
         return out
 
     app.include_router(v1)

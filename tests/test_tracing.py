@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import pytest
@@ -49,6 +50,17 @@ def by_name(spans) -> dict[str, list]:
     return out
 
 
+def finished(tr, *names: str, timeout_s: float = 5.0) -> dict[str, list]:
+    """The exporter's spans by name once every one of ``names`` has ended: a streamed response's spans end just
+    after its last byte, which the client may have read already."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        spans = by_name(tr.exporter.get_finished_spans())
+        if all(n in spans for n in names) or time.monotonic() > deadline:
+            return spans
+        time.sleep(0.01)
+
+
 def parent_of(span) -> int | None:
     return span.parent.span_id if span.parent is not None else None
 
@@ -67,8 +79,8 @@ def test_one_trace_runs_from_the_client_through_the_gateway_into_the_emulator(tr
     res = asyncio.run(send())
     client_tr.end(call)
     assert res.ok and res.output_tokens == 5
-    gw = by_name(traced_stack["gw_tr"].exporter.get_finished_spans())
-    emu = by_name(traced_stack["emu_tr"].exporter.get_finished_spans())
+    gw = finished(traced_stack["gw_tr"], "gateway.request", "gateway.backend")
+    emu = finished(traced_stack["emu_tr"], "emulator.generate")
     [request], [check], [route], [backend] = gw["gateway.request"], gw["gateway.check"], gw["gateway.route"], \
         gw["gateway.backend"]  # fmt: skip
     [generate] = emu["emulator.generate"]
@@ -178,3 +190,26 @@ def test_otlp_without_an_exporter_package_says_what_to_install():
             tracing_from_env("x", {"FLEETTWIN_TRACING": "otlp"})
     else:
         pytest.skip("an OTLP exporter is installed here")
+
+
+def test_a_search_through_the_gateway_is_traced_into_the_retrieval_service(tmp_path):
+    from fleettwin.live.retrieval_service import build_collection, create_retrieval_app, load_collection
+
+    passages = [{"text": f"passage {i} about kv cache blocks and prefill number{i}"} for i in range(8)]
+    build_collection(tmp_path / "docs.faiss", passages, embedder_params={"dim": 32})
+    svc_tr, gw_tr = setup_tracing("fleettwin-retrieval", "memory"), setup_tracing("fleettwin-gateway", "memory")
+    cols = {"docs": load_collection("docs", tmp_path / "docs.faiss")}
+    with serve_in_thread(create_retrieval_app(cols, tracing=svc_tr)) as svc:
+        cfg = parse_gateway({"tenants": {"t": {"api_keys": [hash_key(KEY)], "models": ["emu"], "collections": ["docs"]}},
+                             "backends": {"emu": {"urls": ["http://127.0.0.1:9"]}}, "retrieval": {"url": svc.url},
+                             "audit_log": str(tmp_path / "a.jsonl")})  # fmt: skip
+        with serve_in_thread(create_gateway_app(cfg, tracing=gw_tr)) as gw:
+            r = httpx.post(gw.url + "/v1/retrieve", headers={"Authorization": f"Bearer {KEY}"},
+                           json={"collection": "docs", "query": "passage 3 number3", "k": 2})  # fmt: skip
+    assert r.status_code == 200 and len(r.json()["ids"]) == 2
+    gw_spans = by_name(gw_tr.exporter.get_finished_spans())
+    [request], [call] = gw_spans["gateway.request"], gw_spans["gateway.retrieval"]
+    [served] = svc_tr.exporter.get_finished_spans()
+    assert served.name == "retrieval.retrieve" and parent_of(served) == call.context.span_id
+    assert parent_of(call) == request.context.span_id and served.context.trace_id == request.context.trace_id
+    assert served.attributes["fleettwin.hits"] == 2 and call.attributes["fleettwin.collection"] == "docs"

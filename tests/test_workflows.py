@@ -277,3 +277,28 @@ def test_the_example_scenario_runs_and_reports_workflows():
     df = result.requests
     assert (df["workflow"] >= 0).sum() == result.workflow_nodes["request_id"].ge(0).sum()
     assert result.summary["requests"]["total"] == len(df)
+
+
+def test_behind_a_regions_front_door_a_call_ends_when_its_answer_reaches_the_user():
+    lengths = {"type": "fixed", "prompt": 100, "output": 4}
+    data = scenario(
+        pools=[{"name": n, "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1} for n in ("use1", "euw1")],
+        regions={"regions": [{"name": "us-east-1", "weight": 1, "pools": ["use1"]},
+                             {"name": "eu-west-1", "weight": 1, "pools": ["euw1"]}], "users": {"duration_s": 1}},
+        workflows={"arrivals": {"type": "poisson", "rate": 2, "duration_s": 10}, "templates": [{"name": "t", "nodes": [
+            {"id": "a", "kind": "llm", "lengths": lengths},
+            {"id": "b", "kind": "tool", "after": ["a"], "delay": {"type": "fixed", "s": 0.2}},
+            {"id": "c", "kind": "llm", "after": ["b"], "lengths": lengths}]}]})  # fmt: skip
+    result = run_scenario(parse_scenario(data))
+    req = result.requests.set_index("id")
+    nodes = result.workflow_nodes
+    llm = nodes[nodes["kind"] == "llm"]
+    assert len(llm) > 20 and (llm["status"] == "completed").all() and set(req["origin"].dropna()) == {"us-east-1",
+                                                                                                    "eu-west-1"}
+    for _, n in llm.iterrows():  # the node ends when the user sees the end: server finish + half the round trip
+        r = req.loc[n["request_id"]]
+        assert r["rtt_s"] > 0 and n["end_s"] == pytest.approx(r["arrival_s"] + r["e2e_s"], abs=1e-12)
+    by = nodes.set_index(["workflow", "node"])
+    for w in result.workflows["workflow"]:
+        assert by.loc[(w, "c"), "start_s"] == pytest.approx(by.loc[(w, "a"), "end_s"] + 0.2, abs=1e-12)
+    assert (result.workflows["e2e_s"] - result.workflows["critical_path_s"]).abs().max() < 1e-9
