@@ -10,7 +10,9 @@ starts as soon as all its parents have completed, as an asyncio task:
   replica router picks over this executor's own in-flight counts; ``rag: true`` first runs a retrieval and sends
   ``context_tokens`` more prompt tokens, as the simulator's RAG stage does;
 - ``retrieval``: a hybrid BM25 + dense search of a local corpus (``live/hybrid.py``), in a worker thread so the
-  event loop keeps going; the query is a window of a corpus paragraph drawn from the workflow's own stream;
+  event loop keeps going; the query is a window of a corpus paragraph drawn from the workflow's own stream. With
+  ``retrieval_collection`` the search goes instead to ``POST /v1/retrieve`` of the first target — a gateway in
+  front of a retrieval service (``live/retrieval_service.py``), or the service itself — in that collection;
 - ``tool``: a sleep of the instance's delay (not sped up: ``speedup`` compresses the arrivals only, as in the
   load generator, never the work).
 
@@ -31,10 +33,11 @@ import itertools
 import time
 from collections.abc import Sequence
 
+import httpx
 import numpy as np
 import pandas as pd
 
-from fleettwin.live.client import VllmClient, prompt_ids
+from fleettwin.live.client import VllmClient, prompt_ids, tls_verify
 from fleettwin.live.hybrid import HybridRetriever
 from fleettwin.live.loadgen import _discover, _InFlight
 from fleettwin.live.tracing import NOOP, Tracing
@@ -59,6 +62,28 @@ from fleettwin.models.workload.workflows import (
 )
 
 
+class ServiceRetriever:
+    """Retrieval nodes answered by ``POST /v1/retrieve`` (a retrieval service, or a gateway in front of one) in
+    ``collection``; a refusal or an unreachable service fails the node with the reason."""
+
+    def __init__(self, url: str, collection: str, *, token: str | None = None, verify: bool | str = True,
+                 timeout_s: float = 30.0):  # fmt: skip
+        self.url, self.collection = url.rstrip("/"), collection
+        self._http = httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"} if token else {},
+                                       verify=tls_verify(verify), timeout=timeout_s)  # fmt: skip
+
+    async def search(self, query: str, k: int, headers: dict[str, str]) -> int:
+        """The number of hits."""
+        r = await self._http.post(f"{self.url}/v1/retrieve", json={"collection": self.collection, "query": query,
+                                                                     "k": k}, headers=headers)  # fmt: skip
+        if r.status_code != 200:
+            raise RuntimeError(f"retrieval HTTP {r.status_code}: {r.text[:200]}")
+        return len(r.json().get("ids") or [])
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
 @dataclasses.dataclass
 class _Calls:
     """What the nodes of every workflow share: the clients, the router's view, the retriever, the clock."""
@@ -72,6 +97,7 @@ class _Calls:
     chat: bool
     stream: bool
     retriever: HybridRetriever | None
+    service: ServiceRetriever | None
     k: int
     context_tokens: int
     tracing: Tracing
@@ -83,12 +109,16 @@ async def _retrieve(calls: _Calls, inst: WorkflowInstance, i: int, parent) -> in
     span = calls.tracing.start("retrieval.search", parent=parent, attributes={"fleettwin.k": calls.k})
     _, query = calls.retriever.sample_query(np.random.default_rng([inst.id, i]))
     try:
-        hits = await asyncio.to_thread(calls.retriever.search, query, calls.k, tracing=calls.tracing, parent=span)
+        if calls.service is not None:
+            hits = await calls.service.search(query, calls.k, calls.tracing.headers(span))
+        else:
+            hits = len(await asyncio.to_thread(calls.retriever.search, query, calls.k, tracing=calls.tracing,
+                                               parent=span))  # fmt: skip
     except BaseException as exc:
         calls.tracing.end(span, error=exc)
         raise
-    calls.tracing.end(span, **{"fleettwin.hits": len(hits)})
-    return len(hits)
+    calls.tracing.end(span, **{"fleettwin.hits": hits})
+    return hits
 
 
 async def _llm(calls: _Calls, inst: WorkflowInstance, i: int, parent, start: float) -> NodeOutcome:
@@ -190,11 +220,14 @@ async def run_workflows(
     drain_timeout_s: float = 60.0,
     retries: int = 3,
     retriever: HybridRetriever | None = None,
+    retrieval_collection: str | None = None,
     k: int = 10,
     context_tokens: int = 0,
     tracing: Tracing = NOOP,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Execute ``instances`` (sorted by arrival) against ``targets``; (one row per workflow, one per node)."""
+    """Execute ``instances`` (sorted by arrival) against ``targets``; (one row per workflow, one per node).
+    ``retriever`` gives the query text, and answers it unless ``retrieval_collection`` sends the searches to the
+    first target's ``/v1/retrieve``."""
     if not targets:
         raise ValueError("at least one target URL is needed")
     if speedup <= 0:
@@ -209,12 +242,14 @@ async def run_workflows(
 
     clients = [VllmClient(u, token=token, verify=verify, timeout_s=timeout_s, retries=retries, clock=clock)
                for u in targets]  # fmt: skip
+    service = (ServiceRetriever(targets[0], retrieval_collection, token=token, verify=verify, timeout_s=timeout_s)
+               if retrieval_collection else None)  # fmt: skip
     runs: dict[asyncio.Task, WorkflowInstance] = {}
     results: dict[int, list[NodeOutcome]] = {}
     try:
         models = [model] * len(targets) if model is not None else await _discover(clients)
         calls = _Calls(clients, list(targets), models, REPLICA_ROUTERS.create(router), _InFlight(len(targets)),
-                       clock, chat, stream, retriever, k, context_tokens, tracing)  # fmt: skip
+                       clock, chat, stream, retriever, service, k, context_tokens, tracing)  # fmt: skip
         t0 = time.perf_counter()  # the run starts after discovery
 
         for inst in todo:
@@ -233,7 +268,8 @@ async def run_workflows(
     finally:
         for task in runs:
             task.cancel()
-        await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
+        await asyncio.gather(*(c.aclose() for c in clients), *([service.aclose()] if service else []),
+                             return_exceptions=True)  # fmt: skip
     wf, nodes = [], []
     for inst in runs.values():
         scaled = dataclasses.replace(inst, arrival_s=inst.arrival_s / speedup)

@@ -42,7 +42,7 @@ AGENT = {"arrivals": {"type": "poisson", "rate": 20, "duration_s": 1}, "template
 
 @pytest.fixture(scope="module")
 def retriever() -> HybridRetriever:
-    return HybridRetriever(load_corpus(ROOT / "docs"), dim=64)
+    return HybridRetriever(load_corpus(ROOT / "docs")[:150], dim=64)  # a part of the docs: a quicker index
 
 
 def execute(instances, urls, retriever, **kw):
@@ -164,3 +164,50 @@ def test_the_docs_corpus_finds_the_source_of_its_own_queries(retriever):
     assert found["hybrid"] >= 0.9 and found["lexical"] >= 0.9 and found["dense"] >= 0.5
     with pytest.raises(ConfigError, match="not a directory"):
         load_corpus(ROOT / "no-such-dir")
+
+
+def test_through_the_gateway_a_workflow_is_one_trace_down_to_the_emulator_and_the_retrieval_service(retriever,
+                                                                                                     tmp_path):
+    pytest.importorskip("opentelemetry.sdk", reason="tracing needs opentelemetry-sdk (the live extra)")
+    from fleettwin.live.gateway.app import create_gateway_app
+    from fleettwin.live.gateway.config import hash_key, parse_gateway
+    from fleettwin.live.retrieval_service import build_collection, create_retrieval_app, load_collection
+    from fleettwin.live.server import create_app
+
+    key = "wf-key-0123456789"
+    build_collection(tmp_path / "docs.faiss", [{"text": p.text} for p in retriever.passages[:50]],
+                     embedder_params={"dim": 64})  # fmt: skip
+    tr = {n: setup_tracing(n, "memory") for n in ("loadgen", "gateway", "emulator", "retrieval")}
+    instances = sample_instances(WorkflowsConfig.model_validate(AGENT), seed=2, context_tokens=40)[:3]
+    with (serve_in_thread(create_app(SPEC, tracing=tr["emulator"])) as emu,
+          serve_in_thread(create_retrieval_app({"docs": load_collection("docs", tmp_path / "docs.faiss")},
+                                               tracing=tr["retrieval"])) as svc):  # fmt: skip
+        cfg = parse_gateway({"tenants": {"t": {"api_keys": [hash_key(key)], "models": ["emu"], "collections": ["docs"],
+                                               "allow_token_ids": True}},
+                             "backends": {"emu": {"urls": [emu.url]}}, "retrieval": {"url": svc.url},
+                             "audit_log": str(tmp_path / "audit.jsonl")})  # fmt: skip
+        with serve_in_thread(create_gateway_app(cfg, tracing=tr["gateway"])) as gw:
+            wf, nodes = execute(instances, [gw.url], retriever, token=key, retrieval_collection="docs",
+                                tracing=tr["loadgen"])  # fmt: skip
+    assert (wf["status"] == "completed").all(), nodes[nodes["status"] != "completed"]["reason"].tolist()
+    spans = {n: t.exporter.get_finished_spans() for n, t in tr.items()}
+    by_id = {s.context.span_id: s for ss in spans.values() for s in ss}
+
+    def chain(span) -> list[str]:
+        names = [span.name]
+        while span.parent is not None:
+            span = by_id[span.parent.span_id]
+            names.append(span.name)
+        return names[::-1]
+
+    searched = spans["retrieval"]
+    assert len(searched) == (nodes["kind"] == "retrieval").sum() + len(instances)  # + each answer's rag retrieval
+    assert {tuple(chain(s)[-4:]) for s in searched} == {("retrieval.search", "gateway.request", "gateway.retrieval",
+                                                         "retrieval.retrieve")}  # fmt: skip
+    assert {chain(s)[0] for s in searched} == {"workflow"}
+    generated = spans["emulator"]
+    assert len(generated) == (nodes["kind"] == "llm").sum()
+    assert {tuple(chain(g)) for g in generated} == {("workflow", "workflow.llm", "gateway.request", "gateway.backend",
+                                                     "emulator.generate")}  # fmt: skip
+    roots = [s for s in spans["loadgen"] if s.name == "workflow"]
+    assert len({s.context.trace_id for s in roots}) == len(instances)

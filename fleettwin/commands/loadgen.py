@@ -42,6 +42,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--corpus", type=Path, default=Path("docs"),
                    help="folder of .md/.txt files the workflows' retrieval searches (default %(default)s)")  # fmt: skip
     p.add_argument("--max-workflows", type=int, help="with --workflows: start at most N workflows")
+    p.add_argument("--retrieval-collection", metavar="NAME",
+                   help="with --workflows: search NAME through the first target's POST /v1/retrieve (a gateway with "
+                   "a retrieval service) instead of the local --corpus index (which still gives the query text)")  # fmt: skip
     p.add_argument("--format", default="azure", choices=["azure", "mooncake"], help="(default %(default)s)")
     p.add_argument("--targets", required=True, help="comma-separated base URLs, e.g. http://127.0.0.1:8000")
     p.add_argument("--speedup", type=float, default=1.0, help="replay X times faster (default %(default)s)")
@@ -151,6 +154,7 @@ def run_workflows(args: argparse.Namespace, targets: list[str]) -> int:
             router=args.router, chat=args.chat, model=args.model, token=args.token, verify=args.verify,
             timeout_s=args.timeout, drain_timeout_s=args.drain_timeout, retriever=retriever,
             k=rag.k if rag else 10, context_tokens=context, tracing=tracing,
+            retrieval_collection=args.retrieval_collection,
         ))  # fmt: skip
     finally:
         tracing.shutdown()
