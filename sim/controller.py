@@ -86,7 +86,7 @@ class Controller:
     """Arrival rates (req/s per ``interval_s`` bucket) before t = 0, per pool: with it, the first decision is
     taken at t = 0 (a live controller has its metrics history from before)."""
     decisions: list[Decision] = field(default_factory=list)
-    held: list[tuple[float, str, str, int]] = field(default_factory=list)  # (time, pool, tier, GPUs held)
+    held: list[tuple[float, str, str, int]] = field(default_factory=list)  # (time, pool, tier, GPUs paid for)
     actuator: Actuator | None = None
     _history: dict[str, list[float | None]] = field(default_factory=dict)
     _last_arrived: dict[str, int] = field(default_factory=dict)
@@ -118,8 +118,11 @@ class Controller:
         conserve(snapshot, decision)  # a policy bug stops the run here, not as a silent over-allocation
         self.decisions.append(decision)
         self.actuator.apply(decision)
-        for p in snapshot.pools:
-            self.held.append((now, p.name, p.tier, p.held()))
+        fleet = self.fleet  # GPUs paid for right after acting (draining and provisioning included)
+        for meta in self.pools:
+            self.held.append((now, meta.name, "inference", fleet.pools[meta.name].replicas_held * meta.tp))
+        for jp in fleet.job_pools.values():
+            self.held.append((now, jp.name, jp.tier, jp.held))
         return decision
 
     # -- observe ---------------------------------------------------------------------------------------
