@@ -124,23 +124,10 @@ class Scripted:
 
 
 def run_tiers(script):
-    """run_scenario's steps, keeping the live objects (pools, fleet, controller) for inspection."""
-    from fleettwin.models.allocators import ALLOCATORS
-    from fleettwin.sim.runner import build_controller, generate_requests, resolve_pool, simulate
-    from fleettwin.sim.tiers.build import build_fleet
+    from tests.test_multitier import run_with
 
-    ALLOCATORS._classes["scripted"] = Scripted
     Scripted.script = script
-    try:
-        cfg = parse_scenario(TIERS)
-        catalog = cfg.build_catalog()
-        resolved = [resolve_pool(p, catalog) for p in cfg.pools]
-        ctl = build_controller(cfg, resolved, catalog)
-        fleet = build_fleet(cfg, resolved, catalog, cfg.seed, ctl)
-        raw = simulate(generate_requests(cfg, cfg.seed), [rp.spec() for rp in resolved],
-                       processes=[fleet.process, ctl.process], sample_interval_s=5.0)
-    finally:
-        ALLOCATORS._classes.pop("scripted", None)
+    raw, fleet, ctl, _ = run_with(TIERS, Scripted)
     return raw, fleet, ctl
 
 

@@ -82,11 +82,12 @@ class RandomAllocator:
         return plan.decision()
 
 
-def run_random(seed: int):
-    ALLOCATORS._classes["random_test"] = RandomAllocator
-    RandomAllocator.seed = seed
+def run_with(scenario: dict, allocator: type):
+    """run_scenario's steps with a test allocator registered for the run, keeping the live objects (pools,
+    fleet, controller) for inspection; returns (raw run, fleet, controller, number of requests)."""
+    ALLOCATORS._classes[allocator.registry_name] = allocator
     try:
-        cfg = parse_scenario(SCENARIO)
+        cfg = parse_scenario(scenario)
         catalog = cfg.build_catalog()
         resolved = [resolve_pool(p, catalog) for p in cfg.pools]
         ctl = build_controller(cfg, resolved, catalog)
@@ -95,8 +96,13 @@ def run_random(seed: int):
         raw = simulate(reqs, [rp.spec() for rp in resolved], processes=[fleet.process, ctl.process],
                        sample_interval_s=5.0)  # fmt: skip
     finally:
-        ALLOCATORS._classes.pop("random_test", None)
+        ALLOCATORS._classes.pop(allocator.registry_name, None)
     return raw, fleet, ctl, len(reqs)
+
+
+def run_random(seed: int):
+    RandomAllocator.seed = seed
+    return run_with(SCENARIO, RandomAllocator)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
