@@ -216,7 +216,7 @@ def test_calibrate_retrieval_writes_the_contract_csv(tmp_path, capsys):
     out = tmp_path / "cal.csv"
     assert main([*TINY, "--out", str(out)]) == 0
     df = pd.read_csv(out)
-    assert list(df.columns) == COLUMNS
+    assert list(df.columns) == list(COLUMNS)
     assert df.groupby("index_type").size().to_dict() == {"flat": 1, "ivf_flat": 2, "ivf_pq": 2, "hnsw": 1}
     assert (df["n_vectors"] == 1500).all() and (df["dim"] == 16).all() and (df["batch"] == 1).all()
     assert df["hardware"].str.fullmatch(r"cpu-\d+core").all()

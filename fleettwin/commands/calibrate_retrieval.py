@@ -5,8 +5,8 @@ flat index gives the true top-10 of every query; each index type is built once a
 parameter and batch size: ``warmup`` untimed calls, then at least ``MIN_CALLS`` timed calls covering every
 query, giving latency p50/p95 per call and recall@10 against the flat index.
 
-The CSV is a contract with the simulator's retrieval model (``models/retrieval.py``), which reads exactly
-``COLUMNS``. Keep them, their order and their meaning.
+The CSV is a contract with the simulator's retrieval model (``models/retrieval.py``): its ``COLUMNS`` and
+``TableRow`` are the one definition of the columns, their order and meaning, and this command writes those.
 """
 
 from __future__ import annotations
@@ -21,16 +21,15 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fleettwin.models.errors import ConfigError
+from fleettwin.models.retrieval import COLUMNS, TableRow
 
-COLUMNS = ["index_type", "hardware", "n_vectors", "dim", "search_param", "latency_ms_p50", "latency_ms_p95",
-           "recall_at_10", "batch", "source"]  # fmt: skip
 K = 10
 MIN_CALLS = 20  # timed calls per row at least, so a p95 rests on more than a handful of samples
 DEFAULT_OUT = "results/retrieval_calibration.csv"
@@ -42,23 +41,6 @@ EPILOG = """examples:
 
 search_param in the CSV is nprobe for IVF types, efSearch for hnsw, itopk_size for cagra and 0 for flat;
 latency is per search call of `batch` queries; recall_at_10 is against the exact (flat) top 10."""
-
-
-@dataclass(frozen=True)
-class Row:
-    index_type: str
-    hardware: str
-    n_vectors: int
-    dim: int
-    search_param: int
-    latency_ms_p50: float
-    latency_ms_p95: float
-    recall_at_10: float
-    batch: int
-    source: str
-
-
-assert [f.name for f in fields(Row)] == COLUMNS  # the contract and the record must not drift apart
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -219,7 +201,7 @@ class Plan:
 
 
 def calibrate(plan: Plan, data: Callable[[int], tuple[np.ndarray, np.ndarray]],
-              progress: Callable[[str, int], None] = lambda what, done: None) -> Iterator[tuple[Row, float]]:  # fmt: skip
+              progress: Callable[[str, int], None] = lambda what, done: None) -> Iterator[tuple[TableRow, float]]:  # fmt: skip
     """Yield (row, build seconds) per index type, size, search parameter and batch, in that nesting."""
     from fleettwin.live.faiss_store import IndexSpec, VectorStore
 
@@ -248,10 +230,10 @@ def calibrate(plan: Plan, data: Callable[[int], tuple[np.ndarray, np.ndarray]],
                                                      warmup=plan.warmup, clock=clock)  # fmt: skip
                     done += 1
                     progress(f"{index_type} {n:,} param {param} batch {batch}", done)
-                    yield Row(index_type=index_type, hardware=hardware_label(index_type), n_vectors=len(base),
-                              dim=plan.dim, search_param=param, latency_ms_p50=round(p50, 4),
-                              latency_ms_p95=round(p95, 4), recall_at_10=round(recall, 4), batch=batch,
-                              source=plan.source), build_s  # fmt: skip
+                    yield TableRow(index_type=index_type, hardware=hardware_label(index_type),
+                                   n_vectors=len(base), dim=plan.dim, search_param=param,
+                                   latency_ms_p50=round(p50, 4), latency_ms_p95=round(p95, 4),
+                                   recall_at_10=round(recall, 4), batch=batch, source=plan.source), build_s  # fmt: skip
             del store
 
 
@@ -342,7 +324,7 @@ def run(args: argparse.Namespace) -> int:
         for row, build_s in calibrate(plan, data, lambda what, done: bar.update(task, description=what, completed=done)):
             rows.append(row)
             builds[(row.index_type, row.n_vectors)] = build_s
-    frame = pd.DataFrame([astuple(r) for r in rows], columns=COLUMNS)
+    frame = pd.DataFrame([[getattr(r, c) for c in COLUMNS] for r in rows], columns=list(COLUMNS))
     console.print(results_table(frame, builds, Table))
     write_csv(args.out, frame)
     console.print(f"wrote {args.out} ({len(frame)} rows)\nsource: {plan.source}")
