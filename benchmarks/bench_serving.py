@@ -11,6 +11,7 @@ SimPy M/M/c loop is timed in the same run so the ratio is comparable across mach
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import random
 import time
@@ -41,22 +42,29 @@ def tiled_trace(n: int, rate: float) -> list[Request]:
 
 
 def bench_fleettwin(replicas: int, n: int, per_replica_rate: float, gpu: str, model: str,
-                    mode: str = "skip") -> dict:  # fmt: skip
+                    mode: str = "skip", simulations: int = 1) -> dict:  # fmt: skip
     pool = resolve_pool(PoolConfig(name="bench", gpu=gpu, model=model, replicas=replicas), Catalog.default())
     reqs = tiled_trace(n, per_replica_rate * replicas)
-    t0 = time.perf_counter()
+    if simulations == 0:  # set-up only: bench_ab.py --instructions subtracts this from a run that simulates
+        return {"replicas": replicas, "requests": n}
+    t0, c0 = time.perf_counter(), time.process_time()
     raw = simulate(reqs, [pool.spec()], sample_interval_s=10.0, mode=mode)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     done = raw.requests
     return {
         "replicas": replicas,
         "requests": n,
         "sim_s": raw.end_s,
         "wall_s": wall,
+        "cpu_s": cpu,
         "req_per_s": n / wall,
+        # CPU time of this process: on a shared machine the wall clock also counts time spent waiting for a core.
+        "req_per_cpu_s": n / cpu,
         "events_per_s": raw.events / wall,
         "events_per_req": raw.events / n,
         "steps_per_req": sum(r.scheduler.steps for r in raw.pools[0].replicas) / n,
+        "events": raw.events,
+        "e2e_sum": float(done["e2e_s"].sum()),  # a fingerprint: two code versions simulating alike agree on it
         "ttft_p50": float(done["ttft_s"].median()),
         "tpot_p50_ms": 1e3 * float(done["tpot_s"].median()),
     }
@@ -97,13 +105,23 @@ def main() -> None:
     ap.add_argument("--model", default="llama-3-8b")
     ap.add_argument("--oracle", action="store_true",
                     help="also time the per-iteration reference mode on the same requests (slow)")
+    ap.add_argument("--json", action="store_true",
+                    help="one JSON object per case on stdout, no table, no bare SimPy loop (benchmarks/bench_ab.py)")
+    ap.add_argument("--simulations", type=int, default=1, choices=(0, 1), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.json:
+        for r in args.replicas:
+            n = args.requests or int(3000 * r**0.7)
+            res = bench_fleettwin(r, n, args.per_replica_rate, args.gpu, args.model, simulations=args.simulations)
+            print(json.dumps(res), flush=True)
+        return
 
     print(f"python {platform.python_version()}, simpy {simpy.__version__}, {platform.machine()}; "
           f"{args.model} on {args.gpu}, {args.per_replica_rate:g} req/s per replica, Azure conversation trace")
     mmc = bench_bare_mmc(8, 200_000)
     print(f"bare SimPy M/M/8 loop: {mmc['customers_per_s']:,.0f} customers/s, {mmc['events_per_s']:,.0f} events/s")
-    header = f"{'replicas':>8} {'requests':>9} {'sim s':>8} {'wall s':>7} {'req/s':>9} {'events/s':>10} " \
+    header = f"{'replicas':>8} {'requests':>9} {'sim s':>8} {'wall s':>7} {'req/s':>9} {'req/cpu-s':>9} " \
+             f"{'events/s':>10} " \
              f"{'ev/req':>6} {'steps/req':>9} {'vs M/M/c':>8} {'TTFT p50':>8} {'TPOT p50':>8}" \
              + (f" {'oracle req/s':>12} {'skip/oracle':>11}" if args.oracle else "")
     print(header)
@@ -111,7 +129,8 @@ def main() -> None:
         n = args.requests or int(3000 * r**0.7)
         res = bench_fleettwin(r, n, args.per_replica_rate, args.gpu, args.model)
         print(f"{r:>8} {n:>9} {res['sim_s']:>8.0f} {res['wall_s']:>7.2f} {res['req_per_s']:>9,.0f} "
-              f"{res['events_per_s']:>10,.0f} {res['events_per_req']:>6.1f} {res['steps_per_req']:>9.1f} "
+              f"{res['req_per_cpu_s']:>9,.0f} {res['events_per_s']:>10,.0f} {res['events_per_req']:>6.1f} "
+              f"{res['steps_per_req']:>9.1f} "
               f"{res['req_per_s'] / mmc['customers_per_s']:>8.2f} {res['ttft_p50']:>7.3f}s "
               f"{res['tpot_p50_ms']:>6.1f}ms", end="")
         if args.oracle:
