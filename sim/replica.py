@@ -46,6 +46,7 @@ class Replica:
         self._wake: simpy.Event | None = None
         self._run: AffineRun | ArrayRun | None = None  # end times of the current skipped run's iterations
         self._run_len = 0
+        self._run_end = 0.0  # when its last iteration ends
         self._interruptible = False
         self._busy_accum = 0.0
         self._busy_since: float | None = None
@@ -53,7 +54,7 @@ class Replica:
         self.prefix_cache = (PrefixCache(lim.prefix_cache_blocks or max(1, lim.num_blocks * lim.block_size
                                                                         // PREFIX_BLOCK_TOKENS))
                              if lim.enable_prefix_caching else None)  # fmt: skip
-        self.process = env.process(self._guarded())
+        self.process = env.process(self._loop())
 
     # -- the view routers and samplers read ---------------------------------------------------------------
 
@@ -82,13 +83,12 @@ class Replica:
             at_head = sched.add(SeqState(req))
         else:  # the cached prefix is not prefilled (sim/prefix_cache.py)
             at_head = sched.add(SeqState.with_cached_prefix(req, cache.lookup(req.prefix_blocks, req.prompt_tokens)))
-        # Only a request that is now first in the queue (FCFS: the queue was empty; WFQ: the smallest tag) can
-        # change the batch before the next completion.
-        could_admit = at_head and sched.num_running < sched.limits.max_num_seqs
         if self._wake is not None:
             self._wake.succeed()
             self._wake = None
-        elif self._interruptible and could_admit:
+        # Only a request that is now first in the queue (FCFS: the queue was empty; WFQ: the smallest tag) can
+        # change the batch before the next completion.
+        elif self._interruptible and at_head and sched.num_running < sched.limits.max_num_seqs:
             # The request may join the batch: end the run at the first iteration boundary at or after now,
             # where a one-event-per-iteration engine would next look at its queue.
             self._end_run_at_next_boundary()
@@ -98,7 +98,8 @@ class Replica:
         now = self.env.now
         j = self._run.first_end_at_or_after(now)
         self._run_len = j + 1
-        self._wake_at(self._run.end(j) - now)
+        self._run_end = self._run.end(j)
+        self._wake_at(self._run_end - now)
 
     def _wake_at(self, delay: float) -> None:
         """Move the wake-up of the sleeping engine loop to ``delay`` from now.
@@ -140,45 +141,44 @@ class Replica:
 
     # -- the engine loop --------------------------------------------------------------------------------
 
-    def _guarded(self):
-        try:
-            yield from self._loop()
-        except simpy.Interrupt:  # the replica failed (see ``fail``): its work has been handed back
-            return
-
     def _loop(self):
         # ``self.perf`` is read at each iteration: a straggler episode swaps in a slowed model (sim/failures.py).
+        # Locals and inlined checks: this body runs once per SimPy event of the replica.
         env, sched = self.env, self.scheduler
-        while True:
-            if not sched.has_work():
-                if self._busy_since is not None:
-                    self._busy_accum += env.now - self._busy_since
-                    self._busy_since = None
-                self._wake = env.event()
-                yield self._wake
-            if self._busy_since is None:
-                self._busy_since = env.now
+        skip = self.skip
+        try:
+            while True:
+                if not sched.has_work():
+                    if self._busy_since is not None:
+                        self._busy_accum += env.now - self._busy_since
+                        self._busy_since = None
+                    self._wake = env.event()
+                    yield self._wake
+                start = env.now
+                if self._busy_since is None:
+                    self._busy_since = start
 
-            plan = sched.schedule()
-            if plan.empty:
-                raise RuntimeError(f"replica {self.index}: the scheduler made no progress with work queued")
-            start = env.now
-            run = sched.decode_run_length(MAX_RUN) if (self.skip and plan.decode_only) else 1
-            if run == 1:
-                yield env.timeout(self.perf.step_time(plan.batch))
-                finished = sched.finish_step(plan, start, env.now)
-            else:
-                batch = plan.batch
-                times = decode_run(self.perf, start, batch.decode_seqs, batch.decode_ctx_tokens, run)
-                self._run, self._run_len = times, run
-                self._interruptible = True
-                yield env.timeout(times.end(run - 1) - start)  # an arrival may shorten it (see submit)
-                self._interruptible = False
-                run = self._run_len
-                self._run = None
-                finished = sched.finish_decode_run(run, start, times.end(0), times.end(run - 1))
-            if finished:
-                if self.prefix_cache is not None:
-                    for seq in finished:
-                        self.prefix_cache.insert(seq.req.prefix_blocks, seq.req.prompt_tokens)
-                self._on_finish(self, finished)
+                plan = sched.schedule()
+                if not plan.seqs and not plan.group:
+                    raise RuntimeError(f"replica {self.index}: the scheduler made no progress with work queued")
+                run = sched.decode_run_length(MAX_RUN) if (skip and plan.decode_only) else 1
+                if run == 1:
+                    yield env.timeout(self.perf.step_time(plan.batch))
+                    finished = sched.finish_step(plan, start, env.now)
+                else:
+                    batch = plan.batch
+                    times = decode_run(self.perf, start, batch.decode_seqs, batch.decode_ctx_tokens, run)
+                    self._run, self._run_len = times, run
+                    self._run_end = end = times.end(run - 1)
+                    self._interruptible = True
+                    yield env.timeout(end - start)  # an arrival may shorten it (see submit)
+                    self._interruptible = False
+                    self._run = None
+                    finished = sched.finish_decode_run(self._run_len, start, times.end(0), self._run_end)
+                if finished:
+                    if self.prefix_cache is not None:
+                        for seq in finished:
+                            self.prefix_cache.insert(seq.req.prefix_blocks, seq.req.prompt_tokens)
+                    self._on_finish(self, finished)
+        except simpy.Interrupt:  # the replica failed (see ``fail``): its work has been handed back
+            return

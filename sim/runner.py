@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import pandas as pd
 import simpy
+from simpy.core import URGENT
 
 from fleettwin.models.catalog import Catalog, GpuSpec, LlmSpec, kv_cache_blocks, min_tensor_parallel
 from fleettwin.models.config import ControllerConfig, PoolConfig, ScenarioConfig, SloConfig
@@ -206,7 +207,7 @@ def simulate(
     arrived = [0]  # how many requests the arrival process has handed over
     stages = StagePipeline(pre_submit)
     if front_door is None:
-        env.process(_arrivals(env, requests, by_model, pools[0], log, arrived, stages or None))
+        _Arrivals(env, requests, by_model, pools[0], log, arrived, stages or None)
     else:
         env.process(front_door.arrivals(env, requests, pools, log, arrived))
     spawned = [0]  # requests created during the run by the spawners
@@ -381,14 +382,42 @@ def control_setup(ctl: ControllerConfig, slo: SloConfig, resolved: Sequence[Reso
     return allocator, metas, list(inventory.values())
 
 
-def _arrivals(env: simpy.Environment, requests: Sequence[Request], by_model: dict[str, Pool], default: Pool,
-              log: RequestLog, arrived: list[int], stages: StagePipeline | None = None):  # fmt: skip
-    for req in requests:
-        delay = req.arrival_s - env.now
-        if delay > 0:
-            yield env.timeout(delay)
-        arrived[0] += 1
-        _enter(env, req, by_model, default, log, stages)
+class _Arrivals:
+    """Hands each request to its pool at its arrival time. One timeout per arrival whose callback submits the
+    request and sets the next timeout: the same events, in the same order, as a process that loops over the
+    requests, minus a generator resume per request (a sixth of a 64-replica run's time)."""
+
+    def __init__(self, env: simpy.Environment, requests: Sequence[Request], by_model: dict[str, Pool],
+                 default: Pool, log: RequestLog, arrived: list[int], stages: StagePipeline | None):  # fmt: skip
+        self.env, self.requests, self.by_model, self.default = env, requests, by_model, default
+        self.log, self.arrived, self.stages = log, arrived, stages
+        self._plain = stages is None  # no pre-submit stages: a request without a model goes to the default pool
+        # Start as a process would: an urgent event at t = 0 (after the replicas' processes have started).
+        start = env.event()
+        start._ok, start._value = True, None  # what ``Event.succeed`` sets; it has no urgent priority
+        start.callbacks.append(self._advance)
+        env.schedule(start, URGENT)
+
+    def _enter(self, req: Request) -> None:
+        self.arrived[0] += 1
+        if self._plain and req.model is None:
+            self.default.submit(req)
+        else:
+            _enter(self.env, req, self.by_model, self.default, self.log, self.stages)
+
+    def _arrive(self, _event) -> None:
+        self._enter(self.requests[self.arrived[0]])  # the request this timeout waited for
+        self._advance()
+
+    def _advance(self, _event=None) -> None:
+        """Submit the requests due now, then wait for the next one."""
+        env, requests = self.env, self.requests
+        while self.arrived[0] < len(requests):
+            delay = requests[self.arrived[0]].arrival_s - env.now
+            if delay > 0:
+                env.timeout(delay).callbacks.append(self._arrive)
+                return
+            self._enter(requests[self.arrived[0]])
 
 
 def _enter(env: simpy.Environment, req: Request, by_model: dict[str, Pool], default: Pool, log: RequestLog,

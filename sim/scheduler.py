@@ -215,6 +215,9 @@ class Scheduler(EngineQueue):
     def num_running(self) -> int:
         return len(self.order)
 
+    def has_work(self) -> bool:  # the engine loop asks before every iteration: no property call
+        return bool(self.order or self.waiting)
+
     def seqs(self) -> list[SeqState]:
         """Running then waiting sequences, with their per-sequence fields brought up to date."""
         self.materialize()
