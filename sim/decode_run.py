@@ -63,23 +63,27 @@ class AffineRun:
     def end(self, j: int) -> float:
         for k0, k1, alpha, beta, before in self._segs:
             if j < k1:
-                return self.start + before + self._sum(j - k0 + 1, k0, alpha, beta)
+                m = j - k0 + 1  # ``_sum`` written out (same operations): called once or twice per run
+                return self.start + before + (m * alpha + beta * m * (2 * k0 + m - 1) / 2)
         raise IndexError(j)
 
     def first_end_at_or_after(self, t: float) -> int:
         """Smallest ``j`` with ``end(j) >= t`` (the run's last iteration if none)."""
-        if t <= self.start:
+        start = self.start
+        if t <= start:
             return 0
         for k0, k1, alpha, beta, before in self._segs:
-            if self.start + before + self._sum(k1 - k0, k0, alpha, beta) >= t:
-                target = t - self.start - before
+            m = k1 - k0
+            if start + before + (m * alpha + beta * m * (2 * k0 + m - 1) / 2) >= t:
+                target = t - start - before
                 # m iterations into the segment: beta/2 m^2 + (alpha + beta (k0 - 1/2)) m >= target
                 lin = alpha + beta * (k0 - 0.5)
                 m = target / lin if beta == 0 else (-lin + math.sqrt(lin * lin + 2 * beta * target)) / beta
                 j = k0 + max(0, min(k1 - k0 - 1, math.ceil(m) - 1))
-                while j > k0 and self.end(j - 1) >= t:  # rounding: settle on the exact boundary
+                # Rounding: settle on the exact boundary (``end`` written out, as above).
+                while j > k0 and start + before + ((j - k0) * alpha + beta * (j - k0) * (k0 + j - 1) / 2) >= t:
                     j -= 1
-                while j < k1 - 1 and self.end(j) < t:
+                while j < k1 - 1 and start + before + ((j - k0 + 1) * alpha + beta * (j - k0 + 1) * (k0 + j) / 2) < t:
                     j += 1
                 return j
         return self.steps - 1

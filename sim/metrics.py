@@ -101,9 +101,12 @@ class RequestLog:
         df["e2e_s"] = df["finish_s"] - df["arrival_s"]
         decode_tokens = (df["output_tokens"] - 1).where(df["output_tokens"] > 1)
         df["tpot_s"] = (df["finish_s"] - df["first_token_s"]) / decode_tokens
-        df["retries"] = df["id"].map(self.retries).fillna(0).astype(int)
-        df["lost_s"] = df["id"].map(self.lost_s).fillna(0.0).astype(float)
-        df["mitigation"] = df["id"].map(self.mitigation).astype(object).fillna("")
+        # The side tables are empty in most runs: constant columns then, without a lookup per row.
+        ids = df["id"]
+        df["retries"] = ids.map(self.retries).fillna(0).astype(int) if self.retries else 0
+        df["lost_s"] = ids.map(self.lost_s).fillna(0.0).astype(float) if self.lost_s else 0.0
+        df["mitigation"] = (ids.map(self.mitigation).astype(object).fillna("") if self.mitigation
+                            else pd.Series("", index=df.index, dtype=object))  # fmt: skip
         return df
 
 
