@@ -253,3 +253,17 @@ def test_requests_are_conserved_through_the_front_door(arrivals, router, outages
     assert (done["e2e_s"] >= server + done["rtt_s"] - 1e-9).all()  # both network legs are in the user's E2E
     rejected = df[df["status"] == "rejected"]
     assert rejected["reason"].str.contains("no region is up").all()
+
+
+def test_the_experiment_variants_keep_users_and_gpus_and_change_only_the_routing():
+    from fleettwin.sim.experiments.regions import POLICIES, WORKLOADS, scenario
+
+    base = load_scenario(REPO / "configs" / "experiments" / "regions.yaml")
+    for policy in POLICIES:
+        for workload, locality in WORKLOADS.items():
+            cfg = scenario(policy, workload, quick=True)
+            assert sum(p.replicas for p in cfg.pools) == sum(p.replicas for p in base.pools) == 24
+            assert [(r.name, r.weight) for r in cfg.regions.regions] == [(r.name, r.weight) for r in base.regions.regions]
+            assert cfg.regions.users.session_locality == locality
+            if policy.single_region:
+                assert [r.name for r in cfg.regions.regions if r.pools] == ["us-east-1"] and len(cfg.pools) == 1

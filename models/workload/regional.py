@@ -7,7 +7,10 @@ this module says *where they are and when they ask*:
 1. **Sessions.** Requests whose first ``key_blocks`` prefix blocks agree belong to one session (a conversation:
    its later turns repeat the earlier turns as their prefix). That key becomes ``Request.prefix_key``.
    ``copies`` > 1 replays the workload several times as distinct users: blocks private to one session get new
-   ids in each copy, blocks shared across sessions (Mooncake's block 0, a common system prompt) keep theirs.
+   ids in each copy, blocks shared across sessions (Mooncake's block 0, a common system prompt) keep theirs, and
+   copy ``c`` is shifted by ``c / copies`` of the trace's span so that copies of one request do not arrive
+   together (unshifted, two copies homed in one region arrived within seconds: correlated bursts of 118k-token
+   prompts that no real population would send).
 2. **Origins.** Each session gets a home region drawn by the regions' weights; each of its requests comes from
    that home with probability ``session_locality``, else from a region drawn by weight (1: a conversation
    belongs to one user; 0: the key is a topic that users everywhere ask about).
@@ -100,6 +103,7 @@ def _sessions(requests: Sequence[Request], key_blocks: int, copies: int) -> list
             if first.setdefault(b, session) != session:
                 shared.add(b)
     stride = max(first, default=-1) + 1
+    span = requests[-1].arrival_s - requests[0].arrival_s if requests else 0.0
     rows = []
     for req in requests:
         for c in range(copies):
@@ -107,6 +111,6 @@ def _sessions(requests: Sequence[Request], key_blocks: int, copies: int) -> list
                                                              for b in req.prefix_blocks)  # fmt: skip
             session = blocks[:key_blocks]
             key = f"{c}/" + ("-".join(map(str, session)) if session else f"r{req.id}")
-            rows.append((req.arrival_s, key, blocks, req))
-    rows.sort(key=lambda x: x[0])  # stable: copies of one row stay in copy order
+            rows.append((req.arrival_s + c * span / copies, key, blocks, req))
+    rows.sort(key=lambda x: x[0])  # only the order matters: each region's times come from its day
     return rows
