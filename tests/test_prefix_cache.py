@@ -109,7 +109,7 @@ def session_workloads(draw) -> list[Request]:
 @given(reqs=session_workloads(), replicas=st.integers(1, 3), num_blocks=st.integers(170, 600),
        cache_blocks=st.integers(1, 12), seqs=st.integers(1, 16))  # fmt: skip
 def test_event_skipping_matches_the_oracle_with_prefix_caching(reqs, replicas, num_blocks, cache_blocks, seqs):
-    limits = EngineLimits(num_blocks=num_blocks, max_num_seqs=seqs, max_num_batched_tokens=1024, max_model_len=2700,
+    limits = EngineLimits(num_blocks=num_blocks, max_num_seqs=seqs, max_num_batched_tokens=1024, max_model_len=2720,
                           enable_prefix_caching=True, prefix_cache_blocks=cache_blocks)  # fmt: skip
     a = run_pool(reqs, limits, replicas=replicas, mode="skip", router="prefix_affinity")
     b = run_pool(reqs, limits, replicas=replicas, mode="per_iteration", router="prefix_affinity")
