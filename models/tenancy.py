@@ -67,6 +67,20 @@ class TokenBucket:
         self.level = min(self.burst, self.level + delta)
 
 
+def request_burst(rate: float | None, burst: float | None) -> float | None:
+    """A request bucket's size: as configured, else one second of requests (at least 1); None: no limit."""
+    if rate is None:
+        return None
+    return burst if burst is not None else max(1.0, rate)
+
+
+def token_burst(rate: float | None, burst: float | None) -> float | None:
+    """A token bucket's size: as configured, else ten seconds of tokens; None: no limit."""
+    if rate is None:
+        return None
+    return burst if burst is not None else 10.0 * rate
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Quotas:
     """A tenant's limits; ``None`` means no limit. Default bursts as the live gateway's: one second of requests
@@ -83,15 +97,11 @@ class Quotas:
 
     @property
     def request_burst(self) -> float | None:
-        if self.requests_per_s is None:
-            return None
-        return self.burst_requests if self.burst_requests is not None else max(1.0, self.requests_per_s)
+        return request_burst(self.requests_per_s, self.burst_requests)
 
     @property
     def token_burst(self) -> float | None:
-        if self.tokens_per_s is None:
-            return None
-        return self.burst_tokens if self.burst_tokens is not None else 10.0 * self.tokens_per_s
+        return token_burst(self.tokens_per_s, self.burst_tokens)
 
     @property
     def has_rate_limits(self) -> bool:

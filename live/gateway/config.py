@@ -38,6 +38,7 @@ from fleettwin.live.tls import TlsFiles
 from fleettwin.models.config import _format_errors, read_yaml
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.routing import REPLICA_ROUTERS
+from fleettwin.models.tenancy import request_burst, token_burst  # one default for both worlds
 
 _HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 KEY_PREFIX = "ft-"
@@ -71,15 +72,11 @@ class Quotas(_Frozen):
 
     @property
     def request_burst(self) -> float | None:
-        if self.requests_per_s is None:
-            return None
-        return self.burst_requests if self.burst_requests is not None else max(1.0, self.requests_per_s)
+        return request_burst(self.requests_per_s, self.burst_requests)
 
     @property
     def token_burst(self) -> float | None:
-        if self.tokens_per_s is None:
-            return None
-        return self.burst_tokens if self.burst_tokens is not None else 10.0 * self.tokens_per_s
+        return token_burst(self.tokens_per_s, self.burst_tokens)
 
 
 class Tenant(_Frozen):
