@@ -22,9 +22,10 @@ import pandas as pd
 import simpy
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
-from fleettwin.models.config import _format_errors, read_yaml
+from fleettwin.models.config import format_errors, read_yaml
 from fleettwin.models.config_retrieval import HybridConfig, RetrievalConfig
 from fleettwin.models.errors import ConfigError
+from fleettwin.models.retrieval import StoreProfile
 from fleettwin.sim.experiments.base import ExperimentProgress, ExperimentResult
 from fleettwin.sim.io import write_csv
 from fleettwin.sim.retrieval import KnowledgeFabric, build_fabric
@@ -94,7 +95,7 @@ def load_config(path: Path = CONFIG) -> FabricExperiment:
     try:
         return FabricExperiment.model_validate(read_yaml(path, "experiment config"))
     except ValidationError as exc:
-        raise ConfigError(_format_errors(str(path), exc)) from None
+        raise ConfigError(format_errors(str(path), exc)) from None
 
 
 def fabric_config(exp: FabricExperiment, spec: IndexSpec, policy: PolicySpec, *,
@@ -150,6 +151,15 @@ def summarize(fabric: KnowledgeFabric) -> dict:
     }  # fmt: skip
 
 
+def table_inputs(profile: StoreProfile) -> dict:
+    """Where one set-up's latency and recall come from: the table (measured or estimate), the axes on which the
+    lookup left its rows, and the looked-up figures of the store queried (the whole corpus or one domain)."""
+    return {"table": "measured" if "measured" in Path(profile.source).name else "estimate",
+            "table_source": profile.source, "extrapolated": ",".join(profile.extrapolated),
+            "store_n_vectors": profile.n_vectors, "store_p50_ms": profile.p50_ms, "store_p95_ms": profile.p95_ms,
+            "store_recall": profile.recall}  # fmt: skip
+
+
 def _monolithic_rate(exp: FabricExperiment, spec: IndexSpec, utilization: float) -> float:
     mono = fabric_config(exp, spec, PolicySpec(label="m", router="monolithic")).stores[0]
     return utilization * mono.servers / mono.profile().latency_s.mean
@@ -182,8 +192,7 @@ def run(out: Path, *, quick: bool, progress: ExperimentProgress | None = None,
                              "search_param": spec.search_param, "load": load.name, "offered_qps": rate,
                              "policy": policy.label,
                              **summarize(simulate_fabric(cfg, arrivals, topics, exp.seed)),
-                             "table_source": profile.source,
-                             "extrapolated": ",".join(profile.extrapolated)})  # fmt: skip
+                             **table_inputs(profile)})  # fmt: skip
     results = _add_deltas(pd.DataFrame(rows))
 
     sens_rows = []
@@ -198,7 +207,7 @@ def run(out: Path, *, quick: bool, progress: ExperimentProgress | None = None,
             cfg = fabric_config(exp, spec, routed, locality=loc, params=params)
             s = summarize(simulate_fabric(cfg, arrivals, topics, exp.seed))
             sens_rows.append({"index_type": spec.index_type, "locality": loc, "accuracy": acc,
-                              "threshold": sens.threshold, **s})  # fmt: skip
+                              "threshold": sens.threshold, **s, **table_inputs(cfg.stores[0].profile())})  # fmt: skip
     sensitivity = pd.DataFrame(sens_rows)
     figures = [write_csv(Path(out) / "sensitivity.csv", sensitivity)] if len(sensitivity) else []
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 CLAIM_LOW, CLAIM_HIGH, CLAIM_RECALL = -55.0, -40.0, 0.992
@@ -30,8 +31,8 @@ def report(exp, results: pd.DataFrame, sensitivity: pd.DataFrame, sources: dict[
            config: Path) -> str:  # fmt: skip
     c = exp.corpus
     cmd = "fleettwin experiment knowledge-fabric" + (" --quick" if quick else "") + " --out DIR"
-    measured = {t: s for t, s in sources.items() if "measured" in s}
-    estimated = {t: s for t, s in sources.items() if "measured" not in s}
+    measured = {t: s for t, s in sources.items() if "measured" in Path(s).name}
+    estimated = {t: s for t, s in sources.items() if "measured" not in Path(s).name}
     out = [
         "# Knowledge fabric: routed multi-store vs monolithic vs fan-out retrieval",
         "",
@@ -59,14 +60,15 @@ def report(exp, results: pd.DataFrame, sensitivity: pd.DataFrame, sources: dict[
     if len(ext):
         out.append(f"- Lookups outside the table rows (scaled per models/retrieval.py): "
                    f"{', '.join(sorted(set(ext['index_type'] + ' (' + ext['extrapolated'] + ')')))}")  # fmt: skip
-    out += [
+    out += ["", _store_lookups(results), "",
         "- Assumptions (not measured): the calibrated-classifier model (accuracy, Beta confidence, uniform "
         "misroutes), 0.1 ms for the classifier, a merge with no cost, locality, and for `routed_hybrid` "
         "BM25 at 5/15 ms p50/p95 on a separately provisioned engine (no queue modelled) with 30 % of dense "
         "misses recovered.",
         "",
     ]
-    cols = {"index_type": "index", "policy": "policy", "retrieval_p50_ms": "p50 ms", "retrieval_p95_ms": "p95 ms",
+    results = results.assign(inputs=_inputs(results))
+    cols = {"index_type": "index", "policy": "policy", "inputs": "latency/recall from", "retrieval_p50_ms": "p50 ms", "retrieval_p95_ms": "p95 ms",
             "p50_vs_monolithic_pct": "Δp50 %", "p95_vs_monolithic_pct": "Δp95 %", "recall_at_10": "recall@10",
             "stores_queried_mean": "stores/query", "fanout_fraction": "fan-out share",
             "store_utilization_max": "max store util", "queries_per_s": "queries/s"}  # fmt: skip
@@ -88,7 +90,9 @@ def report(exp, results: pd.DataFrame, sensitivity: pd.DataFrame, sources: dict[
     if len(sensitivity):
         out += ["", "## Routed recall vs classifier accuracy and locality",
                 f"(threshold {exp.sensitivity.threshold}, the higher load; `sensitivity.csv`)", "",
-                _table(sensitivity, {"index_type": "index", "locality": "locality", "accuracy": "accuracy",
+                _table(sensitivity.assign(inputs=_inputs(sensitivity)),
+                       {"index_type": "index", "inputs": "latency/recall from", "locality": "locality",
+                        "accuracy": "accuracy",
                                      "recall_at_10": "recall@10", "fanout_fraction": "fan-out share",
                                      "misroute_fraction": "misrouted", "retrieval_p95_ms": "p95 ms"},
                        {"recall_at_10": ".3f", "fanout_fraction": ".3f", "misroute_fraction": ".3f",
@@ -97,21 +101,66 @@ def report(exp, results: pd.DataFrame, sensitivity: pd.DataFrame, sources: dict[
     return "\n".join(out) + "\n"
 
 
+def _inputs(df: pd.DataFrame) -> pd.Series:
+    """Per row: the table the store figures came from, and the axes on which the lookup left its rows."""
+    return df["table"] + df["extrapolated"].map(lambda e: f" (scaled: {e.replace(',', ', ')})" if e else "")
+
+
+def n_exponents(results: pd.DataFrame) -> dict[str, float]:
+    """Per index type, the power of n between a domain store and the monolithic store that the table lookups
+    imply (latency p50 ~ n^e): what decides how much routing to a smaller store can gain."""
+    out = {}
+    for t, g in results.groupby("index_type", sort=False):
+        mono, dom = g[g["policy"] == "monolithic"], g[g["policy"] != "monolithic"]
+        if len(mono) and len(dom):
+            m, d = mono.iloc[0], dom.iloc[0]
+            out[t] = float(np.log(m["store_p50_ms"] / d["store_p50_ms"]) / np.log(m["store_n_vectors"]
+                                                                                   / d["store_n_vectors"]))
+    return out
+
+
+def _store_lookups(results: pd.DataFrame) -> str:
+    """One line per index type and store size: the looked-up figures every run of that store samples from."""
+    first = results.drop_duplicates(["index_type", "store_n_vectors"])
+    exps = n_exponents(results)
+    lines = ["Table lookups per store (service time p50/p95 and recall@10 of one query on one store; every "
+             "set-up samples from these):", "",
+             "| index | store vectors | p50 ms | p95 ms | recall@10 | from | implied n exponent |", "|" + "---|" * 7]
+    for _, r in first.iterrows():
+        e = exps.get(r["index_type"])
+        lines.append(f"| {r['index_type']} | {r['store_n_vectors']:,} | {r['store_p50_ms']:.3f} | "
+                     f"{r['store_p95_ms']:.3f} | {r['store_recall']:.4f} | {_inputs(r.to_frame().T).iloc[0]} | "
+                     f"{'' if e is None else f'{e:.2f}'} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def _conclusions(results: pd.DataFrame, sensitivity: pd.DataFrame) -> list[str]:
     routed = results[results["policy"] == "routed"]
     fan = results[results["policy"] == "fanout_all"]
     mono = results[results["policy"] == "monolithic"]
+    exps = n_exponents(results)
+    in_n = set(results.loc[results["extrapolated"].str.contains("n_vectors"), "index_type"])
+    kind = results.drop_duplicates("index_type").set_index("index_type")["table"].to_dict()
+
+    def why(types: set[str]) -> str:
+        return ", ".join(f"{t} (p50 ~ n^{exps.get(t, float('nan')):.2f}, {kind[t]}"
+                         f"{', extrapolated in n' if t in in_n else ''})" for t in sorted(types))  # fmt: skip
+
     lines = []
-    hit = routed[(routed["p50_vs_monolithic_pct"] <= CLAIM_HIGH)]
-    miss = routed[(routed["p50_vs_monolithic_pct"] > CLAIM_HIGH)]
-    if len(hit):
-        lines.append(f"- Latency: routing to one smaller store cuts p50 by 40 % or more for "
-                     f"{', '.join(sorted(set(hit['index_type'])))}, whose cost grows quickly with the store size "
-                     "(IVF scans ~sqrt(n) centroids and lists; a flat scan is linear).")  # fmt: skip
-    if len(miss):
-        lines.append(f"- It does not for {', '.join(sorted(set(miss['index_type'])))}: graph search grows "
-                     "roughly with log n, so a store 1/8 the size is only somewhat faster, and the classifier "
-                     "time eats into that gain.")  # fmt: skip
+    hit = set(routed.loc[routed["p50_vs_monolithic_pct"] <= CLAIM_HIGH, "index_type"])
+    miss = set(routed["index_type"]) - hit
+    if hit:
+        lines.append(f"- Latency: routing to one smaller store cuts p50 by 40 % or more (at some load) for "
+                     f"{why(hit)}: in the table lookups their cost grows fast enough with the store size.")  # fmt: skip
+    if miss:
+        d = results["store_n_vectors"].max() / results["store_n_vectors"].min()
+        lines.append(f"- It does not for {why(miss)}: a store 1/{d:.0f} the size is only {d:.0f}^e times faster, "
+                     "and the classifier time and the smaller per-store server pool eat into that gain.")  # fmt: skip
+    measured_out = sorted(t for t in in_n if kind.get(t) == "measured")
+    if measured_out:
+        lines.append(f"- For {', '.join(measured_out)} the stores are larger than any measured row, so the n "
+                     "exponent above is the retrieval model's extrapolation from the table's largest sizes "
+                     "(models/retrieval.py), not a measurement at these sizes.")  # fmt: skip
     best = routed["recall_at_10"].max() if len(routed) else float("nan")
     lines.append(f"- Recall: with a 95 %-accurate classifier, routed recall@10 is at most {best:.3f}; misrouted "
                  "queries lose most of their neighbours. Fan-out reaches "
@@ -121,16 +170,24 @@ def _conclusions(results: pd.DataFrame, sensitivity: pd.DataFrame) -> list[str]:
     ideal = sensitivity[(sensitivity["accuracy"] == 1.0) & (sensitivity["locality"] == 1.0)] if len(sensitivity) \
         else sensitivity
     for _, r in ideal.iterrows():
-        m = mono[mono["index_type"] == r["index_type"]]["recall_at_10"]
+        m = mono[mono["index_type"] == r["index_type"]]["recall_at_10"].max()
+        if r["recall_at_10"] > m + 5e-4:
+            because = "because a smaller index is more accurate at the same nprobe/ef"
+        elif r["index_type"] in in_n:
+            because = ("no better: both sizes lie beyond the table's largest n, where the model holds recall at "
+                       "that row's value instead of guessing how it falls")  # fmt: skip
+        else:
+            because = "no better in the table at these sizes"
         lines.append(f"- With a perfect classifier and perfect locality, routed {r['index_type']} reaches recall "
                      f"{r['recall_at_10']:.3f}, the recall of one domain store. The monolithic store manages "
-                     f"{m.max():.3f} at the same search parameter, because a smaller index is more accurate at the "
-                     "same nprobe/ef. Below locality 1 every routed query loses the neighbours held in other "
-                     "stores.")  # fmt: skip
+                     f"{m:.3f} at the same search parameter: {because}. Below locality 1 every routed query "
+                     "loses the neighbours held in other stores.")  # fmt: skip
     if len(fan):
-        lines.append(f"- Fan-out queries every store: {fan['stores_queried_mean'].iloc[0]:.0f}x the store work. "
-                     "At the same total parallelism it is the first set-up to saturate as load rises, and its "
-                     "latency is the slowest of the stores queried.")  # fmt: skip
+        sat = sorted(set(fan.loc[fan["store_utilization_max"] > 0.97, "load"]))
+        lines.append(f"- Fan-out queries every store: {fan['stores_queried_mean'].iloc[0]:.0f}x the store work, "
+                     "and its latency is the slowest of the stores queried"
+                     + (f"; at the same total parallelism it saturates at the {', '.join(sat)} load." if sat
+                        else "."))  # fmt: skip
     lines.append("- Not confirmed here: any figure measured on a real fabric (the inputs are tables and "
                  "assumptions above), the effect on end-to-end RAG latency (retrieval only; the RAG stage in "
                  "sim/retrieval.py adds the context to the prompt), skewed topic mixes, and relevance "
