@@ -34,8 +34,8 @@ from fleettwin.models.config import (
     PoolConfig,
     SloConfig,
     StrictModel,
-    _format_errors,
     _set_dotted,
+    format_errors,
     read_yaml,
 )
 from fleettwin.models.errors import ConfigError, FleettwinError
@@ -200,7 +200,7 @@ def validated(model: type[M], data: Any, *, source: str, what: str) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(source, exc)) from None
+        raise ConfigError(format_errors(source, exc)) from None
 
 
 def parse_live(data: Any, *, source: str = "<live scenario>", base_dir: Path | None = None) -> LiveConfig:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from fleettwin.live.client import CompletionResult, VllmClient, prompt_ids
+from fleettwin.live.metrics import InFlightView
 from fleettwin.models.routing import REPLICA_ROUTERS
 from fleettwin.models.workload.request import Request
 
@@ -30,21 +31,6 @@ COLUMNS = ("id", "target", "arrival_s", "sent_s", "first_token_s", "finish_s", "
            "completion_tokens", "ttft_s", "tpot_s", "e2e_s", "lateness_s", "status", "http_status", "error",
            "retries")  # fmt: skip
 COMPLETED, REJECTED, ERROR, TIMEOUT = "completed", "rejected", "error", "timeout"
-
-
-class _InFlight:
-    """The router's view: requests in flight per target as counted by this generator (exact, no scrape lag).
-    KV use is unknown client-side, so ``least_kv`` degenerates to ``least_outstanding``."""
-
-    def __init__(self, n: int):
-        self.counts = [0] * n
-
-    @property
-    def outstanding(self) -> list[int]:
-        return self.counts
-
-    def kv_usage(self, now: float) -> list[float]:
-        return [0.0] * len(self.counts)
 
 
 def _row(req: Request, target: str, arrival: float, res: CompletionResult | None, status: str) -> tuple:
@@ -90,7 +76,7 @@ async def replay(
     if speedup <= 0:
         raise ValueError(f"speedup must be > 0, got {speedup}")
     picker = REPLICA_ROUTERS.create(router)
-    view = _InFlight(len(targets))
+    view = InFlightView(len(targets))
     t0 = time.perf_counter()
 
     def clock() -> float:
@@ -101,7 +87,7 @@ async def replay(
     rows: list[tuple] = []
     tasks: dict[asyncio.Task, tuple[Request, str, float]] = {}
     try:
-        models = [model] * len(targets) if model is not None else await _discover(clients)
+        models = [model] * len(targets) if model is not None else await discover_models(clients)
         todo = list(requests)[: max_requests if max_requests is not None else None]
         t0 = time.perf_counter()  # the replay starts after discovery
 
@@ -145,7 +131,7 @@ async def replay(
     return df.sort_values("id", kind="stable").reset_index(drop=True)
 
 
-async def _discover(clients: Sequence[VllmClient]) -> list[str | None]:
+async def discover_models(clients: Sequence[VllmClient]) -> list[str | None]:
     async def first_model(c: VllmClient) -> str | None:
         try:
             names = await c.models()

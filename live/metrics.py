@@ -269,6 +269,22 @@ class Scraper:
         return list(await asyncio.gather(*(self.scrape(u) for u in urls)))
 
 
+class InFlightView:
+    """A replica router's view of backends from one client's side: requests in flight per backend, counted by
+    the caller (exact, no scrape lag). KV use is unknown client-side, so ``least_kv`` degenerates to
+    ``least_outstanding``. The load generator, the gateway and the workflow executor route with it."""
+
+    def __init__(self, n: int):
+        self.counts = [0] * n
+
+    @property
+    def outstanding(self) -> list[int]:
+        return self.counts
+
+    def kv_usage(self, now: float) -> list[float]:
+        return [0.0] * len(self.counts)
+
+
 class BackendSetView:
     """A ``ReplicaSetView`` over the healthy backends of one scrape, for the routers of ``models/routing.py``.
 

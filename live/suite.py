@@ -27,7 +27,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError
 
 from fleettwin.live.config import validated
-from fleettwin.models.config import PolicyRef, StrictModel, _format_errors, load_scenario, read_yaml
+from fleettwin.models.config import PolicyRef, StrictModel, format_errors, load_scenario, read_yaml
 from fleettwin.models.errors import ConfigError
 
 
@@ -96,7 +96,7 @@ def load_policy(path: str | Path) -> PolicyRef:
     try:
         ref = PolicyRef.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(f"{path}: {where}", exc)) from None
+        raise ConfigError(format_errors(f"{path}: {where}", exc)) from None
     from fleettwin.live.gate import canonical_policy
 
     try:

@@ -39,7 +39,8 @@ import pandas as pd
 
 from fleettwin.live.client import VllmClient, prompt_ids, tls_verify
 from fleettwin.live.hybrid import HybridRetriever
-from fleettwin.live.loadgen import _discover, _InFlight
+from fleettwin.live.loadgen import discover_models
+from fleettwin.live.metrics import InFlightView
 from fleettwin.live.tracing import NOOP, Tracing
 from fleettwin.models.routing import REPLICA_ROUTERS
 from fleettwin.models.workload.request import Request
@@ -92,7 +93,7 @@ class _Calls:
     targets: list[str]
     models: list[str | None]
     picker: object
-    view: _InFlight
+    view: InFlightView
     clock: object
     chat: bool
     stream: bool
@@ -247,8 +248,8 @@ async def run_workflows(
     runs: dict[asyncio.Task, WorkflowInstance] = {}
     results: dict[int, list[NodeOutcome]] = {}
     try:
-        models = [model] * len(targets) if model is not None else await _discover(clients)
-        calls = _Calls(clients, list(targets), models, REPLICA_ROUTERS.create(router), _InFlight(len(targets)),
+        models = [model] * len(targets) if model is not None else await discover_models(clients)
+        calls = _Calls(clients, list(targets), models, REPLICA_ROUTERS.create(router), InFlightView(len(targets)),
                        clock, chat, stream, retriever, service, k, context_tokens, tracing)  # fmt: skip
         t0 = time.perf_counter()  # the run starts after discovery
 

@@ -238,7 +238,7 @@ class ScenarioConfig(StrictModel):
             raise ValueError(f"catalog: {exc}") from None
 
 
-def _format_errors(source: str, exc: ValidationError) -> str:
+def format_errors(source: str, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         loc = ""
@@ -257,7 +257,7 @@ def parse_scenario(data: Any, *, source: str = "<scenario>", base_dir: Path | No
     try:
         cfg = ScenarioConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(source, exc)) from None
+        raise ConfigError(format_errors(source, exc)) from None
     cfg._base_dir = base_dir or Path.cwd()
     try:  # build the workload source once so a missing trace file fails now, not after set-up
         cfg.workload_source()

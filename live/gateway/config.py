@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fleettwin.live.gateway.sanitize import ACTIONS, DEFAULT_ACTIONS, DETECTORS, Action
 from fleettwin.live.tls import TlsFiles
-from fleettwin.models.config import _format_errors, read_yaml
+from fleettwin.models.config import format_errors, read_yaml
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.routing import REPLICA_ROUTERS
 from fleettwin.models.tenancy import request_burst, token_burst  # one default for both worlds
@@ -247,7 +247,7 @@ def parse_gateway(data: Any, *, source: str = "<gateway>", base_dir: Path | None
     try:
         cfg = GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(source, exc)) from None
+        raise ConfigError(format_errors(source, exc)) from None
     return _resolve_paths(cfg, base_dir or Path.cwd())
 
 

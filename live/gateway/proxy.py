@@ -16,23 +16,10 @@ import httpx
 
 from fleettwin.live.gateway.config import Backend, GatewayConfig
 from fleettwin.live.gateway.pipeline import Admitted
+from fleettwin.live.metrics import InFlightView
 from fleettwin.live.tls import client_context
 from fleettwin.models.routing import REPLICA_ROUTERS
 from fleettwin.models.workload.request import Request
-
-
-class _InFlight:
-    """A ``ReplicaSetView`` of one model's backends: requests in flight through this gateway."""
-
-    def __init__(self, n: int):
-        self.counts = [0] * n
-
-    @property
-    def outstanding(self) -> list[int]:
-        return self.counts
-
-    def kv_usage(self, now: float) -> list[float]:
-        return [0.0] * len(self.counts)
 
 
 @dataclass
@@ -57,10 +44,10 @@ class Usage:
 class Pool:
     backend: Backend
     headers: dict[str, str]
-    view: _InFlight = field(init=False)
+    view: InFlightView = field(init=False)
 
     def __post_init__(self) -> None:
-        self.view = _InFlight(len(self.backend.urls))
+        self.view = InFlightView(len(self.backend.urls))
         self.router = REPLICA_ROUTERS.create(self.backend.router)
         self._ids = 0
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError
 
-from fleettwin.models.config import PolicyRef, ScenarioConfig, _format_errors, load_scenario, read_yaml
+from fleettwin.models.config import PolicyRef, ScenarioConfig, format_errors, load_scenario, read_yaml
 from fleettwin.models.errors import ConfigError
 from fleettwin.sim.experiments.base import ExperimentProgress, ExperimentResult
 from fleettwin.sim.metrics import COMPLETED
@@ -50,7 +50,7 @@ def load_policies(path: Path = POLICIES) -> PoliciesFile:
     try:
         return PoliciesFile.model_validate(read_yaml(path, "experiment policies"))
     except ValidationError as exc:
-        raise ConfigError(_format_errors(str(path), exc)) from None
+        raise ConfigError(format_errors(str(path), exc)) from None
 
 
 def run(out: Path, *, quick: bool, progress: ExperimentProgress | None = None,
