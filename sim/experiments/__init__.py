@@ -7,6 +7,8 @@ An experiment is a module in this package exposing ``run(out, *, quick, progress
 from __future__ import annotations
 
 import importlib
+import os
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -22,6 +24,11 @@ EXPERIMENTS: dict[str, str] = {
 }
 
 
+# The experiments' scenario files live in the repository's configs/experiments (next to the traces they read);
+# FLEETTWIN_CONFIGS points elsewhere, e.g. for an installed wheel with a copy of that folder.
+CONFIG_DIR = Path(os.environ.get("FLEETTWIN_CONFIGS") or Path(__file__).resolve().parents[2] / "configs" / "experiments")
+
+
 def available() -> list[str]:
     """The experiments whose module is present (one still being built is simply not offered)."""
     return [name for name, mod in EXPERIMENTS.items() if importlib.util.find_spec(f"{__name__}.{mod}")]
@@ -30,6 +37,9 @@ def available() -> list[str]:
 def load(name: str) -> ModuleType:
     if name not in EXPERIMENTS or name not in available():
         raise FleettwinError(f"unknown experiment {name!r}; available: {', '.join(available()) or 'none'}")
+    if not CONFIG_DIR.is_dir():
+        raise FleettwinError(f"experiment scenarios not found in {CONFIG_DIR}: run from a clone of the repository "
+                             "(configs/experiments and traces/) or set FLEETTWIN_CONFIGS to a copy of that folder")
     return importlib.import_module(f"{__name__}.{EXPERIMENTS[name]}")
 
 

@@ -25,11 +25,12 @@ import numpy as np
 import pandas as pd
 
 from fleettwin.models.config import ScenarioConfig, load_scenario
+from fleettwin.sim.experiments import CONFIG_DIR
 from fleettwin.sim.experiments.base import ExperimentProgress, ExperimentResult
 from fleettwin.sim.metrics import COMPLETED
 from fleettwin.sim.runner import SimulationResult, run_scenario
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "experiments"
+CONFIGS = CONFIG_DIR
 BIN_S = 60.0
 TOLERANCE = 0.10
 MIN_REQUESTS = 10

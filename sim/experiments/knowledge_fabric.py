@@ -26,11 +26,12 @@ from fleettwin.models.config import format_errors, read_yaml
 from fleettwin.models.config_retrieval import HybridConfig, RetrievalConfig
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.retrieval import StoreProfile
+from fleettwin.sim.experiments import CONFIG_DIR
 from fleettwin.sim.experiments.base import ExperimentProgress, ExperimentResult
 from fleettwin.sim.io import write_csv
 from fleettwin.sim.retrieval import KnowledgeFabric, build_fabric
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "experiments" / "knowledge_fabric.yaml"
+CONFIG = CONFIG_DIR / "knowledge_fabric.yaml"
 CLAIM = "retrieval latency -40 to -55 % with semantic recall 99.2 % (multi-vector-store fabric, routed queries)"
 
 

@@ -20,13 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationErro
 
 from fleettwin.models.config import PolicyRef, ScenarioConfig, format_errors, load_scenario, read_yaml
 from fleettwin.models.errors import ConfigError
+from fleettwin.sim.experiments import CONFIG_DIR
 from fleettwin.sim.experiments.base import ExperimentProgress, ExperimentResult
 from fleettwin.sim.metrics import COMPLETED
 from fleettwin.sim.runner import SimulationResult, generate_requests, run_scenario
 
-ROOT = Path(__file__).resolve().parents[2]
-SCENARIO = ROOT / "configs" / "experiments" / "multitier.yaml"
-POLICIES = ROOT / "configs" / "experiments" / "multitier_policies.yaml"
+SCENARIO = CONFIG_DIR / "multitier.yaml"
+POLICIES = CONFIG_DIR / "multitier_policies.yaml"
 COLUMNS = ["policy", "cost_per_hour", "gpu_util", "p95_ttft_s", "p95_ttft_cv", "p95_e2e_s", "slo_attainment",
            "training_gpu_hours", "batch_deadline_miss"]  # fmt: skip
 CAPACITY_USERS = ("unified", "forecast", "milp")  # allocators that size inference with a CapacityModel

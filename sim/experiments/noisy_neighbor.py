@@ -26,12 +26,13 @@ import numpy as np
 import pandas as pd
 
 from fleettwin.models.config import ScenarioConfig, parse_scenario, read_yaml
+from fleettwin.sim.experiments import CONFIG_DIR
 from fleettwin.sim.experiments.base import ExperimentProgress, ExperimentResult
 from fleettwin.sim.metrics import COMPLETED, REJECTED, Slo, slo_met
 from fleettwin.sim.runner import run_scenario
 from fleettwin.sim.tenancy import GATEWAY_REASON, QUOTA_REASON
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "experiments" / "noisy_neighbor.yaml"
+CONFIG = CONFIG_DIR / "noisy_neighbor.yaml"
 SEEDS, QUICK_SEEDS = (7, 8, 9), (7,)
 QUICK_SCALE = 0.5  # --quick: every duration and the burst's timing halved
 PROBE_LOAD = 3.0  # the capacity probe offers this multiple of the tenants' usual total rate

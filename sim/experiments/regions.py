@@ -32,12 +32,13 @@ import numpy as np
 import pandas as pd
 
 from fleettwin.models.config import ScenarioConfig, load_scenario
+from fleettwin.sim.experiments import CONFIG_DIR
 from fleettwin.sim.experiments.base import ExperimentProgress, ExperimentResult
 from fleettwin.sim.metrics import COMPLETED
 from fleettwin.sim.regions import minute_p99
 from fleettwin.sim.runner import run_scenario
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "experiments" / "regions.yaml"
+CONFIG = CONFIG_DIR / "regions.yaml"
 SEEDS = (11, 12, 13)
 QUICK = {"regions.users.duration_s": 1800, "regions.users.day_s": 1800, "regions.users.copies": 2}
 SINGLE_REGION = "us-east-1"
@@ -165,7 +166,7 @@ def _fmt(v: float, digits: int = 2) -> str:
 
 def report(table: pd.DataFrame, runs: pd.DataFrame, *, quick: bool) -> str:
     lines = ["# Regions: content-aware vs nearest vs latency-aware vs single-region", ""]
-    lines += [f"Scenario `{CONFIG.relative_to(CONFIG.parents[2])}`{' (--quick: 30 min, 2 copies)' if quick else ''};"
+    lines += [f"Scenario `configs/experiments/{CONFIG.name}`{' (--quick: 30 min, 2 copies)' if quick else ''};"
               " E2E and TTFT as the user sees them (both network legs included). Means over seeds; brackets: the "
               "range over seeds.", ""]  # fmt: skip
     for workload in WORKLOADS:
