@@ -137,3 +137,48 @@ def summary_table(summary: dict) -> Table:
     row("cost per 1k requests (USD)", lambda s: f"{1000 * s['cost_usd'] / max(s['requests']['completed'], 1):.3f}"
         if "cost_usd" in s else f"{s['cost']['usd_per_1k_requests']:.3f}")  # fmt: skip
     return table
+
+
+def feature_tables(summary: dict) -> list[Table]:
+    """The parts of a run beyond its inference pools, one small table each, for the features the scenario
+    uses: job tiers and GPU utilisation, regions, retrieval, tenants (all also in ``summary.json``)."""
+    tables = []
+    if "tiers" in summary:
+        t = Table(title=f"tiers (GPU utilisation {100 * summary['gpu_util']:.1f} %)")
+        for col in ("tier", "GPUs mean", "GPU-hours", "busy", "cost (USD)"):
+            t.add_column(col, justify="left" if col == "tier" else "right")
+        for name in ("inference", "training", "operational"):
+            s = summary["tiers"][name]
+            t.add_row(name, f"{s['gpus_mean']:.1f}", f"{s['gpu_hours']:.2f}", f"{100 * s['busy_fraction']:.0f} %",
+                      f"{s['cost_usd']:.2f}")  # fmt: skip
+        tables.append(t)
+    if "regions" in summary:
+        r = summary["regions"]
+        t = Table(title=f"regions (router {r['router']}: {100 * r['cross_region_frac']:.1f} % served in another "
+                        f"region, mean RTT {r['rtt_mean_ms']:.0f} ms, prefix-cache hits "
+                        f"{100 * r['prefix_cache'].get('prefix_cache_hit_rate', 0.0):.1f} %)")  # fmt: skip
+        for col in ("region", "GPUs mean", "from users / served", "served from elsewhere", "E2E p50 / p95 (s)"):
+            t.add_column(col, justify="left" if col == "region" else "right")
+        for s in r["per_region"]:
+            t.add_row(s["name"], f"{s['gpus_mean']:.1f}", f"{s['origin_requests']} / {s['served_requests']}",
+                      str(s["served_from_elsewhere"]), f"{s['e2e_p50_s']:.2f} / {s['e2e_p95_s']:.2f}")  # fmt: skip
+        tables.append(t)
+    if summary.get("retrieval"):
+        r = summary["retrieval"]
+        t = Table(title=f"retrieval (router {r['router']})", show_header=False)
+        t.add_row("queries", str(r["queries"]))
+        t.add_row("latency p50 / p95 (ms)", f"{1e3 * r['p50_s']:.2f} / {1e3 * r['p95_s']:.2f}")
+        t.add_row("recall@10 (mean)", f"{r['recall_at_10']:.3f}")
+        t.add_row("stores queried per query", f"{r['stores_queried_mean']:.2f}")
+        tables.append(t)
+    if "tenants" in summary:
+        t = Table(title="tenants")
+        for col in ("tenant", "done / total", "refused quota / gateway", "TTFT p95 (s)", "E2E p95 (s)", "SLO"):
+            t.add_column(col, justify="left" if col == "tenant" else "right")
+        for name, s in summary["tenants"].items():
+            t.add_row(name, f"{s['requests']['completed']} / {s['requests']['total']}",
+                      f"{s['rejected_by_quota']} / {s['rejected_by_gateway']}",
+                      f"{s['latency_s']['ttft']['p95']:.2f}", f"{s['latency_s']['e2e']['p95']:.2f}",
+                      f"{100 * s['slo']['attainment']:.1f} %")  # fmt: skip
+        tables.append(t)
+    return tables

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fleettwin.models.config import load_scenario, parse_override
-    from fleettwin.sim.report import summary_table, write_results
+    from fleettwin.sim.report import feature_tables, summary_table, write_results
     from fleettwin.sim.runner import generate_requests, run_scenario
 
     console = Console()
@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         result = run_scenario(cfg, seed=seed, mode=args.mode, requests=requests,
                               progress=lambda t, done, total: bar.update(task, completed=done, sim_t=t))  # fmt: skip
     console.print(summary_table(result.summary))
+    for table in feature_tables(result.summary):  # tiers, regions, retrieval, tenants when the scenario has them
+        console.print(table)
     if "workflows" in result.summary:
         console.print(workflow_table(result.summary["workflows"]))
     if args.out:
