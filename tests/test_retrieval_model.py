@@ -107,11 +107,16 @@ def test_unknown_or_ambiguous_hardware_is_an_error():
 def test_lookup_is_exact_on_every_row_of_the_package_table():
     table = RetrievalTable.default()
     model = RetrievalModel(table)
+    key = lambda r: (r.index_type, r.hardware, r.n_vectors, r.dim, r.search_param, r.batch)  # noqa: E731
+    repeats: dict[tuple, list[float]] = {}
+    for r in table.rows:
+        repeats.setdefault(key(r), []).append(r.latency_ms_p50)
     for r in table.rows:
         p = model.lookup(r.index_type, r.hardware, r.n_vectors, r.dim, r.search_param, batch=r.batch)
         assert p.extrapolated == ()
         if "measured" in r.origin:  # timed rows are noisy, not monotone: the model's running maxima lift them
-            assert p.p50_ms >= r.latency_ms_p50 * (1 - 1e-9) and p.p95_ms >= p.p50_ms, r
+            mean50 = float(np.mean(repeats[key(r)]))  # a repeated measurement is averaged with its repeats
+            assert p.p50_ms >= mean50 * (1 - 1e-9) and p.p95_ms >= p.p50_ms, r
             continue
         assert p.p50_ms == pytest.approx(r.latency_ms_p50, rel=1e-9), r
         assert p.p95_ms == pytest.approx(r.latency_ms_p95, rel=1e-9), r
