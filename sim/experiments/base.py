@@ -14,6 +14,18 @@ from fleettwin.sim.io import write_csv, write_json, write_text
 ExperimentProgress = Callable[[int, int, str], None]
 
 
+def progress_ticker(progress: ExperimentProgress | None, total: int) -> Callable[[str], None]:
+    """A ``tick(label)`` that reports the run about to start as ``(runs done, total, label)``."""
+    done = [0]
+
+    def tick(label: str) -> None:
+        if progress:
+            progress(done[0], total, label)
+        done[0] += 1
+
+    return tick
+
+
 @dataclass
 class ExperimentResult:
     name: str

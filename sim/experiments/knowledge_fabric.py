@@ -13,7 +13,6 @@ estimates otherwise; the report says which) and the routing assumptions in
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from fleettwin.models.config_retrieval import HybridConfig, RetrievalConfig
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.retrieval import StoreProfile
 from fleettwin.sim.experiments import CONFIG_DIR
-from fleettwin.sim.experiments.base import ExperimentProgress, ExperimentResult
+from fleettwin.sim.experiments.base import ExperimentProgress, ExperimentResult, progress_ticker
 from fleettwin.sim.io import write_csv
 from fleettwin.sim.retrieval import KnowledgeFabric, build_fabric
 
@@ -177,7 +176,7 @@ def run(out: Path, *, quick: bool, progress: ExperimentProgress | None = None,
     sens_grid = ([(1.0, 0.95)] if quick else [(loc, a) for loc in sens.locality for a in sens.accuracy])
     sens_idx = [s for s in indexes if s.index_type in sens.index_types]
     total = len(indexes) * len(exp.loads) * len(exp.policies) + len(sens_idx) * len(sens_grid)
-    tick = _ticker(progress, total)
+    tick = progress_ticker(progress, total)
 
     rows, sources = [], {}
     for spec in indexes:
@@ -232,13 +231,3 @@ def _add_deltas(df: pd.DataFrame) -> pd.DataFrame:
         merged[f"{q}_vs_monolithic_pct"] = 100.0 * (merged[f"retrieval_{q}_ms"] / merged[f"retrieval_{q}_ms_mono"] - 1)
     return merged.drop(columns=["retrieval_p50_ms_mono", "retrieval_p95_ms_mono"])
 
-
-def _ticker(progress: ExperimentProgress | None, total: int) -> Callable[[str], None]:
-    done = [0]
-
-    def tick(label: str) -> None:
-        if progress:
-            progress(done[0], total, label)
-        done[0] += 1
-
-    return tick

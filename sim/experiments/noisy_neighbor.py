@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import pandas as pd
 
 from fleettwin.models.config import ScenarioConfig, parse_scenario, read_yaml
 from fleettwin.sim.experiments import CONFIG_DIR
-from fleettwin.sim.experiments.base import ExperimentProgress, ExperimentResult
+from fleettwin.sim.experiments.base import ExperimentProgress, ExperimentResult, progress_ticker
 from fleettwin.sim.metrics import COMPLETED, REJECTED, Slo, slo_met
 from fleettwin.sim.runner import run_scenario
 from fleettwin.sim.tenancy import GATEWAY_REASON, QUOTA_REASON
@@ -163,7 +162,7 @@ def run(out: Path, *, quick: bool, progress: ExperimentProgress | None = None,
     base = load_base(config)
     seeds, scale = (QUICK_SEEDS, QUICK_SCALE) if quick else (SEEDS, 1.0)
     total = 1 + len(SETUPS) * len(seeds)
-    tick = _ticker(progress, total)
+    tick = progress_ticker(progress, total)
     tick("capacity probe")
     capacity = capacity_tokens_per_s(base, seed=seeds[0], scale=scale, path=config)
     window = burst_window(base, scale)
@@ -194,13 +193,3 @@ def run(out: Path, *, quick: bool, progress: ExperimentProgress | None = None,
                "setup_wall_s": walls},
     )  # fmt: skip
 
-
-def _ticker(progress: ExperimentProgress | None, total: int) -> Callable[[str], None]:
-    done = [0]
-
-    def tick(label: str) -> None:
-        if progress:
-            progress(done[0], total, label)
-        done[0] += 1
-
-    return tick
