@@ -13,7 +13,7 @@ file, the field and the reason, like scenario errors::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from pydantic import (
     Field,
@@ -35,13 +35,12 @@ from fleettwin.models.config import (
     SloConfig,
     StrictModel,
     _set_dotted,
-    format_errors,
     read_yaml,
+    validated,
 )
 from fleettwin.models.errors import ConfigError, FleettwinError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-M = TypeVar("M", bound=StrictModel)
 
 
 class LivePool(StrictModel):
@@ -191,16 +190,6 @@ class LiveConfig(StrictModel):
             if p.name == name:
                 return p
         raise ConfigError(f"no pool {name!r} in live scenario {self.name!r}")
-
-
-def validated(model: type[M], data: Any, *, source: str, what: str) -> M:
-    """``data`` (parsed YAML) as ``model``; a ConfigError names ``source``, the field and the reason."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of {what} fields at the top level")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_errors(source, exc)) from None
 
 
 def parse_live(data: Any, *, source: str = "<live scenario>", base_dir: Path | None = None) -> LiveConfig:

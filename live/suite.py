@@ -26,8 +26,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
-from fleettwin.live.config import validated
-from fleettwin.models.config import PolicyRef, StrictModel, format_errors, load_scenario, read_yaml
+from fleettwin.models.config import PolicyRef, StrictModel, format_errors, load_scenario, read_yaml, validated
 from fleettwin.models.errors import ConfigError
 
 

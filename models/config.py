@@ -9,7 +9,7 @@ checked here too, so a typo fails before any simulation starts.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -32,6 +32,8 @@ from fleettwin.models.config_tenants import TenantsConfig
 from fleettwin.models.errors import ConfigError, FleettwinError
 from fleettwin.models.registry import Registry
 from fleettwin.models.workload.workflows import WorkflowsConfig
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class StrictModel(BaseModel):
@@ -250,14 +252,19 @@ def format_errors(source: str, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_scenario(data: Any, *, source: str = "<scenario>", base_dir: Path | None = None) -> ScenarioConfig:
-    """Validate an already-parsed scenario mapping (``source`` names it in error messages)."""
+def validated(model: type[M], data: Any, *, source: str, what: str) -> M:
+    """``data`` (parsed YAML) as ``model``; a ConfigError names ``source``, the field and the reason."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of scenario fields at the top level")
+        raise ConfigError(f"{source}: expected a mapping of {what} fields at the top level")
     try:
-        cfg = ScenarioConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_errors(source, exc)) from None
+
+
+def parse_scenario(data: Any, *, source: str = "<scenario>", base_dir: Path | None = None) -> ScenarioConfig:
+    """Validate an already-parsed scenario mapping (``source`` names it in error messages)."""
+    cfg = validated(ScenarioConfig, data, source=source, what="scenario")
     cfg._base_dir = base_dir or Path.cwd()
     try:  # build the workload source once so a missing trace file fails now, not after set-up
         cfg.workload_source()

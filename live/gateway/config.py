@@ -31,11 +31,11 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fleettwin.live.gateway.sanitize import ACTIONS, DEFAULT_ACTIONS, DETECTORS, Action
 from fleettwin.live.tls import TlsFiles
-from fleettwin.models.config import format_errors, read_yaml
+from fleettwin.models.config import read_yaml, validated
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.routing import REPLICA_ROUTERS
 from fleettwin.models.tenancy import request_burst, token_burst  # one default for both worlds
@@ -244,10 +244,7 @@ def _known_detectors(actions: dict[str, str]) -> None:
 def parse_gateway(data: Any, *, source: str = "<gateway>", base_dir: Path | None = None) -> GatewayConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with tenants and backends at the top level")
-    try:
-        cfg = GatewayConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_errors(source, exc)) from None
+    cfg = validated(GatewayConfig, data, source=source, what="gateway")
     return _resolve_paths(cfg, base_dir or Path.cwd())
 
 
