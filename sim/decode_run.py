@@ -41,29 +41,25 @@ class AffineRun:
 
     def __init__(self, start: float, steps: int, cost: DecodeCost):
         self.start, self.steps = start, steps
-        (a1, b1), (a2, b2) = cost.lines if len(cost.lines) == 2 else (cost.lines[0], cost.lines[0])
-        first = (a1, b1) if (a1, b1) >= (a2, b2) else (a2, b2)  # dominant at k = 0 (ties: steeper wins later)
-        other = (a2, b2) if first == (a1, b1) else (a1, b1)
+        base, lines = cost
+        (a1, b1), (a2, b2) = lines if len(lines) == 2 else (lines[0], lines[0])
+        if (a1, b1) < (a2, b2):  # the line dominant at k = 0 first (ties: the steeper wins later)
+            a1, b1, a2, b2 = a2, b2, a1, b1
         switch = steps
-        gap, rise = first[0] - other[0], other[1] - first[1]
+        gap, rise = a1 - a2, b2 - b1
         if rise > 0 and gap < rise * steps:  # the steeper line takes over where they cross, inside the run
             switch = max(1, math.ceil(gap / rise))
-        self._segs: list[tuple[int, int, float, float, float]] = []  # (k0, k1, alpha, beta, sum before k0)
-        done = 0.0
-        for k0, k1, (a, b) in ((0, switch, first), (switch, steps, other)):
-            if k1 > k0:
-                self._segs.append((k0, k1, cost.base + a, b, done))
-                done += self._sum(k1 - k0, k0, cost.base + a, b)
-
-    @staticmethod
-    def _sum(m: int, k0: int, alpha: float, beta: float) -> float:
-        """Durations of iterations k0 .. k0+m-1."""
-        return m * alpha + beta * m * (2 * k0 + m - 1) / 2
+        alpha = base + a1
+        # Segments (k0, k1, alpha, beta, time before k0): iterations k0 .. k0+m-1 take
+        # m * alpha + beta * m * (2 * k0 + m - 1) / 2, written out below with the same operations each time.
+        self._segs = [(0, switch, alpha, b1, 0.0)]
+        if switch < steps:
+            self._segs.append((switch, steps, base + a2, b2, switch * alpha + b1 * switch * (switch - 1) / 2))
 
     def end(self, j: int) -> float:
         for k0, k1, alpha, beta, before in self._segs:
             if j < k1:
-                m = j - k0 + 1  # ``_sum`` written out (same operations): called once or twice per run
+                m = j - k0 + 1
                 return self.start + before + (m * alpha + beta * m * (2 * k0 + m - 1) / 2)
         raise IndexError(j)
 

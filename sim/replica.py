@@ -1,4 +1,4 @@
-"""A serving replica as a SimPy process: the vLLM-like scheduler driven by a performance model.
+"""A serving replica on the SimPy clock: the vLLM-like scheduler driven by a performance model.
 
 Event skipping: when an iteration is decode-only and the waiting queue is empty or blocked, the batch cannot
 change until a sequence finishes, the KV cache runs short, or a request arrives. The replica then computes the
@@ -6,6 +6,11 @@ times of all those iterations at once and sleeps for their sum in one SimPy time
 run shortens it: the replica wakes at the first iteration boundary at or after the arrival — exactly where a
 one-event-per-iteration replica would next look at its queue — so both modes give the same results up to
 floating-point rounding (``skip=False`` keeps that mode as the test oracle).
+
+The engine is a chain of wake-up events with a callback rather than a generator process: each wake-up closes
+what ended and plans the next iteration or run. That is the same events in the same order as a process that
+loops, minus a generator resume per event; and a run shortened by an arrival only needs a new wake-up, the old
+one going stale (SimPy cannot cancel an event), instead of detaching a process from its target.
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ import simpy
 from fleettwin.models.perf.base import PerformanceModel
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.decode_run import AffineRun, ArrayRun, decode_run
+from fleettwin.sim.wakeup import Wakeup, wake_after
 from fleettwin.sim.prefix_cache import PREFIX_BLOCK_TOKENS, PrefixCache
 from fleettwin.sim.reference_scheduler import ReferenceScheduler
 from fleettwin.sim.scheduler import Scheduler, SeqState
 
 MAX_RUN = 4096  # cap on iterations per skipped run (bounds the work of runs computed step by step)
+# What the engine is sleeping through (compared by identity: this runs once per event).
+_IDLE, _WOKEN, _STEP, _RUN, _DEAD = "idle", "woken", "step", "run", "dead"
 
 
 class Replica:
@@ -43,7 +51,11 @@ class Replica:
         self.perf = perf
         self.skip = skip
         self._on_finish = on_finish
-        self._wake: simpy.Event | None = None
+        self._state = _IDLE
+        self._pending: Wakeup | None = None  # the wake-up the engine waits for; any other is stale
+        self._wake_callbacks = (self._on_wake,)  # shared by every wake-up (SimPy only reads them)
+        self._plan = None  # the iteration being executed (state _STEP)
+        self._start = 0.0  # when it, or the decode run, started
         self._run: AffineRun | ArrayRun | None = None  # end times of the current skipped run's iterations
         self._run_len = 0
         self._run_end = 0.0  # when its last iteration ends
@@ -54,7 +66,6 @@ class Replica:
         self.prefix_cache = (PrefixCache(lim.prefix_cache_blocks or max(1, lim.num_blocks * lim.block_size
                                                                         // PREFIX_BLOCK_TOKENS))
                              if lim.enable_prefix_caching else None)  # fmt: skip
-        self.process = env.process(self._loop())
 
     # -- the view routers and samplers read ---------------------------------------------------------------
 
@@ -83,9 +94,9 @@ class Replica:
             at_head = sched.add(SeqState(req))
         else:  # the cached prefix is not prefilled (sim/prefix_cache.py)
             at_head = sched.add(SeqState.with_cached_prefix(req, cache.lookup(req.prefix_blocks, req.prompt_tokens)))
-        if self._wake is not None:
-            self._wake.succeed()
-            self._wake = None
+        if self._state is _IDLE:  # wake up now, after the events already due at this time
+            self._state = _WOKEN
+            self._pending = wake_after(self.env, 0.0, self._wake_callbacks)
         # Only a request that is now first in the queue (FCFS: the queue was empty; WFQ: the smallest tag) can
         # change the batch before the next completion.
         elif self._interruptible and at_head and sched.num_running < sched.limits.max_num_seqs:
@@ -102,16 +113,8 @@ class Replica:
         self._wake_at(self._run_end - now)
 
     def _wake_at(self, delay: float) -> None:
-        """Move the wake-up of the sleeping engine loop to ``delay`` from now.
-
-        This is what ``Process.interrupt`` does (detach the process from the event it waits on) minus the
-        extra Interruption event and the exception thrown into the generator: one event less per arrival.
-        SimPy has no public call to reschedule the event a process waits on, hence the two private names."""
-        proc = self.process
-        proc._target.callbacks.remove(proc._resume)
-        wake = self.env.timeout(delay)
-        wake.callbacks.append(proc._resume)
-        proc._target = wake
+        """Move the engine's wake-up to ``delay`` from now (the old one goes stale)."""
+        self._pending = wake_after(self.env, delay, self._wake_callbacks)
 
     # -- failure (sim/failures.py) ----------------------------------------------------------------------
 
@@ -134,51 +137,61 @@ class Replica:
             self._busy_since = None
         self.scheduler = type(sched)(sched.limits)
         self.scheduler.steps = sched.steps
-        self._run, self._interruptible, self._wake = None, False, None
-        if self.process.is_alive:
-            self.process.interrupt("replica failed")
+        self._run, self._interruptible, self._pending, self._state = None, False, None, _DEAD
         return seqs
 
-    # -- the engine loop --------------------------------------------------------------------------------
+    # -- the engine -------------------------------------------------------------------------------------
 
-    def _loop(self):
-        # ``self.perf`` is read at each iteration: a straggler episode swaps in a slowed model (sim/failures.py).
-        # Locals and inlined checks: this body runs once per SimPy event of the replica.
-        env, sched = self.env, self.scheduler
-        skip = self.skip
-        try:
-            while True:
-                if not sched.has_work():
-                    if self._busy_since is not None:
-                        self._busy_accum += env.now - self._busy_since
-                        self._busy_since = None
-                    self._wake = env.event()
-                    yield self._wake
-                start = env.now
-                if self._busy_since is None:
-                    self._busy_since = start
-
-                plan = sched.schedule()
-                if not plan.seqs and not plan.group:
-                    raise RuntimeError(f"replica {self.index}: the scheduler made no progress with work queued")
-                run = sched.decode_run_length(MAX_RUN) if (skip and plan.decode_only) else 1
-                if run == 1:
-                    yield env.timeout(self.perf.step_time(plan.batch))
-                    finished = sched.finish_step(plan, start, env.now)
-                else:
-                    batch = plan.batch
-                    times = decode_run(self.perf, start, batch.decode_seqs, batch.decode_ctx_tokens, run)
-                    self._run, self._run_len = times, run
-                    self._run_end = end = times.end(run - 1)
-                    self._interruptible = True
-                    yield env.timeout(end - start)  # an arrival may shorten it (see submit)
-                    self._interruptible = False
-                    self._run = None
-                    finished = sched.finish_decode_run(self._run_len, start, times.end(0), self._run_end)
-                if finished:
-                    if self.prefix_cache is not None:
-                        for seq in finished:
-                            self.prefix_cache.insert(seq.req.prefix_blocks, seq.req.prompt_tokens)
-                    self._on_finish(self, finished)
-        except simpy.Interrupt:  # the replica failed (see ``fail``): its work has been handed back
+    def _on_wake(self, event) -> None:
+        """The engine's wake-up: close what just ended (an iteration, a decode run, or idleness) and plan
+        what comes next. A wake-up that was replaced (a run shortened by an arrival, a failed replica) is
+        stale and ignored."""
+        if event is not self._pending:
             return
+        sched, state = self.scheduler, self._state
+        if state is _STEP:
+            finished = sched.finish_step(self._plan, self._start, self.env.now)
+        elif state is _RUN:
+            self._interruptible = False
+            run, self._run = self._run, None
+            finished = sched.finish_decode_run(self._run_len, self._start, run.end(0), self._run_end)
+        else:  # woken from idle by a request
+            finished = None
+        if finished:
+            if self.prefix_cache is not None:
+                for seq in finished:
+                    self.prefix_cache.insert(seq.req.prefix_blocks, seq.req.prompt_tokens)
+            self._on_finish(self, finished)
+            if self._state is _DEAD:  # failed from a finish callback
+                return
+        self._next()
+
+    def _next(self) -> None:
+        """Plan the next iteration (or decode run) and sleep until it ends; go idle without work.
+
+        ``self.perf`` is read each time: a straggler episode swaps in a slowed model (sim/failures.py)."""
+        env, sched = self.env, self.scheduler
+        start = env._now
+        if not sched.has_work():
+            if self._busy_since is not None:
+                self._busy_accum += start - self._busy_since
+                self._busy_since = None
+            self._state, self._pending = _IDLE, None
+            return
+        if self._busy_since is None:
+            self._busy_since = start
+        plan = sched.schedule()
+        if not plan.seqs and not plan.group:
+            raise RuntimeError(f"replica {self.index}: the scheduler made no progress with work queued")
+        run = sched.decode_run_length(MAX_RUN) if (self.skip and plan.decode_only) else 1
+        self._start = start
+        if run == 1:
+            self._plan, self._state = plan, _STEP
+            self._pending = wake_after(env, self.perf.step_time(plan.batch), self._wake_callbacks)
+        else:
+            batch = plan.batch
+            times = decode_run(self.perf, start, batch.decode_seqs, batch.decode_ctx_tokens, run)
+            self._run, self._run_len, self._state = times, run, _RUN
+            self._run_end = end = times.end(run - 1)
+            self._interruptible = True  # an arrival may shorten it (see submit)
+            self._pending = wake_after(env, end - start, self._wake_callbacks)

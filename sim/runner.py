@@ -29,6 +29,7 @@ from fleettwin.sim.scheduler import EngineLimits, Scheduler, SeqState
 from fleettwin.sim.stages import PreSubmitStage, StagePipeline
 from fleettwin.sim.tenancy import TenantCaps, tag_tenants, tenant_stages, tenant_summary
 from fleettwin.sim.tiers.build import add_tier_summary, build_fleet
+from fleettwin.sim.wakeup import wake_after
 
 if TYPE_CHECKING:
     from fleettwin.sim.controller import Controller
@@ -383,15 +384,16 @@ def control_setup(ctl: ControllerConfig, slo: SloConfig, resolved: Sequence[Reso
 
 
 class _Arrivals:
-    """Hands each request to its pool at its arrival time. One timeout per arrival whose callback submits the
-    request and sets the next timeout: the same events, in the same order, as a process that loops over the
-    requests, minus a generator resume per request (a sixth of a 64-replica run's time)."""
+    """Hands each request to its pool at its arrival time. One wake-up per arrival (``sim/wakeup.py``) whose
+    callback submits the request and sets the next one: the same events, in the same order, as a process that
+    loops over the requests, minus a generator resume per request (a sixth of a 64-replica run's time)."""
 
     def __init__(self, env: simpy.Environment, requests: Sequence[Request], by_model: dict[str, Pool],
                  default: Pool, log: RequestLog, arrived: list[int], stages: StagePipeline | None):  # fmt: skip
         self.env, self.requests, self.by_model, self.default = env, requests, by_model, default
         self.log, self.arrived, self.stages = log, arrived, stages
         self._plain = stages is None  # no pre-submit stages: a request without a model goes to the default pool
+        self._arrive_callbacks = (self._arrive,)
         # Start as a process would: an urgent event at t = 0 (after the replicas' processes have started).
         start = env.event()
         start._ok, start._value = True, None  # what ``Event.succeed`` sets; it has no urgent priority
@@ -415,7 +417,7 @@ class _Arrivals:
         while self.arrived[0] < len(requests):
             delay = requests[self.arrived[0]].arrival_s - env.now
             if delay > 0:
-                env.timeout(delay).callbacks.append(self._arrive)
+                wake_after(env, delay, self._arrive_callbacks)
                 return
             self._enter(requests[self.arrived[0]])
 
