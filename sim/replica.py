@@ -22,10 +22,10 @@ import simpy
 from fleettwin.models.perf.base import PerformanceModel
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.decode_run import AffineRun, ArrayRun, decode_run
-from fleettwin.sim.wakeup import Wakeup, wake_after
 from fleettwin.sim.prefix_cache import PREFIX_BLOCK_TOKENS, PrefixCache
 from fleettwin.sim.reference_scheduler import ReferenceScheduler
 from fleettwin.sim.scheduler import Scheduler, SeqState
+from fleettwin.sim.wakeup import Wakeup, wake_after
 
 MAX_RUN = 4096  # cap on iterations per skipped run (bounds the work of runs computed step by step)
 # What the engine is sleeping through (compared by identity: this runs once per event).
