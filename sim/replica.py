@@ -106,7 +106,7 @@ class Replica:
 
     def _end_run_at_next_boundary(self) -> None:
         self._interruptible = False
-        now = self.env.now
+        now = self.env._now
         j = self._run.first_end_at_or_after(now)
         self._run_len = j + 1
         self._run_end = self._run.end(j)
@@ -150,7 +150,7 @@ class Replica:
             return
         sched, state = self.scheduler, self._state
         if state is _STEP:
-            finished = sched.finish_step(self._plan, self._start, self.env.now)
+            finished = sched.finish_step(self._plan, self._start, self.env._now)
         elif state is _RUN:
             self._interruptible = False
             run, self._run = self._run, None
@@ -180,18 +180,25 @@ class Replica:
             return
         if self._busy_since is None:
             self._busy_since = start
+        if self.skip:
+            decode = sched.plan_decode_run(MAX_RUN)  # most wake-ups: the decode group alone, no plan object
+            if decode is not None:
+                self._start_run(start, *decode)
+                return
         plan = sched.schedule()
         if not plan.seqs and not plan.group:
             raise RuntimeError(f"replica {self.index}: the scheduler made no progress with work queued")
         run = sched.decode_run_length(MAX_RUN) if (self.skip and plan.decode_only) else 1
-        self._start = start
         if run == 1:
-            self._plan, self._state = plan, _STEP
+            self._plan, self._state, self._start = plan, _STEP, start
             self._pending = wake_after(env, self.perf.step_time(plan.batch), self._wake_callbacks)
         else:
-            batch = plan.batch
-            times = decode_run(self.perf, start, batch.decode_seqs, batch.decode_ctx_tokens, run)
-            self._run, self._run_len, self._state = times, run, _RUN
-            self._run_end = end = times.end(run - 1)
-            self._interruptible = True  # an arrival may shorten it (see submit)
-            self._pending = wake_after(env, end - start, self._wake_callbacks)
+            self._start_run(start, run, plan.batch.decode_seqs, plan.batch.decode_ctx_tokens)
+
+    def _start_run(self, start: float, steps: int, num_seqs: int, ctx_tokens: int) -> None:
+        """Sleep through ``steps`` decode-only iterations of ``num_seqs`` sequences (the first one allocated)."""
+        times = decode_run(self.perf, start, num_seqs, ctx_tokens, steps)
+        self._run, self._run_len, self._state, self._start = times, steps, _RUN, start
+        self._run_end = end = times.end(steps - 1)
+        self._interruptible = True  # an arrival may shorten it (see submit)
+        self._pending = wake_after(self.env, end - start, self._wake_callbacks)

@@ -382,7 +382,7 @@ class Scheduler(EngineQueue):
     def _add_explicit(self, plan: StepPlan, seq: SeqState, n: int) -> None:
         plan.seqs.append(seq)
         plan.tokens.append(n)
-        if seq.num_tokens - seq.num_computed == 1:
+        if seq.req.prompt_tokens + seq.num_output - seq.num_computed == 1:  # ``num_tokens`` written out: hot
             plan.batch.add_decode(seq.num_computed)
         else:
             plan.batch.add_prefill(n, seq.num_computed)
@@ -395,7 +395,7 @@ class Scheduler(EngineQueue):
         admitted = False
         while waiting and budget > 0 and len(self.order) < lim.max_num_seqs:
             seq = waiting[0]
-            n = seq.num_tokens - seq.num_computed
+            n = seq.req.prompt_tokens + seq.num_output - seq.num_computed
             if n > budget:
                 if not lim.enable_chunked_prefill:
                     break
@@ -435,7 +435,7 @@ class Scheduler(EngineQueue):
             if seq.first_scheduled_s != seq.first_scheduled_s:  # NaN: first time on the GPU
                 seq.first_scheduled_s = start_s
             seq.num_computed += n
-            if seq.num_computed == seq.num_tokens:
+            if seq.num_computed == seq.req.prompt_tokens + seq.num_output:  # all known tokens computed: sample
                 seq.num_output += 1
                 if seq.first_token_s != seq.first_token_s:
                     seq.first_token_s = end_s
@@ -446,8 +446,8 @@ class Scheduler(EngineQueue):
                     del self.order[seq]
                     finished.append(seq)
                     moved = True
-                elif seq.num_tokens - seq.num_computed == 1:
-                    self._join(seq)  # decoding from now on
+                else:  # one token (the one just sampled) left to compute: decoding from now on
+                    self._join(seq)
                     moved = True
         if moved:
             self.prefilling = [s for s in self.prefilling if not s.in_group and s in self.order]
@@ -455,15 +455,32 @@ class Scheduler(EngineQueue):
 
     # -- event skipping ----------------------------------------------------------------------------------
 
+    def plan_decode_run(self, limit: int) -> tuple[int, int, int] | None:
+        """The common case of ``schedule()`` + ``decode_run_length`` without building a plan: when only the
+        decode group runs (nothing prefilling, nothing waiting) and vLLM's pass would give every member its
+        token, allocate the first iteration and return (iterations, group size, summed context); else None
+        (call ``schedule()``)."""
+        n = self._gsize
+        if not n or self.prefilling or self.waiting or n > self.limits.max_num_batched_tokens:
+            return None
+        need = self._residue[-self.T % self.limits.block_size]
+        if need > self.free_blocks:
+            return None  # a preemption: the plain pass decides
+        self.free_blocks -= need
+        return self._run_length(limit, self.free_blocks), n, self._gkey_sum + n * self.T
+
     def decode_run_length(self, limit: int) -> int:
         """How many consecutive decode-only iterations, counting the one just planned, can run before the
         batch must change: a sequence finishes, or the KV cache cannot grow every sequence any more.
 
         Call right after a ``schedule()`` whose plan is ``decode_only`` (its blocks are allocated)."""
+        return self._run_length(limit, self.free_blocks)
+
+    def _run_length(self, limit: int, free: int) -> int:
         k_max = min(limit, self._heap[0][0] - self.T)
         if k_max <= 1:
             return 1
-        free, t1 = self.free_blocks, self.T + 1
+        t1 = self.T + 1
         if self._group_blocks(t1, k_max - 1) <= free:
             return k_max
         lo, hi = 1, k_max  # lo fits, hi does not
@@ -483,7 +500,7 @@ class Scheduler(EngineQueue):
         """Apply ``k`` decode-only iterations at once (the first one planned by ``schedule()``), which ran from
         ``start_s`` to ``end_s``; the first of them ended at ``first_end_s``."""
         self.steps += k
-        extra = self._group_blocks(self.T + 1, k - 1)
+        extra = self._group_blocks(self.T + 1, k - 1) if k > 1 else 0
         if extra > self.free_blocks:
             raise AssertionError("decode run over-allocated the KV cache")
         self.free_blocks -= extra
