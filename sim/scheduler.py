@@ -505,4 +505,5 @@ class Scheduler(EngineQueue):
             raise AssertionError("decode run over-allocated the KV cache")
         self.free_blocks -= extra
         self.T += k
-        return self._retire_group_finished(end_s)
+        # A run shortened by an arrival ends before its first completion: no call, no list.
+        return self._retire_group_finished(end_s) if self._heap[0][0] <= self.T else []
