@@ -430,8 +430,8 @@ class Scheduler(EngineQueue):
             self.T += 1
             if self._heap and self._heap[0][0] <= self.T:
                 finished = self._retire_group_finished(end_s)
-        moved = False
-        for seq, n in zip(plan.seqs, plan.tokens, strict=True):
+        moved = 0
+        for seq, n in zip(plan.seqs, plan.tokens):
             if seq.first_scheduled_s != seq.first_scheduled_s:  # NaN: first time on the GPU
                 seq.first_scheduled_s = start_s
             seq.num_computed += n
@@ -445,12 +445,13 @@ class Scheduler(EngineQueue):
                     seq.finish_s = end_s
                     del self.order[seq]
                     finished.append(seq)
-                    moved = True
+                    moved += 1
                 else:  # one token (the one just sampled) left to compute: decoding from now on
                     self._join(seq)
-                    moved = True
+                    moved += 1
         if moved:
-            self.prefilling = [s for s in self.prefilling if not s.in_group and s in self.order]
+            pre = self.prefilling
+            self.prefilling = [] if moved == len(pre) else [s for s in pre if not s.in_group and s in self.order]
         return finished
 
     # -- event skipping ----------------------------------------------------------------------------------
