@@ -10,7 +10,8 @@ floating-point rounding (``skip=False`` keeps that mode as the test oracle).
 The engine is a chain of wake-up events with a callback rather than a generator process: each wake-up closes
 what ended and plans the next iteration or run. That is the same events in the same order as a process that
 loops, minus a generator resume per event; and a run shortened by an arrival only needs a new wake-up, the old
-one going stale (SimPy cannot cancel an event), instead of detaching a process from its target.
+one left in the queue with no callbacks (SimPy cannot cancel an event), instead of detaching a process from
+its target.
 """
 
 from __future__ import annotations
@@ -113,7 +114,9 @@ class Replica:
         self._wake_at(self._run_end - now)
 
     def _wake_at(self, delay: float) -> None:
-        """Move the engine's wake-up to ``delay`` from now (the old one goes stale)."""
+        """Move the engine's wake-up to ``delay`` from now. The old one stays in SimPy's queue (it has no
+        cancel) but calls nothing when it comes up."""
+        self._pending.callbacks = ()
         self._pending = wake_after(self.env, delay, self._wake_callbacks)
 
     # -- failure (sim/failures.py) ----------------------------------------------------------------------
@@ -137,6 +140,8 @@ class Replica:
             self._busy_since = None
         self.scheduler = type(sched)(sched.limits)
         self.scheduler.steps = sched.steps
+        if self._pending is not None:
+            self._pending.callbacks = ()  # the engine stops: its wake-up calls nothing
         self._run, self._interruptible, self._pending, self._state = None, False, None, _DEAD
         return seqs
 
@@ -144,10 +149,9 @@ class Replica:
 
     def _on_wake(self, event) -> None:
         """The engine's wake-up: close what just ended (an iteration, a decode run, or idleness) and plan
-        what comes next. A wake-up that was replaced (a run shortened by an arrival, a failed replica) is
-        stale and ignored."""
-        if event is not self._pending:
-            return
+        what comes next."""
+        if event is not self._pending:  # cannot happen: a replaced wake-up has no callbacks
+            raise AssertionError(f"replica {self.index}: a stale wake-up fired")
         sched, state = self.scheduler, self._state
         if state is _STEP:
             finished = sched.finish_step(self._plan, self._start, self.env._now)
