@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 OUT    ?= results/quickstart
 EXTRAS ?= dev,lstm,live,ray,embed
 
-.PHONY: install demo test test-all bench lint clean
+.PHONY: install native demo test test-all bench lint clean
 
 install: $(VENV)/.installed
 
@@ -15,7 +15,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[$(EXTRAS)]'
+	$(PY) tools/build_native.py
 	touch $@
+
+# Recompile the hot modules after editing them (a stale compiled copy is ignored: pure Python until rebuilt).
+native: install
+	$(PY) tools/build_native.py
 
 demo: install
 	$(VENV)/bin/fleettwin simulate configs/quickstart.yaml --out $(OUT) --plot
@@ -26,7 +31,7 @@ test: install
 test-all: install
 	$(PY) -m pytest -m ''
 
-bench: install
+bench: native
 	$(PY) benchmarks/bench_serving.py
 
 lint: install

@@ -13,6 +13,10 @@ and the difference is the instructions the simulation took. About 50x slower tha
 
     .venv/bin/python benchmarks/bench_ab.py --base 5d4238b --rounds 5
     .venv/bin/python benchmarks/bench_ab.py --base 5d4238b --instructions --replicas 8 64
+    .venv/bin/python benchmarks/bench_ab.py --base HEAD --pure-b     # compiled hot path against pure Python
+
+The compiled hot path (``sim/native.py``) is used by any side whose source it was built from; ``--pure-b`` runs
+side B with ``FLEETTWIN_PURE_PYTHON=1`` (set that variable for the whole command to compare pure with pure).
 """
 
 from __future__ import annotations
@@ -42,8 +46,11 @@ def make_shim(tree: Path, shim: Path) -> None:
         (pkg / name).symlink_to(tree / folder)
 
 
-def _run(pythonpath: str | None, args: list[str], prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+def _run(pythonpath: str | None, args: list[str], prefix: tuple[str, ...] = (),
+         pure: bool = False) -> subprocess.CompletedProcess:  # fmt: skip
     env = dict(os.environ, PYTHONHASHSEED="0")
+    if pure:
+        env["FLEETTWIN_PURE_PYTHON"] = "1"
     env.pop("PYTHONPATH", None)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
@@ -52,19 +59,19 @@ def _run(pythonpath: str | None, args: list[str], prefix: tuple[str, ...] = ()) 
     return subprocess.run(cmd, env=env, cwd=tempfile.gettempdir(), capture_output=True, text=True, check=True)
 
 
-def run_side(pythonpath: str | None, replicas: list[int], requests: int | None) -> dict[int, dict]:
+def run_side(pythonpath: str | None, replicas: list[int], requests: int | None, pure: bool = False) -> dict[int, dict]:
     extra = ["--requests", str(requests)] if requests else []
-    out = _run(pythonpath, ["--replicas", *map(str, replicas), *extra])
+    out = _run(pythonpath, ["--replicas", *map(str, replicas), *extra], pure=pure)
     return {r["replicas"]: r for r in map(json.loads, out.stdout.splitlines())}
 
 
-def instructions(pythonpath: str | None, replicas: int, requests: int | None) -> int:
+def instructions(pythonpath: str | None, replicas: int, requests: int | None, pure: bool = False) -> int:
     """Instructions one simulation of ``replicas`` takes: a run that simulates minus one that only sets up."""
     grind = ("valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null")
     extra = ["--requests", str(requests)] if requests else []
     refs = []
     for sims in (1, 0):
-        out = _run(pythonpath, ["--replicas", str(replicas), "--simulations", str(sims), *extra], grind)
+        out = _run(pythonpath, ["--replicas", str(replicas), "--simulations", str(sims), *extra], grind, pure)
         refs.append(int(re.search(r"I\s+refs:\s+([\d,]+)", out.stderr).group(1).replace(",", "")))
     return refs[0] - refs[1]
 
@@ -77,6 +84,7 @@ def main() -> None:
     ap.add_argument("--replicas", type=int, nargs="+", default=[1, 8, 64])
     ap.add_argument("--requests", type=int, default=None)
     ap.add_argument("--instructions", action="store_true", help="count instructions under valgrind (one run each)")
+    ap.add_argument("--pure-b", action="store_true", help="run side B in pure Python (FLEETTWIN_PURE_PYTHON=1)")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="ft-ab-") as tmp:
@@ -95,7 +103,8 @@ def main() -> None:
                 print(f"instructions per simulation (valgrind cachegrind), A = {args.a or 'working tree'}, B = {args.base}")
                 print(f"{'replicas':>8} {'A instr':>15} {'B instr':>15} {'A/B':>6} {'A instr/req':>11}")
                 for r in args.replicas:
-                    a, b = instructions(a_path, r, args.requests), instructions(str(shim), r, args.requests)
+                    a = instructions(a_path, r, args.requests)
+                    b = instructions(str(shim), r, args.requests, args.pure_b)
                     n = args.requests or int(3000 * r**0.7)
                     print(f"{r:>8} {a:>15,} {b:>15,} {a / b:>6.3f} {a / n:>11,.0f}", flush=True)
                 return
@@ -103,14 +112,15 @@ def main() -> None:
             for k in range(args.rounds):
                 order = (("A", a_path), ("B", str(shim)))
                 for side, path in order if k % 2 == 0 else order[::-1]:
-                    runs[side].append(run_side(path, args.replicas, args.requests))
+                    runs[side].append(run_side(path, args.replicas, args.requests, side == "B" and args.pure_b))
                     print(f"round {k + 1} {side}: " + ", ".join(
                         f"{r}x {runs[side][-1][r]['req_per_s']:,.0f} req/s" for r in args.replicas), flush=True)
         finally:
             for tree in trees.values():
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=True)
 
-    print(f"\nA = {args.a or 'working tree'}, B = {args.base}; medians of {args.rounds} runs each "
+    b_name = f"{args.base}{' (pure Python)' if args.pure_b else ''}"
+    print(f"\nA = {args.a or 'working tree'}, B = {b_name}; medians of {args.rounds} runs each "
           f"(req/s: wall clock; req/cpu-s: this process's CPU time)")
     print(f"{'replicas':>8} {'requests':>8} {'A req/s':>9} {'B req/s':>9} {'A/B':>6} "
           f"{'A req/cpu-s':>11} {'B req/cpu-s':>11} {'A/B':>6} {'A events':>9} {'B events':>9}  same results")

@@ -72,10 +72,10 @@ class AffineRun:
             m = k1 - k0
             if start + before + (m * alpha + beta * m * (2 * k0 + m - 1) / 2) >= t:
                 target = t - start - before
-                # m iterations into the segment: beta/2 m^2 + (alpha + beta (k0 - 1/2)) m >= target
+                # x iterations into the segment: beta/2 x^2 + (alpha + beta (k0 - 1/2)) x >= target
                 lin = alpha + beta * (k0 - 0.5)
-                m = target / lin if beta == 0 else (-lin + math.sqrt(lin * lin + 2 * beta * target)) / beta
-                j = k0 + max(0, min(k1 - k0 - 1, math.ceil(m) - 1))
+                x = target / lin if beta == 0 else (-lin + math.sqrt(lin * lin + 2 * beta * target)) / beta
+                j = k0 + max(0, min(k1 - k0 - 1, math.ceil(x) - 1))
                 # Rounding: settle on the exact boundary (``end`` written out, as above).
                 while j > k0 and start + before + ((j - k0) * alpha + beta * (j - k0) * (k0 + j - 1) / 2) >= t:
                     j -= 1
@@ -96,3 +96,9 @@ def decode_run(perf: PerformanceModel, start: float, num_seqs: int, ctx_tokens: 
     if cost is not None and 1 <= len(cost.lines) <= 2:
         return AffineRun(start, steps, cost)
     return ArrayRun(start, perf.decode_times(num_seqs, ctx_tokens, steps))
+
+
+if __name__ == "fleettwin.sim.decode_run":  # not in the compiled copy itself (sim/native.py)
+    from fleettwin.sim.native import adopt
+
+    adopt(globals(), "fleettwin_native_decode_run", ("ArrayRun", "AffineRun", "decode_run"))

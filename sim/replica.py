@@ -25,7 +25,7 @@ from fleettwin.models.workload.request import Request
 from fleettwin.sim.decode_run import AffineRun, ArrayRun, decode_run
 from fleettwin.sim.prefix_cache import PREFIX_BLOCK_TOKENS, PrefixCache
 from fleettwin.sim.reference_scheduler import ReferenceScheduler
-from fleettwin.sim.scheduler import Scheduler, SeqState
+from fleettwin.sim.scheduler import Scheduler, SeqState, StepPlan
 from fleettwin.sim.wakeup import Wakeup, wake_after
 
 MAX_RUN = 4096  # cap on iterations per skipped run (bounds the work of runs computed step by step)
@@ -55,7 +55,7 @@ class Replica:
         self._state = _IDLE
         self._pending: Wakeup | None = None  # the wake-up the engine waits for; any other is stale
         self._wake_callbacks = (self._on_wake,)  # shared by every wake-up (SimPy only reads them)
-        self._plan = None  # the iteration being executed (state _STEP)
+        self._plan: StepPlan | None = None  # the iteration being executed (state _STEP)
         self._start = 0.0  # when it, or the decode run, started
         self._run: AffineRun | ArrayRun | None = None  # end times of the current skipped run's iterations
         self._run_len = 0
@@ -107,16 +107,19 @@ class Replica:
 
     def _end_run_at_next_boundary(self) -> None:
         self._interruptible = False
-        now = self.env._now
-        j = self._run.first_end_at_or_after(now)
+        run, now = self._run, self.env._now
+        assert run is not None  # only a decode run is interruptible
+        j = run.first_end_at_or_after(now)
         self._run_len = j + 1
-        self._run_end = self._run.end(j)
+        self._run_end = run.end(j)
         self._wake_at(self._run_end - now)
 
     def _wake_at(self, delay: float) -> None:
         """Move the engine's wake-up to ``delay`` from now. The old one stays in SimPy's queue (it has no
         cancel) but calls nothing when it comes up."""
-        self._pending.callbacks = ()
+        old = self._pending
+        assert old is not None  # the engine is asleep in a decode run
+        old.callbacks = ()
         self._pending = wake_after(self.env, delay, self._wake_callbacks)
 
     # -- failure (sim/failures.py) ----------------------------------------------------------------------
@@ -158,6 +161,7 @@ class Replica:
         elif state is _RUN:
             self._interruptible = False
             run, self._run = self._run, None
+            assert run is not None
             finished = sched.finish_decode_run(self._run_len, self._start, run.end(0), self._run_end)
         else:  # woken from idle by a request
             finished = None
@@ -206,3 +210,9 @@ class Replica:
         self._run_end = end = times.end(steps - 1)
         self._interruptible = True  # an arrival may shorten it (see submit)
         self._pending = wake_after(self.env, end - start, self._wake_callbacks)
+
+
+if __name__ == "fleettwin.sim.replica":  # not in the compiled copy itself (sim/native.py)
+    from fleettwin.sim.native import adopt
+
+    adopt(globals(), "fleettwin_native_replica", ("Replica",))

@@ -33,6 +33,8 @@ import heapq
 from collections import deque
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 from fleettwin.models.perf.base import BatchStats
 from fleettwin.models.tenancy import Tenancy
 from fleettwin.models.workload.request import Request
@@ -135,6 +137,7 @@ class StepPlan:
         return not self.seqs and not self.group
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the plain reference scheduler extends it (sim/native.py)
 class EngineQueue:
     """What every scheduler of a replica shares: the limits, the waiting queue, the KV block pool and vLLM's
     rejection rule. The scheduling algorithms themselves are kept apart (``Scheduler`` here and the plain
@@ -196,6 +199,7 @@ class EngineQueue:
         return True
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the tests' checking scheduler extends it
 class Scheduler(EngineQueue):
     """Waiting queue, running sequences and KV block accounting of one replica."""
 
@@ -431,7 +435,7 @@ class Scheduler(EngineQueue):
             if self._heap and self._heap[0][0] <= self.T:
                 finished = self._retire_group_finished(end_s)
         moved = 0
-        for seq, n in zip(plan.seqs, plan.tokens):
+        for seq, n in zip(plan.seqs, plan.tokens, strict=True):
             if seq.first_scheduled_s != seq.first_scheduled_s:  # NaN: first time on the GPU
                 seq.first_scheduled_s = start_s
             seq.num_computed += n
@@ -508,3 +512,10 @@ class Scheduler(EngineQueue):
         self.T += k
         # A run shortened by an arrival ends before its first completion: no call, no list.
         return self._retire_group_finished(end_s) if self._heap[0][0] <= self.T else []
+
+
+if __name__ == "fleettwin.sim.scheduler":  # not in the compiled copy itself (sim/native.py)
+    from fleettwin.sim.native import adopt
+
+    adopt(globals(), "fleettwin_native_scheduler",
+          ("SeqState", "EngineLimits", "check_limits", "StepPlan", "EngineQueue", "Scheduler"))  # fmt: skip
