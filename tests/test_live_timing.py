@@ -4,7 +4,9 @@ requests (SimPy clock, ``mode: per_iteration``) with the same limits and perform
 Both run the same ``ReferenceScheduler`` and the same ``constant`` performance model resolved by
 ``resolve_pool``; steps are >= 15 ms and the load queues requests (max_num_seqs 8), so latencies are a few
 hundred ms and the emulator's own overheads (HTTP, JSON, asyncio timer slack: a few ms a request) stay small.
-Tolerance, stated: medians within 20 %, p90 within 25 %, on a machine shared with other work.
+Tolerance, stated: medians within 20 %, p90 within 25 %, on a machine shared with other work. The emulator runs
+on the wall clock, so a neighbour that takes the CPU for a second stretches the tail of one replay: a replay that
+misses is repeated once, and the test fails only if both miss (a real disagreement misses every time).
 """
 
 from __future__ import annotations
@@ -42,14 +44,21 @@ def test_emulator_replay_agrees_with_the_simulator():
     reqs = requests()
     sim = simulate(reqs, [pool.spec()], mode="per_iteration").requests
     spec = EmulatorSpec(served_model_name="emu", limits=pool.limits, perf=pool.perf)
-    with serve_in_thread(spec) as srv:
-        live = asyncio.run(replay(reqs, [srv.url], drain_timeout_s=20))
-    assert (live["status"] == "completed").all() and (sim["status"] == "completed").all()
+    assert (sim["status"] == "completed").all()
     assert sim["ttft_s"].median() > 0.1, "the workload should queue, or overheads would dominate"
-    report = []
-    for col in ("ttft_s", "e2e_s", "tpot_s"):
-        for q, tol in ((0.5, MEDIAN_TOL), (0.9, P90_TOL)):
-            s, e = sim[col].quantile(q), live[col].quantile(q)
-            report.append(f"{col} p{int(q * 100)}: sim {s:.4f} emulator {e:.4f} ratio {e / s:.3f}")
-            assert e == pytest.approx(s, rel=tol), "\n".join(report)
-    print("\n" + "\n".join(report))  # shown with pytest -s; docs/live.md quotes it
+    reports = []
+    for _attempt in range(2):
+        with serve_in_thread(spec) as srv:
+            live = asyncio.run(replay(reqs, [srv.url], drain_timeout_s=20))
+        assert (live["status"] == "completed").all()
+        report, ok = [], True
+        for col in ("ttft_s", "e2e_s", "tpot_s"):
+            for q, tol in ((0.5, MEDIAN_TOL), (0.9, P90_TOL)):
+                s, e = sim[col].quantile(q), live[col].quantile(q)
+                report.append(f"{col} p{int(q * 100)}: sim {s:.4f} emulator {e:.4f} ratio {e / s:.3f}")
+                ok = ok and e == pytest.approx(s, rel=tol)
+        reports.append("\n".join(report))
+        if ok:
+            print("\n" + reports[-1])  # shown with pytest -s; docs/live.md quotes it
+            return
+    pytest.fail("the emulator and the simulator disagree in both replays:\n" + "\n---\n".join(reports))
