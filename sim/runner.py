@@ -394,7 +394,7 @@ class _Arrivals:
         self.log, self.arrived, self.stages = log, arrived, stages
         self._plain = stages is None  # no pre-submit stages: a request without a model goes to the default pool
         self._arrive_callbacks = (self._arrive,)
-        # Start as a process would: an urgent event at t = 0 (after the replicas' processes have started).
+        # Start as a process would: an urgent event at t = 0.
         start = env.event()
         start._ok, start._value = True, None  # what ``Event.succeed`` sets; it has no urgent priority
         start.callbacks.append(self._advance)
