@@ -1,8 +1,8 @@
 """Compiled copies of the simulator's hot modules, used when present and built from the same source.
 
 ``tools/build_native.py`` (run by ``make install``) compiles ``sim/scheduler.py``, ``sim/decode_run.py`` and
-``sim/replica.py`` with mypyc into top-level extension modules (``fleettwin_native_scheduler``, ...) and stamps each with the
-SHA-256 of the source it was built from. At import, the pure-Python module calls ``adopt``: if the compiled copy
+``sim/replica.py`` with mypyc into top-level extension modules (``fleettwin_native_scheduler``, ...) and stamps
+each with the SHA-256 of the source it was built from. At import, the pure-Python module calls ``adopt``: if the compiled copy
 exists and its stamp matches the module's own source, the compiled classes replace the pure ones in the module,
 so everything that imports them gets the compiled versions; otherwise (not built, built from an older source, or
 ``FLEETTWIN_PURE_PYTHON=1``) the pure-Python module stays as it is. The results are identical either way (the
