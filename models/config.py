@@ -24,33 +24,16 @@ from pydantic import (
     model_validator,
 )
 
+from fleettwin.models.config_base import PolicyRef, StrictModel
 from fleettwin.models.config_failures import FailuresField
 from fleettwin.models.config_jobs import JobsConfig
 from fleettwin.models.config_regions import RegionsField
 from fleettwin.models.config_retrieval import RetrievalConfig
 from fleettwin.models.config_tenants import TenantsConfig
 from fleettwin.models.errors import ConfigError, FleettwinError
-from fleettwin.models.registry import Registry
 from fleettwin.models.workload.workflows import WorkflowsConfig
 
 M = TypeVar("M", bound=BaseModel)
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PolicyRef(StrictModel):
-    """A pluggable component chosen by name, with its parameters: ``{name: least_kv, params: {...}}``."""
-
-    name: str
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    def check(self, registry: Registry) -> None:
-        try:
-            registry.validate_params(self.name, self.params)
-        except FleettwinError as exc:
-            raise ValueError(str(exc)) from None
 
 
 class EngineConfig(StrictModel):

@@ -19,12 +19,12 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from fleettwin.models.config_base import PolicyRef
 from fleettwin.models.failures import (
     REGION_KINDS,
     TRUNCATION_POLICIES,
     Coherence,
     FailureSpec,
-    Policy,
     Reroute,
 )
 
@@ -32,12 +32,12 @@ from fleettwin.models.failures import (
 class FailuresConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     seed: int | None = None  # default: the scenario's seed (each injector draws from its own child stream)
-    truncation: Policy | None = None  # None: a request longer than the window is rejected
+    truncation: PolicyRef | None = None  # None: a request longer than the window is rejected
     injectors: list[FailureSpec] = Field(default_factory=list)
 
     @field_validator("truncation")
     @classmethod
-    def _known_truncation(cls, v: Policy | None) -> Policy | None:
+    def _known_truncation(cls, v: PolicyRef | None) -> PolicyRef | None:
         return v.check(TRUNCATION_POLICIES) if v is not None else v
 
     def pool_names(self) -> list[tuple[str, str]]:

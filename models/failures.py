@@ -23,7 +23,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
-from fleettwin.models.errors import FleettwinError
+from fleettwin.models.config_base import PolicyRef
 from fleettwin.models.registry import Registry
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
@@ -91,22 +91,6 @@ class Timing(BaseModel):
 
 
 # -- policies --------------------------------------------------------------------------------------------
-
-
-class Policy(BaseModel):
-    """A policy chosen by name with its parameters, ``{name: compress, params: {ratio: 0.5}}``. (The scenario's
-    ``PolicyRef`` has this shape; it cannot be imported here because the scenario config imports this module.)"""
-
-    model_config = _FROZEN
-    name: str
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    def check(self, registry: Registry) -> Policy:
-        try:
-            registry.validate_params(self.name, self.params)
-        except FleettwinError as exc:
-            raise ValueError(str(exc)) from None
-        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,12 +277,12 @@ class Coherence(_Spec):
     pool: str
     replicas: tuple[Annotated[int, Field(ge=0)], ...] = (0,)
     probability: float = Field(ge=0, le=1)
-    policy: Policy = Policy(name="retry")
+    policy: PolicyRef = PolicyRef(name="retry")
     timing: Timing = Timing(at_s=(0.0,), mttr_s=math.inf)
 
     @field_validator("policy")
     @classmethod
-    def _known(cls, v: Policy) -> Policy:
+    def _known(cls, v: PolicyRef) -> PolicyRef:
         return v.check(COHERENCE_POLICIES)
 
 
