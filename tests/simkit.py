@@ -41,3 +41,16 @@ def run_pool(requests, limits: EngineLimits, *, replicas=1, perf=None, mode="ski
     spec = PoolSpec("pool", limits, perf or LinearPerf(), replicas=replicas, router=router,
                     central_queue=central_queue)  # fmt: skip
     return simulate(requests, [spec], mode=mode, **kw)
+
+
+def assert_matches_oracle(skip: RawRun, oracle: RawRun) -> None:
+    """Event skipping (``skip``) and the per-iteration oracle on the same inputs: the same outcome, replica and
+    preemptions for every request, the same times up to float rounding, and the same number of engine steps."""
+    ra, rb = skip.requests, oracle.requests
+    assert list(ra["status"]) == list(rb["status"])
+    assert list(ra["replica"]) == list(rb["replica"])
+    assert list(ra["preemptions"]) == list(rb["preemptions"])
+    for col in ("first_scheduled_s", "first_token_s", "finish_s"):
+        np.testing.assert_allclose(ra[col], rb[col], rtol=1e-9, atol=1e-9, equal_nan=True)
+    steps = [sum(r.scheduler.steps for r in run.pools[0].replicas) for run in (skip, oracle)]
+    assert steps[0] == steps[1]

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from fleettwin.sim import runner
 from fleettwin.sim.scheduler import Scheduler
-from tests.simkit import LinearPerf, run_pool
+from tests.simkit import LinearPerf, assert_matches_oracle, run_pool
 from tests.strategies import engine_limits, workloads
 
 SETTINGS = settings(
@@ -87,13 +87,7 @@ def test_requests_are_conserved_kv_bounded_and_time_monotone(checked, reqs, limi
 def test_event_skipping_matches_the_per_iteration_oracle(reqs, limits, replicas):
     a = run_pool(reqs, limits, replicas=replicas, mode="skip")
     b = run_pool(reqs, limits, replicas=replicas, mode="per_iteration")
-    ra, rb = a.requests, b.requests
-    assert list(ra["status"]) == list(rb["status"])
-    assert list(ra["replica"]) == list(rb["replica"])
-    assert list(ra["preemptions"]) == list(rb["preemptions"])
-    for col in ("first_scheduled_s", "first_token_s", "finish_s"):
-        np.testing.assert_allclose(ra[col], rb[col], rtol=1e-9, atol=1e-9, equal_nan=True)
-    assert sum(r.scheduler.steps for r in a.pools[0].replicas) == sum(r.scheduler.steps for r in b.pools[0].replicas)
+    assert_matches_oracle(a, b)
 
 
 @SETTINGS

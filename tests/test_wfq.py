@@ -15,7 +15,7 @@ from fleettwin.models.workload.request import Request
 from fleettwin.sim.reference_scheduler import ReferenceScheduler
 from fleettwin.sim.scheduler import EngineLimits, Scheduler, SeqState
 from fleettwin.sim.waiting import PolicyQueue, waiting_queue
-from tests.simkit import LinearPerf, poisson_requests, run_pool
+from tests.simkit import LinearPerf, assert_matches_oracle, poisson_requests, run_pool
 from tests.strategies import engine_limits, workloads
 
 TWO_TO_ONE = Tenancy((TenantSpec(name="a", weight=2.0), TenantSpec(name="b", weight=1.0)))
@@ -161,10 +161,4 @@ def test_event_skipping_matches_the_per_iteration_oracle_under_wfq_and_priority(
     limits = replace(limits, waiting_policy=policy, tenancy=tenancy)
     a = run_pool(reqs, limits, replicas=replicas, mode="skip", perf=LinearPerf())
     b = run_pool(reqs, limits, replicas=replicas, mode="per_iteration", perf=LinearPerf())
-    ra, rb = a.requests, b.requests
-    assert list(ra["status"]) == list(rb["status"])
-    assert list(ra["replica"]) == list(rb["replica"])
-    assert list(ra["preemptions"]) == list(rb["preemptions"])
-    for col in ("first_scheduled_s", "first_token_s", "finish_s"):
-        np.testing.assert_allclose(ra[col], rb[col], rtol=1e-9, atol=1e-9, equal_nan=True)
-    assert sum(r.scheduler.steps for r in a.pools[0].replicas) == sum(r.scheduler.steps for r in b.pools[0].replicas)
+    assert_matches_oracle(a, b)
