@@ -450,7 +450,8 @@ def kv_cache_free_bytes_per_gpu(
 ) -> float:
     """Bytes per GPU left for the KV cache (may be negative): memory x utilization - weights/TP - reserve."""
     _check_sizing_args(llm, tp, gpu_memory_utilization)
-    reserve = _reserve_bytes(llm, tp, activation_reserve_gb, dtype_bytes)
+    # Activations stay 16-bit when the weights are FP8 (W8A8 quantises each GEMM's input on the fly).
+    reserve = _reserve_bytes(llm, tp, activation_reserve_gb, max(dtype_bytes, 2.0))
     return gpu.memory_bytes * gpu_memory_utilization - llm.weight_bytes(dtype_bytes) / tp - reserve
 
 
@@ -463,21 +464,24 @@ def kv_cache_blocks(
     block_size: int = 16,
     activation_reserve_gb: float | None = None,
     dtype_bytes: float = 2,
+    kv_dtype_bytes: float | None = None,
 ) -> int:
     """KV blocks of ``block_size`` tokens that one replica of ``tp`` GPUs holds, as vLLM sizes its cache.
 
     Every GPU of the replica holds its share of every block, so the count is set per GPU: free bytes per GPU over
     KV bytes per token per GPU. ``activation_reserve_gb`` (decimal GB per GPU) replaces
-    :func:`default_activation_reserve_bytes`.
+    :func:`default_activation_reserve_bytes`. ``dtype_bytes`` is per weight (1 for FP8 checkpoints),
+    ``kv_dtype_bytes`` per KV element (vLLM's ``kv_cache_dtype``; default: the same as the weights).
     """
+    kv_bytes = dtype_bytes if kv_dtype_bytes is None else kv_dtype_bytes
     _check_sizing_args(llm, tp, gpu_memory_utilization, block_size)
     free = kv_cache_free_bytes_per_gpu(
         gpu, llm, tp, gpu_memory_utilization=gpu_memory_utilization,
         activation_reserve_gb=activation_reserve_gb, dtype_bytes=dtype_bytes,
     )
-    blocks = math.floor(free / (block_size * llm.kv_bytes_per_token_per_gpu(tp, dtype_bytes)))
+    blocks = math.floor(free / (block_size * llm.kv_bytes_per_token_per_gpu(tp, kv_bytes)))
     if blocks <= 0:
-        reserve = _reserve_bytes(llm, tp, activation_reserve_gb, dtype_bytes)
+        reserve = _reserve_bytes(llm, tp, activation_reserve_gb, max(dtype_bytes, 2.0))
         raise ConfigError(
             f"{llm.id} on {gpu.id} at TP{tp} leaves no memory for the KV cache: "
             f"{_budget(gpu, llm, tp, gpu_memory_utilization, reserve, dtype_bytes)}; use a larger TP or GPU"
@@ -493,6 +497,7 @@ def min_tensor_parallel(
     dtype_bytes: float = 2,
     min_kv_tokens: int | None = None,
     activation_reserve_gb: float | None = None,
+    kv_dtype_bytes: float | None = None,
 ) -> int:
     """Smallest TP in ``TENSOR_PARALLEL_SIZES`` whose replica fits ``llm`` with a useful KV cache.
 
@@ -502,6 +507,7 @@ def min_tensor_parallel(
     TP 16 spans two 8-GPU nodes; performance models charge its all-reduces to the inter-node network.
     """
     need = llm.max_context if min_kv_tokens is None else min_kv_tokens
+    kv_bytes = dtype_bytes if kv_dtype_bytes is None else kv_dtype_bytes
     shortfall = "no size splits its attention heads evenly"
     for tp in TENSOR_PARALLEL_SIZES:
         if not llm.splits_evenly(tp):
@@ -510,10 +516,10 @@ def min_tensor_parallel(
             gpu, llm, tp, gpu_memory_utilization=gpu_memory_utilization,
             activation_reserve_gb=activation_reserve_gb, dtype_bytes=dtype_bytes,
         )
-        tokens = max(0.0, free) / llm.kv_bytes_per_token_per_gpu(tp, dtype_bytes)
+        tokens = max(0.0, free) / llm.kv_bytes_per_token_per_gpu(tp, kv_bytes)
         if tokens >= need:
             return tp
-        reserve = _reserve_bytes(llm, tp, activation_reserve_gb, dtype_bytes)
+        reserve = _reserve_bytes(llm, tp, activation_reserve_gb, max(dtype_bytes, 2.0))
         shortfall = (
             f"at TP{tp}, {_budget(gpu, llm, tp, gpu_memory_utilization, reserve, dtype_bytes)} "
             f"leave KV for {tokens:,.0f} tokens"

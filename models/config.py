@@ -54,6 +54,10 @@ class EngineConfig(StrictModel):
     # Order of the waiting queue (sim/waiting.py): fcfs (vLLM's default), wfq (weighted fair queueing by tenant
     # weight), priority (by tenant priority, lower first, as vLLM's --scheduling-policy priority)
     waiting_policy: Literal["fcfs", "wfq", "priority"] = "fcfs"
+    # Storage precision of the weights (vLLM's dtype / --quantization fp8) and of the KV cache (--kv-cache-dtype):
+    # FP8 halves weight and KV bytes (more KV blocks, faster decode) where the performance model supports it.
+    dtype: Literal["bf16", "fp8"] = "bf16"
+    kv_cache_dtype: Literal["bf16", "fp8"] = "bf16"
 
 
 class PoolConfig(StrictModel):

@@ -15,7 +15,7 @@ from simpy.core import URGENT
 from fleettwin.models.catalog import Catalog, GpuSpec, LlmSpec, kv_cache_blocks, min_tensor_parallel
 from fleettwin.models.config import ControllerConfig, PoolConfig, ScenarioConfig, SloConfig
 from fleettwin.models.errors import ConfigError
-from fleettwin.models.perf import PERF_MODELS, PerformanceModel
+from fleettwin.models.perf import PerformanceModel, Precision, create_perf_model
 from fleettwin.models.routing import REPLICA_ROUTERS
 from fleettwin.models.tenancy import Tenancy
 from fleettwin.models.workload.request import Request
@@ -83,9 +83,13 @@ class ResolvedPool:
 def resolve_pool(cfg: PoolConfig, catalog: Catalog, tenancy: Tenancy | None = None) -> ResolvedPool:
     gpu, llm = catalog.gpu(cfg.gpu), catalog.llm(cfg.model)
     eng = cfg.engine
-    tp = cfg.tp or min_tensor_parallel(gpu, llm, gpu_memory_utilization=eng.gpu_memory_utilization)
+    precision = Precision(eng.dtype, eng.kv_cache_dtype)
+    if precision.weights == "fp8" and not gpu.fp8_tflops:
+        raise ConfigError(f"pool {cfg.name!r}: engine.dtype fp8 needs FP8 tensor cores, which {gpu.id} lacks")
+    sizes = {"dtype_bytes": precision.weight_bytes, "kv_dtype_bytes": precision.kv_bytes}
+    tp = cfg.tp or min_tensor_parallel(gpu, llm, gpu_memory_utilization=eng.gpu_memory_utilization, **sizes)
     blocks = eng.num_gpu_blocks or kv_cache_blocks(
-        gpu, llm, tp, gpu_memory_utilization=eng.gpu_memory_utilization, block_size=eng.block_size
+        gpu, llm, tp, gpu_memory_utilization=eng.gpu_memory_utilization, block_size=eng.block_size, **sizes
     )
     capacity = blocks * eng.block_size
     max_len = eng.max_model_len or min(llm.max_context, capacity)
@@ -112,7 +116,7 @@ def resolve_pool(cfg: PoolConfig, catalog: Catalog, tenancy: Tenancy | None = No
         waiting_policy=eng.waiting_policy,
         tenancy=tenancy,
     )
-    perf = PERF_MODELS.create(cfg.perf_model.name, cfg.perf_model.params, gpu=gpu, llm=llm, tp=tp)
+    perf = create_perf_model(cfg.perf_model.name, cfg.perf_model.params, gpu=gpu, llm=llm, tp=tp, precision=precision)
     return ResolvedPool(cfg=cfg, gpu=gpu, llm=llm, tp=tp, limits=limits, perf=perf)
 
 

@@ -3,8 +3,16 @@
 Models are chosen by name (``PERF_MODELS``) so a calibrated one can replace the roofline without touching callers.
 """
 
-from fleettwin.models.perf.base import PERF_MODELS, BatchStats, DecodeCost, PerformanceModel
+from fleettwin.models.perf.base import (
+    BF16,
+    PERF_MODELS,
+    BatchStats,
+    DecodeCost,
+    PerformanceModel,
+    Precision,
+    create_perf_model,
+)
 
-__all__ = ["PERF_MODELS", "BatchStats", "DecodeCost", "PerformanceModel"]
+__all__ = ["BF16", "PERF_MODELS", "BatchStats", "DecodeCost", "PerformanceModel", "Precision", "create_perf_model"]
 
-from fleettwin.models.perf import constant, profiled, roofline  # noqa: F401, E402  (registers)
+from fleettwin.models.perf import calibrated, constant, profiled, roofline  # noqa: F401, E402  (registers)

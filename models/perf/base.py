@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fleettwin.models.errors import ConfigError
 from fleettwin.models.registry import Registry
 
 
@@ -45,6 +46,39 @@ class BatchStats:
     def add_decode(self, ctx: int) -> None:
         self.decode_seqs += 1
         self.decode_ctx_tokens += ctx
+
+
+DTYPE_BYTES = {"bf16": 2.0, "fp8": 1.0}
+
+
+@dataclass(frozen=True, slots=True)
+class Precision:
+    """What the weights and the KV cache are stored in: vLLM's ``dtype``/``quantization`` and ``kv_cache_dtype``.
+
+    ``fp8`` weights are W8A8 (each GEMM quantises its input on the fly; activations stay 16-bit)."""
+
+    weights: str = "bf16"
+    kv_cache: str = "bf16"
+
+    def __post_init__(self) -> None:
+        for field, value in (("dtype", self.weights), ("kv_cache_dtype", self.kv_cache)):
+            if value not in DTYPE_BYTES:
+                raise ValueError(f"{field} must be one of {', '.join(DTYPE_BYTES)}, got {value!r}")
+
+    @property
+    def weight_bytes(self) -> float:
+        return DTYPE_BYTES[self.weights]
+
+    @property
+    def kv_bytes(self) -> float:
+        return DTYPE_BYTES[self.kv_cache]
+
+    @property
+    def is_default(self) -> bool:
+        return self.weights == "bf16" and self.kv_cache == "bf16"
+
+
+BF16 = Precision()
 
 
 class DecodeCost(NamedTuple):
@@ -91,3 +125,15 @@ class PerformanceModel(ABC):
 
 
 PERF_MODELS: Registry[PerformanceModel] = Registry("performance model")
+
+
+def create_perf_model(name: str, params, *, gpu, llm, tp: int, precision: Precision = BF16) -> PerformanceModel:
+    """``PERF_MODELS.create`` with the engine's precision: passed to models that declare ``supports_precision``;
+    any other model accepts bf16 only (a clear error, never a silent bf16 run of an FP8 deployment)."""
+    cls = PERF_MODELS.get(name)
+    if getattr(cls, "supports_precision", False):
+        return PERF_MODELS.create(name, params, gpu=gpu, llm=llm, tp=tp, precision=precision)
+    if not precision.is_default:
+        raise ConfigError(f"performance model {name!r} models bf16 only, not dtype {precision.weights} / "
+                          f"kv_cache_dtype {precision.kv_cache}; use 'calibrated' or 'roofline'")
+    return PERF_MODELS.create(name, params, gpu=gpu, llm=llm, tp=tp)

@@ -13,12 +13,17 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleettwin.models.catalog import GPUS_PER_NODE, GpuSpec, LlmSpec
-from fleettwin.models.perf.base import PERF_MODELS, BatchStats, DecodeCost, PerformanceModel
+from fleettwin.models.perf.base import BF16, PERF_MODELS, BatchStats, DecodeCost, PerformanceModel, Precision
 
 
 @PERF_MODELS.register("roofline")
 class RooflineModel(PerformanceModel):
-    """Analytical step time for one replica of ``tp`` GPUs; calibrated defaults, one set for all hardware."""
+    """Analytical step time for one replica of ``tp`` GPUs; calibrated defaults, one set for all hardware.
+
+    With FP8 weights (``precision``) weights stream at 1 byte and GEMMs run at the GPU's FP8 peak; an FP8 KV cache
+    is read at 1 byte. The bf16 default uses ``dtype_bytes`` for both, as before."""
+
+    supports_precision = True
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -33,12 +38,15 @@ class RooflineModel(PerformanceModel):
         )
         dtype_bytes: float = Field(default=2, gt=0, description="bytes per weight, activation and KV element")
 
-    def __init__(self, params: Params, *, gpu: GpuSpec, llm: LlmSpec, tp: int):
+    def __init__(self, params: Params, *, gpu: GpuSpec, llm: LlmSpec, tp: int, precision: Precision = BF16):
         if tp < 1:
             raise ValueError(f"tp must be >= 1, got {tp}")
-        self.params, self.gpu, self.llm, self.tp = params, gpu, llm, tp
+        self.params, self.gpu, self.llm, self.tp, self.precision = params, gpu, llm, tp, precision
         p = params
-        self._flops_per_s = tp * gpu.peak_flops * p.flops_efficiency
+        weight_bytes = p.dtype_bytes if precision.weights == "bf16" else precision.weight_bytes
+        kv_bytes = p.dtype_bytes if precision.kv_cache == "bf16" else precision.kv_bytes
+        peak = gpu.fp8_tflops * 1e12 if precision.weights == "fp8" and gpu.fp8_tflops else gpu.peak_flops
+        self._flops_per_s = tp * peak * p.flops_efficiency
         self._bytes_per_s = gpu.hbm_bytes_per_s * p.bandwidth_efficiency
         # Compute (FLOPs, whole replica).
         self._flops_per_token = 2 * llm.nonembedding_active_params
@@ -46,12 +54,12 @@ class RooflineModel(PerformanceModel):
         self._flops_per_sampling_seq = llm.lm_head_flops
         # Memory (bytes, per GPU). Every iteration reads all weights except the input embedding (a gather) and the
         # experts no token was routed to; KV is read for the cached context and written for each new token.
-        expert_bytes = llm.routed_expert_params * p.dtype_bytes
-        self._dense_weight_bytes = (llm.weight_bytes(p.dtype_bytes) - expert_bytes
-                                    - llm.embedding_params * p.dtype_bytes) / tp
+        expert_bytes = llm.routed_expert_params * weight_bytes
+        self._dense_weight_bytes = (llm.weight_bytes(weight_bytes) - expert_bytes
+                                    - llm.embedding_params * weight_bytes) / tp
         self._expert_bytes = expert_bytes / tp
         self._expert_miss = 1 - llm.experts_per_token / llm.num_experts if llm.is_moe else 0.0
-        self._kv_bytes = llm.kv_bytes_per_token_per_gpu(tp, p.dtype_bytes)
+        self._kv_bytes = llm.kv_bytes_per_token_per_gpu(tp, kv_bytes)
         # Communication: two all-reduces (after attention and after the FFN) per layer, ring algorithm.
         if tp > 1:
             link = p.internode_bandwidth_gbs * 1e9 if tp > GPUS_PER_NODE else gpu.link_bytes_per_s
@@ -115,4 +123,5 @@ class RooflineModel(PerformanceModel):
         return DecodeCost(base=base, lines=((compute_a, compute_b), (memory_a, memory_b)))
 
     def describe(self) -> str:
-        return f"roofline ({self.gpu.id}, {self.llm.id}, TP{self.tp})"
+        prec = "" if self.precision.is_default else f", {self.precision.weights}/kv {self.precision.kv_cache}"
+        return f"roofline ({self.gpu.id}, {self.llm.id}, TP{self.tp}{prec})"
