@@ -1,4 +1,4 @@
-"""``fleettwin calibrate``: how well the profiled performance model reproduces the measured operator tables.
+"""``fleettwin calibrate tables``: how well the profiled performance model reproduces the measured operator tables.
 
 Per operator and table, the error of interpolation on held-out rows (MAPE and max), the roofline fallback's
 efficiencies fitted on the same tables and its error, and which (GPU, model) pairs of the catalog take which
@@ -35,20 +35,9 @@ from fleettwin.models.perf.tables import OPERATORS, PiecewiseLinear, mlp_tables
 MAPE_TARGET = 0.05  # the per-layer total must interpolate held-out rows within this MAPE for every table
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "calibrate",
-        help="error of the profiled performance model on held-out measured rows",
-        description=(
-            "Check the profiled performance model against Vidur's measured operator tables: every EVERY-th "
-            "token count (from the second) is held out of the interpolation knots and predicted from the rest. "
-            "Prints per-operator MAPE and max error, the roofline fallback fitted on the same tables, and which "
-            "catalog pairs have tables; writes calibration.csv, calibration.md and calibration.png to DIR."
-        ),
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", type=Path, metavar="DIR", required=True, help="folder for the report files")
     parser.add_argument("--every", type=int, default=2, help="hold out every EVERY-th row (default %(default)s)")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

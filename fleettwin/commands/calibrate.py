@@ -1,0 +1,233 @@
+"""``fleettwin calibrate``: fit and check the performance model against measured data.
+
+    fleettwin calibrate fit RUN... [--format F] [--settings S.yaml] [--base PROFILE] --out PROFILE.yaml
+    fleettwin calibrate report [--models calibrated,roofline,profiled] [--runs FILE...] [--no-loro] --out DIR
+    fleettwin calibrate kernels DIR --gpu GPU --name NAME --out PROFILE.yaml
+    fleettwin calibrate show [PROFILE]
+    fleettwin calibrate convert RUN --settings S.yaml --out runs.yaml
+    fleettwin calibrate tables --report DIR            (also: fleettwin calibrate --report DIR)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fleettwin.models.errors import ConfigError
+
+FORMATS_HELP = ("fleettwin, loadgen, lmbench, silicon, vllm-bench, inference-perf, guidellm, prometheus "
+                "(default: detected from the file)")  # fmt: skip
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "calibrate",
+        help="fit the performance model to measured vLLM runs and report its error",
+        description=(
+            "Fit a calibration profile (kernel laws + engine and API-server costs) from measured serving runs, "
+            "and check it: every measured run replayed in the simulator next to the measurement. Run "
+            "`fleettwin calibrate ACTION --help` for each action. Profiles are YAML; a scenario names one as "
+            "`perf_model: {name: calibrated, params: {profile: NAME_OR_PATH}}`."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    parser.add_argument("--report", type=Path, metavar="DIR", help=argparse.SUPPRESS)  # old form of `tables`
+    parser.add_argument("--every", type=int, default=2, help=argparse.SUPPRESS)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+
+    fit = actions.add_parser("fit", help="fit a profile's engine and API-server costs on measured runs",
+                             description=(
+                                 "Replay RUN files in the simulator and fit the profile's engine costs (CPU per "
+                                 "iteration, per sequence, per TP worker, small kernels, kernel gaps) and API-"
+                                 "server costs so that simulated TTFT, TPOT and E2E match. Prints the fitted "
+                                 "coefficients, any it could not pin (held at the base profile's value, with the "
+                                 "data that would pin them), and leave-one-run-out errors per run and metric."))  # fmt: skip
+    fit.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run files or folders")
+    fit.add_argument("--format", dest="fmt", help=FORMATS_HELP)
+    fit.add_argument("--settings", type=Path, help="server settings YAML (model, gpu, tp, engine args) for "
+                     "formats that do not record them")  # fmt: skip
+    fit.add_argument("--base", default="auto", help="profile to start from: built-in name or path (default: the "
+                     "built-in profile of the runs' GPU)")  # fmt: skip
+    fit.add_argument("--name", help="name of the new profile (default: the output file's name)")
+    fit.add_argument("--coefficients", help="comma-separated subset to fit (default: all)")
+    fit.add_argument("--no-loro", action="store_true", help="skip the leave-one-run-out errors")
+    fit.add_argument("--workers", type=int, default=None, help="processes replaying runs (default: cores, max 4)")
+    fit.add_argument("--strict", action="store_true", help="exit 1 when a coefficient could not be pinned")
+    fit.add_argument("--out", type=Path, required=True, help="profile YAML to write")
+    fit.set_defaults(func=_fit)
+
+    rep = actions.add_parser("report", help="every measured run simulated next to its measurement",
+                             description=(
+                                 "Simulate every run (default: the public runs shipped with fleettwin) with each "
+                                 "performance model and compare with the measurement: median |error| of mean "
+                                 "TTFT, TPOT, E2E and p99 E2E per source, saturation disagreements, a plot of "
+                                 "predicted against measured. The calibrated model is shown in sample and, "
+                                 "refitted without each run / each deployment, leave-one-out."))  # fmt: skip
+    rep.add_argument("--models", default="calibrated,roofline,profiled", help="comma-separated (default %(default)s)")
+    rep.add_argument("--runs", nargs="*", type=Path, default=None, help="run files (default: the shipped corpus)")
+    rep.add_argument("--no-loro", action="store_true", help="in-sample errors only (fast)")
+    rep.add_argument("--workers", type=int, default=None)
+    rep.add_argument("--out", type=Path, required=True, help="folder for errors.csv, report.md and the plot")
+    rep.set_defaults(func=_report)
+
+    ker = actions.add_parser("kernels", help="fit kernel laws from a folder of measured kernel tables",
+                             description=(
+                                 "Fit the GEMM, attention, MoE and all-reduce laws of one GPU from measured "
+                                 "kernel tables (aiconfigurator's vLLM collector format: gemm_perf.*.csv, "
+                                 "context_/generation_attention_perf.csv, moe_perf.*.csv, "
+                                 "custom_allreduce_perf.csv) and write a profile whose engine costs are priors: "
+                                 "then `calibrate fit` it on end-to-end runs of that GPU."))  # fmt: skip
+    ker.add_argument("folder", type=Path)
+    ker.add_argument("--gpu", required=True, help="catalog GPU id the tables were measured on")
+    ker.add_argument("--name", required=True)
+    ker.add_argument("--base", default=None, help="take engine costs from this profile (default: H100 priors)")
+    ker.add_argument("--out", type=Path, required=True)
+    ker.set_defaults(func=_kernels)
+
+    show = actions.add_parser("show", help="print a profile (default: list the built-in ones)")
+    show.add_argument("profile", nargs="?")
+    show.set_defaults(func=_show)
+
+    conv = actions.add_parser("convert", help="write measured runs in fleettwin's run format",
+                              description="Read runs in any supported format and write them as a fleettwin run "
+                              "file (YAML + per-request CSVs), e.g. to keep a corpus of your own deployments.")  # fmt: skip
+    conv.add_argument("runs", nargs="+", type=Path)
+    conv.add_argument("--format", dest="fmt", help=FORMATS_HELP)
+    conv.add_argument("--settings", type=Path)
+    conv.add_argument("--source", default="", help="citation for the file's source line")
+    conv.add_argument("--out", type=Path, required=True)
+    conv.set_defaults(func=_convert)
+
+    tab = actions.add_parser("tables", help="error of the profiled model on held-out rows of Vidur's tables")
+    from fleettwin.commands import calibrate_tables
+
+    calibrate_tables.add_arguments(tab)
+    tab.set_defaults(func=calibrate_tables.run)
+    parser.set_defaults(func=_legacy_or_help, parser=parser)
+
+
+def _legacy_or_help(args: argparse.Namespace) -> int:
+    if args.report is not None:  # `fleettwin calibrate --report DIR`, the form before the actions existed
+        from fleettwin.commands import calibrate_tables
+
+        return calibrate_tables.run(args)
+    args.parser.print_help()
+    return 2
+
+
+def _say(msg: str) -> None:
+    print(f"  {msg}", file=sys.stderr, flush=True)
+
+
+def _read(paths: list[Path], fmt: str | None, settings: Path | None):
+    from fleettwin.sim.calibration.readers import load_settings, read_runs
+
+    parsed = load_settings(settings) if settings else None
+    runs = []
+    for path in paths:
+        runs += read_runs(path, settings=parsed, fmt=fmt)
+    if not runs:
+        raise ConfigError("no runs read")
+    return runs
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from fleettwin.models.catalog import Catalog
+    from fleettwin.models.perf.calibrated import resolve_profile
+    from fleettwin.models.perf.profile import load_profile
+    from fleettwin.sim.calibration.build import fit_record
+    from fleettwin.sim.calibration.errors import error_frame
+
+    runs = _read(args.runs, args.fmt, args.settings)
+    gpus = sorted({r.settings.gpu for r in runs})
+    if len(gpus) > 1:
+        raise ConfigError(f"runs on several GPUs ({', '.join(gpus)}): a profile describes one GPU type; fit each apart")
+    base = resolve_profile(args.base, Catalog.default().gpu(gpus[0])) if args.base == "auto" else load_profile(args.base)
+    coefficients = args.coefficients.split(",") if args.coefficients else None
+    print(f"fitting {base.name} on {len(runs)} runs ({len({r.group for r in runs})} deployments)", file=sys.stderr)
+    import time
+
+    t0 = time.perf_counter()
+    from fleettwin.sim.calibration.fit import fit_profile
+
+    res = fit_profile(runs, base, coefficients=coefficients, loro=not args.no_loro, workers=args.workers,
+                      progress=_say)  # fmt: skip
+    name = args.name or args.out.stem
+    fit = {**base.fit, "engine": fit_record(res, time.perf_counter() - t0)}
+    profile = res.profile.model_copy(update={"name": name, "fit": fit, "sources": sorted({r.source for r in runs})})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(args.out.suffix + ".tmp")
+    tmp.write_text(profile.to_yaml())
+    tmp.replace(args.out)
+    print("\nfitted:")
+    for n, v in res.fitted.items():
+        print(f"  {n:<20} {v:.4g}  (relative standard error {res.rse[n]:.0%})")
+    for n, why in res.held.items():
+        print(f"  NOT PINNED {n}: {why}")
+    if res.loro:
+        frame = error_frame(runs, res.loro, model="leave-one-run-out")
+        print("\nleave-one-run-out error per run (simulated / measured - 1):")
+        print(frame.pivot_table(index="run", columns="metric", values="error").to_string(float_format=lambda v: f"{v:+.1%}"))
+    print(f"\nwrote {args.out}")
+    return 1 if args.strict and res.held else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from fleettwin.sim.calibration.build import shipped_runs
+    from fleettwin.sim.calibration.report import markdown, plot, summary_table, validation_frame
+
+    runs = _read(args.runs, None, None) if args.runs else shipped_runs()
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    errors = validation_frame(runs, models, loro=not args.no_loro, workers=args.workers, progress=_say)
+    args.out.mkdir(parents=True, exist_ok=True)
+    errors.to_csv(args.out / "errors.csv", index=False)
+    table = summary_table(errors)
+    text = markdown(table)
+    (args.out / "report.md").write_text(text + "\n")
+    plot(errors, args.out / "predicted_vs_measured.png")
+    print(text)
+    print(f"\nwrote {args.out / 'errors.csv'}, report.md, predicted_vs_measured.png")
+    return 0
+
+
+def _kernels(args: argparse.Namespace) -> int:
+    from fleettwin.models.catalog import Catalog
+    from fleettwin.models.perf.profile import CalibrationProfile, load_profile
+    from fleettwin.sim.calibration.kernel_tables import fit_kernel_folder
+
+    Catalog.default().gpu(args.gpu)  # an unknown GPU fails here, with the list
+    laws, summary = fit_kernel_folder(args.folder)
+    base = load_profile(args.base or "h100-vllm-v1")
+    profile = CalibrationProfile(name=args.name, gpu=args.gpu, kernels=laws, engine_costs=base.engine_costs,
+                                 frontend=base.frontend, engine_versions=f"kernels: {args.folder}",
+                                 description=f"kernel laws from {args.folder}; engine costs from {base.name} "
+                                 "until fitted", sources=[str(args.folder)],
+                                 fit={"kernels": {"source": str(args.folder), "laws": summary}})  # fmt: skip
+    args.out.write_text(profile.to_yaml())
+    for law, s in summary.items():
+        print(f"  {law:<24} rows {s['rows']:>6}  MAPE {s['mape']:.1%}  bias {s['bias']:+.1%}")
+    print(f"wrote {args.out} (engine costs are {base.name}'s until `fleettwin calibrate fit --base {args.out}`)")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from fleettwin.models.perf.profile import builtin_profiles, load_profile
+
+    if not args.profile:
+        for name in builtin_profiles():
+            p = load_profile(name)
+            print(f"{name:<16} {p.gpu:<10} {p.engine_versions}")
+        return 0
+    print(load_profile(args.profile).to_yaml())
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from fleettwin.sim.calibration.readers import native
+
+    runs = _read(args.runs, args.fmt, args.settings)
+    native.write(args.out, runs, source=args.source or ", ".join(sorted({r.source for r in runs})))
+    print(f"wrote {len(runs)} run(s) to {args.out}")
+    return 0

@@ -1,0 +1,79 @@
+"""Build the built-in profiles' engine and front-end costs from the shipped public runs
+(``tools/build_profiles.py engine``): per GPU, every run of that GPU in ``models/data/runs``, fitted with
+``fit.fit_profile``, and the fit recorded in the profile (values, standard errors, what was held and why,
+in-sample, leave-one-run-out and leave-one-deployment-out median errors)."""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from pathlib import Path
+from typing import TextIO
+
+import yaml
+
+from fleettwin.models.perf.profile import parse_profile
+from fleettwin.sim.calibration.errors import error_frame, summary
+from fleettwin.sim.calibration.fit import ROBUST_SCALE, FitResult, fit_profile
+from fleettwin.sim.calibration.readers import native
+from fleettwin.sim.calibration.runs import MeasuredRun
+
+METHOD = (f"simulator in the loop: every run replayed per candidate; bounded least squares on log(simulated / "
+          f"measured) of mean TTFT, mean TPOT, mean and p99 E2E, soft-L1 at {ROBUST_SCALE:.0%}, each deployment "
+          "weighted equally; coefficients with a standard error over 50 % held at their prior")  # fmt: skip
+
+
+def shipped_runs() -> list[MeasuredRun]:
+    """Every run of the corpus shipped in models/data/runs."""
+    folder = resources.files("fleettwin.models").joinpath("data/runs")
+    runs: list[MeasuredRun] = []
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".yaml"):
+            runs += native.read(Path(str(entry)))
+    return runs
+
+
+def fit_record(result: FitResult, seconds: float) -> dict:
+    def errors(preds) -> dict:
+        s = summary(error_frame(result.runs, preds, model="calibrated"))
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()}
+
+    return {
+        "method": METHOD,
+        "runs": len(result.runs),
+        "deployments": sorted({r.group for r in result.runs}),
+        "fitted": {n: {"value": float(f"{v:.4g}"), "relative_std_error": round(result.rse[n], 3)}
+                   for n, v in result.fitted.items()},  # fmt: skip
+        "held_at_prior": result.held,
+        "median_abs_error": {"in_sample": errors(result.predicted), "leave_one_run_out": errors(result.loro),
+                             "leave_one_deployment_out": errors(result.logo)},  # fmt: skip
+        "evaluations": result.evaluations,
+        "wall_seconds": round(seconds),
+    }
+
+
+def build_engine_profiles(folder: Path, out: TextIO, *, only: str | None = None, workers: int | None = None) -> None:
+    runs = shipped_runs()
+    for path in sorted(folder.glob("*.yaml")):
+        data = yaml.safe_load(path.read_text())
+        profile = parse_profile(data, source=str(path))
+        if only and profile.name != only:
+            continue
+        mine = [r for r in runs if r.settings.gpu in (profile.gpu, *profile.fit.get("also_for_gpus", []))]
+        if not mine:
+            out.write(f"{profile.name}: no shipped runs on {profile.gpu}; engine costs stay priors\n")
+            continue
+        t0 = time.perf_counter()
+        result = fit_profile(mine, profile, workers=workers,
+                             progress=lambda msg, name=profile.name: out.write(f"{name}: {msg}\n") or out.flush())  # fmt: skip
+        data["engine_costs"] = result.profile.engine_costs.model_dump()
+        data["frontend"] = result.profile.frontend.model_dump()
+        data["fit"] = {**data.get("fit", {}), "engine": fit_record(result, time.perf_counter() - t0)}
+        sources = {r.source for r in mine}
+        data["sources"] = sorted({*data.get("sources", [])[:1], *sources})
+        data["engine_versions"] = (f"kernels: {data['engine_versions'].split(';')[0].removeprefix('kernels: ')}; "
+                                   f"engine costs: fitted on {len(mine)} runs")  # fmt: skip
+        tmp = path.with_suffix(".yaml.tmp")
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False, width=110))
+        tmp.replace(path)
+        out.write(f"{profile.name}: wrote {path}\n")

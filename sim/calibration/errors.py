@@ -1,0 +1,59 @@
+"""Prediction errors of simulated against measured runs: per run and metric, and summaries (median |error|),
+as the fit, ``fleettwin calibrate report`` and docs/validation.md print them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from fleettwin.sim.calibration.runs import METRICS, MeasuredRun
+
+HEADLINE = ("ttft_mean", "tpot_mean", "e2e_mean", "e2e_p99")
+
+
+def error_frame(runs: Sequence[MeasuredRun], predicted: Sequence[dict[str, float]], *, model: str) -> pd.DataFrame:
+    """One row per (run, metric) measured: measured, predicted, relative error, and the run's saturation
+    flags (``sim_saturated``: the simulated queue grew without bound; ``real_saturated``: the measured one did)."""
+    rows = []
+    for run, pred in zip(runs, predicted, strict=True):
+        measured = run.metrics()
+        real_sat = measured_saturation(run)
+        for metric in METRICS:
+            if metric not in measured:
+                continue
+            p = pred.get(metric, math.nan)
+            rows.append({"run": run.name, "deployment": run.group, "source": run.source.split(":")[0],
+                         "gpu": run.settings.gpu, "model_id": run.settings.model, "tp": run.settings.tp,
+                         "dtype": run.settings.dtype, "perf_model": model, "metric": metric,
+                         "measured": measured[metric], "predicted": p, "error": p / measured[metric] - 1,
+                         "fitted": metric not in run.unfitted, "sim_saturated": bool(pred.get("saturated", 0.0)),
+                         "real_saturated": real_sat, "failed": pred.get("error", "")})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def measured_saturation(run: MeasuredRun) -> bool:
+    """The measured run's queue grew without bound (same rule as the replay's ``saturation``), where per-request
+    arrivals and TTFTs are known; False otherwise."""
+    df = run.requests
+    if not {"arrival_s", "ttft_s"} <= set(df.columns) or len(df) < 20:
+        return False
+    d = df.sort_values("arrival_s")
+    k = len(d) // 5
+    early, late = d["ttft_s"].iloc[:k].median(), d["ttft_s"].iloc[-k:].median()
+    return bool(late > 10.0 and late > 3 * early)
+
+
+def summary(errors: pd.DataFrame, metrics: Sequence[str] = HEADLINE) -> dict[str, float]:
+    """Median |error| per metric (NaN-safe), and the count of runs whose saturation disagrees."""
+    out: dict[str, float] = {}
+    for m in metrics:
+        e = errors.loc[errors["metric"] == m, "error"].to_numpy(float)
+        e = e[np.isfinite(e)]
+        out[m] = float(np.median(np.abs(e))) if len(e) else math.nan
+    per_run = errors.drop_duplicates("run")
+    out["saturation_disagreements"] = int((per_run["sim_saturated"] != per_run["real_saturated"]).sum())
+    out["runs"] = int(len(per_run))
+    return out

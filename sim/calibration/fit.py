@@ -1,0 +1,303 @@
+"""Fit a calibration profile's engine and front-end costs on measured runs, with the simulator in the loop.
+
+The kernel laws come from kernel tables (``kernel_tables.py``); what they leave out (CPU time per iteration,
+gaps between kernels, the API server) is fitted here on end-to-end runs: every candidate set of coefficients
+replays every run (``replay.py``, well under a second each) and is scored by the log-ratio of simulated to
+measured TTFT, TPOT and E2E. Least squares in log-coefficient space (bounded, robust: soft-L1 at 10 %, so a
+run the model cannot explain does not drag the rest), each deployment (GPU, model, TP, dtype of one source)
+weighted equally whatever its number of runs.
+
+A coefficient the data cannot pin (its standard error over 50 %, or the fit pushes it to a bound) is not
+returned as fitted: it is held at its prior, reported with the data that would pin it, and the rest refitted.
+
+Leave-one-run-out: for each run, the coefficients refitted without it by one Gauss-Newton step from the full
+fit on the remaining runs' (robustly weighted) residuals, then the run replayed with them. The same for
+leave-one-deployment-out, the stronger test of carry-over to a (model, TP) the fit has not seen.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from fleettwin.models.errors import ConfigError
+from fleettwin.models.perf.profile import CalibrationProfile
+from fleettwin.sim.calibration.replay import predicted_metrics
+from fleettwin.sim.calibration.runs import MeasuredRun
+
+FIT_METRICS = ("ttft_mean", "tpot_mean", "e2e_mean", "e2e_p99")
+ROBUST_SCALE = 0.1  # soft-L1: log errors beyond ~10 % count linearly
+MAX_RSE = 0.5  # relative standard error above which a coefficient is not pinned
+MISSING_PENALTY = math.log(10.0)  # a metric the simulation could not produce (nothing completed)
+
+
+@dataclass(frozen=True, slots=True)
+class Coefficient:
+    name: str
+    part: str  # "engine_costs" or "frontend"
+    lower: float
+    upper: float
+    pinned_by: str  # the data that pins it, for the message when it is not pinned
+
+
+COEFFICIENTS = (
+    Coefficient("step_fixed_s", "engine_costs", 2e-5, 0.05, "decode-heavy runs at low concurrency"),
+    Coefficient("step_per_seq_s", "engine_costs", 1e-8, 1e-3, "runs at several concurrencies (e.g. 8 and 64 users)"),
+    Coefficient("step_per_prefill_s", "engine_costs", 1e-7, 5e-3, "bursts of many short prompts"),
+    Coefficient("tp_worker_s", "engine_costs", 1e-7, 5e-3, "runs of one model at two or more TP degrees"),
+    Coefficient("layer_fixed_s", "engine_costs", 1e-7, 2e-4, "small-batch runs of models with different depths"),
+    Coefficient("gpu_time_scale", "engine_costs", 0.3, 3.0, "runs dominated by GPU time (large batches, long "
+                "prompts)"),  # fmt: skip
+    Coefficient("request_s", "frontend", 1e-5, 0.5, "TTFT through the API server at low load"),
+    Coefficient("per_prompt_token_s", "frontend", 1e-9, 1e-4, "low-load TTFT at two or more prompt lengths"),
+)
+BY_NAME = {c.name: c for c in COEFFICIENTS}
+Progress = Callable[[str], None]
+
+
+@dataclass
+class FitResult:
+    profile: CalibrationProfile  # the input profile with the fitted coefficients
+    fitted: dict[str, float]
+    held: dict[str, str]  # coefficient -> why it was held at its prior and what data would pin it
+    rse: dict[str, float]  # relative standard errors of the fitted coefficients
+    runs: list[MeasuredRun]
+    predicted: list[dict[str, float]]  # full fit, per run
+    loro: list[dict[str, float]] = field(default_factory=list)  # leave-one-run-out, per run
+    logo: list[dict[str, float]] = field(default_factory=list)  # leave-one-deployment-out, per run
+    evaluations: int = 0
+
+
+# -- evaluating a coefficient set on every run (in worker processes) --------------------------------------------
+
+
+def _perf_params(profile_path: str, theta: dict[str, float]) -> dict:
+    parts: dict[str, dict[str, float]] = {"engine_costs": {}, "frontend": {}}
+    for name, value in theta.items():
+        parts[BY_NAME[name].part][name] = value
+    return {"profile": profile_path, **parts}
+
+
+def _one(args: tuple[MeasuredRun, dict]) -> dict[str, float]:
+    run, params = args
+    try:
+        return predicted_metrics(run, "calibrated", params)
+    except ConfigError as exc:
+        return {"error": str(exc)}  # type: ignore[dict-item]
+
+
+class Evaluator:
+    """Replays runs under coefficient sets; a process pool when more than one core is free."""
+
+    def __init__(self, runs: Sequence[MeasuredRun], profile: CalibrationProfile, workers: int | None = None):
+        self.runs = list(runs)
+        self._dir = tempfile.TemporaryDirectory(prefix="fleettwin-fit-")
+        self.profile_path = str(Path(self._dir.name) / f"{profile.name}.yaml")
+        Path(self.profile_path).write_text(profile.to_yaml())
+        self.workers = workers if workers is not None else max(1, min(4, (os.cpu_count() or 1)))
+        self._pool = ProcessPoolExecutor(self.workers) if self.workers > 1 else None
+        self.calls = 0
+
+    def __call__(self, theta: dict[str, float], runs: Sequence[int] | None = None) -> list[dict[str, float]]:
+        self.calls += 1
+        chosen = range(len(self.runs)) if runs is None else runs
+        params = _perf_params(self.profile_path, theta)
+        jobs = [(self.runs[i], params) for i in chosen]
+        if self._pool is None:
+            return [_one(j) for j in jobs]
+        return list(self._pool.map(_one, jobs, chunksize=max(1, len(jobs) // (4 * self.workers))))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+        self._dir.cleanup()
+
+
+# -- residuals --------------------------------------------------------------------------------------------------
+
+
+def _targets(runs: Sequence[MeasuredRun]) -> tuple[list[tuple[int, str, float]], np.ndarray]:
+    """(run index, metric, measured value) rows and their weights: each deployment counts equally, and within
+    it each run, whatever the number of runs and metrics it has."""
+    groups: dict[str, int] = {}
+    for r in runs:
+        groups[r.group] = groups.get(r.group, 0) + 1
+    rows, weights = [], []
+    for i, r in enumerate(runs):
+        measured = {m: v for m, v in r.metrics().items() if m in FIT_METRICS and m not in r.unfitted and v > 0}
+        for m, v in measured.items():
+            rows.append((i, m, v))
+            weights.append(1.0 / math.sqrt(len(measured) * groups[r.group]))
+    if not rows:
+        raise ConfigError(f"no run has any of the fitted metrics ({', '.join(FIT_METRICS)})")
+    return rows, np.array(weights)
+
+
+def _residuals(rows, weights, predicted: list[dict[str, float]]) -> np.ndarray:
+    out = np.empty(len(rows))
+    for k, (i, m, v) in enumerate(rows):
+        p = predicted[i].get(m)
+        out[k] = math.log(p / v) if p is not None and p > 0 and math.isfinite(p) else MISSING_PENALTY
+    return out * weights
+
+
+def _robust_weights(res: np.ndarray) -> np.ndarray:
+    """IRLS weights of soft-L1 at the solution: rho'(z) with z = (r / scale)^2."""
+    return 1.0 / np.sqrt(1.0 + (res / ROBUST_SCALE) ** 2)
+
+
+# -- the fit ----------------------------------------------------------------------------------------------------
+
+
+def fit_profile(runs: Sequence[MeasuredRun], profile: CalibrationProfile, *, coefficients: Sequence[str] | None = None,
+                loro: bool = True, workers: int | None = None, max_iterations: int = 12, refit: bool = True,
+                progress: Progress | None = None) -> FitResult:  # fmt: skip
+    """Fit ``coefficients`` (default: all of COEFFICIENTS) of ``profile`` on ``runs``.
+
+    ``refit=False`` keeps the profile's values (a shipped profile) and only derives what the leave-out errors
+    need (the Jacobian there), so the report can show leave-one-run-out errors of the coefficients as shipped."""
+    say = progress or (lambda _msg: None)
+    names = list(coefficients or BY_NAME)
+    unknown = [n for n in names if n not in BY_NAME]
+    if unknown:
+        raise ConfigError(f"unknown coefficient(s) {', '.join(unknown)}; expected {', '.join(BY_NAME)}")
+    if not runs:
+        raise ConfigError("no runs to fit")
+    prior = {c: _current(profile, c) for c in BY_NAME}
+    rows, weights = _targets(runs)
+    evaluate = Evaluator(runs, profile, workers)
+    try:
+        held: dict[str, str] = {}
+        free = list(names)
+        while refit:
+            theta, jac, res = _solve(evaluate, rows, weights, prior, free, max_iterations, say)
+            rse = _relative_errors(jac, res, len(free))
+            bad = {n: _why_unpinned(n, rse[j], theta[n]) for j, n in enumerate(free)}
+            bad = {n: why for n, why in bad.items() if why}
+            if not bad:
+                break
+            for n, why in bad.items():
+                held[n] = f"{why}; held at its prior {prior[n]:.4g}. Pinned by: {BY_NAME[n].pinned_by}"
+                say(f"not pinned: {n} ({why})")
+            free = [n for n in free if n not in bad]
+            if not free:
+                theta, jac, res = dict(prior), np.zeros((len(rows), 0)), np.zeros(len(rows))
+                rse = np.zeros(0)
+                break
+        if not refit:
+            theta = dict(prior)
+            jac, res = _jacobian(evaluate, rows, weights, theta, free)
+            rse = _relative_errors(jac, res, len(free))
+        fitted = {n: theta[n] for n in free}
+        predicted = evaluate(theta)
+        result = FitResult(profile=_with(profile, theta), fitted=fitted, held=held,
+                           rse={n: float(rse[j]) for j, n in enumerate(free)}, runs=list(runs), predicted=predicted)  # fmt: skip
+        if loro and free:
+            say("leave-one-run-out")
+            result.loro = _leave_out(evaluate, rows, weights, theta, free, jac, res, key=lambda r: r.name)
+            say("leave-one-deployment-out")
+            result.logo = _leave_out(evaluate, rows, weights, theta, free, jac, res, key=lambda r: r.group)
+        result.evaluations = evaluate.calls
+        return result
+    finally:
+        evaluate.close()
+
+
+def _current(profile: CalibrationProfile, name: str) -> float:
+    c = BY_NAME[name]
+    value = getattr(getattr(profile, c.part), name)
+    return min(max(value, c.lower), c.upper)
+
+
+def _with(profile: CalibrationProfile, theta: dict[str, float]) -> CalibrationProfile:
+    engine = profile.engine_costs.model_copy(update={k: v for k, v in theta.items() if BY_NAME[k].part == "engine_costs"})
+    front = profile.frontend.model_copy(update={k: v for k, v in theta.items() if BY_NAME[k].part == "frontend"})
+    return profile.model_copy(update={"engine_costs": engine, "frontend": front})
+
+
+def _solve(evaluate: Evaluator, rows, weights, prior: dict[str, float], free: list[str], max_iterations: int,
+           say: Progress) -> tuple[dict[str, float], np.ndarray, np.ndarray]:  # fmt: skip
+    lo = np.log([BY_NAME[n].lower for n in free])
+    hi = np.log([BY_NAME[n].upper for n in free])
+    x0 = np.clip(np.log([prior[n] for n in free]), lo + 1e-9, hi - 1e-9)
+
+    def theta_of(x: np.ndarray) -> dict[str, float]:
+        return {**prior, **{n: float(math.exp(v)) for n, v in zip(free, x, strict=True)}}
+
+    def fun(x: np.ndarray) -> np.ndarray:
+        r = _residuals(rows, weights, evaluate(theta_of(x)))
+        say(f"evaluation {evaluate.calls}: weighted RMS log error {math.sqrt(np.mean(r ** 2)):.4f}")
+        return r
+
+    if not free:
+        return dict(prior), np.zeros((len(rows), 0)), fun(x0)
+    sol = least_squares(fun, x0, bounds=(lo, hi), loss="soft_l1", f_scale=ROBUST_SCALE, diff_step=0.05,
+                        max_nfev=max_iterations, x_scale=1.0)  # fmt: skip
+    return theta_of(sol.x), sol.jac, sol.fun
+
+
+def _jacobian(evaluate: Evaluator, rows, weights, theta: dict[str, float], free: list[str],
+              step: float = 0.05) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Residuals at ``theta`` and their forward-difference Jacobian in log-coefficient space."""
+    res = _residuals(rows, weights, evaluate(theta))
+    jac = np.empty((len(rows), len(free)))
+    for j, n in enumerate(free):
+        bumped = {**theta, n: theta[n] * math.exp(step)}
+        jac[:, j] = (_residuals(rows, weights, evaluate(bumped)) - res) / step
+    return jac, res
+
+
+def _relative_errors(jac: np.ndarray, res: np.ndarray, p: int) -> np.ndarray:
+    """Standard errors of log-coefficients (= relative errors) from the robustly weighted Gauss-Newton Hessian."""
+    if p == 0:
+        return np.zeros(0)
+    w = _robust_weights(res)
+    h = jac.T @ (jac * w[:, None])
+    dof = max(len(res) - p, 1)
+    s2 = float(np.sum(w * res**2)) / dof
+    try:
+        cov = s2 * np.linalg.inv(h)
+    except np.linalg.LinAlgError:
+        return np.full(p, np.inf)
+    return np.sqrt(np.maximum(np.diag(cov), 0.0))
+
+
+def _why_unpinned(name: str, rse: float, value: float) -> str:
+    c = BY_NAME[name]
+    if not math.isfinite(rse) or rse > MAX_RSE:
+        return f"standard error {rse:.0%} of its value" if math.isfinite(rse) else "no run moves it"
+    if value <= c.lower * 1.01 or value >= c.upper / 1.01:
+        return f"the fit pushed it to its bound {value:.3g}"
+    return ""
+
+
+def _leave_out(evaluate: Evaluator, rows, weights, theta: dict[str, float], free: list[str], jac: np.ndarray,
+               res: np.ndarray, *, key: Callable[[MeasuredRun], str]) -> list[dict[str, float]]:  # fmt: skip
+    """Per run, its metrics replayed with coefficients refitted without every run sharing its ``key``."""
+    w = _robust_weights(res)
+    x = np.log([theta[n] for n in free])
+    lo = np.log([BY_NAME[n].lower for n in free])
+    hi = np.log([BY_NAME[n].upper for n in free])
+    row_keys = np.array([key(evaluate.runs[i]) for i, _, _ in rows])
+    out: list[dict[str, float]] = [{} for _ in evaluate.runs]
+    by_key: dict[str, list[int]] = {}
+    for i, r in enumerate(evaluate.runs):
+        by_key.setdefault(key(r), []).append(i)
+    for k, members in by_key.items():
+        keep = row_keys != k
+        a = jac[keep] * np.sqrt(w[keep])[:, None]
+        b = -res[keep] * np.sqrt(w[keep])
+        step, *_ = np.linalg.lstsq(a, b, rcond=None)
+        x_k = np.clip(x + step, lo, hi)
+        theta_k = {**theta, **{n: float(math.exp(v)) for n, v in zip(free, x_k, strict=True)}}
+        for i, metrics in zip(members, evaluate(theta_k, members), strict=True):
+            out[i] = metrics
+    return out
