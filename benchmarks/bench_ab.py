@@ -14,6 +14,8 @@ and the difference is the instructions the simulation took. About 50x slower tha
     .venv/bin/python benchmarks/bench_ab.py --base 5d4238b --rounds 5
     .venv/bin/python benchmarks/bench_ab.py --base 5d4238b --instructions --replicas 8 64
     .venv/bin/python benchmarks/bench_ab.py --base HEAD --pure-b     # compiled hot path against pure Python
+    .venv/bin/python benchmarks/bench_ab.py --base db52bd0 --replicas 64 --a-perf-model calibrated \
+        --b-perf-model roofline                                       # a performance model's cost
 
 The compiled hot path (``sim/native.py``) is used by any side whose source it was built from; ``--pure-b`` runs
 side B with ``FLEETTWIN_PURE_PYTHON=1`` (set that variable for the whole command to compare pure with pure).
@@ -59,8 +61,10 @@ def _run(pythonpath: str | None, args: list[str], prefix: tuple[str, ...] = (),
     return subprocess.run(cmd, env=env, cwd=tempfile.gettempdir(), capture_output=True, text=True, check=True)
 
 
-def run_side(pythonpath: str | None, replicas: list[int], requests: int | None, pure: bool = False) -> dict[int, dict]:
+def run_side(pythonpath: str | None, replicas: list[int], requests: int | None, pure: bool = False,
+             perf_model: str | None = None) -> dict[int, dict]:  # fmt: skip
     extra = ["--requests", str(requests)] if requests else []
+    extra += ["--perf-model", perf_model] if perf_model else []
     out = _run(pythonpath, ["--replicas", *map(str, replicas), *extra], pure=pure)
     return {r["replicas"]: r for r in map(json.loads, out.stdout.splitlines())}
 
@@ -85,6 +89,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=None)
     ap.add_argument("--instructions", action="store_true", help="count instructions under valgrind (one run each)")
     ap.add_argument("--pure-b", action="store_true", help="run side B in pure Python (FLEETTWIN_PURE_PYTHON=1)")
+    ap.add_argument("--a-perf-model", help="performance model of side A (default: that tree's scenario default)")
+    ap.add_argument("--b-perf-model", help="performance model of side B")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="ft-ab-") as tmp:
@@ -112,7 +118,8 @@ def main() -> None:
             for k in range(args.rounds):
                 order = (("A", a_path), ("B", str(shim)))
                 for side, path in order if k % 2 == 0 else order[::-1]:
-                    runs[side].append(run_side(path, args.replicas, args.requests, side == "B" and args.pure_b))
+                    runs[side].append(run_side(path, args.replicas, args.requests, side == "B" and args.pure_b,
+                                               args.a_perf_model if side == "A" else args.b_perf_model))
                     print(f"round {k + 1} {side}: " + ", ".join(
                         f"{r}x {runs[side][-1][r]['req_per_s']:,.0f} req/s" for r in args.replicas), flush=True)
         finally:

@@ -43,8 +43,9 @@ def tiled_trace(n: int, rate: float) -> list[Request]:
 
 
 def bench_fleettwin(replicas: int, n: int, per_replica_rate: float, gpu: str, model: str,
-                    mode: str = "skip", simulations: int = 1) -> dict:  # fmt: skip
-    pool = resolve_pool(PoolConfig(name="bench", gpu=gpu, model=model, replicas=replicas), Catalog.default())
+                    mode: str = "skip", simulations: int = 1, perf_model: str | None = None) -> dict:  # fmt: skip
+    extra = {"perf_model": {"name": perf_model}} if perf_model else {}
+    pool = resolve_pool(PoolConfig(name="bench", gpu=gpu, model=model, replicas=replicas, **extra), Catalog.default())
     reqs = tiled_trace(n, per_replica_rate * replicas)
     if simulations == 0:  # set-up only: bench_ab.py --instructions subtracts this from a run that simulates
         return {"replicas": replicas, "requests": n}
@@ -104,6 +105,7 @@ def main() -> None:
                     help="requests/s per replica (15 ~ 60%% of an H100's capacity for llama-3-8b on this trace)")
     ap.add_argument("--gpu", default="h100-80g")
     ap.add_argument("--model", default="llama-3-8b")
+    ap.add_argument("--perf-model", default=None, help="performance model (default: the scenario default)")
     ap.add_argument("--oracle", action="store_true",
                     help="also time the per-iteration reference mode on the same requests (slow)")
     ap.add_argument("--json", action="store_true",
@@ -113,7 +115,8 @@ def main() -> None:
     if args.json:
         for r in args.replicas:
             n = args.requests or int(3000 * r**0.7)
-            res = bench_fleettwin(r, n, args.per_replica_rate, args.gpu, args.model, simulations=args.simulations)
+            res = bench_fleettwin(r, n, args.per_replica_rate, args.gpu, args.model, simulations=args.simulations,
+                                  perf_model=args.perf_model)
             print(json.dumps(res), flush=True)
         return
 
@@ -131,14 +134,15 @@ def main() -> None:
     print(header)
     for r in args.replicas:
         n = args.requests or int(3000 * r**0.7)
-        res = bench_fleettwin(r, n, args.per_replica_rate, args.gpu, args.model)
+        res = bench_fleettwin(r, n, args.per_replica_rate, args.gpu, args.model, perf_model=args.perf_model)
         print(f"{r:>8} {n:>9} {res['sim_s']:>8.0f} {res['wall_s']:>7.2f} {res['req_per_s']:>9,.0f} "
               f"{res['req_per_cpu_s']:>9,.0f} {res['events_per_s']:>10,.0f} {res['events_per_req']:>6.1f} "
               f"{res['steps_per_req']:>9.1f} "
               f"{res['req_per_s'] / mmc['customers_per_s']:>8.2f} {res['ttft_p50']:>7.3f}s "
               f"{res['tpot_p50_ms']:>6.1f}ms", end="")
         if args.oracle:
-            ref = bench_fleettwin(r, n, args.per_replica_rate, args.gpu, args.model, mode="per_iteration")
+            ref = bench_fleettwin(r, n, args.per_replica_rate, args.gpu, args.model, mode="per_iteration",
+                                  perf_model=args.perf_model)
             print(f" {ref['req_per_s']:>12,.0f} {res['req_per_s'] / ref['req_per_s']:>10.1f}x", end="")
         print()
 

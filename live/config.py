@@ -53,7 +53,7 @@ class LivePool(StrictModel):
     purchase: Literal["on_demand", "spot"] = "on_demand"
     engine: EngineConfig = EngineConfig()
     router: PolicyRef = PolicyRef(name="least_outstanding")
-    perf_model: PolicyRef = PolicyRef(name="roofline")  # for the drift report's simulation and the actuator
+    perf_model: PolicyRef = PolicyRef(name="auto")  # for the drift report's simulation and the actuator
     backends: list[str] = Field(default_factory=list)  # base URLs of vLLM-compatible servers
     tls: TlsFiles | None = None  # CA / client certificate for these backends (overrides scrape.tls)
 

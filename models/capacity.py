@@ -120,7 +120,7 @@ class CapacityParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    perf_model: PolicyRef = PolicyRef(name="roofline")
+    perf_model: PolicyRef = PolicyRef(name="auto")  # calibrated where the GPU has a built-in profile, else roofline
     max_num_seqs: int = Field(default=256, gt=0)
     max_num_batched_tokens: int = Field(default=8192, gt=1)
     block_size: int = Field(default=16, gt=0)

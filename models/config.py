@@ -70,7 +70,7 @@ class PoolConfig(StrictModel):
     engine: EngineConfig = EngineConfig()
     router: PolicyRef = PolicyRef(name="least_outstanding")
     central_queue: bool = False
-    perf_model: PolicyRef = PolicyRef(name="roofline")
+    perf_model: PolicyRef = PolicyRef(name="auto")  # calibrated where the GPU has a built-in profile, else roofline
 
     @field_validator("router")
     @classmethod

@@ -136,15 +136,16 @@ class CalibratedModel(PerformanceModel):
         llm, tp, eager = self.llm, self.tp, self.params.enforce_eager
         m = tokens.astype(float) if eager else np.array([padded_tokens(int(t)) for t in tokens], dtype=float)
         gemm = laws.gemm[self.precision.weights]
+        scale = self.costs.fp8_gemm_scale if self.precision.weights == "fp8" else 1.0
         dense_shapes, attn_shapes = self._gemm_shapes()
         moe_layers = llm.moe_layers if llm.is_moe else 0
         dense_layers = llm.num_layers - moe_layers
-        out = dense_layers * sum(gemm.time(m, n, k) for n, k in dense_shapes)
+        out = dense_layers * scale * sum(gemm.time(m, n, k) for n, k in dense_shapes)
         if moe_layers:
             moe = laws.moe[self.precision.weights]
             router = laws.gemm["bf16"].time(m, llm.num_experts, llm.hidden_size)
             experts = moe.time(m, llm.hidden_size, llm.expert_ffn_size, llm.experts_per_token, llm.num_experts, tp)
-            out = out + moe_layers * (sum(gemm.time(m, n, k) for n, k in attn_shapes) + router + experts)
+            out = out + moe_layers * (scale * (sum(gemm.time(m, n, k) for n, k in attn_shapes) + experts) + router)
         out = out + llm.num_layers * self._small_kernels(m, gemm.bytes_per_s)
         if tp > 1:
             out = out + 2 * llm.num_layers * self._allreduce(m * llm.hidden_size * BF16_BYTES, laws)
@@ -168,8 +169,10 @@ class CalibratedModel(PerformanceModel):
         latency = INTERNODE_LATENCY_S if tp > GPUS_PER_NODE else 25e-6
         return latency + 2 * (tp - 1) / tp * nbytes / link
 
-    def _lm_head(self, seqs: int) -> float:
+    def _lm_head(self, seqs: float) -> float:
         """LM head GEMM (kept in bf16 by vLLM's FP8 schemes) for ``seqs`` sampling sequences, cached."""
+        if type(seqs) is not int:
+            return _between(self._lm_head, seqs)
         cost = self._lm_s.get(seqs)
         if cost is None:
             llm = self.llm
@@ -180,7 +183,9 @@ class CalibratedModel(PerformanceModel):
 
     # -- the hot path ------------------------------------------------------------------------------------
 
-    def _tokens(self, tokens: int) -> float:
+    def _tokens(self, tokens: float) -> float:
+        if type(tokens) is not int:  # a mean iteration (models/capacity.py): interpolate between whole counts
+            return _between(self._tokens, tokens)
         table = self._token_s
         if tokens < len(table):
             return table[tokens]
@@ -237,6 +242,13 @@ class CalibratedModel(PerformanceModel):
         prec = "" if self.precision.is_default else f", {self.precision.weights}/kv {self.precision.kv_cache}"
         eager = ", eager" if self.params.enforce_eager else ""
         return f"calibrated ({self.profile.name}: {self.gpu.id}, {self.llm.id}, TP{self.tp}{prec}{eager})"
+
+
+def _between(cost, x: float) -> float:
+    """``cost`` (defined on whole counts) linearly interpolated at a fractional ``x``."""
+    lo = int(x)
+    frac = float(x) - lo
+    return cost(lo) if frac == 0 else (1 - frac) * cost(lo) + frac * cost(lo + 1)
 
 
 def _override(model, base, update: dict[str, float], what: str):

@@ -56,6 +56,7 @@ COEFFICIENTS = (
     Coefficient("layer_fixed_s", "engine_costs", 1e-7, 2e-4, "small-batch runs of models with different depths"),
     Coefficient("gpu_time_scale", "engine_costs", 0.3, 3.0, "runs dominated by GPU time (large batches, long "
                 "prompts)"),  # fmt: skip
+    Coefficient("fp8_gemm_scale", "engine_costs", 0.4, 2.5, "runs of FP8-weight deployments"),
     Coefficient("request_s", "frontend", 1e-5, 0.5, "TTFT through the API server at low load"),
     Coefficient("per_prompt_token_s", "frontend", 1e-9, 1e-4, "low-load TTFT at two or more prompt lengths"),
 )
@@ -177,8 +178,9 @@ def fit_profile(runs: Sequence[MeasuredRun], profile: CalibrationProfile, *, coe
     try:
         held: dict[str, str] = {}
         free = list(names)
+        start = dict(prior)
         while refit:
-            theta, jac, res = _solve(evaluate, rows, weights, prior, free, max_iterations, say)
+            theta, jac, res = _solve(evaluate, rows, weights, start, free, max_iterations, say)
             rse = _relative_errors(jac, res, len(free))
             bad = {n: _why_unpinned(n, rse[j], theta[n]) for j, n in enumerate(free)}
             bad = {n: why for n, why in bad.items() if why}
@@ -188,6 +190,7 @@ def fit_profile(runs: Sequence[MeasuredRun], profile: CalibrationProfile, *, coe
                 held[n] = f"{why}; held at its prior {prior[n]:.4g}. Pinned by: {BY_NAME[n].pinned_by}"
                 say(f"not pinned: {n} ({why})")
             free = [n for n in free if n not in bad]
+            start = {**theta, **{n: prior[n] for n in bad}}  # the others go on from where they got to
             if not free:
                 theta, jac, res = dict(prior), np.zeros((len(rows), 0)), np.zeros(len(rows))
                 rse = np.zeros(0)
