@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from fleettwin.live.config import LiveConfig, LivePool
+from fleettwin.live.decision_log import is_interval
 from fleettwin.live.observe import hist_from_json
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.io import write_csv, write_text
@@ -153,6 +154,7 @@ def measured_server(records: Sequence[dict], pool: str) -> dict[str, float]:
 
 def drift_report(cfg: LiveConfig, records: Sequence[dict], loadgen: pd.DataFrame | None = None) -> DriftReport:
     """Predicted vs measured for every pool over the window of ``records`` (and of ``loadgen``, if given)."""
+    records = [r for r in records if is_interval(r)]
     load = load_from_loadgen(loadgen, cfg) if loadgen is not None else load_from_log(records, cfg)
     notes = [f"window: {len(records)} decision records"
              + (f", seq {records[0]['seq']}..{records[-1]['seq']}" if records else ""),

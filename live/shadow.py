@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fleettwin.live.config import BackoffConfig, LiveConfig
-from fleettwin.live.decision_log import DecisionLog
+from fleettwin.live.decision_log import DecisionLog, is_interval
 from fleettwin.live.gate import GateError, GateRegistry, policy_hash
 from fleettwin.live.metrics import BackendMetrics, BackendSetView, Scraper
 from fleettwin.live.observe import FleetObserver, pool_record
@@ -44,15 +44,28 @@ class Actuator(Protocol):
         """(url, pool) of the replicas it runs that have a URL (to be scraped)."""
 
     def provisioning(self) -> dict[str, int]:
-        """Replicas per pool started but not yet seen healthy."""
+        """Replicas per pool wanted but not serving: started and not yet seen healthy, or failed and not yet
+        replaced."""
+
+    def starting(self) -> frozenset[str]:
+        """URLs of replicas started and not yet seen healthy."""
+
+    def missing_counts(self) -> dict[str, int]:
+        """Replicas per pool that failed while wanted and are not replaced yet (part of ``provisioning``)."""
 
     def draining(self) -> frozenset[str]:
         """URLs of replicas being drained."""
+
+    async def recover(self, now: float) -> list[dict]:
+        """Adopt what a previous controller left running and stop strays (before the first scrape)."""
 
     async def poll(self, metrics: dict[str, BackendMetrics], now: float) -> list[dict]: ...
 
     async def apply(self, decision: Decision, snapshot: FleetSnapshot, metrics: dict[str, BackendMetrics],
                     now: float) -> list[dict]: ...  # fmt: skip
+
+    async def close(self) -> list[dict]:
+        """Stop every replica; returns the stop events."""
 
 
 class Backoff:
@@ -124,6 +137,7 @@ class ShadowController:
         self._last_time = last["time_s"] if last and isinstance(last.get("time_s"), int | float) else -math.inf
         self._resumed = self._resume() if last else None
         self._t0 = clock()
+        self._pending: list[dict] = []  # actuator events not logged yet (adoption at start)
 
     # -- restart ---------------------------------------------------------------------------------------
 
@@ -132,12 +146,13 @@ class ShadowController:
         last = self.log.last
         gap_s = max(0.0, self.wall() - float(last.get("time_s", self.wall())))
         missing = min(self.cfg.history_buckets, max(0, int(gap_s // self.interval_s) - 1))
+        intervals = [rec for rec in self.log.recent if is_interval(rec)]
         for meta in self.metas:
             rates = [next((p.get("arrival_rate") for p in rec.get("pools", ()) if p.get("name") == meta.name), None)
-                     for rec in self.log.recent]  # fmt: skip
+                     for rec in intervals]  # fmt: skip
             self.observer.seed_history(meta.name, [*rates, *([None] * missing)])
         rec = self.log.recovery
-        return {"after_seq": rec.last_seq, "gap_s": gap_s, "history_buckets": len(self.log.recent) + missing,
+        return {"after_seq": rec.last_seq, "gap_s": gap_s, "history_buckets": len(intervals) + missing,
                 "truncated_bytes": rec.truncated_bytes, "truncated_reason": rec.reason}  # fmt: skip
 
     # -- observe ---------------------------------------------------------------------------------------
@@ -214,7 +229,10 @@ class ShadowController:
     # -- the loop --------------------------------------------------------------------------------------
 
     async def prime(self) -> None:
-        """The baseline scrape that the first interval's rates and latencies are measured from."""
+        """Adopt what a previous controller left running, then the baseline scrape that the first interval's
+        rates and latencies are measured from."""
+        if self.actuator is not None:
+            self._pending += await self._safely(self.actuator.recover(self.clock()))
         scrapes, _ = await self.scrape_round()
         self.observer.prime(scrapes)
 
@@ -225,19 +243,25 @@ class ShadowController:
         self._last_time = now
         scrapes, rows = await self.scrape_round()
         by_url = {m.url: m for ms in scrapes.values() for m in ms}
-        events: list[dict] = []
+        events, self._pending = self._pending, []
         act = self.actuator
+        draining: frozenset[str] = frozenset()
+        kw: dict[str, Any] = {}
         if act is not None:
             events += await self._safely(act.poll(by_url, self.clock()))
-        draining = act.draining() if act is not None else frozenset()
-        snapshot, windows = self.observer.observe(now, scrapes, provisioning=act.provisioning() if act else None,
-                                                  draining=draining)  # fmt: skip
+            draining = act.draining()
+            # a replica the actuator forgot during poll (it exited) is counted as missing by the actuator
+            ours = {u for u, _ in act.backends()}
+            managed = {r["url"] for r in rows if r["managed"]}
+            scrapes = {p: [m for m in ms if m.url not in managed or m.url in ours] for p, ms in scrapes.items()}
+            kw = {"provisioning": act.provisioning(), "starting": act.starting(), "missing": act.missing_counts()}
+        snapshot, windows = self.observer.observe(now, scrapes, draining=draining, **kw)
         decision, error = self._decide(snapshot)
         if act is not None and decision is not None:
             events += await self._safely(act.apply(decision, snapshot, by_url, self.clock()))
         routes = self._routes(snapshot, scrapes, draining)
         record: dict[str, Any] = {
-            "time_s": now, "elapsed_s": started - self._t0, "interval_s": self.interval_s,
+            "kind": "interval", "time_s": now, "elapsed_s": started - self._t0, "interval_s": self.interval_s,
             "scenario": self.cfg.name, "mode": "act" if act is not None else "shadow",
             "allocator": self.cfg.controller.allocator.name, "config_hash": self.config_hash,
             "backends": rows,
@@ -280,6 +304,19 @@ class ShadowController:
             ):
                 break
         return written
+
+    async def shutdown(self) -> dict | None:
+        """Stop the actuator's replicas and log what that did as a last ``shutdown`` record (None without an
+        actuator): the stop events reach the decision log like every other action."""
+        if self.actuator is None:
+            return None
+        events = self._pending + await self._safely(self.actuator.close())
+        self._pending = []
+        now = max(self.wall(), self._last_time + 1e-3)
+        self._last_time = now
+        return self.log.append({"kind": "shutdown", "time_s": now, "elapsed_s": self.clock() - self._t0,
+                                "scenario": self.cfg.name, "mode": "act", "config_hash": self.config_hash,
+                                "actions": events})  # fmt: skip
 
     async def aclose(self) -> None:
         if self._own_scraper:

@@ -124,9 +124,9 @@ async def _loop(cfg, args) -> int:
             from fleettwin.live.actuator import LocalProcessActuator
 
             actuator = LocalProcessActuator(cfg, log_dir=log.path.parent / "replicas")
-            stack.push_async_callback(actuator.close)
         ctl = ShadowController(cfg, log, actuator=actuator, registry=registry)
         stack.push_async_callback(ctl.aclose)
+        stack.push_async_callback(ctl.shutdown)  # first: stops the replicas and logs it while the log is open
         print(f"{'acting' if actuator else 'shadow'}: {cfg.name}, {len(ctl.backends())} backends, "
               f"{cfg.controller.allocator.name} every {ctl.interval_s:g} s, log {log.path}", flush=True)  # fmt: skip
         n = await ctl.run(ticks=args.ticks, duration_s=args.duration, stop=stop,
@@ -138,11 +138,12 @@ async def _loop(cfg, args) -> int:
 def _report(cfg, args, since: int | None) -> int:
     import pandas as pd
 
-    from fleettwin.live.decision_log import read_log
+    from fleettwin.live.decision_log import is_interval, read_log
     from fleettwin.live.drift import drift_report
     from fleettwin.models.errors import ConfigError
 
-    records = [r for r in read_log(cfg.decision_log_path) if since is None or r["seq"] >= since]
+    records = [r for r in read_log(cfg.decision_log_path)
+               if is_interval(r) and (since is None or r["seq"] >= since)]  # fmt: skip
     if not records:
         raise ConfigError(f"{cfg.decision_log_path}: no decision records to report on")
     try:
