@@ -235,14 +235,16 @@ class LocalProcessActuator:
     # -- acting ----------------------------------------------------------------------------------------
 
     async def apply(self, decision: Decision, snapshot: FleetSnapshot, metrics: dict[str, BackendMetrics],
-                    now: float) -> list[dict]:  # fmt: skip
-        """Start or drain replicas so that each pool the decision names has its target."""
+                    now: float, *, external: dict[str, int] | None = None) -> list[dict]:  # fmt: skip
+        """Start or drain replicas so that each pool the decision names has its target. ``external``: the
+        pool's backends that are not the actuator's (default: the scenario's listed ones, up or down; with the
+        Prometheus source, the targets it discovered)."""
         events: list[dict] = []
         for pool in self.cfg.pools:
             if pool.name not in decision.pools():
                 continue  # a decision that leaves a pool alone (its missing replicas stay wanted)
             want = decision.target(pool.name).get((pool.gpu, pool.purchase), 0) // self.tp[pool.name]
-            static = len(pool.backends)
+            static = external.get(pool.name, 0) if external is not None else len(pool.backends)
             mine = [r for r in self.replicas if r.pool == pool.name and r.state in ("provisioning", "active")]
             cap = static + self.act.max_replicas_per_pool
             if want > cap:

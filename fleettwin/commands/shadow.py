@@ -45,6 +45,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="drift report over records from this seq on (default: this run's, or all with "
                    "--report-only)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no line per decision")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve the controller's own Prometheus metrics on this port (0: any free one; see "
+                   "ops/ for the rules and dashboard that read them)")  # fmt: skip
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
     p.set_defaults(func=run)
 
 
@@ -124,7 +128,13 @@ async def _loop(cfg, args) -> int:
             from fleettwin.live.actuator import LocalProcessActuator
 
             actuator = LocalProcessActuator(cfg, log_dir=log.path.parent / "replicas")
-        ctl = ShadowController(cfg, log, actuator=actuator, registry=registry)
+        metrics = None
+        if args.metrics_port is not None:
+            from fleettwin.live.controller_metrics import ControllerMetrics
+
+            metrics = ControllerMetrics([p.name for p in cfg.pools])
+            print(f"metrics at {metrics.serve(args.metrics_host, args.metrics_port)}/metrics", flush=True)
+        ctl = ShadowController(cfg, log, actuator=actuator, registry=registry, metrics=metrics)
         stack.push_async_callback(ctl.aclose)
         stack.push_async_callback(ctl.shutdown)  # first: stops the replicas and logs it while the log is open
         print(f"{'acting' if actuator else 'shadow'}: {cfg.name}, {len(ctl.backends())} backends, "
