@@ -23,7 +23,7 @@ install() { apt-get install -y -q --no-install-recommends prometheus; }
 install || { apt-get update -q && install; }
 status=$?
 if [ -n "$guard" ]; then rm -f "$guard"; fi
-if command -v systemctl >/dev/null && systemctl is-active -q prometheus 2>/dev/null; then
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
     systemctl disable --now prometheus || true
 elif [ -x /etc/init.d/prometheus ]; then
     /etc/init.d/prometheus stop >/dev/null 2>&1 || true

@@ -208,3 +208,14 @@ def test_unreachable_prometheus_is_reported_with_backoff_and_no_decision(tmp_pat
     assert any(r["error"].startswith("prometheus: backoff after") for r in recs[1:])
     assert json.dumps(recs)  # every record is plain JSON
     assert not math.isnan(recs[-1]["tick_s"])
+
+
+def test_the_drift_report_maps_discovered_backends_to_their_pools(tmp_path):
+    from fleettwin.live.drift import backend_pools
+
+    cfg = parse_live(live_cfg(tmp_path, source={"prometheus": "http://127.0.0.1:9090"}), base_dir=tmp_path)
+    records = [{"kind": "interval", "backends": [
+        {"url": "http://10.0.0.1:8000", "pool": "chat", "status": "up", "source": "prometheus"},
+        {"url": "http://10.0.0.9:8000", "pool": None, "status": "unmatched", "source": "prometheus"},
+        {"url": "http://10.0.0.8:8000", "pool": "other", "status": "up"}]}]  # fmt: skip
+    assert backend_pools(cfg, records) == {"http://10.0.0.1:8000": "chat"}

@@ -11,8 +11,11 @@ EPILOG = """examples:
   fleettwin shadow --scenario configs/live.yaml --duration 120 --drift-report results/drift --load replay.parquet
   fleettwin shadow --scenario configs/live.yaml --report-only --drift-report results/drift
   fleettwin shadow --scenario configs/live.yaml --act                  # needs a promoted policy (fleettwin promote)
+  fleettwin shadow --scenario configs/live-prometheus.yaml --metrics-port 9100   # read Prometheus, expose own metrics
 
-Every interval the controller scrapes /health and /metrics of every backend, builds the FleetSnapshot, runs the
+Every interval the controller scrapes /health and /metrics of every backend (or, with a `source: {prometheus:
+URL, selector: '{job="vllm"}'}` section, asks Prometheus with PromQL; configs/live-prometheus.yaml), builds the
+FleetSnapshot, runs the
 scenario's allocator and each pool's router as the simulator does, and appends one JSON record to the
 decision log (scenario field decision_log): the backends' status and backoff state, each pool's observed load,
 latency and replicas, the decision, and what the actuator did. Restarting continues the same log.
@@ -133,11 +136,18 @@ async def _loop(cfg, args) -> int:
             from fleettwin.live.controller_metrics import ControllerMetrics
 
             metrics = ControllerMetrics([p.name for p in cfg.pools])
-            print(f"metrics at {metrics.serve(args.metrics_host, args.metrics_port)}/metrics", flush=True)
+            try:
+                url = metrics.serve(args.metrics_host, args.metrics_port)
+            except OSError as exc:
+                raise ConfigError(f"--metrics-port {args.metrics_port}: cannot listen on {args.metrics_host}: "
+                                  f"{exc.strerror or exc}") from None  # fmt: skip
+            print(f"metrics at {url}/metrics", flush=True)
         ctl = ShadowController(cfg, log, actuator=actuator, registry=registry, metrics=metrics)
         stack.push_async_callback(ctl.aclose)
         stack.push_async_callback(ctl.shutdown)  # first: stops the replicas and logs it while the log is open
-        print(f"{'acting' if actuator else 'shadow'}: {cfg.name}, {len(ctl.backends())} backends, "
+        where = (f"the targets of {cfg.source.prometheus} matching {cfg.source.selector}" if cfg.source
+                 else f"{len(ctl.backends())} backends")  # fmt: skip
+        print(f"{'acting' if actuator else 'shadow'}: {cfg.name}, {where}, "
               f"{cfg.controller.allocator.name} every {ctl.interval_s:g} s, log {log.path}", flush=True)  # fmt: skip
         n = await ctl.run(ticks=args.ticks, duration_s=args.duration, stop=stop,
                           on_record=None if args.quiet else lambda rec: print(_line(rec), flush=True))  # fmt: skip
