@@ -104,8 +104,11 @@ def test_promql_snapshot_equals_the_direct_scrape_snapshot_under_load(fleet, tmp
     assert 90 <= win_p["chat"].arrivals <= 90 * (1 + extrapolation)
     assert win_p["chat"].arrival_rate == pytest.approx(win_d["chat"].arrival_rate, rel=extrapolation)
     assert win_p["chat"].ttft.count == pytest.approx(90, rel=extrapolation)
+    print(f"\nwindow {window_s:.2f} s; arrivals direct {win_d['chat'].arrivals:.0f}, PromQL {win_p['chat'].arrivals:.2f}"
+          f" (bound +{extrapolation:.1%}); rate {win_d['chat'].arrival_rate:.3f} vs {win_p['chat'].arrival_rate:.3f} req/s")
     for name in ("ttft_p50_s", "ttft_p95_s", "ttft_p99_s", "tpot_p50_s", "tpot_p95_s", "tpot_p99_s"):
         da, db = getattr(sa, name), getattr(sb, name)
+        print(f"{name}: direct {da:.4f} PromQL {db:.4f}")
         assert da is not None and in_same_bucket_or_close(da, db), (name, da, db)
     # the forecasters' history: one bucket each, the same rate
     assert sb.arrival_rate_history == (pytest.approx(sa.arrival_rate_history[0], rel=extrapolation),)
