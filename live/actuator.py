@@ -31,6 +31,7 @@ Not here: a Kubernetes actuator (patching a Deployment's replicas) — the seam 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import subprocess
@@ -155,8 +156,6 @@ class LocalProcessActuator:
 
     def emulate_args(self, pool: LivePool) -> list[str]:
         """The ``fleettwin emulate`` command line of one replica of ``pool``."""
-        import json
-
         e = pool.engine
         args = ["-m", "fleettwin", "emulate", "--model", pool.model, "--gpu", pool.gpu, "--host", self.act.host,
                 "--port", "0", "--tp", str(self.tp[pool.name]), "--max-num-seqs", str(e.max_num_seqs),

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import psutil
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fleettwin.live.actuator import LocalProcessActuator
 from fleettwin.live.config import load_live
@@ -24,7 +26,7 @@ from fleettwin.live.decision_log import DecisionLog, is_interval, read_log
 from fleettwin.live.gate import GateRegistry, policy_hash
 from fleettwin.live.metrics import BackendMetrics
 from fleettwin.live.observe import FleetObserver
-from fleettwin.live.replicas import ReplicaLedger
+from fleettwin.live.replicas import ReplicaLedger, ReplicaRecord
 from fleettwin.live.shadow import ShadowController
 from fleettwin.models.allocators.base import ALLOCATORS
 from fleettwin.models.snapshot import InventoryItem, Slo
@@ -234,3 +236,56 @@ def test_a_dead_backend_keeps_the_hpa_from_shrinking_the_pool():
                                             BackendMetrics.unhealthy(urls[2], 20.0, "ConnectError")]})  # fmt: skip
     assert win["chat"].missing == 1 and snap.pool("chat").held(states=("provisioning",)) == 1
     assert hpa.decide(snap).gpus("chat") == 3
+
+
+# -- adoption, as a property: whatever the ledger holds, the pool's maximum holds and nothing is left unowned ----
+
+
+class FakeProcess:
+    """What ``recover`` needs of a psutil.Process: a pid, and a terminate that is recorded."""
+
+    def __init__(self, pid: int):
+        self.pid, self.terminated = pid, False
+
+    def terminate(self) -> None:
+        self.terminated = True
+
+
+RECORD = st.fixed_dictionaries({
+    "pool": st.sampled_from(["chat", "gone"]), "state": st.sampled_from(["provisioning", "active", "draining",
+                                                                          "stopping"]),
+    "alive": st.booleans(), "same_config": st.booleans(), "has_pid": st.booleans()})  # fmt: skip
+
+
+@settings(max_examples=30, deadline=None)
+@given(records=st.lists(RECORD, max_size=8), unrecorded=st.integers(0, 2), cap=st.integers(1, 3))
+def test_recovery_adopts_at_most_the_maximum_and_stops_every_other_live_replica(tmp_path_factory, records,
+                                                                                unrecorded, cap):  # fmt: skip
+    tmp = tmp_path_factory.mktemp("adopt")
+    cfg = load_live(live_yaml(tmp, static_policy(1), max_replicas=cap))
+    act = LocalProcessActuator(cfg, log_dir=tmp / "replicas")
+    procs: dict[str, FakeProcess] = {}
+    for i, r in enumerate(records):
+        rec = act.ledger.put(ReplicaRecord(
+            id=f"r{i}", pool=r["pool"], index=i, created_s=float(i), state=r["state"],
+            config_hash=act.hashes["chat"] if r["same_config"] else "0ther", pid=1000 + i if r["has_pid"] else None,
+            started_s=float(i) if r["has_pid"] else None))  # fmt: skip
+        if r["alive"]:
+            procs[rec.id] = FakeProcess(1000 + i)
+    strays = {f"x{k}": FakeProcess(2000 + k) for k in range(unrecorded)}
+    act.ledger.process_of = lambda rec: procs.get(rec.id) if rec.pid is not None else None
+    act.ledger.tagged_processes = lambda: {**{k: v for k, v in procs.items()}, **strays}
+    events = asyncio.run(act.recover(0.0))
+
+    kept = [r for r in act.replicas if r.state != "stopping"]
+    assert len(kept) <= cap and all(r.pool == "chat" and r.record.config_hash == act.hashes["chat"] for r in kept)
+    assert all(not procs[r.record.id].terminated for r in kept)
+    owned = {r.record.id for r in kept}
+    for rid, proc in [*procs.items(), *strays.items()]:  # every live process is adopted or told to stop
+        assert (rid in owned) != proc.terminated, rid
+    gone = {f"r{i}" for i, r in enumerate(records) if not r["alive"]}
+    assert {r.id for r in act.ledger.records()} == {r.record.id for r in act.replicas} and not gone & owned
+    assert sum(e["event"] == "lost" for e in events) == len(gone)
+    wanted = [i for i, r in enumerate(records) if r["alive"] and r["pool"] == "chat" and r["same_config"]
+              and r["has_pid"] and r["state"] in ("provisioning", "active")]  # fmt: skip
+    assert len(kept) == min(cap, len(wanted)) and [r.index for r in kept] == wanted[:cap]  # the oldest first
