@@ -12,7 +12,13 @@ record's ``error``. The loop itself never stops on either.
 
 Restarting with the same decision log continues its numbering and seeds each pool's arrival-rate history from
 the logged intervals (with ``None`` for the time the controller was down), so forecasters do not start cold.
-An allocator's own state (the reactive allocator's stabilisation windows) starts afresh.
+An allocator's own state (the reactive allocator's stabilisation windows) starts afresh. An acting controller
+first adopts the replicas a previous one left running (``Actuator.recover``) and, when it stops, logs the
+replicas' stop events in a last ``shutdown`` record.
+
+With ``source.prometheus`` the backends and the interval's load come from PromQL (``live/promql_source.py``)
+instead of direct scrapes, and the history from ``query_range``; an unreachable Prometheus is the record's
+``error`` and a gap in the history, never a decision on no data.
 """
 
 from __future__ import annotations
