@@ -89,6 +89,50 @@ class ScrapeConfig(StrictModel):
     tls: TlsFiles | None = None  # {ca, cert, key}: CA to verify backends, client certificate for mTLS backends
 
 
+_LABEL = r"[a-zA-Z_][a-zA-Z0-9_]*"
+
+
+class PrometheusSource(StrictModel):
+    """Read the fleet from a Prometheus server that already scrapes it, instead of scraping each backend:
+    ``source: {prometheus: http://prometheus:9090, selector: '{job="vllm"}'}``. Backends are the targets
+    ``up{selector}`` finds, each in the pool named by its ``pool_label`` label; rates and
+    ``histogram_quantile`` are taken over the control interval (``live/promql_source.py``)."""
+
+    prometheus: str  # base URL of the server
+    selector: str = '{job="vllm"}'  # label matchers every backend series carries (Prometheus syntax)
+    pool_label: str = "pool"  # the target label whose value is the pool's name
+    timeout_s: PositiveFloat = 5.0
+    token: str | None = None  # bearer token for the Prometheus API, if it wants one
+    verify: bool | str = True
+    history: bool = True  # seed the forecasters' arrival-rate history from query_range at start
+
+    @field_validator("prometheus")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"{v!r} is not an http(s) URL")
+        return v.rstrip("/")
+
+    @field_validator("selector")
+    @classmethod
+    def _selector(cls, v: str) -> str:
+        import re
+
+        v = v.strip()
+        if not re.fullmatch(r"\{\s*(" + _LABEL + r'\s*(=|!=|=~|!~)\s*"(?:[^"\\]|\\.)*"\s*,?\s*)*\}', v):
+            raise ValueError(f"{v!r} is not a label selector like '{{job=\"vllm\"}}'")
+        return v
+
+    @field_validator("pool_label")
+    @classmethod
+    def _label(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(_LABEL, v):
+            raise ValueError(f"{v!r} is not a Prometheus label name")
+        return v
+
+
 class BackoffConfig(StrictModel):
     """After ``n`` failed scrapes in a row a backend is next tried ``min(max_s, initial_s * factor**(n-1))``
     seconds later, times a uniform jitter in ``[1 - jitter, 1 + jitter]`` (from the scenario's seed)."""
@@ -125,6 +169,7 @@ class LiveConfig(StrictModel):
     controller: ControllerConfig
     slo: SloConfig = SloConfig()
     scrape: ScrapeConfig = ScrapeConfig()
+    source: PrometheusSource | None = None  # None: scrape every backend's /metrics directly
     backoff: BackoffConfig = BackoffConfig()
     decision_log: str = "decisions.jsonl"  # relative to the scenario file
     history_buckets: PositiveInt = 2016  # arrival-rate buckets kept for forecasters (as the simulator)
@@ -158,7 +203,10 @@ class LiveConfig(StrictModel):
                 if url in seen:
                     raise ValueError(f"backend {url} is listed in pools {seen[url]!r} and {pool.name!r}")
                 seen[url] = pool.name
-            if not pool.backends and self.actuator is None:
+            if self.source is not None and pool.backends:
+                raise ValueError(f"pools[{i}].backends: with source.prometheus the backends are the targets "
+                                 f"Prometheus scrapes (label {self.source.pool_label}={pool.name!r}); list none")  # fmt: skip
+            if not pool.backends and self.actuator is None and self.source is None:
                 raise ValueError(f"pools[{i}].backends: pool {pool.name!r} has no backends and no actuator "
                                  "would start any")  # fmt: skip
         return self

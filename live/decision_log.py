@@ -167,6 +167,12 @@ class DecisionLog:
         self.close()
 
 
+def is_interval(record: dict) -> bool:
+    """A control interval's record (logs written before ``kind`` existed hold nothing else), not the
+    ``shutdown`` record an acting controller writes last."""
+    return record.get("kind", "interval") == "interval"
+
+
 def read_log(path: str | Path) -> list[dict]:
     """Every complete record of a log, without opening it for writing (a torn last line is ignored)."""
     path = Path(path)

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from fleettwin.live.config import LiveConfig, LivePool
+from fleettwin.live.decision_log import is_interval
 from fleettwin.live.observe import hist_from_json
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.io import write_csv, write_text
@@ -78,9 +79,20 @@ def _latency(ttft: np.ndarray, e2e: np.ndarray, completed: int, span_s: float) -
 # -- the load ----------------------------------------------------------------------------------------------
 
 
-def load_from_loadgen(df: pd.DataFrame, cfg: LiveConfig) -> dict[str, list[Request]]:
-    """Per pool, the requests its backends received, at the times they were sent (first send at 0)."""
+def backend_pools(cfg: LiveConfig, records: Sequence[dict] = ()) -> dict[str, str]:
+    """URL -> pool: the scenario's listed backends, and those the records saw (discovered through Prometheus,
+    started by the actuator)."""
     pool_of = {url: p.name for p in cfg.pools for url in p.backends}
+    for rec in records:
+        for b in rec.get("backends", ()):
+            if b.get("pool") in {p.name for p in cfg.pools}:
+                pool_of.setdefault(b["url"], b["pool"])
+    return pool_of
+
+
+def load_from_loadgen(df: pd.DataFrame, cfg: LiveConfig, records: Sequence[dict] = ()) -> dict[str, list[Request]]:
+    """Per pool, the requests its backends received, at the times they were sent (first send at 0)."""
+    pool_of = backend_pools(cfg, records)
     got = df[df["status"].isin(RECEIVED) & df["target"].isin(pool_of)]
     t = got["sent_s"].fillna(got["arrival_s"])
     t0 = float(t.min()) if len(got) else 0.0
@@ -153,7 +165,9 @@ def measured_server(records: Sequence[dict], pool: str) -> dict[str, float]:
 
 def drift_report(cfg: LiveConfig, records: Sequence[dict], loadgen: pd.DataFrame | None = None) -> DriftReport:
     """Predicted vs measured for every pool over the window of ``records`` (and of ``loadgen``, if given)."""
-    load = load_from_loadgen(loadgen, cfg) if loadgen is not None else load_from_log(records, cfg)
+    records = [r for r in records if is_interval(r)]
+    load = load_from_loadgen(loadgen, cfg, records) if loadgen is not None else load_from_log(records, cfg)
+    pool_of = backend_pools(cfg, records)
     notes = [f"window: {len(records)} decision records"
              + (f", seq {records[0]['seq']}..{records[-1]['seq']}" if records else ""),
              "load simulated: " + ("the load generator's requests that reached a backend" if loadgen is not None
@@ -161,7 +175,8 @@ def drift_report(cfg: LiveConfig, records: Sequence[dict], loadgen: pd.DataFrame
     rows = []
     for pool in cfg.pools:
         if loadgen is not None:
-            served = loadgen[(loadgen["status"] == "completed") & loadgen["target"].isin(pool.backends)]
+            urls = {u for u, p in pool_of.items() if p == pool.name}
+            served = loadgen[(loadgen["status"] == "completed") & loadgen["target"].isin(urls)]
             replicas = int(served["target"].nunique())
         else:
             active = [p["active"] for rec in records for p in rec.get("pools", ()) if p.get("name") == pool.name]
@@ -169,7 +184,7 @@ def drift_report(cfg: LiveConfig, records: Sequence[dict], loadgen: pd.DataFrame
         notes.append(f"pool {pool.name}: {len(load[pool.name])} requests simulated on {replicas} replicas "
                      f"({pool.gpu}, {pool.model}, perf model {pool.perf_model.name})")  # fmt: skip
         pred = predict(pool, cfg, load[pool.name], replicas)
-        client = (measured_client(loadgen, set(pool.backends)) if loadgen is not None
+        client = (measured_client(loadgen, {u for u, p in pool_of.items() if p == pool.name}) if loadgen is not None
                   else dict.fromkeys(METRICS, math.nan))  # fmt: skip
         server = measured_server(records, pool.name)
         for m in METRICS:

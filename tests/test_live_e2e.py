@@ -204,8 +204,10 @@ def test_promoted_policy_actuates_local_replicas_and_an_unvalidated_one_is_refus
             with pytest.raises(GateError, match="needs the gate registry"):
                 ShadowController(cfg, log, actuator=LocalProcessActuator(cfg, log_dir=tmp_path))
             events = asyncio.run(_actuate(cfg, log, registry, static.url, tmp_path / "replicas"))
-    recs = read_log(cfg.decision_log_path)
-    assert [r["seq"] for r in recs] == list(range(len(recs))) and recs[1]["resumed"]["after_seq"] == 0
+    every = read_log(cfg.decision_log_path)
+    assert [r["seq"] for r in every] == list(range(len(every))) and every[1]["kind"] == "shutdown"
+    recs = [r for r in every if r.get("kind") == "interval"]
+    assert recs[1]["resumed"]["after_seq"] == 1
     assert all(r["mode"] == "act" and r["error"] is None for r in recs)
     kinds = [e["event"] for e in events]
     started = {e["pid"] for e in events if e["event"] == "start"}

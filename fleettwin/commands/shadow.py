@@ -11,8 +11,11 @@ EPILOG = """examples:
   fleettwin shadow --scenario configs/live.yaml --duration 120 --drift-report results/drift --load replay.parquet
   fleettwin shadow --scenario configs/live.yaml --report-only --drift-report results/drift
   fleettwin shadow --scenario configs/live.yaml --act                  # needs a promoted policy (fleettwin promote)
+  fleettwin shadow --scenario configs/live-prometheus.yaml --metrics-port 9100   # read Prometheus, expose own metrics
 
-Every interval the controller scrapes /health and /metrics of every backend, builds the FleetSnapshot, runs the
+Every interval the controller scrapes /health and /metrics of every backend (or, with a `source: {prometheus:
+URL, selector: '{job="vllm"}'}` section, asks Prometheus with PromQL; configs/live-prometheus.yaml), builds the
+FleetSnapshot, runs the
 scenario's allocator and each pool's router as the simulator does, and appends one JSON record to the
 decision log (scenario field decision_log): the backends' status and backoff state, each pool's observed load,
 latency and replicas, the decision, and what the actuator did. Restarting continues the same log.
@@ -45,6 +48,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="drift report over records from this seq on (default: this run's, or all with "
                    "--report-only)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no line per decision")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve the controller's own Prometheus metrics on this port (0: any free one; see "
+                   "ops/ for the rules and dashboard that read them)")  # fmt: skip
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
     p.set_defaults(func=run)
 
 
@@ -124,10 +131,23 @@ async def _loop(cfg, args) -> int:
             from fleettwin.live.actuator import LocalProcessActuator
 
             actuator = LocalProcessActuator(cfg, log_dir=log.path.parent / "replicas")
-            stack.push_async_callback(actuator.close)
-        ctl = ShadowController(cfg, log, actuator=actuator, registry=registry)
+        metrics = None
+        if args.metrics_port is not None:
+            from fleettwin.live.controller_metrics import ControllerMetrics
+
+            metrics = ControllerMetrics([p.name for p in cfg.pools])
+            try:
+                url = metrics.serve(args.metrics_host, args.metrics_port)
+            except OSError as exc:
+                raise ConfigError(f"--metrics-port {args.metrics_port}: cannot listen on {args.metrics_host}: "
+                                  f"{exc.strerror or exc}") from None  # fmt: skip
+            print(f"metrics at {url}/metrics", flush=True)
+        ctl = ShadowController(cfg, log, actuator=actuator, registry=registry, metrics=metrics)
         stack.push_async_callback(ctl.aclose)
-        print(f"{'acting' if actuator else 'shadow'}: {cfg.name}, {len(ctl.backends())} backends, "
+        stack.push_async_callback(ctl.shutdown)  # first: stops the replicas and logs it while the log is open
+        where = (f"the targets of {cfg.source.prometheus} matching {cfg.source.selector}" if cfg.source
+                 else f"{len(ctl.backends())} backends")  # fmt: skip
+        print(f"{'acting' if actuator else 'shadow'}: {cfg.name}, {where}, "
               f"{cfg.controller.allocator.name} every {ctl.interval_s:g} s, log {log.path}", flush=True)  # fmt: skip
         n = await ctl.run(ticks=args.ticks, duration_s=args.duration, stop=stop,
                           on_record=None if args.quiet else lambda rec: print(_line(rec), flush=True))  # fmt: skip
@@ -138,11 +158,12 @@ async def _loop(cfg, args) -> int:
 def _report(cfg, args, since: int | None) -> int:
     import pandas as pd
 
-    from fleettwin.live.decision_log import read_log
+    from fleettwin.live.decision_log import is_interval, read_log
     from fleettwin.live.drift import drift_report
     from fleettwin.models.errors import ConfigError
 
-    records = [r for r in read_log(cfg.decision_log_path) if since is None or r["seq"] >= since]
+    records = [r for r in read_log(cfg.decision_log_path)
+               if is_interval(r) and (since is None or r["seq"] >= since)]  # fmt: skip
     if not records:
         raise ConfigError(f"{cfg.decision_log_path}: no decision records to report on")
     try:
