@@ -159,7 +159,7 @@ def _robust_weights(res: np.ndarray) -> np.ndarray:
 
 
 def fit_profile(runs: Sequence[MeasuredRun], profile: CalibrationProfile, *, coefficients: Sequence[str] | None = None,
-                loro: bool = True, workers: int | None = None, max_iterations: int = 12, refit: bool = True,
+                loro: bool = True, workers: int | None = None, max_iterations: int = 8, refit: bool = True,
                 progress: Progress | None = None) -> FitResult:  # fmt: skip
     """Fit ``coefficients`` (default: all of COEFFICIENTS) of ``profile`` on ``runs``.
 

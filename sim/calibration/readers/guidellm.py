@@ -21,7 +21,6 @@ What guidellm records and how it maps (v0.2/v0.3 and v0.4+ schemas):
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,8 @@ import pandas as pd
 import yaml
 
 from fleettwin.models.errors import ConfigError
+from fleettwin.sim.calibration.readers._common import head as read_head
+from fleettwin.sim.calibration.readers._common import load_json, number, read_text
 from fleettwin.sim.calibration.runs import Load, MeasuredRun, ServerSettings
 
 FORMAT = "guidellm"
@@ -46,7 +47,7 @@ def sniff(path: Path) -> bool:
     """A JSON or YAML report with a ``benchmarks`` list of guidellm's generative benchmarks."""
     if not path.is_file() or path.suffix not in (".json", ".yaml", ".yml"):
         return False
-    head = _head(path)
+    head = read_head(path)
     marks = ('"generative_benchmark"', "generative_benchmark\n", '"guidellm_version"', "guidellm_version:")
     return ('"benchmarks"' in head or "benchmarks:" in head) and any(m in head for m in marks)
 
@@ -59,21 +60,8 @@ def read(path: Path, settings: ServerSettings) -> list[MeasuredRun]:
     return [_run(path, i, b, settings) for i, b in enumerate(benchmarks)]
 
 
-def _head(path: Path, size: int = 262144) -> str:
-    try:
-        with path.open("rb") as f:
-            return f.read(size).decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
 def _load(path: Path) -> Any:
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    if not text.strip():
-        raise ConfigError(f"{path}: empty file")
+    text = read_text(path)
     if path.suffix in (".yaml", ".yml"):
         try:
             return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml: 10x faster
@@ -81,16 +69,7 @@ def _load(path: Path) -> Any:
             mark = getattr(exc, "problem_mark", None)
             where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
             raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
-
-
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{where}: expected a non-negative number (got {value!r})")
-    return float(value)
+    return load_json(path, text)
 
 
 def _run(path: Path, i: int, bench: Any, settings: ServerSettings) -> MeasuredRun:
@@ -171,20 +150,20 @@ def _request(where: str, req: Any) -> dict[str, float]:
         start = ((req.get("info") or {}).get("timings") or {}).get("request_start")
     ttft_ms = req.get("time_to_first_token_ms")
     if ttft_ms is not None:
-        ttft = _number(ttft_ms, f"{where}.time_to_first_token_ms") / 1000.0
+        ttft = number(ttft_ms, f"{where}.time_to_first_token_ms") / 1000.0
     elif req.get("first_token_time") is not None:
-        first = _number(req["first_token_time"], f"{where}.first_token_time")
-        ttft = _number(first - _number(start, f"{where}.start_time"), f"{where}.first_token_time - start_time")
+        first = number(req["first_token_time"], f"{where}.first_token_time")
+        ttft = number(first - number(start, f"{where}.start_time"), f"{where}.first_token_time - start_time")
     else:
         ttft = math.nan  # not streamed: no first-token time
     latency = req.get("request_latency")
     if latency is None and req.get("end_time") is not None:
-        latency = _number(req["end_time"], f"{where}.end_time") - _number(start, f"{where}.start_time")
-    row = {"prompt_tokens": int(_number(req.get("prompt_tokens"), f"{where}.prompt_tokens")),
-           "output_tokens": int(_number(req.get("output_tokens"), f"{where}.output_tokens")),
+        latency = number(req["end_time"], f"{where}.end_time") - number(start, f"{where}.start_time")
+    row = {"prompt_tokens": int(number(req.get("prompt_tokens"), f"{where}.prompt_tokens")),
+           "output_tokens": int(number(req.get("output_tokens"), f"{where}.output_tokens")),
            "ttft_s": ttft,
-           "e2e_s": _number(latency, f"{where}.request_latency"),
-           "arrival_s": _number(start, f"{where}.request_start_time") if start is not None else math.nan}  # fmt: skip
+           "e2e_s": number(latency, f"{where}.request_latency"),
+           "arrival_s": number(start, f"{where}.request_start_time") if start is not None else math.nan}  # fmt: skip
     return row
 
 
@@ -193,7 +172,7 @@ def _synthesised(where: str, bench: dict[str, Any], totals: dict[str, Any], note
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ConfigError(f"{where}.requests.successful: no successful request (and no request_totals)")
     metrics = bench.get("metrics") or {}
-    means = [_number(((metrics.get(key) or {}).get("successful") or {}).get("mean"),
+    means = [number(((metrics.get(key) or {}).get("successful") or {}).get("mean"),
                      f"{where}.metrics.{key}.successful.mean")
              for key in ("prompt_token_count", "output_token_count")]  # fmt: skip
     df = pd.DataFrame({"prompt_tokens": np.full(count, max(1, round(means[0]))),
@@ -227,7 +206,7 @@ def _load_of(where: str, skey: str, strategy: dict[str, Any], df: pd.DataFrame, 
         if not recorded:
             raise ConfigError(f"{skey}.type_: a trace replay needs every request's start time")
         return Load(kind="open", arrival="recorded")
-    rate = _number(strategy.get("rate"), f"{skey}.rate")
+    rate = number(strategy.get("rate"), f"{skey}.rate")
     if rate == 0:
         raise ConfigError(f"{skey}.rate: must be positive (got 0)")
     if strategy.get("max_concurrency") is not None:
@@ -248,5 +227,5 @@ def _reported(where: str, bench: dict[str, Any]) -> dict[str, float]:
                   "p90": ("percentiles.p90", pct.get("p90")), "p99": ("percentiles.p99", pct.get("p99"))}  # fmt: skip
         for stat, (name, value) in values.items():
             if value is not None:
-                out[f"{quantity}_{stat}"] = _number(value, f"{where}.metrics.{key}.successful.{name}") * scale
+                out[f"{quantity}_{stat}"] = number(value, f"{where}.metrics.{key}.successful.{name}") * scale
     return out

@@ -24,7 +24,6 @@ What inference-perf writes and how it maps:
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -35,6 +34,8 @@ import pandas as pd
 
 from fleettwin.models.config import read_yaml
 from fleettwin.models.errors import ConfigError
+from fleettwin.sim.calibration.readers._common import head as read_head
+from fleettwin.sim.calibration.readers._common import load_json, number
 from fleettwin.sim.calibration.runs import Load, MeasuredRun, ServerSettings
 
 FORMAT = "inference-perf"
@@ -58,7 +59,7 @@ def sniff(path: Path) -> bool:
             return False
     if not path.is_file() or path.suffix != ".json":
         return False
-    head = _head(path)
+    head = read_head(path)
     return head.lstrip().startswith("{") and '"load_summary"' in head and '"successes"' in head
 
 
@@ -69,7 +70,7 @@ def read(path: Path, settings: ServerSettings) -> list[MeasuredRun]:
     # the per-request rows are cut by every stage's count, so with them all the stages are read
     per_request = (folder / _PER_REQUEST).is_file() and bool(stage_files)
     files = dict(sorted(stage_files.items() if per_request else targets))
-    docs = {label: _load_json(file) for label, file in files.items()}
+    docs = {label: load_json(file) for label, file in files.items()}
     load_type, config_stages = _config(folder)
     rows = _per_request(folder, files, docs)
     runs = []
@@ -82,27 +83,6 @@ def read(path: Path, settings: ServerSettings) -> list[MeasuredRun]:
 
 
 # --- files ---------------------------------------------------------------------------------------------------
-
-
-def _head(path: Path, size: int = 65536) -> str:
-    try:
-        with path.open("rb") as f:
-            return f.read(size).decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def _load_json(path: Path) -> Any:
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    if not text.strip():
-        raise ConfigError(f"{path}: empty file")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
 
 
 def _stage_files(folder: Path) -> dict[int, Path]:
@@ -160,12 +140,6 @@ def _config_stage(stages: list[Any], label: int) -> dict[str, Any]:
     return stages[label] if label < len(stages) and isinstance(stages[label], dict) else {}
 
 
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{where}: expected a non-negative number (got {value!r})")
-    return float(value)
-
-
 def _mapping(doc: Any, key: str, where: str) -> dict[str, Any]:
     value = doc.get(key) if isinstance(doc, dict) else None
     if not isinstance(value, dict):
@@ -184,11 +158,11 @@ def _per_request(folder: Path, files: dict[int, Path], docs: dict[int, Any]
     path = folder / _PER_REQUEST
     if not path.is_file():
         return {}
-    entries = _load_json(path)
+    entries = load_json(path)
     if not isinstance(entries, list):
         raise ConfigError(f"{path}: expected a list of per-request entries")
     parsed = sorted((_entry(path, k, e) for k, e in enumerate(entries)), key=lambda t: t[0])
-    counts = {label: int(_number(_mapping(doc, "load_summary", str(files[label])).get("count"),
+    counts = {label: int(number(_mapping(doc, "load_summary", str(files[label])).get("count"),
                                  f"{files[label]}: load_summary.count"))
               for label, doc in docs.items()}  # fmt: skip
     total = sum(counts.values())
@@ -226,10 +200,10 @@ def _entry(path: Path, k: int, entry: Any) -> tuple[float, dict[str, float] | No
     where = f"{path}: [{k}]"
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: expected an object (start_time, end_time, info, error)")
-    start = _number(entry.get("start_time"), f"{where}.start_time")
+    start = number(entry.get("start_time"), f"{where}.start_time")
     if entry.get("error") is not None:
         return start, None
-    end = _number(entry.get("end_time"), f"{where}.end_time")
+    end = number(entry.get("end_time"), f"{where}.end_time")
     if end < start:
         raise ConfigError(f"{where}.end_time: {end} is before start_time {start}")
     info = entry.get("info")
@@ -241,8 +215,8 @@ def _entry(path: Path, k: int, entry: Any) -> tuple[float, dict[str, float] | No
         prompt = ((info.get("request_metrics") or {}).get("text") or {}).get("input_tokens")
     usage = response.get("server_usage") or {}
     output = usage.get("completion_tokens", usage.get("output_tokens", response.get("output_tokens")))
-    row = {"prompt_tokens": int(_number(prompt, f"{where}.info.input_tokens")),
-           "output_tokens": int(_number(output, f"{where}.info.output_tokens")),
+    row = {"prompt_tokens": int(number(prompt, f"{where}.info.input_tokens")),
+           "output_tokens": int(number(output, f"{where}.info.output_tokens")),
            "arrival_s": start, "e2e_s": end - start, "ttft_s": _ttft(response, start, where)}  # fmt: skip
     return start, row
 
@@ -252,7 +226,7 @@ def _ttft(response: dict[str, Any], start: float, where: str) -> float:
     times = response.get("output_token_times") or []
     if not isinstance(times, list) or len(times) < 2:
         return math.nan
-    first = _number(times[0], f"{where}.info.output_token_times[0]")
+    first = number(times[0], f"{where}.info.output_token_times[0]")
     if first < start:
         raise ConfigError(f"{where}.info.output_token_times[0]: {first} is before start_time {start}")
     return first - start
@@ -304,13 +278,13 @@ def _load(where: str, load_type: str, summary: dict[str, Any], config_stage: dic
     if rate is None:
         raise ConfigError(f"{where}: load_summary.requested_rate: missing (a summary has no rate: read a "
                           "stage_N_lifecycle_metrics.json, or keep the run's config.yaml beside it)")  # fmt: skip
-    if _number(rate, f"{where}: load_summary.requested_rate") == 0:
+    if number(rate, f"{where}: load_summary.requested_rate") == 0:
         raise ConfigError(f"{where}: load_summary.requested_rate: must be positive (got 0)")
     return Load(kind="open", rate=float(rate), arrival="recorded" if recorded else load_type)
 
 
 def _synthesised(where: str, successes: dict[str, Any]) -> pd.DataFrame:
-    count = int(_number(successes.get("count"), f"{where}: successes.count"))
+    count = int(number(successes.get("count"), f"{where}: successes.count"))
     if count < 1:
         raise ConfigError(f"{where}: successes.count: no successful request")
     means = []
@@ -319,7 +293,7 @@ def _synthesised(where: str, successes: dict[str, Any]) -> pd.DataFrame:
         key = new if isinstance(successes.get(new), dict) else old
         if not isinstance(stats, dict):
             raise ConfigError(f"{where}: successes.{old}: missing (the stage's token lengths)")
-        means.append(_number(stats.get("mean"), f"{where}: successes.{key}.mean"))
+        means.append(number(stats.get("mean"), f"{where}: successes.{key}.mean"))
     return pd.DataFrame({"prompt_tokens": np.full(count, max(1, round(means[0]))),
                          "output_tokens": np.full(count, max(1, round(means[1])))})  # fmt: skip
 
@@ -335,5 +309,5 @@ def _reported(where: str, successes: dict[str, Any]) -> dict[str, float]:
         for stat, names in (("mean", ("mean",)), ("p50", ("median", "p50")), ("p90", ("p90",)), ("p99", ("p99",))):
             name = next((n for n in names if stats.get(n) is not None), None)
             if name is not None:
-                out[f"{quantity}_{stat}"] = _number(stats[name], f"{where}: successes.latency.{key}.{name}")
+                out[f"{quantity}_{stat}"] = number(stats[name], f"{where}: successes.latency.{key}.{name}")
     return out

@@ -43,6 +43,8 @@ import numpy as np
 import pandas as pd
 
 from fleettwin.models.errors import ConfigError
+from fleettwin.sim.calibration.readers._common import head as read_head
+from fleettwin.sim.calibration.readers._common import read_text
 from fleettwin.sim.calibration.runs import Load, MeasuredRun, ServerSettings
 
 FORMAT = "prometheus"
@@ -74,10 +76,10 @@ def sniff(path: Path) -> bool:
             files = [p for p in sorted(path.iterdir()) if p.suffix in _SUFFIXES][:3]
         except OSError:
             return False
-        return bool(files) and all(_looks_like_scrape(_head(p)) for p in files)
+        return bool(files) and all(_looks_like_scrape(read_head(p)) for p in files)
     if not path.is_file():
         return False
-    head = _head(path)
+    head = read_head(path)
     if path.suffix == ".json":
         return '"resultType"' in head and '"vllm:' in head
     return _looks_like_scrape(head)
@@ -98,27 +100,9 @@ def read(path: Path, settings: ServerSettings) -> list[MeasuredRun]:
 # --- inputs --------------------------------------------------------------------------------------------------
 
 
-def _head(path: Path, size: int = 65536) -> str:
-    try:
-        with path.open("rb") as f:
-            return f.read(size).decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
 def _looks_like_scrape(head: str) -> bool:
     return any(_MARK.match(line) or line.startswith(("vllm:", "# TYPE vllm:", "# HELP vllm:"))
                for line in head.splitlines())  # fmt: skip
-
-
-def _read_text(path: Path) -> str:
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    if not text.strip():
-        raise ConfigError(f"{path}: empty file")
-    return text
 
 
 def _scrapes(path: Path) -> list[Scrape]:
@@ -140,7 +124,7 @@ def _scrapes(path: Path) -> list[Scrape]:
 def _file_scrapes(path: Path, *, whole_file: bool) -> list[Scrape]:
     """The scrapes in one text file: after each ``# scrape at`` line; a file without one is a single scrape
     timed by its name, where ``whole_file`` (one file of a folder)."""
-    text = _read_text(path)
+    text = read_text(path)
     lines = text.splitlines()
     marks = [(i, m.group(1)) for i, line in enumerate(lines) if (m := _MARK.match(line))]
     if not marks:
@@ -208,7 +192,7 @@ def _bad_line(parser: Callable[[str], Iterable[Any]], text: str) -> int:
 def _range_scrapes(path: Path) -> list[Scrape]:
     """First and last points of a Prometheus range query's series as two scrapes. A series that starts after
     the first point in time is absent from the first scrape (a counter that did not exist yet: 0)."""
-    text = _read_text(path)
+    text = read_text(path)
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:

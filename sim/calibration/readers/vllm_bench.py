@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 
 from fleettwin.models.errors import ConfigError
+from fleettwin.sim.calibration.readers._common import head as read_head
+from fleettwin.sim.calibration.readers._common import number, read_text
 from fleettwin.sim.calibration.runs import Load, MeasuredRun, ServerSettings
 
 FORMAT = "vllm-bench"
@@ -45,7 +47,7 @@ def sniff(path: Path) -> bool:
     """A JSON object whose first keys are the run's set-up: ``backend``, ``request_rate``, ``num_prompts``."""
     if not path.is_file():
         return False
-    head = _head(path)
+    head = read_head(path)
     return (head.lstrip().startswith("{") and '"request_rate"' in head and '"backend"' in head
             and ('"num_prompts"' in head or '"completed"' in head) and '"benchmarks"' not in head)  # fmt: skip
 
@@ -59,23 +61,10 @@ def read(path: Path, settings: ServerSettings) -> list[MeasuredRun]:
     return runs
 
 
-def _head(path: Path, size: int = 65536) -> str:
-    try:
-        with path.open("rb") as f:
-            return f.read(size).decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
 def _documents(path: Path) -> list[tuple[str, dict[str, Any]]]:
     """The JSON objects in ``path`` with the location to name in errors: one, or one per line
     (``--append-result`` appends a line per run)."""
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    if not text.strip():
-        raise ConfigError(f"{path}: empty file")
+    text = read_text(path)
     try:
         docs = [(str(path), json.loads(text))]
     except json.JSONDecodeError as exc:
@@ -93,12 +82,6 @@ def _line(path: Path, n: int, line: str) -> Any:
         return json.loads(line)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}:{n}:{exc.colno}: invalid JSON: {exc.msg}") from None
-
-
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{where}: expected a non-negative number (got {value!r})")
-    return float(value)
 
 
 def _run(src: str, name: str, doc: dict[str, Any], settings: ServerSettings, source: str) -> MeasuredRun:
@@ -157,36 +140,36 @@ def _request(src: str, input_lens: list[Any], cols: dict[str, list[Any] | None],
     """One successful request's row, or None for a failed one."""
     if cols["errors"] is not None and cols["errors"][i]:
         return None
-    ttft = _number(cols["ttfts"][i], f"{src}: ttfts[{i}]")
+    ttft = number(cols["ttfts"][i], f"{src}: ttfts[{i}]")
     itls = cols["itls"][i]
     if not isinstance(itls, list):
         raise ConfigError(f"{src}: itls[{i}]: expected a list of inter-token latencies (got {itls!r})")
     if ttft == 0 and not itls:
         return None
-    gaps = [_number(v, f"{src}: itls[{i}][{j}]") for j, v in enumerate(itls)]
+    gaps = [number(v, f"{src}: itls[{i}][{j}]") for j, v in enumerate(itls)]
     out = cols["output_lens"][i] if cols["output_lens"] is not None else 0
-    row = {"prompt_tokens": int(_number(input_lens[i], f"{src}: input_lens[{i}]")),
-           "output_tokens": int(_number(out, f"{src}: output_lens[{i}]")) or len(gaps) + 1,
+    row = {"prompt_tokens": int(number(input_lens[i], f"{src}: input_lens[{i}]")),
+           "output_tokens": int(number(out, f"{src}: output_lens[{i}]")) or len(gaps) + 1,
            "ttft_s": ttft}  # fmt: skip
     lat = cols["latencies"][i] if cols["latencies"] is not None else None
-    row["e2e_s"] = _number(lat, f"{src}: latencies[{i}]") if lat else ttft + sum(gaps)
+    row["e2e_s"] = number(lat, f"{src}: latencies[{i}]") if lat else ttft + sum(gaps)
     if cols["start_times"] is not None:
         start = cols["start_times"][i]
         if isinstance(start, bool) or not isinstance(start, int | float) or not math.isfinite(start):
             raise ConfigError(f"{src}: start_times[{i}]: expected a number (got {start!r})")
-        wait = _number(cols["queue_times"][i], f"{src}: queue_times[{i}]") if cols["queue_times"] else 0.0
+        wait = number(cols["queue_times"][i], f"{src}: queue_times[{i}]") if cols["queue_times"] else 0.0
         row["arrival_s"] = float(start) - wait
     return row
 
 
 def _synthesised(src: str, doc: dict[str, Any]) -> pd.DataFrame:
     """``completed`` requests at the run's mean lengths, for a file without per-request data."""
-    completed = _number(doc.get("completed"), f"{src}: completed")
+    completed = number(doc.get("completed"), f"{src}: completed")
     if completed < 1:
         raise ConfigError(f"{src}: completed: no successful request")
     n = int(completed)
-    prompt = _number(doc.get("total_input_tokens"), f"{src}: total_input_tokens") / n
-    output = _number(doc.get("total_output_tokens"), f"{src}: total_output_tokens") / n
+    prompt = number(doc.get("total_input_tokens"), f"{src}: total_input_tokens") / n
+    output = number(doc.get("total_output_tokens"), f"{src}: total_output_tokens") / n
     return pd.DataFrame({"prompt_tokens": np.full(n, max(1, round(prompt))),
                          "output_tokens": np.full(n, max(1, round(output)))})  # fmt: skip
 
@@ -201,7 +184,7 @@ def _rate(src: str, doc: dict[str, Any]) -> float | None:
             raise ConfigError(f"{src}: request_rate: expected a number or 'inf' (got {value!r})") from None
     if value is None or (isinstance(value, float) and math.isinf(value) and value > 0):
         return None
-    rate = _number(value, f"{src}: request_rate")
+    rate = number(value, f"{src}: request_rate")
     if rate == 0:
         raise ConfigError(f"{src}: request_rate: must be positive (got 0)")
     return rate
@@ -275,7 +258,7 @@ def _stats_ms(src: str, doc: dict[str, Any], name: str) -> dict[str, float]:
     stats: dict[str, float] = {}
     for stat, key in keys:
         if doc.get(key) is not None and stat not in stats:
-            stats[stat] = _number(doc[key], f"{src}: {key}")
+            stats[stat] = number(doc[key], f"{src}: {key}")
     pairs = doc.get(f"percentiles_{name}_ms")
     if pairs is not None:
         key = f"percentiles_{name}_ms"
@@ -284,7 +267,7 @@ def _stats_ms(src: str, doc: dict[str, Any], name: str) -> dict[str, float]:
         for j, pair in enumerate(pairs):
             if not isinstance(pair, list | tuple) or len(pair) != 2:
                 raise ConfigError(f"{src}: {key}[{j}]: expected a [percentile, value] pair (got {pair!r})")
-            q = _number(pair[0], f"{src}: {key}[{j}][0]")
+            q = number(pair[0], f"{src}: {key}[{j}][0]")
             if q in (50, 90, 99):
-                stats.setdefault(f"p{int(q)}", _number(pair[1], f"{src}: {key}[{j}][1]"))
+                stats.setdefault(f"p{int(q)}", number(pair[1], f"{src}: {key}[{j}][1]"))
     return stats
