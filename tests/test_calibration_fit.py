@@ -54,10 +54,14 @@ TRUTH = {"step_fixed_s": 2.5e-3, "gpu_time_scale": 1.15, "request_s": 0.03}
 START = {"step_fixed_s": 1.0e-3, "gpu_time_scale": 1.0, "request_s": 0.005}
 
 
+FIXED = {"step_per_seq_s": 1e-5, "step_per_prefill_s": 5e-5, "tp_worker_s": 1e-4, "layer_fixed_s": 8e-6,
+         "fp8_gemm_scale": 1.0}  # the same in truth and start: independent of the shipped profile's values
+
+
 def _profile(tmp_path: Path, values: dict[str, float], name: str) -> Path:
     base = load_profile("h100-vllm-v1")
-    engine = base.engine_costs.model_copy(update={k: v for k, v in values.items() if k != "request_s"})
-    front = base.frontend.model_copy(update={"request_s": values["request_s"]})
+    engine = base.engine_costs.model_copy(update={**FIXED, **{k: v for k, v in values.items() if k != "request_s"}})
+    front = base.frontend.model_copy(update={"request_s": values["request_s"], "per_prompt_token_s": 1e-6})
     path = tmp_path / f"{name}.yaml"
     path.write_text(base.model_copy(update={"name": name, "engine_costs": engine, "frontend": front}).to_yaml())
     return path
@@ -69,10 +73,13 @@ def synthetic_runs(truth_path: Path, noise: float = 0.02) -> list[MeasuredRun]:
     for model, tp in (("llama-3-8b", 1), ("llama-3-70b", 4)):
         settings = ServerSettings(model=model, gpu="h100-80g", tp=tp, engine={"max_num_seqs": 128,
                                                                               "max_num_batched_tokens": 2048})  # fmt: skip
-        for kind, level in (("open", 3.0), ("closed", 4), ("closed", 48)):
-            n = 60
+        for kind, level in (("open", 3.0), ("closed", 4), ("closed", 48), ("batch", 0)):
+            n = 60 if kind != "batch" else 16
             req = pd.DataFrame({"prompt_tokens": RNG.integers(100, 1500, n), "output_tokens": RNG.integers(20, 300, n)})
-            if kind == "open":
+            if kind == "batch":  # long prompts together: TTFT is GPU prefill time, which pins gpu_time_scale
+                req = pd.DataFrame({"prompt_tokens": [4000] * n, "output_tokens": [4] * n})
+                load = Load(kind="batch")
+            elif kind == "open":
                 req["arrival_s"] = np.cumsum(RNG.exponential(1 / level, n))
                 load = Load(kind="open")
             else:
@@ -83,7 +90,7 @@ def synthetic_runs(truth_path: Path, noise: float = 0.02) -> list[MeasuredRun]:
             sim = sim.sort_values("id")
             req = req.assign(ttft_s=sim["ttft_s"].to_numpy() * RNG.lognormal(0, noise, n),
                              e2e_s=sim["e2e_s"].to_numpy() * RNG.lognormal(0, noise, n))  # fmt: skip
-            if kind == "closed":  # a closed loop is replayed from its lengths: measured latencies are aggregates
+            if kind != "open":  # replayed from their lengths: the measured latencies are aggregates
                 reported = {"ttft_mean": float(req.ttft_s.mean()), "e2e_mean": float(req.e2e_s.mean())}
                 req = req[["prompt_tokens", "output_tokens"]]
                 runs.append(MeasuredRun(run.name, "synthetic", settings, load, req, reported=reported))

@@ -32,7 +32,7 @@ def _check(s):
 
 
 def test_llmd_h100_runs_within_bounds_leave_one_run_out():
-    runs = [r for r in shipped_runs() if r.settings.gpu == "h100-80g" and r.source.startswith("lmbench")]
+    runs = [r for r in shipped_runs() if r.settings.gpu == "h100-80g" and r.source.startswith("llm-d")]
     assert len(runs) == 30
     _check(_loro(runs, "h100-80g"))
 

@@ -169,7 +169,8 @@ def _fit(args: argparse.Namespace) -> int:
     if res.loro:
         frame = error_frame(runs, res.loro, model="leave-one-run-out")
         print("\nleave-one-run-out error per run (simulated / measured - 1):")
-        print(frame.pivot_table(index="run", columns="metric", values="error").to_string(float_format=lambda v: f"{v:+.1%}"))
+        table = frame.pivot_table(index="key", columns="metric", values="error")
+        print(table.to_string(float_format=lambda v: f"{v:+.1%}"))
     print(f"\nwrote {args.out}")
     return 1 if args.strict and res.held else 0
 

@@ -14,13 +14,15 @@ import yaml
 
 from fleettwin.models.perf.profile import parse_profile
 from fleettwin.sim.calibration.errors import error_frame, summary
-from fleettwin.sim.calibration.fit import ROBUST_SCALE, FitResult, fit_profile
+from fleettwin.sim.calibration.fit import ROBUST_SCALE, FitResult, fit_profile, representative
 from fleettwin.sim.calibration.readers import native
 from fleettwin.sim.calibration.runs import MeasuredRun
 
+FIT_RUNS_PER_DEPLOYMENT = 10  # spread over each deployment's loads; the leave-one-out errors cover every run
 METHOD = (f"simulator in the loop: every run replayed per candidate; bounded least squares on log(simulated / "
           f"measured) of mean TTFT, mean TPOT, mean and p99 E2E, soft-L1 at {ROBUST_SCALE:.0%}, each deployment "
-          "weighted equally; coefficients with a standard error over 50 % held at their prior")  # fmt: skip
+          "weighted equally, on at most 10 runs per deployment spread over its loads; coefficients the runs cannot "
+          "move, or with a standard error over 50 %, held at their prior")  # fmt: skip
 
 
 def shipped_runs() -> list[MeasuredRun]:
@@ -64,8 +66,15 @@ def build_engine_profiles(folder: Path, out: TextIO, *, only: str | None = None,
             out.write(f"{profile.name}: no shipped runs on {profile.gpu}; engine costs stay priors\n")
             continue
         t0 = time.perf_counter()
-        result = fit_profile(mine, profile, workers=workers,
-                             progress=lambda msg, name=profile.name: out.write(f"{name}: {msg}\n") or out.flush())  # fmt: skip
+        say = lambda msg, name=profile.name: out.write(f"{name}: {msg}\n") or out.flush()  # noqa: E731
+        subset = representative(mine, FIT_RUNS_PER_DEPLOYMENT)
+        say(f"fitting on {len(subset)} of {len(mine)} runs ({FIT_RUNS_PER_DEPLOYMENT} per deployment at most)")
+        fitted = fit_profile(subset, profile, workers=workers, loro=False, progress=say)
+        say("leave-one-out errors on every run")
+        result = fit_profile(mine, fitted.profile, coefficients=list(fitted.fitted), refit=False, workers=workers,
+                             progress=say)  # fmt: skip
+        result.held = {**fitted.held, **result.held}
+        result.evaluations += fitted.evaluations
         data["engine_costs"] = result.profile.engine_costs.model_dump()
         data["frontend"] = result.profile.frontend.model_dump()
         data["fit"] = {**data.get("fit", {}), "engine": fit_record(result, time.perf_counter() - t0)}

@@ -25,7 +25,7 @@ def error_frame(runs: Sequence[MeasuredRun], predicted: Sequence[dict[str, float
             if metric not in measured:
                 continue
             p = pred.get(metric, math.nan)
-            rows.append({"run": run.name, "deployment": run.group, "source": run.source.split(":")[0],
+            rows.append({"run": run.name, "key": run.key, "deployment": run.group, "source": run.group.split(":")[0],
                          "gpu": run.settings.gpu, "model_id": run.settings.model, "tp": run.settings.tp,
                          "dtype": run.settings.dtype, "perf_model": model, "metric": metric,
                          "measured": measured[metric], "predicted": p, "error": p / measured[metric] - 1,
@@ -53,7 +53,7 @@ def summary(errors: pd.DataFrame, metrics: Sequence[str] = HEADLINE) -> dict[str
         e = errors.loc[errors["metric"] == m, "error"].to_numpy(float)
         e = e[np.isfinite(e)]
         out[m] = float(np.median(np.abs(e))) if len(e) else math.nan
-    per_run = errors.drop_duplicates("run")
+    per_run = errors.drop_duplicates("key")
     out["saturation_disagreements"] = int((per_run["sim_saturated"] != per_run["real_saturated"]).sum())
     out["runs"] = int(len(per_run))
     return out

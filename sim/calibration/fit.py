@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import least_squares
+from scipy.optimize import least_squares, minimize
 
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.perf.profile import CalibrationProfile
@@ -37,6 +37,7 @@ FIT_METRICS = ("ttft_mean", "tpot_mean", "e2e_mean", "e2e_p99")
 ROBUST_SCALE = 0.1  # soft-L1: log errors beyond ~10 % count linearly
 MAX_RSE = 0.5  # relative standard error above which a coefficient is not pinned
 MISSING_PENALTY = math.log(10.0)  # a metric the simulation could not produce (nothing completed)
+POLISH_EVALUATIONS = 30  # per free coefficient, for the derivative-free polish after least squares
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,18 +175,27 @@ def fit_profile(runs: Sequence[MeasuredRun], profile: CalibrationProfile, *, coe
         raise ConfigError("no runs to fit")
     prior = {c: _current(profile, c) for c in BY_NAME}
     rows, weights = _targets(runs)
+    held = {n: f"{why}; held at its prior {prior[n]:.4g}. Pinned by: {BY_NAME[n].pinned_by}"
+            for n in names if (why := _data_cannot_pin(n, runs, rows))}  # fmt: skip
+    for n, why in held.items():
+        say(f"not pinned: {n} ({why.split(';')[0]})")
     evaluate = Evaluator(runs, profile, workers)
     try:
-        held: dict[str, str] = {}
-        free = list(names)
+        free = [n for n in names if n not in held]
         start = dict(prior)
+        polished = False
         while refit:
-            theta, jac, res = _solve(evaluate, rows, weights, start, free, max_iterations, say)
+            # Least squares alone while coefficients may still be dropped; the costly polish once they are not.
+            theta, jac, res = _solve(evaluate, rows, weights, start, free, max_iterations, say, polish=polished)
             rse = _relative_errors(jac, res, len(free))
             bad = {n: _why_unpinned(n, rse[j], theta[n]) for j, n in enumerate(free)}
             bad = {n: why for n, why in bad.items() if why}
-            if not bad:
+            if not bad and polished:
                 break
+            if not bad:
+                polished = True
+                start = theta
+                continue
             for n, why in bad.items():
                 held[n] = f"{why}; held at its prior {prior[n]:.4g}. Pinned by: {BY_NAME[n].pinned_by}"
                 say(f"not pinned: {n} ({why})")
@@ -205,13 +215,53 @@ def fit_profile(runs: Sequence[MeasuredRun], profile: CalibrationProfile, *, coe
                            rse={n: float(rse[j]) for j, n in enumerate(free)}, runs=list(runs), predicted=predicted)  # fmt: skip
         if loro and free:
             say("leave-one-run-out")
-            result.loro = _leave_out(evaluate, rows, weights, theta, free, jac, res, key=lambda r: r.name)
+            result.loro = _leave_out(evaluate, rows, weights, theta, free, jac, res, key=lambda r: r.key)
             say("leave-one-deployment-out")
             result.logo = _leave_out(evaluate, rows, weights, theta, free, jac, res, key=lambda r: r.group)
         result.evaluations = evaluate.calls
         return result
     finally:
         evaluate.close()
+
+
+def _data_cannot_pin(name: str, runs: Sequence[MeasuredRun], rows) -> str:
+    """Why the runs cannot move ``name`` at all (checked before any simulation), or "" when they may."""
+    fitted = {(i, m) for i, m, _ in rows}
+    ttft = [runs[i] for i, m in fitted if m.startswith("ttft")]
+    if name == "tp_worker_s":
+        tps: dict[str, set[int]] = {}
+        for r in runs:
+            tps.setdefault(r.settings.model, set()).add(r.settings.tp)
+        return "" if any(len(t) > 1 for t in tps.values()) else "no model measured at two TP degrees"
+    if name == "fp8_gemm_scale":
+        return "" if any(r.settings.dtype == "fp8" for r in runs) else "no run with FP8 weights"
+    if name == "layer_fixed_s":
+        return "" if len({r.settings.model for r in runs}) > 1 else "one model only"
+    if name == "request_s":
+        return "" if any(r.load.api_server for r in ttft) else "no fitted TTFT measured through an API server"
+    if name == "per_prompt_token_s":
+        means = {round(float(r.requests["prompt_tokens"].mean()), -1) for r in ttft if r.load.api_server}
+        return "" if len(means) > 1 else "no fitted TTFT at two prompt lengths"
+    if name == "step_per_seq_s":
+        loads = {(r.load.kind, r.load.concurrency, len(r.requests)) for r in runs}
+        return "" if len(loads) > 1 else "one load level only"
+    return ""
+
+
+def representative(runs: Sequence[MeasuredRun], per_deployment: int) -> list[MeasuredRun]:
+    """At most ``per_deployment`` runs of each deployment, spread evenly over its runs in their order (the
+    shipped corpus lists them by load), to keep a fit's simulations few; leave-one-out still covers all."""
+    groups: dict[str, list[MeasuredRun]] = {}
+    for r in runs:
+        groups.setdefault(r.group, []).append(r)
+    out = []
+    for members in groups.values():
+        if len(members) <= per_deployment:
+            out += members
+        else:
+            idx = np.linspace(0, len(members) - 1, per_deployment).round().astype(int)
+            out += [members[i] for i in sorted(set(idx))]
+    return out
 
 
 def _current(profile: CalibrationProfile, name: str) -> float:
@@ -227,13 +277,16 @@ def _with(profile: CalibrationProfile, theta: dict[str, float]) -> CalibrationPr
 
 
 def _solve(evaluate: Evaluator, rows, weights, prior: dict[str, float], free: list[str], max_iterations: int,
-           say: Progress) -> tuple[dict[str, float], np.ndarray, np.ndarray]:  # fmt: skip
-    lo = np.log([BY_NAME[n].lower for n in free])
-    hi = np.log([BY_NAME[n].upper for n in free])
-    x0 = np.clip(np.log([prior[n] for n in free]), lo + 1e-9, hi - 1e-9)
+           say: Progress, polish: bool = True) -> tuple[dict[str, float], np.ndarray, np.ndarray]:  # fmt: skip
+    # x is log(coefficient / start): every x starts at 0, so scipy's finite-difference step (relative to
+    # max(1, |x|)) is the same 2 % for every coefficient, whatever its magnitude.
+    origin = np.log([prior[n] for n in free])
+    lo = np.log([BY_NAME[n].lower for n in free]) - origin
+    hi = np.log([BY_NAME[n].upper for n in free]) - origin
+    x0 = np.clip(np.zeros(len(free)), lo + 1e-9, hi - 1e-9)
 
     def theta_of(x: np.ndarray) -> dict[str, float]:
-        return {**prior, **{n: float(math.exp(v)) for n, v in zip(free, x, strict=True)}}
+        return {**prior, **{n: float(math.exp(o + v)) for n, o, v in zip(free, origin, x, strict=True)}}
 
     def fun(x: np.ndarray) -> np.ndarray:
         r = _residuals(rows, weights, evaluate(theta_of(x)))
@@ -242,9 +295,24 @@ def _solve(evaluate: Evaluator, rows, weights, prior: dict[str, float], free: li
 
     if not free:
         return dict(prior), np.zeros((len(rows), 0)), fun(x0)
-    sol = least_squares(fun, x0, bounds=(lo, hi), loss="soft_l1", f_scale=ROBUST_SCALE, diff_step=0.05,
+    sol = least_squares(fun, x0, bounds=(lo, hi), loss="soft_l1", f_scale=ROBUST_SCALE, diff_step=0.1,
                         max_nfev=max_iterations, x_scale=1.0)  # fmt: skip
-    return theta_of(sol.x), sol.jac, sol.fun
+    if not polish:
+        return theta_of(sol.x), sol.jac, sol.fun
+    # The replay is piecewise smooth (a request joins a batch one iteration earlier or later), so finite
+    # differences mislead Gauss-Newton in the narrow valleys where CPU and GPU time trade off; Powell's line
+    # searches follow them. Polish from where least squares stopped, then take the Jacobian there.
+
+    def cost(x: np.ndarray) -> float:
+        r = fun(x)
+        return float(np.sum(2.0 * (np.sqrt(1.0 + (r / ROBUST_SCALE) ** 2) - 1.0)))
+
+    polished = minimize(cost, sol.x, method="Powell", bounds=list(zip(lo, hi, strict=True)),
+                        options={"xtol": 0.01, "ftol": 1e-4, "maxfev": POLISH_EVALUATIONS * len(free)})  # fmt: skip
+    x = polished.x if polished.fun < cost(sol.x) else sol.x
+    theta = theta_of(x)
+    jac, res = _jacobian(evaluate, rows, weights, theta, free)
+    return theta, jac, res
 
 
 def _jacobian(evaluate: Evaluator, rows, weights, theta: dict[str, float], free: list[str],

@@ -128,10 +128,17 @@ class MeasuredRun:
         return {k: v for k, v in out.items() if v is not None and math.isfinite(v)}
 
     @property
+    def key(self) -> str:
+        """Unique within a corpus: two deployments may name their runs alike."""
+        return f"{self.group}/{self.name}"
+
+    @property
     def group(self) -> str:
-        """What leave-one-run-out keeps together: runs of one deployment from one source share a group."""
+        """The deployment: runs of one (GPU, model, TP, dtype, replicas) from one source. Leave-one-deployment-out
+        keeps them together, and a fit weighs each deployment equally."""
         s = self.settings
-        return f"{self.source}:{s.gpu}:{s.model}:tp{s.tp}:{s.dtype}"
+        origin = self.source.split()[0].split(":")[0]  # "llm-d/llm-d-benchmark @ ..." -> "llm-d/llm-d-benchmark"
+        return f"{origin}:{s.gpu}:{s.model}:tp{s.tp}:{s.dtype}:x{s.replicas}"
 
 
 def request_metrics(df: pd.DataFrame) -> dict[str, float]:
