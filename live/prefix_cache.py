@@ -73,9 +73,9 @@ class EmulatorPrefixCache:
         names = ("model_name", "engine")
         for name, doc, value in (
             ("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.",
-             c.query_tokens if c else 0),
+             c.query_tokens if c is not None else 0),
             ("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.",
-             c.hit_tokens if c else 0),
+             c.hit_tokens if c is not None else 0),
         ):  # fmt: skip
             fam = CounterMetricFamily(name, doc, labels=list(names))
             fam.add_metric(self.labels, float(value))

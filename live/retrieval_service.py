@@ -37,9 +37,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
 from fleettwin import __version__
+from fleettwin.live.api_error import ApiError
 from fleettwin.live.embed import Embedder, make_embedder
 from fleettwin.live.faiss_store import SEARCH_PARAM, IndexSpec, VectorStore, VectorStoreError
-from fleettwin.live.api_error import ApiError
 from fleettwin.live.http_guard import HttpLimits, parse_json_body
 from fleettwin.live.openapi_doc import document_bodies
 from fleettwin.live.retrieval_api import MAX_K, RetrieveRequest, parse_request

@@ -91,9 +91,12 @@ def create_gateway_app(cfg: GatewayConfig, *, gatekeeper: Gatekeeper | None = No
     app.state.gatekeeper = gate
     app.state.checker = checker
 
+    routes = {"/v1/completions": COMPLETIONS, "/v1/chat/completions": CHAT, "/v1/retrieve": RETRIEVE,
+              "/v1/models": "models"}  # fmt: skip
+
     def on_error(scope: dict, exc: BaseException) -> None:  # the guard's last line: count and audit the 500
-        client = scope.get("client")
-        rec.failed(rec.request_id(), scope.get("path", "?"), client[0] if client else None, exc)
+        client, path = scope.get("client"), scope.get("path", "?")
+        rec.failed(rec.request_id(), routes.get(path, path), client[0] if client else None, exc)
 
     harden(app, cfg.limits, on_error)
     document_bodies(app, {"/v1/completions": (om.CompletionRequest,), "/v1/chat/completions": (GatewayChatRequest,),
