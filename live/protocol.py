@@ -218,7 +218,7 @@ def parse_generation(body: dict[str, Any], *, chat: bool, served_model: str, max
         if req.echo and last.get("role") == "assistant":
             echo_text = message_text(last)
     else:
-        prompts = completion_prompts(body["prompt"], vocab_size)
+        prompts = completion_prompts(req.prompt, vocab_size)
         max_tokens = req.max_tokens or COMPLETION_DEFAULT_MAX_TOKENS
         logprobs = req.logprobs
     if len(prompts) * req.n > om.MAX_SEQUENCES:

@@ -82,11 +82,14 @@ def message_text(m: dict[str, Any]) -> str:
     """The text of a chat message that counts as prompt: its content (text parts) and tool-call arguments."""
     content = m.get("content")
     if isinstance(content, list):
-        text = "".join(p.get("text") or "" for p in content if isinstance(p, dict))
+        text = "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     else:
-        text = content or ""
-    for call in m.get("tool_calls") or ():
-        text += (call.get("function") or {}).get("arguments") or ""
+        text = content if isinstance(content, str) else ""
+    calls = m.get("tool_calls")
+    for call in calls if isinstance(calls, list) else ():
+        fn = call.get("function") if isinstance(call, dict) else None
+        if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+            text += fn["arguments"]
     return text
 
 

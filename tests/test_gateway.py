@@ -29,8 +29,8 @@ from fleettwin.live.gateway.auth import JwtError, b64url_decode, b64url_encode, 
 from fleettwin.live.gateway.config import Quotas, hash_key, load_gateway, parse_gateway
 from fleettwin.live.gateway.quota import TenantLimiter, Ticket, TokenBucket
 from fleettwin.live.gateway.sanitize import DEFAULT_ACTIONS, DETECTORS, Sanitizer, luhn_valid
-from fleettwin.live.protocol import ApiError
 from fleettwin.live.promtext import parse
+from fleettwin.live.protocol import ApiError
 from fleettwin.live.server import EmulatorSpec, serve_in_thread
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.perf.constant import ConstantModel

@@ -225,4 +225,4 @@ def test_strict_json_units():
     check_json([[["x"]]], max_depth=3)
     with pytest.raises(ApiError, match=r"messages\[0\]\.content"):
         check_json({"messages": [{"content": "a\ud83d"}]})
-    assert json.loads(json.dumps({"ok": "\U0001f600"})) == strict_json('{"ok": "\\ud83d\\ude00"}'.encode())
+    assert json.loads(json.dumps({"ok": "\U0001f600"})) == strict_json(b'{"ok": "\\ud83d\\ude00"}')
