@@ -40,6 +40,7 @@ log = logging.getLogger("fleettwin.http")
 PEER = "fleettwin.peer"  # scope["state"] key: the client certificate's identities (a tuple), when there is one
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")  # the only way a lone surrogate gets into valid UTF-8 JSON
 INLINE_PARSE_BYTES = 64 * 1024  # bodies above this are parsed on a worker thread (``parse_json_body``)
 
 
@@ -71,7 +72,10 @@ def strict_json(raw: bytes, *, max_depth: int = 64) -> Any:
         raise ApiError(400, f"request body is not valid UTF-8 (byte {exc.start})") from None
     except ValueError as exc:
         raise ApiError(400, f"request body is not valid JSON: {str(exc)[:120]}") from None
-    check_json(value, max_depth=max_depth)
+    # The walk is needed only when the bytes allow a problem: more brackets than levels, or a surrogate escape.
+    deep = raw.count(b"[") + raw.count(b"{") > max_depth
+    if deep or _ESCAPED_SURROGATE.search(raw) is not None:
+        check_json(value, max_depth=max_depth)
     return value
 
 
