@@ -9,7 +9,10 @@ The emulator is small (``max_model_len`` 128, 0.2 ms steps) so that a generated 
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -31,7 +34,8 @@ LIMITS = EngineLimits(num_blocks=512, block_size=16, max_num_seqs=64, max_num_ba
                       enable_prefix_caching=True)  # fmt: skip
 SPEC = EmulatorSpec(served_model_name="emu", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=0.0002)),
                     token=TOKEN)  # fmt: skip
-STORE = Path(os.environ.get("PYTEST_FUZZ_STORE", "/tmp")) / f"fleettwin-fuzz-{os.getpid()}"
+STORE = Path(tempfile.mkdtemp(prefix="fleettwin-fuzz-"))  # the schemas are built at collection: no tmp_path yet
+atexit.register(shutil.rmtree, STORE, ignore_errors=True)
 
 
 def _retrieval_app():
