@@ -147,6 +147,37 @@ def _abort(choices: list[responses.Choice]) -> None:
         c.gen.abort()
 
 
+def _operations(app: FastAPI, state: dict) -> None:
+    """The open endpoints for operators: vLLM's ``/health``, liveness, readiness, version and metrics."""
+
+    def alive() -> bool:
+        engine: Engine | None = state.get("engine")
+        return engine is not None and engine.alive
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200 if alive() else 503)
+
+    @app.get("/livez")
+    async def livez() -> JSONResponse:
+        """Liveness: the engine loop runs (restart the server when it does not)."""
+        return JSONResponse({"status": "alive" if alive() else "engine dead"}, status_code=200 if alive() else 503)
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Readiness: alive and not shutting down (send traffic elsewhere when not)."""
+        ready = alive() and not state.get("stopping", True)
+        return JSONResponse({"status": "ready" if ready else "not ready"}, status_code=200 if ready else 503)
+
+    @app.get("/version")
+    async def version() -> dict:
+        return {"version": f"fleettwin-emulator {__version__}"}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state["metrics"].exposition(), media_type=CONTENT_TYPE)
+
+
 def create_app(spec: EmulatorSpec, *, tracing: Tracing | None = None) -> FastAPI:
     """A FastAPI app whose lifespan starts and stops the engine loop on the server's event loop. ``tracing``
     (default: from ``FLEETTWIN_TRACING``, off unless set; ``live/tracing.py``) gives each generation a server
@@ -184,32 +215,7 @@ def create_app(spec: EmulatorSpec, *, tracing: Tracing | None = None) -> FastAPI
     ids = itertools.count()
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(bearer_guard(spec.token))])
 
-    def alive() -> bool:
-        engine: Engine | None = state.get("engine")
-        return engine is not None and engine.alive
-
-    @app.get("/health")
-    async def health() -> Response:
-        return Response(status_code=200 if alive() else 503)
-
-    @app.get("/livez")
-    async def livez() -> JSONResponse:
-        """Liveness: the engine loop runs (restart the server when it does not)."""
-        return JSONResponse({"status": "alive" if alive() else "engine dead"}, status_code=200 if alive() else 503)
-
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
-        """Readiness: alive and not shutting down (send traffic elsewhere when not)."""
-        ready = alive() and not state.get("stopping", True)
-        return JSONResponse({"status": "ready" if ready else "not ready"}, status_code=200 if ready else 503)
-
-    @app.get("/version")
-    async def version() -> dict:
-        return {"version": f"fleettwin-emulator {__version__}"}
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(state["metrics"].exposition(), media_type=CONTENT_TYPE)
+    _operations(app, state)
 
     @v1.get("/models")
     async def models() -> dict:
