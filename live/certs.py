@@ -6,8 +6,9 @@
                                         invalidate the others' certificates)
     NAME.pem, NAME.key                  NAME's server certificate (serverAuth; SANs NAME, localhost,
                                         127.0.0.1, ::1 and any extra hosts)
-    NAME-client.pem, NAME-client.key    NAME's client certificate (clientAuth; CN NAME), what it presents
-                                        when it calls another component
+    NAME-client.pem, NAME-client.key    NAME's client certificate (clientAuth; CN and SAN NAME), what it
+                                        presents when it calls another component; servers check the SAN
+                                        against the components they accept (``--tls-client-name``)
 
 Keys are ECDSA P-256; private keys are written 0600, certificates 0644, each file atomically (a temporary file
 in the same folder, renamed). This is for local and test use: in production point the ``--tls-*`` options at
@@ -123,8 +124,8 @@ def _leaf(ca: x509.Certificate, ca_key, cn: str, *, server: bool, hosts: list[st
          .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
          .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server
                                                else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))  # fmt: skip
-    if server:
-        b = b.add_extension(x509.SubjectAlternativeName(_sans(hosts)), critical=False)
+    sans = _sans(hosts) if server else [x509.DNSName(cn)]  # a client is its component's name, nothing else
+    b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     return b.sign(ca_key, hashes.SHA256()), key
 
 

@@ -27,7 +27,7 @@ from fleettwin.sim.reference_scheduler import ReferenceScheduler
 from fleettwin.sim.scheduler import EngineLimits, SeqState, StepPlan
 
 NAN = math.nan
-LENGTH, ABORT = "length", "abort"
+LENGTH, STOP, ABORT = "length", "stop", "abort"
 
 
 class Clock(Protocol):
@@ -73,11 +73,13 @@ class Generation:
     """One request inside the engine, as its caller sees it: an async iterator over the tokens it gets.
 
     Iterating yields the engine time of each output token (one per iteration) and stops when the request
-    finishes; ``finish_reason`` is then ``"length"`` (``max_tokens`` reached) or ``"abort"``."""
+    finishes; ``finish_reason`` is then ``planned_reason`` (its tokens are out: ``"length"``, or ``"stop"`` when
+    the server cut the output at a stop condition it knew in advance) or ``"abort"``."""
 
-    def __init__(self, engine: Engine, seq: SeqState):
+    def __init__(self, engine: Engine, seq: SeqState, planned_reason: str = LENGTH):
         self.engine = engine
         self.seq = seq
+        self.planned_reason = planned_reason
         self.token_times: list[float] = []
         self.finish_reason: str | None = None
         self._queue: asyncio.Queue[float | None] = asyncio.Queue()
@@ -214,15 +216,18 @@ class Engine:
                 "Please reduce the length of the messages or completion."
             )
 
-    def submit(self, prompt_tokens: int, max_tokens: int) -> Generation:
-        """Queue a request that will produce exactly ``max_tokens`` tokens (like ``ignore_eos``)."""
+    def submit(self, prompt_tokens: int, max_tokens: int, *, finish_reason: str = LENGTH,
+               cached_tokens: int = 0) -> Generation:  # fmt: skip
+        """Queue a request that will produce exactly ``max_tokens`` tokens (like ``ignore_eos``) and then finish
+        with ``finish_reason``; its first ``cached_tokens`` prompt tokens come from the prefix cache (not
+        prefilled, as in vLLM)."""
         if not self.alive:
             raise RuntimeError("the engine is not running" + (f": {self.failure!r}" if self.failure else ""))
         self.check(prompt_tokens, max_tokens)
         req = Request(id=next(self._ids), arrival_s=self.clock.now(), prompt_tokens=prompt_tokens,
                       output_tokens=max_tokens)  # fmt: skip
-        seq = SeqState(req)
-        gen = Generation(self, seq)
+        seq = SeqState.with_cached_prefix(req, cached_tokens) if cached_tokens else SeqState(req)
+        gen = Generation(self, seq, finish_reason)
         self._gens[id(seq)] = gen
         self.scheduler.add(seq)
         self._wake.set()
@@ -290,7 +295,7 @@ class Engine:
         for seq in finished:
             gen = gens.pop(id(seq), None)
             if gen is not None and not gen.done:
-                gen._finish(LENGTH)
+                gen._finish(gen.planned_reason)
                 if obs is not None:
                     obs.on_finish(gen, end)
 

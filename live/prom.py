@@ -67,7 +67,7 @@ class _Gauges:
             yield g
         lim = e.limits
         info = {"block_size": str(lim.block_size), "num_gpu_blocks": str(lim.num_blocks),
-                "gpu_memory_utilization": str(self.gpu_memory_utilization), "enable_prefix_caching": "False",
+                "gpu_memory_utilization": str(self.gpu_memory_utilization), "enable_prefix_caching": str(lim.enable_prefix_caching),
                 "max_model_len": str(lim.max_model_len)}  # fmt: skip
         g = GaugeMetricFamily("vllm:cache_config_info", "Information of the LLMEngine CacheConfig",
                               labels=["engine", *sorted(info)])  # fmt: skip

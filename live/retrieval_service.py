@@ -3,8 +3,9 @@
     POST /v1/retrieve     {"collection": "docs", "query": "text" | "vector": [...], "k": 5, "nprobe": 8}
                           -> {"collection", "index_type", "ids", "scores", "passages" (when stored), "took_ms"}
     GET  /v1/collections  name, index type, vectors, dimension, embedder and search knob of each collection
-    GET  /health          200 (every collection is loaded before the server listens)
+    GET  /health          200 (every collection is loaded before the server listens); /livez, /readyz alike
     GET  /metrics         Prometheus text: requests by collection and status, latency per collection
+    GET  /openapi.json, /docs
 
 A collection is a store saved by ``VectorStore.save`` (``PATH`` and ``PATH.meta.json``) plus two optional files
 that ``save_collection`` writes beside it: ``PATH.embedder.json`` (the embedder that made the vectors, so a text
@@ -14,7 +15,9 @@ stores (higher is closer), squared L2 for ``l2`` ones (lower is closer). The sea
 ``ef_search``, ``itopk_size``) is per request, as in ``VectorStore.search``.
 
 As on the emulator, a bearer token, when set, guards ``/v1/*`` only; TLS and mTLS are the server's
-(``live/server.py``: ``serve``, ``serve_in_thread`` with ``ssl_ca_certs``).
+(``live/server.py``: ``serve``, ``serve_in_thread`` with ``ssl_ca_certs``). Requests pass ``live/http_guard.py``
+first (body size, timeouts, JSON depth and text, the client certificate's identity); searches run on a worker
+thread (FAISS releases the GIL), so a long one does not hold up ``/health``.
 """
 
 from __future__ import annotations
@@ -31,14 +34,16 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from fleettwin import __version__
+from fleettwin.live.api_error import ApiError
 from fleettwin.live.embed import Embedder, make_embedder
 from fleettwin.live.faiss_store import SEARCH_PARAM, IndexSpec, VectorStore, VectorStoreError
-from fleettwin.live.protocol import ApiError, parse_json
-from fleettwin.live.server import bearer_guard, openai_errors
+from fleettwin.live.http_guard import HttpLimits, parse_json_body
+from fleettwin.live.openapi_doc import document_bodies
+from fleettwin.live.retrieval_api import MAX_K, RetrieveRequest, parse_request
+from fleettwin.live.server import bearer_guard, harden
 from fleettwin.live.tracing import Tracing, tracing_from_env
 from fleettwin.models.errors import ConfigError
 from fleettwin.sim.io import atomic_write, write_json
@@ -46,7 +51,7 @@ from fleettwin.sim.io import atomic_write, write_json
 EMBEDDER_SUFFIX, PASSAGES_SUFFIX = ".embedder.json", ".passages.jsonl"
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 UNKNOWN = "(unknown)"  # the collection label of requests naming no served collection (bounded cardinality)
-MAX_K = 1000
+__all__ = ["MAX_K", "Collection", "build_collection", "create_retrieval_app", "load_collection", "save_collection"]
 
 
 @dataclass(frozen=True)
@@ -128,30 +133,6 @@ def load_collection(name: str, path: str | Path) -> Collection:
     return Collection(name, store, emb, ref, passages)
 
 
-class RetrieveRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    collection: str
-    query: str | None = None
-    vector: list[float] | None = None
-    k: int = Field(10, ge=1, le=MAX_K)
-    nprobe: int | None = Field(None, ge=1)
-    ef_search: int | None = Field(None, ge=1)
-    itopk_size: int | None = Field(None, ge=1)
-
-
-def parse_request(body: dict[str, Any]) -> RetrieveRequest:
-    """The request, or a 400 naming the field; exactly one of ``query`` and ``vector``."""
-    try:
-        req = RetrieveRequest.model_validate(body)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or None
-        raise ApiError(400, f"{field}: {err['msg']}" if field else err["msg"], param=field) from None
-    if (req.query is None) == (req.vector is None):
-        raise ApiError(400, "give exactly one of 'query' (text) and 'vector'", param="query")
-    return req
-
-
 class RetrievalMetrics:
     def __init__(self, collections: dict[str, Collection]):
         r = self.registry = CollectorRegistry()
@@ -195,7 +176,7 @@ def _search(c: Collection, req: RetrieveRequest) -> tuple[list[int], list[float]
 
 
 def create_retrieval_app(collections: dict[str, Collection], *, token: str | None = None,
-                         tracing: Tracing | None = None) -> FastAPI:  # fmt: skip
+                         tracing: Tracing | None = None, limits: HttpLimits | None = None) -> FastAPI:  # fmt: skip
     """The app over already-loaded ``collections`` (so a bad store fails before the server listens). ``tracing``
     (default: from ``FLEETTWIN_TRACING``, off unless set; ``live/tracing.py``): a server span per search that
     continues the caller's ``traceparent`` (the gateway's)."""
@@ -203,14 +184,25 @@ def create_retrieval_app(collections: dict[str, Collection], *, token: str | Non
         raise ConfigError("serve at least one collection")
     tracing = tracing or tracing_from_env("fleettwin-retrieval")
     metrics = RetrievalMetrics(collections)
-    app = FastAPI(title="fleettwin retrieval service", version=__version__, docs_url=None, redoc_url=None,
-                  openapi_url=None)  # fmt: skip
-    openai_errors(app)
+    app = FastAPI(title="fleettwin retrieval service", version=__version__, redoc_url=None,
+                  description="FAISS collections served by name (docs/live.md, Retrieval service).")  # fmt: skip
+    limits = limits or HttpLimits()
+    harden(app, limits)
+    document_bodies(app, {"/v1/retrieve": (RetrieveRequest,)}, bearer_paths=("/v1/",) if token else ())
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(bearer_guard(token))])
 
     @app.get("/health")
     async def health() -> Response:
         return Response(status_code=200)
+
+    @app.get("/livez")
+    async def livez() -> dict:
+        return {"status": "alive"}
+
+    @app.get("/readyz")
+    async def readyz() -> dict:
+        """Every collection was loaded before the server listened, so a listening service is ready."""
+        return {"status": "ready", "collections": len(collections)}
 
     @app.get("/version")
     async def version() -> dict:
@@ -230,8 +222,8 @@ def create_retrieval_app(collections: dict[str, Collection], *, token: str | Non
         label = UNKNOWN
         span = tracing.server_span("retrieval.retrieve", request.headers, {"http.route": "/v1/retrieve"})
         try:
-            body = parse_json(await request.body())
-            name = body.get("collection")
+            body = await parse_json_body(await request.body(), max_depth=limits.max_json_depth)
+            name = body.get("collection") if isinstance(body, dict) else None
             if isinstance(name, str) and name in collections:
                 label = name
             req = parse_request(body)

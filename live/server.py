@@ -1,40 +1,47 @@
 """The emulator's HTTP server: vLLM's OpenAI-compatible surface over an emulated ``Engine``.
 
-Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions`` (with or without SSE streaming),
-``GET /v1/models``, ``GET /health`` (200, empty body; 503 once the engine loop has died), ``GET /metrics``
-(Prometheus text, ``live/prom.py``), ``GET /version``. As with vLLM's ``--api-key``, a bearer token, when set,
-guards ``/v1/*`` only. Every error is OpenAI-style JSON (``live/protocol.py``); no request can crash the server.
-
-``serve_in_thread`` runs one on a background thread (tests, notebooks); ``serve`` runs one in the foreground
-(the ``emulate`` command). Both bind a socket first, so port 0 picks a free port and the URL is known.
+Endpoints: ``POST /v1/completions`` and ``POST /v1/chat/completions`` (streaming or not; ``n``, batched prompts,
+``stop``/``stop_token_ids``, ``logprobs``/``top_logprobs`` and ``echo`` on synthetic text: ``live/synthetic.py``),
+``GET /v1/models``, ``POST /tokenize`` and ``POST /detokenize`` (vLLM's shapes), ``GET /health`` (200, empty body;
+503 once the engine loop has died), ``GET /livez`` (the same) and ``GET /readyz`` (200 only while the engine runs
+and the server is not shutting down), ``GET /metrics`` (Prometheus text, ``live/prom.py``, plus the prefix-cache
+counters), ``GET /version``, ``GET /openapi.json`` and ``GET /docs``. As with vLLM's ``--api-key``, a bearer token,
+when set, guards ``/v1/*`` only. Every error is OpenAI-style JSON (``live/api_error.py``); requests pass
+``live/http_guard.py`` first (size, timeouts, JSON depth and text, client-certificate identity), and a client
+that hangs up on a non-streamed request aborts its generation, as a streaming one always did.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import itertools
-import socket
-import ssl
-import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 
-import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fleettwin import __version__
-from fleettwin.live import protocol
-from fleettwin.live.emulator import LENGTH, Engine, Generation, RequestTooLong
+from fleettwin.live import openai_models as om
+from fleettwin.live import protocol, responses
+from fleettwin.live.api_error import ApiError
+from fleettwin.live.emulator import ABORT, Engine, RequestTooLong
+from fleettwin.live.http_guard import GuardMiddleware, HttpLimits, parse_json_body, unless_disconnected
+from fleettwin.live.openapi_doc import document_bodies
+from fleettwin.live.prefix_cache import EmulatorPrefixCache
 from fleettwin.live.prom import CONTENT_TYPE, EngineMetrics
-from fleettwin.live.protocol import ApiError, GenerationParams
+from fleettwin.live.serving import RunningServer, bind_socket, serve, serve_in_thread, url_of
+from fleettwin.live.synthetic import Tokenizer, plan_output
 from fleettwin.live.tracing import Tracing, tracing_from_env
 from fleettwin.models.perf.base import PerformanceModel
 from fleettwin.sim.scheduler import EngineLimits
+
+__all__ = ["EmulatorSpec", "RunningServer", "bind_socket", "create_app", "harden", "serve", "serve_in_thread",
+           "url_of"]  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,10 +55,13 @@ class EmulatorSpec:
     legacy_metrics: bool = False
     gpu_memory_utilization: float = 0.9
     description: str = ""
+    vocab_size: int = 32000  # token ids at or above it are refused, as vLLM refuses out-of-vocabulary ids
+    http: HttpLimits = field(default_factory=HttpLimits)
 
 
 def openai_errors(app: FastAPI) -> None:
-    """Every error of ``app`` answered OpenAI-style (``live/protocol.py``); no request can crash the server."""
+    """Every error of ``app`` answered OpenAI-style (``live/api_error.py``). Unexpected exceptions are the
+    guard's (``harden``): one 500 that names their type, one log line."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -61,9 +71,20 @@ def openai_errors(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(ApiError(exc.status_code, str(exc.detail)).body(), status_code=exc.status_code)
 
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(ApiError(500, f"internal error: {exc!r}").body(), status_code=500)
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:  # as vLLM: 400
+        err = (exc.errors() or [{}])[0]
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        msg = f"{'.'.join(loc)}: {err.get('msg', 'invalid request')}" if loc else str(err.get("msg", "invalid"))
+        return JSONResponse(ApiError(400, msg, param=loc[0] if loc else None).body(), status_code=400)
+
+
+def harden(app: FastAPI, limits: HttpLimits, on_error: Callable[[dict, BaseException], None] | None = None) -> None:
+    """OpenAI-style errors and ``http_guard``'s checks on ``app``; ``serve`` reads the limits back from
+    ``app.state`` for the header timeout."""
+    openai_errors(app)
+    app.add_middleware(GuardMiddleware, limits=limits, on_error=on_error)
+    app.state.http_limits = limits
 
 
 def bearer_guard(token: str | None) -> Callable[[Request], Awaitable[None]]:
@@ -80,39 +101,73 @@ def bearer_guard(token: str | None) -> Callable[[Request], Awaitable[None]]:
     return authorized
 
 
-def create_app(spec: EmulatorSpec, *, tracing: Tracing | None = None) -> FastAPI:
-    """A FastAPI app whose lifespan starts and stops the engine loop on the server's event loop. ``tracing``
-    (default: from ``FLEETTWIN_TRACING``, off unless set; ``live/tracing.py``) gives each generation a server
-    span that continues the caller's ``traceparent``."""
-    state: dict = {}
-    tracing = tracing or tracing_from_env("fleettwin-emulator")
+class _Observers:
+    """The engine's events to the metrics and to the prefix cache."""
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = Engine(spec.limits, spec.perf)
-        metrics = EngineMetrics(engine, spec.served_model_name, legacy_names=spec.legacy_metrics,
-                                gpu_memory_utilization=spec.gpu_memory_utilization)  # fmt: skip
-        engine.observer = metrics
-        engine.start()
-        state.update(engine=engine, metrics=metrics)
-        try:
-            yield
-        finally:
-            await engine.stop()
-            tracing.shutdown()
+    def __init__(self, *observers):
+        self.observers = observers
 
-    app = FastAPI(title="fleettwin vLLM emulator", version=__version__, lifespan=lifespan, docs_url=None,
-                  redoc_url=None, openapi_url=None)  # fmt: skip
-    app.state.emulator = state
-    ids = itertools.count()
+    def on_step(self, plan, start_s: float, end_s: float) -> None:
+        for o in self.observers:
+            o.on_step(plan, start_s, end_s)
 
-    openai_errors(app)
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(bearer_guard(spec.token))])
+    def on_token(self, gen, t: float) -> None:
+        for o in self.observers:
+            o.on_token(gen, t)
+
+    def on_finish(self, gen, t: float) -> None:
+        for o in self.observers:
+            o.on_finish(gen, t)
+
+
+def submit_all(engine: Engine, p: protocol.GenerationParams, cache: EmulatorPrefixCache) -> list[responses.Choice]:
+    """One engine request per (prompt, sample); all or none (a refusal aborts what was queued)."""
+    choices: list[responses.Choice] = []
+    try:
+        for i, prompt in enumerate(p.prompts):
+            blocks = cache.blocks(prompt)
+            for j in range(p.n):
+                plan = plan_output(j, p.max_tokens, min_tokens=p.min_tokens, stop=p.stop,
+                                   stop_token_ids=p.stop_token_ids, include_stop=p.include_stop)  # fmt: skip
+                gen = engine.submit(prompt.tokens, plan.tokens, finish_reason=plan.finish_reason,
+                                    cached_tokens=cache.lookup(blocks, prompt.tokens))  # fmt: skip
+                gen.prefix_blocks = blocks  # inserted into the cache when it finishes
+                choices.append(responses.Choice(i * p.n + j, prompt, plan, gen))
+    except RequestTooLong as exc:
+        _abort(choices)
+        raise ApiError(400, str(exc), param="max_tokens") from None
+    except RuntimeError as exc:
+        _abort(choices)
+        raise ApiError(503, f"engine unavailable: {exc}") from None
+    return choices
+
+
+def _abort(choices: list[responses.Choice]) -> None:
+    for c in choices:
+        c.gen.abort()
+
+
+def _operations(app: FastAPI, state: dict) -> None:
+    """The open endpoints for operators: vLLM's ``/health``, liveness, readiness, version and metrics."""
+
+    def alive() -> bool:
+        engine: Engine | None = state.get("engine")
+        return engine is not None and engine.alive
 
     @app.get("/health")
     async def health() -> Response:
-        engine: Engine | None = state.get("engine")
-        return Response(status_code=200 if engine is not None and engine.alive else 503)
+        return Response(status_code=200 if alive() else 503)
+
+    @app.get("/livez")
+    async def livez() -> JSONResponse:
+        """Liveness: the engine loop runs (restart the server when it does not)."""
+        return JSONResponse({"status": "alive" if alive() else "engine dead"}, status_code=200 if alive() else 503)
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Readiness: alive and not shutting down (send traffic elsewhere when not)."""
+        ready = alive() and not state.get("stopping", True)
+        return JSONResponse({"status": "ready" if ready else "not ready"}, status_code=200 if ready else 503)
 
     @app.get("/version")
     async def version() -> dict:
@@ -122,6 +177,46 @@ def create_app(spec: EmulatorSpec, *, tracing: Tracing | None = None) -> FastAPI
     async def metrics() -> Response:
         return Response(state["metrics"].exposition(), media_type=CONTENT_TYPE)
 
+
+def create_app(spec: EmulatorSpec, *, tracing: Tracing | None = None) -> FastAPI:
+    """A FastAPI app whose lifespan starts and stops the engine loop on the server's event loop. ``tracing``
+    (default: from ``FLEETTWIN_TRACING``, off unless set; ``live/tracing.py``) gives each generation a server
+    span that continues the caller's ``traceparent``."""
+    state: dict = {}
+    tracing = tracing or tracing_from_env("fleettwin-emulator")
+    tok = Tokenizer(spec.vocab_size)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = Engine(spec.limits, spec.perf)
+        metrics = EngineMetrics(engine, spec.served_model_name, legacy_names=spec.legacy_metrics,
+                                gpu_memory_utilization=spec.gpu_memory_utilization)  # fmt: skip
+        cache = EmulatorPrefixCache(spec.limits.num_blocks, spec.limits.block_size, tok,
+                                    [spec.served_model_name, "0"], enabled=spec.limits.enable_prefix_caching)  # fmt: skip
+        metrics.registry.register(cache)
+        engine.observer = _Observers(metrics, cache)
+        engine.start()
+        state.update(engine=engine, metrics=metrics, cache=cache, stopping=False)
+        try:
+            yield
+        finally:
+            state["stopping"] = True
+            await engine.stop()
+            tracing.shutdown()
+
+    app = FastAPI(title="fleettwin vLLM emulator", version=__version__, lifespan=lifespan, redoc_url=None,
+                  description="vLLM's OpenAI-compatible API over the simulator's engine model (docs/live.md).")  # fmt: skip
+    app.state.emulator = state
+    harden(app, spec.http)
+    document_bodies(app, {"/v1/completions": (om.CompletionRequest,), "/v1/chat/completions":
+                          (om.ChatCompletionRequest,), "/tokenize": (om.TokenizeCompletionRequest,
+                          om.TokenizeChatRequest), "/detokenize": (om.DetokenizeRequest,)},
+                    bearer_paths=("/v1/",) if spec.token else ())  # fmt: skip
+    ids = itertools.count()
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(bearer_guard(spec.token))])
+
+    _operations(app, state)
+
     @v1.get("/models")
     async def models() -> dict:
         return {"object": "list", "data": [{
@@ -129,31 +224,36 @@ def create_app(spec: EmulatorSpec, *, tracing: Tracing | None = None) -> FastAPI
             "root": spec.served_model_name, "parent": None, "max_model_len": spec.limits.max_model_len,
         }]}  # fmt: skip
 
+    async def body_of(request: Request) -> dict:
+        body = await parse_json_body(await request.body(), max_depth=spec.http.max_json_depth)
+        if not isinstance(body, dict):
+            raise ApiError(400, "request body must be a JSON object")
+        return body
+
     async def generate(request: Request, chat: bool, span=None) -> Response:
-        engine: Engine = state["engine"]
-        body = protocol.parse_json(await request.body())
-        p = protocol.parse_generation(body, chat=chat, served_model=spec.served_model_name,
-                                      max_model_len=spec.limits.max_model_len)  # fmt: skip
+        p = protocol.parse_generation(await body_of(request), chat=chat, served_model=spec.served_model_name,
+                                      max_model_len=spec.limits.max_model_len, vocab_size=spec.vocab_size)  # fmt: skip
         tracing.annotate(span, **{"gen_ai.usage.input_tokens": p.prompt_tokens, "gen_ai.request.max_tokens":
                                   p.max_tokens, "fleettwin.stream": p.stream})  # fmt: skip
-        try:
-            gen = engine.submit(p.prompt_tokens, p.max_tokens)
-        except RequestTooLong as exc:
-            raise ApiError(400, str(exc), param="max_tokens") from None
-        except RuntimeError as exc:
-            raise ApiError(503, f"engine unavailable: {exc}") from None
+        choices = submit_all(state["engine"], p, state["cache"])
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{next(ids)}"
         created = int(time.time())
         if p.stream:
-            return StreamingResponse(_stream(p, gen, rid, created), media_type="text/event-stream")
+            return StreamingResponse(responses.stream(p, rid, created, choices, tok), media_type="text/event-stream")
+
+        async def all_done() -> None:
+            for c in choices:
+                await c.gen.result()
+
         try:
-            await gen.result()
+            finished, _ = await unless_disconnected(request.receive, all_done())
         finally:
-            gen.abort()  # no-op once finished; frees the engine if this handler is cancelled
-        if gen.finish_reason != LENGTH:
+            _abort(choices)  # no-op once finished; frees the engine when the client left or this was cancelled
+        if not finished:
+            return Response(status_code=499)  # nobody is listening: vLLM's "client closed request"
+        if any(c.gen.finish_reason == ABORT for c in choices):
             raise ApiError(503, "the request was aborted by the engine")
-        text = protocol.filler_text(0, gen.num_output)
-        return JSONResponse(protocol.full_response(p, rid, created, text, gen.num_output, gen.finish_reason))
+        return JSONResponse(responses.full_response(p, rid, created, choices, tok))
 
     async def traced(request: Request, chat: bool) -> Response:
         """``generate`` inside a server span, ended when the response (or the stream) is done."""
@@ -176,119 +276,14 @@ def create_app(spec: EmulatorSpec, *, tracing: Tracing | None = None) -> FastAPI
     async def chat_completions(request: Request) -> Response:
         return await traced(request, chat=True)
 
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> dict:
+        return protocol.tokenize(await body_of(request), tok, served_model=spec.served_model_name,
+                                 max_model_len=spec.limits.max_model_len)  # fmt: skip
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> dict:
+        return protocol.detokenize(await body_of(request), tok, served_model=spec.served_model_name)
+
     app.include_router(v1)
     return app
-
-
-async def _stream(p: GenerationParams, gen: Generation, rid: str, created: int) -> AsyncIterator[bytes]:
-    """SSE events: one per output token (one per engine iteration), the last with ``finish_reason``, then the
-    usage chunk when asked for, then ``data: [DONE]``. A client that goes away aborts the request."""
-    sent = 0
-    try:
-        if p.chat:  # vLLM opens a chat stream with the assistant role and empty content
-            yield protocol.sse(protocol.stream_chunk(p, rid, created, text="", finish_reason=None, role=True,
-                                                     usage_tokens=0 if p.continuous_usage else None))  # fmt: skip
-        async for _ in gen:
-            k = sent
-            sent += 1
-            last = sent == gen.max_tokens
-            yield protocol.sse(protocol.stream_chunk(
-                p, rid, created, text=protocol.filler_text(k, 1), finish_reason="length" if last else None,
-                usage_tokens=sent if p.continuous_usage else None))  # fmt: skip
-        if gen.finish_reason != LENGTH:
-            yield protocol.sse(ApiError(503, "the request was aborted by the engine").body())
-        elif p.include_usage:
-            yield protocol.sse(protocol.stream_chunk(p, rid, created, text=None, finish_reason=None,
-                                                     usage_tokens=sent))  # fmt: skip
-        yield protocol.sse("[DONE]")
-    finally:
-        gen.abort()
-
-
-# -- running it -----------------------------------------------------------------------------------------------
-
-
-def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
-    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and without
-    # it Nagle's algorithm holds a response's body behind its headers for a delayed ACK (~40 ms).
-    sock = socket.socket(
-        socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
-    )
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
-def _config(app: FastAPI, host: str, port: int, ssl_certfile: str | None, ssl_keyfile: str | None,
-            log_level: str, ssl_ca_certs: str | None = None) -> uvicorn.Config:  # fmt: skip
-    # With a CA, the server requires a client certificate signed by it (mTLS): no certificate, no handshake.
-    return uvicorn.Config(app, host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
-                          ssl_ca_certs=ssl_ca_certs, ssl_cert_reqs=ssl.CERT_REQUIRED if ssl_ca_certs else ssl.CERT_NONE,
-                          log_level=log_level, lifespan="on", access_log=False, timeout_graceful_shutdown=2)  # fmt: skip
-
-
-def url_of(sock: socket.socket, tls: bool) -> str:
-    host, port = sock.getsockname()[:2]
-    host = f"[{host}]" if ":" in host else host
-    return f"{'https' if tls else 'http'}://{host}:{port}"
-
-
-@dataclass
-class RunningServer:
-    url: str
-    server: uvicorn.Server
-    thread: threading.Thread
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout_s)
-
-
-@contextlib.contextmanager
-def serve_in_thread(spec: EmulatorSpec | FastAPI, *, host: str = "127.0.0.1", port: int = 0,
-                    ssl_certfile: str | None = None, ssl_keyfile: str | None = None, ssl_ca_certs: str | None = None,
-                    startup_timeout_s: float = 10.0) -> Iterator[RunningServer]:  # fmt: skip
-    """Run an emulator (or another app, such as the gateway) on a background thread for the ``with`` block."""
-    sock = bind_socket(host, port)
-    app = spec if isinstance(spec, FastAPI) else create_app(spec)
-    server = uvicorn.Server(_config(app, host, port, ssl_certfile, ssl_keyfile, "warning", ssl_ca_certs))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), name="emulator",
-                              daemon=True)  # fmt: skip
-    thread.start()
-    running = RunningServer(url_of(sock, ssl_certfile is not None), server, thread)
-    try:
-        deadline = time.monotonic() + startup_timeout_s
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the emulator did not start")
-            time.sleep(0.01)
-        yield running
-    finally:
-        running.stop()
-        sock.close()
-
-
-def serve(spec: EmulatorSpec | FastAPI, *, host: str, port: int, ssl_certfile: str | None = None,
-          ssl_keyfile: str | None = None, ssl_ca_certs: str | None = None, on_ready=None,
-          log_level: str = "warning") -> None:  # fmt: skip
-    """Run an emulator (or another app) in the foreground until interrupted; ``on_ready(url)`` is called once
-    it listens."""
-    sock = bind_socket(host, port)
-    app = spec if isinstance(spec, FastAPI) else create_app(spec)
-    server = uvicorn.Server(_config(app, host, port, ssl_certfile, ssl_keyfile, log_level, ssl_ca_certs))
-    url = url_of(sock, ssl_certfile is not None)
-
-    async def main() -> None:
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started and not task.done():
-            await asyncio.sleep(0.01)
-        if server.started and on_ready is not None:
-            on_ready(url)
-        await task
-
-    try:
-        asyncio.run(main())
-    finally:
-        sock.close()

@@ -1,7 +1,8 @@
 """``fleettwin certs`` and mutual TLS: the certificates it writes (modes, SANs, key usages, CA reuse) and the
 links that require them — an emulator and the gateway refuse a client without a certificate, with one from
 another CA, or with a server certificate, and accept the right client certificate; the gateway reaches an
-mTLS backend with its own client certificate."""
+mTLS backend with its own client certificate, and reports why when it cannot; every link checks the identity
+(SAN) of the certificate against the component expected there, both ways."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from fleettwin.live.certs import make_certs
 from fleettwin.live.client import VllmClient, tls_verify
 from fleettwin.live.gateway.app import create_gateway_app
 from fleettwin.live.gateway.config import hash_key, parse_gateway
+from fleettwin.live.http_guard import HttpLimits, peer_identities
 from fleettwin.live.server import EmulatorSpec, serve_in_thread
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.perf.constant import ConstantModel
@@ -32,7 +34,7 @@ BODY = {"model": "emu", "prompt": "hi", "max_tokens": 2}
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     good, other = tmp_path_factory.mktemp("pki"), tmp_path_factory.mktemp("other-pki")
-    make_certs(good, ["gateway", "emulator", "controller"], hosts=["gpu-node-1", "10.0.0.7"], days=2)
+    make_certs(good, ["gateway", "emulator", "controller", "retrieval"], hosts=["gpu-node-1", "10.0.0.7"], days=2)
     make_certs(other, ["controller"], days=2)
     return good, other
 
@@ -49,7 +51,7 @@ def test_files_modes_chains_sans_and_usages(pki):
     good, _ = pki
     ca = load(good / "ca.pem")
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    for name in ("gateway", "emulator", "controller"):
+    for name in ("gateway", "emulator", "controller", "retrieval"):
         server, client = ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH
         for stem, usage in ((name, server), (f"{name}-client", client)):
             cert = load(good / f"{stem}.pem")
@@ -131,6 +133,8 @@ def test_gateway_mtls_in_front_and_behind(pki, tmp_path):
         with serve_in_thread(create_gateway_app(parse_gateway(policy()))) as gw:
             r = httpx.post(f"{gw.url}/v1/completions", json=BODY, headers={"Authorization": f"Bearer {key}"})
             assert r.status_code == 502 and r.json()["error"]["type"] == "BadGatewayError"
+            msg = r.json()["error"]["message"]  # the reason, not "did not answer: ReadError:"
+            assert "did not answer: TLS:" in msg and "no client certificate was presented" in msg
     records = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert [r["status"] for r in records] == [200, 401, 502]
 
@@ -142,3 +146,51 @@ def test_unreadable_backend_certificate_is_a_config_error(tmp_path):
                          "audit_log": str(tmp_path / "a.jsonl")})  # fmt: skip
     with pytest.raises(ConfigError, match="backend_tls: cannot load"):
         create_gateway_app(cfg)
+
+
+def test_each_link_checks_the_certificates_identity_against_the_component_expected(pki, tmp_path):
+    """The retrieval service's client certificate is from the right CA but names another component: an emulator
+    that accepts the gateway and the controller refuses it (403 naming it); and a gateway that expects the
+    emulator's certificate at a backend refuses another component's server answering there."""
+    good, _ = pki
+    ca = str(good / "ca.pem")
+    spec = EmulatorSpec(served_model_name="emu", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=0.001)),
+                        http=HttpLimits(allowed_clients=("gateway", "controller")))  # fmt: skip
+    with serve_in_thread(spec, ssl_certfile=str(good / "emulator.pem"), ssl_keyfile=str(good / "emulator.key"),
+                         ssl_ca_certs=ca) as emu:  # fmt: skip
+        for who in ("gateway", "controller"):
+            r = httpx.post(f"{emu.url}/v1/completions", json=BODY, verify=tls_verify(ca, pair(good, f"{who}-client")))
+            assert r.status_code == 200, who
+        r = httpx.post(f"{emu.url}/v1/completions", json=BODY, verify=tls_verify(ca, pair(good, "retrieval-client")))
+        assert r.status_code == 403 and r.json()["error"]["type"] == "PermissionDeniedError"
+        assert "client certificate for retrieval is not accepted here" in r.json()["error"]["message"]
+        assert httpx.get(f"{emu.url}/metrics", verify=tls_verify(ca, pair(good, "retrieval-client"))).status_code == 403
+    # another component's server at the backend's address: its certificate is valid for 127.0.0.1 too
+    with serve_in_thread(SPEC, ssl_certfile=str(good / "retrieval.pem"), ssl_keyfile=str(good / "retrieval.key"),
+                         ssl_ca_certs=ca) as impostor:  # fmt: skip
+        key = "k" * 24
+        tls = {"ca": ca, "cert": str(good / "gateway-client.pem"), "key": str(good / "gateway-client.key")}
+
+        def ask(tls_name: str | None) -> httpx.Response:
+            backend = {"urls": [impostor.url]} | ({"tls_name": tls_name} if tls_name else {})
+            cfg = parse_gateway({"tenants": {"t": {"api_keys": [hash_key(key)], "models": ["emu"]}},
+                                 "backends": {"emu": backend}, "backend_tls": tls,
+                                 "audit_log": str(tmp_path / "audit.jsonl")})  # fmt: skip
+            with serve_in_thread(create_gateway_app(cfg)) as gw:
+                return httpx.post(f"{gw.url}/v1/completions", json=BODY, headers={"Authorization": f"Bearer {key}"})
+
+        assert ask(None).status_code == 200  # the chain and the address alone let it through
+        r = ask("emulator")
+        msg = r.json()["error"]["message"]
+        assert r.status_code == 502 and "TLS:" in msg and "emulator" in msg and "CERTIFICATE_VERIFY_FAILED" in msg
+
+
+def test_client_certificates_name_their_component_in_a_san(pki):
+    good, _ = pki
+    for name in ("gateway", "controller"):
+        cert = load(good / f"{name}-client.pem")
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert [str(v) for v in sans.get_values_for_type(x509.DNSName)] == [name]
+        assert peer_identities({"subjectAltName": (("DNS", name),)}) == (name,)
+    assert peer_identities({"subject": ((("commonName", "old-cert"),),)}) == ("old-cert",)  # no SAN: the CN
+    assert peer_identities(None) is None

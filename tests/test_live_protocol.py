@@ -154,7 +154,7 @@ def test_metrics_have_vllm_names_types_labels_and_buckets(server):
         ("/v1/completions", b'{"prompt": "", "max_tokens": 3}', "prompt"),
         ("/v1/completions", b'{"prompt": [1, 2], "max_tokens": 1023}', "max_tokens"),
         ("/v1/completions", b'{"prompt": [1], "max_tokens": 2, "stream_options": {}}', "stream_options"),
-        ("/v1/completions", b'{"prompt": [1], "n": 2}', "n"),
+        ("/v1/completions", b'{"prompt": [1], "n": 0}', "n"),
         ("/v1/chat/completions", b'{"max_tokens": 3}', "messages"),
         ("/v1/chat/completions", b'{"messages": [{"content": "no role"}]}', "messages"),
     ],

@@ -2,7 +2,8 @@
 
 - the retrieval service (``fleettwin serve-retrieval`` as a subprocess, mTLS + bearer token) answers a client with
   a valid certificate and the right token, and refuses one without a certificate, with one from another CA, with
-  a server certificate, and with a wrong or missing token;
+  a server certificate, with one issued to a component it does not serve (403), and with a wrong or missing
+  token;
 - the shadow controller's scraper reaches an mTLS emulator with its client certificate (global or per pool, paths
   relative to the scenario) and reports the backend down with a TLS reason without one or with a foreign one;
 - ``fleettwin loadgen`` replays against an mTLS emulator with ``--tls-*`` and fails without a certificate;
@@ -112,6 +113,9 @@ def test_retrieval_service_wants_a_certificate_from_its_ca_and_the_token(pki, re
     refused(retrieval, tls_verify(ca), json=body, headers=auth)  # no client certificate
     refused(retrieval, tls_verify(ca, pair(other, "gateway-client")), json=body, headers=auth)  # another CA
     refused(retrieval, tls_verify(ca, pair(good, "gateway")), json=body, headers=auth)  # a server certificate
+    r = httpx.post(f"{retrieval}/v1/retrieve", json=body, headers=auth, verify=tls_verify(ca, pair(good, "emulator-client")),
+                   timeout=10)  # fmt: skip
+    assert r.status_code == 403 and "client certificate for emulator is not accepted" in r.json()["error"]["message"]
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):  # and the client checks the server
         httpx.post(f"{retrieval}/v1/retrieve", json=body, headers=auth, verify=True, timeout=5)
     for headers in ({"Authorization": "Bearer wrong"}, {}):  # a valid certificate does not replace the token

@@ -13,9 +13,16 @@ EPILOG = """examples:
   fleettwin emulate --model llama-3-8b --gpu h100-80g --tls-cert certs/emulator.pem \
       --tls-key certs/emulator.key --tls-ca certs/ca.pem --port 8443   # mTLS (fleettwin certs)
 
-endpoints: POST /v1/completions, POST /v1/chat/completions (stream or not), GET /v1/models, /health, /metrics
-(vLLM's metric names, labels and buckets), /version. Every request produces exactly max_tokens tokens of filler
-text; see docs/live.md for how prompt tokens are counted. --port 0 picks a free port; the URL is printed."""
+  fleettwin emulate --model llama-3-8b --gpu h100-80g --enable-prefix-caching --max-body-bytes 2097152
+
+endpoints: POST /v1/completions, POST /v1/chat/completions (stream or not; n, batched prompts, stop,
+stop_token_ids, logprobs, echo), POST /tokenize, POST /detokenize, GET /v1/models, /health, /livez, /readyz,
+/metrics (vLLM's metric names, labels and buckets, prefix-cache counters included), /version, /openapi.json,
+/docs. The text is synthetic (filler words, cut at stop strings); see docs/live.md for how prompt tokens are
+counted and for the request limits. With --tls-ca, only client certificates naming one of --tls-client-name
+(default: gateway, controller) are accepted. --port 0 picks a free port; the URL is printed."""
+
+DEFAULT_CLIENTS = ("gateway", "controller")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -38,6 +45,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tls-key", "--ssl-keyfile", dest="tls_key", help="PEM private key for --tls-cert")
     p.add_argument("--tls-ca", "--ssl-ca-certs", dest="tls_ca",
                    help="PEM CA: require client certificates signed by it (mTLS; needs --tls-cert)")  # fmt: skip
+    add_limit_args(p, DEFAULT_CLIENTS)
+    p.add_argument("--enable-prefix-caching", action="store_true",
+                   help="automatic prefix caching (vLLM's default is on; off here keeps replays comparable)")  # fmt: skip
     p.add_argument("--tp", type=int, help="tensor-parallel size (default: the smallest that fits)")
     p.add_argument("--max-num-seqs", type=int, default=256, help="(default %(default)s)")
     p.add_argument("--max-num-batched-tokens", type=int, default=8192, help="(default %(default)s)")
@@ -57,6 +67,36 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def add_limit_args(p: argparse.ArgumentParser, default_clients: tuple[str, ...]) -> None:
+    """Request limits and accepted client identities (``live/http_guard.py``), shared with serve-retrieval."""
+    p.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024,
+                   help="larger request bodies are refused with 413 (default %(default)s)")  # fmt: skip
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a connection has to send a request's headers (default %(default)s)")  # fmt: skip
+    p.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds a request has to send its body (default %(default)s)")  # fmt: skip
+    p.add_argument("--tls-client-name", action="append", metavar="NAME",
+                   help=f"with --tls-ca: a client-certificate identity (SAN) to accept, repeatable; '*' for any "
+                   f"(default: {', '.join(default_clients)})")  # fmt: skip
+
+
+def http_limits(args: argparse.Namespace, default_clients: tuple[str, ...]):
+    from pydantic import ValidationError
+
+    from fleettwin.live.http_guard import HttpLimits
+    from fleettwin.models.errors import ConfigError
+
+    clients = tuple(args.tls_client_name) if args.tls_client_name else default_clients
+    try:
+        return HttpLimits(max_body_bytes=args.max_body_bytes, header_timeout_s=args.header_timeout,
+                          body_timeout_s=args.body_timeout, allowed_clients=clients if args.tls_ca else None)  # fmt: skip
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        flag = {"max_body_bytes": "--max-body-bytes", "header_timeout_s": "--header-timeout",
+                "body_timeout_s": "--body-timeout"}.get(str(err["loc"][0]), str(err["loc"][0]))  # fmt: skip
+        raise ConfigError(f"{flag}: {err['msg']}") from None
+
+
 def build_spec(args: argparse.Namespace):
     """The emulator's limits and performance model, resolved exactly as ``fleettwin simulate`` resolves a pool."""
     from pydantic import ValidationError
@@ -70,7 +110,8 @@ def build_spec(args: argparse.Namespace):
     try:
         engine = EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                               max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
-                              num_gpu_blocks=args.num_gpu_blocks)  # fmt: skip
+                              num_gpu_blocks=args.num_gpu_blocks,
+                              enable_prefix_caching=args.enable_prefix_caching)  # fmt: skip
         perf = PolicyRef(name=args.perf_model, params=dict(parse_override(kv) for kv in args.perf_param))
         cfg = PoolConfig(name="emulator", gpu=args.gpu, model=args.model, replicas=1, tp=args.tp, engine=engine,
                          perf_model=perf)  # fmt: skip
@@ -84,6 +125,7 @@ def build_spec(args: argparse.Namespace):
         legacy_metrics=args.legacy_metrics, gpu_memory_utilization=args.gpu_memory_utilization,
         description=f"{rp.llm.id} on {rp.tp}x {rp.gpu.id}, {rp.limits.num_blocks} KV blocks, "
         f"max_model_len {rp.limits.max_model_len}, perf {rp.perf.describe()}",
+        vocab_size=rp.llm.vocab_size, http=http_limits(args, DEFAULT_CLIENTS),
     )  # fmt: skip
 
 

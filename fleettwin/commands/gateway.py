@@ -17,7 +17,9 @@ A request is authenticated (Authorization: Bearer <API key or HS256 JWT>), check
 (models, tools, document collections, max_tokens), sanitised (prompt injection, secrets, PII: block, strip,
 redact or log per detector), admitted by the tenant's quotas (requests/s, tokens/s, concurrent) and proxied
 to a backend; refusals are OpenAI-style errors (401, 403, 400, 429 with Retry-After). Every decision is a line
-in the audit log. See docs/gateway.md."""
+in the audit log. Before all that, the policy's limits apply (body size 413, header and body timeouts 408,
+strict JSON 400); large bodies are examined in worker processes. See docs/gateway.md and docs/live.md
+(Limits and hardening)."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

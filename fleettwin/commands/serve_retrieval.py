@@ -19,7 +19,10 @@ POST /v1/retrieve {"collection": "docs", "query": "..." | "vector": [...], "k": 
 scores and (when stored) passages of the top k; GET /v1/collections lists them; /health and /metrics are open.
 --build NAME=FOLDER splits FOLDER's .md/.txt files into paragraphs, embeds them (--embedder, default hashing:
 no model, no download) and saves STORE_DIR/NAME.faiss with its metadata, embedder and passages beside it.
-See docs/live.md (Retrieval service) and docs/gateway.md (Zero-trust links)."""
+With --tls-ca, only client certificates naming one of --tls-client-name (default: gateway, controller) are
+accepted. See docs/live.md (Retrieval service) and docs/gateway.md (Zero-trust links)."""
+
+DEFAULT_CLIENTS = ("gateway", "controller")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -48,6 +51,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tls-cert", help="PEM certificate: serve HTTPS")
     p.add_argument("--tls-key", help="PEM private key for --tls-cert")
     p.add_argument("--tls-ca", help="PEM CA: require client certificates signed by it (mTLS)")
+    from fleettwin.commands.emulate import add_limit_args
+
+    add_limit_args(p, DEFAULT_CLIENTS)
     p.set_defaults(func=run)
 
 
@@ -69,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
     from fleettwin.models.errors import ConfigError
 
     check_server_files(args.tls_cert, args.tls_key, args.tls_ca)
+    from fleettwin.commands.emulate import http_limits
+
+    limits = http_limits(args, DEFAULT_CLIENTS)
     token = None
     if args.token_env:
         token = os.environ.get(args.token_env)
@@ -96,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     if args.build_only:
         return 0
     collections = {name: load_collection(name, path) for name, path in served}
-    app = create_retrieval_app(collections, token=token)
+    app = create_retrieval_app(collections, token=token, limits=limits)
     from fleettwin.live.server import serve
 
     def ready(url: str) -> None:

@@ -5,6 +5,11 @@ A credential with two dots is treated as a JWT, anything else as an API key. JWT
 with ``hmac`` (PyJWT is not a dependency) and is deliberately narrow: only ``alg: HS256`` is accepted (never
 ``none``, never an algorithm the token itself picks), the signature is compared in constant time, and ``exp``,
 ``nbf``, ``iss`` and ``aud`` are checked as RFC 7519 section 4.1 describes, with a small leeway for clock skew.
+A header with ``crit`` names extensions the recipient must understand or reject the token (RFC 7515 section
+4.1.11); this verifier understands none, so such a token is refused.
+
+A tenant authenticates only the ways its policy allows (``tenants.<name>.auth``): a JWT naming a tenant that
+uses API keys is refused, as is an API key of a JWT-only tenant.
 """
 
 from __future__ import annotations
@@ -70,6 +75,8 @@ def decode_hs256(token: str, secret: bytes, *, now: float, leeway_s: float = 0.0
         raise JwtError("token header is not JSON") from None
     if not isinstance(header, dict) or header.get("alg") != "HS256":
         raise JwtError(f"token algorithm must be HS256, got {header.get('alg') if isinstance(header, dict) else '?'}")
+    if "crit" in header:  # RFC 7515 4.1.11: critical extensions this verifier does not implement
+        raise JwtError("token header has a 'crit' parameter naming extensions this gateway does not understand")
     expected = hmac.new(secret, f"{parts[0]}.{parts[1]}".encode(), hashlib.sha256).digest()
     if not hmac.compare_digest(expected, b64url_decode(parts[2])):
         raise JwtError("token signature does not verify")
@@ -106,7 +113,7 @@ class Authenticator:
 
     def __init__(self, cfg: GatewayConfig, clock: Callable[[], float] = time.time):
         self._by_hash = {k: name for name, t in cfg.tenants.items() for k in t.api_keys}
-        self._tenants = set(cfg.tenants)
+        self._methods = {name: t.auth_methods for name, t in cfg.tenants.items()}
         self._jwt: Jwt | None = cfg.jwt
         self._secret = cfg.jwt.secret() if cfg.jwt is not None else b""
         self._clock = clock
@@ -120,6 +127,8 @@ class Authenticator:
         tenant = self._by_hash.get(stored)
         if tenant is None:
             raise Unauthenticated("Incorrect API key provided.")
+        if "api_key" not in self._methods[tenant]:
+            raise Unauthenticated(f"Tenant '{tenant}' does not authenticate with API keys.")
         return Principal(tenant=tenant, method="api_key", key_id=stored[7:19])
 
     def _from_jwt(self, token: str) -> Principal:
@@ -132,8 +141,10 @@ class Authenticator:
         except JwtError as exc:
             raise Unauthenticated(f"Invalid bearer token: {exc}.") from None
         tenant = claims.get(j.tenant_claim)
-        if not isinstance(tenant, str) or tenant not in self._tenants:
+        if not isinstance(tenant, str) or tenant not in self._methods:
             raise Unauthenticated(f"Invalid bearer token: claim {j.tenant_claim!r} does not name a known tenant.")
+        if "jwt" not in self._methods[tenant]:
+            raise Unauthenticated(f"Invalid bearer token: tenant '{tenant}' does not authenticate with JWTs.")
         return Principal(tenant=tenant, method="jwt", key_id=str(claims.get("sub", ""))[:64])
 
 

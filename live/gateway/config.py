@@ -17,6 +17,12 @@
     backend_tls: {ca: certs/ca.pem, cert: certs/gateway-client.pem, key: certs/gateway-client.key}
     retrieval: {url: "https://127.0.0.1:9100", token_env: FLEETTWIN_RETRIEVAL_TOKEN}   # POST /v1/retrieve
     audit_log: gateway-audit.jsonl
+    limits: {max_body_bytes: 8388608, header_timeout_s: 10, body_timeout_s: 30}
+
+A tenant authenticates only the ways its ``auth`` allows (default: ``api_key`` when it has keys, else ``jwt``).
+A backend's ``tls_name`` (and ``retrieval.tls_name``) is the identity its server certificate must carry (a SAN),
+checked instead of the URL's host: with certificates from ``fleettwin certs`` that is the component name
+(``emulator``), so an mTLS link cannot be answered by another component's server.
 
 Relative paths are resolved against the file's folder. A bad file is one ``ConfigError`` per problem naming the
 file and the field: ``gateway.yaml: tenants.team-a.models[0]: unknown model 'gpt-9'; backends serve: ...``.
@@ -29,11 +35,12 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fleettwin.live.gateway.sanitize import ACTIONS, DEFAULT_ACTIONS, DETECTORS, Action
+from fleettwin.live.http_guard import HttpLimits
 from fleettwin.live.tls import TlsFiles
 from fleettwin.models.config import read_yaml, validated
 from fleettwin.models.errors import ConfigError
@@ -43,6 +50,7 @@ from fleettwin.models.tenancy import request_burst, token_burst  # one default f
 _HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 KEY_PREFIX = "ft-"
 ANY = "*"
+AuthMethod = Literal["api_key", "jwt"]
 
 
 class _Frozen(BaseModel):
@@ -81,6 +89,7 @@ class Quotas(_Frozen):
 
 class Tenant(_Frozen):
     api_keys: tuple[str, ...] = ()
+    auth: tuple[AuthMethod, ...] | None = None  # how it may authenticate; None: api_key if it has keys, else jwt
     models: tuple[str, ...] = Field(min_length=1)
     tools: tuple[str, ...] = ()
     collections: tuple[str, ...] = ()
@@ -105,6 +114,12 @@ class Tenant(_Frozen):
         names = getattr(self, kind)
         return ANY in names or name in names
 
+    @property
+    def auth_methods(self) -> tuple[str, ...]:
+        if self.auth is not None:
+            return self.auth
+        return ("api_key",) if self.api_keys else ("jwt",)
+
 
 class Backend(_Frozen):
     urls: tuple[str, ...] = Field(min_length=1)
@@ -112,6 +127,7 @@ class Backend(_Frozen):
     token_env: str | None = None  # environment variable holding the backend's bearer token
     router: str = "least_outstanding"
     priority_scheduling: bool = False  # forward the tenant's priority (vLLM --scheduling-policy priority)
+    tls_name: str | None = None  # the identity (SAN) the backends' server certificates must carry
 
     @field_validator("urls")
     @classmethod
@@ -148,6 +164,7 @@ class RetrievalService(_Frozen):
     url: str
     token_env: str | None = None  # environment variable holding the service's bearer token
     tls: TlsFiles | None = None
+    tls_name: str | None = None  # the identity (SAN) the service's server certificate must carry
 
     @field_validator("url")
     @classmethod
@@ -202,6 +219,9 @@ class GatewayConfig(_Frozen):
     retrieval: RetrievalService | None = None
     audit_log: Path = Path("gateway-audit.jsonl")
     timeout_s: float = Field(300.0, gt=0)
+    limits: HttpLimits = HttpLimits()
+    check_workers: int = Field(2, ge=1, le=64)  # processes that check bodies over inline_check_bytes
+    inline_check_bytes: int = Field(32 * 1024, ge=0)  # smaller bodies are checked on the event loop
 
     @field_validator("detectors")
     @classmethod
@@ -227,6 +247,10 @@ class GatewayConfig(_Frozen):
                 owners[k] = name
             if not t.api_keys and self.jwt is None:
                 raise ValueError(f"tenants.{name}: no api_keys and no jwt section, so nobody can use it")
+            if "api_key" in t.auth_methods and not t.api_keys:
+                raise ValueError(f"tenants.{name}.auth: api_key is allowed but the tenant has no api_keys")
+            if "jwt" in t.auth_methods and self.jwt is None:
+                raise ValueError(f"tenants.{name}.auth: jwt is allowed but the file has no jwt section")
         return self
 
     def actions_for(self, tenant: str) -> dict[str, str]:

@@ -1,25 +1,35 @@
 """The gateway's decision for one request, separate from acting on it.
 
-``Gatekeeper.check(route, headers, raw_body)`` runs authentication, authorization, sanitisation and admission
-in that order and returns an ``Admitted`` record (the body to forward, already rewritten) or raises
-``Refused`` (the OpenAI-style error to answer, with the reason, tenant and detector hits for the audit log).
-No I/O happens here, so the checks can be timed alone (``benchmarks/bench_gateway.py``) and reused by a
-simulated gateway stage.
+Three steps, so that the CPU-heavy one can leave the event loop:
+
+1. ``Gatekeeper.authenticate(headers)``: who is calling (cheap; on the loop).
+2. ``examine(...)``: parse the body strictly (``http_guard.strict_json``), read what it asks for, check it
+   against the tenant's rules, run the detectors and write the body the backend gets. Pure: bytes in, a
+   picklable ``Examined`` or ``Rejected`` out, so ``offload.py`` can run it in a worker process for large
+   bodies (the detectors are regular expressions that hold the GIL: a thread would not free the loop).
+3. ``Gatekeeper.admit(...)``: the tenant's quotas (mutable state; on the loop).
+
+``Gatekeeper.check(route, headers, raw)`` runs all three inline (``benchmarks/bench_gateway.py`` times it) and
+returns an ``Admitted`` record or raises ``Refused`` (the OpenAI-style error to answer, with the reason, tenant
+and detector hits for the audit log).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleettwin.live.api_error import ApiError
 from fleettwin.live.gateway.auth import Authenticator, Principal
 from fleettwin.live.gateway.authz import authorize, inspect
 from fleettwin.live.gateway.config import Backend, GatewayConfig
 from fleettwin.live.gateway.quota import TenantLimiter, Ticket, retry_after_header
 from fleettwin.live.gateway.sanitize import ContextBlocked, Hit, Sanitizer, sanitize_body
-from fleettwin.live.protocol import ApiError, chat_tokens_of, parse_json
+from fleettwin.live.http_guard import strict_json
+from fleettwin.live.protocol import chat_tokens_of
 
 COMPLETIONS, CHAT = "completions", "chat.completions"
 
@@ -36,16 +46,46 @@ class Refused(Exception):
         self.hits, self.headers = hits or [], headers or {}
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Examined:
+    """A body that passed the tenant's rules and the detectors, as the backend will get it."""
+
+    model: str
+    body: bytes  # JSON, rewritten: the backend's model name, the enforced budget, usage on streams, ...
+    stream: bool
+    client_wants_usage: bool  # the gateway always asks for streamed usage; it drops the chunk if not wanted
+    prompt_tokens: int  # the gateway's estimate (backends report the exact count in usage)
+    max_tokens: int | None
+    hits: tuple[Hit, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rejected:
+    """Why ``examine`` refused a body (picklable, unlike ``Refused``)."""
+
+    status: int
+    message: str
+    param: str | None
+    type: str
+    reason: str
+    model: str | None
+    hits: tuple[Hit, ...] = ()
+
+    def refused(self, principal: Principal) -> Refused:
+        err = ApiError(self.status, self.message, param=self.param, type=self.type)
+        return Refused(err, self.reason, principal=principal, model=self.model, hits=list(self.hits))
+
+
 @dataclass(kw_only=True)
 class Admitted:
     principal: Principal
     route: str
     model: str
     backend: Backend
-    body: dict[str, Any]  # what the backend gets
+    body: bytes  # what the backend gets (JSON)
     stream: bool
-    client_wants_usage: bool  # the gateway always asks for streamed usage; it drops the chunk if not wanted
-    prompt_tokens: int  # the gateway's estimate (backends report the exact count in usage)
+    client_wants_usage: bool
+    prompt_tokens: int
     max_tokens: int | None
     ticket: Ticket
     hits: list[Hit] = field(default_factory=list)
@@ -56,50 +96,76 @@ def _reason(err: ApiError) -> str:
     return {401: "unauthenticated", 403: "forbidden", 404: "not_found"}.get(err.status, "bad_request")
 
 
+def examine(cfg: GatewayConfig, sanitizer: Sanitizer, tenant: str, route: str, raw: bytes) -> Examined | Rejected:
+    """Parse, authorize, sanitise and rewrite one body for ``tenant`` (no I/O, no shared state)."""
+    chat, model, hits = route == CHAT, None, []
+    try:
+        body = strict_json(raw, max_depth=cfg.limits.max_json_depth)
+        if not isinstance(body, dict):
+            raise ApiError(400, "request body must be a JSON object")
+        view = inspect(body, chat=chat)
+        model = view.model
+        max_tokens = authorize(cfg, tenant, view, chat=chat)
+        hits = sanitize_body(body, chat, sanitizer)
+    except ContextBlocked as exc:
+        return Rejected(status=400, message=f"The request was blocked by the gateway's context policy: {exc}.",
+                        param=exc.hit.where.split("[")[0].split(".")[0], type="BadRequestError",
+                        reason="blocked", model=model, hits=tuple(exc.hits))  # fmt: skip
+    except ApiError as exc:
+        return Rejected(status=exc.status, message=exc.message, param=exc.param, type=exc.type,
+                        reason=_reason(exc), model=model, hits=tuple(hits))  # fmt: skip
+    prompt = chat_tokens_of(body["messages"]) if chat else view.prompt_tokens  # documents count too
+    backend = cfg.backends[model]
+    stream, wants = _rewrite(body, view.max_tokens, max_tokens, backend, cfg.tenants[tenant].priority, model)
+    data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    return Examined(model=model, body=data, stream=stream, client_wants_usage=wants, prompt_tokens=prompt,
+                    max_tokens=max_tokens, hits=tuple(hits))  # fmt: skip
+
+
 class Gatekeeper:
     def __init__(self, cfg: GatewayConfig, *, clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time):  # fmt: skip
         self.cfg = cfg
         self.auth = Authenticator(cfg, clock=wall_clock)
         self.limiters = {name: TenantLimiter(name, t.quotas, clock) for name, t in cfg.tenants.items()}
-        self._sanitizers = {name: Sanitizer(cfg.actions_for(name)) for name in cfg.tenants}
+        self.sanitizers = {name: Sanitizer(cfg.actions_for(name)) for name in cfg.tenants}
 
-    def check(self, route: str, headers: Mapping[str, str], raw: bytes) -> Admitted:
-        t0 = time.perf_counter()
-        chat = route == CHAT
-        principal: Principal | None = None
-        model: str | None = None
-        hits: list[Hit] = []
+    def authenticate(self, headers: Mapping[str, str]) -> Principal:
         try:
-            principal = self.auth.authenticate(headers)
-            tenant = principal.tenant
-            body = parse_json(raw)
-            view = inspect(body, chat=chat)
-            model = view.model
-            max_tokens = authorize(self.cfg, tenant, view, chat=chat)
-            hits = sanitize_body(body, chat, self._sanitizers[tenant])
-        except ContextBlocked as exc:
-            err = ApiError(400, f"The request was blocked by the gateway's context policy: {exc}.",
-                           param=exc.hit.where.split("[")[0].split(".")[0])  # fmt: skip
-            raise Refused(err, "blocked", principal=principal, model=model, hits=exc.hits) from None
+            return self.auth.authenticate(headers)
         except ApiError as exc:
-            raise Refused(exc, _reason(exc), principal=principal, model=model, hits=hits) from None
-        prompt = chat_tokens_of(body["messages"]) if chat else view.prompt_tokens  # documents count too
-        got = self.limiters[tenant].admit(prompt + (max_tokens or 0))
+            raise Refused(exc, _reason(exc)) from None
+
+    def examine(self, principal: Principal, route: str, raw: bytes) -> Examined:
+        got = examine(self.cfg, self.sanitizers[principal.tenant], principal.tenant, route, raw)
+        if isinstance(got, Rejected):
+            raise got.refused(principal)
+        return got
+
+    def admit(self, principal: Principal, route: str, ex: Examined, check_s: float = 0.0) -> Admitted:
+        """Take the request's quota (all limits at once, or none); raises ``Refused`` (429, or 400 for a
+        request larger than the tenant's burst)."""
+        tenant, hits = principal.tenant, list(ex.hits)
+        got = self.limiters[tenant].admit(ex.prompt_tokens + (ex.max_tokens or 0))
         if not isinstance(got, Ticket):
             if got.reason == "too_large":
                 err = ApiError(400, got.message[0].upper() + got.message[1:] + ".", param="max_tokens")
-                raise Refused(err, "quota", principal=principal, model=model, hits=hits)
+                raise Refused(err, "quota", principal=principal, model=ex.model, hits=hits)
             err = ApiError(429, f"Rate limit reached: {got.message}. Retry after {got.retry_after_s:.2f} s.",
                            type="RateLimitError")  # fmt: skip
-            raise Refused(err, "quota", principal=principal, model=model, hits=hits,
+            raise Refused(err, "quota", principal=principal, model=ex.model, hits=hits,
                           headers={"Retry-After": retry_after_header(got.retry_after_s)})  # fmt: skip
-        backend = self.cfg.backends[model]
-        stream, wants_usage = _rewrite(body, view.max_tokens, max_tokens, backend, self.cfg.tenants[tenant].priority,
-                                       model)  # fmt: skip
-        return Admitted(principal=principal, route=route, model=model, backend=backend, body=body, stream=stream,
-                        client_wants_usage=wants_usage, prompt_tokens=prompt, max_tokens=max_tokens, ticket=got,
-                        hits=hits, check_s=time.perf_counter() - t0)  # fmt: skip
+        return Admitted(principal=principal, route=route, model=ex.model, backend=self.cfg.backends[ex.model],
+                        body=ex.body, stream=ex.stream, client_wants_usage=ex.client_wants_usage,
+                        prompt_tokens=ex.prompt_tokens, max_tokens=ex.max_tokens, ticket=got, hits=hits,
+                        check_s=check_s)  # fmt: skip
+
+    def check(self, route: str, headers: Mapping[str, str], raw: bytes) -> Admitted:
+        """All three steps inline."""
+        t0 = time.perf_counter()
+        principal = self.authenticate(headers)
+        ex = self.examine(principal, route, raw)
+        return self.admit(principal, route, ex, time.perf_counter() - t0)
 
     def release(self, admitted: Admitted, used_tokens: float | None) -> None:
         self.limiters[admitted.principal.tenant].release(admitted.ticket, used_tokens)
@@ -122,4 +188,3 @@ def _rewrite(body: dict[str, Any], asked: int | None, enforced: int | None, back
     if backend.priority_scheduling:
         body["priority"] = priority
     return stream, wants
-

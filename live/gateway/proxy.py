@@ -1,6 +1,8 @@
 """The way to the backends: one pooled httpx client (presenting the gateway's client certificate when the
-backends require mTLS), a replica router per model over the gateway's own in-flight counts, and an SSE relay
-that passes events through as they arrive while reading the usage the gateway needs for token quotas.
+backends require mTLS, and checking that each backend's certificate names the component expected there:
+``backends.<model>.tls_name``), a replica router per model over the gateway's own in-flight counts, and an SSE
+relay that passes events through as they arrive while reading the usage the gateway needs for token quotas and
+putting back the model name the client asked for (``ModelName``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import httpx
 from fleettwin.live.gateway.config import Backend, GatewayConfig
 from fleettwin.live.gateway.pipeline import Admitted
 from fleettwin.live.metrics import InFlightView
-from fleettwin.live.tls import client_context
+from fleettwin.live.tls import client_context, transport_reason
 from fleettwin.models.routing import REPLICA_ROUTERS
 from fleettwin.models.workload.request import Request
 
@@ -74,6 +76,7 @@ class Upstreams:
 
     def __init__(self, cfg: GatewayConfig):
         self.verify = backend_tls(cfg)
+        self.presents_cert = cfg.backend_tls is not None and cfg.backend_tls.cert is not None
         self.timeout_s = cfg.timeout_s
         self.pools: dict[str, Pool] = {}
         for model, b in cfg.backends.items():
@@ -95,12 +98,37 @@ class Upstreams:
     def send(self, a: Admitted, url: str, request_id: str, *, stream: bool):
         """The backend's response (a coroutine); raises ``httpx.HTTPError`` when it cannot be reached."""
         path = "/v1/chat/completions" if a.route == "chat.completions" else "/v1/completions"
-        headers = {**self.pools[a.model].headers, "x-request-id": request_id}
-        req = self.http.build_request("POST", url + path, json=a.body, headers=headers)
+        headers = {**self.pools[a.model].headers, "x-request-id": request_id, "content-type": "application/json"}
+        # sni_hostname: the name the backend's certificate is verified against (instead of the URL's host)
+        ext = {"sni_hostname": a.backend.tls_name} if a.backend.tls_name and url.startswith("https://") else {}
+        req = self.http.build_request("POST", url + path, content=a.body, headers=headers, extensions=ext)
         return self.http.send(req, stream=stream)
 
+    def unreachable(self, exc: httpx.HTTPError, url: str) -> str:
+        """Why a backend did not answer, naming TLS (and the reason) when the handshake is why."""
+        return transport_reason(exc, url, presented_cert=self.presents_cert)
 
-async def relay(r: httpx.Response, usage: Usage, *, keep_usage_chunk: bool) -> AsyncIterator[bytes]:
+
+class ModelName:
+    """Puts the model name the client asked for back into a backend's answer, where the backend wrote the name
+    it serves under (``backends.<model>.served_model``): a bytes substitution of the ``"model"`` field, cheap
+    enough for every SSE chunk."""
+
+    def __init__(self, served: str | None, asked: str):
+        self._pattern = None
+        if served and served != asked:
+            name = re.escape(json.dumps(served).encode())
+            self._pattern = re.compile(rb'("model"\s*:\s*)' + name)
+            self._by = json.dumps(asked).encode().replace(b"\\", b"\\\\")
+
+    def __call__(self, data: bytes) -> bytes:
+        if self._pattern is None:
+            return data
+        return self._pattern.sub(rb"\g<1>" + self._by, data)
+
+
+async def relay(r: httpx.Response, usage: Usage, *, keep_usage_chunk: bool,
+                rename: ModelName | None = None) -> AsyncIterator[bytes]:  # fmt: skip
     """SSE bytes from the backend, passed on as they arrive, cut only at event boundaries. Only events that
     mention ``"usage"`` are parsed (per-token events are passed through untouched: the relay's cost per token
     is a bytes search); the usage-only chunk (``choices: []``) the gateway asked for on the client's behalf is
@@ -113,11 +141,11 @@ async def relay(r: httpx.Response, usage: Usage, *, keep_usage_chunk: bool) -> A
             ready, buf = buf[:cut], buf[cut:]
             out = _complete(ready, usage, keep_usage_chunk)
             if out:
-                yield out
+                yield rename(out) if rename else out
     if buf.strip():
         out = _complete(buf, usage, keep_usage_chunk)
         if out:
-            yield out
+            yield rename(out) if rename else out
 
 
 def _last_boundary(buf: bytes) -> int:

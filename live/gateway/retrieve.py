@@ -16,12 +16,14 @@ from typing import Any
 
 import httpx
 
+from fleettwin.live.api_error import ApiError
 from fleettwin.live.gateway.auth import Principal
 from fleettwin.live.gateway.authz import Forbidden
 from fleettwin.live.gateway.config import GatewayConfig
 from fleettwin.live.gateway.pipeline import Gatekeeper, Refused, _reason
 from fleettwin.live.gateway.quota import Ticket, retry_after_header
-from fleettwin.live.protocol import ApiError, parse_json
+from fleettwin.live.http_guard import strict_json
+from fleettwin.live.retrieval_api import parse_request
 from fleettwin.live.tls import client_context, transport_reason
 
 RETRIEVE = "retrieve"
@@ -40,10 +42,11 @@ def check_retrieval(gate: Gatekeeper, headers: Mapping[str, str], raw: bytes) ->
     principal = collection = None
     try:
         principal = gate.auth.authenticate(headers)
-        body = parse_json(raw)
-        collection = body.get("collection")
+        body = strict_json(raw, max_depth=gate.cfg.limits.max_json_depth)
+        collection = body.get("collection") if isinstance(body, dict) else None
         if not isinstance(collection, str) or not collection:
             raise ApiError(400, "collection is required (a string naming a retrieval collection)", param="collection")
+        parse_request(body)  # the service's own rules: a malformed search never leaves the gateway
         if not gate.cfg.tenants[principal.tenant].allows("collections", collection):
             raise Forbidden(f"Tenant '{principal.tenant}' may not search collection '{collection}'.", "collection")
         if gate.cfg.retrieval is None:
@@ -65,7 +68,7 @@ class RetrievalUpstream:
     def __init__(self, cfg: GatewayConfig):
         r = cfg.retrieval
         assert r is not None
-        self.url, self.timeout_s = r.url, cfg.timeout_s
+        self.url, self.timeout_s, self.tls_name = r.url, cfg.timeout_s, r.tls_name
         tls = r.tls or cfg.backend_tls
         self.verify = client_context(tls, where="retrieval.tls" if r.tls else "backend_tls")
         self.presents_cert = tls is not None and tls.cert is not None
@@ -86,5 +89,7 @@ class RetrievalUpstream:
 
     async def send(self, body: dict[str, Any], request_id: str) -> httpx.Response:
         """The service's answer; raises ``httpx.HTTPError`` when it cannot be reached."""
-        return await self.http.post(f"{self.url}/v1/retrieve", json=body,
-                                    headers={**self.headers, "x-request-id": request_id})  # fmt: skip
+        ext = {"sni_hostname": self.tls_name} if self.tls_name and self.url.startswith("https://") else {}
+        req = self.http.build_request("POST", f"{self.url}/v1/retrieve", json=body, extensions=ext,
+                                      headers={**self.headers, "x-request-id": request_id})  # fmt: skip
+        return await self.http.send(req)

@@ -143,6 +143,48 @@ class ApiKey(_Regex):
     )
 
 
+@DETECTORS.register("gcp_api_key")
+class GcpApiKey(_Regex):
+    """Google Cloud / Firebase API keys: ``AIza`` and 35 more characters."""
+
+    category, order = "secret", 25
+    pattern = re.compile(r"\bAIza[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-])")
+
+
+@DETECTORS.register("stripe_key")
+class StripeKey(_Regex):
+    """Stripe secret and restricted keys, live or test (``sk_live_...``, ``rk_test_...``); publishable keys
+    (``pk_``) are public by design."""
+
+    category, order = "secret", 26
+    pattern = re.compile(r"\b(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{10,}")
+
+
+@DETECTORS.register("password")
+class PasswordAssignment(_Regex):
+    """A credential written as an assignment, ``password=...``, ``secret: "..."``, ``api_key=...``: only the
+    value is matched (a value another detector already redacted is left alone)."""
+
+    category, order = "secret", 27
+    pattern = re.compile(
+        r"(?i:\b(?:password|passwd|passphrase|pwd|secret|client_secret|api[_-]?key|access[_-]?token|auth[_-]?token)"
+        r")\b[\"']?\s*[:=]\s*(?!\[REDACTED)(?P<secret>\"[^\"\n]{1,200}\"|'[^'\n]{1,200}'|[^\s\"',;&]{1,200})"
+    )
+
+
+@DETECTORS.register("iban")
+class Iban(_Regex):
+    """International bank account numbers (country code, check digits, up to 30 more), printed grouped by
+    fours or not, that pass the ISO 13616 mod-97 check. Runs before the card and phone detectors, which would
+    otherwise take its digit groups for theirs."""
+
+    category, order = "pii", 29
+    pattern = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
+
+    def accept(self, matched: str) -> bool:
+        return iban_valid(matched.replace(" ", ""))
+
+
 @DETECTORS.register("credit_card")
 class CreditCard(_Regex):
     """13-19 digits, optionally grouped by spaces or dashes, that pass the Luhn check."""
@@ -192,9 +234,18 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
+def iban_valid(iban: str) -> bool:
+    """ISO 13616: the first four characters moved to the end, letters as 10..35, the number mod 97 is 1."""
+    if not 15 <= len(iban) <= 34 or not iban.isalnum():
+        return False
+    digits = "".join(str(int(c, 36)) for c in iban[4:] + iban[:4])
+    return int(digits) % 97 == 1
+
+
 DEFAULT_ACTIONS: dict[str, Action] = {
     "prompt_injection": "block", "private_key": "redact", "aws_access_key": "redact",
-    "aws_secret_key": "redact", "bearer_token": "redact", "api_key": "redact", "credit_card": "redact",
+    "aws_secret_key": "redact", "bearer_token": "redact", "api_key": "redact", "gcp_api_key": "redact",
+    "stripe_key": "redact", "password": "redact", "iban": "redact", "credit_card": "redact",
     "email": "redact", "us_ssn": "redact", "phone": "redact",
 }  # fmt: skip
 
@@ -248,9 +299,12 @@ UNTRUSTED_PREAMBLE = (
 
 
 def sanitize_body(body: dict[str, Any], chat: bool, sanitizer: Sanitizer) -> list[Hit]:
-    """Clean every text field of a completions / chat body in place and fold ``documents`` (vLLM's RAG
-    extension of chat requests) into the last user message as labelled untrusted data. Returns the hits."""
+    """Clean every text field of a completions / chat body in place — prompts, message contents and names,
+    tool-call arguments, the top-level ``user`` — and fold ``documents`` (vLLM's RAG extension of chat
+    requests) into the last user message as labelled untrusted data. Returns the hits."""
     hits: list[Hit] = []
+    if isinstance(body.get("user"), str):
+        body["user"] = sanitizer.clean(body["user"], "user", hits)
     if not chat:
         prompt = body.get("prompt")
         if isinstance(prompt, str):
@@ -261,13 +315,8 @@ def sanitize_body(body: dict[str, Any], chat: bool, sanitizer: Sanitizer) -> lis
         return hits
     messages = body.get("messages") or []
     for i, m in enumerate(messages):
-        content = m.get("content") if isinstance(m, dict) else None
-        if isinstance(content, str):
-            m["content"] = sanitizer.clean(content, f"messages[{i}].content", hits)
-        elif isinstance(content, list):
-            for j, part in enumerate(content):
-                if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    part["text"] = sanitizer.clean(part["text"], f"messages[{i}].content[{j}].text", hits)
+        if isinstance(m, dict):
+            _message(m, f"messages[{i}]", sanitizer, hits)
     docs = body.pop("documents", None)
     if docs:
         block = untrusted_block([(d.get("collection"), d.get("title"),
@@ -275,6 +324,23 @@ def sanitize_body(body: dict[str, Any], chat: bool, sanitizer: Sanitizer) -> lis
                                  for k, d in enumerate(docs)])  # fmt: skip
         _prepend_to_last_user(messages, block)
     return hits
+
+
+def _message(m: dict[str, Any], where: str, sanitizer: Sanitizer, hits: list[Hit]) -> None:
+    content = m.get("content")
+    if isinstance(content, str):
+        m["content"] = sanitizer.clean(content, f"{where}.content", hits)
+    elif isinstance(content, list):
+        for j, part in enumerate(content):
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                part["text"] = sanitizer.clean(part["text"], f"{where}.content[{j}].text", hits)
+    if isinstance(m.get("name"), str):
+        m["name"] = sanitizer.clean(m["name"], f"{where}.name", hits)
+    calls = m.get("tool_calls")
+    for j, call in enumerate(calls if isinstance(calls, list) else ()):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+            fn["arguments"] = sanitizer.clean(fn["arguments"], f"{where}.tool_calls[{j}].function.arguments", hits)
 
 
 def untrusted_block(docs: list[tuple[str | None, str | None, str]]) -> str:

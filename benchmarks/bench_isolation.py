@@ -1,0 +1,118 @@
+"""One tenant's huge or hung requests against another tenant's latency, through the gateway (issue 16, defects 2
+and 3), with every party its own process: an emulator (``fleettwin emulate``, constant 1 ms steps), a gateway in
+front of it (two tenants, every detector on), a sender of 50 MB bodies (with a Content-Length, then chunked, in
+a loop) and this process, a bystander tenant sending small non-streamed requests one after another.
+
+Reported per phase (``quiet``: the bystander alone; ``50MB``: while the sender runs): the bystander's request
+count and latency p50/p99/max, and the sender's answers. Only public commands and HTTP are used, so the same
+script measures an older checkout too (put its package first on ``PYTHONPATH``).
+
+    .venv/bin/python benchmarks/bench_isolation.py --seconds 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+KEYS = {"big": "bench-big-0123456789", "small": "bench-small-0123456789"}
+SENDER = r"""
+import json, sys, time, httpx
+url, key, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+big = json.dumps({"model": "llama-3-8b", "prompt": "x" * (50 * 2**20)}).encode()
+out, t_end = [], time.monotonic() + seconds
+with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}", "content-type": "application/json"},
+                  timeout=120) as c:
+    while time.monotonic() < t_end:
+        for content in (big, (big[i : i + 2**20] for i in range(0, len(big), 2**20))):
+            t0 = time.monotonic()
+            try:
+                status = c.post("/v1/completions", content=content).status_code
+            except httpx.TransportError as exc:
+                status = type(exc).__name__
+            out.append([status, round(time.monotonic() - t0, 3)])
+print(json.dumps(out))
+"""
+
+
+def start(cmd: list[str], pattern: str, env: dict) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    line = proc.stdout.readline()
+    found = re.search(pattern, line)
+    if not found:
+        proc.kill()
+        raise RuntimeError(f"{cmd[3:5]} did not start: {line!r} {proc.stderr.read()[-500:]}")
+    return proc, found.group(1)
+
+
+def bystander(url: str, seconds: float) -> list[float]:
+    lat: list[float] = []
+    body = {"model": "llama-3-8b", "prompt": "hello there", "max_tokens": 1}
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEYS['small']}"}, timeout=120) as c:
+        c.post("/v1/completions", json=body)
+        t_end = time.monotonic() + seconds
+        while time.monotonic() < t_end:
+            t0 = time.perf_counter()
+            r = c.post("/v1/completions", json=body)
+            lat.append(time.perf_counter() - t0)
+            if r.status_code != 200:
+                raise RuntimeError(f"bystander got {r.status_code}: {r.text[:200]}")
+            time.sleep(0.01)
+    return lat
+
+
+def summary(lat: list[float]) -> dict:
+    ms = np.array(lat) * 1e3
+    return {"requests": len(ms), "p50_ms": round(float(np.median(ms)), 1),
+            "p99_ms": round(float(np.quantile(ms, 0.99)), 1), "max_ms": round(float(ms.max()), 1)}  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=float, default=8.0, help="length of each phase (default %(default)s)")
+    p.add_argument("--out", type=Path, help="write the results as JSON")
+    args = p.parse_args()
+    exe = [sys.executable, "-m", "fleettwin.cli"]
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory() as tmp:
+        from fleettwin.live.gateway.config import hash_key  # noqa: PLC0415 - after PYTHONPATH is in effect
+
+        emu, emu_url = start([*exe, "emulate", "--model", "llama-3-8b", "--gpu", "h100-80g", "--port", "0",
+                              "--perf-model", "constant", "--perf-param", "step_s=0.001"], r"at (http://\S+)", env)  # fmt: skip
+        policy = {"tenants": {t: {"api_keys": [hash_key(k)], "models": ["llama-3-8b"]} for t, k in KEYS.items()},
+                  "backends": {"llama-3-8b": {"urls": [emu_url]}}, "audit_log": f"{tmp}/audit.jsonl"}  # fmt: skip
+        Path(tmp, "g.yaml").write_text(json.dumps(policy))
+        gw, gw_url = start([*exe, "gateway", "--config", f"{tmp}/g.yaml", "--port", "0"], r"at (http://\S+?)[;,]", env)
+        try:
+            quiet = summary(bystander(gw_url, args.seconds))
+            sender = subprocess.Popen([sys.executable, "-c", SENDER, gw_url, KEYS["big"], str(args.seconds)],
+                                      stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
+            time.sleep(1.0)  # the sender builds its body
+            got: dict = {}
+            t = threading.Thread(target=lambda: got.update(lat=bystander(gw_url, args.seconds)))
+            t.start()
+            out, _ = sender.communicate(timeout=args.seconds * 10 + 120)
+            t.join()
+        finally:
+            for proc in (gw, emu):
+                proc.terminate()
+                proc.wait(10)
+    result = {"quiet": quiet, "50MB": summary(got["lat"]), "sender": json.loads(out)}
+    print(json.dumps(result, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
