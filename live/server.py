@@ -13,6 +13,7 @@ that hangs up on a non-streamed request aborts its generation, as a streaming on
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import itertools
@@ -230,11 +231,15 @@ def create_app(spec: EmulatorSpec, *, tracing: Tracing | None = None) -> FastAPI
             raise ApiError(400, "request body must be a JSON object")
         return body
 
+    frontend = getattr(spec.perf, "frontend_latency_s", None)  # the calibrated model's API-server latency
+
     async def generate(request: Request, chat: bool, span=None) -> Response:
         p = protocol.parse_generation(await body_of(request), chat=chat, served_model=spec.served_model_name,
                                       max_model_len=spec.limits.max_model_len, vocab_size=spec.vocab_size)  # fmt: skip
         tracing.annotate(span, **{"gen_ai.usage.input_tokens": p.prompt_tokens, "gen_ai.request.max_tokens":
                                   p.max_tokens, "fleettwin.stream": p.stream})  # fmt: skip
+        if frontend is not None:  # vLLM's API server (HTTP, tokenisation) as the performance model prices it
+            await asyncio.sleep(frontend(p.prompt_tokens))
         choices = submit_all(state["engine"], p, state["cache"])
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{next(ids)}"
         created = int(time.time())

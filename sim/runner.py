@@ -179,6 +179,7 @@ def simulate(
     front_door: RegionFrontDoor | None = None,
     pre_submit: Sequence[PreSubmitStage] = (),
     spawners: Sequence[RequestSpawner] = (),
+    api_server: bool = True,
 ) -> RawRun:
     """Run ``requests`` (sorted by arrival) through the pools until every request has an outcome.
 
@@ -187,7 +188,9 @@ def simulate(
     the model-to-pool dispatch: it routes each request to a region and delays it by the network. ``pre_submit``
     stages (sim/stages.py: a gateway, quotas) run between a request's arrival and its pool. ``spawners`` create
     requests during the run (agent workflows, sim/workflows.py); theirs take the same path from the moment they
-    are submitted and count in the accounting like the others."""
+    are submitted and count in the accounting like the others. With ``api_server`` (the default) a pool whose
+    performance model prices vLLM's API server (``frontend_latency_s``) has that latency added to its requests'
+    first token and finish, as a client measures them; False for offline engines (vLLM's LLM class)."""
     if mode not in ("skip", "per_iteration"):
         raise ValueError(f"mode must be 'skip' or 'per_iteration', got {mode!r}")
     env = simpy.Environment()
@@ -255,11 +258,29 @@ def simulate(
         raise AssertionError(f"request accounting broken: {log.done} outcomes for {total + spawned[0]} requests")
 
     df = log.to_frame()
+    if api_server:
+        add_frontend_latency(df, specs)
     done = df["status"] == COMPLETED
     end = float(df.loc[done, "finish_s"].max()) if done.any() else float(env.now)
     ts = sampler.to_frame()
     return RawRun(requests=df, timeseries=ts[ts["time_s"] <= end + 1e-9].reset_index(drop=True), pools=pools,
                   end_s=end, events=next(env._eid))  # fmt: skip  # SimPy numbers every scheduled event
+
+
+def add_frontend_latency(df: pd.DataFrame, specs: Sequence[PoolSpec]) -> None:
+    """Client-side times: each pool's API-server latency (HTTP, tokenisation, the first chunk streamed back) added
+    to its requests' first token and finish. Equivalent to delaying arrivals at the engine by it when it is the
+    same for every request; the per-prompt-token part (microseconds) is the approximation."""
+    for spec in specs:
+        frontend = getattr(spec.perf, "frontend_latency_s", None)
+        if frontend is None:
+            continue
+        rows = df["pool"] == spec.name
+        if not rows.any():
+            continue
+        extra = frontend(df.loc[rows, "prompt_tokens"].to_numpy(float))
+        for col in ("first_token_s", "finish_s", "ttft_s", "e2e_s"):
+            df.loc[rows, col] = df.loc[rows, col] + extra
 
 
 def run_scenario(

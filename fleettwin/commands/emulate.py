@@ -55,7 +55,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="(default %(default)s)")
     p.add_argument("--num-gpu-blocks", type=int, help="pin the KV cache size in blocks (vLLM's override)")
     p.add_argument(
-        "--perf-model", default="roofline", help="roofline | profiled | constant (default %(default)s)"
+        "--perf-model", default="auto", help="auto (the simulator's default: calibrated where the GPU has a built-in "
+        "profile, else roofline) | calibrated | roofline | profiled | constant (default %(default)s)"
     )
     p.add_argument("--perf-param", action="append", default=[], metavar="KEY=VALUE",
                    help="performance-model parameter, e.g. step_s=0.02 for constant (repeatable)")  # fmt: skip

@@ -76,14 +76,10 @@ def replay(run: MeasuredRun, perf_model: str = "calibrated", perf_params: Mappin
         users = run.load.concurrency or 1
         stagger = _request_duration_s(rp.perf, lengths, users) / users
         clients = ClosedLoopClients(lengths, users, think_s=frontend or (lambda _p: 0.0), stagger_s=stagger)
-        raw = simulate([], [rp.spec()], spawners=[clients])
+        raw = simulate([], [rp.spec()], spawners=[clients], api_server=run.load.api_server)
     else:
-        raw = simulate(_open_requests(run, seed), [rp.spec()])
-    df = raw.requests
-    if frontend is not None:
-        extra = np.array([frontend(p) for p in df["prompt_tokens"].to_numpy()])
-        for col in ("first_token_s", "finish_s", "ttft_s", "e2e_s"):
-            df[col] = df[col] + extra
+        raw = simulate(_open_requests(run, seed), [rp.spec()], api_server=run.load.api_server)
+    df = raw.requests  # client-side: simulate() added the API server's latency
     if run.load.kind == "closed" and run.load.warmup_requests:
         df = df[df["id"] >= run.load.warmup_requests]
     return df.reset_index(drop=True)
