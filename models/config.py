@@ -90,10 +90,13 @@ class PoolConfig(StrictModel):
 
 
 class WorkloadConfig(BaseModel):
-    """``type`` picks a workload source; the other keys are that source's parameters."""
+    """``type`` picks a workload source; the other keys are that source's parameters, except the two that
+    reshape any source without compressing time (models/workload/reshape.py)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
     type: str
+    rate_scale: float = Field(1.0, gt=0, allow_inf_nan=False)  # x the request rate: shifted copies / thinning
+    loop_to_s: float | None = Field(None, gt=0, allow_inf_nan=False)  # repeat the window to this many seconds
 
     @property
     def params(self) -> dict[str, Any]:
@@ -107,9 +110,27 @@ class WorkloadConfig(BaseModel):
         return self
 
 
-class SloConfig(StrictModel):
+class SloConfig(BaseModel):
+    """Two forms side by side: ``ttft_s``/``tpot_s`` bound each request (attainment: the share that meets
+    both); ``<metric>_p<q>_s`` keys are percentile targets over all requests, e.g. ``ttft_p95_s: 2``,
+    ``tpot_p95_s: 0.05``, ``e2e_p99_s: 30`` (metrics ttft, tpot, e2e, queue; p999 is the 99.9th)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
     ttft_s: PositiveFloat = 2.0
     tpot_s: PositiveFloat = 0.2
+
+    @model_validator(mode="after")
+    def _targets_named_well(self) -> SloConfig:
+        from fleettwin.models.slo import parse_target_key
+
+        for key, value in (self.model_extra or {}).items():
+            parse_target_key(key, value, known=list(type(self).model_fields))
+        return self
+
+    @property
+    def targets(self) -> dict[str, float]:
+        """The percentile targets, key -> seconds (``{"ttft_p95_s": 2.0}``), in the file's order."""
+        return {k: float(v) for k, v in (self.model_extra or {}).items()}
 
 
 class SimConfig(StrictModel):
@@ -171,6 +192,12 @@ class ScenarioConfig(StrictModel):
     workflows: WorkflowsConfig | None = None  # agent/RAG workflows beside the workload (models/workload/workflows.py)
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    _source: str = PrivateAttr(default="<scenario>")  # the file, for errors found after loading
+
+    @property
+    def source(self) -> str:
+        """The scenario's file (or what ``parse_scenario`` was told), for messages that name it."""
+        return self._source
 
     @property
     def base_dir(self) -> Path:
@@ -214,9 +241,14 @@ class ScenarioConfig(StrictModel):
             raise ValueError(f"workflows: model {model!r} is not served by any pool ({', '.join(sorted(served))})")
 
     def workload_source(self):
+        from fleettwin.models.workload.reshape import ReshapedSource
         from fleettwin.models.workload.sources import WORKLOADS
 
-        return WORKLOADS.create(self.workload.type, self.workload.params, base_dir=self.base_dir)
+        w = self.workload
+        source = WORKLOADS.create(w.type, w.params, base_dir=self.base_dir)
+        if w.rate_scale != 1.0 or w.loop_to_s is not None:
+            source = ReshapedSource(source, rate_scale=w.rate_scale, loop_to_s=w.loop_to_s)
+        return source
 
     def build_catalog(self):
         from fleettwin.models.catalog import Catalog
@@ -227,7 +259,10 @@ class ScenarioConfig(StrictModel):
             raise ValueError(f"catalog: {exc}") from None
 
 
-def format_errors(source: str, exc: ValidationError) -> str:
+def format_errors(source: str, exc: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """One line per error: ``source: field.path: reason``; a misspelt key of ``model`` gets a hint."""
+    from fleettwin.models.config_hints import did_you_mean, keys_at
+
     lines = []
     for err in exc.errors():
         loc = ""
@@ -235,6 +270,12 @@ def format_errors(source: str, exc: ValidationError) -> str:
             loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
         msg = err["msg"].removeprefix("Value error, ")
         got = f" (got {err['input']!r})" if err["type"] not in ("missing", "value_error") else ""
+        if err["type"] == "extra_forbidden" and model is not None:
+            known = keys_at(model, err["loc"][:-1])
+            if known:
+                hint = did_you_mean(str(err["loc"][-1]), known)
+                msg += hint or f"; expected one of: {', '.join(known)}"
+            got = ""
         lines.append(f"{source}: {loc}: {msg}{got}" if loc else f"{source}: {msg}")
     return "\n".join(lines)
 
@@ -246,13 +287,14 @@ def validated(model: type[M], data: Any, *, source: str, what: str) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_errors(source, exc)) from None
+        raise ConfigError(format_errors(source, exc, model)) from None
 
 
 def parse_scenario(data: Any, *, source: str = "<scenario>", base_dir: Path | None = None) -> ScenarioConfig:
     """Validate an already-parsed scenario mapping (``source`` names it in error messages)."""
     cfg = validated(ScenarioConfig, data, source=source, what="scenario")
     cfg._base_dir = base_dir or Path.cwd()
+    cfg._source = source
     try:  # build the workload source once so a missing trace file fails now, not after set-up
         cfg.workload_source()
     except FleettwinError as exc:
@@ -286,31 +328,61 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> 
 
 
 def _set_dotted(data: Any, dotted: str, value: Any, *, source: str) -> None:
+    """Set ``value`` at ``dotted``: mapping keys, list items by index or by their ``name`` (``pools.chat``),
+    and a named item of a section's list without the list's key (``regions.eu-west-1`` for the item of
+    ``regions.regions`` named eu-west-1)."""
     keys = dotted.split(".")
     node = data
     for depth, key in enumerate(keys):
         last = depth == len(keys) - 1
+        where = ".".join(keys[:depth]) or "the scenario"
         if isinstance(node, list):
-            try:
-                idx = int(key)
-                if last:
-                    node[idx] = value
-                else:
-                    node = node[idx]
-                continue
-            except (ValueError, IndexError):
-                raise ConfigError(f"{source}: override {dotted}: no list item {key!r}") from None
+            idx = _list_index(node, key)
+            if idx is None:
+                names = [str(item["name"]) for item in node if isinstance(item, dict) and "name" in item]
+                from fleettwin.models.config_hints import did_you_mean
+
+                known = f"; names: {', '.join(names)}" if names else ""
+                raise ConfigError(f"{source}: override {dotted}: {where} has no list item {key!r} (an index 0.."
+                                  f"{len(node) - 1} or a name){did_you_mean(key, names)}{known}")  # fmt: skip
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+            continue
         if not isinstance(node, dict):
-            raise ConfigError(f"{source}: override {dotted}: {'.'.join(keys[:depth])} is not a mapping")
+            raise ConfigError(f"{source}: override {dotted}: {where} is not a mapping")
         if last:
             node[key] = value
+        elif key not in node and (item := _named_child(node, key)) is not None:
+            node = item
         else:
             node = node.setdefault(key, {})
 
 
+def _list_index(items: list, key: str) -> int | None:
+    """A list item by index (``0``, ``-1``) or by its ``name``."""
+    try:
+        idx = int(key)
+    except ValueError:
+        named = [i for i, item in enumerate(items) if isinstance(item, dict) and str(item.get("name")) == key]
+        return named[0] if named else None
+    return idx if -len(items) <= idx < len(items) else None
+
+
+def _named_child(node: dict, name: str) -> dict | None:
+    """The item named ``name`` of the one list of named mappings under ``node`` (a section such as
+    ``regions:`` whose entries live in ``regions.regions``)."""
+    lists = [v for v in node.values() if isinstance(v, list) and v and all(isinstance(i, dict) and "name" in i
+                                                                           for i in v)]  # fmt: skip
+    found = [i for lst in lists for i in lst if str(i["name"]) == name]
+    return found[0] if len(found) == 1 else None
+
+
 def parse_override(text: str) -> tuple[str, Any]:
-    """``pools.0.replicas=16`` -> ("pools.0.replicas", 16); the value is read as YAML."""
+    """``pools.chat.replicas=16`` -> ("pools.chat.replicas", 16); the value is read as YAML."""
     key, sep, raw = text.partition("=")
     if not sep or not key:
-        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. pools.0.replicas=16")
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. pools.chat.replicas=16 or "
+                          "pools.0.replicas=16")
     return key.strip(), yaml.safe_load(raw)

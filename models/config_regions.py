@@ -42,6 +42,9 @@ class RegionConfig(BaseModel):
     pools: list[str] = Field(default_factory=list)
     utc_offset_h: float | None = Field(None, ge=-12, le=14)  # default: the package's standard-time offset
     price_multiplier: float = Field(1.0, gt=0, allow_inf_nan=False)  # on the catalog's GPU price, in this region
+    # What-if multiplier on this region's requests, on top of the weights (2: traffic doubles there, the other
+    # regions keep theirs; the workload grows by shifted copies, models/workload/reshape.py)
+    traffic: float = Field(1.0, ge=0, allow_inf_nan=False)
 
 
 class RttConfig(BaseModel):
@@ -117,6 +120,8 @@ class RegionsConfig(BaseModel):
                                  "give its UTC offset")  # fmt: skip
         if self.users is not None and sum(r.weight for r in self.regions) <= 0:
             raise ValueError("regions: at least one region needs a weight > 0 (its share of the users)")
+        if self.users is not None and sum(r.weight * r.traffic for r in self.regions) <= 0:
+            raise ValueError("regions: every region with users has traffic 0: no requests would arrive")
         return self
 
     def rtt_matrix(self) -> RttMatrix:

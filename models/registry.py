@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from fleettwin.models.config_hints import did_you_mean, keys_at
 from fleettwin.models.errors import ConfigError, UnknownNameError
 
 T = TypeVar("T")
@@ -58,7 +59,8 @@ class Registry(Generic[T]):
             return self._classes[name]
         except KeyError:
             raise UnknownNameError(
-                f"unknown {self.kind} {name!r}; expected one of: {', '.join(self.names())}"
+                f"unknown {self.kind} {name!r}{did_you_mean(name, self.names())}; expected one of: "
+                f"{', '.join(self.names())}"
             ) from None
 
     def params_model(self, name: str) -> type[BaseModel]:
@@ -72,10 +74,19 @@ class Registry(Generic[T]):
             return model.model_validate(dict(params or {}))
         except ValidationError as exc:
             details = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or '(params)'}: {err['msg']}" for err in exc.errors()
+                f"{'.'.join(str(p) for p in err['loc']) or '(params)'}: {err['msg']}{_hint(model, err)}"
+                for err in exc.errors()
             )
             raise ConfigError(f"bad parameters for {self.kind} {name!r}: {details}") from None
 
     def create(self, name: str, params: Mapping[str, Any] | BaseModel | None = None, **deps: Any) -> T:
         cls = self.get(name)
         return cls(params=self.validate_params(name, params), **deps)  # type: ignore[call-arg]
+
+
+def _hint(model: type[BaseModel], err: Any) -> str:
+    """A "did you mean" for a misspelt parameter name (``models/config_hints.py``)."""
+    if err["type"] != "extra_forbidden":
+        return ""
+    known = keys_at(model, err["loc"][:-1])
+    return did_you_mean(str(err["loc"][-1]), known) if known else ""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -17,10 +16,20 @@ from fleettwin.models.workload.request import Request
 from fleettwin.sim.pool import Pool
 from fleettwin.sim.scheduler import SeqState
 
-COMPLETED, REJECTED, UNFINISHED = "completed", "rejected", "unfinished"
-# Failure outcomes (sim/failures.py): failed with a reason (retries exhausted), dropped by a policy.
-FAILED, DROPPED = "failed", "dropped"
-PERCENTILES = (50, 95, 99)
+# Outcomes (failed: retries exhausted, dropped by a policy: sim/failures.py) and the summary statistics live in
+# sim/stats.py; re-exported here, where every caller imports them from.
+from fleettwin.sim.stats import (  # noqa: F401
+    COMPLETED,
+    DROPPED,
+    FAILED,
+    PERCENTILES,
+    REJECTED,
+    UNFINISHED,
+    RequestStats,
+    Slo,
+    Values,
+    slo_met,
+)
 
 
 class RequestLog:
@@ -142,58 +151,13 @@ class PoolSampler:
         return pd.DataFrame.from_records(self.rows, columns=list(self.COLUMNS))
 
 
-@dataclass(frozen=True, slots=True)
-class Slo:
-    ttft_s: float
-    tpot_s: float
-
-
 def percentiles(values: pd.Series | np.ndarray) -> dict[str, float]:
-    v = np.asarray(values, dtype=float)
-    v = v[~np.isnan(v)]
-    if v.size == 0:
-        return {"mean": math.nan, **{f"p{p}": math.nan for p in PERCENTILES}}
-    qs = np.percentile(v, PERCENTILES)
-    return {"mean": float(v.mean()), **{f"p{p}": float(q) for p, q in zip(PERCENTILES, qs, strict=True)}}
-
-
-def slo_met(df: pd.DataFrame, slo: Slo) -> pd.Series:
-    """Completed requests whose TTFT and TPOT (where defined) meet the SLO."""
-    tpot_ok = df["tpot_s"].isna() | (df["tpot_s"] <= slo.tpot_s)
-    return (df["status"] == COMPLETED) & (df["ttft_s"] <= slo.ttft_s) & tpot_ok
+    """Mean and p50/p95/p99 of the non-NaN values (NaN when there are none)."""
+    v = Values(exact=True)
+    v.add(np.asarray(values, dtype=float))
+    return v.summary()
 
 
 def latency_summary(df: pd.DataFrame, slo: Slo, duration_s: float) -> dict:
-    """Latency percentiles, throughput and goodput of one set of requests over ``duration_s``."""
-    done = df[df["status"] == COMPLETED]
-    met = slo_met(df, slo)
-    dur = max(duration_s, 1e-9)
-    return {
-        "requests": {
-            "total": int(len(df)),
-            "completed": int(len(done)),
-            "rejected": int((df["status"] == REJECTED).sum()),
-            "unfinished": int((df["status"] == UNFINISHED).sum()),
-            "failed": int((df["status"] == FAILED).sum()),
-            "dropped": int((df["status"] == DROPPED).sum()),
-        },
-        "latency_s": {name: percentiles(done[col]) for name, col in
-                      (("queue", "queue_s"), ("ttft", "ttft_s"), ("tpot", "tpot_s"), ("e2e", "e2e_s"))},  # fmt: skip
-        "throughput": {
-            "requests_per_s": len(done) / dur,
-            "input_tokens_per_s": float(done["prompt_tokens"].sum()) / dur,
-            "output_tokens_per_s": float(done["output_tokens"].sum()) / dur,
-        },
-        "slo": {
-            "ttft_s": slo.ttft_s,
-            "tpot_s": slo.tpot_s,
-            "attainment": float(met.sum() / len(df)) if len(df) else math.nan,
-            "goodput_requests_per_s": float(met.sum()) / dur,
-        },
-        "preemptions": int(done["preemptions"].sum()),
-        "retries": {  # attempts thrown away by failures and the time they cost (sim/failures.py)
-            "requests_retried": int((df["retries"] > 0).sum()) if "retries" in df else 0,
-            "retries": int(df["retries"].sum()) if "retries" in df else 0,
-            "lost_s": float(df["lost_s"].sum()) if "lost_s" in df else 0.0,
-        },
-    }
+    """Latency percentiles, throughput, goodput and SLO targets of one set of requests over ``duration_s``."""
+    return RequestStats(exact=True).add(df, slo).summary(slo, duration_s)

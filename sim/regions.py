@@ -42,6 +42,7 @@ from fleettwin.models.perf.base import BatchStats
 from fleettwin.models.region_routing import REGION_ROUTERS, RegionRouter, RegionView
 from fleettwin.models.regions import RttMatrix
 from fleettwin.models.workload.regional import regional_requests
+from fleettwin.models.workload.reshape import reshape
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.metrics import COMPLETED, RequestLog
 from fleettwin.sim.pool import Pool
@@ -231,7 +232,10 @@ def place_users(cfg: RegionsConfig, requests: Sequence[Request], seed: int) -> l
     u = cfg.users
     if u is None:
         return list(requests)
-    weights = {r.name: r.weight for r in cfg.regions}
+    weights = {r.name: r.weight * r.traffic for r in cfg.regions}
+    scale = sum(weights.values()) / sum(r.weight for r in cfg.regions)
+    if scale != 1.0:  # regions.<name>.traffic: more (or fewer) users there, the others' unchanged
+        requests = reshape(requests, rng=np.random.default_rng([seed, STREAM, 1]), rate_scale=scale)
     return regional_requests(
         requests, weights, cfg.utc_offsets_h(), np.random.default_rng([seed, STREAM]), duration_s=u.duration_s,
         day_s=u.day_s, start_utc_h=u.start_utc_h, peak_local_h=u.peak_local_h, peak_to_trough=u.peak_to_trough,

@@ -20,6 +20,7 @@ from fleettwin.models.routing import REPLICA_ROUTERS
 from fleettwin.models.tenancy import Tenancy
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.metrics import COMPLETED, UNFINISHED, PoolSampler, RequestLog, Slo, latency_summary
+from fleettwin.sim.stats import token_costs
 from fleettwin.sim.pool import Pool
 from fleettwin.sim.prefix_cache import cache_stats, prefix_cache_blocks
 from fleettwin.sim.reference_scheduler import ReferenceScheduler
@@ -472,7 +473,7 @@ def _account_unfinished(pools: list[Pool], log: RequestLog, reason: str) -> None
 def _summarize(cfg: ScenarioConfig, resolved: list[ResolvedPool], raw: RawRun, seed: int, mode: str,
                wall_s: float) -> dict:  # fmt: skip
     df, ts, pools, end = raw.requests, raw.timeseries, raw.pools, raw.end_s
-    slo = Slo(cfg.slo.ttft_s, cfg.slo.tpot_s)
+    slo = Slo.from_config(cfg.slo)  # attainment bounds and percentile targets
     pool_rows = []
     total_gpu_h = total_cost = 0.0
     for rp, pool in zip(resolved, pools, strict=True):
@@ -499,18 +500,20 @@ def _summarize(cfg: ScenarioConfig, resolved: list[ResolvedPool], raw: RawRun, s
             "gpu_hours": gpu_h, "cost_usd": cost, "usd_per_gpu_hour": rp.price_per_gpu_hour,
             **latency_summary(df[df["pool"] == rp.cfg.name], slo, end),
         })  # fmt: skip
+    overall = latency_summary(df, slo, end)
     summary = {
         "scenario": cfg.name,
         "seed": seed,
         "mode": mode,
         "sim_time_s": end,
         "wall_time_s": wall_s,
-        **latency_summary(df, slo, end),
+        **overall,
         "cost": {
             "gpu_hours": total_gpu_h,
             "usd": total_cost,
             "usd_per_hour": total_cost / (end / 3600.0) if end > 0 else 0.0,
-            "usd_per_1k_requests": 1000.0 * total_cost / max(int((df["status"] == COMPLETED).sum()), 1),
+            "usd_per_1k_requests": 1000.0 * total_cost / max(overall["requests"]["completed"], 1),
+            **token_costs(total_cost, overall["throughput"], end),  # $/1M tokens (sim/stats.py)
         },
         "pools": pool_rows,
     }
