@@ -13,7 +13,7 @@ from fleettwin.models.errors import FleettwinError
 
 # Module names under fleettwin.commands, in the order `--help` lists them.
 COMMANDS = [
-    "simulate", "experiment", "sweep", "catalog", "backtest", "calibrate", "calibrate_retrieval",
+    "simulate", "plan", "experiment", "sweep", "catalog", "backtest", "calibrate", "calibrate_retrieval",
     "emulate", "loadgen", "shadow", "validate", "promote", "gateway", "certs", "serve_retrieval",
 ]  # fmt: skip
 

@@ -321,10 +321,16 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> 
     """Read, validate and freeze a scenario YAML file; ``overrides`` maps dotted paths to values
     (``{"pools.0.replicas": 16}``) for what-if runs from the command line."""
     path = Path(path)
-    data = read_yaml(path, "scenario")
+    return parse_scenario(scenario_mapping(path, overrides), source=str(path), base_dir=path.resolve().parent)
+
+
+def scenario_mapping(path: str | Path, overrides: dict[str, Any] | None = None) -> Any:
+    """The parsed YAML of a scenario file with ``overrides`` applied, before validation (what a derived
+    scenario file, such as the planner's recommended.yaml, is written from)."""
+    data = read_yaml(Path(path), "scenario")
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value, source=str(path))
-    return parse_scenario(data, source=str(path), base_dir=path.resolve().parent)
+    return data
 
 
 def _set_dotted(data: Any, dotted: str, value: Any, *, source: str) -> None:

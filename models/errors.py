@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class FleettwinError(Exception):
     """Base class for errors reported to users without a traceback."""
@@ -21,3 +24,23 @@ class TraceFormatError(FleettwinError):
 
 class UnknownNameError(ConfigError):
     """A name (GPU, model, policy) that is not in its catalog or registry."""
+
+
+class PoolFitError(ConfigError):
+    """A pool whose model does not fit its GPUs as configured; ``field_name`` is the pool field to change
+    (``tp``, ``engine.max_model_len``...), so the caller can name the file and the field."""
+
+    def __init__(self, field_name: str, reason: str):
+        self.field_name = field_name
+        super().__init__(reason)
+
+    @staticmethod
+    @contextmanager
+    def field(name: str) -> Iterator[None]:
+        """Re-raise a ConfigError from sizing code as a PoolFitError about ``name``."""
+        try:
+            yield
+        except PoolFitError:
+            raise
+        except ConfigError as exc:
+            raise PoolFitError(name, str(exc)) from None

@@ -42,8 +42,8 @@ from fleettwin.models.perf.base import BatchStats
 from fleettwin.models.region_routing import REGION_ROUTERS, RegionRouter, RegionView
 from fleettwin.models.regions import RttMatrix
 from fleettwin.models.workload.regional import regional_requests
-from fleettwin.models.workload.reshape import reshape
 from fleettwin.models.workload.request import Request
+from fleettwin.models.workload.reshape import reshape
 from fleettwin.sim.metrics import COMPLETED, RequestLog
 from fleettwin.sim.pool import Pool
 from fleettwin.sim.prefix_cache import cache_stats

@@ -14,13 +14,12 @@ from simpy.core import URGENT
 
 from fleettwin.models.catalog import Catalog, GpuSpec, LlmSpec, kv_cache_blocks, min_tensor_parallel
 from fleettwin.models.config import ControllerConfig, PoolConfig, ScenarioConfig, SloConfig
-from fleettwin.models.errors import ConfigError
+from fleettwin.models.errors import ConfigError, PoolFitError
 from fleettwin.models.perf import PerformanceModel, Precision, create_perf_model
 from fleettwin.models.routing import REPLICA_ROUTERS
 from fleettwin.models.tenancy import Tenancy
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.metrics import COMPLETED, UNFINISHED, PoolSampler, RequestLog, Slo, latency_summary
-from fleettwin.sim.stats import token_costs
 from fleettwin.sim.pool import Pool
 from fleettwin.sim.prefix_cache import cache_stats, prefix_cache_blocks
 from fleettwin.sim.reference_scheduler import ReferenceScheduler
@@ -28,6 +27,7 @@ from fleettwin.sim.regions import RegionFrontDoor, build_front_door, place_users
 from fleettwin.sim.replica import Replica
 from fleettwin.sim.scheduler import EngineLimits, Scheduler, SeqState
 from fleettwin.sim.stages import PreSubmitStage, StagePipeline
+from fleettwin.sim.stats import token_costs
 from fleettwin.sim.tenancy import TenantCaps, tag_tenants, tenant_stages, tenant_summary
 from fleettwin.sim.tiers.build import add_tier_summary, build_fleet
 from fleettwin.sim.wakeup import wake_after
@@ -81,29 +81,39 @@ class ResolvedPool:
         return g.price_spot_usd_h if self.cfg.purchase == "spot" else g.price_on_demand_usd_h
 
 
+def resolve_pools(cfg: ScenarioConfig, catalog: Catalog, tenancy: Tenancy | None = None) -> list[ResolvedPool]:
+    """Every pool of ``cfg`` resolved; a pool that does not fit names the scenario file and the field."""
+    out = []
+    for i, pool in enumerate(cfg.pools):
+        try:
+            out.append(resolve_pool(pool, catalog, tenancy))
+        except PoolFitError as exc:
+            raise ConfigError(f"{cfg.source}: pools[{i}].{exc.field_name} (pool {pool.name!r}): {exc}") from None
+    return out
+
+
 def resolve_pool(cfg: PoolConfig, catalog: Catalog, tenancy: Tenancy | None = None) -> ResolvedPool:
     gpu, llm = catalog.gpu(cfg.gpu), catalog.llm(cfg.model)
     eng = cfg.engine
     precision = Precision(eng.dtype, eng.kv_cache_dtype)
     if precision.weights == "fp8" and not gpu.fp8_tflops:
-        raise ConfigError(f"pool {cfg.name!r}: engine.dtype fp8 needs FP8 tensor cores, which {gpu.id} lacks")
+        raise PoolFitError("engine.dtype", f"fp8 needs FP8 tensor cores, which {gpu.id} lacks")
     sizes = {"dtype_bytes": precision.weight_bytes, "kv_dtype_bytes": precision.kv_bytes}
-    tp = cfg.tp or min_tensor_parallel(gpu, llm, gpu_memory_utilization=eng.gpu_memory_utilization, **sizes)
-    blocks = eng.num_gpu_blocks or kv_cache_blocks(
-        gpu, llm, tp, gpu_memory_utilization=eng.gpu_memory_utilization, block_size=eng.block_size, **sizes
-    )
+    with PoolFitError.field("tp" if cfg.tp else "model"):
+        tp = cfg.tp or min_tensor_parallel(gpu, llm, gpu_memory_utilization=eng.gpu_memory_utilization, **sizes)
+        blocks = eng.num_gpu_blocks or kv_cache_blocks(
+            gpu, llm, tp, gpu_memory_utilization=eng.gpu_memory_utilization, block_size=eng.block_size, **sizes
+        )
     capacity = blocks * eng.block_size
     max_len = eng.max_model_len or min(llm.max_context, capacity)
     if max_len > capacity:
-        raise ConfigError(
-            f"pool {cfg.name!r}: max_model_len {max_len} does not fit the KV cache of {capacity} tokens "
-            f"({cfg.model} on {tp}x {cfg.gpu}); lower max_model_len or raise tp / gpu_memory_utilization"
-        )
+        raise PoolFitError("engine.max_model_len",
+            f"{max_len} does not fit the KV cache of {capacity} tokens ({cfg.model} on {tp}x {cfg.gpu}); lower "
+            "max_model_len or raise tp / gpu_memory_utilization")  # fmt: skip
     if not eng.enable_chunked_prefill and eng.max_num_batched_tokens < max_len:
-        raise ConfigError(
-            f"pool {cfg.name!r}: without chunked prefill, engine.max_num_batched_tokens "
-            f"({eng.max_num_batched_tokens}) must be >= max_model_len ({max_len}), as vLLM requires"
-        )
+        raise PoolFitError("engine.max_num_batched_tokens",
+            f"without chunked prefill it ({eng.max_num_batched_tokens}) must be >= max_model_len ({max_len}), as "
+            "vLLM requires")  # fmt: skip
     limits = EngineLimits(
         num_blocks=blocks,
         block_size=eng.block_size,
@@ -291,14 +301,18 @@ def run_scenario(
     mode: str | None = None,
     requests: Sequence[Request] | None = None,
     progress: Progress | None = None,
+    monitors: Sequence[Callable[[simpy.Environment, list[Pool], RequestLog], Generator]] = (),
 ) -> SimulationResult:
-    """Simulate ``cfg`` until every request has completed or been rejected (or ``sim.max_time_s``)."""
+    """Simulate ``cfg`` until every request has completed or been rejected (or ``sim.max_time_s``).
+
+    ``monitors`` are processes that watch the run (read-only; one that raises ends it, e.g. the planner's
+    early stop once a target can no longer be met: sim/planning/monitor.py)."""
     wall0 = time.perf_counter()
     seed = cfg.seed if seed is None else seed
     mode = mode or cfg.sim.mode
     catalog = cfg.build_catalog()
     tenancy = cfg.tenants.tenancy() if cfg.tenants else None
-    resolved = [resolve_pool(p, catalog, tenancy) for p in cfg.pools]
+    resolved = resolve_pools(cfg, catalog, tenancy)
     if requests is None:
         requests = generate_requests(cfg, seed)
     specs = [rp.spec() for rp in resolved]
@@ -310,6 +324,7 @@ def run_scenario(
         processes.insert(0, fleet.process)
     if failures:
         processes.append(failures)
+    processes += monitors
     rag = build_rag(cfg, seed) if cfg.retrieval else None  # retrieval before prefill for RAG requests
     stages = tenant_stages(cfg.tenants, seed) if cfg.tenants else []  # the gateway's checks, quotas
     if rag is not None:
