@@ -90,12 +90,12 @@ class Controller:
     actuator: Actuator | None = None
     _history: dict[str, list[float | None]] = field(default_factory=dict)
     _last_arrived: dict[str, int] = field(default_factory=dict)
-    _log_pos: int = 0
     log: RequestLog | None = None
 
     def process(self, env: simpy.Environment, pools: list[Pool], log: RequestLog):
         """The SimPy process (pass ``controller.process`` to ``simulate(processes=...)``)."""
         self.log = log
+        log.read_new(self)  # a reader from the start: a streaming log keeps rows until it has read them
         if self.fleet is None:
             self.fleet = Fleet(inference=self.pools,
                                limits={(i.gpu, i.purchase, i.region): i.limit for i in self.inventory})  # fmt: skip
@@ -172,8 +172,7 @@ class Controller:
     def _recent_latencies(self) -> dict[str, tuple[list[float], list[float]]]:
         """TTFT and TPOT of the requests completed since the last tick, per pool."""
         assert self.log is not None
-        rows = self.log.rows[self._log_pos :]
-        self._log_pos = len(self.log.rows)
+        rows = self.log.read_new(self)
         out: dict[str, tuple[list[float], list[float]]] = {}
         for row in rows:
             # RequestLog columns: id, pool, replica, arrival, first_scheduled, first_token, finish, prompt,

@@ -52,10 +52,31 @@ class RequestLog:
         # Request id -> called once with the request's row when it ends, whatever the outcome: requests created
         # during the run (an agent workflow's calls, sim/workflows.py) wait on their outcome here.
         self.on_outcome: dict[int, Callable[[tuple], None]] = {}
+        self.base = 0  # rows already handed on (a streaming log writes them out: sim/stream.py)
+        # Applied to each chunk's frame by a streaming log (the API server's latency: sim/runner.simulate)
+        self.frame_hook: Callable[[pd.DataFrame], None] | None = None
+        self._read: dict[object, int] = {}  # reader -> rows it has read (read_new)
 
     @property
     def done(self) -> int:
-        return len(self.rows)
+        return self.base + len(self.rows)
+
+    def read_new(self, reader: object) -> list[tuple]:
+        """The rows added since ``reader``'s previous call (all of them on its first). A streaming log keeps
+        rows until every reader has read them, so a reader should make its first call at the start of the run."""
+        pos = self._read.get(reader, 0)
+        rows = self.rows[max(pos - self.base, 0):]
+        self._read[reader] = self.base + len(self.rows)
+        return rows
+
+    def end_s(self, df: pd.DataFrame, now: float) -> float:
+        """When the last completed request finished (``now`` when none did): where a run's clock stops."""
+        done = df["status"] == COMPLETED
+        return float(df.loc[done, "finish_s"].max()) if done.any() else float(now)
+
+    def pool_stats(self) -> dict[str, RequestStats] | None:
+        """Summary statistics per pool gathered during the run (a streaming log); None: summarise the frame."""
+        return None
 
     def completed(self, pool: str, replica: int, seqs: list[SeqState]) -> None:
         append = self.rows.append

@@ -17,11 +17,13 @@ from fleettwin.sim.metrics import COMPLETED  # noqa: E402
 from fleettwin.sim.runner import SimulationResult  # noqa: E402
 
 
-def write_results(result: SimulationResult, out_dir: str | Path, *, plots: bool = True) -> list[Path]:
-    """Write ``requests.parquet``, ``timeseries.parquet``, ``summary.json`` (and plots) atomically."""
+def write_results(result: SimulationResult, out_dir: str | Path, *, plots: bool = True,
+                  requests_file: bool = True) -> list[Path]:  # fmt: skip
+    """Write ``requests.parquet`` (unless a streaming log wrote it, or none is wanted), ``timeseries.parquet``,
+    ``summary.json`` (and plots) atomically."""
     out = Path(out_dir)
-    written = [
-        io.write_parquet(out / "requests.parquet", result.requests),
+    written = [io.write_parquet(out / "requests.parquet", result.requests)] if requests_file else []
+    written += [
         io.write_parquet(out / "timeseries.parquet", result.timeseries),
         io.write_json(out / "summary.json", result.summary),
     ]
@@ -29,7 +31,9 @@ def write_results(result: SimulationResult, out_dir: str | Path, *, plots: bool 
         lines = "".join(json.dumps(d, sort_keys=True) + "\n" for d in result.decisions)
         written.append(io.write_text(out / "decisions.jsonl", lines))
     if plots:
-        written += [plot_latency_cdf(result, out / "latency_cdf.png"), plot_timeseries(result, out / "pool_timeseries.png")]
+        if not result.requests.empty:  # a streamed run's rows are in the file, not in memory
+            written.append(plot_latency_cdf(result, out / "latency_cdf.png"))
+        written.append(plot_timeseries(result, out / "pool_timeseries.png"))
     return written
 
 
@@ -90,53 +94,17 @@ def _save(fig, path: Path) -> Path:
 
 
 def summary_table(summary: dict) -> Table:
-    """The headline numbers: one column per pool (plus the total when there are several), metrics as rows."""
-    table = Table(title=f"{summary['scenario']}: {summary['sim_time_s']:.0f} s simulated in "
-                        f"{summary['wall_time_s']:.1f} s ({summary['mode']})")  # fmt: skip
-    cols = [(p["name"], p) for p in summary["pools"]]
-    if len(cols) > 1:
-        cols.append(("total", summary))
-    table.add_column("metric")
-    for name, _ in cols:
-        table.add_column(name, justify="right")
+    """The headline numbers in one table: one column per pool (plus the total when there are several)."""
+    from fleettwin.sim.report_tables import summary_tables
 
-    def row(label: str, fmt) -> None:
-        table.add_row(label, *(fmt(s) for _, s in cols))
+    return summary_tables(summary, width=10**6)[0]
 
-    def lat(key: str, scale: float = 1.0, digits: int = 2):
-        return lambda s: " / ".join(f"{scale * s['latency_s'][key][q]:.{digits}f}" for q in ("p50", "p95", "p99"))
 
-    def gpus(s: dict) -> str:
-        if "gpus" not in s:
-            return str(sum(p["gpus"] for p in summary["pools"]))
-        if s["replicas_min"] == s["replicas_max"] == s["replicas"]:
-            return f"{s['gpus']}x {s['gpu']} (TP{s['tp']})"
-        return (f"{s['replicas_mean'] * s['tp']:.1f} avg ({s['replicas_min'] * s['tp']}-"
-                f"{s['replicas_max'] * s['tp']}) x {s['gpu']} (TP{s['tp']})")
+def summary_tables(summary: dict, width: int = 80) -> list[Table]:
+    """The headline table split to fit ``width`` columns (sim/report_tables.py)."""
+    from fleettwin.sim.report_tables import summary_tables as split
 
-    row("GPUs", gpus)
-    row("requests done / total", lambda s: f"{s['requests']['completed']} / {s['requests']['total']}")
-    row("rejected / unfinished", lambda s: f"{s['requests']['rejected']} / {s['requests']['unfinished']}")
-    if "failures" in summary:  # sim/failures.py: outcomes and thrown-away attempts
-        row("failed / dropped / retries", lambda s: f"{s['requests']['failed']} / {s['requests']['dropped']} / "
-            f"{s['retries']['retries']}")  # fmt: skip
-    row("queue delay p50/p95/p99 (s)", lat("queue"))
-    row("TTFT p50/p95/p99 (s)", lat("ttft"))
-    row("TPOT p50/p95/p99 (ms)", lat("tpot", 1e3, 1))
-    row("E2E p50/p95/p99 (s)", lat("e2e", 1.0, 1))
-    row("throughput (req/s)", lambda s: f"{s['throughput']['requests_per_s']:.2f}")
-    row("output tokens/s", lambda s: f"{s['throughput']['output_tokens_per_s']:.0f}")
-    row("SLO attainment", lambda s: f"{100 * s['slo']['attainment']:.1f} % "
-        f"(TTFT<={s['slo']['ttft_s']:g}s, TPOT<={1e3 * s['slo']['tpot_s']:g}ms)")  # fmt: skip
-    row("goodput (req/s)", lambda s: f"{s['slo']['goodput_requests_per_s']:.2f}")
-    row("preemptions", lambda s: str(s["preemptions"]))
-    row("mean batch / KV used / busy", lambda s: f"{s['mean_running_per_replica']:.0f} seqs / "
-        f"{100 * s['mean_kv_usage']:.0f} % / {100 * s['busy_fraction']:.0f} %" if "busy_fraction" in s else "-")  # fmt: skip
-    row("GPU-hours / cost (USD)", lambda s: f"{s['gpu_hours']:.2f} / {s['cost_usd']:.2f}" if "gpu_hours" in s
-        else f"{s['cost']['gpu_hours']:.2f} / {s['cost']['usd']:.2f}")  # fmt: skip
-    row("cost per 1k requests (USD)", lambda s: f"{1000 * s['cost_usd'] / max(s['requests']['completed'], 1):.3f}"
-        if "cost_usd" in s else f"{s['cost']['usd_per_1k_requests']:.3f}")  # fmt: skip
-    return table
+    return split(summary, width)
 
 
 def feature_tables(summary: dict) -> list[Table]:

@@ -19,7 +19,7 @@ from fleettwin.models.perf import PerformanceModel, Precision, create_perf_model
 from fleettwin.models.routing import REPLICA_ROUTERS
 from fleettwin.models.tenancy import Tenancy
 from fleettwin.models.workload.request import Request
-from fleettwin.sim.metrics import COMPLETED, UNFINISHED, PoolSampler, RequestLog, Slo, latency_summary
+from fleettwin.sim.metrics import UNFINISHED, PoolSampler, RequestLog, Slo, latency_summary
 from fleettwin.sim.pool import Pool
 from fleettwin.sim.prefix_cache import cache_stats, prefix_cache_blocks
 from fleettwin.sim.reference_scheduler import ReferenceScheduler
@@ -176,6 +176,7 @@ class RawRun:
     pools: list[Pool]
     end_s: float
     events: int  # SimPy events scheduled during the run (a cost measure for benchmarks)
+    stats: dict | None = None  # per-pool RequestStats of a streaming log (then ``requests`` is empty)
 
 
 def simulate(
@@ -191,6 +192,7 @@ def simulate(
     pre_submit: Sequence[PreSubmitStage] = (),
     spawners: Sequence[RequestSpawner] = (),
     api_server: bool = True,
+    log: RequestLog | None = None,
 ) -> RawRun:
     """Run ``requests`` (sorted by arrival) through the pools until every request has an outcome.
 
@@ -201,11 +203,15 @@ def simulate(
     requests during the run (agent workflows, sim/workflows.py); theirs take the same path from the moment they
     are submitted and count in the accounting like the others. With ``api_server`` (the default) a pool whose
     performance model prices vLLM's API server (``frontend_latency_s``) has that latency added to its requests'
-    first token and finish, as a client measures them; False for offline engines (vLLM's LLM class)."""
+    first token and finish, as a client measures them; False for offline engines (vLLM's LLM class).
+    ``log`` is the sink of the request rows (default a ``RequestLog`` in memory; ``sim/stream.py`` writes them
+    out as the run goes, each chunk with the API-server latency added through ``log.frame_hook``)."""
     if mode not in ("skip", "per_iteration"):
         raise ValueError(f"mode must be 'skip' or 'per_iteration', got {mode!r}")
     env = simpy.Environment()
-    log = RequestLog()
+    log = RequestLog() if log is None else log
+    if api_server and log.pool_stats() is not None:
+        log.frame_hook = lambda frame: add_frontend_latency(frame, specs)
     pools: list[Pool] = []
     for spec in specs:
         router = REPLICA_ROUTERS.create(spec.router, spec.router_params)
@@ -269,13 +275,12 @@ def simulate(
         raise AssertionError(f"request accounting broken: {log.done} outcomes for {total + spawned[0]} requests")
 
     df = log.to_frame()
-    if api_server:
+    if api_server:  # a streaming log has added it to each chunk already (log.frame_hook) and returns no rows
         add_frontend_latency(df, specs)
-    done = df["status"] == COMPLETED
-    end = float(df.loc[done, "finish_s"].max()) if done.any() else float(env.now)
+    end = log.end_s(df, env.now)
     ts = sampler.to_frame()
     return RawRun(requests=df, timeseries=ts[ts["time_s"] <= end + 1e-9].reset_index(drop=True), pools=pools,
-                  end_s=end, events=next(env._eid))  # fmt: skip  # SimPy numbers every scheduled event
+                  end_s=end, events=next(env._eid), stats=log.pool_stats())  # fmt: skip  # SimPy numbers every scheduled event
 
 
 def add_frontend_latency(df: pd.DataFrame, specs: Sequence[PoolSpec]) -> None:
@@ -302,11 +307,13 @@ def run_scenario(
     requests: Sequence[Request] | None = None,
     progress: Progress | None = None,
     monitors: Sequence[Callable[[simpy.Environment, list[Pool], RequestLog], Generator]] = (),
+    log: RequestLog | None = None,
 ) -> SimulationResult:
     """Simulate ``cfg`` until every request has completed or been rejected (or ``sim.max_time_s``).
 
     ``monitors`` are processes that watch the run (read-only; one that raises ends it, e.g. the planner's
-    early stop once a target can no longer be met: sim/planning/monitor.py)."""
+    early stop once a target can no longer be met: sim/planning/monitor.py). ``log``: the request sink, e.g.
+    ``sim/stream.StreamingLog`` for runs too long to hold every request in memory."""
     wall0 = time.perf_counter()
     seed = cfg.seed if seed is None else seed
     mode = mode or cfg.sim.mode
@@ -315,6 +322,13 @@ def run_scenario(
     resolved = resolve_pools(cfg, catalog, tenancy)
     if requests is None:
         requests = generate_requests(cfg, seed)
+    if len(requests) == 0 and cfg.workflows is None:
+        raise ConfigError(f"{cfg.source}: workload: the workload produces no requests (check its rate, duration, "
+                          "window or max_requests)")  # fmt: skip
+    if log is not None and log.pool_stats() is not None:
+        from fleettwin.sim.stream import check_streamable
+
+        check_streamable(cfg)
     specs = [rp.spec() for rp in resolved]
     controller = build_controller(cfg, resolved, catalog) if cfg.controller else None
     fleet = build_fleet(cfg, resolved, catalog, seed, controller)  # job pools, inventory, loans (sim/tiers)
@@ -338,7 +352,7 @@ def run_scenario(
     flows = build_workflows(cfg, seed, requests, rag, door) if cfg.workflows else None  # agent/RAG DAGs of calls
     raw = simulate(requests, specs, mode=mode, sample_interval_s=cfg.sim.sample_interval_s,
                    max_time_s=cfg.sim.max_time_s, progress=progress, processes=processes,
-                   front_door=door, pre_submit=stages, spawners=[flows] if flows else ())  # fmt: skip
+                   front_door=door, pre_submit=stages, spawners=[flows] if flows else (), log=log)  # fmt: skip
     if flows is not None:
         raw = replace(raw, requests=flows.annotate(raw.requests))
         requests = [*requests, *flows.requests]
@@ -485,9 +499,20 @@ def _account_unfinished(pools: list[Pool], log: RequestLog, reason: str) -> None
                 log.unfinished(pool.name, rep.index, seq, reason)
 
 
+def _latency(raw: RawRun, slo: Slo, pool: str | None) -> dict:
+    """Latency, throughput and SLO numbers of one pool (or all): from the rows, or from a streaming log's
+    statistics (sim/stream.py)."""
+    if raw.stats is not None:
+        from fleettwin.sim.stream import merged_stats
+
+        return merged_stats(raw.stats, pool).summary(slo, raw.end_s)
+    df = raw.requests
+    return latency_summary(df if pool is None else df[df["pool"] == pool], slo, raw.end_s)
+
+
 def _summarize(cfg: ScenarioConfig, resolved: list[ResolvedPool], raw: RawRun, seed: int, mode: str,
                wall_s: float) -> dict:  # fmt: skip
-    df, ts, pools, end = raw.requests, raw.timeseries, raw.pools, raw.end_s
+    ts, pools, end = raw.timeseries, raw.pools, raw.end_s
     slo = Slo.from_config(cfg.slo)  # attainment bounds and percentile targets
     pool_rows = []
     total_gpu_h = total_cost = 0.0
@@ -513,9 +538,9 @@ def _summarize(cfg: ScenarioConfig, resolved: list[ResolvedPool], raw: RawRun, s
             "engine_steps": sum(r.scheduler.steps for r in pool.replicas),
             **cache_stats([r.prefix_cache for r in pool.replicas if r.prefix_cache is not None]),
             "gpu_hours": gpu_h, "cost_usd": cost, "usd_per_gpu_hour": rp.price_per_gpu_hour,
-            **latency_summary(df[df["pool"] == rp.cfg.name], slo, end),
+            **_latency(raw, slo, rp.cfg.name),
         })  # fmt: skip
-    overall = latency_summary(df, slo, end)
+    overall = _latency(raw, slo, None)
     summary = {
         "scenario": cfg.name,
         "seed": seed,

@@ -9,6 +9,16 @@ EPILOG = """examples:
   fleettwin simulate configs/quickstart.yaml --out results/quickstart --plot
   fleettwin simulate configs/quickstart.yaml --set pools.0.replicas=4 --set workload.speedup=2
   fleettwin simulate configs/quickstart.yaml --mode per_iteration   # one event per engine step (slow oracle)
+  fleettwin simulate configs/quickstart.yaml --set pools.chat.replicas=12 --set workload.rate_scale=2
+  fleettwin simulate configs/quickstart.yaml --set workload.loop_to_s=86400 --stream --out results/day
+
+what-if knobs (--set): any field by dotted path; pools and regions by name or index (pools.chat.replicas=12,
+regions.eu-west-1.traffic=2: twice the users there, the others unchanged); workload.rate_scale=R (R times the
+requests over the same time: shifted copies of the trace, or thinning below 1) and workload.loop_to_s=S (the
+workload repeated to S seconds); slo.ttft_p95_s=2 (a percentile target, reported met or missed).
+
+long runs: --stream writes requests.parquet in row groups as requests end and takes percentiles from sketches
+(memory stays bounded: 10 M requests in well under 1.5 GB); --summary-only writes no per-request file.
 
 outputs (with --out DIR): requests.parquet (one row per request: arrival, queue, TTFT, TPOT, E2E, preemptions,
 status), timeseries.parquet (running/waiting/KV/busy per pool every sample interval), summary.json
@@ -34,6 +44,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a scenario field by dotted path, e.g. pools.0.replicas=16 (repeatable)")  # fmt: skip
     p.add_argument("--plot", action="store_true", help="also write latency_cdf.png and pool_timeseries.png")
+    p.add_argument("--stream", action="store_true", help="bounded memory: stream per-request rows to "
+                   "DIR/requests.parquet in row groups, percentiles from sketches (needs --out)")  # fmt: skip
+    p.add_argument("--summary-only", action="store_true", help="bounded memory without the per-request file: "
+                   "summary.json and timeseries only")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -43,28 +57,34 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fleettwin.models.config import load_scenario, parse_override
-    from fleettwin.sim.report import feature_tables, summary_table, write_results
+    from fleettwin.sim.report import feature_tables, summary_tables, write_results
     from fleettwin.sim.runner import generate_requests, run_scenario
 
     console = Console()
     cfg = load_scenario(args.scenario, dict(parse_override(o) for o in args.overrides))
     seed = cfg.seed if args.seed is None else args.seed
     requests = generate_requests(cfg, seed)
+    log = _request_log(args, cfg)
+    for warning in _estimate(cfg, requests, streaming=log is not None):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     with Progress(
         TextColumn("[bold]simulating[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("requests  t={task.fields[sim_t]:.0f}s"), TimeElapsedColumn(),
         console=console, disable=args.quiet, transient=True,
     ) as bar:  # fmt: skip
         task = bar.add_task(cfg.name, total=len(requests), sim_t=0.0)
-        result = run_scenario(cfg, seed=seed, mode=args.mode, requests=requests,
+        result = run_scenario(cfg, seed=seed, mode=args.mode, requests=requests, log=log,
                               progress=lambda t, done, total: bar.update(task, completed=done, sim_t=t))  # fmt: skip
-    console.print(summary_table(result.summary))
+    for table in summary_tables(result.summary, width=console.width):  # split to fit the terminal
+        console.print(table)
     for table in feature_tables(result.summary):  # tiers, regions, retrieval, tenants when the scenario has them
         console.print(table)
     if "workflows" in result.summary:
         console.print(workflow_table(result.summary["workflows"]))
     if args.out:
-        paths = write_results(result, args.out, plots=args.plot)
+        paths = write_results(result, args.out, plots=args.plot, requests_file=log is None)
+        if log is not None and log.path is not None:
+            paths.insert(0, log.path)
         if result.workflows is not None:
             from fleettwin.sim.io import write_parquet
 
@@ -72,6 +92,34 @@ def run(args: argparse.Namespace) -> int:
                       write_parquet(args.out / "workflow_nodes.parquet", result.workflow_nodes)]  # fmt: skip
         console.print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0
+
+
+def _request_log(args: argparse.Namespace, cfg):
+    """A streaming request log for --stream / --summary-only (sim/stream.py), else None (rows in memory)."""
+    from fleettwin.models.errors import ConfigError
+    from fleettwin.sim.metrics import Slo
+    from fleettwin.sim.stream import StreamingLog, check_streamable
+
+    if not (args.stream or args.summary_only):
+        return None
+    if args.stream and args.summary_only:
+        raise ConfigError("--stream and --summary-only: choose one (--summary-only writes no per-request file)")
+    if args.stream and args.out is None:
+        raise ConfigError("--stream needs --out DIR for requests.parquet (or use --summary-only)")
+    check_streamable(cfg)
+    return StreamingLog(Slo.from_config(cfg.slo), args.out / "requests.parquet" if args.stream else None)
+
+
+def _estimate(cfg, requests, *, streaming: bool) -> list[str]:
+    """Warnings when the run looks like it will take over an hour or more memory than is free."""
+    from fleettwin.sim.estimate import estimate
+    from fleettwin.sim.native import native_status
+
+    duration = requests[-1].arrival_s if len(requests) else 0.0
+    replicas = sum(p.replicas for p in cfg.pools)
+    compiled = any(native_status().values())
+    return estimate(len(requests), replicas, duration, sample_interval_s=cfg.sim.sample_interval_s,
+                    streaming=streaming, compiled=compiled).warnings(streaming=streaming)  # fmt: skip
 
 
 def workflow_table(w: dict):

@@ -46,10 +46,10 @@ def early_stop(targets: Sequence[Target], total: int, *, check_s: float = CHECK_
 
     def process(env: simpy.Environment, pools: list[Pool], log: RequestLog) -> Generator:
         ended_late = dict.fromkeys((t.key for t in watched), 0)
-        pos = 0
+        log.read_new(process)
         while watched:
             yield env.timeout(check_s)
-            rows, pos = log.rows[pos:], len(log.rows)
+            rows = log.read_new(process)
             for t in watched:
                 ended_late[t.key] += sum(1 for row in rows if _late_row(row, t))
             now, pending = env.now, list(_in_system(pools))
