@@ -14,8 +14,10 @@ from fleettwin.models.errors import FleettwinError
 # Module names under fleettwin.commands, in the order `--help` lists them.
 COMMANDS = [
     "simulate", "plan", "experiment", "sweep", "catalog", "backtest", "calibrate", "calibrate_retrieval",
-    "emulate", "loadgen", "shadow", "validate", "promote", "gateway", "certs", "serve_retrieval",
+    "emulate", "loadgen", "shadow", "validate", "promote", "gateway", "certs", "serve_retrieval", "native",
 ]  # fmt: skip
+# Commands that run the simulator: they say once when it runs without its compiled hot path.
+SIMULATING = {"simulate", "plan", "experiment", "sweep", "calibrate", "validate", "backtest"}
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -53,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.command in SIMULATING:
+            from fleettwin.sim.native_build import pure_python_note
+
+            note = pure_python_note()
+            if note:
+                print(note, file=sys.stderr)
         return int(args.func(args) or 0)
     except FleettwinError as exc:
         print(f"fleettwin {args.command}: error: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from importlib import resources
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -24,9 +25,18 @@ EXPERIMENTS: dict[str, str] = {
 }
 
 
-# The experiments' scenario files live in the repository's configs/experiments (next to the traces they read);
-# FLEETTWIN_CONFIGS points elsewhere, e.g. for an installed wheel with a copy of that folder.
-CONFIG_DIR = Path(os.environ.get("FLEETTWIN_CONFIGS") or Path(__file__).resolve().parents[2] / "configs" / "experiments")
+
+
+def _config_dir() -> Path:
+    """The experiments' scenario files: package data (``fleettwin.configs``, configs/ in a clone, inside the
+    wheel when installed, next to ``fleettwin.traces`` whose traces they read by relative path); or
+    FLEETTWIN_CONFIGS, a folder of one's own versions."""
+    if os.environ.get("FLEETTWIN_CONFIGS"):
+        return Path(os.environ["FLEETTWIN_CONFIGS"])
+    return Path(str(resources.files("fleettwin.configs").joinpath("experiments")))
+
+
+CONFIG_DIR = _config_dir()
 
 
 def available() -> list[str]:
@@ -38,8 +48,8 @@ def load(name: str) -> ModuleType:
     if name not in EXPERIMENTS or name not in available():
         raise FleettwinError(f"unknown experiment {name!r}; available: {', '.join(available()) or 'none'}")
     if not CONFIG_DIR.is_dir():
-        raise FleettwinError(f"experiment scenarios not found in {CONFIG_DIR}: run from a clone of the repository "
-                             "(configs/experiments and traces/) or set FLEETTWIN_CONFIGS to a copy of that folder")
+        raise FleettwinError(f"experiment scenarios not found in {CONFIG_DIR}: FLEETTWIN_CONFIGS names a folder "
+                             "that does not exist, or the package was installed without its data (reinstall)")
     return importlib.import_module(f"{__name__}.{EXPERIMENTS[name]}")
 
 
