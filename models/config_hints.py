@@ -18,7 +18,11 @@ from pydantic import BaseModel
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest of ``choices``, or ``""`` when none is close."""
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    choices = [str(c) for c in choices]
+    prefixed = [c for c in choices if c.startswith(str(word)) and c != word]
+    if prefixed:  # 'h100' -> 'h100-80g' (the first in the catalog's order; difflib would say 'h200')
+        return f" (did you mean {prefixed[0]!r}?)"
+    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 

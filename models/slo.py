@@ -73,5 +73,8 @@ def parse_cli_target(text: str) -> tuple[str, float]:
         value = float(raw) * scale
     except ValueError:
         raise ValueError(f"--slo {text!r}: {raw!r} is not a number (write 2s, 50ms or 0.05)") from None
-    parse_target_key(key, value)
+    try:
+        parse_target_key(key, value)
+    except ValueError as exc:
+        raise ValueError(f"--slo {text!r}: {exc}") from None
     return key, value

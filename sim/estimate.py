@@ -63,3 +63,9 @@ def available_memory() -> float | None:
         return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def oversized_pools(replicas: dict[str, int], requests: int) -> list[str]:
+    """Pools with more replicas than the run has requests: most of them can never be busy (a typo?)."""
+    return [f"pool {name!r} has {n} replicas for {requests} requests in the whole run: most would never serve "
+            "one (a typo?)" for name, n in replicas.items() if n > max(requests, 1)]  # fmt: skip

@@ -55,7 +55,7 @@ class RequestLog:
         self.base = 0  # rows already handed on (a streaming log writes them out: sim/stream.py)
         # Applied to each chunk's frame by a streaming log (the API server's latency: sim/runner.simulate)
         self.frame_hook: Callable[[pd.DataFrame], None] | None = None
-        self._read: dict[object, int] = {}  # reader -> rows it has read (read_new)
+        self._read: dict[int, int] = {}  # id(reader) -> rows it has read (read_new)
 
     @property
     def done(self) -> int:
@@ -64,9 +64,10 @@ class RequestLog:
     def read_new(self, reader: object) -> list[tuple]:
         """The rows added since ``reader``'s previous call (all of them on its first). A streaming log keeps
         rows until every reader has read them, so a reader should make its first call at the start of the run."""
-        pos = self._read.get(reader, 0)
+        key = id(reader)  # readers need not be hashable (a dataclass controller is not)
+        pos = self._read.get(key, 0)
         rows = self.rows[max(pos - self.base, 0):]
-        self._read[reader] = self.base + len(self.rows)
+        self._read[key] = self.base + len(self.rows)
         return rows
 
     def end_s(self, df: pd.DataFrame, now: float) -> float:

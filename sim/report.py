@@ -14,6 +14,7 @@ from rich.table import Table  # noqa: E402
 
 from fleettwin.sim import io  # noqa: E402
 from fleettwin.sim.metrics import COMPLETED  # noqa: E402
+from fleettwin.sim.report_plots import drawable  # noqa: E402
 from fleettwin.sim.runner import SimulationResult  # noqa: E402
 
 
@@ -40,6 +41,7 @@ def write_results(result: SimulationResult, out_dir: str | Path, *, plots: bool 
 def plot_latency_cdf(result: SimulationResult, path: Path) -> Path:
     df = result.requests[result.requests["status"] == COMPLETED]
     slo = result.summary["slo"]
+    names = drawable([*df["pool"].unique(), result.summary["scenario"]])  # any script, no glyph warnings
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, col, label, limit in (
         (axes[0], "ttft_s", "time to first token (s)", slo["ttft_s"]),
@@ -49,7 +51,7 @@ def plot_latency_cdf(result: SimulationResult, path: Path) -> Path:
         for pool, part in df.groupby("pool"):
             v = np.sort(part[col].dropna().to_numpy())
             if v.size:
-                ax.plot(v, np.arange(1, v.size + 1) / v.size, label=pool)
+                ax.plot(v, np.arange(1, v.size + 1) / v.size, label=names[pool])
         if limit is not None:
             ax.axvline(limit, color="grey", linestyle="--", linewidth=1, label="SLO")
         ax.set_xlabel(label)
@@ -58,15 +60,17 @@ def plot_latency_cdf(result: SimulationResult, path: Path) -> Path:
         for q in (0.5, 0.95, 0.99):
             ax.axhline(q, color="lightgrey", linewidth=0.6)
     axes[0].legend(loc="lower right", fontsize=8)
-    fig.suptitle(f"{result.summary['scenario']}: latency CDFs ({len(df)} completed requests)")
+    fig.suptitle(f"{names[result.summary['scenario']]}: latency CDFs ({len(df)} completed requests)")
     fig.tight_layout()
     return _save(fig, path)
 
 
 def plot_timeseries(result: SimulationResult, path: Path) -> Path:
     ts = result.timeseries
+    names = drawable([*ts["pool"].unique(), result.summary["scenario"]])
     fig, axes = plt.subplots(3, 1, figsize=(10, 7), sharex=True)
-    for pool, part in ts.groupby("pool"):
+    for pool_name, part in ts.groupby("pool"):
+        pool = names[pool_name]
         axes[0].plot(part["time_s"], part["running"], label=f"{pool} running")
         axes[0].plot(part["time_s"], part["waiting"], linestyle="--", label=f"{pool} waiting")
         if part["replicas"].nunique() > 1:  # the pool was resized: show its size on a second axis
@@ -82,7 +86,7 @@ def plot_timeseries(result: SimulationResult, path: Path) -> Path:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(loc="upper right", fontsize=8)
-    fig.suptitle(f"{result.summary['scenario']}: pool state over time")
+    fig.suptitle(f"{names[result.summary['scenario']]}: pool state over time")
     fig.tight_layout()
     return _save(fig, path)
 

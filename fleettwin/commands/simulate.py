@@ -112,14 +112,15 @@ def _request_log(args: argparse.Namespace, cfg):
 
 def _estimate(cfg, requests, *, streaming: bool) -> list[str]:
     """Warnings when the run looks like it will take over an hour or more memory than is free."""
-    from fleettwin.sim.estimate import estimate
+    from fleettwin.sim.estimate import estimate, oversized_pools
     from fleettwin.sim.native import native_status
 
     duration = requests[-1].arrival_s if len(requests) else 0.0
     replicas = sum(p.replicas for p in cfg.pools)
     compiled = any(native_status().values())
-    return estimate(len(requests), replicas, duration, sample_interval_s=cfg.sim.sample_interval_s,
-                    streaming=streaming, compiled=compiled).warnings(streaming=streaming)  # fmt: skip
+    guess = estimate(len(requests), replicas, duration, sample_interval_s=cfg.sim.sample_interval_s,
+                     streaming=streaming, compiled=compiled)  # fmt: skip
+    return oversized_pools({p.name: p.replicas for p in cfg.pools}, len(requests)) + guess.warnings(streaming=streaming)
 
 
 def workflow_table(w: dict):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from fleettwin.models.capacity import replica_capacity
 from fleettwin.models.catalog import TENSOR_PARALLEL_SIZES
 from fleettwin.models.config import PoolConfig, ScenarioConfig
+from fleettwin.models.config_hints import did_you_mean
 from fleettwin.models.errors import ConfigError, FleettwinError
 from fleettwin.models.slo import Target
 from fleettwin.models.snapshot import Slo as CapacitySlo
@@ -80,7 +81,10 @@ def enumerate_candidates(cfg: ScenarioConfig, pool: PoolConfig, gpus: Sequence[s
     fit: list[tuple[Candidate, ResolvedPool]] = []
     skipped: list[tuple[str, str]] = []
     for gpu in gpus:
-        catalog.gpu(gpu)  # an unknown GPU is an error, not a skipped candidate
+        try:  # an unknown GPU is an error, not a skipped candidate
+            catalog.gpu(gpu)
+        except FleettwinError as exc:
+            raise ConfigError(f"--gpus {gpu!r}: {exc}{did_you_mean(gpu, catalog.gpus)}") from None
         for weights, kv in dtypes:
             found: list[tuple[Candidate, ResolvedPool]] = []
             for tp in tps or TENSOR_PARALLEL_SIZES:
