@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 # Columns where more is better; the frontier negates them so that every axis is minimised.
-HIGHER_IS_BETTER = frozenset({"slo_attainment", "goodput_rps", "throughput_rps", "completed_fraction"})
+HIGHER_IS_BETTER = frozenset({"slo_attainment", "goodput_rps", "throughput_rps", "completed_fraction", "meets_slo",
+                              "tokens_per_s", "output_tokens_per_s"})
 
 
 def pareto_mask(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -55,35 +56,53 @@ def _minimised(table: pd.DataFrame, col: str) -> pd.Series:
 
 def plot_frontier(table: pd.DataFrame, x: str, y: str, path: Path, *, labels: Sequence[str], title: str,
                   max_labels: int = 20) -> Path:  # fmt: skip
-    """Scatter every successful point, mark and connect the frontier (``table['pareto']``), and label points
-    with their parameter values: all of them when there are at most ``max_labels``, else the frontier's."""
+    """Scatter every successful point, mark those that meet the percentile targets (when the scenario has
+    any) and the frontier (``table['pareto']``), and label points with their parameter values (all of them
+    when there are at most ``max_labels``, else the frontier's) where a label fits without overlapping
+    another. Axes whose values span decades are logarithmic."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
     from fleettwin.sim.io import atomic_write
+    from fleettwin.sim.report_plots import drawable, log_if_wide, place_labels
 
     ok = table["error"].fillna("").eq("") if "error" in table else pd.Series(True, index=table.index)
     data = table[ok & table[x].notna() & table[y].notna()]
     front = data[data["pareto"]].sort_values([x, y])
+    judged = "meets_slo" in data and data["meets_slo"].notna().any()
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    ax.scatter(data[x], data[y], s=28, color="tab:grey", alpha=0.7, label=f"settings ({len(data)})")
-    ax.plot(front[x], front[y], "-o", color="tab:red", markersize=7, linewidth=1.5,
-            label=f"Pareto frontier ({len(front)})")  # fmt: skip
-    label = dict(zip(table.index, labels, strict=True))  # labels are given in row order
-    shown = data if len(data) <= max_labels else front
-    for (px, py), group in shown.groupby([x, y], sort=False):  # settings with identical results share a label
-        ax.annotate("\n".join(label[i] for i in group.index), (px, py), textcoords="offset points",
-                    xytext=(5, 4), fontsize=7, color="tab:red" if group["pareto"].any() else "dimgrey")  # fmt: skip
+    if judged:
+        meets = data["meets_slo"].fillna(0) >= 1.0
+        ax.scatter(data.loc[meets, x], data.loc[meets, y], s=30, color="tab:green", alpha=0.8,
+                   label=f"meets the SLO targets ({int(meets.sum())})")  # fmt: skip
+        ax.scatter(data.loc[~meets, x], data.loc[~meets, y], s=30, color="tab:grey", marker="x", alpha=0.8,
+                   label=f"misses a target ({int((~meets).sum())})")  # fmt: skip
+    else:
+        ax.scatter(data[x], data[y], s=28, color="tab:grey", alpha=0.7, label=f"settings ({len(data)})")
+    ax.plot(front[x], front[y], "-o", color="tab:red", markersize=7, linewidth=1.5, markerfacecolor="none",
+            label=f"Pareto frontier ({len(front)})" + (" of those meeting the targets" if judged else ""))  # fmt: skip
+    log_if_wide(ax, "x", data[x].tolist())
+    log_if_wide(ax, "y", data[y].tolist())
     ax.margins(x=0.15, y=0.12)  # room for the labels
     ax.set_xlabel(_axis_label(x))
     ax.set_ylabel(_axis_label(y))
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
     ax.legend(loc="best", fontsize=8)
     failed = len(table) - int(ok.sum())
-    ax.set_title(title + (f" ({failed} failed, not shown)" if failed else ""), fontsize=10)
+    full_title = title + (f" ({failed} failed, not shown)" if failed else "")
+    ax.set_title(drawable([full_title])[full_title], fontsize=10)
     fig.tight_layout()
+    draw = drawable(labels)
+    label = {i: draw[str(lb)] for i, lb in zip(table.index, labels, strict=True)}  # labels are given in row order
+    shown = data if len(data) <= max_labels else front
+    points = [(px, py, "\n".join(label[i] for i in group.index), "tab:red" if group["pareto"].any() else "dimgrey")
+              for (px, py), group in shown.groupby([x, y], sort=False)]  # identical results share a label
+    points.sort(key=lambda p: p[3] != "tab:red")  # the frontier's labels first
+    hidden = place_labels(ax, points)
+    if hidden:
+        ax.text(0.01, 0.01, f"{hidden} labels left out (they would overlap)", transform=ax.transAxes, fontsize=7)
     atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)
     return path

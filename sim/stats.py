@@ -214,3 +214,13 @@ def token_costs(usd: float, throughput: dict, duration_s: float) -> dict[str, fl
     output = throughput["output_tokens_per_s"] * duration_s
     return {"usd_per_1m_tokens": 1e6 * usd / tokens if tokens > 0 else math.nan,
             "usd_per_1m_output_tokens": 1e6 * usd / output if output > 0 else math.nan}  # fmt: skip
+
+
+def slo_columns(summary: dict) -> dict[str, object]:
+    """A results row's percentile-target columns: ``meets_slo`` and ``<target>_met`` per target (none when the
+    scenario has no targets), so an experiment's table says which set-ups meet them."""
+    targets = summary.get("slo", {}).get("targets") or {}
+    if not targets:
+        return {}
+    return {"meets_slo": bool(summary["slo"]["met"]), **{f"{k.removesuffix('_s')}_met": bool(t["met"])
+                                                          for k, t in targets.items()}}  # fmt: skip

@@ -43,8 +43,9 @@ SHORTHANDS = {
 # The metric columns every run reports (a summary may add more: see ``metrics``), in table order.
 METRICS = (
     "ttft_p50_s", "ttft_p95_s", "ttft_p99_s", "e2e_p50_s", "e2e_p95_s", "e2e_p99_s", "tpot_p95_s",
-    "slo_attainment", "goodput_rps", "throughput_rps", "completed_fraction", "rejected", "unfinished",
-    "usd_per_hour", "usd_per_1k_requests", "gpu_hours", "gpus_mean",
+    "slo_attainment", "meets_slo", "goodput_rps", "throughput_rps", "tokens_per_s", "output_tokens_per_s",
+    "completed_fraction", "rejected", "unfinished", "usd_per_hour", "usd_per_1k_requests", "usd_per_1m_tokens",
+    "usd_per_1m_output_tokens", "gpu_hours", "gpus_mean",
 )  # fmt: skip
 # Summary keys turned into the columns above, or too bulky for a table; any other numeric entry (a tier's GPU
 # utilisation, say) is flattened into extra columns.
@@ -194,8 +195,14 @@ def metrics(summary: dict) -> dict[str, float]:
     lat, req, cost = summary["latency_s"], summary["requests"], summary["cost"]
     rec = {f"{m}_{q}_s": lat[m][q] for m in ("ttft", "e2e") for q in ("p50", "p95", "p99")}
     rec["tpot_p95_s"] = lat["tpot"]["p95"]
+    met = summary["slo"].get("met")  # the percentile targets (None: the scenario has none)
     rec.update(slo_attainment=summary["slo"]["attainment"], goodput_rps=summary["slo"]["goodput_requests_per_s"],
+               meets_slo=math.nan if met is None else float(met),
                throughput_rps=summary["throughput"]["requests_per_s"],
+               tokens_per_s=summary["throughput"].get("tokens_per_s", math.nan),
+               output_tokens_per_s=summary["throughput"]["output_tokens_per_s"],
+               usd_per_1m_tokens=cost.get("usd_per_1m_tokens", math.nan),
+               usd_per_1m_output_tokens=cost.get("usd_per_1m_output_tokens", math.nan),
                completed_fraction=req["completed"] / max(req["total"], 1), rejected=req["rejected"],
                unfinished=req["unfinished"], usd_per_hour=cost["usd_per_hour"],
                usd_per_1k_requests=cost["usd_per_1k_requests"], gpu_hours=cost["gpu_hours"],
@@ -249,6 +256,11 @@ def build_table(points: Sequence[Point], runs: Sequence[dict], *, seeds: int, x:
     rest = [c for c in table.columns if c not in {*head, *metric_cols, "error"}]
     table = table[[*head, *metric_cols, *rest, "error"]].copy()
     table["pareto"] = frontier(table, x, y) if x in table and y in table else False
+    if "meets_slo" in table and table["meets_slo"].notna().any():
+        # With percentile targets, a point that misses one is never on the frontier: an overloaded setting is
+        # cheap per request only because it serves them late.
+        meets = table["meets_slo"].fillna(0) >= 1.0
+        table["pareto"] = frontier(table.where(meets), x, y) & meets.to_numpy() if meets.any() else False
     return table
 
 

@@ -118,3 +118,11 @@ def test_summary_reports_targets_and_cost_per_token():
     tokens = s["throughput"]["tokens_per_s"] * s["sim_time_s"]
     assert s["cost"]["usd_per_1m_tokens"] == pytest.approx(1e6 * s["cost"]["usd"] / tokens)
     assert s["cost"]["usd_per_1m_output_tokens"] > s["cost"]["usd_per_1m_tokens"]
+
+
+def test_experiment_rows_carry_the_targets():
+    from fleettwin.sim.stats import slo_columns
+
+    assert slo_columns({"slo": {"targets": {}, "met": None}}) == {}
+    row = slo_columns({"slo": {"met": False, "targets": {"ttft_p95_s": {"met": True}, "e2e_p99_s": {"met": False}}}})
+    assert row == {"meets_slo": False, "ttft_p95_met": True, "e2e_p99_met": False}

@@ -263,3 +263,30 @@ def test_sweeping_the_seed_gives_one_seed_column_and_different_draws(scenario):
     table = run_sweep(scenario, [parse_param("seed=1,2")], LocalExecutor(1)).table
     assert table.columns.is_unique and table["seed"].tolist() == [1, 2]
     assert table["ttft_p95_s"].nunique() == 2
+
+
+def test_sweep_rows_mark_the_slo_targets_and_cost_per_token(tmp_path):
+    """Percentile targets: each point says whether it meets them, the frontier holds only those that do, and
+    the table has tokens/s and USD per 1M tokens; the plot labels never overlap."""
+    import matplotlib
+
+    from fleettwin.sim.executors import LocalExecutor
+    from fleettwin.sim.sweep import parse_param, run_sweep, write_sweep
+
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(yaml.safe_dump({
+        "name": "targets", "seed": 1,
+        "workload": {"type": "poisson", "rate": 30, "duration_s": 60,
+                     "lengths": {"type": "fixed", "prompt": 2000, "output": 100}},
+        "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1}],
+        "slo": {"ttft_p95_s": 1.0}}))  # fmt: skip
+    result = run_sweep(scenario, [parse_param("pools.chat.replicas=1,2,3,6")], LocalExecutor(1),
+                       x="usd_per_hour", y="ttft_p95_s")  # fmt: skip
+    t = result.table
+    assert t["meets_slo"].tolist()[0] == 0.0 and t["meets_slo"].tolist()[-1] == 1.0
+    assert not t.loc[t["meets_slo"] == 0.0, "pareto"].any() and t.loc[t["meets_slo"] == 1.0, "pareto"].any()
+    for col in ("tokens_per_s", "output_tokens_per_s", "usd_per_1m_tokens", "usd_per_1m_output_tokens"):
+        assert (t[col] > 0).all(), col
+    matplotlib.use("Agg")
+    paths = write_sweep(result, tmp_path / "out")
+    assert (tmp_path / "out" / "pareto.png") in paths

@@ -29,6 +29,7 @@ from fleettwin.sim.experiments import CONFIG_DIR
 from fleettwin.sim.experiments.base import ExperimentProgress, ExperimentResult
 from fleettwin.sim.metrics import COMPLETED
 from fleettwin.sim.runner import SimulationResult, run_scenario
+from fleettwin.sim.stats import slo_columns
 
 CONFIGS = CONFIG_DIR
 BIN_S = 60.0
@@ -119,6 +120,7 @@ def case_row(case: Case, cfg: ScenarioConfig, res: SimulationResult, base: Simul
         "time_to_recover_s": time_to_recover(done, base_done, end, float(df["arrival_s"].max())),
         "cross_region_frac": s["regions"]["cross_region_frac"] if "regions" in s else math.nan,
         "gpu_hours": s["cost"]["gpu_hours"], "baseline_gpu_hours": base.summary["cost"]["gpu_hours"],
+        **slo_columns(s),  # percentile targets met or missed, when the scenario has them
     }  # fmt: skip
 
 

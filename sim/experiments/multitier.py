@@ -24,6 +24,7 @@ from fleettwin.sim.experiments import CONFIG_DIR
 from fleettwin.sim.experiments.base import ExperimentProgress, ExperimentResult
 from fleettwin.sim.metrics import COMPLETED
 from fleettwin.sim.runner import SimulationResult, generate_requests, run_scenario
+from fleettwin.sim.stats import slo_columns
 
 SCENARIO = CONFIG_DIR / "multitier.yaml"
 POLICIES = CONFIG_DIR / "multitier_policies.yaml"
@@ -176,7 +177,7 @@ def measure(name: str, res: SimulationResult, measured: dict[str, float]) -> tup
         "p95_ttft_s": s["latency_s"]["ttft"]["p95"], "p95_ttft_cv": cv(hourly),
         "p95_e2e_s": s["latency_s"]["e2e"]["p95"], "slo_attainment": s["slo"]["attainment"],
         "training_gpu_hours": sum(p["work_done_gpu_hours"] for p in train),
-        "batch_deadline_miss": missed / due if due else 0.0,
+        "batch_deadline_miss": missed / due if due else 0.0, **slo_columns(s),
     }  # fmt: skip
     inf = s["pools"][0]
     key = f"{inf['gpu']}/{inf['model']}/{inf['tp']}"

@@ -37,6 +37,7 @@ from fleettwin.sim.experiments.base import ExperimentProgress, ExperimentResult
 from fleettwin.sim.metrics import COMPLETED
 from fleettwin.sim.regions import minute_p99
 from fleettwin.sim.runner import run_scenario
+from fleettwin.sim.stats import slo_columns
 
 CONFIG = CONFIG_DIR / "regions.yaml"
 SEEDS = (11, 12, 13)
@@ -94,7 +95,7 @@ def measure(res) -> dict:
         "rtt_mean_ms": reg["rtt_mean_ms"], "cost_per_hour": reg["cost"]["usd_per_hour"],
         "usd_per_1k_requests": 1000 * reg["cost"]["usd"] / max(len(done), 1),
         "prefix_hit_rate": reg["prefix_cache"].get("prefix_cache_hit_rate", 0.0),
-        "preemptions": s["preemptions"], "gpus": sum(p["gpus"] for p in s["pools"]),
+        "preemptions": s["preemptions"], "gpus": sum(p["gpus"] for p in s["pools"]), **slo_columns(s),
     }  # fmt: skip
 
 
