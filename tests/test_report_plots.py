@@ -19,7 +19,7 @@ def test_labels_never_overlap_and_the_rest_are_counted():
     ax.scatter(xs, ys)
     ax.set_xlim(0, 6)
     ax.set_ylim(0, 4)
-    hidden = place_labels(ax, [(x, y, f"replicas={i}, tp=4", "black") for i, (x, y) in enumerate(zip(xs, ys))])
+    hidden = place_labels(ax, [(x, y, f"replicas={i}, tp=4", "black") for i, (x, y) in enumerate(zip(xs, ys, strict=True))])
     renderer = fig.canvas.get_renderer()
     boxes = [t.get_window_extent(renderer) for t in ax.texts]
     assert len(boxes) + hidden == len(xs) and hidden > 0
