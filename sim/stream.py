@@ -25,7 +25,7 @@ import pandas as pd
 
 from fleettwin.models.errors import ConfigError
 from fleettwin.sim.metrics import RequestLog
-from fleettwin.sim.stats import COMPLETED, RequestStats, Slo
+from fleettwin.sim.stats import RequestStats, Slo
 
 CHUNK_ROWS = 65_536
 _SCHEMA = {
@@ -121,6 +121,3 @@ def merged_stats(stats: dict[str, RequestStats], pool: str | None) -> RequestSta
             out.merge(s)
     return out
 
-
-def has_completed(stats: dict[str, RequestStats]) -> bool:
-    return any(s.counts[COMPLETED] for s in stats.values())

@@ -88,6 +88,7 @@ def question(args: argparse.Namespace):
         raise ConfigError(f"--budget {args.budget:g}: USD per hour > 0")
     if args.max_replicas < 1:
         raise ConfigError(f"--max-replicas {args.max_replicas}: at least 1")
+    tps = parse_tp(args.tp)
     targets = {}
     for text in args.slos:
         try:
@@ -98,7 +99,7 @@ def question(args: argparse.Namespace):
     return PlanQuestion(
         scenario=args.scenario, rates=tuple(dict.fromkeys(args.rates)), targets=targets,
         gpus=tuple(g.strip() for g in args.gpus.split(",") if g.strip()) if args.gpus else (),
-        tps=None if parse_tp(args.tp) is None else tuple(parse_tp(args.tp)),
+        tps=None if tps is None else tuple(tps),
         dtypes=tuple(parse_dtypes(args.dtype)) if args.dtype else (), budget_usd_h=args.budget, pool=args.pool,
         overrides=dict(parse_override(o) for o in args.overrides), max_replicas=args.max_replicas,
     )  # fmt: skip
