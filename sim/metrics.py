@@ -53,8 +53,11 @@ class RequestLog:
         # during the run (an agent workflow's calls, sim/workflows.py) wait on their outcome here.
         self.on_outcome: dict[int, Callable[[tuple], None]] = {}
         self.base = 0  # rows already handed on (a streaming log writes them out: sim/stream.py)
-        # Applied to each chunk's frame by a streaming log (the API server's latency: sim/runner.simulate)
+        # Applied to each chunk's frame by a streaming log before it is summarised and written
         self.frame_hook: Callable[[pd.DataFrame], None] | None = None
+        # Pool -> the API server's latency for a prompt of n tokens (sim/runner.simulate): rows record the first
+        # token and the finish as the client sees them, so every reader (workflows, controllers) sees those
+        self.frontend: dict[str, Callable[[int], float]] = {}
         self._read: dict[int, int] = {}  # id(reader) -> rows it has read (read_new)
 
     @property
@@ -81,9 +84,11 @@ class RequestLog:
 
     def completed(self, pool: str, replica: int, seqs: list[SeqState]) -> None:
         append = self.rows.append
+        frontend = self.frontend.get(pool) if self.frontend else None
         for s in seqs:
             r = s.req
-            append((r.id, pool, replica, r.arrival_s, s.first_scheduled_s, s.first_token_s, s.finish_s,
+            late = frontend(r.prompt_tokens) if frontend is not None else 0.0
+            append((r.id, pool, replica, r.arrival_s, s.first_scheduled_s, s.first_token_s + late, s.finish_s + late,
                     r.prompt_tokens, s.num_output, s.preemptions, COMPLETED, ""))  # fmt: skip
         if self.on_outcome:
             for row in self.rows[len(self.rows) - len(seqs):]:
@@ -114,7 +119,9 @@ class RequestLog:
 
     def unfinished(self, pool: str, replica: int, seq: SeqState, reason: str) -> None:
         r = seq.req
-        self.rows.append((r.id, pool, replica, r.arrival_s, seq.first_scheduled_s, seq.first_token_s, math.nan,
+        frontend = self.frontend.get(pool) if self.frontend else None
+        first = seq.first_token_s + (frontend(r.prompt_tokens) if frontend is not None else 0.0)
+        self.rows.append((r.id, pool, replica, r.arrival_s, seq.first_scheduled_s, first, math.nan,
                           r.prompt_tokens, seq.num_output, seq.preemptions, UNFINISHED, reason))  # fmt: skip
         if self.on_outcome:
             self._notify(self.rows[-1])

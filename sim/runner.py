@@ -205,13 +205,13 @@ def simulate(
     performance model prices vLLM's API server (``frontend_latency_s``) has that latency added to its requests'
     first token and finish, as a client measures them; False for offline engines (vLLM's LLM class).
     ``log`` is the sink of the request rows (default a ``RequestLog`` in memory; ``sim/stream.py`` writes them
-    out as the run goes, each chunk with the API-server latency added through ``log.frame_hook``)."""
+    out as the run goes)."""
     if mode not in ("skip", "per_iteration"):
         raise ValueError(f"mode must be 'skip' or 'per_iteration', got {mode!r}")
     env = simpy.Environment()
     log = RequestLog() if log is None else log
-    if api_server and log.pool_stats() is not None:
-        log.frame_hook = lambda frame: add_frontend_latency(frame, specs)
+    if api_server:
+        log.frontend = frontend_latencies(specs)
     pools: list[Pool] = []
     for spec in specs:
         router = REPLICA_ROUTERS.create(spec.router, spec.router_params)
@@ -275,28 +275,18 @@ def simulate(
         raise AssertionError(f"request accounting broken: {log.done} outcomes for {total + spawned[0]} requests")
 
     df = log.to_frame()
-    if api_server:  # a streaming log has added it to each chunk already (log.frame_hook) and returns no rows
-        add_frontend_latency(df, specs)
     end = log.end_s(df, env.now)
     ts = sampler.to_frame()
     return RawRun(requests=df, timeseries=ts[ts["time_s"] <= end + 1e-9].reset_index(drop=True), pools=pools,
                   end_s=end, events=next(env._eid), stats=log.pool_stats())  # fmt: skip  # SimPy numbers every scheduled event
 
 
-def add_frontend_latency(df: pd.DataFrame, specs: Sequence[PoolSpec]) -> None:
-    """Client-side times: each pool's API-server latency (HTTP, tokenisation, the first chunk streamed back) added
-    to its requests' first token and finish. Equivalent to delaying arrivals at the engine by it when it is the
-    same for every request; the per-prompt-token part (microseconds) is the approximation."""
-    for spec in specs:
-        frontend = getattr(spec.perf, "frontend_latency_s", None)
-        if frontend is None:
-            continue
-        rows = df["pool"] == spec.name
-        if not rows.any():
-            continue
-        extra = frontend(df.loc[rows, "prompt_tokens"].to_numpy(float))
-        for col in ("first_token_s", "finish_s", "ttft_s", "e2e_s"):
-            df.loc[rows, col] = df.loc[rows, col] + extra
+def frontend_latencies(specs: Sequence[PoolSpec]) -> dict[str, Callable[[int], float]]:
+    """Per pool, the API server's latency (HTTP, tokenisation, the first chunk streamed back) that its performance
+    model prices, for the request log to add to first token and finish: the times a client sees. Equivalent to
+    delaying the engine's arrivals by it when it is the same for every request; the per-prompt-token part
+    (microseconds) is the approximation."""
+    return {spec.name: fn for spec in specs if (fn := getattr(spec.perf, "frontend_latency_s", None)) is not None}
 
 
 def run_scenario(

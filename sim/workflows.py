@@ -163,9 +163,10 @@ class WorkflowDriver:
             return
         back = self.door.records[row[_ID]][2] / 2 if self.door is not None and row[_ID] in self.door.records else 0.0
         outcome = NodeOutcome(status=COMPLETED, end_s=row[_FINISH] + back, **common)
-        if back > 0:  # the answer still has to reach the orchestrator
+        wait = outcome.end_s - self.env.now  # the network back, and the API server's latency in the row's finish
+        if wait > 0:  # the answer still has to reach the orchestrator
             self._timers += 1
-            self.env.timeout(back).callbacks.append(lambda _: self._timer_done(run, i, outcome))
+            self.env.timeout(wait).callbacks.append(lambda _: self._timer_done(run, i, outcome))
         else:
             self._settle(run, i, outcome)
 

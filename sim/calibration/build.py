@@ -21,8 +21,9 @@ from fleettwin.sim.calibration.runs import MeasuredRun
 FIT_RUNS_PER_DEPLOYMENT = 10  # spread over each deployment's loads; the leave-one-out errors cover every run
 METHOD = (f"simulator in the loop: every run replayed per candidate; bounded least squares on log(simulated / "
           f"measured) of mean TTFT, mean TPOT, mean and p99 E2E, soft-L1 at {ROBUST_SCALE:.0%}, each deployment "
-          "weighted equally, on at most 10 runs per deployment spread over its loads; coefficients the runs cannot "
-          "move, or with a standard error over 50 %, held at their prior")  # fmt: skip
+          "weighted equally, on at most 10 runs per deployment spread over its loads (runs whose measured queue "
+          "grew without bound: TPOT only); coefficients the runs cannot move, or with a standard error over 50 %, "
+          "held at their prior")  # fmt: skip
 
 
 def shipped_runs() -> list[MeasuredRun]:

@@ -30,6 +30,7 @@ from scipy.optimize import least_squares, minimize
 
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.perf.profile import CalibrationProfile
+from fleettwin.sim.calibration.errors import measured_saturation
 from fleettwin.sim.calibration.replay import predicted_metrics
 from fleettwin.sim.calibration.runs import MeasuredRun
 
@@ -135,6 +136,8 @@ def _targets(runs: Sequence[MeasuredRun]) -> tuple[list[tuple[int, str, float]],
     rows, weights = [], []
     for i, r in enumerate(runs):
         measured = {m: v for m, v in r.metrics().items() if m in FIT_METRICS and m not in r.unfitted and v > 0}
+        if measured_saturation(r):  # its queue grew through the run: latency measures the run's length, not
+            measured = {m: v for m, v in measured.items() if m.startswith("tpot")}  # the engine; TPOT still does
         for m, v in measured.items():
             rows.append((i, m, v))
             weights.append(1.0 / math.sqrt(len(measured) * groups[r.group]))
