@@ -18,6 +18,10 @@ from fleettwin.sim.calibration.fit import ROBUST_SCALE, FitResult, fit_profile, 
 from fleettwin.sim.calibration.readers import native
 from fleettwin.sim.calibration.runs import MeasuredRun
 
+# Engine and API-server costs are host-side (the same vLLM on the same kind of host): a profile whose own runs
+# cannot pin them starts from a sibling's fitted values, and fits only what its runs can move.
+ENGINE_PRIOR_FROM = {"h200-vllm-v1": "h100-vllm-v1"}
+FIT_ONLY = {"h200-vllm-v1": ["gpu_time_scale", "fp8_gemm_scale", "step_fixed_s", "step_per_seq_s", "tp_worker_s"]}
 FIT_RUNS_PER_DEPLOYMENT = 10  # spread over each deployment's loads; the leave-one-out errors cover every run
 METHOD = (f"simulator in the loop: every run replayed per candidate; bounded least squares on log(simulated / "
           f"measured) of mean TTFT, mean TPOT, mean and p99 E2E, soft-L1 at {ROBUST_SCALE:.0%}, each deployment "
@@ -66,11 +70,16 @@ def build_engine_profiles(folder: Path, out: TextIO, *, only: str | None = None,
         if not mine:
             out.write(f"{profile.name}: no shipped runs on {profile.gpu}; engine costs stay priors\n")
             continue
+        sibling = ENGINE_PRIOR_FROM.get(profile.name)
+        if sibling:
+            other = parse_profile(yaml.safe_load((folder / f"{sibling}.yaml").read_text()), source=sibling)
+            profile = profile.model_copy(update={"engine_costs": other.engine_costs, "frontend": other.frontend})
         t0 = time.perf_counter()
         say = lambda msg, name=profile.name: out.write(f"{name}: {msg}\n") or out.flush()  # noqa: E731
         subset = representative(mine, FIT_RUNS_PER_DEPLOYMENT)
         say(f"fitting on {len(subset)} of {len(mine)} runs ({FIT_RUNS_PER_DEPLOYMENT} per deployment at most)")
-        fitted = fit_profile(subset, profile, workers=workers, loro=False, progress=say)
+        fitted = fit_profile(subset, profile, coefficients=FIT_ONLY.get(profile.name), workers=workers, loro=False,
+                             progress=say)  # fmt: skip
         say("leave-one-out errors on every run")
         result = fit_profile(mine, fitted.profile, coefficients=list(fitted.fitted), refit=False, workers=workers,
                              progress=say)  # fmt: skip
@@ -78,7 +87,11 @@ def build_engine_profiles(folder: Path, out: TextIO, *, only: str | None = None,
         result.evaluations += fitted.evaluations
         data["engine_costs"] = result.profile.engine_costs.model_dump()
         data["frontend"] = result.profile.frontend.model_dump()
-        data["fit"] = {**data.get("fit", {}), "engine": fit_record(result, time.perf_counter() - t0)}
+        record = fit_record(result, time.perf_counter() - t0)
+        if sibling:
+            record["priors"] = (f"engine and API-server costs start from {sibling}'s fitted values; only "
+                                f"{', '.join(FIT_ONLY[profile.name])} fitted here")  # fmt: skip
+        data["fit"] = {**data.get("fit", {}), "engine": record}
         sources = {r.source for r in mine}
         data["sources"] = sorted({*data.get("sources", [])[:1], *sources})
         data["engine_versions"] = (f"kernels: {data['engine_versions'].split(';')[0].removeprefix('kernels: ')}; "

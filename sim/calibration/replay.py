@@ -109,11 +109,7 @@ def predicted_metrics(run: MeasuredRun, perf_model: str = "calibrated", perf_par
 
 
 def saturation(df: pd.DataFrame) -> bool:
-    """True when queueing delay grows through the run: the last fifth of arrivals waits over 3x as long as the
-    first fifth and over 10 s, the signature of an offered load above the service rate."""
-    done = df[df["status"] == COMPLETED].sort_values("arrival_s")
-    if len(done) < 20:
-        return False
-    k = len(done) // 5
-    early, late = done["ttft_s"].iloc[:k].median(), done["ttft_s"].iloc[-k:].median()
-    return bool(late > 10.0 and late > 3 * early)
+    """The simulated queue grew through the run (``errors.queue_grew``, the rule measured runs are judged by)."""
+    from fleettwin.sim.calibration.errors import queue_grew
+
+    return queue_grew(df[df["status"] == COMPLETED])

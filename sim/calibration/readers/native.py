@@ -134,7 +134,8 @@ def write(path: Path, runs: list[MeasuredRun], *, source: str, per_request: bool
             rel = f"{path.stem}/{run.name}.csv.gz"
             (path.parent / path.stem).mkdir(exist_ok=True)
             cols = [c for c in REQUEST_COLUMNS if c in req]
-            req[cols].to_csv(path.parent / rel, index=False, float_format="%.6f")
+            req[cols].to_csv(path.parent / rel, index=False, float_format="%.6f",
+                             compression={"method": "gzip", "mtime": 0})  # same bytes for the same runs
             entry["requests_file"] = rel
         else:
             entry["lengths"] = {"prompt_tokens": int(req["prompt_tokens"].iloc[0]),
