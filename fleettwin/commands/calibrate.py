@@ -185,7 +185,11 @@ def _report(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     errors.to_csv(args.out / "errors.csv", index=False)
     table = summary_table(errors)
-    text = markdown(table)
+    text = "Median |simulated / measured - 1| over the metrics each run vouches for:\n\n" + markdown(table)
+    unfitted = summary_table(errors, fitted=False)
+    if not unfitted.empty and unfitted[["ttft_mean", "tpot_mean", "e2e_mean"]].notna().to_numpy().any():
+        text += ("\n\nMetrics the runs mark unfitted (shown, never fitted on; see each run's notes):\n\n"
+                 + markdown(unfitted[unfitted["source"] != "all"]))  # fmt: skip
     (args.out / "report.md").write_text(text + "\n")
     plot(errors, args.out / "predicted_vs_measured.png")
     print(text)

@@ -55,11 +55,14 @@ def measured_saturation(run: MeasuredRun) -> bool:
     return {"arrival_s", "ttft_s"} <= set(df.columns) and queue_grew(df)
 
 
-def summary(errors: pd.DataFrame, metrics: Sequence[str] = HEADLINE) -> dict[str, float]:
-    """Median |error| per metric (NaN-safe), and the count of runs whose saturation disagrees."""
+def summary(errors: pd.DataFrame, metrics: Sequence[str] = HEADLINE, *, fitted: bool = True) -> dict[str, float]:
+    """Median |error| per metric (NaN-safe) over the metrics runs vouch for (``fitted``: not those a run marks
+    unfitted, such as the silicon rows' TTFT; False: those alone), and the count of runs whose saturation
+    disagrees."""
     out: dict[str, float] = {}
+    rows = errors[errors["fitted"] == fitted] if "fitted" in errors else errors
     for m in metrics:
-        e = errors.loc[errors["metric"] == m, "error"].to_numpy(float)
+        e = rows.loc[rows["metric"] == m, "error"].to_numpy(float)
         e = e[np.isfinite(e)]
         out[m] = float(np.median(np.abs(e))) if len(e) else math.nan
     per_run = errors.drop_duplicates("key")

@@ -82,13 +82,16 @@ def validation_frame(runs: Sequence[MeasuredRun], models: Sequence[str], *, loro
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def summary_table(errors: pd.DataFrame, metrics: Sequence[str] = HEADLINE) -> pd.DataFrame:
-    """Median |error| per (model, source) and per model overall, and saturation disagreements."""
+def summary_table(errors: pd.DataFrame, metrics: Sequence[str] = HEADLINE, *, fitted: bool = True) -> pd.DataFrame:
+    """Median |error| per (model, source) and per model over all sources, and saturation disagreements; over the
+    metrics the runs vouch for (``fitted``) or over the ones they mark unfitted."""
     rows = []
-    for (model, source), group in errors.groupby(["perf_model", "source"], sort=False):
-        rows.append({"perf_model": model, "source": source, **summary(group, metrics)})
     for model, group in errors.groupby("perf_model", sort=False):
-        rows.append({"perf_model": model, "source": "all", **summary(group, metrics)})
+        for source, part in group.groupby("source", sort=False):
+            s = summary(part, metrics, fitted=fitted)
+            if any(not np.isnan(s[m]) for m in metrics):
+                rows.append({"perf_model": model, "source": source, **s})
+        rows.append({"perf_model": model, "source": "all", **summary(group, metrics, fitted=fitted)})
     return pd.DataFrame(rows)
 
 
@@ -101,16 +104,22 @@ def markdown(table: pd.DataFrame, metrics: Sequence[str] = HEADLINE) -> str:
     return "\n".join(lines)
 
 
+CALIBRATED_SHOWN = ("calibrated (leave-one-run-out)", "calibrated (in sample)")  # the first the report has
+
+
 def plot(errors: pd.DataFrame, path: Path, metrics: Sequence[str] = ("ttft_mean", "tpot_mean", "e2e_mean",
                                                                        "e2e_p99")) -> None:  # fmt: skip
-    """Predicted against measured, log-log, one panel per metric, one colour per model."""
+    """Predicted against measured, log-log, one panel per metric, one colour per model (the calibrated model as
+    leave-one-run-out where the report has it); hollow markers for metrics the runs mark unfitted."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 4.6))
-    models = list(dict.fromkeys(errors["perf_model"]))
+    present = list(dict.fromkeys(errors["perf_model"]))
+    models = [m for m in present if not m.startswith("calibrated")]
+    models += [m for m in CALIBRATED_SHOWN if m in present][:1]  # drawn last, on top
     for ax, metric in zip(np.atleast_1d(axes), metrics, strict=True):
         sub = errors[(errors["metric"] == metric) & np.isfinite(errors["predicted"])]
         if sub.empty:
@@ -122,10 +131,13 @@ def plot(errors: pd.DataFrame, path: Path, metrics: Sequence[str] = ("ttft_mean"
             ax.plot([lo, hi], [lo * band, hi * band], "k:", lw=0.6)
         for k, model in enumerate(models):
             m = sub[sub["perf_model"] == model]
-            ax.scatter(m["measured"], m["predicted"], s=9, alpha=0.6, color=f"C{k}", label=model)
+            fit = m["fitted"].astype(bool)
+            ax.scatter(m.loc[fit, "measured"], m.loc[fit, "predicted"], s=9, alpha=0.6, color=f"C{k}", label=model)
+            ax.scatter(m.loc[~fit, "measured"], m.loc[~fit, "predicted"], s=12, alpha=0.6, facecolors="none",
+                       edgecolors=f"C{k}", label=f"{model} (not fitted)" if (~fit).any() else None)  # fmt: skip
         ax.set(xscale="log", yscale="log", title=metric.replace("_", " "), xlabel="measured (s)",
                ylabel="predicted (s)")  # fmt: skip
-    np.atleast_1d(axes)[0].legend(fontsize=7, loc="upper left")
+    np.atleast_1d(axes)[-1].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
