@@ -33,7 +33,8 @@ def series(days: int = 8, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("name,params", [
     ("seasonal_naive", {}), ("naive", {}), ("holt_winters", {}), ("sarimax", {}),
     ("lstm", {"horizon": "12h", "epochs": 5, "hidden": 8}),
-    ("ensemble", {"members": [{"model": "seasonal_naive"}, {"model": "holt_winters"}], "origins": 2}),
+    ("ensemble", {"members": [{"model": "seasonal_naive"}, {"model": "holt_winters"}]}),
+    ("mstl", {}), ("auto_theta", {}), ("lightgbm", {"n_estimators": 20}),
 ])
 def test_no_look_ahead(name, params):
     """Perturbing everything after an origin leaves every forecast made at or before it unchanged."""
