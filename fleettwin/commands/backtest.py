@@ -173,8 +173,8 @@ def run(args: argparse.Namespace) -> int:
         _write_atomic(out / "backtest.png",
                       lambda f: plot_backtest(values, frame, table, series, horizons, f), binary=True)
     _print_table(console, table, bucket_s)
-    for alias, notes in note_counts(results).items():
-        for text, count in list(notes.items())[:3]:
+    for alias, notes in note_counts(results).items():  # fallbacks first; notes differing in numbers counted as one
+        for text, count in sorted(notes.items(), key=lambda kv: "last value" not in kv[0])[:5]:
             console.print(f"  {alias}: {text} ({count} of {len(origins)} origins)")
     console.print(f"wrote {out}/backtest.csv, forecasts.csv{'' if args.no_plot else ', backtest.png'} "
                   f"in {time.perf_counter() - wall:.1f} s")
@@ -210,11 +210,16 @@ def _print_table(console, table: pd.DataFrame, bucket_s: float) -> None:
                      f"{row['max_over_series_max']:.2f}", str(row["fallbacks"]), f"{row['fit_seconds']:.2f}")
     console.print(view)
     for h, group in table.groupby("horizon_buckets"):
-        top = group.loc[group["smape"].idxmin()]
-        parts = [f"{base} {float(group.loc[group['model'] == base, 'smape'].iloc[0]):.2f} "
-                 f"(x{top[f'smape_vs_{base}']:.3f})" for base in BASELINES if base in set(group["model"])]
-        console.print(f"h={h} ({_span(h * bucket_s)}): best {top['model']} sMAPE {top['smape']:.2f}"
-                      f"{' against ' + ', '.join(parts) if parts else ''}; its p90 coverage {top['coverage_p90']:.3f}")
+        models = group[~group["model"].isin(BASELINES)]
+        for label, rows in (("best", group), ("best model (not a baseline)", models)):
+            if not len(rows) or rows["smape"].isna().all() or (label == "best" and len(models) == len(group)):
+                continue
+            top = rows.loc[rows["smape"].idxmin()]
+            parts = [f"{base} {float(group.loc[group['model'] == base, 'smape'].iloc[0]):.2f} "
+                     f"(x{top[f'smape_vs_{base}']:.3f})" for base in BASELINES if base in set(group["model"])]
+            console.print(f"h={h} ({_span(h * bucket_s)}): {label} {top['model']} sMAPE {top['smape']:.2f}"
+                          f"{' against ' + ', '.join(parts) if parts else ''}; its p90 coverage "
+                          f"{top['coverage_p90']:.3f}")
 
 
 def _span(seconds: float) -> str:

@@ -1,6 +1,6 @@
 """``backtest.png``: one panel per horizon, readable whatever a model forecast.
 
-Each panel shows the actuals (gaps broken), the two baselines and the best model at that horizon (with its
+Each panel shows the actuals (gaps broken), the two baselines and the best non-baseline model at that horizon (with its
 p10-p90 band) as forecast paths of leads 1..h from origins at least h apart; the other models are thin grey
 lines. The y axis is clipped at 1.3x the actuals' 99.5th percentile, so one absurd forecast cannot flatten the
 panel: anything above is drawn as a marker on the top edge and labelled with its model and value.
@@ -52,7 +52,8 @@ def _panel(ax: Any, values: np.ndarray, frame: pd.DataFrame, rows: pd.DataFrame,
     idx = np.arange(lo, hi)
     actual = values[idx]
     top = 1.3 * float(np.nanpercentile(actual, 99.5)) if np.isfinite(actual).any() else 1.0
-    best = rows.loc[rows["smape"].idxmin(), "model"] if rows["smape"].notna().any() else None
+    models = rows[~rows["model"].isin(BASELINES) & rows["smape"].notna()]  # the best model a user could deploy
+    best = models.loc[models["smape"].idxmin(), "model"] if len(models) else None
     sub = frame[frame["origin"].isin(shown) & (frame["lead"] <= h)]
     over = []
     for model, paths in sub.groupby("model", sort=False):

@@ -9,6 +9,7 @@ over all origins. Gap buckets in the actuals are skipped, not scored as zero dem
 from __future__ import annotations
 
 import multiprocessing
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -172,10 +173,14 @@ def forecasts_frame(values: np.ndarray, results: Sequence[OriginResult], *, star
 
 
 def note_counts(results: Sequence[OriginResult]) -> dict[str, dict[str, int]]:
-    """For each model, how many origins carried each note (fallbacks, fills)."""
+    """For each model, how many origins carried each kind of note (fallbacks, fills); notes that differ only
+    in their numbers ("history of 216 buckets", "of 234 buckets") are one kind, shown by its first text."""
     out: dict[str, dict[str, int]] = {}
+    first: dict[tuple[str, str], str] = {}
     for r in results:
-        for note in r.notes:
-            out.setdefault(r.alias, {}).setdefault(note, 0)
-            out[r.alias][note] += 1
+        for note in dict.fromkeys(r.notes):
+            kind = re.sub(r"\d+(\.\d+)?(e[+-]\d+)?", "N", note)
+            text = first.setdefault((r.alias, kind), note)
+            out.setdefault(r.alias, {}).setdefault(text, 0)
+            out[r.alias][text] += 1
     return out

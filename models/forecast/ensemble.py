@@ -62,7 +62,7 @@ class Ensemble(Forecaster):
     def _member(self, spec: Member) -> Forecaster:
         """A member with the ensemble's calibration and gap settings (so their backcasts line up)."""
         shared = {"conformal": self.params.conformal.model_dump() if self.params.conformal else None,
-                  "zeros_are_demand": self.params.zeros_are_demand}
+                  "zeros_are_demand": self.params.zeros_are_demand, "refit_every": self.params.refit_every}
         return FORECASTERS.create(spec.model, {**spec.params, **shared}, bucket_s=self.bucket_s)
 
     def _fit(self, y: np.ndarray) -> None:

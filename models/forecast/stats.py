@@ -14,7 +14,13 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from fleettwin.models.forecast.base import FORECASTERS, Forecast, Forecaster, ForecasterParams
+from fleettwin.models.forecast.base import (
+    FORECASTERS,
+    Forecast,
+    Forecaster,
+    ForecasterParams,
+    naive_calibration,
+)
 from fleettwin.models.forecast.conformal import ConformalParams
 from fleettwin.models.forecast.series import fill_gaps
 
@@ -128,6 +134,41 @@ class MSTLForecaster(StatsForecaster):
             self.note(f"history of {n} buckets holds too little of any season; MSTL fitted as AutoETS")
             return AutoETS(season_length=1, model=self.params.trend)
         return MSTL(season_length=seasons, trend_forecaster=AutoETS(model=self.params.trend))
+
+    def _seasonal(self, n: int, h: int = 0) -> np.ndarray | None:
+        """The fitted seasonal components summed over buckets ``0..n + h``: the fit's own values, then each
+        season repeated from its last cycle. None when the fit has no season (plain AutoETS)."""
+        frame = getattr(self.model_, "model_", None)
+        if frame is None or not hasattr(frame, "columns"):
+            return None
+        periods = np.atleast_1d(self.model_.season_length)
+        cols = [c for c in frame.columns if str(c).startswith("seasonal")]
+        n_fit = len(frame)
+        idx = np.arange(n + h)
+        total = np.zeros(n + h)
+        for col, m in zip(cols, periods, strict=True):
+            comp = frame[col].to_numpy()
+            src = np.where(idx < n_fit, idx, idx - m * np.ceil((idx - n_fit + 1) / m).astype(np.int64))
+            total += comp[src]
+        return total
+
+    def _forward(self, y: np.ndarray, h: int) -> np.ndarray:
+        """Cheap: the fitted seasons extended periodically, AutoETS run forward over the rest (re-running STL
+        on every history, as statsforecast's forward does, costs as much as a fit)."""
+        z = self._z(y)
+        seas = self._seasonal(len(z), h)
+        if seas is None:
+            return super()._forward(y, h)
+        trend = self.model_.trend_forecaster.forward(z - seas[: len(z)], h)["mean"]
+        return np.expm1(np.minimum(np.asarray(trend, dtype=float) + seas[len(z):], 60.0))
+
+    def _predict(self, h: int) -> Forecast:
+        if not self.forward_ or self._seasonal(0) is None:
+            return super()._predict(h)
+        point = self._forward(self.y_, h)
+        if self.cal_ is None:
+            self.cal_ = naive_calibration(self.y_, h)
+        return Forecast(mean=point, p10=point, p50=point, p90=point, model=self.alias)
 
 
 @FORECASTERS.register("auto_theta")
