@@ -39,7 +39,7 @@ from fleettwin.models.forecast.series import (
     to_buckets,
 )
 
-RECOMMENDED = ("mstl", "auto_theta", "lightgbm", "ensemble")
+RECOMMENDED = ("auto_ets", "mstl", "auto_theta", "lightgbm", "ensemble")
 """The models ``backtest`` runs without --models, beside the two baselines (docs/forecasting.md says why)."""
 DEFAULT_MODELS = ",".join((*BASELINES, *RECOMMENDED))
 EXAMPLE = """\

@@ -27,8 +27,8 @@ class Member(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-DEFAULT_MEMBERS = (Member(model="naive"), Member(model="level_seasonal_naive"), Member(model="auto_ets"),
-                   Member(model="mstl"), Member(model="auto_theta"), Member(model="lightgbm"))
+DEFAULT_MEMBERS = (Member(model="naive"), Member(model="auto_ets"), Member(model="mstl"), Member(model="auto_theta"),
+                   Member(model="lightgbm"))
 
 
 def point_error(actual: np.ndarray, forecast: np.ndarray) -> float:
@@ -43,9 +43,10 @@ class Ensemble(Forecaster):
 
     class Params(ForecasterParams):
         members: tuple[Member, ...] = DEFAULT_MEMBERS
-        """Default: the last value and the level-adjusted seasonal naive beside the fitted models, so that on
-        a series without a usable season the weight can move to the last value."""
-        power: float = Field(default=2.0, ge=0)
+        """Default: the last value beside the fitted models, so that on a series without a usable season the
+        weight can move to it (and to AutoETS's smoothed level). The level-adjusted seasonal naive is left out:
+        on ServeGen m-mid and m-large it was 1.4-2.7x the last value's error and still took weight."""
+        power: float = Field(default=4.0, ge=0)
         """Weight = 1 / error ** power: 0 is an equal-weight average; large picks the recent best."""
         memory: float = Field(default=0.9, ge=0, le=1)
         """On update, the weight of the old error against the newly scored buckets."""

@@ -1,0 +1,35 @@
+"""Markdown tables of ``fleettwin backtest`` results for docs/forecasting.md (one table per backtest.csv).
+
+    .venv/bin/python tools/forecast_tables.py results/forecast/*/backtest.csv
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+
+def table(path: Path) -> str:
+    df = pd.read_csv(path)
+    h = sorted(df["horizon_buckets"].unique())
+    lines = [f"`{path.parent.name}` (`{path}`)", "",
+             "| model | " + " | ".join(f"sMAPE {x} | vs naive {x} | vs s.naive {x} | p90 cov. {x}" for x in h)
+             + " | max / series max | fallbacks | fit s / origin |",
+             "|---|" + "---:|" * (4 * len(h) + 3)]
+    for model, rows in df.groupby("model", sort=False):
+        rows = rows.set_index("horizon_buckets")
+        cells = []
+        for x in h:
+            r = rows.loc[x]
+            star = "**" if r["best"] else ""
+            cells += [f"{star}{r['smape']:.2f}{star}", f"{r['smape_vs_naive']:.3f}", f"{r['smape_vs_seasonal_naive']:.3f}",
+                      f"{r['coverage_p90']:.3f}"]
+        lines.append(f"| `{model}` | " + " | ".join(cells) + f" | {rows['max_over_series_max'].max():.2f} | "
+                     f"{int(rows['fallbacks'].max())} | {rows['fit_seconds'].mean():.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print("\n\n".join(table(Path(p)) for p in sys.argv[1:]))
