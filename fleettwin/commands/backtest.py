@@ -212,9 +212,11 @@ def _print_table(console, table: pd.DataFrame, bucket_s: float) -> None:
     for h, group in table.groupby("horizon_buckets"):
         models = group[~group["model"].isin(BASELINES)]
         for label, rows in (("best", group), ("best model (not a baseline)", models)):
-            if not len(rows) or rows["smape"].isna().all() or (label == "best" and len(models) == len(group)):
+            if not len(rows) or rows["smape"].isna().all():
                 continue
             top = rows.loc[rows["smape"].idxmin()]
+            if label == "best" and top["model"] not in BASELINES:
+                continue  # said by the next line
             parts = [f"{base} {float(group.loc[group['model'] == base, 'smape'].iloc[0]):.2f} "
                      f"(x{top[f'smape_vs_{base}']:.3f})" for base in BASELINES if base in set(group["model"])]
             console.print(f"h={h} ({_span(h * bucket_s)}): {label} {top['model']} sMAPE {top['smape']:.2f}"

@@ -142,6 +142,7 @@ class Forecaster(ABC):
         self.fallback_why_: str | None = None
         self.cal_: Calibration | None = None
         self.last_resort_ = False  # the fallback itself: clipped to the bound instead of falling back again
+        self._memo: dict[int, tuple] = {}  # predict(h) of the current fitted state
         self._since_fit = 0
         self.offset_ = 0
 
@@ -166,6 +167,7 @@ class Forecaster(ABC):
     def _fit_from(self, y: np.ndarray, *, offset: int) -> Self:
         arr = self._cap(y)
         self.y_, self.notes_, self.fallback_, self.fallback_why_, self.cal_ = arr, [], None, None, None
+        self._memo: dict[int, tuple] = {}
         self._since_fit = 0
         self.offset_ = offset + len(y) - len(arr)  # absolute index of y_[0]: keeps the seasonal phase
         if not self.params.zeros_are_demand:
@@ -193,12 +195,14 @@ class Forecaster(ABC):
         if int(h) < 1:
             raise FleettwinError(f"{self.alias}: horizon must be at least one bucket, got {h}")
         h = int(h)
-        fc = self._checked(h) if self.fallback_ is None else None
-        if fc is None:
-            fc = self.fallback_.predict(h)
+        if h not in self._memo:  # same fitted state, same forecast: an ensemble reuses its shared members'
+            fc = self._checked(h) if self.fallback_ is None else None
+            if fc is None:
+                fc = self.fallback_.predict(h)
+            self._memo[h] = (fc, self.fallback_why_ or fc.fallback, tuple(self.notes_))
+        fc, why, notes = self._memo[h]
         return Forecast(mean=fc.mean, p10=fc.p10, p50=fc.p50, p90=fc.p90, model=self.alias,
-                        notes=tuple(dict.fromkeys([*self.notes_, *fc.notes])),
-                        fallback=self.fallback_why_ or fc.fallback)
+                        notes=tuple(dict.fromkeys([*notes, *fc.notes])), fallback=why)
 
     def _checked(self, h: int) -> Forecast | None:
         """The model's forecast if it is finite and within ``max_ratio`` x the history's largest bucket; else
@@ -234,6 +238,7 @@ class Forecaster(ABC):
         refit_after = self.buckets(self.params.refit_every) if self.params.refit_every else 0
         if self._since_fit + new.size >= refit_after or self.fallback_ is not None:
             return self._fit_from(np.concatenate([self.y_, new]), offset=self.offset_)
+        self._memo = {}
         self._since_fit += new.size
         self.offset_ += len(self.y_) + new.size - len(history)
         self.y_ = history
