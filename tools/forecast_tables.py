@@ -1,5 +1,7 @@
-"""Markdown tables of ``fleettwin backtest`` results for docs/forecasting.md (one table per backtest.csv).
+"""Markdown tables of ``fleettwin backtest`` results for docs/forecasting.md: with ``--headline`` one row per
+series and horizon (the best model that is not a baseline against both baselines), else one table per file.
 
+    .venv/bin/python tools/forecast_tables.py --headline results/forecast/*/backtest.csv
     .venv/bin/python tools/forecast_tables.py results/forecast/*/backtest.csv
 """
 
@@ -31,5 +33,23 @@ def table(path: Path) -> str:
     return "\n".join(lines)
 
 
+def headline(paths: list[Path]) -> str:
+    lines = ["| series | horizon | best model (not a baseline) | sMAPE | vs naive | vs seasonal naive | its p90 coverage "
+             "| largest forecast / series max (any model) |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    for path in paths:
+        df = pd.read_csv(path)
+        for h, rows in df.groupby("horizon_buckets"):
+            models = rows[~rows["model"].isin(["naive", "seasonal_naive"])]
+            top = models.loc[models["smape"].idxmin()]
+            lines.append(f"| `{path.parent.name}` | {h} buckets | `{top['model']}` | {top['smape']:.2f} | "
+                         f"{top['smape_vs_naive']:.3f} | {top['smape_vs_seasonal_naive']:.3f} | "
+                         f"{top['coverage_p90']:.3f} | {rows['max_over_series_max'].max():.2f} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print("\n\n".join(table(Path(p)) for p in sys.argv[1:]))
+    args = sys.argv[1:]
+    if args and args[0] == "--headline":
+        print(headline([Path(p) for p in args[1:]]))
+    else:
+        print("\n\n".join(table(Path(p)) for p in args))
