@@ -2,6 +2,7 @@
 series and horizon (the best model that is not a baseline against both baselines), else one table per file.
 
     .venv/bin/python tools/forecast_tables.py --headline results/forecast/*/backtest.csv
+    .venv/bin/python tools/forecast_tables.py --windows results/forecast_windows.csv
     .venv/bin/python tools/forecast_tables.py results/forecast/*/backtest.csv
 """
 
@@ -47,9 +48,27 @@ def headline(paths: list[Path]) -> str:
     return "\n".join(lines)
 
 
+def windows(path: Path) -> str:
+    """benchmarks/bench_forecast_windows.py's CSV: per window and horizon, each model's sMAPE over naive's."""
+    df = pd.read_csv(path)
+    models = [m for m in dict.fromkeys(df["model"]) if m != "naive"]
+    lines = ["| window | h | naive sMAPE | " + " | ".join(f"`{m}`" for m in models) + " | best model: p90 coverage |",
+             "|---|---|---:|" + "---:|" * len(models) + "---|"]
+    for (window, h), rows in df.groupby(["window", "horizon_buckets"], sort=False):
+        rows = rows.set_index("model")
+        ratio = [f"{rows.loc[m, 'smape_vs_naive']:.3f}" for m in models]
+        cand = rows.drop(index=["naive", "seasonal_naive"], errors="ignore")
+        top = cand["smape"].idxmin()
+        lines.append(f"| {window} | {h} | {rows.loc['naive', 'smape']:.2f} | " + " | ".join(ratio)
+                     + f" | `{top}`: {cand.loc[top, 'coverage_p90']:.3f} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
-    if args and args[0] == "--headline":
+    if args and args[0] == "--windows":
+        print(windows(Path(args[1])))
+    elif args and args[0] == "--headline":
         print(headline([Path(p) for p in args[1:]]))
     else:
         print("\n\n".join(table(Path(p)) for p in args))
