@@ -65,10 +65,15 @@ def main() -> None:
                                values=["smape", "smape_vs_naive", "coverage_p90", "max_over_series_max"])
             print(f"== {name} buckets {start}..{start + len(window)} ({cpu:.0f} CPU s)")
             print(view.loc[models].round(3).to_string(), flush=True)
-    out = Path(args.out)
+            _write(Path(args.out), rows)  # after every window: a run stopped early keeps what it measured
+    print(f"wrote {args.out}")
+
+
+def _write(out: Path, rows: list[pd.DataFrame]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    pd.concat(rows).to_csv(out, index=False, float_format="%.6g")
-    print(f"wrote {out}")
+    tmp = out.with_suffix(".tmp")
+    pd.concat(rows).to_csv(tmp, index=False, float_format="%.6g")
+    tmp.replace(out)
 
 
 if __name__ == "__main__":
