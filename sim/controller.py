@@ -13,6 +13,8 @@ exist.
 from __future__ import annotations
 
 import math
+import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -91,6 +93,8 @@ class Controller:
     _history: dict[str, list[float | None]] = field(default_factory=dict)
     _last_arrived: dict[str, int] = field(default_factory=dict)
     log: RequestLog | None = None
+    forecast_fallbacks: dict[str, dict] = field(default_factory=dict)
+    """Why a forecaster fell back to the last value: reason -> first time, decisions (reported once)."""
 
     def process(self, env: simpy.Environment, pools: list[Pool], log: RequestLog):
         """The SimPy process (pass ``controller.process`` to ``simulate(processes=...)``)."""
@@ -117,6 +121,7 @@ class Controller:
         decision = self.allocator.decide(snapshot)
         conserve(snapshot, decision)  # a policy bug stops the run here, not as a silent over-allocation
         self.decisions.append(decision)
+        note_fallbacks(self.forecast_fallbacks, decision)
         self.actuator.apply(decision)
         fleet = self.fleet  # GPUs paid for right after acting (draining and provisioning included)
         for meta in self.pools:
@@ -184,6 +189,24 @@ class Controller:
             if row[8] > 1:
                 tpot.append((row[6] - row[5]) / (row[8] - 1))
         return out
+
+
+def note_fallbacks(seen: dict[str, dict], decision: Decision) -> None:
+    """Count the decision's forecast fallbacks by reason (numbers blanked, so "history of 12 buckets" and "of
+    13 buckets" are one reason); print each reason once, to stderr, when it first happens."""
+    from fleettwin.models.allocators.common import FALLBACK_NOTE
+
+    for note in decision.notes:
+        for part in note.split("; "):
+            if FALLBACK_NOTE not in part:
+                continue
+            reason = part.split(FALLBACK_NOTE, 1)[1]
+            key = re.sub(r"\d+(\.\d+)?", "N", reason)
+            entry = seen.setdefault(key, {"first_s": decision.time_s, "first": reason, "decisions": 0})
+            entry["decisions"] += 1
+            if entry["decisions"] == 1:
+                print(f"note: at t={decision.time_s:g} s the {FALLBACK_NOTE}{reason} (said once; every "
+                      "occurrence is counted in summary.json controller.forecast_fallbacks)", file=sys.stderr)
 
 
 def _pct(values: Sequence[float], q: float) -> float | None:

@@ -364,7 +364,8 @@ def run_scenario(
         summary["failures"] = {"injected": len(failures.events), "events": failures.events}
     if controller:
         summary["controller"] = {"allocator": cfg.controller.allocator.name, "interval_s": controller.interval_s,
-                                 "decisions": len(decisions)}  # fmt: skip
+                                 "decisions": len(decisions),
+                                 "forecast_fallbacks": list(controller.forecast_fallbacks.values())}  # fmt: skip
     wf = wf_nodes = None
     if flows is not None:
         from fleettwin.sim.workflows import workflow_summary

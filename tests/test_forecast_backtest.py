@@ -33,7 +33,8 @@ def series(days: int = 8, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("name,params", [
     ("seasonal_naive", {}), ("naive", {}), ("holt_winters", {}), ("sarimax", {}),
     ("lstm", {"horizon": "12h", "epochs": 5, "hidden": 8}),
-    ("ensemble", {"members": [{"model": "seasonal_naive"}, {"model": "holt_winters"}], "origins": 2}),
+    ("ensemble", {"members": [{"model": "seasonal_naive"}, {"model": "holt_winters"}]}),
+    ("mstl", {}), ("auto_theta", {}), ("lightgbm", {"n_estimators": 20}),
 ])
 def test_no_look_ahead(name, params):
     """Perturbing everything after an origin leaves every forecast made at or before it unchanged."""
@@ -160,3 +161,32 @@ def test_cli_aggregates_a_request_trace(tmp_path):
     assert rc == 0
     table = pd.read_csv(tmp_path / "az" / "backtest.csv")
     assert len(table) == 2 and table["mae"].notna().all()
+
+
+def test_cli_defaults_run_both_baselines_report_skill_and_mask_zero_gaps(tmp_path, capsys):
+    """No --models: the baselines and the recommended set; zeros of a busy series are gaps, not demand."""
+    t = np.arange(5 * 144)
+    y = 1e6 * (1 + 0.4 * np.sin(2 * np.pi * t / 144)) * np.exp(np.random.default_rng(2).normal(0, 0.05, len(t)))
+    y[400:406] = 0
+    y[560:566] = 0
+    path = write_counts(tmp_path, y)
+    out = tmp_path / "bt"
+    assert main(["backtest", "--trace", path, "--format", "counts", "--horizon", "2h,4h", "--warmup", "3d",
+                 "--step", "12h", "--out", str(out)]) == 0
+    table = pd.read_csv(out / "backtest.csv")
+    from fleettwin.commands.backtest import RECOMMENDED
+
+    assert set(table["model"]) == {"naive", "seasonal_naive", *RECOMMENDED}
+    assert table.groupby("horizon_buckets")["best"].sum().tolist() == [1, 1]
+    naive = table[table["model"] == "naive"]
+    assert np.allclose(naive["smape_vs_naive"], 1.0) and naive["smape_vs_seasonal_naive"].notna().all()
+    assert (table["max_over_series_max"] < 3).all()  # nothing explodes on the outages
+    printed = capsys.readouterr().out
+    assert "12 gaps" in printed and "vs naive" in printed and "best model (not a baseline)" in printed
+    assert (out / "backtest.png").stat().st_size > 10_000
+    # --zeros-are-demand keeps the zeros: they are scored (and the log-scale models must still not explode)
+    assert main(["backtest", "--trace", path, "--format", "counts", "--horizon", "2h", "--warmup", "3d",
+                 "--step", "12h", "--models", "naive,auto_ets", "--zeros-are-demand", "--no-plot",
+                 "--out", str(tmp_path / "z")]) == 0
+    assert "0 gaps (zeros kept as demand)" in capsys.readouterr().out
+    assert (pd.read_csv(tmp_path / "z" / "backtest.csv")["max_over_series_max"] < 3).all()

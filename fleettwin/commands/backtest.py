@@ -21,6 +21,7 @@ import yaml
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.forecast import FORECASTERS
 from fleettwin.models.forecast.backtest import (
+    BASELINES,
     ModelSpec,
     forecasts_frame,
     iter_backtest,
@@ -31,23 +32,27 @@ from fleettwin.models.forecast.backtest import (
 from fleettwin.models.forecast.series import (
     CountSeries,
     aggregate_requests,
-    mask_zeros,
+    mask_series_gaps,
     parse_duration,
     read_counts_csv,
     rebucket,
     to_buckets,
 )
 
-DEFAULT_MODELS = "seasonal_naive,holt_winters,sarimax,lstm"
+RECOMMENDED = ("auto_ets", "mstl", "auto_theta", "lightgbm", "ensemble")
+"""The models ``backtest`` runs without --models, beside the two baselines (docs/forecasting.md says why)."""
+DEFAULT_MODELS = ",".join((*BASELINES, *RECOMMENDED))
 EXAMPLE = """\
-example:
+examples:
   fleettwin backtest --trace traces/servegen_m_small/requests_per_10min.csv --format counts \\
-      --bucket 10min --horizon 2h,4h --warmup 3d --step 3h \\
-      --models naive,seasonal_naive,holt_winters,sarimax,lstm,ensemble --out results/bt_small
+      --bucket 10min --horizon 2h,4h --warmup 1.5d --step 3h --out results/bt_small
+
+  Without --models it runs the baselines naive (last value) and seasonal_naive (a day ago) and the recommended
+  models; each row's vs-naive / vs-s.naive columns are its sMAPE over the baseline's (below 1 beats it).
 
 --models takes registry names, or aliases defined in a --config YAML file:
   forecasters:
-    sarimax_k6: {model: sarimax, params: {fourier: 6, order: [1, 0, 1]}}
+    mstl_daily: {model: mstl, params: {periods: [1d]}}
 """
 
 
@@ -56,8 +61,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "backtest", help="rolling-origin backtest of workload forecasters on a trace",
         description=textwrap.fill(
             "Rolling-origin backtest: for each origin after the warm-up, fit each forecaster on the past only, "
-            "forecast the horizon and score it (MAE, sMAPE, p90 pinball loss and coverage). Writes "
-            "DIR/backtest.csv, DIR/forecasts.csv and DIR/backtest.png and prints the table. "
+            "forecast the horizon and score it (MAE, sMAPE, p90 pinball loss and coverage, skill against the "
+            "last value and the seasonal naive). Zero or near-zero buckets far below the level around them "
+            "are collection gaps: masked for fitting and scoring. Writes DIR/backtest.csv, DIR/forecasts.csv "
+            "and DIR/backtest.png (one panel per horizon) and prints the table. "
             f"Forecasters: {', '.join(FORECASTERS.names())}.", width=100
         ),
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,7 +74,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "request traces, aggregated to --bucket (default: from the file name)")
     p.add_argument("--bucket", default=None, help="bucket length, e.g. 5min (default: the counts file's own, else 5min)")
     p.add_argument("--horizon", default="2h", help="forecast horizon(s), comma-separated, e.g. 2h,4h (default 2h)")
-    p.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated forecasters (default {DEFAULT_MODELS})")
+    p.add_argument("--models", default=DEFAULT_MODELS,
+                   help=f"comma-separated forecasters (default: the baselines and the recommended set, {DEFAULT_MODELS})")
     p.add_argument("--config", default=None, help="YAML with a `forecasters:` map of alias -> {model, params}")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--warmup", default=None, help="history before the first origin (default: 3d, or half the series)")
@@ -76,9 +84,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--step", default=None, help="time between origins (default: the longest horizon)")
     p.add_argument("--target", default="requests", choices=["requests", "prompt_tokens", "output_tokens"],
                    help="series to forecast (default requests)")
-    p.add_argument("--zeros-as-gaps", action="store_true",
-                   help="treat zero-request buckets as collection gaps (masked), e.g. the ServeGen zero bins")
-    p.add_argument("--jobs", type=int, default=1, help="worker processes for origins (default 1)")
+    p.add_argument("--zeros-are-demand", action="store_true",
+                   help="keep zero and near-zero buckets as demand (default: those at or below 5%% of the level "
+                        "around them, where that level is at least 10 per bucket, are collection gaps)")
+    p.add_argument("--zeros-as-gaps", action="store_true", help=argparse.SUPPRESS)  # the default since issue 17
+    p.add_argument("--jobs", type=int, default=None,
+                   help="worker processes for origins (default: one per CPU, at most 4, from 16 origins up; "
+                        "results are identical whatever the number)")
     p.add_argument("--no-plot", action="store_true", help="skip backtest.png")
     p.set_defaults(func=run)
     return p
@@ -100,7 +112,7 @@ def load_series(path: str, fmt: str | None, bucket: str | None) -> CountSeries:
                               bucket_s=parse_duration(bucket or "5min"), path=path)
 
 
-def model_specs(models: str, config: str | None) -> list[ModelSpec]:
+def model_specs(models: str, config: str | None, *, zeros_are_demand: bool = False) -> list[ModelSpec]:
     aliases: dict = {}
     if config:
         try:
@@ -112,7 +124,10 @@ def model_specs(models: str, config: str | None) -> list[ModelSpec]:
         entry = aliases.get(alias, {})
         if not isinstance(entry, dict):
             raise ConfigError(f"{config}: forecasters.{alias} must be a mapping with `model` and `params`")
-        specs.append(ModelSpec(alias=alias, name=entry.get("model", alias), params=entry.get("params") or {}))
+        params = dict(entry.get("params") or {})
+        if zeros_are_demand:
+            params["zeros_are_demand"] = True
+        specs.append(ModelSpec(alias=alias, name=entry.get("model", alias), params=params))
     if not specs:
         raise ConfigError("--models names no forecaster")
     return specs
@@ -122,12 +137,13 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     console = Console()
-    if not console.is_terminal and console.width < 120:
-        console = Console(width=120)  # piped to a file: keep the table's headers whole
+    if not console.is_terminal and console.width < 140:
+        console = Console(width=140)  # piped to a file: keep the table's headers whole
     wall = time.perf_counter()
     series = load_series(args.trace, args.format, args.bucket)
-    if args.zeros_as_gaps:
-        series = mask_zeros(series)
+    raw = series.column(args.target)
+    if not args.zeros_are_demand:
+        series = mask_series_gaps(series)  # the scoring side; each model masks its own history the same way
     values = series.column(args.target)
     bucket_s = series.bucket_s
     horizons = sorted({to_buckets(h, bucket_s, what="horizon") for h in args.horizon.split(",") if h.strip()})
@@ -138,13 +154,16 @@ def run(args: argparse.Namespace) -> int:
     origins = rolling_origins(n, first=warmup, horizon=H,
                               step=to_buckets(args.step, bucket_s, what="step") if args.step else H,
                               last=to_buckets(args.until, bucket_s, what="until") if args.until else None)
-    specs = model_specs(args.models, args.config)
+    specs = model_specs(args.models, args.config, zeros_are_demand=args.zeros_are_demand)
+    gaps = int(np.isnan(values).sum())
     console.print(f"[bold]{series.path}[/]: {n} buckets of {bucket_s:g} s ({n * bucket_s / 86400:.2f} days), "
-                  f"{int(np.isnan(values).sum())} gaps; {len(origins)} origins from bucket {origins[0]} "
-                  f"to {origins[-1]}, horizons {horizons} buckets, models {[s.alias for s in specs]}")
+                  f"{gaps} gaps{' (zeros kept as demand)' if args.zeros_are_demand else ''}; {len(origins)} origins "
+                  f"from bucket {origins[0]} to {origins[-1]}, horizons {horizons} buckets, "
+                  f"models {[s.alias for s in specs]}")
     for note in series.notes:
         console.print(f"  note: {note}")
-    results = _run_with_progress(values, specs, bucket_s, origins, H, args.jobs, console)
+    jobs = args.jobs if args.jobs is not None else (min(4, len(os.sched_getaffinity(0))) if len(origins) >= 16 else 1)
+    results = _run_with_progress(raw, specs, bucket_s, origins, H, jobs, console)
     table = score(values, results, horizons)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -152,13 +171,16 @@ def run(args: argparse.Namespace) -> int:
     frame = forecasts_frame(values, results, start_s=series.start_s, bucket_s=bucket_s)
     _write_atomic(out / "forecasts.csv", lambda f: frame.to_csv(f, index=False, float_format="%.6g"))
     if not args.no_plot:
-        _write_atomic(out / "backtest.png", lambda f: _plot(values, frame, series, H, f), binary=True)
+        from fleettwin.commands.backtest_plot import plot_backtest
+
+        _write_atomic(out / "backtest.png",
+                      lambda f: plot_backtest(values, frame, table, series, horizons, f), binary=True)
     _print_table(console, table, bucket_s)
-    for alias, notes in note_counts(results).items():
-        for text, count in list(notes.items())[:3]:
+    for alias, notes in note_counts(results).items():  # fallbacks first; notes differing in numbers counted as one
+        for text, count in sorted(notes.items(), key=lambda kv: "last value" not in kv[0])[:5]:
             console.print(f"  {alias}: {text} ({count} of {len(origins)} origins)")
     console.print(f"wrote {out}/backtest.csv, forecasts.csv{'' if args.no_plot else ', backtest.png'} "
-                  f"in {time.perf_counter() - wall:.1f} s")
+                  f"in {time.perf_counter() - wall:.1f} s ({jobs} process{'es' if jobs > 1 else ''})")
     return 0
 
 
@@ -178,23 +200,31 @@ def _run_with_progress(values, specs, bucket_s, origins, H, jobs, console) -> li
 def _print_table(console, table: pd.DataFrame, bucket_s: float) -> None:
     from rich.table import Table
 
-    view = Table(title="rolling-origin backtest (metrics pooled over lead 1..h)")
-    for col in ["model", "horizon", *table.columns[2:]]:
+    view = Table(title="rolling-origin backtest (metrics pooled over lead 1..h; * = lowest sMAPE at that horizon)")
+    for col in ("model", "horizon", "MAE", "sMAPE", "vs naive", "vs s.naive", "pinball p90", "p90 coverage",
+                "max / series max", "fallbacks", "fit s"):
         view.add_column(col, justify="left" if col == "model" else "right")
-    best = table.loc[table.groupby("horizon_buckets")["smape"].idxmin()] if len(table) else table
     for _, row in table.iterrows():
-        star = " *" if row.name in best.index else ""
-        view.add_row(f"{row['model']}{star}", f"{row['horizon_buckets']} ({_span(row['horizon_buckets'] * bucket_s)})",
-                     f"{row['mae']:.4g}", f"{row['smape']:.2f}", f"{row['pinball_p90']:.4g}",
-                     f"{row['coverage_p90']:.3f}", f"{row['fit_seconds']:.2f}")
+        ratio = lambda v: "-" if pd.isna(v) else f"{v:.3f}"  # noqa: E731
+        view.add_row(f"{row['model']}{' *' if row['best'] else ''}",
+                     f"{row['horizon_buckets']} ({_span(row['horizon_buckets'] * bucket_s)})",
+                     f"{row['mae']:.4g}", f"{row['smape']:.2f}", ratio(row["smape_vs_naive"]),
+                     ratio(row["smape_vs_seasonal_naive"]), f"{row['pinball_p90']:.4g}", f"{row['coverage_p90']:.3f}",
+                     f"{row['max_over_series_max']:.2f}", str(row["fallbacks"]), f"{row['fit_seconds']:.2f}")
     console.print(view)
-    baseline = next((b for b in ("seasonal_naive", "naive") if b in set(table["model"])), None)
-    if baseline:
-        for h, group in table.groupby("horizon_buckets"):
-            top = group.loc[group["smape"].idxmin()]
-            base = float(group.loc[group["model"] == baseline, "smape"].iloc[0])
-            console.print(f"h={h}: best {top['model']} sMAPE {top['smape']:.2f} vs {baseline} {base:.2f} "
-                          f"({base - top['smape']:+.2f} points)")
+    for h, group in table.groupby("horizon_buckets"):
+        models = group[~group["model"].isin(BASELINES)]
+        for label, rows in (("best", group), ("best model (not a baseline)", models)):
+            if not len(rows) or rows["smape"].isna().all():
+                continue
+            top = rows.loc[rows["smape"].idxmin()]
+            if label == "best" and top["model"] not in BASELINES:
+                continue  # said by the next line
+            parts = [f"{base} {float(group.loc[group['model'] == base, 'smape'].iloc[0]):.2f} "
+                     f"(x{top[f'smape_vs_{base}']:.3f})" for base in BASELINES if base in set(group["model"])]
+            console.print(f"h={h} ({_span(h * bucket_s)}): {label} {top['model']} sMAPE {top['smape']:.2f}"
+                          f"{' against ' + ', '.join(parts) if parts else ''}; its p90 coverage "
+                          f"{top['coverage_p90']:.3f}")
 
 
 def _span(seconds: float) -> str:
@@ -211,40 +241,3 @@ def _write_atomic(path: Path, write: Callable, *, binary: bool = False) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _plot(values: np.ndarray, frame: pd.DataFrame, series: CountSeries, H: int, handle) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    models = list(dict.fromkeys(frame["model"]))
-    fig, axes = plt.subplots(len(models), 1, figsize=(12, 2.6 * len(models)), sharex=True, squeeze=False)
-    origins = np.array(sorted(frame["origin"].unique()))
-    # Non-overlapping forecast paths over the last stretch, so the panel reads as one continuous forecast.
-    shown, last = [], -np.inf
-    for o in origins:
-        if o >= last + H:
-            shown.append(o)
-            last = o
-    shown = shown[-12:]
-    lo, hi = shown[0] - H, shown[-1] + H
-    t_days = lambda idx: np.asarray(idx) * series.bucket_s / 86400  # noqa: E731
-    for ax, model in zip(axes[:, 0], models, strict=True):
-        idx = np.arange(max(lo, 0), min(hi, len(values)))
-        ax.plot(t_days(idx), values[idx], color="black", lw=1, label="actual")
-        sub = frame[(frame["model"] == model) & frame["origin"].isin(shown)]
-        for i, (_, path) in enumerate(sub.groupby("origin")):
-            x = t_days(path["origin"] + path["lead"] - 1)
-            ax.fill_between(x, path["p10"], path["p90"], color="tab:blue", alpha=0.2,
-                            label="p10-p90 band" if i == 0 else None)
-            ax.plot(x, path["p90"], color="tab:blue", lw=0.8, ls="--", label="p90" if i == 0 else None)
-            ax.plot(x, path["mean"], color="tab:red", lw=1.2, label="forecast mean" if i == 0 else None)
-        ax.set_title(model, fontsize=10, loc="left")
-        ax.set_ylabel(series.path and "per bucket")
-    axes[0, 0].legend(loc="upper right", fontsize=8)
-    axes[-1, 0].set_xlabel("days from series start")
-    fig.tight_layout()
-    fig.savefig(handle, format="png", dpi=100)
-    plt.close(fig)

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fleettwin.models.capacity import CapacityModel, ReplicaCapacity
 from fleettwin.models.config import PolicyRef
-from fleettwin.models.forecast import FORECASTERS
+from fleettwin.models.forecast import FORECASTERS, Forecaster
 from fleettwin.models.snapshot import (
     Decision,
     FleetSnapshot,
@@ -246,12 +246,43 @@ def horizon_s(settings: ForecastSettings, snapshot: FleetSnapshot, pool: PoolSta
     return delay + snapshot.control_interval_s
 
 
-def forecast_peak(settings: ForecastSettings, snapshot: FleetSnapshot, pool: PoolState) -> tuple[float, str]:
+FALLBACK_NOTE = "forecast fallback: "
+"""Prefix of a decision note saying the pool's forecaster did not forecast (the controller reports it once)."""
+
+
+class ForecastTracker:
+    """One fitted forecaster per pool, kept between decisions: the buckets that arrived since the last
+    decision go to ``update()`` (a cheap state update until the forecaster's ``refit_every`` comes round),
+    anything else (first call, another forecaster, a history that does not follow on) refits. Without it
+    every decision refits from scratch, which is fine for the naive rules and too slow for MSTL or an
+    ensemble at one decision per minute."""
+
+    def __init__(self) -> None:
+        self._state: dict[str, tuple[Forecaster, float, str, float]] = {}
+
+    def fitted(self, ref: PolicyRef, pool: str, counts: np.ndarray, bucket: float, now: float) -> Forecaster:
+        key = ref.model_dump_json()
+        old = self._state.get(pool)
+        if old is not None and old[2] == key and old[3] == bucket and now > old[1]:
+            new = int(round((now - old[1]) / bucket))
+            if 0 < new <= len(counts) and abs(new * bucket - (now - old[1])) < 1e-6 * bucket:
+                model = old[0].update(counts[-new:])
+                self._state[pool] = (model, now, key, bucket)
+                return model
+        model = FORECASTERS.create(ref.name, ref.params, bucket_s=bucket).fit(counts)
+        self._state[pool] = (model, now, key, bucket)
+        return model
+
+
+def forecast_peak(settings: ForecastSettings, snapshot: FleetSnapshot, pool: PoolState,
+                  tracker: ForecastTracker | None = None) -> tuple[float, str]:
     """Highest forecast arrival rate (req/s, the chosen quantile) from now to the horizon, and a note.
 
     The maximum over the whole window rather than the value at the horizon: GPUs released now are gone at
     once while new ones take the provisioning delay, so a decision must cover every bucket until the GPUs
-    ordered by the next decision arrive. No history: the current rate.
+    ordered by the next decision arrive. No history: the current rate. A forecaster that fell back to the
+    last value (history shorter than its season, a failed fit, an absurd forecast) says so in the note,
+    after ``FALLBACK_NOTE``.
     """
     serving = pool.serving
     if serving is None or all(r is None for r in serving.arrival_rate_history):
@@ -260,7 +291,13 @@ def forecast_peak(settings: ForecastSettings, snapshot: FleetSnapshot, pool: Poo
     counts = np.array([np.nan if r is None else r * bucket for r in serving.arrival_rate_history])
     steps = max(1, math.ceil(horizon_s(settings, snapshot, pool) / bucket - 1e-9))
     ref = settings.forecaster
-    fc = FORECASTERS.create(ref.name, ref.params, bucket_s=bucket).fit(counts).predict(steps)
+    if tracker is not None:
+        model = tracker.fitted(ref, pool.name, counts, bucket, snapshot.time_s)
+    else:
+        model = FORECASTERS.create(ref.name, ref.params, bucket_s=bucket).fit(counts)
+    fc = model.predict(steps)
     path = fc.mean if settings.quantile == "mean" else getattr(fc, settings.quantile)
     note = f"{pool.name}: {fc.model} {settings.quantile} peak over {steps} buckets"
+    if fc.fallback:
+        note += f"; {FALLBACK_NOTE}{fc.model} used the last value ({fc.fallback})"
     return float(np.max(path)) / bucket, "; ".join([note, *fc.notes])

@@ -20,6 +20,7 @@ reserve, jobs' busy own GPUs. Lent GPUs beyond ``F`` stay lent until their jobs 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ from fleettwin.models.allocators.base import ALLOCATORS, Allocator
 from fleettwin.models.allocators.common import (
     JOB_TIER_ORDER,
     ForecastSettings,
+    ForecastTracker,
     Plan,
     Strict,
     forecast_peak,
@@ -60,6 +62,11 @@ class ForecastAllocator(Allocator):
         lend: bool = True
         """Lend ready inference GPUs above the current need to job pools."""
         capacity: CapacityParams = CapacityParams()
+
+    @functools.cached_property
+    def forecasts(self) -> ForecastTracker:
+        """The pools' fitted forecasters, kept between decisions (updated, refit on their own schedule)."""
+        return ForecastTracker()
 
     def decide(self, snapshot: FleetSnapshot) -> Decision:
         plan = Plan(snapshot, self.registry_name)
@@ -98,7 +105,7 @@ class ForecastAllocator(Allocator):
         if cap.requests_per_s <= 0:
             plan.note(f"{pool.name}: {pool.model} cannot meet its SLO on {pool.gpu} ({cap.limit})")
         now = rate_now(snapshot, pool)
-        peak, note = forecast_peak(p.forecast, snapshot, pool)
+        peak, note = forecast_peak(p.forecast, snapshot, pool, self.forecasts)
         plan.note(note)
         top = p.max_replicas if p.max_replicas is not None else math.inf
         need = int(min(max(replicas_for(now, cap, p.headroom), p.min_replicas), top))

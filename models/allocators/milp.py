@@ -19,6 +19,7 @@ actuator must run replicas of several types in one pool, or ``gpu_types`` must p
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from fleettwin.models.allocators.base import ALLOCATORS, Allocator
 from fleettwin.models.allocators.common import (
     ForecastSettings,
+    ForecastTracker,
     Plan,
     Strict,
     forecast_peak,
@@ -70,6 +72,11 @@ class MilpAllocator(Allocator):
         time_limit_s: float = Field(default=10.0, gt=0)
         capacity: CapacityParams = CapacityParams()
 
+    @functools.cached_property
+    def forecasts(self) -> ForecastTracker:
+        """The pools' fitted forecasters, kept between decisions (updated, refit on their own schedule)."""
+        return ForecastTracker()
+
     def decide(self, snapshot: FleetSnapshot) -> Decision:
         plan = Plan(snapshot, self.registry_name)
         solution = self.solve(snapshot, plan)
@@ -105,7 +112,7 @@ class MilpAllocator(Allocator):
         if pool.tier == "inference":
             rate = rate_now(snapshot, pool)
             if self.params.forecast is not None:
-                peak, note = forecast_peak(self.params.forecast, snapshot, pool)
+                peak, note = forecast_peak(self.params.forecast, snapshot, pool, self.forecasts)
                 plan.note(note)
                 rate = max(rate, peak)
             return rate * (1 + self.params.headroom), np.inf

@@ -9,6 +9,7 @@ over all origins. Gap buckets in the actuals are skipped, not scored as zero dem
 from __future__ import annotations
 
 import multiprocessing
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -19,9 +20,12 @@ import numpy as np
 import pandas as pd
 
 from fleettwin.models.errors import ConfigError, FleettwinError
-from fleettwin.models.forecast.base import FORECASTERS, Forecaster
+from fleettwin.models.forecast.base import FORECASTERS, Forecaster, shared_fits
 
-COLUMNS = ["model", "horizon_buckets", "mae", "smape", "pinball_p90", "coverage_p90", "fit_seconds"]
+COLUMNS = ["model", "horizon_buckets", "mae", "smape", "pinball_p90", "coverage_p90", "fit_seconds",
+           "smape_vs_naive", "smape_vs_seasonal_naive", "best", "max_over_series_max", "fallbacks"]
+BASELINES = ("naive", "seasonal_naive")
+"""The two baselines every model's skill is reported against (``naive``, the last value, is the harder one)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +52,7 @@ class OriginResult:
     p50: np.ndarray
     p90: np.ndarray
     notes: tuple[str, ...] = ()
+    fallback: str | None = None
 
 
 def rolling_origins(n: int, *, first: int, horizon: int, step: int, last: int | None = None) -> np.ndarray:
@@ -63,29 +68,38 @@ def rolling_origins(n: int, *, first: int, horizon: int, step: int, last: int | 
     return np.arange(first, stop + 1, step)
 
 
-def run_origin(task: tuple[ModelSpec, float, np.ndarray, int, int]) -> OriginResult:
-    """Fit one model on the history before one origin and forecast (top-level: picklable for workers)."""
-    spec, bucket_s, history, origin, horizon = task
-    start = time.perf_counter()
-    model = spec.create(bucket_s)
-    fc = model.fit(history).predict(horizon)
-    return OriginResult(alias=spec.alias, origin=origin, fit_seconds=time.perf_counter() - start, mean=fc.mean,
-                        p10=fc.p10, p50=fc.p50, p90=fc.p90, notes=fc.notes)
+def run_origin(task: tuple[Sequence[ModelSpec], float, np.ndarray, int, int]) -> list[OriginResult]:
+    """Fit every model on the history before one origin and forecast (top-level: picklable for workers).
+
+    The models share fits (``shared_fits``): an ensemble's member that is also run on its own is fitted once.
+    """
+    specs, bucket_s, history, origin, horizon = task
+    out = []
+    with shared_fits():
+        for spec in specs:
+            start = time.perf_counter()
+            fc = spec.create(bucket_s).fit(history).predict(horizon)
+            out.append(OriginResult(alias=spec.alias, origin=origin, fit_seconds=time.perf_counter() - start,
+                                    mean=fc.mean, p10=fc.p10, p50=fc.p50, p90=fc.p90, notes=fc.notes,
+                                    fallback=fc.fallback))
+    return out
 
 
 def iter_backtest(values: np.ndarray, specs: Sequence[ModelSpec], *, bucket_s: float, origins: np.ndarray,
                   horizon: int, jobs: int = 1) -> Iterator[OriginResult]:
-    """Yield one result per (model, origin), in that order; ``jobs > 1`` fits origins in worker processes."""
+    """Yield one result per (origin, model), origin by origin; ``jobs > 1`` fits origins in worker processes."""
     values = np.asarray(values, dtype=float)
     for spec in specs:
         spec.create(bucket_s)  # fail fast on a bad name, bad parameters or a missing extra
-    tasks = ((spec, bucket_s, values[:t].copy(), int(t), horizon) for spec in specs for t in origins)
+    tasks = ((tuple(specs), bucket_s, values[:t].copy(), int(t), horizon) for t in origins)
     if jobs <= 1:
-        yield from map(run_origin, tasks)
+        for results in map(run_origin, tasks):
+            yield from results
         return
     # spawn, not fork: a forked child would inherit torch's thread pool state from the parent.
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield from pool.map(run_origin, tasks, chunksize=1)
+        for results in pool.map(run_origin, tasks, chunksize=1):
+            yield from results
 
 
 def pinball(actual: np.ndarray, quantile: np.ndarray, q: float) -> np.ndarray:
@@ -101,8 +115,15 @@ def smape(actual: np.ndarray, forecast: np.ndarray) -> np.ndarray:
 
 
 def score(values: np.ndarray, results: Sequence[OriginResult], horizons: Sequence[int]) -> pd.DataFrame:
-    """One row per model and horizon with the columns of ``COLUMNS`` (metrics pooled over lead 1..h)."""
+    """One row per model and horizon with the columns of ``COLUMNS`` (metrics pooled over lead 1..h).
+
+    ``smape_vs_naive`` / ``smape_vs_seasonal_naive``: the model's sMAPE over the baseline's (below 1 beats
+    it; NaN when the baseline was not run); ``best``: lowest sMAPE at that horizon; ``max_over_series_max``:
+    the largest forecast (mean or p90, leads 1..h) over the largest observed bucket; ``fallbacks``: origins
+    at which the model's forecast was replaced by the last value.
+    """
     values = np.asarray(values, dtype=float)
+    top = float(np.nanmax(values)) if np.isfinite(values).any() else np.nan
     rows = []
     by_model: dict[str, list[OriginResult]] = {}
     for r in results:
@@ -121,8 +142,18 @@ def score(values: np.ndarray, results: Sequence[OriginResult], horizons: Sequenc
                 "pinball_p90": float(np.mean(pinball(a, q, 0.9))) if a.size else np.nan,
                 "coverage_p90": float(np.mean(a <= q)) if a.size else np.nan,
                 "fit_seconds": float(np.mean([r.fit_seconds for r in runs])),
+                "max_over_series_max": float(max(mean.max(), p90.max()) / top) if top > 0 else np.nan,
+                "fallbacks": int(sum(r.fallback is not None for r in runs)),
             })
-    return pd.DataFrame(rows, columns=COLUMNS)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    for base in BASELINES:
+        ref = table[table["model"] == base].set_index("horizon_buckets")["smape"]
+        table[f"smape_vs_{base}"] = table["smape"] / table["horizon_buckets"].map(ref)
+    best = table.groupby("horizon_buckets")["smape"].transform("min")
+    table["best"] = table["smape"].eq(best) & table["smape"].notna()
+    return table[COLUMNS]
 
 
 def forecasts_frame(values: np.ndarray, results: Sequence[OriginResult], *, start_s: float = 0.0,
@@ -142,10 +173,14 @@ def forecasts_frame(values: np.ndarray, results: Sequence[OriginResult], *, star
 
 
 def note_counts(results: Sequence[OriginResult]) -> dict[str, dict[str, int]]:
-    """For each model, how many origins carried each note (fallbacks, fills)."""
+    """For each model, how many origins carried each kind of note (fallbacks, fills); notes that differ only
+    in their numbers ("history of 216 buckets", "of 234 buckets") are one kind, shown by its first text."""
     out: dict[str, dict[str, int]] = {}
+    first: dict[tuple[str, str], str] = {}
     for r in results:
-        for note in r.notes:
-            out.setdefault(r.alias, {}).setdefault(note, 0)
-            out[r.alias][note] += 1
+        for note in dict.fromkeys(r.notes):
+            kind = re.sub(r"\d+(\.\d+)?(e[+-]\d+)?", "N", note)
+            text = first.setdefault((r.alias, kind), note)
+            out.setdefault(r.alias, {}).setdefault(text, 0)
+            out[r.alias][text] += 1
     return out

@@ -1,7 +1,10 @@
 """Seasonal naive forecasters: the value one season ago (daily or weekly), or the last value.
 
-They are the baselines every other model must beat, and the fallback when another model's fit fails. Their
+They are the baselines every other model must beat (``naive``, the last value, is the harder one on series
+without a usable season), and ``naive`` is the fallback when another model's fit or forecast fails. Their
 quantiles are empirical: the spread of the same rule's past errors at the same lag, on the log1p scale.
+``level_seasonal_naive`` rescales last season's values by how the recent level compares with the level at
+the same time one season ago, so a day busier than the last keeps its own level and yesterday's shape.
 """
 
 from __future__ import annotations
@@ -53,7 +56,9 @@ class SeasonalNaive(Forecaster):
     def _fit(self, y: np.ndarray) -> None:
         period = self._season(y)
         if period is not None and np.sum(~np.isnan(y[:-period] if period < len(y) else y[:0])) == 0:
-            self.note(f"history of {len(y)} buckets is shorter than one season ({period}); using the last value")
+            why = f"history of {len(y)} buckets is shorter than one season ({period})"
+            self.note(f"{why}; using the last value")
+            self.fallback_why_ = why
             period = None
         self.period_ = period
         self.filled_ = fill_gaps(y, period)
@@ -82,14 +87,67 @@ class SeasonalNaive(Forecaster):
             self.residuals_[lag] = np.log1p(y[idx]) - np.log1p(pred)
         return self.residuals_[lag]
 
-    def _predict(self, h: int) -> Forecast:
+    def _path(self, filled: np.ndarray, h: int) -> np.ndarray:
         steps = np.arange(1, h + 1)
-        lags = self._lag(steps)
-        idx = len(self.filled_) - 1 + steps
-        point = self._point(self.filled_, idx, lags)
-        point = np.where(np.isnan(point), self.filled_[-1], point)
-        residuals = [self._residuals(int(lag)) for lag in lags]
+        idx = len(filled) - 1 + steps
+        point = self._point(filled, idx, self._lag(steps))
+        return np.where(np.isnan(point), filled[-1], point)
+
+    def _predict(self, h: int) -> Forecast:
+        point = self._path(self.filled_, h)
+        residuals = [self._residuals(int(lag)) for lag in self._lag(np.arange(1, h + 1))]
         return log_quantile_forecast(point, residuals, model=self.alias)
+
+    def _forward(self, y: np.ndarray, h: int) -> np.ndarray:
+        return self._path(fill_gaps(y, self.period_), h)
+
+
+@FORECASTERS.register("level_seasonal_naive")
+class LevelSeasonalNaive(SeasonalNaive):
+    """Seasonal naive scaled by (recent level / level one season earlier): last season's shape at today's level.
+
+    The ratio compares geometric means over ``level_window`` (observed buckets only) and is clipped to
+    [1/``max_ratio_change``, ``max_ratio_change``] so that one odd hour cannot multiply a whole day.
+    """
+
+    class Params(SeasonalNaive.Params):
+        level_window: str = "2h"
+        """Recent window whose level is compared with the same window one season earlier."""
+        max_ratio_change: float = 3.0
+
+    def _ratio(self, filled: np.ndarray) -> float:
+        if self.period_ is None:
+            return 1.0
+        w, m = self.buckets(self.params.level_window), self.period_
+        if len(filled) < m + w:
+            return 1.0
+        now, before = np.log1p(filled[-w:]), np.log1p(filled[-w - m:-m])
+        r = float(np.exp(np.mean(now) - np.mean(before)))
+        return float(np.clip(r, 1 / self.params.max_ratio_change, self.params.max_ratio_change))
+
+    def _path(self, filled: np.ndarray, h: int) -> np.ndarray:
+        return super()._path(filled, h) * self._ratio(filled)
+
+    def _residuals(self, lag: int) -> np.ndarray:
+        """Past log errors of the level-scaled rule ``lag`` buckets ahead (one origin per bucket, vectorised
+        over the residual window)."""
+        if lag not in self.residuals_:
+            y, f, m = self.y_, self.filled_, self.period_
+            w = self.buckets(self.params.level_window)
+            idx = np.arange(max(0, len(y) - self.window_), len(y))
+            pred = self._point(y, idx, np.full(idx.shape, lag))
+            if m is not None:
+                cs = np.concatenate([[0.0], np.cumsum(np.log1p(f))])
+                o = idx - lag + 1  # the origin: history ends before bucket o
+                ok = o - w - m >= 0
+                ratio = np.ones(idx.shape)
+                now = (cs[o[ok]] - cs[o[ok] - w]) / w
+                before = (cs[o[ok] - m] - cs[o[ok] - w - m]) / w
+                ratio[ok] = np.clip(np.exp(now - before), 1 / self.params.max_ratio_change,
+                                    self.params.max_ratio_change)
+                pred = pred * ratio
+            self.residuals_[lag] = np.log1p(y[idx]) - np.log1p(pred)
+        return self.residuals_[lag]
 
 
 @FORECASTERS.register("seasonal_naive_weekly")

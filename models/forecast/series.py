@@ -154,6 +154,91 @@ def mask_zeros(series: CountSeries) -> CountSeries:
                    notes=series.notes + (f"{int(zero.sum())} zero buckets masked as gaps",))
 
 
+GAP_FRACTION = 0.05
+"""A bucket at or below this share of the level around it is a collection gap, not demand."""
+GAP_MIN_LEVEL = 10.0
+"""...when that level is at least this many counts per bucket (below it a zero is plausible demand)."""
+
+
+def find_gaps(y: np.ndarray, *, fraction: float = GAP_FRACTION, min_level: float = GAP_MIN_LEVEL,
+              neighbours: int = 6) -> np.ndarray:
+    """Buckets that are gaps: NaN, or zero/near-zero while the level around them is far from zero.
+
+    The level of a bucket is the median of the ``neighbours`` nearest non-gap positive buckets on each side
+    (one side at the ends of the series, so a forecaster fitted on a history sees no future). A bucket at or
+    below ``fraction`` of a level of at least ``min_level`` is a gap: in a stream of a million requests per
+    bucket a zero is a collection outage, and so are the few-hundred-request buckets at its edges. Repeated
+    until nothing changes, so a run of small values is peeled from its edges inwards. A quiet series (night
+    minutes of a web server with a level of a few requests) keeps its zeros as demand.
+    """
+    y = np.asarray(y, dtype=float)
+    gap = np.isnan(y)
+    if gap.all():
+        return gap
+    candidates = np.flatnonzero(~gap & (y <= fraction * np.nanmax(y)))
+    k = np.arange(neighbours)
+    while candidates.size:
+        good = np.flatnonzero(~gap & (y > 0))
+        if good.size == 0:
+            break
+        left = np.searchsorted(good, candidates, side="left")[:, None] - 1 - k[None, :]
+        right = np.searchsorted(good, candidates, side="right")[:, None] + k[None, :]
+        around = np.full((candidates.size, 2 * neighbours), np.nan)
+        ok_l, ok_r = left >= 0, right < good.size
+        around[:, :neighbours][ok_l] = y[good[left[ok_l]]]
+        around[:, neighbours:][ok_r] = y[good[right[ok_r]]]
+        level = np.nanmedian(around, axis=1)
+        new = (level >= min_level) & (y[candidates] <= fraction * level)
+        if not new.any():
+            break
+        gap[candidates[new]] = True
+        candidates = candidates[~new]
+    return gap
+
+
+def mask_gaps(y: np.ndarray) -> tuple[np.ndarray, int]:
+    """``y`` with its zero/near-zero gaps (``find_gaps``) set to NaN, and how many buckets that masked."""
+    y = np.asarray(y, dtype=float)
+    gap = find_gaps(y) & ~np.isnan(y)
+    if not gap.any():
+        return y, 0
+    out = y.copy()
+    out[gap] = np.nan
+    return out, int(gap.sum())
+
+
+def mask_series_gaps(series: CountSeries) -> CountSeries:
+    """Mask the requests column's zero/near-zero gaps (``find_gaps``) in every column, with a note."""
+    gap = find_gaps(series.requests) & ~np.isnan(series.requests)
+    if not gap.any():
+        return series
+
+    def masked(values: np.ndarray | None) -> np.ndarray | None:
+        return None if values is None else np.where(gap, np.nan, values)
+
+    return replace(series, requests=masked(series.requests), prompt_tokens=masked(series.prompt_tokens),
+                   output_tokens=masked(series.output_tokens),
+                   notes=series.notes + (f"{int(gap.sum())} zero or near-zero buckets far below the level around "
+                                         f"them masked as gaps (--zeros-are-demand keeps them)",))
+
+
+def resample_rates(rates: np.ndarray, src_bucket_s: float, dst_bucket_s: float) -> list[float | None]:
+    """Rates (per second) in ``src_bucket_s`` buckets as ``dst_bucket_s`` buckets, aligned at the END (the
+    last destination bucket ends where the source does): overlap-weighted means; any gap inside -> None."""
+    rates = np.asarray(rates, dtype=float)
+    span = len(rates) * src_bucket_s
+    n = int(span // dst_bucket_s)
+    out: list[float | None] = []
+    for j in range(n, 0, -1):
+        a, b = span - j * dst_bucket_s, span - (j - 1) * dst_bucket_s
+        i0, i1 = int(np.floor(a / src_bucket_s + 1e-9)), int(np.ceil(b / src_bucket_s - 1e-9))
+        edges = np.arange(i0, i1 + 1) * src_bucket_s
+        overlap = np.clip(np.minimum(edges[1:], b) - np.maximum(edges[:-1], a), 0.0, None)
+        src = rates[i0:i1]
+        out.append(None if np.isnan(src[overlap > 0]).any() else float(np.sum(src * overlap) / (b - a)))
+    return out
+
+
 def read_counts_csv(path: str) -> CountSeries:
     """Read ``timestamp_s,requests[,prompt_tokens,output_tokens]`` (one row per bucket, seconds).
 

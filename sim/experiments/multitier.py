@@ -199,6 +199,8 @@ def measure(name: str, res: SimulationResult, measured: dict[str, float]) -> tup
         "training_preemptions": sum(p["preemptions"] for p in train),
         "ops_preemptions": sum(p["preemptions"] for p in ops),
         "jobs_finished": sum(p["jobs_finished"] for p in pools), "deadlines_due": due,
+        # decisions whose forecaster fell back to the last value (0 when warm-started and fitted every time)
+        "forecast_fallback_decisions": sum(f["decisions"] for f in s.get("controller", {}).get("forecast_fallbacks", [])),
         "deadlines_missed": missed, "requests": s["requests"]["total"], "completed": done,
         "decisions": s.get("controller", {}).get("decisions", 0),
         "not_carried_out": sum(tiers.get("not_carried_out", {}).values()),

@@ -126,6 +126,7 @@ def report(results: pd.DataFrame, details: pd.DataFrame, meta: dict, *, wall_s: 
         f"{meta['requests']} requests served by every policy"
         + (f"; overrides {meta['overrides']}" if meta["overrides"] else "") + f". Wall time {wall_s:.0f} s.",
         f"Replica capacity for the sizing policies: {cap}.",
+        _fallbacks(details),
         "",
         table(results),
         "",
@@ -195,3 +196,13 @@ def plots(results: pd.DataFrame, details: pd.DataFrame, runs: dict, out: Path) -
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
     return paths
+
+
+def _fallbacks(details: pd.DataFrame) -> str:
+    """One line: how many decisions of each forecasting policy fell back to the last value."""
+    if "forecast_fallback_decisions" not in details:
+        return ""
+    parts = [f"{r.policy} {int(r.forecast_fallback_decisions)}" for r in details.itertuples()
+             if r.policy in ("forecast", "milp")]
+    return ("Decisions whose forecaster fell back to the last value (history warm-started from the week before): "
+            + ", ".join(parts) + ".") if parts else ""

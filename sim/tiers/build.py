@@ -82,14 +82,22 @@ def build_fleet(cfg: ScenarioConfig, resolved: Sequence[ResolvedPool], catalog: 
                   prices={(i.gpu, i.purchase): i.price_usd_h for i in items.values()})  # fmt: skip
     if controller is not None:
         controller.pools, controller.inventory, controller.fleet = metas, list(items.values()), fleet
-        if ctl is not None and ctl.prior_history_s > 0:
+        if ctl is not None and (ctl.prior_history_s > 0 or ctl.prior_history_path):
             controller.prior_history = {metas[0].name: prior_history(cfg, controller.interval_s,
                                                                      ctl.prior_history_s)}
     return fleet
 
 
 def prior_history(cfg: ScenarioConfig, bucket_s: float, span_s: float) -> list[float | None]:
-    """What the first pool's arrival rate was before t = 0, from a workload source that knows it."""
+    """What the first pool's arrival rate was before t = 0: from the history file when the scenario names one,
+    else from a workload source that knows it."""
+    ctl = cfg.controller
+    if ctl is not None and ctl.prior_history_path:
+        from fleettwin.models.forecast.warm import history_from_counts
+        from fleettwin.models.workload.traces import resolve_path
+
+        path = resolve_path(ctl.prior_history_path, cfg.base_dir)
+        return history_from_counts(str(path), bucket_s=bucket_s, span_s=span_s or None, scale=ctl.prior_history_scale)
     source = cfg.workload_source()
     if not hasattr(source, "rate_history"):
         raise ConfigError(f"controller.prior_history_s: workload type {cfg.workload.type!r} has no history before "
