@@ -425,10 +425,11 @@ def _check_sizing_args(llm: LlmSpec, tp: int, gpu_memory_utilization: float, blo
         )
 
 
-def _reserve_bytes(llm: LlmSpec, tp: int, activation_reserve_gb: float | None, dtype_bytes: float) -> float:
+def _reserve_bytes(llm: LlmSpec, tp: int, activation_reserve_gb: float | None, dtype_bytes: float,
+                   extra_reserve_gb: float = 0.0) -> float:  # fmt: skip
     if activation_reserve_gb is None:
-        return default_activation_reserve_bytes(llm, tp, dtype_bytes=dtype_bytes)
-    return activation_reserve_gb * 1e9
+        return default_activation_reserve_bytes(llm, tp, dtype_bytes=dtype_bytes) + extra_reserve_gb * 1e9
+    return (activation_reserve_gb + extra_reserve_gb) * 1e9
 
 
 def _budget(gpu: GpuSpec, llm: LlmSpec, tp: int, util: float, reserve: float, dtype_bytes: float) -> str:
@@ -447,11 +448,14 @@ def kv_cache_free_bytes_per_gpu(
     gpu_memory_utilization: float = 0.9,
     activation_reserve_gb: float | None = None,
     dtype_bytes: float = 2,
+    extra_reserve_gb: float = 0.0,
 ) -> float:
-    """Bytes per GPU left for the KV cache (may be negative): memory x utilization - weights/TP - reserve."""
+    """Bytes per GPU left for the KV cache (may be negative): memory x utilization - weights/TP - reserve.
+    ``extra_reserve_gb`` is memory the engine keeps beyond the activation reserve (a calibration profile's
+    ``kv_reserve_gb``: CUDA-graph pool, communication buffers, allocator fragmentation)."""
     _check_sizing_args(llm, tp, gpu_memory_utilization)
     # Activations stay 16-bit when the weights are FP8 (W8A8 quantises each GEMM's input on the fly).
-    reserve = _reserve_bytes(llm, tp, activation_reserve_gb, max(dtype_bytes, 2.0))
+    reserve = _reserve_bytes(llm, tp, activation_reserve_gb, max(dtype_bytes, 2.0), extra_reserve_gb)
     return gpu.memory_bytes * gpu_memory_utilization - llm.weight_bytes(dtype_bytes) / tp - reserve
 
 
@@ -465,6 +469,7 @@ def kv_cache_blocks(
     activation_reserve_gb: float | None = None,
     dtype_bytes: float = 2,
     kv_dtype_bytes: float | None = None,
+    extra_reserve_gb: float = 0.0,
 ) -> int:
     """KV blocks of ``block_size`` tokens that one replica of ``tp`` GPUs holds, as vLLM sizes its cache.
 
@@ -477,11 +482,11 @@ def kv_cache_blocks(
     _check_sizing_args(llm, tp, gpu_memory_utilization, block_size)
     free = kv_cache_free_bytes_per_gpu(
         gpu, llm, tp, gpu_memory_utilization=gpu_memory_utilization,
-        activation_reserve_gb=activation_reserve_gb, dtype_bytes=dtype_bytes,
+        activation_reserve_gb=activation_reserve_gb, dtype_bytes=dtype_bytes, extra_reserve_gb=extra_reserve_gb,
     )
     blocks = math.floor(free / (block_size * llm.kv_bytes_per_token_per_gpu(tp, kv_bytes)))
     if blocks <= 0:
-        reserve = _reserve_bytes(llm, tp, activation_reserve_gb, max(dtype_bytes, 2.0))
+        reserve = _reserve_bytes(llm, tp, activation_reserve_gb, max(dtype_bytes, 2.0), extra_reserve_gb)
         raise ConfigError(
             f"{llm.id} on {gpu.id} at TP{tp} leaves no memory for the KV cache: "
             f"{_budget(gpu, llm, tp, gpu_memory_utilization, reserve, dtype_bytes)}; use a larger TP or GPU"
@@ -498,6 +503,7 @@ def min_tensor_parallel(
     min_kv_tokens: int | None = None,
     activation_reserve_gb: float | None = None,
     kv_dtype_bytes: float | None = None,
+    extra_reserve_gb: float = 0.0,
 ) -> int:
     """Smallest TP in ``TENSOR_PARALLEL_SIZES`` whose replica fits ``llm`` with a useful KV cache.
 
@@ -514,12 +520,12 @@ def min_tensor_parallel(
             continue
         free = kv_cache_free_bytes_per_gpu(
             gpu, llm, tp, gpu_memory_utilization=gpu_memory_utilization,
-            activation_reserve_gb=activation_reserve_gb, dtype_bytes=dtype_bytes,
+            activation_reserve_gb=activation_reserve_gb, dtype_bytes=dtype_bytes, extra_reserve_gb=extra_reserve_gb,
         )
         tokens = max(0.0, free) / llm.kv_bytes_per_token_per_gpu(tp, kv_bytes)
         if tokens >= need:
             return tp
-        reserve = _reserve_bytes(llm, tp, activation_reserve_gb, max(dtype_bytes, 2.0))
+        reserve = _reserve_bytes(llm, tp, activation_reserve_gb, max(dtype_bytes, 2.0), extra_reserve_gb)
         shortfall = (
             f"at TP{tp}, {_budget(gpu, llm, tp, gpu_memory_utilization, reserve, dtype_bytes)} "
             f"leave KV for {tokens:,.0f} tokens"

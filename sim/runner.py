@@ -15,7 +15,7 @@ from simpy.core import URGENT
 from fleettwin.models.catalog import Catalog, GpuSpec, LlmSpec, kv_cache_blocks, min_tensor_parallel
 from fleettwin.models.config import ControllerConfig, PoolConfig, ScenarioConfig, SloConfig
 from fleettwin.models.errors import ConfigError, PoolFitError
-from fleettwin.models.perf import PerformanceModel, Precision, create_perf_model
+from fleettwin.models.perf import PerformanceModel, Precision, create_perf_model, memory_reserve_gb
 from fleettwin.models.routing import REPLICA_ROUTERS
 from fleettwin.models.tenancy import Tenancy
 from fleettwin.models.workload.request import Request
@@ -98,7 +98,9 @@ def resolve_pool(cfg: PoolConfig, catalog: Catalog, tenancy: Tenancy | None = No
     precision = Precision(eng.dtype, eng.kv_cache_dtype)
     if precision.weights == "fp8" and not gpu.fp8_tflops:
         raise PoolFitError("engine.dtype", f"fp8 needs FP8 tensor cores, which {gpu.id} lacks")
-    sizes = {"dtype_bytes": precision.weight_bytes, "kv_dtype_bytes": precision.kv_bytes}
+    with PoolFitError.field("perf_model"):
+        extra = memory_reserve_gb(cfg.perf_model.name, cfg.perf_model.params, gpu)
+    sizes = {"dtype_bytes": precision.weight_bytes, "kv_dtype_bytes": precision.kv_bytes, "extra_reserve_gb": extra}
     with PoolFitError.field("tp" if cfg.tp else "model"):
         tp = cfg.tp or min_tensor_parallel(gpu, llm, gpu_memory_utilization=eng.gpu_memory_utilization, **sizes)
         blocks = eng.num_gpu_blocks or kv_cache_blocks(

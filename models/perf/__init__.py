@@ -11,8 +11,10 @@ from fleettwin.models.perf.base import (
     PerformanceModel,
     Precision,
     create_perf_model,
+    memory_reserve_gb,
 )
 
-__all__ = ["BF16", "PERF_MODELS", "BatchStats", "DecodeCost", "PerformanceModel", "Precision", "create_perf_model"]
+__all__ = ["BF16", "PERF_MODELS", "BatchStats", "DecodeCost", "PerformanceModel", "Precision", "create_perf_model",
+           "memory_reserve_gb"]
 
 from fleettwin.models.perf import calibrated, constant, profiled, roofline  # noqa: F401, E402  (registers)

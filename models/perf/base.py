@@ -127,6 +127,13 @@ class PerformanceModel(ABC):
 PERF_MODELS: Registry[PerformanceModel] = Registry("performance model")
 
 
+def memory_reserve_gb(name: str, params, gpu) -> float:
+    """GPU memory per GPU a model says the engine keeps beyond the activation reserve (0 for most models): the
+    KV cache is sized with it, before the model exists (its TP may depend on it)."""
+    fn = getattr(PERF_MODELS.get(name), "memory_reserve_gb", None)
+    return 0.0 if fn is None else float(fn(PERF_MODELS.validate_params(name, params), gpu))
+
+
 def create_perf_model(name: str, params, *, gpu, llm, tp: int, precision: Precision = BF16) -> PerformanceModel:
     """``PERF_MODELS.create`` with the engine's precision: passed to models that declare ``supports_precision``;
     any other model accepts bf16 only (a clear error, never a silent bf16 run of an FP8 deployment)."""

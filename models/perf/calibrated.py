@@ -86,6 +86,12 @@ class CalibratedModel(PerformanceModel):
         self._lm_laws = laws
         self._lm_s: dict[int, float] = {}
 
+    @staticmethod
+    def memory_reserve_gb(params: Params, gpu: GpuSpec) -> float:
+        """The profile's ``kv_reserve_gb`` (with any override): what the KV cache is sized without."""
+        profile = resolve_profile(params.profile, gpu)
+        return float(params.engine_costs.get("kv_reserve_gb", profile.engine_costs.kv_reserve_gb))
+
     # -- construction --------------------------------------------------------------------------------------
 
     def _check_precision(self, laws: KernelLaws) -> None:
@@ -289,6 +295,12 @@ class AutoModel:
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @staticmethod
+    def memory_reserve_gb(params: Params, gpu: GpuSpec) -> float:
+        if default_profile_for(gpu.id) is None:
+            return 0.0
+        return CalibratedModel.memory_reserve_gb(CalibratedModel.Params(), gpu)
 
     def __new__(cls, params: Params | None = None, *, gpu: GpuSpec, llm: LlmSpec, tp: int,
                 precision: Precision = BF16) -> PerformanceModel:  # fmt: skip

@@ -53,6 +53,10 @@ class EngineCosts(_Strict):
                                   "kernels, and kernels measured in isolation running slower in a model")  # fmt: skip
     eager_layer_s: float = Field(0.0, ge=0, description="extra launch cost per layer when the engine runs "
                                  "without CUDA graphs (enforce_eager)")  # fmt: skip
+    kv_reserve_gb: float = Field(0.0, ge=0, description="GPU memory per GPU the engine keeps beyond the modelled "
+                                 "activation reserve (CUDA-graph pool, communication buffers, allocator "
+                                 "fragmentation): it comes out of the KV cache, which matters where a large "
+                                 "model leaves little room")  # fmt: skip
     fp8_gemm_scale: float = Field(1.0, gt=0, description="multiplier on the FP8 GEMM and MoE laws in a served "
                                   "model: the kernel tables quantise activations dynamically, FP8 checkpoints "
                                   "mostly carry static scales")  # fmt: skip

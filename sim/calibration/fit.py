@@ -59,6 +59,8 @@ COEFFICIENTS = (
     Coefficient("gpu_time_scale", "engine_costs", 0.3, 3.0, "runs dominated by GPU time (large batches, long "
                 "prompts)"),  # fmt: skip
     Coefficient("fp8_gemm_scale", "engine_costs", 0.4, 2.5, "runs of FP8-weight deployments"),
+    Coefficient("kv_reserve_gb", "engine_costs", 0.05, 12.0, "runs whose queue builds because the KV cache is "
+                "full: a large model on few GPUs near its capacity"),  # fmt: skip
     Coefficient("request_s", "frontend", 1e-5, 0.5, "TTFT through the API server at low load"),
     Coefficient("per_prompt_token_s", "frontend", 1e-9, 1e-4, "low-load TTFT at two or more prompt lengths"),
 )
@@ -245,6 +247,8 @@ def _data_cannot_pin(name: str, runs: Sequence[MeasuredRun], rows) -> str:
     if name == "per_prompt_token_s":
         means = {round(float(r.requests["prompt_tokens"].mean()), -1) for r in ttft if r.load.api_server}
         return "" if len(means) > 1 else "no fitted TTFT at two prompt lengths"
+    if name == "kv_reserve_gb":
+        return "" if any(measured_saturation(r) for r in runs) else "no run whose measured queue grew"
     if name == "step_per_seq_s":
         loads = {(r.load.kind, r.load.concurrency, len(r.requests)) for r in runs}
         return "" if len(loads) > 1 else "one load level only"
