@@ -8,7 +8,7 @@ run the model cannot explain does not drag the rest), each deployment (GPU, mode
 weighted equally whatever its number of runs.
 
 A coefficient the data cannot pin (its standard error over 50 %, or the fit pushes it to a bound) is not
-returned as fitted: it is held at its prior, reported with the data that would pin it, and the rest refitted.
+returned as fitted: it keeps the profile's value, reported with the data that would pin it, and the rest refitted.
 
 Leave-one-run-out: for each run, the coefficients refitted without it by one Gauss-Newton step from the full
 fit on the remaining runs' (robustly weighted) residuals, then the run replayed with them. The same for
@@ -48,6 +48,7 @@ class Coefficient:
     lower: float
     upper: float
     pinned_by: str  # the data that pins it, for the message when it is not pinned
+    typical: float | None = None  # where a fit starts when the profile's value sits at the floor (unset)
 
 
 COEFFICIENTS = (
@@ -60,7 +61,7 @@ COEFFICIENTS = (
                 "prompts)"),  # fmt: skip
     Coefficient("fp8_gemm_scale", "engine_costs", 0.4, 2.5, "runs of FP8-weight deployments"),
     Coefficient("kv_reserve_gb", "engine_costs", 0.05, 12.0, "runs whose queue builds because the KV cache is "
-                "full: a large model on few GPUs near its capacity"),  # fmt: skip
+                "full: a large model on few GPUs near its capacity", typical=1.0),  # fmt: skip
     Coefficient("request_s", "frontend", 1e-5, 0.5, "TTFT through the API server at low load"),
     Coefficient("per_prompt_token_s", "frontend", 1e-9, 1e-4, "low-load TTFT at two or more prompt lengths"),
 )
@@ -72,7 +73,7 @@ Progress = Callable[[str], None]
 class FitResult:
     profile: CalibrationProfile  # the input profile with the fitted coefficients
     fitted: dict[str, float]
-    held: dict[str, str]  # coefficient -> why it was held at its prior and what data would pin it
+    held: dict[str, str]  # coefficient -> why it kept the profile's value and what data would pin it
     rse: dict[str, float]  # relative standard errors of the fitted coefficients
     runs: list[MeasuredRun]
     predicted: list[dict[str, float]]  # full fit, per run
@@ -178,16 +179,17 @@ def fit_profile(runs: Sequence[MeasuredRun], profile: CalibrationProfile, *, coe
         raise ConfigError(f"unknown coefficient(s) {', '.join(unknown)}; expected {', '.join(BY_NAME)}")
     if not runs:
         raise ConfigError("no runs to fit")
-    prior = {c: _current(profile, c) for c in BY_NAME}
+    prior = {c: _current(profile, c) for c in BY_NAME}  # where each fit starts
+    own = {c: getattr(getattr(profile, BY_NAME[c].part), c) for c in BY_NAME}  # what a held one keeps
     rows, weights = _targets(runs)
-    held = {n: f"{why}; held at its prior {prior[n]:.4g}. Pinned by: {BY_NAME[n].pinned_by}"
+    held = {n: f"{why}; held at the profile's {own[n]:.4g}. Pinned by: {BY_NAME[n].pinned_by}"
             for n in names if (why := _data_cannot_pin(n, runs, rows))}  # fmt: skip
     for n, why in held.items():
         say(f"not pinned: {n} ({why.split(';')[0]})")
     evaluate = Evaluator(runs, profile, workers)
     try:
         free = [n for n in names if n not in held]
-        start = dict(prior)
+        start = {**prior, **{n: own[n] for n in held}}  # held ones at the profile's values while the rest fit
         polished = False
         while refit:
             # Least squares alone while coefficients may still be dropped; the costly polish once they are not.
@@ -202,18 +204,19 @@ def fit_profile(runs: Sequence[MeasuredRun], profile: CalibrationProfile, *, coe
                 start = theta
                 continue
             for n, why in bad.items():
-                held[n] = f"{why}; held at its prior {prior[n]:.4g}. Pinned by: {BY_NAME[n].pinned_by}"
+                held[n] = f"{why}; held at the profile's {own[n]:.4g}. Pinned by: {BY_NAME[n].pinned_by}"
                 say(f"not pinned: {n} ({why})")
             free = [n for n in free if n not in bad]
-            start = {**theta, **{n: prior[n] for n in bad}}  # the others go on from where they got to
+            start = {**theta, **{n: own[n] for n in bad}}  # the others go on from where they got to
             if not free:
-                theta, jac, res = dict(prior), np.zeros((len(rows), 0)), np.zeros(len(rows))
+                theta, jac, res = dict(start), np.zeros((len(rows), 0)), np.zeros(len(rows))
                 rse = np.zeros(0)
                 break
         if not refit:
-            theta = dict(prior)
+            theta = dict(own)
             jac, res = _jacobian(evaluate, rows, weights, theta, free)
             rse = _relative_errors(jac, res, len(free))
+        theta = {**theta, **{n: own[n] for n in held}}  # held coefficients keep the profile's own values
         fitted = {n: theta[n] for n in free}
         predicted = evaluate(theta)
         result = FitResult(profile=_with(profile, theta), fitted=fitted, held=held,
@@ -274,6 +277,8 @@ def representative(runs: Sequence[MeasuredRun], per_deployment: int) -> list[Mea
 def _current(profile: CalibrationProfile, name: str) -> float:
     c = BY_NAME[name]
     value = getattr(getattr(profile, c.part), name)
+    if value <= c.lower and c.typical is not None:
+        return c.typical  # at its floor a log-space step moves nothing: start where the coefficient matters
     return min(max(value, c.lower), c.upper)
 
 
@@ -338,14 +343,20 @@ def _relative_errors(jac: np.ndarray, res: np.ndarray, p: int) -> np.ndarray:
     if p == 0:
         return np.zeros(0)
     w = _robust_weights(res)
-    h = jac.T @ (jac * w[:, None])
-    dof = max(len(res) - p, 1)
+    out = np.full(p, np.inf)  # a coefficient that moves no residual has no standard error to speak of
+    moves = np.linalg.norm(jac, axis=0) > 1e-12 * max(1.0, float(np.abs(jac).max(initial=0.0)))
+    if not moves.any():
+        return out
+    j = jac[:, moves]
+    h = j.T @ (j * w[:, None])
+    dof = max(len(res) - int(moves.sum()), 1)
     s2 = float(np.sum(w * res**2)) / dof
     try:
         cov = s2 * np.linalg.inv(h)
     except np.linalg.LinAlgError:
-        return np.full(p, np.inf)
-    return np.sqrt(np.maximum(np.diag(cov), 0.0))
+        cov = s2 * np.linalg.pinv(h)  # collinear coefficients: their errors come out large, as they should
+    out[moves] = np.sqrt(np.maximum(np.diag(cov), 0.0))
+    return out
 
 
 def _why_unpinned(name: str, rse: float, value: float) -> str:
