@@ -27,14 +27,10 @@ TARGETS = {
     "h200-vllm-v1": ("h200", "h200_sxm/vllm_0.24.0", []),
     "a100-vllm-v1": ("a100-80g", "a100_sxm/vllm_0.14.0", []),
 }
-# Engine-cost priors until the end-to-end fit runs: vLLM V1's CPU time per step is a few ms (scheduler,
-# input preparation, sampling, detokenisation hand-off), small kernels a few us each.
-PRIOR_ENGINE = {"step_fixed_s": 1.5e-3, "step_per_seq_s": 10e-6, "step_per_prefill_s": 50e-6,
-                "tp_worker_s": 100e-6, "layer_fixed_s": 8e-6, "gpu_time_scale": 1.0, "eager_layer_s": 60e-6}
-PRIOR_FRONTEND = {"request_s": 5e-3, "per_prompt_token_s": 1e-6}
 
 
 def build_kernels() -> None:
+    from fleettwin.sim.calibration.build import PRIOR_ENGINE, PRIOR_FRONTEND
     from fleettwin.sim.calibration.kernel_tables import fit_kernel_folder
 
     for name, (gpu, folder, also) in TARGETS.items():

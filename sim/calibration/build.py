@@ -12,7 +12,7 @@ from typing import TextIO
 
 import yaml
 
-from fleettwin.models.perf.profile import parse_profile
+from fleettwin.models.perf.profile import EngineCosts, FrontEndCosts, parse_profile
 from fleettwin.sim.calibration.errors import error_frame, summary
 from fleettwin.sim.calibration.fit import ROBUST_SCALE, FitResult, fit_profile, representative
 from fleettwin.sim.calibration.readers import native
@@ -22,6 +22,12 @@ from fleettwin.sim.calibration.runs import MeasuredRun
 # cannot pin them starts from a sibling's fitted values, and fits only what its runs can move.
 ENGINE_PRIOR_FROM = {"h200-vllm-v1": "h100-vllm-v1"}
 FIT_ONLY = {"h200-vllm-v1": ["gpu_time_scale", "fp8_gemm_scale", "step_fixed_s", "step_per_seq_s", "tp_worker_s"]}
+# Where every build starts (a rebuild does not depend on the values a profile had before): vLLM V1's CPU time
+# per step is a few ms (scheduler, input preparation, sampling, output hand-off), small kernels a few us each.
+PRIOR_ENGINE = {"step_fixed_s": 1.5e-3, "step_per_seq_s": 10e-6, "step_per_prefill_s": 50e-6, "tp_worker_s": 100e-6,
+                "layer_fixed_s": 8e-6, "gpu_time_scale": 1.0, "eager_layer_s": 60e-6, "kv_reserve_gb": 0.0,
+                "fp8_gemm_scale": 1.0}  # fmt: skip
+PRIOR_FRONTEND = {"request_s": 5e-3, "per_prompt_token_s": 1e-6}
 FIT_RUNS_PER_DEPLOYMENT = 10  # spread over each deployment's loads; the leave-one-out errors cover every run
 METHOD = (f"simulator in the loop: every run replayed per candidate; bounded least squares on log(simulated / "
           f"measured) of mean TTFT, mean TPOT, mean and p99 E2E, soft-L1 at {ROBUST_SCALE:.0%}, each deployment "
@@ -74,6 +80,9 @@ def build_engine_profiles(folder: Path, out: TextIO, *, only: str | None = None,
         if sibling:
             other = parse_profile(yaml.safe_load((folder / f"{sibling}.yaml").read_text()), source=sibling)
             profile = profile.model_copy(update={"engine_costs": other.engine_costs, "frontend": other.frontend})
+        else:
+            profile = profile.model_copy(update={"engine_costs": EngineCosts(**PRIOR_ENGINE),
+                                                 "frontend": FrontEndCosts(**PRIOR_FRONTEND)})  # fmt: skip
         t0 = time.perf_counter()
         say = lambda msg, name=profile.name: out.write(f"{name}: {msg}\n") or out.flush()  # noqa: E731
         subset = representative(mine, FIT_RUNS_PER_DEPLOYMENT)

@@ -179,8 +179,8 @@ def fit_profile(runs: Sequence[MeasuredRun], profile: CalibrationProfile, *, coe
         raise ConfigError(f"unknown coefficient(s) {', '.join(unknown)}; expected {', '.join(BY_NAME)}")
     if not runs:
         raise ConfigError("no runs to fit")
-    prior = {c: _current(profile, c) for c in BY_NAME}  # where each fit starts
     own = {c: getattr(getattr(profile, BY_NAME[c].part), c) for c in BY_NAME}  # what a held one keeps
+    prior = {c: _current(profile, c) if c in names else own[c] for c in BY_NAME}  # where each fit starts
     rows, weights = _targets(runs)
     held = {n: f"{why}; held at the profile's {own[n]:.4g}. Pinned by: {BY_NAME[n].pinned_by}"
             for n in names if (why := _data_cannot_pin(n, runs, rows))}  # fmt: skip
