@@ -17,7 +17,7 @@ and the difference is the instructions the simulation took. About 50x slower tha
     .venv/bin/python benchmarks/bench_ab.py --base db52bd0 --replicas 64 --a-perf-model calibrated \
         --b-perf-model roofline                                       # a performance model's cost
 
-The compiled hot path (``sim/native.py``) is used by any side whose source it was built from; ``--pure-b`` runs
+The compiled hot path (``fleettwin/native.py``) is used by any side whose source it was built from; ``--pure-b`` runs
 side B with ``FLEETTWIN_PURE_PYTHON=1`` (set that variable for the whole command to compare pure with pure).
 """
 

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fleettwin.io import write_json
 from fleettwin.live.client import VllmClient
 from fleettwin.live.gateway.config import hash_key, parse_gateway
 from fleettwin.live.gateway.pipeline import CHAT, Gatekeeper
-from fleettwin.sim.io import write_json
 
 KEY = "bench-key-0123456789abcdef"
 MODEL = "llama-3-8b"

@@ -49,8 +49,8 @@ def scenario(n: int) -> dict:
 def run_case(n: int, mode: str) -> dict:
     """One run in this process (the parent starts one process per case)."""
     from fleettwin.models.config import parse_scenario
+    from fleettwin.native import native_status
     from fleettwin.sim.metrics import Slo
-    from fleettwin.sim.native import native_status
     from fleettwin.sim.runner import generate_requests, run_scenario
     from fleettwin.sim.stream import StreamingLog
 

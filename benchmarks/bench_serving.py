@@ -21,10 +21,11 @@ import simpy
 
 from fleettwin.models.catalog import Catalog
 from fleettwin.models.config import PoolConfig
+from fleettwin.models.engine.resolve import resolve_pool
 from fleettwin.models.workload.request import Request
 from fleettwin.models.workload.traces import load_trace
-from fleettwin.sim.native import native_status
-from fleettwin.sim.runner import resolve_pool, simulate
+from fleettwin.native import native_status
+from fleettwin.sim.runner import simulate
 
 TRACE = Path(__file__).resolve().parents[1] / "traces" / "azure2023_conv" / "AzureLLMInferenceTrace_conv.csv"
 
@@ -124,7 +125,7 @@ def main() -> None:
           f"{args.model} on {args.gpu}, {args.per_replica_rate:g} req/s per replica, Azure conversation trace")
     compiled = [m.rsplit(".", 1)[-1] for m, on in native_status().items() if on]
     print("hot path: " + (f"compiled with mypyc ({', '.join(compiled)})" if compiled
-                          else "pure Python (make native compiles it; see sim/native.py)"))  # fmt: skip
+                          else "pure Python (make native compiles it; see fleettwin/native.py)"))  # fmt: skip
     mmc = bench_bare_mmc(8, 200_000)
     print(f"bare SimPy M/M/8 loop: {mmc['customers_per_s']:,.0f} customers/s, {mmc['events_per_s']:,.0f} events/s")
     header = f"{'replicas':>8} {'requests':>9} {'sim s':>8} {'wall s':>7} {'req/s':>9} {'req/cpu-s':>9} " \

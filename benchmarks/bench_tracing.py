@@ -30,9 +30,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gateway import KEY, MODEL, closed_loop, cpu_s, policy, start  # noqa: E402
 
+from fleettwin.io import write_json  # noqa: E402
 from fleettwin.live.client import VllmClient  # noqa: E402
 from fleettwin.live.tracing import setup_tracing  # noqa: E402
-from fleettwin.sim.io import write_json  # noqa: E402
 
 PATHS = ("emulator_off", "emulator_on", "gateway_off", "gateway_on")
 

@@ -38,13 +38,14 @@ import numpy as np
 import pandas as pd
 
 from fleettwin.models.catalog import Catalog
+from fleettwin.models.engine.queue import EngineLimits
+from fleettwin.models.engine.reference_scheduler import ReferenceScheduler
+from fleettwin.models.engine.resolve import PoolSpec
 from fleettwin.models.perf.base import BatchStats
 from fleettwin.models.perf.profiled import ProfiledModel
 from fleettwin.models.workload.request import Request
 from fleettwin.models.workload.traces import read_azure_csv
-from fleettwin.sim.reference_scheduler import ReferenceScheduler
-from fleettwin.sim.runner import PoolSpec, simulate
-from fleettwin.sim.scheduler import EngineLimits
+from fleettwin.sim.runner import simulate
 
 REPO = Path(__file__).resolve().parents[1]
 PEER_KIT = Path(os.environ.get("VIDUR_KIT", "/work/shared/peers/vidur"))

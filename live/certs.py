@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fleettwin.io import atomic_write
 from fleettwin.models.errors import ConfigError
-from fleettwin.sim.io import atomic_write
 
 DEFAULT_NAMES = ("gateway", "emulator", "controller", "retrieval")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")

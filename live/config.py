@@ -221,7 +221,7 @@ class LiveConfig(StrictModel):
 
     def resolved(self) -> list:
         """Each pool resolved as the simulator resolves it (TP, KV blocks, limits, performance model)."""
-        from fleettwin.sim.runner import resolve_pool
+        from fleettwin.models.engine.resolve import resolve_pool
 
         catalog = self.build_catalog()
         return [resolve_pool(p.pool_config(), catalog) for p in self.pools]

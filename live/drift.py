@@ -19,18 +19,19 @@ markdown (``drift.csv``, ``drift.md``).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from fleettwin.io import write_csv, write_text
 from fleettwin.live.config import LiveConfig, LivePool
 from fleettwin.live.decision_log import is_interval
 from fleettwin.live.observe import hist_from_json
+from fleettwin.models.engine.resolve import ResolvedPool, resolve_pool
 from fleettwin.models.workload.request import Request
-from fleettwin.sim.io import write_csv, write_text
 
 METRICS = ("ttft_p50_s", "ttft_p95_s", "e2e_p50_s", "e2e_p95_s", "throughput_rps", "completed")
 RECEIVED = ("completed", "rejected", "timeout")  # load generator statuses of requests a backend got
@@ -125,15 +126,19 @@ def load_from_log(records: Sequence[dict], cfg: LiveConfig) -> dict[str, list[Re
 # -- predicted and measured ------------------------------------------------------------------------------
 
 
-def predict(pool: LivePool, cfg: LiveConfig, requests: list[Request], replicas: int) -> dict[str, float]:
-    """The simulator's view of ``requests`` on ``replicas`` replicas of ``pool``."""
-    from fleettwin.sim.runner import resolve_pool, simulate
+PoolSimulator = Callable[[ResolvedPool, list[Request]], pd.DataFrame]
+"""Simulates ``requests`` on a resolved pool and returns the per-request frame (``status``, ``arrival_s``,
+``finish_s``, ``ttft_s``, ``e2e_s``). Given by the caller (``fleettwin shadow --drift-report`` passes the
+simulator's): the live layer does not import the simulator."""
 
+
+def predict(pool: LivePool, cfg: LiveConfig, requests: list[Request], replicas: int,
+            simulate_pool: PoolSimulator) -> dict[str, float]:  # fmt: skip
+    """The simulator's view of ``requests`` on ``replicas`` replicas of ``pool``."""
     if not requests:
         return dict.fromkeys(METRICS, math.nan)
     rp = resolve_pool(pool.pool_config(replicas=max(1, replicas)), cfg.build_catalog())
-    raw = simulate(requests, [rp.spec()])
-    df = raw.requests
+    df = simulate_pool(rp, requests)
     done = df[df["status"] == "completed"]
     span = float(done["finish_s"].max() - df["arrival_s"].min()) if len(done) else 0.0
     return _latency(done["ttft_s"].to_numpy(float), done["e2e_s"].to_numpy(float), len(done), span)
@@ -163,8 +168,10 @@ def measured_server(records: Sequence[dict], pool: str) -> dict[str, float]:
             "completed": float(finished)}  # fmt: skip
 
 
-def drift_report(cfg: LiveConfig, records: Sequence[dict], loadgen: pd.DataFrame | None = None) -> DriftReport:
-    """Predicted vs measured for every pool over the window of ``records`` (and of ``loadgen``, if given)."""
+def drift_report(cfg: LiveConfig, records: Sequence[dict], loadgen: pd.DataFrame | None = None, *,
+                 simulate_pool: PoolSimulator) -> DriftReport:
+    """Predicted (by ``simulate_pool``) vs measured for every pool over the window of ``records`` (and of
+    ``loadgen``, if given)."""
     records = [r for r in records if is_interval(r)]
     load = load_from_loadgen(loadgen, cfg, records) if loadgen is not None else load_from_log(records, cfg)
     pool_of = backend_pools(cfg, records)
@@ -183,7 +190,7 @@ def drift_report(cfg: LiveConfig, records: Sequence[dict], loadgen: pd.DataFrame
             replicas = round(float(np.median(active))) if active else len(pool.backends)
         notes.append(f"pool {pool.name}: {len(load[pool.name])} requests simulated on {replicas} replicas "
                      f"({pool.gpu}, {pool.model}, perf model {pool.perf_model.name})")  # fmt: skip
-        pred = predict(pool, cfg, load[pool.name], replicas)
+        pred = predict(pool, cfg, load[pool.name], replicas, simulate_pool)
         client = (measured_client(loadgen, {u for u, p in pool_of.items() if p == pool.name}) if loadgen is not None
                   else dict.fromkeys(METRICS, math.nan))  # fmt: skip
         server = measured_server(records, pool.name)

@@ -21,10 +21,10 @@ import time
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from fleettwin.models.engine.queue import EngineLimits, SeqState, StepPlan
+from fleettwin.models.engine.reference_scheduler import ReferenceScheduler
 from fleettwin.models.perf.base import PerformanceModel
 from fleettwin.models.workload.request import Request
-from fleettwin.sim.reference_scheduler import ReferenceScheduler
-from fleettwin.sim.scheduler import EngineLimits, SeqState, StepPlan
 
 NAN = math.nan
 LENGTH, STOP, ABORT = "length", "stop", "abort"

@@ -21,8 +21,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fleettwin.io import atomic_write, write_json
 from fleettwin.models.errors import ConfigError, FleettwinError
-from fleettwin.sim.io import atomic_write, write_json
 
 CPU_INDEX_TYPES = ("flat", "ivf_flat", "ivf_pq", "hnsw")
 GPU_INDEX_TYPES = ("gpu_ivf_flat", "cagra")

@@ -28,8 +28,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 
 from fleettwin.live.metrics import EMPTY, BackendMetrics, HistogramSummary
+from fleettwin.models.control.pool import ControlledPool
 from fleettwin.models.snapshot import FleetSnapshot, InventoryItem, PoolState, ServingStats
-from fleettwin.sim.controller import ControlledPool
 
 
 def _reset(now: BackendMetrics, before: BackendMetrics) -> bool:

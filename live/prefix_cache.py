@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily
 
 from fleettwin.live.protocol import PromptInput
 from fleettwin.live.synthetic import Tokenizer
-from fleettwin.sim.prefix_cache import PrefixCache
+from fleettwin.models.engine.prefix_cache import PrefixCache
 
 
 def block_hashes(ids: Sequence[int], block_size: int) -> list[int]:

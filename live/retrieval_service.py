@@ -37,6 +37,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
 from fleettwin import __version__
+from fleettwin.io import atomic_write, write_json
 from fleettwin.live.api_error import ApiError
 from fleettwin.live.embed import Embedder, make_embedder
 from fleettwin.live.faiss_store import SEARCH_PARAM, IndexSpec, VectorStore, VectorStoreError
@@ -46,7 +47,6 @@ from fleettwin.live.retrieval_api import MAX_K, RetrieveRequest, parse_request
 from fleettwin.live.server import bearer_guard, harden
 from fleettwin.live.tracing import Tracing, tracing_from_env
 from fleettwin.models.errors import ConfigError
-from fleettwin.sim.io import atomic_write, write_json
 
 EMBEDDER_SUFFIX, PASSAGES_SUFFIX = ".embedder.json", ".passages.jsonl"
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)

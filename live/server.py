@@ -38,8 +38,8 @@ from fleettwin.live.prom import CONTENT_TYPE, EngineMetrics
 from fleettwin.live.serving import RunningServer, bind_socket, serve, serve_in_thread, url_of
 from fleettwin.live.synthetic import Tokenizer, plan_output
 from fleettwin.live.tracing import Tracing, tracing_from_env
+from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.perf.base import PerformanceModel
-from fleettwin.sim.scheduler import EngineLimits
 
 __all__ = ["EmulatorSpec", "RunningServer", "bind_socket", "create_app", "harden", "serve", "serve_in_thread",
            "url_of"]  # fmt: skip
@@ -47,7 +47,7 @@ __all__ = ["EmulatorSpec", "RunningServer", "bind_socket", "create_app", "harden
 
 @dataclass(frozen=True, kw_only=True)
 class EmulatorSpec:
-    """What one emulated vLLM server serves and how fast (limits and perf from ``sim.runner.resolve_pool``)."""
+    """What one emulated vLLM server serves and how fast (limits and perf from ``models.engine.resolve.resolve_pool``)."""
 
     served_model_name: str
     limits: EngineLimits

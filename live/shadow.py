@@ -3,8 +3,8 @@ allocator and each pool's router exactly as the simulator's controller does, and
 decision log — in shadow mode nothing more; with an actuator, carry the decision out.
 
 It mirrors ``sim/controller.Controller``: the allocator, pools and inventory come from the same
-``sim.runner.control_setup``, the snapshot has the same fields (``live/observe.py``), the first decision comes
-one interval after the start (the first scrape is the baseline the interval's rates are measured from), and
+``models.control.setup.control_setup``, the snapshot has the same fields (``live/observe.py``), the first
+decision comes one interval after the start (the first scrape is the baseline the interval's rates are measured from), and
 every decision is checked with ``conserve``. What differs is the world: a backend may die, hang or answer
 garbage. Such a backend is reported in the record (``status`` down, the reason) and retried with exponential
 backoff and seeded jitter (``status`` backoff until then); an allocator that raises is reported as the
@@ -39,10 +39,10 @@ from fleettwin.live.gate import GateError, GateRegistry, policy_hash
 from fleettwin.live.metrics import BackendMetrics, BackendSetView, Scraper
 from fleettwin.live.observe import FleetObserver, pool_record
 from fleettwin.live.promql import PrometheusError
+from fleettwin.models.control.setup import control_setup
 from fleettwin.models.routing import REPLICA_ROUTERS
 from fleettwin.models.snapshot import Decision, FleetSnapshot, conserve
 from fleettwin.models.workload.request import Request
-from fleettwin.sim.runner import control_setup
 
 
 class Actuator(Protocol):

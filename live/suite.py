@@ -26,7 +26,15 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
-from fleettwin.models.config import PolicyRef, StrictModel, format_errors, load_scenario, read_yaml, validated
+from fleettwin.models.config import (
+    PolicyRef,
+    ScenarioConfig,
+    StrictModel,
+    format_errors,
+    load_scenario,
+    read_yaml,
+    validated,
+)
 from fleettwin.models.errors import ConfigError
 
 
@@ -114,14 +122,17 @@ def scenario_metrics(summary: dict) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _simulate(path: Path, allocator: PolicyRef | None) -> dict[str, Any]:
-    from fleettwin.sim.runner import run_scenario
+ScenarioSimulator = Callable[[ScenarioConfig], dict]
+"""Runs one scenario and returns its summary. Given by the caller (``fleettwin validate`` passes the simulator's
+``run_scenario``): the live layer does not import the simulator."""
 
+
+def _simulate(path: Path, allocator: PolicyRef | None, simulate: ScenarioSimulator) -> dict[str, Any]:
     overrides = {"controller": None} if allocator is None else {"controller.allocator": allocator.model_dump()}
     base = load_scenario(path)
     if base.controller is None:
         raise ConfigError(f"{path}: a validation scenario needs a controller section (interval, provisioning)")
-    return scenario_metrics(run_scenario(load_scenario(path, overrides)).summary)
+    return scenario_metrics(simulate(load_scenario(path, overrides)))
 
 
 def judge(policy: dict, baseline: dict, c: Criteria) -> list[str]:
@@ -138,18 +149,20 @@ def judge(policy: dict, baseline: dict, c: Criteria) -> list[str]:
     return reasons
 
 
-def run_suite(policy: PolicyRef, suite: Suite, progress: Callable[[int, int, str], None] | None = None) -> SuiteResult:
-    """Simulate every scenario with the policy and with the baseline; the policy passes if every scenario does."""
+def run_suite(policy: PolicyRef, suite: Suite, progress: Callable[[int, int, str], None] | None = None, *,
+              simulate: ScenarioSimulator) -> SuiteResult:
+    """Simulate every scenario with the policy and with the baseline (with ``simulate``); the policy passes if
+    every scenario does."""
     baseline = None if suite.config.baseline == "fixed" else suite.config.baseline
     result = SuiteResult(passed=True)
     total = 2 * len(suite.scenarios)
     for i, path in enumerate(suite.scenarios):
         if progress:
             progress(2 * i, total, f"{path.name}: policy")
-        pol = _simulate(path, policy)
+        pol = _simulate(path, policy, simulate)
         if progress:
             progress(2 * i + 1, total, f"{path.name}: baseline")
-        base = _simulate(path, baseline)
+        base = _simulate(path, baseline, simulate)
         reasons = judge(pol, base, suite.config.criteria)
         result.scenarios[path.name] = {"policy": pol, "baseline": base, "passed": not reasons, "reasons": reasons}
         result.reasons += [f"{path.name}: {r}" for r in reasons]

@@ -49,9 +49,9 @@ class EngineConfig(StrictModel):
     num_gpu_blocks: PositiveInt | None = None  # like vLLM's num_gpu_blocks_override: pin the KV capacity
     enable_prefix_caching: bool = False  # vLLM's default is on; off here keeps older scenarios' results
     # Not a vLLM argument: host memory per replica that keeps evicted KV blocks for prefix reuse (a CPU offload
-    # tier such as LMCache's max_local_cpu_size); prefix-cache capacity = GPU KV cache + this (sim/prefix_cache.py)
+    # tier such as LMCache's max_local_cpu_size); prefix-cache capacity = GPU KV cache + this (models/engine/prefix_cache.py)
     kv_offload_gb: float = Field(0.0, ge=0, allow_inf_nan=False)
-    # Order of the waiting queue (sim/waiting.py): fcfs (vLLM's default), wfq (weighted fair queueing by tenant
+    # Order of the waiting queue (models/engine/waiting.py): fcfs (vLLM's default), wfq (weighted fair queueing by tenant
     # weight), priority (by tenant priority, lower first, as vLLM's --scheduling-policy priority)
     waiting_policy: Literal["fcfs", "wfq", "priority"] = "fcfs"
     # Storage precision of the weights (vLLM's dtype / --quantization fp8) and of the KV cache (--kv-cache-dtype):

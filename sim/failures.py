@@ -36,6 +36,7 @@ import simpy
 from simpy.events import URGENT
 
 from fleettwin.models.config_failures import FailuresConfig
+from fleettwin.models.engine.queue import SeqState
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.failures import (
     COHERENCE_POLICIES,
@@ -53,7 +54,6 @@ from fleettwin.models.perf.base import BatchStats, DecodeCost, PerformanceModel
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.metrics import RequestLog
 from fleettwin.sim.pool import Pool
-from fleettwin.sim.scheduler import SeqState
 
 if TYPE_CHECKING:
     from fleettwin.sim.regions import RegionFrontDoor

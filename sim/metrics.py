@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import simpy
 
+from fleettwin.models.engine.queue import SeqState
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.pool import Pool
-from fleettwin.sim.scheduler import SeqState
 
 # Outcomes (failed: retries exhausted, dropped by a policy: sim/failures.py) and the summary statistics live in
 # sim/stats.py; re-exported here, where every caller imports them from.

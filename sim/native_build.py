@@ -1,4 +1,4 @@
-"""Compile the simulator's hot modules with mypyc into this interpreter's site-packages (see sim/native.py).
+"""Compile the simulator's hot modules with mypyc into this interpreter's site-packages (see fleettwin/native.py).
 
     fleettwin native                        # or, in a clone: make install / .venv/bin/python tools/build_native.py
     fleettwin native --remove               # back to pure Python
@@ -15,6 +15,7 @@ exits 0 unless ``--strict``: the simulator is the same without it, only slower.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -23,14 +24,19 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-from fleettwin.sim.native import native_status, source_sha
+from fleettwin.native import native_status, source_sha
 
-SIM_DIR = Path(__file__).resolve().parent  # the installed package's sources (the clone's, when editable)
+# Module -> name of its compiled copy. The sources are found by import, so an installed wheel and an editable
+# clone both compile their own files. The scheduler's import of the queue module is pointed at the queue's
+# compiled copy (NATIVE_IMPORTS), so the compiled Scheduler extends and reads the compiled queue classes natively;
+# the other modules see what they import as Python objects (--follow-imports=skip).
 MODULES = {
-    "scheduler.py": "fleettwin_native_scheduler",
-    "decode_run.py": "fleettwin_native_decode_run",
-    "replica.py": "fleettwin_native_replica",
+    "fleettwin.models.engine.queue": "fleettwin_native_queue",
+    "fleettwin.models.engine.scheduler": "fleettwin_native_scheduler",
+    "fleettwin.models.engine.decode_run": "fleettwin_native_decode_run",
+    "fleettwin.sim.replica": "fleettwin_native_replica",
 }
+NATIVE_IMPORTS = {"fleettwin.models.engine.scheduler": ("fleettwin.models.engine.queue",)}
 SETUP = """
 from setuptools import setup
 from mypyc.build import mypycify
@@ -38,6 +44,14 @@ setup(name="fleettwin-native", ext_modules=mypycify(
     ["--ignore-missing-imports", "--follow-imports=skip", *{files!r}], opt_level="3", group_name="fleettwin_native"))
 """
 MANIFEST = "fleettwin_native.files"  # what the last build put in site-packages, one name per line
+
+
+def module_source(module: str) -> Path:
+    """The source file of ``module`` without importing it (importing would adopt a stale compiled copy)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise RuntimeError(f"cannot find the source of {module}")
+    return Path(spec.origin)
 
 
 def site_dir() -> Path:
@@ -61,9 +75,12 @@ def build() -> None:
     with tempfile.TemporaryDirectory(prefix="fleettwin-native-") as tmp:
         work = Path(tmp)
         files = []
-        for source, name in MODULES.items():
-            text = (SIM_DIR / source).read_text()
-            (work / f"{name}.py").write_text(f"{text}\nSOURCE_SHA = {source_sha(SIM_DIR / source)!r}\n")
+        for module, name in MODULES.items():
+            source = module_source(module)
+            text = source.read_text()
+            for other in NATIVE_IMPORTS.get(module, ()):
+                text = text.replace(f"from {other} import", f"from {MODULES[other]} import")
+            (work / f"{name}.py").write_text(f"{text}\nSOURCE_SHA = {source_sha(source)!r}\n")
             files.append(f"{name}.py")
         (work / "setup.py").write_text(SETUP.format(files=files))
         run = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=work,

@@ -65,7 +65,7 @@ def plot_frontier(table: pd.DataFrame, x: str, y: str, path: Path, *, labels: Se
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
-    from fleettwin.sim.io import atomic_write
+    from fleettwin.io import atomic_write
     from fleettwin.sim.report_plots import drawable, log_if_wide, place_labels
 
     ok = table["error"].fillna("").eq("") if "error" in table else pd.Series(True, index=table.index)

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 import simpy
 
+from fleettwin.models.engine.queue import SeqState
 from fleettwin.models.routing import ReplicaRouter
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.replica import Replica
-from fleettwin.sim.scheduler import SeqState
 
 if TYPE_CHECKING:
     from fleettwin.sim.tenancy import TenantCaps

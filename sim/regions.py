@@ -38,6 +38,8 @@ import pandas as pd
 import simpy
 
 from fleettwin.models.config_regions import RegionsConfig
+from fleettwin.models.engine.prefix_cache import cache_stats
+from fleettwin.models.engine.queue import SeqState
 from fleettwin.models.perf.base import BatchStats
 from fleettwin.models.region_routing import REGION_ROUTERS, RegionRouter, RegionView
 from fleettwin.models.regions import RttMatrix
@@ -46,12 +48,10 @@ from fleettwin.models.workload.request import Request
 from fleettwin.models.workload.reshape import reshape
 from fleettwin.sim.metrics import COMPLETED, RequestLog
 from fleettwin.sim.pool import Pool
-from fleettwin.sim.prefix_cache import cache_stats
-from fleettwin.sim.scheduler import SeqState
 from fleettwin.sim.stages import PreSubmitStage, StagePipeline
 
 if TYPE_CHECKING:
-    from fleettwin.sim.runner import ResolvedPool
+    from fleettwin.models.engine.resolve import ResolvedPool
 
 STREAM = 0x4E610  # the regional users' branch of the scenario seed
 MINUTE_MIN_REQUESTS = 10  # minutes with fewer completions are left out of the per-minute p99 spread

@@ -20,12 +20,13 @@ from collections.abc import Callable
 
 import simpy
 
+from fleettwin.models.engine.decode_run import AffineRun, ArrayRun, decode_run
+from fleettwin.models.engine.prefix_cache import PREFIX_BLOCK_TOKENS, PrefixCache
+from fleettwin.models.engine.queue import SeqState, StepPlan
+from fleettwin.models.engine.reference_scheduler import ReferenceScheduler
+from fleettwin.models.engine.scheduler import Scheduler
 from fleettwin.models.perf.base import PerformanceModel
 from fleettwin.models.workload.request import Request
-from fleettwin.sim.decode_run import AffineRun, ArrayRun, decode_run
-from fleettwin.sim.prefix_cache import PREFIX_BLOCK_TOKENS, PrefixCache
-from fleettwin.sim.reference_scheduler import ReferenceScheduler
-from fleettwin.sim.scheduler import Scheduler, SeqState, StepPlan
 from fleettwin.sim.wakeup import Wakeup, wake_after
 
 MAX_RUN = 4096  # cap on iterations per skipped run (bounds the work of runs computed step by step)
@@ -93,7 +94,7 @@ class Replica:
         cache = self.prefix_cache
         if cache is None:
             at_head = sched.add(SeqState(req))
-        else:  # the cached prefix is not prefilled (sim/prefix_cache.py)
+        else:  # the cached prefix is not prefilled (models/engine/prefix_cache.py)
             at_head = sched.add(SeqState.with_cached_prefix(req, cache.lookup(req.prefix_blocks, req.prompt_tokens)))
         if self._state is _IDLE:  # wake up now, after the events already due at this time
             self._state = _WOKEN
@@ -212,7 +213,7 @@ class Replica:
         self._pending = wake_after(self.env, end - start, self._wake_callbacks)
 
 
-if __name__ == "fleettwin.sim.replica":  # not in the compiled copy itself (sim/native.py)
-    from fleettwin.sim.native import adopt
+if __name__ == "fleettwin.sim.replica":  # not in the compiled copy itself (fleettwin/native.py)
+    from fleettwin.native import adopt
 
     adopt(globals(), "fleettwin_native_replica", ("Replica",))

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from fleettwin.sim import io  # noqa: E402
+from fleettwin import io  # noqa: E402
 from fleettwin.sim.metrics import COMPLETED  # noqa: E402
 from fleettwin.sim.report_plots import drawable  # noqa: E402
 from fleettwin.sim.runner import SimulationResult  # noqa: E402

@@ -12,20 +12,21 @@ import pandas as pd
 import simpy
 from simpy.core import URGENT
 
-from fleettwin.models.catalog import Catalog, GpuSpec, LlmSpec, kv_cache_blocks, min_tensor_parallel
-from fleettwin.models.config import ControllerConfig, PoolConfig, ScenarioConfig, SloConfig
-from fleettwin.models.errors import ConfigError, PoolFitError
-from fleettwin.models.perf import PerformanceModel, Precision, create_perf_model, memory_reserve_gb
+from fleettwin.models.catalog import Catalog
+from fleettwin.models.config import ScenarioConfig
+from fleettwin.models.control.setup import control_setup
+from fleettwin.models.engine.prefix_cache import cache_stats
+from fleettwin.models.engine.queue import SeqState
+from fleettwin.models.engine.reference_scheduler import ReferenceScheduler
+from fleettwin.models.engine.resolve import PoolSpec, ResolvedPool, resolve_pools
+from fleettwin.models.engine.scheduler import Scheduler
+from fleettwin.models.errors import ConfigError
 from fleettwin.models.routing import REPLICA_ROUTERS
-from fleettwin.models.tenancy import Tenancy
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.metrics import UNFINISHED, PoolSampler, RequestLog, Slo, latency_summary
 from fleettwin.sim.pool import Pool
-from fleettwin.sim.prefix_cache import cache_stats, prefix_cache_blocks
-from fleettwin.sim.reference_scheduler import ReferenceScheduler
 from fleettwin.sim.regions import RegionFrontDoor, build_front_door, place_users, region_summary
 from fleettwin.sim.replica import Replica
-from fleettwin.sim.scheduler import EngineLimits, Scheduler, SeqState
 from fleettwin.sim.stages import PreSubmitStage, StagePipeline
 from fleettwin.sim.stats import token_costs
 from fleettwin.sim.tenancy import TenantCaps, tag_tenants, tenant_stages, tenant_summary
@@ -56,84 +57,6 @@ class RequestSpawner(Protocol):
 
 
 @dataclass(frozen=True)
-class ResolvedPool:
-    """A pool config with its catalog entries, parallelism, KV capacity and performance model resolved."""
-
-    cfg: PoolConfig
-    gpu: GpuSpec
-    llm: LlmSpec
-    tp: int
-    limits: EngineLimits
-    perf: PerformanceModel
-
-    @property
-    def gpus(self) -> int:
-        return self.cfg.replicas * self.tp
-
-    def spec(self) -> PoolSpec:
-        c = self.cfg
-        return PoolSpec(name=c.name, limits=self.limits, perf=self.perf, replicas=c.replicas, router=c.router.name,
-                        router_params=c.router.params, central_queue=c.central_queue, model=c.model)  # fmt: skip
-
-    @property
-    def price_per_gpu_hour(self) -> float:
-        g = self.gpu
-        return g.price_spot_usd_h if self.cfg.purchase == "spot" else g.price_on_demand_usd_h
-
-
-def resolve_pools(cfg: ScenarioConfig, catalog: Catalog, tenancy: Tenancy | None = None) -> list[ResolvedPool]:
-    """Every pool of ``cfg`` resolved; a pool that does not fit names the scenario file and the field."""
-    out = []
-    for i, pool in enumerate(cfg.pools):
-        try:
-            out.append(resolve_pool(pool, catalog, tenancy))
-        except PoolFitError as exc:
-            raise ConfigError(f"{cfg.source}: pools[{i}].{exc.field_name} (pool {pool.name!r}): {exc}") from None
-    return out
-
-
-def resolve_pool(cfg: PoolConfig, catalog: Catalog, tenancy: Tenancy | None = None) -> ResolvedPool:
-    gpu, llm = catalog.gpu(cfg.gpu), catalog.llm(cfg.model)
-    eng = cfg.engine
-    precision = Precision(eng.dtype, eng.kv_cache_dtype)
-    if precision.weights == "fp8" and not gpu.fp8_tflops:
-        raise PoolFitError("engine.dtype", f"fp8 needs FP8 tensor cores, which {gpu.id} lacks")
-    with PoolFitError.field("perf_model"):
-        extra = memory_reserve_gb(cfg.perf_model.name, cfg.perf_model.params, gpu)
-    sizes = {"dtype_bytes": precision.weight_bytes, "kv_dtype_bytes": precision.kv_bytes, "extra_reserve_gb": extra}
-    with PoolFitError.field("tp" if cfg.tp else "model"):
-        tp = cfg.tp or min_tensor_parallel(gpu, llm, gpu_memory_utilization=eng.gpu_memory_utilization, **sizes)
-        blocks = eng.num_gpu_blocks or kv_cache_blocks(
-            gpu, llm, tp, gpu_memory_utilization=eng.gpu_memory_utilization, block_size=eng.block_size, **sizes
-        )
-    capacity = blocks * eng.block_size
-    max_len = eng.max_model_len or min(llm.max_context, capacity)
-    if max_len > capacity:
-        raise PoolFitError("engine.max_model_len",
-            f"{max_len} does not fit the KV cache of {capacity} tokens ({cfg.model} on {tp}x {cfg.gpu}); lower "
-            "max_model_len or raise tp / gpu_memory_utilization")  # fmt: skip
-    if not eng.enable_chunked_prefill and eng.max_num_batched_tokens < max_len:
-        raise PoolFitError("engine.max_num_batched_tokens",
-            f"without chunked prefill it ({eng.max_num_batched_tokens}) must be >= max_model_len ({max_len}), as "
-            "vLLM requires")  # fmt: skip
-    limits = EngineLimits(
-        num_blocks=blocks,
-        block_size=eng.block_size,
-        max_num_seqs=eng.max_num_seqs,
-        max_num_batched_tokens=eng.max_num_batched_tokens,
-        max_model_len=max_len,
-        enable_chunked_prefill=eng.enable_chunked_prefill,
-        long_prefill_token_threshold=eng.long_prefill_token_threshold,
-        enable_prefix_caching=eng.enable_prefix_caching,
-        prefix_cache_blocks=prefix_cache_blocks(blocks * eng.block_size, eng.kv_offload_gb, llm, tp),
-        waiting_policy=eng.waiting_policy,
-        tenancy=tenancy,
-    )
-    perf = create_perf_model(cfg.perf_model.name, cfg.perf_model.params, gpu=gpu, llm=llm, tp=tp, precision=precision)
-    return ResolvedPool(cfg=cfg, gpu=gpu, llm=llm, tp=tp, limits=limits, perf=perf)
-
-
-@dataclass(frozen=True)
 class SimulationResult:
     scenario: ScenarioConfig
     requests: pd.DataFrame  # one row per request (see RequestLog.COLUMNS + derived latencies)
@@ -155,20 +78,6 @@ def generate_requests(cfg: ScenarioConfig, seed: int) -> list[Request]:
 
         requests = tag_requests(cfg.retrieval, requests, seed)
     return requests
-
-
-@dataclass(frozen=True)
-class PoolSpec:
-    """Everything the simulator needs to build one pool, independent of scenario files."""
-
-    name: str
-    limits: EngineLimits
-    perf: PerformanceModel
-    replicas: int = 1
-    router: str = "least_outstanding"
-    router_params: dict | None = None
-    central_queue: bool = False
-    model: str | None = None  # requests for this model id come here; None-model requests go to the first pool
 
 
 @dataclass(frozen=True)
@@ -406,29 +315,6 @@ def build_controller(cfg: ScenarioConfig, resolved: list[ResolvedPool], catalog:
 
     allocator, metas, inventory = control_setup(cfg.controller, cfg.slo, resolved, catalog)
     return Controller(allocator=allocator, pools=metas, inventory=inventory, interval_s=cfg.controller.interval_s)
-
-
-def control_setup(ctl: ControllerConfig, slo: SloConfig, resolved: Sequence[ResolvedPool], catalog: Catalog):
-    """The allocator object, the controlled pools and the GPU inventory of a control loop; the simulator's
-    controller and the live shadow controller (``live/shadow.py``) both build theirs here."""
-    from fleettwin.models.allocators.base import ALLOCATORS
-    from fleettwin.models.snapshot import InventoryItem, Slo
-    from fleettwin.sim.controller import ControlledPool, provisioning_delay_s
-
-    prov = ctl.provisioning
-    metas, inventory = [], {}
-    for rp in resolved:
-        delay = provisioning_delay_s(rp.llm.weight_bytes(), rp.tp, acquire_s=prov.acquire_s,
-                                     storage_gbps=prov.storage_gbps)  # fmt: skip
-        metas.append(ControlledPool(name=rp.cfg.name, gpu=rp.gpu.id, model=rp.llm.id, tp=rp.tp,
-                                    purchase=rp.cfg.purchase, slo=Slo(ttft_s=slo.ttft_s, tpot_s=slo.tpot_s),
-                                    provisioning_delay_s=delay))  # fmt: skip
-        key = (rp.gpu.id, rp.cfg.purchase)
-        inventory[key] = InventoryItem(gpu=rp.gpu.id, purchase=rp.cfg.purchase,
-                                       limit=ctl.gpu_limits.get(rp.gpu.id, 4096),
-                                       price_usd_h=rp.price_per_gpu_hour, provisioning_delay_s=delay)  # fmt: skip
-    allocator = ALLOCATORS.create(ctl.allocator.name, ctl.allocator.params, catalog=catalog)
-    return allocator, metas, list(inventory.values())
 
 
 class _Arrivals:

@@ -13,9 +13,9 @@ from collections.abc import Callable, Generator, Sequence
 
 import simpy
 
+from fleettwin.models.engine.queue import SeqState
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.metrics import REJECTED, RequestLog
-from fleettwin.sim.scheduler import SeqState
 
 PreSubmitStage = Callable[[simpy.Environment, Request], Generator[simpy.Event, object, Request]]
 

@@ -26,10 +26,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from fleettwin.io import write_csv, write_json
 from fleettwin.models.config import ScenarioConfig, load_scenario
 from fleettwin.models.errors import ConfigError
 from fleettwin.sim.executors import Executor
-from fleettwin.sim.io import write_csv, write_json
 from fleettwin.sim.pareto import frontier
 
 # prefix -> full dotted path prefix; documented in ``fleettwin sweep --help`` and docs/sweep.md

@@ -24,10 +24,10 @@ import pandas as pd
 import simpy
 
 from fleettwin.models.config_tenants import TenantsConfig
+from fleettwin.models.engine.queue import SeqState
 from fleettwin.models.tenancy import QuotaGate, Tenancy
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.metrics import Slo, latency_summary
-from fleettwin.sim.scheduler import SeqState
 from fleettwin.sim.stages import PreSubmitStage, Refused
 
 STREAM = 0x7E4A  # the gateway's branch of the scenario seed

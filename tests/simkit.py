@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from fleettwin.models.engine.queue import EngineLimits
+from fleettwin.models.engine.resolve import PoolSpec
 from fleettwin.models.perf.base import BatchStats, PerformanceModel
 from fleettwin.models.workload.request import Request
-from fleettwin.sim.runner import PoolSpec, RawRun, simulate
-from fleettwin.sim.scheduler import EngineLimits
+from fleettwin.sim.runner import RawRun, simulate
 
 
 class LinearPerf(PerformanceModel):

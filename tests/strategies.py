@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
+from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.workload.request import Request
-from fleettwin.sim.scheduler import EngineLimits
 
 
 @st.composite

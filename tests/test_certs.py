@@ -22,9 +22,9 @@ from fleettwin.live.gateway.app import create_gateway_app
 from fleettwin.live.gateway.config import hash_key, parse_gateway
 from fleettwin.live.http_guard import HttpLimits, peer_identities
 from fleettwin.live.server import EmulatorSpec, serve_in_thread
+from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.perf.constant import ConstantModel
-from fleettwin.sim.scheduler import EngineLimits
 
 LIMITS = EngineLimits(num_blocks=128, block_size=16, max_num_seqs=4, max_num_batched_tokens=256, max_model_len=512)
 SPEC = EmulatorSpec(served_model_name="emu", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=0.001)))

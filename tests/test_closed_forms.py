@@ -7,9 +7,9 @@ import math
 
 import numpy as np
 
+from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.perf.constant import ConstantModel
 from fleettwin.models.workload.request import Request
-from fleettwin.sim.scheduler import EngineLimits
 from tests.simkit import poisson_requests, run_pool
 
 

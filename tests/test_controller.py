@@ -68,7 +68,7 @@ def test_reactive_allocator_scales_the_pool_up_under_load_and_back_down(tmp_path
 
 
 def test_controller_delay_is_acquisition_plus_weight_load():
-    from fleettwin.sim.controller import provisioning_delay_s
+    from fleettwin.models.control.pool import provisioning_delay_s
 
     # llama-3-8b: 16.06 GB of weights, TP1, 2 GB/s: 8.03 s of loading after a 10 s acquisition.
     assert provisioning_delay_s(16.06e9, 1, acquire_s=10, storage_gbps=2) == pytest.approx(18.03)

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleettwin.models.catalog import Catalog
+from fleettwin.models.engine.decode_run import AffineRun, ArrayRun
 from fleettwin.models.perf import PERF_MODELS, DecodeCost
-from fleettwin.sim.decode_run import AffineRun, ArrayRun
 
 positive = st.floats(1e-4, 0.05)
 slope = st.floats(0.0, 1e-4)

@@ -14,12 +14,13 @@ from hypothesis import strategies as st
 
 from fleettwin.models.config import parse_scenario
 from fleettwin.models.config_failures import FailuresConfig
+from fleettwin.models.engine.queue import EngineLimits
+from fleettwin.models.engine.resolve import PoolSpec
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.failures import COHERENCE_POLICIES, Timing
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.failures import Failures
-from fleettwin.sim.runner import PoolSpec, run_scenario, simulate
-from fleettwin.sim.scheduler import EngineLimits
+from fleettwin.sim.runner import run_scenario, simulate
 from tests.simkit import LinearPerf, poisson_requests
 from tests.strategies import engine_limits, workloads
 

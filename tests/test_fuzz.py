@@ -25,8 +25,8 @@ from fleettwin.live.gateway.app import create_gateway_app  # noqa: E402
 from fleettwin.live.gateway.config import hash_key, parse_gateway  # noqa: E402
 from fleettwin.live.retrieval_service import build_collection, create_retrieval_app, load_collection  # noqa: E402
 from fleettwin.live.server import EmulatorSpec, create_app, serve_in_thread  # noqa: E402
+from fleettwin.models.engine.queue import EngineLimits  # noqa: E402
 from fleettwin.models.perf.constant import ConstantModel  # noqa: E402
-from fleettwin.sim.scheduler import EngineLimits  # noqa: E402
 
 FAST, FULL = 6, 100
 TOKEN, KEY = "fuzz-backend-token", "fuzz-tenant-key-0123456789"

@@ -32,9 +32,9 @@ from fleettwin.live.gateway.sanitize import DEFAULT_ACTIONS, DETECTORS, Sanitize
 from fleettwin.live.promtext import parse
 from fleettwin.live.protocol import ApiError
 from fleettwin.live.server import EmulatorSpec, serve_in_thread
+from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.perf.constant import ConstantModel
-from fleettwin.sim.scheduler import EngineLimits
 
 LIMITS = EngineLimits(num_blocks=256, block_size=16, max_num_seqs=8, max_num_batched_tokens=512, max_model_len=1024)
 KEYS = {"alpha": "key-alpha-0123456789", "beta": "key-beta-0123456789", "quota": "key-quota-0123456789",

@@ -27,8 +27,8 @@ from fleettwin.live.gateway.audit import read_audit
 from fleettwin.live.gateway.config import hash_key, parse_gateway
 from fleettwin.live.promtext import parse
 from fleettwin.live.server import EmulatorSpec, serve_in_thread
+from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.perf.constant import ConstantModel
-from fleettwin.sim.scheduler import EngineLimits
 
 LIMITS = EngineLimits(num_blocks=512, block_size=16, max_num_seqs=16, max_num_batched_tokens=1024, max_model_len=4096)
 KEYS = {"big": "key-big-0123456789", "small": "key-small-0123456789", "slow": "key-slow-0123456789"}

@@ -25,8 +25,8 @@ from fleettwin.live.promtext import parse
 from fleettwin.live.protocol import ApiError
 from fleettwin.live.retrieval_service import build_collection, create_retrieval_app, load_collection
 from fleettwin.live.server import EmulatorSpec, serve_in_thread
+from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.perf.constant import ConstantModel
-from fleettwin.sim.scheduler import EngineLimits
 
 LIMITS = HttpLimits(max_body_bytes=64 * 1024, header_timeout_s=0.5, body_timeout_s=0.5)
 ENGINE = EngineLimits(num_blocks=256, block_size=16, max_num_seqs=8, max_num_batched_tokens=512, max_model_len=1024)

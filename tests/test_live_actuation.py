@@ -29,8 +29,8 @@ from fleettwin.live.observe import FleetObserver
 from fleettwin.live.replicas import ReplicaLedger, ReplicaRecord
 from fleettwin.live.shadow import ShadowController
 from fleettwin.models.allocators.base import ALLOCATORS
+from fleettwin.models.control.pool import ControlledPool
 from fleettwin.models.snapshot import InventoryItem, Slo
-from fleettwin.sim.controller import ControlledPool
 
 
 def static_policy(replicas: int) -> dict:

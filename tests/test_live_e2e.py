@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from fleettwin.cli import main
+from fleettwin.io import write_parquet
 from fleettwin.live.actuator import LocalProcessActuator
 from fleettwin.live.config import load_live
 from fleettwin.live.decision_log import DecisionLog, read_log
@@ -29,11 +30,10 @@ from fleettwin.live.gate import GateError, GateRegistry
 from fleettwin.live.loadgen import replay
 from fleettwin.live.server import EmulatorSpec, serve_in_thread
 from fleettwin.live.shadow import ShadowController
+from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.perf.constant import ConstantModel
 from fleettwin.models.workload.request import Request
 from fleettwin.models.workload.traces import load_trace
-from fleettwin.sim.io import write_parquet
-from fleettwin.sim.scheduler import EngineLimits
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE_TRACE = ROOT / "traces" / "azure2023_code" / "AzureLLMInferenceTrace_code.csv"

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from fleettwin.live.promtext import parse
 from fleettwin.live.server import EmulatorSpec, serve_in_thread
 from fleettwin.live.synthetic import FILLER, OUTPUT_ID_BASE, Tokenizer, filler_text, plan_output
+from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.perf.constant import ConstantModel
-from fleettwin.sim.scheduler import EngineLimits
 
 LIMITS = EngineLimits(num_blocks=256, block_size=16, max_num_seqs=16, max_num_batched_tokens=512, max_model_len=1024,
                       enable_prefix_caching=True)  # fmt: skip

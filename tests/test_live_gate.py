@@ -15,8 +15,13 @@ from fleettwin.live.gate import GateError, GateRegistry, canonical_policy, polic
 from fleettwin.live.suite import Criteria, judge, load_policy, load_suite, run_suite
 from fleettwin.models.config import PolicyRef
 from fleettwin.models.errors import ConfigError
+from fleettwin.sim.runner import run_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def simulate_summary(cfg):  # what `fleettwin validate` injects: the simulator's summary of a scenario
+    return run_scenario(cfg).summary
 
 # -- hashing ---------------------------------------------------------------------------------------------------
 
@@ -105,11 +110,11 @@ def test_judge_applies_each_criterion():
 
 def test_suite_passes_a_policy_within_the_criteria_and_fails_one_that_costs_more(tmp_path):
     suite = load_suite(write_suite(tmp_path))
-    ok = run_suite(PolicyRef(name="reactive", params={"target": 2, "max_replicas": 2}), suite)
+    ok = run_suite(PolicyRef(name="reactive", params={"target": 2, "max_replicas": 2}), suite, simulate=simulate_summary)
     assert ok.passed and ok.reasons == []
     s = ok.scenarios["tiny.yaml"]
     assert s["policy"]["attainment"] == 1.0 and s["policy"]["cost_usd"] <= s["baseline"]["cost_usd"]
-    costly = run_suite(PolicyRef(name="reactive", params={"min_replicas": 6, "max_replicas": 6}), suite)
+    costly = run_suite(PolicyRef(name="reactive", params={"min_replicas": 6, "max_replicas": 6}), suite, simulate=simulate_summary)
     assert not costly.passed and "tiny.yaml: cost $" in costly.reasons[0]
 
 

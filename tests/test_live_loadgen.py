@@ -19,9 +19,9 @@ from fleettwin.cli import main
 from fleettwin.live.loadgen import replay, summarize
 from fleettwin.live.metrics import Scraper
 from fleettwin.live.server import EmulatorSpec, serve_in_thread
+from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.perf.constant import ConstantModel
 from fleettwin.models.workload.request import Request
-from fleettwin.sim.scheduler import EngineLimits
 
 LIMITS = EngineLimits(num_blocks=512, max_num_seqs=16, max_num_batched_tokens=1024, max_model_len=2048)
 

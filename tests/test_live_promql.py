@@ -22,10 +22,10 @@ from fleettwin.live.prom import TTFT_BUCKETS
 from fleettwin.live.promql_source import PromQLSource, with_matchers
 from fleettwin.live.server import EmulatorSpec, serve_in_thread
 from fleettwin.live.shadow import ShadowController
+from fleettwin.models.control.setup import control_setup
+from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.perf.constant import ConstantModel
 from fleettwin.models.workload.request import Request
-from fleettwin.sim.runner import control_setup
-from fleettwin.sim.scheduler import EngineLimits
 from tests.promkit import free_port, job, needs_prometheus, prometheus
 
 SCRAPE_S = 0.5  # Prometheus' scrape interval here

@@ -16,8 +16,8 @@ import pytest
 from fleettwin.live import prom
 from fleettwin.live.promtext import parse
 from fleettwin.live.server import EmulatorSpec, serve_in_thread
+from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.perf.constant import ConstantModel
-from fleettwin.sim.scheduler import EngineLimits
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -25,11 +25,11 @@ from fleettwin.live.observe import FleetObserver, hist_from_json, hist_to_json
 from fleettwin.live.server import EmulatorSpec, serve_in_thread
 from fleettwin.live.shadow import Backoff, ShadowController
 from fleettwin.models.allocators.base import ALLOCATORS, Allocator
+from fleettwin.models.control.pool import ControlledPool
+from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.perf.constant import ConstantModel
 from fleettwin.models.snapshot import InventoryItem, Slo
-from fleettwin.sim.controller import ControlledPool
-from fleettwin.sim.scheduler import EngineLimits
 
 # -- decision log ----------------------------------------------------------------------------------------------
 

@@ -20,8 +20,9 @@ from fleettwin.live.loadgen import replay
 from fleettwin.live.server import EmulatorSpec, serve_in_thread
 from fleettwin.models.catalog import Catalog
 from fleettwin.models.config import PoolConfig
+from fleettwin.models.engine.resolve import resolve_pool
 from fleettwin.models.workload.request import Request
-from fleettwin.sim.runner import resolve_pool, simulate
+from fleettwin.sim.runner import simulate
 
 MEDIAN_TOL, P90_TOL = 0.20, 0.25
 

@@ -18,11 +18,11 @@ from fleettwin.live.metrics import Scraper
 from fleettwin.live.server import EmulatorSpec, serve_in_thread
 from fleettwin.live.tracing import setup_tracing
 from fleettwin.live.workflows import run_workflows
+from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.perf.constant import ConstantModel
 from fleettwin.models.workload.workflow_records import NODE_COLUMNS, WORKFLOW_COLUMNS
 from fleettwin.models.workload.workflows import WorkflowsConfig, sample_instances
-from fleettwin.sim.scheduler import EngineLimits
 
 ROOT = Path(__file__).parents[1]
 LIMITS = EngineLimits(num_blocks=1024, max_num_seqs=32, max_num_batched_tokens=2048, max_model_len=2048)

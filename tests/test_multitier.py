@@ -16,10 +16,11 @@ from fleettwin.models.allocators import ALLOCATORS
 from fleettwin.models.allocators.common import Plan
 from fleettwin.models.capacity import CapacityModel
 from fleettwin.models.config import parse_scenario
+from fleettwin.models.engine.resolve import resolve_pool
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.snapshot import Lend, Preemption
 from fleettwin.models.workload.sources import WORKLOADS
-from fleettwin.sim.runner import build_controller, generate_requests, resolve_pool, simulate
+from fleettwin.sim.runner import build_controller, generate_requests, simulate
 from fleettwin.sim.tiers.build import build_fleet
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""The compiled hot path (sim/native.py): used only when built from the current source, and identical results."""
+"""The compiled hot path (fleettwin/native.py): used only when built from the current source, and identical results."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fleettwin.sim import native
+from fleettwin import native
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ SIMULATE = """
 import json, sys
 sys.path.insert(0, {bench!r})
 from bench_serving import bench_fleettwin
-from fleettwin.sim.native import native_status
+from fleettwin.native import native_status
 r = bench_fleettwin(8, 3000, 15, "h100-80g", "llama-3-8b")
 print(json.dumps({{"native": native_status(), "e2e_sum": r["e2e_sum"], "events": r["events"]}}))
 """

@@ -22,8 +22,8 @@ from fleettwin.live.gateway.app import create_gateway_app
 from fleettwin.live.gateway.config import hash_key, load_gateway
 from fleettwin.live.server import EmulatorSpec, serve_in_thread
 from fleettwin.live.shadow import ShadowController
+from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.perf.constant import ConstantModel
-from fleettwin.sim.scheduler import EngineLimits
 from tests.promkit import PROMTOOL, job, needs_prometheus, prometheus
 
 OPS = Path(__file__).resolve().parents[1] / "ops"

@@ -7,8 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleettwin.sim.runner import PoolSpec, simulate
-from fleettwin.sim.scheduler import EngineLimits
+from fleettwin.models.engine.queue import EngineLimits
+from fleettwin.models.engine.resolve import PoolSpec
+from fleettwin.sim.runner import simulate
 from tests.simkit import LinearPerf, poisson_requests
 from tests.strategies import engine_limits, workloads
 

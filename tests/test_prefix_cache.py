@@ -11,13 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleettwin.models.catalog import Catalog
+from fleettwin.models.engine.prefix_cache import PREFIX_BLOCK_TOKENS, PrefixCache, prefix_cache_blocks
+from fleettwin.models.engine.queue import EngineLimits, SeqState
+from fleettwin.models.engine.reference_scheduler import ReferenceScheduler
+from fleettwin.models.engine.scheduler import Scheduler
 from fleettwin.models.perf import PERF_MODELS
 from fleettwin.models.perf.base import BatchStats
 from fleettwin.models.routing import REPLICA_ROUTERS
 from fleettwin.models.workload.request import Request
-from fleettwin.sim.prefix_cache import PREFIX_BLOCK_TOKENS, PrefixCache, prefix_cache_blocks
-from fleettwin.sim.reference_scheduler import ReferenceScheduler
-from fleettwin.sim.scheduler import EngineLimits, Scheduler, SeqState
 from tests.simkit import LinearPerf, run_pool
 
 B = PREFIX_BLOCK_TOKENS

@@ -13,12 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleettwin.models.config_failures import FailuresConfig
+from fleettwin.models.engine.queue import EngineLimits
+from fleettwin.models.engine.resolve import PoolSpec
 from fleettwin.models.region_routing import REGION_ROUTERS
 from fleettwin.models.regions import RttMatrix
 from fleettwin.sim.failures import Failures
 from fleettwin.sim.regions import RegionFrontDoor, RegionPools
-from fleettwin.sim.runner import PoolSpec, simulate
-from fleettwin.sim.scheduler import EngineLimits
+from fleettwin.sim.runner import simulate
 from tests.simkit import LinearPerf, poisson_requests
 from tests.strategies import workloads
 from tests.test_failures import check_accounting, timings

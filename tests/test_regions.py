@@ -11,6 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleettwin.models.config import load_scenario, parse_scenario
+from fleettwin.models.engine.queue import EngineLimits
+from fleettwin.models.engine.resolve import PoolSpec
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.region_routing import REGION_ROUTERS
 from fleettwin.models.regions import region_catalog
@@ -18,8 +20,7 @@ from fleettwin.models.workload.arrivals import Diurnal
 from fleettwin.models.workload.regional import conditioned_times, regional_requests
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.regions import RegionFrontDoor, RegionPools
-from fleettwin.sim.runner import PoolSpec, run_scenario, simulate
-from fleettwin.sim.scheduler import EngineLimits
+from fleettwin.sim.runner import run_scenario, simulate
 from tests.simkit import LinearPerf
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from fleettwin.models.catalog import Catalog
+from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.perf import PERF_MODELS
-from fleettwin.sim.scheduler import EngineLimits
 from tests.simkit import LinearPerf, poisson_requests, run_pool
 
 CAT = Catalog.default()

@@ -213,8 +213,8 @@ def test_experiment_runs_end_to_end_on_a_small_config(tmp_path):
 
 def test_rag_requests_retrieve_then_prefill_the_longer_prompt_in_the_simulator():
     # one store with an exact 1 ms query; constant steps: TTFT = retrieval + step + per-token x (prompt + context)
+    from fleettwin.models.engine.queue import EngineLimits
     from fleettwin.models.perf.constant import ConstantModel
-    from fleettwin.sim.scheduler import EngineLimits
     from tests.simkit import run_pool
 
     cfg = RetrievalConfig.model_validate({"stores": [{"name": "a", "domain": "*", "index_type": "flat",

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from fleettwin.models.workload.request import Request
-from fleettwin.sim.reference_scheduler import ReferenceScheduler
-from fleettwin.sim.scheduler import EngineLimits, Scheduler, SeqState
+from fleettwin.models.engine.queue import EngineLimits, SeqState
+from fleettwin.models.engine.reference_scheduler import ReferenceScheduler
 
 # Every semantic test runs against the fast scheduler and the plain reference it is checked against.
+from fleettwin.models.engine.scheduler import Scheduler
+from fleettwin.models.workload.request import Request
+
 pytestmark = pytest.mark.parametrize("Scheduler", [Scheduler, ReferenceScheduler], ids=["fast", "reference"])
 
 

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fleettwin.models.engine.scheduler import Scheduler
 from fleettwin.sim import runner
-from fleettwin.sim.scheduler import Scheduler
 from tests.simkit import LinearPerf, assert_matches_oracle, run_pool
 from tests.strategies import engine_limits, workloads
 
@@ -100,7 +100,7 @@ def test_same_inputs_give_identical_results(reqs, limits):
 
 def test_oracle_agreement_under_heavy_load_with_preemptions():
     """A larger case than hypothesis draws: saturated replicas, a small KV cache, many preemptions."""
-    from fleettwin.sim.scheduler import EngineLimits
+    from fleettwin.models.engine.queue import EngineLimits
     from tests.simkit import poisson_requests
 
     reqs = poisson_requests(seed=3, n=1500, rate=60.0)
@@ -115,8 +115,8 @@ def test_oracle_agreement_under_heavy_load_with_preemptions():
 def test_oracle_agreement_with_the_roofline_closed_form_runs():
     """The real roofline model takes the closed-form decode-run path; the oracle sums iteration by iteration."""
     from fleettwin.models.catalog import Catalog
+    from fleettwin.models.engine.queue import EngineLimits
     from fleettwin.models.perf import PERF_MODELS
-    from fleettwin.sim.scheduler import EngineLimits
     from tests.simkit import poisson_requests
 
     cat = Catalog.default()

@@ -11,12 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleettwin.models.config import parse_scenario
+from fleettwin.models.engine.queue import EngineLimits
+from fleettwin.models.engine.resolve import PoolSpec
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.tenancy import QuotaGate, Quotas, Tenancy, TenantSpec, TokenBucket
 from fleettwin.models.workload.request import Request
 from fleettwin.sim import runner
-from fleettwin.sim.runner import PoolSpec, run_scenario, simulate
-from fleettwin.sim.scheduler import EngineLimits
+from fleettwin.sim.runner import run_scenario, simulate
 from fleettwin.sim.tenancy import GatewayStage, QuotaStage, TenantCaps
 from tests.simkit import LinearPerf
 

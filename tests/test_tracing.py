@@ -18,9 +18,9 @@ from fleettwin.live.gateway.config import hash_key, parse_gateway
 from fleettwin.live.hybrid import HybridRetriever, Passage
 from fleettwin.live.server import EmulatorSpec, create_app, serve_in_thread
 from fleettwin.live.tracing import NOOP, setup_tracing, tracing_from_env
+from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.perf.constant import ConstantModel
-from fleettwin.sim.scheduler import EngineLimits
 
 pytest.importorskip("opentelemetry.sdk", reason="tracing needs opentelemetry-sdk (the live extra)")
 KEY = "trace-key-0123456789"

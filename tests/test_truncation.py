@@ -11,11 +11,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fleettwin.models.config_failures import FailuresConfig
+from fleettwin.models.engine.queue import EngineLimits
+from fleettwin.models.engine.resolve import PoolSpec
 from fleettwin.models.failures import TRUNCATION_POLICIES, fits
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.failures import Failures
-from fleettwin.sim.runner import PoolSpec, simulate
-from fleettwin.sim.scheduler import EngineLimits
+from fleettwin.sim.runner import simulate
 from tests.simkit import LinearPerf
 
 SHORT = EngineLimits(num_blocks=200, max_num_seqs=16, max_num_batched_tokens=1024, max_model_len=1024)

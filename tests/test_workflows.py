@@ -12,13 +12,13 @@ from pydantic import ValidationError
 
 from fleettwin.models.config import parse_scenario
 from fleettwin.models.config_retrieval import RetrievalConfig
+from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.perf.constant import ConstantModel
 from fleettwin.models.workload.request import Request
 from fleettwin.models.workload.workflows import TemplateSpec, WorkflowsConfig, critical_path, sample_instances
 from fleettwin.sim.retrieval import RagStage
 from fleettwin.sim.runner import run_scenario
-from fleettwin.sim.scheduler import EngineLimits
 from fleettwin.sim.workflows import WorkflowDriver, workflow_summary
 from tests.simkit import run_pool
 from tests.test_retrieval_sim import TABLE

@@ -36,10 +36,10 @@ from fleettwin.live.promtext import parse
 from fleettwin.live.retrieval_service import build_collection
 from fleettwin.live.server import EmulatorSpec, serve_in_thread
 from fleettwin.live.shadow import ShadowController
+from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.perf.constant import ConstantModel
 from fleettwin.models.workload.request import Request
-from fleettwin.sim.scheduler import EngineLimits
 
 LIMITS = EngineLimits(num_blocks=128, block_size=16, max_num_seqs=8, max_num_batched_tokens=256, max_model_len=512)
 SPEC = EmulatorSpec(served_model_name="emu", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=0.001)))

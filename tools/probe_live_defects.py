@@ -30,8 +30,8 @@ from fleettwin.live.gateway.config import hash_key, parse_gateway
 from fleettwin.live.promtext import parse
 from fleettwin.live.retrieval_service import build_collection, create_retrieval_app, load_collection
 from fleettwin.live.server import EmulatorSpec, serve_in_thread
+from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.perf.constant import ConstantModel
-from fleettwin.sim.scheduler import EngineLimits
 
 L = EngineLimits(num_blocks=256, block_size=16, max_num_seqs=8, max_num_batched_tokens=512, max_model_len=1024)
 SPEC = EmulatorSpec(served_model_name="emu", limits=L, perf=ConstantModel(ConstantModel.Params(step_s=0.002)))

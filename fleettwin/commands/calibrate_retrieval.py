@@ -301,8 +301,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
+    from fleettwin.io import write_csv
     from fleettwin.live.embed import make_embedder
-    from fleettwin.sim.io import write_csv
 
     console = Console()
     plan = make_plan(args, sys.maxsize if args.corpus else None)  # bad flags fail before any embedding work

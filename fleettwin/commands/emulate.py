@@ -105,8 +105,8 @@ def build_spec(args: argparse.Namespace):
     from fleettwin.live.server import EmulatorSpec
     from fleettwin.models.catalog import Catalog
     from fleettwin.models.config import EngineConfig, PolicyRef, PoolConfig, parse_override
+    from fleettwin.models.engine.resolve import resolve_pool
     from fleettwin.models.errors import ConfigError
-    from fleettwin.sim.runner import resolve_pool
 
     try:
         engine = EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,

@@ -76,11 +76,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fleettwin.io import write_parquet
     from fleettwin.live.loadgen import replay, summarize
     from fleettwin.models.errors import ConfigError
     from fleettwin.models.routing import REPLICA_ROUTERS
     from fleettwin.models.workload.traces import load_trace
-    from fleettwin.sim.io import write_parquet
 
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     if not targets:
@@ -128,12 +128,12 @@ def _verify(args: argparse.Namespace):
 
 def run_workflows(args: argparse.Namespace, targets: list[str]) -> int:
     """``--workflows``: the scenario's workflow instances against the targets (live/workflows.py)."""
+    from fleettwin.io import write_parquet
     from fleettwin.live.tracing import tracing_from_env
     from fleettwin.live.workflows import run_workflows as execute
     from fleettwin.models.config import load_scenario
     from fleettwin.models.errors import ConfigError
     from fleettwin.models.workload.workflows import sample_instances
-    from fleettwin.sim.io import write_parquet
     from fleettwin.sim.workflows import workflow_summary
 
     cfg = load_scenario(args.workflows)

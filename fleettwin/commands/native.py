@@ -9,7 +9,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "native",
         help="compile the simulator's hot modules with mypyc (about 1.4x faster; needs mypy and a C compiler)",
-        description="Compile sim/scheduler.py, sim/decode_run.py and sim/replica.py of this installation with "
+        description="Compile models/engine/scheduler.py, models/engine/decode_run.py and sim/replica.py of this installation with "
         "mypyc into site-packages. A compiled copy is used only while it matches its source; results are the "
         "same either way. An installed wheel runs pure Python until this is run (pip install mypy first).",
     )

@@ -161,6 +161,7 @@ def _report(cfg, args, since: int | None) -> int:
     from fleettwin.live.decision_log import is_interval, read_log
     from fleettwin.live.drift import drift_report
     from fleettwin.models.errors import ConfigError
+    from fleettwin.sim.runner import simulate
 
     records = [r for r in read_log(cfg.decision_log_path)
                if is_interval(r) and (since is None or r["seq"] >= since)]  # fmt: skip
@@ -170,7 +171,7 @@ def _report(cfg, args, since: int | None) -> int:
         load = pd.read_parquet(args.load) if args.load else None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--load {args.load}: cannot read: {exc}") from None
-    report = drift_report(cfg, records, load)
+    report = drift_report(cfg, records, load, simulate_pool=lambda rp, reqs: simulate(reqs, [rp.spec()]).requests)
     paths = report.write(args.drift_report, cfg.name)
     print(report.markdown(cfg.name))
     print(f"wrote {', '.join(str(p) for p in paths)}")

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         if log is not None and log.path is not None:
             paths.insert(0, log.path)
         if result.workflows is not None:
-            from fleettwin.sim.io import write_parquet
+            from fleettwin.io import write_parquet
 
             paths += [write_parquet(args.out / "workflows.parquet", result.workflows),
                       write_parquet(args.out / "workflow_nodes.parquet", result.workflow_nodes)]  # fmt: skip
@@ -112,8 +112,8 @@ def _request_log(args: argparse.Namespace, cfg):
 
 def _estimate(cfg, requests, *, streaming: bool) -> list[str]:
     """Warnings when the run looks like it will take over an hour or more memory than is free."""
+    from fleettwin.native import native_status
     from fleettwin.sim.estimate import estimate, oversized_pools
-    from fleettwin.sim.native import native_status
 
     duration = requests[-1].arrival_s if len(requests) else 0.0
     replicas = sum(p.replicas for p in cfg.pools)

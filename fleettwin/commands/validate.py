@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fleettwin.live.gate import GateRegistry, canonical_policy, policy_hash
     from fleettwin.live.suite import load_policy, load_suite, run_suite
+    from fleettwin.sim.runner import run_scenario
 
     console = Console()
     policy = load_policy(args.policy)
@@ -55,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     ) as bar:  # fmt: skip
         task = bar.add_task(f"{policy.name} {config_hash[:12]}", total=None, label="")
         result = run_suite(policy, suite, lambda done, total, label: bar.update(task, completed=done, total=total,
-                                                                                label=label))  # fmt: skip
+                                                                                label=label),
+                           simulate=lambda cfg: run_scenario(cfg).summary)  # fmt: skip
     table = Table(title=f"{policy.name} {config_hash[:12]} vs {suite.baseline_label} on suite {suite.config.name}")
     for col in ("scenario", "attainment", "baseline", "cost $", "baseline $", "verdict"):
         table.add_column(col, justify="left" if col in ("scenario", "verdict") else "right")

@@ -18,13 +18,14 @@ import pandas as pd
 from fleettwin.models.catalog import Catalog
 from fleettwin.models.config import PoolConfig
 from fleettwin.models.config_base import PolicyRef
+from fleettwin.models.engine.resolve import resolve_pool
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.perf import BatchStats
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.calibration.runs import MeasuredRun, request_metrics
 from fleettwin.sim.closed_loop import ClosedLoopClients
 from fleettwin.sim.metrics import COMPLETED
-from fleettwin.sim.runner import resolve_pool, simulate
+from fleettwin.sim.runner import simulate
 
 
 def pool_config(run: MeasuredRun, perf_model: str, perf_params: Mapping[str, Any] | None) -> PoolConfig:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fleettwin.sim.io import write_csv, write_json, write_text
+from fleettwin.io import write_csv, write_json, write_text
 
 # (runs done, runs total, label of the run just started or finished)
 ExperimentProgress = Callable[[int, int, str], None]

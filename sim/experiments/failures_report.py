@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fleettwin.sim import io
+from fleettwin import io
 
 COLUMNS = ("scenario", "requests", "lost", "failed", "retries", "failures_injected", "p99_e2e_before_s",
            "p99_e2e_during_s", "baseline_p99_e2e_during_s", "p99_e2e_after_s", "time_to_recover_s")  # fmt: skip

@@ -87,7 +87,7 @@ def run(out: Path, *, quick: bool, progress: ExperimentProgress | None = None,
     detail_df = pd.DataFrame(details)
     out = Path(out)
     figures = plots(results, detail_df, runs, out)
-    from fleettwin.sim.io import write_csv
+    from fleettwin.io import write_csv
 
     figures.append(write_csv(out / "details.csv", detail_df))
     wall = time.perf_counter() - wall0

@@ -145,7 +145,7 @@ def plot_minutes(series: dict[str, pd.Series], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fleettwin.sim.io import atomic_write
+    from fleettwin.io import atomic_write
 
     fig, ax = plt.subplots(figsize=(9, 3.6))
     for name, s in series.items():

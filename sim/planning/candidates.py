@@ -11,10 +11,10 @@ from fleettwin.models.capacity import replica_capacity
 from fleettwin.models.catalog import TENSOR_PARALLEL_SIZES
 from fleettwin.models.config import PoolConfig, ScenarioConfig
 from fleettwin.models.config_hints import did_you_mean
+from fleettwin.models.engine.resolve import ResolvedPool, resolve_pool
 from fleettwin.models.errors import ConfigError, FleettwinError
 from fleettwin.models.slo import Target
 from fleettwin.models.snapshot import Slo as CapacitySlo
-from fleettwin.sim.runner import ResolvedPool, resolve_pool
 
 DTYPES = ("bf16", "fp8")
 NODE_GPUS = 8  # --tp auto tries sizes up to one node (and the smallest that fits, when it needs more)

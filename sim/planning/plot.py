@@ -16,7 +16,7 @@ def plot_plan(result: PlanResult, path: Path) -> Path:
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
-    from fleettwin.sim.io import atomic_write
+    from fleettwin.io import atomic_write
     from fleettwin.sim.report_plots import drawable, log_if_wide, place_labels
 
     t = result.table

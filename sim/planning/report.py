@@ -9,8 +9,8 @@ from typing import Any
 
 import yaml
 
+from fleettwin.io import write_csv, write_json, write_text
 from fleettwin.models.config import load_scenario, parse_scenario, scenario_mapping
-from fleettwin.sim.io import write_csv, write_json, write_text
 from fleettwin.sim.planning.plan import Choice, PlanResult
 
 

@@ -15,8 +15,9 @@ from fleettwin.sim.tiers.jobs import SimJob
 if TYPE_CHECKING:
     from fleettwin.models.catalog import Catalog
     from fleettwin.models.config import ScenarioConfig
+    from fleettwin.models.engine.resolve import ResolvedPool
     from fleettwin.sim.controller import Controller
-    from fleettwin.sim.runner import RawRun, ResolvedPool
+    from fleettwin.sim.runner import RawRun
 
 STREAM = 0x70B5  # the job streams' branch of the scenario seed
 DEFAULT_LIMIT = 4096  # GPUs of a type when the scenario sets no inventory
@@ -49,8 +50,8 @@ def build_fleet(cfg: ScenarioConfig, resolved: Sequence[ResolvedPool], catalog: 
     controller is given the fleet and, when the scenario asks, the arrival history from before t = 0."""
     if cfg.jobs is None and controller is None:
         return None
+    from fleettwin.models.control.pool import ControlledPool, weight_load_s
     from fleettwin.models.snapshot import InventoryItem, Slo
-    from fleettwin.sim.controller import ControlledPool, weight_load_s
 
     ctl = cfg.controller
     if controller is not None:

@@ -1,6 +1,6 @@
 """A replica's waiting queue under a policy other than FCFS: weighted fair queueing or strict priority.
 
-``EngineQueue`` (``sim/scheduler.py``) keeps a plain ``deque`` under ``fcfs`` (vLLM's default, and results
+``EngineQueue`` (``models/engine/scheduler.py``) keeps a plain ``deque`` under ``fcfs`` (vLLM's default, and results
 bit-identical to before policies existed) and a ``PolicyQueue`` otherwise. ``PolicyQueue`` offers the deque
 operations the schedulers use, so both schedulers run the same admission code on it:
 

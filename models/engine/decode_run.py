@@ -98,7 +98,7 @@ def decode_run(perf: PerformanceModel, start: float, num_seqs: int, ctx_tokens: 
     return ArrayRun(start, perf.decode_times(num_seqs, ctx_tokens, steps))
 
 
-if __name__ == "fleettwin.sim.decode_run":  # not in the compiled copy itself (sim/native.py)
-    from fleettwin.sim.native import adopt
+if __name__ == "fleettwin.models.engine.decode_run":  # not in the compiled copy itself (fleettwin/native.py)
+    from fleettwin.native import adopt
 
     adopt(globals(), "fleettwin_native_decode_run", ("ArrayRun", "AffineRun", "decode_run"))

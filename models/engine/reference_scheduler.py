@@ -1,11 +1,11 @@
 """The reference scheduler: vLLM V1 semantics written as plainly as possible, one pass over every sequence per
-iteration. It is the oracle the fast scheduler (``sim/scheduler.py``) is tested against, and what
-``mode: per_iteration`` runs. See ``sim/scheduler.py`` for the semantics.
+iteration. It is the oracle the fast scheduler (``models/engine/scheduler.py``) is tested against, and what
+``mode: per_iteration`` runs. See ``models/engine/scheduler.py`` for the semantics.
 """
 
 from __future__ import annotations
 
-from fleettwin.sim.scheduler import EngineLimits, EngineQueue, SeqState, StepPlan
+from fleettwin.models.engine.queue import EngineLimits, EngineQueue, SeqState, StepPlan
 
 
 class ReferenceScheduler(EngineQueue):
