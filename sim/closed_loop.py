@@ -12,7 +12,7 @@ import simpy
 
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.metrics import RequestLog
-from fleettwin.sim.wakeup import wake_after
+from fleettwin.sim.simpy_fast import wake_after
 
 
 class ClosedLoopClients:

@@ -54,6 +54,7 @@ from fleettwin.models.perf.base import BatchStats, DecodeCost, PerformanceModel
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.metrics import RequestLog
 from fleettwin.sim.pool import Pool
+from fleettwin.sim.simpy_fast import succeed_quietly
 
 if TYPE_CHECKING:
     from fleettwin.sim.regions import RegionFrontDoor
@@ -68,7 +69,7 @@ class InfraTimeout(simpy.Event):
 
     def __init__(self, env: simpy.Environment, delay: float):
         super().__init__(env)
-        self._ok, self._value = True, None
+        succeed_quietly(self)
         env.schedule(self, URGENT, delay)
 
 

@@ -27,7 +27,7 @@ from fleettwin.models.engine.reference_scheduler import ReferenceScheduler
 from fleettwin.models.engine.scheduler import Scheduler
 from fleettwin.models.perf.base import PerformanceModel
 from fleettwin.models.workload.request import Request
-from fleettwin.sim.wakeup import Wakeup, wake_after
+from fleettwin.sim.simpy_fast import Wakeup, now, wake_after
 
 MAX_RUN = 4096  # cap on iterations per skipped run (bounds the work of runs computed step by step)
 # What the engine is sleeping through (compared by identity: this runs once per event).
@@ -108,12 +108,12 @@ class Replica:
 
     def _end_run_at_next_boundary(self) -> None:
         self._interruptible = False
-        run, now = self._run, self.env._now
+        run, t = self._run, now(self.env)
         assert run is not None  # only a decode run is interruptible
-        j = run.first_end_at_or_after(now)
+        j = run.first_end_at_or_after(t)
         self._run_len = j + 1
         self._run_end = run.end(j)
-        self._wake_at(self._run_end - now)
+        self._wake_at(self._run_end - t)
 
     def _wake_at(self, delay: float) -> None:
         """Move the engine's wake-up to ``delay`` from now. The old one stays in SimPy's queue (it has no
@@ -153,12 +153,12 @@ class Replica:
 
     def _on_wake(self, event) -> None:
         """The engine's wake-up: close what just ended (an iteration, a decode run, or idleness) and plan
-        what comes next."""
+        what comes next. The clock is the wake-up's own time (``event.at``)."""
         if event is not self._pending:  # cannot happen: a replaced wake-up has no callbacks
             raise AssertionError(f"replica {self.index}: a stale wake-up fired")
         sched, state = self.scheduler, self._state
         if state is _STEP:
-            finished = sched.finish_step(self._plan, self._start, self.env._now)
+            finished = sched.finish_step(self._plan, self._start, event.at)
         elif state is _RUN:
             self._interruptible = False
             run, self._run = self._run, None
@@ -173,14 +173,14 @@ class Replica:
             self._on_finish(self, finished)
             if self._state is _DEAD:  # failed from a finish callback
                 return
-        self._next()
+        self._next(event.at)
 
-    def _next(self) -> None:
-        """Plan the next iteration (or decode run) and sleep until it ends; go idle without work.
+    def _next(self, start: float) -> None:
+        """Plan the next iteration (or decode run) from ``start`` (now) and sleep until it ends; go idle without
+        work.
 
         ``self.perf`` is read each time: a straggler episode swaps in a slowed model (sim/failures.py)."""
         env, sched = self.env, self.scheduler
-        start = env._now
         if not sched.has_work():
             if self._busy_since is not None:
                 self._busy_accum += start - self._busy_since

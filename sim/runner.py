@@ -27,11 +27,11 @@ from fleettwin.sim.metrics import UNFINISHED, PoolSampler, RequestLog, Slo, late
 from fleettwin.sim.pool import Pool
 from fleettwin.sim.regions import RegionFrontDoor, build_front_door, place_users, region_summary
 from fleettwin.sim.replica import Replica
+from fleettwin.sim.simpy_fast import events_scheduled, succeed_quietly, wake_after
 from fleettwin.sim.stages import PreSubmitStage, StagePipeline
 from fleettwin.sim.stats import token_costs
 from fleettwin.sim.tenancy import TenantCaps, tag_tenants, tenant_stages, tenant_summary
 from fleettwin.sim.tiers.build import add_tier_summary, build_fleet
-from fleettwin.sim.wakeup import wake_after
 
 if TYPE_CHECKING:
     from fleettwin.sim.controller import Controller
@@ -189,7 +189,7 @@ def simulate(
     end = log.end_s(df, env.now)
     ts = sampler.to_frame()
     return RawRun(requests=df, timeseries=ts[ts["time_s"] <= end + 1e-9].reset_index(drop=True), pools=pools,
-                  end_s=end, events=next(env._eid), stats=log.pool_stats())  # fmt: skip  # SimPy numbers every scheduled event
+                  end_s=end, events=events_scheduled(env), stats=log.pool_stats())  # fmt: skip
 
 
 def frontend_latencies(specs: Sequence[PoolSpec]) -> dict[str, Callable[[int], float]]:
@@ -318,7 +318,7 @@ def build_controller(cfg: ScenarioConfig, resolved: list[ResolvedPool], catalog:
 
 
 class _Arrivals:
-    """Hands each request to its pool at its arrival time. One wake-up per arrival (``sim/wakeup.py``) whose
+    """Hands each request to its pool at its arrival time. One wake-up per arrival (``sim/simpy_fast.py``) whose
     callback submits the request and sets the next one: the same events, in the same order, as a process that
     loops over the requests, minus a generator resume per request (a sixth of a 64-replica run's time)."""
 
@@ -330,7 +330,7 @@ class _Arrivals:
         self._arrive_callbacks = (self._arrive,)
         # Start as a process would: an urgent event at t = 0.
         start = env.event()
-        start._ok, start._value = True, None  # what ``Event.succeed`` sets; it has no urgent priority
+        succeed_quietly(start)  # ``Event.succeed`` takes no urgent priority
         start.callbacks.append(self._advance)
         env.schedule(start, URGENT)
 
