@@ -10,7 +10,7 @@
   ``F = S + c / w_t`` (``F_t``: the finish tag of ``t``'s previous request); requests are served in order of
   ``F`` and ``V`` moves to the finish tag of each request taken into service. A tenant that was idle starts from
   ``V`` (no credit for idling), and two backlogged tenants get service in the ratio of their weights, within
-  one request's cost of each (``tests/test_wfq.py``).
+  one request's cost of each (``tests/sim/test_wfq.py``).
 - ``Tenancy``: the frozen set of tenant specs (weight, priority, SLO class, quotas) and what WFQ charges.
 """
 

@@ -13,7 +13,7 @@ SimPy's public API does, and this module is where they reach past it.
 - ``events_scheduled``: how many events SimPy has numbered so far (a cost measure for benchmarks).
 
 These rely on SimPy's private attributes (``_queue``, ``_now``, ``_eid``, ``_ok``, ``_value``), so pyproject.toml
-pins SimPy's version range and tests/test_simpy_fast.py checks each function against SimPy's public behaviour:
+pins SimPy's version range and tests/sim/test_simpy_fast.py checks each function against SimPy's public behaviour:
 widen the range only once that test passes on the new version.
 """
 

@@ -67,7 +67,7 @@ tail latency under failure or recovery time, so no figure of theirs can be confi
 
 - "Active-active survives a region outage when another region has the capacity" {verdict}.
 - Token truncation and coherence degradation are modelled (truncate / compress / reroute; retry / fallback) and
-  tested (tests/test_truncation.py, tests/test_failures.py); these runs use truncation only for the few trace
+  tested (tests/sim/test_truncation.py, tests/sim/test_failures.py); these runs use truncation only for the few trace
   prompts longer than the model's window (the `truncated` column of results.csv).
 """
 

@@ -11,7 +11,7 @@ GPUs), so the state can be read at any time without events:
 - stopping the run (a preemption, or a resize, which restarts it) keeps only the last checkpoint's work: the
   progress since then is lost, and the next run pays ``restore_s`` again.
 
-Hand-checked in ``tests/test_jobs.py``.
+Hand-checked in ``tests/sim/test_jobs.py``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import pytest
 from fleettwin.models.errors import ConfigError, TraceFormatError
 from fleettwin.models.workload.traces import load_trace, read_azure_csv, read_mooncake_jsonl, read_trace
 
-TRACES = Path(__file__).resolve().parents[1] / "traces"
+TRACES = Path(__file__).resolve().parents[2] / "traces"
 AZURE_CONV = TRACES / "azure2023_conv" / "AzureLLMInferenceTrace_conv.csv"
 AZURE_CODE = TRACES / "azure2023_code" / "AzureLLMInferenceTrace_code.csv"
 MOONCAKE = TRACES / "mooncake_conversation" / "conversation_trace.jsonl"

@@ -35,7 +35,7 @@ from fleettwin.models.perf.constant import ConstantModel
 from fleettwin.models.workload.request import Request
 from fleettwin.models.workload.traces import load_trace
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CODE_TRACE = ROOT / "traces" / "azure2023_code" / "AzureLLMInferenceTrace_code.csv"
 STEP_S = 0.01  # the emulators' (and the drift simulation's) constant step time
 

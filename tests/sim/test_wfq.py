@@ -113,7 +113,7 @@ def test_fcfs_with_tenants_declared_is_identical_to_no_tenants():
     with_tenants = EngineLimits(num_blocks=600, max_num_seqs=64, max_num_batched_tokens=2048, max_model_len=4096,
                                 tenancy=TWO_TO_ONE)  # fmt: skip
     a, b = run_pool(reqs, base).requests, run_pool(reqs, with_tenants).requests
-    assert a.equals(b)  # bit-identical; tests/test_regression.py pins the fcfs percentiles themselves
+    assert a.equals(b)  # bit-identical; tests/sim/test_regression.py pins the fcfs percentiles themselves
 
 
 def test_an_arrival_that_overtakes_a_blocked_head_wakes_a_sleeping_decode_run():

@@ -15,7 +15,7 @@ from fleettwin.models.errors import ConfigError
 from fleettwin.models.snapshot import FleetSnapshot, PoolState, ServingStats, Slo
 from fleettwin.sim.runner import run_scenario
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = ROOT / "configs" / "experiments" / "multitier.yaml"
 SMALL = {"workload.duration_s": 1200, "workload.mean_rate": 1, "pools.0.replicas": 1, "jobs": None,
          "controller.allocator": {"name": "forecast", "params": {

@@ -22,7 +22,7 @@ from fleettwin.models.workload import (
     summarize,
 )
 
-TRACES = Path(__file__).resolve().parents[1] / "traces"
+TRACES = Path(__file__).resolve().parents[2] / "traces"
 AZURE_CONV = TRACES / "azure2023_conv" / "AzureLLMInferenceTrace_conv.csv"
 GEOM = {"type": "geometric", "prompt_mean": 400, "output_mean": 80}
 FIXED = {"type": "fixed", "prompt": 100, "output": 10}

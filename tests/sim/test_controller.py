@@ -15,7 +15,7 @@ from fleettwin.models.workload.request import Request
 from fleettwin.sim.report import write_results
 from fleettwin.sim.runner import run_scenario
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 SCENARIO = {
     "name": "autoscale",
@@ -124,7 +124,7 @@ class Scripted:
 
 
 def run_tiers(script):
-    from tests.test_multitier import run_with
+    from tests.experiments.test_multitier import run_with
 
     Scripted.script = script
     raw, fleet, ctl, _ = run_with(TIERS, Scripted)

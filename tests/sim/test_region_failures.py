@@ -22,7 +22,7 @@ from fleettwin.sim.regions import RegionFrontDoor, RegionPools
 from fleettwin.sim.runner import simulate
 from tests.simkit import LinearPerf, poisson_requests
 from tests.strategies import workloads
-from tests.test_failures import check_accounting, timings
+from tests.sim.test_failures import check_accounting, timings
 
 LIMITS = EngineLimits(num_blocks=2000, max_num_seqs=32, max_num_batched_tokens=2048, max_model_len=4096)
 RTT = RttMatrix(("a", "b"), ((2.0, 60.0), (60.0, 2.0)))  # ms
@@ -113,7 +113,7 @@ def test_when_no_region_is_up_requests_are_rejected_with_the_reason_not_lost():
 def test_region_names_are_checked_against_the_scenario(field):
     from fleettwin.models.config import parse_scenario
     from fleettwin.models.errors import ConfigError
-    from tests.test_failures import SCENARIO
+    from tests.sim.test_failures import SCENARIO
 
     spec = {"kind": "network_partition", "region": "us-east-1", "timing": {"at_s": [1]}}
     spec[field] = "mars-1" if field == "region" else ["mars-1"]

@@ -14,7 +14,7 @@ from fleettwin.models.workload.request import Request
 from fleettwin.models.workload.reshape import ReshapedRequests, reshape, window_s
 from fleettwin.sim.runner import generate_requests
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 AZURE = ROOT / "traces" / "azure2023_conv" / "AzureLLMInferenceTrace_conv.csv"
 
 

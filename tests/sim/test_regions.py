@@ -23,7 +23,7 @@ from fleettwin.sim.regions import RegionFrontDoor, RegionPools
 from fleettwin.sim.runner import run_scenario, simulate
 from tests.simkit import LinearPerf
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STEP, PER_TOKEN = 0.02, 1e-4  # the constant performance model of the hand computation
 
 

@@ -28,9 +28,9 @@ from fleettwin.models.snapshot import (
     Slo,
     conserve,
 )
-from tests.test_snapshot import fleet_snapshots
+from tests.models.test_snapshot import fleet_snapshots
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 H100, A100 = "h100-80g", "a100-80g"
 
 

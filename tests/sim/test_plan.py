@@ -17,7 +17,7 @@ from fleettwin.models.slo import parse_target_key
 from fleettwin.sim.planning.monitor import Saturated, early_stop
 from fleettwin.sim.runner import generate_requests, run_scenario
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PLAN_70B = ROOT / "configs" / "planning" / "llama70b_chat.yaml"
 
 

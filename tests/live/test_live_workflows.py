@@ -24,7 +24,7 @@ from fleettwin.models.perf.constant import ConstantModel
 from fleettwin.models.workload.workflow_records import NODE_COLUMNS, WORKFLOW_COLUMNS
 from fleettwin.models.workload.workflows import WorkflowsConfig, sample_instances
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 LIMITS = EngineLimits(num_blocks=1024, max_num_seqs=32, max_num_batched_tokens=2048, max_model_len=2048)
 SPEC = EmulatorSpec(served_model_name="emu", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=0.002)))
 AGENT = {"arrivals": {"type": "poisson", "rate": 20, "duration_s": 1}, "templates": [{"name": "agent", "nodes": [

@@ -16,7 +16,7 @@ from fleettwin.models.config_retrieval import RetrievalConfig
 from fleettwin.models.retrieval import COLUMNS, RetrievalModel, RetrievalTable, StoreProfile, parse_table
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.retrieval import KnowledgeFabric, RagStage, VectorStore, build_fabric
-from tests.test_closed_forms import fcfs_multiserver_waits
+from tests.sim.test_closed_forms import fcfs_multiserver_waits
 
 # Stores whose latency is exact (p95 = p50): 1 ms at 1000 vectors, 4 ms at 100000 (flat scales linearly in n).
 TABLE = RetrievalModel(RetrievalTable([("t.csv", parse_table(

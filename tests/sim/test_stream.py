@@ -17,7 +17,7 @@ from fleettwin.sim.metrics import Slo
 from fleettwin.sim.runner import run_scenario
 from fleettwin.sim.stream import StreamingLog
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 AZURE = ROOT / "traces" / "azure2023_conv" / "AzureLLMInferenceTrace_conv.csv"
 SCENARIO = {"name": "stream", "seed": 2,
             "workload": {"type": "trace", "path": str(AZURE), "format": "azure", "rate_scale": 4, "loop_to_s": 600},

@@ -1,7 +1,7 @@
 """Fidelity against Vidur on one small side-by-side case (same requests, same operator tables).
 
 Slow (Vidur takes tens of seconds, and trains its predictors on first use) and skipped when Vidur is absent:
-    VIDUR_VENV=/work/vidur-venv .venv/bin/python -m pytest -m slow tests/test_fidelity.py
+    VIDUR_VENV=/work/vidur-venv .venv/bin/python -m pytest -m slow tests/sim/test_fidelity.py
 The bands are those ``docs/validation.md`` explains for a light load, where both simulators batch alike.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "vs_vidur.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "vs_vidur.py"
 
 
 def _bench():

@@ -21,7 +21,7 @@ from fleettwin.sim.retrieval import RagStage
 from fleettwin.sim.runner import run_scenario
 from fleettwin.sim.workflows import WorkflowDriver, workflow_summary
 from tests.simkit import run_pool
-from tests.test_retrieval_sim import TABLE
+from tests.sim.test_retrieval_sim import TABLE
 
 FIXED = {"type": "fixed", "prompt": 100, "output": 4}
 # One store answering in exactly 1 ms (TABLE), two queries at a time: 4 passages of 50 tokens.
@@ -266,7 +266,7 @@ def test_the_example_scenario_runs_and_reports_workflows():
 
     from fleettwin.models.config import load_scenario
 
-    cfg = load_scenario(Path(__file__).parents[1] / "configs" / "workflows.yaml",
+    cfg = load_scenario(Path(__file__).parents[2] / "configs" / "workflows.yaml",
                         {"workload.duration_s": 60, "workflows.arrivals.duration_s": 60})  # fmt: skip
     result = run_scenario(cfg)
     s = result.summary["workflows"]

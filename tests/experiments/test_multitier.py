@@ -23,7 +23,7 @@ from fleettwin.models.workload.sources import WORKLOADS
 from fleettwin.sim.runner import build_controller, generate_requests, simulate
 from fleettwin.sim.tiers.build import build_fleet
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 H100 = ("h100-80g", "on_demand")
 LIMIT = 10
 

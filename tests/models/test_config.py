@@ -9,7 +9,7 @@ import pytest
 from fleettwin.models.config import load_scenario, parse_override
 from fleettwin.models.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GOOD = """
 name: t
 workload: {type: poisson, rate: 5, duration_s: 10, lengths: {type: fixed, prompt: 100, output: 20}}

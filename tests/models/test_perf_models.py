@@ -34,7 +34,7 @@ def roofline(gpu: str, llm: str, tp: int, **params) -> RooflineModel:
 
 
 def _load_check_script():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "perf_model_check.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "perf_model_check.py"
     spec = importlib.util.spec_from_file_location("perf_model_check", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is built

@@ -17,7 +17,7 @@ from fleettwin.models.config import PolicyRef
 from fleettwin.models.errors import ConfigError
 from fleettwin.sim.runner import run_scenario
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def simulate_summary(cfg):  # what `fleettwin validate` injects: the simulator's summary of a scenario

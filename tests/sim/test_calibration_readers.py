@@ -24,7 +24,7 @@ from fleettwin.sim.calibration.readers import detect_format, read_runs, reader
 from fleettwin.sim.calibration.readers.prometheus import histogram_quantile
 from fleettwin.sim.calibration.runs import ServerSettings
 
-DATA = Path(__file__).parent / "data" / "runs"
+DATA = Path(__file__).parents[1] / "data" / "runs"
 SETTINGS = ServerSettings(model="llama-3-8b", gpu="h100-80g")
 FIXTURES = {
     "vllm-bench": ["vllm_bench_lambda_1xh100_llama3_8b.json", "vllm_bench_detailed_open.json",

@@ -26,7 +26,7 @@ from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.perf.constant import ConstantModel
 from tests.promkit import PROMTOOL, job, needs_prometheus, prometheus
 
-OPS = Path(__file__).resolve().parents[1] / "ops"
+OPS = Path(__file__).resolve().parents[2] / "ops"
 RULES = OPS / "prometheus" / "fleettwin.rules.yml"
 DASHBOARD = OPS / "grafana" / "fleettwin-dashboard.json"
 KEY = "key-ops-0123456789abcdef"
