@@ -20,9 +20,9 @@ from fleettwin.models.regions import RttMatrix
 from fleettwin.sim.failures import Failures
 from fleettwin.sim.regions import RegionFrontDoor, RegionPools
 from fleettwin.sim.runner import simulate
+from tests.sim.test_failures import check_accounting, timings
 from tests.simkit import LinearPerf, poisson_requests
 from tests.strategies import workloads
-from tests.sim.test_failures import check_accounting, timings
 
 LIMITS = EngineLimits(num_blocks=2000, max_num_seqs=32, max_num_batched_tokens=2048, max_model_len=4096)
 RTT = RttMatrix(("a", "b"), ((2.0, 60.0), (60.0, 2.0)))  # ms

@@ -20,8 +20,8 @@ from fleettwin.models.workload.workflows import TemplateSpec, WorkflowsConfig, c
 from fleettwin.sim.retrieval import RagStage
 from fleettwin.sim.runner import run_scenario
 from fleettwin.sim.workflows import WorkflowDriver, workflow_summary
-from tests.simkit import run_pool
 from tests.sim.test_retrieval_sim import TABLE
+from tests.simkit import run_pool
 
 FIXED = {"type": "fixed", "prompt": 100, "output": 4}
 # One store answering in exactly 1 ms (TABLE), two queries at a time: 4 passages of 50 tokens.
