@@ -48,6 +48,7 @@ from fleettwin.models.workload.workflow_records import (
     NODE_COLUMNS,
     WORKFLOW_COLUMNS,
     NodeOutcome,
+    WorkflowProgress,
     node_rows,
     workflow_row,
 )
@@ -56,7 +57,6 @@ from fleettwin.models.workload.workflows import (
     FAILED,
     LLM,
     RETRIEVAL,
-    SKIPPED,
     TOOL,
     UNFINISHED,
     WorkflowInstance,
@@ -153,52 +153,53 @@ async def _llm(calls: _Calls, inst: WorkflowInstance, i: int, parent, start: flo
                        output_tokens=res.output_tokens, request_id=rid, reason=res.error)  # fmt: skip
 
 
+async def _node(calls: _Calls, inst: WorkflowInstance, i: int, root, start: float) -> NodeOutcome:
+    """Run one node that may start (its parents completed); a failure is its outcome, never an exception."""
+    tr, node = calls.tracing, inst.nodes[i]
+    span = None
+    try:
+        if node.kind == LLM:  # the call's own span, with its traceparent
+            return await _llm(calls, inst, i, root, start)
+        span = tr.start(f"workflow.{node.kind}", parent=root, attributes={"fleettwin.node": node.key})
+        if node.kind == RETRIEVAL:
+            await _retrieve(calls, inst, i, span)
+        elif node.kind == TOOL:
+            await asyncio.sleep(node.delay_s)
+        else:
+            raise AssertionError(f"unknown node kind {node.kind!r}")
+    except Exception as exc:  # a broken retriever fails the node, not the executor
+        tr.end(span, error=exc)
+        return NodeOutcome(status=FAILED, start_s=start, reason=f"{type(exc).__name__}: {exc}")
+    tr.end(span)
+    return NodeOutcome(status=COMPLETED, start_s=start, end_s=calls.clock())
+
+
 async def _workflow(calls: _Calls, inst: WorkflowInstance, sink: dict[int, list[NodeOutcome]]) -> None:
-    """Every node of one workflow, each as soon as its parents completed; its outcomes, in node order, go to
-    ``sink[inst.id]`` however it ends (a workflow cancelled at the drain deadline keeps what it finished)."""
+    """Every node of one workflow, each as soon as its parents completed (``WorkflowProgress``, the simulator's
+    bookkeeping); its outcomes, in node order, go to ``sink[inst.id]`` however it ends (a workflow cancelled at
+    the drain deadline keeps what it finished)."""
     tr = calls.tracing
     root = tr.start("workflow", attributes={"fleettwin.workflow": inst.id, "fleettwin.template": inst.template})
-    n = len(inst.nodes)
-    outcomes: list[NodeOutcome | None] = [None] * n
-    started = [float("nan")] * n
-    tasks: list[asyncio.Task] = []
+    progress = WorkflowProgress(inst)
+    running: dict[asyncio.Task, int] = {}
 
-    async def run(i: int) -> None:
-        node = inst.nodes[i]
-        await asyncio.gather(*(tasks[p] for p in node.parents))
-        bad = [inst.nodes[p].key for p in node.parents if outcomes[p].status != COMPLETED]
-        if bad:
-            outcomes[i] = NodeOutcome(status=SKIPPED, reason=f"parent {bad[0]} failed")
-            return
-        started[i] = start = calls.clock()
-        span = None
-        try:
-            if node.kind == LLM:  # the call's own span, with its traceparent
-                outcomes[i] = await _llm(calls, inst, i, root, start)
-                return
-            span = tr.start(f"workflow.{node.kind}", parent=root, attributes={"fleettwin.node": node.key})
-            if node.kind == RETRIEVAL:
-                await _retrieve(calls, inst, i, span)
-            elif node.kind == TOOL:
-                await asyncio.sleep(node.delay_s)
-            else:
-                raise AssertionError(f"unknown node kind {node.kind!r}")
-        except Exception as exc:  # a broken retriever fails the node, not the executor
-            tr.end(span, error=exc)
-            outcomes[i] = NodeOutcome(status=FAILED, start_s=start, reason=f"{type(exc).__name__}: {exc}")
-            return
-        end = calls.clock()
-        tr.end(span)
-        outcomes[i] = NodeOutcome(status=COMPLETED, start_s=start, end_s=end)
+    def start(i: int) -> None:
+        progress.start(i, now := calls.clock())
+        running[asyncio.create_task(_node(calls, inst, i, root, now))] = i
 
-    tasks += [asyncio.create_task(run(i)) for i in range(n)]
     try:
-        await asyncio.gather(*tasks)
+        for i in progress.roots():
+            start(i)
+        while running:
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                for child in progress.settle(running.pop(task), task.result()):
+                    start(child)
     finally:
-        for t in tasks:
-            t.cancel()
-        out = [o if o is not None else NodeOutcome(status=UNFINISHED, start_s=started[k], reason="cancelled at the "
-               "drain deadline") for k, o in enumerate(outcomes)]  # fmt: skip
+        for task in running:
+            task.cancel()
+        drained = "cancelled at the drain deadline"
+        out = progress.outcomes(running=drained, not_started=drained)
         failed = [o.reason for o in out if o.status == FAILED]
         tr.end(root, error=failed[0] if failed else None)
         sink[inst.id] = out

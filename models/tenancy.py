@@ -119,8 +119,11 @@ class Quotas:
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    reason: str  # requests_per_s | tokens_per_s | too_large
+    """Why a request was not admitted, and when to try again (the simulator's quotas and the live gateway's)."""
+
+    reason: str  # requests_per_s | tokens_per_s | too_large (| concurrent: the gateway's cap on requests in flight)
     retry_after_s: float  # inf for too_large
+    message: str = ""  # for the client (the gateway's 429 body)
 
 
 class QuotaGate:

@@ -32,9 +32,9 @@ import simpy
 from fleettwin.models.workload.request import Request
 from fleettwin.models.workload.workflow_records import (
     NODE_COLUMNS,
-    NOT_STARTED,
     WORKFLOW_COLUMNS,
     NodeOutcome,
+    WorkflowProgress,
     node_rows,
     workflow_row,
 )
@@ -64,18 +64,12 @@ _ID, _STATUS, _FINISH, _PROMPT, _OUTPUT, _REASON = (RequestLog.COLUMNS.index(c) 
 
 
 class _Run:
-    """One workflow in flight: each node's outcome (None while pending), start time and unfinished parents."""
+    """One workflow in flight: its instance, its users' region and its progress (the pure DAG bookkeeping)."""
+
+    __slots__ = ("inst", "origin", "progress")
 
     def __init__(self, inst: WorkflowInstance, origin: str | None):
-        self.inst, self.origin = inst, origin
-        n = len(inst.nodes)
-        self.outcomes: list[NodeOutcome | None] = [None] * n
-        self.started = [float("nan")] * n
-        self.waiting = [len(node.parents) for node in inst.nodes]
-        self.children: list[list[int]] = [[] for _ in range(n)]
-        for node in inst.nodes:
-            for p in node.parents:
-                self.children[p].append(node.index)
+        self.inst, self.origin, self.progress = inst, origin, WorkflowProgress(inst)
 
 
 class WorkflowDriver:
@@ -113,13 +107,13 @@ class WorkflowDriver:
             if delay > 0:
                 yield env.timeout(delay)
             self._to_arrive -= 1
-            for node in run.inst.nodes:
-                if not node.parents:
-                    self._start(run, node.index)
+            for i in run.progress.roots():
+                self._start(run, i)
 
     def _start(self, run: _Run, i: int) -> None:
         env, node = self.env, run.inst.nodes[i]
-        run.started[i] = now = env.now
+        now = env.now
+        run.progress.start(i, now)
         if node.kind == LLM:
             rid = self._next_id
             self._next_id += 1
@@ -154,7 +148,7 @@ class WorkflowDriver:
     def _on_outcome(self, row: tuple) -> None:
         """The request of an LLM node ended (any status), as the request log records it."""
         run, i = self._by_request.pop(row[_ID])
-        start = run.started[i]
+        start = run.progress.started[i]
         common = {"start_s": start, "prompt_tokens": row[_PROMPT], "output_tokens": row[_OUTPUT],
                   "request_id": row[_ID], "reason": row[_REASON]}  # fmt: skip
         if row[_STATUS] != COMPLETED:
@@ -171,33 +165,16 @@ class WorkflowDriver:
             self._settle(run, i, outcome)
 
     def _settle(self, run: _Run, i: int, outcome: NodeOutcome) -> None:
-        run.outcomes[i] = outcome
-        if outcome.status == COMPLETED:
-            for c in run.children[i]:
-                run.waiting[c] -= 1
-                if run.waiting[c] == 0:
-                    self._start(run, c)
-        elif outcome.status == FAILED:
-            todo = list(run.children[i])
-            while todo:  # descendants never started: a node starts only after all its parents completed
-                c = todo.pop()
-                if run.outcomes[c] is None:
-                    run.outcomes[c] = NodeOutcome(status=SKIPPED, reason=f"parent {run.inst.nodes[i].key} failed")
-                    todo += run.children[c]
+        for c in run.progress.settle(i, outcome):
+            self._start(run, c)
 
     # -- results -------------------------------------------------------------------------------------------------
-
-    def outcomes(self, run: _Run) -> list[NodeOutcome]:
-        """A run's node outcomes; nodes still pending count as unfinished (started or not)."""
-        return [o if o is not None else NOT_STARTED if run.started[k] != run.started[k]
-                else NodeOutcome(status=UNFINISHED, start_s=run.started[k], reason="running when the run ended")
-                for k, o in enumerate(run.outcomes)]  # fmt: skip
 
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(one row per workflow, one row per node)."""
         wf, nodes = [], []
         for run in self.runs:
-            out = self.outcomes(run)
+            out = run.progress.outcomes()
             wf.append(workflow_row(run.inst, out))
             nodes += node_rows(run.inst, out)
         return (pd.DataFrame.from_records(wf, columns=list(WORKFLOW_COLUMNS)),
@@ -207,7 +184,8 @@ class WorkflowDriver:
         """The request table with the ``workflow`` (-1: not a workflow's) and ``node`` of each request."""
         owner = {}
         for run in self.runs:
-            for node, o in zip(run.inst.nodes, run.outcomes, strict=True):
+            for node in run.inst.nodes:
+                o = run.progress.outcome(node.index)
                 if o is not None and o.request_id >= 0:
                     owner[o.request_id] = (run.inst.id, node.key)
         df = df.copy()

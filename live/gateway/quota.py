@@ -9,20 +9,18 @@ and the tenant waits it off. Time comes from an injected clock.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from fleettwin.live.gateway.config import Quotas
-from fleettwin.models.tenancy import TokenBucket  # the simulator's admission uses the same arithmetic
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    reason: str  # requests_per_s | tokens_per_s | concurrent | too_large
-    retry_after_s: float  # inf for too_large
-    message: str
+from fleettwin.models.tenancy import (  # the simulator's admission, the same code
+    QuotaGate,
+    Refusal,
+    TokenBucket,
+)
 
 
 @dataclass(slots=True)
@@ -34,37 +32,41 @@ class Ticket:
 
 
 class TenantLimiter:
+    """One tenant's admission at the gateway: the simulator's ``QuotaGate`` (its buckets, all or nothing) on
+    this process's clock, a cap on requests in flight, and a message for the client with each refusal."""
+
     def __init__(self, tenant: str, quotas: Quotas, clock: Callable[[], float] = time.monotonic):
         self.tenant, self.quotas, self.clock = tenant, quotas, clock
-        now = clock()
-        q = quotas
-        self.requests = TokenBucket(q.requests_per_s, q.request_burst, now) if q.requests_per_s else None
-        self.tokens = TokenBucket(q.tokens_per_s, q.token_burst, now) if q.tokens_per_s else None
+        self.gate = QuotaGate(quotas, clock())
         self.in_flight = 0
 
+    @property
+    def requests(self) -> TokenBucket | None:
+        return self.gate.requests
+
+    @property
+    def tokens(self) -> TokenBucket | None:
+        return self.gate.tokens
+
     def admit(self, tokens: float) -> Ticket | Refusal:
-        now, q = self.clock(), self.quotas
-        if self.tokens is not None and tokens > self.tokens.burst:
-            return Refusal("too_large", math.inf, f"the request needs up to {tokens:.0f} tokens, more than "
-                           f"tenant '{self.tenant}' may use in one burst ({self.tokens.burst:.0f}); lower "
-                           "max_tokens")  # fmt: skip
-        if q.concurrent is not None and self.in_flight >= q.concurrent:
+        q = self.quotas
+        too_large = self.tokens is not None and tokens > self.tokens.burst
+        if not too_large and q.concurrent is not None and self.in_flight >= q.concurrent:
             return Refusal("concurrent", 1.0, f"tenant '{self.tenant}' already has {self.in_flight} requests in "
                            f"flight (limit {q.concurrent})")  # fmt: skip
-        waits = []
-        if self.requests is not None:
-            waits.append(("requests_per_s", self.requests.wait_s(1, now), f"{q.requests_per_s:g} requests/s"))
-        if self.tokens is not None:
-            waits.append(("tokens_per_s", self.tokens.wait_s(tokens, now), f"{q.tokens_per_s:g} tokens/s"))
-        reason, wait, what = max(waits, key=lambda w: w[1], default=("", 0.0, ""))
-        if wait > 0:
-            return Refusal(reason, wait, f"tenant '{self.tenant}' is over its quota of {what}")
-        if self.requests is not None:
-            self.requests.take(1, now)
-        if self.tokens is not None:
-            self.tokens.take(tokens, now)
+        refusal = self.gate.admit(tokens, self.clock())
+        if refusal is not None:
+            return dataclasses.replace(refusal, message=self._explain(refusal.reason, tokens))
         self.in_flight += 1
         return Ticket(tokens=tokens)
+
+    def _explain(self, reason: str, tokens: float) -> str:
+        q = self.quotas
+        if reason == "too_large":
+            return (f"the request needs up to {tokens:.0f} tokens, more than tenant '{self.tenant}' may use in one "
+                    f"burst ({self.tokens.burst:.0f}); lower max_tokens")  # fmt: skip
+        what = f"{q.requests_per_s:g} requests/s" if reason == "requests_per_s" else f"{q.tokens_per_s:g} tokens/s"
+        return f"tenant '{self.tenant}' is over its quota of {what}"
 
     def release(self, ticket: Ticket, used_tokens: float | None) -> None:
         """End of the request: free its slot and settle its tokens (``None``: usage unknown, keep the charge)."""

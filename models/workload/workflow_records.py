@@ -98,3 +98,62 @@ def node_rows(inst: WorkflowInstance, outcomes: Sequence[NodeOutcome]) -> list[t
     return [(inst.id, n.key, n.node, n.kind, ",".join(inst.nodes[p].key for p in n.parents), o.request_id,
              o.start_s, o.end_s, o.status, o.prompt_tokens, o.output_tokens, o.reason)
             for n, o in zip(inst.nodes, outcomes, strict=True)]  # fmt: skip
+
+
+class WorkflowProgress:
+    """Where one workflow instance stands, with no clock: which nodes may start, and what happened to each.
+
+    The simulator (``sim/workflows.py``) and the live executor (``live/workflows.py``) drive the same instance
+    through it, each with its own clock: ``roots()`` start at the workflow's arrival, ``start`` records a node's
+    start, ``settle`` records its outcome and returns the children that may start now (all their parents
+    completed). A failed node's descendants that never started are skipped at once, naming it. ``outcomes()``
+    gives every node's outcome when the run ends, nodes still pending as unfinished."""
+
+    __slots__ = ("inst", "started", "_outcomes", "_waiting", "_children")
+
+    def __init__(self, inst: WorkflowInstance):
+        self.inst = inst
+        n = len(inst.nodes)
+        self._outcomes: list[NodeOutcome | None] = [None] * n
+        self.started = [NAN] * n
+        self._waiting = [len(node.parents) for node in inst.nodes]
+        self._children: list[list[int]] = [[] for _ in range(n)]
+        for node in inst.nodes:
+            for p in node.parents:
+                self._children[p].append(node.index)
+
+    def roots(self) -> list[int]:
+        return [node.index for node in self.inst.nodes if not node.parents]
+
+    def start(self, i: int, now: float) -> None:
+        self.started[i] = now
+
+    def outcome(self, i: int) -> NodeOutcome | None:
+        """Node ``i``'s outcome, None while it is pending."""
+        return self._outcomes[i]
+
+    def settle(self, i: int, outcome: NodeOutcome) -> list[int]:
+        """Record node ``i``'s outcome; the children that may start now."""
+        self._outcomes[i] = outcome
+        ready = []
+        if outcome.status == COMPLETED:
+            for c in self._children[i]:
+                self._waiting[c] -= 1
+                if self._waiting[c] == 0:
+                    ready.append(c)
+        elif outcome.status == FAILED:
+            todo = list(self._children[i])
+            while todo:  # descendants never started: a node starts only after all its parents completed
+                c = todo.pop()
+                if self._outcomes[c] is None:
+                    self._outcomes[c] = NodeOutcome(status=SKIPPED, reason=f"parent {self.inst.nodes[i].key} failed")
+                    todo += self._children[c]
+        return ready
+
+    def outcomes(self, *, running: str = "running when the run ended",
+                 not_started: str = NOT_STARTED.reason) -> list[NodeOutcome]:
+        """Every node's outcome; a node still pending is unfinished, with its start time if it started."""
+        return [o if o is not None
+                else NodeOutcome(status=UNFINISHED, reason=not_started) if math.isnan(self.started[k])
+                else NodeOutcome(status=UNFINISHED, start_s=self.started[k], reason=running)
+                for k, o in enumerate(self._outcomes)]
