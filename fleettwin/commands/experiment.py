@@ -14,7 +14,7 @@ test), DIR/meta.json (wall time, seeds, settings) and any plots the experiment d
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from fleettwin.sim.experiments import EXPERIMENTS
+    from fleettwin.experiments import EXPERIMENTS
 
     p = subparsers.add_parser(
         "experiment",
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.markdown import Markdown
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from fleettwin.sim.experiments import load, write_experiment
+    from fleettwin.experiments import load, write_experiment
 
     console = Console()
     module = load(args.name)

@@ -1,4 +1,4 @@
-"""The failures experiment's measures (sim/experiments/failures.py) on hand-made request tables, and its
+"""The failures experiment's measures (experiments/failures.py) on hand-made request tables, and its
 scenario files (they load, and their failure windows are where the doc says)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fleettwin.sim.experiments.failures import CASES, failure_window, load_case, p99, time_to_recover
+from fleettwin.experiments.failures import CASES, failure_window, load_case, p99, time_to_recover
 
 
 def table(e2e_by_minute: dict[int, float], per_minute: int = 20) -> pd.DataFrame:

@@ -143,7 +143,7 @@ TINY = {  # a half-hour, 2 req/s version of the quick run: the whole experiment 
 
 
 def test_same_seed_gives_the_same_results_table(tmp_path):
-    from fleettwin.sim.experiments import multitier, write_experiment
+    from fleettwin.experiments import multitier, write_experiment
 
     a = multitier.run(tmp_path / "a", quick=True, overrides=TINY)
     b = multitier.run(tmp_path / "b", quick=True, overrides=TINY)
@@ -161,7 +161,7 @@ def test_same_seed_gives_the_same_results_table(tmp_path):
 
 
 def test_static_takes_unifieds_peaks():
-    from fleettwin.sim.experiments.multitier import static_from
+    from fleettwin.experiments.multitier import static_from
 
     class Res:
         summary = {"pools": [{"name": "chat"}], "tiers": {"job_pools": [{"name": "t", "tier": "training"}]}}
@@ -172,7 +172,7 @@ def test_static_takes_unifieds_peaks():
 
 
 def test_hourly_p95_ttft_cv_by_hand():
-    from fleettwin.sim.experiments.multitier import cv, hourly_p95_ttft
+    from fleettwin.experiments.multitier import cv, hourly_p95_ttft
 
     df = pd.DataFrame({"arrival_s": [10.0, 20.0, 3700.0, 3800.0, 7300.0], "status": ["completed"] * 4 + ["rejected"],
                        "ttft_s": [1.0, 1.0, 3.0, 3.0, 99.0]})  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleettwin.sim.experiments import noisy_neighbor as nn
+from fleettwin.experiments import noisy_neighbor as nn
 
 
 def test_setups_switch_only_the_isolation_they_name():

@@ -257,7 +257,7 @@ def test_requests_are_conserved_through_the_front_door(arrivals, router, outages
 
 
 def test_the_experiment_variants_keep_users_and_gpus_and_change_only_the_routing():
-    from fleettwin.sim.experiments.regions import POLICIES, WORKLOADS, scenario
+    from fleettwin.experiments.regions import POLICIES, WORKLOADS, scenario
 
     base = load_scenario(REPO / "configs" / "experiments" / "regions.yaml")
     for policy in POLICIES:

@@ -186,7 +186,7 @@ def test_rag_stage_grows_the_prompt_by_the_context_and_passes_others_through():
 
 
 def test_experiment_runs_end_to_end_on_a_small_config(tmp_path):
-    from fleettwin.sim.experiments import knowledge_fabric as kf
+    from fleettwin.experiments import knowledge_fabric as kf
 
     data = yaml.safe_load(kf.CONFIG.read_text())
     data.update(queries=300, loads=[{"name": "moderate", "utilization": 0.3}],

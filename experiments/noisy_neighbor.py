@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from fleettwin.models.config import ScenarioConfig, parse_scenario, read_yaml
-from fleettwin.sim.experiments import CONFIG_DIR
-from fleettwin.sim.experiments.base import ExperimentProgress, ExperimentResult, progress_ticker
+from fleettwin.experiments import CONFIG_DIR
+from fleettwin.experiments.base import ExperimentProgress, ExperimentResult, progress_ticker
 from fleettwin.sim.metrics import COMPLETED, REJECTED, Slo, slo_met
 from fleettwin.sim.runner import run_scenario
 from fleettwin.sim.tenancy import GATEWAY_REASON, QUOTA_REASON
@@ -179,7 +179,7 @@ def run(out: Path, *, quick: bool, progress: ExperimentProgress | None = None,
     tick("report")
     results = pd.DataFrame(rows)
 
-    from fleettwin.sim.experiments.noisy_neighbor_report import report
+    from fleettwin.experiments.noisy_neighbor_report import report
 
     wall = time.perf_counter() - wall0
     return ExperimentResult(

@@ -26,8 +26,8 @@ from fleettwin.models.config import format_errors, read_yaml
 from fleettwin.models.config_retrieval import HybridConfig, RetrievalConfig
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.retrieval import StoreProfile
-from fleettwin.sim.experiments import CONFIG_DIR
-from fleettwin.sim.experiments.base import ExperimentProgress, ExperimentResult, progress_ticker
+from fleettwin.experiments import CONFIG_DIR
+from fleettwin.experiments.base import ExperimentProgress, ExperimentResult, progress_ticker
 from fleettwin.sim.retrieval import KnowledgeFabric, build_fabric
 
 CONFIG = CONFIG_DIR / "knowledge_fabric.yaml"
@@ -211,7 +211,7 @@ def run(out: Path, *, quick: bool, progress: ExperimentProgress | None = None,
     sensitivity = pd.DataFrame(sens_rows)
     figures = [write_csv(Path(out) / "sensitivity.csv", sensitivity)] if len(sensitivity) else []
 
-    from fleettwin.sim.experiments.knowledge_fabric_report import report
+    from fleettwin.experiments.knowledge_fabric_report import report
 
     return ExperimentResult(
         name="knowledge-fabric", results=results, report_md=report(exp, results, sensitivity, sources, quick=quick,

@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from fleettwin.models.config import ScenarioConfig, load_scenario
-from fleettwin.sim.experiments import CONFIG_DIR
-from fleettwin.sim.experiments.base import ExperimentProgress, ExperimentResult
+from fleettwin.experiments import CONFIG_DIR
+from fleettwin.experiments.base import ExperimentProgress, ExperimentResult
 from fleettwin.sim.metrics import COMPLETED
 from fleettwin.sim.runner import SimulationResult, run_scenario
 from fleettwin.sim.stats import slo_columns
@@ -153,7 +153,7 @@ def run(out: Path, *, quick: bool, progress: ExperimentProgress | None = None) -
         minutes[f"{case.name} (baseline)"] = per_minute(baselines[key])
     _tick(progress, done_runs, total, "done")
     table = pd.DataFrame(rows)
-    from fleettwin.sim.experiments.failures_report import plot_minutes, report
+    from fleettwin.experiments.failures_report import plot_minutes, report
 
     figures = [plot_minutes(minutes, table, out / "p99_per_minute.png", BIN_S)]
     return ExperimentResult(

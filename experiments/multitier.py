@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationErro
 
 from fleettwin.models.config import PolicyRef, ScenarioConfig, format_errors, load_scenario, read_yaml
 from fleettwin.models.errors import ConfigError
-from fleettwin.sim.experiments import CONFIG_DIR
-from fleettwin.sim.experiments.base import ExperimentProgress, ExperimentResult
+from fleettwin.experiments import CONFIG_DIR
+from fleettwin.experiments.base import ExperimentProgress, ExperimentResult
 from fleettwin.sim.metrics import COMPLETED
 from fleettwin.sim.runner import SimulationResult, generate_requests, run_scenario
 from fleettwin.sim.stats import slo_columns
@@ -59,7 +59,7 @@ def run(out: Path, *, quick: bool, progress: ExperimentProgress | None = None,
         policies: Path = POLICIES, measure_capacity: bool | None = None) -> ExperimentResult:  # fmt: skip
     """Run every policy and build the report. ``overrides`` (dotted scenario paths) apply after ``--quick``'s;
     ``measure_capacity`` defaults to the full run (True) and the quick one (False)."""
-    from fleettwin.sim.experiments.multitier_report import plots, report
+    from fleettwin.experiments.multitier_report import plots, report
 
     wall0 = time.perf_counter()
     spec = load_policies(policies)
