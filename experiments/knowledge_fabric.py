@@ -21,13 +21,13 @@ import pandas as pd
 import simpy
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
+from fleettwin.experiments import CONFIG_DIR
+from fleettwin.experiments.base import ExperimentProgress, ExperimentResult, progress_ticker
 from fleettwin.io import write_csv
 from fleettwin.models.config import format_errors, read_yaml
 from fleettwin.models.config_retrieval import HybridConfig, RetrievalConfig
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.retrieval import StoreProfile
-from fleettwin.experiments import CONFIG_DIR
-from fleettwin.experiments.base import ExperimentProgress, ExperimentResult, progress_ticker
 from fleettwin.sim.retrieval import KnowledgeFabric, build_fabric
 
 CONFIG = CONFIG_DIR / "knowledge_fabric.yaml"

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError
 
-from fleettwin.models.config import PolicyRef, ScenarioConfig, format_errors, load_scenario, read_yaml
-from fleettwin.models.errors import ConfigError
 from fleettwin.experiments import CONFIG_DIR
 from fleettwin.experiments.base import ExperimentProgress, ExperimentResult
+from fleettwin.models.config import PolicyRef, ScenarioConfig, format_errors, load_scenario, read_yaml
+from fleettwin.models.errors import ConfigError
 from fleettwin.sim.metrics import COMPLETED
 from fleettwin.sim.runner import SimulationResult, generate_requests, run_scenario
 from fleettwin.sim.stats import slo_columns

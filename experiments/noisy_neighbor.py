@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fleettwin.models.config import ScenarioConfig, parse_scenario, read_yaml
 from fleettwin.experiments import CONFIG_DIR
 from fleettwin.experiments.base import ExperimentProgress, ExperimentResult, progress_ticker
+from fleettwin.models.config import ScenarioConfig, parse_scenario, read_yaml
 from fleettwin.sim.metrics import COMPLETED, REJECTED, Slo, slo_met
 from fleettwin.sim.runner import run_scenario
 from fleettwin.sim.tenancy import GATEWAY_REASON, QUOTA_REASON

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fleettwin.models.config import ScenarioConfig, load_scenario
 from fleettwin.experiments import CONFIG_DIR
 from fleettwin.experiments.base import ExperimentProgress, ExperimentResult
+from fleettwin.models.config import ScenarioConfig, load_scenario
 from fleettwin.sim.metrics import COMPLETED
 from fleettwin.sim.regions import minute_p99
 from fleettwin.sim.runner import run_scenario
