@@ -23,7 +23,7 @@ native: install
 	$(PY) tools/build_native.py
 
 demo: install
-	$(VENV)/bin/fleettwin simulate configs/quickstart.yaml --out $(OUT) --plot
+	$(VENV)/bin/fleettwin sim run configs/quickstart.yaml --out $(OUT) --plot
 
 test: install
 	$(PY) -m pytest
@@ -37,7 +37,7 @@ bench: native
 # Every public measured vLLM run simulated with each performance model next to its measurement (docs/validation.md);
 # the calibrated model refitted without each run and each deployment (leave-one-out). About 10 minutes on 2 cores.
 validate: install
-	$(VENV)/bin/fleettwin calibrate report --out results/validation
+	$(VENV)/bin/fleettwin data calibrate report --out results/validation
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -1,4 +1,4 @@
-"""Named experiments (``fleettwin experiment NAME``): each runs several policies or set-ups on the same
+"""Named experiments (``fleettwin sim experiment NAME``): each runs several policies or set-ups on the same
 workload and seed and writes ``results.csv`` plus a markdown report that sets the numbers next to a claim.
 
 An experiment is a module in this package exposing ``run(out, *, quick, progress) -> ExperimentResult``;

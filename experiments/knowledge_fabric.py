@@ -1,11 +1,11 @@
-"""``fleettwin experiment knowledge-fabric``: routed multi-store retrieval vs one monolithic store vs fan-out.
+"""``fleettwin sim experiment knowledge-fabric``: routed multi-store retrieval vs one monolithic store vs fan-out.
 
 For each index type and load it simulates the same Poisson query stream, with the same topics, against three
 set-ups. The monolithic set-up is one store holding the whole corpus. The other two split the corpus into equal
 domain stores, either fanning every query out to all of them or routing it with a content classifier. The total
 number of vectors and the total query parallelism are the same in all three. It reports retrieval p50/p95 and
 mean recall@10, and sets them beside the seed paper's claim that the fabric cuts retrieval latency by 40-55 % at
-99.2 % recall. Its inputs are the retrieval tables (measured where ``fleettwin calibrate-retrieval`` has run,
+99.2 % recall. Its inputs are the retrieval tables (measured where ``fleettwin data calibrate-retrieval`` has run,
 estimates otherwise; the report says which) and the routing assumptions in
 ``configs/experiments/knowledge_fabric.yaml``.
 """

@@ -30,7 +30,7 @@ def _verdict(r: pd.Series) -> str:
 def report(exp, results: pd.DataFrame, sensitivity: pd.DataFrame, sources: dict[str, str], *, quick: bool,
            config: Path) -> str:  # fmt: skip
     c = exp.corpus
-    cmd = "fleettwin experiment knowledge-fabric" + (" --quick" if quick else "") + " --out DIR"
+    cmd = "fleettwin sim experiment knowledge-fabric" + (" --quick" if quick else "") + " --out DIR"
     measured = {t: s for t, s in sources.items() if "measured" in Path(s).name}
     estimated = {t: s for t, s in sources.items() if "measured" not in Path(s).name}
     out = [

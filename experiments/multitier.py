@@ -1,4 +1,4 @@
-"""``fleettwin experiment multitier``: five GPU allocators on one day of a three-tier fleet.
+"""``fleettwin sim experiment multitier``: five GPU allocators on one day of a three-tier fleet.
 
 Runs ``configs/experiments/multitier.yaml`` once per allocator of ``configs/experiments/multitier_policies.yaml``
 (unified, static, reactive, forecast, milp) on the same requests (generated once), the same jobs and the same

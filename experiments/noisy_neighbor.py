@@ -1,4 +1,4 @@
-"""``fleettwin experiment noisy-neighbor``: one tenant bursts 10x on a shared pool; what isolation buys the other
+"""``fleettwin sim experiment noisy-neighbor``: one tenant bursts 10x on a shared pool; what isolation buys the other
 tenants and what it costs in utilisation.
 
 The scenario is ``configs/experiments/noisy_neighbor.yaml`` (three tenants, one pool, tenant A's burst; as

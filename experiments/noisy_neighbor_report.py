@@ -1,4 +1,4 @@
-"""The markdown report of ``fleettwin experiment noisy-neighbor``: per-tenant latency by set-up, what isolation
+"""The markdown report of ``fleettwin sim experiment noisy-neighbor``: per-tenant latency by set-up, what isolation
 costs in utilisation, the gateway's cost, and the seed paper's figures beside them. Every sentence with a number
 is built from the results table."""
 
@@ -33,7 +33,7 @@ def report(df: pd.DataFrame, *, base: dict, window: tuple[str, float, float], ca
     tenants = [t for t in df["tenant"].unique() if t != "all"]
     quiet = [t for t in tenants if t != noisy]
     pools = base["pools"][0]
-    cmd = f"fleettwin experiment noisy-neighbor{' --quick' if quick else ''} --out DIR"
+    cmd = f"fleettwin sim experiment noisy-neighbor{' --quick' if quick else ''} --out DIR"
     lines = [
         "# Noisy neighbour: one tenant bursts 10x on a shared pool",
         "",

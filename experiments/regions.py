@@ -1,7 +1,7 @@
-"""``fleettwin experiment regions``: 12-region active-active serving with content-aware routing against
+"""``fleettwin sim experiment regions``: 12-region active-active serving with content-aware routing against
 nearest-region, latency-aware and single-region serving, on the same users, GPUs and seeds.
 
-The scenario is ``configs/experiments/regions.yaml`` (it runs alone with ``fleettwin simulate``): 24 H100
+The scenario is ``configs/experiments/regions.yaml`` (it runs alone with ``fleettwin sim run``): 24 H100
 replicas of llama-3-8b (128k context) spread over 12 AWS regions by population weight, prefix caching with a
 host-memory tier, users from the Mooncake conversation trace whose load follows each region's day. Policies:
 

@@ -1,4 +1,4 @@
-"""``fleettwin backtest``: rolling-origin accuracy of workload forecasters on a trace.
+"""``fleettwin policy backtest``: rolling-origin accuracy of workload forecasters on a trace.
 
 The engine (``fleettwin.models.forecast.backtest``) is pure; this module reads the trace, draws the progress
 bar, prints the table and writes ``backtest.csv``, ``forecasts.csv`` and ``backtest.png`` atomically.
@@ -44,7 +44,7 @@ RECOMMENDED = ("auto_ets", "mstl", "auto_theta", "lightgbm", "ensemble")
 DEFAULT_MODELS = ",".join((*BASELINES, *RECOMMENDED))
 EXAMPLE = """\
 examples:
-  fleettwin backtest --trace traces/servegen_m_small/requests_per_10min.csv --format counts \\
+  fleettwin policy backtest --trace traces/servegen_m_small/requests_per_10min.csv --format counts \\
       --bucket 10min --horizon 2h,4h --warmup 1.5d --step 3h --out results/bt_small
 
   Without --models it runs the baselines naive (last value) and seasonal_naive (a day ago) and the recommended

@@ -1,11 +1,11 @@
-"""``fleettwin calibrate``: fit and check the performance model against measured data.
+"""``fleettwin data calibrate``: fit and check the performance model against measured data.
 
-    fleettwin calibrate fit RUN... [--format F] [--settings S.yaml] [--base PROFILE] --out PROFILE.yaml
-    fleettwin calibrate report [--models calibrated,roofline,profiled] [--runs FILE...] [--no-loro] --out DIR
-    fleettwin calibrate kernels DIR --gpu GPU --name NAME --out PROFILE.yaml
-    fleettwin calibrate show [PROFILE]
-    fleettwin calibrate convert RUN --settings S.yaml --out runs.yaml
-    fleettwin calibrate tables --report DIR            (also: fleettwin calibrate --report DIR)
+    fleettwin data calibrate fit RUN... [--format F] [--settings S.yaml] [--base PROFILE] --out PROFILE.yaml
+    fleettwin data calibrate report [--models calibrated,roofline,profiled] [--runs FILE...] [--no-loro] --out DIR
+    fleettwin data calibrate kernels DIR --gpu GPU --name NAME --out PROFILE.yaml
+    fleettwin data calibrate show [PROFILE]
+    fleettwin data calibrate convert RUN --settings S.yaml --out runs.yaml
+    fleettwin data calibrate tables --report DIR            (also: fleettwin data calibrate --report DIR)
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Fit a calibration profile (kernel laws + engine and API-server costs) from measured serving runs, "
             "and check it: every measured run replayed in the simulator next to the measurement. Run "
-            "`fleettwin calibrate ACTION --help` for each action. Profiles are YAML; a scenario names one as "
+            "`fleettwin data calibrate ACTION --help` for each action. Profiles are YAML; a scenario names one as "
             "`perf_model: {name: calibrated, params: {profile: NAME_OR_PATH}}`."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -109,7 +109,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _legacy_or_help(args: argparse.Namespace) -> int:
-    if args.report is not None:  # `fleettwin calibrate --report DIR`, the form before the actions existed
+    if args.report is not None:  # `fleettwin data calibrate --report DIR`, the form before the actions existed
         from fleettwin.commands import calibrate_tables
 
         return calibrate_tables.run(args)
@@ -213,7 +213,7 @@ def _kernels(args: argparse.Namespace) -> int:
     args.out.write_text(profile.to_yaml())
     for law, s in summary.items():
         print(f"  {law:<24} rows {s['rows']:>6}  MAPE {s['mape']:.1%}  bias {s['bias']:+.1%}")
-    print(f"wrote {args.out} (engine costs are {base.name}'s until `fleettwin calibrate fit --base {args.out}`)")
+    print(f"wrote {args.out} (engine costs are {base.name}'s until `fleettwin data calibrate fit --base {args.out}`)")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""``fleettwin calibrate-retrieval``: latency and recall of FAISS index types, measured on this machine.
+"""``fleettwin data calibrate-retrieval``: latency and recall of FAISS index types, measured on this machine.
 
 For each size, vectors come from a seeded clustered generator (or from embedding ``--corpus`` lines); an exact
 flat index gives the true top-10 of every query; each index type is built once and searched at each search
@@ -34,10 +34,10 @@ K = 10
 MIN_CALLS = 20  # timed calls per row at least, so a p95 rests on more than a handful of samples
 DEFAULT_OUT = "results/retrieval_calibration.csv"
 EPILOG = """examples:
-  fleettwin calibrate-retrieval --sizes 10k,100k            # all CPU index types, synthetic clustered vectors
-  fleettwin calibrate-retrieval --sizes 20k --index-types ivf_flat,hnsw --nprobe 1,8,32 --ef-search 16,64 \\
+  fleettwin data calibrate-retrieval --sizes 10k,100k            # all CPU index types, synthetic clustered vectors
+  fleettwin data calibrate-retrieval --sizes 20k --index-types ivf_flat,hnsw --nprobe 1,8,32 --ef-search 16,64 \\
       --batch 1,32 --out results/ivf_hnsw.csv
-  fleettwin calibrate-retrieval --corpus docs.txt --embedder minilm   # one document per line
+  fleettwin data calibrate-retrieval --corpus docs.txt --embedder minilm   # one document per line
 
 search_param in the CSV is nprobe for IVF types, efSearch for hnsw, itopk_size for cagra and 0 for flat;
 latency is per search call of `batch` queries; recall_at_10 is against the exact (flat) top 10."""

@@ -1,4 +1,4 @@
-"""``fleettwin catalog``: print the GPU and LLM catalogs with the quantities derived from them."""
+"""``fleettwin data catalog``: print the GPU and LLM catalogs with the quantities derived from them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``fleettwin certs``: a local CA and per-component server and client certificates for mTLS."""
+"""``fleettwin data certs``: a local CA and per-component server and client certificates for mTLS."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import argparse
 from pathlib import Path
 
 EPILOG = """examples:
-  fleettwin certs --out certs
-  fleettwin certs --out certs --names gateway,emulator --san gpu-node-1 --san 10.0.0.7 --days 30
+  fleettwin data certs --out certs
+  fleettwin data certs --out certs --names gateway,emulator --san gpu-node-1 --san 10.0.0.7 --days 30
 
 then, for instance (mTLS from the gateway to an emulator, and from clients to the gateway):
-  fleettwin emulate --model llama-3-8b --gpu h100-80g --port 8443 \\
+  fleettwin live emulate --model llama-3-8b --gpu h100-80g --port 8443 \\
       --tls-cert certs/emulator.pem --tls-key certs/emulator.key --tls-ca certs/ca.pem
-  fleettwin gateway --config configs/gateway.yaml --port 9443 \\
+  fleettwin live gateway --config configs/gateway.yaml --port 9443 \\
       --tls-cert certs/gateway.pem --tls-key certs/gateway.key --tls-ca certs/ca.pem
 
 Files: ca.pem/ca.key (reused when present), NAME.pem/NAME.key (server, SANs NAME, localhost, 127.0.0.1, ::1

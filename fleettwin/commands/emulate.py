@@ -1,4 +1,4 @@
-"""``fleettwin emulate``: serve vLLM's OpenAI-compatible API from the simulator's engine model, on the wall clock."""
+"""``fleettwin live emulate``: serve vLLM's OpenAI-compatible API from the simulator's engine model, on the wall clock."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import argparse
 import sys
 
 EPILOG = """examples:
-  fleettwin emulate --model llama-3-8b --gpu h100-80g --port 8000
-  fleettwin emulate --model llama-3-70b --gpu h100-80g --tp 4 --max-num-seqs 256 --token s3cret
-  fleettwin emulate --model llama-3-8b --gpu a100-80g --perf-model constant --perf-param step_s=0.02 --port 0
-  fleettwin emulate --model llama-3-8b --gpu h100-80g --tls-cert cert.pem --tls-key key.pem --port 8443
-  fleettwin emulate --model llama-3-8b --gpu h100-80g --tls-cert certs/emulator.pem \
-      --tls-key certs/emulator.key --tls-ca certs/ca.pem --port 8443   # mTLS (fleettwin certs)
+  fleettwin live emulate --model llama-3-8b --gpu h100-80g --port 8000
+  fleettwin live emulate --model llama-3-70b --gpu h100-80g --tp 4 --max-num-seqs 256 --token s3cret
+  fleettwin live emulate --model llama-3-8b --gpu a100-80g --perf-model constant --perf-param step_s=0.02 --port 0
+  fleettwin live emulate --model llama-3-8b --gpu h100-80g --tls-cert cert.pem --tls-key key.pem --port 8443
+  fleettwin live emulate --model llama-3-8b --gpu h100-80g --tls-cert certs/emulator.pem \
+      --tls-key certs/emulator.key --tls-ca certs/ca.pem --port 8443   # mTLS (fleettwin data certs)
 
-  fleettwin emulate --model llama-3-8b --gpu h100-80g --enable-prefix-caching --max-body-bytes 2097152
+  fleettwin live emulate --model llama-3-8b --gpu h100-80g --enable-prefix-caching --max-body-bytes 2097152
 
 endpoints: POST /v1/completions, POST /v1/chat/completions (stream or not; n, batched prompts, stop,
 stop_token_ids, logprobs, echo), POST /tokenize, POST /detokenize, GET /v1/models, /health, /livez, /readyz,
@@ -35,8 +35,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="catalog model id (fleettwin catalog models)")
-    p.add_argument("--gpu", required=True, help="catalog GPU id (fleettwin catalog gpus)")
+    p.add_argument("--model", required=True, help="catalog model id (fleettwin data catalog models)")
+    p.add_argument("--gpu", required=True, help="catalog GPU id (fleettwin data catalog gpus)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port (default %(default)s; 0 picks a free one)")
     p.add_argument("--served-model-name", help="name in /v1/models and requests (default: the catalog id)")
@@ -99,7 +99,7 @@ def http_limits(args: argparse.Namespace, default_clients: tuple[str, ...]):
 
 
 def build_spec(args: argparse.Namespace):
-    """The emulator's limits and performance model, resolved exactly as ``fleettwin simulate`` resolves a pool."""
+    """The emulator's limits and performance model, resolved exactly as ``fleettwin sim run`` resolves a pool."""
     from pydantic import ValidationError
 
     from fleettwin.live.server import EmulatorSpec

@@ -1,4 +1,4 @@
-"""``fleettwin experiment NAME``: run a named experiment and write results.csv plus a markdown report."""
+"""``fleettwin sim experiment NAME``: run a named experiment and write results.csv plus a markdown report."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 EPILOG = """examples:
-  fleettwin experiment multitier --quick --out results/multitier-quick
-  fleettwin experiment regions --out results/regions
+  fleettwin sim experiment multitier --quick --out results/multitier-quick
+  fleettwin sim experiment regions --out results/regions
 
 outputs: DIR/results.csv (one row per policy or set-up), DIR/report.md (the numbers next to the claim they
 test), DIR/meta.json (wall time, seeds, settings) and any plots the experiment draws."""

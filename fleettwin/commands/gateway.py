@@ -1,4 +1,4 @@
-"""``fleettwin gateway``: the policy-aware, OpenAI-compatible gateway in front of the backends."""
+"""``fleettwin live gateway``: the policy-aware, OpenAI-compatible gateway in front of the backends."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 EPILOG = """examples:
-  fleettwin gateway --new-key                       # a random API key and the sha256 line for the YAML
-  fleettwin gateway --config configs/gateway.yaml --check
-  fleettwin gateway --config configs/gateway.yaml --port 9000
-  fleettwin gateway --config configs/gateway.yaml --port 9443 \\
+  fleettwin live gateway --new-key                       # a random API key and the sha256 line for the YAML
+  fleettwin live gateway --config configs/gateway.yaml --check
+  fleettwin live gateway --config configs/gateway.yaml --port 9000
+  fleettwin live gateway --config configs/gateway.yaml --port 9443 \\
       --tls-cert certs/gateway.pem --tls-key certs/gateway.key --tls-ca certs/ca.pem   # mTLS
 
 A request is authenticated (Authorization: Bearer <API key or HS256 JWT>), checked against its tenant's rules

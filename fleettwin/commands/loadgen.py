@@ -1,4 +1,4 @@
-"""``fleettwin loadgen``: replay a request trace, open loop, against vLLM-compatible servers."""
+"""``fleettwin live loadgen``: replay a request trace, open loop, against vLLM-compatible servers."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 
 EPILOG = """examples:
-  fleettwin loadgen --trace traces/azure2023_conv/AzureLLMInferenceTrace_conv.csv --targets http://127.0.0.1:8000 \\
+  fleettwin live loadgen --trace traces/azure2023_conv/AzureLLMInferenceTrace_conv.csv --targets http://127.0.0.1:8000 \\
       --speedup 10 --duration 60 --out results/replay.parquet
-  fleettwin loadgen --trace T.jsonl --format mooncake --targets http://a:8000,http://b:8000 --router least_outstanding
-  fleettwin loadgen --workflows configs/workflows.yaml --targets http://127.0.0.1:9000 --token KEY --duration 60 \
+  fleettwin live loadgen --trace T.jsonl --format mooncake --targets http://a:8000,http://b:8000 --router least_outstanding
+  fleettwin live loadgen --workflows configs/workflows.yaml --targets http://127.0.0.1:9000 --token KEY --duration 60 \
       --out results/workflows_live.parquet      # agent/RAG workflows (docs/workflows.md), e.g. through the gateway
 
 Bounded: at most --max-requests requests, none sent after --duration seconds, and whatever is still in flight
@@ -20,7 +20,7 @@ sent: arrival/sent/first-token/finish times, client-side TTFT/TPOT/E2E, tokens r
 (completed | rejected | error | timeout), HTTP status and error message.
 
 With --workflows SCENARIO (instead of --trace) the scenario's workflows: section is executed: the same instances
-as `fleettwin simulate` draws from the scenario's seed, each node as soon as its parents completed, retrieval nodes
+as `fleettwin sim run` draws from the scenario's seed, each node as soon as its parents completed, retrieval nodes
 as hybrid BM25 + dense searches of --corpus. The Parquet file then has one row per workflow (the simulator's
 columns: E2E, critical path, tokens, calls) and OUT_nodes.parquet one row per node. FLEETTWIN_TRACING=console|otlp
 traces each workflow (docs/live.md, Tracing)."""
@@ -65,7 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--token", help="bearer token for the targets")
     p.add_argument("--chat", action="store_true", help="use /v1/chat/completions with text prompts")
     p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
-    p.add_argument("--tls-ca", help="PEM CA to verify the targets with (e.g. certs/ca.pem of fleettwin certs)")
+    p.add_argument("--tls-ca", help="PEM CA to verify the targets with (e.g. certs/ca.pem of fleettwin data certs)")
     p.add_argument("--tls-cert", help="PEM client certificate to present to targets that require mTLS")
     p.add_argument("--tls-key", help="PEM private key for --tls-cert")
     p.add_argument(

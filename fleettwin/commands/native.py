@@ -1,4 +1,4 @@
-"""``fleettwin native``: compile the simulator's hot path (mypyc) into this installation, or remove it."""
+"""``fleettwin sim native``: compile the simulator's hot path (mypyc) into this installation, or remove it."""
 
 from __future__ import annotations
 

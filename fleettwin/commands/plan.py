@@ -1,4 +1,4 @@
-"""``fleettwin plan``: how many GPUs of which kind for a rate and latency targets, or the most traffic a budget
+"""``fleettwin sim plan``: how many GPUs of which kind for a rate and latency targets, or the most traffic a budget
 serves (docs/planning.md)."""
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ from pathlib import Path
 
 EPILOG = """examples:
   # GPUs for a rate: the cheapest H100 deployment of the scenario's model at 30 req/s within both targets
-  fleettwin plan configs/planning/llama70b_chat.yaml --rate 30 --slo ttft_p95=2s --slo tpot_p95=50ms \\
+  fleettwin sim plan configs/planning/llama70b_chat.yaml --rate 30 --slo ttft_p95=2s --slo tpot_p95=50ms \\
       --out results/plan-70b
   # several rates, GPU types and precisions at once
-  fleettwin plan configs/planning/llama70b_chat.yaml --rate 10 --rate 30 --gpus h100-80g,h200 \\
+  fleettwin sim plan configs/planning/llama70b_chat.yaml --rate 10 --rate 30 --gpus h100-80g,h200 \\
       --dtype bf16,fp8 --slo ttft_p95=2s --slo tpot_p95=50ms --out results/plan-grid
   # the most traffic 100 USD/h serves, per deployment
-  fleettwin plan configs/planning/llama70b_chat.yaml --budget 100 --slo ttft_p95=2s --slo tpot_p95=50ms \\
+  fleettwin sim plan configs/planning/llama70b_chat.yaml --budget 100 --slo ttft_p95=2s --slo tpot_p95=50ms \\
       --out results/plan-budget
 
 targets (--slo, repeatable): METRIC_pQ=VALUE with METRIC ttft, tpot, e2e or queue, Q a percentile (p50, p95,
@@ -30,7 +30,7 @@ clock). --dtype fp8 sets engine.dtype and engine.kv_cache_dtype to fp8; fp8:bf16
 outputs (--out DIR): plan.csv (one row per simulation: gpu, tp, dtype, replicas, GPUs, USD/h, USD per 1M
 tokens (all and output only), achieved requests/s and tokens/s, TTFT/TPOT/E2E p50/p95/p99, meets_slo),
 plan.md (the answer and every candidate), plan.png, plan.json, and recommended.yaml: the complete scenario of
-the recommended deployment (`fleettwin simulate DIR/recommended.yaml`)."""
+the recommended deployment (`fleettwin sim run DIR/recommended.yaml`)."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -49,7 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--slo", dest="slos", action="append", default=[], metavar="METRIC_pQ=VALUE",
                    help="a percentile target, e.g. ttft_p95=2s, tpot_p95=50ms (repeatable)")  # fmt: skip
     p.add_argument("--gpus", help="GPU types to compare, comma-separated (default: the pool's); see "
-                   "`fleettwin catalog gpus`")  # fmt: skip
+                   "`fleettwin data catalog gpus`")  # fmt: skip
     p.add_argument("--tp", default="auto", help="tensor-parallel sizes: auto (every size that fits, up to 8) "
                    "or a list such as 2,4,8 (default auto)")  # fmt: skip
     p.add_argument("--dtype", help="precisions, comma-separated: bf16, fp8 (weights and KV), fp8:bf16 "
@@ -59,7 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "a cap on the deployments considered")  # fmt: skip
     p.add_argument("--pool", help="the pool to plan (default: the scenario's only pool)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a scenario field first, as in `fleettwin simulate --set` (repeatable)")  # fmt: skip
+                   help="override a scenario field first, as in `fleettwin sim run --set` (repeatable)")  # fmt: skip
     p.add_argument("--max-replicas", type=int, default=512, help="give up on a candidate above this many "
                    "replicas (default 512)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="directory for plan.csv, plan.md, recommended.yaml")

@@ -1,4 +1,4 @@
-"""``fleettwin promote``: allow a validated policy to act (``fleettwin shadow --act``)."""
+"""``fleettwin policy promote``: allow a validated policy to act (``fleettwin live shadow --act``)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import argparse
 from pathlib import Path
 
 EPILOG = """examples:
-  fleettwin validate configs/live.yaml --suite configs/validation/ && fleettwin promote configs/live.yaml
-  fleettwin promote configs/allocators/reactive.yaml --registry /tmp/gate.sqlite
+  fleettwin policy validate configs/live.yaml --suite configs/validation/ && fleettwin policy promote configs/live.yaml
+  fleettwin policy promote configs/allocators/reactive.yaml --registry /tmp/gate.sqlite
 
 Refused unless the latest validation of exactly this configuration (same config hash: allocator name and
-parameters, defaults filled in) passed. `fleettwin shadow --act` then acts for that hash only."""
+parameters, defaults filled in) passed. `fleettwin live shadow --act` then acts for that hash only."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -1,4 +1,4 @@
-"""``fleettwin serve-retrieval``: serve saved FAISS stores by collection name over HTTP(S), with optional mTLS."""
+"""``fleettwin live retrieval``: serve saved FAISS stores by collection name over HTTP(S), with optional mTLS."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 EPILOG = """examples:
-  fleettwin serve-retrieval --build docs=docs --store-dir stores --build-only     # embed docs/*.md paragraphs
-  fleettwin serve-retrieval --collection docs=stores/docs.faiss --port 9100
-  fleettwin serve-retrieval --build docs=docs --index-type ivf_flat --embedder-param dim=256 --port 0
-  FLEETTWIN_RETRIEVAL_TOKEN=s3cret fleettwin serve-retrieval --collection docs=stores/docs.faiss --port 9100 \\
+  fleettwin live retrieval --build docs=docs --store-dir stores --build-only     # embed docs/*.md paragraphs
+  fleettwin live retrieval --collection docs=stores/docs.faiss --port 9100
+  fleettwin live retrieval --build docs=docs --index-type ivf_flat --embedder-param dim=256 --port 0
+  FLEETTWIN_RETRIEVAL_TOKEN=s3cret fleettwin live retrieval --collection docs=stores/docs.faiss --port 9100 \\
       --token-env FLEETTWIN_RETRIEVAL_TOKEN --tls-cert certs/retrieval.pem --tls-key certs/retrieval.key \\
       --tls-ca certs/ca.pem                                                        # bearer token + mTLS
 

@@ -1,4 +1,4 @@
-"""``fleettwin shadow``: run the live control loop over running backends, logging every decision (and, with
+"""``fleettwin live shadow``: run the live control loop over running backends, logging every decision (and, with
 ``--act``, carrying them out), and report drift between the simulator and the measured fleet."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ import argparse
 from pathlib import Path
 
 EPILOG = """examples:
-  fleettwin shadow --scenario configs/live.yaml                        # until Ctrl-C
-  fleettwin shadow --scenario configs/live.yaml --duration 120 --drift-report results/drift --load replay.parquet
-  fleettwin shadow --scenario configs/live.yaml --report-only --drift-report results/drift
-  fleettwin shadow --scenario configs/live.yaml --act                  # needs a promoted policy (fleettwin promote)
-  fleettwin shadow --scenario configs/live-prometheus.yaml --metrics-port 9100   # read Prometheus, expose own metrics
+  fleettwin live shadow --scenario configs/live.yaml                        # until Ctrl-C
+  fleettwin live shadow --scenario configs/live.yaml --duration 120 --drift-report results/drift --load replay.parquet
+  fleettwin live shadow --scenario configs/live.yaml --report-only --drift-report results/drift
+  fleettwin live shadow --scenario configs/live.yaml --act                  # needs a promoted policy (fleettwin policy promote)
+  fleettwin live shadow --scenario configs/live-prometheus.yaml --metrics-port 9100   # read Prometheus, expose own metrics
 
 Every interval the controller scrapes /health and /metrics of every backend (or, with a `source: {prometheus:
 URL, selector: '{job="vllm"}'}` section, asks Prometheus with PromQL; configs/live-prometheus.yaml), builds the

@@ -1,4 +1,4 @@
-"""``fleettwin simulate``: run a scenario and print (and write) its results."""
+"""``fleettwin sim run``: run a scenario and print (and write) its results."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import argparse
 from pathlib import Path
 
 EPILOG = """examples:
-  fleettwin simulate configs/quickstart.yaml --out results/quickstart --plot
-  fleettwin simulate configs/quickstart.yaml --set pools.0.replicas=4 --set workload.speedup=2
-  fleettwin simulate configs/quickstart.yaml --mode per_iteration   # one event per engine step (slow oracle)
-  fleettwin simulate configs/quickstart.yaml --set pools.chat.replicas=12 --set workload.rate_scale=2
-  fleettwin simulate configs/quickstart.yaml --set workload.loop_to_s=86400 --stream --out results/day
+  fleettwin sim run configs/quickstart.yaml --out results/quickstart --plot
+  fleettwin sim run configs/quickstart.yaml --set pools.0.replicas=4 --set workload.speedup=2
+  fleettwin sim run configs/quickstart.yaml --mode per_iteration   # one event per engine step (slow oracle)
+  fleettwin sim run configs/quickstart.yaml --set pools.chat.replicas=12 --set workload.rate_scale=2
+  fleettwin sim run configs/quickstart.yaml --set workload.loop_to_s=86400 --stream --out results/day
 
 what-if knobs (--set): any field by dotted path; pools and regions by name or index (pools.chat.replicas=12,
 regions.eu-west-1.traffic=2: twice the users there, the others unchanged); workload.rate_scale=R (R times the

@@ -1,4 +1,4 @@
-"""``fleettwin sweep``: simulate a scenario over a grid of parameter values and mark the Pareto frontier."""
+"""``fleettwin sim sweep``: simulate a scenario over a grid of parameter values and mark the Pareto frontier."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ EPILOG = """parameters (--param, repeatable; the grid is their cartesian product
   PATH=start:stop:n     n evenly spaced values from start to stop (integers stay integers): replicas=1:8:8
   PATH=a,b,c            a list, each value read as YAML: pools.0.gpu=h100-80g,a100-80g  purchase=on_demand,spot
   PATH=[[1,2],[3]]      one YAML list, for values that are themselves lists or contain commas
-PATH is a dotted path as `fleettwin simulate --set` takes it (pools.0.replicas, workload.speedup, slo.ttft_s,
+PATH is a dotted path as `fleettwin sim run --set` takes it (pools.0.replicas, workload.speedup, slo.ttft_s,
 controller.interval_s, seed, ...) or a shorthand:
   allocator.X -> controller.allocator.params.X    router.X -> pools.0.router.params.X
   engine.X    -> pools.0.engine.X                 pool.X   -> pools.0.X
@@ -17,11 +17,11 @@ Every point is validated before anything runs; a run that fails (e.g. a model th
 recorded in the `error` column and the sweep goes on.
 
 examples:
-  fleettwin sweep configs/autoscale.yaml --param allocator.target=16:64:4 --param allocator.min_replicas=1,2 \\
+  fleettwin sim sweep configs/autoscale.yaml --param allocator.target=16:64:4 --param allocator.min_replicas=1,2 \\
       --out results/sweep-autoscale
-  fleettwin sweep configs/quickstart.yaml --param pools.0.replicas=4:12:5 --param workload.speedup=10,20,30 \\
+  fleettwin sim sweep configs/quickstart.yaml --param pools.0.replicas=4:12:5 --param workload.speedup=10,20,30 \\
       --y e2e_p99_s --jobs 2 --out results/sweep-quickstart
-  fleettwin sweep configs/quickstart.yaml --param pool.replicas=6,8 --seeds 3 --executor ray --out results/s
+  fleettwin sim sweep configs/quickstart.yaml --param pool.replicas=6,8 --seeds 3 --executor ray --out results/s
 
 outputs: DIR/sweep.csv (one row per point: parameter values, TTFT/E2E percentiles, SLO attainment, goodput,
 cost, GPU-hours, error, pareto; with --seeds N the mean over seeds and a *_ci95 half-width per metric), written
@@ -43,7 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--param", dest="params", action="append", required=True, metavar="PATH=VALUES",
                    help="a swept parameter: PATH=start:stop:n or PATH=a,b,c (repeatable; see below)")  # fmt: skip
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="a fixed override for every point, as in `fleettwin simulate --set` (repeatable)")  # fmt: skip
+                   help="a fixed override for every point, as in `fleettwin sim run --set` (repeatable)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="directory for sweep.csv, pareto.png, sweep.json")
     p.add_argument("--seeds", type=int, default=1, metavar="N",
                    help="replications per point with seeds s, s+1, ..., s+N-1 (s: the scenario's seed); "

@@ -1,4 +1,4 @@
-"""``fleettwin validate``: simulate a policy on a validation suite against a baseline and record the verdict in
+"""``fleettwin policy validate``: simulate a policy on a validation suite against a baseline and record the verdict in
 the gate registry."""
 
 from __future__ import annotations
@@ -7,14 +7,14 @@ import argparse
 from pathlib import Path
 
 EPILOG = """examples:
-  fleettwin validate configs/allocators/reactive.yaml --suite configs/validation/
-  fleettwin validate configs/live.yaml --suite configs/validation/ --registry /tmp/gate.sqlite
+  fleettwin policy validate configs/allocators/reactive.yaml --suite configs/validation/
+  fleettwin policy validate configs/live.yaml --suite configs/validation/ --registry /tmp/gate.sqlite
 
 POLICY is an allocator file ({name, params}, as in configs/allocators/) or a scenario / live scenario whose
 controller.allocator is taken. Each suite scenario is simulated with the policy as its allocator and with the
 suite's baseline; the policy passes if, on every scenario, its SLO attainment and cost meet the suite's
 criteria. The verdict is recorded with the policy's config hash (SHA-256 of its canonical name + parameters);
-`fleettwin promote` needs a passing one. Exit status: 0 passed, 1 failed."""
+`fleettwin policy promote` needs a passing one. Exit status: 0 passed, 1 failed."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
