@@ -1,6 +1,6 @@
 """The gateway's cost: the same requests sent straight to an emulator and through the gateway, in one run.
 
-An emulator (``fleettwin emulate``, constant step time) and a gateway in front of it (``fleettwin gateway``,
+An emulator (``fleettwin live emulate``, constant step time) and a gateway in front of it (``fleettwin live gateway``,
 one tenant with quotas, every detector on) run as separate processes; this process is a closed-loop client
 with a fixed number of requests in flight. Blocks of requests alternate between the two paths so that both
 see the same machine load, and each path's client-side TTFT/E2E percentiles and throughput are reported side

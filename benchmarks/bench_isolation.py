@@ -1,5 +1,5 @@
 """One tenant's huge or hung requests against another tenant's latency, through the gateway (issue 16, defects 2
-and 3), with every party its own process: an emulator (``fleettwin emulate``, constant 1 ms steps), a gateway in
+and 3), with every party its own process: an emulator (``fleettwin live emulate``, constant 1 ms steps), a gateway in
 front of it (two tenants, every detector on), a sender of 50 MB bodies (with a Content-Length, then chunked, in
 a loop) and this process, a bystander tenant sending small non-streamed requests one after another.
 

@@ -2,7 +2,7 @@
 
 Each inference pool's target (GPUs of the pool's type) becomes a number of replicas (target // tp). The
 backends listed in the live scenario are not the actuator's: they count towards the pool and are never
-stopped. Above them the actuator starts ``fleettwin emulate`` processes with the pool's GPU, model, tensor
+stopped. Above them the actuator starts ``fleettwin live emulate`` processes with the pool's GPU, model, tensor
 parallelism, engine settings and performance model, each on a free port the child binds itself (``--port 0``,
 so no port can be taken between choosing and binding); the URL it prints (stdout and stderr go to
 ``<pool>-<n>.log``) is handed to the controller to scrape. A replica's life, in the snapshot's terms:
@@ -116,7 +116,7 @@ class ManagedReplica:
 
 
 class LocalProcessActuator:
-    """Starts and stops ``fleettwin emulate`` replicas of the scenario's pools. ``log_dir`` holds each
+    """Starts and stops ``fleettwin live emulate`` replicas of the scenario's pools. ``log_dir`` holds each
     replica's output (``<pool>-<n>.log``), the ledger (``replicas.json``) and ``targets.json``."""
 
     def __init__(self, cfg: LiveConfig, *, log_dir: str | Path, python: str = sys.executable,
@@ -155,7 +155,7 @@ class LocalProcessActuator:
         return frozenset(r.url for r in self.replicas if r.state in ("draining", "stopping") and r.url)
 
     def emulate_args(self, pool: LivePool) -> list[str]:
-        """The ``fleettwin emulate`` command line of one replica of ``pool``."""
+        """The ``fleettwin live emulate`` command line of one replica of ``pool``."""
         e = pool.engine
         args = ["-m", "fleettwin", "emulate", "--model", pool.model, "--gpu", pool.gpu, "--host", self.act.host,
                 "--port", "0", "--tp", str(self.tp[pool.name]), "--max-num-seqs", str(e.max_num_seqs),

@@ -1,4 +1,4 @@
-"""The live scenario file (``fleettwin shadow --scenario live.yaml``): which backends form which pool, and the
+"""The live scenario file (``fleettwin live shadow --scenario live.yaml``): which backends form which pool, and the
 control loop to run over them.
 
 The pool and controller sections are the simulator's (``models/config.py``): a pool names its GPU, model,
@@ -144,7 +144,7 @@ class BackoffConfig(StrictModel):
 
 
 class ActuatorConfig(StrictModel):
-    """How ``shadow --act`` carries decisions out. ``local_process`` starts ``fleettwin emulate`` replicas on
+    """How ``shadow --act`` carries decisions out. ``local_process`` starts ``fleettwin live emulate`` replicas on
     loopback with each pool's GPU, model, engine and performance model."""
 
     type: Literal["local_process"] = "local_process"

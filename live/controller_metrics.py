@@ -1,4 +1,4 @@
-"""The shadow controller's own Prometheus metrics (``fleettwin shadow --metrics-port``), so the dashboards and
+"""The shadow controller's own Prometheus metrics (``fleettwin live shadow --metrics-port``), so the dashboards and
 alerts of ``ops/`` can watch the twin beside the fleet: is it deciding, how long an interval takes, what it
 sees of each pool and what it asks for, and what the actuator did.
 

@@ -4,7 +4,7 @@ For the observed window the simulator (``sim.runner.simulate``) replays, per poo
 pool's backends with the pool's engine limits and performance model and as many replicas as served it. Two
 sources for that load:
 
-- the load generator's own rows (``fleettwin loadgen --out``): every request a backend received (completed,
+- the load generator's own rows (``fleettwin live loadgen --out``): every request a backend received (completed,
   rejected or timed out — not those that never connected), at the time it was sent, with its exact lengths;
 - without them, the decision log: each interval's arrivals (counted from ``/metrics``, ``live/observe.py``),
   spread evenly over the interval, at the pool's mean prompt and output lengths — an approximation that keeps
@@ -128,7 +128,7 @@ def load_from_log(records: Sequence[dict], cfg: LiveConfig) -> dict[str, list[Re
 
 PoolSimulator = Callable[[ResolvedPool, list[Request]], pd.DataFrame]
 """Simulates ``requests`` on a resolved pool and returns the per-request frame (``status``, ``arrival_s``,
-``finish_s``, ``ttft_s``, ``e2e_s``). Given by the caller (``fleettwin shadow --drift-report`` passes the
+``finish_s``, ``ttft_s``, ``e2e_s``). Given by the caller (``fleettwin live shadow --drift-report`` passes the
 simulator's): the live layer does not import the simulator."""
 
 

@@ -3,9 +3,9 @@
 A policy is identified by its *config hash*: the SHA-256 of the canonical JSON (sorted keys, no spaces) of
 ``{"allocator": name, "params": params}``, with the parameters validated by the allocator's own model and its
 defaults filled in — so ``{target: 32}`` and ``{}`` hash alike when 32 is the default, and any change that
-alters behaviour changes the hash. ``fleettwin validate`` records a validation (suite, baseline, metrics per
-scenario, pass/fail); ``fleettwin promote`` records a promotion only if the policy's latest validation passed;
-``fleettwin shadow --act`` acts only for a promoted hash whose latest validation still passes.
+alters behaviour changes the hash. ``fleettwin policy validate`` records a validation (suite, baseline, metrics per
+scenario, pass/fail); ``fleettwin policy promote`` records a promotion only if the policy's latest validation passed;
+``fleettwin live shadow --act`` acts only for a promoted hash whose latest validation still passes.
 """
 
 from __future__ import annotations
@@ -170,14 +170,14 @@ class GateRegistry:
         p = self.promotion(config_hash)
         if p is None:
             raise GateError(f"policy {policy} ({config_hash[:12]}) passed validation but was never promoted; "
-                            f"run `fleettwin promote` for it (registry {self.path})")  # fmt: skip
+                            f"run `fleettwin policy promote` for it (registry {self.path})")  # fmt: skip
         return p
 
     def _passing(self, config_hash: str, policy: str, action: str) -> Validation:
         v = self.latest_validation(config_hash)
         if v is None:
             raise GateError(f"refusing to {action}: policy {policy} with config hash {config_hash[:12]} has no "
-                            f"validation in {self.path}; run `fleettwin validate` first")  # fmt: skip
+                            f"validation in {self.path}; run `fleettwin policy validate` first")  # fmt: skip
         if not v.passed:
             raise GateError(f"refusing to {action}: the latest validation of policy {policy} ({config_hash[:12]}, "
                             f"#{v.id}, suite {v.suite}) failed: {'; '.join(v.reasons)}")  # fmt: skip

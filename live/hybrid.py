@@ -10,7 +10,7 @@
   over the top ``candidates`` of each list.
 
 The corpus is a folder of text/Markdown files split into paragraphs (``load_corpus``; the default corpus of
-``fleettwin loadgen --workflows`` is this repository's ``docs/``). Queries come from the corpus itself
+``fleettwin live loadgen --workflows`` is this repository's ``docs/``). Queries come from the corpus itself
 (``sample_query``: a window of words of a random paragraph), so every query has a known source paragraph.
 """
 

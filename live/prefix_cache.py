@@ -1,4 +1,4 @@
-"""The emulator's automatic prefix caching (``fleettwin emulate --enable-prefix-caching``), and vLLM's
+"""The emulator's automatic prefix caching (``fleettwin live emulate --enable-prefix-caching``), and vLLM's
 counters for it.
 
 A prompt's tokens (the ids it was given, or the synthetic ids of its text: ``live/synthetic.py``) are cut into

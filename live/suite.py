@@ -1,5 +1,5 @@
 """Validation suites for the promotion gate: run a policy in simulation on a set of scenarios against a
-baseline and judge it by the suite's criteria (``fleettwin validate``).
+baseline and judge it by the suite's criteria (``fleettwin policy validate``).
 
 A suite is a YAML file (or a directory holding ``suite.yaml``)::
 
@@ -123,7 +123,7 @@ def scenario_metrics(summary: dict) -> dict[str, Any]:
 
 
 ScenarioSimulator = Callable[[ScenarioConfig], dict]
-"""Runs one scenario and returns its summary. Given by the caller (``fleettwin validate`` passes the simulator's
+"""Runs one scenario and returns its summary. Given by the caller (``fleettwin policy validate`` passes the simulator's
 ``run_scenario``): the live layer does not import the simulator."""
 
 

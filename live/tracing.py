@@ -1,8 +1,8 @@
 """OpenTelemetry traces of the live path: a workflow and its nodes, retrieval, the gateway (request, policy
 checks, routing, backend call) and the emulator's request handling. Off by default.
 
-    FLEETTWIN_TRACING=console fleettwin gateway --config configs/gateway.yaml --port 9000    # spans on stdout
-    FLEETTWIN_TRACING=otlp OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4318 fleettwin emulate ...
+    FLEETTWIN_TRACING=console fleettwin live gateway --config configs/gateway.yaml --port 9000    # spans on stdout
+    FLEETTWIN_TRACING=otlp OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4318 fleettwin live emulate ...
 
 ``FLEETTWIN_TRACING`` picks the exporter: ``none`` (default), ``console`` (one JSON span per line, to stdout or
 to ``FLEETTWIN_TRACING_FILE``), ``otlp`` (needs ``opentelemetry-exporter-otlp-proto-http``, or ``-grpc``; the

@@ -1,4 +1,4 @@
-"""The searches behind ``fleettwin plan``, apart from any simulator: the least replica count that meets a set
+"""The searches behind ``fleettwin sim plan``, apart from any simulator: the least replica count that meets a set
 of targets, and the highest rate a fixed deployment serves within them.
 
 Both assume monotonicity, which the simulator gives by construction: at a fixed rate, more replicas never

@@ -3,7 +3,7 @@
 A table row says: an index of ``index_type`` on ``hardware`` holding ``n_vectors`` vectors of ``dim`` dimensions,
 searched with ``search_param`` (nprobe for IVF, efSearch for HNSW, itopk_size for CAGRA, 0 for flat) ``batch``
 queries per call, answers in ``latency_ms_p50`` / ``latency_ms_p95`` with ``recall_at_10`` (mean |approx top-10 ∩
-exact top-10| / 10). The live twin's ``fleettwin calibrate-retrieval`` writes measured tables in this format
+exact top-10| / 10). The live twin's ``fleettwin data calibrate-retrieval`` writes measured tables in this format
 (``data/retrieval/*measured*.csv``); ``data/retrieval/estimates.csv`` holds documented estimates. For one
 (index_type, hardware) the rows of the first table that has any are used: measured before estimates.
 

@@ -1,5 +1,5 @@
 """Before a run starts: roughly how long it will take and how much memory it will need, so that a scenario
-that would run for hours or exhaust the machine says so first (``fleettwin simulate`` prints the warning).
+that would run for hours or exhaust the machine says so first (``fleettwin sim run`` prints the warning).
 
 The costs are measured, not guessed (2-core development machine, compiled hot path; see docs/performance.md):
 ``benchmarks/bench_memory.py`` gives the memory per request held in memory and streamed; the cost of a replica

@@ -1,7 +1,7 @@
 """Compile the simulator's hot modules with mypyc into this interpreter's site-packages (see fleettwin/native.py).
 
-    fleettwin native                        # or, in a clone: make install / .venv/bin/python tools/build_native.py
-    fleettwin native --remove               # back to pure Python
+    fleettwin sim native                        # or, in a clone: make install / .venv/bin/python tools/build_native.py
+    fleettwin sim native --remove               # back to pure Python
     FLEETTWIN_PURE_PYTHON=1 fleettwin ...   # ignore the compiled copies for one run
 
 Each module is copied under a top-level name, stamped with the SHA-256 of its source and compiled in a
@@ -123,7 +123,7 @@ _NOTED = False
 
 def pure_python_note() -> str | None:
     """Once per process, when the simulator runs pure Python though nobody asked for it: what it costs and how
-    to compile (an installed wheel has no compiled copies; ``fleettwin native`` builds them)."""
+    to compile (an installed wheel has no compiled copies; ``fleettwin sim native`` builds them)."""
     global _NOTED
     if _NOTED or os.environ.get("FLEETTWIN_PURE_PYTHON", "") not in ("", "0"):
         return None
@@ -133,7 +133,7 @@ def pure_python_note() -> str | None:
     if any(native_status().values()):
         return None
     return ("note: the simulator runs pure Python (about 1.4x slower than compiled); to compile its hot path: "
-            "pip install mypy && fleettwin native   (FLEETTWIN_PURE_PYTHON=1 silences this)")
+            "pip install mypy && fleettwin sim native   (FLEETTWIN_PURE_PYTHON=1 silences this)")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The headline table of a run (``fleettwin simulate``): one column per pool (and the total), metrics as rows,
+"""The headline table of a run (``fleettwin sim run``): one column per pool (and the total), metrics as rows,
 each percentile target met or missed; split into several tables of fewer columns where one would not fit the
 terminal, so no cell is ever cut to "…" (80 columns is the width it is checked at)."""
 

@@ -4,7 +4,7 @@ into one table with the Pareto frontier of two of its columns marked.
 A parameter is ``PATH=start:stop:n`` (n evenly spaced values, like ``numpy.linspace``) or ``PATH=a,b,c`` (a
 list; each value read as YAML, so ``8``, ``0.5``, ``spot``, ``null`` and ``true`` mean what they would in the
 scenario file; ``PATH=[...]`` is one YAML flow list of values, for values that are themselves lists). ``PATH`` is
-a dotted path as ``fleettwin simulate --set`` takes it, or one of the ``SHORTHANDS``.
+a dotted path as ``fleettwin sim run --set`` takes it, or one of the ``SHORTHANDS``.
 
 Results do not depend on the executor or on the order runs finish: every run of a point uses a seed fixed in
 advance (the point's scenario seed, plus ``r`` for replicate ``r``: the same seeds at every point, so points are
@@ -32,7 +32,7 @@ from fleettwin.models.errors import ConfigError
 from fleettwin.sim.executors import Executor
 from fleettwin.sim.pareto import frontier
 
-# prefix -> full dotted path prefix; documented in ``fleettwin sweep --help`` and docs/sweep.md
+# prefix -> full dotted path prefix; documented in ``fleettwin sim sweep --help`` and docs/sweep.md
 SHORTHANDS = {
     "allocator.": "controller.allocator.params.",
     "router.": "pools.0.router.params.",

@@ -1,5 +1,6 @@
 """The import rules between the layers (docs/architecture.md, "Engine and control"): ``fleettwin.models`` is pure
-(no ``fleettwin.sim``, no ``fleettwin.live``, no SimPy) and ``fleettwin.live`` never imports ``fleettwin.sim``.
+(no ``fleettwin.sim``, no ``fleettwin.live``, no SimPy), the two worlds never import each other, and no layer
+imports what sits on top of it (the experiments, the command layer).
 
 Every module of models/, sim/ and live/ is parsed (not imported) and every import is read, the lazy ones inside
 functions and ``TYPE_CHECKING`` blocks included, relative imports resolved against the module's package.
@@ -14,9 +15,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {"models": "fleettwin.models", "sim": "fleettwin.sim", "live": "fleettwin.live"}
-FORBIDDEN = {
-    "fleettwin.models": ("fleettwin.sim", "fleettwin.live", "simpy"),
-    "fleettwin.live": ("fleettwin.sim",),
+FORBIDDEN = {  # the experiments and the command layer sit on top: no layer below imports them
+    "fleettwin.models": ("fleettwin.sim", "fleettwin.live", "simpy", "fleettwin.experiments", "fleettwin.commands"),
+    "fleettwin.sim": ("fleettwin.live", "fleettwin.experiments", "fleettwin.commands"),
+    "fleettwin.live": ("fleettwin.sim", "fleettwin.experiments", "fleettwin.commands"),
 }
 
 
@@ -86,9 +88,13 @@ def test_every_layer_module_keeps_the_import_rules():
          ["fleettwin.live.gateway.x imports fleettwin.sim", "fleettwin.live.gateway.x imports fleettwin.sim.runner"]),
         ("fleettwin.live.x", "class A:\n    def m(self):\n        import fleettwin.sim.io as io\n",
          ["fleettwin.live.x imports fleettwin.sim.io"]),
+        ("fleettwin.sim.x", "import simpy\nfrom fleettwin.live import emulator\n",
+         ["fleettwin.sim.x imports fleettwin.live", "fleettwin.sim.x imports fleettwin.live.emulator"]),
+        ("fleettwin.sim.x", "from fleettwin.experiments import failures\n",
+         ["fleettwin.sim.x imports fleettwin.experiments", "fleettwin.sim.x imports fleettwin.experiments.failures"]),
         # allowed
         ("fleettwin.live.x", "from fleettwin.models.engine.queue import EngineLimits\nfrom fleettwin import io\n", []),
-        ("fleettwin.sim.x", "import simpy\nfrom fleettwin.live import emulator\n", []),
+        ("fleettwin.sim.x", "import simpy\nfrom fleettwin.models.catalog import Catalog\n", []),
         ("fleettwin.models.x", "from fleettwin.native import adopt\nimport simpyish\n", []),
     ],
 )

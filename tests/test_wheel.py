@@ -1,5 +1,5 @@
 """The wheel works anywhere: built with ``python -m build``, installed into a fresh venv outside the clone, it
-runs ``fleettwin experiment failures --quick`` from another directory with no FLEETTWIN_* variable set (the
+runs ``fleettwin sim experiment failures --quick`` from another directory with no FLEETTWIN_* variable set (the
 scenarios and traces are package data).
 
 The fresh venv gets fleettwin only from the wheel (``pip install --no-deps``); its dependencies (numpy, pandas,
@@ -73,5 +73,5 @@ def test_the_wheel_runs_an_experiment_from_anywhere(tmp_path):
                           "out"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     assert (elsewhere / "out" / "results.csv").is_file() and (elsewhere / "out" / "report.md").is_file()
-    assert "runs pure Python" in run.stderr and "fleettwin native" in run.stderr  # said once: no compiled copies
+    assert "runs pure Python" in run.stderr and "fleettwin sim native" in run.stderr  # said once: no compiled copies
     assert run.stderr.count("runs pure Python") == 1

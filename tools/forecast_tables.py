@@ -1,4 +1,4 @@
-"""Markdown tables of ``fleettwin backtest`` results for docs/forecasting.md: with ``--headline`` one row per
+"""Markdown tables of ``fleettwin policy backtest`` results for docs/forecasting.md: with ``--headline`` one row per
 series and horizon (the best model that is not a baseline against both baselines), else one table per file.
 
     .venv/bin/python tools/forecast_tables.py --headline results/forecast/*/backtest.csv

@@ -160,7 +160,7 @@ pki = tmp / "pki"
 make_certs(pki, ["gateway", "emulator", "controller", "retrieval"], days=2)
 ca = str(pki / "ca.pem")
 with serve_in_thread(SPEC, ssl_certfile=str(pki / "emulator.pem"), ssl_keyfile=str(pki / "emulator.key"), ssl_ca_certs=ca) as emu:
-    # the CLI sets the accepted names; here the same as `fleettwin emulate --tls-ca` does by default when available
+    # the CLI sets the accepted names; here the same as `fleettwin live emulate --tls-ca` does by default when available
     try:
         import dataclasses
 

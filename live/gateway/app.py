@@ -85,7 +85,7 @@ def create_gateway_app(cfg: GatewayConfig, *, gatekeeper: Gatekeeper | None = No
             audit.close()
             tracing.shutdown()
 
-    app = FastAPI(title="fleettwin gateway", version=__version__, lifespan=lifespan, redoc_url=None,
+    app = FastAPI(title="fleettwin live gateway", version=__version__, lifespan=lifespan, redoc_url=None,
                   description="Policy-aware OpenAI-compatible gateway (docs/gateway.md).")  # fmt: skip
     app.state.gateway = state
     app.state.gatekeeper = gate

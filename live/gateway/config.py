@@ -21,7 +21,7 @@
 
 A tenant authenticates only the ways its ``auth`` allows (default: ``api_key`` when it has keys, else ``jwt``).
 A backend's ``tls_name`` (and ``retrieval.tls_name``) is the identity its server certificate must carry (a SAN),
-checked instead of the URL's host: with certificates from ``fleettwin certs`` that is the component name
+checked instead of the URL's host: with certificates from ``fleettwin data certs`` that is the component name
 (``emulator``), so an mTLS link cannot be answered by another component's server.
 
 Relative paths are resolved against the file's folder. A bad file is one ``ConfigError`` per problem naming the
@@ -106,7 +106,7 @@ class Tenant(_Frozen):
         for k in keys:
             if not _HASH.match(k):
                 shown = k if k.startswith("sha256:") else k[:3] + "..."  # do not echo a plain key
-                raise ValueError(f"an API key must be stored as 'sha256:<64 hex digits>' (fleettwin gateway "
+                raise ValueError(f"an API key must be stored as 'sha256:<64 hex digits>' (fleettwin live gateway "
                                  f"--new-key makes one), got {shown!r}")  # fmt: skip
         return keys
 

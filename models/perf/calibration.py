@@ -3,7 +3,7 @@
 Held-out rows are a deterministic split: of a table's distinct token counts (message sizes for all-reduce), in
 increasing order, every ``every``-th one from the second on is removed from the knots, interpolated from the rest,
 and compared with its measurement. The first and last rows always stay knots (nothing is extrapolated).
-Pure numpy; ``fleettwin calibrate`` writes the files and the plot.
+Pure numpy; ``fleettwin data calibrate`` writes the files and the plot.
 """
 
 from __future__ import annotations

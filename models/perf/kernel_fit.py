@@ -5,7 +5,7 @@ CUDA-graph replays on one GPU; ``sim/calibration`` reads the files): latencies i
 law is fitted by least squares on log(predicted / measured), so every row counts by its relative error whatever
 its size, over the shapes an LLM serving engine meets (rows outside are dropped, see ``DOMAIN``).
 
-Pure functions of DataFrames; ``fleettwin calibrate kernels`` and ``tools/build_profiles.py`` read the files.
+Pure functions of DataFrames; ``fleettwin data calibrate kernels`` and ``tools/build_profiles.py`` read the files.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ A profile has three parts:
   simulated TTFT and E2E are what a client measures.
 
 ``engine_costs`` and ``frontend`` are fitted on end-to-end measured runs with the simulator in the loop
-(``fleettwin calibrate fit``); ``fit`` records how, on which runs, and how well (leave-one-run-out errors).
-Built-in profiles live in ``models/data/profiles/`` (``fleettwin calibrate show NAME`` prints one); a scenario
+(``fleettwin data calibrate fit``); ``fit`` records how, on which runs, and how well (leave-one-run-out errors).
+Built-in profiles live in ``models/data/profiles/`` (``fleettwin data calibrate show NAME`` prints one); a scenario
 names one as ``perf_model: {name: calibrated, params: {profile: h100-vllm-v1}}`` or gives a path.
 """
 

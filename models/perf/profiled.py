@@ -40,7 +40,7 @@ from fleettwin.models.perf.tables import (
 )
 
 # The roofline fitted on every shipped (GPU, model, TP) table row by fit_roofline_efficiencies(): per layer,
-# ``layer_fixed_s + max(compute / flops_efficiency, memory / bandwidth_efficiency)``. `fleettwin calibrate` refits
+# ``layer_fixed_s + max(compute / flops_efficiency, memory / bandwidth_efficiency)``. `fleettwin data calibrate` refits
 # and prints them; a test checks these constants against the refit.
 FITTED_FLOPS_EFFICIENCY = 0.64
 FITTED_BANDWIDTH_EFFICIENCY = 0.95

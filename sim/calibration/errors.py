@@ -1,5 +1,5 @@
 """Prediction errors of simulated against measured runs: per run and metric, and summaries (median |error|),
-as the fit, ``fleettwin calibrate report`` and docs/validation.md print them."""
+as the fit, ``fleettwin data calibrate report`` and docs/validation.md print them."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The validation report: every measured run simulated with each performance model, side by side with the
-measurement (``fleettwin calibrate report``, ``make validate``, docs/validation.md).
+measurement (``fleettwin data calibrate report``, ``make validate``, docs/validation.md).
 
 For the calibrated model the errors that count are leave-one-run-out (the run's own data excluded from the
 fit of the coefficients that predict it) and leave-one-deployment-out (every run of its (GPU, model, TP, dtype)

@@ -1,4 +1,4 @@
-"""The deployments ``fleettwin plan`` compares: GPU type x tensor parallelism x precision, each checked to fit
+"""The deployments ``fleettwin sim plan`` compares: GPU type x tensor parallelism x precision, each checked to fit
 before anything is simulated, with a closed-form capacity to start the replica search from."""
 
 from __future__ import annotations

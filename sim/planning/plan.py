@@ -1,4 +1,4 @@
-"""``fleettwin plan``: the cheapest deployment that meets percentile targets at each rate, or the highest rate
+"""``fleettwin sim plan``: the cheapest deployment that meets percentile targets at each rate, or the highest rate
 each deployment serves within a budget.
 
 The scenario gives the workload, the model, the engine settings, the performance model and the seed; the plan

@@ -54,9 +54,9 @@ def write_scenario(result: PlanResult, choice: Choice, path: Path) -> Path:
     data["name"] = f"{cfg.name}-plan"
     data["description"] = (f"fleettwin plan: {choice.replicas} x {choice.candidate.label} at {choice.rate:g} "
                            f"requests/s ({', '.join(result.meta['target_labels'])})")  # fmt: skip
-    parse_scenario(data, source=str(path), base_dir=path.parent)  # what `fleettwin simulate` will check
-    header = (f"# Written by fleettwin plan from {scenario} (every simulation: plan.csv beside this file).\n"
-              f"# Run it: fleettwin simulate {path.name}\n")  # fmt: skip
+    parse_scenario(data, source=str(path), base_dir=path.parent)  # what `fleettwin sim run` will check
+    header = (f"# Written by fleettwin sim plan from {scenario} (every simulation: plan.csv beside this file).\n"
+              f"# Run it: fleettwin sim run {path.name}\n")  # fmt: skip
     return write_text(path, header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
@@ -124,7 +124,7 @@ def plan_markdown(result: PlanResult) -> str:
     lines += [f"{len(t)} simulations ({stopped} stopped early once a target was lost) on "
               f"{m['executor']['name']} with {m['executor'].get('jobs', '?')} workers in "
               f"{result.wall_time_s:.1f} s. Every simulation is a row of plan.csv; the recommended deployment is "
-              "recommended.yaml (`fleettwin simulate recommended.yaml`).", ""]  # fmt: skip
+              "recommended.yaml (`fleettwin sim run recommended.yaml`).", ""]  # fmt: skip
     return "\n".join(lines)
 
 

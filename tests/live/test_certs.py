@@ -1,4 +1,4 @@
-"""``fleettwin certs`` and mutual TLS: the certificates it writes (modes, SANs, key usages, CA reuse) and the
+"""``fleettwin data certs`` and mutual TLS: the certificates it writes (modes, SANs, key usages, CA reuse) and the
 links that require them — an emulator and the gateway refuse a client without a certificate, with one from
 another CA, or with a server certificate, and accept the right client certificate; the gateway reaches an
 mTLS backend with its own client certificate, and reports why when it cannot; every link checks the identity

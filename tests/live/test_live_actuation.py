@@ -1,4 +1,4 @@
-"""Crash-safe actuation with real ``fleettwin emulate`` replicas on loopback: a SIGKILLed acting controller
+"""Crash-safe actuation with real ``fleettwin live emulate`` replicas on loopback: a SIGKILLed acting controller
 leaves its replicas running; the restarted one adopts them (never more than the pool's maximum), stops the
 strays and starts nothing; a replica that dies is counted as wanted-but-missing and replaced; stop events at
 shutdown reach the decision log. And the snapshot counts a dead backend as wanted, so the HPA keeps the pool."""
@@ -52,7 +52,7 @@ def live_yaml(tmp_path: Path, policy: dict, max_replicas: int, interval_s: float
 
 
 def promote(registry: Path, *policies: dict) -> None:
-    """What ``fleettwin validate`` + ``promote`` record, written directly (the gate is tested elsewhere)."""
+    """What ``fleettwin policy validate`` + ``promote`` record, written directly (the gate is tested elsewhere)."""
     with GateRegistry(registry) as reg:
         for p in policies:
             h = policy_hash(p["name"], p["params"])

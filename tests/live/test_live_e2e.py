@@ -42,7 +42,7 @@ STEP_S = 0.01  # the emulators' (and the drift simulation's) constant step time
 
 @contextlib.contextmanager
 def emulators(n: int, step_s: float, timeout_s: float = 60.0) -> Iterator[tuple[list[subprocess.Popen], list[str]]]:
-    """``n`` ``fleettwin emulate`` processes on free loopback ports (they bind port 0 and print the URL)."""
+    """``n`` ``fleettwin live emulate`` processes on free loopback ports (they bind port 0 and print the URL)."""
     cmd = [sys.executable, "-m", "fleettwin", "emulate", "--model", "llama-3-8b", "--gpu", "h100-80g", "--port", "0",
            "--perf-model", "constant", "--perf-param", f"step_s={step_s}"]  # fmt: skip
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(n)]

@@ -1,4 +1,4 @@
-"""The retrieval side of the live twin: embedders, the FAISS vector store and `fleettwin calibrate-retrieval`."""
+"""The retrieval side of the live twin: embedders, the FAISS vector store and `fleettwin data calibrate-retrieval`."""
 
 from __future__ import annotations
 
@@ -222,7 +222,7 @@ def test_calibrate_retrieval_writes_the_contract_csv(tmp_path, capsys):
     assert df["hardware"].str.fullmatch(r"cpu-\d+core").all()
     assert df.loc[df.index_type == "flat", "recall_at_10"].item() == 1.0
     assert (df["latency_ms_p95"] >= df["latency_ms_p50"]).all() and (df["latency_ms_p50"] > 0).all()
-    assert df["source"].str.startswith("fleettwin calibrate-retrieval --sizes 1500 --dim 16").all()
+    assert df["source"].str.startswith("fleettwin data calibrate-retrieval --sizes 1500 --dim 16").all()
     ivf = df[df.index_type == "ivf_flat"].sort_values("search_param")["recall_at_10"].tolist()
     assert ivf[0] <= ivf[1]
     assert "recall@10" in capsys.readouterr().out

@@ -20,7 +20,7 @@ from fleettwin.sim.runner import run_scenario
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def simulate_summary(cfg):  # what `fleettwin validate` injects: the simulator's summary of a scenario
+def simulate_summary(cfg):  # what `fleettwin policy validate` injects: the simulator's summary of a scenario
     return run_scenario(cfg).summary
 
 # -- hashing ---------------------------------------------------------------------------------------------------
@@ -190,7 +190,7 @@ def test_shadow_act_refuses_an_unvalidated_policy(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_the_example_live_policy_passes_the_shipped_suite(tmp_path):
-    """`fleettwin validate configs/live.yaml --suite configs/validation/` (about 10 s)."""
+    """`fleettwin policy validate configs/live.yaml --suite configs/validation/` (about 10 s)."""
     assert main(["validate", str(ROOT / "configs" / "live.yaml"), "--suite", str(ROOT / "configs" / "validation"),
                  "--registry", str(tmp_path / "reg.sqlite"), "--quiet"]) == 0  # fmt: skip
     assert main(["validate", str(ROOT / "configs" / "allocators" / "reactive.yaml"), "--suite",

@@ -1,6 +1,6 @@
 """The live workflow executor against emulators on loopback: dependencies respected (a node starts only after
 its parents ended), exact token counts reach the server, the simulator's columns and instances, failures and the
-drain deadline, the trace of a workflow, `fleettwin loadgen --workflows`; the hybrid retriever's rankings."""
+drain deadline, the trace of a workflow, `fleettwin live loadgen --workflows`; the hybrid retriever's rankings."""
 
 from __future__ import annotations
 

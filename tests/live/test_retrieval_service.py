@@ -1,4 +1,4 @@
-"""The retrieval service (``live/retrieval_service.py``, ``fleettwin serve-retrieval``): collections saved and
+"""The retrieval service (``live/retrieval_service.py``, ``fleettwin live retrieval``): collections saved and
 loaded with their embedder and passages, text and vector queries against a real FAISS index, the search knob,
 every bad request a 400/404 naming what is wrong, the bearer token, and the per-collection Prometheus metrics.
 Hashing embedder and tiny indexes, so the whole file runs in a few seconds."""

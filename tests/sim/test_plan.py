@@ -1,4 +1,4 @@
-"""``fleettwin plan``: the searches, the early stop, the command's answer and its recommended.yaml."""
+"""``fleettwin sim plan``: the searches, the early stop, the command's answer and its recommended.yaml."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`fleettwin simulate` prints one extra table per feature a scenario uses, and none for a plain scenario."""
+"""`fleettwin sim run` prints one extra table per feature a scenario uses, and none for a plain scenario."""
 
 from rich.console import Console
 

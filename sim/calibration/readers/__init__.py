@@ -8,7 +8,7 @@ the field (or line) and the reason; it never guesses a missing field silently.
 | format | what | load it implies |
 |---|---|---|
 | fleettwin | a run folder (run.yaml + optional requests.csv.gz), the shipped public runs | as written |
-| loadgen | ``fleettwin loadgen`` Parquet | open loop at the recorded send times |
+| loadgen | ``fleettwin live loadgen`` Parquet | open loop at the recorded send times |
 | lmbench | LMBenchmark/llm-d-benchmark per-request CSV | open loop at the recorded launch times |
 | silicon | aiconfigurator ``silicon_sample.csv`` rows | closed loop at the row's concurrency |
 | vllm-bench | ``vllm bench serve`` / ``benchmark_serving.py`` result JSON | rate / concurrency of the run |

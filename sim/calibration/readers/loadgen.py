@@ -1,4 +1,4 @@
-"""``fleettwin loadgen`` results (Parquet, ``live/loadgen.py`` COLUMNS): client-side TTFT and E2E per request at
+"""``fleettwin live loadgen`` results (Parquet, ``live/loadgen.py`` COLUMNS): client-side TTFT and E2E per request at
 the replay's send times. Failed requests are dropped (and counted in a note)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from fleettwin.models.errors import ConfigError
 from fleettwin.sim.calibration.runs import Load, MeasuredRun, ServerSettings
 
 FORMAT = "loadgen"
-DESCRIPTION = "fleettwin loadgen Parquet (client-side TTFT/TPOT/E2E per request)"
+DESCRIPTION = "fleettwin live loadgen Parquet (client-side TTFT/TPOT/E2E per request)"
 NEEDS_SETTINGS = True
 NEEDED = ("arrival_s", "prompt_tokens", "output_tokens", "ttft_s", "e2e_s", "status")
 
@@ -35,7 +35,7 @@ def read(path: Path, settings: ServerSettings) -> list[MeasuredRun]:
         raise ConfigError(f"{path}: cannot read loadgen Parquet: {exc}") from None
     missing = [c for c in NEEDED if c not in raw]
     if missing:
-        raise ConfigError(f"{path}: column {missing[0]} is missing (not a fleettwin loadgen file?)")
+        raise ConfigError(f"{path}: column {missing[0]} is missing (not a fleettwin live loadgen file?)")
     ok = raw["status"] == "completed"
     df = raw.loc[ok, ["arrival_s", "prompt_tokens", "output_tokens", "ttft_s", "e2e_s"]].copy()
     if "completion_tokens" in raw:  # what the server actually produced

@@ -1,7 +1,7 @@
 """fleettwin's own run format: a YAML file listing runs (settings, load, reported aggregates, notes), each with
 either a per-request file beside it (``requests_file``: CSV, optionally gzipped, columns prompt_tokens,
 output_tokens and any of arrival_s, ttft_s, e2e_s) or the fixed lengths it used (``lengths``). The public runs
-shipped in ``models/data/runs`` are in this format; ``fleettwin calibrate convert`` writes it from any reader.
+shipped in ``models/data/runs`` are in this format; ``fleettwin data calibrate convert`` writes it from any reader.
 
     source: aiconfigurator silicon_sample.csv (NVIDIA, Apache-2.0)
     runs:
