@@ -246,7 +246,7 @@ def faiss_threads(n: int) -> None:
 # --- command ----------------------------------------------------------------------------------------------------
 def command_line(args: argparse.Namespace, sizes: list[int], index_types: list[str]) -> str:
     """The command that reproduces these rows (everything that changes a number; not --out)."""
-    parts = ["fleettwin", "calibrate-retrieval", "--sizes", ",".join(map(str, sizes)), "--dim", str(args.dim),
+    parts = ["fleettwin", "data", "calibrate-retrieval", "--sizes", ",".join(map(str, sizes)), "--dim", str(args.dim),
              "--index-types", ",".join(index_types), "--nprobe", args.nprobe, "--ef-search", args.ef_search,
              "--batch", args.batch, "--queries", str(args.queries), "--warmup", str(args.warmup),
              "--seed", str(args.seed), "--threads", str(args.threads), "--clock", args.clock]  # fmt: skip
