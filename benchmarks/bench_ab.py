@@ -48,8 +48,9 @@ def make_shim(tree: Path, shim: Path) -> None:
         (pkg / name).symlink_to(tree / folder)
 
 
-def _run(pythonpath: str | None, args: list[str], prefix: tuple[str, ...] = (),
-         pure: bool = False) -> subprocess.CompletedProcess:  # fmt: skip
+def _run(
+    pythonpath: str | None, args: list[str], prefix: tuple[str, ...] = (), pure: bool = False
+) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONHASHSEED="0")
     if pure:
         env["FLEETTWIN_PURE_PYTHON"] = "1"
@@ -61,8 +62,13 @@ def _run(pythonpath: str | None, args: list[str], prefix: tuple[str, ...] = (),
     return subprocess.run(cmd, env=env, cwd=tempfile.gettempdir(), capture_output=True, text=True, check=True)
 
 
-def run_side(pythonpath: str | None, replicas: list[int], requests: int | None, pure: bool = False,
-             perf_model: str | None = None) -> dict[int, dict]:  # fmt: skip
+def run_side(
+    pythonpath: str | None,
+    replicas: list[int],
+    requests: int | None,
+    pure: bool = False,
+    perf_model: str | None = None,
+) -> dict[int, dict]:
     extra = ["--requests", str(requests)] if requests else []
     extra += ["--perf-model", perf_model] if perf_model else []
     out = _run(pythonpath, ["--replicas", *map(str, replicas), *extra], pure=pure)
@@ -87,17 +93,35 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="A/B pairs")
     ap.add_argument("--replicas", type=int, nargs="+", default=[1, 8, 64])
     ap.add_argument("--requests", type=int, default=None)
-    ap.add_argument("--instructions", action="store_true", help="count instructions under valgrind (one run each)")
-    ap.add_argument("--pure-b", action="store_true", help="run side B in pure Python (FLEETTWIN_PURE_PYTHON=1)")
-    ap.add_argument("--a-perf-model", help="performance model of side A (default: that tree's scenario default)")
+    ap.add_argument(
+        "--instructions", action="store_true", help="count instructions under valgrind (one run each)"
+    )
+    ap.add_argument(
+        "--pure-b", action="store_true", help="run side B in pure Python (FLEETTWIN_PURE_PYTHON=1)"
+    )
+    ap.add_argument(
+        "--a-perf-model", help="performance model of side A (default: that tree's scenario default)"
+    )
     ap.add_argument("--b-perf-model", help="performance model of side B")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="ft-ab-") as tmp:
         trees = {side: Path(tmp) / side for side, rev in (("a", args.a), ("b", args.base)) if rev}
         for side, tree in trees.items():
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree),
-                            args.a if side == "a" else args.base], check=True, capture_output=True)  # fmt: skip
+            subprocess.run(
+                [
+                    "git",
+                    "-C",
+                    str(ROOT),
+                    "worktree",
+                    "add",
+                    "--detach",
+                    str(tree),
+                    args.a if side == "a" else args.base,
+                ],
+                check=True,
+                capture_output=True,
+            )
         try:
             shim = Path(tmp) / "shim"
             make_shim(trees["b"], shim)
@@ -106,7 +130,9 @@ def main() -> None:
                 a_path = str(Path(tmp) / "shim-a")
                 make_shim(trees["a"], Path(a_path))
             if args.instructions:
-                print(f"instructions per simulation (valgrind cachegrind), A = {args.a or 'working tree'}, B = {args.base}")
+                print(
+                    f"instructions per simulation (valgrind cachegrind), A = {args.a or 'working tree'}, B = {args.base}"
+                )
                 print(f"{'replicas':>8} {'A instr':>15} {'B instr':>15} {'A/B':>6} {'A instr/req':>11}")
                 for r in args.replicas:
                     a = instructions(a_path, r, args.requests)
@@ -118,29 +144,51 @@ def main() -> None:
             for k in range(args.rounds):
                 order = (("A", a_path), ("B", str(shim)))
                 for side, path in order if k % 2 == 0 else order[::-1]:
-                    runs[side].append(run_side(path, args.replicas, args.requests, side == "B" and args.pure_b,
-                                               args.a_perf_model if side == "A" else args.b_perf_model))
-                    print(f"round {k + 1} {side}: " + ", ".join(
-                        f"{r}x {runs[side][-1][r]['req_per_s']:,.0f} req/s" for r in args.replicas), flush=True)
+                    runs[side].append(
+                        run_side(
+                            path,
+                            args.replicas,
+                            args.requests,
+                            side == "B" and args.pure_b,
+                            args.a_perf_model if side == "A" else args.b_perf_model,
+                        )
+                    )
+                    print(
+                        f"round {k + 1} {side}: "
+                        + ", ".join(
+                            f"{r}x {runs[side][-1][r]['req_per_s']:,.0f} req/s" for r in args.replicas
+                        ),
+                        flush=True,
+                    )
         finally:
             for tree in trees.values():
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=True)
+                subprocess.run(
+                    ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=True
+                )
 
     b_name = f"{args.base}{' (pure Python)' if args.pure_b else ''}"
-    print(f"\nA = {args.a or 'working tree'}, B = {b_name}; medians of {args.rounds} runs each "
-          f"(req/s: wall clock; req/cpu-s: this process's CPU time)")
-    print(f"{'replicas':>8} {'requests':>8} {'A req/s':>9} {'B req/s':>9} {'A/B':>6} "
-          f"{'A req/cpu-s':>11} {'B req/cpu-s':>11} {'A/B':>6} {'A events':>9} {'B events':>9}  same results")
+    print(
+        f"\nA = {args.a or 'working tree'}, B = {b_name}; medians of {args.rounds} runs each "
+        f"(req/s: wall clock; req/cpu-s: this process's CPU time)"
+    )
+    print(
+        f"{'replicas':>8} {'requests':>8} {'A req/s':>9} {'B req/s':>9} {'A/B':>6} "
+        f"{'A req/cpu-s':>11} {'B req/cpu-s':>11} {'A/B':>6} {'A events':>9} {'B events':>9}  same results"
+    )
     for r in args.replicas:
         a = [run[r] for run in runs["A"]]
         b = [run[r] for run in runs["B"]]
-        med = {key: (statistics.median(x[key] for x in a), statistics.median(x[key] for x in b))
-               for key in ("req_per_s", "req_per_cpu_s")}  # fmt: skip
+        med = {
+            key: (statistics.median(x[key] for x in a), statistics.median(x[key] for x in b))
+            for key in ("req_per_s", "req_per_cpu_s")
+        }
         same = a[0]["e2e_sum"] == b[0]["e2e_sum"]  # bit-identical latencies (the event count may differ)
         (wa, wb), (ca, cb) = med["req_per_s"], med["req_per_cpu_s"]
-        print(f"{r:>8} {a[0]['requests']:>8} {wa:>9,.0f} {wb:>9,.0f} {wa / wb:>6.3f} "
-              f"{ca:>11,.0f} {cb:>11,.0f} {ca / cb:>6.3f} {a[0]['events']:>9,} {b[0]['events']:>9,}  "
-              f"{'yes' if same else 'NO'}")
+        print(
+            f"{r:>8} {a[0]['requests']:>8} {wa:>9,.0f} {wb:>9,.0f} {wa / wb:>6.3f} "
+            f"{ca:>11,.0f} {cb:>11,.0f} {ca / cb:>6.3f} {a[0]['events']:>9,} {b[0]['events']:>9,}  "
+            f"{'yes' if same else 'NO'}"
+        )
 
 
 if __name__ == "__main__":

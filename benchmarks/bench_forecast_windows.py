@@ -43,9 +43,13 @@ def run_window(values: np.ndarray, specs: list[ModelSpec], bucket_s: float) -> t
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", default=DEFAULT_MODELS)
-    parser.add_argument("--config", default=None, help="YAML with a `forecasters:` map of aliases (as backtest)")
+    parser.add_argument(
+        "--config", default=None, help="YAML with a `forecasters:` map of aliases (as backtest)"
+    )
     parser.add_argument("--series", default=",".join(SERIES))
     parser.add_argument("--out", default="results/forecast_windows.csv")
     args = parser.parse_args()
@@ -56,13 +60,16 @@ def main() -> None:
         rel, length, starts = SERIES[name]
         series = load_series(str(ROOT / rel), "counts", "10min")
         for start in starts:
-            window = series.requests[start:start + length]
+            window = series.requests[start : start + length]
             table, cpu = run_window(window, specs, series.bucket_s)
             table.insert(0, "window", f"{name}@{start / 144:.1f}d")
             table["cpu_s_window"] = cpu
             rows.append(table)
-            view = table.pivot(index="model", columns="horizon_buckets",
-                               values=["smape", "smape_vs_naive", "coverage_p90", "max_over_series_max"])
+            view = table.pivot(
+                index="model",
+                columns="horizon_buckets",
+                values=["smape", "smape_vs_naive", "coverage_p90", "max_over_series_max"],
+            )
             print(f"== {name} buckets {start}..{start + len(window)} ({cpu:.0f} CPU s)")
             print(view.loc[models].round(3).to_string(), flush=True)
             _write(Path(args.out), rows)  # after every window: a run stopped early keeps what it measured

@@ -35,10 +35,12 @@ from fleettwin.live.gateway.pipeline import CHAT, Gatekeeper
 KEY = "bench-key-0123456789abcdef"
 MODEL = "llama-3-8b"
 # A realistic user turn: some prose, an e-mail address and a card number for the detectors to find.
-PROMPT = ("Please summarise the following support ticket for the on-call engineer. Customer jane.doe@example.com "
-          "reports that since the last deploy the dashboard times out after 30 seconds when loading the monthly "
-          "report; she pasted her card 4111 1111 1111 1111 by mistake. Steps tried: clearing the cache, another "
-          "browser, a different network. Priority: high.")  # fmt: skip
+PROMPT = (
+    "Please summarise the following support ticket for the on-call engineer. Customer jane.doe@example.com "
+    "reports that since the last deploy the dashboard times out after 30 seconds when loading the monthly "
+    "report; she pasted her card 4111 1111 1111 1111 by mistake. Steps tried: clearing the cache, another "
+    "browser, a different network. Priority: high."
+)
 
 
 def start(cmd: list[str], pattern: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
@@ -52,9 +54,18 @@ def start(cmd: list[str], pattern: str, env: dict | None = None) -> tuple[subpro
 
 
 def policy(emulator_url: str, audit: Path) -> dict:
-    return {"tenants": {"bench": {"api_keys": [hash_key(KEY)], "models": [MODEL], "max_tokens": 4096,
-                                  "quotas": {"requests_per_s": 1e6, "tokens_per_s": 1e9, "concurrent": 100_000}}},
-            "backends": {MODEL: {"urls": [emulator_url]}}, "audit_log": str(audit)}  # fmt: skip
+    return {
+        "tenants": {
+            "bench": {
+                "api_keys": [hash_key(KEY)],
+                "models": [MODEL],
+                "max_tokens": 4096,
+                "quotas": {"requests_per_s": 1e6, "tokens_per_s": 1e9, "concurrent": 100_000},
+            }
+        },
+        "backends": {MODEL: {"urls": [emulator_url]}},
+        "audit_log": str(audit),
+    }
 
 
 async def closed_loop(client: VllmClient, n: int, concurrency: int, max_tokens: int, stream: bool) -> list:
@@ -63,8 +74,11 @@ async def closed_loop(client: VllmClient, n: int, concurrency: int, max_tokens: 
 
     async def worker() -> None:
         for _ in todo:
-            out.append(await client.chat([{"role": "user", "content": PROMPT}], max_tokens, model=MODEL,
-                                         stream=stream))  # fmt: skip
+            out.append(
+                await client.chat(
+                    [{"role": "user", "content": PROMPT}], max_tokens, model=MODEL, stream=stream
+                )
+            )
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -79,7 +93,10 @@ def cpu_s(pid: int) -> float:
 
 async def alternate(direct: str, gateway: str, pids: dict[str, int], args) -> dict[str, dict]:
     """Blocks of requests on each path in turn; per path: results, wall time, CPU of each server process."""
-    stats = {path: {"results": [], "wall_s": 0.0, "cpu_s": dict.fromkeys(pids, 0.0)} for path in ("direct", "gateway")}
+    stats = {
+        path: {"results": [], "wall_s": 0.0, "cpu_s": dict.fromkeys(pids, 0.0)}
+        for path in ("direct", "gateway")
+    }
     async with VllmClient(direct, retries=0) as d, VllmClient(gateway, token=KEY, retries=0) as g:
         await closed_loop(d, args.concurrency, args.concurrency, 2, args.stream)  # warm connections
         await closed_loop(g, args.concurrency, args.concurrency, 2, args.stream)
@@ -87,7 +104,9 @@ async def alternate(direct: str, gateway: str, pids: dict[str, int], args) -> di
         for _ in range(args.blocks):
             for name, client in (("direct", d), ("gateway", g)):
                 before = {k: cpu_s(pid) for k, pid in pids.items()}
-                results, wall = await closed_loop(client, per_block, args.concurrency, args.max_tokens, args.stream)
+                results, wall = await closed_loop(
+                    client, per_block, args.concurrency, args.max_tokens, args.stream
+                )
                 stats[name]["results"] += results
                 stats[name]["wall_s"] += wall
                 for k, pid in pids.items():
@@ -99,18 +118,25 @@ def summary(results: list, wall_s: float, cpu: dict[str, float]) -> dict:
     ok = [r for r in results if r.ok]
     ttft = np.array([r.ttft_s for r in ok]) * 1e3
     e2e = np.array([r.e2e_s for r in ok]) * 1e3
-    return {"requests": len(results), "ok": len(ok), "req_per_s": len(ok) / wall_s,
-            **{f"{k}_cpu_ms_per_req": 1e3 * v / max(1, len(results)) for k, v in cpu.items()},
-            "ttft_p50_ms": float(np.median(ttft)), "ttft_p99_ms": float(np.percentile(ttft, 99)),
-            "e2e_p50_ms": float(np.median(e2e)), "e2e_p99_ms": float(np.percentile(e2e, 99))}  # fmt: skip
+    return {
+        "requests": len(results),
+        "ok": len(ok),
+        "req_per_s": len(ok) / wall_s,
+        **{f"{k}_cpu_ms_per_req": 1e3 * v / max(1, len(results)) for k, v in cpu.items()},
+        "ttft_p50_ms": float(np.median(ttft)),
+        "ttft_p99_ms": float(np.percentile(ttft, 99)),
+        "e2e_p50_ms": float(np.median(e2e)),
+        "e2e_p99_ms": float(np.percentile(e2e, 99)),
+    }
 
 
 def bench_checks(emulator_url: str, audit: Path, n: int) -> dict:
     """The policy pipeline alone, in this process."""
     gate = Gatekeeper(parse_gateway(policy(emulator_url, audit)))
     headers = {"authorization": f"Bearer {KEY}"}
-    raw = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 16,
-                      "stream": True}).encode()  # fmt: skip
+    raw = json.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 16, "stream": True}
+    ).encode()
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
@@ -118,32 +144,61 @@ def bench_checks(emulator_url: str, audit: Path, n: int) -> dict:
         times.append(time.perf_counter() - t0)
         gate.release(a, 0)
     us = np.array(times) * 1e6
-    return {"checks": n, "p50_us": float(np.median(us)), "p99_us": float(np.percentile(us, 99)),
-            "hits": [h.detector for h in a.hits]}  # fmt: skip
+    return {
+        "checks": n,
+        "p50_us": float(np.median(us)),
+        "p99_us": float(np.percentile(us, 99)),
+        "hits": [h.detector for h in a.hits],
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=1200, help="per path (default %(default)s)")
     p.add_argument("--concurrency", type=int, default=16, help="requests in flight (default %(default)s)")
-    p.add_argument("--max-tokens", type=int, default=16, help="output tokens per request (default %(default)s)")
+    p.add_argument(
+        "--max-tokens", type=int, default=16, help="output tokens per request (default %(default)s)"
+    )
     p.add_argument("--step-ms", type=float, default=5.0, help="emulator step time (default %(default)s)")
-    p.add_argument("--blocks", type=int, default=6, help="alternations between the paths (default %(default)s)")
+    p.add_argument(
+        "--blocks", type=int, default=6, help="alternations between the paths (default %(default)s)"
+    )
     p.add_argument("--no-stream", dest="stream", action="store_false", help="non-streaming requests")
     p.add_argument("--out", type=Path, help="write the results as JSON")
     args = p.parse_args()
     exe = [sys.executable, "-m", "fleettwin.cli"]
     with tempfile.TemporaryDirectory() as tmp:
-        emu, emu_url = start([*exe, "emulate", "--model", MODEL, "--gpu", "h100-80g", "--port", "0", "--perf-model",
-                              "constant", "--perf-param", f"step_s={args.step_ms / 1e3}", "--max-num-seqs", "256"],
-                             r"at (http://\S+)")  # fmt: skip
+        emu, emu_url = start(
+            [
+                *exe,
+                "emulate",
+                "--model",
+                MODEL,
+                "--gpu",
+                "h100-80g",
+                "--port",
+                "0",
+                "--perf-model",
+                "constant",
+                "--perf-param",
+                f"step_s={args.step_ms / 1e3}",
+                "--max-num-seqs",
+                "256",
+            ],
+            r"at (http://\S+)",
+        )
         try:
             cfg = Path(tmp) / "gateway.yaml"
             cfg.write_text(json.dumps(policy(emu_url, Path(tmp) / "audit.jsonl")))
-            gw, gw_url = start([*exe, "gateway", "--config", str(cfg), "--port", "0"], r"at (http://\S+?);",
-                               env={**os.environ})  # fmt: skip
+            gw, gw_url = start(
+                [*exe, "gateway", "--config", str(cfg), "--port", "0"],
+                r"at (http://\S+?);",
+                env={**os.environ},
+            )
             try:
-                stats = asyncio.run(alternate(emu_url, gw_url, {"emulator": emu.pid, "gateway": gw.pid}, args))
+                stats = asyncio.run(
+                    alternate(emu_url, gw_url, {"emulator": emu.pid, "gateway": gw.pid}, args)
+                )
                 audit = [json.loads(line) for line in open(Path(tmp) / "audit.jsonl")]
             finally:
                 gw.terminate()
@@ -154,28 +209,47 @@ def main() -> None:
         checks = bench_checks(emu_url, Path(tmp) / "audit-inproc.jsonl", 5000)
     rows = {name: summary(s["results"], s["wall_s"], s["cpu_s"]) for name, s in stats.items()}
     # the gateway's own view: arrival at the gateway to the end of the response (excludes the client's hop)
-    inside = [r["duration_ms"] for r in audit if r.get("max_tokens") == args.max_tokens and r["status"] == 200]
+    inside = [
+        r["duration_ms"] for r in audit if r.get("max_tokens") == args.max_tokens and r["status"] == 200
+    ]
     rows["gateway"]["inside_gateway_e2e_p50_ms"] = float(np.median(inside))
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average {load}; "
-          f"concurrency {args.concurrency}, "
-          f"max_tokens {args.max_tokens}, emulator step {args.step_ms} ms, stream={args.stream}, "
-          f"{args.blocks} alternating blocks; audit lines written by the gateway: {len(audit)}")  # fmt: skip
-    print(f"{'path':8s} {'ok':>6s} {'req/s':>8s} {'TTFT p50':>9s} {'TTFT p99':>9s} {'E2E p50':>8s} {'E2E p99':>8s} "
-          f"{'CPU/req: emulator':>18s} {'gateway':>8s}  (ms)")  # fmt: skip
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average {load}; "
+        f"concurrency {args.concurrency}, "
+        f"max_tokens {args.max_tokens}, emulator step {args.step_ms} ms, stream={args.stream}, "
+        f"{args.blocks} alternating blocks; audit lines written by the gateway: {len(audit)}"
+    )
+    print(
+        f"{'path':8s} {'ok':>6s} {'req/s':>8s} {'TTFT p50':>9s} {'TTFT p99':>9s} {'E2E p50':>8s} {'E2E p99':>8s} "
+        f"{'CPU/req: emulator':>18s} {'gateway':>8s}  (ms)"
+    )
     for name, r in rows.items():
-        print(f"{name:8s} {r['ok']:6d} {r['req_per_s']:8.1f} {r['ttft_p50_ms']:9.2f} {r['ttft_p99_ms']:9.2f} "
-              f"{r['e2e_p50_ms']:8.2f} {r['e2e_p99_ms']:8.2f} {r['emulator_cpu_ms_per_req']:18.2f} "
-              f"{r['gateway_cpu_ms_per_req']:8.2f}")  # fmt: skip
+        print(
+            f"{name:8s} {r['ok']:6d} {r['req_per_s']:8.1f} {r['ttft_p50_ms']:9.2f} {r['ttft_p99_ms']:9.2f} "
+            f"{r['e2e_p50_ms']:8.2f} {r['e2e_p99_ms']:8.2f} {r['emulator_cpu_ms_per_req']:18.2f} "
+            f"{r['gateway_cpu_ms_per_req']:8.2f}"
+        )
     d, g = rows["direct"], rows["gateway"]
-    print(f"gateway overhead: TTFT p50 +{g['ttft_p50_ms'] - d['ttft_p50_ms']:.2f} ms, E2E p50 "
-          f"+{g['e2e_p50_ms'] - d['e2e_p50_ms']:.2f} ms, throughput x{g['req_per_s'] / d['req_per_s']:.3f}; "
-          f"inside the gateway (audit duration_ms) E2E p50 {g['inside_gateway_e2e_p50_ms']:.2f} ms")  # fmt: skip
-    print(f"policy pipeline alone (in-process, {checks['checks']} checks): p50 {checks['p50_us']:.0f} us, "
-          f"p99 {checks['p99_us']:.0f} us; detector hits per request: {', '.join(checks['hits'])}")  # fmt: skip
+    print(
+        f"gateway overhead: TTFT p50 +{g['ttft_p50_ms'] - d['ttft_p50_ms']:.2f} ms, E2E p50 "
+        f"+{g['e2e_p50_ms'] - d['e2e_p50_ms']:.2f} ms, throughput x{g['req_per_s'] / d['req_per_s']:.3f}; "
+        f"inside the gateway (audit duration_ms) E2E p50 {g['inside_gateway_e2e_p50_ms']:.2f} ms"
+    )
+    print(
+        f"policy pipeline alone (in-process, {checks['checks']} checks): p50 {checks['p50_us']:.0f} us, "
+        f"p99 {checks['p99_us']:.0f} us; detector hits per request: {', '.join(checks['hits'])}"
+    )
     if args.out:
-        write_json(args.out, {"args": vars(args) | {"out": str(args.out)}, "load_average": os.getloadavg(),
-                              "paths": rows, "checks": checks})  # fmt: skip
+        write_json(
+            args.out,
+            {
+                "args": vars(args) | {"out": str(args.out)},
+                "load_average": os.getloadavg(),
+                "paths": rows,
+                "checks": checks,
+            },
+        )
 
 
 if __name__ == "__main__":

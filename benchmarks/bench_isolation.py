@@ -74,8 +74,12 @@ def bystander(url: str, seconds: float) -> list[float]:
 
 def summary(lat: list[float]) -> dict:
     ms = np.array(lat) * 1e3
-    return {"requests": len(ms), "p50_ms": round(float(np.median(ms)), 1),
-            "p99_ms": round(float(np.quantile(ms, 0.99)), 1), "max_ms": round(float(ms.max()), 1)}  # fmt: skip
+    return {
+        "requests": len(ms),
+        "p50_ms": round(float(np.median(ms)), 1),
+        "p99_ms": round(float(np.quantile(ms, 0.99)), 1),
+        "max_ms": round(float(ms.max()), 1),
+    }
 
 
 def main() -> None:
@@ -88,16 +92,41 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         from fleettwin.live.gateway.config import hash_key  # noqa: PLC0415 - after PYTHONPATH is in effect
 
-        emu, emu_url = start([*exe, "emulate", "--model", "llama-3-8b", "--gpu", "h100-80g", "--port", "0",
-                              "--perf-model", "constant", "--perf-param", "step_s=0.001"], r"at (http://\S+)", env)  # fmt: skip
-        policy = {"tenants": {t: {"api_keys": [hash_key(k)], "models": ["llama-3-8b"]} for t, k in KEYS.items()},
-                  "backends": {"llama-3-8b": {"urls": [emu_url]}}, "audit_log": f"{tmp}/audit.jsonl"}  # fmt: skip
+        emu, emu_url = start(
+            [
+                *exe,
+                "emulate",
+                "--model",
+                "llama-3-8b",
+                "--gpu",
+                "h100-80g",
+                "--port",
+                "0",
+                "--perf-model",
+                "constant",
+                "--perf-param",
+                "step_s=0.001",
+            ],
+            r"at (http://\S+)",
+            env,
+        )
+        policy = {
+            "tenants": {t: {"api_keys": [hash_key(k)], "models": ["llama-3-8b"]} for t, k in KEYS.items()},
+            "backends": {"llama-3-8b": {"urls": [emu_url]}},
+            "audit_log": f"{tmp}/audit.jsonl",
+        }
         Path(tmp, "g.yaml").write_text(json.dumps(policy))
-        gw, gw_url = start([*exe, "gateway", "--config", f"{tmp}/g.yaml", "--port", "0"], r"at (http://\S+?)[;,]", env)
+        gw, gw_url = start(
+            [*exe, "gateway", "--config", f"{tmp}/g.yaml", "--port", "0"], r"at (http://\S+?)[;,]", env
+        )
         try:
             quiet = summary(bystander(gw_url, args.seconds))
-            sender = subprocess.Popen([sys.executable, "-c", SENDER, gw_url, KEYS["big"], str(args.seconds)],
-                                      stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
+            sender = subprocess.Popen(
+                [sys.executable, "-c", SENDER, gw_url, KEYS["big"], str(args.seconds)],
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
             time.sleep(1.0)  # the sender builds its body
             got: dict = {}
             t = threading.Thread(target=lambda: got.update(lat=bystander(gw_url, args.seconds)))

@@ -38,12 +38,27 @@ def scenario(n: int) -> dict:
     base = read_trace(TRACE, "azure")
     period = window_s(base.arrival_s)
     periods = math.ceil(n / (RATE * period))
-    return {"name": f"bench-memory-{n}", "seed": 1,
-            "workload": {"type": "trace", "path": str(TRACE), "format": "azure",
-                         "rate_scale": n / (len(base) * periods), "loop_to_s": periods * period},
-            "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": REPLICAS,
-                       "perf_model": {"name": "roofline"}}],
-            "sim": {"sample_interval_s": 10.0}}  # fmt: skip
+    return {
+        "name": f"bench-memory-{n}",
+        "seed": 1,
+        "workload": {
+            "type": "trace",
+            "path": str(TRACE),
+            "format": "azure",
+            "rate_scale": n / (len(base) * periods),
+            "loop_to_s": periods * period,
+        },
+        "pools": [
+            {
+                "name": "chat",
+                "gpu": "h100-80g",
+                "model": "llama-3-8b",
+                "replicas": REPLICAS,
+                "perf_model": {"name": "roofline"},
+            }
+        ],
+        "sim": {"sample_interval_s": 10.0},
+    }
 
 
 def run_case(n: int, mode: str) -> dict:
@@ -59,16 +74,29 @@ def run_case(n: int, mode: str) -> dict:
     requests = generate_requests(cfg, cfg.seed)
     setup = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
-        log = None if mode == "memory" else StreamingLog(Slo.from_config(cfg.slo), Path(tmp) / "requests.parquet")
+        log = (
+            None
+            if mode == "memory"
+            else StreamingLog(Slo.from_config(cfg.slo), Path(tmp) / "requests.parquet")
+        )
         t1 = time.perf_counter()
         result = run_scenario(cfg, requests=requests, log=log)
         wall = time.perf_counter() - t1
         file_mb = (Path(tmp) / "requests.parquet").stat().st_size / 1e6 if log is not None else None
     s = result.summary
-    return {"requests": len(requests), "mode": mode, "sim_s": s["sim_time_s"], "setup_s": setup, "wall_s": wall,
-            "requests_per_wall_s": len(requests) / wall, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "parquet_mb": file_mb, "ttft_p99_s": s["latency_s"]["ttft"]["p99"], "completed": s["requests"]["completed"],
-            "compiled": any(native_status().values())}  # fmt: skip
+    return {
+        "requests": len(requests),
+        "mode": mode,
+        "sim_s": s["sim_time_s"],
+        "setup_s": setup,
+        "wall_s": wall,
+        "requests_per_wall_s": len(requests) / wall,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "parquet_mb": file_mb,
+        "ttft_p99_s": s["latency_s"]["ttft"]["p99"],
+        "completed": s["requests"]["completed"],
+        "compiled": any(native_status().values()),
+    }
 
 
 def main() -> int:
@@ -87,15 +115,20 @@ def main() -> int:
         for mode in args.modes.split(","):
             if mode == "memory" and n > 2_000_000:
                 continue  # 0.9 KB per request: 10 M would need about 9 GB
-            out = subprocess.run([sys.executable, __file__, "--case", str(n), mode], capture_output=True, text=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--case", str(n), mode], capture_output=True, text=True
+            )
             if out.returncode != 0:
                 print(f"{n} {mode}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
                 return 1
             r = json.loads(out.stdout.strip().splitlines()[-1])
             results.append(r)
-            print(f"{r['requests']:>10,} requests  {mode:6s}  peak RSS {r['peak_rss_mb']:7.0f} MB  "
-                  f"{r['requests_per_wall_s']:8.0f} requests/s  ({r['wall_s']:.0f} s simulating, {r['setup_s']:.1f} s "
-                  f"building the workload, {r['sim_s']:.0f} s simulated, compiled={r['compiled']})", flush=True)
+            print(
+                f"{r['requests']:>10,} requests  {mode:6s}  peak RSS {r['peak_rss_mb']:7.0f} MB  "
+                f"{r['requests_per_wall_s']:8.0f} requests/s  ({r['wall_s']:.0f} s simulating, {r['setup_s']:.1f} s "
+                f"building the workload, {r['sim_s']:.0f} s simulated, compiled={r['compiled']})",
+                flush=True,
+            )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -44,20 +44,41 @@ def launch(args, tmp: Path, traced: bool) -> tuple[dict, dict[str, int], str, st
         env |= {"FLEETTWIN_TRACING": args.exporter, "FLEETTWIN_TRACING_FILE": os.devnull}
     exe = [sys.executable, "-m", "fleettwin.cli"]
     procs = {}
-    procs["emu"], emu_url = start([*exe, "emulate", "--model", MODEL, "--gpu", "h100-80g", "--port", "0",
-                                   "--perf-model", "constant", "--perf-param", f"step_s={args.step_ms / 1e3}",
-                                   "--max-num-seqs", "256"], r"at (http://\S+)", env=env)  # fmt: skip
+    procs["emu"], emu_url = start(
+        [
+            *exe,
+            "emulate",
+            "--model",
+            MODEL,
+            "--gpu",
+            "h100-80g",
+            "--port",
+            "0",
+            "--perf-model",
+            "constant",
+            "--perf-param",
+            f"step_s={args.step_ms / 1e3}",
+            "--max-num-seqs",
+            "256",
+        ],
+        r"at (http://\S+)",
+        env=env,
+    )
     name = "on" if traced else "off"
     cfg = tmp / f"gateway-{name}.yaml"
     cfg.write_text(json.dumps(policy(emu_url, tmp / f"audit-{name}.jsonl")))
-    procs["gw"], gw_url = start([*exe, "gateway", "--config", str(cfg), "--port", "0"], r"at (http://\S+?);", env=env)
+    procs["gw"], gw_url = start(
+        [*exe, "gateway", "--config", str(cfg), "--port", "0"], r"at (http://\S+?);", env=env
+    )
     return procs, {"emulator": procs["emu"].pid, "gateway": procs["gw"].pid}, emu_url, gw_url
 
 
 async def rotate(urls: dict[str, str], pids: dict[str, dict[str, int]], args) -> dict[str, dict]:
     """Blocks of requests on each path in turn; per path: results, wall time, CPU of its stack's processes."""
     stats = {p: {"results": [], "wall_s": 0.0, "cpu_s": {"emulator": 0.0, "gateway": 0.0}} for p in PATHS}
-    clients = {p: VllmClient(urls[p], token=KEY if p.startswith("gateway") else None, retries=0) for p in PATHS}
+    clients = {
+        p: VllmClient(urls[p], token=KEY if p.startswith("gateway") else None, retries=0) for p in PATHS
+    }
     try:
         for c in clients.values():  # warm the connections and the servers' code paths
             await closed_loop(c, args.concurrency, args.concurrency, 2, True)
@@ -67,7 +88,9 @@ async def rotate(urls: dict[str, str], pids: dict[str, dict[str, int]], args) ->
             for p in order:
                 stack = pids[p.rsplit("_", 1)[1]]
                 before = {k: cpu_s(pid) for k, pid in stack.items()}
-                results, wall = await closed_loop(clients[p], per_block, args.concurrency, args.max_tokens, True)
+                results, wall = await closed_loop(
+                    clients[p], per_block, args.concurrency, args.max_tokens, True
+                )
                 stats[p]["results"] += results
                 stats[p]["wall_s"] += wall
                 for k, pid in stack.items():
@@ -83,10 +106,17 @@ def summary(s: dict, path: str) -> dict:
     n = max(1, len(s["results"]))
     # the gateway path loads both processes; the emulator path only the emulator
     cpu = {k: 1e3 * v / n for k, v in s["cpu_s"].items() if path.startswith("gateway") or k == "emulator"}
-    return {"requests": len(s["results"]), "ok": len(ok), "req_per_s": len(ok) / s["wall_s"],
-            **{f"{k}_cpu_ms_per_req": v for k, v in cpu.items()},
-            **{f"{name}_p{q}_ms": float(np.percentile(v, q)) for name, v in (("ttft", ttft), ("e2e", e2e))
-               for q in (50, 95)}}  # fmt: skip
+    return {
+        "requests": len(s["results"]),
+        "ok": len(ok),
+        "req_per_s": len(ok) / s["wall_s"],
+        **{f"{k}_cpu_ms_per_req": v for k, v in cpu.items()},
+        **{
+            f"{name}_p{q}_ms": float(np.percentile(v, q))
+            for name, v in (("ttft", ttft), ("e2e", e2e))
+            for q in (50, 95)
+        },
+    }
 
 
 def span_cost(exporter: str, n: int = 10_000) -> dict:
@@ -112,11 +142,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=800, help="per path (default %(default)s)")
     p.add_argument("--concurrency", type=int, default=16, help="requests in flight (default %(default)s)")
-    p.add_argument("--max-tokens", type=int, default=16, help="output tokens per request (default %(default)s)")
+    p.add_argument(
+        "--max-tokens", type=int, default=16, help="output tokens per request (default %(default)s)"
+    )
     p.add_argument("--step-ms", type=float, default=2.0, help="emulator step time (default %(default)s)")
-    p.add_argument("--blocks", type=int, default=6, help="rotations over the four paths (default %(default)s)")
-    p.add_argument("--exporter", choices=["console", "memory"], default="console",
-                   help="what the traced stack exports to (console: /dev/null; default %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--blocks", type=int, default=6, help="rotations over the four paths (default %(default)s)"
+    )
+    p.add_argument(
+        "--exporter",
+        choices=["console", "memory"],
+        default="console",
+        help="what the traced stack exports to (console: /dev/null; default %(default)s)",
+    )
     p.add_argument("--out", type=Path, help="write the results as JSON")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,7 +162,12 @@ def main() -> None:
         try:
             procs["off"], pids_off, emu_off, gw_off = launch(args, Path(tmp), traced=False)
             procs["on"], pids_on, emu_on, gw_on = launch(args, Path(tmp), traced=True)
-            urls = {"emulator_off": emu_off, "emulator_on": emu_on, "gateway_off": gw_off, "gateway_on": gw_on}
+            urls = {
+                "emulator_off": emu_off,
+                "emulator_on": emu_on,
+                "gateway_off": gw_off,
+                "gateway_on": gw_on,
+            }
             stats = asyncio.run(rotate(urls, {"off": pids_off, "on": pids_on}, args))
         finally:
             for stack in procs.values():
@@ -134,30 +177,52 @@ def main() -> None:
     rows = {path: summary(stats[path], path) for path in PATHS}
     cost = span_cost(args.exporter)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average {load}; "
-          f"concurrency {args.concurrency}, max_tokens {args.max_tokens}, emulator step {args.step_ms} ms, streamed, "
-          f"{args.blocks} rotations, traced stack exports to {args.exporter}"
-          f"{' (/dev/null)' if args.exporter == 'console' else ''}")  # fmt: skip
-    print(f"{'path':13s} {'ok':>5s} {'req/s':>7s} {'TTFT p50':>9s} {'TTFT p95':>9s} {'E2E p50':>8s} {'E2E p95':>8s} "
-          f"{'CPU/req: emulator':>18s} {'gateway':>8s}  (ms)")  # fmt: skip
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average {load}; "
+        f"concurrency {args.concurrency}, max_tokens {args.max_tokens}, emulator step {args.step_ms} ms, streamed, "
+        f"{args.blocks} rotations, traced stack exports to {args.exporter}"
+        f"{' (/dev/null)' if args.exporter == 'console' else ''}"
+    )
+    print(
+        f"{'path':13s} {'ok':>5s} {'req/s':>7s} {'TTFT p50':>9s} {'TTFT p95':>9s} {'E2E p50':>8s} {'E2E p95':>8s} "
+        f"{'CPU/req: emulator':>18s} {'gateway':>8s}  (ms)"
+    )
     for name, r in rows.items():
         gw = f"{r['gateway_cpu_ms_per_req']:8.2f}" if "gateway_cpu_ms_per_req" in r else f"{'-':>8s}"
-        print(f"{name:13s} {r['ok']:5d} {r['req_per_s']:7.1f} {r['ttft_p50_ms']:9.2f} {r['ttft_p95_ms']:9.2f} "
-              f"{r['e2e_p50_ms']:8.2f} {r['e2e_p95_ms']:8.2f} {r['emulator_cpu_ms_per_req']:18.2f} {gw}")  # fmt: skip
+        print(
+            f"{name:13s} {r['ok']:5d} {r['req_per_s']:7.1f} {r['ttft_p50_ms']:9.2f} {r['ttft_p95_ms']:9.2f} "
+            f"{r['e2e_p50_ms']:8.2f} {r['e2e_p95_ms']:8.2f} {r['emulator_cpu_ms_per_req']:18.2f} {gw}"
+        )
     ratios = {}
     for where in ("emulator", "gateway"):
         on, off = rows[f"{where}_on"], rows[f"{where}_off"]
-        ratios[where] = {k: on[k] / off[k] for k in on if k in off and k not in ("requests", "ok") and off[k] > 0}
+        ratios[where] = {
+            k: on[k] / off[k] for k in on if k in off and k not in ("requests", "ok") and off[k] > 0
+        }
         r = ratios[where]
-        cpu = ", ".join(f"{k.removesuffix('_cpu_ms_per_req')} CPU x{v:.3f}" for k, v in r.items() if "cpu" in k)
-        print(f"tracing on/off via {where}: throughput x{r['req_per_s']:.3f}, TTFT p50 x{r['ttft_p50_ms']:.3f} "
-              f"p95 x{r['ttft_p95_ms']:.3f}, E2E p50 x{r['e2e_p50_ms']:.3f} p95 x{r['e2e_p95_ms']:.3f}; {cpu}")  # fmt: skip
+        cpu = ", ".join(
+            f"{k.removesuffix('_cpu_ms_per_req')} CPU x{v:.3f}" for k, v in r.items() if "cpu" in k
+        )
+        print(
+            f"tracing on/off via {where}: throughput x{r['req_per_s']:.3f}, TTFT p50 x{r['ttft_p50_ms']:.3f} "
+            f"p95 x{r['ttft_p95_ms']:.3f}, E2E p50 x{r['e2e_p50_ms']:.3f} p95 x{r['e2e_p95_ms']:.3f}; {cpu}"
+        )
     how = "batch processor to /dev/null" if args.exporter == "console" else "kept in memory"
-    print(f"one span in-process ({args.exporter} exporter, {how}): {cost['us_per_span']:.1f} us CPU to make, "
-          f"{cost['us_per_span_exported']:.1f} us made and exported")  # fmt: skip
+    print(
+        f"one span in-process ({args.exporter} exporter, {how}): {cost['us_per_span']:.1f} us CPU to make, "
+        f"{cost['us_per_span_exported']:.1f} us made and exported"
+    )
     if args.out:
-        write_json(args.out, {"args": vars(args) | {"out": str(args.out)}, "load_average": os.getloadavg(),
-                              "paths": rows, "ratios": ratios, "span_cost": cost})  # fmt: skip
+        write_json(
+            args.out,
+            {
+                "args": vars(args) | {"out": str(args.out)},
+                "load_average": os.getloadavg(),
+                "paths": rows,
+                "ratios": ratios,
+                "span_cost": cost,
+            },
+        )
 
 
 if __name__ == "__main__":

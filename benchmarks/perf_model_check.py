@@ -56,7 +56,10 @@ class LatencyComparison:
 
 
 def offline_batch_iterations(
-    model: PerformanceModel, batch: int = BATCH, input_tokens: int = INPUT_TOKENS, output_tokens: int = OUTPUT_TOKENS
+    model: PerformanceModel,
+    batch: int = BATCH,
+    input_tokens: int = INPUT_TOKENS,
+    output_tokens: int = OUTPUT_TOKENS,
 ) -> tuple[float, np.ndarray]:
     """Seconds of the prefill iteration and of each decode iteration for ``batch`` requests arriving together."""
     prefill = BatchStats()
@@ -80,11 +83,18 @@ def published_latency_check(
     for test, gpu_id, llm_id, tp, measured in PUBLISHED_MS:
         perf = PERF_MODELS.create(model, params, gpu=catalog.gpu(gpu_id), llm=catalog.llm(llm_id), tp=tp)
         prefill_s, decode_s = offline_batch_iterations(perf)
-        out.append(LatencyComparison(
-            test=test, gpu=gpu_id, llm=llm_id, tp=tp, measured_ms=measured,
-            predicted_ms=(prefill_s + float(decode_s.sum())) * 1e3,
-            prefill_ms=prefill_s * 1e3, decode_step_ms=float(decode_s.mean()) * 1e3,
-        ))
+        out.append(
+            LatencyComparison(
+                test=test,
+                gpu=gpu_id,
+                llm=llm_id,
+                tp=tp,
+                measured_ms=measured,
+                predicted_ms=(prefill_s + float(decode_s.sum())) * 1e3,
+                prefill_ms=prefill_s * 1e3,
+                decode_step_ms=float(decode_s.mean()) * 1e3,
+            )
+        )
     return out
 
 

@@ -54,8 +54,10 @@ MAX_TOKENS = 4096  # Vidur's request max_tokens (prompt + output) and the model'
 VIDUR_NUM_BLOCKS = 7424  # vidur.utils.memory_planner for Llama-2-7B on a100: 122,752 tokens -> 29 slots x 256
 VIDUR_BATCH_CAP = 128  # VllmSchedulerConfig.batch_size_cap
 VIDUR_MAX_TOKENS_IN_BATCH = 4096  # VllmSchedulerConfig.max_tokens_in_batch
-ATTENTION_XZ = ("profiling_data/compute/datasets--project-vajra--dev-staging-meta-llama-llama-2-7b-hf-a100/"
-                "snapshots/" + "0" * 40 + "/attention.csv.xz")  # fmt: skip
+ATTENTION_XZ = (
+    "profiling_data/compute/datasets--project-vajra--dev-staging-meta-llama-llama-2-7b-hf-a100/"
+    "snapshots/" + "0" * 40 + "/attention.csv.xz"
+)
 
 
 def vidur_python() -> Path:
@@ -64,8 +66,11 @@ def vidur_python() -> Path:
 
 def vidur_available() -> bool:
     py = vidur_python()
-    return py.exists() and (PEER_KIT / "make_profile_cache.py").exists() and subprocess.run(
-        [str(py), "-c", "import vidur"], capture_output=True).returncode == 0  # fmt: skip
+    return (
+        py.exists()
+        and (PEER_KIT / "make_profile_cache.py").exists()
+        and subprocess.run([str(py), "-c", "import vidur"], capture_output=True).returncode == 0
+    )
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -90,16 +95,23 @@ def make_requests(n: int, qps: float, seed: int) -> list[Request]:
     prompts, outputs = trace_lengths(n)
     arrivals = np.cumsum(np.random.default_rng([seed, int(qps * 1000)]).exponential(1.0 / qps, n))
     arrivals = np.round(arrivals, 6)  # what the CSV for Vidur holds, so both see the same instants
-    return [Request(id=i, arrival_s=float(arrivals[i]), prompt_tokens=int(prompts[i]),
-                    output_tokens=int(outputs[i])) for i in range(n)]  # fmt: skip
+    return [
+        Request(
+            id=i, arrival_s=float(arrivals[i]), prompt_tokens=int(prompts[i]), output_tokens=int(outputs[i])
+        )
+        for i in range(n)
+    ]
 
 
 def write_vidur_trace(requests: list[Request], path: Path) -> None:
-    pd.DataFrame({
-        "Date": "2023-11-16", "Time": [f"{r.arrival_s:.6f}" for r in requests],
-        "PromptTokenCount": [r.prompt_tokens for r in requests],
-        "CompletionTokenCount": [r.output_tokens for r in requests],
-    }).to_csv(path, index=False)  # fmt: skip
+    pd.DataFrame(
+        {
+            "Date": "2023-11-16",
+            "Time": [f"{r.arrival_s:.6f}" for r in requests],
+            "PromptTokenCount": [r.prompt_tokens for r in requests],
+            "CompletionTokenCount": [r.output_tokens for r in requests],
+        }
+    ).to_csv(path, index=False)
 
 
 # ------------------------------------------------------------------------------------------------- runs
@@ -116,8 +128,12 @@ class RunResult:
 def ensure_vidur_cache(work: Path) -> Path:
     cache = work / ".vidur_cache"
     if not (cache / "profiling_data").exists():
-        subprocess.run([str(vidur_python()), str(PEER_KIT / "make_profile_cache.py"), str(cache)], check=True,
-                       capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+        subprocess.run(
+            [str(vidur_python()), str(PEER_KIT / "make_profile_cache.py"), str(cache)],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
     return cache / ATTENTION_XZ
 
 
@@ -137,7 +153,9 @@ Request.restart = restart
 sys.argv[0] = "vidur.main"
 runpy.run_module("vidur.main", run_name="__main__")
 """
-_VIDUR_PLAIN = 'import runpy, sys; sys.argv[0] = "vidur.main"; runpy.run_module("vidur.main", run_name="__main__")'
+_VIDUR_PLAIN = (
+    'import runpy, sys; sys.argv[0] = "vidur.main"; runpy.run_module("vidur.main", run_name="__main__")'
+)
 
 
 def run_vidur(requests: list[Request], work: Path, tag: str, fix_restart: bool = True) -> RunResult:
@@ -147,29 +165,65 @@ def run_vidur(requests: list[Request], work: Path, tag: str, fix_restart: bool =
     out = work / f"out_{tag}"
     p = "random_forrest_execution_time_predictor_config"
     args = [
-        str(vidur_python()), "-c", _VIDUR_RESTART_FIX if fix_restart else _VIDUR_PLAIN, "--seed", "42",
-        "--replica_config_device", "a100", "--replica_config_network_device", "a100_dgx",
-        "--replica_config_model_name", "meta-llama/Llama-2-7b-hf",
-        "--replica_config_tensor_parallel_size", "1", "--replica_config_num_pipeline_stages", "1",
-        "--cluster_config_num_replicas", "1", "--global_scheduler_config_type", "round_robin",
-        "--execution_time_predictor_config_type", "random_forrest",
-        f"--{p}_model_profiling_dataset", "project-vajra/dev-staging-meta-llama-llama-2-7b-hf-a100",
-        f"--{p}_network_profiling_dataset", "project-vajra/dev-staging-a100-dgx",
-        f"--{p}_prediction_max_tokens_per_request", "8192",
-        f"--{p}_num_estimators", "100", f"--{p}_max_depth", "16", f"--{p}_min_samples_split", "2",
-        "--request_generator_config_type", "trace_replay",
-        "--trace_request_generator_config_trace_file", str(trace),
-        "--trace_request_generator_config_date", "2023-11-16",
-        "--trace_request_generator_config_prefill_scale_factor", "1",
-        "--trace_request_generator_config_decode_scale_factor", "1",
-        "--trace_request_generator_config_time_scale_factor", "1",
-        "--trace_request_generator_config_max_tokens", str(MAX_TOKENS),
-        "--cache_config_num_blocks", str(VIDUR_NUM_BLOCKS),
-        "--replica_scheduler_config_type", "vllm",
-        "--vllm_scheduler_config_batch_size_cap", str(VIDUR_BATCH_CAP),
-        "--vllm_scheduler_config_max_tokens_in_batch", str(VIDUR_MAX_TOKENS_IN_BATCH),
-        "--metrics_config_output_dir", str(out), "--no-metrics_config_store_plots",
-    ]  # fmt: skip
+        str(vidur_python()),
+        "-c",
+        _VIDUR_RESTART_FIX if fix_restart else _VIDUR_PLAIN,
+        "--seed",
+        "42",
+        "--replica_config_device",
+        "a100",
+        "--replica_config_network_device",
+        "a100_dgx",
+        "--replica_config_model_name",
+        "meta-llama/Llama-2-7b-hf",
+        "--replica_config_tensor_parallel_size",
+        "1",
+        "--replica_config_num_pipeline_stages",
+        "1",
+        "--cluster_config_num_replicas",
+        "1",
+        "--global_scheduler_config_type",
+        "round_robin",
+        "--execution_time_predictor_config_type",
+        "random_forrest",
+        f"--{p}_model_profiling_dataset",
+        "project-vajra/dev-staging-meta-llama-llama-2-7b-hf-a100",
+        f"--{p}_network_profiling_dataset",
+        "project-vajra/dev-staging-a100-dgx",
+        f"--{p}_prediction_max_tokens_per_request",
+        "8192",
+        f"--{p}_num_estimators",
+        "100",
+        f"--{p}_max_depth",
+        "16",
+        f"--{p}_min_samples_split",
+        "2",
+        "--request_generator_config_type",
+        "trace_replay",
+        "--trace_request_generator_config_trace_file",
+        str(trace),
+        "--trace_request_generator_config_date",
+        "2023-11-16",
+        "--trace_request_generator_config_prefill_scale_factor",
+        "1",
+        "--trace_request_generator_config_decode_scale_factor",
+        "1",
+        "--trace_request_generator_config_time_scale_factor",
+        "1",
+        "--trace_request_generator_config_max_tokens",
+        str(MAX_TOKENS),
+        "--cache_config_num_blocks",
+        str(VIDUR_NUM_BLOCKS),
+        "--replica_scheduler_config_type",
+        "vllm",
+        "--vllm_scheduler_config_batch_size_cap",
+        str(VIDUR_BATCH_CAP),
+        "--vllm_scheduler_config_max_tokens_in_batch",
+        str(VIDUR_MAX_TOKENS_IN_BATCH),
+        "--metrics_config_output_dir",
+        str(out),
+        "--no-metrics_config_store_plots",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     t0 = time.perf_counter()
     proc = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True)
@@ -180,22 +234,35 @@ def run_vidur(requests: list[Request], work: Path, tag: str, fix_restart: bool =
     df = pd.read_csv(metrics).sort_values("Request Id")
     if len(df) != len(requests):
         raise RuntimeError(f"vidur reported {len(df)} of {len(requests)} requests")
-    return RunResult(ttft=df["prefill_e2e_time"].to_numpy(), e2e=df["request_e2e_time"].to_numpy(), wall_s=wall,
-                     restarts=int(df["request_num_restarts"].sum()))  # fmt: skip
+    return RunResult(
+        ttft=df["prefill_e2e_time"].to_numpy(),
+        e2e=df["request_e2e_time"].to_numpy(),
+        wall_s=wall,
+        restarts=int(df["request_num_restarts"].sum()),
+    )
 
 
 def fleettwin_model(attention_table: Path | None) -> ProfiledModel:
     """The profiled model fed exactly what Vidur is fed, and modelling what Vidur models."""
     cat = Catalog.default()
-    params = ProfiledModel.Params(overhead_s=0.0, lm_head=False, decode_batching_overhead=0.0,
-                                  attention_table=str(attention_table) if attention_table else None)  # fmt: skip
+    params = ProfiledModel.Params(
+        overhead_s=0.0,
+        lm_head=False,
+        decode_batching_overhead=0.0,
+        attention_table=str(attention_table) if attention_table else None,
+    )
     return ProfiledModel(params, gpu=cat.gpu("a100-80g"), llm=cat.llm("llama-2-7b"), tp=1)
 
 
 def vidur_limits() -> EngineLimits:
-    return EngineLimits(num_blocks=VIDUR_NUM_BLOCKS, block_size=16, max_num_seqs=VIDUR_BATCH_CAP,
-                        max_num_batched_tokens=VIDUR_MAX_TOKENS_IN_BATCH, max_model_len=MAX_TOKENS,
-                        enable_chunked_prefill=False)  # fmt: skip
+    return EngineLimits(
+        num_blocks=VIDUR_NUM_BLOCKS,
+        block_size=16,
+        max_num_seqs=VIDUR_BATCH_CAP,
+        max_num_batched_tokens=VIDUR_MAX_TOKENS_IN_BATCH,
+        max_model_len=MAX_TOKENS,
+        enable_chunked_prefill=False,
+    )
 
 
 class VidurV0Scheduler(ReferenceScheduler):
@@ -209,9 +276,15 @@ class VidurV0Scheduler(ReferenceScheduler):
     def schedule(self):
         lim, running, waiting = self.limits, self.running, self.waiting
         head = waiting[0] if waiting else None
-        fits = head is not None and len(running) < lim.max_num_seqs and (
-            head.num_tokens <= lim.max_num_batched_tokens
-            and -(-head.num_tokens // lim.block_size) <= self.free_blocks - int(self.WATERMARK * lim.num_blocks))
+        fits = (
+            head is not None
+            and len(running) < lim.max_num_seqs
+            and (
+                head.num_tokens <= lim.max_num_batched_tokens
+                and -(-head.num_tokens // lim.block_size)
+                <= self.free_blocks - int(self.WATERMARK * lim.num_blocks)
+            )
+        )
         if fits:  # admit waiting requests only: hide the running ones and their share of the batch cap
             self.running, self.limits = [], replace(lim, max_num_seqs=lim.max_num_seqs - len(running))
             try:
@@ -228,14 +301,18 @@ class VidurV0Scheduler(ReferenceScheduler):
         return plan
 
 
-def run_fleettwin(requests: list[Request], perf: ProfiledModel, mode: str = "skip", v0: bool = False) -> RunResult:
+def run_fleettwin(
+    requests: list[Request], perf: ProfiledModel, mode: str = "skip", v0: bool = False
+) -> RunResult:
     from fleettwin.sim import runner
 
     original = runner.ReferenceScheduler
     runner.ReferenceScheduler = VidurV0Scheduler if v0 else original
     t0 = time.perf_counter()
     try:
-        raw = simulate(requests, [PoolSpec("a100", vidur_limits(), perf)], mode="per_iteration" if v0 else mode)
+        raw = simulate(
+            requests, [PoolSpec("a100", vidur_limits(), perf)], mode="per_iteration" if v0 else mode
+        )
     finally:
         runner.ReferenceScheduler = original
     wall = time.perf_counter() - t0
@@ -275,8 +352,15 @@ def step_time_check(work: Path) -> str:
     cases = [([n], [n]) for n in (17, 100, 500, 1000, 2000, 4000)] + [([300, 700], [300, 700])]
     cases += [([1] * s, [ctx + 1] * s) for s in (1, 8, 32, 128) for ctx in (200, 1000, 3000)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    proc = subprocess.run([str(vidur_python()), "-c", _VIDUR_STEPS], input=json.dumps(cases), cwd=work, env=env,
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    proc = subprocess.run(
+        [str(vidur_python()), "-c", _VIDUR_STEPS],
+        input=json.dumps(cases),
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     theirs = json.loads(proc.stdout.strip().splitlines()[-1])
     lines = ["| batch | fleettwin (ms) | Vidur (ms) | diff |", "|---|---|---|---|"]
     for (q, kv), t_vidur in zip(cases, theirs, strict=True):
@@ -284,7 +368,11 @@ def step_time_check(work: Path) -> str:
         for nq, nkv in zip(q, kv, strict=True):  # Vidur's num_kv_tokens counts the tokens being computed
             batch.add_decode(nkv - 1) if nq == 1 else batch.add_prefill(nq, nkv - nq)
         t_ft = model.step_time(batch)
-        what = f"{len(q)} decodes at context {kv[0] - 1}" if q[0] == 1 else f"prefill of {' + '.join(map(str, q))}"
+        what = (
+            f"{len(q)} decodes at context {kv[0] - 1}"
+            if q[0] == 1
+            else f"prefill of {' + '.join(map(str, q))}"
+        )
         lines.append(f"| {what} | {t_ft * 1e3:.2f} | {t_vidur * 1e3:.2f} | {t_ft / t_vidur - 1:+.1%} |")
     return "\n".join(lines)
 
@@ -304,22 +392,34 @@ def compare(n: int, qps: float, seed: int, work: Path, fix_restart: bool = True)
             b = float(np.percentile(getattr(theirs, metric), q))
             row[f"{metric}_p{q}_ft"], row[f"{metric}_p{q}_vidur"] = a, b
             row[f"{metric}_p{q}_diff"] = a / b - 1 if b > 0 else math.nan
-    row.update(ft_wall_s=ours.wall_s, vidur_wall_s=theirs.wall_s, ft_preempt=ours.restarts,
-               vidur_restarts=theirs.restarts, speed_ratio=theirs.wall_s / ours.wall_s,
-               ft_req_per_s=n / ours.wall_s, vidur_req_per_s=n / theirs.wall_s)  # fmt: skip
+    row.update(
+        ft_wall_s=ours.wall_s,
+        vidur_wall_s=theirs.wall_s,
+        ft_preempt=ours.restarts,
+        vidur_restarts=theirs.restarts,
+        speed_ratio=theirs.wall_s / ours.wall_s,
+        ft_req_per_s=n / ours.wall_s,
+        vidur_req_per_s=n / theirs.wall_s,
+    )
     return row
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| QPS | TTFT p50 ft / vidur (s) | diff | TTFT p95 ft / vidur (s) | diff | E2E p50 ft / vidur (s) | diff "
-            "| E2E p95 ft / vidur (s) | diff | preempt ft / vidur | wall ft / vidur (s) | req/s ft / vidur | speed |")
+    head = (
+        "| QPS | TTFT p50 ft / vidur (s) | diff | TTFT p95 ft / vidur (s) | diff | E2E p50 ft / vidur (s) | diff "
+        "| E2E p95 ft / vidur (s) | diff | preempt ft / vidur | wall ft / vidur (s) | req/s ft / vidur | speed |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         cells = [f"{r['qps']:g}"]
         for m in ("ttft_p50", "ttft_p95", "e2e_p50", "e2e_p95"):
             cells += [f"{r[m + '_ft']:.3f} / {r[m + '_vidur']:.3f}", f"{r[m + '_diff']:+.1%}"]
-        cells += [f"{r['ft_preempt']} / {r['vidur_restarts']}", f"{r['ft_wall_s']:.2f} / {r['vidur_wall_s']:.1f}",
-                  f"{r['ft_req_per_s']:,.0f} / {r['vidur_req_per_s']:,.0f}", f"{r['speed_ratio']:.0f}x"]  # fmt: skip
+        cells += [
+            f"{r['ft_preempt']} / {r['vidur_restarts']}",
+            f"{r['ft_wall_s']:.2f} / {r['vidur_wall_s']:.1f}",
+            f"{r['ft_req_per_s']:,.0f} / {r['vidur_req_per_s']:,.0f}",
+            f"{r['speed_ratio']:.0f}x",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -331,11 +431,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--work", type=Path, default=Path("/tmp/fleettwin-vs-vidur"))
     ap.add_argument("--csv", type=Path, help="also write the rows here")
-    ap.add_argument("--unpatched-vidur", action="store_true",
-                    help="run Vidur without the restart() fix (it crashes once a request is preempted)")
+    ap.add_argument(
+        "--unpatched-vidur",
+        action="store_true",
+        help="run Vidur without the restart() fix (it crashes once a request is preempted)",
+    )
     args = ap.parse_args(argv)
     if not vidur_available():
-        print(f"Vidur not found at {vidur_python()} (set VIDUR_VENV; see {PEER_KIT}/README.md)", file=sys.stderr)
+        print(
+            f"Vidur not found at {vidur_python()} (set VIDUR_VENV; see {PEER_KIT}/README.md)", file=sys.stderr
+        )
         return 2
     args.work.mkdir(parents=True, exist_ok=True)
     # Vidur trains its predictors on first use and caches them; a warm-up keeps that out of the timings, and a

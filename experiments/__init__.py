@@ -25,8 +25,6 @@ EXPERIMENTS: dict[str, str] = {
 }
 
 
-
-
 def _config_dir() -> Path:
     """The experiments' scenario files: package data (``fleettwin.configs``, configs/ in a clone, inside the
     wheel when installed, next to ``fleettwin.traces`` whose traces they read by relative path); or
@@ -48,8 +46,10 @@ def load(name: str) -> ModuleType:
     if name not in EXPERIMENTS or name not in available():
         raise FleettwinError(f"unknown experiment {name!r}; available: {', '.join(available()) or 'none'}")
     if not CONFIG_DIR.is_dir():
-        raise FleettwinError(f"experiment scenarios not found in {CONFIG_DIR}: FLEETTWIN_CONFIGS names a folder "
-                             "that does not exist, or the package was installed without its data (reinstall)")
+        raise FleettwinError(
+            f"experiment scenarios not found in {CONFIG_DIR}: FLEETTWIN_CONFIGS names a folder "
+            "that does not exist, or the package was installed without its data (reinstall)"
+        )
     return importlib.import_module(f"{__name__}.{EXPERIMENTS[name]}")
 
 

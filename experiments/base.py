@@ -42,7 +42,8 @@ def write_experiment(result: ExperimentResult, out: str | Path) -> list[Path]:
     paths = [
         write_csv(out / "results.csv", result.results),
         write_text(out / "report.md", result.report_md),
-        write_json(out / "meta.json", {"experiment": result.name, "wall_time_s": result.wall_time_s,
-                                        **result.extra}),  # fmt: skip
+        write_json(
+            out / "meta.json", {"experiment": result.name, "wall_time_s": result.wall_time_s, **result.extra}
+        ),
     ]
     return paths + list(result.figures)

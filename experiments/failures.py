@@ -47,25 +47,43 @@ class Case:
 
 
 CASES = (
-    Case("storm_nearest", "failures_storm.yaml", {},
-         "12 + 12 replicas; us-east-1's replicas fail at random (MTBF 120 s each) for 300 s at its peak; nearest "
-         "region routing keeps east users in the east while any replica is up"),
-    Case("storm_latency_aware", "failures_storm.yaml", {"regions.router.name": "latency_aware"},
-         "the same storm with latency-aware routing (RTT + prefill backlog): load moves west as the east queues"),
-    Case("outage_sized_for_failover", "failures_outage.yaml", {},
-         "12 + 12 replicas (each region can carry both peaks); us-east-1 down for 300 s at its peak"),
-    Case("outage_sized_for_own_peak", "failures_outage.yaml", {"pools.0.replicas": 8, "pools.1.replicas": 8},
-         "8 + 8 replicas (each region sized for its own peak only); the same outage"),
-)  # fmt: skip
+    Case(
+        "storm_nearest",
+        "failures_storm.yaml",
+        {},
+        "12 + 12 replicas; us-east-1's replicas fail at random (MTBF 120 s each) for 300 s at its peak; nearest "
+        "region routing keeps east users in the east while any replica is up",
+    ),
+    Case(
+        "storm_latency_aware",
+        "failures_storm.yaml",
+        {"regions.router.name": "latency_aware"},
+        "the same storm with latency-aware routing (RTT + prefill backlog): load moves west as the east queues",
+    ),
+    Case(
+        "outage_sized_for_failover",
+        "failures_outage.yaml",
+        {},
+        "12 + 12 replicas (each region can carry both peaks); us-east-1 down for 300 s at its peak",
+    ),
+    Case(
+        "outage_sized_for_own_peak",
+        "failures_outage.yaml",
+        {"pools.0.replicas": 8, "pools.1.replicas": 8},
+        "8 + 8 replicas (each region sized for its own peak only); the same outage",
+    ),
+)
 
 
 def load_case(case: Case, *, quick: bool) -> ScenarioConfig:
     cfg = load_scenario(CONFIGS / case.file, case.overrides)
     if not quick:
         return cfg
-    scaled = {"workload.rate": cfg.workload.params["rate"] * QUICK_SCALE,
-              **{f"pools.{i}.replicas": max(1, round(p.replicas * QUICK_SCALE)) for i, p in enumerate(cfg.pools)}}
-    return load_scenario(CONFIGS / case.file, {**case.overrides, **scaled})  # fmt: skip
+    scaled = {
+        "workload.rate": cfg.workload.params["rate"] * QUICK_SCALE,
+        **{f"pools.{i}.replicas": max(1, round(p.replicas * QUICK_SCALE)) for i, p in enumerate(cfg.pools)},
+    }
+    return load_scenario(CONFIGS / case.file, {**case.overrides, **scaled})
 
 
 def failure_window(cfg: ScenarioConfig) -> tuple[float, float]:
@@ -107,21 +125,31 @@ def case_row(case: Case, cfg: ScenarioConfig, res: SimulationResult, base: Simul
     width = end - start
     req = s["requests"]
     return {
-        "scenario": case.name, "requests": req["total"], "completed": req["completed"], "failed": req["failed"],
-        "dropped": req["dropped"], "rejected": req["rejected"], "unfinished": req["unfinished"],
-        "lost": req["total"] - req["completed"], "retries": s["retries"]["retries"],
+        "scenario": case.name,
+        "requests": req["total"],
+        "completed": req["completed"],
+        "failed": req["failed"],
+        "dropped": req["dropped"],
+        "rejected": req["rejected"],
+        "unfinished": req["unfinished"],
+        "lost": req["total"] - req["completed"],
+        "retries": s["retries"]["retries"],
         "requests_retried": s["retries"]["requests_retried"],
         "truncated": int(df["mitigation"].str.startswith("truncated").sum()),
-        "failures_injected": s["failures"]["injected"], "window_start_s": start, "window_end_s": end,
-        "p99_e2e_before_s": p99(done, start - width, start), "p99_e2e_during_s": p99(done, start, end),
+        "failures_injected": s["failures"]["injected"],
+        "window_start_s": start,
+        "window_end_s": end,
+        "p99_e2e_before_s": p99(done, start - width, start),
+        "p99_e2e_during_s": p99(done, start, end),
         "p99_e2e_after_s": p99(done, end, end + width),
         "baseline_p99_e2e_during_s": p99(base_done, start, end),
         "p99_ttft_during_s": p99(done, start, end, "ttft_s"),
         "time_to_recover_s": time_to_recover(done, base_done, end, float(df["arrival_s"].max())),
         "cross_region_frac": s["regions"]["cross_region_frac"] if "regions" in s else math.nan,
-        "gpu_hours": s["cost"]["gpu_hours"], "baseline_gpu_hours": base.summary["cost"]["gpu_hours"],
+        "gpu_hours": s["cost"]["gpu_hours"],
+        "baseline_gpu_hours": base.summary["cost"]["gpu_hours"],
         **slo_columns(s),  # percentile targets met or missed, when the scenario has them
-    }  # fmt: skip
+    }
 
 
 def per_minute(res: SimulationResult) -> pd.Series:
@@ -157,11 +185,19 @@ def run(out: Path, *, quick: bool, progress: ExperimentProgress | None = None) -
 
     figures = [plot_minutes(minutes, table, out / "p99_per_minute.png", BIN_S)]
     return ExperimentResult(
-        name="failures", results=table, report_md=report(table, CASES, quick=quick),
-        wall_time_s=time.perf_counter() - wall0, figures=figures,
-        extra={"quick": quick, "cases": [{"name": c.name, "file": c.file, "overrides": c.overrides} for c in CASES],
-               "seeds": [cfg.seed for _, cfg in cfgs], "bin_s": BIN_S, "tolerance": TOLERANCE},
-    )  # fmt: skip
+        name="failures",
+        results=table,
+        report_md=report(table, CASES, quick=quick),
+        wall_time_s=time.perf_counter() - wall0,
+        figures=figures,
+        extra={
+            "quick": quick,
+            "cases": [{"name": c.name, "file": c.file, "overrides": c.overrides} for c in CASES],
+            "seeds": [cfg.seed for _, cfg in cfgs],
+            "bin_s": BIN_S,
+            "tolerance": TOLERANCE,
+        },
+    )
 
 
 def _no_failures(cfg: ScenarioConfig):

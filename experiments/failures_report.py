@@ -11,8 +11,19 @@ import pandas as pd
 
 from fleettwin import io
 
-COLUMNS = ("scenario", "requests", "lost", "failed", "retries", "failures_injected", "p99_e2e_before_s",
-           "p99_e2e_during_s", "baseline_p99_e2e_during_s", "p99_e2e_after_s", "time_to_recover_s")  # fmt: skip
+COLUMNS = (
+    "scenario",
+    "requests",
+    "lost",
+    "failed",
+    "retries",
+    "failures_injected",
+    "p99_e2e_before_s",
+    "p99_e2e_during_s",
+    "baseline_p99_e2e_during_s",
+    "p99_e2e_after_s",
+    "time_to_recover_s",
+)
 
 
 def _fmt(v) -> str:
@@ -33,16 +44,21 @@ def _case_line(row) -> str:
     ratio = row["p99_e2e_during_s"] / base if base and not math.isnan(base) else math.nan
     ttr = row["time_to_recover_s"]
     rec = "did not recover within the run" if math.isnan(ttr) else f"recovered {ttr:.0f} s after the window"
-    return (f"`{row['scenario']}`: {row['lost']} of {row['requests']} requests lost, {row['retries']} retries, "
-            f"p99 E2E during the window {row['p99_e2e_during_s']:.1f} s ({ratio:.1f}x the baseline's "
-            f"{base:.1f} s), {rec}.")
+    return (
+        f"`{row['scenario']}`: {row['lost']} of {row['requests']} requests lost, {row['retries']} retries, "
+        f"p99 E2E during the window {row['p99_e2e_during_s']:.1f} s ({ratio:.1f}x the baseline's "
+        f"{base:.1f} s), {rec}."
+    )
 
 
 def report(table: pd.DataFrame, cases, *, quick: bool) -> str:
     rows = {r["scenario"]: r for _, r in table.iterrows()}
     out = rows.get("outage_sized_for_failover")
-    verdict = ("holds in this run: no request lost" if out is not None and out["lost"] == 0
-               else "does not hold in this run: see the lost column")  # fmt: skip
+    verdict = (
+        "holds in this run: no request lost"
+        if out is not None and out["lost"] == 0
+        else "does not hold in this run: see the lost column"
+    )
     what = "\n".join(f"- `{c.name}`: {c.what}" for c in cases)
     lines = "\n".join(f"- {_case_line(r)}" for r in rows.values())
     return f"""# Failures: a GPU failure storm and a region outage at peak{" (quick run)" if quick else ""}
@@ -83,7 +99,12 @@ def plot_minutes(minutes: dict[str, pd.Series], table: pd.DataFrame, path: Path,
         name = row["scenario"]
         for label, style in ((f"{name} (baseline)", ":"), (name, "-")):
             s = minutes[label]
-            ax.plot((s.index.to_numpy() + 0.5) * bin_s, s.to_numpy(), style, label="baseline" if style == ":" else name)
+            ax.plot(
+                (s.index.to_numpy() + 0.5) * bin_s,
+                s.to_numpy(),
+                style,
+                label="baseline" if style == ":" else name,
+            )
         ax.axvspan(row["window_start_s"], row["window_end_s"], color="tab:red", alpha=0.12)
         ax.set_yscale("log")
         ax.set_ylabel("p99 E2E (s)")

@@ -28,8 +28,17 @@ from fleettwin.sim.stats import slo_columns
 
 SCENARIO = CONFIG_DIR / "multitier.yaml"
 POLICIES = CONFIG_DIR / "multitier_policies.yaml"
-COLUMNS = ["policy", "cost_per_hour", "gpu_util", "p95_ttft_s", "p95_ttft_cv", "p95_e2e_s", "slo_attainment",
-           "training_gpu_hours", "batch_deadline_miss"]  # fmt: skip
+COLUMNS = [
+    "policy",
+    "cost_per_hour",
+    "gpu_util",
+    "p95_ttft_s",
+    "p95_ttft_cv",
+    "p95_e2e_s",
+    "slo_attainment",
+    "training_gpu_hours",
+    "batch_deadline_miss",
+]
 CAPACITY_USERS = ("unified", "forecast", "milp")  # allocators that size inference with a CapacityModel
 
 
@@ -54,9 +63,16 @@ def load_policies(path: Path = POLICIES) -> PoliciesFile:
         raise ConfigError(format_errors(str(path), exc)) from None
 
 
-def run(out: Path, *, quick: bool, progress: ExperimentProgress | None = None,
-        overrides: dict[str, Any] | None = None, scenario: Path = SCENARIO,
-        policies: Path = POLICIES, measure_capacity: bool | None = None) -> ExperimentResult:  # fmt: skip
+def run(
+    out: Path,
+    *,
+    quick: bool,
+    progress: ExperimentProgress | None = None,
+    overrides: dict[str, Any] | None = None,
+    scenario: Path = SCENARIO,
+    policies: Path = POLICIES,
+    measure_capacity: bool | None = None,
+) -> ExperimentResult:
     """Run every policy and build the report. ``overrides`` (dotted scenario paths) apply after ``--quick``'s;
     ``measure_capacity`` defaults to the full run (True) and the quick one (False)."""
     from fleettwin.experiments.multitier_report import plots, report
@@ -91,18 +107,36 @@ def run(out: Path, *, quick: bool, progress: ExperimentProgress | None = None,
 
     figures.append(write_csv(out / "details.csv", detail_df))
     wall = time.perf_counter() - wall0
-    meta = {"scenario": str(scenario), "policies": str(policies), "quick": quick, "overrides": base,
-            "seed": cfg.seed, "requests": len(requests), "capacity_measured": measured,
-            "capacity_probe": None if probe is None else {
-                "key": probe.key, "knee_rps": probe.requests_per_s, "closed_form_rps": probe.closed_form_rps,
-                "probes": probe.probes}}  # fmt: skip
+    meta = {
+        "scenario": str(scenario),
+        "policies": str(policies),
+        "quick": quick,
+        "overrides": base,
+        "seed": cfg.seed,
+        "requests": len(requests),
+        "capacity_measured": measured,
+        "capacity_probe": None
+        if probe is None
+        else {
+            "key": probe.key,
+            "knee_rps": probe.requests_per_s,
+            "closed_form_rps": probe.closed_form_rps,
+            "probes": probe.probes,
+        },
+    }
     md = report(results, detail_df, meta, wall_s=wall, quick=quick)
-    return ExperimentResult(name="multitier", results=results, report_md=md, wall_time_s=wall, extra=meta,
-                            figures=figures)  # fmt: skip
+    return ExperimentResult(
+        name="multitier", results=results, report_md=md, wall_time_s=wall, extra=meta, figures=figures
+    )
 
 
-def policy_scenario(scenario: Path, base: dict[str, Any], policy: PolicySpec, measured: dict[str, float],
-                    unified: SimulationResult | None) -> ScenarioConfig:  # fmt: skip
+def policy_scenario(
+    scenario: Path,
+    base: dict[str, Any],
+    policy: PolicySpec,
+    measured: dict[str, float],
+    unified: SimulationResult | None,
+) -> ScenarioConfig:
     """The scenario with this policy's allocator (and its capacity table, interval; static: unified's peaks)."""
     params = dict(policy.allocator.params)
     if policy.allocator.name in CAPACITY_USERS:
@@ -111,7 +145,9 @@ def policy_scenario(scenario: Path, base: dict[str, Any], policy: PolicySpec, me
         params["capacity"] = cap
     if policy.allocator.name == "static":
         if unified is None:
-            raise ConfigError(f"{POLICIES}: static takes unified's per-tier peaks; list unified before static")
+            raise ConfigError(
+                f"{POLICIES}: static takes unified's per-tier peaks; list unified before static"
+            )
         params = {**static_from(unified), **params}
     over = {**base, "controller.allocator": {"name": policy.allocator.name, "params": params}}
     if policy.interval_s is not None:
@@ -125,8 +161,9 @@ def static_from(unified: SimulationResult) -> dict[str, Any]:
     tier |= {p["name"]: p["tier"] for p in unified.summary["tiers"]["job_pools"]}
     peaks: dict[str, int] = {}
     for pool, t in tier.items():
-        most = max((sum(x["gpus"] for x in d["targets"] if x["pool"] == pool) for d in unified.decisions),
-                   default=0)  # fmt: skip
+        most = max(
+            (sum(x["gpus"] for x in d["targets"] if x["pool"] == pool) for d in unified.decisions), default=0
+        )
         peaks[t] = peaks.get(t, 0) + most
     total = sum(peaks.values())
     return {"total_gpus": total, "shares": {t: n / total for t, n in peaks.items()}}
@@ -138,8 +175,13 @@ def measure_knee_for(cfg: ScenarioConfig):
 
     p = cfg.pools[0]
     lengths = cfg.workload.params["lengths"]
-    return measure_knee({"gpu": p.gpu, "model": p.model, "tp": p.tp}, lengths, ttft_s=cfg.slo.ttft_s,
-                        tpot_s=cfg.slo.tpot_s, base_dir=cfg.base_dir)  # fmt: skip
+    return measure_knee(
+        {"gpu": p.gpu, "model": p.model, "tp": p.tp},
+        lengths,
+        ttft_s=cfg.slo.ttft_s,
+        tpot_s=cfg.slo.tpot_s,
+        base_dir=cfg.base_dir,
+    )
 
 
 def _measured_in(cfg: ScenarioConfig) -> dict[str, float]:
@@ -173,36 +215,51 @@ def measure(name: str, res: SimulationResult, measured: dict[str, float]) -> tup
     due, missed = sum(p["deadlines_due"] for p in ops), sum(p["deadlines_missed"] for p in ops)
     hourly = hourly_p95_ttft(res.requests)
     row = {
-        "policy": name, "cost_per_hour": s["cost"]["usd_per_hour"], "gpu_util": s["gpu_util"],
-        "p95_ttft_s": s["latency_s"]["ttft"]["p95"], "p95_ttft_cv": cv(hourly),
-        "p95_e2e_s": s["latency_s"]["e2e"]["p95"], "slo_attainment": s["slo"]["attainment"],
+        "policy": name,
+        "cost_per_hour": s["cost"]["usd_per_hour"],
+        "gpu_util": s["gpu_util"],
+        "p95_ttft_s": s["latency_s"]["ttft"]["p95"],
+        "p95_ttft_cv": cv(hourly),
+        "p95_e2e_s": s["latency_s"]["e2e"]["p95"],
+        "slo_attainment": s["slo"]["attainment"],
         "training_gpu_hours": sum(p["work_done_gpu_hours"] for p in train),
-        "batch_deadline_miss": missed / due if due else 0.0, **slo_columns(s),
-    }  # fmt: skip
+        "batch_deadline_miss": missed / due if due else 0.0,
+        **slo_columns(s),
+    }
     inf = s["pools"][0]
     key = f"{inf['gpu']}/{inf['model']}/{inf['tp']}"
     knee = measured.get(key)
     done = s["requests"]["completed"]
     replica_h = tiers["inference"]["gpu_hours"] / inf["tp"]
     detail = {
-        "policy": name, "usd_total": s["cost"]["usd"], "sim_hours": s["sim_time_s"] / 3600,
-        **{f"{t}_usd_per_hour": tiers[t]["cost_usd"] / (s["sim_time_s"] / 3600) for t in
-           ("inference", "training", "operational")},
+        "policy": name,
+        "usd_total": s["cost"]["usd"],
+        "sim_hours": s["sim_time_s"] / 3600,
+        **{
+            f"{t}_usd_per_hour": tiers[t]["cost_usd"] / (s["sim_time_s"] / 3600)
+            for t in ("inference", "training", "operational")
+        },
         **{f"{t}_gpus_mean": tiers[t]["gpus_mean"] for t in ("inference", "training", "operational")},
         **{f"{t}_busy": tiers[t]["busy_fraction"] for t in ("inference", "training", "operational")},
         "gpus_max": max(tiers["max_held"].values()) if tiers["max_held"] else 0,
         # served requests over what the GPUs held could serve at the measured knee: load, not nvidia-smi
         "inference_capacity_util": done / (knee * replica_h * 3600) if knee and replica_h else float("nan"),
-        "p50_ttft_s": s["latency_s"]["ttft"]["p50"], "p99_ttft_s": s["latency_s"]["ttft"]["p99"],
+        "p50_ttft_s": s["latency_s"]["ttft"]["p50"],
+        "p99_ttft_s": s["latency_s"]["ttft"]["p99"],
         "hourly_p95_ttft_max_s": float(hourly.max()) if len(hourly) else float("nan"),
         "training_lost_gpu_hours": sum(p["work_lost_gpu_hours"] for p in train),
         "training_preemptions": sum(p["preemptions"] for p in train),
         "ops_preemptions": sum(p["preemptions"] for p in ops),
-        "jobs_finished": sum(p["jobs_finished"] for p in pools), "deadlines_due": due,
+        "jobs_finished": sum(p["jobs_finished"] for p in pools),
+        "deadlines_due": due,
         # decisions whose forecaster fell back to the last value (0 when warm-started and fitted every time)
-        "forecast_fallback_decisions": sum(f["decisions"] for f in s.get("controller", {}).get("forecast_fallbacks", [])),
-        "deadlines_missed": missed, "requests": s["requests"]["total"], "completed": done,
+        "forecast_fallback_decisions": sum(
+            f["decisions"] for f in s.get("controller", {}).get("forecast_fallbacks", [])
+        ),
+        "deadlines_missed": missed,
+        "requests": s["requests"]["total"],
+        "completed": done,
         "decisions": s.get("controller", {}).get("decisions", 0),
         "not_carried_out": sum(tiers.get("not_carried_out", {}).values()),
-    }  # fmt: skip
+    }
     return row, detail

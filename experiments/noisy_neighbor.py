@@ -74,7 +74,9 @@ def _scaled(data: dict, scale: float) -> dict:
     return data
 
 
-def setup_scenario(base: dict, setup: Setup, *, seed: int, scale: float = 1.0, path: Path = CONFIG) -> ScenarioConfig:
+def setup_scenario(
+    base: dict, setup: Setup, *, seed: int, scale: float = 1.0, path: Path = CONFIG
+) -> ScenarioConfig:
     """The scenario of one set-up: the base with its isolation switched on or off."""
     data = _scaled(copy.deepcopy(base), scale)
     data["seed"] = seed
@@ -83,8 +85,11 @@ def setup_scenario(base: dict, setup: Setup, *, seed: int, scale: float = 1.0, p
     ten = data["tenants"]
     for m in ten["members"]:
         q = m.get("quotas", {})
-        m["quotas"] = {k: v for k, v in q.items() if (k in RATE_KEYS and setup.rate_quotas)
-                       or (k in CAP_KEYS and setup.slot_caps)}  # fmt: skip
+        m["quotas"] = {
+            k: v
+            for k, v in q.items()
+            if (k in RATE_KEYS and setup.rate_quotas) or (k in CAP_KEYS and setup.slot_caps)
+        }
     if not setup.gateway:
         ten.pop("gateway", None)
     return parse_scenario(data, source=f"{path} [{setup.label}]", base_dir=path.parent)
@@ -102,9 +107,13 @@ def capacity_tokens_per_s(base: dict, *, seed: int, scale: float = 1.0, path: Pa
     comps = base["workload"]["components"]
     rate = PROBE_LOAD * sum(c["rate"] for c in comps)
     duration = 300.0 * scale
-    data = {"name": "capacity-probe", "seed": seed, "pools": copy.deepcopy(base["pools"]),
-            "workload": {"type": "poisson", "rate": rate, "duration_s": duration, "lengths": comps[0]["lengths"]},
-            "sim": {"max_time_s": duration}}  # fmt: skip
+    data = {
+        "name": "capacity-probe",
+        "seed": seed,
+        "pools": copy.deepcopy(base["pools"]),
+        "workload": {"type": "poisson", "rate": rate, "duration_s": duration, "lengths": comps[0]["lengths"]},
+        "sim": {"max_time_s": duration},
+    }
     df = run_scenario(parse_scenario(data, source=f"{path} [capacity probe]", base_dir=path.parent)).requests
     done = df[(df["status"] == COMPLETED) & (df["finish_s"] >= duration / 4) & (df["finish_s"] < duration)]
     return float((done["prompt_tokens"] + done["output_tokens"]).sum()) / (0.75 * duration)
@@ -115,8 +124,9 @@ def _p(values: pd.Series, q: float) -> float:
     return float(np.percentile(v, q)) if len(v) else float("nan")
 
 
-def measure(setup: Setup, runs: list[tuple[ScenarioConfig, Any]], window: tuple[str, float, float],
-            capacity: float) -> list[dict]:  # fmt: skip
+def measure(
+    setup: Setup, runs: list[tuple[ScenarioConfig, Any]], window: tuple[str, float, float], capacity: float
+) -> list[dict]:
     """One row per tenant and one for all tenants, pooling the seeds' requests."""
     cfg = runs[0][0]
     ten = cfg.tenants
@@ -136,28 +146,42 @@ def measure(setup: Setup, runs: list[tuple[ScenarioConfig, Any]], window: tuple[
         mine = df if name == "all" else df[df["tenant"] == name]
         ok = done if name == "all" else done[done["tenant"] == name]
         if name == "all":
-            met = pd.concat([slo_met(df[df["tenant"] == t], Slo(s.ttft_s, s.tpot_s)) for t, s in slos.items()])
+            met = pd.concat(
+                [slo_met(df[df["tenant"] == t], Slo(s.ttft_s, s.tpot_s)) for t, s in slos.items()]
+            )
         else:
             met = slo_met(mine, Slo(slos[name].ttft_s, slos[name].tpot_s))
         in_burst = ok[(ok["arrival_s"] >= start) & (ok["arrival_s"] < end)]
         tokens = float((ok["prompt_tokens"] + ok["output_tokens"]).sum())
-        rows.append({
-            "setup": setup.label, "tenant": name, "seeds": len(runs), "requests": len(mine),
-            "completed": len(ok), "rejected": int((mine["status"] == REJECTED).sum()),
-            "rejected_by_quota": int(mine["reason"].astype(str).str.startswith(QUOTA_REASON).sum()),
-            "rejected_by_gateway": int(mine["reason"].astype(str).str.startswith(GATEWAY_REASON).sum()),
-            "p50_ttft_s": _p(ok["ttft_s"], 50), "p95_ttft_s": _p(ok["ttft_s"], 95),
-            "p95_ttft_burst_s": _p(in_burst["ttft_s"], 95), "p95_e2e_s": _p(ok["e2e_s"], 95),
-            "p95_tpot_s": _p(ok["tpot_s"], 95),
-            "slo_attainment": float(met.sum() / len(mine)) if len(mine) else float("nan"),
-            "throughput_rps": len(ok) / duration, "token_share": tokens / served if served else float("nan"),
-            "gpu_util": util, "busy_fraction": busy, "served_tokens_per_gpu_s": served / gpu_s,
-        })  # fmt: skip
+        rows.append(
+            {
+                "setup": setup.label,
+                "tenant": name,
+                "seeds": len(runs),
+                "requests": len(mine),
+                "completed": len(ok),
+                "rejected": int((mine["status"] == REJECTED).sum()),
+                "rejected_by_quota": int(mine["reason"].astype(str).str.startswith(QUOTA_REASON).sum()),
+                "rejected_by_gateway": int(mine["reason"].astype(str).str.startswith(GATEWAY_REASON).sum()),
+                "p50_ttft_s": _p(ok["ttft_s"], 50),
+                "p95_ttft_s": _p(ok["ttft_s"], 95),
+                "p95_ttft_burst_s": _p(in_burst["ttft_s"], 95),
+                "p95_e2e_s": _p(ok["e2e_s"], 95),
+                "p95_tpot_s": _p(ok["tpot_s"], 95),
+                "slo_attainment": float(met.sum() / len(mine)) if len(mine) else float("nan"),
+                "throughput_rps": len(ok) / duration,
+                "token_share": tokens / served if served else float("nan"),
+                "gpu_util": util,
+                "busy_fraction": busy,
+                "served_tokens_per_gpu_s": served / gpu_s,
+            }
+        )
     return rows
 
 
-def run(out: Path, *, quick: bool, progress: ExperimentProgress | None = None,
-        config: Path = CONFIG) -> ExperimentResult:  # fmt: skip
+def run(
+    out: Path, *, quick: bool, progress: ExperimentProgress | None = None, config: Path = CONFIG
+) -> ExperimentResult:
     wall0 = time.perf_counter()
     base = load_base(config)
     seeds, scale = (QUICK_SEEDS, QUICK_SCALE) if quick else (SEEDS, 1.0)
@@ -183,13 +207,26 @@ def run(out: Path, *, quick: bool, progress: ExperimentProgress | None = None,
 
     wall = time.perf_counter() - wall0
     return ExperimentResult(
-        name="noisy-neighbor", results=results,
-        report_md=report(results, base=base, window=window, capacity=capacity, seeds=seeds, quick=quick,
-                         config=config, wall_s=wall),
+        name="noisy-neighbor",
+        results=results,
+        report_md=report(
+            results,
+            base=base,
+            window=window,
+            capacity=capacity,
+            seeds=seeds,
+            quick=quick,
+            config=config,
+            wall_s=wall,
+        ),
         wall_time_s=wall,
-        extra={"quick": quick, "seeds": list(seeds), "scale": scale, "config": str(config),
-               "capacity_tokens_per_s": capacity, "burst": {"tenant": window[0], "start_s": window[1],
-                                                             "end_s": window[2]},
-               "setup_wall_s": walls},
-    )  # fmt: skip
-
+        extra={
+            "quick": quick,
+            "seeds": list(seeds),
+            "scale": scale,
+            "config": str(config),
+            "capacity_tokens_per_s": capacity,
+            "burst": {"tenant": window[0], "start_s": window[1], "end_s": window[2]},
+            "setup_wall_s": walls,
+        },
+    )

@@ -29,18 +29,38 @@ class Group:
 
 
 GROUPS = [
-    Group("sim", "the simulator: run a scenario, sweep a grid, plan, experiments",
-          {"run": "simulate", "sweep": "sweep", "plan": "plan", "experiment": "experiment",
-           "native": "native"}),
-    Group("live", "live twin: vLLM emulator, loadgen, shadow, gateway, retrieval",
-          {"emulate": "emulate", "loadgen": "loadgen", "shadow": "shadow", "gateway": "gateway",
-           "retrieval": "serve_retrieval"}),
-    Group("policy", "policies: backtest forecasters, validate in simulation, promote",
-          {"backtest": "backtest", "validate": "validate", "promote": "promote"}),
-    Group("data", "catalogs, calibration on measured runs, FAISS timings, certs",
-          {"catalog": "catalog", "calibrate": "calibrate", "calibrate-retrieval": "calibrate_retrieval",
-           "certs": "certs"}),
-]  # fmt: skip
+    Group(
+        "sim",
+        "the simulator: run a scenario, sweep a grid, plan, experiments",
+        {"run": "simulate", "sweep": "sweep", "plan": "plan", "experiment": "experiment", "native": "native"},
+    ),
+    Group(
+        "live",
+        "live twin: vLLM emulator, loadgen, shadow, gateway, retrieval",
+        {
+            "emulate": "emulate",
+            "loadgen": "loadgen",
+            "shadow": "shadow",
+            "gateway": "gateway",
+            "retrieval": "serve_retrieval",
+        },
+    ),
+    Group(
+        "policy",
+        "policies: backtest forecasters, validate in simulation, promote",
+        {"backtest": "backtest", "validate": "validate", "promote": "promote"},
+    ),
+    Group(
+        "data",
+        "catalogs, calibration on measured runs, FAISS timings, certs",
+        {
+            "catalog": "catalog",
+            "calibrate": "calibrate",
+            "calibrate-retrieval": "calibrate_retrieval",
+            "certs": "certs",
+        },
+    ),
+]
 # The flat names of earlier releases (the module's name, dashed) -> module; they parse exactly as before.
 ALIASES = {module.replace("_", "-"): module for g in GROUPS for module in g.commands.values()}
 # Commands (modules) that run the simulator: they say once when it runs without its compiled hot path.
@@ -115,9 +135,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     should not pay. The root ``--help`` imports none."""
     words = [a for a in (argv or []) if not a.startswith("-")]
     parser = argparse.ArgumentParser(
-        prog="fleettwin", description=textwrap.fill(DESCRIPTION, 100), epilog=OLD_NAMES,
+        prog="fleettwin",
+        description=textwrap.fill(DESCRIPTION, 100),
+        epilog=OLD_NAMES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    )
     parser.add_argument("--version", action="version", version=f"fleettwin {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="GROUP")
     for group in GROUPS:

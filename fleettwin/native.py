@@ -24,7 +24,9 @@ def source_sha(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def adopt(namespace: dict, native_module: str, names: tuple[str, ...], requires: tuple[str, ...] = ()) -> bool:
+def adopt(
+    namespace: dict, native_module: str, names: tuple[str, ...], requires: tuple[str, ...] = ()
+) -> bool:
     """Replace ``names`` in the module whose globals are ``namespace`` by those of ``native_module`` when that
     compiled copy was built from this module's current source and every module in ``requires`` (compiled in the
     same group, whose classes the copy was built against) was adopted too. Returns whether it did."""
@@ -33,7 +35,9 @@ def adopt(namespace: dict, native_module: str, names: tuple[str, ...], requires:
     if os.environ.get("FLEETTWIN_PURE_PYTHON", "") not in ("", "0"):
         return False
     if not all(_ADOPTED.get(r) for r in requires):
-        return False  # a compiled class mixed with the pure classes of a stale module would fail its type checks
+        return (
+            False  # a compiled class mixed with the pure classes of a stale module would fail its type checks
+        )
     try:
         native = importlib.import_module(native_module)
     except ImportError:

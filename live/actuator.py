@@ -82,7 +82,14 @@ class ManagedReplica:
         return self.proc.pid
 
     def event(self, name: str, **extra) -> dict:
-        return {"event": name, "pool": self.pool, "replica": self.index, "pid": self.pid, "url": self.url, **extra}
+        return {
+            "event": name,
+            "pool": self.pool,
+            "replica": self.index,
+            "pid": self.pid,
+            "url": self.url,
+            **extra,
+        }
 
     def exit_status(self) -> tuple[bool, int | None]:
         """(exited, return code); the code of an adopted process is unknown (it is not our child)."""
@@ -119,8 +126,15 @@ class LocalProcessActuator:
     """Starts and stops ``fleettwin live emulate`` replicas of the scenario's pools. ``log_dir`` holds each
     replica's output (``<pool>-<n>.log``), the ledger (``replicas.json``) and ``targets.json``."""
 
-    def __init__(self, cfg: LiveConfig, *, log_dir: str | Path, python: str = sys.executable,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time):  # fmt: skip
+    def __init__(
+        self,
+        cfg: LiveConfig,
+        *,
+        log_dir: str | Path,
+        python: str = sys.executable,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ):
         if cfg.actuator is None:
             raise ValueError("the live scenario has no actuator section")
         self.cfg, self.act, self.python, self.clock, self.wall = cfg, cfg.actuator, python, clock, wall
@@ -157,14 +171,37 @@ class LocalProcessActuator:
     def emulate_args(self, pool: LivePool) -> list[str]:
         """The ``fleettwin live emulate`` command line of one replica of ``pool``."""
         e = pool.engine
-        args = ["-m", "fleettwin", "emulate", "--model", pool.model, "--gpu", pool.gpu, "--host", self.act.host,
-                "--port", "0", "--tp", str(self.tp[pool.name]), "--max-num-seqs", str(e.max_num_seqs),
-                "--max-num-batched-tokens", str(e.max_num_batched_tokens),
-                "--gpu-memory-utilization", str(e.gpu_memory_utilization), "--perf-model", pool.perf_model.name]  # fmt: skip
+        args = [
+            "-m",
+            "fleettwin",
+            "emulate",
+            "--model",
+            pool.model,
+            "--gpu",
+            pool.gpu,
+            "--host",
+            self.act.host,
+            "--port",
+            "0",
+            "--tp",
+            str(self.tp[pool.name]),
+            "--max-num-seqs",
+            str(e.max_num_seqs),
+            "--max-num-batched-tokens",
+            str(e.max_num_batched_tokens),
+            "--gpu-memory-utilization",
+            str(e.gpu_memory_utilization),
+            "--perf-model",
+            pool.perf_model.name,
+        ]
         for key, value in pool.perf_model.params.items():
             args += ["--perf-param", f"{key}={json.dumps(value)}"]  # JSON is YAML, which emulate reads
-        for flag, value in (("--max-model-len", e.max_model_len), ("--num-gpu-blocks", e.num_gpu_blocks),
-                            ("--served-model-name", self.cfg.scrape.model_name), ("--token", self.cfg.scrape.token)):  # fmt: skip
+        for flag, value in (
+            ("--max-model-len", e.max_model_len),
+            ("--num-gpu-blocks", e.num_gpu_blocks),
+            ("--served-model-name", self.cfg.scrape.model_name),
+            ("--token", self.cfg.scrape.token),
+        ):
             if value is not None:
                 args += [flag, str(value)]
         return args
@@ -183,8 +220,16 @@ class LocalProcessActuator:
             tagged.pop(rec.id, None)
             if proc is None:
                 self.ledger.drop(rec.id)
-                events.append({"event": "lost", "pool": rec.pool, "replica": rec.index, "pid": rec.pid,
-                               "url": rec.url, "was": rec.state})  # fmt: skip
+                events.append(
+                    {
+                        "event": "lost",
+                        "pool": rec.pool,
+                        "replica": rec.index,
+                        "pid": rec.pid,
+                        "url": rec.url,
+                        "was": rec.state,
+                    }
+                )
                 continue
             why = self._stray_reason(rec, len(keep[rec.pool]))
             if why:
@@ -193,8 +238,16 @@ class LocalProcessActuator:
                 keep[rec.pool].append((rec, proc))
                 events.append(self._adopt(rec, proc, now))
         for rid, proc in tagged.items():  # started under this ledger, but its record was never written
-            events.append({"event": "stop", "pool": None, "replica": None, "pid": proc.pid, "url": None,
-                           "reason": f"stray: no record of replica {rid}"})  # fmt: skip
+            events.append(
+                {
+                    "event": "stop",
+                    "pool": None,
+                    "replica": None,
+                    "pid": proc.pid,
+                    "url": None,
+                    "reason": f"stray: no record of replica {rid}",
+                }
+            )
             with contextlib.suppress(psutil.Error):  # gone between finding and signalling it
                 proc.terminate()
         self._publish()
@@ -214,8 +267,15 @@ class LocalProcessActuator:
         return ""
 
     def _adopt(self, rec: ReplicaRecord, proc: psutil.Process, now: float, stopping: str = "") -> dict:
-        r = ManagedReplica(record=rec, proc=proc, popen=None, started_at=now, since=now, url=rec.url,
-                           log_path=self.log_dir / f"{rec.pool}-{rec.index}.log")  # fmt: skip
+        r = ManagedReplica(
+            record=rec,
+            proc=proc,
+            popen=None,
+            started_at=now,
+            since=now,
+            url=rec.url,
+            log_path=self.log_dir / f"{rec.pool}-{rec.index}.log",
+        )
         self.replicas.append(r)
         if stopping:
             return self._stop(r, now, stopping)
@@ -233,8 +293,15 @@ class LocalProcessActuator:
 
     # -- acting ----------------------------------------------------------------------------------------
 
-    async def apply(self, decision: Decision, snapshot: FleetSnapshot, metrics: dict[str, BackendMetrics],
-                    now: float, *, external: dict[str, int] | None = None) -> list[dict]:  # fmt: skip
+    async def apply(
+        self,
+        decision: Decision,
+        snapshot: FleetSnapshot,
+        metrics: dict[str, BackendMetrics],
+        now: float,
+        *,
+        external: dict[str, int] | None = None,
+    ) -> list[dict]:
         """Start or drain replicas so that each pool the decision names has its target. ``external``: the
         pool's backends that are not the actuator's (default: the scenario's listed ones, up or down; with the
         Prometheus source, the targets it discovered)."""
@@ -264,13 +331,25 @@ class LocalProcessActuator:
     def _start(self, pool: LivePool, now: float, replaces: dict | None = None) -> dict:
         index = self._count[pool.name]
         self._count[pool.name] += 1
-        rec = self.ledger.put(ReplicaRecord(id=uuid.uuid4().hex, pool=pool.name, index=index,
-                                            config_hash=self.hashes[pool.name], created_s=self.wall()))  # fmt: skip
+        rec = self.ledger.put(
+            ReplicaRecord(
+                id=uuid.uuid4().hex,
+                pool=pool.name,
+                index=index,
+                config_hash=self.hashes[pool.name],
+                created_s=self.wall(),
+            )
+        )
         log_path = self.log_dir / f"{pool.name}-{index}.log"
         with open(log_path, "ab") as log:  # the child keeps its own descriptor
-            popen = subprocess.Popen([self.python, *self.emulate_args(pool)], stdout=log, stderr=log,
-                                     stdin=subprocess.DEVNULL, start_new_session=True,
-                                     env={**os.environ, ENV: self.ledger.env_value(rec)})  # fmt: skip
+            popen = subprocess.Popen(
+                [self.python, *self.emulate_args(pool)],
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env={**os.environ, ENV: self.ledger.env_value(rec)},
+            )
         proc = psutil.Process(popen.pid)  # our child: there until we reap it, even if it died at once
         rec = self.ledger.put(rec.replace(pid=popen.pid, started_s=proc.create_time(), state="provisioning"))
         r = ManagedReplica(record=rec, proc=proc, popen=popen, started_at=now, since=now, log_path=log_path)
@@ -279,15 +358,22 @@ class LocalProcessActuator:
             return r.event("replace", replaces=replaces)
         return r.event("start")
 
-    def _drain(self, mine: list[ManagedReplica], n: int, metrics: dict[str, BackendMetrics],
-               now: float) -> list[dict]:  # fmt: skip
+    def _drain(
+        self, mine: list[ManagedReplica], n: int, metrics: dict[str, BackendMetrics], now: float
+    ) -> list[dict]:
         def load(r: ManagedReplica) -> int:
             m = metrics.get(r.url) if r.url else None
             return m.outstanding if m is not None and m.healthy else 0
 
         # Cancel the newest provisioning replicas first, then drain the least loaded active ones.
-        order = sorted(mine, key=lambda r: (r.state != "provisioning", -r.started_at if r.state == "provisioning"
-                                            else load(r), r.index))  # fmt: skip
+        order = sorted(
+            mine,
+            key=lambda r: (
+                r.state != "provisioning",
+                -r.started_at if r.state == "provisioning" else load(r),
+                r.index,
+            ),
+        )
         events = []
         for r in order[:n]:
             if r.state == "provisioning":
@@ -355,8 +441,11 @@ class LocalProcessActuator:
 
     def _publish(self) -> None:
         """``targets.json``: the serving replicas as Prometheus ``file_sd`` targets (rewritten on change)."""
-        groups = [{"targets": [urlsplit(r.url).netloc], "labels": {"pool": r.pool, "replica": str(r.index)}}
-                  for r in self.replicas if r.url and r.state in ("provisioning", "active", "draining")]  # fmt: skip
+        groups = [
+            {"targets": [urlsplit(r.url).netloc], "labels": {"pool": r.pool, "replica": str(r.index)}}
+            for r in self.replicas
+            if r.url and r.state in ("provisioning", "active", "draining")
+        ]
         if groups != self._published:
             write_json_atomic(self.log_dir / "targets.json", groups)
             self._published = groups
@@ -374,7 +463,9 @@ class LocalProcessActuator:
                 if exited:
                     self._forget(r)
                     events.append(r.event("stopped", returncode=code))
-                elif time.monotonic() > deadline + KILL_AFTER_S:  # unkillable (D state): say so, keep its record
+                elif (
+                    time.monotonic() > deadline + KILL_AFTER_S
+                ):  # unkillable (D state): say so, keep its record
                     self.replicas.remove(r)
                     events.append(r.event("not_stopped", reason=f"alive {KILL_AFTER_S:g} s after SIGKILL"))
                 elif time.monotonic() > deadline:

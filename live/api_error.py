@@ -12,10 +12,19 @@ from typing import Any
 class ApiError(Exception):
     """An error answered as ``{"error": {"message", "type", "param", "code"}}`` with HTTP ``status``."""
 
-    TYPES = {400: "BadRequestError", 401: "AuthenticationError", 403: "PermissionDeniedError",
-             404: "NotFoundError", 405: "MethodNotAllowedError", 408: "RequestTimeoutError",
-             413: "RequestTooLargeError", 429: "RateLimitError", 500: "InternalServerError",
-             502: "BadGatewayError", 503: "ServiceUnavailableError"}  # fmt: skip
+    TYPES = {
+        400: "BadRequestError",
+        401: "AuthenticationError",
+        403: "PermissionDeniedError",
+        404: "NotFoundError",
+        405: "MethodNotAllowedError",
+        408: "RequestTimeoutError",
+        413: "RequestTooLargeError",
+        429: "RateLimitError",
+        500: "InternalServerError",
+        502: "BadGatewayError",
+        503: "ServiceUnavailableError",
+    }
 
     def __init__(self, status: int, message: str, *, param: str | None = None, type: str | None = None):
         super().__init__(message)

@@ -50,13 +50,15 @@ def _key() -> ec.EllipticCurvePrivateKey:
 
 
 def _subject(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORG),
-                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])  # fmt: skip
+    return x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORG), x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    )
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())  # fmt: skip
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     atomic_write(path, lambda p: (os.chmod(p, 0o600), p.write_bytes(pem)))
 
 
@@ -77,10 +79,16 @@ def _sans(hosts: list[str]) -> list[x509.GeneralName]:
 
 def _builder(subject: x509.Name, issuer: x509.Name, public_key, days: int) -> x509.CertificateBuilder:
     now = dt.datetime.now(dt.UTC)
-    return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False))  # fmt: skip
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
 
 
 def load_or_make_ca(out: Path, days: int) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey, bool]:
@@ -97,17 +105,32 @@ def load_or_make_ca(out: Path, days: int) -> tuple[x509.Certificate, ec.Elliptic
         if cert.public_key().public_numbers() != key.public_key().public_numbers():
             raise ConfigError(f"{out}: ca.key does not belong to ca.pem")
         if cert.not_valid_after_utc <= dt.datetime.now(dt.UTC):
-            raise ConfigError(f"{out}: the CA expired on {cert.not_valid_after_utc:%Y-%m-%d}; remove ca.pem and "
-                              "ca.key to make a new one (and reissue every component)")  # fmt: skip
+            raise ConfigError(
+                f"{out}: the CA expired on {cert.not_valid_after_utc:%Y-%m-%d}; remove ca.pem and "
+                "ca.key to make a new one (and reissue every component)"
+            )
         return cert, key, False
     key = _key()
     name = _subject("fleettwin local CA")
-    cert = (_builder(name, name, key.public_key(), days)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-            .sign(key, hashes.SHA256()))  # fmt: skip
+    cert = (
+        _builder(name, name, key.public_key(), days)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
     _write_key(key_path, key)
     _write_cert(cert_path, cert)
     return cert, key, True
@@ -116,21 +139,43 @@ def load_or_make_ca(out: Path, days: int) -> tuple[x509.Certificate, ec.Elliptic
 def _leaf(ca: x509.Certificate, ca_key, cn: str, *, server: bool, hosts: list[str], days: int):
     key = _key()
     ca_ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    b = (_builder(_subject(cn), ca.subject, key.public_key(), days)
-         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-         .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, key_cert_sign=False,
-                                      crl_sign=False, content_commitment=False, data_encipherment=False,
-                                      key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
-         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server
-                                               else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))  # fmt: skip
+    b = (
+        _builder(_subject(cn), ca.subject, key.public_key(), days)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_encipherment=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                content_commitment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+    )
     sans = _sans(hosts) if server else [x509.DNSName(cn)]  # a client is its component's name, nothing else
     b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     return b.sign(ca_key, hashes.SHA256()), key
 
 
-def make_certs(out: str | Path, names: list[str] | tuple[str, ...] = DEFAULT_NAMES, *, hosts: list[str] = (),
-               days: int = 365) -> list[Issued]:  # fmt: skip
+def make_certs(
+    out: str | Path,
+    names: list[str] | tuple[str, ...] = DEFAULT_NAMES,
+    *,
+    hosts: list[str] = (),
+    days: int = 365,
+) -> list[Issued]:
     """Write the CA (unless present) and a server and a client certificate for each name."""
     out = Path(out)
     for n in names:
@@ -145,9 +190,12 @@ def make_certs(out: str | Path, names: list[str] | tuple[str, ...] = DEFAULT_NAM
     issued = [Issued("ca", out / "ca.pem", out / "ca.key", "ca")]
     for n in names:
         for server, stem in ((True, n), (False, f"{n}-client")):
-            cert, key = _leaf(ca, ca_key, n, server=server, hosts=[n, "localhost", "127.0.0.1", "::1", *hosts],
-                              days=days)  # fmt: skip
+            cert, key = _leaf(
+                ca, ca_key, n, server=server, hosts=[n, "localhost", "127.0.0.1", "::1", *hosts], days=days
+            )
             _write_key(out / f"{stem}.key", key)
             _write_cert(out / f"{stem}.pem", cert)
-            issued.append(Issued(n, out / f"{stem}.pem", out / f"{stem}.key", "server" if server else "client"))
+            issued.append(
+                Issued(n, out / f"{stem}.pem", out / f"{stem}.key", "server" if server else "client")
+            )
     return issued

@@ -109,27 +109,47 @@ class _Trace:
         usage = self.usage or {}
         out = usage.get("completion_tokens")
         return CompletionResult(
-            ok=True, sent_s=self.sent_s, first_token_s=self.first, finish_s=finish_s, status=status,
-            prompt_tokens=usage.get("prompt_tokens"), output_tokens=int(out) if out is not None else self.chunks,
-            chunks=self.chunks, finish_reason=self.finish_reason, retries=retries, text="".join(self.text),
-        )  # fmt: skip
+            ok=True,
+            sent_s=self.sent_s,
+            first_token_s=self.first,
+            finish_s=finish_s,
+            status=status,
+            prompt_tokens=usage.get("prompt_tokens"),
+            output_tokens=int(out) if out is not None else self.chunks,
+            chunks=self.chunks,
+            finish_reason=self.finish_reason,
+            retries=retries,
+            text="".join(self.text),
+        )
 
 
 class VllmClient:
     """One backend. ``clock`` stamps the results (default ``time.perf_counter``); ``cert`` = (certificate,
     key) for a backend that requires client certificates."""
 
-    def __init__(self, base_url: str, *, token: str | None = None, timeout_s: float = 60.0, retries: int = 3,
-                 backoff_s: float = 0.05, verify: bool | str = True, clock: Callable[[], float] = time.perf_counter,
-                 max_connections: int = 1024, cert: tuple[str, str] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        timeout_s: float = 60.0,
+        retries: int = 3,
+        backoff_s: float = 0.05,
+        verify: bool | str = True,
+        clock: Callable[[], float] = time.perf_counter,
+        max_connections: int = 1024,
+        cert: tuple[str, str] | None = None,
+    ):
         self.base_url = base_url.rstrip("/")
         self.retries, self.backoff_s, self.clock = retries, backoff_s, clock
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(
-            base_url=self.base_url, headers=headers, verify=tls_verify(verify, cert),
+            base_url=self.base_url,
+            headers=headers,
+            verify=tls_verify(verify, cert),
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0), pool=None),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-        )  # fmt: skip
+        )
 
     async def __aenter__(self) -> VllmClient:
         return self
@@ -161,18 +181,34 @@ class VllmClient:
 
     # -- generation -------------------------------------------------------------------------------------
 
-    async def completion(self, prompt: str | list[int], max_tokens: int, *, model: str | None = None,
-                         stream: bool = True, ignore_eos: bool = True, headers: dict[str, str] | None = None,
-                         **extra: Any) -> CompletionResult:  # fmt: skip
+    async def completion(
+        self,
+        prompt: str | list[int],
+        max_tokens: int,
+        *,
+        model: str | None = None,
+        stream: bool = True,
+        ignore_eos: bool = True,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> CompletionResult:
         """``/v1/completions``; ``ignore_eos`` with ``min_tokens = max_tokens`` asks for exactly that many.
         ``headers`` are added to this request (a ``traceparent``, say)."""
         body = self._body(model, max_tokens, stream, ignore_eos, extra)
         body["prompt"] = prompt
         return await self._generate("/v1/completions", body, stream, headers)
 
-    async def chat(self, messages: list[dict[str, Any]], max_tokens: int, *, model: str | None = None,
-                   stream: bool = True, ignore_eos: bool = True, headers: dict[str, str] | None = None,
-                   **extra: Any) -> CompletionResult:  # fmt: skip
+    async def chat(
+        self,
+        messages: list[dict[str, Any]],
+        max_tokens: int,
+        *,
+        model: str | None = None,
+        stream: bool = True,
+        ignore_eos: bool = True,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> CompletionResult:
         body = self._body(model, max_tokens, stream, ignore_eos, extra)
         body["messages"] = messages
         return await self._generate("/v1/chat/completions", body, stream, headers)
@@ -191,8 +227,9 @@ class VllmClient:
         body.update(extra)
         return body
 
-    async def _generate(self, path: str, body: dict[str, Any], stream: bool,
-                        headers: dict[str, str] | None = None) -> CompletionResult:  # fmt: skip
+    async def _generate(
+        self, path: str, body: dict[str, Any], stream: bool, headers: dict[str, str] | None = None
+    ) -> CompletionResult:
         sent = self.clock()
         for attempt in range(self.retries + 1):
             try:
@@ -200,12 +237,18 @@ class VllmClient:
                 return await call(path, body, sent, attempt, headers)
             except _RETRYABLE as exc:
                 if attempt == self.retries:
-                    return CompletionResult(ok=False, sent_s=sent, error=f"{type(exc).__name__}: {exc}",
-                                            retries=attempt)  # fmt: skip
+                    return CompletionResult(
+                        ok=False, sent_s=sent, error=f"{type(exc).__name__}: {exc}", retries=attempt
+                    )
                 await asyncio.sleep(min(self.backoff_s * 2**attempt, 2.0))
             except (httpx.HTTPError, ValueError) as exc:  # ValueError: a body or event that is not JSON
-                return CompletionResult(ok=False, sent_s=sent, finish_s=self.clock(), retries=attempt,
-                                        error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+                return CompletionResult(
+                    ok=False,
+                    sent_s=sent,
+                    finish_s=self.clock(),
+                    retries=attempt,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
         raise AssertionError("unreachable")
 
     async def _once(self, path: str, body: dict, sent: float, attempt: int, headers=None) -> CompletionResult:
@@ -217,7 +260,9 @@ class VllmClient:
         trace.chunk(r.json(), t)
         return trace.result(r.status_code, attempt, t)
 
-    async def _stream(self, path: str, body: dict, sent: float, attempt: int, headers=None) -> CompletionResult:
+    async def _stream(
+        self, path: str, body: dict, sent: float, attempt: int, headers=None
+    ) -> CompletionResult:
         async with self._http.stream("POST", path, json=body, headers=headers) as r:
             if r.status_code != 200:
                 return _http_error(r.status_code, await r.aread(), sent, self.clock(), attempt)
@@ -233,8 +278,15 @@ class VllmClient:
                     break
                 data = json.loads(payload)
                 if "error" in data:
-                    return CompletionResult(ok=False, sent_s=sent, first_token_s=trace.first, finish_s=t,
-                                            status=r.status_code, error=_message(data), retries=attempt)  # fmt: skip
+                    return CompletionResult(
+                        ok=False,
+                        sent_s=sent,
+                        first_token_s=trace.first,
+                        finish_s=t,
+                        status=r.status_code,
+                        error=_message(data),
+                        retries=attempt,
+                    )
                 trace.chunk(data, t)
             if not done:
                 return CompletionResult(
@@ -264,5 +316,6 @@ def _http_error(status: int, content: bytes, sent: float, t: float, attempt: int
         msg = _message(json.loads(content))
     except ValueError:
         msg = content[:200].decode(errors="replace")
-    return CompletionResult(ok=False, sent_s=sent, finish_s=t, status=status, error=f"HTTP {status}: {msg}",
-                            retries=attempt)  # fmt: skip
+    return CompletionResult(
+        ok=False, sent_s=sent, finish_s=t, status=status, error=f"HTTP {status}: {msg}", retries=attempt
+    )

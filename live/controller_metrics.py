@@ -17,26 +17,58 @@ STATES = ("active", "provisioning", "missing", "draining")
 class ControllerMetrics:
     def __init__(self, pools: list[str]):
         r = self.registry = CollectorRegistry()
-        self.intervals = Counter("fleettwin_shadow_intervals", "Control intervals by outcome (decided, "
-                                 "policy_error: the allocator raised, source_error: no metrics).", ["outcome"],
-                                 registry=r)  # fmt: skip
-        self.interval_seconds = Histogram("fleettwin_shadow_interval_seconds", "Wall time of one control "
-                                          "interval: observe, decide, act.", buckets=INTERVAL_BUCKETS, registry=r)  # fmt: skip
-        self.last_decision = Gauge("fleettwin_shadow_last_decision_timestamp_seconds",
-                                   "Unix time of the last decision.", registry=r)  # fmt: skip
-        self.backends = Gauge("fleettwin_shadow_backends", "Backends per pool and status (up, down, backoff) at "
-                              "the last interval.", ["pool", "status"], registry=r)  # fmt: skip
-        self.replicas = Gauge("fleettwin_shadow_pool_replicas", "Replicas per pool and state: active, "
-                              "provisioning (starting), missing (wanted but not serving: backends down, failed "
-                              "replicas not replaced yet), draining.", ["pool", "state"], registry=r)  # fmt: skip
-        self.gpus = Gauge("fleettwin_shadow_pool_gpus", "GPUs the snapshot counts for the pool (every state but "
-                          "draining is what a decision compares with its target).", ["pool"], registry=r)  # fmt: skip
-        self.target = Gauge("fleettwin_shadow_target_gpus", "GPUs the last decision asks for, per pool.", ["pool"],
-                            registry=r)  # fmt: skip
-        self.arrival = Gauge("fleettwin_shadow_arrival_rate", "Requests per second that reached the pool in the "
-                             "last interval (NaN: unknown).", ["pool"], registry=r)  # fmt: skip
-        self.actions = Counter("fleettwin_shadow_actions", "Actuator events (start, replace, drain, stop, exited, "
-                               "adopt, ...) per pool.", ["pool", "event"], registry=r)  # fmt: skip
+        self.intervals = Counter(
+            "fleettwin_shadow_intervals",
+            "Control intervals by outcome (decided, "
+            "policy_error: the allocator raised, source_error: no metrics).",
+            ["outcome"],
+            registry=r,
+        )
+        self.interval_seconds = Histogram(
+            "fleettwin_shadow_interval_seconds",
+            "Wall time of one control interval: observe, decide, act.",
+            buckets=INTERVAL_BUCKETS,
+            registry=r,
+        )
+        self.last_decision = Gauge(
+            "fleettwin_shadow_last_decision_timestamp_seconds", "Unix time of the last decision.", registry=r
+        )
+        self.backends = Gauge(
+            "fleettwin_shadow_backends",
+            "Backends per pool and status (up, down, backoff) at the last interval.",
+            ["pool", "status"],
+            registry=r,
+        )
+        self.replicas = Gauge(
+            "fleettwin_shadow_pool_replicas",
+            "Replicas per pool and state: active, "
+            "provisioning (starting), missing (wanted but not serving: backends down, failed "
+            "replicas not replaced yet), draining.",
+            ["pool", "state"],
+            registry=r,
+        )
+        self.gpus = Gauge(
+            "fleettwin_shadow_pool_gpus",
+            "GPUs the snapshot counts for the pool (every state but "
+            "draining is what a decision compares with its target).",
+            ["pool"],
+            registry=r,
+        )
+        self.target = Gauge(
+            "fleettwin_shadow_target_gpus", "GPUs the last decision asks for, per pool.", ["pool"], registry=r
+        )
+        self.arrival = Gauge(
+            "fleettwin_shadow_arrival_rate",
+            "Requests per second that reached the pool in the last interval (NaN: unknown).",
+            ["pool"],
+            registry=r,
+        )
+        self.actions = Counter(
+            "fleettwin_shadow_actions",
+            "Actuator events (start, replace, drain, stop, exited, adopt, ...) per pool.",
+            ["pool", "event"],
+            registry=r,
+        )
         for outcome in ("decided", "policy_error", "source_error"):
             self.intervals.labels(outcome)
         for pool in pools:  # series exist from the start, so rates and alerts work from the first scrape

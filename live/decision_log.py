@@ -75,8 +75,10 @@ def _scan(lines: Iterable[bytes], path: Path, keep: int | None) -> _Scan:
     pending: tuple[int, bytes, str] | None = None  # a bad line is only fatal if another line follows it
     for line_no, raw in enumerate(lines, start=1):
         if pending is not None:
-            raise DecisionLogError(f"{path}:{pending[0]}: not a decision record ({pending[2]}); the log was "
-                                   "changed by something other than the controller")  # fmt: skip
+            raise DecisionLogError(
+                f"{path}:{pending[0]}: not a decision record ({pending[2]}); the log was "
+                "changed by something other than the controller"
+            )
         try:
             rec = json.loads(raw)
             if not isinstance(rec, dict) or not isinstance(rec.get("seq"), int):
@@ -89,8 +91,10 @@ def _scan(lines: Iterable[bytes], path: Path, keep: int | None) -> _Scan:
             continue
         expected = out.last_seq + 1 if out.last_seq is not None else rec["seq"]
         if rec["seq"] != expected or rec["seq"] < 0:
-            raise DecisionLogError(f"{path}:{line_no}: seq {rec['seq']} follows {expected - 1}; records must be "
-                                   "numbered one after another")  # fmt: skip
+            raise DecisionLogError(
+                f"{path}:{line_no}: seq {rec['seq']} follows {expected - 1}; records must be "
+                "numbered one after another"
+            )
         out.recent.append(rec)
         out.count, out.last_seq, out.valid = out.count + 1, rec["seq"], out.valid + len(raw)
     if pending is not None:  # only the line being written when the writer stopped may be incomplete

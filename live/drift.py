@@ -43,12 +43,19 @@ class DriftReport:
     notes: list[str]
 
     def markdown(self, title: str) -> str:
-        lines = [f"# Drift report: {title}", "", *[f"- {n}" for n in self.notes], "",
-                 "| pool | metric | predicted (sim) | measured (client) | diff | measured (server) | diff |",
-                 "|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines = [
+            f"# Drift report: {title}",
+            "",
+            *[f"- {n}" for n in self.notes],
+            "",
+            "| pool | metric | predicted (sim) | measured (client) | diff | measured (server) | diff |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in self.table.itertuples():
-            lines.append(f"| {r.pool} | {r.metric} | {_fmt(r.predicted)} | {_fmt(r.measured_client)} | "
-                         f"{_pct(r.rel_diff_client)} | {_fmt(r.measured_server)} | {_pct(r.rel_diff_server)} |")  # fmt: skip
+            lines.append(
+                f"| {r.pool} | {r.metric} | {_fmt(r.predicted)} | {_fmt(r.measured_client)} | "
+                f"{_pct(r.rel_diff_client)} | {_fmt(r.measured_server)} | {_pct(r.rel_diff_server)} |"
+            )
         return "\n".join(lines) + "\n"
 
     def write(self, out: str | Path, title: str) -> list[Path]:
@@ -73,8 +80,14 @@ def _latency(ttft: np.ndarray, e2e: np.ndarray, completed: int, span_s: float) -
         v = v[np.isfinite(v)]
         return float(np.percentile(v, p)) if v.size else math.nan
 
-    return {"ttft_p50_s": q(ttft, 50), "ttft_p95_s": q(ttft, 95), "e2e_p50_s": q(e2e, 50), "e2e_p95_s": q(e2e, 95),
-            "throughput_rps": completed / span_s if span_s > 0 else math.nan, "completed": float(completed)}  # fmt: skip
+    return {
+        "ttft_p50_s": q(ttft, 50),
+        "ttft_p95_s": q(ttft, 95),
+        "e2e_p50_s": q(e2e, 50),
+        "e2e_p95_s": q(e2e, 95),
+        "throughput_rps": completed / span_s if span_s > 0 else math.nan,
+        "completed": float(completed),
+    }
 
 
 # -- the load ----------------------------------------------------------------------------------------------
@@ -91,7 +104,9 @@ def backend_pools(cfg: LiveConfig, records: Sequence[dict] = ()) -> dict[str, st
     return pool_of
 
 
-def load_from_loadgen(df: pd.DataFrame, cfg: LiveConfig, records: Sequence[dict] = ()) -> dict[str, list[Request]]:
+def load_from_loadgen(
+    df: pd.DataFrame, cfg: LiveConfig, records: Sequence[dict] = ()
+) -> dict[str, list[Request]]:
     """Per pool, the requests its backends received, at the times they were sent (first send at 0)."""
     pool_of = backend_pools(cfg, records)
     got = df[df["status"].isin(RECEIVED) & df["target"].isin(pool_of)]
@@ -100,8 +115,14 @@ def load_from_loadgen(df: pd.DataFrame, cfg: LiveConfig, records: Sequence[dict]
     out: dict[str, list[Request]] = {p.name: [] for p in cfg.pools}
     for (_, row), at in sorted(zip(got.iterrows(), t, strict=True), key=lambda x: x[1]):
         reqs = out[pool_of[row["target"]]]
-        reqs.append(Request(id=len(reqs), arrival_s=max(0.0, float(at) - t0), prompt_tokens=int(row["prompt_tokens"]),
-                            output_tokens=int(row["output_tokens"])))  # fmt: skip
+        reqs.append(
+            Request(
+                id=len(reqs),
+                arrival_s=max(0.0, float(at) - t0),
+                prompt_tokens=int(row["prompt_tokens"]),
+                output_tokens=int(row["output_tokens"]),
+            )
+        )
     return out
 
 
@@ -117,9 +138,14 @@ def load_from_log(records: Sequence[dict], cfg: LiveConfig) -> dict[str, list[Re
             n = round(p.get("arrivals") or 0)
             reqs = out.setdefault(p["name"], [])
             for k in range(n):
-                reqs.append(Request(id=len(reqs), arrival_s=max(0.0, start + rec["interval_s"] * (k + 0.5) / n),
-                                    prompt_tokens=max(1, round(p["mean_prompt_tokens"])),
-                                    output_tokens=max(1, round(p["mean_output_tokens"]))))  # fmt: skip
+                reqs.append(
+                    Request(
+                        id=len(reqs),
+                        arrival_s=max(0.0, start + rec["interval_s"] * (k + 0.5) / n),
+                        prompt_tokens=max(1, round(p["mean_prompt_tokens"])),
+                        output_tokens=max(1, round(p["mean_output_tokens"])),
+                    )
+                )
     return out
 
 
@@ -132,8 +158,9 @@ PoolSimulator = Callable[[ResolvedPool, list[Request]], pd.DataFrame]
 simulator's): the live layer does not import the simulator."""
 
 
-def predict(pool: LivePool, cfg: LiveConfig, requests: list[Request], replicas: int,
-            simulate_pool: PoolSimulator) -> dict[str, float]:  # fmt: skip
+def predict(
+    pool: LivePool, cfg: LiveConfig, requests: list[Request], replicas: int, simulate_pool: PoolSimulator
+) -> dict[str, float]:
     """The simulator's view of ``requests`` on ``replicas`` replicas of ``pool``."""
     if not requests:
         return dict.fromkeys(METRICS, math.nan)
@@ -160,25 +187,44 @@ def measured_server(records: Sequence[dict], pool: str) -> dict[str, float]:
         return dict.fromkeys(METRICS, math.nan)
     ttft = e2e = hist_from_json(None)
     for _, p in rows:
-        ttft, e2e = ttft.plus(hist_from_json(p.get("ttft_window"))), e2e.plus(hist_from_json(p.get("e2e_window")))
+        ttft, e2e = (
+            ttft.plus(hist_from_json(p.get("ttft_window"))),
+            e2e.plus(hist_from_json(p.get("e2e_window"))),
+        )
     finished = sum(p.get("finished") or 0 for _, p in rows)
     span = busy[-1][0]["time_s"] - (busy[0][0]["time_s"] - busy[0][0]["interval_s"])
-    return {"ttft_p50_s": ttft.quantile(0.5), "ttft_p95_s": ttft.quantile(0.95), "e2e_p50_s": e2e.quantile(0.5),
-            "e2e_p95_s": e2e.quantile(0.95), "throughput_rps": finished / span if span > 0 else math.nan,
-            "completed": float(finished)}  # fmt: skip
+    return {
+        "ttft_p50_s": ttft.quantile(0.5),
+        "ttft_p95_s": ttft.quantile(0.95),
+        "e2e_p50_s": e2e.quantile(0.5),
+        "e2e_p95_s": e2e.quantile(0.95),
+        "throughput_rps": finished / span if span > 0 else math.nan,
+        "completed": float(finished),
+    }
 
 
-def drift_report(cfg: LiveConfig, records: Sequence[dict], loadgen: pd.DataFrame | None = None, *,
-                 simulate_pool: PoolSimulator) -> DriftReport:
+def drift_report(
+    cfg: LiveConfig,
+    records: Sequence[dict],
+    loadgen: pd.DataFrame | None = None,
+    *,
+    simulate_pool: PoolSimulator,
+) -> DriftReport:
     """Predicted (by ``simulate_pool``) vs measured for every pool over the window of ``records`` (and of
     ``loadgen``, if given)."""
     records = [r for r in records if is_interval(r)]
     load = load_from_loadgen(loadgen, cfg, records) if loadgen is not None else load_from_log(records, cfg)
     pool_of = backend_pools(cfg, records)
-    notes = [f"window: {len(records)} decision records"
-             + (f", seq {records[0]['seq']}..{records[-1]['seq']}" if records else ""),
-             "load simulated: " + ("the load generator's requests that reached a backend" if loadgen is not None
-                                   else "arrivals counted from /metrics, spread evenly, at mean lengths")]  # fmt: skip
+    notes = [
+        f"window: {len(records)} decision records"
+        + (f", seq {records[0]['seq']}..{records[-1]['seq']}" if records else ""),
+        "load simulated: "
+        + (
+            "the load generator's requests that reached a backend"
+            if loadgen is not None
+            else "arrivals counted from /metrics, spread evenly, at mean lengths"
+        ),
+    ]
     rows = []
     for pool in cfg.pools:
         if loadgen is not None:
@@ -186,16 +232,31 @@ def drift_report(cfg: LiveConfig, records: Sequence[dict], loadgen: pd.DataFrame
             served = loadgen[(loadgen["status"] == "completed") & loadgen["target"].isin(urls)]
             replicas = int(served["target"].nunique())
         else:
-            active = [p["active"] for rec in records for p in rec.get("pools", ()) if p.get("name") == pool.name]
+            active = [
+                p["active"] for rec in records for p in rec.get("pools", ()) if p.get("name") == pool.name
+            ]
             replicas = round(float(np.median(active))) if active else len(pool.backends)
-        notes.append(f"pool {pool.name}: {len(load[pool.name])} requests simulated on {replicas} replicas "
-                     f"({pool.gpu}, {pool.model}, perf model {pool.perf_model.name})")  # fmt: skip
+        notes.append(
+            f"pool {pool.name}: {len(load[pool.name])} requests simulated on {replicas} replicas "
+            f"({pool.gpu}, {pool.model}, perf model {pool.perf_model.name})"
+        )
         pred = predict(pool, cfg, load[pool.name], replicas, simulate_pool)
-        client = (measured_client(loadgen, {u for u, p in pool_of.items() if p == pool.name}) if loadgen is not None
-                  else dict.fromkeys(METRICS, math.nan))  # fmt: skip
+        client = (
+            measured_client(loadgen, {u for u, p in pool_of.items() if p == pool.name})
+            if loadgen is not None
+            else dict.fromkeys(METRICS, math.nan)
+        )
         server = measured_server(records, pool.name)
         for m in METRICS:
-            rows.append({"pool": pool.name, "metric": m, "predicted": pred[m], "measured_client": client[m],
-                         "rel_diff_client": _rel(pred[m], client[m]), "measured_server": server[m],
-                         "rel_diff_server": _rel(pred[m], server[m])})  # fmt: skip
+            rows.append(
+                {
+                    "pool": pool.name,
+                    "metric": m,
+                    "predicted": pred[m],
+                    "measured_client": client[m],
+                    "rel_diff_client": _rel(pred[m], client[m]),
+                    "measured_server": server[m],
+                    "rel_diff_server": _rel(pred[m], server[m]),
+                }
+            )
     return DriftReport(pd.DataFrame(rows), notes)

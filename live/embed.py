@@ -80,7 +80,9 @@ class HashingEmbedder:
     def _bucket(self, gram: str) -> tuple[int, float]:
         hit = self._cache.get(gram)
         if hit is None:
-            h = int.from_bytes(hashlib.blake2b(gram.encode(), digest_size=8, key=self._key).digest(), "little")
+            h = int.from_bytes(
+                hashlib.blake2b(gram.encode(), digest_size=8, key=self._key).digest(), "little"
+            )
             hit = (h >> 1) % self.dim, (1.0 if h & 1 else -1.0)
             if len(self._cache) < 1_000_000:
                 self._cache[gram] = hit
@@ -93,7 +95,7 @@ class HashingEmbedder:
             words = _WORD.findall(text.lower())
             for n in range(1, self.params.ngram_max + 1):
                 for i in range(len(words) - n + 1):
-                    col, sign = self._bucket(" ".join(words[i:i + n]))
+                    col, sign = self._bucket(" ".join(words[i : i + n]))
                     out[row, col] += sign
         return l2_normalise(out)
 
@@ -137,8 +139,13 @@ class MiniLMEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         if self._model is None:
             self._model = self._load()
-        emb = self._model.encode(texts, batch_size=self.params.batch_size, normalize_embeddings=True,
-                                 convert_to_numpy=True, show_progress_bar=False)  # fmt: skip
+        emb = self._model.encode(
+            texts,
+            batch_size=self.params.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
         return np.ascontiguousarray(emb, dtype=np.float32)
 
 

@@ -216,16 +216,21 @@ class Engine:
                 "Please reduce the length of the messages or completion."
             )
 
-    def submit(self, prompt_tokens: int, max_tokens: int, *, finish_reason: str = LENGTH,
-               cached_tokens: int = 0) -> Generation:  # fmt: skip
+    def submit(
+        self, prompt_tokens: int, max_tokens: int, *, finish_reason: str = LENGTH, cached_tokens: int = 0
+    ) -> Generation:
         """Queue a request that will produce exactly ``max_tokens`` tokens (like ``ignore_eos``) and then finish
         with ``finish_reason``; its first ``cached_tokens`` prompt tokens come from the prefix cache (not
         prefilled, as in vLLM)."""
         if not self.alive:
             raise RuntimeError("the engine is not running" + (f": {self.failure!r}" if self.failure else ""))
         self.check(prompt_tokens, max_tokens)
-        req = Request(id=next(self._ids), arrival_s=self.clock.now(), prompt_tokens=prompt_tokens,
-                      output_tokens=max_tokens)  # fmt: skip
+        req = Request(
+            id=next(self._ids),
+            arrival_s=self.clock.now(),
+            prompt_tokens=prompt_tokens,
+            output_tokens=max_tokens,
+        )
         seq = SeqState.with_cached_prefix(req, cached_tokens) if cached_tokens else SeqState(req)
         gen = Generation(self, seq, finish_reason)
         self._gens[id(seq)] = gen

@@ -29,8 +29,14 @@ GPU_INDEX_TYPES = ("gpu_ivf_flat", "cagra")
 INDEX_TYPES = CPU_INDEX_TYPES + GPU_INDEX_TYPES
 IVF_TYPES = ("ivf_flat", "ivf_pq", "gpu_ivf_flat")
 # The per-call search knob of each index type (None: exact search has none).
-SEARCH_PARAM = {"flat": None, "ivf_flat": "nprobe", "ivf_pq": "nprobe", "gpu_ivf_flat": "nprobe",
-                "hnsw": "ef_search", "cagra": "itopk_size"}  # fmt: skip
+SEARCH_PARAM = {
+    "flat": None,
+    "ivf_flat": "nprobe",
+    "ivf_pq": "nprobe",
+    "gpu_ivf_flat": "nprobe",
+    "hnsw": "ef_search",
+    "cagra": "itopk_size",
+}
 GPU_MAX_K = 2048  # GPU_MAX_SELECTION_K in faiss/gpu/utils/DeviceDefs.cuh: bounds k and nprobe on the GPU
 META_SUFFIX = ".meta.json"
 FORMAT_VERSION = 1
@@ -62,7 +68,9 @@ def _faiss() -> Any:
     try:
         import faiss
     except ImportError:
-        raise VectorStoreError("the vector store needs faiss: pip install 'fleettwin[live]' (faiss-cpu)") from None
+        raise VectorStoreError(
+            "the vector store needs faiss: pip install 'fleettwin[live]' (faiss-cpu)"
+        ) from None
     return faiss
 
 
@@ -75,13 +83,18 @@ def num_gpus() -> int:
 def require_gpu(index_type: str) -> None:
     faiss = _faiss()
     if num_gpus() < 1:
-        build = "a CUDA build of faiss" if not hasattr(faiss, "StandardGpuResources") else "a visible CUDA GPU"
+        build = (
+            "a CUDA build of faiss" if not hasattr(faiss, "StandardGpuResources") else "a visible CUDA GPU"
+        )
         raise GpuUnavailableError(
             f"index type {index_type!r} runs on a GPU, but faiss {faiss.__version__} reports "
-            f"{num_gpus()} GPUs; it needs {build} (faiss-gpu). CPU types: {', '.join(CPU_INDEX_TYPES)}")
+            f"{num_gpus()} GPUs; it needs {build} (faiss-gpu). CPU types: {', '.join(CPU_INDEX_TYPES)}"
+        )
     if index_type == "cagra" and not hasattr(faiss, "GpuIndexCagra"):
-        raise GpuUnavailableError(f"index type 'cagra' needs faiss built with cuVS (GpuIndexCagra); faiss "
-                                  f"{faiss.__version__} has GPU support but not CAGRA")  # fmt: skip
+        raise GpuUnavailableError(
+            f"index type 'cagra' needs faiss built with cuVS (GpuIndexCagra); faiss "
+            f"{faiss.__version__} has GPU support but not CAGRA"
+        )
 
 
 def default_nlist(n: int) -> int:
@@ -150,9 +163,12 @@ def as_matrix(x: Any, dim: int, what: str) -> np.ndarray:
 def _factory_string(spec: IndexSpec) -> str:
     # "np": no polysemous training. The factory turns it on for IVF-PQ, it only serves Hamming-filtered search
     # (which we do not use), and it made a 10k-vector build take minutes instead of seconds.
-    return {"flat": "Flat", "ivf_flat": f"IVF{spec.nlist},Flat",
-            "ivf_pq": f"IVF{spec.nlist},PQ{spec.pq_m}x{spec.pq_nbits}np",
-            "hnsw": f"HNSW{spec.hnsw_m},Flat"}[spec.index_type]  # fmt: skip
+    return {
+        "flat": "Flat",
+        "ivf_flat": f"IVF{spec.nlist},Flat",
+        "ivf_pq": f"IVF{spec.nlist},PQ{spec.pq_m}x{spec.pq_nbits}np",
+        "hnsw": f"HNSW{spec.hnsw_m},Flat",
+    }[spec.index_type]
 
 
 class VectorStore:
@@ -207,13 +223,17 @@ class VectorStore:
     def train(self, vectors: Any, *, seed: int = 0) -> None:
         x = as_matrix(vectors, self.dim, "training vectors")
         spec = self.spec
-        need = {"ivf_flat": spec.nlist, "gpu_ivf_flat": spec.nlist,
-                "ivf_pq": max(spec.nlist or 1, 2 ** spec.pq_nbits)}.get(spec.index_type, 0)  # fmt: skip
+        need = {
+            "ivf_flat": spec.nlist,
+            "gpu_ivf_flat": spec.nlist,
+            "ivf_pq": max(spec.nlist or 1, 2**spec.pq_nbits),
+        }.get(spec.index_type, 0)
         if len(x) < need:
             raise VectorStoreError(
                 f"index type {spec.index_type!r} needs at least {need} training vectors (nlist={spec.nlist}"
-                + (f", 2^pq_nbits={2 ** spec.pq_nbits}" if spec.index_type == "ivf_pq" else "")
-                + f"), got {len(x)}; pass a smaller nlist or more data")
+                + (f", 2^pq_nbits={2**spec.pq_nbits}" if spec.index_type == "ivf_pq" else "")
+                + f"), got {len(x)}; pass a smaller nlist or more data"
+            )
         if spec.index_type == "cagra" or self.index.is_trained:
             return  # CAGRA builds its graph when the vectors are added; flat and HNSW need no training
         if spec.index_type in ("ivf_flat", "ivf_pq"):  # k-means seeds, so a rebuild gives the same lists
@@ -235,13 +255,22 @@ class VectorStore:
             self.index.train(x)  # GpuIndexCagra.add is train: both build the graph
             return
         if not self.index.is_trained:
-            raise UntrainedIndexError(f"index {self.spec.index_type!r} is not trained: call train() with at "
-                                      f"least nlist={self.spec.nlist} vectors before add(), or use build()")  # fmt: skip
+            raise UntrainedIndexError(
+                f"index {self.spec.index_type!r} is not trained: call train() with at "
+                f"least nlist={self.spec.nlist} vectors before add(), or use build()"
+            )
         self.index.add(x)
 
     # --- queries --------------------------------------------------------------------------------------------
-    def search(self, queries: Any, k: int = 10, *, nprobe: int | None = None, ef_search: int | None = None,
-               itopk_size: int | None = None) -> SearchResult:  # fmt: skip
+    def search(
+        self,
+        queries: Any,
+        k: int = 10,
+        *,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        itopk_size: int | None = None,
+    ) -> SearchResult:
         """Top-k neighbours of each query row. The knob applies to this call only."""
         if k < 1:
             raise VectorStoreError(f"k must be >= 1, got {k}")
@@ -260,8 +289,9 @@ class VectorStore:
         for other, value in given.items():
             if value is not None and other != name:
                 applies = [t for t, p in SEARCH_PARAM.items() if p == other]
-                raise VectorStoreError(f"{other} applies to index types {', '.join(applies)}, "
-                                       f"not {self.spec.index_type!r}")  # fmt: skip
+                raise VectorStoreError(
+                    f"{other} applies to index types {', '.join(applies)}, not {self.spec.index_type!r}"
+                )
         value = given.get(name) if name else None
         if value is None:
             return None
@@ -282,9 +312,16 @@ class VectorStore:
     # --- persistence ----------------------------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
         faiss = _faiss()
-        return {"format_version": FORMAT_VERSION, "index_type": self.spec.index_type, "dim": self.dim,
-                "count": self.ntotal, "metric": self.spec.metric, "faiss_class": type(self.index).__name__,
-                "faiss_version": faiss.__version__, "params": self.spec.model_dump()}  # fmt: skip
+        return {
+            "format_version": FORMAT_VERSION,
+            "index_type": self.spec.index_type,
+            "dim": self.dim,
+            "count": self.ntotal,
+            "metric": self.spec.metric,
+            "faiss_class": type(self.index).__name__,
+            "faiss_version": faiss.__version__,
+            "params": self.spec.model_dump(),
+        }
 
     def save(self, path: str | Path) -> tuple[Path, Path]:
         """Write the index and its metadata beside it (``<path>.meta.json``); returns both paths."""
@@ -302,8 +339,10 @@ class VectorStore:
         if not path.is_file():
             raise StoreNotFoundError(f"{path}: no such index file")
         if not meta_path.is_file():
-            raise StoreNotFoundError(f"{meta_path}: metadata file missing (VectorStore.save writes it beside "
-                                     f"the index; without it the index type and parameters are unknown)")  # fmt: skip
+            raise StoreNotFoundError(
+                f"{meta_path}: metadata file missing (VectorStore.save writes it beside "
+                f"the index; without it the index type and parameters are unknown)"
+            )
         try:
             meta = json.loads(meta_path.read_text())
             spec = IndexSpec.model_validate(meta["params"])
@@ -312,10 +351,14 @@ class VectorStore:
         try:
             index = faiss.read_index(str(path))
         except RuntimeError as exc:
-            raise VectorStoreError(f"{path}: not a readable faiss index: {str(exc).splitlines()[0]}") from None
+            raise VectorStoreError(
+                f"{path}: not a readable faiss index: {str(exc).splitlines()[0]}"
+            ) from None
         if index.d != meta.get("dim") or index.ntotal != meta.get("count"):
-            raise VectorStoreError(f"{path}: index (dim {index.d}, {index.ntotal} vectors) does not match "
-                                   f"{meta_path.name} (dim {meta.get('dim')}, {meta.get('count')} vectors)")  # fmt: skip
+            raise VectorStoreError(
+                f"{path}: index (dim {index.d}, {index.ntotal} vectors) does not match "
+                f"{meta_path.name} (dim {meta.get('dim')}, {meta.get('count')} vectors)"
+            )
         if spec.index_type not in GPU_INDEX_TYPES:
             return cls(spec, index)
         require_gpu(spec.index_type)

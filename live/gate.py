@@ -119,30 +119,64 @@ class GateRegistry:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def record_validation(self, *, policy: str, config_hash: str, config: dict, suite: str, suite_hash: str,
-                          baseline: str, metrics: dict, passed: bool, reasons: list[str]) -> Validation:  # fmt: skip
+    def record_validation(
+        self,
+        *,
+        policy: str,
+        config_hash: str,
+        config: dict,
+        suite: str,
+        suite_hash: str,
+        baseline: str,
+        metrics: dict,
+        passed: bool,
+        reasons: list[str],
+    ) -> Validation:
         now = time.time()
         with self._db:
             cur = self._db.execute(
                 "INSERT INTO validations (policy, config_hash, config, suite, suite_hash, baseline, metrics, passed,"
                 " reasons, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (policy, config_hash, canonical_json(config), suite, suite_hash, baseline,
-                 json.dumps(metrics, default=str), int(passed), json.dumps(reasons), now),
-            )  # fmt: skip
+                (
+                    policy,
+                    config_hash,
+                    canonical_json(config),
+                    suite,
+                    suite_hash,
+                    baseline,
+                    json.dumps(metrics, default=str),
+                    int(passed),
+                    json.dumps(reasons),
+                    now,
+                ),
+            )
         return self.validation(cur.lastrowid)
 
     def validation(self, vid: int) -> Validation:
-        row = self._db.execute("SELECT id, policy, config_hash, suite, suite_hash, baseline, metrics, passed, "
-                               "reasons, created_at FROM validations WHERE id = ?", (vid,)).fetchone()  # fmt: skip
+        row = self._db.execute(
+            "SELECT id, policy, config_hash, suite, suite_hash, baseline, metrics, passed, "
+            "reasons, created_at FROM validations WHERE id = ?",
+            (vid,),
+        ).fetchone()
         if row is None:
             raise GateError(f"{self.path}: no validation {vid}")
-        return Validation(id=row[0], policy=row[1], config_hash=row[2], suite=row[3], suite_hash=row[4],
-                          baseline=row[5], metrics=json.loads(row[6]), passed=bool(row[7]),
-                          reasons=json.loads(row[8]), created_at=row[9])  # fmt: skip
+        return Validation(
+            id=row[0],
+            policy=row[1],
+            config_hash=row[2],
+            suite=row[3],
+            suite_hash=row[4],
+            baseline=row[5],
+            metrics=json.loads(row[6]),
+            passed=bool(row[7]),
+            reasons=json.loads(row[8]),
+            created_at=row[9],
+        )
 
     def latest_validation(self, config_hash: str) -> Validation | None:
-        row = self._db.execute("SELECT id FROM validations WHERE config_hash = ? ORDER BY id DESC LIMIT 1",
-                               (config_hash,)).fetchone()  # fmt: skip
+        row = self._db.execute(
+            "SELECT id FROM validations WHERE config_hash = ? ORDER BY id DESC LIMIT 1", (config_hash,)
+        ).fetchone()
         return self.validation(row[0]) if row else None
 
     def validations(self) -> list[Validation]:
@@ -153,32 +187,47 @@ class GateRegistry:
         v = self._passing(config_hash, policy, "promote")
         now = time.time()
         with self._db:
-            cur = self._db.execute("INSERT INTO promotions (policy, config_hash, validation_id, created_at) "
-                                   "VALUES (?, ?, ?, ?)", (policy, config_hash, v.id, now))  # fmt: skip
-        return Promotion(id=cur.lastrowid, policy=policy, config_hash=config_hash, validation_id=v.id,
-                         created_at=now)  # fmt: skip
+            cur = self._db.execute(
+                "INSERT INTO promotions (policy, config_hash, validation_id, created_at) VALUES (?, ?, ?, ?)",
+                (policy, config_hash, v.id, now),
+            )
+        return Promotion(
+            id=cur.lastrowid, policy=policy, config_hash=config_hash, validation_id=v.id, created_at=now
+        )
 
     def promotion(self, config_hash: str) -> Promotion | None:
-        row = self._db.execute("SELECT id, policy, config_hash, validation_id, created_at FROM promotions "
-                               "WHERE config_hash = ? ORDER BY id DESC LIMIT 1", (config_hash,)).fetchone()  # fmt: skip
-        return Promotion(id=row[0], policy=row[1], config_hash=row[2], validation_id=row[3],
-                         created_at=row[4]) if row else None  # fmt: skip
+        row = self._db.execute(
+            "SELECT id, policy, config_hash, validation_id, created_at FROM promotions "
+            "WHERE config_hash = ? ORDER BY id DESC LIMIT 1",
+            (config_hash,),
+        ).fetchone()
+        return (
+            Promotion(id=row[0], policy=row[1], config_hash=row[2], validation_id=row[3], created_at=row[4])
+            if row
+            else None
+        )
 
     def require_promoted(self, config_hash: str, policy: str) -> Promotion:
         """The promotion that lets this configuration act, or GateError saying what is missing."""
         self._passing(config_hash, policy, "act")
         p = self.promotion(config_hash)
         if p is None:
-            raise GateError(f"policy {policy} ({config_hash[:12]}) passed validation but was never promoted; "
-                            f"run `fleettwin policy promote` for it (registry {self.path})")  # fmt: skip
+            raise GateError(
+                f"policy {policy} ({config_hash[:12]}) passed validation but was never promoted; "
+                f"run `fleettwin policy promote` for it (registry {self.path})"
+            )
         return p
 
     def _passing(self, config_hash: str, policy: str, action: str) -> Validation:
         v = self.latest_validation(config_hash)
         if v is None:
-            raise GateError(f"refusing to {action}: policy {policy} with config hash {config_hash[:12]} has no "
-                            f"validation in {self.path}; run `fleettwin policy validate` first")  # fmt: skip
+            raise GateError(
+                f"refusing to {action}: policy {policy} with config hash {config_hash[:12]} has no "
+                f"validation in {self.path}; run `fleettwin policy validate` first"
+            )
         if not v.passed:
-            raise GateError(f"refusing to {action}: the latest validation of policy {policy} ({config_hash[:12]}, "
-                            f"#{v.id}, suite {v.suite}) failed: {'; '.join(v.reasons)}")  # fmt: skip
+            raise GateError(
+                f"refusing to {action}: the latest validation of policy {policy} ({config_hash[:12]}, "
+                f"#{v.id}, suite {v.suite}) failed: {'; '.join(v.reasons)}"
+            )
         return v

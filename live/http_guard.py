@@ -37,10 +37,14 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from fleettwin.live.api_error import ApiError
 
 log = logging.getLogger("fleettwin.http")
-PEER = "fleettwin.peer"  # scope["state"] key: the client certificate's identities (a tuple), when there is one
+PEER = (
+    "fleettwin.peer"  # scope["state"] key: the client certificate's identities (a tuple), when there is one
+)
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")  # the only way a lone surrogate gets into valid UTF-8 JSON
+_ESCAPED_SURROGATE = re.compile(
+    rb"\\u[dD][89a-fA-F]"
+)  # the only way a lone surrogate gets into valid UTF-8 JSON
 INLINE_PARSE_BYTES = 64 * 1024  # bodies above this are parsed on a worker thread (``parse_json_body``)
 
 
@@ -104,8 +108,12 @@ def check_json(value: Any, *, max_depth: int = 64) -> None:
 
 def _check_text(text: str, path: tuple) -> None:
     if _SURROGATE.search(text) is not None:
-        raise ApiError(400, f"{_path(path) or 'request body'}: a string holds a lone UTF-16 surrogate (not "
-                       "valid Unicode text)", param=_param(path))  # fmt: skip
+        raise ApiError(
+            400,
+            f"{_path(path) or 'request body'}: a string holds a lone UTF-16 surrogate (not "
+            "valid Unicode text)",
+            param=_param(path),
+        )
 
 
 def _path(path: tuple) -> str:
@@ -136,8 +144,13 @@ def _header(scope: dict, name: bytes) -> bytes | None:
     return None
 
 
-async def send_error(send: Callable[[dict], Awaitable[None]], err: ApiError, *, close: bool = False,
-                     headers: Iterable[tuple[bytes, bytes]] = ()) -> None:  # fmt: skip
+async def send_error(
+    send: Callable[[dict], Awaitable[None]],
+    err: ApiError,
+    *,
+    close: bool = False,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
     body = json.dumps(err.body(), separators=(",", ":")).encode()
     head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
     if close:
@@ -153,7 +166,9 @@ class _ClientGone(Exception):
 class GuardMiddleware:
     """Pure ASGI (no per-chunk wrapping of responses, so SSE streams pass untouched)."""
 
-    def __init__(self, app, limits: HttpLimits, on_error: Callable[[dict, BaseException], None] | None = None):
+    def __init__(
+        self, app, limits: HttpLimits, on_error: Callable[[dict, BaseException], None] | None = None
+    ):
         self.app, self.limits, self.on_error = app, limits, on_error
 
     async def __call__(self, scope, receive, send) -> None:
@@ -185,14 +200,20 @@ class GuardMiddleware:
         except Exception as exc:  # noqa: BLE001 - the last line of defence: one 500, one log line
             self._failed(scope, exc)
             if not started:
-                await send_error(send, ApiError(500, f"internal error ({type(exc).__name__}); the server logged it"))
+                await send_error(
+                    send, ApiError(500, f"internal error ({type(exc).__name__}); the server logged it")
+                )
 
     def _refusal(self, scope: dict) -> ApiError | None:
         allowed = self.limits.allowed_clients
         peer = (scope.get("state") or {}).get(PEER)
         if allowed is not None and peer is not None and "*" not in allowed and not set(peer) & set(allowed):
-            return ApiError(403, f"client certificate for {', '.join(peer) or '(no name)'} is not accepted here; "
-                            f"this server accepts {', '.join(allowed)}", type="PermissionDeniedError")  # fmt: skip
+            return ApiError(
+                403,
+                f"client certificate for {', '.join(peer) or '(no name)'} is not accepted here; "
+                f"this server accepts {', '.join(allowed)}",
+                type="PermissionDeniedError",
+            )
         if scope["method"] not in BODY_METHODS:
             return None
         ctype = (_header(scope, b"content-type") or b"").decode("latin-1").split(";", 1)[0].strip().lower()
@@ -221,8 +242,11 @@ class GuardMiddleware:
                     if not message.get("more_body", False):
                         break
         except TimeoutError:
-            raise ApiError(408, f"the request body did not arrive within {self.limits.body_timeout_s:g} s",
-                           type="RequestTimeoutError") from None  # fmt: skip
+            raise ApiError(
+                408,
+                f"the request body did not arrive within {self.limits.body_timeout_s:g} s",
+                type="RequestTimeoutError",
+            ) from None
         body, replayed = b"".join(chunks), False
 
         async def replay() -> dict:
@@ -239,8 +263,13 @@ class GuardMiddleware:
         while where is not None and where.tb_next is not None:
             where = where.tb_next
         at = f" at {where.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{where.tb_lineno}" if where else ""
-        log.error("%s %s: unexpected %s%s (answered 500)", scope.get("method"), scope.get("path"),
-                  type(exc).__name__, at)  # fmt: skip
+        log.error(
+            "%s %s: unexpected %s%s (answered 500)",
+            scope.get("method"),
+            scope.get("path"),
+            type(exc).__name__,
+            at,
+        )
         if self.on_error is not None:
             try:
                 self.on_error(scope, exc)
@@ -249,8 +278,9 @@ class GuardMiddleware:
 
 
 def _too_large(limit: int) -> ApiError:
-    return ApiError(413, f"request body is larger than this server's limit of {limit} bytes",
-                    type="RequestTooLargeError")  # fmt: skip
+    return ApiError(
+        413, f"request body is larger than this server's limit of {limit} bytes", type="RequestTooLargeError"
+    )
 
 
 # -- the connection: header timeout and the client certificate -------------------------------------------
@@ -314,11 +344,16 @@ class GuardedH11Protocol(H11Protocol):
         if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
             return
         if self._got_bytes:  # a request had begun: say why before closing
-            err = ApiError(408, f"the request headers did not arrive within {self.header_timeout_s:g} s",
-                           type="RequestTimeoutError")  # fmt: skip
+            err = ApiError(
+                408,
+                f"the request headers did not arrive within {self.header_timeout_s:g} s",
+                type="RequestTimeoutError",
+            )
             body = json.dumps(err.body(), separators=(",", ":")).encode()
-            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-                                 b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+            self.transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+            )
         self.transport.close()
 
 

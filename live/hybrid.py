@@ -55,7 +55,11 @@ def load_corpus(path: str | Path, *, min_words: int = 12) -> list[Passage]:
     """The paragraphs (blank-line separated, code blocks left out) of every ``.md``/``.txt`` file under ``path``
     with at least ``min_words`` words, in file-name order."""
     root = Path(path)
-    files = sorted(p for p in root.rglob("*") if p.suffix in (".md", ".txt") and p.is_file()) if root.is_dir() else []
+    files = (
+        sorted(p for p in root.rglob("*") if p.suffix in (".md", ".txt") and p.is_file())
+        if root.is_dir()
+        else []
+    )
     out = []
     for f in files:
         text = _FENCE.sub("", f.read_text(errors="replace"))
@@ -64,14 +68,24 @@ def load_corpus(path: str | Path, *, min_words: int = 12) -> list[Passage]:
             if len(tokenize(para)) >= min_words:
                 out.append(Passage(str(f.relative_to(root)), para))
     if len(out) < 2:
-        raise ConfigError(f"corpus {root}: {'not a directory' if not root.is_dir() else 'fewer than 2 paragraphs'} "
-                          f"(a folder of .md/.txt files with paragraphs of >= {min_words} words)")  # fmt: skip
+        raise ConfigError(
+            f"corpus {root}: {'not a directory' if not root.is_dir() else 'fewer than 2 paragraphs'} "
+            f"(a folder of .md/.txt files with paragraphs of >= {min_words} words)"
+        )
     return out
 
 
 class HybridRetriever:
-    def __init__(self, passages: Sequence[Passage], *, dim: int = 128, k1: float = 1.2, b: float = 0.75,
-                 rrf_k: int = 60, candidates: int = 50):  # fmt: skip
+    def __init__(
+        self,
+        passages: Sequence[Passage],
+        *,
+        dim: int = 128,
+        k1: float = 1.2,
+        b: float = 0.75,
+        rrf_k: int = 60,
+        candidates: int = 50,
+    ):
         import faiss  # the live extra's faiss-cpu; imported here so the module loads without it
 
         self.passages, self.rrf_k, self.candidates = list(passages), rrf_k, candidates
@@ -138,9 +152,11 @@ class HybridRetriever:
         i = int(rng.integers(len(self.passages)))
         toks = self.passages[i].text.split()
         start = int(rng.integers(max(1, len(toks) - words + 1)))
-        return i, " ".join(toks[start:start + words])
+        return i, " ".join(toks[start : start + words])
 
-    def timed_search(self, query: str, k: int, *, tracing: Tracing = NOOP, parent=None) -> tuple[list[Hit], float]:
+    def timed_search(
+        self, query: str, k: int, *, tracing: Tracing = NOOP, parent=None
+    ) -> tuple[list[Hit], float]:
         t0 = time.perf_counter()
         hits = self.search(query, k, tracing=tracing, parent=parent)
         return hits, time.perf_counter() - t0
@@ -156,7 +172,9 @@ def _unit(m: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(m / np.maximum(n, 1e-12), dtype=np.float32)
 
 
-def recall_of_source(retriever: HybridRetriever, queries: int = 200, k: int = 10, seed: int = 0) -> dict[str, float]:
+def recall_of_source(
+    retriever: HybridRetriever, queries: int = 200, k: int = 10, seed: int = 0
+) -> dict[str, float]:
     """Share of sampled queries whose source paragraph is in the top ``k``: fused, lexical alone, dense alone
     (a sanity check of the three rankings on this corpus)."""
     rng = np.random.default_rng(seed)
@@ -165,8 +183,15 @@ def recall_of_source(retriever: HybridRetriever, queries: int = 200, k: int = 10
         src, q = retriever.sample_query(rng)
         hits = retriever.search(q, k=2 * retriever.candidates)  # every candidate of both lists
         found["hybrid"] += any(h.passage == src for h in hits[:k])
-        found["lexical"] += any(h.passage == src and h.lexical_rank is not None and h.lexical_rank <= k for h in hits)
-        found["dense"] += any(h.passage == src and h.dense_rank is not None and h.dense_rank <= k for h in hits)
-    return {name: v / queries for name, v in found.items()} | {"k": k, "queries": queries, "dim": retriever.dim,
-                                                              "passages": len(retriever.passages)}  # fmt: skip
-
+        found["lexical"] += any(
+            h.passage == src and h.lexical_rank is not None and h.lexical_rank <= k for h in hits
+        )
+        found["dense"] += any(
+            h.passage == src and h.dense_rank is not None and h.dense_rank <= k for h in hits
+        )
+    return {name: v / queries for name, v in found.items()} | {
+        "k": k,
+        "queries": queries,
+        "dim": retriever.dim,
+        "passages": len(retriever.passages),
+    }

@@ -33,7 +33,9 @@ from fleettwin.models.snapshot import FleetSnapshot, InventoryItem, PoolState, S
 
 
 def _reset(now: BackendMetrics, before: BackendMetrics) -> bool:
-    return now.requests_finished < before.requests_finished or now.generation_tokens < before.generation_tokens
+    return (
+        now.requests_finished < before.requests_finished or now.generation_tokens < before.generation_tokens
+    )
 
 
 def _pct(h: HistogramSummary, q: float) -> float | None:
@@ -87,8 +89,14 @@ class PoolWindow:
 class FleetObserver:
     """Keeps the last healthy scrape of every backend and the arrival-rate history of every pool."""
 
-    def __init__(self, pools: Sequence[ControlledPool], inventory: Sequence[InventoryItem], *, interval_s: float,
-                 history_buckets: int = 2016):  # fmt: skip
+    def __init__(
+        self,
+        pools: Sequence[ControlledPool],
+        inventory: Sequence[InventoryItem],
+        *,
+        interval_s: float,
+        history_buckets: int = 2016,
+    ):
         self.pools, self.inventory = list(pools), tuple(inventory)
         self.interval_s, self.history_buckets = interval_s, history_buckets
         self.history: dict[str, list[float | None]] = {p.name: [] for p in pools}
@@ -114,11 +122,17 @@ class FleetObserver:
                 if m.healthy:
                     self.last[m.url] = m
 
-    def observe(self, now: float, scrapes: Mapping[str, Sequence[BackendMetrics]], *,
-                provisioning: Mapping[str, int] | None = None,
-                draining: set[str] | frozenset[str] = frozenset(), starting: frozenset[str] = frozenset(),
-                missing: Mapping[str, int] | None = None,
-                measures: Mapping[str, PoolMeasure] | None = None) -> tuple[FleetSnapshot, dict[str, PoolWindow]]:  # fmt: skip
+    def observe(
+        self,
+        now: float,
+        scrapes: Mapping[str, Sequence[BackendMetrics]],
+        *,
+        provisioning: Mapping[str, int] | None = None,
+        draining: set[str] | frozenset[str] = frozenset(),
+        starting: frozenset[str] = frozenset(),
+        missing: Mapping[str, int] | None = None,
+        measures: Mapping[str, PoolMeasure] | None = None,
+    ) -> tuple[FleetSnapshot, dict[str, PoolWindow]]:
         """The snapshot at ``now`` from this interval's scrapes, per pool (unreachable backends included as
         unhealthy records), and what the interval showed of each pool. ``provisioning``: the actuator's
         wanted-but-not-serving replicas per pool (``missing`` of them failed); ``starting``: URLs among them,
@@ -131,16 +145,25 @@ class FleetObserver:
             measure = measures.get(meta.name, PoolMeasure()) if measures is not None else None
             if measure is None:
                 measure = self.measure(meta.name, scraped, draining)
-            state, window = self.assemble(meta, measure, scraped, (provisioning or {}).get(meta.name, 0),
-                                          (missing or {}).get(meta.name, 0), draining, starting)  # fmt: skip
+            state, window = self.assemble(
+                meta,
+                measure,
+                scraped,
+                (provisioning or {}).get(meta.name, 0),
+                (missing or {}).get(meta.name, 0),
+                draining,
+                starting,
+            )
             states.append(state)
             windows[meta.name] = window
-        snap = FleetSnapshot(time_s=now, control_interval_s=self.interval_s, pools=tuple(states),
-                             inventory=self.inventory)  # fmt: skip
+        snap = FleetSnapshot(
+            time_s=now, control_interval_s=self.interval_s, pools=tuple(states), inventory=self.inventory
+        )
         return snap, windows
 
-    def measure(self, pool: str, scraped: Sequence[BackendMetrics],
-                draining: set[str] | frozenset[str] = frozenset()) -> PoolMeasure:  # fmt: skip
+    def measure(
+        self, pool: str, scraped: Sequence[BackendMetrics], draining: set[str] | frozenset[str] = frozenset()
+    ) -> PoolMeasure:
         """The pool's load between each backend's previous healthy scrape and this one."""
         healthy = [m for m in scraped if m.healthy]
         arrivals, rate, finished, known = 0.0, 0.0, 0.0, False
@@ -156,7 +179,11 @@ class FleetObserver:
                 finished += done
                 # per-request TPOT; servers older than that histogram: per-token inter-token latency
                 per_req = m.tpot.minus(before.tpot) if m.tpot.count else m.itl.minus(before.itl)
-                ttft, tpot, e2e = ttft.plus(m.ttft.minus(before.ttft)), tpot.plus(per_req), e2e.plus(m.e2e.minus(before.e2e))
+                ttft, tpot, e2e = (
+                    ttft.plus(m.ttft.minus(before.ttft)),
+                    tpot.plus(per_req),
+                    e2e.plus(m.e2e.minus(before.e2e)),
+                )
                 known = True
             self.last[m.url] = m
         # Lengths since the servers started, over every backend of the pool ever seen healthy (as the simulator
@@ -168,38 +195,74 @@ class FleetObserver:
         o_cnt = sum(m.output_len.count if m.output_len.count else m.e2e.count for m in mine)
         serving_now = [m for m in healthy if m.url not in draining]
         return PoolMeasure(
-            running=sum(m.running for m in healthy), waiting=sum(m.waiting for m in healthy),
-            kv_usage=min(1.0, sum(m.kv_usage for m in serving_now) / len(serving_now)) if serving_now else 0.0,
-            arrivals=arrivals if known else None, arrival_rate=rate if known else None, finished=finished,
-            ttft=ttft, tpot=tpot, e2e=e2e, mean_prompt_tokens=_mean(p_sum, p_cnt),
+            running=sum(m.running for m in healthy),
+            waiting=sum(m.waiting for m in healthy),
+            kv_usage=min(1.0, sum(m.kv_usage for m in serving_now) / len(serving_now))
+            if serving_now
+            else 0.0,
+            arrivals=arrivals if known else None,
+            arrival_rate=rate if known else None,
+            finished=finished,
+            ttft=ttft,
+            tpot=tpot,
+            e2e=e2e,
+            mean_prompt_tokens=_mean(p_sum, p_cnt),
             mean_output_tokens=_mean(o_sum, o_cnt),
-        )  # fmt: skip
+        )
 
-    def assemble(self, meta: ControlledPool, pm: PoolMeasure, scraped: Sequence[BackendMetrics],
-                 provisioning: int, missing: int, draining: set[str] | frozenset[str],
-                 starting: frozenset[str] = frozenset()) -> tuple[PoolState, PoolWindow]:  # fmt: skip
+    def assemble(
+        self,
+        meta: ControlledPool,
+        pm: PoolMeasure,
+        scraped: Sequence[BackendMetrics],
+        provisioning: int,
+        missing: int,
+        draining: set[str] | frozenset[str],
+        starting: frozenset[str] = frozenset(),
+    ) -> tuple[PoolState, PoolWindow]:
         """The pool's ``PoolState`` (as the simulator's ``ControlledPool.state`` builds it) and window. A backend
         that is down is a replica wanted but missing: provisioning in the snapshot, so a policy that sizes the
         pool by ready + unready replicas (the HPA) keeps asking for it instead of shrinking the pool."""
         hist = self.history.setdefault(meta.name, [])
         hist.append(pm.arrival_rate)
         del hist[: -self.history_buckets]
-        q = dict(pm.quantiles) if pm.quantiles is not None else {
-            f"{name}_p{round(p * 100)}_s": _pct(h, p) for name, h in (("ttft", pm.ttft), ("tpot", pm.tpot))
-            for p in (0.5, 0.95, 0.99)}  # fmt: skip
+        q = (
+            dict(pm.quantiles)
+            if pm.quantiles is not None
+            else {
+                f"{name}_p{round(p * 100)}_s": _pct(h, p)
+                for name, h in (("ttft", pm.ttft), ("tpot", pm.tpot))
+                for p in (0.5, 0.95, 0.99)
+            }
+        )
         serving = ServingStats(
-            running=pm.running, waiting=pm.waiting, kv_usage=pm.kv_usage, arrival_rate_history=tuple(hist),
-            history_bucket_s=self.interval_s, mean_prompt_tokens=pm.mean_prompt_tokens,
-            mean_output_tokens=pm.mean_output_tokens, latency_window_s=self.interval_s, **q,
-        )  # fmt: skip
+            running=pm.running,
+            waiting=pm.waiting,
+            kv_usage=pm.kv_usage,
+            arrival_rate_history=tuple(hist),
+            history_bucket_s=self.interval_s,
+            mean_prompt_tokens=pm.mean_prompt_tokens,
+            mean_output_tokens=pm.mean_output_tokens,
+            latency_window_s=self.interval_s,
+            **q,
+        )
         healthy = sum(1 for m in scraped if m.healthy)
         active = sum(1 for m in scraped if m.healthy and m.url not in draining)
         n_draining = sum(1 for m in scraped if m.url in draining)
         down = sum(1 for m in scraped if not m.healthy and m.url not in draining and m.url not in starting)
         state = meta.state(serving, active=active, provisioning=provisioning + down, draining=n_draining)
-        window = PoolWindow(active=active, provisioning=provisioning - missing, draining=n_draining,
-                            unhealthy=len(scraped) - healthy, missing=down + missing, arrivals=pm.arrivals,
-                            arrival_rate=pm.arrival_rate, finished=pm.finished, ttft=pm.ttft, e2e=pm.e2e)  # fmt: skip
+        window = PoolWindow(
+            active=active,
+            provisioning=provisioning - missing,
+            draining=n_draining,
+            unhealthy=len(scraped) - healthy,
+            missing=down + missing,
+            arrivals=pm.arrivals,
+            arrival_rate=pm.arrival_rate,
+            finished=pm.finished,
+            ttft=pm.ttft,
+            e2e=pm.e2e,
+        )
         return state, window
 
 
@@ -209,22 +272,36 @@ def pool_record(state: PoolState, window: PoolWindow) -> dict:
     serving = dataclasses.asdict(state.serving) if state.serving else {}
     serving.pop("arrival_rate_history", None)
     return {
-        "name": state.name, "gpus": state.held(), "active": window.active, "provisioning": window.provisioning,
-        "draining": window.draining, "unhealthy": window.unhealthy, "missing": window.missing,
+        "name": state.name,
+        "gpus": state.held(),
+        "active": window.active,
+        "provisioning": window.provisioning,
+        "draining": window.draining,
+        "unhealthy": window.unhealthy,
+        "missing": window.missing,
         "arrivals": window.arrivals,
-        "arrival_rate": window.arrival_rate, "finished": window.finished, **serving,
-        "ttft_window": hist_to_json(window.ttft), "e2e_window": hist_to_json(window.e2e),
-    }  # fmt: skip
+        "arrival_rate": window.arrival_rate,
+        "finished": window.finished,
+        **serving,
+        "ttft_window": hist_to_json(window.ttft),
+        "e2e_window": hist_to_json(window.e2e),
+    }
 
 
 def hist_to_json(h: HistogramSummary) -> dict:
     """JSON has no infinity: the +Inf bound is written as Prometheus writes it, ``"+Inf"``."""
-    return {"count": h.count, "sum": h.sum,
-            "buckets": [["+Inf" if math.isinf(b) else b, c] for b, c in h.buckets]}  # fmt: skip
+    return {
+        "count": h.count,
+        "sum": h.sum,
+        "buckets": [["+Inf" if math.isinf(b) else b, c] for b, c in h.buckets],
+    }
 
 
 def hist_from_json(d: Mapping | None) -> HistogramSummary:
     if not d:
         return EMPTY
-    return HistogramSummary(count=d["count"], sum=d["sum"],
-                            buckets=tuple((math.inf if b == "+Inf" else float(b), c) for b, c in d["buckets"]))  # fmt: skip
+    return HistogramSummary(
+        count=d["count"],
+        sum=d["sum"],
+        buckets=tuple((math.inf if b == "+Inf" else float(b), c) for b, c in d["buckets"]),
+    )

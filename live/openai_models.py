@@ -40,7 +40,9 @@ class _Sampling(_Body):
     model: str | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
-    stop: Stop = Field(None, description=f"stop strings (at most {MAX_STOP}); the visible text ends before one")
+    stop: Stop = Field(
+        None, description=f"stop strings (at most {MAX_STOP}); the visible text ends before one"
+    )
     stop_token_ids: list[TokenId] | None = Field(None, max_length=MAX_STOP)
     include_stop_str_in_output: bool = False
     ignore_eos: bool = False
@@ -174,8 +176,14 @@ UNSUPPORTED: dict[str, str] = {
     "kv_transfer_params": "kv_transfer_params (disaggregated serving) is not supported by the emulator",
 }
 DEFAULTS_OK: dict[str, tuple[Any, ...]] = {  # values of UNSUPPORTED fields that ask for nothing
-    "best_of": (None, 1), "use_beam_search": (None, False), "logit_bias": (None, {}), "bad_words": (None, []),
-    "allowed_token_ids": (None,), "prompt_logprobs": (None,), "logprob_token_ids": (None,),
-    "response_format": (None, {"type": "text"}), "continue_final_message": (None, False),
+    "best_of": (None, 1),
+    "use_beam_search": (None, False),
+    "logit_bias": (None, {}),
+    "bad_words": (None, []),
+    "allowed_token_ids": (None,),
+    "prompt_logprobs": (None,),
+    "logprob_token_ids": (None,),
+    "response_format": (None, {"type": "text"}),
+    "continue_final_message": (None, False),
     "return_tokens_as_token_ids": (None, False),
-}  # fmt: skip
+}

@@ -12,11 +12,21 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 ERROR_SCHEMA = {
-    "type": "object", "required": ["error"],
-    "properties": {"error": {"type": "object", "required": ["message", "type", "code"], "properties": {
-        "message": {"type": "string"}, "type": {"type": "string"}, "param": {"type": ["string", "null"]},
-        "code": {"type": "integer"}}}},
-}  # fmt: skip
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": "integer"},
+            },
+        }
+    },
+}
 
 
 def _schema(models: tuple[type[BaseModel], ...], components: dict[str, Any]) -> dict[str, Any]:
@@ -30,23 +40,30 @@ def _schema(models: tuple[type[BaseModel], ...], components: dict[str, Any]) -> 
     return refs[0] if len(refs) == 1 else {"anyOf": refs}
 
 
-def document_bodies(app: FastAPI, bodies: dict[str, tuple[type[BaseModel], ...]], *,
-                    bearer_paths: tuple[str, ...] = ()) -> None:  # fmt: skip
+def document_bodies(
+    app: FastAPI, bodies: dict[str, tuple[type[BaseModel], ...]], *, bearer_paths: tuple[str, ...] = ()
+) -> None:
     """Make ``app.openapi()`` describe the JSON body of each POST path in ``bodies`` (one model, or any of
     several), the OpenAI-style error body, and a bearer token on paths starting with ``bearer_paths``."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
-        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        doc = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
         components = doc.setdefault("components", {}).setdefault("schemas", {})
         components["ErrorResponse"] = ERROR_SCHEMA
         for path, models in bodies.items():
             op = doc["paths"][path]["post"]
-            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _schema(models,
-                                                                                                         components)}}}
-            op.setdefault("responses", {})["400"] = {"description": "bad request", "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}  # fmt: skip
+            op["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": _schema(models, components)}},
+            }
+            op.setdefault("responses", {})["400"] = {
+                "description": "bad request",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+            }
         if bearer_paths:
             doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
             for path, ops in doc["paths"].items():

@@ -36,8 +36,9 @@ def block_hashes(ids: Sequence[int], block_size: int) -> list[int]:
 class EmulatorPrefixCache:
     """Lookups and inserts by prompt, and the two counters (a prometheus_client collector)."""
 
-    def __init__(self, num_blocks: int, block_size: int, tokenizer: Tokenizer, labels: list[str],
-                 enabled: bool = True):  # fmt: skip
+    def __init__(
+        self, num_blocks: int, block_size: int, tokenizer: Tokenizer, labels: list[str], enabled: bool = True
+    ):
         self.cache = PrefixCache(max(1, num_blocks), block_size) if enabled else None
         self.block_size, self.tokenizer, self.labels = block_size, tokenizer, labels
 
@@ -72,11 +73,17 @@ class EmulatorPrefixCache:
         c = self.cache
         names = ("model_name", "engine")
         for name, doc, value in (
-            ("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.",
-             c.query_tokens if c is not None else 0),
-            ("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.",
-             c.hit_tokens if c is not None else 0),
-        ):  # fmt: skip
+            (
+                "vllm:prefix_cache_queries",
+                "Prefix cache queries, in terms of number of queried tokens.",
+                c.query_tokens if c is not None else 0,
+            ),
+            (
+                "vllm:prefix_cache_hits",
+                "Prefix cache hits, in terms of number of cached tokens.",
+                c.hit_tokens if c is not None else 0,
+            ),
+        ):
             fam = CounterMetricFamily(name, doc, labels=list(names))
             fam.add_metric(self.labels, float(value))
             yield fam

@@ -21,12 +21,74 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from fleettwin.live.emulator import Engine, Generation
 from fleettwin.models.engine.queue import StepPlan
 
-TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-                20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)  # fmt: skip
-ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
-               40.0, 80.0)  # fmt: skip
-REQUEST_LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
-                           120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)  # fmt: skip
+TTFT_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+    640.0,
+    2560.0,
+)
+ITL_BUCKETS = (
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
+REQUEST_LATENCY_BUCKETS = (
+    0.3,
+    0.5,
+    0.8,
+    1.0,
+    1.5,
+    2.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    40.0,
+    50.0,
+    60.0,
+    120.0,
+    240.0,
+    480.0,
+    960.0,
+    1920.0,
+    7680.0,
+)
 ITERATION_TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 LABELS = ("model_name", "engine")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -59,18 +121,28 @@ class _Gauges:
             ("vllm:num_requests_running", "Number of requests in model execution batches.", e.num_running),
             ("vllm:num_requests_waiting", "Number of requests waiting to be processed.", e.num_waiting),
             ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", e.kv_usage),
-            *((("vllm:gpu_cache_usage_perc", "GPU KV-cache usage. 1 means 100 percent usage.", e.kv_usage),)
-              if self.legacy else ()),
-        ):  # fmt: skip
+            *(
+                (("vllm:gpu_cache_usage_perc", "GPU KV-cache usage. 1 means 100 percent usage.", e.kv_usage),)
+                if self.legacy
+                else ()
+            ),
+        ):
             g = GaugeMetricFamily(name, doc, labels=list(LABELS))
             g.add_metric(self.labels, float(value))
             yield g
         lim = e.limits
-        info = {"block_size": str(lim.block_size), "num_gpu_blocks": str(lim.num_blocks),
-                "gpu_memory_utilization": str(self.gpu_memory_utilization), "enable_prefix_caching": str(lim.enable_prefix_caching),
-                "max_model_len": str(lim.max_model_len)}  # fmt: skip
-        g = GaugeMetricFamily("vllm:cache_config_info", "Information of the LLMEngine CacheConfig",
-                              labels=["engine", *sorted(info)])  # fmt: skip
+        info = {
+            "block_size": str(lim.block_size),
+            "num_gpu_blocks": str(lim.num_blocks),
+            "gpu_memory_utilization": str(self.gpu_memory_utilization),
+            "enable_prefix_caching": str(lim.enable_prefix_caching),
+            "max_model_len": str(lim.max_model_len),
+        }
+        g = GaugeMetricFamily(
+            "vllm:cache_config_info",
+            "Information of the LLMEngine CacheConfig",
+            labels=["engine", *sorted(info)],
+        )
         g.add_metric([self.labels[1], *(info[k] for k in sorted(info))], 1.0)
         yield g
 
@@ -79,8 +151,15 @@ class EngineMetrics:
     """An ``EngineObserver`` that keeps vLLM's metrics in its own registry (several emulators may share a
     process). ``exposition()`` is the body of ``GET /metrics``."""
 
-    def __init__(self, engine: Engine, model_name: str, *, engine_index: str = "0", legacy_names: bool = False,
-                 gpu_memory_utilization: float = 0.9):  # fmt: skip
+    def __init__(
+        self,
+        engine: Engine,
+        model_name: str,
+        *,
+        engine_index: str = "0",
+        legacy_names: bool = False,
+        gpu_memory_utilization: float = 0.9,
+    ):
         self.registry = reg = CollectorRegistry(auto_describe=True)
         lv = [model_name, engine_index]
         reg.register(
@@ -98,18 +177,26 @@ class EngineMetrics:
         self.prompt_tokens = counter("vllm:prompt_tokens", "Number of prefill tokens processed.")
         self.generation_tokens = counter("vllm:generation_tokens", "Number of generation tokens processed.")
         self.preemptions = counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.")
-        self._success = counter("vllm:request_success", "Count of successfully processed requests.",
-                                ("finished_reason",))  # fmt: skip
-        self.ttft = histogram("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
-                              TTFT_BUCKETS)  # fmt: skip
+        self._success = counter(
+            "vllm:request_success", "Count of successfully processed requests.", ("finished_reason",)
+        )
+        self.ttft = histogram(
+            "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", TTFT_BUCKETS
+        )
         itl_doc = "Histogram of inter-token latency in seconds."
         self.itl = [histogram("vllm:inter_token_latency_seconds", itl_doc, ITL_BUCKETS)]
         if legacy_names:
             self.itl.append(histogram("vllm:time_per_output_token_seconds", itl_doc, ITL_BUCKETS))
-        self.tpot = histogram("vllm:request_time_per_output_token_seconds",
-                              "Histogram of time_per_output_token_seconds per request.", ITL_BUCKETS)  # fmt: skip
-        self.e2e = histogram("vllm:e2e_request_latency_seconds",
-                             "Histogram of e2e request latency in seconds.", REQUEST_LATENCY_BUCKETS)  # fmt: skip
+        self.tpot = histogram(
+            "vllm:request_time_per_output_token_seconds",
+            "Histogram of time_per_output_token_seconds per request.",
+            ITL_BUCKETS,
+        )
+        self.e2e = histogram(
+            "vllm:e2e_request_latency_seconds",
+            "Histogram of e2e request latency in seconds.",
+            REQUEST_LATENCY_BUCKETS,
+        )
         self.queue = histogram(
             "vllm:request_queue_time_seconds",
             "Histogram of time spent in WAITING phase for request.",
@@ -125,16 +212,23 @@ class EngineMetrics:
             "Histogram of time spent in DECODE phase for request.",
             REQUEST_LATENCY_BUCKETS,
         )
-        self.inference = histogram("vllm:request_inference_time_seconds",
-                                   "Histogram of time spent in RUNNING phase for request.",
-                                   REQUEST_LATENCY_BUCKETS)  # fmt: skip
+        self.inference = histogram(
+            "vllm:request_inference_time_seconds",
+            "Histogram of time spent in RUNNING phase for request.",
+            REQUEST_LATENCY_BUCKETS,
+        )
         max_len = engine.limits.max_model_len
-        self.req_prompt = histogram("vllm:request_prompt_tokens", "Number of prefill tokens processed.",
-                                    buckets_1_2_5(max_len))  # fmt: skip
-        self.req_generation = histogram("vllm:request_generation_tokens", "Number of generation tokens processed.",
-                                        buckets_1_2_5(max_len))  # fmt: skip
-        self.req_max_tokens = histogram("vllm:request_params_max_tokens", "Histogram of the max_tokens request "
-                                        "parameter.", buckets_1_2_5(max_len))  # fmt: skip
+        self.req_prompt = histogram(
+            "vllm:request_prompt_tokens", "Number of prefill tokens processed.", buckets_1_2_5(max_len)
+        )
+        self.req_generation = histogram(
+            "vllm:request_generation_tokens", "Number of generation tokens processed.", buckets_1_2_5(max_len)
+        )
+        self.req_max_tokens = histogram(
+            "vllm:request_params_max_tokens",
+            "Histogram of the max_tokens request parameter.",
+            buckets_1_2_5(max_len),
+        )
         self.iteration_tokens = histogram(
             "vllm:iteration_tokens_total",
             "Histogram of number of tokens per engine_step.",

@@ -47,8 +47,15 @@ def _float(v: str) -> float:
 class PromClient:
     """Queries one Prometheus server (``url`` is its base, e.g. ``http://prometheus:9090``)."""
 
-    def __init__(self, url: str, *, timeout_s: float = 5.0, token: str | None = None, verify: bool | str = True,
-                 client: httpx.AsyncClient | None = None):  # fmt: skip
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = 5.0,
+        token: str | None = None,
+        verify: bool | str = True,
+        client: httpx.AsyncClient | None = None,
+    ):
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client = client or httpx.AsyncClient(timeout=timeout_s, verify=verify, headers=headers)
@@ -69,8 +76,9 @@ class PromClient:
         try:
             body = resp.json()
         except ValueError:
-            raise PrometheusError(f"prometheus {self.url}: {what}: HTTP {resp.status_code}, not JSON: "
-                                  f"{resp.text[:120]!r}") from None  # fmt: skip
+            raise PrometheusError(
+                f"prometheus {self.url}: {what}: HTTP {resp.status_code}, not JSON: {resp.text[:120]!r}"
+            ) from None
         if not isinstance(body, dict) or body.get("status") != "success":
             err = body.get("error", resp.text[:200]) if isinstance(body, dict) else resp.text[:200]
             kind = body.get("errorType", f"HTTP {resp.status_code}") if isinstance(body, dict) else "?"
@@ -92,7 +100,9 @@ class PromClient:
         data = await self._call("/api/v1/query_range", form, f"query_range {expr!r}")
         if data.get("resultType") != "matrix":
             raise PrometheusError(f"prometheus {self.url}: query_range {expr!r}: expected a matrix")
-        return [Series(dict(r["metric"]), [(float(t), _float(v)) for t, v in r["values"]]) for r in data["result"]]
+        return [
+            Series(dict(r["metric"]), [(float(t), _float(v)) for t, v in r["values"]]) for r in data["result"]
+        ]
 
     async def targets(self) -> list[dict]:
         """The active scrape targets (``scrapeUrl``, ``labels``, ``health``, ``lastError``, ...)."""

@@ -39,11 +39,15 @@ __all__ = ["Discovered", "PromQLSource", "PrometheusError", "with_matchers"]
 
 QUANTILES = (0.5, 0.95, 0.99)
 INSTANCE_SERIES = {  # BackendMetrics field -> the sum over a backend's series (engines) of this metric
-    "running": "vllm:num_requests_running", "waiting": "vllm:num_requests_waiting",
-    "requests_finished": "vllm:request_success_total", "prompt_tokens": "vllm:prompt_tokens_total",
-    "generation_tokens": "vllm:generation_tokens_total", "preemptions": "vllm:num_preemptions_total",
-    "ttft_count": "vllm:time_to_first_token_seconds_count", "e2e_count": "vllm:e2e_request_latency_seconds_count",
-}  # fmt: skip
+    "running": "vllm:num_requests_running",
+    "waiting": "vllm:num_requests_waiting",
+    "requests_finished": "vllm:request_success_total",
+    "prompt_tokens": "vllm:prompt_tokens_total",
+    "generation_tokens": "vllm:generation_tokens_total",
+    "preemptions": "vllm:num_preemptions_total",
+    "ttft_count": "vllm:time_to_first_token_seconds_count",
+    "e2e_count": "vllm:e2e_request_latency_seconds_count",
+}
 
 
 def with_matchers(selector: str, **matchers: str | None) -> str:
@@ -71,14 +75,21 @@ class Discovered:
 class PromQLSource:
     """Reads the scenario's pools from one Prometheus server."""
 
-    def __init__(self, src: PrometheusSource, pools: Sequence[str], *, model_name: str | None = None,
-                 client: PromClient | None = None):  # fmt: skip
+    def __init__(
+        self,
+        src: PrometheusSource,
+        pools: Sequence[str],
+        *,
+        model_name: str | None = None,
+        client: PromClient | None = None,
+    ):
         self.src, self.pools = src, list(pools)
         self.by = src.pool_label
         self.targets_sel = src.selector  # `up` has no model_name label
         self.sel = with_matchers(src.selector, model_name=model_name)
-        self.client = client or PromClient(src.prometheus, timeout_s=src.timeout_s, token=src.token,
-                                           verify=src.verify)  # fmt: skip
+        self.client = client or PromClient(
+            src.prometheus, timeout_s=src.timeout_s, token=src.token, verify=src.verify
+        )
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -90,8 +101,10 @@ class PromQLSource:
         s, by = self.sel, self.by
         now = f"(vllm:num_requests_running{s} + vllm:num_requests_waiting{s})"
         then = f"(vllm:num_requests_running{s} offset {w} + vllm:num_requests_waiting{s} offset {w})"
-        return (f"sum by ({by}) (increase(vllm:request_success_total{s}[{w}])) + sum by ({by}) {now} - "
-                f"(sum by ({by}) {then} or 0 * sum by ({by}) {now})")  # fmt: skip
+        return (
+            f"sum by ({by}) (increase(vllm:request_success_total{s}[{w}])) + sum by ({by}) {now} - "
+            f"(sum by ({by}) {then} or 0 * sum by ({by}) {now})"
+        )
 
     def quantile_expr(self, q: float, metrics: Sequence[str], w: str) -> str:
         rates = " or ".join(f"rate({m}_bucket{self.sel}[{w}])" for m in metrics)
@@ -99,28 +112,49 @@ class PromQLSource:
 
     def pool_queries(self, w: str) -> dict[str, str]:
         s, by = self.sel, self.by
-        out = {"arrivals": self.arrivals_expr(w),
-               "finished": f"sum by ({by}) (increase(vllm:request_success_total{s}[{w}]))"}  # fmt: skip
+        out = {
+            "arrivals": self.arrivals_expr(w),
+            "finished": f"sum by ({by}) (increase(vllm:request_success_total{s}[{w}]))",
+        }
         for q in QUANTILES:
             pct = round(q * 100)
             out[f"ttft_p{pct}_s"] = self.quantile_expr(q, ["vllm:time_to_first_token_seconds"], w)
-            out[f"tpot_p{pct}_s"] = (f"{self.quantile_expr(q, ['vllm:request_time_per_output_token_seconds'], w)}"
-                                     f" or {self.quantile_expr(q, ['vllm:inter_token_latency_seconds', 'vllm:time_per_output_token_seconds'], w)}")  # fmt: skip
-        for name, metric in (("ttft", "vllm:time_to_first_token_seconds"), ("e2e", "vllm:e2e_request_latency_seconds")):
+            out[f"tpot_p{pct}_s"] = (
+                f"{self.quantile_expr(q, ['vllm:request_time_per_output_token_seconds'], w)}"
+                f" or {self.quantile_expr(q, ['vllm:inter_token_latency_seconds', 'vllm:time_per_output_token_seconds'], w)}"
+            )
+        for name, metric in (
+            ("ttft", "vllm:time_to_first_token_seconds"),
+            ("e2e", "vllm:e2e_request_latency_seconds"),
+        ):
             out[f"{name}_buckets"] = f"sum by ({by}, le) (increase({metric}_bucket{s}[{w}]))"
             out[f"{name}_sum"] = f"sum by ({by}) (increase({metric}_sum{s}[{w}]))"
-        for name, hist, counter, count in (("prompt", "vllm:request_prompt_tokens", "vllm:prompt_tokens_total",
-                                            "vllm:time_to_first_token_seconds_count"),
-                                           ("output", "vllm:request_generation_tokens", "vllm:generation_tokens_total",
-                                            "vllm:e2e_request_latency_seconds_count")):  # fmt: skip
-            out[f"mean_{name}"] = (f"sum by ({by}) ({hist}_sum{s}) / (sum by ({by}) ({hist}_count{s}) > 0) or "
-                                   f"sum by ({by}) ({counter}{s}) / (sum by ({by}) ({count}{s}) > 0)")  # fmt: skip
+        for name, hist, counter, count in (
+            (
+                "prompt",
+                "vllm:request_prompt_tokens",
+                "vllm:prompt_tokens_total",
+                "vllm:time_to_first_token_seconds_count",
+            ),
+            (
+                "output",
+                "vllm:request_generation_tokens",
+                "vllm:generation_tokens_total",
+                "vllm:e2e_request_latency_seconds_count",
+            ),
+        ):
+            out[f"mean_{name}"] = (
+                f"sum by ({by}) ({hist}_sum{s}) / (sum by ({by}) ({hist}_count{s}) > 0) or "
+                f"sum by ({by}) ({counter}{s}) / (sum by ({by}) ({count}{s}) > 0)"
+            )
         return out
 
     def instance_queries(self) -> dict[str, str]:
         by = f"instance, {self.by}"
         out = {k: f"sum by ({by}) ({m}{self.sel})" for k, m in INSTANCE_SERIES.items()}
-        out["kv_usage"] = f"avg by ({by}) (vllm:kv_cache_usage_perc{self.sel} or vllm:gpu_cache_usage_perc{self.sel})"
+        out["kv_usage"] = (
+            f"avg by ({by}) (vllm:kv_cache_usage_perc{self.sel} or vllm:gpu_cache_usage_perc{self.sel})"
+        )
         out["up"] = f"up{self.targets_sel}"
         return out
 
@@ -142,22 +176,29 @@ class PromQLSource:
         """The backends and the load of every pool over ``[at - window_s, at]``; raises ``PrometheusError``
         when Prometheus cannot be asked (the controller reports it and decides nothing on no data)."""
         w = duration(window_s)
-        per_instance, per_pool, info = await asyncio.gather(self._queries(self.instance_queries(), at),
-                                                            self._queries(self.pool_queries(w), at),
-                                                            self._target_info())  # fmt: skip
+        per_instance, per_pool, info = await asyncio.gather(
+            self._queries(self.instance_queries(), at),
+            self._queries(self.pool_queries(w), at),
+            self._target_info(),
+        )
         backends, unmatched = self._backends(per_instance, info, at)
-        measures = {pool: self._measure(pool, per_pool, backends.get(pool, []), draining, window_s)
-                    for pool in self.pools}  # fmt: skip
+        measures = {
+            pool: self._measure(pool, per_pool, backends.get(pool, []), draining, window_s)
+            for pool in self.pools
+        }
         return Discovered(backends, measures, unmatched)
 
-    def _backends(self, res: dict[str, list[Sample]], info: dict[frozenset, dict],
-                  at: float) -> tuple[dict[str, list[BackendMetrics]], list[str]]:  # fmt: skip
+    def _backends(
+        self, res: dict[str, list[Sample]], info: dict[frozenset, dict], at: float
+    ) -> tuple[dict[str, list[BackendMetrics]], list[str]]:
         values: dict[tuple[str, str], dict[str, float]] = {}
         for key, samples in res.items():
             if key == "up":
                 continue
             for smp in samples:
-                values.setdefault((smp.labels.get("instance", ""), smp.labels.get(self.by, "")), {})[key] = smp.value
+                values.setdefault((smp.labels.get("instance", ""), smp.labels.get(self.by, "")), {})[key] = (
+                    smp.value
+                )
         out: dict[str, list[BackendMetrics]] = {p: [] for p in self.pools}
         unmatched: list[str] = []
         for smp in sorted(res["up"], key=lambda x: x.labels.get("instance", "")):
@@ -173,19 +214,40 @@ class PromQLSource:
                 out[pool].append(BackendMetrics.unhealthy(url, at, f"Prometheus: up == 0: {reason}"))
                 continue
             if "running" not in v:
-                out[pool].append(BackendMetrics.unhealthy(url, at, "Prometheus: up, but no vllm:num_requests_"
-                                                          f"running{self.sel} (not a vLLM server?)"))  # fmt: skip
+                out[pool].append(
+                    BackendMetrics.unhealthy(
+                        url,
+                        at,
+                        f"Prometheus: up, but no vllm:num_requests_running{self.sel} (not a vLLM server?)",
+                    )
+                )
                 continue
-            out[pool].append(BackendMetrics(
-                url=url, scraped_at=at, healthy=True, running=round(v["running"]), waiting=round(v.get("waiting", 0)),
-                kv_usage=v.get("kv_usage", 0.0), requests_finished=v.get("requests_finished", 0.0),
-                prompt_tokens=v.get("prompt_tokens", 0.0), generation_tokens=v.get("generation_tokens", 0.0),
-                preemptions=v.get("preemptions", 0.0), ttft=HistogramSummary(count=v.get("ttft_count", 0.0)),
-                e2e=HistogramSummary(count=v.get("e2e_count", 0.0))))  # fmt: skip
+            out[pool].append(
+                BackendMetrics(
+                    url=url,
+                    scraped_at=at,
+                    healthy=True,
+                    running=round(v["running"]),
+                    waiting=round(v.get("waiting", 0)),
+                    kv_usage=v.get("kv_usage", 0.0),
+                    requests_finished=v.get("requests_finished", 0.0),
+                    prompt_tokens=v.get("prompt_tokens", 0.0),
+                    generation_tokens=v.get("generation_tokens", 0.0),
+                    preemptions=v.get("preemptions", 0.0),
+                    ttft=HistogramSummary(count=v.get("ttft_count", 0.0)),
+                    e2e=HistogramSummary(count=v.get("e2e_count", 0.0)),
+                )
+            )
         return out, unmatched
 
-    def _measure(self, pool: str, res: dict[str, list[Sample]], backends: list[BackendMetrics],
-                 draining: frozenset[str], window_s: float) -> PoolMeasure:  # fmt: skip
+    def _measure(
+        self,
+        pool: str,
+        res: dict[str, list[Sample]],
+        backends: list[BackendMetrics],
+        draining: frozenset[str],
+        window_s: float,
+    ) -> PoolMeasure:
         def one(key: str) -> float | None:
             v = next((s.value for s in res[key] if s.labels.get(self.by) == pool), None)
             return v if v is not None and math.isfinite(v) else None
@@ -193,21 +255,31 @@ class PromQLSource:
         healthy = [m for m in backends if m.healthy]
         serving = [m for m in healthy if m.url not in draining]
         arrivals = one("arrivals")
-        quantiles = {f"{n}_p{round(q * 100)}_s": one(f"{n}_p{round(q * 100)}_s") for n in ("ttft", "tpot")
-                     for q in QUANTILES}  # fmt: skip
+        quantiles = {
+            f"{n}_p{round(q * 100)}_s": one(f"{n}_p{round(q * 100)}_s")
+            for n in ("ttft", "tpot")
+            for q in QUANTILES
+        }
         return PoolMeasure(
-            running=sum(m.running for m in healthy), waiting=sum(m.waiting for m in healthy),
+            running=sum(m.running for m in healthy),
+            waiting=sum(m.waiting for m in healthy),
             kv_usage=min(1.0, sum(m.kv_usage for m in serving) / len(serving)) if serving else 0.0,
             arrivals=max(0.0, arrivals) if arrivals is not None else None,
             arrival_rate=max(0.0, arrivals) / window_s if arrivals is not None else None,
-            finished=one("finished") or 0.0, ttft=self._hist(res, "ttft", pool), e2e=self._hist(res, "e2e", pool),
+            finished=one("finished") or 0.0,
+            ttft=self._hist(res, "ttft", pool),
+            e2e=self._hist(res, "e2e", pool),
             mean_prompt_tokens=max(1.0, one("mean_prompt") or 1.0),
-            mean_output_tokens=max(1.0, one("mean_output") or 1.0), quantiles=quantiles,
-        )  # fmt: skip
+            mean_output_tokens=max(1.0, one("mean_output") or 1.0),
+            quantiles=quantiles,
+        )
 
     def _hist(self, res: dict[str, list[Sample]], name: str, pool: str) -> HistogramSummary:
-        buckets = sorted((float(s.labels["le"]), s.value) for s in res[f"{name}_buckets"]
-                         if s.labels.get(self.by) == pool and "le" in s.labels)  # fmt: skip
+        buckets = sorted(
+            (float(s.labels["le"]), s.value)
+            for s in res[f"{name}_buckets"]
+            if s.labels.get(self.by) == pool and "le" in s.labels
+        )
         if not buckets:
             return HistogramSummary()
         total = next((s.value for s in res[f"{name}_sum"] if s.labels.get(self.by) == pool), 0.0)

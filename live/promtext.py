@@ -16,8 +16,17 @@ from dataclasses import dataclass, field
 
 from fleettwin.models.errors import FleettwinError
 
-METRIC_TYPES = {"counter", "gauge", "histogram", "summary", "untyped", "unknown", "info", "stateset",
-                "gaugehistogram"}  # fmt: skip
+METRIC_TYPES = {
+    "counter",
+    "gauge",
+    "histogram",
+    "summary",
+    "untyped",
+    "unknown",
+    "info",
+    "stateset",
+    "gaugehistogram",
+}
 SUFFIXES = ("_total", "_bucket", "_count", "_sum", "_created", "_info", "_gcount", "_gsum")
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")

@@ -104,7 +104,9 @@ def refuse_unsupported(body: dict[str, Any], model: type[BaseModel]) -> None:
             raise _bad(om.UNSUPPORTED[name], name)
         if name not in model.model_fields and name not in om.UNSUPPORTED and name not in _warned:
             _warned.add(name)
-            log.warning("field %r is not part of the emulated API and is ignored (as vLLM ignores it)", name[:40])
+            log.warning(
+                "field %r is not part of the emulated API and is ignored (as vLLM ignores it)", name[:40]
+            )
 
 
 def check_model(model: str | None, served_model: str) -> str:
@@ -173,7 +175,9 @@ def _stream_options(req: om._Sampling) -> tuple[bool, bool]:
         return False, False
     if not req.stream:
         raise _bad("stream_options can only be given when stream is true", "stream_options")
-    return bool(opts.include_usage), bool(opts.continuous_usage_stats)  # vLLM: usage on once the object is sent
+    return bool(opts.include_usage), bool(
+        opts.continuous_usage_stats
+    )  # vLLM: usage on once the object is sent
 
 
 def _tools(req: om.ChatCompletionRequest) -> None:
@@ -182,12 +186,16 @@ def _tools(req: om.ChatCompletionRequest) -> None:
     if choice is None or choice in ("none", "auto"):
         return
     if choice == "required" or isinstance(choice, om.NamedToolChoice):
-        raise _bad("tool_choice 'required' or a named function cannot be honoured: the emulator never calls "
-                   "tools (use 'auto' or 'none')", "tool_choice")  # fmt: skip
+        raise _bad(
+            "tool_choice 'required' or a named function cannot be honoured: the emulator never calls "
+            "tools (use 'auto' or 'none')",
+            "tool_choice",
+        )
 
 
-def parse_generation(body: dict[str, Any], *, chat: bool, served_model: str, max_model_len: int,
-                     vocab_size: int = 32000) -> GenerationParams:  # fmt: skip
+def parse_generation(
+    body: dict[str, Any], *, chat: bool, served_model: str, max_model_len: int, vocab_size: int = 32000
+) -> GenerationParams:
     """Validate a completions / chat completions body. Raises ``ApiError`` (400, or 404 for an unknown model)."""
     kind = om.ChatCompletionRequest if chat else om.CompletionRequest
     if chat and "messages" not in body:
@@ -200,8 +208,9 @@ def parse_generation(body: dict[str, Any], *, chat: bool, served_model: str, max
     refuse_unsupported(body, kind)
     model = check_model(req.model, served_model)
     if req.priority != 0:
-        raise _bad(f"Got priority {req.priority} but priority scheduling is not enabled on this server",
-                   "priority")  # fmt: skip
+        raise _bad(
+            f"Got priority {req.priority} but priority scheduling is not enabled on this server", "priority"
+        )
     echo_text, logprobs = "", None
     if chat:
         _tools(req)
@@ -222,36 +231,63 @@ def parse_generation(body: dict[str, Any], *, chat: bool, served_model: str, max
         max_tokens = req.max_tokens or COMPLETION_DEFAULT_MAX_TOKENS
         logprobs = req.logprobs
     if len(prompts) * req.n > om.MAX_SEQUENCES:
-        raise _bad(f"prompts x n is {len(prompts) * req.n}; the emulator takes at most {om.MAX_SEQUENCES} "
-                   "sequences per request", "n")  # fmt: skip
+        raise _bad(
+            f"prompts x n is {len(prompts) * req.n}; the emulator takes at most {om.MAX_SEQUENCES} "
+            "sequences per request",
+            "n",
+        )
     stop, stop_ids = _stop(req)
     include_usage, continuous = _stream_options(req)
     for p in prompts:
         if p.tokens + max_tokens > max_model_len:
-            raise _bad(f"This model's maximum context length is {max_model_len} tokens. However, you requested "
-                       f"{p.tokens + max_tokens} tokens ({p.tokens} in the messages, {max_tokens} in the "
-                       "completion). Please reduce the length of the messages or completion.", "max_tokens")  # fmt: skip
-    return GenerationParams(chat=chat, model=model, prompts=prompts, max_tokens=max_tokens, stream=bool(req.stream),
-                            include_usage=include_usage, continuous_usage=continuous, n=req.n,
-                            min_tokens=req.min_tokens, stop=stop, stop_token_ids=stop_ids,
-                            include_stop=req.include_stop_str_in_output, logprobs=logprobs, echo=bool(req.echo),
-                            echo_text=echo_text)  # fmt: skip
+            raise _bad(
+                f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+                f"{p.tokens + max_tokens} tokens ({p.tokens} in the messages, {max_tokens} in the "
+                "completion). Please reduce the length of the messages or completion.",
+                "max_tokens",
+            )
+    return GenerationParams(
+        chat=chat,
+        model=model,
+        prompts=prompts,
+        max_tokens=max_tokens,
+        stream=bool(req.stream),
+        include_usage=include_usage,
+        continuous_usage=continuous,
+        n=req.n,
+        min_tokens=req.min_tokens,
+        stop=stop,
+        stop_token_ids=stop_ids,
+        include_stop=req.include_stop_str_in_output,
+        logprobs=logprobs,
+        echo=bool(req.echo),
+        echo_text=echo_text,
+    )
 
 
 # -- /tokenize and /detokenize ------------------------------------------------------------------------------
 
 
-def tokenize(body: dict[str, Any], tok: Tokenizer, *, served_model: str, max_model_len: int) -> dict[str, Any]:
+def tokenize(
+    body: dict[str, Any], tok: Tokenizer, *, served_model: str, max_model_len: int
+) -> dict[str, Any]:
     """vLLM's ``/tokenize``: ``{count, max_model_len, tokens, token_strs}`` for a prompt or chat messages."""
     if "messages" in body:
         req = validated(om.TokenizeChatRequest, body)
         chat_tokens_of(body["messages"])
-        ids = tok.encode_chat([m.model_dump(exclude_none=True) for m in req.messages], req.add_generation_prompt)
+        ids = tok.encode_chat(
+            [m.model_dump(exclude_none=True) for m in req.messages], req.add_generation_prompt
+        )
     else:
         req = validated(om.TokenizeCompletionRequest, body)
         ids = tok.encode(req.prompt)
     check_model(req.model, served_model)
-    out: dict[str, Any] = {"count": len(ids), "max_model_len": max_model_len, "tokens": ids, "token_strs": None}
+    out: dict[str, Any] = {
+        "count": len(ids),
+        "max_model_len": max_model_len,
+        "tokens": ids,
+        "token_strs": None,
+    }
     if req.return_token_strs:
         out["token_strs"] = [tok.token_str(t) for t in ids]
     return out

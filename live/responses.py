@@ -45,24 +45,45 @@ def full_response(p: GenerationParams, rid: str, created: int, choices: list[Cho
         completion += n_out
         echo = echo_of(p, c.prompt, tok)
         text = echo + "".join(c.plan.pieces[:n_out])
-        base = {"index": c.index, "logprobs": None, "finish_reason": c.plan.finish_reason,
-                "stop_reason": c.plan.stop_reason}  # fmt: skip
+        base = {
+            "index": c.index,
+            "logprobs": None,
+            "finish_reason": c.plan.finish_reason,
+            "stop_reason": c.plan.stop_reason,
+        }
         if p.chat:
             if p.logprobs is not None:
                 base["logprobs"] = chat_logprobs(c.plan, p.logprobs, end=n_out)
             out.append({**base, "message": {"role": "assistant", "content": text, "tool_calls": []}})
         else:
             if p.logprobs is not None:
-                base["logprobs"] = completion_logprobs(c.plan, p.logprobs, end=n_out,
-                                                       prompt=_echo_tokens(c.prompt, tok) if p.echo else None)  # fmt: skip
+                base["logprobs"] = completion_logprobs(
+                    c.plan, p.logprobs, end=n_out, prompt=_echo_tokens(c.prompt, tok) if p.echo else None
+                )
             out.append({**base, "text": text})
-    return {"id": rid, "object": "chat.completion" if p.chat else "text_completion", "created": created,
-            "model": p.model, "choices": out, "usage": usage(p.prompt_tokens, completion)}  # fmt: skip
+    return {
+        "id": rid,
+        "object": "chat.completion" if p.chat else "text_completion",
+        "created": created,
+        "model": p.model,
+        "choices": out,
+        "usage": usage(p.prompt_tokens, completion),
+    }
 
 
-def chunk(p: GenerationParams, rid: str, created: int, index: int, text: str | None, *,
-          finish_reason: str | None = None, stop_reason: str | int | None = None, role: bool = False,
-          logprobs: dict | None = None, usage_tokens: int | None = None) -> dict[str, Any]:  # fmt: skip
+def chunk(
+    p: GenerationParams,
+    rid: str,
+    created: int,
+    index: int,
+    text: str | None,
+    *,
+    finish_reason: str | None = None,
+    stop_reason: str | int | None = None,
+    role: bool = False,
+    logprobs: dict | None = None,
+    usage_tokens: int | None = None,
+) -> dict[str, Any]:
     """One SSE event body; ``text=None`` gives the usage-only chunk (``choices: []``)."""
     if text is None:
         choices: list = []
@@ -72,10 +93,22 @@ def chunk(p: GenerationParams, rid: str, created: int, index: int, text: str | N
         if finish_reason is not None:
             choices[0]["stop_reason"] = stop_reason
     else:
-        choices = [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason,
-                    "stop_reason": stop_reason}]  # fmt: skip
-    out: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk" if p.chat else "text_completion",
-                           "created": created, "model": p.model, "choices": choices}  # fmt: skip
+        choices = [
+            {
+                "index": index,
+                "text": text,
+                "logprobs": logprobs,
+                "finish_reason": finish_reason,
+                "stop_reason": stop_reason,
+            }
+        ]
+    out: dict[str, Any] = {
+        "id": rid,
+        "object": "chat.completion.chunk" if p.chat else "text_completion",
+        "created": created,
+        "model": p.model,
+        "choices": choices,
+    }
     if usage_tokens is not None:
         out["usage"] = usage(p.prompt_tokens, usage_tokens)
     return out
@@ -89,8 +122,9 @@ def _token_logprobs(p: GenerationParams, c: Choice, k: int, text_offset: int) ->
     return completion_logprobs(c.plan, p.logprobs, start=k, end=k + 1, text_offset=text_offset)
 
 
-async def stream(p: GenerationParams, rid: str, created: int, choices: list[Choice],
-                 tok: Tokenizer) -> AsyncIterator[bytes]:  # fmt: skip
+async def stream(
+    p: GenerationParams, rid: str, created: int, choices: list[Choice], tok: Tokenizer
+) -> AsyncIterator[bytes]:
     """SSE events: per choice the role chunk (chat) and the echo, then one event per output token as the
     engine produces it (choices interleaved), the last of each with its ``finish_reason``, then the usage chunk
     when asked for, then ``data: [DONE]``. A client that goes away aborts every choice."""
@@ -126,9 +160,19 @@ async def stream(p: GenerationParams, rid: str, created: int, choices: list[Choi
             total += 1
             last = sent[c.index] == c.plan.tokens
             piece = c.plan.pieces[k]
-            yield sse(chunk(p, rid, created, c.index, piece, finish_reason=c.plan.finish_reason if last else None,
-                            stop_reason=c.plan.stop_reason if last else None,
-                            logprobs=_token_logprobs(p, c, k, offset[c.index]), usage_tokens=total if cont else None))  # fmt: skip
+            yield sse(
+                chunk(
+                    p,
+                    rid,
+                    created,
+                    c.index,
+                    piece,
+                    finish_reason=c.plan.finish_reason if last else None,
+                    stop_reason=c.plan.stop_reason if last else None,
+                    logprobs=_token_logprobs(p, c, k, offset[c.index]),
+                    usage_tokens=total if cont else None,
+                )
+            )
             offset[c.index] += len(piece)
         if aborted:
             yield sse(ApiError(503, "the request was aborted by the engine").body())

@@ -42,7 +42,9 @@ def parse_request(body: Any) -> RetrieveRequest:
         err = exc.errors(include_url=False, include_input=False)[0]
         field = ".".join(str(p) for p in err["loc"]) or None
         msg = err["msg"].removeprefix("Value error, ")
-        raise ApiError(400, f"{field}: {msg}" if field else msg, param=str(err["loc"][0]) if err["loc"] else None) from None
+        raise ApiError(
+            400, f"{field}: {msg}" if field else msg, param=str(err["loc"][0]) if err["loc"] else None
+        ) from None
     if (req.query is None) == (req.vector is None):
         raise ApiError(400, "give exactly one of 'query' (text) and 'vector'", param="query")
     return req

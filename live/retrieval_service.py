@@ -51,7 +51,14 @@ from fleettwin.models.errors import ConfigError
 EMBEDDER_SUFFIX, PASSAGES_SUFFIX = ".embedder.json", ".passages.jsonl"
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 UNKNOWN = "(unknown)"  # the collection label of requests naming no served collection (bounded cardinality)
-__all__ = ["MAX_K", "Collection", "build_collection", "create_retrieval_app", "load_collection", "save_collection"]
+__all__ = [
+    "MAX_K",
+    "Collection",
+    "build_collection",
+    "create_retrieval_app",
+    "load_collection",
+    "save_collection",
+]
 
 
 @dataclass(frozen=True)
@@ -66,18 +73,30 @@ class Collection:
 
     def describe(self) -> dict[str, Any]:
         s = self.store
-        return {"name": self.name, "index_type": s.spec.index_type, "vectors": s.ntotal, "dim": s.dim,
-                "metric": s.spec.metric, "search_param": SEARCH_PARAM[s.spec.index_type],
-                "embedder": self.embedder_ref, "passages": self.passages is not None}  # fmt: skip
+        return {
+            "name": self.name,
+            "index_type": s.spec.index_type,
+            "vectors": s.ntotal,
+            "dim": s.dim,
+            "metric": s.spec.metric,
+            "search_param": SEARCH_PARAM[s.spec.index_type],
+            "embedder": self.embedder_ref,
+            "passages": self.passages is not None,
+        }
 
 
 def _sidecar(path: Path, suffix: str) -> Path:
     return path.with_name(path.name + suffix)
 
 
-def save_collection(path: str | Path, store: VectorStore, *, embedder: str | None = None,
-                    embedder_params: dict[str, Any] | None = None,
-                    passages: Sequence[dict[str, Any]] | None = None) -> Path:  # fmt: skip
+def save_collection(
+    path: str | Path,
+    store: VectorStore,
+    *,
+    embedder: str | None = None,
+    embedder_params: dict[str, Any] | None = None,
+    passages: Sequence[dict[str, Any]] | None = None,
+) -> Path:
     """Save ``store`` at ``path`` with the embedder that made its vectors and the passage of each row."""
     path = Path(path)
     if passages is not None and len(passages) != store.ntotal:
@@ -91,9 +110,15 @@ def save_collection(path: str | Path, store: VectorStore, *, embedder: str | Non
     return path
 
 
-def build_collection(path: str | Path, passages: Sequence[dict[str, Any]], *, embedder: str = "hashing",
-                     embedder_params: dict[str, Any] | None = None, index_type: str = "flat",
-                     seed: int = 0) -> Path:  # fmt: skip
+def build_collection(
+    path: str | Path,
+    passages: Sequence[dict[str, Any]],
+    *,
+    embedder: str = "hashing",
+    embedder_params: dict[str, Any] | None = None,
+    index_type: str = "flat",
+    seed: int = 0,
+) -> Path:
     """Embed ``passages`` (dicts with ``text``), build a store of ``index_type`` and save it as a collection."""
     if not passages:
         raise ConfigError(f"{path}: no passages to index")
@@ -119,8 +144,10 @@ def load_collection(name: str, path: str | Path) -> Collection:
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"collection {name!r}: {emb_path}: not an embedder record: {exc}") from None
         if emb.dim != store.dim:
-            raise ConfigError(f"collection {name!r}: embedder {ref['name']} makes {emb.dim}-dimensional vectors, "
-                              f"the index has dimension {store.dim}")  # fmt: skip
+            raise ConfigError(
+                f"collection {name!r}: embedder {ref['name']} makes {emb.dim}-dimensional vectors, "
+                f"the index has dimension {store.dim}"
+            )
     if pass_path.is_file():
         lines = pass_path.read_text(encoding="utf-8").splitlines()
         try:
@@ -128,23 +155,41 @@ def load_collection(name: str, path: str | Path) -> Collection:
         except ValueError as exc:
             raise ConfigError(f"collection {name!r}: {pass_path}: {exc}") from None
         if len(passages) != store.ntotal:
-            raise ConfigError(f"collection {name!r}: {pass_path} has {len(passages)} lines for "
-                              f"{store.ntotal} vectors")  # fmt: skip
+            raise ConfigError(
+                f"collection {name!r}: {pass_path} has {len(passages)} lines for {store.ntotal} vectors"
+            )
     return Collection(name, store, emb, ref, passages)
 
 
 class RetrievalMetrics:
     def __init__(self, collections: dict[str, Collection]):
         r = self.registry = CollectorRegistry()
-        self.requests = Counter("fleettwin_retrieval_requests", "Retrieve requests by collection and HTTP status.",
-                                ["collection", "status"], registry=r)  # fmt: skip
-        self.duration = Histogram("fleettwin_retrieval_request_duration_seconds", "Retrieve requests, body read "
-                                  "to answer ready (embedding and search included).", ["collection"],
-                                  buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
-        self.search = Histogram("fleettwin_retrieval_search_seconds", "Time in the index search alone.",
-                                ["collection"], buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
-        vectors = Gauge("fleettwin_retrieval_collection_vectors", "Vectors in each served collection.",
-                        ["collection", "index_type"], registry=r)  # fmt: skip
+        self.requests = Counter(
+            "fleettwin_retrieval_requests",
+            "Retrieve requests by collection and HTTP status.",
+            ["collection", "status"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "fleettwin_retrieval_request_duration_seconds",
+            "Retrieve requests, body read to answer ready (embedding and search included).",
+            ["collection"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.search = Histogram(
+            "fleettwin_retrieval_search_seconds",
+            "Time in the index search alone.",
+            ["collection"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        vectors = Gauge(
+            "fleettwin_retrieval_collection_vectors",
+            "Vectors in each served collection.",
+            ["collection", "index_type"],
+            registry=r,
+        )
         for name, c in collections.items():
             vectors.labels(name, c.store.spec.index_type).set(c.store.ntotal)
             self.duration.labels(name)
@@ -158,15 +203,23 @@ def _search(c: Collection, req: RetrieveRequest) -> tuple[list[int], list[float]
     """Embed (text queries) and search; runs on a worker thread, as FAISS and the embedders block."""
     if req.query is not None:
         if c.embedder is None:
-            raise ApiError(400, f"collection '{c.name}' has no embedder record, so it takes 'vector' queries only",
-                           param="query")  # fmt: skip
+            raise ApiError(
+                400,
+                f"collection '{c.name}' has no embedder record, so it takes 'vector' queries only",
+                param="query",
+            )
         q = c.embedder.encode([req.query])
     else:
         q = [req.vector]
     t0 = time.perf_counter()
     try:
-        res = c.store.search(q, min(req.k, max(1, c.store.ntotal)), nprobe=req.nprobe, ef_search=req.ef_search,
-                             itopk_size=req.itopk_size)  # fmt: skip
+        res = c.store.search(
+            q,
+            min(req.k, max(1, c.store.ntotal)),
+            nprobe=req.nprobe,
+            ef_search=req.ef_search,
+            itopk_size=req.itopk_size,
+        )
     except VectorStoreError as exc:
         raise ApiError(400, str(exc)) from None
     took = time.perf_counter() - t0
@@ -175,8 +228,13 @@ def _search(c: Collection, req: RetrieveRequest) -> tuple[list[int], list[float]
     return [int(i) for i in ids[keep]], [float(s) for s in scores[keep]], took
 
 
-def create_retrieval_app(collections: dict[str, Collection], *, token: str | None = None,
-                         tracing: Tracing | None = None, limits: HttpLimits | None = None) -> FastAPI:  # fmt: skip
+def create_retrieval_app(
+    collections: dict[str, Collection],
+    *,
+    token: str | None = None,
+    tracing: Tracing | None = None,
+    limits: HttpLimits | None = None,
+) -> FastAPI:
     """The app over already-loaded ``collections`` (so a bad store fails before the server listens). ``tracing``
     (default: from ``FLEETTWIN_TRACING``, off unless set; ``live/tracing.py``): a server span per search that
     continues the caller's ``traceparent`` (the gateway's)."""
@@ -184,8 +242,12 @@ def create_retrieval_app(collections: dict[str, Collection], *, token: str | Non
         raise ConfigError("serve at least one collection")
     tracing = tracing or tracing_from_env("fleettwin-retrieval")
     metrics = RetrievalMetrics(collections)
-    app = FastAPI(title="fleettwin retrieval service", version=__version__, redoc_url=None,
-                  description="FAISS collections served by name (docs/live.md, Retrieval service).")  # fmt: skip
+    app = FastAPI(
+        title="fleettwin retrieval service",
+        version=__version__,
+        redoc_url=None,
+        description="FAISS collections served by name (docs/live.md, Retrieval service).",
+    )
     limits = limits or HttpLimits()
     harden(app, limits)
     document_bodies(app, {"/v1/retrieve": (RetrieveRequest,)}, bearer_paths=("/v1/",) if token else ())
@@ -229,8 +291,11 @@ def create_retrieval_app(collections: dict[str, Collection], *, token: str | Non
             req = parse_request(body)
             c = collections.get(req.collection)
             if c is None:
-                raise ApiError(404, f"no collection '{req.collection}'; served: {', '.join(collections)}",
-                               param="collection")  # fmt: skip
+                raise ApiError(
+                    404,
+                    f"no collection '{req.collection}'; served: {', '.join(collections)}",
+                    param="collection",
+                )
             ids, scores, search_s = await run_in_threadpool(_search, c, req)
         except ApiError as exc:
             metrics.requests.labels(label, str(exc.status)).inc()
@@ -240,13 +305,24 @@ def create_retrieval_app(collections: dict[str, Collection], *, token: str | Non
         metrics.requests.labels(label, "200").inc()
         metrics.duration.labels(label).observe(took)
         metrics.search.labels(label).observe(search_s)
-        out: dict[str, Any] = {"collection": c.name, "index_type": c.store.spec.index_type, "ids": ids,
-                               "scores": [s if math.isfinite(s) else None for s in scores],
-                               "took_ms": round(took * 1e3, 3)}  # fmt: skip
+        out: dict[str, Any] = {
+            "collection": c.name,
+            "index_type": c.store.spec.index_type,
+            "ids": ids,
+            "scores": [s if math.isfinite(s) else None for s in scores],
+            "took_ms": round(took * 1e3, 3),
+        }
         if c.passages is not None:
             out["passages"] = [c.passages[i] for i in ids]
-        tracing.end(span, **{"http.response.status_code": 200, "fleettwin.collection": c.name, "fleettwin.hits": len(ids),
-                             "fleettwin.search_ms": round(search_s * 1e3, 3)})  # fmt: skip
+        tracing.end(
+            span,
+            **{
+                "http.response.status_code": 200,
+                "fleettwin.collection": c.name,
+                "fleettwin.hits": len(ids),
+                "fleettwin.search_ms": round(search_s * 1e3, 3),
+            },
+        )
         return out
 
     app.include_router(v1)

@@ -41,8 +41,16 @@ from fleettwin.live.tracing import Tracing, tracing_from_env
 from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.perf.base import PerformanceModel
 
-__all__ = ["EmulatorSpec", "RunningServer", "bind_socket", "create_app", "harden", "serve", "serve_in_thread",
-           "url_of"]  # fmt: skip
+__all__ = [
+    "EmulatorSpec",
+    "RunningServer",
+    "bind_socket",
+    "create_app",
+    "harden",
+    "serve",
+    "serve_in_thread",
+    "url_of",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,11 +84,15 @@ def openai_errors(app: FastAPI) -> None:
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:  # as vLLM: 400
         err = (exc.errors() or [{}])[0]
         loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-        msg = f"{'.'.join(loc)}: {err.get('msg', 'invalid request')}" if loc else str(err.get("msg", "invalid"))
+        msg = (
+            f"{'.'.join(loc)}: {err.get('msg', 'invalid request')}" if loc else str(err.get("msg", "invalid"))
+        )
         return JSONResponse(ApiError(400, msg, param=loc[0] if loc else None).body(), status_code=400)
 
 
-def harden(app: FastAPI, limits: HttpLimits, on_error: Callable[[dict, BaseException], None] | None = None) -> None:
+def harden(
+    app: FastAPI, limits: HttpLimits, on_error: Callable[[dict, BaseException], None] | None = None
+) -> None:
     """OpenAI-style errors and ``http_guard``'s checks on ``app``; ``serve`` reads the limits back from
     ``app.state`` for the header timeout."""
     openai_errors(app)
@@ -97,7 +109,9 @@ def bearer_guard(token: str | None) -> Callable[[Request], Awaitable[None]]:
         if token:
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                raise ApiError(401, "Unauthorized: a valid bearer token is required", type="AuthenticationError")
+                raise ApiError(
+                    401, "Unauthorized: a valid bearer token is required", type="AuthenticationError"
+                )
 
     return authorized
 
@@ -121,17 +135,29 @@ class _Observers:
             o.on_finish(gen, t)
 
 
-def submit_all(engine: Engine, p: protocol.GenerationParams, cache: EmulatorPrefixCache) -> list[responses.Choice]:
+def submit_all(
+    engine: Engine, p: protocol.GenerationParams, cache: EmulatorPrefixCache
+) -> list[responses.Choice]:
     """One engine request per (prompt, sample); all or none (a refusal aborts what was queued)."""
     choices: list[responses.Choice] = []
     try:
         for i, prompt in enumerate(p.prompts):
             blocks = cache.blocks(prompt)
             for j in range(p.n):
-                plan = plan_output(j, p.max_tokens, min_tokens=p.min_tokens, stop=p.stop,
-                                   stop_token_ids=p.stop_token_ids, include_stop=p.include_stop)  # fmt: skip
-                gen = engine.submit(prompt.tokens, plan.tokens, finish_reason=plan.finish_reason,
-                                    cached_tokens=cache.lookup(blocks, prompt.tokens))  # fmt: skip
+                plan = plan_output(
+                    j,
+                    p.max_tokens,
+                    min_tokens=p.min_tokens,
+                    stop=p.stop,
+                    stop_token_ids=p.stop_token_ids,
+                    include_stop=p.include_stop,
+                )
+                gen = engine.submit(
+                    prompt.tokens,
+                    plan.tokens,
+                    finish_reason=plan.finish_reason,
+                    cached_tokens=cache.lookup(blocks, prompt.tokens),
+                )
                 gen.prefix_blocks = blocks  # inserted into the cache when it finishes
                 choices.append(responses.Choice(i * p.n + j, prompt, plan, gen))
     except RequestTooLong as exc:
@@ -162,7 +188,9 @@ def _operations(app: FastAPI, state: dict) -> None:
     @app.get("/livez")
     async def livez() -> JSONResponse:
         """Liveness: the engine loop runs (restart the server when it does not)."""
-        return JSONResponse({"status": "alive" if alive() else "engine dead"}, status_code=200 if alive() else 503)
+        return JSONResponse(
+            {"status": "alive" if alive() else "engine dead"}, status_code=200 if alive() else 503
+        )
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
@@ -190,10 +218,19 @@ def create_app(spec: EmulatorSpec, *, tracing: Tracing | None = None) -> FastAPI
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = Engine(spec.limits, spec.perf)
-        metrics = EngineMetrics(engine, spec.served_model_name, legacy_names=spec.legacy_metrics,
-                                gpu_memory_utilization=spec.gpu_memory_utilization)  # fmt: skip
-        cache = EmulatorPrefixCache(spec.limits.num_blocks, spec.limits.block_size, tok,
-                                    [spec.served_model_name, "0"], enabled=spec.limits.enable_prefix_caching)  # fmt: skip
+        metrics = EngineMetrics(
+            engine,
+            spec.served_model_name,
+            legacy_names=spec.legacy_metrics,
+            gpu_memory_utilization=spec.gpu_memory_utilization,
+        )
+        cache = EmulatorPrefixCache(
+            spec.limits.num_blocks,
+            spec.limits.block_size,
+            tok,
+            [spec.served_model_name, "0"],
+            enabled=spec.limits.enable_prefix_caching,
+        )
         metrics.registry.register(cache)
         engine.observer = _Observers(metrics, cache)
         engine.start()
@@ -205,14 +242,25 @@ def create_app(spec: EmulatorSpec, *, tracing: Tracing | None = None) -> FastAPI
             await engine.stop()
             tracing.shutdown()
 
-    app = FastAPI(title="fleettwin vLLM emulator", version=__version__, lifespan=lifespan, redoc_url=None,
-                  description="vLLM's OpenAI-compatible API over the simulator's engine model (docs/live.md).")  # fmt: skip
+    app = FastAPI(
+        title="fleettwin vLLM emulator",
+        version=__version__,
+        lifespan=lifespan,
+        redoc_url=None,
+        description="vLLM's OpenAI-compatible API over the simulator's engine model (docs/live.md).",
+    )
     app.state.emulator = state
     harden(app, spec.http)
-    document_bodies(app, {"/v1/completions": (om.CompletionRequest,), "/v1/chat/completions":
-                          (om.ChatCompletionRequest,), "/tokenize": (om.TokenizeCompletionRequest,
-                          om.TokenizeChatRequest), "/detokenize": (om.DetokenizeRequest,)},
-                    bearer_paths=("/v1/",) if spec.token else ())  # fmt: skip
+    document_bodies(
+        app,
+        {
+            "/v1/completions": (om.CompletionRequest,),
+            "/v1/chat/completions": (om.ChatCompletionRequest,),
+            "/tokenize": (om.TokenizeCompletionRequest, om.TokenizeChatRequest),
+            "/detokenize": (om.DetokenizeRequest,),
+        },
+        bearer_paths=("/v1/",) if spec.token else (),
+    )
     ids = itertools.count()
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(bearer_guard(spec.token))])
 
@@ -220,10 +268,20 @@ def create_app(spec: EmulatorSpec, *, tracing: Tracing | None = None) -> FastAPI
 
     @v1.get("/models")
     async def models() -> dict:
-        return {"object": "list", "data": [{
-            "id": spec.served_model_name, "object": "model", "created": int(time.time()), "owned_by": "vllm",
-            "root": spec.served_model_name, "parent": None, "max_model_len": spec.limits.max_model_len,
-        }]}  # fmt: skip
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": spec.served_model_name,
+                    "object": "model",
+                    "created": int(time.time()),
+                    "owned_by": "vllm",
+                    "root": spec.served_model_name,
+                    "parent": None,
+                    "max_model_len": spec.limits.max_model_len,
+                }
+            ],
+        }
 
     async def body_of(request: Request) -> dict:
         body = await parse_json_body(await request.body(), max_depth=spec.http.max_json_depth)
@@ -234,17 +292,30 @@ def create_app(spec: EmulatorSpec, *, tracing: Tracing | None = None) -> FastAPI
     frontend = getattr(spec.perf, "frontend_latency_s", None)  # the calibrated model's API-server latency
 
     async def generate(request: Request, chat: bool, span=None) -> Response:
-        p = protocol.parse_generation(await body_of(request), chat=chat, served_model=spec.served_model_name,
-                                      max_model_len=spec.limits.max_model_len, vocab_size=spec.vocab_size)  # fmt: skip
-        tracing.annotate(span, **{"gen_ai.usage.input_tokens": p.prompt_tokens, "gen_ai.request.max_tokens":
-                                  p.max_tokens, "fleettwin.stream": p.stream})  # fmt: skip
+        p = protocol.parse_generation(
+            await body_of(request),
+            chat=chat,
+            served_model=spec.served_model_name,
+            max_model_len=spec.limits.max_model_len,
+            vocab_size=spec.vocab_size,
+        )
+        tracing.annotate(
+            span,
+            **{
+                "gen_ai.usage.input_tokens": p.prompt_tokens,
+                "gen_ai.request.max_tokens": p.max_tokens,
+                "fleettwin.stream": p.stream,
+            },
+        )
         if frontend is not None:  # vLLM's API server (HTTP, tokenisation) as the performance model prices it
             await asyncio.sleep(frontend(p.prompt_tokens))
         choices = submit_all(state["engine"], p, state["cache"])
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{next(ids)}"
         created = int(time.time())
         if p.stream:
-            return StreamingResponse(responses.stream(p, rid, created, choices, tok), media_type="text/event-stream")
+            return StreamingResponse(
+                responses.stream(p, rid, created, choices, tok), media_type="text/event-stream"
+            )
 
         async def all_done() -> None:
             for c in choices:
@@ -253,7 +324,9 @@ def create_app(spec: EmulatorSpec, *, tracing: Tracing | None = None) -> FastAPI
         try:
             finished, _ = await unless_disconnected(request.receive, all_done())
         finally:
-            _abort(choices)  # no-op once finished; frees the engine when the client left or this was cancelled
+            _abort(
+                choices
+            )  # no-op once finished; frees the engine when the client left or this was cancelled
         if not finished:
             return Response(status_code=499)  # nobody is listening: vLLM's "client closed request"
         if any(c.gen.finish_reason == ABORT for c in choices):
@@ -264,8 +337,11 @@ def create_app(spec: EmulatorSpec, *, tracing: Tracing | None = None) -> FastAPI
         """``generate`` inside a server span, ended when the response (or the stream) is done."""
         if not tracing.enabled:
             return await generate(request, chat)
-        span = tracing.server_span("emulator.generate", request.headers,
-                                   {"http.route": request.url.path, "gen_ai.request.model": spec.served_model_name})  # fmt: skip
+        span = tracing.server_span(
+            "emulator.generate",
+            request.headers,
+            {"http.route": request.url.path, "gen_ai.request.model": spec.served_model_name},
+        )
         try:
             response = await generate(request, chat, span)
         except BaseException as exc:
@@ -283,8 +359,12 @@ def create_app(spec: EmulatorSpec, *, tracing: Tracing | None = None) -> FastAPI
 
     @app.post("/tokenize")
     async def tokenize(request: Request) -> dict:
-        return protocol.tokenize(await body_of(request), tok, served_model=spec.served_model_name,
-                                 max_model_len=spec.limits.max_model_len)  # fmt: skip
+        return protocol.tokenize(
+            await body_of(request),
+            tok,
+            served_model=spec.served_model_name,
+            max_model_len=spec.limits.max_model_len,
+        )
 
     @app.post("/detokenize")
     async def detokenize(request: Request) -> dict:

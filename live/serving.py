@@ -43,14 +43,31 @@ def _app(spec: Any) -> FastAPI:
     return create_app(spec)
 
 
-def _config(app: FastAPI, host: str, port: int, ssl_certfile: str | None, ssl_keyfile: str | None,
-            log_level: str, ssl_ca_certs: str | None = None) -> uvicorn.Config:  # fmt: skip
+def _config(
+    app: FastAPI,
+    host: str,
+    port: int,
+    ssl_certfile: str | None,
+    ssl_keyfile: str | None,
+    log_level: str,
+    ssl_ca_certs: str | None = None,
+) -> uvicorn.Config:
     # With a CA, the server requires a client certificate signed by it (mTLS): no certificate, no handshake.
     limits = getattr(app.state, "http_limits", None) or HttpLimits()
-    return uvicorn.Config(app, host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
-                          ssl_ca_certs=ssl_ca_certs, ssl_cert_reqs=ssl.CERT_REQUIRED if ssl_ca_certs else ssl.CERT_NONE,
-                          log_level=log_level, lifespan="on", access_log=False, timeout_graceful_shutdown=2,
-                          http=protocol_for(limits))  # fmt: skip
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+        ssl_ca_certs=ssl_ca_certs,
+        ssl_cert_reqs=ssl.CERT_REQUIRED if ssl_ca_certs else ssl.CERT_NONE,
+        log_level=log_level,
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=2,
+        http=protocol_for(limits),
+    )
 
 
 def url_of(sock: socket.socket, tls: bool) -> str:
@@ -71,16 +88,24 @@ class RunningServer:
 
 
 @contextlib.contextmanager
-def serve_in_thread(spec: Any, *, host: str = "127.0.0.1", port: int = 0, ssl_certfile: str | None = None,
-                    ssl_keyfile: str | None = None, ssl_ca_certs: str | None = None,
-                    startup_timeout_s: float = 10.0) -> Iterator[RunningServer]:  # fmt: skip
+def serve_in_thread(
+    spec: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
+    ssl_ca_certs: str | None = None,
+    startup_timeout_s: float = 10.0,
+) -> Iterator[RunningServer]:
     """Run an emulator (an ``EmulatorSpec``) or another app, such as the gateway, on a background thread for
     the ``with`` block."""
     sock = bind_socket(host, port)
     app = _app(spec)
     server = uvicorn.Server(_config(app, host, port, ssl_certfile, ssl_keyfile, "warning", ssl_ca_certs))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), name="emulator",
-                              daemon=True)  # fmt: skip
+    thread = threading.Thread(
+        target=lambda: asyncio.run(server.serve(sockets=[sock])), name="emulator", daemon=True
+    )
     thread.start()
     running = RunningServer(url_of(sock, ssl_certfile is not None), server, thread)
     try:
@@ -95,8 +120,17 @@ def serve_in_thread(spec: Any, *, host: str = "127.0.0.1", port: int = 0, ssl_ce
         sock.close()
 
 
-def serve(spec: Any, *, host: str, port: int, ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
-          ssl_ca_certs: str | None = None, on_ready=None, log_level: str = "warning") -> None:  # fmt: skip
+def serve(
+    spec: Any,
+    *,
+    host: str,
+    port: int,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
+    ssl_ca_certs: str | None = None,
+    on_ready=None,
+    log_level: str = "warning",
+) -> None:
     """Run an emulator (or another app) in the foreground until interrupted; ``on_ready(url)`` is called once
     it listens."""
     sock = bind_socket(host, port)

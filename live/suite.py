@@ -71,7 +71,9 @@ class Suite:
 class SuiteResult:
     passed: bool
     reasons: list[str] = field(default_factory=list)
-    scenarios: dict[str, dict] = field(default_factory=dict)  # per scenario: policy, baseline, passed, reasons
+    scenarios: dict[str, dict] = field(
+        default_factory=dict
+    )  # per scenario: policy, baseline, passed, reasons
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -116,10 +118,13 @@ def load_policy(path: str | Path) -> PolicyRef:
 def scenario_metrics(summary: dict) -> dict[str, Any]:
     """What a verdict is made of, from a simulation summary."""
     return {
-        "attainment": summary["slo"]["attainment"], "cost_usd": summary["cost"]["usd"],
-        "gpu_hours": summary["cost"]["gpu_hours"], "ttft_p95_s": summary["latency_s"]["ttft"]["p95"],
-        "completed": summary["requests"]["completed"], "requests": summary["requests"]["total"],
-    }  # fmt: skip
+        "attainment": summary["slo"]["attainment"],
+        "cost_usd": summary["cost"]["usd"],
+        "gpu_hours": summary["cost"]["gpu_hours"],
+        "ttft_p95_s": summary["latency_s"]["ttft"]["p95"],
+        "completed": summary["requests"]["completed"],
+        "requests": summary["requests"]["total"],
+    }
 
 
 ScenarioSimulator = Callable[[ScenarioConfig], dict]
@@ -128,10 +133,14 @@ ScenarioSimulator = Callable[[ScenarioConfig], dict]
 
 
 def _simulate(path: Path, allocator: PolicyRef | None, simulate: ScenarioSimulator) -> dict[str, Any]:
-    overrides = {"controller": None} if allocator is None else {"controller.allocator": allocator.model_dump()}
+    overrides = (
+        {"controller": None} if allocator is None else {"controller.allocator": allocator.model_dump()}
+    )
     base = load_scenario(path)
     if base.controller is None:
-        raise ConfigError(f"{path}: a validation scenario needs a controller section (interval, provisioning)")
+        raise ConfigError(
+            f"{path}: a validation scenario needs a controller section (interval, provisioning)"
+        )
     return scenario_metrics(simulate(load_scenario(path, overrides)))
 
 
@@ -139,18 +148,27 @@ def judge(policy: dict, baseline: dict, c: Criteria) -> list[str]:
     """Why ``policy`` fails against ``baseline`` (empty: it passes)."""
     reasons = []
     if policy["attainment"] < baseline["attainment"] - c.max_attainment_drop:
-        reasons.append(f"SLO attainment {policy['attainment']:.4f} < baseline {baseline['attainment']:.4f} "
-                       f"- {c.max_attainment_drop}")  # fmt: skip
+        reasons.append(
+            f"SLO attainment {policy['attainment']:.4f} < baseline {baseline['attainment']:.4f} "
+            f"- {c.max_attainment_drop}"
+        )
     if policy["attainment"] < c.min_attainment:
         reasons.append(f"SLO attainment {policy['attainment']:.4f} < {c.min_attainment}")
     if policy["cost_usd"] > baseline["cost_usd"] * (1.0 + c.max_cost_increase):
-        reasons.append(f"cost ${policy['cost_usd']:.2f} > baseline ${baseline['cost_usd']:.2f} "
-                       f"x {1.0 + c.max_cost_increase:g}")  # fmt: skip
+        reasons.append(
+            f"cost ${policy['cost_usd']:.2f} > baseline ${baseline['cost_usd']:.2f} "
+            f"x {1.0 + c.max_cost_increase:g}"
+        )
     return reasons
 
 
-def run_suite(policy: PolicyRef, suite: Suite, progress: Callable[[int, int, str], None] | None = None, *,
-              simulate: ScenarioSimulator) -> SuiteResult:
+def run_suite(
+    policy: PolicyRef,
+    suite: Suite,
+    progress: Callable[[int, int, str], None] | None = None,
+    *,
+    simulate: ScenarioSimulator,
+) -> SuiteResult:
     """Simulate every scenario with the policy and with the baseline (with ``simulate``); the policy passes if
     every scenario does."""
     baseline = None if suite.config.baseline == "fixed" else suite.config.baseline
@@ -164,7 +182,12 @@ def run_suite(policy: PolicyRef, suite: Suite, progress: Callable[[int, int, str
             progress(2 * i + 1, total, f"{path.name}: baseline")
         base = _simulate(path, baseline, simulate)
         reasons = judge(pol, base, suite.config.criteria)
-        result.scenarios[path.name] = {"policy": pol, "baseline": base, "passed": not reasons, "reasons": reasons}
+        result.scenarios[path.name] = {
+            "policy": pol,
+            "baseline": base,
+            "passed": not reasons,
+            "reasons": reasons,
+        }
         result.reasons += [f"{path.name}: {r}" for r in reasons]
     if progress:
         progress(total, total, "done")

@@ -22,7 +22,20 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-FILLER = (" the", " quick", " brown", " fox", " jumps", " over", " a", " lazy", " dog", " and", " runs", " far")
+FILLER = (
+    " the",
+    " quick",
+    " brown",
+    " fox",
+    " jumps",
+    " over",
+    " a",
+    " lazy",
+    " dog",
+    " and",
+    " runs",
+    " far",
+)
 OUTPUT_ID_BASE = 1000
 PIECE_ID_BASE = 2000
 CHARS_PER_TOKEN = 4
@@ -56,7 +69,9 @@ class Tokenizer:
         self.vocab_size = vocab_size
 
     def piece_id(self, piece: str) -> int:
-        return PIECE_ID_BASE + zlib.crc32(piece.encode("utf-8", "surrogatepass")) % (self.vocab_size - PIECE_ID_BASE)
+        return PIECE_ID_BASE + zlib.crc32(piece.encode("utf-8", "surrogatepass")) % (
+            self.vocab_size - PIECE_ID_BASE
+        )
 
     def encode(self, text: str) -> list[int]:
         return [self.piece_id(p) for p in pieces(text)]
@@ -116,13 +131,21 @@ class OutputPlan:
         return "".join(self.pieces)
 
 
-def plan_output(offset: int, max_tokens: int, *, min_tokens: int = 0, stop: tuple[str, ...] = (),
-                stop_token_ids: tuple[int, ...] = (), include_stop: bool = False) -> OutputPlan:  # fmt: skip
+def plan_output(
+    offset: int,
+    max_tokens: int,
+    *,
+    min_tokens: int = 0,
+    stop: tuple[str, ...] = (),
+    stop_token_ids: tuple[int, ...] = (),
+    include_stop: bool = False,
+) -> OutputPlan:
     """The output of a choice starting at filler word ``offset``, cut by the first stop condition met."""
     words = [output_word(offset + k) for k in range(max_tokens)] if (stop or stop_token_ids) else None
     if words is None:
-        return OutputPlan(offset, max_tokens, tuple(output_word(offset + k) for k in range(max_tokens)), "length",
-                          None)  # fmt: skip
+        return OutputPlan(
+            offset, max_tokens, tuple(output_word(offset + k) for k in range(max_tokens)), "length", None
+        )
     first = max(min_tokens - 1, 0)  # vLLM checks stop conditions once min_tokens are out
     ends, total = [], 0
     for w in words:
@@ -173,8 +196,15 @@ def _alternatives(k: int, top: int) -> list[tuple[str, int, float]]:
     return [(output_word(k + r), output_id(k + r), round(base - 1.5 * r, 4)) for r in range(max(top, 1))]
 
 
-def completion_logprobs(plan: OutputPlan, top: int, *, start: int = 0, end: int | None = None,
-                        text_offset: int = 0, prompt: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+def completion_logprobs(
+    plan: OutputPlan,
+    top: int,
+    *,
+    start: int = 0,
+    end: int | None = None,
+    text_offset: int = 0,
+    prompt: list[str] | None = None,
+) -> dict[str, Any]:
     """``choices[].logprobs`` of ``/v1/completions`` for tokens ``start .. end - 1`` of ``plan`` (``prompt``:
     the echoed prompt's tokens first, the first of them without a logprob, as vLLM gives them)."""
     tokens, lps, tops, offsets = [], [], [], []
@@ -202,7 +232,14 @@ def chat_logprobs(plan: OutputPlan, top: int, *, start: int = 0, end: int | None
     for k in range(start, plan.tokens if end is None else end):
         alts = _alternatives(plan.offset + k, max(top, 1))
         w, _, lp = alts[0]
-        content.append({"token": w, "logprob": lp, "bytes": list(w.encode()),
-                        "top_logprobs": [{"token": a, "logprob": b, "bytes": list(a.encode())}
-                                         for a, _, b in alts[:top]]})  # fmt: skip
+        content.append(
+            {
+                "token": w,
+                "logprob": lp,
+                "bytes": list(w.encode()),
+                "top_logprobs": [
+                    {"token": a, "logprob": b, "bytes": list(a.encode())} for a, _, b in alts[:top]
+                ],
+            }
+        )
     return {"content": content}

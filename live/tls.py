@@ -63,7 +63,9 @@ def client_context(tls: TlsFiles | None, *, where: str, verify: bool | str = Tru
         raise ConfigError(f"{where}: cannot load {files}: {exc}") from None
 
 
-def client_files(ca: str | None, cert: str | None, key: str | None, *, where: str = "--tls-*") -> TlsFiles | None:
+def client_files(
+    ca: str | None, cert: str | None, key: str | None, *, where: str = "--tls-*"
+) -> TlsFiles | None:
     """Command-line ``--tls-ca/--tls-cert/--tls-key`` as a ``TlsFiles`` (None when none is given)."""
     if ca is None and cert is None and key is None:
         return None
@@ -98,6 +100,10 @@ def transport_reason(exc: BaseException, url: str, *, presented_cert: bool) -> s
     # The server's close shows as an EOF before the response or, when it lands mid-write, a reset (ReadError).
     closed = isinstance(exc, httpx.ReadError) or "without sending a response" in str(exc)
     if url.startswith("https://") and closed:
-        which = "the client certificate presented was refused" if presented_cert else "no client certificate was presented"
+        which = (
+            "the client certificate presented was refused"
+            if presented_cert
+            else "no client certificate was presented"
+        )
         return f"TLS: the server closed the connection without answering; an mTLS server does so when {which} ({text})"
     return text

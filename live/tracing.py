@@ -55,19 +55,29 @@ class Tracing:
 
     # -- spans ------------------------------------------------------------------------------------------------
 
-    def start(self, name: str, *, parent: Any = None, kind: str = "internal",
-              attributes: Mapping[str, Any] | None = None) -> Any:  # fmt: skip
+    def start(
+        self,
+        name: str,
+        *,
+        parent: Any = None,
+        kind: str = "internal",
+        attributes: Mapping[str, Any] | None = None,
+    ) -> Any:
         """A new span, child of ``parent`` (a span, or a context from ``extract``); None when off."""
         if not self.enabled:
             return None
         ctx = self._trace.set_span_in_context(parent) if isinstance(parent, self._trace.Span) else parent
         return self._tracer.start_span(name, context=ctx, kind=self._kinds[kind], attributes=attributes)
 
-    def server_span(self, name: str, headers: Mapping[str, str], attributes: Mapping[str, Any] | None = None) -> Any:
+    def server_span(
+        self, name: str, headers: Mapping[str, str], attributes: Mapping[str, Any] | None = None
+    ) -> Any:
         """A server span continuing the trace of an incoming request's ``traceparent`` (a new trace without)."""
         if not self.enabled:
             return None
-        return self.start(name, parent=self._propagator.extract(headers), kind="server", attributes=attributes)
+        return self.start(
+            name, parent=self._propagator.extract(headers), kind="server", attributes=attributes
+        )
 
     @staticmethod
     def annotate(span: Any, **attributes: Any) -> None:
@@ -177,8 +187,9 @@ class Tracing:
 NOOP = Tracing()
 
 
-def setup_tracing(service: str, exporter: str = "none", *, file: str | None = None,
-                  ratio: float = 1.0) -> Tracing:  # fmt: skip
+def setup_tracing(
+    service: str, exporter: str = "none", *, file: str | None = None, ratio: float = 1.0
+) -> Tracing:
     """Spans of ``service`` to ``exporter`` (see the module docstring); ``NOOP`` for ``none``."""
     if exporter not in EXPORTERS:
         raise ConfigError(f"tracing exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}")
@@ -196,12 +207,16 @@ def setup_tracing(service: str, exporter: str = "none", *, file: str | None = No
         )
         from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
     except ImportError:
-        log.warning("tracing to %r asked for, but opentelemetry-sdk is not installed (pip install "
-                    "'fleettwin[live]'): no spans", exporter)  # fmt: skip
+        log.warning(
+            "tracing to %r asked for, but opentelemetry-sdk is not installed (pip install "
+            "'fleettwin[live]'): no spans",
+            exporter,
+        )
         return NOOP
     sampler = ParentBased(TraceIdRatioBased(ratio))
-    provider = TracerProvider(resource=Resource.create({"service.name": service}), sampler=sampler,
-                              shutdown_on_exit=False)  # fmt: skip
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service}), sampler=sampler, shutdown_on_exit=False
+    )
     if exporter == "memory":
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -210,7 +225,9 @@ def setup_tracing(service: str, exporter: str = "none", *, file: str | None = No
     else:
         if exporter == "console":
             stream = open(file, "a", buffering=1) if file else None  # noqa: SIM115 - lives as long as the provider
-            out = ConsoleSpanExporter(out=stream or sys.stdout, formatter=lambda span: span.to_json(indent=None) + "\n")
+            out = ConsoleSpanExporter(
+                out=stream or sys.stdout, formatter=lambda span: span.to_json(indent=None) + "\n"
+            )
         else:
             out = _otlp_exporter()
         provider.add_span_processor(BatchSpanProcessor(out))  # exported off the request path, in batches
@@ -224,8 +241,10 @@ def _otlp_exporter() -> Any:
         try:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         except ImportError:
-            raise ConfigError(f"{ENV_EXPORTER}=otlp needs an OTLP exporter: pip install "
-                              "opentelemetry-exporter-otlp-proto-http") from None  # fmt: skip
+            raise ConfigError(
+                f"{ENV_EXPORTER}=otlp needs an OTLP exporter: pip install "
+                "opentelemetry-exporter-otlp-proto-http"
+            ) from None
     return OTLPSpanExporter()
 
 

@@ -19,8 +19,10 @@ import pytest
 import yaml
 
 PROMETHEUS, PROMTOOL = shutil.which("prometheus"), shutil.which("promtool")
-MISSING = ("the Prometheus server is not installed (Debian package `prometheus`; `bash ops/install-prometheus.sh` "
-           "as root installs it, and .ci/run does)")  # fmt: skip
+MISSING = (
+    "the Prometheus server is not installed (Debian package `prometheus`; `bash ops/install-prometheus.sh` "
+    "as root installs it, and .ci/run does)"
+)
 needs_prometheus = pytest.mark.skipif(PROMETHEUS is None or PROMTOOL is None, reason=MISSING)
 
 
@@ -32,8 +34,10 @@ def free_port() -> int:
 
 def job(name: str, urls: list[str], **labels: str) -> dict:
     """A scrape job over ``urls`` (each ``http://host:port``), every target labelled ``labels``."""
-    return {"job_name": name, "static_configs": [{"targets": [urlsplit(u).netloc for u in urls],
-                                                  "labels": labels}]}  # fmt: skip
+    return {
+        "job_name": name,
+        "static_configs": [{"targets": [urlsplit(u).netloc for u in urls], "labels": labels}],
+    }
 
 
 @dataclass
@@ -45,8 +49,11 @@ class PromServer:
 
     def reconfigure(self, scrape_configs: list[dict]) -> None:
         """New scrape jobs, through the server's own reload endpoint (``--web.enable-lifecycle``)."""
-        self.config.write_text(yaml.safe_dump({"global": self.global_cfg, "rule_files": self.rule_files,
-                                               "scrape_configs": scrape_configs}))  # fmt: skip
+        self.config.write_text(
+            yaml.safe_dump(
+                {"global": self.global_cfg, "rule_files": self.rule_files, "scrape_configs": scrape_configs}
+            )
+        )
         r = httpx.post(f"{self.url}/-/reload", timeout=10)
         assert r.status_code == 200, r.text
 
@@ -65,26 +72,46 @@ class PromServer:
 
 
 @contextlib.contextmanager
-def prometheus(tmp: Path, scrape_configs: list[dict], *, interval: str = "1s",
-               rule_files: list[str] | None = None) -> Iterator[PromServer]:  # fmt: skip
+def prometheus(
+    tmp: Path, scrape_configs: list[dict], *, interval: str = "1s", rule_files: list[str] | None = None
+) -> Iterator[PromServer]:
     """A Prometheus server on a free loopback port, scraping and evaluating rules every ``interval``."""
     if PROMETHEUS is None:
         pytest.skip(MISSING)
     port = free_port()
     config = tmp / "prometheus.yml"
-    server = PromServer(f"http://127.0.0.1:{port}", config, {"scrape_interval": interval,
-                        "evaluation_interval": interval, "scrape_timeout": interval}, list(rule_files or []))  # fmt: skip
-    config.write_text(yaml.safe_dump({"global": server.global_cfg, "rule_files": server.rule_files,
-                                      "scrape_configs": scrape_configs}))  # fmt: skip
+    server = PromServer(
+        f"http://127.0.0.1:{port}",
+        config,
+        {"scrape_interval": interval, "evaluation_interval": interval, "scrape_timeout": interval},
+        list(rule_files or []),
+    )
+    config.write_text(
+        yaml.safe_dump(
+            {"global": server.global_cfg, "rule_files": server.rule_files, "scrape_configs": scrape_configs}
+        )
+    )
     log = open(tmp / "prometheus.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
-                             f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle",
-                             "--log.level=warn"], stdout=log, stderr=log, stdin=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            PROMETHEUS,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--web.enable-lifecycle",
+            "--log.level=warn",
+        ],
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited {proc.returncode}: {(tmp / 'prometheus.log').read_text()}")
+                raise RuntimeError(
+                    f"prometheus exited {proc.returncode}: {(tmp / 'prometheus.log').read_text()}"
+                )
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{server.url}/-/ready", timeout=1).status_code == 200:
                     break

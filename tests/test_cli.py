@@ -36,7 +36,13 @@ def test_simulate_writes_results_and_prints_a_summary(scenario, tmp_path, capsys
     assert main(["simulate", str(scenario), "--out", str(out), "--plot", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "TTFT p50/p95/p99" in printed and "chat" in printed
-    for name in ("requests.parquet", "timeseries.parquet", "summary.json", "latency_cdf.png", "pool_timeseries.png"):
+    for name in (
+        "requests.parquet",
+        "timeseries.parquet",
+        "summary.json",
+        "latency_cdf.png",
+        "pool_timeseries.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     summary = json.loads((out / "summary.json").read_text())
     requests = pd.read_parquet(out / "requests.parquet")
@@ -78,13 +84,24 @@ def test_help_lists_commands_and_examples(capsys):
 
 # The fewest arguments each command parses with (parsing only: nothing here runs).
 MINIMAL_ARGS = {
-    "simulate": ["s.yaml"], "sweep": ["s.yaml", "--param", "pools.0.replicas=1,2", "--out", "o"],
-    "plan": ["s.yaml", "--out", "o"], "experiment": ["failures", "--out", "o"], "native": [],
-    "emulate": ["--model", "m", "--gpu", "g"], "loadgen": ["--trace", "t", "--targets", "u"],
-    "shadow": ["--scenario", "s"], "gateway": ["--config", "c"], "serve-retrieval": ["--collection", "a=b"],
-    "backtest": ["--trace", "t", "--out", "o"], "validate": ["p"], "promote": ["p"], "catalog": ["gpus"],
-    "calibrate": ["show"], "calibrate-retrieval": [], "certs": ["--out", "o"],
-}  # fmt: skip
+    "simulate": ["s.yaml"],
+    "sweep": ["s.yaml", "--param", "pools.0.replicas=1,2", "--out", "o"],
+    "plan": ["s.yaml", "--out", "o"],
+    "experiment": ["failures", "--out", "o"],
+    "native": [],
+    "emulate": ["--model", "m", "--gpu", "g"],
+    "loadgen": ["--trace", "t", "--targets", "u"],
+    "shadow": ["--scenario", "s"],
+    "gateway": ["--config", "c"],
+    "serve-retrieval": ["--collection", "a=b"],
+    "backtest": ["--trace", "t", "--out", "o"],
+    "validate": ["p"],
+    "promote": ["p"],
+    "catalog": ["gpus"],
+    "calibrate": ["show"],
+    "calibrate-retrieval": [],
+    "certs": ["--out", "o"],
+}
 PAIRS = [(module.replace("_", "-"), g.name, name) for g in GROUPS for name, module in g.commands.items()]
 
 

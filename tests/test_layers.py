@@ -16,7 +16,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {"models": "fleettwin.models", "sim": "fleettwin.sim", "live": "fleettwin.live"}
 FORBIDDEN = {  # the experiments and the command layer sit on top: no layer below imports them
-    "fleettwin.models": ("fleettwin.sim", "fleettwin.live", "simpy", "fleettwin.experiments", "fleettwin.commands"),
+    "fleettwin.models": (
+        "fleettwin.sim",
+        "fleettwin.live",
+        "simpy",
+        "fleettwin.experiments",
+        "fleettwin.commands",
+    ),
     "fleettwin.sim": ("fleettwin.live", "fleettwin.experiments", "fleettwin.commands"),
     "fleettwin.live": ("fleettwin.sim", "fleettwin.experiments", "fleettwin.commands"),
 }
@@ -76,24 +82,57 @@ def test_every_layer_module_keeps_the_import_rules():
     ("module", "source", "expected"),
     [
         ("fleettwin.models.x", "import simpy\n", ["fleettwin.models.x imports simpy"]),
-        ("fleettwin.models.x", "from simpy.core import NORMAL\n",
-         ["fleettwin.models.x imports simpy.core", "fleettwin.models.x imports simpy.core.NORMAL"]),
-        ("fleettwin.models.engine.x", "def f():\n    from fleettwin.sim.runner import simulate\n",
-         ["fleettwin.models.engine.x imports fleettwin.sim.runner",
-          "fleettwin.models.engine.x imports fleettwin.sim.runner.simulate"]),
-        ("fleettwin.models.x", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import fleettwin.live.shadow\n",
-         ["fleettwin.models.x imports fleettwin.live.shadow"]),
+        (
+            "fleettwin.models.x",
+            "from simpy.core import NORMAL\n",
+            ["fleettwin.models.x imports simpy.core", "fleettwin.models.x imports simpy.core.NORMAL"],
+        ),
+        (
+            "fleettwin.models.engine.x",
+            "def f():\n    from fleettwin.sim.runner import simulate\n",
+            [
+                "fleettwin.models.engine.x imports fleettwin.sim.runner",
+                "fleettwin.models.engine.x imports fleettwin.sim.runner.simulate",
+            ],
+        ),
+        (
+            "fleettwin.models.x",
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import fleettwin.live.shadow\n",
+            ["fleettwin.models.x imports fleettwin.live.shadow"],
+        ),
         ("fleettwin.live.x", "from fleettwin import sim\n", ["fleettwin.live.x imports fleettwin.sim"]),
-        ("fleettwin.live.gateway.x", "from ...sim import runner\n",
-         ["fleettwin.live.gateway.x imports fleettwin.sim", "fleettwin.live.gateway.x imports fleettwin.sim.runner"]),
-        ("fleettwin.live.x", "class A:\n    def m(self):\n        import fleettwin.sim.io as io\n",
-         ["fleettwin.live.x imports fleettwin.sim.io"]),
-        ("fleettwin.sim.x", "import simpy\nfrom fleettwin.live import emulator\n",
-         ["fleettwin.sim.x imports fleettwin.live", "fleettwin.sim.x imports fleettwin.live.emulator"]),
-        ("fleettwin.sim.x", "from fleettwin.experiments import failures\n",
-         ["fleettwin.sim.x imports fleettwin.experiments", "fleettwin.sim.x imports fleettwin.experiments.failures"]),
+        (
+            "fleettwin.live.gateway.x",
+            "from ...sim import runner\n",
+            [
+                "fleettwin.live.gateway.x imports fleettwin.sim",
+                "fleettwin.live.gateway.x imports fleettwin.sim.runner",
+            ],
+        ),
+        (
+            "fleettwin.live.x",
+            "class A:\n    def m(self):\n        import fleettwin.sim.io as io\n",
+            ["fleettwin.live.x imports fleettwin.sim.io"],
+        ),
+        (
+            "fleettwin.sim.x",
+            "import simpy\nfrom fleettwin.live import emulator\n",
+            ["fleettwin.sim.x imports fleettwin.live", "fleettwin.sim.x imports fleettwin.live.emulator"],
+        ),
+        (
+            "fleettwin.sim.x",
+            "from fleettwin.experiments import failures\n",
+            [
+                "fleettwin.sim.x imports fleettwin.experiments",
+                "fleettwin.sim.x imports fleettwin.experiments.failures",
+            ],
+        ),
         # allowed
-        ("fleettwin.live.x", "from fleettwin.models.engine.queue import EngineLimits\nfrom fleettwin import io\n", []),
+        (
+            "fleettwin.live.x",
+            "from fleettwin.models.engine.queue import EngineLimits\nfrom fleettwin import io\n",
+            [],
+        ),
         ("fleettwin.sim.x", "import simpy\nfrom fleettwin.models.catalog import Catalog\n", []),
         ("fleettwin.models.x", "from fleettwin.native import adopt\nimport simpyish\n", []),
     ],

@@ -39,13 +39,20 @@ def build_kernels() -> None:
         laws, summary = fit_kernel_folder(SHARED / folder)
         version = folder.split("vllm_")[1]
         fit = dict(old.get("fit", {}))
-        fit["kernels"] = {"source": f"ai-dynamo/aiconfigurator @ 095f58a5, systems/data/{folder.replace('/vllm_', '/*/vllm/')}"
-                          f" (vLLM {version} kernels, CUDA-graph replays on one GPU)", "laws": summary}
+        fit["kernels"] = {
+            "source": f"ai-dynamo/aiconfigurator @ 095f58a5, systems/data/{folder.replace('/vllm_', '/*/vllm/')}"
+            f" (vLLM {version} kernels, CUDA-graph replays on one GPU)",
+            "laws": summary,
+        }
         fit.setdefault("also_for_gpus", also)
         profile = {
-            "name": name, "gpu": gpu, "engine": "vllm",
+            "name": name,
+            "gpu": gpu,
+            "engine": "vllm",
             "engine_versions": old.get("engine_versions", f"kernels: vLLM {version}; engine costs: priors"),
-            "description": old.get("description", f"vLLM V1 on {gpu}: kernel laws fitted on measured vLLM kernels"),
+            "description": old.get(
+                "description", f"vLLM V1 on {gpu}: kernel laws fitted on measured vLLM kernels"
+            ),
             "kernels": laws.model_dump(mode="json"),
             "engine_costs": old.get("engine_costs", PRIOR_ENGINE),
             "frontend": old.get("frontend", PRIOR_FRONTEND),
@@ -59,13 +66,18 @@ def build_kernels() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("what", choices=["kernels", "engine"])
     parser.add_argument("--only", help="one profile name (default: all)")
     args = parser.parse_args(argv)
     if args.what == "kernels":
         if not SHARED.is_dir():
-            print(f"{SHARED}: not found (the public kernel tables live in ../shared beside the clone)", file=sys.stderr)
+            print(
+                f"{SHARED}: not found (the public kernel tables live in ../shared beside the clone)",
+                file=sys.stderr,
+            )
             return 2
         build_kernels()
     else:

@@ -49,29 +49,54 @@ def main() -> int:
     # requests/s on one GPU, i.e. ~1.5 PFLOP/s of FP8 prefill, above what the measured FP8 GEMMs reach on an H200:
     # its prompts must have hit the prefix cache, which the file does not record.
     runs = [r for r in runs if not (r.settings.gpu == "h200" and r.settings.model == "llama-3.1-8b")]
-    native.write(OUT / "silicon.yaml", runs, source="aiconfigurator silicon_sample.csv (ai-dynamo/aiconfigurator @ "
-                 "095f58a5, file 0b077da5; NVIDIA, Apache-2.0)")  # fmt: skip
+    native.write(
+        OUT / "silicon.yaml",
+        runs,
+        source="aiconfigurator silicon_sample.csv (ai-dynamo/aiconfigurator @ "
+        "095f58a5, file 0b077da5; NVIDIA, Apache-2.0)",
+    )
     print(f"silicon: {len(runs)} runs")
     for folder, (gpu, replicas) in LMBENCH.items():
-        settings = ServerSettings(model="llama-3.1-70b", gpu=gpu, tp=2, replicas=replicas, engine_version="0.8.5",
-                                  engine={"max_model_len": 20000, "gpu_memory_utilization": 0.95})  # fmt: skip
+        settings = ServerSettings(
+            model="llama-3.1-70b",
+            gpu=gpu,
+            tp=2,
+            replicas=replicas,
+            engine_version="0.8.5",
+            engine={"max_model_len": 20000, "gpu_memory_utilization": 0.95},
+        )
         runs = []
         for csv in sorted((cal / "llm-d-benchmark" / folder).glob("*.csv")):
             (run,) = lmbench.read(csv, settings)
             runs.append(run)
         name = f"lmbench-{folder.split('_')[0].lower()}-{folder.rsplit('_', 1)[1]}"
-        native.write(OUT / f"{name}.yaml", runs, source=f"llm-d/llm-d-benchmark @ 5fbe3ac4 data/openshift ({folder}; "
-                     "IBM, Apache-2.0); vLLM image of May 2025, version not recorded (0.8.5 assumed)")  # fmt: skip
+        native.write(
+            OUT / f"{name}.yaml",
+            runs,
+            source=f"llm-d/llm-d-benchmark @ 5fbe3ac4 data/openshift ({folder}; "
+            "IBM, Apache-2.0); vLLM image of May 2025, version not recorded (0.8.5 assumed)",
+        )
         print(f"{name}: {len(runs)} runs, {sum(len(r.requests) for r in runs)} requests")
     runs = []
     for test, gpu, model, tp, ms in NIGHTLY:
         req = pd.DataFrame({"prompt_tokens": [32] * 8, "output_tokens": [128] * 8})
-        runs.append(MeasuredRun(
-            name=f"nightly-{test}-{gpu}", source="vllm-nightly", settings=ServerSettings(model=model, gpu=gpu, tp=tp),
-            load=Load(kind="batch", api_server=False), requests=req, reported={"e2e_mean": ms / 1e3},
-            notes=("offline benchmark_latency: the batch's end-to-end latency; vLLM commit not known",)))  # fmt: skip
-    native.write(OUT / "vllm-nightly.yaml", runs, source="vLLM nightly performance benchmark (Buildkite), latency "
-                 "tests, as collected in vllm_measurements.md section D")  # fmt: skip
+        runs.append(
+            MeasuredRun(
+                name=f"nightly-{test}-{gpu}",
+                source="vllm-nightly",
+                settings=ServerSettings(model=model, gpu=gpu, tp=tp),
+                load=Load(kind="batch", api_server=False),
+                requests=req,
+                reported={"e2e_mean": ms / 1e3},
+                notes=("offline benchmark_latency: the batch's end-to-end latency; vLLM commit not known",),
+            )
+        )
+    native.write(
+        OUT / "vllm-nightly.yaml",
+        runs,
+        source="vLLM nightly performance benchmark (Buildkite), latency "
+        "tests, as collected in vllm_measurements.md section D",
+    )
     print(f"vllm-nightly: {len(runs)} runs")
     return 0
 

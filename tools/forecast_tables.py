@@ -17,34 +17,49 @@ import pandas as pd
 def table(path: Path) -> str:
     df = pd.read_csv(path)
     h = sorted(df["horizon_buckets"].unique())
-    lines = [f"`{path.parent.name}` (`{path}`)", "",
-             "| model | " + " | ".join(f"sMAPE {x} | vs naive {x} | vs s.naive {x} | p90 cov. {x}" for x in h)
-             + " | max / series max | fallbacks | fit s / origin |",
-             "|---|" + "---:|" * (4 * len(h) + 3)]
+    lines = [
+        f"`{path.parent.name}` (`{path}`)",
+        "",
+        "| model | "
+        + " | ".join(f"sMAPE {x} | vs naive {x} | vs s.naive {x} | p90 cov. {x}" for x in h)
+        + " | max / series max | fallbacks | fit s / origin |",
+        "|---|" + "---:|" * (4 * len(h) + 3),
+    ]
     for model, rows in df.groupby("model", sort=False):
         rows = rows.set_index("horizon_buckets")
         cells = []
         for x in h:
             r = rows.loc[x]
             star = "**" if r["best"] else ""
-            cells += [f"{star}{r['smape']:.2f}{star}", f"{r['smape_vs_naive']:.3f}", f"{r['smape_vs_seasonal_naive']:.3f}",
-                      f"{r['coverage_p90']:.3f}"]
-        lines.append(f"| `{model}` | " + " | ".join(cells) + f" | {rows['max_over_series_max'].max():.2f} | "
-                     f"{int(rows['fallbacks'].max())} | {rows['fit_seconds'].mean():.2f} |")
+            cells += [
+                f"{star}{r['smape']:.2f}{star}",
+                f"{r['smape_vs_naive']:.3f}",
+                f"{r['smape_vs_seasonal_naive']:.3f}",
+                f"{r['coverage_p90']:.3f}",
+            ]
+        lines.append(
+            f"| `{model}` | " + " | ".join(cells) + f" | {rows['max_over_series_max'].max():.2f} | "
+            f"{int(rows['fallbacks'].max())} | {rows['fit_seconds'].mean():.2f} |"
+        )
     return "\n".join(lines)
 
 
 def headline(paths: list[Path]) -> str:
-    lines = ["| series | horizon | best model (not a baseline) | sMAPE | vs naive | vs seasonal naive | its p90 coverage "
-             "| largest forecast / series max (any model) |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| series | horizon | best model (not a baseline) | sMAPE | vs naive | vs seasonal naive | its p90 coverage "
+        "| largest forecast / series max (any model) |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
     for path in paths:
         df = pd.read_csv(path)
         for h, rows in df.groupby("horizon_buckets"):
             models = rows[~rows["model"].isin(["naive", "seasonal_naive"])]
             top = models.loc[models["smape"].idxmin()]
-            lines.append(f"| `{path.parent.name}` | {h} buckets | `{top['model']}` | {top['smape']:.2f} | "
-                         f"{top['smape_vs_naive']:.3f} | {top['smape_vs_seasonal_naive']:.3f} | "
-                         f"{top['coverage_p90']:.3f} | {rows['max_over_series_max'].max():.2f} |")
+            lines.append(
+                f"| `{path.parent.name}` | {h} buckets | `{top['model']}` | {top['smape']:.2f} | "
+                f"{top['smape_vs_naive']:.3f} | {top['smape_vs_seasonal_naive']:.3f} | "
+                f"{top['coverage_p90']:.3f} | {rows['max_over_series_max'].max():.2f} |"
+            )
     return "\n".join(lines)
 
 
@@ -52,15 +67,22 @@ def windows(path: Path) -> str:
     """benchmarks/bench_forecast_windows.py's CSV: per window and horizon, each model's sMAPE over naive's."""
     df = pd.read_csv(path)
     models = [m for m in dict.fromkeys(df["model"]) if m != "naive"]
-    lines = ["| window | h | naive sMAPE | " + " | ".join(f"`{m}`" for m in models) + " | best model: p90 coverage |",
-             "|---|---|---:|" + "---:|" * len(models) + "---|"]
+    lines = [
+        "| window | h | naive sMAPE | "
+        + " | ".join(f"`{m}`" for m in models)
+        + " | best model: p90 coverage |",
+        "|---|---|---:|" + "---:|" * len(models) + "---|",
+    ]
     for (window, h), rows in df.groupby(["window", "horizon_buckets"], sort=False):
         rows = rows.set_index("model")
         ratio = [f"{rows.loc[m, 'smape_vs_naive']:.3f}" for m in models]
         cand = rows.drop(index=["naive", "seasonal_naive"], errors="ignore")
         top = cand["smape"].idxmin()
-        lines.append(f"| {window} | {h} | {rows.loc['naive', 'smape']:.2f} | " + " | ".join(ratio)
-                     + f" | `{top}`: {cand.loc[top, 'coverage_p90']:.3f} |")
+        lines.append(
+            f"| {window} | {h} | {rows.loc['naive', 'smape']:.2f} | "
+            + " | ".join(ratio)
+            + f" | `{top}`: {cand.loc[top, 'coverage_p90']:.3f} |"
+        )
     return "\n".join(lines)
 
 

@@ -28,8 +28,14 @@ def _origins(origins: np.ndarray, h: int) -> list[int]:
     return shown
 
 
-def plot_backtest(values: np.ndarray, frame: pd.DataFrame, table: pd.DataFrame, series: CountSeries,
-                  horizons: list[int], handle: Any) -> None:
+def plot_backtest(
+    values: np.ndarray,
+    frame: pd.DataFrame,
+    table: pd.DataFrame,
+    series: CountSeries,
+    horizons: list[int],
+    handle: Any,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,14 +51,17 @@ def plot_backtest(values: np.ndarray, frame: pd.DataFrame, table: pd.DataFrame, 
     plt.close(fig)
 
 
-def _panel(ax: Any, values: np.ndarray, frame: pd.DataFrame, rows: pd.DataFrame, h: int, days: Any,
-           bucket_s: float) -> None:
+def _panel(
+    ax: Any, values: np.ndarray, frame: pd.DataFrame, rows: pd.DataFrame, h: int, days: Any, bucket_s: float
+) -> None:
     shown = _origins(frame["origin"].unique(), h)
     lo, hi = max(0, shown[0] - h), min(len(values), shown[-1] + h)
     idx = np.arange(lo, hi)
     actual = values[idx]
     top = 1.3 * float(np.nanpercentile(actual, 99.5)) if np.isfinite(actual).any() else 1.0
-    models = rows[~rows["model"].isin(BASELINES) & rows["smape"].notna()]  # the best model a user could deploy
+    models = rows[
+        ~rows["model"].isin(BASELINES) & rows["smape"].notna()
+    ]  # the best model a user could deploy
     best = models.loc[models["smape"].idxmin(), "model"] if len(models) else None
     sub = frame[frame["origin"].isin(shown) & (frame["lead"] <= h)]
     over = []
@@ -62,11 +71,24 @@ def _panel(ax: Any, values: np.ndarray, frame: pd.DataFrame, rows: pd.DataFrame,
         for i, (_, path) in enumerate(paths.groupby("origin")):
             x = days(path["origin"] + path["lead"] - 1)
             if model == best:
-                ax.fill_between(x, np.minimum(path["p10"], top), np.minimum(path["p90"], top), color="tab:red",
-                                alpha=0.15, label="p10-p90 band" if i == 0 else None)
-            ax.plot(x, np.minimum(path["mean"], top), color=color, ls=ls, lw=lw,
-                    label=(model + (" (best)" if model == best else "")) if i == 0 and (
-                        model == best or model in BASELINES) else None)
+                ax.fill_between(
+                    x,
+                    np.minimum(path["p10"], top),
+                    np.minimum(path["p90"], top),
+                    color="tab:red",
+                    alpha=0.15,
+                    label="p10-p90 band" if i == 0 else None,
+                )
+            ax.plot(
+                x,
+                np.minimum(path["mean"], top),
+                color=color,
+                ls=ls,
+                lw=lw,
+                label=(model + (" (best)" if model == best else ""))
+                if i == 0 and (model == best or model in BASELINES)
+                else None,
+            )
         worst = paths.loc[paths["mean"].idxmax()]
         if worst["mean"] > top:
             over.append((model, worst))
@@ -77,11 +99,19 @@ def _panel(ax: Any, values: np.ndarray, frame: pd.DataFrame, rows: pd.DataFrame,
     for k, (model, worst) in enumerate(over[:6]):
         x = days(worst["origin"] + worst["lead"] - 1)
         ax.plot([x], [top], marker="^", color="tab:purple", ms=7, clip_on=False)
-        ax.annotate(f"{model} {worst['mean']:.3g} (clipped)", (x, top), xytext=(4, -12 - 11 * k),
-                    textcoords="offset points", fontsize=7, color="tab:purple")
+        ax.annotate(
+            f"{model} {worst['mean']:.3g} (clipped)",
+            (x, top),
+            xytext=(4, -12 - 11 * k),
+            textcoords="offset points",
+            fontsize=7,
+            color="tab:purple",
+        )
     ax.set_ylim(0, top)
     row = rows.set_index("model")
-    title = f"horizon {h} buckets ({h * bucket_s / 3600:g} h): paths of leads 1..{h} from every origin {h}+ apart"
+    title = (
+        f"horizon {h} buckets ({h * bucket_s / 3600:g} h): paths of leads 1..{h} from every origin {h}+ apart"
+    )
     if best is not None and "naive" in row.index:
         title += f"; best {best}, sMAPE {row.loc[best, 'smape']:.2f} = {row.loc[best, 'smape_vs_naive']:.2f} x naive"
     ax.set_title(title, fontsize=9, loc="left")

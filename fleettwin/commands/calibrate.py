@@ -1,11 +1,11 @@
 """``fleettwin data calibrate``: fit and check the performance model against measured data.
 
-    fleettwin data calibrate fit RUN... [--format F] [--settings S.yaml] [--base PROFILE] --out PROFILE.yaml
-    fleettwin data calibrate report [--models calibrated,roofline,profiled] [--runs FILE...] [--no-loro] --out DIR
-    fleettwin data calibrate kernels DIR --gpu GPU --name NAME --out PROFILE.yaml
-    fleettwin data calibrate show [PROFILE]
-    fleettwin data calibrate convert RUN --settings S.yaml --out runs.yaml
-    fleettwin data calibrate tables --report DIR            (also: fleettwin data calibrate --report DIR)
+fleettwin data calibrate fit RUN... [--format F] [--settings S.yaml] [--base PROFILE] --out PROFILE.yaml
+fleettwin data calibrate report [--models calibrated,roofline,profiled] [--runs FILE...] [--no-loro] --out DIR
+fleettwin data calibrate kernels DIR --gpu GPU --name NAME --out PROFILE.yaml
+fleettwin data calibrate show [PROFILE]
+fleettwin data calibrate convert RUN --settings S.yaml --out runs.yaml
+fleettwin data calibrate tables --report DIR            (also: fleettwin data calibrate --report DIR)
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from pathlib import Path
 
 from fleettwin.models.errors import ConfigError
 
-FORMATS_HELP = ("fleettwin, loadgen, lmbench, silicon, vllm-bench, inference-perf, guidellm, prometheus "
-                "(default: detected from the file)")  # fmt: skip
+FORMATS_HELP = (
+    "fleettwin, loadgen, lmbench, silicon, vllm-bench, inference-perf, guidellm, prometheus "
+    "(default: detected from the file)"
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -37,52 +39,78 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--every", type=int, default=2, help=argparse.SUPPRESS)
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
 
-    fit = actions.add_parser("fit", help="fit a profile's engine and API-server costs on measured runs",
-                             description=(
-                                 "Replay RUN files in the simulator and fit the profile's engine costs (CPU per "
-                                 "iteration, per sequence, per TP worker, small kernels, kernel gaps) and API-"
-                                 "server costs so that simulated TTFT, TPOT and E2E match. Prints the fitted "
-                                 "coefficients, any it could not pin (held at the base profile's value, with the "
-                                 "data that would pin them), and leave-one-run-out errors per run and metric."))  # fmt: skip
+    fit = actions.add_parser(
+        "fit",
+        help="fit a profile's engine and API-server costs on measured runs",
+        description=(
+            "Replay RUN files in the simulator and fit the profile's engine costs (CPU per "
+            "iteration, per sequence, per TP worker, small kernels, kernel gaps) and API-"
+            "server costs so that simulated TTFT, TPOT and E2E match. Prints the fitted "
+            "coefficients, any it could not pin (held at the base profile's value, with the "
+            "data that would pin them), and leave-one-run-out errors per run and metric."
+        ),
+    )
     fit.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run files or folders")
     fit.add_argument("--format", dest="fmt", help=FORMATS_HELP)
-    fit.add_argument("--settings", type=Path, help="server settings YAML (model, gpu, tp, engine args) for "
-                     "formats that do not record them")  # fmt: skip
-    fit.add_argument("--base", default="auto", help="profile to start from: built-in name or path (default: the "
-                     "built-in profile of the runs' GPU)")  # fmt: skip
+    fit.add_argument(
+        "--settings",
+        type=Path,
+        help="server settings YAML (model, gpu, tp, engine args) for formats that do not record them",
+    )
+    fit.add_argument(
+        "--base",
+        default="auto",
+        help="profile to start from: built-in name or path (default: the built-in profile of the runs' GPU)",
+    )
     fit.add_argument("--name", help="name of the new profile (default: the output file's name)")
     fit.add_argument("--coefficients", help="comma-separated subset to fit (default: all)")
     fit.add_argument("--no-loro", action="store_true", help="skip the leave-one-run-out errors")
-    fit.add_argument("--workers", type=int, default=None, help="processes replaying runs (default: cores, max 4)")
+    fit.add_argument(
+        "--workers", type=int, default=None, help="processes replaying runs (default: cores, max 4)"
+    )
     fit.add_argument("--strict", action="store_true", help="exit 1 when a coefficient could not be pinned")
     fit.add_argument("--out", type=Path, required=True, help="profile YAML to write")
     fit.set_defaults(func=_fit)
 
-    rep = actions.add_parser("report", help="every measured run simulated next to its measurement",
-                             description=(
-                                 "Simulate every run (default: the public runs shipped with fleettwin) with each "
-                                 "performance model and compare with the measurement: median |error| of mean "
-                                 "TTFT, TPOT, E2E and p99 E2E per source, saturation disagreements, a plot of "
-                                 "predicted against measured. The calibrated model is shown in sample and, "
-                                 "refitted without each run / each deployment, leave-one-out."))  # fmt: skip
-    rep.add_argument("--models", default="calibrated,roofline,profiled", help="comma-separated (default %(default)s)")
-    rep.add_argument("--runs", nargs="*", type=Path, default=None, help="run files (default: the shipped corpus)")
+    rep = actions.add_parser(
+        "report",
+        help="every measured run simulated next to its measurement",
+        description=(
+            "Simulate every run (default: the public runs shipped with fleettwin) with each "
+            "performance model and compare with the measurement: median |error| of mean "
+            "TTFT, TPOT, E2E and p99 E2E per source, saturation disagreements, a plot of "
+            "predicted against measured. The calibrated model is shown in sample and, "
+            "refitted without each run / each deployment, leave-one-out."
+        ),
+    )
+    rep.add_argument(
+        "--models", default="calibrated,roofline,profiled", help="comma-separated (default %(default)s)"
+    )
+    rep.add_argument(
+        "--runs", nargs="*", type=Path, default=None, help="run files (default: the shipped corpus)"
+    )
     rep.add_argument("--no-loro", action="store_true", help="in-sample errors only (fast)")
     rep.add_argument("--workers", type=int, default=None)
     rep.add_argument("--out", type=Path, required=True, help="folder for errors.csv, report.md and the plot")
     rep.set_defaults(func=_report)
 
-    ker = actions.add_parser("kernels", help="fit kernel laws from a folder of measured kernel tables",
-                             description=(
-                                 "Fit the GEMM, attention, MoE and all-reduce laws of one GPU from measured "
-                                 "kernel tables (aiconfigurator's vLLM collector format: gemm_perf.*.csv, "
-                                 "context_/generation_attention_perf.csv, moe_perf.*.csv, "
-                                 "custom_allreduce_perf.csv) and write a profile whose engine costs are priors: "
-                                 "then `calibrate fit` it on end-to-end runs of that GPU."))  # fmt: skip
+    ker = actions.add_parser(
+        "kernels",
+        help="fit kernel laws from a folder of measured kernel tables",
+        description=(
+            "Fit the GEMM, attention, MoE and all-reduce laws of one GPU from measured "
+            "kernel tables (aiconfigurator's vLLM collector format: gemm_perf.*.csv, "
+            "context_/generation_attention_perf.csv, moe_perf.*.csv, "
+            "custom_allreduce_perf.csv) and write a profile whose engine costs are priors: "
+            "then `calibrate fit` it on end-to-end runs of that GPU."
+        ),
+    )
     ker.add_argument("folder", type=Path)
     ker.add_argument("--gpu", required=True, help="catalog GPU id the tables were measured on")
     ker.add_argument("--name", required=True)
-    ker.add_argument("--base", default=None, help="take engine costs from this profile (default: H100 priors)")
+    ker.add_argument(
+        "--base", default=None, help="take engine costs from this profile (default: H100 priors)"
+    )
     ker.add_argument("--out", type=Path, required=True)
     ker.set_defaults(func=_kernels)
 
@@ -90,9 +118,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("profile", nargs="?")
     show.set_defaults(func=_show)
 
-    conv = actions.add_parser("convert", help="write measured runs in fleettwin's run format",
-                              description="Read runs in any supported format and write them as a fleettwin run "
-                              "file (YAML + per-request CSVs), e.g. to keep a corpus of your own deployments.")  # fmt: skip
+    conv = actions.add_parser(
+        "convert",
+        help="write measured runs in fleettwin's run format",
+        description="Read runs in any supported format and write them as a fleettwin run "
+        "file (YAML + per-request CSVs), e.g. to keep a corpus of your own deployments.",
+    )
     conv.add_argument("runs", nargs="+", type=Path)
     conv.add_argument("--format", dest="fmt", help=FORMATS_HELP)
     conv.add_argument("--settings", type=Path)
@@ -109,7 +140,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _legacy_or_help(args: argparse.Namespace) -> int:
-    if args.report is not None:  # `fleettwin data calibrate --report DIR`, the form before the actions existed
+    if (
+        args.report is not None
+    ):  # `fleettwin data calibrate --report DIR`, the form before the actions existed
         from fleettwin.commands import calibrate_tables
 
         return calibrate_tables.run(args)
@@ -143,20 +176,32 @@ def _fit(args: argparse.Namespace) -> int:
     runs = _read(args.runs, args.fmt, args.settings)
     gpus = sorted({r.settings.gpu for r in runs})
     if len(gpus) > 1:
-        raise ConfigError(f"runs on several GPUs ({', '.join(gpus)}): a profile describes one GPU type; fit each apart")
-    base = resolve_profile(args.base, Catalog.default().gpu(gpus[0])) if args.base == "auto" else load_profile(args.base)
+        raise ConfigError(
+            f"runs on several GPUs ({', '.join(gpus)}): a profile describes one GPU type; fit each apart"
+        )
+    base = (
+        resolve_profile(args.base, Catalog.default().gpu(gpus[0]))
+        if args.base == "auto"
+        else load_profile(args.base)
+    )
     coefficients = args.coefficients.split(",") if args.coefficients else None
-    print(f"fitting {base.name} on {len(runs)} runs ({len({r.group for r in runs})} deployments)", file=sys.stderr)
+    print(
+        f"fitting {base.name} on {len(runs)} runs ({len({r.group for r in runs})} deployments)",
+        file=sys.stderr,
+    )
     import time
 
     t0 = time.perf_counter()
     from fleettwin.sim.calibration.fit import fit_profile
 
-    res = fit_profile(runs, base, coefficients=coefficients, loro=not args.no_loro, workers=args.workers,
-                      progress=_say)  # fmt: skip
+    res = fit_profile(
+        runs, base, coefficients=coefficients, loro=not args.no_loro, workers=args.workers, progress=_say
+    )
     name = args.name or args.out.stem
     fit = {**base.fit, "engine": fit_record(res, time.perf_counter() - t0)}
-    profile = res.profile.model_copy(update={"name": name, "fit": fit, "sources": sorted({r.source for r in runs})})
+    profile = res.profile.model_copy(
+        update={"name": name, "fit": fit, "sources": sorted({r.source for r in runs})}
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(args.out.suffix + ".tmp")
     tmp.write_text(profile.to_yaml())
@@ -188,8 +233,10 @@ def _report(args: argparse.Namespace) -> int:
     text = "Median |simulated / measured - 1| over the metrics each run vouches for:\n\n" + markdown(table)
     unfitted = summary_table(errors, fitted=False)
     if not unfitted.empty and unfitted[["ttft_mean", "tpot_mean", "e2e_mean"]].notna().to_numpy().any():
-        text += ("\n\nMetrics the runs mark unfitted (shown, never fitted on; see each run's notes):\n\n"
-                 + markdown(unfitted[unfitted["source"] != "all"]))  # fmt: skip
+        text += (
+            "\n\nMetrics the runs mark unfitted (shown, never fitted on; see each run's notes):\n\n"
+            + markdown(unfitted[unfitted["source"] != "all"])
+        )
     (args.out / "report.md").write_text(text + "\n")
     plot(errors, args.out / "predicted_vs_measured.png")
     print(text)
@@ -205,15 +252,23 @@ def _kernels(args: argparse.Namespace) -> int:
     Catalog.default().gpu(args.gpu)  # an unknown GPU fails here, with the list
     laws, summary = fit_kernel_folder(args.folder)
     base = load_profile(args.base or "h100-vllm-v1")
-    profile = CalibrationProfile(name=args.name, gpu=args.gpu, kernels=laws, engine_costs=base.engine_costs,
-                                 frontend=base.frontend, engine_versions=f"kernels: {args.folder}",
-                                 description=f"kernel laws from {args.folder}; engine costs from {base.name} "
-                                 "until fitted", sources=[str(args.folder)],
-                                 fit={"kernels": {"source": str(args.folder), "laws": summary}})  # fmt: skip
+    profile = CalibrationProfile(
+        name=args.name,
+        gpu=args.gpu,
+        kernels=laws,
+        engine_costs=base.engine_costs,
+        frontend=base.frontend,
+        engine_versions=f"kernels: {args.folder}",
+        description=f"kernel laws from {args.folder}; engine costs from {base.name} until fitted",
+        sources=[str(args.folder)],
+        fit={"kernels": {"source": str(args.folder), "laws": summary}},
+    )
     args.out.write_text(profile.to_yaml())
     for law, s in summary.items():
         print(f"  {law:<24} rows {s['rows']:>6}  MAPE {s['mape']:.1%}  bias {s['bias']:+.1%}")
-    print(f"wrote {args.out} (engine costs are {base.name}'s until `fleettwin data calibrate fit --base {args.out}`)")
+    print(
+        f"wrote {args.out} (engine costs are {base.name}'s until `fleettwin data calibrate fit --base {args.out}`)"
+    )
     return 0
 
 

@@ -36,8 +36,12 @@ MAPE_TARGET = 0.05  # the per-layer total must interpolate held-out rows within 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--report", type=Path, metavar="DIR", required=True, help="folder for the report files")
-    parser.add_argument("--every", type=int, default=2, help="hold out every EVERY-th row (default %(default)s)")
+    parser.add_argument(
+        "--report", type=Path, metavar="DIR", required=True, help="folder for the report files"
+    )
+    parser.add_argument(
+        "--every", type=int, default=2, help="hold out every EVERY-th row (default %(default)s)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,10 +61,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def errors_frame(errors: list[HoldoutError]) -> pd.DataFrame:
-    return pd.DataFrame([{
-        "device": e.device, "model": e.model, "tp": e.tp, "operator": e.operator, "held_out": e.held_out,
-        "mape": e.mape, "max_error": e.max_error,
-    } for e in errors])  # fmt: skip
+    return pd.DataFrame(
+        [
+            {
+                "device": e.device,
+                "model": e.model,
+                "tp": e.tp,
+                "operator": e.operator,
+                "held_out": e.held_out,
+                "mape": e.mape,
+                "max_error": e.max_error,
+            }
+            for e in errors
+        ]
+    )
 
 
 def _short(model: str) -> str:
@@ -68,9 +82,13 @@ def _short(model: str) -> str:
 
 
 def report_markdown(errors: list[HoldoutError], every: int) -> str:
-    lines = [f"## Interpolation error on held-out rows (1 in {every} token counts held out)", "",
-             "MAPE / max |error| per operator, pooled over TP 1, 2, 4, 8. `layer (sum)` is the per-layer total "
-             "the model uses (all operators but `emb`).", ""]  # fmt: skip
+    lines = [
+        f"## Interpolation error on held-out rows (1 in {every} token counts held out)",
+        "",
+        "MAPE / max |error| per operator, pooled over TP 1, 2, 4, 8. `layer (sum)` is the per-layer total "
+        "the model uses (all operators but `emb`).",
+        "",
+    ]
     pairs = sorted({(e.device, e.model) for e in errors if e.operator != "all_reduce"})
     lines.append("| operator | " + " | ".join(f"{d} {_short(m)}" for d, m in pairs) + " |")
     lines.append("|---" * (len(pairs) + 1) + "|")
@@ -80,24 +98,42 @@ def report_markdown(errors: list[HoldoutError], every: int) -> str:
             err = np.concatenate([e.errors for e in errors if (e.device, e.model, e.operator) == (d, m, op)])
             cells.append(f"{np.abs(err).mean():.1%} / {np.abs(err).max():.0%}")
         lines.append(f"| {op} | " + " | ".join(cells) + " |")
-    lines += ["", "Per table, the per-layer total (target: MAPE < 5 % on every table) and the fitted roofline "
-              "fallback on all rows of the same table:", "",
-              "| table | held-out rows | layer MAPE | layer max | fallback MAPE | fallback max |", "|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "Per table, the per-layer total (target: MAPE < 5 % on every table) and the fitted roofline "
+        "fallback on all rows of the same table:",
+        "",
+        "| table | held-out rows | layer MAPE | layer max | fallback MAPE | fallback max |",
+        "|---|---|---|---|---|---|",
+    ]
     fallback = {(f.device, f.model, f.tp): f for f in fallback_errors()}
     for e in errors:
         if e.operator == LAYER:
             f = fallback[(e.device, e.model, e.tp)]
-            lines.append(f"| {e.device}/{_short(e.model)}/TP{e.tp} | {e.held_out} | {e.mape:.2%} | {e.max_error:.1%} "
-                         f"| {f.mape:.1%} | {f.max_error:.0%} |")  # fmt: skip
-    lines += ["", "All-reduce (NCCL, one node), message sizes held out the same way:", "",
-              "| node | GPUs | held-out sizes | MAPE | max |", "|---|---|---|---|---|"]  # fmt: skip
-    lines += [f"| {e.model} | {e.tp} | {e.held_out} | {e.mape:.2%} | {e.max_error:.1%} |"
-              for e in errors if e.operator == "all_reduce"]  # fmt: skip
+            lines.append(
+                f"| {e.device}/{_short(e.model)}/TP{e.tp} | {e.held_out} | {e.mape:.2%} | {e.max_error:.1%} "
+                f"| {f.mape:.1%} | {f.max_error:.0%} |"
+            )
+    lines += [
+        "",
+        "All-reduce (NCCL, one node), message sizes held out the same way:",
+        "",
+        "| node | GPUs | held-out sizes | MAPE | max |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {e.model} | {e.tp} | {e.held_out} | {e.mape:.2%} | {e.max_error:.1%} |"
+        for e in errors
+        if e.operator == "all_reduce"
+    ]
     fit = fit_roofline_efficiencies()
-    lines += ["", f"Roofline fallback fitted on all {fit.rows} rows: per layer {fit.layer_fixed_s * 1e6:.0f} us + "
-              f"max(compute / {fit.flops_efficiency:.2f}, memory / {fit.bandwidth_efficiency:.2f}), MAPE "
-              f"{fit.mape:.1%} (constants in models/perf/profiled.py: {FITTED_LAYER_FIXED_S * 1e6:.0f} us, "
-              f"{FITTED_FLOPS_EFFICIENCY:.2f}, {FITTED_BANDWIDTH_EFFICIENCY:.2f})."]  # fmt: skip
+    lines += [
+        "",
+        f"Roofline fallback fitted on all {fit.rows} rows: per layer {fit.layer_fixed_s * 1e6:.0f} us + "
+        f"max(compute / {fit.flops_efficiency:.2f}, memory / {fit.bandwidth_efficiency:.2f}), MAPE "
+        f"{fit.mape:.1%} (constants in models/perf/profiled.py: {FITTED_LAYER_FIXED_S * 1e6:.0f} us, "
+        f"{FITTED_FLOPS_EFFICIENCY:.2f}, {FITTED_BANDWIDTH_EFFICIENCY:.2f}).",
+    ]
     lines += ["", "Path the `profiled` model takes per catalog pair (at the smallest TP that fits):", ""]
     lines += coverage_lines()
     return "\n".join(lines)
@@ -132,7 +168,9 @@ def plot(errors: list[HoldoutError], every: int, path: Path) -> None:
         ax.plot(dense, PiecewiseLinear(x[~mask], y[~mask])(dense), lw=1, label="interpolated (knots only)")
         ax.plot(x[mask], y[mask], "x", ms=4, color="C3", label="held-out rows (measured)")
         compute, memory = _roofline_layer_terms(t, catalog)
-        roof = fit.layer_fixed_s + np.maximum(compute / fit.flops_efficiency, memory / fit.bandwidth_efficiency)
+        roof = fit.layer_fixed_s + np.maximum(
+            compute / fit.flops_efficiency, memory / fit.bandwidth_efficiency
+        )
         ax.plot(x, roof * 1e3, "--", lw=1, color="C2", label="fitted roofline (fallback)")
         ax.set(title=f"{t.label}: per-layer non-attention time", xlabel="tokens in batch", ylabel="ms")
         ax.legend(fontsize=8)
@@ -141,8 +179,12 @@ def plot(errors: list[HoldoutError], every: int, path: Path) -> None:
     ops = (*OPERATORS, LAYER)
     width = 0.8 / len(pairs)
     for k, (d, m) in enumerate(pairs):
-        mapes = [np.abs(np.concatenate([e.errors for e in errors if (e.device, e.model, e.operator) == (d, m, op)])).mean()
-                 for op in ops]  # fmt: skip
+        mapes = [
+            np.abs(
+                np.concatenate([e.errors for e in errors if (e.device, e.model, e.operator) == (d, m, op)])
+            ).mean()
+            for op in ops
+        ]
         ax.bar(np.arange(len(ops)) + k * width, np.array(mapes) * 100, width, label=f"{d} {_short(m)}")
     ax.axhline(MAPE_TARGET * 100, color="k", lw=0.8, ls=":")
     ax.set_xticks(np.arange(len(ops)) + 0.4 - width / 2, ops, rotation=60, ha="right", fontsize=8)

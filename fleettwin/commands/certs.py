@@ -31,10 +31,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", required=True, type=Path, help="folder for the PEM files")
-    p.add_argument("--names", default="gateway,emulator,controller,retrieval",
-                   help="comma-separated component names (default %(default)s)")  # fmt: skip
-    p.add_argument("--san", action="append", default=[], metavar="HOST",
-                   help="extra DNS name or IP address for the server certificates (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--names",
+        default="gateway,emulator,controller,retrieval",
+        help="comma-separated component names (default %(default)s)",
+    )
+    p.add_argument(
+        "--san",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="extra DNS name or IP address for the server certificates (repeatable)",
+    )
     p.add_argument("--days", type=int, default=365, help="validity in days (default %(default)s)")
     p.set_defaults(func=run)
 

@@ -43,11 +43,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on /v1/* (like vLLM's --api-key)")
     p.add_argument("--tls-cert", "--ssl-certfile", dest="tls_cert", help="PEM certificate: serve HTTPS")
     p.add_argument("--tls-key", "--ssl-keyfile", dest="tls_key", help="PEM private key for --tls-cert")
-    p.add_argument("--tls-ca", "--ssl-ca-certs", dest="tls_ca",
-                   help="PEM CA: require client certificates signed by it (mTLS; needs --tls-cert)")  # fmt: skip
+    p.add_argument(
+        "--tls-ca",
+        "--ssl-ca-certs",
+        dest="tls_ca",
+        help="PEM CA: require client certificates signed by it (mTLS; needs --tls-cert)",
+    )
     add_limit_args(p, DEFAULT_CLIENTS)
-    p.add_argument("--enable-prefix-caching", action="store_true",
-                   help="automatic prefix caching (vLLM's default is on; off here keeps replays comparable)")  # fmt: skip
+    p.add_argument(
+        "--enable-prefix-caching",
+        action="store_true",
+        help="automatic prefix caching (vLLM's default is on; off here keeps replays comparable)",
+    )
     p.add_argument("--tp", type=int, help="tensor-parallel size (default: the smallest that fits)")
     p.add_argument("--max-num-seqs", type=int, default=256, help="(default %(default)s)")
     p.add_argument("--max-num-batched-tokens", type=int, default=8192, help="(default %(default)s)")
@@ -55,11 +62,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="(default %(default)s)")
     p.add_argument("--num-gpu-blocks", type=int, help="pin the KV cache size in blocks (vLLM's override)")
     p.add_argument(
-        "--perf-model", default="auto", help="auto (the simulator's default: calibrated where the GPU has a built-in "
-        "profile, else roofline) | calibrated | roofline | profiled | constant (default %(default)s)"
+        "--perf-model",
+        default="auto",
+        help="auto (the simulator's default: calibrated where the GPU has a built-in "
+        "profile, else roofline) | calibrated | roofline | profiled | constant (default %(default)s)",
     )
-    p.add_argument("--perf-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="performance-model parameter, e.g. step_s=0.02 for constant (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--perf-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="performance-model parameter, e.g. step_s=0.02 for constant (repeatable)",
+    )
     p.add_argument(
         "--legacy-metrics",
         action="store_true",
@@ -70,15 +84,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def add_limit_args(p: argparse.ArgumentParser, default_clients: tuple[str, ...]) -> None:
     """Request limits and accepted client identities (``live/http_guard.py``), shared with serve-retrieval."""
-    p.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024,
-                   help="larger request bodies are refused with 413 (default %(default)s)")  # fmt: skip
-    p.add_argument("--header-timeout", type=float, default=10.0,
-                   help="seconds a connection has to send a request's headers (default %(default)s)")  # fmt: skip
-    p.add_argument("--body-timeout", type=float, default=30.0,
-                   help="seconds a request has to send its body (default %(default)s)")  # fmt: skip
-    p.add_argument("--tls-client-name", action="append", metavar="NAME",
-                   help=f"with --tls-ca: a client-certificate identity (SAN) to accept, repeatable; '*' for any "
-                   f"(default: {', '.join(default_clients)})")  # fmt: skip
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=8 * 1024 * 1024,
+        help="larger request bodies are refused with 413 (default %(default)s)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a connection has to send a request's headers (default %(default)s)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a request has to send its body (default %(default)s)",
+    )
+    p.add_argument(
+        "--tls-client-name",
+        action="append",
+        metavar="NAME",
+        help=f"with --tls-ca: a client-certificate identity (SAN) to accept, repeatable; '*' for any "
+        f"(default: {', '.join(default_clients)})",
+    )
 
 
 def http_limits(args: argparse.Namespace, default_clients: tuple[str, ...]):
@@ -89,12 +119,19 @@ def http_limits(args: argparse.Namespace, default_clients: tuple[str, ...]):
 
     clients = tuple(args.tls_client_name) if args.tls_client_name else default_clients
     try:
-        return HttpLimits(max_body_bytes=args.max_body_bytes, header_timeout_s=args.header_timeout,
-                          body_timeout_s=args.body_timeout, allowed_clients=clients if args.tls_ca else None)  # fmt: skip
+        return HttpLimits(
+            max_body_bytes=args.max_body_bytes,
+            header_timeout_s=args.header_timeout,
+            body_timeout_s=args.body_timeout,
+            allowed_clients=clients if args.tls_ca else None,
+        )
     except ValidationError as exc:
         err = exc.errors()[0]
-        flag = {"max_body_bytes": "--max-body-bytes", "header_timeout_s": "--header-timeout",
-                "body_timeout_s": "--body-timeout"}.get(str(err["loc"][0]), str(err["loc"][0]))  # fmt: skip
+        flag = {
+            "max_body_bytes": "--max-body-bytes",
+            "header_timeout_s": "--header-timeout",
+            "body_timeout_s": "--body-timeout",
+        }.get(str(err["loc"][0]), str(err["loc"][0]))
         raise ConfigError(f"{flag}: {err['msg']}") from None
 
 
@@ -109,25 +146,41 @@ def build_spec(args: argparse.Namespace):
     from fleettwin.models.errors import ConfigError
 
     try:
-        engine = EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                              max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
-                              num_gpu_blocks=args.num_gpu_blocks,
-                              enable_prefix_caching=args.enable_prefix_caching)  # fmt: skip
+        engine = EngineConfig(
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            max_model_len=args.max_model_len,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            num_gpu_blocks=args.num_gpu_blocks,
+            enable_prefix_caching=args.enable_prefix_caching,
+        )
         perf = PolicyRef(name=args.perf_model, params=dict(parse_override(kv) for kv in args.perf_param))
-        cfg = PoolConfig(name="emulator", gpu=args.gpu, model=args.model, replicas=1, tp=args.tp, engine=engine,
-                         perf_model=perf)  # fmt: skip
+        cfg = PoolConfig(
+            name="emulator",
+            gpu=args.gpu,
+            model=args.model,
+            replicas=1,
+            tp=args.tp,
+            engine=engine,
+            perf_model=perf,
+        )
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         raise ConfigError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
     rp = resolve_pool(cfg, Catalog.default())
     return EmulatorSpec(
-        served_model_name=args.served_model_name or rp.llm.id, limits=rp.limits, perf=rp.perf, token=args.token,
-        legacy_metrics=args.legacy_metrics, gpu_memory_utilization=args.gpu_memory_utilization,
+        served_model_name=args.served_model_name or rp.llm.id,
+        limits=rp.limits,
+        perf=rp.perf,
+        token=args.token,
+        legacy_metrics=args.legacy_metrics,
+        gpu_memory_utilization=args.gpu_memory_utilization,
         description=f"{rp.llm.id} on {rp.tp}x {rp.gpu.id}, {rp.limits.num_blocks} KV blocks, "
         f"max_model_len {rp.limits.max_model_len}, perf {rp.perf.describe()}",
-        vocab_size=rp.llm.vocab_size, http=http_limits(args, DEFAULT_CLIENTS),
-    )  # fmt: skip
+        vocab_size=rp.llm.vocab_size,
+        http=http_limits(args, DEFAULT_CLIENTS),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,8 +197,15 @@ def run(args: argparse.Namespace) -> int:
         )
 
     try:
-        serve(spec, host=args.host, port=args.port, ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key,
-              ssl_ca_certs=args.tls_ca, on_ready=ready)  # fmt: skip
+        serve(
+            spec,
+            host=args.host,
+            port=args.port,
+            ssl_certfile=args.tls_cert,
+            ssl_keyfile=args.tls_key,
+            ssl_ca_certs=args.tls_ca,
+            on_ready=ready,
+        )
     except OSError as exc:
         raise ConfigError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
     print("fleettwin emulate: stopped", file=sys.stderr)

@@ -41,14 +41,21 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     module = load(args.name)
     with Progress(
-        TextColumn("[bold]experiment[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[label]}"), TimeElapsedColumn(),
-        console=console, disable=args.quiet, transient=True,
-    ) as bar:  # fmt: skip
+        TextColumn("[bold]experiment[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[label]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=args.quiet,
+        transient=True,
+    ) as bar:
         task = bar.add_task(args.name, total=None, label="")
-        result = module.run(args.out, quick=args.quick,
-                            progress=lambda done, total, label: bar.update(task, completed=done, total=total,
-                                                                           label=label))  # fmt: skip
+        result = module.run(
+            args.out,
+            quick=args.quick,
+            progress=lambda done, total, label: bar.update(task, completed=done, total=total, label=label),
+        )
     paths = write_experiment(result, args.out)
     console.print(Markdown(result.report_md))
     console.print(f"wall time {result.wall_time_s:.1f} s; wrote {', '.join(str(p) for p in paths)}")

@@ -39,7 +39,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tls-key", help="PEM private key for --tls-cert")
     p.add_argument("--tls-ca", help="PEM CA: require client certificates signed by it (mTLS)")
     p.add_argument("--check", action="store_true", help="validate --config and exit")
-    p.add_argument("--new-key", action="store_true", help="print a new API key and its stored form, then exit")
+    p.add_argument(
+        "--new-key", action="store_true", help="print a new API key and its stored form, then exit"
+    )
     p.set_defaults(func=run)
 
 
@@ -61,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_gateway(args.config)
     if args.check:
-        print(f"{args.config}: {len(cfg.tenants)} tenants, {len(cfg.backends)} models, audit log {cfg.audit_log}")
+        print(
+            f"{args.config}: {len(cfg.tenants)} tenants, {len(cfg.backends)} models, audit log {cfg.audit_log}"
+        )
         return 0
     from fleettwin.live.gateway.app import create_gateway_app
     from fleettwin.live.server import serve
@@ -70,12 +74,22 @@ def run(args: argparse.Namespace) -> int:
 
     def ready(url: str) -> None:
         mtls = ", client certificates required" if args.tls_ca else ""
-        print(f"fleettwin gateway: {len(cfg.tenants)} tenants, models {', '.join(cfg.backends)} at {url}{mtls}; "
-              f"audit log {cfg.audit_log}", flush=True)  # fmt: skip
+        print(
+            f"fleettwin gateway: {len(cfg.tenants)} tenants, models {', '.join(cfg.backends)} at {url}{mtls}; "
+            f"audit log {cfg.audit_log}",
+            flush=True,
+        )
 
     try:
-        serve(app, host=args.host, port=args.port, ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key,
-              ssl_ca_certs=args.tls_ca, on_ready=ready)  # fmt: skip
+        serve(
+            app,
+            host=args.host,
+            port=args.port,
+            ssl_certfile=args.tls_cert,
+            ssl_keyfile=args.tls_key,
+            ssl_ca_certs=args.tls_ca,
+            on_ready=ready,
+        )
     except OSError as exc:
         raise ConfigError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
     print("fleettwin gateway: stopped", file=sys.stderr)

@@ -13,7 +13,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "mypyc into site-packages. A compiled copy is used only while it matches its source; results are the "
         "same either way. An installed wheel runs pure Python until this is run (pip install mypy first).",
     )
-    p.add_argument("--remove", action="store_true", help="delete the compiled copies (pure Python from now on)")
+    p.add_argument(
+        "--remove", action="store_true", help="delete the compiled copies (pure Python from now on)"
+    )
     p.add_argument("--strict", action="store_true", help="exit non-zero when the build fails")
     p.set_defaults(func=run)
 

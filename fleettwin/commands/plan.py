@@ -43,30 +43,76 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("scenario", type=Path, help="scenario YAML: the workload, model, engine and seed to plan for")
-    p.add_argument("--rate", dest="rates", type=float, action="append", default=[], metavar="R",
-                   help="offered requests/s to plan for (repeatable)")  # fmt: skip
-    p.add_argument("--slo", dest="slos", action="append", default=[], metavar="METRIC_pQ=VALUE",
-                   help="a percentile target, e.g. ttft_p95=2s, tpot_p95=50ms (repeatable)")  # fmt: skip
-    p.add_argument("--gpus", help="GPU types to compare, comma-separated (default: the pool's); see "
-                   "`fleettwin data catalog gpus`")  # fmt: skip
-    p.add_argument("--tp", default="auto", help="tensor-parallel sizes: auto (every size that fits, up to 8) "
-                   "or a list such as 2,4,8 (default auto)")  # fmt: skip
-    p.add_argument("--dtype", help="precisions, comma-separated: bf16, fp8 (weights and KV), fp8:bf16 "
-                   "(FP8 weights, BF16 KV) (default: the pool's)")  # fmt: skip
-    p.add_argument("--budget", type=float, metavar="USD_PER_H",
-                   help="USD per hour: alone, the highest rate each candidate serves within it; with --rate, "
-                   "a cap on the deployments considered")  # fmt: skip
+    p.add_argument(
+        "scenario", type=Path, help="scenario YAML: the workload, model, engine and seed to plan for"
+    )
+    p.add_argument(
+        "--rate",
+        dest="rates",
+        type=float,
+        action="append",
+        default=[],
+        metavar="R",
+        help="offered requests/s to plan for (repeatable)",
+    )
+    p.add_argument(
+        "--slo",
+        dest="slos",
+        action="append",
+        default=[],
+        metavar="METRIC_pQ=VALUE",
+        help="a percentile target, e.g. ttft_p95=2s, tpot_p95=50ms (repeatable)",
+    )
+    p.add_argument(
+        "--gpus",
+        help="GPU types to compare, comma-separated (default: the pool's); see `fleettwin data catalog gpus`",
+    )
+    p.add_argument(
+        "--tp",
+        default="auto",
+        help="tensor-parallel sizes: auto (every size that fits, up to 8) "
+        "or a list such as 2,4,8 (default auto)",
+    )
+    p.add_argument(
+        "--dtype",
+        help="precisions, comma-separated: bf16, fp8 (weights and KV), fp8:bf16 "
+        "(FP8 weights, BF16 KV) (default: the pool's)",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        metavar="USD_PER_H",
+        help="USD per hour: alone, the highest rate each candidate serves within it; with --rate, "
+        "a cap on the deployments considered",
+    )
     p.add_argument("--pool", help="the pool to plan (default: the scenario's only pool)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a scenario field first, as in `fleettwin sim run --set` (repeatable)")  # fmt: skip
-    p.add_argument("--max-replicas", type=int, default=512, help="give up on a candidate above this many "
-                   "replicas (default 512)")  # fmt: skip
-    p.add_argument("--out", type=Path, required=True, help="directory for plan.csv, plan.md, recommended.yaml")
-    p.add_argument("--executor", choices=["local", "ray"], default="local",
-                   help="local: a process pool; ray: Ray tasks (needs the `ray` extra)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a scenario field first, as in `fleettwin sim run --set` (repeatable)",
+    )
+    p.add_argument(
+        "--max-replicas",
+        type=int,
+        default=512,
+        help="give up on a candidate above this many replicas (default 512)",
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="directory for plan.csv, plan.md, recommended.yaml"
+    )
+    p.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="local: a process pool; ray: Ray tasks (needs the `ray` extra)",
+    )
     p.add_argument("--jobs", type=int, metavar="N", help="candidates searched at once (default: the CPUs)")
-    p.add_argument("--ray-address", metavar="ADDR", help="an existing Ray cluster (default: start one locally)")
+    p.add_argument(
+        "--ray-address", metavar="ADDR", help="an existing Ray cluster (default: start one locally)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -97,12 +143,17 @@ def question(args: argparse.Namespace):
             raise ConfigError(str(exc)) from None
         targets[key] = value
     return PlanQuestion(
-        scenario=args.scenario, rates=tuple(dict.fromkeys(args.rates)), targets=targets,
+        scenario=args.scenario,
+        rates=tuple(dict.fromkeys(args.rates)),
+        targets=targets,
         gpus=tuple(g.strip() for g in args.gpus.split(",") if g.strip()) if args.gpus else (),
         tps=None if tps is None else tuple(tps),
-        dtypes=tuple(parse_dtypes(args.dtype)) if args.dtype else (), budget_usd_h=args.budget, pool=args.pool,
-        overrides=dict(parse_override(o) for o in args.overrides), max_replicas=args.max_replicas,
-    )  # fmt: skip
+        dtypes=tuple(parse_dtypes(args.dtype)) if args.dtype else (),
+        budget_usd_h=args.budget,
+        pool=args.pool,
+        overrides=dict(parse_override(o) for o in args.overrides),
+        max_replicas=args.max_replicas,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,19 +168,33 @@ def run(args: argparse.Namespace) -> int:
     q = question(args)
     executor = make_executor(args.executor, jobs=args.jobs, address=args.ray_address)
     with Progress(
-        TextColumn("[bold]plan[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("candidates"),
-        TimeElapsedColumn(), TextColumn("{task.fields[label]}"), console=console, disable=args.quiet,
+        TextColumn("[bold]plan[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("candidates"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[label]}"),
+        console=console,
+        disable=args.quiet,
         transient=True,
-    ) as bar:  # fmt: skip
+    ) as bar:
         task = bar.add_task("plan", total=None, label="checking the candidates")
-        result = make_plan(q, executor, progress=lambda done, total, label: bar.update(
-            task, completed=done, total=total, label=f"searched {label}"))  # fmt: skip
+        result = make_plan(
+            q,
+            executor,
+            progress=lambda done, total, label: bar.update(
+                task, completed=done, total=total, label=f"searched {label}"
+            ),
+        )
     paths = write_plan(result, args.out)
     for line in answer_lines(result):
         console.print(line, highlight=False)
     errors = [s for s in result.searches if s.get("error")]
     for s in errors:
         console.print(f"[red]{s['candidate']}: {s['error']}[/]")
-    console.print(f"{result.meta['simulations']} simulations in {result.wall_time_s:.1f} s; wrote "
-                  f"{', '.join(str(p) for p in paths)}", highlight=False)  # fmt: skip
+    console.print(
+        f"{result.meta['simulations']} simulations in {result.wall_time_s:.1f} s; wrote "
+        f"{', '.join(str(p) for p in paths)}",
+        highlight=False,
+    )
     return 0 if result.best else 1

@@ -23,8 +23,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("policy", type=Path, help="allocator YAML, or a (live) scenario with controller.allocator")
-    p.add_argument("--registry", type=Path, help="gate registry (default $FLEETTWIN_REGISTRY or "
-                   ".fleettwin/registry.sqlite)")  # fmt: skip
+    p.add_argument(
+        "--registry",
+        type=Path,
+        help="gate registry (default $FLEETTWIN_REGISTRY or .fleettwin/registry.sqlite)",
+    )
     p.set_defaults(func=run)
 
 
@@ -36,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     config_hash = policy_hash(policy.name, policy.params)
     with GateRegistry(args.registry) as reg:
         promo = reg.promote(config_hash, policy.name)
-        print(f"promoted {policy.name} (config hash {config_hash}) on validation #{promo.validation_id}: "
-              f"promotion #{promo.id} in {reg.path}")  # fmt: skip
+        print(
+            f"promoted {policy.name} (config hash {config_hash}) on validation #{promo.validation_id}: "
+            f"promotion #{promo.id} in {reg.path}"
+        )
     return 0

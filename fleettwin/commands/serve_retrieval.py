@@ -35,16 +35,37 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--collection", action="append", default=[], metavar="NAME=PATH",
-                   help="serve the store saved at PATH as NAME (repeatable)")  # fmt: skip
-    p.add_argument("--build", action="append", default=[], metavar="NAME=FOLDER",
-                   help="build NAME from FOLDER's .md/.txt paragraphs into --store-dir, then serve it")  # fmt: skip
-    p.add_argument("--store-dir", type=Path, default=Path("stores"), help="where --build saves (default %(default)s)")
+    p.add_argument(
+        "--collection",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="serve the store saved at PATH as NAME (repeatable)",
+    )
+    p.add_argument(
+        "--build",
+        action="append",
+        default=[],
+        metavar="NAME=FOLDER",
+        help="build NAME from FOLDER's .md/.txt paragraphs into --store-dir, then serve it",
+    )
+    p.add_argument(
+        "--store-dir", type=Path, default=Path("stores"), help="where --build saves (default %(default)s)"
+    )
     p.add_argument("--build-only", action="store_true", help="with --build: save the stores and exit")
-    p.add_argument("--index-type", default="flat", help="with --build: flat | ivf_flat | ivf_pq | hnsw (default flat)")
-    p.add_argument("--embedder", default="hashing", help="with --build: hashing | minilm (default %(default)s)")
-    p.add_argument("--embedder-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="with --build: embedder parameter, e.g. dim=256 (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--index-type", default="flat", help="with --build: flat | ivf_flat | ivf_pq | hnsw (default flat)"
+    )
+    p.add_argument(
+        "--embedder", default="hashing", help="with --build: hashing | minilm (default %(default)s)"
+    )
+    p.add_argument(
+        "--embedder-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --build: embedder parameter, e.g. dim=256 (repeatable)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     p.add_argument("--port", type=int, default=9100, help="port (default %(default)s; 0 picks a free one)")
     p.add_argument("--token-env", metavar="VAR", help="require 'Authorization: Bearer $VAR' on /v1/*")
@@ -98,8 +119,13 @@ def run(args: argparse.Namespace) -> int:
         passages = [{"text": p.text, "source": p.source} for p in load_corpus(folder)]
         if not passages:
             raise ConfigError(f"--build {name}={folder}: no paragraphs of .md/.txt files found there")
-        path = build_collection(args.store_dir / f"{name}.faiss", passages, embedder=args.embedder,
-                                embedder_params=params, index_type=args.index_type)  # fmt: skip
+        path = build_collection(
+            args.store_dir / f"{name}.faiss",
+            passages,
+            embedder=args.embedder,
+            embedder_params=params,
+            index_type=args.index_type,
+        )
         print(f"built {name}: {len(passages)} passages from {folder} -> {path}", flush=True)
         served.append((name, path))
     if args.build_only:
@@ -114,8 +140,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"fleettwin serve-retrieval: {what} at {url}{mtls}", flush=True)
 
     try:
-        serve(app, host=args.host, port=args.port, ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key,
-              ssl_ca_certs=args.tls_ca, on_ready=ready)  # fmt: skip
+        serve(
+            app,
+            host=args.host,
+            port=args.port,
+            ssl_certfile=args.tls_cert,
+            ssl_keyfile=args.tls_key,
+            ssl_ca_certs=args.tls_ca,
+            on_ready=ready,
+        )
     except OSError as exc:
         raise ConfigError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
     print("fleettwin serve-retrieval: stopped", file=sys.stderr)

@@ -34,24 +34,46 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--scenario", required=True, type=Path, help="live scenario YAML (see configs/live.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field by dotted path, e.g. controller.interval_s=5 (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field by dotted path, e.g. controller.interval_s=5 (repeatable)",
+    )
     p.add_argument("--duration", type=float, help="stop after S seconds (default: run until interrupted)")
     p.add_argument("--ticks", type=int, help="stop after N decisions")
     p.add_argument("--act", action="store_true", help="carry decisions out with the scenario's actuator")
-    p.add_argument("--registry", type=Path, help="gate registry (default $FLEETTWIN_REGISTRY or "
-                   ".fleettwin/registry.sqlite)")  # fmt: skip
-    p.add_argument("--drift-report", type=Path, metavar="DIR", help="write drift.csv and drift.md here at the end")
+    p.add_argument(
+        "--registry",
+        type=Path,
+        help="gate registry (default $FLEETTWIN_REGISTRY or .fleettwin/registry.sqlite)",
+    )
+    p.add_argument(
+        "--drift-report", type=Path, metavar="DIR", help="write drift.csv and drift.md here at the end"
+    )
     p.add_argument("--load", type=Path, help="the load generator's Parquet file for the drift report")
-    p.add_argument("--report-only", action="store_true", help="only write the drift report from the existing log")
-    p.add_argument("--since-seq", type=int, default=None,
-                   help="drift report over records from this seq on (default: this run's, or all with "
-                   "--report-only)")  # fmt: skip
+    p.add_argument(
+        "--report-only", action="store_true", help="only write the drift report from the existing log"
+    )
+    p.add_argument(
+        "--since-seq",
+        type=int,
+        default=None,
+        help="drift report over records from this seq on (default: this run's, or all with --report-only)",
+    )
     p.add_argument("--quiet", action="store_true", help="no line per decision")
-    p.add_argument("--metrics-port", type=int, metavar="PORT",
-                   help="serve the controller's own Prometheus metrics on this port (0: any free one; see "
-                   "ops/ for the rules and dashboard that read them)")  # fmt: skip
-    p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve the controller's own Prometheus metrics on this port (0: any free one; see "
+        "ops/ for the rules and dashboard that read them)",
+    )
+    p.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)"
+    )
     p.set_defaults(func=run)
 
 
@@ -60,8 +82,10 @@ def _line(rec: dict) -> str:
     pools = []
     for p in rec["pools"]:
         rate = "?" if p["arrival_rate"] is None else f"{p['arrival_rate']:.2f}"
-        pools.append(f"{p['name']}: {p['active']} up {p['provisioning']} starting, {rate} req/s, "
-                     f"{p['running']}+{p['waiting']} in flight")  # fmt: skip
+        pools.append(
+            f"{p['name']}: {p['active']} up {p['provisioning']} starting, {rate} req/s, "
+            f"{p['running']}+{p['waiting']} in flight"
+        )
     targets = ", ".join(f"{t['pool']}={t['gpus']}" for t in (rec["decision"] or {}).get("targets", ()))
     text = f"#{rec['seq']} t+{rec['elapsed_s']:.1f}s  {'; '.join(pools)}  -> {targets or '-'}"
     if down:
@@ -116,8 +140,11 @@ async def _loop(cfg, args) -> int:
             registry = stack.enter_context(GateRegistry(args.registry))
             # checked before the log is opened, so a refused policy leaves nothing behind
             promo = registry.require_promoted(policy_hash(ref.name, ref.params), ref.name)
-            print(f"acting with {ref.name} {promo.config_hash[:12]} (promotion #{promo.id}, validation "
-                  f"#{promo.validation_id})", flush=True)  # fmt: skip
+            print(
+                f"acting with {ref.name} {promo.config_hash[:12]} (promotion #{promo.id}, validation "
+                f"#{promo.validation_id})",
+                flush=True,
+            )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -139,18 +166,30 @@ async def _loop(cfg, args) -> int:
             try:
                 url = metrics.serve(args.metrics_host, args.metrics_port)
             except OSError as exc:
-                raise ConfigError(f"--metrics-port {args.metrics_port}: cannot listen on {args.metrics_host}: "
-                                  f"{exc.strerror or exc}") from None  # fmt: skip
+                raise ConfigError(
+                    f"--metrics-port {args.metrics_port}: cannot listen on {args.metrics_host}: "
+                    f"{exc.strerror or exc}"
+                ) from None
             print(f"metrics at {url}/metrics", flush=True)
         ctl = ShadowController(cfg, log, actuator=actuator, registry=registry, metrics=metrics)
         stack.push_async_callback(ctl.aclose)
         stack.push_async_callback(ctl.shutdown)  # first: stops the replicas and logs it while the log is open
-        where = (f"the targets of {cfg.source.prometheus} matching {cfg.source.selector}" if cfg.source
-                 else f"{len(ctl.backends())} backends")  # fmt: skip
-        print(f"{'acting' if actuator else 'shadow'}: {cfg.name}, {where}, "
-              f"{cfg.controller.allocator.name} every {ctl.interval_s:g} s, log {log.path}", flush=True)  # fmt: skip
-        n = await ctl.run(ticks=args.ticks, duration_s=args.duration, stop=stop,
-                          on_record=None if args.quiet else lambda rec: print(_line(rec), flush=True))  # fmt: skip
+        where = (
+            f"the targets of {cfg.source.prometheus} matching {cfg.source.selector}"
+            if cfg.source
+            else f"{len(ctl.backends())} backends"
+        )
+        print(
+            f"{'acting' if actuator else 'shadow'}: {cfg.name}, {where}, "
+            f"{cfg.controller.allocator.name} every {ctl.interval_s:g} s, log {log.path}",
+            flush=True,
+        )
+        n = await ctl.run(
+            ticks=args.ticks,
+            duration_s=args.duration,
+            stop=stop,
+            on_record=None if args.quiet else lambda rec: print(_line(rec), flush=True),
+        )
         print(f"wrote {n} records to {log.path} (seq {first}..{log.next_seq - 1})", flush=True)
     return first
 
@@ -163,15 +202,18 @@ def _report(cfg, args, since: int | None) -> int:
     from fleettwin.models.errors import ConfigError
     from fleettwin.sim.runner import simulate
 
-    records = [r for r in read_log(cfg.decision_log_path)
-               if is_interval(r) and (since is None or r["seq"] >= since)]  # fmt: skip
+    records = [
+        r for r in read_log(cfg.decision_log_path) if is_interval(r) and (since is None or r["seq"] >= since)
+    ]
     if not records:
         raise ConfigError(f"{cfg.decision_log_path}: no decision records to report on")
     try:
         load = pd.read_parquet(args.load) if args.load else None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--load {args.load}: cannot read: {exc}") from None
-    report = drift_report(cfg, records, load, simulate_pool=lambda rp, reqs: simulate(reqs, [rp.spec()]).requests)
+    report = drift_report(
+        cfg, records, load, simulate_pool=lambda rp, reqs: simulate(reqs, [rp.spec()]).requests
+    )
     paths = report.write(args.drift_report, cfg.name)
     print(report.markdown(cfg.name))
     print(f"wrote {', '.join(str(p) for p in paths)}")

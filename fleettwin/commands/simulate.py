@@ -41,13 +41,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="directory for results (Parquet, JSON, plots)")
     p.add_argument("--seed", type=int, help="override the scenario's seed")
     p.add_argument("--mode", choices=["skip", "per_iteration"], help="engine stepping (default: scenario's)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a scenario field by dotted path, e.g. pools.0.replicas=16 (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a scenario field by dotted path, e.g. pools.0.replicas=16 (repeatable)",
+    )
     p.add_argument("--plot", action="store_true", help="also write latency_cdf.png and pool_timeseries.png")
-    p.add_argument("--stream", action="store_true", help="bounded memory: stream per-request rows to "
-                   "DIR/requests.parquet in row groups, percentiles from sketches (needs --out)")  # fmt: skip
-    p.add_argument("--summary-only", action="store_true", help="bounded memory without the per-request file: "
-                   "summary.json and timeseries only")  # fmt: skip
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="bounded memory: stream per-request rows to "
+        "DIR/requests.parquet in row groups, percentiles from sketches (needs --out)",
+    )
+    p.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="bounded memory without the per-request file: summary.json and timeseries only",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -68,16 +81,29 @@ def run(args: argparse.Namespace) -> int:
     for warning in _estimate(cfg, requests, streaming=log is not None):
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     with Progress(
-        TextColumn("[bold]simulating[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("requests  t={task.fields[sim_t]:.0f}s"), TimeElapsedColumn(),
-        console=console, disable=args.quiet, transient=True,
-    ) as bar:  # fmt: skip
+        TextColumn("[bold]simulating[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("requests  t={task.fields[sim_t]:.0f}s"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=args.quiet,
+        transient=True,
+    ) as bar:
         task = bar.add_task(cfg.name, total=len(requests), sim_t=0.0)
-        result = run_scenario(cfg, seed=seed, mode=args.mode, requests=requests, log=log,
-                              progress=lambda t, done, total: bar.update(task, completed=done, sim_t=t))  # fmt: skip
+        result = run_scenario(
+            cfg,
+            seed=seed,
+            mode=args.mode,
+            requests=requests,
+            log=log,
+            progress=lambda t, done, total: bar.update(task, completed=done, sim_t=t),
+        )
     for table in summary_tables(result.summary, width=console.width):  # split to fit the terminal
         console.print(table)
-    for table in feature_tables(result.summary):  # tiers, regions, retrieval, tenants when the scenario has them
+    for table in feature_tables(
+        result.summary
+    ):  # tiers, regions, retrieval, tenants when the scenario has them
         console.print(table)
     if "workflows" in result.summary:
         console.print(workflow_table(result.summary["workflows"]))
@@ -88,8 +114,10 @@ def run(args: argparse.Namespace) -> int:
         if result.workflows is not None:
             from fleettwin.io import write_parquet
 
-            paths += [write_parquet(args.out / "workflows.parquet", result.workflows),
-                      write_parquet(args.out / "workflow_nodes.parquet", result.workflow_nodes)]  # fmt: skip
+            paths += [
+                write_parquet(args.out / "workflows.parquet", result.workflows),
+                write_parquet(args.out / "workflow_nodes.parquet", result.workflow_nodes),
+            ]
         console.print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0
 
@@ -103,7 +131,9 @@ def _request_log(args: argparse.Namespace, cfg):
     if not (args.stream or args.summary_only):
         return None
     if args.stream and args.summary_only:
-        raise ConfigError("--stream and --summary-only: choose one (--summary-only writes no per-request file)")
+        raise ConfigError(
+            "--stream and --summary-only: choose one (--summary-only writes no per-request file)"
+        )
     if args.stream and args.out is None:
         raise ConfigError("--stream needs --out DIR for requests.parquet (or use --summary-only)")
     check_streamable(cfg)
@@ -118,9 +148,17 @@ def _estimate(cfg, requests, *, streaming: bool) -> list[str]:
     duration = requests[-1].arrival_s if len(requests) else 0.0
     replicas = sum(p.replicas for p in cfg.pools)
     compiled = any(native_status().values())
-    guess = estimate(len(requests), replicas, duration, sample_interval_s=cfg.sim.sample_interval_s,
-                     streaming=streaming, compiled=compiled)  # fmt: skip
-    return oversized_pools({p.name: p.replicas for p in cfg.pools}, len(requests)) + guess.warnings(streaming=streaming)
+    guess = estimate(
+        len(requests),
+        replicas,
+        duration,
+        sample_interval_s=cfg.sim.sample_interval_s,
+        streaming=streaming,
+        compiled=compiled,
+    )
+    return oversized_pools({p.name: p.replicas for p in cfg.pools}, len(requests)) + guess.warnings(
+        streaming=streaming
+    )
 
 
 def workflow_table(w: dict):
@@ -128,16 +166,24 @@ def workflow_table(w: dict):
     from rich.table import Table
 
     t = Table(title="workflows", show_header=False)
-    t.add_row("workflows", f"{w['workflows']} ({w['completed']} completed, {w['failed']} failed, "
-              f"{w['unfinished']} unfinished)")  # fmt: skip
+    t.add_row(
+        "workflows",
+        f"{w['workflows']} ({w['completed']} completed, {w['failed']} failed, {w['unfinished']} unfinished)",
+    )
     e = w["e2e_s"]
     t.add_row("E2E (s)", f"p50 {e['p50']:.3f}  p95 {e['p95']:.3f}  p99 {e['p99']:.3f}  mean {e['mean']:.3f}")
     share = ", ".join(f"{k} {v:.0%}" for k, v in w["critical_path_share"].items())
-    t.add_row("critical path", f"{w['critical_path_nodes_mean']:.2f} nodes, {w['critical_path_s_mean']:.3f} s "
-              f"mean; time on it: {share}")  # fmt: skip
+    t.add_row(
+        "critical path",
+        f"{w['critical_path_nodes_mean']:.2f} nodes, {w['critical_path_s_mean']:.3f} s "
+        f"mean; time on it: {share}",
+    )
     for p in w["top_critical_paths"]:
         t.add_row("", f"{p['share']:.0%} {p['path']}")
-    t.add_row("per workflow", f"{w['calls_per_workflow']:.2f} calls ({w['llm_calls_per_workflow']:.2f} LLM), "
-              f"{w['tokens_in_per_workflow']:.0f} tokens in, {w['tokens_out_per_workflow']:.0f} out")  # fmt: skip
+    t.add_row(
+        "per workflow",
+        f"{w['calls_per_workflow']:.2f} calls ({w['llm_calls_per_workflow']:.2f} LLM), "
+        f"{w['tokens_in_per_workflow']:.0f} tokens in, {w['tokens_out_per_workflow']:.0f} out",
+    )
     t.add_row("failed / skipped nodes", f"{w['failed_nodes']} / {w['skipped_nodes']}")
     return t

@@ -40,22 +40,53 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("scenario", type=Path, help="scenario YAML file (see configs/)")
-    p.add_argument("--param", dest="params", action="append", required=True, metavar="PATH=VALUES",
-                   help="a swept parameter: PATH=start:stop:n or PATH=a,b,c (repeatable; see below)")  # fmt: skip
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="a fixed override for every point, as in `fleettwin sim run --set` (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--param",
+        dest="params",
+        action="append",
+        required=True,
+        metavar="PATH=VALUES",
+        help="a swept parameter: PATH=start:stop:n or PATH=a,b,c (repeatable; see below)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a fixed override for every point, as in `fleettwin sim run --set` (repeatable)",
+    )
     p.add_argument("--out", type=Path, required=True, help="directory for sweep.csv, pareto.png, sweep.json")
-    p.add_argument("--seeds", type=int, default=1, metavar="N",
-                   help="replications per point with seeds s, s+1, ..., s+N-1 (s: the scenario's seed); "
-                   "the table reports means and 95%% confidence half-widths (default 1)")  # fmt: skip
-    p.add_argument("--executor", choices=["local", "ray"], default="local",
-                   help="local: a process pool on this machine; ray: Ray tasks (needs the `ray` extra)")  # fmt: skip
-    p.add_argument("--jobs", type=int, metavar="N",
-                   help="parallel runs (default: the number of CPUs); 1 runs everything in this process")  # fmt: skip
-    p.add_argument("--ray-address", metavar="ADDR", help="an existing Ray cluster (default: start one locally)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="replications per point with seeds s, s+1, ..., s+N-1 (s: the scenario's seed); "
+        "the table reports means and 95%% confidence half-widths (default 1)",
+    )
+    p.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="local: a process pool on this machine; ray: Ray tasks (needs the `ray` extra)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="parallel runs (default: the number of CPUs); 1 runs everything in this process",
+    )
+    p.add_argument(
+        "--ray-address", metavar="ADDR", help="an existing Ray cluster (default: start one locally)"
+    )
     p.add_argument("--x", default="usd_per_hour", help="frontier x column, minimised (default usd_per_hour)")
-    p.add_argument("--y", default="ttft_p95_s", help="frontier y column, minimised unless higher is better "
-                   "(slo_attainment, goodput_rps, throughput_rps, completed_fraction) (default ttft_p95_s)")  # fmt: skip
+    p.add_argument(
+        "--y",
+        default="ttft_p95_s",
+        help="frontier y column, minimised unless higher is better "
+        "(slo_attainment, goodput_rps, throughput_rps, completed_fraction) (default ttft_p95_s)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -73,20 +104,35 @@ def run(args: argparse.Namespace) -> int:
     check_axes(params, args.x, args.y)
     executor = make_executor(args.executor, jobs=args.jobs, address=args.ray_address)
     with Progress(
-        TextColumn("[bold]sweep[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("runs"), TimeElapsedColumn(),
-        TextColumn("{task.fields[label]}"), console=console, disable=args.quiet, transient=True,
-    ) as bar:  # fmt: skip
+        TextColumn("[bold]sweep[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("runs"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[label]}"),
+        console=console,
+        disable=args.quiet,
+        transient=True,
+    ) as bar:
         task = bar.add_task("sweep", total=None, label="validating the grid")
-        result = run_sweep(args.scenario, params, executor, fixed=dict(parse_override(o) for o in args.overrides),
-                           seeds=args.seeds, x=args.x, y=args.y,
-                           progress=lambda done, total, label: bar.update(task, completed=done, total=total,
-                                                                          label=label),
-                           on_update=lambda table, runs: write_partial(args.out, table, runs, seeds=args.seeds))  # fmt: skip
+        result = run_sweep(
+            args.scenario,
+            params,
+            executor,
+            fixed=dict(parse_override(o) for o in args.overrides),
+            seeds=args.seeds,
+            x=args.x,
+            y=args.y,
+            progress=lambda done, total, label: bar.update(task, completed=done, total=total, label=label),
+            on_update=lambda table, runs: write_partial(args.out, table, runs, seeds=args.seeds),
+        )
     paths = write_sweep(result, args.out)
     console.print(frontier_table(result))
     failed = result.meta["failed_runs"]
-    console.print(f"{result.meta['points']} points, {result.meta['runs']} runs ({failed} failed) in "
-                  f"{result.wall_time_s:.1f} s on {args.executor}; wrote {', '.join(str(p) for p in paths)}")  # fmt: skip
+    console.print(
+        f"{result.meta['points']} points, {result.meta['runs']} runs ({failed} failed) in "
+        f"{result.wall_time_s:.1f} s on {args.executor}; wrote {', '.join(str(p) for p in paths)}"
+    )
     return 1 if failed == result.meta["runs"] else 0
 
 

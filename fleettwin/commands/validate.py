@@ -28,10 +28,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("policy", type=Path, help="allocator YAML, or a (live) scenario with controller.allocator")
-    p.add_argument("--suite", type=Path, default=Path("configs/validation"),
-                   help="suite YAML or a directory holding suite.yaml (default %(default)s)")  # fmt: skip
-    p.add_argument("--registry", type=Path, help="gate registry (default $FLEETTWIN_REGISTRY or "
-                   ".fleettwin/registry.sqlite)")  # fmt: skip
+    p.add_argument(
+        "--suite",
+        type=Path,
+        default=Path("configs/validation"),
+        help="suite YAML or a directory holding suite.yaml (default %(default)s)",
+    )
+    p.add_argument(
+        "--registry",
+        type=Path,
+        help="gate registry (default $FLEETTWIN_REGISTRY or .fleettwin/registry.sqlite)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -50,27 +57,52 @@ def run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     config_hash = policy_hash(policy.name, policy.params)
     with Progress(
-        TextColumn("[bold]validating[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[label]}"), TimeElapsedColumn(), console=console, disable=args.quiet,
+        TextColumn("[bold]validating[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[label]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=args.quiet,
         transient=True,
-    ) as bar:  # fmt: skip
+    ) as bar:
         task = bar.add_task(f"{policy.name} {config_hash[:12]}", total=None, label="")
-        result = run_suite(policy, suite, lambda done, total, label: bar.update(task, completed=done, total=total,
-                                                                                label=label),
-                           simulate=lambda cfg: run_scenario(cfg).summary)  # fmt: skip
-    table = Table(title=f"{policy.name} {config_hash[:12]} vs {suite.baseline_label} on suite {suite.config.name}")
+        result = run_suite(
+            policy,
+            suite,
+            lambda done, total, label: bar.update(task, completed=done, total=total, label=label),
+            simulate=lambda cfg: run_scenario(cfg).summary,
+        )
+    table = Table(
+        title=f"{policy.name} {config_hash[:12]} vs {suite.baseline_label} on suite {suite.config.name}"
+    )
     for col in ("scenario", "attainment", "baseline", "cost $", "baseline $", "verdict"):
         table.add_column(col, justify="left" if col in ("scenario", "verdict") else "right")
     for name, s in result.scenarios.items():
         pol, base = s["policy"], s["baseline"]
-        table.add_row(name, f"{pol['attainment']:.4f}", f"{base['attainment']:.4f}", f"{pol['cost_usd']:.3f}",
-                      f"{base['cost_usd']:.3f}", "pass" if s["passed"] else "FAIL: " + "; ".join(s["reasons"]))  # fmt: skip
+        table.add_row(
+            name,
+            f"{pol['attainment']:.4f}",
+            f"{base['attainment']:.4f}",
+            f"{pol['cost_usd']:.3f}",
+            f"{base['cost_usd']:.3f}",
+            "pass" if s["passed"] else "FAIL: " + "; ".join(s["reasons"]),
+        )
     console.print(table)
     with GateRegistry(args.registry) as reg:
-        v = reg.record_validation(policy=policy.name, config_hash=config_hash,
-                                  config=canonical_policy(policy.name, policy.params), suite=suite.config.name,
-                                  suite_hash=suite.hash, baseline=suite.baseline_label, metrics=result.scenarios,
-                                  passed=result.passed, reasons=result.reasons)  # fmt: skip
-        console.print(f"{'PASSED' if v.passed else 'FAILED'}: validation #{v.id} of {policy.name} "
-                      f"(config hash {config_hash}) recorded in {reg.path}")  # fmt: skip
+        v = reg.record_validation(
+            policy=policy.name,
+            config_hash=config_hash,
+            config=canonical_policy(policy.name, policy.params),
+            suite=suite.config.name,
+            suite_hash=suite.hash,
+            baseline=suite.baseline_label,
+            metrics=result.scenarios,
+            passed=result.passed,
+            reasons=result.reasons,
+        )
+        console.print(
+            f"{'PASSED' if v.passed else 'FAILED'}: validation #{v.id} of {policy.name} "
+            f"(config hash {config_hash}) recorded in {reg.path}"
+        )
     return 0 if result.passed else 1

@@ -46,8 +46,9 @@ class GatewayChatRequest(om.ChatCompletionRequest):
     documents: list[dict[str, Any]] | None = None
 
 
-def create_gateway_app(cfg: GatewayConfig, *, gatekeeper: Gatekeeper | None = None,
-                       tracing: Tracing | None = None) -> FastAPI:  # fmt: skip
+def create_gateway_app(
+    cfg: GatewayConfig, *, gatekeeper: Gatekeeper | None = None, tracing: Tracing | None = None
+) -> FastAPI:
     """The app; secrets, certificates and the audit log are opened here, so a problem with any of them is a
     ``ConfigError`` before the server listens. ``tracing`` (default: from ``FLEETTWIN_TRACING``, off unless set;
     ``live/tracing.py``): spans for the request, its checks, its routing and the backend call, whose context
@@ -85,22 +86,38 @@ def create_gateway_app(cfg: GatewayConfig, *, gatekeeper: Gatekeeper | None = No
             audit.close()
             tracing.shutdown()
 
-    app = FastAPI(title="fleettwin live gateway", version=__version__, lifespan=lifespan, redoc_url=None,
-                  description="Policy-aware OpenAI-compatible gateway (docs/gateway.md).")  # fmt: skip
+    app = FastAPI(
+        title="fleettwin live gateway",
+        version=__version__,
+        lifespan=lifespan,
+        redoc_url=None,
+        description="Policy-aware OpenAI-compatible gateway (docs/gateway.md).",
+    )
     app.state.gateway = state
     app.state.gatekeeper = gate
     app.state.checker = checker
 
-    routes = {"/v1/completions": COMPLETIONS, "/v1/chat/completions": CHAT, "/v1/retrieve": RETRIEVE,
-              "/v1/models": "models"}  # fmt: skip
+    routes = {
+        "/v1/completions": COMPLETIONS,
+        "/v1/chat/completions": CHAT,
+        "/v1/retrieve": RETRIEVE,
+        "/v1/models": "models",
+    }
 
     def on_error(scope: dict, exc: BaseException) -> None:  # the guard's last line: count and audit the 500
         client, path = scope.get("client"), scope.get("path", "?")
         rec.failed(rec.request_id(), routes.get(path, path), client[0] if client else None, exc)
 
     harden(app, cfg.limits, on_error)
-    document_bodies(app, {"/v1/completions": (om.CompletionRequest,), "/v1/chat/completions": (GatewayChatRequest,),
-                          "/v1/retrieve": (RetrieveRequest,)}, bearer_paths=("/v1/",))  # fmt: skip
+    document_bodies(
+        app,
+        {
+            "/v1/completions": (om.CompletionRequest,),
+            "/v1/chat/completions": (GatewayChatRequest,),
+            "/v1/retrieve": (RetrieveRequest,),
+        },
+        bearer_paths=("/v1/",),
+    )
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -126,13 +143,40 @@ def create_gateway_app(cfg: GatewayConfig, *, gatekeeper: Gatekeeper | None = No
         t = cfg.tenants[p.tenant]
         names = [m for m in cfg.backends if t.allows("models", m)]
         metrics.requests.labels(p.tenant, "models", "allow", "200").inc()
-        audit.write({"request_id": rid, "tenant": p.tenant, "auth": p.method, "key_id": p.key_id, "client": client,
-                     "route": "models", "decision": "allow", "status": 200, "reasons": [], "hits": [],
-                     "models": names})  # fmt: skip
+        audit.write(
+            {
+                "request_id": rid,
+                "tenant": p.tenant,
+                "auth": p.method,
+                "key_id": p.key_id,
+                "client": client,
+                "route": "models",
+                "decision": "allow",
+                "status": 200,
+                "reasons": [],
+                "hits": [],
+                "models": names,
+            }
+        )
         created = int(time.time())
-        return JSONResponse({"object": "list", "data": [
-            {"id": m, "object": "model", "created": created, "owned_by": "fleettwin-gateway", "root": m,
-             "parent": None, "max_tokens": t.max_tokens} for m in names]}, headers={"x-request-id": rid})  # fmt: skip
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": m,
+                        "object": "model",
+                        "created": created,
+                        "owned_by": "fleettwin-gateway",
+                        "root": m,
+                        "parent": None,
+                        "max_tokens": t.max_tokens,
+                    }
+                    for m in names
+                ],
+            },
+            headers={"x-request-id": rid},
+        )
 
     def ready() -> bool:
         return "upstreams" in state and not state["stopping"]
@@ -149,7 +193,9 @@ def create_gateway_app(cfg: GatewayConfig, *, gatekeeper: Gatekeeper | None = No
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         """Readiness: started (backend connections open) and not shutting down."""
-        return JSONResponse({"status": "ready" if ready() else "not ready"}, status_code=200 if ready() else 503)
+        return JSONResponse(
+            {"status": "ready" if ready() else "not ready"}, status_code=200 if ready() else 503
+        )
 
     @app.get("/version")
     async def version() -> dict:

@@ -29,8 +29,18 @@ class AuditLog:
 
     def write(self, record: dict[str, Any]) -> None:
         t = time.time()
-        line = json.dumps({"time": datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds"),
-                           "unix_s": round(t, 6), **record}, separators=(",", ":"), default=str) + "\n"  # fmt: skip
+        line = (
+            json.dumps(
+                {
+                    "time": datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds"),
+                    "unix_s": round(t, 6),
+                    **record,
+                },
+                separators=(",", ":"),
+                default=str,
+            )
+            + "\n"
+        )
         data = line.encode()
         with self._lock:
             written = os.write(self._fd, data)

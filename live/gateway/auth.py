@@ -63,8 +63,16 @@ def encode_hs256(claims: Mapping[str, Any], secret: bytes) -> str:
     return f"{header}.{payload}.{b64url_encode(sig)}"
 
 
-def decode_hs256(token: str, secret: bytes, *, now: float, leeway_s: float = 0.0, issuer: str | None = None,
-                 audience: str | None = None, require_exp: bool = True) -> dict[str, Any]:  # fmt: skip
+def decode_hs256(
+    token: str,
+    secret: bytes,
+    *,
+    now: float,
+    leeway_s: float = 0.0,
+    issuer: str | None = None,
+    audience: str | None = None,
+    require_exp: bool = True,
+) -> dict[str, Any]:
     """The verified claims of ``token``; raises ``JwtError`` saying why not."""
     parts = token.split(".")
     if len(parts) != 3:
@@ -74,9 +82,13 @@ def decode_hs256(token: str, secret: bytes, *, now: float, leeway_s: float = 0.0
     except ValueError:
         raise JwtError("token header is not JSON") from None
     if not isinstance(header, dict) or header.get("alg") != "HS256":
-        raise JwtError(f"token algorithm must be HS256, got {header.get('alg') if isinstance(header, dict) else '?'}")
+        raise JwtError(
+            f"token algorithm must be HS256, got {header.get('alg') if isinstance(header, dict) else '?'}"
+        )
     if "crit" in header:  # RFC 7515 4.1.11: critical extensions this verifier does not implement
-        raise JwtError("token header has a 'crit' parameter naming extensions this gateway does not understand")
+        raise JwtError(
+            "token header has a 'crit' parameter naming extensions this gateway does not understand"
+        )
     expected = hmac.new(secret, f"{parts[0]}.{parts[1]}".encode(), hashlib.sha256).digest()
     if not hmac.compare_digest(expected, b64url_decode(parts[2])):
         raise JwtError("token signature does not verify")
@@ -136,13 +148,22 @@ class Authenticator:
         if j is None:
             raise Unauthenticated("This gateway does not accept JWTs; use an API key.")
         try:
-            claims = decode_hs256(token, self._secret, now=self._clock(), leeway_s=j.leeway_s, issuer=j.issuer,
-                                  audience=j.audience, require_exp=j.require_exp)  # fmt: skip
+            claims = decode_hs256(
+                token,
+                self._secret,
+                now=self._clock(),
+                leeway_s=j.leeway_s,
+                issuer=j.issuer,
+                audience=j.audience,
+                require_exp=j.require_exp,
+            )
         except JwtError as exc:
             raise Unauthenticated(f"Invalid bearer token: {exc}.") from None
         tenant = claims.get(j.tenant_claim)
         if not isinstance(tenant, str) or tenant not in self._methods:
-            raise Unauthenticated(f"Invalid bearer token: claim {j.tenant_claim!r} does not name a known tenant.")
+            raise Unauthenticated(
+                f"Invalid bearer token: claim {j.tenant_claim!r} does not name a known tenant."
+            )
         if "jwt" not in self._methods[tenant]:
             raise Unauthenticated(f"Invalid bearer token: tenant '{tenant}' does not authenticate with JWTs.")
         return Principal(tenant=tenant, method="jwt", key_id=str(claims.get("sub", ""))[:64])

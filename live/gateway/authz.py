@@ -90,7 +90,11 @@ def _collections(body: dict[str, Any]) -> tuple[str, ...]:
         raise _bad("documents must be a list of {collection, title, text} objects", "documents")
     out = []
     for i, d in enumerate(docs):
-        if not isinstance(d, dict) or not isinstance(d.get("collection"), str) or not isinstance(d.get("text"), str):
+        if (
+            not isinstance(d, dict)
+            or not isinstance(d.get("collection"), str)
+            or not isinstance(d.get("text"), str)
+        ):
             raise _bad(f"documents[{i}] needs a string 'collection' and a string 'text'", "documents")
         out.append(d["collection"])
     return tuple(out)
@@ -109,8 +113,14 @@ def inspect(body: dict[str, Any], *, chat: bool) -> RequestView:
         if "documents" in body or "tools" in body:
             raise _bad("documents and tools are accepted on /v1/chat/completions only")
         (prompt, ids), tools, collections = _prompt(body), (), ()
-    return RequestView(model=model, max_tokens=_max_tokens(body, chat), tools=tools, collections=collections,
-                       token_ids=ids, prompt_tokens=prompt)  # fmt: skip
+    return RequestView(
+        model=model,
+        max_tokens=_max_tokens(body, chat),
+        tools=tools,
+        collections=collections,
+        token_ids=ids,
+        prompt_tokens=prompt,
+    )
 
 
 def authorize(cfg: GatewayConfig, tenant_name: str, view: RequestView, *, chat: bool) -> int | None:
@@ -126,13 +136,20 @@ def authorize(cfg: GatewayConfig, tenant_name: str, view: RequestView, *, chat: 
             raise Forbidden(f"Tenant '{tenant_name}' is not allowed to use tool '{name}'.", "tools")
     for name in view.collections:
         if not t.allows("collections", name):
-            raise Forbidden(f"Tenant '{tenant_name}' may not use documents from collection '{name}'.", "documents")
+            raise Forbidden(
+                f"Tenant '{tenant_name}' may not use documents from collection '{name}'.", "documents"
+            )
     if view.token_ids and not t.allow_token_ids:
-        raise Forbidden(f"Tenant '{tenant_name}' may not send token-id prompts: the gateway cannot inspect them.",
-                        "prompt")  # fmt: skip
+        raise Forbidden(
+            f"Tenant '{tenant_name}' may not send token-id prompts: the gateway cannot inspect them.",
+            "prompt",
+        )
     if t.max_tokens is not None and view.max_tokens is not None and view.max_tokens > t.max_tokens:
-        raise _bad(f"max_tokens is too large: {view.max_tokens}. Tenant '{tenant_name}' may request at most "
-                   f"{t.max_tokens} completion tokens.", "max_tokens")  # fmt: skip
+        raise _bad(
+            f"max_tokens is too large: {view.max_tokens}. Tenant '{tenant_name}' may request at most "
+            f"{t.max_tokens} completion tokens.",
+            "max_tokens",
+        )
     if view.max_tokens is not None:
         return view.max_tokens
     if chat:

@@ -65,15 +65,26 @@ class _Relay(StreamingResponse):
 
 
 class Forwarder:
-    def __init__(self, cfg: GatewayConfig, gate: Gatekeeper, checker: Checker, upstreams: Upstreams,
-                 retrieval: RetrievalUpstream | None, rec: Recorder, metrics: GatewayMetrics, tracing: Tracing):  # fmt: skip
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        gate: Gatekeeper,
+        checker: Checker,
+        upstreams: Upstreams,
+        retrieval: RetrievalUpstream | None,
+        rec: Recorder,
+        metrics: GatewayMetrics,
+        tracing: Tracing,
+    ):
         self.cfg, self.gate, self.checker, self.upstreams = cfg, gate, checker, upstreams
         self.retrieval, self.rec, self.metrics, self.tracing = retrieval, rec, metrics, tracing
 
     def _refuse(self, rid: str, route: str, r: Refused, client: str | None, span) -> JSONResponse:
         self.tracing.end(span, **{"http.response.status_code": r.error.status, "fleettwin.refusal": r.reason})
         self.rec.refused(rid, route, r, client)
-        return JSONResponse(r.error.body(), status_code=r.error.status, headers={**r.headers, "x-request-id": rid})
+        return JSONResponse(
+            r.error.body(), status_code=r.error.status, headers={**r.headers, "x-request-id": rid}
+        )
 
     async def _admit(self, request: Request, route: str, t0: float) -> Admitted:
         principal = self.gate.authenticate(request.headers)
@@ -88,7 +99,9 @@ class Forwarder:
         t0, rid = time.perf_counter(), self.rec.request_id()
         client = request.client.host if request.client else None
         tr = self.tracing
-        span = tr.server_span("gateway.request", request.headers, {"http.route": route, "fleettwin.request_id": rid})
+        span = tr.server_span(
+            "gateway.request", request.headers, {"http.route": route, "fleettwin.request_id": rid}
+        )
         try:
             with tr.child(span, "gateway.check"):
                 a = await self._admit(request, route, t0)
@@ -112,8 +125,9 @@ class Forwarder:
         rename = ModelName(a.backend.served_model, a.model)
         try:
             with self.tracing.current(backend):  # the httpx hook puts its traceparent on the upstream request
-                answered, r = await unless_disconnected(request.receive,
-                                                        self.upstreams.send(a, url, rid, stream=a.stream))  # fmt: skip
+                answered, r = await unless_disconnected(
+                    request.receive, self.upstreams.send(a, url, rid, stream=a.stream)
+                )
             if not answered:
                 finish(499, "cancelled", None, "the client closed the connection before the answer")
                 return Response(status_code=499, headers=head)
@@ -123,8 +137,11 @@ class Forwarder:
                 finally:
                     await r.aclose()
         except httpx.HTTPError as exc:
-            err = ApiError(502, f"The backend for `{a.model}` did not answer: {self.upstreams.unreachable(exc, url)}",
-                           type="BadGatewayError")  # fmt: skip
+            err = ApiError(
+                502,
+                f"The backend for `{a.model}` did not answer: {self.upstreams.unreachable(exc, url)}",
+                type="BadGatewayError",
+            )
             finish(502, "upstream_error", None, err.message)
             return JSONResponse(err.body(), status_code=502, headers=head)
         except asyncio.CancelledError:  # the server is stopping: the slot and quota must still come back
@@ -153,9 +170,12 @@ class Forwarder:
     def _answer(self, a: Admitted, r: httpx.Response, content: bytes, finish, head: dict, rename) -> Response:
         """A non-streamed answer (or a backend's refusal of a stream), passed on."""
         if r.status_code in (401, 403):  # the gateway's own credentials failed: not the caller's fault
-            err = ApiError(502, f"The backend for `{a.model}` refused the gateway's credentials "
-                           f"(HTTP {r.status_code}); check backends.{a.model}.token_env and backend_tls.",
-                           type="BadGatewayError")  # fmt: skip
+            err = ApiError(
+                502,
+                f"The backend for `{a.model}` refused the gateway's credentials "
+                f"(HTTP {r.status_code}); check backends.{a.model}.token_env and backend_tls.",
+                type="BadGatewayError",
+            )
             finish(502, "backend_error", None, content[:MAX_MESSAGE].decode(errors="replace"))
             return JSONResponse(err.body(), status_code=502, headers=head)
         if r.status_code != 200:  # the backend's own refusal (context too long, ...), passed on as it is
@@ -166,46 +186,94 @@ class Forwarder:
                 usage.take(json.loads(content).get("usage"))
             finish(200, "completed", usage)
             content = rename(content)
-        return Response(content, status_code=r.status_code, headers=head,
-                        media_type=r.headers.get("content-type", "application/json"))  # fmt: skip
+        return Response(
+            content,
+            status_code=r.status_code,
+            headers=head,
+            media_type=r.headers.get("content-type", "application/json"),
+        )
 
     async def retrieve(self, request: Request) -> Response:
         """A collection search: checked here (``retrieve.py``), answered by the retrieval service."""
         t0, rid = time.perf_counter(), self.rec.request_id()
         client = request.client.host if request.client else None
         tr, retrieval = self.tracing, self.retrieval
-        span = tr.server_span("gateway.request", request.headers, {"http.route": RETRIEVE, "fleettwin.request_id": rid})
+        span = tr.server_span(
+            "gateway.request", request.headers, {"http.route": RETRIEVE, "fleettwin.request_id": rid}
+        )
         try:
             a = check_retrieval(self.gate, request.headers, await request.body())
         except Refused as r:
             return self._refuse(rid, RETRIEVE, r, client, span)
         tenant, outcome, error = a.principal.tenant, "completed", ""
-        backend = tr.start("gateway.retrieval", parent=span, kind="client", attributes={
-            "server.address": retrieval.url, "fleettwin.tenant": tenant, "fleettwin.collection": a.collection})  # fmt: skip
+        backend = tr.start(
+            "gateway.retrieval",
+            parent=span,
+            kind="client",
+            attributes={
+                "server.address": retrieval.url,
+                "fleettwin.tenant": tenant,
+                "fleettwin.collection": a.collection,
+            },
+        )
         try:
             with tr.current(backend):  # the httpx hook puts its traceparent on the request to the service
                 r = await retrieval.send(a.body, rid)
             status, content = r.status_code, r.content
             if status in (401, 403):  # the gateway's own credentials failed: not the caller's fault
                 error = content[:MAX_MESSAGE].decode(errors="replace")
-                raise ApiError(502, f"The retrieval service refused the gateway's credentials (HTTP {status}); "
-                               "check retrieval.token_env and retrieval.tls.", type="BadGatewayError")  # fmt: skip
+                raise ApiError(
+                    502,
+                    f"The retrieval service refused the gateway's credentials (HTTP {status}); "
+                    "check retrieval.token_env and retrieval.tls.",
+                    type="BadGatewayError",
+                )
             if status != 200:
                 outcome, error = "backend_error", content[:MAX_MESSAGE].decode(errors="replace")
         except (httpx.HTTPError, ApiError) as exc:
-            err = exc if isinstance(exc, ApiError) else ApiError(
-                502, f"The retrieval service did not answer: {retrieval.unreachable(exc)}", type="BadGatewayError")
-            status, content, outcome, error = 502, json.dumps(err.body()).encode(), "upstream_error", error or err.message
+            err = (
+                exc
+                if isinstance(exc, ApiError)
+                else ApiError(
+                    502,
+                    f"The retrieval service did not answer: {retrieval.unreachable(exc)}",
+                    type="BadGatewayError",
+                )
+            )
+            status, content, outcome, error = (
+                502,
+                json.dumps(err.body()).encode(),
+                "upstream_error",
+                error or err.message,
+            )
         finally:
             self.gate.limiters[tenant].release(a.ticket, None)
         self.metrics.requests.labels(tenant, RETRIEVE, "allow", str(status)).inc()
         for s in (backend, span):
-            tr.end(s, error=(error or outcome) if status >= 500 else None,
-                   **{"http.response.status_code": status, "fleettwin.outcome": outcome})
-        self.rec.audit.write({
-            "request_id": rid, "tenant": tenant, "auth": a.principal.method, "key_id": a.principal.key_id,
-            "client": client, "route": RETRIEVE, "collection": a.collection, "decision": "allow", "status": status,
-            "reasons": [], "hits": [], "backend": retrieval.url, "outcome": outcome, "error": error[:MAX_MESSAGE],
-            "duration_ms": round((time.perf_counter() - t0) * 1e3, 3),
-        })  # fmt: skip
-        return Response(content, status_code=status, headers={"x-request-id": rid}, media_type="application/json")
+            tr.end(
+                s,
+                error=(error or outcome) if status >= 500 else None,
+                **{"http.response.status_code": status, "fleettwin.outcome": outcome},
+            )
+        self.rec.audit.write(
+            {
+                "request_id": rid,
+                "tenant": tenant,
+                "auth": a.principal.method,
+                "key_id": a.principal.key_id,
+                "client": client,
+                "route": RETRIEVE,
+                "collection": a.collection,
+                "decision": "allow",
+                "status": status,
+                "reasons": [],
+                "hits": [],
+                "backend": retrieval.url,
+                "outcome": outcome,
+                "error": error[:MAX_MESSAGE],
+                "duration_ms": round((time.perf_counter() - t0) * 1e3, 3),
+            }
+        )
+        return Response(
+            content, status_code=status, headers={"x-request-id": rid}, media_type="application/json"
+        )

@@ -21,24 +21,49 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 class GatewayMetrics:
     def __init__(self, tenants: list[str]):
         r = self.registry = CollectorRegistry()
-        self.requests = Counter("fleettwin_gateway_requests", "Requests by tenant, route, decision and HTTP status.",
-                                ["tenant", "route", "decision", "status"], registry=r)  # fmt: skip
-        self.refusals = Counter("fleettwin_gateway_refusals", "Refused requests by tenant and reason.",
-                                ["tenant", "reason"], registry=r)  # fmt: skip
-        self.hits = Counter("fleettwin_gateway_detector_hits", "Context detector matches by tenant, detector "
-                            "and action.", ["tenant", "detector", "action"], registry=r)  # fmt: skip
-        self.prompt_tokens = Counter("fleettwin_gateway_prompt_tokens", "Prompt tokens of admitted requests "
-                                     "(backend usage where reported, else the gateway's estimate).", ["tenant"],
-                                     registry=r)  # fmt: skip
-        self.completion_tokens = Counter("fleettwin_gateway_completion_tokens", "Completion tokens returned.",
-                                         ["tenant"], registry=r)  # fmt: skip
-        self.in_flight = Gauge("fleettwin_gateway_in_flight", "Admitted requests not finished yet.", ["tenant"],
-                               registry=r)  # fmt: skip
-        self.check_seconds = Histogram("fleettwin_gateway_check_seconds", "Time in the policy pipeline per "
-                                       "request.", buckets=CHECK_BUCKETS, registry=r)  # fmt: skip
-        self.duration = Histogram("fleettwin_gateway_request_duration_seconds", "Admitted requests, arrival at "
-                                  "the gateway to the end of the response.", ["tenant"], buckets=DURATION_BUCKETS,
-                                  registry=r)  # fmt: skip
+        self.requests = Counter(
+            "fleettwin_gateway_requests",
+            "Requests by tenant, route, decision and HTTP status.",
+            ["tenant", "route", "decision", "status"],
+            registry=r,
+        )
+        self.refusals = Counter(
+            "fleettwin_gateway_refusals",
+            "Refused requests by tenant and reason.",
+            ["tenant", "reason"],
+            registry=r,
+        )
+        self.hits = Counter(
+            "fleettwin_gateway_detector_hits",
+            "Context detector matches by tenant, detector and action.",
+            ["tenant", "detector", "action"],
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "fleettwin_gateway_prompt_tokens",
+            "Prompt tokens of admitted requests (backend usage where reported, else the gateway's estimate).",
+            ["tenant"],
+            registry=r,
+        )
+        self.completion_tokens = Counter(
+            "fleettwin_gateway_completion_tokens", "Completion tokens returned.", ["tenant"], registry=r
+        )
+        self.in_flight = Gauge(
+            "fleettwin_gateway_in_flight", "Admitted requests not finished yet.", ["tenant"], registry=r
+        )
+        self.check_seconds = Histogram(
+            "fleettwin_gateway_check_seconds",
+            "Time in the policy pipeline per request.",
+            buckets=CHECK_BUCKETS,
+            registry=r,
+        )
+        self.duration = Histogram(
+            "fleettwin_gateway_request_duration_seconds",
+            "Admitted requests, arrival at the gateway to the end of the response.",
+            ["tenant"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         for t in tenants:  # every tenant's series exist from the start, so rates work from the first scrape
             self.in_flight.labels(t).set(0)
             self.prompt_tokens.labels(t)

@@ -49,8 +49,12 @@ class Checker:
 
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_init, initargs=(self.gate.cfg,))  # fmt: skip
+            self._pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init,
+                initargs=(self.gate.cfg,),
+            )
         return self._pool
 
     async def examine(self, principal: Principal, route: str, raw: bytes) -> Examined:
@@ -62,8 +66,11 @@ class Checker:
             got = await loop.run_in_executor(self._get_pool(), _examine, principal.tenant, route, raw)
         except BrokenProcessPool:  # a worker died (killed, out of memory): start afresh for the next request
             self.close()
-            raise ApiError(503, "the gateway's checker process stopped while examining this request; retry",
-                           type="ServiceUnavailableError") from None  # fmt: skip
+            raise ApiError(
+                503,
+                "the gateway's checker process stopped while examining this request; retry",
+                type="ServiceUnavailableError",
+            ) from None
         self.offloaded += 1
         if isinstance(got, Rejected):
             raise got.refused(principal)

@@ -38,9 +38,16 @@ class Refused(Exception):
     """A request the gateway answers itself. ``reason``: unauthenticated | forbidden | not_found |
     bad_request | blocked | quota."""
 
-    def __init__(self, error: ApiError, reason: str, *, principal: Principal | None = None,
-                 model: str | None = None, hits: list[Hit] | None = None,
-                 headers: dict[str, str] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        error: ApiError,
+        reason: str,
+        *,
+        principal: Principal | None = None,
+        model: str | None = None,
+        hits: list[Hit] | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(error.message)
         self.error, self.reason, self.principal, self.model = error, reason, principal, model
         self.hits, self.headers = hits or [], headers or {}
@@ -96,7 +103,9 @@ def _reason(err: ApiError) -> str:
     return {401: "unauthenticated", 403: "forbidden", 404: "not_found"}.get(err.status, "bad_request")
 
 
-def examine(cfg: GatewayConfig, sanitizer: Sanitizer, tenant: str, route: str, raw: bytes) -> Examined | Rejected:
+def examine(
+    cfg: GatewayConfig, sanitizer: Sanitizer, tenant: str, route: str, raw: bytes
+) -> Examined | Rejected:
     """Parse, authorize, sanitise and rewrite one body for ``tenant`` (no I/O, no shared state)."""
     chat, model, hits = route == CHAT, None, []
     try:
@@ -108,23 +117,48 @@ def examine(cfg: GatewayConfig, sanitizer: Sanitizer, tenant: str, route: str, r
         max_tokens = authorize(cfg, tenant, view, chat=chat)
         hits = sanitize_body(body, chat, sanitizer)
     except ContextBlocked as exc:
-        return Rejected(status=400, message=f"The request was blocked by the gateway's context policy: {exc}.",
-                        param=exc.hit.where.split("[")[0].split(".")[0], type="BadRequestError",
-                        reason="blocked", model=model, hits=tuple(exc.hits))  # fmt: skip
+        return Rejected(
+            status=400,
+            message=f"The request was blocked by the gateway's context policy: {exc}.",
+            param=exc.hit.where.split("[")[0].split(".")[0],
+            type="BadRequestError",
+            reason="blocked",
+            model=model,
+            hits=tuple(exc.hits),
+        )
     except ApiError as exc:
-        return Rejected(status=exc.status, message=exc.message, param=exc.param, type=exc.type,
-                        reason=_reason(exc), model=model, hits=tuple(hits))  # fmt: skip
+        return Rejected(
+            status=exc.status,
+            message=exc.message,
+            param=exc.param,
+            type=exc.type,
+            reason=_reason(exc),
+            model=model,
+            hits=tuple(hits),
+        )
     prompt = chat_tokens_of(body["messages"]) if chat else view.prompt_tokens  # documents count too
     backend = cfg.backends[model]
     stream, wants = _rewrite(body, view.max_tokens, max_tokens, backend, cfg.tenants[tenant].priority, model)
     data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    return Examined(model=model, body=data, stream=stream, client_wants_usage=wants, prompt_tokens=prompt,
-                    max_tokens=max_tokens, hits=tuple(hits))  # fmt: skip
+    return Examined(
+        model=model,
+        body=data,
+        stream=stream,
+        client_wants_usage=wants,
+        prompt_tokens=prompt,
+        max_tokens=max_tokens,
+        hits=tuple(hits),
+    )
 
 
 class Gatekeeper:
-    def __init__(self, cfg: GatewayConfig, *, clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time):  # fmt: skip
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ):
         self.cfg = cfg
         self.auth = Authenticator(cfg, clock=wall_clock)
         self.limiters = {name: TenantLimiter(name, t.quotas, clock) for name, t in cfg.tenants.items()}
@@ -151,14 +185,33 @@ class Gatekeeper:
             if got.reason == "too_large":
                 err = ApiError(400, got.message[0].upper() + got.message[1:] + ".", param="max_tokens")
                 raise Refused(err, "quota", principal=principal, model=ex.model, hits=hits)
-            err = ApiError(429, f"Rate limit reached: {got.message}. Retry after {got.retry_after_s:.2f} s.",
-                           type="RateLimitError")  # fmt: skip
-            raise Refused(err, "quota", principal=principal, model=ex.model, hits=hits,
-                          headers={"Retry-After": retry_after_header(got.retry_after_s)})  # fmt: skip
-        return Admitted(principal=principal, route=route, model=ex.model, backend=self.cfg.backends[ex.model],
-                        body=ex.body, stream=ex.stream, client_wants_usage=ex.client_wants_usage,
-                        prompt_tokens=ex.prompt_tokens, max_tokens=ex.max_tokens, ticket=got, hits=hits,
-                        check_s=check_s)  # fmt: skip
+            err = ApiError(
+                429,
+                f"Rate limit reached: {got.message}. Retry after {got.retry_after_s:.2f} s.",
+                type="RateLimitError",
+            )
+            raise Refused(
+                err,
+                "quota",
+                principal=principal,
+                model=ex.model,
+                hits=hits,
+                headers={"Retry-After": retry_after_header(got.retry_after_s)},
+            )
+        return Admitted(
+            principal=principal,
+            route=route,
+            model=ex.model,
+            backend=self.cfg.backends[ex.model],
+            body=ex.body,
+            stream=ex.stream,
+            client_wants_usage=ex.client_wants_usage,
+            prompt_tokens=ex.prompt_tokens,
+            max_tokens=ex.max_tokens,
+            ticket=got,
+            hits=hits,
+            check_s=check_s,
+        )
 
     def check(self, route: str, headers: Mapping[str, str], raw: bytes) -> Admitted:
         """All three steps inline."""
@@ -171,8 +224,9 @@ class Gatekeeper:
         self.limiters[admitted.principal.tenant].release(admitted.ticket, used_tokens)
 
 
-def _rewrite(body: dict[str, Any], asked: int | None, enforced: int | None, backend: Backend, priority: int,
-             model: str) -> tuple[bool, bool]:  # fmt: skip
+def _rewrite(
+    body: dict[str, Any], asked: int | None, enforced: int | None, backend: Backend, priority: int, model: str
+) -> tuple[bool, bool]:
     """The body as the backend gets it: its model name, the enforced output budget, usage on streams and the
     tenant's priority where the backend schedules by it. Returns (stream, whether the client asked for usage)."""
     body["model"] = backend.served_model or model

@@ -45,20 +45,32 @@ def check_retrieval(gate: Gatekeeper, headers: Mapping[str, str], raw: bytes) ->
         body = strict_json(raw, max_depth=gate.cfg.limits.max_json_depth)
         collection = body.get("collection") if isinstance(body, dict) else None
         if not isinstance(collection, str) or not collection:
-            raise ApiError(400, "collection is required (a string naming a retrieval collection)", param="collection")
+            raise ApiError(
+                400, "collection is required (a string naming a retrieval collection)", param="collection"
+            )
         parse_request(body)  # the service's own rules: a malformed search never leaves the gateway
         if not gate.cfg.tenants[principal.tenant].allows("collections", collection):
-            raise Forbidden(f"Tenant '{principal.tenant}' may not search collection '{collection}'.", "collection")
+            raise Forbidden(
+                f"Tenant '{principal.tenant}' may not search collection '{collection}'.", "collection"
+            )
         if gate.cfg.retrieval is None:
             raise ApiError(404, "This gateway has no retrieval service (policy file: retrieval.url).")
     except ApiError as exc:
         raise Refused(exc, _reason(exc), principal=principal, model=collection) from None
     got = gate.limiters[principal.tenant].admit(0)
     if not isinstance(got, Ticket):
-        err = ApiError(429, f"Rate limit reached: {got.message}. Retry after {got.retry_after_s:.2f} s.",
-                       type="RateLimitError")  # fmt: skip
-        raise Refused(err, "quota", principal=principal, model=collection,
-                      headers={"Retry-After": retry_after_header(got.retry_after_s)})  # fmt: skip
+        err = ApiError(
+            429,
+            f"Rate limit reached: {got.message}. Retry after {got.retry_after_s:.2f} s.",
+            type="RateLimitError",
+        )
+        raise Refused(
+            err,
+            "quota",
+            principal=principal,
+            model=collection,
+            headers={"Retry-After": retry_after_header(got.retry_after_s)},
+        )
     return RetrievalAdmitted(principal=principal, collection=collection, body=body, ticket=got)
 
 
@@ -90,6 +102,11 @@ class RetrievalUpstream:
     async def send(self, body: dict[str, Any], request_id: str) -> httpx.Response:
         """The service's answer; raises ``httpx.HTTPError`` when it cannot be reached."""
         ext = {"sni_hostname": self.tls_name} if self.tls_name and self.url.startswith("https://") else {}
-        req = self.http.build_request("POST", f"{self.url}/v1/retrieve", json=body, extensions=ext,
-                                      headers={**self.headers, "x-request-id": request_id})  # fmt: skip
+        req = self.http.build_request(
+            "POST",
+            f"{self.url}/v1/retrieve",
+            json=body,
+            extensions=ext,
+            headers={**self.headers, "x-request-id": request_id},
+        )
         return await self.http.send(req)

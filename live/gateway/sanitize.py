@@ -243,11 +243,21 @@ def iban_valid(iban: str) -> bool:
 
 
 DEFAULT_ACTIONS: dict[str, Action] = {
-    "prompt_injection": "block", "private_key": "redact", "aws_access_key": "redact",
-    "aws_secret_key": "redact", "bearer_token": "redact", "api_key": "redact", "gcp_api_key": "redact",
-    "stripe_key": "redact", "password": "redact", "iban": "redact", "credit_card": "redact",
-    "email": "redact", "us_ssn": "redact", "phone": "redact",
-}  # fmt: skip
+    "prompt_injection": "block",
+    "private_key": "redact",
+    "aws_access_key": "redact",
+    "aws_secret_key": "redact",
+    "bearer_token": "redact",
+    "api_key": "redact",
+    "gcp_api_key": "redact",
+    "stripe_key": "redact",
+    "password": "redact",
+    "iban": "redact",
+    "credit_card": "redact",
+    "email": "redact",
+    "us_ssn": "redact",
+    "phone": "redact",
+}
 
 
 class ContextBlocked(Exception):
@@ -310,8 +320,10 @@ def sanitize_body(body: dict[str, Any], chat: bool, sanitizer: Sanitizer) -> lis
         if isinstance(prompt, str):
             body["prompt"] = sanitizer.clean(prompt, "prompt", hits)
         elif isinstance(prompt, list):
-            body["prompt"] = [sanitizer.clean(p, f"prompt[{i}]", hits) if isinstance(p, str) else p
-                              for i, p in enumerate(prompt)]  # fmt: skip
+            body["prompt"] = [
+                sanitizer.clean(p, f"prompt[{i}]", hits) if isinstance(p, str) else p
+                for i, p in enumerate(prompt)
+            ]
         return hits
     messages = body.get("messages") or []
     for i, m in enumerate(messages):
@@ -319,9 +331,16 @@ def sanitize_body(body: dict[str, Any], chat: bool, sanitizer: Sanitizer) -> lis
             _message(m, f"messages[{i}]", sanitizer, hits)
     docs = body.pop("documents", None)
     if docs:
-        block = untrusted_block([(d.get("collection"), d.get("title"),
-                                  sanitizer.clean(str(d.get("text", "")), f"documents[{k}].text", hits))
-                                 for k, d in enumerate(docs)])  # fmt: skip
+        block = untrusted_block(
+            [
+                (
+                    d.get("collection"),
+                    d.get("title"),
+                    sanitizer.clean(str(d.get("text", "")), f"documents[{k}].text", hits),
+                )
+                for k, d in enumerate(docs)
+            ]
+        )
         _prepend_to_last_user(messages, block)
     return hits
 
@@ -340,7 +359,9 @@ def _message(m: dict[str, Any], where: str, sanitizer: Sanitizer, hits: list[Hit
     for j, call in enumerate(calls if isinstance(calls, list) else ()):
         fn = call.get("function") if isinstance(call, dict) else None
         if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
-            fn["arguments"] = sanitizer.clean(fn["arguments"], f"{where}.tool_calls[{j}].function.arguments", hits)
+            fn["arguments"] = sanitizer.clean(
+                fn["arguments"], f"{where}.tool_calls[{j}].function.arguments", hits
+            )
 
 
 def untrusted_block(docs: list[tuple[str | None, str | None, str]]) -> str:

@@ -26,15 +26,21 @@ from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.perf.constant import ConstantModel
 
-LIMITS = EngineLimits(num_blocks=128, block_size=16, max_num_seqs=4, max_num_batched_tokens=256, max_model_len=512)
-SPEC = EmulatorSpec(served_model_name="emu", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=0.001)))
+LIMITS = EngineLimits(
+    num_blocks=128, block_size=16, max_num_seqs=4, max_num_batched_tokens=256, max_model_len=512
+)
+SPEC = EmulatorSpec(
+    served_model_name="emu", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=0.001))
+)
 BODY = {"model": "emu", "prompt": "hi", "max_tokens": 2}
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     good, other = tmp_path_factory.mktemp("pki"), tmp_path_factory.mktemp("other-pki")
-    make_certs(good, ["gateway", "emulator", "controller", "retrieval"], hosts=["gpu-node-1", "10.0.0.7"], days=2)
+    make_certs(
+        good, ["gateway", "emulator", "controller", "retrieval"], hosts=["gpu-node-1", "10.0.0.7"], days=2
+    )
     make_certs(other, ["controller"], days=2)
     return good, other
 
@@ -60,7 +66,9 @@ def test_files_modes_chains_sans_and_usages(pki):
             assert cert.subject.rfc4514_string().startswith(f"CN={name}")
             assert stat.S_IMODE((good / f"{stem}.key").stat().st_mode) == 0o600
             assert stat.S_IMODE((good / f"{stem}.pem").stat().st_mode) == 0o644
-        sans = load(good / f"{name}.pem").extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        sans = (
+            load(good / f"{name}.pem").extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        )
         assert {str(v) for v in sans.get_values_for_type(x509.DNSName)} == {name, "localhost", "gpu-node-1"}
         assert {str(v) for v in sans.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "::1", "10.0.0.7"}
     assert stat.S_IMODE((good / "ca.key").stat().st_mode) == 0o600
@@ -89,13 +97,16 @@ def refused(url: str, verify) -> None:
 def test_emulator_with_a_ca_requires_a_client_certificate_from_it(pki):
     good, other = pki
     ca = str(good / "ca.pem")
-    with serve_in_thread(SPEC, ssl_certfile=str(good / "emulator.pem"), ssl_keyfile=str(good / "emulator.key"),
-                         ssl_ca_certs=ca) as srv:  # fmt: skip
+    with serve_in_thread(
+        SPEC, ssl_certfile=str(good / "emulator.pem"), ssl_keyfile=str(good / "emulator.key"), ssl_ca_certs=ca
+    ) as srv:
         assert srv.url.startswith("https://127.0.0.1:")
         refused(srv.url, tls_verify(ca))  # no client certificate
         refused(srv.url, tls_verify(ca, pair(other, "controller-client")))  # signed by another CA
         refused(srv.url, tls_verify(ca, pair(good, "controller")))  # a server certificate is not a client's
-        r = httpx.post(f"{srv.url}/v1/completions", json=BODY, verify=tls_verify(ca, pair(good, "controller-client")))
+        r = httpx.post(
+            f"{srv.url}/v1/completions", json=BODY, verify=tls_verify(ca, pair(good, "controller-client"))
+        )
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
 
         async def via_client():
@@ -110,24 +121,39 @@ def test_gateway_mtls_in_front_and_behind(pki, tmp_path):
     good, other = pki
     ca = str(good / "ca.pem")
     key = "k" * 24
-    with serve_in_thread(SPEC, ssl_certfile=str(good / "emulator.pem"), ssl_keyfile=str(good / "emulator.key"),
-                         ssl_ca_certs=ca) as emu:  # fmt: skip
-        def policy(**tls) -> dict:
-            return {"tenants": {"t": {"api_keys": [hash_key(key)], "models": ["emu"]}},
-                    "backends": {"emu": {"urls": [emu.url]}}, "backend_tls": {"ca": ca, **tls},
-                    "audit_log": str(tmp_path / "audit.jsonl")}  # fmt: skip
+    with serve_in_thread(
+        SPEC, ssl_certfile=str(good / "emulator.pem"), ssl_keyfile=str(good / "emulator.key"), ssl_ca_certs=ca
+    ) as emu:
 
-        cfg = parse_gateway(policy(cert=str(good / "gateway-client.pem"), key=str(good / "gateway-client.key")))
-        with serve_in_thread(create_gateway_app(cfg), ssl_certfile=str(good / "gateway.pem"),
-                             ssl_keyfile=str(good / "gateway.key"), ssl_ca_certs=ca) as gw:  # fmt: skip
+        def policy(**tls) -> dict:
+            return {
+                "tenants": {"t": {"api_keys": [hash_key(key)], "models": ["emu"]}},
+                "backends": {"emu": {"urls": [emu.url]}},
+                "backend_tls": {"ca": ca, **tls},
+                "audit_log": str(tmp_path / "audit.jsonl"),
+            }
+
+        cfg = parse_gateway(
+            policy(cert=str(good / "gateway-client.pem"), key=str(good / "gateway-client.key"))
+        )
+        with serve_in_thread(
+            create_gateway_app(cfg),
+            ssl_certfile=str(good / "gateway.pem"),
+            ssl_keyfile=str(good / "gateway.key"),
+            ssl_ca_certs=ca,
+        ) as gw:
             headers = {"Authorization": f"Bearer {key}"}
             refused(gw.url, tls_verify(ca))
             refused(gw.url, tls_verify(ca, pair(other, "controller-client")))
             trusted = tls_verify(ca, pair(good, "controller-client"))
             r = httpx.post(f"{gw.url}/v1/completions", json=BODY, headers=headers, verify=trusted)
             assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2  # mTLS on both links
-            r = httpx.post(f"{gw.url}/v1/completions", json=BODY, headers={"Authorization": "Bearer wrong"},
-                           verify=trusted)  # fmt: skip
+            r = httpx.post(
+                f"{gw.url}/v1/completions",
+                json=BODY,
+                headers={"Authorization": "Bearer wrong"},
+                verify=trusted,
+            )
             assert r.status_code == 401  # a valid certificate does not replace the API key
         # a gateway without a client certificate of its own is refused by the backend: 502, not a hang
         with serve_in_thread(create_gateway_app(parse_gateway(policy()))) as gw:
@@ -140,10 +166,14 @@ def test_gateway_mtls_in_front_and_behind(pki, tmp_path):
 
 
 def test_unreadable_backend_certificate_is_a_config_error(tmp_path):
-    cfg = parse_gateway({"tenants": {"t": {"api_keys": [hash_key("k" * 24)], "models": ["emu"]}},
-                         "backends": {"emu": {"urls": ["https://127.0.0.1:1"]}},
-                         "backend_tls": {"cert": str(tmp_path / "no.pem"), "key": str(tmp_path / "no.key")},
-                         "audit_log": str(tmp_path / "a.jsonl")})  # fmt: skip
+    cfg = parse_gateway(
+        {
+            "tenants": {"t": {"api_keys": [hash_key("k" * 24)], "models": ["emu"]}},
+            "backends": {"emu": {"urls": ["https://127.0.0.1:1"]}},
+            "backend_tls": {"cert": str(tmp_path / "no.pem"), "key": str(tmp_path / "no.key")},
+            "audit_log": str(tmp_path / "a.jsonl"),
+        }
+    )
     with pytest.raises(ConfigError, match="backend_tls: cannot load"):
         create_gateway_app(cfg)
 
@@ -154,35 +184,63 @@ def test_each_link_checks_the_certificates_identity_against_the_component_expect
     emulator's certificate at a backend refuses another component's server answering there."""
     good, _ = pki
     ca = str(good / "ca.pem")
-    spec = EmulatorSpec(served_model_name="emu", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=0.001)),
-                        http=HttpLimits(allowed_clients=("gateway", "controller")))  # fmt: skip
-    with serve_in_thread(spec, ssl_certfile=str(good / "emulator.pem"), ssl_keyfile=str(good / "emulator.key"),
-                         ssl_ca_certs=ca) as emu:  # fmt: skip
+    spec = EmulatorSpec(
+        served_model_name="emu",
+        limits=LIMITS,
+        perf=ConstantModel(ConstantModel.Params(step_s=0.001)),
+        http=HttpLimits(allowed_clients=("gateway", "controller")),
+    )
+    with serve_in_thread(
+        spec, ssl_certfile=str(good / "emulator.pem"), ssl_keyfile=str(good / "emulator.key"), ssl_ca_certs=ca
+    ) as emu:
         for who in ("gateway", "controller"):
-            r = httpx.post(f"{emu.url}/v1/completions", json=BODY, verify=tls_verify(ca, pair(good, f"{who}-client")))
+            r = httpx.post(
+                f"{emu.url}/v1/completions", json=BODY, verify=tls_verify(ca, pair(good, f"{who}-client"))
+            )
             assert r.status_code == 200, who
-        r = httpx.post(f"{emu.url}/v1/completions", json=BODY, verify=tls_verify(ca, pair(good, "retrieval-client")))
+        r = httpx.post(
+            f"{emu.url}/v1/completions", json=BODY, verify=tls_verify(ca, pair(good, "retrieval-client"))
+        )
         assert r.status_code == 403 and r.json()["error"]["type"] == "PermissionDeniedError"
         assert "client certificate for retrieval is not accepted here" in r.json()["error"]["message"]
-        assert httpx.get(f"{emu.url}/metrics", verify=tls_verify(ca, pair(good, "retrieval-client"))).status_code == 403
+        assert (
+            httpx.get(f"{emu.url}/metrics", verify=tls_verify(ca, pair(good, "retrieval-client"))).status_code
+            == 403
+        )
     # another component's server at the backend's address: its certificate is valid for 127.0.0.1 too
-    with serve_in_thread(SPEC, ssl_certfile=str(good / "retrieval.pem"), ssl_keyfile=str(good / "retrieval.key"),
-                         ssl_ca_certs=ca) as impostor:  # fmt: skip
+    with serve_in_thread(
+        SPEC,
+        ssl_certfile=str(good / "retrieval.pem"),
+        ssl_keyfile=str(good / "retrieval.key"),
+        ssl_ca_certs=ca,
+    ) as impostor:
         key = "k" * 24
         tls = {"ca": ca, "cert": str(good / "gateway-client.pem"), "key": str(good / "gateway-client.key")}
 
         def ask(tls_name: str | None) -> httpx.Response:
             backend = {"urls": [impostor.url]} | ({"tls_name": tls_name} if tls_name else {})
-            cfg = parse_gateway({"tenants": {"t": {"api_keys": [hash_key(key)], "models": ["emu"]}},
-                                 "backends": {"emu": backend}, "backend_tls": tls,
-                                 "audit_log": str(tmp_path / "audit.jsonl")})  # fmt: skip
+            cfg = parse_gateway(
+                {
+                    "tenants": {"t": {"api_keys": [hash_key(key)], "models": ["emu"]}},
+                    "backends": {"emu": backend},
+                    "backend_tls": tls,
+                    "audit_log": str(tmp_path / "audit.jsonl"),
+                }
+            )
             with serve_in_thread(create_gateway_app(cfg)) as gw:
-                return httpx.post(f"{gw.url}/v1/completions", json=BODY, headers={"Authorization": f"Bearer {key}"})
+                return httpx.post(
+                    f"{gw.url}/v1/completions", json=BODY, headers={"Authorization": f"Bearer {key}"}
+                )
 
         assert ask(None).status_code == 200  # the chain and the address alone let it through
         r = ask("emulator")
         msg = r.json()["error"]["message"]
-        assert r.status_code == 502 and "TLS:" in msg and "emulator" in msg and "CERTIFICATE_VERIFY_FAILED" in msg
+        assert (
+            r.status_code == 502
+            and "TLS:" in msg
+            and "emulator" in msg
+            and "CERTIFICATE_VERIFY_FAILED" in msg
+        )
 
 
 def test_client_certificates_name_their_component_in_a_san(pki):

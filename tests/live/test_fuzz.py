@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is in the dev extra (pip install -e .[dev])")
+schemathesis = pytest.importorskip(
+    "schemathesis", reason="schemathesis is in the dev extra (pip install -e .[dev])"
+)
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 
@@ -30,26 +32,53 @@ from fleettwin.models.perf.constant import ConstantModel  # noqa: E402
 
 FAST, FULL = 6, 100
 TOKEN, KEY = "fuzz-backend-token", "fuzz-tenant-key-0123456789"
-LIMITS = EngineLimits(num_blocks=512, block_size=16, max_num_seqs=64, max_num_batched_tokens=2048, max_model_len=128,
-                      enable_prefix_caching=True)  # fmt: skip
-SPEC = EmulatorSpec(served_model_name="emu", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=0.0002)),
-                    token=TOKEN)  # fmt: skip
-STORE = Path(tempfile.mkdtemp(prefix="fleettwin-fuzz-"))  # the schemas are built at collection: no tmp_path yet
+LIMITS = EngineLimits(
+    num_blocks=512,
+    block_size=16,
+    max_num_seqs=64,
+    max_num_batched_tokens=2048,
+    max_model_len=128,
+    enable_prefix_caching=True,
+)
+SPEC = EmulatorSpec(
+    served_model_name="emu",
+    limits=LIMITS,
+    perf=ConstantModel(ConstantModel.Params(step_s=0.0002)),
+    token=TOKEN,
+)
+STORE = Path(
+    tempfile.mkdtemp(prefix="fleettwin-fuzz-")
+)  # the schemas are built at collection: no tmp_path yet
 atexit.register(shutil.rmtree, STORE, ignore_errors=True)
 
 
 def _retrieval_app():
     STORE.mkdir(parents=True, exist_ok=True)
-    path = build_collection(STORE / "docs.faiss", [{"text": f"page {i} about fleets"} for i in range(16)],
-                            embedder_params={"dim": 16})  # fmt: skip
+    path = build_collection(
+        STORE / "docs.faiss",
+        [{"text": f"page {i} about fleets"} for i in range(16)],
+        embedder_params={"dim": 16},
+    )
     return create_retrieval_app({"docs": load_collection("docs", path)})
 
 
 def _gateway_cfg(emu_url: str = "http://127.0.0.1:9", retrieval_url: str = "http://127.0.0.1:9"):
-    return parse_gateway({"tenants": {"t": {"api_keys": [hash_key(KEY)], "models": ["emu"], "tools": ["*"],
-                                            "collections": ["*"], "max_tokens": 64}},
-                          "backends": {"emu": {"urls": [emu_url], "token_env": "FT_FUZZ_TOKEN"}},
-                          "retrieval": {"url": retrieval_url}, "audit_log": str(STORE / "audit.jsonl")})  # fmt: skip
+    return parse_gateway(
+        {
+            "tenants": {
+                "t": {
+                    "api_keys": [hash_key(KEY)],
+                    "models": ["emu"],
+                    "tools": ["*"],
+                    "collections": ["*"],
+                    "max_tokens": 64,
+                }
+            },
+            "backends": {"emu": {"urls": [emu_url], "token_env": "FT_FUZZ_TOKEN"}},
+            "retrieval": {"url": retrieval_url},
+            "audit_log": str(STORE / "audit.jsonl"),
+        }
+    )
 
 
 os.environ.setdefault("FT_FUZZ_TOKEN", TOKEN)
@@ -71,18 +100,28 @@ def urls():
             yield {"emulator": emu.url, "retrieval": ret.url, "gateway": gw.url}
 
 
-HEADERS = {"emulator": {"Authorization": f"Bearer {TOKEN}"}, "gateway": {"Authorization": f"Bearer {KEY}"},
-           "retrieval": {}}  # fmt: skip
+HEADERS = {
+    "emulator": {"Authorization": f"Bearer {TOKEN}"},
+    "gateway": {"Authorization": f"Bearer {KEY}"},
+    "retrieval": {},
+}
 
 
 def _no_5xx(which: str, case, urls) -> None:
     response = case.call(base_url=urls[which], headers=HEADERS[which], timeout=30)
-    assert response.status_code < 500, f"{case.method} {case.path}: {response.status_code} {response.text[:300]}"
+    assert response.status_code < 500, (
+        f"{case.method} {case.path}: {response.status_code} {response.text[:300]}"
+    )
 
 
 def _fuzz(which: str, examples: int):
-    checks = settings(max_examples=examples, deadline=None, derandomize=True, database=None,
-                      suppress_health_check=list(HealthCheck))  # fmt: skip
+    checks = settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
 
     @SCHEMAS[which].parametrize()
     @checks

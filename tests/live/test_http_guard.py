@@ -29,7 +29,9 @@ from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.perf.constant import ConstantModel
 
 LIMITS = HttpLimits(max_body_bytes=64 * 1024, header_timeout_s=0.5, body_timeout_s=0.5)
-ENGINE = EngineLimits(num_blocks=256, block_size=16, max_num_seqs=8, max_num_batched_tokens=512, max_model_len=1024)
+ENGINE = EngineLimits(
+    num_blocks=256, block_size=16, max_num_seqs=8, max_num_batched_tokens=512, max_model_len=1024
+)
 KEY = "key-guard-0123456789"
 SECRET_TEXT = "do-not-echo-this-text"
 
@@ -37,17 +39,35 @@ SECRET_TEXT = "do-not-echo-this-text"
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("guard")
-    spec = EmulatorSpec(served_model_name="emu", limits=ENGINE, perf=ConstantModel(ConstantModel.Params(step_s=0.001)),
-                        http=LIMITS)  # fmt: skip
-    build_collection(tmp / "docs.faiss", [{"text": f"page {i}"} for i in range(8)], embedder_params={"dim": 16})
+    spec = EmulatorSpec(
+        served_model_name="emu",
+        limits=ENGINE,
+        perf=ConstantModel(ConstantModel.Params(step_s=0.001)),
+        http=LIMITS,
+    )
+    build_collection(
+        tmp / "docs.faiss", [{"text": f"page {i}"} for i in range(8)], embedder_params={"dim": 16}
+    )
     retrieval = create_retrieval_app({"docs": load_collection("docs", tmp / "docs.faiss")}, limits=LIMITS)
     with serve_in_thread(spec) as emu, serve_in_thread(retrieval) as ret:
-        cfg = parse_gateway({"tenants": {"t": {"api_keys": [hash_key(KEY)], "models": ["emu"], "collections": ["*"]}},
-                             "backends": {"emu": {"urls": [emu.url]}}, "retrieval": {"url": ret.url},
-                             "limits": LIMITS.model_dump(), "audit_log": str(tmp / "audit.jsonl")})  # fmt: skip
+        cfg = parse_gateway(
+            {
+                "tenants": {"t": {"api_keys": [hash_key(KEY)], "models": ["emu"], "collections": ["*"]}},
+                "backends": {"emu": {"urls": [emu.url]}},
+                "retrieval": {"url": ret.url},
+                "limits": LIMITS.model_dump(),
+                "audit_log": str(tmp / "audit.jsonl"),
+            }
+        )
         app = create_gateway_app(cfg)
         with serve_in_thread(app) as gw:
-            yield {"emulator": emu.url, "retrieval": ret.url, "gateway": gw.url, "audit": cfg.audit_log, "app": app}
+            yield {
+                "emulator": emu.url,
+                "retrieval": ret.url,
+                "gateway": gw.url,
+                "audit": cfg.audit_log,
+                "app": app,
+            }
 
 
 PATHS = {"emulator": "/v1/completions", "gateway": "/v1/completions", "retrieval": "/v1/retrieve"}
@@ -72,13 +92,18 @@ def raw_exchange(url: str, data: bytes, *, wait_s: float = 3.0) -> tuple[bytes, 
 @pytest.mark.parametrize("which", ["emulator", "gateway", "retrieval"])
 def test_a_body_over_the_limit_is_413_before_it_is_read(servers, which):
     url, path = servers[which], PATHS[which]
-    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {50 * 2**20}\r\n"
-            + "".join(f"{k}: {v}\r\n" for k, v in AUTH.get(which, {}).items()) + "\r\n").encode()  # fmt: skip
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {50 * 2**20}\r\n"
+        + "".join(f"{k}: {v}\r\n" for k, v in AUTH.get(which, {}).items())
+        + "\r\n"
+    ).encode()
     got, took = raw_exchange(url, head)  # 50 MB announced, none sent: the answer cannot wait for it
     assert got.startswith(b"HTTP/1.1 413 "), got[:200]
     assert took < 2.0 and b"limit of 65536 bytes" in got
     chunks = (b"x" * 16384 for _ in range(40))  # 640 kB, chunked: no length to judge by
-    r = httpx.post(url + path, content=chunks, headers={"content-type": "application/json", **AUTH.get(which, {})})
+    r = httpx.post(
+        url + path, content=chunks, headers={"content-type": "application/json", **AUTH.get(which, {})}
+    )
     assert r.status_code == 413 and r.json()["error"]["type"] == "RequestTooLargeError"
 
 
@@ -103,8 +128,11 @@ def test_slow_headers_and_slow_bodies_are_408_and_closed(servers, which):
                 break
     assert got.startswith(b"HTTP/1.1 408 "), got[:120]
     assert time.monotonic() - t0 < 2.0  # the 0.5 s header timeout, not the trickle, decided
-    head = (f"POST {PATHS[which]} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n"
-            + "".join(f"{k}: {v}\r\n" for k, v in AUTH.get(which, {}).items()) + "\r\n{\"pro").encode()  # fmt: skip
+    head = (
+        f"POST {PATHS[which]} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n"
+        + "".join(f"{k}: {v}\r\n" for k, v in AUTH.get(which, {}).items())
+        + '\r\n{"pro'
+    ).encode()
     got, took = raw_exchange(url, head)
     assert got.startswith(b"HTTP/1.1 408 ") and b"did not arrive within 0.5 s" in got and took < 2.0
 
@@ -135,33 +163,44 @@ def test_half_open_connections_are_not_held(servers):
 BAD_BODIES = {
     "deep": b'{"prompt": ' + b"[" * 5000 + b"]" * 5000 + b"}",
     "deep-but-parsable": b'{"prompt": "x", "user": ' + b"[" * 200 + b"]" * 200 + b"}",
-    "surrogate": b'{"model": "emu", "collection": "docs", "prompt": "' + SECRET_TEXT.encode() + b'\\ud800", "query": "x"}',
+    "surrogate": b'{"model": "emu", "collection": "docs", "prompt": "'
+    + SECRET_TEXT.encode()
+    + b'\\ud800", "query": "x"}',
     "nan": b'{"model": "emu", "collection": "docs", "prompt": "x", "max_tokens": NaN}',
     "not utf-8": b'{"prompt": "\xff\xfe"}',
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("which", ["emulator", "gateway", "retrieval"])
 @pytest.mark.parametrize("kind", list(BAD_BODIES))
 def test_bodies_that_are_not_text_or_nest_too_deep_are_400(servers, which, kind):
-    r = httpx.post(servers[which] + PATHS[which], content=BAD_BODIES[kind],
-                   headers={"content-type": "application/json", **AUTH.get(which, {})})  # fmt: skip
+    r = httpx.post(
+        servers[which] + PATHS[which],
+        content=BAD_BODIES[kind],
+        headers={"content-type": "application/json", **AUTH.get(which, {})},
+    )
     assert r.status_code == 400, r.text
     assert r.json()["error"]["type"] == "BadRequestError" and SECRET_TEXT not in r.text
 
 
 @pytest.mark.parametrize("which", ["emulator", "gateway", "retrieval"])
 def test_a_body_that_is_not_json_is_400_as_on_vllm(servers, which):
-    r = httpx.post(servers[which] + PATHS[which], content=b"prompt=hi", headers={"content-type": "text/plain",
-                                                                                   **AUTH.get(which, {})})  # fmt: skip
+    r = httpx.post(
+        servers[which] + PATHS[which],
+        content=b"prompt=hi",
+        headers={"content-type": "text/plain", **AUTH.get(which, {})},
+    )
     assert r.status_code == 400 and "Only 'application/json' is allowed" in r.json()["error"]["message"]
 
 
 def test_the_gateway_audits_bad_bodies_as_400_not_cancelled(servers):
     before = len(read_audit(servers["audit"]))
     for kind in ("deep", "surrogate"):
-        httpx.post(servers["gateway"] + "/v1/chat/completions", content=BAD_BODIES[kind],
-                   headers={"content-type": "application/json", **AUTH["gateway"]})  # fmt: skip
+        httpx.post(
+            servers["gateway"] + "/v1/chat/completions",
+            content=BAD_BODIES[kind],
+            headers={"content-type": "application/json", **AUTH["gateway"]},
+        )
     recs = read_audit(servers["audit"])[before:]
     assert [(r["status"], r["reasons"]) for r in recs] == [(400, ["bad_request"])] * 2
     assert SECRET_TEXT not in servers["audit"].read_text()
@@ -188,8 +227,10 @@ def test_an_unexpected_fault_is_one_500_counted_and_audited(servers, monkeypatch
         assert r.status_code == 500 and r.json()["error"]["type"] == "InternalServerError"
         assert "RuntimeError" in r.text and SECRET_TEXT not in r.text
     recs = read_audit(servers["audit"])[before:]
-    assert [(x["status"], x["decision"], x.get("outcome")) for x in recs] == [(500, "error", "error"),
-                                                                              (500, "allow", "error")]  # fmt: skip
+    assert [(x["status"], x["decision"], x.get("outcome")) for x in recs] == [
+        (500, "error", "error"),
+        (500, "allow", "error"),
+    ]
     fams = parse(httpx.get(g + "/metrics").text)
     statuses: dict[str, float] = {}
     for s in fams["fleettwin_gateway_requests_total"].samples:
@@ -218,8 +259,12 @@ def test_the_emulator_answers_an_unexpected_fault_with_one_500(servers, monkeypa
 
 def test_strict_json_units():
     assert strict_json(b'{"a": [1, {"b": "c"}]}') == {"a": [1, {"b": "c"}]}
-    for raw, words in [(b"[" * 70 + b"]" * 70, "deeper than 64"), (b'{"a": Infinity}', "not valid JSON"),
-                       (b'{"k\\udfff": 1}', "surrogate"), (b"\xff", "UTF-8")]:  # fmt: skip
+    for raw, words in [
+        (b"[" * 70 + b"]" * 70, "deeper than 64"),
+        (b'{"a": Infinity}', "not valid JSON"),
+        (b'{"k\\udfff": 1}', "surrogate"),
+        (b"\xff", "UTF-8"),
+    ]:
         with pytest.raises(ApiError, match=words):
             strict_json(raw)
     check_json([[["x"]]], max_depth=3)

@@ -39,13 +39,23 @@ def static_policy(replicas: int) -> dict:
 
 
 def live_yaml(tmp_path: Path, policy: dict, max_replicas: int, interval_s: float = 0.4) -> Path:
-    cfg = {"name": "actuation", "seed": 1,
-           "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b",
-                      "perf_model": {"name": "constant", "params": {"step_s": 0.01}}}],
-           "controller": {"allocator": policy, "interval_s": interval_s},
-           "scrape": {"timeout_s": 1.0}, "backoff": {"initial_s": 0.3, "max_s": 1.0},
-           "decision_log": "decisions.jsonl",
-           "actuator": {"max_replicas_per_pool": max_replicas, "startup_timeout_s": 60, "drain_timeout_s": 5}}  # fmt: skip
+    cfg = {
+        "name": "actuation",
+        "seed": 1,
+        "pools": [
+            {
+                "name": "chat",
+                "gpu": "h100-80g",
+                "model": "llama-3-8b",
+                "perf_model": {"name": "constant", "params": {"step_s": 0.01}},
+            }
+        ],
+        "controller": {"allocator": policy, "interval_s": interval_s},
+        "scrape": {"timeout_s": 1.0},
+        "backoff": {"initial_s": 0.3, "max_s": 1.0},
+        "decision_log": "decisions.jsonl",
+        "actuator": {"max_replicas_per_pool": max_replicas, "startup_timeout_s": 60, "drain_timeout_s": 5},
+    }
     path = tmp_path / "live.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -56,8 +66,17 @@ def promote(registry: Path, *policies: dict) -> None:
     with GateRegistry(registry) as reg:
         for p in policies:
             h = policy_hash(p["name"], p["params"])
-            reg.record_validation(policy=p["name"], config_hash=h, config=p, suite="test", suite_hash="-",
-                                  baseline="fixed", metrics={}, passed=True, reasons=[])  # fmt: skip
+            reg.record_validation(
+                policy=p["name"],
+                config_hash=h,
+                config=p,
+                suite="test",
+                suite_hash="-",
+                baseline="fixed",
+                metrics={},
+                passed=True,
+                reasons=[],
+            )
             reg.promote(h, p["name"])
 
 
@@ -88,8 +107,18 @@ def ledger_records(path: Path) -> list[dict]:
 
 
 def shadow(path: Path, registry: Path, out: Path, *sets: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "fleettwin", "shadow", "--scenario", str(path), "--act", "--registry",
-           str(registry), *[a for s in sets for a in ("--set", s)]]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "fleettwin",
+        "shadow",
+        "--scenario",
+        str(path),
+        "--act",
+        "--registry",
+        str(registry),
+        *[a for s in sets for a in ("--set", s)],
+    ]
     return subprocess.Popen(cmd, stdout=open(out, "wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # noqa: SIM115
 
 
@@ -118,6 +147,7 @@ def test_sigkilled_controller_restarts_adopting_its_replicas_and_stopping_strays
     with reaped(ledger) as procs:
         first = shadow(path, registry, tmp_path / "first.out")
         procs.append(first)
+
         def three_active() -> list[dict]:
             recs = ledger_records(ledger)
             return recs if len(recs) == 3 and all(r["state"] == "active" for r in recs) else []
@@ -130,18 +160,26 @@ def test_sigkilled_controller_restarts_adopting_its_replicas_and_stopping_strays
         seq_after_kill = len(read_log(tmp_path / "decisions.jsonl"))
 
         # The pool's maximum is now 2 (and the policy's target 2): adopt two, stop the youngest, start nothing.
-        second = shadow(path, registry, tmp_path / "second.out", "actuator.max_replicas_per_pool=2",
-                        "controller.allocator.params.total_gpus=2")  # fmt: skip
+        second = shadow(
+            path,
+            registry,
+            tmp_path / "second.out",
+            "actuator.max_replicas_per_pool=2",
+            "controller.allocator.params.total_gpus=2",
+        )
         procs.append(second)
         tagged = lambda: ReplicaLedger(ledger).tagged_processes()  # noqa: E731
         wait_for("one stray stopped", lambda: len(tagged()) == 2, timeout_s=60)
+
         def since_restart() -> list[dict]:
             recs = read_log(tmp_path / "decisions.jsonl")[seq_after_kill:]
             return recs if len(recs) >= 4 else []
 
         recs = wait_for("four decisions after the restart", since_restart)
         running = {p.pid for p in tagged().values()}
-        assert len(running) == 2 and running < pids, "exactly the target runs, and it is what the first one started"
+        assert len(running) == 2 and running < pids, (
+            "exactly the target runs, and it is what the first one started"
+        )
         youngest = max(active, key=lambda r: r["started_s"])["pid"]
         assert youngest not in running and not alive(youngest)
 
@@ -149,7 +187,9 @@ def test_sigkilled_controller_restarts_adopting_its_replicas_and_stopping_strays
         adopted = {e["pid"] for e in events if e["event"] == "adopt"}
         assert adopted == running
         strays = [e for e in events if e["event"] == "stop"]
-        assert [(e["pid"], e["reason"]) for e in strays] == [(youngest, "stray: over max_replicas_per_pool (2)")]
+        assert [(e["pid"], e["reason"]) for e in strays] == [
+            (youngest, "stray: over max_replicas_per_pool (2)")
+        ]
         assert {e["pid"] for e in events if e["event"] == "stopped"} == {youngest}
         assert not [e for e in events if e["event"] in ("start", "replace")], "nothing new was started"
         assert all(r["decision"]["targets"][0]["gpus"] == 2 for r in recs if is_interval(r))
@@ -180,8 +220,12 @@ def test_a_replica_that_dies_is_counted_missing_and_replaced(tmp_path):
             stop = asyncio.Event()
 
             def on_record(rec: dict) -> None:
-                ready = {e["pid"] for r in read_log(cfg.decision_log_path) for e in r["actions"]
-                         if e["event"] == "ready"}  # fmt: skip
+                ready = {
+                    e["pid"]
+                    for r in read_log(cfg.decision_log_path)
+                    for e in r["actions"]
+                    if e["event"] == "ready"
+                }
                 if not killed and len(ready) == 2:
                     killed.append(min(ready))
                     os.kill(killed[0], signal.SIGKILL)
@@ -219,8 +263,15 @@ def test_a_replica_that_dies_is_counted_missing_and_replaced(tmp_path):
 
 
 def test_a_dead_backend_keeps_the_hpa_from_shrinking_the_pool():
-    meta = ControlledPool(name="chat", gpu="h100-80g", model="llama-3-8b", tp=1, purchase="on_demand", slo=Slo(),
-                          provisioning_delay_s=30.0)  # fmt: skip
+    meta = ControlledPool(
+        name="chat",
+        gpu="h100-80g",
+        model="llama-3-8b",
+        tp=1,
+        purchase="on_demand",
+        slo=Slo(),
+        provisioning_delay_s=30.0,
+    )
     obs = FleetObserver([meta], [InventoryItem(gpu="h100-80g", limit=16, price_usd_h=2.7)], interval_s=10.0)
     hpa = ALLOCATORS.create("reactive", {"metric": "concurrency", "target": 4})
 
@@ -232,8 +283,16 @@ def test_a_dead_backend_keeps_the_hpa_from_shrinking_the_pool():
     snap, _ = obs.observe(10.0, {"chat": [up(u, 10.0) for u in urls]})
     assert hpa.decide(snap).gpus("chat") == 3
     # c dies: 2 ready at the target concurrency, 1 wanted but missing -> the HPA keeps 3 (it used to say 2)
-    snap, win = obs.observe(20.0, {"chat": [up(urls[0], 20.0), up(urls[1], 20.0),
-                                            BackendMetrics.unhealthy(urls[2], 20.0, "ConnectError")]})  # fmt: skip
+    snap, win = obs.observe(
+        20.0,
+        {
+            "chat": [
+                up(urls[0], 20.0),
+                up(urls[1], 20.0),
+                BackendMetrics.unhealthy(urls[2], 20.0, "ConnectError"),
+            ]
+        },
+    )
     assert win["chat"].missing == 1 and snap.pool("chat").held(states=("provisioning",)) == 1
     assert hpa.decide(snap).gpus("chat") == 3
 
@@ -251,25 +310,39 @@ class FakeProcess:
         self.terminated = True
 
 
-RECORD = st.fixed_dictionaries({
-    "pool": st.sampled_from(["chat", "gone"]), "state": st.sampled_from(["provisioning", "active", "draining",
-                                                                          "stopping"]),
-    "alive": st.booleans(), "same_config": st.booleans(), "has_pid": st.booleans()})  # fmt: skip
+RECORD = st.fixed_dictionaries(
+    {
+        "pool": st.sampled_from(["chat", "gone"]),
+        "state": st.sampled_from(["provisioning", "active", "draining", "stopping"]),
+        "alive": st.booleans(),
+        "same_config": st.booleans(),
+        "has_pid": st.booleans(),
+    }
+)
 
 
 @settings(max_examples=30, deadline=None)
 @given(records=st.lists(RECORD, max_size=8), unrecorded=st.integers(0, 2), cap=st.integers(1, 3))
-def test_recovery_adopts_at_most_the_maximum_and_stops_every_other_live_replica(tmp_path_factory, records,
-                                                                                unrecorded, cap):  # fmt: skip
+def test_recovery_adopts_at_most_the_maximum_and_stops_every_other_live_replica(
+    tmp_path_factory, records, unrecorded, cap
+):
     tmp = tmp_path_factory.mktemp("adopt")
     cfg = load_live(live_yaml(tmp, static_policy(1), max_replicas=cap))
     act = LocalProcessActuator(cfg, log_dir=tmp / "replicas")
     procs: dict[str, FakeProcess] = {}
     for i, r in enumerate(records):
-        rec = act.ledger.put(ReplicaRecord(
-            id=f"r{i}", pool=r["pool"], index=i, created_s=float(i), state=r["state"],
-            config_hash=act.hashes["chat"] if r["same_config"] else "0ther", pid=1000 + i if r["has_pid"] else None,
-            started_s=float(i) if r["has_pid"] else None))  # fmt: skip
+        rec = act.ledger.put(
+            ReplicaRecord(
+                id=f"r{i}",
+                pool=r["pool"],
+                index=i,
+                created_s=float(i),
+                state=r["state"],
+                config_hash=act.hashes["chat"] if r["same_config"] else "0ther",
+                pid=1000 + i if r["has_pid"] else None,
+                started_s=float(i) if r["has_pid"] else None,
+            )
+        )
         if r["alive"]:
             procs[rec.id] = FakeProcess(1000 + i)
     strays = {f"x{k}": FakeProcess(2000 + k) for k in range(unrecorded)}
@@ -278,7 +351,9 @@ def test_recovery_adopts_at_most_the_maximum_and_stops_every_other_live_replica(
     events = asyncio.run(act.recover(0.0))
 
     kept = [r for r in act.replicas if r.state != "stopping"]
-    assert len(kept) <= cap and all(r.pool == "chat" and r.record.config_hash == act.hashes["chat"] for r in kept)
+    assert len(kept) <= cap and all(
+        r.pool == "chat" and r.record.config_hash == act.hashes["chat"] for r in kept
+    )
     assert all(not procs[r.record.id].terminated for r in kept)
     owned = {r.record.id for r in kept}
     for rid, proc in [*procs.items(), *strays.items()]:  # every live process is adopted or told to stop
@@ -286,6 +361,13 @@ def test_recovery_adopts_at_most_the_maximum_and_stops_every_other_live_replica(
     gone = {f"r{i}" for i, r in enumerate(records) if not r["alive"]}
     assert {r.id for r in act.ledger.records()} == {r.record.id for r in act.replicas} and not gone & owned
     assert sum(e["event"] == "lost" for e in events) == len(gone)
-    wanted = [i for i, r in enumerate(records) if r["alive"] and r["pool"] == "chat" and r["same_config"]
-              and r["has_pid"] and r["state"] in ("provisioning", "active")]  # fmt: skip
+    wanted = [
+        i
+        for i, r in enumerate(records)
+        if r["alive"]
+        and r["pool"] == "chat"
+        and r["same_config"]
+        and r["has_pid"]
+        and r["state"] in ("provisioning", "active")
+    ]
     assert len(kept) == min(cap, len(wanted)) and [r.index for r in kept] == wanted[:cap]  # the oldest first

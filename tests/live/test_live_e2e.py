@@ -41,11 +41,29 @@ STEP_S = 0.01  # the emulators' (and the drift simulation's) constant step time
 
 
 @contextlib.contextmanager
-def emulators(n: int, step_s: float, timeout_s: float = 60.0) -> Iterator[tuple[list[subprocess.Popen], list[str]]]:
+def emulators(
+    n: int, step_s: float, timeout_s: float = 60.0
+) -> Iterator[tuple[list[subprocess.Popen], list[str]]]:
     """``n`` ``fleettwin live emulate`` processes on free loopback ports (they bind port 0 and print the URL)."""
-    cmd = [sys.executable, "-m", "fleettwin", "emulate", "--model", "llama-3-8b", "--gpu", "h100-80g", "--port", "0",
-           "--perf-model", "constant", "--perf-param", f"step_s={step_s}"]  # fmt: skip
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(n)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fleettwin",
+        "emulate",
+        "--model",
+        "llama-3-8b",
+        "--gpu",
+        "h100-80g",
+        "--port",
+        "0",
+        "--perf-model",
+        "constant",
+        "--perf-param",
+        f"step_s={step_s}",
+    ]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(n)
+    ]
     try:
         urls = []
         deadline = time.monotonic() + timeout_s
@@ -69,12 +87,25 @@ def emulators(n: int, step_s: float, timeout_s: float = 60.0) -> Iterator[tuple[
 
 
 def live_yaml(tmp_path: Path, backends: list[str], allocator: dict, **extra) -> Path:
-    cfg = {"name": "e2e", "seed": 3,
-           "pools": [{"name": "code", "gpu": "h100-80g", "model": "llama-3-8b", "router": {"name": "round_robin"},
-                      "perf_model": {"name": "constant", "params": {"step_s": STEP_S}}, "backends": backends}],
-           "controller": {"allocator": allocator, "interval_s": 0.5},
-           "scrape": {"timeout_s": 1.0}, "backoff": {"initial_s": 0.5, "max_s": 2.0},
-           "decision_log": "decisions.jsonl", **extra}  # fmt: skip
+    cfg = {
+        "name": "e2e",
+        "seed": 3,
+        "pools": [
+            {
+                "name": "code",
+                "gpu": "h100-80g",
+                "model": "llama-3-8b",
+                "router": {"name": "round_robin"},
+                "perf_model": {"name": "constant", "params": {"step_s": STEP_S}},
+                "backends": backends,
+            }
+        ],
+        "controller": {"allocator": allocator, "interval_s": 0.5},
+        "scrape": {"timeout_s": 1.0},
+        "backoff": {"initial_s": 0.5, "max_s": 2.0},
+        "decision_log": "decisions.jsonl",
+        **extra,
+    }
     path = tmp_path / "live.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -94,8 +125,9 @@ def test_shadow_controller_on_a_replayed_trace_with_a_backend_killed(tmp_path):
                 stop = asyncio.Event()
                 loop_task = asyncio.create_task(ctl.run(stop=stop))
                 await asyncio.sleep(0.8)  # the baseline scrape, then the load
-                load_task = asyncio.create_task(replay(requests, urls, speedup=8.0, router="round_robin",
-                                                       retries=1, drain_timeout_s=20))  # fmt: skip
+                load_task = asyncio.create_task(
+                    replay(requests, urls, speedup=8.0, router="round_robin", retries=1, drain_timeout_s=20)
+                )
                 await asyncio.sleep(4.5)  # into the second burst of the trace (trace second 29.5 / 8 = 3.7 s)
                 victim.kill()
                 killed_at = time.time()
@@ -120,9 +152,12 @@ def test_shadow_controller_on_a_replayed_trace_with_a_backend_killed(tmp_path):
     after = status[first_down:]
     assert len(after) >= 3, "the controller kept deciding after the kill"
     assert all(s[victim_url]["status"] in ("down", "backoff") and s[victim_url]["error"] for s in after)
-    assert max(s[victim_url]["failures"] for s in after) >= 2 and any(s[victim_url]["status"] == "backoff"
-                                                                       for s in after)  # fmt: skip
-    assert all(r["pools"][0]["unhealthy"] == 1 and r["pools"][0]["route"] != victim_url for r in recs[first_down:])
+    assert max(s[victim_url]["failures"] for s in after) >= 2 and any(
+        s[victim_url]["status"] == "backoff" for s in after
+    )
+    assert all(
+        r["pools"][0]["unhealthy"] == 1 and r["pools"][0]["route"] != victim_url for r in recs[first_down:]
+    )
     assert all(s[u]["status"] == "up" for s in status for u in urls[:2])
 
     # -- what was scraped equals what the load generator counted ----------------------------------------------
@@ -146,10 +181,30 @@ def test_shadow_controller_on_a_replayed_trace_with_a_backend_killed(tmp_path):
 
     # -- drift report: the simulator on the load that reached the backends ------------------------------------
     out = tmp_path / "drift"
-    assert main(["shadow", "--scenario", str(path), "--report-only", "--drift-report", str(out),
-                 "--load", str(tmp_path / "replay.parquet")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "shadow",
+                "--scenario",
+                str(path),
+                "--report-only",
+                "--drift-report",
+                str(out),
+                "--load",
+                str(tmp_path / "replay.parquet"),
+            ]
+        )
+        == 0
+    )
     table = pd.read_csv(out / "drift.csv").set_index("metric")
-    assert list(table.index) == ["ttft_p50_s", "ttft_p95_s", "e2e_p50_s", "e2e_p95_s", "throughput_rps", "completed"]
+    assert list(table.index) == [
+        "ttft_p50_s",
+        "ttft_p95_s",
+        "e2e_p50_s",
+        "e2e_p95_s",
+        "throughput_rps",
+        "completed",
+    ]
     received = df["status"].isin(["completed", "rejected", "timeout"]).sum()
     assert table.loc["completed", "predicted"] == received == table.loc["completed", "measured_client"]
     assert abs(table.loc["throughput_rps", "rel_diff_client"]) < 0.3  # the same arrivals, finished alike
@@ -161,16 +216,30 @@ def test_shadow_controller_on_a_replayed_trace_with_a_backend_killed(tmp_path):
 
 
 LIMITS = EngineLimits(num_blocks=4096, max_num_seqs=64, max_num_batched_tokens=8192, max_model_len=4096)
-ACT_POLICY = {"name": "reactive", "params": {
-    "target": 1, "min_replicas": 1, "max_replicas": 3,
-    "scale_down": {"stabilization_window_s": 1, "policies": [{"type": "percent", "value": 100, "period_s": 1}]}}}
+ACT_POLICY = {
+    "name": "reactive",
+    "params": {
+        "target": 1,
+        "min_replicas": 1,
+        "max_replicas": 3,
+        "scale_down": {
+            "stabilization_window_s": 1,
+            "policies": [{"type": "percent", "value": 100, "period_s": 1}],
+        },
+    },
+}
 SUITE_SCENARIO = {
-    "name": "gate", "seed": 5,
-    "workload": {"type": "poisson", "rate": 2, "duration_s": 120, "lengths": {"type": "fixed", "prompt": 300,
-                                                                                "output": 40}},
+    "name": "gate",
+    "seed": 5,
+    "workload": {
+        "type": "poisson",
+        "rate": 2,
+        "duration_s": 120,
+        "lengths": {"type": "fixed", "prompt": 300, "output": 40},
+    },
     "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 3}],
     "controller": {"allocator": {"name": "reactive"}, "interval_s": 10, "provisioning": {"acquire_s": 5}},
-}  # fmt: skip
+}
 
 
 def _alive(pid: int) -> bool:
@@ -185,11 +254,16 @@ def test_promoted_policy_actuates_local_replicas_and_an_unvalidated_one_is_refus
     (tmp_path / "gate.yaml").write_text(yaml.safe_dump(SUITE_SCENARIO))
     (tmp_path / "suite.yaml").write_text(yaml.safe_dump({"name": "e2e-gate", "scenarios": ["gate.yaml"]}))
     reg = tmp_path / "reg.sqlite"
-    spec = EmulatorSpec(served_model_name="llama-3-8b", limits=LIMITS,
-                        perf=ConstantModel(ConstantModel.Params(step_s=0.02)))  # fmt: skip
+    spec = EmulatorSpec(
+        served_model_name="llama-3-8b", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=0.02))
+    )
     with serve_in_thread(spec) as static:
-        path = live_yaml(tmp_path, [static.url], ACT_POLICY,
-                         actuator={"max_replicas_per_pool": 1, "drain_timeout_s": 4, "startup_timeout_s": 40})  # fmt: skip
+        path = live_yaml(
+            tmp_path,
+            [static.url],
+            ACT_POLICY,
+            actuator={"max_replicas_per_pool": 1, "drain_timeout_s": 4, "startup_timeout_s": 40},
+        )
         act = ["shadow", "--scenario", str(path), "--act", "--registry", str(reg), "--quiet", "--ticks", "1"]
         assert main(act) == 2
         assert "refusing to act" in capsys.readouterr().err

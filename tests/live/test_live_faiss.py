@@ -153,15 +153,21 @@ def test_gpu_ivf_flat_matches_the_cpu_api(stores, data, tmp_path):
     assert recall_at_k(gpu.search(queries, 10, nprobe=gpu.spec.nlist).ids, truth, 10) >= 0.99
     path, _ = gpu.save(tmp_path / "gpu.faiss")
     again = VectorStore.load(path)
-    np.testing.assert_array_equal(again.search(queries, 10, nprobe=4).ids, gpu.search(queries, 10, nprobe=4).ids)
+    np.testing.assert_array_equal(
+        again.search(queries, 10, nprobe=4).ids, gpu.search(queries, 10, nprobe=4).ids
+    )
     if hasattr(faiss, "GpuIndexCagra"):
         cagra = VectorStore.build(IndexSpec(index_type="cagra", dim=DIM), base)
         assert recall_at_k(cagra.search(queries, 10, itopk_size=128).ids, truth, 10) >= 0.9
 
 
 # --- embedders --------------------------------------------------------------------------------------------------
-TEXTS = ["scale the GPU fleet for the evening peak", "the evening peak needs more GPUs in the fleet",
-         "banana bread with walnuts", ""]  # fmt: skip
+TEXTS = [
+    "scale the GPU fleet for the evening peak",
+    "the evening peak needs more GPUs in the fleet",
+    "banana bread with walnuts",
+    "",
+]
 
 
 def test_hashing_embedder_is_deterministic_normalised_and_seeded():
@@ -208,8 +214,22 @@ def test_minilm_embedder_offline():
 
 
 # --- calibrate-retrieval ----------------------------------------------------------------------------------------
-TINY = ["calibrate-retrieval", "--sizes", "1500", "--dim", "16", "--queries", "20", "--warmup", "1",
-        "--nprobe", "1,4", "--ef-search", "16", "--quiet"]  # fmt: skip
+TINY = [
+    "calibrate-retrieval",
+    "--sizes",
+    "1500",
+    "--dim",
+    "16",
+    "--queries",
+    "20",
+    "--warmup",
+    "1",
+    "--nprobe",
+    "1,4",
+    "--ef-search",
+    "16",
+    "--quiet",
+]
 
 
 def test_calibrate_retrieval_writes_the_contract_csv(tmp_path, capsys):
@@ -232,25 +252,60 @@ def test_calibrate_retrieval_on_a_text_corpus(tmp_path):
     corpus = tmp_path / "docs.txt"
     corpus.write_text("\n".join(f"document {i} about topic {i % 7} and item {i % 13}" for i in range(400)))
     out = tmp_path / "corpus.csv"
-    assert main(["calibrate-retrieval", "--corpus", str(corpus), "--embedder", "hashing", "--dim", "64",
-                 "--queries", "20", "--index-types", "flat,hnsw", "--ef-search", "8", "--warmup", "0",
-                 "--batch", "1,4", "--clock", "cpu", "--quiet", "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "calibrate-retrieval",
+                "--corpus",
+                str(corpus),
+                "--embedder",
+                "hashing",
+                "--dim",
+                "64",
+                "--queries",
+                "20",
+                "--index-types",
+                "flat,hnsw",
+                "--ef-search",
+                "8",
+                "--warmup",
+                "0",
+                "--batch",
+                "1,4",
+                "--clock",
+                "cpu",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     df = pd.read_csv(out)
     assert (df["n_vectors"] == 380).all() and sorted(df["batch"].unique()) == [1, 4]
     assert "--corpus" in df["source"].iloc[0] and "--clock cpu" in df["source"].iloc[0]
     assert (df["latency_ms_p50"] > 0).all()
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--sizes", "10x"], "--sizes: '10x' is not an integer >= 1"),
-    (["--index-types", "flat,annoy"], "unknown index type 'annoy'"),
-    (["--batch", "50"], "--batch 50 is larger than --queries 20"),
-    (["--corpus", "/nonexistent.txt"], "--corpus /nonexistent.txt: no such file"),
-    (["--clock", "cpu", "--threads", "2"], "--clock cpu times the calling thread only, so it needs --threads 1"),
-    (["--threads", "0"], "--dim, --queries and --threads must be >= 1"),
-    pytest.param(["--index-types", "cagra"], "index type 'cagra' runs on a GPU",
-                 marks=pytest.mark.skipif(num_gpus() > 0, reason="a GPU is present")),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sizes", "10x"], "--sizes: '10x' is not an integer >= 1"),
+        (["--index-types", "flat,annoy"], "unknown index type 'annoy'"),
+        (["--batch", "50"], "--batch 50 is larger than --queries 20"),
+        (["--corpus", "/nonexistent.txt"], "--corpus /nonexistent.txt: no such file"),
+        (
+            ["--clock", "cpu", "--threads", "2"],
+            "--clock cpu times the calling thread only, so it needs --threads 1",
+        ),
+        (["--threads", "0"], "--dim, --queries and --threads must be >= 1"),
+        pytest.param(
+            ["--index-types", "cagra"],
+            "index type 'cagra' runs on a GPU",
+            marks=pytest.mark.skipif(num_gpus() > 0, reason="a GPU is present"),
+        ),
+    ],
+)
 def test_calibrate_retrieval_bad_flags_are_one_line(args, message, tmp_path, capsys):
     base = [a for a in TINY if a != "--quiet"]
     assert main([*base, "--index-types", "flat", *args, "--quiet", "--out", str(tmp_path / "x.csv")]) == 2

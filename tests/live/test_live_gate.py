@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def simulate_summary(cfg):  # what `fleettwin policy validate` injects: the simulator's summary of a scenario
     return run_scenario(cfg).summary
 
+
 # -- hashing ---------------------------------------------------------------------------------------------------
 
 
@@ -44,9 +45,17 @@ def test_hash_is_of_the_validated_parameters_with_defaults_filled():
 
 
 def record(reg: GateRegistry, h: str, passed: bool) -> None:
-    reg.record_validation(policy="reactive", config_hash=h, config={"x": 1}, suite="s", suite_hash="0" * 64,
-                          baseline="fixed", metrics={"a.yaml": {"passed": passed}}, passed=passed,
-                          reasons=[] if passed else ["a.yaml: SLO attainment 0.5 < 0.9"])  # fmt: skip
+    reg.record_validation(
+        policy="reactive",
+        config_hash=h,
+        config={"x": 1},
+        suite="s",
+        suite_hash="0" * 64,
+        baseline="fixed",
+        metrics={"a.yaml": {"passed": passed}},
+        passed=passed,
+        reasons=[] if passed else ["a.yaml: SLO attainment 0.5 < 0.9"],
+    )
 
 
 def test_registry_refuses_what_has_not_passed_its_latest_validation(tmp_path):
@@ -68,7 +77,9 @@ def test_registry_refuses_what_has_not_passed_its_latest_validation(tmp_path):
         with pytest.raises(GateError, match="refusing to act: the latest validation .* failed"):
             reg.require_promoted(h, "reactive")
         assert [v.passed for v in reg.validations()] == [False, True, False]
-    rows = sqlite3.connect(tmp_path / "reg.sqlite").execute("SELECT policy, passed FROM validations").fetchall()
+    rows = (
+        sqlite3.connect(tmp_path / "reg.sqlite").execute("SELECT policy, passed FROM validations").fetchall()
+    )
     assert rows == [("reactive", 0), ("reactive", 1), ("reactive", 0)]
 
 
@@ -82,12 +93,17 @@ def test_a_file_that_is_not_a_registry_is_a_clear_error(tmp_path):
 # -- suites ----------------------------------------------------------------------------------------------------
 
 SCENARIO = {
-    "name": "tiny", "seed": 1,
-    "workload": {"type": "poisson", "rate": 3, "duration_s": 90, "lengths": {"type": "fixed", "prompt": 200,
-                                                                               "output": 50}},
+    "name": "tiny",
+    "seed": 1,
+    "workload": {
+        "type": "poisson",
+        "rate": 3,
+        "duration_s": 90,
+        "lengths": {"type": "fixed", "prompt": 200, "output": 50},
+    },
     "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 2}],
     "controller": {"allocator": {"name": "reactive"}, "interval_s": 15, "provisioning": {"acquire_s": 10}},
-}  # fmt: skip
+}
 
 
 def write_suite(tmp_path: Path, **criteria) -> Path:
@@ -103,18 +119,29 @@ def test_judge_applies_each_criterion():
     base = {"attainment": 0.99, "cost_usd": 10.0}
     assert judge({"attainment": 0.975, "cost_usd": 10.9}, base, c) == []
     reasons = judge({"attainment": 0.95, "cost_usd": 11.5}, base, c)
-    assert len(reasons) == 2 and "0.9500 < baseline 0.9900 - 0.02" in reasons[0] and "$11.50 > baseline" in reasons[1]
+    assert (
+        len(reasons) == 2
+        and "0.9500 < baseline 0.9900 - 0.02" in reasons[0]
+        and "$11.50 > baseline" in reasons[1]
+    )
     assert judge({"attainment": 0.85, "cost_usd": 1.0}, {"attainment": 0.85, "cost_usd": 10}, c) == [
-        "SLO attainment 0.8500 < 0.9"]  # fmt: skip
+        "SLO attainment 0.8500 < 0.9"
+    ]
 
 
 def test_suite_passes_a_policy_within_the_criteria_and_fails_one_that_costs_more(tmp_path):
     suite = load_suite(write_suite(tmp_path))
-    ok = run_suite(PolicyRef(name="reactive", params={"target": 2, "max_replicas": 2}), suite, simulate=simulate_summary)
+    ok = run_suite(
+        PolicyRef(name="reactive", params={"target": 2, "max_replicas": 2}), suite, simulate=simulate_summary
+    )
     assert ok.passed and ok.reasons == []
     s = ok.scenarios["tiny.yaml"]
     assert s["policy"]["attainment"] == 1.0 and s["policy"]["cost_usd"] <= s["baseline"]["cost_usd"]
-    costly = run_suite(PolicyRef(name="reactive", params={"min_replicas": 6, "max_replicas": 6}), suite, simulate=simulate_summary)
+    costly = run_suite(
+        PolicyRef(name="reactive", params={"min_replicas": 6, "max_replicas": 6}),
+        suite,
+        simulate=simulate_summary,
+    )
     assert not costly.passed and "tiny.yaml: cost $" in costly.reasons[0]
 
 
@@ -144,7 +171,9 @@ def test_policies_load_from_allocator_files_and_scenarios(tmp_path):
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(SCENARIO))
     assert load_policy(tmp_path / "s.yaml") == PolicyRef(name="reactive")
     (tmp_path / "bad.yaml").write_text("name: reactive\nparams: {targt: 1}\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: policy: bad parameters for allocator 'reactive': targt"):
+    with pytest.raises(
+        ConfigError, match=r"bad.yaml: policy: bad parameters for allocator 'reactive': targt"
+    ):
         load_policy(tmp_path / "bad.yaml")
     (tmp_path / "list.yaml").write_text("- 1\n")
     with pytest.raises(ConfigError, match="expected a mapping with name and params"):
@@ -181,8 +210,18 @@ def test_shadow_act_refuses_an_unvalidated_policy(tmp_path, capsys):
     live = yaml.safe_load((ROOT / "configs" / "live.yaml").read_text())
     live["decision_log"] = str(tmp_path / "decisions.jsonl")
     (tmp_path / "live.yaml").write_text(yaml.safe_dump(live))
-    code = main(["shadow", "--scenario", str(tmp_path / "live.yaml"), "--act", "--ticks", "1",
-                 "--registry", str(tmp_path / "reg.sqlite")])  # fmt: skip
+    code = main(
+        [
+            "shadow",
+            "--scenario",
+            str(tmp_path / "live.yaml"),
+            "--act",
+            "--ticks",
+            "1",
+            "--registry",
+            str(tmp_path / "reg.sqlite"),
+        ]
+    )
     assert code == 2
     assert "refusing to act: policy reactive with config hash" in capsys.readouterr().err
     assert not (tmp_path / "decisions.jsonl").exists()  # refused before anything started
@@ -191,7 +230,31 @@ def test_shadow_act_refuses_an_unvalidated_policy(tmp_path, capsys):
 @pytest.mark.slow
 def test_the_example_live_policy_passes_the_shipped_suite(tmp_path):
     """`fleettwin policy validate configs/live.yaml --suite configs/validation/` (about 10 s)."""
-    assert main(["validate", str(ROOT / "configs" / "live.yaml"), "--suite", str(ROOT / "configs" / "validation"),
-                 "--registry", str(tmp_path / "reg.sqlite"), "--quiet"]) == 0  # fmt: skip
-    assert main(["validate", str(ROOT / "configs" / "allocators" / "reactive.yaml"), "--suite",
-                 str(ROOT / "configs" / "validation"), "--registry", str(tmp_path / "reg.sqlite"), "--quiet"]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "validate",
+                str(ROOT / "configs" / "live.yaml"),
+                "--suite",
+                str(ROOT / "configs" / "validation"),
+                "--registry",
+                str(tmp_path / "reg.sqlite"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "validate",
+                str(ROOT / "configs" / "allocators" / "reactive.yaml"),
+                "--suite",
+                str(ROOT / "configs" / "validation"),
+                "--registry",
+                str(tmp_path / "reg.sqlite"),
+                "--quiet",
+            ]
+        )
+        == 1
+    )

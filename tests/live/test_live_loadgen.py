@@ -33,8 +33,10 @@ def spec(step_s: float = 0.003) -> EmulatorSpec:
 
 
 def workload(n: int, rate: float = 100.0) -> list[Request]:
-    return [Request(id=i, arrival_s=i / rate, prompt_tokens=10 + (37 * i) % 300, output_tokens=1 + (11 * i) % 17)
-            for i in range(n)]  # fmt: skip
+    return [
+        Request(id=i, arrival_s=i / rate, prompt_tokens=10 + (37 * i) % 300, output_tokens=1 + (11 * i) % 17)
+        for i in range(n)
+    ]
 
 
 def test_metrics_counters_equal_the_load_generators_counts():
@@ -115,8 +117,23 @@ def test_loadgen_command_writes_parquet(tmp_path, capsys):
     trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "\n".join(rows) + "\n")
     out = tmp_path / "res" / "replay.parquet"
     with serve_in_thread(spec()) as srv:
-        code = main(["loadgen", "--trace", str(trace), "--targets", srv.url, "--speedup", "4", "--duration", "5",
-                     "--max-requests", "15", "--out", str(out)])  # fmt: skip
+        code = main(
+            [
+                "loadgen",
+                "--trace",
+                str(trace),
+                "--targets",
+                srv.url,
+                "--speedup",
+                "4",
+                "--duration",
+                "5",
+                "--max-requests",
+                "15",
+                "--out",
+                str(out),
+            ]
+        )
     assert code == 0
     df = pd.read_parquet(out)
     assert len(df) == 15 and (df["status"] == "completed").all()
@@ -132,10 +149,28 @@ def test_loadgen_command_rejects_bad_arguments(capsys):
 
 def test_emulate_command_serves_until_terminated():
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fleettwin", "emulate", "--model", "llama-3-8b", "--gpu", "h100-80g", "--port", "0",
-         "--perf-model", "constant", "--perf-param", "step_s=0.002", "--served-model-name", "llama"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "fleettwin",
+            "emulate",
+            "--model",
+            "llama-3-8b",
+            "--gpu",
+            "h100-80g",
+            "--port",
+            "0",
+            "--perf-model",
+            "constant",
+            "--perf-param",
+            "step_s=0.002",
+            "--served-model-name",
+            "llama",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         url = re.search(r" at (http://127\.0\.0\.1:\d+)", line).group(1)
@@ -149,7 +184,22 @@ def test_emulate_command_serves_until_terminated():
 
 
 def test_emulate_command_reports_config_errors_in_one_line():
-    proc = subprocess.run([sys.executable, "-m", "fleettwin", "emulate", "--model", "llama-3-8b", "--gpu", "h1000",
-                           "--port", "0"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fleettwin",
+            "emulate",
+            "--model",
+            "llama-3-8b",
+            "--gpu",
+            "h1000",
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "fleettwin emulate: error: unknown gpu 'h1000'" in proc.stderr
     assert "Traceback" not in proc.stderr

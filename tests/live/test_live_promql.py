@@ -33,23 +33,33 @@ LIMITS = EngineLimits(num_blocks=2048, max_num_seqs=8, max_num_batched_tokens=20
 
 
 def live_cfg(tmp_path, **extra) -> dict:
-    return {"name": "promql", "seed": 2,
-            "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "backends": []}],
-            "controller": {"allocator": {"name": "reactive", "params": {"target": 4}}, "interval_s": 1.0},
-            "scrape": {"timeout_s": 1.0}, "backoff": {"initial_s": 0.5, "max_s": 2.0},
-            "decision_log": str(tmp_path / "decisions.jsonl"), **extra}  # fmt: skip
+    return {
+        "name": "promql",
+        "seed": 2,
+        "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "backends": []}],
+        "controller": {"allocator": {"name": "reactive", "params": {"target": 4}}, "interval_s": 1.0},
+        "scrape": {"timeout_s": 1.0},
+        "backoff": {"initial_s": 0.5, "max_s": 2.0},
+        "decision_log": str(tmp_path / "decisions.jsonl"),
+        **extra,
+    }
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     """Three emulators (one pool) and a Prometheus scraping them every 0.5 s with job="vllm", pool="chat"."""
     tmp = tmp_path_factory.mktemp("prom")
-    spec = EmulatorSpec(served_model_name="llama-3-8b", limits=LIMITS,
-                        perf=ConstantModel(ConstantModel.Params(step_s=0.01, per_prefill_token_s=2e-5)))  # fmt: skip
+    spec = EmulatorSpec(
+        served_model_name="llama-3-8b",
+        limits=LIMITS,
+        perf=ConstantModel(ConstantModel.Params(step_s=0.01, per_prefill_token_s=2e-5)),
+    )
     with contextlib.ExitStack() as stack:
         servers = [stack.enter_context(serve_in_thread(spec)) for _ in range(3)]
         urls = [s.url for s in servers]
-        prom = stack.enter_context(prometheus(tmp, [job("vllm", urls, pool="chat")], interval=f"{round(SCRAPE_S * 1000)}ms"))
+        prom = stack.enter_context(
+            prometheus(tmp, [job("vllm", urls, pool="chat")], interval=f"{round(SCRAPE_S * 1000)}ms")
+        )
         prom.wait("three targets up", lambda: len(prom.query('up{job="vllm"} == 1')) == 3)
         yield {"servers": servers, "urls": urls, "prom": prom, "tmp": tmp}
 
@@ -60,7 +70,11 @@ def in_same_bucket_or_close(a: float | None, b: float | None, bounds=TTFT_BUCKET
     if a is None or b is None:
         return a is b
     edges = [0.0, *bounds]
-    width = max(hi - lo for lo, hi in zip(edges, edges[1:], strict=False) if lo <= max(a, b) <= hi or lo <= min(a, b) <= hi)
+    width = max(
+        hi - lo
+        for lo, hi in zip(edges, edges[1:], strict=False)
+        if lo <= max(a, b) <= hi or lo <= min(a, b) <= hi
+    )
     return abs(a - b) <= width + 1e-9
 
 
@@ -72,8 +86,10 @@ def test_promql_snapshot_equals_the_direct_scrape_snapshot_under_load(fleet, tmp
     direct, via_prom = (FleetObserver(metas, inventory, interval_s=1.0) for _ in range(2))
     source = PromQLSource(cfg.source, ["chat"])
     # 90 requests over ~6 s, round robin over the three, prompts 100-1,500 tokens, 4-40 output tokens
-    load = [Request(id=i, arrival_s=i / 15, prompt_tokens=100 + (i * 397) % 1400, output_tokens=4 + (i * 7) % 37)
-            for i in range(90)]  # fmt: skip
+    load = [
+        Request(id=i, arrival_s=i / 15, prompt_tokens=100 + (i * 397) % 1400, output_tokens=4 + (i * 7) % 37)
+        for i in range(90)
+    ]
 
     async def scenario():
         async with Scraper(timeout_s=2.0) as scraper:
@@ -85,7 +101,9 @@ def test_promql_snapshot_equals_the_direct_scrape_snapshot_under_load(fleet, tmp
             t1 = time.time()
             scrapes = {"chat": await scraper.scrape_all(urls)}
             got = await source.collect(t1, t1 - t0)
-            history = await source.history(t1, math.ceil((t1 - t0) / 2), 2.0)  # what a controller starting now gets
+            history = await source.history(
+                t1, math.ceil((t1 - t0) / 2), 2.0
+            )  # what a controller starting now gets
             await source.aclose()
             snaps = direct.observe(t1, scrapes), via_prom.observe(t1, got.backends, measures=got.measures)
             return df, t1 - t0, history["chat"], *snaps
@@ -104,8 +122,10 @@ def test_promql_snapshot_equals_the_direct_scrape_snapshot_under_load(fleet, tmp
     assert 90 <= win_p["chat"].arrivals <= 90 * (1 + extrapolation)
     assert win_p["chat"].arrival_rate == pytest.approx(win_d["chat"].arrival_rate, rel=extrapolation)
     assert win_p["chat"].ttft.count == pytest.approx(90, rel=extrapolation)
-    print(f"\nwindow {window_s:.2f} s; arrivals direct {win_d['chat'].arrivals:.0f}, PromQL {win_p['chat'].arrivals:.2f}"
-          f" (bound +{extrapolation:.1%}); rate {win_d['chat'].arrival_rate:.3f} vs {win_p['chat'].arrival_rate:.3f} req/s")
+    print(
+        f"\nwindow {window_s:.2f} s; arrivals direct {win_d['chat'].arrivals:.0f}, PromQL {win_p['chat'].arrivals:.2f}"
+        f" (bound +{extrapolation:.1%}); rate {win_d['chat'].arrival_rate:.3f} vs {win_p['chat'].arrival_rate:.3f} req/s"
+    )
     for name in ("ttft_p50_s", "ttft_p95_s", "ttft_p99_s", "tpot_p50_s", "tpot_p95_s", "tpot_p99_s"):
         da, db = getattr(sa, name), getattr(sb, name)
         print(f"{name}: direct {da:.4f} PromQL {db:.4f}")
@@ -115,7 +135,9 @@ def test_promql_snapshot_equals_the_direct_scrape_snapshot_under_load(fleet, tmp
     # query_range's 2-second buckets over the same window hold the same 90 arrivals (each bucket extrapolated;
     # the first may be None: Prometheus started just before the window, without two samples in it yet)
     print(f"history: {[None if r is None else round(r, 2) for r in history]}")
-    assert all(r is not None for r in history[1:]) and 2 * sum(r or 0 for r in history) == pytest.approx(90, rel=0.2)
+    assert all(r is not None for r in history[1:]) and 2 * sum(r or 0 for r in history) == pytest.approx(
+        90, rel=0.2
+    )
 
 
 @needs_prometheus
@@ -148,8 +170,14 @@ def test_a_killed_backend_appears_down_and_wanted(fleet, tmp_path):
 @needs_prometheus
 def test_controller_reads_prometheus_with_history_from_query_range(fleet, tmp_path):
     prom = fleet["prom"]
-    cfg = parse_live(live_cfg(tmp_path, source={"prometheus": prom.url, "selector": '{job="vllm", pool=~".+"}'},
-                              history_buckets=30), base_dir=tmp_path)  # fmt: skip
+    cfg = parse_live(
+        live_cfg(
+            tmp_path,
+            source={"prometheus": prom.url, "selector": '{job="vllm", pool=~".+"}'},
+            history_buckets=30,
+        ),
+        base_dir=tmp_path,
+    )
 
     async def run() -> list[float | None]:
         with DecisionLog(cfg.decision_log_path) as log:
@@ -181,20 +209,31 @@ def test_history_covers_the_load_in_query_range_buckets():
     """The history expression is the interval's arrival count over one step, divided by the step."""
     from fleettwin.live.config import PrometheusSource
 
-    src = PromQLSource(PrometheusSource(prometheus="http://127.0.0.1:1", selector='{job="vllm"}'), ["chat"],
-                       model_name="llama")  # fmt: skip
+    src = PromQLSource(
+        PrometheusSource(prometheus="http://127.0.0.1:1", selector='{job="vllm"}'),
+        ["chat"],
+        model_name="llama",
+    )
     expr = src.arrivals_expr("2000ms")
     assert 'increase(vllm:request_success_total{job="vllm",model_name="llama"}[2000ms])' in expr
     assert "offset 2000ms" in expr and expr.count("sum by (pool)") == 4
     assert with_matchers("{}", a="1") == '{a="1"}' and with_matchers('{job="x",}', b=None) == '{job="x"}'
     q = src.quantile_expr(0.95, ["vllm:time_to_first_token_seconds"], "5000ms")
-    assert q == ('histogram_quantile(0.95, sum by (pool, le) (rate(vllm:time_to_first_token_seconds_bucket'
-                 '{job="vllm",model_name="llama"}[5000ms])))')  # fmt: skip
+    assert q == (
+        "histogram_quantile(0.95, sum by (pool, le) (rate(vllm:time_to_first_token_seconds_bucket"
+        '{job="vllm",model_name="llama"}[5000ms])))'
+    )
 
 
 def test_unreachable_prometheus_is_reported_with_backoff_and_no_decision(tmp_path):
-    cfg = parse_live(live_cfg(tmp_path, source={"prometheus": f"http://127.0.0.1:{free_port()}", "timeout_s": 0.5},
-                              controller={"allocator": {"name": "reactive"}, "interval_s": 0.2}), base_dir=tmp_path)  # fmt: skip
+    cfg = parse_live(
+        live_cfg(
+            tmp_path,
+            source={"prometheus": f"http://127.0.0.1:{free_port()}", "timeout_s": 0.5},
+            controller={"allocator": {"name": "reactive"}, "interval_s": 0.2},
+        ),
+        base_dir=tmp_path,
+    )
 
     async def run() -> None:
         with DecisionLog(cfg.decision_log_path) as log:
@@ -217,8 +256,14 @@ def test_the_drift_report_maps_discovered_backends_to_their_pools(tmp_path):
     from fleettwin.live.drift import backend_pools
 
     cfg = parse_live(live_cfg(tmp_path, source={"prometheus": "http://127.0.0.1:9090"}), base_dir=tmp_path)
-    records = [{"kind": "interval", "backends": [
-        {"url": "http://10.0.0.1:8000", "pool": "chat", "status": "up", "source": "prometheus"},
-        {"url": "http://10.0.0.9:8000", "pool": None, "status": "unmatched", "source": "prometheus"},
-        {"url": "http://10.0.0.8:8000", "pool": "other", "status": "up"}]}]  # fmt: skip
+    records = [
+        {
+            "kind": "interval",
+            "backends": [
+                {"url": "http://10.0.0.1:8000", "pool": "chat", "status": "up", "source": "prometheus"},
+                {"url": "http://10.0.0.9:8000", "pool": None, "status": "unmatched", "source": "prometheus"},
+                {"url": "http://10.0.0.8:8000", "pool": "other", "status": "up"},
+            ],
+        }
+    ]
     assert backend_pools(cfg, records) == {"http://10.0.0.1:8000": "chat"}

@@ -50,8 +50,10 @@ def events(client: httpx.Client, path: str, body: dict) -> tuple[str, list]:
 
 
 def test_completion_with_token_ids_gives_exact_usage_and_filler_text(server):
-    r = server.post("/v1/completions", json={"model": "emu-model", "prompt": list(range(37)), "max_tokens": 7,
-                                             "ignore_eos": True})  # fmt: skip
+    r = server.post(
+        "/v1/completions",
+        json={"model": "emu-model", "prompt": list(range(37)), "max_tokens": 7, "ignore_eos": True},
+    )
     assert r.status_code == 200
     body = r.json()
     assert body["object"] == "text_completion" and body["model"] == "emu-model"
@@ -68,13 +70,19 @@ def test_string_prompt_counts_four_characters_per_token(server):
 
 
 def test_streaming_completion_sse_framing_one_event_per_token_then_usage(server):
-    _, chunks = events(server, "/v1/completions", {"prompt": [1, 2, 3], "max_tokens": 5, "stream": True,
-                                                   "stream_options": {"include_usage": True}})  # fmt: skip
+    _, chunks = events(
+        server,
+        "/v1/completions",
+        {"prompt": [1, 2, 3], "max_tokens": 5, "stream": True, "stream_options": {"include_usage": True}},
+    )
     content, usage = chunks[:-1], chunks[-1]
     assert len(content) == 5 and all(c["object"] == "text_completion" for c in chunks)
     assert [c["choices"][0]["finish_reason"] for c in content] == [None] * 4 + ["length"]
-    assert usage["choices"] == [] and usage["usage"] == {"prompt_tokens": 3, "completion_tokens": 5,
-                                                         "total_tokens": 8}  # fmt: skip
+    assert usage["choices"] == [] and usage["usage"] == {
+        "prompt_tokens": 3,
+        "completion_tokens": 5,
+        "total_tokens": 8,
+    }
 
 
 def test_streaming_without_stream_options_has_no_usage(server):
@@ -92,8 +100,11 @@ def test_chat_completion_and_chat_stream(server):
     assert body["choices"][0]["message"]["role"] == "assistant"
     assert body["usage"]["completion_tokens"] == 4
     assert body["usage"]["prompt_tokens"] == (2 + 4) + (6 + 4) + 3  # ceil(chars/4) + 4 per message, + 3
-    _, chunks = events(server, "/v1/chat/completions", {"messages": messages, "max_tokens": 3, "stream": True,
-                                                        "stream_options": {"include_usage": True}})  # fmt: skip
+    _, chunks = events(
+        server,
+        "/v1/chat/completions",
+        {"messages": messages, "max_tokens": 3, "stream": True, "stream_options": {"include_usage": True}},
+    )
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     texts = [c["choices"][0]["delta"]["content"] for c in chunks[1:-1]]
@@ -117,13 +128,19 @@ def test_metrics_have_vllm_names_types_labels_and_buckets(server):
     assert r.headers["content-type"].startswith("text/plain")
     fams = parse(r.text)
     types = {
-        "vllm:num_requests_running": "gauge", "vllm:num_requests_waiting": "gauge",
-        "vllm:kv_cache_usage_perc": "gauge", "vllm:prompt_tokens_total": "counter",
-        "vllm:generation_tokens_total": "counter", "vllm:request_success_total": "counter",
-        "vllm:num_preemptions_total": "counter", "vllm:time_to_first_token_seconds": "histogram",
-        "vllm:inter_token_latency_seconds": "histogram", "vllm:e2e_request_latency_seconds": "histogram",
-        "vllm:request_time_per_output_token_seconds": "histogram", "vllm:request_queue_time_seconds": "histogram",
-    }  # fmt: skip
+        "vllm:num_requests_running": "gauge",
+        "vllm:num_requests_waiting": "gauge",
+        "vllm:kv_cache_usage_perc": "gauge",
+        "vllm:prompt_tokens_total": "counter",
+        "vllm:generation_tokens_total": "counter",
+        "vllm:request_success_total": "counter",
+        "vllm:num_preemptions_total": "counter",
+        "vllm:time_to_first_token_seconds": "histogram",
+        "vllm:inter_token_latency_seconds": "histogram",
+        "vllm:e2e_request_latency_seconds": "histogram",
+        "vllm:request_time_per_output_token_seconds": "histogram",
+        "vllm:request_queue_time_seconds": "histogram",
+    }
     for name, kind in types.items():
         assert fams[name].type == kind, name
         for s in fams[name].samples:
@@ -212,9 +229,29 @@ def test_server_survives_a_client_that_hangs_up_mid_stream(server):
 )
 def test_tls(tmp_path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out",
-                    str(cert)], check=True, capture_output=True, timeout=30)  # fmt: skip
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
     with serve_in_thread(spec(), ssl_certfile=str(cert), ssl_keyfile=str(key)) as srv:
         assert srv.url.startswith("https://")
         trust = ssl.create_default_context(cafile=str(cert))

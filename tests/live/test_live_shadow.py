@@ -74,12 +74,15 @@ def test_a_whole_record_without_its_newline_was_never_acknowledged(tmp_path):
         assert log.next_seq == 1
 
 
-@pytest.mark.parametrize("content, message", [
-    (b'{"seq":0}\nnot json\n{"seq":1}\n', r"log.jsonl:2: not a decision record"),
-    (b'{"seq":0}\n{"seq":2}\n', r"log.jsonl:2: seq 2 follows 0"),
-    (b'{"seq":0}\n{"seq":0}\n', r"log.jsonl:2: seq 0 follows 0"),
-    (b'{"seq":0}\n["seq", 1]\n{"seq":1}\n', r"log.jsonl:2: not a decision record"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b'{"seq":0}\nnot json\n{"seq":1}\n', r"log.jsonl:2: not a decision record"),
+        (b'{"seq":0}\n{"seq":2}\n', r"log.jsonl:2: seq 2 follows 0"),
+        (b'{"seq":0}\n{"seq":0}\n', r"log.jsonl:2: seq 0 follows 0"),
+        (b'{"seq":0}\n["seq", 1]\n{"seq":1}\n', r"log.jsonl:2: not a decision record"),
+    ],
+)
 def test_damage_other_than_a_torn_tail_is_an_error_naming_the_line(tmp_path, content, message):
     path = tmp_path / "log.jsonl"
     path.write_bytes(content)
@@ -95,11 +98,14 @@ def test_a_second_controller_cannot_open_the_same_log(tmp_path):
     DecisionLog(tmp_path / "log.jsonl").close()  # the lock goes with the writer
 
 
-OPS = st.lists(st.one_of(
-    st.tuples(st.just("append"), st.integers(0, 10**6)),
-    st.tuples(st.just("crash"), st.floats(0.0, 1.0)),  # die while writing a record, cut at this fraction
-    st.tuples(st.just("restart"), st.none()),
-), max_size=25)  # fmt: skip
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("append"), st.integers(0, 10**6)),
+        st.tuples(st.just("crash"), st.floats(0.0, 1.0)),  # die while writing a record, cut at this fraction
+        st.tuples(st.just("restart"), st.none()),
+    ),
+    max_size=25,
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -118,7 +124,9 @@ def test_no_acknowledged_record_is_lost_or_duplicated_across_crashes(tmp_path_fa
                 if op == "crash":
                     line = json.dumps({"seq": len(acknowledged), "v": -1}).encode() + b"\n"
                     with open(path, "ab") as fh:
-                        fh.write(line[: int(arg * (len(line) - 1))])  # never the newline: that write did not finish
+                        fh.write(
+                            line[: int(arg * (len(line) - 1))]
+                        )  # never the newline: that write did not finish
                 log = DecisionLog(path)
                 assert log.next_seq == len(acknowledged)
     finally:
@@ -154,16 +162,42 @@ def hist(*counts: float, bounds=(0.1, 1.0)) -> HistogramSummary:
     return HistogramSummary(count=cum[-1], sum=0.0, buckets=tuple(zip((*bounds, math.inf), cum, strict=True)))
 
 
-def scrape(url: str, t: float, *, finished: float, running: int = 0, waiting: int = 0, ttft=None,
-           prompt=(0.0, 0.0), output=(0.0, 0.0), kv: float = 0.0) -> BackendMetrics:  # fmt: skip
-    return BackendMetrics(url=url, scraped_at=t, healthy=True, running=running, waiting=waiting, kv_usage=kv,
-                          requests_finished=finished, generation_tokens=output[0], ttft=ttft or hist(0, 0, 0),
-                          prompt_len=HistogramSummary(count=prompt[1], sum=prompt[0]),
-                          output_len=HistogramSummary(count=output[1], sum=output[0]))  # fmt: skip
+def scrape(
+    url: str,
+    t: float,
+    *,
+    finished: float,
+    running: int = 0,
+    waiting: int = 0,
+    ttft=None,
+    prompt=(0.0, 0.0),
+    output=(0.0, 0.0),
+    kv: float = 0.0,
+) -> BackendMetrics:
+    return BackendMetrics(
+        url=url,
+        scraped_at=t,
+        healthy=True,
+        running=running,
+        waiting=waiting,
+        kv_usage=kv,
+        requests_finished=finished,
+        generation_tokens=output[0],
+        ttft=ttft or hist(0, 0, 0),
+        prompt_len=HistogramSummary(count=prompt[1], sum=prompt[0]),
+        output_len=HistogramSummary(count=output[1], sum=output[0]),
+    )
 
 
-META = ControlledPool(name="chat", gpu="h100-80g", model="llama-3-8b", tp=2, purchase="on_demand", slo=Slo(),
-                      provisioning_delay_s=30.0)  # fmt: skip
+META = ControlledPool(
+    name="chat",
+    gpu="h100-80g",
+    model="llama-3-8b",
+    tp=2,
+    purchase="on_demand",
+    slo=Slo(),
+    provisioning_delay_s=30.0,
+)
 INVENTORY = [InventoryItem(gpu="h100-80g", limit=16, price_usd_h=2.7)]
 
 
@@ -171,19 +205,50 @@ def test_arrivals_are_counted_by_conservation_and_gaps_are_none():
     obs = FleetObserver([META], INVENTORY, interval_s=10.0)
     a, b = "http://a", "http://b"
     obs.prime({"chat": [scrape(a, 0.0, finished=10, running=2), scrape(b, 0.0, finished=0, waiting=1)]})
-    snap, win = obs.observe(10.0, {"chat": [
-        scrape(a, 10.0, finished=25, running=4, ttft=hist(3, 6, 6), prompt=(3000, 30), output=(600, 30), kv=0.5),
-        scrape(b, 10.0, finished=5, waiting=0, ttft=hist(5, 0, 0), prompt=(500, 5), output=(50, 5), kv=0.1),
-        BackendMetrics.unhealthy("http://c", 10.0, "ConnectError"),
-    ]}, provisioning={"chat": 1})  # fmt: skip
+    snap, win = obs.observe(
+        10.0,
+        {
+            "chat": [
+                scrape(
+                    a,
+                    10.0,
+                    finished=25,
+                    running=4,
+                    ttft=hist(3, 6, 6),
+                    prompt=(3000, 30),
+                    output=(600, 30),
+                    kv=0.5,
+                ),
+                scrape(
+                    b,
+                    10.0,
+                    finished=5,
+                    waiting=0,
+                    ttft=hist(5, 0, 0),
+                    prompt=(500, 5),
+                    output=(50, 5),
+                    kv=0.1,
+                ),
+                BackendMetrics.unhealthy("http://c", 10.0, "ConnectError"),
+            ]
+        },
+        provisioning={"chat": 1},
+    )
     # a: 15 finished + 2 more in flight = 17 arrived; b: 5 finished - 1 fewer in flight = 4
     assert win["chat"].arrivals == 21 and win["chat"].arrival_rate == pytest.approx(2.1)
-    assert (win["chat"].active, win["chat"].provisioning, win["chat"].unhealthy, win["chat"].missing) == (2, 1, 1, 1)
+    assert (win["chat"].active, win["chat"].provisioning, win["chat"].unhealthy, win["chat"].missing) == (
+        2,
+        1,
+        1,
+        1,
+    )
     pool = snap.pool("chat")
     s = pool.serving
     assert s.arrival_rate_history == (pytest.approx(2.1),) and s.history_bucket_s == 10.0
     assert (s.running, s.waiting, s.kv_usage) == (4, 0, pytest.approx(0.3))
-    assert s.mean_prompt_tokens == pytest.approx(3500 / 35) and s.mean_output_tokens == pytest.approx(650 / 35)
+    assert s.mean_prompt_tokens == pytest.approx(3500 / 35) and s.mean_output_tokens == pytest.approx(
+        650 / 35
+    )
     # TTFT of the interval: 8 of 20 under 0.1 s, 14 under 1 s; p50 interpolated in (0.1, 1.0]
     assert s.ttft_p50_s == pytest.approx(0.1 + 0.9 * (10 - 8) / 6)
     assert s.tpot_p50_s is None  # neither a per-request TPOT nor an ITL histogram in these scrapes
@@ -201,8 +266,9 @@ def test_a_restarted_backend_starts_a_new_interval_and_draining_ones_do_not_coun
     obs.prime({"chat": [scrape("http://a", 0.0, finished=50)]})
     _, win = obs.observe(5.0, {"chat": [scrape("http://a", 5.0, finished=3, running=1)]})
     assert win["chat"].arrivals is None  # counters went down: a new process, no interval to measure
-    snap, win = obs.observe(10.0, {"chat": [scrape("http://a", 10.0, finished=4, running=3)]},
-                            draining={"http://a"})  # fmt: skip
+    snap, win = obs.observe(
+        10.0, {"chat": [scrape("http://a", 10.0, finished=4, running=3)]}, draining={"http://a"}
+    )
     assert win["chat"].arrivals == 3 and (win["chat"].active, win["chat"].draining) == (0, 1)
     assert snap.pool("chat").held(states=("draining",)) == 2 and snap.pool("chat").serving.kv_usage == 0.0
 
@@ -216,22 +282,42 @@ def test_histograms_survive_the_json_log():
 
 # -- the live scenario -----------------------------------------------------------------------------------------
 
-BASE = {"name": "t", "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b",
-                                "backends": ["http://127.0.0.1:1"]}],
-        "controller": {"allocator": {"name": "reactive", "params": {"target": 4}}, "interval_s": 0.3},
-        "backoff": {"initial_s": 0.3, "max_s": 2.0}}  # fmt: skip
+BASE = {
+    "name": "t",
+    "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "backends": ["http://127.0.0.1:1"]}],
+    "controller": {"allocator": {"name": "reactive", "params": {"target": 4}}, "interval_s": 0.3},
+    "backoff": {"initial_s": 0.3, "max_s": 2.0},
+}
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: d["pools"][0]["backends"].append("127.0.0.1:8000"), r"live.yaml: pools\[0\].backends: item 1"),
-    (lambda d: d["pools"][0].update(gpu="h1000"), r"pools\[0\].gpu: unknown gpu 'h1000'"),
-    (lambda d: d["pools"][0].update(router={"name": "nope"}), r"pools\[0\]: router: unknown replica router"),
-    (lambda d: d["controller"]["allocator"].update(params={"targt": 1}), r"controller.allocator: .*targt"),
-    (lambda d: d.update(actuator={"host": "0.0.0.0"}), r"actuator.host: .*loopback only"),
-    (lambda d: d["pools"][0].update(backends=[]), r"pool 'chat' has no backends and no actuator"),
-    (lambda d: d.update(backoff={"factor": 0.5}), r"backoff.factor: Input should be greater than or equal to 1"),
-    (lambda d: d["pools"].append({**d["pools"][0], "name": "b"}), r"http://127.0.0.1:1 is listed in pools 'chat'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda d: d["pools"][0]["backends"].append("127.0.0.1:8000"),
+            r"live.yaml: pools\[0\].backends: item 1",
+        ),
+        (lambda d: d["pools"][0].update(gpu="h1000"), r"pools\[0\].gpu: unknown gpu 'h1000'"),
+        (
+            lambda d: d["pools"][0].update(router={"name": "nope"}),
+            r"pools\[0\]: router: unknown replica router",
+        ),
+        (
+            lambda d: d["controller"]["allocator"].update(params={"targt": 1}),
+            r"controller.allocator: .*targt",
+        ),
+        (lambda d: d.update(actuator={"host": "0.0.0.0"}), r"actuator.host: .*loopback only"),
+        (lambda d: d["pools"][0].update(backends=[]), r"pool 'chat' has no backends and no actuator"),
+        (
+            lambda d: d.update(backoff={"factor": 0.5}),
+            r"backoff.factor: Input should be greater than or equal to 1",
+        ),
+        (
+            lambda d: d["pools"].append({**d["pools"][0], "name": "b"}),
+            r"http://127.0.0.1:1 is listed in pools 'chat'",
+        ),
+    ],
+)
 def test_live_scenario_errors_name_the_file_and_field(change, message):
     data = json.loads(json.dumps(BASE))
     change(data)
@@ -251,7 +337,7 @@ class _Broken(BaseHTTPRequestHandler):
         if self.server.mode == "hang" and self.path == "/metrics":
             time.sleep(5)
             return
-        body = b"vllm:num_requests_running{model_name=\"x} 1\n" if self.path == "/metrics" else b""
+        body = b'vllm:num_requests_running{model_name="x} 1\n' if self.path == "/metrics" else b""
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -295,12 +381,19 @@ def exploding_allocator(monkeypatch):
 
 
 def test_loop_reports_dead_hung_and_garbled_backends_and_keeps_deciding(tmp_path, exploding_allocator):
-    spec = EmulatorSpec(served_model_name="emu", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=0.003)))
+    spec = EmulatorSpec(
+        served_model_name="emu", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=0.003))
+    )
     garbage, hang = broken_server("garbage"), broken_server("hang")
     dead = f"http://127.0.0.1:{closed_port()}"
     try:
         with serve_in_thread(spec) as good:
-            urls = [good.url, dead, f"http://127.0.0.1:{garbage.server_port}", f"http://127.0.0.1:{hang.server_port}"]
+            urls = [
+                good.url,
+                dead,
+                f"http://127.0.0.1:{garbage.server_port}",
+                f"http://127.0.0.1:{hang.server_port}",
+            ]
             data = json.loads(json.dumps(BASE))
             data["pools"][0]["backends"] = urls
             data["controller"]["allocator"] = {"name": "test_explodes_on_third_call"}
@@ -329,8 +422,11 @@ def test_loop_reports_dead_hung_and_garbled_backends_and_keeps_deciding(tmp_path
     assert all(r["decision"]["targets"][0]["pool"] == "chat" for r in recs if r["error"] is None)
     by_url = [{b["url"]: b for b in r["backends"]} for r in recs]
     assert all(b[urls[0]]["status"] == "up" for b in by_url)
-    for url, reason in ((urls[1], "ConnectError"), (urls[2], "metrics line 1: unterminated value of label"),
-                        (urls[3], "Timeout")):  # fmt: skip
+    for url, reason in (
+        (urls[1], "ConnectError"),
+        (urls[2], "metrics line 1: unterminated value of label"),
+        (urls[3], "Timeout"),
+    ):
         seen = [b[url] for b in by_url]
         assert all(s["status"] in ("down", "backoff") for s in seen)
         assert reason in seen[0]["error"]
@@ -341,7 +437,9 @@ def test_loop_reports_dead_hung_and_garbled_backends_and_keeps_deciding(tmp_path
 
 
 def test_restarted_controller_continues_the_log_and_its_history(tmp_path):
-    spec = EmulatorSpec(served_model_name="emu", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=0.003)))
+    spec = EmulatorSpec(
+        served_model_name="emu", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=0.003))
+    )
     with serve_in_thread(spec) as good:
         data = json.loads(json.dumps(BASE))
         data["pools"][0]["backends"] = [good.url]

@@ -30,17 +30,31 @@ MEDIAN_TOL, P90_TOL = 0.20, 0.25
 def requests(n: int = 100, rate: float = 16.0, seed: int = 1) -> list[Request]:
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(1 / rate, n))
-    return [Request(id=i, arrival_s=float(arrivals[i]), prompt_tokens=int(rng.integers(200, 2000)),
-                    output_tokens=int(rng.integers(2, 40))) for i in range(n)]  # fmt: skip
+    return [
+        Request(
+            id=i,
+            arrival_s=float(arrivals[i]),
+            prompt_tokens=int(rng.integers(200, 2000)),
+            output_tokens=int(rng.integers(2, 40)),
+        )
+        for i in range(n)
+    ]
 
 
 def test_emulator_replay_agrees_with_the_simulator():
-    cfg = PoolConfig.model_validate({
-        "name": "emu", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1,
-        "engine": {"max_num_seqs": 8, "max_num_batched_tokens": 2048},
-        "perf_model": {"name": "constant",
-                       "params": {"step_s": 0.015, "per_prefill_token_s": 2e-5, "per_decode_seq_s": 2e-4}},
-    })  # fmt: skip
+    cfg = PoolConfig.model_validate(
+        {
+            "name": "emu",
+            "gpu": "h100-80g",
+            "model": "llama-3-8b",
+            "replicas": 1,
+            "engine": {"max_num_seqs": 8, "max_num_batched_tokens": 2048},
+            "perf_model": {
+                "name": "constant",
+                "params": {"step_s": 0.015, "per_prefill_token_s": 2e-5, "per_decode_seq_s": 2e-4},
+            },
+        }
+    )
     pool = resolve_pool(cfg, Catalog.default())
     reqs = requests()
     sim = simulate(reqs, [pool.spec()], mode="per_iteration").requests

@@ -25,8 +25,12 @@ def test_real_vllm_exact_lengths_and_metrics_move_with_our_requests():
             before = await scraper.scrape(URL)
             res = await client.completion(prompt_ids(64, salt=12345), 16, model=model)
             chat = await client.chat([{"role": "user", "content": "Say hello."}], 8, model=model)
-            df = await replay([Request(id=i, arrival_s=0.05 * i, prompt_tokens=32 + i, output_tokens=4)
-                               for i in range(8)], [URL], token=TOKEN, drain_timeout_s=60)  # fmt: skip
+            df = await replay(
+                [Request(id=i, arrival_s=0.05 * i, prompt_tokens=32 + i, output_tokens=4) for i in range(8)],
+                [URL],
+                token=TOKEN,
+                drain_timeout_s=60,
+            )
             after = await scraper.scrape(URL)
             return before, res, chat, df, after
 

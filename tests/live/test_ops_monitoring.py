@@ -69,17 +69,26 @@ def dashboard_queries() -> list[tuple[str, str]]:
 
 
 def recording_rules() -> list[str]:
-    return [r["record"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if "record" in r]
+    return [
+        r["record"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if "record" in r
+    ]
 
 
 @pytest.fixture
 def gateway_config(tmp_path):
     def make(backend: str) -> Path:
         path = tmp_path / "gateway.yaml"
-        path.write_text(json.dumps({"tenants": {"ops": {"api_keys": [hash_key(KEY)], "models": ["llama-3-8b"],
-                                                        "max_tokens": 32}},
-                                    "backends": {"llama-3-8b": {"urls": [backend]}},
-                                    "audit_log": str(tmp_path / "audit.jsonl")}))  # fmt: skip
+        path.write_text(
+            json.dumps(
+                {
+                    "tenants": {
+                        "ops": {"api_keys": [hash_key(KEY)], "models": ["llama-3-8b"], "max_tokens": 32}
+                    },
+                    "backends": {"llama-3-8b": {"urls": [backend]}},
+                    "audit_log": str(tmp_path / "audit.jsonl"),
+                }
+            )
+        )
         return path
 
     return make
@@ -89,35 +98,60 @@ def gateway_config(tmp_path):
 def test_every_dashboard_query_and_recording_rule_returns_series(tmp_path, gateway_config):
     queries = dashboard_queries()
     assert len(queries) >= 25
-    spec = EmulatorSpec(served_model_name="llama-3-8b", perf=ConstantModel(ConstantModel.Params(step_s=0.005)),
-                        limits=EngineLimits(num_blocks=1024, max_num_seqs=8, max_num_batched_tokens=1024,
-                                            max_model_len=2048))  # fmt: skip
+    spec = EmulatorSpec(
+        served_model_name="llama-3-8b",
+        perf=ConstantModel(ConstantModel.Params(step_s=0.005)),
+        limits=EngineLimits(num_blocks=1024, max_num_seqs=8, max_num_batched_tokens=1024, max_model_len=2048),
+    )
     metrics = ControllerMetrics(["chat"])
     shadow_url = metrics.serve()
     with contextlib.ExitStack() as stack:
         emu = stack.enter_context(serve_in_thread(spec))
         gw = stack.enter_context(serve_in_thread(create_gateway_app(load_gateway(gateway_config(emu.url)))))
-        prom = stack.enter_context(prometheus(tmp_path, [job("vllm", [emu.url], pool="chat"),
-                                                         job("fleettwin-gateway", [gw.url]),
-                                                         job("fleettwin-shadow", [shadow_url])],
-                                              interval=SCRAPE, rule_files=[str(RULES)]))  # fmt: skip
+        prom = stack.enter_context(
+            prometheus(
+                tmp_path,
+                [
+                    job("vllm", [emu.url], pool="chat"),
+                    job("fleettwin-gateway", [gw.url]),
+                    job("fleettwin-shadow", [shadow_url]),
+                ],
+                interval=SCRAPE,
+                rule_files=[str(RULES)],
+            )
+        )
         prom.wait("three targets up", lambda: len(prom.query("up == 1")) == 3)
-        cfg = parse_live({"name": "ops", "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b",
-                                                    "backends": [emu.url]}],
-                          "controller": {"allocator": {"name": "reactive"}, "interval_s": 0.3},
-                          "decision_log": str(tmp_path / "decisions.jsonl")})  # fmt: skip
+        cfg = parse_live(
+            {
+                "name": "ops",
+                "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "backends": [emu.url]}],
+                "controller": {"allocator": {"name": "reactive"}, "interval_s": 0.3},
+                "decision_log": str(tmp_path / "decisions.jsonl"),
+            }
+        )
 
         async def traffic_and_control() -> None:
             with DecisionLog(cfg.decision_log_path) as log:
                 ctl = ShadowController(cfg, log, metrics=metrics)
                 loop = asyncio.create_task(ctl.run(duration_s=5.0))
                 async with httpx.AsyncClient(base_url=gw.url, timeout=10) as c:
-                    body = {"model": "llama-3-8b", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+                    body = {
+                        "model": "llama-3-8b",
+                        "messages": [{"role": "user", "content": "hi"}],
+                        "max_tokens": 8,
+                    }
                     assert (await c.post("/v1/chat/completions", json=body)).status_code == 401  # a refusal
                     for _ in range(4):
-                        rs = await asyncio.gather(*(c.post("/v1/chat/completions", json=body,
-                                                           headers={"Authorization": f"Bearer {KEY}"})
-                                                    for _ in range(5)))  # fmt: skip
+                        rs = await asyncio.gather(
+                            *(
+                                c.post(
+                                    "/v1/chat/completions",
+                                    json=body,
+                                    headers={"Authorization": f"Bearer {KEY}"},
+                                )
+                                for _ in range(5)
+                            )
+                        )
                         assert [r.status_code for r in rs] == [200] * 5
                         await asyncio.sleep(0.8)
                 await loop
@@ -131,4 +165,6 @@ def test_every_dashboard_query_and_recording_rule_returns_series(tmp_path, gatew
         no_series = [name for name in recording_rules() if not prom.query(name, now)]
         assert not no_series, f"recording rules without series: {no_series}"
         alerts = httpx.get(f"{prom.url}/api/v1/rules", timeout=10).json()["data"]["groups"]
-        assert all(r["health"] == "ok" for g in alerts for r in g["rules"]), "every rule evaluates without error"
+        assert all(r["health"] == "ok" for g in alerts for r in g["rules"]), (
+            "every rule evaluates without error"
+        )

@@ -24,8 +24,28 @@ from fleettwin.live.retrieval_service import (
 from fleettwin.live.server import serve_in_thread
 from fleettwin.models.errors import ConfigError
 
-TOPICS = ["gpu", "fleet", "kv", "cache", "prefill", "decode", "router", "tenant", "quota", "faiss", "index", "probe",
-          "shadow", "controller", "gateway", "certificate", "replica", "spot", "region", "latency"]  # fmt: skip
+TOPICS = [
+    "gpu",
+    "fleet",
+    "kv",
+    "cache",
+    "prefill",
+    "decode",
+    "router",
+    "tenant",
+    "quota",
+    "faiss",
+    "index",
+    "probe",
+    "shadow",
+    "controller",
+    "gateway",
+    "certificate",
+    "replica",
+    "spot",
+    "region",
+    "latency",
+]
 EMB = {"dim": 64}
 
 
@@ -35,7 +55,9 @@ def corpus(n: int) -> list[dict]:
     out = []
     for i in range(n):
         words = rng.choice(TOPICS, size=3, replace=False)
-        out.append({"text": f"passage {i} about " + " ".join(words) + f" number{i}", "source": f"doc{i % 4}.md"})
+        out.append(
+            {"text": f"passage {i} about " + " ".join(words) + f" number{i}", "source": f"doc{i % 4}.md"}
+        )
     return out
 
 
@@ -46,7 +68,9 @@ def stores(tmp_path_factory):
     build_collection(d / "flat.faiss", passages, embedder_params=EMB)
     build_collection(d / "ivf.faiss", passages, embedder_params=EMB, index_type="ivf_flat")
     vecs = np.random.default_rng(1).standard_normal((20, 8)).astype(np.float32)
-    save_collection(d / "raw.faiss", VectorStore.build(IndexSpec(index_type="flat", dim=8, metric="l2"), vecs))
+    save_collection(
+        d / "raw.faiss", VectorStore.build(IndexSpec(index_type="flat", dim=8, metric="l2"), vecs)
+    )
     return d, passages, vecs
 
 
@@ -103,18 +127,25 @@ def test_ivf_with_every_list_probed_is_the_exact_answer(service, stores):
     assert emb.dim == cols["ivf"].store.dim
 
 
-@pytest.mark.parametrize("body, status, words", [
-    ({"collection": "nope", "query": "x"}, 404, "no collection 'nope'; served: flat, ivf, raw"),
-    ({"collection": "flat"}, 400, "exactly one of 'query' (text) and 'vector'"),
-    ({"collection": "flat", "query": "x", "vector": [0.0] * 64}, 400, "exactly one of"),
-    ({"collection": "flat", "query": "x", "k": 0}, 400, "k: Input should be greater than or equal to 1"),
-    ({"collection": "flat", "query": "x", "nprobe": 2}, 400, "nprobe applies to index types"),
-    ({"collection": "ivf", "query": "x", "nprobe": 10_000}, 400, "exceeds nlist"),
-    ({"collection": "flat", "vector": [0.1, 0.2]}, 400, "dimension 2, the index has dimension 64"),
-    ({"collection": "raw", "query": "x"}, 400, "has no embedder record, so it takes 'vector' queries only"),
-    ({"collection": "flat", "query": "x", "filter": 1}, 400, "filter: Extra inputs are not permitted"),
-    ({"query": "x"}, 400, "collection: Field required"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        ({"collection": "nope", "query": "x"}, 404, "no collection 'nope'; served: flat, ivf, raw"),
+        ({"collection": "flat"}, 400, "exactly one of 'query' (text) and 'vector'"),
+        ({"collection": "flat", "query": "x", "vector": [0.0] * 64}, 400, "exactly one of"),
+        ({"collection": "flat", "query": "x", "k": 0}, 400, "k: Input should be greater than or equal to 1"),
+        ({"collection": "flat", "query": "x", "nprobe": 2}, 400, "nprobe applies to index types"),
+        ({"collection": "ivf", "query": "x", "nprobe": 10_000}, 400, "exceeds nlist"),
+        ({"collection": "flat", "vector": [0.1, 0.2]}, 400, "dimension 2, the index has dimension 64"),
+        (
+            {"collection": "raw", "query": "x"},
+            400,
+            "has no embedder record, so it takes 'vector' queries only",
+        ),
+        ({"collection": "flat", "query": "x", "filter": 1}, 400, "filter: Extra inputs are not permitted"),
+        ({"query": "x"}, 400, "collection: Field required"),
+    ],
+)
 def test_bad_requests_are_refused_naming_the_problem(service, body, status, words):
     srv, _ = service
     r = ask(srv, body)
@@ -127,8 +158,11 @@ def test_token_guards_v1_only_and_metrics_count_per_collection(service):
 
     def count(fams, name, **labels) -> float:
         fam = fams.get(name) or fams.get(f"{name}_total")
-        return sum(s.value for s in (fam.samples if fam else ()) if s.name.endswith(("_total", "_count"))
-                   and all(s.labels.get(k) == v for k, v in labels.items()))  # fmt: skip
+        return sum(
+            s.value
+            for s in (fam.samples if fam else ())
+            if s.name.endswith(("_total", "_count")) and all(s.labels.get(k) == v for k, v in labels.items())
+        )
 
     for token in (None, "wrong", "s3cret-token-2"):
         r = ask(srv, {"collection": "flat", "query": "gpu"}, token=token)
@@ -140,13 +174,18 @@ def test_token_guards_v1_only_and_metrics_count_per_collection(service):
     assert ask(srv, {"collection": "flat", "query": "gpu", "k": -1}).status_code == 400
     assert ask(srv, {"collection": "elsewhere", "query": "gpu"}).status_code == 404
     after = parse(httpx.get(f"{srv.url}/metrics").text)
-    for labels, delta in (({"collection": "flat", "status": "200"}, 1), ({"collection": "flat", "status": "400"}, 1),
-                          ({"collection": "(unknown)", "status": "404"}, 1)):  # fmt: skip
+    for labels, delta in (
+        ({"collection": "flat", "status": "200"}, 1),
+        ({"collection": "flat", "status": "400"}, 1),
+        ({"collection": "(unknown)", "status": "404"}, 1),
+    ):
         name = "fleettwin_retrieval_requests"
         assert count(after, name, **labels) - count(before, name, **labels) == delta
     hist = "fleettwin_retrieval_request_duration_seconds"
     assert count(after, hist, collection="flat") - count(before, hist, collection="flat") == 1
-    vectors = {s.labels["collection"]: s.value for s in after["fleettwin_retrieval_collection_vectors"].samples}
+    vectors = {
+        s.labels["collection"]: s.value for s in after["fleettwin_retrieval_collection_vectors"].samples
+    }
     assert vectors == {"flat": 64, "ivf": 64, "raw": 20}
 
 
@@ -154,7 +193,9 @@ def test_broken_collections_fail_before_serving(tmp_path, stores):
     d, passages, _ = stores
     with pytest.raises(ConfigError, match=r"collection 'x': .*no such index file"):
         load_collection("x", tmp_path / "missing.faiss")
-    store = VectorStore.build(IndexSpec(index_type="flat", dim=64), make_embedder("hashing", EMB).encode(["a b"]))
+    store = VectorStore.build(
+        IndexSpec(index_type="flat", dim=64), make_embedder("hashing", EMB).encode(["a b"])
+    )
     with pytest.raises(ConfigError, match="1 passages for 1 vectors|2 passages for 1 vectors"):
         save_collection(tmp_path / "two.faiss", store, passages=[{"text": "a"}, {"text": "b"}])
     save_collection(tmp_path / "dim.faiss", store, embedder="hashing", embedder_params={"dim": 32})
@@ -170,20 +211,33 @@ def test_broken_collections_fail_before_serving(tmp_path, stores):
 def test_command_builds_a_corpus_and_refuses_bad_arguments(tmp_path, capsys):
     docs = tmp_path / "docs"
     docs.mkdir()
-    (docs / "a.md").write_text("\n\n".join(f"paragraph {i} " + "words that make it long enough " * 3
-                                           for i in range(5)))  # fmt: skip
-    code = main(["serve-retrieval", "--build", f"kb={docs}", "--store-dir", str(tmp_path / "s"), "--build-only",
-                 "--embedder-param", "dim=32"])  # fmt: skip
+    (docs / "a.md").write_text(
+        "\n\n".join(f"paragraph {i} " + "words that make it long enough " * 3 for i in range(5))
+    )
+    code = main(
+        [
+            "serve-retrieval",
+            "--build",
+            f"kb={docs}",
+            "--store-dir",
+            str(tmp_path / "s"),
+            "--build-only",
+            "--embedder-param",
+            "dim=32",
+        ]
+    )
     assert code == 0 and "built kb: 5 passages" in capsys.readouterr().out
     col = load_collection("kb", tmp_path / "s" / "kb.faiss")
     assert col.store.ntotal == 5 and col.embedder_ref == {"name": "hashing", "params": {"dim": 32}}
     assert col.passages[2]["source"].endswith("a.md") and col.passages[2]["text"].startswith("paragraph 2")
-    for argv, words in ((["--collection", "kb"], "expected NAME=PATH"),
-                        ([], "give at least one --collection"),
-                        (["--collection", "a=x", "--collection", "a=y"], "collection names must be distinct"),
-                        (["--collection", "a=x", "--tls-cert", "c.pem"], "--tls-cert and --tls-key go together"),
-                        (["--collection", "a=x", "--tls-cert", "c.pem", "--tls-key", "k.pem"], "no such file c.pem"),
-                        (["--collection", "a=x", "--token-env", "FLEETTWIN_NO_SUCH_VAR"], "is not set"),
-                        (["--collection", f"a={tmp_path / 'none.faiss'}"], "no such index file")):  # fmt: skip
+    for argv, words in (
+        (["--collection", "kb"], "expected NAME=PATH"),
+        ([], "give at least one --collection"),
+        (["--collection", "a=x", "--collection", "a=y"], "collection names must be distinct"),
+        (["--collection", "a=x", "--tls-cert", "c.pem"], "--tls-cert and --tls-key go together"),
+        (["--collection", "a=x", "--tls-cert", "c.pem", "--tls-key", "k.pem"], "no such file c.pem"),
+        (["--collection", "a=x", "--token-env", "FLEETTWIN_NO_SUCH_VAR"], "is not set"),
+        (["--collection", f"a={tmp_path / 'none.faiss'}"], "no such index file"),
+    ):
         assert main(["serve-retrieval", *argv]) == 2
         assert words in capsys.readouterr().err
