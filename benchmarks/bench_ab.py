@@ -1,15 +1,16 @@
 """A/B speed of the simulator: this working tree against an earlier commit, alternating runs in one session.
 
 The machine is shared, so a single run of each side says little: runs alternate A, B, A, B ... (each a fresh
-process running ``bench_serving.py --json`` on identical requests) and the report gives the ratio of the medians.
-The earlier commit is checked out into a temporary ``git worktree`` and imported through a shim folder that
-maps ``fleettwin``, ``fleettwin.models``, ``fleettwin.sim`` and ``fleettwin.live`` to its folders, ahead of the
-editable install (nothing is installed, and the worktree is removed afterwards). Both sides run the *current*
-``bench_serving.py``, and both sides must simulate alike: the events count and the E2E sum are compared.
+process running ``bench_serving.py --json`` on identical requests) and the report gives the ratio of the
+medians. The earlier commit is checked out into a temporary ``git worktree`` and imported through a shim
+folder that maps ``fleettwin``, ``fleettwin.models``, ``fleettwin.sim`` and ``fleettwin.live`` to its folders,
+ahead of the editable install (nothing is installed, and the worktree is removed afterwards). Both sides run
+the *current* ``bench_serving.py``, and both sides must simulate alike: the events count and the E2E sum are
+compared.
 
-``--instructions`` counts machine instructions instead (valgrind's cachegrind, ``I refs``), which does not depend
-on what else the machine runs: each side runs once simulating and once only setting up (imports, trace, pool),
-and the difference is the instructions the simulation took. About 50x slower than a plain run.
+``--instructions`` counts machine instructions instead (valgrind's cachegrind, ``I refs``), which does not
+depend on what else the machine runs: each side runs once simulating and once only setting up (imports, trace,
+pool), and the difference is the instructions the simulation took. About 50x slower than a plain run.
 
     .venv/bin/python benchmarks/bench_ab.py --base 5d4238b --rounds 5
     .venv/bin/python benchmarks/bench_ab.py --base 5d4238b --instructions --replicas 8 64
@@ -17,8 +18,9 @@ and the difference is the instructions the simulation took. About 50x slower tha
     .venv/bin/python benchmarks/bench_ab.py --base db52bd0 --replicas 64 --a-perf-model calibrated \
         --b-perf-model roofline                                       # a performance model's cost
 
-The compiled hot path (``fleettwin/native.py``) is used by any side whose source it was built from; ``--pure-b`` runs
-side B with ``FLEETTWIN_PURE_PYTHON=1`` (set that variable for the whole command to compare pure with pure).
+The compiled hot path (``fleettwin/native.py``) is used by any side whose source it was built from;
+``--pure-b`` runs side B with ``FLEETTWIN_PURE_PYTHON=1`` (set that variable for the whole command to compare
+pure with pure).
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ PACKAGES = {"models": "models", "sim": "sim", "live": "live"}  # fleettwin.<key>
 
 
 def make_shim(tree: Path, shim: Path) -> None:
-    """``shim/fleettwin`` whose modules are ``tree``'s (symlinks), so ``PYTHONPATH=shim`` imports that tree."""
+    """``shim/fleettwin`` whose modules are ``tree``'s (symlinks), so ``PYTHONPATH=shim`` imports that
+    tree."""
     pkg = shim / "fleettwin"
     pkg.mkdir(parents=True)
     for entry in (tree / "fleettwin").iterdir():

@@ -1,9 +1,9 @@
 """Forecast accuracy and speed on held-out-sized windows of the shipped series (docs/forecasting.md).
 
-The acceptance check of issue 17 runs ``fleettwin policy backtest ... --warmup 1.5d --step 3h`` on unseen windows of
-about 4 days (ServeGen) and 8 days (NASA). This runs the same backtest on windows of that size cut from the
-series in traces/ (ServeGen: days 0-4.2, 2.8-7.0 and 5.6-9.8; NASA at 10 min: its first and last 8.27 days)
-and prints, per window and horizon, each model's sMAPE over the last value's, its p90 coverage and the
+The acceptance check of issue 17 runs ``fleettwin policy backtest ... --warmup 1.5d --step 3h`` on unseen
+windows of about 4 days (ServeGen) and 8 days (NASA). This runs the same backtest on windows of that size cut
+from the series in traces/ (ServeGen: days 0-4.2, 2.8-7.0 and 5.6-9.8; NASA at 10 min: its first and last 8.27
+days) and prints, per window and horizon, each model's sMAPE over the last value's, its p90 coverage and the
 largest forecast over the window's maximum. No tuning happens here: the defaults are what is measured.
 
     .venv/bin/python benchmarks/bench_forecast_windows.py --out results/forecast_windows.csv

@@ -1,11 +1,11 @@
 """The gateway's cost: the same requests sent straight to an emulator and through the gateway, in one run.
 
-An emulator (``fleettwin live emulate``, constant step time) and a gateway in front of it (``fleettwin live gateway``,
-one tenant with quotas, every detector on) run as separate processes; this process is a closed-loop client
-with a fixed number of requests in flight. Blocks of requests alternate between the two paths so that both
-see the same machine load, and each path's client-side TTFT/E2E percentiles and throughput are reported side
-by side. The policy pipeline alone (``Gatekeeper.check``: auth, authz, sanitising, admission; no I/O) is timed
-in-process too: that is the number a simulated gateway stage should be given.
+An emulator (``fleettwin live emulate``, constant step time) and a gateway in front of it (``fleettwin live
+gateway``, one tenant with quotas, every detector on) run as separate processes; this process is a closed-loop
+client with a fixed number of requests in flight. Blocks of requests alternate between the two paths so that
+both see the same machine load, and each path's client-side TTFT/E2E percentiles and throughput are reported
+side by side. The policy pipeline alone (``Gatekeeper.check``: auth, authz, sanitising, admission; no I/O) is
+timed in-process too: that is the number a simulated gateway stage should be given.
 
     .venv/bin/python benchmarks/bench_gateway.py
     .venv/bin/python benchmarks/bench_gateway.py --requests 2000 --concurrency 32 --max-tokens 32 --out results/bench_gateway.json

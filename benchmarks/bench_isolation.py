@@ -1,7 +1,8 @@
-"""One tenant's huge or hung requests against another tenant's latency, through the gateway (issue 16, defects 2
-and 3), with every party its own process: an emulator (``fleettwin live emulate``, constant 1 ms steps), a gateway in
-front of it (two tenants, every detector on), a sender of 50 MB bodies (with a Content-Length, then chunked, in
-a loop) and this process, a bystander tenant sending small non-streamed requests one after another.
+"""One tenant's huge or hung requests against another tenant's latency, through the gateway (issue 16, defects
+2 and 3), with every party its own process: an emulator (``fleettwin live emulate``, constant 1 ms steps), a
+gateway in front of it (two tenants, every detector on), a sender of 50 MB bodies (with a Content-Length, then
+chunked, in a loop) and this process, a bystander tenant sending small non-streamed requests one after
+another.
 
 Reported per phase (``quiet``: the bystander alone; ``50MB``: while the sender runs): the bystander's request
 count and latency p50/p99/max, and the sender's answers. Only public commands and HTTP are used, so the same

@@ -2,11 +2,11 @@
 (``simulate --stream``: rows to Parquet in row groups, percentiles from sketches) and, for comparison, held in
 memory (the default).
 
-The workload is the real Azure conversation trace looped over whole periods (``workload.loop_to_s``) and scaled
-(``workload.rate_scale``) to N requests at no more than 900 requests/s on 64 llama-3-8b replicas on H100 (at
-most about 60 % of what they sustain): 1 M requests are one 29-minute period at 570 requests/s, 10 M seven
-periods (3.4 h) at 820 requests/s. Each case runs in a fresh process, so its
-peak RSS (``ru_maxrss``) is its own.
+The workload is the real Azure conversation trace looped over whole periods (``workload.loop_to_s``) and
+scaled (``workload.rate_scale``) to N requests at no more than 900 requests/s on 64 llama-3-8b replicas on
+H100 (at most about 60 % of what they sustain): 1 M requests are one 29-minute period at 570 requests/s, 10 M
+seven periods (3.4 h) at 820 requests/s. Each case runs in a fresh process, so its peak RSS (``ru_maxrss``) is
+its own.
 
     .venv/bin/python benchmarks/bench_memory.py                       # 1 M streamed and in memory, 10 M streamed
     .venv/bin/python benchmarks/bench_memory.py --requests 1000000 --modes stream

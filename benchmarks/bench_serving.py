@@ -1,8 +1,8 @@
 """Simulator speed: simulated requests and SimPy events per wall-second for 1, 8 and 64 replicas.
 
 The workload is the real Azure conversation trace (lengths and inter-arrival pattern), tiled end to end until
-there are enough requests and sped up so that every replica sees the same load (``--per-replica-rate``). A bare
-SimPy M/M/c loop is timed in the same run so the ratio is comparable across machines.
+there are enough requests and sped up so that every replica sees the same load (``--per-replica-rate``). A
+bare SimPy M/M/c loop is timed in the same run so the ratio is comparable across machines.
 
     .venv/bin/python benchmarks/bench_serving.py            # or: make bench
     .venv/bin/python benchmarks/bench_serving.py --replicas 64 --requests 200000
@@ -76,7 +76,8 @@ def bench_fleettwin(
         "wall_s": wall,
         "cpu_s": cpu,
         "req_per_s": n / wall,
-        # CPU time of this process: on a shared machine the wall clock also counts time spent waiting for a core.
+        # CPU time of this process: on a shared machine the wall clock also counts time spent waiting for a
+        # core.
         "req_per_cpu_s": n / cpu,
         "events_per_s": raw.events / wall,
         "events_per_req": raw.events / n,
@@ -91,7 +92,8 @@ def bench_fleettwin(
 
 
 def bench_bare_mmc(servers: int, n: int) -> dict:
-    """The cheapest meaningful SimPy queue: Poisson arrivals, a Resource with ``servers`` slots, exp service."""
+    """The cheapest meaningful SimPy queue: Poisson arrivals, a Resource with ``servers`` slots, exp
+    service."""
     from fleettwin.sim.simpy_fast import events_scheduled
 
     rng = random.Random(1)

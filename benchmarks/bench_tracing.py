@@ -1,13 +1,14 @@
-"""What tracing costs: an emulator and a gateway with OpenTelemetry off and the same pair with it on, in one run.
+"""What tracing costs: an emulator and a gateway with OpenTelemetry off and the same pair with it on, in one
+run.
 
 Two stacks run side by side as separate processes — emulator + gateway with ``FLEETTWIN_TRACING`` unset, and
 emulator + gateway with ``FLEETTWIN_TRACING=console`` writing every span to /dev/null through the SDK's batch
-processor (the span work of an OTLP exporter without a collector's network; ``--exporter memory`` keeps them in
-the processes instead). This process is a closed-loop client with a fixed number of requests in flight; blocks of
-requests rotate over four paths — straight to each emulator and through each gateway — so that all four see
-the same machine load. Reported per path: client-side throughput, TTFT/E2E p50 and p95, and the CPU seconds each
-server process used per request (``/proc``); then the on/off ratios of the traced path against the untraced
-one. The cost of one span (start, four attributes, end, exported) is also timed in-process.
+processor (the span work of an OTLP exporter without a collector's network; ``--exporter memory`` keeps them
+in the processes instead). This process is a closed-loop client with a fixed number of requests in flight;
+blocks of requests rotate over four paths — straight to each emulator and through each gateway — so that all
+four see the same machine load. Reported per path: client-side throughput, TTFT/E2E p50 and p95, and the CPU
+seconds each server process used per request (``/proc``); then the on/off ratios of the traced path against
+the untraced one. The cost of one span (start, four attributes, end, exported) is also timed in-process.
 
     .venv/bin/python benchmarks/bench_tracing.py
     .venv/bin/python benchmarks/bench_tracing.py --requests 2000 --concurrency 32 --out results/bench_tracing.json
@@ -121,8 +122,9 @@ def summary(s: dict, path: str) -> dict:
 
 def span_cost(exporter: str, n: int = 10_000) -> dict:
     """CPU microseconds of this process per span (start, four attributes, end), with and without its export:
-    spans are flushed every 1,000 (under the batch queue's 2,048, so none is dropped) and the flushes are timed
-    apart. Process CPU time, not wall time: other jobs on the machine do not count, the exporter's thread does."""
+    spans are flushed every 1,000 (under the batch queue's 2,048, so none is dropped) and the flushes are
+    timed apart. Process CPU time, not wall time: other jobs on the machine do not count, the exporter's
+    thread does."""
     tr = setup_tracing("bench", exporter, file=os.devnull)
     parent = tr.start("parent")
     made = flushed = 0.0

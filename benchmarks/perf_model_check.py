@@ -4,8 +4,8 @@ Source: vLLM nightly performance benchmark (Buildkite), ``latency_*`` tests, as 
 ``/work/shared/reference/vllm_measurements.md`` section D: offline ``benchmark_latency``, a fixed batch of 8
 requests with 32 input and 128 output tokens, mean end-to-end latency of the whole batch.
 
-The run is modelled as one prefill iteration of 8 x 32 tokens (which samples each request's first token) followed
-by 127 decode iterations of 8 sequences whose context grows by one token per iteration.
+The run is modelled as one prefill iteration of 8 x 32 tokens (which samples each request's first token)
+followed by 127 decode iterations of 8 sequences whose context grows by one token per iteration.
 
     .venv/bin/python benchmarks/perf_model_check.py            # default roofline parameters
     .venv/bin/python benchmarks/perf_model_check.py '{"overhead_s": 0.003}'
@@ -26,8 +26,9 @@ from fleettwin.models.perf import PERF_MODELS, BatchStats, PerformanceModel
 
 BATCH, INPUT_TOKENS, OUTPUT_TOKENS = 8, 32, 128
 
-# (test name, gpu id, llm id, tp, measured mean latency in ms). Llama-3.1-8B is modelled as llama-3-8b: the two
-# have the same shapes (3.1 only changes RoPE scaling and the context length), which this check does not reach.
+# (test name, gpu id, llm id, tp, measured mean latency in ms). Llama-3.1-8B is modelled as llama-3-8b: the
+# two have the same shapes (3.1 only changes RoPE scaling and the context length), which this check does not
+# reach.
 PUBLISHED_MS: tuple[tuple[str, str, str, int, float], ...] = (
     ("latency_llama8B_tp1", "h100-80g", "llama-3-8b", 1, 997.542),
     ("latency_llama70B_tp4", "h100-80g", "llama-3-70b", 4, 2444.47),
@@ -61,7 +62,8 @@ def offline_batch_iterations(
     input_tokens: int = INPUT_TOKENS,
     output_tokens: int = OUTPUT_TOKENS,
 ) -> tuple[float, np.ndarray]:
-    """Seconds of the prefill iteration and of each decode iteration for ``batch`` requests arriving together."""
+    """Seconds of the prefill iteration and of each decode iteration for ``batch`` requests arriving
+    together."""
     prefill = BatchStats()
     for _ in range(batch):
         prefill.add_prefill(input_tokens, 0)

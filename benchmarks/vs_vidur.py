@@ -1,4 +1,5 @@
-"""fleettwin and Vidur side by side on the same requests: latency percentiles, their differences, and wall time.
+"""fleettwin and Vidur side by side on the same requests: latency percentiles, their differences, and wall
+time.
 
 Setup (Vidur's defaults for its ``vllm`` replica scheduler, which fleettwin is configured to match):
 - Llama-2-7B on one A100 80 GB, TP1; Vidur's measured MLP/network tables and the peer kit's synthetic attention
@@ -138,8 +139,8 @@ def ensure_vidur_cache(work: Path) -> Path:
 
 
 # Vidur 0.0.26's Request.restart() (recompute preemption in its vllm scheduler) resets the request's processed
-# tokens but not its per-stage counterpart, so the first restarted request that re-prefills trips
-# ``assert self._num_stage_processed_tokens <= self.total_tokens`` and the run dies. The fix resets the two stage
+# tokens but not its per-stage counterpart, so the first restarted request that re-prefills trips ``assert
+# self._num_stage_processed_tokens <= self.total_tokens`` and the run dies. The fix resets the two stage
 # fields restart() forgets; nothing else in Vidur changes. docs/validation.md has the details.
 _VIDUR_RESTART_FIX = """
 import runpy, sys
@@ -268,8 +269,8 @@ def vidur_limits() -> EngineLimits:
 class VidurV0Scheduler(ReferenceScheduler):
     """Experiment only: Vidur's ``vllm`` replica scheduler (vLLM V0 without chunked prefill) on top of
     fleettwin's bookkeeping. An iteration is prefill-only when the waiting head fits (token budget, batch cap,
-    KV blocks above a 1 % watermark), else decode-only; fleettwin's own scheduler (vLLM V1) mixes both. Built on
-    the plain reference scheduler, so it runs in ``per_iteration`` mode."""
+    KV blocks above a 1 % watermark), else decode-only; fleettwin's own scheduler (vLLM V1) mixes both. Built
+    on the plain reference scheduler, so it runs in ``per_iteration`` mode."""
 
     WATERMARK = 0.01  # vidur CacheConfig.watermark_blocks_fraction
 

@@ -54,8 +54,8 @@ def load(name: str) -> ModuleType:
 
 
 def __getattr__(name: str) -> Any:
-    # The result type pulls in pandas; importing it lazily keeps `fleettwin --help` (which lists the experiment
-    # names) and every command's start-up free of that cost.
+    # The result type pulls in pandas; importing it lazily keeps `fleettwin --help` (which lists the
+    # experiment names) and every command's start-up free of that cost.
     if name in ("ExperimentResult", "write_experiment"):
         from . import base
 

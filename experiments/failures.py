@@ -1,7 +1,7 @@
 """``fleettwin sim experiment failures``: a GPU failure storm in one region and a whole-region outage at peak.
 
-Each case is a scenario file in ``configs/experiments/`` (``failures_storm.yaml``, ``failures_outage.yaml``; each
-runs alone with ``fleettwin sim run``) plus overrides. Every case is also run without its failures (the
+Each case is a scenario file in ``configs/experiments/`` (``failures_storm.yaml``, ``failures_outage.yaml``;
+each runs alone with ``fleettwin sim run``) plus overrides. Every case is also run without its failures (the
 baseline: same requests, same seed), because the load follows a daily curve and "as fast as before" must be
 judged against the same minute of the same day. Per case it reports the requests lost (not completed), the
 retries, the p99 E2E of requests sent before, during and after the failure window, and the time to recover.

@@ -1,11 +1,11 @@
 """``fleettwin sim experiment multitier``: five GPU allocators on one day of a three-tier fleet.
 
-Runs ``configs/experiments/multitier.yaml`` once per allocator of ``configs/experiments/multitier_policies.yaml``
-(unified, static, reactive, forecast, milp) on the same requests (generated once), the same jobs and the same
-seed, and sets cost, utilisation, latency consistency, training throughput and deadline misses beside the seed
-paper's multi-tier claim. The full run first measures the replica's knee in the simulator
-(``sim/capacity_probe.py``) and gives it to the capacity-based allocators; ``--quick`` uses the value recorded
-in the scenario and a four-hour window.
+Runs ``configs/experiments/multitier.yaml`` once per allocator of
+``configs/experiments/multitier_policies.yaml`` (unified, static, reactive, forecast, milp) on the same
+requests (generated once), the same jobs and the same seed, and sets cost, utilisation, latency consistency,
+training throughput and deadline misses beside the seed paper's multi-tier claim. The full run first measures
+the replica's knee in the simulator (``sim/capacity_probe.py``) and gives it to the capacity-based allocators;
+``--quick`` uses the value recorded in the scenario and a four-hour window.
 """
 
 from __future__ import annotations
@@ -137,7 +137,8 @@ def policy_scenario(
     measured: dict[str, float],
     unified: SimulationResult | None,
 ) -> ScenarioConfig:
-    """The scenario with this policy's allocator (and its capacity table, interval; static: unified's peaks)."""
+    """The scenario with this policy's allocator (and its capacity table, interval; static: unified's
+    peaks)."""
     params = dict(policy.allocator.params)
     if policy.allocator.name in CAPACITY_USERS:
         cap = dict(params.get("capacity", {}))

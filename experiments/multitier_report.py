@@ -1,4 +1,5 @@
-"""The multitier experiment's report (the table beside the seed's claims, what is and is not confirmed) and plots."""
+"""The multitier experiment's report (the table beside the seed's claims, what is and is not confirmed) and
+plots."""
 
 from __future__ import annotations
 

@@ -1,16 +1,16 @@
-"""``fleettwin sim experiment noisy-neighbor``: one tenant bursts 10x on a shared pool; what isolation buys the other
-tenants and what it costs in utilisation.
+"""``fleettwin sim experiment noisy-neighbor``: one tenant bursts 10x on a shared pool; what isolation buys
+the other tenants and what it costs in utilisation.
 
 The scenario is ``configs/experiments/noisy_neighbor.yaml`` (three tenants, one pool, tenant A's burst; as
 written the "quotas + wfq" set-up). Every set-up runs the same requests (same seeds) and differs only in
 isolation: the waiting-queue policy of the replicas (``fcfs`` or ``wfq``), the tenants' rate quotas (token
-buckets at the door) and their slot caps (``gpu_share`` of the pool's sequence slots, waiting at the pool). The
-gateway stage (a latency and a refusal rate) runs in every set-up but the last, which measures its cost.
+buckets at the door) and their slot caps (``gpu_share`` of the pool's sequence slots, waiting at the pool).
+The gateway stage (a latency and a refusal rate) runs in every set-up but the last, which measures its cost.
 
-Utilisation: with continuous batching a replica is busy whenever any request is in flight, so the busy fraction
-says little (it is reported anyway). ``gpu_util`` is the work served, prompt + output tokens per second, over
-the pool's capacity in the same units, measured by saturating the same pool with the same length mix
-(``capacity_tokens_per_s``). A tenant's ``token_share`` is its part of the work served.
+Utilisation: with continuous batching a replica is busy whenever any request is in flight, so the busy
+fraction says little (it is reported anyway). ``gpu_util`` is the work served, prompt + output tokens per
+second, over the pool's capacity in the same units, measured by saturating the same pool with the same length
+mix (``capacity_tokens_per_s``). A tenant's ``token_share`` is its part of the work served.
 """
 
 from __future__ import annotations
@@ -102,8 +102,9 @@ def burst_window(base: dict, scale: float) -> tuple[str, float, float]:
 
 
 def capacity_tokens_per_s(base: dict, *, seed: int, scale: float = 1.0, path: Path = CONFIG) -> float:
-    """Prompt + output tokens per second the pool serves when saturated with the scenario's length mix: Poisson
-    arrivals at ``PROBE_LOAD`` times the tenants' usual total rate, measured after the first quarter."""
+    """Prompt + output tokens per second the pool serves when saturated with the scenario's length mix:
+    Poisson arrivals at ``PROBE_LOAD`` times the tenants' usual total rate, measured after the first
+    quarter."""
     comps = base["workload"]["components"]
     rate = PROBE_LOAD * sum(c["rate"] for c in comps)
     duration = 300.0 * scale

@@ -1,6 +1,6 @@
-"""The markdown report of ``fleettwin sim experiment noisy-neighbor``: per-tenant latency by set-up, what isolation
-costs in utilisation, the gateway's cost, and the seed paper's figures beside them. Every sentence with a number
-is built from the results table."""
+"""The markdown report of ``fleettwin sim experiment noisy-neighbor``: per-tenant latency by set-up, what
+isolation costs in utilisation, the gateway's cost, and the seed paper's figures beside them. Every sentence
+with a number is built from the results table."""
 
 from __future__ import annotations
 

@@ -2,10 +2,10 @@
 
 Each inference pool's target (GPUs of the pool's type) becomes a number of replicas (target // tp). The
 backends listed in the live scenario are not the actuator's: they count towards the pool and are never
-stopped. Above them the actuator starts ``fleettwin live emulate`` processes with the pool's GPU, model, tensor
-parallelism, engine settings and performance model, each on a free port the child binds itself (``--port 0``,
-so no port can be taken between choosing and binding); the URL it prints (stdout and stderr go to
-``<pool>-<n>.log``) is handed to the controller to scrape. A replica's life, in the snapshot's terms:
+stopped. Above them the actuator starts ``fleettwin live emulate`` processes with the pool's GPU, model,
+tensor parallelism, engine settings and performance model, each on a free port the child binds itself
+(``--port 0``, so no port can be taken between choosing and binding); the URL it prints (stdout and stderr go
+to ``<pool>-<n>.log``) is handed to the controller to scrape. A replica's life, in the snapshot's terms:
 
 - provisioning: the process is starting; it becomes active once a scrape finds it healthy, and is stopped if
   it is not healthy within ``startup_timeout_s``;
@@ -24,8 +24,8 @@ replacement, logged as ``replace``. ``targets.json`` beside the ledger lists the
 Prometheus' ``file_sd`` format, so a Prometheus server can scrape what the actuator started.
 
 Traffic is not the actuator's business: whatever routes requests (a gateway, the load generator) must learn
-the URLs from ``backends()``; draining ones are excluded from the controller's router view.
-Not here: a Kubernetes actuator (patching a Deployment's replicas) — the seam is the protocol in ``shadow.py``.
+the URLs from ``backends()``; draining ones are excluded from the controller's router view. Not here: a
+Kubernetes actuator (patching a Deployment's replicas) — the seam is the protocol in ``shadow.py``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The shadow controller's own Prometheus metrics (``fleettwin live shadow --metrics-port``), so the dashboards and
-alerts of ``ops/`` can watch the twin beside the fleet: is it deciding, how long an interval takes, what it
-sees of each pool and what it asks for, and what the actuator did.
+"""The shadow controller's own Prometheus metrics (``fleettwin live shadow --metrics-port``), so the
+dashboards and alerts of ``ops/`` can watch the twin beside the fleet: is it deciding, how long an interval
+takes, what it sees of each pool and what it asks for, and what the actuator did.
 
 Everything is updated from the decision record the controller has just made durable, so the metrics never
 say more than the log does.

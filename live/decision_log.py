@@ -31,8 +31,8 @@ class DecisionLogError(FleettwinError):
 
 @dataclass(frozen=True, slots=True)
 class Recovery:
-    """What opening an existing log found: ``records`` complete ones ending at ``last_seq``, and the bytes of a
-    torn last line that were cut off (``truncated_bytes`` > 0, with ``reason``)."""
+    """What opening an existing log found: ``records`` complete ones ending at ``last_seq``, and the bytes of
+    a torn last line that were cut off (``truncated_bytes`` > 0, with ``reason``)."""
 
     records: int = 0
     last_seq: int | None = None
@@ -103,8 +103,8 @@ def _scan(lines: Iterable[bytes], path: Path, keep: int | None) -> _Scan:
 
 
 class DecisionLog:
-    """An open, locked decision log. ``append(record)`` numbers, writes and fsyncs one record; ``recent`` holds
-    the last ``keep`` records (what a restarted controller rebuilds its history from)."""
+    """An open, locked decision log. ``append(record)`` numbers, writes and fsyncs one record; ``recent``
+    holds the last ``keep`` records (what a restarted controller rebuilds its history from)."""
 
     def __init__(self, path: str | Path, *, keep: int = 2016):
         self.path = Path(path)

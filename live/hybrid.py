@@ -52,8 +52,8 @@ def tokenize(text: str) -> list[str]:
 
 
 def load_corpus(path: str | Path, *, min_words: int = 12) -> list[Passage]:
-    """The paragraphs (blank-line separated, code blocks left out) of every ``.md``/``.txt`` file under ``path``
-    with at least ``min_words`` words, in file-name order."""
+    """The paragraphs (blank-line separated, code blocks left out) of every ``.md``/``.txt`` file under
+    ``path`` with at least ``min_words`` words, in file-name order."""
     root = Path(path)
     files = (
         sorted(p for p in root.rglob("*") if p.suffix in (".md", ".txt") and p.is_file())
@@ -121,7 +121,8 @@ class HybridRetriever:
         return q
 
     def search(self, query: str, k: int = 10, *, tracing: Tracing = NOOP, parent=None) -> list[Hit]:
-        """The top ``k`` passages of the fused lists (a query of unknown words only: the dense list is empty)."""
+        """The top ``k`` passages of the fused lists (a query of unknown words only: the dense list is
+        empty)."""
         terms = [self.vocab[w] for w in tokenize(query) if w in self.vocab]
         if not terms:
             return []

@@ -186,8 +186,9 @@ class FleetObserver:
                 )
                 known = True
             self.last[m.url] = m
-        # Lengths since the servers started, over every backend of the pool ever seen healthy (as the simulator
-        # averages over every arrival); older servers without the length histograms: token counters instead.
+        # Lengths since the servers started, over every backend of the pool ever seen healthy (as the
+        # simulator averages over every arrival); older servers without the length histograms: token counters
+        # instead.
         mine = [m for url, m in self.last.items() if self.pool_of.get(url) == pool]
         p_sum = sum(m.prompt_len.sum if m.prompt_len.count else m.prompt_tokens for m in mine)
         p_cnt = sum(m.prompt_len.count if m.prompt_len.count else m.ttft.count for m in mine)
@@ -220,9 +221,10 @@ class FleetObserver:
         draining: set[str] | frozenset[str],
         starting: frozenset[str] = frozenset(),
     ) -> tuple[PoolState, PoolWindow]:
-        """The pool's ``PoolState`` (as the simulator's ``ControlledPool.state`` builds it) and window. A backend
-        that is down is a replica wanted but missing: provisioning in the snapshot, so a policy that sizes the
-        pool by ready + unready replicas (the HPA) keeps asking for it instead of shrinking the pool."""
+        """The pool's ``PoolState`` (as the simulator's ``ControlledPool.state`` builds it) and window. A
+        backend that is down is a replica wanted but missing: provisioning in the snapshot, so a policy that
+        sizes the pool by ready + unready replicas (the HPA) keeps asking for it instead of shrinking the
+        pool."""
         hist = self.history.setdefault(meta.name, [])
         hist.append(pm.arrival_rate)
         del hist[: -self.history_buckets]

@@ -3,9 +3,9 @@
 publishes (what ``/docs`` shows and what the schemathesis fuzz test generates from).
 
 Field names, types and defaults follow vLLM's ``CompletionRequest`` / ``ChatCompletionRequest`` /
-``Tokenize*Request`` / ``DetokenizeRequest``. As in vLLM, unknown fields are allowed (and ignored, with one log
-line per field name); fields vLLM implements but the emulator cannot honour are listed in ``UNSUPPORTED`` and
-refused with a 400 naming them (``protocol.refuse_unsupported``).
+``Tokenize*Request`` / ``DetokenizeRequest``. As in vLLM, unknown fields are allowed (and ignored, with one
+log line per field name); fields vLLM implements but the emulator cannot honour are listed in ``UNSUPPORTED``
+and refused with a 400 naming them (``protocol.refuse_unsupported``).
 """
 
 from __future__ import annotations

@@ -145,7 +145,8 @@ def _value(text: str, no: int, raw: str) -> float:
 
 
 def _labels(line: str, pos: int, no: int, raw: str) -> tuple[dict[str, str], int]:
-    """Parse ``name="value",...}`` starting after the brace; returns the labels and the position after ``}``."""
+    """Parse ``name="value",...}`` starting after the brace; returns the labels and the position after
+    ``}``."""
     labels: dict[str, str] = {}
     n = len(line)
     while True:

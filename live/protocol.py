@@ -1,8 +1,8 @@
 """The OpenAI-compatible request and response bodies the emulator speaks, as vLLM serves them.
 
 Parsing is strict where vLLM is strict and returns one ``ApiError`` (status, OpenAI-style type, message,
-param) per problem, so the server never answers a bad request with a traceback. Types and ranges are checked by
-the pydantic models of ``live/openai_models.py``; what the fields mean together is checked here.
+param) per problem, so the server never answers a bad request with a traceback. Types and ranges are checked
+by the pydantic models of ``live/openai_models.py``; what the fields mean together is checked here.
 
 Token counts without a tokenizer (documented approximations, deterministic; ``live/synthetic.py``):
 - ``/v1/completions`` ``prompt`` as a list of token ids: exactly ``len(prompt)`` (each id below the model's
@@ -196,7 +196,8 @@ def _tools(req: om.ChatCompletionRequest) -> None:
 def parse_generation(
     body: dict[str, Any], *, chat: bool, served_model: str, max_model_len: int, vocab_size: int = 32000
 ) -> GenerationParams:
-    """Validate a completions / chat completions body. Raises ``ApiError`` (400, or 404 for an unknown model)."""
+    """Validate a completions / chat completions body. Raises ``ApiError`` (400, or 404 for an unknown
+    model)."""
     kind = om.ChatCompletionRequest if chat else om.CompletionRequest
     if chat and "messages" not in body:
         raise _bad("missing required field 'messages'", "messages")

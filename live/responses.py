@@ -126,8 +126,8 @@ async def stream(
     p: GenerationParams, rid: str, created: int, choices: list[Choice], tok: Tokenizer
 ) -> AsyncIterator[bytes]:
     """SSE events: per choice the role chunk (chat) and the echo, then one event per output token as the
-    engine produces it (choices interleaved), the last of each with its ``finish_reason``, then the usage chunk
-    when asked for, then ``data: [DONE]``. A client that goes away aborts every choice."""
+    engine produces it (choices interleaved), the last of each with its ``finish_reason``, then the usage
+    chunk when asked for, then ``data: [DONE]``. A client that goes away aborts every choice."""
     queue: asyncio.Queue[tuple[Choice, bool]] = asyncio.Queue()
 
     async def pump(c: Choice) -> None:

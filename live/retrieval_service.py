@@ -7,17 +7,17 @@
     GET  /metrics         Prometheus text: requests by collection and status, latency per collection
     GET  /openapi.json, /docs
 
-A collection is a store saved by ``VectorStore.save`` (``PATH`` and ``PATH.meta.json``) plus two optional files
-that ``save_collection`` writes beside it: ``PATH.embedder.json`` (the embedder that made the vectors, so a text
-query is embedded the same way; without it only vector queries are accepted) and ``PATH.passages.jsonl`` (line
-i is the passage of id i, returned with the hits). ``scores`` are the index's own: inner product for ``ip``
-stores (higher is closer), squared L2 for ``l2`` ones (lower is closer). The search knob (``nprobe``,
-``ef_search``, ``itopk_size``) is per request, as in ``VectorStore.search``.
+A collection is a store saved by ``VectorStore.save`` (``PATH`` and ``PATH.meta.json``) plus two optional
+files that ``save_collection`` writes beside it: ``PATH.embedder.json`` (the embedder that made the vectors,
+so a text query is embedded the same way; without it only vector queries are accepted) and
+``PATH.passages.jsonl`` (line i is the passage of id i, returned with the hits). ``scores`` are the index's
+own: inner product for ``ip`` stores (higher is closer), squared L2 for ``l2`` ones (lower is closer). The
+search knob (``nprobe``, ``ef_search``, ``itopk_size``) is per request, as in ``VectorStore.search``.
 
 As on the emulator, a bearer token, when set, guards ``/v1/*`` only; TLS and mTLS are the server's
-(``live/server.py``: ``serve``, ``serve_in_thread`` with ``ssl_ca_certs``). Requests pass ``live/http_guard.py``
-first (body size, timeouts, JSON depth and text, the client certificate's identity); searches run on a worker
-thread (FAISS releases the GIL), so a long one does not hold up ``/health``.
+(``live/server.py``: ``serve``, ``serve_in_thread`` with ``ssl_ca_certs``). Requests pass
+``live/http_guard.py`` first (body size, timeouts, JSON depth and text, the client certificate's identity);
+searches run on a worker thread (FAISS releases the GIL), so a long one does not hold up ``/health``.
 """
 
 from __future__ import annotations
@@ -119,7 +119,8 @@ def build_collection(
     index_type: str = "flat",
     seed: int = 0,
 ) -> Path:
-    """Embed ``passages`` (dicts with ``text``), build a store of ``index_type`` and save it as a collection."""
+    """Embed ``passages`` (dicts with ``text``), build a store of ``index_type`` and save it as a
+    collection."""
     if not passages:
         raise ConfigError(f"{path}: no passages to index")
     emb = make_embedder(embedder, embedder_params)
@@ -235,9 +236,9 @@ def create_retrieval_app(
     tracing: Tracing | None = None,
     limits: HttpLimits | None = None,
 ) -> FastAPI:
-    """The app over already-loaded ``collections`` (so a bad store fails before the server listens). ``tracing``
-    (default: from ``FLEETTWIN_TRACING``, off unless set; ``live/tracing.py``): a server span per search that
-    continues the caller's ``traceparent`` (the gateway's)."""
+    """The app over already-loaded ``collections`` (so a bad store fails before the server listens).
+    ``tracing`` (default: from ``FLEETTWIN_TRACING``, off unless set; ``live/tracing.py``): a server span per
+    search that continues the caller's ``traceparent`` (the gateway's)."""
     if not collections:
         raise ConfigError("serve at least one collection")
     tracing = tracing or tracing_from_env("fleettwin-retrieval")

@@ -1,14 +1,15 @@
 """The emulator's HTTP server: vLLM's OpenAI-compatible surface over an emulated ``Engine``.
 
-Endpoints: ``POST /v1/completions`` and ``POST /v1/chat/completions`` (streaming or not; ``n``, batched prompts,
-``stop``/``stop_token_ids``, ``logprobs``/``top_logprobs`` and ``echo`` on synthetic text: ``live/synthetic.py``),
-``GET /v1/models``, ``POST /tokenize`` and ``POST /detokenize`` (vLLM's shapes), ``GET /health`` (200, empty body;
-503 once the engine loop has died), ``GET /livez`` (the same) and ``GET /readyz`` (200 only while the engine runs
-and the server is not shutting down), ``GET /metrics`` (Prometheus text, ``live/prom.py``, plus the prefix-cache
-counters), ``GET /version``, ``GET /openapi.json`` and ``GET /docs``. As with vLLM's ``--api-key``, a bearer token,
-when set, guards ``/v1/*`` only. Every error is OpenAI-style JSON (``live/api_error.py``); requests pass
-``live/http_guard.py`` first (size, timeouts, JSON depth and text, client-certificate identity), and a client
-that hangs up on a non-streamed request aborts its generation, as a streaming one always did.
+Endpoints: ``POST /v1/completions`` and ``POST /v1/chat/completions`` (streaming or not; ``n``, batched
+prompts, ``stop``/``stop_token_ids``, ``logprobs``/``top_logprobs`` and ``echo`` on synthetic text:
+``live/synthetic.py``), ``GET /v1/models``, ``POST /tokenize`` and ``POST /detokenize`` (vLLM's shapes), ``GET
+/health`` (200, empty body; 503 once the engine loop has died), ``GET /livez`` (the same) and ``GET /readyz``
+(200 only while the engine runs and the server is not shutting down), ``GET /metrics`` (Prometheus text,
+``live/prom.py``, plus the prefix-cache counters), ``GET /version``, ``GET /openapi.json`` and ``GET /docs``.
+As with vLLM's ``--api-key``, a bearer token, when set, guards ``/v1/*`` only. Every error is OpenAI-style
+JSON (``live/api_error.py``); requests pass ``live/http_guard.py`` first (size, timeouts, JSON depth and text,
+client-certificate identity), and a client that hangs up on a non-streamed request aborts its generation, as a
+streaming one always did.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ __all__ = [
 
 @dataclass(frozen=True, kw_only=True)
 class EmulatorSpec:
-    """What one emulated vLLM server serves and how fast (limits and perf from ``models.engine.resolve.resolve_pool``)."""
+    """What one emulated vLLM server serves and how fast (limits and perf from
+    ``models.engine.resolve.resolve_pool``)."""
 
     served_model_name: str
     limits: EngineLimits
@@ -101,9 +103,9 @@ def harden(
 
 
 def bearer_guard(token: str | None) -> Callable[[Request], Awaitable[None]]:
-    """As vLLM's ``--api-key``: a route dependency that wants ``Authorization: Bearer <token>`` when a token is
-    set (compared in constant time). A dependency rather than an HTTP middleware: Starlette's middleware would
-    wrap every SSE stream."""
+    """As vLLM's ``--api-key``: a route dependency that wants ``Authorization: Bearer <token>`` when a token
+    is set (compared in constant time). A dependency rather than an HTTP middleware: Starlette's middleware
+    would wrap every SSE stream."""
 
     async def authorized(request: Request) -> None:
         if token:

@@ -1,7 +1,7 @@
 """Running a live app (emulator, gateway, retrieval service) under uvicorn: on a background thread
-(``serve_in_thread``: tests, notebooks) or in the foreground (``serve``: the commands). Both bind a socket first,
-so port 0 picks a free port and the URL is known; both use ``http_guard``'s protocol (header timeout, client
-certificate identity) with the limits the app was hardened with (``app.state.http_limits``).
+(``serve_in_thread``: tests, notebooks) or in the foreground (``serve``: the commands). Both bind a socket
+first, so port 0 picks a free port and the URL is known; both use ``http_guard``'s protocol (header timeout,
+client certificate identity) with the limits the app was hardened with (``app.state.http_limits``).
 """
 
 from __future__ import annotations

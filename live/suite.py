@@ -128,8 +128,8 @@ def scenario_metrics(summary: dict) -> dict[str, Any]:
 
 
 ScenarioSimulator = Callable[[ScenarioConfig], dict]
-"""Runs one scenario and returns its summary. Given by the caller (``fleettwin policy validate`` passes the simulator's
-``run_scenario``): the live layer does not import the simulator."""
+"""Runs one scenario and returns its summary. Given by the caller (``fleettwin policy validate`` passes the
+simulator's ``run_scenario``): the live layer does not import the simulator."""
 
 
 def _simulate(path: Path, allocator: PolicyRef | None, simulate: ScenarioSimulator) -> dict[str, Any]:

@@ -1,11 +1,12 @@
-"""TLS settings shared by every link of the live twin: which files a component serves with, trusts and presents.
+"""TLS settings shared by every link of the live twin: which files a component serves with, trusts and
+presents.
 
-Servers (emulator, gateway, retrieval service) take ``--tls-cert``/``--tls-key`` to serve HTTPS and ``--tls-ca``
-to require a client certificate signed by that CA (mTLS); ``check_server_files`` validates the three together
-before a server binds. Clients (the gateway's upstreams, the shadow controller's scraper, the load generator)
-take a ``TlsFiles`` record ``{ca, cert, key}``: ``ca`` to verify the server, ``cert``/``key`` to present.
-``client_context`` turns one into what httpx wants, and an unreadable file into a ``ConfigError`` naming it
-before the first request rather than a handshake failure on every request.
+Servers (emulator, gateway, retrieval service) take ``--tls-cert``/``--tls-key`` to serve HTTPS and
+``--tls-ca`` to require a client certificate signed by that CA (mTLS); ``check_server_files`` validates the
+three together before a server binds. Clients (the gateway's upstreams, the shadow controller's scraper, the
+load generator) take a ``TlsFiles`` record ``{ca, cert, key}``: ``ca`` to verify the server, ``cert``/``key``
+to present. ``client_context`` turns one into what httpx wants, and an unreadable file into a ``ConfigError``
+naming it before the first request rather than a handshake failure on every request.
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ class TlsFiles(BaseModel):
 
 
 def client_context(tls: TlsFiles | None, *, where: str, verify: bool | str = True) -> bool | ssl.SSLContext:
-    """What an httpx client is given as ``verify=``: without ``tls``, ``verify`` (a CA path as a context, since
-    httpx deprecates paths); with it, a context trusting ``tls.ca`` (or, without one, ``verify``) and presenting
-    ``tls.cert``. ``where`` names the setting in errors."""
+    """What an httpx client is given as ``verify=``: without ``tls``, ``verify`` (a CA path as a context,
+    since httpx deprecates paths); with it, a context trusting ``tls.ca`` (or, without one, ``verify``) and
+    presenting ``tls.cert``. ``where`` names the setting in errors."""
     try:
         if tls is None:
             return tls_verify(verify)
@@ -75,7 +76,8 @@ def client_files(
 
 
 def check_server_files(cert: str | None, key: str | None, ca: str | None) -> None:
-    """A server's ``--tls-cert/--tls-key/--tls-ca``: the pair together, a CA only with them, every file readable."""
+    """A server's ``--tls-cert/--tls-key/--tls-ca``: the pair together, a CA only with them, every file
+    readable."""
     if (cert is None) != (key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
     if ca is not None and cert is None:
@@ -86,11 +88,11 @@ def check_server_files(cert: str | None, key: str | None, ca: str | None) -> Non
 
 
 def transport_reason(exc: BaseException, url: str, *, presented_cert: bool) -> str:
-    """Why a request got no answer, in words that name TLS when TLS is why. A TLS 1.3 server checks the client's
-    certificate after the client's handshake has completed, and uvicorn then closes the connection without a
-    readable alert, so the client sees only "disconnected without sending a response" (or a reset, when the close
-    crosses its request); on an https URL that is what an mTLS server does to a client certificate it does not
-    accept, and the reason says so."""
+    """Why a request got no answer, in words that name TLS when TLS is why. A TLS 1.3 server checks the
+    client's certificate after the client's handshake has completed, and uvicorn then closes the connection
+    without a readable alert, so the client sees only "disconnected without sending a response" (or a reset,
+    when the close crosses its request); on an https URL that is what an mTLS server does to a client
+    certificate it does not accept, and the reason says so."""
     text = f"{type(exc).__name__}: {exc}"
     seen: BaseException | None = exc
     while seen is not None:

@@ -4,9 +4,9 @@ checks, routing, backend call) and the emulator's request handling. Off by defau
     FLEETTWIN_TRACING=console fleettwin live gateway --config configs/gateway.yaml --port 9000    # spans on stdout
     FLEETTWIN_TRACING=otlp OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4318 fleettwin live emulate ...
 
-``FLEETTWIN_TRACING`` picks the exporter: ``none`` (default), ``console`` (one JSON span per line, to stdout or
-to ``FLEETTWIN_TRACING_FILE``), ``otlp`` (needs ``opentelemetry-exporter-otlp-proto-http``, or ``-grpc``; the
-endpoint comes from the standard ``OTEL_EXPORTER_OTLP_*`` variables) or ``memory`` (kept in
+``FLEETTWIN_TRACING`` picks the exporter: ``none`` (default), ``console`` (one JSON span per line, to stdout
+or to ``FLEETTWIN_TRACING_FILE``), ``otlp`` (needs ``opentelemetry-exporter-otlp-proto-http``, or ``-grpc``;
+the endpoint comes from the standard ``OTEL_EXPORTER_OTLP_*`` variables) or ``memory`` (kept in
 ``Tracing.exporter``, for tests); ``FLEETTWIN_TRACING_RATIO`` samples that share of new traces (a trace that
 arrives sampled stays sampled). ``setup_tracing`` does the same from code.
 
@@ -39,8 +39,8 @@ log = logging.getLogger("fleettwin.tracing")
 
 
 class Tracing:
-    """The spans of one service, or nothing (``NOOP``): every method accepts a ``None`` span and returns at once
-    when tracing is off, so instrumented code needs no ``if``."""
+    """The spans of one service, or nothing (``NOOP``): every method accepts a ``None`` span and returns at
+    once when tracing is off, so instrumented code needs no ``if``."""
 
     def __init__(self, tracer: Any = None, provider: Any = None, exporter: Any = None, name: str = "none"):
         self._tracer, self._provider, self.exporter, self.name = tracer, provider, exporter, name
@@ -53,7 +53,7 @@ class Tracing:
             self._propagator = TraceContextTextMapPropagator()
             self._kinds = {k.name.lower(): k for k in trace.SpanKind}
 
-    # -- spans ------------------------------------------------------------------------------------------------
+    # -- spans -----------------------------------------------------------------------------------------------
 
     def start(
         self,
@@ -72,7 +72,8 @@ class Tracing:
     def server_span(
         self, name: str, headers: Mapping[str, str], attributes: Mapping[str, Any] | None = None
     ) -> Any:
-        """A server span continuing the trace of an incoming request's ``traceparent`` (a new trace without)."""
+        """A server span continuing the trace of an incoming request's ``traceparent`` (a new trace
+        without)."""
         if not self.enabled:
             return None
         return self.start(
@@ -86,7 +87,8 @@ class Tracing:
 
     @staticmethod
     def end(span: Any, *, error: BaseException | str | None = None, **attributes: Any) -> None:
-        """End ``span`` with ``attributes``; ``error`` marks it failed (an exception is recorded with its type)."""
+        """End ``span`` with ``attributes``; ``error`` marks it failed (an exception is recorded with its
+        type)."""
         if span is None or not span.is_recording():
             return
         Tracing.annotate(span, **attributes)
@@ -112,10 +114,11 @@ class Tracing:
         """``with tracing.child(span, "gateway.route"):`` a span around the block (nothing when off)."""
         return self._child(parent, name, attributes) if self.enabled else _NULL
 
-    # -- crossing process boundaries ----------------------------------------------------------------------------
+    # -- crossing process boundaries -------------------------------------------------------------------------
 
     def headers(self, span: Any) -> dict[str, str]:
-        """``traceparent`` (and ``tracestate``) carrying ``span``'s context, for an outgoing request; {} when off."""
+        """``traceparent`` (and ``tracestate``) carrying ``span``'s context, for an outgoing request; {} when
+        off."""
         if span is None:
             return {}
         carrier: dict[str, str] = {}
@@ -249,7 +252,8 @@ def _otlp_exporter() -> Any:
 
 
 def tracing_from_env(service: str, environ: Mapping[str, str] | None = None) -> Tracing:
-    """``setup_tracing`` from ``FLEETTWIN_TRACING``, ``FLEETTWIN_TRACING_FILE`` and ``FLEETTWIN_TRACING_RATIO``."""
+    """``setup_tracing`` from ``FLEETTWIN_TRACING``, ``FLEETTWIN_TRACING_FILE`` and
+    ``FLEETTWIN_TRACING_RATIO``."""
     env = os.environ if environ is None else environ
     name = env.get(ENV_EXPORTER, "none").strip().lower() or "none"
     if name == "none":

@@ -1,9 +1,10 @@
-"""The import rules between the layers (docs/architecture.md, "Engine and control"): ``fleettwin.models`` is pure
-(no ``fleettwin.sim``, no ``fleettwin.live``, no SimPy), the two worlds never import each other, and no layer
-imports what sits on top of it (the experiments, the command layer).
+"""The import rules between the layers (docs/architecture.md, "Engine and control"): ``fleettwin.models`` is
+pure (no ``fleettwin.sim``, no ``fleettwin.live``, no SimPy), the two worlds never import each other, and no
+layer imports what sits on top of it (the experiments, the command layer).
 
-Every module of models/, sim/ and live/ is parsed (not imported) and every import is read, the lazy ones inside
-functions and ``TYPE_CHECKING`` blocks included, relative imports resolved against the module's package.
+Every module of models/, sim/ and live/ is parsed (not imported) and every import is read, the lazy ones
+inside functions and ``TYPE_CHECKING`` blocks included, relative imports resolved against the module's
+package.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ FORBIDDEN = {  # the experiments and the command layer sit on top: no layer belo
 
 
 def imported_modules(source: str, module: str, is_package: bool = False) -> set[str]:
-    """Every module ``source`` (the text of ``module``) imports, anywhere in the file; ``from a import b`` counts
-    as both ``a`` and ``a.b`` (b may be a submodule)."""
+    """Every module ``source`` (the text of ``module``) imports, anywhere in the file; ``from a import b``
+    counts as both ``a`` and ``a.b`` (b may be a submodule)."""
     package = module if is_package else module.rpartition(".")[0]
     out: set[str] = set()
     for node in ast.walk(ast.parse(source)):

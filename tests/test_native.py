@@ -1,4 +1,5 @@
-"""The compiled hot path (fleettwin/native.py): used only when built from the current source, and identical results."""
+"""The compiled hot path (fleettwin/native.py): used only when built from the current source, and identical
+results."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 """The wheel works anywhere: built with ``python -m build``, installed into a fresh venv outside the clone, it
-runs ``fleettwin sim experiment failures --quick`` from another directory with no FLEETTWIN_* variable set (the
-scenarios and traces are package data).
+runs ``fleettwin sim experiment failures --quick`` from another directory with no FLEETTWIN_* variable set
+(the scenarios and traces are package data).
 
-The fresh venv gets fleettwin only from the wheel (``pip install --no-deps``); its dependencies (numpy, pandas,
-SimPy...) are the development venv's, seen through a .pth file that lists a folder of links to them without
-fleettwin's own entries (CI has no time to download them again). Slow (about a minute): CI runs it as its own
-step (.ci/run).
+The fresh venv gets fleettwin only from the wheel (``pip install --no-deps``); its dependencies (numpy,
+pandas, SimPy...) are the development venv's, seen through a .pth file that lists a folder of links to them
+without fleettwin's own entries (CI has no time to download them again). Slow (about a minute): CI runs it as
+its own step (.ci/run).
 """
 
 from __future__ import annotations

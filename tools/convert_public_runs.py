@@ -46,8 +46,8 @@ def main() -> int:
     cal = SHARED / "calibration_data"
     runs = silicon.read(cal / "aiconfigurator" / "silicon_sample.csv")
     # Not replayable: Llama-3.1-8B FP8 on H200 (vLLM 0.12) reports e.g. 112 users of 1,000-token prompts at 94
-    # requests/s on one GPU, i.e. ~1.5 PFLOP/s of FP8 prefill, above what the measured FP8 GEMMs reach on an H200:
-    # its prompts must have hit the prefix cache, which the file does not record.
+    # requests/s on one GPU, i.e. ~1.5 PFLOP/s of FP8 prefill, above what the measured FP8 GEMMs reach on an
+    # H200: its prompts must have hit the prefix cache, which the file does not record.
     runs = [r for r in runs if not (r.settings.gpu == "h200" and r.settings.model == "llama-3.1-8b")]
     native.write(
         OUT / "silicon.yaml",

@@ -1,5 +1,6 @@
-"""Markdown tables of ``fleettwin policy backtest`` results for docs/forecasting.md: with ``--headline`` one row per
-series and horizon (the best model that is not a baseline against both baselines), else one table per file.
+"""Markdown tables of ``fleettwin policy backtest`` results for docs/forecasting.md: with ``--headline`` one
+row per series and horizon (the best model that is not a baseline against both baselines), else one table per
+file.
 
     .venv/bin/python tools/forecast_tables.py --headline results/forecast/*/backtest.csv
     .venv/bin/python tools/forecast_tables.py --windows results/forecast_windows.csv

@@ -1,6 +1,7 @@
-"""Issue 16's defects 3-6, probed over HTTP with only the APIs that the code before and after the fix share, so
-that the same script says what an older checkout does. One line per check: FIXED (behaves as the issue wants) or
-DEFECT, then a JSON count. Defect 2 (a 50 MB body stalling another tenant) is ``benchmarks/bench_isolation.py``.
+"""Issue 16's defects 3-6, probed over HTTP with only the APIs that the code before and after the fix share,
+so that the same script says what an older checkout does. One line per check: FIXED (behaves as the issue
+wants) or DEFECT, then a JSON count. Defect 2 (a 50 MB body stalling another tenant) is
+``benchmarks/bench_isolation.py``.
 
     .venv/bin/python tools/probe_live_defects.py
     PYTHONPATH=/tmp/basepkg .venv/bin/python tools/probe_live_defects.py   # an older tree, laid out as in
@@ -291,7 +292,8 @@ ca = str(pki / "ca.pem")
 with serve_in_thread(
     SPEC, ssl_certfile=str(pki / "emulator.pem"), ssl_keyfile=str(pki / "emulator.key"), ssl_ca_certs=ca
 ) as emu:
-    # the CLI sets the accepted names; here the same as `fleettwin live emulate --tls-ca` does by default when available
+    # the CLI sets the accepted names; here the same as `fleettwin live emulate --tls-ca` does by default when
+    # available
     try:
         import dataclasses
 

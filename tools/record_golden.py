@@ -1,5 +1,5 @@
-"""Re-record the hashes tests/test_golden.py pins (tests/golden_cases.py says which scenarios). Run only when a
-change of results is deliberate, and say why in the commit."""
+"""Re-record the hashes tests/test_golden.py pins (tests/golden_cases.py says which scenarios). Run only when
+a change of results is deliberate, and say why in the commit."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """``backtest.png``: one panel per horizon, readable whatever a model forecast.
 
-Each panel shows the actuals (gaps broken), the two baselines and the best non-baseline model at that horizon (with its
-p10-p90 band) as forecast paths of leads 1..h from origins at least h apart; the other models are thin grey
-lines. The y axis is clipped at 1.3x the actuals' 99.5th percentile, so one absurd forecast cannot flatten the
-panel: anything above is drawn as a marker on the top edge and labelled with its model and value.
+Each panel shows the actuals (gaps broken), the two baselines and the best non-baseline model at that horizon
+(with its p10-p90 band) as forecast paths of leads 1..h from origins at least h apart; the other models are
+thin grey lines. The y axis is clipped at 1.3x the actuals' 99.5th percentile, so one absurd forecast cannot
+flatten the panel: anything above is drawn as a marker on the top edge and labelled with its model and value.
 """
 
 from __future__ import annotations

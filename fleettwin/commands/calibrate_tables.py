@@ -1,4 +1,5 @@
-"""``fleettwin data calibrate tables``: how well the profiled performance model reproduces the measured operator tables.
+"""``fleettwin data calibrate tables``: how well the profiled performance model reproduces the measured
+operator tables.
 
 Per operator and table, the error of interpolation on held-out rows (MAPE and max), the roofline fallback's
 efficiencies fitted on the same tables and its error, and which (GPU, model) pairs of the catalog take which

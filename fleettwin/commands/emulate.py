@@ -1,4 +1,5 @@
-"""``fleettwin live emulate``: serve vLLM's OpenAI-compatible API from the simulator's engine model, on the wall clock."""
+"""``fleettwin live emulate``: serve vLLM's OpenAI-compatible API from the simulator's engine model, on the
+wall clock."""
 
 from __future__ import annotations
 
@@ -136,7 +137,8 @@ def http_limits(args: argparse.Namespace, default_clients: tuple[str, ...]):
 
 
 def build_spec(args: argparse.Namespace):
-    """The emulator's limits and performance model, resolved exactly as ``fleettwin sim run`` resolves a pool."""
+    """The emulator's limits and performance model, resolved exactly as ``fleettwin sim run`` resolves a
+    pool."""
     from pydantic import ValidationError
 
     from fleettwin.live.server import EmulatorSpec

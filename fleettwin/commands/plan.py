@@ -1,5 +1,5 @@
-"""``fleettwin sim plan``: how many GPUs of which kind for a rate and latency targets, or the most traffic a budget
-serves (docs/planning.md)."""
+"""``fleettwin sim plan``: how many GPUs of which kind for a rate and latency targets, or the most traffic a
+budget serves (docs/planning.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``fleettwin live retrieval``: serve saved FAISS stores by collection name over HTTP(S), with optional mTLS."""
+"""``fleettwin live retrieval``: serve saved FAISS stores by collection name over HTTP(S), with optional
+mTLS."""
 
 from __future__ import annotations
 

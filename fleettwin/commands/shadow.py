@@ -1,5 +1,5 @@
-"""``fleettwin live shadow``: run the live control loop over running backends, logging every decision (and, with
-``--act``, carrying them out), and report drift between the simulator and the measured fleet."""
+"""``fleettwin live shadow``: run the live control loop over running backends, logging every decision (and,
+with ``--act``, carrying them out), and report drift between the simulator and the measured fleet."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``fleettwin sim sweep``: simulate a scenario over a grid of parameter values and mark the Pareto frontier."""
+"""``fleettwin sim sweep``: simulate a scenario over a grid of parameter values and mark the Pareto
+frontier."""
 
 from __future__ import annotations
 

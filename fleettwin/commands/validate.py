@@ -1,5 +1,5 @@
-"""``fleettwin policy validate``: simulate a policy on a validation suite against a baseline and record the verdict in
-the gate registry."""
+"""``fleettwin policy validate``: simulate a policy on a validation suite against a baseline and record the
+verdict in the gate registry."""
 
 from __future__ import annotations
 

@@ -1,15 +1,15 @@
 """The gateway's HTTP surface (FastAPI): OpenAI-compatible in, OpenAI-compatible out.
 
 ``POST /v1/completions`` and ``POST /v1/chat/completions`` pass the policy pipeline (``pipeline.py``; large
-bodies are examined in worker processes, ``offload.py``); an admitted request goes to one of its model's backends
-(the response, SSE streams included, is relayed as it arrives, with the model name the client asked for), a
-refused one is answered here with an OpenAI-style error (401, 403, 404, 400, 429 with ``Retry-After``; 502 when
-no backend answers, naming TLS and its reason when that is why). ``POST /v1/retrieve`` searches a retrieval
-collection the tenant may use, through the retrieval service (``retrieve.py``). ``GET /v1/models`` lists the
-tenant's models; ``/health``, ``/livez``, ``/readyz``, ``/metrics`` (per-tenant counters), ``/openapi.json`` and
-``/docs`` are open, as on vLLM. Requests pass ``live/http_guard.py`` first (``limits:`` of the policy file). Every
-decision is one audit record, written when the request ends so that it carries the outcome (``records.py``);
-every response carries ``x-request-id`` to find it.
+bodies are examined in worker processes, ``offload.py``); an admitted request goes to one of its model's
+backends (the response, SSE streams included, is relayed as it arrives, with the model name the client asked
+for), a refused one is answered here with an OpenAI-style error (401, 403, 404, 400, 429 with ``Retry-After``;
+502 when no backend answers, naming TLS and its reason when that is why). ``POST /v1/retrieve`` searches a
+retrieval collection the tenant may use, through the retrieval service (``retrieve.py``). ``GET /v1/models``
+lists the tenant's models; ``/health``, ``/livez``, ``/readyz``, ``/metrics`` (per-tenant counters),
+``/openapi.json`` and ``/docs`` are open, as on vLLM. Requests pass ``live/http_guard.py`` first (``limits:``
+of the policy file). Every decision is one audit record, written when the request ends so that it carries the
+outcome (``records.py``); every response carries ``x-request-id`` to find it.
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ def create_gateway_app(
     cfg: GatewayConfig, *, gatekeeper: Gatekeeper | None = None, tracing: Tracing | None = None
 ) -> FastAPI:
     """The app; secrets, certificates and the audit log are opened here, so a problem with any of them is a
-    ``ConfigError`` before the server listens. ``tracing`` (default: from ``FLEETTWIN_TRACING``, off unless set;
-    ``live/tracing.py``): spans for the request, its checks, its routing and the backend call, whose context
-    travels to the backend in ``traceparent``."""
+    ``ConfigError`` before the server listens. ``tracing`` (default: from ``FLEETTWIN_TRACING``, off unless
+    set; ``live/tracing.py``): spans for the request, its checks, its routing and the backend call, whose
+    context travels to the backend in ``traceparent``."""
     gate = gatekeeper or Gatekeeper(cfg)
     tracing = tracing or tracing_from_env("fleettwin-gateway")
     metrics = GatewayMetrics(list(cfg.tenants))

@@ -4,9 +4,9 @@ Credentials are read from ``Authorization: Bearer <credential>`` (what OpenAI cl
 A credential with two dots is treated as a JWT, anything else as an API key. JWT verification is written here
 with ``hmac`` (PyJWT is not a dependency) and is deliberately narrow: only ``alg: HS256`` is accepted (never
 ``none``, never an algorithm the token itself picks), the signature is compared in constant time, and ``exp``,
-``nbf``, ``iss`` and ``aud`` are checked as RFC 7519 section 4.1 describes, with a small leeway for clock skew.
-A header with ``crit`` names extensions the recipient must understand or reject the token (RFC 7515 section
-4.1.11); this verifier understands none, so such a token is refused.
+``nbf``, ``iss`` and ``aud`` are checked as RFC 7519 section 4.1 describes, with a small leeway for clock
+skew. A header with ``crit`` names extensions the recipient must understand or reject the token (RFC 7515
+section 4.1.11); this verifier understands none, so such a token is refused.
 
 A tenant authenticates only the ways its policy allows (``tenants.<name>.auth``): a JWT naming a tenant that
 uses API keys is refused, as is an API key of a JWT-only tenant.

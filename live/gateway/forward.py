@@ -38,10 +38,10 @@ log = logging.getLogger("fleettwin.gateway")
 
 
 class _Relay(StreamingResponse):
-    """A streamed response that watches for the client hanging up while it waits on the backend — always, where
-    Starlette does so only for servers speaking ASGI < 2.4 and otherwise notices at its next write, which may
-    be a long prefill away — and runs ``on_close`` however it ends (completed, client gone, server stopping),
-    which a generator's ``finally`` cannot promise when the stream never starts."""
+    """A streamed response that watches for the client hanging up while it waits on the backend — always,
+    where Starlette does so only for servers speaking ASGI < 2.4 and otherwise notices at its next write,
+    which may be a long prefill away — and runs ``on_close`` however it ends (completed, client gone, server
+    stopping), which a generator's ``finally`` cannot promise when the stream never starts."""
 
     def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], Awaitable[None]], **kw: Any):
         super().__init__(content, **kw)

@@ -10,8 +10,8 @@ Three steps, so that the CPU-heavy one can leave the event loop:
 3. ``Gatekeeper.admit(...)``: the tenant's quotas (mutable state; on the loop).
 
 ``Gatekeeper.check(route, headers, raw)`` runs all three inline (``benchmarks/bench_gateway.py`` times it) and
-returns an ``Admitted`` record or raises ``Refused`` (the OpenAI-style error to answer, with the reason, tenant
-and detector hits for the audit log).
+returns an ``Admitted`` record or raises ``Refused`` (the OpenAI-style error to answer, with the reason,
+tenant and detector hits for the audit log).
 """
 
 from __future__ import annotations
@@ -228,7 +228,8 @@ def _rewrite(
     body: dict[str, Any], asked: int | None, enforced: int | None, backend: Backend, priority: int, model: str
 ) -> tuple[bool, bool]:
     """The body as the backend gets it: its model name, the enforced output budget, usage on streams and the
-    tenant's priority where the backend schedules by it. Returns (stream, whether the client asked for usage)."""
+    tenant's priority where the backend schedules by it. Returns (stream, whether the client asked for
+    usage)."""
     body["model"] = backend.served_model or model
     if asked is None and enforced is not None:
         body["max_tokens"] = enforced

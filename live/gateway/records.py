@@ -1,9 +1,10 @@
 """What the gateway writes down about a request: the audit record and the counters, once, when it ends.
 
-Outcomes of an admitted request: ``completed`` (200), ``client_closed`` (a stream the client left), ``cancelled``
-(499: the client hung up before a non-streamed answer, or the server stopped; its slot and unused tokens come
-back), ``backend_error`` (the backend's own refusal, passed on), ``upstream_error`` (502: no answer) and
-``error`` (500: a fault in the gateway itself, counted and audited as such, never as a cancellation).
+Outcomes of an admitted request: ``completed`` (200), ``client_closed`` (a stream the client left),
+``cancelled`` (499: the client hung up before a non-streamed answer, or the server stopped; its slot and
+unused tokens come back), ``backend_error`` (the backend's own refusal, passed on), ``upstream_error`` (502:
+no answer) and ``error`` (500: a fault in the gateway itself, counted and audited as such, never as a
+cancellation).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The gateway's ``POST /v1/retrieve``: a tenant's search of one retrieval collection, checked, then forwarded.
+"""The gateway's ``POST /v1/retrieve``: a tenant's search of one retrieval collection, checked, then
+forwarded.
 
 The caller is authenticated as for completions; the body names one ``collection``, which the tenant's
 ``collections`` rule must allow (403 otherwise, as for documents from that collection in a chat request); an

@@ -1,8 +1,8 @@
-"""``fleettwin data certs`` and mutual TLS: the certificates it writes (modes, SANs, key usages, CA reuse) and the
-links that require them — an emulator and the gateway refuse a client without a certificate, with one from
-another CA, or with a server certificate, and accept the right client certificate; the gateway reaches an
-mTLS backend with its own client certificate, and reports why when it cannot; every link checks the identity
-(SAN) of the certificate against the component expected there, both ways."""
+"""``fleettwin data certs`` and mutual TLS: the certificates it writes (modes, SANs, key usages, CA reuse) and
+the links that require them — an emulator and the gateway refuse a client without a certificate, with one from
+another CA, or with a server certificate, and accept the right client certificate; the gateway reaches an mTLS
+backend with its own client certificate, and reports why when it cannot; every link checks the identity (SAN)
+of the certificate against the component expected there, both ways."""
 
 from __future__ import annotations
 
@@ -179,9 +179,9 @@ def test_unreadable_backend_certificate_is_a_config_error(tmp_path):
 
 
 def test_each_link_checks_the_certificates_identity_against_the_component_expected(pki, tmp_path):
-    """The retrieval service's client certificate is from the right CA but names another component: an emulator
-    that accepts the gateway and the controller refuses it (403 naming it); and a gateway that expects the
-    emulator's certificate at a backend refuses another component's server answering there."""
+    """The retrieval service's client certificate is from the right CA but names another component: an
+    emulator that accepts the gateway and the controller refuses it (403 naming it); and a gateway that
+    expects the emulator's certificate at a backend refuses another component's server answering there."""
     good, _ = pki
     ca = str(good / "ca.pem")
     spec = EmulatorSpec(

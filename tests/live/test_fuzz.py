@@ -3,8 +3,9 @@ bodies generated from each operation's schema, valid and invalid (positive and n
 to the real servers on loopback; no answer may be a 5xx.
 
 Bounded and deterministic: ``derandomize`` fixes the examples; the default suite runs ``FAST`` examples per
-operation and mode (about half a minute for the three servers), ``pytest -m slow tests/live/test_fuzz.py`` runs 100.
-The emulator is small (``max_model_len`` 128, 0.2 ms steps) so that a generated ``max_tokens`` is quick to serve.
+operation and mode (about half a minute for the three servers), ``pytest -m slow tests/live/test_fuzz.py``
+runs 100. The emulator is small (``max_model_len`` 128, 0.2 ms steps) so that a generated ``max_tokens`` is
+quick to serve.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The gateway end to end on loopback: an emulator (and a recording backend, to see exactly what the gateway
-forwards) behind a gateway; API keys and JWTs, per-tenant rules, sanitising, quotas, the audit log and metrics;
-plus unit and property tests of the detectors, the JWT verifier and the token buckets."""
+forwards) behind a gateway; API keys and JWTs, per-tenant rules, sanitising, quotas, the audit log and
+metrics; plus unit and property tests of the detectors, the JWT verifier and the token buckets."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""One tenant cannot stall another through the gateway (issue 16, defects 2 and 3), on loopback with an emulator
-behind the gateway:
+"""One tenant cannot stall another through the gateway (issue 16, defects 2 and 3), on loopback with an
+emulator behind the gateway:
 
 - while a 50 MB body is refused (413, by its Content-Length and, sent chunked, by counting), another tenant's
   small requests keep a p99 latency under 100 ms (it was 12 s: no limit, and the detectors ran on the event
@@ -119,10 +119,10 @@ def measure_while_50mb_arrive(gw, seconds: float) -> tuple[list, list[float]]:
 
 
 def test_a_50mb_body_is_refused_while_another_tenants_p99_stays_under_100ms(gw):
-    """The 50 MB sender is another process (as another tenant's client would be), so that its own work does not
-    share this process's GIL with the gateway and the bystander being measured. A run whose tail a neighbour on
-    this shared machine stretched past 100 ms is measured once more; the defect (a stall of seconds: 11.5 s p99
-    before, ``benchmarks/bench_isolation.py``) misses both."""
+    """The 50 MB sender is another process (as another tenant's client would be), so that its own work does
+    not share this process's GIL with the gateway and the bystander being measured. A run whose tail a
+    neighbour on this shared machine stretched past 100 ms is measured once more; the defect (a stall of
+    seconds: 11.5 s p99 before, ``benchmarks/bench_isolation.py``) misses both."""
     p99s = []
     for _ in range(2):
         statuses, lat = measure_while_50mb_arrive(gw, 4.0)

@@ -1,10 +1,10 @@
-"""Issue 16's hardening of the three servers (emulator, gateway, retrieval service), each on loopback with small
-limits: a body over the limit is 413 before it is read (by Content-Length and by counting chunks), slow headers
-and slow bodies are 408 and closed (half-open connections are not held), bodies that are valid JSON but not
-valid text (a lone surrogate), nested too deep, or carrying NaN are 400 (they were 500s: ``RecursionError``,
-``UnicodeEncodeError``), a non-JSON media type is 400 as on vLLM, and an unexpected fault is one 500 that names
-only the exception's type, is counted and audited as a 500 (not a 499 "cancelled"), and logs one line without a
-traceback."""
+"""Issue 16's hardening of the three servers (emulator, gateway, retrieval service), each on loopback with
+small limits: a body over the limit is 413 before it is read (by Content-Length and by counting chunks), slow
+headers and slow bodies are 408 and closed (half-open connections are not held), bodies that are valid JSON
+but not valid text (a lone surrogate), nested too deep, or carrying NaN are 400 (they were 500s:
+``RecursionError``, ``UnicodeEncodeError``), a non-JSON media type is 400 as on vLLM, and an unexpected fault
+is one 500 that names only the exception's type, is counted and audited as a 500 (not a 499 "cancelled"), and
+logs one line without a traceback."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""Crash-safe actuation with real ``fleettwin live emulate`` replicas on loopback: a SIGKILLed acting controller
-leaves its replicas running; the restarted one adopts them (never more than the pool's maximum), stops the
-strays and starts nothing; a replica that dies is counted as wanted-but-missing and replaced; stop events at
-shutdown reach the decision log. And the snapshot counts a dead backend as wanted, so the HPA keeps the pool."""
+"""Crash-safe actuation with real ``fleettwin live emulate`` replicas on loopback: a SIGKILLed acting
+controller leaves its replicas running; the restarted one adopts them (never more than the pool's maximum),
+stops the strays and starts nothing; a replica that dies is counted as wanted-but-missing and replaced; stop
+events at shutdown reach the decision log. And the snapshot counts a dead backend as wanted, so the HPA keeps
+the pool."""
 
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ def live_yaml(tmp_path: Path, policy: dict, max_replicas: int, interval_s: float
 
 
 def promote(registry: Path, *policies: dict) -> None:
-    """What ``fleettwin policy validate`` + ``promote`` record, written directly (the gate is tested elsewhere)."""
+    """What ``fleettwin policy validate`` + ``promote`` record, written directly (the gate is tested
+    elsewhere)."""
     with GateRegistry(registry) as reg:
         for p in policies:
             h = policy_hash(p["name"], p["params"])
@@ -159,7 +161,8 @@ def test_sigkilled_controller_restarts_adopting_its_replicas_and_stopping_strays
         assert len(pids) == 3 and all(alive(p) for p in pids), "SIGKILL leaves the replicas running"
         seq_after_kill = len(read_log(tmp_path / "decisions.jsonl"))
 
-        # The pool's maximum is now 2 (and the policy's target 2): adopt two, stop the youngest, start nothing.
+        # The pool's maximum is now 2 (and the policy's target 2): adopt two, stop the youngest, start
+        # nothing.
         second = shadow(
             path,
             registry,
@@ -246,7 +249,8 @@ def test_a_replica_that_dies_is_counted_missing_and_replaced(tmp_path):
     assert [e["pid"] for _, e in exited] == killed and exited[0][1]["missing"] is True
     seen_at = exited[0][0]
     pool = recs[seen_at]["pools"][0]
-    # the dead replica is wanted but missing: the snapshot holds 2 GPUs (1 serving, 1 unready), the target stays 2
+    # the dead replica is wanted but missing: the snapshot holds 2 GPUs (1 serving, 1 unready), the target
+    # stays 2
     assert (pool["active"], pool["missing"], pool["gpus"]) == (1, 1, 2)
     assert recs[seen_at]["decision"]["targets"][0]["gpus"] == 2
     replace = [e for _, e in events if e["event"] == "replace"]
@@ -297,7 +301,8 @@ def test_a_dead_backend_keeps_the_hpa_from_shrinking_the_pool():
     assert hpa.decide(snap).gpus("chat") == 3
 
 
-# -- adoption, as a property: whatever the ledger holds, the pool's maximum holds and nothing is left unowned ----
+# -- adoption, as a property: whatever the ledger holds, the pool's maximum holds and nothing is left unowned
+# ---
 
 
 class FakeProcess:

@@ -1,6 +1,6 @@
-"""End to end on loopback, bounded: emulators as processes, a real trace replayed sped up, the shadow controller
-deciding every half second while one emulator is killed, then the drift report; and a validated, promoted
-policy driving the local-process actuator while an unvalidated one is refused.
+"""End to end on loopback, bounded: emulators as processes, a real trace replayed sped up, the shadow
+controller deciding every half second while one emulator is killed, then the drift report; and a validated,
+promoted policy driving the local-process actuator while an unvalidated one is refused.
 
 Counts and structure are asserted, not timings: the machine running this may be small and busy."""
 
@@ -44,7 +44,8 @@ STEP_S = 0.01  # the emulators' (and the drift simulation's) constant step time
 def emulators(
     n: int, step_s: float, timeout_s: float = 60.0
 ) -> Iterator[tuple[list[subprocess.Popen], list[str]]]:
-    """``n`` ``fleettwin live emulate`` processes on free loopback ports (they bind port 0 and print the URL)."""
+    """``n`` ``fleettwin live emulate`` processes on free loopback ports (they bind port 0 and print the
+    URL)."""
     cmd = [
         sys.executable,
         "-m",
@@ -142,7 +143,7 @@ def test_shadow_controller_on_a_replayed_trace_with_a_backend_killed(tmp_path):
         write_parquet(tmp_path / "replay.parquet", df)
     recs = read_log(cfg.decision_log_path)
 
-    # -- the log: one decision per interval, numbered, even while a backend is dead ----------------------------
+    # -- the log: one decision per interval, numbered, even while a backend is dead --------------------------
     assert len(recs) >= 10 and [r["seq"] for r in recs] == list(range(len(recs)))
     assert all(r["error"] is None and r["decision"]["allocator"] == "reactive" for r in recs)
     assert all(a["time_s"] < b["time_s"] for a, b in zip(recs, recs[1:], strict=False))
@@ -160,7 +161,7 @@ def test_shadow_controller_on_a_replayed_trace_with_a_backend_killed(tmp_path):
     )
     assert all(s[u]["status"] == "up" for s in status for u in urls[:2])
 
-    # -- what was scraped equals what the load generator counted ----------------------------------------------
+    # -- what was scraped equals what the load generator counted ---------------------------------------------
     assert len(df) == len(requests) == 63
     done = df[df["status"] == "completed"]
     last = status[-1]
@@ -179,7 +180,7 @@ def test_shadow_controller_on_a_replayed_trace_with_a_backend_killed(tmp_path):
     survivors = len(done[done["target"].isin(urls[:2])])
     assert survivors + victim_seen <= arrivals <= len(df)
 
-    # -- drift report: the simulator on the load that reached the backends ------------------------------------
+    # -- drift report: the simulator on the load that reached the backends -----------------------------------
     out = tmp_path / "drift"
     assert (
         main(

@@ -1,10 +1,11 @@
-"""The emulator's API edges as vLLM has them (issue 16, defect 5): ``stop`` strings and ``stop_token_ids`` end the
-text with ``finish_reason: "stop"`` (and a shorter generation), ``n > 1`` and batched prompts give one choice per
-(prompt, sample) with vLLM's usage arithmetic, ``logprobs``/``top_logprobs`` and ``echo`` have vLLM's shapes,
-anything the emulator cannot honour is a 400 naming the field (``tool_choice: required``, ``logit_bias``, an
-out-of-vocabulary token id, ``text/plain``), ``/tokenize`` and ``/detokenize`` agree with the token counts,
-``/openapi.json`` and ``/docs`` are served, liveness and readiness are separate endpoints, the prefix-cache
-counters have vLLM's names and count hits, and a client that hangs up on a non-streamed request aborts it."""
+"""The emulator's API edges as vLLM has them (issue 16, defect 5): ``stop`` strings and ``stop_token_ids`` end
+the text with ``finish_reason: "stop"`` (and a shorter generation), ``n > 1`` and batched prompts give one
+choice per (prompt, sample) with vLLM's usage arithmetic, ``logprobs``/``top_logprobs`` and ``echo`` have
+vLLM's shapes, anything the emulator cannot honour is a 400 naming the field (``tool_choice: required``,
+``logit_bias``, an out-of-vocabulary token id, ``text/plain``), ``/tokenize`` and ``/detokenize`` agree with
+the token counts, ``/openapi.json`` and ``/docs`` are served, liveness and readiness are separate endpoints,
+the prefix-cache counters have vLLM's names and count hits, and a client that hangs up on a non-streamed
+request aborts it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The retrieval side of the live twin: embedders, the FAISS vector store and `fleettwin data calibrate-retrieval`."""
+"""The retrieval side of the live twin: embedders, the FAISS vector store and `fleettwin data
+calibrate-retrieval`."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def brute_force_top(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray
     return np.argsort(-(queries @ base.T), axis=1, kind="stable")[:, :k]
 
 
-# --- store ------------------------------------------------------------------------------------------------------
+# --- store --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("index_type", CPU_INDEX_TYPES)
 def test_save_load_round_trip_gives_the_same_answers(index_type, stores, data, tmp_path):
     store, queries = stores[index_type], data[1]
@@ -161,7 +162,7 @@ def test_gpu_ivf_flat_matches_the_cpu_api(stores, data, tmp_path):
         assert recall_at_k(cagra.search(queries, 10, itopk_size=128).ids, truth, 10) >= 0.9
 
 
-# --- embedders --------------------------------------------------------------------------------------------------
+# --- embedders ----------------------------------------------------------------------------------------------
 TEXTS = [
     "scale the GPU fleet for the evening peak",
     "the evening peak needs more GPUs in the fleet",
@@ -213,7 +214,7 @@ def test_minilm_embedder_offline():
     assert out[0] @ out[1] > out[0] @ out[2] + 0.3
 
 
-# --- calibrate-retrieval ----------------------------------------------------------------------------------------
+# --- calibrate-retrieval ------------------------------------------------------------------------------------
 TINY = [
     "calibrate-retrieval",
     "--sizes",

@@ -24,7 +24,7 @@ def simulate_summary(cfg):  # what `fleettwin policy validate` injects: the simu
     return run_scenario(cfg).summary
 
 
-# -- hashing ---------------------------------------------------------------------------------------------------
+# -- hashing -------------------------------------------------------------------------------------------------
 
 
 def test_hash_is_of_the_validated_parameters_with_defaults_filled():
@@ -41,7 +41,7 @@ def test_hash_is_of_the_validated_parameters_with_defaults_filled():
         policy_hash("reactive", {"targt": 4})
 
 
-# -- the registry ------------------------------------------------------------------------------------------------
+# -- the registry --------------------------------------------------------------------------------------------
 
 
 def record(reg: GateRegistry, h: str, passed: bool) -> None:
@@ -90,7 +90,7 @@ def test_a_file_that_is_not_a_registry_is_a_clear_error(tmp_path):
         GateRegistry(bad)
 
 
-# -- suites ----------------------------------------------------------------------------------------------------
+# -- suites --------------------------------------------------------------------------------------------------
 
 SCENARIO = {
     "name": "tiny",
@@ -180,7 +180,7 @@ def test_policies_load_from_allocator_files_and_scenarios(tmp_path):
         load_policy(tmp_path / "list.yaml")
 
 
-# -- commands ----------------------------------------------------------------------------------------------------
+# -- commands ------------------------------------------------------------------------------------------------
 
 
 def test_validate_and_promote_commands(tmp_path, capsys):

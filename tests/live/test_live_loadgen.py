@@ -1,5 +1,5 @@
-"""The load generator and the commands around it: its own counts match the emulator's /metrics counters after a
-run, routing over several targets, bounds in count and time, failures as rows, Parquet output, and
+"""The load generator and the commands around it: its own counts match the emulator's /metrics counters after
+a run, routing over several targets, bounds in count and time, failures as rows, Parquet output, and
 `fleettwin live emulate` as a subprocess."""
 
 from __future__ import annotations

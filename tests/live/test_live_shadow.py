@@ -1,6 +1,6 @@
-"""The shadow controller's parts: the decision log (resume, torn last line, no duplicates), backoff, the snapshot
-built from scrapes, the live scenario's errors, and the loop against backends that die, hang, answer garbage or
-run a policy that raises."""
+"""The shadow controller's parts: the decision log (resume, torn last line, no duplicates), backoff, the
+snapshot built from scrapes, the live scenario's errors, and the loop against backends that die, hang, answer
+garbage or run a policy that raises."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from fleettwin.models.errors import ConfigError
 from fleettwin.models.perf.constant import ConstantModel
 from fleettwin.models.snapshot import InventoryItem, Slo
 
-# -- decision log ----------------------------------------------------------------------------------------------
+# -- decision log --------------------------------------------------------------------------------------------
 
 
 def test_log_numbers_records_and_resumes_after_a_restart(tmp_path):
@@ -136,7 +136,7 @@ def test_no_acknowledged_record_is_lost_or_duplicated_across_crashes(tmp_path_fa
     assert [r["v"] for r in recs] == acknowledged
 
 
-# -- backoff ---------------------------------------------------------------------------------------------------
+# -- backoff -------------------------------------------------------------------------------------------------
 
 
 @given(failures=st.integers(1, 40), seed=st.integers(0, 2**32 - 1))
@@ -280,7 +280,7 @@ def test_histograms_survive_the_json_log():
     assert merged.count == 7 and dict(merged.buckets) == {0.1: 2, 0.5: 2, 1.0: 4, math.inf: 7}
 
 
-# -- the live scenario -----------------------------------------------------------------------------------------
+# -- the live scenario ---------------------------------------------------------------------------------------
 
 BASE = {
     "name": "t",

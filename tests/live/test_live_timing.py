@@ -4,9 +4,10 @@ requests (SimPy clock, ``mode: per_iteration``) with the same limits and perform
 Both run the same ``ReferenceScheduler`` and the same ``constant`` performance model resolved by
 ``resolve_pool``; steps are >= 15 ms and the load queues requests (max_num_seqs 8), so latencies are a few
 hundred ms and the emulator's own overheads (HTTP, JSON, asyncio timer slack: a few ms a request) stay small.
-Tolerance, stated: medians within 20 %, p90 within 25 %, on a machine shared with other work. The emulator runs
-on the wall clock, so a neighbour that takes the CPU for a second stretches the tail of one replay: a replay that
-misses is repeated once, and the test fails only if both miss (a real disagreement misses every time).
+Tolerance, stated: medians within 20 %, p90 within 25 %, on a machine shared with other work. The emulator
+runs on the wall clock, so a neighbour that takes the CPU for a second stretches the tail of one replay: a
+replay that misses is repeated once, and the test fails only if both miss (a real disagreement misses every
+time).
 """
 
 from __future__ import annotations

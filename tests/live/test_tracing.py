@@ -61,8 +61,8 @@ def by_name(spans) -> dict[str, list]:
 
 
 def finished(tr, *names: str, timeout_s: float = 5.0) -> dict[str, list]:
-    """The exporter's spans by name once every one of ``names`` has ended: a streamed response's spans end just
-    after its last byte, which the client may have read already."""
+    """The exporter's spans by name once every one of ``names`` has ended: a streamed response's spans end
+    just after its last byte, which the client may have read already."""
     deadline = time.monotonic() + timeout_s
     while True:
         spans = by_name(tr.exporter.get_finished_spans())

@@ -1,4 +1,5 @@
-"""Issue 9's zero-trust links end to end, with certificates from ``fleettwin data certs`` (``make_certs``) in tmp_path:
+"""Issue 9's zero-trust links end to end, with certificates from ``fleettwin data certs`` (``make_certs``) in
+tmp_path:
 
 - the retrieval service (``fleettwin live retrieval`` as a subprocess, mTLS + bearer token) answers a client with
   a valid certificate and the right token, and refuses one without a certificate, with one from another CA, with
@@ -126,7 +127,7 @@ def refused(url: str, verify, **kw) -> None:
         httpx.post(f"{url}/v1/retrieve", verify=verify, timeout=5, **kw)
 
 
-# -- the retrieval service --------------------------------------------------------------------------------------
+# -- the retrieval service -----------------------------------------------------------------------------------
 
 
 def test_retrieval_service_wants_a_certificate_from_its_ca_and_the_token(pki, retrieval):
@@ -161,7 +162,7 @@ def test_retrieval_service_wants_a_certificate_from_its_ca_and_the_token(pki, re
         assert r.status_code == 401 and r.json()["error"]["type"] == "AuthenticationError"
 
 
-# -- the shadow controller's scraper ----------------------------------------------------------------------------
+# -- the shadow controller's scraper -------------------------------------------------------------------------
 
 
 def scenario(url: str, base, *, scrape_tls: dict | None, pool_tls: dict | None = None):
@@ -221,7 +222,7 @@ def test_shadow_scraper_presents_its_certificate_and_names_tls_when_refused(pki,
         scenario(emulator.url, good, scrape_tls={"cert": "controller-client.pem"})
 
 
-# -- the load generator -----------------------------------------------------------------------------------------
+# -- the load generator --------------------------------------------------------------------------------------
 
 
 def test_loadgen_replays_against_an_mtls_emulator(pki, emulator, tmp_path, capsys):
@@ -268,7 +269,7 @@ def test_loadgen_replays_against_an_mtls_emulator(pki, emulator, tmp_path, capsy
     assert "--tls-cert and --tls-key go together" in capsys.readouterr().err
 
 
-# -- the gateway in front of the retrieval service --------------------------------------------------------------
+# -- the gateway in front of the retrieval service -----------------------------------------------------------
 
 
 def gateway_policy(url: str, good, tmp_path, **retrieval) -> dict:
