@@ -25,9 +25,9 @@ from fleettwin.experiments import CONFIG_DIR
 from fleettwin.experiments.base import ExperimentProgress, ExperimentResult, progress_ticker
 from fleettwin.io import write_csv
 from fleettwin.models.config import format_errors, read_yaml
-from fleettwin.models.config_retrieval import HybridConfig, RetrievalConfig
 from fleettwin.models.errors import ConfigError
-from fleettwin.models.retrieval import StoreProfile
+from fleettwin.models.retrieval.config import HybridConfig, RetrievalConfig
+from fleettwin.models.retrieval.model import StoreProfile
 from fleettwin.sim.retrieval import KnowledgeFabric, build_fabric
 
 CONFIG = CONFIG_DIR / "knowledge_fabric.yaml"

@@ -58,7 +58,7 @@ def report(exp, results: pd.DataFrame, sensitivity: pd.DataFrame, sources: dict[
         out.append(f"- {t}: **estimate** (`{s}`; derivations in models/data/retrieval/README.md), not measured")
     ext = results[results["extrapolated"] != ""]
     if len(ext):
-        out.append(f"- Lookups outside the table rows (scaled per models/retrieval.py): "
+        out.append(f"- Lookups outside the table rows (scaled per models/retrieval/model.py): "
                    f"{', '.join(sorted(set(ext['index_type'] + ' (' + ext['extrapolated'] + ')')))}")  # fmt: skip
     out += ["", _store_lookups(results), "",
         "- Assumptions (not measured): the calibrated-classifier model (accuracy, Beta confidence, uniform "
@@ -160,7 +160,7 @@ def _conclusions(results: pd.DataFrame, sensitivity: pd.DataFrame) -> list[str]:
     if measured_out:
         lines.append(f"- For {', '.join(measured_out)} the stores are larger than any measured row, so the n "
                      "exponent above is the retrieval model's extrapolation from the table's largest sizes "
-                     "(models/retrieval.py), not a measurement at these sizes.")  # fmt: skip
+                     "(models/retrieval/model.py), not a measurement at these sizes.")  # fmt: skip
     best = routed["recall_at_10"].max() if len(routed) else float("nan")
     lines.append(f"- Recall: with a 95 %-accurate classifier, routed recall@10 is at most {best:.3f}; misrouted "
                  "queries lose most of their neighbours. Fan-out reaches "

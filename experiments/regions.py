@@ -8,7 +8,7 @@ host-memory tier, users from the Mooncake conversation trace whose load follows 
 - ``nearest``: every request to the user's nearest region with a replica (its own region here).
 - ``latency_aware``: RTT + predicted prefill queueing, per request.
 - ``content_aware``: a home region per session (weighted rendezvous hashing), spilling when the home's
-  predicted queueing passes 1 s, following a warm KV prefix (``models/region_routing.py``).
+  predicted queueing passes 1 s, following a warm KV prefix (``models/regions/routing.py``).
 - ``content_aware_nearby``: the same, among regions at most 100 ms farther than the user's nearest.
 - ``single_region``: all 24 replicas in us-east-1, every user served there.
 

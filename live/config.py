@@ -1,7 +1,7 @@
 """The live scenario file (``fleettwin live shadow --scenario live.yaml``): which backends form which pool, and the
 control loop to run over them.
 
-The pool and controller sections are the simulator's (``models/config.py``): a pool names its GPU, model,
+The pool and controller sections are the simulator's (``models/config/``): a pool names its GPU, model,
 tensor parallelism, engine settings, router and performance model as a scenario pool does — with the URLs of
 its running servers instead of a replica count — and ``controller`` is the scenario's (allocator, interval,
 provisioning, GPU limits), so the same allocator runs with the same parameters in both worlds. Errors name the
@@ -34,10 +34,10 @@ from fleettwin.models.config import (
     PoolConfig,
     SloConfig,
     StrictModel,
-    _set_dotted,
     read_yaml,
     validated,
 )
+from fleettwin.models.config.loading import _set_dotted
 from fleettwin.models.errors import ConfigError, FleettwinError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

@@ -2,7 +2,7 @@
 
 Each request is sent at its arrival time (``arrival_s / speedup`` after the start), whether or not earlier
 ones have finished — open loop, as real users arrive — to a target chosen by a replica router from
-``models/routing.py`` (``round_robin``, ``least_outstanding``) over the generator's own count of requests in
+``models/routing/replica.py`` (``round_robin``, ``least_outstanding``) over the generator's own count of requests in
 flight per target. Prompts are token-id lists of exactly ``prompt_tokens`` ids and ``max_tokens`` =
 ``output_tokens`` with ``ignore_eos``, so a server produces exactly the trace's lengths (chat mode sends text
 instead; token counts are then the server's tokenizer's).
@@ -24,7 +24,7 @@ import pandas as pd
 
 from fleettwin.live.client import CompletionResult, VllmClient, prompt_ids
 from fleettwin.live.metrics import InFlightView
-from fleettwin.models.routing import REPLICA_ROUTERS
+from fleettwin.models.routing.replica import REPLICA_ROUTERS
 from fleettwin.models.workload.request import Request
 
 COLUMNS = ("id", "target", "arrival_s", "sent_s", "first_token_s", "finish_s", "prompt_tokens", "output_tokens",

@@ -9,7 +9,7 @@ and, when ``model_name`` is given, only that model's series count. Both generati
 
 ``Scraper`` polls backends concurrently; an unreachable, failing or garbled backend becomes a record with
 ``healthy=False`` and the reason in ``error`` — the scraper never raises to its caller.
-``BackendSetView`` lets the routers of ``models/routing.py`` choose among the healthy backends.
+``BackendSetView`` lets the routers of ``models/routing/replica.py`` choose among the healthy backends.
 """
 
 from __future__ import annotations
@@ -286,7 +286,7 @@ class InFlightView:
 
 
 class BackendSetView:
-    """A ``ReplicaSetView`` over the healthy backends of one scrape, for the routers of ``models/routing.py``.
+    """A ``ReplicaSetView`` over the healthy backends of one scrape, for the routers of ``models/routing/replica.py``.
 
     Router indices refer to ``backends`` (the healthy ones); ``url(i)`` maps back. ``pending`` adds requests
     sent since the scrape (by URL), which the scrape cannot have seen yet."""

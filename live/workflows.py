@@ -19,7 +19,7 @@ starts as soon as all its parents have completed, as an asyncio task:
 A failed call (HTTP error, connection failure) fails the node, its descendants are skipped. Bounded like the
 load generator: no workflow starts at or after ``duration_s``, at most ``max_workflows``, and whatever still runs
 ``drain_timeout_s`` after the last start is cancelled (nodes ``unfinished``). Results: one row per workflow
-started and one per node, with the simulator's columns (``models/workload/workflow_records.py``); times are
+started and one per node, with the simulator's columns (``models/workflows/records.py``); times are
 seconds since the start on this process's clock. With tracing on (``live/tracing.py``) each workflow is a
 trace: a ``workflow`` span, a span per node, retrieval's lexical/dense/fuse steps, and each LLM call's
 ``traceparent`` continued by the gateway and the emulator.
@@ -42,9 +42,8 @@ from fleettwin.live.hybrid import HybridRetriever
 from fleettwin.live.loadgen import discover_models
 from fleettwin.live.metrics import InFlightView
 from fleettwin.live.tracing import NOOP, Tracing
-from fleettwin.models.routing import REPLICA_ROUTERS
-from fleettwin.models.workload.request import Request
-from fleettwin.models.workload.workflow_records import (
+from fleettwin.models.routing.replica import REPLICA_ROUTERS
+from fleettwin.models.workflows.records import (
     NODE_COLUMNS,
     WORKFLOW_COLUMNS,
     NodeOutcome,
@@ -52,7 +51,7 @@ from fleettwin.models.workload.workflow_records import (
     node_rows,
     workflow_row,
 )
-from fleettwin.models.workload.workflows import (
+from fleettwin.models.workflows.templates import (
     COMPLETED,
     FAILED,
     LLM,
@@ -61,6 +60,7 @@ from fleettwin.models.workload.workflows import (
     UNFINISHED,
     WorkflowInstance,
 )
+from fleettwin.models.workload.request import Request
 
 
 class ServiceRetriever:

@@ -34,8 +34,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fleettwin.models.base import PolicyRef
 from fleettwin.models.catalog import Catalog, kv_cache_blocks, min_tensor_parallel
-from fleettwin.models.config import PolicyRef
 from fleettwin.models.errors import FleettwinError
 from fleettwin.models.perf import PERF_MODELS, BatchStats, PerformanceModel
 from fleettwin.models.snapshot import Slo

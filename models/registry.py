@@ -14,21 +14,22 @@ the validated object as ``params=`` together with any runtime dependencies the c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import difflib
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from fleettwin.models.config_hints import did_you_mean, keys_at
+from fleettwin.models.base import StrictModel
 from fleettwin.models.errors import ConfigError, UnknownNameError
 
 T = TypeVar("T")
 
 
-class NoParams(BaseModel):
+class NoParams(StrictModel):
     """Parameter model of a policy that takes none; unknown keys are still an error."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Registry(Generic[T]):
@@ -85,8 +86,57 @@ class Registry(Generic[T]):
 
 
 def _hint(model: type[BaseModel], err: Any) -> str:
-    """A "did you mean" for a misspelt parameter name (``models/config_hints.py``)."""
+    """A "did you mean" for a misspelt parameter name (``keys_at`` and ``did_you_mean`` below)."""
     if err["type"] != "extra_forbidden":
         return ""
     known = keys_at(model, err["loc"][:-1])
     return did_you_mean(str(err["loc"][-1]), known) if known else ""
+
+
+# -- "did you mean" hints for misspelt keys and names (scenario files, --set overrides, parameters) --------
+#
+# Pydantic says *that* a key is not allowed (``Extra inputs are not permitted``); a user wants to know which key
+# was meant. ``keys_at`` walks a model class along an error's location to the mapping the key was found in, and
+# ``did_you_mean`` picks the closest known key (difflib's ratio, as Python's own NameError hints do).
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or ``""`` when none is close."""
+    choices = [str(c) for c in choices]
+    prefixed = [c for c in choices if c.startswith(str(word)) and c != word]
+    if prefixed:  # 'h100' -> 'h100-80g' (the first in the catalog's order; difflib would say 'h200')
+        return f" (did you mean {prefixed[0]!r}?)"
+    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside ``X``, ``X | None``, ``Annotated[X, ...]``, ``list[X]`` or ``dict[str, X]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _model_in(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType, list, tuple, dict):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def keys_at(model: type[BaseModel], loc: Sequence[str | int]) -> list[str] | None:
+    """The field names of the model reached by following ``loc`` (an error location without its last part)
+    from ``model``; ``None`` where the path leaves the typed models (free-form params, unions pydantic
+    names by their tag)."""
+    current: type[BaseModel] | None = model
+    for part in loc:
+        if current is None:
+            return None
+        if isinstance(part, int):
+            continue  # a list index: the item has the list's model, found when its field was entered
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        current = _model_in(field.annotation)
+    return list(current.model_fields) if current is not None else None

@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from fleettwin.models.config_hints import did_you_mean
+from fleettwin.models.registry import did_you_mean
 
 METRICS = ("ttft", "tpot", "e2e", "queue")
 _KEY = re.compile(r"(?P<metric>[a-z0-9]+)_p(?P<digits>\d{2,4})_s")

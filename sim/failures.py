@@ -1,5 +1,5 @@
 """Failure injection in the simulator: SimPy processes that break replicas and regions on a schedule or at
-random, and the pool hooks that carry out the policies of ``models/failures.py``.
+random, and the pool hooks that carry out the policies of ``models/failures/policies.py``.
 
 - **Replica failure**: the replica dies at once; the requests it held (running and queued) are re-queued on the
   pool's other replicas with their progress lost, each retry and the time its lost attempt took attributed to
@@ -35,10 +35,10 @@ import numpy as np
 import simpy
 from simpy.events import URGENT
 
-from fleettwin.models.config_failures import FailuresConfig
 from fleettwin.models.engine.queue import SeqState
 from fleettwin.models.errors import ConfigError
-from fleettwin.models.failures import (
+from fleettwin.models.failures.config import FailuresConfig
+from fleettwin.models.failures.policies import (
     COHERENCE_POLICIES,
     REGION_KINDS,
     TRUNCATION_POLICIES,

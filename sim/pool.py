@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import simpy
 
 from fleettwin.models.engine.queue import SeqState
-from fleettwin.models.routing import ReplicaRouter
+from fleettwin.models.routing.replica import ReplicaRouter
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.replica import Replica
 

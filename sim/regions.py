@@ -1,8 +1,8 @@
 """The multi-region front door: users in regions, a region router, network delays, active-active pools.
 
-A scenario with ``regions:`` (``models/config_regions.py``) replaces the simulator's arrival process with a
+A scenario with ``regions:`` (``models/regions/config.py``) replaces the simulator's arrival process with a
 ``RegionFrontDoor``. Each request carries its user's region (``Request.region``, set by
-``models/workload/regional.py``). On arrival the region router (``models/region_routing.py``) sees one
+``models/regions/workload.py``). On arrival the region router (``models/regions/routing.py``) sees one
 ``RegionView`` per region that has a pool for the request's model and picks one; the request reaches that
 region's pool after half the round trip, and its tokens reach the user half a round trip after the pool emits
 them. Persistent connections are assumed (no TCP/TLS handshake per request), and the user's last mile to its
@@ -37,13 +37,13 @@ import numpy as np
 import pandas as pd
 import simpy
 
-from fleettwin.models.config_regions import RegionsConfig
 from fleettwin.models.engine.prefix_cache import cache_stats
 from fleettwin.models.engine.queue import SeqState
 from fleettwin.models.perf.base import BatchStats
-from fleettwin.models.region_routing import REGION_ROUTERS, RegionRouter, RegionView
-from fleettwin.models.regions import RttMatrix
-from fleettwin.models.workload.regional import regional_requests
+from fleettwin.models.regions.config import RegionsConfig
+from fleettwin.models.regions.routing import REGION_ROUTERS, RegionRouter, RegionView
+from fleettwin.models.regions.sites import RttMatrix
+from fleettwin.models.regions.workload import regional_requests
 from fleettwin.models.workload.request import Request
 from fleettwin.models.workload.reshape import reshape
 from fleettwin.sim.metrics import COMPLETED, RequestLog
@@ -227,7 +227,7 @@ def prefill_tokens_per_s(rp: ResolvedPool) -> float:
 
 
 def place_users(cfg: RegionsConfig, requests: Sequence[Request], seed: int) -> list[Request]:
-    """The workload's requests with origins and times from the regions' users (``models/workload/regional.py``);
+    """The workload's requests with origins and times from the regions' users (``models/regions/workload.py``);
     unchanged when the section has no ``users`` (the requests must then carry their regions)."""
     u = cfg.users
     if u is None:

@@ -1,12 +1,12 @@
 """Vector stores and the knowledge fabric as SimPy processes.
 
 A :class:`VectorStore` serves ``servers`` queries at a time from one FIFO queue. Service times are lognormal
-draws from the store's table profile (``models/retrieval.py``), and each store has its own seeded generator. A
+draws from the store's table profile (``models/retrieval/model.py``), and each store has its own seeded generator. A
 hybrid store also runs BM25 in parallel with the dense search. BM25 runs on its own lexical engine, assumed to be
 provisioned separately, so it has no queue here and takes none of the store's slots; the store answers once both
 searches are done.
 
-:class:`KnowledgeFabric` turns one RAG query into a route (``models/retrieval_routing.py``). It queries the
+:class:`KnowledgeFabric` turns one RAG query into a route (``models/retrieval/routing.py``). It queries the
 chosen stores in parallel, each waiting in its own queue, and once the slowest of them answers it merges the
 lists. The result is a :class:`RetrievalOutcome`: latency, expected recall, the stores queried and the context
 tokens the prompt gains (k passages × tokens per passage). :class:`RagStage` wraps this as the pre-submit stage
@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 import simpy
 
-from fleettwin.models.config_retrieval import HybridConfig, RetrievalConfig
-from fleettwin.models.retrieval import Lognormal, RetrievalModel, StoreProfile
-from fleettwin.models.retrieval_routing import (
+from fleettwin.models.retrieval.config import HybridConfig, RetrievalConfig
+from fleettwin.models.retrieval.model import Lognormal, RetrievalModel, StoreProfile
+from fleettwin.models.retrieval.routing import (
     ALL_DOMAINS,
     RETRIEVAL_ROUTERS,
     RetrievalRouter,

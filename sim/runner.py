@@ -21,7 +21,7 @@ from fleettwin.models.engine.reference_scheduler import ReferenceScheduler
 from fleettwin.models.engine.resolve import PoolSpec, ResolvedPool, resolve_pools
 from fleettwin.models.engine.scheduler import Scheduler
 from fleettwin.models.errors import ConfigError
-from fleettwin.models.routing import REPLICA_ROUTERS
+from fleettwin.models.routing.replica import REPLICA_ROUTERS
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.metrics import UNFINISHED, PoolSampler, RequestLog, Slo, latency_summary
 from fleettwin.sim.pool import Pool

@@ -5,7 +5,7 @@ a pool, and per-tenant results.
   ``per_token_s`` per prompt token, and a seeded fraction ``reject_rate`` refused by a policy check. Whether a
   request is refused is drawn when it arrives, in arrival order, so every set-up of one seed refuses the same
   requests (common random numbers).
-- ``QuotaStage``: each tenant's token buckets (``models/tenancy.py`` ``QuotaGate``, the arithmetic the live
+- ``QuotaStage``: each tenant's token buckets (``models/tenancy/quotas.py`` ``QuotaGate``, the arithmetic the live
   gateway uses) at the moment the request leaves the gateway; a refused request is rejected with a reason
   starting ``tenant quota``. Tokens are charged as prompt + output: the simulator knows the output length,
   where the live gateway charges ``max_tokens`` and settles afterwards.
@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 import simpy
 
-from fleettwin.models.config_tenants import TenantsConfig
 from fleettwin.models.engine.queue import SeqState
-from fleettwin.models.tenancy import QuotaGate, Tenancy
+from fleettwin.models.tenancy.config import TenantsConfig
+from fleettwin.models.tenancy.quotas import QuotaGate, Tenancy
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.metrics import Slo, latency_summary
 from fleettwin.sim.stages import PreSubmitStage, Refused

@@ -15,7 +15,7 @@ and a node runs once all its parents have completed:
 A node whose request is rejected, fails or is dropped fails the workflow: its descendants are skipped. Nodes
 still running when the run ends are unfinished. Every LLM node's request ends exactly once in the request log
 (the runner's accounting counts the requests created during the run), and its row joins the workflow's
-tokens. Results: one row per workflow and per node (``models/workload/workflow_records.py``, the same columns
+tokens. Results: one row per workflow and per node (``models/workflows/records.py``, the same columns
 as the live executor writes) and ``workflow_summary``.
 """
 
@@ -29,8 +29,7 @@ import numpy as np
 import pandas as pd
 import simpy
 
-from fleettwin.models.workload.request import Request
-from fleettwin.models.workload.workflow_records import (
+from fleettwin.models.workflows.records import (
     NODE_COLUMNS,
     WORKFLOW_COLUMNS,
     NodeOutcome,
@@ -38,7 +37,7 @@ from fleettwin.models.workload.workflow_records import (
     node_rows,
     workflow_row,
 )
-from fleettwin.models.workload.workflows import (
+from fleettwin.models.workflows.templates import (
     COMPLETED,
     FAILED,
     LLM,
@@ -52,6 +51,7 @@ from fleettwin.models.workload.workflows import (
     WorkflowsConfig,
     sample_instances,
 )
+from fleettwin.models.workload.request import Request
 from fleettwin.sim.metrics import RequestLog, percentiles
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ flat index gives the true top-10 of every query; each index type is built once a
 parameter and batch size: ``warmup`` untimed calls, then at least ``MIN_CALLS`` timed calls covering every
 query, giving latency p50/p95 per call and recall@10 against the flat index.
 
-The CSV is a contract with the simulator's retrieval model (``models/retrieval.py``): its ``COLUMNS`` and
+The CSV is a contract with the simulator's retrieval model (``models/retrieval/model.py``): its ``COLUMNS`` and
 ``TableRow`` are the one definition of the columns, their order and meaning, and this command writes those.
 """
 
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from fleettwin.models.errors import ConfigError
-from fleettwin.models.retrieval import COLUMNS, TableRow
+from fleettwin.models.retrieval.model import COLUMNS, TableRow
 
 K = 10
 MIN_CALLS = 20  # timed calls per row at least, so a p95 rests on more than a handful of samples

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from fleettwin.io import write_parquet
     from fleettwin.live.loadgen import replay, summarize
     from fleettwin.models.errors import ConfigError
-    from fleettwin.models.routing import REPLICA_ROUTERS
+    from fleettwin.models.routing.replica import REPLICA_ROUTERS
     from fleettwin.models.workload.traces import load_trace
 
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
@@ -133,7 +133,7 @@ def run_workflows(args: argparse.Namespace, targets: list[str]) -> int:
     from fleettwin.live.workflows import run_workflows as execute
     from fleettwin.models.config import load_scenario
     from fleettwin.models.errors import ConfigError
-    from fleettwin.models.workload.workflows import sample_instances
+    from fleettwin.models.workflows.templates import sample_instances
     from fleettwin.sim.workflows import workflow_summary
 
     cfg = load_scenario(args.workflows)

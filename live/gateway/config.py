@@ -44,8 +44,8 @@ from fleettwin.live.http_guard import HttpLimits
 from fleettwin.live.tls import TlsFiles
 from fleettwin.models.config import read_yaml, validated
 from fleettwin.models.errors import ConfigError
-from fleettwin.models.routing import REPLICA_ROUTERS
-from fleettwin.models.tenancy import request_burst, token_burst  # one default for both worlds
+from fleettwin.models.routing.replica import REPLICA_ROUTERS
+from fleettwin.models.tenancy.quotas import request_burst, token_burst  # one default for both worlds
 
 _HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 KEY_PREFIX = "ft-"

@@ -20,7 +20,7 @@ from fleettwin.live.gateway.config import Backend, GatewayConfig
 from fleettwin.live.gateway.pipeline import Admitted
 from fleettwin.live.metrics import InFlightView
 from fleettwin.live.tls import client_context, transport_reason
-from fleettwin.models.routing import REPLICA_ROUTERS
+from fleettwin.models.routing.replica import REPLICA_ROUTERS
 from fleettwin.models.workload.request import Request
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fleettwin.live.gateway.config import Quotas
-from fleettwin.models.tenancy import (  # the simulator's admission, the same code
+from fleettwin.models.tenancy.quotas import (  # the simulator's admission, the same code
     QuotaGate,
     Refusal,
     TokenBucket,

@@ -11,8 +11,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fleettwin.models.base import PolicyRef
 from fleettwin.models.capacity import CapacityModel, ReplicaCapacity
-from fleettwin.models.config import PolicyRef
 from fleettwin.models.forecast import FORECASTERS, Forecaster
 from fleettwin.models.snapshot import (
     Decision,

@@ -16,7 +16,7 @@ from mypy_extensions import mypyc_attr
 
 from fleettwin.models.engine.waiting import PolicyQueue, waiting_queue
 from fleettwin.models.perf.base import BatchStats
-from fleettwin.models.tenancy import Tenancy
+from fleettwin.models.tenancy.quotas import Tenancy
 from fleettwin.models.workload.request import Request
 
 NAN = float("nan")
@@ -76,7 +76,7 @@ class EngineLimits:
     enable_prefix_caching: bool = False  # a replica keeps a prefix cache (models/engine/prefix_cache.py)
     prefix_cache_blocks: int = 0  # its capacity in prefix blocks; 0: the whole KV cache
     waiting_policy: str = "fcfs"  # order of the waiting queue: fcfs | wfq | priority (models/engine/waiting.py)
-    tenancy: Tenancy | None = None  # tenants' weights, priorities and caps (models/tenancy.py)
+    tenancy: Tenancy | None = None  # tenants' weights, priorities and caps (models/tenancy/quotas.py)
 
 
 def check_limits(limits: EngineLimits) -> None:

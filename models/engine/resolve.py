@@ -16,7 +16,7 @@ from fleettwin.models.engine.prefix_cache import prefix_cache_blocks
 from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.errors import ConfigError, PoolFitError
 from fleettwin.models.perf import PerformanceModel, Precision, create_perf_model, memory_reserve_gb
-from fleettwin.models.tenancy import Tenancy
+from fleettwin.models.tenancy.quotas import Tenancy
 
 
 @dataclass(frozen=True)

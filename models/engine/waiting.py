@@ -4,7 +4,7 @@
 bit-identical to before policies existed) and a ``PolicyQueue`` otherwise. ``PolicyQueue`` offers the deque
 operations the schedulers use, so both schedulers run the same admission code on it:
 
-- ``append``: a new request, ordered by its key: the WFQ finish tag (``models/tenancy.py`` ``FairClock``) or
+- ``append``: a new request, ordered by its key: the WFQ finish tag (``models/tenancy/quotas.py`` ``FairClock``) or
   the tenant's priority (lower first), ties by arrival at this replica;
 - ``[0]`` / ``popleft``: the head, the next to admit; taking a request into service moves the fair clock;
 - ``appendleft``: a preempted sequence. It goes to the head, as under FCFS (its tag was the smallest when it
@@ -22,7 +22,7 @@ import math
 from collections import deque
 from collections.abc import Iterator
 
-from fleettwin.models.tenancy import FairClock, Tenancy
+from fleettwin.models.tenancy.quotas import FairClock, Tenancy
 
 POLICIES = ("fcfs", "wfq", "priority")
 

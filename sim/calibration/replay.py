@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fleettwin.models.base import PolicyRef
 from fleettwin.models.catalog import Catalog
 from fleettwin.models.config import PoolConfig
-from fleettwin.models.config_base import PolicyRef
 from fleettwin.models.engine.resolve import resolve_pool
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.perf import BatchStats

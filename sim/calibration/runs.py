@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, PositiveInt
 
+from fleettwin.models.base import StrictModel
 from fleettwin.models.config import EngineConfig
-from fleettwin.models.config_base import StrictModel
 
 # Metric names, as reported: "<quantity>_<statistic>" with quantity ttft/tpot/e2e/itl (seconds) and statistic
 # mean/p50/p90/p99.

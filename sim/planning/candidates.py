@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from fleettwin.models.capacity import replica_capacity
 from fleettwin.models.catalog import TENSOR_PARALLEL_SIZES
 from fleettwin.models.config import PoolConfig, ScenarioConfig
-from fleettwin.models.config_hints import did_you_mean
 from fleettwin.models.engine.resolve import ResolvedPool, resolve_pool
 from fleettwin.models.errors import ConfigError, FleettwinError
+from fleettwin.models.registry import did_you_mean
 from fleettwin.models.slo import Target
 from fleettwin.models.snapshot import Slo as CapacitySlo
 

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fleettwin.models.config_jobs import JobsConfig
 from fleettwin.models.errors import ConfigError
+from fleettwin.models.tiers.config import JobsConfig
 from fleettwin.sim.tiers.fleet import Fleet, JobPoolSpec
 from fleettwin.sim.tiers.jobs import SimJob
 

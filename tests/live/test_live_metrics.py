@@ -11,7 +11,7 @@ import pytest
 
 from fleettwin.live.metrics import BackendMetrics, BackendSetView, HistogramSummary, Scraper, backend_metrics
 from fleettwin.live.promtext import MetricsFormatError, parse
-from fleettwin.models.routing import REPLICA_ROUTERS
+from fleettwin.models.routing.replica import REPLICA_ROUTERS
 from fleettwin.models.workload.request import Request
 
 # What an older vLLM (0.9, before the engine label's removal of gpu_cache_usage_perc) serves, two DP engines.

@@ -21,8 +21,8 @@ from fleettwin.live.workflows import run_workflows
 from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.perf.constant import ConstantModel
-from fleettwin.models.workload.workflow_records import NODE_COLUMNS, WORKFLOW_COLUMNS
-from fleettwin.models.workload.workflows import WorkflowsConfig, sample_instances
+from fleettwin.models.workflows.records import NODE_COLUMNS, WORKFLOW_COLUMNS
+from fleettwin.models.workflows.templates import WorkflowsConfig, sample_instances
 
 ROOT = Path(__file__).parents[2]
 LIMITS = EngineLimits(num_blocks=1024, max_num_seqs=32, max_num_batched_tokens=2048, max_model_len=2048)

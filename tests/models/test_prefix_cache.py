@@ -17,7 +17,7 @@ from fleettwin.models.engine.reference_scheduler import ReferenceScheduler
 from fleettwin.models.engine.scheduler import Scheduler
 from fleettwin.models.perf import PERF_MODELS
 from fleettwin.models.perf.base import BatchStats
-from fleettwin.models.routing import REPLICA_ROUTERS
+from fleettwin.models.routing.replica import REPLICA_ROUTERS
 from fleettwin.models.workload.request import Request
 from tests.simkit import LinearPerf, run_pool
 

@@ -7,7 +7,7 @@ import collections
 import pytest
 
 from fleettwin.models.errors import ConfigError
-from fleettwin.models.region_routing import REGION_ROUTERS, RegionView, prefix_key, rendezvous_score
+from fleettwin.models.regions.routing import REGION_ROUTERS, RegionView, prefix_key, rendezvous_score
 from fleettwin.models.workload.request import Request
 
 

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleettwin.models.config_retrieval import RetrievalConfig
 from fleettwin.models.errors import ConfigError
-from fleettwin.models.retrieval import (
+from fleettwin.models.retrieval.config import RetrievalConfig
+from fleettwin.models.retrieval.model import (
     COLUMNS,
     INDEX_TYPES,
     Lognormal,
@@ -20,7 +20,7 @@ from fleettwin.models.retrieval import (
     RetrievalTable,
     parse_table,
 )
-from fleettwin.models.retrieval_routing import (
+from fleettwin.models.retrieval.routing import (
     RETRIEVAL_ROUTERS,
     StoreView,
     hybrid_recall,

@@ -9,8 +9,8 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleettwin.models.workload.workflow_records import NodeOutcome, WorkflowProgress
-from fleettwin.models.workload.workflows import (
+from fleettwin.models.workflows.records import NodeOutcome, WorkflowProgress
+from fleettwin.models.workflows.templates import (
     COMPLETED,
     FAILED,
     SKIPPED,

@@ -1,4 +1,4 @@
-"""Failure injection (sim/failures.py, models/failures.py): every request is accounted for exactly once under
+"""Failure injection (sim/failures.py, models/failures/policies.py): every request is accounted for exactly once under
 every failure type, retried requests carry their lost time, stragglers slow a replica by exactly their factor,
 and incoherent answers are retried or sent to the fallback pool as the policy says."""
 
@@ -13,11 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleettwin.models.config import parse_scenario
-from fleettwin.models.config_failures import FailuresConfig
 from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.engine.resolve import PoolSpec
 from fleettwin.models.errors import ConfigError
-from fleettwin.models.failures import COHERENCE_POLICIES, Timing
+from fleettwin.models.failures.config import FailuresConfig
+from fleettwin.models.failures.policies import COHERENCE_POLICIES, Timing
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.failures import Failures
 from fleettwin.sim.runner import run_scenario, simulate

@@ -9,8 +9,8 @@ import pytest
 import simpy
 
 from fleettwin.models.config import parse_scenario
-from fleettwin.models.config_jobs import JobsConfig
 from fleettwin.models.errors import ConfigError
+from fleettwin.models.tiers.config import JobsConfig
 from fleettwin.sim.tiers.build import build_jobs
 from fleettwin.sim.tiers.job_pool import JobPool
 from fleettwin.sim.tiers.jobs import SimJob

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleettwin.models.config_failures import FailuresConfig
 from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.engine.resolve import PoolSpec
-from fleettwin.models.region_routing import REGION_ROUTERS
-from fleettwin.models.regions import RttMatrix
+from fleettwin.models.failures.config import FailuresConfig
+from fleettwin.models.regions.routing import REGION_ROUTERS
+from fleettwin.models.regions.sites import RttMatrix
 from fleettwin.sim.failures import Failures
 from fleettwin.sim.regions import RegionFrontDoor, RegionPools
 from fleettwin.sim.runner import simulate

@@ -14,10 +14,10 @@ from fleettwin.models.config import load_scenario, parse_scenario
 from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.engine.resolve import PoolSpec
 from fleettwin.models.errors import ConfigError
-from fleettwin.models.region_routing import REGION_ROUTERS
-from fleettwin.models.regions import region_catalog
+from fleettwin.models.regions.routing import REGION_ROUTERS
+from fleettwin.models.regions.sites import region_catalog
+from fleettwin.models.regions.workload import conditioned_times, regional_requests
 from fleettwin.models.workload.arrivals import Diurnal
-from fleettwin.models.workload.regional import conditioned_times, regional_requests
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.regions import RegionFrontDoor, RegionPools
 from fleettwin.sim.runner import run_scenario, simulate

@@ -12,8 +12,14 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleettwin.models.config_retrieval import RetrievalConfig
-from fleettwin.models.retrieval import COLUMNS, RetrievalModel, RetrievalTable, StoreProfile, parse_table
+from fleettwin.models.retrieval.config import RetrievalConfig
+from fleettwin.models.retrieval.model import (
+    COLUMNS,
+    RetrievalModel,
+    RetrievalTable,
+    StoreProfile,
+    parse_table,
+)
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.retrieval import KnowledgeFabric, RagStage, VectorStore, build_fabric
 from tests.sim.test_closed_forms import fcfs_multiserver_waits
@@ -136,7 +142,7 @@ def test_fanout_latency_is_the_slowest_store_and_routed_adds_the_classifier():
 
 
 def test_hybrid_store_answers_when_the_slower_search_is_done_and_bm25_takes_no_slot():
-    from fleettwin.models.config_retrieval import HybridConfig
+    from fleettwin.models.retrieval.config import HybridConfig
 
     env = simpy.Environment()
     store = VectorStore(env, "h", profile(1.0, 1.0), servers=1, rng=np.random.default_rng(0),

@@ -14,7 +14,7 @@ from fleettwin.models.config import parse_scenario
 from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.engine.resolve import PoolSpec
 from fleettwin.models.errors import ConfigError
-from fleettwin.models.tenancy import QuotaGate, Quotas, Tenancy, TenantSpec, TokenBucket
+from fleettwin.models.tenancy.quotas import QuotaGate, Quotas, Tenancy, TenantSpec, TokenBucket
 from fleettwin.models.workload.request import Request
 from fleettwin.sim import runner
 from fleettwin.sim.runner import run_scenario, simulate

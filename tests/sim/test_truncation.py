@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleettwin.models.config_failures import FailuresConfig
 from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.engine.resolve import PoolSpec
-from fleettwin.models.failures import TRUNCATION_POLICIES, fits
+from fleettwin.models.failures.config import FailuresConfig
+from fleettwin.models.failures.policies import TRUNCATION_POLICIES, fits
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.failures import Failures
 from fleettwin.sim.runner import simulate

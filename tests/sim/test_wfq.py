@@ -14,7 +14,7 @@ from fleettwin.models.engine.queue import EngineLimits, SeqState
 from fleettwin.models.engine.reference_scheduler import ReferenceScheduler
 from fleettwin.models.engine.scheduler import Scheduler
 from fleettwin.models.engine.waiting import PolicyQueue, waiting_queue
-from fleettwin.models.tenancy import FairClock, Tenancy, TenantSpec
+from fleettwin.models.tenancy.quotas import FairClock, Tenancy, TenantSpec
 from fleettwin.models.workload.request import Request
 from tests.simkit import LinearPerf, assert_matches_oracle, poisson_requests, run_pool
 from tests.strategies import engine_limits, workloads

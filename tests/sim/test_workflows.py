@@ -11,12 +11,17 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from fleettwin.models.config import parse_scenario
-from fleettwin.models.config_retrieval import RetrievalConfig
 from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.perf.constant import ConstantModel
+from fleettwin.models.retrieval.config import RetrievalConfig
+from fleettwin.models.workflows.templates import (
+    TemplateSpec,
+    WorkflowsConfig,
+    critical_path,
+    sample_instances,
+)
 from fleettwin.models.workload.request import Request
-from fleettwin.models.workload.workflows import TemplateSpec, WorkflowsConfig, critical_path, sample_instances
 from fleettwin.sim.retrieval import RagStage
 from fleettwin.sim.runner import run_scenario
 from fleettwin.sim.workflows import WorkflowDriver, workflow_summary

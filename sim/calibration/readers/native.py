@@ -21,8 +21,8 @@ import pandas as pd
 import yaml
 from pydantic import Field, PositiveInt, ValidationError
 
+from fleettwin.models.base import StrictModel
 from fleettwin.models.config import format_errors, read_yaml
-from fleettwin.models.config_base import StrictModel
 from fleettwin.models.errors import ConfigError
 from fleettwin.sim.calibration.runs import METRICS, Load, MeasuredRun, ServerSettings
 

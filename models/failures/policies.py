@@ -23,7 +23,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
-from fleettwin.models.config_base import PolicyRef
+from fleettwin.models.base import PolicyRef
 from fleettwin.models.registry import Registry
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)

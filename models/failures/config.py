@@ -19,8 +19,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from fleettwin.models.config_base import PolicyRef
-from fleettwin.models.failures import (
+from fleettwin.models.base import PolicyRef
+from fleettwin.models.failures.policies import (
     REGION_KINDS,
     TRUNCATION_POLICIES,
     Coherence,

@@ -18,7 +18,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fleettwin.models.workload.workflows import (
+from fleettwin.models.workflows.templates import (
     COMPLETED,
     FAILED,
     LLM,

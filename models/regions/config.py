@@ -10,7 +10,7 @@
         - {name: af-south-1, weight: 0.03}                     # users there, no GPUs
 
 Every pool of the scenario belongs to exactly one region. A region without pools still has users, served
-elsewhere. Region names are the package's (``fleettwin.models.regions``) unless ``rtt.matrix`` gives the RTTs of
+elsewhere. Region names are the package's (``fleettwin.models.regions.sites``) unless ``rtt.matrix`` gives the RTTs of
 a new one (and ``utc_offset_h`` its time zone).
 """
 
@@ -29,8 +29,8 @@ from pydantic import (
 )
 
 from fleettwin.models.errors import FleettwinError
-from fleettwin.models.region_routing import REGION_ROUTERS
-from fleettwin.models.regions import RttMatrix, region_catalog
+from fleettwin.models.regions.routing import REGION_ROUTERS
+from fleettwin.models.regions.sites import RttMatrix, region_catalog
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 
@@ -57,7 +57,7 @@ class RttConfig(BaseModel):
 
 
 class UsersConfig(BaseModel):
-    """How the workload's requests get an origin region and an arrival time (``models/workload/regional.py``):
+    """How the workload's requests get an origin region and an arrival time (``models/regions/workload.py``):
     each region's users follow a daily sinusoid peaking at ``peak_local_h`` local time."""
 
     model_config = _FROZEN

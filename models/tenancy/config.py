@@ -26,7 +26,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
-from fleettwin.models.tenancy import Quotas, Tenancy, TenantSpec
+from fleettwin.models.tenancy.quotas import Quotas, Tenancy, TenantSpec
 
 
 class _Strict(BaseModel):

@@ -22,8 +22,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from fleettwin.models.errors import FleettwinError
-from fleettwin.models.retrieval import INDEX_TYPES, RetrievalModel, StoreProfile, default_model
-from fleettwin.models.retrieval_routing import ALL_DOMAINS, RETRIEVAL_ROUTERS, StoreView, hybrid_recall
+from fleettwin.models.retrieval.model import INDEX_TYPES, RetrievalModel, StoreProfile, default_model
+from fleettwin.models.retrieval.routing import ALL_DOMAINS, RETRIEVAL_ROUTERS, StoreView, hybrid_recall
 
 IndexType = Literal[INDEX_TYPES]  # type: ignore[valid-type]
 
