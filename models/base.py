@@ -42,3 +42,15 @@ class PolicyRef(StrictModel):
         except FleettwinError as exc:
             raise ValueError(str(exc)) from None
         return self
+
+
+class StrictFiniteModel(StrictModel):
+    """A ``StrictModel`` whose numbers must also be finite: costs, coefficients and hardware figures, where an
+    ``inf`` or ``nan`` would poison every sum downstream."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
+STRICT_RECORD = ConfigDict(extra="forbid", allow_inf_nan=False)
+"""The same rules for the policy seam's frozen dataclasses (``models/snapshot.py``), which are pydantic
+dataclasses rather than models so that they stay plain, slotted records."""

@@ -32,9 +32,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from fleettwin.models.base import PolicyRef
+from fleettwin.models.base import PolicyRef, StrictModel
 from fleettwin.models.catalog import Catalog, kv_cache_blocks, min_tensor_parallel
 from fleettwin.models.errors import FleettwinError
 from fleettwin.models.perf import PERF_MODELS, BatchStats, PerformanceModel
@@ -115,10 +115,8 @@ def _with_limit(cap: ReplicaCapacity, limit: str) -> ReplicaCapacity:
                            step_time_s=cap.step_time_s, ttft_s=cap.ttft_s, limit=limit, gpus=cap.gpus)
 
 
-class CapacityParams(BaseModel):
+class CapacityParams(StrictModel):
     """Engine settings and the performance model the capacity is computed with (vLLM names)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     perf_model: PolicyRef = PolicyRef(name="auto")  # calibrated where the GPU has a built-in profile, else roofline
     max_num_seqs: int = Field(default=256, gt=0)

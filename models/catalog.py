@@ -20,8 +20,9 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from fleettwin.models.base import StrictFiniteModel
 from fleettwin.models.errors import ConfigError, UnknownNameError
 
 GIB = 2**30
@@ -200,9 +201,7 @@ class LlmSpec:
 # ------------------------------------------------------------------------------------ input validation
 
 
-class _GpuFields(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
+class _GpuFields(StrictFiniteModel):
     memory_gb: float = Field(gt=0)
     hbm_tbps: float = Field(gt=0)
     bf16_tflops: float = Field(gt=0)
@@ -215,9 +214,7 @@ class _GpuFields(BaseModel):
     source: str = ""
 
 
-class _LlmFields(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
+class _LlmFields(StrictFiniteModel):
     params_b: float = Field(gt=0)
     num_layers: int = Field(gt=0)
     hidden_size: int = Field(gt=0)

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Literal, Self
 
-from pydantic import ConfigDict, TypeAdapter
+from pydantic import TypeAdapter
 
+from fleettwin.models.base import STRICT_RECORD as _STRICT
 from fleettwin.models.errors import FleettwinError
 
 Tier = Literal["inference", "training", "operational"]
@@ -34,9 +35,6 @@ PURCHASES: tuple[Purchase, ...] = ("on_demand", "spot")
 
 GpuKey = tuple[str, Purchase]
 """(gpu type, purchase option): the unit in which targets, inventories and prices are counted."""
-
-_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
-
 
 class SeamError(FleettwinError):
     """A snapshot that contradicts itself, or a decision that does not fit its snapshot."""

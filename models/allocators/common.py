@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from fleettwin.models.base import PolicyRef
+from fleettwin.models.base import PolicyRef, StrictModel
 from fleettwin.models.capacity import CapacityModel, ReplicaCapacity
 from fleettwin.models.forecast import FORECASTERS, Forecaster
 from fleettwin.models.snapshot import (
@@ -27,10 +27,6 @@ from fleettwin.models.snapshot import (
 )
 
 JOB_TIER_ORDER = ("operational", "training")  # deadlines before elastic throughput
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # --------------------------------------------------------------------------------------------- plan
@@ -222,7 +218,7 @@ def replicas_for(rate: float, cap: ReplicaCapacity, headroom: float) -> int:
     return math.ceil(rate * (1 + headroom) / cap.requests_per_s - 1e-9)
 
 
-class ForecastSettings(Strict):
+class ForecastSettings(StrictModel):
     """Which forecaster predicts a pool's arrivals and which of its quantiles to provision for."""
 
     forecaster: PolicyRef = PolicyRef(name="seasonal_naive", params={"period": "1d"})

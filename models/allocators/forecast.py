@@ -32,7 +32,6 @@ from fleettwin.models.allocators.common import (
     ForecastSettings,
     ForecastTracker,
     Plan,
-    Strict,
     forecast_peak,
     job_demand,
     pool_capacity,
@@ -40,6 +39,7 @@ from fleettwin.models.allocators.common import (
     rate_now,
     replicas_for,
 )
+from fleettwin.models.base import StrictModel
 from fleettwin.models.capacity import CapacityParams
 from fleettwin.models.snapshot import Decision, FleetSnapshot, GpuKey, Lend, PoolState
 
@@ -54,7 +54,7 @@ class _Inference:
 
 @ALLOCATORS.register("forecast")
 class ForecastAllocator(Allocator):
-    class Params(Strict):
+    class Params(StrictModel):
         forecast: ForecastSettings = ForecastSettings()
         headroom: float = Field(default=0.2, ge=0)
         min_replicas: int = Field(default=1, ge=0)

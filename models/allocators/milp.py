@@ -31,13 +31,13 @@ from fleettwin.models.allocators.common import (
     ForecastSettings,
     ForecastTracker,
     Plan,
-    Strict,
     forecast_peak,
     job_demand,
     pool_capacity,
     preempt_to_fit,
     rate_now,
 )
+from fleettwin.models.base import StrictModel
 from fleettwin.models.capacity import CapacityParams
 from fleettwin.models.snapshot import Decision, FleetSnapshot, GpuKey, PoolState, Tier
 
@@ -52,7 +52,7 @@ class _Var:
 
 @ALLOCATORS.register("milp")
 class MilpAllocator(Allocator):
-    class Params(Strict):
+    class Params(StrictModel):
         headroom: float = Field(default=0.2, ge=0)
         forecast: ForecastSettings | None = None
         """None: size inference for the current rate; else for the forecast peak to the horizon."""

@@ -30,17 +30,18 @@ from typing import Literal
 from pydantic import Field
 
 from fleettwin.models.allocators.base import ALLOCATORS, Allocator
-from fleettwin.models.allocators.common import Plan, Strict, backfill_jobs
+from fleettwin.models.allocators.common import Plan, backfill_jobs
+from fleettwin.models.base import StrictModel
 from fleettwin.models.snapshot import Decision, FleetSnapshot, PoolState
 
 
-class ScalingPolicy(Strict):
+class ScalingPolicy(StrictModel):
     type: Literal["pods", "percent"]
     value: int = Field(gt=0)
     period_s: float = Field(gt=0, le=1800)
 
 
-class ScalingRules(Strict):
+class ScalingRules(StrictModel):
     stabilization_window_s: float = Field(ge=0, le=3600)
     select_policy: Literal["max", "min", "disabled"] = "max"
     policies: list[ScalingPolicy] = Field(min_length=1)
@@ -64,7 +65,7 @@ class HpaState:
 
 @ALLOCATORS.register("reactive")
 class ReactiveAllocator(Allocator):
-    class Params(Strict):
+    class Params(StrictModel):
         metric: Literal["concurrency", "waiting", "arrival_rate", "kv_usage"] = "concurrency"
         target: float = Field(default=32.0, gt=0)
         """Desired metric value per ready replica (kv_usage: a fraction, e.g. 0.7)."""

@@ -13,13 +13,14 @@ from collections import defaultdict
 from pydantic import Field, model_validator
 
 from fleettwin.models.allocators.base import ALLOCATORS, Allocator
-from fleettwin.models.allocators.common import Plan, Strict, preempt_to_fit
+from fleettwin.models.allocators.common import Plan, preempt_to_fit
+from fleettwin.models.base import StrictModel
 from fleettwin.models.snapshot import TIERS, Decision, FleetSnapshot, GpuKey, PoolState, Tier
 
 
 @ALLOCATORS.register("static")
 class StaticAllocator(Allocator):
-    class Params(Strict):
+    class Params(StrictModel):
         shares: dict[Tier, float] = Field(
             default_factory=lambda: {"inference": 0.5, "training": 0.3, "operational": 0.2})
         """Fraction of each GPU type's total per tier; they may sum to less than 1 (the rest stays unbought)."""

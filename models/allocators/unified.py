@@ -16,20 +16,20 @@ from fleettwin.models.allocators.base import ALLOCATORS, Allocator
 from fleettwin.models.allocators.common import (
     JOB_TIER_ORDER,
     Plan,
-    Strict,
     job_demand,
     pool_capacity,
     preempt_to_fit,
     rate_now,
     replicas_for,
 )
+from fleettwin.models.base import StrictModel
 from fleettwin.models.capacity import CapacityParams
 from fleettwin.models.snapshot import Decision, FleetSnapshot, GpuKey, Purchase
 
 
 @ALLOCATORS.register("unified")
 class UnifiedAllocator(Allocator):
-    class Params(Strict):
+    class Params(StrictModel):
         gpu: str | None = None
         """GPU type of the whole fleet; None: each pool's configured type."""
         purchase: Purchase = "on_demand"

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
-from fleettwin.models.base import PolicyRef
+from fleettwin.models.base import PolicyRef, StrictModel
 from fleettwin.models.failures.policies import (
     REGION_KINDS,
     TRUNCATION_POLICIES,
@@ -29,8 +29,7 @@ from fleettwin.models.failures.policies import (
 )
 
 
-class FailuresConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class FailuresConfig(StrictModel):
     seed: int | None = None  # default: the scenario's seed (each injector draws from its own child stream)
     truncation: PolicyRef | None = None  # None: a request longer than the window is rejected
     injectors: list[FailureSpec] = Field(default_factory=list)

@@ -21,12 +21,10 @@ from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import BaseModel, Field, PositiveInt, field_validator, model_validator
 
-from fleettwin.models.base import PolicyRef
+from fleettwin.models.base import PolicyRef, StrictModel
 from fleettwin.models.registry import Registry
-
-_FROZEN = ConfigDict(extra="forbid", frozen=True)
 
 # -- when ------------------------------------------------------------------------------------------------
 
@@ -41,13 +39,12 @@ class Episode:
         return self.start_s + self.duration_s
 
 
-class Timing(BaseModel):
+class Timing(StrictModel):
     """When a failure starts and how long it lasts: at the times in ``at_s``, or at random with mean time
     between failures ``mtbf_s`` (per target: a pool of n replicas fails n times as often) inside
     ``[start_s, end_s)``. Each episode lasts ``mttr_s`` (repair or replacement time, outage length, slowdown
     period), fixed or exponentially distributed."""
 
-    model_config = _FROZEN
     at_s: tuple[Annotated[float, Field(ge=0, allow_inf_nan=False)], ...] = ()
     mtbf_s: float | None = Field(None, gt=0, allow_inf_nan=False)
     mttr_s: float = Field(0.0, ge=0)  # inf: the episode lasts to the end of the run
@@ -146,8 +143,7 @@ class Compress(TruncationPolicy):
     admission, paying ``fixed_s + s_per_1k_tokens x prompt / 1000`` of latency; dropped if it still does not
     fit."""
 
-    class Params(BaseModel):
-        model_config = _FROZEN
+    class Params(StrictModel):
         ratio: float = Field(0.5, gt=0, lt=1)
         fixed_s: float = Field(0.05, ge=0, allow_inf_nan=False)
         s_per_1k_tokens: float = Field(0.01, ge=0, allow_inf_nan=False)
@@ -169,8 +165,7 @@ class Reroute(TruncationPolicy):
     """Send the request whole to another pool whose window holds it: the first of ``pools`` that fits, or
     (``pools`` empty) the fitting pool with the smallest window. Dropped when none fits."""
 
-    class Params(BaseModel):
-        model_config = _FROZEN
+    class Params(StrictModel):
         pools: tuple[str, ...] = ()
 
     def admit(self, prompt_tokens, output_tokens, window, others=()) -> Admission:
@@ -220,8 +215,7 @@ class RetryElsewhere(CoherencePolicy):
     """Retry on another replica of the same pool (the same one when it is the only one routable, or the pool
     has a central queue), up to ``max_attempts`` answers in all."""
 
-    class Params(BaseModel):
-        model_config = _FROZEN
+    class Params(StrictModel):
         max_attempts: PositiveInt = 3
 
     def _target(self) -> Reissue:
@@ -232,8 +226,7 @@ class RetryElsewhere(CoherencePolicy):
 class Fallback(CoherencePolicy):
     """Send the request to ``pool`` (a larger model), up to ``max_attempts`` answers in all."""
 
-    class Params(BaseModel):
-        model_config = _FROZEN
+    class Params(StrictModel):
         pool: str
         max_attempts: PositiveInt = 2
 
@@ -244,8 +237,7 @@ class Fallback(CoherencePolicy):
 # -- what breaks ------------------------------------------------------------------------------------------
 
 
-class _Spec(BaseModel):
-    model_config = _FROZEN
+class _Spec(StrictModel):
     timing: Timing
 
 

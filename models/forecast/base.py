@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from fleettwin.models.base import StrictModel
 from fleettwin.models.errors import FleettwinError
 from fleettwin.models.forecast.conformal import (
     QUANTILES,
@@ -92,10 +93,8 @@ class Forecast:
                         model=self.model, notes=self.notes, fallback=self.fallback)
 
 
-class ForecasterParams(BaseModel):
+class ForecasterParams(StrictModel):
     """Parameters every forecaster accepts (subclasses add their own)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_history: str | None = None
     """Fit on at most this much recent history (e.g. "14d"); None uses all of it."""

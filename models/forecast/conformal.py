@@ -14,15 +14,15 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from fleettwin.models.base import StrictModel
 
 QUANTILES = (0.1, 0.5, 0.9)
 
 
-class ConformalParams(BaseModel):
+class ConformalParams(StrictModel):
     """How the intervals are calibrated (durations are converted at the forecaster's bucket)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     span: str = "1d"
     """Recent history the calibration origins are spread over (capped at a third of a short history)."""

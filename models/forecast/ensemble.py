@@ -13,16 +13,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from fleettwin.models.base import StrictModel
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.forecast.base import FORECASTERS, Forecast, Forecaster, ForecasterParams
 from fleettwin.models.forecast.conformal import Calibration, ConformalParams
 
 
-class Member(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class Member(StrictModel):
     model: str
     params: dict[str, Any] = Field(default_factory=dict)
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 import bisect
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from fleettwin.models.base import StrictFiniteModel, StrictModel
 from fleettwin.models.catalog import GPUS_PER_NODE, GpuSpec, LlmSpec
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.perf.base import BF16, PERF_MODELS, BatchStats, DecodeCost, PerformanceModel, Precision
@@ -53,9 +54,7 @@ class CalibratedModel(PerformanceModel):
 
     supports_precision = True
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
+    class Params(StrictFiniteModel):
         profile: str = Field(default="auto", description="built-in profile name or path to a profile YAML; "
                              "auto: the built-in profile of the pool's GPU")  # fmt: skip
         enforce_eager: bool = Field(default=False, description="vLLM's --enforce-eager: no CUDA graphs (eager "
@@ -293,8 +292,8 @@ class AutoModel:
 
     supports_precision = True
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True)
+    class Params(StrictModel):
+        """No parameters: the profile is picked by the pool's GPU."""
 
     @staticmethod
     def memory_reserve_gb(params: Params, gpu: GpuSpec) -> float:

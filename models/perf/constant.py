@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from fleettwin.models.base import StrictFiniteModel
 from fleettwin.models.catalog import GpuSpec, LlmSpec
 from fleettwin.models.perf.base import PERF_MODELS, BatchStats, DecodeCost, PerformanceModel
 
@@ -13,9 +14,7 @@ from fleettwin.models.perf.base import PERF_MODELS, BatchStats, DecodeCost, Perf
 class ConstantModel(PerformanceModel):
     """``step_s + per_prefill_token_s * prefill_tokens + per_decode_seq_s * decode_seqs``, whatever the hardware."""
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
+    class Params(StrictFiniteModel):
         step_s: float = Field(gt=0)
         per_prefill_token_s: float = Field(default=0.0, ge=0)
         per_decode_seq_s: float = Field(default=0.0, ge=0)

@@ -17,13 +17,15 @@ fits poorly, and it is small enough to ship whole.
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from fleettwin.models.base import StrictFiniteModel
 
 BF16_BYTES = 2.0
 
 
-class _Law(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+class _Law(StrictFiniteModel):
+    """Base of the fitted kernel laws below: strict, frozen, finite."""
 
 
 def smooth_max(a, b, p: float):

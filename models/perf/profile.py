@@ -23,19 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
+from fleettwin.models.base import StrictFiniteModel
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.perf.kernels import KernelLaws
 
 PROFILE_DIR = "data/profiles"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class EngineCosts(_Strict):
+class EngineCosts(StrictFiniteModel):
     """Per-iteration costs outside the measured kernels. Every coefficient is per GPU type (and engine major
     version), never per (model, TP): one fit carries over to models and TP degrees it was not fitted on."""
 
@@ -62,7 +59,7 @@ class EngineCosts(_Strict):
                                   "mostly carry static scales")  # fmt: skip
 
 
-class FrontEndCosts(_Strict):
+class FrontEndCosts(StrictFiniteModel):
     """The OpenAI-compatible API server between the client and the engine, per request."""
 
     request_s: float = Field(0.0, ge=0, description="HTTP handling and hand-off to the engine, and streaming "
@@ -70,7 +67,7 @@ class FrontEndCosts(_Strict):
     per_prompt_token_s: float = Field(0.0, ge=0, description="tokenisation per prompt token, added to TTFT")
 
 
-class CalibrationProfile(_Strict):
+class CalibrationProfile(StrictFiniteModel):
     name: str
     gpu: str = Field(description="catalog GPU id this profile describes")
     engine: str = "vllm"

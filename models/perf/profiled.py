@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from fleettwin.models.base import StrictFiniteModel
 from fleettwin.models.catalog import GPUS_PER_NODE, Catalog, GpuSpec, LlmSpec
 from fleettwin.models.perf.base import PERF_MODELS, BatchStats, PerformanceModel
 from fleettwin.models.perf.roofline import RooflineModel
@@ -107,9 +108,7 @@ class ProfiledModel(PerformanceModel):
     """Step time from measured per-operator tables where they exist for (GPU, model shape, TP); else a fitted
     roofline. ``path`` says which ("tables" or "fallback")."""
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
+    class Params(StrictFiniteModel):
         overhead_s: float = Field(
             default=2.0e-3, ge=0, description="per-iteration CPU cost (scheduling, input prep, sampling) the GPU "
             "kernel tables do not contain; the roofline's calibrated value. Vidur models none: 0 to match it")

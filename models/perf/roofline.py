@@ -10,8 +10,9 @@ published vLLM latencies are in ``docs/perf_model.md``.
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from fleettwin.models.base import StrictFiniteModel
 from fleettwin.models.catalog import GPUS_PER_NODE, GpuSpec, LlmSpec
 from fleettwin.models.perf.base import BF16, PERF_MODELS, BatchStats, DecodeCost, PerformanceModel, Precision
 
@@ -25,9 +26,7 @@ class RooflineModel(PerformanceModel):
 
     supports_precision = True
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
+    class Params(StrictFiniteModel):
         flops_efficiency: float = Field(default=0.6, gt=0, le=1, description="achieved / peak dense FLOP/s")
         bandwidth_efficiency: float = Field(default=0.8, gt=0, le=1, description="achieved / peak HBM bytes/s")
         overhead_s: float = Field(default=2.0e-3, ge=0, description="fixed cost per iteration (CPU, launch, sampling)")

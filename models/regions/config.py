@@ -20,23 +20,19 @@ from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from fleettwin.models.base import StrictModel
 from fleettwin.models.errors import FleettwinError
 from fleettwin.models.regions.routing import REGION_ROUTERS
 from fleettwin.models.regions.sites import RttMatrix, region_catalog
 
-_FROZEN = ConfigDict(extra="forbid", frozen=True)
 
-
-class RegionConfig(BaseModel):
-    model_config = _FROZEN
+class RegionConfig(StrictModel):
     name: str = Field(min_length=1)
     weight: float = Field(0.0, ge=0, allow_inf_nan=False)  # share of the users (normalised over regions)
     pools: list[str] = Field(default_factory=list)
@@ -47,20 +43,18 @@ class RegionConfig(BaseModel):
     traffic: float = Field(1.0, ge=0, allow_inf_nan=False)
 
 
-class RttConfig(BaseModel):
+class RttConfig(StrictModel):
     """The package's directional cloudping matrix, optionally symmetrised or partly overridden (ms)."""
 
-    model_config = _FROZEN
     symmetric: bool = False  # use the mean of both directions
     local_ms: float | None = Field(None, ge=0, allow_inf_nan=False)  # replaces the diagonal (same region)
     matrix: dict[str, dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]]] = Field(default_factory=dict)
 
 
-class UsersConfig(BaseModel):
+class UsersConfig(StrictModel):
     """How the workload's requests get an origin region and an arrival time (``models/regions/workload.py``):
     each region's users follow a daily sinusoid peaking at ``peak_local_h`` local time."""
 
-    model_config = _FROZEN
     duration_s: float | None = Field(None, gt=0, allow_inf_nan=False)  # default: the workload's span
     day_s: float = Field(86400.0, gt=0, allow_inf_nan=False)  # length of a simulated day (compress it)
     start_utc_h: float = Field(0.0, ge=0, lt=24)  # UTC hour at t = 0
@@ -72,8 +66,7 @@ class UsersConfig(BaseModel):
     copies: int = Field(1, ge=1)  # replay the workload this many times with renamed sessions (more users)
 
 
-class RouterRef(BaseModel):
-    model_config = _FROZEN
+class RouterRef(StrictModel):
     name: str = "nearest"
     params: dict[str, Any] = Field(default_factory=dict)
 
@@ -86,8 +79,7 @@ class RouterRef(BaseModel):
         return self
 
 
-class RegionsConfig(BaseModel):
-    model_config = _FROZEN
+class RegionsConfig(StrictModel):
     regions: list[RegionConfig] = Field(min_length=1)
     router: RouterRef = RouterRef()
     rtt: RttConfig = RttConfig()

@@ -34,8 +34,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from fleettwin.models.base import StrictModel
 from fleettwin.models.registry import NoParams, Registry
 from fleettwin.models.workload.request import Request
 
@@ -91,8 +92,7 @@ class LatencyAware(RegionRouter):
     """Smallest RTT + predicted queueing (the region's prefill backlog over its prefill rate); a region must
     beat the nearest available one by ``margin_s`` to be chosen instead (damps flapping on small backlogs)."""
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True)
+    class Params(StrictModel):
         margin_s: float = Field(0.0, ge=0, allow_inf_nan=False)
 
     def __init__(self, params: Params):
@@ -121,8 +121,7 @@ class ContentAware(RegionRouter):
 
     needs_prefix_hits = True
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True)
+    class Params(StrictModel):
         max_queue_s: float = Field(1.0, ge=0, allow_inf_nan=False)
         max_extra_rtt_ms: float | None = Field(None, ge=0, allow_inf_nan=False)
         min_warm_blocks: int = Field(4, ge=1)

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
+from fleettwin.models.base import StrictModel
 from fleettwin.models.errors import FleettwinError
 from fleettwin.models.retrieval.model import INDEX_TYPES, RetrievalModel, StoreProfile, default_model
 from fleettwin.models.retrieval.routing import ALL_DOMAINS, RETRIEVAL_ROUTERS, StoreView, hybrid_recall
@@ -28,11 +29,7 @@ from fleettwin.models.retrieval.routing import ALL_DOMAINS, RETRIEVAL_ROUTERS, S
 IndexType = Literal[INDEX_TYPES]  # type: ignore[valid-type]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class HybridConfig(_Strict):
+class HybridConfig(StrictModel):
     """Lexical (BM25) search run beside the dense one and fused by reciprocal rank fusion. The defaults are the
     5-20 ms "top 100 from OpenSearch/Elasticsearch" budget quoted in practitioner write-ups; ``recall_uplift``
     (the share of dense misses that fusion recovers) is an assumption you must state (default 0)."""
@@ -48,7 +45,7 @@ class HybridConfig(_Strict):
         return self
 
 
-class StoreConfig(_Strict):
+class StoreConfig(StrictModel):
     name: str = Field(min_length=1)
     domain: str = ALL_DOMAINS  # the content domain (or tenant) it holds; '*' = the whole corpus
     index_type: IndexType
@@ -64,7 +61,7 @@ class StoreConfig(_Strict):
                                                   self.search_param)  # fmt: skip
 
 
-class RetrievalRouterRef(_Strict):
+class RetrievalRouterRef(StrictModel):
     """``{name: routed, params: {...}}``, checked against the retrieval-router registry."""
 
     name: str = "fanout_all"
@@ -79,7 +76,7 @@ class RetrievalRouterRef(_Strict):
         return self
 
 
-class RetrievalConfig(_Strict):
+class RetrievalConfig(StrictModel):
     stores: list[StoreConfig] = Field(min_length=1)
     router: RetrievalRouterRef = RetrievalRouterRef()
     k: PositiveInt = 10  # passages added to the prompt (recall is the tables' recall@10 whatever k)

@@ -40,8 +40,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from fleettwin.models.base import StrictModel
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.registry import Registry
 from fleettwin.models.workload.request import Request
@@ -141,8 +142,7 @@ class Routed:
     """A calibrated content classifier sends a confident query to its predicted domain's store and fans the
     rest out to every store."""
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True)
+    class Params(StrictModel):
         accuracy: float = Field(0.95, gt=0.0, le=1.0)  # P(predicted domain = true topic), over all queries
         concentration: float = Field(20.0, gt=0.0)  # κ of the Beta confidence; larger = confidences nearer a
         threshold: float = Field(0.8, ge=0.0, le=1.0)  # route when confidence >= threshold, else fan out

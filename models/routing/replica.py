@@ -10,8 +10,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from fleettwin.models.base import StrictModel
 from fleettwin.models.registry import NoParams, Registry
 from fleettwin.models.workload.request import Request
 
@@ -90,8 +91,7 @@ class PrefixAffinity(ReplicaRouter):
     Ties go to the fewest outstanding, then rotate. Like llm-d's prefix-cache scorer paired with a load scorer:
     a warm cache skips prefill, but not at the price of an unbounded queue."""
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True)
+    class Params(StrictModel):
         max_load_gap: int = Field(8, ge=0)
 
     def __init__(self, params: Params):

@@ -24,16 +24,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
+from fleettwin.models.base import StrictModel
 from fleettwin.models.tenancy.quotas import Quotas, Tenancy, TenantSpec
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class QuotasConfig(_Strict):
+class QuotasConfig(StrictModel):
     requests_per_s: PositiveFloat | None = None
     burst_requests: float | None = Field(None, ge=1)  # default: one second of requests, at least 1
     tokens_per_s: PositiveFloat | None = None  # prompt + output tokens
@@ -45,7 +42,7 @@ class QuotasConfig(_Strict):
         return Quotas(**self.model_dump())
 
 
-class TenantConfig(_Strict):
+class TenantConfig(StrictModel):
     name: str = Field(min_length=1)
     weight: PositiveFloat = 1.0  # share of service under engine.waiting_policy: wfq
     priority: int = 0  # lower is served first under engine.waiting_policy: priority
@@ -53,12 +50,12 @@ class TenantConfig(_Strict):
     quotas: QuotasConfig = QuotasConfig()
 
 
-class SloClassConfig(_Strict):
+class SloClassConfig(StrictModel):
     ttft_s: PositiveFloat
     tpot_s: PositiveFloat
 
 
-class GatewayConfig(_Strict):
+class GatewayConfig(StrictModel):
     """The gateway's checks as a latency stage with a rejection rate (``sim/tenancy.py``): every request waits
     ``fixed_ms`` plus ``per_token_us`` per prompt token (the detectors read the prompt), and a fraction
     ``reject_rate`` is refused by a policy check (seeded, the same requests in every run of a seed)."""
@@ -68,7 +65,7 @@ class GatewayConfig(_Strict):
     reject_rate: float = Field(0.0, ge=0, le=1)
 
 
-class TenantsConfig(_Strict):
+class TenantsConfig(StrictModel):
     members: list[TenantConfig] = Field(min_length=1)
     slo_classes: dict[str, SloClassConfig] = Field(default_factory=dict)
     gateway: GatewayConfig | None = None

@@ -23,8 +23,6 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     NonNegativeFloat,
     PositiveFloat,
@@ -32,12 +30,10 @@ from pydantic import (
     model_validator,
 )
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from fleettwin.models.base import StrictModel
 
 
-class JobPoolConfig(_Strict):
+class JobPoolConfig(StrictModel):
     name: str = Field(min_length=1)
     tier: Literal["training", "operational"]
     gpu: str
@@ -46,7 +42,7 @@ class JobPoolConfig(_Strict):
     """GPUs held at the start (an allocator resizes the pool when the scenario has a controller)."""
 
 
-class JobStreamConfig(_Strict):
+class JobStreamConfig(StrictModel):
     """Jobs of one shape submitted to ``pool`` at ``at_s`` and then every ``every_s`` until ``until_s``."""
 
     name: str = Field(min_length=1)
@@ -98,7 +94,7 @@ class JobStreamConfig(_Strict):
         return sorted(out)
 
 
-class JobsConfig(_Strict):
+class JobsConfig(StrictModel):
     pools: list[JobPoolConfig] = Field(min_length=1)
     streams: list[JobStreamConfig] = Field(default_factory=list)
 

@@ -39,8 +39,6 @@ from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     NonNegativeFloat,
     NonNegativeInt,
@@ -48,6 +46,7 @@ from pydantic import (
     model_validator,
 )
 
+from fleettwin.models.base import StrictModel
 from fleettwin.models.workload.arrivals import MMPP, ArrivalProcess, Diurnal, Gamma, Poisson
 from fleettwin.models.workload.lengths import LengthDist
 
@@ -61,14 +60,10 @@ COMPLETED, FAILED, SKIPPED, UNFINISHED = "completed", "failed", "skipped", "unfi
 _ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 # -- tool delays --------------------------------------------------------------------------------------------
 
 
-class FixedDelay(_Strict):
+class FixedDelay(StrictModel):
     type: Literal["fixed"] = "fixed"
     s: NonNegativeFloat
 
@@ -76,7 +71,7 @@ class FixedDelay(_Strict):
         return self.s
 
 
-class UniformDelay(_Strict):
+class UniformDelay(StrictModel):
     type: Literal["uniform"] = "uniform"
     min_s: NonNegativeFloat
     max_s: NonNegativeFloat
@@ -91,7 +86,7 @@ class UniformDelay(_Strict):
         return float(rng.uniform(self.min_s, self.max_s))
 
 
-class LognormalDelay(_Strict):
+class LognormalDelay(StrictModel):
     type: Literal["lognormal"] = "lognormal"
     median_s: PositiveFloat
     sigma: NonNegativeFloat
@@ -102,7 +97,7 @@ class LognormalDelay(_Strict):
         return min(x, self.max_s) if self.max_s is not None else x
 
 
-class ExponentialDelay(_Strict):
+class ExponentialDelay(StrictModel):
     type: Literal["exponential"] = "exponential"
     mean_s: PositiveFloat
 
@@ -116,7 +111,7 @@ DelayDist = Annotated[FixedDelay | UniformDelay | LognormalDelay | ExponentialDe
 # -- workflow arrivals (the processes of models/workload/arrivals.py) ----------------------------------------
 
 
-class PoissonArrivals(_Strict):
+class PoissonArrivals(StrictModel):
     type: Literal["poisson"] = "poisson"
     rate: NonNegativeFloat
     duration_s: PositiveFloat
@@ -125,7 +120,7 @@ class PoissonArrivals(_Strict):
         return Poisson(rate=self.rate, duration_s=self.duration_s)
 
 
-class GammaArrivals(_Strict):
+class GammaArrivals(StrictModel):
     type: Literal["gamma"] = "gamma"
     rate: NonNegativeFloat
     cv: PositiveFloat
@@ -135,7 +130,7 @@ class GammaArrivals(_Strict):
         return Gamma(rate=self.rate, cv=self.cv, duration_s=self.duration_s)
 
 
-class MMPPArrivals(_Strict):
+class MMPPArrivals(StrictModel):
     type: Literal["mmpp"] = "mmpp"
     rates: list[NonNegativeFloat] = Field(min_length=1)
     mean_sojourn_s: PositiveFloat
@@ -145,7 +140,7 @@ class MMPPArrivals(_Strict):
         return MMPP(rates=tuple(self.rates), mean_sojourn_s=self.mean_sojourn_s, duration_s=self.duration_s)
 
 
-class DiurnalArrivals(_Strict):
+class DiurnalArrivals(StrictModel):
     type: Literal["diurnal"] = "diurnal"
     mean_rate: NonNegativeFloat
     peak_to_trough: float = Field(ge=1)
@@ -158,7 +153,7 @@ class DiurnalArrivals(_Strict):
                        period_s=self.period_s, peak_at_s=self.peak_at_s)  # fmt: skip
 
 
-class FixedTimes(_Strict):
+class FixedTimes(StrictModel):
     """Workflows at the listed times (hand-checked cases, replays of a log)."""
 
     type: Literal["times"] = "times"
@@ -175,7 +170,7 @@ ArrivalsSpec = Annotated[PoissonArrivals | GammaArrivals | MMPPArrivals | Diurna
 # -- templates ------------------------------------------------------------------------------------------------
 
 
-class FanoutRange(_Strict):
+class FanoutRange(StrictModel):
     min: int = Field(ge=1, le=MAX_FANOUT)
     max: int = Field(ge=1, le=MAX_FANOUT)
 
@@ -186,7 +181,7 @@ class FanoutRange(_Strict):
         return self
 
 
-class NodeSpec(_Strict):
+class NodeSpec(StrictModel):
     id: str
     kind: Literal["llm", "retrieval", "tool"]
     after: list[str] = Field(default_factory=list)
@@ -228,7 +223,7 @@ class NodeSpec(_Strict):
         return f if isinstance(f, int) else int(rng.integers(f.min, f.max, endpoint=True))
 
 
-class TemplateSpec(_Strict):
+class TemplateSpec(StrictModel):
     name: str = Field(min_length=1)
     weight: PositiveFloat = 1.0  # share of the workflows that follow this template
     model: str | None = None  # default model of its llm nodes (None: the scenario's first pool)
@@ -316,7 +311,7 @@ def _find_cycle(after: dict[str, list[str]], ids: list[str]) -> list[str]:
     return []
 
 
-class WorkflowsConfig(_Strict):
+class WorkflowsConfig(StrictModel):
     """The scenario's ``workflows:`` section (see the module docstring)."""
 
     arrivals: ArrivalsSpec

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
+from fleettwin.models.base import StrictModel
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.workload.traces import TraceFormat, read_trace, resolve_path
 
@@ -23,9 +24,7 @@ from fleettwin.models.workload.traces import TraceFormat, read_trace, resolve_pa
 _HARD_CAP = 2**31 - 1
 
 
-class _Lengths(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class _Lengths(StrictModel):
     def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Annotated, Any, Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from fleettwin.models.base import StrictModel
 from fleettwin.models.errors import FleettwinError
 from fleettwin.models.registry import Registry
 from fleettwin.models.workload.arrivals import MMPP, ArrivalProcess, Diurnal, Gamma, Poisson
@@ -34,15 +35,12 @@ class WorkloadSource(Protocol):
 
 WORKLOADS: Registry[WorkloadSource] = Registry("workload source")
 
-_FROZEN = ConfigDict(extra="forbid", frozen=True)
-
 
 @WORKLOADS.register("trace")
 class TraceSource:
     """Replay a window of a real trace (see ``load_trace``); deterministic, so ``rng`` is not used."""
 
-    class Params(BaseModel):
-        model_config = _FROZEN
+    class Params(StrictModel):
         path: str = Field(min_length=1)
         format: TraceFormat
         start_s: float = Field(default=0.0, ge=0, allow_inf_nan=False)
@@ -63,8 +61,7 @@ class TraceSource:
         )
 
 
-class _SyntheticParams(BaseModel):
-    model_config = _FROZEN
+class _SyntheticParams(StrictModel):
     duration_s: float = Field(gt=0, allow_inf_nan=False)
     lengths: LengthDist
     tenant: str = "default"
@@ -211,8 +208,7 @@ class MixtureSource:
     others' requests unchanged. The requests are merged by arrival (ties keep the components' order) and
     numbered ``0..n-1``."""
 
-    class Params(BaseModel):
-        model_config = _FROZEN
+    class Params(StrictModel):
         components: list[dict[str, Any]] = Field(min_length=1)
 
         @model_validator(mode="after")
