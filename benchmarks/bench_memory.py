@@ -42,9 +42,8 @@ def scenario(n: int) -> dict:
         "name": f"bench-memory-{n}",
         "seed": 1,
         "workload": {
-            "type": "trace",
-            "path": str(TRACE),
-            "format": "azure",
+            "name": "trace",
+            "params": {"path": str(TRACE), "format": "azure"},
             "rate_scale": n / (len(base) * periods),
             "loop_to_s": periods * period,
         },

@@ -89,7 +89,7 @@ def load_case(case: Case, *, quick: bool) -> ScenarioConfig:
 def failure_window(cfg: ScenarioConfig) -> tuple[float, float]:
     """``[start, end)`` spanning every injector's episodes (scheduled) or injection window (by rate)."""
     starts, ends = [], []
-    for spec in cfg.failures.injectors:
+    for spec in cfg.failures.specs:
         t = spec.timing
         if t.mtbf_s is None:
             starts.append(min(t.at_s))

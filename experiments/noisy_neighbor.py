@@ -64,10 +64,15 @@ def load_base(path: Path = CONFIG) -> dict:
     return data
 
 
+def _components(data: dict) -> list[dict]:
+    """The parameters of each component of the scenario's mixture workload (raw YAML, ``{name, params}``)."""
+    return [c["params"] for c in data["workload"]["params"]["components"]]
+
+
 def _scaled(data: dict, scale: float) -> dict:
     if scale == 1.0:
         return data
-    for c in data["workload"]["components"]:
+    for c in _components(data):
         for key in ("duration_s", "burst_start_s", "burst_s"):
             if key in c:
                 c[key] *= scale
@@ -81,7 +86,7 @@ def setup_scenario(
     data = _scaled(copy.deepcopy(base), scale)
     data["seed"] = seed
     for pool in data["pools"]:
-        pool.setdefault("engine", {})["waiting_policy"] = setup.waiting_policy
+        pool.setdefault("engine", {})["waiting_policy"] = {"name": setup.waiting_policy}
     ten = data["tenants"]
     for m in ten["members"]:
         q = m.get("quotas", {})
@@ -97,7 +102,7 @@ def setup_scenario(
 
 def burst_window(base: dict, scale: float) -> tuple[str, float, float]:
     """(tenant, start, end) of the bursting component."""
-    c = next(c for c in base["workload"]["components"] if c["type"] == "burst")
+    c = next(c["params"] for c in base["workload"]["params"]["components"] if c["name"] == "burst")
     return c.get("tenant", "default"), c["burst_start_s"] * scale, (c["burst_start_s"] + c["burst_s"]) * scale
 
 
@@ -105,14 +110,17 @@ def capacity_tokens_per_s(base: dict, *, seed: int, scale: float = 1.0, path: Pa
     """Prompt + output tokens per second the pool serves when saturated with the scenario's length mix:
     Poisson arrivals at ``PROBE_LOAD`` times the tenants' usual total rate, measured after the first
     quarter."""
-    comps = base["workload"]["components"]
+    comps = _components(base)
     rate = PROBE_LOAD * sum(c["rate"] for c in comps)
     duration = 300.0 * scale
     data = {
         "name": "capacity-probe",
         "seed": seed,
         "pools": copy.deepcopy(base["pools"]),
-        "workload": {"type": "poisson", "rate": rate, "duration_s": duration, "lengths": comps[0]["lengths"]},
+        "workload": {
+            "name": "poisson",
+            "params": {"rate": rate, "duration_s": duration, "lengths": comps[0]["lengths"]},
+        },
         "sim": {"max_time_s": duration},
     }
     df = run_scenario(parse_scenario(data, source=f"{path} [capacity probe]", base_dir=path.parent)).requests

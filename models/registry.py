@@ -1,7 +1,7 @@
 """One registry mechanism for everything chosen by name in YAML.
 
 A registered class declares its parameters as a pydantic model in a nested ``Params`` class (no parameters:
-leave it out). ``create(name, params, **deps)`` validates the user's parameters against that model and passes
+leave it out; a registered pydantic model is its own parameter model). ``create(name, params, **deps)`` validates the user's parameters against that model and passes
 the validated object as ``params=`` together with any runtime dependencies the caller supplies.
 
     ROUTERS = Registry("replica router")
@@ -18,11 +18,11 @@ import difflib
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, model_validator
 
-from fleettwin.models.base import StrictModel
+from fleettwin.models.base import PolicyRef, StrictModel
 from fleettwin.models.errors import ConfigError, UnknownNameError
 
 T = TypeVar("T")
@@ -65,7 +65,10 @@ class Registry(Generic[T]):
             ) from None
 
     def params_model(self, name: str) -> type[BaseModel]:
-        return getattr(self.get(name), "Params", NoParams)
+        """The class's nested ``Params``; a registered pydantic model is its own (a failure injector's spec)."""
+        cls = self.get(name)
+        own = cls if isinstance(cls, type) and issubclass(cls, BaseModel) else NoParams
+        return getattr(cls, "Params", own)
 
     def validate_params(self, name: str, params: Mapping[str, Any] | BaseModel | None) -> BaseModel:
         model = self.params_model(name)
@@ -83,6 +86,36 @@ class Registry(Generic[T]):
     def create(self, name: str, params: Mapping[str, Any] | BaseModel | None = None, **deps: Any) -> T:
         cls = self.get(name)
         return cls(params=self.validate_params(name, params), **deps)  # type: ignore[call-arg]
+
+
+class Choice(PolicyRef):
+    """A ``{name, params}`` choice whose name and parameters are checked against the registry its subclass
+    names, so a field typed ``WaitingPolicyRef`` needs no validator of its own.
+
+    ``from_legacy`` turns the form a choice was written in before ``{name, params}`` (a bare name, a ``type:``
+    or ``kind:`` key beside the parameters) into the new one; the loader calls it and notes the old form
+    (``models/config/legacy.py``). ``None``: the value is not in an old form."""
+
+    registry: ClassVar[Registry[Any]]
+
+    @model_validator(mode="after")
+    def _known(self) -> Choice:
+        return self.check(self.registry)
+
+    @classmethod
+    def from_legacy(cls, raw: Any) -> dict[str, Any] | None:
+        return None
+
+
+def legacy_key_form(raw: Any, key: str, keep: Sequence[str] = ()) -> dict[str, Any] | None:
+    """``{key: x, a: 1, ...}`` (the name beside its parameters) as ``{name: x, params: {a: 1, ...}}``; the keys
+    in ``keep`` belong to the choice itself and stay beside ``name``. ``None`` when ``raw`` has no ``key`` or
+    already a ``name``."""
+    if not isinstance(raw, Mapping) or key not in raw or "name" in raw:
+        return None
+    own = {k: raw[k] for k in keep if k in raw}
+    params = {k: v for k, v in raw.items() if k != key and k not in keep}
+    return {"name": raw[key], "params": params, **own}
 
 
 def _hint(model: type[BaseModel], err: Any) -> str:
@@ -110,16 +143,16 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _model_in(annotation: Any) -> type[BaseModel] | None:
+def model_in(annotation: Any) -> type[BaseModel] | None:
     """The pydantic model inside ``X``, ``X | None``, ``Annotated[X, ...]``, ``list[X]`` or ``dict[str, X]``."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
-        return _model_in(typing.get_args(annotation)[0])
+        return model_in(typing.get_args(annotation)[0])
     if origin in (typing.Union, types.UnionType, list, tuple, dict):
         for arg in typing.get_args(annotation):
-            found = _model_in(arg)
+            found = model_in(arg)
             if found is not None:
                 return found
     return None
@@ -138,5 +171,5 @@ def keys_at(model: type[BaseModel], loc: Sequence[str | int]) -> list[str] | Non
         field = current.model_fields.get(part)
         if field is None:
             return None
-        current = _model_in(field.annotation)
+        current = model_in(field.annotation)
     return list(current.model_fields) if current is not None else None

@@ -43,8 +43,8 @@ def measure_knee(pool: dict[str, Any], lengths: dict[str, Any], *, ttft_s: float
             "pools": [{"name": "probe", **pool, "replicas": replicas}]}  # fmt: skip
 
     def scenario(rate: float):
-        return parse_scenario({**base, "workload": {"type": "poisson", "rate": rate * replicas,
-                                                    "duration_s": duration_s, "lengths": lengths}},
+        workload = {"name": "poisson", "params": {"rate": rate * replicas, "duration_s": duration_s, "lengths": lengths}}
+        return parse_scenario({**base, "workload": workload},
                               source="capacity probe", base_dir=base_dir)  # fmt: skip
 
     reqs = generate_requests(scenario(1.0), seed)

@@ -119,7 +119,7 @@ class Failures:
         self.env, self.log = env, log
         self.pools = {p.name: p for p in pools}
         door = self.front_door
-        for spec in self.cfg.injectors:
+        for spec in self.cfg.specs:
             if spec.kind in REGION_KINDS:
                 if door is None or spec.region not in door.state:
                     raise ConfigError(f"failures: {spec.kind} in region {spec.region!r} needs that region in the "
@@ -129,7 +129,7 @@ class Failures:
         if self.truncation is not None:
             for pool in pools:
                 pool.on_oversize = self._oversize
-        for spec in self.cfg.injectors:
+        for spec in self.cfg.specs:
             if isinstance(spec, Coherence):
                 self.pools[spec.pool].finish_filter = self._check_answers
         return self._start()
@@ -139,7 +139,7 @@ class Failures:
         run = {"replica_failure": self._replica_failures, "straggler": self._straggler,
                "coherence": self._coherence, "region_outage": self._region, "network_partition": self._region,
                "rtt_spike": self._region}  # fmt: skip
-        for k, spec in enumerate(self.cfg.injectors):
+        for k, spec in enumerate(self.cfg.specs):
             env.process(run[spec.kind](spec, np.random.default_rng([self.seed, STREAM, k])))
         yield env.timeout(0)
 

@@ -217,7 +217,7 @@ def run_scenario(
     ``sim/stream.StreamingLog`` for runs too long to hold every request in memory."""
     wall0 = time.perf_counter()
     seed = cfg.seed if seed is None else seed
-    mode = mode or cfg.sim.mode
+    mode = mode or cfg.sim.mode.name
     catalog = cfg.build_catalog()
     tenancy = cfg.tenants.tenancy() if cfg.tenants else None
     resolved = resolve_pools(cfg, catalog, tenancy)

@@ -14,9 +14,10 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from fleettwin.models.config import legacy
 from fleettwin.models.config.scenario import ScenarioConfig
 from fleettwin.models.errors import ConfigError, FleettwinError
-from fleettwin.models.registry import did_you_mean, keys_at
+from fleettwin.models.registry import did_you_mean, keys_at, model_in
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -41,11 +42,12 @@ def format_errors(source: str, exc: ValidationError, model: type[BaseModel] | No
 
 
 def validated(model: type[M], data: Any, *, source: str, what: str) -> M:
-    """``data`` (parsed YAML) as ``model``; a ConfigError names ``source``, the field and the reason."""
+    """``data`` (parsed YAML) as ``model``; a ConfigError names ``source``, the field and the reason. Choices
+    in an old form are rewritten first, each with a note (``models/config/legacy.py``)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of {what} fields at the top level")
     try:
-        return model.model_validate(data)
+        return model.model_validate(legacy.upgrade(model, data, source=source))
     except ValidationError as exc:
         raise ConfigError(format_errors(source, exc, model)) from None
 
@@ -89,17 +91,20 @@ def scenario_mapping(path: str | Path, overrides: dict[str, Any] | None = None) 
     scenario file, such as the planner's recommended.yaml, is written from)."""
     data = read_yaml(Path(path), "scenario")
     for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, value, source=str(path))
+        _set_dotted(data, dotted, value, source=str(path), model=ScenarioConfig)
     return data
 
 
-def _set_dotted(data: Any, dotted: str, value: Any, *, source: str) -> None:
+def _set_dotted(data: Any, dotted: str, value: Any, *, source: str, model: type[BaseModel] | None = None) -> None:
     """Set ``value`` at ``dotted``: mapping keys, list items by index or by their ``name`` (``pools.chat``),
-    and a named item of a section's list without the list's key (``regions.eu-west-1`` for the item of
-    ``regions.regions`` named eu-west-1)."""
+    a named item of a section's list without the list's key (``regions.eu-west-1`` for the item of
+    ``regions.regions`` named eu-west-1), and a parameter of a ``{name, params}`` choice without ``params``
+    (``workload.rate`` for ``workload.params.rate``; ``model``, the file's root model, tells a parameter from
+    a key of the choice itself such as ``workload.rate_scale``)."""
     keys = dotted.split(".")
     node = data
     for depth, key in enumerate(keys):
+        node, model = _into_params(node, key, model)
         last = depth == len(keys) - 1
         where = ".".join(keys[:depth]) or "the scenario"
         if isinstance(node, list):
@@ -114,6 +119,7 @@ def _set_dotted(data: Any, dotted: str, value: Any, *, source: str) -> None:
             else:
                 node = node[idx]
             continue
+        model = _field_model(model, key)
         if not isinstance(node, dict):
             raise ConfigError(f"{source}: override {dotted}: {where} is not a mapping")
         if last:
@@ -122,6 +128,21 @@ def _set_dotted(data: Any, dotted: str, value: Any, *, source: str) -> None:
             node = item
         else:
             node = node.setdefault(key, {})
+
+
+def _into_params(node: Any, key: str, model: type[BaseModel] | None) -> tuple[Any, type[BaseModel] | None]:
+    """The ``params`` of a ``{name, params}`` choice when ``key`` is one of its parameters, else ``node``."""
+    if not (isinstance(node, dict) and "name" in node and key not in node and key not in ("name", "params")):
+        return node, model
+    if model is None or "params" not in model.model_fields or key in model.model_fields:
+        return node, model
+    params = node.setdefault("params", {})
+    return (params, None) if isinstance(params, dict) else (node, model)
+
+
+def _field_model(model: type[BaseModel] | None, key: str) -> type[BaseModel] | None:
+    field = model.model_fields.get(key) if model is not None else None
+    return model_in(field.annotation) if field is not None else None
 
 
 def _list_index(items: list, key: str) -> int | None:

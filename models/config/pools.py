@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, PositiveInt, field_validator
 
 from fleettwin.models.base import PolicyRef, StrictModel
+from fleettwin.models.config.choices import WaitingPolicyRef
 from fleettwin.models.perf import PERF_MODELS
 from fleettwin.models.routing.replica import REPLICA_ROUTERS
 
@@ -27,9 +28,10 @@ class EngineConfig(StrictModel):
     # Not a vLLM argument: host memory per replica that keeps evicted KV blocks for prefix reuse (a CPU offload
     # tier such as LMCache's max_local_cpu_size); prefix-cache capacity = GPU KV cache + this (models/engine/prefix_cache.py)
     kv_offload_gb: float = Field(0.0, ge=0, allow_inf_nan=False)
-    # Order of the waiting queue (models/engine/waiting.py): fcfs (vLLM's default), wfq (weighted fair queueing by tenant
-    # weight), priority (by tenant priority, lower first, as vLLM's --scheduling-policy priority)
-    waiting_policy: Literal["fcfs", "wfq", "priority"] = "fcfs"
+    # Order of the waiting queue: {name: fcfs} (vLLM's default), wfq (weighted fair queueing by tenant weight),
+    # priority (by tenant priority, lower first, as vLLM's --scheduling-policy priority); models/config/choices.py,
+    # carried out by models/engine/waiting.py
+    waiting_policy: WaitingPolicyRef = WaitingPolicyRef(name="fcfs")
     # Storage precision of the weights (vLLM's dtype / --quantization fp8) and of the KV cache (--kv-cache-dtype):
     # FP8 halves weight and KV bytes (more KV blocks, faster decode) where the performance model supports it.
     dtype: Literal["bf16", "fp8"] = "bf16"

@@ -105,7 +105,7 @@ class ScenarioConfig(StrictModel):
 
     def workload_source(self):
         w = self.workload
-        source = WORKLOADS.create(w.type, w.params, base_dir=self.base_dir)
+        source = WORKLOADS.create(w.name, w.params, base_dir=self.base_dir)
         if w.rate_scale != 1.0 or w.loop_to_s is not None:
             source = ReshapedSource(source, rate_scale=w.rate_scale, loop_to_s=w.loop_to_s)
         return source

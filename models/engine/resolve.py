@@ -104,7 +104,7 @@ def resolve_pool(cfg: PoolConfig, catalog: Catalog, tenancy: Tenancy | None = No
         long_prefill_token_threshold=eng.long_prefill_token_threshold,
         enable_prefix_caching=eng.enable_prefix_caching,
         prefix_cache_blocks=prefix_cache_blocks(blocks * eng.block_size, eng.kv_offload_gb, llm, tp),
-        waiting_policy=eng.waiting_policy,
+        waiting_policy=eng.waiting_policy.name,
         tenancy=tenancy,
     )
     perf = create_perf_model(cfg.perf_model.name, cfg.perf_model.params, gpu=gpu, llm=llm, tp=tp, precision=precision)

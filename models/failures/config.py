@@ -3,14 +3,11 @@ names to the scenario's pools (and regions), so a typo fails at load time with t
 
     failures:
       truncation: {name: truncate}            # truncate | compress | reroute; absent: reject, as vLLM does
-      injectors:
-        - kind: replica_failure
-          pool: chat
-          timing: {mtbf_s: 600, mttr_s: 180, start_s: 1800, end_s: 2400}
-        - kind: straggler
-          pool: chat
-          factor: 3
-          timing: {at_s: [900], mttr_s: 120}
+      injectors:                              # {name, params}: a name from FAILURE_INJECTORS
+        - name: replica_failure
+          params: {pool: chat, timing: {mtbf_s: 600, mttr_s: 180, start_s: 1800, end_s: 2400}}
+        - name: straggler
+          params: {pool: chat, factor: 3, timing: {at_s: [900], mttr_s: 120}}
 """
 
 from __future__ import annotations
@@ -25,6 +22,7 @@ from fleettwin.models.failures.policies import (
     TRUNCATION_POLICIES,
     Coherence,
     FailureSpec,
+    Injector,
     Reroute,
 )
 
@@ -32,21 +30,26 @@ from fleettwin.models.failures.policies import (
 class FailuresConfig(StrictModel):
     seed: int | None = None  # default: the scenario's seed (each injector draws from its own child stream)
     truncation: PolicyRef | None = None  # None: a request longer than the window is rejected
-    injectors: list[FailureSpec] = Field(default_factory=list)
+    injectors: list[Injector] = Field(default_factory=list)
 
     @field_validator("truncation")
     @classmethod
     def _known_truncation(cls, v: PolicyRef | None) -> PolicyRef | None:
         return v.check(TRUNCATION_POLICIES) if v is not None else v
 
+    @property
+    def specs(self) -> tuple[FailureSpec, ...]:
+        """The injectors' validated parameters, in order: what the simulator runs."""
+        return tuple(i.params for i in self.injectors)
+
     def pool_names(self) -> list[tuple[str, str]]:
         """(field path, pool name) of every pool this section names."""
         out = []
-        for i, spec in enumerate(self.injectors):
+        for i, spec in enumerate(self.specs):
             if hasattr(spec, "pool"):
-                out.append((f"injectors[{i}].pool", spec.pool))
+                out.append((f"injectors[{i}].params.pool", spec.pool))
             if isinstance(spec, Coherence) and spec.policy.name == "fallback":
-                out.append((f"injectors[{i}].policy.params.pool", spec.policy.params["pool"]))
+                out.append((f"injectors[{i}].params.policy.params.pool", spec.policy.params["pool"]))
         if self.truncation is not None and self.truncation.name == Reroute.registry_name:
             for j, name in enumerate(self.truncation.params.get("pools", ())):
                 out.append((f"truncation.params.pools[{j}]", name))
@@ -55,10 +58,11 @@ class FailuresConfig(StrictModel):
     def region_names(self) -> list[tuple[str, str]]:
         """(field path, region name) of every region this section names."""
         out = []
-        for i, spec in enumerate(self.injectors):
+        for i, spec in enumerate(self.specs):
             if spec.kind in REGION_KINDS:
-                out.append((f"injectors[{i}].region", spec.region))
-                out += [(f"injectors[{i}].unreachable[{j}]", r) for j, r in enumerate(getattr(spec, "unreachable", ()))]
+                out.append((f"injectors[{i}].params.region", spec.region))
+                out += [(f"injectors[{i}].params.unreachable[{j}]", r)
+                        for j, r in enumerate(getattr(spec, "unreachable", ()))]
         return out
 
 
@@ -76,14 +80,14 @@ def check_names(cfg: FailuresConfig | None, info: ValidationInfo) -> FailuresCon
     for where, name in cfg.pool_names():
         if name not in sizes:
             raise ValueError(f"{where}: unknown pool {name!r}; the scenario's pools are: {known}")
-    for i, spec in enumerate(cfg.injectors):
+    for i, spec in enumerate(cfg.specs):
         indices = {"straggler": (getattr(spec, "replica", None),), "coherence": getattr(spec, "replicas", ())}
         for idx in indices.get(spec.kind, ()):
             if idx is not None and idx >= sizes[spec.pool]:
                 raise ValueError(f"injectors[{i}]: replica {idx} does not exist in pool {spec.pool!r} "
                                  f"({sizes[spec.pool]} replicas, numbered from 0)")  # fmt: skip
         if isinstance(spec, Coherence) and spec.policy.params.get("pool") == spec.pool:
-            raise ValueError(f"injectors[{i}].policy.params.pool: the fallback must be another pool than "
+            raise ValueError(f"injectors[{i}].params.policy.params.pool: the fallback must be another pool than "
                              f"{spec.pool!r}")  # fmt: skip
     return cfg
 

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field, PositiveInt, field_validator, model_validator
+from pydantic import BaseModel, Field, PositiveInt, SerializeAsAny, field_validator, model_validator
 
 from fleettwin.models.base import PolicyRef, StrictModel
-from fleettwin.models.registry import Registry
+from fleettwin.models.errors import FleettwinError
+from fleettwin.models.registry import Registry, legacy_key_form
 
 # -- when ------------------------------------------------------------------------------------------------
 
@@ -237,35 +238,44 @@ class Fallback(CoherencePolicy):
 # -- what breaks ------------------------------------------------------------------------------------------
 
 
+FAILURE_INJECTORS: Registry[Any] = Registry("failure injector")
+"""What can break, by name; each entry is its own parameter model (pool or region, timing, severity)."""
+
+
 class _Spec(StrictModel):
     timing: Timing
 
+    @property
+    def kind(self) -> str:
+        """The injector's registered name (``replica_failure``, ``straggler``, ...)."""
+        return type(self).registry_name  # type: ignore[attr-defined]
 
+
+@FAILURE_INJECTORS.register("replica_failure")
 class ReplicaFailure(_Spec):
     """Replicas of ``pool`` die (GPU, NIC or host failure): the requests they hold are re-queued on the other
     replicas with their progress lost, and a replacement takes requests ``timing.mttr_s`` later."""
 
-    kind: Literal["replica_failure"]
     pool: str
     count: PositiveInt = 1  # replicas failing together at each scheduled time (by rate: one per failure)
     max_retries: int = Field(3, ge=0)  # a request is re-queued at most this many times, then it fails
 
 
+@FAILURE_INJECTORS.register("straggler")
 class Straggler(_Spec):
     """A replica's iterations take ``factor`` times as long for ``timing.mttr_s`` (thermal throttling, a bad
     NVLink, a noisy neighbour)."""
 
-    kind: Literal["straggler"]
     pool: str
     replica: int | None = Field(None, ge=0)  # None: one serving replica picked at random
     factor: float = Field(gt=0, allow_inf_nan=False)
 
 
+@FAILURE_INJECTORS.register("coherence")
 class Coherence(_Spec):
     """Answers from some replicas of ``pool`` are flagged bad with ``probability`` while an episode lasts (a
     corrupted shard, a bad adapter): the request is re-issued per ``policy``. Default: the whole run."""
 
-    kind: Literal["coherence"]
     pool: str
     replicas: tuple[Annotated[int, Field(ge=0)], ...] = (0,)
     probability: float = Field(ge=0, le=1)
@@ -278,31 +288,54 @@ class Coherence(_Spec):
         return v.check(COHERENCE_POLICIES)
 
 
+@FAILURE_INJECTORS.register("region_outage")
 class RegionOutage(_Spec):
     """Every pool of ``region`` is unreachable for ``timing.mttr_s``: arrivals go to other regions, requests
     in flight there are retried elsewhere."""
 
-    kind: Literal["region_outage"]
     region: str
     max_retries: int = Field(3, ge=0)
 
 
+@FAILURE_INJECTORS.register("network_partition")
 class NetworkPartition(_Spec):
     """Clients in ``region`` cannot reach the regions in ``unreachable`` (all others when empty)."""
 
-    kind: Literal["network_partition"]
     region: str
     unreachable: tuple[str, ...] = ()
 
 
+@FAILURE_INJECTORS.register("rtt_spike")
 class RttSpike(_Spec):
     """Round-trip times to and from ``region`` are multiplied by ``multiplier`` (a congested link)."""
 
-    kind: Literal["rtt_spike"]
     region: str
     multiplier: float = Field(gt=0, allow_inf_nan=False)
 
 
-FailureSpec = Annotated[ReplicaFailure | Straggler | Coherence | RegionOutage | NetworkPartition | RttSpike,
-                        Field(discriminator="kind")]  # fmt: skip
+FailureSpec = ReplicaFailure | Straggler | Coherence | RegionOutage | NetworkPartition | RttSpike
+
+
+class Injector(StrictModel):
+    """One failure injector: ``{name: straggler, params: {pool: chat, factor: 3, timing: {...}}}``; ``params``
+    is validated into the injector's own model (``FAILURE_INJECTORS``), which the simulator reads directly."""
+
+    name: str
+    params: SerializeAsAny[_Spec]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_params(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("name"), str) and not isinstance(data.get("params"), _Spec):
+            try:
+                params = FAILURE_INJECTORS.validate_params(data["name"], data.get("params"))
+            except FleettwinError as exc:
+                raise ValueError(str(exc)) from None
+            data = {**data, "params": params}
+        return data
+
+    @classmethod
+    def from_legacy(cls, raw: Any) -> dict[str, Any] | None:
+        """``{kind: straggler, pool: chat, ...}`` (the kind beside its parameters)."""
+        return legacy_key_form(raw, "kind")
 REGION_KINDS = ("region_outage", "network_partition", "rtt_spike")

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Protocol
 import numpy as np
 from pydantic import Field, model_validator
 
-from fleettwin.models.base import StrictModel
+from fleettwin.models.base import PolicyRef, StrictModel
 from fleettwin.models.errors import FleettwinError
 from fleettwin.models.registry import Registry
 from fleettwin.models.workload.arrivals import MMPP, ArrivalProcess, Diurnal, Gamma, Poisson
@@ -202,43 +202,36 @@ class BurstSource(_Synthetic):
 
 @WORKLOADS.register("mixture")
 class MixtureSource:
-    """Several sources at once, e.g. one per tenant, each with its own ``type``, parameters and ``tenant``.
+    """Several sources at once, e.g. one per tenant: ``components`` are ``{name, params}`` choices of this
+    registry (a ``tenant`` among each one's parameters).
 
     Component ``k`` draws from the ``k``-th child stream of ``rng``, so appending a component leaves the
     others' requests unchanged. The requests are merged by arrival (ties keep the components' order) and
     numbered ``0..n-1``."""
 
     class Params(StrictModel):
-        components: list[dict[str, Any]] = Field(min_length=1)
+        components: list[PolicyRef] = Field(min_length=1)
 
         @model_validator(mode="after")
         def _known_components(self) -> MixtureSource.Params:
             for i, c in enumerate(self.components):
-                kind = c.get("type")
-                if not isinstance(kind, str):
-                    raise ValueError(f"components[{i}]: needs a 'type' (one of {', '.join(WORKLOADS.names())})")
-                if kind == "mixture":
+                if c.name == "mixture":
                     raise ValueError(f"components[{i}]: a mixture cannot contain a mixture")
                 try:
-                    WORKLOADS.validate_params(kind, _component_params(c))
+                    WORKLOADS.validate_params(c.name, c.params)
                 except FleettwinError as exc:
                     raise ValueError(f"components[{i}]: {exc}") from None
             return self
 
     def __init__(self, params: Params, *, base_dir: Path | None = None):
         self.params = params
-        self.components = [WORKLOADS.create(c["type"], _component_params(c), base_dir=base_dir)
-                           for c in params.components]  # fmt: skip
+        self.components = [WORKLOADS.create(c.name, c.params, base_dir=base_dir) for c in params.components]
 
     def requests(self, rng: np.random.Generator, *, model: str | None = None) -> list[Request]:
         streams = rng.spawn(len(self.components))
         merged = [r for src, g in zip(self.components, streams, strict=True) for r in src.requests(g, model=model)]
         merged.sort(key=lambda r: r.arrival_s)
         return [dataclasses.replace(r, id=i) for i, r in enumerate(merged)]
-
-
-def _component_params(c: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in c.items() if k != "type"}
 
 
 def summarize(requests: list[Request]) -> dict[str, float]:

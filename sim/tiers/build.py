@@ -101,7 +101,7 @@ def prior_history(cfg: ScenarioConfig, bucket_s: float, span_s: float) -> list[f
         return history_from_counts(str(path), bucket_s=bucket_s, span_s=span_s or None, scale=ctl.prior_history_scale)
     source = cfg.workload_source()
     if not hasattr(source, "rate_history"):
-        raise ConfigError(f"controller.prior_history_s: workload type {cfg.workload.type!r} has no history before "
+        raise ConfigError(f"controller.prior_history_s: workload {cfg.workload.name!r} has no history before "
                           "t = 0 (use a rate_series workload, or set prior_history_s: 0)")
     return source.rate_history(bucket_s, span_s)
 

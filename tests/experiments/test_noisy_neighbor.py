@@ -12,14 +12,14 @@ def test_setups_switch_only_the_isolation_they_name():
     base = nn.load_base()
     by_label = {s.label: nn.setup_scenario(base, s, seed=3, scale=0.5) for s in nn.SETUPS}
     none, both = by_label["no isolation"], by_label["quotas + wfq"]
-    assert none.pools[0].engine.waiting_policy == "fcfs" and both.pools[0].engine.waiting_policy == "wfq"
+    assert none.pools[0].engine.waiting_policy.name == "fcfs" and both.pools[0].engine.waiting_policy.name == "wfq"
     assert all(m.quotas.model_dump(exclude_none=True) == {} for m in none.tenants.members)
     caps = by_label["wfq + slot caps"].tenants.members[0].quotas
     assert caps.gpu_share is not None and caps.requests_per_s is None
     assert both.tenants.gateway is not None and by_label["quotas + wfq, no gateway"].tenants.gateway is None
-    assert none.seed == 3 and none.workload.params["components"][0]["duration_s"] == 600.0
+    assert none.seed == 3 and none.workload.params["components"][0]["params"]["duration_s"] == 600.0
     assert nn.burst_window(base, 0.5) == ("A", 150.0, 240.0)
-    assert base["workload"]["components"][0]["duration_s"] == 1200.0  # the base is not changed
+    assert base["workload"]["params"]["components"][0]["params"]["duration_s"] == 1200.0  # the base is not changed
 
 
 @pytest.mark.slow

@@ -93,12 +93,12 @@ def test_tenants_config_errors_name_the_field():
         scenario({"members": [{"name": "a"}, {"name": "a"}]})
     with pytest.raises(ConfigError, match=r"tenants.members\[0\].quotas.gpu_share: Input should be less than or eq"):
         scenario({"members": [{"name": "a", "quotas": {"gpu_share": 1.5}}]})
-    with pytest.raises(ConfigError, match=r"pools\[0\].engine.waiting_policy: Input should be .fcfs., .wfq. or"):
+    with pytest.raises(ConfigError, match=r"pools\[0\].engine.waiting_policy: unknown waiting policy 'lifo'; expect"):
         scenario({"members": [{"name": "a"}]},
                  pools=[{"name": "p", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1,
-                         "engine": {"waiting_policy": "lifo"}}])  # fmt: skip
-    with pytest.raises(ConfigError, match=r"components\[0\]: needs a 'type'"):
-        parse_scenario({**BASE, "workload": {"type": "mixture", "components": [{"rate": 1}]}})
+                         "engine": {"waiting_policy": {"name": "lifo"}}}])  # fmt: skip
+    with pytest.raises(ConfigError, match=r"workload: .*'mixture': components.0.name: Field required"):
+        parse_scenario({**BASE, "workload": {"name": "mixture", "params": {"components": [{"params": {"rate": 1}}]}}})
 
 
 def test_quota_refusals_follow_the_token_bucket_exactly_and_are_counted_per_tenant():

@@ -1,0 +1,132 @@
+"""One syntax for every choice: ``{name, params}`` for workloads, waiting policies, the sim mode and failure
+injectors. The old forms (``type:``/``kind:`` beside the parameters, a bare name) load into the same frozen
+config, each with one note naming the file and the field; the shipped scenarios are in the new form."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fleettwin.models.config import load_scenario, parse_scenario
+from fleettwin.models.config.legacy import LegacyFormWarning
+
+ROOT = Path(__file__).resolve().parents[2]
+LENGTHS = {"type": "geometric", "prompt_mean": 300, "output_mean": 60}
+POOL = {"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 2}
+
+
+def _parse(data: dict) -> tuple:
+    """The config and the notes its loading gave."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cfg = parse_scenario(data, source="s.yaml")
+    return cfg, [str(w.message) for w in caught if issubclass(w.category, LegacyFormWarning)]
+
+
+def _shipped_scenarios() -> list[Path]:
+    out = []
+    for path in sorted((ROOT / "configs").rglob("*.yaml")):
+        data = yaml.safe_load(path.read_text())
+        if isinstance(data, dict) and "workload" in data and "pools" in data:
+            out.append(path)
+    return out
+
+
+@st.composite
+def scenarios(draw) -> tuple[dict, dict, list[str]]:
+    """A scenario in the new form, the same in old forms, and the fields written the old way."""
+    rate = draw(st.floats(0.5, 50))
+    params = {"rate": rate, "duration_s": draw(st.floats(5, 60)), "lengths": LENGTHS}
+    if draw(st.booleans()):
+        params = {"components": [{"name": "poisson", "params": {**params, "tenant": "a"}},
+                                 {"name": "gamma", "params": {**params, "cv": 2.0, "tenant": "b"}}]}  # fmt: skip
+    reshape = draw(st.sampled_from([{}, {"rate_scale": 2.0}, {"loop_to_s": 120.0}]))
+    name = "mixture" if "components" in params else "poisson"
+    new_workload = {"name": name, "params": params, **reshape}
+    old_params = ({"components": [{"type": c["name"], **c["params"]} for c in params["components"]]}
+                  if "components" in params else params)  # fmt: skip
+    old_workload = {"type": name, **old_params, **reshape}
+    policy = draw(st.sampled_from(["fcfs", "wfq", "priority"]))
+    mode = draw(st.sampled_from(["skip", "per_iteration"]))
+    spec = draw(st.sampled_from([
+        {"pool": "chat", "factor": 3.0, "timing": {"at_s": [1.0], "mttr_s": 2.0}},
+        {"pool": "chat", "count": 2, "timing": {"mtbf_s": 30.0, "mttr_s": 5.0}},
+    ]))  # fmt: skip
+    kind = "straggler" if "factor" in spec else "replica_failure"
+    new = {"name": "x", "workload": new_workload, "pools": [{**POOL, "engine": {"waiting_policy": {"name": policy}}}],
+           "sim": {"mode": {"name": mode}}, "failures": {"injectors": [{"name": kind, "params": spec}]}}  # fmt: skip
+    olds = {"workload": old_workload, "pools[0].engine.waiting_policy": policy, "sim.mode": mode,
+            "failures.injectors[0]": {"kind": kind, **spec}}  # fmt: skip
+    which = draw(st.lists(st.sampled_from(sorted(olds)), min_size=1, unique=True))
+    old = yaml.safe_load(yaml.safe_dump(new))  # a deep copy
+    for field in which:
+        _put(old, field, olds[field])
+    return new, old, which
+
+
+def _put(data: dict, field: str, value) -> None:
+    path = field.replace("[0]", ".0").split(".")
+    node = data
+    for key in path[:-1]:
+        node = node[int(key)] if key.isdigit() else node[key]
+    last = path[-1]
+    node[int(last) if last.isdigit() else last] = value
+
+
+@settings(max_examples=40, deadline=None)
+@given(scenarios())
+def test_old_and_new_forms_give_the_same_frozen_config(case):
+    new, old, which = case
+    cfg_new, notes_new = _parse(new)
+    cfg_old, notes_old = _parse(old)
+    assert cfg_old == cfg_new
+    assert cfg_old.model_dump() == cfg_new.model_dump()
+    assert notes_new == []
+    assert len(notes_old) == len(which)  # one note per field written the old way, naming file and field
+    for field in which:
+        assert sum(n.startswith(f"s.yaml: {field}: old form") for n in notes_old) == 1
+
+
+@pytest.mark.parametrize("path", _shipped_scenarios(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_shipped_scenarios_are_in_the_new_form(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LegacyFormWarning)
+        load_scenario(path)
+
+
+def test_the_old_form_note_is_shown_to_users_and_names_the_file_and_field(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "workload": {"type": "poisson", "rate": 2, "duration_s": 10,
+                                                              "lengths": LENGTHS}, "pools": [POOL]}))  # fmt: skip
+    assert issubclass(LegacyFormWarning, FutureWarning)  # FutureWarning: shown by default, unlike Deprecation
+    with pytest.warns(LegacyFormWarning, match=rf"^{re.escape(str(path))}: workload: old form `type: poisson` beside its parameters; write {{name: poisson, params: {{"):
+        cfg = load_scenario(path)
+    assert cfg.workload.name == "poisson" and cfg.workload.params["rate"] == 2
+
+
+def test_overrides_reach_a_choices_params_without_naming_them(tmp_path):
+    """``--set workload.rate=5`` on a ``{name, params}`` workload sets ``params.rate``; a key of the choice
+    itself (``rate_scale``) stays beside ``name``."""
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "pools": [POOL], "workload": {
+        "name": "poisson", "params": {"rate": 2, "duration_s": 10, "lengths": LENGTHS}}}))  # fmt: skip
+    cfg = load_scenario(path, {"workload.rate": 5, "workload.lengths.prompt_mean": 100, "workload.rate_scale": 2})
+    assert cfg.workload.params["rate"] == 5 and cfg.workload.params["lengths"]["prompt_mean"] == 100
+    assert cfg.workload.rate_scale == 2
+    assert load_scenario(path, {"workload.params.rate": 7}).workload.params["rate"] == 7
+
+
+def test_a_misspelt_choice_gets_a_hint():
+    data = {"name": "x", "workload": {"name": "poisson", "params": {"rate": 1, "duration_s": 5, "lengths": LENGTHS}},
+            "pools": [{**POOL, "engine": {"waiting_policy": {"name": "wfg"}}}], "sim": {"mode": {"name": "skipp"}}}
+    with pytest.raises(Exception) as err:
+        parse_scenario(data, source="s.yaml")
+    text = str(err.value)
+    assert "pools[0].engine.waiting_policy: unknown waiting policy 'wfg' (did you mean 'wfq'?)" in text
+    assert "sim.mode: unknown sim mode 'skipp' (did you mean 'skip'?)" in text
