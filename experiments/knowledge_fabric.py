@@ -28,7 +28,7 @@ from fleettwin.models.config import format_errors, read_yaml
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.retrieval.config import HybridConfig, RetrievalConfig
 from fleettwin.models.retrieval.model import StoreProfile
-from fleettwin.sim.retrieval import KnowledgeFabric, build_fabric
+from fleettwin.sim.retrieval.rag import KnowledgeFabric, build_fabric
 
 CONFIG = CONFIG_DIR / "knowledge_fabric.yaml"
 CLAIM = "retrieval latency -40 to -55 % with semantic recall 99.2 % (multi-vector-store fabric, routed queries)"

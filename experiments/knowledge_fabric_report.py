@@ -190,6 +190,6 @@ def _conclusions(results: pd.DataFrame, sensitivity: pd.DataFrame) -> list[str]:
                         else "."))  # fmt: skip
     lines.append("- Not confirmed here: any figure measured on a real fabric (the inputs are tables and "
                  "assumptions above), the effect on end-to-end RAG latency (retrieval only; the RAG stage in "
-                 "sim/retrieval.py adds the context to the prompt), skewed topic mixes, and relevance "
+                 "sim/retrieval/rag.py adds the context to the prompt), skewed topic mixes, and relevance "
                  "(recall here is against the exact dense top-10, not human relevance).")  # fmt: skip
     return lines

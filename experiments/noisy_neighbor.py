@@ -29,7 +29,7 @@ from fleettwin.experiments.base import ExperimentProgress, ExperimentResult, pro
 from fleettwin.models.config import ScenarioConfig, parse_scenario, read_yaml
 from fleettwin.sim.metrics import COMPLETED, REJECTED, Slo, slo_met
 from fleettwin.sim.runner import run_scenario
-from fleettwin.sim.tenancy import GATEWAY_REASON, QUOTA_REASON
+from fleettwin.sim.tenancy.stages import GATEWAY_REASON, QUOTA_REASON
 
 CONFIG = CONFIG_DIR / "noisy_neighbor.yaml"
 SEEDS, QUICK_SEEDS = (7, 8, 9), (7,)

@@ -35,7 +35,7 @@ from fleettwin.experiments import CONFIG_DIR
 from fleettwin.experiments.base import ExperimentProgress, ExperimentResult
 from fleettwin.models.config import ScenarioConfig, load_scenario
 from fleettwin.sim.metrics import COMPLETED
-from fleettwin.sim.regions import minute_p99
+from fleettwin.sim.regions.front_door import minute_p99
 from fleettwin.sim.runner import run_scenario
 from fleettwin.sim.stats import slo_columns
 

@@ -16,7 +16,7 @@ from fleettwin.models.engine.queue import SeqState
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.pool import Pool
 
-# Outcomes (failed: retries exhausted, dropped by a policy: sim/failures.py) and the summary statistics live in
+# Outcomes (failed: retries exhausted, dropped by a policy: sim/failures/injectors.py) and the summary statistics live in
 # sim/stats.py; re-exported here, where every caller imports them from.
 from fleettwin.sim.stats import (  # noqa: F401
     COMPLETED,
@@ -50,7 +50,7 @@ class RequestLog:
         self.lost_s: dict[int, float] = {}
         self.mitigation: dict[int, str] = {}
         # Request id -> called once with the request's row when it ends, whatever the outcome: requests created
-        # during the run (an agent workflow's calls, sim/workflows.py) wait on their outcome here.
+        # during the run (an agent workflow's calls, sim/workflows/driver.py) wait on their outcome here.
         self.on_outcome: dict[int, Callable[[tuple], None]] = {}
         self.base = 0  # rows already handed on (a streaming log writes them out: sim/stream.py)
         # Applied to each chunk's frame by a streaming log before it is summarised and written

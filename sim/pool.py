@@ -21,7 +21,7 @@ from fleettwin.models.workload.request import Request
 from fleettwin.sim.replica import Replica
 
 if TYPE_CHECKING:
-    from fleettwin.sim.tenancy import TenantCaps
+    from fleettwin.sim.tenancy.stages import TenantCaps
 
 
 class Pool:
@@ -55,7 +55,7 @@ class Pool:
         self._make_replica = make_replica
         self._on_finish = on_finish
         self._on_reject = on_reject
-        # Failure hooks (sim/failures.py): what to do with a request longer than the window instead of rejecting
+        # Failure hooks (sim/failures/injectors.py): what to do with a request longer than the window instead of rejecting
         # it, and a filter over finished sequences that may send some back (answers flagged incoherent).
         self.on_oversize: Callable[[Pool, Request, str], None] | None = None
         self.finish_filter: Callable[[Pool, int, list[SeqState]], list[SeqState]] | None = None
@@ -63,7 +63,7 @@ class Pool:
         # Told when a replica gives its GPUs back (drained or cancelled): the fleet hands them to a borrower or
         # grants orders waiting for inventory (sim/tiers/fleet.py).
         self.on_release: Callable[[Pool, int], None] | None = None
-        # Per-tenant concurrency caps (sim/tenancy.py): a request over its tenant's cap waits at the pool.
+        # Per-tenant concurrency caps (sim/tenancy/stages.py): a request over its tenant's cap waits at the pool.
         self.caps: TenantCaps | None = None
 
     # -- size --------------------------------------------------------------------------------------------

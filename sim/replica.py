@@ -123,7 +123,7 @@ class Replica:
         old.callbacks = ()
         self._pending = wake_after(self.env, delay, self._wake_callbacks)
 
-    # -- failure (sim/failures.py) ----------------------------------------------------------------------
+    # -- failure (sim/failures/injectors.py) ----------------------------------------------------------------------
 
     def set_perf(self, perf: PerformanceModel) -> None:
         """Swap the performance model (a straggler episode starts or ends). The iteration running now keeps its
@@ -179,7 +179,7 @@ class Replica:
         """Plan the next iteration (or decode run) from ``start`` (now) and sleep until it ends; go idle without
         work.
 
-        ``self.perf`` is read each time: a straggler episode swaps in a slowed model (sim/failures.py)."""
+        ``self.perf`` is read each time: a straggler episode swaps in a slowed model (sim/failures/injectors.py)."""
         env, sched = self.env, self.scheduler
         if not sched.has_work():
             if self._busy_since is not None:

@@ -38,7 +38,7 @@ def summary_rows(summary: dict) -> tuple[list[str], list[tuple[str, list[str]]]]
     row("GPUs", gpus)
     row("requests done / total", lambda s: f"{s['requests']['completed']} / {s['requests']['total']}")
     row("rejected / unfinished", lambda s: f"{s['requests']['rejected']} / {s['requests']['unfinished']}")
-    if "failures" in summary:  # sim/failures.py: outcomes and thrown-away attempts
+    if "failures" in summary:  # sim/failures/injectors.py: outcomes and thrown-away attempts
         row("failed / dropped / retries", lambda s: f"{s['requests']['failed']} / {s['requests']['dropped']} / "
             f"{s['retries']['retries']}")  # fmt: skip
     row("queue delay p50/p95/p99 (s)", lat("queue"))

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 import simpy
 from simpy.core import URGENT
 
-from fleettwin.models.catalog import Catalog
 from fleettwin.models.config import ScenarioConfig
-from fleettwin.models.control.setup import control_setup
 from fleettwin.models.engine.prefix_cache import cache_stats
 from fleettwin.models.engine.queue import SeqState
 from fleettwin.models.engine.reference_scheduler import ReferenceScheduler
@@ -23,20 +21,16 @@ from fleettwin.models.engine.scheduler import Scheduler
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.routing.replica import REPLICA_ROUTERS
 from fleettwin.models.workload.request import Request
+from fleettwin.sim.feature import World, active_features
+from fleettwin.sim.features import FEATURES
 from fleettwin.sim.metrics import UNFINISHED, PoolSampler, RequestLog, Slo, latency_summary
 from fleettwin.sim.pool import Pool
-from fleettwin.sim.regions import RegionFrontDoor, build_front_door, place_users, region_summary
+from fleettwin.sim.regions.front_door import RegionFrontDoor
 from fleettwin.sim.replica import Replica
 from fleettwin.sim.simpy_fast import events_scheduled, succeed_quietly, wake_after
 from fleettwin.sim.stages import PreSubmitStage, StagePipeline
 from fleettwin.sim.stats import token_costs
-from fleettwin.sim.tenancy import TenantCaps, tag_tenants, tenant_stages, tenant_summary
-from fleettwin.sim.tiers.build import add_tier_summary, build_fleet
-
-if TYPE_CHECKING:
-    from fleettwin.sim.controller import Controller
-    from fleettwin.sim.failures import Failures
-    from fleettwin.sim.workflows import WorkflowDriver
+from fleettwin.sim.tenancy.stages import TenantCaps
 
 STALL_S = 86_400.0  # stop a run in which nothing has finished for this long after the last arrival
 
@@ -44,7 +38,7 @@ Progress = Callable[[float, int, int], None]  # (simulated time, requests done, 
 
 
 class RequestSpawner(Protocol):
-    """Creates requests while the run goes on (agent workflows: sim/workflows.py). ``start`` is called once with
+    """Creates requests while the run goes on (agent workflows: sim/workflows/driver.py). ``start`` is called once with
     the environment, a ``submit`` that sends a new request down the arrival path (front door or stages, then a
     pool) and the request log, whose ``on_outcome`` tells it when its requests end. ``busy`` is true while it
     may still create requests without any request ending first (arrivals to come, timers running): the run
@@ -63,20 +57,18 @@ class SimulationResult:
     timeseries: pd.DataFrame  # pool state every sample interval
     summary: dict
     decisions: list[dict] = field(default_factory=list)  # the controller's decisions, as JSON-ready records
-    workflows: pd.DataFrame | None = None  # one row per workflow (sim/workflows.py), with a workflows: section
+    workflows: pd.DataFrame | None = None  # one row per workflow (sim/workflows/driver.py), with a workflows: section
     workflow_nodes: pd.DataFrame | None = None  # one row per workflow node
 
 
 def generate_requests(cfg: ScenarioConfig, seed: int) -> list[Request]:
+    """The scenario's requests: the workload's, shaped by its features from the outside in (users placed in
+    regions, then the RAG requests tagged: ``sim/feature.py``)."""
     source = cfg.workload_source()
     # A child stream per component keeps the workload identical when other components draw numbers.
     requests = source.requests(np.random.default_rng([seed, 0]))
-    if cfg.regions is not None:  # users in regions: origins and their days (sim/regions.py)
-        requests = place_users(cfg.regions, requests, seed)
-    if cfg.retrieval is not None:  # which requests retrieve first, and about what (sim/retrieval.py)
-        from fleettwin.sim.retrieval import tag_requests
-
-        requests = tag_requests(cfg.retrieval, requests, seed)
+    for feature in reversed(active_features(cfg, FEATURES)):
+        requests = feature.shape(cfg, requests, seed)
     return requests
 
 
@@ -108,10 +100,10 @@ def simulate(
     """Run ``requests`` (sorted by arrival) through the pools until every request has an outcome.
 
     ``processes`` are started beside the arrivals, each given the environment, the pools and the request log
-    (a controller that resizes pools is one). A ``front_door`` (sim/regions.py) takes the arrivals instead of
+    (a controller that resizes pools is one). A ``front_door`` (sim/regions/front_door.py) takes the arrivals instead of
     the model-to-pool dispatch: it routes each request to a region and delays it by the network. ``pre_submit``
     stages (sim/stages.py: a gateway, quotas) run between a request's arrival and its pool. ``spawners`` create
-    requests during the run (agent workflows, sim/workflows.py); theirs take the same path from the moment they
+    requests during the run (agent workflows, sim/workflows/driver.py); theirs take the same path from the moment they
     are submitted and count in the accounting like the others. With ``api_server`` (the default) a pool whose
     performance model prices vLLM's API server (``frontend_latency_s``) has that latency added to its requests'
     first token and finish, as a client measures them; False for offline engines (vLLM's LLM class).
@@ -230,91 +222,21 @@ def run_scenario(
         from fleettwin.sim.stream import check_streamable
 
         check_streamable(cfg)
-    specs = [rp.spec() for rp in resolved]
-    controller = build_controller(cfg, resolved, catalog) if cfg.controller else None
-    fleet = build_fleet(cfg, resolved, catalog, seed, controller)  # job pools, inventory, loans (sim/tiers)
-    failures = build_failures(cfg, seed) if cfg.failures else None
-    processes = [controller.process] if controller else []
-    if fleet:
-        processes.insert(0, fleet.process)
-    if failures:
-        processes.append(failures)
-    processes += monitors
-    rag = build_rag(cfg, seed) if cfg.retrieval else None  # retrieval before prefill for RAG requests
-    stages = tenant_stages(cfg.tenants, seed) if cfg.tenants else []  # the gateway's checks, quotas
-    if rag is not None:
-        stages.append(rag)  # after the gateway's checks: a refused request does not retrieve
-    # Behind a regions front door the stages run in the serving region, before its pool.
-    door = build_front_door(cfg.regions, resolved, pre_submit=stages) if cfg.regions else None
-    if door is not None:
-        stages = []
-    if failures and door:
-        failures.front_door = door  # region outages, partitions and RTT spikes act through it
-    flows = build_workflows(cfg, seed, requests, rag, door) if cfg.workflows else None  # agent/RAG DAGs of calls
-    raw = simulate(requests, specs, mode=mode, sample_interval_s=cfg.sim.sample_interval_s,
-                   max_time_s=cfg.sim.max_time_s, progress=progress, processes=processes,
-                   front_door=door, pre_submit=stages, spawners=[flows] if flows else (), log=log)  # fmt: skip
-    if flows is not None:
-        raw = replace(raw, requests=flows.annotate(raw.requests))
-        requests = [*requests, *flows.requests]
-    if door is not None:  # latencies as the user sees them, with where each request went
-        raw = replace(raw, requests=door.annotate(raw.requests))
-    if cfg.tenants:
-        raw = replace(raw, requests=tag_tenants(raw.requests, requests))
+    world = World(cfg=cfg, seed=seed, resolved=resolved, catalog=catalog, requests=list(requests))
+    features = [f() for f in active_features(cfg, FEATURES)]
+    for feature in features:  # inside out: sim/features.py declares the order
+        feature.build(world)
+    raw = simulate(requests, [rp.spec() for rp in resolved], mode=mode, sample_interval_s=cfg.sim.sample_interval_s,
+                   max_time_s=cfg.sim.max_time_s, progress=progress, processes=[*world.processes, *monitors],
+                   front_door=world.door, pre_submit=world.stages, spawners=world.spawners, log=log)  # fmt: skip
+    for feature in reversed(features):  # outside in: a workflow's requests are tagged with their tenant too
+        raw = feature.annotate(world, raw)
     summary = _summarize(cfg, resolved, raw, seed, mode, time.perf_counter() - wall0)
-    if cfg.tenants:
-        summary["tenants"] = tenant_summary(cfg.tenants, raw.requests, Slo(cfg.slo.ttft_s, cfg.slo.tpot_s), raw.end_s)
-    if fleet:
-        add_tier_summary(summary, fleet, raw, resolved, controller)
-    if door is not None:
-        summary["regions"] = region_summary(cfg.regions, door, raw.requests, summary["pools"], raw.pools, raw.end_s)
-    if rag is not None:
-        summary["retrieval"] = rag.summary()
-    decisions = [d.to_dict() for d in controller.decisions] if controller else []
-    if failures:
-        summary["failures"] = {"injected": len(failures.events), "events": failures.events}
-    if controller:
-        summary["controller"] = {"allocator": cfg.controller.allocator.name, "interval_s": controller.interval_s,
-                                 "decisions": len(decisions),
-                                 "forecast_fallbacks": list(controller.forecast_fallbacks.values())}  # fmt: skip
-    wf = wf_nodes = None
-    if flows is not None:
-        from fleettwin.sim.workflows import workflow_summary
-
-        wf, wf_nodes = flows.frames()
-        summary["workflows"] = workflow_summary(wf, wf_nodes)
+    for feature in features:
+        feature.summarize(world, raw, summary)
     return SimulationResult(scenario=cfg, requests=raw.requests, timeseries=raw.timeseries, summary=summary,
-                            decisions=decisions, workflows=wf, workflow_nodes=wf_nodes)  # fmt: skip
-
-
-def build_failures(cfg: ScenarioConfig, seed: int) -> Failures:
-    """The scenario's failure injectors and policies (sim/failures.py), seeded from the run's seed."""
-    from fleettwin.sim.failures import Failures
-
-    return Failures(cfg.failures, seed=seed)
-
-
-def build_workflows(cfg: ScenarioConfig, seed: int, requests: Sequence[Request], rag: PreSubmitStage | None,
-                    door: RegionFrontDoor | None) -> WorkflowDriver:  # fmt: skip
-    """The scenario's workflows (sim/workflows.py); their requests are numbered after the workload's."""
-    from fleettwin.sim.workflows import build_workflows as build
-
-    return build(cfg, seed, first_id=max((r.id for r in requests), default=-1) + 1, rag=rag, door=door)
-
-
-def build_rag(cfg: ScenarioConfig, seed: int) -> PreSubmitStage:
-    """The scenario's knowledge fabric as a pre-submit stage (sim/retrieval.py), seeded from the run's seed."""
-    from fleettwin.sim.retrieval import RagStage
-
-    return RagStage(cfg.retrieval, seed=seed)
-
-
-def build_controller(cfg: ScenarioConfig, resolved: list[ResolvedPool], catalog: Catalog) -> Controller:
-    """The scenario's control loop: its allocator, the pools it may resize and the GPU inventory."""
-    from fleettwin.sim.controller import Controller
-
-    allocator, metas, inventory = control_setup(cfg.controller, cfg.slo, resolved, catalog)
-    return Controller(allocator=allocator, pools=metas, inventory=inventory, interval_s=cfg.controller.interval_s)
+                            decisions=world.decisions, workflows=world.frames.get("workflows"),
+                            workflow_nodes=world.frames.get("workflow_nodes"))  # fmt: skip
 
 
 class _Arrivals:

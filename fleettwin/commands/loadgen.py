@@ -134,7 +134,7 @@ def run_workflows(args: argparse.Namespace, targets: list[str]) -> int:
     from fleettwin.models.config import load_scenario
     from fleettwin.models.errors import ConfigError
     from fleettwin.models.workflows.templates import sample_instances
-    from fleettwin.sim.workflows import workflow_summary
+    from fleettwin.sim.workflows.driver import workflow_summary
 
     cfg = load_scenario(args.workflows)
     if cfg.workflows is None:

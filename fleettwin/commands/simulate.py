@@ -162,7 +162,7 @@ def _estimate(cfg, requests, *, streaming: bool) -> list[str]:
 
 
 def workflow_table(w: dict):
-    """The workflows' headline numbers (``summary["workflows"]``, sim/workflows.py) as a rich table."""
+    """The workflows' headline numbers (``summary["workflows"]``, sim/workflows/driver.py) as a rich table."""
     from rich.table import Table
 
     t = Table(title="workflows", show_header=False)

@@ -1,6 +1,6 @@
 """What breaks, when, and what a request does about it: failure specs and the policies that answer them.
 
-Pure data and arithmetic (no SimPy, no I/O), so the simulator's injectors (``sim/failures.py``) and a live
+Pure data and arithmetic (no SimPy, no I/O), so the simulator's injectors (``sim/failures/injectors.py``) and a live
 chaos harness can share them. A failure is a kind (replica failure, straggler, coherence degradation, region
 outage, network partition, RTT spike) plus a ``Timing``: at fixed times, or at random by rate (MTBF, MTTR)
 from a generator the caller seeds per injector. Policies are chosen by name from registries:

@@ -2,5 +2,5 @@
 
 Start with ``config.py`` (the scenario's ``regions:`` section); ``sites.py`` reads the region catalog and RTT
 matrix shipped in ``models/data/``; ``workload.py`` gives requests an origin and a local arrival time;
-``routing.py`` holds the region routers the front door chooses by name. The SimPy side is ``sim/regions.py``.
+``routing.py`` holds the region routers the front door chooses by name. The SimPy side is ``sim/regions/front_door.py``.
 """

@@ -3,7 +3,7 @@
 Active-active: every region with a pool for the request's model can serve any request. A router sees one
 ``RegionView`` per such region, built for this request (RTT from the request's origin, health, load, the
 prefix-cache warmth for this request), and returns the index of its choice, or ``None`` when no region is up
-with a routable replica. The simulator's front door (``sim/regions.py``) builds the views from its pools;
+with a routable replica. The simulator's front door (``sim/regions/front_door.py``) builds the views from its pools;
 a live gateway would build them from scraped metrics and its own bookkeeping. Routers hold no hidden
 randomness: ``content_aware`` hashes with BLAKE2b, so the same key gets the same home in every run.
 

@@ -2,5 +2,5 @@
 
 Start with ``config.py`` (the scenario's ``retrieval:`` section); ``model.py`` is the latency and recall model
 read from measured tables in ``models/data/retrieval/``; ``routing.py`` holds the retrieval routers chosen by
-name. The SimPy side is ``sim/retrieval.py``; the live one ``live/faiss_store.py``.
+name. The SimPy side is ``sim/retrieval/rag.py``; the live one ``live/faiss_store.py``.
 """

@@ -26,7 +26,7 @@ query fans out to every store. The classifier adds ``classifier_ms`` before the 
 head over the query embedding, which dense retrieval computes anyway: an assumption).
 
 **Hybrid lexical + dense (reciprocal rank fusion)** is a store option. BM25 runs in parallel with the dense search
-on its own engine, so the store answers when the slower of the two is done (``sim/retrieval.py``). Its effect on recall is an assumed relative cut in misses,
+on its own engine, so the store answers when the slower of the two is done (``sim/retrieval/rag.py``). Its effect on recall is an assumed relative cut in misses,
 ``recall_uplift``: r' = 1 − (1 − r)(1 − u). Published gains are nDCG@10, not recall@10: RRF hybrids beat
 dense-only by roughly 5-15 % on BEIR, and by 6.1 % on TREC-COVID (arXiv 2604.13728). So u is a scenario
 assumption, not a measured figure.

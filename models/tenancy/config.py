@@ -56,7 +56,7 @@ class SloClassConfig(StrictModel):
 
 
 class GatewayConfig(StrictModel):
-    """The gateway's checks as a latency stage with a rejection rate (``sim/tenancy.py``): every request waits
+    """The gateway's checks as a latency stage with a rejection rate (``sim/tenancy/stages.py``): every request waits
     ``fixed_ms`` plus ``per_token_us`` per prompt token (the detectors read the prompt), and a fraction
     ``reject_rate`` is refused by a policy check (seeded, the same requests in every run of a seed)."""
 

@@ -1,7 +1,7 @@
 """Tenants, their quotas and their fair shares, as pure arithmetic on explicit time (no clock, no SimPy, no I/O).
 
 - ``TokenBucket``: ``rate`` per second up to ``burst``, starting full. Time is always passed in, so the same
-  object serves the simulator's admission stage (``sim/tenancy.py``, simulated seconds) and the live gateway
+  object serves the simulator's admission stage (``sim/tenancy/stages.py``, simulated seconds) and the live gateway
   (``live/gateway/quota.py`` uses this class on ``time.monotonic``).
 - ``QuotaGate``: one tenant's requests/s and tokens/s buckets; a request is admitted only if every bucket can
   take it at once, and a refusal takes nothing (so it costs the tenant nothing).

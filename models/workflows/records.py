@@ -103,7 +103,7 @@ def node_rows(inst: WorkflowInstance, outcomes: Sequence[NodeOutcome]) -> list[t
 class WorkflowProgress:
     """Where one workflow instance stands, with no clock: which nodes may start, and what happened to each.
 
-    The simulator (``sim/workflows.py``) and the live executor (``live/workflows.py``) drive the same instance
+    The simulator (``sim/workflows/driver.py``) and the live executor (``live/workflows.py``) drive the same instance
     through it, each with its own clock: ``roots()`` start at the workflow's arrival, ``start`` records a node's
     start, ``settle`` records its outcome and returns the children that may start now (all their parents
     completed). A failed node's descendants that never started are skipped at once, naming it. ``outcomes()``

@@ -23,7 +23,7 @@ what its parents hand it: an LLM parent's output tokens, a retrieval parent's pa
 tokens_per_passage`` of the scenario's ``retrieval:`` section) and a tool's ``result_tokens``. An LLM node with
 ``rag: true`` retrieves itself first, through the request path's RAG stage.
 
-Pure: no SimPy, no I/O. The simulator (``sim/workflows.py``) and the live executor (``live/workflows.py``) run
+Pure: no SimPy, no I/O. The simulator (``sim/workflows/driver.py``) and the live executor (``live/workflows.py``) run
 the same instances (``sample_instances`` with the same seed) and build their result rows with the same
 ``workflow_row``/``node_rows``, so their tables have the same columns.
 """

@@ -20,8 +20,10 @@ from fleettwin.models.engine.resolve import resolve_pool
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.snapshot import Lend, Preemption
 from fleettwin.models.workload.sources import WORKLOADS
-from fleettwin.sim.runner import build_controller, generate_requests, simulate
-from fleettwin.sim.tiers.build import build_fleet
+from fleettwin.sim.feature import World
+from fleettwin.sim.features import Control
+from fleettwin.sim.runner import generate_requests, simulate
+from fleettwin.sim.tiers.feature import Tiers
 
 ROOT = Path(__file__).resolve().parents[2]
 H100 = ("h100-80g", "on_demand")
@@ -91,14 +93,15 @@ def run_with(scenario: dict, allocator: type):
         cfg = parse_scenario(scenario)
         catalog = cfg.build_catalog()
         resolved = [resolve_pool(p, catalog) for p in cfg.pools]
-        ctl = build_controller(cfg, resolved, catalog)
-        fleet = build_fleet(cfg, resolved, catalog, cfg.seed, ctl)
         reqs = generate_requests(cfg, cfg.seed)
-        raw = simulate(reqs, [rp.spec() for rp in resolved], processes=[fleet.process, ctl.process],
-                       sample_interval_s=5.0)  # fmt: skip
+        world = World(cfg=cfg, seed=cfg.seed, resolved=resolved, catalog=catalog, requests=reqs)
+        tiers = Tiers()
+        for feature in (Control(), tiers):  # their order in sim/features.py: the fleet's process goes first
+            feature.build(world)
+        raw = simulate(reqs, [rp.spec() for rp in resolved], processes=world.processes, sample_interval_s=5.0)
     finally:
         ALLOCATORS._classes.pop(allocator.registry_name, None)
-    return raw, fleet, ctl, len(reqs)
+    return raw, tiers.fleet, world.controller, len(reqs)
 
 
 def run_random(seed: int):

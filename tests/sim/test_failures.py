@@ -1,4 +1,4 @@
-"""Failure injection (sim/failures.py, models/failures/policies.py): every request is accounted for exactly once under
+"""Failure injection (sim/failures/injectors.py, models/failures/policies.py): every request is accounted for exactly once under
 every failure type, retried requests carry their lost time, stragglers slow a replica by exactly their factor,
 and incoherent answers are retried or sent to the fallback pool as the policy says."""
 
@@ -19,7 +19,7 @@ from fleettwin.models.errors import ConfigError
 from fleettwin.models.failures.config import FailuresConfig
 from fleettwin.models.failures.policies import COHERENCE_POLICIES, Timing
 from fleettwin.models.workload.request import Request
-from fleettwin.sim.failures import Failures
+from fleettwin.sim.failures.injectors import Failures
 from fleettwin.sim.runner import run_scenario, simulate
 from tests.simkit import LinearPerf, poisson_requests
 from tests.strategies import engine_limits, workloads

@@ -1,4 +1,4 @@
-"""Region failures through the front door (sim/regions.py): outages, partitions and RTT spikes keep every
+"""Region failures through the front door (sim/regions/front_door.py): outages, partitions and RTT spikes keep every
 request accounted for, an outage moves the failed region's requests to the other region as retries, and a
 spike or partition changes where and how fast requests go while it lasts."""
 
@@ -17,8 +17,8 @@ from fleettwin.models.engine.resolve import PoolSpec
 from fleettwin.models.failures.config import FailuresConfig
 from fleettwin.models.regions.routing import REGION_ROUTERS
 from fleettwin.models.regions.sites import RttMatrix
-from fleettwin.sim.failures import Failures
-from fleettwin.sim.regions import RegionFrontDoor, RegionPools
+from fleettwin.sim.failures.injectors import Failures
+from fleettwin.sim.regions.front_door import RegionFrontDoor, RegionPools
 from fleettwin.sim.runner import simulate
 from tests.sim.test_failures import check_accounting, timings
 from tests.simkit import LinearPerf, poisson_requests

@@ -19,7 +19,7 @@ from fleettwin.models.regions.sites import region_catalog
 from fleettwin.models.regions.workload import conditioned_times, regional_requests
 from fleettwin.models.workload.arrivals import Diurnal
 from fleettwin.models.workload.request import Request
-from fleettwin.sim.regions import RegionFrontDoor, RegionPools
+from fleettwin.sim.regions.front_door import RegionFrontDoor, RegionPools
 from fleettwin.sim.runner import run_scenario, simulate
 from tests.simkit import LinearPerf
 

@@ -21,7 +21,7 @@ from fleettwin.models.retrieval.model import (
     parse_table,
 )
 from fleettwin.models.workload.request import Request
-from fleettwin.sim.retrieval import KnowledgeFabric, RagStage, VectorStore, build_fabric
+from fleettwin.sim.retrieval.rag import KnowledgeFabric, RagStage, VectorStore, build_fabric
 from tests.sim.test_closed_forms import fcfs_multiserver_waits
 
 # Stores whose latency is exact (p95 = p50): 1 ms at 1000 vectors, 4 ms at 100000 (flat scales linearly in n).

@@ -18,7 +18,7 @@ from fleettwin.models.tenancy.quotas import QuotaGate, Quotas, Tenancy, TenantSp
 from fleettwin.models.workload.request import Request
 from fleettwin.sim import runner
 from fleettwin.sim.runner import run_scenario, simulate
-from fleettwin.sim.tenancy import GatewayStage, QuotaStage, TenantCaps
+from fleettwin.sim.tenancy.stages import GatewayStage, QuotaStage, TenantCaps
 from tests.simkit import LinearPerf
 
 # -- token buckets and quotas, by hand ----------------------------------------------------------------------

@@ -15,7 +15,7 @@ from fleettwin.models.engine.resolve import PoolSpec
 from fleettwin.models.failures.config import FailuresConfig
 from fleettwin.models.failures.policies import TRUNCATION_POLICIES, fits
 from fleettwin.models.workload.request import Request
-from fleettwin.sim.failures import Failures
+from fleettwin.sim.failures.injectors import Failures
 from fleettwin.sim.runner import simulate
 from tests.simkit import LinearPerf
 

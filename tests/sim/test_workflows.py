@@ -22,9 +22,9 @@ from fleettwin.models.workflows.templates import (
     sample_instances,
 )
 from fleettwin.models.workload.request import Request
-from fleettwin.sim.retrieval import RagStage
+from fleettwin.sim.retrieval.rag import RagStage
 from fleettwin.sim.runner import run_scenario
-from fleettwin.sim.workflows import WorkflowDriver, workflow_summary
+from fleettwin.sim.workflows.driver import WorkflowDriver, workflow_summary
 from tests.sim.test_retrieval_sim import TABLE
 from tests.simkit import run_pool
 

@@ -11,7 +11,7 @@ random, and the pool hooks that carry out the policies of ``models/failures/poli
   request goes again per its policy (another replica, or a fallback pool) and its E2E includes every attempt.
 - **Token truncation**: a request longer than the pool's window is truncated, compressed or re-routed by the
   scenario's truncation policy instead of rejected; a policy that cannot help drops it with the reason.
-- **Region outage** (needs the regions front door, ``sim/regions.py``): the region leaves routing, every replica
+- **Region outage** (needs the regions front door, ``sim/regions/front_door.py``): the region leaves routing, every replica
   of its pools fails and their requests (and those queued at the pools) go back through the front door to
   another region as retries; replacements are acquired at once and serve when the outage ends.
 - **Network partition**: users on either side cannot reach the other side's regions (new requests and retries;
@@ -57,7 +57,7 @@ from fleettwin.sim.pool import Pool
 from fleettwin.sim.simpy_fast import succeed_quietly
 
 if TYPE_CHECKING:
-    from fleettwin.sim.regions import RegionFrontDoor
+    from fleettwin.sim.regions.front_door import RegionFrontDoor
 
 STREAM = 0xFA11  # the failure injectors' branch of the scenario seed
 

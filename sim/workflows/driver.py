@@ -56,8 +56,8 @@ from fleettwin.sim.metrics import RequestLog, percentiles
 
 if TYPE_CHECKING:
     from fleettwin.models.config import ScenarioConfig
-    from fleettwin.sim.regions import RegionFrontDoor
-    from fleettwin.sim.retrieval import RagStage
+    from fleettwin.sim.regions.front_door import RegionFrontDoor
+    from fleettwin.sim.retrieval.rag import RagStage
 
 _ID, _STATUS, _FINISH, _PROMPT, _OUTPUT, _REASON = (RequestLog.COLUMNS.index(c) for c in (
     "id", "status", "finish_s", "prompt_tokens", "output_tokens", "reason"))  # fmt: skip
