@@ -33,16 +33,28 @@ class Control(BaseFeature):
 
         cfg = world.cfg
         allocator, metas, inventory = control_setup(cfg.controller, cfg.slo, world.resolved, world.catalog)
-        world.controller = Controller(allocator=allocator, pools=metas, inventory=inventory,
-                                      interval_s=cfg.controller.interval_s)  # fmt: skip
+        world.controller = Controller(
+            allocator=allocator, pools=metas, inventory=inventory, interval_s=cfg.controller.interval_s
+        )
         world.processes.append(world.controller.process)
 
     def summarize(self, world: World, raw: RawRun, summary: dict) -> None:
         ctl = world.controller
         world.decisions = [d.to_dict() for d in ctl.decisions]
-        summary["controller"] = {"allocator": world.cfg.controller.allocator.name, "interval_s": ctl.interval_s,
-                                 "decisions": len(world.decisions),
-                                 "forecast_fallbacks": list(ctl.forecast_fallbacks.values())}  # fmt: skip
+        summary["controller"] = {
+            "allocator": world.cfg.controller.allocator.name,
+            "interval_s": ctl.interval_s,
+            "decisions": len(world.decisions),
+            "forecast_fallbacks": list(ctl.forecast_fallbacks.values()),
+        }
 
 
-FEATURES: tuple[type[BaseFeature], ...] = (Control, Tiers, Tenancy, Retrieval, Regions, FailuresFeature, Workflows)
+FEATURES: tuple[type[BaseFeature], ...] = (
+    Control,
+    Tiers,
+    Tenancy,
+    Retrieval,
+    Regions,
+    FailuresFeature,
+    Workflows,
+)

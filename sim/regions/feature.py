@@ -30,5 +30,6 @@ class Regions(BaseFeature):
         return replace(raw, requests=world.door.annotate(raw.requests))  # latencies as the user sees them
 
     def summarize(self, world: World, raw: RawRun, summary: dict) -> None:
-        summary["regions"] = region_summary(world.cfg.regions, world.door, raw.requests, summary["pools"],
-                                            raw.pools, raw.end_s)  # fmt: skip
+        summary["regions"] = region_summary(
+            world.cfg.regions, world.door, raw.requests, summary["pools"], raw.pools, raw.end_s
+        )

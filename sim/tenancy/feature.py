@@ -26,4 +26,6 @@ class Tenancy(BaseFeature):
 
     def summarize(self, world: World, raw: RawRun, summary: dict) -> None:
         cfg = world.cfg
-        summary["tenants"] = tenant_summary(cfg.tenants, raw.requests, Slo(cfg.slo.ttft_s, cfg.slo.tpot_s), raw.end_s)
+        summary["tenants"] = tenant_summary(
+            cfg.tenants, raw.requests, Slo(cfg.slo.ttft_s, cfg.slo.tpot_s), raw.end_s
+        )

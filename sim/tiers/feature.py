@@ -18,7 +18,8 @@ class Tiers(BaseFeature):
 
     @classmethod
     def active(cls, cfg: ScenarioConfig) -> bool:
-        return cfg.jobs is not None or cfg.controller is not None  # a controller's loans are accounted here too
+        # a controller's loans between tiers are accounted here too
+        return cfg.jobs is not None or cfg.controller is not None
 
     def build(self, world: World) -> None:
         self.fleet = build_fleet(world.cfg, world.resolved, world.catalog, world.seed, world.controller)

@@ -18,8 +18,12 @@ class Workflows(BaseFeature):
     section = "workflows"
 
     def build(self, world: World) -> None:
-        first_id = max((r.id for r in world.requests), default=-1) + 1  # numbered after the workload's requests
-        self.driver = build_workflows(world.cfg, world.seed, first_id=first_id, rag=world.rag, door=world.door)
+        first_id = (
+            max((r.id for r in world.requests), default=-1) + 1
+        )  # numbered after the workload's requests
+        self.driver = build_workflows(
+            world.cfg, world.seed, first_id=first_id, rag=world.rag, door=world.door
+        )
         world.spawners.append(self.driver)
 
     def annotate(self, world: World, raw: RawRun) -> RawRun:

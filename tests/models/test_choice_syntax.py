@@ -44,25 +44,45 @@ def scenarios(draw) -> tuple[dict, dict, list[str]]:
     rate = draw(st.floats(0.5, 50))
     params = {"rate": rate, "duration_s": draw(st.floats(5, 60)), "lengths": LENGTHS}
     if draw(st.booleans()):
-        params = {"components": [{"name": "poisson", "params": {**params, "tenant": "a"}},
-                                 {"name": "gamma", "params": {**params, "cv": 2.0, "tenant": "b"}}]}  # fmt: skip
+        params = {
+            "components": [
+                {"name": "poisson", "params": {**params, "tenant": "a"}},
+                {"name": "gamma", "params": {**params, "cv": 2.0, "tenant": "b"}},
+            ]
+        }
     reshape = draw(st.sampled_from([{}, {"rate_scale": 2.0}, {"loop_to_s": 120.0}]))
     name = "mixture" if "components" in params else "poisson"
     new_workload = {"name": name, "params": params, **reshape}
-    old_params = ({"components": [{"type": c["name"], **c["params"]} for c in params["components"]]}
-                  if "components" in params else params)  # fmt: skip
+    old_params = (
+        {"components": [{"type": c["name"], **c["params"]} for c in params["components"]]}
+        if "components" in params
+        else params
+    )
     old_workload = {"type": name, **old_params, **reshape}
     policy = draw(st.sampled_from(["fcfs", "wfq", "priority"]))
     mode = draw(st.sampled_from(["skip", "per_iteration"]))
-    spec = draw(st.sampled_from([
-        {"pool": "chat", "factor": 3.0, "timing": {"at_s": [1.0], "mttr_s": 2.0}},
-        {"pool": "chat", "count": 2, "timing": {"mtbf_s": 30.0, "mttr_s": 5.0}},
-    ]))  # fmt: skip
+    spec = draw(
+        st.sampled_from(
+            [
+                {"pool": "chat", "factor": 3.0, "timing": {"at_s": [1.0], "mttr_s": 2.0}},
+                {"pool": "chat", "count": 2, "timing": {"mtbf_s": 30.0, "mttr_s": 5.0}},
+            ]
+        )
+    )
     kind = "straggler" if "factor" in spec else "replica_failure"
-    new = {"name": "x", "workload": new_workload, "pools": [{**POOL, "engine": {"waiting_policy": {"name": policy}}}],
-           "sim": {"mode": {"name": mode}}, "failures": {"injectors": [{"name": kind, "params": spec}]}}  # fmt: skip
-    olds = {"workload": old_workload, "pools[0].engine.waiting_policy": policy, "sim.mode": mode,
-            "failures.injectors[0]": {"kind": kind, **spec}}  # fmt: skip
+    new = {
+        "name": "x",
+        "workload": new_workload,
+        "pools": [{**POOL, "engine": {"waiting_policy": {"name": policy}}}],
+        "sim": {"mode": {"name": mode}},
+        "failures": {"injectors": [{"name": kind, "params": spec}]},
+    }
+    olds = {
+        "workload": old_workload,
+        "pools[0].engine.waiting_policy": policy,
+        "sim.mode": mode,
+        "failures.injectors[0]": {"kind": kind, **spec},
+    }
     which = draw(st.lists(st.sampled_from(sorted(olds)), min_size=1, unique=True))
     old = yaml.safe_load(yaml.safe_dump(new))  # a deep copy
     for field in which:
@@ -102,10 +122,20 @@ def test_shipped_scenarios_are_in_the_new_form(path):
 
 def test_the_old_form_note_is_shown_to_users_and_names_the_file_and_field(tmp_path):
     path = tmp_path / "old.yaml"
-    path.write_text(yaml.safe_dump({"name": "x", "workload": {"type": "poisson", "rate": 2, "duration_s": 10,
-                                                              "lengths": LENGTHS}, "pools": [POOL]}))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "x",
+                "workload": {"type": "poisson", "rate": 2, "duration_s": 10, "lengths": LENGTHS},
+                "pools": [POOL],
+            }
+        )
+    )
     assert issubclass(LegacyFormWarning, FutureWarning)  # FutureWarning: shown by default, unlike Deprecation
-    with pytest.warns(LegacyFormWarning, match=rf"^{re.escape(str(path))}: workload: old form `type: poisson` beside its parameters; write {{name: poisson, params: {{"):
+    with pytest.warns(
+        LegacyFormWarning,
+        match=rf"^{re.escape(str(path))}: workload: old form `type: poisson` beside its parameters; write {{name: poisson, params: {{",
+    ):
         cfg = load_scenario(path)
     assert cfg.workload.name == "poisson" and cfg.workload.params["rate"] == 2
 
@@ -114,17 +144,30 @@ def test_overrides_reach_a_choices_params_without_naming_them(tmp_path):
     """``--set workload.rate=5`` on a ``{name, params}`` workload sets ``params.rate``; a key of the choice
     itself (``rate_scale``) stays beside ``name``."""
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump({"name": "x", "pools": [POOL], "workload": {
-        "name": "poisson", "params": {"rate": 2, "duration_s": 10, "lengths": LENGTHS}}}))  # fmt: skip
-    cfg = load_scenario(path, {"workload.rate": 5, "workload.lengths.prompt_mean": 100, "workload.rate_scale": 2})
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "x",
+                "pools": [POOL],
+                "workload": {"name": "poisson", "params": {"rate": 2, "duration_s": 10, "lengths": LENGTHS}},
+            }
+        )
+    )
+    cfg = load_scenario(
+        path, {"workload.rate": 5, "workload.lengths.prompt_mean": 100, "workload.rate_scale": 2}
+    )
     assert cfg.workload.params["rate"] == 5 and cfg.workload.params["lengths"]["prompt_mean"] == 100
     assert cfg.workload.rate_scale == 2
     assert load_scenario(path, {"workload.params.rate": 7}).workload.params["rate"] == 7
 
 
 def test_a_misspelt_choice_gets_a_hint():
-    data = {"name": "x", "workload": {"name": "poisson", "params": {"rate": 1, "duration_s": 5, "lengths": LENGTHS}},
-            "pools": [{**POOL, "engine": {"waiting_policy": {"name": "wfg"}}}], "sim": {"mode": {"name": "skipp"}}}
+    data = {
+        "name": "x",
+        "workload": {"name": "poisson", "params": {"rate": 1, "duration_s": 5, "lengths": LENGTHS}},
+        "pools": [{**POOL, "engine": {"waiting_policy": {"name": "wfg"}}}],
+        "sim": {"mode": {"name": "skipp"}},
+    }
     with pytest.raises(Exception) as err:
         parse_scenario(data, source="s.yaml")
     text = str(err.value)

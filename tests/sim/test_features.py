@@ -15,10 +15,15 @@ from fleettwin.sim.feature import BaseFeature, World
 from fleettwin.sim.features import FEATURES
 
 SECTIONS = {"controller", "jobs", "tenants", "retrieval", "regions", "failures", "workflows"}
-SCENARIO = {"name": "f", "seed": 1,
-            "workload": {"name": "poisson", "params": {"rate": 5, "duration_s": 4,
-                                                       "lengths": {"type": "fixed", "prompt": 50, "output": 5}}},
-            "pools": [{"name": "p", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1}]}  # fmt: skip
+SCENARIO = {
+    "name": "f",
+    "seed": 1,
+    "workload": {
+        "name": "poisson",
+        "params": {"rate": 5, "duration_s": 4, "lengths": {"type": "fixed", "prompt": 50, "output": 5}},
+    },
+    "pools": [{"name": "p", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1}],
+}
 
 
 def test_every_feature_section_has_one_feature_in_a_declared_order():
@@ -28,14 +33,22 @@ def test_every_feature_section_has_one_feature_in_a_declared_order():
     at = {f.section: i for i, f in enumerate(FEATURES)}
     assert at["controller"] < at["jobs"]  # the tiers' fleet lends to the controller
     assert at["tenants"] < at["retrieval"] < at["regions"]  # the front door takes the stages built before it
-    assert at["regions"] < at["failures"] and at["regions"] < at["workflows"]  # they act through the front door
+    assert (
+        at["regions"] < at["failures"] and at["regions"] < at["workflows"]
+    )  # they act through the front door
 
 
 def test_run_scenario_branches_on_no_feature_section_but_two_it_documents():
     """Only the tenants' weights for the engines' limits and "workflows may bring all the requests" remain."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(runner.run_scenario)))
-    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
-            and n.value.id == "cfg" and n.attr in SECTIONS}  # fmt: skip
+    used = {
+        n.attr
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Attribute)
+        and isinstance(n.value, ast.Name)
+        and n.value.id == "cfg"
+        and n.attr in SECTIONS
+    }
     assert used == {"tenants", "workflows"}
     gen = ast.parse(textwrap.dedent(inspect.getsource(runner.generate_requests)))
     assert not {n.attr for n in ast.walk(gen) if isinstance(n, ast.Attribute) and n.attr in SECTIONS}
@@ -87,7 +100,11 @@ def test_a_new_feature_joins_the_run_at_its_declared_place(monkeypatch):
     by_step = {}
     for name, step in Recorder.calls:
         by_step.setdefault(step, []).append(name)
-    assert by_step == {"shape": ["Outer", "Inner"], "build": ["Inner", "Outer"],
-                       "annotate": ["Outer", "Inner"], "summarize": ["Inner", "Outer"]}  # fmt: skip
+    assert by_step == {
+        "shape": ["Outer", "Inner"],
+        "build": ["Inner", "Outer"],
+        "annotate": ["Outer", "Inner"],
+        "summarize": ["Inner", "Outer"],
+    }
     assert result.summary["inner"] == {"started": [0.0]} and result.summary["outer"] == {"started": [0.0]}
     assert len(result.requests) == full // 2 and full > 2  # the outer feature's shaping reached the run
