@@ -59,7 +59,10 @@ POLICIES = (
     Policy("nearest", {"regions.router": {"name": "nearest"}}),
     Policy("latency_aware", {"regions.router": {"name": "latency_aware"}}),
     Policy("content_aware", {"regions.router": {"name": "content_aware"}}),
-    Policy("content_aware_nearby", {"regions.router": {"name": "content_aware", "params": {"max_extra_rtt_ms": 100}}}),
+    Policy(
+        "content_aware_nearby",
+        {"regions.router": {"name": "content_aware", "params": {"max_extra_rtt_ms": 100}}},
+    ),
     Policy("single_region", {"regions.router": {"name": "nearest"}}, single_region=True),
 )
 WORKLOADS = {"conversations": 1.0, "shared_topics": 0.0}  # name -> session_locality
@@ -67,7 +70,11 @@ WORKLOADS = {"conversations": 1.0, "shared_topics": 0.0}  # name -> session_loca
 
 def scenario(policy: Policy, workload: str, *, quick: bool, overrides: dict | None = None) -> ScenarioConfig:
     """The scenario of one run; ``overrides`` (dotted paths, applied last) are for sensitivity checks."""
-    changes = {**policy.overrides, "regions.users.session_locality": WORKLOADS[workload], **(QUICK if quick else {})}
+    changes = {
+        **policy.overrides,
+        "regions.users.session_locality": WORKLOADS[workload],
+        **(QUICK if quick else {}),
+    }
     if policy.single_region:
         changes |= single_region_overrides(load_scenario(CONFIG))
     return load_scenario(CONFIG, {**changes, **(overrides or {})})
@@ -77,8 +84,10 @@ def single_region_overrides(cfg: ScenarioConfig) -> dict:
     """All the scenario's replicas in one pool in ``SINGLE_REGION``; the other regions keep their users."""
     pool = cfg.pools[0].model_dump(mode="json")
     pool.update(name="all", replicas=sum(p.replicas for p in cfg.pools))
-    regions = [r.model_dump(mode="json") | {"pools": ["all"] if r.name == SINGLE_REGION else []}
-               for r in cfg.regions.regions]  # fmt: skip
+    regions = [
+        r.model_dump(mode="json") | {"pools": ["all"] if r.name == SINGLE_REGION else []}
+        for r in cfg.regions.regions
+    ]
     return {"pools": [pool], "regions.regions": regions}
 
 
@@ -88,29 +97,50 @@ def measure(res) -> dict:
     e2e, ttft = s["latency_s"]["e2e"], s["latency_s"]["ttft"]
     minute = reg["p99_per_minute"]
     return {
-        "requests": s["requests"]["total"], "completed": s["requests"]["completed"],
-        "p50_e2e_s": e2e["p50"], "p95_e2e_s": e2e["p95"], "p99_e2e_s": e2e["p99"], "p95_ttft_s": ttft["p95"],
-        "p99_minute_var": minute["var_s2"], "p99_minute_max_s": minute["max_s"],
-        "cross_region_frac": reg["cross_region_frac"], "cross_region_gb": reg["cross_region_gb"],
-        "rtt_mean_ms": reg["rtt_mean_ms"], "cost_per_hour": reg["cost"]["usd_per_hour"],
+        "requests": s["requests"]["total"],
+        "completed": s["requests"]["completed"],
+        "p50_e2e_s": e2e["p50"],
+        "p95_e2e_s": e2e["p95"],
+        "p99_e2e_s": e2e["p99"],
+        "p95_ttft_s": ttft["p95"],
+        "p99_minute_var": minute["var_s2"],
+        "p99_minute_max_s": minute["max_s"],
+        "cross_region_frac": reg["cross_region_frac"],
+        "cross_region_gb": reg["cross_region_gb"],
+        "rtt_mean_ms": reg["rtt_mean_ms"],
+        "cost_per_hour": reg["cost"]["usd_per_hour"],
         "usd_per_1k_requests": 1000 * reg["cost"]["usd"] / max(len(done), 1),
         "prefix_hit_rate": reg["prefix_cache"].get("prefix_cache_hit_rate", 0.0),
-        "preemptions": s["preemptions"], "gpus": sum(p["gpus"] for p in s["pools"]), **slo_columns(s),
-    }  # fmt: skip
+        "preemptions": s["preemptions"],
+        "gpus": sum(p["gpus"] for p in s["pools"]),
+        **slo_columns(s),
+    }
 
 
 def run(out: Path, *, quick: bool, progress: ExperimentProgress | None = None) -> ExperimentResult:
     wall0 = time.perf_counter()
     seeds = SEEDS[:1] if quick else SEEDS
-    plan = [(w, p, seed) for w in WORKLOADS for p in POLICIES for seed in (seeds if w == "conversations" else seeds[:1])]
+    plan = [
+        (w, p, seed)
+        for w in WORKLOADS
+        for p in POLICIES
+        for seed in (seeds if w == "conversations" else seeds[:1])
+    ]
     rows, minutes = [], {}
     for k, (workload, policy, seed) in enumerate(plan):
         label = f"{workload}/{policy.name} seed {seed}"
         if progress:
             progress(k, len(plan), label)
         res = run_scenario(scenario(policy, workload, quick=quick), seed=seed)
-        rows.append({"workload": workload, "policy": policy.name, "seed": seed, **measure(res),
-                     "wall_s": res.summary["wall_time_s"]})  # fmt: skip
+        rows.append(
+            {
+                "workload": workload,
+                "policy": policy.name,
+                "seed": seed,
+                **measure(res),
+                "wall_s": res.summary["wall_time_s"],
+            }
+        )
         if workload == "conversations" and seed == seeds[0]:
             minutes[policy.name] = minute_p99(res.requests)
     if progress:
@@ -119,14 +149,23 @@ def run(out: Path, *, quick: bool, progress: ExperimentProgress | None = None) -
     table = aggregate(runs)
     figures = [plot_minutes(minutes, Path(out) / "p99_per_minute.png")]
     return ExperimentResult(
-        name="regions", results=table, report_md=report(table, runs, quick=quick),
-        wall_time_s=time.perf_counter() - wall0, figures=figures,
-        extra={"config": str(CONFIG), "quick": quick, "seeds": list(seeds), "runs": runs.to_dict(orient="records")},
-    )  # fmt: skip
+        name="regions",
+        results=table,
+        report_md=report(table, runs, quick=quick),
+        wall_time_s=time.perf_counter() - wall0,
+        figures=figures,
+        extra={
+            "config": str(CONFIG),
+            "quick": quick,
+            "seeds": list(seeds),
+            "runs": runs.to_dict(orient="records"),
+        },
+    )
 
 
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (workload, policy): the mean over seeds, with the range of p95 and of the minute variance."""
+    """One row per (workload, policy): the mean over seeds, with the range of p95 and of the minute
+    variance."""
     metrics = [c for c in runs.columns if c not in ("workload", "policy", "seed", "wall_s")]
     g = runs.groupby(["workload", "policy"], sort=False)
     table = g[metrics].mean().reset_index()
@@ -134,8 +173,17 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
         table[f"{col}_min"] = g[col].min().to_numpy()
         table[f"{col}_max"] = g[col].max().to_numpy()
     table["seeds"] = g["seed"].count().to_numpy()
-    first = ["policy", "p50_e2e_s", "p95_e2e_s", "p99_e2e_s", "p99_minute_var", "cross_region_frac", "cost_per_hour",
-             "prefix_hit_rate", "workload"]  # fmt: skip
+    first = [
+        "policy",
+        "p50_e2e_s",
+        "p95_e2e_s",
+        "p99_e2e_s",
+        "p99_minute_var",
+        "cross_region_frac",
+        "cost_per_hour",
+        "prefix_hit_rate",
+        "workload",
+    ]
     return table[first + [c for c in table.columns if c not in first]]
 
 
@@ -167,36 +215,53 @@ def _fmt(v: float, digits: int = 2) -> str:
 
 def report(table: pd.DataFrame, runs: pd.DataFrame, *, quick: bool) -> str:
     lines = ["# Regions: content-aware vs nearest vs latency-aware vs single-region", ""]
-    lines += [f"Scenario `configs/experiments/{CONFIG.name}`{' (--quick: 30 min, 2 copies)' if quick else ''};"
-              " E2E and TTFT as the user sees them (both network legs included). Means over seeds; brackets: the "
-              "range over seeds.", ""]  # fmt: skip
+    lines += [
+        f"Scenario `configs/experiments/{CONFIG.name}`{' (--quick: 30 min, 2 copies)' if quick else ''};"
+        " E2E and TTFT as the user sees them (both network legs included). Means over seeds; brackets: the "
+        "range over seeds.",
+        "",
+    ]
     for workload in WORKLOADS:
         t = table[table["workload"] == workload]
         if t.empty:
             continue
-        lines += [f"## {workload}", "",
-                  "| policy | p50 E2E s | p95 E2E s | p99 E2E s | p95 TTFT s | var of minute p99 (s²) | worst minute p99 s "
-                  "| cross-region | mean RTT ms | $/h | prefix hit | preemptions |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            f"## {workload}",
+            "",
+            "| policy | p50 E2E s | p95 E2E s | p99 E2E s | p95 TTFT s | var of minute p99 (s²) | worst minute p99 s "
+            "| cross-region | mean RTT ms | $/h | prefix hit | preemptions |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for _, r in t.iterrows():
             rng = f" [{_fmt(r['p95_e2e_s_min'])}–{_fmt(r['p95_e2e_s_max'])}]" if r["seeds"] > 1 else ""
-            vr = f" [{_fmt(r['p99_minute_var_min'], 1)}–{_fmt(r['p99_minute_var_max'], 1)}]" if r["seeds"] > 1 else ""
+            vr = (
+                f" [{_fmt(r['p99_minute_var_min'], 1)}–{_fmt(r['p99_minute_var_max'], 1)}]"
+                if r["seeds"] > 1
+                else ""
+            )
             lines.append(
                 f"| {r['policy']} | {_fmt(r['p50_e2e_s'])} | {_fmt(r['p95_e2e_s'])}{rng} | {_fmt(r['p99_e2e_s'])} "
                 f"| {_fmt(r['p95_ttft_s'])} | {_fmt(r['p99_minute_var'], 1)}{vr} | {_fmt(r['p99_minute_max_s'], 1)} "
                 f"| {100 * r['cross_region_frac']:.0f} % | {_fmt(r['rtt_mean_ms'], 0)} | {_fmt(r['cost_per_hour'])} "
-                f"| {100 * r['prefix_hit_rate']:.1f} % | {r['preemptions']:.0f} |")  # fmt: skip
+                f"| {100 * r['prefix_hit_rate']:.1f} % | {r['preemptions']:.0f} |"
+            )
         lines += ["", *claims(runs[runs["workload"] == workload]), ""]
-    lines += ["Per-seed runs are in meta.json (`runs`); the per-minute p99 of the first seed is plotted in "
-              "p99_per_minute.png.", ""]  # fmt: skip
+    lines += [
+        "Per-seed runs are in meta.json (`runs`); the per-minute p99 of the first seed is plotted in "
+        "p99_per_minute.png.",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def claims(runs: pd.DataFrame) -> list[str]:
     """The seed's two numbers next to ours, per seed, against each baseline."""
     by = runs.set_index(["policy", "seed"])
-    out = [f"Seed paper: content-aware routing cuts p95 by {100 * CLAIM_P95_CUT:.0f} % and the tail variance "
-           f"{CLAIM_VAR_RATIO:.0f}x. Here, content_aware against:", ""]  # fmt: skip
+    out = [
+        f"Seed paper: content-aware routing cuts p95 by {100 * CLAIM_P95_CUT:.0f} % and the tail variance "
+        f"{CLAIM_VAR_RATIO:.0f}x. Here, content_aware against:",
+        "",
+    ]
     for base in ("nearest", "latency_aware", "single_region"):
         cuts, ratios = [], []
         for seed in sorted(runs["seed"].unique()):
@@ -209,8 +274,15 @@ def claims(runs: pd.DataFrame) -> list[str]:
             continue
         p95 = ", ".join(f"{100 * x:+.0f} %" for x in (-np.array(cuts)))
         var = ", ".join(f"{x:.1f}x" for x in ratios)
-        verdict = ("confirmed" if min(cuts) >= CLAIM_P95_CUT and min(ratios) >= CLAIM_VAR_RATIO else
-                   "not confirmed" if max(cuts) < CLAIM_P95_CUT and max(ratios) < CLAIM_VAR_RATIO else "partly")  # fmt: skip
-        out.append(f"- vs {base}: p95 change {p95} (claim −{100 * CLAIM_P95_CUT:.0f} %); variance of the minute "
-                   f"p99 divided by {var} (claim {CLAIM_VAR_RATIO:.0f}x): {verdict}.")  # fmt: skip
+        verdict = (
+            "confirmed"
+            if min(cuts) >= CLAIM_P95_CUT and min(ratios) >= CLAIM_VAR_RATIO
+            else "not confirmed"
+            if max(cuts) < CLAIM_P95_CUT and max(ratios) < CLAIM_VAR_RATIO
+            else "partly"
+        )
+        out.append(
+            f"- vs {base}: p95 change {p95} (claim −{100 * CLAIM_P95_CUT:.0f} %); variance of the minute "
+            f"p99 divided by {var} (claim {CLAIM_VAR_RATIO:.0f}x): {verdict}."
+        )
     return out

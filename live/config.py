@@ -1,5 +1,5 @@
-"""The live scenario file (``fleettwin live shadow --scenario live.yaml``): which backends form which pool, and the
-control loop to run over them.
+"""The live scenario file (``fleettwin live shadow --scenario live.yaml``): which backends form which pool,
+and the control loop to run over them.
 
 The pool and controller sections are the simulator's (``models/config/``): a pool names its GPU, model,
 tensor parallelism, engine settings, router and performance model as a scenario pool does — with the URLs of
@@ -82,11 +82,15 @@ class LivePool(StrictModel):
 
 
 class ScrapeConfig(StrictModel):
-    timeout_s: PositiveFloat = 2.0  # per request to /health and /metrics; a hung backend is given up on after it
+    timeout_s: PositiveFloat = (
+        2.0  # per request to /health and /metrics; a hung backend is given up on after it
+    )
     token: str | None = None  # bearer token, if the backends want one
     verify: bool | str = True  # TLS: verify, don't, or a CA bundle path
     model_name: str | None = None  # count only this model's series
-    tls: TlsFiles | None = None  # {ca, cert, key}: CA to verify backends, client certificate for mTLS backends
+    tls: TlsFiles | None = (
+        None  # {ca, cert, key}: CA to verify backends, client certificate for mTLS backends
+    )
 
 
 _LABEL = r"[a-zA-Z_][a-zA-Z0-9_]*"
@@ -144,8 +148,8 @@ class BackoffConfig(StrictModel):
 
 
 class ActuatorConfig(StrictModel):
-    """How ``shadow --act`` carries decisions out. ``local_process`` starts ``fleettwin live emulate`` replicas on
-    loopback with each pool's GPU, model, engine and performance model."""
+    """How ``shadow --act`` carries decisions out. ``local_process`` starts ``fleettwin live emulate``
+    replicas on loopback with each pool's GPU, model, engine and performance model."""
 
     type: Literal["local_process"] = "local_process"
     host: str = "127.0.0.1"
@@ -190,7 +194,9 @@ class LiveConfig(StrictModel):
     def _cross_checks(self) -> LiveConfig:
         names = [p.name for p in self.pools]
         if len(set(names)) != len(names):
-            raise ValueError(f"pool names must be unique; repeated: {sorted({n for n in names if names.count(n) > 1})}")
+            raise ValueError(
+                f"pool names must be unique; repeated: {sorted({n for n in names if names.count(n) > 1})}"
+            )
         seen: dict[str, str] = {}
         catalog = self.build_catalog()
         for i, pool in enumerate(self.pools):
@@ -204,11 +210,14 @@ class LiveConfig(StrictModel):
                     raise ValueError(f"backend {url} is listed in pools {seen[url]!r} and {pool.name!r}")
                 seen[url] = pool.name
             if self.source is not None and pool.backends:
-                raise ValueError(f"pools[{i}].backends: with source.prometheus the backends are the targets "
-                                 f"Prometheus scrapes (label {self.source.pool_label}={pool.name!r}); list none")  # fmt: skip
+                raise ValueError(
+                    f"pools[{i}].backends: with source.prometheus the backends are the targets "
+                    f"Prometheus scrapes (label {self.source.pool_label}={pool.name!r}); list none"
+                )
             if not pool.backends and self.actuator is None and self.source is None:
-                raise ValueError(f"pools[{i}].backends: pool {pool.name!r} has no backends and no actuator "
-                                 "would start any")  # fmt: skip
+                raise ValueError(
+                    f"pools[{i}].backends: pool {pool.name!r} has no backends and no actuator would start any"
+                )
         return self
 
     def build_catalog(self):

@@ -2,10 +2,10 @@
 
 Each request is sent at its arrival time (``arrival_s / speedup`` after the start), whether or not earlier
 ones have finished — open loop, as real users arrive — to a target chosen by a replica router from
-``models/routing/replica.py`` (``round_robin``, ``least_outstanding``) over the generator's own count of requests in
-flight per target. Prompts are token-id lists of exactly ``prompt_tokens`` ids and ``max_tokens`` =
-``output_tokens`` with ``ignore_eos``, so a server produces exactly the trace's lengths (chat mode sends text
-instead; token counts are then the server's tokenizer's).
+``models/routing/replica.py`` (``round_robin``, ``least_outstanding``) over the generator's own count of
+requests in flight per target. Prompts are token-id lists of exactly ``prompt_tokens`` ids and ``max_tokens``
+= ``output_tokens`` with ``ignore_eos``, so a server produces exactly the trace's lengths (chat mode sends
+text instead; token counts are then the server's tokenizer's).
 
 Bounded by construction: at most ``max_requests`` are sent, none after ``duration_s``, and requests still in
 flight ``drain_timeout_s`` after the last send are cancelled and reported as ``timeout``. One row per
@@ -27,20 +27,69 @@ from fleettwin.live.metrics import InFlightView
 from fleettwin.models.routing.replica import REPLICA_ROUTERS
 from fleettwin.models.workload.request import Request
 
-COLUMNS = ("id", "target", "arrival_s", "sent_s", "first_token_s", "finish_s", "prompt_tokens", "output_tokens",
-           "completion_tokens", "ttft_s", "tpot_s", "e2e_s", "lateness_s", "status", "http_status", "error",
-           "retries")  # fmt: skip
+COLUMNS = (
+    "id",
+    "target",
+    "arrival_s",
+    "sent_s",
+    "first_token_s",
+    "finish_s",
+    "prompt_tokens",
+    "output_tokens",
+    "completion_tokens",
+    "ttft_s",
+    "tpot_s",
+    "e2e_s",
+    "lateness_s",
+    "status",
+    "http_status",
+    "error",
+    "retries",
+)
 COMPLETED, REJECTED, ERROR, TIMEOUT = "completed", "rejected", "error", "timeout"
 
 
 def _row(req: Request, target: str, arrival: float, res: CompletionResult | None, status: str) -> tuple:
     if res is None:  # cancelled at the drain deadline before any result
         nan = math.nan
-        return (req.id, target, arrival, nan, nan, nan, req.prompt_tokens, req.output_tokens, 0, nan, nan, nan,
-                nan, status, None, "cancelled at the drain deadline", 0)  # fmt: skip
-    return (req.id, target, arrival, res.sent_s, res.first_token_s, res.finish_s, req.prompt_tokens,
-            req.output_tokens, res.output_tokens, res.ttft_s, res.tpot_s, res.e2e_s, res.sent_s - arrival, status,
-            res.status, res.error, res.retries)  # fmt: skip
+        return (
+            req.id,
+            target,
+            arrival,
+            nan,
+            nan,
+            nan,
+            req.prompt_tokens,
+            req.output_tokens,
+            0,
+            nan,
+            nan,
+            nan,
+            nan,
+            status,
+            None,
+            "cancelled at the drain deadline",
+            0,
+        )
+    return (
+        req.id,
+        target,
+        arrival,
+        res.sent_s,
+        res.first_token_s,
+        res.finish_s,
+        req.prompt_tokens,
+        req.output_tokens,
+        res.output_tokens,
+        res.ttft_s,
+        res.tpot_s,
+        res.e2e_s,
+        res.sent_s - arrival,
+        status,
+        res.status,
+        res.error,
+        res.retries,
+    )
 
 
 def _status(res: CompletionResult) -> str:
@@ -69,8 +118,8 @@ async def replay(
 ) -> pd.DataFrame:
     """Replay ``requests`` (sorted by arrival) against ``targets`` (base URLs); one row per request sent.
 
-    ``model``: the model name to send; None asks each target's ``/v1/models`` once (first name). ``verify``: verify
-    TLS, don't, or a CA file; ``cert``: (certificate, key) to present to targets that require mTLS."""
+    ``model``: the model name to send; None asks each target's ``/v1/models`` once (first name). ``verify``:
+    verify TLS, don't, or a CA file; ``cert``: (certificate, key) to present to targets that require mTLS."""
     if not targets:
         raise ValueError("at least one target URL is needed")
     if speedup <= 0:
@@ -82,8 +131,12 @@ async def replay(
     def clock() -> float:
         return time.perf_counter() - t0
 
-    clients = [VllmClient(u, token=token, verify=verify, timeout_s=timeout_s, retries=retries, clock=clock,
-                          cert=cert) for u in targets]  # fmt: skip
+    clients = [
+        VllmClient(
+            u, token=token, verify=verify, timeout_s=timeout_s, retries=retries, clock=clock, cert=cert
+        )
+        for u in targets
+    ]
     rows: list[tuple] = []
     tasks: dict[asyncio.Task, tuple[Request, str, float]] = {}
     try:
@@ -147,12 +200,14 @@ def summarize(df: pd.DataFrame) -> dict:
     done = df[df["status"] == COMPLETED]
     span = float(done["finish_s"].max() - df["sent_s"].min()) if len(done) else 0.0
     out: dict = {
-        "requests": {"sent": len(df), **{s: int((df["status"] == s).sum()) for s in (COMPLETED, REJECTED, ERROR,
-                                                                                    TIMEOUT)}},
+        "requests": {
+            "sent": len(df),
+            **{s: int((df["status"] == s).sum()) for s in (COMPLETED, REJECTED, ERROR, TIMEOUT)},
+        },
         "throughput_rps": len(done) / span if span > 0 else 0.0,
         "output_tokens_per_s": float(done["completion_tokens"].sum()) / span if span > 0 else 0.0,
         "latency_s": {},
-    }  # fmt: skip
+    }
     for col in ("ttft_s", "tpot_s", "e2e_s"):
         vals = done[col].dropna().to_numpy()
         out["latency_s"][col.removesuffix("_s")] = {

@@ -25,8 +25,14 @@ import httpx
 from fleettwin.live.promtext import MetricFamily, MetricsFormatError, parse
 from fleettwin.live.tls import TlsFiles, client_context, transport_reason
 
-__all__ = ["BackendMetrics", "BackendSetView", "HistogramSummary", "MetricsFormatError", "Scraper",
-           "backend_metrics"]  # fmt: skip
+__all__ = [
+    "BackendMetrics",
+    "BackendSetView",
+    "HistogramSummary",
+    "MetricsFormatError",
+    "Scraper",
+    "backend_metrics",
+]
 
 KV_NAMES = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 ITL_NAMES = ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds")
@@ -63,8 +69,11 @@ class HistogramSummary:
     def minus(self, earlier: HistogramSummary) -> HistogramSummary:
         """Observations made between two scrapes of the same histogram (for windowed percentiles)."""
         before = dict(earlier.buckets)
-        return HistogramSummary(count=self.count - earlier.count, sum=self.sum - earlier.sum,
-                                buckets=tuple((b, c - before.get(b, 0.0)) for b, c in self.buckets))  # fmt: skip
+        return HistogramSummary(
+            count=self.count - earlier.count,
+            sum=self.sum - earlier.sum,
+            buckets=tuple((b, c - before.get(b, 0.0)) for b, c in self.buckets),
+        )
 
     def plus(self, other: HistogramSummary) -> HistogramSummary:
         """Two histograms of the same metric as one (the backends of a pool). A bound that only one side has
@@ -76,11 +85,16 @@ class HistogramSummary:
         bounds = sorted({b for b, _ in self.buckets} | {b for b, _ in other.buckets})
 
         def at(h: HistogramSummary, bound: float) -> float:
-            below = [c for b, c in h.buckets if b <= bound]  # cumulative: the count at the largest bound <= it
+            below = [
+                c for b, c in h.buckets if b <= bound
+            ]  # cumulative: the count at the largest bound <= it
             return below[-1] if below else 0.0
 
-        return HistogramSummary(count=self.count + other.count, sum=self.sum + other.sum,
-                                buckets=tuple((b, at(self, b) + at(other, b)) for b in bounds))  # fmt: skip
+        return HistogramSummary(
+            count=self.count + other.count,
+            sum=self.sum + other.sum,
+            buckets=tuple((b, at(self, b) + at(other, b)) for b in bounds),
+        )
 
 
 EMPTY = HistogramSummary()
@@ -159,19 +173,29 @@ def _histogram(
     for s in _series(fam, f"{name}_bucket", model):
         le = float(s.labels["le"])
         by_le[le] = by_le.get(le, 0.0) + s.value
-    return HistogramSummary(count=sum(s.value for s in _series(fam, f"{name}_count", model)),
-                            sum=sum(s.value for s in _series(fam, f"{name}_sum", model)),
-                            buckets=tuple(sorted(by_le.items())))  # fmt: skip
+    return HistogramSummary(
+        count=sum(s.value for s in _series(fam, f"{name}_count", model)),
+        sum=sum(s.value for s in _series(fam, f"{name}_sum", model)),
+        buckets=tuple(sorted(by_le.items())),
+    )
 
 
-def backend_metrics(text: str, *, url: str = "", scraped_at: float = 0.0, model_name: str | None = None) -> BackendMetrics:  # fmt: skip
+def backend_metrics(
+    text: str, *, url: str = "", scraped_at: float = 0.0, model_name: str | None = None
+) -> BackendMetrics:
     """Reduce a ``/metrics`` body to a healthy ``BackendMetrics``. Raises ``MetricsFormatError`` naming the
     line if the text is malformed, or if it is not a vLLM server's (no ``vllm:num_requests_running``)."""
     families = parse(text)
     if "vllm:num_requests_running" not in families:
         raise MetricsFormatError(0, text[:80], "no vllm:num_requests_running: not a vLLM metrics page")
-    models = sorted({s.labels["model_name"] for f in families.values() for s in f.samples
-                     if f.name.startswith("vllm:") and "model_name" in s.labels})  # fmt: skip
+    models = sorted(
+        {
+            s.labels["model_name"]
+            for f in families.values()
+            for s in f.samples
+            if f.name.startswith("vllm:") and "model_name" in s.labels
+        }
+    )
     kv_fam, kv_name = _first(families, KV_NAMES)
     kv = [s.value for s in _series(kv_fam, kv_name, model_name)]
     reasons: dict[str, float] = {}
@@ -187,13 +211,17 @@ def backend_metrics(text: str, *, url: str = "", scraped_at: float = 0.0, model_
             pass  # e.g. num_gpu_blocks="None" before the profiler has run
         break
     return BackendMetrics(
-        url=url, scraped_at=scraped_at, healthy=True, model_names=tuple(models),
+        url=url,
+        scraped_at=scraped_at,
+        healthy=True,
+        model_names=tuple(models),
         running=round(_sum(families, "vllm:num_requests_running", model_name)),
         waiting=round(_sum(families, "vllm:num_requests_waiting", model_name)),
         kv_usage=sum(kv) / len(kv) if kv else 0.0,
         prompt_tokens=_counter(families, "vllm:prompt_tokens", model_name),
         generation_tokens=_counter(families, "vllm:generation_tokens", model_name),
-        requests_finished=sum(reasons.values()), finished_by_reason=tuple(sorted(reasons.items())),
+        requests_finished=sum(reasons.values()),
+        finished_by_reason=tuple(sorted(reasons.items())),
         preemptions=_counter(families, "vllm:num_preemptions", model_name),
         ttft=_histogram(families, ("vllm:time_to_first_token_seconds",), model_name),
         itl=_histogram(families, ITL_NAMES, model_name),
@@ -201,8 +229,9 @@ def backend_metrics(text: str, *, url: str = "", scraped_at: float = 0.0, model_
         tpot=_histogram(families, ("vllm:request_time_per_output_token_seconds",), model_name),
         prompt_len=_histogram(families, ("vllm:request_prompt_tokens",), model_name),
         output_len=_histogram(families, ("vllm:request_generation_tokens",), model_name),
-        num_gpu_blocks=blocks, block_size=block_size,
-    )  # fmt: skip
+        num_gpu_blocks=blocks,
+        block_size=block_size,
+    )
 
 
 class Scraper:
@@ -212,15 +241,24 @@ class Scraper:
     which have their own (one connection pool per distinct setting); a backend that refuses the handshake is
     reported down with a reason starting ``TLS:``."""
 
-    def __init__(self, *, token: str | None = None, timeout_s: float = 2.0, verify: bool | str = True,
-                 model_name: str | None = None, clock: Callable[[], float] = time.time,
-                 client: httpx.AsyncClient | None = None, tls: TlsFiles | None = None,
-                 tls_by_url: Mapping[str, TlsFiles] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        timeout_s: float = 2.0,
+        verify: bool | str = True,
+        model_name: str | None = None,
+        clock: Callable[[], float] = time.time,
+        client: httpx.AsyncClient | None = None,
+        tls: TlsFiles | None = None,
+        tls_by_url: Mapping[str, TlsFiles] | None = None,
+    ):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
 
         def make(t: TlsFiles | None, where: str) -> httpx.AsyncClient:
-            return httpx.AsyncClient(timeout=timeout_s, verify=client_context(t, where=where, verify=verify),
-                                     headers=headers)  # fmt: skip
+            return httpx.AsyncClient(
+                timeout=timeout_s, verify=client_context(t, where=where, verify=verify), headers=headers
+            )
 
         self._client = client or make(tls, "scrape.tls")
         self._own = client is None
@@ -286,7 +324,8 @@ class InFlightView:
 
 
 class BackendSetView:
-    """A ``ReplicaSetView`` over the healthy backends of one scrape, for the routers of ``models/routing/replica.py``.
+    """A ``ReplicaSetView`` over the healthy backends of one scrape, for the routers of
+    ``models/routing/replica.py``.
 
     Router indices refer to ``backends`` (the healthy ones); ``url(i)`` maps back. ``pending`` adds requests
     sent since the scrape (by URL), which the scrape cannot have seen yet."""

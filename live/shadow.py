@@ -1,14 +1,14 @@
-"""The live control loop: every interval, scrape every backend, build the ``FleetSnapshot``, run the scenario's
-allocator and each pool's router exactly as the simulator's controller does, and append the decision to the
-decision log — in shadow mode nothing more; with an actuator, carry the decision out.
+"""The live control loop: every interval, scrape every backend, build the ``FleetSnapshot``, run the
+scenario's allocator and each pool's router exactly as the simulator's controller does, and append the
+decision to the decision log — in shadow mode nothing more; with an actuator, carry the decision out.
 
 It mirrors ``sim/controller.Controller``: the allocator, pools and inventory come from the same
 ``models.control.setup.control_setup``, the snapshot has the same fields (``live/observe.py``), the first
-decision comes one interval after the start (the first scrape is the baseline the interval's rates are measured from), and
-every decision is checked with ``conserve``. What differs is the world: a backend may die, hang or answer
-garbage. Such a backend is reported in the record (``status`` down, the reason) and retried with exponential
-backoff and seeded jitter (``status`` backoff until then); an allocator that raises is reported as the
-record's ``error``. The loop itself never stops on either.
+decision comes one interval after the start (the first scrape is the baseline the interval's rates are
+measured from), and every decision is checked with ``conserve``. What differs is the world: a backend may die,
+hang or answer garbage. Such a backend is reported in the record (``status`` down, the reason) and retried
+with exponential backoff and seeded jitter (``status`` backoff until then); an allocator that raises is
+reported as the record's ``error``. The loop itself never stops on either.
 
 Restarting with the same decision log continues its numbering and seeds each pool's arrival-rate history from
 the logged intervals (with ``None`` for the time the controller was down), so forecasters do not start cold.
@@ -69,8 +69,15 @@ class Actuator(Protocol):
 
     async def poll(self, metrics: dict[str, BackendMetrics], now: float) -> list[dict]: ...
 
-    async def apply(self, decision: Decision, snapshot: FleetSnapshot, metrics: dict[str, BackendMetrics],
-                    now: float, *, external: dict[str, int] | None = None) -> list[dict]:  # fmt: skip
+    async def apply(
+        self,
+        decision: Decision,
+        snapshot: FleetSnapshot,
+        metrics: dict[str, BackendMetrics],
+        now: float,
+        *,
+        external: dict[str, int] | None = None,
+    ) -> list[dict]:
         """Carry ``decision`` out; ``external``: backends per pool that are not the actuator's (they count
         towards the target and are never stopped)."""
 
@@ -80,7 +87,8 @@ class Actuator(Protocol):
 
 class Backoff:
     """After ``n`` failures in a row: ``min(max_s, initial_s * factor**(n - 1))`` times a jitter factor drawn
-    uniformly from ``[1 - jitter, 1 + jitter]`` (so backends that failed together are not retried in lockstep)."""
+    uniformly from ``[1 - jitter, 1 + jitter]`` (so backends that failed together are not retried in
+    lockstep)."""
 
     def __init__(self, cfg: BackoffConfig, rng: np.random.Generator):
         self.cfg, self.rng = cfg, rng
@@ -103,13 +111,27 @@ class BackendHealth:
 
 
 def _backend_row(h: BackendHealth, m: BackendMetrics, status: str, now: float, managed: bool) -> dict:
-    row: dict[str, Any] = {"url": h.url, "pool": h.pool, "status": status, "managed": managed,
-                           "failures": h.failures, "error": h.error if status != "up" else "",
-                           "retry_in_s": max(0.0, h.retry_at - now) if status != "up" else None}  # fmt: skip
+    row: dict[str, Any] = {
+        "url": h.url,
+        "pool": h.pool,
+        "status": status,
+        "managed": managed,
+        "failures": h.failures,
+        "error": h.error if status != "up" else "",
+        "retry_in_s": max(0.0, h.retry_at - now) if status != "up" else None,
+    }
     if m.healthy:
-        row.update(running=m.running, waiting=m.waiting, kv_usage=m.kv_usage, requests_finished=m.requests_finished,
-                   prompt_tokens=m.prompt_tokens, generation_tokens=m.generation_tokens, ttft_count=m.ttft.count,
-                   e2e_count=m.e2e.count, preemptions=m.preemptions)  # fmt: skip
+        row.update(
+            running=m.running,
+            waiting=m.waiting,
+            kv_usage=m.kv_usage,
+            requests_finished=m.requests_finished,
+            prompt_tokens=m.prompt_tokens,
+            generation_tokens=m.generation_tokens,
+            ttft_count=m.ttft.count,
+            e2e_count=m.e2e.count,
+            preemptions=m.preemptions,
+        )
     return row
 
 
@@ -120,10 +142,18 @@ class ShadowController:
     records, so ``time_s`` keeps increasing across restarts. With an ``actuator`` the promotion gate must hold
     a promotion of this exact policy configuration in ``registry`` (``GateError`` otherwise)."""
 
-    def __init__(self, cfg: LiveConfig, log: DecisionLog, *, scraper: Scraper | None = None,
-                 actuator: Actuator | None = None, registry: GateRegistry | None = None,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                 metrics: ControllerMetrics | None = None):  # fmt: skip
+    def __init__(
+        self,
+        cfg: LiveConfig,
+        log: DecisionLog,
+        *,
+        scraper: Scraper | None = None,
+        actuator: Actuator | None = None,
+        registry: GateRegistry | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        metrics: ControllerMetrics | None = None,
+    ):
         self.cfg, self.log, self.actuator, self.clock, self.wall = cfg, log, actuator, clock, wall
         self.metrics = metrics
         ctl = cfg.controller
@@ -134,17 +164,26 @@ class ShadowController:
                 raise GateError("an acting controller needs the gate registry holding its promotion")
             self.promotion = registry.require_promoted(self.config_hash, ctl.allocator.name)
         self.interval_s = ctl.interval_s
-        self.allocator, self.metas, inventory = control_setup(ctl, cfg.slo, cfg.resolved(), cfg.build_catalog())
+        self.allocator, self.metas, inventory = control_setup(
+            ctl, cfg.slo, cfg.resolved(), cfg.build_catalog()
+        )
         self.routers = {p.name: REPLICA_ROUTERS.create(p.router.name, p.router.params) for p in cfg.pools}
-        self.observer = FleetObserver(self.metas, inventory, interval_s=self.interval_s,
-                                      history_buckets=cfg.history_buckets)  # fmt: skip
+        self.observer = FleetObserver(
+            self.metas, inventory, interval_s=self.interval_s, history_buckets=cfg.history_buckets
+        )
         self.backoff = Backoff(cfg.backoff, np.random.default_rng([cfg.seed, 101]))  # its own stream
         self.health: dict[str, BackendHealth] = {}
         s = cfg.scrape
         self._own_scraper = scraper is None
         tls, tls_by_url = cfg.scrape_tls()
-        self.scraper = scraper or Scraper(token=s.token, timeout_s=s.timeout_s, verify=s.verify,
-                                          model_name=s.model_name, tls=tls, tls_by_url=tls_by_url)  # fmt: skip
+        self.scraper = scraper or Scraper(
+            token=s.token,
+            timeout_s=s.timeout_s,
+            verify=s.verify,
+            model_name=s.model_name,
+            tls=tls,
+            tls_by_url=tls_by_url,
+        )
         self.prom = None
         if cfg.source is not None:
             from fleettwin.live.promql_source import PromQLSource
@@ -153,7 +192,9 @@ class ShadowController:
             self._prom_health = BackendHealth(cfg.source.prometheus, "-")
         self._prom_last: float | None = None
         last = log.last
-        self._last_time = last["time_s"] if last and isinstance(last.get("time_s"), int | float) else -math.inf
+        self._last_time = (
+            last["time_s"] if last and isinstance(last.get("time_s"), int | float) else -math.inf
+        )
         self._once: dict[str, dict] = {}  # added to the next record: "resumed", "history"
         if last:
             self._once["resumed"] = self._resume()
@@ -169,12 +210,21 @@ class ShadowController:
         missing = min(self.cfg.history_buckets, max(0, int(gap_s // self.interval_s) - 1))
         intervals = [rec for rec in self.log.recent if is_interval(rec)]
         for meta in self.metas:
-            rates = [next((p.get("arrival_rate") for p in rec.get("pools", ()) if p.get("name") == meta.name), None)
-                     for rec in intervals]  # fmt: skip
+            rates = [
+                next(
+                    (p.get("arrival_rate") for p in rec.get("pools", ()) if p.get("name") == meta.name), None
+                )
+                for rec in intervals
+            ]
             self.observer.seed_history(meta.name, [*rates, *([None] * missing)])
         rec = self.log.recovery
-        return {"after_seq": rec.last_seq, "gap_s": gap_s, "history_buckets": len(intervals) + missing,
-                "truncated_bytes": rec.truncated_bytes, "truncated_reason": rec.reason}  # fmt: skip
+        return {
+            "after_seq": rec.last_seq,
+            "gap_s": gap_s,
+            "history_buckets": len(intervals) + missing,
+            "truncated_bytes": rec.truncated_bytes,
+            "truncated_reason": rec.reason,
+        }
 
     # -- observe ---------------------------------------------------------------------------------------
 
@@ -186,7 +236,9 @@ class ShadowController:
         return out
 
     async def _scrape(self, url: str) -> BackendMetrics:
-        limit = 2 * self.cfg.scrape.timeout_s + 0.5  # the client's timeouts are per operation; this bounds the whole
+        limit = (
+            2 * self.cfg.scrape.timeout_s + 0.5
+        )  # the client's timeouts are per operation; this bounds the whole
         try:
             return await asyncio.wait_for(self.scraper.scrape(url), limit)
         except TimeoutError:
@@ -197,9 +249,16 @@ class ShadowController:
         records), and one log row per backend with its status and backoff state."""
         now = self.clock()
         targets = self.backends()
-        due = [(u, p, m) for u, p, m in targets if self.health.setdefault(u, BackendHealth(u, p)).retry_at <= now]
-        results = dict(zip([u for u, _, _ in due], await asyncio.gather(*(self._scrape(u) for u, _, _ in due)),
-                           strict=True))  # fmt: skip
+        due = [
+            (u, p, m) for u, p, m in targets if self.health.setdefault(u, BackendHealth(u, p)).retry_at <= now
+        ]
+        results = dict(
+            zip(
+                [u for u, _, _ in due],
+                await asyncio.gather(*(self._scrape(u) for u, _, _ in due)),
+                strict=True,
+            )
+        )
         now = self.clock()
         scrapes: dict[str, list[BackendMetrics]] = {p.name: [] for p in self.cfg.pools}
         rows = []
@@ -207,7 +266,9 @@ class ShadowController:
             h = self.health[url]
             m = results.get(url)
             if m is None:
-                m = BackendMetrics.unhealthy(url, self.wall(), f"backoff after {h.failures} failures: {h.error}")
+                m = BackendMetrics.unhealthy(
+                    url, self.wall(), f"backoff after {h.failures} failures: {h.error}"
+                )
                 status = "backoff"
             elif m.healthy:
                 h.failures, h.retry_at, h.error = 0, -math.inf, ""
@@ -232,8 +293,9 @@ class ShadowController:
             return None, f"{type(exc).__name__}: {exc}"
         return decision, None
 
-    def _routes(self, snapshot: FleetSnapshot, scrapes: dict[str, list[BackendMetrics]],
-                draining: frozenset[str]) -> dict[str, str | None]:  # fmt: skip
+    def _routes(
+        self, snapshot: FleetSnapshot, scrapes: dict[str, list[BackendMetrics]], draining: frozenset[str]
+    ) -> dict[str, str | None]:
         """Where each pool's router would send a request of the pool's mean lengths now."""
         out: dict[str, str | None] = {}
         for pool in snapshot.pools:
@@ -242,8 +304,12 @@ class ShadowController:
                 out[pool.name] = None
                 continue
             s = pool.serving
-            probe = Request(id=self.log.next_seq, arrival_s=0.0, prompt_tokens=max(1, round(s.mean_prompt_tokens)),
-                            output_tokens=max(1, round(s.mean_output_tokens)))  # fmt: skip
+            probe = Request(
+                id=self.log.next_seq,
+                arrival_s=0.0,
+                prompt_tokens=max(1, round(s.mean_prompt_tokens)),
+                output_tokens=max(1, round(s.mean_output_tokens)),
+            )
             out[pool.name] = view.url(self.routers[pool.name].choose(probe, view, snapshot.time_s))
         return out
 
@@ -270,8 +336,11 @@ class ShadowController:
         for pool, rates in hist.items():
             self.observer.history[pool] = []
             self.observer.seed_history(pool, rates)
-        self._once["history"] = {"source": "prometheus", "buckets": len(next(iter(hist.values()), [])),
-                                 "known": {p: sum(r is not None for r in v) for p, v in hist.items()}}  # fmt: skip
+        self._once["history"] = {
+            "source": "prometheus",
+            "buckets": len(next(iter(hist.values()), [])),
+            "known": {p: sum(r is not None for r in v) for p, v in hist.items()},
+        }
 
     async def tick(self) -> dict:
         """One control interval: scrape, observe, decide, route (and act); returns the record as logged."""
@@ -290,26 +359,46 @@ class ShadowController:
             # a replica the actuator forgot during poll (it exited) is counted as missing by the actuator
             ours = {u for u, _ in act.backends()}
             managed = {r["url"] for r in rows if r["managed"]}
-            scrapes = {p: [m for m in ms if m.url not in managed or m.url in ours] for p, ms in scrapes.items()}
-            kw = {"provisioning": act.provisioning(), "starting": act.starting(), "missing": act.missing_counts()}
+            scrapes = {
+                p: [m for m in ms if m.url not in managed or m.url in ours] for p, ms in scrapes.items()
+            }
+            kw = {
+                "provisioning": act.provisioning(),
+                "starting": act.starting(),
+                "missing": act.missing_counts(),
+            }
         error = measures = None
         if self.prom is not None:
             error, measures = await self._prom_round(now, scrapes, rows, draining)
         record: dict[str, Any] = {
-            "kind": "interval", "time_s": now, "elapsed_s": started - self._t0, "interval_s": self.interval_s,
-            "scenario": self.cfg.name, "mode": "act" if act is not None else "shadow",
-            "allocator": self.cfg.controller.allocator.name, "config_hash": self.config_hash, "backends": rows,
-            "pools": [], "decision": None, "error": error,
-        }  # fmt: skip
+            "kind": "interval",
+            "time_s": now,
+            "elapsed_s": started - self._t0,
+            "interval_s": self.interval_s,
+            "scenario": self.cfg.name,
+            "mode": "act" if act is not None else "shadow",
+            "allocator": self.cfg.controller.allocator.name,
+            "config_hash": self.config_hash,
+            "backends": rows,
+            "pools": [],
+            "decision": None,
+            "error": error,
+        }
         if error is None:  # a source that could not be read: a gap in the history, no decision on no data
-            snapshot, windows = self.observer.observe(now, scrapes, draining=draining, measures=measures, **kw)
+            snapshot, windows = self.observer.observe(
+                now, scrapes, draining=draining, measures=measures, **kw
+            )
             decision, record["error"] = self._decide(snapshot)
             if act is not None and decision is not None:
                 by_url = {m.url: m for ms in scrapes.values() for m in ms}
                 external = {p: sum(1 for m in ms if m.url not in ours) for p, ms in scrapes.items()}
-                events += await self._safely(act.apply(decision, snapshot, by_url, self.clock(), external=external))
+                events += await self._safely(
+                    act.apply(decision, snapshot, by_url, self.clock(), external=external)
+                )
             routes = self._routes(snapshot, scrapes, draining)
-            record["pools"] = [dict(pool_record(p, windows[p.name]), route=routes[p.name]) for p in snapshot.pools]
+            record["pools"] = [
+                dict(pool_record(p, windows[p.name]), route=routes[p.name]) for p in snapshot.pools
+            ]
             record["decision"] = decision.to_dict() if decision is not None else None
         else:
             self.observer.gap()
@@ -325,8 +414,9 @@ class ShadowController:
             self.metrics.record(rec)
         return rec
 
-    async def _prom_round(self, now: float, scrapes: dict[str, list[BackendMetrics]], rows: list[dict],
-                          draining: frozenset[str]) -> tuple[str | None, dict | None]:  # fmt: skip
+    async def _prom_round(
+        self, now: float, scrapes: dict[str, list[BackendMetrics]], rows: list[dict], draining: frozenset[str]
+    ) -> tuple[str | None, dict | None]:
         """Ask Prometheus for the interval; its backends join ``scrapes`` and ``rows`` (those the controller
         scrapes itself — the actuator's — are not repeated). Returns (error, measures per pool)."""
         h, clock = self._prom_health, self.clock()
@@ -348,10 +438,22 @@ class ShadowController:
             for m in ms:
                 if m.url not in direct:
                     scrapes.setdefault(pool, []).append(m)
-                    rows.append(dict(_backend_row(BackendHealth(m.url, pool, error=m.error), m,
-                                                  "up" if m.healthy else "down", now, False), source="prometheus"))  # fmt: skip
+                    rows.append(
+                        dict(
+                            _backend_row(
+                                BackendHealth(m.url, pool, error=m.error),
+                                m,
+                                "up" if m.healthy else "down",
+                                now,
+                                False,
+                            ),
+                            source="prometheus",
+                        )
+                    )
         if got.unmatched:
-            rows += [{"url": u, "pool": None, "status": "unmatched", "source": "prometheus"} for u in got.unmatched]
+            rows += [
+                {"url": u, "pool": None, "status": "unmatched", "source": "prometheus"} for u in got.unmatched
+            ]
         return None, got.measures
 
     async def _safely(self, coro) -> list[dict]:
@@ -360,10 +462,17 @@ class ShadowController:
         except Exception as exc:  # an actuator failure is an event in the log, not the end of the loop
             return [{"event": "actuator_error", "error": f"{type(exc).__name__}: {exc}"}]
 
-    async def run(self, *, ticks: int | None = None, duration_s: float | None = None,
-                  stop: asyncio.Event | None = None, on_record: Callable[[dict], None] | None = None) -> int:  # fmt: skip
-        """Decide every interval until ``ticks`` records, ``duration_s`` seconds or ``stop`` is set; returns the
-        number of records written. An interval that overran skips the slots it missed rather than bursting."""
+    async def run(
+        self,
+        *,
+        ticks: int | None = None,
+        duration_s: float | None = None,
+        stop: asyncio.Event | None = None,
+        on_record: Callable[[dict], None] | None = None,
+    ) -> int:
+        """Decide every interval until ``ticks`` records, ``duration_s`` seconds or ``stop`` is set; returns
+        the number of records written. An interval that overran skips the slots it missed rather than
+        bursting."""
         stop = stop or asyncio.Event()
         await self.prime()
         start, k, written = self.clock(), 0, 0
@@ -395,9 +504,17 @@ class ShadowController:
         self._pending = []
         now = max(self.wall(), self._last_time + 1e-3)
         self._last_time = now
-        return self._append({"kind": "shutdown", "time_s": now, "elapsed_s": self.clock() - self._t0,
-                                "scenario": self.cfg.name, "mode": "act", "config_hash": self.config_hash,
-                                "actions": events})  # fmt: skip
+        return self._append(
+            {
+                "kind": "shutdown",
+                "time_s": now,
+                "elapsed_s": self.clock() - self._t0,
+                "scenario": self.cfg.name,
+                "mode": "act",
+                "config_hash": self.config_hash,
+                "actions": events,
+            }
+        )
 
     async def aclose(self) -> None:
         if self._own_scraper:

@@ -1,7 +1,7 @@
 """Run agent/RAG workflow instances against OpenAI-compatible servers (the gateway or emulators), live.
 
-The instances are the simulator's (``models.workload.workflows.sample_instances`` with the scenario's seed), so
-one scenario gives the same DAGs, token lengths and tool delays in both worlds. Each workflow starts at
+The instances are the simulator's (``models.workload.workflows.sample_instances`` with the scenario's seed),
+so one scenario gives the same DAGs, token lengths and tool delays in both worlds. Each workflow starts at
 ``arrival_s / speedup`` after the start (open loop: workflows do not wait for each other); inside it a node
 starts as soon as all its parents have completed, as an asyncio task:
 
@@ -17,9 +17,9 @@ starts as soon as all its parents have completed, as an asyncio task:
   load generator, never the work).
 
 A failed call (HTTP error, connection failure) fails the node, its descendants are skipped. Bounded like the
-load generator: no workflow starts at or after ``duration_s``, at most ``max_workflows``, and whatever still runs
-``drain_timeout_s`` after the last start is cancelled (nodes ``unfinished``). Results: one row per workflow
-started and one per node, with the simulator's columns (``models/workflows/records.py``); times are
+load generator: no workflow starts at or after ``duration_s``, at most ``max_workflows``, and whatever still
+runs ``drain_timeout_s`` after the last start is cancelled (nodes ``unfinished``). Results: one row per
+workflow started and one per node, with the simulator's columns (``models/workflows/records.py``); times are
 seconds since the start on this process's clock. With tracing on (``live/tracing.py``) each workflow is a
 trace: a ``workflow`` span, a span per node, retrieval's lexical/dense/fuse steps, and each LLM call's
 ``traceparent`` continued by the gateway and the emulator.
@@ -64,19 +64,32 @@ from fleettwin.models.workload.request import Request
 
 
 class ServiceRetriever:
-    """Retrieval nodes answered by ``POST /v1/retrieve`` (a retrieval service, or a gateway in front of one) in
-    ``collection``; a refusal or an unreachable service fails the node with the reason."""
+    """Retrieval nodes answered by ``POST /v1/retrieve`` (a retrieval service, or a gateway in front of one)
+    in ``collection``; a refusal or an unreachable service fails the node with the reason."""
 
-    def __init__(self, url: str, collection: str, *, token: str | None = None, verify: bool | str = True,
-                 timeout_s: float = 30.0):  # fmt: skip
+    def __init__(
+        self,
+        url: str,
+        collection: str,
+        *,
+        token: str | None = None,
+        verify: bool | str = True,
+        timeout_s: float = 30.0,
+    ):
         self.url, self.collection = url.rstrip("/"), collection
-        self._http = httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"} if token else {},
-                                       verify=tls_verify(verify), timeout=timeout_s)  # fmt: skip
+        self._http = httpx.AsyncClient(
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+            verify=tls_verify(verify),
+            timeout=timeout_s,
+        )
 
     async def search(self, query: str, k: int, headers: dict[str, str]) -> int:
         """The number of hits."""
-        r = await self._http.post(f"{self.url}/v1/retrieve", json={"collection": self.collection, "query": query,
-                                                                     "k": k}, headers=headers)  # fmt: skip
+        r = await self._http.post(
+            f"{self.url}/v1/retrieve",
+            json={"collection": self.collection, "query": query, "k": k},
+            headers=headers,
+        )
         if r.status_code != 200:
             raise RuntimeError(f"retrieval HTTP {r.status_code}: {r.text[:200]}")
         return len(r.json().get("ids") or [])
@@ -113,8 +126,11 @@ async def _retrieve(calls: _Calls, inst: WorkflowInstance, i: int, parent) -> in
         if calls.service is not None:
             hits = await calls.service.search(query, calls.k, calls.tracing.headers(span))
         else:
-            hits = len(await asyncio.to_thread(calls.retriever.search, query, calls.k, tracing=calls.tracing,
-                                               parent=span))  # fmt: skip
+            hits = len(
+                await asyncio.to_thread(
+                    calls.retriever.search, query, calls.k, tracing=calls.tracing, parent=span
+                )
+            )
     except BaseException as exc:
         calls.tracing.end(span, error=exc)
         raise
@@ -132,14 +148,23 @@ async def _llm(calls: _Calls, inst: WorkflowInstance, i: int, parent, start: flo
     req = Request(id=rid, arrival_s=start, prompt_tokens=prompt, output_tokens=node.output_tokens)
     t = calls.picker.choose(req, calls.view, calls.clock())
     calls.view.counts[t] += 1
-    span = calls.tracing.start("workflow.llm", parent=parent, kind="client", attributes={
-        "server.address": calls.targets[t], "gen_ai.usage.input_tokens": prompt,
-        "gen_ai.request.max_tokens": node.output_tokens})  # fmt: skip
+    span = calls.tracing.start(
+        "workflow.llm",
+        parent=parent,
+        kind="client",
+        attributes={
+            "server.address": calls.targets[t],
+            "gen_ai.usage.input_tokens": prompt,
+            "gen_ai.request.max_tokens": node.output_tokens,
+        },
+    )
     headers = calls.tracing.headers(span)
     kw = {"model": calls.models[t], "stream": calls.stream, "headers": headers}
     try:
         if calls.chat:
-            res = await calls.clients[t].chat([{"role": "user", "content": " tok" * prompt}], node.output_tokens, **kw)
+            res = await calls.clients[t].chat(
+                [{"role": "user", "content": " tok" * prompt}], node.output_tokens, **kw
+            )
         else:
             res = await calls.clients[t].completion(prompt_ids(prompt, rid), node.output_tokens, **kw)
     except BaseException as exc:
@@ -147,10 +172,18 @@ async def _llm(calls: _Calls, inst: WorkflowInstance, i: int, parent, start: flo
         raise
     finally:
         calls.view.counts[t] -= 1
-    calls.tracing.end(span, error=None if res.ok else res.error, **{"gen_ai.usage.output_tokens": res.output_tokens})
-    return NodeOutcome(status=COMPLETED if res.ok else FAILED, start_s=start,
-                       end_s=res.finish_s if res.ok else float("nan"), prompt_tokens=res.prompt_tokens or prompt,
-                       output_tokens=res.output_tokens, request_id=rid, reason=res.error)  # fmt: skip
+    calls.tracing.end(
+        span, error=None if res.ok else res.error, **{"gen_ai.usage.output_tokens": res.output_tokens}
+    )
+    return NodeOutcome(
+        status=COMPLETED if res.ok else FAILED,
+        start_s=start,
+        end_s=res.finish_s if res.ok else float("nan"),
+        prompt_tokens=res.prompt_tokens or prompt,
+        output_tokens=res.output_tokens,
+        request_id=rid,
+        reason=res.error,
+    )
 
 
 async def _node(calls: _Calls, inst: WorkflowInstance, i: int, root, start: float) -> NodeOutcome:
@@ -175,11 +208,13 @@ async def _node(calls: _Calls, inst: WorkflowInstance, i: int, root, start: floa
 
 
 async def _workflow(calls: _Calls, inst: WorkflowInstance, sink: dict[int, list[NodeOutcome]]) -> None:
-    """Every node of one workflow, each as soon as its parents completed (``WorkflowProgress``, the simulator's
-    bookkeeping); its outcomes, in node order, go to ``sink[inst.id]`` however it ends (a workflow cancelled at
-    the drain deadline keeps what it finished)."""
+    """Every node of one workflow, each as soon as its parents completed (``WorkflowProgress``, the
+    simulator's bookkeeping); its outcomes, in node order, go to ``sink[inst.id]`` however it ends (a workflow
+    cancelled at the drain deadline keeps what it finished)."""
     tr = calls.tracing
-    root = tr.start("workflow", attributes={"fleettwin.workflow": inst.id, "fleettwin.template": inst.template})
+    root = tr.start(
+        "workflow", attributes={"fleettwin.workflow": inst.id, "fleettwin.template": inst.template}
+    )
     progress = WorkflowProgress(inst)
     running: dict[asyncio.Task, int] = {}
 
@@ -228,8 +263,8 @@ async def run_workflows(
     tracing: Tracing = NOOP,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Execute ``instances`` (sorted by arrival) against ``targets``; (one row per workflow, one per node).
-    ``retriever`` gives the query text, and answers it unless ``retrieval_collection`` sends the searches to the
-    first target's ``/v1/retrieve``."""
+    ``retriever`` gives the query text, and answers it unless ``retrieval_collection`` sends the searches to
+    the first target's ``/v1/retrieve``."""
     if not targets:
         raise ValueError("at least one target URL is needed")
     if speedup <= 0:
@@ -242,16 +277,34 @@ async def run_workflows(
     def clock() -> float:
         return time.perf_counter() - t0
 
-    clients = [VllmClient(u, token=token, verify=verify, timeout_s=timeout_s, retries=retries, clock=clock)
-               for u in targets]  # fmt: skip
-    service = (ServiceRetriever(targets[0], retrieval_collection, token=token, verify=verify, timeout_s=timeout_s)
-               if retrieval_collection else None)  # fmt: skip
+    clients = [
+        VllmClient(u, token=token, verify=verify, timeout_s=timeout_s, retries=retries, clock=clock)
+        for u in targets
+    ]
+    service = (
+        ServiceRetriever(targets[0], retrieval_collection, token=token, verify=verify, timeout_s=timeout_s)
+        if retrieval_collection
+        else None
+    )
     runs: dict[asyncio.Task, WorkflowInstance] = {}
     results: dict[int, list[NodeOutcome]] = {}
     try:
         models = [model] * len(targets) if model is not None else await discover_models(clients)
-        calls = _Calls(clients, list(targets), models, REPLICA_ROUTERS.create(router), InFlightView(len(targets)),
-                       clock, chat, stream, retriever, service, k, context_tokens, tracing)  # fmt: skip
+        calls = _Calls(
+            clients,
+            list(targets),
+            models,
+            REPLICA_ROUTERS.create(router),
+            InFlightView(len(targets)),
+            clock,
+            chat,
+            stream,
+            retriever,
+            service,
+            k,
+            context_tokens,
+            tracing,
+        )
         t0 = time.perf_counter()  # the run starts after discovery
 
         for inst in todo:
@@ -270,13 +323,18 @@ async def run_workflows(
     finally:
         for task in runs:
             task.cancel()
-        await asyncio.gather(*(c.aclose() for c in clients), *([service.aclose()] if service else []),
-                             return_exceptions=True)  # fmt: skip
+        await asyncio.gather(
+            *(c.aclose() for c in clients), *([service.aclose()] if service else []), return_exceptions=True
+        )
     wf, nodes = [], []
     for inst in runs.values():
         scaled = dataclasses.replace(inst, arrival_s=inst.arrival_s / speedup)
-        out = results.get(inst.id) or [NodeOutcome(status=UNFINISHED, reason="cancelled")] * len(inst.nodes)  # never ran
+        out = results.get(inst.id) or [NodeOutcome(status=UNFINISHED, reason="cancelled")] * len(
+            inst.nodes
+        )  # never ran
         wf.append(workflow_row(scaled, out))
         nodes += node_rows(scaled, out)
-    return (pd.DataFrame.from_records(wf, columns=list(WORKFLOW_COLUMNS)),
-            pd.DataFrame.from_records(nodes, columns=list(NODE_COLUMNS)))  # fmt: skip
+    return (
+        pd.DataFrame.from_records(wf, columns=list(WORKFLOW_COLUMNS)),
+        pd.DataFrame.from_records(nodes, columns=list(NODE_COLUMNS)),
+    )

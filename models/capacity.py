@@ -18,12 +18,12 @@ TTFT within the SLO, ``B <= max_num_seqs``, the iteration within ``max_num_batch
 in use, ``B * (P + O / 2)``, within ``kv_fraction`` of the replica's KV cache.
 
 What it leaves out, and why the callers add headroom: queueing delay (it grows without bound as load
-approaches this capacity, so running at 100 % of it breaks the TTFT SLO), the spread of request lengths
-(only means enter; long prompts cost more attention than the mean says) and preemption under KV pressure.
-Checked against the simulator by ``sim/capacity_probe.py``: on the Azure conversation mix the closed form is
-11-38 % above the simulator's knee (the length spread: long prompts make iterations slower than the mean
-iteration, and KV use fluctuates around its mean), so ``CapacityParams.measured`` lets a measured value replace
-it for a replica shape (``docs/allocation.md``).
+approaches this capacity, so running at 100 % of it breaks the TTFT SLO), the spread of request lengths (only
+means enter; long prompts cost more attention than the mean says) and preemption under KV pressure. Checked
+against the simulator by ``sim/capacity_probe.py``: on the Azure conversation mix the closed form is 11-38 %
+above the simulator's knee (the length spread: long prompts make iterations slower than the mean iteration,
+and KV use fluctuates around its mean), so ``CapacityParams.measured`` lets a measured value replace it for a
+replica shape (``docs/allocation.md``).
 """
 
 from __future__ import annotations
@@ -74,13 +74,30 @@ def steady_batch(batch_size: int, prompt_tokens: float, output_tokens: float, ch
     )
 
 
-def replica_capacity(perf: PerformanceModel, *, prompt_tokens: float, output_tokens: float, slo: Slo,
-                     kv_tokens: float, gpus: int, max_num_seqs: int = 256, max_num_batched_tokens: int = 8192,
-                     kv_fraction: float = 0.9) -> ReplicaCapacity:
+def replica_capacity(
+    perf: PerformanceModel,
+    *,
+    prompt_tokens: float,
+    output_tokens: float,
+    slo: Slo,
+    kv_tokens: float,
+    gpus: int,
+    max_num_seqs: int = 256,
+    max_num_batched_tokens: int = 8192,
+    kv_fraction: float = 0.9,
+) -> ReplicaCapacity:
     """Capacity of one replica whose step times ``perf`` gives; pure arithmetic, no catalog."""
     p, o = float(prompt_tokens), float(output_tokens)
-    best = ReplicaCapacity(requests_per_s=0.0, tokens_per_s=0.0, output_tokens_per_s=0.0, batch_size=0,
-                           step_time_s=0.0, ttft_s=0.0, limit="unfit", gpus=gpus)
+    best = ReplicaCapacity(
+        requests_per_s=0.0,
+        tokens_per_s=0.0,
+        output_tokens_per_s=0.0,
+        batch_size=0,
+        step_time_s=0.0,
+        ttft_s=0.0,
+        limit="unfit",
+        gpus=gpus,
+    )
     limit = "max_num_seqs"
     for b in range(1, max_num_seqs + 1):
         if b * (1 + p / o) > max_num_batched_tokens:
@@ -98,27 +115,51 @@ def replica_capacity(perf: PerformanceModel, *, prompt_tokens: float, output_tok
             else:
                 rps = b / (o * tau)
                 if rps >= best.requests_per_s:
-                    best = ReplicaCapacity(requests_per_s=rps, tokens_per_s=rps * (p + o),
-                                           output_tokens_per_s=rps * o, batch_size=b, step_time_s=tau,
-                                           ttft_s=ttft, limit="max_num_seqs", gpus=gpus)
+                    best = ReplicaCapacity(
+                        requests_per_s=rps,
+                        tokens_per_s=rps * (p + o),
+                        output_tokens_per_s=rps * o,
+                        batch_size=b,
+                        step_time_s=tau,
+                        ttft_s=ttft,
+                        limit="max_num_seqs",
+                        gpus=gpus,
+                    )
                 continue
         break  # every constraint only tightens as the batch grows
     if best.batch_size == 0:
-        return ReplicaCapacity(requests_per_s=0.0, tokens_per_s=0.0, output_tokens_per_s=0.0, batch_size=0,
-                               step_time_s=0.0, ttft_s=0.0, limit=f"unfit ({limit} at batch 1)", gpus=gpus)
+        return ReplicaCapacity(
+            requests_per_s=0.0,
+            tokens_per_s=0.0,
+            output_tokens_per_s=0.0,
+            batch_size=0,
+            step_time_s=0.0,
+            ttft_s=0.0,
+            limit=f"unfit ({limit} at batch 1)",
+            gpus=gpus,
+        )
     return _with_limit(best, limit)
 
 
 def _with_limit(cap: ReplicaCapacity, limit: str) -> ReplicaCapacity:
-    return ReplicaCapacity(requests_per_s=cap.requests_per_s, tokens_per_s=cap.tokens_per_s,
-                           output_tokens_per_s=cap.output_tokens_per_s, batch_size=cap.batch_size,
-                           step_time_s=cap.step_time_s, ttft_s=cap.ttft_s, limit=limit, gpus=cap.gpus)
+    return ReplicaCapacity(
+        requests_per_s=cap.requests_per_s,
+        tokens_per_s=cap.tokens_per_s,
+        output_tokens_per_s=cap.output_tokens_per_s,
+        batch_size=cap.batch_size,
+        step_time_s=cap.step_time_s,
+        ttft_s=cap.ttft_s,
+        limit=limit,
+        gpus=cap.gpus,
+    )
 
 
 class CapacityParams(StrictModel):
     """Engine settings and the performance model the capacity is computed with (vLLM names)."""
 
-    perf_model: PolicyRef = PolicyRef(name="auto")  # calibrated where the GPU has a built-in profile, else roofline
+    perf_model: PolicyRef = PolicyRef(
+        name="auto"
+    )  # calibrated where the GPU has a built-in profile, else roofline
     max_num_seqs: int = Field(default=256, gt=0)
     max_num_batched_tokens: int = Field(default=8192, gt=1)
     block_size: int = Field(default=16, gt=0)
@@ -160,40 +201,82 @@ class CapacityModel:
         if tp is not None:
             return tp
         try:
-            return min_tensor_parallel(self.catalog.gpu(gpu), self.catalog.llm(llm),
-                                       gpu_memory_utilization=self.params.gpu_memory_utilization)
+            return min_tensor_parallel(
+                self.catalog.gpu(gpu),
+                self.catalog.llm(llm),
+                gpu_memory_utilization=self.params.gpu_memory_utilization,
+            )
         except FleettwinError:
             return None
 
-    def replica(self, gpu: str, llm: str, *, tp: int | None = None, prompt_tokens: float = 1000.0,
-                output_tokens: float = 200.0, slo: Slo | None = None) -> ReplicaCapacity:
+    def replica(
+        self,
+        gpu: str,
+        llm: str,
+        *,
+        tp: int | None = None,
+        prompt_tokens: float = 1000.0,
+        output_tokens: float = 200.0,
+        slo: Slo | None = None,
+    ) -> ReplicaCapacity:
         slo = slo or Slo()
         tp_ = self.tp(gpu, llm, tp)
         # Rounding the mix to 2 significant digits keeps the cache small as observed means wander.
-        key = (gpu, llm, tp_, float(f"{prompt_tokens:.2g}"), float(f"{output_tokens:.2g}"), slo.ttft_s, slo.tpot_s)
+        key = (
+            gpu,
+            llm,
+            tp_,
+            float(f"{prompt_tokens:.2g}"),
+            float(f"{output_tokens:.2g}"),
+            slo.ttft_s,
+            slo.tpot_s,
+        )
         if key not in self._cache:
             cap = self._compute(gpu, llm, tp_, key[3], key[4], slo)
             measured = self.params.measured.get(f"{gpu}/{llm}/{tp_}")
             if measured is not None and cap.requests_per_s > 0:
                 f = measured / cap.requests_per_s  # same batch and step time, fewer requests through them
-                cap = ReplicaCapacity(requests_per_s=measured, tokens_per_s=cap.tokens_per_s * f,
-                                      output_tokens_per_s=cap.output_tokens_per_s * f, batch_size=cap.batch_size,
-                                      step_time_s=cap.step_time_s, ttft_s=cap.ttft_s, limit="measured",
-                                      gpus=cap.gpus)  # fmt: skip
+                cap = ReplicaCapacity(
+                    requests_per_s=measured,
+                    tokens_per_s=cap.tokens_per_s * f,
+                    output_tokens_per_s=cap.output_tokens_per_s * f,
+                    batch_size=cap.batch_size,
+                    step_time_s=cap.step_time_s,
+                    ttft_s=cap.ttft_s,
+                    limit="measured",
+                    gpus=cap.gpus,
+                )
             self._cache[key] = cap
         return self._cache[key]
 
     def _compute(self, gpu: str, llm: str, tp: int | None, p: float, o: float, slo: Slo) -> ReplicaCapacity:
         if tp is None:
-            return ReplicaCapacity(requests_per_s=0.0, tokens_per_s=0.0, output_tokens_per_s=0.0, batch_size=0,
-                                   step_time_s=0.0, ttft_s=0.0, limit="unfit (model does not fit)", gpus=1)
+            return ReplicaCapacity(
+                requests_per_s=0.0,
+                tokens_per_s=0.0,
+                output_tokens_per_s=0.0,
+                batch_size=0,
+                step_time_s=0.0,
+                ttft_s=0.0,
+                limit="unfit (model does not fit)",
+                gpus=1,
+            )
         g, m, pr = self.catalog.gpu(gpu), self.catalog.llm(llm), self.params
         try:
-            blocks = kv_cache_blocks(g, m, tp, gpu_memory_utilization=pr.gpu_memory_utilization,
-                                     block_size=pr.block_size)
+            blocks = kv_cache_blocks(
+                g, m, tp, gpu_memory_utilization=pr.gpu_memory_utilization, block_size=pr.block_size
+            )
         except FleettwinError:
             blocks = 0
         perf = PERF_MODELS.create(pr.perf_model.name, pr.perf_model.params, gpu=g, llm=m, tp=tp)
-        return replica_capacity(perf, prompt_tokens=p, output_tokens=o, slo=slo, kv_tokens=blocks * pr.block_size,
-                                gpus=tp, max_num_seqs=pr.max_num_seqs,
-                                max_num_batched_tokens=pr.max_num_batched_tokens, kv_fraction=pr.kv_fraction)
+        return replica_capacity(
+            perf,
+            prompt_tokens=p,
+            output_tokens=o,
+            slo=slo,
+            kv_tokens=blocks * pr.block_size,
+            gpus=tp,
+            max_num_seqs=pr.max_num_seqs,
+            max_num_batched_tokens=pr.max_num_batched_tokens,
+            kv_fraction=pr.kv_fraction,
+        )

@@ -1,8 +1,8 @@
 """GPU and LLM catalogs, and the sizing rules built on them.
 
 The specs come from ``models/data/{gpus,llms}.csv`` (sources and caveats in ``models/data/SOURCES.md``). Two
-sizing rules follow vLLM's own start-up arithmetic, so that the simulator, the allocators and a live vLLM agree
-on how many GPUs a replica needs (:func:`min_tensor_parallel`) and how many KV blocks it holds
+sizing rules follow vLLM's own start-up arithmetic, so that the simulator, the allocators and a live vLLM
+agree on how many GPUs a replica needs (:func:`min_tensor_parallel`) and how many KV blocks it holds
 (:func:`kv_cache_blocks`).
 
 Units: ``memory_gb`` is read as GiB (see :attr:`GpuSpec.memory_bytes`); every other "GB" is decimal.
@@ -31,9 +31,9 @@ GPUS_PER_NODE = 8  # TP 16 is two 8-GPU nodes joined by the inter-node network
 SPOT_FRACTION_OF_ON_DEMAND = 0.5  # rule of thumb where no spot price was found (SOURCES.md)
 
 # Activation/runtime reserve, modelled on vLLM's start-up profiling: it runs one forward pass of
-# ``max_num_batched_tokens`` dummy tokens (8192 by default) with ``max_num_seqs`` (256) sequences sampling, and
-# keeps the peak for activations. On top of that the CUDA context, cuBLAS/NCCL workspaces and CUDA graphs take
-# about 1 GiB that the KV cache cannot use.
+# ``max_num_batched_tokens`` dummy tokens (8192 by default) with ``max_num_seqs`` (256) sequences sampling,
+# and keeps the peak for activations. On top of that the CUDA context, cuBLAS/NCCL workspaces and CUDA graphs
+# take about 1 GiB that the KV cache cannot use.
 PROFILE_TOKENS = 8192
 PROFILE_SEQS = 256
 RUNTIME_RESERVE_BYTES = 1.0 * GIB
@@ -93,9 +93,10 @@ class GpuSpec:
 class LlmSpec:
     """One model's shapes (HF ``config.json`` names) and the quantities derived from them.
 
-    MoE fields: ``intermediate_size`` is the dense FFN width; ``moe_intermediate_size`` the per-expert width where
-    it differs (DeepSeek-V3); ``num_dense_layers`` leading layers have a dense FFN instead of experts. MLA models
-    (``kv_lora_rank`` > 0) cache one compressed latent of ``kv_lora_rank + qk_rope_head_dim`` per token and layer.
+    MoE fields: ``intermediate_size`` is the dense FFN width; ``moe_intermediate_size`` the per-expert width
+    where it differs (DeepSeek-V3); ``num_dense_layers`` leading layers have a dense FFN instead of experts.
+    MLA models (``kv_lora_rank`` > 0) cache one compressed latent of ``kv_lora_rank + qk_rope_head_dim`` per
+    token and layer.
     """
 
     id: str
@@ -149,12 +150,15 @@ class LlmSpec:
     @property
     def active_params(self) -> float:
         """Parameters used per token: the total less the experts a token is not routed to."""
-        inactive = self.moe_layers * (self.num_experts - self.experts_per_token) * self.params_per_expert_layer
+        inactive = (
+            self.moe_layers * (self.num_experts - self.experts_per_token) * self.params_per_expert_layer
+        )
         return self.params - inactive
 
     @property
     def embedding_params(self) -> float:
-        """Input embedding table; the LM head is a separate matrix of the same size (untied, as in llms.csv)."""
+        """Input embedding table; the LM head is a separate matrix of the same size (untied, as in
+        llms.csv)."""
         return self.vocab_size * self.hidden_size
 
     @property
@@ -184,8 +188,8 @@ class LlmSpec:
     def kv_bytes_per_token_per_gpu(self, tp: int, dtype_bytes: float = 2) -> float:
         """KV cache per token held by each GPU of a ``tp``-way replica.
 
-        KV heads are split across GPUs; when ``tp`` exceeds the KV heads, vLLM replicates them so each GPU still
-        holds one. MLA's latent is not split by head, so every GPU holds all of it.
+        KV heads are split across GPUs; when ``tp`` exceeds the KV heads, vLLM replicates them so each GPU
+        still holds one. MLA's latent is not split by head, so every GPU holds all of it.
         """
         if self.uses_mla:
             return self.kv_bytes_per_token(dtype_bytes)
@@ -193,7 +197,8 @@ class LlmSpec:
         return 2 * self.num_layers * heads_per_gpu * self.head_dim * dtype_bytes
 
     def splits_evenly(self, tp: int) -> bool:
-        """Whether ``tp`` GPUs can share the attention heads: heads divide, KV heads divide or are replicated."""
+        """Whether ``tp`` GPUs can share the attention heads: heads divide, KV heads divide or are
+        replicated."""
         kv = self.num_key_value_heads
         return self.num_attention_heads % tp == 0 and (kv % tp == 0 or tp % kv == 0)
 
@@ -341,7 +346,8 @@ class Catalog:
     llms: Mapping[str, LlmSpec]
 
     def __post_init__(self) -> None:
-        # Read-only views so a shared catalog (``default()`` is cached) cannot be changed behind a caller's back.
+        # Read-only views so a shared catalog (``default()`` is cached) cannot be changed behind a caller's
+        # back.
         object.__setattr__(self, "gpus", MappingProxyType(dict(self.gpus)))
         object.__setattr__(self, "llms", MappingProxyType(dict(self.llms)))
 
@@ -369,8 +375,8 @@ class Catalog:
     ) -> Catalog:
         """A new catalog with fields of existing ids changed and new ids added (a new id needs every field).
 
-        Field names are those of :class:`GpuSpec` / :class:`LlmSpec`. A GPU whose spot price was estimated keeps
-        it estimated (0.5 x on-demand) unless the override gives one.
+        Field names are those of :class:`GpuSpec` / :class:`LlmSpec`. A GPU whose spot price was estimated
+        keeps it estimated (0.5 x on-demand) unless the override gives one.
         """
         new_gpus = dict(self.gpus)
         for id_, values in (gpus or {}).items():
@@ -395,11 +401,11 @@ def _as_mapping(kind: str, id_: str, values: Any) -> Mapping[str, Any]:
 def default_activation_reserve_bytes(llm: LlmSpec, tp: int, *, dtype_bytes: float = 2) -> float:
     """Per-GPU memory that neither weights nor KV cache may use, as vLLM's profiling run would find it.
 
-    Peak activations of one forward pass over ``PROFILE_TOKENS`` tokens: the FFN's gate/up output and activation
-    (3 x the active FFN width, split by TP) plus about four hidden-sized buffers (residual, norm output, attention
-    in/out), and FP32 logits for ``PROFILE_SEQS`` sampling sequences, twice (logits and probabilities). Plus
-    ``RUNTIME_RESERVE_BYTES``. For llama-3-8b on one GPU this is 1.24 GB + 1 GiB = 2.3 GB, close to the
-    "PyTorch activation peak memory ~1.2 GiB" vLLM logs for 7-8B models.
+    Peak activations of one forward pass over ``PROFILE_TOKENS`` tokens: the FFN's gate/up output and
+    activation (3 x the active FFN width, split by TP) plus about four hidden-sized buffers (residual, norm
+    output, attention in/out), and FP32 logits for ``PROFILE_SEQS`` sampling sequences, twice (logits and
+    probabilities). Plus ``RUNTIME_RESERVE_BYTES``. For llama-3-8b on one GPU this is 1.24 GB + 1 GiB = 2.3
+    GB, close to the "PyTorch activation peak memory ~1.2 GiB" vLLM logs for 7-8B models.
     """
     ffn_width = llm.intermediate_size
     if llm.is_moe:  # fused MoE keeps one intermediate per (token, chosen expert); dense layers may be wider
@@ -422,8 +428,13 @@ def _check_sizing_args(llm: LlmSpec, tp: int, gpu_memory_utilization: float, blo
         )
 
 
-def _reserve_bytes(llm: LlmSpec, tp: int, activation_reserve_gb: float | None, dtype_bytes: float,
-                   extra_reserve_gb: float = 0.0) -> float:  # fmt: skip
+def _reserve_bytes(
+    llm: LlmSpec,
+    tp: int,
+    activation_reserve_gb: float | None,
+    dtype_bytes: float,
+    extra_reserve_gb: float = 0.0,
+) -> float:
     if activation_reserve_gb is None:
         return default_activation_reserve_bytes(llm, tp, dtype_bytes=dtype_bytes) + extra_reserve_gb * 1e9
     return (activation_reserve_gb + extra_reserve_gb) * 1e9
@@ -470,16 +481,21 @@ def kv_cache_blocks(
 ) -> int:
     """KV blocks of ``block_size`` tokens that one replica of ``tp`` GPUs holds, as vLLM sizes its cache.
 
-    Every GPU of the replica holds its share of every block, so the count is set per GPU: free bytes per GPU over
-    KV bytes per token per GPU. ``activation_reserve_gb`` (decimal GB per GPU) replaces
+    Every GPU of the replica holds its share of every block, so the count is set per GPU: free bytes per GPU
+    over KV bytes per token per GPU. ``activation_reserve_gb`` (decimal GB per GPU) replaces
     :func:`default_activation_reserve_bytes`. ``dtype_bytes`` is per weight (1 for FP8 checkpoints),
     ``kv_dtype_bytes`` per KV element (vLLM's ``kv_cache_dtype``; default: the same as the weights).
     """
     kv_bytes = dtype_bytes if kv_dtype_bytes is None else kv_dtype_bytes
     _check_sizing_args(llm, tp, gpu_memory_utilization, block_size)
     free = kv_cache_free_bytes_per_gpu(
-        gpu, llm, tp, gpu_memory_utilization=gpu_memory_utilization,
-        activation_reserve_gb=activation_reserve_gb, dtype_bytes=dtype_bytes, extra_reserve_gb=extra_reserve_gb,
+        gpu,
+        llm,
+        tp,
+        gpu_memory_utilization=gpu_memory_utilization,
+        activation_reserve_gb=activation_reserve_gb,
+        dtype_bytes=dtype_bytes,
+        extra_reserve_gb=extra_reserve_gb,
     )
     blocks = math.floor(free / (block_size * llm.kv_bytes_per_token_per_gpu(tp, kv_bytes)))
     if blocks <= 0:
@@ -516,8 +532,13 @@ def min_tensor_parallel(
         if not llm.splits_evenly(tp):
             continue
         free = kv_cache_free_bytes_per_gpu(
-            gpu, llm, tp, gpu_memory_utilization=gpu_memory_utilization,
-            activation_reserve_gb=activation_reserve_gb, dtype_bytes=dtype_bytes, extra_reserve_gb=extra_reserve_gb,
+            gpu,
+            llm,
+            tp,
+            gpu_memory_utilization=gpu_memory_utilization,
+            activation_reserve_gb=activation_reserve_gb,
+            dtype_bytes=dtype_bytes,
+            extra_reserve_gb=extra_reserve_gb,
         )
         tokens = max(0.0, free) / llm.kv_bytes_per_token_per_gpu(tp, kv_bytes)
         if tokens >= need:

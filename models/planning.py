@@ -1,5 +1,5 @@
-"""The searches behind ``fleettwin sim plan``, apart from any simulator: the least replica count that meets a set
-of targets, and the highest rate a fixed deployment serves within them.
+"""The searches behind ``fleettwin sim plan``, apart from any simulator: the least replica count that meets a
+set of targets, and the highest rate a fixed deployment serves within them.
 
 Both assume monotonicity, which the simulator gives by construction: at a fixed rate, more replicas never
 make latency worse (the same requests, more servers); at a fixed deployment, a higher ``rate_scale`` adds
@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 @dataclass
 class ReplicaSearch:
     """The least ``n`` in ``[1, max_n]`` with ``ok(n)``; ``tried`` maps every ``n`` simulated to its result.
-    ``best`` is None when even ``max_n`` fails; otherwise ``best - 1`` was tried and failed (or ``best`` is 1)."""
+    ``best`` is None when even ``max_n`` fails; otherwise ``best - 1`` was tried and failed (or ``best`` is
+    1)."""
 
     best: int | None
     tried: dict[int, bool] = field(default_factory=dict)
@@ -74,8 +75,15 @@ class RateSearch:
     tried: dict[float, bool] = field(default_factory=dict)
 
 
-def highest_rate(ok: Callable[[float], bool], start: float, *, rel_tol: float = 0.03, step: float = 1.5,
-                 min_rate: float = 1e-3, max_rate: float = 1e6) -> RateSearch:  # fmt: skip
+def highest_rate(
+    ok: Callable[[float], bool],
+    start: float,
+    *,
+    rel_tol: float = 0.03,
+    step: float = 1.5,
+    min_rate: float = 1e-3,
+    max_rate: float = 1e6,
+) -> RateSearch:
     """Bracket the boundary by factors of ``step`` from ``start``, then bisect until the bracket is within
     ``rel_tol`` of its upper end. Rates are rounded to 4 significant digits (what a report shows)."""
     tried: dict[float, bool] = {}

@@ -3,8 +3,8 @@ requests, is at most 2 s".
 
 Over *all* requests: one that was rejected or never finished counts as infinitely late, so a deployment that
 turns work away cannot meet a target by serving only the easy requests (the attainment form, ``ttft_s`` and
-``tpot_s``, counts the share of requests within both bounds instead). TPOT is undefined for a one-token answer;
-those requests are left out of the TPOT population.
+``tpot_s``, counts the share of requests within both bounds instead). TPOT is undefined for a one-token
+answer; those requests are left out of the TPOT population.
 """
 
 from __future__ import annotations
@@ -40,13 +40,19 @@ def parse_target_key(key: str, value: object, *, known: list[str] | None = None)
     m = _KEY.fullmatch(key)
     if m is None or m["metric"] not in METRICS:
         hint = did_you_mean(key, [*(known or []), *EXAMPLES.split(", ")])
-        raise ValueError(f"unknown key {key!r}{hint}; a percentile target is <metric>_p<q>_s with metric one of "
-                         f"{', '.join(METRICS)} and q two or more digits ({EXAMPLES})")  # fmt: skip
+        raise ValueError(
+            f"unknown key {key!r}{hint}; a percentile target is <metric>_p<q>_s with metric one of "
+            f"{', '.join(METRICS)} and q two or more digits ({EXAMPLES})"
+        )
     digits = m["digits"]
     q = float(digits) if len(digits) == 2 else float("0." + digits) * 100  # p999 -> 99.9
     if not 0 < q < 100:
         raise ValueError(f"{key}: the percentile must be between 0 and 100 exclusive, got {q:g}")
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value > 0):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (math.isfinite(value) and value > 0)
+    ):
         raise ValueError(f"{key}: a target is a number of seconds > 0, got {value!r}")
     return Target(key=key, metric=m["metric"], q=round(q, 6), limit_s=float(value))
 

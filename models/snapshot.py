@@ -36,6 +36,7 @@ PURCHASES: tuple[Purchase, ...] = ("on_demand", "spot")
 GpuKey = tuple[str, Purchase]
 """(gpu type, purchase option): the unit in which targets, inventories and prices are counted."""
 
+
 class SeamError(FleettwinError):
     """A snapshot that contradicts itself, or a decision that does not fit its snapshot."""
 
@@ -129,7 +130,9 @@ class ServingStats:
         _check(0.0 <= self.kv_usage <= 1.0, f"kv_usage must be in [0, 1], got {self.kv_usage}")
         _check(self.history_bucket_s > 0, "history_bucket_s must be positive")
         _check(all(r is None or r >= 0 for r in self.arrival_rate_history), "arrival rates must be >= 0")
-        _check(self.mean_prompt_tokens >= 1 and self.mean_output_tokens >= 1, "mean token counts must be >= 1")
+        _check(
+            self.mean_prompt_tokens >= 1 and self.mean_output_tokens >= 1, "mean token counts must be >= 1"
+        )
 
     @property
     def current_rate(self) -> float:
@@ -144,8 +147,9 @@ class ServingStats:
 class PoolState:
     """One pool: a tier's GPUs in one region, serving one model (inference) or running jobs.
 
-    ``gpu``/``purchase`` are the pool's configured type, which every allocator but ``milp`` keeps. ``tp`` is the
-    GPUs per replica of an inference pool (``None``: the smallest that fits, per GPU type); job pools count GPUs.
+    ``gpu``/``purchase`` are the pool's configured type, which every allocator but ``milp`` keeps. ``tp`` is
+    the GPUs per replica of an inference pool (``None``: the smallest that fits, per GPU type); job pools
+    count GPUs.
     """
 
     __pydantic_config__ = _STRICT
@@ -170,19 +174,29 @@ class PoolState:
     def key(self) -> GpuKey:
         return (self.gpu, self.purchase)
 
-    def held(self, key: GpuKey | None = None, *, states: tuple[GpuState, ...] = ("active", "provisioning"),
-             lent: bool | None = None) -> int:
+    def held(
+        self,
+        key: GpuKey | None = None,
+        *,
+        states: tuple[GpuState, ...] = ("active", "provisioning"),
+        lent: bool | None = None,
+    ) -> int:
         """GPUs held (of ``key``, in ``states``); ``lent=True`` only borrowed ones, ``False`` only own."""
         return sum(
-            g.count for g in self.gpus
-            if g.state in states and (key is None or g.key == key)
+            g.count
+            for g in self.gpus
+            if g.state in states
+            and (key is None or g.key == key)
             and (lent is None or (g.lent_from is not None) == lent)
         )
 
     def borrowed_from(self, owner: str, key: GpuKey | None = None) -> int:
         """Ready GPUs on loan here from ``owner``."""
-        return sum(g.count for g in self.gpus
-                   if g.lent_from == owner and g.state == "active" and (key is None or g.key == key))
+        return sum(
+            g.count
+            for g in self.gpus
+            if g.lent_from == owner and g.state == "active" and (key is None or g.key == key)
+        )
 
     def keys(self) -> set[GpuKey]:
         return {g.key for g in self.gpus if g.state != "draining"} | {self.key}
@@ -192,9 +206,10 @@ class PoolState:
 class Job:
     """A training or operational job, queued or running in a job pool.
 
-    Work is in GPU-seconds at linear scaling. ``last_checkpoint_s`` (absolute time; ``None``: never, i.e. since
-    it started at ``started_s``) bounds the work a preemption throws away; ``restore_s`` is the time to load the
-    checkpoint on restart. ``deadline_s`` (absolute) is for operational jobs (batch, evaluation, embeddings).
+    Work is in GPU-seconds at linear scaling. ``last_checkpoint_s`` (absolute time; ``None``: never, i.e.
+    since it started at ``started_s``) bounds the work a preemption throws away; ``restore_s`` is the time to
+    load the checkpoint on restart. ``deadline_s`` (absolute) is for operational jobs (batch, evaluation,
+    embeddings).
     """
 
     __pydantic_config__ = _STRICT
@@ -217,8 +232,10 @@ class Job:
         _check(1 <= self.min_gpus <= self.max_gpus, f"job {self.id}: need 1 <= min_gpus <= max_gpus")
         _check(self.remaining_gpu_s >= 0 and self.restore_s >= 0, f"job {self.id}: negative work or restore")
         if self.state == "running":
-            _check(self.min_gpus <= self.gpus <= self.max_gpus, f"job {self.id}: running on {self.gpus} GPUs, "
-                   f"outside [{self.min_gpus}, {self.max_gpus}]")
+            _check(
+                self.min_gpus <= self.gpus <= self.max_gpus,
+                f"job {self.id}: running on {self.gpus} GPUs, outside [{self.min_gpus}, {self.max_gpus}]",
+            )
         else:
             _check(self.gpus == 0, f"job {self.id}: a queued job holds no GPUs")
 
@@ -242,8 +259,10 @@ class InventoryItem:
     provisioning_delay_s: float = 0.0
 
     def __post_init__(self) -> None:
-        _check(self.limit >= 0 and self.price_usd_h >= 0 and self.provisioning_delay_s >= 0,
-               f"inventory {self.gpu}/{self.purchase}: limit, price and delay must be >= 0")
+        _check(
+            self.limit >= 0 and self.price_usd_h >= 0 and self.provisioning_delay_s >= 0,
+            f"inventory {self.gpu}/{self.purchase}: limit, price and delay must be >= 0",
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -268,12 +287,16 @@ class FleetSnapshot(JsonRecord):
         by_name = {p.name: p for p in self.pools}
         for job in self.jobs:
             _check(job.pool in by_name, f"job {job.id}: unknown pool {job.pool!r}")
-            _check(by_name[job.pool].tier == job.tier, f"job {job.id}: tier {job.tier} in a "
-                   f"{by_name[job.pool].tier} pool")
+            _check(
+                by_name[job.pool].tier == job.tier,
+                f"job {job.id}: tier {job.tier} in a {by_name[job.pool].tier} pool",
+            )
         for pool in self.pools:
             for g in pool.gpus:
-                _check(g.lent_from is None or g.lent_from in by_name,
-                       f"pool {pool.name}: GPUs lent from unknown pool {g.lent_from!r}")
+                _check(
+                    g.lent_from is None or g.lent_from in by_name,
+                    f"pool {pool.name}: GPUs lent from unknown pool {g.lent_from!r}",
+                )
 
     # ---- look-ups ------------------------------------------------------------------------------------
     def pool(self, name: str) -> PoolState:
@@ -313,8 +336,11 @@ class FleetSnapshot(JsonRecord):
     def check(self) -> None:
         """Raise if the fleet already holds more GPUs than its inventory allows (a broken snapshot)."""
         for (key, region), n in _totals({p.name: _current(p) for p in self.pools}, self).items():
-            _check(n <= self.limit(key, region), f"snapshot holds {n} {key[0]}/{key[1]} GPUs in {region}, "
-                   f"inventory allows {self.limit(key, region)}")
+            _check(
+                n <= self.limit(key, region),
+                f"snapshot holds {n} {key[0]}/{key[1]} GPUs in {region}, "
+                f"inventory allows {self.limit(key, region)}",
+            )
 
 
 # ------------------------------------------------------------------------------------------ decision
@@ -420,7 +446,6 @@ class Decision(JsonRecord):
         return sum(t.gpus * snapshot.price(t.key, region[t.pool]) for t in self.targets if t.gpus)
 
 
-
 # ---------------------------------------------------------------------------------------- validation
 
 
@@ -462,8 +487,11 @@ def conserve(snapshot: FleetSnapshot, decision: Decision) -> None:
     for t in decision.targets:
         _check(t.pool in names, f"decision targets unknown pool {t.pool!r}")
     for (key, region), n in _totals(planned(snapshot, decision), snapshot).items():
-        _check(n <= snapshot.limit(key, region), f"{decision.allocator or 'decision'} allocates {n} "
-               f"{key[0]}/{key[1]} GPUs in {region}; the inventory has {snapshot.limit(key, region)}")
+        _check(
+            n <= snapshot.limit(key, region),
+            f"{decision.allocator or 'decision'} allocates {n} "
+            f"{key[0]}/{key[1]} GPUs in {region}; the inventory has {snapshot.limit(key, region)}",
+        )
     _check_lends(snapshot, decision)
     _check_preemptions(snapshot, decision)
 
@@ -471,11 +499,16 @@ def conserve(snapshot: FleetSnapshot, decision: Decision) -> None:
 def _check_lends(snapshot: FleetSnapshot, decision: Decision) -> None:
     moved: Counter[tuple[str, str, GpuKey, LendKind]] = Counter()
     for lend in decision.lends:
-        _check(lend.from_pool in {p.name for p in snapshot.pools} and
-               lend.to_pool in {p.name for p in snapshot.pools}, f"lend between unknown pools: {lend}")
+        _check(
+            lend.from_pool in {p.name for p in snapshot.pools}
+            and lend.to_pool in {p.name for p in snapshot.pools},
+            f"lend between unknown pools: {lend}",
+        )
         src, dst = snapshot.pool(lend.from_pool), snapshot.pool(lend.to_pool)
-        _check(src.region == dst.region, f"lend from {src.name} ({src.region}) to {dst.name} ({dst.region}) "
-               "crosses regions")
+        _check(
+            src.region == dst.region,
+            f"lend from {src.name} ({src.region}) to {dst.name} ({dst.region}) crosses regions",
+        )
         moved[(src.name, dst.name, lend.key, lend.kind)] += lend.count
     own_out: Counter[tuple[str, GpuKey]] = Counter()
     into: Counter[tuple[str, GpuKey]] = Counter()
@@ -484,16 +517,21 @@ def _check_lends(snapshot: FleetSnapshot, decision: Decision) -> None:
         if kind == "lend":
             own_out[(src, key)] += n
             avail = pool.held(key, states=("active",), lent=False)
-            _check(own_out[(src, key)] <= avail, f"{src} lends {own_out[(src, key)]} {key[0]}/{key[1]} GPUs "
-                   f"but has {avail} ready own ones")
+            _check(
+                own_out[(src, key)] <= avail,
+                f"{src} lends {own_out[(src, key)]} {key[0]}/{key[1]} GPUs but has {avail} ready own ones",
+            )
         else:
             avail = pool.borrowed_from(dst, key)
             _check(n <= avail, f"{src} returns {n} {key[0]}/{key[1]} GPUs to {dst} but borrowed {avail}")
         into[(dst, key)] += n
     for (dst, key), n in into.items():
         if dst in decision.pools():
-            _check(decision.target(dst).get(key, 0) >= n, f"{dst} receives {n} {key[0]}/{key[1]} GPUs "
-                   f"but its target is {decision.target(dst).get(key, 0)}")
+            _check(
+                decision.target(dst).get(key, 0) >= n,
+                f"{dst} receives {n} {key[0]}/{key[1]} GPUs "
+                f"but its target is {decision.target(dst).get(key, 0)}",
+            )
 
 
 def _check_preemptions(snapshot: FleetSnapshot, decision: Decision) -> None:
@@ -504,8 +542,10 @@ def _check_preemptions(snapshot: FleetSnapshot, decision: Decision) -> None:
         _check(p.job_id not in seen, f"job {p.job_id} preempted twice")
         seen.add(p.job_id)
         job = jobs[p.job_id]
-        _check(job.state == "running" and p.gpus <= job.gpus, f"preemption takes {p.gpus} GPUs from job "
-               f"{job.id}, which holds {job.gpus} ({job.state})")
+        _check(
+            job.state == "running" and p.gpus <= job.gpus,
+            f"preemption takes {p.gpus} GPUs from job {job.id}, which holds {job.gpus} ({job.state})",
+        )
         _check(p.pool == job.pool, f"preemption of {job.id} names pool {p.pool}, the job is in {job.pool}")
 
 
@@ -524,5 +564,7 @@ def _validate(cls: type, data: Any, *, json: bool) -> Any:
         adapter = _adapter(cls)
         return adapter.validate_json(data) if json else adapter.validate_python(data)
     except ValidationError as exc:
-        details = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors())
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
+        )
         raise SeamError(f"bad {cls.__name__}: {details}") from None

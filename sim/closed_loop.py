@@ -23,12 +23,20 @@ class ClosedLoopClients:
     user's path between two requests). Ids start at ``first_id``; every request is recorded in ``requests``.
 
     ``stagger_s`` starts user ``i`` at ``i x stagger_s``. Identical requests started together finish together
-    and, in a deterministic simulation, stay in lock-step for ever; real users drift apart within a few requests
-    (network and scheduling jitter), so a benchmark's steady state is users spread over a request's duration."""
+    and, in a deterministic simulation, stay in lock-step for ever; real users drift apart within a few
+    requests (network and scheduling jitter), so a benchmark's steady state is users spread over a request's
+    duration."""
 
-    def __init__(self, lengths: Sequence[tuple[int, int]], concurrency: int, *, first_id: int = 0,
-                 think_s: Callable[[int], float] = lambda _prompt: 0.0, model: str | None = None,
-                 stagger_s: float = 0.0):  # fmt: skip
+    def __init__(
+        self,
+        lengths: Sequence[tuple[int, int]],
+        concurrency: int,
+        *,
+        first_id: int = 0,
+        think_s: Callable[[int], float] = lambda _prompt: 0.0,
+        model: str | None = None,
+        stagger_s: float = 0.0,
+    ):
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         self.lengths, self.concurrency, self.think_s, self.model = list(lengths), concurrency, think_s, model
@@ -57,8 +65,13 @@ class ClosedLoopClients:
         if self._sent >= len(self.lengths):  # a user whose turn came after the last request was sent
             return
         prompt, output = self.lengths[self._sent]
-        req = Request(id=self._next_id, arrival_s=self._env.now, prompt_tokens=prompt, output_tokens=output,
-                      model=self.model)  # fmt: skip
+        req = Request(
+            id=self._next_id,
+            arrival_s=self._env.now,
+            prompt_tokens=prompt,
+            output_tokens=output,
+            model=self.model,
+        )
         self._next_id += 1
         self._sent += 1
         self.requests.append(req)

@@ -1,13 +1,14 @@
-"""The simulated control loop: observe the fleet as a ``FleetSnapshot``, ask an allocator, carry out its decision.
+"""The simulated control loop: observe the fleet as a ``FleetSnapshot``, ask an allocator, carry out its
+decision.
 
-The allocator is the same policy object the live shadow controller runs; this module is the simulator's side of
-the seam. Every ``interval_s`` it builds the snapshot — inference pools (replicas by state, running/waiting,
-KV use, the arrival-rate history, recent latency percentiles), job pools (own and borrowed GPUs by state) and
-their jobs (progress, checkpoint, deadline) — calls ``decide``, checks the decision with ``conserve`` and hands
-it to the actuator (``sim/tiers/actuator.py``): preemptions, lends and reclaims, then targets, with the
-delays of the real thing (GPU acquisition, weight load from storage, drain on scale-down, checkpoint restore).
-The inventory is enforced by the fleet (``sim/tiers/fleet.py``), which never lets the pools hold more GPUs than
-exist.
+The allocator is the same policy object the live shadow controller runs; this module is the simulator's side
+of the seam. Every ``interval_s`` it builds the snapshot — inference pools (replicas by state,
+running/waiting, KV use, the arrival-rate history, recent latency percentiles), job pools (own and borrowed
+GPUs by state) and their jobs (progress, checkpoint, deadline) — calls ``decide``, checks the decision with
+``conserve`` and hands it to the actuator (``sim/tiers/actuator.py``): preemptions, lends and reclaims, then
+targets, with the delays of the real thing (GPU acquisition, weight load from storage, drain on scale-down,
+checkpoint restore). The inventory is enforced by the fleet (``sim/tiers/fleet.py``), which never lets the
+pools hold more GPUs than exist.
 """
 
 from __future__ import annotations
@@ -60,12 +61,13 @@ class Controller:
         self.log = log
         log.read_new(self)  # a reader from the start: a streaming log keeps rows until it has read them
         if self.fleet is None:
-            self.fleet = Fleet(inference=self.pools,
-                               limits={(i.gpu, i.purchase, i.region): i.limit for i in self.inventory})  # fmt: skip
+            self.fleet = Fleet(
+                inference=self.pools, limits={(i.gpu, i.purchase, i.region): i.limit for i in self.inventory}
+            )
         self.fleet.attach(env, pools)
         self.actuator = Actuator(self.fleet)
         for name, rates in self.prior_history.items():
-            self._history[name] = list(rates)[-self.history_buckets:]
+            self._history[name] = list(rates)[-self.history_buckets :]
         if not self.prior_history:
             yield env.timeout(self.interval_s)
         while True:
@@ -98,15 +100,26 @@ class Controller:
         states = []
         for meta in self.pools:
             pool = fleet.pools[meta.name]
-            states.append(meta.state(self._serving(meta, pool, now, recent), active=len(pool.routable),
-                                     provisioning=len(pool.provisioning), draining=len(pool.draining),
-                                     provisioning_gpus=fleet.pending(meta.name)))  # fmt: skip
+            states.append(
+                meta.state(
+                    self._serving(meta, pool, now, recent),
+                    active=len(pool.routable),
+                    provisioning=len(pool.provisioning),
+                    draining=len(pool.draining),
+                    provisioning_gpus=fleet.pending(meta.name),
+                )
+            )
         jobs = []
         for jp in fleet.job_pools.values():
             states.append(jp.state(pending=fleet.pending(jp.name)))
             jobs.extend(jp.jobs_state(now))
-        return FleetSnapshot(time_s=now, control_interval_s=self.interval_s, pools=tuple(states),
-                             inventory=tuple(self.inventory), jobs=tuple(jobs))  # fmt: skip
+        return FleetSnapshot(
+            time_s=now,
+            control_interval_s=self.interval_s,
+            pools=tuple(states),
+            inventory=tuple(self.inventory),
+            jobs=tuple(jobs),
+        )
 
     def _serving(self, meta: ControlledPool, pool: Pool, now: float, recent: dict) -> ServingStats:
         hist = self._history.setdefault(meta.name, [])
@@ -117,21 +130,35 @@ class Controller:
             del hist[: -self.history_buckets]
         n = pool.arrived
         # Nothing arrived yet (a decision at t = 0): the seam's default request mix, not 1-token requests.
-        mix = {"mean_prompt_tokens": max(1.0, pool.arrived_prompt_tokens / n),
-               "mean_output_tokens": max(1.0, pool.arrived_output_tokens / n)} if n else {}  # fmt: skip
+        mix = (
+            {
+                "mean_prompt_tokens": max(1.0, pool.arrived_prompt_tokens / n),
+                "mean_output_tokens": max(1.0, pool.arrived_output_tokens / n),
+            }
+            if n
+            else {}
+        )
         ttft, tpot = recent.get(meta.name, ((), ()))
         return ServingStats(
             running=pool.running,
             waiting=pool.waiting,
-            kv_usage=min(1.0, float(np.mean([pool.replicas[i].kv_usage(now) for i in pool.routable]))
-                         if pool.routable else 0.0),  # fmt: skip
+            kv_usage=min(
+                1.0,
+                float(np.mean([pool.replicas[i].kv_usage(now) for i in pool.routable]))
+                if pool.routable
+                else 0.0,
+            ),
             arrival_rate_history=tuple(hist),
             history_bucket_s=self.interval_s,
             **mix,
-            ttft_p50_s=_pct(ttft, 50), ttft_p95_s=_pct(ttft, 95), ttft_p99_s=_pct(ttft, 99),
-            tpot_p50_s=_pct(tpot, 50), tpot_p95_s=_pct(tpot, 95), tpot_p99_s=_pct(tpot, 99),
+            ttft_p50_s=_pct(ttft, 50),
+            ttft_p95_s=_pct(ttft, 95),
+            ttft_p99_s=_pct(ttft, 99),
+            tpot_p50_s=_pct(tpot, 50),
+            tpot_p95_s=_pct(tpot, 95),
+            tpot_p99_s=_pct(tpot, 99),
             latency_window_s=self.interval_s,
-        )  # fmt: skip
+        )
 
     def _recent_latencies(self) -> dict[str, tuple[list[float], list[float]]]:
         """TTFT and TPOT of the requests completed since the last tick, per pool."""
@@ -164,8 +191,11 @@ def note_fallbacks(seen: dict[str, dict], decision: Decision) -> None:
             entry = seen.setdefault(key, {"first_s": decision.time_s, "first": reason, "decisions": 0})
             entry["decisions"] += 1
             if entry["decisions"] == 1:
-                print(f"note: at t={decision.time_s:g} s the {FALLBACK_NOTE}{reason} (said once; every "
-                      "occurrence is counted in summary.json controller.forecast_fallbacks)", file=sys.stderr)
+                print(
+                    f"note: at t={decision.time_s:g} s the {FALLBACK_NOTE}{reason} (said once; every "
+                    "occurrence is counted in summary.json controller.forecast_fallbacks)",
+                    file=sys.stderr,
+                )
 
 
 def _pct(values: Sequence[float], q: float) -> float | None:

@@ -27,8 +27,8 @@ def _lost(exc: BaseException) -> dict:
 
 
 class LocalExecutor:
-    """``jobs`` worker processes (started with ``spawn``: a forked child would inherit the progress bar's thread
-    and locks); ``jobs=1`` runs every task in this process, in order."""
+    """``jobs`` worker processes (started with ``spawn``: a forked child would inherit the progress bar's
+    thread and locks); ``jobs=1`` runs every task in this process, in order."""
 
     def __init__(self, jobs: int | None = None):
         self.jobs = (os.cpu_count() or 1) if jobs is None else jobs
@@ -46,8 +46,9 @@ class LocalExecutor:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        pool = ProcessPoolExecutor(max_workers=min(self.jobs, len(tasks)),
-                                   mp_context=multiprocessing.get_context("spawn"))  # fmt: skip
+        pool = ProcessPoolExecutor(
+            max_workers=min(self.jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn")
+        )
         try:
             futures = {pool.submit(fn, task): i for i, task in enumerate(tasks)}
             for fut in as_completed(futures):
@@ -79,8 +80,12 @@ class RayExecutor:
             if self.address:
                 ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING)
             else:
-                ray.init(num_cpus=self.jobs, include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.WARNING)  # fmt: skip
+                ray.init(
+                    num_cpus=self.jobs,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                )
         try:
             remote = ray.remote(num_cpus=1, max_retries=0)(fn)
             pending = {remote.remote(task): i for i, task in enumerate(tasks)}
@@ -102,8 +107,9 @@ def _import_ray():
     try:
         import ray
     except ImportError:
-        raise FleettwinError("the ray executor needs Ray: pip install 'fleettwin[ray]' "
-                             "(or use --executor local)") from None  # fmt: skip
+        raise FleettwinError(
+            "the ray executor needs Ray: pip install 'fleettwin[ray]' (or use --executor local)"
+        ) from None
     return ray
 
 

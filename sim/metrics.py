@@ -16,8 +16,8 @@ from fleettwin.models.engine.queue import SeqState
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.pool import Pool
 
-# Outcomes (failed: retries exhausted, dropped by a policy: sim/failures/injectors.py) and the summary statistics live in
-# sim/stats.py; re-exported here, where every caller imports them from.
+# Outcomes (failed: retries exhausted, dropped by a policy: sim/failures/injectors.py) and the summary
+# statistics live in sim/stats.py; re-exported here, where every caller imports them from.
 from fleettwin.sim.stats import (  # noqa: F401
     COMPLETED,
     DROPPED,
@@ -36,27 +36,39 @@ class RequestLog:
     """Collects one row per request outcome, column-wise (cheap appends in the hot path).
 
     Retries and mitigations are rare, so they live in side tables keyed by request id and join the rows in
-    ``to_frame`` (columns ``retries``, ``lost_s``: time spent in attempts that were thrown away, ``mitigation``)
-    rather than widening every row (the controller reads rows by position)."""
+    ``to_frame`` (columns ``retries``, ``lost_s``: time spent in attempts that were thrown away,
+    ``mitigation``) rather than widening every row (the controller reads rows by position)."""
 
     COLUMNS = (
-        "id", "pool", "replica", "arrival_s", "first_scheduled_s", "first_token_s", "finish_s",
-        "prompt_tokens", "output_tokens", "preemptions", "status", "reason",
-    )  # fmt: skip
+        "id",
+        "pool",
+        "replica",
+        "arrival_s",
+        "first_scheduled_s",
+        "first_token_s",
+        "finish_s",
+        "prompt_tokens",
+        "output_tokens",
+        "preemptions",
+        "status",
+        "reason",
+    )
 
     def __init__(self) -> None:
         self.rows: list[tuple] = []
         self.retries: dict[int, int] = {}
         self.lost_s: dict[int, float] = {}
         self.mitigation: dict[int, str] = {}
-        # Request id -> called once with the request's row when it ends, whatever the outcome: requests created
-        # during the run (an agent workflow's calls, sim/workflows/driver.py) wait on their outcome here.
+        # Request id -> called once with the request's row when it ends, whatever the outcome: requests
+        # created during the run (an agent workflow's calls, sim/workflows/driver.py) wait on their outcome
+        # here.
         self.on_outcome: dict[int, Callable[[tuple], None]] = {}
         self.base = 0  # rows already handed on (a streaming log writes them out: sim/stream.py)
         # Applied to each chunk's frame by a streaming log before it is summarised and written
         self.frame_hook: Callable[[pd.DataFrame], None] | None = None
-        # Pool -> the API server's latency for a prompt of n tokens (sim/runner.simulate): rows record the first
-        # token and the finish as the client sees them, so every reader (workflows, controllers) sees those
+        # Pool -> the API server's latency for a prompt of n tokens (sim/runner.simulate): rows record the
+        # first token and the finish as the client sees them, so every reader (workflows, controllers) sees
+        # those
         self.frontend: dict[str, Callable[[int], float]] = {}
         self._read: dict[int, int] = {}  # id(reader) -> rows it has read (read_new)
 
@@ -66,10 +78,11 @@ class RequestLog:
 
     def read_new(self, reader: object) -> list[tuple]:
         """The rows added since ``reader``'s previous call (all of them on its first). A streaming log keeps
-        rows until every reader has read them, so a reader should make its first call at the start of the run."""
+        rows until every reader has read them, so a reader should make its first call at the start of the
+        run."""
         key = id(reader)  # readers need not be hashable (a dataclass controller is not)
         pos = self._read.get(key, 0)
-        rows = self.rows[max(pos - self.base, 0):]
+        rows = self.rows[max(pos - self.base, 0) :]
         self._read[key] = self.base + len(self.rows)
         return rows
 
@@ -79,7 +92,8 @@ class RequestLog:
         return float(df.loc[done, "finish_s"].max()) if done.any() else float(now)
 
     def pool_stats(self) -> dict[str, RequestStats] | None:
-        """Summary statistics per pool gathered during the run (a streaming log); None: summarise the frame."""
+        """Summary statistics per pool gathered during the run (a streaming log); None: summarise the
+        frame."""
         return None
 
     def completed(self, pool: str, replica: int, seqs: list[SeqState]) -> None:
@@ -88,16 +102,32 @@ class RequestLog:
         for s in seqs:
             r = s.req
             late = frontend(r.prompt_tokens) if frontend is not None else 0.0
-            append((r.id, pool, replica, r.arrival_s, s.first_scheduled_s, s.first_token_s + late, s.finish_s + late,
-                    r.prompt_tokens, s.num_output, s.preemptions, COMPLETED, ""))  # fmt: skip
+            append(
+                (
+                    r.id,
+                    pool,
+                    replica,
+                    r.arrival_s,
+                    s.first_scheduled_s,
+                    s.first_token_s + late,
+                    s.finish_s + late,
+                    r.prompt_tokens,
+                    s.num_output,
+                    s.preemptions,
+                    COMPLETED,
+                    "",
+                )
+            )
         if self.on_outcome:
-            for row in self.rows[len(self.rows) - len(seqs):]:
+            for row in self.rows[len(self.rows) - len(seqs) :]:
                 self._notify(row)
 
     def rejected(self, pool: str, req: Request, reason: str, status: str = REJECTED) -> None:
         """A request that never reached a replica (``status`` UNFINISHED: it never arrived)."""
         nan = math.nan
-        self.rows.append((req.id, pool, -1, req.arrival_s, nan, nan, nan, req.prompt_tokens, 0, 0, status, reason))
+        self.rows.append(
+            (req.id, pool, -1, req.arrival_s, nan, nan, nan, req.prompt_tokens, 0, 0, status, reason)
+        )
         if self.on_outcome:
             self._notify(self.rows[-1])
 
@@ -108,7 +138,8 @@ class RequestLog:
         self.rejected(pool, req, reason, status=DROPPED)
 
     def retried(self, req_id: int, lost_s: float) -> None:
-        """Request ``req_id`` starts again; the ``lost_s`` seconds of its failed attempt are attributed to it."""
+        """Request ``req_id`` starts again; the ``lost_s`` seconds of its failed attempt are attributed to
+        it."""
         self.retries[req_id] = self.retries.get(req_id, 0) + 1
         self.lost_s[req_id] = self.lost_s.get(req_id, 0.0) + lost_s
 
@@ -121,8 +152,22 @@ class RequestLog:
         r = seq.req
         frontend = self.frontend.get(pool) if self.frontend else None
         first = seq.first_token_s + (frontend(r.prompt_tokens) if frontend is not None else 0.0)
-        self.rows.append((r.id, pool, replica, r.arrival_s, seq.first_scheduled_s, first, math.nan,
-                          r.prompt_tokens, seq.num_output, seq.preemptions, UNFINISHED, reason))  # fmt: skip
+        self.rows.append(
+            (
+                r.id,
+                pool,
+                replica,
+                r.arrival_s,
+                seq.first_scheduled_s,
+                first,
+                math.nan,
+                r.prompt_tokens,
+                seq.num_output,
+                seq.preemptions,
+                UNFINISHED,
+                reason,
+            )
+        )
         if self.on_outcome:
             self._notify(self.rows[-1])
 
@@ -143,8 +188,11 @@ class RequestLog:
         ids = df["id"]
         df["retries"] = ids.map(self.retries).fillna(0).astype(int) if self.retries else 0
         df["lost_s"] = ids.map(self.lost_s).fillna(0.0).astype(float) if self.lost_s else 0.0
-        df["mitigation"] = (ids.map(self.mitigation).astype(object).fillna("") if self.mitigation
-                            else pd.Series("", index=df.index, dtype=object))  # fmt: skip
+        df["mitigation"] = (
+            ids.map(self.mitigation).astype(object).fillna("")
+            if self.mitigation
+            else pd.Series("", index=df.index, dtype=object)
+        )
         return df
 
 

@@ -1,4 +1,5 @@
-"""Compile the simulator's hot modules with mypyc into this interpreter's site-packages (see fleettwin/native.py).
+"""Compile the simulator's hot modules with mypyc into this interpreter's site-packages (see
+fleettwin/native.py).
 
     fleettwin sim native                        # or, in a clone: make install / .venv/bin/python tools/build_native.py
     fleettwin sim native --remove               # back to pure Python
@@ -28,8 +29,8 @@ from fleettwin.native import native_status, source_sha
 
 # Module -> name of its compiled copy. The sources are found by import, so an installed wheel and an editable
 # clone both compile their own files. The scheduler's import of the queue module is pointed at the queue's
-# compiled copy (NATIVE_IMPORTS), so the compiled Scheduler extends and reads the compiled queue classes natively;
-# the other modules see what they import as Python objects (--follow-imports=skip).
+# compiled copy (NATIVE_IMPORTS), so the compiled Scheduler extends and reads the compiled queue classes
+# natively; the other modules see what they import as Python objects (--follow-imports=skip).
 MODULES = {
     "fleettwin.models.engine.queue": "fleettwin_native_queue",
     "fleettwin.models.engine.scheduler": "fleettwin_native_scheduler",
@@ -83,8 +84,9 @@ def build() -> None:
             (work / f"{name}.py").write_text(f"{text}\nSOURCE_SHA = {source_sha(source)!r}\n")
             files.append(f"{name}.py")
         (work / "setup.py").write_text(SETUP.format(files=files))
-        run = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=work,
-                             capture_output=True, text=True)  # fmt: skip
+        run = subprocess.run(
+            [sys.executable, "setup.py", "build_ext", "--inplace"], cwd=work, capture_output=True, text=True
+        )
         if run.returncode != 0:
             raise RuntimeError(f"mypyc failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
         remove()
@@ -97,7 +99,9 @@ def build() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--remove", action="store_true", help="delete the compiled copies (pure Python from now on)")
+    ap.add_argument(
+        "--remove", action="store_true", help="delete the compiled copies (pure Python from now on)"
+    )
     ap.add_argument("--strict", action="store_true", help="exit non-zero when the build fails")
     args = ap.parse_args(argv)
     return run(remove_only=args.remove, strict=args.strict)
@@ -132,8 +136,10 @@ def pure_python_note() -> str | None:
     _NOTED = True
     if any(native_status().values()):
         return None
-    return ("note: the simulator runs pure Python (about 1.4x slower than compiled); to compile its hot path: "
-            "pip install mypy && fleettwin sim native   (FLEETTWIN_PURE_PYTHON=1 silences this)")
+    return (
+        "note: the simulator runs pure Python (about 1.4x slower than compiled); to compile its hot path: "
+        "pip install mypy && fleettwin sim native   (FLEETTWIN_PURE_PYTHON=1 silences this)"
+    )
 
 
 if __name__ == "__main__":

@@ -10,8 +10,17 @@ import numpy as np
 import pandas as pd
 
 # Columns where more is better; the frontier negates them so that every axis is minimised.
-HIGHER_IS_BETTER = frozenset({"slo_attainment", "goodput_rps", "throughput_rps", "completed_fraction", "meets_slo",
-                              "tokens_per_s", "output_tokens_per_s"})
+HIGHER_IS_BETTER = frozenset(
+    {
+        "slo_attainment",
+        "goodput_rps",
+        "throughput_rps",
+        "completed_fraction",
+        "meets_slo",
+        "tokens_per_s",
+        "output_tokens_per_s",
+    }
+)
 
 
 def pareto_mask(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -42,8 +51,8 @@ def pareto_mask(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray
 
 
 def frontier(table: pd.DataFrame, x: str, y: str) -> np.ndarray:
-    """``pareto_mask`` over two columns of a sweep table, turning higher-is-better columns around; rows with an
-    error are never on the frontier."""
+    """``pareto_mask`` over two columns of a sweep table, turning higher-is-better columns around; rows with
+    an error are never on the frontier."""
     ok = table["error"].fillna("").eq("") if "error" in table else pd.Series(True, index=table.index)
     xs, ys = (_minimised(table, c).where(ok) for c in (x, y))
     return pareto_mask(xs.to_numpy(dtype=float), ys.to_numpy(dtype=float))
@@ -54,8 +63,16 @@ def _minimised(table: pd.DataFrame, col: str) -> pd.Series:
     return -values if col in HIGHER_IS_BETTER else values
 
 
-def plot_frontier(table: pd.DataFrame, x: str, y: str, path: Path, *, labels: Sequence[str], title: str,
-                  max_labels: int = 20) -> Path:  # fmt: skip
+def plot_frontier(
+    table: pd.DataFrame,
+    x: str,
+    y: str,
+    path: Path,
+    *,
+    labels: Sequence[str],
+    title: str,
+    max_labels: int = 20,
+) -> Path:
     """Scatter every successful point, mark those that meet the percentile targets (when the scenario has
     any) and the frontier (``table['pareto']``), and label points with their parameter values (all of them
     when there are at most ``max_labels``, else the frontier's) where a label fits without overlapping
@@ -75,14 +92,35 @@ def plot_frontier(table: pd.DataFrame, x: str, y: str, path: Path, *, labels: Se
     fig, ax = plt.subplots(figsize=(8, 5.5))
     if judged:
         meets = data["meets_slo"].fillna(0) >= 1.0
-        ax.scatter(data.loc[meets, x], data.loc[meets, y], s=30, color="tab:green", alpha=0.8,
-                   label=f"meets the SLO targets ({int(meets.sum())})")  # fmt: skip
-        ax.scatter(data.loc[~meets, x], data.loc[~meets, y], s=30, color="tab:grey", marker="x", alpha=0.8,
-                   label=f"misses a target ({int((~meets).sum())})")  # fmt: skip
+        ax.scatter(
+            data.loc[meets, x],
+            data.loc[meets, y],
+            s=30,
+            color="tab:green",
+            alpha=0.8,
+            label=f"meets the SLO targets ({int(meets.sum())})",
+        )
+        ax.scatter(
+            data.loc[~meets, x],
+            data.loc[~meets, y],
+            s=30,
+            color="tab:grey",
+            marker="x",
+            alpha=0.8,
+            label=f"misses a target ({int((~meets).sum())})",
+        )
     else:
         ax.scatter(data[x], data[y], s=28, color="tab:grey", alpha=0.7, label=f"settings ({len(data)})")
-    ax.plot(front[x], front[y], "-o", color="tab:red", markersize=7, linewidth=1.5, markerfacecolor="none",
-            label=f"Pareto frontier ({len(front)})" + (" of those meeting the targets" if judged else ""))  # fmt: skip
+    ax.plot(
+        front[x],
+        front[y],
+        "-o",
+        color="tab:red",
+        markersize=7,
+        linewidth=1.5,
+        markerfacecolor="none",
+        label=f"Pareto frontier ({len(front)})" + (" of those meeting the targets" if judged else ""),
+    )
     log_if_wide(ax, "x", data[x].tolist())
     log_if_wide(ax, "y", data[y].tolist())
     ax.margins(x=0.15, y=0.12)  # room for the labels
@@ -95,14 +133,20 @@ def plot_frontier(table: pd.DataFrame, x: str, y: str, path: Path, *, labels: Se
     ax.set_title(drawable([full_title])[full_title], fontsize=10)
     fig.tight_layout()
     draw = drawable(labels)
-    label = {i: draw[str(lb)] for i, lb in zip(table.index, labels, strict=True)}  # labels are given in row order
+    label = {
+        i: draw[str(lb)] for i, lb in zip(table.index, labels, strict=True)
+    }  # labels are given in row order
     shown = data if len(data) <= max_labels else front
-    points = [(px, py, "\n".join(label[i] for i in group.index), "tab:red" if group["pareto"].any() else "dimgrey")
-              for (px, py), group in shown.groupby([x, y], sort=False)]  # identical results share a label
+    points = [
+        (px, py, "\n".join(label[i] for i in group.index), "tab:red" if group["pareto"].any() else "dimgrey")
+        for (px, py), group in shown.groupby([x, y], sort=False)
+    ]  # identical results share a label
     points.sort(key=lambda p: p[3] != "tab:red")  # the frontier's labels first
     hidden = place_labels(ax, points)
     if hidden:
-        ax.text(0.01, 0.01, f"{hidden} labels left out (they would overlap)", transform=ax.transAxes, fontsize=7)
+        ax.text(
+            0.01, 0.01, f"{hidden} labels left out (they would overlap)", transform=ax.transAxes, fontsize=7
+        )
     atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)
     return path

@@ -55,21 +55,26 @@ class Pool:
         self._make_replica = make_replica
         self._on_finish = on_finish
         self._on_reject = on_reject
-        # Failure hooks (sim/failures/injectors.py): what to do with a request longer than the window instead of rejecting
-        # it, and a filter over finished sequences that may send some back (answers flagged incoherent).
+        # Failure hooks (sim/failures/injectors.py): what to do with a request longer than the window instead
+        # of rejecting it, and a filter over finished sequences that may send some back (answers flagged
+        # incoherent).
         self.on_oversize: Callable[[Pool, Request, str], None] | None = None
         self.finish_filter: Callable[[Pool, int, list[SeqState]], list[SeqState]] | None = None
-        self.in_transit: dict[int, Request] = {}  # admitted after a delay (a compressed prompt), by request id
-        # Told when a replica gives its GPUs back (drained or cancelled): the fleet hands them to a borrower or
-        # grants orders waiting for inventory (sim/tiers/fleet.py).
+        self.in_transit: dict[
+            int, Request
+        ] = {}  # admitted after a delay (a compressed prompt), by request id
+        # Told when a replica gives its GPUs back (drained or cancelled): the fleet hands them to a borrower
+        # or grants orders waiting for inventory (sim/tiers/fleet.py).
         self.on_release: Callable[[Pool, int], None] | None = None
-        # Per-tenant concurrency caps (sim/tenancy/stages.py): a request over its tenant's cap waits at the pool.
+        # Per-tenant concurrency caps (sim/tenancy/stages.py): a request over its tenant's cap waits at the
+        # pool.
         self.caps: TenantCaps | None = None
 
     # -- size --------------------------------------------------------------------------------------------
 
     def scale_up(self, count: int, delay_s: float = 0.0) -> list[int]:
-        """Acquire ``count`` replicas; each takes requests after ``delay_s`` (GPU acquisition + weight load)."""
+        """Acquire ``count`` replicas; each takes requests after ``delay_s`` (GPU acquisition + weight
+        load)."""
         added = []
         for _ in range(count):
             i = len(self.replicas)
@@ -85,9 +90,9 @@ class Pool:
         return added
 
     def scale_down(self, count: int, *, ready_only: bool = False) -> list[int]:
-        """Release ``count`` replicas: cancel the newest still provisioning first, then drain the routable ones
-        with the fewest outstanding requests. A draining replica takes no new requests, finishes the ones it
-        has (nothing is dropped or moved) and releases its GPUs when empty. ``ready_only``: drain routable
+        """Release ``count`` replicas: cancel the newest still provisioning first, then drain the routable
+        ones with the fewest outstanding requests. A draining replica takes no new requests, finishes the ones
+        it has (nothing is dropped or moved) and releases its GPUs when empty. ``ready_only``: drain routable
         replicas only (GPUs lent to another pool must be ready ones)."""
         chosen = [] if ready_only else sorted(self.provisioning, reverse=True)[:count]
         for i in chosen:
@@ -140,7 +145,8 @@ class Pool:
         seqs = self.replicas[i].fail()
         self.outstanding[i] = 0
         # Not ``_release``: a failed replica's GPUs go to no borrower and grant no waiting order, since its
-        # replacement (a new replica) takes them; the tier fleet's ``reconcile`` forgets loans of such replicas.
+        # replacement (a new replica) takes them; the tier fleet's ``reconcile`` forgets loans of such
+        # replicas.
         self.lifetimes[i][1] = self.env.now
         if self.caps is not None:
             self.caps.left(seqs)
@@ -189,8 +195,9 @@ class Pool:
         self.admit(req)
 
     def admit(self, req: Request, avoid: int = -1) -> None:
-        """Queue or route ``req`` without counting it as an arrival (``submit`` does); a retry prefers replicas
-        other than ``avoid`` when there are any (not with a central queue, which hands out in FCFS order)."""
+        """Queue or route ``req`` without counting it as an arrival (``submit`` does); a retry prefers
+        replicas other than ``avoid`` when there are any (not with a central queue, which hands out in FCFS
+        order)."""
         reason = self.replicas[0].scheduler.rejection_reason(req)
         if reason is not None:
             if self.on_oversize is None:
@@ -207,8 +214,8 @@ class Pool:
             self._route(req, self.routable)
 
     def admit_after(self, req: Request, delay_s: float) -> None:
-        """Admit ``req`` after ``delay_s`` (e.g. compressing its prompt); meanwhile it is in ``in_transit``, so
-        the end-of-run accounting still finds it."""
+        """Admit ``req`` after ``delay_s`` (e.g. compressing its prompt); meanwhile it is in ``in_transit``,
+        so the end-of-run accounting still finds it."""
         self.in_transit[req.id] = req
 
         def arrive(_event) -> None:
@@ -256,7 +263,8 @@ class Pool:
                 self._route(req, self.routable, counted=True)
 
     def held_requests(self) -> list[Request]:
-        """Requests waiting at the pool for their tenant's cap (reported as unfinished at the end of a run)."""
+        """Requests waiting at the pool for their tenant's cap (reported as unfinished at the end of a
+        run)."""
         return self.caps.held_requests() if self.caps is not None else []
 
 

@@ -65,9 +65,13 @@ class Replica:
         self._busy_accum = 0.0
         self._busy_since: float | None = None
         lim = scheduler.limits
-        self.prefix_cache = (PrefixCache(lim.prefix_cache_blocks or max(1, lim.num_blocks * lim.block_size
-                                                                        // PREFIX_BLOCK_TOKENS))
-                             if lim.enable_prefix_caching else None)  # fmt: skip
+        self.prefix_cache = (
+            PrefixCache(
+                lim.prefix_cache_blocks or max(1, lim.num_blocks * lim.block_size // PREFIX_BLOCK_TOKENS)
+            )
+            if lim.enable_prefix_caching
+            else None
+        )
 
     # -- the view routers and samplers read ---------------------------------------------------------------
 
@@ -95,7 +99,9 @@ class Replica:
         if cache is None:
             at_head = sched.add(SeqState(req))
         else:  # the cached prefix is not prefilled (models/engine/prefix_cache.py)
-            at_head = sched.add(SeqState.with_cached_prefix(req, cache.lookup(req.prefix_blocks, req.prompt_tokens)))
+            at_head = sched.add(
+                SeqState.with_cached_prefix(req, cache.lookup(req.prefix_blocks, req.prompt_tokens))
+            )
         if self._state is _IDLE:  # wake up now, after the events already due at this time
             self._state = _WOKEN
             self._pending = wake_after(self.env, 0.0, self._wake_callbacks)
@@ -123,20 +129,20 @@ class Replica:
         old.callbacks = ()
         self._pending = wake_after(self.env, delay, self._wake_callbacks)
 
-    # -- failure (sim/failures/injectors.py) ----------------------------------------------------------------------
+    # -- failure (sim/failures/injectors.py) -----------------------------------------------------------------
 
     def set_perf(self, perf: PerformanceModel) -> None:
-        """Swap the performance model (a straggler episode starts or ends). The iteration running now keeps its
-        duration; a skipped decode run is cut at its next boundary, so later iterations use ``perf`` in both
-        modes."""
+        """Swap the performance model (a straggler episode starts or ends). The iteration running now keeps
+        its duration; a skipped decode run is cut at its next boundary, so later iterations use ``perf`` in
+        both modes."""
         self.perf = perf
         if self._interruptible:
             self._end_run_at_next_boundary()
 
     def fail(self) -> list[SeqState]:
-        """The replica dies: its engine loop stops and the sequences it held (running, then waiting) are handed
-        back for the caller to retry. It keeps its counters (steps, busy time) and an empty scheduler, so the
-        pool's views (running, waiting, KV use) no longer count it."""
+        """The replica dies: its engine loop stops and the sequences it held (running, then waiting) are
+        handed back for the caller to retry. It keeps its counters (steps, busy time) and an empty scheduler,
+        so the pool's views (running, waiting, KV use) no longer count it."""
         sched = self.scheduler
         seqs = sched.seqs()
         if self._busy_since is not None:
@@ -176,10 +182,11 @@ class Replica:
         self._next(event.at)
 
     def _next(self, start: float) -> None:
-        """Plan the next iteration (or decode run) from ``start`` (now) and sleep until it ends; go idle without
-        work.
+        """Plan the next iteration (or decode run) from ``start`` (now) and sleep until it ends; go idle
+        without work.
 
-        ``self.perf`` is read each time: a straggler episode swaps in a slowed model (sim/failures/injectors.py)."""
+        ``self.perf`` is read each time: a straggler episode swaps in a slowed model
+        (sim/failures/injectors.py)."""
         env, sched = self.env, self.scheduler
         if not sched.has_work():
             if self._busy_since is not None:
@@ -205,7 +212,8 @@ class Replica:
             self._start_run(start, run, plan.batch.decode_seqs, plan.batch.decode_ctx_tokens)
 
     def _start_run(self, start: float, steps: int, num_seqs: int, ctx_tokens: int) -> None:
-        """Sleep through ``steps`` decode-only iterations of ``num_seqs`` sequences (the first one allocated)."""
+        """Sleep through ``steps`` decode-only iterations of ``num_seqs`` sequences (the first one
+        allocated)."""
         times = decode_run(self.perf, start, num_seqs, ctx_tokens, steps)
         self._run, self._run_len, self._state, self._start = times, steps, _RUN, start
         self._run_end = end = times.end(steps - 1)

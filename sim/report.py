@@ -18,10 +18,11 @@ from fleettwin.sim.report_plots import drawable  # noqa: E402
 from fleettwin.sim.runner import SimulationResult  # noqa: E402
 
 
-def write_results(result: SimulationResult, out_dir: str | Path, *, plots: bool = True,
-                  requests_file: bool = True) -> list[Path]:  # fmt: skip
-    """Write ``requests.parquet`` (unless a streaming log wrote it, or none is wanted), ``timeseries.parquet``,
-    ``summary.json`` (and plots) atomically."""
+def write_results(
+    result: SimulationResult, out_dir: str | Path, *, plots: bool = True, requests_file: bool = True
+) -> list[Path]:
+    """Write ``requests.parquet`` (unless a streaming log wrote it, or none is wanted),
+    ``timeseries.parquet``, ``summary.json`` (and plots) atomically."""
     out = Path(out_dir)
     written = [io.write_parquet(out / "requests.parquet", result.requests)] if requests_file else []
     written += [
@@ -121,19 +122,37 @@ def feature_tables(summary: dict) -> list[Table]:
             t.add_column(col, justify="left" if col == "tier" else "right")
         for name in ("inference", "training", "operational"):
             s = summary["tiers"][name]
-            t.add_row(name, f"{s['gpus_mean']:.1f}", f"{s['gpu_hours']:.2f}", f"{100 * s['busy_fraction']:.0f} %",
-                      f"{s['cost_usd']:.2f}")  # fmt: skip
+            t.add_row(
+                name,
+                f"{s['gpus_mean']:.1f}",
+                f"{s['gpu_hours']:.2f}",
+                f"{100 * s['busy_fraction']:.0f} %",
+                f"{s['cost_usd']:.2f}",
+            )
         tables.append(t)
     if "regions" in summary:
         r = summary["regions"]
-        t = Table(title=f"regions (router {r['router']}: {100 * r['cross_region_frac']:.1f} % served in another "
-                        f"region, mean RTT {r['rtt_mean_ms']:.0f} ms, prefix-cache hits "
-                        f"{100 * r['prefix_cache'].get('prefix_cache_hit_rate', 0.0):.1f} %)")  # fmt: skip
-        for col in ("region", "GPUs mean", "from users / served", "served from elsewhere", "E2E p50 / p95 (s)"):
+        t = Table(
+            title=f"regions (router {r['router']}: {100 * r['cross_region_frac']:.1f} % served in another "
+            f"region, mean RTT {r['rtt_mean_ms']:.0f} ms, prefix-cache hits "
+            f"{100 * r['prefix_cache'].get('prefix_cache_hit_rate', 0.0):.1f} %)"
+        )
+        for col in (
+            "region",
+            "GPUs mean",
+            "from users / served",
+            "served from elsewhere",
+            "E2E p50 / p95 (s)",
+        ):
             t.add_column(col, justify="left" if col == "region" else "right")
         for s in r["per_region"]:
-            t.add_row(s["name"], f"{s['gpus_mean']:.1f}", f"{s['origin_requests']} / {s['served_requests']}",
-                      str(s["served_from_elsewhere"]), f"{s['e2e_p50_s']:.2f} / {s['e2e_p95_s']:.2f}")  # fmt: skip
+            t.add_row(
+                s["name"],
+                f"{s['gpus_mean']:.1f}",
+                f"{s['origin_requests']} / {s['served_requests']}",
+                str(s["served_from_elsewhere"]),
+                f"{s['e2e_p50_s']:.2f} / {s['e2e_p95_s']:.2f}",
+            )
         tables.append(t)
     if summary.get("retrieval"):
         r = summary["retrieval"]
@@ -145,12 +164,23 @@ def feature_tables(summary: dict) -> list[Table]:
         tables.append(t)
     if "tenants" in summary:
         t = Table(title="tenants")
-        for col in ("tenant", "done / total", "refused quota / gateway", "TTFT p95 (s)", "E2E p95 (s)", "SLO"):
+        for col in (
+            "tenant",
+            "done / total",
+            "refused quota / gateway",
+            "TTFT p95 (s)",
+            "E2E p95 (s)",
+            "SLO",
+        ):
             t.add_column(col, justify="left" if col == "tenant" else "right")
         for name, s in summary["tenants"].items():
-            t.add_row(name, f"{s['requests']['completed']} / {s['requests']['total']}",
-                      f"{s['rejected_by_quota']} / {s['rejected_by_gateway']}",
-                      f"{s['latency_s']['ttft']['p95']:.2f}", f"{s['latency_s']['e2e']['p95']:.2f}",
-                      f"{100 * s['slo']['attainment']:.1f} %")  # fmt: skip
+            t.add_row(
+                name,
+                f"{s['requests']['completed']} / {s['requests']['total']}",
+                f"{s['rejected_by_quota']} / {s['rejected_by_gateway']}",
+                f"{s['latency_s']['ttft']['p95']:.2f}",
+                f"{s['latency_s']['e2e']['p95']:.2f}",
+                f"{100 * s['slo']['attainment']:.1f} %",
+            )
         tables.append(t)
     return tables

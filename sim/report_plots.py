@@ -96,8 +96,15 @@ def place_labels(ax, points: Sequence[tuple[float, float, str, str]], *, fontsiz
             hidden += 1
             continue
         for dx, dy in LABEL_OFFSETS:
-            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
-                              color=colour, ha="left" if dx >= 0 else "right")  # fmt: skip
+            ann = ax.annotate(
+                text,
+                (x, y),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                fontsize=fontsize,
+                color=colour,
+                ha="left" if dx >= 0 else "right",
+            )
             box = ann.get_window_extent(renderer)
             inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
             if inside and not any(box.overlaps(t) for t in taken):

@@ -38,11 +38,11 @@ Progress = Callable[[float, int, int], None]  # (simulated time, requests done, 
 
 
 class RequestSpawner(Protocol):
-    """Creates requests while the run goes on (agent workflows: sim/workflows/driver.py). ``start`` is called once with
-    the environment, a ``submit`` that sends a new request down the arrival path (front door or stages, then a
-    pool) and the request log, whose ``on_outcome`` tells it when its requests end. ``busy`` is true while it
-    may still create requests without any request ending first (arrivals to come, timers running): the run
-    goes on while it is."""
+    """Creates requests while the run goes on (agent workflows: sim/workflows/driver.py). ``start`` is called
+    once with the environment, a ``submit`` that sends a new request down the arrival path (front door or
+    stages, then a pool) and the request log, whose ``on_outcome`` tells it when its requests end. ``busy`` is
+    true while it may still create requests without any request ending first (arrivals to come, timers
+    running): the run goes on while it is."""
 
     @property
     def busy(self) -> bool: ...
@@ -57,7 +57,9 @@ class SimulationResult:
     timeseries: pd.DataFrame  # pool state every sample interval
     summary: dict
     decisions: list[dict] = field(default_factory=list)  # the controller's decisions, as JSON-ready records
-    workflows: pd.DataFrame | None = None  # one row per workflow (sim/workflows/driver.py), with a workflows: section
+    workflows: pd.DataFrame | None = (
+        None  # one row per workflow (sim/workflows/driver.py), with a workflows: section
+    )
     workflow_nodes: pd.DataFrame | None = None  # one row per workflow node
 
 
@@ -100,15 +102,15 @@ def simulate(
     """Run ``requests`` (sorted by arrival) through the pools until every request has an outcome.
 
     ``processes`` are started beside the arrivals, each given the environment, the pools and the request log
-    (a controller that resizes pools is one). A ``front_door`` (sim/regions/front_door.py) takes the arrivals instead of
-    the model-to-pool dispatch: it routes each request to a region and delays it by the network. ``pre_submit``
-    stages (sim/stages.py: a gateway, quotas) run between a request's arrival and its pool. ``spawners`` create
-    requests during the run (agent workflows, sim/workflows/driver.py); theirs take the same path from the moment they
-    are submitted and count in the accounting like the others. With ``api_server`` (the default) a pool whose
-    performance model prices vLLM's API server (``frontend_latency_s``) has that latency added to its requests'
-    first token and finish, as a client measures them; False for offline engines (vLLM's LLM class).
-    ``log`` is the sink of the request rows (default a ``RequestLog`` in memory; ``sim/stream.py`` writes them
-    out as the run goes)."""
+    (a controller that resizes pools is one). A ``front_door`` (sim/regions/front_door.py) takes the arrivals
+    instead of the model-to-pool dispatch: it routes each request to a region and delays it by the network.
+    ``pre_submit`` stages (sim/stages.py: a gateway, quotas) run between a request's arrival and its pool.
+    ``spawners`` create requests during the run (agent workflows, sim/workflows/driver.py); theirs take the
+    same path from the moment they are submitted and count in the accounting like the others. With
+    ``api_server`` (the default) a pool whose performance model prices vLLM's API server
+    (``frontend_latency_s``) has that latency added to its requests' first token and finish, as a client
+    measures them; False for offline engines (vLLM's LLM class). ``log`` is the sink of the request rows
+    (default a ``RequestLog`` in memory; ``sim/stream.py`` writes them out as the run goes)."""
     if mode not in ("skip", "per_iteration"):
         raise ValueError(f"mode must be 'skip' or 'per_iteration', got {mode!r}")
     env = simpy.Environment()
@@ -124,8 +126,15 @@ def simulate(
             sched = Scheduler(spec.limits) if mode == "skip" else ReferenceScheduler(spec.limits)
             return Replica(env, i, sched, spec.perf, on_finish=pool.replica_finished, skip=(mode == "skip"))
 
-        pool = Pool(env, spec.name, router, make_replica=make_replica, central_queue=spec.central_queue,
-                    on_finish=log.completed, on_reject=log.rejected)  # fmt: skip
+        pool = Pool(
+            env,
+            spec.name,
+            router,
+            make_replica=make_replica,
+            central_queue=spec.central_queue,
+            on_finish=log.completed,
+            on_reject=log.rejected,
+        )
         tenancy = spec.limits.tenancy
         if tenancy is not None and tenancy.has_concurrency_caps:
             pool.caps = TenantCaps(tenancy, spec.limits.max_num_seqs)
@@ -172,24 +181,34 @@ def simulate(
     stages.account_unfinished(log, reason)
     if front_door is not None:
         front_door.account_unfinished(log, reason)
-    for req in requests[arrived[0]:]:
+    for req in requests[arrived[0] :]:
         log.rejected("-", req, "arrives after the simulation horizon", status=UNFINISHED)
     if log.done != total + spawned[0]:
-        raise AssertionError(f"request accounting broken: {log.done} outcomes for {total + spawned[0]} requests")
+        raise AssertionError(
+            f"request accounting broken: {log.done} outcomes for {total + spawned[0]} requests"
+        )
 
     df = log.to_frame()
     end = log.end_s(df, env.now)
     ts = sampler.to_frame()
-    return RawRun(requests=df, timeseries=ts[ts["time_s"] <= end + 1e-9].reset_index(drop=True), pools=pools,
-                  end_s=end, events=events_scheduled(env), stats=log.pool_stats())  # fmt: skip
+    return RawRun(
+        requests=df,
+        timeseries=ts[ts["time_s"] <= end + 1e-9].reset_index(drop=True),
+        pools=pools,
+        end_s=end,
+        events=events_scheduled(env),
+        stats=log.pool_stats(),
+    )
 
 
 def frontend_latencies(specs: Sequence[PoolSpec]) -> dict[str, Callable[[int], float]]:
-    """Per pool, the API server's latency (HTTP, tokenisation, the first chunk streamed back) that its performance
-    model prices, for the request log to add to first token and finish: the times a client sees. Equivalent to
-    delaying the engine's arrivals by it when it is the same for every request; the per-prompt-token part
-    (microseconds) is the approximation."""
-    return {spec.name: fn for spec in specs if (fn := getattr(spec.perf, "frontend_latency_s", None)) is not None}
+    """Per pool, the API server's latency (HTTP, tokenisation, the first chunk streamed back) that its
+    performance model prices, for the request log to add to first token and finish: the times a client sees.
+    Equivalent to delaying the engine's arrivals by it when it is the same for every request; the
+    per-prompt-token part (microseconds) is the approximation."""
+    return {
+        spec.name: fn for spec in specs if (fn := getattr(spec.perf, "frontend_latency_s", None)) is not None
+    }
 
 
 def run_scenario(
@@ -216,8 +235,10 @@ def run_scenario(
     if requests is None:
         requests = generate_requests(cfg, seed)
     if len(requests) == 0 and cfg.workflows is None:
-        raise ConfigError(f"{cfg.source}: workload: the workload produces no requests (check its rate, duration, "
-                          "window or max_requests)")  # fmt: skip
+        raise ConfigError(
+            f"{cfg.source}: workload: the workload produces no requests (check its rate, duration, "
+            "window or max_requests)"
+        )
     if log is not None and log.pool_stats() is not None:
         from fleettwin.sim.stream import check_streamable
 
@@ -226,29 +247,56 @@ def run_scenario(
     features = [f() for f in active_features(cfg, FEATURES)]
     for feature in features:  # inside out: sim/features.py declares the order
         feature.build(world)
-    raw = simulate(requests, [rp.spec() for rp in resolved], mode=mode, sample_interval_s=cfg.sim.sample_interval_s,
-                   max_time_s=cfg.sim.max_time_s, progress=progress, processes=[*world.processes, *monitors],
-                   front_door=world.door, pre_submit=world.stages, spawners=world.spawners, log=log)  # fmt: skip
+    raw = simulate(
+        requests,
+        [rp.spec() for rp in resolved],
+        mode=mode,
+        sample_interval_s=cfg.sim.sample_interval_s,
+        max_time_s=cfg.sim.max_time_s,
+        progress=progress,
+        processes=[*world.processes, *monitors],
+        front_door=world.door,
+        pre_submit=world.stages,
+        spawners=world.spawners,
+        log=log,
+    )
     for feature in reversed(features):  # outside in: a workflow's requests are tagged with their tenant too
         raw = feature.annotate(world, raw)
     summary = _summarize(cfg, resolved, raw, seed, mode, time.perf_counter() - wall0)
     for feature in features:
         feature.summarize(world, raw, summary)
-    return SimulationResult(scenario=cfg, requests=raw.requests, timeseries=raw.timeseries, summary=summary,
-                            decisions=world.decisions, workflows=world.frames.get("workflows"),
-                            workflow_nodes=world.frames.get("workflow_nodes"))  # fmt: skip
+    return SimulationResult(
+        scenario=cfg,
+        requests=raw.requests,
+        timeseries=raw.timeseries,
+        summary=summary,
+        decisions=world.decisions,
+        workflows=world.frames.get("workflows"),
+        workflow_nodes=world.frames.get("workflow_nodes"),
+    )
 
 
 class _Arrivals:
-    """Hands each request to its pool at its arrival time. One wake-up per arrival (``sim/simpy_fast.py``) whose
-    callback submits the request and sets the next one: the same events, in the same order, as a process that
-    loops over the requests, minus a generator resume per request (a sixth of a 64-replica run's time)."""
+    """Hands each request to its pool at its arrival time. One wake-up per arrival (``sim/simpy_fast.py``)
+    whose callback submits the request and sets the next one: the same events, in the same order, as a process
+    that loops over the requests, minus a generator resume per request (a sixth of a 64-replica run's
+    time)."""
 
-    def __init__(self, env: simpy.Environment, requests: Sequence[Request], by_model: dict[str, Pool],
-                 default: Pool, log: RequestLog, arrived: list[int], stages: StagePipeline | None):  # fmt: skip
+    def __init__(
+        self,
+        env: simpy.Environment,
+        requests: Sequence[Request],
+        by_model: dict[str, Pool],
+        default: Pool,
+        log: RequestLog,
+        arrived: list[int],
+        stages: StagePipeline | None,
+    ):
         self.env, self.requests, self.by_model, self.default = env, requests, by_model, default
         self.log, self.arrived, self.stages = log, arrived, stages
-        self._plain = stages is None  # no pre-submit stages: a request without a model goes to the default pool
+        self._plain = (
+            stages is None
+        )  # no pre-submit stages: a request without a model goes to the default pool
         self._arrive_callbacks = (self._arrive,)
         # Start as a process would: an urgent event at t = 0.
         start = env.event()
@@ -278,8 +326,14 @@ class _Arrivals:
             self._enter(requests[self.arrived[0]])
 
 
-def _enter(env: simpy.Environment, req: Request, by_model: dict[str, Pool], default: Pool, log: RequestLog,
-           stages: StagePipeline | None) -> None:  # fmt: skip
+def _enter(
+    env: simpy.Environment,
+    req: Request,
+    by_model: dict[str, Pool],
+    default: Pool,
+    log: RequestLog,
+    stages: StagePipeline | None,
+) -> None:
     """A request's way in on the plain path: its model's pool, through the pre-submit stages."""
     pool = default if req.model is None else by_model.get(req.model)
     if pool is None:
@@ -311,8 +365,9 @@ def _latency(raw: RawRun, slo: Slo, pool: str | None) -> dict:
     return latency_summary(df if pool is None else df[df["pool"] == pool], slo, raw.end_s)
 
 
-def _summarize(cfg: ScenarioConfig, resolved: list[ResolvedPool], raw: RawRun, seed: int, mode: str,
-               wall_s: float) -> dict:  # fmt: skip
+def _summarize(
+    cfg: ScenarioConfig, resolved: list[ResolvedPool], raw: RawRun, seed: int, mode: str, wall_s: float
+) -> dict:
     ts, pools, end = raw.timeseries, raw.pools, raw.end_s
     slo = Slo.from_config(cfg.slo)  # attainment bounds and percentile targets
     pool_rows = []
@@ -325,22 +380,35 @@ def _summarize(cfg: ScenarioConfig, resolved: list[ResolvedPool], raw: RawRun, s
         total_cost += cost
         pts = ts[ts["pool"] == pool.name]
         busy = sum(r.busy_time(end) for r in pool.replicas) / replica_s
-        pool_rows.append({
-            "name": rp.cfg.name, "gpu": rp.gpu.id, "model": rp.llm.id, "tp": rp.tp,
-            "replicas": rp.cfg.replicas, "gpus": rp.gpus, "purchase": rp.cfg.purchase,
-            "replicas_mean": replica_s / max(end, 1e-9),
-            "replicas_min": int(pts["replicas"].min()) if len(pts) else rp.cfg.replicas,
-            "replicas_max": int(pts["replicas"].max()) if len(pts) else rp.cfg.replicas,
-            "kv_blocks_per_replica": rp.limits.num_blocks, "max_model_len": rp.limits.max_model_len,
-            "perf_model": rp.perf.describe(), "router": rp.cfg.router.name,
-            "busy_fraction": busy, "mean_kv_usage": float(pts["kv_usage"].mean()) if len(pts) else 0.0,
-            "mean_running_per_replica": float(pts["running"].mean()) / float(pts["replicas"].mean())
-            if len(pts) else 0.0,
-            "engine_steps": sum(r.scheduler.steps for r in pool.replicas),
-            **cache_stats([r.prefix_cache for r in pool.replicas if r.prefix_cache is not None]),
-            "gpu_hours": gpu_h, "cost_usd": cost, "usd_per_gpu_hour": rp.price_per_gpu_hour,
-            **_latency(raw, slo, rp.cfg.name),
-        })  # fmt: skip
+        pool_rows.append(
+            {
+                "name": rp.cfg.name,
+                "gpu": rp.gpu.id,
+                "model": rp.llm.id,
+                "tp": rp.tp,
+                "replicas": rp.cfg.replicas,
+                "gpus": rp.gpus,
+                "purchase": rp.cfg.purchase,
+                "replicas_mean": replica_s / max(end, 1e-9),
+                "replicas_min": int(pts["replicas"].min()) if len(pts) else rp.cfg.replicas,
+                "replicas_max": int(pts["replicas"].max()) if len(pts) else rp.cfg.replicas,
+                "kv_blocks_per_replica": rp.limits.num_blocks,
+                "max_model_len": rp.limits.max_model_len,
+                "perf_model": rp.perf.describe(),
+                "router": rp.cfg.router.name,
+                "busy_fraction": busy,
+                "mean_kv_usage": float(pts["kv_usage"].mean()) if len(pts) else 0.0,
+                "mean_running_per_replica": float(pts["running"].mean()) / float(pts["replicas"].mean())
+                if len(pts)
+                else 0.0,
+                "engine_steps": sum(r.scheduler.steps for r in pool.replicas),
+                **cache_stats([r.prefix_cache for r in pool.replicas if r.prefix_cache is not None]),
+                "gpu_hours": gpu_h,
+                "cost_usd": cost,
+                "usd_per_gpu_hour": rp.price_per_gpu_hour,
+                **_latency(raw, slo, rp.cfg.name),
+            }
+        )
     overall = _latency(raw, slo, None)
     summary = {
         "scenario": cfg.name,

@@ -2,9 +2,9 @@
 admission, retrieval for RAG).
 
 A stage is ``(env, request) -> generator returning the request``: it may wait (``yield env.timeout(...)``),
-change the request (a longer prompt after retrieval) or refuse it by raising ``Refused``, whose reason and status
-go to the results. ``StagePipeline`` runs a request through the stages in order as one SimPy process and then
-hands it to ``submit``; requests still inside a stage when the run ends are reported as unfinished.
+change the request (a longer prompt after retrieval) or refuse it by raising ``Refused``, whose reason and
+status go to the results. ``StagePipeline`` runs a request through the stages in order as one SimPy process
+and then hands it to ``submit``; requests still inside a stage when the run ends are reported as unfinished.
 """
 
 from __future__ import annotations
@@ -38,8 +38,14 @@ class StagePipeline:
     def __bool__(self) -> bool:
         return bool(self.stages)
 
-    def enter(self, env: simpy.Environment, req: Request, pool: str, submit: Callable[[Request], None],
-              log: RequestLog) -> Generator:  # fmt: skip
+    def enter(
+        self,
+        env: simpy.Environment,
+        req: Request,
+        pool: str,
+        submit: Callable[[Request], None],
+        log: RequestLog,
+    ) -> Generator:
         """The SimPy process of one request: every stage, then ``submit`` (or the log, if refused)."""
         rid = req.id
         self.pending[rid] = (pool, req)

@@ -81,8 +81,14 @@ class Values:
         if self.exact:
             v = self._array()
             qs = np.percentile(v, PERCENTILES)
-            return {"mean": float(v.mean()), **{f"p{p}": float(q) for p, q in zip(PERCENTILES, qs, strict=True)}}
-        return {"mean": self.total / self.n, **{f"p{p}": float(self.sketch.get_quantile(p / 100)) for p in PERCENTILES}}
+            return {
+                "mean": float(v.mean()),
+                **{f"p{p}": float(q) for p, q in zip(PERCENTILES, qs, strict=True)},
+            }
+        return {
+            "mean": self.total / self.n,
+            **{f"p{p}": float(self.sketch.get_quantile(p / 100)) for p in PERCENTILES},
+        }
 
     def quantile_with_missing(self, q: float, missing: int) -> float:
         """The ``q``-th percentile when ``missing`` more requests count as infinitely late (inf if it falls
@@ -94,7 +100,11 @@ class Values:
             pos = q / 100 * (n_all - 1)  # numpy's linear rank over all requests, the missing ones last
             if self.n == 0 or pos > self.n - 1:
                 return math.inf
-            return float(np.percentile(self._array(), 100 * pos / (self.n - 1))) if self.n > 1 else float(self._array()[0])
+            return (
+                float(np.percentile(self._array(), 100 * pos / (self.n - 1)))
+                if self.n > 1
+                else float(self._array()[0])
+            )
         rank = q / 100 * n_all / self.n if self.n else math.inf
         return math.inf if rank > 1 else float(self.sketch.get_quantile(rank))
 
@@ -103,7 +113,9 @@ def _new_sketch():
     try:
         from datasketches import req_floats_sketch
     except ImportError:  # pragma: no cover - a declared dependency
-        raise ImportError("streaming summaries need the datasketches package: pip install datasketches") from None
+        raise ImportError(
+            "streaming summaries need the datasketches package: pip install datasketches"
+        ) from None
     return req_floats_sketch(SKETCH_K, True)
 
 
@@ -154,7 +166,15 @@ class RequestStats:
     def merge(self, other: RequestStats) -> RequestStats:
         for s in STATUSES:
             self.counts[s] += other.counts[s]
-        for key in ("input_tokens", "output_tokens", "preemptions", "slo_met", "retried", "retries", "lost_s"):
+        for key in (
+            "input_tokens",
+            "output_tokens",
+            "preemptions",
+            "slo_met",
+            "retried",
+            "retries",
+            "lost_s",
+        ):
             setattr(self, key, getattr(self, key) + getattr(other, key))
         self.last_finish_s = max(self.last_finish_s, other.last_finish_s)
         for name, v in self.values.items():
@@ -196,8 +216,12 @@ class RequestStats:
         for t in slo.targets:
             value = self.values[t.metric].quantile_with_missing(t.q, missing)
             ok = math.isfinite(value) and value <= t.limit_s
-            out[t.key] = {"target_s": t.limit_s, "value_s": value if math.isfinite(value) else None, "met": ok,
-                          "label": t.label}  # fmt: skip
+            out[t.key] = {
+                "target_s": t.limit_s,
+                "value_s": value if math.isfinite(value) else None,
+                "met": ok,
+                "label": t.label,
+            }
         return {"targets": out, "met": all(v["met"] for v in out.values())}
 
 
@@ -212,8 +236,10 @@ def token_costs(usd: float, throughput: dict, duration_s: float) -> dict[str, fl
     nothing completed."""
     tokens = throughput["tokens_per_s"] * duration_s
     output = throughput["output_tokens_per_s"] * duration_s
-    return {"usd_per_1m_tokens": 1e6 * usd / tokens if tokens > 0 else math.nan,
-            "usd_per_1m_output_tokens": 1e6 * usd / output if output > 0 else math.nan}  # fmt: skip
+    return {
+        "usd_per_1m_tokens": 1e6 * usd / tokens if tokens > 0 else math.nan,
+        "usd_per_1m_output_tokens": 1e6 * usd / output if output > 0 else math.nan,
+    }
 
 
 def slo_columns(summary: dict) -> dict[str, object]:
@@ -222,5 +248,7 @@ def slo_columns(summary: dict) -> dict[str, object]:
     targets = summary.get("slo", {}).get("targets") or {}
     if not targets:
         return {}
-    return {"meets_slo": bool(summary["slo"]["met"]), **{f"{k.removesuffix('_s')}_met": bool(t["met"])
-                                                          for k, t in targets.items()}}  # fmt: skip
+    return {
+        "meets_slo": bool(summary["slo"]["met"]),
+        **{f"{k.removesuffix('_s')}_met": bool(t["met"]) for k, t in targets.items()},
+    }

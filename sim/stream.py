@@ -29,19 +29,36 @@ from fleettwin.sim.stats import RequestStats, Slo
 
 CHUNK_ROWS = 65_536
 _SCHEMA = {
-    "id": "int64", "pool": "string", "replica": "int64", "arrival_s": "float64", "first_scheduled_s": "float64",
-    "first_token_s": "float64", "finish_s": "float64", "prompt_tokens": "int64", "output_tokens": "int64",
-    "preemptions": "int64", "status": "string", "reason": "string", "queue_s": "float64", "ttft_s": "float64",
-    "e2e_s": "float64", "tpot_s": "float64", "retries": "int64", "lost_s": "float64", "mitigation": "string",
-}  # fmt: skip
+    "id": "int64",
+    "pool": "string",
+    "replica": "int64",
+    "arrival_s": "float64",
+    "first_scheduled_s": "float64",
+    "first_token_s": "float64",
+    "finish_s": "float64",
+    "prompt_tokens": "int64",
+    "output_tokens": "int64",
+    "preemptions": "int64",
+    "status": "string",
+    "reason": "string",
+    "queue_s": "float64",
+    "ttft_s": "float64",
+    "e2e_s": "float64",
+    "tpot_s": "float64",
+    "retries": "int64",
+    "lost_s": "float64",
+    "mitigation": "string",
+}
 
 
 def check_streamable(cfg) -> None:
     """A scenario whose summary needs every request row at the end cannot stream; say which section."""
     for section in ("regions", "tenants", "workflows"):
         if getattr(cfg, section, None) is not None:
-            raise ConfigError(f"{cfg.source}: {section}: its summary needs every request in memory; run without "
-                              "--stream / --summary-only")  # fmt: skip
+            raise ConfigError(
+                f"{cfg.source}: {section}: its summary needs every request in memory; run without "
+                "--stream / --summary-only"
+            )
 
 
 class StreamingLog(RequestLog):
@@ -120,4 +137,3 @@ def merged_stats(stats: dict[str, RequestStats], pool: str | None) -> RequestSta
         if pool is None or name == pool:
             out.merge(s)
     return out
-

@@ -1,14 +1,14 @@
-"""Parameter sweeps: a grid of scenario overrides, each point simulated (in a process pool or on Ray), collected
-into one table with the Pareto frontier of two of its columns marked.
+"""Parameter sweeps: a grid of scenario overrides, each point simulated (in a process pool or on Ray),
+collected into one table with the Pareto frontier of two of its columns marked.
 
 A parameter is ``PATH=start:stop:n`` (n evenly spaced values, like ``numpy.linspace``) or ``PATH=a,b,c`` (a
 list; each value read as YAML, so ``8``, ``0.5``, ``spot``, ``null`` and ``true`` mean what they would in the
-scenario file; ``PATH=[...]`` is one YAML flow list of values, for values that are themselves lists). ``PATH`` is
-a dotted path as ``fleettwin sim run --set`` takes it, or one of the ``SHORTHANDS``.
+scenario file; ``PATH=[...]`` is one YAML flow list of values, for values that are themselves lists). ``PATH``
+is a dotted path as ``fleettwin sim run --set`` takes it, or one of the ``SHORTHANDS``.
 
 Results do not depend on the executor or on the order runs finish: every run of a point uses a seed fixed in
-advance (the point's scenario seed, plus ``r`` for replicate ``r``: the same seeds at every point, so points are
-compared on common random numbers) and the table is sorted by point.
+advance (the point's scenario seed, plus ``r`` for replicate ``r``: the same seeds at every point, so points
+are compared on common random numbers) and the table is sorted by point.
 """
 
 from __future__ import annotations
@@ -42,15 +42,46 @@ SHORTHANDS = {
 
 # The metric columns every run reports (a summary may add more: see ``metrics``), in table order.
 METRICS = (
-    "ttft_p50_s", "ttft_p95_s", "ttft_p99_s", "e2e_p50_s", "e2e_p95_s", "e2e_p99_s", "tpot_p95_s",
-    "slo_attainment", "meets_slo", "goodput_rps", "throughput_rps", "tokens_per_s", "output_tokens_per_s",
-    "completed_fraction", "rejected", "unfinished", "usd_per_hour", "usd_per_1k_requests", "usd_per_1m_tokens",
-    "usd_per_1m_output_tokens", "gpu_hours", "gpus_mean",
-)  # fmt: skip
+    "ttft_p50_s",
+    "ttft_p95_s",
+    "ttft_p99_s",
+    "e2e_p50_s",
+    "e2e_p95_s",
+    "e2e_p99_s",
+    "tpot_p95_s",
+    "slo_attainment",
+    "meets_slo",
+    "goodput_rps",
+    "throughput_rps",
+    "tokens_per_s",
+    "output_tokens_per_s",
+    "completed_fraction",
+    "rejected",
+    "unfinished",
+    "usd_per_hour",
+    "usd_per_1k_requests",
+    "usd_per_1m_tokens",
+    "usd_per_1m_output_tokens",
+    "gpu_hours",
+    "gpus_mean",
+)
 # Summary keys turned into the columns above, or too bulky for a table; any other numeric entry (a tier's GPU
 # utilisation, say) is flattened into extra columns.
-_KNOWN_KEYS = {"scenario", "seed", "mode", "sim_time_s", "wall_time_s", "requests", "latency_s", "throughput",
-               "slo", "preemptions", "cost", "pools", "controller"}  # fmt: skip
+_KNOWN_KEYS = {
+    "scenario",
+    "seed",
+    "mode",
+    "sim_time_s",
+    "wall_time_s",
+    "requests",
+    "latency_s",
+    "throughput",
+    "slo",
+    "preemptions",
+    "cost",
+    "pools",
+    "controller",
+}
 
 Progress = Callable[[int, int, str], None]  # (runs done, runs total, label of the run just finished)
 
@@ -66,7 +97,7 @@ class Param:
 def expand_path(key: str) -> str:
     for short, full in SHORTHANDS.items():
         if key.startswith(short) and len(key) > len(short):
-            return full + key[len(short):]
+            return full + key[len(short) :]
     return key
 
 
@@ -76,8 +107,10 @@ def parse_param(text: str) -> Param:
     key, sep, raw = text.partition("=")
     key, raw = key.strip(), raw.strip()
     if not sep or not key or not raw:
-        raise ConfigError(f"--param {text!r}: expected PATH=start:stop:n or PATH=a,b,c, "
-                          "e.g. allocator.target=16:64:4 or pools.0.replicas=2,4,8")  # fmt: skip
+        raise ConfigError(
+            f"--param {text!r}: expected PATH=start:stop:n or PATH=a,b,c, "
+            "e.g. allocator.target=16:64:4 or pools.0.replicas=2,4,8"
+        )
     values = _linspace(text, raw)
     if values is None:
         values = _values_list(text, raw)
@@ -96,8 +129,10 @@ def _linspace(text: str, raw: str) -> tuple[Any, ...] | None:
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (start, stop)):
         return None  # not a range: e.g. a time of day, read as a list of one string below
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ConfigError(f"--param {text!r}: the number of values in start:stop:n must be a positive integer, "
-                          f"got {parts[2]!r}")  # fmt: skip
+        raise ConfigError(
+            f"--param {text!r}: the number of values in start:stop:n must be a positive integer, "
+            f"got {parts[2]!r}"
+        )
     grid = np.linspace(start, stop, n)
     if isinstance(start, int) and isinstance(stop, int) and np.all(grid == np.round(grid)):
         return tuple(int(v) for v in np.round(grid))  # integer steps stay integers (replicas, max_num_seqs)
@@ -160,9 +195,14 @@ def validate(scenario: Path, points: Sequence[Point]) -> list[ScenarioConfig]:
             bad.append(f"point {pt.index} ({pt.label({k: k for k in pt.values})}): {exc}")
     if bad:
         more = f"\n... and {len(bad) - 5} more" if len(bad) > 5 else ""
-        hint = ("\n(allocator.X is shorthand for controller.allocator.params.X: the scenario needs a controller)"
-                if "controller.allocator.name: Field required" in bad[0] else "")  # fmt: skip
-        raise ConfigError(f"{len(bad)} of {len(points)} sweep points are invalid:\n" + "\n".join(bad[:5]) + more + hint)
+        hint = (
+            "\n(allocator.X is shorthand for controller.allocator.params.X: the scenario needs a controller)"
+            if "controller.allocator.name: Field required" in bad[0]
+            else ""
+        )
+        raise ConfigError(
+            f"{len(bad)} of {len(points)} sweep points are invalid:\n" + "\n".join(bad[:5]) + more + hint
+        )
     return configs
 
 
@@ -191,23 +231,31 @@ def run_task(task: Task) -> dict:
 
 
 def metrics(summary: dict) -> dict[str, float]:
-    """The flat record of one run: latency percentiles, SLO, cost, and any other numbers the summary carries."""
+    """The flat record of one run: latency percentiles, SLO, cost, and any other numbers the summary
+    carries."""
     lat, req, cost = summary["latency_s"], summary["requests"], summary["cost"]
     rec = {f"{m}_{q}_s": lat[m][q] for m in ("ttft", "e2e") for q in ("p50", "p95", "p99")}
     rec["tpot_p95_s"] = lat["tpot"]["p95"]
     met = summary["slo"].get("met")  # the percentile targets (None: the scenario has none)
-    rec.update(slo_attainment=summary["slo"]["attainment"], goodput_rps=summary["slo"]["goodput_requests_per_s"],
-               meets_slo=math.nan if met is None else float(met),
-               throughput_rps=summary["throughput"]["requests_per_s"],
-               tokens_per_s=summary["throughput"].get("tokens_per_s", math.nan),
-               output_tokens_per_s=summary["throughput"]["output_tokens_per_s"],
-               usd_per_1m_tokens=cost.get("usd_per_1m_tokens", math.nan),
-               usd_per_1m_output_tokens=cost.get("usd_per_1m_output_tokens", math.nan),
-               completed_fraction=req["completed"] / max(req["total"], 1), rejected=req["rejected"],
-               unfinished=req["unfinished"], usd_per_hour=cost["usd_per_hour"],
-               usd_per_1k_requests=cost["usd_per_1k_requests"], gpu_hours=cost["gpu_hours"],
-               gpus_mean=sum(p.get("replicas_mean", p.get("replicas", 0)) * p.get("tp", 1)
-                             for p in summary.get("pools", [])))  # fmt: skip
+    rec.update(
+        slo_attainment=summary["slo"]["attainment"],
+        goodput_rps=summary["slo"]["goodput_requests_per_s"],
+        meets_slo=math.nan if met is None else float(met),
+        throughput_rps=summary["throughput"]["requests_per_s"],
+        tokens_per_s=summary["throughput"].get("tokens_per_s", math.nan),
+        output_tokens_per_s=summary["throughput"]["output_tokens_per_s"],
+        usd_per_1m_tokens=cost.get("usd_per_1m_tokens", math.nan),
+        usd_per_1m_output_tokens=cost.get("usd_per_1m_output_tokens", math.nan),
+        completed_fraction=req["completed"] / max(req["total"], 1),
+        rejected=req["rejected"],
+        unfinished=req["unfinished"],
+        usd_per_hour=cost["usd_per_hour"],
+        usd_per_1k_requests=cost["usd_per_1k_requests"],
+        gpu_hours=cost["gpu_hours"],
+        gpus_mean=sum(
+            p.get("replicas_mean", p.get("replicas", 0)) * p.get("tp", 1) for p in summary.get("pools", [])
+        ),
+    )
     for key, value in summary.items():
         if key not in _KNOWN_KEYS:
             rec.update(_numbers(key, value))
@@ -238,7 +286,8 @@ class SweepResult:
 
 
 def build_table(points: Sequence[Point], runs: Sequence[dict], *, seeds: int, x: str, y: str) -> pd.DataFrame:
-    """One row per point whose runs have all finished, sorted by point, with the frontier over ``x``, ``y``."""
+    """One row per point whose runs have all finished, sorted by point, with the frontier over ``x``,
+    ``y``."""
     by_point: dict[int, list[dict]] = {}
     for r in runs:
         by_point.setdefault(r["point"], []).append(r)
@@ -286,18 +335,30 @@ def _combine(recs: list[dict]) -> dict:
     return row
 
 
-def run_sweep(scenario: Path, params: Sequence[Param], executor: Executor, *, fixed: dict[str, Any] | None = None,
-              seeds: int = 1, x: str = "usd_per_hour", y: str = "ttft_p95_s", progress: Progress | None = None,
-              on_update: Callable[[pd.DataFrame, list[dict]], None] | None = None) -> SweepResult:  # fmt: skip
-    """Validate every point, then run points x seeds on ``executor``; ``on_update`` sees the table so far after
-    each run (so a crash loses only the runs in flight)."""
+def run_sweep(
+    scenario: Path,
+    params: Sequence[Param],
+    executor: Executor,
+    *,
+    fixed: dict[str, Any] | None = None,
+    seeds: int = 1,
+    x: str = "usd_per_hour",
+    y: str = "ttft_p95_s",
+    progress: Progress | None = None,
+    on_update: Callable[[pd.DataFrame, list[dict]], None] | None = None,
+) -> SweepResult:
+    """Validate every point, then run points x seeds on ``executor``; ``on_update`` sees the table so far
+    after each run (so a crash loses only the runs in flight)."""
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     check_axes(params, x, y)
     points = grid(params, fixed)
     configs = validate(scenario, points)
-    tasks = [Task(pt.index, r, cfg.seed + r, cfg) for pt, cfg in zip(points, configs, strict=True)
-             for r in range(seeds)]  # fmt: skip
+    tasks = [
+        Task(pt.index, r, cfg.seed + r, cfg)
+        for pt, cfg in zip(points, configs, strict=True)
+        for r in range(seeds)
+    ]
     short = short_labels(params)
     t0 = time.perf_counter()
     runs: list[dict] = []
@@ -311,11 +372,19 @@ def run_sweep(scenario: Path, params: Sequence[Param], executor: Executor, *, fi
             on_update(build_table(points, runs, seeds=seeds, x=x, y=y), runs)
     runs.sort(key=lambda r: (r["point"], r["replicate"]))
     table = build_table(points, runs, seeds=seeds, x=x, y=y)
-    meta = {"scenario": str(scenario), "params": [{"label": p.label, "path": p.path, "values": list(p.values)}
-                                                  for p in params],
-            "fixed": fixed or {}, "seeds": seeds, "points": len(points), "runs": len(tasks),
-            "failed_runs": sum(1 for r in runs if r["error"]), "x": x, "y": y, "executor": executor.describe(),
-            "labels": {pt.index: pt.label(short) for pt in points}}  # fmt: skip
+    meta = {
+        "scenario": str(scenario),
+        "params": [{"label": p.label, "path": p.path, "values": list(p.values)} for p in params],
+        "fixed": fixed or {},
+        "seeds": seeds,
+        "points": len(points),
+        "runs": len(tasks),
+        "failed_runs": sum(1 for r in runs if r["error"]),
+        "x": x,
+        "y": y,
+        "executor": executor.describe(),
+        "labels": {pt.index: pt.label(short) for pt in points},
+    }
     return SweepResult(table=table, runs=runs, wall_time_s=time.perf_counter() - t0, meta=meta)
 
 
@@ -325,7 +394,9 @@ def check_axes(params: Sequence[Param], x: str, y: str) -> None:
     known = [*METRICS, *(p.label for p in params)]
     for flag, col in (("--x", x), ("--y", y)):
         if col not in known:
-            raise ConfigError(f"{flag} {col!r}: not a column of the sweep table; expected one of: {', '.join(known)}")
+            raise ConfigError(
+                f"{flag} {col!r}: not a column of the sweep table; expected one of: {', '.join(known)}"
+            )
     if x == y:
         raise ConfigError(f"--x and --y are both {x!r}; the frontier needs two different columns")
 
@@ -339,7 +410,8 @@ def write_partial(out: Path, table: pd.DataFrame, runs: Sequence[dict], *, seeds
 
 
 def write_sweep(result: SweepResult, out: Path) -> list[Path]:
-    """``sweep.csv``, ``runs.csv`` (several seeds), ``pareto.png`` (when a run succeeded) and ``sweep.json``."""
+    """``sweep.csv``, ``runs.csv`` (several seeds), ``pareto.png`` (when a run succeeded) and
+    ``sweep.json``."""
     from fleettwin.sim.pareto import plot_frontier
 
     out, meta, table = Path(out), result.meta, result.table
@@ -349,16 +421,33 @@ def write_sweep(result: SweepResult, out: Path) -> list[Path]:
     if not table.empty and table["error"].eq("").any():
         labels = [meta["labels"][p] for p in table["point"]]
         title = f"{Path(meta['scenario']).name}: {meta['points']} points" + (
-            f", mean of {meta['seeds']} seeds" if meta["seeds"] > 1 else "")  # fmt: skip
-        paths.append(plot_frontier(table, meta["x"], meta["y"], out / "pareto.png", labels=labels, title=title))
-    failures = [{k: r[k] for k in ("point", "seed", "error", "traceback") if k in r} for r in result.runs if r["error"]]
-    paths.append(write_json(out / "sweep.json", {**meta, "wall_time_s": result.wall_time_s,
-                                                 "run_wall_s": [r["wall_s"] for r in result.runs],
-                                                 "failures": failures}))  # fmt: skip
+            f", mean of {meta['seeds']} seeds" if meta["seeds"] > 1 else ""
+        )
+        paths.append(
+            plot_frontier(table, meta["x"], meta["y"], out / "pareto.png", labels=labels, title=title)
+        )
+    failures = [
+        {k: r[k] for k in ("point", "seed", "error", "traceback") if k in r}
+        for r in result.runs
+        if r["error"]
+    ]
+    paths.append(
+        write_json(
+            out / "sweep.json",
+            {
+                **meta,
+                "wall_time_s": result.wall_time_s,
+                "run_wall_s": [r["wall_s"] for r in result.runs],
+                "failures": failures,
+            },
+        )
+    )
     return paths
 
 
 def _runs_frame(runs: Sequence[dict]) -> pd.DataFrame:
-    rows = sorted(({k: v for k, v in r.items() if k not in ("traceback", "wall_s")} for r in runs),
-                  key=lambda r: (r["point"], r["replicate"]))  # fmt: skip
+    rows = sorted(
+        ({k: v for k, v in r.items() if k not in ("traceback", "wall_s")} for r in runs),
+        key=lambda r: (r["point"], r["replicate"]),
+    )
     return pd.DataFrame(rows)

@@ -1,10 +1,10 @@
-"""Scenarios whose per-request rows and summaries are pinned by hash (tests/test_golden.py): the quickstart and
-one scenario per feature (autoscaling, workflows + retrieval, regions, failures, tiers, tenancy), each cut to a
-few seconds of simulation. A refactor must leave every hash unchanged; a deliberate change of results re-records
-them with ``python tools/record_golden.py`` and says why in its commit.
+"""Scenarios whose per-request rows and summaries are pinned by hash (tests/test_golden.py): the quickstart
+and one scenario per feature (autoscaling, workflows + retrieval, regions, failures, tiers, tenancy), each cut
+to a few seconds of simulation. A refactor must leave every hash unchanged; a deliberate change of results
+re-records them with ``python tools/record_golden.py`` and says why in its commit.
 
-The calibrated profile is a frozen copy (tests/data/golden/h100-profile-frozen.yaml), so rebuilding the built-in
-profiles does not move these hashes; every other pool runs the roofline for the same reason."""
+The calibrated profile is a frozen copy (tests/data/golden/h100-profile-frozen.yaml), so rebuilding the
+built-in profiles does not move these hashes; every other pool runs the roofline for the same reason."""
 
 from __future__ import annotations
 
@@ -53,8 +53,11 @@ def load_case(name: str):
 def _canon(value: Any) -> Any:
     """JSON-ready and platform-stable: floats to 10 significant digits, keys sorted, volatile keys dropped."""
     if isinstance(value, dict):
-        return {str(k): _canon(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))
-                if not any(tag in str(k) for tag in VOLATILE)}  # fmt: skip
+        return {
+            str(k): _canon(v)
+            for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))
+            if not any(tag in str(k) for tag in VOLATILE)
+        }
     if isinstance(value, (list, tuple)):
         return [_canon(v) for v in value]
     if isinstance(value, (np.floating, float)):
@@ -81,9 +84,13 @@ def run_case(name: str) -> dict[str, str]:
     from fleettwin.sim.runner import run_scenario
 
     result = run_scenario(load_case(name))
-    out = {"requests": digest(result.requests), "timeseries": digest(result.timeseries),
-           "summary": digest(result.summary), "decisions": digest(result.decisions),
-           "rows": str(len(result.requests))}  # fmt: skip
+    out = {
+        "requests": digest(result.requests),
+        "timeseries": digest(result.timeseries),
+        "summary": digest(result.summary),
+        "decisions": digest(result.decisions),
+        "rows": str(len(result.requests)),
+    }
     if result.workflows is not None:
         out["workflows"] = digest(result.workflows)
     return out

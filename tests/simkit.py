@@ -20,8 +20,12 @@ class LinearPerf(PerformanceModel):
         self.base, self.per_prefill, self.per_decode, self.per_ctx = base, per_prefill, per_decode, per_ctx
 
     def step_time(self, b: BatchStats) -> float:
-        return (self.base + self.per_prefill * b.prefill_tokens + self.per_decode * b.decode_seqs
-                + self.per_ctx * (b.decode_ctx_tokens + b.prefill_ctx_tokens))  # fmt: skip
+        return (
+            self.base
+            + self.per_prefill * b.prefill_tokens
+            + self.per_decode * b.decode_seqs
+            + self.per_ctx * (b.decode_ctx_tokens + b.prefill_ctx_tokens)
+        )
 
     def decode_times(self, num_seqs: int, ctx_tokens: int, steps: int) -> np.ndarray:
         ctx = ctx_tokens + num_seqs * np.arange(steps)
@@ -33,20 +37,35 @@ def poisson_requests(seed: int, n: int, rate: float, prompt=(1, 2000), output=(1
     arrivals = np.cumsum(rng.exponential(1.0 / rate, n))
     prompts = rng.integers(prompt[0], prompt[1] + 1, n)
     outputs = rng.integers(output[0], output[1] + 1, n)
-    return [Request(id=i, arrival_s=float(arrivals[i]), prompt_tokens=int(prompts[i]), output_tokens=int(outputs[i]))
-            for i in range(n)]  # fmt: skip
+    return [
+        Request(
+            id=i, arrival_s=float(arrivals[i]), prompt_tokens=int(prompts[i]), output_tokens=int(outputs[i])
+        )
+        for i in range(n)
+    ]
 
 
-def run_pool(requests, limits: EngineLimits, *, replicas=1, perf=None, mode="skip", router="least_outstanding",
-             central_queue=False, **kw) -> RawRun:  # fmt: skip
-    spec = PoolSpec("pool", limits, perf or LinearPerf(), replicas=replicas, router=router,
-                    central_queue=central_queue)  # fmt: skip
+def run_pool(
+    requests,
+    limits: EngineLimits,
+    *,
+    replicas=1,
+    perf=None,
+    mode="skip",
+    router="least_outstanding",
+    central_queue=False,
+    **kw,
+) -> RawRun:
+    spec = PoolSpec(
+        "pool", limits, perf or LinearPerf(), replicas=replicas, router=router, central_queue=central_queue
+    )
     return simulate(requests, [spec], mode=mode, **kw)
 
 
 def assert_matches_oracle(skip: RawRun, oracle: RawRun) -> None:
-    """Event skipping (``skip``) and the per-iteration oracle on the same inputs: the same outcome, replica and
-    preemptions for every request, the same times up to float rounding, and the same number of engine steps."""
+    """Event skipping (``skip``) and the per-iteration oracle on the same inputs: the same outcome, replica
+    and preemptions for every request, the same times up to float rounding, and the same number of engine
+    steps."""
     ra, rb = skip.requests, oracle.requests
     assert list(ra["status"]) == list(rb["status"])
     assert list(ra["replica"]) == list(rb["replica"])

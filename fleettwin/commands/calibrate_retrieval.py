@@ -5,8 +5,9 @@ flat index gives the true top-10 of every query; each index type is built once a
 parameter and batch size: ``warmup`` untimed calls, then at least ``MIN_CALLS`` timed calls covering every
 query, giving latency p50/p95 per call and recall@10 against the flat index.
 
-The CSV is a contract with the simulator's retrieval model (``models/retrieval/model.py``): its ``COLUMNS`` and
-``TableRow`` are the one definition of the columns, their order and meaning, and this command writes those.
+The CSV is a contract with the simulator's retrieval model (``models/retrieval/model.py``): its ``COLUMNS``
+and ``TableRow`` are the one definition of the columns, their order and meaning, and this command writes
+those.
 """
 
 from __future__ import annotations
@@ -45,18 +46,31 @@ latency is per search call of `batch` queries; recall_at_10 is against the exact
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "calibrate-retrieval", help="measure FAISS latency and recall per index type on this machine",
+        "calibrate-retrieval",
+        help="measure FAISS latency and recall per index type on this machine",
         description=textwrap.fill(
             "Measure single-query (or batched) search latency p50/p95 and recall@10 against an exact flat "
             "index, for each FAISS index type, vector count and search parameter. Data: seeded synthetic "
             "clustered vectors, or embeddings of --corpus. Prints the table and writes it as CSV (columns: "
-            + ",".join(COLUMNS) + ").", width=100),
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--sizes", default=None, help="vector counts, comma-separated, k/M suffixes allowed "
-                   "(default 10k,100k; with --corpus: the whole corpus)")  # fmt: skip
+            + ",".join(COLUMNS)
+            + ").",
+            width=100,
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--sizes",
+        default=None,
+        help="vector counts, comma-separated, k/M suffixes allowed "
+        "(default 10k,100k; with --corpus: the whole corpus)",
+    )
     p.add_argument("--dim", type=int, default=384, help="vector dimension (default %(default)s, MiniLM's)")
-    p.add_argument("--index-types", default=None,
-                   help="comma-separated (default: flat,ivf_flat,ivf_pq,hnsw, plus gpu_ivf_flat,cagra with a GPU)")
+    p.add_argument(
+        "--index-types",
+        default=None,
+        help="comma-separated (default: flat,ivf_flat,ivf_pq,hnsw, plus gpu_ivf_flat,cagra with a GPU)",
+    )
     p.add_argument("--nprobe", default="1,4,16,64", help="IVF nprobe values (default %(default)s)")
     p.add_argument("--ef-search", default="16,32,64,128", help="HNSW efSearch values (default %(default)s)")
     p.add_argument("--itopk", default="32,64,128", help="CAGRA itopk_size values (default %(default)s)")
@@ -64,20 +78,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--queries", type=int, default=200, help="distinct queries (default %(default)s)")
     p.add_argument("--warmup", type=int, default=10, help="untimed calls before timing (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and of k-means (default 0)")
-    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                   help="wall: elapsed time per call (default); cpu: CPU time of the calling thread, which on a "
-                        "shared machine leaves out the time spent waiting for a core (needs --threads 1)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="FAISS OpenMP threads (default 1: a single query runs on one thread anyway, and a team "
-                        "of threads waiting on a shared, busy core made one flat search 25x slower)")
+    p.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall: elapsed time per call (default); cpu: CPU time of the calling thread, which on a "
+        "shared machine leaves out the time spent waiting for a core (needs --threads 1)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="FAISS OpenMP threads (default 1: a single query runs on one thread anyway, and a team "
+        "of threads waiting on a shared, busy core made one flat search 25x slower)",
+    )
     p.add_argument("--corpus", type=Path, default=None, help="text file, one document per line, to embed")
-    p.add_argument("--embedder", default="hashing", help="embedder for --corpus: hashing or minilm (default hashing)")
+    p.add_argument(
+        "--embedder", default="hashing", help="embedder for --corpus: hashing or minilm (default hashing)"
+    )
     p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="CSV to write (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
-# --- inputs -----------------------------------------------------------------------------------------------------
+# --- inputs -------------------------------------------------------------------------------------------------
 def parse_ints(flag: str, text: str, *, minimum: int = 1) -> list[int]:
     """'10k,100k' -> [10000, 100000]; a clear error naming the flag otherwise."""
     out = []
@@ -96,13 +120,15 @@ def parse_ints(flag: str, text: str, *, minimum: int = 1) -> list[int]:
 class TopicModel:
     """Parameters of the synthetic embedding generator (see ``synthetic_data``).
 
-    Chosen so that at 10k vectors the recall of IVF, IVF-PQ and HNSW at each search parameter lies within about
-    0.1 of what MiniLM embeddings of 10,000 docstring paragraphs give (docs/live.md, "Retrieval (FAISS)", has
-    both tables and their commands). Isotropic Gaussian clusters, tried first, made IVF too easy and PQ far too
-    hard (recall 0.33 at any nprobe against 0.6-0.7 on text).
+    Chosen so that at 10k vectors the recall of IVF, IVF-PQ and HNSW at each search parameter lies within
+    about 0.1 of what MiniLM embeddings of 10,000 docstring paragraphs give (docs/live.md, "Retrieval
+    (FAISS)", has both tables and their commands). Isotropic Gaussian clusters, tried first, made IVF too easy
+    and PQ far too hard (recall 0.33 at any nprobe against 0.6-0.7 on text).
     """
 
-    spectrum_alpha: float = 0.8  # variance of the i-th latent direction ~ i^-alpha (embeddings are anisotropic)
+    spectrum_alpha: float = (
+        0.8  # variance of the i-th latent direction ~ i^-alpha (embeddings are anisotropic)
+    )
     subtopics: int = 30  # per topic; topics = sqrt(N), so a larger corpus has more topics
     topic_scale: float = 0.5  # topics overlap: with 0.8, IVF at nprobe 1-16 was 0.15-0.2 above text
     subtopic_scale: float = 0.8
@@ -110,10 +136,12 @@ class TopicModel:
     zipf: float = 1.0  # subtopic popularity ~ 1/rank^zipf: a few dense regions, a long sparse tail
 
 
-def synthetic_data(n: int, dim: int, n_queries: int, seed: int,
-                   model: TopicModel = TopicModel()) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Unit vectors from a topic -> subtopic -> document hierarchy in a randomly rotated space with a power-law
-    spectrum; queries are fresh documents from the same subtopics. Same (n, dim, seed) -> same arrays."""
+def synthetic_data(
+    n: int, dim: int, n_queries: int, seed: int, model: TopicModel = TopicModel()
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors from a topic -> subtopic -> document hierarchy in a randomly rotated space with a
+    power-law spectrum; queries are fresh documents from the same subtopics. Same (n, dim, seed) -> same
+    arrays."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, n, dim]))
     std = (np.arange(1, dim + 1, dtype=np.float32) ** (-model.spectrum_alpha / 2)).astype(np.float32)
     rotation = np.linalg.qr(rng.standard_normal((dim, dim)))[0].astype(np.float32)
@@ -123,12 +151,16 @@ def synthetic_data(n: int, dim: int, n_queries: int, seed: int,
         return rng.standard_normal((rows, dim), dtype=np.float32) * (std * scale)
 
     topic = gaussian(topics, model.topic_scale)
-    subtopic = np.repeat(topic, model.subtopics, axis=0) + gaussian(topics * model.subtopics, model.subtopic_scale)
+    subtopic = np.repeat(topic, model.subtopics, axis=0) + gaussian(
+        topics * model.subtopics, model.subtopic_scale
+    )
     weight = 1.0 / np.arange(1, len(subtopic) + 1) ** model.zipf
     weight = weight[rng.permutation(len(subtopic))] / weight.sum()
 
     def documents(rows: int) -> np.ndarray:
-        x = (subtopic[rng.choice(len(subtopic), size=rows, p=weight)] + gaussian(rows, model.doc_scale)) @ rotation
+        x = (
+            subtopic[rng.choice(len(subtopic), size=rows, p=weight)] + gaussian(rows, model.doc_scale)
+        ) @ rotation
         return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
     return documents(n), documents(n_queries)
@@ -140,7 +172,9 @@ def corpus_data(path: Path, embedder: Any, n_queries: int, seed: int) -> tuple[n
         raise ConfigError(f"--corpus {path}: no such file")
     lines = [s.strip() for s in path.read_text(encoding="utf-8", errors="replace").splitlines() if s.strip()]
     if len(lines) <= n_queries:
-        raise ConfigError(f"--corpus {path}: {len(lines)} non-empty lines, need more than --queries={n_queries}")
+        raise ConfigError(
+            f"--corpus {path}: {len(lines)} non-empty lines, need more than --queries={n_queries}"
+        )
     vectors = embedder.encode(lines)
     is_query = np.zeros(len(lines), dtype=bool)
     is_query[np.random.default_rng(seed).choice(len(lines), n_queries, replace=False)] = True
@@ -153,16 +187,29 @@ def hardware_label(index_type: str) -> str:
     if index_type not in GPU_INDEX_TYPES:
         return f"cpu-{os.cpu_count()}core"
     try:
-        name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", "0"],
-                              capture_output=True, text=True, timeout=10, check=True).stdout.strip()  # fmt: skip
+        name = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", "0"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         name = "unknown"
     return "gpu-" + (re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown")
 
 
-# --- measurement ------------------------------------------------------------------------------------------------
-def time_searches(store: Any, queries: np.ndarray, truth: np.ndarray, *, param: int, batch: int, warmup: int,
-                  clock: Callable[[], float] = time.perf_counter) -> tuple[float, float, float]:  # fmt: skip
+# --- measurement --------------------------------------------------------------------------------------------
+def time_searches(
+    store: Any,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    *,
+    param: int,
+    batch: int,
+    warmup: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[float, float, float]:
     """(latency p50 ms, p95 ms, recall@10) of ``store`` at one search parameter and batch size."""
     from fleettwin.live.faiss_store import SEARCH_PARAM, recall_at_k
 
@@ -172,17 +219,17 @@ def time_searches(store: Any, queries: np.ndarray, truth: np.ndarray, *, param: 
     if calls < 1:
         raise ConfigError(f"--batch {batch} is larger than --queries {len(queries)}")
     for i in range(warmup):
-        store.search(queries[(i % calls) * batch:(i % calls + 1) * batch], K, **knob)
+        store.search(queries[(i % calls) * batch : (i % calls + 1) * batch], K, **knob)
     elapsed, found = [], []
     for i in range(max(calls, MIN_CALLS)):
-        q = queries[(i % calls) * batch:(i % calls + 1) * batch]
+        q = queries[(i % calls) * batch : (i % calls + 1) * batch]
         t0 = clock()
         result = store.search(q, K, **knob)
         elapsed.append(clock() - t0)
         if i < calls:
             found.append(result.ids)
     ms = np.asarray(elapsed) * 1e3
-    recall = recall_at_k(np.concatenate(found), truth[:calls * batch], K)
+    recall = recall_at_k(np.concatenate(found), truth[: calls * batch], K)
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), recall
 
 
@@ -197,11 +244,16 @@ class Plan:
     warmup: int
     seed: int
     source: str
-    clock: str = "wall"  # wall: time.perf_counter; cpu: time.thread_time (FAISS runs in this thread at 1 thread)
+    clock: str = (
+        "wall"  # wall: time.perf_counter; cpu: time.thread_time (FAISS runs in this thread at 1 thread)
+    )
 
 
-def calibrate(plan: Plan, data: Callable[[int], tuple[np.ndarray, np.ndarray]],
-              progress: Callable[[str, int], None] = lambda what, done: None) -> Iterator[tuple[TableRow, float]]:  # fmt: skip
+def calibrate(
+    plan: Plan,
+    data: Callable[[int], tuple[np.ndarray, np.ndarray]],
+    progress: Callable[[str, int], None] = lambda what, done: None,
+) -> Iterator[tuple[TableRow, float]]:
     """Yield (row, build seconds) per index type, size, search parameter and batch, in that nesting."""
     from fleettwin.live.faiss_store import IndexSpec, VectorStore
 
@@ -226,14 +278,26 @@ def calibrate(plan: Plan, data: Callable[[int], tuple[np.ndarray, np.ndarray]],
                     continue
                 for batch in plan.batches:
                     progress(f"{index_type} {n:,} param {param} batch {batch}", done)
-                    p50, p95, recall = time_searches(store, queries, truth, param=param, batch=batch,
-                                                     warmup=plan.warmup, clock=clock)  # fmt: skip
+                    p50, p95, recall = time_searches(
+                        store, queries, truth, param=param, batch=batch, warmup=plan.warmup, clock=clock
+                    )
                     done += 1
                     progress(f"{index_type} {n:,} param {param} batch {batch}", done)
-                    yield TableRow(index_type=index_type, hardware=hardware_label(index_type),
-                                   n_vectors=len(base), dim=plan.dim, search_param=param,
-                                   latency_ms_p50=round(p50, 4), latency_ms_p95=round(p95, 4),
-                                   recall_at_10=round(recall, 4), batch=batch, source=plan.source), build_s  # fmt: skip
+                    yield (
+                        TableRow(
+                            index_type=index_type,
+                            hardware=hardware_label(index_type),
+                            n_vectors=len(base),
+                            dim=plan.dim,
+                            search_param=param,
+                            latency_ms_p50=round(p50, 4),
+                            latency_ms_p95=round(p95, 4),
+                            recall_at_10=round(recall, 4),
+                            batch=batch,
+                            source=plan.source,
+                        ),
+                        build_s,
+                    )
             del store
 
 
@@ -243,13 +307,36 @@ def faiss_threads(n: int) -> None:
     faiss.omp_set_num_threads(n)
 
 
-# --- command ----------------------------------------------------------------------------------------------------
+# --- command ------------------------------------------------------------------------------------------------
 def command_line(args: argparse.Namespace, sizes: list[int], index_types: list[str]) -> str:
     """The command that reproduces these rows (everything that changes a number; not --out)."""
-    parts = ["fleettwin", "data", "calibrate-retrieval", "--sizes", ",".join(map(str, sizes)), "--dim", str(args.dim),
-             "--index-types", ",".join(index_types), "--nprobe", args.nprobe, "--ef-search", args.ef_search,
-             "--batch", args.batch, "--queries", str(args.queries), "--warmup", str(args.warmup),
-             "--seed", str(args.seed), "--threads", str(args.threads), "--clock", args.clock]  # fmt: skip
+    parts = [
+        "fleettwin",
+        "data",
+        "calibrate-retrieval",
+        "--sizes",
+        ",".join(map(str, sizes)),
+        "--dim",
+        str(args.dim),
+        "--index-types",
+        ",".join(index_types),
+        "--nprobe",
+        args.nprobe,
+        "--ef-search",
+        args.ef_search,
+        "--batch",
+        args.batch,
+        "--queries",
+        str(args.queries),
+        "--warmup",
+        str(args.warmup),
+        "--seed",
+        str(args.seed),
+        "--threads",
+        str(args.threads),
+        "--clock",
+        args.clock,
+    ]
     if "cagra" in index_types:
         parts += ["--itopk", args.itopk]
     if args.corpus:
@@ -268,31 +355,49 @@ def make_plan(args: argparse.Namespace, corpus_size: int | None) -> Plan:
     )
 
     default_types = list(CPU_INDEX_TYPES) + (list(GPU_INDEX_TYPES) if num_gpus() else [])
-    index_types = [s.strip() for s in args.index_types.split(",") if s.strip()] if args.index_types else default_types
+    index_types = (
+        [s.strip() for s in args.index_types.split(",") if s.strip()] if args.index_types else default_types
+    )
     for t in index_types:
         if t not in INDEX_TYPES:
-            raise ConfigError(f"--index-types: unknown index type {t!r}; expected one of: {', '.join(INDEX_TYPES)}")
+            raise ConfigError(
+                f"--index-types: unknown index type {t!r}; expected one of: {', '.join(INDEX_TYPES)}"
+            )
         if t in GPU_INDEX_TYPES:
             require_gpu(t)
     if corpus_size is not None:
         sizes = parse_ints("--sizes", args.sizes) if args.sizes else [corpus_size]
         if max(sizes) > corpus_size:
-            raise ConfigError(f"--sizes: {max(sizes)} exceeds the {corpus_size} corpus lines left after --queries")
+            raise ConfigError(
+                f"--sizes: {max(sizes)} exceeds the {corpus_size} corpus lines left after --queries"
+            )
     else:
         sizes = parse_ints("--sizes", args.sizes or "10k,100k")
     if args.dim < 1 or args.queries < 1 or args.warmup < 0 or args.threads < 1:
         raise ConfigError("--dim, --queries and --threads must be >= 1 and --warmup >= 0")
     if args.clock == "cpu" and args.threads != 1:
         raise ConfigError("--clock cpu times the calling thread only, so it needs --threads 1")
-    knobs = {"nprobe": parse_ints("--nprobe", args.nprobe), "ef_search": parse_ints("--ef-search", args.ef_search),
-             "itopk_size": parse_ints("--itopk", args.itopk)}  # fmt: skip
+    knobs = {
+        "nprobe": parse_ints("--nprobe", args.nprobe),
+        "ef_search": parse_ints("--ef-search", args.ef_search),
+        "itopk_size": parse_ints("--itopk", args.itopk),
+    }
     params = {t: knobs[SEARCH_PARAM[t]] if SEARCH_PARAM[t] else [0] for t in index_types}
     batches = parse_ints("--batch", args.batch)
     if max(batches) > args.queries:
         raise ConfigError(f"--batch {max(batches)} is larger than --queries {args.queries}")
-    return Plan(index_types=index_types, sizes=sizes, params=params, batches=batches,
-                dim=args.dim, n_queries=args.queries, warmup=args.warmup, seed=args.seed, clock=args.clock,
-                source=command_line(args, sizes, index_types))  # fmt: skip
+    return Plan(
+        index_types=index_types,
+        sizes=sizes,
+        params=params,
+        batches=batches,
+        dim=args.dim,
+        n_queries=args.queries,
+        warmup=args.warmup,
+        seed=args.seed,
+        clock=args.clock,
+        source=command_line(args, sizes, index_types),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -310,7 +415,9 @@ def run(args: argparse.Namespace) -> int:
     if args.corpus:
         embedder = make_embedder(args.embedder, {"dim": args.dim} if args.embedder == "hashing" else None)
         if embedder.dim != args.dim:
-            raise ConfigError(f"--dim {args.dim} does not match embedder {args.embedder!r} ({embedder.dim} dimensions)")
+            raise ConfigError(
+                f"--dim {args.dim} does not match embedder {args.embedder!r} ({embedder.dim} dimensions)"
+            )
         base_all, queries = corpus_data(args.corpus, embedder, args.queries, args.seed)
         plan = make_plan(args, len(base_all))
         data = lambda n: (base_all[:n], queries)  # noqa: E731
@@ -318,10 +425,19 @@ def run(args: argparse.Namespace) -> int:
         data = lambda n: synthetic_data(n, plan.dim, plan.n_queries, plan.seed)  # noqa: E731
     total = len(plan.sizes) * len(plan.batches) * sum(len(plan.params[t]) for t in plan.index_types)
     rows, builds = [], {}
-    with Progress(TextColumn("[bold]calibrating[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, disable=args.quiet, transient=True) as bar:  # fmt: skip
+    with Progress(
+        TextColumn("[bold]calibrating[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=args.quiet,
+        transient=True,
+    ) as bar:
         task = bar.add_task("", total=total)
-        for row, build_s in calibrate(plan, data, lambda what, done: bar.update(task, description=what, completed=done)):
+        for row, build_s in calibrate(
+            plan, data, lambda what, done: bar.update(task, description=what, completed=done)
+        ):
             rows.append(row)
             builds[(row.index_type, row.n_vectors)] = build_s
     frame = pd.DataFrame([[getattr(r, c) for c in COLUMNS] for r in rows], columns=list(COLUMNS))
@@ -337,6 +453,14 @@ def results_table(frame: Any, builds: dict[tuple[str, int], float], table_cls: A
     for name in ("index", "vectors", "param", "batch", "p50 ms", "p95 ms", "recall@10", "build s"):
         table.add_column(name, justify="left" if name == "index" else "right")
     for r in frame.itertuples():
-        table.add_row(r.index_type, f"{r.n_vectors:,}", str(r.search_param), str(r.batch), f"{r.latency_ms_p50:.3f}",
-                      f"{r.latency_ms_p95:.3f}", f"{r.recall_at_10:.3f}", f"{builds[(r.index_type, r.n_vectors)]:.1f}")  # fmt: skip
+        table.add_row(
+            r.index_type,
+            f"{r.n_vectors:,}",
+            str(r.search_param),
+            str(r.batch),
+            f"{r.latency_ms_p50:.3f}",
+            f"{r.latency_ms_p95:.3f}",
+            f"{r.recall_at_10:.3f}",
+            f"{builds[(r.index_type, r.n_vectors)]:.1f}",
+        )
     return table

@@ -37,20 +37,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--trace", type=Path, help="trace file (CSV for azure, JSONL for mooncake)")
-    p.add_argument("--workflows", type=Path, metavar="SCENARIO",
-                   help="run the workflows: section of this scenario YAML instead of a trace")  # fmt: skip
-    p.add_argument("--corpus", type=Path, default=Path("docs"),
-                   help="folder of .md/.txt files the workflows' retrieval searches (default %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--workflows",
+        type=Path,
+        metavar="SCENARIO",
+        help="run the workflows: section of this scenario YAML instead of a trace",
+    )
+    p.add_argument(
+        "--corpus",
+        type=Path,
+        default=Path("docs"),
+        help="folder of .md/.txt files the workflows' retrieval searches (default %(default)s)",
+    )
     p.add_argument("--max-workflows", type=int, help="with --workflows: start at most N workflows")
-    p.add_argument("--retrieval-collection", metavar="NAME",
-                   help="with --workflows: search NAME through the first target's POST /v1/retrieve (a gateway with "
-                   "a retrieval service) instead of the local --corpus index (which still gives the query text)")  # fmt: skip
+    p.add_argument(
+        "--retrieval-collection",
+        metavar="NAME",
+        help="with --workflows: search NAME through the first target's POST /v1/retrieve (a gateway with "
+        "a retrieval service) instead of the local --corpus index (which still gives the query text)",
+    )
     p.add_argument("--format", default="azure", choices=["azure", "mooncake"], help="(default %(default)s)")
     p.add_argument("--targets", required=True, help="comma-separated base URLs, e.g. http://127.0.0.1:8000")
     p.add_argument("--speedup", type=float, default=1.0, help="replay X times faster (default %(default)s)")
     p.add_argument("--start", type=float, default=0.0, help="skip this many trace seconds (default 0)")
-    p.add_argument("--duration", type=float, default=60.0,
-                   help="send for at most S wall seconds (default %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--duration", type=float, default=60.0, help="send for at most S wall seconds (default %(default)s)"
+    )
     p.add_argument("--max-requests", type=int, default=10_000, help="send at most N (default %(default)s)")
     p.add_argument(
         "--drain-timeout",
@@ -65,7 +77,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--token", help="bearer token for the targets")
     p.add_argument("--chat", action="store_true", help="use /v1/chat/completions with text prompts")
     p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
-    p.add_argument("--tls-ca", help="PEM CA to verify the targets with (e.g. certs/ca.pem of fleettwin data certs)")
+    p.add_argument(
+        "--tls-ca", help="PEM CA to verify the targets with (e.g. certs/ca.pem of fleettwin data certs)"
+    )
     p.add_argument("--tls-cert", help="PEM client certificate to present to targets that require mTLS")
     p.add_argument("--tls-key", help="PEM private key for --tls-cert")
     p.add_argument(
@@ -88,8 +102,12 @@ def run(args: argparse.Namespace) -> int:
     for t in targets:
         if not t.startswith(("http://", "https://")):
             raise ConfigError(f"--targets: {t!r} is not an http(s) URL")
-    for name, value in (("--speedup", args.speedup), ("--duration", args.duration),
-                        ("--drain-timeout", args.drain_timeout), ("--timeout", args.timeout)):  # fmt: skip
+    for name, value in (
+        ("--speedup", args.speedup),
+        ("--duration", args.duration),
+        ("--drain-timeout", args.drain_timeout),
+        ("--timeout", args.timeout),
+    ):
         if not value > 0:
             raise ConfigError(f"{name} must be > 0, got {value}")
     if args.max_requests < 1:
@@ -97,17 +115,35 @@ def run(args: argparse.Namespace) -> int:
     REPLICA_ROUTERS.get(args.router)  # an unknown name fails here with the list of known ones
     args.verify = _verify(args)
     if (args.trace is None) == (args.workflows is None):
-        raise ConfigError("give --trace (replay requests) or --workflows (run a scenario's workflows), not both")
+        raise ConfigError(
+            "give --trace (replay requests) or --workflows (run a scenario's workflows), not both"
+        )
     if args.workflows is not None:
         return run_workflows(args, targets)
     # Only the window that can be sent is read: duration x speedup trace seconds, at most max_requests rows.
-    requests = load_trace(args.trace, args.format, start_s=args.start, duration_s=args.duration * args.speedup,
-                          max_requests=args.max_requests)  # fmt: skip
-    df = asyncio.run(replay(
-        requests, targets, speedup=args.speedup, duration_s=args.duration, max_requests=args.max_requests,
-        router=args.router, chat=args.chat, model=args.model, token=args.token, verify=args.verify,
-        timeout_s=args.timeout, drain_timeout_s=args.drain_timeout,
-    ))  # fmt: skip
+    requests = load_trace(
+        args.trace,
+        args.format,
+        start_s=args.start,
+        duration_s=args.duration * args.speedup,
+        max_requests=args.max_requests,
+    )
+    df = asyncio.run(
+        replay(
+            requests,
+            targets,
+            speedup=args.speedup,
+            duration_s=args.duration,
+            max_requests=args.max_requests,
+            router=args.router,
+            chat=args.chat,
+            model=args.model,
+            token=args.token,
+            verify=args.verify,
+            timeout_s=args.timeout,
+            drain_timeout_s=args.drain_timeout,
+        )
+    )
     print(json.dumps(summarize(df), indent=2))
     if args.out:
         print(f"wrote {write_parquet(args.out, df)}")
@@ -149,13 +185,27 @@ def run_workflows(args: argparse.Namespace, targets: list[str]) -> int:
         retriever = HybridRetriever(load_corpus(args.corpus))
     tracing = tracing_from_env("fleettwin-loadgen")
     try:
-        wf, nodes = asyncio.run(execute(
-            instances, targets, speedup=args.speedup, duration_s=args.duration, max_workflows=args.max_workflows,
-            router=args.router, chat=args.chat, model=args.model, token=args.token, verify=args.verify,
-            timeout_s=args.timeout, drain_timeout_s=args.drain_timeout, retriever=retriever,
-            k=rag.k if rag else 10, context_tokens=context, tracing=tracing,
-            retrieval_collection=args.retrieval_collection,
-        ))  # fmt: skip
+        wf, nodes = asyncio.run(
+            execute(
+                instances,
+                targets,
+                speedup=args.speedup,
+                duration_s=args.duration,
+                max_workflows=args.max_workflows,
+                router=args.router,
+                chat=args.chat,
+                model=args.model,
+                token=args.token,
+                verify=args.verify,
+                timeout_s=args.timeout,
+                drain_timeout_s=args.drain_timeout,
+                retriever=retriever,
+                k=rag.k if rag else 10,
+                context_tokens=context,
+                tracing=tracing,
+                retrieval_collection=args.retrieval_collection,
+            )
+        )
     finally:
         tracing.shutdown()
     print(json.dumps(workflow_summary(wf, nodes), indent=2))

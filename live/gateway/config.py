@@ -19,13 +19,14 @@
     audit_log: gateway-audit.jsonl
     limits: {max_body_bytes: 8388608, header_timeout_s: 10, body_timeout_s: 30}
 
-A tenant authenticates only the ways its ``auth`` allows (default: ``api_key`` when it has keys, else ``jwt``).
-A backend's ``tls_name`` (and ``retrieval.tls_name``) is the identity its server certificate must carry (a SAN),
-checked instead of the URL's host: with certificates from ``fleettwin data certs`` that is the component name
-(``emulator``), so an mTLS link cannot be answered by another component's server.
+A tenant authenticates only the ways its ``auth`` allows (default: ``api_key`` when it has keys, else
+``jwt``). A backend's ``tls_name`` (and ``retrieval.tls_name``) is the identity its server certificate must
+carry (a SAN), checked instead of the URL's host: with certificates from ``fleettwin data certs`` that is the
+component name (``emulator``), so an mTLS link cannot be answered by another component's server.
 
-Relative paths are resolved against the file's folder. A bad file is one ``ConfigError`` per problem naming the
-file and the field: ``gateway.yaml: tenants.team-a.models[0]: unknown model 'gpt-9'; backends serve: ...``.
+Relative paths are resolved against the file's folder. A bad file is one ``ConfigError`` per problem naming
+the file and the field: ``gateway.yaml: tenants.team-a.models[0]: unknown model 'gpt-9'; backends serve:
+...``.
 """
 
 from __future__ import annotations
@@ -89,7 +90,9 @@ class Quotas(_Frozen):
 
 class Tenant(_Frozen):
     api_keys: tuple[str, ...] = ()
-    auth: tuple[AuthMethod, ...] | None = None  # how it may authenticate; None: api_key if it has keys, else jwt
+    auth: tuple[AuthMethod, ...] | None = (
+        None  # how it may authenticate; None: api_key if it has keys, else jwt
+    )
     models: tuple[str, ...] = Field(min_length=1)
     tools: tuple[str, ...] = ()
     collections: tuple[str, ...] = ()
@@ -106,8 +109,10 @@ class Tenant(_Frozen):
         for k in keys:
             if not _HASH.match(k):
                 shown = k if k.startswith("sha256:") else k[:3] + "..."  # do not echo a plain key
-                raise ValueError(f"an API key must be stored as 'sha256:<64 hex digits>' (fleettwin live gateway "
-                                 f"--new-key makes one), got {shown!r}")  # fmt: skip
+                raise ValueError(
+                    f"an API key must be stored as 'sha256:<64 hex digits>' (fleettwin live gateway "
+                    f"--new-key makes one), got {shown!r}"
+                )
         return keys
 
     def allows(self, kind: str, name: str) -> bool:
@@ -205,7 +210,9 @@ class Jwt(_Frozen):
                 data = Path(self.secret_file).read_bytes().strip()
             except OSError as exc:
                 raise ConfigError(f"jwt: cannot read {where}: {exc.strerror}") from None
-        if len(data) < 32:  # RFC 7518 section 3.2: an HS256 key must be at least as long as the hash (256 bits)
+        if (
+            len(data) < 32
+        ):  # RFC 7518 section 3.2: an HS256 key must be at least as long as the hash (256 bits)
             raise ConfigError(f"jwt: the secret in {where} is shorter than 32 bytes")
         return data
 
@@ -235,8 +242,10 @@ class GatewayConfig(_Frozen):
         for name, t in self.tenants.items():
             for i, m in enumerate(t.models):
                 if m != ANY and m not in self.backends:
-                    raise ValueError(f"tenants.{name}.models[{i}]: unknown model {m!r}; backends serve: "
-                                     f"{', '.join(self.backends)}")  # fmt: skip
+                    raise ValueError(
+                        f"tenants.{name}.models[{i}]: unknown model {m!r}; backends serve: "
+                        f"{', '.join(self.backends)}"
+                    )
             try:
                 _known_detectors(t.detectors)
             except ValueError as exc:

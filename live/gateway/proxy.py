@@ -55,8 +55,13 @@ class Pool:
 
     def pick(self, a: Admitted) -> int:
         self._ids += 1
-        req = Request(id=self._ids, arrival_s=0.0, prompt_tokens=max(1, a.prompt_tokens),
-                      output_tokens=max(1, a.max_tokens or 1), tenant=a.principal.tenant)  # fmt: skip
+        req = Request(
+            id=self._ids,
+            arrival_s=0.0,
+            prompt_tokens=max(1, a.prompt_tokens),
+            output_tokens=max(1, a.max_tokens or 1),
+            tenant=a.principal.tenant,
+        )
         i = self.router.choose(req, self.view, 0.0)
         self.view.counts[i] += 1
         return i
@@ -87,9 +92,10 @@ class Upstreams:
     async def open(self) -> None:
         """The connection pool, made on the server's event loop."""
         self.http = httpx.AsyncClient(
-            verify=self.verify, timeout=httpx.Timeout(self.timeout_s, connect=5.0, pool=None),
+            verify=self.verify,
+            timeout=httpx.Timeout(self.timeout_s, connect=5.0, pool=None),
             limits=httpx.Limits(max_connections=4096, max_keepalive_connections=1024),
-        )  # fmt: skip
+        )
 
     async def aclose(self) -> None:
         if self.http is not None:
@@ -98,9 +104,15 @@ class Upstreams:
     def send(self, a: Admitted, url: str, request_id: str, *, stream: bool):
         """The backend's response (a coroutine); raises ``httpx.HTTPError`` when it cannot be reached."""
         path = "/v1/chat/completions" if a.route == "chat.completions" else "/v1/completions"
-        headers = {**self.pools[a.model].headers, "x-request-id": request_id, "content-type": "application/json"}
+        headers = {
+            **self.pools[a.model].headers,
+            "x-request-id": request_id,
+            "content-type": "application/json",
+        }
         # sni_hostname: the name the backend's certificate is verified against (instead of the URL's host)
-        ext = {"sni_hostname": a.backend.tls_name} if a.backend.tls_name and url.startswith("https://") else {}
+        ext = (
+            {"sni_hostname": a.backend.tls_name} if a.backend.tls_name and url.startswith("https://") else {}
+        )
         req = self.http.build_request("POST", url + path, content=a.body, headers=headers, extensions=ext)
         return self.http.send(req, stream=stream)
 
@@ -127,8 +139,9 @@ class ModelName:
         return self._pattern.sub(rb"\g<1>" + self._by, data)
 
 
-async def relay(r: httpx.Response, usage: Usage, *, keep_usage_chunk: bool,
-                rename: ModelName | None = None) -> AsyncIterator[bytes]:  # fmt: skip
+async def relay(
+    r: httpx.Response, usage: Usage, *, keep_usage_chunk: bool, rename: ModelName | None = None
+) -> AsyncIterator[bytes]:
     """SSE bytes from the backend, passed on as they arrive, cut only at event boundaries. Only events that
     mention ``"usage"`` are parsed (per-token events are passed through untouched: the relay's cost per token
     is a bytes search); the usage-only chunk (``choices: []``) the gateway asked for on the client's behalf is

@@ -52,8 +52,12 @@ class TenantLimiter:
         q = self.quotas
         too_large = self.tokens is not None and tokens > self.tokens.burst
         if not too_large and q.concurrent is not None and self.in_flight >= q.concurrent:
-            return Refusal("concurrent", 1.0, f"tenant '{self.tenant}' already has {self.in_flight} requests in "
-                           f"flight (limit {q.concurrent})")  # fmt: skip
+            return Refusal(
+                "concurrent",
+                1.0,
+                f"tenant '{self.tenant}' already has {self.in_flight} requests in "
+                f"flight (limit {q.concurrent})",
+            )
         refusal = self.gate.admit(tokens, self.clock())
         if refusal is not None:
             return dataclasses.replace(refusal, message=self._explain(refusal.reason, tokens))
@@ -63,13 +67,20 @@ class TenantLimiter:
     def _explain(self, reason: str, tokens: float) -> str:
         q = self.quotas
         if reason == "too_large":
-            return (f"the request needs up to {tokens:.0f} tokens, more than tenant '{self.tenant}' may use in one "
-                    f"burst ({self.tokens.burst:.0f}); lower max_tokens")  # fmt: skip
-        what = f"{q.requests_per_s:g} requests/s" if reason == "requests_per_s" else f"{q.tokens_per_s:g} tokens/s"
+            return (
+                f"the request needs up to {tokens:.0f} tokens, more than tenant '{self.tenant}' may use in one "
+                f"burst ({self.tokens.burst:.0f}); lower max_tokens"
+            )
+        what = (
+            f"{q.requests_per_s:g} requests/s"
+            if reason == "requests_per_s"
+            else f"{q.tokens_per_s:g} tokens/s"
+        )
         return f"tenant '{self.tenant}' is over its quota of {what}"
 
     def release(self, ticket: Ticket, used_tokens: float | None) -> None:
-        """End of the request: free its slot and settle its tokens (``None``: usage unknown, keep the charge)."""
+        """End of the request: free its slot and settle its tokens (``None``: usage unknown, keep the
+        charge)."""
         if ticket.released:
             return
         ticket.released = True

@@ -33,17 +33,24 @@ class Allocator(ABC):
     registry_name: ClassVar[str] = "?"
     Params: ClassVar[type[BaseModel]] = NoParams
 
-    def __init__(self, params: BaseModel | None = None, *, catalog: Catalog | None = None,
-                 capacity: CapacityModel | None = None):
+    def __init__(
+        self,
+        params: BaseModel | None = None,
+        *,
+        catalog: Catalog | None = None,
+        capacity: CapacityModel | None = None,
+    ):
         self.params: Any = params if params is not None else self.Params()
         self.catalog = catalog or Catalog.default()
         cap_params = getattr(self.params, "capacity", None)
-        self.capacity = capacity or CapacityModel(cap_params if isinstance(cap_params, CapacityParams) else None,
-                                                  catalog=self.catalog)
+        self.capacity = capacity or CapacityModel(
+            cap_params if isinstance(cap_params, CapacityParams) else None, catalog=self.catalog
+        )
 
     @abstractmethod
     def decide(self, snapshot: FleetSnapshot) -> Decision:
-        """The allocation wanted at ``snapshot.time_s``; must pass :func:`~fleettwin.models.snapshot.conserve`."""
+        """The allocation wanted at ``snapshot.time_s``; must pass
+        :func:`~fleettwin.models.snapshot.conserve`."""
 
 
 ALLOCATORS: Registry[Allocator] = Registry("allocator")

@@ -48,7 +48,8 @@ class Plan:
         return self.snapshot.limit(key, region) - self._used[(key, region)]
 
     def grant(self, pool: PoolState, gpus: int, key: GpuKey | None = None, *, step: int = 1) -> int:
-        """Add up to ``gpus`` GPUs (whole multiples of ``step``) to ``pool``'s target; returns what was granted."""
+        """Add up to ``gpus`` GPUs (whole multiples of ``step``) to ``pool``'s target; returns what was
+        granted."""
         key = key or pool.key
         want = max(0, gpus) // step * step
         got = min(want, self.free(key, pool.region)) // step * step
@@ -67,7 +68,9 @@ class Plan:
         """Record a lend or reclaim; targets move with it (the inventory total is unchanged)."""
         if count <= 0:
             return
-        self.lends.append(Lend(from_pool=src, to_pool=dst, gpu=key[0], purchase=key[1], count=count, kind=kind))
+        self.lends.append(
+            Lend(from_pool=src, to_pool=dst, gpu=key[0], purchase=key[1], count=count, kind=kind)
+        )
         self.targets[src][key] -= count
         self.targets[dst][key] += count
 
@@ -81,9 +84,14 @@ class Plan:
             counts = self.targets[pool.name]
             for key in sorted(pool.keys() | set(counts)):
                 targets.append(Target(pool=pool.name, gpu=key[0], purchase=key[1], gpus=max(0, counts[key])))
-        return Decision(time_s=self.snapshot.time_s, allocator=self.allocator, targets=tuple(targets),
-                        lends=tuple(self.lends), preemptions=tuple(self.preemptions.values()),
-                        notes=tuple(self.notes))
+        return Decision(
+            time_s=self.snapshot.time_s,
+            allocator=self.allocator,
+            targets=tuple(targets),
+            lends=tuple(self.lends),
+            preemptions=tuple(self.preemptions.values()),
+            notes=tuple(self.notes),
+        )
 
 
 # --------------------------------------------------------------------------------------------- jobs
@@ -149,7 +157,9 @@ def preempt_to_fit(plan: Plan, pool: PoolState, keep: int, reason: str) -> None:
     if need <= 0:
         return
     now = snapshot.time_s
-    running = [j for j in snapshot.jobs_in(pool.name) if j.state == "running" and j.id not in plan.preemptions]
+    running = [
+        j for j in snapshot.jobs_in(pool.name) if j.state == "running" and j.id not in plan.preemptions
+    ]
 
     def lost(job: Job) -> float:
         return (job.lost_work_s(now) + job.restore_s) * job.gpus
@@ -174,8 +184,14 @@ def preempt_to_fit(plan: Plan, pool: PoolState, keep: int, reason: str) -> None:
     for job in running:
         if job.id in taken:
             plan.preemptions[job.id] = Preemption(
-                job_id=job.id, pool=pool.name, gpus=min(job.gpus, taken[job.id]), reason=reason,
-                lost_work_s=job.lost_work_s(now), restore_s=job.restore_s, job_gpus=job.gpus)
+                job_id=job.id,
+                pool=pool.name,
+                gpus=min(job.gpus, taken[job.id]),
+                reason=reason,
+                lost_work_s=job.lost_work_s(now),
+                restore_s=job.restore_s,
+                job_gpus=job.gpus,
+            )
 
 
 def backfill_jobs(plan: Plan, *, reason: str) -> None:
@@ -243,7 +259,8 @@ def horizon_s(settings: ForecastSettings, snapshot: FleetSnapshot, pool: PoolSta
 
 
 FALLBACK_NOTE = "forecast fallback: "
-"""Prefix of a decision note saying the pool's forecaster did not forecast (the controller reports it once)."""
+"""Prefix of a decision note saying the pool's forecaster did not forecast (the controller reports it
+once)."""
 
 
 class ForecastTracker:
@@ -270,8 +287,12 @@ class ForecastTracker:
         return model
 
 
-def forecast_peak(settings: ForecastSettings, snapshot: FleetSnapshot, pool: PoolState,
-                  tracker: ForecastTracker | None = None) -> tuple[float, str]:
+def forecast_peak(
+    settings: ForecastSettings,
+    snapshot: FleetSnapshot,
+    pool: PoolState,
+    tracker: ForecastTracker | None = None,
+) -> tuple[float, str]:
     """Highest forecast arrival rate (req/s, the chosen quantile) from now to the horizon, and a note.
 
     The maximum over the whole window rather than the value at the horizon: GPUs released now are gone at

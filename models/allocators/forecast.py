@@ -76,10 +76,15 @@ class ForecastAllocator(Allocator):
         for pool in jobs:  # GPUs on loan exist already: reserve them before anything new is granted
             for owner in snapshot.pools:
                 for key in {g.key for g in pool.gpus if g.lent_from == owner.name}:
-                    plan.grant(pool, pool.borrowed_from(owner.name, key) - reclaimed.get((pool.name, owner.name,
-                                                                                           key), 0), key)
+                    plan.grant(
+                        pool,
+                        pool.borrowed_from(owner.name, key) - reclaimed.get((pool.name, owner.name, key), 0),
+                        key,
+                    )
         for inf in infs:  # top up to the need now (reclaimed GPUs are already in the target)
-            plan.grant(inf.pool, inf.need - plan.targets[inf.pool.name][inf.pool.key], step=self._tp(inf.pool))
+            plan.grant(
+                inf.pool, inf.need - plan.targets[inf.pool.name][inf.pool.key], step=self._tp(inf.pool)
+            )
         for pool in jobs:  # required GPUs are own ones: a loan can be reclaimed at any time
             plan.grant(pool, job_demand(snapshot, pool).required)
         for inf in infs:
@@ -88,7 +93,9 @@ class ForecastAllocator(Allocator):
         for pool in jobs:
             demand = job_demand(snapshot, pool)
             busy_own = min(pool.held(pool.key, lent=False), demand.used - self._borrowed(plan, pool))
-            plan.grant(pool, busy_own - plan.targets[pool.name][pool.key] + self._borrowed(plan, pool, pool.key))
+            plan.grant(
+                pool, busy_own - plan.targets[pool.name][pool.key] + self._borrowed(plan, pool, pool.key)
+            )
         if self.params.lend:
             self._lend(plan, infs, jobs)
         for pool in jobs:
@@ -110,8 +117,12 @@ class ForecastAllocator(Allocator):
         top = p.max_replicas if p.max_replicas is not None else math.inf
         need = int(min(max(replicas_for(now, cap, p.headroom), p.min_replicas), top))
         owned = int(min(max(replicas_for(max(now, peak), cap, p.headroom), need), top))
-        return _Inference(pool=pool, need=need * cap.gpus, owned_target=owned * cap.gpus,
-                          lent=snapshot.lent_out(pool.name, pool.key))
+        return _Inference(
+            pool=pool,
+            need=need * cap.gpus,
+            owned_target=owned * cap.gpus,
+            lent=snapshot.lent_out(pool.name, pool.key),
+        )
 
     def _reclaim(self, plan: Plan, infs: list[_Inference]) -> dict[tuple[str, str, GpuKey], int]:
         """Take lent GPUs home where the pool's ready GPUs fall short of its need now."""
@@ -120,14 +131,24 @@ class ForecastAllocator(Allocator):
             pool, key = inf.pool, inf.pool.key
             tp = self._tp(pool)  # whole replicas: the short is rounded up, loans were whole replicas
             short = min(inf.lent, -(-(inf.need - pool.held(key, states=("active",), lent=False)) // tp) * tp)
-            borrowers = sorted((p for p in snapshot.pools if p.borrowed_from(pool.name, key)),
-                               key=lambda p: (p.tier == "operational", snapshot.used_gpus(p.name) - p.held()))
+            borrowers = sorted(
+                (p for p in snapshot.pools if p.borrowed_from(pool.name, key)),
+                key=lambda p: (p.tier == "operational", snapshot.used_gpus(p.name) - p.held()),
+            )
             for borrower in borrowers:
                 if short <= 0:
                     break
                 n = min(short, borrower.borrowed_from(pool.name, key))
-                plan.lends.append(Lend(from_pool=borrower.name, to_pool=pool.name, gpu=key[0], purchase=key[1],
-                                       count=n, kind="reclaim"))
+                plan.lends.append(
+                    Lend(
+                        from_pool=borrower.name,
+                        to_pool=pool.name,
+                        gpu=key[0],
+                        purchase=key[1],
+                        count=n,
+                        kind="reclaim",
+                    )
+                )
                 out[(borrower.name, pool.name, key)] = n
                 inf.lent -= n
                 short -= n
@@ -165,4 +186,3 @@ class ForecastAllocator(Allocator):
                 if n > 0:
                     plan.move(pool.name, job_pool.name, key, n, "lend")
                     spare -= n
-

@@ -11,10 +11,11 @@ replica's requests/s at the pool's SLO and request mix from ``models/capacity.py
 rate plus backlog, or the forecast peak when ``forecast`` is set); per job pool ``required <= sum x + short``
 and ``sum x <= desired`` (the elastic range: jobs at minimum size and deadlines met, up to every job at
 ``max_gpus``; with ``keep_busy``, the lower bound is at least the GPUs running jobs use, so a job the pool's
-scheduler widened onto idle GPUs is not preempted just to save one interval's cost); per (g, u, region) the inventory limit; per pool, spot GPUs at most ``max_spot_share`` of its
-GPUs. Shortfall variables keep the program feasible when the inventory cannot meet demand; the decision's
-notes report them. It is myopic (one interval, no switching cost) and may change a pool's GPU type, so the
-actuator must run replicas of several types in one pool, or ``gpu_types`` must pin one.
+scheduler widened onto idle GPUs is not preempted just to save one interval's cost); per (g, u, region) the
+inventory limit; per pool, spot GPUs at most ``max_spot_share`` of its GPUs. Shortfall variables keep the
+program feasible when the inventory cannot meet demand; the decision's notes report them. It is myopic (one
+interval, no switching cost) and may change a pool's GPU type, so the actuator must run replicas of several
+types in one pool, or ``gpu_types`` must pin one.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ class MilpAllocator(Allocator):
         job_gpu_types: list[str] | None = None
         """Types job pools may use, counted one for one (None: each pool's configured type only)."""
         max_spot_share: dict[Tier, float] = Field(
-            default_factory=lambda: {"inference": 0.5, "training": 1.0, "operational": 1.0})
+            default_factory=lambda: {"inference": 0.5, "training": 1.0, "operational": 1.0}
+        )
         training_value_usd_h: float = Field(default=0.0, ge=0)
         """Worth of one training GPU-hour above the jobs' minimum; 0: training gets its minimum only."""
         keep_busy: bool = True
@@ -146,8 +148,9 @@ class MilpAllocator(Allocator):
             rows.append(unit)
             lo.append(low)
             hi.append(np.inf)
-            cost[n + k] = p.shortfall_penalty_usd_h * (1.0 / _mean_cap(vars_, cols) if pool.tier == "inference"
-                                                       else 1.0)
+            cost[n + k] = p.shortfall_penalty_usd_h * (
+                1.0 / _mean_cap(vars_, cols) if pool.tier == "inference" else 1.0
+            )
             upper[n + k] = max(low, 0.0)
             if np.isfinite(high):
                 gpus = np.zeros(n + m)
@@ -172,16 +175,22 @@ class MilpAllocator(Allocator):
             rows.append(row)
             lo.append(-np.inf)
             hi.append(snapshot.limit(key, region))
-        res = milp(cost, constraints=LinearConstraint(np.array(rows), lo, hi),
-                   integrality=np.r_[np.ones(n), np.zeros(m)], bounds=Bounds(np.zeros(n + m), upper),
-                   options={"time_limit": p.time_limit_s})
+        res = milp(
+            cost,
+            constraints=LinearConstraint(np.array(rows), lo, hi),
+            integrality=np.r_[np.ones(n), np.zeros(m)],
+            bounds=Bounds(np.zeros(n + m), upper),
+            options={"time_limit": p.time_limit_s},
+        )
         if res.x is None:
             plan.note(f"milp: no solution ({res.message}); keeping the current allocation")
             return {v: v.pool.held(v.key) // v.gpus_per_unit for v in vars_}
         for k, pool in enumerate(pools):
             if res.x[n + k] > 1e-6:
-                plan.note(f"{pool.name}: demand short by {res.x[n + k]:.3g} "
-                          f"{'req/s' if pool.tier == 'inference' else 'GPUs'} (inventory)")
+                plan.note(
+                    f"{pool.name}: demand short by {res.x[n + k]:.3g} "
+                    f"{'req/s' if pool.tier == 'inference' else 'GPUs'} (inventory)"
+                )
         return {v: int(round(res.x[i])) for i, v in enumerate(vars_)}
 
 

@@ -47,10 +47,16 @@ class ScalingRules(StrictModel):
     policies: list[ScalingPolicy] = Field(min_length=1)
 
 
-DEFAULT_UP = ScalingRules(stabilization_window_s=0, policies=[
-    ScalingPolicy(type="percent", value=100, period_s=15), ScalingPolicy(type="pods", value=4, period_s=15)])
-DEFAULT_DOWN = ScalingRules(stabilization_window_s=300, policies=[
-    ScalingPolicy(type="percent", value=100, period_s=15)])
+DEFAULT_UP = ScalingRules(
+    stabilization_window_s=0,
+    policies=[
+        ScalingPolicy(type="percent", value=100, period_s=15),
+        ScalingPolicy(type="pods", value=4, period_s=15),
+    ],
+)
+DEFAULT_DOWN = ScalingRules(
+    stabilization_window_s=300, policies=[ScalingPolicy(type="percent", value=100, period_s=15)]
+)
 
 
 @dataclass
@@ -199,7 +205,8 @@ class ReactiveAllocator(Allocator):
     def _forget(self, state: HpaState, now: float) -> None:
         keep = max(self.params.scale_up.stabilization_window_s, self.params.scale_down.stabilization_window_s)
         state.recommendations = [(t, r) for t, r in state.recommendations if t > now - keep - 1e-9]
-        horizon = max(pol.period_s for rules in (self.params.scale_up, self.params.scale_down)
-                      for pol in rules.policies)
+        horizon = max(
+            pol.period_s for rules in (self.params.scale_up, self.params.scale_down) for pol in rules.policies
+        )
         state.up_events = [(t, n) for t, n in state.up_events if t > now - horizon]
         state.down_events = [(t, n) for t, n in state.down_events if t > now - horizon]

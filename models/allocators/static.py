@@ -1,8 +1,8 @@
 """``static``: fixed shares of the fleet per tier, never moved.
 
 For each GPU type and purchase option in a region, the pools configured with it split ``total_gpus`` (default:
-the inventory limit) by tier share, evenly among a tier's pools, rounded down to whole replicas. It assumes the
-shares were chosen offline for the peak of each tier; it looks at no load, lends nothing and only preempts
+the inventory limit) by tier share, evenly among a tier's pools, rounded down to whole replicas. It assumes
+the shares were chosen offline for the peak of each tier; it looks at no load, lends nothing and only preempts
 jobs when a job pool holds more than its share (the first decision after a change of policy).
 """
 
@@ -22,8 +22,10 @@ from fleettwin.models.snapshot import TIERS, Decision, FleetSnapshot, GpuKey, Po
 class StaticAllocator(Allocator):
     class Params(StrictModel):
         shares: dict[Tier, float] = Field(
-            default_factory=lambda: {"inference": 0.5, "training": 0.3, "operational": 0.2})
-        """Fraction of each GPU type's total per tier; they may sum to less than 1 (the rest stays unbought)."""
+            default_factory=lambda: {"inference": 0.5, "training": 0.3, "operational": 0.2}
+        )
+        """Fraction of each GPU type's total per tier; they may sum to less than 1 (the rest stays
+        unbought)."""
         total_gpus: int | None = Field(default=None, ge=0)
         """GPUs of each (type, purchase, region) to split; None: the inventory limit."""
 

@@ -1,11 +1,12 @@
 """``unified``: one pool sized for peak, no tiers, nothing moved.
 
-The textbook baseline the multi-tier claim is measured against. Every pool is held at the largest demand it has
-shown so far (or a given peak), on one GPU type and purchase option: inference pools at the replicas that serve
-their peak arrival rate with ``headroom``, job pools at the GPUs all their jobs would use (``max_gpus``). The
-fleet only grows. Its cost is the whole fleet all the time, whichever pool a GPU is booked to, so booking the
-GPUs per pool (which lets the simulator run it) changes nothing in the bill. It assumes the tiers peak
-together: sum of peaks, not peak of the sum, which is what a fleet sized without a forecast must assume.
+The textbook baseline the multi-tier claim is measured against. Every pool is held at the largest demand it
+has shown so far (or a given peak), on one GPU type and purchase option: inference pools at the replicas that
+serve their peak arrival rate with ``headroom``, job pools at the GPUs all their jobs would use
+(``max_gpus``). The fleet only grows. Its cost is the whole fleet all the time, whichever pool a GPU is booked
+to, so booking the GPUs per pool (which lets the simulator run it) changes nothing in the bill. It assumes the
+tiers peak together: sum of peaks, not peak of the sum, which is what a fleet sized without a forecast must
+assume.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ class UnifiedAllocator(Allocator):
         for pool in snapshot.pools_of("inference"):
             key = self._key(pool.gpu)
             cap = pool_capacity(self.capacity, pool, key[0])
-            history = [r for r in (pool.serving.arrival_rate_history if pool.serving else ()) if r is not None]
+            history = [
+                r for r in (pool.serving.arrival_rate_history if pool.serving else ()) if r is not None
+            ]
             peak = self.params.peak_rps.get(pool.name, max([rate_now(snapshot, pool), *history]))
             if cap.requests_per_s <= 0:
                 plan.note(f"{pool.name}: {pool.model} cannot meet its SLO on {key[0]} ({cap.limit})")

@@ -95,7 +95,9 @@ def scenario_mapping(path: str | Path, overrides: dict[str, Any] | None = None) 
     return data
 
 
-def _set_dotted(data: Any, dotted: str, value: Any, *, source: str, model: type[BaseModel] | None = None) -> None:
+def _set_dotted(
+    data: Any, dotted: str, value: Any, *, source: str, model: type[BaseModel] | None = None
+) -> None:
     """Set ``value`` at ``dotted``: mapping keys, list items by index or by their ``name`` (``pools.chat``),
     a named item of a section's list without the list's key (``regions.eu-west-1`` for the item of
     ``regions.regions`` named eu-west-1), and a parameter of a ``{name, params}`` choice without ``params``
@@ -112,8 +114,10 @@ def _set_dotted(data: Any, dotted: str, value: Any, *, source: str, model: type[
             if idx is None:
                 names = [str(item["name"]) for item in node if isinstance(item, dict) and "name" in item]
                 known = f"; names: {', '.join(names)}" if names else ""
-                raise ConfigError(f"{source}: override {dotted}: {where} has no list item {key!r} (an index 0.."
-                                  f"{len(node) - 1} or a name){did_you_mean(key, names)}{known}")  # fmt: skip
+                raise ConfigError(
+                    f"{source}: override {dotted}: {where} has no list item {key!r} (an index 0.."
+                    f"{len(node) - 1} or a name){did_you_mean(key, names)}{known}"
+                )
             if last:
                 node[idx] = value
             else:
@@ -158,8 +162,11 @@ def _list_index(items: list, key: str) -> int | None:
 def _named_child(node: dict, name: str) -> dict | None:
     """The item named ``name`` of the one list of named mappings under ``node`` (a section such as
     ``regions:`` whose entries live in ``regions.regions``)."""
-    lists = [v for v in node.values() if isinstance(v, list) and v and all(isinstance(i, dict) and "name" in i
-                                                                           for i in v)]  # fmt: skip
+    lists = [
+        v
+        for v in node.values()
+        if isinstance(v, list) and v and all(isinstance(i, dict) and "name" in i for i in v)
+    ]
     found = [i for lst in lists for i in lst if str(i["name"]) == name]
     return found[0] if len(found) == 1 else None
 
@@ -168,6 +175,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     """``pools.chat.replicas=16`` -> ("pools.chat.replicas", 16); the value is read as YAML."""
     key, sep, raw = text.partition("=")
     if not sep or not key:
-        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. pools.chat.replicas=16 or "
-                          "pools.0.replicas=16")
+        raise ConfigError(
+            f"override {text!r}: expected KEY=VALUE, e.g. pools.chat.replicas=16 or pools.0.replicas=16"
+        )
     return key.strip(), yaml.safe_load(raw)

@@ -25,15 +25,17 @@ class EngineConfig(StrictModel):
     max_model_len: PositiveInt | None = None  # default: the model's context, capped by the KV cache
     num_gpu_blocks: PositiveInt | None = None  # like vLLM's num_gpu_blocks_override: pin the KV capacity
     enable_prefix_caching: bool = False  # vLLM's default is on; off here keeps older scenarios' results
-    # Not a vLLM argument: host memory per replica that keeps evicted KV blocks for prefix reuse (a CPU offload
-    # tier such as LMCache's max_local_cpu_size); prefix-cache capacity = GPU KV cache + this (models/engine/prefix_cache.py)
+    # Not a vLLM argument: host memory per replica that keeps evicted KV blocks for prefix reuse (a CPU
+    # offload tier such as LMCache's max_local_cpu_size); prefix-cache capacity = GPU KV cache + this
+    # (models/engine/prefix_cache.py)
     kv_offload_gb: float = Field(0.0, ge=0, allow_inf_nan=False)
-    # Order of the waiting queue: {name: fcfs} (vLLM's default), wfq (weighted fair queueing by tenant weight),
-    # priority (by tenant priority, lower first, as vLLM's --scheduling-policy priority); models/config/choices.py,
-    # carried out by models/engine/waiting.py
+    # Order of the waiting queue: {name: fcfs} (vLLM's default), wfq (weighted fair queueing by tenant
+    # weight), priority (by tenant priority, lower first, as vLLM's --scheduling-policy priority);
+    # models/config/choices.py, carried out by models/engine/waiting.py
     waiting_policy: WaitingPolicyRef = WaitingPolicyRef(name="fcfs")
-    # Storage precision of the weights (vLLM's dtype / --quantization fp8) and of the KV cache (--kv-cache-dtype):
-    # FP8 halves weight and KV bytes (more KV blocks, faster decode) where the performance model supports it.
+    # Storage precision of the weights (vLLM's dtype / --quantization fp8) and of the KV cache
+    # (--kv-cache-dtype): FP8 halves weight and KV bytes (more KV blocks, faster decode) where the performance
+    # model supports it.
     dtype: Literal["bf16", "fp8"] = "bf16"
     kv_cache_dtype: Literal["bf16", "fp8"] = "bf16"
 
@@ -48,7 +50,9 @@ class PoolConfig(StrictModel):
     engine: EngineConfig = EngineConfig()
     router: PolicyRef = PolicyRef(name="least_outstanding")
     central_queue: bool = False
-    perf_model: PolicyRef = PolicyRef(name="auto")  # calibrated where the GPU has a built-in profile, else roofline
+    perf_model: PolicyRef = PolicyRef(
+        name="auto"
+    )  # calibrated where the GPU has a built-in profile, else roofline
 
     @field_validator("router")
     @classmethod

@@ -1,8 +1,8 @@
 """The scenario file's root: one config, validated on load and frozen afterwards.
 
 Each section is its own model: the core ones in this package (``pools.py``, ``workload.py``, ``slo.py``,
-``sim.py``, ``controller.py``), each feature's in its package (``models/<feature>/config.py``). The root checks
-what ties sections together (pool names, the catalog, workflows against retrieval and pools).
+``sim.py``, ``controller.py``), each feature's in its package (``models/<feature>/config.py``). The root
+checks what ties sections together (pool names, the catalog, workflows against retrieval and pools).
 """
 
 from __future__ import annotations
@@ -51,8 +51,12 @@ class ScenarioConfig(StrictModel):
     failures: FailuresField = None  # failure injection and policies; after regions, whose names it checks
     retrieval: RetrievalConfig | None = None  # vector stores and RAG (models/retrieval/config.py)
     jobs: JobsConfig | None = None  # training and operational job pools and streams (models/tiers/config.py)
-    tenants: TenantsConfig | None = None  # tenants, quotas, SLO classes, the gateway stage (models/tenancy/config.py)
-    workflows: WorkflowsConfig | None = None  # agent/RAG workflows beside the workload (models/workflows/templates.py)
+    tenants: TenantsConfig | None = (
+        None  # tenants, quotas, SLO classes, the gateway stage (models/tenancy/config.py)
+    )
+    workflows: WorkflowsConfig | None = (
+        None  # agent/RAG workflows beside the workload (models/workflows/templates.py)
+    )
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source: str = PrivateAttr(default="<scenario>")  # the file, for errors found after loading
@@ -90,18 +94,24 @@ class ScenarioConfig(StrictModel):
         wf = self.workflows
         rag = wf.needs_retrieval()
         if rag and self.retrieval is None:
-            raise ValueError(f"workflows: {', '.join(rag)} query the knowledge fabric, but the scenario has no "
-                             "retrieval: section")  # fmt: skip
+            raise ValueError(
+                f"workflows: {', '.join(rag)} query the knowledge fabric, but the scenario has no "
+                "retrieval: section"
+            )
         if self.retrieval is not None:
             held = {s.domain for s in self.retrieval.stores}
             for t in wf.templates:
                 for node in t.nodes:
                     if node.topic is not None and node.topic not in held and "*" not in held:
-                        raise ValueError(f"workflows: template {t.name!r}: node {node.id!r}: topic {node.topic!r} is "
-                                         f"held by no store (store domains: {', '.join(sorted(held))})")  # fmt: skip
+                        raise ValueError(
+                            f"workflows: template {t.name!r}: node {node.id!r}: topic {node.topic!r} is "
+                            f"held by no store (store domains: {', '.join(sorted(held))})"
+                        )
         served = {p.model for p in self.pools}  # requests find their pool by this exact name
         for model in sorted(wf.models() - served):
-            raise ValueError(f"workflows: model {model!r} is not served by any pool ({', '.join(sorted(served))})")
+            raise ValueError(
+                f"workflows: model {model!r} is not served by any pool ({', '.join(sorted(served))})"
+            )
 
     def workload_source(self):
         w = self.workload

@@ -1,9 +1,9 @@
 """The scenario's ``workload:`` section: which source produces the requests, and how it is reshaped.
 
-    workload:
-      name: poisson                      # a workload source (models/workload/sources.py)
-      params: {rate: 4, duration_s: 600, lengths: {type: geometric, prompt_mean: 500, output_mean: 100}}
-      rate_scale: 2                      # optional: reshape any source without compressing time
+workload:
+  name: poisson                      # a workload source (models/workload/sources.py)
+  params: {rate: 4, duration_s: 600, lengths: {type: geometric, prompt_mean: 500, output_mean: 100}}
+  rate_scale: 2                      # optional: reshape any source without compressing time
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ class WorkloadConfig(Choice):
         if isinstance(comps, list):
             ups = [legacy_key_form(c, "type") for c in comps]
             if any(u is not None for u in ups):
-                params = {**new["params"], "components": [c if u is None else u for c, u in zip(comps, ups, strict=True)]}
+                params = {
+                    **new["params"],
+                    "components": [c if u is None else u for c, u in zip(comps, ups, strict=True)],
+                }
                 return {**new, "params": params}
         return new if new is not raw else None

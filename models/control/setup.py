@@ -21,8 +21,9 @@ if TYPE_CHECKING:
     from fleettwin.models.allocators.base import Allocator
 
 
-def control_setup(ctl: ControllerConfig, slo: SloConfig, resolved: Sequence[ResolvedPool],
-                  catalog: Catalog) -> tuple[Allocator, list[ControlledPool], list[InventoryItem]]:
+def control_setup(
+    ctl: ControllerConfig, slo: SloConfig, resolved: Sequence[ResolvedPool], catalog: Catalog
+) -> tuple[Allocator, list[ControlledPool], list[InventoryItem]]:
     """The allocator object, the controlled pools and the GPU inventory of a control loop; the simulator's
     controller and the live shadow controller (``live/shadow.py``) both build theirs here."""
     from fleettwin.models.allocators.base import ALLOCATORS  # the registry imports every policy: on first use
@@ -30,14 +31,27 @@ def control_setup(ctl: ControllerConfig, slo: SloConfig, resolved: Sequence[Reso
     prov = ctl.provisioning
     metas, inventory = [], {}
     for rp in resolved:
-        delay = provisioning_delay_s(rp.llm.weight_bytes(), rp.tp, acquire_s=prov.acquire_s,
-                                     storage_gbps=prov.storage_gbps)  # fmt: skip
-        metas.append(ControlledPool(name=rp.cfg.name, gpu=rp.gpu.id, model=rp.llm.id, tp=rp.tp,
-                                    purchase=rp.cfg.purchase, slo=Slo(ttft_s=slo.ttft_s, tpot_s=slo.tpot_s),
-                                    provisioning_delay_s=delay))  # fmt: skip
+        delay = provisioning_delay_s(
+            rp.llm.weight_bytes(), rp.tp, acquire_s=prov.acquire_s, storage_gbps=prov.storage_gbps
+        )
+        metas.append(
+            ControlledPool(
+                name=rp.cfg.name,
+                gpu=rp.gpu.id,
+                model=rp.llm.id,
+                tp=rp.tp,
+                purchase=rp.cfg.purchase,
+                slo=Slo(ttft_s=slo.ttft_s, tpot_s=slo.tpot_s),
+                provisioning_delay_s=delay,
+            )
+        )
         key = (rp.gpu.id, rp.cfg.purchase)
-        inventory[key] = InventoryItem(gpu=rp.gpu.id, purchase=rp.cfg.purchase,
-                                       limit=ctl.gpu_limits.get(rp.gpu.id, 4096),
-                                       price_usd_h=rp.price_per_gpu_hour, provisioning_delay_s=delay)  # fmt: skip
+        inventory[key] = InventoryItem(
+            gpu=rp.gpu.id,
+            purchase=rp.cfg.purchase,
+            limit=ctl.gpu_limits.get(rp.gpu.id, 4096),
+            price_usd_h=rp.price_per_gpu_hour,
+            provisioning_delay_s=delay,
+        )
     allocator = ALLOCATORS.create(ctl.allocator.name, ctl.allocator.params, catalog=catalog)
     return allocator, metas, list(inventory.values())

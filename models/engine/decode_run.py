@@ -1,7 +1,8 @@
 """The iteration end times of one skipped decode run, from a closed form or from an array.
 
-A replica asks three things of a run: when its iteration ``j`` ends, which iteration boundary comes first at or
-after a time (an arrival wakes the replica there), and how many iterations have started by a time (the KV view).
+A replica asks three things of a run: when its iteration ``j`` ends, which iteration boundary comes first at
+or after a time (an arrival wakes the replica there), and how many iterations have started by a time (the KV
+view).
 """
 
 from __future__ import annotations
@@ -77,9 +78,14 @@ class AffineRun:
                 x = target / lin if beta == 0 else (-lin + math.sqrt(lin * lin + 2 * beta * target)) / beta
                 j = k0 + max(0, min(k1 - k0 - 1, math.ceil(x) - 1))
                 # Rounding: settle on the exact boundary (``end`` written out, as above).
-                while j > k0 and start + before + ((j - k0) * alpha + beta * (j - k0) * (k0 + j - 1) / 2) >= t:
+                while (
+                    j > k0 and start + before + ((j - k0) * alpha + beta * (j - k0) * (k0 + j - 1) / 2) >= t
+                ):
                     j -= 1
-                while j < k1 - 1 and start + before + ((j - k0 + 1) * alpha + beta * (j - k0 + 1) * (k0 + j) / 2) < t:
+                while (
+                    j < k1 - 1
+                    and start + before + ((j - k0 + 1) * alpha + beta * (j - k0 + 1) * (k0 + j) / 2) < t
+                ):
                     j += 1
                 return j
         return self.steps - 1

@@ -1,10 +1,10 @@
-"""What every scheduler of a replica is made of: a sequence's state, the engine limits, one iteration's plan and
-the queue/KV-pool base class (pure bookkeeping: no SimPy, no clock).
+"""What every scheduler of a replica is made of: a sequence's state, the engine limits, one iteration's plan
+and the queue/KV-pool base class (pure bookkeeping: no SimPy, no clock).
 
 Kept apart from the fast ``Scheduler`` (``scheduler.py``) and the plain ``ReferenceScheduler``
-(``reference_scheduler.py``) so that one algorithm can check the other on the same state. ``tools/build_native.py``
-compiles this module and ``scheduler.py`` together (one mypyc group), so the compiled scheduler reads these
-classes natively.
+(``reference_scheduler.py``) so that one algorithm can check the other on the same state.
+``tools/build_native.py`` compiles this module and ``scheduler.py`` together (one mypyc group), so the
+compiled scheduler reads these classes natively.
 """
 
 from __future__ import annotations
@@ -47,9 +47,12 @@ class SeqState:
     @classmethod
     def with_cached_prefix(cls, req: Request, cached_tokens: int) -> SeqState:
         """A sequence whose first ``cached_tokens`` prompt tokens come from the prefix cache (vLLM automatic
-        prefix caching): they are not prefilled, but their KV blocks are allocated on admission like any other."""
+        prefix caching): they are not prefilled, but their KV blocks are allocated on admission like any
+        other."""
         if not 0 <= cached_tokens < req.prompt_tokens:
-            raise ValueError(f"request {req.id}: cached tokens {cached_tokens} not in [0, {req.prompt_tokens})")
+            raise ValueError(
+                f"request {req.id}: cached tokens {cached_tokens} not in [0, {req.prompt_tokens})"
+            )
         return cls(req, num_computed=cached_tokens, cached_tokens=cached_tokens)
 
     @property
@@ -75,7 +78,9 @@ class EngineLimits:
     long_prefill_token_threshold: int = 0  # 0: no cap on a prefill chunk beyond the budget
     enable_prefix_caching: bool = False  # a replica keeps a prefix cache (models/engine/prefix_cache.py)
     prefix_cache_blocks: int = 0  # its capacity in prefix blocks; 0: the whole KV cache
-    waiting_policy: str = "fcfs"  # order of the waiting queue: fcfs | wfq | priority (models/engine/waiting.py)
+    waiting_policy: str = (
+        "fcfs"  # order of the waiting queue: fcfs | wfq | priority (models/engine/waiting.py)
+    )
     tenancy: Tenancy | None = None  # tenants' weights, priorities and caps (models/tenancy/quotas.py)
 
 
@@ -97,9 +102,9 @@ class StepPlan:
     """One iteration: which sequences compute how many tokens, and the batch aggregates for the perf model.
 
     ``seqs``/``tokens`` list the sequences handled one by one; ``group`` is True when the decode group also
-    runs (one token for each of its members). ``decode_only`` is True when every scheduled sequence decodes one
-    token, nothing was preempted and the waiting queue is empty or blocked: the next iterations repeat this
-    batch until a completion, arrival or KV shortfall."""
+    runs (one token for each of its members). ``decode_only`` is True when every scheduled sequence decodes
+    one token, nothing was preempted and the waiting queue is empty or blocked: the next iterations repeat
+    this batch until a completion, arrival or KV shortfall."""
 
     __slots__ = ("seqs", "tokens", "batch", "preempted", "group", "decode_only")
 
@@ -116,7 +121,9 @@ class StepPlan:
         return not self.seqs and not self.group
 
 
-@mypyc_attr(allow_interpreted_subclasses=True)  # the plain reference scheduler extends it (fleettwin/native.py)
+@mypyc_attr(
+    allow_interpreted_subclasses=True
+)  # the plain reference scheduler extends it (fleettwin/native.py)
 class EngineQueue:
     """What every scheduler of a replica shares: the limits, the waiting queue, the KV block pool and vLLM's
     rejection rule. The scheduling algorithms themselves are kept apart (``Scheduler`` here and the plain
@@ -178,9 +185,11 @@ class EngineQueue:
         return True
 
 
-
-
 if __name__ == "fleettwin.models.engine.queue":  # not in the compiled copy itself (fleettwin/native.py)
     from fleettwin.native import adopt
 
-    adopt(globals(), "fleettwin_native_queue", ("SeqState", "EngineLimits", "check_limits", "StepPlan", "EngineQueue"))
+    adopt(
+        globals(),
+        "fleettwin_native_queue",
+        ("SeqState", "EngineLimits", "check_limits", "StepPlan", "EngineQueue"),
+    )

@@ -50,8 +50,16 @@ class ResolvedPool:
 
     def spec(self) -> PoolSpec:
         c = self.cfg
-        return PoolSpec(name=c.name, limits=self.limits, perf=self.perf, replicas=c.replicas, router=c.router.name,
-                        router_params=c.router.params, central_queue=c.central_queue, model=c.model)  # fmt: skip
+        return PoolSpec(
+            name=c.name,
+            limits=self.limits,
+            perf=self.perf,
+            replicas=c.replicas,
+            router=c.router.name,
+            router_params=c.router.params,
+            central_queue=c.central_queue,
+            model=c.model,
+        )
 
     @property
     def price_per_gpu_hour(self) -> float:
@@ -59,14 +67,18 @@ class ResolvedPool:
         return g.price_spot_usd_h if self.cfg.purchase == "spot" else g.price_on_demand_usd_h
 
 
-def resolve_pools(cfg: ScenarioConfig, catalog: Catalog, tenancy: Tenancy | None = None) -> list[ResolvedPool]:
+def resolve_pools(
+    cfg: ScenarioConfig, catalog: Catalog, tenancy: Tenancy | None = None
+) -> list[ResolvedPool]:
     """Every pool of ``cfg`` resolved; a pool that does not fit names the scenario file and the field."""
     out = []
     for i, pool in enumerate(cfg.pools):
         try:
             out.append(resolve_pool(pool, catalog, tenancy))
         except PoolFitError as exc:
-            raise ConfigError(f"{cfg.source}: pools[{i}].{exc.field_name} (pool {pool.name!r}): {exc}") from None
+            raise ConfigError(
+                f"{cfg.source}: pools[{i}].{exc.field_name} (pool {pool.name!r}): {exc}"
+            ) from None
     return out
 
 
@@ -78,22 +90,37 @@ def resolve_pool(cfg: PoolConfig, catalog: Catalog, tenancy: Tenancy | None = No
         raise PoolFitError("engine.dtype", f"fp8 needs FP8 tensor cores, which {gpu.id} lacks")
     with PoolFitError.field("perf_model"):
         extra = memory_reserve_gb(cfg.perf_model.name, cfg.perf_model.params, gpu)
-    sizes = {"dtype_bytes": precision.weight_bytes, "kv_dtype_bytes": precision.kv_bytes, "extra_reserve_gb": extra}
+    sizes = {
+        "dtype_bytes": precision.weight_bytes,
+        "kv_dtype_bytes": precision.kv_bytes,
+        "extra_reserve_gb": extra,
+    }
     with PoolFitError.field("tp" if cfg.tp else "model"):
-        tp = cfg.tp or min_tensor_parallel(gpu, llm, gpu_memory_utilization=eng.gpu_memory_utilization, **sizes)
+        tp = cfg.tp or min_tensor_parallel(
+            gpu, llm, gpu_memory_utilization=eng.gpu_memory_utilization, **sizes
+        )
         blocks = eng.num_gpu_blocks or kv_cache_blocks(
-            gpu, llm, tp, gpu_memory_utilization=eng.gpu_memory_utilization, block_size=eng.block_size, **sizes
+            gpu,
+            llm,
+            tp,
+            gpu_memory_utilization=eng.gpu_memory_utilization,
+            block_size=eng.block_size,
+            **sizes,
         )
     capacity = blocks * eng.block_size
     max_len = eng.max_model_len or min(llm.max_context, capacity)
     if max_len > capacity:
-        raise PoolFitError("engine.max_model_len",
+        raise PoolFitError(
+            "engine.max_model_len",
             f"{max_len} does not fit the KV cache of {capacity} tokens ({cfg.model} on {tp}x {cfg.gpu}); lower "
-            "max_model_len or raise tp / gpu_memory_utilization")  # fmt: skip
+            "max_model_len or raise tp / gpu_memory_utilization",
+        )
     if not eng.enable_chunked_prefill and eng.max_num_batched_tokens < max_len:
-        raise PoolFitError("engine.max_num_batched_tokens",
+        raise PoolFitError(
+            "engine.max_num_batched_tokens",
             f"without chunked prefill it ({eng.max_num_batched_tokens}) must be >= max_model_len ({max_len}), as "
-            "vLLM requires")  # fmt: skip
+            "vLLM requires",
+        )
     limits = EngineLimits(
         num_blocks=blocks,
         block_size=eng.block_size,
@@ -107,5 +134,7 @@ def resolve_pool(cfg: PoolConfig, catalog: Catalog, tenancy: Tenancy | None = No
         waiting_policy=eng.waiting_policy.name,
         tenancy=tenancy,
     )
-    perf = create_perf_model(cfg.perf_model.name, cfg.perf_model.params, gpu=gpu, llm=llm, tp=tp, precision=precision)
+    perf = create_perf_model(
+        cfg.perf_model.name, cfg.perf_model.params, gpu=gpu, llm=llm, tp=tp, precision=precision
+    )
     return ResolvedPool(cfg=cfg, gpu=gpu, llm=llm, tp=tp, limits=limits, perf=perf)

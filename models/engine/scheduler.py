@@ -82,8 +82,8 @@ class Scheduler(EngineQueue):
         heapq.heappush(self._heap, (T + seq.req.output_tokens - seq.num_output, seq.admitted, seq))
 
     def _group_blocks(self, t_from: int, k: int) -> int:
-        """New blocks the group needs for the ``k`` iterations starting at clock ``t_from``: a member needs one
-        whenever its computed tokens are a multiple of the block size."""
+        """New blocks the group needs for the ``k`` iterations starting at clock ``t_from``: a member needs
+        one whenever its computed tokens are a multiple of the block size."""
         if k <= 0:
             return 0
         bs = self.limits.block_size
@@ -191,7 +191,8 @@ class Scheduler(EngineQueue):
             self._add_explicit(plan, seq, c)
             budget -= c
         blocked = self._admit_waiting(plan, budget)
-        # Explicit sequences are prefilling (or sampling their first token), so only a pure group step repeats.
+        # Explicit sequences are prefilling (or sampling their first token), so only a pure group step
+        # repeats.
         plan.decode_only = n > 0 and not pre and blocked
         return plan
 
@@ -229,8 +230,8 @@ class Scheduler(EngineQueue):
             plan.batch.add_prefill(n, seq.num_computed)
 
     def _admit_waiting(self, plan: StepPlan, budget: int) -> bool:
-        """Admit FCFS while budget, sequence cap and KV allow; True if nothing was admitted (the queue is empty
-        or its head blocked), so the batch stays as it is."""
+        """Admit FCFS while budget, sequence cap and KV allow; True if nothing was admitted (the queue is
+        empty or its head blocked), so the batch stays as it is."""
         lim = self.limits
         waiting = self.waiting
         admitted = False
@@ -276,7 +277,9 @@ class Scheduler(EngineQueue):
             if seq.first_scheduled_s != seq.first_scheduled_s:  # NaN: first time on the GPU
                 seq.first_scheduled_s = start_s
             seq.num_computed += n
-            if seq.num_computed == seq.req.prompt_tokens + seq.num_output:  # all known tokens computed: sample
+            if (
+                seq.num_computed == seq.req.prompt_tokens + seq.num_output
+            ):  # all known tokens computed: sample
                 seq.num_output += 1
                 if seq.first_token_s != seq.first_token_s:
                     seq.first_token_s = end_s
@@ -292,7 +295,9 @@ class Scheduler(EngineQueue):
                     moved += 1
         if moved:
             pre = self.prefilling
-            self.prefilling = [] if moved == len(pre) else [s for s in pre if not s.in_group and s in self.order]
+            self.prefilling = (
+                [] if moved == len(pre) else [s for s in pre if not s.in_group and s in self.order]
+            )
         return finished
 
     # -- event skipping ----------------------------------------------------------------------------------
@@ -339,8 +344,8 @@ class Scheduler(EngineQueue):
         return self.used_blocks + self._group_blocks(self.T + 1, k - 1)
 
     def finish_decode_run(self, k: int, start_s: float, first_end_s: float, end_s: float) -> list[SeqState]:
-        """Apply ``k`` decode-only iterations at once (the first one planned by ``schedule()``), which ran from
-        ``start_s`` to ``end_s``; the first of them ended at ``first_end_s``."""
+        """Apply ``k`` decode-only iterations at once (the first one planned by ``schedule()``), which ran
+        from ``start_s`` to ``end_s``; the first of them ended at ``first_end_s``."""
         self.steps += k
         extra = self._group_blocks(self.T + 1, k - 1) if k > 1 else 0
         if extra > self.free_blocks:
@@ -355,4 +360,6 @@ if __name__ == "fleettwin.models.engine.scheduler":  # not in the compiled copy 
     from fleettwin.native import adopt
 
     # The compiled Scheduler is built against the compiled queue classes: adopt it only together with them.
-    adopt(globals(), "fleettwin_native_scheduler", ("Scheduler",), requires=("fleettwin.models.engine.queue",))
+    adopt(
+        globals(), "fleettwin_native_scheduler", ("Scheduler",), requires=("fleettwin.models.engine.queue",)
+    )

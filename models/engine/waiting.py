@@ -1,8 +1,8 @@
 """A replica's waiting queue under a policy other than FCFS: weighted fair queueing or strict priority.
 
-``EngineQueue`` (``models/engine/scheduler.py``) keeps a plain ``deque`` under ``fcfs`` (vLLM's default, and results
-bit-identical to before policies existed) and a ``PolicyQueue`` otherwise. ``PolicyQueue`` offers the deque
-operations the schedulers use, so both schedulers run the same admission code on it:
+``EngineQueue`` (``models/engine/scheduler.py``) keeps a plain ``deque`` under ``fcfs`` (vLLM's default, and
+results bit-identical to before policies existed) and a ``PolicyQueue`` otherwise. ``PolicyQueue`` offers the
+deque operations the schedulers use, so both schedulers run the same admission code on it:
 
 - ``append``: a new request, ordered by its key: the WFQ finish tag (``models/tenancy/quotas.py`` ``FairClock``) or
   the tenant's priority (lower first), ties by arrival at this replica;
@@ -75,8 +75,8 @@ class PolicyQueue:
         return bool(self._heap)
 
     def __iter__(self) -> Iterator:
-        """In heap order, which is deterministic but not the service order (``ordered`` gives that): sums over the
-        queue, such as the prefill backlog a router reads on every arrival, need no sort."""
+        """In heap order, which is deterministic but not the service order (``ordered`` gives that): sums over
+        the queue, such as the prefill backlog a router reads on every arrival, need no sort."""
         return (entry[2] for entry in self._heap)
 
     def ordered(self) -> list:
@@ -95,7 +95,6 @@ class PolicyQueue:
                 heapq.heapify(self._heap)
                 return
         raise ValueError("sequence not in the waiting queue")
-
 
 
 def waiting_queue(policy: str, tenancy: Tenancy | None) -> deque | PolicyQueue:

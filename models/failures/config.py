@@ -1,5 +1,5 @@
-"""The scenario's ``failures:`` section: failure injectors, the truncation policy, and the checks that tie their
-names to the scenario's pools (and regions), so a typo fails at load time with the field that holds it.
+"""The scenario's ``failures:`` section: failure injectors, the truncation policy, and the checks that tie
+their names to the scenario's pools (and regions), so a typo fails at load time with the field that holds it.
 
     failures:
       truncation: {name: truncate}            # truncate | compress | reroute; absent: reject, as vLLM does
@@ -61,8 +61,10 @@ class FailuresConfig(StrictModel):
         for i, spec in enumerate(self.specs):
             if spec.kind in REGION_KINDS:
                 out.append((f"injectors[{i}].params.region", spec.region))
-                out += [(f"injectors[{i}].params.unreachable[{j}]", r)
-                        for j, r in enumerate(getattr(spec, "unreachable", ()))]
+                out += [
+                    (f"injectors[{i}].params.unreachable[{j}]", r)
+                    for j, r in enumerate(getattr(spec, "unreachable", ()))
+                ]
         return out
 
 
@@ -84,11 +86,15 @@ def check_names(cfg: FailuresConfig | None, info: ValidationInfo) -> FailuresCon
         indices = {"straggler": (getattr(spec, "replica", None),), "coherence": getattr(spec, "replicas", ())}
         for idx in indices.get(spec.kind, ()):
             if idx is not None and idx >= sizes[spec.pool]:
-                raise ValueError(f"injectors[{i}]: replica {idx} does not exist in pool {spec.pool!r} "
-                                 f"({sizes[spec.pool]} replicas, numbered from 0)")  # fmt: skip
+                raise ValueError(
+                    f"injectors[{i}]: replica {idx} does not exist in pool {spec.pool!r} "
+                    f"({sizes[spec.pool]} replicas, numbered from 0)"
+                )
         if isinstance(spec, Coherence) and spec.policy.params.get("pool") == spec.pool:
-            raise ValueError(f"injectors[{i}].params.policy.params.pool: the fallback must be another pool than "
-                             f"{spec.pool!r}")  # fmt: skip
+            raise ValueError(
+                f"injectors[{i}].params.policy.params.pool: the fallback must be another pool than "
+                f"{spec.pool!r}"
+            )
     return cfg
 
 
@@ -99,7 +105,9 @@ def _check_regions(cfg: FailuresConfig, regions: Any) -> None:
     known = [r.name for r in regions.regions] if regions is not None else []
     for where, name in named:
         if name not in known:
-            raise ValueError(f"{where}: unknown region {name!r}; the scenario's regions are: {', '.join(known)}")
+            raise ValueError(
+                f"{where}: unknown region {name!r}; the scenario's regions are: {', '.join(known)}"
+            )
 
 
 FailuresField = Annotated[FailuresConfig | None, AfterValidator(check_names)]

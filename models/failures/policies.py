@@ -1,9 +1,9 @@
 """What breaks, when, and what a request does about it: failure specs and the policies that answer them.
 
-Pure data and arithmetic (no SimPy, no I/O), so the simulator's injectors (``sim/failures/injectors.py``) and a live
-chaos harness can share them. A failure is a kind (replica failure, straggler, coherence degradation, region
-outage, network partition, RTT spike) plus a ``Timing``: at fixed times, or at random by rate (MTBF, MTTR)
-from a generator the caller seeds per injector. Policies are chosen by name from registries:
+Pure data and arithmetic (no SimPy, no I/O), so the simulator's injectors (``sim/failures/injectors.py``) and
+a live chaos harness can share them. A failure is a kind (replica failure, straggler, coherence degradation,
+region outage, network partition, RTT spike) plus a ``Timing``: at fixed times, or at random by rate (MTBF,
+MTTR) from a generator the caller seeds per injector. Policies are chosen by name from registries:
 
 - ``TRUNCATION_POLICIES``: a prompt (with its retrieved context) that does not fit the pool's window is
   truncated to its last tokens, compressed at a latency cost, or re-routed to a pool with a longer window;
@@ -71,8 +71,8 @@ class Timing(StrictModel):
         return float(rng.exponential(self.mtbf_s / max(targets, 1)))
 
     def episodes(self, rng: np.random.Generator, *, renewal: bool = True) -> Iterator[Episode]:
-        """The episodes of one target in start order. By rate with ``renewal`` the next up-time starts when the
-        previous repair ends (an alternating renewal process); otherwise starts form a Poisson stream."""
+        """The episodes of one target in start order. By rate with ``renewal`` the next up-time starts when
+        the previous repair ends (an alternating renewal process); otherwise starts form a Poisson stream."""
         if self.mtbf_s is None:
             for t in sorted(self.at_s):
                 yield Episode(t, self.duration(rng))
@@ -109,8 +109,9 @@ class TruncationPolicy(ABC):
         self.params: Any = params
 
     @abstractmethod
-    def admit(self, prompt_tokens: int, output_tokens: int, window: int,
-              others: Sequence[tuple[str, int]] = ()) -> Admission:  # fmt: skip
+    def admit(
+        self, prompt_tokens: int, output_tokens: int, window: int, others: Sequence[tuple[str, int]] = ()
+    ) -> Admission:
         """Decide for a request of ``prompt_tokens`` (retrieved context included) that must leave room for
         ``output_tokens`` in a window of ``window`` tokens; ``others`` are (pool, window) of the other pools
         serving the same model or a longer-context one, for re-routing."""
@@ -133,8 +134,11 @@ class Truncate(TruncationPolicy):
             return Admission("admit", prompt_tokens)
         keep = window - output_tokens
         if keep < 1:
-            return Admission("drop", prompt_tokens, note=f"output {output_tokens} tokens alone fills the "
-                                                         f"window of {window}")  # fmt: skip
+            return Admission(
+                "drop",
+                prompt_tokens,
+                note=f"output {output_tokens} tokens alone fills the window of {window}",
+            )
         return Admission("admit", keep, note=f"truncated {prompt_tokens}->{keep}")
 
 
@@ -156,8 +160,13 @@ class Compress(TruncationPolicy):
         new = math.ceil(prompt_tokens * p.ratio)
         delay = p.fixed_s + p.s_per_1k_tokens * prompt_tokens / 1000.0
         if not fits(new, output_tokens, window):
-            return Admission("drop", new, delay, note=f"compressed prompt {new} + output {output_tokens} tokens "
-                                                      f"still exceeds the window of {window}")  # fmt: skip
+            return Admission(
+                "drop",
+                new,
+                delay,
+                note=f"compressed prompt {new} + output {output_tokens} tokens "
+                f"still exceeds the window of {window}",
+            )
         return Admission("admit", new, delay, note=f"compressed {prompt_tokens}->{new}")
 
 
@@ -326,7 +335,11 @@ class Injector(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _typed_params(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("name"), str) and not isinstance(data.get("params"), _Spec):
+        if (
+            isinstance(data, dict)
+            and isinstance(data.get("name"), str)
+            and not isinstance(data.get("params"), _Spec)
+        ):
             try:
                 params = FAILURE_INJECTORS.validate_params(data["name"], data.get("params"))
             except FleettwinError as exc:
@@ -338,4 +351,6 @@ class Injector(StrictModel):
     def from_legacy(cls, raw: Any) -> dict[str, Any] | None:
         """``{kind: straggler, pool: chat, ...}`` (the kind beside its parameters)."""
         return legacy_key_form(raw, "kind")
+
+
 REGION_KINDS = ("region_outage", "network_partition", "rtt_spike")

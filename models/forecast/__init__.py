@@ -8,5 +8,12 @@ from fleettwin.models.forecast import ensemble, ets, gbm, lstm, naive, sarimax, 
 from fleettwin.models.forecast.base import FORECASTERS, Forecast, Forecaster, ForecasterParams
 from fleettwin.models.forecast.series import CountSeries, parse_duration, read_counts_csv
 
-__all__ = ["FORECASTERS", "CountSeries", "Forecast", "Forecaster", "ForecasterParams", "parse_duration",
-           "read_counts_csv"]
+__all__ = [
+    "FORECASTERS",
+    "CountSeries",
+    "Forecast",
+    "Forecaster",
+    "ForecasterParams",
+    "parse_duration",
+    "read_counts_csv",
+]

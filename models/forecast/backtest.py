@@ -22,10 +22,23 @@ import pandas as pd
 from fleettwin.models.errors import ConfigError, FleettwinError
 from fleettwin.models.forecast.base import FORECASTERS, Forecaster, shared_fits
 
-COLUMNS = ["model", "horizon_buckets", "mae", "smape", "pinball_p90", "coverage_p90", "fit_seconds",
-           "smape_vs_naive", "smape_vs_seasonal_naive", "best", "max_over_series_max", "fallbacks"]
+COLUMNS = [
+    "model",
+    "horizon_buckets",
+    "mae",
+    "smape",
+    "pinball_p90",
+    "coverage_p90",
+    "fit_seconds",
+    "smape_vs_naive",
+    "smape_vs_seasonal_naive",
+    "best",
+    "max_over_series_max",
+    "fallbacks",
+]
 BASELINES = ("naive", "seasonal_naive")
-"""The two baselines every model's skill is reported against (``naive``, the last value, is the harder one)."""
+"""The two baselines every model's skill is reported against (``naive``, the last value, is the harder
+one)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,7 +71,9 @@ class OriginResult:
 def rolling_origins(n: int, *, first: int, horizon: int, step: int, last: int | None = None) -> np.ndarray:
     """Origins ``first, first + step, ...`` up to ``last`` (default: the last with a full horizon ahead)."""
     if first < 1 or step < 1 or horizon < 1:
-        raise ConfigError(f"warm-up ({first}), origin step ({step}) and horizon ({horizon}) must be >= 1 bucket")
+        raise ConfigError(
+            f"warm-up ({first}), origin step ({step}) and horizon ({horizon}) must be >= 1 bucket"
+        )
     stop = n - horizon if last is None else min(last, n - horizon)
     if stop < first:
         raise FleettwinError(
@@ -79,15 +94,33 @@ def run_origin(task: tuple[Sequence[ModelSpec], float, np.ndarray, int, int]) ->
         for spec in specs:
             start = time.perf_counter()
             fc = spec.create(bucket_s).fit(history).predict(horizon)
-            out.append(OriginResult(alias=spec.alias, origin=origin, fit_seconds=time.perf_counter() - start,
-                                    mean=fc.mean, p10=fc.p10, p50=fc.p50, p90=fc.p90, notes=fc.notes,
-                                    fallback=fc.fallback))
+            out.append(
+                OriginResult(
+                    alias=spec.alias,
+                    origin=origin,
+                    fit_seconds=time.perf_counter() - start,
+                    mean=fc.mean,
+                    p10=fc.p10,
+                    p50=fc.p50,
+                    p90=fc.p90,
+                    notes=fc.notes,
+                    fallback=fc.fallback,
+                )
+            )
     return out
 
 
-def iter_backtest(values: np.ndarray, specs: Sequence[ModelSpec], *, bucket_s: float, origins: np.ndarray,
-                  horizon: int, jobs: int = 1) -> Iterator[OriginResult]:
-    """Yield one result per (origin, model), origin by origin; ``jobs > 1`` fits origins in worker processes."""
+def iter_backtest(
+    values: np.ndarray,
+    specs: Sequence[ModelSpec],
+    *,
+    bucket_s: float,
+    origins: np.ndarray,
+    horizon: int,
+    jobs: int = 1,
+) -> Iterator[OriginResult]:
+    """Yield one result per (origin, model), origin by origin; ``jobs > 1`` fits origins in worker
+    processes."""
     values = np.asarray(values, dtype=float)
     for spec in specs:
         spec.create(bucket_s)  # fail fast on a bad name, bad parameters or a missing extra
@@ -130,21 +163,24 @@ def score(values: np.ndarray, results: Sequence[OriginResult], horizons: Sequenc
         by_model.setdefault(r.alias, []).append(r)
     for alias, runs in by_model.items():
         for h in sorted(horizons):
-            actual = np.vstack([values[r.origin:r.origin + h] for r in runs])
+            actual = np.vstack([values[r.origin : r.origin + h] for r in runs])
             mean = np.vstack([r.mean[:h] for r in runs])
             p90 = np.vstack([r.p90[:h] for r in runs])
             ok = ~np.isnan(actual)
             a, m, q = actual[ok], mean[ok], p90[ok]
-            rows.append({
-                "model": alias, "horizon_buckets": h,
-                "mae": float(np.mean(np.abs(a - m))) if a.size else np.nan,
-                "smape": float(np.mean(smape(a, m))) if a.size else np.nan,
-                "pinball_p90": float(np.mean(pinball(a, q, 0.9))) if a.size else np.nan,
-                "coverage_p90": float(np.mean(a <= q)) if a.size else np.nan,
-                "fit_seconds": float(np.mean([r.fit_seconds for r in runs])),
-                "max_over_series_max": float(max(mean.max(), p90.max()) / top) if top > 0 else np.nan,
-                "fallbacks": int(sum(r.fallback is not None for r in runs)),
-            })
+            rows.append(
+                {
+                    "model": alias,
+                    "horizon_buckets": h,
+                    "mae": float(np.mean(np.abs(a - m))) if a.size else np.nan,
+                    "smape": float(np.mean(smape(a, m))) if a.size else np.nan,
+                    "pinball_p90": float(np.mean(pinball(a, q, 0.9))) if a.size else np.nan,
+                    "coverage_p90": float(np.mean(a <= q)) if a.size else np.nan,
+                    "fit_seconds": float(np.mean([r.fit_seconds for r in runs])),
+                    "max_over_series_max": float(max(mean.max(), p90.max()) / top) if top > 0 else np.nan,
+                    "fallbacks": int(sum(r.fallback is not None for r in runs)),
+                }
+            )
     table = pd.DataFrame(rows)
     if table.empty:
         return pd.DataFrame(columns=COLUMNS)
@@ -156,19 +192,30 @@ def score(values: np.ndarray, results: Sequence[OriginResult], horizons: Sequenc
     return table[COLUMNS]
 
 
-def forecasts_frame(values: np.ndarray, results: Sequence[OriginResult], *, start_s: float = 0.0,
-                    bucket_s: float = 1.0) -> pd.DataFrame:
+def forecasts_frame(
+    values: np.ndarray, results: Sequence[OriginResult], *, start_s: float = 0.0, bucket_s: float = 1.0
+) -> pd.DataFrame:
     """Every forecast point in long form (model, origin, lead, time, actual, mean, p10, p50, p90)."""
     values = np.asarray(values, dtype=float)
     parts = []
     for r in results:
         lead = np.arange(1, len(r.mean) + 1)
         idx = r.origin + lead - 1
-        parts.append(pd.DataFrame({
-            "model": r.alias, "origin": r.origin, "lead": lead, "timestamp_s": start_s + idx * bucket_s,
-            "actual": np.where(idx < len(values), values[np.minimum(idx, len(values) - 1)], np.nan),
-            "mean": r.mean, "p10": r.p10, "p50": r.p50, "p90": r.p90,
-        }))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "model": r.alias,
+                    "origin": r.origin,
+                    "lead": lead,
+                    "timestamp_s": start_s + idx * bucket_s,
+                    "actual": np.where(idx < len(values), values[np.minimum(idx, len(values) - 1)], np.nan),
+                    "mean": r.mean,
+                    "p10": r.p10,
+                    "p50": r.p50,
+                    "p90": r.p90,
+                }
+            )
+        )
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 

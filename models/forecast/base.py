@@ -89,8 +89,15 @@ class Forecast:
             raise FleettwinError(f"forecast has quantiles {QUANTILES}, not {q}") from None
 
     def head(self, h: int) -> Forecast:
-        return Forecast(mean=self.mean[:h], p10=self.p10[:h], p50=self.p50[:h], p90=self.p90[:h],
-                        model=self.model, notes=self.notes, fallback=self.fallback)
+        return Forecast(
+            mean=self.mean[:h],
+            p10=self.p10[:h],
+            p50=self.p50[:h],
+            p90=self.p90[:h],
+            model=self.model,
+            notes=self.notes,
+            fallback=self.fallback,
+        )
 
 
 class ForecasterParams(StrictModel):
@@ -128,8 +135,9 @@ class Forecaster(ABC):
     registry_name: ClassVar[str] = "?"
     Params: ClassVar[type[ForecasterParams]] = ForecasterParams
 
-    def __init__(self, params: ForecasterParams | None = None, *, bucket_s: float = 300.0,
-                 alias: str | None = None):
+    def __init__(
+        self, params: ForecasterParams | None = None, *, bucket_s: float = 300.0, alias: str | None = None
+    ):
         self.params = params if params is not None else self.Params()
         if not bucket_s > 0:
             raise FleettwinError(f"bucket_s must be positive, got {bucket_s}")
@@ -152,8 +160,12 @@ class Forecaster(ABC):
         cache = _FIT_CACHE.get()
         key = None
         if cache is not None:
-            key = (type(self).__name__, self.params.model_dump_json(), self.bucket_s,
-                   hashlib.sha1(arr.tobytes()).hexdigest())
+            key = (
+                type(self).__name__,
+                self.params.model_dump_json(),
+                self.bucket_s,
+                hashlib.sha1(arr.tobytes()).hexdigest(),
+            )
             if key in cache:
                 self.__dict__.update(copy.copy(cache[key].__dict__), alias=self.alias)
                 self.notes_ = list(self.notes_)
@@ -172,7 +184,9 @@ class Forecaster(ABC):
         if not self.params.zeros_are_demand:
             arr, masked = mask_gaps(arr)
             if masked:
-                self.note(f"{masked} zero or near-zero buckets far below the level around them masked as gaps")
+                self.note(
+                    f"{masked} zero or near-zero buckets far below the level around them masked as gaps"
+                )
             self.y_ = arr
         if arr.size == 0 or np.isnan(arr).all():
             raise FleettwinError(f"{self.alias}: history has no observed buckets")
@@ -200,8 +214,15 @@ class Forecaster(ABC):
                 fc = self.fallback_.predict(h)
             self._memo[h] = (fc, self.fallback_why_ or fc.fallback, tuple(self.notes_))
         fc, why, notes = self._memo[h]
-        return Forecast(mean=fc.mean, p10=fc.p10, p50=fc.p50, p90=fc.p90, model=self.alias,
-                        notes=tuple(dict.fromkeys([*notes, *fc.notes])), fallback=why)
+        return Forecast(
+            mean=fc.mean,
+            p10=fc.p10,
+            p50=fc.p50,
+            p90=fc.p90,
+            model=self.alias,
+            notes=tuple(dict.fromkeys([*notes, *fc.notes])),
+            fallback=why,
+        )
 
     def _checked(self, h: int) -> Forecast | None:
         """The model's forecast if it is finite and within ``max_ratio`` x the history's largest bucket; else
@@ -218,11 +239,20 @@ class Forecaster(ABC):
         worst = max(float(np.max(a)) for a in (fc.mean, fc.p10, fc.p50, fc.p90))
         if self.last_resort_ and worst > self.params.max_ratio * top:
             cap = lambda a: np.minimum(a, self.params.max_ratio * top)  # noqa: E731
-            return Forecast(mean=cap(fc.mean), p10=cap(fc.p10), p50=cap(fc.p50), p90=cap(fc.p90), model=fc.model,
-                            notes=(*fc.notes, f"clipped at {self.params.max_ratio:g} x the history's largest bucket"))
+            return Forecast(
+                mean=cap(fc.mean),
+                p10=cap(fc.p10),
+                p50=cap(fc.p50),
+                p90=cap(fc.p90),
+                model=fc.model,
+                notes=(*fc.notes, f"clipped at {self.params.max_ratio:g} x the history's largest bucket"),
+            )
         if worst > self.params.max_ratio * top:
-            self._use_fallback(self.y_, f"forecast {worst:.4g} exceeds {self.params.max_ratio:g} x the history's "
-                                        f"largest bucket {top:.4g}")
+            self._use_fallback(
+                self.y_,
+                f"forecast {worst:.4g} exceeds {self.params.max_ratio:g} x the history's "
+                f"largest bucket {top:.4g}",
+            )
             return None
         return fc
 
@@ -296,11 +326,14 @@ class Forecaster(ABC):
     def _calibrate(self, y: np.ndarray) -> None:
         c = self.params.conformal
         H = self.buckets(c.horizon)
-        origins = calibration_origins(len(y), span=self.buckets(c.span), windows=c.windows, horizon=H,
-                                      min_fit=self.min_fit())
+        origins = calibration_origins(
+            len(y), span=self.buckets(c.span), windows=c.windows, horizon=H, min_fit=self.min_fit()
+        )
         if origins.size < 2:
-            self.note(f"history of {len(y)} buckets too short to calibrate intervals; using the last value's "
-                      "rolling errors around the forecast")
+            self.note(
+                f"history of {len(y)} buckets too short to calibrate intervals; using the last value's "
+                "rolling errors around the forecast"
+            )
             self.cal_ = naive_calibration(y, H)
             return
         try:
@@ -309,14 +342,19 @@ class Forecaster(ABC):
             self.note(f"calibration failed ({type(exc).__name__}); using the last value's rolling errors")
             self.cal_ = naive_calibration(y, H)
             return
-        actual = np.vstack([y[t:t + H] for t in origins])
+        actual = np.vstack([y[t : t + H] for t in origins])
         self.cal_ = Calibration(origins=origins, points=points, actual=actual)
 
     def _conformal(self, point: np.ndarray, h: int) -> Forecast:
         base = np.log1p(np.maximum(np.asarray(point, dtype=float), 0.0))
         q = quantile_bands(self.cal_.scores, h)
-        return Forecast(mean=point, p10=np.expm1(base + q[0]), p50=np.expm1(base + q[1]),
-                        p90=np.expm1(base + q[2]), model=self.alias)
+        return Forecast(
+            mean=point,
+            p10=np.expm1(base + q[0]),
+            p50=np.expm1(base + q[1]),
+            p90=np.expm1(base + q[2]),
+            model=self.alias,
+        )
 
     def _use_fallback(self, y: np.ndarray, why: str) -> None:
         fallback = FORECASTERS.create("naive", {"zeros_are_demand": True}, bucket_s=self.bucket_s)
@@ -327,7 +365,7 @@ class Forecaster(ABC):
 
     def _cap(self, y: np.ndarray) -> np.ndarray:
         if self.params.max_history:
-            return y[-self.buckets(self.params.max_history):]
+            return y[-self.buckets(self.params.max_history) :]
         return y
 
 
@@ -354,8 +392,9 @@ def _quiet() -> Iterator[None]:
 FORECASTERS: Registry[Forecaster] = Registry("forecaster")
 
 
-def log_quantile_forecast(point: np.ndarray, residuals: list[np.ndarray], *, model: str = "",
-                          notes: tuple[str, ...] = ()) -> Forecast:
+def log_quantile_forecast(
+    point: np.ndarray, residuals: list[np.ndarray], *, model: str = "", notes: tuple[str, ...] = ()
+) -> Forecast:
     """Empirical quantiles around a point forecast from per-step residuals on the log1p scale.
 
     ``residuals[j]`` holds past errors ``log1p(actual) - log1p(forecast)`` of forecasts ``j + 1`` buckets
@@ -374,15 +413,22 @@ def log_quantile_forecast(point: np.ndarray, residuals: list[np.ndarray], *, mod
         elif last is not None:
             r = last
         q[:, j] = np.quantile(r, QUANTILES) if r.size else 0.0
-    return Forecast(mean=point, p10=np.expm1(base + q[0]), p50=np.expm1(base + q[1]), p90=np.expm1(base + q[2]),
-                    model=model, notes=notes)
+    return Forecast(
+        mean=point,
+        p10=np.expm1(base + q[0]),
+        p50=np.expm1(base + q[1]),
+        p90=np.expm1(base + q[2]),
+        model=model,
+        notes=notes,
+    )
 
 
 _Z = {0.1: -1.2815515655446004, 0.5: 0.0, 0.9: 1.2815515655446004}
 
 
-def gaussian_forecast(mu: np.ndarray, sd: np.ndarray, *, log: bool, model: str = "",
-                      notes: tuple[str, ...] = ()) -> Forecast:
+def gaussian_forecast(
+    mu: np.ndarray, sd: np.ndarray, *, log: bool, model: str = "", notes: tuple[str, ...] = ()
+) -> Forecast:
     """Quantiles of a model's Gaussian predictive distribution, on the log1p scale when ``log``.
 
     On the log scale quantiles map back exactly (expm1 is monotone) and the mean is the log-normal one,
@@ -392,7 +438,12 @@ def gaussian_forecast(mu: np.ndarray, sd: np.ndarray, *, log: bool, model: str =
     q = {p: mu + z * sd for p, z in _Z.items()}
     if log:
         cap = 50.0  # exp overflow guard for a diverging fit; such a forecast is clipped, not trusted
-        return Forecast(mean=np.expm1(np.minimum(mu + sd**2 / 2, cap)), p10=np.expm1(np.minimum(q[0.1], cap)),
-                        p50=np.expm1(np.minimum(q[0.5], cap)), p90=np.expm1(np.minimum(q[0.9], cap)),
-                        model=model, notes=notes)
+        return Forecast(
+            mean=np.expm1(np.minimum(mu + sd**2 / 2, cap)),
+            p10=np.expm1(np.minimum(q[0.1], cap)),
+            p50=np.expm1(np.minimum(q[0.5], cap)),
+            p90=np.expm1(np.minimum(q[0.9], cap)),
+            model=model,
+            notes=notes,
+        )
     return Forecast(mean=mu, p10=q[0.1], p50=q[0.5], p90=q[0.9], model=model, notes=notes)

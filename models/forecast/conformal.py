@@ -80,7 +80,7 @@ def quantile_bands(scores: np.ndarray, h: int) -> np.ndarray:
     for j in range(h):
         jj = min(j, H - 1)
         d = max(1, (jj + 1) // 3)
-        pool = scores[:, max(0, jj - d):min(H, jj + d + 1)].ravel()
+        pool = scores[:, max(0, jj - d) : min(H, jj + d + 1)].ravel()
         pool = pool[np.isfinite(pool)]
         if pool.size == 0:
             continue

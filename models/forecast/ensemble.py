@@ -26,14 +26,22 @@ class Member(StrictModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-DEFAULT_MEMBERS = (Member(model="naive"), Member(model="auto_ets"), Member(model="mstl"), Member(model="auto_theta"),
-                   Member(model="lightgbm"))
+DEFAULT_MEMBERS = (
+    Member(model="naive"),
+    Member(model="auto_ets"),
+    Member(model="mstl"),
+    Member(model="auto_theta"),
+    Member(model="lightgbm"),
+)
 
 
 def point_error(actual: np.ndarray, forecast: np.ndarray) -> float:
     """Mean sMAPE (percent) over the observed buckets; NaN when none is observed."""
-    return Calibration(origins=np.zeros(1), points=np.asarray(forecast, dtype=float)[None, :],
-                       actual=np.asarray(actual, dtype=float)[None, :]).error()
+    return Calibration(
+        origins=np.zeros(1),
+        points=np.asarray(forecast, dtype=float)[None, :],
+        actual=np.asarray(actual, dtype=float)[None, :],
+    ).error()
 
 
 @FORECASTERS.register("ensemble")
@@ -43,8 +51,8 @@ class Ensemble(Forecaster):
     class Params(ForecasterParams):
         members: tuple[Member, ...] = DEFAULT_MEMBERS
         """Default: the last value beside the fitted models, so that on a series without a usable season the
-        weight can move to it (and to AutoETS's smoothed level). The level-adjusted seasonal naive is left out:
-        on ServeGen m-mid and m-large it was 1.4-2.7x the last value's error and still took weight."""
+        weight can move to it (and to AutoETS's smoothed level). The level-adjusted seasonal naive is left
+        out: on ServeGen m-mid and m-large it was 1.4-2.7x the last value's error and still took weight."""
         power: float = Field(default=4.0, ge=0)
         """Weight = 1 / error ** power: 0 is an equal-weight average; large picks the recent best."""
         memory: float = Field(default=0.9, ge=0, le=1)
@@ -61,8 +69,11 @@ class Ensemble(Forecaster):
 
     def _member(self, spec: Member) -> Forecaster:
         """A member with the ensemble's calibration and gap settings (so their backcasts line up)."""
-        shared = {"conformal": self.params.conformal.model_dump() if self.params.conformal else None,
-                  "zeros_are_demand": self.params.zeros_are_demand, "refit_every": self.params.refit_every}
+        shared = {
+            "conformal": self.params.conformal.model_dump() if self.params.conformal else None,
+            "zeros_are_demand": self.params.zeros_are_demand,
+            "refit_every": self.params.refit_every,
+        }
         return FORECASTERS.create(spec.model, {**spec.params, **shared}, bucket_s=self.bucket_s)
 
     def _fit(self, y: np.ndarray) -> None:
@@ -99,12 +110,19 @@ class Ensemble(Forecaster):
         member calibrated on the same origins; else the members' quantiles are averaged (noted)."""
         w = self.weights_
         cals = [(wi, m.cal_) for wi, m in zip(w, self.members_, strict=True) if wi > 0]
-        same = all(c is not None and c.source == "backcast" and np.array_equal(c.origins, cals[0][1].origins)
-                   and c.points.shape == cals[0][1].points.shape for _, c in cals)
+        same = all(
+            c is not None
+            and c.source == "backcast"
+            and np.array_equal(c.origins, cals[0][1].origins)
+            and c.points.shape == cals[0][1].points.shape
+            for _, c in cals
+        )
         if not same:
             self.cal_ = None
-            self.note("members calibrated on different origins (short history); ensemble quantiles are the "
-                      "weighted mean of the members'")
+            self.note(
+                "members calibrated on different origins (short history); ensemble quantiles are the "
+                "weighted mean of the members'"
+            )
             return
         points = sum(wi * c.points for wi, c in cals) / sum(wi for wi, _ in cals)
         self.cal_ = Calibration(origins=cals[0][1].origins, points=points, actual=cals[0][1].actual)
@@ -115,7 +133,9 @@ class Ensemble(Forecaster):
             e = point_error(new[: fc.horizon], fc.mean[: len(new)])
             if np.isfinite(e):
                 old = self.error_[i]
-                self.error_[i] = e if np.isnan(old) else self.params.memory * old + (1 - self.params.memory) * e
+                self.error_[i] = (
+                    e if np.isnan(old) else self.params.memory * old + (1 - self.params.memory) * e
+                )
         for member in self.members_:
             member.update(new)
         self._pending = []
@@ -125,9 +145,17 @@ class Ensemble(Forecaster):
         self._pending = forecasts
         w = self.weights_
         combine = lambda name: np.sum([wi * getattr(f, name) for wi, f in zip(w, forecasts, strict=True)], 0)  # noqa: E731
-        notes = tuple(f"{m.alias}: {n}" for m, f in zip(self.members_, forecasts, strict=True) for n in f.notes)
-        return Forecast(mean=combine("mean"), p10=combine("p10"), p50=combine("p50"), p90=combine("p90"),
-                        model=self.alias, notes=notes)
+        notes = tuple(
+            f"{m.alias}: {n}" for m, f in zip(self.members_, forecasts, strict=True) for n in f.notes
+        )
+        return Forecast(
+            mean=combine("mean"),
+            p10=combine("p10"),
+            p50=combine("p50"),
+            p90=combine("p90"),
+            model=self.alias,
+            notes=notes,
+        )
 
     def _forward(self, y: np.ndarray, h: int) -> np.ndarray:
         return np.sum([wi * m._forward(y, h) for wi, m in zip(self.weights_, self.members_, strict=True)], 0)

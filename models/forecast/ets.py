@@ -60,7 +60,9 @@ class HoltWinters(Forecaster):
 
         period = self.buckets(self.params.period) if self.params.period else None
         if period is not None and len(y) < period + MIN_OBS:
-            self.note(f"history of {len(y)} buckets is shorter than one season ({period}); fitted without a season")
+            self.note(
+                f"history of {len(y)} buckets is shorter than one season ({period}); fitted without a season"
+            )
             period = None
         if len(y) < MIN_OBS:
             self._use_fallback(y, f"history of {len(y)} buckets is too short for ETS (< {MIN_OBS})")
@@ -73,10 +75,18 @@ class HoltWinters(Forecaster):
         trend = self.params.trend
         level, season = initial_states(z, period)
         # A pandas Series only because statsmodels 0.15's ETS get_prediction fails on plain arrays.
-        self.model_ = ETSModel(pd.Series(z), error="add", trend=trend, damped_trend=bool(trend and self.params.damped_trend),
-                               seasonal="add" if period else None, seasonal_periods=period,
-                               initialization_method="known", initial_level=level,
-                               initial_trend=0.0 if trend else None, initial_seasonal=season)
+        self.model_ = ETSModel(
+            pd.Series(z),
+            error="add",
+            trend=trend,
+            damped_trend=bool(trend and self.params.damped_trend),
+            seasonal="add" if period else None,
+            seasonal_periods=period,
+            initialization_method="known",
+            initial_level=level,
+            initial_trend=0.0 if trend else None,
+            initial_seasonal=season,
+        )
         self.res_ = self.model_.fit(disp=False, maxiter=200)
         if not np.isfinite(self.res_.llf):
             raise FloatingPointError("non-finite likelihood")

@@ -1,11 +1,12 @@
 """Gradient-boosted trees on lags and calendar features (mlforecast + LightGBM), fitted on log1p counts.
 
-The features of bucket ``t`` are its lags (1-6, 12 and 24 buckets back, and one day once the history holds three), rolling means of the
-last hour and six hours, and the phase of the day (and of the week from two weeks of history; absolute bucket index, so the phase survives a
-capped history). Forecasts are recursive: each predicted bucket becomes the next one's lag. Trees on levels
-cannot extrapolate beyond what the history has shown, which makes this the model that never explodes, and
-the one that picks up a time-of-day shape the statistical models' seasons miss when the daily cycle is weak.
-Gaps are filled from a season earlier for the features, and gap targets are dropped from training.
+The features of bucket ``t`` are its lags (1-6, 12 and 24 buckets back, and one day once the history holds
+three), rolling means of the last hour and six hours, and the phase of the day (and of the week from two weeks
+of history; absolute bucket index, so the phase survives a capped history). Forecasts are recursive: each
+predicted bucket becomes the next one's lag. Trees on levels cannot extrapolate beyond what the history has
+shown, which makes this the model that never explodes, and the one that picks up a time-of-day shape the
+statistical models' seasons miss when the daily cycle is weak. Gaps are filled from a season earlier for the
+features, and gap targets are dropped from training.
 """
 
 from __future__ import annotations
@@ -64,13 +65,30 @@ class LightGBMForecaster(Forecaster):
         features = [_phase_feature("day_phase", self.phase_, self.offset_)] if self.phase_ else []
         if self.week_:
             features.append(_phase_feature("week_phase", self.week_, self.offset_))
-        windows = sorted({max(2, self.buckets("1h")) if self.bucket_s <= 3600 else 2, max(3, self.buckets("6h"))
-                          if self.bucket_s <= 6 * 3600 else 3})
-        model = lgb.LGBMRegressor(n_estimators=p.n_estimators, learning_rate=p.learning_rate, num_leaves=p.num_leaves,
-                                  min_child_samples=p.min_child_samples, random_state=p.seed, n_jobs=1,
-                                  deterministic=True, force_row_wise=True, verbose=-1)
-        return MLForecast(models={"lgb": model}, freq=1, lags=lags,
-                          lag_transforms={1: [RollingMean(w) for w in windows]}, date_features=features)
+        windows = sorted(
+            {
+                max(2, self.buckets("1h")) if self.bucket_s <= 3600 else 2,
+                max(3, self.buckets("6h")) if self.bucket_s <= 6 * 3600 else 3,
+            }
+        )
+        model = lgb.LGBMRegressor(
+            n_estimators=p.n_estimators,
+            learning_rate=p.learning_rate,
+            num_leaves=p.num_leaves,
+            min_child_samples=p.min_child_samples,
+            random_state=p.seed,
+            n_jobs=1,
+            deterministic=True,
+            force_row_wise=True,
+            verbose=-1,
+        )
+        return MLForecast(
+            models={"lgb": model},
+            freq=1,
+            lags=lags,
+            lag_transforms={1: [RollingMean(w) for w in windows]},
+            date_features=features,
+        )
 
     def _frame(self, y: np.ndarray) -> Any:
         import pandas as pd
@@ -83,8 +101,12 @@ class LightGBMForecaster(Forecaster):
         self.phase_ = period
         self.m_ = period if len(y) >= 3 * period else 0  # the seasonal lag needs seasons of rows to train on
         if period and not self.m_:
-            self.note(f"history of {len(y)} buckets is under three seasons; lightgbm fitted without the seasonal lag")
-        self.week_ = 7 * period if len(y) >= 14 * period else 0  # a weekly phase needs two weeks to mean anything
+            self.note(
+                f"history of {len(y)} buckets is under three seasons; lightgbm fitted without the seasonal lag"
+            )
+        self.week_ = (
+            7 * period if len(y) >= 14 * period else 0
+        )  # a weekly phase needs two weeks to mean anything
         if np.sum(~np.isnan(y)) < max(48, 3 * max(self.params.lags)) + self.m_:
             self._use_fallback(y, f"history of {len(y)} buckets is too short for lightgbm")
             return

@@ -52,7 +52,8 @@ class LSTMForecaster(Forecaster):
         val_fraction: float = 0.15
         seed: int = 0
         anchor: Literal["season", "last"] = "season"
-        """What the network corrects: the seasonal-naive values, or the last value (series without a season)."""
+        """What the network corrects: the seasonal-naive values, or the last value (series without a
+        season)."""
         max_history: str | None = "14d"
         refit_every: str | None = "1d"
 
@@ -95,11 +96,15 @@ class LSTMForecaster(Forecaster):
         first = max(self.window_, self.period_) - 1  # earliest origin with a full window and a season behind
         n_origins = len(y) - self.horizon_ - first
         if self.period_ and n_origins < 50:
-            self.note(f"history of {len(y)} buckets is too short for seasonal LSTM inputs; using the last value")
+            self.note(
+                f"history of {len(y)} buckets is too short for seasonal LSTM inputs; using the last value"
+            )
             self.period_, first = 0, self.window_ - 1
             n_origins = len(y) - self.horizon_ - first
         if n_origins < 50:
-            self._use_fallback(y, f"history of {len(y)} buckets gives {max(n_origins, 0)} training windows (< 50)")
+            self._use_fallback(
+                y, f"history of {len(y)} buckets gives {max(n_origins, 0)} training windows (< 50)"
+            )
             return
         observed = np.log1p(y[~np.isnan(y)])
         self.mu_, self.sd_ = float(observed.mean()), float(max(observed.std(), 1e-3))
@@ -184,12 +189,15 @@ class LSTMForecaster(Forecaster):
             s = np.concatenate([s, out[2]])  # recurse on the median beyond the trained horizon
             gap = np.concatenate([gap, np.zeros(self.horizon_)])
         out = np.hstack(chunks)[:, :h]
-        notes = () if h <= self.horizon_ else (f"beyond {self.horizon_} buckets the LSTM recurses on its p50",)
+        notes = (
+            () if h <= self.horizon_ else (f"beyond {self.horizon_} buckets the LSTM recurses on its p50",)
+        )
         back = lambda z: np.expm1(np.minimum(z * self.sd_ + self.mu_, 50.0))  # noqa: E731
         var = np.resize(self.resid_var_, h) * self.sd_**2
         mean = np.expm1(np.minimum(out[0] * self.sd_ + self.mu_ + var / 2, 50.0))
-        return Forecast(mean=mean, p10=back(out[1]), p50=back(out[2]), p90=back(out[3]), model=self.alias,
-                        notes=notes)
+        return Forecast(
+            mean=mean, p10=back(out[1]), p50=back(out[2]), p90=back(out[3]), model=self.alias, notes=notes
+        )
 
     def _update(self, new: np.ndarray) -> None:
         """Keep the weights; the next prediction reads the new buckets in its input window."""
@@ -202,7 +210,9 @@ def _build_net(torch: Any, horizon: int, hidden: int, *, last_anchor: bool = Fal
         def __init__(self) -> None:
             super().__init__()
             self.lstm = nn.LSTM(4, hidden, batch_first=True)
-            self.mlp = nn.Sequential(nn.Linear(hidden + horizon + 1, 64), nn.ReLU(), nn.Linear(64, 4 * horizon))
+            self.mlp = nn.Sequential(
+                nn.Linear(hidden + horizon + 1, 64), nn.ReLU(), nn.Linear(64, 4 * horizon)
+            )
             nn.init.zeros_(self.mlp[-1].weight)
             nn.init.zeros_(self.mlp[-1].bias)
 
@@ -213,7 +223,9 @@ def _build_net(torch: Any, horizon: int, hidden: int, *, last_anchor: bool = Fal
             p50 = anchor + d[:, 2]
             sp = nn.functional.softplus
             spread = 0.1  # softplus(0) * spread: the untrained band is about +-7% around seasonal naive
-            return torch.stack([anchor + d[:, 0], p50 - spread * sp(d[:, 1]), p50, p50 + spread * sp(d[:, 3])], 1)
+            return torch.stack(
+                [anchor + d[:, 0], p50 - spread * sp(d[:, 1]), p50, p50 + spread * sp(d[:, 3])], 1
+            )
 
     return Net()
 

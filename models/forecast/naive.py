@@ -21,7 +21,9 @@ from fleettwin.models.forecast.base import (
 from fleettwin.models.forecast.series import fill_gaps
 
 
-def lagged_median(y: np.ndarray, idx: np.ndarray, lag: np.ndarray | int, seasons: int, period: int) -> np.ndarray:
+def lagged_median(
+    y: np.ndarray, idx: np.ndarray, lag: np.ndarray | int, seasons: int, period: int
+) -> np.ndarray:
     """For each target index, the median of ``y[idx - lag - i * period]`` over ``i < seasons`` (NaN-aware)."""
     idx = np.asarray(idx)
     cols = []
@@ -40,7 +42,8 @@ def lagged_median(y: np.ndarray, idx: np.ndarray, lag: np.ndarray | int, seasons
 
 @FORECASTERS.register("seasonal_naive")
 class SeasonalNaive(Forecaster):
-    """``y[t + j] = y[t + j - k * period]`` (``k`` the fewest whole seasons back); ``period: null`` is naive."""
+    """``y[t + j] = y[t + j - k * period]`` (``k`` the fewest whole seasons back); ``period: null`` is
+    naive."""
 
     class Params(ForecasterParams):
         period: str | None = "1d"
@@ -104,7 +107,8 @@ class SeasonalNaive(Forecaster):
 
 @FORECASTERS.register("level_seasonal_naive")
 class LevelSeasonalNaive(SeasonalNaive):
-    """Seasonal naive scaled by (recent level / level one season earlier): last season's shape at today's level.
+    """Seasonal naive scaled by (recent level / level one season earlier): last season's shape at today's
+    level.
 
     The ratio compares geometric means over ``level_window`` (observed buckets only) and is clipped to
     [1/``max_ratio_change``, ``max_ratio_change``] so that one odd hour cannot multiply a whole day.
@@ -121,7 +125,7 @@ class LevelSeasonalNaive(SeasonalNaive):
         w, m = self.buckets(self.params.level_window), self.period_
         if len(filled) < m + w:
             return 1.0
-        now, before = np.log1p(filled[-w:]), np.log1p(filled[-w - m:-m])
+        now, before = np.log1p(filled[-w:]), np.log1p(filled[-w - m : -m])
         r = float(np.exp(np.mean(now) - np.mean(before)))
         return float(np.clip(r, 1 / self.params.max_ratio_change, self.params.max_ratio_change))
 
@@ -143,8 +147,9 @@ class LevelSeasonalNaive(SeasonalNaive):
                 ratio = np.ones(idx.shape)
                 now = (cs[o[ok]] - cs[o[ok] - w]) / w
                 before = (cs[o[ok] - m] - cs[o[ok] - w - m]) / w
-                ratio[ok] = np.clip(np.exp(now - before), 1 / self.params.max_ratio_change,
-                                    self.params.max_ratio_change)
+                ratio[ok] = np.clip(
+                    np.exp(now - before), 1 / self.params.max_ratio_change, self.params.max_ratio_change
+                )
                 pred = pred * ratio
             self.residuals_[lag] = np.log1p(y[idx]) - np.log1p(pred)
         return self.residuals_[lag]
@@ -162,7 +167,9 @@ class SeasonalNaiveWeekly(SeasonalNaive):
         period = super()._season(y)
         daily = self.buckets("1d")
         if period and period > daily and daily < len(y) <= period:
-            self.note(f"history of {len(y)} buckets is shorter than one week ({period}); using the daily season")
+            self.note(
+                f"history of {len(y)} buckets is shorter than one week ({period}); using the daily season"
+            )
             return daily
         return period
 

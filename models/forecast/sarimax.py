@@ -58,7 +58,9 @@ class Sarimax(Forecaster):
             if np.sum(~np.isnan(y)) >= period:
                 self.seasons_.append((period, min(p.fourier, period // 2)))
             else:
-                self.note(f"history of {len(y)} buckets is shorter than one season ({period}); fitted without Fourier terms")
+                self.note(
+                    f"history of {len(y)} buckets is shorter than one season ({period}); fitted without Fourier terms"
+                )
         if p.weekly_fourier > 0 and len(y) >= 2 * self.buckets("7d"):
             self.seasons_.append((self.buckets("7d"), p.weekly_fourier))
         if np.sum(~np.isnan(y)) < 2 * sum(p.order) + 2 * sum(k for _, k in self.seasons_) + 3:

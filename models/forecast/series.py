@@ -17,8 +17,19 @@ import numpy as np
 from fleettwin.models.errors import ConfigError, FleettwinError, TraceFormatError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr|d|day|days|w|wk)?\s*$", re.IGNORECASE)
-_UNIT_S = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400, "day": 86400,
-           "days": 86400, "w": 604800, "wk": 604800}
+_UNIT_S = {
+    "s": 1,
+    "sec": 1,
+    "m": 60,
+    "min": 60,
+    "h": 3600,
+    "hr": 3600,
+    "d": 86400,
+    "day": 86400,
+    "days": 86400,
+    "w": 604800,
+    "wk": 604800,
+}
 
 COUNT_COLUMNS = ("requests", "prompt_tokens", "output_tokens")
 
@@ -76,7 +87,9 @@ def check_history(y: np.ndarray | list[float], *, what: str = "history") -> np.n
     """A clean float copy of a history: NaN stays a gap; negative or infinite counts are an error."""
     arr = np.array(y, dtype=float, copy=True).ravel()
     if np.isinf(arr).any():
-        raise FleettwinError(f"{what} has infinite values at buckets {np.flatnonzero(np.isinf(arr))[:5].tolist()}")
+        raise FleettwinError(
+            f"{what} has infinite values at buckets {np.flatnonzero(np.isinf(arr))[:5].tolist()}"
+        )
     bad = np.flatnonzero(arr < 0)
     if bad.size:
         raise FleettwinError(
@@ -131,8 +144,14 @@ def rebucket(series: CountSeries, bucket_s: float) -> CountSeries:
 
     dropped = len(series) - n * k
     notes = series.notes + ((f"dropped the last {dropped} partial source buckets",) if dropped else ())
-    return replace(series, bucket_s=float(bucket_s), requests=agg(series.requests),
-                   prompt_tokens=agg(series.prompt_tokens), output_tokens=agg(series.output_tokens), notes=notes)
+    return replace(
+        series,
+        bucket_s=float(bucket_s),
+        requests=agg(series.requests),
+        prompt_tokens=agg(series.prompt_tokens),
+        output_tokens=agg(series.output_tokens),
+        notes=notes,
+    )
 
 
 def _sum_strict(values: np.ndarray, n: int, k: int) -> np.ndarray:
@@ -149,9 +168,13 @@ def mask_zeros(series: CountSeries) -> CountSeries:
     def masked(values: np.ndarray | None) -> np.ndarray | None:
         return None if values is None else np.where(zero, np.nan, values)
 
-    return replace(series, requests=masked(series.requests), prompt_tokens=masked(series.prompt_tokens),
-                   output_tokens=masked(series.output_tokens),
-                   notes=series.notes + (f"{int(zero.sum())} zero buckets masked as gaps",))
+    return replace(
+        series,
+        requests=masked(series.requests),
+        prompt_tokens=masked(series.prompt_tokens),
+        output_tokens=masked(series.output_tokens),
+        notes=series.notes + (f"{int(zero.sum())} zero buckets masked as gaps",),
+    )
 
 
 GAP_FRACTION = 0.05
@@ -160,8 +183,9 @@ GAP_MIN_LEVEL = 10.0
 """...when that level is at least this many counts per bucket (below it a zero is plausible demand)."""
 
 
-def find_gaps(y: np.ndarray, *, fraction: float = GAP_FRACTION, min_level: float = GAP_MIN_LEVEL,
-              neighbours: int = 6) -> np.ndarray:
+def find_gaps(
+    y: np.ndarray, *, fraction: float = GAP_FRACTION, min_level: float = GAP_MIN_LEVEL, neighbours: int = 6
+) -> np.ndarray:
     """Buckets that are gaps: NaN, or zero/near-zero while the level around them is far from zero.
 
     The level of a bucket is the median of the ``neighbours`` nearest non-gap positive buckets on each side
@@ -216,10 +240,17 @@ def mask_series_gaps(series: CountSeries) -> CountSeries:
     def masked(values: np.ndarray | None) -> np.ndarray | None:
         return None if values is None else np.where(gap, np.nan, values)
 
-    return replace(series, requests=masked(series.requests), prompt_tokens=masked(series.prompt_tokens),
-                   output_tokens=masked(series.output_tokens),
-                   notes=series.notes + (f"{int(gap.sum())} zero or near-zero buckets far below the level around "
-                                         f"them masked as gaps (--zeros-are-demand keeps them)",))
+    return replace(
+        series,
+        requests=masked(series.requests),
+        prompt_tokens=masked(series.prompt_tokens),
+        output_tokens=masked(series.output_tokens),
+        notes=series.notes
+        + (
+            f"{int(gap.sum())} zero or near-zero buckets far below the level around "
+            f"them masked as gaps (--zeros-are-demand keeps them)",
+        ),
+    )
 
 
 def resample_rates(rates: np.ndarray, src_bucket_s: float, dst_bucket_s: float) -> list[float | None]:
@@ -254,7 +285,9 @@ def read_counts_csv(path: str) -> CountSeries:
         reader = csv.reader(handle)
         header = [h.strip() for h in next(reader, [])]
         if "timestamp_s" not in header or "requests" not in header:
-            raise TraceFormatError(path, 1, f"header must have timestamp_s,requests; got {','.join(header)!r}")
+            raise TraceFormatError(
+                path, 1, f"header must have timestamp_s,requests; got {','.join(header)!r}"
+            )
         cols = {name: header.index(name) for name in ("timestamp_s", *COUNT_COLUMNS) if name in header}
         times: list[float] = []
         rows: list[list[float]] = []
@@ -265,10 +298,13 @@ def read_counts_csv(path: str) -> CountSeries:
                 raise TraceFormatError(path, line_no, f"expected {len(header)} fields, got {len(row)}")
             t = _number(path, line_no, "timestamp_s", row[cols["timestamp_s"]], allow_gap=False)
             if times and t <= times[-1]:
-                raise TraceFormatError(path, line_no, f"timestamp_s {t:g} is not after the previous {times[-1]:g}")
+                raise TraceFormatError(
+                    path, line_no, f"timestamp_s {t:g} is not after the previous {times[-1]:g}"
+                )
             times.append(t)
-            rows.append([_number(path, line_no, c, row[cols[c]]) if c in cols else math.nan
-                         for c in COUNT_COLUMNS])
+            rows.append(
+                [_number(path, line_no, c, row[cols[c]]) if c in cols else math.nan for c in COUNT_COLUMNS]
+            )
     if len(times) < 2:
         raise TraceFormatError(path, len(times) + 1, "need at least two rows to infer the bucket length")
     t_arr = np.asarray(times)
@@ -282,10 +318,15 @@ def read_counts_csv(path: str) -> CountSeries:
     data[index] = np.asarray(rows)
     missing_rows = len(data) - len(times)
     notes = (f"{missing_rows} buckets absent from the file are gaps",) if missing_rows else ()
-    return CountSeries(start_s=float(t_arr[0]), bucket_s=bucket, requests=data[:, 0],
-                       prompt_tokens=data[:, 1] if "prompt_tokens" in cols else None,
-                       output_tokens=data[:, 2] if "output_tokens" in cols else None,
-                       path=str(path), notes=notes)
+    return CountSeries(
+        start_s=float(t_arr[0]),
+        bucket_s=bucket,
+        requests=data[:, 0],
+        prompt_tokens=data[:, 1] if "prompt_tokens" in cols else None,
+        output_tokens=data[:, 2] if "output_tokens" in cols else None,
+        path=str(path),
+        notes=notes,
+    )
 
 
 def _number(path: str, line: int, name: str, cell: str, *, allow_gap: bool = True) -> float:
@@ -303,8 +344,14 @@ def _number(path: str, line: int, name: str, cell: str, *, allow_gap: bool = Tru
     return value
 
 
-def aggregate_requests(arrival_s: np.ndarray, prompt_tokens: np.ndarray | None, output_tokens: np.ndarray | None,
-                       *, bucket_s: float, path: str = "") -> CountSeries:
+def aggregate_requests(
+    arrival_s: np.ndarray,
+    prompt_tokens: np.ndarray | None,
+    output_tokens: np.ndarray | None,
+    *,
+    bucket_s: float,
+    path: str = "",
+) -> CountSeries:
     """Per-bucket request counts and token sums of a request trace (arrivals in seconds from its start)."""
     arrival = np.asarray(arrival_s, dtype=float)
     if arrival.size == 0:
@@ -317,6 +364,11 @@ def aggregate_requests(arrival_s: np.ndarray, prompt_tokens: np.ndarray | None, 
             return None
         return np.bincount(idx, weights=np.asarray(weights, dtype=float), minlength=n).astype(float)
 
-    return CountSeries(start_s=0.0, bucket_s=float(bucket_s),
-                       requests=np.bincount(idx, minlength=n).astype(float),
-                       prompt_tokens=sums(prompt_tokens), output_tokens=sums(output_tokens), path=str(path))
+    return CountSeries(
+        start_s=0.0,
+        bucket_s=float(bucket_s),
+        requests=np.bincount(idx, minlength=n).astype(float),
+        prompt_tokens=sums(prompt_tokens),
+        output_tokens=sums(output_tokens),
+        path=str(path),
+    )

@@ -56,7 +56,9 @@ class StatsForecaster(Forecaster):
 
     def _fit(self, y: np.ndarray) -> None:
         if np.sum(~np.isnan(y)) < MIN_OBS:
-            self._use_fallback(y, f"history of {len(y)} buckets is too short for {self.registry_name} (< {MIN_OBS})")
+            self._use_fallback(
+                y, f"history of {len(y)} buckets is too short for {self.registry_name} (< {MIN_OBS})"
+            )
             return
         gaps = int(np.isnan(y).sum())
         if gaps:
@@ -78,8 +80,13 @@ class StatsForecaster(Forecaster):
         if not np.isfinite(mean).all():
             raise FloatingPointError("non-finite forecast")
         back = lambda z: np.expm1(np.minimum(np.asarray(z, dtype=float), 60.0))  # noqa: E731
-        return Forecast(mean=back(mean), p10=back(out.get("lo-80", mean)), p50=back(mean),
-                        p90=back(out.get("hi-80", mean)), model=self.alias)
+        return Forecast(
+            mean=back(mean),
+            p10=back(out.get("lo-80", mean)),
+            p50=back(mean),
+            p90=back(out.get("hi-80", mean)),
+            model=self.alias,
+        )
 
     def _forward(self, y: np.ndarray, h: int) -> np.ndarray:
         out = self.model_.forward(self._z(y), h)
@@ -87,7 +94,9 @@ class StatsForecaster(Forecaster):
 
     def min_fit(self) -> int:
         m = self._season() or 0
-        return max(int(self.params.min_seasons * m) if self.registry_name in ("mstl", "auto_theta") else 0, 24)
+        return max(
+            int(self.params.min_seasons * m) if self.registry_name in ("mstl", "auto_theta") else 0, 24
+        )
 
 
 @FORECASTERS.register("auto_ets")
@@ -118,8 +127,8 @@ class AutoARIMAForecaster(StatsForecaster):
 
 @FORECASTERS.register("mstl")
 class MSTLForecaster(StatsForecaster):
-    """statsforecast MSTL: daily and weekly seasons (each once the history holds ``min_seasons`` cycles of it) removed
-    by STL, the rest forecast by AutoETS; no season yet: AutoETS alone, with a note."""
+    """statsforecast MSTL: daily and weekly seasons (each once the history holds ``min_seasons`` cycles of it)
+    removed by STL, the rest forecast by AutoETS; no season yet: AutoETS alone, with a note."""
 
     class Params(StatsParams):
         periods: tuple[str, ...] = ("1d", "7d")
@@ -160,7 +169,7 @@ class MSTLForecaster(StatsForecaster):
         if seas is None:
             return super()._forward(y, h)
         trend = self.model_.trend_forecaster.forward(z - seas[: len(z)], h)["mean"]
-        return np.expm1(np.minimum(np.asarray(trend, dtype=float) + seas[len(z):], 60.0))
+        return np.expm1(np.minimum(np.asarray(trend, dtype=float) + seas[len(z) :], 60.0))
 
     def _predict(self, h: int) -> Forecast:
         if not self.forward_ or self._seasonal(0) is None:

@@ -28,8 +28,9 @@ from fleettwin.models.forecast.base import FORECASTERS, Forecaster
 from fleettwin.models.forecast.series import find_gaps, read_counts_csv, resample_rates
 
 
-def history_from_counts(path: str, *, bucket_s: float, span_s: float | None = None,
-                        scale: float = 1.0) -> list[float | None]:
+def history_from_counts(
+    path: str, *, bucket_s: float, span_s: float | None = None, scale: float = 1.0
+) -> list[float | None]:
     """The last ``span_s`` seconds of a counts CSV (all of it when None) as req/s per ``bucket_s`` bucket,
     times ``scale``; gaps (missing rows, and zero buckets far below the level around them) are None."""
     series = read_counts_csv(path)
@@ -39,14 +40,21 @@ def history_from_counts(path: str, *, bucket_s: float, span_s: float | None = No
     if span_s is not None:
         keep = int(round(span_s / bucket_s))
         if keep > len(rates):
-            raise ConfigError(f"{path}: prior_history_s {span_s:g} s is longer than the file "
-                              f"({len(rates) * bucket_s:g} s)")
-        rates = rates[len(rates) - keep:]
+            raise ConfigError(
+                f"{path}: prior_history_s {span_s:g} s is longer than the file ({len(rates) * bucket_s:g} s)"
+            )
+        rates = rates[len(rates) - keep :]
     return [None if r is None else r * scale for r in rates]
 
 
-def history_from_samples(times_s: Sequence[float], rates: Sequence[float | None], *, bucket_s: float,
-                         end_s: float, span_s: float | None = None) -> list[float | None]:
+def history_from_samples(
+    times_s: Sequence[float],
+    rates: Sequence[float | None],
+    *,
+    bucket_s: float,
+    end_s: float,
+    span_s: float | None = None,
+) -> list[float | None]:
     """(timestamp, req/s) samples, e.g. a Prometheus ``query_range`` result, as req/s per ``bucket_s`` bucket
     ending at ``end_s``: each bucket is the mean of the samples inside it, None when it has none (a scrape
     gap), NaN or negative samples are dropped. ``span_s`` (default: back to the first sample) is rounded to
@@ -65,7 +73,9 @@ def history_from_samples(times_s: Sequence[float], rates: Sequence[float | None]
     return out
 
 
-def warm_forecaster(ref: Mapping[str, Any], history: Sequence[float | None], *, bucket_s: float) -> Forecaster:
+def warm_forecaster(
+    ref: Mapping[str, Any], history: Sequence[float | None], *, bucket_s: float
+) -> Forecaster:
     """A forecaster (``{"name": ..., "params": {...}}``, as in a scenario) fitted on a req/s history; the
     forecaster works in requests per bucket, so predictions are counts per ``bucket_s``."""
     counts = np.array([np.nan if v is None else v * bucket_s for v in history], dtype=float)

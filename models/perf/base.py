@@ -53,7 +53,8 @@ DTYPE_BYTES = {"bf16": 2.0, "fp8": 1.0}
 
 @dataclass(frozen=True, slots=True)
 class Precision:
-    """What the weights and the KV cache are stored in: vLLM's ``dtype``/``quantization`` and ``kv_cache_dtype``.
+    """What the weights and the KV cache are stored in: vLLM's ``dtype``/``quantization`` and
+    ``kv_cache_dtype``.
 
     ``fp8`` weights are W8A8 (each GEMM quantises its input on the fly; activations stay 16-bit)."""
 
@@ -82,7 +83,8 @@ BF16 = Precision()
 
 
 class DecodeCost(NamedTuple):
-    """Iteration ``k`` (from 0) of a decode-only run takes ``base + max(a + b * k for (a, b) in lines)`` seconds.
+    """Iteration ``k`` (from 0) of a decode-only run takes ``base + max(a + b * k for (a, b) in lines)``
+    seconds.
 
     Models whose decode iterations have this form (the roofline: compute- or memory-bound, each affine in the
     context read) let the simulator compute a run's end times in closed form instead of iteration by
@@ -105,8 +107,8 @@ class PerformanceModel(ABC):
     def decode_times(self, num_seqs: int, ctx_tokens: int, steps: int) -> np.ndarray:
         """Times of ``steps`` consecutive decode-only iterations of ``num_seqs`` sequences.
 
-        Iteration ``k`` (from 0) reads ``ctx_tokens + k * num_seqs`` KV tokens. The simulator uses this to skip
-        ahead over iterations whose batch cannot change; subclasses should vectorise it.
+        Iteration ``k`` (from 0) reads ``ctx_tokens + k * num_seqs`` KV tokens. The simulator uses this to
+        skip ahead over iterations whose batch cannot change; subclasses should vectorise it.
         """
         out = np.empty(steps)
         batch = BatchStats(decode_seqs=num_seqs)
@@ -134,13 +136,18 @@ def memory_reserve_gb(name: str, params, gpu) -> float:
     return 0.0 if fn is None else float(fn(PERF_MODELS.validate_params(name, params), gpu))
 
 
-def create_perf_model(name: str, params, *, gpu, llm, tp: int, precision: Precision = BF16) -> PerformanceModel:
-    """``PERF_MODELS.create`` with the engine's precision: passed to models that declare ``supports_precision``;
-    any other model accepts bf16 only (a clear error, never a silent bf16 run of an FP8 deployment)."""
+def create_perf_model(
+    name: str, params, *, gpu, llm, tp: int, precision: Precision = BF16
+) -> PerformanceModel:
+    """``PERF_MODELS.create`` with the engine's precision: passed to models that declare
+    ``supports_precision``; any other model accepts bf16 only (a clear error, never a silent bf16 run of an
+    FP8 deployment)."""
     cls = PERF_MODELS.get(name)
     if getattr(cls, "supports_precision", False):
         return PERF_MODELS.create(name, params, gpu=gpu, llm=llm, tp=tp, precision=precision)
     if not precision.is_default:
-        raise ConfigError(f"performance model {name!r} models bf16 only, not dtype {precision.weights} / "
-                          f"kv_cache_dtype {precision.kv_cache}; use 'calibrated' or 'roofline'")
+        raise ConfigError(
+            f"performance model {name!r} models bf16 only, not dtype {precision.weights} / "
+            f"kv_cache_dtype {precision.kv_cache}; use 'calibrated' or 'roofline'"
+        )
     return PERF_MODELS.create(name, params, gpu=gpu, llm=llm, tp=tp)

@@ -1,17 +1,17 @@
-"""The calibrated performance model: per-kernel physics with measured coefficients, plus what a real engine pays
-around the kernels, fitted on end-to-end vLLM runs.
+"""The calibrated performance model: per-kernel physics with measured coefficients, plus what a real engine
+pays around the kernels, fitted on end-to-end vLLM runs.
 
     step = engine CPU(batch) + gpu_time_scale x [ layers x (GEMMs(T) + attention(batch) + 2 all-reduces(T)
                                                             + small kernels(T)) + LM head(seqs) ]
 
 ``T`` is the batch's token count, padded to vLLM's CUDA-graph capture sizes where the engine replays graphs.
-Every kernel term is a law of ``models/perf/kernels.py`` evaluated at the model's shapes per GPU (heads and FFN
-split by TP), with the coefficients of the GPU's calibration profile (``models/perf/profile.py``); the engine
-terms are the profile's ``engine_costs``. Nothing is per (model, TP), so the model carries over to shapes it
-was not fitted on. Formulas, fits and errors: ``docs/perf_model.md``.
+Every kernel term is a law of ``models/perf/kernels.py`` evaluated at the model's shapes per GPU (heads and
+FFN split by TP), with the coefficients of the GPU's calibration profile (``models/perf/profile.py``); the
+engine terms are the profile's ``engine_costs``. Nothing is per (model, TP), so the model carries over to
+shapes it was not fitted on. Formulas, fits and errors: ``docs/perf_model.md``.
 
-Everything that depends on ``T`` alone is tabulated at construction, so ``step_time`` is two list lookups and a
-few float operations, and a decode-only run keeps a closed form (decode attention is affine in the context).
+Everything that depends on ``T`` alone is tabulated at construction, so ``step_time`` is two list lookups and
+a few float operations, and a decode-only run keeps a closed form (decode attention is affine in the context).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from fleettwin.models.perf.profile import (
     load_profile,
 )
 
-# vLLM V1's default CUDA-graph capture sizes: 1, 2, 4, then every 8 up to 256 and every 16 up to 512. A batch of
-# T tokens replays the graph of the smallest size >= T; larger batches run piecewise at their exact size.
+# vLLM V1's default CUDA-graph capture sizes: 1, 2, 4, then every 8 up to 256 and every 16 up to 512. A batch
+# of T tokens replays the graph of the smallest size >= T; larger batches run piecewise at their exact size.
 CAPTURE_SIZES = (1, 2, 4, *range(8, 257, 8), *range(272, 513, 16))
 INTERNODE_BYTES_PER_S = 50e9  # per GPU each way across nodes (400 Gb/s InfiniBand), as the roofline
 INTERNODE_LATENCY_S = 50e-6
@@ -50,20 +50,33 @@ def padded_tokens(tokens: int, max_capture: int = CAPTURE_SIZES[-1]) -> int:
 
 @PERF_MODELS.register("calibrated")
 class CalibratedModel(PerformanceModel):
-    """Kernel laws and engine costs of a calibration profile, evaluated for one (GPU, model, TP, precision)."""
+    """Kernel laws and engine costs of a calibration profile, evaluated for one (GPU, model, TP,
+    precision)."""
 
     supports_precision = True
 
     class Params(StrictFiniteModel):
-        profile: str = Field(default="auto", description="built-in profile name or path to a profile YAML; "
-                             "auto: the built-in profile of the pool's GPU")  # fmt: skip
-        enforce_eager: bool = Field(default=False, description="vLLM's --enforce-eager: no CUDA graphs (eager "
-                                    "all-reduce, no padding, a launch cost per layer)")  # fmt: skip
-        engine_costs: dict[str, float] = Field(default_factory=dict, description="override profile engine "
-                                               "costs by name, e.g. {step_fixed_s: 0.002}")  # fmt: skip
-        frontend: dict[str, float] = Field(default_factory=dict, description="override profile front-end "
-                                           "costs by name, e.g. {request_s: 0.01}")  # fmt: skip
-        max_tabulated_tokens: int = Field(default=16384, ge=1, description="token counts precomputed per step")
+        profile: str = Field(
+            default="auto",
+            description="built-in profile name or path to a profile YAML; "
+            "auto: the built-in profile of the pool's GPU",
+        )
+        enforce_eager: bool = Field(
+            default=False,
+            description="vLLM's --enforce-eager: no CUDA graphs (eager "
+            "all-reduce, no padding, a launch cost per layer)",
+        )
+        engine_costs: dict[str, float] = Field(
+            default_factory=dict,
+            description="override profile engine costs by name, e.g. {step_fixed_s: 0.002}",
+        )
+        frontend: dict[str, float] = Field(
+            default_factory=dict,
+            description="override profile front-end costs by name, e.g. {request_s: 0.01}",
+        )
+        max_tabulated_tokens: int = Field(
+            default=16384, ge=1, description="token counts precomputed per step"
+        )
 
     def __init__(self, params: Params, *, gpu: GpuSpec, llm: LlmSpec, tp: int, precision: Precision = BF16):
         if tp < 1:
@@ -76,8 +89,11 @@ class CalibratedModel(PerformanceModel):
         self._check_precision(laws)
         self._shapes()
         self._attention_laws(laws)
-        self._cpu_fixed = (self.costs.step_fixed_s + self.costs.tp_worker_s * (tp - 1)
-                           + (self.costs.eager_layer_s * llm.num_layers if params.enforce_eager else 0.0))  # fmt: skip
+        self._cpu_fixed = (
+            self.costs.step_fixed_s
+            + self.costs.tp_worker_s * (tp - 1)
+            + (self.costs.eager_layer_s * llm.num_layers if params.enforce_eager else 0.0)
+        )
         self._scale = self.costs.gpu_time_scale
         tokens = np.arange(params.max_tabulated_tokens + 1)
         self._token_s = self._token_costs(tokens, laws).tolist()
@@ -96,20 +112,28 @@ class CalibratedModel(PerformanceModel):
     def _check_precision(self, laws: KernelLaws) -> None:
         prec, name = self.precision, self.profile.name
         if prec.weights not in laws.gemm:
-            raise ConfigError(f"calibration profile {name!r} has no GEMM law for dtype {prec.weights} "
-                              f"(has {', '.join(laws.gemm)})")  # fmt: skip
+            raise ConfigError(
+                f"calibration profile {name!r} has no GEMM law for dtype {prec.weights} "
+                f"(has {', '.join(laws.gemm)})"
+            )
         if prec.kv_cache not in laws.decode_attention or prec.kv_cache not in laws.prefill_attention:
-            raise ConfigError(f"calibration profile {name!r} has no attention law for kv_cache_dtype "
-                              f"{prec.kv_cache} (has {', '.join(laws.decode_attention)})")  # fmt: skip
+            raise ConfigError(
+                f"calibration profile {name!r} has no attention law for kv_cache_dtype "
+                f"{prec.kv_cache} (has {', '.join(laws.decode_attention)})"
+            )
         if self.llm.is_moe and prec.weights not in laws.moe:
-            raise ConfigError(f"calibration profile {name!r} has no MoE law for dtype {prec.weights}; "
-                              f"{self.llm.id} is a mixture of experts")  # fmt: skip
+            raise ConfigError(
+                f"calibration profile {name!r} has no MoE law for dtype {prec.weights}; "
+                f"{self.llm.id} is a mixture of experts"
+            )
 
     def _shapes(self) -> None:
         llm, tp = self.llm, self.tp
         self._q_heads = llm.num_attention_heads / tp
         self._kv_heads = max(1.0, llm.num_key_value_heads / tp)  # vLLM replicates KV heads past their count
-        self._kv_bytes_token_layer = llm.kv_bytes_per_token_per_gpu(tp, self.precision.kv_bytes) / llm.num_layers
+        self._kv_bytes_token_layer = (
+            llm.kv_bytes_per_token_per_gpu(tp, self.precision.kv_bytes) / llm.num_layers
+        )
 
     def _attention_laws(self, laws: KernelLaws) -> None:
         llm, kv = self.llm, self.precision.kv_cache
@@ -137,7 +161,8 @@ class CalibratedModel(PerformanceModel):
         return dense, attn
 
     def _token_costs(self, tokens: np.ndarray, laws: KernelLaws) -> np.ndarray:
-        """GPU seconds of everything that depends on the token count alone, for the whole step (all layers)."""
+        """GPU seconds of everything that depends on the token count alone, for the whole step (all
+        layers)."""
         llm, tp, eager = self.llm, self.tp, self.params.enforce_eager
         m = tokens.astype(float) if eager else np.array([padded_tokens(int(t)) for t in tokens], dtype=float)
         gemm = laws.gemm[self.precision.weights]
@@ -149,8 +174,12 @@ class CalibratedModel(PerformanceModel):
         if moe_layers:
             moe = laws.moe[self.precision.weights]
             router = laws.gemm["bf16"].time(m, llm.num_experts, llm.hidden_size)
-            experts = moe.time(m, llm.hidden_size, llm.expert_ffn_size, llm.experts_per_token, llm.num_experts, tp)
-            out = out + moe_layers * (scale * (sum(gemm.time(m, n, k) for n, k in attn_shapes) + experts) + router)
+            experts = moe.time(
+                m, llm.hidden_size, llm.expert_ffn_size, llm.experts_per_token, llm.num_experts, tp
+            )
+            out = out + moe_layers * (
+                scale * (sum(gemm.time(m, n, k) for n, k in attn_shapes) + experts) + router
+            )
         out = out + llm.num_layers * self._small_kernels(m, gemm.bytes_per_s)
         if tp > 1:
             out = out + 2 * llm.num_layers * self._allreduce(m * llm.hidden_size * BF16_BYTES, laws)
@@ -207,8 +236,10 @@ class CalibratedModel(PerformanceModel):
         L = self.llm.num_layers
         if ps:  # the prefill attention law's smooth maximum, in plain floats
             compute = self._pair_flops * batch.prefill_attn_pairs * self._pre_flop_s
-            memory = (self._prefill_bytes_token * batch.prefill_tokens
-                      + self._kv_bytes_token_layer * batch.prefill_ctx_tokens) * self._pre_byte_s  # fmt: skip
+            memory = (
+                self._prefill_bytes_token * batch.prefill_tokens
+                + self._kv_bytes_token_layer * batch.prefill_ctx_tokens
+            ) * self._pre_byte_s
             hi, lo = (compute, memory) if compute >= memory else (memory, compute)
             attn = L * hi * (1.0 + (lo / hi) ** self._pre_p) ** self._pre_inv_p
             fixed = self._prefill_law.fixed_s
@@ -220,12 +251,18 @@ class CalibratedModel(PerformanceModel):
         return self._cpu_fixed + c.step_per_seq_s * seqs + c.step_per_prefill_s * ps + self._scale * gpu
 
     def decode_cost(self, num_seqs: int, ctx_tokens: int) -> DecodeCost | None:
-        """Iteration k of a decode-only run reads ``ctx_tokens + (k + 1) x num_seqs`` KV tokens: affine in k."""
+        """Iteration k of a decode-only run reads ``ctx_tokens + (k + 1) x num_seqs`` KV tokens: affine in
+        k."""
         n = num_seqs
         if n == 0:
             return None
         s = self._scale
-        gpu = self._tokens(n) + self._lm_head(n) + self.llm.num_layers * self._decode_law.fixed_s + self._dec_seq_s * n
+        gpu = (
+            self._tokens(n)
+            + self._lm_head(n)
+            + self.llm.num_layers * self._decode_law.fixed_s
+            + self._dec_seq_s * n
+        )
         base = self._cpu_fixed + self.costs.step_per_seq_s * n + s * (gpu + self._dec_kv_s * n)
         return DecodeCost(base=base, lines=((s * self._dec_kv_s * ctx_tokens, s * self._dec_kv_s * n),))
 
@@ -233,7 +270,7 @@ class CalibratedModel(PerformanceModel):
         cost = self.decode_cost(num_seqs, ctx_tokens)
         if cost is None:
             return np.zeros(steps)
-        (a, b), = cost.lines
+        ((a, b),) = cost.lines
         return cost.base + (a + b * np.arange(steps, dtype=float))
 
     # -- reporting -----------------------------------------------------------------------------------------
@@ -257,13 +294,16 @@ def _between(cost, x: float) -> float:
 
 
 def _override(model, base, update: dict[str, float], what: str):
-    """``base`` with ``update`` applied, validated: an unknown name or an out-of-range value is a ConfigError."""
+    """``base`` with ``update`` applied, validated: an unknown name or an out-of-range value is a
+    ConfigError."""
     if not update:
         return base
     unknown = set(update) - set(model.model_fields)
     if unknown:
-        raise ConfigError(f"calibrated: {what}: unknown name(s) {', '.join(sorted(unknown))}; expected "
-                          f"{', '.join(model.model_fields)}")  # fmt: skip
+        raise ConfigError(
+            f"calibrated: {what}: unknown name(s) {', '.join(sorted(unknown))}; expected "
+            f"{', '.join(model.model_fields)}"
+        )
     try:
         return model.model_validate({**base.model_dump(), **update})
     except Exception as exc:  # noqa: BLE001 - pydantic's message names the field
@@ -275,13 +315,17 @@ def resolve_profile(name: str, gpu: GpuSpec) -> CalibrationProfile:
     if name == "auto":
         found = default_profile_for(gpu.id)
         if found is None:
-            raise ConfigError(f"no built-in calibration profile for GPU {gpu.id!r}; fit one with `fleettwin "
-                              "calibrate fit` and name it in perf_model.params.profile, or use the roofline")  # fmt: skip
+            raise ConfigError(
+                f"no built-in calibration profile for GPU {gpu.id!r}; fit one with `fleettwin "
+                "calibrate fit` and name it in perf_model.params.profile, or use the roofline"
+            )
         name = found
     profile = load_profile(name)
     allowed = (profile.gpu, *profile.fit.get("also_for_gpus", []))
     if gpu.id not in allowed:
-        raise ConfigError(f"calibration profile {profile.name!r} describes GPU {profile.gpu!r}, not {gpu.id!r}")
+        raise ConfigError(
+            f"calibration profile {profile.name!r} describes GPU {profile.gpu!r}, not {gpu.id!r}"
+        )
     return profile
 
 
@@ -301,8 +345,9 @@ class AutoModel:
             return 0.0
         return CalibratedModel.memory_reserve_gb(CalibratedModel.Params(), gpu)
 
-    def __new__(cls, params: Params | None = None, *, gpu: GpuSpec, llm: LlmSpec, tp: int,
-                precision: Precision = BF16) -> PerformanceModel:  # fmt: skip
+    def __new__(
+        cls, params: Params | None = None, *, gpu: GpuSpec, llm: LlmSpec, tp: int, precision: Precision = BF16
+    ) -> PerformanceModel:
         if default_profile_for(gpu.id) is not None:
             return CalibratedModel(CalibratedModel.Params(), gpu=gpu, llm=llm, tp=tp, precision=precision)
         from fleettwin.models.perf.roofline import RooflineModel

@@ -1,8 +1,9 @@
-"""Evidence for the profiled model: interpolation error on held-out table rows, and the fitted roofline's error.
+"""Evidence for the profiled model: interpolation error on held-out table rows, and the fitted roofline's
+error.
 
 Held-out rows are a deterministic split: of a table's distinct token counts (message sizes for all-reduce), in
-increasing order, every ``every``-th one from the second on is removed from the knots, interpolated from the rest,
-and compared with its measurement. The first and last rows always stay knots (nothing is extrapolated).
+increasing order, every ``every``-th one from the second on is removed from the knots, interpolated from the
+rest, and compared with its measurement. The first and last rows always stay knots (nothing is extrapolated).
 Pure numpy; ``fleettwin data calibrate`` writes the files and the plot.
 """
 
@@ -46,8 +47,16 @@ def _holdout(x: np.ndarray, y: np.ndarray, every: int) -> np.ndarray:
 
 
 def _record(device: str, model: str, tp: int, op: str, err: np.ndarray) -> HoldoutError:
-    return HoldoutError(device=device, model=model, tp=tp, operator=op, held_out=len(err),
-                        mape=float(np.abs(err).mean()), max_error=float(np.abs(err).max()), errors=err)  # fmt: skip
+    return HoldoutError(
+        device=device,
+        model=model,
+        tp=tp,
+        operator=op,
+        held_out=len(err),
+        mape=float(np.abs(err).mean()),
+        max_error=float(np.abs(err).max()),
+        errors=err,
+    )
 
 
 def operator_holdout_errors(every: int = 2) -> list[HoldoutError]:
@@ -59,7 +68,9 @@ def operator_holdout_errors(every: int = 2) -> list[HoldoutError]:
         out.append(_record(t.device, t.model, t.tp, LAYER, _holdout(t.num_tokens, t.layer_ms, every)))
     for node in ("a100_dgx", "h100_dgx"):
         for workers, (size, ms) in allreduce_tables(node).items():
-            out.append(_record(node.removesuffix("_dgx"), node, workers, "all_reduce", _holdout(size, ms, every)))
+            out.append(
+                _record(node.removesuffix("_dgx"), node, workers, "all_reduce", _holdout(size, ms, every))
+            )
     return out
 
 
@@ -80,8 +91,13 @@ def fallback_errors(catalog: Catalog | None = None) -> list[FallbackError]:
     out = []
     for t in mlp_tables():
         compute, memory = _roofline_layer_terms(t, catalog)
-        pred = fit.layer_fixed_s + np.maximum(compute / fit.flops_efficiency, memory / fit.bandwidth_efficiency)
+        pred = fit.layer_fixed_s + np.maximum(
+            compute / fit.flops_efficiency, memory / fit.bandwidth_efficiency
+        )
         err = np.abs(pred / (t.layer_ms * 1e-3) - 1)
-        out.append(FallbackError(device=t.device, model=t.model, tp=t.tp, mape=float(err.mean()),
-                                 max_error=float(err.max())))  # fmt: skip
+        out.append(
+            FallbackError(
+                device=t.device, model=t.model, tp=t.tp, mape=float(err.mean()), max_error=float(err.max())
+            )
+        )
     return out

@@ -12,7 +12,8 @@ from fleettwin.models.perf.base import PERF_MODELS, BatchStats, DecodeCost, Perf
 
 @PERF_MODELS.register("constant")
 class ConstantModel(PerformanceModel):
-    """``step_s + per_prefill_token_s * prefill_tokens + per_decode_seq_s * decode_seqs``, whatever the hardware."""
+    """``step_s + per_prefill_token_s * prefill_tokens + per_decode_seq_s * decode_seqs``, whatever the
+    hardware."""
 
     class Params(StrictFiniteModel):
         step_s: float = Field(gt=0)
@@ -22,11 +23,15 @@ class ConstantModel(PerformanceModel):
     def __init__(
         self, params: Params, *, gpu: GpuSpec | None = None, llm: LlmSpec | None = None, tp: int = 1
     ):
-        self.params = params  # gpu, llm and tp are accepted so every model is created the same way, and ignored
+        self.params = (
+            params  # gpu, llm and tp are accepted so every model is created the same way, and ignored
+        )
 
     def step_time(self, batch: BatchStats) -> float:
         p = self.params
-        return p.step_s + p.per_prefill_token_s * batch.prefill_tokens + p.per_decode_seq_s * batch.decode_seqs
+        return (
+            p.step_s + p.per_prefill_token_s * batch.prefill_tokens + p.per_decode_seq_s * batch.decode_seqs
+        )
 
     def decode_times(self, num_seqs: int, ctx_tokens: int, steps: int) -> np.ndarray:
         p = self.params

@@ -1,5 +1,5 @@
-"""Kernel cost laws of the calibrated performance model: one physical form per kernel family, with coefficients
-fitted per GPU type (and dtype) on measured kernel timings (``sim/calibration/kernel_fit.py``).
+"""Kernel cost laws of the calibrated performance model: one physical form per kernel family, with
+coefficients fitted per GPU type (and dtype) on measured kernel timings (``sim/calibration/kernel_fit.py``).
 
 Each law is a roofline with the corners measured instead of assumed:
 
@@ -10,8 +10,8 @@ Each law is a roofline with the corners measured instead of assumed:
 kernel's launch and latency floor. The laws take numpy arrays (fits, tables) or floats (the simulator).
 
 The all-reduce is not a law but the measured curve itself (latency against message size per GPU count),
-interpolated in log-log: it has two regimes (latency-bound up to ~1 MB, then bandwidth-bound) that a two-term law
-fits poorly, and it is small enough to ship whole.
+interpolated in log-log: it has two regimes (latency-bound up to ~1 MB, then bandwidth-bound) that a two-term
+law fits poorly, and it is small enough to ship whole.
 """
 
 from __future__ import annotations
@@ -53,15 +53,18 @@ class GemmLaw(_Law):
     def time(self, m, n, k):
         flops = 2.0 * m * n * k
         moved = n * k * self.weight_bytes + (m * k + m * n) * BF16_BYTES
-        return self.fixed_s + self.act_s * m * k + smooth_max(flops / self.flops_per_s, moved / self.bytes_per_s,
-                                                              self.p)  # fmt: skip
+        return (
+            self.fixed_s
+            + self.act_s * m * k
+            + smooth_max(flops / self.flops_per_s, moved / self.bytes_per_s, self.p)
+        )
 
 
 class PrefillAttentionLaw(_Law):
     """Causal attention of prefill chunks (FlashAttention varlen) for the heads on one GPU.
 
-    FLOPs are ``4 x head_dim x q_heads`` per query-key pair; bytes are the chunk's Q, K, V and O plus the cached
-    context's K and V."""
+    FLOPs are ``4 x head_dim x q_heads`` per query-key pair; bytes are the chunk's Q, K, V and O plus the
+    cached context's K and V."""
 
     fixed_s: float = Field(ge=0)
     flops_per_s: float = Field(gt=0)
@@ -76,8 +79,8 @@ class DecodeAttentionLaw(_Law):
     """Decode attention (one new token per sequence over its cached context) for the heads on one GPU.
 
     ``fixed + per_seq_head_s x seqs x q_heads + KV bytes read / bytes_per_s``: KV streaming dominates (with
-    grouped-query attention a KV byte feeds a few FLOPs, far below any GPU's ridge), and the per-(sequence, head)
-    term is the split and reduction work of short contexts. Affine in the context, so a run of decode
+    grouped-query attention a KV byte feeds a few FLOPs, far below any GPU's ridge), and the per-(sequence,
+    head) term is the split and reduction work of short contexts. Affine in the context, so a run of decode
     iterations keeps a closed form."""
 
     fixed_s: float = Field(ge=0)
@@ -108,8 +111,11 @@ class MoeLaw(_Law):
         per_expert = 3.0 * hidden * expert_ffn / tp
         moved = touched * per_expert * self.weight_bytes + tokens * hidden * 2 * BF16_BYTES
         flops = 2.0 * tokens * top_k * per_expert
-        return (self.fixed_s + self.per_token_s * tokens * top_k
-                + smooth_max(flops / self.flops_per_s, moved / self.bytes_per_s, self.p))  # fmt: skip
+        return (
+            self.fixed_s
+            + self.per_token_s * tokens * top_k
+            + smooth_max(flops / self.flops_per_s, moved / self.bytes_per_s, self.p)
+        )
 
 
 class AllReduceCurve(_Law):
@@ -137,7 +143,9 @@ class AllReduceCurve(_Law):
         # Past the last measurement the collective is bandwidth-bound: extend the last segment's bytes/s.
         slope = (self.latency_s[-1] - self.latency_s[-2]) / (self.sizes_bytes[-1] - self.sizes_bytes[-2])
         nb = np.asarray(nbytes, dtype=float)
-        return np.where(nb > self.sizes_bytes[-1], self.latency_s[-1] + slope * (nb - self.sizes_bytes[-1]), out)
+        return np.where(
+            nb > self.sizes_bytes[-1], self.latency_s[-1] + slope * (nb - self.sizes_bytes[-1]), out
+        )
 
 
 class KernelLaws(_Law):

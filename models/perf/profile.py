@@ -10,9 +10,10 @@ A profile has three parts:
   simulated TTFT and E2E are what a client measures.
 
 ``engine_costs`` and ``frontend`` are fitted on end-to-end measured runs with the simulator in the loop
-(``fleettwin data calibrate fit``); ``fit`` records how, on which runs, and how well (leave-one-run-out errors).
-Built-in profiles live in ``models/data/profiles/`` (``fleettwin data calibrate show NAME`` prints one); a scenario
-names one as ``perf_model: {name: calibrated, params: {profile: h100-vllm-v1}}`` or gives a path.
+(``fleettwin data calibrate fit``); ``fit`` records how, on which runs, and how well (leave-one-run-out
+errors). Built-in profiles live in ``models/data/profiles/`` (``fleettwin data calibrate show NAME`` prints
+one); a scenario names one as ``perf_model: {name: calibrated, params: {profile: h100-vllm-v1}}`` or gives a
+path.
 """
 
 from __future__ import annotations
@@ -36,34 +37,64 @@ class EngineCosts(StrictFiniteModel):
     """Per-iteration costs outside the measured kernels. Every coefficient is per GPU type (and engine major
     version), never per (model, TP): one fit carries over to models and TP degrees it was not fitted on."""
 
-    step_fixed_s: float = Field(ge=0, description="CPU time of every iteration: schedule, prepare inputs, "
-                                "launch, update outputs")  # fmt: skip
-    step_per_seq_s: float = Field(ge=0, description="CPU time per sequence in the batch (input preparation, "
-                                  "sampling, output processing)")  # fmt: skip
-    step_per_prefill_s: float = Field(0.0, ge=0, description="extra CPU time per prefill chunk (block-table "
-                                      "and metadata set-up)")  # fmt: skip
-    tp_worker_s: float = Field(0.0, ge=0, description="per additional tensor-parallel worker: broadcasting the "
-                               "scheduler output and gathering results")  # fmt: skip
-    layer_fixed_s: float = Field(ge=0, description="per layer: the small kernels outside the laws (norms, "
-                                 "rotary embedding, activation, residual adds) at their latency floor")  # fmt: skip
-    gpu_time_scale: float = Field(1.0, gt=0, description="multiplier on the sum of kernel times: gaps between "
-                                  "kernels, and kernels measured in isolation running slower in a model")  # fmt: skip
-    eager_layer_s: float = Field(0.0, ge=0, description="extra launch cost per layer when the engine runs "
-                                 "without CUDA graphs (enforce_eager)")  # fmt: skip
-    kv_reserve_gb: float = Field(0.0, ge=0, description="GPU memory per GPU the engine keeps beyond the modelled "
-                                 "activation reserve (CUDA-graph pool, communication buffers, allocator "
-                                 "fragmentation): it comes out of the KV cache, which matters where a large "
-                                 "model leaves little room")  # fmt: skip
-    fp8_gemm_scale: float = Field(1.0, gt=0, description="multiplier on the FP8 GEMM and MoE laws in a served "
-                                  "model: the kernel tables quantise activations dynamically, FP8 checkpoints "
-                                  "mostly carry static scales")  # fmt: skip
+    step_fixed_s: float = Field(
+        ge=0, description="CPU time of every iteration: schedule, prepare inputs, launch, update outputs"
+    )
+    step_per_seq_s: float = Field(
+        ge=0,
+        description="CPU time per sequence in the batch (input preparation, sampling, output processing)",
+    )
+    step_per_prefill_s: float = Field(
+        0.0, ge=0, description="extra CPU time per prefill chunk (block-table and metadata set-up)"
+    )
+    tp_worker_s: float = Field(
+        0.0,
+        ge=0,
+        description="per additional tensor-parallel worker: broadcasting the "
+        "scheduler output and gathering results",
+    )
+    layer_fixed_s: float = Field(
+        ge=0,
+        description="per layer: the small kernels outside the laws (norms, "
+        "rotary embedding, activation, residual adds) at their latency floor",
+    )
+    gpu_time_scale: float = Field(
+        1.0,
+        gt=0,
+        description="multiplier on the sum of kernel times: gaps between "
+        "kernels, and kernels measured in isolation running slower in a model",
+    )
+    eager_layer_s: float = Field(
+        0.0,
+        ge=0,
+        description="extra launch cost per layer when the engine runs without CUDA graphs (enforce_eager)",
+    )
+    kv_reserve_gb: float = Field(
+        0.0,
+        ge=0,
+        description="GPU memory per GPU the engine keeps beyond the modelled "
+        "activation reserve (CUDA-graph pool, communication buffers, allocator "
+        "fragmentation): it comes out of the KV cache, which matters where a large "
+        "model leaves little room",
+    )
+    fp8_gemm_scale: float = Field(
+        1.0,
+        gt=0,
+        description="multiplier on the FP8 GEMM and MoE laws in a served "
+        "model: the kernel tables quantise activations dynamically, FP8 checkpoints "
+        "mostly carry static scales",
+    )
 
 
 class FrontEndCosts(StrictFiniteModel):
     """The OpenAI-compatible API server between the client and the engine, per request."""
 
-    request_s: float = Field(0.0, ge=0, description="HTTP handling and hand-off to the engine, and streaming "
-                             "the first token back: added to TTFT (and so to E2E)")  # fmt: skip
+    request_s: float = Field(
+        0.0,
+        ge=0,
+        description="HTTP handling and hand-off to the engine, and streaming "
+        "the first token back: added to TTFT (and so to E2E)",
+    )
     per_prompt_token_s: float = Field(0.0, ge=0, description="tokenisation per prompt token, added to TTFT")
 
 
@@ -77,8 +108,11 @@ class CalibrationProfile(StrictFiniteModel):
     engine_costs: EngineCosts
     frontend: FrontEndCosts = FrontEndCosts()
     sources: list[str] = Field(default_factory=list, description="where the fitted data came from")
-    fit: dict[str, Any] = Field(default_factory=dict, description="how the coefficients were fitted: method, "
-                                "runs, per-coefficient values and uncertainty, leave-one-run-out errors")  # fmt: skip
+    fit: dict[str, Any] = Field(
+        default_factory=dict,
+        description="how the coefficients were fitted: method, "
+        "runs, per-coefficient values and uncertainty, leave-one-run-out errors",
+    )
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, width=110)

@@ -11,9 +11,9 @@
 - LM head and embedding gather: not per-layer operators; a roofline term for the head plus the measured ``emb``.
 
 GPU/model pairs without tables fall back to the roofline model with the efficiencies fitted on the pairs that
-have them (:func:`fit_roofline_efficiencies`); ``describe()`` names the path taken. Everything that depends only
-on the token count is tabulated per integer token count at construction, so ``step_time`` is a list lookup and
-a few float operations. Details and evidence: ``docs/perf_model.md``.
+have them (:func:`fit_roofline_efficiencies`); ``describe()`` names the path taken. Everything that depends
+only on the token count is tabulated per integer token count at construction, so ``step_time`` is a list
+lookup and a few float operations. Details and evidence: ``docs/perf_model.md``.
 """
 
 from __future__ import annotations
@@ -41,13 +41,17 @@ from fleettwin.models.perf.tables import (
 )
 
 # The roofline fitted on every shipped (GPU, model, TP) table row by fit_roofline_efficiencies(): per layer,
-# ``layer_fixed_s + max(compute / flops_efficiency, memory / bandwidth_efficiency)``. `fleettwin data calibrate` refits
-# and prints them; a test checks these constants against the refit.
+# ``layer_fixed_s + max(compute / flops_efficiency, memory / bandwidth_efficiency)``. `fleettwin data
+# calibrate` refits and prints them; a test checks these constants against the refit.
 FITTED_FLOPS_EFFICIENCY = 0.64
 FITTED_BANDWIDTH_EFFICIENCY = 0.95
 FITTED_LAYER_FIXED_S = 69e-6
-_CATALOG_IDS = {"a100": "a100-80g", "h100": "h100-80g",
-                "meta-llama/Llama-2-7b-hf": "llama-2-7b", "meta-llama/Llama-2-70b-hf": "llama-2-70b"}  # fmt: skip
+_CATALOG_IDS = {
+    "a100": "a100-80g",
+    "h100": "h100-80g",
+    "meta-llama/Llama-2-7b-hf": "llama-2-7b",
+    "meta-llama/Llama-2-70b-hf": "llama-2-70b",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,11 +100,20 @@ def fit_roofline_efficiencies() -> RooflineFit:
     _, fixed, fe, be = _grid_search(c, m, y, np.arange(0, 160e-6, 16e-6), eff, eff)
     fine = np.arange(-0.05, 0.05001, 0.01)
     mape, fixed, fe, be = _grid_search(
-        c, m, y, np.clip(fixed + np.arange(-16e-6, 16.01e-6, 1e-6), 0, None),
-        np.clip(fe + fine, 0.01, 1.0), np.clip(be + fine, 0.01, 1.0),
+        c,
+        m,
+        y,
+        np.clip(fixed + np.arange(-16e-6, 16.01e-6, 1e-6), 0, None),
+        np.clip(fe + fine, 0.01, 1.0),
+        np.clip(be + fine, 0.01, 1.0),
     )
-    return RooflineFit(flops_efficiency=round(fe, 4), bandwidth_efficiency=round(be, 4),
-                       layer_fixed_s=round(fixed, 7), mape=mape, rows=len(y))  # fmt: skip
+    return RooflineFit(
+        flops_efficiency=round(fe, 4),
+        bandwidth_efficiency=round(be, 4),
+        layer_fixed_s=round(fixed, 7),
+        mape=mape,
+        rows=len(y),
+    )
 
 
 @PERF_MODELS.register("profiled")
@@ -110,25 +123,47 @@ class ProfiledModel(PerformanceModel):
 
     class Params(StrictFiniteModel):
         overhead_s: float = Field(
-            default=2.0e-3, ge=0, description="per-iteration CPU cost (scheduling, input prep, sampling) the GPU "
-            "kernel tables do not contain; the roofline's calibrated value. Vidur models none: 0 to match it")
-        lm_head: bool = Field(default=True, description="add the LM head (roofline) and the embedding gather "
-                              "(measured), which are not per-layer operators; Vidur leaves both out")
+            default=2.0e-3,
+            ge=0,
+            description="per-iteration CPU cost (scheduling, input prep, sampling) the GPU "
+            "kernel tables do not contain; the roofline's calibrated value. Vidur models none: 0 to match it",
+        )
+        lm_head: bool = Field(
+            default=True,
+            description="add the LM head (roofline) and the embedding gather "
+            "(measured), which are not per-layer operators; Vidur leaves both out",
+        )
         attention_table: str | None = Field(
-            default=None, description="Vidur-format attention.csv[.xz] to use instead of the roofline attention")
+            default=None,
+            description="Vidur-format attention.csv[.xz] to use instead of the roofline attention",
+        )
         decode_batching_overhead: float = Field(
-            default=0.0, ge=0, description="extra fraction on decode attention when more than one sequence "
-            "decodes (Vidur's attention_decode_batching_overhead_fraction, 0.1 there)")
-        allreduce_launch_s: float = Field(default=20e-6, ge=0, description="CPU launch cost per NCCL all-reduce "
-                                          "(Vidur's nccl_cpu_launch_overhead_ms)")
+            default=0.0,
+            ge=0,
+            description="extra fraction on decode attention when more than one sequence "
+            "decodes (Vidur's attention_decode_batching_overhead_fraction, 0.1 there)",
+        )
+        allreduce_launch_s: float = Field(
+            default=20e-6,
+            ge=0,
+            description="CPU launch cost per NCCL all-reduce (Vidur's nccl_cpu_launch_overhead_ms)",
+        )
         attention_kernel_s: float = Field(
-            default=10e-6, ge=0, description="floor per layer of each roofline attention kernel (prefill, "
-            "decode): launch and tail latency of a tiny kernel. A prior, not measured")
+            default=10e-6,
+            ge=0,
+            description="floor per layer of each roofline attention kernel (prefill, "
+            "decode): launch and tail latency of a tiny kernel. A prior, not measured",
+        )
         flops_efficiency: float | None = Field(default=None, gt=0, le=1, description="None: fitted")
         bandwidth_efficiency: float | None = Field(default=None, gt=0, le=1, description="None: fitted")
-        layer_fixed_s: float | None = Field(default=None, ge=0, description="fallback only: fixed seconds per "
-                                            "layer outside attention; None: fitted")
-        max_tabulated_tokens: int = Field(default=16384, ge=1, description="token counts precomputed per step")
+        layer_fixed_s: float | None = Field(
+            default=None,
+            ge=0,
+            description="fallback only: fixed seconds per layer outside attention; None: fitted",
+        )
+        max_tabulated_tokens: int = Field(
+            default=16384, ge=1, description="token counts precomputed per step"
+        )
         dtype_bytes: float = Field(default=2, gt=0)
 
     def __init__(self, params: Params, *, gpu: GpuSpec, llm: LlmSpec, tp: int):
@@ -145,11 +180,16 @@ class ProfiledModel(PerformanceModel):
         self._comm_path = "none"
         if self.table is None:
             self._fallback = RooflineModel(
-                RooflineModel.Params(flops_efficiency=self.flops_efficiency,
-                                     overhead_s=p.overhead_s + llm.num_layers * self.layer_fixed_s,
-                                     bandwidth_efficiency=self.bandwidth_efficiency, dtype_bytes=p.dtype_bytes),
-                gpu=gpu, llm=llm, tp=tp,
-            )  # fmt: skip
+                RooflineModel.Params(
+                    flops_efficiency=self.flops_efficiency,
+                    overhead_s=p.overhead_s + llm.num_layers * self.layer_fixed_s,
+                    bandwidth_efficiency=self.bandwidth_efficiency,
+                    dtype_bytes=p.dtype_bytes,
+                ),
+                gpu=gpu,
+                llm=llm,
+                tp=tp,
+            )
             # Bound on the instance so the hot path pays no extra call.
             self.step_time = self._fallback.step_time  # type: ignore[method-assign]
             self.decode_times = self._fallback.decode_times  # type: ignore[method-assign]
@@ -157,8 +197,9 @@ class ProfiledModel(PerformanceModel):
         self._init_rates()
         self._tokens_s = self._token_costs(np.arange(p.max_tabulated_tokens + 1)).tolist()
         if p.attention_table:
-            self.attention = load_attention_table(p.attention_table, llm.num_attention_heads,
-                                                  llm.num_key_value_heads, llm.hidden_size, tp)  # fmt: skip
+            self.attention = load_attention_table(
+                p.attention_table, llm.num_attention_heads, llm.num_key_value_heads, llm.hidden_size, tp
+            )
             self._decode_rows: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
 
     # -- construction --------------------------------------------------------------------------------------
@@ -203,10 +244,11 @@ class ProfiledModel(PerformanceModel):
         link = 50e9 if tp > GPUS_PER_NODE else self.gpu.link_bytes_per_s
         return 2 * (tp - 1) / tp * size / link + 25e-6 + p.allreduce_launch_s
 
-    # -- attention --------------------------------------------------------------------------------------------
+    # -- attention -------------------------------------------------------------------------------------------
 
     def _decode_row(self, seqs: int) -> tuple[np.ndarray, np.ndarray, float]:
-        """Knots (kv, seconds for the whole step) of decode attention at ``seqs`` sequences, cached per size."""
+        """Knots (kv, seconds for the whole step) of decode attention at ``seqs`` sequences, cached per
+        size."""
         row = self._decode_rows.get(seqs)
         if row is None:
             assert self.attention is not None

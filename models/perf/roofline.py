@@ -21,17 +21,25 @@ from fleettwin.models.perf.base import BF16, PERF_MODELS, BatchStats, DecodeCost
 class RooflineModel(PerformanceModel):
     """Analytical step time for one replica of ``tp`` GPUs; calibrated defaults, one set for all hardware.
 
-    With FP8 weights (``precision``) weights stream at 1 byte and GEMMs run at the GPU's FP8 peak; an FP8 KV cache
-    is read at 1 byte. The bf16 default uses ``dtype_bytes`` for both, as before."""
+    With FP8 weights (``precision``) weights stream at 1 byte and GEMMs run at the GPU's FP8 peak; an FP8 KV
+    cache is read at 1 byte. The bf16 default uses ``dtype_bytes`` for both, as before."""
 
     supports_precision = True
 
     class Params(StrictFiniteModel):
         flops_efficiency: float = Field(default=0.6, gt=0, le=1, description="achieved / peak dense FLOP/s")
-        bandwidth_efficiency: float = Field(default=0.8, gt=0, le=1, description="achieved / peak HBM bytes/s")
-        overhead_s: float = Field(default=2.0e-3, ge=0, description="fixed cost per iteration (CPU, launch, sampling)")
-        allreduce_latency_s: float = Field(default=25e-6, ge=0, description="fixed cost per all-reduce in a node")
-        internode_latency_s: float = Field(default=50e-6, ge=0, description="fixed cost per all-reduce across nodes")
+        bandwidth_efficiency: float = Field(
+            default=0.8, gt=0, le=1, description="achieved / peak HBM bytes/s"
+        )
+        overhead_s: float = Field(
+            default=2.0e-3, ge=0, description="fixed cost per iteration (CPU, launch, sampling)"
+        )
+        allreduce_latency_s: float = Field(
+            default=25e-6, ge=0, description="fixed cost per all-reduce in a node"
+        )
+        internode_latency_s: float = Field(
+            default=50e-6, ge=0, description="fixed cost per all-reduce across nodes"
+        )
         internode_bandwidth_gbs: float = Field(
             default=50.0, gt=0, description="per-GPU GB/s each way between nodes (400 Gb/s InfiniBand)"
         )
@@ -51,11 +59,13 @@ class RooflineModel(PerformanceModel):
         self._flops_per_token = 2 * llm.nonembedding_active_params
         self._flops_per_pair = llm.attention_flops_per_pair
         self._flops_per_sampling_seq = llm.lm_head_flops
-        # Memory (bytes, per GPU). Every iteration reads all weights except the input embedding (a gather) and the
-        # experts no token was routed to; KV is read for the cached context and written for each new token.
+        # Memory (bytes, per GPU). Every iteration reads all weights except the input embedding (a gather) and
+        # the experts no token was routed to; KV is read for the cached context and written for each new
+        # token.
         expert_bytes = llm.routed_expert_params * weight_bytes
-        self._dense_weight_bytes = (llm.weight_bytes(weight_bytes) - expert_bytes
-                                    - llm.embedding_params * weight_bytes) / tp
+        self._dense_weight_bytes = (
+            llm.weight_bytes(weight_bytes) - expert_bytes - llm.embedding_params * weight_bytes
+        ) / tp
         self._expert_bytes = expert_bytes / tp
         self._expert_miss = 1 - llm.experts_per_token / llm.num_experts if llm.is_moe else 0.0
         self._kv_bytes = llm.kv_bytes_per_token_per_gpu(tp, kv_bytes)
@@ -113,8 +123,9 @@ class RooflineModel(PerformanceModel):
         if num_seqs == 0:
             return None
         n = num_seqs
-        compute_a = (self._flops_per_token * n + self._flops_per_pair * ctx_tokens
-                     + self._flops_per_sampling_seq * n) / self._flops_per_s  # fmt: skip
+        compute_a = (
+            self._flops_per_token * n + self._flops_per_pair * ctx_tokens + self._flops_per_sampling_seq * n
+        ) / self._flops_per_s
         compute_b = self._flops_per_pair * n / self._flops_per_s
         memory_a = (self._weight_bytes(n) + self._kv_bytes * (ctx_tokens + n)) / self._bytes_per_s
         memory_b = self._kv_bytes * n / self._bytes_per_s

@@ -1,13 +1,14 @@
 """Vidur's measured operator tables (package data) and the interpolants the profiled model is built from.
 
-The tables (``models/data/vidur/``, MIT, attribution in ``SOURCE.md`` there) time the non-attention operators of
-one transformer layer per batch token count and TP degree, and NCCL all-reduce per message size. Everything here
-is numpy and runs once per model construction; the simulator's hot path only indexes the dense arrays built from
-these interpolants.
+The tables (``models/data/vidur/``, MIT, attribution in ``SOURCE.md`` there) time the non-attention operators
+of one transformer layer per batch token count and TP degree, and NCCL all-reduce per message size. Everything
+here is numpy and runs once per model construction; the simulator's hot path only indexes the dense arrays
+built from these interpolants.
 
-Interpolation is piecewise linear through every (deduplicated) table row: exact on the rows and monotone between
-two neighbouring rows (it never overshoots them). Beyond the last row it extrapolates with the least-squares slope
-of the upper half of the table (GEMMs are compute-bound and linear in tokens there), anchored at the last row.
+Interpolation is piecewise linear through every (deduplicated) table row: exact on the rows and monotone
+between two neighbouring rows (it never overshoots them). Beyond the last row it extrapolates with the
+least-squares slope of the upper half of the table (GEMMs are compute-bound and linear in tokens there),
+anchored at the last row.
 """
 
 from __future__ import annotations
@@ -23,17 +24,27 @@ import pandas as pd
 
 from fleettwin.models.catalog import LlmSpec
 
-# Operators of one layer's non-attention part, in Vidur's column names. ``emb`` (the token-embedding gather) runs
-# once per forward pass, not per layer; Vidur leaves it out of its step time.
+# Operators of one layer's non-attention part, in Vidur's column names. ``emb`` (the token-embedding gather)
+# runs once per forward pass, not per layer; Vidur leaves it out of its step time.
 LAYER_OPERATORS = (
-    "input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj", "post_attention_layernorm",
-    "mlp_up_proj", "mlp_act", "mlp_down_proj", "add",
-)  # fmt: skip
+    "input_layernorm",
+    "attn_pre_proj",
+    "attn_rope",
+    "attn_post_proj",
+    "post_attention_layernorm",
+    "mlp_up_proj",
+    "mlp_act",
+    "mlp_down_proj",
+    "add",
+)
 OPERATORS = ("emb", *LAYER_OPERATORS)
 
 # fleettwin GPU id -> (Vidur compute device, Vidur network node). Only the exact SKUs Vidur profiled: the A100
 # tables are from 80 GB SXM parts, whose 2.0 TB/s HBM the 40 GB part (1.6 TB/s) does not have.
-VIDUR_DEVICES: dict[str, tuple[str, str]] = {"a100-80g": ("a100", "a100_dgx"), "h100-80g": ("h100", "h100_dgx")}
+VIDUR_DEVICES: dict[str, tuple[str, str]] = {
+    "a100-80g": ("a100", "a100_dgx"),
+    "h100-80g": ("h100", "h100_dgx"),
+}
 
 # Upstream model folders shipped, matched to a fleettwin model by shape, not by name.
 VIDUR_MODELS = ("meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-70b-hf")
@@ -63,13 +74,16 @@ class PiecewiseLinear:
         out = np.interp(q, self.x, self.y)
         beyond = np.asarray(q) > self.x[-1]
         if np.any(beyond):
-            out = np.where(beyond, self.y[-1] + self.tail_slope * (np.asarray(q, dtype=float) - self.x[-1]), out)
+            out = np.where(
+                beyond, self.y[-1] + self.tail_slope * (np.asarray(q, dtype=float) - self.x[-1]), out
+            )
         return out if np.ndim(out) else float(out)
 
 
 class PiecewiseLinear2D:
-    """Bilinear-style lookup on a possibly ragged grid: one :class:`PiecewiseLinear` along ``v`` per ``u`` row,
-    then linear interpolation across the two neighbouring ``u`` rows (clamped at the ends). Exact on the rows."""
+    """Bilinear-style lookup on a possibly ragged grid: one :class:`PiecewiseLinear` along ``v`` per ``u``
+    row, then linear interpolation across the two neighbouring ``u`` rows (clamped at the ends). Exact on the
+    rows."""
 
     __slots__ = ("u", "rows")
 
@@ -129,8 +143,11 @@ class OperatorTable:
 
     def matches(self, llm: LlmSpec) -> bool:
         return (self.n_head, self.n_kv_head, self.n_embd, self.n_expanded_embd) == (
-            llm.num_attention_heads, llm.num_key_value_heads, llm.hidden_size, llm.intermediate_size,
-        ) and not llm.is_moe  # fmt: skip
+            llm.num_attention_heads,
+            llm.num_key_value_heads,
+            llm.hidden_size,
+            llm.intermediate_size,
+        ) and not llm.is_moe
 
     @property
     def label(self) -> str:
@@ -152,13 +169,19 @@ def mlp_tables() -> tuple[OperatorTable, ...]:
                 cols = {op: f"time_stats.{op}.median" for op in OPERATORS}
                 agg = g.groupby("num_tokens")[list(cols.values())].mean().sort_index()
                 first = g.iloc[0]
-                out.append(OperatorTable(
-                    device=device, model=model, tp=int(tp), n_head=int(first["n_head"]),
-                    n_kv_head=int(first["n_kv_head"]), n_embd=int(first["n_embd"]),
-                    n_expanded_embd=int(first["n_expanded_embd"]),
-                    num_tokens=agg.index.to_numpy(dtype=float),
-                    times_ms={op: agg[col].to_numpy(dtype=float) for op, col in cols.items()},
-                ))  # fmt: skip
+                out.append(
+                    OperatorTable(
+                        device=device,
+                        model=model,
+                        tp=int(tp),
+                        n_head=int(first["n_head"]),
+                        n_kv_head=int(first["n_kv_head"]),
+                        n_embd=int(first["n_embd"]),
+                        n_expanded_embd=int(first["n_expanded_embd"]),
+                        num_tokens=agg.index.to_numpy(dtype=float),
+                        times_ms={op: agg[col].to_numpy(dtype=float) for op, col in cols.items()},
+                    )
+                )
     return tuple(out)
 
 
@@ -206,8 +229,9 @@ class AttentionTable:
     """A Vidur-format ``attention.csv`` slice: per-layer attention ms.
 
     ``decode(batch_size, kv)``: one decode kernel over ``batch_size`` sequences of ``kv`` cached tokens each.
-    ``prefill(kv, chunk)``: one prefill chunk of ``chunk`` new tokens after ``kv`` cached tokens. Rows run along
-    the chunk size (the dominant variable), so a whole-prompt prefill (``kv`` = 0) is read off one measured row.
+    ``prefill(kv, chunk)``: one prefill chunk of ``chunk`` new tokens after ``kv`` cached tokens. Rows run
+    along the chunk size (the dominant variable), so a whole-prompt prefill (``kv`` = 0) is read off one
+    measured row.
     """
 
     decode: PiecewiseLinear2D  # u = batch_size, v = kv_cache_size
@@ -216,23 +240,33 @@ class AttentionTable:
 
 
 @functools.cache
-def load_attention_table(path: str, n_head: int, n_kv_head: int, n_embd: int, tp: int,
-                         block_size: int = 16) -> AttentionTable:  # fmt: skip
+def load_attention_table(
+    path: str, n_head: int, n_kv_head: int, n_embd: int, tp: int, block_size: int = 16
+) -> AttentionTable:
     """Read a Vidur ``attention.csv`` (plain or ``.xz``) and keep the rows of this model shape and TP."""
     df = pd.read_csv(Path(path))
     keep = (
-        (df["n_q_head"] == n_head) & (df["n_kv_head"] == n_kv_head) & (df["n_embd"] == n_embd)
-        & (df["num_tensor_parallel_workers"] == tp) & (df["block_size"] == block_size)
-    )  # fmt: skip
+        (df["n_q_head"] == n_head)
+        & (df["n_kv_head"] == n_kv_head)
+        & (df["n_embd"] == n_embd)
+        & (df["num_tensor_parallel_workers"] == tp)
+        & (df["block_size"] == block_size)
+    )
     df = df[keep]
     if df.empty:
         raise ValueError(f"{path}: no attention rows for heads {n_head}/{n_kv_head}, n_embd {n_embd}, TP{tp}")
     dec = df[df["prefill_chunk_size"] == 0]
     pre = df[df["prefill_chunk_size"] > 0]
     return AttentionTable(
-        decode=PiecewiseLinear2D.from_points(dec["batch_size"].to_numpy(), dec["kv_cache_size"].to_numpy(),
-                                             dec["time_stats.attn_decode.median"].to_numpy()),
-        prefill=PiecewiseLinear2D.from_points(pre["kv_cache_size"].to_numpy(), pre["prefill_chunk_size"].to_numpy(),
-                                              pre["time_stats.attn_prefill.median"].to_numpy()),
+        decode=PiecewiseLinear2D.from_points(
+            dec["batch_size"].to_numpy(),
+            dec["kv_cache_size"].to_numpy(),
+            dec["time_stats.attn_decode.median"].to_numpy(),
+        ),
+        prefill=PiecewiseLinear2D.from_points(
+            pre["kv_cache_size"].to_numpy(),
+            pre["prefill_chunk_size"].to_numpy(),
+            pre["time_stats.attn_prefill.median"].to_numpy(),
+        ),
         source=str(path),
-    )  # fmt: skip
+    )

@@ -10,8 +10,8 @@
         - {name: af-south-1, weight: 0.03}                     # users there, no GPUs
 
 Every pool of the scenario belongs to exactly one region. A region without pools still has users, served
-elsewhere. Region names are the package's (``fleettwin.models.regions.sites``) unless ``rtt.matrix`` gives the RTTs of
-a new one (and ``utc_offset_h`` its time zone).
+elsewhere. Region names are the package's (``fleettwin.models.regions.sites``) unless ``rtt.matrix`` gives the
+RTTs of a new one (and ``utc_offset_h`` its time zone).
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ class RegionConfig(StrictModel):
     weight: float = Field(0.0, ge=0, allow_inf_nan=False)  # share of the users (normalised over regions)
     pools: list[str] = Field(default_factory=list)
     utc_offset_h: float | None = Field(None, ge=-12, le=14)  # default: the package's standard-time offset
-    price_multiplier: float = Field(1.0, gt=0, allow_inf_nan=False)  # on the catalog's GPU price, in this region
+    price_multiplier: float = Field(
+        1.0, gt=0, allow_inf_nan=False
+    )  # on the catalog's GPU price, in this region
     # What-if multiplier on this region's requests, on top of the weights (2: traffic doubles there, the other
     # regions keep theirs; the workload grows by shifted copies, models/workload/reshape.py)
     traffic: float = Field(1.0, ge=0, allow_inf_nan=False)
@@ -48,7 +50,9 @@ class RttConfig(StrictModel):
 
     symmetric: bool = False  # use the mean of both directions
     local_ms: float | None = Field(None, ge=0, allow_inf_nan=False)  # replaces the diagonal (same region)
-    matrix: dict[str, dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]]] = Field(default_factory=dict)
+    matrix: dict[str, dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]]] = Field(
+        default_factory=dict
+    )
 
 
 class UsersConfig(StrictModel):
@@ -99,7 +103,9 @@ class RegionsConfig(StrictModel):
         if twice:
             raise ValueError(f"a pool belongs to one region; listed more than once: {', '.join(twice)}")
         if not pools:
-            raise ValueError("no region has a pool: list the scenario's pools under the regions that host them")
+            raise ValueError(
+                "no region has a pool: list the scenario's pools under the regions that host them"
+            )
         return v
 
     @model_validator(mode="after")
@@ -108,8 +114,10 @@ class RegionsConfig(StrictModel):
         known = region_catalog().sites
         for i, r in enumerate(self.regions):
             if r.utc_offset_h is None and r.name not in known:
-                raise ValueError(f"regions[{i}].utc_offset_h: region {r.name!r} is not in the package data; "
-                                 "give its UTC offset")  # fmt: skip
+                raise ValueError(
+                    f"regions[{i}].utc_offset_h: region {r.name!r} is not in the package data; "
+                    "give its UTC offset"
+                )
         if self.users is not None and sum(r.weight for r in self.regions) <= 0:
             raise ValueError("regions: at least one region needs a weight > 0 (its share of the users)")
         if self.users is not None and sum(r.weight * r.traffic for r in self.regions) <= 0:
@@ -137,7 +145,9 @@ class RegionsConfig(StrictModel):
                 out[r.name] = r.utc_offset_h
             else:
                 site = sites[r.name]
-                out[r.name] = site.utc_offset_dst_h if self.users and self.users.dst else site.utc_offset_std_h
+                out[r.name] = (
+                    site.utc_offset_dst_h if self.users and self.users.dst else site.utc_offset_std_h
+                )
         return out
 
     def region_of_pool(self) -> dict[str, str]:
@@ -154,11 +164,15 @@ def check_pools(cfg: RegionsConfig | None, info: ValidationInfo) -> RegionsConfi
     for i, r in enumerate(cfg.regions):
         for j, p in enumerate(r.pools):
             if p not in names:
-                raise ValueError(f"regions[{i}].pools[{j}]: unknown pool {p!r}; the scenario's pools are: "
-                                 f"{', '.join(names)}")  # fmt: skip
+                raise ValueError(
+                    f"regions[{i}].pools[{j}]: unknown pool {p!r}; the scenario's pools are: "
+                    f"{', '.join(names)}"
+                )
     homeless = [n for n in names if n not in cfg.region_of_pool()]
     if homeless:
-        raise ValueError(f"pool(s) {', '.join(homeless)} are in no region; list each under the region hosting it")
+        raise ValueError(
+            f"pool(s) {', '.join(homeless)} are in no region; list each under the region hosting it"
+        )
     return cfg
 
 

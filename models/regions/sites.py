@@ -1,12 +1,12 @@
 """Cloud regions: where they are (time zone, coordinates) and the measured round-trip times between them.
 
-Package data (``models/data/regions.csv``, ``region_sites.csv``; provenance in ``regions.md``): 12 AWS regions,
-the cloudping.co p50 RTT over one year (snapshot of 2025-10-09), AWS region to AWS region, in ms.
+Package data (``models/data/regions.csv``, ``region_sites.csv``; provenance in ``regions.md``): 12 AWS
+regions, the cloudping.co p50 RTT over one year (snapshot of 2025-10-09), AWS region to AWS region, in ms.
 
 The matrix is **directional**, as published (A->B and B->A differ by up to 2.7 ms): ``rtt_ms(a, b)`` is the
-median round trip measured from agents in ``a`` to ``b``. The simulator charges a request served in ``b`` for a
-user in ``a`` with ``rtt_ms(a, b)`` (half on the way in, half on the way out). ``symmetrised()`` gives the mean
-of both directions for users who want a symmetric matrix. The diagonal is cloudping's same-region value
+median round trip measured from agents in ``a`` to ``b``. The simulator charges a request served in ``b`` for
+a user in ``a`` with ``rtt_ms(a, b)`` (half on the way in, half on the way out). ``symmetrised()`` gives the
+mean of both directions for users who want a symmetric matrix. The diagonal is cloudping's same-region value
 (2.5-5.3 ms, across availability zones): the RTT of a request served in its own region.
 
 Pure: no I/O beyond reading the package data, like ``models/catalog.py``.
@@ -27,7 +27,8 @@ from fleettwin.models.errors import ConfigError
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RegionSite:
-    """Where a region is: its city, coordinates (to about 100 km) and UTC offsets (standard and DST), hours."""
+    """Where a region is: its city, coordinates (to about 100 km) and UTC offsets (standard and DST),
+    hours."""
 
     name: str
     city: str
@@ -62,7 +63,9 @@ class RttMatrix:
         try:
             return self._idx[name]
         except KeyError:
-            raise ConfigError(f"unknown region {name!r}; the RTT matrix has: {', '.join(self.names)}") from None
+            raise ConfigError(
+                f"unknown region {name!r}; the RTT matrix has: {', '.join(self.names)}"
+            ) from None
 
     def rtt_ms(self, src: str, dst: str) -> float:
         return self.ms[self.index(src)][self.index(dst)]
@@ -77,8 +80,13 @@ class RttMatrix:
         idx = [self.index(n) for n in names]
         return RttMatrix(tuple(names), tuple(tuple(self.ms[i][j] for j in idx) for i in idx), self.source)
 
-    def with_overrides(self, overrides: Mapping[str, Mapping[str, float]], *, local_ms: float | None = None,
-                       symmetric_overrides: bool = True) -> RttMatrix:  # fmt: skip
+    def with_overrides(
+        self,
+        overrides: Mapping[str, Mapping[str, float]],
+        *,
+        local_ms: float | None = None,
+        symmetric_overrides: bool = True,
+    ) -> RttMatrix:
         """A matrix with some pairs replaced (``{from: {to: ms}}``); regions not in this matrix are added, and
         then every pair involving them must be given. ``symmetric_overrides`` also sets the reverse direction
         of a pair when only one is given; ``local_ms`` replaces the diagonal."""
@@ -97,7 +105,9 @@ class RttMatrix:
             values.update({(a, a): float(local_ms) for a in names})
         missing = [f"{a} -> {b}" for a in names for b in names if (a, b) not in values]
         if missing:
-            raise ConfigError(f"RTT matrix: no value for {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
+            raise ConfigError(
+                f"RTT matrix: no value for {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}"
+            )
         ms = tuple(tuple(values[(a, b)] for b in names) for a in names)
         return RttMatrix(tuple(names), ms, f"{self.source} with overrides" if self.source else "overrides")
 
@@ -118,13 +128,18 @@ class RegionCatalog:
 
 @functools.cache
 def region_catalog() -> RegionCatalog:
-    """The 12 regions of ``models/data/region_sites.csv`` and the directional RTT matrix of ``regions.csv``."""
+    """The 12 regions of ``models/data/region_sites.csv`` and the directional RTT matrix of
+    ``regions.csv``."""
     sites = {}
     for row in _read_csv("region_sites.csv"):
         sites[row["region"]] = RegionSite(
-            name=row["region"], city=row["city"], lat=float(row["lat"]), lon=float(row["lon"]),
-            utc_offset_std_h=float(row["utc_offset_std_h"]), utc_offset_dst_h=float(row["utc_offset_dst_h"]),
-        )  # fmt: skip
+            name=row["region"],
+            city=row["city"],
+            lat=float(row["lat"]),
+            lon=float(row["lon"]),
+            utc_offset_std_h=float(row["utc_offset_std_h"]),
+            utc_offset_dst_h=float(row["utc_offset_dst_h"]),
+        )
     rows = _read_csv("regions.csv")
     names = list(sites)
     values: dict[tuple[str, str], float] = {}
@@ -132,7 +147,9 @@ def region_catalog() -> RegionCatalog:
     for line, row in enumerate(rows, start=2):
         a, b = row["from_region"], row["to_region"]
         if a not in sites or b not in sites:
-            raise ConfigError(f"regions.csv:{line}: region {a if a not in sites else b!r} not in region_sites.csv")
+            raise ConfigError(
+                f"regions.csv:{line}: region {a if a not in sites else b!r} not in region_sites.csv"
+            )
         values[(a, b)] = float(row["rtt_ms"])
         sources.add(row["source"])
     missing = [f"{a}->{b}" for a in names for b in names if (a, b) not in values]

@@ -73,8 +73,13 @@ def regional_requests(
     for r, name in enumerate(names):
         mine = [i for i, o in enumerate(origin) if o == r]
         peak_h = (peak_local_h - utc_offsets_h[name] - start_utc_h) % 24.0
-        curve = Diurnal(mean_rate=1.0, peak_to_trough=peak_to_trough, duration_s=duration_s, period_s=day_s,
-                        peak_at_s=peak_h / 24.0 * day_s)  # fmt: skip
+        curve = Diurnal(
+            mean_rate=1.0,
+            peak_to_trough=peak_to_trough,
+            duration_s=duration_s,
+            period_s=day_s,
+            peak_at_s=peak_h / 24.0 * day_s,
+        )
         times = conditioned_times(curve, len(mine), rng_times[r])
         for t, i in zip(times.tolist(), mine, strict=True):
             _, key, blocks, req = rows[i]
@@ -93,7 +98,9 @@ def conditioned_times(curve: Diurnal, n: int, rng: np.random.Generator) -> np.nd
     return np.sort(np.interp(rng.uniform(size=n), cdf, t))
 
 
-def _sessions(requests: Sequence[Request], key_blocks: int, copies: int) -> list[tuple[float, str, tuple, Request]]:
+def _sessions(
+    requests: Sequence[Request], key_blocks: int, copies: int
+) -> list[tuple[float, str, tuple, Request]]:
     """Every request of every copy with its session key and (renamed) prefix blocks, in trace order."""
     first: dict[int, tuple] = {}  # block -> the first session that used it
     shared: set[int] = set()
@@ -107,8 +114,11 @@ def _sessions(requests: Sequence[Request], key_blocks: int, copies: int) -> list
     rows = []
     for req in requests:
         for c in range(copies):
-            blocks = req.prefix_blocks if c == 0 else tuple(b if b in shared else b + c * stride
-                                                             for b in req.prefix_blocks)  # fmt: skip
+            blocks = (
+                req.prefix_blocks
+                if c == 0
+                else tuple(b if b in shared else b + c * stride for b in req.prefix_blocks)
+            )
             session = blocks[:key_blocks]
             key = f"{c}/" + ("-".join(map(str, session)) if session else f"r{req.id}")
             rows.append((req.arrival_s + c * span / copies, key, blocks, req))

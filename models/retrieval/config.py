@@ -11,8 +11,9 @@
       rag_fraction: 0.5
       topic_mix: {hr: 1, eng: 3}
 
-Each store is checked against the retrieval tables on load, so a table missing that index type or hardware fails
-here, before any simulation starts. This module does not import ``models.config``; the root config imports it.
+Each store is checked against the retrieval tables on load, so a table missing that index type or hardware
+fails here, before any simulation starts. This module does not import ``models.config``; the root config
+imports it.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ IndexType = Literal[INDEX_TYPES]  # type: ignore[valid-type]
 
 
 class HybridConfig(StrictModel):
-    """Lexical (BM25) search run beside the dense one and fused by reciprocal rank fusion. The defaults are the
-    5-20 ms "top 100 from OpenSearch/Elasticsearch" budget quoted in practitioner write-ups; ``recall_uplift``
-    (the share of dense misses that fusion recovers) is an assumption you must state (default 0)."""
+    """Lexical (BM25) search run beside the dense one and fused by reciprocal rank fusion. The defaults are
+    the 5-20 ms "top 100 from OpenSearch/Elasticsearch" budget quoted in practitioner write-ups;
+    ``recall_uplift`` (the share of dense misses that fusion recovers) is an assumption you must state
+    (default 0)."""
 
     lexical_ms_p50: PositiveFloat = 5.0
     lexical_ms_p95: PositiveFloat = 15.0
@@ -41,7 +43,9 @@ class HybridConfig(StrictModel):
     @model_validator(mode="after")
     def _quantiles(self) -> HybridConfig:
         if self.lexical_ms_p95 < self.lexical_ms_p50:
-            raise ValueError(f"lexical_ms_p95 ({self.lexical_ms_p95}) is below lexical_ms_p50 ({self.lexical_ms_p50})")
+            raise ValueError(
+                f"lexical_ms_p95 ({self.lexical_ms_p95}) is below lexical_ms_p50 ({self.lexical_ms_p50})"
+            )
         return self
 
 
@@ -57,8 +61,9 @@ class StoreConfig(StrictModel):
     hybrid: HybridConfig | None = None
 
     def profile(self, model: RetrievalModel | None = None) -> StoreProfile:
-        return (model or default_model()).lookup(self.index_type, self.hardware, self.n_vectors, self.dim,
-                                                  self.search_param)  # fmt: skip
+        return (model or default_model()).lookup(
+            self.index_type, self.hardware, self.n_vectors, self.dim, self.search_param
+        )
 
 
 class RetrievalRouterRef(StrictModel):
@@ -92,7 +97,9 @@ class RetrievalConfig(StrictModel):
         if len(set(names)) != len(names):
             raise ValueError(f"store names must be unique, got {names}")
         if any(s.domain == ALL_DOMAINS for s in self.stores) and len(self.stores) > 1:
-            raise ValueError(f"a store with domain '{ALL_DOMAINS}' holds the whole corpus and must be the only one")
+            raise ValueError(
+                f"a store with domain '{ALL_DOMAINS}' holds the whole corpus and must be the only one"
+            )
         for i, s in enumerate(self.stores):
             try:
                 s.profile()
@@ -101,8 +108,10 @@ class RetrievalConfig(StrictModel):
         covered = {s.domain for s in self.stores}
         unknown = sorted(t for t in self.topic_mix if t not in covered and ALL_DOMAINS not in covered)
         if unknown:
-            raise ValueError(f"topic_mix names topics no store holds: {', '.join(unknown)} "
-                             f"(store domains: {', '.join(sorted(covered))})")  # fmt: skip
+            raise ValueError(
+                f"topic_mix names topics no store holds: {', '.join(unknown)} "
+                f"(store domains: {', '.join(sorted(covered))})"
+            )
         router = RETRIEVAL_ROUTERS.create(self.router.name, self.router.params)
         try:
             router.check(self.views())

@@ -1,11 +1,12 @@
 """Vector-store query latency and recall from tables of measured (or estimated) FAISS figures.
 
-A table row says: an index of ``index_type`` on ``hardware`` holding ``n_vectors`` vectors of ``dim`` dimensions,
-searched with ``search_param`` (nprobe for IVF, efSearch for HNSW, itopk_size for CAGRA, 0 for flat) ``batch``
-queries per call, answers in ``latency_ms_p50`` / ``latency_ms_p95`` with ``recall_at_10`` (mean |approx top-10 ∩
-exact top-10| / 10). The live twin's ``fleettwin data calibrate-retrieval`` writes measured tables in this format
-(``data/retrieval/*measured*.csv``); ``data/retrieval/estimates.csv`` holds documented estimates. For one
-(index_type, hardware) the rows of the first table that has any are used: measured before estimates.
+A table row says: an index of ``index_type`` on ``hardware`` holding ``n_vectors`` vectors of ``dim``
+dimensions, searched with ``search_param`` (nprobe for IVF, efSearch for HNSW, itopk_size for CAGRA, 0 for
+flat) ``batch`` queries per call, answers in ``latency_ms_p50`` / ``latency_ms_p95`` with ``recall_at_10``
+(mean |approx top-10 ∩ exact top-10| / 10). The live twin's ``fleettwin data calibrate-retrieval`` writes
+measured tables in this format (``data/retrieval/*measured*.csv``); ``data/retrieval/estimates.csv`` holds
+documented estimates. For one (index_type, hardware) the rows of the first table that has any are used:
+measured before estimates.
 
 How a lookup between rows works (``RetrievalModel.lookup``):
 
@@ -40,14 +41,31 @@ import numpy as np
 
 from fleettwin.models.errors import ConfigError
 
-COLUMNS = ("index_type", "hardware", "n_vectors", "dim", "search_param", "latency_ms_p50", "latency_ms_p95",
-           "recall_at_10", "batch", "source")  # fmt: skip
+COLUMNS = (
+    "index_type",
+    "hardware",
+    "n_vectors",
+    "dim",
+    "search_param",
+    "latency_ms_p50",
+    "latency_ms_p95",
+    "recall_at_10",
+    "batch",
+    "source",
+)
 INDEX_TYPES = ("flat", "ivf_flat", "ivf_pq", "hnsw", "gpu_ivf_flat", "cagra")
 Z95 = 1.6448536269514722  # standard normal 95th percentile
 
 # Exponent of latency in n when a table has a single n: a flat scan is linear; IVF with nlist ~ sqrt(n) scans
 # ~sqrt(n) centroids and list entries per probe; graph searches grow roughly with log n (a small power here).
-DEFAULT_N_EXPONENT = {"flat": 1.0, "ivf_flat": 0.5, "ivf_pq": 0.5, "gpu_ivf_flat": 0.5, "hnsw": 0.2, "cagra": 0.2}
+DEFAULT_N_EXPONENT = {
+    "flat": 1.0,
+    "ivf_flat": 0.5,
+    "ivf_pq": 0.5,
+    "gpu_ivf_flat": 0.5,
+    "hnsw": 0.2,
+    "cagra": 0.2,
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,12 +89,20 @@ def _parse_row(raw: dict[str, str], where: str) -> TableRow:
         try:
             value = kind(float(text)) if kind is float else int(text)
         except ValueError:
-            raise ConfigError(f"{where}: {col}: expected {'a number' if kind is float else 'an integer'}, "
-                              f"got {text!r}") from None  # fmt: skip
-        if not (lo < value if lo_open else lo <= value) or value > hi or (kind is float and not math.isfinite(value)):
+            raise ConfigError(
+                f"{where}: {col}: expected {'a number' if kind is float else 'an integer'}, got {text!r}"
+            ) from None
+        if (
+            not (lo < value if lo_open else lo <= value)
+            or value > hi
+            or (kind is float and not math.isfinite(value))
+        ):
             bound = f"> {lo}" if lo_open else f">= {lo}"
-            raise ConfigError(f"{where}: {col}: must be {bound}" + (f" and <= {hi}" if hi < math.inf else "")
-                              + f", got {text!r}")  # fmt: skip
+            raise ConfigError(
+                f"{where}: {col}: must be {bound}"
+                + (f" and <= {hi}" if hi < math.inf else "")
+                + f", got {text!r}"
+            )
         return value
 
     index_type = (raw.get("index_type") or "").strip()
@@ -92,10 +118,19 @@ def _parse_row(raw: dict[str, str], where: str) -> TableRow:
     p95 = num("latency_ms_p95", float, 0.0, lo_open=True)
     if p95 < p50:
         raise ConfigError(f"{where}: latency_ms_p95 ({p95}) is below latency_ms_p50 ({p50})")
-    return TableRow(index_type=index_type, hardware=hardware, n_vectors=num("n_vectors", int, 1),
-                    dim=num("dim", int, 1), search_param=num("search_param", int, 0), latency_ms_p50=p50,
-                    latency_ms_p95=p95, recall_at_10=num("recall_at_10", float, 0.0, 1.0),
-                    batch=num("batch", int, 1), source=source, origin=where)  # fmt: skip
+    return TableRow(
+        index_type=index_type,
+        hardware=hardware,
+        n_vectors=num("n_vectors", int, 1),
+        dim=num("dim", int, 1),
+        search_param=num("search_param", int, 0),
+        latency_ms_p50=p50,
+        latency_ms_p95=p95,
+        recall_at_10=num("recall_at_10", float, 0.0, 1.0),
+        batch=num("batch", int, 1),
+        source=source,
+        origin=where,
+    )
 
 
 def parse_table(text: str, name: str) -> list[TableRow]:
@@ -109,7 +144,8 @@ def parse_table(text: str, name: str) -> list[TableRow]:
     extra = [c for c in cols if c not in COLUMNS]
     if missing or extra or len(cols) != len(set(cols)):
         parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
-            [f"unexpected {', '.join(extra)}"] if extra else []) or ["repeated column"]  # fmt: skip
+            [f"unexpected {', '.join(extra)}"] if extra else []
+        ) or ["repeated column"]
         raise ConfigError(f"{name}:1: header: {'; '.join(parts)} (expected exactly {','.join(COLUMNS)})")
     rows = []
     for raw in reader:
@@ -123,14 +159,15 @@ def parse_table(text: str, name: str) -> list[TableRow]:
 
 
 def hardware_class(label: str) -> str:
-    """``cpu`` for any CPU label (``cpu``, ``cpu-16core``: the calibration command names the core count), else the
-    label itself (GPU rows name the catalog id, e.g. ``h100-80g``)."""
+    """``cpu`` for any CPU label (``cpu``, ``cpu-16core``: the calibration command names the core count), else
+    the label itself (GPU rows name the catalog id, e.g. ``h100-80g``)."""
     return "cpu" if label == "cpu" or label.startswith("cpu-") else label
 
 
 class RetrievalTable:
-    """Rows from one or more CSV tables; for each (index_type, hardware class) only the first table that has it
-    counts, so a measured table listed first replaces the estimates for what it measured and nothing else."""
+    """Rows from one or more CSV tables; for each (index_type, hardware class) only the first table that has
+    it counts, so a measured table listed first replaces the estimates for what it measured and nothing
+    else."""
 
     def __init__(self, tables: Sequence[tuple[str, list[TableRow]]]):
         self.rows: list[TableRow] = []
@@ -159,8 +196,15 @@ class RetrievalTable:
         folder = resources.files("fleettwin.models").joinpath("data", "retrieval")
         names = sorted(f.name for f in folder.iterdir() if f.name.endswith(".csv") and "measured" in f.name)
         names.append("estimates.csv")
-        return cls([(f"models/data/retrieval/{n}", parse_table(folder.joinpath(n).read_text(encoding="utf-8"),
-                                                                f"models/data/retrieval/{n}")) for n in names])  # fmt: skip
+        return cls(
+            [
+                (
+                    f"models/data/retrieval/{n}",
+                    parse_table(folder.joinpath(n).read_text(encoding="utf-8"), f"models/data/retrieval/{n}"),
+                )
+                for n in names
+            ]
+        )
 
     def keys(self) -> list[tuple[str, str]]:
         return sorted(self.origin)
@@ -171,18 +215,27 @@ class RetrievalTable:
     def select(self, index_type: str, hardware: str, batch: int = 1) -> list[TableRow]:
         """Rows for one index type on ``hardware``: an exact label, or a class (``cpu``) whose table holds a
         single label."""
-        same = [r for r in self.rows if r.index_type == index_type and r.batch == batch
-                and hardware_class(r.hardware) == hardware_class(hardware)]  # fmt: skip
+        same = [
+            r
+            for r in self.rows
+            if r.index_type == index_type
+            and r.batch == batch
+            and hardware_class(r.hardware) == hardware_class(hardware)
+        ]
         exact = [r for r in same if r.hardware == hardware]
         labels = sorted({r.hardware for r in same})
         if not exact and len(labels) > 1:
-            raise ConfigError(f"hardware {hardware!r} is ambiguous for {index_type}: the table has "
-                              f"{', '.join(labels)}; name one of them")  # fmt: skip
+            raise ConfigError(
+                f"hardware {hardware!r} is ambiguous for {index_type}: the table has "
+                f"{', '.join(labels)}; name one of them"
+            )
         rows = exact or same
         if not rows:
             have = ", ".join(f"{i}/{h}" for i, h in self.keys()) or "none"
-            raise ConfigError(f"no retrieval table rows for index_type {index_type!r} on hardware {hardware!r} "
-                              f"at batch {batch}; the tables have: {have}")  # fmt: skip
+            raise ConfigError(
+                f"no retrieval table rows for index_type {index_type!r} on hardware {hardware!r} "
+                f"at batch {batch}; the tables have: {have}"
+            )
         return rows
 
 
@@ -248,8 +301,12 @@ class _Slice:
         ks = sorted(by_param)
         avg = lambda attr: np.array([np.mean([getattr(r, attr) for r in by_param[k]]) for k in ks])  # noqa: E731
         p50 = np.maximum.accumulate(avg("latency_ms_p50"))
-        return cls(np.array(ks, dtype=float), p50, np.maximum(np.maximum.accumulate(avg("latency_ms_p95")), p50),
-                   np.maximum.accumulate(avg("recall_at_10")))  # fmt: skip
+        return cls(
+            np.array(ks, dtype=float),
+            p50,
+            np.maximum(np.maximum.accumulate(avg("latency_ms_p95")), p50),
+            np.maximum.accumulate(avg("recall_at_10")),
+        )
 
     def at(self, s: float) -> tuple[float, float, float, bool]:
         x = self.params
@@ -259,9 +316,18 @@ class _Slice:
             d = s - x[-1]
             slope50 = (self.p50[-1] - self.p50[-2]) / (x[-1] - x[-2])
             slope95 = (self.p95[-1] - self.p95[-2]) / (x[-1] - x[-2])
-            return float(self.p50[-1] + slope50 * d), float(self.p95[-1] + slope95 * d), float(self.recall[-1]), True
-        return (float(np.interp(s, x, self.p50)), float(np.interp(s, x, self.p95)),
-                float(np.interp(s, x, self.recall)), s < x[0])  # fmt: skip
+            return (
+                float(self.p50[-1] + slope50 * d),
+                float(self.p95[-1] + slope95 * d),
+                float(self.recall[-1]),
+                True,
+            )
+        return (
+            float(np.interp(s, x, self.p50)),
+            float(np.interp(s, x, self.p95)),
+            float(np.interp(s, x, self.recall)),
+            s < x[0],
+        )
 
 
 @dataclass
@@ -291,8 +357,12 @@ class _DimGroup:
             return (p50[0] * (n / self.ns[0]) ** e50, p95[0] * (n / self.ns[0]) ** e95, float(rec[0]), flags)
         lp50, lp95 = np.log(p50), np.log(p95)
         if lns[0] <= ln <= lns[-1]:
-            return (math.exp(np.interp(ln, lns, lp50)), math.exp(np.interp(ln, lns, lp95)),
-                    float(np.interp(ln, lns, rec)), flags)  # fmt: skip
+            return (
+                math.exp(np.interp(ln, lns, lp50)),
+                math.exp(np.interp(ln, lns, lp95)),
+                float(np.interp(ln, lns, rec)),
+                flags,
+            )
         below = ln < lns[0]
         end = 0 if below else len(lns) - 1
         e = self.exponent(below)
@@ -303,7 +373,8 @@ class _DimGroup:
     def exponent(self, below: bool) -> float:
         """One power of n for extrapolating past the first (``below``) or last slice, the same at every
         search_param so the result stays monotone in it: the outer segment's log-log slope at each table
-        search_param, the largest going up and the smallest going down (never an optimistic guess), in [0, 1]."""
+        search_param, the largest going up and the smallest going down (never an optimistic guess), in [0,
+        1]."""
         knots = np.unique(np.concatenate([sl.params for sl in self.slices]))
         j = 0 if below else len(self.ns) - 2
         slopes = []
@@ -332,15 +403,20 @@ class RetrievalModel:
                     if r.dim == dim:
                         by_n.setdefault(r.n_vectors, []).append(r)
                 ns = sorted(by_n)
-                groups[dim] = _DimGroup(np.array(ns, dtype=float), [_Slice.build(by_n[n]) for n in ns], index_type)
+                groups[dim] = _DimGroup(
+                    np.array(ns, dtype=float), [_Slice.build(by_n[n]) for n in ns], index_type
+                )
             self._groups[key] = groups
         return self._groups[key]
 
-    def lookup(self, index_type: str, hardware: str, n_vectors: int, dim: int, search_param: int, *,
-               batch: int = 1) -> StoreProfile:  # fmt: skip
+    def lookup(
+        self, index_type: str, hardware: str, n_vectors: int, dim: int, search_param: int, *, batch: int = 1
+    ) -> StoreProfile:
         if n_vectors < 1 or dim < 1 or search_param < 0:
-            raise ConfigError(f"retrieval lookup needs n_vectors >= 1, dim >= 1, search_param >= 0; got "
-                              f"{n_vectors}, {dim}, {search_param}")  # fmt: skip
+            raise ConfigError(
+                f"retrieval lookup needs n_vectors >= 1, dim >= 1, search_param >= 0; got "
+                f"{n_vectors}, {dim}, {search_param}"
+            )
         groups = self._dim_groups(index_type, hardware, batch)
         dims = sorted(groups)
         if dim in groups:
@@ -357,10 +433,18 @@ class RetrievalModel:
             near = dims[0] if dim < dims[0] else dims[-1]
             p50, p95, rec, flags = groups[near].at(n_vectors, search_param)
             p50, p95, flags = p50 * dim / near, p95 * dim / near, [*flags, "dim"]
-        return StoreProfile(index_type=index_type, hardware=hardware, n_vectors=n_vectors, dim=dim,
-                            search_param=search_param, p50_ms=p50, p95_ms=max(p95, p50),
-                            recall=min(max(rec, 0.0), 1.0), source=self.table.source(index_type, hardware),
-                            extrapolated=tuple(flags))  # fmt: skip
+        return StoreProfile(
+            index_type=index_type,
+            hardware=hardware,
+            n_vectors=n_vectors,
+            dim=dim,
+            search_param=search_param,
+            p50_ms=p50,
+            p95_ms=max(p95, p50),
+            recall=min(max(rec, 0.0), 1.0),
+            source=self.table.source(index_type, hardware),
+            extrapolated=tuple(flags),
+        )
 
 
 @functools.cache

@@ -96,7 +96,9 @@ def topic_shares(topic: str | None, stores: Sequence[StoreView], locality: float
     return locality * local + (1.0 - locality) * spread
 
 
-def merged_recall(topic: str | None, queried: Sequence[int], stores: Sequence[StoreView], locality: float) -> float:
+def merged_recall(
+    topic: str | None, queried: Sequence[int], stores: Sequence[StoreView], locality: float
+) -> float:
     """Expected recall@k of the merged top-k from the ``queried`` stores (see the module docstring)."""
     shares = topic_shares(topic, stores, locality)
     return float(sum(shares[i] * stores[i].recall for i in set(queried)))
@@ -130,8 +132,10 @@ class Monolithic:
 
     def check(self, stores: Sequence[StoreView]) -> None:
         if len(stores) != 1 or stores[0].domain != ALL_DOMAINS:
-            raise ConfigError(f"router 'monolithic' needs exactly one store with domain '{ALL_DOMAINS}', got "
-                              f"{[(s.name, s.domain) for s in stores]}")  # fmt: skip
+            raise ConfigError(
+                f"router 'monolithic' needs exactly one store with domain '{ALL_DOMAINS}', got "
+                f"{[(s.name, s.domain) for s in stores]}"
+            )
 
     def plan(self, topic: str | None, stores: Sequence[StoreView], rng: np.random.Generator) -> RoutePlan:
         return RoutePlan(stores=(0,), fanned_out=False)
@@ -154,7 +158,9 @@ class Routed:
     def check(self, stores: Sequence[StoreView]) -> None:
         doms = [s.domain for s in stores]
         if ALL_DOMAINS in doms:
-            raise ConfigError("router 'routed' needs one store per domain; a store with domain '*' holds them all")
+            raise ConfigError(
+                "router 'routed' needs one store per domain; a store with domain '*' holds them all"
+            )
         if len(set(doms)) != len(doms):
             raise ConfigError(f"router 'routed' needs one store per domain, got domains {doms}")
 
@@ -169,18 +175,31 @@ class Routed:
         c = self.confidence(rng)
         correct = rng.random() < c
         others = [d for d in doms if d != topic]
-        predicted = topic if (correct and topic in doms) or not others else others[int(rng.integers(len(others)))]
+        predicted = (
+            topic if (correct and topic in doms) or not others else others[int(rng.integers(len(others)))]
+        )
         if c >= p.threshold:
-            return RoutePlan(stores=tuple(i for i, s in enumerate(stores) if s.domain == predicted),
-                             fanned_out=False, predicted=predicted, confidence=c, overhead_s=overhead)  # fmt: skip
-        return RoutePlan(stores=tuple(range(len(stores))), fanned_out=True, predicted=predicted, confidence=c,
-                         overhead_s=overhead)  # fmt: skip
+            return RoutePlan(
+                stores=tuple(i for i, s in enumerate(stores) if s.domain == predicted),
+                fanned_out=False,
+                predicted=predicted,
+                confidence=c,
+                overhead_s=overhead,
+            )
+        return RoutePlan(
+            stores=tuple(range(len(stores))),
+            fanned_out=True,
+            predicted=predicted,
+            confidence=c,
+            overhead_s=overhead,
+        )
 
 
-def tag_rag(requests: Sequence[Request], *, fraction: float, topic_mix: Mapping[str, float],
-            rng: np.random.Generator) -> list[Request]:  # fmt: skip
-    """Mark a ``fraction`` of ``requests`` as RAG and give those a topic drawn from ``topic_mix`` (weights, any
-    scale). A request that already has a topic (from a trace) keeps it."""
+def tag_rag(
+    requests: Sequence[Request], *, fraction: float, topic_mix: Mapping[str, float], rng: np.random.Generator
+) -> list[Request]:
+    """Mark a ``fraction`` of ``requests`` as RAG and give those a topic drawn from ``topic_mix`` (weights,
+    any scale). A request that already has a topic (from a trace) keeps it."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
     names = sorted(topic_mix)
@@ -189,5 +208,7 @@ def tag_rag(requests: Sequence[Request], *, fraction: float, topic_mix: Mapping[
         raise ValueError(f"topic_mix needs at least one positive weight, got {dict(topic_mix)}")
     rag = rng.random(len(requests)) < fraction
     topics = rng.choice(len(names), size=len(requests), p=weights / weights.sum())
-    return [dataclasses.replace(r, rag=True, topic=r.topic or names[t]) if is_rag else r
-            for r, is_rag, t in zip(requests, rag, topics, strict=True)]  # fmt: skip
+    return [
+        dataclasses.replace(r, rag=True, topic=r.topic or names[t]) if is_rag else r
+        for r, is_rag, t in zip(requests, rag, topics, strict=True)
+    ]

@@ -1,5 +1,5 @@
-"""The scenario's ``tenants:`` section: who shares the fleet, with what weight, priority, SLO class and quotas,
-and what the gateway in front of the pools costs.
+"""The scenario's ``tenants:`` section: who shares the fleet, with what weight, priority, SLO class and
+quotas, and what the gateway in front of the pools costs.
 
     tenants:
       members:
@@ -12,11 +12,11 @@ and what the gateway in front of the pools costs.
       cost: tokens            # what weighted fair queueing charges a request: tokens (prompt + output) | requests
 
 The names follow the live gateway's policy file (``live/gateway/config.py``): ``priority`` (lower first),
-``slo_class``, ``quotas.requests_per_s``/``burst_requests``/``tokens_per_s``/``burst_tokens``. Two differ because
-they mean something else here: ``max_concurrent`` (the gateway's ``concurrent`` refuses a request over the
-limit; the simulator's pool holds it until one of the tenant's requests leaves a replica) and ``gpu_share``.
-Requests carry their tenant (``Request.tenant``; a ``mixture`` workload tags each component); a tenant not
-listed gets weight 1, priority 0 and no quotas. The order of the waiting queue is each pool's
+``slo_class``, ``quotas.requests_per_s``/``burst_requests``/``tokens_per_s``/``burst_tokens``. Two differ
+because they mean something else here: ``max_concurrent`` (the gateway's ``concurrent`` refuses a request over
+the limit; the simulator's pool holds it until one of the tenant's requests leaves a replica) and
+``gpu_share``. Requests carry their tenant (``Request.tenant``; a ``mixture`` workload tags each component); a
+tenant not listed gets weight 1, priority 0 and no quotas. The order of the waiting queue is each pool's
 ``engine.waiting_policy`` (``fcfs`` | ``wfq`` | ``priority``). This module does not import ``models.config``.
 """
 
@@ -56,9 +56,10 @@ class SloClassConfig(StrictModel):
 
 
 class GatewayConfig(StrictModel):
-    """The gateway's checks as a latency stage with a rejection rate (``sim/tenancy/stages.py``): every request waits
-    ``fixed_ms`` plus ``per_token_us`` per prompt token (the detectors read the prompt), and a fraction
-    ``reject_rate`` is refused by a policy check (seeded, the same requests in every run of a seed)."""
+    """The gateway's checks as a latency stage with a rejection rate (``sim/tenancy/stages.py``): every
+    request waits ``fixed_ms`` plus ``per_token_us`` per prompt token (the detectors read the prompt), and a
+    fraction ``reject_rate`` is refused by a policy check (seeded, the same requests in every run of a
+    seed)."""
 
     fixed_ms: float = Field(0.0, ge=0, allow_inf_nan=False)
     per_token_us: float = Field(0.0, ge=0, allow_inf_nan=False)
@@ -80,10 +81,23 @@ class TenantsConfig(StrictModel):
         for i, t in enumerate(self.members):
             if t.slo_class is not None and t.slo_class not in self.slo_classes:
                 known = ", ".join(sorted(self.slo_classes)) or "none defined"
-                raise ValueError(f"members[{i}].slo_class: unknown class {t.slo_class!r} (slo_classes: {known})")
+                raise ValueError(
+                    f"members[{i}].slo_class: unknown class {t.slo_class!r} (slo_classes: {known})"
+                )
         return self
 
     def tenancy(self) -> Tenancy:
         """The frozen tenant specs the simulator's queues, pools and stages read."""
-        return Tenancy(tuple(TenantSpec(name=t.name, weight=t.weight, priority=t.priority, slo_class=t.slo_class,
-                                        quotas=t.quotas.build()) for t in self.members), cost=self.cost)  # fmt: skip
+        return Tenancy(
+            tuple(
+                TenantSpec(
+                    name=t.name,
+                    weight=t.weight,
+                    priority=t.priority,
+                    slo_class=t.slo_class,
+                    quotas=t.quotas.build(),
+                )
+                for t in self.members
+            ),
+            cost=self.cost,
+        )

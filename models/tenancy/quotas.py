@@ -1,4 +1,5 @@
-"""Tenants, their quotas and their fair shares, as pure arithmetic on explicit time (no clock, no SimPy, no I/O).
+"""Tenants, their quotas and their fair shares, as pure arithmetic on explicit time (no clock, no SimPy, no
+I/O).
 
 - ``TokenBucket``: ``rate`` per second up to ``burst``, starting full. Time is always passed in, so the same
   object serves the simulator's admission stage (``sim/tenancy/stages.py``, simulated seconds) and the live gateway
@@ -23,7 +24,8 @@ COSTS = ("tokens", "requests")  # what a request costs in WFQ: prompt + output t
 
 
 class TokenBucket:
-    """``rate`` per second up to ``burst``; starts full at ``now``. ``level`` may go negative after ``settle``."""
+    """``rate`` per second up to ``burst``; starts full at ``now``. ``level`` may go negative after
+    ``settle``."""
 
     __slots__ = ("rate", "burst", "level", "_t")
 
@@ -83,10 +85,10 @@ def token_burst(rate: float | None, burst: float | None) -> float | None:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Quotas:
-    """A tenant's limits; ``None`` means no limit. Default bursts as the live gateway's: one second of requests
-    (at least 1), ten seconds of tokens. ``max_concurrent`` caps the tenant's requests in a pool's replicas at
-    once and ``gpu_share`` the fraction of a pool's sequence slots (replicas x max_num_seqs) they may hold; over
-    either cap, requests wait at the pool rather than being refused."""
+    """A tenant's limits; ``None`` means no limit. Default bursts as the live gateway's: one second of
+    requests (at least 1), ten seconds of tokens. ``max_concurrent`` caps the tenant's requests in a pool's
+    replicas at once and ``gpu_share`` the fraction of a pool's sequence slots (replicas x max_num_seqs) they
+    may hold; over either cap, requests wait at the pool rather than being refused."""
 
     requests_per_s: float | None = None
     burst_requests: float | None = None
@@ -119,9 +121,11 @@ class Quotas:
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """Why a request was not admitted, and when to try again (the simulator's quotas and the live gateway's)."""
+    """Why a request was not admitted, and when to try again (the simulator's quotas and the live
+    gateway's)."""
 
-    reason: str  # requests_per_s | tokens_per_s | too_large (| concurrent: the gateway's cap on requests in flight)
+    # requests_per_s | tokens_per_s | too_large (| concurrent: the gateway's cap on requests in flight)
+    reason: str
     retry_after_s: float  # inf for too_large
     message: str = ""  # for the client (the gateway's 429 body)
 
@@ -137,7 +141,8 @@ class QuotaGate:
         self.tokens = TokenBucket(q.tokens_per_s, q.token_burst, now) if q.tokens_per_s else None
 
     def admit(self, tokens: float, now: float) -> Refusal | None:
-        """Take one request of ``tokens`` tokens at ``now``; None if admitted, else why not (nothing taken)."""
+        """Take one request of ``tokens`` tokens at ``now``; None if admitted, else why not (nothing
+        taken)."""
         if self.tokens is not None and tokens > self.tokens.burst:
             return Refusal("too_large", math.inf)
         waits = []
@@ -177,7 +182,9 @@ class Tenancy:
 
     tenants: tuple[TenantSpec, ...] = ()
     cost: str = "tokens"
-    _by_name: dict[str, TenantSpec] = field(default_factory=dict, init=False, compare=False, hash=False, repr=False)
+    _by_name: dict[str, TenantSpec] = field(
+        default_factory=dict, init=False, compare=False, hash=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         if self.cost not in COSTS:
@@ -197,7 +204,9 @@ class Tenancy:
 
     @property
     def has_concurrency_caps(self) -> bool:
-        return any(t.quotas.max_concurrent is not None or t.quotas.gpu_share is not None for t in self.tenants)
+        return any(
+            t.quotas.max_concurrent is not None or t.quotas.gpu_share is not None for t in self.tenants
+        )
 
 
 class FairClock:

@@ -66,7 +66,8 @@ class JobStreamConfig(StrictModel):
     checkpoint_s: PositiveFloat = 1800.0
     """Compute time between checkpoints; a preemption loses the progress since the last one."""
     restore_s: NonNegativeFloat = 120.0
-    """Time to load the checkpoint (or inputs) whenever the job (re)starts; GPUs are held, nothing computes."""
+    """Time to load the checkpoint (or inputs) whenever the job (re)starts; GPUs are held, nothing
+    computes."""
     scaling: float = Field(1.0, gt=0, le=1)
     """Scaling-efficiency exponent above ``min_gpus`` (1: linear)."""
     priority: int = 0
@@ -112,8 +113,10 @@ class JobsConfig(StrictModel):
             if tiers[s.pool] == "operational" and s.deadline_h is None:
                 raise ValueError(f"jobs.streams[{i}].deadline_h: operational jobs need a deadline")
             if tiers[s.pool] == "training" and s.deadline_h is not None:
-                raise ValueError(f"jobs.streams[{i}].deadline_h: training jobs have a throughput goal, not a "
-                                 "deadline (put deadline work in an operational pool)")
+                raise ValueError(
+                    f"jobs.streams[{i}].deadline_h: training jobs have a throughput goal, not a "
+                    "deadline (put deadline work in an operational pool)"
+                )
         return self
 
     def check(self, inference_pools: list[str], catalog) -> None:

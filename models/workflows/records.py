@@ -2,8 +2,8 @@
 
 Both worlds report what happened to each node of a ``WorkflowInstance`` as a ``NodeOutcome`` (when it started
 and ended on their clock, its status, the tokens its LLM request really used); ``workflow_row`` and
-``node_rows`` turn those into rows with the columns ``WORKFLOW_COLUMNS`` / ``NODE_COLUMNS``, so a simulated and
-a measured run of the same instances can be compared column by column.
+``node_rows`` turn those into rows with the columns ``WORKFLOW_COLUMNS`` / ``NODE_COLUMNS``, so a simulated
+and a measured run of the same instances can be compared column by column.
 
 A workflow is ``completed`` when every node completed, ``failed`` when a node failed (its descendants are then
 ``skipped``), else ``unfinished`` (the run ended first). Its E2E runs from its arrival to the end of its last
@@ -32,13 +32,43 @@ from fleettwin.models.workflows.templates import (
 
 NAN = math.nan
 WORKFLOW_COLUMNS = (
-    "workflow", "template", "arrival_s", "start_s", "finish_s", "e2e_s", "lateness_s", "status", "nodes",
-    "llm_calls", "retrieval_calls", "tool_calls", "failed_nodes", "skipped_nodes", "tokens_in", "tokens_out",
-    "critical_path", "critical_path_nodes", "critical_path_s", "critical_llm_s", "critical_retrieval_s",
+    "workflow",
+    "template",
+    "arrival_s",
+    "start_s",
+    "finish_s",
+    "e2e_s",
+    "lateness_s",
+    "status",
+    "nodes",
+    "llm_calls",
+    "retrieval_calls",
+    "tool_calls",
+    "failed_nodes",
+    "skipped_nodes",
+    "tokens_in",
+    "tokens_out",
+    "critical_path",
+    "critical_path_nodes",
+    "critical_path_s",
+    "critical_llm_s",
+    "critical_retrieval_s",
     "critical_tool_s",
-)  # fmt: skip
-NODE_COLUMNS = ("workflow", "node", "template_node", "kind", "parents", "request_id", "start_s", "end_s",
-                "status", "prompt_tokens", "output_tokens", "reason")  # fmt: skip
+)
+NODE_COLUMNS = (
+    "workflow",
+    "node",
+    "template_node",
+    "kind",
+    "parents",
+    "request_id",
+    "start_s",
+    "end_s",
+    "status",
+    "prompt_tokens",
+    "output_tokens",
+    "reason",
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,41 +103,79 @@ def workflow_row(inst: WorkflowInstance, outcomes: Sequence[NodeOutcome]) -> tup
     ended = [e for e in ends if not math.isnan(e)]
     start = min(started) if started else NAN
     finish = max(ended) if ended else NAN
-    calls = {k: sum(1 for n, o in zip(inst.nodes, outcomes, strict=True) if n.kind == k and not math.isnan(o.start_s))
-             for k in (LLM, RETRIEVAL, TOOL)}  # fmt: skip
+    calls = {
+        k: sum(
+            1 for n, o in zip(inst.nodes, outcomes, strict=True) if n.kind == k and not math.isnan(o.start_s)
+        )
+        for k in (LLM, RETRIEVAL, TOOL)
+    }
     llm = [o for n, o in zip(inst.nodes, outcomes, strict=True) if n.kind == LLM]
     if status == COMPLETED:
         path = critical_path([n.parents for n in inst.nodes], starts, ends)
         by_kind = dict.fromkeys((LLM, RETRIEVAL, TOOL), 0.0)
         for i in path:
             by_kind[inst.nodes[i].kind] += ends[i] - starts[i]
-        cp = (">".join(inst.nodes[i].key for i in path), len(path), sum(by_kind.values()), by_kind[LLM],
-              by_kind[RETRIEVAL], by_kind[TOOL])  # fmt: skip
+        cp = (
+            ">".join(inst.nodes[i].key for i in path),
+            len(path),
+            sum(by_kind.values()),
+            by_kind[LLM],
+            by_kind[RETRIEVAL],
+            by_kind[TOOL],
+        )
         e2e = finish - inst.arrival_s
     else:
         cp, e2e = ("", 0, NAN, NAN, NAN, NAN), NAN
-    return (inst.id, inst.template, inst.arrival_s, start, finish, e2e, start - inst.arrival_s, status,
-            len(inst.nodes), calls[LLM], calls[RETRIEVAL], calls[TOOL],
-            ",".join(n.key for n, o in zip(inst.nodes, outcomes, strict=True) if o.status == FAILED),
-            sum(o.status == SKIPPED for o in outcomes), sum(o.prompt_tokens for o in llm),
-            sum(o.output_tokens for o in llm), *cp)  # fmt: skip
+    return (
+        inst.id,
+        inst.template,
+        inst.arrival_s,
+        start,
+        finish,
+        e2e,
+        start - inst.arrival_s,
+        status,
+        len(inst.nodes),
+        calls[LLM],
+        calls[RETRIEVAL],
+        calls[TOOL],
+        ",".join(n.key for n, o in zip(inst.nodes, outcomes, strict=True) if o.status == FAILED),
+        sum(o.status == SKIPPED for o in outcomes),
+        sum(o.prompt_tokens for o in llm),
+        sum(o.output_tokens for o in llm),
+        *cp,
+    )
 
 
 def node_rows(inst: WorkflowInstance, outcomes: Sequence[NodeOutcome]) -> list[tuple]:
     """The rows of ``NODE_COLUMNS`` for one workflow's nodes (``parents`` as their keys, comma-separated)."""
-    return [(inst.id, n.key, n.node, n.kind, ",".join(inst.nodes[p].key for p in n.parents), o.request_id,
-             o.start_s, o.end_s, o.status, o.prompt_tokens, o.output_tokens, o.reason)
-            for n, o in zip(inst.nodes, outcomes, strict=True)]  # fmt: skip
+    return [
+        (
+            inst.id,
+            n.key,
+            n.node,
+            n.kind,
+            ",".join(inst.nodes[p].key for p in n.parents),
+            o.request_id,
+            o.start_s,
+            o.end_s,
+            o.status,
+            o.prompt_tokens,
+            o.output_tokens,
+            o.reason,
+        )
+        for n, o in zip(inst.nodes, outcomes, strict=True)
+    ]
 
 
 class WorkflowProgress:
     """Where one workflow instance stands, with no clock: which nodes may start, and what happened to each.
 
-    The simulator (``sim/workflows/driver.py``) and the live executor (``live/workflows.py``) drive the same instance
-    through it, each with its own clock: ``roots()`` start at the workflow's arrival, ``start`` records a node's
-    start, ``settle`` records its outcome and returns the children that may start now (all their parents
-    completed). A failed node's descendants that never started are skipped at once, naming it. ``outcomes()``
-    gives every node's outcome when the run ends, nodes still pending as unfinished."""
+    The simulator (``sim/workflows/driver.py``) and the live executor (``live/workflows.py``) drive the same
+    instance through it, each with its own clock: ``roots()`` start at the workflow's arrival, ``start``
+    records a node's start, ``settle`` records its outcome and returns the children that may start now (all
+    their parents completed). A failed node's descendants that never started are skipped at once, naming it.
+    ``outcomes()`` gives every node's outcome when the run ends, nodes still pending as unfinished."""
 
     __slots__ = ("inst", "started", "_outcomes", "_waiting", "_children")
 
@@ -146,14 +214,21 @@ class WorkflowProgress:
             while todo:  # descendants never started: a node starts only after all its parents completed
                 c = todo.pop()
                 if self._outcomes[c] is None:
-                    self._outcomes[c] = NodeOutcome(status=SKIPPED, reason=f"parent {self.inst.nodes[i].key} failed")
+                    self._outcomes[c] = NodeOutcome(
+                        status=SKIPPED, reason=f"parent {self.inst.nodes[i].key} failed"
+                    )
                     todo += self._children[c]
         return ready
 
-    def outcomes(self, *, running: str = "running when the run ended",
-                 not_started: str = NOT_STARTED.reason) -> list[NodeOutcome]:
+    def outcomes(
+        self, *, running: str = "running when the run ended", not_started: str = NOT_STARTED.reason
+    ) -> list[NodeOutcome]:
         """Every node's outcome; a node still pending is unfinished, with its start time if it started."""
-        return [o if o is not None
-                else NodeOutcome(status=UNFINISHED, reason=not_started) if math.isnan(self.started[k])
-                else NodeOutcome(status=UNFINISHED, start_s=self.started[k], reason=running)
-                for k, o in enumerate(self._outcomes)]
+        return [
+            o
+            if o is not None
+            else NodeOutcome(status=UNFINISHED, reason=not_started)
+            if math.isnan(self.started[k])
+            else NodeOutcome(status=UNFINISHED, start_s=self.started[k], reason=running)
+            for k, o in enumerate(self._outcomes)
+        ]

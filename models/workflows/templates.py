@@ -17,15 +17,15 @@ planner can fan out to parallel branches that an aggregator joins:
 
 ``fanout: n`` (or ``{min: a, max: b}``, a uniform width per instance) runs ``n`` copies of a node in parallel,
 named ``id[0]``, ``id[1]``, ...; a node ``branch_of`` a fanned-out node gets as many copies and copy ``i``
-depends only on copy ``i`` of its parents in that group (a per-branch pipeline), while a node outside the group
-waits for every copy. An LLM node's prompt is its own ``lengths`` draw plus, with ``parent_outputs`` (default),
-what its parents hand it: an LLM parent's output tokens, a retrieval parent's passages (``k x
-tokens_per_passage`` of the scenario's ``retrieval:`` section) and a tool's ``result_tokens``. An LLM node with
-``rag: true`` retrieves itself first, through the request path's RAG stage.
+depends only on copy ``i`` of its parents in that group (a per-branch pipeline), while a node outside the
+group waits for every copy. An LLM node's prompt is its own ``lengths`` draw plus, with ``parent_outputs``
+(default), what its parents hand it: an LLM parent's output tokens, a retrieval parent's passages (``k x
+tokens_per_passage`` of the scenario's ``retrieval:`` section) and a tool's ``result_tokens``. An LLM node
+with ``rag: true`` retrieves itself first, through the request path's RAG stage.
 
-Pure: no SimPy, no I/O. The simulator (``sim/workflows/driver.py``) and the live executor (``live/workflows.py``) run
-the same instances (``sample_instances`` with the same seed) and build their result rows with the same
-``workflow_row``/``node_rows``, so their tables have the same columns.
+Pure: no SimPy, no I/O. The simulator (``sim/workflows/driver.py``) and the live executor
+(``live/workflows.py``) run the same instances (``sample_instances`` with the same seed) and build their
+result rows with the same ``workflow_row``/``node_rows``, so their tables have the same columns.
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ STREAM = 0xF10  # the workflows' branch of the scenario seed
 ARRIVAL_STREAM, INSTANCE_STREAM, ORIGIN_STREAM = 0, 1, 2  # sub-streams of STREAM
 MAX_FANOUT = 64
 LLM, RETRIEVAL, TOOL = "llm", "retrieval", "tool"
-# Node outcomes. A node whose parent failed is skipped; one still running (or never reached) at the end of a run
-# is unfinished.
+# Node outcomes. A node whose parent failed is skipped; one still running (or never reached) at the end of a
+# run is unfinished.
 COMPLETED, FAILED, SKIPPED, UNFINISHED = "completed", "failed", "skipped", "unfinished"
 _ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
@@ -105,7 +105,9 @@ class ExponentialDelay(StrictModel):
         return float(rng.exponential(self.mean_s))
 
 
-DelayDist = Annotated[FixedDelay | UniformDelay | LognormalDelay | ExponentialDelay, Field(discriminator="type")]
+DelayDist = Annotated[
+    FixedDelay | UniformDelay | LognormalDelay | ExponentialDelay, Field(discriminator="type")
+]
 
 
 # -- workflow arrivals (the processes of models/workload/arrivals.py) ----------------------------------------
@@ -149,8 +151,13 @@ class DiurnalArrivals(StrictModel):
     peak_at_s: float = 14 * 3600.0
 
     def process(self) -> ArrivalProcess:
-        return Diurnal(mean_rate=self.mean_rate, peak_to_trough=self.peak_to_trough, duration_s=self.duration_s,
-                       period_s=self.period_s, peak_at_s=self.peak_at_s)  # fmt: skip
+        return Diurnal(
+            mean_rate=self.mean_rate,
+            peak_to_trough=self.peak_to_trough,
+            duration_s=self.duration_s,
+            period_s=self.period_s,
+            peak_at_s=self.peak_at_s,
+        )
 
 
 class FixedTimes(StrictModel):
@@ -163,11 +170,12 @@ class FixedTimes(StrictModel):
         return np.sort(np.asarray(self.at_s, dtype=float))
 
 
-ArrivalsSpec = Annotated[PoissonArrivals | GammaArrivals | MMPPArrivals | DiurnalArrivals | FixedTimes,
-                         Field(discriminator="type")]  # fmt: skip
+ArrivalsSpec = Annotated[
+    PoissonArrivals | GammaArrivals | MMPPArrivals | DiurnalArrivals | FixedTimes, Field(discriminator="type")
+]
 
 
-# -- templates ------------------------------------------------------------------------------------------------
+# -- templates -----------------------------------------------------------------------------------------------
 
 
 class FanoutRange(StrictModel):
@@ -201,7 +209,9 @@ class NodeSpec(StrictModel):
         if not _ID.match(self.id):
             raise ValueError(f"{where}: an id is a letter or _ then letters, digits, _ . - (no brackets)")
         if self.kind == LLM and self.lengths is None:
-            raise ValueError(f"{where}: an llm node needs lengths (e.g. {{type: fixed, prompt: 200, output: 100}})")
+            raise ValueError(
+                f"{where}: an llm node needs lengths (e.g. {{type: fixed, prompt: 200, output: 100}})"
+            )
         if self.kind == TOOL and self.delay is None:
             raise ValueError(f"{where}: a tool node needs a delay (e.g. {{type: fixed, s: 0.5}})")
         if self.kind != LLM:
@@ -213,7 +223,9 @@ class NodeSpec(StrictModel):
                 if name in self.model_fields_set:
                     raise ValueError(f"{where}: {name} is for tool nodes, not {self.kind}")
         if self.fanout is not None and self.branch_of is not None:
-            raise ValueError(f"{where}: give fanout or branch_of, not both (branch_of takes the group's width)")
+            raise ValueError(
+                f"{where}: give fanout or branch_of, not both (branch_of takes the group's width)"
+            )
         return self
 
     def width(self, rng: np.random.Generator) -> int:
@@ -247,10 +259,14 @@ class TemplateSpec(StrictModel):
             if n.branch_of is not None:
                 target = by_id.get(n.branch_of)
                 if target is None:
-                    raise ValueError(f"template {self.name!r}: node {n.id!r}: branch_of: unknown node {n.branch_of!r}")
+                    raise ValueError(
+                        f"template {self.name!r}: node {n.id!r}: branch_of: unknown node {n.branch_of!r}"
+                    )
                 if target.fanout is None and target.branch_of is None:
-                    raise ValueError(f"template {self.name!r}: node {n.id!r}: branch_of {n.branch_of!r}, "
-                                     "which has no fanout (nor branch_of)")  # fmt: skip
+                    raise ValueError(
+                        f"template {self.name!r}: node {n.id!r}: branch_of {n.branch_of!r}, "
+                        "which has no fanout (nor branch_of)"
+                    )
         cycle = _find_cycle({n.id: n.after for n in self.nodes}, [n.id for n in self.nodes])
         if cycle:
             raise ValueError(f"template {self.name!r}: the nodes form a cycle: {' -> '.join(cycle)}")
@@ -258,7 +274,9 @@ class TemplateSpec(StrictModel):
             seen = [n.id]
             while (b := by_id[seen[-1]].branch_of) is not None:
                 if b in seen:
-                    raise ValueError(f"template {self.name!r}: branch_of forms a loop: {' -> '.join([*seen, b])}")
+                    raise ValueError(
+                        f"template {self.name!r}: branch_of forms a loop: {' -> '.join([*seen, b])}"
+                    )
                 seen.append(b)
         return self
 
@@ -294,7 +312,7 @@ def _find_cycle(after: dict[str, list[str]], ids: list[str]) -> list[str]:
         path.append(u)
         for p in after[u]:
             if state.get(p) == 1:
-                return [*path[path.index(p):], p]
+                return [*path[path.index(p) :], p]
             if p not in state:
                 found = visit(p)
                 if found:
@@ -332,10 +350,12 @@ class WorkflowsConfig(StrictModel):
         return [f"{t.name}.{n.id}" for t in self.templates for n in t.nodes if n.kind == RETRIEVAL or n.rag]
 
     def models(self) -> set[str]:
-        return {m for t in self.templates for n in t.nodes if n.kind == LLM for m in [n.model or t.model] if m}
+        return {
+            m for t in self.templates for n in t.nodes if n.kind == LLM for m in [n.model or t.model] if m
+        }
 
 
-# -- instances --------------------------------------------------------------------------------------------------
+# -- instances -----------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -361,8 +381,9 @@ class WorkflowInstance:
     nodes: tuple[NodeInstance, ...]
 
 
-def expand(t: TemplateSpec, rng: np.random.Generator, *, context_tokens: int = 0,
-           base_dir: Path | None = None) -> tuple[NodeInstance, ...]:  # fmt: skip
+def expand(
+    t: TemplateSpec, rng: np.random.Generator, *, context_tokens: int = 0, base_dir: Path | None = None
+) -> tuple[NodeInstance, ...]:
     """One draw of the template: widths, lengths, delays; prompts grown by what the parents hand on."""
     copies: dict[str, list[int]] = {}
     width_of: dict[str, int] = {}
@@ -393,11 +414,21 @@ def expand(t: TemplateSpec, rng: np.random.Generator, *, context_tokens: int = 0
                 delay = spec.delay.sample(rng)
             i = len(nodes)
             copies[spec.id].append(i)
-            nodes.append(NodeInstance(
-                index=i, key=spec.id if group is None else f"{spec.id}[{c}]", node=spec.id, kind=spec.kind,
-                parents=tuple(parents), prompt_tokens=prompt, output_tokens=output, delay_s=delay, rag=spec.rag,
-                topic=spec.topic, model=(spec.model or t.model) if spec.kind == LLM else None,
-            ))  # fmt: skip
+            nodes.append(
+                NodeInstance(
+                    index=i,
+                    key=spec.id if group is None else f"{spec.id}[{c}]",
+                    node=spec.id,
+                    kind=spec.kind,
+                    parents=tuple(parents),
+                    prompt_tokens=prompt,
+                    output_tokens=output,
+                    delay_s=delay,
+                    rag=spec.rag,
+                    topic=spec.topic,
+                    model=(spec.model or t.model) if spec.kind == LLM else None,
+                )
+            )
     return tuple(nodes)
 
 
@@ -409,8 +440,9 @@ def _handed_on(parent: NodeInstance, t: TemplateSpec, context_tokens: int) -> in
     return next(n.result_tokens for n in t.nodes if n.id == parent.node)
 
 
-def sample_instances(cfg: WorkflowsConfig, seed: int, *, context_tokens: int = 0,
-                     base_dir: Path | None = None) -> list[WorkflowInstance]:  # fmt: skip
+def sample_instances(
+    cfg: WorkflowsConfig, seed: int, *, context_tokens: int = 0, base_dir: Path | None = None
+) -> list[WorkflowInstance]:
     """The run's workflows: arrival times from ``cfg.arrivals`` and, per workflow, a template (by weight) and
     its draw. Workflow ``i`` draws from its own stream, so adding workflows leaves the earlier ones unchanged
     and the simulator and the live executor get identical instances from one seed."""
@@ -425,15 +457,23 @@ def sample_instances(cfg: WorkflowsConfig, seed: int, *, context_tokens: int = 0
     for i, at in enumerate(times.tolist()):
         g = np.random.default_rng([seed, STREAM, INSTANCE_STREAM, i])
         t = cfg.templates[int(g.choice(len(weights), p=weights))] if len(weights) > 1 else cfg.templates[0]
-        out.append(WorkflowInstance(id=i, template=t.name, arrival_s=float(at),
-                                    nodes=expand(t, g, context_tokens=context_tokens, base_dir=base_dir)))  # fmt: skip
+        out.append(
+            WorkflowInstance(
+                id=i,
+                template=t.name,
+                arrival_s=float(at),
+                nodes=expand(t, g, context_tokens=context_tokens, base_dir=base_dir),
+            )
+        )
     return out
 
 
-# -- the critical path --------------------------------------------------------------------------------------------
+# -- the critical path ---------------------------------------------------------------------------------------
 
 
-def critical_path(parents: Sequence[Sequence[int]], start: Sequence[float], end: Sequence[float]) -> list[int]:
+def critical_path(
+    parents: Sequence[Sequence[int]], start: Sequence[float], end: Sequence[float]
+) -> list[int]:
     """The chain of nodes that set the workflow's end, first to last: the node that finished last, then, going
     back, the parent that finished last (the one its start waited for), until a node without parents.
 

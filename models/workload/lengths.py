@@ -88,7 +88,9 @@ class LognormalLengths(_Lengths):
         return prompt, output
 
 
-def _lognormal_ints(rng: np.random.Generator, n: int, median: float, sigma: float, cap: int | None) -> np.ndarray:
+def _lognormal_ints(
+    rng: np.random.Generator, n: int, median: float, sigma: float, cap: int | None
+) -> np.ndarray:
     x = rng.lognormal(np.log(median), sigma, size=n)
     return np.clip(np.rint(x), 1, _HARD_CAP if cap is None else cap).astype(np.int64)
 
@@ -149,4 +151,3 @@ def parse_lengths(data: Any) -> _Lengths:
             f"{'.'.join(str(p) for p in err['loc']) or '(lengths)'}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"bad length distribution: {details}") from None
-

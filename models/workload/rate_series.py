@@ -12,8 +12,8 @@
 
 Within a bucket the rate is constant (the trace gives no finer detail). Zero buckets are collection gaps in
 ServeGen (see its SOURCE.md), so by default they are masked and filled from the same time a season earlier
-(``fill_gaps``); the same scaled series *before* ``start_s`` is what a live controller would have observed, and
-``rate_history`` hands it to the simulated controller's forecasters (gaps stay ``None`` there).
+(``fill_gaps``); the same scaled series *before* ``start_s`` is what a live controller would have observed,
+and ``rate_history`` hands it to the simulated controller's forecasters (gaps stay ``None`` there).
 """
 
 from __future__ import annotations
@@ -91,13 +91,15 @@ class RateSeriesSource(_Synthetic):
         n = int(np.ceil(params.duration_s / series.bucket_s - 1e-9))
         if self.first < 0 or self.first + n > len(series):
             span = (series.start_s, series.start_s + len(series) * series.bucket_s)
-            raise ConfigError(f"{path}: window {params.start_s:g}..{params.start_s + params.duration_s:g} s is "
-                              f"outside the series ({span[0]:g}..{span[1]:g} s)")
+            raise ConfigError(
+                f"{path}: window {params.start_s:g}..{params.start_s + params.duration_s:g} s is "
+                f"outside the series ({span[0]:g}..{span[1]:g} s)"
+            )
         rates = series.requests / series.bucket_s
         self.observed = rates  # NaN where the series has a gap
         period = int(round(parse_duration(params.fill_period) / series.bucket_s))
         filled = fill_gaps(rates, period)
-        window = filled[self.first:self.first + n]
+        window = filled[self.first : self.first + n]
         scale = params.scale if params.scale is not None else 0.0
         if params.mean_rate is not None:
             probe = PiecewiseRate(rates=window, bucket_s=series.bucket_s, duration_s=params.duration_s)

@@ -1,4 +1,5 @@
-"""Change a workload's rate or length without compressing time: ``workload.rate_scale`` and ``workload.loop_to_s``.
+"""Change a workload's rate or length without compressing time: ``workload.rate_scale`` and
+``workload.loop_to_s``.
 
 ``speedup`` divides a trace's clock, which raises the rate but also squeezes every burst and lull into less
 time. These two keep the clock:
@@ -89,8 +90,9 @@ def loop_times(arrival_s: np.ndarray, period_s: float, until_s: float) -> tuple[
     return index[keep], times[keep]
 
 
-def scale_times(index: np.ndarray, times: np.ndarray, scale: float, horizon_s: float,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def scale_times(
+    index: np.ndarray, times: np.ndarray, scale: float, horizon_s: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """(source index, time) of ``scale`` superposed, shifted and thinned copies (see the module doc)."""
     copies = max(1, math.ceil(scale))
     streams = rng.spawn(copies)
@@ -106,8 +108,14 @@ def scale_times(index: np.ndarray, times: np.ndarray, scale: float, horizon_s: f
     return idx[order], t[order]
 
 
-def reshape(requests: Sequence[Request], *, rng: np.random.Generator, rate_scale: float = 1.0,
-            loop_to_s: float | None = None, period_s: float | None = None) -> Sequence[Request]:  # fmt: skip
+def reshape(
+    requests: Sequence[Request],
+    *,
+    rng: np.random.Generator,
+    rate_scale: float = 1.0,
+    loop_to_s: float | None = None,
+    period_s: float | None = None,
+) -> Sequence[Request]:
     """``requests`` (sorted by arrival) looped to ``loop_to_s`` and scaled by ``rate_scale``; unchanged when
     both are neutral. ``rng`` is used only for ``rate_scale``."""
     if rate_scale == 1.0 and loop_to_s is None or len(requests) == 0:
@@ -139,8 +147,13 @@ class ReshapedSource:
 
     def requests(self, rng: np.random.Generator, *, model: str | None = None) -> Sequence[Request]:
         base = self.inner.requests(rng, model=model)
-        return reshape(base, rng=rng.spawn(1)[0], rate_scale=self.rate_scale, loop_to_s=self.loop_to_s,
-                       period_s=self.period_s)  # fmt: skip
+        return reshape(
+            base,
+            rng=rng.spawn(1)[0],
+            rate_scale=self.rate_scale,
+            loop_to_s=self.loop_to_s,
+            period_s=self.period_s,
+        )
 
     def _scaled_history(self, bucket_s: float, span_s: float) -> list[float | None]:
         """The inner source's rate before t = 0, times ``rate_scale`` (a controller's prior history)."""

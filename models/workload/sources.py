@@ -56,8 +56,14 @@ class TraceSource:
     def requests(self, rng: np.random.Generator, *, model: str | None = None) -> list[Request]:
         p = self.params
         return load_trace(
-            self.path, p.format, start_s=p.start_s, duration_s=p.duration_s, speedup=p.speedup,
-            max_requests=p.max_requests, model=model, tenant=p.tenant,
+            self.path,
+            p.format,
+            start_s=p.start_s,
+            duration_s=p.duration_s,
+            speedup=p.speedup,
+            max_requests=p.max_requests,
+            model=model,
+            tenant=p.tenant,
         )
 
 
@@ -85,7 +91,14 @@ class _Synthetic:
         prompt, output = prompt.tolist(), output.tolist()
         tenant = self.params.tenant
         return [
-            Request(id=i, arrival_s=t, prompt_tokens=prompt[i], output_tokens=output[i], model=model, tenant=tenant)
+            Request(
+                id=i,
+                arrival_s=t,
+                prompt_tokens=prompt[i],
+                output_tokens=output[i],
+                model=model,
+                tenant=tenant,
+            )
             for i, t in enumerate(times)
         ]
 
@@ -152,8 +165,11 @@ class DiurnalSource(_Synthetic):
 
     def _arrivals(self, params: Params) -> ArrivalProcess:
         return Diurnal(
-            mean_rate=params.mean_rate, peak_to_trough=params.peak_to_trough, period_s=params.period_s,
-            peak_at_s=params.peak_at_s, duration_s=params.duration_s,
+            mean_rate=params.mean_rate,
+            peak_to_trough=params.peak_to_trough,
+            period_s=params.period_s,
+            peak_at_s=params.peak_at_s,
+            duration_s=params.duration_s,
         )
 
 
@@ -196,8 +212,13 @@ class BurstSource(_Synthetic):
         burst_s: float = Field(gt=0, allow_inf_nan=False)
 
     def _arrivals(self, params: Params) -> ArrivalProcess:
-        return Burst(rate=params.rate, factor=params.factor, start_s=params.burst_start_s, length_s=params.burst_s,
-                     duration_s=params.duration_s)  # fmt: skip
+        return Burst(
+            rate=params.rate,
+            factor=params.factor,
+            start_s=params.burst_start_s,
+            length_s=params.burst_s,
+            duration_s=params.duration_s,
+        )
 
 
 @WORKLOADS.register("mixture")
@@ -229,7 +250,9 @@ class MixtureSource:
 
     def requests(self, rng: np.random.Generator, *, model: str | None = None) -> list[Request]:
         streams = rng.spawn(len(self.components))
-        merged = [r for src, g in zip(self.components, streams, strict=True) for r in src.requests(g, model=model)]
+        merged = [
+            r for src, g in zip(self.components, streams, strict=True) for r in src.requests(g, model=model)
+        ]
         merged.sort(key=lambda r: r.arrival_s)
         return [dataclasses.replace(r, id=i) for i, r in enumerate(merged)]
 
@@ -241,9 +264,11 @@ def summarize(requests: list[Request]) -> dict[str, float]:
     out: dict[str, float] = {"count": n}
     if n == 0:
         nan = float("nan")
-        return out | {"span_s": 0.0, "rate_per_s": nan} | {
-            f"{k}_{s}": nan for k in ("prompt", "output") for s in ("mean", "p50", "p99")
-        }
+        return (
+            out
+            | {"span_s": 0.0, "rate_per_s": nan}
+            | {f"{k}_{s}": nan for k in ("prompt", "output") for s in ("mean", "p50", "p99")}
+        )
     arrivals = np.fromiter((r.arrival_s for r in requests), dtype=float, count=n)
     span = float(arrivals.max() - arrivals.min())
     out["span_s"] = span

@@ -76,7 +76,9 @@ class TraceTable:
         """Seconds from the first to the last arrival (0 for a single row)."""
         return float(self.arrival_s[-1] - self.arrival_s[0]) if len(self) else 0.0
 
-    def window(self, start_s: float = 0.0, duration_s: float | None = None, *, speedup: float = 1.0) -> TraceTable:
+    def window(
+        self, start_s: float = 0.0, duration_s: float | None = None, *, speedup: float = 1.0
+    ) -> TraceTable:
         """Rows with ``start_s <= arrival_s < start_s + duration_s`` (trace time), shifted so that the window
         starts at 0 and divided by ``speedup`` (3 replays three times faster, i.e. at three times the rate).
 
@@ -167,7 +169,9 @@ def resolve_path(path: str | Path, base_dir: Path | None) -> Path:
     """A data file path: absolute as given; relative against ``base_dir`` (the scenario file's directory),
     then the current working directory. Raises ``ConfigError`` naming every path tried."""
     p = Path(path).expanduser()
-    tried = [p] if p.is_absolute() else [*([Path(base_dir) / p] if base_dir is not None else []), Path.cwd() / p]
+    tried = (
+        [p] if p.is_absolute() else [*([Path(base_dir) / p] if base_dir is not None else []), Path.cwd() / p]
+    )
     for candidate in tried:
         if candidate.is_file():
             return candidate
@@ -218,7 +222,9 @@ def _token_count(path: str, line: int, name: str, text: str) -> int:
     raise TraceFormatError(path, line, f"{name} is not an integer: {text!r}")
 
 
-def _table(path: str, arrival: np.ndarray, prompt: list[int], output: list[int], blocks, origin_of) -> TraceTable:
+def _table(
+    path: str, arrival: np.ndarray, prompt: list[int], output: list[int], blocks, origin_of
+) -> TraceTable:
     """Sort rows by arrival (stable, so ties keep file order) and rebase times on the earliest row."""
     order = np.argsort(arrival, kind="stable")
     is_sorted = bool(np.all(order == np.arange(len(order))))
@@ -249,8 +255,10 @@ def _read_azure(path: str) -> TraceTable:
         missing = [c for c in AZURE_COLUMNS if c not in names]
         if missing:
             raise TraceFormatError(
-                path, 1, f"header lacks column(s) {', '.join(missing)}; expected {','.join(AZURE_COLUMNS)}, "
-                f"got {','.join(names)}"
+                path,
+                1,
+                f"header lacks column(s) {', '.join(missing)}; expected {','.join(AZURE_COLUMNS)}, "
+                f"got {','.join(names)}",
             )
         i_ts, i_in, i_out = (names.index(c) for c in AZURE_COLUMNS)
         width = len(names)
@@ -267,8 +275,10 @@ def _read_azure(path: str) -> TraceTable:
             stamp = row[i_ts].strip()
             if not _AZURE_TS.fullmatch(stamp):
                 raise TraceFormatError(
-                    path, line, f"unparsable TIMESTAMP {stamp!r}: expected 'YYYY-MM-DD HH:MM:SS[.fffffff]' "
-                    "without a timezone"
+                    path,
+                    line,
+                    f"unparsable TIMESTAMP {stamp!r}: expected 'YYYY-MM-DD HH:MM:SS[.fffffff]' "
+                    "without a timezone",
                 )
             stamps.append(stamp)
             lines.append(line)
@@ -290,7 +300,9 @@ def _azure_ns(path: str, stamps: list[str], lines: list[int]) -> np.ndarray:
             try:
                 np.datetime64(stamp, "ns")
             except ValueError:
-                raise TraceFormatError(path, line, f"unparsable TIMESTAMP {stamp!r}: not a valid date/time") from None
+                raise TraceFormatError(
+                    path, line, f"unparsable TIMESTAMP {stamp!r}: not a valid date/time"
+                ) from None
         raise  # pragma: no cover - the batch and per-row parses disagree
     ints = t.astype(np.int64)
     return (ints - ints[0]) / 1e9
@@ -308,7 +320,9 @@ def _read_mooncake(path: str) -> TraceTable:
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise TraceFormatError(path, line, f"malformed JSON: {exc.msg} (column {exc.colno})") from None
+                raise TraceFormatError(
+                    path, line, f"malformed JSON: {exc.msg} (column {exc.colno})"
+                ) from None
             if not isinstance(obj, dict):
                 raise TraceFormatError(path, line, f"expected a JSON object, got {type(obj).__name__}")
             missing = [k for k in MOONCAKE_KEYS if k not in obj]

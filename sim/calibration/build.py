@@ -21,19 +21,31 @@ from fleettwin.sim.calibration.runs import MeasuredRun
 # Engine and API-server costs are host-side (the same vLLM on the same kind of host): a profile whose own runs
 # cannot pin them starts from a sibling's fitted values, and fits only what its runs can move.
 ENGINE_PRIOR_FROM = {"h200-vllm-v1": "h100-vllm-v1"}
-FIT_ONLY = {"h200-vllm-v1": ["gpu_time_scale", "fp8_gemm_scale", "step_fixed_s", "step_per_seq_s", "tp_worker_s"]}
+FIT_ONLY = {
+    "h200-vllm-v1": ["gpu_time_scale", "fp8_gemm_scale", "step_fixed_s", "step_per_seq_s", "tp_worker_s"]
+}
 # Where every build starts (a rebuild does not depend on the values a profile had before): vLLM V1's CPU time
 # per step is a few ms (scheduler, input preparation, sampling, output hand-off), small kernels a few us each.
-PRIOR_ENGINE = {"step_fixed_s": 1.5e-3, "step_per_seq_s": 10e-6, "step_per_prefill_s": 50e-6, "tp_worker_s": 100e-6,
-                "layer_fixed_s": 8e-6, "gpu_time_scale": 1.0, "eager_layer_s": 60e-6, "kv_reserve_gb": 0.0,
-                "fp8_gemm_scale": 1.0}  # fmt: skip
+PRIOR_ENGINE = {
+    "step_fixed_s": 1.5e-3,
+    "step_per_seq_s": 10e-6,
+    "step_per_prefill_s": 50e-6,
+    "tp_worker_s": 100e-6,
+    "layer_fixed_s": 8e-6,
+    "gpu_time_scale": 1.0,
+    "eager_layer_s": 60e-6,
+    "kv_reserve_gb": 0.0,
+    "fp8_gemm_scale": 1.0,
+}
 PRIOR_FRONTEND = {"request_s": 5e-3, "per_prompt_token_s": 1e-6}
 FIT_RUNS_PER_DEPLOYMENT = 10  # spread over each deployment's loads; the leave-one-out errors cover every run
-METHOD = (f"simulator in the loop: every run replayed per candidate; bounded least squares on log(simulated / "
-          f"measured) of mean TTFT, mean TPOT, mean and p99 E2E, soft-L1 at {ROBUST_SCALE:.0%}, each deployment "
-          "weighted equally, on at most 10 runs per deployment spread over its loads (runs whose measured queue "
-          "grew without bound: TPOT only); coefficients the runs cannot move, or with a standard error over 50 %, "
-          "held at their prior")  # fmt: skip
+METHOD = (
+    f"simulator in the loop: every run replayed per candidate; bounded least squares on log(simulated / "
+    f"measured) of mean TTFT, mean TPOT, mean and p99 E2E, soft-L1 at {ROBUST_SCALE:.0%}, each deployment "
+    "weighted equally, on at most 10 runs per deployment spread over its loads (runs whose measured queue "
+    "grew without bound: TPOT only); coefficients the runs cannot move, or with a standard error over 50 %, "
+    "held at their prior"
+)
 
 
 def shipped_runs() -> list[MeasuredRun]:
@@ -55,17 +67,24 @@ def fit_record(result: FitResult, seconds: float) -> dict:
         "method": METHOD,
         "runs": len(result.runs),
         "deployments": sorted({r.group for r in result.runs}),
-        "fitted": {n: {"value": float(f"{v:.4g}"), "relative_std_error": round(result.rse[n], 3)}
-                   for n, v in result.fitted.items()},  # fmt: skip
+        "fitted": {
+            n: {"value": float(f"{v:.4g}"), "relative_std_error": round(result.rse[n], 3)}
+            for n, v in result.fitted.items()
+        },
         "held_at_prior": result.held,
-        "median_abs_error": {"in_sample": errors(result.predicted), "leave_one_run_out": errors(result.loro),
-                             "leave_one_deployment_out": errors(result.logo)},  # fmt: skip
+        "median_abs_error": {
+            "in_sample": errors(result.predicted),
+            "leave_one_run_out": errors(result.loro),
+            "leave_one_deployment_out": errors(result.logo),
+        },
         "evaluations": result.evaluations,
         "wall_seconds": round(seconds),
     }
 
 
-def build_engine_profiles(folder: Path, out: TextIO, *, only: str | None = None, workers: int | None = None) -> None:
+def build_engine_profiles(
+    folder: Path, out: TextIO, *, only: str | None = None, workers: int | None = None
+) -> None:
     runs = shipped_runs()
     for path in sorted(folder.glob("*.yaml")):
         data = yaml.safe_load(path.read_text())
@@ -79,32 +98,51 @@ def build_engine_profiles(folder: Path, out: TextIO, *, only: str | None = None,
         sibling = ENGINE_PRIOR_FROM.get(profile.name)
         if sibling:
             other = parse_profile(yaml.safe_load((folder / f"{sibling}.yaml").read_text()), source=sibling)
-            profile = profile.model_copy(update={"engine_costs": other.engine_costs, "frontend": other.frontend})
+            profile = profile.model_copy(
+                update={"engine_costs": other.engine_costs, "frontend": other.frontend}
+            )
         else:
-            profile = profile.model_copy(update={"engine_costs": EngineCosts(**PRIOR_ENGINE),
-                                                 "frontend": FrontEndCosts(**PRIOR_FRONTEND)})  # fmt: skip
+            profile = profile.model_copy(
+                update={
+                    "engine_costs": EngineCosts(**PRIOR_ENGINE),
+                    "frontend": FrontEndCosts(**PRIOR_FRONTEND),
+                }
+            )
         t0 = time.perf_counter()
         say = lambda msg, name=profile.name: out.write(f"{name}: {msg}\n") or out.flush()  # noqa: E731
         subset = representative(mine, FIT_RUNS_PER_DEPLOYMENT)
-        say(f"fitting on {len(subset)} of {len(mine)} runs ({FIT_RUNS_PER_DEPLOYMENT} per deployment at most)")
-        fitted = fit_profile(subset, profile, coefficients=FIT_ONLY.get(profile.name), workers=workers, loro=False,
-                             progress=say)  # fmt: skip
+        say(
+            f"fitting on {len(subset)} of {len(mine)} runs ({FIT_RUNS_PER_DEPLOYMENT} per deployment at most)"
+        )
+        fitted = fit_profile(
+            subset,
+            profile,
+            coefficients=FIT_ONLY.get(profile.name),
+            workers=workers,
+            loro=False,
+            progress=say,
+        )
         say("leave-one-out errors on every run")
-        result = fit_profile(mine, fitted.profile, coefficients=list(fitted.fitted), refit=False, workers=workers,
-                             progress=say)  # fmt: skip
+        result = fit_profile(
+            mine, fitted.profile, coefficients=list(fitted.fitted), refit=False, workers=workers, progress=say
+        )
         result.held = {**fitted.held, **result.held}
         result.evaluations += fitted.evaluations
         data["engine_costs"] = result.profile.engine_costs.model_dump()
         data["frontend"] = result.profile.frontend.model_dump()
         record = fit_record(result, time.perf_counter() - t0)
         if sibling:
-            record["priors"] = (f"engine and API-server costs start from {sibling}'s fitted values; only "
-                                f"{', '.join(FIT_ONLY[profile.name])} fitted here")  # fmt: skip
+            record["priors"] = (
+                f"engine and API-server costs start from {sibling}'s fitted values; only "
+                f"{', '.join(FIT_ONLY[profile.name])} fitted here"
+            )
         data["fit"] = {**data.get("fit", {}), "engine": record}
         sources = {r.source for r in mine}
         data["sources"] = sorted({*data.get("sources", [])[:1], *sources})
-        data["engine_versions"] = (f"kernels: {data['engine_versions'].split(';')[0].removeprefix('kernels: ')}; "
-                                   f"engine costs: fitted on {len(mine)} runs")  # fmt: skip
+        data["engine_versions"] = (
+            f"kernels: {data['engine_versions'].split(';')[0].removeprefix('kernels: ')}; "
+            f"engine costs: fitted on {len(mine)} runs"
+        )
         tmp = path.with_suffix(".yaml.tmp")
         tmp.write_text(yaml.safe_dump(data, sort_keys=False, width=110))
         tmp.replace(path)

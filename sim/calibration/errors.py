@@ -14,9 +14,11 @@ from fleettwin.sim.calibration.runs import METRICS, MeasuredRun
 HEADLINE = ("ttft_mean", "tpot_mean", "e2e_mean", "e2e_p99")
 
 
-def error_frame(runs: Sequence[MeasuredRun], predicted: Sequence[dict[str, float]], *, model: str) -> pd.DataFrame:
-    """One row per (run, metric) measured: measured, predicted, relative error, and the run's saturation
-    flags (``sim_saturated``: the simulated queue grew without bound; ``real_saturated``: the measured one did)."""
+def error_frame(
+    runs: Sequence[MeasuredRun], predicted: Sequence[dict[str, float]], *, model: str
+) -> pd.DataFrame:
+    """One row per (run, metric) measured: measured, predicted, relative error, and the run's saturation flags
+    (``sim_saturated``: the simulated queue grew without bound; ``real_saturated``: the measured one did)."""
     rows = []
     for run, pred in zip(runs, predicted, strict=True):
         measured = run.metrics()
@@ -25,12 +27,27 @@ def error_frame(runs: Sequence[MeasuredRun], predicted: Sequence[dict[str, float
             if metric not in measured:
                 continue
             p = pred.get(metric, math.nan)
-            rows.append({"run": run.name, "key": run.key, "deployment": run.group, "source": run.group.split(":")[0],
-                         "gpu": run.settings.gpu, "model_id": run.settings.model, "tp": run.settings.tp,
-                         "dtype": run.settings.dtype, "perf_model": model, "metric": metric,
-                         "measured": measured[metric], "predicted": p, "error": p / measured[metric] - 1,
-                         "fitted": metric not in run.unfitted, "sim_saturated": bool(pred.get("saturated", 0.0)),
-                         "real_saturated": real_sat, "failed": pred.get("error", "")})  # fmt: skip
+            rows.append(
+                {
+                    "run": run.name,
+                    "key": run.key,
+                    "deployment": run.group,
+                    "source": run.group.split(":")[0],
+                    "gpu": run.settings.gpu,
+                    "model_id": run.settings.model,
+                    "tp": run.settings.tp,
+                    "dtype": run.settings.dtype,
+                    "perf_model": model,
+                    "metric": metric,
+                    "measured": measured[metric],
+                    "predicted": p,
+                    "error": p / measured[metric] - 1,
+                    "fitted": metric not in run.unfitted,
+                    "sim_saturated": bool(pred.get("saturated", 0.0)),
+                    "real_saturated": real_sat,
+                    "failed": pred.get("error", ""),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -50,12 +67,15 @@ def queue_grew(df: pd.DataFrame) -> bool:
 
 
 def measured_saturation(run: MeasuredRun) -> bool:
-    """``queue_grew`` for the measured run, where per-request arrivals and TTFTs are known; False otherwise."""
+    """``queue_grew`` for the measured run, where per-request arrivals and TTFTs are known; False
+    otherwise."""
     df = run.requests
     return {"arrival_s", "ttft_s"} <= set(df.columns) and queue_grew(df)
 
 
-def summary(errors: pd.DataFrame, metrics: Sequence[str] = HEADLINE, *, fitted: bool = True) -> dict[str, float]:
+def summary(
+    errors: pd.DataFrame, metrics: Sequence[str] = HEADLINE, *, fitted: bool = True
+) -> dict[str, float]:
     """Median |error| per metric (NaN-safe) over the metrics runs vouch for (``fitted``: not those a run marks
     unfitted, such as the silicon rows' TTFT; False: those alone), and the count of runs whose saturation
     disagrees."""

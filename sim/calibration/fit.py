@@ -8,7 +8,8 @@ run the model cannot explain does not drag the rest), each deployment (GPU, mode
 weighted equally whatever its number of runs.
 
 A coefficient the data cannot pin (its standard error over 50 %, or the fit pushes it to a bound) is not
-returned as fitted: it keeps the profile's value, reported with the data that would pin it, and the rest refitted.
+returned as fitted: it keeps the profile's value, reported with the data that would pin it, and the rest
+refitted.
 
 Leave-one-run-out: for each run, the coefficients refitted without it by one Gauss-Newton step from the full
 fit on the remaining runs' (robustly weighted) residuals, then the run replayed with them. The same for
@@ -53,15 +54,26 @@ class Coefficient:
 
 COEFFICIENTS = (
     Coefficient("step_fixed_s", "engine_costs", 2e-5, 0.05, "decode-heavy runs at low concurrency"),
-    Coefficient("step_per_seq_s", "engine_costs", 1e-8, 1e-3, "runs at several concurrencies (e.g. 8 and 64 users)"),
+    Coefficient(
+        "step_per_seq_s", "engine_costs", 1e-8, 1e-3, "runs at several concurrencies (e.g. 8 and 64 users)"
+    ),
     Coefficient("step_per_prefill_s", "engine_costs", 1e-7, 5e-3, "bursts of many short prompts"),
     Coefficient("tp_worker_s", "engine_costs", 1e-7, 5e-3, "runs of one model at two or more TP degrees"),
-    Coefficient("layer_fixed_s", "engine_costs", 1e-7, 2e-4, "small-batch runs of models with different depths"),
-    Coefficient("gpu_time_scale", "engine_costs", 0.3, 3.0, "runs dominated by GPU time (large batches, long "
-                "prompts)"),  # fmt: skip
+    Coefficient(
+        "layer_fixed_s", "engine_costs", 1e-7, 2e-4, "small-batch runs of models with different depths"
+    ),
+    Coefficient(
+        "gpu_time_scale", "engine_costs", 0.3, 3.0, "runs dominated by GPU time (large batches, long prompts)"
+    ),
     Coefficient("fp8_gemm_scale", "engine_costs", 0.4, 2.5, "runs of FP8-weight deployments"),
-    Coefficient("kv_reserve_gb", "engine_costs", 0.05, 12.0, "runs whose queue builds because the KV cache is "
-                "full: a large model on few GPUs near its capacity", typical=1.0),  # fmt: skip
+    Coefficient(
+        "kv_reserve_gb",
+        "engine_costs",
+        0.05,
+        12.0,
+        "runs whose queue builds because the KV cache is full: a large model on few GPUs near its capacity",
+        typical=1.0,
+    ),
     Coefficient("request_s", "frontend", 1e-5, 0.5, "TTFT through the API server at low load"),
     Coefficient("per_prompt_token_s", "frontend", 1e-9, 1e-4, "low-load TTFT at two or more prompt lengths"),
 )
@@ -82,7 +94,7 @@ class FitResult:
     evaluations: int = 0
 
 
-# -- evaluating a coefficient set on every run (in worker processes) --------------------------------------------
+# -- evaluating a coefficient set on every run (in worker processes) -----------------------------------------
 
 
 def _perf_params(profile_path: str, theta: dict[str, float]) -> dict:
@@ -127,7 +139,7 @@ class Evaluator:
         self._dir.cleanup()
 
 
-# -- residuals --------------------------------------------------------------------------------------------------
+# -- residuals -----------------------------------------------------------------------------------------------
 
 
 def _targets(runs: Sequence[MeasuredRun]) -> tuple[list[tuple[int, str, float]], np.ndarray]:
@@ -138,9 +150,13 @@ def _targets(runs: Sequence[MeasuredRun]) -> tuple[list[tuple[int, str, float]],
         groups[r.group] = groups.get(r.group, 0) + 1
     rows, weights = [], []
     for i, r in enumerate(runs):
-        measured = {m: v for m, v in r.metrics().items() if m in FIT_METRICS and m not in r.unfitted and v > 0}
+        measured = {
+            m: v for m, v in r.metrics().items() if m in FIT_METRICS and m not in r.unfitted and v > 0
+        }
         if measured_saturation(r):  # its queue grew through the run: latency measures the run's length, not
-            measured = {m: v for m, v in measured.items() if m.startswith("tpot")}  # the engine; TPOT still does
+            measured = {
+                m: v for m, v in measured.items() if m.startswith("tpot")
+            }  # the engine; TPOT still does
         for m, v in measured.items():
             rows.append((i, m, v))
             weights.append(1.0 / math.sqrt(len(measured) * groups[r.group]))
@@ -162,16 +178,25 @@ def _robust_weights(res: np.ndarray) -> np.ndarray:
     return 1.0 / np.sqrt(1.0 + (res / ROBUST_SCALE) ** 2)
 
 
-# -- the fit ----------------------------------------------------------------------------------------------------
+# -- the fit -------------------------------------------------------------------------------------------------
 
 
-def fit_profile(runs: Sequence[MeasuredRun], profile: CalibrationProfile, *, coefficients: Sequence[str] | None = None,
-                loro: bool = True, workers: int | None = None, max_iterations: int = 8, refit: bool = True,
-                progress: Progress | None = None) -> FitResult:  # fmt: skip
+def fit_profile(
+    runs: Sequence[MeasuredRun],
+    profile: CalibrationProfile,
+    *,
+    coefficients: Sequence[str] | None = None,
+    loro: bool = True,
+    workers: int | None = None,
+    max_iterations: int = 8,
+    refit: bool = True,
+    progress: Progress | None = None,
+) -> FitResult:
     """Fit ``coefficients`` (default: all of COEFFICIENTS) of ``profile`` on ``runs``.
 
     ``refit=False`` keeps the profile's values (a shipped profile) and only derives what the leave-out errors
-    need (the Jacobian there), so the report can show leave-one-run-out errors of the coefficients as shipped."""
+    need (the Jacobian there), so the report can show leave-one-run-out errors of the coefficients as
+    shipped."""
     say = progress or (lambda _msg: None)
     names = list(coefficients or BY_NAME)
     unknown = [n for n in names if n not in BY_NAME]
@@ -182,8 +207,11 @@ def fit_profile(runs: Sequence[MeasuredRun], profile: CalibrationProfile, *, coe
     own = {c: getattr(getattr(profile, BY_NAME[c].part), c) for c in BY_NAME}  # what a held one keeps
     prior = {c: _current(profile, c) if c in names else own[c] for c in BY_NAME}  # where each fit starts
     rows, weights = _targets(runs)
-    held = {n: f"{why}; held at the profile's {own[n]:.4g}. Pinned by: {BY_NAME[n].pinned_by}"
-            for n in names if (why := _data_cannot_pin(n, runs, rows))}  # fmt: skip
+    held = {
+        n: f"{why}; held at the profile's {own[n]:.4g}. Pinned by: {BY_NAME[n].pinned_by}"
+        for n in names
+        if (why := _data_cannot_pin(n, runs, rows))
+    }
     for n, why in held.items():
         say(f"not pinned: {n} ({why.split(';')[0]})")
     evaluate = Evaluator(runs, profile, workers)
@@ -192,8 +220,11 @@ def fit_profile(runs: Sequence[MeasuredRun], profile: CalibrationProfile, *, coe
         start = {**prior, **{n: own[n] for n in held}}  # held ones at the profile's values while the rest fit
         polished = False
         while refit:
-            # Least squares alone while coefficients may still be dropped; the costly polish once they are not.
-            theta, jac, res = _solve(evaluate, rows, weights, start, free, max_iterations, say, polish=polished)
+            # Least squares alone while coefficients may still be dropped; the costly polish once they are
+            # not.
+            theta, jac, res = _solve(
+                evaluate, rows, weights, start, free, max_iterations, say, polish=polished
+            )
             rse = _relative_errors(jac, res, len(free))
             bad = {n: _why_unpinned(n, rse[j], theta[n]) for j, n in enumerate(free)}
             bad = {n: why for n, why in bad.items() if why}
@@ -219,8 +250,14 @@ def fit_profile(runs: Sequence[MeasuredRun], profile: CalibrationProfile, *, coe
         theta = {**theta, **{n: own[n] for n in held}}  # held coefficients keep the profile's own values
         fitted = {n: theta[n] for n in free}
         predicted = evaluate(theta)
-        result = FitResult(profile=_with(profile, theta), fitted=fitted, held=held,
-                           rse={n: float(rse[j]) for j, n in enumerate(free)}, runs=list(runs), predicted=predicted)  # fmt: skip
+        result = FitResult(
+            profile=_with(profile, theta),
+            fitted=fitted,
+            held=held,
+            rse={n: float(rse[j]) for j, n in enumerate(free)},
+            runs=list(runs),
+            predicted=predicted,
+        )
         if loro and free:
             say("leave-one-run-out")
             result.loro = _leave_out(evaluate, rows, weights, theta, free, jac, res, key=lambda r: r.key)
@@ -283,13 +320,25 @@ def _current(profile: CalibrationProfile, name: str) -> float:
 
 
 def _with(profile: CalibrationProfile, theta: dict[str, float]) -> CalibrationProfile:
-    engine = profile.engine_costs.model_copy(update={k: v for k, v in theta.items() if BY_NAME[k].part == "engine_costs"})
-    front = profile.frontend.model_copy(update={k: v for k, v in theta.items() if BY_NAME[k].part == "frontend"})
+    engine = profile.engine_costs.model_copy(
+        update={k: v for k, v in theta.items() if BY_NAME[k].part == "engine_costs"}
+    )
+    front = profile.frontend.model_copy(
+        update={k: v for k, v in theta.items() if BY_NAME[k].part == "frontend"}
+    )
     return profile.model_copy(update={"engine_costs": engine, "frontend": front})
 
 
-def _solve(evaluate: Evaluator, rows, weights, prior: dict[str, float], free: list[str], max_iterations: int,
-           say: Progress, polish: bool = True) -> tuple[dict[str, float], np.ndarray, np.ndarray]:  # fmt: skip
+def _solve(
+    evaluate: Evaluator,
+    rows,
+    weights,
+    prior: dict[str, float],
+    free: list[str],
+    max_iterations: int,
+    say: Progress,
+    polish: bool = True,
+) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     # x is log(coefficient / start): every x starts at 0, so scipy's finite-difference step (relative to
     # max(1, |x|)) is the same 2 % for every coefficient, whatever its magnitude.
     origin = np.log([prior[n] for n in free])
@@ -302,13 +351,21 @@ def _solve(evaluate: Evaluator, rows, weights, prior: dict[str, float], free: li
 
     def fun(x: np.ndarray) -> np.ndarray:
         r = _residuals(rows, weights, evaluate(theta_of(x)))
-        say(f"evaluation {evaluate.calls}: weighted RMS log error {math.sqrt(np.mean(r ** 2)):.4f}")
+        say(f"evaluation {evaluate.calls}: weighted RMS log error {math.sqrt(np.mean(r**2)):.4f}")
         return r
 
     if not free:
         return dict(prior), np.zeros((len(rows), 0)), fun(x0)
-    sol = least_squares(fun, x0, bounds=(lo, hi), loss="soft_l1", f_scale=ROBUST_SCALE, diff_step=0.1,
-                        max_nfev=max_iterations, x_scale=1.0)  # fmt: skip
+    sol = least_squares(
+        fun,
+        x0,
+        bounds=(lo, hi),
+        loss="soft_l1",
+        f_scale=ROBUST_SCALE,
+        diff_step=0.1,
+        max_nfev=max_iterations,
+        x_scale=1.0,
+    )
     if not polish:
         return theta_of(sol.x), sol.jac, sol.fun
     # The replay is piecewise smooth (a request joins a batch one iteration earlier or later), so finite
@@ -319,16 +376,22 @@ def _solve(evaluate: Evaluator, rows, weights, prior: dict[str, float], free: li
         r = fun(x)
         return float(np.sum(2.0 * (np.sqrt(1.0 + (r / ROBUST_SCALE) ** 2) - 1.0)))
 
-    polished = minimize(cost, sol.x, method="Powell", bounds=list(zip(lo, hi, strict=True)),
-                        options={"xtol": 0.01, "ftol": 1e-4, "maxfev": POLISH_EVALUATIONS * len(free)})  # fmt: skip
+    polished = minimize(
+        cost,
+        sol.x,
+        method="Powell",
+        bounds=list(zip(lo, hi, strict=True)),
+        options={"xtol": 0.01, "ftol": 1e-4, "maxfev": POLISH_EVALUATIONS * len(free)},
+    )
     x = polished.x if polished.fun < cost(sol.x) else sol.x
     theta = theta_of(x)
     jac, res = _jacobian(evaluate, rows, weights, theta, free)
     return theta, jac, res
 
 
-def _jacobian(evaluate: Evaluator, rows, weights, theta: dict[str, float], free: list[str],
-              step: float = 0.05) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def _jacobian(
+    evaluate: Evaluator, rows, weights, theta: dict[str, float], free: list[str], step: float = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
     """Residuals at ``theta`` and their forward-difference Jacobian in log-coefficient space."""
     res = _residuals(rows, weights, evaluate(theta))
     jac = np.empty((len(rows), len(free)))
@@ -339,7 +402,8 @@ def _jacobian(evaluate: Evaluator, rows, weights, theta: dict[str, float], free:
 
 
 def _relative_errors(jac: np.ndarray, res: np.ndarray, p: int) -> np.ndarray:
-    """Standard errors of log-coefficients (= relative errors) from the robustly weighted Gauss-Newton Hessian."""
+    """Standard errors of log-coefficients (= relative errors) from the robustly weighted Gauss-Newton
+    Hessian."""
     if p == 0:
         return np.zeros(0)
     w = _robust_weights(res)
@@ -368,8 +432,17 @@ def _why_unpinned(name: str, rse: float, value: float) -> str:
     return ""
 
 
-def _leave_out(evaluate: Evaluator, rows, weights, theta: dict[str, float], free: list[str], jac: np.ndarray,
-               res: np.ndarray, *, key: Callable[[MeasuredRun], str]) -> list[dict[str, float]]:  # fmt: skip
+def _leave_out(
+    evaluate: Evaluator,
+    rows,
+    weights,
+    theta: dict[str, float],
+    free: list[str],
+    jac: np.ndarray,
+    res: np.ndarray,
+    *,
+    key: Callable[[MeasuredRun], str],
+) -> list[dict[str, float]]:
     """Per run, its metrics replayed with coefficients refitted without every run sharing its ``key``."""
     w = _robust_weights(res)
     x = np.log([theta[n] for n in free])

@@ -2,8 +2,9 @@
 
 Expected layout, as in ai-dynamo/aiconfigurator's ``systems/data/<gpu>/`` converted to CSV:
 ``gemm_perf.bfloat16.csv``, ``gemm_perf.fp8.csv``, ``context_attention_perf.csv``,
-``generation_attention_perf.csv``, ``moe_perf.bfloat16.csv``, ``moe_perf.fp8.csv``, ``custom_allreduce_perf.csv``.
-Only the GEMM and attention tables are required; the others are fitted when present.
+``generation_attention_perf.csv``, ``moe_perf.bfloat16.csv``, ``moe_perf.fp8.csv``,
+``custom_allreduce_perf.csv``. Only the GEMM and attention tables are required; the others are fitted when
+present.
 """
 
 from __future__ import annotations
@@ -29,11 +30,28 @@ GEMM_FILES = {"bf16": ("gemm_perf.bfloat16.csv", 2.0), "fp8": ("gemm_perf.fp8.cs
 MOE_FILES = {"bf16": ("moe_perf.bfloat16.csv", 2.0), "fp8": ("moe_perf.fp8.csv", 1.0)}
 REQUIRED_COLUMNS = {
     "gemm": {"m", "n", "k", "latency"},
-    "attention": {"batch_size", "isl", "num_heads", "num_key_value_heads", "head_dim", "kv_cache_dtype", "latency"},
-    "moe": {"num_tokens", "hidden_size", "inter_size", "topk", "num_experts", "moe_tp_size", "moe_ep_size",
-            "distribution", "latency"},
+    "attention": {
+        "batch_size",
+        "isl",
+        "num_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "kv_cache_dtype",
+        "latency",
+    },
+    "moe": {
+        "num_tokens",
+        "hidden_size",
+        "inter_size",
+        "topk",
+        "num_experts",
+        "moe_tp_size",
+        "moe_ep_size",
+        "distribution",
+        "latency",
+    },
     "allreduce": {"num_gpus", "message_size", "latency", "backend"},
-}  # fmt: skip
+}
 
 
 def _read(path: Path, kind: str) -> pd.DataFrame:
@@ -61,13 +79,16 @@ def fit_kernel_folder(folder: Path) -> tuple[KernelLaws, dict[str, dict]]:
             fits[f"gemm.{dtype}"] = f = fit_gemm(_read(folder / name, "gemm"), wbytes)
             gemm[dtype] = f.law
     if "bf16" not in gemm:
-        raise ConfigError(f"{folder}: {GEMM_FILES['bf16'][0]} is required (the bf16 GEMM law, also used for the "
-                          "LM head)")  # fmt: skip
+        raise ConfigError(
+            f"{folder}: {GEMM_FILES['bf16'][0]} is required (the bf16 GEMM law, also used for the LM head)"
+        )
     ctx = _read(folder / "context_attention_perf.csv", "attention")
     gen = _read(folder / "generation_attention_perf.csv", "attention")
     for raw, dtype in KV_DTYPES.items():
-        for name, table, fitter, into in (("prefill_attention", ctx, fit_prefill_attention, pre),
-                                          ("decode_attention", gen, fit_decode_attention, dec)):  # fmt: skip
+        for name, table, fitter, into in (
+            ("prefill_attention", ctx, fit_prefill_attention, pre),
+            ("decode_attention", gen, fit_decode_attention, dec),
+        ):
             try:
                 fits[f"{name}.{dtype}"] = f = fitter(table, raw)
             except NoRows:
@@ -83,6 +104,12 @@ def fit_kernel_folder(folder: Path) -> tuple[KernelLaws, dict[str, dict]]:
     if (folder / "custom_allreduce_perf.csv").exists():
         ar = _read(folder / "custom_allreduce_perf.csv", "allreduce")
         graph, eager = allreduce_curves(ar, "vllm_graph"), allreduce_curves(ar, "vllm_eager")
-    laws = KernelLaws(gemm=gemm, prefill_attention=pre, decode_attention=dec, moe=moe, allreduce_graph=graph,
-                      allreduce_eager=eager)  # fmt: skip
+    laws = KernelLaws(
+        gemm=gemm,
+        prefill_attention=pre,
+        decode_attention=dec,
+        moe=moe,
+        allreduce_graph=graph,
+        allreduce_eager=eager,
+    )
     return laws, {name: f.summary() for name, f in fits.items()}

@@ -35,8 +35,16 @@ def pool_config(run: MeasuredRun, perf_model: str, perf_params: Mapping[str, Any
     params = dict(perf_params or {})
     if perf_model == "calibrated" and s.engine.enforce_eager:
         params.setdefault("enforce_eager", True)
-    return PoolConfig(name="replay", gpu=s.gpu, model=s.model, replicas=s.replicas, tp=s.tp, engine=engine,
-                      router=PolicyRef(name="round_robin"), perf_model=PolicyRef(name=perf_model, params=params))  # fmt: skip
+    return PoolConfig(
+        name="replay",
+        gpu=s.gpu,
+        model=s.model,
+        replicas=s.replicas,
+        tp=s.tp,
+        engine=engine,
+        router=PolicyRef(name="round_robin"),
+        perf_model=PolicyRef(name=perf_model, params=params),
+    )
 
 
 def _open_requests(run: MeasuredRun, seed: int) -> list[Request]:
@@ -52,17 +60,28 @@ def _open_requests(run: MeasuredRun, seed: int) -> list[Request]:
     else:
         if not load.rate:
             raise ConfigError(f"run {run.name}: load.rate is needed for {load.arrival} arrivals")
-        gaps = (np.random.default_rng(seed).exponential(1.0 / load.rate, n) if load.arrival == "poisson"
-                else np.full(n, 1.0 / load.rate))  # fmt: skip
+        gaps = (
+            np.random.default_rng(seed).exponential(1.0 / load.rate, n)
+            if load.arrival == "poisson"
+            else np.full(n, 1.0 / load.rate)
+        )
         arrivals = np.concatenate([[0.0], np.cumsum(gaps[:-1])])
     order = np.argsort(arrivals, kind="stable")
     p, o = df["prompt_tokens"].to_numpy(int), df["output_tokens"].to_numpy(int)
-    return [Request(id=int(i), arrival_s=float(arrivals[i]), prompt_tokens=int(p[i]), output_tokens=int(o[i]))
-            for i in order]  # fmt: skip
+    return [
+        Request(id=int(i), arrival_s=float(arrivals[i]), prompt_tokens=int(p[i]), output_tokens=int(o[i]))
+        for i in order
+    ]
 
 
-def replay(run: MeasuredRun, perf_model: str = "calibrated", perf_params: Mapping[str, Any] | None = None, *,
-           seed: int = 0, catalog: Catalog | None = None) -> pd.DataFrame:  # fmt: skip
+def replay(
+    run: MeasuredRun,
+    perf_model: str = "calibrated",
+    perf_params: Mapping[str, Any] | None = None,
+    *,
+    seed: int = 0,
+    catalog: Catalog | None = None,
+) -> pd.DataFrame:
     """Per-request simulated outcomes of ``run`` (RequestLog columns; ttft_s and e2e_s as a client sees them),
     measured requests only (a closed loop's warm-up requests are dropped)."""
     catalog = catalog or Catalog.default()
@@ -72,8 +91,13 @@ def replay(run: MeasuredRun, perf_model: str = "calibrated", perf_params: Mappin
         raise ConfigError(f"run {run.name}: {exc}") from None
     frontend = getattr(rp.perf, "frontend_latency_s", None) if run.load.api_server else None
     if run.load.kind == "closed":
-        lengths = list(zip(run.requests["prompt_tokens"].astype(int), run.requests["output_tokens"].astype(int),
-                           strict=True))  # fmt: skip
+        lengths = list(
+            zip(
+                run.requests["prompt_tokens"].astype(int),
+                run.requests["output_tokens"].astype(int),
+                strict=True,
+            )
+        )
         users = run.load.concurrency or 1
         stagger = _request_duration_s(rp.perf, lengths, users) / users
         clients = ClosedLoopClients(lengths, users, think_s=frontend or (lambda _p: 0.0), stagger_s=stagger)
@@ -87,8 +111,8 @@ def replay(run: MeasuredRun, perf_model: str = "calibrated", perf_params: Mappin
 
 
 def _request_duration_s(perf, lengths: list[tuple[int, int]], users: int) -> float:
-    """A rough duration of one request with ``users`` in flight (its prefill alone, then decodes at a full batch
-    at the mean context): spreads closed-loop users over a request's lifetime."""
+    """A rough duration of one request with ``users`` in flight (its prefill alone, then decodes at a full
+    batch at the mean context): spreads closed-loop users over a request's lifetime."""
     prompt = float(np.mean([p for p, _ in lengths]))
     output = float(np.mean([o for _, o in lengths]))
     prefill = BatchStats()
@@ -97,8 +121,14 @@ def _request_duration_s(perf, lengths: list[tuple[int, int]], users: int) -> flo
     return perf.step_time(prefill) + output * float(perf.decode_times(users, ctx, 1)[0])
 
 
-def predicted_metrics(run: MeasuredRun, perf_model: str = "calibrated", perf_params: Mapping[str, Any] | None = None,
-                      *, seed: int = 0, catalog: Catalog | None = None) -> dict[str, float]:  # fmt: skip
+def predicted_metrics(
+    run: MeasuredRun,
+    perf_model: str = "calibrated",
+    perf_params: Mapping[str, Any] | None = None,
+    *,
+    seed: int = 0,
+    catalog: Catalog | None = None,
+) -> dict[str, float]:
     """METRICS of the simulated run, plus ``completed`` (fraction of requests that finished) and
     ``saturated`` (1.0 when the simulated queue grew without bound: see ``saturation``)."""
     df = replay(run, perf_model, perf_params, seed=seed, catalog=catalog)
@@ -110,7 +140,8 @@ def predicted_metrics(run: MeasuredRun, perf_model: str = "calibrated", perf_par
 
 
 def saturation(df: pd.DataFrame) -> bool:
-    """The simulated queue grew through the run (``errors.queue_grew``, the rule measured runs are judged by)."""
+    """The simulated queue grew through the run (``errors.queue_grew``, the rule measured runs are judged
+    by)."""
     from fleettwin.sim.calibration.errors import queue_grew
 
     return queue_grew(df[df["status"] == COMPLETED])

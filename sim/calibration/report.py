@@ -1,8 +1,8 @@
 """The validation report: every measured run simulated with each performance model, side by side with the
 measurement (``fleettwin data calibrate report``, ``make validate``, docs/validation.md).
 
-For the calibrated model the errors that count are leave-one-run-out (the run's own data excluded from the
-fit of the coefficients that predict it) and leave-one-deployment-out (every run of its (GPU, model, TP, dtype)
+For the calibrated model the errors that count are leave-one-run-out (the run's own data excluded from the fit
+of the coefficients that predict it) and leave-one-deployment-out (every run of its (GPU, model, TP, dtype)
 excluded); in-sample errors are shown beside them, labelled.
 """
 
@@ -23,8 +23,9 @@ Progress = Callable[[str], None]
 PROFILE_OF = {"h100-80g": "h100-vllm-v1", "h200": "h200-vllm-v1", "a100-80g": "a100-vllm-v1"}
 
 
-def simulate_all(runs: Sequence[MeasuredRun], model: str, params: dict | None = None, *,
-                 workers: int | None = None) -> list[dict[str, float]]:  # fmt: skip
+def simulate_all(
+    runs: Sequence[MeasuredRun], model: str, params: dict | None = None, *, workers: int | None = None
+) -> list[dict[str, float]]:
     """Replay every run with one performance model (a process pool over runs when ``workers`` > 1)."""
     jobs = [(r, dict(params or {})) for r in runs]
     if (workers or 1) <= 1:
@@ -46,10 +47,17 @@ def _one_model(job: tuple[MeasuredRun, dict], model: str = "calibrated") -> dict
         return {"error": str(exc)}  # type: ignore[dict-item]
 
 
-def validation_frame(runs: Sequence[MeasuredRun], models: Sequence[str], *, loro: bool, workers: int | None = None,
-                     progress: Progress | None = None) -> pd.DataFrame:  # fmt: skip
-    """Error rows (``errors.error_frame``) for each model; ``calibrated`` uses each GPU's built-in profile, and
-    with ``loro`` adds ``calibrated (leave-one-run-out)`` and ``(leave-one-deployment-out)`` rows, refitted."""
+def validation_frame(
+    runs: Sequence[MeasuredRun],
+    models: Sequence[str],
+    *,
+    loro: bool,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> pd.DataFrame:
+    """Error rows (``errors.error_frame``) for each model; ``calibrated`` uses each GPU's built-in profile,
+    and with ``loro`` adds ``calibrated (leave-one-run-out)`` and ``(leave-one-deployment-out)`` rows,
+    refitted."""
     say = progress or (lambda _m: None)
     frames = []
     for model in models:
@@ -67,11 +75,14 @@ def validation_frame(runs: Sequence[MeasuredRun], models: Sequence[str], *, loro
             if loro:
                 say(f"calibrated ({name}): refitting with each run and each deployment left out")
                 fitted = list(profile.fit.get("engine", {}).get("fitted", {})) or None
-                res = fit_profile(mine, profile, loro=True, workers=workers, refit=False, coefficients=fitted,
-                                  progress=say)  # fmt: skip
-                frames += [error_frame(mine, res.predicted, model="calibrated (in sample)"),
-                           error_frame(mine, res.loro, model="calibrated (leave-one-run-out)"),
-                           error_frame(mine, res.logo, model="calibrated (leave-one-deployment-out)")]  # fmt: skip
+                res = fit_profile(
+                    mine, profile, loro=True, workers=workers, refit=False, coefficients=fitted, progress=say
+                )
+                frames += [
+                    error_frame(mine, res.predicted, model="calibrated (in sample)"),
+                    error_frame(mine, res.loro, model="calibrated (leave-one-run-out)"),
+                    error_frame(mine, res.logo, model="calibrated (leave-one-deployment-out)"),
+                ]
             else:
                 say(f"calibrated ({name}): replaying {len(mine)} runs")
                 ev = Evaluator(mine, profile, workers)
@@ -82,9 +93,11 @@ def validation_frame(runs: Sequence[MeasuredRun], models: Sequence[str], *, loro
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def summary_table(errors: pd.DataFrame, metrics: Sequence[str] = HEADLINE, *, fitted: bool = True) -> pd.DataFrame:
-    """Median |error| per (model, source) and per model over all sources, and saturation disagreements; over the
-    metrics the runs vouch for (``fitted``) or over the ones they mark unfitted."""
+def summary_table(
+    errors: pd.DataFrame, metrics: Sequence[str] = HEADLINE, *, fitted: bool = True
+) -> pd.DataFrame:
+    """Median |error| per (model, source) and per model over all sources, and saturation disagreements; over
+    the metrics the runs vouch for (``fitted``) or over the ones they mark unfitted."""
     rows = []
     for model, group in errors.groupby("perf_model", sort=False):
         for source, part in group.groupby("source", sort=False):
@@ -96,21 +109,30 @@ def summary_table(errors: pd.DataFrame, metrics: Sequence[str] = HEADLINE, *, fi
 
 
 def markdown(table: pd.DataFrame, metrics: Sequence[str] = HEADLINE) -> str:
-    head = "| model | runs from | runs | " + " | ".join(f"{m} median abs err" for m in metrics) + " | saturation disagreements |"
+    head = (
+        "| model | runs from | runs | "
+        + " | ".join(f"{m} median abs err" for m in metrics)
+        + " | saturation disagreements |"
+    )
     lines = [head, "|---" * (len(metrics) + 4) + "|"]
     for _, r in table.iterrows():
         cells = " | ".join("—" if np.isnan(r[m]) else f"{r[m]:.1%}" for m in metrics)
-        lines.append(f"| {r['perf_model']} | {r['source']} | {r['runs']} | {cells} | {r['saturation_disagreements']} |")
+        lines.append(
+            f"| {r['perf_model']} | {r['source']} | {r['runs']} | {cells} | {r['saturation_disagreements']} |"
+        )
     return "\n".join(lines)
 
 
 CALIBRATED_SHOWN = ("calibrated (leave-one-run-out)", "calibrated (in sample)")  # the first the report has
 
 
-def plot(errors: pd.DataFrame, path: Path, metrics: Sequence[str] = ("ttft_mean", "tpot_mean", "e2e_mean",
-                                                                       "e2e_p99")) -> None:  # fmt: skip
-    """Predicted against measured, log-log, one panel per metric, one colour per model (the calibrated model as
-    leave-one-run-out where the report has it); hollow markers for metrics the runs mark unfitted."""
+def plot(
+    errors: pd.DataFrame,
+    path: Path,
+    metrics: Sequence[str] = ("ttft_mean", "tpot_mean", "e2e_mean", "e2e_p99"),
+) -> None:
+    """Predicted against measured, log-log, one panel per metric, one colour per model (the calibrated model
+    as leave-one-run-out where the report has it); hollow markers for metrics the runs mark unfitted."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,11 +154,25 @@ def plot(errors: pd.DataFrame, path: Path, metrics: Sequence[str] = ("ttft_mean"
         for k, model in enumerate(models):
             m = sub[sub["perf_model"] == model]
             fit = m["fitted"].astype(bool)
-            ax.scatter(m.loc[fit, "measured"], m.loc[fit, "predicted"], s=9, alpha=0.6, color=f"C{k}", label=model)
-            ax.scatter(m.loc[~fit, "measured"], m.loc[~fit, "predicted"], s=12, alpha=0.6, facecolors="none",
-                       edgecolors=f"C{k}", label=f"{model} (not fitted)" if (~fit).any() else None)  # fmt: skip
-        ax.set(xscale="log", yscale="log", title=metric.replace("_", " "), xlabel="measured (s)",
-               ylabel="predicted (s)")  # fmt: skip
+            ax.scatter(
+                m.loc[fit, "measured"], m.loc[fit, "predicted"], s=9, alpha=0.6, color=f"C{k}", label=model
+            )
+            ax.scatter(
+                m.loc[~fit, "measured"],
+                m.loc[~fit, "predicted"],
+                s=12,
+                alpha=0.6,
+                facecolors="none",
+                edgecolors=f"C{k}",
+                label=f"{model} (not fitted)" if (~fit).any() else None,
+            )
+        ax.set(
+            xscale="log",
+            yscale="log",
+            title=metric.replace("_", " "),
+            xlabel="measured (s)",
+            ylabel="predicted (s)",
+        )
     np.atleast_1d(axes)[-1].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

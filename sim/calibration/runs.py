@@ -42,8 +42,9 @@ METRICS = tuple(f"{q}_{s}" for q in QUANTITIES for s in STATISTICS)
 
 
 class RunEngine(EngineConfig):
-    """EngineConfig plus the engine arguments that change timing but not scheduling. Batch limits left out take
-    the defaults of the run's vLLM version on its GPU (``vllm_batch_defaults``); prefix caching is on, as in V1."""
+    """EngineConfig plus the engine arguments that change timing but not scheduling. Batch limits left out
+    take the defaults of the run's vLLM version on its GPU (``vllm_batch_defaults``); prefix caching is on, as
+    in V1."""
 
     enforce_eager: bool = False
     max_num_seqs: PositiveInt | None = None  # type: ignore[assignment]
@@ -52,8 +53,8 @@ class RunEngine(EngineConfig):
 
 
 def vllm_batch_defaults(gpu: str, version: str) -> tuple[int, int]:
-    """(max_num_batched_tokens, max_num_seqs) an OpenAI-compatible vLLM V1 server picks when not told: 2048/256
-    up to 0.8; from 0.9 on, 8192/1024 on GPUs of >= 70 GiB other than the A100, else 2048/256
+    """(max_num_batched_tokens, max_num_seqs) an OpenAI-compatible vLLM V1 server picks when not told:
+    2048/256 up to 0.8; from 0.9 on, 8192/1024 on GPUs of >= 70 GiB other than the A100, else 2048/256
     (vllm/engine/arg_utils.py, get_batch_defaults). An unknown version is taken as recent."""
     parts = version.split(".")
     try:
@@ -118,7 +119,9 @@ class MeasuredRun:
     requests: pd.DataFrame
     reported: dict[str, float] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
-    unfitted: tuple[str, ...] = ()  # metrics shown in validation but not fitted on (a protocol we cannot replay)
+    unfitted: tuple[
+        str, ...
+    ] = ()  # metrics shown in validation but not fitted on (a protocol we cannot replay)
 
     def metrics(self) -> dict[str, float]:
         """The measured metrics: computed from the per-request columns where they exist, else as reported."""
@@ -134,15 +137,18 @@ class MeasuredRun:
 
     @property
     def group(self) -> str:
-        """The deployment: runs of one (GPU, model, TP, dtype, replicas) from one source. Leave-one-deployment-out
-        keeps them together, and a fit weighs each deployment equally."""
+        """The deployment: runs of one (GPU, model, TP, dtype, replicas) from one source.
+        Leave-one-deployment-out keeps them together, and a fit weighs each deployment equally."""
         s = self.settings
-        origin = self.source.split()[0].split(":")[0]  # "llm-d/llm-d-benchmark @ ..." -> "llm-d/llm-d-benchmark"
+        origin = self.source.split()[0].split(":")[
+            0
+        ]  # "llm-d/llm-d-benchmark @ ..." -> "llm-d/llm-d-benchmark"
         return f"{origin}:{s.gpu}:{s.model}:tp{s.tp}:{s.dtype}:x{s.replicas}"
 
 
 def request_metrics(df: pd.DataFrame) -> dict[str, float]:
-    """METRICS from per-request ttft_s / e2e_s / output_tokens (TPOT over requests with more than one token)."""
+    """METRICS from per-request ttft_s / e2e_s / output_tokens (TPOT over requests with more than one
+    token)."""
     out: dict[str, float] = {}
     multi = df["output_tokens"] > 1
     tpot = (df.loc[multi, "e2e_s"] - df.loc[multi, "ttft_s"]) / (df.loc[multi, "output_tokens"] - 1)

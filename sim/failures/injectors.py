@@ -63,9 +63,10 @@ STREAM = 0xFA11  # the failure injectors' branch of the scenario seed
 
 
 class InfraTimeout(simpy.Event):
-    """A timeout that fires before ordinary events of the same instant (arrivals, engine iterations), so that a
-    failure at ``t`` is in place before anything else happens at ``t``, whichever was scheduled first. Set up as
-    SimPy's ``Timeout`` does, with ``URGENT`` instead of ``NORMAL`` priority (``Timeout`` takes no priority)."""
+    """A timeout that fires before ordinary events of the same instant (arrivals, engine iterations), so that
+    a failure at ``t`` is in place before anything else happens at ``t``, whichever was scheduled first. Set
+    up as SimPy's ``Timeout`` does, with ``URGENT`` instead of ``NORMAL`` priority (``Timeout`` takes no
+    priority)."""
 
     def __init__(self, env: simpy.Environment, delay: float):
         super().__init__(env)
@@ -98,14 +99,15 @@ class Slowed(PerformanceModel):
 
 
 class Failures:
-    """A scenario's failures in one run. Pass the object in ``simulate(..., processes=[failures])``: called with
-    the environment, pools and request log it installs its hooks at once (before the first arrival) and
+    """A scenario's failures in one run. Pass the object in ``simulate(..., processes=[failures])``: called
+    with the environment, pools and request log it installs its hooks at once (before the first arrival) and
     starts one SimPy process per injector. ``events`` records what was injected, when."""
 
     def __init__(self, cfg: FailuresConfig, *, seed: int):
         self.cfg, self.seed = cfg, cfg.seed if cfg.seed is not None else seed
-        self.truncation = (TRUNCATION_POLICIES.create(cfg.truncation.name, cfg.truncation.params)
-                           if cfg.truncation else None)  # fmt: skip
+        self.truncation = (
+            TRUNCATION_POLICIES.create(cfg.truncation.name, cfg.truncation.params) if cfg.truncation else None
+        )
         self.events: list[dict] = []
         self._started: dict[int, float] = {}  # request id -> when its current attempt began (after a retry)
         self._answers: dict[int, int] = {}  # request id -> answers flagged bad so far
@@ -122,8 +124,10 @@ class Failures:
         for spec in self.cfg.specs:
             if spec.kind in REGION_KINDS:
                 if door is None or spec.region not in door.state:
-                    raise ConfigError(f"failures: {spec.kind} in region {spec.region!r} needs that region in the "
-                                      "scenario's regions: section")  # fmt: skip
+                    raise ConfigError(
+                        f"failures: {spec.kind} in region {spec.region!r} needs that region in the "
+                        "scenario's regions: section"
+                    )
             elif spec.pool not in self.pools:
                 raise ConfigError(f"failures: unknown pool {spec.pool!r}; pools: {', '.join(self.pools)}")
         if self.truncation is not None:
@@ -136,9 +140,14 @@ class Failures:
 
     def _start(self) -> Generator:
         env = self.env
-        run = {"replica_failure": self._replica_failures, "straggler": self._straggler,
-               "coherence": self._coherence, "region_outage": self._region, "network_partition": self._region,
-               "rtt_spike": self._region}  # fmt: skip
+        run = {
+            "replica_failure": self._replica_failures,
+            "straggler": self._straggler,
+            "coherence": self._coherence,
+            "region_outage": self._region,
+            "network_partition": self._region,
+            "rtt_spike": self._region,
+        }
         for k, spec in enumerate(self.cfg.specs):
             env.process(run[spec.kind](spec, np.random.default_rng([self.seed, STREAM, k])))
         yield env.timeout(0)
@@ -147,8 +156,16 @@ class Failures:
         return InfraTimeout(self.env, max(0.0, t - self.env.now))
 
     def _note(self, kind: str, pool: str, replica: int, duration_s: float, **extra) -> None:
-        self.events.append({"time_s": self.env.now, "kind": kind, "pool": pool, "replica": replica,
-                            "duration_s": duration_s, **extra})  # fmt: skip
+        self.events.append(
+            {
+                "time_s": self.env.now,
+                "kind": kind,
+                "pool": pool,
+                "replica": replica,
+                "duration_s": duration_s,
+                **extra,
+            }
+        )
 
     def retry_elsewhere(self, req: Request, region: str, *, max_retries: int, why: str) -> None:
         """Send ``req`` back through the front door, excluding ``region``; after ``max_retries`` it fails."""
@@ -164,8 +181,8 @@ class Failures:
     # -- retries ------------------------------------------------------------------------------------------
 
     def retry(self, pool: Pool, req: Request, *, max_retries: int, why: str, avoid: int = -1) -> None:
-        """Start ``req`` again on ``pool`` (preferring replicas other than ``avoid``), charging the attempt just
-        lost to it; after ``max_retries`` retries it fails with ``why``."""
+        """Start ``req`` again on ``pool`` (preferring replicas other than ``avoid``), charging the attempt
+        just lost to it; after ``max_retries`` retries it fails with ``why``."""
         now = self.env.now
         done = self.log.retries.get(req.id, 0)
         if done >= max_retries:
@@ -199,7 +216,8 @@ class Failures:
                 self.fail_replica(pool, int(rng.choice(up)), spec, timing.duration(rng))
 
     def fail_replica(self, pool: Pool, i: int, spec: ReplicaFailure, repair_s: float) -> None:
-        """Kill replica ``i``; its replacement is acquired now and serves after ``repair_s`` (never when inf)."""
+        """Kill replica ``i``; its replacement is acquired now and serves after ``repair_s`` (never when
+        inf)."""
         seqs = pool.fail_replica(i)
         self._note("replica_failure", pool.name, i, repair_s, requests_retried=len(seqs))
         if repair_s != math.inf:
@@ -272,7 +290,7 @@ class Failures:
             self.retry(target, req, max_retries=math.inf, why="incoherent answer", avoid=i)
         return keep
 
-    # -- regions ------------------------------------------------------------------------------------------------
+    # -- regions ---------------------------------------------------------------------------------------------
 
     def _region(self, spec: RegionOutage | NetworkPartition | RttSpike, rng: np.random.Generator):
         for ep in spec.timing.episodes(rng):  # one target: the next up-time starts when the episode ends
@@ -284,13 +302,15 @@ class Failures:
             yield InfraTimeout(self.env, ep.duration_s)
             self._set_region(spec, ep.duration_s, on=False)
 
-    def _set_region(self, spec: RegionOutage | NetworkPartition | RttSpike, duration_s: float, *, on: bool) -> None:
+    def _set_region(
+        self, spec: RegionOutage | NetworkPartition | RttSpike, duration_s: float, *, on: bool
+    ) -> None:
         state = self.front_door.state
         if isinstance(spec, RttSpike):
             state[spec.region].rtt_multiplier *= spec.multiplier if on else 1.0 / spec.multiplier
         elif isinstance(spec, NetworkPartition):
-            # Both directions: the region's users cannot reach the others, nor theirs the region. Requests already
-            # being served across the cut are left to finish (the front door decides only at routing).
+            # Both directions: the region's users cannot reach the others, nor theirs the region. Requests
+            # already being served across the cut are left to finish (the front door decides only at routing).
             others = spec.unreachable or tuple(r for r in state if r != spec.region)
             for other in others:
                 for a, b in ((other, spec.region), (spec.region, other)):

@@ -1,5 +1,5 @@
-"""The deployments ``fleettwin sim plan`` compares: GPU type x tensor parallelism x precision, each checked to fit
-before anything is simulated, with a closed-form capacity to start the replica search from."""
+"""The deployments ``fleettwin sim plan`` compares: GPU type x tensor parallelism x precision, each checked to
+fit before anything is simulated, with a closed-form capacity to start the replica search from."""
 
 from __future__ import annotations
 
@@ -36,8 +36,12 @@ class Candidate:
     def overrides(self, pool: str) -> dict[str, object]:
         """The ``--set`` paths that turn the scenario's pool into this deployment."""
         p = f"pools.{pool}"
-        return {f"{p}.gpu": self.gpu, f"{p}.tp": self.tp, f"{p}.engine.dtype": self.dtype,
-                f"{p}.engine.kv_cache_dtype": self.kv_cache_dtype}  # fmt: skip
+        return {
+            f"{p}.gpu": self.gpu,
+            f"{p}.tp": self.tp,
+            f"{p}.engine.dtype": self.dtype,
+            f"{p}.engine.kv_cache_dtype": self.kv_cache_dtype,
+        }
 
 
 def parse_dtypes(text: str) -> list[tuple[str, str]]:
@@ -48,8 +52,10 @@ def parse_dtypes(text: str) -> list[tuple[str, str]]:
         kv = kv or weights
         for d in (weights, kv):
             if d not in DTYPES:
-                raise ConfigError(f"--dtype {text!r}: {d!r} is not one of {', '.join(DTYPES)} (WEIGHTS[:KV], "
-                                  "e.g. bf16,fp8 or fp8:bf16)")  # fmt: skip
+                raise ConfigError(
+                    f"--dtype {text!r}: {d!r} is not one of {', '.join(DTYPES)} (WEIGHTS[:KV], "
+                    "e.g. bf16,fp8 or fp8:bf16)"
+                )
         out.append((weights, kv))
     return list(dict.fromkeys(out))
 
@@ -64,7 +70,9 @@ def parse_tp(text: str) -> list[int] | None:
         raise ConfigError(f"--tp {text!r}: expected auto or a list of sizes such as 2,4,8") from None
     bad = [t for t in sizes if t not in TENSOR_PARALLEL_SIZES]
     if bad:
-        raise ConfigError(f"--tp {text!r}: {bad[0]} is not one of {', '.join(map(str, TENSOR_PARALLEL_SIZES))}")
+        raise ConfigError(
+            f"--tp {text!r}: {bad[0]} is not one of {', '.join(map(str, TENSOR_PARALLEL_SIZES))}"
+        )
     return sizes
 
 
@@ -73,9 +81,13 @@ def pool_variant(pool: PoolConfig, c: Candidate) -> PoolConfig:
     return pool.model_copy(update={"gpu": c.gpu, "tp": c.tp, "engine": engine})
 
 
-def enumerate_candidates(cfg: ScenarioConfig, pool: PoolConfig, gpus: Sequence[str], tps: Sequence[int] | None,
-                         dtypes: Sequence[tuple[str, str]]) -> tuple[list[tuple[Candidate, ResolvedPool]],
-                                                                     list[tuple[str, str]]]:  # fmt: skip
+def enumerate_candidates(
+    cfg: ScenarioConfig,
+    pool: PoolConfig,
+    gpus: Sequence[str],
+    tps: Sequence[int] | None,
+    dtypes: Sequence[tuple[str, str]],
+) -> tuple[list[tuple[Candidate, ResolvedPool]], list[tuple[str, str]]]:
     """Every (GPU, TP, precision) whose replica fits, resolved; and (label, reason) for those that do not."""
     catalog = cfg.build_catalog()
     fit: list[tuple[Candidate, ResolvedPool]] = []
@@ -102,21 +114,35 @@ def enumerate_candidates(cfg: ScenarioConfig, pool: PoolConfig, gpus: Sequence[s
     return fit, skipped
 
 
-def replicas_estimate(rp: ResolvedPool, rate: float, mix: dict[str, float], targets: Sequence[Target],
-                      slo_ttft_s: float, slo_tpot_s: float) -> int:  # fmt: skip
-    """Replicas for ``rate`` by the closed form (models/capacity.py) with headroom; 1 when it has no answer."""
+def replicas_estimate(
+    rp: ResolvedPool,
+    rate: float,
+    mix: dict[str, float],
+    targets: Sequence[Target],
+    slo_ttft_s: float,
+    slo_tpot_s: float,
+) -> int:
+    """Replicas for ``rate`` by the closed form (models/capacity.py) with headroom; 1 when it has no
+    answer."""
     per_replica = replica_rate(rp, mix, targets, slo_ttft_s, slo_tpot_s)
     return max(1, math.ceil(rate / per_replica)) if per_replica > 0 else 1
 
 
-def replica_rate(rp: ResolvedPool, mix: dict[str, float], targets: Sequence[Target], slo_ttft_s: float,
-                 slo_tpot_s: float) -> float:  # fmt: skip
+def replica_rate(
+    rp: ResolvedPool, mix: dict[str, float], targets: Sequence[Target], slo_ttft_s: float, slo_tpot_s: float
+) -> float:
     """Requests/s one replica sustains within the targets, by the closed form, times ``ESTIMATE_HEADROOM``."""
     ttft = min([t.limit_s for t in targets if t.metric == "ttft"] or [slo_ttft_s])
     tpot = min([t.limit_s for t in targets if t.metric == "tpot"] or [slo_tpot_s])
     lim = rp.limits
-    cap = replica_capacity(rp.perf, prompt_tokens=mix["prompt_tokens"], output_tokens=mix["output_tokens"],
-                           slo=CapacitySlo(ttft_s=ttft, tpot_s=tpot), kv_tokens=lim.num_blocks * lim.block_size,
-                           gpus=rp.tp, max_num_seqs=lim.max_num_seqs,
-                           max_num_batched_tokens=lim.max_num_batched_tokens)  # fmt: skip
+    cap = replica_capacity(
+        rp.perf,
+        prompt_tokens=mix["prompt_tokens"],
+        output_tokens=mix["output_tokens"],
+        slo=CapacitySlo(ttft_s=ttft, tpot_s=tpot),
+        kv_tokens=lim.num_blocks * lim.block_size,
+        gpus=rp.tp,
+        max_num_seqs=lim.max_num_seqs,
+        max_num_batched_tokens=lim.max_num_batched_tokens,
+    )
     return cap.requests_per_s * ESTIMATE_HEADROOM

@@ -1,7 +1,7 @@
 """Early stop on saturation: end a planning simulation as soon as a percentile target can no longer be met.
 
-An overloaded deployment is the expensive kind to simulate (its queue, and so every later request's wait, keeps
-growing until the arrivals end, then drains) and the planner only needs to know that it fails. A target
+An overloaded deployment is the expensive kind to simulate (its queue, and so every later request's wait,
+keeps growing until the arrivals end, then drains) and the planner only needs to know that it fails. A target
 ``metric_pq <= L`` over ``N`` requests is lost for certain once more than ``(1 - q / 100) * N + 1`` requests
 are late: those that ended late or without completing, plus those still in the system that are already older
 than ``L`` without the event the metric waits for (the first token for TTFT, being scheduled for the queue
@@ -28,8 +28,8 @@ _ARRIVAL, _SCHEDULED, _FIRST, _FINISH, _STATUS = 3, 4, 5, 6, 10
 
 
 class Saturated(Exception):
-    """A target is lost for certain: ``Saturated(message, target label)``. SimPy re-raises a process's exception
-    as ``type(exc)(*exc.args)``, so everything it carries is in ``args``."""
+    """A target is lost for certain: ``Saturated(message, target label)``. SimPy re-raises a process's
+    exception as ``type(exc)(*exc.args)``, so everything it carries is in ``args``."""
 
     @property
     def label(self) -> str:
@@ -39,8 +39,9 @@ class Saturated(Exception):
         return str(self.args[0]) if self.args else ""
 
 
-def early_stop(targets: Sequence[Target], total: int, *, check_s: float = CHECK_S
-               ) -> Callable[[simpy.Environment, list[Pool], RequestLog], Generator]:  # fmt: skip
+def early_stop(
+    targets: Sequence[Target], total: int, *, check_s: float = CHECK_S
+) -> Callable[[simpy.Environment, list[Pool], RequestLog], Generator]:
     """A monitor process for ``run_scenario(monitors=...)`` over a run of ``total`` requests."""
     watched = [t for t in targets if t.metric in EARLY]
 
@@ -56,8 +57,11 @@ def early_stop(targets: Sequence[Target], total: int, *, check_s: float = CHECK_
             for t in watched:
                 late = ended_late[t.key] + sum(1 for a, s, f in pending if _late_pending(t, now, a, s, f))
                 if late > (1 - t.q / 100) * total + 1:
-                    raise Saturated(f"{t.label} cannot be met: {late} of {total} requests are already late at "
-                                    f"t = {now:.0f} s", t.label)  # fmt: skip
+                    raise Saturated(
+                        f"{t.label} cannot be met: {late} of {total} requests are already late at "
+                        f"t = {now:.0f} s",
+                        t.label,
+                    )
 
     return process
 
@@ -83,5 +87,8 @@ def _in_system(pools: list[Pool]) -> Iterator[tuple[float, bool, bool]]:
         for rep in pool.replicas:
             for seq in rep.scheduler.seqs():
                 # NaN != NaN: not yet
-                yield (seq.req.arrival_s, seq.first_scheduled_s == seq.first_scheduled_s,
-                       seq.first_token_s == seq.first_token_s)  # fmt: skip
+                yield (
+                    seq.req.arrival_s,
+                    seq.first_scheduled_s == seq.first_scheduled_s,
+                    seq.first_token_s == seq.first_token_s,
+                )

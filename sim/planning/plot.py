@@ -38,10 +38,20 @@ def plot_plan(result: PlanResult, path: Path) -> Path:
             x = ch.rate if budget_mode else ch.row["usd_per_hour"]
             y = min(ch.row["worst_target_ratio"], CEILING)
             if rank == 0:
-                ax.scatter([x], [y], marker="*", s=260, facecolor="none", edgecolor="black", linewidth=1.2,
-                           label="recommended" if not labels else None)  # fmt: skip
+                ax.scatter(
+                    [x],
+                    [y],
+                    marker="*",
+                    s=260,
+                    facecolor="none",
+                    edgecolor="black",
+                    linewidth=1.2,
+                    label="recommended" if not labels else None,
+                )
             what = f"{ch.replicas} x {names[ch.candidate.label]}" + ("" if budget_mode else f" @ {rate:g}/s")
-            labels.append((x, y, what + (" (runner-up)" if rank else ""), "black" if rank == 0 else "dimgrey"))
+            labels.append(
+                (x, y, what + (" (runner-up)" if rank else ""), "black" if rank == 0 else "dimgrey")
+            )
     ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
     if result.meta.get("budget_usd_h") and not budget_mode:
         ax.axvline(result.meta["budget_usd_h"], color="tab:red", linestyle=":", linewidth=1, label="budget")

@@ -1,9 +1,9 @@
 """One candidate's search, run in a worker process: simulate the points ``models/planning.py`` asks for and
 return one row per simulation.
 
-A point is the scenario with the candidate's pool settings, a replica count and a rate (``workload.rate_scale``
-relative to the scenario's own rate); every point uses the scenario's seed, so points differ only in what
-was changed (common random numbers).
+A point is the scenario with the candidate's pool settings, a replica count and a rate
+(``workload.rate_scale`` relative to the scenario's own rate); every point uses the scenario's seed, so points
+differ only in what was changed (common random numbers).
 """
 
 from __future__ import annotations
@@ -50,19 +50,30 @@ def run_search(task: SearchTask) -> dict:
     t0 = time.perf_counter()
     try:
         if task.replicas is None:
-            found = least_replicas(lambda n: _point(task, n, task.rate, rows), int(task.start), task.max_replicas)
+            found = least_replicas(
+                lambda n: _point(task, n, task.rate, rows), int(task.start), task.max_replicas
+            )
         else:
             found = highest_rate(lambda r: _point(task, task.replicas, r, rows), task.start)
         return {"rows": rows, "best": found.best, "error": "", "wall_s": time.perf_counter() - t0}
     except Exception as exc:  # noqa: BLE001  (reported with the candidate; the other candidates go on)
-        return {"rows": rows, "best": None, "error": f"{type(exc).__name__}: {exc}".strip(),
-                "traceback": traceback.format_exc(limit=-3), "wall_s": time.perf_counter() - t0}  # fmt: skip
+        return {
+            "rows": rows,
+            "best": None,
+            "error": f"{type(exc).__name__}: {exc}".strip(),
+            "traceback": traceback.format_exc(limit=-3),
+            "wall_s": time.perf_counter() - t0,
+        }
 
 
 def point_overrides(task: SearchTask, replicas: int, rate: float) -> dict[str, Any]:
     """The overrides that make the scenario this point (also what recommended.yaml is written from)."""
-    return {**task.fixed, **task.candidate.overrides(task.pool), f"pools.{task.pool}.replicas": replicas,
-            "workload.rate_scale": float(f"{task.base_scale * rate / task.base_rate:.6g}")}  # fmt: skip
+    return {
+        **task.fixed,
+        **task.candidate.overrides(task.pool),
+        f"pools.{task.pool}.replicas": replicas,
+        "workload.rate_scale": float(f"{task.base_scale * rate / task.base_rate:.6g}"),
+    }
 
 
 def _point(task: SearchTask, replicas: int, rate: float, rows: list[dict]) -> bool:
@@ -72,13 +83,21 @@ def _point(task: SearchTask, replicas: int, rate: float, rows: list[dict]) -> bo
     requests = generate_requests(cfg, cfg.seed)
     c = task.candidate
     row: dict[str, Any] = {
-        "rate": rate, "gpu": c.gpu, "tp": c.tp, "dtype": c.dtype, "kv_cache_dtype": c.kv_cache_dtype,
-        "replicas": replicas, "gpus": replicas * c.tp, "usd_per_hour": replicas * c.tp * task.usd_per_gpu_hour,
+        "rate": rate,
+        "gpu": c.gpu,
+        "tp": c.tp,
+        "dtype": c.dtype,
+        "kv_cache_dtype": c.kv_cache_dtype,
+        "replicas": replicas,
+        "gpus": replicas * c.tp,
+        "usd_per_hour": replicas * c.tp * task.usd_per_gpu_hour,
         "requests": len(requests),
-    }  # fmt: skip
+    }
     t0 = time.perf_counter()
     try:
-        summary = run_scenario(cfg, requests=requests, monitors=[early_stop(task.targets, len(requests))]).summary
+        summary = run_scenario(
+            cfg, requests=requests, monitors=[early_stop(task.targets, len(requests))]
+        ).summary
     except Saturated as stop:
         row.update(_stopped(stop))
     else:
@@ -94,23 +113,37 @@ def summary_row(summary: dict) -> dict[str, Any]:
     req = summary["requests"]
     missed = [t["label"] for t in slo["targets"].values() if not t["met"]]
     return {
-        "usd_per_1m_tokens": cost["usd_per_1m_tokens"], "usd_per_1m_output_tokens": cost["usd_per_1m_output_tokens"],
-        "achieved_rps": thr["requests_per_s"], "tokens_per_s": thr["tokens_per_s"],
+        "usd_per_1m_tokens": cost["usd_per_1m_tokens"],
+        "usd_per_1m_output_tokens": cost["usd_per_1m_output_tokens"],
+        "achieved_rps": thr["requests_per_s"],
+        "tokens_per_s": thr["tokens_per_s"],
         "output_tokens_per_s": thr["output_tokens_per_s"],
         **{f"{m}_{q}_s": lat[m][q] for m in ("ttft", "tpot", "e2e") for q in ("p50", "p95", "p99")},
         "completed_fraction": req["completed"] / max(req["total"], 1),
         "worst_target_ratio": worst_ratio(slo["targets"]),
-        "meets_slo": bool(slo["met"]), "missed": "; ".join(missed), "stopped_early": "",
+        "meets_slo": bool(slo["met"]),
+        "missed": "; ".join(missed),
+        "stopped_early": "",
         "perf_model": summary["pools"][0]["perf_model"] if summary.get("pools") else "",
-    }  # fmt: skip
+    }
 
 
 def _stopped(stop: Saturated) -> dict[str, Any]:
     nan = math.nan
-    return {"usd_per_1m_tokens": nan, "usd_per_1m_output_tokens": nan, "achieved_rps": nan, "tokens_per_s": nan,
-            "output_tokens_per_s": nan, **dict.fromkeys(LATENCY_COLUMNS, nan), "completed_fraction": nan,
-            "worst_target_ratio": math.inf, "meets_slo": False, "missed": stop.label,
-            "stopped_early": str(stop), "perf_model": ""}  # fmt: skip
+    return {
+        "usd_per_1m_tokens": nan,
+        "usd_per_1m_output_tokens": nan,
+        "achieved_rps": nan,
+        "tokens_per_s": nan,
+        "output_tokens_per_s": nan,
+        **dict.fromkeys(LATENCY_COLUMNS, nan),
+        "completed_fraction": nan,
+        "worst_target_ratio": math.inf,
+        "meets_slo": False,
+        "missed": stop.label,
+        "stopped_early": str(stop),
+        "perf_model": "",
+    }
 
 
 def worst_ratio(targets: dict) -> float:

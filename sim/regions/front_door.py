@@ -87,8 +87,15 @@ class RegionPools:
 class RegionFrontDoor:
     """Routes each arriving request to a region, delays it by the network, and records where it went."""
 
-    def __init__(self, regions: Sequence[RegionPools], rtt: RttMatrix, router: RegionRouter, *,
-                 prefill_tokens_per_s: dict[str, float], pre_submit: Sequence[PreSubmitStage] = ()):  # fmt: skip
+    def __init__(
+        self,
+        regions: Sequence[RegionPools],
+        rtt: RttMatrix,
+        router: RegionRouter,
+        *,
+        prefill_tokens_per_s: dict[str, float],
+        pre_submit: Sequence[PreSubmitStage] = (),
+    ):
         self.regions = list(regions)
         self.rtt = rtt.subset([r.name for r in self.regions])
         self.router = router
@@ -102,8 +109,14 @@ class RegionFrontDoor:
 
     # -- the arrival process (replaces the runner's) ------------------------------------------------------
 
-    def arrivals(self, env: simpy.Environment, requests: Sequence[Request], pools: list[Pool], log: RequestLog,
-                 arrived: list[int]) -> Generator:  # fmt: skip
+    def arrivals(
+        self,
+        env: simpy.Environment,
+        requests: Sequence[Request],
+        pools: list[Pool],
+        log: RequestLog,
+        arrived: list[int],
+    ) -> Generator:
         self.env, self.log = env, log
         self.pools = {p.name: p for p in pools}
         self._in_flight = {name: [0, 0] for name in self.pools}
@@ -115,7 +128,8 @@ class RegionFrontDoor:
             self.route(req)
 
     def route(self, req: Request, exclude: frozenset[str] = frozenset()) -> None:
-        """Choose a region for ``req`` from its origin and send it there (also for a retry after an outage)."""
+        """Choose a region for ``req`` from its origin and send it there (also for a retry after an
+        outage)."""
         origin = req.region
         if origin is None or origin not in self.state:
             self.log.rejected("-", req, f"origin region {origin!r} is not one of the scenario's regions")
@@ -153,7 +167,9 @@ class RegionFrontDoor:
 
     # -- what the router sees -----------------------------------------------------------------------------
 
-    def _views(self, req: Request, origin: str, exclude: frozenset[str]) -> tuple[list[RegionView], list[str]]:
+    def _views(
+        self, req: Request, origin: str, exclude: frozenset[str]
+    ) -> tuple[list[RegionView], list[str]]:
         views, names = [], []
         src = self.state[origin]
         row = self.rtt.ms[self.rtt.index(origin)]
@@ -172,16 +188,20 @@ class RegionFrontDoor:
                 backlog += rep.scheduler.pending_prefill_tokens()
                 if blocks and rep.prefix_cache is not None:
                     hits = max(hits, rep.prefix_cache.match(blocks))
-            views.append(RegionView(
-                name=region.name,
-                rtt_s=row[k] * (st.rtt_multiplier if st is src else src.rtt_multiplier * st.rtt_multiplier) / 1000,
-                up=st.up and region.name not in exclude and origin not in st.unreachable_from,
-                replicas=len(reps),
-                outstanding=sum(pool.outstanding) + len(pool.queue) + flight[0],
-                backlog_tokens=backlog,
-                prefill_tokens_per_s=len(reps) * self._rate[pool_name],
-                prefix_hits=hits,
-            ))  # fmt: skip
+            views.append(
+                RegionView(
+                    name=region.name,
+                    rtt_s=row[k]
+                    * (st.rtt_multiplier if st is src else src.rtt_multiplier * st.rtt_multiplier)
+                    / 1000,
+                    up=st.up and region.name not in exclude and origin not in st.unreachable_from,
+                    replicas=len(reps),
+                    outstanding=sum(pool.outstanding) + len(pool.queue) + flight[0],
+                    backlog_tokens=backlog,
+                    prefill_tokens_per_s=len(reps) * self._rate[pool_name],
+                    prefix_hits=hits,
+                )
+            )
             names.append(pool_name)
         return views, names
 
@@ -206,15 +226,20 @@ class RegionFrontDoor:
         return df
 
 
-def build_front_door(cfg: RegionsConfig, resolved: Sequence[ResolvedPool],
-                     pre_submit: Sequence[PreSubmitStage] = ()) -> RegionFrontDoor:  # fmt: skip
+def build_front_door(
+    cfg: RegionsConfig, resolved: Sequence[ResolvedPool], pre_submit: Sequence[PreSubmitStage] = ()
+) -> RegionFrontDoor:
     """The front door of a scenario's ``regions:`` section over its resolved pools."""
     by_name = {rp.cfg.name: rp for rp in resolved}
-    regions = [RegionPools(r.name, tuple(r.pools), tuple(by_name[p].llm.id for p in r.pools), r.price_multiplier)
-               for r in cfg.regions]  # fmt: skip
+    regions = [
+        RegionPools(r.name, tuple(r.pools), tuple(by_name[p].llm.id for p in r.pools), r.price_multiplier)
+        for r in cfg.regions
+    ]
     router = REGION_ROUTERS.create(cfg.router.name, cfg.router.params)
     rates = {rp.cfg.name: prefill_tokens_per_s(rp) for rp in resolved}
-    return RegionFrontDoor(regions, cfg.rtt_matrix(), router, prefill_tokens_per_s=rates, pre_submit=pre_submit)
+    return RegionFrontDoor(
+        regions, cfg.rtt_matrix(), router, prefill_tokens_per_s=rates, pre_submit=pre_submit
+    )
 
 
 def prefill_tokens_per_s(rp: ResolvedPool) -> float:
@@ -227,8 +252,9 @@ def prefill_tokens_per_s(rp: ResolvedPool) -> float:
 
 
 def place_users(cfg: RegionsConfig, requests: Sequence[Request], seed: int) -> list[Request]:
-    """The workload's requests with origins and times from the regions' users (``models/regions/workload.py``);
-    unchanged when the section has no ``users`` (the requests must then carry their regions)."""
+    """The workload's requests with origins and times from the regions' users
+    (``models/regions/workload.py``); unchanged when the section has no ``users`` (the requests must then
+    carry their regions)."""
     u = cfg.users
     if u is None:
         return list(requests)
@@ -237,14 +263,29 @@ def place_users(cfg: RegionsConfig, requests: Sequence[Request], seed: int) -> l
     if scale != 1.0:  # regions.<name>.traffic: more (or fewer) users there, the others' unchanged
         requests = reshape(requests, rng=np.random.default_rng([seed, STREAM, 1]), rate_scale=scale)
     return regional_requests(
-        requests, weights, cfg.utc_offsets_h(), np.random.default_rng([seed, STREAM]), duration_s=u.duration_s,
-        day_s=u.day_s, start_utc_h=u.start_utc_h, peak_local_h=u.peak_local_h, peak_to_trough=u.peak_to_trough,
-        session_locality=u.session_locality, key_blocks=u.key_blocks, copies=u.copies,
-    )  # fmt: skip
+        requests,
+        weights,
+        cfg.utc_offsets_h(),
+        np.random.default_rng([seed, STREAM]),
+        duration_s=u.duration_s,
+        day_s=u.day_s,
+        start_utc_h=u.start_utc_h,
+        peak_local_h=u.peak_local_h,
+        peak_to_trough=u.peak_to_trough,
+        session_locality=u.session_locality,
+        key_blocks=u.key_blocks,
+        copies=u.copies,
+    )
 
 
-def region_summary(cfg: RegionsConfig, door: RegionFrontDoor, df: pd.DataFrame, pool_rows: list[dict],
-                   pools: list[Pool], end_s: float) -> dict:  # fmt: skip
+def region_summary(
+    cfg: RegionsConfig,
+    door: RegionFrontDoor,
+    df: pd.DataFrame,
+    pool_rows: list[dict],
+    pools: list[Pool],
+    end_s: float,
+) -> dict:
     """Cross-region traffic, cost with regional prices and egress, the spread of the per-minute p99, the
     prefix-cache hit rate, and one row per region."""
     routed = df[df["region"].notna()]
@@ -261,31 +302,43 @@ def region_summary(cfg: RegionsConfig, door: RegionFrontDoor, df: pd.DataFrame, 
     for r in cfg.regions:
         mine = done[done["origin"] == r.name]
         served = routed[routed["region"] == r.name]
-        per_region.append({
-            "name": r.name, "weight": r.weight, "pools": list(r.pools),
-            "gpus_mean": sum(gpus_of.get(p, 0.0) for p in r.pools),
-            "origin_requests": int((df["origin"] == r.name).sum()), "served_requests": int(len(served)),
-            "served_from_elsewhere": int((served["origin"] != r.name).sum()),
-            "e2e_p50_s": _q(mine["e2e_s"], 50), "e2e_p95_s": _q(mine["e2e_s"], 95),
-            "rtt_mean_ms": 1000 * float(mine["rtt_s"].mean()) if len(mine) else math.nan,
-        })  # fmt: skip
+        per_region.append(
+            {
+                "name": r.name,
+                "weight": r.weight,
+                "pools": list(r.pools),
+                "gpus_mean": sum(gpus_of.get(p, 0.0) for p in r.pools),
+                "origin_requests": int((df["origin"] == r.name).sum()),
+                "served_requests": int(len(served)),
+                "served_from_elsewhere": int((served["origin"] != r.name).sum()),
+                "e2e_p50_s": _q(mine["e2e_s"], 50),
+                "e2e_p95_s": _q(mine["e2e_s"], 95),
+                "rtt_mean_ms": 1000 * float(mine["rtt_s"].mean()) if len(mine) else math.nan,
+            }
+        )
     caches = [r.prefix_cache for p in pools for r in p.replicas if r.prefix_cache is not None]
     return {
-        "router": cfg.router.name, "router_params": dict(cfg.router.params),
+        "router": cfg.router.name,
+        "router_params": dict(cfg.router.params),
         "cross_region_requests": int(len(cross)),
         "cross_region_frac": len(cross) / len(routed) if len(routed) else 0.0,
         "cross_region_gb": gb,
         "rtt_mean_ms": 1000 * float(routed["rtt_s"].mean()) if len(routed) else math.nan,
-        "cost": {"gpu_usd": gpu_usd, "egress_usd": egress_usd, "usd": gpu_usd + egress_usd,
-                 "usd_per_hour": (gpu_usd + egress_usd) / hours},
+        "cost": {
+            "gpu_usd": gpu_usd,
+            "egress_usd": egress_usd,
+            "usd": gpu_usd + egress_usd,
+            "usd_per_hour": (gpu_usd + egress_usd) / hours,
+        },
         "p99_per_minute": minute,
         "prefix_cache": cache_stats(caches),
         "per_region": per_region,
-    }  # fmt: skip
+    }
 
 
 def minute_p99(df: pd.DataFrame, *, min_requests: int = MINUTE_MIN_REQUESTS) -> pd.Series:
-    """The p99 E2E of the completed requests sent in each minute, for minutes with at least ``min_requests``."""
+    """The p99 E2E of the completed requests sent in each minute, for minutes with at least
+    ``min_requests``."""
     done = df[df["status"] == COMPLETED]
     grouped = done.groupby((done["arrival_s"] // 60).astype(int))["e2e_s"]
     p99 = grouped.quantile(0.99)
@@ -298,8 +351,12 @@ def minute_p99_spread(df: pd.DataFrame, *, min_requests: int = MINUTE_MIN_REQUES
     p99 = minute_p99(df, min_requests=min_requests)
     if not len(p99):
         return {"minutes": 0, "var_s2": math.nan, "mean_s": math.nan, "max_s": math.nan}
-    return {"minutes": int(len(p99)), "var_s2": float(p99.var(ddof=0)), "mean_s": float(p99.mean()),
-            "max_s": float(p99.max())}  # fmt: skip
+    return {
+        "minutes": int(len(p99)),
+        "var_s2": float(p99.var(ddof=0)),
+        "mean_s": float(p99.mean()),
+        "max_s": float(p99.max()),
+    }
 
 
 def _q(s: pd.Series, q: float) -> float:

@@ -1,16 +1,16 @@
 """Vector stores and the knowledge fabric as SimPy processes.
 
 A :class:`VectorStore` serves ``servers`` queries at a time from one FIFO queue. Service times are lognormal
-draws from the store's table profile (``models/retrieval/model.py``), and each store has its own seeded generator. A
-hybrid store also runs BM25 in parallel with the dense search. BM25 runs on its own lexical engine, assumed to be
-provisioned separately, so it has no queue here and takes none of the store's slots; the store answers once both
-searches are done.
+draws from the store's table profile (``models/retrieval/model.py``), and each store has its own seeded
+generator. A hybrid store also runs BM25 in parallel with the dense search. BM25 runs on its own lexical
+engine, assumed to be provisioned separately, so it has no queue here and takes none of the store's slots; the
+store answers once both searches are done.
 
 :class:`KnowledgeFabric` turns one RAG query into a route (``models/retrieval/routing.py``). It queries the
 chosen stores in parallel, each waiting in its own queue, and once the slowest of them answers it merges the
 lists. The result is a :class:`RetrievalOutcome`: latency, expected recall, the stores queried and the context
-tokens the prompt gains (k passages × tokens per passage). :class:`RagStage` wraps this as the pre-submit stage
-of the request path: a RAG request retrieves first and is then submitted with the longer prompt. Its
+tokens the prompt gains (k passages × tokens per passage). :class:`RagStage` wraps this as the pre-submit
+stage of the request path: a RAG request retrieves first and is then submitted with the longer prompt. Its
 ``arrival_s`` is not changed, so TTFT and E2E include the retrieval time.
 """
 
@@ -43,16 +43,27 @@ _ROUTER, _TAGS = 10_000, 20_000  # sub-streams of STREAM beside the stores' 0, 1
 class VectorStore:
     """One vector store: ``servers`` parallel queries, a FIFO queue, lognormal service times."""
 
-    def __init__(self, env: simpy.Environment, name: str, profile: StoreProfile, *, servers: int,
-                 rng: np.random.Generator, hybrid: HybridConfig | None = None):  # fmt: skip
+    def __init__(
+        self,
+        env: simpy.Environment,
+        name: str,
+        profile: StoreProfile,
+        *,
+        servers: int,
+        rng: np.random.Generator,
+        hybrid: HybridConfig | None = None,
+    ):
         self.env = env
         self.name = name
         self.profile = profile
         self.servers = servers
         self.rng = rng
         self.dense = profile.latency_s
-        self.lexical = (Lognormal.from_quantiles(hybrid.lexical_ms_p50 / 1000.0, hybrid.lexical_ms_p95 / 1000.0)
-                        if hybrid else None)  # fmt: skip
+        self.lexical = (
+            Lognormal.from_quantiles(hybrid.lexical_ms_p50 / 1000.0, hybrid.lexical_ms_p95 / 1000.0)
+            if hybrid
+            else None
+        )
         self.resource = simpy.Resource(env, capacity=servers)
         self.arrived = self.served = 0
         self.busy_s = 0.0  # summed service time: utilisation = busy_s / (servers x elapsed)
@@ -97,23 +108,40 @@ class RetrievalOutcome:
 class KnowledgeFabric:
     """Stores by domain behind a retrieval router; ``retrieve`` is a SimPy process returning the outcome."""
 
-    def __init__(self, env: simpy.Environment, stores: Sequence[VectorStore], views: Sequence[StoreView],
-                 router: RetrievalRouter, *, rng: np.random.Generator, k: int = 10, tokens_per_passage: int = 128,
-                 locality: float = 1.0, merge_s: float = 0.0):  # fmt: skip
+    def __init__(
+        self,
+        env: simpy.Environment,
+        stores: Sequence[VectorStore],
+        views: Sequence[StoreView],
+        router: RetrievalRouter,
+        *,
+        rng: np.random.Generator,
+        k: int = 10,
+        tokens_per_passage: int = 128,
+        locality: float = 1.0,
+        merge_s: float = 0.0,
+    ):
         if len(stores) != len(views):
             raise ValueError("one view per store")
         router.check(views)
         self.env = env
         self.stores, self.views, self.router = list(stores), list(views), router
         self.rng = rng
-        self.k, self.tokens_per_passage, self.locality, self.merge_s = k, tokens_per_passage, locality, merge_s
+        self.k, self.tokens_per_passage, self.locality, self.merge_s = (
+            k,
+            tokens_per_passage,
+            locality,
+            merge_s,
+        )
         self.outcomes: list[RetrievalOutcome] = []
 
     @property
     def context_tokens(self) -> int:
         return self.k * self.tokens_per_passage
 
-    def retrieve(self, request_id: int, topic: str | None) -> Generator[simpy.Event, object, RetrievalOutcome]:
+    def retrieve(
+        self, request_id: int, topic: str | None
+    ) -> Generator[simpy.Event, object, RetrievalOutcome]:
         env = self.env
         start = env.now
         plan = self.router.plan(topic, self.views, self.rng)
@@ -124,13 +152,19 @@ class KnowledgeFabric:
         if len(plan.stores) > 1 and self.merge_s > 0:
             yield env.timeout(self.merge_s)
         outcome = RetrievalOutcome(
-            request_id=request_id, topic=topic, start_s=start, latency_s=env.now - start,
+            request_id=request_id,
+            topic=topic,
+            start_s=start,
+            latency_s=env.now - start,
             recall=merged_recall(topic, plan.stores, self.views, self.locality),
-            stores=tuple(self.stores[i].name for i in plan.stores), fanned_out=plan.fanned_out,
+            stores=tuple(self.stores[i].name for i in plan.stores),
+            fanned_out=plan.fanned_out,
             predicted=plan.predicted,
-            misrouted=not plan.fanned_out and all(self.views[i].domain not in (topic, ALL_DOMAINS) for i in plan.stores),
-            max_wait_s=max(waits), context_tokens=self.context_tokens,
-        )  # fmt: skip
+            misrouted=not plan.fanned_out
+            and all(self.views[i].domain not in (topic, ALL_DOMAINS) for i in plan.stores),
+            max_wait_s=max(waits),
+            context_tokens=self.context_tokens,
+        )
         self.outcomes.append(outcome)
         return outcome
 
@@ -141,26 +175,49 @@ class KnowledgeFabric:
         return df
 
 
-def build_fabric(env: simpy.Environment, cfg: RetrievalConfig, *, seed: int,
-                 model: RetrievalModel | None = None) -> KnowledgeFabric:  # fmt: skip
+def build_fabric(
+    env: simpy.Environment, cfg: RetrievalConfig, *, seed: int, model: RetrievalModel | None = None
+) -> KnowledgeFabric:
     """The stores and router of a ``retrieval:`` section, each store on its own branch of ``seed``."""
-    stores = [VectorStore(env, s.name, s.profile(model), servers=s.servers, hybrid=s.hybrid,
-                          rng=np.random.default_rng([seed, STREAM, i])) for i, s in enumerate(cfg.stores)]  # fmt: skip
+    stores = [
+        VectorStore(
+            env,
+            s.name,
+            s.profile(model),
+            servers=s.servers,
+            hybrid=s.hybrid,
+            rng=np.random.default_rng([seed, STREAM, i]),
+        )
+        for i, s in enumerate(cfg.stores)
+    ]
     router = RETRIEVAL_ROUTERS.create(cfg.router.name, cfg.router.params)
-    return KnowledgeFabric(env, stores, cfg.views(model), router, rng=np.random.default_rng([seed, STREAM, _ROUTER]),
-                           k=cfg.k, tokens_per_passage=cfg.tokens_per_passage, locality=cfg.locality,
-                           merge_s=cfg.merge_ms / 1000.0)  # fmt: skip
+    return KnowledgeFabric(
+        env,
+        stores,
+        cfg.views(model),
+        router,
+        rng=np.random.default_rng([seed, STREAM, _ROUTER]),
+        k=cfg.k,
+        tokens_per_passage=cfg.tokens_per_passage,
+        locality=cfg.locality,
+        merge_s=cfg.merge_ms / 1000.0,
+    )
 
 
 def tag_requests(cfg: RetrievalConfig, requests: Sequence[Request], seed: int) -> list[Request]:
-    """The scenario's RAG requests: ``rag_fraction`` of them, with topics from ``topic_mix`` (own seed stream)."""
-    return tag_rag(requests, fraction=cfg.rag_fraction, topic_mix=cfg.topics(),
-                   rng=np.random.default_rng([seed, STREAM, _TAGS]))  # fmt: skip
+    """The scenario's RAG requests: ``rag_fraction`` of them, with topics from ``topic_mix`` (own seed
+    stream)."""
+    return tag_rag(
+        requests,
+        fraction=cfg.rag_fraction,
+        topic_mix=cfg.topics(),
+        rng=np.random.default_rng([seed, STREAM, _TAGS]),
+    )
 
 
 class RagStage:
-    """A pre-submit stage (``sim/stages.py``): a RAG request retrieves, then goes on with its prompt grown by the
-    retrieved context; other requests pass straight through without any delay.
+    """A pre-submit stage (``sim/stages.py``): a RAG request retrieves, then goes on with its prompt grown by
+    the retrieved context; other requests pass straight through without any delay.
 
     The fabric is built on the first call, in that call's environment, so the stage can be handed to the
     simulator before the environment exists. ``pending`` holds the requests retrieving right now (the stage
@@ -191,8 +248,16 @@ class RagStage:
             return {}
         df = self.fabric.outcomes_frame()
         lat = df["latency_s"].to_numpy()
-        return {"queries": len(df), "p50_s": float(np.percentile(lat, 50)), "p95_s": float(np.percentile(lat, 95)),
-                "recall_at_10": float(df["recall"].mean()), "stores_queried_mean": float(df["stores_queried"].mean()),
-                "context_tokens": self.fabric.context_tokens, "router": self.cfg.router.name,
-                "stores": {s.name: {"queries": s.served, "busy_s": s.busy_s, "servers": s.servers}
-                           for s in self.fabric.stores}}  # fmt: skip
+        return {
+            "queries": len(df),
+            "p50_s": float(np.percentile(lat, 50)),
+            "p95_s": float(np.percentile(lat, 95)),
+            "recall_at_10": float(df["recall"].mean()),
+            "stores_queried_mean": float(df["stores_queried"].mean()),
+            "context_tokens": self.fabric.context_tokens,
+            "router": self.cfg.router.name,
+            "stores": {
+                s.name: {"queries": s.served, "busy_s": s.busy_s, "servers": s.servers}
+                for s in self.fabric.stores
+            },
+        }

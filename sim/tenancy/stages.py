@@ -87,8 +87,14 @@ def tenant_stages(cfg: TenantsConfig, seed: int) -> list[PreSubmitStage]:
     stages: list[PreSubmitStage] = []
     g = cfg.gateway
     if g is not None and (g.fixed_ms > 0 or g.per_token_us > 0 or g.reject_rate > 0):
-        stages.append(GatewayStage(fixed_s=g.fixed_ms / 1e3, per_token_s=g.per_token_us / 1e6,
-                                   reject_rate=g.reject_rate, rng=np.random.default_rng([seed, STREAM])))  # fmt: skip
+        stages.append(
+            GatewayStage(
+                fixed_s=g.fixed_ms / 1e3,
+                per_token_s=g.per_token_us / 1e6,
+                reject_rate=g.reject_rate,
+                rng=np.random.default_rng([seed, STREAM]),
+            )
+        )
     tenancy = cfg.tenancy()
     if any(t.quotas.has_rate_limits for t in tenancy.tenants):
         stages.append(QuotaStage(tenancy))
@@ -159,12 +165,13 @@ def tenant_summary(cfg: TenantsConfig, df: pd.DataFrame, slo: Slo, duration_s: f
         mine = df[df["tenant"] == name]
         reasons = mine["reason"].astype(str)
         out[name] = {
-            "weight": t.weight if t else 1.0, "priority": t.priority if t else 0,
+            "weight": t.weight if t else 1.0,
+            "priority": t.priority if t else 0,
             "slo_class": t.slo_class if t else None,
             **latency_summary(mine, tslo, duration_s),
             "rejected_by_quota": int(reasons.str.startswith(QUOTA_REASON).sum()),
             "rejected_by_gateway": int(reasons.str.startswith(GATEWAY_REASON).sum()),
-        }  # fmt: skip
+        }
     return out
 
 
@@ -174,4 +181,3 @@ def tag_tenants(df: pd.DataFrame, requests: Sequence[Request]) -> pd.DataFrame:
     tenant = {r.id: r.tenant for r in requests}
     df["tenant"] = df["id"].map(tenant).fillna("default")
     return df
-

@@ -86,8 +86,13 @@ class Actuator:
         want = targets.get(key, 0)
         have = (len(pool.routable) + len(pool.provisioning)) * meta.tp + fleet.pending(name)
         if want > have:
-            fleet.order(name, meta.key, (want - have) // meta.tp, meta.tp,
-                        lambda units: pool.scale_up(units, meta.provisioning_delay_s))  # fmt: skip
+            fleet.order(
+                name,
+                meta.key,
+                (want - have) // meta.tp,
+                meta.tp,
+                lambda units: pool.scale_up(units, meta.provisioning_delay_s),
+            )
         elif want < have:
             replicas = math.ceil((have - want) / meta.tp)  # end at or below the target
             replicas -= fleet.cancel(name, replicas * meta.tp) // meta.tp
@@ -101,8 +106,13 @@ class Actuator:
         want = targets.get(jp.key, 0)
         have = jp.held + fleet.pending(name) + sum(jp.incoming.values())
         if want > have:
-            fleet.order(name, (jp.gpu, jp.purchase, jp.region), want - have, 1,
-                        lambda units: jp.add_own(units, fleet.acquire_s))  # fmt: skip
+            fleet.order(
+                name,
+                (jp.gpu, jp.purchase, jp.region),
+                want - have,
+                1,
+                lambda units: jp.add_own(units, fleet.acquire_s),
+            )
             return
         excess = have - want
         excess -= fleet.cancel(name, excess)

@@ -35,17 +35,34 @@ def build_jobs(cfg: JobsConfig, seed: int) -> list[SimJob]:
             for _ in range(s.count):
                 at = t + (rng.uniform(0, s.jitter_s) if s.jitter_s else 0.0)
                 work = rng.uniform(*s.work_gpu_h) if isinstance(s.work_gpu_h, tuple) else s.work_gpu_h
-                jobs.append(SimJob(
-                    id=f"{s.name}-{n}", pool=s.pool, tier=tiers[s.pool], min_gpus=s.min_gpus, max_gpus=s.max_gpus,
-                    work_gpu_s=work * 3600.0, submitted_s=at, checkpoint_s=s.checkpoint_s, restore_s=s.restore_s,
-                    deadline_s=at + s.deadline_h * 3600.0 if s.deadline_h is not None else None,
-                    scaling=s.scaling, priority=s.priority, stream=s.name))  # fmt: skip
+                jobs.append(
+                    SimJob(
+                        id=f"{s.name}-{n}",
+                        pool=s.pool,
+                        tier=tiers[s.pool],
+                        min_gpus=s.min_gpus,
+                        max_gpus=s.max_gpus,
+                        work_gpu_s=work * 3600.0,
+                        submitted_s=at,
+                        checkpoint_s=s.checkpoint_s,
+                        restore_s=s.restore_s,
+                        deadline_s=at + s.deadline_h * 3600.0 if s.deadline_h is not None else None,
+                        scaling=s.scaling,
+                        priority=s.priority,
+                        stream=s.name,
+                    )
+                )
                 n += 1
     return jobs
 
 
-def build_fleet(cfg: ScenarioConfig, resolved: Sequence[ResolvedPool], catalog: Catalog, seed: int,
-                controller: Controller | None) -> Fleet | None:  # fmt: skip
+def build_fleet(
+    cfg: ScenarioConfig,
+    resolved: Sequence[ResolvedPool],
+    catalog: Catalog,
+    seed: int,
+    controller: Controller | None,
+) -> Fleet | None:
     """The fleet of a scenario with job pools or a controller (None otherwise: nothing to account for); a
     controller is given the fleet and, when the scenario asks, the arrival history from before t = 0."""
     if cfg.jobs is None and controller is None:
@@ -59,33 +76,68 @@ def build_fleet(cfg: ScenarioConfig, resolved: Sequence[ResolvedPool], catalog: 
     else:  # no controller: the pools keep their size; the fleet only accounts (and runs the jobs)
         metas, inventory = [], []
         for rp in resolved:
-            metas.append(ControlledPool(name=rp.cfg.name, gpu=rp.gpu.id, model=rp.llm.id, tp=rp.tp,
-                                        purchase=rp.cfg.purchase, slo=Slo(ttft_s=cfg.slo.ttft_s, tpot_s=cfg.slo.tpot_s),
-                                        provisioning_delay_s=0.0))  # fmt: skip
-            inventory.append(InventoryItem(gpu=rp.gpu.id, purchase=rp.cfg.purchase, limit=DEFAULT_LIMIT,
-                                           price_usd_h=rp.price_per_gpu_hour))  # fmt: skip
+            metas.append(
+                ControlledPool(
+                    name=rp.cfg.name,
+                    gpu=rp.gpu.id,
+                    model=rp.llm.id,
+                    tp=rp.tp,
+                    purchase=rp.cfg.purchase,
+                    slo=Slo(ttft_s=cfg.slo.ttft_s, tpot_s=cfg.slo.tpot_s),
+                    provisioning_delay_s=0.0,
+                )
+            )
+            inventory.append(
+                InventoryItem(
+                    gpu=rp.gpu.id,
+                    purchase=rp.cfg.purchase,
+                    limit=DEFAULT_LIMIT,
+                    price_usd_h=rp.price_per_gpu_hour,
+                )
+            )
     prov = ctl.provisioning if ctl else None
-    metas = [ControlledPool(**{**m.__dict__, "load_s": weight_load_s(rp.llm.weight_bytes(), rp.tp,
-                                                                     storage_gbps=prov.storage_gbps)})
-             if prov else m for m, rp in zip(metas, resolved, strict=True)]  # fmt: skip
-    specs = [JobPoolSpec(name=p.name, tier=p.tier, gpu=p.gpu, purchase=p.purchase, gpus=p.gpus)
-             for p in (cfg.jobs.pools if cfg.jobs else [])]  # fmt: skip
+    metas = [
+        ControlledPool(
+            **{
+                **m.__dict__,
+                "load_s": weight_load_s(rp.llm.weight_bytes(), rp.tp, storage_gbps=prov.storage_gbps),
+            }
+        )
+        if prov
+        else m
+        for m, rp in zip(metas, resolved, strict=True)
+    ]
+    specs = [
+        JobPoolSpec(name=p.name, tier=p.tier, gpu=p.gpu, purchase=p.purchase, gpus=p.gpus)
+        for p in (cfg.jobs.pools if cfg.jobs else [])
+    ]
     items = {(i.gpu, i.purchase, i.region): i for i in inventory}
     limits = ctl.gpu_limits if ctl else {}
     for s in specs:
         if s.key not in items:
             gpu = catalog.gpu(s.gpu)
             price = gpu.price_spot_usd_h if s.purchase == "spot" else gpu.price_on_demand_usd_h
-            items[s.key] = InventoryItem(gpu=s.gpu, purchase=s.purchase, limit=limits.get(s.gpu, DEFAULT_LIMIT),
-                                         price_usd_h=price, provisioning_delay_s=prov.acquire_s if prov else 0.0)
-    fleet = Fleet(inference=metas, job_specs=specs, jobs=build_jobs(cfg.jobs, seed) if cfg.jobs else [],
-                  limits={k: i.limit for k, i in items.items()}, acquire_s=prov.acquire_s if prov else 0.0,
-                  prices={(i.gpu, i.purchase): i.price_usd_h for i in items.values()})  # fmt: skip
+            items[s.key] = InventoryItem(
+                gpu=s.gpu,
+                purchase=s.purchase,
+                limit=limits.get(s.gpu, DEFAULT_LIMIT),
+                price_usd_h=price,
+                provisioning_delay_s=prov.acquire_s if prov else 0.0,
+            )
+    fleet = Fleet(
+        inference=metas,
+        job_specs=specs,
+        jobs=build_jobs(cfg.jobs, seed) if cfg.jobs else [],
+        limits={k: i.limit for k, i in items.items()},
+        acquire_s=prov.acquire_s if prov else 0.0,
+        prices={(i.gpu, i.purchase): i.price_usd_h for i in items.values()},
+    )
     if controller is not None:
         controller.pools, controller.inventory, controller.fleet = metas, list(items.values()), fleet
         if ctl is not None and (ctl.prior_history_s > 0 or ctl.prior_history_path):
-            controller.prior_history = {metas[0].name: prior_history(cfg, controller.interval_s,
-                                                                     ctl.prior_history_s)}
+            controller.prior_history = {
+                metas[0].name: prior_history(cfg, controller.interval_s, ctl.prior_history_s)
+            }
     return fleet
 
 
@@ -98,16 +150,25 @@ def prior_history(cfg: ScenarioConfig, bucket_s: float, span_s: float) -> list[f
         from fleettwin.models.workload.traces import resolve_path
 
         path = resolve_path(ctl.prior_history_path, cfg.base_dir)
-        return history_from_counts(str(path), bucket_s=bucket_s, span_s=span_s or None, scale=ctl.prior_history_scale)
+        return history_from_counts(
+            str(path), bucket_s=bucket_s, span_s=span_s or None, scale=ctl.prior_history_scale
+        )
     source = cfg.workload_source()
     if not hasattr(source, "rate_history"):
-        raise ConfigError(f"controller.prior_history_s: workload {cfg.workload.name!r} has no history before "
-                          "t = 0 (use a rate_series workload, or set prior_history_s: 0)")
+        raise ConfigError(
+            f"controller.prior_history_s: workload {cfg.workload.name!r} has no history before "
+            "t = 0 (use a rate_series workload, or set prior_history_s: 0)"
+        )
     return source.rate_history(bucket_s, span_s)
 
 
-def add_tier_summary(summary: dict, fleet: Fleet, raw: RawRun, resolved: Sequence[ResolvedPool],
-                     controller: Controller | None = None) -> None:
+def add_tier_summary(
+    summary: dict,
+    fleet: Fleet,
+    raw: RawRun,
+    resolved: Sequence[ResolvedPool],
+    controller: Controller | None = None,
+) -> None:
     """Add the job pools to the run's cost and the GPU utilisation across tiers to ``summary``.
 
     ``gpu_util`` = busy GPU-seconds / held GPU-seconds over every pool: an inference replica is busy while it
@@ -116,8 +177,10 @@ def add_tier_summary(summary: dict, fleet: Fleet, raw: RawRun, resolved: Sequenc
     not while idle). ``summary["tiers"]`` has the per-tier numbers.
     """
     end = raw.end_s
-    tiers = {t: {"gpu_hours": 0.0, "busy_gpu_hours": 0.0, "cost_usd": 0.0} for t in
-             ("inference", "training", "operational")}  # fmt: skip
+    tiers = {
+        t: {"gpu_hours": 0.0, "busy_gpu_hours": 0.0, "cost_usd": 0.0}
+        for t in ("inference", "training", "operational")
+    }
     for rp, pool in zip(resolved, raw.pools, strict=True):
         held = rp.tp * pool.replica_seconds(end) / 3600
         busy = rp.tp * sum(min(r.busy_time(end), end) for r in pool.replicas) / 3600
@@ -160,8 +223,10 @@ def hourly_gpus(held: list[tuple[float, str, str, int]], end: float) -> dict[str
         if t not in seen:
             seen.add(t)
             ticks[h] += 1
-    return {tier: [float(x) if n else None for x, n in zip(v / np.maximum(ticks, 1), ticks, strict=True)]
-            for tier, v in sums.items()}  # fmt: skip
+    return {
+        tier: [float(x) if n else None for x, n in zip(v / np.maximum(ticks, 1), ticks, strict=True)]
+        for tier, v in sums.items()
+    }
 
 
 def _by_gpu(resolved: Sequence[ResolvedPool], raw: RawRun, detail: dict, end: float) -> dict[str, float]:

@@ -80,7 +80,8 @@ class Fleet:
 
     # ---- set-up --------------------------------------------------------------------------------------
     def attach(self, env: simpy.Environment, pools: list[Pool]) -> None:
-        """Bind to the running simulation (idempotent: the controller and the arrival process both call it)."""
+        """Bind to the running simulation (idempotent: the controller and the arrival process both call
+        it)."""
         if self.env is not None:
             return
         self.env = env
@@ -95,8 +96,10 @@ class Fleet:
         for spec in self.job_specs:
             jp = self.job_pools[spec.name]
             if spec.gpus > self.free(spec.key):
-                raise ValueError(f"job pool {spec.name} starts with {spec.gpus} {spec.gpu} GPUs but only "
-                                 f"{self.free(spec.key)} of the inventory are free")
+                raise ValueError(
+                    f"job pool {spec.name} starts with {spec.gpus} {spec.gpu} GPUs but only "
+                    f"{self.free(spec.key)} of the inventory are free"
+                )
             jp.add_own(spec.gpus)
         self.check()
 
@@ -165,12 +168,14 @@ class Fleet:
             held = self.held(key)
             self.max_held[key] = max(self.max_held[key], held)
             if held > self.limits.get(key, 0):
-                raise AssertionError(f"the fleet holds {held} {key} GPUs; the inventory has {self.limits.get(key, 0)}")
+                raise AssertionError(
+                    f"the fleet holds {held} {key} GPUs; the inventory has {self.limits.get(key, 0)}"
+                )
 
     # ---- loans ---------------------------------------------------------------------------------------
     def lend_replicas(self, src: str, dst: str, replicas: int) -> int:
-        """Drain ``replicas`` ready replicas of inference pool ``src``; each one's GPUs move to job pool ``dst``
-        when it has finished its requests (nothing is dropped). Returns the replicas drained."""
+        """Drain ``replicas`` ready replicas of inference pool ``src``; each one's GPUs move to job pool
+        ``dst`` when it has finished its requests (nothing is dropped). Returns the replicas drained."""
         pool, meta, jp = self.pools[src], self.meta(src), self.job_pools[dst]
         self._lend_now = dst
         try:
@@ -202,7 +207,8 @@ class Fleet:
 
     # ---- results -------------------------------------------------------------------------------------
     def summary(self, end: float) -> dict:
-        """Per job pool: GPU-hours held and busy, cost, jobs and their outcomes; the inventory's high-water mark."""
+        """Per job pool: GPU-hours held and busy, cost, jobs and their outcomes; the inventory's high-water
+        mark."""
         out = {"job_pools": [], "max_held": {"/".join(k): n for k, n in sorted(self.max_held.items())}}
         for jp in self.job_pools.values():
             out["job_pools"].append(job_pool_summary(jp, end, self.prices.get(jp.key, 0.0)))
@@ -210,16 +216,24 @@ class Fleet:
 
 
 def job_pool_summary(jp: JobPool, end: float, price: float) -> dict:
-    """A job pool's results as of ``end``: GPU-hours held and computing, cost, work done and lost, deadlines."""
+    """A job pool's results as of ``end``: GPU-hours held and computing, cost, work done and lost,
+    deadlines."""
     held_h = jp.held_gpu_s(end) / 3600
     per_job = [j.at(end) for j in jp.jobs]
     busy_h = sum(r["busy"] for r in per_job) / 3600
     due = [j for j in jp.jobs if j.deadline_s is not None and j.deadline_s <= end]
     missed = [j for j in due if j.finished_s is None or j.finished_s > j.deadline_s + 1e-9]  # type: ignore[operator]
     return {
-        "name": jp.name, "tier": jp.tier, "gpu": jp.gpu, "purchase": jp.purchase,
-        "gpu_hours": held_h, "busy_gpu_hours": busy_h, "busy_fraction": busy_h / held_h if held_h else 0.0,
-        "cost_usd": held_h * price, "usd_per_gpu_hour": price, "max_gpus": jp.max_held,
+        "name": jp.name,
+        "tier": jp.tier,
+        "gpu": jp.gpu,
+        "purchase": jp.purchase,
+        "gpu_hours": held_h,
+        "busy_gpu_hours": busy_h,
+        "busy_fraction": busy_h / held_h if held_h else 0.0,
+        "cost_usd": held_h * price,
+        "usd_per_gpu_hour": price,
+        "max_gpus": jp.max_held,
         "gpus_mean": jp.held_gpu_s(end) / end if end > 0 else 0.0,
         "jobs_submitted": sum(j.submitted_s < end for j in jp.jobs),
         "jobs_finished": sum(j.finished_s is not None and j.finished_s <= end for j in jp.jobs),
@@ -227,6 +241,7 @@ def job_pool_summary(jp: JobPool, end: float, price: float) -> dict:
         "work_lost_gpu_hours": sum(r["lost"] for r in per_job) / 3600,
         "restore_gpu_hours": sum(r["restoring"] for r in per_job) / 3600,
         "preemptions": sum(1 for t, *_ in jp.preempted if t <= end),
-        "deadlines_due": len(due), "deadlines_missed": len(missed),
+        "deadlines_due": len(due),
+        "deadlines_missed": len(missed),
         "deadline_miss_fraction": len(missed) / len(due) if due else 0.0,
-    }  # fmt: skip
+    }

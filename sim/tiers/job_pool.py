@@ -39,8 +39,15 @@ class _Order:
 
 
 class JobPool:
-    def __init__(self, env: simpy.Environment, name: str, tier: JobTier, gpu: str, purchase: Purchase = "on_demand",
-                 region: str = "default"):  # fmt: skip
+    def __init__(
+        self,
+        env: simpy.Environment,
+        name: str,
+        tier: JobTier,
+        gpu: str,
+        purchase: Purchase = "on_demand",
+        region: str = "default",
+    ):
         self.env, self.name, self.tier = env, name, tier
         self.gpu, self.purchase, self.region = gpu, purchase, region
         self.own = 0  # own active GPUs
@@ -196,7 +203,8 @@ class JobPool:
 
     def preempt(self, job_id: str, gpus: int, *, reason: str, reschedule: bool = True) -> int:
         """Take ``gpus`` GPUs from a running job: all (or leaving it below its minimum) stops it and queues it
-        again; fewer restarts it smaller at once (from its checkpoint, paying the restore). Returns GPUs freed."""
+        again; fewer restarts it smaller at once (from its checkpoint, paying the restore). Returns GPUs
+        freed."""
         job = self.job(job_id)
         if job is None or not job.running or gpus <= 0:
             return 0
@@ -215,8 +223,8 @@ class JobPool:
         return held - keep
 
     def schedule(self) -> None:
-        """Start queued jobs on idle GPUs; grow at once the running jobs that would miss their deadline at their
-        size; widen the jobs just started; plan the growth of the others at their next checkpoint."""
+        """Start queued jobs on idle GPUs; grow at once the running jobs that would miss their deadline at
+        their size; widen the jobs just started; plan the growth of the others at their next checkpoint."""
         if self.hold:
             return
         now = self.env.now
@@ -231,7 +239,11 @@ class JobPool:
         for job in sorted(self.running, key=self._order):  # late: growing now beats missing the deadline
             short = self._short(job, now)
             bigger = job.gpus + min(short, self.idle)
-            if short > 0 and job not in started and self._restart_finish(job, now, bigger) < job.finish_time():
+            if (
+                short > 0
+                and job not in started
+                and self._restart_finish(job, now, bigger) < job.finish_time()
+            ):
                 self._restart(job, bigger)
         for job in started:  # not computing yet: widening costs nothing
             extra = min(self._available(job, now), job.max_gpus - job.gpus)
@@ -266,7 +278,8 @@ class JobPool:
         return max(0, min(job.max_gpus, self._need(job, now)) - job.gpus)
 
     def _available(self, job: SimJob, now: float) -> int:
-        """Idle GPUs ``job`` may take: those not wanted by jobs ahead of it that are short of their deadline."""
+        """Idle GPUs ``job`` may take: those not wanted by jobs ahead of it that are short of their
+        deadline."""
         ahead = [j for j in sorted(self.running, key=self._order) if self._order(j) < self._order(job)]
         return max(0, self.idle - sum(self._short(j, now) for j in ahead))
 
@@ -338,7 +351,9 @@ class JobPool:
         for owner, n in sorted(self.incoming.items()):
             if n:
                 out.append(GpuGroup(gpu=g, purchase=u, state="provisioning", count=n, lent_from=owner))
-        return PoolState(name=self.name, tier=self.tier, region=self.region, gpu=g, purchase=u, gpus=tuple(out))
+        return PoolState(
+            name=self.name, tier=self.tier, region=self.region, gpu=g, purchase=u, gpus=tuple(out)
+        )
 
     def jobs_state(self, now: float) -> list:
         """The seam's view of the jobs waiting or running here."""

@@ -172,7 +172,8 @@ class SimJob:
 
     # ---- outcomes ------------------------------------------------------------------------------------
     def missed(self, now: float) -> bool | None:
-        """Whether the deadline was missed (``None``: no deadline, or it has not passed and the job runs on)."""
+        """Whether the deadline was missed (``None``: no deadline, or it has not passed and the job runs
+        on)."""
         if self.deadline_s is None:
             return None
         if self.done:
@@ -182,9 +183,19 @@ class SimJob:
 
     def snapshot(self, now: float) -> Job:
         """The seam's view of this job."""
-        return Job(id=self.id, pool=self.pool, tier=self.tier, state="running" if self.running else "queued",
-                   gpus=self.gpus, min_gpus=self.min_gpus, max_gpus=self.max_gpus,
-                   remaining_gpu_s=self.remaining_gpu_s(now), submitted_s=self.submitted_s,
-                   started_s=self.run_start_s if self.running else self.started_s, deadline_s=self.deadline_s,
-                   last_checkpoint_s=self.last_checkpoint_s(now), restore_s=self.restore_s,
-                   priority=self.priority)  # fmt: skip
+        return Job(
+            id=self.id,
+            pool=self.pool,
+            tier=self.tier,
+            state="running" if self.running else "queued",
+            gpus=self.gpus,
+            min_gpus=self.min_gpus,
+            max_gpus=self.max_gpus,
+            remaining_gpu_s=self.remaining_gpu_s(now),
+            submitted_s=self.submitted_s,
+            started_s=self.run_start_s if self.running else self.started_s,
+            deadline_s=self.deadline_s,
+            last_checkpoint_s=self.last_checkpoint_s(now),
+            restore_s=self.restore_s,
+            priority=self.priority,
+        )

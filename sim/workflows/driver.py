@@ -59,8 +59,10 @@ if TYPE_CHECKING:
     from fleettwin.sim.regions.front_door import RegionFrontDoor
     from fleettwin.sim.retrieval.rag import RagStage
 
-_ID, _STATUS, _FINISH, _PROMPT, _OUTPUT, _REASON = (RequestLog.COLUMNS.index(c) for c in (
-    "id", "status", "finish_s", "prompt_tokens", "output_tokens", "reason"))  # fmt: skip
+_ID, _STATUS, _FINISH, _PROMPT, _OUTPUT, _REASON = (
+    RequestLog.COLUMNS.index(c)
+    for c in ("id", "status", "finish_s", "prompt_tokens", "output_tokens", "reason")
+)
 
 
 class _Run:
@@ -75,14 +77,23 @@ class _Run:
 class WorkflowDriver:
     """Runs workflow instances inside one simulation (a ``RequestSpawner`` for ``simulate``)."""
 
-    def __init__(self, instances: Sequence[WorkflowInstance], *, first_id: int, tenant: str = "default",
-                 rag: RagStage | None = None, door: RegionFrontDoor | None = None,
-                 origins: Sequence[str | None] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        instances: Sequence[WorkflowInstance],
+        *,
+        first_id: int,
+        tenant: str = "default",
+        rag: RagStage | None = None,
+        door: RegionFrontDoor | None = None,
+        origins: Sequence[str | None] | None = None,
+    ):
         self.runs = [_Run(w, origins[k] if origins else None) for k, w in enumerate(instances)]
         self.tenant, self.rag, self.door = tenant, rag, door
         self._next_id = first_id
         self._to_arrive = len(self.runs)
-        self._timers = 0  # tool calls, retrievals and return legs under way: progress without a request log row
+        self._timers = (
+            0  # tool calls, retrievals and return legs under way: progress without a request log row
+        )
         self._by_request: dict[int, tuple[_Run, int]] = {}
         self.requests: list[Request] = []  # every request created, in order
         self.env: simpy.Environment | None = None
@@ -98,7 +109,7 @@ class WorkflowDriver:
         """True while workflows are still to arrive or a node is running outside the request path."""
         return self._to_arrive > 0 or self._timers > 0
 
-    # -- running nodes -----------------------------------------------------------------------------------------
+    # -- running nodes ---------------------------------------------------------------------------------------
 
     def _arrivals(self):
         env = self.env
@@ -117,8 +128,17 @@ class WorkflowDriver:
         if node.kind == LLM:
             rid = self._next_id
             self._next_id += 1
-            req = Request(id=rid, arrival_s=now, prompt_tokens=node.prompt_tokens, output_tokens=node.output_tokens,
-                          model=node.model, tenant=self.tenant, region=run.origin, topic=node.topic, rag=node.rag)  # fmt: skip
+            req = Request(
+                id=rid,
+                arrival_s=now,
+                prompt_tokens=node.prompt_tokens,
+                output_tokens=node.output_tokens,
+                model=node.model,
+                tenant=self.tenant,
+                region=run.origin,
+                topic=node.topic,
+                rag=node.rag,
+            )
             self._by_request[rid] = (run, i)
             self.log.on_outcome[rid] = self._on_outcome
             self.requests.append(req)
@@ -128,8 +148,11 @@ class WorkflowDriver:
             env.process(self._retrieve(run, i))
         elif node.kind == TOOL:
             self._timers += 1
-            env.timeout(node.delay_s).callbacks.append(lambda _: self._timer_done(run, i, NodeOutcome(
-                status=COMPLETED, start_s=now, end_s=self.env.now)))  # fmt: skip
+            env.timeout(node.delay_s).callbacks.append(
+                lambda _: self._timer_done(
+                    run, i, NodeOutcome(status=COMPLETED, start_s=now, end_s=self.env.now)
+                )
+            )
         else:
             raise AssertionError(f"unknown node kind {node.kind!r}")
 
@@ -149,15 +172,26 @@ class WorkflowDriver:
         """The request of an LLM node ended (any status), as the request log records it."""
         run, i = self._by_request.pop(row[_ID])
         start = run.progress.started[i]
-        common = {"start_s": start, "prompt_tokens": row[_PROMPT], "output_tokens": row[_OUTPUT],
-                  "request_id": row[_ID], "reason": row[_REASON]}  # fmt: skip
+        common = {
+            "start_s": start,
+            "prompt_tokens": row[_PROMPT],
+            "output_tokens": row[_OUTPUT],
+            "request_id": row[_ID],
+            "reason": row[_REASON],
+        }
         if row[_STATUS] != COMPLETED:
             status = UNFINISHED if row[_STATUS] == UNFINISHED else FAILED
             self._settle(run, i, NodeOutcome(status=status, **common))
             return
-        back = self.door.records[row[_ID]][2] / 2 if self.door is not None and row[_ID] in self.door.records else 0.0
+        back = (
+            self.door.records[row[_ID]][2] / 2
+            if self.door is not None and row[_ID] in self.door.records
+            else 0.0
+        )
         outcome = NodeOutcome(status=COMPLETED, end_s=row[_FINISH] + back, **common)
-        wait = outcome.end_s - self.env.now  # the network back, and the API server's latency in the row's finish
+        wait = (
+            outcome.end_s - self.env.now
+        )  # the network back, and the API server's latency in the row's finish
         if wait > 0:  # the answer still has to reach the orchestrator
             self._timers += 1
             self.env.timeout(wait).callbacks.append(lambda _: self._timer_done(run, i, outcome))
@@ -168,7 +202,7 @@ class WorkflowDriver:
         for c in run.progress.settle(i, outcome):
             self._start(run, c)
 
-    # -- results -------------------------------------------------------------------------------------------------
+    # -- results ---------------------------------------------------------------------------------------------
 
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(one row per workflow, one row per node)."""
@@ -177,8 +211,10 @@ class WorkflowDriver:
             out = run.progress.outcomes()
             wf.append(workflow_row(run.inst, out))
             nodes += node_rows(run.inst, out)
-        return (pd.DataFrame.from_records(wf, columns=list(WORKFLOW_COLUMNS)),
-                pd.DataFrame.from_records(nodes, columns=list(NODE_COLUMNS)))  # fmt: skip
+        return (
+            pd.DataFrame.from_records(wf, columns=list(WORKFLOW_COLUMNS)),
+            pd.DataFrame.from_records(nodes, columns=list(NODE_COLUMNS)),
+        )
 
     def annotate(self, df: pd.DataFrame) -> pd.DataFrame:
         """The request table with the ``workflow`` (-1: not a workflow's) and ``node`` of each request."""
@@ -211,11 +247,14 @@ def workflow_summary(wf: pd.DataFrame, nodes: pd.DataFrame) -> dict:
         "e2e_s": percentiles(done["e2e_s"]),
         "critical_path_nodes_mean": float(done["critical_path_nodes"].mean()) if len(done) else float("nan"),
         "critical_path_s_mean": cp_total / n if len(done) else float("nan"),
-        "critical_path_share": {k: float(done[f"critical_{k}_s"].sum()) / cp_total if cp_total > 0 else float("nan")
-                                for k in (LLM, RETRIEVAL, TOOL)},  # fmt: skip
+        "critical_path_share": {
+            k: float(done[f"critical_{k}_s"].sum()) / cp_total if cp_total > 0 else float("nan")
+            for k in (LLM, RETRIEVAL, TOOL)
+        },
         "top_critical_paths": [{"path": p, "share": float(c) / n} for p, c in paths.head(3).items()],
         "calls_per_workflow": float((done["llm_calls"] + done["retrieval_calls"] + done["tool_calls"]).mean())
-        if len(done) else float("nan"),
+        if len(done)
+        else float("nan"),
         "llm_calls_per_workflow": float(done["llm_calls"].mean()) if len(done) else float("nan"),
         "tokens_in_per_workflow": float(done["tokens_in"].mean()) if len(done) else float("nan"),
         "tokens_out_per_workflow": float(done["tokens_out"].mean()) if len(done) else float("nan"),
@@ -224,8 +263,9 @@ def workflow_summary(wf: pd.DataFrame, nodes: pd.DataFrame) -> dict:
     }
 
 
-def build_workflows(cfg: ScenarioConfig, seed: int, *, first_id: int, rag: RagStage | None,
-                    door: RegionFrontDoor | None) -> WorkflowDriver:  # fmt: skip
+def build_workflows(
+    cfg: ScenarioConfig, seed: int, *, first_id: int, rag: RagStage | None, door: RegionFrontDoor | None
+) -> WorkflowDriver:
     """The driver of a scenario's ``workflows:`` section: its instances (``sample_instances`` with the run's
     seed, retrieved context of ``retrieval.k x tokens_per_passage``) and, behind a regions front door, each
     workflow's origin drawn by the regions' weights (own seed stream)."""
@@ -239,4 +279,6 @@ def build_workflows(cfg: ScenarioConfig, seed: int, *, first_id: int, rag: RagSt
         rng = np.random.default_rng([seed, STREAM, ORIGIN_STREAM])
         p = w / w.sum() if w.sum() > 0 else None  # no weights (no users section): every region alike
         origins = [names[k] for k in rng.choice(len(names), size=len(instances), p=p)]
-    return WorkflowDriver(instances, first_id=first_id, tenant=wcfg.tenant, rag=rag, door=door, origins=origins)
+    return WorkflowDriver(
+        instances, first_id=first_id, tenant=wcfg.tenant, rag=rag, door=door, origins=origins
+    )

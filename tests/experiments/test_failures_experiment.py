@@ -13,7 +13,9 @@ from fleettwin.experiments.failures import CASES, failure_window, load_case, p99
 
 
 def table(e2e_by_minute: dict[int, float], per_minute: int = 20) -> pd.DataFrame:
-    rows = [(m * 60.0 + 60.0 * k / per_minute, e) for m, e in e2e_by_minute.items() for k in range(per_minute)]
+    rows = [
+        (m * 60.0 + 60.0 * k / per_minute, e) for m, e in e2e_by_minute.items() for k in range(per_minute)
+    ]
     return pd.DataFrame(rows, columns=["arrival_s", "e2e_s"])
 
 

@@ -31,20 +31,59 @@ LIMIT = 10
 
 SCENARIO = {
     "name": "random-tiers",
-    "workload": {"type": "poisson", "rate": 6, "duration_s": 400, "lengths": {"type": "fixed", "prompt": 100,
-                                                                              "output": 30}},
-    "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 2,
-               "perf_model": {"name": "constant", "params": {"step_s": 0.02, "per_decode_seq_s": 1e-4}}}],
-    "jobs": {"pools": [{"name": "train", "tier": "training", "gpu": "h100-80g", "gpus": 2},
-                       {"name": "ops", "tier": "operational", "gpu": "h100-80g"}],
-             "streams": [{"name": "pre", "pool": "train", "at_s": [0, 60], "min_gpus": 1, "max_gpus": 4,
-                          "work_gpu_h": 100, "checkpoint_s": 40, "restore_s": 5, "scaling": 0.8},
-                         {"name": "ev", "pool": "ops", "every_s": 50, "until_s": 300, "min_gpus": 1,
-                          "max_gpus": 3, "work_gpu_h": [0.01, 0.05], "deadline_h": 0.05, "checkpoint_s": 20,
-                          "restore_s": 3}]},
-    "controller": {"allocator": {"name": "random_test"}, "interval_s": 15, "gpu_limits": {"h100-80g": LIMIT},
-                   "provisioning": {"acquire_s": 7, "storage_gbps": 4}},
-}  # fmt: skip
+    "workload": {
+        "type": "poisson",
+        "rate": 6,
+        "duration_s": 400,
+        "lengths": {"type": "fixed", "prompt": 100, "output": 30},
+    },
+    "pools": [
+        {
+            "name": "chat",
+            "gpu": "h100-80g",
+            "model": "llama-3-8b",
+            "replicas": 2,
+            "perf_model": {"name": "constant", "params": {"step_s": 0.02, "per_decode_seq_s": 1e-4}},
+        }
+    ],
+    "jobs": {
+        "pools": [
+            {"name": "train", "tier": "training", "gpu": "h100-80g", "gpus": 2},
+            {"name": "ops", "tier": "operational", "gpu": "h100-80g"},
+        ],
+        "streams": [
+            {
+                "name": "pre",
+                "pool": "train",
+                "at_s": [0, 60],
+                "min_gpus": 1,
+                "max_gpus": 4,
+                "work_gpu_h": 100,
+                "checkpoint_s": 40,
+                "restore_s": 5,
+                "scaling": 0.8,
+            },
+            {
+                "name": "ev",
+                "pool": "ops",
+                "every_s": 50,
+                "until_s": 300,
+                "min_gpus": 1,
+                "max_gpus": 3,
+                "work_gpu_h": [0.01, 0.05],
+                "deadline_h": 0.05,
+                "checkpoint_s": 20,
+                "restore_s": 3,
+            },
+        ],
+    },
+    "controller": {
+        "allocator": {"name": "random_test"},
+        "interval_s": 15,
+        "gpu_limits": {"h100-80g": LIMIT},
+        "provisioning": {"acquire_s": 7, "storage_gbps": 4},
+    },
+}
 
 
 class RandomAllocator:
@@ -63,14 +102,21 @@ class RandomAllocator:
         jobs = [p for p in snap.pools if p.tier != "inference"]
         for job in snap.jobs:  # preempt some running jobs (all or part)
             if job.state == "running" and rng.random() < 0.15:
-                plan.preemptions[job.id] = Preemption(job_id=job.id, pool=job.pool, reason="random",
-                                                      gpus=int(rng.integers(1, job.gpus + 1)), job_gpus=job.gpus)
+                plan.preemptions[job.id] = Preemption(
+                    job_id=job.id,
+                    pool=job.pool,
+                    reason="random",
+                    gpus=int(rng.integers(1, job.gpus + 1)),
+                    job_gpus=job.gpus,
+                )
         back = 0
         for p in jobs:  # reclaim some borrowed GPUs (they count in chat's target)
             n = p.borrowed_from("chat", H100)
             if n and rng.random() < 0.4:
                 k = int(rng.integers(1, n + 1))
-                plan.lends.append(Lend(from_pool=p.name, to_pool="chat", gpu=H100[0], count=k, kind="reclaim"))
+                plan.lends.append(
+                    Lend(from_pool=p.name, to_pool="chat", gpu=H100[0], count=k, kind="reclaim")
+                )
                 back += k
         for pool in [chat, *jobs]:
             low = max(1, back) if pool is chat else 0
@@ -121,8 +167,9 @@ def test_gpus_are_conserved_across_tiers_and_no_request_is_lost_under_random_dec
     assert len(df) == n and set(df["status"]) <= {"completed", "rejected"}
     # the books balance: held GPUs are what the pools hold, and no job computes on more than its pool holds
     chat = raw.pools[0]
-    assert fleet.held(("h100-80g", "on_demand", "default")) == \
-        chat.replicas_held + sum(jp.held for jp in fleet.job_pools.values())  # fmt: skip
+    assert fleet.held(("h100-80g", "on_demand", "default")) == chat.replicas_held + sum(
+        jp.held for jp in fleet.job_pools.values()
+    )
     end = raw.end_s
     for jp in fleet.job_pools.values():
         assert jp.busy_gpu_s(end) <= jp.held_gpu_s(end) + 1e-6
@@ -135,14 +182,35 @@ def test_gpus_are_conserved_across_tiers_and_no_request_is_lost_under_random_dec
 # ------------------------------------------------------------------------------------------ experiment
 
 TINY = {  # a half-hour, 2 req/s version of the quick run: the whole experiment in seconds
-    "workload.duration_s": 1800, "workload.mean_rate": 2, "pools.0.replicas": 2,
+    "workload.duration_s": 1800,
+    "workload.mean_rate": 2,
+    "pools.0.replicas": 2,
     "controller.gpu_limits": {"h100-80g": 40},
     "jobs.streams": [
-        {"name": "pretrain", "pool": "train", "at_s": [0], "min_gpus": 2, "max_gpus": 4, "work_gpu_h": 100,
-         "checkpoint_s": 300, "restore_s": 60},
-        {"name": "eval", "pool": "ops", "at_s": [300, 600], "jitter_s": 60, "min_gpus": 1, "max_gpus": 4,
-         "work_gpu_h": [0.5, 1.5], "deadline_h": 0.3, "checkpoint_s": 300, "restore_s": 30}],
-}  # fmt: skip
+        {
+            "name": "pretrain",
+            "pool": "train",
+            "at_s": [0],
+            "min_gpus": 2,
+            "max_gpus": 4,
+            "work_gpu_h": 100,
+            "checkpoint_s": 300,
+            "restore_s": 60,
+        },
+        {
+            "name": "eval",
+            "pool": "ops",
+            "at_s": [300, 600],
+            "jitter_s": 60,
+            "min_gpus": 1,
+            "max_gpus": 4,
+            "work_gpu_h": [0.5, 1.5],
+            "deadline_h": 0.3,
+            "checkpoint_s": 300,
+            "restore_s": 30,
+        },
+    ],
+}
 
 
 def test_same_seed_gives_the_same_results_table(tmp_path):
@@ -154,9 +222,16 @@ def test_same_seed_gives_the_same_results_table(tmp_path):
     assert list(a.results["policy"]) == ["unified", "static", "reactive", "forecast", "milp"]
     pd.testing.assert_frame_equal(a.results, b.results)
     paths = write_experiment(a, tmp_path / "a")
-    assert (tmp_path / "a" / "results.csv").read_text() == \
-        (write_experiment(b, tmp_path / "b")[0]).read_text()  # fmt: skip
-    assert {p.name for p in paths} >= {"results.csv", "report.md", "meta.json", "details.csv", "gpus_by_tier.png"}
+    assert (tmp_path / "a" / "results.csv").read_text() == (
+        write_experiment(b, tmp_path / "b")[0]
+    ).read_text()
+    assert {p.name for p in paths} >= {
+        "results.csv",
+        "report.md",
+        "meta.json",
+        "details.csv",
+        "gpus_by_tier.png",
+    }
     assert "40-55 %" in a.report_md and "| forecast |" in a.report_md
     r = a.results.set_index("policy")
     assert (r["slo_attainment"] > 0.9).all() and (r["gpu_util"] <= 1).all()
@@ -168,8 +243,10 @@ def test_static_takes_unifieds_peaks():
 
     class Res:
         summary = {"pools": [{"name": "chat"}], "tiers": {"job_pools": [{"name": "t", "tier": "training"}]}}
-        decisions = [{"targets": [{"pool": "chat", "gpus": 6}, {"pool": "t", "gpus": 2}]},
-                     {"targets": [{"pool": "chat", "gpus": 10}, {"pool": "t", "gpus": 1}]}]
+        decisions = [
+            {"targets": [{"pool": "chat", "gpus": 6}, {"pool": "t", "gpus": 2}]},
+            {"targets": [{"pool": "chat", "gpus": 10}, {"pool": "t", "gpus": 1}]},
+        ]
 
     assert static_from(Res()) == {"total_gpus": 12, "shares": {"inference": 10 / 12, "training": 2 / 12}}
 
@@ -177,8 +254,13 @@ def test_static_takes_unifieds_peaks():
 def test_hourly_p95_ttft_cv_by_hand():
     from fleettwin.experiments.multitier import cv, hourly_p95_ttft
 
-    df = pd.DataFrame({"arrival_s": [10.0, 20.0, 3700.0, 3800.0, 7300.0], "status": ["completed"] * 4 + ["rejected"],
-                       "ttft_s": [1.0, 1.0, 3.0, 3.0, 99.0]})  # fmt: skip
+    df = pd.DataFrame(
+        {
+            "arrival_s": [10.0, 20.0, 3700.0, 3800.0, 7300.0],
+            "status": ["completed"] * 4 + ["rejected"],
+            "ttft_s": [1.0, 1.0, 3.0, 3.0, 99.0],
+        }
+    )
     hourly = hourly_p95_ttft(df)
     assert list(hourly) == [1.0, 3.0]  # hour 2 has no completed request
     assert cv(hourly) == pytest.approx(0.5)  # std 1 (population) / mean 2
@@ -190,8 +272,13 @@ SERVEGEN = ROOT / "traces" / "servegen_m_small" / "requests_per_10min.csv"
 
 
 def rate_series(**kw):
-    params = {"path": str(SERVEGEN), "start_s": 691200, "duration_s": 3600, "scale": 0.01,
-              "lengths": {"type": "fixed", "prompt": 10, "output": 10}} | kw
+    params = {
+        "path": str(SERVEGEN),
+        "start_s": 691200,
+        "duration_s": 3600,
+        "scale": 0.01,
+        "lengths": {"type": "fixed", "prompt": 10, "output": 10},
+    } | kw
     return WORKLOADS.create("rate_series", params)
 
 
@@ -217,9 +304,10 @@ def test_rate_series_gaps_and_errors():
     with pytest.raises(ConfigError, match="outside the series"):
         rate_series(start_s=846000 + 600)
     with pytest.raises(ConfigError, match="exactly one of mean_rate and scale"):
-        WORKLOADS.create("rate_series", {"path": str(SERVEGEN), "duration_s": 60, "lengths": {"type": "fixed",
-                                                                                               "prompt": 1,
-                                                                                               "output": 1}})
+        WORKLOADS.create(
+            "rate_series",
+            {"path": str(SERVEGEN), "duration_s": 60, "lengths": {"type": "fixed", "prompt": 1, "output": 1}},
+        )
 
 
 # ------------------------------------------------------------------------------------------ capacity
@@ -227,8 +315,11 @@ def test_rate_series_gaps_and_errors():
 
 def test_a_measured_capacity_replaces_the_closed_form_for_its_replica_shape():
     plain = CapacityModel().replica("h100-80g", "llama-3-70b", tp=2, prompt_tokens=1237, output_tokens=221)
-    model = CapacityModel(ALLOCATORS.get("forecast").Params.model_fields["capacity"].annotation(
-        measured={"h100-80g/llama-3-70b/2": 1.55}))
+    model = CapacityModel(
+        ALLOCATORS.get("forecast")
+        .Params.model_fields["capacity"]
+        .annotation(measured={"h100-80g/llama-3-70b/2": 1.55})
+    )
     cap = model.replica("h100-80g", "llama-3-70b", tp=2, prompt_tokens=1237, output_tokens=221)
     assert (cap.requests_per_s, cap.limit, cap.gpus) == (1.55, "measured", 2)
     assert cap.tokens_per_s == pytest.approx(plain.tokens_per_s * 1.55 / plain.requests_per_s)
@@ -241,7 +332,12 @@ def test_a_measured_capacity_replaces_the_closed_form_for_its_replica_shape():
 def test_closed_form_capacity_is_above_the_simulated_knee_by_a_bounded_margin():
     from fleettwin.sim.capacity_probe import measure_knee
 
-    lengths = {"type": "empirical", "path": "traces/azure2023_conv/AzureLLMInferenceTrace_conv.csv", "format": "azure"}
-    knee = measure_knee({"gpu": "h100-80g", "model": "llama-3-8b", "tp": 1}, lengths, ttft_s=2.0, tpot_s=0.1,
-                        base_dir=ROOT)  # fmt: skip
+    lengths = {
+        "type": "empirical",
+        "path": "traces/azure2023_conv/AzureLLMInferenceTrace_conv.csv",
+        "format": "azure",
+    }
+    knee = measure_knee(
+        {"gpu": "h100-80g", "model": "llama-3-8b", "tp": 1}, lengths, ttft_s=2.0, tpot_s=0.1, base_dir=ROOT
+    )
     assert 0.8 <= knee.ratio <= 1.0  # measured 23.1 vs 25.7 req/s (docs/experiments/multitier.md)

@@ -129,8 +129,9 @@ def test_unreachable_backend_is_an_unhealthy_record_not_an_exception():
 
 def test_view_routes_among_healthy_backends_with_pending_requests():
     def rec(url, running, waiting, kv, healthy=True):
-        return BackendMetrics(url=url, scraped_at=0.0, healthy=healthy, running=running, waiting=waiting,
-                              kv_usage=kv)  # fmt: skip
+        return BackendMetrics(
+            url=url, scraped_at=0.0, healthy=healthy, running=running, waiting=waiting, kv_usage=kv
+        )
 
     scraped = [rec("a", 4, 0, 0.9), BackendMetrics.unhealthy("b", 0.0, "down"), rec("c", 2, 1, 0.1)]
     view = BackendSetView(scraped, pending={"c": 2})

@@ -1,6 +1,7 @@
 """The live workflow executor against emulators on loopback: dependencies respected (a node starts only after
-its parents ended), exact token counts reach the server, the simulator's columns and instances, failures and the
-drain deadline, the trace of a workflow, `fleettwin live loadgen --workflows`; the hybrid retriever's rankings."""
+its parents ended), exact token counts reach the server, the simulator's columns and instances, failures and
+the drain deadline, the trace of a workflow, `fleettwin live loadgen --workflows`; the hybrid retriever's
+rankings."""
 
 from __future__ import annotations
 
@@ -26,18 +27,52 @@ from fleettwin.models.workflows.templates import WorkflowsConfig, sample_instanc
 
 ROOT = Path(__file__).parents[2]
 LIMITS = EngineLimits(num_blocks=1024, max_num_seqs=32, max_num_batched_tokens=2048, max_model_len=2048)
-SPEC = EmulatorSpec(served_model_name="emu", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=0.002)))
-AGENT = {"arrivals": {"type": "poisson", "rate": 20, "duration_s": 1}, "templates": [{"name": "agent", "nodes": [
-    {"id": "plan", "kind": "llm", "lengths": {"type": "uniform", "prompt_min": 20, "prompt_max": 200,
-                                              "output_min": 2, "output_max": 12}},
-    {"id": "search", "kind": "retrieval", "after": ["plan"], "fanout": {"min": 1, "max": 3}},
-    {"id": "read", "kind": "llm", "after": ["search"], "branch_of": "search",
-     "lengths": {"type": "fixed", "prompt": 30, "output": 6}},
-    {"id": "lookup", "kind": "tool", "after": ["plan"], "delay": {"type": "uniform", "min_s": 0.0, "max_s": 0.05},
-     "result_tokens": 7},
-    {"id": "answer", "kind": "llm", "rag": True, "after": ["read", "lookup"], "lengths": {"type": "fixed", "prompt": 10,
-                                                                                         "output": 4}},
-]}]}  # fmt: skip
+SPEC = EmulatorSpec(
+    served_model_name="emu", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=0.002))
+)
+AGENT = {
+    "arrivals": {"type": "poisson", "rate": 20, "duration_s": 1},
+    "templates": [
+        {
+            "name": "agent",
+            "nodes": [
+                {
+                    "id": "plan",
+                    "kind": "llm",
+                    "lengths": {
+                        "type": "uniform",
+                        "prompt_min": 20,
+                        "prompt_max": 200,
+                        "output_min": 2,
+                        "output_max": 12,
+                    },
+                },
+                {"id": "search", "kind": "retrieval", "after": ["plan"], "fanout": {"min": 1, "max": 3}},
+                {
+                    "id": "read",
+                    "kind": "llm",
+                    "after": ["search"],
+                    "branch_of": "search",
+                    "lengths": {"type": "fixed", "prompt": 30, "output": 6},
+                },
+                {
+                    "id": "lookup",
+                    "kind": "tool",
+                    "after": ["plan"],
+                    "delay": {"type": "uniform", "min_s": 0.0, "max_s": 0.05},
+                    "result_tokens": 7,
+                },
+                {
+                    "id": "answer",
+                    "kind": "llm",
+                    "rag": True,
+                    "after": ["read", "lookup"],
+                    "lengths": {"type": "fixed", "prompt": 10, "output": 4},
+                },
+            ],
+        }
+    ],
+}
 
 
 @pytest.fixture(scope="module")
@@ -86,18 +121,41 @@ def test_nodes_start_after_their_parents_and_every_call_reaches_a_server(retriev
 
 
 def test_a_failed_call_skips_its_descendants_and_the_drain_deadline_leaves_nodes_unfinished(retriever):
-    cfg = WorkflowsConfig.model_validate({"arrivals": {"type": "times", "at_s": [0.0]}, "templates": [
-        {"name": "t", "nodes": [
-            {"id": "big", "kind": "llm", "lengths": {"type": "fixed", "prompt": 5000, "output": 4}},
-            {"id": "after", "kind": "llm", "after": ["big"], "lengths": {"type": "fixed", "prompt": 5, "output": 2}},
-            {"id": "slow", "kind": "tool", "delay": {"type": "fixed", "s": 30}}]}]})  # fmt: skip
+    cfg = WorkflowsConfig.model_validate(
+        {
+            "arrivals": {"type": "times", "at_s": [0.0]},
+            "templates": [
+                {
+                    "name": "t",
+                    "nodes": [
+                        {
+                            "id": "big",
+                            "kind": "llm",
+                            "lengths": {"type": "fixed", "prompt": 5000, "output": 4},
+                        },
+                        {
+                            "id": "after",
+                            "kind": "llm",
+                            "after": ["big"],
+                            "lengths": {"type": "fixed", "prompt": 5, "output": 2},
+                        },
+                        {"id": "slow", "kind": "tool", "delay": {"type": "fixed", "s": 30}},
+                    ],
+                }
+            ],
+        }
+    )
     with serve_in_thread(SPEC) as a:
         wf, nodes = execute(sample_instances(cfg, 0), [a.url], retriever, drain_timeout_s=1.0)
     by = nodes.set_index("node")
     assert by.loc["big", "status"] == "failed" and "maximum context length" in by.loc["big", "reason"]
     assert by.loc["after", "status"] == "skipped" and math.isnan(by.loc["after", "start_s"])
     assert by.loc["slow", "status"] == "unfinished" and by.loc["slow", "start_s"] >= 0
-    assert wf.loc[0, "status"] == "failed" and wf.loc[0, "failed_nodes"] == "big" and wf.loc[0, "skipped_nodes"] == 1
+    assert (
+        wf.loc[0, "status"] == "failed"
+        and wf.loc[0, "failed_nodes"] == "big"
+        and wf.loc[0, "skipped_nodes"] == 1
+    )
 
 
 def test_a_workflow_is_one_trace_from_its_root_to_the_emulator(retriever):
@@ -126,10 +184,32 @@ def test_loadgen_command_runs_the_scenarios_workflows(tmp_path, capsys):
     out = tmp_path / "live.parquet"
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    (corpus / "a.md").write_text("\n\n".join(p.text for p in load_corpus(ROOT / "docs")[:40]))  # a quick index
+    (corpus / "a.md").write_text(
+        "\n\n".join(p.text for p in load_corpus(ROOT / "docs")[:40])
+    )  # a quick index
     with serve_in_thread(SPEC) as a:
-        assert main(["loadgen", "--workflows", str(scenario), "--targets", a.url, "--duration", "1.5",
-                     "--speedup", "8", "--max-workflows", "3", "--corpus", str(corpus), "--out", str(out)]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "loadgen",
+                    "--workflows",
+                    str(scenario),
+                    "--targets",
+                    a.url,
+                    "--duration",
+                    "1.5",
+                    "--speedup",
+                    "8",
+                    "--max-workflows",
+                    "3",
+                    "--corpus",
+                    str(corpus),
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
     wf, nodes = pd.read_parquet(out), pd.read_parquet(tmp_path / "live_nodes.parquet")
     assert 1 <= len(wf) <= 3 and set(nodes["workflow"]) == set(wf["workflow"])
     assert (wf["status"] == "completed").all()
@@ -138,17 +218,25 @@ def test_loadgen_command_runs_the_scenarios_workflows(tmp_path, capsys):
     assert "give --trace (replay requests) or --workflows" in capsys.readouterr().err
 
 
-# -- the hybrid retriever ---------------------------------------------------------------------------------------
+# -- the hybrid retriever ------------------------------------------------------------------------------------
 
 
 def test_bm25_and_reciprocal_rank_fusion_by_hand():
-    passages = [Passage("x", "apple banana"), Passage("x", "apple apple cherry"), Passage("x", "banana cherry date"),
-                Passage("x", "elderberry fig grape")]  # fmt: skip
+    passages = [
+        Passage("x", "apple banana"),
+        Passage("x", "apple apple cherry"),
+        Passage("x", "banana cherry date"),
+        Passage("x", "elderberry fig grape"),
+    ]
     r = HybridRetriever(passages, dim=2)
-    # BM25 of "apple" by hand: idf = ln(1 + (4 - 2 + 0.5) / (2 + 0.5)); tf part = tf (k1 + 1) / (tf + k1 (1 - b + b dl / avgdl))
+    # BM25 of "apple" by hand: idf = ln(1 + (4 - 2 + 0.5) / (2 + 0.5)); tf part = tf (k1 + 1) / (tf + k1 (1 -
+    # b + b dl / avgdl))
     idf = math.log(1 + 2.5 / 2.5)
     avgdl = 11 / 4
-    expect = [idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * dl / avgdl)) for tf, dl in ((1, 2), (2, 3), (0, 3), (0, 3))]
+    expect = [
+        idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * dl / avgdl))
+        for tf, dl in ((1, 2), (2, 3), (0, 3), (0, 3))
+    ]
     got = np.asarray(r.bm25[:, [r.vocab["apple"]]].todense()).ravel()
     assert got == pytest.approx(expect, rel=1e-12)
     hits = r.search("apple", k=4)
@@ -166,8 +254,9 @@ def test_the_docs_corpus_finds_the_source_of_its_own_queries(retriever):
         load_corpus(ROOT / "no-such-dir")
 
 
-def test_through_the_gateway_a_workflow_is_one_trace_down_to_the_emulator_and_the_retrieval_service(retriever,
-                                                                                                     tmp_path):
+def test_through_the_gateway_a_workflow_is_one_trace_down_to_the_emulator_and_the_retrieval_service(
+    retriever, tmp_path
+):
     pytest.importorskip("opentelemetry.sdk", reason="tracing needs opentelemetry-sdk (the live extra)")
     from fleettwin.live.gateway.app import create_gateway_app
     from fleettwin.live.gateway.config import hash_key, parse_gateway
@@ -175,20 +264,40 @@ def test_through_the_gateway_a_workflow_is_one_trace_down_to_the_emulator_and_th
     from fleettwin.live.server import create_app
 
     key = "wf-key-0123456789"
-    build_collection(tmp_path / "docs.faiss", [{"text": p.text} for p in retriever.passages[:50]],
-                     embedder_params={"dim": 64})  # fmt: skip
+    build_collection(
+        tmp_path / "docs.faiss",
+        [{"text": p.text} for p in retriever.passages[:50]],
+        embedder_params={"dim": 64},
+    )
     tr = {n: setup_tracing(n, "memory") for n in ("loadgen", "gateway", "emulator", "retrieval")}
     instances = sample_instances(WorkflowsConfig.model_validate(AGENT), seed=2, context_tokens=40)[:3]
-    with (serve_in_thread(create_app(SPEC, tracing=tr["emulator"])) as emu,
-          serve_in_thread(create_retrieval_app({"docs": load_collection("docs", tmp_path / "docs.faiss")},
-                                               tracing=tr["retrieval"])) as svc):  # fmt: skip
-        cfg = parse_gateway({"tenants": {"t": {"api_keys": [hash_key(key)], "models": ["emu"], "collections": ["docs"],
-                                               "allow_token_ids": True}},
-                             "backends": {"emu": {"urls": [emu.url]}}, "retrieval": {"url": svc.url},
-                             "audit_log": str(tmp_path / "audit.jsonl")})  # fmt: skip
+    with (
+        serve_in_thread(create_app(SPEC, tracing=tr["emulator"])) as emu,
+        serve_in_thread(
+            create_retrieval_app(
+                {"docs": load_collection("docs", tmp_path / "docs.faiss")}, tracing=tr["retrieval"]
+            )
+        ) as svc,
+    ):
+        cfg = parse_gateway(
+            {
+                "tenants": {
+                    "t": {
+                        "api_keys": [hash_key(key)],
+                        "models": ["emu"],
+                        "collections": ["docs"],
+                        "allow_token_ids": True,
+                    }
+                },
+                "backends": {"emu": {"urls": [emu.url]}},
+                "retrieval": {"url": svc.url},
+                "audit_log": str(tmp_path / "audit.jsonl"),
+            }
+        )
         with serve_in_thread(create_gateway_app(cfg, tracing=tr["gateway"])) as gw:
-            wf, nodes = execute(instances, [gw.url], retriever, token=key, retrieval_collection="docs",
-                                tracing=tr["loadgen"])  # fmt: skip
+            wf, nodes = execute(
+                instances, [gw.url], retriever, token=key, retrieval_collection="docs", tracing=tr["loadgen"]
+            )
     assert (wf["status"] == "completed").all(), nodes[nodes["status"] != "completed"]["reason"].tolist()
     spans = {n: t.exporter.get_finished_spans() for n, t in tr.items()}
     by_id = {s.context.span_id: s for ss in spans.values() for s in ss}
@@ -201,13 +310,17 @@ def test_through_the_gateway_a_workflow_is_one_trace_down_to_the_emulator_and_th
         return names[::-1]
 
     searched = spans["retrieval"]
-    assert len(searched) == (nodes["kind"] == "retrieval").sum() + len(instances)  # + each answer's rag retrieval
-    assert {tuple(chain(s)[-4:]) for s in searched} == {("retrieval.search", "gateway.request", "gateway.retrieval",
-                                                         "retrieval.retrieve")}  # fmt: skip
+    assert len(searched) == (nodes["kind"] == "retrieval").sum() + len(
+        instances
+    )  # + each answer's rag retrieval
+    assert {tuple(chain(s)[-4:]) for s in searched} == {
+        ("retrieval.search", "gateway.request", "gateway.retrieval", "retrieval.retrieve")
+    }
     assert {chain(s)[0] for s in searched} == {"workflow"}
     generated = spans["emulator"]
     assert len(generated) == (nodes["kind"] == "llm").sum()
-    assert {tuple(chain(g)) for g in generated} == {("workflow", "workflow.llm", "gateway.request", "gateway.backend",
-                                                     "emulator.generate")}  # fmt: skip
+    assert {tuple(chain(g)) for g in generated} == {
+        ("workflow", "workflow.llm", "gateway.request", "gateway.backend", "emulator.generate")
+    }
     roots = [s for s in spans["loadgen"] if s.name == "workflow"]
     assert len({s.context.trace_id for s in roots}) == len(instances)

@@ -45,22 +45,49 @@ class FixedCapacity:
 
     def replica(self, gpu: str, llm: str, *, tp: int | None = None, **_) -> ReplicaCapacity:
         rps = self.rps.get(gpu, 0.0)
-        return ReplicaCapacity(requests_per_s=rps, tokens_per_s=rps * 1200, output_tokens_per_s=rps * 200,
-                               batch_size=1, step_time_s=0.01, ttft_s=0.01, limit="test",
-                               gpus=self.tp(gpu, llm, tp))
+        return ReplicaCapacity(
+            requests_per_s=rps,
+            tokens_per_s=rps * 1200,
+            output_tokens_per_s=rps * 200,
+            batch_size=1,
+            step_time_s=0.01,
+            ttft_s=0.01,
+            limit="test",
+            gpus=self.tp(gpu, llm, tp),
+        )
 
 
-def chat_pool(active: int, *, provisioning: int = 0, running: int = 0, waiting: int = 0,
-              history: tuple[float | None, ...] = (), gpu: str = H100) -> PoolState:
+def chat_pool(
+    active: int,
+    *,
+    provisioning: int = 0,
+    running: int = 0,
+    waiting: int = 0,
+    history: tuple[float | None, ...] = (),
+    gpu: str = H100,
+) -> PoolState:
     groups = [GpuGroup(gpu=gpu, count=active)]
     if provisioning:
         groups.append(GpuGroup(gpu=gpu, state="provisioning", count=provisioning))
-    return PoolState(name="chat", tier="inference", gpu=gpu, model="llama-3-8b", gpus=tuple(groups),
-                     serving=ServingStats(running=running, waiting=waiting, arrival_rate_history=history))
+    return PoolState(
+        name="chat",
+        tier="inference",
+        gpu=gpu,
+        model="llama-3-8b",
+        gpus=tuple(groups),
+        serving=ServingStats(running=running, waiting=waiting, arrival_rate_history=history),
+    )
 
 
-def snapshot(*pools: PoolState, t: float = 0.0, jobs=(), limit: int = 100, interval: float = 300.0,
-             delay: float = 600.0, extra=()) -> FleetSnapshot:
+def snapshot(
+    *pools: PoolState,
+    t: float = 0.0,
+    jobs=(),
+    limit: int = 100,
+    interval: float = 300.0,
+    delay: float = 600.0,
+    extra=(),
+) -> FleetSnapshot:
     inv = (InventoryItem(gpu=H100, limit=limit, price_usd_h=2.69, provisioning_delay_s=delay), *extra)
     return FleetSnapshot(time_s=t, control_interval_s=interval, pools=pools, inventory=inv, jobs=tuple(jobs))
 
@@ -79,15 +106,24 @@ def test_every_policy_is_registered_and_typos_name_the_field():
     with pytest.raises(ConfigError, match="tolerence"):
         ALLOCATORS.create("reactive", {"tolerence": 0.2})
     with pytest.raises(ConfigError, match=r"scale_down\.policies\.0\.type"):
-        ALLOCATORS.create("reactive", {"scale_down": {"stabilization_window_s": 60,
-                                                      "policies": [{"type": "pod", "value": 1, "period_s": 15}]}})
+        ALLOCATORS.create(
+            "reactive",
+            {
+                "scale_down": {
+                    "stabilization_window_s": 60,
+                    "policies": [{"type": "pod", "value": 1, "period_s": 15}],
+                }
+            },
+        )
     with pytest.raises(ConfigError, match="unknown forecaster 'prophet'"):
         ALLOCATORS.create("forecast", {"forecast": {"forecaster": {"name": "prophet"}}})
     with pytest.raises(ConfigError, match="sum to at most 1"):
         ALLOCATORS.create("static", {"shares": {"inference": 0.8, "training": 0.5}})
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "allocators").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "configs" / "allocators").glob("*.yaml")), ids=lambda p: p.stem
+)
 def test_example_parameter_sets_validate(path):
     data = yaml.safe_load(path.read_text())
     ALLOCATORS.create(data["name"], data.get("params", {}))
@@ -95,14 +131,16 @@ def test_example_parameter_sets_validate(path):
 
 def test_docs_example_policy_registers_and_runs():
     text = (ROOT / "docs" / "allocation.md").read_text()
-    section = text[text.index("## Write your own policy"):]
+    section = text[text.index("## Write your own policy") :]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    class_lines = [line for line in code[code.index("@ALLOCATORS.register"):].splitlines() if line.strip()]
+    class_lines = [line for line in code[code.index("@ALLOCATORS.register") :].splitlines() if line.strip()]
     assert len(class_lines) <= 15
     namespace: dict = {}
     exec(compile(code, "docs/allocation.md", "exec"), namespace)
     try:
-        alloc = ALLOCATORS.create("keep_half_idle", {"idle_fraction": 0.5}, capacity=FixedCapacity({H100: 10.0}))
+        alloc = ALLOCATORS.create(
+            "keep_half_idle", {"idle_fraction": 0.5}, capacity=FixedCapacity({H100: 10.0})
+        )
         snap = snapshot(chat_pool(4, history=(30.0,)), limit=8)
         d = decide(alloc, snap)
         assert d.gpus("chat") == 6  # ceil(30 / 10) = 3 replicas busy, as many again idle
@@ -117,13 +155,16 @@ def constant_perf(step_s=0.01, per_decode_seq_s=1e-4):
     return PERF_MODELS.create("constant", {"step_s": step_s, "per_decode_seq_s": per_decode_seq_s})
 
 
-@pytest.mark.parametrize("kw, batch, limit", [
-    (dict(slo=Slo(ttft_s=2, tpot_s=0.05)), 256, "max_num_seqs"),  # tau(256) = 0.0356 <= 0.05
-    (dict(slo=Slo(ttft_s=2, tpot_s=0.02)), 100, "tpot"),  # 0.01 + 1e-4 B <= 0.02
-    (dict(slo=Slo(ttft_s=2, tpot_s=0.05), kv_tokens=10_000), 60, "kv_cache"),  # 150 B <= 9000
-    (dict(slo=Slo(ttft_s=2, tpot_s=0.05), max_num_batched_tokens=128), 64, "token_budget"),  # 2 B <= 128
-    (dict(slo=Slo(ttft_s=0.01525, tpot_s=0.05)), 52, "ttft"),  # ceil(100 / (8192 - B)) tau <= 0.01525
-])
+@pytest.mark.parametrize(
+    "kw, batch, limit",
+    [
+        (dict(slo=Slo(ttft_s=2, tpot_s=0.05)), 256, "max_num_seqs"),  # tau(256) = 0.0356 <= 0.05
+        (dict(slo=Slo(ttft_s=2, tpot_s=0.02)), 100, "tpot"),  # 0.01 + 1e-4 B <= 0.02
+        (dict(slo=Slo(ttft_s=2, tpot_s=0.05), kv_tokens=10_000), 60, "kv_cache"),  # 150 B <= 9000
+        (dict(slo=Slo(ttft_s=2, tpot_s=0.05), max_num_batched_tokens=128), 64, "token_budget"),  # 2 B <= 128
+        (dict(slo=Slo(ttft_s=0.01525, tpot_s=0.05)), 52, "ttft"),  # ceil(100 / (8192 - B)) tau <= 0.01525
+    ],
+)
 def test_capacity_in_closed_form(kw, batch, limit):
     args = dict(prompt_tokens=100, output_tokens=100, kv_tokens=1e9, gpus=1) | kw
     cap = replica_capacity(constant_perf(), **args)
@@ -135,8 +176,14 @@ def test_capacity_in_closed_form(kw, batch, limit):
 
 
 def test_capacity_unfit_and_catalog_ordering():
-    cap = replica_capacity(constant_perf(step_s=0.1), prompt_tokens=100, output_tokens=100, kv_tokens=1e9,
-                           gpus=1, slo=Slo(tpot_s=0.05))
+    cap = replica_capacity(
+        constant_perf(step_s=0.1),
+        prompt_tokens=100,
+        output_tokens=100,
+        kv_tokens=1e9,
+        gpus=1,
+        slo=Slo(tpot_s=0.05),
+    )
     assert cap.requests_per_s == 0 and cap.limit == "unfit (tpot at batch 1)"
     model = CapacityModel()
     h100 = model.replica(H100, "llama-3-8b", slo=Slo(tpot_s=0.1))
@@ -155,15 +202,20 @@ def hpa(**params) -> Allocator:
 
 
 def replicas(alloc: Allocator, t: float, active: int, load: int, provisioning: int = 0) -> int:
-    return decide(alloc, snapshot(chat_pool(active, provisioning=provisioning, running=load), t=t)).gpus("chat")
+    return decide(alloc, snapshot(chat_pool(active, provisioning=provisioning, running=load), t=t)).gpus(
+        "chat"
+    )
 
 
-@pytest.mark.parametrize("load, expected", [
-    (60, 6),  # metric 15 per replica, ratio 1.5: ceil(1.5 x 4) = 6
-    (43, 4),  # ratio 1.075, within the 0.1 tolerance: no change
-    (45, 5),  # ratio 1.125: ceil(4.5) = 5
-    (200, 8),  # ratio 5 -> 20, limited to max(+100 %, +4) = 8 in one 15 s period
-])
+@pytest.mark.parametrize(
+    "load, expected",
+    [
+        (60, 6),  # metric 15 per replica, ratio 1.5: ceil(1.5 x 4) = 6
+        (43, 4),  # ratio 1.075, within the 0.1 tolerance: no change
+        (45, 5),  # ratio 1.125: ceil(4.5) = 5
+        (200, 8),  # ratio 5 -> 20, limited to max(+100 %, +4) = 8 in one 15 s period
+    ],
+)
 def test_hpa_scale_up_arithmetic(load, expected):
     assert replicas(hpa(), 0.0, 4, load) == expected
 
@@ -191,8 +243,9 @@ def test_hpa_unready_replicas_count_as_idle_when_scaling_up():
 
 
 def test_hpa_scale_up_window_and_bounds():
-    alloc = hpa(scale_up={"stabilization_window_s": 120, "policies": [{"type": "pods", "value": 100,
-                                                                       "period_s": 15}]})
+    alloc = hpa(
+        scale_up={"stabilization_window_s": 120, "policies": [{"type": "pods", "value": 100, "period_s": 15}]}
+    )
     assert replicas(alloc, 0.0, 4, 40) == 4
     assert replicas(alloc, 60.0, 4, 80) == 4  # min over (-60, 60] is 4
     assert replicas(alloc, 130.0, 4, 80) == 8  # (10, 130]: only the 8 at t=60 and now
@@ -203,8 +256,19 @@ def test_hpa_scale_up_window_and_bounds():
 
 def test_reactive_backfills_job_pools_and_preempts_when_inference_grows():
     train = PoolState(name="train", tier="training", gpu=H100, gpus=(GpuGroup(gpu=H100, count=6),))
-    job = Job(id="t1", pool="train", tier="training", state="running", gpus=6, min_gpus=2, max_gpus=6,
-              remaining_gpu_s=1e6, started_s=0.0, last_checkpoint_s=100.0, restore_s=20.0)
+    job = Job(
+        id="t1",
+        pool="train",
+        tier="training",
+        state="running",
+        gpus=6,
+        min_gpus=2,
+        max_gpus=6,
+        remaining_gpu_s=1e6,
+        started_s=0.0,
+        last_checkpoint_s=100.0,
+        restore_s=20.0,
+    )
     snap = snapshot(chat_pool(4, running=60), train, t=400.0, jobs=[job], limit=10)
     d = decide(hpa(), snap)
     assert d.gpus("chat") == 6 and d.gpus("train") == 4
@@ -216,8 +280,14 @@ def test_reactive_backfills_job_pools_and_preempts_when_inference_grows():
 
 
 def forecast_alloc(**params) -> Allocator:
-    base = {"forecast": {"forecaster": {"name": "seasonal_naive", "params": {"period": "1h"}},
-                         "quantile": "mean"}, "headroom": 0.25, "min_replicas": 1}
+    base = {
+        "forecast": {
+            "forecaster": {"name": "seasonal_naive", "params": {"period": "1h"}},
+            "quantile": "mean",
+        },
+        "headroom": 0.25,
+        "min_replicas": 1,
+    }
     return ALLOCATORS.create("forecast", base | params, capacity=FixedCapacity({H100: 10.0}))
 
 
@@ -233,8 +303,19 @@ def train_pool(own: int, borrowed: int = 0) -> PoolState:
 
 
 def train_job(gpus: int) -> Job:
-    return Job(id="t1", pool="train", tier="training", state="running", gpus=gpus, min_gpus=2, max_gpus=8,
-               remaining_gpu_s=1e7, started_s=0.0, last_checkpoint_s=6600.0, restore_s=45.0)
+    return Job(
+        id="t1",
+        pool="train",
+        tier="training",
+        state="running",
+        gpus=gpus,
+        min_gpus=2,
+        max_gpus=8,
+        remaining_gpu_s=1e7,
+        started_s=0.0,
+        last_checkpoint_s=6600.0,
+        restore_s=45.0,
+    )
 
 
 def test_forecast_provisions_for_the_peak_ahead_and_lends_the_idle_reserve():
@@ -251,8 +332,13 @@ def test_forecast_provisions_for_the_peak_ahead_and_lends_the_idle_reserve():
 def test_forecast_orders_gpus_for_the_peak_it_does_not_own():
     snap = snapshot(chat_pool(2, history=HOURLY), t=7200.0)
     assert decide(forecast_alloc(), snap).gpus("chat") == 5
-    assert decide(forecast_alloc(lend=False), snapshot(chat_pool(5, history=HOURLY), train_pool(2), t=7200.0,
-                                                       jobs=[train_job(2)])).lends == ()
+    assert (
+        decide(
+            forecast_alloc(lend=False),
+            snapshot(chat_pool(5, history=HOURLY), train_pool(2), t=7200.0, jobs=[train_job(2)]),
+        ).lends
+        == ()
+    )
 
 
 def test_forecast_reclaims_lent_gpus_by_preemption_with_checkpoint_cost():
@@ -269,18 +355,38 @@ def test_forecast_reclaims_lent_gpus_by_preemption_with_checkpoint_cost():
 
 def test_forecast_meets_operational_deadlines_with_own_gpus():
     ops = PoolState(name="ops", tier="operational", gpu=H100)
-    job = Job(id="b1", pool="ops", tier="operational", min_gpus=1, max_gpus=8, remaining_gpu_s=4 * 3600,
-              deadline_s=7200.0 + 600 + 60 + 3600, restore_s=60.0)
+    job = Job(
+        id="b1",
+        pool="ops",
+        tier="operational",
+        min_gpus=1,
+        max_gpus=8,
+        remaining_gpu_s=4 * 3600,
+        deadline_s=7200.0 + 600 + 60 + 3600,
+        restore_s=60.0,
+    )
     d = decide(forecast_alloc(lend=False), snapshot(chat_pool(5, history=HOURLY), ops, t=7200.0, jobs=[job]))
     assert d.gpus("ops") == 4  # 4 GPU-hours in the 3600 s left after the 600 s provisioning and 60 s restore
     # 3.5 GPU-hours: ceil(12600 / 3600) = 4 GPUs when they must be ordered; with 4 idle GPUs in the pool the
     # job starts at once, 600 s more slack: ceil(12600 / 4200) = 3
-    smaller = Job(id="b1", pool="ops", tier="operational", min_gpus=1, max_gpus=8, remaining_gpu_s=3.5 * 3600,
-                  deadline_s=7200.0 + 600 + 60 + 3600, restore_s=60.0)
-    d = decide(forecast_alloc(lend=False), snapshot(chat_pool(5, history=HOURLY), ops, t=7200.0, jobs=[smaller]))
+    smaller = Job(
+        id="b1",
+        pool="ops",
+        tier="operational",
+        min_gpus=1,
+        max_gpus=8,
+        remaining_gpu_s=3.5 * 3600,
+        deadline_s=7200.0 + 600 + 60 + 3600,
+        restore_s=60.0,
+    )
+    d = decide(
+        forecast_alloc(lend=False), snapshot(chat_pool(5, history=HOURLY), ops, t=7200.0, jobs=[smaller])
+    )
     assert d.gpus("ops") == 4
     ready = PoolState(name="ops", tier="operational", gpu=H100, gpus=(GpuGroup(gpu=H100, count=4),))
-    d = decide(forecast_alloc(lend=False), snapshot(chat_pool(5, history=HOURLY), ready, t=7200.0, jobs=[smaller]))
+    d = decide(
+        forecast_alloc(lend=False), snapshot(chat_pool(5, history=HOURLY), ready, t=7200.0, jobs=[smaller])
+    )
     assert d.gpus("ops") == 3
 
 
@@ -288,20 +394,28 @@ def test_forecast_meets_operational_deadlines_with_own_gpus():
 
 
 MILP_INVENTORY = (
-    InventoryItem(gpu=H100, limit=4, price_usd_h=2.69), InventoryItem(gpu=H100, purchase="spot", limit=2,
-                                                                      price_usd_h=1.49),
-    InventoryItem(gpu=A100, limit=6, price_usd_h=2.50), InventoryItem(gpu=A100, purchase="spot", limit=3,
-                                                                      price_usd_h=0.86),
+    InventoryItem(gpu=H100, limit=4, price_usd_h=2.69),
+    InventoryItem(gpu=H100, purchase="spot", limit=2, price_usd_h=1.49),
+    InventoryItem(gpu=A100, limit=6, price_usd_h=2.50),
+    InventoryItem(gpu=A100, purchase="spot", limit=3, price_usd_h=0.86),
 )
 CAPS = {H100: 10.0, A100: 6.0}
 
 
 def milp_instance(rate: float, ops_gpus: int) -> FleetSnapshot:
     ops = PoolState(name="ops", tier="operational", gpu=A100)
-    job = Job(id="b1", pool="ops", tier="operational", min_gpus=ops_gpus, max_gpus=ops_gpus,
-              remaining_gpu_s=1.0, deadline_s=1e6)
-    return FleetSnapshot(time_s=0.0, pools=(chat_pool(0, history=(rate,)), ops), inventory=MILP_INVENTORY,
-                         jobs=(job,))
+    job = Job(
+        id="b1",
+        pool="ops",
+        tier="operational",
+        min_gpus=ops_gpus,
+        max_gpus=ops_gpus,
+        remaining_gpu_s=1.0,
+        deadline_s=1e6,
+    )
+    return FleetSnapshot(
+        time_s=0.0, pools=(chat_pool(0, history=(rate,)), ops), inventory=MILP_INVENTORY, jobs=(job,)
+    )
 
 
 def brute_force(snap: FleetSnapshot, rate: float, ops_gpus: int, spot_share: float) -> float:
@@ -325,9 +439,11 @@ def brute_force(snap: FleetSnapshot, rate: float, ops_gpus: int, spot_share: flo
 @pytest.mark.parametrize("rate, ops_gpus, spot_share", [(25.0, 3, 0.5), (47.0, 4, 0.34), (12.0, 6, 0.0)])
 def test_milp_optimum_equals_brute_force(rate, ops_gpus, spot_share):
     snap = milp_instance(rate, ops_gpus)
-    alloc = ALLOCATORS.create("milp", {"headroom": 0.0, "job_gpu_types": [H100, A100],
-                                       "max_spot_share": {"inference": spot_share}},
-                              capacity=FixedCapacity(CAPS))
+    alloc = ALLOCATORS.create(
+        "milp",
+        {"headroom": 0.0, "job_gpu_types": [H100, A100], "max_spot_share": {"inference": spot_share}},
+        capacity=FixedCapacity(CAPS),
+    )
     d = decide(alloc, snap)
     assert not [n for n in d.notes if "short" in n]
     assert d.cost_usd_h(snap) == pytest.approx(brute_force(snap, rate, ops_gpus, spot_share))

@@ -1,5 +1,5 @@
-"""The calibrated performance model: laws, precision, profiles, the closed form of decode runs, the `auto` default,
-and that the older models are unchanged."""
+"""The calibrated performance model: laws, precision, profiles, the closed form of decode runs, the `auto`
+default, and that the older models are unchanged."""
 
 from __future__ import annotations
 
@@ -34,15 +34,35 @@ def batch(prefill=0, ctx=0, decodes=0, dctx=0):
 # Step times of the older models before this model existed (computed on the tree before it, commit db52bd0):
 # they must not move.
 OLD = {
-    ("roofline", "h100-80g", "llama-3-8b", 1): [0.007605434746268656, 0.008697587295522387, 0.05221199211939332,
-                                                 0.01587660012241321, 0.026387220919402987],
-    ("roofline", "h200", "mixtral-8x7b", 2): [0.006922175417777778, 0.016146267450458062, 0.05054177031103921,
-                                              0.017392990706666667, 0.022432240342222222],
-    ("profiled", "a100-80g", "llama-2-7b", 1): [0.011765668536176145, 0.018066846708138663, 0.14208461982754533,
-                                                0.056126102819020474, 0.11870632466003353],
-    ("profiled", "h100-80g", "llama-3-70b", 4): [0.026569670226551455, 0.029026487357737628, 0.1474365470761389,
-                                                 0.06534937369544933, 0.03742182084399058],
-}  # fmt: skip
+    ("roofline", "h100-80g", "llama-3-8b", 1): [
+        0.007605434746268656,
+        0.008697587295522387,
+        0.05221199211939332,
+        0.01587660012241321,
+        0.026387220919402987,
+    ],
+    ("roofline", "h200", "mixtral-8x7b", 2): [
+        0.006922175417777778,
+        0.016146267450458062,
+        0.05054177031103921,
+        0.017392990706666667,
+        0.022432240342222222,
+    ],
+    ("profiled", "a100-80g", "llama-2-7b", 1): [
+        0.011765668536176145,
+        0.018066846708138663,
+        0.14208461982754533,
+        0.056126102819020474,
+        0.11870632466003353,
+    ],
+    ("profiled", "h100-80g", "llama-3-70b", 4): [
+        0.026569670226551455,
+        0.029026487357737628,
+        0.1474365470761389,
+        0.06534937369544933,
+        0.03742182084399058,
+    ],
+}
 OLD_BATCHES = ((0, 1, 100), (0, 32, 700), (2048, 0, 0), (512, 64, 900), (0, 128, 3000))
 
 
@@ -109,7 +129,9 @@ def test_models_without_precision_refuse_fp8_with_a_clear_error():
 
 def test_enforce_eager_is_slower_on_small_decodes():
     b = batch(decodes=4, dctx=500)
-    assert model(llm="llama-3-70b", tp=4, enforce_eager=True).step_time(b) > model(llm="llama-3-70b", tp=4).step_time(b)
+    assert model(llm="llama-3-70b", tp=4, enforce_eager=True).step_time(b) > model(
+        llm="llama-3-70b", tp=4
+    ).step_time(b)
 
 
 def test_moe_reads_only_the_experts_tokens_were_routed_to():
@@ -118,12 +140,15 @@ def test_moe_reads_only_the_experts_tokens_were_routed_to():
     assert many > 1.5 * one  # at 64 tokens every expert is read, at 1 token a quarter of them
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"profile": "nope"}, "unknown calibration profile 'nope'"),
-    ({"profile": "a100-vllm-v1"}, "describes GPU 'a100-80g', not 'h100-80g'"),
-    ({"engine_costs": {"step_fixed": 1e-3}}, "unknown name"),
-    ({"engine_costs": {"step_fixed_s": -1}}, "engine_costs"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"profile": "nope"}, "unknown calibration profile 'nope'"),
+        ({"profile": "a100-vllm-v1"}, "describes GPU 'a100-80g', not 'h100-80g'"),
+        ({"engine_costs": {"step_fixed": 1e-3}}, "unknown name"),
+        ({"engine_costs": {"step_fixed_s": -1}}, "engine_costs"),
+    ],
+)
 def test_bad_parameters_are_one_line(bad, message):
     with pytest.raises(ConfigError, match=message):
         model(**bad)
@@ -145,7 +170,17 @@ def test_profile_by_path(tmp_path):
 
 
 def test_padding_follows_the_capture_sizes():
-    assert [padded_tokens(t) for t in (1, 3, 5, 9, 255, 257, 512, 513, 4000)] == [1, 4, 8, 16, 256, 272, 512, 513, 4000]
+    assert [padded_tokens(t) for t in (1, 3, 5, 9, 255, 257, 512, 513, 4000)] == [
+        1,
+        4,
+        8,
+        16,
+        256,
+        272,
+        512,
+        513,
+        4000,
+    ]
     assert all(padded_tokens(s) == s for s in CAPTURE_SIZES)
 
 
@@ -155,6 +190,8 @@ def test_smooth_max_and_laws():
     law = GemmLaw(fixed_s=5e-6, flops_per_s=1e15, bytes_per_s=3e12, p=50)
     assert law.time(1, 8192, 8192) == pytest.approx(5e-6 + 8192 * 8192 * 2 / 3e12, rel=1e-3)
     curve = AllReduceCurve(num_gpus=2, sizes_bytes=(1e3, 1e6), latency_s=(1e-5, 1e-4))
-    assert curve.time(1e3) == pytest.approx(1e-5) and curve.time(2e6) == pytest.approx(1e-4 + 9e-5 / 999e3 * 1e6)
+    assert curve.time(1e3) == pytest.approx(1e-5) and curve.time(2e6) == pytest.approx(
+        1e-4 + 9e-5 / 999e3 * 1e6
+    )
     with pytest.raises(ValueError):
         AllReduceCurve(num_gpus=2, sizes_bytes=(1e6, 1e3), latency_s=(1e-5, 1e-4))

@@ -18,9 +18,14 @@ KIB = 1024
 
 def test_default_catalog_has_required_ids_and_is_cached():
     assert {"a100-80g", "h100-80g", "h200", "l40s", "mi300x"} <= set(CAT.gpus)
-    assert {"llama-2-7b", "llama-3-8b", "llama-2-13b", "llama-3-70b", "mixtral-8x7b", "llama-3.1-405b"} <= set(
-        CAT.llms
-    )
+    assert {
+        "llama-2-7b",
+        "llama-3-8b",
+        "llama-2-13b",
+        "llama-3-70b",
+        "mixtral-8x7b",
+        "llama-3.1-405b",
+    } <= set(CAT.llms)
     assert Catalog.default() is CAT
     assert all(id_ == id_.lower() for id_ in [*CAT.gpus, *CAT.llms])
 
@@ -62,8 +67,14 @@ def test_unknown_names_list_valid_ids():
 
 @pytest.mark.parametrize(
     ("llm", "kib"),
-    [("llama-2-7b", 512), ("llama-3-8b", 128), ("llama-3-70b", 320), ("llama-3.1-405b", 504),
-     ("mixtral-8x7b", 128), ("llama-2-13b", 800)],
+    [
+        ("llama-2-7b", 512),
+        ("llama-3-8b", 128),
+        ("llama-3-70b", 320),
+        ("llama-3.1-405b", 504),
+        ("mixtral-8x7b", 128),
+        ("llama-2-13b", 800),
+    ],
 )
 def test_kv_bytes_per_token(llm, kib):
     assert CAT.llm(llm).kv_bytes_per_token() == kib * KIB
@@ -96,8 +107,14 @@ def test_weight_bytes():
 
 @pytest.mark.parametrize(
     ("gpu", "llm", "tp"),
-    [("h100-80g", "llama-3-8b", 1), ("h100-80g", "llama-3-70b", 2), ("h100-80g", "llama-3.1-405b", 16),
-     ("h200", "llama-3.1-405b", 8), ("h200", "mixtral-8x7b", 1), ("h100-80g", "mixtral-8x7b", 2)],
+    [
+        ("h100-80g", "llama-3-8b", 1),
+        ("h100-80g", "llama-3-70b", 2),
+        ("h100-80g", "llama-3.1-405b", 16),
+        ("h200", "llama-3.1-405b", 8),
+        ("h200", "mixtral-8x7b", 1),
+        ("h100-80g", "mixtral-8x7b", 2),
+    ],
 )
 def test_min_tensor_parallel(gpu, llm, tp):
     assert min_tensor_parallel(CAT.gpu(gpu), CAT.llm(llm)) == tp
@@ -116,9 +133,9 @@ def test_min_tensor_parallel_raises_when_nothing_fits():
 
 
 def test_kv_cache_blocks_llama3_8b_on_h100():
-    # Per GPU: 80 GiB x 0.9 = 77.3 GB, less 16.1 GB of weights, less a 2-4 GB activation/runtime reserve, leaves
-    # 57.3-59.3 GB; at 128 KiB per token that is 437k-452k tokens (the default reserve is 2.3 GB: 450k tokens,
-    # 28k blocks of 16). The band is what any reserve a vLLM profile would plausibly find gives.
+    # Per GPU: 80 GiB x 0.9 = 77.3 GB, less 16.1 GB of weights, less a 2-4 GB activation/runtime reserve,
+    # leaves 57.3-59.3 GB; at 128 KiB per token that is 437k-452k tokens (the default reserve is 2.3 GB: 450k
+    # tokens, 28k blocks of 16). The band is what any reserve a vLLM profile would plausibly find gives.
     blocks = kv_cache_blocks(CAT.gpu("h100-80g"), CAT.llm("llama-3-8b"), 1)
     assert 435_000 <= blocks * 16 <= 452_000
     # An explicit reserve replaces the default, byte for byte.
@@ -158,11 +175,23 @@ def test_override_of_on_demand_price_rederives_an_estimated_spot_price():
 
 def test_override_adds_new_ids():
     new_llm = dict(
-        params_b=8.03, num_layers=32, hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
-        num_key_value_heads=8, head_dim=128, vocab_size=128256, max_context=131072,
+        params_b=8.03,
+        num_layers=32,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=128256,
+        max_context=131072,
     )
     new_gpu = dict(
-        memory_gb=96, hbm_tbps=1.6, bf16_tflops=500, interconnect_gbps=128, has_nvlink=False, tdp_w=600,
+        memory_gb=96,
+        hbm_tbps=1.6,
+        bf16_tflops=500,
+        interconnect_gbps=128,
+        has_nvlink=False,
+        tdp_w=600,
         price_on_demand_usd_h=1.5,
     )
     cat = CAT.with_overrides(gpus={"rtx-pro-6000": new_gpu}, llms={"llama-3.1-8b": new_llm})

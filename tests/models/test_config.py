@@ -40,7 +40,10 @@ def test_good_scenario_loads_with_defaults(tmp_path):
         (("replicas: 2", "replicas: -1"), "pools[0].replicas: Input should be greater than 0 (got -1)"),
         (("gpu: h100-80g", "gpu: h1000"), "pools[0].gpu: unknown gpu 'h1000'; expected one of: a100-40g"),
         (("model: llama-3-8b", "model: gpt-9"), "pools[0].model: unknown"),
-        (("replicas: 2}", "replicas: 2, router: {name: random_walk}}"), "unknown replica router 'random_walk'"),
+        (
+            ("replicas: 2}", "replicas: 2, router: {name: random_walk}}"),
+            "unknown replica router 'random_walk'",
+        ),
         (("replicas: 2}", "replicas: 2, engine: {max_num_seqs: 0}}"), "pools[0].engine.max_num_seqs"),
         (("replicas: 2}", "replicas: 2, colour: red}"), "pools[0].colour: Extra inputs are not permitted"),
         (("rate: 5", "rate: -5"), "workload"),
@@ -66,8 +69,10 @@ def test_missing_required_field_and_invalid_yaml(tmp_path):
 
 
 def test_missing_trace_file_is_a_config_error(tmp_path):
-    text = GOOD.replace("{type: poisson, rate: 5, duration_s: 10, lengths: {type: fixed, prompt: 100, output: 20}}",
-                        "{type: trace, path: nowhere.csv, format: azure}")  # fmt: skip
+    text = GOOD.replace(
+        "{type: poisson, rate: 5, duration_s: 10, lengths: {type: fixed, prompt: 100, output: 20}}",
+        "{type: trace, path: nowhere.csv, format: azure}",
+    )
     with pytest.raises(ConfigError, match="nowhere.csv"):
         load_scenario(write(tmp_path, text))
 

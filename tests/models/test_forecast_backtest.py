@@ -30,12 +30,20 @@ def series(days: int = 8, seed: int = 0) -> np.ndarray:
     return lam * np.exp(np.random.default_rng(seed).normal(0, 0.05, len(t)))
 
 
-@pytest.mark.parametrize("name,params", [
-    ("seasonal_naive", {}), ("naive", {}), ("holt_winters", {}), ("sarimax", {}),
-    ("lstm", {"horizon": "12h", "epochs": 5, "hidden": 8}),
-    ("ensemble", {"members": [{"model": "seasonal_naive"}, {"model": "holt_winters"}]}),
-    ("mstl", {}), ("auto_theta", {}), ("lightgbm", {"n_estimators": 20}),
-])
+@pytest.mark.parametrize(
+    "name,params",
+    [
+        ("seasonal_naive", {}),
+        ("naive", {}),
+        ("holt_winters", {}),
+        ("sarimax", {}),
+        ("lstm", {"horizon": "12h", "epochs": 5, "hidden": 8}),
+        ("ensemble", {"members": [{"model": "seasonal_naive"}, {"model": "holt_winters"}]}),
+        ("mstl", {}),
+        ("auto_theta", {}),
+        ("lightgbm", {"n_estimators": 20}),
+    ],
+)
 def test_no_look_ahead(name, params):
     """Perturbing everything after an origin leaves every forecast made at or before it unchanged."""
     y = series()
@@ -43,7 +51,7 @@ def test_no_look_ahead(name, params):
     cut = int(origins[len(origins) // 2])
     perturbed = y.copy()
     perturbed[cut:] = np.random.default_rng(99).uniform(0, 1e6, len(y) - cut)
-    perturbed[cut + 3:cut + 9] = np.nan
+    perturbed[cut + 3 : cut + 9] = np.nan
     spec = [ModelSpec(alias=name, name=name, params=params)]
     a = list(iter_backtest(y, spec, bucket_s=HOUR, origins=origins, horizon=12))
     b = list(iter_backtest(perturbed, spec, bucket_s=HOUR, origins=origins, horizon=12))
@@ -72,8 +80,17 @@ def test_metrics_on_known_values():
     assert pinball(np.array([10.0]), np.array([8.0]), 0.9)[0] == pytest.approx(1.8)
     assert pinball(np.array([10.0]), np.array([12.0]), 0.9)[0] == pytest.approx(0.2)
     values = np.array([0, 0, 10, 20, np.nan, 40.0])
-    res = [OriginResult(alias="m", origin=2, fit_seconds=0.5, mean=np.array([10, 10, 10, 10.0]),
-                        p10=np.zeros(4), p50=np.full(4, 10.0), p90=np.full(4, 25.0))]
+    res = [
+        OriginResult(
+            alias="m",
+            origin=2,
+            fit_seconds=0.5,
+            mean=np.array([10, 10, 10, 10.0]),
+            p10=np.zeros(4),
+            p50=np.full(4, 10.0),
+            p90=np.full(4, 25.0),
+        )
+    ]
     table = score(values, res, [2, 4])
     assert list(table.columns) == COLUMNS
     two, four = table.iloc[0], table.iloc[1]
@@ -97,19 +114,44 @@ def test_parallel_jobs_give_identical_results():
 
 def write_counts(tmp_path, y: np.ndarray, bucket_s: float = 600) -> str:
     path = tmp_path / "counts.csv"
-    pd.DataFrame({"timestamp_s": np.arange(len(y)) * bucket_s, "requests": np.round(y)}).to_csv(path, index=False)
+    pd.DataFrame({"timestamp_s": np.arange(len(y)) * bucket_s, "requests": np.round(y)}).to_csv(
+        path, index=False
+    )
     return str(path)
 
 
 def test_cli_counts_end_to_end(tmp_path, capsys):
     t = np.arange(6 * 144)
-    y = 1000 * (1 + 0.5 * np.sin(2 * np.pi * t / 144)) * np.exp(np.random.default_rng(0).normal(0, 0.05, len(t)))
+    y = (
+        1000
+        * (1 + 0.5 * np.sin(2 * np.pi * t / 144))
+        * np.exp(np.random.default_rng(0).normal(0, 0.05, len(t)))
+    )
     y[500:510] = 0
     path = write_counts(tmp_path, y)
     out = tmp_path / "bt"
-    rc = main(["backtest", "--trace", path, "--format", "counts", "--bucket", "20min", "--horizon", "2h,4h",
-               "--models", "naive,seasonal_naive,holt_winters", "--warmup", "3d", "--step", "6h",
-               "--zeros-as-gaps", "--out", str(out)])
+    rc = main(
+        [
+            "backtest",
+            "--trace",
+            path,
+            "--format",
+            "counts",
+            "--bucket",
+            "20min",
+            "--horizon",
+            "2h,4h",
+            "--models",
+            "naive,seasonal_naive,holt_winters",
+            "--warmup",
+            "3d",
+            "--step",
+            "6h",
+            "--zeros-as-gaps",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     table = pd.read_csv(out / "backtest.csv")
     assert list(table.columns) == COLUMNS and len(table) == 6
@@ -126,22 +168,45 @@ def test_cli_aliases_from_config(tmp_path):
     cfg = tmp_path / "f.yaml"
     cfg.write_text("forecasters:\n  weekly_sn: {model: seasonal_naive, params: {period: 2d}}\n")
     path = write_counts(tmp_path, np.tile(np.arange(1, 145.0), 6))
-    rc = main(["backtest", "--trace", path, "--horizon", "1h", "--models", "weekly_sn", "--config", str(cfg),
-               "--warmup", "4d", "--step", "12h", "--no-plot", "--out", str(tmp_path / "o")])
+    rc = main(
+        [
+            "backtest",
+            "--trace",
+            path,
+            "--horizon",
+            "1h",
+            "--models",
+            "weekly_sn",
+            "--config",
+            str(cfg),
+            "--warmup",
+            "4d",
+            "--step",
+            "12h",
+            "--no-plot",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert rc == 0
     table = pd.read_csv(tmp_path / "o" / "backtest.csv")
     assert table["model"].tolist() == ["weekly_sn"] and table["smape"].iloc[0] == 0
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--models", "prophet"], "unknown forecaster 'prophet'"),
-    (["--horizon", "7min"], "not a whole number"),
-    (["--warmup", "30d"], "no origin"),
-    (["--target", "prompt_tokens"], "no 'prompt_tokens' column"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--models", "prophet"], "unknown forecaster 'prophet'"),
+        (["--horizon", "7min"], "not a whole number"),
+        (["--warmup", "30d"], "no origin"),
+        (["--target", "prompt_tokens"], "no 'prompt_tokens' column"),
+    ],
+)
 def test_cli_errors_are_one_clean_line(tmp_path, capsys, args, message):
     path = write_counts(tmp_path, np.full(600, 50.0))
-    rc = main(["backtest", "--trace", path, "--out", str(tmp_path / "o"), "--models", "naive", "--no-plot", *args])
+    rc = main(
+        ["backtest", "--trace", path, "--out", str(tmp_path / "o"), "--models", "naive", "--no-plot", *args]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and message in err and "Traceback" not in err
 
@@ -154,10 +219,30 @@ def test_cli_bad_counts_file_names_the_line(tmp_path, capsys):
 
 
 def test_cli_aggregates_a_request_trace(tmp_path):
-    rc = main(["backtest", "--trace", "traces/azure2023_code/AzureLLMInferenceTrace_code.csv", "--format", "azure",
-               "--bucket", "1min", "--horizon", "5min", "--warmup", "15min", "--step", "2min",
-               "--models", "naive,seasonal_naive", "--target", "prompt_tokens", "--no-plot",
-               "--out", str(tmp_path / "az")])
+    rc = main(
+        [
+            "backtest",
+            "--trace",
+            "traces/azure2023_code/AzureLLMInferenceTrace_code.csv",
+            "--format",
+            "azure",
+            "--bucket",
+            "1min",
+            "--horizon",
+            "5min",
+            "--warmup",
+            "15min",
+            "--step",
+            "2min",
+            "--models",
+            "naive,seasonal_naive",
+            "--target",
+            "prompt_tokens",
+            "--no-plot",
+            "--out",
+            str(tmp_path / "az"),
+        ]
+    )
     assert rc == 0
     table = pd.read_csv(tmp_path / "az" / "backtest.csv")
     assert len(table) == 2 and table["mae"].notna().all()
@@ -166,13 +251,35 @@ def test_cli_aggregates_a_request_trace(tmp_path):
 def test_cli_defaults_run_both_baselines_report_skill_and_mask_zero_gaps(tmp_path, capsys):
     """No --models: the baselines and the recommended set; zeros of a busy series are gaps, not demand."""
     t = np.arange(5 * 144)
-    y = 1e6 * (1 + 0.4 * np.sin(2 * np.pi * t / 144)) * np.exp(np.random.default_rng(2).normal(0, 0.05, len(t)))
+    y = (
+        1e6
+        * (1 + 0.4 * np.sin(2 * np.pi * t / 144))
+        * np.exp(np.random.default_rng(2).normal(0, 0.05, len(t)))
+    )
     y[400:406] = 0
     y[560:566] = 0
     path = write_counts(tmp_path, y)
     out = tmp_path / "bt"
-    assert main(["backtest", "--trace", path, "--format", "counts", "--horizon", "2h,4h", "--warmup", "3d",
-                 "--step", "12h", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "backtest",
+                "--trace",
+                path,
+                "--format",
+                "counts",
+                "--horizon",
+                "2h,4h",
+                "--warmup",
+                "3d",
+                "--step",
+                "12h",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     table = pd.read_csv(out / "backtest.csv")
     from fleettwin.commands.backtest import RECOMMENDED
 
@@ -185,8 +292,29 @@ def test_cli_defaults_run_both_baselines_report_skill_and_mask_zero_gaps(tmp_pat
     assert "12 gaps" in printed and "vs naive" in printed and "best model (not a baseline)" in printed
     assert (out / "backtest.png").stat().st_size > 10_000
     # --zeros-are-demand keeps the zeros: they are scored (and the log-scale models must still not explode)
-    assert main(["backtest", "--trace", path, "--format", "counts", "--horizon", "2h", "--warmup", "3d",
-                 "--step", "12h", "--models", "naive,auto_ets", "--zeros-are-demand", "--no-plot",
-                 "--out", str(tmp_path / "z")]) == 0
+    assert (
+        main(
+            [
+                "backtest",
+                "--trace",
+                path,
+                "--format",
+                "counts",
+                "--horizon",
+                "2h",
+                "--warmup",
+                "3d",
+                "--step",
+                "12h",
+                "--models",
+                "naive,auto_ets",
+                "--zeros-are-demand",
+                "--no-plot",
+                "--out",
+                str(tmp_path / "z"),
+            ]
+        )
+        == 0
+    )
     assert "0 gaps (zeros kept as demand)" in capsys.readouterr().out
     assert (pd.read_csv(tmp_path / "z" / "backtest.csv")["max_over_series_max"] < 3).all()

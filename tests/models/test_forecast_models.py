@@ -14,13 +14,30 @@ from fleettwin.models.forecast.backtest import ModelSpec, iter_backtest, rolling
 
 HOUR = 3600.0  # tests use hourly buckets: a daily season of 24 keeps every fit well under a second
 DAY = 24
-SEASONAL = ["seasonal_naive", "seasonal_naive_weekly", "level_seasonal_naive", "holt_winters", "sarimax", "lstm",
-            "mstl", "auto_theta", "lightgbm", "ensemble"]
+SEASONAL = [
+    "seasonal_naive",
+    "seasonal_naive_weekly",
+    "level_seasonal_naive",
+    "holt_winters",
+    "sarimax",
+    "lstm",
+    "mstl",
+    "auto_theta",
+    "lightgbm",
+    "ensemble",
+]
 FAST_LSTM = {"horizon": "1d", "epochs": 15, "hidden": 16}
 
 
-def synthetic(days: int = 14, *, level: float = 1000.0, amp: float = 0.5, noise: float = 0.05, seed: int = 0,
-              extra: int = DAY) -> tuple[np.ndarray, np.ndarray]:
+def synthetic(
+    days: int = 14,
+    *,
+    level: float = 1000.0,
+    amp: float = 0.5,
+    noise: float = 0.05,
+    seed: int = 0,
+    extra: int = DAY,
+) -> tuple[np.ndarray, np.ndarray]:
     """Daily sinusoid times log-normal noise; returns (observed history, true mean of the next ``extra``)."""
     n = days * DAY
     t = np.arange(n + extra)
@@ -36,8 +53,21 @@ def create(name: str, **params) -> object:
 
 
 def test_registry_lists_all_and_rejects_bad_names_and_params():
-    assert {"naive", "seasonal_naive", "seasonal_naive_weekly", "level_seasonal_naive", "holt_winters", "sarimax",
-            "lstm", "auto_ets", "auto_arima", "mstl", "auto_theta", "lightgbm", "ensemble"} <= set(FORECASTERS.names())
+    assert {
+        "naive",
+        "seasonal_naive",
+        "seasonal_naive_weekly",
+        "level_seasonal_naive",
+        "holt_winters",
+        "sarimax",
+        "lstm",
+        "auto_ets",
+        "auto_arima",
+        "mstl",
+        "auto_theta",
+        "lightgbm",
+        "ensemble",
+    } <= set(FORECASTERS.names())
     with pytest.raises(UnknownNameError, match="expected one of"):
         FORECASTERS.create("prophet", {}, bucket_s=HOUR)
     with pytest.raises(ConfigError, match="fourier"):
@@ -56,7 +86,7 @@ def test_recovers_known_seasonality(name):
     n = 14 * DAY
     fc = create(name).fit(y[:n]).predict(DAY)
     assert isinstance(fc, Forecast) and fc.horizon == DAY and fc.model == name
-    truth = lam[n:n + DAY]
+    truth = lam[n : n + DAY]
     mape = np.mean(np.abs(fc.mean - truth) / truth)
     assert mape < (0.10 if "seasonal_naive" in name else 0.06), f"{name}: MAPE {mape:.3f}"
     assert np.all(fc.p10 <= fc.p50) and np.all(fc.p50 <= fc.p90) and np.all(fc.p10 >= 0)
@@ -75,8 +105,11 @@ def test_p90_coverage_near_nominal(name):
     step = 8 if name in ("lstm", "sarimax") else 5
     origins = rolling_origins(len(y), first=12 * DAY, horizon=DAY, step=step)
     params = FAST_LSTM if name == "lstm" else {}
-    results = list(iter_backtest(y, [ModelSpec(alias=name, name=name, params=params)], bucket_s=HOUR,
-                                 origins=origins, horizon=DAY))
+    results = list(
+        iter_backtest(
+            y, [ModelSpec(alias=name, name=name, params=params)], bucket_s=HOUR, origins=origins, horizon=DAY
+        )
+    )
     coverage = score(y, results, [DAY])["coverage_p90"].iloc[0]
     assert 0.78 <= coverage <= 0.98, f"{name}: p90 coverage {coverage:.3f}"
 
@@ -128,10 +161,10 @@ def test_gaps_are_masked_not_zero_demand(name):
     y, lam = synthetic()
     n = 14 * DAY
     holey = y[:n].copy()
-    holey[n - 30:n - 18] = np.nan  # half a day missing, including the same hours one season before
+    holey[n - 30 : n - 18] = np.nan  # half a day missing, including the same hours one season before
     holey[100:110] = np.nan
     fc = create(name).fit(holey).predict(DAY)
-    truth = lam[n:n + DAY]
+    truth = lam[n : n + DAY]
     assert np.mean(np.abs(fc.mean - truth) / truth) < 0.12, "a gap must not read as zero demand"
 
 
@@ -152,35 +185,43 @@ def test_fit_failure_uses_the_fallback(monkeypatch):
 def test_update_matches_a_refit_for_seasonal_naive_and_tracks_for_sarimax():
     y, _ = synthetic(days=12)
     n = 10 * DAY
-    sn = create("seasonal_naive").fit(y[:n]).update(y[n:n + 5])
-    np.testing.assert_allclose(sn.predict(DAY).mean, create("seasonal_naive").fit(y[:n + 5]).predict(DAY).mean)
+    sn = create("seasonal_naive").fit(y[:n]).update(y[n : n + 5])
+    np.testing.assert_allclose(
+        sn.predict(DAY).mean, create("seasonal_naive").fit(y[: n + 5]).predict(DAY).mean
+    )
     # SARIMAX between refits only re-filters; with a capped window the Fourier phase must stay aligned.
     cheap = create("sarimax", refit_every="1d", max_history="7d").fit(y[:n])
     for k in range(n, n + 10, 2):
-        cheap.update(y[k:k + 2])
+        cheap.update(y[k : k + 2])
     assert cheap.offset_ == 3 * DAY + 10 and len(cheap.y_) == 7 * DAY
-    full = create("sarimax", max_history="7d").fit(y[:n + 10])
+    full = create("sarimax", max_history="7d").fit(y[: n + 10])
     np.testing.assert_allclose(cheap.predict(DAY).mean, full.predict(DAY).mean, rtol=0.03)
-    refit = create("sarimax", refit_every="4h", max_history="7d").fit(y[:n]).update(y[n:n + 10])
+    refit = create("sarimax", refit_every="4h", max_history="7d").fit(y[:n]).update(y[n : n + 10])
     np.testing.assert_allclose(refit.predict(DAY).mean, full.predict(DAY).mean, rtol=0.03)
 
 
 def test_ensemble_weights_favour_the_better_member():
     y, lam = synthetic()
-    ens = create("ensemble", members=[{"model": "seasonal_naive"}, {"model": "naive"}],
-                 conformal={"span": "2d", "windows": 6, "horizon": "1d"})
-    fc = ens.fit(y[:14 * DAY]).predict(DAY)
+    ens = create(
+        "ensemble",
+        members=[{"model": "seasonal_naive"}, {"model": "naive"}],
+        conformal={"span": "2d", "windows": 6, "horizon": "1d"},
+    )
+    fc = ens.fit(y[: 14 * DAY]).predict(DAY)
     assert ens.weights_[0] > 0.9
-    assert np.mean(np.abs(fc.mean - lam[14 * DAY:15 * DAY]) / lam[14 * DAY:15 * DAY]) < 0.1
-    ens.update(y[14 * DAY:14 * DAY + 3])  # scores the pending forecasts and keeps the weights sane
+    assert np.mean(np.abs(fc.mean - lam[14 * DAY : 15 * DAY]) / lam[14 * DAY : 15 * DAY]) < 0.1
+    ens.update(y[14 * DAY : 14 * DAY + 3])  # scores the pending forecasts and keeps the weights sane
     assert ens.weights_.sum() == pytest.approx(1) and ens.weights_[0] > 0.8
     with pytest.raises(ConfigError):
         create("ensemble", members=[])
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.one_of(st.floats(0, 1e6), st.just(float("nan"))), min_size=1, max_size=120),
-       st.integers(1, 30), st.sampled_from(["naive", "seasonal_naive"]))
+@given(
+    st.lists(st.one_of(st.floats(0, 1e6), st.just(float("nan"))), min_size=1, max_size=120),
+    st.integers(1, 30),
+    st.sampled_from(["naive", "seasonal_naive"]),
+)
 def test_forecast_is_nonnegative_and_ordered(values, h, name):
     if all(np.isnan(values)):
         return

@@ -53,8 +53,9 @@ def test_gaps_are_only_nan_or_small_buckets(values):
     assert n == int((gap & ~np.isnan(y)).sum()) and np.isnan(masked[gap]).all()
 
 
-@pytest.mark.parametrize("name", ["naive", "seasonal_naive", "holt_winters", "auto_ets", "mstl", "lightgbm",
-                                  "ensemble"])
+@pytest.mark.parametrize(
+    "name", ["naive", "seasonal_naive", "holt_winters", "auto_ets", "mstl", "lightgbm", "ensemble"]
+)
 def test_zero_gaps_give_the_same_forecast_as_nan_gaps(name):
     y = busy()
     zeros, nans = y.copy(), y.copy()
@@ -105,7 +106,9 @@ def test_holt_winters_on_an_unmasked_outage_cannot_explode():
     y = busy(days=6)
     y[-30:-20] = 0
     for zeros in (False, True):
-        fc = FORECASTERS.create("holt_winters", {"zeros_are_demand": zeros}, bucket_s=HOUR).fit(y).predict(DAY)
+        fc = (
+            FORECASTERS.create("holt_winters", {"zeros_are_demand": zeros}, bucket_s=HOUR).fit(y).predict(DAY)
+        )
         assert np.all(fc.p90 <= 3 * y.max())
 
 
@@ -127,16 +130,32 @@ def test_quantile_bands_cover_their_scores():
     assert 0.85 <= np.mean(scores <= q[2][None, :]) <= 0.97
 
 
-LIGHT = {"auto_theta": {}, "mstl": {"periods": ["1d"]},
-         "ensemble": {"members": [{"model": "naive"}, {"model": "auto_theta"}, {"model": "mstl", "params": {"periods": ["1d"]}}]}}
+LIGHT = {
+    "auto_theta": {},
+    "mstl": {"periods": ["1d"]},
+    "ensemble": {
+        "members": [
+            {"model": "naive"},
+            {"model": "auto_theta"},
+            {"model": "mstl", "params": {"periods": ["1d"]}},
+        ]
+    },
+}
 
 
 @pytest.mark.parametrize("name", list(LIGHT))
 def test_conformal_p90_coverage_near_nominal_on_synthetic_data(name):
     y = busy(days=14, level=1000.0, seed=5)
     origins = rolling_origins(len(y), first=9 * DAY, horizon=12, step=9)
-    results = list(iter_backtest(y, [ModelSpec(alias=name, name=name, params=LIGHT[name])], bucket_s=HOUR,
-                                 origins=origins, horizon=12))
+    results = list(
+        iter_backtest(
+            y,
+            [ModelSpec(alias=name, name=name, params=LIGHT[name])],
+            bucket_s=HOUR,
+            origins=origins,
+            horizon=12,
+        )
+    )
     coverage = score(y, results, [12])["coverage_p90"].iloc[0]
     assert 0.8 <= coverage <= 0.98, f"{name}: p90 coverage {coverage:.3f}"
 

@@ -26,8 +26,10 @@ def write(tmp_path, text: str, name: str = "c.csv") -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("text,seconds", [("30s", 30), ("5min", 300), ("2h", 7200), ("1d", 86400), ("1w", 604800),
-                                          (600, 600), ("1.5h", 5400)])
+@pytest.mark.parametrize(
+    "text,seconds",
+    [("30s", 30), ("5min", 300), ("2h", 7200), ("1d", 86400), ("1w", 604800), (600, 600), ("1.5h", 5400)],
+)
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
 
@@ -45,7 +47,9 @@ def test_to_buckets_needs_whole_buckets():
 
 
 def test_read_counts_with_tokens_and_missing_rows(tmp_path):
-    path = write(tmp_path, "timestamp_s,requests,prompt_tokens,output_tokens\n0,5,50,10\n60,6,60,12\n180,7,70,14\n")
+    path = write(
+        tmp_path, "timestamp_s,requests,prompt_tokens,output_tokens\n0,5,50,10\n60,6,60,12\n180,7,70,14\n"
+    )
     s = read_counts_csv(path)
     assert s.bucket_s == 60 and len(s) == 4
     np.testing.assert_array_equal(s.requests[[0, 1, 3]], [5, 6, 7])
@@ -58,16 +62,19 @@ def test_read_counts_nan_cell_is_gap(tmp_path):
     assert s.gaps == 2 and s.prompt_tokens is None
 
 
-@pytest.mark.parametrize("body,line,match", [
-    ("timestamp_s,requests\n0,1\n60,-3\n", 3, "negative"),
-    ("timestamp_s,requests\n0,1\n60,abc\n", 3, "not a number"),
-    ("timestamp_s,requests\n0,1\n60,2\n60,3\n", 4, "not after"),
-    ("timestamp_s,requests\n0,1\n60,2\n150,3\n", 4, "grid"),
-    ("timestamp_s,requests\n0,1\n60\n", 3, "expected 2 fields"),
-    ("time,count\n0,1\n", 1, "header"),
-    ("timestamp_s,requests\n0,1\n", 2, "two rows"),
-    ("timestamp_s,requests\n0,1\n60,inf\n", 3, "not finite"),
-])
+@pytest.mark.parametrize(
+    "body,line,match",
+    [
+        ("timestamp_s,requests\n0,1\n60,-3\n", 3, "negative"),
+        ("timestamp_s,requests\n0,1\n60,abc\n", 3, "not a number"),
+        ("timestamp_s,requests\n0,1\n60,2\n60,3\n", 4, "not after"),
+        ("timestamp_s,requests\n0,1\n60,2\n150,3\n", 4, "grid"),
+        ("timestamp_s,requests\n0,1\n60\n", 3, "expected 2 fields"),
+        ("time,count\n0,1\n", 1, "header"),
+        ("timestamp_s,requests\n0,1\n", 2, "two rows"),
+        ("timestamp_s,requests\n0,1\n60,inf\n", 3, "not finite"),
+    ],
+)
 def test_read_counts_errors_name_the_line(tmp_path, body, line, match):
     path = write(tmp_path, body)
     with pytest.raises(TraceFormatError, match=match) as err:

@@ -17,29 +17,55 @@ from fleettwin.sim.runner import run_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = ROOT / "configs" / "experiments" / "multitier.yaml"
-SMALL = {"workload.duration_s": 1200, "workload.mean_rate": 1, "pools.0.replicas": 1, "jobs": None,
-         "controller.allocator": {"name": "forecast", "params": {
-             "forecast": {"forecaster": {"name": "seasonal_naive", "params": {"period": "1d"}}, "quantile": "p90",
-                          "provisioning_delay_s": 3300},
-             "capacity": {"measured": {"h100-80g/llama-3-70b/2": 1.55}}}}}  # fmt: skip
+SMALL = {
+    "workload.duration_s": 1200,
+    "workload.mean_rate": 1,
+    "pools.0.replicas": 1,
+    "jobs": None,
+    "controller.allocator": {
+        "name": "forecast",
+        "params": {
+            "forecast": {
+                "forecaster": {"name": "seasonal_naive", "params": {"period": "1d"}},
+                "quantile": "p90",
+                "provisioning_delay_s": 3300,
+            },
+            "capacity": {"measured": {"h100-80g/llama-3-70b/2": 1.55}},
+        },
+    },
+}
 
 
 def snapshot(rates: list[float | None], t: float) -> FleetSnapshot:
-    serving = ServingStats(running=0, waiting=0, kv_usage=0.0, arrival_rate_history=tuple(rates),
-                           history_bucket_s=300.0)
-    pool = PoolState(name="chat", tier="inference", region="default", gpu="h100-80g", purchase="on_demand",
-                     model="llama-3-8b", tp=1, gpus=(), serving=serving, slo=Slo(ttft_s=2.0, tpot_s=0.1))
+    serving = ServingStats(
+        running=0, waiting=0, kv_usage=0.0, arrival_rate_history=tuple(rates), history_bucket_s=300.0
+    )
+    pool = PoolState(
+        name="chat",
+        tier="inference",
+        region="default",
+        gpu="h100-80g",
+        purchase="on_demand",
+        model="llama-3-8b",
+        tp=1,
+        gpus=(),
+        serving=serving,
+        slo=Slo(ttft_s=2.0, tpot_s=0.1),
+    )
     return FleetSnapshot(time_s=t, control_interval_s=300.0, pools=(pool,), inventory=(), jobs=())
 
 
 def test_tracker_updates_between_decisions_and_matches_a_refit():
     rng = np.random.default_rng(0)
     rates = list(10 + 5 * np.sin(2 * np.pi * np.arange(700) / 288) + rng.normal(0, 0.3, 700))
-    settings = ForecastSettings(forecaster=PolicyRef(name="seasonal_naive", params={"period": "1d"}),
-                                provisioning_delay_s=3300)
+    settings = ForecastSettings(
+        forecaster=PolicyRef(name="seasonal_naive", params={"period": "1d"}), provisioning_delay_s=3300
+    )
     tracker = ForecastTracker()
     for k in range(600, 606):
-        kept, _ = forecast_peak(settings, snapshot(rates[:k], 300.0 * k), snapshot(rates[:k], 0).pools[0], tracker)
+        kept, _ = forecast_peak(
+            settings, snapshot(rates[:k], 300.0 * k), snapshot(rates[:k], 0).pools[0], tracker
+        )
         fresh, _ = forecast_peak(settings, snapshot(rates[:k], 300.0 * k), snapshot(rates[:k], 0).pools[0])
         assert kept == pytest.approx(fresh, rel=1e-9)
     model = tracker._state["chat"][0]
@@ -67,8 +93,14 @@ def test_history_file_warm_start_forecasts_from_the_first_decision(tmp_path, cap
     t = np.arange(2 * 288)
     counts = 300 * (1 + 0.5 * np.sin(2 * np.pi * t / 288))
     path.write_text("timestamp_s,requests\n" + "".join(f"{i * 300},{c:.0f}\n" for i, c in enumerate(counts)))
-    cfg = load_scenario(SCENARIO, {**SMALL, "controller.prior_history_s": 0,  # 0: all of the file (2 days)
-                                   "controller.prior_history_path": str(path)})
+    cfg = load_scenario(
+        SCENARIO,
+        {
+            **SMALL,
+            "controller.prior_history_s": 0,  # 0: all of the file (2 days)
+            "controller.prior_history_path": str(path),
+        },
+    )
     res = run_scenario(cfg)
     assert res.decisions[0]["time_s"] == 0.0
     assert res.summary["controller"]["forecast_fallbacks"] == []
@@ -79,8 +111,9 @@ def test_history_file_warm_start_forecasts_from_the_first_decision(tmp_path, cap
 def test_history_file_shorter_than_asked_is_a_clear_error(tmp_path):
     path = tmp_path / "before.csv"
     path.write_text("timestamp_s,requests\n0,5\n300,6\n")
-    cfg = load_scenario(SCENARIO, {**SMALL, "controller.prior_history_s": 86400,
-                                   "controller.prior_history_path": str(path)})
+    cfg = load_scenario(
+        SCENARIO, {**SMALL, "controller.prior_history_s": 86400, "controller.prior_history_path": str(path)}
+    )
     with pytest.raises(ConfigError, match="longer than the file"):
         run_scenario(cfg)
 

@@ -57,8 +57,12 @@ batches = st.builds(
 
 
 @settings(max_examples=300, deadline=None)
-@given(config=st.sampled_from(CONFIGS), batch=batches, field=st.sampled_from(FIELDS),
-       extra=st.integers(1, 10_000))
+@given(
+    config=st.sampled_from(CONFIGS),
+    batch=batches,
+    field=st.sampled_from(FIELDS),
+    extra=st.integers(1, 10_000),
+)
 def test_roofline_is_monotone_in_every_batch_field(config, batch, field, extra):
     model = roofline(*config)
     bigger = dataclasses.replace(batch, **{field: getattr(batch, field) + extra})
@@ -66,8 +70,12 @@ def test_roofline_is_monotone_in_every_batch_field(config, batch, field, extra):
 
 
 @settings(max_examples=100, deadline=None)
-@given(config=st.sampled_from(CONFIGS), num_seqs=st.integers(0, 512), ctx=st.integers(0, 1_000_000),
-       steps=st.integers(0, 300))
+@given(
+    config=st.sampled_from(CONFIGS),
+    num_seqs=st.integers(0, 512),
+    ctx=st.integers(0, 1_000_000),
+    steps=st.integers(0, 300),
+)
 def test_vectorised_decode_times_match_looping_step_time(config, num_seqs, ctx, steps):
     model = roofline(*config)
     fast = model.decode_times(num_seqs, ctx, steps)
@@ -88,7 +96,9 @@ def test_single_sequence_decode_is_a_weight_read_closed_form():
     weights = (m.params - m.embedding_params) * 2  # the input embedding is gathered, not streamed
     kv = (ctx + 1) * 128 * 1024
     expected = 2e-3 + (weights + kv) / (3.35e12 * 0.8)
-    assert model.step_time(BatchStats(decode_seqs=1, decode_ctx_tokens=ctx)) == pytest.approx(expected, rel=1e-12)
+    assert model.step_time(BatchStats(decode_seqs=1, decode_ctx_tokens=ctx)) == pytest.approx(
+        expected, rel=1e-12
+    )
 
 
 def test_large_prefill_is_compute_bound_closed_form():
@@ -104,14 +114,21 @@ def test_large_prefill_is_compute_bound_closed_form():
 def test_tensor_parallel_pays_for_all_reduces():
     batch = BatchStats(decode_seqs=8, decode_ctx_tokens=8 * 500)
     tp1 = roofline("h100-80g", "llama-3-8b", 1)
-    assert tp1.step_time(batch) == roofline("h100-80g", "llama-3-8b", 1, allreduce_latency_s=1.0).step_time(batch)
+    assert tp1.step_time(batch) == roofline("h100-80g", "llama-3-8b", 1, allreduce_latency_s=1.0).step_time(
+        batch
+    )
     tp4 = roofline("h100-80g", "llama-3-70b", 4)
     no_latency = roofline("h100-80g", "llama-3-70b", 4, allreduce_latency_s=0.0)
     # 80 layers x 2 all-reduces: 25 us each, plus a ring transfer of 8 tokens x 8192 x 2 bytes over 450 GB/s.
     assert tp4.step_time(batch) - no_latency.step_time(batch) == pytest.approx(160 * 25e-6, rel=1e-9)
     fast_links = CAT.with_overrides(gpus={"h100-80g": {"interconnect_gbps": 1e15}})
-    no_comm = PERF_MODELS.create("roofline", {"allreduce_latency_s": 0.0}, gpu=fast_links.gpu("h100-80g"),
-                                 llm=CAT.llm("llama-3-70b"), tp=4)
+    no_comm = PERF_MODELS.create(
+        "roofline",
+        {"allreduce_latency_s": 0.0},
+        gpu=fast_links.gpu("h100-80g"),
+        llm=CAT.llm("llama-3-70b"),
+        tp=4,
+    )
     ring = 160 * 2 * 3 / 4 * 8 * 8192 * 2 / 450e9
     assert no_latency.step_time(batch) - no_comm.step_time(batch) == pytest.approx(ring, rel=1e-6)
 
@@ -120,9 +137,12 @@ def test_two_node_tensor_parallel_uses_the_internode_network():
     batch = BatchStats(decode_seqs=8, decode_ctx_tokens=8 * 500)
     slow_ib = dict(internode_latency_s=1e-3, internode_bandwidth_gbs=1.0)
     assert roofline("h200", "llama-3.1-405b", 8, **slow_ib).step_time(batch) == roofline(
-        "h200", "llama-3.1-405b", 8).step_time(batch)
-    assert roofline("h100-80g", "llama-3.1-405b", 16, **slow_ib).step_time(batch) > roofline(
-        "h100-80g", "llama-3.1-405b", 16).step_time(batch) + 0.2
+        "h200", "llama-3.1-405b", 8
+    ).step_time(batch)
+    assert (
+        roofline("h100-80g", "llama-3.1-405b", 16, **slow_ib).step_time(batch)
+        > roofline("h100-80g", "llama-3.1-405b", 16).step_time(batch) + 0.2
+    )
 
 
 def test_moe_reads_more_experts_as_the_batch_grows():
@@ -150,11 +170,15 @@ def test_published_latency_llama3_8b_h100_within_15_percent():
 
 def test_constant_model_arithmetic():
     model = PERF_MODELS.create(
-        "constant", {"step_s": 0.01, "per_prefill_token_s": 1e-4, "per_decode_seq_s": 1e-3},
-        gpu=CAT.gpu("h100-80g"), llm=CAT.llm("llama-3-8b"), tp=1,
+        "constant",
+        {"step_s": 0.01, "per_prefill_token_s": 1e-4, "per_decode_seq_s": 1e-3},
+        gpu=CAT.gpu("h100-80g"),
+        llm=CAT.llm("llama-3-8b"),
+        tp=1,
     )
-    batch = BatchStats(prefill_seqs=2, prefill_tokens=300, prefill_attn_pairs=1e6, decode_seqs=7,
-                       decode_ctx_tokens=9000)
+    batch = BatchStats(
+        prefill_seqs=2, prefill_tokens=300, prefill_attn_pairs=1e6, decode_seqs=7, decode_ctx_tokens=9000
+    )
     assert model.step_time(batch) == pytest.approx(0.01 + 300e-4 + 7e-3)
     np.testing.assert_allclose(model.decode_times(4, 100, 3), [0.014] * 3, rtol=1e-15)
     np.testing.assert_allclose(model.decode_times(4, 100, 3), PerformanceModel.decode_times(model, 4, 100, 3))

@@ -1,4 +1,5 @@
-"""The profiled performance model: interpolation on Vidur's tables, the fitted fallback, and the calibrate report."""
+"""The profiled performance model: interpolation on Vidur's tables, the fitted fallback, and the calibrate
+report."""
 
 from __future__ import annotations
 
@@ -65,13 +66,20 @@ def test_model_token_time_is_exact_on_table_rows():
         model = profiled(gpu, llm, tp=8, lm_head=False)
         table = model.table
         got = np.array([model.token_time(int(n)) for n in table.num_tokens])
-        comm = np.array([2 * model.llm.num_layers * model._allreduce_s(np.array([n]))[0] for n in table.num_tokens])
+        comm = np.array(
+            [2 * model.llm.num_layers * model._allreduce_s(np.array([n]))[0] for n in table.num_tokens]
+        )
         expected = model.llm.num_layers * table.layer_ms * 1e-3 + comm
         np.testing.assert_allclose(got, expected, rtol=1e-12)
 
 
 @settings(max_examples=200, deadline=None)
-@given(table=st.integers(0, 15), op=st.sampled_from((*OPERATORS, "layer")), frac=st.floats(0, 1), k=st.integers(0, 10_000))
+@given(
+    table=st.integers(0, 15),
+    op=st.sampled_from((*OPERATORS, "layer")),
+    frac=st.floats(0, 1),
+    k=st.integers(0, 10_000),
+)
 def test_interpolation_is_monotone_between_neighbouring_rows(table, op, frac, k):
     t = mlp_tables()[table]
     y = t.layer_ms if op == "layer" else t.times_ms[op]
@@ -138,10 +146,16 @@ def test_describe_names_the_path_taken():
 def test_fallback_is_the_roofline_with_the_fitted_efficiencies():
     fb = profiled("h200", "llama-3-8b", tp=1)
     roof = PERF_MODELS.create(
-        "roofline", {"flops_efficiency": FITTED_FLOPS_EFFICIENCY, "bandwidth_efficiency": FITTED_BANDWIDTH_EFFICIENCY,
-                     "overhead_s": 2e-3 + 32 * FITTED_LAYER_FIXED_S},
-        gpu=CAT.gpu("h200"), llm=CAT.llm("llama-3-8b"), tp=1,
-    )  # fmt: skip
+        "roofline",
+        {
+            "flops_efficiency": FITTED_FLOPS_EFFICIENCY,
+            "bandwidth_efficiency": FITTED_BANDWIDTH_EFFICIENCY,
+            "overhead_s": 2e-3 + 32 * FITTED_LAYER_FIXED_S,
+        },
+        gpu=CAT.gpu("h200"),
+        llm=CAT.llm("llama-3-8b"),
+        tp=1,
+    )
     b = BatchStats(decode_seqs=17, decode_ctx_tokens=17 * 900)
     b.add_prefill(300, 0)
     assert fb.step_time(b) == roof.step_time(b)
@@ -153,8 +167,13 @@ def test_profiled_and_roofline_agree_within_the_stated_band(gpu, llm):
     default roofline's: measured GEMMs near the ridge point and measured all-reduces are slower than the
     roofline assumes (docs/perf_model.md)."""
     tp = min_tensor_parallel(CAT.gpu(gpu), CAT.llm(llm))
-    m, r = profiled(gpu, llm, tp), PERF_MODELS.create("roofline", None, gpu=CAT.gpu(gpu), llm=CAT.llm(llm), tp=tp)
-    batches = [BatchStats(decode_seqs=s, decode_ctx_tokens=s * c) for s in (1, 8, 64, 256) for c in (128, 2048)]
+    m, r = (
+        profiled(gpu, llm, tp),
+        PERF_MODELS.create("roofline", None, gpu=CAT.gpu(gpu), llm=CAT.llm(llm), tp=tp),
+    )
+    batches = [
+        BatchStats(decode_seqs=s, decode_ctx_tokens=s * c) for s in (1, 8, 64, 256) for c in (128, 2048)
+    ]
     for n in (64, 512, 2048, 8192):
         b = BatchStats()
         b.add_prefill(n, 0)
@@ -174,10 +193,17 @@ def test_step_time_grows_with_every_aggregate():
 
 
 def _loop(model, seqs, ctx, steps):
-    return np.array([model.step_time(BatchStats(decode_seqs=seqs, decode_ctx_tokens=ctx + k * seqs)) for k in range(steps)])
+    return np.array(
+        [
+            model.step_time(BatchStats(decode_seqs=seqs, decode_ctx_tokens=ctx + k * seqs))
+            for k in range(steps)
+        ]
+    )
 
 
-@pytest.mark.parametrize("gpu,llm,tp", [("a100-80g", "llama-2-7b", 1), ("h100-80g", "llama-2-70b", 4), ("h200", "llama-3-8b", 1)])
+@pytest.mark.parametrize(
+    "gpu,llm,tp", [("a100-80g", "llama-2-7b", 1), ("h100-80g", "llama-2-70b", 4), ("h200", "llama-3-8b", 1)]
+)
 def test_decode_times_match_a_step_time_loop(gpu, llm, tp):
     m = profiled(gpu, llm, tp, decode_batching_overhead=0.1)
     for seqs, ctx in ((1, 0), (7, 7 * 333), (200, 200 * 3000)):
@@ -190,8 +216,9 @@ def test_params_are_validated_by_the_registry():
         profiled(bogus=1)
     with pytest.raises(ConfigError, match="overhead_s"):
         profiled(overhead_s=-1)
-    assert profiled(overhead_s=0.0, lm_head=False).step_time(BatchStats(decode_seqs=1)) < profiled().step_time(
-        BatchStats(decode_seqs=1))  # fmt: skip
+    assert profiled(overhead_s=0.0, lm_head=False).step_time(
+        BatchStats(decode_seqs=1)
+    ) < profiled().step_time(BatchStats(decode_seqs=1))
 
 
 # -- an attention table in Vidur's format -------------------------------------------------------------------
@@ -201,19 +228,42 @@ def _attention_csv(path, n_head=32, n_kv_head=32, n_embd=4096):
     rows = []
     for bs in (1, 2, 4, 8, 16, 32, 64, 128):
         for kv in (16, 256, 1024, 4096):
-            rows.append(dict(batch_size=bs, prefill_chunk_size=0, kv_cache_size=kv, dec=0.01 + 1e-6 * bs * kv, pre=np.nan))
+            rows.append(
+                dict(
+                    batch_size=bs,
+                    prefill_chunk_size=0,
+                    kv_cache_size=kv,
+                    dec=0.01 + 1e-6 * bs * kv,
+                    pre=np.nan,
+                )
+            )
     for chunk in (16, 128, 512, 2048, 4096):
         for kv in (0, 256, 1024, 2048):
             if kv + chunk <= 4096:
-                rows.append(dict(batch_size=1, prefill_chunk_size=chunk, kv_cache_size=kv, dec=np.nan,
-                                 pre=0.02 + 1e-8 * chunk * (kv + chunk / 2)))  # fmt: skip
+                rows.append(
+                    dict(
+                        batch_size=1,
+                        prefill_chunk_size=chunk,
+                        kv_cache_size=kv,
+                        dec=np.nan,
+                        pre=0.02 + 1e-8 * chunk * (kv + chunk / 2),
+                    )
+                )
     df = pd.DataFrame(rows)
-    pd.DataFrame({
-        "time_stats.attn_decode.median": df["dec"], "time_stats.attn_prefill.median": df["pre"],
-        "n_embd": n_embd, "n_q_head": n_head, "n_kv_head": n_kv_head, "block_size": 16,
-        "num_tensor_parallel_workers": 1, "batch_size": df["batch_size"],
-        "prefill_chunk_size": df["prefill_chunk_size"], "kv_cache_size": df["kv_cache_size"],
-    }).to_csv(path, index=False)  # fmt: skip
+    pd.DataFrame(
+        {
+            "time_stats.attn_decode.median": df["dec"],
+            "time_stats.attn_prefill.median": df["pre"],
+            "n_embd": n_embd,
+            "n_q_head": n_head,
+            "n_kv_head": n_kv_head,
+            "block_size": 16,
+            "num_tensor_parallel_workers": 1,
+            "batch_size": df["batch_size"],
+            "prefill_chunk_size": df["prefill_chunk_size"],
+            "kv_cache_size": df["kv_cache_size"],
+        }
+    ).to_csv(path, index=False)
     return path
 
 
@@ -232,8 +282,12 @@ def test_attention_table_is_exact_on_rows_and_used_by_the_model(tmp_path):
     assert no_attn.step_time(b) == pytest.approx(expected, rel=1e-12)
     p = BatchStats()
     p.add_prefill(512, 0)  # one whole-prompt chunk: exactly one table row
-    assert no_attn.step_time(p) == pytest.approx(no_attn.token_time(512) + 32e-3 * (0.02 + 1e-8 * 512 * 256), rel=1e-12)
-    np.testing.assert_allclose(no_attn.decode_times(8, 8 * 500, 40), _loop(no_attn, 8, 8 * 500, 40), rtol=1e-12)
+    assert no_attn.step_time(p) == pytest.approx(
+        no_attn.token_time(512) + 32e-3 * (0.02 + 1e-8 * 512 * 256), rel=1e-12
+    )
+    np.testing.assert_allclose(
+        no_attn.decode_times(8, 8 * 500, 40), _loop(no_attn, 8, 8 * 500, 40), rtol=1e-12
+    )
 
 
 def test_attention_table_for_another_shape_is_refused(tmp_path):
@@ -243,8 +297,13 @@ def test_attention_table_for_another_shape_is_refused(tmp_path):
 
 
 def test_piecewise_linear_2d_clamps_outside_its_rows():
-    f = PiecewiseLinear2D(np.array([1.0, 2.0]), [PiecewiseLinear(np.array([0.0, 1.0]), np.array([0.0, 1.0])),
-                                                 PiecewiseLinear(np.array([0.0, 1.0]), np.array([0.0, 3.0]))])  # fmt: skip
+    f = PiecewiseLinear2D(
+        np.array([1.0, 2.0]),
+        [
+            PiecewiseLinear(np.array([0.0, 1.0]), np.array([0.0, 1.0])),
+            PiecewiseLinear(np.array([0.0, 1.0]), np.array([0.0, 3.0])),
+        ],
+    )
     assert f(0.5, 1.0) == 1.0 and f(5.0, 1.0) == 3.0 and f(1.5, 1.0) == 2.0
 
 

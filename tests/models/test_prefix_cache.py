@@ -22,8 +22,13 @@ from fleettwin.models.workload.request import Request
 from tests.simkit import LinearPerf, run_pool
 
 B = PREFIX_BLOCK_TOKENS
-CACHED = EngineLimits(num_blocks=2000, max_num_batched_tokens=4096, max_model_len=8192, enable_prefix_caching=True,
-                      prefix_cache_blocks=64)  # fmt: skip
+CACHED = EngineLimits(
+    num_blocks=2000,
+    max_num_batched_tokens=4096,
+    max_model_len=8192,
+    enable_prefix_caching=True,
+    prefix_cache_blocks=64,
+)
 
 
 def req(i: int, t: float, prompt: int, output: int, blocks: tuple[int, ...]) -> Request:
@@ -55,10 +60,14 @@ def test_a_cached_prefix_shortens_ttft_by_exactly_the_skipped_prefill(mode):
     perf = PERF_MODELS.create("roofline", {}, gpu=cat.gpu("h100-80g"), llm=cat.llm("llama-3-8b"), tp=1)
     prompt = 3 * B + 300
     blocks = (7, 8, 9, 10)
-    first, again = req(0, 0.0, prompt, 20, blocks), req(1, 60.0, prompt, 20, blocks)  # the second after the first
+    first, again = (
+        req(0, 0.0, prompt, 20, blocks),
+        req(1, 60.0, prompt, 20, blocks),
+    )  # the second after the first
     cached = run_pool([first, again], CACHED, perf=perf, mode=mode).requests.set_index("id")
-    plain = run_pool([first, again], replace(CACHED, enable_prefix_caching=False), perf=perf,
-                     mode=mode).requests.set_index("id")  # fmt: skip
+    plain = run_pool(
+        [first, again], replace(CACHED, enable_prefix_caching=False), perf=perf, mode=mode
+    ).requests.set_index("id")
     full, rest = BatchStats(), BatchStats()
     full.add_prefill(prompt, 0)
     rest.add_prefill(prompt - 3 * B, 3 * B)  # three blocks were cached when the first request finished
@@ -102,16 +111,31 @@ def session_workloads(draw) -> list[Request]:
         t += draw(st.floats(0.0, 2.0, allow_nan=False))
         session, depth = draw(st.integers(0, 3)), draw(st.integers(1, 5))
         prompt = draw(st.integers(max(1, (depth - 1) * B + 1), depth * B))
-        out.append(req(i, t, prompt, draw(st.integers(1, 150)), tuple(100 * session + j for j in range(depth))))
+        out.append(
+            req(i, t, prompt, draw(st.integers(1, 150)), tuple(100 * session + j for j in range(depth)))
+        )
     return out
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(reqs=session_workloads(), replicas=st.integers(1, 3), num_blocks=st.integers(170, 600),
-       cache_blocks=st.integers(1, 12), seqs=st.integers(1, 16))  # fmt: skip
-def test_event_skipping_matches_the_oracle_with_prefix_caching(reqs, replicas, num_blocks, cache_blocks, seqs):
-    limits = EngineLimits(num_blocks=num_blocks, max_num_seqs=seqs, max_num_batched_tokens=1024, max_model_len=2720,
-                          enable_prefix_caching=True, prefix_cache_blocks=cache_blocks)  # fmt: skip
+@given(
+    reqs=session_workloads(),
+    replicas=st.integers(1, 3),
+    num_blocks=st.integers(170, 600),
+    cache_blocks=st.integers(1, 12),
+    seqs=st.integers(1, 16),
+)
+def test_event_skipping_matches_the_oracle_with_prefix_caching(
+    reqs, replicas, num_blocks, cache_blocks, seqs
+):
+    limits = EngineLimits(
+        num_blocks=num_blocks,
+        max_num_seqs=seqs,
+        max_num_batched_tokens=1024,
+        max_model_len=2720,
+        enable_prefix_caching=True,
+        prefix_cache_blocks=cache_blocks,
+    )
     a = run_pool(reqs, limits, replicas=replicas, mode="skip", router="prefix_affinity")
     b = run_pool(reqs, limits, replicas=replicas, mode="per_iteration", router="prefix_affinity")
     ra, rb = a.requests, b.requests

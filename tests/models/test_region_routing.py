@@ -1,4 +1,5 @@
-"""Region routers on hand-made views: nearest, latency-aware, content-aware (homes, spill, failover, warmth)."""
+"""Region routers on hand-made views: nearest, latency-aware, content-aware (homes, spill, failover,
+warmth)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,15 @@ def view(name: str, rtt_ms: float, **kw) -> RegionView:
 
 
 def req(key: str | None = "k", blocks: tuple[int, ...] = (), i: int = 0) -> Request:
-    return Request(id=i, arrival_s=0.0, prompt_tokens=1000, output_tokens=10, region="a", prefix_key=key,
-                   prefix_blocks=blocks)  # fmt: skip
+    return Request(
+        id=i,
+        arrival_s=0.0,
+        prompt_tokens=1000,
+        output_tokens=10,
+        region="a",
+        prefix_key=key,
+        prefix_blocks=blocks,
+    )
 
 
 WORLD = [view("a", 3), view("b", 70), view("c", 150), view("d", 230)]
@@ -87,12 +95,14 @@ def test_content_aware_follows_a_warm_cache_only_by_a_clear_margin():
     key = "session-9"
     home = min(range(4), key=lambda i: rendezvous_score(key, WORLD[i].name, WORLD[i].replicas))
     other = (home + 1) % 4
+
     def with_hits(h_home: int, h_other: int) -> list[RegionView]:
         out = []
         for i, v in enumerate(WORLD):
             hits = h_home if i == home else h_other if i == other else 1
             out.append(view(v.name, v.rtt_s * 1000, prefix_hits=hits))
         return out
+
     assert ca.choose(req(key), "a", with_hits(1, 4), 0) == home  # 3 more blocks: not enough
     assert ca.choose(req(key), "a", with_hits(1, 5), 0) == other  # 4 more: the key follows its KV prefix
     assert ca.choose(req(key), "a", with_hits(0, 1), 0) == home  # a shared first block is no reason to move

@@ -45,7 +45,7 @@ def model_of(*rows: str) -> RetrievalModel:
     return RetrievalModel(RetrievalTable([("t.csv", parse_table(csv_text(*rows), "t.csv"))]))
 
 
-# -- loading -----------------------------------------------------------------------------------------------------
+# -- loading -------------------------------------------------------------------------------------------------
 
 
 def test_package_tables_cover_every_index_type():
@@ -54,21 +54,24 @@ def test_package_tables_cover_every_index_type():
     assert all(r.source for r in table.rows)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "empty file"),
-    ("index_type,hardware\n", "t.csv:1: header: missing n_vectors"),
-    (HEADER + ",extra\n" + row() + ",x\n", "unexpected extra"),
-    (csv_text(row(it="annoy")), "t.csv:2: index_type: 'annoy' is not one of"),
-    (csv_text(row(), row(n="ten")), "t.csv:3: n_vectors: expected an integer"),
-    (csv_text(row(p50=3.0, p95=2.0)), "t.csv:2: latency_ms_p95 (2.0) is below latency_ms_p50 (3.0)"),
-    (csv_text(row(rec=1.5)), "t.csv:2: recall_at_10: must be >= 0.0 and <= 1.0"),
-    (csv_text(row(p50=0)), "t.csv:2: latency_ms_p50: must be > 0.0"),
-    (csv_text(row(p50="nan")), "t.csv:2: latency_ms_p50"),
-    (csv_text(row(src="")), "t.csv:2: source: must say where"),
-    (csv_text(row() + ",surplus"), "t.csv:2: expected 10 fields"),
-    (csv_text(row(batch=0)), "t.csv:2: batch: must be >= 1"),
-    (HEADER + "\n", "no data rows"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "empty file"),
+        ("index_type,hardware\n", "t.csv:1: header: missing n_vectors"),
+        (HEADER + ",extra\n" + row() + ",x\n", "unexpected extra"),
+        (csv_text(row(it="annoy")), "t.csv:2: index_type: 'annoy' is not one of"),
+        (csv_text(row(), row(n="ten")), "t.csv:3: n_vectors: expected an integer"),
+        (csv_text(row(p50=3.0, p95=2.0)), "t.csv:2: latency_ms_p95 (2.0) is below latency_ms_p50 (3.0)"),
+        (csv_text(row(rec=1.5)), "t.csv:2: recall_at_10: must be >= 0.0 and <= 1.0"),
+        (csv_text(row(p50=0)), "t.csv:2: latency_ms_p50: must be > 0.0"),
+        (csv_text(row(p50="nan")), "t.csv:2: latency_ms_p50"),
+        (csv_text(row(src="")), "t.csv:2: source: must say where"),
+        (csv_text(row() + ",surplus"), "t.csv:2: expected 10 fields"),
+        (csv_text(row(batch=0)), "t.csv:2: batch: must be >= 1"),
+        (HEADER + "\n", "no data rows"),
+    ],
+)
 def test_bad_tables_name_file_line_and_column(text, message):
     with pytest.raises(ConfigError) as err:
         parse_table(text, "t.csv")
@@ -101,7 +104,7 @@ def test_unknown_or_ambiguous_hardware_is_an_error():
         model.lookup("hnsw", "tpu", 1000, 128, 16)
 
 
-# -- lookup ------------------------------------------------------------------------------------------------------
+# -- lookup --------------------------------------------------------------------------------------------------
 
 
 def test_lookup_is_exact_on_every_row_of_the_package_table():
@@ -124,13 +127,19 @@ def test_lookup_is_exact_on_every_row_of_the_package_table():
 
 
 def test_interpolation_rules_between_and_beyond_rows():
-    m = model_of(row(n=1000, s=10, p50=1.0, p95=1.0, rec=0.5), row(n=1000, s=20, p50=3.0, p95=3.0, rec=0.9),
-                 row(n=100000, s=10, p50=4.0, p95=4.0, rec=0.4), row(n=100000, s=20, p50=12.0, p95=12.0, rec=0.8))
+    m = model_of(
+        row(n=1000, s=10, p50=1.0, p95=1.0, rec=0.5),
+        row(n=1000, s=20, p50=3.0, p95=3.0, rec=0.9),
+        row(n=100000, s=10, p50=4.0, p95=4.0, rec=0.4),
+        row(n=100000, s=20, p50=12.0, p95=12.0, rec=0.8),
+    )
     assert m.lookup("hnsw", "cpu", 1000, 128, 15).p50_ms == pytest.approx(2.0)  # linear in search_param
     mid = m.lookup("hnsw", "cpu", 10000, 128, 10)  # log-log in n: geometric mean of 1 and 4
     assert mid.p50_ms == pytest.approx(2.0) and mid.recall == pytest.approx(0.45)
     beyond = m.lookup("hnsw", "cpu", 1000, 128, 30)  # last slope continues, recall does not grow
-    assert beyond.p50_ms == pytest.approx(5.0) and beyond.recall == 0.9 and "search_param" in beyond.extrapolated
+    assert (
+        beyond.p50_ms == pytest.approx(5.0) and beyond.recall == 0.9 and "search_param" in beyond.extrapolated
+    )
     big = m.lookup("hnsw", "cpu", 10_000_000, 128, 10)  # power law with the last exponent (0.301)
     assert big.p50_ms == pytest.approx(16.0) and big.recall == 0.4 and "n_vectors" in big.extrapolated
     wide = m.lookup("hnsw", "cpu", 1000, 256, 10)  # outside the dims: latency in proportion to dim
@@ -138,8 +147,10 @@ def test_interpolation_rules_between_and_beyond_rows():
 
 
 def test_single_n_uses_the_index_type_default_exponent_and_dims_interpolate_log_log():
-    m = model_of(row(it="flat", s=0, n=1000, dim=100, p50=1.0, p95=1.0, rec=1.0),
-                 row(it="flat", s=0, n=1000, dim=400, p50=4.0, p95=4.0, rec=1.0))
+    m = model_of(
+        row(it="flat", s=0, n=1000, dim=100, p50=1.0, p95=1.0, rec=1.0),
+        row(it="flat", s=0, n=1000, dim=400, p50=4.0, p95=4.0, rec=1.0),
+    )
     assert m.lookup("flat", "cpu", 8000, 100, 0).p50_ms == pytest.approx(8.0)  # flat: linear in n
     assert m.lookup("flat", "cpu", 1000, 200, 0).p50_ms == pytest.approx(2.0)  # geometric between dims
 
@@ -154,10 +165,14 @@ def test_noisy_rows_are_made_monotone():
 def noisy_tables(draw):
     """Random tables on a ragged grid, with noise that breaks monotonicity on purpose."""
     rows = []
-    for n in draw(st.lists(st.sampled_from([10**3, 10**4, 10**5, 10**6]), min_size=1, max_size=4, unique=True)):
+    for n in draw(
+        st.lists(st.sampled_from([10**3, 10**4, 10**5, 10**6]), min_size=1, max_size=4, unique=True)
+    ):
         for s in draw(st.lists(st.integers(1, 300), min_size=1, max_size=5, unique=True)):
             p50 = draw(st.floats(0.01, 50.0))
-            rows.append(row(n=n, s=s, p50=p50, p95=p50 * draw(st.floats(1.0, 3.0)), rec=draw(st.floats(0.0, 1.0))))
+            rows.append(
+                row(n=n, s=s, p50=p50, p95=p50 * draw(st.floats(1.0, 3.0)), rec=draw(st.floats(0.0, 1.0)))
+            )
     return model_of(*rows)
 
 
@@ -179,16 +194,20 @@ def test_lookup_is_monotone_in_search_param_and_n(model, s1, s2, e1, e2):
 def test_lognormal_matches_both_quantiles():
     ln = Lognormal.from_quantiles(0.002, 0.005)
     assert ln.quantile(0.5) == pytest.approx(0.002) and ln.quantile(0.95) == pytest.approx(0.005)
-    draws = np.array([ln.sample(np.random.default_rng(1)) for _ in range(1)] +
-                     list(np.random.default_rng(2).lognormal(ln.mu, ln.sigma, 20000)))  # fmt: skip
+    draws = np.array(
+        [ln.sample(np.random.default_rng(1)) for _ in range(1)]
+        + list(np.random.default_rng(2).lognormal(ln.mu, ln.sigma, 20000))
+    )
     assert np.percentile(draws, 95) == pytest.approx(0.005, rel=0.05)
     assert Lognormal.from_quantiles(0.001, 0.001).sample(np.random.default_rng(0)) == pytest.approx(0.001)
 
 
-# -- routing -----------------------------------------------------------------------------------------------------
+# -- routing -------------------------------------------------------------------------------------------------
 
-STORES = [StoreView(name=f"s{i}", domain=f"d{i}", n_vectors=n, recall=r)
-          for i, (n, r) in enumerate([(100, 0.9), (300, 0.8), (600, 0.7)])]  # fmt: skip
+STORES = [
+    StoreView(name=f"s{i}", domain=f"d{i}", n_vectors=n, recall=r)
+    for i, (n, r) in enumerate([(100, 0.9), (300, 0.8), (600, 0.7)])
+]
 
 
 def test_topic_shares_and_merged_recall_by_hand():
@@ -228,7 +247,9 @@ def test_routed_classifier_is_calibrated_and_threshold_trades_fanout_for_accurac
     rng = np.random.default_rng(3)
     plans = {}
     for threshold in (0.0, 0.9):
-        routed = RETRIEVAL_ROUTERS.create("routed", {"accuracy": 0.9, "concentration": 10, "threshold": threshold})
+        routed = RETRIEVAL_ROUTERS.create(
+            "routed", {"accuracy": 0.9, "concentration": 10, "threshold": threshold}
+        )
         plans[threshold] = [routed.plan("d1", STORES, rng) for _ in range(20000)]
     always = plans[0.0]
     assert not any(p.fanned_out for p in always)
@@ -243,13 +264,16 @@ def test_routed_classifier_is_calibrated_and_threshold_trades_fanout_for_accurac
 
 def test_routed_needs_one_store_per_domain():
     with pytest.raises(ConfigError, match="one store per domain"):
-        RETRIEVAL_ROUTERS.create("routed").check([STORES[0], StoreView(name="x", domain="d0", n_vectors=1,
-                                                                          recall=1.0)])  # fmt: skip
+        RETRIEVAL_ROUTERS.create("routed").check(
+            [STORES[0], StoreView(name="x", domain="d0", n_vectors=1, recall=1.0)]
+        )
 
 
 def test_tag_rag_marks_a_fraction_with_topics_and_keeps_existing_topics():
-    reqs = [Request(id=i, arrival_s=0.0, prompt_tokens=10, output_tokens=5, topic="legal" if i == 0 else None)
-            for i in range(4000)]  # fmt: skip
+    reqs = [
+        Request(id=i, arrival_s=0.0, prompt_tokens=10, output_tokens=5, topic="legal" if i == 0 else None)
+        for i in range(4000)
+    ]
     out = tag_rag(reqs, fraction=0.25, topic_mix={"a": 3, "b": 1}, rng=np.random.default_rng(0))
     rag = [r for r in out if r.rag]
     assert len(rag) / len(out) == pytest.approx(0.25, abs=0.03)
@@ -261,25 +285,38 @@ def test_tag_rag_marks_a_fraction_with_topics_and_keeps_existing_topics():
         tag_rag(reqs, fraction=0.5, topic_mix={}, rng=np.random.default_rng(0))
 
 
-# -- config ------------------------------------------------------------------------------------------------------
+# -- config --------------------------------------------------------------------------------------------------
 
 
 def store(name="a", domain="a", **kw) -> dict:
-    return {"name": name, "domain": domain, "index_type": "hnsw", "n_vectors": 10**6, "dim": 768,
-            "search_param": 64, **kw}  # fmt: skip
+    return {
+        "name": name,
+        "domain": domain,
+        "index_type": "hnsw",
+        "n_vectors": 10**6,
+        "dim": 768,
+        "search_param": 64,
+        **kw,
+    }
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"stores": [store(hardware="tpu")]}, "stores[0] (a): no retrieval table rows"),
-    ({"stores": [store(domain="*"), store(name="b", domain="b")]}, "must be the only one"),
-    ({"stores": [store(), store(name="a", domain="b")]}, "store names must be unique"),
-    ({"stores": [store()], "topic_mix": {"zz": 1}}, "topic_mix names topics no store holds: zz"),
-    ({"stores": [store(domain="*")], "router": {"name": "routed"}}, "one store per domain"),
-    ({"stores": [store()], "router": {"name": "routed", "params": {"accuracy": 2}}}, "bad parameters"),
-    ({"stores": [store()], "router": {"name": "nope"}}, "unknown retrieval router 'nope'"),
-    ({"stores": [store(index_type="annoy")]}, "index_type"),
-    ({"stores": [store(hybrid={"lexical_ms_p50": 9, "lexical_ms_p95": 3})]}, "lexical_ms_p95 (3.0) is below"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"stores": [store(hardware="tpu")]}, "stores[0] (a): no retrieval table rows"),
+        ({"stores": [store(domain="*"), store(name="b", domain="b")]}, "must be the only one"),
+        ({"stores": [store(), store(name="a", domain="b")]}, "store names must be unique"),
+        ({"stores": [store()], "topic_mix": {"zz": 1}}, "topic_mix names topics no store holds: zz"),
+        ({"stores": [store(domain="*")], "router": {"name": "routed"}}, "one store per domain"),
+        ({"stores": [store()], "router": {"name": "routed", "params": {"accuracy": 2}}}, "bad parameters"),
+        ({"stores": [store()], "router": {"name": "nope"}}, "unknown retrieval router 'nope'"),
+        ({"stores": [store(index_type="annoy")]}, "index_type"),
+        (
+            {"stores": [store(hybrid={"lexical_ms_p50": 9, "lexical_ms_p95": 3})]},
+            "lexical_ms_p95 (3.0) is below",
+        ),
+    ],
+)
 def test_retrieval_config_errors(data, message):
     with pytest.raises(Exception) as err:
         RetrievalConfig.model_validate(data)
@@ -287,8 +324,9 @@ def test_retrieval_config_errors(data, message):
 
 
 def test_retrieval_config_views_apply_hybrid_uplift_and_default_topic_mix():
-    cfg = RetrievalConfig.model_validate({"stores": [store(), store(name="b", domain="b",
-                                                                    hybrid={"recall_uplift": 0.5})]})  # fmt: skip
+    cfg = RetrievalConfig.model_validate(
+        {"stores": [store(), store(name="b", domain="b", hybrid={"recall_uplift": 0.5})]}
+    )
     plain, hybrid = cfg.views()
     assert hybrid.recall == pytest.approx(1 - (1 - plain.recall) / 2)
     assert cfg.topics() == {"a": 1.0, "b": 1.0}

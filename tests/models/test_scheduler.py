@@ -89,7 +89,9 @@ def test_preemption_evicts_the_latest_admitted_and_recomputes_it(Scheduler):
 
 
 def test_waiting_queue_is_fcfs_with_head_of_line_blocking(Scheduler):
-    s = Scheduler(EngineLimits(num_blocks=3, max_num_batched_tokens=100, max_model_len=48, enable_chunked_prefill=False))
+    s = Scheduler(
+        EngineLimits(num_blocks=3, max_num_batched_tokens=100, max_model_len=48, enable_chunked_prefill=False)
+    )
     big, small = seq(0, 40, 2), seq(1, 5, 2)
     filler = seq(2, 20, 30)
     s.add(filler)
@@ -113,8 +115,11 @@ def test_max_model_len_must_fit_the_cache(Scheduler):
 
 def test_unchunked_budget_must_hold_a_max_length_prompt(Scheduler):
     with pytest.raises(ValueError, match="must be >= max_model_len"):
-        Scheduler(EngineLimits(num_blocks=100, max_num_batched_tokens=64, max_model_len=128,
-                               enable_chunked_prefill=False))  # fmt: skip
+        Scheduler(
+            EngineLimits(
+                num_blocks=100, max_num_batched_tokens=64, max_model_len=128, enable_chunked_prefill=False
+            )
+        )
 
 
 def test_decode_run_length_stops_at_the_first_completion_and_at_kv_exhaustion(Scheduler):

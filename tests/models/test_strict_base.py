@@ -42,6 +42,9 @@ def test_every_strict_model_inherits_the_one_base():
 
 
 def test_no_module_re_declares_the_strict_config():
-    offenders = [str(p.relative_to(MODELS)) for p in MODELS.rglob("*.py")
-                 if 'extra="forbid"' in p.read_text() and p.name != "base.py"]  # fmt: skip
+    offenders = [
+        str(p.relative_to(MODELS))
+        for p in MODELS.rglob("*.py")
+        if 'extra="forbid"' in p.read_text() and p.name != "base.py"
+    ]
     assert offenders == []

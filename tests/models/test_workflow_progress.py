@@ -1,5 +1,5 @@
-"""WorkflowProgress, the DAG bookkeeping the simulator and the live executor share: on any DAG and any order of
-outcomes, a node becomes ready exactly once and only when all its parents completed; a failure skips every
+"""WorkflowProgress, the DAG bookkeeping the simulator and the live executor share: on any DAG and any order
+of outcomes, a node becomes ready exactly once and only when all its parents completed; a failure skips every
 descendant that had not started; at the end every node has one outcome."""
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ def test_nodes_start_once_after_their_parents_and_failures_skip_descendants(inst
     while ready:
         i = ready.pop(data.draw(st.integers(0, len(ready) - 1)))
         assert i not in started
-        assert all(p.outcome(q) is not None and p.outcome(q).status == COMPLETED for q in inst.nodes[i].parents)
+        assert all(
+            p.outcome(q) is not None and p.outcome(q).status == COMPLETED for q in inst.nodes[i].parents
+        )
         started.add(i)
         p.start(i, t)
         t += 1.0
@@ -59,8 +61,10 @@ def test_nodes_start_once_after_their_parents_and_failures_skip_descendants(inst
 
 
 def test_pending_nodes_end_unfinished_with_their_start():
-    nodes = (NodeInstance(index=0, key="a", node="a", kind="tool", parents=()),
-             NodeInstance(index=1, key="b", node="b", kind="tool", parents=(0,)))
+    nodes = (
+        NodeInstance(index=0, key="a", node="a", kind="tool", parents=()),
+        NodeInstance(index=1, key="b", node="b", kind="tool", parents=(0,)),
+    )
     p = WorkflowProgress(WorkflowInstance(id=1, template="t", arrival_s=0.0, nodes=nodes))
     p.start(0, 2.5)
     a, b = p.outcomes(running="cut", not_started="never")

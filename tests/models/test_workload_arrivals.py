@@ -139,7 +139,9 @@ def test_times_are_sorted_and_inside_the_window(kind, rate, duration, shape, see
         "poisson": lambda: Poisson(rate=rate, duration_s=duration),
         "gamma": lambda: Gamma(rate=rate, cv=shape, duration_s=duration),
         "mmpp": lambda: MMPP(rates=(rate, rate / 2, 0.0), mean_sojourn_s=shape, duration_s=duration),
-        "diurnal": lambda: Diurnal(mean_rate=rate, peak_to_trough=1 + shape, period_s=60.0, duration_s=duration),
+        "diurnal": lambda: Diurnal(
+            mean_rate=rate, peak_to_trough=1 + shape, period_s=60.0, duration_s=duration
+        ),
     }[kind]()
     t = process.times(rng(seed))
     assert t.dtype == np.float64

@@ -31,8 +31,14 @@ SYNTHETIC = {
     "poisson": {"rate": 4.0, "duration_s": 300, "lengths": GEOM},
     "gamma": {"rate": 4.0, "cv": 2.5, "duration_s": 300, "lengths": GEOM},
     "mmpp": {"rates": [1, 8], "mean_sojourn_s": 30, "duration_s": 300, "lengths": GEOM},
-    "diurnal": {"mean_rate": 4.0, "peak_to_trough": 3, "period_s": 120, "peak_at_s": 0, "duration_s": 300,
-                "lengths": GEOM},
+    "diurnal": {
+        "mean_rate": 4.0,
+        "peak_to_trough": 3,
+        "period_s": 120,
+        "peak_at_s": 0,
+        "duration_s": 300,
+        "lengths": GEOM,
+    },
 }
 
 
@@ -82,7 +88,8 @@ def test_poisson_source_rate():
 
 def test_trace_source_resolves_against_base_dir_and_applies_speedup():
     src = WORKLOADS.create(
-        "trace", {"path": "azure2023_conv/AzureLLMInferenceTrace_conv.csv", "format": "azure", "speedup": 3},
+        "trace",
+        {"path": "azure2023_conv/AzureLLMInferenceTrace_conv.csv", "format": "azure", "speedup": 3},
         base_dir=TRACES,
     )
     stats = summarize(src.requests(rng(), model="m"))
@@ -94,8 +101,13 @@ def test_trace_source_resolves_against_base_dir_and_applies_speedup():
 
 def test_trace_source_falls_back_to_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(TRACES.parent)
-    params = {"path": "traces/mooncake_conversation/conversation_trace.jsonl", "format": "mooncake",
-              "start_s": 60, "duration_s": 60, "tenant": "kimi"}
+    params = {
+        "path": "traces/mooncake_conversation/conversation_trace.jsonl",
+        "format": "mooncake",
+        "start_s": 60,
+        "duration_s": 60,
+        "tenant": "kimi",
+    }
     reqs = WORKLOADS.create("trace", params, base_dir=tmp_path).requests(rng())
     assert reqs and all(r.prefix_blocks and r.tenant == "kimi" and r.arrival_s < 60 for r in reqs)
     assert [r.id for r in reqs] == list(range(len(reqs)))
@@ -161,8 +173,14 @@ def test_geometric_means_and_support():
 
 
 def test_lognormal_median_and_caps():
-    d = LognormalLengths(prompt_median=1000, prompt_sigma=1.0, output_median=200, output_sigma=0.5,
-                         max_prompt=4096, max_output=1000)
+    d = LognormalLengths(
+        prompt_median=1000,
+        prompt_sigma=1.0,
+        output_median=200,
+        output_sigma=0.5,
+        max_prompt=4096,
+        max_output=1000,
+    )
     p, o = d.sample(rng(8), 100_000)
     assert np.median(p) == pytest.approx(1000, rel=0.03) and np.median(o) == pytest.approx(200, rel=0.03)
     assert p.max() == 4096 and o.max() <= 1000 and min(p.min(), o.min()) >= 1
@@ -202,8 +220,15 @@ def test_empirical_path_resolves_against_base_dir(tmp_path):
 
 def test_parse_lengths_errors_name_the_field():
     with pytest.raises(ConfigError, match="lognormal.prompt_sigma"):
-        parse_lengths({"type": "lognormal", "prompt_median": 10, "prompt_sigma": -1, "output_median": 5,
-                       "output_sigma": 1})
+        parse_lengths(
+            {
+                "type": "lognormal",
+                "prompt_median": 10,
+                "prompt_sigma": -1,
+                "output_median": 5,
+                "output_sigma": 1,
+            }
+        )
     with pytest.raises(ConfigError, match="extra"):
         parse_lengths({**FIXED, "extra": 1})
 
@@ -230,7 +255,13 @@ def test_summarize():
 )
 def test_every_source_yields_valid_requests(name, rate, duration, seed):
     params = {**SYNTHETIC[name], "duration_s": duration}
-    params |= {"mean_rate": rate} if name == "diurnal" else {"rates": [rate, 0]} if name == "mmpp" else {"rate": rate}
+    params |= (
+        {"mean_rate": rate}
+        if name == "diurnal"
+        else {"rates": [rate, 0]}
+        if name == "mmpp"
+        else {"rate": rate}
+    )
     reqs = WORKLOADS.create(name, params).requests(rng(seed))
     assert [r.id for r in reqs] == list(range(len(reqs)))
     times = [r.arrival_s for r in reqs]

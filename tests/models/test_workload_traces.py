@@ -87,7 +87,9 @@ def test_speedup_compresses_time_and_keeps_tokens():
     span = fast[-1].arrival_s - fast[0].arrival_s
     assert len(fast) / span == pytest.approx(16.7, abs=0.02)
     assert [r.arrival_s for r in fast] == pytest.approx([r.arrival_s / 3 for r in base])
-    assert [(r.prompt_tokens, r.output_tokens) for r in fast] == [(r.prompt_tokens, r.output_tokens) for r in base]
+    assert [(r.prompt_tokens, r.output_tokens) for r in fast] == [
+        (r.prompt_tokens, r.output_tokens) for r in base
+    ]
 
 
 def test_window_then_speedup():
@@ -175,7 +177,11 @@ AZURE_BAD = [
     (AZURE_HEADER + ROW + "2023-11-16 18:00:01,12.5,5\n", 3, "ContextTokens is not an integer: '12.5'"),
     (AZURE_HEADER + ROW + "2023-11-16 18:00:01,10,\n", 3, "GeneratedTokens is not an integer: ''"),
     (AZURE_HEADER + ROW + "2023-11-16 18:00:01,-3,5\n", 3, r"ContextTokens is negative \(-3\)"),
-    (AZURE_HEADER + ROW + "2023-11-16 18:00:01,0,5\n", 3, "ContextTokens is 0; both token counts must be >= 1"),
+    (
+        AZURE_HEADER + ROW + "2023-11-16 18:00:01,0,5\n",
+        3,
+        "ContextTokens is 0; both token counts must be >= 1",
+    ),
     (AZURE_HEADER + ROW + "2023-11-16 18:00:01,10,0\n", 3, "GeneratedTokens is 0; .*produces at least one"),
     (AZURE_HEADER + ROW + "\n" + "2023-11-16 18:00:01,10\n", 4, "expected 3 fields, got 2"),
 ]
@@ -201,8 +207,16 @@ MOONCAKE_BAD = [
     (GOOD + '{"timestamp": 1000, "output_length": 5}\n', 2, "missing key.*input_length"),
     (GOOD + '{"input_length": 1, "output_length": 5}\n', 2, "missing key.*timestamp"),
     (GOOD + '{"timestamp": "soon", "input_length": 1, "output_length": 5}\n', 2, "timestamp must be"),
-    (GOOD + '{"timestamp": 1, "input_length": 1.5, "output_length": 5}\n', 2, "input_length is not an integer"),
-    (GOOD + '{"timestamp": 1, "input_length": 7, "output_length": -2}\n', 2, r"output_length is negative \(-2\)"),
+    (
+        GOOD + '{"timestamp": 1, "input_length": 1.5, "output_length": 5}\n',
+        2,
+        "input_length is not an integer",
+    ),
+    (
+        GOOD + '{"timestamp": 1, "input_length": 7, "output_length": -2}\n',
+        2,
+        r"output_length is negative \(-2\)",
+    ),
     (GOOD + '{"timestamp": 1, "input_length": 0, "output_length": 5}\n', 2, "input_length is 0; both token"),
     (GOOD + '{"timestamp": 1, "input_length": 7, "output_length": 0}\n', 2, "output_length is 0; both token"),
     (GOOD + '{"timestamp": 1, "input_length": 7, "output_length": 3, "hash_ids": [1, "a"]}\n', 2, "hash_ids"),

@@ -1,6 +1,6 @@
-"""The readers of other tools' run files (vllm-bench, inference-perf, guidellm, prometheus): each fixture maps to
-the load, requests and metrics worked out by hand in the comments; each reader claims only its own files; bad
-input is a one-line ConfigError naming the file and the field or line.
+"""The readers of other tools' run files (vllm-bench, inference-perf, guidellm, prometheus): each fixture maps
+to the load, requests and metrics worked out by hand in the comments; each reader claims only its own files;
+bad input is a one-line ConfigError naming the file and the field or line.
 
 Fixtures and their origins: tests/data/runs/SOURCE.md."""
 
@@ -27,13 +27,19 @@ from fleettwin.sim.calibration.runs import ServerSettings
 DATA = Path(__file__).parents[1] / "data" / "runs"
 SETTINGS = ServerSettings(model="llama-3-8b", gpu="h100-80g")
 FIXTURES = {
-    "vllm-bench": ["vllm_bench_lambda_1xh100_llama3_8b.json", "vllm_bench_detailed_open.json",
-                   "vllm_bench_closed_summary.json"],
-    "inference-perf": ["inference_perf_kubecon", "inference_perf_per_request",
-                       "inference_perf_kubecon/stage_0_lifecycle_metrics.json"],
+    "vllm-bench": [
+        "vllm_bench_lambda_1xh100_llama3_8b.json",
+        "vllm_bench_detailed_open.json",
+        "vllm_bench_closed_summary.json",
+    ],
+    "inference-perf": [
+        "inference_perf_kubecon",
+        "inference_perf_per_request",
+        "inference_perf_kubecon/stage_0_lifecycle_metrics.json",
+    ],
     "guidellm": ["guidellm_v0.3_sweep.json", "guidellm_v0.6_sampled.json"],
     "prometheus": ["prometheus_scrapes.prom", "prometheus_scrape_folder", "prometheus_query_range.json"],
-}  # fmt: skip
+}
 MINE = tuple(FIXTURES)
 
 
@@ -60,7 +66,7 @@ def rewrite_json(path: Path, edit) -> Path:
     return path
 
 
-# --- detection --------------------------------------------------------------------------------------------------
+# --- detection ----------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("fmt,name", [(f, n) for f, names in FIXTURES.items() for n in names])
@@ -82,7 +88,7 @@ def test_sniff_is_false_and_quiet_on_unrelated_files(fmt, tmp_path):
         assert not reader(fmt).sniff(p), p
 
 
-# --- vllm-bench -------------------------------------------------------------------------------------------------
+# --- vllm-bench ---------------------------------------------------------------------------------------------
 
 
 def test_vllm_bench_real_lambda_file_is_a_batch_of_ten():
@@ -93,7 +99,9 @@ def test_vllm_bench_real_lambda_file_is_a_batch_of_ten():
     assert run.requests["prompt_tokens"].tolist() == [13, 25, 27, 10, 329, 29, 399, 328, 4, 205]
     assert run.requests["output_tokens"].tolist() == raw["output_lens"]
     # E2E per request is TTFT plus the streamed gaps (the old script saved no latencies)
-    assert run.requests["e2e_s"].tolist() == pytest.approx([t + sum(g) for t, g in zip(raw["ttfts"], raw["itls"], strict=True)])
+    assert run.requests["e2e_s"].tolist() == pytest.approx(
+        [t + sum(g) for t, g in zip(raw["ttfts"], raw["itls"], strict=True)]
+    )
     m = run.metrics()
     assert m["ttft_mean"] == pytest.approx(raw["mean_ttft_ms"] / 1000, rel=1e-12)
     assert run.reported["e2e_mean"] == pytest.approx(raw["mean_latency_ms"] / 1000)  # old name of e2el
@@ -124,10 +132,22 @@ def test_vllm_bench_summary_only_is_a_closed_loop_at_mean_lengths():
     assert (run.load.kind, run.load.concurrency, run.load.requests) == ("closed", 8, 100)
     assert len(run.requests) == 100
     assert set(run.requests["prompt_tokens"]) == {512} and set(run.requests["output_tokens"]) == {128}
-    assert run.metrics() == pytest.approx({"ttft_mean": 0.08, "ttft_p50": 0.075, "ttft_p90": 0.11, "ttft_p99": 0.15,
-                                           "tpot_mean": 0.019, "tpot_p50": 0.0185, "tpot_p90": 0.021,
-                                           "tpot_p99": 0.024, "e2e_mean": 2.493, "e2e_p50": 2.43,
-                                           "e2e_p90": 2.7, "e2e_p99": 3.1})  # fmt: skip
+    assert run.metrics() == pytest.approx(
+        {
+            "ttft_mean": 0.08,
+            "ttft_p50": 0.075,
+            "ttft_p90": 0.11,
+            "ttft_p99": 0.15,
+            "tpot_mean": 0.019,
+            "tpot_p50": 0.0185,
+            "tpot_p90": 0.021,
+            "tpot_p99": 0.024,
+            "e2e_mean": 2.493,
+            "e2e_p50": 2.43,
+            "e2e_p90": 2.7,
+            "e2e_p99": 3.1,
+        }
+    )
     assert any("512/128" in n for n in run.notes)
 
 
@@ -140,7 +160,9 @@ def test_vllm_bench_append_result_lines_and_percentile_pairs(tmp_path):
     first, second = runs(path)
     assert (first.name, second.name) == ("appended#1", "appended#2")
     assert (first.load.concurrency, second.load.concurrency) == (8, 16)
-    assert first.reported["ttft_p99"] == pytest.approx(0.15) and first.reported["ttft_p90"] == pytest.approx(0.11)
+    assert first.reported["ttft_p99"] == pytest.approx(0.15) and first.reported["ttft_p90"] == pytest.approx(
+        0.11
+    )
 
 
 @pytest.mark.parametrize("waits,kind", [([0.0] * 5, "open"), ([0.0, 0.0, 0.0, 0.5, 0.8], "closed")])
@@ -166,7 +188,7 @@ def test_vllm_bench_spacing_without_send_times(tmp_path):
     assert "arrival_s" not in run.requests
 
 
-# --- inference-perf ---------------------------------------------------------------------------------------------
+# --- inference-perf -----------------------------------------------------------------------------------------
 
 
 def test_inference_perf_real_stages_without_per_request_rows():
@@ -178,11 +200,22 @@ def test_inference_perf_real_stages_without_per_request_rows():
     assert len(s0.requests) == 60 and set(s0.requests["prompt_tokens"]) == {204}
     assert set(s0.requests["output_tokens"]) == {63}
     assert len(s1.requests) == 1884
-    assert s0.metrics() == pytest.approx({
-        "ttft_mean": 0.03112733216257766, "ttft_p50": 0.031026913959067315, "ttft_p90": 0.03540639606071636,
-        "ttft_p99": 0.039696927970508104, "tpot_mean": 0.0034734172405264745, "tpot_p50": 0.003468046240533825,
-        "tpot_p90": 0.0034946888832324873, "tpot_p99": 0.003521602816623455, "e2e_mean": 0.48048226445680486,
-        "e2e_p50": 0.4796094944467768, "e2e_p90": 0.48580294536659496, "e2e_p99": 0.489441333723953})  # fmt: skip
+    assert s0.metrics() == pytest.approx(
+        {
+            "ttft_mean": 0.03112733216257766,
+            "ttft_p50": 0.031026913959067315,
+            "ttft_p90": 0.03540639606071636,
+            "ttft_p99": 0.039696927970508104,
+            "tpot_mean": 0.0034734172405264745,
+            "tpot_p50": 0.003468046240533825,
+            "tpot_p90": 0.0034946888832324873,
+            "tpot_p99": 0.003521602816623455,
+            "e2e_mean": 0.48048226445680486,
+            "e2e_p50": 0.4796094944467768,
+            "e2e_p90": 0.48580294536659496,
+            "e2e_p99": 0.489441333723953,
+        }
+    )
     assert any("mean lengths" in n for n in s0.notes)
 
 
@@ -210,8 +243,11 @@ def test_inference_perf_old_per_request_layout(tmp_path):
     entries = json.loads((folder / "per_request_lifecycle_metrics.json").read_text())
     for e in entries:  # the 2025 layout: info = {input_tokens, output_tokens, output_token_times}
         r = e["info"]["response_metrics"]
-        e["info"] = {"input_tokens": e["info"]["input_tokens"], "output_tokens": r["output_tokens"],
-                     "output_token_times": r["output_token_times"]}  # fmt: skip
+        e["info"] = {
+            "input_tokens": e["info"]["input_tokens"],
+            "output_tokens": r["output_tokens"],
+            "output_token_times": r["output_token_times"],
+        }
     (folder / "per_request_lifecycle_metrics.json").write_text(json.dumps(entries))
     s0, s1 = runs(folder)
     assert s0.requests["output_tokens"].tolist() == [10, 12, 8, 10] and len(s1.requests) == 3
@@ -219,8 +255,10 @@ def test_inference_perf_old_per_request_layout(tmp_path):
 
 def test_inference_perf_rows_that_do_not_match_a_stage_fall_back_to_aggregates(tmp_path):
     folder = copy("inference_perf_per_request", tmp_path)
-    rewrite_json(folder / "stage_0_lifecycle_metrics.json",
-                 lambda d: d["successes"]["latency"]["request_latency"].update(mean=1.5))  # fmt: skip
+    rewrite_json(
+        folder / "stage_0_lifecycle_metrics.json",
+        lambda d: d["successes"]["latency"]["request_latency"].update(mean=1.5),
+    )
     s0, _ = runs(folder)
     assert s0.load.arrival == "poisson" and "ttft_s" not in s0.requests and len(s0.requests) == 4
     assert any("aggregates used" in n for n in s0.notes)
@@ -238,7 +276,7 @@ def test_inference_perf_concurrent_stage_and_missing_config(tmp_path):
     assert s0.load.arrival == "constant" and any("no config.yaml" in n for n in s0.notes)
 
 
-# --- guidellm ---------------------------------------------------------------------------------------------------
+# --- guidellm -----------------------------------------------------------------------------------------------
 
 
 def test_guidellm_v03_sweep_one_run_per_benchmark():
@@ -250,7 +288,9 @@ def test_guidellm_v03_sweep_one_run_per_benchmark():
     assert const.requests["arrival_s"].tolist() == pytest.approx([0.0, 0.5, 1.0])
     # synchronous: TTFT 50 and 70 ms, latency 1.05 and 1.07 s, 101 tokens: TPOT (1.0 s / 100) = 10 ms
     assert sync.requests["ttft_s"].tolist() == pytest.approx([0.05, 0.07])
-    assert sync.reported["tpot_mean"] == pytest.approx(0.01)  # inter_token_latency_ms, not time_per_output_token
+    assert sync.reported["tpot_mean"] == pytest.approx(
+        0.01
+    )  # inter_token_latency_ms, not time_per_output_token
     assert sync.metrics()["e2e_mean"] == pytest.approx(1.06)
 
 
@@ -259,11 +299,14 @@ def test_guidellm_v06_sampled_rows_and_stats_only_benchmark():
     assert thr.load.kind == "batch" and len(thr.requests) == 12
     assert set(thr.requests["prompt_tokens"]) == {512} and set(thr.requests["output_tokens"]) == {64}
     assert thr.reported["ttft_mean"] == pytest.approx(0.5)
-    # 3 rows kept of 4: lengths repeated to 4 requests, Poisson at the rate, the full run's aggregates measured
+    # 3 rows kept of 4: lengths repeated to 4 requests, Poisson at the rate, the full run's aggregates
+    # measured
     assert (poi.load.kind, poi.load.rate, poi.load.arrival) == ("open", 1.5, "poisson")
     assert poi.requests["prompt_tokens"].tolist() == [500, 520, 540, 500]
     assert "ttft_s" not in poi.requests
-    assert poi.metrics()["ttft_mean"] == pytest.approx(0.125) and poi.metrics()["e2e_mean"] == pytest.approx(1.075)
+    assert poi.metrics()["ttft_mean"] == pytest.approx(0.125) and poi.metrics()["e2e_mean"] == pytest.approx(
+        1.075
+    )
 
 
 def test_guidellm_yaml_report_reads_like_json(tmp_path):
@@ -274,18 +317,29 @@ def test_guidellm_yaml_report_reads_like_json(tmp_path):
     assert [r.load for r in runs(path)] == [r.load for r in runs(DATA / "guidellm_v0.3_sweep.json")]
 
 
-# --- prometheus -------------------------------------------------------------------------------------------------
+# --- prometheus ---------------------------------------------------------------------------------------------
 
 # Deltas between the first and last scrape (worked by hand, Prometheus' histogram_quantile rules):
 # TTFT buckets le 0.04/0.1/0.25/0.5/+Inf: 0/4/8/10/10 (summed over engines 0 and 1), sum 2.0:
 #   mean 0.2; p50 rank 5 in (0.1, 0.25]: 0.1 + 0.15 * 1/4 = 0.1375; p90 rank 9: 0.25 + 0.25 * 1/2 = 0.375;
 #   p99 rank 9.9: 0.25 + 0.25 * 1.9/2 = 0.4875
-# E2E le 1/2/5/+Inf: 2/6/10/10, sum 25: mean 2.5, p50 1 + 3/4 = 1.75, p90 2 + 3 * 3/4 = 4.25, p99 2 + 3 * 3.9/4
-# TPOT le 0.01/0.025/0.05/+Inf: 3/9/10/10, sum 0.17: mean 0.017, p50 0.01 + 0.015 * 2/6, p90 0.025, p99 0.0475
-# prompt 5120 / 10 = 512, output 1280 / 10 = 128; success 8 stop + 2 length = 10 in 20 s: 0.5 req/s
-PROM_EXPECTED = {"ttft_mean": 0.2, "ttft_p50": 0.1375, "ttft_p90": 0.375, "ttft_p99": 0.4875,
-                 "e2e_mean": 2.5, "e2e_p50": 1.75, "e2e_p90": 4.25, "e2e_p99": 4.925,
-                 "tpot_mean": 0.017, "tpot_p50": 0.015, "tpot_p90": 0.025, "tpot_p99": 0.0475}  # fmt: skip
+# E2E le 1/2/5/+Inf: 2/6/10/10, sum 25: mean 2.5, p50 1 + 3/4 = 1.75, p90 2 + 3 * 3/4 = 4.25, p99 2 + 3 *
+# 3.9/4 TPOT le 0.01/0.025/0.05/+Inf: 3/9/10/10, sum 0.17: mean 0.017, p50 0.01 + 0.015 * 2/6, p90 0.025, p99
+# 0.0475 prompt 5120 / 10 = 512, output 1280 / 10 = 128; success 8 stop + 2 length = 10 in 20 s: 0.5 req/s
+PROM_EXPECTED = {
+    "ttft_mean": 0.2,
+    "ttft_p50": 0.1375,
+    "ttft_p90": 0.375,
+    "ttft_p99": 0.4875,
+    "e2e_mean": 2.5,
+    "e2e_p50": 1.75,
+    "e2e_p90": 4.25,
+    "e2e_p99": 4.925,
+    "tpot_mean": 0.017,
+    "tpot_p50": 0.015,
+    "tpot_p90": 0.025,
+    "tpot_p99": 0.0475,
+}
 
 
 @pytest.mark.parametrize("name", FIXTURES["prometheus"])
@@ -303,7 +357,9 @@ def test_prometheus_old_per_token_tpot_keeps_only_the_mean(tmp_path):
     pytest.importorskip("prometheus_client")
     path = tmp_path / "old.prom"
     text = (DATA / "prometheus_scrapes.prom").read_text()
-    path.write_text(text.replace("vllm:request_time_per_output_token_seconds", "vllm:time_per_output_token_seconds"))
+    path.write_text(
+        text.replace("vllm:request_time_per_output_token_seconds", "vllm:time_per_output_token_seconds")
+    )
     run = one(path)
     assert run.reported["tpot_mean"] == pytest.approx(0.017) and "tpot_p50" not in run.reported
     assert any("token-weighted" in n for n in run.notes)
@@ -320,7 +376,9 @@ def test_histogram_quantile_edges():
 @given(st.lists(st.integers(0, 20), min_size=1, max_size=8), st.integers(0, 5))
 def test_histogram_quantile_is_monotone_and_bounded(increments, overflow):
     counts = np.cumsum(increments).tolist()
-    buckets = [(0.1 * (i + 1), float(c)) for i, c in enumerate(counts)] + [(math.inf, float(counts[-1] + overflow))]
+    buckets = [(0.1 * (i + 1), float(c)) for i, c in enumerate(counts)] + [
+        (math.inf, float(counts[-1] + overflow))
+    ]
     values = [histogram_quantile(q, buckets) for q in (0.01, 0.25, 0.5, 0.9, 0.99)]
     if buckets[-1][1] == 0:
         assert all(math.isnan(v) for v in values)
@@ -329,13 +387,18 @@ def test_histogram_quantile_is_monotone_and_bounded(increments, overflow):
     assert all(0.0 <= v <= buckets[-2][0] for v in values)
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed"
+)
 def test_histogram_quantile_matches_prometheus(tmp_path):
-    """Prometheus itself (promtool's rule unit tests) evaluates histogram_quantile on the same buckets and must
-    find exactly our values."""
+    """Prometheus itself (promtool's rule unit tests) evaluates histogram_quantile on the same buckets and
+    must find exactly our values."""
     rng = np.random.default_rng(7)
-    cases = [[(0.04, 0), (0.1, 4), (0.25, 8), (0.5, 10), (math.inf, 10)],
-             [(1.0, 2), (2.0, 6), (5.0, 10), (math.inf, 10)], [(0.1, 0), (0.2, 0), (math.inf, 5)]]  # fmt: skip
+    cases = [
+        [(0.04, 0), (0.1, 4), (0.25, 8), (0.5, 10), (math.inf, 10)],
+        [(1.0, 2), (2.0, 6), (5.0, 10), (math.inf, 10)],
+        [(0.1, 0), (0.2, 0), (math.inf, 5)],
+    ]
     for _ in range(5):
         bounds = np.sort(rng.choice(np.arange(1, 60), size=5, replace=False)) / 20
         counts = np.cumsum(rng.integers(0, 9, size=6))
@@ -347,11 +410,20 @@ def test_histogram_quantile_matches_prometheus(tmp_path):
             series.append({"series": f'h{k}_bucket{{le="{le}"}}', "values": str(count)})
         for q in (0.5, 0.9, 0.99):
             want = histogram_quantile(q, [(b, float(c)) for b, c in case])
-            exprs.append({"expr": f"histogram_quantile({q}, h{k}_bucket)", "eval_time": "0m",
-                          "exp_samples": [{"labels": "{}", "value": float(want)}]})  # fmt: skip
+            exprs.append(
+                {
+                    "expr": f"histogram_quantile({q}, h{k}_bucket)",
+                    "eval_time": "0m",
+                    "exp_samples": [{"labels": "{}", "value": float(want)}],
+                }
+            )
     spec = tmp_path / "quantiles.yml"
-    spec.write_text(yaml.safe_dump({"tests": [{"interval": "1m", "input_series": series, "promql_expr_test": exprs}]}))
-    done = subprocess.run(["promtool", "test", "rules", str(spec)], capture_output=True, text=True, timeout=60)
+    spec.write_text(
+        yaml.safe_dump({"tests": [{"interval": "1m", "input_series": series, "promql_expr_test": exprs}]})
+    )
+    done = subprocess.run(
+        ["promtool", "test", "rules", str(spec)], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -361,8 +433,12 @@ def test_prometheus_counter_reset_and_two_models_are_errors(tmp_path):
     first, *rest = text.split("# scrape at ")[1:]
     reset = tmp_path / "reset.prom"
     stop = 'finished_reason="stop",model_name="meta-llama/Llama-3.1-8B-Instruct"}'
-    reset.write_text("# scrape at " + first + "# scrape at " + rest[-1].replace(f"{stop} 12.0", f"{stop} 1.0"))
-    with pytest.raises(ConfigError, match=r'reset\.prom:\d+: vllm:request_success_total\{.*finished_reason="stop".*restart'):
+    reset.write_text(
+        "# scrape at " + first + "# scrape at " + rest[-1].replace(f"{stop} 12.0", f"{stop} 1.0")
+    )
+    with pytest.raises(
+        ConfigError, match=r'reset\.prom:\d+: vllm:request_success_total\{.*finished_reason="stop".*restart'
+    ):
         runs(reset)
     two = tmp_path / "two.prom"
     two.write_text(text + 'vllm:num_requests_running{engine="0",model_name="other"} 0.0\n')
@@ -376,7 +452,7 @@ def test_prometheus_without_prometheus_client_says_what_to_install(monkeypatch):
         runs(DATA / "prometheus_scrapes.prom")
 
 
-# --- bad input --------------------------------------------------------------------------------------------------
+# --- bad input ----------------------------------------------------------------------------------------------
 
 
 def assert_one_line(exc: pytest.ExceptionInfo, path: Path, *fields: str) -> None:
@@ -405,10 +481,15 @@ def test_empty_file(fmt, tmp_path):
     assert_one_line(exc, path, "empty file")
 
 
-@pytest.mark.parametrize("fmt,name", [("vllm-bench", "vllm_bench_detailed_open.json"),
-                                      ("inference-perf", "inference_perf_kubecon/stage_0_lifecycle_metrics.json"),
-                                      ("guidellm", "guidellm_v0.3_sweep.json"),
-                                      ("prometheus", "prometheus_query_range.json")])  # fmt: skip
+@pytest.mark.parametrize(
+    "fmt,name",
+    [
+        ("vllm-bench", "vllm_bench_detailed_open.json"),
+        ("inference-perf", "inference_perf_kubecon/stage_0_lifecycle_metrics.json"),
+        ("guidellm", "guidellm_v0.3_sweep.json"),
+        ("prometheus", "prometheus_query_range.json"),
+    ],
+)
 def test_truncated_json_names_the_line(fmt, name, tmp_path):
     text = (DATA / name).read_text()
     path = tmp_path / Path(name).name
@@ -421,12 +502,14 @@ def test_truncated_json_names_the_line(fmt, name, tmp_path):
 
 def test_vllm_bench_bad_values(tmp_path):
     src = copy("vllm_bench_detailed_open.json", tmp_path)
-    for edit, field in [(lambda d: d["ttfts"].__setitem__(1, -0.2), "ttfts[1]"),
-                        (lambda d: d["itls"][0].__setitem__(3, "fast"), "itls[0][3]"),
-                        (lambda d: d.pop("ttfts"), "ttfts: missing"),
-                        (lambda d: d["latencies"].pop(), "latencies: expected a list of 5"),
-                        (lambda d: d.update(mean_tpot_ms="n/a"), "mean_tpot_ms"),
-                        (lambda d: d.update(request_rate="fast"), "request_rate")]:  # fmt: skip
+    for edit, field in [
+        (lambda d: d["ttfts"].__setitem__(1, -0.2), "ttfts[1]"),
+        (lambda d: d["itls"][0].__setitem__(3, "fast"), "itls[0][3]"),
+        (lambda d: d.pop("ttfts"), "ttfts: missing"),
+        (lambda d: d["latencies"].pop(), "latencies: expected a list of 5"),
+        (lambda d: d.update(mean_tpot_ms="n/a"), "mean_tpot_ms"),
+        (lambda d: d.update(request_rate="fast"), "request_rate"),
+    ]:
         path = tmp_path / "bad.json"
         shutil.copy(src, path)
         rewrite_json(path, edit)
@@ -436,7 +519,9 @@ def test_vllm_bench_bad_values(tmp_path):
 
 
 def test_vllm_bench_summary_without_counts(tmp_path):
-    path = rewrite_json(copy("vllm_bench_closed_summary.json", tmp_path), lambda d: d.pop("total_input_tokens"))
+    path = rewrite_json(
+        copy("vllm_bench_closed_summary.json", tmp_path), lambda d: d.pop("total_input_tokens")
+    )
     with pytest.raises(ConfigError) as exc:
         runs(path)
     assert_one_line(exc, path, "total_input_tokens")
@@ -457,8 +542,10 @@ def test_inference_perf_bad_values(tmp_path):
         runs(folder)
     assert_one_line(exc, per_request, "[0].end_time", "before start_time")
     kubecon = copy("inference_perf_kubecon", tmp_path / "k")
-    rewrite_json(kubecon / "stage_1_lifecycle_metrics.json",
-                 lambda d: d["successes"]["latency"]["time_to_first_token"].update(p90="slow"))  # fmt: skip
+    rewrite_json(
+        kubecon / "stage_1_lifecycle_metrics.json",
+        lambda d: d["successes"]["latency"]["time_to_first_token"].update(p90="slow"),
+    )
     with pytest.raises(ConfigError) as exc:
         runs(kubecon)
     assert_one_line(exc, kubecon / "stage_1_lifecycle_metrics.json", "time_to_first_token.p90")
@@ -466,14 +553,22 @@ def test_inference_perf_bad_values(tmp_path):
 
 def test_guidellm_bad_values(tmp_path):
     src = copy("guidellm_v0.3_sweep.json", tmp_path)
-    for edit, field in [(lambda d: d["benchmarks"][1]["args"].pop("strategy"), "benchmarks[1]: config.strategy"),
-                        (lambda d: d["benchmarks"][0]["requests"]["successful"][1].update(request_latency=-1.0),
-                         "benchmarks[0].requests.successful[1].request_latency"),
-                        (lambda d: d["benchmarks"][2]["requests"]["successful"][0].update(prompt_tokens="many"),
-                         "successful[0].prompt_tokens"),
-                        (lambda d: d["benchmarks"][2]["args"]["strategy"].update(type_="warp"),
-                         "strategy.type_: unknown strategy 'warp'"),
-                        (lambda d: d.pop("benchmarks"), "benchmarks: missing")]:  # fmt: skip
+    for edit, field in [
+        (lambda d: d["benchmarks"][1]["args"].pop("strategy"), "benchmarks[1]: config.strategy"),
+        (
+            lambda d: d["benchmarks"][0]["requests"]["successful"][1].update(request_latency=-1.0),
+            "benchmarks[0].requests.successful[1].request_latency",
+        ),
+        (
+            lambda d: d["benchmarks"][2]["requests"]["successful"][0].update(prompt_tokens="many"),
+            "successful[0].prompt_tokens",
+        ),
+        (
+            lambda d: d["benchmarks"][2]["args"]["strategy"].update(type_="warp"),
+            "strategy.type_: unknown strategy 'warp'",
+        ),
+        (lambda d: d.pop("benchmarks"), "benchmarks: missing"),
+    ]:
         path = tmp_path / "bad.json"
         shutil.copy(src, path)
         rewrite_json(path, edit)

@@ -32,11 +32,19 @@ def mmc_run(seed: int, n: int, servers: int, dt: float, mean_tokens: int, rho: f
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(1.0 / arrival_rate, n))
     outputs = rng.geometric(1.0 / mean_tokens, n)
-    reqs = [Request(id=i, arrival_s=float(arrivals[i]), prompt_tokens=1, output_tokens=int(outputs[i]))
-            for i in range(n)]  # fmt: skip
+    reqs = [
+        Request(id=i, arrival_s=float(arrivals[i]), prompt_tokens=1, output_tokens=int(outputs[i]))
+        for i in range(n)
+    ]
     limits = EngineLimits(num_blocks=10_000, max_num_seqs=1, max_model_len=100_000, block_size=16)
-    raw = run_pool(reqs, limits, replicas=servers, perf=ConstantModel(ConstantModel.Params(step_s=dt)),
-                   central_queue=True, router="round_robin")  # fmt: skip
+    raw = run_pool(
+        reqs,
+        limits,
+        replicas=servers,
+        perf=ConstantModel(ConstantModel.Params(step_s=dt)),
+        central_queue=True,
+        router="round_robin",
+    )
     return raw.requests, arrivals, outputs * dt, arrival_rate, service_rate
 
 

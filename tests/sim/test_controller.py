@@ -19,18 +19,31 @@ ROOT = Path(__file__).resolve().parents[2]
 
 SCENARIO = {
     "name": "autoscale",
-    "workload": {"type": "poisson", "rate": 1, "duration_s": 1, "lengths": {"type": "fixed", "prompt": 10,
-                                                                            "output": 10}},
+    "workload": {
+        "type": "poisson",
+        "rate": 1,
+        "duration_s": 1,
+        "lengths": {"type": "fixed", "prompt": 10, "output": 10},
+    },
     "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 2}],
     "controller": {
-        "allocator": {"name": "reactive", "params": {
-            "metric": "concurrency", "target": 24, "min_replicas": 1, "max_replicas": 16,
-            "scale_down": {"stabilization_window_s": 60, "policies": [{"type": "percent", "value": 100,
-                                                                       "period_s": 15}]}}},
+        "allocator": {
+            "name": "reactive",
+            "params": {
+                "metric": "concurrency",
+                "target": 24,
+                "min_replicas": 1,
+                "max_replicas": 16,
+                "scale_down": {
+                    "stabilization_window_s": 60,
+                    "policies": [{"type": "percent", "value": 100, "period_s": 15}],
+                },
+            },
+        },
         "interval_s": 15,
         "provisioning": {"acquire_s": 10, "storage_gbps": 2},
     },
-}  # fmt: skip
+}
 
 
 def step_load(seed: int = 0) -> list[Request]:
@@ -46,8 +59,10 @@ def step_load(seed: int = 0) -> list[Request]:
             times.append(t)
     prompts = rng.integers(200, 2000, len(times))
     outputs = rng.integers(20, 400, len(times))
-    return [Request(id=i, arrival_s=float(a), prompt_tokens=int(p), output_tokens=int(o))
-            for i, (a, p, o) in enumerate(zip(times, prompts, outputs, strict=True))]  # fmt: skip
+    return [
+        Request(id=i, arrival_s=float(a), prompt_tokens=int(p), output_tokens=int(o))
+        for i, (a, p, o) in enumerate(zip(times, prompts, outputs, strict=True))
+    ]
 
 
 def test_reactive_allocator_scales_the_pool_up_under_load_and_back_down(tmp_path):
@@ -78,8 +93,10 @@ def test_unknown_allocator_and_bad_params_are_config_errors():
     bad = {**SCENARIO, "controller": {**SCENARIO["controller"], "allocator": {"name": "oracle"}}}
     with pytest.raises(ConfigError, match="controller.allocator: unknown allocator 'oracle'"):
         parse_scenario(bad)
-    typo = {**SCENARIO, "controller": {**SCENARIO["controller"], "allocator": {"name": "reactive",
-                                                                               "params": {"targt": 3}}}}
+    typo = {
+        **SCENARIO,
+        "controller": {**SCENARIO["controller"], "allocator": {"name": "reactive", "params": {"targt": 3}}},
+    }
     with pytest.raises(ConfigError, match="targt"):
         parse_scenario(typo)
 
@@ -87,16 +104,37 @@ def test_unknown_allocator_and_bad_params_are_config_errors():
 # ------------------------------------------------------------------------- tiers: lends, reclaims, inventory
 
 TIERS = {
-    "name": "tiers", "seed": 1,
-    "workload": {"type": "poisson", "rate": 4, "duration_s": 1200, "lengths": {"type": "fixed", "prompt": 200,
-                                                                               "output": 50}},
+    "name": "tiers",
+    "seed": 1,
+    "workload": {
+        "type": "poisson",
+        "rate": 4,
+        "duration_s": 1200,
+        "lengths": {"type": "fixed", "prompt": 200, "output": 50},
+    },
     "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 4}],
-    "jobs": {"pools": [{"name": "train", "tier": "training", "gpu": "h100-80g"}],
-             "streams": [{"name": "pre", "pool": "train", "at_s": [0], "min_gpus": 2, "max_gpus": 4,
-                          "work_gpu_h": 1000, "checkpoint_s": 100, "restore_s": 20}]},
-    "controller": {"allocator": {"name": "scripted"}, "interval_s": 30, "gpu_limits": {"h100-80g": 8},
-                   "provisioning": {"acquire_s": 10, "storage_gbps": 2}},
-}  # fmt: skip
+    "jobs": {
+        "pools": [{"name": "train", "tier": "training", "gpu": "h100-80g"}],
+        "streams": [
+            {
+                "name": "pre",
+                "pool": "train",
+                "at_s": [0],
+                "min_gpus": 2,
+                "max_gpus": 4,
+                "work_gpu_h": 1000,
+                "checkpoint_s": 100,
+                "restore_s": 20,
+            }
+        ],
+    },
+    "controller": {
+        "allocator": {"name": "scripted"},
+        "interval_s": 30,
+        "gpu_limits": {"h100-80g": 8},
+        "provisioning": {"acquire_s": 10, "storage_gbps": 2},
+    },
+}
 
 
 class Scripted:
@@ -115,12 +153,19 @@ class Scripted:
         if make is None:
             return Decision(time_s=snapshot.time_s, allocator="scripted")
         targets, lends, preempt = make(snapshot)
-        return Decision(time_s=snapshot.time_s, allocator="scripted",
-                        targets=tuple(Target(pool=p, gpu="h100-80g", gpus=n) for p, n in targets.items()),
-                        lends=tuple(Lend(from_pool=a, to_pool=b, gpu="h100-80g", count=n, kind=k)
-                                    for a, b, n, k in lends),
-                        preemptions=tuple(Preemption(job_id=j.id, pool=j.pool, gpus=j.gpus, reason="test")
-                                          for j in snapshot.jobs if j.id in preempt and j.state == "running"))
+        return Decision(
+            time_s=snapshot.time_s,
+            allocator="scripted",
+            targets=tuple(Target(pool=p, gpu="h100-80g", gpus=n) for p, n in targets.items()),
+            lends=tuple(
+                Lend(from_pool=a, to_pool=b, gpu="h100-80g", count=n, kind=k) for a, b, n, k in lends
+            ),
+            preemptions=tuple(
+                Preemption(job_id=j.id, pool=j.pool, gpus=j.gpus, reason="test")
+                for j in snapshot.jobs
+                if j.id in preempt and j.state == "running"
+            ),
+        )
 
 
 def run_tiers(script):
@@ -173,10 +218,19 @@ def test_lend_reclaim_and_orders_follow_the_actuator_protocol_with_real_delays()
 def test_prior_history_gives_a_first_decision_at_t0_with_the_default_mix():
     from fleettwin.models.config import load_scenario
 
-    cfg = load_scenario(ROOT / "configs" / "experiments" / "multitier.yaml",
-                        {"workload.duration_s": 600, "workload.mean_rate": 1, "pools.0.replicas": 1,
-                         "jobs": None, "controller.allocator": {"name": "unified", "params": {
-                             "capacity": {"measured": {"h100-80g/llama-3-70b/2": 1.55}}}}})  # fmt: skip
+    cfg = load_scenario(
+        ROOT / "configs" / "experiments" / "multitier.yaml",
+        {
+            "workload.duration_s": 600,
+            "workload.mean_rate": 1,
+            "pools.0.replicas": 1,
+            "jobs": None,
+            "controller.allocator": {
+                "name": "unified",
+                "params": {"capacity": {"measured": {"h100-80g/llama-3-70b/2": 1.55}}},
+            },
+        },
+    )
     res = run_scenario(cfg)
     first = res.decisions[0]
     assert first["time_s"] == 0.0

@@ -1,6 +1,6 @@
-"""Failure injection (sim/failures/injectors.py, models/failures/policies.py): every request is accounted for exactly once under
-every failure type, retried requests carry their lost time, stragglers slow a replica by exactly their factor,
-and incoherent answers are retried or sent to the fallback pool as the policy says."""
+"""Failure injection (sim/failures/injectors.py, models/failures/policies.py): every request is accounted for
+exactly once under every failure type, retried requests carry their lost time, stragglers slow a replica by
+exactly their factor, and incoherent answers are retried or sent to the fallback pool as the policy says."""
 
 from __future__ import annotations
 
@@ -32,8 +32,10 @@ ENDS = {"completed", "rejected", "failed", "dropped"}
 def run(reqs, failures: dict, *, limits=LIMITS, replicas=2, mode="skip", seed=0, central=False):
     """Pool "p" (takes every request) and pool "q" (a longer window: the re-route and fallback target)."""
     f = Failures(FailuresConfig.model_validate(failures), seed=seed)
-    specs = [PoolSpec("p", limits, LinearPerf(), replicas=replicas, central_queue=central),
-             PoolSpec("q", BIG, LinearPerf(), replicas=1)]  # fmt: skip
+    specs = [
+        PoolSpec("p", limits, LinearPerf(), replicas=replicas, central_queue=central),
+        PoolSpec("q", BIG, LinearPerf(), replicas=1),
+    ]
     return simulate(reqs, specs, mode=mode, processes=[f]), f
 
 
@@ -48,29 +50,60 @@ def timings(draw) -> dict:
     if draw(st.booleans()):
         return {"at_s": draw(st.lists(times, min_size=1, max_size=4)), "mttr_s": mttr}
     start = draw(times)
-    return {"mtbf_s": draw(st.floats(1.0, 30.0)), "mttr_s": mttr, "start_s": start,
-            "end_s": start + draw(st.floats(1.0, 20.0)), "repair": draw(st.sampled_from(["fixed", "exponential"]))}
+    return {
+        "mtbf_s": draw(st.floats(1.0, 30.0)),
+        "mttr_s": mttr,
+        "start_s": start,
+        "end_s": start + draw(st.floats(1.0, 20.0)),
+        "repair": draw(st.sampled_from(["fixed", "exponential"])),
+    }
 
 
 def injectors(kind: str, replicas: int):
     pick = st.integers(0, replicas - 1)
     if kind == "replica_failure":
-        one = st.builds(lambda t, c, r: {"name": kind, "params": {"pool": "p", "timing": t, "count": c, "max_retries": r}},
-                        timings(), st.integers(1, 3), st.integers(0, 3))  # fmt: skip
+        one = st.builds(
+            lambda t, c, r: {
+                "name": kind,
+                "params": {"pool": "p", "timing": t, "count": c, "max_retries": r},
+            },
+            timings(),
+            st.integers(1, 3),
+            st.integers(0, 3),
+        )
     elif kind == "straggler":
-        one = st.builds(lambda t, f, i: {"name": kind, "params": {"pool": "p", "timing": t, "factor": f, "replica": i}},
-                        timings(), st.floats(0.5, 5.0), st.none() | pick)  # fmt: skip
+        one = st.builds(
+            lambda t, f, i: {"name": kind, "params": {"pool": "p", "timing": t, "factor": f, "replica": i}},
+            timings(),
+            st.floats(0.5, 5.0),
+            st.none() | pick,
+        )
     else:
-        policy = st.builds(lambda n: {"name": "retry", "params": {"max_attempts": n}}, st.integers(1, 3)) | st.just(
-            {"name": "fallback", "params": {"pool": "q"}})
-        one = st.builds(lambda t, p, rs, pol: {"name": kind, "params": {"pool": "p", "timing": t, "probability": p,
-                                               "replicas": sorted(set(rs)), "policy": pol}},
-                        timings(), st.floats(0.0, 1.0), st.lists(pick, min_size=1, max_size=3), policy)  # fmt: skip
+        policy = st.builds(
+            lambda n: {"name": "retry", "params": {"max_attempts": n}}, st.integers(1, 3)
+        ) | st.just({"name": "fallback", "params": {"pool": "q"}})
+        one = st.builds(
+            lambda t, p, rs, pol: {
+                "name": kind,
+                "params": {
+                    "pool": "p",
+                    "timing": t,
+                    "probability": p,
+                    "replicas": sorted(set(rs)),
+                    "policy": pol,
+                },
+            },
+            timings(),
+            st.floats(0.0, 1.0),
+            st.lists(pick, min_size=1, max_size=3),
+            policy,
+        )
     return st.lists(one, min_size=1, max_size=3)
 
 
-truncations = st.sampled_from([None, {"name": "truncate"}, {"name": "compress", "params": {"ratio": 0.4}},
-                               {"name": "reroute"}])  # fmt: skip
+truncations = st.sampled_from(
+    [None, {"name": "truncate"}, {"name": "compress", "params": {"ratio": 0.4}}, {"name": "reroute"}]
+)
 
 
 def check_accounting(raw, reqs) -> None:
@@ -99,13 +132,24 @@ def check_accounting(raw, reqs) -> None:
 
 
 @pytest.mark.parametrize("kind", ["replica_failure", "straggler", "coherence", "truncation"])
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(data=st.data(), reqs=workloads(), limits=engine_limits(), replicas=st.integers(1, 3), central=st.booleans(),
-       truncation=truncations)  # fmt: skip
-def test_every_request_ends_exactly_once_and_skip_matches_the_oracle(kind, data, reqs, limits, replicas, central,
-                                                                      truncation):  # fmt: skip
-    cfg = {"truncation": truncation if kind == "truncation" else None,
-           "injectors": [] if kind == "truncation" else data.draw(injectors(kind, replicas))}  # fmt: skip
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+@given(
+    data=st.data(),
+    reqs=workloads(),
+    limits=engine_limits(),
+    replicas=st.integers(1, 3),
+    central=st.booleans(),
+    truncation=truncations,
+)
+def test_every_request_ends_exactly_once_and_skip_matches_the_oracle(
+    kind, data, reqs, limits, replicas, central, truncation
+):
+    cfg = {
+        "truncation": truncation if kind == "truncation" else None,
+        "injectors": [] if kind == "truncation" else data.draw(injectors(kind, replicas)),
+    }
     a, fa = run(reqs, cfg, limits=limits, replicas=replicas, central=central, mode="skip")
     b, _ = run(reqs, cfg, limits=limits, replicas=replicas, central=central, mode="per_iteration")
     for raw in (a, b):
@@ -113,7 +157,9 @@ def test_every_request_ends_exactly_once_and_skip_matches_the_oracle(kind, data,
     # Same failures, same victims, same outcomes: event skipping stays exact under failures.
     assert list(a.requests["status"]) == list(b.requests["status"])
     assert list(a.requests["retries"]) == list(b.requests["retries"])
-    np.testing.assert_allclose(a.requests["finish_s"], b.requests["finish_s"], rtol=1e-9, atol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(
+        a.requests["finish_s"], b.requests["finish_s"], rtol=1e-9, atol=1e-9, equal_nan=True
+    )
     if kind == "replica_failure":
         failed = sum(e["kind"] == "replica_failure" for e in fa.events)
         assert len(a.pools[0].replicas) == replicas + failed  # every failed replica was replaced
@@ -121,12 +167,28 @@ def test_every_request_ends_exactly_once_and_skip_matches_the_oracle(kind, data,
 
 def test_all_failure_types_together_conserve_requests():
     reqs = poisson_requests(seed=3, n=800, rate=40.0, prompt=(1, 3000), output=(1, 300))
-    cfg = {"truncation": {"name": "reroute"}, "injectors": [
-        {"name": "replica_failure", "params": {"pool": "p", "timing": {"mtbf_s": 10.0, "mttr_s": 2.0}, "max_retries": 1}},
-        {"name": "straggler", "params": {"pool": "p", "factor": 4.0, "timing": {"mtbf_s": 5.0, "mttr_s": 3.0}}},
-        {"name": "coherence", "params": {"pool": "p", "replicas": [0, 2], "probability": 0.5,
-         "policy": {"name": "fallback", "params": {"pool": "q", "max_attempts": 2}}}},
-    ]}  # fmt: skip
+    cfg = {
+        "truncation": {"name": "reroute"},
+        "injectors": [
+            {
+                "name": "replica_failure",
+                "params": {"pool": "p", "timing": {"mtbf_s": 10.0, "mttr_s": 2.0}, "max_retries": 1},
+            },
+            {
+                "name": "straggler",
+                "params": {"pool": "p", "factor": 4.0, "timing": {"mtbf_s": 5.0, "mttr_s": 3.0}},
+            },
+            {
+                "name": "coherence",
+                "params": {
+                    "pool": "p",
+                    "replicas": [0, 2],
+                    "probability": 0.5,
+                    "policy": {"name": "fallback", "params": {"pool": "q", "max_attempts": 2}},
+                },
+            },
+        ],
+    }
     raw, f = run(reqs, cfg, replicas=3, limits=dataclasses.replace(LIMITS, max_model_len=2048))
     check_accounting(raw, reqs)
     df = raw.requests
@@ -136,15 +198,24 @@ def test_all_failure_types_together_conserve_requests():
     assert (df["status"] == "dropped").any()  # prompts over 1024 tokens fit neither window
 
 
-# -- replica failures -------------------------------------------------------------------------------------------
+# -- replica failures ----------------------------------------------------------------------------------------
 
 
 def test_a_retried_request_waits_its_lost_attempt_plus_a_full_fresh_run():
     req = Request(id=0, arrival_s=0.0, prompt_tokens=500, output_tokens=200)
     alone = simulate([req], [PoolSpec("p", LIMITS, LinearPerf())]).requests.iloc[0]
     t_fail = 0.5 * alone["e2e_s"]  # mid-decode
-    raw, f = run([req], {"injectors": [{"name": "replica_failure", "params": {"pool": "p", "count": 2,
-                                        "timing": {"at_s": [t_fail], "mttr_s": 3.0}}}]})  # fmt: skip
+    raw, f = run(
+        [req],
+        {
+            "injectors": [
+                {
+                    "name": "replica_failure",
+                    "params": {"pool": "p", "count": 2, "timing": {"at_s": [t_fail], "mttr_s": 3.0}},
+                }
+            ]
+        },
+    )
     row = raw.requests.iloc[0]
     assert row["status"] == "completed" and row["retries"] == 1
     assert row["lost_s"] == pytest.approx(t_fail, abs=1e-12)
@@ -156,8 +227,18 @@ def test_a_retried_request_waits_its_lost_attempt_plus_a_full_fresh_run():
 
 def test_requests_on_a_failed_replica_move_to_the_survivors_at_once():
     reqs = poisson_requests(seed=5, n=400, rate=40.0)
-    raw, f = run(reqs, {"injectors": [{"name": "replica_failure", "params": {"pool": "p",
-                                       "timing": {"at_s": [4.0], "mttr_s": math.inf}}}]}, replicas=3)  # fmt: skip
+    raw, f = run(
+        reqs,
+        {
+            "injectors": [
+                {
+                    "name": "replica_failure",
+                    "params": {"pool": "p", "timing": {"at_s": [4.0], "mttr_s": math.inf}},
+                }
+            ]
+        },
+        replicas=3,
+    )
     df = raw.requests
     victim = f.events[0]["replica"]
     assert (df["status"] == "completed").all() and len(raw.pools[0].replicas) == 3  # not replaced
@@ -170,22 +251,40 @@ def test_requests_on_a_failed_replica_move_to_the_survivors_at_once():
 
 def test_retries_are_bounded_then_the_request_fails_with_the_reason():
     reqs = [Request(id=0, arrival_s=0.0, prompt_tokens=100, output_tokens=400)]
-    fails = {"name": "replica_failure", "params": {"pool": "p", "max_retries": 2, "timing": {"at_s": [1.0, 3.0, 5.0, 7.0],
-                                                                                   "mttr_s": 0.5}}}  # fmt: skip
+    fails = {
+        "name": "replica_failure",
+        "params": {"pool": "p", "max_retries": 2, "timing": {"at_s": [1.0, 3.0, 5.0, 7.0], "mttr_s": 0.5}},
+    }
     raw, _ = run(reqs, {"injectors": [fails]}, replicas=1)
     row = raw.requests.iloc[0]
     assert row["status"] == "failed" and row["retries"] == 2 and "gave up after 2 retries" in row["reason"]
 
 
-# -- stragglers -------------------------------------------------------------------------------------------------
+# -- stragglers ----------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("mode", ["skip", "per_iteration"])
 def test_a_straggler_is_exactly_factor_times_slower(mode):
     req = Request(id=0, arrival_s=0.0, prompt_tokens=700, output_tokens=300)
     base = simulate([req], [PoolSpec("p", LIMITS, LinearPerf())], mode=mode).requests.iloc[0]
-    slow, _ = run([req], {"injectors": [{"name": "straggler", "params": {"pool": "p", "replica": 0, "factor": 3.0,
-                                         "timing": {"at_s": [0.0], "mttr_s": math.inf}}}]}, replicas=1, mode=mode)
+    slow, _ = run(
+        [req],
+        {
+            "injectors": [
+                {
+                    "name": "straggler",
+                    "params": {
+                        "pool": "p",
+                        "replica": 0,
+                        "factor": 3.0,
+                        "timing": {"at_s": [0.0], "mttr_s": math.inf},
+                    },
+                }
+            ]
+        },
+        replicas=1,
+        mode=mode,
+    )
     row = slow.requests.iloc[0]
     assert row["e2e_s"] == pytest.approx(3.0 * base["e2e_s"], rel=1e-12)
     assert row["ttft_s"] == pytest.approx(3.0 * base["ttft_s"], rel=1e-12)
@@ -195,21 +294,39 @@ def test_a_straggler_episode_slows_only_the_iterations_inside_it():
     req = Request(id=0, arrival_s=0.0, prompt_tokens=10, output_tokens=1000)  # one step of 5.1 ms + decodes
     perf = LinearPerf()
     base = simulate([req], [PoolSpec("p", LIMITS, perf)]).requests.iloc[0]
-    raw, _ = run([req], {"injectors": [{"name": "straggler", "params": {"pool": "p", "replica": 0, "factor": 2.0,
-                                        "timing": {"at_s": [1.0], "mttr_s": 1.0}}}]}, replicas=1)  # fmt: skip
-    # For one second the replica did half a second's work: the request ends 0.5 s later (to an iteration or two
-    # at the episode's edges, which keep the duration they started with).
+    raw, _ = run(
+        [req],
+        {
+            "injectors": [
+                {
+                    "name": "straggler",
+                    "params": {
+                        "pool": "p",
+                        "replica": 0,
+                        "factor": 2.0,
+                        "timing": {"at_s": [1.0], "mttr_s": 1.0},
+                    },
+                }
+            ]
+        },
+        replicas=1,
+    )
+    # For one second the replica did half a second's work: the request ends 0.5 s later (to an iteration or
+    # two at the episode's edges, which keep the duration they started with).
     delay = raw.requests.iloc[0]["e2e_s"] - base["e2e_s"]
     assert delay == pytest.approx(0.5, abs=4 * perf.base)
 
 
-# -- coherence --------------------------------------------------------------------------------------------------
+# -- coherence -----------------------------------------------------------------------------------------------
 
 
 def test_incoherent_answers_are_retried_on_another_replica():
     reqs = poisson_requests(seed=7, n=300, rate=20.0)
-    raw, _ = run(reqs, {"injectors": [{"name": "coherence", "params": {"pool": "p", "replicas": [0], "probability": 1.0}}]},
-                 replicas=2)  # fmt: skip
+    raw, _ = run(
+        reqs,
+        {"injectors": [{"name": "coherence", "params": {"pool": "p", "replicas": [0], "probability": 1.0}}]},
+        replicas=2,
+    )
     df = raw.requests
     assert (df["status"] == "completed").all() and (df["replica"] == 1).all()  # every answer of 0 was bad
     retried = df[df["retries"] > 0]
@@ -219,8 +336,22 @@ def test_incoherent_answers_are_retried_on_another_replica():
 
 def test_a_single_bad_replica_exhausts_the_retry_policy_and_fails():
     reqs = poisson_requests(seed=8, n=20, rate=5.0)
-    raw, _ = run(reqs, {"injectors": [{"name": "coherence", "params": {"pool": "p", "probability": 1.0,
-                                       "policy": {"name": "retry", "params": {"max_attempts": 3}}}}]}, replicas=1)
+    raw, _ = run(
+        reqs,
+        {
+            "injectors": [
+                {
+                    "name": "coherence",
+                    "params": {
+                        "pool": "p",
+                        "probability": 1.0,
+                        "policy": {"name": "retry", "params": {"max_attempts": 3}},
+                    },
+                }
+            ]
+        },
+        replicas=1,
+    )
     df = raw.requests
     assert (df["status"] == "failed").all() and (df["retries"] == 2).all()
     assert (df["reason"] == "answer flagged incoherent 3 times").all()
@@ -228,8 +359,22 @@ def test_a_single_bad_replica_exhausts_the_retry_policy_and_fails():
 
 def test_fallback_sends_flagged_answers_to_the_larger_pool():
     reqs = poisson_requests(seed=9, n=100, rate=5.0, prompt=(1, 500), output=(1, 200))
-    raw, _ = run(reqs, {"injectors": [{"name": "coherence", "params": {"pool": "p", "replicas": [0, 1], "probability": 1.0,
-                                       "policy": {"name": "fallback", "params": {"pool": "q"}}}}]})  # fmt: skip
+    raw, _ = run(
+        reqs,
+        {
+            "injectors": [
+                {
+                    "name": "coherence",
+                    "params": {
+                        "pool": "p",
+                        "replicas": [0, 1],
+                        "probability": 1.0,
+                        "policy": {"name": "fallback", "params": {"pool": "q"}},
+                    },
+                }
+            ]
+        },
+    )
     df = raw.requests
     assert (df["status"] == "completed").all() and (df["pool"] == "q").all()
     assert (df["mitigation"] == "fallback to q").all() and (df["retries"] == 1).all()
@@ -242,7 +387,7 @@ def test_coherence_policy_arithmetic():
     assert fb.reissue(1).pool == "big" and fb.reissue(2) is None
 
 
-# -- timing and configuration -------------------------------------------------------------------------------------
+# -- timing and configuration --------------------------------------------------------------------------------
 
 
 def test_failures_by_rate_have_the_mtbf_and_stay_in_their_window():
@@ -251,26 +396,58 @@ def test_failures_by_rate_have_the_mtbf_and_stay_in_their_window():
     assert all(100.0 <= e.start_s < 100_100.0 for e in eps)
     ups = [b.start_s - a.end_s for a, b in zip(eps, eps[1:], strict=False)]
     assert min(ups) > 0 and np.mean(ups) == pytest.approx(10.0, rel=0.05)  # ~8300 samples: 1 % std error
-    assert [e.start_s for e in Timing(at_s=(5.0, 1.0), mttr_s=3.0).episodes(np.random.default_rng(0))] == [1.0, 5.0]
+    assert [e.start_s for e in Timing(at_s=(5.0, 1.0), mttr_s=3.0).episodes(np.random.default_rng(0))] == [
+        1.0,
+        5.0,
+    ]
 
 
 def test_the_same_seed_gives_the_same_failures_and_another_seed_others():
     reqs = poisson_requests(seed=10, n=300, rate=30.0)
-    cfg = {"injectors": [{"name": "replica_failure", "params": {"pool": "p", "timing": {"mtbf_s": 8.0, "mttr_s": 1.0}}}]}
+    cfg = {
+        "injectors": [
+            {"name": "replica_failure", "params": {"pool": "p", "timing": {"mtbf_s": 8.0, "mttr_s": 1.0}}}
+        ]
+    }
     runs = [run(reqs, cfg, replicas=3, seed=s)[1].events for s in (1, 1, 2)]
     assert runs[0] == runs[1] and runs[0] != runs[2]
 
 
-SCENARIO = {"name": "f", "seed": 3,
-            "workload": {"type": "poisson", "rate": 20, "duration_s": 30,
-                         "lengths": {"type": "geometric", "prompt_mean": 300, "output_mean": 60}},
-            "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 2,
-                       "perf_model": {"name": "constant", "params": {"step_s": 0.02}}}]}  # fmt: skip
+SCENARIO = {
+    "name": "f",
+    "seed": 3,
+    "workload": {
+        "type": "poisson",
+        "rate": 20,
+        "duration_s": 30,
+        "lengths": {"type": "geometric", "prompt_mean": 300, "output_mean": 60},
+    },
+    "pools": [
+        {
+            "name": "chat",
+            "gpu": "h100-80g",
+            "model": "llama-3-8b",
+            "replicas": 2,
+            "perf_model": {"name": "constant", "params": {"step_s": 0.02}},
+        }
+    ],
+}
 
 
 def test_a_scenario_runs_its_failures_section_and_reports_retries():
-    cfg = parse_scenario({**SCENARIO, "failures": {"injectors": [
-        {"name": "replica_failure", "params": {"pool": "chat", "timing": {"at_s": [10.0], "mttr_s": 5.0}}}]}})  # fmt: skip
+    cfg = parse_scenario(
+        {
+            **SCENARIO,
+            "failures": {
+                "injectors": [
+                    {
+                        "name": "replica_failure",
+                        "params": {"pool": "chat", "timing": {"at_s": [10.0], "mttr_s": 5.0}},
+                    }
+                ]
+            },
+        }
+    )
     res = run_scenario(cfg)
     s = res.summary
     assert s["failures"]["injected"] == 1 and s["failures"]["events"][0]["time_s"] == 10.0
@@ -278,18 +455,61 @@ def test_a_scenario_runs_its_failures_section_and_reports_retries():
     assert s["retries"]["retries"] == int(res.requests["retries"].sum()) > 0
 
 
-@pytest.mark.parametrize(("failures", "message"), [
-    ({"injectors": [{"name": "straggler", "params": {"pool": "chatt", "factor": 2, "timing": {"at_s": [1]}}}]},
-     "failures: injectors[0].params.pool: unknown pool 'chatt'; the scenario's pools are: chat"),
-    ({"injectors": [{"name": "coherence", "params": {"pool": "chat", "replicas": [2], "probability": 0.1}}]},
-     "replica 2 does not exist in pool 'chat' (2 replicas"),
-    ({"injectors": [{"name": "replica_failure", "params": {"pool": "chat", "timing": {"at_s": [1], "mtbf_s": 5}}}]},
-     "give either at_s (scheduled failures) or mtbf_s (failures by rate), not both"),
-    ({"truncation": {"name": "squash"}}, "unknown truncation policy 'squash'; expected one of: compress, reroute"),
-    ({"truncation": {"name": "compress", "params": {"ratio": 1.5}}}, "ratio: Input should be less than 1"),
-    ({"injectors": [{"name": "coherence", "params": {"pool": "chat", "probability": 0.1,
-                     "policy": {"name": "fallback", "params": {"pool": "chat"}}}}]}, "the fallback must be another"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("failures", "message"),
+    [
+        (
+            {
+                "injectors": [
+                    {"name": "straggler", "params": {"pool": "chatt", "factor": 2, "timing": {"at_s": [1]}}}
+                ]
+            },
+            "failures: injectors[0].params.pool: unknown pool 'chatt'; the scenario's pools are: chat",
+        ),
+        (
+            {
+                "injectors": [
+                    {"name": "coherence", "params": {"pool": "chat", "replicas": [2], "probability": 0.1}}
+                ]
+            },
+            "replica 2 does not exist in pool 'chat' (2 replicas",
+        ),
+        (
+            {
+                "injectors": [
+                    {
+                        "name": "replica_failure",
+                        "params": {"pool": "chat", "timing": {"at_s": [1], "mtbf_s": 5}},
+                    }
+                ]
+            },
+            "give either at_s (scheduled failures) or mtbf_s (failures by rate), not both",
+        ),
+        (
+            {"truncation": {"name": "squash"}},
+            "unknown truncation policy 'squash'; expected one of: compress, reroute",
+        ),
+        (
+            {"truncation": {"name": "compress", "params": {"ratio": 1.5}}},
+            "ratio: Input should be less than 1",
+        ),
+        (
+            {
+                "injectors": [
+                    {
+                        "name": "coherence",
+                        "params": {
+                            "pool": "chat",
+                            "probability": 0.1,
+                            "policy": {"name": "fallback", "params": {"pool": "chat"}},
+                        },
+                    }
+                ]
+            },
+            "the fallback must be another",
+        ),
+    ],
+)
 def test_bad_failure_sections_name_the_field(failures, message):
     with pytest.raises(ConfigError) as err:
         parse_scenario({**SCENARIO, "failures": failures}, source="s.yaml")

@@ -30,7 +30,9 @@ def test_light_load_matches_vidur():
     bench = _bench()
     if not bench.vidur_available():
         pytest.skip(f"Vidur not installed at {bench.vidur_python()} (set VIDUR_VENV)")
-    work = Path(os.environ.get("FLEETTWIN_VIDUR_WORK", "/tmp/fleettwin-vs-vidur"))  # keeps Vidur's trained cache
+    work = Path(
+        os.environ.get("FLEETTWIN_VIDUR_WORK", "/tmp/fleettwin-vs-vidur")
+    )  # keeps Vidur's trained cache
     work.mkdir(parents=True, exist_ok=True)
     row = bench.compare(n=300, qps=1.0, seed=1, work=work)
     assert abs(row["ttft_p50_diff"]) < 0.10, row

@@ -1,5 +1,5 @@
-"""Training and operational jobs: progress, checkpoints and preemption arithmetic by hand, the job pool's local
-scheduler (deadlines, growth at checkpoints, preemption), job streams and their configuration errors."""
+"""Training and operational jobs: progress, checkpoints and preemption arithmetic by hand, the job pool's
+local scheduler (deadlines, growth at checkpoints, preemption), job streams and their configuration errors."""
 
 from __future__ import annotations
 
@@ -17,8 +17,18 @@ from fleettwin.sim.tiers.jobs import SimJob
 
 
 def job(**kw) -> SimJob:
-    base = dict(id="j", pool="train", tier="training", min_gpus=4, max_gpus=8, work_gpu_s=36_000.0,
-                submitted_s=0.0, checkpoint_s=600.0, restore_s=60.0, scaling=0.5)
+    base = dict(
+        id="j",
+        pool="train",
+        tier="training",
+        min_gpus=4,
+        max_gpus=8,
+        work_gpu_s=36_000.0,
+        submitted_s=0.0,
+        checkpoint_s=600.0,
+        restore_s=60.0,
+        scaling=0.5,
+    )
     return SimJob(**(base | kw))
 
 
@@ -49,8 +59,11 @@ def test_progress_checkpoint_and_preemption_by_hand():
     assert at_end["busy"] == pytest.approx(4 * 700 + 8 * (finish - 1060.0))  # GPU-seconds computing
     assert at_end["restoring"] == pytest.approx(4 * 60 + 8 * 60)
     mid = j.at(900.0)  # between the runs: the checkpoint's work, the loss already counted
-    assert (mid["done"], mid["lost"], mid["busy"]) == (pytest.approx(2400.0), pytest.approx(400.0),
-                                                       pytest.approx(2800.0))
+    assert (mid["done"], mid["lost"], mid["busy"]) == (
+        pytest.approx(2400.0),
+        pytest.approx(400.0),
+        pytest.approx(2800.0),
+    )
 
 
 def test_a_job_stopped_while_restoring_loses_nothing_and_a_restart_at_a_checkpoint_loses_nothing():
@@ -87,11 +100,30 @@ def pool(env, gpus: int, tier: str = "training") -> JobPool:
 def test_operational_jobs_start_earliest_deadline_first_with_the_gpus_their_deadline_needs():
     env = simpy.Environment()
     p = pool(env, 6, "operational")
-    # b: 7200 GPU-s due at 3700 (100 s restore): ceil(7200 / 3600) = 2 GPUs; a: due at 1100: ceil(3600/1000) = 4
-    b = job(id="b", pool="ops", tier="operational", min_gpus=1, max_gpus=4, work_gpu_s=7200.0, deadline_s=3700.0,
-            restore_s=100.0, scaling=1.0)
-    a = job(id="a", pool="ops", tier="operational", min_gpus=1, max_gpus=4, work_gpu_s=3600.0, deadline_s=1100.0,
-            restore_s=100.0, scaling=1.0)
+    # b: 7200 GPU-s due at 3700 (100 s restore): ceil(7200 / 3600) = 2 GPUs; a: due at 1100: ceil(3600/1000) =
+    # 4
+    b = job(
+        id="b",
+        pool="ops",
+        tier="operational",
+        min_gpus=1,
+        max_gpus=4,
+        work_gpu_s=7200.0,
+        deadline_s=3700.0,
+        restore_s=100.0,
+        scaling=1.0,
+    )
+    a = job(
+        id="a",
+        pool="ops",
+        tier="operational",
+        min_gpus=1,
+        max_gpus=4,
+        work_gpu_s=3600.0,
+        deadline_s=1100.0,
+        restore_s=100.0,
+        scaling=1.0,
+    )
     p.submit(b)
     assert b.gpus == 4  # alone: its need (2), widened to its maximum with the idle GPUs before it computes
     p.submit(a)  # a arrives later and waits for GPUs: 2 idle, it needs 4 but starts with what there is
@@ -104,8 +136,18 @@ def test_operational_jobs_start_earliest_deadline_first_with_the_gpus_their_dead
 def test_a_job_that_would_miss_its_deadline_grows_at_once_when_gpus_arrive():
     env = simpy.Environment()
     p = pool(env, 1, "operational")
-    late = job(id="late", pool="ops", tier="operational", min_gpus=1, max_gpus=4, work_gpu_s=10_800.0,
-               deadline_s=3660.0, restore_s=60.0, checkpoint_s=600.0, scaling=1.0)
+    late = job(
+        id="late",
+        pool="ops",
+        tier="operational",
+        min_gpus=1,
+        max_gpus=4,
+        work_gpu_s=10_800.0,
+        deadline_s=3660.0,
+        restore_s=60.0,
+        checkpoint_s=600.0,
+        scaling=1.0,
+    )
     p.submit(late)
     assert late.gpus == 1 and late.finish_time() == pytest.approx(10_860.0)  # would miss by two hours
     env.run(until=100)
@@ -123,8 +165,12 @@ def test_a_job_that_would_miss_its_deadline_grows_at_once_when_gpus_arrive():
 def test_training_job_grows_at_its_next_checkpoint_when_gpus_free_up():
     env = simpy.Environment()
     p = pool(env, 8)
-    big = job(id="big", min_gpus=4, max_gpus=8, work_gpu_s=1e9, scaling=1.0, checkpoint_s=600.0, restore_s=60.0)
-    small = job(id="small", min_gpus=4, max_gpus=4, work_gpu_s=4 * 1000.0, scaling=1.0, restore_s=0.0, priority=1)
+    big = job(
+        id="big", min_gpus=4, max_gpus=8, work_gpu_s=1e9, scaling=1.0, checkpoint_s=600.0, restore_s=60.0
+    )
+    small = job(
+        id="small", min_gpus=4, max_gpus=4, work_gpu_s=4 * 1000.0, scaling=1.0, restore_s=0.0, priority=1
+    )
     p.submit(small)
     p.submit(big)
     assert (small.gpus, big.gpus) == (4, 4)
@@ -166,12 +212,25 @@ def test_preemption_of_a_job_through_the_seam_and_its_gpu_count():
 # --------------------------------------------------------------------------------------------- config
 
 JOBS = {
-    "pools": [{"name": "train", "tier": "training", "gpu": "h100-80g"},
-              {"name": "ops", "tier": "operational", "gpu": "h100-80g"}],
-    "streams": [{"name": "ft", "pool": "train", "every_s": 3600, "until_s": 10800, "count": 2, "jitter_s": 60,
-                 "min_gpus": 2, "max_gpus": 4, "work_gpu_h": [1, 2]},
-                {"name": "ev", "pool": "ops", "at_s": [100], "work_gpu_h": 1, "deadline_h": 2}],
-}  # fmt: skip
+    "pools": [
+        {"name": "train", "tier": "training", "gpu": "h100-80g"},
+        {"name": "ops", "tier": "operational", "gpu": "h100-80g"},
+    ],
+    "streams": [
+        {
+            "name": "ft",
+            "pool": "train",
+            "every_s": 3600,
+            "until_s": 10800,
+            "count": 2,
+            "jitter_s": 60,
+            "min_gpus": 2,
+            "max_gpus": 4,
+            "work_gpu_h": [1, 2],
+        },
+        {"name": "ev", "pool": "ops", "at_s": [100], "work_gpu_h": 1, "deadline_h": 2},
+    ],
+}
 
 
 def test_streams_make_seeded_jobs_with_deadlines():
@@ -183,29 +242,63 @@ def test_streams_make_seeded_jobs_with_deadlines():
     assert all(3600 <= j.work_gpu_s <= 7200 for j in ft)
     ev = jobs[-1]
     assert (ev.tier, ev.deadline_s, ev.work_gpu_s) == ("operational", 100 + 7200.0, 3600.0)
-    assert [(j.submitted_s, j.work_gpu_s) for j in build_jobs(cfg, seed=5)] == \
-        [(j.submitted_s, j.work_gpu_s) for j in jobs]  # fmt: skip
+    assert [(j.submitted_s, j.work_gpu_s) for j in build_jobs(cfg, seed=5)] == [
+        (j.submitted_s, j.work_gpu_s) for j in jobs
+    ]
 
 
-SCENARIO = {"name": "t", "workload": {"type": "poisson", "rate": 1, "duration_s": 1,
-                                      "lengths": {"type": "fixed", "prompt": 10, "output": 10}},
-            "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1}]}  # fmt: skip
+SCENARIO = {
+    "name": "t",
+    "workload": {
+        "type": "poisson",
+        "rate": 1,
+        "duration_s": 1,
+        "lengths": {"type": "fixed", "prompt": 10, "output": 10},
+    },
+    "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1}],
+}
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"streams": [{"name": "x", "pool": "ops", "at_s": [0], "work_gpu_h": 1}]}, r"streams\[0\].deadline_h: "
-     "operational jobs need a deadline"),
-    ({"streams": [{"name": "x", "pool": "train", "at_s": [0], "work_gpu_h": 1, "deadline_h": 1}]},
-     "training jobs have a throughput goal"),
-    ({"streams": [{"name": "x", "pool": "gpu-farm", "at_s": [0], "work_gpu_h": 1}]}, "no job pool 'gpu-farm'"),
-    ({"streams": [{"name": "x", "pool": "train", "at_s": [0], "work_gpu_h": [3, 1]}]}, "reversed"),
-    ({"streams": [{"name": "x", "pool": "train", "every_s": 60, "work_gpu_h": 1}]}, "every_s needs until_s"),
-    ({"streams": [{"name": "x", "pool": "train", "at_s": [0], "work_gpu_h": 1, "min_gpus": 4, "max_gpus": 2}]},
-     r"max_gpus \(2\) < min_gpus \(4\)"),
-    ({"pools": [{"name": "chat", "tier": "training", "gpu": "h100-80g"}]}, "'chat' is also an inference pool"),
-    ({"pools": [{"name": "train", "tier": "training", "gpu": "h100-800g"}]}, r"jobs.pools\[0\].gpu"),
-    ({"pools": [{"name": "train", "tier": "batch", "gpu": "h100-80g"}]}, r"s.yaml: jobs.pools\[0\].tier: Input should be"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"streams": [{"name": "x", "pool": "ops", "at_s": [0], "work_gpu_h": 1}]},
+            r"streams\[0\].deadline_h: "
+            "operational jobs need a deadline",
+        ),
+        (
+            {"streams": [{"name": "x", "pool": "train", "at_s": [0], "work_gpu_h": 1, "deadline_h": 1}]},
+            "training jobs have a throughput goal",
+        ),
+        (
+            {"streams": [{"name": "x", "pool": "gpu-farm", "at_s": [0], "work_gpu_h": 1}]},
+            "no job pool 'gpu-farm'",
+        ),
+        ({"streams": [{"name": "x", "pool": "train", "at_s": [0], "work_gpu_h": [3, 1]}]}, "reversed"),
+        (
+            {"streams": [{"name": "x", "pool": "train", "every_s": 60, "work_gpu_h": 1}]},
+            "every_s needs until_s",
+        ),
+        (
+            {
+                "streams": [
+                    {"name": "x", "pool": "train", "at_s": [0], "work_gpu_h": 1, "min_gpus": 4, "max_gpus": 2}
+                ]
+            },
+            r"max_gpus \(2\) < min_gpus \(4\)",
+        ),
+        (
+            {"pools": [{"name": "chat", "tier": "training", "gpu": "h100-80g"}]},
+            "'chat' is also an inference pool",
+        ),
+        ({"pools": [{"name": "train", "tier": "training", "gpu": "h100-800g"}]}, r"jobs.pools\[0\].gpu"),
+        (
+            {"pools": [{"name": "train", "tier": "batch", "gpu": "h100-80g"}]},
+            r"s.yaml: jobs.pools\[0\].tier: Input should be",
+        ),
+    ],
+)
 def test_bad_job_config_names_the_field(change, message):
     with pytest.raises(ConfigError, match=message):
         parse_scenario({**SCENARIO, "jobs": {**JOBS, "streams": [], **change}}, source="s.yaml")
@@ -214,4 +307,4 @@ def test_bad_job_config_names_the_field(change, message):
 def test_rate_is_linear_up_to_the_minimum_and_zero_without_gpus():
     j = job(min_gpus=4, scaling=0.7)
     assert j.rate(0) == 0.0 and j.rate(4) == 4.0 and j.rate(16) == pytest.approx(4 * 4**0.7)
-    assert math.isclose(j.rate(16) / 16, 4 ** 0.7 / 4)
+    assert math.isclose(j.rate(16) / 16, 4**0.7 / 4)

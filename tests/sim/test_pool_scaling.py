@@ -106,8 +106,9 @@ def test_no_request_is_lost_and_skip_matches_the_oracle_under_resizing(reqs, lim
         assert ((ts["busy_fraction"] >= 0) & (ts["busy_fraction"] <= 1 + 1e-9)).all()
         assert (ts["replicas"] >= 0).all() and (ts["kv_usage"] <= 1 + 1e-12).all()
     assert list(a.requests["replica"]) == list(b.requests["replica"])
-    np.testing.assert_allclose(a.requests["finish_s"], b.requests["finish_s"], rtol=1e-9, atol=1e-9,
-                               equal_nan=True)  # fmt: skip
+    np.testing.assert_allclose(
+        a.requests["finish_s"], b.requests["finish_s"], rtol=1e-9, atol=1e-9, equal_nan=True
+    )
 
 
 def test_a_pool_left_at_zero_replicas_ends_the_run_as_stalled_not_forever():

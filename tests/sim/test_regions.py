@@ -30,16 +30,25 @@ STEP, PER_TOKEN = 0.02, 1e-4  # the constant performance model of the hand compu
 def scenario(regions: list[dict], pools: list[dict], **extra) -> dict:
     return {
         "name": "two-regions",
-        "workload": {"type": "poisson", "rate": 1, "duration_s": 10, "lengths": {"type": "fixed", "prompt": 10,
-                                                                                 "output": 2}},
+        "workload": {
+            "type": "poisson",
+            "rate": 1,
+            "duration_s": 10,
+            "lengths": {"type": "fixed", "prompt": 10, "output": 2},
+        },
         "pools": pools,
         "regions": {"regions": regions, "users": None, **extra},
-    }  # fmt: skip
+    }
 
 
 def pool(name: str, replicas: int = 1) -> dict:
-    return {"name": name, "gpu": "h100-80g", "model": "llama-3-8b", "replicas": replicas,
-            "perf_model": {"name": "constant", "params": {"step_s": STEP, "per_prefill_token_s": PER_TOKEN}}}  # fmt: skip
+    return {
+        "name": name,
+        "gpu": "h100-80g",
+        "model": "llama-3-8b",
+        "replicas": replicas,
+        "perf_model": {"name": "constant", "params": {"step_s": STEP, "per_prefill_token_s": PER_TOKEN}},
+    }
 
 
 def user(i: int, t: float, region: str, prompt: int = 200, output: int = 11) -> Request:
@@ -58,7 +67,9 @@ def test_package_rtts_are_the_directional_cloudping_medians():
     assert all(2.5 <= rtt.rtt_ms(n, n) <= 5.3 for n in rtt.names)  # same-region values, across AZs
     assert rtt.rtt_ms("af-south-1", "ap-southeast-2") == 409.2  # the longest path in the table
     assert "cloudping.co p50" in rtt.source
-    assert cat.site("ap-south-1").utc_offset_std_h == 5.5 and cat.site("ap-southeast-2").utc_offset_dst_h == 11
+    assert (
+        cat.site("ap-south-1").utc_offset_std_h == 5.5 and cat.site("ap-southeast-2").utc_offset_dst_h == 11
+    )
 
 
 def test_overrides_add_a_region_only_with_all_its_pairs():
@@ -79,7 +90,10 @@ def test_overrides_add_a_region_only_with_all_its_pairs():
         ([{"name": "us-east-1"}], "no region has a pool"),
         ([{"name": "us-east-1", "pools": ["p"]}, {"name": "us-east-1"}], "repeated: us-east-1"),
         ([{"name": "mars-1", "pools": ["p"]}], "unknown region 'mars-1'"),
-        ([{"name": "us-east-1", "pools": ["p"], "weight": -1}], "regions.regions[0].weight: Input should be greater than or equal to 0"),
+        (
+            [{"name": "us-east-1", "pools": ["p"], "weight": -1}],
+            "regions.regions[0].weight: Input should be greater than or equal to 0",
+        ),
     ],
 )
 def test_bad_regions_are_reported_with_the_field(regions, expected):
@@ -92,7 +106,9 @@ def test_every_pool_must_be_in_a_region_and_the_router_must_exist():
     with pytest.raises(ConfigError, match="pool.s. q are in no region"):
         parse_scenario(scenario([{"name": "us-east-1", "pools": ["p"]}], [pool("p"), pool("q")]))
     with pytest.raises(ConfigError, match="unknown region router 'anycast'"):
-        parse_scenario(scenario([{"name": "us-east-1", "pools": ["p"]}], [pool("p")], router={"name": "anycast"}))
+        parse_scenario(
+            scenario([{"name": "us-east-1", "pools": ["p"]}], [pool("p")], router={"name": "anycast"})
+        )
 
 
 def test_a_new_region_needs_its_rtts_and_time_zone():
@@ -102,10 +118,13 @@ def test_a_new_region_needs_its_rtts_and_time_zone():
         parse_scenario({**scenario(regions, [pool("p")]), "regions": {"regions": regions, "users": users}})
     rtt = {"matrix": {"moon-1": {"moon-1": 1, "us-east-1": 2600}}}
     with pytest.raises(ConfigError, match="utc_offset_h"):
-        parse_scenario({**scenario(regions, [pool("p")]), "regions": {"regions": regions, "users": users, "rtt": rtt}})
+        parse_scenario(
+            {**scenario(regions, [pool("p")]), "regions": {"regions": regions, "users": users, "rtt": rtt}}
+        )
     regions[1]["utc_offset_h"] = 0
-    cfg = parse_scenario({**scenario(regions, [pool("p")]), "regions": {"regions": regions, "users": users,
-                                                                       "rtt": rtt}})  # fmt: skip
+    cfg = parse_scenario(
+        {**scenario(regions, [pool("p")]), "regions": {"regions": regions, "users": users, "rtt": rtt}}
+    )
     assert cfg.regions.rtt_matrix().rtt_ms("moon-1", "us-east-1") == 2600
 
 
@@ -131,11 +150,25 @@ def test_users_keep_sessions_together_and_follow_their_time_zones():
     base = []
     for s in range(400):  # 400 two-turn sessions: blocks (0, s-specific...), block 0 shared by all
         for turn in range(2):
-            base.append(Request(id=len(base), arrival_s=float(len(base)), prompt_tokens=600 * (turn + 1),
-                                output_tokens=5, prefix_blocks=(0, 1000 + s, 5000 + 10 * s + turn)))  # fmt: skip
+            base.append(
+                Request(
+                    id=len(base),
+                    arrival_s=float(len(base)),
+                    prompt_tokens=600 * (turn + 1),
+                    output_tokens=5,
+                    prefix_blocks=(0, 1000 + s, 5000 + 10 * s + turn),
+                )
+            )
     offsets = {"us-east-1": -5.0, "ap-northeast-1": 9.0}
-    out = regional_requests(base, {"us-east-1": 1, "ap-northeast-1": 1}, offsets, np.random.default_rng(3),
-                            duration_s=86400, day_s=86400, copies=3)  # fmt: skip
+    out = regional_requests(
+        base,
+        {"us-east-1": 1, "ap-northeast-1": 1},
+        offsets,
+        np.random.default_rng(3),
+        duration_s=86400,
+        day_s=86400,
+        copies=3,
+    )
     assert len(out) == 3 * len(base) and [r.id for r in out] == list(range(len(out)))
     assert all(a.arrival_s <= b.arrival_s for a, b in zip(out, out[1:], strict=False))
     by_key: dict[str, list[Request]] = {}
@@ -157,7 +190,9 @@ def test_users_keep_sessions_together_and_follow_their_time_zones():
 
 def test_two_regions_latency_matches_a_hand_computation():
     """A user in eu-west-1, GPUs only in us-east-1: E2E = the server's iterations + the measured RTT."""
-    cfg = parse_scenario(scenario([{"name": "us-east-1", "pools": ["use1"]}, {"name": "eu-west-1"}], [pool("use1")]))
+    cfg = parse_scenario(
+        scenario([{"name": "us-east-1", "pools": ["use1"]}, {"name": "eu-west-1"}], [pool("use1")])
+    )
     prompt, output = 200, 11
     res = run_scenario(cfg, requests=[user(0, 5.0, "eu-west-1", prompt, output)])
     row = res.requests.iloc[0]
@@ -174,8 +209,11 @@ def test_two_regions_latency_matches_a_hand_computation():
 
 
 def test_nearest_serves_locally_and_fails_over_when_a_region_is_down():
-    regions = [{"name": "us-east-1", "pools": ["use1"]}, {"name": "eu-west-1", "pools": ["euw1"]},
-               {"name": "ap-south-1", "pools": ["aps1"]}]  # fmt: skip
+    regions = [
+        {"name": "us-east-1", "pools": ["use1"]},
+        {"name": "eu-west-1", "pools": ["euw1"]},
+        {"name": "ap-south-1", "pools": ["aps1"]},
+    ]
     cfg = parse_scenario(scenario(regions, [pool("use1"), pool("euw1"), pool("aps1")]))
     reqs = [user(i, 0.5 * i, r) for i, r in enumerate(["us-east-1", "eu-west-1", "ap-south-1"] * 4)]
     df = run_scenario(cfg, requests=reqs).requests
@@ -196,7 +234,9 @@ def test_nearest_serves_locally_and_fails_over_when_a_region_is_down():
 
 
 def test_requests_with_no_region_left_are_rejected_with_a_reason():
-    cfg = parse_scenario(scenario([{"name": "us-east-1", "pools": ["use1"]}, {"name": "eu-west-1"}], [pool("use1")]))
+    cfg = parse_scenario(
+        scenario([{"name": "us-east-1", "pools": ["use1"]}, {"name": "eu-west-1"}], [pool("use1")])
+    )
     specs, door = _door(cfg, "content_aware")
     door.state["us-east-1"].up = False
     df = simulate([user(0, 0.0, "eu-west-1"), user(1, 0.1, "nowhere-1")], specs, front_door=door).requests
@@ -205,33 +245,68 @@ def test_requests_with_no_region_left_are_rejected_with_a_reason():
 
 
 def _door(cfg, router: str, limits: EngineLimits | None = None):
-    limits = limits or EngineLimits(num_blocks=400, max_num_seqs=8, max_num_batched_tokens=512, max_model_len=2048)
-    specs = [PoolSpec(p.name, limits, LinearPerf(), replicas=p.replicas, model="llama-3-8b") for p in cfg.pools]
-    regions = [RegionPools(r.name, tuple(r.pools), ("llama-3-8b",) * len(r.pools)) for r in cfg.regions.regions]
-    door = RegionFrontDoor(regions, cfg.regions.rtt_matrix(), REGION_ROUTERS.create(router),
-                           prefill_tokens_per_s=dict.fromkeys([p.name for p in cfg.pools], 5000.0))  # fmt: skip
+    limits = limits or EngineLimits(
+        num_blocks=400, max_num_seqs=8, max_num_batched_tokens=512, max_model_len=2048
+    )
+    specs = [
+        PoolSpec(p.name, limits, LinearPerf(), replicas=p.replicas, model="llama-3-8b") for p in cfg.pools
+    ]
+    regions = [
+        RegionPools(r.name, tuple(r.pools), ("llama-3-8b",) * len(r.pools)) for r in cfg.regions.regions
+    ]
+    door = RegionFrontDoor(
+        regions,
+        cfg.regions.rtt_matrix(),
+        REGION_ROUTERS.create(router),
+        prefill_tokens_per_s=dict.fromkeys([p.name for p in cfg.pools], 5000.0),
+    )
     return specs, door
 
 
-THREE = parse_scenario(scenario([{"name": "us-east-1", "pools": ["use1"]}, {"name": "eu-west-1", "pools": ["euw1"]},
-                                 {"name": "ap-south-1"}], [pool("use1", 2), pool("euw1")]))  # fmt: skip
+THREE = parse_scenario(
+    scenario(
+        [
+            {"name": "us-east-1", "pools": ["use1"]},
+            {"name": "eu-west-1", "pools": ["euw1"]},
+            {"name": "ap-south-1"},
+        ],
+        [pool("use1", 2), pool("euw1")],
+    )
+)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    arrivals=st.lists(st.tuples(st.floats(0, 0.3), st.sampled_from(["us-east-1", "eu-west-1", "ap-south-1"]),
-                                st.integers(1, 1500), st.integers(1, 300)), min_size=1, max_size=50),
+    arrivals=st.lists(
+        st.tuples(
+            st.floats(0, 0.3),
+            st.sampled_from(["us-east-1", "eu-west-1", "ap-south-1"]),
+            st.integers(1, 1500),
+            st.integers(1, 300),
+        ),
+        min_size=1,
+        max_size=50,
+    ),
     router=st.sampled_from(["nearest", "latency_aware", "content_aware"]),
-    outages=st.lists(st.tuples(st.floats(0, 8), st.sampled_from(["us-east-1", "eu-west-1"]), st.booleans()),
-                     max_size=6),
+    outages=st.lists(
+        st.tuples(st.floats(0, 8), st.sampled_from(["us-east-1", "eu-west-1"]), st.booleans()), max_size=6
+    ),
     horizon=st.sampled_from([None, 3.0]),
-)  # fmt: skip
+)
 def test_requests_are_conserved_through_the_front_door(arrivals, router, outages, horizon):
     t, reqs = 0.0, []
     for i, (gap, region, prompt, output) in enumerate(arrivals):
         t += gap
-        reqs.append(Request(id=i, arrival_s=t, prompt_tokens=prompt, output_tokens=output, region=region,
-                            prefix_key=f"k{i % 5}"))  # fmt: skip
+        reqs.append(
+            Request(
+                id=i,
+                arrival_s=t,
+                prompt_tokens=prompt,
+                output_tokens=output,
+                region=region,
+                prefix_key=f"k{i % 5}",
+            )
+        )
     specs, door = _door(THREE, router)
 
     def chaos(env, pools, log):  # region outages and returns at random times (what a failure injector does)
@@ -264,7 +339,11 @@ def test_the_experiment_variants_keep_users_and_gpus_and_change_only_the_routing
         for workload, locality in WORKLOADS.items():
             cfg = scenario(policy, workload, quick=True)
             assert sum(p.replicas for p in cfg.pools) == sum(p.replicas for p in base.pools) == 24
-            assert [(r.name, r.weight) for r in cfg.regions.regions] == [(r.name, r.weight) for r in base.regions.regions]
+            assert [(r.name, r.weight) for r in cfg.regions.regions] == [
+                (r.name, r.weight) for r in base.regions.regions
+            ]
             assert cfg.regions.users.session_locality == locality
             if policy.single_region:
-                assert [r.name for r in cfg.regions.regions if r.pools] == ["us-east-1"] and len(cfg.pools) == 1
+                assert [r.name for r in cfg.regions.regions if r.pools] == ["us-east-1"] and len(
+                    cfg.pools
+                ) == 1

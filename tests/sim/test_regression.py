@@ -1,5 +1,5 @@
-"""Pinned latency percentiles of small fixed scenarios, so that unintended changes of scheduler semantics or of
-the profiled model show up as a failing number rather than a silent drift.
+"""Pinned latency percentiles of small fixed scenarios, so that unintended changes of scheduler semantics or
+of the profiled model show up as a failing number rather than a silent drift.
 
 The values were produced by this file's own cases (event skipping and the per-iteration oracle agree on them to
 rounding). A change that moves them on purpose (a semantic fix, recalibrated tables) should update them in the
@@ -29,14 +29,28 @@ def _profiled():
 
 def _case(name):
     if name == "linear_kv_pressure":
-        limits = EngineLimits(num_blocks=800, max_num_seqs=64, max_num_batched_tokens=2048, max_model_len=4096)
+        limits = EngineLimits(
+            num_blocks=800, max_num_seqs=64, max_num_batched_tokens=2048, max_model_len=4096
+        )
         return poisson_requests(7, 400, 15.0), limits, LinearPerf()
     requests = poisson_requests(11, 400, 3.0, prompt=(1, 3000), output=(1, 600))
     if name == "profiled_a100_7b":
-        return requests, EngineLimits(num_blocks=7424, max_num_seqs=128, max_num_batched_tokens=4096,
-                                      max_model_len=4096), _profiled()  # fmt: skip
-    return requests, EngineLimits(num_blocks=3000, max_num_seqs=128, max_num_batched_tokens=4096, max_model_len=4096,
-                                  enable_chunked_prefill=False), _profiled()  # fmt: skip
+        return (
+            requests,
+            EngineLimits(num_blocks=7424, max_num_seqs=128, max_num_batched_tokens=4096, max_model_len=4096),
+            _profiled(),
+        )
+    return (
+        requests,
+        EngineLimits(
+            num_blocks=3000,
+            max_num_seqs=128,
+            max_num_batched_tokens=4096,
+            max_model_len=4096,
+            enable_chunked_prefill=False,
+        ),
+        _profiled(),
+    )
 
 
 # name: (TTFT p50, TTFT p95, E2E p50, E2E p95) in seconds, total preemptions

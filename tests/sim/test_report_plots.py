@@ -1,4 +1,5 @@
-"""Plot helpers: labels never overlap, axes go logarithmic where values span decades, any script can be drawn."""
+"""Plot helpers: labels never overlap, axes go logarithmic where values span decades, any script can be
+drawn."""
 
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ def test_labels_never_overlap_and_the_rest_are_counted():
     ax.scatter(xs, ys)
     ax.set_xlim(0, 6)
     ax.set_ylim(0, 4)
-    hidden = place_labels(ax, [(x, y, f"replicas={i}, tp=4", "black") for i, (x, y) in enumerate(zip(xs, ys, strict=True))])
+    hidden = place_labels(
+        ax, [(x, y, f"replicas={i}, tp=4", "black") for i, (x, y) in enumerate(zip(xs, ys, strict=True))]
+    )
     renderer = fig.canvas.get_renderer()
     boxes = [t.get_window_extent(renderer) for t in ax.texts]
     assert len(boxes) + hidden == len(xs) and hidden > 0
-    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
     plt.close(fig)
 
 

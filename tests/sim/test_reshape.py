@@ -1,4 +1,5 @@
-"""workload.rate_scale and workload.loop_to_s: more or fewer requests over the same clock, and a window repeated."""
+"""workload.rate_scale and workload.loop_to_s: more or fewer requests over the same clock, and a window
+repeated."""
 
 from __future__ import annotations
 
@@ -19,12 +20,18 @@ AZURE = ROOT / "traces" / "azure2023_conv" / "AzureLLMInferenceTrace_conv.csv"
 
 
 def _reqs(times) -> list[Request]:
-    return [Request(id=i, arrival_s=float(t), prompt_tokens=10 + i, output_tokens=5) for i, t in enumerate(times)]
+    return [
+        Request(id=i, arrival_s=float(t), prompt_tokens=10 + i, output_tokens=5) for i, t in enumerate(times)
+    ]
 
 
 def _scenario(**workload) -> dict:
-    return {"name": "r", "seed": 3, "workload": {"type": "trace", "path": str(AZURE), "format": "azure", **workload},
-            "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1}]}  # fmt: skip
+    return {
+        "name": "r",
+        "seed": 3,
+        "workload": {"type": "trace", "path": str(AZURE), "format": "azure", **workload},
+        "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1}],
+    }
 
 
 def test_neutral_reshape_returns_the_requests_unchanged():
@@ -86,10 +93,13 @@ def test_reshaped_sequence_behaves_like_a_list():
         seq[len(seq)]
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("rate_scale", 0, "workload.rate_scale: Input should be greater than 0"),
-    ("loop_to_s", -5, "workload.loop_to_s: Input should be greater than 0"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("rate_scale", 0, "workload.rate_scale: Input should be greater than 0"),
+        ("loop_to_s", -5, "workload.loop_to_s: Input should be greater than 0"),
+    ],
+)
 def test_bad_reshape_values_name_the_field(key, value, message):
     from fleettwin.models.errors import ConfigError
 

@@ -11,11 +11,20 @@ from fleettwin.sim.runner import run_scenario
 BASE = {
     "name": "t",
     "seed": 1,
-    "workload": {"type": "poisson", "rate": 30, "duration_s": 20,
-                 "lengths": {"type": "uniform", "prompt_min": 100, "prompt_max": 1500,
-                             "output_min": 10, "output_max": 300}},
+    "workload": {
+        "type": "poisson",
+        "rate": 30,
+        "duration_s": 20,
+        "lengths": {
+            "type": "uniform",
+            "prompt_min": 100,
+            "prompt_max": 1500,
+            "output_min": 10,
+            "output_max": 300,
+        },
+    },
     "pools": [{"name": "small", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 2}],
-}  # fmt: skip
+}
 
 
 def scenario(**changes):
@@ -24,12 +33,22 @@ def scenario(**changes):
 
 
 def test_requests_go_to_the_pool_serving_their_model_and_unknown_models_are_rejected():
-    cfg = scenario(pools=[
-        {"name": "small", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1},
-        {"name": "big", "gpu": "h100-80g", "model": "llama-3-70b", "replicas": 1, "purchase": "spot"},
-    ])  # fmt: skip
-    reqs = [Request(id=i, arrival_s=0.1 * i, prompt_tokens=200, output_tokens=20,
-                    model=("llama-3-8b", "llama-3-70b", "gpt-x")[i % 3]) for i in range(30)]  # fmt: skip
+    cfg = scenario(
+        pools=[
+            {"name": "small", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1},
+            {"name": "big", "gpu": "h100-80g", "model": "llama-3-70b", "replicas": 1, "purchase": "spot"},
+        ]
+    )
+    reqs = [
+        Request(
+            id=i,
+            arrival_s=0.1 * i,
+            prompt_tokens=200,
+            output_tokens=20,
+            model=("llama-3-8b", "llama-3-70b", "gpt-x")[i % 3],
+        )
+        for i in range(30)
+    ]
     res = run_scenario(cfg, requests=reqs)
     df = res.requests.set_index("id")
     assert set(df.loc[[i for i in range(30) if i % 3 == 0], "pool"]) == {"small"}

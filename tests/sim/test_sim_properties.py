@@ -13,7 +13,8 @@ from tests.simkit import LinearPerf, assert_matches_oracle, run_pool
 from tests.strategies import engine_limits, workloads
 
 SETTINGS = settings(
-    max_examples=60, deadline=None,
+    max_examples=60,
+    deadline=None,
     # the monkeypatch fixture only swaps in a checking scheduler class; sharing it across examples is intended
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
@@ -25,7 +26,9 @@ class CheckedScheduler(Scheduler):
     def _check(self) -> None:
         seqs = self.seqs()  # brings the decode group's per-sequence fields up to date
         assert 0 <= self.free_blocks <= self.limits.num_blocks
-        assert sum(s.blocks for s in seqs) == self.used_blocks, "blocks held by sequences must equal blocks in use"
+        assert sum(s.blocks for s in seqs) == self.used_blocks, (
+            "blocks held by sequences must equal blocks in use"
+        )
         assert self.num_running <= self.limits.max_num_seqs
         for s in seqs[: self.num_running]:
             assert s.blocks == -(-s.num_computed // self.limits.block_size), "KV held = KV needed, no more"
@@ -61,9 +64,16 @@ def checked(monkeypatch):
 
 
 @SETTINGS
-@given(reqs=workloads(), limits=engine_limits(), replicas=st.integers(1, 3),
-       router=st.sampled_from(["round_robin", "least_outstanding", "least_kv"]), central=st.booleans())  # fmt: skip
-def test_requests_are_conserved_kv_bounded_and_time_monotone(checked, reqs, limits, replicas, router, central):
+@given(
+    reqs=workloads(),
+    limits=engine_limits(),
+    replicas=st.integers(1, 3),
+    router=st.sampled_from(["round_robin", "least_outstanding", "least_kv"]),
+    central=st.booleans(),
+)
+def test_requests_are_conserved_kv_bounded_and_time_monotone(
+    checked, reqs, limits, replicas, router, central
+):
     raw = run_pool(reqs, limits, replicas=replicas, router=router, central_queue=central)
     df = raw.requests
     assert sorted(df["id"]) == [r.id for r in reqs]  # every request has exactly one outcome
@@ -113,7 +123,8 @@ def test_oracle_agreement_under_heavy_load_with_preemptions():
 
 
 def test_oracle_agreement_with_the_roofline_closed_form_runs():
-    """The real roofline model takes the closed-form decode-run path; the oracle sums iteration by iteration."""
+    """The real roofline model takes the closed-form decode-run path; the oracle sums iteration by
+    iteration."""
     from fleettwin.models.catalog import Catalog
     from fleettwin.models.engine.queue import EngineLimits
     from fleettwin.models.perf import PERF_MODELS

@@ -12,8 +12,9 @@ from simpy.events import URGENT
 
 from fleettwin.sim.simpy_fast import events_scheduled, now, succeed_quietly, wake_after
 
-DELAYS = st.lists(st.sampled_from([0.0, 0.5, 1.0, 1.0, 2.5]) | st.floats(0, 10, allow_nan=False), min_size=1,
-                  max_size=30)  # fmt: skip
+DELAYS = st.lists(
+    st.sampled_from([0.0, 0.5, 1.0, 1.0, 2.5]) | st.floats(0, 10, allow_nan=False), min_size=1, max_size=30
+)
 
 
 def _fire_order(delays: list[float], fast: list[bool]) -> list[tuple[float, int]]:
@@ -27,6 +28,7 @@ def _fire_order(delays: list[float], fast: list[bool]) -> list[tuple[float, int]
             fired.append((env.now, i))
             if hasattr(event, "at"):
                 assert event.at == env.now  # a wake-up knows the time it fires at
+
         return cb
 
     def interleaved():
@@ -68,7 +70,11 @@ def test_succeed_quietly_leaves_the_event_as_succeed_would_and_lets_the_caller_p
     env = simpy.Environment()
     public = env.event().succeed()
     quiet = succeed_quietly(env.event())
-    assert (quiet.triggered, quiet.ok, quiet.value) == (public.triggered, public.ok, public.value) == (True, True, None)
+    assert (
+        (quiet.triggered, quiet.ok, quiet.value)
+        == (public.triggered, public.ok, public.value)
+        == (True, True, None)
+    )
     assert not env.event().triggered  # a fresh event is not: the function did something
 
     order = []

@@ -1,4 +1,5 @@
-"""Percentile SLO targets: parsed from the scenario and --slo, judged over all requests, reported everywhere."""
+"""Percentile SLO targets: parsed from the scenario and --slo, judged over all requests, reported
+everywhere."""
 
 from __future__ import annotations
 
@@ -16,9 +17,16 @@ from fleettwin.models.slo import parse_cli_target, parse_target_key
 from fleettwin.sim.metrics import COMPLETED, REJECTED, Slo, latency_summary
 from fleettwin.sim.stats import RequestStats
 
-BASE = {"name": "s", "workload": {"type": "poisson", "rate": 2, "duration_s": 60,
-                                  "lengths": {"type": "fixed", "prompt": 100, "output": 20}},
-        "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1}]}  # fmt: skip
+BASE = {
+    "name": "s",
+    "workload": {
+        "type": "poisson",
+        "rate": 2,
+        "duration_s": 60,
+        "lengths": {"type": "fixed", "prompt": 100, "output": 20},
+    },
+    "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1}],
+}
 
 
 def _frame(ttft: list[float], status: list[str] | None = None) -> pd.DataFrame:
@@ -27,25 +35,44 @@ def _frame(ttft: list[float], status: list[str] | None = None) -> pd.DataFrame:
     ttft_a = np.array(ttft, dtype=float)
     done = np.array([s == COMPLETED for s in status])
     nan = np.full(n, np.nan)
-    return pd.DataFrame({"status": status, "ttft_s": np.where(done, ttft_a, nan), "tpot_s": np.where(done, 0.01, nan),
-                         "e2e_s": np.where(done, ttft_a + 1, nan), "queue_s": np.where(done, 0.0, nan),
-                         "prompt_tokens": 10, "output_tokens": np.where(done, 5, 0), "preemptions": 0,
-                         "finish_s": np.where(done, ttft_a + 1, nan)})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "status": status,
+            "ttft_s": np.where(done, ttft_a, nan),
+            "tpot_s": np.where(done, 0.01, nan),
+            "e2e_s": np.where(done, ttft_a + 1, nan),
+            "queue_s": np.where(done, 0.0, nan),
+            "prompt_tokens": 10,
+            "output_tokens": np.where(done, 5, 0),
+            "preemptions": 0,
+            "finish_s": np.where(done, ttft_a + 1, nan),
+        }
+    )
 
 
-@pytest.mark.parametrize("key, metric, q", [("ttft_p95_s", "ttft", 95), ("tpot_p50_s", "tpot", 50),
-                                            ("e2e_p999_s", "e2e", 99.9), ("queue_p99_s", "queue", 99)])
+@pytest.mark.parametrize(
+    "key, metric, q",
+    [
+        ("ttft_p95_s", "ttft", 95),
+        ("tpot_p50_s", "tpot", 50),
+        ("e2e_p999_s", "e2e", 99.9),
+        ("queue_p99_s", "queue", 99),
+    ],
+)
 def test_target_keys(key, metric, q):
     t = parse_target_key(key, 1.5)
     assert (t.metric, t.q, t.limit_s) == (metric, q, 1.5)
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("ttft_p95x_s", 2, "did you mean 'ttft_p95_s'"),
-    ("latency_p95_s", 2, "metric one of ttft, tpot, e2e, queue"),
-    ("ttft_p95_s", -1, "a number of seconds > 0"),
-    ("ttft_p95_s", True, "a number of seconds > 0"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("ttft_p95x_s", 2, "did you mean 'ttft_p95_s'"),
+        ("latency_p95_s", 2, "metric one of ttft, tpot, e2e, queue"),
+        ("ttft_p95_s", -1, "a number of seconds > 0"),
+        ("ttft_p95_s", True, "a number of seconds > 0"),
+    ],
+)
 def test_bad_target_keys_say_what_was_meant(key, value, message):
     with pytest.raises(ConfigError, match=message):
         parse_scenario({**BASE, "slo": {key: value}}, source="plan.yaml")
@@ -56,8 +83,14 @@ def test_misspelt_attainment_key_gets_a_hint():
         parse_scenario({**BASE, "slo": {"ttf_s": 2}}, source="plan.yaml")
 
 
-@pytest.mark.parametrize("text, key, value", [("ttft_p95=2s", "ttft_p95_s", 2.0), ("tpot_p95=50ms", "tpot_p95_s", 0.05),
-                                              ("e2e_p99_s=30", "e2e_p99_s", 30.0)])
+@pytest.mark.parametrize(
+    "text, key, value",
+    [
+        ("ttft_p95=2s", "ttft_p95_s", 2.0),
+        ("tpot_p95=50ms", "tpot_p95_s", 0.05),
+        ("e2e_p99_s=30", "e2e_p99_s", 30.0),
+    ],
+)
 def test_cli_targets(text, key, value):
     assert parse_cli_target(text) == (key, pytest.approx(value))
 
@@ -72,7 +105,9 @@ def test_target_equals_the_percentile_when_every_request_completes():
     v = list(np.random.default_rng(0).exponential(1.0, 500))
     slo = Slo(2.0, 0.2, (parse_target_key("ttft_p95_s", 2.0),))
     got = latency_summary(_frame(v), slo, 100.0)["slo"]["targets"]["ttft_p95_s"]
-    assert got["value_s"] == pytest.approx(np.percentile(v, 95)) and got["met"] == (np.percentile(v, 95) <= 2.0)
+    assert got["value_s"] == pytest.approx(np.percentile(v, 95)) and got["met"] == (
+        np.percentile(v, 95) <= 2.0
+    )
 
 
 def test_requests_that_never_complete_count_as_late():
@@ -102,10 +137,12 @@ def test_sketch_summary_matches_the_exact_one(values, chunks):
     ranks = np.sort(values)
     for q in ("p50", "p95", "p99"):
         got = sketch["latency_s"]["ttft"][q]
-        # a value of the data within a rank or so of the exact percentile (small samples: rank error dominates)
+        # a value of the data within a rank or so of the exact percentile (small samples: rank error
+        # dominates)
         pos = np.searchsorted(ranks, got)
         assert abs(pos / len(ranks) - int(q[1:]) / 100) <= 0.02 + 1.5 / len(ranks) or math.isclose(
-            got, exact["latency_s"]["ttft"][q], rel_tol=0.01)
+            got, exact["latency_s"]["ttft"][q], rel_tol=0.01
+        )
 
 
 def test_summary_reports_targets_and_cost_per_token():
@@ -124,5 +161,7 @@ def test_experiment_rows_carry_the_targets():
     from fleettwin.sim.stats import slo_columns
 
     assert slo_columns({"slo": {"targets": {}, "met": None}}) == {}
-    row = slo_columns({"slo": {"met": False, "targets": {"ttft_p95_s": {"met": True}, "e2e_p99_s": {"met": False}}}})
+    row = slo_columns(
+        {"slo": {"met": False, "targets": {"ttft_p95_s": {"met": True}, "e2e_p99_s": {"met": False}}}}
+    )
     assert row == {"meets_slo": False, "ttft_p95_met": True, "e2e_p99_met": False}

@@ -19,11 +19,16 @@ from fleettwin.sim.stream import StreamingLog
 
 ROOT = Path(__file__).resolve().parents[2]
 AZURE = ROOT / "traces" / "azure2023_conv" / "AzureLLMInferenceTrace_conv.csv"
-SCENARIO = {"name": "stream", "seed": 2,
-            "workload": {"type": "trace", "path": str(AZURE), "format": "azure", "rate_scale": 4, "loop_to_s": 600},
-            "pools": [{"name": "a", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 2},
-                      {"name": "b", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1}],
-            "slo": {"ttft_p95_s": 2, "tpot_p95_s": 0.05}}  # fmt: skip
+SCENARIO = {
+    "name": "stream",
+    "seed": 2,
+    "workload": {"type": "trace", "path": str(AZURE), "format": "azure", "rate_scale": 4, "loop_to_s": 600},
+    "pools": [
+        {"name": "a", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 2},
+        {"name": "b", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1},
+    ],
+    "slo": {"ttft_p95_s": 2, "tpot_p95_s": 0.05},
+}
 
 
 def test_streamed_summary_matches_the_run_in_memory(tmp_path):
@@ -38,10 +43,16 @@ def test_streamed_summary_matches_the_run_in_memory(tmp_path):
     for m in ("ttft", "tpot", "e2e"):
         for q in ("p50", "p95", "p99"):
             assert s["latency_s"][m][q] == pytest.approx(e["latency_s"][m][q], rel=0.02), (m, q)
-    assert {k: t["met"] for k, t in s["slo"]["targets"].items()} == {k: t["met"] for k, t in e["slo"]["targets"].items()}
+    assert {k: t["met"] for k, t in s["slo"]["targets"].items()} == {
+        k: t["met"] for k, t in e["slo"]["targets"].items()
+    }
     assert [p["requests"] for p in s["pools"]] == [p["requests"] for p in e["pools"]]
     f = pq.ParquetFile(tmp_path / "requests.parquet")
-    assert f.metadata.num_rows == e["requests"]["total"] and f.num_row_groups > 3 and log.row_groups == f.num_row_groups
+    assert (
+        f.metadata.num_rows == e["requests"]["total"]
+        and f.num_row_groups > 3
+        and log.row_groups == f.num_row_groups
+    )
     rows = pd.read_parquet(tmp_path / "requests.parquet").sort_values("id").reset_index(drop=True)
     mem = exact.requests.reset_index(drop=True)
     assert rows["id"].tolist() == mem["id"].tolist()
@@ -55,24 +66,31 @@ def test_summary_only_and_stream_from_the_command_line(tmp_path, capsys):
     assert main(["simulate", str(path), "--quiet", "--summary-only", "--out", str(tmp_path / "so")]) == 0
     assert not (tmp_path / "so" / "requests.parquet").exists() and (tmp_path / "so" / "summary.json").exists()
     assert main(["simulate", str(path), "--quiet", "--stream", "--plot", "--out", str(tmp_path / "st")]) == 0
-    assert (tmp_path / "st" / "requests.parquet").exists() and (tmp_path / "st" / "pool_timeseries.png").exists()
+    assert (tmp_path / "st" / "requests.parquet").exists() and (
+        tmp_path / "st" / "pool_timeseries.png"
+    ).exists()
     capsys.readouterr()
     assert main(["simulate", str(path), "--quiet", "--stream"]) == 2
     assert "--stream needs --out" in capsys.readouterr().err
 
 
 def test_scenarios_that_need_every_row_refuse_to_stream():
-    data = {**SCENARIO, "pools": [{"name": "a", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1}],
-            "regions": {"regions": [{"name": "us-east-1", "weight": 1, "pools": ["a"]}], "users": None}}
+    data = {
+        **SCENARIO,
+        "pools": [{"name": "a", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1}],
+        "regions": {"regions": [{"name": "us-east-1", "weight": 1, "pools": ["a"]}], "users": None},
+    }
     cfg = parse_scenario(data, source="r.yaml")
     with pytest.raises(ConfigError, match="r.yaml: regions: its summary needs every request in memory"):
         run_scenario(cfg, log=StreamingLog(Slo.from_config(cfg.slo)))
 
 
 def test_a_controller_reads_every_row_before_it_is_dropped(tmp_path):
-    data = {**SCENARIO, "pools": [{"name": "a", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 2}],
-            "controller": {"allocator": {"name": "reactive"}, "interval_s": 30,
-                           "provisioning": {"acquire_s": 0}}}  # fmt: skip
+    data = {
+        **SCENARIO,
+        "pools": [{"name": "a", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 2}],
+        "controller": {"allocator": {"name": "reactive"}, "interval_s": 30, "provisioning": {"acquire_s": 0}},
+    }
     cfg = parse_scenario(data)
     exact = run_scenario(cfg)
     streamed = run_scenario(cfg, log=StreamingLog(Slo.from_config(cfg.slo), None, chunk_rows=500))

@@ -1,4 +1,5 @@
-"""Parameter sweeps: parameter syntax, the grid, the Pareto frontier, executors agreeing, failures recorded."""
+"""Parameter sweeps: parameter syntax, the grid, the Pareto frontier, executors agreeing, failures
+recorded."""
 
 from __future__ import annotations
 
@@ -22,13 +23,25 @@ from fleettwin.sim.sweep import Param, grid, metrics, parse_param, run_sweep, wr
 TINY = {
     "name": "tiny",
     "seed": 3,
-    "workload": {"type": "poisson", "rate": 20, "duration_s": 10,
-                 "lengths": {"type": "uniform", "prompt_min": 100, "prompt_max": 1500,
-                             "output_min": 10, "output_max": 200}},
+    "workload": {
+        "type": "poisson",
+        "rate": 20,
+        "duration_s": 10,
+        "lengths": {
+            "type": "uniform",
+            "prompt_min": 100,
+            "prompt_max": 1500,
+            "output_min": 10,
+            "output_max": 200,
+        },
+    },
     "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1}],
-    "controller": {"allocator": {"name": "reactive", "params": {"target": 8, "max_replicas": 4}},
-                   "interval_s": 2, "provisioning": {"acquire_s": 1}},
-}  # fmt: skip
+    "controller": {
+        "allocator": {"name": "reactive", "params": {"target": 8, "max_replicas": 4}},
+        "interval_s": 2,
+        "provisioning": {"acquire_s": 1},
+    },
+}
 
 
 @pytest.fixture
@@ -65,28 +78,34 @@ def test_lists_are_read_as_yaml_scalars_and_flow_lists_as_values():
     assert parse_param("x=7").values == (7,)
 
 
-@pytest.mark.parametrize("given_, path", [
-    ("allocator.target", "controller.allocator.params.target"),
-    ("router.alpha", "pools.0.router.params.alpha"),
-    ("engine.max_num_seqs", "pools.0.engine.max_num_seqs"),
-    ("pool.replicas", "pools.0.replicas"),
-    ("pools.1.replicas", "pools.1.replicas"),  # full paths pass through
-    ("workload.speedup", "workload.speedup"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "given_, path",
+    [
+        ("allocator.target", "controller.allocator.params.target"),
+        ("router.alpha", "pools.0.router.params.alpha"),
+        ("engine.max_num_seqs", "pools.0.engine.max_num_seqs"),
+        ("pool.replicas", "pools.0.replicas"),
+        ("pools.1.replicas", "pools.1.replicas"),  # full paths pass through
+        ("workload.speedup", "workload.speedup"),
+    ],
+)
 def test_shorthands_expand_to_full_paths(given_, path):
     assert parse_param(f"{given_}=1").path == path
 
 
-@pytest.mark.parametrize("text, reason", [
-    ("pools.0.replicas", "expected PATH="),
-    ("=1,2", "expected PATH="),
-    ("x=", "expected PATH="),
-    ("x=1,,2", "empty value"),
-    ("x=1:2:0", "positive integer"),
-    ("x=1:2:1.5", "positive integer"),
-    ("x=[1, 2", "cannot read"),
-    ("x=[]", "empty value"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("pools.0.replicas", "expected PATH="),
+        ("=1,2", "expected PATH="),
+        ("x=", "expected PATH="),
+        ("x=1,,2", "empty value"),
+        ("x=1:2:0", "positive integer"),
+        ("x=1:2:1.5", "positive integer"),
+        ("x=[1, 2", "cannot read"),
+        ("x=[]", "empty value"),
+    ],
+)
 def test_bad_parameters_are_clear_errors(text, reason):
     with pytest.raises(ConfigError, match=reason):
         parse_param(text)
@@ -119,8 +138,12 @@ def test_a_bad_point_fails_before_anything_runs_naming_point_and_reason(scenario
 # ---------------------------------------------------------------------------------------- frontier
 def _brute_force(x, y):
     n = len(x)
-    return np.array([not any(x[j] <= x[i] and y[j] <= y[i] and (x[j] < x[i] or y[j] < y[i]) for j in range(n))
-                     for i in range(n)])  # fmt: skip
+    return np.array(
+        [
+            not any(x[j] <= x[i] and y[j] <= y[i] and (x[j] < x[i] or y[j] < y[i]) for j in range(n))
+            for i in range(n)
+        ]
+    )
 
 
 @given(st.lists(st.tuples(st.integers(0, 8), st.integers(0, 8)), max_size=40))
@@ -135,8 +158,9 @@ def test_pareto_mask_example_nan_and_higher_is_better():
     x = [1.0, 2.0, 3.0, 2.0, np.nan, 4.0]
     y = [5.0, 2.0, 1.0, 3.0, 0.0, 1.0]
     assert pareto_mask(x, y).tolist() == [True, True, True, False, False, False]
-    table = pd.DataFrame({"usd_per_hour": [1.0, 2.0, 2.0], "slo_attainment": [0.9, 0.99, 0.95],
-                          "error": ["", "", ""]})  # fmt: skip
+    table = pd.DataFrame(
+        {"usd_per_hour": [1.0, 2.0, 2.0], "slo_attainment": [0.9, 0.99, 0.95], "error": ["", "", ""]}
+    )
     assert frontier(table, "usd_per_hour", "slo_attainment").tolist() == [True, True, False]
     table.loc[1, "error"] = "boom"  # a failed point is never on the frontier
     assert frontier(table, "usd_per_hour", "slo_attainment").tolist() == [True, False, True]
@@ -177,8 +201,9 @@ def test_a_failing_point_is_recorded_and_the_others_kept(scenario, tmp_path):
     # 10^8 tokens of context cannot fit an H100's KV cache: a run-time failure, not a config error
     params = [parse_param("engine.max_model_len=2048,100000000")]
     seen = []
-    res = run_sweep(scenario, params, LocalExecutor(1), seeds=2,
-                    on_update=lambda table, runs: seen.append(len(runs)))  # fmt: skip
+    res = run_sweep(
+        scenario, params, LocalExecutor(1), seeds=2, on_update=lambda table, runs: seen.append(len(runs))
+    )
     good, bad = res.table.iloc[0], res.table.iloc[1]
     assert good["error"] == "" and good["runs_ok"] == 2 and good["seeds"] == "3,4"
     assert np.isfinite(good["ttft_p95_s"]) and np.isfinite(good["ttft_p95_s_ci95"])
@@ -229,8 +254,21 @@ def test_extra_summary_numbers_become_columns(scenario):
 # ---------------------------------------------------------------------------------------- command
 def test_cli_writes_table_plot_and_spec(scenario, tmp_path, capsys):
     out = tmp_path / "sweep"
-    argv = ["sweep", str(scenario), "--param", "pool.replicas=1:2:2", "--param", "allocator.target=4,16",
-            "--set", "workload.rate=25", "--jobs", "1", "--out", str(out), "--quiet"]  # fmt: skip
+    argv = [
+        "sweep",
+        str(scenario),
+        "--param",
+        "pool.replicas=1:2:2",
+        "--param",
+        "allocator.target=4,16",
+        "--set",
+        "workload.rate=25",
+        "--jobs",
+        "1",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert main(argv) == 0
     table = pd.read_csv(out / "sweep.csv", keep_default_na=False)
     assert list(table.columns[:4]) == ["point", "pool.replicas", "allocator.target", "seed"]
@@ -238,8 +276,11 @@ def test_cli_writes_table_plot_and_spec(scenario, tmp_path, capsys):
     assert (out / "pareto.png").stat().st_size > 10_000
     spec = json.loads((out / "sweep.json").read_text())
     assert spec["executor"] == {"name": "local", "jobs": 1} and spec["fixed"] == {"workload.rate": 25}
-    assert spec["params"][1] == {"label": "allocator.target", "path": "controller.allocator.params.target",
-                                 "values": [4, 16]}  # fmt: skip
+    assert spec["params"][1] == {
+        "label": "allocator.target",
+        "path": "controller.allocator.params.target",
+        "values": [4, 16],
+    }
     assert spec["wall_time_s"] > 0 and len(spec["run_wall_s"]) == 4
     assert "Pareto frontier" in capsys.readouterr().out
     assert main([*argv, "--y", "ttft_p96_s"]) == 2  # a typo fails before any run
@@ -250,8 +291,13 @@ def test_help_explains_the_parameter_syntax(capsys):
     with pytest.raises(SystemExit):
         main(["sweep", "--help"])
     text = capsys.readouterr().out
-    for needle in ("start:stop:n", "a,b,c", "allocator.X -> controller.allocator.params.X", "examples:",
-                   "--executor ray"):  # fmt: skip
+    for needle in (
+        "start:stop:n",
+        "a,b,c",
+        "allocator.X -> controller.allocator.params.X",
+        "examples:",
+        "--executor ray",
+    ):
         assert needle in text
 
 
@@ -274,14 +320,29 @@ def test_sweep_rows_mark_the_slo_targets_and_cost_per_token(tmp_path):
     from fleettwin.sim.sweep import parse_param, run_sweep, write_sweep
 
     scenario = tmp_path / "s.yaml"
-    scenario.write_text(yaml.safe_dump({
-        "name": "targets", "seed": 1,
-        "workload": {"type": "poisson", "rate": 30, "duration_s": 60,
-                     "lengths": {"type": "fixed", "prompt": 2000, "output": 100}},
-        "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1}],
-        "slo": {"ttft_p95_s": 1.0}}))  # fmt: skip
-    result = run_sweep(scenario, [parse_param("pools.chat.replicas=1,2,3,6")], LocalExecutor(1),
-                       x="usd_per_hour", y="ttft_p95_s")  # fmt: skip
+    scenario.write_text(
+        yaml.safe_dump(
+            {
+                "name": "targets",
+                "seed": 1,
+                "workload": {
+                    "type": "poisson",
+                    "rate": 30,
+                    "duration_s": 60,
+                    "lengths": {"type": "fixed", "prompt": 2000, "output": 100},
+                },
+                "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1}],
+                "slo": {"ttft_p95_s": 1.0},
+            }
+        )
+    )
+    result = run_sweep(
+        scenario,
+        [parse_param("pools.chat.replicas=1,2,3,6")],
+        LocalExecutor(1),
+        x="usd_per_hour",
+        y="ttft_p95_s",
+    )
     t = result.table
     assert t["meets_slo"].tolist()[0] == 0.0 and t["meets_slo"].tolist()[-1] == 1.0
     assert not t.loc[t["meets_slo"] == 0.0, "pareto"].any() and t.loc[t["meets_slo"] == 1.0, "pareto"].any()

@@ -1,5 +1,6 @@
-"""Tenants: token-bucket and quota arithmetic by hand, the tenants: config, the gateway and quota stages in the
-request path, per-tenant concurrency caps at a pool, and request conservation with refusals (hypothesis)."""
+"""Tenants: token-bucket and quota arithmetic by hand, the tenants: config, the gateway and quota stages in
+the request path, per-tenant concurrency caps at a pool, and request conservation with refusals
+(hypothesis)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,9 @@ def test_token_bucket_refills_at_its_rate_up_to_its_burst():
 
 
 def test_quota_gate_takes_from_every_bucket_or_from_none():
-    gate = QuotaGate(Quotas(requests_per_s=1.0, tokens_per_s=100.0), now=0.0)  # bursts: 1 request, 1000 tokens
+    gate = QuotaGate(
+        Quotas(requests_per_s=1.0, tokens_per_s=100.0), now=0.0
+    )  # bursts: 1 request, 1000 tokens
     assert gate.admit(600, 0.0) is None
     refused = gate.admit(600, 0.0)
     # the request bucket needs 1 s, the token bucket (400 left) 2 s: the longer wait is the reason
@@ -74,12 +77,17 @@ def test_tenancy_defaults_for_a_tenant_not_listed():
 
 LENGTHS = {"type": "fixed", "prompt": 200, "output": 20}
 BASE = {
-    "name": "t", "seed": 3,
-    "workload": {"type": "mixture", "components": [
-        {"type": "poisson", "tenant": "a", "rate": 20, "duration_s": 30, "lengths": LENGTHS},
-        {"type": "poisson", "tenant": "b", "rate": 5, "duration_s": 30, "lengths": LENGTHS}]},
+    "name": "t",
+    "seed": 3,
+    "workload": {
+        "type": "mixture",
+        "components": [
+            {"type": "poisson", "tenant": "a", "rate": 20, "duration_s": 30, "lengths": LENGTHS},
+            {"type": "poisson", "tenant": "b", "rate": 5, "duration_s": 30, "lengths": LENGTHS},
+        ],
+    },
     "pools": [{"name": "p", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1}],
-}  # fmt: skip
+}
 
 
 def scenario(tenants: dict, **changes):
@@ -91,19 +99,35 @@ def test_tenants_config_errors_name_the_field():
         scenario({"members": [{"name": "a", "slo_class": "gold"}]})
     with pytest.raises(ConfigError, match="repeated: a"):
         scenario({"members": [{"name": "a"}, {"name": "a"}]})
-    with pytest.raises(ConfigError, match=r"tenants.members\[0\].quotas.gpu_share: Input should be less than or eq"):
+    with pytest.raises(
+        ConfigError, match=r"tenants.members\[0\].quotas.gpu_share: Input should be less than or eq"
+    ):
         scenario({"members": [{"name": "a", "quotas": {"gpu_share": 1.5}}]})
-    with pytest.raises(ConfigError, match=r"pools\[0\].engine.waiting_policy: unknown waiting policy 'lifo'; expect"):
-        scenario({"members": [{"name": "a"}]},
-                 pools=[{"name": "p", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1,
-                         "engine": {"waiting_policy": {"name": "lifo"}}}])  # fmt: skip
+    with pytest.raises(
+        ConfigError, match=r"pools\[0\].engine.waiting_policy: unknown waiting policy 'lifo'; expect"
+    ):
+        scenario(
+            {"members": [{"name": "a"}]},
+            pools=[
+                {
+                    "name": "p",
+                    "gpu": "h100-80g",
+                    "model": "llama-3-8b",
+                    "replicas": 1,
+                    "engine": {"waiting_policy": {"name": "lifo"}},
+                }
+            ],
+        )
     with pytest.raises(ConfigError, match=r"workload: .*'mixture': components.0.name: Field required"):
-        parse_scenario({**BASE, "workload": {"name": "mixture", "params": {"components": [{"params": {"rate": 1}}]}}})
+        parse_scenario(
+            {**BASE, "workload": {"name": "mixture", "params": {"components": [{"params": {"rate": 1}}]}}}
+        )
 
 
 def test_quota_refusals_follow_the_token_bucket_exactly_and_are_counted_per_tenant():
-    cfg = scenario({"members": [{"name": "a", "quotas": {"requests_per_s": 4.0, "burst_requests": 2}},
-                                {"name": "b"}]})  # fmt: skip
+    cfg = scenario(
+        {"members": [{"name": "a", "quotas": {"requests_per_s": 4.0, "burst_requests": 2}}, {"name": "b"}]}
+    )
     res = run_scenario(cfg)
     df = res.requests
     assert len(df) == df["id"].nunique()  # one outcome per request
@@ -122,23 +146,31 @@ def test_quota_refusals_follow_the_token_bucket_exactly_and_are_counted_per_tena
 
 
 def test_tenant_slo_classes_set_each_tenant_s_attainment():
-    cfg = scenario({"members": [{"name": "a", "slo_class": "strict"}, {"name": "b", "slo_class": "loose"}],
-                    "slo_classes": {"strict": {"ttft_s": 1e-4, "tpot_s": 1e-4},
-                                    "loose": {"ttft_s": 100, "tpot_s": 100}}})  # fmt: skip
+    cfg = scenario(
+        {
+            "members": [{"name": "a", "slo_class": "strict"}, {"name": "b", "slo_class": "loose"}],
+            "slo_classes": {
+                "strict": {"ttft_s": 1e-4, "tpot_s": 1e-4},
+                "loose": {"ttft_s": 100, "tpot_s": 100},
+            },
+        }
+    )
     t = run_scenario(cfg).summary["tenants"]
     assert t["a"]["slo"]["attainment"] == 0.0 and t["b"]["slo"]["attainment"] == 1.0
     assert t["a"]["slo"]["ttft_s"] == 1e-4
 
 
-# -- the gateway stage ----------------------------------------------------------------------------------------
+# -- the gateway stage ---------------------------------------------------------------------------------------
 
 LIMITS = EngineLimits(num_blocks=400, max_num_seqs=8, max_num_batched_tokens=512, max_model_len=1024)
 
 
 def spaced(n: int, gap: float = 50.0, tenant: str = "default") -> list[Request]:
     """Requests far apart: each runs alone, so a delay before the pool moves its TTFT by exactly that much."""
-    return [Request(id=i, arrival_s=gap * i, prompt_tokens=50 + 37 * i, output_tokens=5, tenant=tenant)
-            for i in range(n)]  # fmt: skip
+    return [
+        Request(id=i, arrival_s=gap * i, prompt_tokens=50 + 37 * i, output_tokens=5, tenant=tenant)
+        for i in range(n)
+    ]
 
 
 def test_gateway_latency_adds_fixed_plus_per_prompt_token_to_ttft():
@@ -175,7 +207,7 @@ def test_requests_inside_a_stage_at_the_horizon_are_reported_unfinished():
     assert list(df["status"]) == ["unfinished"] * 3
 
 
-# -- concurrency caps at the pool ------------------------------------------------------------------------------
+# -- concurrency caps at the pool ----------------------------------------------------------------------------
 
 
 class CheckedCaps(TenantCaps):
@@ -195,35 +227,67 @@ def checked_caps(monkeypatch):
 
 
 def tenanted(draw_tenants, reqs):
-    return [Request(id=r.id, arrival_s=r.arrival_s, prompt_tokens=r.prompt_tokens, output_tokens=r.output_tokens,
-                    tenant=t) for r, t in zip(reqs, draw_tenants, strict=True)]  # fmt: skip
+    return [
+        Request(
+            id=r.id,
+            arrival_s=r.arrival_s,
+            prompt_tokens=r.prompt_tokens,
+            output_tokens=r.output_tokens,
+            tenant=t,
+        )
+        for r, t in zip(reqs, draw_tenants, strict=True)
+    ]
 
 
-SETTINGS = settings(max_examples=40, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])  # fmt: skip
+SETTINGS = settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 @SETTINGS
-@given(data=st.data(), replicas=st.integers(1, 3), central=st.booleans(),
-       policy=st.sampled_from(["fcfs", "wfq", "priority"]))  # fmt: skip
+@given(
+    data=st.data(),
+    replicas=st.integers(1, 3),
+    central=st.booleans(),
+    policy=st.sampled_from(["fcfs", "wfq", "priority"]),
+)
 def test_requests_are_conserved_with_quota_refusals_and_caps(checked_caps, data, replicas, central, policy):
     from tests.strategies import workloads
 
     reqs = data.draw(workloads(max_requests=50))
     names = ["a", "b", "c"]
     reqs = tenanted(data.draw(st.lists(st.sampled_from(names), min_size=len(reqs), max_size=len(reqs))), reqs)
-    specs = tuple(TenantSpec(name=n, weight=data.draw(st.sampled_from([0.5, 1, 3])), priority=data.draw(
-        st.integers(0, 2)), quotas=Quotas(requests_per_s=data.draw(st.sampled_from([None, 2.0, 20.0])),
-                                          tokens_per_s=data.draw(st.sampled_from([None, 2000.0])),
-                                          max_concurrent=data.draw(st.sampled_from([None, 1, 3])),
-                                          gpu_share=data.draw(st.sampled_from([None, 0.25]))))
-                  for n in names)  # fmt: skip
+    specs = tuple(
+        TenantSpec(
+            name=n,
+            weight=data.draw(st.sampled_from([0.5, 1, 3])),
+            priority=data.draw(st.integers(0, 2)),
+            quotas=Quotas(
+                requests_per_s=data.draw(st.sampled_from([None, 2.0, 20.0])),
+                tokens_per_s=data.draw(st.sampled_from([None, 2000.0])),
+                max_concurrent=data.draw(st.sampled_from([None, 1, 3])),
+                gpu_share=data.draw(st.sampled_from([None, 0.25])),
+            ),
+        )
+        for n in names
+    )
     tenancy = Tenancy(specs)
     CheckedCaps.replicas = replicas
-    limits = EngineLimits(num_blocks=120, max_num_seqs=4, max_num_batched_tokens=256, max_model_len=512,
-                          waiting_policy=policy, tenancy=tenancy)  # fmt: skip
-    raw = simulate(reqs, [PoolSpec("p", limits, LinearPerf(), replicas=replicas, central_queue=central)],
-                   pre_submit=[QuotaStage(tenancy)])  # fmt: skip
+    limits = EngineLimits(
+        num_blocks=120,
+        max_num_seqs=4,
+        max_num_batched_tokens=256,
+        max_model_len=512,
+        waiting_policy=policy,
+        tenancy=tenancy,
+    )
+    raw = simulate(
+        reqs,
+        [PoolSpec("p", limits, LinearPerf(), replicas=replicas, central_queue=central)],
+        pre_submit=[QuotaStage(tenancy)],
+    )
     df = raw.requests
     assert sorted(df["id"]) == [r.id for r in reqs]  # every request exactly one outcome
     assert set(df["status"]) <= {"completed", "rejected"}
@@ -238,19 +302,39 @@ def test_requests_are_conserved_with_quota_refusals_and_caps(checked_caps, data,
 
 
 def test_gateway_and_quotas_run_in_the_serving_region_behind_the_front_door():
-    """User in eu-west-1, GPUs in us-east-1: the gateway's delay adds to TTFT after the outbound half RTT, and the
-    quota refuses by the time the request reaches the region."""
+    """User in eu-west-1, GPUs in us-east-1: the gateway's delay adds to TTFT after the outbound half RTT, and
+    the quota refuses by the time the request reaches the region."""
     step, per_token = 0.02, 1e-4
-    cfg = parse_scenario({
-        "name": "regions-tenants", "workload": {"type": "poisson", "rate": 1, "duration_s": 10, "lengths": LENGTHS},
-        "pools": [{"name": "use1", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1,
-                   "perf_model": {"name": "constant", "params": {"step_s": step, "per_prefill_token_s": per_token}}}],
-        "regions": {"regions": [{"name": "us-east-1", "pools": ["use1"]}, {"name": "eu-west-1"}], "users": None},
-        "tenants": {"members": [{"name": "a", "quotas": {"requests_per_s": 1.0, "burst_requests": 1}}],
-                    "gateway": {"fixed_ms": 10.0}},
-    })  # fmt: skip
-    reqs = [Request(id=i, arrival_s=t, prompt_tokens=200, output_tokens=11, region="eu-west-1", tenant="a")
-            for i, t in enumerate((5.0, 5.1, 5.2, 7.0))]  # fmt: skip
+    cfg = parse_scenario(
+        {
+            "name": "regions-tenants",
+            "workload": {"type": "poisson", "rate": 1, "duration_s": 10, "lengths": LENGTHS},
+            "pools": [
+                {
+                    "name": "use1",
+                    "gpu": "h100-80g",
+                    "model": "llama-3-8b",
+                    "replicas": 1,
+                    "perf_model": {
+                        "name": "constant",
+                        "params": {"step_s": step, "per_prefill_token_s": per_token},
+                    },
+                }
+            ],
+            "regions": {
+                "regions": [{"name": "us-east-1", "pools": ["use1"]}, {"name": "eu-west-1"}],
+                "users": None,
+            },
+            "tenants": {
+                "members": [{"name": "a", "quotas": {"requests_per_s": 1.0, "burst_requests": 1}}],
+                "gateway": {"fixed_ms": 10.0},
+            },
+        }
+    )
+    reqs = [
+        Request(id=i, arrival_s=t, prompt_tokens=200, output_tokens=11, region="eu-west-1", tenant="a")
+        for i, t in enumerate((5.0, 5.1, 5.2, 7.0))
+    ]
     df = run_scenario(cfg, requests=reqs).requests.set_index("id")
     assert list(df["status"]) == ["completed", "rejected", "rejected", "completed"]
     assert df.loc[1, "reason"].startswith("tenant quota: a over its requests/s")

@@ -1,6 +1,6 @@
-"""Token truncation: a prompt (retrieved context included) longer than the pool's window is truncated to its last
-tokens, compressed at a latency cost, or re-routed to a pool with a longer window; a policy that cannot help
-drops the request with the reason; without a policy the pool rejects it, as vLLM does."""
+"""Token truncation: a prompt (retrieved context included) longer than the pool's window is truncated to its
+last tokens, compressed at a latency cost, or re-routed to a pool with a longer window; a policy that cannot
+help drops the request with the reason; without a policy the pool rejects it, as vLLM does."""
 
 from __future__ import annotations
 
@@ -57,8 +57,12 @@ def test_reroute_picks_the_smallest_window_that_fits_or_the_listed_order():
     assert policy("reroute").admit(9000, 100, 1024, others).note == "no pool has a window of 9100 tokens"
 
 
-@given(prompt=st.integers(1, 20_000), output=st.integers(1, 4000), window=st.integers(16, 16_384),
-       name=st.sampled_from(["truncate", "compress", "reroute"]))  # fmt: skip
+@given(
+    prompt=st.integers(1, 20_000),
+    output=st.integers(1, 4000),
+    window=st.integers(16, 16_384),
+    name=st.sampled_from(["truncate", "compress", "reroute"]),
+)
 def test_an_admitted_request_always_fits_where_it_goes(prompt, output, window, name):
     others = [("mid", 2048), ("long", 8192)]
     a = policy(name).admit(prompt, output, window, others)
@@ -71,20 +75,27 @@ def test_an_admitted_request_always_fits_where_it_goes(prompt, output, window, n
             assert (a.action, a.prompt_tokens, a.delay_s) == ("admit", prompt, 0.0)  # nothing to fix
 
 
-# -- in the simulator ------------------------------------------------------------------------------------------
+# -- in the simulator ----------------------------------------------------------------------------------------
 
 
 def run(reqs, truncation):
-    specs = [PoolSpec("short", SHORT, LinearPerf(), replicas=2), PoolSpec("mid", MID, LinearPerf()),
-             PoolSpec("long", LONG, LinearPerf())]  # fmt: skip
-    procs = [Failures(FailuresConfig.model_validate({"truncation": truncation}), seed=0)] if truncation else []
+    specs = [
+        PoolSpec("short", SHORT, LinearPerf(), replicas=2),
+        PoolSpec("mid", MID, LinearPerf()),
+        PoolSpec("long", LONG, LinearPerf()),
+    ]
+    procs = (
+        [Failures(FailuresConfig.model_validate({"truncation": truncation}), seed=0)] if truncation else []
+    )
     return simulate(reqs, specs, processes=procs).requests.set_index("id")
 
 
-REQS = [Request(id=0, arrival_s=0.0, prompt_tokens=500, output_tokens=100),  # fits everywhere
-        Request(id=1, arrival_s=1.0, prompt_tokens=1500, output_tokens=100),  # fits mid and long
-        Request(id=2, arrival_s=2.0, prompt_tokens=5000, output_tokens=100),  # fits long only
-        Request(id=3, arrival_s=3.0, prompt_tokens=9000, output_tokens=100)]  # fits nowhere  # fmt: skip
+REQS = [
+    Request(id=0, arrival_s=0.0, prompt_tokens=500, output_tokens=100),  # fits everywhere
+    Request(id=1, arrival_s=1.0, prompt_tokens=1500, output_tokens=100),  # fits mid and long
+    Request(id=2, arrival_s=2.0, prompt_tokens=5000, output_tokens=100),  # fits long only
+    Request(id=3, arrival_s=3.0, prompt_tokens=9000, output_tokens=100),
+]  # fits nowhere
 
 
 def test_without_a_policy_the_pool_rejects_as_before():
@@ -107,12 +118,18 @@ def test_compressed_requests_reach_a_replica_after_the_compression_delay():
     assert list(df["status"]) == ["completed", "completed", "dropped", "dropped"]
     assert df.loc[1, "prompt_tokens"] == 750 and df.loc[1, "mitigation"] == "compressed 1500->750"
     assert df.loc[1, "first_scheduled_s"] == pytest.approx(1.0 + 0.2 + 0.015, abs=1e-12)  # idle replica
-    assert df.loc[2, "reason"].startswith("compress: compressed prompt 2500 + output 100 tokens still exceeds")
+    assert df.loc[2, "reason"].startswith(
+        "compress: compressed prompt 2500 + output 100 tokens still exceeds"
+    )
 
 
 def test_rerouted_requests_go_whole_to_the_smallest_window_that_holds_them():
     df = run(REQS, {"name": "reroute"})
     assert list(df["status"]) == ["completed", "completed", "completed", "dropped"]
-    assert list(df["pool"][:3]) == ["short", "mid", "long"] and list(df["prompt_tokens"][:3]) == [500, 1500, 5000]
+    assert list(df["pool"][:3]) == ["short", "mid", "long"] and list(df["prompt_tokens"][:3]) == [
+        500,
+        1500,
+        5000,
+    ]
     assert df.loc[3, "reason"] == "reroute: no pool has a window of 9100 tokens"
     assert math.isnan(df.loc[3, "e2e_s"])

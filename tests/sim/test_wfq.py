@@ -1,5 +1,6 @@
-"""Waiting-queue policies: WFQ tags by hand, weighted fairness within a bound, strict priority, FCFS unchanged,
-and the fast scheduler with event skipping equal to the per-iteration oracle under wfq and priority."""
+"""Waiting-queue policies: WFQ tags by hand, weighted fairness within a bound, strict priority, FCFS
+unchanged, and the fast scheduler with event skipping equal to the per-iteration oracle under wfq and
+priority."""
 
 from __future__ import annotations
 
@@ -58,8 +59,8 @@ def test_policy_queue_orders_by_finish_tag_and_keeps_the_deque_operations():
 
 @pytest.mark.parametrize("costs", [(30, 30), (20, 900), (450, 12)])
 def test_two_backlogged_tenants_with_weights_2_to_1_get_service_in_that_ratio(costs):
-    """Service (cost) per unit weight of two backlogged tenants differs by at most one request's cost over each
-    weight, at every point of the service order (the SCFQ bound), so over a long run the ratio is 2:1."""
+    """Service (cost) per unit weight of two backlogged tenants differs by at most one request's cost over
+    each weight, at every point of the service order (the SCFQ bound), so over a long run the ratio is 2:1."""
     rng = np.random.default_rng(5)
     q = PolicyQueue("wfq", TWO_TO_ONE)
     n = 4000
@@ -82,24 +83,44 @@ def test_two_backlogged_tenants_with_weights_2_to_1_get_service_in_that_ratio(co
 
 
 def test_wfq_admits_2_to_1_in_a_replica_when_both_tenants_are_backlogged():
-    reqs = [Request(id=i, arrival_s=0.0, prompt_tokens=64, output_tokens=8, tenant="ab"[i % 2]) for i in range(600)]
-    limits = EngineLimits(num_blocks=2000, max_num_seqs=4, max_num_batched_tokens=512, max_model_len=1024,
-                          waiting_policy="wfq", tenancy=TWO_TO_ONE)  # fmt: skip
+    reqs = [
+        Request(id=i, arrival_s=0.0, prompt_tokens=64, output_tokens=8, tenant="ab"[i % 2])
+        for i in range(600)
+    ]
+    limits = EngineLimits(
+        num_blocks=2000,
+        max_num_seqs=4,
+        max_num_batched_tokens=512,
+        max_model_len=1024,
+        waiting_policy="wfq",
+        tenancy=TWO_TO_ONE,
+    )
     df = run_pool(reqs, limits).requests.sort_values("first_scheduled_s", kind="stable")
     first = df.head(300)  # both tenants still have requests waiting throughout
     tenant = first["id"] % 2
     assert int((tenant == 0).sum()) == pytest.approx(200, abs=2)
-    fcfs = run_pool(reqs, EngineLimits(num_blocks=2000, max_num_seqs=4, max_num_batched_tokens=512,
-                                       max_model_len=1024)).requests  # fmt: skip
+    fcfs = run_pool(
+        reqs, EngineLimits(num_blocks=2000, max_num_seqs=4, max_num_batched_tokens=512, max_model_len=1024)
+    ).requests
     assert int((fcfs.sort_values("first_scheduled_s").head(300)["id"] % 2 == 0).sum()) == 150
 
 
 def test_priority_serves_the_lower_priority_number_first():
     tenancy = Tenancy((TenantSpec(name="gold", priority=0), TenantSpec(name="bulk", priority=5)))
-    reqs = [Request(id=i, arrival_s=0.001 * i, prompt_tokens=64, output_tokens=8,
-                    tenant="bulk" if i < 40 else "gold") for i in range(60)]  # fmt: skip
-    limits = EngineLimits(num_blocks=2000, max_num_seqs=2, max_num_batched_tokens=256, max_model_len=1024,
-                          waiting_policy="priority", tenancy=tenancy)  # fmt: skip
+    reqs = [
+        Request(
+            id=i, arrival_s=0.001 * i, prompt_tokens=64, output_tokens=8, tenant="bulk" if i < 40 else "gold"
+        )
+        for i in range(60)
+    ]
+    limits = EngineLimits(
+        num_blocks=2000,
+        max_num_seqs=2,
+        max_num_batched_tokens=256,
+        max_model_len=1024,
+        waiting_policy="priority",
+        tenancy=tenancy,
+    )
     df = run_pool(reqs, limits).requests.set_index("id")
     gold, bulk = df.loc[40:, "first_scheduled_s"], df.loc[:39, "first_scheduled_s"]
     assert gold.max() < bulk.nlargest(10).min()  # gold arrived last but overtakes the bulk backlog
@@ -107,27 +128,47 @@ def test_priority_serves_the_lower_priority_number_first():
 
 def test_fcfs_with_tenants_declared_is_identical_to_no_tenants():
     reqs = poisson_requests(seed=4, n=600, rate=40.0)
-    reqs = [Request(id=r.id, arrival_s=r.arrival_s, prompt_tokens=r.prompt_tokens, output_tokens=r.output_tokens,
-                    tenant="ab"[r.id % 2]) for r in reqs]  # fmt: skip
+    reqs = [
+        Request(
+            id=r.id,
+            arrival_s=r.arrival_s,
+            prompt_tokens=r.prompt_tokens,
+            output_tokens=r.output_tokens,
+            tenant="ab"[r.id % 2],
+        )
+        for r in reqs
+    ]
     base = EngineLimits(num_blocks=600, max_num_seqs=64, max_num_batched_tokens=2048, max_model_len=4096)
-    with_tenants = EngineLimits(num_blocks=600, max_num_seqs=64, max_num_batched_tokens=2048, max_model_len=4096,
-                                tenancy=TWO_TO_ONE)  # fmt: skip
+    with_tenants = EngineLimits(
+        num_blocks=600, max_num_seqs=64, max_num_batched_tokens=2048, max_model_len=4096, tenancy=TWO_TO_ONE
+    )
     a, b = run_pool(reqs, base).requests, run_pool(reqs, with_tenants).requests
     assert a.equals(b)  # bit-identical; tests/sim/test_regression.py pins the fcfs percentiles themselves
 
 
 def test_an_arrival_that_overtakes_a_blocked_head_wakes_a_sleeping_decode_run():
-    """The head (a long prompt) cannot get KV blocks; under wfq a short request of another tenant arrives with a
-    smaller tag and is admitted at once. With event skipping the replica is asleep in a decode run then: the
+    """The head (a long prompt) cannot get KV blocks; under wfq a short request of another tenant arrives with
+    a smaller tag and is admitted at once. With event skipping the replica is asleep in a decode run then: the
     arrival must end the run at the next iteration boundary, exactly as the per-iteration oracle sees it."""
     tenancy = Tenancy((TenantSpec(name="long"), TenantSpec(name="short")))
     # 60 blocks of 16 tokens: request 0 holds 44 after its prefill, request 1 needs 19 of the 16 left.
-    reqs = [Request(id=0, arrival_s=0.0, prompt_tokens=700, output_tokens=200, tenant="long"),
-            Request(id=1, arrival_s=0.01, prompt_tokens=300, output_tokens=10, tenant="long"),
-            Request(id=2, arrival_s=0.5, prompt_tokens=20, output_tokens=10, tenant="short")]  # fmt: skip
-    limits = EngineLimits(num_blocks=60, max_num_seqs=8, max_num_batched_tokens=1024, max_model_len=960,
-                          waiting_policy="wfq", tenancy=tenancy)  # fmt: skip
-    skip, oracle = run_pool(reqs, limits, mode="skip").requests, run_pool(reqs, limits, mode="per_iteration").requests
+    reqs = [
+        Request(id=0, arrival_s=0.0, prompt_tokens=700, output_tokens=200, tenant="long"),
+        Request(id=1, arrival_s=0.01, prompt_tokens=300, output_tokens=10, tenant="long"),
+        Request(id=2, arrival_s=0.5, prompt_tokens=20, output_tokens=10, tenant="short"),
+    ]
+    limits = EngineLimits(
+        num_blocks=60,
+        max_num_seqs=8,
+        max_num_batched_tokens=1024,
+        max_model_len=960,
+        waiting_policy="wfq",
+        tenancy=tenancy,
+    )
+    skip, oracle = (
+        run_pool(reqs, limits, mode="skip").requests,
+        run_pool(reqs, limits, mode="per_iteration").requests,
+    )
     assert skip.loc[2, "first_scheduled_s"] < skip.loc[0, "finish_s"]  # it did not wait behind request 1
     assert skip.loc[2, "first_scheduled_s"] - 0.5 < 0.05
     for col in ("first_scheduled_s", "first_token_s", "finish_s"):
@@ -144,18 +185,38 @@ def test_the_reference_scheduler_uses_the_same_queue():
 def tenanted_workloads(draw, max_requests: int = 60) -> tuple[list[Request], Tenancy]:
     reqs = draw(workloads(max_requests=max_requests))
     names = draw(st.lists(st.sampled_from("abc"), min_size=len(reqs), max_size=len(reqs)))
-    tenancy = Tenancy(tuple(TenantSpec(name=n, weight=draw(st.sampled_from([0.25, 1.0, 3.0])),
-                                       priority=draw(st.integers(0, 2))) for n in "abc"),
-                      cost=draw(st.sampled_from(["tokens", "requests"])))  # fmt: skip
-    reqs = [Request(id=r.id, arrival_s=r.arrival_s, prompt_tokens=r.prompt_tokens, output_tokens=r.output_tokens,
-                    tenant=t) for r, t in zip(reqs, names, strict=True)]  # fmt: skip
+    tenancy = Tenancy(
+        tuple(
+            TenantSpec(
+                name=n, weight=draw(st.sampled_from([0.25, 1.0, 3.0])), priority=draw(st.integers(0, 2))
+            )
+            for n in "abc"
+        ),
+        cost=draw(st.sampled_from(["tokens", "requests"])),
+    )
+    reqs = [
+        Request(
+            id=r.id,
+            arrival_s=r.arrival_s,
+            prompt_tokens=r.prompt_tokens,
+            output_tokens=r.output_tokens,
+            tenant=t,
+        )
+        for r, t in zip(reqs, names, strict=True)
+    ]
     return reqs, tenancy
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(work=tenanted_workloads(), limits=engine_limits(), replicas=st.integers(1, 3),
-       policy=st.sampled_from(["wfq", "priority"]))  # fmt: skip
-def test_event_skipping_matches_the_per_iteration_oracle_under_wfq_and_priority(work, limits, replicas, policy):
+@given(
+    work=tenanted_workloads(),
+    limits=engine_limits(),
+    replicas=st.integers(1, 3),
+    policy=st.sampled_from(["wfq", "priority"]),
+)
+def test_event_skipping_matches_the_per_iteration_oracle_under_wfq_and_priority(
+    work, limits, replicas, policy
+):
     reqs, tenancy = work
     from dataclasses import replace
 

@@ -1,5 +1,5 @@
-"""Agent/RAG workflows: template validation, instance expansion, the critical path by hand, a simulated workflow
-equal to a hand computation, and conservation of node requests on random DAGs (hypothesis)."""
+"""Agent/RAG workflows: template validation, instance expansion, the critical path by hand, a simulated
+workflow equal to a hand computation, and conservation of node requests on random DAGs (hypothesis)."""
 
 from __future__ import annotations
 
@@ -30,49 +30,111 @@ from tests.simkit import run_pool
 
 FIXED = {"type": "fixed", "prompt": 100, "output": 4}
 # One store answering in exactly 1 ms (TABLE), two queries at a time: 4 passages of 50 tokens.
-RETRIEVAL = RetrievalConfig.model_validate({"stores": [{"name": "a", "domain": "*", "index_type": "flat",
-                                                        "n_vectors": 1000, "dim": 128, "servers": 2}],
-                                            "k": 4, "tokens_per_passage": 50, "router": {"name": "monolithic"}})  # fmt: skip
+RETRIEVAL = RetrievalConfig.model_validate(
+    {
+        "stores": [
+            {"name": "a", "domain": "*", "index_type": "flat", "n_vectors": 1000, "dim": 128, "servers": 2}
+        ],
+        "k": 4,
+        "tokens_per_passage": 50,
+        "router": {"name": "monolithic"},
+    }
+)
 PERF = ConstantModel(ConstantModel.Params(step_s=0.01, per_prefill_token_s=1e-4))
 LIMITS = EngineLimits(num_blocks=1000, max_num_seqs=8, max_num_batched_tokens=4096, max_model_len=4096)
 AGENT = [  # plan -> 2 x (search -> read) + lookup -> answer
     {"id": "plan", "kind": "llm", "lengths": FIXED},
     {"id": "search", "kind": "retrieval", "after": ["plan"], "fanout": 2},
-    {"id": "read", "kind": "llm", "after": ["search"], "branch_of": "search",
-     "lengths": {"type": "fixed", "prompt": 50, "output": 10}},
-    {"id": "lookup", "kind": "tool", "after": ["plan"], "delay": {"type": "fixed", "s": 0.1}, "result_tokens": 30},
-    {"id": "answer", "kind": "llm", "after": ["read", "lookup"], "lengths": {"type": "fixed", "prompt": 20, "output": 3}},
-]  # fmt: skip
+    {
+        "id": "read",
+        "kind": "llm",
+        "after": ["search"],
+        "branch_of": "search",
+        "lengths": {"type": "fixed", "prompt": 50, "output": 10},
+    },
+    {
+        "id": "lookup",
+        "kind": "tool",
+        "after": ["plan"],
+        "delay": {"type": "fixed", "s": 0.1},
+        "result_tokens": 30,
+    },
+    {
+        "id": "answer",
+        "kind": "llm",
+        "after": ["read", "lookup"],
+        "lengths": {"type": "fixed", "prompt": 20, "output": 3},
+    },
+]
 
 
 def workflows(nodes: list[dict], at_s=(1.0,), **kw) -> WorkflowsConfig:
-    return WorkflowsConfig.model_validate({"arrivals": {"type": "times", "at_s": list(at_s)},
-                                           "templates": [{"name": "t", "nodes": nodes}], **kw})  # fmt: skip
+    return WorkflowsConfig.model_validate(
+        {
+            "arrivals": {"type": "times", "at_s": list(at_s)},
+            "templates": [{"name": "t", "nodes": nodes}],
+            **kw,
+        }
+    )
 
 
-# -- validation -----------------------------------------------------------------------------------------------
+# -- validation ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("nodes, message", [
-    ([{"id": "a", "kind": "llm", "lengths": FIXED, "after": ["c"]}, {"id": "b", "kind": "llm", "lengths": FIXED,
-      "after": ["a"]}, {"id": "c", "kind": "llm", "lengths": FIXED, "after": ["b"]}],
-     "template 't': the nodes form a cycle: a -> b -> c -> a"),
-    ([{"id": "a", "kind": "llm", "lengths": FIXED, "after": ["a"]}], "node 'a' depends on itself"),
-    ([{"id": "a", "kind": "llm", "lengths": FIXED, "after": ["nope"]}], "node 'a': after: unknown node 'nope'"),
-    ([{"id": "a", "kind": "tool", "delay": {"type": "fixed", "s": 1}}, {"id": "a", "kind": "llm", "lengths": FIXED}],
-     "node id 'a' is used twice"),
-    ([{"id": "a", "kind": "llm"}], "node 'a': an llm node needs lengths"),
-    ([{"id": "a", "kind": "tool"}], "node 'a': a tool node needs a delay"),
-    ([{"id": "a", "kind": "retrieval", "lengths": FIXED}], "node 'a': lengths is for llm nodes, not retrieval"),
-    ([{"id": "a", "kind": "llm", "lengths": FIXED, "delay": {"type": "fixed", "s": 1}}],
-     "node 'a': delay is for tool nodes, not llm"),
-    ([{"id": "a", "kind": "retrieval"}, {"id": "b", "kind": "llm", "lengths": FIXED, "branch_of": "a"}],
-     "node 'b': branch_of 'a', which has no fanout"),
-    ([{"id": "a", "kind": "retrieval", "fanout": 2}, {"id": "b", "kind": "llm", "lengths": FIXED, "branch_of": "x"}],
-     "node 'b': branch_of: unknown node 'x'"),
-    ([{"id": "a[1]", "kind": "retrieval"}], "node 'a[1]': an id is a letter"),
-    ([{"id": "a", "kind": "retrieval", "fanout": {"min": 3, "max": 2}}], "fanout max (2) must be >= min (3)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "nodes, message",
+    [
+        (
+            [
+                {"id": "a", "kind": "llm", "lengths": FIXED, "after": ["c"]},
+                {"id": "b", "kind": "llm", "lengths": FIXED, "after": ["a"]},
+                {"id": "c", "kind": "llm", "lengths": FIXED, "after": ["b"]},
+            ],
+            "template 't': the nodes form a cycle: a -> b -> c -> a",
+        ),
+        ([{"id": "a", "kind": "llm", "lengths": FIXED, "after": ["a"]}], "node 'a' depends on itself"),
+        (
+            [{"id": "a", "kind": "llm", "lengths": FIXED, "after": ["nope"]}],
+            "node 'a': after: unknown node 'nope'",
+        ),
+        (
+            [
+                {"id": "a", "kind": "tool", "delay": {"type": "fixed", "s": 1}},
+                {"id": "a", "kind": "llm", "lengths": FIXED},
+            ],
+            "node id 'a' is used twice",
+        ),
+        ([{"id": "a", "kind": "llm"}], "node 'a': an llm node needs lengths"),
+        ([{"id": "a", "kind": "tool"}], "node 'a': a tool node needs a delay"),
+        (
+            [{"id": "a", "kind": "retrieval", "lengths": FIXED}],
+            "node 'a': lengths is for llm nodes, not retrieval",
+        ),
+        (
+            [{"id": "a", "kind": "llm", "lengths": FIXED, "delay": {"type": "fixed", "s": 1}}],
+            "node 'a': delay is for tool nodes, not llm",
+        ),
+        (
+            [
+                {"id": "a", "kind": "retrieval"},
+                {"id": "b", "kind": "llm", "lengths": FIXED, "branch_of": "a"},
+            ],
+            "node 'b': branch_of 'a', which has no fanout",
+        ),
+        (
+            [
+                {"id": "a", "kind": "retrieval", "fanout": 2},
+                {"id": "b", "kind": "llm", "lengths": FIXED, "branch_of": "x"},
+            ],
+            "node 'b': branch_of: unknown node 'x'",
+        ),
+        ([{"id": "a[1]", "kind": "retrieval"}], "node 'a[1]': an id is a letter"),
+        (
+            [{"id": "a", "kind": "retrieval", "fanout": {"min": 3, "max": 2}}],
+            "fanout max (2) must be >= min (3)",
+        ),
+    ],
+)
 def test_bad_templates_are_refused_with_the_node_named(nodes, message):
     with pytest.raises(ValidationError) as err:
         TemplateSpec.model_validate({"name": "t", "nodes": nodes})
@@ -80,29 +142,58 @@ def test_bad_templates_are_refused_with_the_node_named(nodes, message):
 
 
 def scenario(**extra) -> dict:
-    return {"name": "wf", "workload": {"type": "poisson", "rate": 0, "duration_s": 1, "lengths": FIXED},
-            "pools": [{"name": "p", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1,
-                       "perf_model": {"name": "constant", "params": {"step_s": 0.01}}}], **extra}  # fmt: skip
+    return {
+        "name": "wf",
+        "workload": {"type": "poisson", "rate": 0, "duration_s": 1, "lengths": FIXED},
+        "pools": [
+            {
+                "name": "p",
+                "gpu": "h100-80g",
+                "model": "llama-3-8b",
+                "replicas": 1,
+                "perf_model": {"name": "constant", "params": {"step_s": 0.01}},
+            }
+        ],
+        **extra,
+    }
 
 
 def test_scenario_checks_name_the_section_and_the_node():
     wf = {"arrivals": {"type": "times", "at_s": [0]}, "templates": [{"name": "agent", "nodes": AGENT}]}
-    with pytest.raises(ConfigError, match=r"x.yaml: workflows: agent.search query the knowledge fabric, but the "
-                                          r"scenario has no retrieval: section"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"x.yaml: workflows: agent.search query the knowledge fabric, but the "
+        r"scenario has no retrieval: section",
+    ):
         parse_scenario(scenario(workflows=wf), source="x.yaml")
     other = {**wf, "templates": [{"name": "c", "model": "llama-3-70b", "nodes": [AGENT[0]]}]}
-    with pytest.raises(ConfigError, match=r"workflows: model 'llama-3-70b' is not served by any pool \(llama-3-8b\)"):
+    with pytest.raises(
+        ConfigError, match=r"workflows: model 'llama-3-70b' is not served by any pool \(llama-3-8b\)"
+    ):
         parse_scenario(scenario(workflows=other))
     topic = {**wf, "templates": [{"name": "c", "nodes": [{"id": "s", "kind": "retrieval", "topic": "hr"}]}]}
-    rag = {"stores": [{"name": "e", "domain": "eng", "index_type": "hnsw", "n_vectors": 10**6, "dim": 768,
-                       "search_param": 64}], "router": {"name": "fanout_all"}}  # fmt: skip
+    rag = {
+        "stores": [
+            {
+                "name": "e",
+                "domain": "eng",
+                "index_type": "hnsw",
+                "n_vectors": 10**6,
+                "dim": 768,
+                "search_param": 64,
+            }
+        ],
+        "router": {"name": "fanout_all"},
+    }
     with pytest.raises(ConfigError, match=r"node 's': topic 'hr' is held by no store \(store domains: eng\)"):
         parse_scenario(scenario(workflows=topic, retrieval=rag))
     with pytest.raises(ConfigError, match=r"workflows.templates\[0\].nodes\[0\]"):
-        parse_scenario(scenario(workflows={**wf, "templates": [{"name": "c", "nodes": [{"id": "a", "kind": "x"}]}]}))
+        parse_scenario(
+            scenario(workflows={**wf, "templates": [{"name": "c", "nodes": [{"id": "a", "kind": "x"}]}]})
+        )
 
 
-# -- instances and the critical path --------------------------------------------------------------------------
+# -- instances and the critical path -------------------------------------------------------------------------
 
 
 def test_fanout_pairs_branches_and_prompts_carry_what_the_parents_hand_on():
@@ -113,17 +204,44 @@ def test_fanout_pairs_branches_and_prompts_carry_what_the_parents_hand_on():
     assert parents["read[1]"] == ("search[1]",) and parents["read[0]"] == ("search[0]",)
     assert parents["answer"] == ("read[0]", "read[1]", "lookup")
     prompt = {n.key: n.prompt_tokens for n in inst.nodes}
-    assert prompt == {"plan": 100, "search[0]": 0, "search[1]": 0, "read[0]": 50 + 200, "read[1]": 250,
-                      "lookup": 0, "answer": 20 + 10 + 10 + 30}  # fmt: skip
+    assert prompt == {
+        "plan": 100,
+        "search[0]": 0,
+        "search[1]": 0,
+        "read[0]": 50 + 200,
+        "read[1]": 250,
+        "lookup": 0,
+        "answer": 20 + 10 + 10 + 30,
+    }
 
 
 def test_random_widths_stay_in_range_and_a_seed_gives_the_same_instances():
-    nodes = [{"id": "a", "kind": "llm", "lengths": {"type": "uniform", "prompt_min": 1, "prompt_max": 99,
-                                                    "output_min": 1, "output_max": 9}},
-             {"id": "b", "kind": "tool", "after": ["a"], "fanout": {"min": 1, "max": 4},
-              "delay": {"type": "lognormal", "median_s": 0.2, "sigma": 1.0}}]  # fmt: skip
-    cfg = WorkflowsConfig.model_validate({"arrivals": {"type": "poisson", "rate": 5, "duration_s": 20},
-                                          "templates": [{"name": "t", "nodes": nodes}]})  # fmt: skip
+    nodes = [
+        {
+            "id": "a",
+            "kind": "llm",
+            "lengths": {
+                "type": "uniform",
+                "prompt_min": 1,
+                "prompt_max": 99,
+                "output_min": 1,
+                "output_max": 9,
+            },
+        },
+        {
+            "id": "b",
+            "kind": "tool",
+            "after": ["a"],
+            "fanout": {"min": 1, "max": 4},
+            "delay": {"type": "lognormal", "median_s": 0.2, "sigma": 1.0},
+        },
+    ]
+    cfg = WorkflowsConfig.model_validate(
+        {
+            "arrivals": {"type": "poisson", "rate": 5, "duration_s": 20},
+            "templates": [{"name": "t", "nodes": nodes}],
+        }
+    )
     a, b, c = (sample_instances(cfg, s) for s in (1, 1, 2))
     assert a == b and a != c and len(a) > 50
     widths = [len(i.nodes) - 1 for i in a]
@@ -145,13 +263,14 @@ def test_critical_path_by_hand():
     assert critical_path([()], [nan], [nan]) == []
 
 
-# -- in the simulator -----------------------------------------------------------------------------------------
+# -- in the simulator ----------------------------------------------------------------------------------------
 
 
 def run_driver(cfg: WorkflowsConfig, requests=(), seed=0, context_tokens=200, limits=LIMITS, **kw):
     stage = RagStage(RETRIEVAL, seed=seed, model=TABLE)
-    driver = WorkflowDriver(sample_instances(cfg, seed, context_tokens=context_tokens),
-                            first_id=len(requests), rag=stage)  # fmt: skip
+    driver = WorkflowDriver(
+        sample_instances(cfg, seed, context_tokens=context_tokens), first_id=len(requests), rag=stage
+    )
     raw = run_pool(list(requests), limits, perf=PERF, pre_submit=[stage], spawners=[driver], **kw)
     return driver, raw
 
@@ -185,10 +304,17 @@ def test_a_simulated_workflow_takes_exactly_the_hand_computed_time():
 
 
 def test_a_rejected_call_fails_its_workflow_and_skips_the_descendants():
-    nodes = [{"id": "a", "kind": "llm", "lengths": FIXED},
-             {"id": "big", "kind": "llm", "after": ["a"], "lengths": {"type": "fixed", "prompt": 5000, "output": 4}},
-             {"id": "side", "kind": "tool", "after": ["a"], "delay": {"type": "fixed", "s": 0.2}},
-             {"id": "z", "kind": "llm", "after": ["big", "side"], "lengths": FIXED}]  # fmt: skip
+    nodes = [
+        {"id": "a", "kind": "llm", "lengths": FIXED},
+        {
+            "id": "big",
+            "kind": "llm",
+            "after": ["a"],
+            "lengths": {"type": "fixed", "prompt": 5000, "output": 4},
+        },
+        {"id": "side", "kind": "tool", "after": ["a"], "delay": {"type": "fixed", "s": 0.2}},
+        {"id": "z", "kind": "llm", "after": ["big", "side"], "lengths": FIXED},
+    ]
     driver, raw = run_driver(workflows(nodes, at_s=(0.0, 0.5)))
     wf, out = driver.frames()
     assert list(wf["status"]) == ["failed", "failed"] and list(wf["failed_nodes"]) == ["big", "big"]
@@ -207,8 +333,13 @@ def random_templates(draw):
     nodes, fanned = [], []
     for k in range(n):
         kind = draw(st.sampled_from(["llm", "llm", "tool", "retrieval"]))
-        node = {"id": f"n{k}", "kind": kind,
-                "after": sorted(draw(st.sets(st.sampled_from([f"n{j}" for j in range(k)]), max_size=3))) if k else []}
+        node = {
+            "id": f"n{k}",
+            "kind": kind,
+            "after": sorted(draw(st.sets(st.sampled_from([f"n{j}" for j in range(k)]), max_size=3)))
+            if k
+            else [],
+        }
         if fanned and draw(st.booleans()):
             node["branch_of"] = draw(st.sampled_from(fanned))
         elif draw(st.booleans()):
@@ -216,7 +347,13 @@ def random_templates(draw):
         if "fanout" in node or "branch_of" in node:
             fanned.append(node["id"])
         if kind == "llm":
-            node["lengths"] = {"type": "uniform", "prompt_min": 1, "prompt_max": 300, "output_min": 1, "output_max": 30}
+            node["lengths"] = {
+                "type": "uniform",
+                "prompt_min": 1,
+                "prompt_max": 300,
+                "output_min": 1,
+                "output_max": 30,
+            }
             node["rag"] = draw(st.booleans())
         elif kind == "tool":
             node["delay"] = {"type": "exponential", "mean_s": 0.05}
@@ -225,11 +362,19 @@ def random_templates(draw):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(nodes=random_templates(), seed=st.integers(0, 2**16), horizon=st.sampled_from([None, 1.5]),
-       max_len=st.sampled_from([4096, 600]))  # fmt: skip
+@given(
+    nodes=random_templates(),
+    seed=st.integers(0, 2**16),
+    horizon=st.sampled_from([None, 1.5]),
+    max_len=st.sampled_from([4096, 600]),
+)
 def test_every_node_request_is_counted_once_and_the_timing_is_consistent(nodes, seed, horizon, max_len):
-    cfg = WorkflowsConfig.model_validate({"arrivals": {"type": "poisson", "rate": 4, "duration_s": 2},
-                                          "templates": [{"name": "t", "nodes": nodes}]})  # fmt: skip
+    cfg = WorkflowsConfig.model_validate(
+        {
+            "arrivals": {"type": "poisson", "rate": 4, "duration_s": 2},
+            "templates": [{"name": "t", "nodes": nodes}],
+        }
+    )
     background = [Request(id=i, arrival_s=0.1 * i, prompt_tokens=50, output_tokens=5) for i in range(10)]
     limits = EngineLimits(num_blocks=400, max_num_seqs=4, max_num_batched_tokens=512, max_model_len=max_len)
     driver, raw = run_driver(cfg, background, seed=seed, limits=limits, max_time_s=horizon)
@@ -271,8 +416,10 @@ def test_the_example_scenario_runs_and_reports_workflows():
 
     from fleettwin.models.config import load_scenario
 
-    cfg = load_scenario(Path(__file__).parents[2] / "configs" / "workflows.yaml",
-                        {"workload.duration_s": 60, "workflows.arrivals.duration_s": 60})  # fmt: skip
+    cfg = load_scenario(
+        Path(__file__).parents[2] / "configs" / "workflows.yaml",
+        {"workload.duration_s": 60, "workflows.arrivals.duration_s": 60},
+    )
     result = run_scenario(cfg)
     s = result.summary["workflows"]
     assert s["workflows"] == len(result.workflows) > 10 and s["completed"] == s["workflows"]
@@ -287,20 +434,43 @@ def test_the_example_scenario_runs_and_reports_workflows():
 def test_behind_a_regions_front_door_a_call_ends_when_its_answer_reaches_the_user():
     lengths = {"type": "fixed", "prompt": 100, "output": 4}
     data = scenario(
-        pools=[{"name": n, "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1} for n in ("use1", "euw1")],
-        regions={"regions": [{"name": "us-east-1", "weight": 1, "pools": ["use1"]},
-                             {"name": "eu-west-1", "weight": 1, "pools": ["euw1"]}], "users": {"duration_s": 1}},
-        workflows={"arrivals": {"type": "poisson", "rate": 2, "duration_s": 10}, "templates": [{"name": "t", "nodes": [
-            {"id": "a", "kind": "llm", "lengths": lengths},
-            {"id": "b", "kind": "tool", "after": ["a"], "delay": {"type": "fixed", "s": 0.2}},
-            {"id": "c", "kind": "llm", "after": ["b"], "lengths": lengths}]}]})  # fmt: skip
+        pools=[
+            {"name": n, "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1} for n in ("use1", "euw1")
+        ],
+        regions={
+            "regions": [
+                {"name": "us-east-1", "weight": 1, "pools": ["use1"]},
+                {"name": "eu-west-1", "weight": 1, "pools": ["euw1"]},
+            ],
+            "users": {"duration_s": 1},
+        },
+        workflows={
+            "arrivals": {"type": "poisson", "rate": 2, "duration_s": 10},
+            "templates": [
+                {
+                    "name": "t",
+                    "nodes": [
+                        {"id": "a", "kind": "llm", "lengths": lengths},
+                        {"id": "b", "kind": "tool", "after": ["a"], "delay": {"type": "fixed", "s": 0.2}},
+                        {"id": "c", "kind": "llm", "after": ["b"], "lengths": lengths},
+                    ],
+                }
+            ],
+        },
+    )
     result = run_scenario(parse_scenario(data))
     req = result.requests.set_index("id")
     nodes = result.workflow_nodes
     llm = nodes[nodes["kind"] == "llm"]
-    assert len(llm) > 20 and (llm["status"] == "completed").all() and set(req["origin"].dropna()) == {"us-east-1",
-                                                                                                    "eu-west-1"}
-    for _, n in llm.iterrows():  # the node ends when the user sees the end: server finish + half the round trip
+    assert (
+        len(llm) > 20
+        and (llm["status"] == "completed").all()
+        and set(req["origin"].dropna()) == {"us-east-1", "eu-west-1"}
+    )
+    for (
+        _,
+        n,
+    ) in llm.iterrows():  # the node ends when the user sees the end: server finish + half the round trip
         r = req.loc[n["request_id"]]
         assert r["rtt_s"] > 0 and n["end_s"] == pytest.approx(r["arrival_s"] + r["e2e_s"], abs=1e-12)
     by = nodes.set_index(["workflow", "node"])

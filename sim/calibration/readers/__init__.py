@@ -66,15 +66,21 @@ def detect_format(path: Path) -> str:
     for name in available_formats():
         if reader(name).sniff(path):
             return name
-    raise ConfigError(f"{path}: unknown run format (expected one of: {', '.join(available_formats())}); "
-                      "name it with --format")  # fmt: skip
+    raise ConfigError(
+        f"{path}: unknown run format (expected one of: {', '.join(available_formats())}); "
+        "name it with --format"
+    )
 
 
 def load_settings(path: Path) -> ServerSettings:
-    return validated(ServerSettings, read_yaml(path, "server settings"), source=str(path), what="server settings")
+    return validated(
+        ServerSettings, read_yaml(path, "server settings"), source=str(path), what="server settings"
+    )
 
 
-def read_runs(path: Path, *, settings: ServerSettings | Path | None = None, fmt: str | None = None) -> list[MeasuredRun]:
+def read_runs(
+    path: Path, *, settings: ServerSettings | Path | None = None, fmt: str | None = None
+) -> list[MeasuredRun]:
     """The runs in ``path`` (a file, or a fleettwin run folder), read as ``fmt`` (default: detected). Formats
     that do not record the server's settings need ``settings`` (a ServerSettings or a YAML path)."""
     if not path.exists():
@@ -84,8 +90,10 @@ def read_runs(path: Path, *, settings: ServerSettings | Path | None = None, fmt:
         settings = load_settings(settings)
     module = reader(name)
     if settings is None and getattr(module, "NEEDS_SETTINGS", True):
-        raise ConfigError(f"{path}: format {name!r} does not record the server's settings; give a settings YAML "
-                          "(model, gpu, tp, engine arguments) with --settings")  # fmt: skip
+        raise ConfigError(
+            f"{path}: format {name!r} does not record the server's settings; give a settings YAML "
+            "(model, gpu, tp, engine arguments) with --settings"
+        )
     runs = module.read(path, settings)
     for run in runs:
         check_run(run, where=str(path))
@@ -104,12 +112,18 @@ def check_run(run: MeasuredRun, *, where: str) -> None:
         except ConfigError as exc:
             raise ConfigError(f"{where}: run {run.name}: settings.{field}: {exc}") from None
     if not catalog.llm(s.model).splits_evenly(s.tp):
-        raise ConfigError(f"{where}: run {run.name}: settings.tp: {s.tp} does not split {s.model}'s heads evenly")
+        raise ConfigError(
+            f"{where}: run {run.name}: settings.tp: {s.tp} does not split {s.model}'s heads evenly"
+        )
     longest = int((run.requests["prompt_tokens"] + run.requests["output_tokens"]).max())
     limit = s.engine.max_model_len
     if limit is not None and longest > limit:
-        raise ConfigError(f"{where}: run {run.name}: settings.engine.max_model_len: {limit} is shorter than its "
-                          f"longest request ({longest} tokens of prompt and output); the server could not have "
-                          "served it")  # fmt: skip
+        raise ConfigError(
+            f"{where}: run {run.name}: settings.engine.max_model_len: {limit} is shorter than its "
+            f"longest request ({longest} tokens of prompt and output); the server could not have "
+            "served it"
+        )
     if run.load.kind == "closed" and not run.load.concurrency:
-        raise ConfigError(f"{where}: run {run.name}: load.concurrency: a closed loop needs the number of users")
+        raise ConfigError(
+            f"{where}: run {run.name}: load.concurrency: a closed loop needs the number of users"
+        )

@@ -1,5 +1,5 @@
-"""guidellm benchmark reports (``--output-path benchmarks.json`` / ``--output kind=json``; YAML too): one run per
-entry of ``benchmarks`` (a sweep writes one per strategy it ran).
+"""guidellm benchmark reports (``--output-path benchmarks.json`` / ``--output kind=json``; YAML too): one run
+per entry of ``benchmarks`` (a sweep writes one per strategy it ran).
 
 What guidellm records and how it maps (v0.2/v0.3 and v0.4+ schemas):
 
@@ -35,11 +35,16 @@ from fleettwin.sim.calibration.readers._common import load_json, number, read_te
 from fleettwin.sim.calibration.runs import Load, MeasuredRun, ServerSettings
 
 FORMAT = "guidellm"
-DESCRIPTION = "guidellm benchmark report JSON/YAML (one run per benchmark: synchronous, concurrent, constant...)"
+DESCRIPTION = (
+    "guidellm benchmark report JSON/YAML (one run per benchmark: synchronous, concurrent, constant...)"
+)
 NEEDS_SETTINGS = True
 
-_METRICS = {"ttft": ("time_to_first_token_ms", 1e-3), "tpot": ("inter_token_latency_ms", 1e-3),
-            "e2e": ("request_latency", 1.0)}  # fmt: skip
+_METRICS = {
+    "ttft": ("time_to_first_token_ms", 1e-3),
+    "tpot": ("inter_token_latency_ms", 1e-3),
+    "e2e": ("request_latency", 1.0),
+}
 _STRATEGIES = ("synchronous", "concurrent", "throughput", "constant", "poisson", "trace")
 
 
@@ -64,7 +69,9 @@ def _load(path: Path) -> Any:
     text = read_text(path)
     if path.suffix in (".yaml", ".yml"):
         try:
-            return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml: 10x faster
+            return yaml.load(
+                text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+            )  # libyaml: 10x faster
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -82,14 +89,22 @@ def _run(path: Path, i: int, bench: Any, settings: ServerSettings) -> MeasuredRu
     df, sampled = _requests(where, bench, notes)
     load = _load_of(where, skey, strategy, df, sampled, notes)
     if load.kind == "open" and load.arrival == "recorded":
-        df = df.assign(arrival_s=df["arrival_s"] - df["arrival_s"].min()).sort_values("arrival_s", kind="stable")
+        df = df.assign(arrival_s=df["arrival_s"] - df["arrival_s"].min()).sort_values(
+            "arrival_s", kind="stable"
+        )
     elif "arrival_s" in df:
         df = df.drop(columns="arrival_s")
     label = kind + (f"@{strategy['rate']:g}" if isinstance(strategy.get("rate"), int | float) else "")
     label += f"x{strategy['streams']}" if isinstance(strategy.get("streams"), int) else ""
-    return MeasuredRun(name=f"{path.stem}#{i}:{label}", source=f"{FORMAT}:{path.name}", settings=settings,
-                       load=load, requests=df.reset_index(drop=True), reported=_reported(where, bench),
-                       notes=tuple(notes))  # fmt: skip
+    return MeasuredRun(
+        name=f"{path.stem}#{i}:{label}",
+        source=f"{FORMAT}:{path.name}",
+        settings=settings,
+        load=load,
+        requests=df.reset_index(drop=True),
+        reported=_reported(where, bench),
+        notes=tuple(notes),
+    )
 
 
 def _strategy(where: str, bench: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -98,8 +113,10 @@ def _strategy(where: str, bench: dict[str, Any]) -> tuple[dict[str, Any], str]:
         if isinstance(block, dict) and isinstance(block.get("strategy"), dict):
             strategy = block["strategy"]
             if strategy.get("type_") not in _STRATEGIES:
-                raise ConfigError(f"{where}.{key}.strategy.type_: unknown strategy {strategy.get('type_')!r} "
-                                  f"(expected one of {', '.join(_STRATEGIES)})")  # fmt: skip
+                raise ConfigError(
+                    f"{where}.{key}.strategy.type_: unknown strategy {strategy.get('type_')!r} "
+                    f"(expected one of {', '.join(_STRATEGIES)})"
+                )
             return strategy, f"{where}.{key}.strategy"
     raise ConfigError(f"{where}: config.strategy: missing (v0.3 reports have it as args.strategy)")
 
@@ -116,8 +133,10 @@ def _requests(where: str, bench: dict[str, Any], notes: list[str]) -> tuple[pd.D
     if not isinstance(groups, dict):
         raise ConfigError(f"{where}.requests: expected an object (successful, errored, incomplete)")
     totals = _totals(bench)
-    lost = {g: (totals.get(g) if isinstance(totals.get(g), int) else len(groups.get(g) or []))
-            for g in ("errored", "incomplete")}  # fmt: skip
+    lost = {
+        g: (totals.get(g) if isinstance(totals.get(g), int) else len(groups.get(g) or []))
+        for g in ("errored", "incomplete")
+    }
     if any(lost.values()):
         notes.append(f"dropped {lost['errored']} errored and {lost['incomplete']} incomplete request(s)")
     successful = groups.get("successful") or []
@@ -133,8 +152,10 @@ def _requests(where: str, bench: dict[str, Any], notes: list[str]) -> tuple[pd.D
         raise ConfigError(f"{where}.requests.successful: no request produced a token")
     kept = totals.get("successful")
     if isinstance(kept, int) and kept > len(df):
-        notes.append(f"guidellm kept {len(df)} of the {kept} successful requests: their lengths, repeated to "
-                     f"{kept} requests, are replayed; the reported aggregates (all requests) are the measurement")
+        notes.append(
+            f"guidellm kept {len(df)} of the {kept} successful requests: their lengths, repeated to "
+            f"{kept} requests, are replayed; the reported aggregates (all requests) are the measurement"
+        )
         df = df[["prompt_tokens", "output_tokens"]].iloc[np.arange(kept) % len(df)]
         return df, True
     if df["arrival_s"].isna().any():
@@ -159,11 +180,13 @@ def _request(where: str, req: Any) -> dict[str, float]:
     latency = req.get("request_latency")
     if latency is None and req.get("end_time") is not None:
         latency = number(req["end_time"], f"{where}.end_time") - number(start, f"{where}.start_time")
-    row = {"prompt_tokens": int(number(req.get("prompt_tokens"), f"{where}.prompt_tokens")),
-           "output_tokens": int(number(req.get("output_tokens"), f"{where}.output_tokens")),
-           "ttft_s": ttft,
-           "e2e_s": number(latency, f"{where}.request_latency"),
-           "arrival_s": number(start, f"{where}.request_start_time") if start is not None else math.nan}  # fmt: skip
+    row = {
+        "prompt_tokens": int(number(req.get("prompt_tokens"), f"{where}.prompt_tokens")),
+        "output_tokens": int(number(req.get("output_tokens"), f"{where}.output_tokens")),
+        "ttft_s": ttft,
+        "e2e_s": number(latency, f"{where}.request_latency"),
+        "arrival_s": number(start, f"{where}.request_start_time") if start is not None else math.nan,
+    }
     return row
 
 
@@ -172,13 +195,23 @@ def _synthesised(where: str, bench: dict[str, Any], totals: dict[str, Any], note
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ConfigError(f"{where}.requests.successful: no successful request (and no request_totals)")
     metrics = bench.get("metrics") or {}
-    means = [number(((metrics.get(key) or {}).get("successful") or {}).get("mean"),
-                     f"{where}.metrics.{key}.successful.mean")
-             for key in ("prompt_token_count", "output_token_count")]  # fmt: skip
-    df = pd.DataFrame({"prompt_tokens": np.full(count, max(1, round(means[0]))),
-                       "output_tokens": np.full(count, max(1, round(means[1])))})  # fmt: skip
-    notes.append(f"no request rows (sample_size 0): {count} requests at the mean lengths "
-                 f"{df['prompt_tokens'].iloc[0]}/{df['output_tokens'].iloc[0]} prompt/output tokens")  # fmt: skip
+    means = [
+        number(
+            ((metrics.get(key) or {}).get("successful") or {}).get("mean"),
+            f"{where}.metrics.{key}.successful.mean",
+        )
+        for key in ("prompt_token_count", "output_token_count")
+    ]
+    df = pd.DataFrame(
+        {
+            "prompt_tokens": np.full(count, max(1, round(means[0]))),
+            "output_tokens": np.full(count, max(1, round(means[1]))),
+        }
+    )
+    notes.append(
+        f"no request rows (sample_size 0): {count} requests at the mean lengths "
+        f"{df['prompt_tokens'].iloc[0]}/{df['output_tokens'].iloc[0]} prompt/output tokens"
+    )
     return df
 
 
@@ -189,8 +222,9 @@ def _positive_int(strategy: dict[str, Any], key: str, skey: str) -> int:
     return value
 
 
-def _load_of(where: str, skey: str, strategy: dict[str, Any], df: pd.DataFrame, sampled: bool,
-             notes: list[str]) -> Load:  # fmt: skip
+def _load_of(
+    where: str, skey: str, strategy: dict[str, Any], df: pd.DataFrame, sampled: bool, notes: list[str]
+) -> Load:
     kind = strategy["type_"]
     if kind == "synchronous":
         return Load(kind="closed", concurrency=1, requests=len(df))
@@ -200,7 +234,9 @@ def _load_of(where: str, skey: str, strategy: dict[str, Any], df: pd.DataFrame, 
         if strategy.get("max_concurrency") is None:
             notes.append("throughput strategy without max_concurrency: replayed as one batch at t = 0")
             return Load(kind="batch")
-        return Load(kind="closed", concurrency=_positive_int(strategy, "max_concurrency", skey), requests=len(df))
+        return Load(
+            kind="closed", concurrency=_positive_int(strategy, "max_concurrency", skey), requests=len(df)
+        )
     recorded = "arrival_s" in df and not sampled
     if kind == "trace":
         if not recorded:
@@ -210,7 +246,9 @@ def _load_of(where: str, skey: str, strategy: dict[str, Any], df: pd.DataFrame, 
     if rate == 0:
         raise ConfigError(f"{skey}.rate: must be positive (got 0)")
     if strategy.get("max_concurrency") is not None:
-        notes.append(f"the client also capped requests in flight at {strategy['max_concurrency']}: not replayed")
+        notes.append(
+            f"the client also capped requests in flight at {strategy['max_concurrency']}: not replayed"
+        )
     return Load(kind="open", rate=rate, arrival="recorded" if recorded else kind)
 
 
@@ -223,8 +261,12 @@ def _reported(where: str, bench: dict[str, Any]) -> dict[str, float]:
         if not isinstance(summary, dict):
             continue
         pct = summary.get("percentiles") if isinstance(summary.get("percentiles"), dict) else {}
-        values = {"mean": ("mean", summary.get("mean")), "p50": ("median", summary.get("median", pct.get("p50"))),
-                  "p90": ("percentiles.p90", pct.get("p90")), "p99": ("percentiles.p99", pct.get("p99"))}  # fmt: skip
+        values = {
+            "mean": ("mean", summary.get("mean")),
+            "p50": ("median", summary.get("median", pct.get("p50"))),
+            "p90": ("percentiles.p90", pct.get("p90")),
+            "p99": ("percentiles.p99", pct.get("p99")),
+        }
         for stat, (name, value) in values.items():
             if value is not None:
                 out[f"{quantity}_{stat}"] = number(value, f"{where}.metrics.{key}.successful.{name}") * scale

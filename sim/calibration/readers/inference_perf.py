@@ -39,7 +39,9 @@ from fleettwin.sim.calibration.readers._common import load_json, number
 from fleettwin.sim.calibration.runs import Load, MeasuredRun, ServerSettings
 
 FORMAT = "inference-perf"
-DESCRIPTION = "kubernetes-sigs inference-perf report folder or stage_N_lifecycle_metrics.json (one run per stage)"
+DESCRIPTION = (
+    "kubernetes-sigs inference-perf report folder or stage_N_lifecycle_metrics.json (one run per stage)"
+)
 NEEDS_SETTINGS = True
 
 _STAGE_FILE = re.compile(r"^stage_(-?\d+)_lifecycle_metrics\.json$")
@@ -47,11 +49,14 @@ _SUMMARY = "summary_lifecycle_metrics.json"
 _PER_REQUEST = "per_request_lifecycle_metrics.json"
 _LOAD_TYPES = ("constant", "poisson", "concurrent", "trace_replay", "trace_session_replay")
 _LATENCIES = {"ttft": "time_to_first_token", "tpot": "time_per_output_token", "e2e": "request_latency"}
-_MEAN_RTOL = 1e-6  # per-request rows belong to a stage when their mean latency matches its report this closely
+_MEAN_RTOL = (
+    1e-6  # per-request rows belong to a stage when their mean latency matches its report this closely
+)
 
 
 def sniff(path: Path) -> bool:
-    """A report folder (stage or summary lifecycle files), or a JSON object with load_summary and successes."""
+    """A report folder (stage or summary lifecycle files), or a JSON object with load_summary and
+    successes."""
     if path.is_dir():
         try:
             return (path / _SUMMARY).is_file() or any(_STAGE_FILE.match(p.name) for p in path.iterdir())
@@ -76,13 +81,22 @@ def read(path: Path, settings: ServerSettings) -> list[MeasuredRun]:
     runs = []
     for label, file in targets:
         config_stage = _config_stage(config_stages, label)
-        runs.append(_run(file, docs[label], load_type, config_stage, rows.get(label), settings,
-                         name=f"{folder.name}:{'summary' if label < 0 else f'stage_{label}'}",
-                         source=f"{FORMAT}:{folder.name}"))  # fmt: skip
+        runs.append(
+            _run(
+                file,
+                docs[label],
+                load_type,
+                config_stage,
+                rows.get(label),
+                settings,
+                name=f"{folder.name}:{'summary' if label < 0 else f'stage_{label}'}",
+                source=f"{FORMAT}:{folder.name}",
+            )
+        )
     return runs
 
 
-# --- files ---------------------------------------------------------------------------------------------------
+# --- files --------------------------------------------------------------------------------------------------
 
 
 def _stage_files(folder: Path) -> dict[int, Path]:
@@ -102,15 +116,21 @@ def _targets(path: Path, stage_files: dict[int, Path]) -> list[tuple[int, Path]]
             return list(stage_files.items())
         if (path / _SUMMARY).is_file():
             return [(-1, path / _SUMMARY)]
-        raise ConfigError(f"{path}: no stage_N_lifecycle_metrics.json or {_SUMMARY} (not an inference-perf report)")
+        raise ConfigError(
+            f"{path}: no stage_N_lifecycle_metrics.json or {_SUMMARY} (not an inference-perf report)"
+        )
     m = _STAGE_FILE.match(path.name)
     if m:
         if int(m.group(1)) < 0:
-            raise ConfigError(f"{path}: stage {m.group(1)} is a sweep's probe of the server, not a load stage")
+            raise ConfigError(
+                f"{path}: stage {m.group(1)} is a sweep's probe of the server, not a load stage"
+            )
         return [(int(m.group(1)), path)]
     if stage_files:
-        raise ConfigError(f"{path}: this summary mixes the report's {len(stage_files)} stage(s); read the folder "
-                          "or one stage_N_lifecycle_metrics.json")  # fmt: skip
+        raise ConfigError(
+            f"{path}: this summary mixes the report's {len(stage_files)} stage(s); read the folder "
+            "or one stage_N_lifecycle_metrics.json"
+        )
     return [(-1, path)]
 
 
@@ -127,7 +147,9 @@ def _config(folder: Path) -> tuple[str | None, list[Any]]:
         raise ConfigError(f"{path}: load: expected a mapping (type, stages)")
     kind = load.get("type", "constant")
     if kind not in _LOAD_TYPES:
-        raise ConfigError(f"{path}: load.type: unknown load type {kind!r} (expected one of {', '.join(_LOAD_TYPES)})")
+        raise ConfigError(
+            f"{path}: load.type: unknown load type {kind!r} (expected one of {', '.join(_LOAD_TYPES)})"
+        )
     stages = load.get("stages") or []
     if not isinstance(stages, list):
         raise ConfigError(f"{path}: load.stages: expected a list")
@@ -143,16 +165,20 @@ def _config_stage(stages: list[Any], label: int) -> dict[str, Any]:
 def _mapping(doc: Any, key: str, where: str) -> dict[str, Any]:
     value = doc.get(key) if isinstance(doc, dict) else None
     if not isinstance(value, dict):
-        raise ConfigError(f"{where}: {key}: missing (an inference-perf lifecycle report has load_summary and "
-                          "successes)" if value is None else f"{where}: {key}: expected an object")  # fmt: skip
+        raise ConfigError(
+            f"{where}: {key}: missing (an inference-perf lifecycle report has load_summary and successes)"
+            if value is None
+            else f"{where}: {key}: expected an object"
+        )
     return value
 
 
-# --- per-request rows ----------------------------------------------------------------------------------------
+# --- per-request rows ---------------------------------------------------------------------------------------
 
 
-def _per_request(folder: Path, files: dict[int, Path], docs: dict[int, Any]
-                 ) -> dict[int, tuple[pd.DataFrame | None, str]]:  # fmt: skip
+def _per_request(
+    folder: Path, files: dict[int, Path], docs: dict[int, Any]
+) -> dict[int, tuple[pd.DataFrame | None, str]]:
     """Each stage's per-request rows (None where they cannot be told apart) and a note, from the report's
     per-request file; {} without one."""
     path = folder / _PER_REQUEST
@@ -162,22 +188,29 @@ def _per_request(folder: Path, files: dict[int, Path], docs: dict[int, Any]
     if not isinstance(entries, list):
         raise ConfigError(f"{path}: expected a list of per-request entries")
     parsed = sorted((_entry(path, k, e) for k, e in enumerate(entries)), key=lambda t: t[0])
-    counts = {label: int(number(_mapping(doc, "load_summary", str(files[label])).get("count"),
-                                 f"{files[label]}: load_summary.count"))
-              for label, doc in docs.items()}  # fmt: skip
+    counts = {
+        label: int(
+            number(
+                _mapping(doc, "load_summary", str(files[label])).get("count"),
+                f"{files[label]}: load_summary.count",
+            )
+        )
+        for label, doc in docs.items()
+    }
     total = sum(counts.values())
     if len(parsed) < total:
         note = f"{_PER_REQUEST} has {len(parsed)} entries for {total} stage requests: aggregates used"
         return {label: (None, note) for label in docs}
-    parsed, out, pos = parsed[len(parsed) - total:], {}, 0
+    parsed, out, pos = parsed[len(parsed) - total :], {}, 0
     for label, count in counts.items():
-        out[label] = _stage_rows(parsed[pos:pos + count], docs[label], label)
+        out[label] = _stage_rows(parsed[pos : pos + count], docs[label], label)
         pos += count
     return out
 
 
-def _stage_rows(chunk: list[tuple[float, dict[str, float] | None]], doc: Any, label: int
-                ) -> tuple[pd.DataFrame | None, str]:  # fmt: skip
+def _stage_rows(
+    chunk: list[tuple[float, dict[str, float] | None]], doc: Any, label: int
+) -> tuple[pd.DataFrame | None, str]:
     ok = [row for _, row in chunk if row is not None]
     reported = ((doc.get("successes") or {}).get("latency") or {}).get("request_latency") or {}
     mean = reported.get("mean") if isinstance(reported, dict) else None
@@ -185,13 +218,17 @@ def _stage_rows(chunk: list[tuple[float, dict[str, float] | None]], doc: Any, la
         return None, f"{_PER_REQUEST}: no successful rows to match to stage {label}: aggregates used"
     measured = float(np.mean([r["e2e_s"] for r in ok]))
     if not math.isclose(measured, mean, rel_tol=_MEAN_RTOL, abs_tol=1e-9):
-        return None, (f"{_PER_REQUEST}: the rows cut for stage {label} have mean latency {measured:.6g} s, the "
-                      f"stage reports {mean:.6g} s: aggregates used")  # fmt: skip
+        return None, (
+            f"{_PER_REQUEST}: the rows cut for stage {label} have mean latency {measured:.6g} s, the "
+            f"stage reports {mean:.6g} s: aggregates used"
+        )
     rows = [row for row in ok if row["output_tokens"] >= 1]
     if not rows:
         return None, f"{_PER_REQUEST}: no request of stage {label} produced a token: aggregates used"
     failed, empty = len(chunk) - len(ok), len(ok) - len(rows)
-    dropped = [f"{failed} failed request(s)"] * bool(failed) + [f"{empty} without output tokens"] * bool(empty)
+    dropped = [f"{failed} failed request(s)"] * bool(failed) + [f"{empty} without output tokens"] * bool(
+        empty
+    )
     return pd.DataFrame(rows), f"dropped {' and '.join(dropped)}" if dropped else ""
 
 
@@ -215,14 +252,19 @@ def _entry(path: Path, k: int, entry: Any) -> tuple[float, dict[str, float] | No
         prompt = ((info.get("request_metrics") or {}).get("text") or {}).get("input_tokens")
     usage = response.get("server_usage") or {}
     output = usage.get("completion_tokens", usage.get("output_tokens", response.get("output_tokens")))
-    row = {"prompt_tokens": int(number(prompt, f"{where}.info.input_tokens")),
-           "output_tokens": int(number(output, f"{where}.info.output_tokens")),
-           "arrival_s": start, "e2e_s": end - start, "ttft_s": _ttft(response, start, where)}  # fmt: skip
+    row = {
+        "prompt_tokens": int(number(prompt, f"{where}.info.input_tokens")),
+        "output_tokens": int(number(output, f"{where}.info.output_tokens")),
+        "arrival_s": start,
+        "e2e_s": end - start,
+        "ttft_s": _ttft(response, start, where),
+    }
     return start, row
 
 
 def _ttft(response: dict[str, Any], start: float, where: str) -> float:
-    """First token time - start, for a streamed response (more than one token time, as inference-perf has it)."""
+    """First token time - start, for a streamed response (more than one token time, as inference-perf has
+    it)."""
     times = response.get("output_token_times") or []
     if not isinstance(times, list) or len(times) < 2:
         return math.nan
@@ -232,12 +274,20 @@ def _ttft(response: dict[str, Any], start: float, where: str) -> float:
     return first - start
 
 
-# --- one stage -----------------------------------------------------------------------------------------------
+# --- one stage ----------------------------------------------------------------------------------------------
 
 
-def _run(file: Path, doc: Any, load_type: str | None, config_stage: dict[str, Any],
-         rows: tuple[pd.DataFrame | None, str] | None, settings: ServerSettings, *, name: str, source: str
-         ) -> MeasuredRun:  # fmt: skip
+def _run(
+    file: Path,
+    doc: Any,
+    load_type: str | None,
+    config_stage: dict[str, Any],
+    rows: tuple[pd.DataFrame | None, str] | None,
+    settings: ServerSettings,
+    *,
+    name: str,
+    source: str,
+) -> MeasuredRun:
     where = str(file)
     summary, successes = _mapping(doc, "load_summary", where), _mapping(doc, "successes", where)
     notes: list[str] = []
@@ -249,35 +299,53 @@ def _run(file: Path, doc: Any, load_type: str | None, config_stage: dict[str, An
         load_type = "constant"
     if df is None:
         df = _synthesised(where, successes)
-        notes.append(f"no per-request rows: {len(df)} requests at the stage's mean lengths "
-                     f"{df['prompt_tokens'].iloc[0]}/{df['output_tokens'].iloc[0]} prompt/output tokens")  # fmt: skip
+        notes.append(
+            f"no per-request rows: {len(df)} requests at the stage's mean lengths "
+            f"{df['prompt_tokens'].iloc[0]}/{df['output_tokens'].iloc[0]} prompt/output tokens"
+        )
     load = _load(where, load_type, summary, config_stage, df)
     if load.arrival == "recorded" and load.kind == "open":
-        df = df.assign(arrival_s=df["arrival_s"] - df["arrival_s"].min()).sort_values("arrival_s", kind="stable")
+        df = df.assign(arrival_s=df["arrival_s"] - df["arrival_s"].min()).sort_values(
+            "arrival_s", kind="stable"
+        )
     elif "arrival_s" in df:
         df = df.drop(columns="arrival_s")
-    return MeasuredRun(name=name, source=source, settings=settings, load=load, requests=df.reset_index(drop=True),
-                       reported=_reported(where, successes), notes=tuple(notes))  # fmt: skip
+    return MeasuredRun(
+        name=name,
+        source=source,
+        settings=settings,
+        load=load,
+        requests=df.reset_index(drop=True),
+        reported=_reported(where, successes),
+        notes=tuple(notes),
+    )
 
 
-def _load(where: str, load_type: str, summary: dict[str, Any], config_stage: dict[str, Any], df: pd.DataFrame
-          ) -> Load:  # fmt: skip
+def _load(
+    where: str, load_type: str, summary: dict[str, Any], config_stage: dict[str, Any], df: pd.DataFrame
+) -> Load:
     recorded = "arrival_s" in df
     if load_type == "concurrent":
         level = summary.get("concurrency", config_stage.get("concurrency_level"))
         if isinstance(level, bool) or not isinstance(level, int) or level < 1:
-            raise ConfigError(f"{where}: load_summary.concurrency: a concurrent stage needs its concurrency level "
-                              f"(got {level!r}; it is also read from config.yaml's load.stages)")  # fmt: skip
+            raise ConfigError(
+                f"{where}: load_summary.concurrency: a concurrent stage needs its concurrency level "
+                f"(got {level!r}; it is also read from config.yaml's load.stages)"
+            )
         return Load(kind="closed", concurrency=level, requests=len(df))
     if load_type.startswith("trace"):
         if not recorded:
-            raise ConfigError(f"{where}: load.type {load_type}: a trace replay is replayed at its send times, "
-                              f"which only {_PER_REQUEST} has")  # fmt: skip
+            raise ConfigError(
+                f"{where}: load.type {load_type}: a trace replay is replayed at its send times, "
+                f"which only {_PER_REQUEST} has"
+            )
         return Load(kind="open", arrival="recorded")
     rate = summary.get("requested_rate", config_stage.get("rate"))
     if rate is None:
-        raise ConfigError(f"{where}: load_summary.requested_rate: missing (a summary has no rate: read a "
-                          "stage_N_lifecycle_metrics.json, or keep the run's config.yaml beside it)")  # fmt: skip
+        raise ConfigError(
+            f"{where}: load_summary.requested_rate: missing (a summary has no rate: read a "
+            "stage_N_lifecycle_metrics.json, or keep the run's config.yaml beside it)"
+        )
     if number(rate, f"{where}: load_summary.requested_rate") == 0:
         raise ConfigError(f"{where}: load_summary.requested_rate: must be positive (got 0)")
     return Load(kind="open", rate=float(rate), arrival="recorded" if recorded else load_type)
@@ -294,19 +362,29 @@ def _synthesised(where: str, successes: dict[str, Any]) -> pd.DataFrame:
         if not isinstance(stats, dict):
             raise ConfigError(f"{where}: successes.{old}: missing (the stage's token lengths)")
         means.append(number(stats.get("mean"), f"{where}: successes.{key}.mean"))
-    return pd.DataFrame({"prompt_tokens": np.full(count, max(1, round(means[0]))),
-                         "output_tokens": np.full(count, max(1, round(means[1])))})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "prompt_tokens": np.full(count, max(1, round(means[0]))),
+            "output_tokens": np.full(count, max(1, round(means[1]))),
+        }
+    )
 
 
 def _reported(where: str, successes: dict[str, Any]) -> dict[str, float]:
-    """The stage's latency statistics (seconds) by METRICS name; a statistic it did not compute is left out."""
+    """The stage's latency statistics (seconds) by METRICS name; a statistic it did not compute is left
+    out."""
     latency = successes.get("latency") or {}
     out: dict[str, float] = {}
     for quantity, key in _LATENCIES.items():
         stats = latency.get(key) if isinstance(latency, dict) else None
         if not isinstance(stats, dict):
             continue
-        for stat, names in (("mean", ("mean",)), ("p50", ("median", "p50")), ("p90", ("p90",)), ("p99", ("p99",))):
+        for stat, names in (
+            ("mean", ("mean",)),
+            ("p50", ("median", "p50")),
+            ("p90", ("p90",)),
+            ("p99", ("p99",)),
+        ):
             name = next((n for n in names if stats.get(n) is not None), None)
             if name is not None:
                 out[f"{quantity}_{stat}"] = number(stats[name], f"{where}: successes.latency.{key}.{name}")

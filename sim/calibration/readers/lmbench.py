@@ -36,13 +36,17 @@ def read(path: Path, settings: ServerSettings) -> list[MeasuredRun]:
         raise ConfigError(f"{path}: cannot read LMBenchmark CSV: {exc}") from None
     missing = [c for c in COLUMNS if c not in raw]
     if missing:
-        raise ConfigError(f"{path}: column {missing[0]} is missing (LMBenchmark CSVs have {', '.join(COLUMNS)})")
+        raise ConfigError(
+            f"{path}: column {missing[0]} is missing (LMBenchmark CSVs have {', '.join(COLUMNS)})"
+        )
     for col in COLUMNS:
         values = pd.to_numeric(raw[col], errors="coerce")
         bad = ~np.isfinite(values) | (values < 0)
         if bad.any():
             line = int(bad.to_numpy().nonzero()[0][0]) + 2
-            raise ConfigError(f"{path}:{line}: {col}: {raw[col].iloc[line - 2]!r} is not a non-negative number")
+            raise ConfigError(
+                f"{path}:{line}: {col}: {raw[col].iloc[line - 2]!r} is not a non-negative number"
+            )
         raw[col] = values
     ok = (raw["generation_tokens"] >= 1) & (raw["prompt_tokens"] >= 1)
     dropped = int((~ok).sum())
@@ -50,14 +54,28 @@ def read(path: Path, settings: ServerSettings) -> list[MeasuredRun]:
     if raw.empty:
         raise ConfigError(f"{path}: no request produced a token")
     launch = raw["launch_time"].to_numpy(float)
-    df = pd.DataFrame({
-        "prompt_tokens": raw["prompt_tokens"].astype(int).to_numpy(),
-        "output_tokens": raw["generation_tokens"].astype(int).to_numpy(),
-        "arrival_s": launch - launch.min(),
-        "ttft_s": raw["ttft"].to_numpy(float),
-        "e2e_s": (raw["ttft"] + raw["generation_time"]).to_numpy(float),
-    }).sort_values("arrival_s", kind="stable").reset_index(drop=True)  # fmt: skip
+    df = (
+        pd.DataFrame(
+            {
+                "prompt_tokens": raw["prompt_tokens"].astype(int).to_numpy(),
+                "output_tokens": raw["generation_tokens"].astype(int).to_numpy(),
+                "arrival_s": launch - launch.min(),
+                "ttft_s": raw["ttft"].to_numpy(float),
+                "e2e_s": (raw["ttft"] + raw["generation_time"]).to_numpy(float),
+            }
+        )
+        .sort_values("arrival_s", kind="stable")
+        .reset_index(drop=True)
+    )
     notes = (f"{dropped} request(s) without generated tokens dropped",) if dropped else ()
     name = path.name.removesuffix(".gz").removesuffix(".csv")
-    return [MeasuredRun(name=name, source=f"lmbench:{path.name}", settings=settings,
-                        load=Load(kind="open", arrival="recorded"), requests=df, notes=notes)]  # fmt: skip
+    return [
+        MeasuredRun(
+            name=name,
+            source=f"lmbench:{path.name}",
+            settings=settings,
+            load=Load(kind="open", arrival="recorded"),
+            requests=df,
+            notes=notes,
+        )
+    ]

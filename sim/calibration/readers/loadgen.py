@@ -1,5 +1,5 @@
-"""``fleettwin live loadgen`` results (Parquet, ``live/loadgen.py`` COLUMNS): client-side TTFT and E2E per request at
-the replay's send times. Failed requests are dropped (and counted in a note)."""
+"""``fleettwin live loadgen`` results (Parquet, ``live/loadgen.py`` COLUMNS): client-side TTFT and E2E per
+request at the replay's send times. Failed requests are dropped (and counted in a note)."""
 
 from __future__ import annotations
 
@@ -39,9 +39,19 @@ def read(path: Path, settings: ServerSettings) -> list[MeasuredRun]:
     ok = raw["status"] == "completed"
     df = raw.loc[ok, ["arrival_s", "prompt_tokens", "output_tokens", "ttft_s", "e2e_s"]].copy()
     if "completion_tokens" in raw:  # what the server actually produced
-        df["output_tokens"] = raw.loc[ok, "completion_tokens"].fillna(raw.loc[ok, "output_tokens"]).astype(int)
+        df["output_tokens"] = (
+            raw.loc[ok, "completion_tokens"].fillna(raw.loc[ok, "output_tokens"]).astype(int)
+        )
     if df.empty:
         raise ConfigError(f"{path}: no successful request")
     notes = (f"{int((~ok).sum())} failed request(s) dropped",) if (~ok).any() else ()
-    return [MeasuredRun(name=path.stem, source=f"loadgen:{path.name}", settings=settings,
-                        load=Load(kind="open", arrival="recorded"), requests=df.reset_index(drop=True), notes=notes)]  # fmt: skip
+    return [
+        MeasuredRun(
+            name=path.stem,
+            source=f"loadgen:{path.name}",
+            settings=settings,
+            load=Load(kind="open", arrival="recorded"),
+            requests=df.reset_index(drop=True),
+            notes=notes,
+        )
+    ]

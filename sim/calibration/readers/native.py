@@ -1,7 +1,8 @@
-"""fleettwin's own run format: a YAML file listing runs (settings, load, reported aggregates, notes), each with
-either a per-request file beside it (``requests_file``: CSV, optionally gzipped, columns prompt_tokens,
+"""fleettwin's own run format: a YAML file listing runs (settings, load, reported aggregates, notes), each
+with either a per-request file beside it (``requests_file``: CSV, optionally gzipped, columns prompt_tokens,
 output_tokens and any of arrival_s, ttft_s, e2e_s) or the fixed lengths it used (``lengths``). The public runs
-shipped in ``models/data/runs`` are in this format; ``fleettwin data calibrate convert`` writes it from any reader.
+shipped in ``models/data/runs`` are in this format; ``fleettwin data calibrate convert`` writes it from any
+reader.
 
     source: aiconfigurator silicon_sample.csv (NVIDIA, Apache-2.0)
     runs:
@@ -83,21 +84,34 @@ def _run(path: Path, i: int, entry: RunEntry, source: str) -> MeasuredRun:
     where = f"{path}: runs[{i}]"
     unknown = (set(entry.reported) | set(entry.unfitted)) - set(METRICS)
     if unknown:
-        raise ConfigError(f"{where}: unknown metric(s) {', '.join(sorted(unknown))}; expected names "
-                          f"like {', '.join(METRICS[:4])}")  # fmt: skip
+        raise ConfigError(
+            f"{where}: unknown metric(s) {', '.join(sorted(unknown))}; expected names "
+            f"like {', '.join(METRICS[:4])}"
+        )
     if entry.requests_file:
         requests = read_request_file(path.parent / entry.requests_file, where=f"{where}.requests_file")
     elif entry.lengths:
         n = entry.lengths.count
-        requests = pd.DataFrame({"prompt_tokens": [entry.lengths.prompt_tokens] * n,
-                                 "output_tokens": [entry.lengths.output_tokens] * n})  # fmt: skip
+        requests = pd.DataFrame(
+            {
+                "prompt_tokens": [entry.lengths.prompt_tokens] * n,
+                "output_tokens": [entry.lengths.output_tokens] * n,
+            }
+        )
     else:
         raise ConfigError(f"{where}: needs requests_file or lengths")
     if entry.load.kind == "open" and entry.load.arrival == "recorded" and "arrival_s" not in requests:
         raise ConfigError(f"{where}.load: arrival 'recorded' needs an arrival_s column in the requests file")
-    return MeasuredRun(name=entry.name, source=source, settings=entry.settings, load=entry.load,
-                       requests=requests, reported=dict(entry.reported), notes=tuple(entry.notes),
-                       unfitted=tuple(entry.unfitted))  # fmt: skip
+    return MeasuredRun(
+        name=entry.name,
+        source=source,
+        settings=entry.settings,
+        load=entry.load,
+        requests=requests,
+        reported=dict(entry.reported),
+        notes=tuple(entry.notes),
+        unfitted=tuple(entry.unfitted),
+    )
 
 
 def read_request_file(path: Path, *, where: str) -> pd.DataFrame:
@@ -126,20 +140,30 @@ def write(path: Path, runs: list[MeasuredRun], *, source: str, per_request: bool
     entries: list[dict[str, Any]] = []
     path.parent.mkdir(parents=True, exist_ok=True)
     for run in runs:
-        entry: dict[str, Any] = {"name": run.name, "settings": run.settings.model_dump(exclude_defaults=True),
-                                 "load": run.load.model_dump(exclude_defaults=True)}  # fmt: skip
+        entry: dict[str, Any] = {
+            "name": run.name,
+            "settings": run.settings.model_dump(exclude_defaults=True),
+            "load": run.load.model_dump(exclude_defaults=True),
+        }
         req = run.requests
         fixed = req["prompt_tokens"].nunique() == 1 and req["output_tokens"].nunique() == 1
         if per_request and not (fixed and set(req.columns) == {"prompt_tokens", "output_tokens"}):
             rel = f"{path.stem}/{run.name}.csv.gz"
             (path.parent / path.stem).mkdir(exist_ok=True)
             cols = [c for c in REQUEST_COLUMNS if c in req]
-            req[cols].to_csv(path.parent / rel, index=False, float_format="%.6f",
-                             compression={"method": "gzip", "mtime": 0})  # same bytes for the same runs
+            req[cols].to_csv(
+                path.parent / rel,
+                index=False,
+                float_format="%.6f",
+                compression={"method": "gzip", "mtime": 0},
+            )  # same bytes for the same runs
             entry["requests_file"] = rel
         else:
-            entry["lengths"] = {"prompt_tokens": int(req["prompt_tokens"].iloc[0]),
-                                "output_tokens": int(req["output_tokens"].iloc[0]), "count": len(req)}  # fmt: skip
+            entry["lengths"] = {
+                "prompt_tokens": int(req["prompt_tokens"].iloc[0]),
+                "output_tokens": int(req["output_tokens"].iloc[0]),
+                "count": len(req),
+            }
         if run.reported:
             entry["reported"] = {k: round(v, 6) for k, v in run.reported.items()}
         if run.notes:

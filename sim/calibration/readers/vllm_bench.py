@@ -1,5 +1,5 @@
-"""``vllm bench serve`` / ``benchmarks/benchmark_serving.py`` result JSON (``--save-result``), one run per file
-(or one per line of a file written with ``--append-result``).
+"""``vllm bench serve`` / ``benchmarks/benchmark_serving.py`` result JSON (``--save-result``), one run per
+file (or one per line of a file written with ``--append-result``).
 
 What the tool records and how it maps:
 
@@ -48,8 +48,13 @@ def sniff(path: Path) -> bool:
     if not path.is_file():
         return False
     head = read_head(path)
-    return (head.lstrip().startswith("{") and '"request_rate"' in head and '"backend"' in head
-            and ('"num_prompts"' in head or '"completed"' in head) and '"benchmarks"' not in head)  # fmt: skip
+    return (
+        head.lstrip().startswith("{")
+        and '"request_rate"' in head
+        and '"backend"' in head
+        and ('"num_prompts"' in head or '"completed"' in head)
+        and '"benchmarks"' not in head
+    )
 
 
 def read(path: Path, settings: ServerSettings) -> list[MeasuredRun]:
@@ -70,7 +75,11 @@ def _documents(path: Path) -> list[tuple[str, dict[str, Any]]]:
     except json.JSONDecodeError as exc:
         if exc.msg != "Extra data":
             raise ConfigError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
-        docs = [(f"{path}:{n}", _line(path, n, line)) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        docs = [
+            (f"{path}:{n}", _line(path, n, line))
+            for n, line in enumerate(text.splitlines(), 1)
+            if line.strip()
+        ]
     for src, doc in docs:
         if not isinstance(doc, dict):
             raise ConfigError(f"{src}: expected a JSON object (a vLLM benchmark result)")
@@ -90,16 +99,25 @@ def _run(src: str, name: str, doc: dict[str, Any], settings: ServerSettings, sou
     if df is None:
         df = _synthesised(src, doc)
         p, o = df["prompt_tokens"].iloc[0], df["output_tokens"].iloc[0]
-        notes.append(f"no per-request data (saved without --save-detailed): {len(df)} requests at the mean "
-                     f"lengths {p}/{o} prompt/output tokens")  # fmt: skip
+        notes.append(
+            f"no per-request data (saved without --save-detailed): {len(df)} requests at the mean "
+            f"lengths {p}/{o} prompt/output tokens"
+        )
     load = _load(src, doc, df, notes)
     if load.kind == "open" and load.arrival == "recorded":
         df["arrival_s"] = df["arrival_s"] - df["arrival_s"].min()
         df = df.sort_values("arrival_s", kind="stable")
     elif "arrival_s" in df:
         df = df.drop(columns="arrival_s")
-    return MeasuredRun(name=name, source=source, settings=settings, load=load, requests=df.reset_index(drop=True),
-                       reported=_reported(src, doc), notes=tuple(notes))  # fmt: skip
+    return MeasuredRun(
+        name=name,
+        source=source,
+        settings=settings,
+        load=load,
+        requests=df.reset_index(drop=True),
+        reported=_reported(src, doc),
+        notes=tuple(notes),
+    )
 
 
 def _array(src: str, doc: dict[str, Any], key: str, n: int) -> list[Any] | None:
@@ -120,8 +138,10 @@ def _requests(src: str, doc: dict[str, Any], notes: list[str]) -> pd.DataFrame |
         if not isinstance(doc.get(key), list):
             raise ConfigError(f"{src}: {key}: missing (per-request data needs input_lens, ttfts and itls)")
     n = len(doc["input_lens"])
-    cols = {k: _array(src, doc, k, n) for k in ("ttfts", "itls", "output_lens", "errors", "latencies",
-                                                "start_times", "queue_times")}  # fmt: skip
+    cols = {
+        k: _array(src, doc, k, n)
+        for k in ("ttfts", "itls", "output_lens", "errors", "latencies", "start_times", "queue_times")
+    }
     rows, failed = [], 0
     for i in range(n):
         row = _request(src, doc["input_lens"], cols, i)
@@ -136,7 +156,9 @@ def _requests(src: str, doc: dict[str, Any], notes: list[str]) -> pd.DataFrame |
     return pd.DataFrame(rows)
 
 
-def _request(src: str, input_lens: list[Any], cols: dict[str, list[Any] | None], i: int) -> dict[str, float] | None:
+def _request(
+    src: str, input_lens: list[Any], cols: dict[str, list[Any] | None], i: int
+) -> dict[str, float] | None:
     """One successful request's row, or None for a failed one."""
     if cols["errors"] is not None and cols["errors"][i]:
         return None
@@ -148,9 +170,11 @@ def _request(src: str, input_lens: list[Any], cols: dict[str, list[Any] | None],
         return None
     gaps = [number(v, f"{src}: itls[{i}][{j}]") for j, v in enumerate(itls)]
     out = cols["output_lens"][i] if cols["output_lens"] is not None else 0
-    row = {"prompt_tokens": int(number(input_lens[i], f"{src}: input_lens[{i}]")),
-           "output_tokens": int(number(out, f"{src}: output_lens[{i}]")) or len(gaps) + 1,
-           "ttft_s": ttft}  # fmt: skip
+    row = {
+        "prompt_tokens": int(number(input_lens[i], f"{src}: input_lens[{i}]")),
+        "output_tokens": int(number(out, f"{src}: output_lens[{i}]")) or len(gaps) + 1,
+        "ttft_s": ttft,
+    }
     lat = cols["latencies"][i] if cols["latencies"] is not None else None
     row["e2e_s"] = number(lat, f"{src}: latencies[{i}]") if lat else ttft + sum(gaps)
     if cols["start_times"] is not None:
@@ -170,8 +194,12 @@ def _synthesised(src: str, doc: dict[str, Any]) -> pd.DataFrame:
     n = int(completed)
     prompt = number(doc.get("total_input_tokens"), f"{src}: total_input_tokens") / n
     output = number(doc.get("total_output_tokens"), f"{src}: total_output_tokens") / n
-    return pd.DataFrame({"prompt_tokens": np.full(n, max(1, round(prompt))),
-                         "output_tokens": np.full(n, max(1, round(output)))})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "prompt_tokens": np.full(n, max(1, round(prompt))),
+            "output_tokens": np.full(n, max(1, round(output))),
+        }
+    )
 
 
 def _rate(src: str, doc: dict[str, Any]) -> float | None:
@@ -204,16 +232,20 @@ def _load(src: str, doc: dict[str, Any], df: pd.DataFrame, notes: list[str]) -> 
     recorded = "arrival_s" in df
     if doc.get("ramp_up_strategy"):
         if not recorded:
-            raise ConfigError(f"{src}: ramp_up_strategy: a ramp-up run is replayed at its send times, but the "
-                              "file has no start_times (save with --save-detailed, recent vLLM)")  # fmt: skip
+            raise ConfigError(
+                f"{src}: ramp_up_strategy: a ramp-up run is replayed at its send times, but the "
+                "file has no start_times (save with --save-detailed, recent vLLM)"
+            )
         notes.append(f"ramp-up ({doc['ramp_up_strategy']}): replayed at the recorded send times")
         return Load(kind="open", arrival="recorded")
     if cap is not None:
         bound = True if rate is None else _cap_bound(doc, cap)
         if bound is not False:
             if rate is not None:
-                notes.append(f"rate {rate}/s capped at {cap} in flight: replayed as a closed loop at the cap"
-                             + ("" if bound else " (the file does not say whether the cap bound)"))  # fmt: skip
+                notes.append(
+                    f"rate {rate}/s capped at {cap} in flight: replayed as a closed loop at the cap"
+                    + ("" if bound else " (the file does not say whether the cap bound)")
+                )
             return Load(kind="closed", concurrency=cap, requests=len(df))
         notes.append(f"max_concurrency {cap} never held requests back: replayed as an open loop at the rate")
     if rate is None:
