@@ -11,8 +11,6 @@ import json
 import math
 import os
 import re
-import subprocess
-import sys
 import time
 
 import httpx
@@ -23,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleettwin.cli import main
+from fleettwin.live import launch
 from fleettwin.live.gateway.app import create_gateway_app
 from fleettwin.live.gateway.audit import read_audit
 from fleettwin.live.gateway.auth import JwtError, b64url_decode, b64url_encode, decode_hs256, encode_hs256
@@ -706,34 +705,14 @@ def test_fleettwin_gateway_command_serves(tmp_path):
             )
         )
         env = {**os.environ, "FT_TEST_BACKEND_TOKEN": BACKEND_TOKEN}
-        cmd = [
-            sys.executable,
-            "-m",
-            "fleettwin.cli",
-            "gateway",
-            "--config",
-            str(tmp_path / "g.yaml"),
-            "--port",
-            "0",
-        ]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        try:
-            line = proc.stdout.readline()
-            found = re.search(r"at (http://\S+?)[;,]", line)
-            assert found, (
-                f"no URL in {line!r}; stderr: {proc.stderr.read() if proc.poll() is not None else ''}"
-            )
-            url = found.group(1)
+        with launch.running(launch.gateway_command(tmp_path / "g.yaml"), env) as gw:
             r = httpx.post(
-                f"{url}/v1/completions",
+                f"{gw.url}/v1/completions",
                 headers={"Authorization": f"Bearer {'k' * 20}"},
                 json={"model": "emu", "prompt": "hi", "max_tokens": 2},
                 timeout=10,
             )
             assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
-        finally:
-            proc.terminate()
-            proc.wait(10)
     assert (tmp_path / "gateway-audit.jsonl").exists()
 
 
