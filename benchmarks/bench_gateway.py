@@ -140,23 +140,30 @@ def bench_checks(emulator_url: str, audit: Path, n: int) -> dict:
     }
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--requests", type=int, default=1200, help="per path (default %(default)s)")
+def add_load_options(p: argparse.ArgumentParser, requests: int, step_ms: float, blocks: str) -> None:
+    """The closed-loop client's and the emulator's options (bench_tracing.py has them too)."""
+    p.add_argument("--requests", type=int, default=requests, help="per path (default %(default)s)")
     p.add_argument("--concurrency", type=int, default=16, help="requests in flight (default %(default)s)")
     p.add_argument(
         "--max-tokens", type=int, default=16, help="output tokens per request (default %(default)s)"
     )
-    p.add_argument("--step-ms", type=float, default=5.0, help="emulator step time (default %(default)s)")
-    p.add_argument(
-        "--blocks", type=int, default=6, help="alternations between the paths (default %(default)s)"
-    )
+    p.add_argument("--step-ms", type=float, default=step_ms, help="emulator step time (default %(default)s)")
+    p.add_argument("--blocks", type=int, default=6, help=f"{blocks} (default %(default)s)")
+
+
+def emulator(args: argparse.Namespace) -> list[str]:
+    """The emulator both benchmarks measure: ``--step-ms`` per step, room for every request in flight."""
+    return emulator_command(args.step_ms / 1e3, "--max-num-seqs", "256", model=MODEL)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_load_options(p, requests=1200, step_ms=5.0, blocks="alternations between the paths")
     p.add_argument("--no-stream", dest="stream", action="store_false", help="non-streaming requests")
     p.add_argument("--out", type=Path, help="write the results as JSON")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        emulator = emulator_command(args.step_ms / 1e3, "--max-num-seqs", "256", model=MODEL)
-        with running(emulator) as emu:
+        with running(emulator(args)) as emu:
             cfg = Path(tmp) / "gateway.yaml"
             cfg.write_text(json.dumps(policy(emu.url, Path(tmp) / "audit.jsonl")))
             with running(gateway_command(cfg)) as gw:

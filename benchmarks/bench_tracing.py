@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gateway import KEY, MODEL, closed_loop, cpu_s, policy  # noqa: E402
+from bench_gateway import KEY, add_load_options, closed_loop, cpu_s, emulator, policy  # noqa: E402
 
 from fleettwin.io import write_json  # noqa: E402
 from fleettwin.live.client import VllmClient  # noqa: E402
-from fleettwin.live.launch import emulator_command, gateway_command, running  # noqa: E402
+from fleettwin.live.launch import gateway_command, running  # noqa: E402
 from fleettwin.live.tracing import setup_tracing  # noqa: E402
 
 PATHS = ("emulator_off", "emulator_on", "gateway_off", "gateway_on")
@@ -46,8 +46,7 @@ def launch(args, tmp: Path, traced: bool, procs: contextlib.ExitStack) -> tuple[
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETTWIN_TRACING")}
     if traced:
         env |= {"FLEETTWIN_TRACING": args.exporter, "FLEETTWIN_TRACING_FILE": os.devnull}
-    emulator = emulator_command(args.step_ms / 1e3, "--max-num-seqs", "256", model=MODEL)
-    emu = procs.enter_context(running(emulator, env))
+    emu = procs.enter_context(running(emulator(args), env))
     name = "on" if traced else "off"
     cfg = tmp / f"gateway-{name}.yaml"
     cfg.write_text(json.dumps(policy(emu.url, tmp / f"audit-{name}.jsonl")))
@@ -123,15 +122,7 @@ def span_cost(exporter: str, n: int = 10_000) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--requests", type=int, default=800, help="per path (default %(default)s)")
-    p.add_argument("--concurrency", type=int, default=16, help="requests in flight (default %(default)s)")
-    p.add_argument(
-        "--max-tokens", type=int, default=16, help="output tokens per request (default %(default)s)"
-    )
-    p.add_argument("--step-ms", type=float, default=2.0, help="emulator step time (default %(default)s)")
-    p.add_argument(
-        "--blocks", type=int, default=6, help="rotations over the four paths (default %(default)s)"
-    )
+    add_load_options(p, requests=800, step_ms=2.0, blocks="rotations over the four paths")
     p.add_argument(
         "--exporter",
         choices=["console", "memory"],
