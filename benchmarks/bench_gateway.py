@@ -156,6 +156,13 @@ def emulator(args: argparse.Namespace) -> list[str]:
     return emulator_command(args.step_ms / 1e3, "--max-num-seqs", "256", model=MODEL)
 
 
+def write_results(args: argparse.Namespace, **results) -> None:
+    """With ``--out``: the arguments, the machine's load average and ``results`` as one JSON file."""
+    if args.out:
+        record = {"args": vars(args) | {"out": str(args.out)}, "load_average": os.getloadavg()}
+        write_json(args.out, record | results)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_load_options(p, requests=1200, step_ms=5.0, blocks="alternations between the paths")
@@ -204,16 +211,7 @@ def main() -> None:
         f"policy pipeline alone (in-process, {checks['checks']} checks): p50 {checks['p50_us']:.0f} us, "
         f"p99 {checks['p99_us']:.0f} us; detector hits per request: {', '.join(checks['hits'])}"
     )
-    if args.out:
-        write_json(
-            args.out,
-            {
-                "args": vars(args) | {"out": str(args.out)},
-                "load_average": os.getloadavg(),
-                "paths": rows,
-                "checks": checks,
-            },
-        )
+    write_results(args, paths=rows, checks=checks)
 
 
 if __name__ == "__main__":

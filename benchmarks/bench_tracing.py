@@ -30,9 +30,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gateway import KEY, add_load_options, closed_loop, cpu_s, emulator, policy  # noqa: E402
+from bench_gateway import (  # noqa: E402
+    KEY,
+    add_load_options,
+    closed_loop,
+    cpu_s,
+    emulator,
+    policy,
+    write_results,
+)
 
-from fleettwin.io import write_json  # noqa: E402
 from fleettwin.live.client import VllmClient  # noqa: E402
 from fleettwin.live.launch import gateway_command, running  # noqa: E402
 from fleettwin.live.tracing import setup_tracing  # noqa: E402
@@ -174,17 +181,7 @@ def main() -> None:
         f"one span in-process ({args.exporter} exporter, {how}): {cost['us_per_span']:.1f} us CPU to make, "
         f"{cost['us_per_span_exported']:.1f} us made and exported"
     )
-    if args.out:
-        write_json(
-            args.out,
-            {
-                "args": vars(args) | {"out": str(args.out)},
-                "load_average": os.getloadavg(),
-                "paths": rows,
-                "ratios": ratios,
-                "span_cost": cost,
-            },
-        )
+    write_results(args, paths=rows, ratios=ratios, span_cost=cost)
 
 
 if __name__ == "__main__":
