@@ -11,6 +11,7 @@ import math
 import os
 import re
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -21,7 +22,7 @@ from fleettwin.cli import main
 from fleettwin.live import launch
 from fleettwin.live.gateway.app import create_gateway_app
 from fleettwin.live.gateway.audit import read_audit
-from fleettwin.live.gateway.config import Quotas, hash_key, load_gateway, parse_gateway
+from fleettwin.live.gateway.config import GatewayConfig, Quotas, hash_key, load_gateway, parse_gateway
 from fleettwin.live.gateway.quota import TenantLimiter, Ticket, TokenBucket
 from fleettwin.live.promtext import parse
 from fleettwin.live.server import serve_in_thread
@@ -204,38 +205,29 @@ def test_limiter_is_all_or_nothing_and_settles_unused_tokens():
 # -- backends ------------------------------------------------------------------------------------------------
 
 
-def test_unreachable_backend_is_502_and_a_backend_refusal_is_passed_on(tmp_path):
-    cfg = parse_gateway(
-        {
-            "tenants": {"t": {"api_keys": [hash_key("k" * 20)], "models": ["m"]}},
-            "backends": {"m": {"urls": ["http://127.0.0.1:9"]}},
-            "audit_log": str(tmp_path / "a.jsonl"),
-        }
+def one_model_gateway(backend: dict, audit: Path) -> GatewayConfig:
+    """``base_policy``'s tenant and model ``m`` served by ``backend``."""
+    return parse_gateway({**base_policy(), "backends": {"m": backend}, "audit_log": str(audit)})
+
+
+def ask_for_m(url: str) -> httpx.Response:
+    return httpx.post(
+        f"{url}/v1/completions",
+        headers={"Authorization": f"Bearer {'k' * 20}"},
+        json={"model": "m", "prompt": "hi", "max_tokens": 1},
     )
+
+
+def test_unreachable_backend_is_502_and_a_backend_refusal_is_passed_on(tmp_path):
+    cfg = one_model_gateway({"urls": ["http://127.0.0.1:9"]}, tmp_path / "a.jsonl")
     with serve_in_thread(create_gateway_app(cfg)) as g:
-        r = httpx.post(
-            f"{g.url}/v1/completions",
-            headers={"Authorization": f"Bearer {'k' * 20}"},
-            json={"model": "m", "prompt": "hi", "max_tokens": 1},
-        )
-        err = error(r, 502)
+        err = error(ask_for_m(g.url), 502)
         assert err["type"] == "BadGatewayError" and "`m`" in err["message"]
         assert parse(httpx.get(f"{g.url}/metrics").text)["fleettwin_gateway_in_flight"].samples[0].value == 0
     with serve_in_thread(emulator_spec()) as emu:  # the backend wants a token the gateway does not have
-        cfg = parse_gateway(
-            {
-                "tenants": {"t": {"api_keys": [hash_key("k" * 20)], "models": ["m"]}},
-                "backends": {"m": {"urls": [emu.url], "served_model": "emu"}},
-                "audit_log": str(tmp_path / "a.jsonl"),
-            }
-        )
+        cfg = one_model_gateway({"urls": [emu.url], "served_model": "emu"}, tmp_path / "a.jsonl")
         with serve_in_thread(create_gateway_app(cfg)) as g:
-            r = httpx.post(
-                f"{g.url}/v1/completions",
-                headers={"Authorization": f"Bearer {'k' * 20}"},
-                json={"model": "m", "prompt": "hi", "max_tokens": 1},
-            )
-            err = error(r, 502)  # not 401: the caller's credentials were fine
+            err = error(ask_for_m(g.url), 502)  # not 401: the caller's credentials were fine
             assert "refused the gateway's credentials (HTTP 401)" in err["message"]
     rec = read_audit(tmp_path / "a.jsonl")[-1]
     assert rec["decision"] == "allow" and rec["outcome"] == "backend_error" and rec["status"] == 502
