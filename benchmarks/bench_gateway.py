@@ -18,9 +18,6 @@ import asyncio
 import json
 import os
 import platform
-import re
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +28,7 @@ from fleettwin.io import write_json
 from fleettwin.live.client import VllmClient
 from fleettwin.live.gateway.config import hash_key, parse_gateway
 from fleettwin.live.gateway.pipeline import CHAT, Gatekeeper
+from fleettwin.live.launch import emulator_command, gateway_command, running
 
 KEY = "bench-key-0123456789abcdef"
 MODEL = "llama-3-8b"
@@ -41,16 +39,6 @@ PROMPT = (
     "report; she pasted her card 4111 1111 1111 1111 by mistake. Steps tried: clearing the cache, another "
     "browser, a different network. Priority: high."
 )
-
-
-def start(cmd: list[str], pattern: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    line = proc.stdout.readline()
-    found = re.search(pattern, line)
-    if not found:
-        proc.kill()
-        raise RuntimeError(f"{cmd[2:4]} did not start: {line!r} {proc.stderr.read()[-500:]}")
-    return proc, found.group(1)
 
 
 def policy(emulator_url: str, audit: Path) -> dict:
@@ -152,61 +140,44 @@ def bench_checks(emulator_url: str, audit: Path, n: int) -> dict:
     }
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--requests", type=int, default=1200, help="per path (default %(default)s)")
+def add_load_options(p: argparse.ArgumentParser, requests: int, step_ms: float, blocks: str) -> None:
+    """The closed-loop client's and the emulator's options (bench_tracing.py has them too)."""
+    p.add_argument("--requests", type=int, default=requests, help="per path (default %(default)s)")
     p.add_argument("--concurrency", type=int, default=16, help="requests in flight (default %(default)s)")
     p.add_argument(
         "--max-tokens", type=int, default=16, help="output tokens per request (default %(default)s)"
     )
-    p.add_argument("--step-ms", type=float, default=5.0, help="emulator step time (default %(default)s)")
-    p.add_argument(
-        "--blocks", type=int, default=6, help="alternations between the paths (default %(default)s)"
-    )
+    p.add_argument("--step-ms", type=float, default=step_ms, help="emulator step time (default %(default)s)")
+    p.add_argument("--blocks", type=int, default=6, help=f"{blocks} (default %(default)s)")
+
+
+def emulator(args: argparse.Namespace) -> list[str]:
+    """The emulator both benchmarks measure: ``--step-ms`` per step, room for every request in flight."""
+    return emulator_command(args.step_ms / 1e3, "--max-num-seqs", "256", model=MODEL)
+
+
+def write_results(args: argparse.Namespace, **results) -> None:
+    """With ``--out``: the arguments, the machine's load average and ``results`` as one JSON file."""
+    if args.out:
+        record = {"args": vars(args) | {"out": str(args.out)}, "load_average": os.getloadavg()}
+        write_json(args.out, record | results)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_load_options(p, requests=1200, step_ms=5.0, blocks="alternations between the paths")
     p.add_argument("--no-stream", dest="stream", action="store_false", help="non-streaming requests")
     p.add_argument("--out", type=Path, help="write the results as JSON")
     args = p.parse_args()
-    exe = [sys.executable, "-m", "fleettwin.cli"]
     with tempfile.TemporaryDirectory() as tmp:
-        emu, emu_url = start(
-            [
-                *exe,
-                "emulate",
-                "--model",
-                MODEL,
-                "--gpu",
-                "h100-80g",
-                "--port",
-                "0",
-                "--perf-model",
-                "constant",
-                "--perf-param",
-                f"step_s={args.step_ms / 1e3}",
-                "--max-num-seqs",
-                "256",
-            ],
-            r"at (http://\S+)",
-        )
-        try:
+        with running(emulator(args)) as emu:
             cfg = Path(tmp) / "gateway.yaml"
-            cfg.write_text(json.dumps(policy(emu_url, Path(tmp) / "audit.jsonl")))
-            gw, gw_url = start(
-                [*exe, "gateway", "--config", str(cfg), "--port", "0"],
-                r"at (http://\S+?);",
-                env={**os.environ},
-            )
-            try:
-                stats = asyncio.run(
-                    alternate(emu_url, gw_url, {"emulator": emu.pid, "gateway": gw.pid}, args)
-                )
+            cfg.write_text(json.dumps(policy(emu.url, Path(tmp) / "audit.jsonl")))
+            with running(gateway_command(cfg)) as gw:
+                pids = {"emulator": emu.proc.pid, "gateway": gw.proc.pid}
+                stats = asyncio.run(alternate(emu.url, gw.url, pids, args))
                 audit = [json.loads(line) for line in open(Path(tmp) / "audit.jsonl")]
-            finally:
-                gw.terminate()
-                gw.wait(10)
-        finally:
-            emu.terminate()
-            emu.wait(10)
-        checks = bench_checks(emu_url, Path(tmp) / "audit-inproc.jsonl", 5000)
+        checks = bench_checks(emu.url, Path(tmp) / "audit-inproc.jsonl", 5000)
     rows = {name: summary(s["results"], s["wall_s"], s["cpu_s"]) for name, s in stats.items()}
     # the gateway's own view: arrival at the gateway to the end of the response (excludes the client's hop)
     inside = [
@@ -240,16 +211,7 @@ def main() -> None:
         f"policy pipeline alone (in-process, {checks['checks']} checks): p50 {checks['p50_us']:.0f} us, "
         f"p99 {checks['p99_us']:.0f} us; detector hits per request: {', '.join(checks['hits'])}"
     )
-    if args.out:
-        write_json(
-            args.out,
-            {
-                "args": vars(args) | {"out": str(args.out)},
-                "load_average": os.getloadavg(),
-                "paths": rows,
-                "checks": checks,
-            },
-        )
+    write_results(args, paths=rows, checks=checks)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,10 @@ script measures an older checkout too (put its package first on ``PYTHONPATH``).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,21 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+
+
+def _load_launch():
+    """``live/launch.py`` of this checkout, loaded by path: the ``fleettwin`` package on ``PYTHONPATH`` may be
+    an older checkout's (see above), which has no ``fleettwin.live.launch``."""
+    spec = importlib.util.spec_from_file_location(
+        "_launch", Path(__file__).resolve().parents[1] / "live/launch.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # the dataclass in it looks its module up
+    spec.loader.exec_module(module)
+    return module
+
+
+launch = _load_launch()
 
 KEYS = {"big": "bench-big-0123456789", "small": "bench-small-0123456789"}
 SENDER = r"""
@@ -45,16 +61,6 @@ with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}", "cont
             out.append([status, round(time.monotonic() - t0, 3)])
 print(json.dumps(out))
 """
-
-
-def start(cmd: list[str], pattern: str, env: dict) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    line = proc.stdout.readline()
-    found = re.search(pattern, line)
-    if not found:
-        proc.kill()
-        raise RuntimeError(f"{cmd[3:5]} did not start: {line!r} {proc.stderr.read()[-500:]}")
-    return proc, found.group(1)
 
 
 def bystander(url: str, seconds: float) -> list[float]:
@@ -88,56 +94,31 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=8.0, help="length of each phase (default %(default)s)")
     p.add_argument("--out", type=Path, help="write the results as JSON")
     args = p.parse_args()
-    exe = [sys.executable, "-m", "fleettwin.cli"]
     env = dict(os.environ)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as procs:
         from fleettwin.live.gateway.config import hash_key  # noqa: PLC0415 - after PYTHONPATH is in effect
 
-        emu, emu_url = start(
-            [
-                *exe,
-                "emulate",
-                "--model",
-                "llama-3-8b",
-                "--gpu",
-                "h100-80g",
-                "--port",
-                "0",
-                "--perf-model",
-                "constant",
-                "--perf-param",
-                "step_s=0.001",
-            ],
-            r"at (http://\S+)",
-            env,
-        )
+        emu = procs.enter_context(launch.running(launch.emulator_command(0.001), env))
         policy = {
             "tenants": {t: {"api_keys": [hash_key(k)], "models": ["llama-3-8b"]} for t, k in KEYS.items()},
-            "backends": {"llama-3-8b": {"urls": [emu_url]}},
+            "backends": {"llama-3-8b": {"urls": [emu.url]}},
             "audit_log": f"{tmp}/audit.jsonl",
         }
         Path(tmp, "g.yaml").write_text(json.dumps(policy))
-        gw, gw_url = start(
-            [*exe, "gateway", "--config", f"{tmp}/g.yaml", "--port", "0"], r"at (http://\S+?)[;,]", env
+        gw_url = procs.enter_context(launch.running(launch.gateway_command(f"{tmp}/g.yaml"), env)).url
+        quiet = summary(bystander(gw_url, args.seconds))
+        sender = subprocess.Popen(
+            [sys.executable, "-c", SENDER, gw_url, KEYS["big"], str(args.seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
         )
-        try:
-            quiet = summary(bystander(gw_url, args.seconds))
-            sender = subprocess.Popen(
-                [sys.executable, "-c", SENDER, gw_url, KEYS["big"], str(args.seconds)],
-                stdout=subprocess.PIPE,
-                text=True,
-                env=env,
-            )
-            time.sleep(1.0)  # the sender builds its body
-            got: dict = {}
-            t = threading.Thread(target=lambda: got.update(lat=bystander(gw_url, args.seconds)))
-            t.start()
-            out, _ = sender.communicate(timeout=args.seconds * 10 + 120)
-            t.join()
-        finally:
-            for proc in (gw, emu):
-                proc.terminate()
-                proc.wait(10)
+        time.sleep(1.0)  # the sender builds its body
+        got: dict = {}
+        t = threading.Thread(target=lambda: got.update(lat=bystander(gw_url, args.seconds)))
+        t.start()
+        out, _ = sender.communicate(timeout=args.seconds * 10 + 120)
+        t.join()
     result = {"quiet": quiet, "50MB": summary(got["lat"]), "sender": json.loads(out)}
     print(json.dumps(result, indent=1))
     if args.out:

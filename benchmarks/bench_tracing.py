@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -29,49 +30,35 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gateway import KEY, MODEL, closed_loop, cpu_s, policy, start  # noqa: E402
+from bench_gateway import (  # noqa: E402
+    KEY,
+    add_load_options,
+    closed_loop,
+    cpu_s,
+    emulator,
+    policy,
+    write_results,
+)
 
-from fleettwin.io import write_json  # noqa: E402
 from fleettwin.live.client import VllmClient  # noqa: E402
+from fleettwin.live.launch import gateway_command, running  # noqa: E402
 from fleettwin.live.tracing import setup_tracing  # noqa: E402
 
 PATHS = ("emulator_off", "emulator_on", "gateway_off", "gateway_on")
 
 
-def launch(args, tmp: Path, traced: bool) -> tuple[dict, dict[str, int], str, str]:
-    """One emulator and one gateway in front of it; tracing on or off through their environment."""
+def launch(args, tmp: Path, traced: bool, procs: contextlib.ExitStack) -> tuple[dict[str, int], str, str]:
+    """One emulator and one gateway in front of it, stopped when ``procs`` closes; tracing on or off through
+    their environment."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETTWIN_TRACING")}
     if traced:
         env |= {"FLEETTWIN_TRACING": args.exporter, "FLEETTWIN_TRACING_FILE": os.devnull}
-    exe = [sys.executable, "-m", "fleettwin.cli"]
-    procs = {}
-    procs["emu"], emu_url = start(
-        [
-            *exe,
-            "emulate",
-            "--model",
-            MODEL,
-            "--gpu",
-            "h100-80g",
-            "--port",
-            "0",
-            "--perf-model",
-            "constant",
-            "--perf-param",
-            f"step_s={args.step_ms / 1e3}",
-            "--max-num-seqs",
-            "256",
-        ],
-        r"at (http://\S+)",
-        env=env,
-    )
+    emu = procs.enter_context(running(emulator(args), env))
     name = "on" if traced else "off"
     cfg = tmp / f"gateway-{name}.yaml"
-    cfg.write_text(json.dumps(policy(emu_url, tmp / f"audit-{name}.jsonl")))
-    procs["gw"], gw_url = start(
-        [*exe, "gateway", "--config", str(cfg), "--port", "0"], r"at (http://\S+?);", env=env
-    )
-    return procs, {"emulator": procs["emu"].pid, "gateway": procs["gw"].pid}, emu_url, gw_url
+    cfg.write_text(json.dumps(policy(emu.url, tmp / f"audit-{name}.jsonl")))
+    gw = procs.enter_context(running(gateway_command(cfg), env))
+    return {"emulator": emu.proc.pid, "gateway": gw.proc.pid}, emu.url, gw.url
 
 
 async def rotate(urls: dict[str, str], pids: dict[str, dict[str, int]], args) -> dict[str, dict]:
@@ -142,15 +129,7 @@ def span_cost(exporter: str, n: int = 10_000) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--requests", type=int, default=800, help="per path (default %(default)s)")
-    p.add_argument("--concurrency", type=int, default=16, help="requests in flight (default %(default)s)")
-    p.add_argument(
-        "--max-tokens", type=int, default=16, help="output tokens per request (default %(default)s)"
-    )
-    p.add_argument("--step-ms", type=float, default=2.0, help="emulator step time (default %(default)s)")
-    p.add_argument(
-        "--blocks", type=int, default=6, help="rotations over the four paths (default %(default)s)"
-    )
+    add_load_options(p, requests=800, step_ms=2.0, blocks="rotations over the four paths")
     p.add_argument(
         "--exporter",
         choices=["console", "memory"],
@@ -159,23 +138,11 @@ def main() -> None:
     )
     p.add_argument("--out", type=Path, help="write the results as JSON")
     args = p.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        procs: dict[str, dict] = {}
-        try:
-            procs["off"], pids_off, emu_off, gw_off = launch(args, Path(tmp), traced=False)
-            procs["on"], pids_on, emu_on, gw_on = launch(args, Path(tmp), traced=True)
-            urls = {
-                "emulator_off": emu_off,
-                "emulator_on": emu_on,
-                "gateway_off": gw_off,
-                "gateway_on": gw_on,
-            }
-            stats = asyncio.run(rotate(urls, {"off": pids_off, "on": pids_on}, args))
-        finally:
-            for stack in procs.values():
-                for proc in stack.values():
-                    proc.terminate()
-                    proc.wait(10)
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as procs:
+        pids_off, emu_off, gw_off = launch(args, Path(tmp), False, procs)
+        pids_on, emu_on, gw_on = launch(args, Path(tmp), True, procs)
+        urls = {"emulator_off": emu_off, "emulator_on": emu_on, "gateway_off": gw_off, "gateway_on": gw_on}
+        stats = asyncio.run(rotate(urls, {"off": pids_off, "on": pids_on}, args))
     rows = {path: summary(stats[path], path) for path in PATHS}
     cost = span_cost(args.exporter)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -214,17 +181,7 @@ def main() -> None:
         f"one span in-process ({args.exporter} exporter, {how}): {cost['us_per_span']:.1f} us CPU to make, "
         f"{cost['us_per_span_exported']:.1f} us made and exported"
     )
-    if args.out:
-        write_json(
-            args.out,
-            {
-                "args": vars(args) | {"out": str(args.out)},
-                "load_average": os.getloadavg(),
-                "paths": rows,
-                "ratios": ratios,
-                "span_cost": cost,
-            },
-        )
+    write_results(args, paths=rows, ratios=ratios, span_cost=cost)
 
 
 if __name__ == "__main__":

@@ -115,25 +115,28 @@ def load_or_make_ca(out: Path, days: int) -> tuple[x509.Certificate, ec.Elliptic
     cert = (
         _builder(name, name, key.public_key(), days)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=True), critical=True)
         .sign(key, hashes.SHA256())
     )
     _write_key(key_path, key)
     _write_cert(cert_path, cert)
     return cert, key, True
+
+
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    """Every certificate signs (the TLS handshake: ECDSA keys sign, they never encipher); a CA also signs
+    certificates and CRLs."""
+    return x509.KeyUsage(
+        digital_signature=True,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 def _leaf(ca: x509.Certificate, ca_key, cn: str, *, server: bool, hosts: list[str], days: int):
@@ -142,20 +145,7 @@ def _leaf(ca: x509.Certificate, ca_key, cn: str, *, server: bool, hosts: list[st
     b = (
         _builder(_subject(cn), ca.subject, key.public_key(), days)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_encipherment=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                content_commitment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=False), critical=True)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
         .add_extension(
             x509.ExtendedKeyUsage(

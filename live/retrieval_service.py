@@ -44,7 +44,7 @@ from fleettwin.live.faiss_store import SEARCH_PARAM, IndexSpec, VectorStore, Vec
 from fleettwin.live.http_guard import HttpLimits, parse_json_body
 from fleettwin.live.openapi_doc import document_bodies
 from fleettwin.live.retrieval_api import MAX_K, RetrieveRequest, parse_request
-from fleettwin.live.server import bearer_guard, harden
+from fleettwin.live.server import bearer_guard, server_app
 from fleettwin.live.tracing import Tracing, tracing_from_env
 from fleettwin.models.errors import ConfigError
 
@@ -243,14 +243,12 @@ def create_retrieval_app(
         raise ConfigError("serve at least one collection")
     tracing = tracing or tracing_from_env("fleettwin-retrieval")
     metrics = RetrievalMetrics(collections)
-    app = FastAPI(
-        title="fleettwin retrieval service",
-        version=__version__,
-        redoc_url=None,
-        description="FAISS collections served by name (docs/live.md, Retrieval service).",
-    )
     limits = limits or HttpLimits()
-    harden(app, limits)
+    app = server_app(
+        "fleettwin retrieval service",
+        "FAISS collections served by name (docs/live.md, Retrieval service).",
+        limits,
+    )
     document_bodies(app, {"/v1/retrieve": (RetrieveRequest,)}, bearer_paths=("/v1/",) if token else ())
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(bearer_guard(token))])
 

@@ -102,6 +102,23 @@ def harden(
     app.state.http_limits = limits
 
 
+def server_app(
+    title: str,
+    description: str,
+    limits: HttpLimits,
+    *,
+    lifespan: Callable | None = None,
+    on_error: Callable[[dict, BaseException], None] | None = None,
+) -> FastAPI:
+    """The FastAPI app of one of fleettwin's servers (emulator, gateway, retrieval service): the package's
+    version, no ReDoc page beside the Swagger one, and hardened (``harden``)."""
+    app = FastAPI(
+        title=title, version=__version__, lifespan=lifespan, redoc_url=None, description=description
+    )
+    harden(app, limits, on_error)
+    return app
+
+
 def bearer_guard(token: str | None) -> Callable[[Request], Awaitable[None]]:
     """As vLLM's ``--api-key``: a route dependency that wants ``Authorization: Bearer <token>`` when a token
     is set (compared in constant time). A dependency rather than an HTTP middleware: Starlette's middleware
@@ -244,15 +261,13 @@ def create_app(spec: EmulatorSpec, *, tracing: Tracing | None = None) -> FastAPI
             await engine.stop()
             tracing.shutdown()
 
-    app = FastAPI(
-        title="fleettwin vLLM emulator",
-        version=__version__,
+    app = server_app(
+        "fleettwin vLLM emulator",
+        "vLLM's OpenAI-compatible API over the simulator's engine model (docs/live.md).",
+        spec.http,
         lifespan=lifespan,
-        redoc_url=None,
-        description="vLLM's OpenAI-compatible API over the simulator's engine model (docs/live.md).",
     )
     app.state.emulator = state
-    harden(app, spec.http)
     document_bodies(
         app,
         {

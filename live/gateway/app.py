@@ -35,7 +35,7 @@ from fleettwin.live.gateway.records import Recorder
 from fleettwin.live.gateway.retrieve import RETRIEVE, RetrievalUpstream
 from fleettwin.live.openapi_doc import document_bodies
 from fleettwin.live.retrieval_api import RetrieveRequest
-from fleettwin.live.server import harden
+from fleettwin.live.server import server_app
 from fleettwin.live.tracing import Tracing, tracing_from_env
 from fleettwin.models.errors import ConfigError
 
@@ -86,17 +86,6 @@ def create_gateway_app(
             audit.close()
             tracing.shutdown()
 
-    app = FastAPI(
-        title="fleettwin live gateway",
-        version=__version__,
-        lifespan=lifespan,
-        redoc_url=None,
-        description="Policy-aware OpenAI-compatible gateway (docs/gateway.md).",
-    )
-    app.state.gateway = state
-    app.state.gatekeeper = gate
-    app.state.checker = checker
-
     routes = {
         "/v1/completions": COMPLETIONS,
         "/v1/chat/completions": CHAT,
@@ -108,7 +97,16 @@ def create_gateway_app(
         client, path = scope.get("client"), scope.get("path", "?")
         rec.failed(rec.request_id(), routes.get(path, path), client[0] if client else None, exc)
 
-    harden(app, cfg.limits, on_error)
+    app = server_app(
+        "fleettwin live gateway",
+        "Policy-aware OpenAI-compatible gateway (docs/gateway.md).",
+        cfg.limits,
+        lifespan=lifespan,
+        on_error=on_error,
+    )
+    app.state.gateway = state
+    app.state.gatekeeper = gate
+    app.state.checker = checker
     document_bodies(
         app,
         {

@@ -30,6 +30,7 @@ from fleettwin.live.gateway.quota import TenantLimiter, Ticket, retry_after_head
 from fleettwin.live.gateway.sanitize import ContextBlocked, Hit, Sanitizer, sanitize_body
 from fleettwin.live.http_guard import strict_json
 from fleettwin.live.protocol import chat_tokens_of
+from fleettwin.models.tenancy import Refusal
 
 COMPLETIONS, CHAT = "completions", "chat.completions"
 
@@ -51,6 +52,19 @@ class Refused(Exception):
         super().__init__(error.message)
         self.error, self.reason, self.principal, self.model = error, reason, principal, model
         self.hits, self.headers = hits or [], headers or {}
+
+
+def rate_limited(
+    got: Refusal, principal: Principal, model: str | None, hits: list[Hit] | None = None
+) -> Refused:
+    """The 429 for a request over its tenant's quota, with the ``Retry-After`` the limiter computed."""
+    err = ApiError(
+        429,
+        f"Rate limit reached: {got.message}. Retry after {got.retry_after_s:.2f} s.",
+        type="RateLimitError",
+    )
+    headers = {"Retry-After": retry_after_header(got.retry_after_s)}
+    return Refused(err, "quota", principal=principal, model=model, hits=hits, headers=headers)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -185,19 +199,7 @@ class Gatekeeper:
             if got.reason == "too_large":
                 err = ApiError(400, got.message[0].upper() + got.message[1:] + ".", param="max_tokens")
                 raise Refused(err, "quota", principal=principal, model=ex.model, hits=hits)
-            err = ApiError(
-                429,
-                f"Rate limit reached: {got.message}. Retry after {got.retry_after_s:.2f} s.",
-                type="RateLimitError",
-            )
-            raise Refused(
-                err,
-                "quota",
-                principal=principal,
-                model=ex.model,
-                hits=hits,
-                headers={"Retry-After": retry_after_header(got.retry_after_s)},
-            )
+            raise rate_limited(got, principal, ex.model, hits)
         return Admitted(
             principal=principal,
             route=route,

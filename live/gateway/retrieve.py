@@ -21,8 +21,8 @@ from fleettwin.live.api_error import ApiError
 from fleettwin.live.gateway.auth import Principal
 from fleettwin.live.gateway.authz import Forbidden
 from fleettwin.live.gateway.config import GatewayConfig
-from fleettwin.live.gateway.pipeline import Gatekeeper, Refused, _reason
-from fleettwin.live.gateway.quota import Ticket, retry_after_header
+from fleettwin.live.gateway.pipeline import Gatekeeper, Refused, _reason, rate_limited
+from fleettwin.live.gateway.quota import Ticket
 from fleettwin.live.http_guard import strict_json
 from fleettwin.live.retrieval_api import parse_request
 from fleettwin.live.tls import client_context, transport_reason
@@ -60,18 +60,7 @@ def check_retrieval(gate: Gatekeeper, headers: Mapping[str, str], raw: bytes) ->
         raise Refused(exc, _reason(exc), principal=principal, model=collection) from None
     got = gate.limiters[principal.tenant].admit(0)
     if not isinstance(got, Ticket):
-        err = ApiError(
-            429,
-            f"Rate limit reached: {got.message}. Retry after {got.retry_after_s:.2f} s.",
-            type="RateLimitError",
-        )
-        raise Refused(
-            err,
-            "quota",
-            principal=principal,
-            model=collection,
-            headers={"Retry-After": retry_after_header(got.retry_after_s)},
-        )
+        raise rate_limited(got, principal, collection)
     return RetrievalAdmitted(principal=principal, collection=collection, body=body, ticket=got)
 
 

@@ -242,21 +242,10 @@ def iban_valid(iban: str) -> bool:
     return int(digits) % 97 == 1
 
 
+# Every detector with its own default action, in the order they run (the gateway's default policy).
 DEFAULT_ACTIONS: dict[str, Action] = {
-    "prompt_injection": "block",
-    "private_key": "redact",
-    "aws_access_key": "redact",
-    "aws_secret_key": "redact",
-    "bearer_token": "redact",
-    "api_key": "redact",
-    "gcp_api_key": "redact",
-    "stripe_key": "redact",
-    "password": "redact",
-    "iban": "redact",
-    "credit_card": "redact",
-    "email": "redact",
-    "us_ssn": "redact",
-    "phone": "redact",
+    cls.registry_name: cls.default_action
+    for cls in sorted((DETECTORS.get(n) for n in DETECTORS.names()), key=lambda c: c.order)
 }
 
 

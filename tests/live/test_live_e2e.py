@@ -9,10 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
-import select
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +20,7 @@ import yaml
 
 from fleettwin.cli import main
 from fleettwin.io import write_parquet
+from fleettwin.live import launch
 from fleettwin.live.actuator import LocalProcessActuator
 from fleettwin.live.config import load_live
 from fleettwin.live.decision_log import DecisionLog, read_log
@@ -44,47 +42,14 @@ STEP_S = 0.01  # the emulators' (and the drift simulation's) constant step time
 def emulators(
     n: int, step_s: float, timeout_s: float = 60.0
 ) -> Iterator[tuple[list[subprocess.Popen], list[str]]]:
-    """``n`` ``fleettwin live emulate`` processes on free loopback ports (they bind port 0 and print the
-    URL)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "fleettwin",
-        "emulate",
-        "--model",
-        "llama-3-8b",
-        "--gpu",
-        "h100-80g",
-        "--port",
-        "0",
-        "--perf-model",
-        "constant",
-        "--perf-param",
-        f"step_s={step_s}",
-    ]
-    procs = [
-        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(n)
-    ]
+    """``n`` ``fleettwin live emulate`` processes on free loopback ports, started together."""
+    procs = [launch.spawn(launch.emulator_command(step_s), stderr=subprocess.DEVNULL) for _ in range(n)]
     try:
-        urls = []
         deadline = time.monotonic() + timeout_s
-        for p in procs:
-            ready, _, _ = select.select([p.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            line = p.stdout.readline() if ready else ""
-            m = re.search(r" at (http://127\.0\.0\.1:\d+)", line)
-            assert m, f"emulator did not start: {line!r}"
-            urls.append(m.group(1))
+        urls = [launch.wait_ready(p, deadline - time.monotonic()).url for p in procs]
         yield procs, urls
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        launch.stop(*procs, timeout_s=5)
 
 
 def live_yaml(tmp_path: Path, backends: list[str], allocator: dict, **extra) -> Path:

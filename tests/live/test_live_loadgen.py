@@ -5,10 +5,8 @@ a run, routing over several targets, bounds in count and time, failures as rows,
 from __future__ import annotations
 
 import asyncio
-import re
 import socket
 import subprocess
-import sys
 import time
 
 import httpx
@@ -16,6 +14,7 @@ import pandas as pd
 import pytest
 
 from fleettwin.cli import main
+from fleettwin.live import launch
 from fleettwin.live.loadgen import replay, summarize
 from fleettwin.live.metrics import Scraper
 from fleettwin.live.server import EmulatorSpec, serve_in_thread
@@ -148,55 +147,21 @@ def test_loadgen_command_rejects_bad_arguments(capsys):
 
 
 def test_emulate_command_serves_until_terminated():
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fleettwin",
-            "emulate",
-            "--model",
-            "llama-3-8b",
-            "--gpu",
-            "h100-80g",
-            "--port",
-            "0",
-            "--perf-model",
-            "constant",
-            "--perf-param",
-            "step_s=0.002",
-            "--served-model-name",
-            "llama",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    emu = launch.start(launch.emulator_command(0.002, "--served-model-name", "llama"))
     try:
-        line = proc.stdout.readline()
-        url = re.search(r" at (http://127\.0\.0\.1:\d+)", line).group(1)
-        assert "llama-3-8b on 1x h100-80g" in line
-        assert httpx.get(f"{url}/v1/models", timeout=5).json()["data"][0]["id"] == "llama"
-        r = httpx.post(f"{url}/v1/completions", json={"prompt": [1, 2], "max_tokens": 3}, timeout=5)
+        assert emu.url.startswith("http://127.0.0.1:")
+        assert "llama-3-8b on 1x h100-80g" in emu.status
+        assert httpx.get(f"{emu.url}/v1/models", timeout=5).json()["data"][0]["id"] == "llama"
+        r = httpx.post(f"{emu.url}/v1/completions", json={"prompt": [1, 2], "max_tokens": 3}, timeout=5)
         assert r.json()["usage"]["completion_tokens"] == 3
     finally:
-        proc.terminate()
-        assert proc.wait(10) is not None
+        emu.proc.terminate()
+        assert emu.proc.wait(10) is not None
 
 
 def test_emulate_command_reports_config_errors_in_one_line():
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fleettwin",
-            "emulate",
-            "--model",
-            "llama-3-8b",
-            "--gpu",
-            "h1000",
-            "--port",
-            "0",
-        ],
+        launch.fleettwin("emulate", "--model", "llama-3-8b", "--gpu", "h1000", "--port", "0"),
         capture_output=True,
         text=True,
         timeout=60,

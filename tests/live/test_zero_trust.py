@@ -17,15 +17,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
-import subprocess
-import sys
 
 import httpx
 import pandas as pd
 import pytest
 
 from fleettwin.cli import main
+from fleettwin.live import launch
 from fleettwin.live.certs import make_certs
 from fleettwin.live.client import tls_verify
 from fleettwin.live.config import parse_live
@@ -77,37 +75,16 @@ def retrieval(pki, tmp_path_factory):
     build_collection(
         d / "secret.faiss", [{"text": f"salary record {i}"} for i in range(6)], embedder_params={"dim": 32}
     )
-    cmd = [
-        sys.executable,
-        "-m",
-        "fleettwin.cli",
+    cmd = launch.fleettwin(
         "serve-retrieval",
-        "--collection",
-        f"docs={d / 'docs.faiss'}",
-        "--collection",
-        f"secret={d / 'secret.faiss'}",
-        "--port",
-        "0",
-        "--token-env",
-        "FT_ZT_SERVICE_TOKEN",
-        "--tls-cert",
-        str(good / "retrieval.pem"),
-        "--tls-key",
-        str(good / "retrieval.key"),
-        "--tls-ca",
-        str(good / "ca.pem"),
-    ]
-    env = {**os.environ, "FT_ZT_SERVICE_TOKEN": SERVICE_TOKEN}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        line = proc.stdout.readline()
-        found = re.search(r" at (https://\S+?)(,|$)", line)
-        assert found, f"no URL in {line!r}; stderr: {proc.stderr.read() if proc.poll() is not None else ''}"
-        assert "client certificates required" in line
-        yield found.group(1)
-    finally:
-        proc.terminate()
-        proc.wait(10)
+        *("--collection", f"docs={d / 'docs.faiss'}", "--collection", f"secret={d / 'secret.faiss'}"),
+        *("--port", "0", "--token-env", "FT_ZT_SERVICE_TOKEN"),
+        *("--tls-cert", str(good / "retrieval.pem"), "--tls-key", str(good / "retrieval.key")),
+        *("--tls-ca", str(good / "ca.pem")),
+    )
+    with launch.running(cmd, {**os.environ, "FT_ZT_SERVICE_TOKEN": SERVICE_TOKEN}) as service:
+        assert service.url.startswith("https://") and "client certificates required" in service.status
+        yield service.url
 
 
 @pytest.fixture(scope="module")
