@@ -40,8 +40,9 @@ from fleettwin.live.metrics import BackendMetrics, BackendSetView, Scraper
 from fleettwin.live.observe import FleetObserver, pool_record
 from fleettwin.live.promql import PrometheusError
 from fleettwin.models.control.setup import control_setup
+from fleettwin.models.decision import Decision, conserve
 from fleettwin.models.routing.replica import REPLICA_ROUTERS
-from fleettwin.models.snapshot import Decision, FleetSnapshot, conserve
+from fleettwin.models.snapshot import FleetSnapshot
 from fleettwin.models.workload.request import Request
 
 
