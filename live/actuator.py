@@ -49,7 +49,8 @@ import psutil
 from fleettwin.live.config import LiveConfig, LivePool
 from fleettwin.live.metrics import BackendMetrics
 from fleettwin.live.replicas import ENV, ReplicaLedger, ReplicaRecord, config_hash, write_json_atomic
-from fleettwin.models.snapshot import Decision, FleetSnapshot
+from fleettwin.models.decision import Decision
+from fleettwin.models.snapshot import FleetSnapshot
 
 _URL = re.compile(r" at (https?://\S+)")
 KILL_AFTER_S = 10.0

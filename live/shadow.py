@@ -27,12 +27,12 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from fleettwin.live.config import BackoffConfig, LiveConfig
+from fleettwin.live.backend_health import BackendHealth, Backoff, backend_row
+from fleettwin.live.config import LiveConfig
 from fleettwin.live.controller_metrics import ControllerMetrics
 from fleettwin.live.decision_log import DecisionLog, is_interval
 from fleettwin.live.gate import GateError, GateRegistry, policy_hash
@@ -40,8 +40,9 @@ from fleettwin.live.metrics import BackendMetrics, BackendSetView, Scraper
 from fleettwin.live.observe import FleetObserver, pool_record
 from fleettwin.live.promql import PrometheusError
 from fleettwin.models.control.setup import control_setup
+from fleettwin.models.decision import Decision, conserve
 from fleettwin.models.routing.replica import REPLICA_ROUTERS
-from fleettwin.models.snapshot import Decision, FleetSnapshot, conserve
+from fleettwin.models.snapshot import FleetSnapshot
 from fleettwin.models.workload.request import Request
 
 
@@ -83,56 +84,6 @@ class Actuator(Protocol):
 
     async def close(self) -> list[dict]:
         """Stop every replica; returns the stop events."""
-
-
-class Backoff:
-    """After ``n`` failures in a row: ``min(max_s, initial_s * factor**(n - 1))`` times a jitter factor drawn
-    uniformly from ``[1 - jitter, 1 + jitter]`` (so backends that failed together are not retried in
-    lockstep)."""
-
-    def __init__(self, cfg: BackoffConfig, rng: np.random.Generator):
-        self.cfg, self.rng = cfg, rng
-
-    def delay(self, failures: int) -> float:
-        c = self.cfg
-        base = min(c.max_s, c.initial_s * c.factor ** max(0, failures - 1))
-        return base * (1.0 + c.jitter * self.rng.uniform(-1.0, 1.0))
-
-
-@dataclass
-class BackendHealth:
-    """Scrape outcomes of one backend: consecutive failures and when it may be tried again (loop clock)."""
-
-    url: str
-    pool: str
-    failures: int = 0
-    retry_at: float = -math.inf
-    error: str = ""
-
-
-def _backend_row(h: BackendHealth, m: BackendMetrics, status: str, now: float, managed: bool) -> dict:
-    row: dict[str, Any] = {
-        "url": h.url,
-        "pool": h.pool,
-        "status": status,
-        "managed": managed,
-        "failures": h.failures,
-        "error": h.error if status != "up" else "",
-        "retry_in_s": max(0.0, h.retry_at - now) if status != "up" else None,
-    }
-    if m.healthy:
-        row.update(
-            running=m.running,
-            waiting=m.waiting,
-            kv_usage=m.kv_usage,
-            requests_finished=m.requests_finished,
-            prompt_tokens=m.prompt_tokens,
-            generation_tokens=m.generation_tokens,
-            ttft_count=m.ttft.count,
-            e2e_count=m.e2e.count,
-            preemptions=m.preemptions,
-        )
-    return row
 
 
 class ShadowController:
@@ -279,7 +230,7 @@ class ShadowController:
                 h.retry_at = now + self.backoff.delay(h.failures)
                 status = "down"
             scrapes.setdefault(pool, []).append(m)
-            rows.append(_backend_row(h, m, status, now, managed))
+            rows.append(backend_row(h, m, status, now, managed))
         self.health = {u: h for u, h in self.health.items() if u in {t[0] for t in targets}}
         return scrapes, rows
 
@@ -440,7 +391,7 @@ class ShadowController:
                     scrapes.setdefault(pool, []).append(m)
                     rows.append(
                         dict(
-                            _backend_row(
+                            backend_row(
                                 BackendHealth(m.url, pool, error=m.error),
                                 m,
                                 "up" if m.healthy else "down",

@@ -35,9 +35,10 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from fleettwin.models.base import PolicyRef, StrictModel
-from fleettwin.models.catalog import Catalog, kv_cache_blocks, min_tensor_parallel
+from fleettwin.models.catalog import Catalog
 from fleettwin.models.errors import FleettwinError
 from fleettwin.models.perf import PERF_MODELS, BatchStats, PerformanceModel
+from fleettwin.models.sizing import kv_cache_blocks, min_tensor_parallel
 from fleettwin.models.snapshot import Slo
 
 

@@ -23,13 +23,8 @@ import simpy
 
 from fleettwin.models.allocators.base import Allocator
 from fleettwin.models.control.pool import ControlledPool
-from fleettwin.models.snapshot import (
-    Decision,
-    FleetSnapshot,
-    InventoryItem,
-    ServingStats,
-    conserve,
-)
+from fleettwin.models.decision import Decision, conserve
+from fleettwin.models.snapshot import FleetSnapshot, InventoryItem, ServingStats
 from fleettwin.sim.metrics import COMPLETED, RequestLog
 from fleettwin.sim.pool import Pool
 from fleettwin.sim.tiers.actuator import Actuator

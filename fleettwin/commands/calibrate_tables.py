@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fleettwin.models.catalog import Catalog, min_tensor_parallel
+from fleettwin.models.catalog import Catalog
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.perf.calibration import (
     LAYER,
@@ -32,6 +32,7 @@ from fleettwin.models.perf.profiled import (
     fit_roofline_efficiencies,
 )
 from fleettwin.models.perf.tables import OPERATORS, PiecewiseLinear, mlp_tables
+from fleettwin.models.sizing import min_tensor_parallel
 
 MAPE_TARGET = 0.05  # the per-layer total must interpolate held-out rows within this MAPE for every table
 

@@ -7,8 +7,9 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from fleettwin.models.catalog import Catalog, kv_cache_blocks, min_tensor_parallel
+from fleettwin.models.catalog import Catalog
 from fleettwin.models.errors import ConfigError
+from fleettwin.models.sizing import kv_cache_blocks, min_tensor_parallel
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

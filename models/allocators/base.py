@@ -1,7 +1,7 @@
 """The allocator interface: ``decide(snapshot) -> Decision``, chosen by name through ``ALLOCATORS``.
 
 An allocator is a policy object: it reads a :class:`~fleettwin.models.snapshot.FleetSnapshot` and returns a
-:class:`~fleettwin.models.snapshot.Decision`; the simulator's controller and the live shadow controller carry
+:class:`~fleettwin.models.decision.Decision`; the simulator's controller and the live shadow controller carry
 the decision out (or, in shadow mode, log it). State that a policy keeps between calls (the reactive
 allocator's stabilisation windows) lives in the object and advances with ``snapshot.time_s``, never with a
 wall clock, so the same object runs simulated or live.
@@ -23,8 +23,9 @@ from pydantic import BaseModel
 
 from fleettwin.models.capacity import CapacityModel, CapacityParams
 from fleettwin.models.catalog import Catalog
+from fleettwin.models.decision import Decision
 from fleettwin.models.registry import NoParams, Registry
-from fleettwin.models.snapshot import Decision, FleetSnapshot
+from fleettwin.models.snapshot import FleetSnapshot
 
 
 class Allocator(ABC):
@@ -50,7 +51,7 @@ class Allocator(ABC):
     @abstractmethod
     def decide(self, snapshot: FleetSnapshot) -> Decision:
         """The allocation wanted at ``snapshot.time_s``; must pass
-        :func:`~fleettwin.models.snapshot.conserve`."""
+        :func:`~fleettwin.models.decision.conserve`."""
 
 
 ALLOCATORS: Registry[Allocator] = Registry("allocator")

@@ -13,18 +13,9 @@ from pydantic import Field, field_validator
 
 from fleettwin.models.base import PolicyRef, StrictModel
 from fleettwin.models.capacity import CapacityModel, ReplicaCapacity
+from fleettwin.models.decision import Decision, Lend, Preemption, Target
 from fleettwin.models.forecast import FORECASTERS, Forecaster
-from fleettwin.models.snapshot import (
-    Decision,
-    FleetSnapshot,
-    GpuKey,
-    Job,
-    Lend,
-    LendKind,
-    PoolState,
-    Preemption,
-    Target,
-)
+from fleettwin.models.snapshot import FleetSnapshot, GpuKey, Job, LendKind, PoolState
 
 JOB_TIER_ORDER = ("operational", "training")  # deadlines before elastic throughput
 

@@ -41,7 +41,8 @@ from fleettwin.models.allocators.common import (
 )
 from fleettwin.models.base import StrictModel
 from fleettwin.models.capacity import CapacityParams
-from fleettwin.models.snapshot import Decision, FleetSnapshot, GpuKey, Lend, PoolState
+from fleettwin.models.decision import Decision, Lend
+from fleettwin.models.snapshot import FleetSnapshot, GpuKey, PoolState
 
 
 @dataclass

@@ -40,7 +40,8 @@ from fleettwin.models.allocators.common import (
 )
 from fleettwin.models.base import StrictModel
 from fleettwin.models.capacity import CapacityParams
-from fleettwin.models.snapshot import Decision, FleetSnapshot, GpuKey, PoolState, Tier
+from fleettwin.models.decision import Decision
+from fleettwin.models.snapshot import FleetSnapshot, GpuKey, PoolState, Tier
 
 
 @dataclass(frozen=True, slots=True)

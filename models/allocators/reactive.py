@@ -32,7 +32,8 @@ from pydantic import Field
 from fleettwin.models.allocators.base import ALLOCATORS, Allocator
 from fleettwin.models.allocators.common import Plan, backfill_jobs
 from fleettwin.models.base import StrictModel
-from fleettwin.models.snapshot import Decision, FleetSnapshot, PoolState
+from fleettwin.models.decision import Decision
+from fleettwin.models.snapshot import FleetSnapshot, PoolState
 
 
 class ScalingPolicy(StrictModel):

@@ -15,7 +15,8 @@ from pydantic import Field, model_validator
 from fleettwin.models.allocators.base import ALLOCATORS, Allocator
 from fleettwin.models.allocators.common import Plan, preempt_to_fit
 from fleettwin.models.base import StrictModel
-from fleettwin.models.snapshot import TIERS, Decision, FleetSnapshot, GpuKey, PoolState, Tier
+from fleettwin.models.decision import Decision
+from fleettwin.models.snapshot import TIERS, FleetSnapshot, GpuKey, PoolState, Tier
 
 
 @ALLOCATORS.register("static")

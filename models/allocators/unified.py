@@ -25,7 +25,8 @@ from fleettwin.models.allocators.common import (
 )
 from fleettwin.models.base import StrictModel
 from fleettwin.models.capacity import CapacityParams
-from fleettwin.models.snapshot import Decision, FleetSnapshot, GpuKey, Purchase
+from fleettwin.models.decision import Decision
+from fleettwin.models.snapshot import FleetSnapshot, GpuKey, Purchase
 
 
 @ALLOCATORS.register("unified")

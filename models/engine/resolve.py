@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fleettwin.models.catalog import Catalog, GpuSpec, LlmSpec, kv_cache_blocks, min_tensor_parallel
+from fleettwin.models.catalog import Catalog, GpuSpec, LlmSpec
 from fleettwin.models.config import PoolConfig, ScenarioConfig
 from fleettwin.models.engine.prefix_cache import prefix_cache_blocks
 from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.errors import ConfigError, PoolFitError
 from fleettwin.models.perf import PerformanceModel, Precision, create_perf_model, memory_reserve_gb
+from fleettwin.models.sizing import kv_cache_blocks, min_tensor_parallel
 from fleettwin.models.tenancy.quotas import Tenancy
 
 

@@ -16,7 +16,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from fleettwin.models.snapshot import Decision, Lend
+from fleettwin.models.decision import Decision, Lend
 from fleettwin.sim.tiers.fleet import Fleet
 
 

@@ -16,9 +16,9 @@ from fleettwin.models.allocators import ALLOCATORS
 from fleettwin.models.allocators.common import Plan
 from fleettwin.models.capacity import CapacityModel
 from fleettwin.models.config import parse_scenario
+from fleettwin.models.decision import Lend, Preemption
 from fleettwin.models.engine.resolve import resolve_pool
 from fleettwin.models.errors import ConfigError
-from fleettwin.models.snapshot import Lend, Preemption
 from fleettwin.models.workload.sources import WORKLOADS
 from fleettwin.sim.feature import World
 from fleettwin.sim.features import Control

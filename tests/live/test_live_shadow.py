@@ -18,12 +18,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fleettwin.live.backend_health import Backoff
 from fleettwin.live.config import BackoffConfig, parse_live
 from fleettwin.live.decision_log import DecisionLog, DecisionLogError, read_log
 from fleettwin.live.metrics import BackendMetrics, HistogramSummary
 from fleettwin.live.observe import FleetObserver, hist_from_json, hist_to_json
 from fleettwin.live.server import EmulatorSpec, serve_in_thread
-from fleettwin.live.shadow import Backoff, ShadowController
+from fleettwin.live.shadow import ShadowController
 from fleettwin.models.allocators.base import ALLOCATORS, Allocator
 from fleettwin.models.control.pool import ControlledPool
 from fleettwin.models.engine.queue import EngineLimits

@@ -14,19 +14,17 @@ from hypothesis import HealthCheck, given, settings
 
 from fleettwin.models.allocators import ALLOCATORS, Allocator
 from fleettwin.models.capacity import CapacityModel, ReplicaCapacity, replica_capacity
+from fleettwin.models.decision import Decision, Lend, conserve
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.perf import PERF_MODELS
 from fleettwin.models.snapshot import (
-    Decision,
     FleetSnapshot,
     GpuGroup,
     InventoryItem,
     Job,
-    Lend,
     PoolState,
     ServingStats,
     Slo,
-    conserve,
 )
 from tests.models.test_snapshot import fleet_snapshots
 

@@ -8,12 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleettwin.models.catalog import Catalog, kv_cache_blocks
+from fleettwin.models.catalog import Catalog
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.perf import BF16, BatchStats, Precision, create_perf_model
 from fleettwin.models.perf.calibrated import CAPTURE_SIZES, padded_tokens
 from fleettwin.models.perf.kernels import AllReduceCurve, GemmLaw, smooth_max
 from fleettwin.models.perf.profile import builtin_profiles, load_profile
+from fleettwin.models.sizing import kv_cache_blocks
 
 CAT = Catalog.default()
 

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from fleettwin.models.catalog import (
-    GIB,
-    Catalog,
-    kv_cache_blocks,
-    min_tensor_parallel,
-)
+from fleettwin.models.catalog import GIB, Catalog
 from fleettwin.models.errors import ConfigError, UnknownNameError
+from fleettwin.models.sizing import kv_cache_blocks, min_tensor_parallel
 
 CAT = Catalog.default()
 KIB = 1024

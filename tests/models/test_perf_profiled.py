@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleettwin.cli import main as cli_main
-from fleettwin.models.catalog import Catalog, min_tensor_parallel
+from fleettwin.models.catalog import Catalog
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.perf import PERF_MODELS, BatchStats
 from fleettwin.models.perf.calibration import LAYER, operator_holdout_errors
@@ -29,6 +29,7 @@ from fleettwin.models.perf.tables import (
     load_attention_table,
     mlp_tables,
 )
+from fleettwin.models.sizing import min_tensor_parallel
 
 CAT = Catalog.default()
 TABLE_PAIRS = [(g, m) for g in ("a100-80g", "h100-80g") for m in ("llama-2-7b", "llama-2-70b")]

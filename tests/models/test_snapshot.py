@@ -8,21 +8,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fleettwin.models.decision import Decision, Lend, Preemption, Target, conserve, planned
 from fleettwin.models.snapshot import (
-    Decision,
     FleetSnapshot,
     GpuGroup,
     InventoryItem,
     Job,
-    Lend,
     PoolState,
-    Preemption,
     SeamError,
     ServingStats,
     Slo,
-    Target,
-    conserve,
-    planned,
 )
 
 H100, A100 = "h100-80g", "a100-80g"

@@ -147,7 +147,7 @@ class Scripted:
         self.params = params
 
     def decide(self, snapshot):
-        from fleettwin.models.snapshot import Decision, Lend, Preemption, Target
+        from fleettwin.models.decision import Decision, Lend, Preemption, Target
 
         make = self.script.get(snapshot.time_s)
         if make is None:
