@@ -30,7 +30,7 @@ from fleettwin.live.gateway.quota import TenantLimiter, Ticket, retry_after_head
 from fleettwin.live.gateway.sanitize import ContextBlocked, Hit, Sanitizer, sanitize_body
 from fleettwin.live.http_guard import strict_json
 from fleettwin.live.protocol import chat_tokens_of
-from fleettwin.models.tenancy import Refusal
+from fleettwin.models.tenancy.quotas import Refusal
 
 COMPLETIONS, CHAT = "completions", "chat.completions"
 
