@@ -6,14 +6,7 @@ from __future__ import annotations
 import argparse
 
 from fleettwin.commands._common import command_parser
-from fleettwin.commands._serving import (
-    add_limit_args,
-    add_listen_args,
-    add_tls_args,
-    check_tls_files,
-    http_limits,
-    serve_until_stopped,
-)
+from fleettwin.commands._serving import add_limit_args, add_listen_args, add_tls_args
 
 EPILOG = """examples:
   fleettwin live emulate --model llama-3-8b --gpu h100-80g --port 8000
@@ -91,6 +84,7 @@ def build_spec(args: argparse.Namespace):
     pool."""
     from pydantic import ValidationError
 
+    from fleettwin.commands._serving import http_limits
     from fleettwin.live.server import EmulatorSpec
     from fleettwin.models.catalog import Catalog
     from fleettwin.models.config import EngineConfig, PolicyRef, PoolConfig, parse_override
@@ -136,6 +130,8 @@ def build_spec(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from fleettwin.commands._serving import check_tls_files, serve_until_stopped
+
     check_tls_files(args)
     spec = build_spec(args)
 

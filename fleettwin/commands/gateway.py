@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from fleettwin.commands._common import command_parser
-from fleettwin.commands._serving import add_listen_args, add_tls_args, check_tls_files, serve_until_stopped
+from fleettwin.commands._serving import add_listen_args, add_tls_args
 
 EPILOG = """examples:
   fleettwin live gateway --new-key                       # a random API key and the sha256 line for the YAML
@@ -45,6 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fleettwin.commands._serving import check_tls_files, serve_until_stopped
     from fleettwin.models.errors import ConfigError
 
     if args.new_key:

@@ -8,14 +8,7 @@ import os
 from pathlib import Path
 
 from fleettwin.commands._common import command_parser
-from fleettwin.commands._serving import (
-    add_limit_args,
-    add_listen_args,
-    add_tls_args,
-    check_tls_files,
-    http_limits,
-    serve_until_stopped,
-)
+from fleettwin.commands._serving import add_limit_args, add_listen_args, add_tls_args
 
 EPILOG = """examples:
   fleettwin live retrieval --build docs=docs --store-dir stores --build-only     # embed docs/*.md paragraphs
@@ -94,6 +87,7 @@ def _pairs(items: list[str], flag: str) -> list[tuple[str, Path]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fleettwin.commands._serving import check_tls_files, http_limits, serve_until_stopped
     from fleettwin.models.config import parse_override
     from fleettwin.models.errors import ConfigError
 
