@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import socket
 import subprocess
 import sys
 
@@ -188,3 +189,44 @@ def test_start_up_imports_neither_pandas_nor_statsmodels(argv):
     )
     done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _server_argv(name: str, tmp_path) -> list[str]:
+    """The fewest arguments with which each server gets as far as listening."""
+    if name == "emulate":
+        return ["--model", "llama-3-8b", "--gpu", "h100-80g"]
+    if name == "gateway":
+        from fleettwin.live.gateway.config import hash_key
+
+        policy = {
+            "tenants": {"t": {"api_keys": [hash_key("k" * 20)], "models": ["m"]}},
+            "backends": {"m": {"urls": ["http://127.0.0.1:8000"]}},
+        }
+        (tmp_path / "g.yaml").write_text(json.dumps(policy))
+        return ["--config", str(tmp_path / "g.yaml")]
+    pytest.importorskip("faiss", reason="the retrieval service needs faiss")
+    (tmp_path / "docs").mkdir()
+    words = "a paragraph of at least twelve words, as the corpus reader wants them to be"
+    (tmp_path / "docs" / "a.md").write_text(f"one {words}\n\nanother {words}\n")
+    return [
+        "--build",
+        f"kb={tmp_path / 'docs'}",
+        "--store-dir",
+        str(tmp_path / "s"),
+        "--embedder-param",
+        "dim=32",
+    ]
+
+
+@pytest.mark.parametrize("name", ["emulate", "gateway", "retrieval"])
+def test_a_server_whose_port_is_taken_says_so_in_one_line(name, tmp_path, capsys):
+    """The three servers share their start-up (commands/_serving.py): a port in use is a one-line error."""
+    argv = ["live", name, *_server_argv(name, tmp_path)]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main([*argv, "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"fleettwin live {name}: error: cannot serve on 127.0.0.1:{port}: " in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1

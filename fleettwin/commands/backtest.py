@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from fleettwin.commands._common import command_parser
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.forecast import FORECASTERS
 from fleettwin.models.forecast.backtest import (
@@ -57,8 +58,10 @@ examples:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
+    p = command_parser(
+        subparsers,
         "backtest",
+        EXAMPLE,
         help="rolling-origin backtest of workload forecasters on a trace",
         description=textwrap.fill(
             "Rolling-origin backtest: for each origin after the warm-up, fit each forecaster on the past only, "
@@ -69,8 +72,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             f"Forecasters: {', '.join(FORECASTERS.names())}.",
             width=100,
         ),
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--trace", required=True, help="trace file")
     p.add_argument(

@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from fleettwin.commands._common import command_parser
 from fleettwin.models.errors import ConfigError
 
 FORMATS_HELP = (
@@ -23,8 +24,10 @@ FORMATS_HELP = (
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = command_parser(
+        subparsers,
         "calibrate",
+        __doc__,
         help="fit the performance model to measured vLLM runs and report its error",
         description=(
             "Fit a calibration profile (kernel laws + engine and API-server costs) from measured serving runs, "
@@ -32,110 +35,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "`fleettwin data calibrate ACTION --help` for each action. Profiles are YAML; a scenario names one as "
             "`perf_model: {name: calibrated, params: {profile: NAME_OR_PATH}}`."
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
     )
     parser.add_argument("--report", type=Path, metavar="DIR", help=argparse.SUPPRESS)  # old form of `tables`
     parser.add_argument("--every", type=int, default=2, help=argparse.SUPPRESS)
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
-
-    fit = actions.add_parser(
-        "fit",
-        help="fit a profile's engine and API-server costs on measured runs",
-        description=(
-            "Replay RUN files in the simulator and fit the profile's engine costs (CPU per "
-            "iteration, per sequence, per TP worker, small kernels, kernel gaps) and API-"
-            "server costs so that simulated TTFT, TPOT and E2E match. Prints the fitted "
-            "coefficients, any it could not pin (held at the base profile's value, with the "
-            "data that would pin them), and leave-one-run-out errors per run and metric."
-        ),
-    )
-    fit.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run files or folders")
-    fit.add_argument("--format", dest="fmt", help=FORMATS_HELP)
-    fit.add_argument(
-        "--settings",
-        type=Path,
-        help="server settings YAML (model, gpu, tp, engine args) for formats that do not record them",
-    )
-    fit.add_argument(
-        "--base",
-        default="auto",
-        help="profile to start from: built-in name or path (default: the built-in profile of the runs' GPU)",
-    )
-    fit.add_argument("--name", help="name of the new profile (default: the output file's name)")
-    fit.add_argument("--coefficients", help="comma-separated subset to fit (default: all)")
-    fit.add_argument("--no-loro", action="store_true", help="skip the leave-one-run-out errors")
-    fit.add_argument(
-        "--workers", type=int, default=None, help="processes replaying runs (default: cores, max 4)"
-    )
-    fit.add_argument("--strict", action="store_true", help="exit 1 when a coefficient could not be pinned")
-    fit.add_argument("--out", type=Path, required=True, help="profile YAML to write")
-    fit.set_defaults(func=_fit)
-
-    rep = actions.add_parser(
-        "report",
-        help="every measured run simulated next to its measurement",
-        description=(
-            "Simulate every run (default: the public runs shipped with fleettwin) with each "
-            "performance model and compare with the measurement: median |error| of mean "
-            "TTFT, TPOT, E2E and p99 E2E per source, saturation disagreements, a plot of "
-            "predicted against measured. The calibrated model is shown in sample and, "
-            "refitted without each run / each deployment, leave-one-out."
-        ),
-    )
-    rep.add_argument(
-        "--models", default="calibrated,roofline,profiled", help="comma-separated (default %(default)s)"
-    )
-    rep.add_argument(
-        "--runs", nargs="*", type=Path, default=None, help="run files (default: the shipped corpus)"
-    )
-    rep.add_argument("--no-loro", action="store_true", help="in-sample errors only (fast)")
-    rep.add_argument("--workers", type=int, default=None)
-    rep.add_argument("--out", type=Path, required=True, help="folder for errors.csv, report.md and the plot")
-    rep.set_defaults(func=_report)
-
-    ker = actions.add_parser(
-        "kernels",
-        help="fit kernel laws from a folder of measured kernel tables",
-        description=(
-            "Fit the GEMM, attention, MoE and all-reduce laws of one GPU from measured "
-            "kernel tables (aiconfigurator's vLLM collector format: gemm_perf.*.csv, "
-            "context_/generation_attention_perf.csv, moe_perf.*.csv, "
-            "custom_allreduce_perf.csv) and write a profile whose engine costs are priors: "
-            "then `calibrate fit` it on end-to-end runs of that GPU."
-        ),
-    )
-    ker.add_argument("folder", type=Path)
-    ker.add_argument("--gpu", required=True, help="catalog GPU id the tables were measured on")
-    ker.add_argument("--name", required=True)
-    ker.add_argument(
-        "--base", default=None, help="take engine costs from this profile (default: H100 priors)"
-    )
-    ker.add_argument("--out", type=Path, required=True)
-    ker.set_defaults(func=_kernels)
-
-    show = actions.add_parser("show", help="print a profile (default: list the built-in ones)")
-    show.add_argument("profile", nargs="?")
-    show.set_defaults(func=_show)
-
-    conv = actions.add_parser(
-        "convert",
-        help="write measured runs in fleettwin's run format",
-        description="Read runs in any supported format and write them as a fleettwin run "
-        "file (YAML + per-request CSVs), e.g. to keep a corpus of your own deployments.",
-    )
-    conv.add_argument("runs", nargs="+", type=Path)
-    conv.add_argument("--format", dest="fmt", help=FORMATS_HELP)
-    conv.add_argument("--settings", type=Path)
-    conv.add_argument("--source", default="", help="citation for the file's source line")
-    conv.add_argument("--out", type=Path, required=True)
-    conv.set_defaults(func=_convert)
-
-    tab = actions.add_parser("tables", help="error of the profiled model on held-out rows of Vidur's tables")
-    from fleettwin.commands import calibrate_tables
-
-    calibrate_tables.add_arguments(tab)
-    tab.set_defaults(func=calibrate_tables.run)
+    for add in (_add_fit, _add_report, _add_kernels, _add_show, _add_convert, _add_tables):
+        add(actions)
     parser.set_defaults(func=_legacy_or_help, parser=parser)
 
 
@@ -148,6 +53,15 @@ def _legacy_or_help(args: argparse.Namespace) -> int:
         return calibrate_tables.run(args)
     args.parser.print_help()
     return 2
+
+
+def _add_tables(actions: argparse._SubParsersAction) -> None:
+    """``calibrate tables``: the profiled model on held-out rows (``calibrate_tables``)."""
+    p = actions.add_parser("tables", help="error of the profiled model on held-out rows of Vidur's tables")
+    from fleettwin.commands import calibrate_tables
+
+    calibrate_tables.add_arguments(p)
+    p.set_defaults(func=calibrate_tables.run)
 
 
 def _say(msg: str) -> None:
@@ -164,6 +78,42 @@ def _read(paths: list[Path], fmt: str | None, settings: Path | None):
     if not runs:
         raise ConfigError("no runs read")
     return runs
+
+
+def _add_fit(actions: argparse._SubParsersAction) -> None:
+    """``calibrate fit``: a profile fitted on measured runs."""
+    p = actions.add_parser(
+        "fit",
+        help="fit a profile's engine and API-server costs on measured runs",
+        description=(
+            "Replay RUN files in the simulator and fit the profile's engine costs (CPU per "
+            "iteration, per sequence, per TP worker, small kernels, kernel gaps) and API-"
+            "server costs so that simulated TTFT, TPOT and E2E match. Prints the fitted "
+            "coefficients, any it could not pin (held at the base profile's value, with the "
+            "data that would pin them), and leave-one-run-out errors per run and metric."
+        ),
+    )
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run files or folders")
+    p.add_argument("--format", dest="fmt", help=FORMATS_HELP)
+    p.add_argument(
+        "--settings",
+        type=Path,
+        help="server settings YAML (model, gpu, tp, engine args) for formats that do not record them",
+    )
+    p.add_argument(
+        "--base",
+        default="auto",
+        help="profile to start from: built-in name or path (default: the built-in profile of the runs' GPU)",
+    )
+    p.add_argument("--name", help="name of the new profile (default: the output file's name)")
+    p.add_argument("--coefficients", help="comma-separated subset to fit (default: all)")
+    p.add_argument("--no-loro", action="store_true", help="skip the leave-one-run-out errors")
+    p.add_argument(
+        "--workers", type=int, default=None, help="processes replaying runs (default: cores, max 4)"
+    )
+    p.add_argument("--strict", action="store_true", help="exit 1 when a coefficient could not be pinned")
+    p.add_argument("--out", type=Path, required=True, help="profile YAML to write")
+    p.set_defaults(func=_fit)
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -220,6 +170,31 @@ def _fit(args: argparse.Namespace) -> int:
     return 1 if args.strict and res.held else 0
 
 
+def _add_report(actions: argparse._SubParsersAction) -> None:
+    """``calibrate report``: every run simulated next to its measurement."""
+    p = actions.add_parser(
+        "report",
+        help="every measured run simulated next to its measurement",
+        description=(
+            "Simulate every run (default: the public runs shipped with fleettwin) with each "
+            "performance model and compare with the measurement: median |error| of mean "
+            "TTFT, TPOT, E2E and p99 E2E per source, saturation disagreements, a plot of "
+            "predicted against measured. The calibrated model is shown in sample and, "
+            "refitted without each run / each deployment, leave-one-out."
+        ),
+    )
+    p.add_argument(
+        "--models", default="calibrated,roofline,profiled", help="comma-separated (default %(default)s)"
+    )
+    p.add_argument(
+        "--runs", nargs="*", type=Path, default=None, help="run files (default: the shipped corpus)"
+    )
+    p.add_argument("--no-loro", action="store_true", help="in-sample errors only (fast)")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--out", type=Path, required=True, help="folder for errors.csv, report.md and the plot")
+    p.set_defaults(func=_report)
+
+
 def _report(args: argparse.Namespace) -> int:
     from fleettwin.sim.calibration.build import shipped_runs
     from fleettwin.sim.calibration.report import markdown, plot, summary_table, validation_frame
@@ -242,6 +217,27 @@ def _report(args: argparse.Namespace) -> int:
     print(text)
     print(f"\nwrote {args.out / 'errors.csv'}, report.md, predicted_vs_measured.png")
     return 0
+
+
+def _add_kernels(actions: argparse._SubParsersAction) -> None:
+    """``calibrate kernels``: kernel laws from measured kernel tables."""
+    p = actions.add_parser(
+        "kernels",
+        help="fit kernel laws from a folder of measured kernel tables",
+        description=(
+            "Fit the GEMM, attention, MoE and all-reduce laws of one GPU from measured "
+            "kernel tables (aiconfigurator's vLLM collector format: gemm_perf.*.csv, "
+            "context_/generation_attention_perf.csv, moe_perf.*.csv, "
+            "custom_allreduce_perf.csv) and write a profile whose engine costs are priors: "
+            "then `calibrate fit` it on end-to-end runs of that GPU."
+        ),
+    )
+    p.add_argument("folder", type=Path)
+    p.add_argument("--gpu", required=True, help="catalog GPU id the tables were measured on")
+    p.add_argument("--name", required=True)
+    p.add_argument("--base", default=None, help="take engine costs from this profile (default: H100 priors)")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_kernels)
 
 
 def _kernels(args: argparse.Namespace) -> int:
@@ -272,6 +268,13 @@ def _kernels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_show(actions: argparse._SubParsersAction) -> None:
+    """``calibrate show``: a profile, or the list of built-in ones."""
+    p = actions.add_parser("show", help="print a profile (default: list the built-in ones)")
+    p.add_argument("profile", nargs="?")
+    p.set_defaults(func=_show)
+
+
 def _show(args: argparse.Namespace) -> int:
     from fleettwin.models.perf.profile import builtin_profiles, load_profile
 
@@ -282,6 +285,22 @@ def _show(args: argparse.Namespace) -> int:
         return 0
     print(load_profile(args.profile).to_yaml())
     return 0
+
+
+def _add_convert(actions: argparse._SubParsersAction) -> None:
+    """``calibrate convert``: runs rewritten in fleettwin's run format."""
+    p = actions.add_parser(
+        "convert",
+        help="write measured runs in fleettwin's run format",
+        description="Read runs in any supported format and write them as a fleettwin run "
+        "file (YAML + per-request CSVs), e.g. to keep a corpus of your own deployments.",
+    )
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--format", dest="fmt", help=FORMATS_HELP)
+    p.add_argument("--settings", type=Path)
+    p.add_argument("--source", default="", help="citation for the file's source line")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_convert)
 
 
 def _convert(args: argparse.Namespace) -> int:

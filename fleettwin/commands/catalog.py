@@ -59,9 +59,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _table(title: str, columns: tuple[str, ...]) -> Table:
+    """A catalog table: the id column left-aligned and never wrapped, the numbers right-aligned."""
+    table = Table(title=title)
+    for name in columns:
+        table.add_column(name, justify="left" if name == "id" else "right", no_wrap=name == "id")
+    return table
+
+
 def gpu_table(catalog: Catalog) -> Table:
-    table = Table(title="GPUs (prices: USD per GPU-hour, ±40 %; * = spot estimated as 0.5 × on-demand)")
-    for name in (
+    columns = (
         "id",
         "memory GB",
         "HBM TB/s",
@@ -72,8 +79,8 @@ def gpu_table(catalog: Catalog) -> Table:
         "on-demand $/h",
         "spot $/h",
         "ridge FLOP/B",
-    ):
-        table.add_column(name, justify="left" if name == "id" else "right", no_wrap=name == "id")
+    )
+    table = _table("GPUs (prices: USD per GPU-hour, ±40 %; * = spot estimated as 0.5 × on-demand)", columns)
     for g in catalog.gpus.values():
         table.add_row(
             g.id,
@@ -92,13 +99,7 @@ def gpu_table(catalog: Catalog) -> Table:
 
 def model_table(catalog: Catalog, gpu_id: str, *, gpu_memory_utilization: float, block_size: int) -> Table:
     gpu = catalog.gpu(gpu_id)
-    table = Table(
-        title=(
-            f"LLMs (BF16) — sizing on {gpu.id} at gpu_memory_utilization {gpu_memory_utilization}, "
-            f"blocks of {block_size} tokens"
-        )
-    )
-    for name in (
+    columns = (
         "id",
         "params B",
         "active B",
@@ -112,8 +113,12 @@ def model_table(catalog: Catalog, gpu_id: str, *, gpu_memory_utilization: float,
         "min TP",
         "KV blocks",
         "KV tokens",
-    ):
-        table.add_column(name, justify="left" if name == "id" else "right", no_wrap=name == "id")
+    )
+    title = (
+        f"LLMs (BF16) — sizing on {gpu.id} at gpu_memory_utilization {gpu_memory_utilization}, "
+        f"blocks of {block_size} tokens"
+    )
+    table = _table(title, columns)
     for m in catalog.llms.values():
         try:
             tp = min_tensor_parallel(gpu, m, gpu_memory_utilization=gpu_memory_utilization)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fleettwin.commands._common import command_parser
+
 EPILOG = """examples:
   fleettwin data certs --out certs
   fleettwin data certs --out certs --names gateway,emulator --san gpu-node-1 --san 10.0.0.7 --days 30
@@ -21,14 +23,14 @@ with a real PKI, point the --tls-* options at its files instead."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = command_parser(
+        subparsers,
         "certs",
+        EPILOG,
         help="create a local CA and mTLS certificates for the gateway, emulators, controller, retrieval",
         description="Write a local certificate authority and, for each component, a server certificate and a "
         "client certificate signed by it (ECDSA P-256), so that every link of the live twin can require mutual "
         "TLS. An existing CA in --out is reused.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", required=True, type=Path, help="folder for the PEM files")
     p.add_argument(

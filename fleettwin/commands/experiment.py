@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fleettwin.commands._common import command_parser, labelled, progress_bar
+
 EPILOG = """examples:
   fleettwin sim experiment multitier --quick --out results/multitier-quick
   fleettwin sim experiment regions --out results/regions
@@ -16,13 +18,13 @@ test), DIR/meta.json (wall time, seeds, settings) and any plots the experiment d
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from fleettwin.experiments import EXPERIMENTS
 
-    p = subparsers.add_parser(
+    p = command_parser(
+        subparsers,
         "experiment",
+        EPILOG,
         help="run a named experiment (all policies, same workload and seed) and write a report",
         description="Run one of fleettwin's experiments: several policies or set-ups on the same workload and "
         "seed, summarised in results.csv and a markdown report that sets the numbers next to the claim tested.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("name", choices=list(EXPERIMENTS), help="which experiment")
     p.add_argument("--out", type=Path, required=True, help="directory for results.csv, report.md and plots")
@@ -34,27 +36,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.markdown import Markdown
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fleettwin.experiments import load, write_experiment
 
     console = Console()
     module = load(args.name)
-    with Progress(
-        TextColumn("[bold]experiment[/] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[label]}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=args.quiet,
-        transient=True,
-    ) as bar:
+    head = "[bold]experiment[/] {task.description}"
+    with progress_bar(console, args.quiet, head, "{task.fields[label]}") as bar:
         task = bar.add_task(args.name, total=None, label="")
         result = module.run(
             args.out,
             quick=args.quick,
-            progress=lambda done, total, label: bar.update(task, completed=done, total=total, label=label),
+            progress=labelled(bar, task),
         )
     paths = write_experiment(result, args.out)
     console.print(Markdown(result.report_md))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from fleettwin.commands._common import command_parser
+from fleettwin.commands._serving import add_listen_args, add_tls_args
 
 EPILOG = """examples:
   fleettwin live gateway --new-key                       # a random API key and the sha256 line for the YAML
@@ -23,21 +25,18 @@ strict JSON 400); large bodies are examined in worker processes. See docs/gatewa
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = command_parser(
+        subparsers,
         "gateway",
+        EPILOG,
         help="serve the policy-aware OpenAI-compatible gateway (auth, per-tenant rules, sanitising, quotas)",
         description="Run an OpenAI-compatible HTTP gateway in front of vLLM or emulator backends that "
         "authenticates callers, applies per-tenant authorization rules and quotas from a YAML policy, "
         "sanitises the context, and appends every decision to a JSONL audit log.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", type=Path, help="gateway policy YAML (see configs/gateway.yaml)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
-    p.add_argument("--port", type=int, default=9000, help="port (default %(default)s; 0 picks a free one)")
-    p.add_argument("--tls-cert", help="PEM certificate: serve HTTPS")
-    p.add_argument("--tls-key", help="PEM private key for --tls-cert")
-    p.add_argument("--tls-ca", help="PEM CA: require client certificates signed by it (mTLS)")
+    add_listen_args(p, port=9000)
+    add_tls_args(p)
     p.add_argument("--check", action="store_true", help="validate --config and exit")
     p.add_argument(
         "--new-key", action="store_true", help="print a new API key and its stored form, then exit"
@@ -46,6 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fleettwin.commands._serving import check_tls_files, serve_until_stopped
     from fleettwin.models.errors import ConfigError
 
     if args.new_key:
@@ -54,11 +54,9 @@ def run(args: argparse.Namespace) -> int:
         key, stored = new_key()
         print(f"key:    {key}\nstored: {stored}    # put this line under tenants.<name>.api_keys")
         return 0
-    from fleettwin.live.tls import check_server_files
-
     if args.config is None:
         raise ConfigError("--config is required (or --new-key)")
-    check_server_files(args.tls_cert, args.tls_key, args.tls_ca)
+    check_tls_files(args)
     from fleettwin.live.gateway.config import load_gateway
 
     cfg = load_gateway(args.config)
@@ -68,7 +66,6 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0
     from fleettwin.live.gateway.app import create_gateway_app
-    from fleettwin.live.server import serve
 
     app = create_gateway_app(cfg)  # reads backend tokens and the JWT secret now: a missing one fails here
 
@@ -80,17 +77,4 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    try:
-        serve(
-            app,
-            host=args.host,
-            port=args.port,
-            ssl_certfile=args.tls_cert,
-            ssl_keyfile=args.tls_key,
-            ssl_ca_certs=args.tls_ca,
-            on_ready=ready,
-        )
-    except OSError as exc:
-        raise ConfigError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
-    print("fleettwin gateway: stopped", file=sys.stderr)
-    return 0
+    return serve_until_stopped(app, args, "gateway", ready)

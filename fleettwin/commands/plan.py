@@ -6,6 +6,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fleettwin.commands._common import (
+    add_executor_args,
+    add_overrides_arg,
+    command_parser,
+    labelled,
+    progress_bar,
+)
+
 EPILOG = """examples:
   # GPUs for a rate: the cheapest H100 deployment of the scenario's model at 30 req/s within both targets
   fleettwin sim plan configs/planning/llama70b_chat.yaml --rate 30 --slo ttft_p95=2s --slo tpot_p95=50ms \\
@@ -34,14 +42,14 @@ the recommended deployment (`fleettwin sim run DIR/recommended.yaml`)."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = command_parser(
+        subparsers,
         "plan",
+        EPILOG,
         help="cheapest deployment meeting percentile SLOs at a rate (or the most a budget serves)",
         description="Find, by simulation, the cheapest deployment (GPU type x tensor parallelism x precision x "
         "replicas) of a scenario's pool that meets percentile latency targets on the scenario's workload at "
         "each rate; with --budget, the highest rate each candidate serves within it.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "scenario", type=Path, help="scenario YAML: the workload, model, engine and seed to plan for"
@@ -86,14 +94,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "a cap on the deployments considered",
     )
     p.add_argument("--pool", help="the pool to plan (default: the scenario's only pool)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a scenario field first, as in `fleettwin sim run --set` (repeatable)",
-    )
+    add_overrides_arg(p, "override a scenario field first, as in `fleettwin sim run --set` (repeatable)")
     p.add_argument(
         "--max-replicas",
         type=int,
@@ -103,15 +104,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", type=Path, required=True, help="directory for plan.csv, plan.md, recommended.yaml"
     )
-    p.add_argument(
-        "--executor",
-        choices=["local", "ray"],
-        default="local",
-        help="local: a process pool; ray: Ray tasks (needs the `ray` extra)",
-    )
-    p.add_argument("--jobs", type=int, metavar="N", help="candidates searched at once (default: the CPUs)")
-    p.add_argument(
-        "--ray-address", metavar="ADDR", help="an existing Ray cluster (default: start one locally)"
+    add_executor_args(
+        p,
+        executor_help="local: a process pool; ray: Ray tasks (needs the `ray` extra)",
+        jobs_help="candidates searched at once (default: the CPUs)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -158,7 +154,6 @@ def question(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fleettwin.sim.executors import make_executor
     from fleettwin.sim.planning.plan import make_plan
@@ -167,24 +162,12 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     q = question(args)
     executor = make_executor(args.executor, jobs=args.jobs, address=args.ray_address)
-    with Progress(
-        TextColumn("[bold]plan[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("candidates"),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[label]}"),
-        console=console,
-        disable=args.quiet,
-        transient=True,
-    ) as bar:
+    with progress_bar(console, args.quiet, "[bold]plan[/]", "candidates", "{task.fields[label]}") as bar:
         task = bar.add_task("plan", total=None, label="checking the candidates")
         result = make_plan(
             q,
             executor,
-            progress=lambda done, total, label: bar.update(
-                task, completed=done, total=total, label=f"searched {label}"
-            ),
+            progress=labelled(bar, task, prefix="searched "),
         )
     paths = write_plan(result, args.out)
     for line in answer_lines(result):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from fleettwin.commands._common import add_policy_arg, add_registry_arg, command_parser
 
 EPILOG = """examples:
   fleettwin policy validate configs/live.yaml --suite configs/validation/ && fleettwin policy promote configs/live.yaml
@@ -14,20 +15,16 @@ parameters, defaults filled in) passed. `fleettwin live shadow --act` then acts 
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = command_parser(
+        subparsers,
         "promote",
+        EPILOG,
         help="promote a policy whose latest validation passed, so that shadow --act may run it",
         description="Record in the gate registry that a policy configuration may act on the fleet; refused "
         "without a passing validation of the same config hash.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("policy", type=Path, help="allocator YAML, or a (live) scenario with controller.allocator")
-    p.add_argument(
-        "--registry",
-        type=Path,
-        help="gate registry (default $FLEETTWIN_REGISTRY or .fleettwin/registry.sqlite)",
-    )
+    add_policy_arg(p)
+    add_registry_arg(p)
     p.set_defaults(func=run)
 
 

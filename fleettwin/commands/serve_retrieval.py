@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
+
+from fleettwin.commands._common import command_parser
+from fleettwin.commands._serving import add_limit_args, add_listen_args, add_tls_args
 
 EPILOG = """examples:
   fleettwin live retrieval --build docs=docs --store-dir stores --build-only     # embed docs/*.md paragraphs
@@ -23,18 +25,16 @@ no model, no download) and saves STORE_DIR/NAME.faiss with its metadata, embedde
 With --tls-ca, only client certificates naming one of --tls-client-name (default: gateway, controller) are
 accepted. See docs/live.md (Retrieval service) and docs/gateway.md (Zero-trust links)."""
 
-DEFAULT_CLIENTS = ("gateway", "controller")
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = command_parser(
+        subparsers,
         "serve-retrieval",
+        EPILOG,
         help="serve saved FAISS stores by collection name (POST /v1/retrieve), with bearer token and mTLS",
         description="Run an HTTP(S) retrieval service over one or more FAISS vector stores saved by the live "
         "twin's vector store (or built here from a folder of documents): top-k search by text or vector per "
         "collection, Prometheus metrics per collection, optional bearer token and client certificates.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--collection",
@@ -67,15 +67,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="with --build: embedder parameter, e.g. dim=256 (repeatable)",
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
-    p.add_argument("--port", type=int, default=9100, help="port (default %(default)s; 0 picks a free one)")
+    add_listen_args(p, port=9100)
     p.add_argument("--token-env", metavar="VAR", help="require 'Authorization: Bearer $VAR' on /v1/*")
-    p.add_argument("--tls-cert", help="PEM certificate: serve HTTPS")
-    p.add_argument("--tls-key", help="PEM private key for --tls-cert")
-    p.add_argument("--tls-ca", help="PEM CA: require client certificates signed by it (mTLS)")
-    from fleettwin.commands.emulate import add_limit_args
-
-    add_limit_args(p, DEFAULT_CLIENTS)
+    add_tls_args(p)
+    add_limit_args(p)
     p.set_defaults(func=run)
 
 
@@ -92,14 +87,12 @@ def _pairs(items: list[str], flag: str) -> list[tuple[str, Path]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fleettwin.live.tls import check_server_files
+    from fleettwin.commands._serving import check_tls_files, http_limits, serve_until_stopped
     from fleettwin.models.config import parse_override
     from fleettwin.models.errors import ConfigError
 
-    check_server_files(args.tls_cert, args.tls_key, args.tls_ca)
-    from fleettwin.commands.emulate import http_limits
-
-    limits = http_limits(args, DEFAULT_CLIENTS)
+    check_tls_files(args)
+    limits = http_limits(args)
     token = None
     if args.token_env:
         token = os.environ.get(args.token_env)
@@ -133,24 +126,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     collections = {name: load_collection(name, path) for name, path in served}
     app = create_retrieval_app(collections, token=token, limits=limits)
-    from fleettwin.live.server import serve
 
     def ready(url: str) -> None:
         what = ", ".join(f"{n} ({c.store.spec.index_type}, {c.store.ntotal})" for n, c in collections.items())
         mtls = ", client certificates required" if args.tls_ca else ""
         print(f"fleettwin serve-retrieval: {what} at {url}{mtls}", flush=True)
 
-    try:
-        serve(
-            app,
-            host=args.host,
-            port=args.port,
-            ssl_certfile=args.tls_cert,
-            ssl_keyfile=args.tls_key,
-            ssl_ca_certs=args.tls_ca,
-            on_ready=ready,
-        )
-    except OSError as exc:
-        raise ConfigError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
-    print("fleettwin serve-retrieval: stopped", file=sys.stderr)
-    return 0
+    return serve_until_stopped(app, args, "serve-retrieval", ready)

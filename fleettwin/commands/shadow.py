@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fleettwin.commands._common import add_overrides_arg, add_registry_arg, command_parser
+
 EPILOG = """examples:
   fleettwin live shadow --scenario configs/live.yaml                        # until Ctrl-C
   fleettwin live shadow --scenario configs/live.yaml --duration 120 --drift-report results/drift --load replay.parquet
@@ -24,32 +26,21 @@ latency and replicas, the decision, and what the actuator did. Restarting contin
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = command_parser(
+        subparsers,
         "shadow",
+        EPILOG,
         help="run the allocator live against vLLM-compatible backends and log its decisions (or act on them)",
         description="Run the live twin's control loop: scrape the backends of a live scenario every interval, "
         "decide with the same allocator and routers the simulator runs, and append each decision to a "
         "durable JSONL log; with --act a promoted policy starts and stops emulator replicas.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--scenario", required=True, type=Path, help="live scenario YAML (see configs/live.yaml)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field by dotted path, e.g. controller.interval_s=5 (repeatable)",
-    )
+    add_overrides_arg(p, "override a field by dotted path, e.g. controller.interval_s=5 (repeatable)")
     p.add_argument("--duration", type=float, help="stop after S seconds (default: run until interrupted)")
     p.add_argument("--ticks", type=int, help="stop after N decisions")
     p.add_argument("--act", action="store_true", help="carry decisions out with the scenario's actuator")
-    p.add_argument(
-        "--registry",
-        type=Path,
-        help="gate registry (default $FLEETTWIN_REGISTRY or .fleettwin/registry.sqlite)",
-    )
+    add_registry_arg(p)
     p.add_argument(
         "--drift-report", type=Path, metavar="DIR", help="write drift.csv and drift.md here at the end"
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fleettwin.commands._common import add_overrides_arg, command_parser, progress_bar
+
 EPILOG = """examples:
   fleettwin sim run configs/quickstart.yaml --out results/quickstart --plot
   fleettwin sim run configs/quickstart.yaml --set pools.0.replicas=4 --set workload.speedup=2
@@ -29,26 +31,19 @@ workflow_nodes.parquet."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = command_parser(
+        subparsers,
         "simulate",
+        EPILOG,
         help="simulate a scenario YAML (GPU pools serving a workload)",
         description="Simulate the GPU pools of a scenario serving its workload with a vLLM-like engine model, "
         "then print latency percentiles, throughput, SLO attainment and cost.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("scenario", type=Path, help="scenario YAML file (see configs/)")
     p.add_argument("--out", type=Path, help="directory for results (Parquet, JSON, plots)")
     p.add_argument("--seed", type=int, help="override the scenario's seed")
     p.add_argument("--mode", choices=["skip", "per_iteration"], help="engine stepping (default: scenario's)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a scenario field by dotted path, e.g. pools.0.replicas=16 (repeatable)",
-    )
+    add_overrides_arg(p, "override a scenario field by dotted path, e.g. pools.0.replicas=16 (repeatable)")
     p.add_argument("--plot", action="store_true", help="also write latency_cdf.png and pool_timeseries.png")
     p.add_argument(
         "--stream",
@@ -67,7 +62,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fleettwin.models.config import load_scenario, parse_override
     from fleettwin.sim.report import feature_tables, summary_tables, write_results
@@ -80,16 +74,8 @@ def run(args: argparse.Namespace) -> int:
     log = _request_log(args, cfg)
     for warning in _estimate(cfg, requests, streaming=log is not None):
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    with Progress(
-        TextColumn("[bold]simulating[/] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("requests  t={task.fields[sim_t]:.0f}s"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=args.quiet,
-        transient=True,
-    ) as bar:
+    head, middle = "[bold]simulating[/] {task.description}", "requests  t={task.fields[sim_t]:.0f}s"
+    with progress_bar(console, args.quiet, head, middle) as bar:
         task = bar.add_task(cfg.name, total=len(requests), sim_t=0.0)
         result = run_scenario(
             cfg,

@@ -6,6 +6,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fleettwin.commands._common import (
+    add_executor_args,
+    add_overrides_arg,
+    command_parser,
+    labelled,
+    progress_bar,
+)
+
 EPILOG = """parameters (--param, repeatable; the grid is their cartesian product):
   PATH=start:stop:n     n evenly spaced values from start to stop (integers stay integers): replicas=1:8:8
   PATH=a,b,c            a list, each value read as YAML: pools.0.gpu=h100-80g,a100-80g  purchase=on_demand,spot
@@ -31,14 +39,14 @@ frontier); DIR/sweep.json (the grid, executor, wall time, failures)."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = command_parser(
+        subparsers,
         "sweep",
+        EPILOG,
         help="simulate a scenario over a grid of parameters; table and latency-cost Pareto frontier",
         description="Simulate a scenario at every point of a parameter grid (in a local process pool or on Ray, "
         "with identical results), write one table row per point and plot the points that no other point beats "
         "on both cost and latency (the Pareto frontier).",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("scenario", type=Path, help="scenario YAML file (see configs/)")
     p.add_argument(
@@ -49,14 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="PATH=VALUES",
         help="a swept parameter: PATH=start:stop:n or PATH=a,b,c (repeatable; see below)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a fixed override for every point, as in `fleettwin sim run --set` (repeatable)",
-    )
+    add_overrides_arg(p, "a fixed override for every point, as in `fleettwin sim run --set` (repeatable)")
     p.add_argument("--out", type=Path, required=True, help="directory for sweep.csv, pareto.png, sweep.json")
     p.add_argument(
         "--seeds",
@@ -66,20 +67,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="replications per point with seeds s, s+1, ..., s+N-1 (s: the scenario's seed); "
         "the table reports means and 95%% confidence half-widths (default 1)",
     )
-    p.add_argument(
-        "--executor",
-        choices=["local", "ray"],
-        default="local",
-        help="local: a process pool on this machine; ray: Ray tasks (needs the `ray` extra)",
-    )
-    p.add_argument(
-        "--jobs",
-        type=int,
-        metavar="N",
-        help="parallel runs (default: the number of CPUs); 1 runs everything in this process",
-    )
-    p.add_argument(
-        "--ray-address", metavar="ADDR", help="an existing Ray cluster (default: start one locally)"
+    add_executor_args(
+        p,
+        executor_help="local: a process pool on this machine; ray: Ray tasks (needs the `ray` extra)",
+        jobs_help="parallel runs (default: the number of CPUs); 1 runs everything in this process",
     )
     p.add_argument("--x", default="usd_per_hour", help="frontier x column, minimised (default usd_per_hour)")
     p.add_argument(
@@ -94,7 +85,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fleettwin.models.config import parse_override
     from fleettwin.sim.executors import make_executor
@@ -104,17 +94,7 @@ def run(args: argparse.Namespace) -> int:
     params = [parse_param(text) for text in args.params]
     check_axes(params, args.x, args.y)
     executor = make_executor(args.executor, jobs=args.jobs, address=args.ray_address)
-    with Progress(
-        TextColumn("[bold]sweep[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("runs"),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[label]}"),
-        console=console,
-        disable=args.quiet,
-        transient=True,
-    ) as bar:
+    with progress_bar(console, args.quiet, "[bold]sweep[/]", "runs", "{task.fields[label]}") as bar:
         task = bar.add_task("sweep", total=None, label="validating the grid")
         result = run_sweep(
             args.scenario,
@@ -124,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             seeds=args.seeds,
             x=args.x,
             y=args.y,
-            progress=lambda done, total, label: bar.update(task, completed=done, total=total, label=label),
+            progress=labelled(bar, task),
             on_update=lambda table, runs: write_partial(args.out, table, runs, seeds=args.seeds),
         )
     paths = write_sweep(result, args.out)

@@ -6,6 +6,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fleettwin.commands._common import (
+    add_policy_arg,
+    add_registry_arg,
+    command_parser,
+    labelled,
+    progress_bar,
+)
+
 EPILOG = """examples:
   fleettwin policy validate configs/allocators/reactive.yaml --suite configs/validation/
   fleettwin policy validate configs/live.yaml --suite configs/validation/ --registry /tmp/gate.sqlite
@@ -18,34 +26,29 @@ criteria. The verdict is recorded with the policy's config hash (SHA-256 of its 
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = command_parser(
+        subparsers,
         "validate",
+        EPILOG,
         help="validate a policy in simulation on a scenario suite and record the verdict (promotion gate)",
         description="Run a policy in simulation on every scenario of a validation suite and on the suite's "
         "baseline, judge it by the suite's criteria, and record pass/fail with the policy's config hash in "
         "the local gate registry.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("policy", type=Path, help="allocator YAML, or a (live) scenario with controller.allocator")
+    add_policy_arg(p)
     p.add_argument(
         "--suite",
         type=Path,
         default=Path("configs/validation"),
         help="suite YAML or a directory holding suite.yaml (default %(default)s)",
     )
-    p.add_argument(
-        "--registry",
-        type=Path,
-        help="gate registry (default $FLEETTWIN_REGISTRY or .fleettwin/registry.sqlite)",
-    )
+    add_registry_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from fleettwin.live.gate import GateRegistry, canonical_policy, policy_hash
@@ -56,21 +59,13 @@ def run(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy)
     suite = load_suite(args.suite)
     config_hash = policy_hash(policy.name, policy.params)
-    with Progress(
-        TextColumn("[bold]validating[/] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[label]}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=args.quiet,
-        transient=True,
-    ) as bar:
+    head = "[bold]validating[/] {task.description}"
+    with progress_bar(console, args.quiet, head, "{task.fields[label]}") as bar:
         task = bar.add_task(f"{policy.name} {config_hash[:12]}", total=None, label="")
         result = run_suite(
             policy,
             suite,
-            lambda done, total, label: bar.update(task, completed=done, total=total, label=label),
+            labelled(bar, task),
             simulate=lambda cfg: run_scenario(cfg).summary,
         )
     table = Table(
