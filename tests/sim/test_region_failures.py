@@ -170,7 +170,7 @@ def test_when_no_region_is_up_requests_are_rejected_with_the_reason_not_lost():
 def test_region_names_are_checked_against_the_scenario(field):
     from fleettwin.models.config import parse_scenario
     from fleettwin.models.errors import ConfigError
-    from tests.sim.test_failures import SCENARIO
+    from tests.sim.test_failures_config import SCENARIO
 
     spec = {"name": "network_partition", "params": {"region": "us-east-1", "timing": {"at_s": [1]}}}
     spec["params"][field] = "mars-1" if field == "region" else ["mars-1"]
