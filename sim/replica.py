@@ -160,11 +160,13 @@ class Replica:
     def _on_wake(self, event) -> None:
         """The engine's wake-up: close what just ended (an iteration, a decode run, or idleness) and plan
         what comes next. The clock is the wake-up's own time (``event.at``)."""
+        # read before the identity check, which narrows ``event`` to ``_pending``'s optional type (mypyc)
+        at = event.at
         if event is not self._pending:  # cannot happen: a replaced wake-up has no callbacks
             raise AssertionError(f"replica {self.index}: a stale wake-up fired")
         sched, state = self.scheduler, self._state
         if state is _STEP:
-            finished = sched.finish_step(self._plan, self._start, event.at)
+            finished = sched.finish_step(self._plan, self._start, at)
         elif state is _RUN:
             self._interruptible = False
             run, self._run = self._run, None
@@ -179,7 +181,7 @@ class Replica:
             self._on_finish(self, finished)
             if self._state is _DEAD:  # failed from a finish callback
                 return
-        self._next(event.at)
+        self._next(at)
 
     def _next(self, start: float) -> None:
         """Plan the next iteration (or decode run) from ``start`` (now) and sleep until it ends; go idle
