@@ -221,12 +221,7 @@ class LiveConfig(StrictModel):
         return self
 
     def build_catalog(self):
-        from fleettwin.models.catalog import Catalog
-
-        try:
-            return Catalog.default().with_overrides(gpus=self.catalog.gpus, llms=self.catalog.llms)
-        except FleettwinError as exc:
-            raise ValueError(f"catalog: {exc}") from None
+        return self.catalog.build()
 
     def resolved(self) -> list:
         """Each pool resolved as the simulator resolves it (TP, KV blocks, limits, performance model)."""

@@ -36,6 +36,13 @@ class CatalogOverrides(StrictModel):
     gpus: dict[str, dict[str, Any]] = Field(default_factory=dict)
     llms: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
+    def build(self) -> Catalog:
+        """The built-in catalog with these changes; a ValueError (reported under ``catalog``) if one is bad."""
+        try:
+            return Catalog.default().with_overrides(gpus=self.gpus, llms=self.llms)
+        except FleettwinError as exc:
+            raise ValueError(f"catalog: {exc}") from None
+
 
 class ScenarioConfig(StrictModel):
     name: str
@@ -120,8 +127,5 @@ class ScenarioConfig(StrictModel):
             source = ReshapedSource(source, rate_scale=w.rate_scale, loop_to_s=w.loop_to_s)
         return source
 
-    def build_catalog(self):
-        try:
-            return Catalog.default().with_overrides(gpus=self.catalog.gpus, llms=self.catalog.llms)
-        except FleettwinError as exc:
-            raise ValueError(f"catalog: {exc}") from None
+    def build_catalog(self) -> Catalog:
+        return self.catalog.build()
