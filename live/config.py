@@ -38,7 +38,8 @@ from fleettwin.models.config import (
     validated,
 )
 from fleettwin.models.config.loading import _set_dotted
-from fleettwin.models.errors import ConfigError, FleettwinError
+from fleettwin.models.config.scenario import check_pool_in_catalog
+from fleettwin.models.errors import ConfigError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -200,11 +201,7 @@ class LiveConfig(StrictModel):
         seen: dict[str, str] = {}
         catalog = self.build_catalog()
         for i, pool in enumerate(self.pools):
-            for field, getter in (("gpu", catalog.gpu), ("model", catalog.llm)):
-                try:
-                    getter(getattr(pool, field))
-                except FleettwinError as exc:
-                    raise ValueError(f"pools[{i}].{field}: {exc}") from None
+            check_pool_in_catalog(i, pool, catalog)
             for url in pool.backends:
                 if url in seen:
                     raise ValueError(f"backend {url} is listed in pools {seen[url]!r} and {pool.name!r}")

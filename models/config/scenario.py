@@ -44,6 +44,16 @@ class CatalogOverrides(StrictModel):
             raise ValueError(f"catalog: {exc}") from None
 
 
+def check_pool_in_catalog(i: int, pool: Any, catalog: Catalog) -> None:
+    """The ``gpu`` and ``model`` of pool ``i`` (a scenario's or a live scenario's) are in ``catalog``; a
+    ValueError says which is not, as ``pools[i].gpu``."""
+    for field, getter in (("gpu", catalog.gpu), ("model", catalog.llm)):
+        try:
+            getter(getattr(pool, field))
+        except FleettwinError as exc:
+            raise ValueError(f"pools[{i}].{field}: {exc}") from None
+
+
 class ScenarioConfig(StrictModel):
     name: str
     description: str = ""
@@ -86,11 +96,7 @@ class ScenarioConfig(StrictModel):
             raise ValueError(f"pool names must be unique; repeated: {', '.join(dupes)}")
         catalog = self.build_catalog()
         for i, pool in enumerate(self.pools):
-            for field, getter in (("gpu", catalog.gpu), ("model", catalog.llm)):
-                try:
-                    getter(getattr(pool, field))
-                except FleettwinError as exc:
-                    raise ValueError(f"pools[{i}].{field}: {exc}") from None
+            check_pool_in_catalog(i, pool, catalog)
         if self.jobs is not None:
             self.jobs.check(names, catalog)
         if self.workflows is not None:
