@@ -45,7 +45,11 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class LivePool(StrictModel):
-    """One pool of running servers; every field but ``backends`` means what it means in a scenario pool."""
+    """One pool of running servers; every field but ``backends`` and ``tls`` means what it means in a scenario
+    pool, and ``pool_config()`` validates them as one, so their rules stay ``PoolConfig``'s. They are declared
+    again rather than taken from a shared base because a base would put them before ``PoolConfig.replicas``,
+    and a scenario pool's field order is the list its unknown-key error shows; a live pool has no ``replicas``
+    and no ``central_queue``."""
 
     name: str
     gpu: str
