@@ -1,17 +1,33 @@
-"""What every experiment returns and how it is written: a results table and a markdown report."""
+"""What every experiment returns and how it is written (a results table and a markdown report), and how one
+reads its own YAML file."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
+from pydantic import BaseModel, ValidationError
 
 from fleettwin.io import write_csv, write_json, write_text
+from fleettwin.models.config import format_errors, read_yaml
+from fleettwin.models.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
 
 # (runs done, runs total, label of the run just started or finished)
 ExperimentProgress = Callable[[int, int, str], None]
+
+
+def load_yaml(model: type[M], path: Path, what: str) -> M:
+    """The YAML file ``path`` (``what`` names it in a read error) as ``model``; a ConfigError names the file,
+    the field and the reason."""
+    try:
+        return model.model_validate(read_yaml(path, what))
+    except ValidationError as exc:
+        raise ConfigError(format_errors(str(path), exc)) from None
 
 
 def progress_ticker(progress: ExperimentProgress | None, total: int) -> Callable[[str], None]:

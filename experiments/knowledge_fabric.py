@@ -20,13 +20,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import simpy
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from fleettwin.experiments import CONFIG_DIR
-from fleettwin.experiments.base import ExperimentProgress, ExperimentResult, progress_ticker
+from fleettwin.experiments.base import ExperimentProgress, ExperimentResult, load_yaml, progress_ticker
 from fleettwin.io import write_csv
-from fleettwin.models.config import format_errors, read_yaml
-from fleettwin.models.errors import ConfigError
 from fleettwin.models.retrieval.config import HybridConfig, RetrievalConfig
 from fleettwin.models.retrieval.model import StoreProfile
 from fleettwin.sim.retrieval.rag import KnowledgeFabric, build_fabric
@@ -95,10 +93,7 @@ class FabricExperiment(_Strict):
 
 
 def load_config(path: Path = CONFIG) -> FabricExperiment:
-    try:
-        return FabricExperiment.model_validate(read_yaml(path, "experiment config"))
-    except ValidationError as exc:
-        raise ConfigError(format_errors(str(path), exc)) from None
+    return load_yaml(FabricExperiment, path, "experiment config")
 
 
 def fabric_config(

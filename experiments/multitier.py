@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 
 from fleettwin.experiments import CONFIG_DIR
-from fleettwin.experiments.base import ExperimentProgress, ExperimentResult
-from fleettwin.models.config import PolicyRef, ScenarioConfig, format_errors, load_scenario, read_yaml
+from fleettwin.experiments.base import ExperimentProgress, ExperimentResult, load_yaml
+from fleettwin.models.config import PolicyRef, ScenarioConfig, load_scenario
 from fleettwin.models.errors import ConfigError
 from fleettwin.sim.metrics import COMPLETED
 from fleettwin.sim.runner import SimulationResult, generate_requests, run_scenario
@@ -57,10 +57,7 @@ class PoliciesFile(_Strict):
 
 
 def load_policies(path: Path = POLICIES) -> PoliciesFile:
-    try:
-        return PoliciesFile.model_validate(read_yaml(path, "experiment policies"))
-    except ValidationError as exc:
-        raise ConfigError(format_errors(str(path), exc)) from None
+    return load_yaml(PoliciesFile, path, "experiment policies")
 
 
 def run(

@@ -38,13 +38,18 @@ from fleettwin.models.config import (
     validated,
 )
 from fleettwin.models.config.loading import _set_dotted
-from fleettwin.models.errors import ConfigError, FleettwinError
+from fleettwin.models.config.scenario import check_pool_in_catalog
+from fleettwin.models.errors import ConfigError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class LivePool(StrictModel):
-    """One pool of running servers; every field but ``backends`` means what it means in a scenario pool."""
+    """One pool of running servers; every field but ``backends`` and ``tls`` means what it means in a scenario
+    pool, and ``pool_config()`` validates them as one, so their rules stay ``PoolConfig``'s. They are declared
+    again rather than taken from a shared base because a base would put them before ``PoolConfig.replicas``,
+    and a scenario pool's field order is the list its unknown-key error shows; a live pool has no ``replicas``
+    and no ``central_queue``."""
 
     name: str
     gpu: str
@@ -200,11 +205,7 @@ class LiveConfig(StrictModel):
         seen: dict[str, str] = {}
         catalog = self.build_catalog()
         for i, pool in enumerate(self.pools):
-            for field, getter in (("gpu", catalog.gpu), ("model", catalog.llm)):
-                try:
-                    getter(getattr(pool, field))
-                except FleettwinError as exc:
-                    raise ValueError(f"pools[{i}].{field}: {exc}") from None
+            check_pool_in_catalog(i, pool, catalog)
             for url in pool.backends:
                 if url in seen:
                     raise ValueError(f"backend {url} is listed in pools {seen[url]!r} and {pool.name!r}")
@@ -221,12 +222,7 @@ class LiveConfig(StrictModel):
         return self
 
     def build_catalog(self):
-        from fleettwin.models.catalog import Catalog
-
-        try:
-            return Catalog.default().with_overrides(gpus=self.catalog.gpus, llms=self.catalog.llms)
-        except FleettwinError as exc:
-            raise ValueError(f"catalog: {exc}") from None
+        return self.catalog.build()
 
     def resolved(self) -> list:
         """Each pool resolved as the simulator resolves it (TP, KV blocks, limits, performance model)."""

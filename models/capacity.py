@@ -29,7 +29,7 @@ replica shape (``docs/allocation.md``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -60,6 +60,20 @@ class ReplicaCapacity:
     def requests_per_s_per_gpu(self) -> float:
         return self.requests_per_s / self.gpus
 
+    @classmethod
+    def unfit(cls, limit: str, gpus: int) -> ReplicaCapacity:
+        """No capacity at all; ``limit`` says why."""
+        return cls(
+            requests_per_s=0.0,
+            tokens_per_s=0.0,
+            output_tokens_per_s=0.0,
+            batch_size=0,
+            step_time_s=0.0,
+            ttft_s=0.0,
+            limit=limit,
+            gpus=gpus,
+        )
+
 
 def steady_batch(batch_size: int, prompt_tokens: float, output_tokens: float, chunk: float) -> BatchStats:
     """The iteration a replica repeats in balance with ``batch_size`` sequences decoding (see module doc)."""
@@ -89,16 +103,7 @@ def replica_capacity(
 ) -> ReplicaCapacity:
     """Capacity of one replica whose step times ``perf`` gives; pure arithmetic, no catalog."""
     p, o = float(prompt_tokens), float(output_tokens)
-    best = ReplicaCapacity(
-        requests_per_s=0.0,
-        tokens_per_s=0.0,
-        output_tokens_per_s=0.0,
-        batch_size=0,
-        step_time_s=0.0,
-        ttft_s=0.0,
-        limit="unfit",
-        gpus=gpus,
-    )
+    best = ReplicaCapacity.unfit("unfit", gpus)
     limit = "max_num_seqs"
     for b in range(1, max_num_seqs + 1):
         if b * (1 + p / o) > max_num_batched_tokens:
@@ -129,30 +134,8 @@ def replica_capacity(
                 continue
         break  # every constraint only tightens as the batch grows
     if best.batch_size == 0:
-        return ReplicaCapacity(
-            requests_per_s=0.0,
-            tokens_per_s=0.0,
-            output_tokens_per_s=0.0,
-            batch_size=0,
-            step_time_s=0.0,
-            ttft_s=0.0,
-            limit=f"unfit ({limit} at batch 1)",
-            gpus=gpus,
-        )
-    return _with_limit(best, limit)
-
-
-def _with_limit(cap: ReplicaCapacity, limit: str) -> ReplicaCapacity:
-    return ReplicaCapacity(
-        requests_per_s=cap.requests_per_s,
-        tokens_per_s=cap.tokens_per_s,
-        output_tokens_per_s=cap.output_tokens_per_s,
-        batch_size=cap.batch_size,
-        step_time_s=cap.step_time_s,
-        ttft_s=cap.ttft_s,
-        limit=limit,
-        gpus=cap.gpus,
-    )
+        return ReplicaCapacity.unfit(f"unfit ({limit} at batch 1)", gpus)
+    return replace(best, limit=limit)
 
 
 class CapacityParams(StrictModel):
@@ -237,31 +220,19 @@ class CapacityModel:
             measured = self.params.measured.get(f"{gpu}/{llm}/{tp_}")
             if measured is not None and cap.requests_per_s > 0:
                 f = measured / cap.requests_per_s  # same batch and step time, fewer requests through them
-                cap = ReplicaCapacity(
+                cap = replace(
+                    cap,
                     requests_per_s=measured,
                     tokens_per_s=cap.tokens_per_s * f,
                     output_tokens_per_s=cap.output_tokens_per_s * f,
-                    batch_size=cap.batch_size,
-                    step_time_s=cap.step_time_s,
-                    ttft_s=cap.ttft_s,
                     limit="measured",
-                    gpus=cap.gpus,
                 )
             self._cache[key] = cap
         return self._cache[key]
 
     def _compute(self, gpu: str, llm: str, tp: int | None, p: float, o: float, slo: Slo) -> ReplicaCapacity:
         if tp is None:
-            return ReplicaCapacity(
-                requests_per_s=0.0,
-                tokens_per_s=0.0,
-                output_tokens_per_s=0.0,
-                batch_size=0,
-                step_time_s=0.0,
-                ttft_s=0.0,
-                limit="unfit (model does not fit)",
-                gpus=1,
-            )
+            return ReplicaCapacity.unfit("unfit (model does not fit)", 1)
         g, m, pr = self.catalog.gpu(gpu), self.catalog.llm(llm), self.params
         try:
             blocks = kv_cache_blocks(

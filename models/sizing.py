@@ -8,6 +8,7 @@ Units: ``memory_gb`` is read as GiB (see :attr:`GpuSpec.memory_bytes`); every ot
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from fleettwin.models.catalog import GIB, TENSOR_PARALLEL_SIZES, GpuSpec, LlmSpec
 from fleettwin.models.errors import ConfigError
@@ -58,8 +59,11 @@ def _reserve_bytes(
     dtype_bytes: float,
     extra_reserve_gb: float = 0.0,
 ) -> float:
+    """The memory per GPU not for weights or KV, with weights of ``dtype_bytes``."""
     if activation_reserve_gb is None:
-        return default_activation_reserve_bytes(llm, tp, dtype_bytes=dtype_bytes) + extra_reserve_gb * 1e9
+        # Activations stay 16-bit when the weights are FP8 (W8A8 quantises each GEMM's input on the fly).
+        act_bytes = max(dtype_bytes, 2.0)
+        return default_activation_reserve_bytes(llm, tp, dtype_bytes=act_bytes) + extra_reserve_gb * 1e9
     return (activation_reserve_gb + extra_reserve_gb) * 1e9
 
 
@@ -85,9 +89,34 @@ def kv_cache_free_bytes_per_gpu(
     ``extra_reserve_gb`` is memory the engine keeps beyond the activation reserve (a calibration profile's
     ``kv_reserve_gb``: CUDA-graph pool, communication buffers, allocator fragmentation)."""
     _check_sizing_args(llm, tp, gpu_memory_utilization)
-    # Activations stay 16-bit when the weights are FP8 (W8A8 quantises each GEMM's input on the fly).
-    reserve = _reserve_bytes(llm, tp, activation_reserve_gb, max(dtype_bytes, 2.0), extra_reserve_gb)
+    reserve = _reserve_bytes(llm, tp, activation_reserve_gb, dtype_bytes, extra_reserve_gb)
     return gpu.memory_bytes * gpu_memory_utilization - llm.weight_bytes(dtype_bytes) / tp - reserve
+
+
+@dataclass(frozen=True, slots=True)
+class _Memory:
+    """The memory settings ``kv_cache_blocks`` and ``min_tensor_parallel`` size with: the free bytes per GPU
+    they give, and the per-GPU sum their errors show."""
+
+    util: float
+    activation_reserve_gb: float | None
+    dtype_bytes: float
+    extra_reserve_gb: float
+
+    def free(self, gpu: GpuSpec, llm: LlmSpec, tp: int) -> float:
+        return kv_cache_free_bytes_per_gpu(
+            gpu,
+            llm,
+            tp,
+            gpu_memory_utilization=self.util,
+            activation_reserve_gb=self.activation_reserve_gb,
+            dtype_bytes=self.dtype_bytes,
+            extra_reserve_gb=self.extra_reserve_gb,
+        )
+
+    def budget(self, gpu: GpuSpec, llm: LlmSpec, tp: int) -> str:
+        reserve = _reserve_bytes(llm, tp, self.activation_reserve_gb, self.dtype_bytes, self.extra_reserve_gb)
+        return _budget(gpu, llm, tp, self.util, reserve, self.dtype_bytes)
 
 
 def kv_cache_blocks(
@@ -111,21 +140,12 @@ def kv_cache_blocks(
     """
     kv_bytes = dtype_bytes if kv_dtype_bytes is None else kv_dtype_bytes
     _check_sizing_args(llm, tp, gpu_memory_utilization, block_size)
-    free = kv_cache_free_bytes_per_gpu(
-        gpu,
-        llm,
-        tp,
-        gpu_memory_utilization=gpu_memory_utilization,
-        activation_reserve_gb=activation_reserve_gb,
-        dtype_bytes=dtype_bytes,
-        extra_reserve_gb=extra_reserve_gb,
-    )
-    blocks = math.floor(free / (block_size * llm.kv_bytes_per_token_per_gpu(tp, kv_bytes)))
+    mem = _Memory(gpu_memory_utilization, activation_reserve_gb, dtype_bytes, extra_reserve_gb)
+    blocks = math.floor(mem.free(gpu, llm, tp) / (block_size * llm.kv_bytes_per_token_per_gpu(tp, kv_bytes)))
     if blocks <= 0:
-        reserve = _reserve_bytes(llm, tp, activation_reserve_gb, max(dtype_bytes, 2.0), extra_reserve_gb)
         raise ConfigError(
             f"{llm.id} on {gpu.id} at TP{tp} leaves no memory for the KV cache: "
-            f"{_budget(gpu, llm, tp, gpu_memory_utilization, reserve, dtype_bytes)}; use a larger TP or GPU"
+            f"{mem.budget(gpu, llm, tp)}; use a larger TP or GPU"
         )
     return blocks
 
@@ -150,27 +170,15 @@ def min_tensor_parallel(
     """
     need = llm.max_context if min_kv_tokens is None else min_kv_tokens
     kv_bytes = dtype_bytes if kv_dtype_bytes is None else kv_dtype_bytes
+    mem = _Memory(gpu_memory_utilization, activation_reserve_gb, dtype_bytes, extra_reserve_gb)
     shortfall = "no size splits its attention heads evenly"
     for tp in TENSOR_PARALLEL_SIZES:
         if not llm.splits_evenly(tp):
             continue
-        free = kv_cache_free_bytes_per_gpu(
-            gpu,
-            llm,
-            tp,
-            gpu_memory_utilization=gpu_memory_utilization,
-            activation_reserve_gb=activation_reserve_gb,
-            dtype_bytes=dtype_bytes,
-            extra_reserve_gb=extra_reserve_gb,
-        )
-        tokens = max(0.0, free) / llm.kv_bytes_per_token_per_gpu(tp, kv_bytes)
+        tokens = max(0.0, mem.free(gpu, llm, tp)) / llm.kv_bytes_per_token_per_gpu(tp, kv_bytes)
         if tokens >= need:
             return tp
-        reserve = _reserve_bytes(llm, tp, activation_reserve_gb, max(dtype_bytes, 2.0), extra_reserve_gb)
-        shortfall = (
-            f"at TP{tp}, {_budget(gpu, llm, tp, gpu_memory_utilization, reserve, dtype_bytes)} "
-            f"leave KV for {tokens:,.0f} tokens"
-        )
+        shortfall = f"at TP{tp}, {mem.budget(gpu, llm, tp)} leave KV for {tokens:,.0f} tokens"
     raise ConfigError(
         f"{llm.id} does not fit on {gpu.id} with tensor parallel up to {TENSOR_PARALLEL_SIZES[-1]}: it needs "
         f"KV for {need:,} tokens (min_kv_tokens, default max_context) and {shortfall}"

@@ -46,7 +46,7 @@ from fleettwin.live.tls import TlsFiles
 from fleettwin.models.config import read_yaml, validated
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.routing.replica import REPLICA_ROUTERS
-from fleettwin.models.tenancy.quotas import request_burst, token_burst  # one default for both worlds
+from fleettwin.models.tenancy.quotas import BucketSizes  # one default for both worlds
 
 _HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 KEY_PREFIX = "ft-"
@@ -69,7 +69,7 @@ def new_key() -> tuple[str, str]:
     return key, hash_key(key)
 
 
-class Quotas(_Frozen):
+class Quotas(_Frozen, BucketSizes):
     """Token buckets refill at the rate and hold at most the burst; ``None`` means no limit.
     Default bursts: one second of requests (at least 1), ten seconds of tokens."""
 
@@ -78,14 +78,8 @@ class Quotas(_Frozen):
     tokens_per_s: float | None = Field(None, gt=0)
     burst_tokens: float | None = Field(None, ge=1)
     concurrent: int | None = Field(None, ge=1)
-
-    @property
-    def request_burst(self) -> float | None:
-        return request_burst(self.requests_per_s, self.burst_requests)
-
-    @property
-    def token_burst(self) -> float | None:
-        return token_burst(self.tokens_per_s, self.burst_tokens)
+    """Requests in flight at once; one more is refused (429), where the simulator's ``max_concurrent``
+    holds it at the pool instead: a different limit, so not shared with ``models/tenancy/quotas.py``."""
 
 
 class Tenant(_Frozen):

@@ -3,6 +3,7 @@ inference demand now and forecast at a horizon."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator
 
+from fleettwin.models.allocators.base import Allocator
 from fleettwin.models.base import PolicyRef, StrictModel
 from fleettwin.models.capacity import CapacityModel, ReplicaCapacity
 from fleettwin.models.decision import Decision, Lend, Preemption, Target
@@ -252,6 +254,15 @@ def horizon_s(settings: ForecastSettings, snapshot: FleetSnapshot, pool: PoolSta
 FALLBACK_NOTE = "forecast fallback: "
 """Prefix of a decision note saying the pool's forecaster did not forecast (the controller reports it
 once)."""
+
+
+class ForecastingAllocator(Allocator):
+    """An allocator that sizes pools for a forecast peak (``forecast``, ``milp``)."""
+
+    @functools.cached_property
+    def forecasts(self) -> ForecastTracker:
+        """The pools' fitted forecasters, kept between decisions (updated, refit on their own schedule)."""
+        return ForecastTracker()
 
 
 class ForecastTracker:

@@ -20,17 +20,16 @@ reserve, jobs' busy own GPUs. Lent GPUs beyond ``F`` stay lent until their jobs 
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
 from pydantic import Field
 
-from fleettwin.models.allocators.base import ALLOCATORS, Allocator
+from fleettwin.models.allocators.base import ALLOCATORS
 from fleettwin.models.allocators.common import (
     JOB_TIER_ORDER,
+    ForecastingAllocator,
     ForecastSettings,
-    ForecastTracker,
     Plan,
     forecast_peak,
     job_demand,
@@ -54,7 +53,7 @@ class _Inference:
 
 
 @ALLOCATORS.register("forecast")
-class ForecastAllocator(Allocator):
+class ForecastAllocator(ForecastingAllocator):
     class Params(StrictModel):
         forecast: ForecastSettings = ForecastSettings()
         headroom: float = Field(default=0.2, ge=0)
@@ -63,11 +62,6 @@ class ForecastAllocator(Allocator):
         lend: bool = True
         """Lend ready inference GPUs above the current need to job pools."""
         capacity: CapacityParams = CapacityParams()
-
-    @functools.cached_property
-    def forecasts(self) -> ForecastTracker:
-        """The pools' fitted forecasters, kept between decisions (updated, refit on their own schedule)."""
-        return ForecastTracker()
 
     def decide(self, snapshot: FleetSnapshot) -> Decision:
         plan = Plan(snapshot, self.registry_name)

@@ -20,17 +20,16 @@ types in one pool, or ``gpu_types`` must pin one.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
 from pydantic import Field
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from fleettwin.models.allocators.base import ALLOCATORS, Allocator
+from fleettwin.models.allocators.base import ALLOCATORS
 from fleettwin.models.allocators.common import (
+    ForecastingAllocator,
     ForecastSettings,
-    ForecastTracker,
     Plan,
     forecast_peak,
     job_demand,
@@ -53,7 +52,7 @@ class _Var:
 
 
 @ALLOCATORS.register("milp")
-class MilpAllocator(Allocator):
+class MilpAllocator(ForecastingAllocator):
     class Params(StrictModel):
         headroom: float = Field(default=0.2, ge=0)
         forecast: ForecastSettings | None = None
@@ -74,11 +73,6 @@ class MilpAllocator(Allocator):
         """Cost of one GPU (or one replica's req/s) of unmet demand; far above any price."""
         time_limit_s: float = Field(default=10.0, gt=0)
         capacity: CapacityParams = CapacityParams()
-
-    @functools.cached_property
-    def forecasts(self) -> ForecastTracker:
-        """The pools' fitted forecasters, kept between decisions (updated, refit on their own schedule)."""
-        return ForecastTracker()
 
     def decide(self, snapshot: FleetSnapshot) -> Decision:
         plan = Plan(snapshot, self.registry_name)

@@ -36,6 +36,23 @@ class CatalogOverrides(StrictModel):
     gpus: dict[str, dict[str, Any]] = Field(default_factory=dict)
     llms: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
+    def build(self) -> Catalog:
+        """The built-in catalog with these changes; a ValueError (reported under ``catalog``) if one is bad."""
+        try:
+            return Catalog.default().with_overrides(gpus=self.gpus, llms=self.llms)
+        except FleettwinError as exc:
+            raise ValueError(f"catalog: {exc}") from None
+
+
+def check_pool_in_catalog(i: int, pool: Any, catalog: Catalog) -> None:
+    """The ``gpu`` and ``model`` of pool ``i`` (a scenario's or a live scenario's) are in ``catalog``; a
+    ValueError says which is not, as ``pools[i].gpu``."""
+    for field, getter in (("gpu", catalog.gpu), ("model", catalog.llm)):
+        try:
+            getter(getattr(pool, field))
+        except FleettwinError as exc:
+            raise ValueError(f"pools[{i}].{field}: {exc}") from None
+
 
 class ScenarioConfig(StrictModel):
     name: str
@@ -79,11 +96,7 @@ class ScenarioConfig(StrictModel):
             raise ValueError(f"pool names must be unique; repeated: {', '.join(dupes)}")
         catalog = self.build_catalog()
         for i, pool in enumerate(self.pools):
-            for field, getter in (("gpu", catalog.gpu), ("model", catalog.llm)):
-                try:
-                    getter(getattr(pool, field))
-                except FleettwinError as exc:
-                    raise ValueError(f"pools[{i}].{field}: {exc}") from None
+            check_pool_in_catalog(i, pool, catalog)
         if self.jobs is not None:
             self.jobs.check(names, catalog)
         if self.workflows is not None:
@@ -120,8 +133,5 @@ class ScenarioConfig(StrictModel):
             source = ReshapedSource(source, rate_scale=w.rate_scale, loop_to_s=w.loop_to_s)
         return source
 
-    def build_catalog(self):
-        try:
-            return Catalog.default().with_overrides(gpus=self.catalog.gpus, llms=self.catalog.llms)
-        except FleettwinError as exc:
-            raise ValueError(f"catalog: {exc}") from None
+    def build_catalog(self) -> Catalog:
+        return self.catalog.build()

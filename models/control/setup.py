@@ -21,6 +21,20 @@ if TYPE_CHECKING:
     from fleettwin.models.allocators.base import Allocator
 
 
+def controlled_pool(rp: ResolvedPool, slo: SloConfig, provisioning_delay_s: float) -> ControlledPool:
+    """What a control loop knows of one resolved pool: its shape, purchase option, SLO and provisioning
+    delay."""
+    return ControlledPool(
+        name=rp.cfg.name,
+        gpu=rp.gpu.id,
+        model=rp.llm.id,
+        tp=rp.tp,
+        purchase=rp.cfg.purchase,
+        slo=Slo(ttft_s=slo.ttft_s, tpot_s=slo.tpot_s),
+        provisioning_delay_s=provisioning_delay_s,
+    )
+
+
 def control_setup(
     ctl: ControllerConfig, slo: SloConfig, resolved: Sequence[ResolvedPool], catalog: Catalog
 ) -> tuple[Allocator, list[ControlledPool], list[InventoryItem]]:
@@ -34,17 +48,7 @@ def control_setup(
         delay = provisioning_delay_s(
             rp.llm.weight_bytes(), rp.tp, acquire_s=prov.acquire_s, storage_gbps=prov.storage_gbps
         )
-        metas.append(
-            ControlledPool(
-                name=rp.cfg.name,
-                gpu=rp.gpu.id,
-                model=rp.llm.id,
-                tp=rp.tp,
-                purchase=rp.cfg.purchase,
-                slo=Slo(ttft_s=slo.ttft_s, tpot_s=slo.tpot_s),
-                provisioning_delay_s=delay,
-            )
-        )
+        metas.append(controlled_pool(rp, slo, delay))
         key = (rp.gpu.id, rp.cfg.purchase)
         inventory[key] = InventoryItem(
             gpu=rp.gpu.id,

@@ -69,22 +69,34 @@ class TokenBucket:
         self.level = min(self.burst, self.level + delta)
 
 
-def request_burst(rate: float | None, burst: float | None) -> float | None:
-    """A request bucket's size: as configured, else one second of requests (at least 1); None: no limit."""
-    if rate is None:
-        return None
-    return burst if burst is not None else max(1.0, rate)
+class BucketSizes:
+    """The bucket sizes of a tenant's rate limits, one rule for the simulator's ``Quotas`` and the live
+    gateway's (``live/gateway/config.py``), which both hold ``requests_per_s``, ``burst_requests``,
+    ``tokens_per_s`` and ``burst_tokens``. Their concurrency limits mean different things and stay apart
+    (``models/tenancy/config.py``)."""
 
+    __slots__ = ()
 
-def token_burst(rate: float | None, burst: float | None) -> float | None:
-    """A token bucket's size: as configured, else ten seconds of tokens; None: no limit."""
-    if rate is None:
-        return None
-    return burst if burst is not None else 10.0 * rate
+    @property
+    def request_burst(self) -> float | None:
+        """A request bucket's size: as configured, else one second of requests (at least 1); None: no
+        limit."""
+        rate, burst = self.requests_per_s, self.burst_requests  # type: ignore[attr-defined]
+        if rate is None:
+            return None
+        return burst if burst is not None else max(1.0, rate)
+
+    @property
+    def token_burst(self) -> float | None:
+        """A token bucket's size: as configured, else ten seconds of tokens; None: no limit."""
+        rate, burst = self.tokens_per_s, self.burst_tokens  # type: ignore[attr-defined]
+        if rate is None:
+            return None
+        return burst if burst is not None else 10.0 * rate
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Quotas:
+class Quotas(BucketSizes):
     """A tenant's limits; ``None`` means no limit. Default bursts as the live gateway's: one second of
     requests (at least 1), ten seconds of tokens. ``max_concurrent`` caps the tenant's requests in a pool's
     replicas at once and ``gpu_share`` the fraction of a pool's sequence slots (replicas x max_num_seqs) they
@@ -96,14 +108,6 @@ class Quotas:
     burst_tokens: float | None = None
     max_concurrent: int | None = None
     gpu_share: float | None = None
-
-    @property
-    def request_burst(self) -> float | None:
-        return request_burst(self.requests_per_s, self.burst_requests)
-
-    @property
-    def token_burst(self) -> float | None:
-        return token_burst(self.tokens_per_s, self.burst_tokens)
 
     @property
     def has_rate_limits(self) -> bool:

@@ -68,7 +68,8 @@ def build_fleet(
     if cfg.jobs is None and controller is None:
         return None
     from fleettwin.models.control.pool import ControlledPool, weight_load_s
-    from fleettwin.models.snapshot import InventoryItem, Slo
+    from fleettwin.models.control.setup import controlled_pool
+    from fleettwin.models.snapshot import InventoryItem
 
     ctl = cfg.controller
     if controller is not None:
@@ -76,17 +77,7 @@ def build_fleet(
     else:  # no controller: the pools keep their size; the fleet only accounts (and runs the jobs)
         metas, inventory = [], []
         for rp in resolved:
-            metas.append(
-                ControlledPool(
-                    name=rp.cfg.name,
-                    gpu=rp.gpu.id,
-                    model=rp.llm.id,
-                    tp=rp.tp,
-                    purchase=rp.cfg.purchase,
-                    slo=Slo(ttft_s=cfg.slo.ttft_s, tpot_s=cfg.slo.tpot_s),
-                    provisioning_delay_s=0.0,
-                )
-            )
+            metas.append(controlled_pool(rp, cfg.slo, 0.0))
             inventory.append(
                 InventoryItem(
                     gpu=rp.gpu.id,

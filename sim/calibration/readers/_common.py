@@ -1,14 +1,21 @@
-"""What the JSON-based readers share: reading a file's head for ``sniff``, reading a whole file with one-line
-errors (file:line:column for bad JSON), and checking a number."""
+"""What the readers share: reading a file's head for ``sniff``, reading a whole file with one-line errors
+(file:line:column for bad JSON), checking a number, the per-request rows a run keeps, and a CSV's header
+check and read."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
 
 from fleettwin.models.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fleettwin.sim.calibration.runs import Load
 
 
 def head(path: Path, size: int = 65536) -> str:
@@ -43,3 +50,38 @@ def number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
         raise ConfigError(f"{where}: expected a non-negative number (got {value!r})")
     return float(value)
+
+
+def request_rows(df: pd.DataFrame, load: Load) -> pd.DataFrame:
+    """The per-request rows a run keeps: recorded open-loop arrivals from the first request on, in arrival
+    order; under any other load no arrival times (the replay generates them from the load)."""
+    if load.kind == "open" and load.arrival == "recorded":
+        df = df.assign(arrival_s=df["arrival_s"] - df["arrival_s"].min()).sort_values(
+            "arrival_s", kind="stable"
+        )
+    elif "arrival_s" in df:
+        df = df.drop(columns="arrival_s")
+    return df.reset_index(drop=True)
+
+
+def has_columns(path: Path, columns: Sequence[str]) -> bool:
+    """Whether the CSV at ``path`` has every one of ``columns`` in its header: what a CSV reader's ``sniff``
+    looks at (an unreadable file is simply not ours)."""
+    try:
+        header = pd.read_csv(path, nrows=1)
+    except Exception:  # noqa: BLE001 - any unreadable file is simply not ours
+        return False
+    return set(columns) <= set(header.columns)
+
+
+def read_csv(path: Path, what: str, columns: Sequence[str], hint: str = "") -> pd.DataFrame:
+    """The CSV at ``path``; a ConfigError names the file when it cannot be read as ``what`` or lacks one of
+    ``columns`` (``hint`` follows that message)."""
+    try:
+        table = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc}") from None
+    missing = [c for c in columns if c not in table]
+    if missing:
+        raise ConfigError(f"{path}: column {missing[0]} is missing{hint}")
+    return table

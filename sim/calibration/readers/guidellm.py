@@ -31,7 +31,7 @@ import yaml
 
 from fleettwin.models.errors import ConfigError
 from fleettwin.sim.calibration.readers._common import head as read_head
-from fleettwin.sim.calibration.readers._common import load_json, number, read_text
+from fleettwin.sim.calibration.readers._common import load_json, number, read_text, request_rows
 from fleettwin.sim.calibration.runs import Load, MeasuredRun, ServerSettings
 
 FORMAT = "guidellm"
@@ -88,12 +88,6 @@ def _run(path: Path, i: int, bench: Any, settings: ServerSettings) -> MeasuredRu
     notes: list[str] = []
     df, sampled = _requests(where, bench, notes)
     load = _load_of(where, skey, strategy, df, sampled, notes)
-    if load.kind == "open" and load.arrival == "recorded":
-        df = df.assign(arrival_s=df["arrival_s"] - df["arrival_s"].min()).sort_values(
-            "arrival_s", kind="stable"
-        )
-    elif "arrival_s" in df:
-        df = df.drop(columns="arrival_s")
     label = kind + (f"@{strategy['rate']:g}" if isinstance(strategy.get("rate"), int | float) else "")
     label += f"x{strategy['streams']}" if isinstance(strategy.get("streams"), int) else ""
     return MeasuredRun(
@@ -101,7 +95,7 @@ def _run(path: Path, i: int, bench: Any, settings: ServerSettings) -> MeasuredRu
         source=f"{FORMAT}:{path.name}",
         settings=settings,
         load=load,
-        requests=df.reset_index(drop=True),
+        requests=request_rows(df, load),
         reported=_reported(where, bench),
         notes=tuple(notes),
     )

@@ -35,7 +35,7 @@ import pandas as pd
 from fleettwin.models.config import read_yaml
 from fleettwin.models.errors import ConfigError
 from fleettwin.sim.calibration.readers._common import head as read_head
-from fleettwin.sim.calibration.readers._common import load_json, number
+from fleettwin.sim.calibration.readers._common import load_json, number, request_rows
 from fleettwin.sim.calibration.runs import Load, MeasuredRun, ServerSettings
 
 FORMAT = "inference-perf"
@@ -304,18 +304,12 @@ def _run(
             f"{df['prompt_tokens'].iloc[0]}/{df['output_tokens'].iloc[0]} prompt/output tokens"
         )
     load = _load(where, load_type, summary, config_stage, df)
-    if load.arrival == "recorded" and load.kind == "open":
-        df = df.assign(arrival_s=df["arrival_s"] - df["arrival_s"].min()).sort_values(
-            "arrival_s", kind="stable"
-        )
-    elif "arrival_s" in df:
-        df = df.drop(columns="arrival_s")
     return MeasuredRun(
         name=name,
         source=source,
         settings=settings,
         load=load,
-        requests=df.reset_index(drop=True),
+        requests=request_rows(df, load),
         reported=_reported(where, successes),
         notes=tuple(notes),
     )

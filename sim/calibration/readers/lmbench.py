@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from fleettwin.models.errors import ConfigError
+from fleettwin.sim.calibration.readers._common import has_columns, read_csv
 from fleettwin.sim.calibration.runs import Load, MeasuredRun, ServerSettings
 
 FORMAT = "lmbench"
@@ -22,23 +23,11 @@ COLUMNS = ("prompt_tokens", "generation_tokens", "ttft", "generation_time", "lau
 def sniff(path: Path) -> bool:
     if path.is_dir() or path.suffix not in (".csv", ".gz"):
         return False
-    try:
-        head = pd.read_csv(path, nrows=1)
-    except Exception:  # noqa: BLE001 - any unreadable file is simply not ours
-        return False
-    return set(COLUMNS) <= set(head.columns)
+    return has_columns(path, COLUMNS)
 
 
 def read(path: Path, settings: ServerSettings) -> list[MeasuredRun]:
-    try:
-        raw = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read LMBenchmark CSV: {exc}") from None
-    missing = [c for c in COLUMNS if c not in raw]
-    if missing:
-        raise ConfigError(
-            f"{path}: column {missing[0]} is missing (LMBenchmark CSVs have {', '.join(COLUMNS)})"
-        )
+    raw = read_csv(path, "LMBenchmark CSV", COLUMNS, f" (LMBenchmark CSVs have {', '.join(COLUMNS)})")
     for col in COLUMNS:
         values = pd.to_numeric(raw[col], errors="coerce")
         bad = ~np.isfinite(values) | (values < 0)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from fleettwin.models.errors import ConfigError
+from fleettwin.sim.calibration.readers._common import has_columns, read_csv
 from fleettwin.sim.calibration.runs import Load, MeasuredRun, ServerSettings
 
 FORMAT = "silicon"
@@ -46,21 +47,11 @@ REQUESTS_PER_USER = 3  # measured requests per user after the start-up wave (our
 def sniff(path: Path) -> bool:
     if path.suffix != ".csv":
         return False
-    try:
-        head = pd.read_csv(path, nrows=1)
-    except Exception:  # noqa: BLE001 - unreadable: not ours
-        return False
-    return set(COLUMNS) <= set(head.columns)
+    return has_columns(path, COLUMNS)
 
 
 def read(path: Path, settings: ServerSettings | None = None) -> list[MeasuredRun]:
-    try:
-        table = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read silicon CSV: {exc}") from None
-    missing = [c for c in COLUMNS if c not in table]
-    if missing:
-        raise ConfigError(f"{path}: column {missing[0]} is missing")
+    table = read_csv(path, "silicon CSV", COLUMNS)
     keep = (
         (table["backend"] == "vllm")
         & (table["mode"] == "agg")

@@ -30,7 +30,7 @@ import pandas as pd
 
 from fleettwin.models.errors import ConfigError
 from fleettwin.sim.calibration.readers._common import head as read_head
-from fleettwin.sim.calibration.readers._common import number, read_text
+from fleettwin.sim.calibration.readers._common import number, read_text, request_rows
 from fleettwin.sim.calibration.runs import Load, MeasuredRun, ServerSettings
 
 FORMAT = "vllm-bench"
@@ -104,17 +104,12 @@ def _run(src: str, name: str, doc: dict[str, Any], settings: ServerSettings, sou
             f"lengths {p}/{o} prompt/output tokens"
         )
     load = _load(src, doc, df, notes)
-    if load.kind == "open" and load.arrival == "recorded":
-        df["arrival_s"] = df["arrival_s"] - df["arrival_s"].min()
-        df = df.sort_values("arrival_s", kind="stable")
-    elif "arrival_s" in df:
-        df = df.drop(columns="arrival_s")
     return MeasuredRun(
         name=name,
         source=source,
         settings=settings,
         load=load,
-        requests=df.reset_index(drop=True),
+        requests=request_rows(df, load),
         reported=_reported(src, doc),
         notes=tuple(notes),
     )
