@@ -24,29 +24,24 @@ from fleettwin.sim.feature import World
 from fleettwin.sim.features import Control
 from fleettwin.sim.runner import generate_requests, simulate
 from fleettwin.sim.tiers.feature import Tiers
+from tests import scenariokit
 
 ROOT = Path(__file__).resolve().parents[2]
 H100 = ("h100-80g", "on_demand")
 LIMIT = 10
 
-SCENARIO = {
-    "name": "random-tiers",
-    "workload": {
-        "type": "poisson",
-        "rate": 6,
-        "duration_s": 400,
-        "lengths": {"type": "fixed", "prompt": 100, "output": 30},
-    },
-    "pools": [
-        {
-            "name": "chat",
-            "gpu": "h100-80g",
-            "model": "llama-3-8b",
-            "replicas": 2,
-            "perf_model": {"name": "constant", "params": {"step_s": 0.02, "per_decode_seq_s": 1e-4}},
-        }
+SCENARIO = scenariokit.scenario(
+    "random-tiers",
+    rate=6,
+    duration_s=400,
+    prompt=100,
+    output=30,
+    pools=[
+        scenariokit.pool(
+            replicas=2, perf_model={"name": "constant", "params": {"step_s": 0.02, "per_decode_seq_s": 1e-4}}
+        )
     ],
-    "jobs": {
+    jobs={
         "pools": [
             {"name": "train", "tier": "training", "gpu": "h100-80g", "gpus": 2},
             {"name": "ops", "tier": "operational", "gpu": "h100-80g"},
@@ -77,13 +72,13 @@ SCENARIO = {
             },
         ],
     },
-    "controller": {
+    controller={
         "allocator": {"name": "random_test"},
         "interval_s": 15,
         "gpu_limits": {"h100-80g": LIMIT},
         "provisioning": {"acquire_s": 7, "storage_gbps": 4},
     },
-}
+)
 
 
 class RandomAllocator:

@@ -32,6 +32,7 @@ from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.perf.constant import ConstantModel
 from fleettwin.models.workload.request import Request
 from fleettwin.models.workload.traces import load_trace
+from tests.scenariokit import reactive, scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 CODE_TRACE = ROOT / "traces" / "azure2023_code" / "AzureLLMInferenceTrace_code.csv"
@@ -194,18 +195,16 @@ ACT_POLICY = {
         },
     },
 }
-SUITE_SCENARIO = {
-    "name": "gate",
-    "seed": 5,
-    "workload": {
-        "type": "poisson",
-        "rate": 2,
-        "duration_s": 120,
-        "lengths": {"type": "fixed", "prompt": 300, "output": 40},
-    },
-    "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 3}],
-    "controller": {"allocator": {"name": "reactive"}, "interval_s": 10, "provisioning": {"acquire_s": 5}},
-}
+SUITE_SCENARIO = scenario(
+    "gate",
+    seed=5,
+    rate=2,
+    duration_s=120,
+    prompt=300,
+    output=40,
+    replicas=3,
+    controller=reactive(interval_s=10, acquire_s=5),
+)
 
 
 def _alive(pid: int) -> bool:

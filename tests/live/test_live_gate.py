@@ -16,6 +16,7 @@ from fleettwin.live.suite import Criteria, judge, load_policy, load_suite, run_s
 from fleettwin.models.config import PolicyRef
 from fleettwin.models.errors import ConfigError
 from fleettwin.sim.runner import run_scenario
+from tests.scenariokit import reactive, scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,18 +93,16 @@ def test_a_file_that_is_not_a_registry_is_a_clear_error(tmp_path):
 
 # -- suites --------------------------------------------------------------------------------------------------
 
-SCENARIO = {
-    "name": "tiny",
-    "seed": 1,
-    "workload": {
-        "type": "poisson",
-        "rate": 3,
-        "duration_s": 90,
-        "lengths": {"type": "fixed", "prompt": 200, "output": 50},
-    },
-    "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 2}],
-    "controller": {"allocator": {"name": "reactive"}, "interval_s": 15, "provisioning": {"acquire_s": 10}},
-}
+SCENARIO = scenario(
+    "tiny",
+    seed=1,
+    rate=3,
+    duration_s=90,
+    prompt=200,
+    output=50,
+    replicas=2,
+    controller=reactive(interval_s=15, acquire_s=10),
+)
 
 
 def write_suite(tmp_path: Path, **criteria) -> Path:

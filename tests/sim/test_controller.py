@@ -14,19 +14,14 @@ from fleettwin.models.errors import ConfigError
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.report import write_results
 from fleettwin.sim.runner import run_scenario
+from tests.scenariokit import scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 
-SCENARIO = {
-    "name": "autoscale",
-    "workload": {
-        "type": "poisson",
-        "rate": 1,
-        "duration_s": 1,
-        "lengths": {"type": "fixed", "prompt": 10, "output": 10},
-    },
-    "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 2}],
-    "controller": {
+SCENARIO = scenario(
+    "autoscale",
+    replicas=2,
+    controller={
         "allocator": {
             "name": "reactive",
             "params": {
@@ -43,7 +38,7 @@ SCENARIO = {
         "interval_s": 15,
         "provisioning": {"acquire_s": 10, "storage_gbps": 2},
     },
-}
+)
 
 
 def step_load(seed: int = 0) -> list[Request]:
@@ -103,17 +98,15 @@ def test_unknown_allocator_and_bad_params_are_config_errors():
 
 # ------------------------------------------------------------------------- tiers: lends, reclaims, inventory
 
-TIERS = {
-    "name": "tiers",
-    "seed": 1,
-    "workload": {
-        "type": "poisson",
-        "rate": 4,
-        "duration_s": 1200,
-        "lengths": {"type": "fixed", "prompt": 200, "output": 50},
-    },
-    "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 4}],
-    "jobs": {
+TIERS = scenario(
+    "tiers",
+    seed=1,
+    rate=4,
+    duration_s=1200,
+    prompt=200,
+    output=50,
+    replicas=4,
+    jobs={
         "pools": [{"name": "train", "tier": "training", "gpu": "h100-80g"}],
         "streams": [
             {
@@ -128,13 +121,13 @@ TIERS = {
             }
         ],
     },
-    "controller": {
+    controller={
         "allocator": {"name": "scripted"},
         "interval_s": 30,
         "gpu_limits": {"h100-80g": 8},
         "provisioning": {"acquire_s": 10, "storage_gbps": 2},
     },
-}
+)
 
 
 class Scripted:

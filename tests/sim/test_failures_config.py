@@ -10,6 +10,7 @@ from fleettwin.models.config import parse_scenario
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.failures.policies import Timing
 from fleettwin.sim.runner import run_scenario
+from tests.scenariokit import pool, scenario
 from tests.sim.test_failures import run
 from tests.simkit import poisson_requests
 
@@ -39,25 +40,14 @@ def test_the_same_seed_gives_the_same_failures_and_another_seed_others():
     assert runs[0] == runs[1] and runs[0] != runs[2]
 
 
-SCENARIO = {
-    "name": "f",
-    "seed": 3,
-    "workload": {
-        "type": "poisson",
-        "rate": 20,
-        "duration_s": 30,
-        "lengths": {"type": "geometric", "prompt_mean": 300, "output_mean": 60},
-    },
-    "pools": [
-        {
-            "name": "chat",
-            "gpu": "h100-80g",
-            "model": "llama-3-8b",
-            "replicas": 2,
-            "perf_model": {"name": "constant", "params": {"step_s": 0.02}},
-        }
-    ],
-}
+SCENARIO = scenario(
+    "f",
+    seed=3,
+    rate=20,
+    duration_s=30,
+    lengths={"type": "geometric", "prompt_mean": 300, "output_mean": 60},
+    pools=[pool(replicas=2, perf_model={"name": "constant", "params": {"step_s": 0.02}})],
+)
 
 
 def test_a_scenario_runs_its_failures_section_and_reports_retries():

@@ -14,6 +14,7 @@ from fleettwin.models.tiers.config import JobsConfig
 from fleettwin.sim.tiers.build import build_jobs
 from fleettwin.sim.tiers.job_pool import JobPool
 from fleettwin.sim.tiers.jobs import SimJob
+from tests.scenariokit import scenario
 
 
 def job(**kw) -> SimJob:
@@ -247,16 +248,7 @@ def test_streams_make_seeded_jobs_with_deadlines():
     ]
 
 
-SCENARIO = {
-    "name": "t",
-    "workload": {
-        "type": "poisson",
-        "rate": 1,
-        "duration_s": 1,
-        "lengths": {"type": "fixed", "prompt": 10, "output": 10},
-    },
-    "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1}],
-}
+SCENARIO = scenario("t")
 
 
 @pytest.mark.parametrize(

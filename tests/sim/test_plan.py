@@ -16,6 +16,7 @@ from fleettwin.models.planning import highest_rate, least_replicas
 from fleettwin.models.slo import parse_target_key
 from fleettwin.sim.planning.monitor import Saturated, early_stop
 from fleettwin.sim.runner import generate_requests, run_scenario
+from tests.scenariokit import scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAN_70B = ROOT / "configs" / "planning" / "llama70b_chat.yaml"
@@ -45,18 +46,16 @@ def test_highest_rate_brackets_within_the_tolerance(limit, start):
 
 
 def _small(tmp_path: Path, replicas: int) -> Path:
-    data = {
-        "name": "small",
-        "seed": 1,
-        "workload": {
-            "type": "poisson",
-            "rate": 40,
-            "duration_s": 120,
-            "lengths": {"type": "fixed", "prompt": 2000, "output": 100},
-        },
-        "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": replicas}],
-        "slo": {"ttft_p95_s": 1.0, "tpot_p95_s": 0.05},
-    }
+    data = scenario(
+        "small",
+        seed=1,
+        rate=40,
+        duration_s=120,
+        prompt=2000,
+        output=100,
+        replicas=replicas,
+        slo={"ttft_p95_s": 1.0, "tpot_p95_s": 0.05},
+    )
     path = tmp_path / "small.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

@@ -21,6 +21,7 @@ from fleettwin.models.workload.arrivals import Diurnal
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.regions.front_door import RegionFrontDoor, RegionPools
 from fleettwin.sim.runner import run_scenario, simulate
+from tests import scenariokit
 from tests.simkit import LinearPerf
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,27 +29,18 @@ STEP, PER_TOKEN = 0.02, 1e-4  # the constant performance model of the hand compu
 
 
 def scenario(regions: list[dict], pools: list[dict], **extra) -> dict:
-    return {
-        "name": "two-regions",
-        "workload": {
-            "type": "poisson",
-            "rate": 1,
-            "duration_s": 10,
-            "lengths": {"type": "fixed", "prompt": 10, "output": 2},
-        },
-        "pools": pools,
-        "regions": {"regions": regions, "users": None, **extra},
-    }
+    return scenariokit.scenario(
+        "two-regions",
+        duration_s=10,
+        output=2,
+        pools=pools,
+        regions={"regions": regions, "users": None, **extra},
+    )
 
 
 def pool(name: str, replicas: int = 1) -> dict:
-    return {
-        "name": name,
-        "gpu": "h100-80g",
-        "model": "llama-3-8b",
-        "replicas": replicas,
-        "perf_model": {"name": "constant", "params": {"step_s": STEP, "per_prefill_token_s": PER_TOKEN}},
-    }
+    perf = {"name": "constant", "params": {"step_s": STEP, "per_prefill_token_s": PER_TOKEN}}
+    return scenariokit.pool(name, replicas, perf_model=perf)
 
 
 def user(i: int, t: float, region: str, prompt: int = 200, output: int = 11) -> Request:

@@ -327,18 +327,17 @@ def test_rag_requests_retrieve_then_prefill_the_longer_prompt_in_the_simulator()
 def test_scenarios_with_a_retrieval_section_tag_and_serve_rag_requests(regions):
     from fleettwin.models.config import parse_scenario
     from fleettwin.sim.runner import run_scenario
+    from tests.scenariokit import pool, scenario
 
-    data = {
-        "name": "rag",
-        "seed": 5,
-        "workload": {
-            "type": "poisson",
-            "rate": 5,
-            "duration_s": 20,
-            "lengths": {"type": "fixed", "prompt": 100, "output": 4},
-        },
-        "pools": [{"name": "p", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1}],
-        "retrieval": {
+    data = scenario(
+        "rag",
+        seed=5,
+        rate=5,
+        duration_s=20,
+        prompt=100,
+        output=4,
+        pools=[pool("p")],
+        retrieval={
             "stores": [
                 {
                     "name": f"s{d}",
@@ -356,7 +355,7 @@ def test_scenarios_with_a_retrieval_section_tag_and_serve_rag_requests(regions):
             "tokens_per_passage": 100,
             "rag_fraction": 0.5,
         },
-    }
+    )
     requests = None
     if regions:  # the front door's pre-submit hook; users from one region, tagged here
         data["regions"] = {"regions": [{"name": "us-east-1", "pools": ["p"]}], "users": None}

@@ -7,24 +7,15 @@ import pytest
 from fleettwin.models.config import parse_scenario
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.runner import run_scenario
+from tests import scenariokit
 
-BASE = {
-    "name": "t",
-    "seed": 1,
-    "workload": {
-        "type": "poisson",
-        "rate": 30,
-        "duration_s": 20,
-        "lengths": {
-            "type": "uniform",
-            "prompt_min": 100,
-            "prompt_max": 1500,
-            "output_min": 10,
-            "output_max": 300,
-        },
-    },
-    "pools": [{"name": "small", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 2}],
-}
+BASE = scenariokit.scenario(
+    seed=1,
+    rate=30,
+    duration_s=20,
+    lengths=scenariokit.uniform(100, 1500, 10, 300),
+    pools=[scenariokit.pool("small", replicas=2)],
+)
 
 
 def scenario(**changes):

@@ -16,17 +16,9 @@ from fleettwin.models.errors import ConfigError
 from fleettwin.models.slo import parse_cli_target, parse_target_key
 from fleettwin.sim.metrics import COMPLETED, REJECTED, Slo, latency_summary
 from fleettwin.sim.stats import RequestStats
+from tests.scenariokit import scenario
 
-BASE = {
-    "name": "s",
-    "workload": {
-        "type": "poisson",
-        "rate": 2,
-        "duration_s": 60,
-        "lengths": {"type": "fixed", "prompt": 100, "output": 20},
-    },
-    "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1}],
-}
+BASE = scenario("s", rate=2, duration_s=60, prompt=100, output=20)
 
 
 def _frame(ttft: list[float], status: list[str] | None = None) -> pd.DataFrame:

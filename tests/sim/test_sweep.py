@@ -18,30 +18,17 @@ from fleettwin.models.errors import ConfigError, FleettwinError
 from fleettwin.sim.executors import LocalExecutor, RayExecutor, make_executor
 from fleettwin.sim.pareto import frontier, pareto_mask
 from fleettwin.sim.sweep import Param, grid, metrics, parse_param, run_sweep, write_partial
+from tests import scenariokit
 
 # A few hundred requests on one or two H100s, resized every 2 s by the HPA allocator: runs take tens of ms.
-TINY = {
-    "name": "tiny",
-    "seed": 3,
-    "workload": {
-        "type": "poisson",
-        "rate": 20,
-        "duration_s": 10,
-        "lengths": {
-            "type": "uniform",
-            "prompt_min": 100,
-            "prompt_max": 1500,
-            "output_min": 10,
-            "output_max": 200,
-        },
-    },
-    "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1}],
-    "controller": {
-        "allocator": {"name": "reactive", "params": {"target": 8, "max_replicas": 4}},
-        "interval_s": 2,
-        "provisioning": {"acquire_s": 1},
-    },
-}
+TINY = scenariokit.scenario(
+    "tiny",
+    seed=3,
+    rate=20,
+    duration_s=10,
+    lengths=scenariokit.uniform(100, 1500, 10, 200),
+    controller=scenariokit.reactive(interval_s=2, acquire_s=1, target=8, max_replicas=4),
+)
 
 
 @pytest.fixture
@@ -322,18 +309,9 @@ def test_sweep_rows_mark_the_slo_targets_and_cost_per_token(tmp_path):
     scenario = tmp_path / "s.yaml"
     scenario.write_text(
         yaml.safe_dump(
-            {
-                "name": "targets",
-                "seed": 1,
-                "workload": {
-                    "type": "poisson",
-                    "rate": 30,
-                    "duration_s": 60,
-                    "lengths": {"type": "fixed", "prompt": 2000, "output": 100},
-                },
-                "pools": [{"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1}],
-                "slo": {"ttft_p95_s": 1.0},
-            }
+            scenariokit.scenario(
+                "targets", seed=1, rate=30, duration_s=60, prompt=2000, output=100, slo={"ttft_p95_s": 1.0}
+            )
         )
     )
     result = run_sweep(

@@ -20,6 +20,7 @@ from fleettwin.models.workload.request import Request
 from fleettwin.sim import runner
 from fleettwin.sim.runner import run_scenario, simulate
 from fleettwin.sim.tenancy.stages import GatewayStage, QuotaStage, TenantCaps
+from tests import scenariokit
 from tests.simkit import LinearPerf
 
 # -- token buckets and quotas, by hand ----------------------------------------------------------------------
@@ -76,18 +77,19 @@ def test_tenancy_defaults_for_a_tenant_not_listed():
 # -- config -------------------------------------------------------------------------------------------------
 
 LENGTHS = {"type": "fixed", "prompt": 200, "output": 20}
-BASE = {
-    "name": "t",
-    "seed": 3,
-    "workload": {
-        "type": "mixture",
-        "components": [
-            {"type": "poisson", "tenant": "a", "rate": 20, "duration_s": 30, "lengths": LENGTHS},
-            {"type": "poisson", "tenant": "b", "rate": 5, "duration_s": 30, "lengths": LENGTHS},
-        ],
+BASE = scenariokit.scenario(
+    seed=3,
+    workload={
+        "name": "mixture",
+        "params": {
+            "components": [
+                scenariokit.poisson(20, 30, LENGTHS, tenant="a"),
+                scenariokit.poisson(5, 30, LENGTHS, tenant="b"),
+            ]
+        },
     },
-    "pools": [{"name": "p", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1}],
-}
+    pools=[scenariokit.pool("p")],
+)
 
 
 def scenario(tenants: dict, **changes):
@@ -305,31 +307,22 @@ def test_gateway_and_quotas_run_in_the_serving_region_behind_the_front_door():
     """User in eu-west-1, GPUs in us-east-1: the gateway's delay adds to TTFT after the outbound half RTT, and
     the quota refuses by the time the request reaches the region."""
     step, per_token = 0.02, 1e-4
+    perf = {"name": "constant", "params": {"step_s": step, "per_prefill_token_s": per_token}}
     cfg = parse_scenario(
-        {
-            "name": "regions-tenants",
-            "workload": {"type": "poisson", "rate": 1, "duration_s": 10, "lengths": LENGTHS},
-            "pools": [
-                {
-                    "name": "use1",
-                    "gpu": "h100-80g",
-                    "model": "llama-3-8b",
-                    "replicas": 1,
-                    "perf_model": {
-                        "name": "constant",
-                        "params": {"step_s": step, "per_prefill_token_s": per_token},
-                    },
-                }
-            ],
-            "regions": {
+        scenariokit.scenario(
+            "regions-tenants",
+            duration_s=10,
+            lengths=LENGTHS,
+            pools=[scenariokit.pool("use1", perf_model=perf)],
+            regions={
                 "regions": [{"name": "us-east-1", "pools": ["use1"]}, {"name": "eu-west-1"}],
                 "users": None,
             },
-            "tenants": {
+            tenants={
                 "members": [{"name": "a", "quotas": {"requests_per_s": 1.0, "burst_requests": 1}}],
                 "gateway": {"fixed_ms": 10.0},
             },
-        }
+        )
     )
     reqs = [
         Request(id=i, arrival_s=t, prompt_tokens=200, output_tokens=11, region="eu-west-1", tenant="a")

@@ -16,14 +16,11 @@ from fleettwin.cli import main
 from fleettwin.models.config import load_scenario, parse_scenario
 from fleettwin.models.errors import ConfigError
 from fleettwin.sim.runner import generate_requests, run_scenario
+from tests.scenariokit import fixed, poisson
 
 POOL = {"gpu": "h100-80g", "model": "llama-3-8b", "replicas": 2}
-WORKLOAD = {
-    "type": "poisson",
-    "rate": 4,
-    "duration_s": 120,
-    "lengths": {"type": "fixed", "prompt": 200, "output": 20},
-}
+LENGTHS = fixed(prompt=200, output=20)
+WORKLOAD = poisson(4, 120, LENGTHS)
 
 
 def _write(tmp_path: Path, data: dict, name: str = "s.yaml") -> Path:
@@ -85,7 +82,7 @@ def _regions(traffic: float | None = None) -> dict:
     data = {
         "name": "r",
         "seed": 5,
-        "workload": {**WORKLOAD, "rate": 20, "duration_s": 600},
+        "workload": poisson(20, 600, LENGTHS),
         "pools": [{"name": "use1", **POOL}, {"name": "euw1", **POOL}],
         "regions": {"regions": regions, "users": {"day_s": 600}},
     }
@@ -137,7 +134,7 @@ def test_fit_errors_name_the_file_and_field(tmp_path):
 
 def test_zero_requests_is_an_error(tmp_path, capsys):
     path = _write(
-        tmp_path, {"name": "empty", "workload": {**WORKLOAD, "rate": 0}, "pools": [{"name": "chat", **POOL}]}
+        tmp_path, {"name": "empty", "workload": poisson(0, 120, LENGTHS), "pools": [{"name": "chat", **POOL}]}
     )
     assert main(["simulate", str(path), "--quiet"]) == 2
     assert "s.yaml: workload: the workload produces no requests" in capsys.readouterr().err
@@ -150,7 +147,7 @@ def test_huge_runs_warn_with_the_estimate(tmp_path, capsys, monkeypatch):
         tmp_path,
         {
             "name": "huge",
-            "workload": {**WORKLOAD, "duration_s": 5},
+            "workload": poisson(4, 5, LENGTHS),
             "pools": [{"name": "chat", **POOL, "replicas": 2000}],
             "sim": {"max_time_s": 1},
         },

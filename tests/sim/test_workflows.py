@@ -25,6 +25,7 @@ from fleettwin.models.workload.request import Request
 from fleettwin.sim.retrieval.rag import RagStage
 from fleettwin.sim.runner import run_scenario
 from fleettwin.sim.workflows.driver import WorkflowDriver, workflow_summary
+from tests import scenariokit
 from tests.sim.test_retrieval_sim import TABLE
 from tests.simkit import run_pool
 
@@ -142,20 +143,8 @@ def test_bad_templates_are_refused_with_the_node_named(nodes, message):
 
 
 def scenario(**extra) -> dict:
-    return {
-        "name": "wf",
-        "workload": {"type": "poisson", "rate": 0, "duration_s": 1, "lengths": FIXED},
-        "pools": [
-            {
-                "name": "p",
-                "gpu": "h100-80g",
-                "model": "llama-3-8b",
-                "replicas": 1,
-                "perf_model": {"name": "constant", "params": {"step_s": 0.01}},
-            }
-        ],
-        **extra,
-    }
+    pools = [scenariokit.pool("p", perf_model={"name": "constant", "params": {"step_s": 0.01}})]
+    return scenariokit.scenario("wf", rate=0, duration_s=1, lengths=FIXED, **{"pools": pools, **extra})
 
 
 def test_scenario_checks_name_the_section_and_the_node():
@@ -434,9 +423,7 @@ def test_the_example_scenario_runs_and_reports_workflows():
 def test_behind_a_regions_front_door_a_call_ends_when_its_answer_reaches_the_user():
     lengths = {"type": "fixed", "prompt": 100, "output": 4}
     data = scenario(
-        pools=[
-            {"name": n, "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1} for n in ("use1", "euw1")
-        ],
+        pools=[scenariokit.pool(n) for n in ("use1", "euw1")],
         regions={
             "regions": [
                 {"name": "us-east-1", "weight": 1, "pools": ["use1"]},
