@@ -1,4 +1,5 @@
-"""Small builders shared by the simulator tests: request lists and a cheap, exactly-known perf model."""
+"""Small builders shared by the simulator tests: request lists (tenants too) and a cheap, exactly-known perf
+model."""
 
 from __future__ import annotations
 
@@ -42,6 +43,20 @@ def poisson_requests(seed: int, n: int, rate: float, prompt=(1, 2000), output=(1
             id=i, arrival_s=float(arrivals[i]), prompt_tokens=int(prompts[i]), output_tokens=int(outputs[i])
         )
         for i in range(n)
+    ]
+
+
+def with_tenants(reqs: list[Request], tenants) -> list[Request]:
+    """``reqs`` again (id, arrival and lengths only), the i-th one sent by ``tenants[i]``."""
+    return [
+        Request(
+            id=r.id,
+            arrival_s=r.arrival_s,
+            prompt_tokens=r.prompt_tokens,
+            output_tokens=r.output_tokens,
+            tenant=t,
+        )
+        for r, t in zip(reqs, tenants, strict=True)
     ]
 
 

@@ -21,7 +21,7 @@ from fleettwin.sim import runner
 from fleettwin.sim.runner import run_scenario, simulate
 from fleettwin.sim.tenancy.stages import GatewayStage, QuotaStage, TenantCaps
 from tests import scenariokit
-from tests.simkit import LinearPerf
+from tests.simkit import LinearPerf, with_tenants
 
 # -- token buckets and quotas, by hand ----------------------------------------------------------------------
 
@@ -228,19 +228,6 @@ def checked_caps(monkeypatch):
     monkeypatch.setattr(runner, "TenantCaps", CheckedCaps)
 
 
-def tenanted(draw_tenants, reqs):
-    return [
-        Request(
-            id=r.id,
-            arrival_s=r.arrival_s,
-            prompt_tokens=r.prompt_tokens,
-            output_tokens=r.output_tokens,
-            tenant=t,
-        )
-        for r, t in zip(reqs, draw_tenants, strict=True)
-    ]
-
-
 SETTINGS = settings(
     max_examples=40,
     deadline=None,
@@ -260,7 +247,9 @@ def test_requests_are_conserved_with_quota_refusals_and_caps(checked_caps, data,
 
     reqs = data.draw(workloads(max_requests=50))
     names = ["a", "b", "c"]
-    reqs = tenanted(data.draw(st.lists(st.sampled_from(names), min_size=len(reqs), max_size=len(reqs))), reqs)
+    reqs = with_tenants(
+        reqs, data.draw(st.lists(st.sampled_from(names), min_size=len(reqs), max_size=len(reqs)))
+    )
     specs = tuple(
         TenantSpec(
             name=n,

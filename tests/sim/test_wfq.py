@@ -17,7 +17,7 @@ from fleettwin.models.engine.scheduler import Scheduler
 from fleettwin.models.engine.waiting import PolicyQueue, waiting_queue
 from fleettwin.models.tenancy.quotas import FairClock, Tenancy, TenantSpec
 from fleettwin.models.workload.request import Request
-from tests.simkit import LinearPerf, assert_matches_oracle, poisson_requests, run_pool
+from tests.simkit import LinearPerf, assert_matches_oracle, poisson_requests, run_pool, with_tenants
 from tests.strategies import engine_limits, workloads
 
 TWO_TO_ONE = Tenancy((TenantSpec(name="a", weight=2.0), TenantSpec(name="b", weight=1.0)))
@@ -128,21 +128,12 @@ def test_priority_serves_the_lower_priority_number_first():
 
 def test_fcfs_with_tenants_declared_is_identical_to_no_tenants():
     reqs = poisson_requests(seed=4, n=600, rate=40.0)
-    reqs = [
-        Request(
-            id=r.id,
-            arrival_s=r.arrival_s,
-            prompt_tokens=r.prompt_tokens,
-            output_tokens=r.output_tokens,
-            tenant="ab"[r.id % 2],
-        )
-        for r in reqs
-    ]
+    reqs = with_tenants(reqs, ["ab"[r.id % 2] for r in reqs])
     base = EngineLimits(num_blocks=600, max_num_seqs=64, max_num_batched_tokens=2048, max_model_len=4096)
-    with_tenants = EngineLimits(
+    tenanted = EngineLimits(
         num_blocks=600, max_num_seqs=64, max_num_batched_tokens=2048, max_model_len=4096, tenancy=TWO_TO_ONE
     )
-    a, b = run_pool(reqs, base).requests, run_pool(reqs, with_tenants).requests
+    a, b = run_pool(reqs, base).requests, run_pool(reqs, tenanted).requests
     assert a.equals(b)  # bit-identical; tests/sim/test_regression.py pins the fcfs percentiles themselves
 
 
@@ -194,17 +185,7 @@ def tenanted_workloads(draw, max_requests: int = 60) -> tuple[list[Request], Ten
         ),
         cost=draw(st.sampled_from(["tokens", "requests"])),
     )
-    reqs = [
-        Request(
-            id=r.id,
-            arrival_s=r.arrival_s,
-            prompt_tokens=r.prompt_tokens,
-            output_tokens=r.output_tokens,
-            tenant=t,
-        )
-        for r, t in zip(reqs, names, strict=True)
-    ]
-    return reqs, tenancy
+    return with_tenants(reqs, names), tenancy
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
