@@ -33,6 +33,11 @@ def job(**kw) -> SimJob:
     return SimJob(**(base | kw))
 
 
+def ops_job(**kw) -> SimJob:
+    """An operational job in the ``ops`` pool: 1 to 4 GPUs, scaling linearly."""
+    return job(**({"pool": "ops", "tier": "operational", "min_gpus": 1, "max_gpus": 4, "scaling": 1.0} | kw))
+
+
 # ------------------------------------------------------------------------------------------ arithmetic
 
 
@@ -103,28 +108,8 @@ def test_operational_jobs_start_earliest_deadline_first_with_the_gpus_their_dead
     p = pool(env, 6, "operational")
     # b: 7200 GPU-s due at 3700 (100 s restore): ceil(7200 / 3600) = 2 GPUs; a: due at 1100: ceil(3600/1000) =
     # 4
-    b = job(
-        id="b",
-        pool="ops",
-        tier="operational",
-        min_gpus=1,
-        max_gpus=4,
-        work_gpu_s=7200.0,
-        deadline_s=3700.0,
-        restore_s=100.0,
-        scaling=1.0,
-    )
-    a = job(
-        id="a",
-        pool="ops",
-        tier="operational",
-        min_gpus=1,
-        max_gpus=4,
-        work_gpu_s=3600.0,
-        deadline_s=1100.0,
-        restore_s=100.0,
-        scaling=1.0,
-    )
+    b = ops_job(id="b", work_gpu_s=7200.0, deadline_s=3700.0, restore_s=100.0)
+    a = ops_job(id="a", work_gpu_s=3600.0, deadline_s=1100.0, restore_s=100.0)
     p.submit(b)
     assert b.gpus == 4  # alone: its need (2), widened to its maximum with the idle GPUs before it computes
     p.submit(a)  # a arrives later and waits for GPUs: 2 idle, it needs 4 but starts with what there is
@@ -137,18 +122,7 @@ def test_operational_jobs_start_earliest_deadline_first_with_the_gpus_their_dead
 def test_a_job_that_would_miss_its_deadline_grows_at_once_when_gpus_arrive():
     env = simpy.Environment()
     p = pool(env, 1, "operational")
-    late = job(
-        id="late",
-        pool="ops",
-        tier="operational",
-        min_gpus=1,
-        max_gpus=4,
-        work_gpu_s=10_800.0,
-        deadline_s=3660.0,
-        restore_s=60.0,
-        checkpoint_s=600.0,
-        scaling=1.0,
-    )
+    late = ops_job(id="late", work_gpu_s=10_800.0, deadline_s=3660.0, restore_s=60.0, checkpoint_s=600.0)
     p.submit(late)
     assert late.gpus == 1 and late.finish_time() == pytest.approx(10_860.0)  # would miss by two hours
     env.run(until=100)
