@@ -37,6 +37,11 @@ def run(reqs, failures: dict, *, limits=LIMITS, replicas=2, mode="skip", seed=0,
     return simulate(reqs, specs, mode=mode, processes=[f]), f
 
 
+def on_p(name: str, **params) -> dict:
+    """A failures section with one injector, ``name``, on pool "p"."""
+    return {"injectors": [{"name": name, "params": {"pool": "p", **params}}]}
+
+
 # -- strategies -------------------------------------------------------------------------------------------
 
 times = st.floats(0.0, 15.0, allow_nan=False)
@@ -205,14 +210,7 @@ def test_a_retried_request_waits_its_lost_attempt_plus_a_full_fresh_run():
     t_fail = 0.5 * alone["e2e_s"]  # mid-decode
     raw, f = run(
         [req],
-        {
-            "injectors": [
-                {
-                    "name": "replica_failure",
-                    "params": {"pool": "p", "count": 2, "timing": {"at_s": [t_fail], "mttr_s": 3.0}},
-                }
-            ]
-        },
+        on_p("replica_failure", count=2, timing={"at_s": [t_fail], "mttr_s": 3.0}),
     )
     row = raw.requests.iloc[0]
     assert row["status"] == "completed" and row["retries"] == 1
@@ -227,14 +225,7 @@ def test_requests_on_a_failed_replica_move_to_the_survivors_at_once():
     reqs = poisson_requests(seed=5, n=400, rate=40.0)
     raw, f = run(
         reqs,
-        {
-            "injectors": [
-                {
-                    "name": "replica_failure",
-                    "params": {"pool": "p", "timing": {"at_s": [4.0], "mttr_s": math.inf}},
-                }
-            ]
-        },
+        on_p("replica_failure", timing={"at_s": [4.0], "mttr_s": math.inf}),
         replicas=3,
     )
     df = raw.requests
@@ -249,11 +240,8 @@ def test_requests_on_a_failed_replica_move_to_the_survivors_at_once():
 
 def test_retries_are_bounded_then_the_request_fails_with_the_reason():
     reqs = [Request(id=0, arrival_s=0.0, prompt_tokens=100, output_tokens=400)]
-    fails = {
-        "name": "replica_failure",
-        "params": {"pool": "p", "max_retries": 2, "timing": {"at_s": [1.0, 3.0, 5.0, 7.0], "mttr_s": 0.5}},
-    }
-    raw, _ = run(reqs, {"injectors": [fails]}, replicas=1)
+    fails = on_p("replica_failure", max_retries=2, timing={"at_s": [1.0, 3.0, 5.0, 7.0], "mttr_s": 0.5})
+    raw, _ = run(reqs, fails, replicas=1)
     row = raw.requests.iloc[0]
     assert row["status"] == "failed" and row["retries"] == 2 and "gave up after 2 retries" in row["reason"]
 
@@ -267,19 +255,7 @@ def test_a_straggler_is_exactly_factor_times_slower(mode):
     base = simulate([req], [PoolSpec("p", LIMITS, LinearPerf())], mode=mode).requests.iloc[0]
     slow, _ = run(
         [req],
-        {
-            "injectors": [
-                {
-                    "name": "straggler",
-                    "params": {
-                        "pool": "p",
-                        "replica": 0,
-                        "factor": 3.0,
-                        "timing": {"at_s": [0.0], "mttr_s": math.inf},
-                    },
-                }
-            ]
-        },
+        on_p("straggler", replica=0, factor=3.0, timing={"at_s": [0.0], "mttr_s": math.inf}),
         replicas=1,
         mode=mode,
     )
@@ -294,19 +270,7 @@ def test_a_straggler_episode_slows_only_the_iterations_inside_it():
     base = simulate([req], [PoolSpec("p", LIMITS, perf)]).requests.iloc[0]
     raw, _ = run(
         [req],
-        {
-            "injectors": [
-                {
-                    "name": "straggler",
-                    "params": {
-                        "pool": "p",
-                        "replica": 0,
-                        "factor": 2.0,
-                        "timing": {"at_s": [1.0], "mttr_s": 1.0},
-                    },
-                }
-            ]
-        },
+        on_p("straggler", replica=0, factor=2.0, timing={"at_s": [1.0], "mttr_s": 1.0}),
         replicas=1,
     )
     # For one second the replica did half a second's work: the request ends 0.5 s later (to an iteration or
@@ -322,7 +286,7 @@ def test_incoherent_answers_are_retried_on_another_replica():
     reqs = poisson_requests(seed=7, n=300, rate=20.0)
     raw, _ = run(
         reqs,
-        {"injectors": [{"name": "coherence", "params": {"pool": "p", "replicas": [0], "probability": 1.0}}]},
+        on_p("coherence", replicas=[0], probability=1.0),
         replicas=2,
     )
     df = raw.requests
@@ -336,18 +300,7 @@ def test_a_single_bad_replica_exhausts_the_retry_policy_and_fails():
     reqs = poisson_requests(seed=8, n=20, rate=5.0)
     raw, _ = run(
         reqs,
-        {
-            "injectors": [
-                {
-                    "name": "coherence",
-                    "params": {
-                        "pool": "p",
-                        "probability": 1.0,
-                        "policy": {"name": "retry", "params": {"max_attempts": 3}},
-                    },
-                }
-            ]
-        },
+        on_p("coherence", probability=1.0, policy={"name": "retry", "params": {"max_attempts": 3}}),
         replicas=1,
     )
     df = raw.requests
@@ -359,19 +312,12 @@ def test_fallback_sends_flagged_answers_to_the_larger_pool():
     reqs = poisson_requests(seed=9, n=100, rate=5.0, prompt=(1, 500), output=(1, 200))
     raw, _ = run(
         reqs,
-        {
-            "injectors": [
-                {
-                    "name": "coherence",
-                    "params": {
-                        "pool": "p",
-                        "replicas": [0, 1],
-                        "probability": 1.0,
-                        "policy": {"name": "fallback", "params": {"pool": "q"}},
-                    },
-                }
-            ]
-        },
+        on_p(
+            "coherence",
+            replicas=[0, 1],
+            probability=1.0,
+            policy={"name": "fallback", "params": {"pool": "q"}},
+        ),
     )
     df = raw.requests
     assert (df["status"] == "completed").all() and (df["pool"] == "q").all()

@@ -11,7 +11,7 @@ from fleettwin.models.errors import ConfigError
 from fleettwin.models.failures.policies import Timing
 from fleettwin.sim.runner import run_scenario
 from tests.scenariokit import pool, scenario
-from tests.sim.test_failures import run
+from tests.sim.test_failures import on_p, run
 from tests.simkit import poisson_requests
 
 # -- timing and configuration --------------------------------------------------------------------------------
@@ -31,11 +31,7 @@ def test_failures_by_rate_have_the_mtbf_and_stay_in_their_window():
 
 def test_the_same_seed_gives_the_same_failures_and_another_seed_others():
     reqs = poisson_requests(seed=10, n=300, rate=30.0)
-    cfg = {
-        "injectors": [
-            {"name": "replica_failure", "params": {"pool": "p", "timing": {"mtbf_s": 8.0, "mttr_s": 1.0}}}
-        ]
-    }
+    cfg = on_p("replica_failure", timing={"mtbf_s": 8.0, "mttr_s": 1.0})
     runs = [run(reqs, cfg, replicas=3, seed=s)[1].events for s in (1, 1, 2)]
     assert runs[0] == runs[1] and runs[0] != runs[2]
 
