@@ -120,6 +120,15 @@ def write_counts(tmp_path, y: np.ndarray, bucket_s: float = 600) -> str:
     return str(path)
 
 
+def backtest(trace, out, *flags: str, **options: str) -> int:
+    """``fleettwin backtest --trace TRACE --OPTION VALUE ... --FLAG ... --out OUT`` (``zeros_as_gaps`` for
+    ``--zeros-as-gaps``), its exit code."""
+    args = ["backtest", "--trace", str(trace)]
+    for key, value in options.items():
+        args += [f"--{key.replace('_', '-')}", value]
+    return main([*args, *(f"--{f.replace('_', '-')}" for f in flags), "--out", str(out)])
+
+
 def test_cli_counts_end_to_end(tmp_path, capsys):
     t = np.arange(6 * 144)
     y = (
@@ -130,27 +139,17 @@ def test_cli_counts_end_to_end(tmp_path, capsys):
     y[500:510] = 0
     path = write_counts(tmp_path, y)
     out = tmp_path / "bt"
-    rc = main(
-        [
-            "backtest",
-            "--trace",
-            path,
-            "--format",
-            "counts",
-            "--bucket",
-            "20min",
-            "--horizon",
-            "2h,4h",
-            "--models",
-            "naive,seasonal_naive,holt_winters",
-            "--warmup",
-            "3d",
-            "--step",
-            "6h",
-            "--zeros-as-gaps",
-            "--out",
-            str(out),
-        ]
+    models = "naive,seasonal_naive,holt_winters"
+    rc = backtest(
+        path,
+        out,
+        "zeros_as_gaps",
+        format="counts",
+        bucket="20min",
+        horizon="2h,4h",
+        models=models,
+        warmup="3d",
+        step="6h",
     )
     assert rc == 0
     table = pd.read_csv(out / "backtest.csv")
@@ -168,25 +167,15 @@ def test_cli_aliases_from_config(tmp_path):
     cfg = tmp_path / "f.yaml"
     cfg.write_text("forecasters:\n  weekly_sn: {model: seasonal_naive, params: {period: 2d}}\n")
     path = write_counts(tmp_path, np.tile(np.arange(1, 145.0), 6))
-    rc = main(
-        [
-            "backtest",
-            "--trace",
-            path,
-            "--horizon",
-            "1h",
-            "--models",
-            "weekly_sn",
-            "--config",
-            str(cfg),
-            "--warmup",
-            "4d",
-            "--step",
-            "12h",
-            "--no-plot",
-            "--out",
-            str(tmp_path / "o"),
-        ]
+    rc = backtest(
+        path,
+        tmp_path / "o",
+        "no_plot",
+        horizon="1h",
+        models="weekly_sn",
+        config=str(cfg),
+        warmup="4d",
+        step="12h",
     )
     assert rc == 0
     table = pd.read_csv(tmp_path / "o" / "backtest.csv")
@@ -219,29 +208,17 @@ def test_cli_bad_counts_file_names_the_line(tmp_path, capsys):
 
 
 def test_cli_aggregates_a_request_trace(tmp_path):
-    rc = main(
-        [
-            "backtest",
-            "--trace",
-            "traces/azure2023_code/AzureLLMInferenceTrace_code.csv",
-            "--format",
-            "azure",
-            "--bucket",
-            "1min",
-            "--horizon",
-            "5min",
-            "--warmup",
-            "15min",
-            "--step",
-            "2min",
-            "--models",
-            "naive,seasonal_naive",
-            "--target",
-            "prompt_tokens",
-            "--no-plot",
-            "--out",
-            str(tmp_path / "az"),
-        ]
+    rc = backtest(
+        "traces/azure2023_code/AzureLLMInferenceTrace_code.csv",
+        tmp_path / "az",
+        "no_plot",
+        format="azure",
+        bucket="1min",
+        horizon="5min",
+        warmup="15min",
+        step="2min",
+        models="naive,seasonal_naive",
+        target="prompt_tokens",
     )
     assert rc == 0
     table = pd.read_csv(tmp_path / "az" / "backtest.csv")
@@ -260,26 +237,7 @@ def test_cli_defaults_run_both_baselines_report_skill_and_mask_zero_gaps(tmp_pat
     y[560:566] = 0
     path = write_counts(tmp_path, y)
     out = tmp_path / "bt"
-    assert (
-        main(
-            [
-                "backtest",
-                "--trace",
-                path,
-                "--format",
-                "counts",
-                "--horizon",
-                "2h,4h",
-                "--warmup",
-                "3d",
-                "--step",
-                "12h",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert backtest(path, out, format="counts", horizon="2h,4h", warmup="3d", step="12h") == 0
     table = pd.read_csv(out / "backtest.csv")
     from fleettwin.commands.backtest import RECOMMENDED
 
@@ -292,29 +250,17 @@ def test_cli_defaults_run_both_baselines_report_skill_and_mask_zero_gaps(tmp_pat
     assert "12 gaps" in printed and "vs naive" in printed and "best model (not a baseline)" in printed
     assert (out / "backtest.png").stat().st_size > 10_000
     # --zeros-are-demand keeps the zeros: they are scored (and the log-scale models must still not explode)
-    assert (
-        main(
-            [
-                "backtest",
-                "--trace",
-                path,
-                "--format",
-                "counts",
-                "--horizon",
-                "2h",
-                "--warmup",
-                "3d",
-                "--step",
-                "12h",
-                "--models",
-                "naive,auto_ets",
-                "--zeros-are-demand",
-                "--no-plot",
-                "--out",
-                str(tmp_path / "z"),
-            ]
-        )
-        == 0
+    zeros = backtest(
+        path,
+        tmp_path / "z",
+        "zeros_are_demand",
+        "no_plot",
+        format="counts",
+        horizon="2h",
+        warmup="3d",
+        step="12h",
+        models="naive,auto_ets",
     )
+    assert zeros == 0
     assert "0 gaps (zeros kept as demand)" in capsys.readouterr().out
     assert (pd.read_csv(tmp_path / "z" / "backtest.csv")["max_over_series_max"] < 3).all()
