@@ -3,6 +3,7 @@ closed form, and conservation of GPUs by every allocator on random snapshots."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from pathlib import Path
@@ -367,16 +368,7 @@ def test_forecast_meets_operational_deadlines_with_own_gpus():
     assert d.gpus("ops") == 4  # 4 GPU-hours in the 3600 s left after the 600 s provisioning and 60 s restore
     # 3.5 GPU-hours: ceil(12600 / 3600) = 4 GPUs when they must be ordered; with 4 idle GPUs in the pool the
     # job starts at once, 600 s more slack: ceil(12600 / 4200) = 3
-    smaller = Job(
-        id="b1",
-        pool="ops",
-        tier="operational",
-        min_gpus=1,
-        max_gpus=8,
-        remaining_gpu_s=3.5 * 3600,
-        deadline_s=7200.0 + 600 + 60 + 3600,
-        restore_s=60.0,
-    )
+    smaller = dataclasses.replace(job, remaining_gpu_s=3.5 * 3600)
     d = decide(
         forecast_alloc(lend=False), snapshot(chat_pool(5, history=HOURLY), ops, t=7200.0, jobs=[smaller])
     )
