@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -30,8 +31,7 @@ from fleettwin.live.observe import FleetObserver
 from fleettwin.live.replicas import ReplicaLedger, ReplicaRecord
 from fleettwin.live.shadow import ShadowController
 from fleettwin.models.allocators.base import ALLOCATORS
-from fleettwin.models.control.pool import ControlledPool
-from fleettwin.models.snapshot import InventoryItem, Slo
+from tests.live.test_live_shadow import INVENTORY, META
 
 
 def static_policy(replicas: int) -> dict:
@@ -267,16 +267,7 @@ def test_a_replica_that_dies_is_counted_missing_and_replaced(tmp_path):
 
 
 def test_a_dead_backend_keeps_the_hpa_from_shrinking_the_pool():
-    meta = ControlledPool(
-        name="chat",
-        gpu="h100-80g",
-        model="llama-3-8b",
-        tp=1,
-        purchase="on_demand",
-        slo=Slo(),
-        provisioning_delay_s=30.0,
-    )
-    obs = FleetObserver([meta], [InventoryItem(gpu="h100-80g", limit=16, price_usd_h=2.7)], interval_s=10.0)
+    obs = FleetObserver([dataclasses.replace(META, tp=1)], INVENTORY, interval_s=10.0)
     hpa = ALLOCATORS.create("reactive", {"metric": "concurrency", "target": 4})
 
     def up(url: str, t: float) -> BackendMetrics:
