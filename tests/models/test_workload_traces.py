@@ -187,14 +187,19 @@ AZURE_BAD = [
 ]
 
 
-@pytest.mark.parametrize(("text", "line", "reason"), AZURE_BAD)
-def test_azure_errors_name_file_and_line(tmp_path, text, line, reason):
-    f = tmp_path / "bad.csv"
+def bad_trace(read, f, text: str, line: int, reason: str) -> TraceFormatError:
+    """The error ``read`` raises on ``text`` written to ``f``: it matches ``reason`` and starts ``f:line:``."""
     f.write_text(text)
     with pytest.raises(TraceFormatError, match=reason) as info:
-        read_azure_csv(f)
+        read(f)
     assert str(info.value).startswith(f"{f}:{line}: ")
-    assert (info.value.path, info.value.line) == (str(f), line)
+    return info.value
+
+
+@pytest.mark.parametrize(("text", "line", "reason"), AZURE_BAD)
+def test_azure_errors_name_file_and_line(tmp_path, text, line, reason):
+    err = bad_trace(read_azure_csv, tmp_path / "bad.csv", text, line, reason)
+    assert (err.path, err.line) == (str(tmp_path / "bad.csv"), line)
 
 
 GOOD = '{"timestamp": 0, "input_length": 10, "output_length": 5, "hash_ids": [0, 1]}\n'
@@ -225,8 +230,4 @@ MOONCAKE_BAD = [
 
 @pytest.mark.parametrize(("text", "line", "reason"), MOONCAKE_BAD)
 def test_mooncake_errors_name_file_and_line(tmp_path, text, line, reason):
-    f = tmp_path / "bad.jsonl"
-    f.write_text(text)
-    with pytest.raises(TraceFormatError, match=reason) as info:
-        read_mooncake_jsonl(f)
-    assert str(info.value).startswith(f"{f}:{line}: ")
+    bad_trace(read_mooncake_jsonl, tmp_path / "bad.jsonl", text, line, reason)
