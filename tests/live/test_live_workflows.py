@@ -24,6 +24,7 @@ from fleettwin.models.errors import ConfigError
 from fleettwin.models.perf.constant import ConstantModel
 from fleettwin.models.workflows.records import NODE_COLUMNS, WORKFLOW_COLUMNS
 from fleettwin.models.workflows.templates import WorkflowsConfig, sample_instances
+from tests.scenariokit import fixed, uniform
 
 ROOT = Path(__file__).parents[2]
 LIMITS = EngineLimits(num_blocks=1024, max_num_seqs=32, max_num_batched_tokens=2048, max_model_len=2048)
@@ -36,24 +37,14 @@ AGENT = {
         {
             "name": "agent",
             "nodes": [
-                {
-                    "id": "plan",
-                    "kind": "llm",
-                    "lengths": {
-                        "type": "uniform",
-                        "prompt_min": 20,
-                        "prompt_max": 200,
-                        "output_min": 2,
-                        "output_max": 12,
-                    },
-                },
+                {"id": "plan", "kind": "llm", "lengths": uniform(20, 200, 2, 12)},
                 {"id": "search", "kind": "retrieval", "after": ["plan"], "fanout": {"min": 1, "max": 3}},
                 {
                     "id": "read",
                     "kind": "llm",
                     "after": ["search"],
                     "branch_of": "search",
-                    "lengths": {"type": "fixed", "prompt": 30, "output": 6},
+                    "lengths": fixed(30, 6),
                 },
                 {
                     "id": "lookup",
@@ -67,7 +58,7 @@ AGENT = {
                     "kind": "llm",
                     "rag": True,
                     "after": ["read", "lookup"],
-                    "lengths": {"type": "fixed", "prompt": 10, "output": 4},
+                    "lengths": fixed(10, 4),
                 },
             ],
         }
@@ -128,17 +119,8 @@ def test_a_failed_call_skips_its_descendants_and_the_drain_deadline_leaves_nodes
                 {
                     "name": "t",
                     "nodes": [
-                        {
-                            "id": "big",
-                            "kind": "llm",
-                            "lengths": {"type": "fixed", "prompt": 5000, "output": 4},
-                        },
-                        {
-                            "id": "after",
-                            "kind": "llm",
-                            "after": ["big"],
-                            "lengths": {"type": "fixed", "prompt": 5, "output": 2},
-                        },
+                        {"id": "big", "kind": "llm", "lengths": fixed(5000, 4)},
+                        {"id": "after", "kind": "llm", "after": ["big"], "lengths": fixed(5, 2)},
                         {"id": "slow", "kind": "tool", "delay": {"type": "fixed", "s": 30}},
                     ],
                 }
