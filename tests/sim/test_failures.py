@@ -37,9 +37,14 @@ def run(reqs, failures: dict, *, limits=LIMITS, replicas=2, mode="skip", seed=0,
     return simulate(reqs, specs, mode=mode, processes=[f]), f
 
 
+def injected(name: str, **params) -> dict:
+    """A failures section with one injector: ``name`` with ``params``."""
+    return {"injectors": [{"name": name, "params": params}]}
+
+
 def on_p(name: str, **params) -> dict:
     """A failures section with one injector, ``name``, on pool "p"."""
-    return {"injectors": [{"name": name, "params": {"pool": "p", **params}}]}
+    return injected(name, pool="p", **params)
 
 
 # -- strategies -------------------------------------------------------------------------------------------

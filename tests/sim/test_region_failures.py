@@ -20,7 +20,7 @@ from fleettwin.models.regions.sites import RttMatrix
 from fleettwin.sim.failures.injectors import Failures
 from fleettwin.sim.regions.front_door import RegionFrontDoor, RegionPools
 from fleettwin.sim.runner import simulate
-from tests.sim.test_failures import check_accounting, timings
+from tests.sim.test_failures import check_accounting, injected, timings
 from tests.simkit import LinearPerf, poisson_requests
 from tests.strategies import workloads
 
@@ -97,14 +97,7 @@ def test_an_outage_moves_the_regions_requests_to_the_other_region_as_retries():
     reqs = from_regions(poisson_requests(seed=1, n=1200, rate=40.0))
     raw, df, f = run(
         reqs,
-        {
-            "injectors": [
-                {
-                    "name": "region_outage",
-                    "params": {"region": "a", "timing": {"at_s": [10.0], "mttr_s": 8.0}},
-                }
-            ]
-        },
+        injected("region_outage", region="a", timing={"at_s": [10.0], "mttr_s": 8.0}),
         replicas=3,
     )
     assert (df["status"] == "completed").all()  # b has room: nothing lost
@@ -124,14 +117,7 @@ def test_an_rtt_spike_multiplies_the_round_trip_of_requests_routed_while_it_last
     reqs = from_regions(poisson_requests(seed=2, n=400, rate=20.0), share_a=1.0)
     _, df, _ = run(
         reqs,
-        {
-            "injectors": [
-                {
-                    "name": "rtt_spike",
-                    "params": {"region": "a", "multiplier": 10.0, "timing": {"at_s": [5.0], "mttr_s": 5.0}},
-                }
-            ]
-        },
+        injected("rtt_spike", region="a", multiplier=10.0, timing={"at_s": [5.0], "mttr_s": 5.0}),
     )
     spiked = (df["arrival_s"] >= 5.0) & (df["arrival_s"] < 10.0)
     assert np.allclose(df.loc[spiked, "rtt_s"], 0.020) and np.allclose(df.loc[~spiked, "rtt_s"], 0.002)
@@ -141,14 +127,7 @@ def test_a_partition_sends_users_to_the_far_region_and_then_back():
     reqs = from_regions(poisson_requests(seed=3, n=400, rate=20.0), share_a=1.0)
     _, df, _ = run(
         reqs,
-        {
-            "injectors": [
-                {
-                    "name": "network_partition",
-                    "params": {"region": "a", "unreachable": ["a"], "timing": {"at_s": [5.0], "mttr_s": 5.0}},
-                }
-            ]
-        },
+        injected("network_partition", region="a", unreachable=["a"], timing={"at_s": [5.0], "mttr_s": 5.0}),
     )
     cut = (df["arrival_s"] >= 5.0) & (df["arrival_s"] < 10.0)
     assert (df.loc[cut, "region"] == "b").all() and (df.loc[~cut, "region"] == "a").all()
