@@ -320,6 +320,18 @@ def assert_one_line(exc: pytest.ExceptionInfo, path: Path, *fields: str) -> None
         assert f in msg, msg
 
 
+def assert_edits_fail(src: Path, tmp_path: Path, fmt: str, cases) -> None:
+    """Each ``(edit, field)`` of ``cases`` applied to a fresh copy of the JSON ``src`` makes reading it as
+    ``fmt`` a one-line ConfigError that names the file and ``field``."""
+    for edit, field in cases:
+        path = tmp_path / "bad.json"
+        shutil.copy(src, path)
+        rewrite_json(path, edit)
+        with pytest.raises(ConfigError) as exc:
+            runs(path, fmt)
+        assert_one_line(exc, path, field)
+
+
 def test_unknown_format_is_named(tmp_path):
     with pytest.raises(ConfigError, match="unknown run format 'nope'"):
         read_runs(DATA / "vllm_bench_detailed_open.json", settings=SETTINGS, fmt="nope")
@@ -360,20 +372,15 @@ def test_truncated_json_names_the_line(fmt, name, tmp_path):
 
 def test_vllm_bench_bad_values(tmp_path):
     src = copy("vllm_bench_detailed_open.json", tmp_path)
-    for edit, field in [
+    cases = [
         (lambda d: d["ttfts"].__setitem__(1, -0.2), "ttfts[1]"),
         (lambda d: d["itls"][0].__setitem__(3, "fast"), "itls[0][3]"),
         (lambda d: d.pop("ttfts"), "ttfts: missing"),
         (lambda d: d["latencies"].pop(), "latencies: expected a list of 5"),
         (lambda d: d.update(mean_tpot_ms="n/a"), "mean_tpot_ms"),
         (lambda d: d.update(request_rate="fast"), "request_rate"),
-    ]:
-        path = tmp_path / "bad.json"
-        shutil.copy(src, path)
-        rewrite_json(path, edit)
-        with pytest.raises(ConfigError) as exc:
-            runs(path, "vllm-bench")
-        assert_one_line(exc, path, field)
+    ]
+    assert_edits_fail(src, tmp_path, "vllm-bench", cases)
 
 
 def test_vllm_bench_summary_without_counts(tmp_path):
@@ -411,7 +418,7 @@ def test_inference_perf_bad_values(tmp_path):
 
 def test_guidellm_bad_values(tmp_path):
     src = copy("guidellm_v0.3_sweep.json", tmp_path)
-    for edit, field in [
+    cases = [
         (lambda d: d["benchmarks"][1]["args"].pop("strategy"), "benchmarks[1]: config.strategy"),
         (
             lambda d: d["benchmarks"][0]["requests"]["successful"][1].update(request_latency=-1.0),
@@ -426,10 +433,5 @@ def test_guidellm_bad_values(tmp_path):
             "strategy.type_: unknown strategy 'warp'",
         ),
         (lambda d: d.pop("benchmarks"), "benchmarks: missing"),
-    ]:
-        path = tmp_path / "bad.json"
-        shutil.copy(src, path)
-        rewrite_json(path, edit)
-        with pytest.raises(ConfigError) as exc:
-            runs(path, "guidellm")
-        assert_one_line(exc, path, field)
+    ]
+    assert_edits_fail(src, tmp_path, "guidellm", cases)
