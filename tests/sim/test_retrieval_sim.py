@@ -229,15 +229,17 @@ def test_same_seed_same_outcomes_and_another_seed_differs():
     assert not frames[0]["latency_s"].equals(frames[2]["latency_s"])
 
 
-def test_rag_stage_grows_the_prompt_by_the_context_and_passes_others_through():
+def rag_stage(k: int, tokens_per_passage: int) -> RagStage:
+    """A RAG stage in front of one small flat store (an exact 1 ms query) that every topic goes to."""
+    store = {"name": "a", "domain": "*", "index_type": "flat", "n_vectors": 1000, "dim": 128}
     cfg = RetrievalConfig.model_validate(
-        {
-            "stores": [{"name": "a", "domain": "*", "index_type": "flat", "n_vectors": 1000, "dim": 128}],
-            "k": 5,
-            "tokens_per_passage": 100,
-        }
+        {"stores": [store], "k": k, "tokens_per_passage": tokens_per_passage}
     )
-    stage = RagStage(cfg, seed=0, model=TABLE)
+    return RagStage(cfg, seed=0, model=TABLE)
+
+
+def test_rag_stage_grows_the_prompt_by_the_context_and_passes_others_through():
+    stage = rag_stage(k=5, tokens_per_passage=100)
     env = simpy.Environment()
     seen: list[tuple[float, Request]] = []
 
@@ -299,14 +301,7 @@ def test_rag_requests_retrieve_then_prefill_the_longer_prompt_in_the_simulator()
     from fleettwin.models.perf.constant import ConstantModel
     from tests.simkit import run_pool
 
-    cfg = RetrievalConfig.model_validate(
-        {
-            "stores": [{"name": "a", "domain": "*", "index_type": "flat", "n_vectors": 1000, "dim": 128}],
-            "k": 4,
-            "tokens_per_passage": 50,
-        }
-    )
-    stage = RagStage(cfg, seed=0, model=TABLE)
+    stage = rag_stage(k=4, tokens_per_passage=50)
     reqs = [
         Request(id=i, arrival_s=float(i), prompt_tokens=100, output_tokens=3, rag=i % 2 == 0, topic="x")
         for i in range(6)
