@@ -195,15 +195,9 @@ ACT_POLICY = {
         },
     },
 }
+REACTIVE = reactive(interval_s=10, acquire_s=5)
 SUITE_SCENARIO = scenario(
-    "gate",
-    seed=5,
-    rate=2,
-    duration_s=120,
-    prompt=300,
-    output=40,
-    replicas=3,
-    controller=reactive(interval_s=10, acquire_s=5),
+    "gate", seed=5, rate=2, duration_s=120, prompt=300, output=40, replicas=3, controller=REACTIVE
 )
 
 

@@ -93,15 +93,9 @@ def test_a_file_that_is_not_a_registry_is_a_clear_error(tmp_path):
 
 # -- suites --------------------------------------------------------------------------------------------------
 
+REACTIVE = reactive(interval_s=15, acquire_s=10)
 SCENARIO = scenario(
-    "tiny",
-    seed=1,
-    rate=3,
-    duration_s=90,
-    prompt=200,
-    output=50,
-    replicas=2,
-    controller=reactive(interval_s=15, acquire_s=10),
+    "tiny", seed=1, rate=3, duration_s=90, prompt=200, output=50, replicas=2, controller=REACTIVE
 )
 
 

@@ -46,15 +46,9 @@ def test_highest_rate_brackets_within_the_tolerance(limit, start):
 
 
 def _small(tmp_path: Path, replicas: int) -> Path:
+    slo = {"ttft_p95_s": 1.0, "tpot_p95_s": 0.05}
     data = scenario(
-        "small",
-        seed=1,
-        rate=40,
-        duration_s=120,
-        prompt=2000,
-        output=100,
-        replicas=replicas,
-        slo={"ttft_p95_s": 1.0, "tpot_p95_s": 0.05},
+        "small", seed=1, rate=40, duration_s=120, prompt=2000, output=100, replicas=replicas, slo=slo
     )
     path = tmp_path / "small.yaml"
     path.write_text(yaml.safe_dump(data))
