@@ -120,13 +120,10 @@ def write_counts(tmp_path, y: np.ndarray, bucket_s: float = 600) -> str:
     return str(path)
 
 
-def backtest(trace, out, *flags: str, **options: str) -> int:
-    """``fleettwin backtest --trace TRACE --OPTION VALUE ... --FLAG ... --out OUT`` (``zeros_as_gaps`` for
-    ``--zeros-as-gaps``), its exit code."""
-    args = ["backtest", "--trace", str(trace)]
-    for key, value in options.items():
-        args += [f"--{key.replace('_', '-')}", value]
-    return main([*args, *(f"--{f.replace('_', '-')}" for f in flags), "--out", str(out)])
+def backtest(trace, out, options: str, *args: str) -> int:
+    """``fleettwin backtest --trace TRACE OPTIONS ARGS --out OUT``, its exit code; ``options`` as typed on a
+    command line (split at spaces), ``args`` passed as they are (paths)."""
+    return main(["backtest", "--trace", str(trace), *options.split(), *args, "--out", str(out)])
 
 
 def test_cli_counts_end_to_end(tmp_path, capsys):
@@ -139,18 +136,8 @@ def test_cli_counts_end_to_end(tmp_path, capsys):
     y[500:510] = 0
     path = write_counts(tmp_path, y)
     out = tmp_path / "bt"
-    models = "naive,seasonal_naive,holt_winters"
-    rc = backtest(
-        path,
-        out,
-        "zeros_as_gaps",
-        format="counts",
-        bucket="20min",
-        horizon="2h,4h",
-        models=models,
-        warmup="3d",
-        step="6h",
-    )
+    options = "--format counts --bucket 20min --horizon 2h,4h --models naive,seasonal_naive,holt_winters"
+    rc = backtest(path, out, options + " --warmup 3d --step 6h --zeros-as-gaps")
     assert rc == 0
     table = pd.read_csv(out / "backtest.csv")
     assert list(table.columns) == COLUMNS and len(table) == 6
@@ -167,16 +154,8 @@ def test_cli_aliases_from_config(tmp_path):
     cfg = tmp_path / "f.yaml"
     cfg.write_text("forecasters:\n  weekly_sn: {model: seasonal_naive, params: {period: 2d}}\n")
     path = write_counts(tmp_path, np.tile(np.arange(1, 145.0), 6))
-    rc = backtest(
-        path,
-        tmp_path / "o",
-        "no_plot",
-        horizon="1h",
-        models="weekly_sn",
-        config=str(cfg),
-        warmup="4d",
-        step="12h",
-    )
+    options = "--horizon 1h --models weekly_sn --warmup 4d --step 12h --no-plot"
+    rc = backtest(path, tmp_path / "o", options, "--config", str(cfg))
     assert rc == 0
     table = pd.read_csv(tmp_path / "o" / "backtest.csv")
     assert table["model"].tolist() == ["weekly_sn"] and table["smape"].iloc[0] == 0
@@ -208,17 +187,10 @@ def test_cli_bad_counts_file_names_the_line(tmp_path, capsys):
 
 
 def test_cli_aggregates_a_request_trace(tmp_path):
+    trace = "traces/azure2023_code/AzureLLMInferenceTrace_code.csv"
+    options = "--format azure --bucket 1min --horizon 5min --warmup 15min --step 2min"
     rc = backtest(
-        "traces/azure2023_code/AzureLLMInferenceTrace_code.csv",
-        tmp_path / "az",
-        "no_plot",
-        format="azure",
-        bucket="1min",
-        horizon="5min",
-        warmup="15min",
-        step="2min",
-        models="naive,seasonal_naive",
-        target="prompt_tokens",
+        trace, tmp_path / "az", options + " --models naive,seasonal_naive --target prompt_tokens --no-plot"
     )
     assert rc == 0
     table = pd.read_csv(tmp_path / "az" / "backtest.csv")
@@ -237,7 +209,7 @@ def test_cli_defaults_run_both_baselines_report_skill_and_mask_zero_gaps(tmp_pat
     y[560:566] = 0
     path = write_counts(tmp_path, y)
     out = tmp_path / "bt"
-    assert backtest(path, out, format="counts", horizon="2h,4h", warmup="3d", step="12h") == 0
+    assert backtest(path, out, "--format counts --horizon 2h,4h --warmup 3d --step 12h") == 0
     table = pd.read_csv(out / "backtest.csv")
     from fleettwin.commands.backtest import RECOMMENDED
 
@@ -250,17 +222,7 @@ def test_cli_defaults_run_both_baselines_report_skill_and_mask_zero_gaps(tmp_pat
     assert "12 gaps" in printed and "vs naive" in printed and "best model (not a baseline)" in printed
     assert (out / "backtest.png").stat().st_size > 10_000
     # --zeros-are-demand keeps the zeros: they are scored (and the log-scale models must still not explode)
-    zeros = backtest(
-        path,
-        tmp_path / "z",
-        "zeros_are_demand",
-        "no_plot",
-        format="counts",
-        horizon="2h",
-        warmup="3d",
-        step="12h",
-        models="naive,auto_ets",
-    )
-    assert zeros == 0
+    options = "--format counts --horizon 2h --warmup 3d --step 12h --models naive,auto_ets"
+    assert backtest(path, tmp_path / "z", options + " --zeros-are-demand --no-plot") == 0
     assert "0 gaps (zeros kept as demand)" in capsys.readouterr().out
     assert (pd.read_csv(tmp_path / "z" / "backtest.csv")["max_over_series_max"] < 3).all()
