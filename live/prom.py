@@ -36,6 +36,7 @@ REQUEST_LATENCY_BUCKETS = (
 )
 ITERATION_TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 LABELS = ("model_name", "engine")
+FINISH_REASONS = ("stop", "length", "abort")  # vLLM V1's FinishReason values
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -125,6 +126,10 @@ class EngineMetrics:
         self._success = counter(
             "vllm:request_success", "Count of successfully processed requests.", ("finished_reason",)
         )
+        # One series per finish reason from the start, at 0, as vLLM creates them: a series that first appears
+        # mid-window has no earlier sample, and Prometheus' increase() over that window misses its first count.
+        for reason in FINISH_REASONS:
+            self._success.labels(*lv, reason)
         self.ttft = histogram(
             "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", TTFT_BUCKETS
         )

@@ -128,26 +128,26 @@ def run(args: argparse.Namespace) -> int:
         duration_s=args.duration * args.speedup,
         max_requests=args.max_requests,
     )
-    df = asyncio.run(
-        replay(
-            requests,
-            targets,
-            speedup=args.speedup,
-            duration_s=args.duration,
-            max_requests=args.max_requests,
-            router=args.router,
-            chat=args.chat,
-            model=args.model,
-            token=args.token,
-            verify=args.verify,
-            timeout_s=args.timeout,
-            drain_timeout_s=args.drain_timeout,
-        )
-    )
+    df = asyncio.run(replay(requests, targets, max_requests=args.max_requests, **_client_options(args)))
     print(json.dumps(summarize(df), indent=2))
     if args.out:
         print(f"wrote {write_parquet(args.out, df)}")
     return 0
+
+
+def _client_options(args: argparse.Namespace) -> dict:
+    """What a request replay and a workflow run share: pacing, routing and how to reach the targets."""
+    return {
+        "speedup": args.speedup,
+        "duration_s": args.duration,
+        "router": args.router,
+        "chat": args.chat,
+        "model": args.model,
+        "token": args.token,
+        "verify": args.verify,
+        "timeout_s": args.timeout,
+        "drain_timeout_s": args.drain_timeout,
+    }
 
 
 def _verify(args: argparse.Namespace):
@@ -189,16 +189,8 @@ def run_workflows(args: argparse.Namespace, targets: list[str]) -> int:
             execute(
                 instances,
                 targets,
-                speedup=args.speedup,
-                duration_s=args.duration,
                 max_workflows=args.max_workflows,
-                router=args.router,
-                chat=args.chat,
-                model=args.model,
-                token=args.token,
-                verify=args.verify,
-                timeout_s=args.timeout,
-                drain_timeout_s=args.drain_timeout,
+                **_client_options(args),
                 retriever=retriever,
                 k=rag.k if rag else 10,
                 context_tokens=context,

@@ -91,13 +91,22 @@ def test_promql_snapshot_equals_the_direct_scrape_snapshot_under_load(fleet, tmp
         for i in range(90)
     ]
 
+    def scraped_after(t: float) -> bool:
+        """Prometheus holds a successful scrape of every backend taken after ``t`` (on a loaded machine a
+        scrape can come late or time out, so a fixed sleep is not enough)."""
+        got = prom.query('timestamp(up{job="vllm"} == 1)')
+        return len(got) == 3 and all(float(r["value"][1]) > t for r in got)
+
     async def scenario():
         async with Scraper(timeout_s=2.0) as scraper:
             t0 = time.time()
             direct.prime({"chat": await scraper.scrape_all(urls)})
             await asyncio.sleep(3 * SCRAPE_S)  # Prometheus' first sample in the window precedes the load
+            await asyncio.to_thread(prom.wait, "a scrape of each backend", lambda: scraped_after(t0))
             df = await replay(load, urls, router="round_robin", drain_timeout_s=20)
+            done = time.time()
             await asyncio.sleep(3 * SCRAPE_S)  # ... and its last one follows it
+            await asyncio.to_thread(prom.wait, "a scrape after the load", lambda: scraped_after(done))
             t1 = time.time()
             scrapes = {"chat": await scraper.scrape_all(urls)}
             got = await source.collect(t1, t1 - t0)
