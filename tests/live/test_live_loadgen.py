@@ -57,7 +57,11 @@ def test_metrics_counters_equal_the_load_generators_counts():
     done = df[df["status"] == "completed"]
     assert (done["completion_tokens"] == done["output_tokens"]).all()
     assert m.healthy and m.model_names == ("emu",)
-    assert m.requests_finished == 60 and dict(m.finished_by_reason) == {"length": 60.0}
+    assert m.requests_finished == 60 and dict(m.finished_by_reason) == {
+        "abort": 0.0,
+        "length": 60.0,
+        "stop": 0.0,
+    }
     assert m.prompt_tokens == done["prompt_tokens"].sum()
     assert m.generation_tokens == done["completion_tokens"].sum()
     assert m.ttft.count == m.e2e.count == 60 and m.itl.count == (done["completion_tokens"] - 1).sum()
