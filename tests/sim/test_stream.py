@@ -22,7 +22,12 @@ AZURE = ROOT / "traces" / "azure2023_conv" / "AzureLLMInferenceTrace_conv.csv"
 SCENARIO = {
     "name": "stream",
     "seed": 2,
-    "workload": {"type": "trace", "path": str(AZURE), "format": "azure", "rate_scale": 4, "loop_to_s": 600},
+    "workload": {
+        "name": "trace",
+        "params": {"path": str(AZURE), "format": "azure"},
+        "rate_scale": 4,
+        "loop_to_s": 600,
+    },
     "pools": [
         {"name": "a", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 2},
         {"name": "b", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1},
@@ -40,9 +45,17 @@ def test_streamed_summary_matches_the_run_in_memory(tmp_path):
     assert s["requests"] == e["requests"] and s["sim_time_s"] == pytest.approx(e["sim_time_s"])
     assert s["cost"]["usd"] == pytest.approx(e["cost"]["usd"])
     assert s["throughput"]["tokens_per_s"] == pytest.approx(e["throughput"]["tokens_per_s"])
+    # A REQ sketch bounds the rank of the value it returns, not the value: where the distribution is flat (E2E
+    # around its median) a rank off by 0.2 points moves the value by 2 % or more. So every percentile's rank
+    # in the exact values is checked, and the values where the sketch is most accurate (the high ranks).
+    done = exact.requests[exact.requests["status"] == "completed"]
     for m in ("ttft", "tpot", "e2e"):
+        values = done[f"{m}_s"].dropna().to_numpy()
         for q in ("p50", "p95", "p99"):
-            assert s["latency_s"][m][q] == pytest.approx(e["latency_s"][m][q], rel=0.02), (m, q)
+            rank = (values <= s["latency_s"][m][q]).mean()
+            assert rank == pytest.approx(float(q[1:]) / 100, abs=0.005), (m, q)
+            if q != "p50":
+                assert s["latency_s"][m][q] == pytest.approx(e["latency_s"][m][q], rel=0.02), (m, q)
     assert {k: t["met"] for k, t in s["slo"]["targets"].items()} == {
         k: t["met"] for k, t in e["slo"]["targets"].items()
     }
