@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydantic import Field
-from scipy.optimize import Bounds, LinearConstraint, milp
 
 from fleettwin.models.allocators.base import ALLOCATORS
 from fleettwin.models.allocators.common import (
@@ -170,6 +169,10 @@ class MilpAllocator(ForecastingAllocator):
             rows.append(row)
             lo.append(-np.inf)
             hi.append(snapshot.limit(key, region))
+        # scipy.optimize costs about 0.6 s to import: loading a scenario (which checks allocator names against
+        # the registry) should not pay it unless this allocator decides
+        from scipy.optimize import Bounds, LinearConstraint, milp
+
         res = milp(
             cost,
             constraints=LinearConstraint(np.array(rows), lo, hi),
