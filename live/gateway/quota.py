@@ -50,8 +50,7 @@ class TenantLimiter:
 
     def admit(self, tokens: float) -> Ticket | Refusal:
         q = self.quotas
-        too_large = self.tokens is not None and tokens > self.tokens.burst
-        if not too_large and q.concurrent is not None and self.in_flight >= q.concurrent:
+        if not self.gate.too_large(tokens) and q.concurrent is not None and self.in_flight >= q.concurrent:
             return Refusal(
                 "concurrent",
                 1.0,

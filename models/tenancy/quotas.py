@@ -144,10 +144,14 @@ class QuotaGate:
         self.requests = TokenBucket(q.requests_per_s, q.request_burst, now) if q.requests_per_s else None
         self.tokens = TokenBucket(q.tokens_per_s, q.token_burst, now) if q.tokens_per_s else None
 
+    def too_large(self, tokens: float) -> bool:
+        """A request of ``tokens`` tokens can never be admitted: more than the token bucket holds."""
+        return self.tokens is not None and tokens > self.tokens.burst
+
     def admit(self, tokens: float, now: float) -> Refusal | None:
         """Take one request of ``tokens`` tokens at ``now``; None if admitted, else why not (nothing
         taken)."""
-        if self.tokens is not None and tokens > self.tokens.burst:
+        if self.too_large(tokens):
             return Refusal("too_large", math.inf)
         waits = []
         if self.requests is not None:
