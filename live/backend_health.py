@@ -38,6 +38,10 @@ class BackendHealth:
     error: str = ""
 
 
+# What a backend that answered reports of its serving state, copied into its row under the same names.
+SERVING_FIELDS = ("running", "waiting", "kv_usage", "requests_finished", "prompt_tokens", "generation_tokens")
+
+
 def backend_row(h: BackendHealth, m: BackendMetrics, status: str, now: float, managed: bool) -> dict:
     """The decision log's row for one backend: its scrape health and, when it answered, its serving state."""
     row: dict[str, Any] = {
@@ -50,15 +54,6 @@ def backend_row(h: BackendHealth, m: BackendMetrics, status: str, now: float, ma
         "retry_in_s": max(0.0, h.retry_at - now) if status != "up" else None,
     }
     if m.healthy:
-        row.update(
-            running=m.running,
-            waiting=m.waiting,
-            kv_usage=m.kv_usage,
-            requests_finished=m.requests_finished,
-            prompt_tokens=m.prompt_tokens,
-            generation_tokens=m.generation_tokens,
-            ttft_count=m.ttft.count,
-            e2e_count=m.e2e.count,
-            preemptions=m.preemptions,
-        )
+        row.update({name: getattr(m, name) for name in SERVING_FIELDS})
+        row.update(ttft_count=m.ttft.count, e2e_count=m.e2e.count, preemptions=m.preemptions)
     return row

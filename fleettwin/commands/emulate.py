@@ -79,6 +79,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+# The vLLM engine flags emulate takes; each sets the EngineConfig field of the same name.
+ENGINE_FLAGS = (
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "max_model_len",
+    "gpu_memory_utilization",
+    "num_gpu_blocks",
+    "enable_prefix_caching",
+)
+
+
 def build_spec(args: argparse.Namespace):
     """The emulator's limits and performance model, resolved exactly as ``fleettwin sim run`` resolves a
     pool."""
@@ -92,14 +103,7 @@ def build_spec(args: argparse.Namespace):
     from fleettwin.models.errors import ConfigError
 
     try:
-        engine = EngineConfig(
-            max_num_seqs=args.max_num_seqs,
-            max_num_batched_tokens=args.max_num_batched_tokens,
-            max_model_len=args.max_model_len,
-            gpu_memory_utilization=args.gpu_memory_utilization,
-            num_gpu_blocks=args.num_gpu_blocks,
-            enable_prefix_caching=args.enable_prefix_caching,
-        )
+        engine = EngineConfig(**{name: getattr(args, name) for name in ENGINE_FLAGS})
         perf = PolicyRef(name=args.perf_model, params=dict(parse_override(kv) for kv in args.perf_param))
         cfg = PoolConfig(
             name="emulator",

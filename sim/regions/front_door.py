@@ -267,14 +267,7 @@ def place_users(cfg: RegionsConfig, requests: Sequence[Request], seed: int) -> l
         weights,
         cfg.utc_offsets_h(),
         np.random.default_rng([seed, STREAM]),
-        duration_s=u.duration_s,
-        day_s=u.day_s,
-        start_utc_h=u.start_utc_h,
-        peak_local_h=u.peak_local_h,
-        peak_to_trough=u.peak_to_trough,
-        session_locality=u.session_locality,
-        key_blocks=u.key_blocks,
-        copies=u.copies,
+        **u.model_dump(exclude={"dst"}),  # every users setting but dst, which chose the offsets above
     )
 
 
