@@ -8,14 +8,12 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
 from fleettwin.models.errors import ConfigError
-
-if TYPE_CHECKING:
-    from fleettwin.sim.calibration.runs import Load
+from fleettwin.sim.calibration.runs import Load, MeasuredRun, ServerSettings
 
 
 def head(path: Path, size: int = 65536) -> str:
@@ -62,6 +60,28 @@ def request_rows(df: pd.DataFrame, load: Load) -> pd.DataFrame:
     elif "arrival_s" in df:
         df = df.drop(columns="arrival_s")
     return df.reset_index(drop=True)
+
+
+def run_of_rows(
+    name: str,
+    source: str,
+    settings: ServerSettings,
+    load: Load,
+    df: pd.DataFrame,
+    reported: dict[str, float],
+    notes: Sequence[str],
+) -> MeasuredRun:
+    """A benchmark's run from its per-request rows (kept as ``request_rows`` keeps them under ``load``) and
+    the aggregates the tool printed."""
+    return MeasuredRun(
+        name=name,
+        source=source,
+        settings=settings,
+        load=load,
+        requests=request_rows(df, load),
+        reported=reported,
+        notes=tuple(notes),
+    )
 
 
 def has_columns(path: Path, columns: Sequence[str]) -> bool:

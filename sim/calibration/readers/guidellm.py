@@ -31,7 +31,7 @@ import yaml
 
 from fleettwin.models.errors import ConfigError
 from fleettwin.sim.calibration.readers._common import head as read_head
-from fleettwin.sim.calibration.readers._common import load_json, number, read_text, request_rows
+from fleettwin.sim.calibration.readers._common import load_json, number, read_text, run_of_rows
 from fleettwin.sim.calibration.runs import Load, MeasuredRun, ServerSettings
 
 FORMAT = "guidellm"
@@ -90,15 +90,8 @@ def _run(path: Path, i: int, bench: Any, settings: ServerSettings) -> MeasuredRu
     load = _load_of(where, skey, strategy, df, sampled, notes)
     label = kind + (f"@{strategy['rate']:g}" if isinstance(strategy.get("rate"), int | float) else "")
     label += f"x{strategy['streams']}" if isinstance(strategy.get("streams"), int) else ""
-    return MeasuredRun(
-        name=f"{path.stem}#{i}:{label}",
-        source=f"{FORMAT}:{path.name}",
-        settings=settings,
-        load=load,
-        requests=request_rows(df, load),
-        reported=_reported(where, bench),
-        notes=tuple(notes),
-    )
+    name, source = f"{path.stem}#{i}:{label}", f"{FORMAT}:{path.name}"
+    return run_of_rows(name, source, settings, load, df, _reported(where, bench), notes)
 
 
 def _strategy(where: str, bench: dict[str, Any]) -> tuple[dict[str, Any], str]:

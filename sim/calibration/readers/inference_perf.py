@@ -35,7 +35,7 @@ import pandas as pd
 from fleettwin.models.config import read_yaml
 from fleettwin.models.errors import ConfigError
 from fleettwin.sim.calibration.readers._common import head as read_head
-from fleettwin.sim.calibration.readers._common import load_json, number, request_rows
+from fleettwin.sim.calibration.readers._common import load_json, number, run_of_rows
 from fleettwin.sim.calibration.runs import Load, MeasuredRun, ServerSettings
 
 FORMAT = "inference-perf"
@@ -304,15 +304,7 @@ def _run(
             f"{df['prompt_tokens'].iloc[0]}/{df['output_tokens'].iloc[0]} prompt/output tokens"
         )
     load = _load(where, load_type, summary, config_stage, df)
-    return MeasuredRun(
-        name=name,
-        source=source,
-        settings=settings,
-        load=load,
-        requests=request_rows(df, load),
-        reported=_reported(where, successes),
-        notes=tuple(notes),
-    )
+    return run_of_rows(name, source, settings, load, df, _reported(where, successes), notes)
 
 
 def _load(

@@ -30,7 +30,7 @@ import pandas as pd
 
 from fleettwin.models.errors import ConfigError
 from fleettwin.sim.calibration.readers._common import head as read_head
-from fleettwin.sim.calibration.readers._common import number, read_text, request_rows
+from fleettwin.sim.calibration.readers._common import number, read_text, run_of_rows
 from fleettwin.sim.calibration.runs import Load, MeasuredRun, ServerSettings
 
 FORMAT = "vllm-bench"
@@ -104,15 +104,7 @@ def _run(src: str, name: str, doc: dict[str, Any], settings: ServerSettings, sou
             f"lengths {p}/{o} prompt/output tokens"
         )
     load = _load(src, doc, df, notes)
-    return MeasuredRun(
-        name=name,
-        source=source,
-        settings=settings,
-        load=load,
-        requests=request_rows(df, load),
-        reported=_reported(src, doc),
-        notes=tuple(notes),
-    )
+    return run_of_rows(name, source, settings, load, df, _reported(src, doc), notes)
 
 
 def _array(src: str, doc: dict[str, Any], key: str, n: int) -> list[Any] | None:
