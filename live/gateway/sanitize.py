@@ -94,82 +94,60 @@ class PromptInjection(_Regex):
     )
 
 
-@DETECTORS.register("private_key")
-class PrivateKey(_Regex):
-    """A PEM private key block (an unterminated one is matched to the end of the text)."""
-
-    category, order = "secret", 20
-    pattern = re.compile(
-        r"-----BEGIN [A-Z ]{0,20}PRIVATE KEY-----(?:[\s\S]*?-----END [A-Z ]{0,20}PRIVATE KEY-----|[\s\S]*)"
-    )
-
-
-@DETECTORS.register("aws_access_key")
-class AwsAccessKey(_Regex):
-    """AWS access key ids (AKIA... long-term, ASIA... temporary, and the other documented prefixes)."""
-
-    category, order = "secret", 21
-    pattern = re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA|AGPA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b")
-
-
-@DETECTORS.register("aws_secret_key")
-class AwsSecretKey(_Regex):
-    """A 40-character AWS secret access key next to a name that says so; only the value is matched."""
-
-    category, order = "secret", 22
-    pattern = re.compile(
-        r"(?i:aws)[\w .-]{0,20}?(?i:secret)[\w .-]{0,20}?[\"'\s:=]{1,5}"
-        r"(?P<secret>[A-Za-z0-9/+=]{40})(?![A-Za-z0-9/+=])"
-    )
-
-
-@DETECTORS.register("bearer_token")
-class BearerToken(_Regex):
-    """``Bearer <token>`` credentials and bare JWTs (three base64url parts, the first two JSON objects)."""
-
-    category, order = "secret", 23
-    pattern = re.compile(
-        r"\b[Bb]earer\s+[A-Za-z0-9\-._~+/]{16,}=*|\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
-    )
-
-
-@DETECTORS.register("api_key")
-class ApiKey(_Regex):
-    """Well-known API key formats: OpenAI/Anthropic ``sk-...``, GitHub ``ghp_...``, Slack ``xox?-...``."""
-
-    category, order = "secret", 24
-    pattern = re.compile(
-        r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}|\bgh[pousr]_[A-Za-z0-9]{36,}\b|\bxox[abprs]-[A-Za-z0-9-]{10,}"
-    )
+# Credentials, each one pattern and nothing else; they run in this order (order 20, 21, ...), after the
+# injection check and before the personal data. Name: (why, pattern).
+_SECRETS: dict[str, tuple[str, str]] = {
+    "private_key": (
+        "A PEM private key block (an unterminated one is matched to the end of the text).",
+        r"-----BEGIN [A-Z ]{0,20}PRIVATE KEY-----(?:[\s\S]*?-----END [A-Z ]{0,20}PRIVATE KEY-----|[\s\S]*)",
+    ),
+    "aws_access_key": (
+        "AWS access key ids (AKIA... long-term, ASIA... temporary, and the other documented prefixes).",
+        r"\b(?:AKIA|ASIA|AIDA|AROA|AGPA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b",
+    ),
+    "aws_secret_key": (
+        "A 40-character AWS secret access key next to a name that says so; only the value is matched.",
+        (
+            r"(?i:aws)[\w .-]{0,20}?(?i:secret)[\w .-]{0,20}?[\"'\s:=]{1,5}"
+            r"(?P<secret>[A-Za-z0-9/+=]{40})(?![A-Za-z0-9/+=])"
+        ),
+    ),
+    "bearer_token": (
+        "``Bearer <token>`` credentials and bare JWTs (three base64url parts, the first two JSON objects).",
+        r"\b[Bb]earer\s+[A-Za-z0-9\-._~+/]{16,}=*|\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
+    ),
+    "api_key": (
+        "Well-known API key formats: OpenAI/Anthropic ``sk-...``, GitHub ``ghp_...``, Slack ``xox?-...``.",
+        r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}|\bgh[pousr]_[A-Za-z0-9]{36,}\b|\bxox[abprs]-[A-Za-z0-9-]{10,}",
+    ),
+    "gcp_api_key": (
+        "Google Cloud / Firebase API keys: ``AIza`` and 35 more characters.",
+        r"\bAIza[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-])",
+    ),
+    "stripe_key": (
+        "Stripe secret and restricted keys, live or test (``sk_live_...``, ``rk_test_...``); publishable keys "
+        "(``pk_``) are public by design.",
+        r"\b(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{10,}",
+    ),
+    "password": (
+        'A credential written as an assignment, ``password=...``, ``secret: "..."``, ``api_key=...``: only the '
+        "value is matched (a value another detector already redacted is left alone).",
+        (
+            r"(?i:\b(?:password|passwd|passphrase|pwd|secret|client_secret|api[_-]?key|access[_-]?token|auth[_-]?token)"
+            r")\b[\"']?\s*[:=]\s*(?!\[REDACTED)(?P<secret>\"[^\"\n]{1,200}\"|'[^'\n]{1,200}'|[^\s\"',;&]{1,200})"
+        ),
+    ),
+}
 
 
-@DETECTORS.register("gcp_api_key")
-class GcpApiKey(_Regex):
-    """Google Cloud / Firebase API keys: ``AIza`` and 35 more characters."""
-
-    category, order = "secret", 25
-    pattern = re.compile(r"\bAIza[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-])")
+def _register_pattern(name: str, category: str, order: int, pattern: str, doc: str) -> None:
+    """A detector that is one compiled pattern, registered under ``name`` (``doc`` says what it finds)."""
+    attrs = {"__doc__": doc, "category": category, "order": order, "pattern": re.compile(pattern)}
+    DETECTORS.register(name)(type(name, (_Regex,), attrs))
 
 
-@DETECTORS.register("stripe_key")
-class StripeKey(_Regex):
-    """Stripe secret and restricted keys, live or test (``sk_live_...``, ``rk_test_...``); publishable keys
-    (``pk_``) are public by design."""
-
-    category, order = "secret", 26
-    pattern = re.compile(r"\b(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{10,}")
-
-
-@DETECTORS.register("password")
-class PasswordAssignment(_Regex):
-    """A credential written as an assignment, ``password=...``, ``secret: "..."``, ``api_key=...``: only the
-    value is matched (a value another detector already redacted is left alone)."""
-
-    category, order = "secret", 27
-    pattern = re.compile(
-        r"(?i:\b(?:password|passwd|passphrase|pwd|secret|client_secret|api[_-]?key|access[_-]?token|auth[_-]?token)"
-        r")\b[\"']?\s*[:=]\s*(?!\[REDACTED)(?P<secret>\"[^\"\n]{1,200}\"|'[^'\n]{1,200}'|[^\s\"',;&]{1,200})"
-    )
+for _order, (_name, (_doc, _pattern)) in enumerate(_SECRETS.items(), 20):
+    _register_pattern(_name, "secret", _order, _pattern, _doc)
 
 
 @DETECTORS.register("iban")
