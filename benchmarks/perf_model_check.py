@@ -17,26 +17,34 @@ import json
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fleettwin.models.catalog import Catalog
 from fleettwin.models.perf import PERF_MODELS, BatchStats, PerformanceModel
+from fleettwin.sim.calibration.readers import native
 
 BATCH, INPUT_TOKENS, OUTPUT_TOKENS = 8, 32, 128
 
-# (test name, gpu id, llm id, tp, measured mean latency in ms). Llama-3.1-8B is modelled as llama-3-8b: the
-# two have the same shapes (3.1 only changes RoPE scaling and the context length), which this check does not
-# reach.
-PUBLISHED_MS: tuple[tuple[str, str, str, int, float], ...] = (
-    ("latency_llama8B_tp1", "h100-80g", "llama-3-8b", 1, 997.542),
-    ("latency_llama70B_tp4", "h100-80g", "llama-3-70b", 4, 2444.47),
-    ("latency_mixtral8x7B_tp2", "h100-80g", "mixtral-8x7b", 2, 2326.97),
-    ("latency_llama8B_tp1", "h200", "llama-3-8b", 1, 833.421),
-    ("latency_llama70B_tp4", "h200", "llama-3-70b", 4, 2077.53),
-    ("latency_mixtral8x7B_tp2", "h200", "mixtral-8x7b", 2, 1917.44),
-)
+# Llama-3.1-8B is modelled as llama-3-8b: the two have the same shapes (3.1 only changes RoPE scaling and the
+# context length), which this check does not reach.
+SAME_SHAPES = {"llama-3.1-8b": "llama-3-8b"}
+NIGHTLY_RUNS = resources.files("fleettwin.models").joinpath("data/runs/vllm-nightly.yaml")
+
+
+def published_ms() -> list[tuple[str, str, str, int, float]]:
+    """(test name, gpu id, llm id, tp, measured mean latency in ms) of each nightly run in the shipped corpus
+    (``models/data/runs/vllm-nightly.yaml``, which ``tools/convert_public_runs.py`` writes from section D)."""
+    out = []
+    for run in native.read(Path(str(NIGHTLY_RUNS))):
+        s = run.settings
+        test = run.name.removeprefix("nightly-").removesuffix(f"-{s.gpu}")
+        ms = round(run.reported["e2e_mean"] * 1e3, 3)  # the source's precision
+        out.append((test, s.gpu, SAME_SHAPES.get(s.model, s.model), s.tp or 1, ms))
+    return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,7 +90,7 @@ def published_latency_check(
     """Predicted versus published latency for each of the six nightly-benchmark configurations."""
     catalog = catalog or Catalog.default()
     out = []
-    for test, gpu_id, llm_id, tp, measured in PUBLISHED_MS:
+    for test, gpu_id, llm_id, tp, measured in published_ms():
         perf = PERF_MODELS.create(model, params, gpu=catalog.gpu(gpu_id), llm=catalog.llm(llm_id), tp=tp)
         prefill_s, decode_s = offline_batch_iterations(perf)
         out.append(
