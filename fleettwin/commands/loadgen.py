@@ -7,6 +7,8 @@ import asyncio
 import json
 from pathlib import Path
 
+from fleettwin.commands._common import command_parser
+
 EPILOG = """examples:
   fleettwin live loadgen --trace traces/azure2023_conv/AzureLLMInferenceTrace_conv.csv --targets http://127.0.0.1:8000 \\
       --speedup 10 --duration 60 --out results/replay.parquet
@@ -27,14 +29,14 @@ traces each workflow (docs/live.md, Tracing)."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = command_parser(
+        subparsers,
         "loadgen",
+        EPILOG,
         help="replay a trace open-loop against vLLM-compatible servers and measure client-side latency",
         description="Send each request of a trace at its (sped-up) arrival time to one of the targets, with "
         "exact prompt lengths (token ids) and exact output lengths (max_tokens + ignore_eos), streaming, and "
         "measure TTFT, TPOT and E2E as the client sees them.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--trace", type=Path, help="trace file (CSV for azure, JSONL for mooncake)")
     p.add_argument(
