@@ -33,10 +33,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
-from fleettwin import __version__
 from fleettwin.io import atomic_write, write_json
 from fleettwin.live.api_error import ApiError
 from fleettwin.live.embed import Embedder, make_embedder
@@ -45,6 +43,7 @@ from fleettwin.live.http_guard import HttpLimits, parse_json_body
 from fleettwin.live.openapi_doc import document_bodies
 from fleettwin.live.retrieval_api import MAX_K, RetrieveRequest, parse_request
 from fleettwin.live.server import bearer_guard, server_app
+from fleettwin.live.service_routes import add_version_and_metrics
 from fleettwin.live.tracing import Tracing, tracing_from_env
 from fleettwin.models.errors import ConfigError
 
@@ -265,13 +264,7 @@ def create_retrieval_app(
         """Every collection was loaded before the server listened, so a listening service is ready."""
         return {"status": "ready", "collections": len(collections)}
 
-    @app.get("/version")
-    async def version() -> dict:
-        return {"version": f"fleettwin-retrieval {__version__}"}
-
-    @app.get("/metrics")
-    async def metrics_page() -> Response:
-        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    add_version_and_metrics(app, "retrieval", metrics.exposition)
 
     @v1.get("/collections")
     async def list_collections() -> dict:

@@ -35,7 +35,8 @@ from fleettwin.live.emulator import ABORT, Engine, RequestTooLong
 from fleettwin.live.http_guard import GuardMiddleware, HttpLimits, parse_json_body, unless_disconnected
 from fleettwin.live.openapi_doc import document_bodies
 from fleettwin.live.prefix_cache import EmulatorPrefixCache
-from fleettwin.live.prom import CONTENT_TYPE, EngineMetrics
+from fleettwin.live.prom import EngineMetrics
+from fleettwin.live.service_routes import add_version_and_metrics
 from fleettwin.live.serving import RunningServer, bind_socket, serve, serve_in_thread, url_of
 from fleettwin.live.synthetic import Tokenizer, plan_output
 from fleettwin.live.tracing import Tracing, tracing_from_env
@@ -217,13 +218,7 @@ def _operations(app: FastAPI, state: dict) -> None:
         ready = alive() and not state.get("stopping", True)
         return JSONResponse({"status": "ready" if ready else "not ready"}, status_code=200 if ready else 503)
 
-    @app.get("/version")
-    async def version() -> dict:
-        return {"version": f"fleettwin-emulator {__version__}"}
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(state["metrics"].exposition(), media_type=CONTENT_TYPE)
+    add_version_and_metrics(app, "emulator", lambda: state["metrics"].exposition())
 
 
 def create_app(spec: EmulatorSpec, *, tracing: Tracing | None = None) -> FastAPI:

@@ -22,12 +22,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from fleettwin import __version__
 from fleettwin.live import openai_models as om
 from fleettwin.live.gateway.audit import AuditLog
 from fleettwin.live.gateway.config import GatewayConfig
 from fleettwin.live.gateway.forward import Forwarder
-from fleettwin.live.gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from fleettwin.live.gateway.metrics import GatewayMetrics
 from fleettwin.live.gateway.offload import Checker
 from fleettwin.live.gateway.pipeline import CHAT, COMPLETIONS, Gatekeeper, Refused
 from fleettwin.live.gateway.proxy import Upstreams
@@ -36,6 +35,7 @@ from fleettwin.live.gateway.retrieve import RETRIEVE, RetrievalUpstream
 from fleettwin.live.openapi_doc import document_bodies
 from fleettwin.live.retrieval_api import RetrieveRequest
 from fleettwin.live.server import server_app
+from fleettwin.live.service_routes import add_version_and_metrics
 from fleettwin.live.tracing import Tracing, tracing_from_env
 from fleettwin.models.errors import ConfigError
 
@@ -195,12 +195,6 @@ def create_gateway_app(
             {"status": "ready" if ready() else "not ready"}, status_code=200 if ready() else 503
         )
 
-    @app.get("/version")
-    async def version() -> dict:
-        return {"version": f"fleettwin-gateway {__version__}"}
-
-    @app.get("/metrics")
-    async def metrics_page() -> Response:
-        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+    add_version_and_metrics(app, "gateway", metrics.exposition)
 
     return app
