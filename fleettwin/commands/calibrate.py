@@ -142,13 +142,32 @@ def _fit(args: argparse.Namespace) -> int:
     import time
 
     t0 = time.perf_counter()
-    from fleettwin.sim.calibration.fit import fit_profile
+    from fleettwin.sim.calibration.fit import BY_NAME, fit_profile
 
+    steps = _fit_per_step(runs, base, coefficients)
+    refit = True
+    if steps is not None:
+        base = steps.profile
+        coefficients = [n for n in coefficients or BY_NAME if n not in steps.fitted]
+        if not coefficients:  # nothing left for the simulator: it only replays, for the errors
+            coefficients, refit = list(steps.fitted), False
     res = fit_profile(
-        runs, base, coefficients=coefficients, loro=not args.no_loro, workers=args.workers, progress=_say
+        runs,
+        base,
+        coefficients=coefficients,
+        loro=not args.no_loro,
+        workers=args.workers,
+        refit=refit,
+        progress=_say,
     )
+    if steps is not None:
+        res.fitted = {**steps.fitted, **res.fitted}
+        res.rse = {**steps.rse, **res.rse}
     name = args.name or args.out.stem
-    fit = {**base.fit, "engine": fit_record(res, time.perf_counter() - t0)}
+    record = fit_record(res, time.perf_counter() - t0)
+    if steps is not None:
+        record["per_step"] = steps.record()
+    fit = {**base.fit, "engine": record}
     profile = res.profile.model_copy(
         update={"name": name, "fit": fit, "sources": sorted({r.source for r in runs})}
     )
@@ -168,6 +187,31 @@ def _fit(args: argparse.Namespace) -> int:
         print(table.to_string(float_format=lambda v: f"{v:+.1%}"))
     print(f"\nwrote {args.out}")
     return 1 if args.strict and res.held else 0
+
+
+def _fit_per_step(runs, base, coefficients: list[str] | None):
+    """The per-step fit (``calibration/steps.py``) of the decode costs, where runs timed every token; None
+    where none did or none of those coefficients is asked for."""
+    from fleettwin.sim.calibration.steps import STEP_COEFFICIENTS, fit_steps, has_token_times
+
+    timed = [r for r in runs if has_token_times(r)]
+    names = [n for n in STEP_COEFFICIENTS if coefficients is None or n in coefficients]
+    if not timed or not names:
+        return None
+    steps = fit_steps(timed, base, coefficients=names)
+    record = steps.record()
+    errors = record["median_abs_step_error"]
+    print(
+        f"per step: {record['iterations']} decode-only iterations of {record['runs']} runs with per-token "
+        f"times; median |step time error| {errors['in_sample']:.1%} in sample, "
+        f"{errors['leave_one_run_out']:.1%} leave-one-run-out"
+    )
+    for n, v in steps.fitted.items():
+        print(f"  {n:<20} {v:.4g}  (relative standard error {steps.rse[n]:.0%}; per step)")
+    for n, why in steps.held.items():
+        if not why.startswith("not asked"):
+            print(f"  per step, not pinned: {n}: {why}")
+    return steps
 
 
 def _add_report(actions: argparse._SubParsersAction) -> None:

@@ -73,9 +73,13 @@ def fit_record(result: FitResult, seconds: float) -> dict:
         },
         "held_at_prior": result.held,
         "median_abs_error": {
-            "in_sample": errors(result.predicted),
-            "leave_one_run_out": errors(result.loro),
-            "leave_one_deployment_out": errors(result.logo),
+            name: errors(preds)
+            for name, preds in (
+                ("in_sample", result.predicted),
+                ("leave_one_run_out", result.loro),  # absent when the fit was asked to skip them
+                ("leave_one_deployment_out", result.logo),
+            )
+            if preds
         },
         "evaluations": result.evaluations,
         "wall_seconds": round(seconds),

@@ -6,7 +6,8 @@ What the tool records and how it maps:
 - per request, only with ``--save-detailed`` (or in the old script, always): ``input_lens`` -> prompt_tokens,
   ``output_lens`` -> output_tokens (``len(itls) + 1`` where absent), ``ttfts`` (s) -> ttft_s, ``latencies`` (s,
   newer) or else ``ttft + sum(itls)`` -> e2e_s, ``start_times`` (newer; minus ``queue_times``, the wait for the
-  concurrency cap) -> arrival_s. A request with an ``errors`` entry, or with TTFT 0 and no ITLs (nothing was
+  concurrency cap) -> arrival_s, and then ``itls`` -> itl_s (the per-token gaps, which time the engine's
+  iterations for the per-step fit, ``calibration/steps.py``). A request with an ``errors`` entry, or with TTFT 0 and no ITLs (nothing was
   streamed: old files count those as successes), is dropped and counted in a note.
 - without per-request data: ``completed`` requests at the mean lengths ``total_input_tokens / completed`` and
   ``total_output_tokens / completed`` (said in a note).
@@ -170,6 +171,7 @@ def _request(
             raise ConfigError(f"{src}: start_times[{i}]: expected a number (got {start!r})")
         wait = number(cols["queue_times"][i], f"{src}: queue_times[{i}]") if cols["queue_times"] else 0.0
         row["arrival_s"] = float(start) - wait
+        row["itl_s"] = gaps  # with send times, the gaps time the engine's iterations (calibration/steps.py)
     return row
 
 
