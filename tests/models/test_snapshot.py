@@ -19,6 +19,7 @@ from fleettwin.models.snapshot import (
     ServingStats,
     Slo,
 )
+from tests.snapshotkit import running_training_job
 
 H100, A100 = "h100-80g", "a100-80g"
 
@@ -163,21 +164,7 @@ def small_snapshot() -> FleetSnapshot:
             InventoryItem(gpu=H100, limit=10, price_usd_h=2.69, provisioning_delay_s=600),
             InventoryItem(gpu=A100, purchase="spot", limit=4, price_usd_h=0.86),
         ),
-        jobs=(
-            Job(
-                id="t1",
-                pool="train",
-                tier="training",
-                state="running",
-                gpus=4,
-                min_gpus=2,
-                max_gpus=8,
-                remaining_gpu_s=1e5,
-                started_s=0.0,
-                last_checkpoint_s=3000.0,
-                restore_s=30.0,
-            ),
-        ),
+        jobs=(running_training_job(4, remaining_gpu_s=1e5, last_checkpoint_s=3000.0, restore_s=30.0),),
     )
 
 
