@@ -332,24 +332,12 @@ def test_conserve_checks_lends():
     snap = small_snapshot()
     ok = Lend(from_pool="chat", to_pool="train", gpu=H100, count=4)
     conserve(snap, decision(("chat", H100, 1), ("train", H100, 8), lends=[ok]))
+    more_than_own = Lend(from_pool="chat", to_pool="train", gpu=H100, count=5)
     with pytest.raises(SeamError, match="has 4 ready own ones"):
-        conserve(
-            snap,
-            decision(
-                ("chat", H100, 0),
-                ("train", H100, 9),
-                lends=[Lend(from_pool="chat", to_pool="train", gpu=H100, count=5)],
-            ),
-        )
+        conserve(snap, decision(("chat", H100, 0), ("train", H100, 9), lends=[more_than_own]))
+    more_than_borrowed = Lend(from_pool="train", to_pool="chat", gpu=H100, count=3, kind="reclaim")
     with pytest.raises(SeamError, match="borrowed 2"):
-        conserve(
-            snap,
-            decision(
-                ("chat", H100, 8),
-                ("train", H100, 1),
-                lends=[Lend(from_pool="train", to_pool="chat", gpu=H100, count=3, kind="reclaim")],
-            ),
-        )
+        conserve(snap, decision(("chat", H100, 8), ("train", H100, 1), lends=[more_than_borrowed]))
     with pytest.raises(SeamError, match="its target is 3"):
         conserve(snap, decision(("chat", H100, 1), ("train", H100, 3), lends=[ok]))
 
