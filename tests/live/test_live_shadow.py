@@ -206,35 +206,12 @@ def test_arrivals_are_counted_by_conservation_and_gaps_are_none():
     obs = FleetObserver([META], INVENTORY, interval_s=10.0)
     a, b = "http://a", "http://b"
     obs.prime({"chat": [scrape(a, 0.0, finished=10, running=2), scrape(b, 0.0, finished=0, waiting=1)]})
-    snap, win = obs.observe(
-        10.0,
-        {
-            "chat": [
-                scrape(
-                    a,
-                    10.0,
-                    finished=25,
-                    running=4,
-                    ttft=hist(3, 6, 6),
-                    prompt=(3000, 30),
-                    output=(600, 30),
-                    kv=0.5,
-                ),
-                scrape(
-                    b,
-                    10.0,
-                    finished=5,
-                    waiting=0,
-                    ttft=hist(5, 0, 0),
-                    prompt=(500, 5),
-                    output=(50, 5),
-                    kv=0.1,
-                ),
-                BackendMetrics.unhealthy("http://c", 10.0, "ConnectError"),
-            ]
-        },
-        provisioning={"chat": 1},
+    a10 = scrape(
+        a, 10.0, finished=25, running=4, ttft=hist(3, 6, 6), prompt=(3000, 30), output=(600, 30), kv=0.5
     )
+    b10 = scrape(b, 10.0, finished=5, waiting=0, ttft=hist(5, 0, 0), prompt=(500, 5), output=(50, 5), kv=0.1)
+    c10 = BackendMetrics.unhealthy("http://c", 10.0, "ConnectError")
+    snap, win = obs.observe(10.0, {"chat": [a10, b10, c10]}, provisioning={"chat": 1})
     # a: 15 finished + 2 more in flight = 17 arrived; b: 5 finished - 1 fewer in flight = 4
     assert win["chat"].arrivals == 21 and win["chat"].arrival_rate == pytest.approx(2.1)
     assert (win["chat"].active, win["chat"].provisioning, win["chat"].unhealthy, win["chat"].missing) == (
