@@ -27,6 +27,7 @@ from fleettwin.live.retrieval_service import build_collection, create_retrieval_
 from fleettwin.live.server import EmulatorSpec, serve_in_thread
 from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.perf.constant import ConstantModel
+from tests import halfopenkit
 
 LIMITS = HttpLimits(max_body_bytes=64 * 1024, header_timeout_s=0.5, body_timeout_s=0.5)
 ENGINE = EngineLimits(
@@ -138,22 +139,12 @@ def test_slow_headers_and_slow_bodies_are_408_and_closed(servers, which):
 
 
 def test_half_open_connections_are_not_held(servers):
-    u = urlparse(servers["gateway"])
-    socks = [socket.create_connection((u.hostname, u.port), timeout=5) for _ in range(100)]
+    socks = halfopenkit.connections(servers["gateway"], 100, timeout_s=5)
     try:
-        for i, s in enumerate(socks):
-            if i % 2:
-                s.sendall(b"POST /v1/completions HTTP/1.1\r\n")  # half the headers, then silence
+        for s in socks[1::2]:
+            s.sendall(halfopenkit.REQUEST_LINE)  # half the headers, then silence
         time.sleep(1.5)  # three header timeouts
-        closed = 0
-        for s in socks:
-            s.settimeout(0.5)
-            try:
-                data = s.recv(4096)
-                closed += data == b"" or data.startswith(b"HTTP/1.1 408")
-            except (TimeoutError, ConnectionResetError):
-                pass
-        assert closed == 100
+        assert halfopenkit.closed_by_server(socks, wait_s=0.5) == 100
     finally:
         for s in socks:
             s.close()
