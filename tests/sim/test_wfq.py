@@ -17,15 +17,17 @@ from fleettwin.models.engine.scheduler import Scheduler
 from fleettwin.models.engine.waiting import PolicyQueue, waiting_queue
 from fleettwin.models.tenancy.quotas import FairClock, Tenancy, TenantSpec
 from fleettwin.models.workload.request import Request
-from tests.simkit import LinearPerf, assert_matches_oracle, poisson_requests, run_pool, with_tenants
+from tests.simkit import (
+    LinearPerf,
+    assert_matches_oracle,
+    poisson_requests,
+    queued_by,
+    run_pool,
+    with_tenants,
+)
 from tests.strategies import engine_limits, workloads
 
 TWO_TO_ONE = Tenancy((TenantSpec(name="a", weight=2.0), TenantSpec(name="b", weight=1.0)))
-
-
-def queued_by(policy: str, tenancy: Tenancy, **sizes: int) -> EngineLimits:
-    """Engine limits of the given sizes whose waiting queue orders ``tenancy``'s tenants by ``policy``."""
-    return EngineLimits(waiting_policy=policy, tenancy=tenancy, **sizes)
 
 
 def seq(i: int, tenant: str, prompt: int = 10, output: int = 2) -> SeqState:
