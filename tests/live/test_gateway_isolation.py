@@ -25,10 +25,10 @@ from fleettwin.live.gateway.app import create_gateway_app
 from fleettwin.live.gateway.audit import read_audit
 from fleettwin.live.gateway.config import hash_key, parse_gateway
 from fleettwin.live.promtext import parse
-from fleettwin.live.server import EmulatorSpec, serve_in_thread
+from fleettwin.live.server import serve_in_thread
 from fleettwin.models.engine.queue import EngineLimits
-from fleettwin.models.perf.constant import ConstantModel
 from tests import bigbodykit
+from tests.emukit import constant_emulator
 
 LIMITS = EngineLimits(
     num_blocks=512, block_size=16, max_num_seqs=16, max_num_batched_tokens=1024, max_model_len=4096
@@ -43,9 +43,7 @@ def auth(tenant: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("iso")
-    spec = EmulatorSpec(
-        served_model_name="emu", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=0.001))
-    )
+    spec = constant_emulator(0.001, LIMITS)
     with serve_in_thread(spec) as emu:
         cfg = parse_gateway(
             {

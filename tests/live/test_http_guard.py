@@ -24,15 +24,11 @@ from fleettwin.live.http_guard import HttpLimits, check_json, strict_json
 from fleettwin.live.promtext import parse
 from fleettwin.live.protocol import ApiError
 from fleettwin.live.retrieval_service import build_collection, create_retrieval_app, load_collection
-from fleettwin.live.server import EmulatorSpec, serve_in_thread
-from fleettwin.models.engine.queue import EngineLimits
-from fleettwin.models.perf.constant import ConstantModel
+from fleettwin.live.server import serve_in_thread
 from tests import halfopenkit
+from tests.emukit import SMALL_LIMITS, constant_emulator
 
 LIMITS = HttpLimits(max_body_bytes=64 * 1024, header_timeout_s=0.5, body_timeout_s=0.5)
-ENGINE = EngineLimits(
-    num_blocks=256, block_size=16, max_num_seqs=8, max_num_batched_tokens=512, max_model_len=1024
-)
 KEY = "key-guard-0123456789"
 SECRET_TEXT = "do-not-echo-this-text"
 
@@ -40,12 +36,7 @@ SECRET_TEXT = "do-not-echo-this-text"
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("guard")
-    spec = EmulatorSpec(
-        served_model_name="emu",
-        limits=ENGINE,
-        perf=ConstantModel(ConstantModel.Params(step_s=0.001)),
-        http=LIMITS,
-    )
+    spec = constant_emulator(0.001, SMALL_LIMITS, http=LIMITS)
     build_collection(
         tmp / "docs.faiss", [{"text": f"page {i}"} for i in range(8)], embedder_params={"dim": 16}
     )

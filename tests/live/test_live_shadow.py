@@ -23,14 +23,14 @@ from fleettwin.live.config import BackoffConfig, parse_live
 from fleettwin.live.decision_log import DecisionLog, DecisionLogError, read_log
 from fleettwin.live.metrics import BackendMetrics, HistogramSummary
 from fleettwin.live.observe import FleetObserver, hist_from_json, hist_to_json
-from fleettwin.live.server import EmulatorSpec, serve_in_thread
+from fleettwin.live.server import serve_in_thread
 from fleettwin.live.shadow import ShadowController
 from fleettwin.models.allocators.base import ALLOCATORS, Allocator
 from fleettwin.models.control.pool import ControlledPool
 from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.errors import ConfigError
-from fleettwin.models.perf.constant import ConstantModel
 from fleettwin.models.snapshot import InventoryItem, Slo
+from tests.emukit import constant_emulator
 
 # -- decision log --------------------------------------------------------------------------------------------
 
@@ -359,9 +359,7 @@ def exploding_allocator(monkeypatch):
 
 
 def test_loop_reports_dead_hung_and_garbled_backends_and_keeps_deciding(tmp_path, exploding_allocator):
-    spec = EmulatorSpec(
-        served_model_name="emu", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=0.003))
-    )
+    spec = constant_emulator(0.003, LIMITS)
     garbage, hang = broken_server("garbage"), broken_server("hang")
     dead = f"http://127.0.0.1:{closed_port()}"
     try:
@@ -415,9 +413,7 @@ def test_loop_reports_dead_hung_and_garbled_backends_and_keeps_deciding(tmp_path
 
 
 def test_restarted_controller_continues_the_log_and_its_history(tmp_path):
-    spec = EmulatorSpec(
-        served_model_name="emu", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=0.003))
-    )
+    spec = constant_emulator(0.003, LIMITS)
     with serve_in_thread(spec) as good:
         data = json.loads(json.dumps(BASE))
         data["pools"][0]["backends"] = [good.url]
