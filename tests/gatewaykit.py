@@ -15,12 +15,8 @@ from fleettwin.live.gateway.audit import read_audit
 from fleettwin.live.gateway.auth import encode_hs256
 from fleettwin.live.gateway.config import hash_key
 from fleettwin.live.server import EmulatorSpec
-from fleettwin.models.engine.queue import EngineLimits
-from fleettwin.models.perf.constant import ConstantModel
+from tests.emukit import SMALL_LIMITS, constant_emulator
 
-LIMITS = EngineLimits(
-    num_blocks=256, block_size=16, max_num_seqs=8, max_num_batched_tokens=512, max_model_len=1024
-)
 KEYS = {
     "alpha": "key-alpha-0123456789",
     "beta": "key-beta-0123456789",
@@ -32,12 +28,7 @@ BACKEND_TOKEN = "backend-s3cret"
 
 
 def emulator_spec() -> EmulatorSpec:
-    return EmulatorSpec(
-        served_model_name="emu",
-        limits=LIMITS,
-        perf=ConstantModel(ConstantModel.Params(step_s=0.002)),
-        token=BACKEND_TOKEN,
-    )
+    return constant_emulator(0.002, SMALL_LIMITS, token=BACKEND_TOKEN)
 
 
 def recording_backend(seen: list[dict]) -> FastAPI:

@@ -67,3 +67,16 @@ def reactive(interval_s: float, acquire_s: float, **params: Any) -> dict:
     if params:
         allocator["params"] = params
     return {"allocator": allocator, "interval_s": interval_s, "provisioning": {"acquire_s": acquire_s}}
+
+
+def fleet_controller(
+    allocator: str, interval_s: float, gpu_limits: dict[str, int], acquire_s: float, storage_gbps: float
+) -> dict:
+    """A controller section for a fleet of tiers: the allocator registered as ``allocator`` deciding every
+    ``interval_s`` within ``gpu_limits``, a GPU acquired in ``acquire_s`` and weights read at ``storage_gbps``."""
+    return {
+        "allocator": {"name": allocator},
+        "interval_s": interval_s,
+        "gpu_limits": gpu_limits,
+        "provisioning": {"acquire_s": acquire_s, "storage_gbps": storage_gbps},
+    }

@@ -8,6 +8,7 @@ import numpy as np
 from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.engine.resolve import PoolSpec
 from fleettwin.models.perf.base import BatchStats, PerformanceModel
+from fleettwin.models.tenancy.quotas import Tenancy
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.runner import RawRun, simulate
 
@@ -31,6 +32,11 @@ class LinearPerf(PerformanceModel):
     def decode_times(self, num_seqs: int, ctx_tokens: int, steps: int) -> np.ndarray:
         ctx = ctx_tokens + num_seqs * np.arange(steps)
         return self.base + self.per_decode * num_seqs + self.per_ctx * ctx
+
+
+def queued_by(policy: str, tenancy: Tenancy, **sizes: int) -> EngineLimits:
+    """Engine limits of the given sizes whose waiting queue orders ``tenancy``'s tenants by ``policy``."""
+    return EngineLimits(waiting_policy=policy, tenancy=tenancy, **sizes)
 
 
 def poisson_requests(seed: int, n: int, rate: float, prompt=(1, 2000), output=(1, 400)) -> list[Request]:

@@ -72,12 +72,9 @@ SCENARIO = scenariokit.scenario(
             },
         ],
     },
-    controller={
-        "allocator": {"name": "random_test"},
-        "interval_s": 15,
-        "gpu_limits": {"h100-80g": LIMIT},
-        "provisioning": {"acquire_s": 7, "storage_gbps": 4},
-    },
+    controller=scenariokit.fleet_controller(
+        "random_test", 15, {"h100-80g": LIMIT}, acquire_s=7, storage_gbps=4
+    ),
 )
 
 

@@ -21,17 +21,15 @@ from fleettwin.live.client import VllmClient, tls_verify
 from fleettwin.live.gateway.app import create_gateway_app
 from fleettwin.live.gateway.config import hash_key, parse_gateway
 from fleettwin.live.http_guard import HttpLimits, peer_identities
-from fleettwin.live.server import EmulatorSpec, serve_in_thread
+from fleettwin.live.server import serve_in_thread
 from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.errors import ConfigError
-from fleettwin.models.perf.constant import ConstantModel
+from tests.emukit import constant_emulator
 
 LIMITS = EngineLimits(
     num_blocks=128, block_size=16, max_num_seqs=4, max_num_batched_tokens=256, max_model_len=512
 )
-SPEC = EmulatorSpec(
-    served_model_name="emu", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=0.001))
-)
+SPEC = constant_emulator(0.001, LIMITS)
 BODY = {"model": "emu", "prompt": "hi", "max_tokens": 2}
 
 
@@ -184,12 +182,7 @@ def test_each_link_checks_the_certificates_identity_against_the_component_expect
     expects the emulator's certificate at a backend refuses another component's server answering there."""
     good, _ = pki
     ca = str(good / "ca.pem")
-    spec = EmulatorSpec(
-        served_model_name="emu",
-        limits=LIMITS,
-        perf=ConstantModel(ConstantModel.Params(step_s=0.001)),
-        http=HttpLimits(allowed_clients=("gateway", "controller")),
-    )
+    spec = constant_emulator(0.001, LIMITS, http=HttpLimits(allowed_clients=("gateway", "controller")))
     with serve_in_thread(
         spec, ssl_certfile=str(good / "emulator.pem"), ssl_keyfile=str(good / "emulator.key"), ssl_ca_certs=ca
     ) as emu:

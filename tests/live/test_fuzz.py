@@ -27,26 +27,20 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 from fleettwin.live.gateway.app import create_gateway_app  # noqa: E402
 from fleettwin.live.gateway.config import hash_key, parse_gateway  # noqa: E402
 from fleettwin.live.retrieval_service import build_collection, create_retrieval_app, load_collection  # noqa: E402
-from fleettwin.live.server import EmulatorSpec, create_app, serve_in_thread  # noqa: E402
+from fleettwin.live.server import create_app, serve_in_thread  # noqa: E402
 from fleettwin.models.engine.queue import EngineLimits  # noqa: E402
-from fleettwin.models.perf.constant import ConstantModel  # noqa: E402
+from tests.emukit import constant_emulator  # noqa: E402
 
 FAST, FULL = 6, 100
 TOKEN, KEY = "fuzz-backend-token", "fuzz-tenant-key-0123456789"
 LIMITS = EngineLimits(
     num_blocks=512,
-    block_size=16,
     max_num_seqs=64,
     max_num_batched_tokens=2048,
     max_model_len=128,
     enable_prefix_caching=True,
 )
-SPEC = EmulatorSpec(
-    served_model_name="emu",
-    limits=LIMITS,
-    perf=ConstantModel(ConstantModel.Params(step_s=0.0002)),
-    token=TOKEN,
-)
+SPEC = constant_emulator(0.0002, LIMITS, token=TOKEN)
 STORE = Path(
     tempfile.mkdtemp(prefix="fleettwin-fuzz-")
 )  # the schemas are built at collection: no tmp_path yet

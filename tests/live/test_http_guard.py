@@ -24,14 +24,11 @@ from fleettwin.live.http_guard import HttpLimits, check_json, strict_json
 from fleettwin.live.promtext import parse
 from fleettwin.live.protocol import ApiError
 from fleettwin.live.retrieval_service import build_collection, create_retrieval_app, load_collection
-from fleettwin.live.server import EmulatorSpec, serve_in_thread
-from fleettwin.models.engine.queue import EngineLimits
-from fleettwin.models.perf.constant import ConstantModel
+from fleettwin.live.server import serve_in_thread
+from tests import halfopenkit
+from tests.emukit import SMALL_LIMITS, constant_emulator
 
 LIMITS = HttpLimits(max_body_bytes=64 * 1024, header_timeout_s=0.5, body_timeout_s=0.5)
-ENGINE = EngineLimits(
-    num_blocks=256, block_size=16, max_num_seqs=8, max_num_batched_tokens=512, max_model_len=1024
-)
 KEY = "key-guard-0123456789"
 SECRET_TEXT = "do-not-echo-this-text"
 
@@ -39,12 +36,7 @@ SECRET_TEXT = "do-not-echo-this-text"
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("guard")
-    spec = EmulatorSpec(
-        served_model_name="emu",
-        limits=ENGINE,
-        perf=ConstantModel(ConstantModel.Params(step_s=0.001)),
-        http=LIMITS,
-    )
+    spec = constant_emulator(0.001, SMALL_LIMITS, http=LIMITS)
     build_collection(
         tmp / "docs.faiss", [{"text": f"page {i}"} for i in range(8)], embedder_params={"dim": 16}
     )
@@ -138,22 +130,12 @@ def test_slow_headers_and_slow_bodies_are_408_and_closed(servers, which):
 
 
 def test_half_open_connections_are_not_held(servers):
-    u = urlparse(servers["gateway"])
-    socks = [socket.create_connection((u.hostname, u.port), timeout=5) for _ in range(100)]
+    socks = halfopenkit.connections(servers["gateway"], 100, timeout_s=5)
     try:
-        for i, s in enumerate(socks):
-            if i % 2:
-                s.sendall(b"POST /v1/completions HTTP/1.1\r\n")  # half the headers, then silence
+        for s in socks[1::2]:
+            s.sendall(halfopenkit.REQUEST_LINE)  # half the headers, then silence
         time.sleep(1.5)  # three header timeouts
-        closed = 0
-        for s in socks:
-            s.settimeout(0.5)
-            try:
-                data = s.recv(4096)
-                closed += data == b"" or data.startswith(b"HTTP/1.1 408")
-            except (TimeoutError, ConnectionResetError):
-                pass
-        assert closed == 100
+        assert halfopenkit.closed_by_server(socks, wait_s=0.5) == 100
     finally:
         for s in socks:
             s.close()

@@ -26,12 +26,12 @@ from fleettwin.live.config import load_live
 from fleettwin.live.decision_log import DecisionLog, read_log
 from fleettwin.live.gate import GateError, GateRegistry
 from fleettwin.live.loadgen import replay
-from fleettwin.live.server import EmulatorSpec, serve_in_thread
+from fleettwin.live.server import serve_in_thread
 from fleettwin.live.shadow import ShadowController
 from fleettwin.models.engine.queue import EngineLimits
-from fleettwin.models.perf.constant import ConstantModel
 from fleettwin.models.workload.request import Request
 from fleettwin.models.workload.traces import load_trace
+from tests.emukit import constant_emulator
 from tests.scenariokit import reactive, scenario
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -213,9 +213,7 @@ def test_promoted_policy_actuates_local_replicas_and_an_unvalidated_one_is_refus
     (tmp_path / "gate.yaml").write_text(yaml.safe_dump(SUITE_SCENARIO))
     (tmp_path / "suite.yaml").write_text(yaml.safe_dump({"name": "e2e-gate", "scenarios": ["gate.yaml"]}))
     reg = tmp_path / "reg.sqlite"
-    spec = EmulatorSpec(
-        served_model_name="llama-3-8b", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=0.02))
-    )
+    spec = constant_emulator(0.02, LIMITS, name="llama-3-8b")
     with serve_in_thread(spec) as static:
         path = live_yaml(
             tmp_path,

@@ -9,6 +9,7 @@ request aborts it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -18,26 +19,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleettwin.live.promtext import parse
-from fleettwin.live.server import EmulatorSpec, serve_in_thread
+from fleettwin.live.server import serve_in_thread
 from fleettwin.live.synthetic import FILLER, OUTPUT_ID_BASE, Tokenizer, filler_text, plan_output
-from fleettwin.models.engine.queue import EngineLimits
-from fleettwin.models.perf.constant import ConstantModel
+from tests.emukit import SMALL_LIMITS, constant_emulator
 
-LIMITS = EngineLimits(
-    num_blocks=256,
-    block_size=16,
-    max_num_seqs=16,
-    max_num_batched_tokens=512,
-    max_model_len=1024,
-    enable_prefix_caching=True,
-)
+LIMITS = dataclasses.replace(SMALL_LIMITS, max_num_seqs=16, enable_prefix_caching=True)
 
 
 @pytest.fixture(scope="module")
 def emu():
-    spec = EmulatorSpec(
-        served_model_name="emu", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=0.002))
-    )
+    spec = constant_emulator(0.002, LIMITS)
     with serve_in_thread(spec) as srv:
         with httpx.Client(base_url=srv.url, timeout=10) as c:
             yield c

@@ -19,16 +19,14 @@ from fleettwin.live.loadgen import replay, summarize
 from fleettwin.live.metrics import Scraper
 from fleettwin.live.server import EmulatorSpec, serve_in_thread
 from fleettwin.models.engine.queue import EngineLimits
-from fleettwin.models.perf.constant import ConstantModel
 from fleettwin.models.workload.request import Request
+from tests.emukit import constant_emulator
 
 LIMITS = EngineLimits(num_blocks=512, max_num_seqs=16, max_num_batched_tokens=1024, max_model_len=2048)
 
 
 def spec(step_s: float = 0.003) -> EmulatorSpec:
-    return EmulatorSpec(
-        served_model_name="emu", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=step_s))
-    )
+    return constant_emulator(step_s, LIMITS)
 
 
 def workload(n: int, rate: float = 100.0) -> list[Request]:

@@ -20,12 +20,12 @@ from fleettwin.live.metrics import Scraper
 from fleettwin.live.observe import FleetObserver
 from fleettwin.live.prom import TTFT_BUCKETS
 from fleettwin.live.promql_source import PromQLSource, with_matchers
-from fleettwin.live.server import EmulatorSpec, serve_in_thread
+from fleettwin.live.server import serve_in_thread
 from fleettwin.live.shadow import ShadowController
 from fleettwin.models.control.setup import control_setup
 from fleettwin.models.engine.queue import EngineLimits
-from fleettwin.models.perf.constant import ConstantModel
 from fleettwin.models.workload.request import Request
+from tests.emukit import constant_emulator
 from tests.promkit import free_port, job, needs_prometheus, prometheus
 
 SCRAPE_S = 0.5  # Prometheus' scrape interval here
@@ -49,11 +49,7 @@ def live_cfg(tmp_path, **extra) -> dict:
 def fleet(tmp_path_factory):
     """Three emulators (one pool) and a Prometheus scraping them every 0.5 s with job="vllm", pool="chat"."""
     tmp = tmp_path_factory.mktemp("prom")
-    spec = EmulatorSpec(
-        served_model_name="llama-3-8b",
-        limits=LIMITS,
-        perf=ConstantModel(ConstantModel.Params(step_s=0.01, per_prefill_token_s=2e-5)),
-    )
+    spec = constant_emulator(0.01, LIMITS, name="llama-3-8b", per_prefill_token_s=2e-5)
     with contextlib.ExitStack() as stack:
         servers = [stack.enter_context(serve_in_thread(spec)) for _ in range(3)]
         urls = [s.url for s in servers]

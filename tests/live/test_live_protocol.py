@@ -16,19 +16,14 @@ import pytest
 from fleettwin.live import prom
 from fleettwin.live.promtext import parse
 from fleettwin.live.server import EmulatorSpec, serve_in_thread
-from fleettwin.models.engine.queue import EngineLimits
-from fleettwin.models.perf.constant import ConstantModel
+from tests.emukit import SMALL_LIMITS, constant_emulator
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-LIMITS = EngineLimits(
-    num_blocks=256, block_size=16, max_num_seqs=8, max_num_batched_tokens=512, max_model_len=1024
-)
 
 
 def spec(**kw) -> EmulatorSpec:
-    perf = ConstantModel(ConstantModel.Params(step_s=0.002))
-    return EmulatorSpec(served_model_name="emu-model", limits=LIMITS, perf=perf, **kw)
+    return constant_emulator(0.002, SMALL_LIMITS, name="emu-model", **kw)
 
 
 @pytest.fixture(scope="module")

@@ -23,14 +23,14 @@ from fleettwin.live.config import BackoffConfig, parse_live
 from fleettwin.live.decision_log import DecisionLog, DecisionLogError, read_log
 from fleettwin.live.metrics import BackendMetrics, HistogramSummary
 from fleettwin.live.observe import FleetObserver, hist_from_json, hist_to_json
-from fleettwin.live.server import EmulatorSpec, serve_in_thread
+from fleettwin.live.server import serve_in_thread
 from fleettwin.live.shadow import ShadowController
 from fleettwin.models.allocators.base import ALLOCATORS, Allocator
 from fleettwin.models.control.pool import ControlledPool
 from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.errors import ConfigError
-from fleettwin.models.perf.constant import ConstantModel
 from fleettwin.models.snapshot import InventoryItem, Slo
+from tests.emukit import constant_emulator
 
 # -- decision log --------------------------------------------------------------------------------------------
 
@@ -206,35 +206,12 @@ def test_arrivals_are_counted_by_conservation_and_gaps_are_none():
     obs = FleetObserver([META], INVENTORY, interval_s=10.0)
     a, b = "http://a", "http://b"
     obs.prime({"chat": [scrape(a, 0.0, finished=10, running=2), scrape(b, 0.0, finished=0, waiting=1)]})
-    snap, win = obs.observe(
-        10.0,
-        {
-            "chat": [
-                scrape(
-                    a,
-                    10.0,
-                    finished=25,
-                    running=4,
-                    ttft=hist(3, 6, 6),
-                    prompt=(3000, 30),
-                    output=(600, 30),
-                    kv=0.5,
-                ),
-                scrape(
-                    b,
-                    10.0,
-                    finished=5,
-                    waiting=0,
-                    ttft=hist(5, 0, 0),
-                    prompt=(500, 5),
-                    output=(50, 5),
-                    kv=0.1,
-                ),
-                BackendMetrics.unhealthy("http://c", 10.0, "ConnectError"),
-            ]
-        },
-        provisioning={"chat": 1},
+    a10 = scrape(
+        a, 10.0, finished=25, running=4, ttft=hist(3, 6, 6), prompt=(3000, 30), output=(600, 30), kv=0.5
     )
+    b10 = scrape(b, 10.0, finished=5, waiting=0, ttft=hist(5, 0, 0), prompt=(500, 5), output=(50, 5), kv=0.1)
+    c10 = BackendMetrics.unhealthy("http://c", 10.0, "ConnectError")
+    snap, win = obs.observe(10.0, {"chat": [a10, b10, c10]}, provisioning={"chat": 1})
     # a: 15 finished + 2 more in flight = 17 arrived; b: 5 finished - 1 fewer in flight = 4
     assert win["chat"].arrivals == 21 and win["chat"].arrival_rate == pytest.approx(2.1)
     assert (win["chat"].active, win["chat"].provisioning, win["chat"].unhealthy, win["chat"].missing) == (
@@ -382,9 +359,7 @@ def exploding_allocator(monkeypatch):
 
 
 def test_loop_reports_dead_hung_and_garbled_backends_and_keeps_deciding(tmp_path, exploding_allocator):
-    spec = EmulatorSpec(
-        served_model_name="emu", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=0.003))
-    )
+    spec = constant_emulator(0.003, LIMITS)
     garbage, hang = broken_server("garbage"), broken_server("hang")
     dead = f"http://127.0.0.1:{closed_port()}"
     try:
@@ -438,9 +413,7 @@ def test_loop_reports_dead_hung_and_garbled_backends_and_keeps_deciding(tmp_path
 
 
 def test_restarted_controller_continues_the_log_and_its_history(tmp_path):
-    spec = EmulatorSpec(
-        served_model_name="emu", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=0.003))
-    )
+    spec = constant_emulator(0.003, LIMITS)
     with serve_in_thread(spec) as good:
         data = json.loads(json.dumps(BASE))
         data["pools"][0]["backends"] = [good.url]

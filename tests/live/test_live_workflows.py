@@ -16,21 +16,19 @@ import pytest
 from fleettwin.cli import main
 from fleettwin.live.hybrid import HybridRetriever, Passage, load_corpus, recall_of_source
 from fleettwin.live.metrics import Scraper
-from fleettwin.live.server import EmulatorSpec, serve_in_thread
+from fleettwin.live.server import serve_in_thread
 from fleettwin.live.tracing import setup_tracing
 from fleettwin.live.workflows import run_workflows
 from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.errors import ConfigError
-from fleettwin.models.perf.constant import ConstantModel
 from fleettwin.models.workflows.records import NODE_COLUMNS, WORKFLOW_COLUMNS
 from fleettwin.models.workflows.templates import WorkflowsConfig, sample_instances
+from tests.emukit import constant_emulator
 from tests.scenariokit import fixed, uniform
 
 ROOT = Path(__file__).parents[2]
 LIMITS = EngineLimits(num_blocks=1024, max_num_seqs=32, max_num_batched_tokens=2048, max_model_len=2048)
-SPEC = EmulatorSpec(
-    served_model_name="emu", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=0.002))
-)
+SPEC = constant_emulator(0.002, LIMITS)
 AGENT = {
     "arrivals": {"type": "poisson", "rate": 20, "duration_s": 1},
     "templates": [

@@ -21,10 +21,10 @@ from fleettwin.live.controller_metrics import ControllerMetrics
 from fleettwin.live.decision_log import DecisionLog
 from fleettwin.live.gateway.app import create_gateway_app
 from fleettwin.live.gateway.config import hash_key, load_gateway
-from fleettwin.live.server import EmulatorSpec, serve_in_thread
+from fleettwin.live.server import serve_in_thread
 from fleettwin.live.shadow import ShadowController
 from fleettwin.models.engine.queue import EngineLimits
-from fleettwin.models.perf.constant import ConstantModel
+from tests.emukit import constant_emulator
 from tests.promkit import PROMTOOL, job, needs_prometheus, prometheus
 
 OPS = Path(__file__).resolve().parents[2] / "ops"
@@ -99,11 +99,8 @@ def gateway_config(tmp_path):
 def test_every_dashboard_query_and_recording_rule_returns_series(tmp_path, gateway_config):
     queries = dashboard_queries()
     assert len(queries) >= 25
-    spec = EmulatorSpec(
-        served_model_name="llama-3-8b",
-        perf=ConstantModel(ConstantModel.Params(step_s=0.005)),
-        limits=EngineLimits(num_blocks=1024, max_num_seqs=8, max_num_batched_tokens=1024, max_model_len=2048),
-    )
+    limits = EngineLimits(num_blocks=1024, max_num_seqs=8, max_num_batched_tokens=1024, max_model_len=2048)
+    spec = constant_emulator(0.005, limits, name="llama-3-8b")
     metrics = ControllerMetrics(["chat"])
     shadow_url = metrics.serve()
     with contextlib.ExitStack() as stack:

@@ -16,18 +16,16 @@ from fleettwin.live.client import VllmClient, prompt_ids
 from fleettwin.live.gateway.app import create_gateway_app
 from fleettwin.live.gateway.config import hash_key, parse_gateway
 from fleettwin.live.hybrid import HybridRetriever, Passage
-from fleettwin.live.server import EmulatorSpec, create_app, serve_in_thread
+from fleettwin.live.server import create_app, serve_in_thread
 from fleettwin.live.tracing import NOOP, setup_tracing, tracing_from_env
 from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.errors import ConfigError
-from fleettwin.models.perf.constant import ConstantModel
+from tests.emukit import constant_emulator
 
 pytest.importorskip("opentelemetry.sdk", reason="tracing needs opentelemetry-sdk (the live extra)")
 KEY = "trace-key-0123456789"
 LIMITS = EngineLimits(num_blocks=256, max_num_seqs=8, max_num_batched_tokens=512, max_model_len=1024)
-SPEC = EmulatorSpec(
-    served_model_name="emu", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=0.002))
-)
+SPEC = constant_emulator(0.002, LIMITS)
 
 
 def gateway_config(backend_url: str, tmp_path) -> object:

@@ -33,19 +33,17 @@ from fleettwin.live.gateway.config import hash_key, parse_gateway
 from fleettwin.live.loadgen import replay
 from fleettwin.live.promtext import parse
 from fleettwin.live.retrieval_service import build_collection
-from fleettwin.live.server import EmulatorSpec, serve_in_thread
+from fleettwin.live.server import serve_in_thread
 from fleettwin.live.shadow import ShadowController
 from fleettwin.models.engine.queue import EngineLimits
 from fleettwin.models.errors import ConfigError
-from fleettwin.models.perf.constant import ConstantModel
 from fleettwin.models.workload.request import Request
+from tests.emukit import constant_emulator
 
 LIMITS = EngineLimits(
     num_blocks=128, block_size=16, max_num_seqs=8, max_num_batched_tokens=256, max_model_len=512
 )
-SPEC = EmulatorSpec(
-    served_model_name="emu", limits=LIMITS, perf=ConstantModel(ConstantModel.Params(step_s=0.001))
-)
+SPEC = constant_emulator(0.001, LIMITS)
 SERVICE_TOKEN = "retrieval-service-token-0123456789"
 KEY_A, KEY_B = "ft-tenant-a-" + "a" * 20, "ft-tenant-b-" + "b" * 20
 

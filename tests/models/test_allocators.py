@@ -28,6 +28,7 @@ from fleettwin.models.snapshot import (
     Slo,
 )
 from tests.models.test_snapshot import fleet_snapshots
+from tests.snapshotkit import operational_job, running_training_job
 
 ROOT = Path(__file__).resolve().parents[2]
 H100, A100 = "h100-80g", "a100-80g"
@@ -255,19 +256,7 @@ def test_hpa_scale_up_window_and_bounds():
 
 def test_reactive_backfills_job_pools_and_preempts_when_inference_grows():
     train = PoolState(name="train", tier="training", gpu=H100, gpus=(GpuGroup(gpu=H100, count=6),))
-    job = Job(
-        id="t1",
-        pool="train",
-        tier="training",
-        state="running",
-        gpus=6,
-        min_gpus=2,
-        max_gpus=6,
-        remaining_gpu_s=1e6,
-        started_s=0.0,
-        last_checkpoint_s=100.0,
-        restore_s=20.0,
-    )
+    job = running_training_job(6, max_gpus=6, remaining_gpu_s=1e6, last_checkpoint_s=100.0, restore_s=20.0)
     snap = snapshot(chat_pool(4, running=60), train, t=400.0, jobs=[job], limit=10)
     d = decide(hpa(), snap)
     assert d.gpus("chat") == 6 and d.gpus("train") == 4
@@ -302,19 +291,7 @@ def train_pool(own: int, borrowed: int = 0) -> PoolState:
 
 
 def train_job(gpus: int) -> Job:
-    return Job(
-        id="t1",
-        pool="train",
-        tier="training",
-        state="running",
-        gpus=gpus,
-        min_gpus=2,
-        max_gpus=8,
-        remaining_gpu_s=1e7,
-        started_s=0.0,
-        last_checkpoint_s=6600.0,
-        restore_s=45.0,
-    )
+    return running_training_job(gpus, remaining_gpu_s=1e7, last_checkpoint_s=6600.0, restore_s=45.0)
 
 
 def test_forecast_provisions_for_the_peak_ahead_and_lends_the_idle_reserve():
@@ -354,16 +331,7 @@ def test_forecast_reclaims_lent_gpus_by_preemption_with_checkpoint_cost():
 
 def test_forecast_meets_operational_deadlines_with_own_gpus():
     ops = PoolState(name="ops", tier="operational", gpu=H100)
-    job = Job(
-        id="b1",
-        pool="ops",
-        tier="operational",
-        min_gpus=1,
-        max_gpus=8,
-        remaining_gpu_s=4 * 3600,
-        deadline_s=7200.0 + 600 + 60 + 3600,
-        restore_s=60.0,
-    )
+    job = operational_job(1, 8, remaining_gpu_s=4 * 3600, deadline_s=7200.0 + 600 + 60 + 3600, restore_s=60.0)
     d = decide(forecast_alloc(lend=False), snapshot(chat_pool(5, history=HOURLY), ops, t=7200.0, jobs=[job]))
     assert d.gpus("ops") == 4  # 4 GPU-hours in the 3600 s left after the 600 s provisioning and 60 s restore
     # 3.5 GPU-hours: ceil(12600 / 3600) = 4 GPUs when they must be ordered; with 4 idle GPUs in the pool the
@@ -394,15 +362,7 @@ CAPS = {H100: 10.0, A100: 6.0}
 
 def milp_instance(rate: float, ops_gpus: int) -> FleetSnapshot:
     ops = PoolState(name="ops", tier="operational", gpu=A100)
-    job = Job(
-        id="b1",
-        pool="ops",
-        tier="operational",
-        min_gpus=ops_gpus,
-        max_gpus=ops_gpus,
-        remaining_gpu_s=1.0,
-        deadline_s=1e6,
-    )
+    job = operational_job(ops_gpus, ops_gpus, remaining_gpu_s=1.0, deadline_s=1e6)
     return FleetSnapshot(
         time_s=0.0, pools=(chat_pool(0, history=(rate,)), ops), inventory=MILP_INVENTORY, jobs=(job,)
     )

@@ -19,6 +19,7 @@ from fleettwin.models.snapshot import (
     ServingStats,
     Slo,
 )
+from tests.snapshotkit import running_training_job
 
 H100, A100 = "h100-80g", "a100-80g"
 
@@ -163,21 +164,7 @@ def small_snapshot() -> FleetSnapshot:
             InventoryItem(gpu=H100, limit=10, price_usd_h=2.69, provisioning_delay_s=600),
             InventoryItem(gpu=A100, purchase="spot", limit=4, price_usd_h=0.86),
         ),
-        jobs=(
-            Job(
-                id="t1",
-                pool="train",
-                tier="training",
-                state="running",
-                gpus=4,
-                min_gpus=2,
-                max_gpus=8,
-                remaining_gpu_s=1e5,
-                started_s=0.0,
-                last_checkpoint_s=3000.0,
-                restore_s=30.0,
-            ),
-        ),
+        jobs=(running_training_job(4, remaining_gpu_s=1e5, last_checkpoint_s=3000.0, restore_s=30.0),),
     )
 
 
@@ -345,24 +332,12 @@ def test_conserve_checks_lends():
     snap = small_snapshot()
     ok = Lend(from_pool="chat", to_pool="train", gpu=H100, count=4)
     conserve(snap, decision(("chat", H100, 1), ("train", H100, 8), lends=[ok]))
+    more_than_own = Lend(from_pool="chat", to_pool="train", gpu=H100, count=5)
     with pytest.raises(SeamError, match="has 4 ready own ones"):
-        conserve(
-            snap,
-            decision(
-                ("chat", H100, 0),
-                ("train", H100, 9),
-                lends=[Lend(from_pool="chat", to_pool="train", gpu=H100, count=5)],
-            ),
-        )
+        conserve(snap, decision(("chat", H100, 0), ("train", H100, 9), lends=[more_than_own]))
+    more_than_borrowed = Lend(from_pool="train", to_pool="chat", gpu=H100, count=3, kind="reclaim")
     with pytest.raises(SeamError, match="borrowed 2"):
-        conserve(
-            snap,
-            decision(
-                ("chat", H100, 8),
-                ("train", H100, 1),
-                lends=[Lend(from_pool="train", to_pool="chat", gpu=H100, count=3, kind="reclaim")],
-            ),
-        )
+        conserve(snap, decision(("chat", H100, 8), ("train", H100, 1), lends=[more_than_borrowed]))
     with pytest.raises(SeamError, match="its target is 3"):
         conserve(snap, decision(("chat", H100, 1), ("train", H100, 3), lends=[ok]))
 

@@ -14,7 +14,7 @@ from fleettwin.models.errors import ConfigError
 from fleettwin.models.workload.request import Request
 from fleettwin.sim.report import write_results
 from fleettwin.sim.runner import run_scenario
-from tests.scenariokit import scenario
+from tests.scenariokit import fleet_controller, scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -121,12 +121,7 @@ TIERS = scenario(
             }
         ],
     },
-    controller={
-        "allocator": {"name": "scripted"},
-        "interval_s": 30,
-        "gpu_limits": {"h100-80g": 8},
-        "provisioning": {"acquire_s": 10, "storage_gbps": 2},
-    },
+    controller=fleet_controller("scripted", 30, {"h100-80g": 8}, acquire_s=10, storage_gbps=2),
 )
 
 

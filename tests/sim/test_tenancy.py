@@ -21,7 +21,7 @@ from fleettwin.sim import runner
 from fleettwin.sim.runner import run_scenario, simulate
 from fleettwin.sim.tenancy.stages import GatewayStage, QuotaStage, TenantCaps
 from tests import scenariokit
-from tests.simkit import LinearPerf, with_tenants
+from tests.simkit import LinearPerf, queued_by, with_tenants
 
 # -- token buckets and quotas, by hand ----------------------------------------------------------------------
 
@@ -266,13 +266,8 @@ def test_requests_are_conserved_with_quota_refusals_and_caps(checked_caps, data,
     )
     tenancy = Tenancy(specs)
     CheckedCaps.replicas = replicas
-    limits = EngineLimits(
-        num_blocks=120,
-        max_num_seqs=4,
-        max_num_batched_tokens=256,
-        max_model_len=512,
-        waiting_policy=policy,
-        tenancy=tenancy,
+    limits = queued_by(
+        policy, tenancy, num_blocks=120, max_num_seqs=4, max_num_batched_tokens=256, max_model_len=512
     )
     raw = simulate(
         reqs,

@@ -17,7 +17,14 @@ from fleettwin.models.engine.scheduler import Scheduler
 from fleettwin.models.engine.waiting import PolicyQueue, waiting_queue
 from fleettwin.models.tenancy.quotas import FairClock, Tenancy, TenantSpec
 from fleettwin.models.workload.request import Request
-from tests.simkit import LinearPerf, assert_matches_oracle, poisson_requests, run_pool, with_tenants
+from tests.simkit import (
+    LinearPerf,
+    assert_matches_oracle,
+    poisson_requests,
+    queued_by,
+    run_pool,
+    with_tenants,
+)
 from tests.strategies import engine_limits, workloads
 
 TWO_TO_ONE = Tenancy((TenantSpec(name="a", weight=2.0), TenantSpec(name="b", weight=1.0)))
@@ -87,21 +94,13 @@ def test_wfq_admits_2_to_1_in_a_replica_when_both_tenants_are_backlogged():
         Request(id=i, arrival_s=0.0, prompt_tokens=64, output_tokens=8, tenant="ab"[i % 2])
         for i in range(600)
     ]
-    limits = EngineLimits(
-        num_blocks=2000,
-        max_num_seqs=4,
-        max_num_batched_tokens=512,
-        max_model_len=1024,
-        waiting_policy="wfq",
-        tenancy=TWO_TO_ONE,
-    )
-    df = run_pool(reqs, limits).requests.sort_values("first_scheduled_s", kind="stable")
+    sizes = dict(num_blocks=2000, max_num_seqs=4, max_num_batched_tokens=512, max_model_len=1024)
+    wfq = queued_by("wfq", TWO_TO_ONE, **sizes)
+    df = run_pool(reqs, wfq).requests.sort_values("first_scheduled_s", kind="stable")
     first = df.head(300)  # both tenants still have requests waiting throughout
     tenant = first["id"] % 2
     assert int((tenant == 0).sum()) == pytest.approx(200, abs=2)
-    fcfs = run_pool(
-        reqs, EngineLimits(num_blocks=2000, max_num_seqs=4, max_num_batched_tokens=512, max_model_len=1024)
-    ).requests
+    fcfs = run_pool(reqs, EngineLimits(**sizes)).requests
     assert int((fcfs.sort_values("first_scheduled_s").head(300)["id"] % 2 == 0).sum()) == 150
 
 
@@ -113,13 +112,8 @@ def test_priority_serves_the_lower_priority_number_first():
         )
         for i in range(60)
     ]
-    limits = EngineLimits(
-        num_blocks=2000,
-        max_num_seqs=2,
-        max_num_batched_tokens=256,
-        max_model_len=1024,
-        waiting_policy="priority",
-        tenancy=tenancy,
+    limits = queued_by(
+        "priority", tenancy, num_blocks=2000, max_num_seqs=2, max_num_batched_tokens=256, max_model_len=1024
     )
     df = run_pool(reqs, limits).requests.set_index("id")
     gold, bulk = df.loc[40:, "first_scheduled_s"], df.loc[:39, "first_scheduled_s"]
@@ -129,10 +123,8 @@ def test_priority_serves_the_lower_priority_number_first():
 def test_fcfs_with_tenants_declared_is_identical_to_no_tenants():
     reqs = poisson_requests(seed=4, n=600, rate=40.0)
     reqs = with_tenants(reqs, ["ab"[r.id % 2] for r in reqs])
-    base = EngineLimits(num_blocks=600, max_num_seqs=64, max_num_batched_tokens=2048, max_model_len=4096)
-    tenanted = EngineLimits(
-        num_blocks=600, max_num_seqs=64, max_num_batched_tokens=2048, max_model_len=4096, tenancy=TWO_TO_ONE
-    )
+    sizes = dict(num_blocks=600, max_num_seqs=64, max_num_batched_tokens=2048, max_model_len=4096)
+    base, tenanted = EngineLimits(**sizes), EngineLimits(**sizes, tenancy=TWO_TO_ONE)
     a, b = run_pool(reqs, base).requests, run_pool(reqs, tenanted).requests
     assert a.equals(b)  # bit-identical; tests/sim/test_regression.py pins the fcfs percentiles themselves
 
@@ -148,13 +140,8 @@ def test_an_arrival_that_overtakes_a_blocked_head_wakes_a_sleeping_decode_run():
         Request(id=1, arrival_s=0.01, prompt_tokens=300, output_tokens=10, tenant="long"),
         Request(id=2, arrival_s=0.5, prompt_tokens=20, output_tokens=10, tenant="short"),
     ]
-    limits = EngineLimits(
-        num_blocks=60,
-        max_num_seqs=8,
-        max_num_batched_tokens=1024,
-        max_model_len=960,
-        waiting_policy="wfq",
-        tenancy=tenancy,
+    limits = queued_by(
+        "wfq", tenancy, num_blocks=60, max_num_seqs=8, max_num_batched_tokens=1024, max_model_len=960
     )
     skip, oracle = (
         run_pool(reqs, limits, mode="skip").requests,
