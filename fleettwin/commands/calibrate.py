@@ -250,6 +250,8 @@ def _report(args: argparse.Namespace) -> int:
     errors.to_csv(args.out / "errors.csv", index=False)
     table = summary_table(errors)
     text = "Median |simulated / measured - 1| over the metrics each run vouches for:\n\n" + markdown(table)
+    per_gpu = summary_table(errors, by="gpu")
+    text += "\n\nThe same per GPU:\n\n" + markdown(per_gpu[per_gpu["source"] != "all"], by="GPU")
     unfitted = summary_table(errors, fitted=False)
     if not unfitted.empty and unfitted[["ttft_mean", "tpot_mean", "e2e_mean"]].notna().to_numpy().any():
         text += (

@@ -94,23 +94,24 @@ def validation_frame(
 
 
 def summary_table(
-    errors: pd.DataFrame, metrics: Sequence[str] = HEADLINE, *, fitted: bool = True
+    errors: pd.DataFrame, metrics: Sequence[str] = HEADLINE, *, fitted: bool = True, by: str = "source"
 ) -> pd.DataFrame:
-    """Median |error| per (model, source) and per model over all sources, and saturation disagreements; over
-    the metrics the runs vouch for (``fitted``) or over the ones they mark unfitted."""
+    """Median |error| per (model, ``by``: source or gpu) and per model over all of them, and saturation
+    disagreements; over the metrics the runs vouch for (``fitted``) or over the ones they mark unfitted. The
+    column is named ``source`` whatever ``by`` is, as ``markdown`` prints it."""
     rows = []
     for model, group in errors.groupby("perf_model", sort=False):
-        for source, part in group.groupby("source", sort=False):
+        for value, part in group.groupby(by, sort=by != "source"):
             s = summary(part, metrics, fitted=fitted)
             if any(not np.isnan(s[m]) for m in metrics):
-                rows.append({"perf_model": model, "source": source, **s})
+                rows.append({"perf_model": model, "source": value, **s})
         rows.append({"perf_model": model, "source": "all", **summary(group, metrics, fitted=fitted)})
     return pd.DataFrame(rows)
 
 
-def markdown(table: pd.DataFrame, metrics: Sequence[str] = HEADLINE) -> str:
+def markdown(table: pd.DataFrame, metrics: Sequence[str] = HEADLINE, *, by: str = "runs from") -> str:
     head = (
-        "| model | runs from | runs | "
+        f"| model | {by} | runs | "
         + " | ".join(f"{m} median abs err" for m in metrics)
         + " | saturation disagreements |"
     )
