@@ -22,11 +22,12 @@ tenant not listed gets weight 1, priority 0 and no quotas. The order of the wait
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import AfterValidator, Field, PositiveFloat, PositiveInt, model_validator
 
 from fleettwin.models.base import StrictModel
+from fleettwin.models.slo import Slo
 from fleettwin.models.tenancy.quotas import Quotas, Tenancy, TenantSpec
 
 
@@ -50,9 +51,16 @@ class TenantConfig(StrictModel):
     quotas: QuotasConfig = QuotasConfig()
 
 
-class SloClassConfig(StrictModel):
-    ttft_s: PositiveFloat
-    tpot_s: PositiveFloat
+def _both_bounds(slo: Slo) -> Slo:
+    """A class names both of its bounds (a missing one would silently be the default, not the scenario's)."""
+    missing = [k for k in ("ttft_s", "tpot_s") if k not in slo.model_fields_set]
+    if missing:
+        raise ValueError(f"an SLO class needs both ttft_s and tpot_s; missing: {', '.join(missing)}")
+    return slo
+
+
+SloClass = Annotated[Slo, AfterValidator(_both_bounds)]
+"""A tenant's SLO class: the one ``Slo`` type, with both attainment bounds written out."""
 
 
 class GatewayConfig(StrictModel):
@@ -68,7 +76,7 @@ class GatewayConfig(StrictModel):
 
 class TenantsConfig(StrictModel):
     members: list[TenantConfig] = Field(min_length=1)
-    slo_classes: dict[str, SloClassConfig] = Field(default_factory=dict)
+    slo_classes: dict[str, SloClass] = Field(default_factory=dict)
     gateway: GatewayConfig | None = None
     cost: Literal["tokens", "requests"] = "tokens"
 
