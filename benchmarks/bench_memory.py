@@ -64,7 +64,6 @@ def run_case(n: int, mode: str) -> dict:
     """One run in this process (the parent starts one process per case)."""
     from fleettwin.models.config import parse_scenario
     from fleettwin.native import native_status
-    from fleettwin.sim.metrics import Slo
     from fleettwin.sim.runner import generate_requests, run_scenario
     from fleettwin.sim.stream import StreamingLog
 
@@ -73,11 +72,7 @@ def run_case(n: int, mode: str) -> dict:
     requests = generate_requests(cfg, cfg.seed)
     setup = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
-        log = (
-            None
-            if mode == "memory"
-            else StreamingLog(Slo.from_config(cfg.slo), Path(tmp) / "requests.parquet")
-        )
+        log = None if mode == "memory" else StreamingLog(cfg.slo, Path(tmp) / "requests.parquet")
         t1 = time.perf_counter()
         result = run_scenario(cfg, requests=requests, log=log)
         wall = time.perf_counter() - t1

@@ -27,7 +27,7 @@ import pandas as pd
 from fleettwin.experiments import CONFIG_DIR
 from fleettwin.experiments.base import ExperimentProgress, ExperimentResult, progress_ticker
 from fleettwin.models.config import ScenarioConfig, parse_scenario, read_yaml
-from fleettwin.sim.metrics import COMPLETED, REJECTED, Slo, slo_met
+from fleettwin.sim.metrics import COMPLETED, REJECTED, slo_met
 from fleettwin.sim.runner import run_scenario
 from fleettwin.sim.tenancy.stages import GATEWAY_REASON, QUOTA_REASON
 
@@ -155,11 +155,9 @@ def measure(
         mine = df if name == "all" else df[df["tenant"] == name]
         ok = done if name == "all" else done[done["tenant"] == name]
         if name == "all":
-            met = pd.concat(
-                [slo_met(df[df["tenant"] == t], Slo(s.ttft_s, s.tpot_s)) for t, s in slos.items()]
-            )
+            met = pd.concat([slo_met(df[df["tenant"] == t], s) for t, s in slos.items()])
         else:
-            met = slo_met(mine, Slo(slos[name].ttft_s, slos[name].tpot_s))
+            met = slo_met(mine, slos[name])
         in_burst = ok[(ok["arrival_s"] >= start) & (ok["arrival_s"] < end)]
         tokens = float((ok["prompt_tokens"] + ok["output_tokens"]).sum())
         rows.append(

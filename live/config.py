@@ -20,7 +20,6 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     PrivateAttr,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -29,8 +28,6 @@ from fleettwin.live.tls import TlsFiles
 from fleettwin.models.config import (
     CatalogOverrides,
     ControllerConfig,
-    EngineConfig,
-    PolicyRef,
     PoolConfig,
     SloConfig,
     StrictModel,
@@ -38,27 +35,18 @@ from fleettwin.models.config import (
     validated,
 )
 from fleettwin.models.config.loading import _set_dotted
+from fleettwin.models.config.pools import PoolShape
 from fleettwin.models.config.scenario import check_pool_in_catalog
 from fleettwin.models.errors import ConfigError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-class LivePool(StrictModel):
-    """One pool of running servers; every field but ``backends`` and ``tls`` means what it means in a scenario
-    pool, and ``pool_config()`` validates them as one, so their rules stay ``PoolConfig``'s. They are declared
-    again rather than taken from a shared base because a base would put them before ``PoolConfig.replicas``,
-    and a scenario pool's field order is the list its unknown-key error shows; a live pool has no ``replicas``
-    and no ``central_queue``."""
+class LivePool(PoolShape):
+    """One pool of running servers: a scenario pool's shape (``PoolShape``: GPU, model, TP, engine, router,
+    performance model, with the same rules) and, instead of a replica count, the URLs of its servers. The
+    performance model serves the drift report's simulation and the actuator."""
 
-    name: str
-    gpu: str
-    model: str
-    tp: PositiveInt | None = None
-    purchase: Literal["on_demand", "spot"] = "on_demand"
-    engine: EngineConfig = EngineConfig()
-    router: PolicyRef = PolicyRef(name="least_outstanding")
-    perf_model: PolicyRef = PolicyRef(name="auto")  # for the drift report's simulation and the actuator
     backends: list[str] = Field(default_factory=list)  # base URLs of vLLM-compatible servers
     tls: TlsFiles | None = None  # CA / client certificate for these backends (overrides scrape.tls)
 
@@ -70,20 +58,10 @@ class LivePool(StrictModel):
                 raise ValueError(f"item {i}, {url!r}, is not an http(s) URL")
         return [u.rstrip("/") for u in v]
 
-    @model_validator(mode="after")
-    def _as_scenario_pool(self) -> LivePool:
-        self.pool_config()  # router and performance-model names and parameters, checked as the simulator does
-        return self
-
     def pool_config(self, replicas: int | None = None) -> PoolConfig:
         """This pool as a simulator pool with ``replicas`` (default: one per backend, at least one)."""
-        fields = self.model_dump(exclude={"backends", "tls"})
-        try:
-            return PoolConfig(**fields, replicas=replicas or max(1, len(self.backends)))
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            msg = err["msg"].removeprefix("Value error, ")
-            raise ValueError(f"{'.'.join(str(p) for p in err['loc'])}: {msg}") from None
+        shape = {k: getattr(self, k) for k in PoolShape.model_fields}
+        return PoolConfig(**shape, replicas=replicas or max(1, len(self.backends)))
 
 
 class ScrapeConfig(StrictModel):

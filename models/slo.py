@@ -1,5 +1,6 @@
-"""Percentile SLO targets: ``ttft_p95_s: 2`` means "the 95th percentile of time to first token, over all
-requests, is at most 2 s".
+"""The one SLO type (``Slo``: the scenario's ``slo:`` section, a tenant's SLO class, a pool's SLO in the policy
+seam's snapshot) and its percentile targets: ``ttft_p95_s: 2`` means "the 95th percentile of time to first
+token, over all requests, is at most 2 s".
 
 Over *all* requests: one that was rejected or never finished counts as infinitely late, so a deployment that
 turns work away cannot meet a target by serving only the easy requests (the attainment form, ``ttft_s`` and
@@ -12,6 +13,8 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, PositiveFloat, model_validator
 
 from fleettwin.models.registry import did_you_mean
 
@@ -60,6 +63,36 @@ def parse_target_key(key: str, value: object, *, known: list[str] | None = None)
 def targets(slo_targets: dict[str, float]) -> tuple[Target, ...]:
     """The ``Target`` of every percentile key of a scenario's ``slo:`` section."""
     return tuple(parse_target_key(k, v) for k, v in slo_targets.items())
+
+
+class Slo(BaseModel):
+    """Two forms side by side: ``ttft_s``/``tpot_s`` bound each request (attainment: the share that meets
+    both); ``<metric>_p<q>_s`` keys are percentile targets over all requests, e.g. ``ttft_p95_s: 2``,
+    ``tpot_p95_s: 0.05``, ``e2e_p99_s: 30`` (metrics ttft, tpot, e2e, queue; p999 is the 99.9th).
+
+    Validated once and frozen, then read as is by the simulator's statistics, the capacity model and the
+    snapshot a controller sees. Not a ``StrictModel``: the target keys are open-ended, so unknown keys are
+    allowed here and each is checked by name instead (a misspelt key still fails, with a "did you mean")."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    ttft_s: PositiveFloat = 2.0
+    tpot_s: PositiveFloat = 0.2
+
+    @model_validator(mode="after")
+    def _targets_named_well(self) -> Slo:
+        for key, value in (self.model_extra or {}).items():
+            parse_target_key(key, value, known=list(type(self).model_fields))
+        return self
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        """The percentile targets, in the file's order (none: only the attainment bounds)."""
+        return targets(self.model_extra or {})
+
+    @property
+    def bounds(self) -> Slo:
+        """The attainment bounds alone, without the percentile targets (what a tenant's share is judged by)."""
+        return Slo(ttft_s=self.ttft_s, tpot_s=self.tpot_s) if self.model_extra else self
 
 
 def parse_cli_target(text: str) -> tuple[str, float]:

@@ -20,6 +20,7 @@ from pydantic import TypeAdapter
 
 from fleettwin.models.base import STRICT_RECORD as _STRICT
 from fleettwin.models.errors import FleettwinError
+from fleettwin.models.slo import Slo
 
 Tier = Literal["inference", "training", "operational"]
 Purchase = Literal["on_demand", "spot"]
@@ -88,13 +89,6 @@ class GpuGroup:
     @property
     def key(self) -> GpuKey:
         return (self.gpu, self.purchase)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Slo:
-    __pydantic_config__ = _STRICT
-    ttft_s: float = 2.0
-    tpot_s: float = 0.2
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -6,7 +6,7 @@ or the other (``CapacityParams.measured``). Bisection on the rate, each step a s
 seed (so the result is deterministic)::
 
     knee = measure_knee({"gpu": "h100-80g", "model": "llama-3-70b", "tp": 2},
-                        {"type": "empirical", "path": "traces/azure2023_conv/...", "format": "azure"},
+                        {"name": "empirical", "params": {"path": "traces/azure2023_conv/...", "format": "azure"}},
                         ttft_s=2.0, tpot_s=0.1, base_dir=Path("."))
     knee.requests_per_s, knee.closed_form_rps
 """

@@ -369,7 +369,7 @@ def _summarize(
     cfg: ScenarioConfig, resolved: list[ResolvedPool], raw: RawRun, seed: int, mode: str, wall_s: float
 ) -> dict:
     ts, pools, end = raw.timeseries, raw.pools, raw.end_s
-    slo = Slo.from_config(cfg.slo)  # attainment bounds and percentile targets
+    slo = cfg.slo  # attainment bounds and percentile targets
     pool_rows = []
     total_gpu_h = total_cost = 0.0
     for rp, pool in zip(resolved, pools, strict=True):

@@ -16,29 +16,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from fleettwin.models.slo import Target
+from fleettwin.models.slo import Slo
 
 COMPLETED, REJECTED, UNFINISHED, FAILED, DROPPED = "completed", "rejected", "unfinished", "failed", "dropped"
 STATUSES = (COMPLETED, REJECTED, UNFINISHED, FAILED, DROPPED)
 PERCENTILES = (50, 95, 99)
 LATENCIES = (("queue", "queue_s"), ("ttft", "ttft_s"), ("tpot", "tpot_s"), ("e2e", "e2e_s"))
 SKETCH_K = 60
-
-
-@dataclass(frozen=True, slots=True)
-class Slo:
-    """The attainment bounds and the percentile targets one set of requests is judged by."""
-
-    ttft_s: float
-    tpot_s: float
-    targets: tuple[Target, ...] = ()
-
-    @classmethod
-    def from_config(cls, cfg) -> Slo:
-        """From a scenario's ``slo:`` section (``models.config.SloConfig``)."""
-        from fleettwin.models.slo import targets
-
-        return cls(cfg.ttft_s, cfg.tpot_s, targets(getattr(cfg, "targets", {})))
 
 
 class Values:

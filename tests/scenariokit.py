@@ -8,17 +8,19 @@ from typing import Any
 
 def fixed(prompt: int, output: int) -> dict:
     """Every request ``prompt`` tokens in and ``output`` tokens out."""
-    return {"type": "fixed", "prompt": prompt, "output": output}
+    return {"name": "fixed", "params": {"prompt": prompt, "output": output}}
 
 
 def uniform(prompt_min: int, prompt_max: int, output_min: int, output_max: int) -> dict:
     """Prompt and output lengths drawn uniformly between the bounds (inclusive)."""
     return {
-        "type": "uniform",
-        "prompt_min": prompt_min,
-        "prompt_max": prompt_max,
-        "output_min": output_min,
-        "output_max": output_max,
+        "name": "uniform",
+        "params": {
+            "prompt_min": prompt_min,
+            "prompt_max": prompt_max,
+            "output_min": output_min,
+            "output_max": output_max,
+        },
     }
 
 

@@ -111,7 +111,6 @@ def run(args: argparse.Namespace) -> int:
 def _request_log(args: argparse.Namespace, cfg):
     """A streaming request log for --stream / --summary-only (sim/stream.py), else None (rows in memory)."""
     from fleettwin.models.errors import ConfigError
-    from fleettwin.sim.metrics import Slo
     from fleettwin.sim.stream import StreamingLog, check_streamable
 
     if not (args.stream or args.summary_only):
@@ -123,7 +122,7 @@ def _request_log(args: argparse.Namespace, cfg):
     if args.stream and args.out is None:
         raise ConfigError("--stream needs --out DIR for requests.parquet (or use --summary-only)")
     check_streamable(cfg)
-    return StreamingLog(Slo.from_config(cfg.slo), args.out / "requests.parquet" if args.stream else None)
+    return StreamingLog(cfg.slo, args.out / "requests.parquet" if args.stream else None)
 
 
 def _estimate(cfg, requests, *, streaming: bool) -> list[str]:

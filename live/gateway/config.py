@@ -38,24 +38,21 @@ import secrets
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from fleettwin.live.gateway.sanitize import ACTIONS, DEFAULT_ACTIONS, DETECTORS, Action
 from fleettwin.live.http_guard import HttpLimits
 from fleettwin.live.tls import TlsFiles
+from fleettwin.models.base import StrictModel
 from fleettwin.models.config import read_yaml, validated
 from fleettwin.models.errors import ConfigError
 from fleettwin.models.routing.replica import REPLICA_ROUTERS
-from fleettwin.models.tenancy.quotas import BucketSizes  # one default for both worlds
+from fleettwin.models.tenancy.quotas import RateLimits  # the simulator's buckets, one declaration
 
 _HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 KEY_PREFIX = "ft-"
 ANY = "*"
 AuthMethod = Literal["api_key", "jwt"]
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def hash_key(key: str) -> str:
@@ -69,20 +66,15 @@ def new_key() -> tuple[str, str]:
     return key, hash_key(key)
 
 
-class Quotas(_Frozen, BucketSizes):
-    """Token buckets refill at the rate and hold at most the burst; ``None`` means no limit.
-    Default bursts: one second of requests (at least 1), ten seconds of tokens."""
+class GatewayQuotas(RateLimits):
+    """A tenant's limits at the gateway: the simulator's token buckets (``RateLimits``, declared once) and
+    ``concurrent``, requests in flight at once; one more is refused (429), where the simulator's
+    ``max_concurrent`` holds it at the pool instead: a different limit, so a different field."""
 
-    requests_per_s: float | None = Field(None, gt=0)
-    burst_requests: float | None = Field(None, ge=1)
-    tokens_per_s: float | None = Field(None, gt=0)
-    burst_tokens: float | None = Field(None, ge=1)
     concurrent: int | None = Field(None, ge=1)
-    """Requests in flight at once; one more is refused (429), where the simulator's ``max_concurrent``
-    holds it at the pool instead: a different limit, so not shared with ``models/tenancy/quotas.py``."""
 
 
-class Tenant(_Frozen):
+class Tenant(StrictModel):
     api_keys: tuple[str, ...] = ()
     auth: tuple[AuthMethod, ...] | None = (
         None  # how it may authenticate; None: api_key if it has keys, else jwt
@@ -94,7 +86,7 @@ class Tenant(_Frozen):
     allow_token_ids: bool = False  # token-id prompts cannot be inspected by the detectors
     priority: int = 0
     slo_class: str = "standard"
-    quotas: Quotas = Quotas()
+    quotas: GatewayQuotas = GatewayQuotas()
     detectors: dict[str, Action] = {}  # overrides of the file's detector actions for this tenant
 
     @field_validator("api_keys")
@@ -120,7 +112,7 @@ class Tenant(_Frozen):
         return ("api_key",) if self.api_keys else ("jwt",)
 
 
-class Backend(_Frozen):
+class Backend(StrictModel):
     urls: tuple[str, ...] = Field(min_length=1)
     served_model: str | None = None  # the name the backend serves (default: the gateway's model name)
     token_env: str | None = None  # environment variable holding the backend's bearer token
@@ -156,7 +148,7 @@ def env_secret(var: str | None, what: str) -> str | None:
     return value
 
 
-class RetrievalService(_Frozen):
+class RetrievalService(StrictModel):
     """Where the gateway forwards ``POST /v1/retrieve`` (``live/retrieval_service.py``); ``tls`` defaults to
     ``backend_tls`` (the CA to verify the service, the client certificate the gateway presents)."""
 
@@ -174,7 +166,7 @@ class RetrievalService(_Frozen):
         return env_secret(self.token_env, "retrieval token")
 
 
-class Jwt(_Frozen):
+class Jwt(StrictModel):
     """HS256 bearer tokens; the tenant is named by ``tenant_claim``. The secret comes from the environment or
     a file, never from the policy file itself."""
 
@@ -211,7 +203,7 @@ class Jwt(_Frozen):
         return data
 
 
-class GatewayConfig(_Frozen):
+class GatewayConfig(StrictModel):
     tenants: dict[str, Tenant] = Field(min_length=1)
     backends: dict[str, Backend] = Field(min_length=1)
     detectors: dict[str, Action] = dict(DEFAULT_ACTIONS)

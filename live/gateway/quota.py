@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fleettwin.live.gateway.config import Quotas
+from fleettwin.live.gateway.config import GatewayQuotas
 from fleettwin.models.tenancy.quotas import (  # the simulator's admission, the same code
     QuotaGate,
     Refusal,
@@ -35,7 +35,7 @@ class TenantLimiter:
     """One tenant's admission at the gateway: the simulator's ``QuotaGate`` (its buckets, all or nothing) on
     this process's clock, a cap on requests in flight, and a message for the client with each refusal."""
 
-    def __init__(self, tenant: str, quotas: Quotas, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, tenant: str, quotas: GatewayQuotas, clock: Callable[[], float] = time.monotonic):
         self.tenant, self.quotas, self.clock = tenant, quotas, clock
         self.gate = QuotaGate(quotas, clock())
         self.in_flight = 0

@@ -2,33 +2,18 @@
 and the simulator's stepping. Each is a registry (``models/registry.py``) like the routers and allocators, so
 YAML writes them the one way, ``{name, params}``, and a typo gets the same "did you mean" as any other name.
 
-The entries are the names and what they mean; the engine (``waiting_queue``) and the runner (``simulate``)
-carry them out by name.
+The waiting policies are registered where they are carried out (``models/engine/waiting.py``: each entry
+makes its queue); the sim modes' entries are the names and what they mean, carried out by the runner.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from fleettwin.models.engine.waiting import WAITING_POLICIES  # each entry makes its queue
 from fleettwin.models.registry import Choice, Registry
 
-WAITING_POLICIES: Registry[Any] = Registry("waiting policy")
 SIM_MODES: Registry[Any] = Registry("sim mode")
-
-
-@WAITING_POLICIES.register("fcfs")
-class Fcfs:
-    """First come, first served (vLLM's default)."""
-
-
-@WAITING_POLICIES.register("wfq")
-class Wfq:
-    """Weighted fair queueing by tenant weight (``tenants:`` section): the smallest finish tag first."""
-
-
-@WAITING_POLICIES.register("priority")
-class Priority:
-    """By tenant priority, lower first, as vLLM's ``--scheduling-policy priority``."""
 
 
 @SIM_MODES.register("skip")

@@ -2,8 +2,8 @@
 and the field, so a scenario written before the one choice syntax keeps working while it says how to update.
 
 The old forms: a bare name (``waiting_policy: wfq``, ``sim: {mode: per_iteration}``), the name under ``type:``
-beside its parameters (``workload: {type: poisson, rate: 4}``, a mixture's components) and under ``kind:``
-(a failure injector). Which field had which form is declared by the field's type (``Choice.from_legacy``), so
+beside its parameters (``workload: {type: poisson, rate: 4}``, a mixture's components, a length
+distribution) and under ``kind:`` (a failure injector). Which field had which form is declared by the field's type (``Choice.from_legacy``), so
 this walk knows no section by name: it follows the model's fields through the raw mapping.
 """
 
@@ -47,7 +47,17 @@ def _walk(model: type[BaseModel], data: Any, path: str, notes: list) -> Any:
             out[key] = [_one(sub, v, f"{where}[{i}]", notes) for i, v in enumerate(value)]
         else:
             out[key] = _one(sub, value, where, notes)
-    return out
+    return _into_params(model, out, path, notes)
+
+
+def _into_params(model: type[BaseModel], data: dict, path: str, notes: list) -> dict:
+    """A registry choice's ``params`` walked as the chosen entry's parameter model, so an old form inside them
+    (a workload's ``lengths``) is found too."""
+    registry = getattr(model, "registry", None)
+    name, params = data.get("name"), data.get("params")
+    if registry is None or not isinstance(name, str) or name not in registry or not isinstance(params, dict):
+        return data
+    return {**data, "params": _walk(registry.params_model(name), params, f"{path}params.", notes)}
 
 
 def _one(model: type[BaseModel], value: Any, where: str, notes: list) -> Any:

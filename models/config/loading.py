@@ -138,7 +138,9 @@ def _into_params(node: Any, key: str, model: type[BaseModel] | None) -> tuple[An
     """The ``params`` of a ``{name, params}`` choice when ``key`` is one of its parameters, else ``node``."""
     if not (isinstance(node, dict) and "name" in node and key not in node and key not in ("name", "params")):
         return node, model
-    if model is None or "params" not in model.model_fields or key in model.model_fields:
+    if model is None:  # inside free-form parameters: a nested choice (a workload's lengths) has its params
+        return (node["params"], None) if isinstance(node.get("params"), dict) else (node, model)
+    if "params" not in model.model_fields or key in model.model_fields:
         return node, model
     params = node.setdefault("params", {})
     return (params, None) if isinstance(params, dict) else (node, model)

@@ -40,16 +40,17 @@ class EngineConfig(StrictModel):
     kv_cache_dtype: Literal["bf16", "fp8"] = "bf16"
 
 
-class PoolConfig(StrictModel):
+class PoolShape(StrictModel):
+    """What a pool runs and how, declared once for a scenario pool (``PoolConfig``, with a replica count) and
+    a live pool (``live/config.py``'s ``LivePool``, with the URLs of its running servers)."""
+
     name: str
     gpu: str
     model: str
-    replicas: PositiveInt
     tp: PositiveInt | None = None  # default: the smallest degree whose shards fit the GPU
     purchase: Literal["on_demand", "spot"] = "on_demand"
     engine: EngineConfig = EngineConfig()
     router: PolicyRef = PolicyRef(name="least_outstanding")
-    central_queue: bool = False
     perf_model: PolicyRef = PolicyRef(
         name="auto"
     )  # calibrated where the GPU has a built-in profile, else roofline
@@ -57,11 +58,17 @@ class PoolConfig(StrictModel):
     @field_validator("router")
     @classmethod
     def _known_router(cls, v: PolicyRef) -> PolicyRef:
-        v.check(REPLICA_ROUTERS)
-        return v
+        return v.check(REPLICA_ROUTERS)
 
     @field_validator("perf_model")
     @classmethod
     def _known_perf_model(cls, v: PolicyRef) -> PolicyRef:
-        v.check(PERF_MODELS)
-        return v
+        return v.check(PERF_MODELS)
+
+
+class PoolConfig(PoolShape):
+    """A scenario pool: ``replicas`` copies of the shape, each with its own waiting queue unless
+    ``central_queue`` holds the pool's requests in one."""
+
+    replicas: PositiveInt
+    central_queue: bool = False

@@ -2,7 +2,7 @@
 
 workload:
   name: poisson                      # a workload source (models/workload/sources.py)
-  params: {rate: 4, duration_s: 600, lengths: {type: geometric, prompt_mean: 500, output_mean: 100}}
+  params: {rate: 4, duration_s: 600, lengths: {name: geometric, params: {prompt_mean: 500, output_mean: 100}}}
   rate_scale: 2                      # optional: reshape any source without compressing time
 """
 

@@ -15,7 +15,7 @@ from fleettwin.models.catalog import Catalog
 from fleettwin.models.config import ControllerConfig, SloConfig
 from fleettwin.models.control.pool import ControlledPool, provisioning_delay_s
 from fleettwin.models.engine.resolve import ResolvedPool
-from fleettwin.models.snapshot import InventoryItem, Slo
+from fleettwin.models.snapshot import InventoryItem
 
 if TYPE_CHECKING:
     from fleettwin.models.allocators.base import Allocator
@@ -30,7 +30,7 @@ def controlled_pool(rp: ResolvedPool, slo: SloConfig, provisioning_delay_s: floa
         model=rp.llm.id,
         tp=rp.tp,
         purchase=rp.cfg.purchase,
-        slo=Slo(ttft_s=slo.ttft_s, tpot_s=slo.tpot_s),
+        slo=slo,
         provisioning_delay_s=provisioning_delay_s,
     )
 

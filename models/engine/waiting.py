@@ -1,8 +1,9 @@
 """A replica's waiting queue under a policy other than FCFS: weighted fair queueing or strict priority.
 
-``EngineQueue`` (``models/engine/scheduler.py``) keeps a plain ``deque`` under ``fcfs`` (vLLM's default, and
-results bit-identical to before policies existed) and a ``PolicyQueue`` otherwise. ``PolicyQueue`` offers the
-deque operations the schedulers use, so both schedulers run the same admission code on it:
+``EngineQueue`` (``models/engine/queue.py``) asks the ``WAITING_POLICIES`` registry for its queue: a plain
+``deque`` under ``fcfs`` (vLLM's default, and results bit-identical to before policies existed), a
+``PolicyQueue`` (``WfqQueue``, ``PriorityQueue``) otherwise. ``PolicyQueue`` offers the deque operations the
+schedulers use, so both schedulers run the same admission code on it:
 
 - ``append``: a new request, ordered by its key: the WFQ finish tag (``models/tenancy/quotas.py`` ``FairClock``) or
   the tenant's priority (lower first), ties by arrival at this replica;
@@ -21,33 +22,44 @@ import heapq
 import math
 from collections import deque
 from collections.abc import Iterator
+from typing import Any
 
+from fleettwin.models.registry import Registry
 from fleettwin.models.tenancy.quotas import FairClock, Tenancy
 
-POLICIES = ("fcfs", "wfq", "priority")
+WAITING_POLICIES: Registry[Any] = Registry("waiting policy")
+"""``engine.waiting_policy``'s names (``models/config/choices.py``), each the queue it makes (``new``)."""
+
+
+@WAITING_POLICIES.register("fcfs")
+class Fcfs:
+    """First come, first served (vLLM's default): a plain deque."""
+
+    @staticmethod
+    def new(tenancy: Tenancy | None) -> deque:
+        return deque()
 
 
 class PolicyQueue:
-    """Waiting sequences (objects with a ``req``) ordered by ``policy`` (``wfq`` or ``priority``)."""
+    """Waiting sequences (objects with a ``req``) in the order of a subclass's ``_key``, smallest first."""
 
-    __slots__ = ("policy", "tenancy", "clock", "_heap", "_n", "_front")
+    __slots__ = ("tenancy", "_heap", "_n", "_front")
 
-    def __init__(self, policy: str, tenancy: Tenancy | None):
-        if policy not in ("wfq", "priority"):
-            raise ValueError(f"PolicyQueue orders by 'wfq' or 'priority', got {policy!r}")
-        self.policy = policy
+    def __init__(self, tenancy: Tenancy | None):
         self.tenancy = tenancy or Tenancy()
-        self.clock = FairClock(lambda t: self.tenancy.spec(t).weight)
         self._heap: list[tuple[float, int, object]] = []  # (key, order, seq): ``order`` is unique
         self._n = 0  # arrivals so far: ties by arrival
         self._front = 0  # preemptions so far: a later one goes before an earlier one
 
+    @classmethod
+    def new(cls, tenancy: Tenancy | None) -> PolicyQueue:
+        return cls(tenancy)
+
     def _key(self, seq) -> float:
-        req = seq.req
-        if self.policy == "priority":
-            return float(self.tenancy.spec(req.tenant).priority)
-        cost = self.tenancy.request_cost(req.prompt_tokens, req.output_tokens)
-        return self.clock.tag(req.tenant, cost)[1]
+        raise NotImplementedError
+
+    def _served(self, key: float) -> None:
+        """A sequence with ``key`` was taken into service."""
 
     def append(self, seq) -> None:
         self._n += 1
@@ -59,8 +71,7 @@ class PolicyQueue:
 
     def popleft(self):
         key, _, seq = heapq.heappop(self._heap)
-        if self.policy == "wfq":
-            self.clock.served(key)  # a resumed (preempted) sequence's -inf leaves the clock where it is
+        self._served(key)
         return seq
 
     def __getitem__(self, i: int):
@@ -97,10 +108,36 @@ class PolicyQueue:
         raise ValueError("sequence not in the waiting queue")
 
 
+@WAITING_POLICIES.register("wfq")
+class WfqQueue(PolicyQueue):
+    """Weighted fair queueing by tenant weight (``tenants:`` section): the smallest finish tag first."""
+
+    __slots__ = ("clock",)
+
+    def __init__(self, tenancy: Tenancy | None):
+        super().__init__(tenancy)
+        self.clock = FairClock(lambda t: self.tenancy.spec(t).weight)
+
+    def _key(self, seq) -> float:
+        req = seq.req
+        cost = self.tenancy.request_cost(req.prompt_tokens, req.output_tokens)
+        return self.clock.tag(req.tenant, cost)[1]
+
+    def _served(self, key: float) -> None:
+        self.clock.served(key)  # a resumed (preempted) sequence's -inf leaves the clock where it is
+
+
+@WAITING_POLICIES.register("priority")
+class PriorityQueue(PolicyQueue):
+    """By tenant priority, lower first, as vLLM's ``--scheduling-policy priority``."""
+
+    __slots__ = ()
+
+    def _key(self, seq) -> float:
+        return float(self.tenancy.spec(seq.req.tenant).priority)
+
+
 def waiting_queue(policy: str, tenancy: Tenancy | None) -> deque | PolicyQueue:
-    """The waiting queue of a replica: a plain deque under ``fcfs``, else a ``PolicyQueue``."""
-    if policy == "fcfs":
-        return deque()
-    if policy not in POLICIES:
-        raise ValueError(f"waiting_policy must be one of {POLICIES}, got {policy!r}")
-    return PolicyQueue(policy, tenancy)
+    """The waiting queue of a replica under ``policy``, made by its registry entry (an unknown name is an
+    ``UnknownNameError`` listing the choices)."""
+    return WAITING_POLICIES.get(policy).new(tenancy)

@@ -22,40 +22,28 @@ tenant not listed gets weight 1, priority 0 and no quotas. The order of the wait
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from fleettwin.models.base import StrictModel
-from fleettwin.models.tenancy.quotas import Quotas, Tenancy, TenantSpec
+from fleettwin.models.slo import Slo
+from fleettwin.models.tenancy.quotas import Tenancy, TenantSpec
 
 
-class QuotasConfig(StrictModel):
-    requests_per_s: PositiveFloat | None = None
-    burst_requests: float | None = Field(None, ge=1)  # default: one second of requests, at least 1
-    tokens_per_s: PositiveFloat | None = None  # prompt + output tokens
-    burst_tokens: float | None = Field(None, ge=1)  # default: ten seconds of tokens
-    max_concurrent: PositiveInt | None = None  # requests in a pool's replicas at once; more wait at the pool
-    gpu_share: float | None = Field(None, gt=0, le=1)  # of a pool's sequence slots (replicas x max_num_seqs)
-
-    def build(self) -> Quotas:
-        return Quotas(**self.model_dump())
+def _both_bounds(slo: Slo) -> Slo:
+    """A class names both of its bounds (a missing one would silently be the default, not the scenario's)."""
+    missing = [k for k in ("ttft_s", "tpot_s") if k not in slo.model_fields_set]
+    if missing:
+        raise ValueError(f"an SLO class needs both ttft_s and tpot_s; missing: {', '.join(missing)}")
+    return slo
 
 
-class TenantConfig(StrictModel):
-    name: str = Field(min_length=1)
-    weight: PositiveFloat = 1.0  # share of service under engine.waiting_policy: wfq
-    priority: int = 0  # lower is served first under engine.waiting_policy: priority
-    slo_class: str | None = None  # a key of slo_classes; None: the scenario's slo
-    quotas: QuotasConfig = QuotasConfig()
+SloClass = Annotated[Slo, AfterValidator(_both_bounds)]
+"""A tenant's SLO class: the one ``Slo`` type, with both attainment bounds written out."""
 
 
-class SloClassConfig(StrictModel):
-    ttft_s: PositiveFloat
-    tpot_s: PositiveFloat
-
-
-class GatewayConfig(StrictModel):
+class GatewayStageConfig(StrictModel):
     """The gateway's checks as a latency stage with a rejection rate (``sim/tenancy/stages.py``): every
     request waits ``fixed_ms`` plus ``per_token_us`` per prompt token (the detectors read the prompt), and a
     fraction ``reject_rate`` is refused by a policy check (seeded, the same requests in every run of a
@@ -67,9 +55,9 @@ class GatewayConfig(StrictModel):
 
 
 class TenantsConfig(StrictModel):
-    members: list[TenantConfig] = Field(min_length=1)
-    slo_classes: dict[str, SloClassConfig] = Field(default_factory=dict)
-    gateway: GatewayConfig | None = None
+    members: list[TenantSpec] = Field(min_length=1)
+    slo_classes: dict[str, SloClass] = Field(default_factory=dict)
+    gateway: GatewayStageConfig | None = None
     cost: Literal["tokens", "requests"] = "tokens"
 
     @model_validator(mode="after")
@@ -88,16 +76,4 @@ class TenantsConfig(StrictModel):
 
     def tenancy(self) -> Tenancy:
         """The frozen tenant specs the simulator's queues, pools and stages read."""
-        return Tenancy(
-            tuple(
-                TenantSpec(
-                    name=t.name,
-                    weight=t.weight,
-                    priority=t.priority,
-                    slo_class=t.slo_class,
-                    quotas=t.quotas.build(),
-                )
-                for t in self.members
-            ),
-            cost=self.cost,
-        )
+        return Tenancy(tuple(self.members), cost=self.cost)

@@ -12,6 +12,8 @@ I/O).
   ``F`` and ``V`` moves to the finish tag of each request taken into service. A tenant that was idle starts from
   ``V`` (no credit for idling), and two backlogged tenants get service in the ratio of their weights, within
   one request's cost of each (``tests/sim/test_wfq.py``).
+- ``RateLimits``/``Quotas``/``TenantSpec``: a tenant's limits and spec as the scenario's ``tenants:`` section
+  validates them (frozen, read as they are); the live gateway's quotas share ``RateLimits``.
 - ``Tenancy``: the frozen set of tenant specs (weight, priority, SLO class, quotas) and what WFQ charges.
 """
 
@@ -19,6 +21,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+
+from pydantic import Field, PositiveFloat, PositiveInt
+
+from fleettwin.models.base import StrictModel
 
 COSTS = ("tokens", "requests")  # what a request costs in WFQ: prompt + output tokens, or 1
 
@@ -69,19 +75,22 @@ class TokenBucket:
         self.level = min(self.burst, self.level + delta)
 
 
-class BucketSizes:
-    """The bucket sizes of a tenant's rate limits, one rule for the simulator's ``Quotas`` and the live
-    gateway's (``live/gateway/config.py``), which both hold ``requests_per_s``, ``burst_requests``,
-    ``tokens_per_s`` and ``burst_tokens``. Their concurrency limits mean different things and stay apart
-    (``models/tenancy/config.py``)."""
+class RateLimits(StrictModel):
+    """A tenant's token buckets: each refills at its rate and holds at most its burst; ``None`` means no
+    limit. Declared once for the simulator's ``Quotas`` and the live gateway's (``live/gateway/config.py``),
+    which differ only in their concurrency limits. Default bursts: one second of requests (at least 1), ten
+    seconds of tokens."""
 
-    __slots__ = ()
+    requests_per_s: PositiveFloat | None = None
+    burst_requests: float | None = Field(None, ge=1)
+    tokens_per_s: PositiveFloat | None = None  # prompt + output tokens
+    burst_tokens: float | None = Field(None, ge=1)
 
     @property
     def request_burst(self) -> float | None:
         """A request bucket's size: as configured, else one second of requests (at least 1); None: no
         limit."""
-        rate, burst = self.requests_per_s, self.burst_requests  # type: ignore[attr-defined]
+        rate, burst = self.requests_per_s, self.burst_requests
         if rate is None:
             return None
         return burst if burst is not None else max(1.0, rate)
@@ -89,29 +98,24 @@ class BucketSizes:
     @property
     def token_burst(self) -> float | None:
         """A token bucket's size: as configured, else ten seconds of tokens; None: no limit."""
-        rate, burst = self.tokens_per_s, self.burst_tokens  # type: ignore[attr-defined]
+        rate, burst = self.tokens_per_s, self.burst_tokens
         if rate is None:
             return None
         return burst if burst is not None else 10.0 * rate
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Quotas(BucketSizes):
-    """A tenant's limits; ``None`` means no limit. Default bursts as the live gateway's: one second of
-    requests (at least 1), ten seconds of tokens. ``max_concurrent`` caps the tenant's requests in a pool's
-    replicas at once and ``gpu_share`` the fraction of a pool's sequence slots (replicas x max_num_seqs) they
-    may hold; over either cap, requests wait at the pool rather than being refused."""
-
-    requests_per_s: float | None = None
-    burst_requests: float | None = None
-    tokens_per_s: float | None = None
-    burst_tokens: float | None = None
-    max_concurrent: int | None = None
-    gpu_share: float | None = None
-
     @property
     def has_rate_limits(self) -> bool:
         return self.requests_per_s is not None or self.tokens_per_s is not None
+
+
+class Quotas(RateLimits):
+    """A tenant's limits in a scenario (``tenants.members[].quotas``). ``max_concurrent`` caps the tenant's
+    requests in a pool's replicas at once and ``gpu_share`` the fraction of a pool's sequence slots (replicas
+    x max_num_seqs) they may hold; over either cap, requests wait at the pool rather than being refused (the
+    live gateway's ``concurrent`` refuses instead: a different limit, so a different field)."""
+
+    max_concurrent: PositiveInt | None = None
+    gpu_share: float | None = Field(None, gt=0, le=1)
 
     def concurrency_cap(self, slots: int) -> int | None:
         """Requests the tenant may have in replicas at once, given the pool's ``slots``; None: no cap."""
@@ -139,7 +143,7 @@ class QuotaGate:
 
     __slots__ = ("quotas", "requests", "tokens")
 
-    def __init__(self, quotas: Quotas, now: float = 0.0):
+    def __init__(self, quotas: RateLimits, now: float = 0.0):
         q = self.quotas = quotas
         self.requests = TokenBucket(q.requests_per_s, q.request_burst, now) if q.requests_per_s else None
         self.tokens = TokenBucket(q.tokens_per_s, q.token_burst, now) if q.tokens_per_s else None
@@ -168,17 +172,15 @@ class QuotaGate:
         return None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TenantSpec:
-    name: str
-    weight: float = 1.0  # share of service under wfq
-    priority: int = 0  # lower is served first under the priority policy (as vLLM's and the gateway's)
-    slo_class: str | None = None  # None: the scenario's SLO
-    quotas: Quotas = Quotas()
+class TenantSpec(StrictModel):
+    """One tenant of a scenario (``tenants.members[]``), read as validated by the simulator's queues, pools
+    and stages."""
 
-    def __post_init__(self) -> None:
-        if not self.weight > 0:
-            raise ValueError(f"tenant {self.name!r}: weight must be > 0, got {self.weight}")
+    name: str = Field(min_length=1)
+    weight: PositiveFloat = 1.0  # share of service under engine.waiting_policy: wfq
+    priority: int = 0  # lower is served first under the priority policy (as vLLM's and the gateway's)
+    slo_class: str | None = None  # a key of slo_classes; None: the scenario's slo
+    quotas: Quotas = Quotas()
 
 
 DEFAULT_TENANT = TenantSpec(name="*")  # what a tenant not listed gets: weight 1, priority 0, no quotas

@@ -1,22 +1,26 @@
 """Prompt/output length distributions: each ``sample(rng, n) -> (prompt, output)`` gives two int64 arrays of
 ``n`` values, all >= 1.
 
-Each distribution is a frozen pydantic model tagged by ``type``, so a scenario can say
-``lengths: {type: lognormal, prompt_median: 1000, prompt_sigma: 1.0, output_median: 200, output_sigma: 0.8}``
-and get field-level errors for typos and bad values. ``LengthDist`` is the discriminated union;
-``parse_lengths`` validates a plain mapping into one of them.
+Each distribution is a frozen pydantic model registered by name in ``LENGTHS``, so a scenario chooses one
+the one way, ``{name, params}``:
+``lengths: {name: lognormal, params: {prompt_median: 1000, prompt_sigma: 1.0, output_median: 200,
+output_sigma: 0.8}}``, and gets field-level errors for typos and bad values. ``LengthDist`` is the field type:
+it validates ``{name, params}`` into the distribution itself (what the sources sample from) and writes it back
+in that form; ``parse_lengths`` validates a plain mapping. The old form, ``{type: lognormal, ...}`` beside the
+parameters, still loads from a scenario file with a note (``models/config/legacy.py``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
-from pydantic import Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, PlainSerializer, TypeAdapter, ValidationError, model_validator
 
 from fleettwin.models.base import StrictModel
-from fleettwin.models.errors import ConfigError
+from fleettwin.models.errors import ConfigError, FleettwinError
+from fleettwin.models.registry import Registry, legacy_key_form
 from fleettwin.models.workload.traces import TraceFormat, read_trace, resolve_path
 
 # Lognormal draws are capped here before the cast to int64 even when no max is given: a large sigma can
@@ -24,7 +28,17 @@ from fleettwin.models.workload.traces import TraceFormat, read_trace, resolve_pa
 _HARD_CAP = 2**31 - 1
 
 
+LENGTHS: Registry[Any] = Registry("length distribution")
+
+
 class _Lengths(StrictModel):
+    """A length distribution: its parameters are its fields (``LENGTHS`` validates ``params`` into it)."""
+
+    @classmethod
+    def from_legacy(cls, raw: Any) -> dict[str, Any] | None:
+        """``{type: lognormal, prompt_median: ...}`` (the name beside its parameters)."""
+        return legacy_key_form(raw, "type")
+
     def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
@@ -33,10 +47,10 @@ class _Lengths(StrictModel):
         return self
 
 
+@LENGTHS.register("fixed")
 class FixedLengths(_Lengths):
     """Every request has the same prompt and output length (calibration, closed-form checks)."""
 
-    type: Literal["fixed"] = "fixed"
     prompt: int = Field(ge=1)
     output: int = Field(ge=1)
 
@@ -44,10 +58,10 @@ class FixedLengths(_Lengths):
         return np.full(n, self.prompt, dtype=np.int64), np.full(n, self.output, dtype=np.int64)
 
 
+@LENGTHS.register("uniform")
 class UniformLengths(_Lengths):
     """Independent uniform integers, both bounds inclusive."""
 
-    type: Literal["uniform"] = "uniform"
     prompt_min: int = Field(ge=1)
     prompt_max: int = Field(ge=1)
     output_min: int = Field(ge=1)
@@ -67,6 +81,7 @@ class UniformLengths(_Lengths):
         return prompt, output
 
 
+@LENGTHS.register("lognormal")
 class LognormalLengths(_Lengths):
     """Independent lognormals given by median and log-space sigma, rounded, clipped to ``[1, max_*]``.
 
@@ -74,7 +89,6 @@ class LognormalLengths(_Lengths):
     limits (Azure code prompts at ~7437, Azure conv outputs at 1000). ``max_*`` of ``None`` means no cap.
     """
 
-    type: Literal["lognormal"] = "lognormal"
     prompt_median: float = Field(gt=0)
     prompt_sigma: float = Field(ge=0)
     output_median: float = Field(gt=0)
@@ -95,6 +109,7 @@ def _lognormal_ints(
     return np.clip(np.rint(x), 1, _HARD_CAP if cap is None else cap).astype(np.int64)
 
 
+@LENGTHS.register("geometric")
 class GeometricLengths(_Lengths):
     """Independent geometric lengths on {1, 2, ...} with the given means.
 
@@ -102,7 +117,6 @@ class GeometricLengths(_Lengths):
     ~exponential service that M/M/c fidelity tests need.
     """
 
-    type: Literal["geometric"] = "geometric"
     prompt_mean: float = Field(ge=1)
     output_mean: float = Field(ge=1)
 
@@ -112,6 +126,7 @@ class GeometricLengths(_Lengths):
         return prompt, output
 
 
+@LENGTHS.register("empirical")
 class EmpiricalLengths(_Lengths):
     """(prompt, output) pairs resampled jointly, with replacement, from a trace, so their correlation and the
     caps and spikes of the real distribution are kept.
@@ -120,7 +135,6 @@ class EmpiricalLengths(_Lengths):
     current working directory (``with_base_dir``); used directly it is relative to the working directory.
     """
 
-    type: Literal["empirical"] = "empirical"
     path: str = Field(min_length=1)
     format: TraceFormat
 
@@ -133,15 +147,28 @@ class EmpiricalLengths(_Lengths):
         return self.model_copy(update={"path": str(resolve_path(self.path, base_dir))})
 
 
-LengthDist = Annotated[
-    FixedLengths | UniformLengths | LognormalLengths | GeometricLengths | EmpiricalLengths,
-    Field(discriminator="type"),
-]
+def _by_name(data: Any) -> Any:
+    """``{name, params}`` -> the registered distribution, validated (an instance passes as it is)."""
+    if isinstance(data, _Lengths):
+        return data
+    if not isinstance(data, dict) or set(data) - {"name", "params"} or not isinstance(data.get("name"), str):
+        raise ValueError(f"expected {{name, params}} with name one of: {', '.join(LENGTHS.names())}")
+    try:
+        return LENGTHS.validate_params(data["name"], data.get("params"))
+    except FleettwinError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _as_choice(dist: _Lengths) -> dict[str, Any]:
+    return {"name": dist.registry_name, "params": dist.model_dump()}  # type: ignore[attr-defined]
+
+
+LengthDist = Annotated[_Lengths, BeforeValidator(_by_name), PlainSerializer(_as_choice)]
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(LengthDist)
 
 
 def parse_lengths(data: Any) -> _Lengths:
-    """Validate a mapping such as ``{"type": "geometric", "prompt_mean": 500, "output_mean": 100}``."""
+    """Validate a mapping such as ``{"name": "geometric", "params": {"prompt_mean": 500, "output_mean": 100}}``."""
     if isinstance(data, _Lengths):
         return data
     try:

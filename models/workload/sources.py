@@ -1,7 +1,8 @@
 """Workload sources chosen by name in a scenario: real-trace replay and synthetic generators.
 
     src = WORKLOADS.create("poisson", {"rate": 5, "duration_s": 600,
-                                       "lengths": {"type": "geometric", "prompt_mean": 500, "output_mean": 100}},
+                                       "lengths": {"name": "geometric",
+                                                   "params": {"prompt_mean": 500, "output_mean": 100}}},
                            base_dir=scenario_dir)
     requests = src.requests(rng, model="llama-3-8b")
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, ClassVar, Protocol
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -221,6 +222,13 @@ class BurstSource(_Synthetic):
         )
 
 
+class Component(PolicyRef):
+    """A mixture's component: a workload source of this registry by name (checked by the mixture, which
+    also refuses a mixture inside a mixture); ``registry`` lets the old-form walk reach its parameters."""
+
+    registry: ClassVar[Registry[Any]] = WORKLOADS
+
+
 @WORKLOADS.register("mixture")
 class MixtureSource:
     """Several sources at once, e.g. one per tenant: ``components`` are ``{name, params}`` choices of this
@@ -231,7 +239,7 @@ class MixtureSource:
     numbered ``0..n-1``."""
 
     class Params(StrictModel):
-        components: list[PolicyRef] = Field(min_length=1)
+        components: list[Component] = Field(min_length=1)
 
         @model_validator(mode="after")
         def _known_components(self) -> MixtureSource.Params:

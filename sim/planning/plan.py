@@ -22,7 +22,7 @@ import pandas as pd
 
 from fleettwin.models.config import PoolConfig, ScenarioConfig, load_scenario
 from fleettwin.models.errors import ConfigError
-from fleettwin.models.slo import Target, targets
+from fleettwin.models.slo import Target
 from fleettwin.models.workload.reshape import window_s
 from fleettwin.sim.executors import Executor
 from fleettwin.sim.planning.candidates import Candidate, enumerate_candidates, replica_rate, replicas_estimate
@@ -71,7 +71,7 @@ class PlanResult:
 def make_plan(q: PlanQuestion, executor: Executor, *, progress: Progress | None = None) -> PlanResult:
     t0 = time.perf_counter()
     cfg, pool, fixed = _scenario(q)
-    slo_targets = targets(cfg.slo.targets)
+    slo_targets = cfg.slo.targets
     if not slo_targets:
         raise ConfigError(
             "no percentile targets: give --slo (e.g. --slo ttft_p95=2s --slo tpot_p95=50ms) or put "

@@ -8,7 +8,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from fleettwin.sim.feature import BaseFeature, World
-from fleettwin.sim.metrics import Slo
 from fleettwin.sim.tenancy.stages import tag_tenants, tenant_stages, tenant_summary
 
 if TYPE_CHECKING:
@@ -26,6 +25,4 @@ class Tenancy(BaseFeature):
 
     def summarize(self, world: World, raw: RawRun, summary: dict) -> None:
         cfg = world.cfg
-        summary["tenants"] = tenant_summary(
-            cfg.tenants, raw.requests, Slo(cfg.slo.ttft_s, cfg.slo.tpot_s), raw.end_s
-        )
+        summary["tenants"] = tenant_summary(cfg.tenants, raw.requests, cfg.slo.bounds, raw.end_s)

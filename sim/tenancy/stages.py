@@ -161,7 +161,7 @@ def tenant_summary(cfg: TenantsConfig, df: pd.DataFrame, slo: Slo, duration_s: f
     for name in [*listed, *sorted(set(df["tenant"]) - set(listed))]:
         t = listed.get(name)
         cls = cfg.slo_classes.get(t.slo_class) if t is not None and t.slo_class else None
-        tslo = Slo(cls.ttft_s, cls.tpot_s) if cls else slo
+        tslo = cls or slo
         mine = df[df["tenant"] == name]
         reasons = mine["reason"].astype(str)
         out[name] = {

@@ -269,7 +269,7 @@ def rate_series(**kw):
         "start_s": 691200,
         "duration_s": 3600,
         "scale": 0.01,
-        "lengths": {"type": "fixed", "prompt": 10, "output": 10},
+        "lengths": {"name": "fixed", "params": {"prompt": 10, "output": 10}},
     } | kw
     return WORKLOADS.create("rate_series", params)
 
@@ -298,7 +298,11 @@ def test_rate_series_gaps_and_errors():
     with pytest.raises(ConfigError, match="exactly one of mean_rate and scale"):
         WORKLOADS.create(
             "rate_series",
-            {"path": str(SERVEGEN), "duration_s": 60, "lengths": {"type": "fixed", "prompt": 1, "output": 1}},
+            {
+                "path": str(SERVEGEN),
+                "duration_s": 60,
+                "lengths": {"name": "fixed", "params": {"prompt": 1, "output": 1}},
+            },
         )
 
 
@@ -325,9 +329,11 @@ def test_closed_form_capacity_is_above_the_simulated_knee_by_a_bounded_margin():
     from fleettwin.sim.capacity_probe import measure_knee
 
     lengths = {
-        "type": "empirical",
-        "path": "traces/azure2023_conv/AzureLLMInferenceTrace_conv.csv",
-        "format": "azure",
+        "name": "empirical",
+        "params": {
+            "path": "traces/azure2023_conv/AzureLLMInferenceTrace_conv.csv",
+            "format": "azure",
+        },
     }
     knee = measure_knee(
         {"gpu": "h100-80g", "model": "llama-3-8b", "tp": 1}, lengths, ttft_s=2.0, tpot_s=0.1, base_dir=ROOT

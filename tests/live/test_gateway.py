@@ -22,7 +22,7 @@ from fleettwin.cli import main
 from fleettwin.live import launch
 from fleettwin.live.gateway.app import create_gateway_app
 from fleettwin.live.gateway.audit import read_audit
-from fleettwin.live.gateway.config import GatewayConfig, Quotas, hash_key, load_gateway, parse_gateway
+from fleettwin.live.gateway.config import GatewayConfig, GatewayQuotas, hash_key, load_gateway, parse_gateway
 from fleettwin.live.gateway.quota import TenantLimiter, Ticket, TokenBucket
 from fleettwin.live.promtext import parse
 from fleettwin.live.server import serve_in_thread
@@ -190,7 +190,9 @@ def test_token_bucket_never_grants_more_than_burst_plus_rate_times_time(steps, r
 def test_limiter_is_all_or_nothing_and_settles_unused_tokens():
     now = [0.0]
     lim = TenantLimiter(
-        "t", Quotas(requests_per_s=100, tokens_per_s=10, burst_tokens=100, concurrent=2), clock=lambda: now[0]
+        "t",
+        GatewayQuotas(requests_per_s=100, tokens_per_s=10, burst_tokens=100, concurrent=2),
+        clock=lambda: now[0],
     )
     a = lim.admit(60)
     assert isinstance(a, Ticket)

@@ -278,7 +278,7 @@ BASE = {
         (lambda d: d["pools"][0].update(gpu="h1000"), r"pools\[0\].gpu: unknown gpu 'h1000'"),
         (
             lambda d: d["pools"][0].update(router={"name": "nope"}),
-            r"pools\[0\]: router: unknown replica router",
+            r"pools\[0\]\.router: unknown replica router",
         ),
         (
             lambda d: d["controller"]["allocator"].update(params={"targt": 1}),

@@ -1,5 +1,5 @@
-"""One syntax for every choice: ``{name, params}`` for workloads, waiting policies, the sim mode and failure
-injectors. The old forms (``type:``/``kind:`` beside the parameters, a bare name) load into the same frozen
+"""One syntax for every choice: ``{name, params}`` for workloads, length distributions, waiting policies, the
+sim mode and failure injectors. The old forms (``type:``/``kind:`` beside the parameters, a bare name) load into the same frozen
 config, each with one note naming the file and the field; the shipped scenarios are in the new form."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from fleettwin.models.config import load_scenario, parse_scenario
 from fleettwin.models.config.legacy import LegacyFormWarning
 
 ROOT = Path(__file__).resolve().parents[2]
-LENGTHS = {"type": "geometric", "prompt_mean": 300, "output_mean": 60}
+LENGTHS = {"name": "geometric", "params": {"prompt_mean": 300, "output_mean": 60}}
+OLD_LENGTHS = {"type": "geometric", **LENGTHS["params"]}  # the length distribution's old form
 POOL = {"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 2}
 
 
@@ -87,6 +88,10 @@ def scenarios(draw) -> tuple[dict, dict, list[str]]:
     old = yaml.safe_load(yaml.safe_dump(new))  # a deep copy
     for field in which:
         _put(old, field, olds[field])
+    if "components" not in params and draw(st.booleans()):  # the lengths too, inside the workload's params
+        workload = old["workload"]
+        workload.get("params", workload)["lengths"] = OLD_LENGTHS
+        which = [*which, "workload.params.lengths"]
     return new, old, which
 
 
@@ -156,7 +161,7 @@ def test_overrides_reach_a_choices_params_without_naming_them(tmp_path):
     cfg = load_scenario(
         path, {"workload.rate": 5, "workload.lengths.prompt_mean": 100, "workload.rate_scale": 2}
     )
-    assert cfg.workload.params["rate"] == 5 and cfg.workload.params["lengths"]["prompt_mean"] == 100
+    assert cfg.workload.params["rate"] == 5 and cfg.workload.params["lengths"]["params"]["prompt_mean"] == 100
     assert cfg.workload.rate_scale == 2
     assert load_scenario(path, {"workload.params.rate": 7}).workload.params["rate"] == 7
 

@@ -12,7 +12,7 @@ from fleettwin.models.errors import ConfigError
 REPO = Path(__file__).resolve().parents[2]
 GOOD = """
 name: t
-workload: {type: poisson, rate: 5, duration_s: 10, lengths: {type: fixed, prompt: 100, output: 20}}
+workload: {type: poisson, rate: 5, duration_s: 10, lengths: {name: fixed, params: {prompt: 100, output: 20}}}
 pools:
   - {name: a, gpu: h100-80g, model: llama-3-8b, replicas: 2}
 """
@@ -70,7 +70,7 @@ def test_missing_required_field_and_invalid_yaml(tmp_path):
 
 def test_missing_trace_file_is_a_config_error(tmp_path):
     text = GOOD.replace(
-        "{type: poisson, rate: 5, duration_s: 10, lengths: {type: fixed, prompt: 100, output: 20}}",
+        "{type: poisson, rate: 5, duration_s: 10, lengths: {name: fixed, params: {prompt: 100, output: 20}}}",
         "{type: trace, path: nowhere.csv, format: azure}",
     )
     with pytest.raises(ConfigError, match="nowhere.csv"):

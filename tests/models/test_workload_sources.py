@@ -24,8 +24,8 @@ from fleettwin.models.workload import (
 
 TRACES = Path(__file__).resolve().parents[2] / "traces"
 AZURE_CONV = TRACES / "azure2023_conv" / "AzureLLMInferenceTrace_conv.csv"
-GEOM = {"type": "geometric", "prompt_mean": 400, "output_mean": 80}
-FIXED = {"type": "fixed", "prompt": 100, "output": 10}
+GEOM = {"name": "geometric", "params": {"prompt_mean": 400, "output_mean": 80}}
+FIXED = {"name": "fixed", "params": {"prompt": 100, "output": 10}}
 
 SYNTHETIC = {
     "poisson": {"rate": 4.0, "duration_s": 300, "lengths": GEOM},
@@ -132,9 +132,17 @@ def test_trace_source_missing_file_names_every_path_tried(tmp_path, monkeypatch)
         ("poisson", {**SYNTHETIC["poisson"], "duration_s": 0}, "duration_s"),
         ("poisson", {**SYNTHETIC["poisson"], "burst": 2}, "burst"),
         ("poisson", {"rate": 1, "duration_s": 1}, "lengths"),
-        ("poisson", {**SYNTHETIC["poisson"], "lengths": {"type": "zipf"}}, "lengths"),
-        ("poisson", {**SYNTHETIC["poisson"], "lengths": {**GEOM, "prompt_mena": 3}}, "prompt_mena"),
-        ("poisson", {**SYNTHETIC["poisson"], "lengths": {**GEOM, "output_mean": 0.5}}, "output_mean"),
+        ("poisson", {**SYNTHETIC["poisson"], "lengths": {"name": "zipf"}}, "lengths"),
+        (
+            "poisson",
+            {**SYNTHETIC["poisson"], "lengths": {**GEOM, "params": {**GEOM["params"], "prompt_mena": 3}}},
+            "prompt_mena",
+        ),
+        (
+            "poisson",
+            {**SYNTHETIC["poisson"], "lengths": {**GEOM, "params": {**GEOM["params"], "output_mean": 0.5}}},
+            "output_mean",
+        ),
         ("gamma", {**SYNTHETIC["gamma"], "cv": 0}, "cv"),
         ("mmpp", {**SYNTHETIC["mmpp"], "rates": [1, -2]}, "rates.1"),
         ("mmpp", {**SYNTHETIC["mmpp"], "mean_sojourn_s": [1, 2, 3]}, "mean_sojourn_s"),
@@ -193,7 +201,12 @@ def test_uniform_bounds_inclusive():
     p, o = UniformLengths(prompt_min=5, prompt_max=7, output_min=1, output_max=1).sample(rng(9), 3000)
     assert set(p.tolist()) == {5, 6, 7} and set(o.tolist()) == {1}
     with pytest.raises(ConfigError, match="prompt_max"):
-        parse_lengths({"type": "uniform", "prompt_min": 9, "prompt_max": 3, "output_min": 1, "output_max": 2})
+        parse_lengths(
+            {
+                "name": "uniform",
+                "params": {"prompt_min": 9, "prompt_max": 3, "output_min": 1, "output_max": 2},
+            }
+        )
 
 
 def test_empirical_keeps_pairs_from_the_trace(tmp_path):
@@ -211,7 +224,10 @@ def test_empirical_keeps_pairs_from_the_trace(tmp_path):
 
 def test_empirical_path_resolves_against_base_dir(tmp_path):
     shutil.copy(AZURE_CONV, tmp_path / "conv.csv")
-    params = {**SYNTHETIC["poisson"], "lengths": {"type": "empirical", "path": "conv.csv", "format": "azure"}}
+    params = {
+        **SYNTHETIC["poisson"],
+        "lengths": {"name": "empirical", "params": {"path": "conv.csv", "format": "azure"}},
+    }
     reqs = WORKLOADS.create("poisson", params, base_dir=tmp_path).requests(rng(11))
     assert reqs and all(r.prompt_tokens >= 2 for r in reqs)  # the trace's minimum prompt is 2
     with pytest.raises(ConfigError, match="conv.csv"):
@@ -219,17 +235,21 @@ def test_empirical_path_resolves_against_base_dir(tmp_path):
 
 
 def test_parse_lengths_errors_name_the_field():
-    with pytest.raises(ConfigError, match="lognormal.prompt_sigma"):
+    with pytest.raises(ConfigError, match="lognormal.*prompt_sigma"):
         parse_lengths(
             {
-                "type": "lognormal",
-                "prompt_median": 10,
-                "prompt_sigma": -1,
-                "output_median": 5,
-                "output_sigma": 1,
+                "name": "lognormal",
+                "params": {
+                    "prompt_median": 10,
+                    "prompt_sigma": -1,
+                    "output_median": 5,
+                    "output_sigma": 1,
+                },
             }
         )
     with pytest.raises(ConfigError, match="extra"):
+        parse_lengths({**FIXED, "params": {**FIXED["params"], "extra": 1}})
+    with pytest.raises(ConfigError, match=r"expected \{name, params\}"):
         parse_lengths({**FIXED, "extra": 1})
 
 

@@ -41,7 +41,7 @@ SCENARIO = scenario(
     seed=3,
     rate=20,
     duration_s=30,
-    lengths={"type": "geometric", "prompt_mean": 300, "output_mean": 60},
+    lengths={"name": "geometric", "params": {"prompt_mean": 300, "output_mean": 60}},
     pools=[pool(replicas=2, perf_model={"name": "constant", "params": {"step_s": 0.02}})],
 )
 

@@ -20,7 +20,11 @@ SCENARIO = {
     "seed": 1,
     "workload": {
         "name": "poisson",
-        "params": {"rate": 5, "duration_s": 4, "lengths": {"type": "fixed", "prompt": 50, "output": 5}},
+        "params": {
+            "rate": 5,
+            "duration_s": 4,
+            "lengths": {"name": "fixed", "params": {"prompt": 50, "output": 5}},
+        },
     },
     "pools": [{"name": "p", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 1}],
 }

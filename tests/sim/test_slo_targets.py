@@ -95,7 +95,7 @@ def test_bad_cli_targets(text):
 
 def test_target_equals_the_percentile_when_every_request_completes():
     v = list(np.random.default_rng(0).exponential(1.0, 500))
-    slo = Slo(2.0, 0.2, (parse_target_key("ttft_p95_s", 2.0),))
+    slo = Slo(ttft_s=2.0, tpot_s=0.2, ttft_p95_s=2.0)
     got = latency_summary(_frame(v), slo, 100.0)["slo"]["targets"]["ttft_p95_s"]
     assert got["value_s"] == pytest.approx(np.percentile(v, 95)) and got["met"] == (
         np.percentile(v, 95) <= 2.0
@@ -103,7 +103,7 @@ def test_target_equals_the_percentile_when_every_request_completes():
 
 
 def test_requests_that_never_complete_count_as_late():
-    slo = Slo(2.0, 0.2, (parse_target_key("ttft_p95_s", 2.0),))
+    slo = Slo(ttft_s=2.0, tpot_s=0.2, ttft_p95_s=2.0)
     fast = [0.1] * 90
     mostly_served = latency_summary(_frame(fast + [0.1] * 10, [COMPLETED] * 96 + [REJECTED] * 4), slo, 10.0)
     assert mostly_served["slo"]["targets"]["ttft_p95_s"]["met"]
@@ -118,7 +118,7 @@ def test_requests_that_never_complete_count_as_late():
 def test_sketch_summary_matches_the_exact_one(values, chunks):
     """A streamed run's numbers (REQ sketches, merged over chunks) agree with the exact ones within 1 %."""
     df = _frame(values)
-    slo = Slo(2.0, 0.2, (parse_target_key("ttft_p95_s", 2.0),))
+    slo = Slo(ttft_s=2.0, tpot_s=0.2, ttft_p95_s=2.0)
     exact = latency_summary(df, slo, 50.0)
     stats = RequestStats(exact=False)
     for part in np.array_split(np.arange(len(df)), chunks):

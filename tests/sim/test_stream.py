@@ -13,7 +13,6 @@ import yaml
 from fleettwin.cli import main
 from fleettwin.models.config import parse_scenario
 from fleettwin.models.errors import ConfigError
-from fleettwin.sim.metrics import Slo
 from fleettwin.sim.runner import run_scenario
 from fleettwin.sim.stream import StreamingLog
 
@@ -39,7 +38,7 @@ SCENARIO = {
 def test_streamed_summary_matches_the_run_in_memory(tmp_path):
     cfg = parse_scenario(SCENARIO)
     exact = run_scenario(cfg)
-    log = StreamingLog(Slo.from_config(cfg.slo), tmp_path / "requests.parquet", chunk_rows=1000)
+    log = StreamingLog(cfg.slo, tmp_path / "requests.parquet", chunk_rows=1000)
     streamed = run_scenario(cfg, log=log)
     e, s = exact.summary, streamed.summary
     assert s["requests"] == e["requests"] and s["sim_time_s"] == pytest.approx(e["sim_time_s"])
@@ -95,7 +94,7 @@ def test_scenarios_that_need_every_row_refuse_to_stream():
     }
     cfg = parse_scenario(data, source="r.yaml")
     with pytest.raises(ConfigError, match="r.yaml: regions: its summary needs every request in memory"):
-        run_scenario(cfg, log=StreamingLog(Slo.from_config(cfg.slo)))
+        run_scenario(cfg, log=StreamingLog(cfg.slo))
 
 
 def test_a_controller_reads_every_row_before_it_is_dropped(tmp_path):
@@ -106,6 +105,6 @@ def test_a_controller_reads_every_row_before_it_is_dropped(tmp_path):
     }
     cfg = parse_scenario(data)
     exact = run_scenario(cfg)
-    streamed = run_scenario(cfg, log=StreamingLog(Slo.from_config(cfg.slo), None, chunk_rows=500))
+    streamed = run_scenario(cfg, log=StreamingLog(cfg.slo, None, chunk_rows=500))
     assert streamed.decisions == exact.decisions  # the controller saw the same latencies
     assert streamed.summary["requests"] == exact.summary["requests"]

@@ -76,7 +76,7 @@ def test_tenancy_defaults_for_a_tenant_not_listed():
 
 # -- config -------------------------------------------------------------------------------------------------
 
-LENGTHS = {"type": "fixed", "prompt": 200, "output": 20}
+LENGTHS = {"name": "fixed", "params": {"prompt": 200, "output": 20}}
 BASE = scenariokit.scenario(
     seed=3,
     workload={

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from fleettwin.models.engine.queue import EngineLimits, SeqState
 from fleettwin.models.engine.reference_scheduler import ReferenceScheduler
 from fleettwin.models.engine.scheduler import Scheduler
-from fleettwin.models.engine.waiting import PolicyQueue, waiting_queue
+from fleettwin.models.engine.waiting import WAITING_POLICIES, PriorityQueue, WfqQueue, waiting_queue
+from fleettwin.models.errors import UnknownNameError
 from fleettwin.models.tenancy.quotas import FairClock, Tenancy, TenantSpec
 from fleettwin.models.workload.request import Request
 from tests.simkit import (
@@ -47,7 +48,7 @@ def test_fair_clock_tags_by_hand():
 
 
 def test_policy_queue_orders_by_finish_tag_and_keeps_the_deque_operations():
-    q = PolicyQueue("wfq", TWO_TO_ONE)
+    q = WfqQueue(TWO_TO_ONE)
     a1, a2, b1 = seq(0, "a", 10, 2), seq(1, "a", 10, 2), seq(2, "b", 10, 2)  # tags 6, 12, 12
     for s in (a1, a2, b1):
         q.append(s)
@@ -64,12 +65,20 @@ def test_policy_queue_orders_by_finish_tag_and_keeps_the_deque_operations():
     assert isinstance(waiting_queue("fcfs", TWO_TO_ONE), deque)
 
 
+def test_every_registered_waiting_policy_makes_its_queue_through_the_registry():
+    """The engine picks the queue by the registry's entry, so a policy the YAML accepts is one it can run."""
+    made = {name: type(waiting_queue(name, TWO_TO_ONE)) for name in WAITING_POLICIES.names()}
+    assert made == {"fcfs": deque, "priority": PriorityQueue, "wfq": WfqQueue}
+    with pytest.raises(UnknownNameError, match="did you mean 'wfq'"):
+        waiting_queue("wfqq", TWO_TO_ONE)
+
+
 @pytest.mark.parametrize("costs", [(30, 30), (20, 900), (450, 12)])
 def test_two_backlogged_tenants_with_weights_2_to_1_get_service_in_that_ratio(costs):
     """Service (cost) per unit weight of two backlogged tenants differs by at most one request's cost over
     each weight, at every point of the service order (the SCFQ bound), so over a long run the ratio is 2:1."""
     rng = np.random.default_rng(5)
-    q = PolicyQueue("wfq", TWO_TO_ONE)
+    q = WfqQueue(TWO_TO_ONE)
     n = 4000
     largest = {"a": 0, "b": 0}  # the largest cost of each tenant's requests
     for i in range(n):  # arrivals interleaved
@@ -155,8 +164,8 @@ def test_an_arrival_that_overtakes_a_blocked_head_wakes_a_sleeping_decode_run():
 
 def test_the_reference_scheduler_uses_the_same_queue():
     limits = EngineLimits(num_blocks=1000, waiting_policy="wfq", tenancy=TWO_TO_ONE)
-    assert isinstance(ReferenceScheduler(limits).waiting, PolicyQueue)
-    assert isinstance(Scheduler(limits).waiting, PolicyQueue)
+    assert isinstance(ReferenceScheduler(limits).waiting, WfqQueue)
+    assert isinstance(Scheduler(limits).waiting, WfqQueue)
 
 
 @st.composite

@@ -29,7 +29,7 @@ from tests import scenariokit
 from tests.sim.test_retrieval_sim import TABLE
 from tests.simkit import run_pool
 
-FIXED = {"type": "fixed", "prompt": 100, "output": 4}
+FIXED = {"name": "fixed", "params": {"prompt": 100, "output": 4}}
 # One store answering in exactly 1 ms (TABLE), two queries at a time: 4 passages of 50 tokens.
 RETRIEVAL = RetrievalConfig.model_validate(
     {
@@ -51,7 +51,7 @@ AGENT = [  # plan -> 2 x (search -> read) + lookup -> answer
         "kind": "llm",
         "after": ["search"],
         "branch_of": "search",
-        "lengths": {"type": "fixed", "prompt": 50, "output": 10},
+        "lengths": {"name": "fixed", "params": {"prompt": 50, "output": 10}},
     },
     {
         "id": "lookup",
@@ -64,7 +64,7 @@ AGENT = [  # plan -> 2 x (search -> read) + lookup -> answer
         "id": "answer",
         "kind": "llm",
         "after": ["read", "lookup"],
-        "lengths": {"type": "fixed", "prompt": 20, "output": 3},
+        "lengths": {"name": "fixed", "params": {"prompt": 20, "output": 3}},
     },
 ]
 
@@ -210,11 +210,13 @@ def test_random_widths_stay_in_range_and_a_seed_gives_the_same_instances():
             "id": "a",
             "kind": "llm",
             "lengths": {
-                "type": "uniform",
-                "prompt_min": 1,
-                "prompt_max": 99,
-                "output_min": 1,
-                "output_max": 9,
+                "name": "uniform",
+                "params": {
+                    "prompt_min": 1,
+                    "prompt_max": 99,
+                    "output_min": 1,
+                    "output_max": 9,
+                },
             },
         },
         {
@@ -299,7 +301,7 @@ def test_a_rejected_call_fails_its_workflow_and_skips_the_descendants():
             "id": "big",
             "kind": "llm",
             "after": ["a"],
-            "lengths": {"type": "fixed", "prompt": 5000, "output": 4},
+            "lengths": {"name": "fixed", "params": {"prompt": 5000, "output": 4}},
         },
         {"id": "side", "kind": "tool", "after": ["a"], "delay": {"type": "fixed", "s": 0.2}},
         {"id": "z", "kind": "llm", "after": ["big", "side"], "lengths": FIXED},
@@ -337,11 +339,13 @@ def random_templates(draw):
             fanned.append(node["id"])
         if kind == "llm":
             node["lengths"] = {
-                "type": "uniform",
-                "prompt_min": 1,
-                "prompt_max": 300,
-                "output_min": 1,
-                "output_max": 30,
+                "name": "uniform",
+                "params": {
+                    "prompt_min": 1,
+                    "prompt_max": 300,
+                    "output_min": 1,
+                    "output_max": 30,
+                },
             }
             node["rag"] = draw(st.booleans())
         elif kind == "tool":
@@ -421,7 +425,7 @@ def test_the_example_scenario_runs_and_reports_workflows():
 
 
 def test_behind_a_regions_front_door_a_call_ends_when_its_answer_reaches_the_user():
-    lengths = {"type": "fixed", "prompt": 100, "output": 4}
+    lengths = {"name": "fixed", "params": {"prompt": 100, "output": 4}}
     data = scenario(
         pools=[scenariokit.pool(n) for n in ("use1", "euw1")],
         regions={
