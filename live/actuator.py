@@ -46,7 +46,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from fleettwin.live.config import LiveConfig, LivePool
+from fleettwin.live.config import LiveConfig, LivePool, LocalProcessConfig
 from fleettwin.live.metrics import BackendMetrics
 from fleettwin.live.replicas import ENV, ReplicaLedger, ReplicaRecord, config_hash, write_json_atomic
 from fleettwin.models.decision import Decision
@@ -136,8 +136,8 @@ class LocalProcessActuator:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ):
-        if cfg.actuator is None:
-            raise ValueError("the live scenario has no actuator section")
+        if not isinstance(cfg.actuator, LocalProcessConfig):
+            raise ValueError("the live scenario's actuator section does not choose local_process")
         self.cfg, self.act, self.python, self.clock, self.wall = cfg, cfg.actuator, python, clock, wall
         self.log_dir = Path(log_dir)
         self.tp = {p.name: rp.tp for p, rp in zip(cfg.pools, cfg.resolved(), strict=True)}

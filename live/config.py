@@ -13,7 +13,7 @@ file, the field and the reason, like scenario errors::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import (
     Field,
@@ -38,6 +38,7 @@ from fleettwin.models.config.loading import _set_dotted
 from fleettwin.models.config.pools import PoolShape
 from fleettwin.models.config.scenario import check_pool_in_catalog
 from fleettwin.models.errors import ConfigError
+from fleettwin.models.registry import Chosen, Registry, by_name
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -130,11 +131,28 @@ class BackoffConfig(StrictModel):
     jitter: float = Field(0.2, ge=0.0, lt=1.0)
 
 
-class ActuatorConfig(StrictModel):
-    """How ``shadow --act`` carries decisions out. ``local_process`` starts ``fleettwin live emulate``
-    replicas on loopback with each pool's GPU, model, engine and performance model."""
+ACTUATORS: Registry[Any] = Registry("actuator")
+"""How ``shadow --act`` carries decisions out, by name; each entry is its own parameter model."""
 
-    type: Literal["local_process"] = "local_process"
+
+class ActuatorConfig(Chosen):
+    """``actuator: {name: local_process, params: {...}}``. Old forms, still loaded with a note: ``{type:
+    local_process, ...}`` beside the parameters, or the parameters alone (``local_process`` was the one)."""
+
+    registry = ACTUATORS
+
+    @classmethod
+    def from_legacy(cls, raw: Any) -> dict[str, Any] | None:
+        if isinstance(raw, dict) and "name" not in raw and "type" not in raw:
+            return {"name": "local_process", "params": raw}
+        return super().from_legacy(raw)
+
+
+@ACTUATORS.register("local_process")
+class LocalProcessConfig(ActuatorConfig):
+    """Start ``fleettwin live emulate`` replicas on loopback with each pool's GPU, model, engine and
+    performance model (``live/actuator.py``)."""
+
     host: str = "127.0.0.1"
     max_replicas_per_pool: PositiveInt = 8  # a safety cap on processes, whatever the policy asks
     startup_timeout_s: PositiveFloat = 30.0
@@ -146,6 +164,9 @@ class ActuatorConfig(StrictModel):
         if v not in LOOPBACK:
             raise ValueError(f"the local-process actuator serves on loopback only ({', '.join(LOOPBACK)})")
         return v
+
+
+ActuatorChoice = by_name(ActuatorConfig)
 
 
 class LiveConfig(StrictModel):
@@ -160,7 +181,7 @@ class LiveConfig(StrictModel):
     backoff: BackoffConfig = BackoffConfig()
     decision_log: str = "decisions.jsonl"  # relative to the scenario file
     history_buckets: PositiveInt = 2016  # arrival-rate buckets kept for forecasters (as the simulator)
-    actuator: ActuatorConfig | None = None
+    actuator: ActuatorChoice | None = None
     catalog: CatalogOverrides = CatalogOverrides()
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)

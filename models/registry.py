@@ -18,12 +18,12 @@ import difflib
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, PlainSerializer, ValidationError, model_validator
 
 from fleettwin.models.base import PolicyRef, StrictModel
-from fleettwin.models.errors import ConfigError, UnknownNameError
+from fleettwin.models.errors import ConfigError, FleettwinError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -105,6 +105,45 @@ class Choice(PolicyRef):
     @classmethod
     def from_legacy(cls, raw: Any) -> dict[str, Any] | None:
         return None
+
+
+class Chosen(StrictModel):
+    """Base of a family whose registered entries are pydantic models themselves, their parameters their fields
+    (a length distribution, an arrival process, a tool's delay, an actuator): a field typed ``by_name(Base)``
+    validates ``{name, params}`` into the chosen entry, which the code reads directly, and writes it back in
+    that form. The old form, the name under ``legacy_key`` beside the parameters, loads with a note."""
+
+    registry: ClassVar[Registry[Any]]
+    legacy_key: ClassVar[str] = "type"
+
+    @classmethod
+    def from_legacy(cls, raw: Any) -> dict[str, Any] | None:
+        return legacy_key_form(raw, cls.legacy_key)
+
+    def as_choice(self) -> dict[str, Any]:
+        """``{name, params}``: how the entry is written in YAML."""
+        return {"name": self.registry_name, "params": self.model_dump()}  # type: ignore[attr-defined]
+
+
+def by_name(base: type[Chosen]) -> Any:
+    """The field type of the ``Chosen`` family ``base`` (see ``Chosen``)."""
+
+    def validate(data: Any) -> Any:
+        if isinstance(data, base):
+            return data
+        names = ", ".join(base.registry.names())
+        if (
+            not isinstance(data, Mapping)
+            or set(data) - {"name", "params"}
+            or not isinstance(data.get("name"), str)
+        ):
+            raise ValueError(f"expected {{name, params}} with name one of: {names}")
+        try:
+            return base.registry.validate_params(data["name"], data.get("params"))
+        except FleettwinError as exc:
+            raise ValueError(str(exc)) from None
+
+    return Annotated[base, BeforeValidator(validate), PlainSerializer(base.as_choice)]
 
 
 def legacy_key_form(raw: Any, key: str, keep: Sequence[str] = ()) -> dict[str, Any] | None:

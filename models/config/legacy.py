@@ -3,7 +3,8 @@ and the field, so a scenario written before the one choice syntax keeps working 
 
 The old forms: a bare name (``waiting_policy: wfq``, ``sim: {mode: per_iteration}``), the name under ``type:``
 beside its parameters (``workload: {type: poisson, rate: 4}``, a mixture's components, a length
-distribution) and under ``kind:`` (a failure injector). Which field had which form is declared by the field's type (``Choice.from_legacy``), so
+distribution, a workflow's arrivals and tool delays, the live actuator) and under ``kind:`` (a failure
+injector). Which field had which form is declared by the field's type (``Choice.from_legacy``), so
 this walk knows no section by name: it follows the model's fields through the raw mapping.
 """
 

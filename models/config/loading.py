@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from fleettwin.models.config import legacy
 from fleettwin.models.config.scenario import ScenarioConfig
 from fleettwin.models.errors import ConfigError, FleettwinError
-from fleettwin.models.registry import did_you_mean, keys_at, model_in
+from fleettwin.models.registry import Registry, did_you_mean, keys_at, model_in
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -140,7 +140,8 @@ def _into_params(node: Any, key: str, model: type[BaseModel] | None) -> tuple[An
         return node, model
     if model is None:  # inside free-form parameters: a nested choice (a workload's lengths) has its params
         return (node["params"], None) if isinstance(node.get("params"), dict) else (node, model)
-    if "params" not in model.model_fields or key in model.model_fields:
+    chosen = "params" in model.model_fields or isinstance(getattr(model, "registry", None), Registry)
+    if not chosen or key in model.model_fields:  # a Choice has params; a Chosen family, its registry
         return node, model
     params = node.setdefault("params", {})
     return (params, None) if isinstance(params, dict) else (node, model)

@@ -5,14 +5,14 @@ A workflow is a DAG of nodes: ``llm`` (one LLM request), ``retrieval`` (a query 
 planner can fan out to parallel branches that an aggregator joins:
 
     workflows:
-      arrivals: {type: poisson, rate: 0.2, duration_s: 600}   # workflows per second (models/workload/arrivals)
+      arrivals: {name: poisson, params: {rate: 0.2, duration_s: 600}}   # workflows/s (models/workload/arrival_specs.py)
       templates:
         - name: research
           nodes:
             - {id: plan, kind: llm, lengths: {name: fixed, params: {prompt: 400, output: 80}}}
             - {id: search, kind: retrieval, after: [plan], fanout: 3, topic: eng}
             - {id: read, kind: llm, after: [search], branch_of: search, lengths: {name: fixed, params: {prompt: 200, output: 150}}}
-            - {id: weather, kind: tool, after: [plan], delay: {type: lognormal, median_s: 0.3, sigma: 0.4}}
+            - {id: weather, kind: tool, after: [plan], delay: {name: lognormal, params: {median_s: 0.3, sigma: 0.4}}}
             - {id: answer, kind: llm, after: [read, weather], lengths: {name: fixed, params: {prompt: 100, output: 300}}}
 
 ``fanout: n`` (or ``{min: a, max: b}``, a uniform width per instance) runs ``n`` copies of a node in parallel,
@@ -40,14 +40,14 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import (
     Field,
-    NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     model_validator,
 )
 
 from fleettwin.models.base import StrictModel
-from fleettwin.models.workload.arrivals import MMPP, ArrivalProcess, Diurnal, Gamma, Poisson
+from fleettwin.models.workflows.delays import ToolDelay
+from fleettwin.models.workload.arrival_specs import ArrivalsChoice
 from fleettwin.models.workload.lengths import LengthDist
 
 STREAM = 0xF10  # the workflows' branch of the scenario seed
@@ -58,121 +58,6 @@ LLM, RETRIEVAL, TOOL = "llm", "retrieval", "tool"
 # run is unfinished.
 COMPLETED, FAILED, SKIPPED, UNFINISHED = "completed", "failed", "skipped", "unfinished"
 _ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
-
-
-# -- tool delays --------------------------------------------------------------------------------------------
-
-
-class FixedDelay(StrictModel):
-    type: Literal["fixed"] = "fixed"
-    s: NonNegativeFloat
-
-    def sample(self, rng: np.random.Generator) -> float:
-        return self.s
-
-
-class UniformDelay(StrictModel):
-    type: Literal["uniform"] = "uniform"
-    min_s: NonNegativeFloat
-    max_s: NonNegativeFloat
-
-    @model_validator(mode="after")
-    def _order(self) -> UniformDelay:
-        if self.max_s < self.min_s:
-            raise ValueError(f"max_s ({self.max_s}) must be >= min_s ({self.min_s})")
-        return self
-
-    def sample(self, rng: np.random.Generator) -> float:
-        return float(rng.uniform(self.min_s, self.max_s))
-
-
-class LognormalDelay(StrictModel):
-    type: Literal["lognormal"] = "lognormal"
-    median_s: PositiveFloat
-    sigma: NonNegativeFloat
-    max_s: PositiveFloat | None = None  # clipped here (a tool call's timeout)
-
-    def sample(self, rng: np.random.Generator) -> float:
-        x = float(rng.lognormal(math.log(self.median_s), self.sigma))
-        return min(x, self.max_s) if self.max_s is not None else x
-
-
-class ExponentialDelay(StrictModel):
-    type: Literal["exponential"] = "exponential"
-    mean_s: PositiveFloat
-
-    def sample(self, rng: np.random.Generator) -> float:
-        return float(rng.exponential(self.mean_s))
-
-
-DelayDist = Annotated[
-    FixedDelay | UniformDelay | LognormalDelay | ExponentialDelay, Field(discriminator="type")
-]
-
-
-# -- workflow arrivals (the processes of models/workload/arrivals.py) ----------------------------------------
-
-
-class PoissonArrivals(StrictModel):
-    type: Literal["poisson"] = "poisson"
-    rate: NonNegativeFloat
-    duration_s: PositiveFloat
-
-    def process(self) -> ArrivalProcess:
-        return Poisson(rate=self.rate, duration_s=self.duration_s)
-
-
-class GammaArrivals(StrictModel):
-    type: Literal["gamma"] = "gamma"
-    rate: NonNegativeFloat
-    cv: PositiveFloat
-    duration_s: PositiveFloat
-
-    def process(self) -> ArrivalProcess:
-        return Gamma(rate=self.rate, cv=self.cv, duration_s=self.duration_s)
-
-
-class MMPPArrivals(StrictModel):
-    type: Literal["mmpp"] = "mmpp"
-    rates: list[NonNegativeFloat] = Field(min_length=1)
-    mean_sojourn_s: PositiveFloat
-    duration_s: PositiveFloat
-
-    def process(self) -> ArrivalProcess:
-        return MMPP(rates=tuple(self.rates), mean_sojourn_s=self.mean_sojourn_s, duration_s=self.duration_s)
-
-
-class DiurnalArrivals(StrictModel):
-    type: Literal["diurnal"] = "diurnal"
-    mean_rate: NonNegativeFloat
-    peak_to_trough: float = Field(ge=1)
-    duration_s: PositiveFloat
-    period_s: PositiveFloat = 86400.0
-    peak_at_s: float = 14 * 3600.0
-
-    def process(self) -> ArrivalProcess:
-        return Diurnal(
-            mean_rate=self.mean_rate,
-            peak_to_trough=self.peak_to_trough,
-            duration_s=self.duration_s,
-            period_s=self.period_s,
-            peak_at_s=self.peak_at_s,
-        )
-
-
-class FixedTimes(StrictModel):
-    """Workflows at the listed times (hand-checked cases, replays of a log)."""
-
-    type: Literal["times"] = "times"
-    at_s: list[NonNegativeFloat] = Field(min_length=1)
-
-    def times(self, rng: np.random.Generator) -> np.ndarray:
-        return np.sort(np.asarray(self.at_s, dtype=float))
-
-
-ArrivalsSpec = Annotated[
-    PoissonArrivals | GammaArrivals | MMPPArrivals | DiurnalArrivals | FixedTimes, Field(discriminator="type")
-]
 
 
 # -- templates -----------------------------------------------------------------------------------------------
@@ -200,7 +85,7 @@ class NodeSpec(StrictModel):
     rag: bool = False  # llm: retrieve first through the RAG stage (the prompt grows by the passages)
     model: str | None = None  # llm: default the template's model
     topic: str | None = None  # retrieval, rag llm: the content domain queried
-    delay: DelayDist | None = None  # tool: how long the call takes
+    delay: ToolDelay | None = None  # tool: how long the call takes (models/workflows/delays.py)
     result_tokens: NonNegativeInt = 0  # tool: tokens its result adds to a child's prompt
 
     @model_validator(mode="after")
@@ -213,7 +98,7 @@ class NodeSpec(StrictModel):
                 f"{where}: an llm node needs lengths (e.g. {{name: fixed, params: {{prompt: 200, output: 100}}}})"
             )
         if self.kind == TOOL and self.delay is None:
-            raise ValueError(f"{where}: a tool node needs a delay (e.g. {{type: fixed, s: 0.5}})")
+            raise ValueError(f"{where}: a tool node needs a delay (e.g. {{name: fixed, params: {{s: 0.5}}}})")
         if self.kind != LLM:
             for name in ("lengths", "rag", "model"):
                 if name in self.model_fields_set:
@@ -332,7 +217,7 @@ def _find_cycle(after: dict[str, list[str]], ids: list[str]) -> list[str]:
 class WorkflowsConfig(StrictModel):
     """The scenario's ``workflows:`` section (see the module docstring)."""
 
-    arrivals: ArrivalsSpec
+    arrivals: ArrivalsChoice
     templates: list[TemplateSpec] = Field(min_length=1)
     tenant: str = "default"  # the tenant of the workflows' LLM requests
     max_workflows: int | None = Field(None, ge=1)
@@ -446,9 +331,7 @@ def sample_instances(
     """The run's workflows: arrival times from ``cfg.arrivals`` and, per workflow, a template (by weight) and
     its draw. Workflow ``i`` draws from its own stream, so adding workflows leaves the earlier ones unchanged
     and the simulator and the live executor get identical instances from one seed."""
-    a = cfg.arrivals
-    rng = np.random.default_rng([seed, STREAM, ARRIVAL_STREAM])
-    times = a.times(rng) if isinstance(a, FixedTimes) else a.process().times(rng)
+    times = cfg.arrivals.times(np.random.default_rng([seed, STREAM, ARRIVAL_STREAM]))
     if cfg.max_workflows is not None:
         times = times[: cfg.max_workflows]
     weights = np.array([t.weight for t in cfg.templates])

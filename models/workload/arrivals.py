@@ -239,3 +239,30 @@ class Diurnal:
             return candidates
         keep = rng.uniform(size=len(candidates)) * peak < self.rate_at(candidates)
         return candidates[keep]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Burst:
+    """Poisson arrivals at ``rate``, ``factor`` times that during ``[start_s, start_s + length_s)``: the
+    superposition of the base process and one of rate ``(factor - 1) * rate`` over the window."""
+
+    rate: float
+    factor: float
+    start_s: float
+    length_s: float
+    duration_s: float
+
+    def _window(self) -> float:
+        return max(0.0, min(self.start_s + self.length_s, self.duration_s) - self.start_s)
+
+    @property
+    def mean_rate(self) -> float:
+        return self.rate * (1.0 + (self.factor - 1.0) * self._window() / self.duration_s)
+
+    def times(self, rng: np.random.Generator) -> np.ndarray:
+        base = Poisson(rate=self.rate, duration_s=self.duration_s).times(rng)
+        window = self._window()
+        if window <= 0 or self.factor == 1.0:
+            return base
+        extra = Poisson(rate=(self.factor - 1.0) * self.rate, duration_s=window).times(rng) + self.start_s
+        return np.sort(np.concatenate([base, extra]))

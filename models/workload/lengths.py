@@ -13,14 +13,13 @@ parameters, still loads from a scenario file with a note (``models/config/legacy
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-from pydantic import BeforeValidator, Field, PlainSerializer, TypeAdapter, ValidationError, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
-from fleettwin.models.base import StrictModel
-from fleettwin.models.errors import ConfigError, FleettwinError
-from fleettwin.models.registry import Registry, legacy_key_form
+from fleettwin.models.errors import ConfigError
+from fleettwin.models.registry import Chosen, Registry, by_name
 from fleettwin.models.workload.traces import TraceFormat, read_trace, resolve_path
 
 # Lognormal draws are capped here before the cast to int64 even when no max is given: a large sigma can
@@ -31,13 +30,11 @@ _HARD_CAP = 2**31 - 1
 LENGTHS: Registry[Any] = Registry("length distribution")
 
 
-class _Lengths(StrictModel):
-    """A length distribution: its parameters are its fields (``LENGTHS`` validates ``params`` into it)."""
+class _Lengths(Chosen):
+    """A length distribution: its parameters are its fields (``LENGTHS`` validates ``params`` into it). Old
+    form: ``{type: lognormal, prompt_median: ...}``."""
 
-    @classmethod
-    def from_legacy(cls, raw: Any) -> dict[str, Any] | None:
-        """``{type: lognormal, prompt_median: ...}`` (the name beside its parameters)."""
-        return legacy_key_form(raw, "type")
+    registry = LENGTHS
 
     def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
@@ -147,23 +144,7 @@ class EmpiricalLengths(_Lengths):
         return self.model_copy(update={"path": str(resolve_path(self.path, base_dir))})
 
 
-def _by_name(data: Any) -> Any:
-    """``{name, params}`` -> the registered distribution, validated (an instance passes as it is)."""
-    if isinstance(data, _Lengths):
-        return data
-    if not isinstance(data, dict) or set(data) - {"name", "params"} or not isinstance(data.get("name"), str):
-        raise ValueError(f"expected {{name, params}} with name one of: {', '.join(LENGTHS.names())}")
-    try:
-        return LENGTHS.validate_params(data["name"], data.get("params"))
-    except FleettwinError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _as_choice(dist: _Lengths) -> dict[str, Any]:
-    return {"name": dist.registry_name, "params": dist.model_dump()}  # type: ignore[attr-defined]
-
-
-LengthDist = Annotated[_Lengths, BeforeValidator(_by_name), PlainSerializer(_as_choice)]
+LengthDist = by_name(_Lengths)
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(LengthDist)
 
 

@@ -14,9 +14,8 @@ arrival times unchanged (common random numbers) and vice versa.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -24,7 +23,15 @@ from pydantic import Field, model_validator
 from fleettwin.models.base import PolicyRef, StrictModel
 from fleettwin.models.errors import FleettwinError
 from fleettwin.models.registry import Registry
-from fleettwin.models.workload.arrivals import MMPP, ArrivalProcess, Diurnal, Gamma, Poisson
+from fleettwin.models.workload.arrival_specs import (
+    BurstArrivals,
+    DiurnalArrivals,
+    GammaArrivals,
+    MMPPArrivals,
+    PoissonArrivals,
+    Window,
+)
+from fleettwin.models.workload.arrivals import ArrivalProcess
 from fleettwin.models.workload.lengths import LengthDist
 from fleettwin.models.workload.request import Request
 from fleettwin.models.workload.traces import TraceFormat, load_trace, resolve_path
@@ -68,14 +75,14 @@ class TraceSource:
         )
 
 
-class _SyntheticParams(StrictModel):
-    duration_s: float = Field(gt=0, allow_inf_nan=False)
+class _SyntheticParams(Window):
     lengths: LengthDist
     tenant: str = "default"
 
 
 class _Synthetic:
-    """An arrival process plus a length distribution; subclasses say how to build the process."""
+    """An arrival process plus a length distribution: a source's parameters are an arrival process's
+    (``arrival_specs.py``) and these, and the process is built from them (``rate_series`` builds its own)."""
 
     def __init__(self, params: Any, *, base_dir: Path | None = None):
         self.params = params
@@ -83,7 +90,7 @@ class _Synthetic:
         self.arrivals = self._arrivals(params)
 
     def _arrivals(self, params: Any) -> ArrivalProcess:
-        raise NotImplementedError
+        return params.process()
 
     def requests(self, rng: np.random.Generator, *, model: str | None = None) -> list[Request]:
         arrival_rng, length_rng = rng.spawn(2)
@@ -108,97 +115,32 @@ class _Synthetic:
 class PoissonSource(_Synthetic):
     """Poisson arrivals at ``rate`` per second."""
 
-    class Params(_SyntheticParams):
-        rate: float = Field(ge=0, allow_inf_nan=False)
-
-    def _arrivals(self, params: Params) -> ArrivalProcess:
-        return Poisson(rate=params.rate, duration_s=params.duration_s)
+    class Params(PoissonArrivals, _SyntheticParams):
+        pass
 
 
 @WORKLOADS.register("gamma")
 class GammaSource(_Synthetic):
     """Renewal arrivals with Gamma gaps: ``cv`` 1 is Poisson, above 1 bursty."""
 
-    class Params(_SyntheticParams):
-        rate: float = Field(ge=0, allow_inf_nan=False)
-        cv: float = Field(gt=0, allow_inf_nan=False)
-
-    def _arrivals(self, params: Params) -> ArrivalProcess:
-        return Gamma(rate=params.rate, cv=params.cv, duration_s=params.duration_s)
+    class Params(GammaArrivals, _SyntheticParams):
+        pass
 
 
 @WORKLOADS.register("mmpp")
 class MMPPSource(_Synthetic):
     """Markov-modulated Poisson arrivals (see ``arrivals.MMPP``): bursts and lulls of exponential length."""
 
-    class Params(_SyntheticParams):
-        rates: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(min_length=1)
-        mean_sojourn_s: float | list[float]
-
-        @model_validator(mode="after")
-        def _sojourns(self) -> MMPPSource.Params:
-            s = self.mean_sojourn_s
-            values = [s] if isinstance(s, int | float) else s
-            if not isinstance(s, int | float) and len(s) != len(self.rates):
-                raise ValueError(f"mean_sojourn_s has {len(s)} entries but rates has {len(self.rates)}")
-            if not all(0 < v < float("inf") for v in values):
-                raise ValueError(f"mean_sojourn_s must be finite and > 0, got {s}")
-            return self
-
-    def _arrivals(self, params: Params) -> ArrivalProcess:
-        s = params.mean_sojourn_s
-        return MMPP(
-            rates=tuple(params.rates),
-            mean_sojourn_s=s if isinstance(s, int | float) else tuple(s),
-            duration_s=params.duration_s,
-        )
+    class Params(MMPPArrivals, _SyntheticParams):
+        pass
 
 
 @WORKLOADS.register("diurnal")
 class DiurnalSource(_Synthetic):
     """Poisson arrivals whose rate follows a daily sinusoid (see ``arrivals.Diurnal``)."""
 
-    class Params(_SyntheticParams):
-        mean_rate: float = Field(ge=0, allow_inf_nan=False)
-        peak_to_trough: float = Field(ge=1, allow_inf_nan=False)
-        period_s: float = Field(default=86400.0, gt=0, allow_inf_nan=False)
-        peak_at_s: float = Field(default=14 * 3600.0, allow_inf_nan=False)
-
-    def _arrivals(self, params: Params) -> ArrivalProcess:
-        return Diurnal(
-            mean_rate=params.mean_rate,
-            peak_to_trough=params.peak_to_trough,
-            period_s=params.period_s,
-            peak_at_s=params.peak_at_s,
-            duration_s=params.duration_s,
-        )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Burst:
-    """Poisson arrivals at ``rate``, ``factor`` times that during ``[start_s, start_s + length_s)``: the
-    superposition of the base process and one of rate ``(factor - 1) * rate`` over the window."""
-
-    rate: float
-    factor: float
-    start_s: float
-    length_s: float
-    duration_s: float
-
-    def _window(self) -> float:
-        return max(0.0, min(self.start_s + self.length_s, self.duration_s) - self.start_s)
-
-    @property
-    def mean_rate(self) -> float:
-        return self.rate * (1.0 + (self.factor - 1.0) * self._window() / self.duration_s)
-
-    def times(self, rng: np.random.Generator) -> np.ndarray:
-        base = Poisson(rate=self.rate, duration_s=self.duration_s).times(rng)
-        window = self._window()
-        if window <= 0 or self.factor == 1.0:
-            return base
-        extra = Poisson(rate=(self.factor - 1.0) * self.rate, duration_s=window).times(rng) + self.start_s
-        return np.sort(np.concatenate([base, extra]))
+    class Params(DiurnalArrivals, _SyntheticParams):
+        pass
 
 
 @WORKLOADS.register("burst")
@@ -206,20 +148,8 @@ class BurstSource(_Synthetic):
     """Poisson arrivals at ``rate`` with one burst ``factor`` times as fast for ``burst_s`` seconds from
     ``burst_start_s`` (a noisy neighbour)."""
 
-    class Params(_SyntheticParams):
-        rate: float = Field(ge=0, allow_inf_nan=False)
-        factor: float = Field(ge=1, allow_inf_nan=False)
-        burst_start_s: float = Field(ge=0, allow_inf_nan=False)
-        burst_s: float = Field(gt=0, allow_inf_nan=False)
-
-    def _arrivals(self, params: Params) -> ArrivalProcess:
-        return Burst(
-            rate=params.rate,
-            factor=params.factor,
-            start_s=params.burst_start_s,
-            length_s=params.burst_s,
-            duration_s=params.duration_s,
-        )
+    class Params(BurstArrivals, _SyntheticParams):
+        pass
 
 
 class Component(PolicyRef):

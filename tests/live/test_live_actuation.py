@@ -55,7 +55,10 @@ def live_yaml(tmp_path: Path, policy: dict, max_replicas: int, interval_s: float
         "scrape": {"timeout_s": 1.0},
         "backoff": {"initial_s": 0.3, "max_s": 1.0},
         "decision_log": "decisions.jsonl",
-        "actuator": {"max_replicas_per_pool": max_replicas, "startup_timeout_s": 60, "drain_timeout_s": 5},
+        "actuator": {
+            "name": "local_process",
+            "params": {"max_replicas_per_pool": max_replicas, "startup_timeout_s": 60, "drain_timeout_s": 5},
+        },
     }
     path = tmp_path / "live.yaml"
     path.write_text(yaml.safe_dump(cfg))

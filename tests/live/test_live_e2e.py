@@ -219,7 +219,10 @@ def test_promoted_policy_actuates_local_replicas_and_an_unvalidated_one_is_refus
             tmp_path,
             [static.url],
             ACT_POLICY,
-            actuator={"max_replicas_per_pool": 1, "drain_timeout_s": 4, "startup_timeout_s": 40},
+            actuator={
+                "name": "local_process",
+                "params": {"max_replicas_per_pool": 1, "drain_timeout_s": 4, "startup_timeout_s": 40},
+            },
         )
         act = ["shadow", "--scenario", str(path), "--act", "--registry", str(reg), "--quiet", "--ticks", "1"]
         assert main(act) == 2

@@ -284,7 +284,10 @@ BASE = {
             lambda d: d["controller"]["allocator"].update(params={"targt": 1}),
             r"controller.allocator: .*targt",
         ),
-        (lambda d: d.update(actuator={"host": "0.0.0.0"}), r"actuator.host: .*loopback only"),
+        (
+            lambda d: d.update(actuator={"name": "local_process", "params": {"host": "0.0.0.0"}}),
+            r"actuator: .*host: .*loopback only",
+        ),
         (lambda d: d["pools"][0].update(backends=[]), r"pool 'chat' has no backends and no actuator"),
         (
             lambda d: d.update(backoff={"factor": 0.5}),

@@ -30,7 +30,7 @@ ROOT = Path(__file__).parents[2]
 LIMITS = EngineLimits(num_blocks=1024, max_num_seqs=32, max_num_batched_tokens=2048, max_model_len=2048)
 SPEC = constant_emulator(0.002, LIMITS)
 AGENT = {
-    "arrivals": {"type": "poisson", "rate": 20, "duration_s": 1},
+    "arrivals": {"name": "poisson", "params": {"rate": 20, "duration_s": 1}},
     "templates": [
         {
             "name": "agent",
@@ -48,7 +48,7 @@ AGENT = {
                     "id": "lookup",
                     "kind": "tool",
                     "after": ["plan"],
-                    "delay": {"type": "uniform", "min_s": 0.0, "max_s": 0.05},
+                    "delay": {"name": "uniform", "params": {"min_s": 0.0, "max_s": 0.05}},
                     "result_tokens": 7,
                 },
                 {
@@ -112,14 +112,14 @@ def test_nodes_start_after_their_parents_and_every_call_reaches_a_server(retriev
 def test_a_failed_call_skips_its_descendants_and_the_drain_deadline_leaves_nodes_unfinished(retriever):
     cfg = WorkflowsConfig.model_validate(
         {
-            "arrivals": {"type": "times", "at_s": [0.0]},
+            "arrivals": {"name": "times", "params": {"at_s": [0.0]}},
             "templates": [
                 {
                     "name": "t",
                     "nodes": [
                         {"id": "big", "kind": "llm", "lengths": fixed(5000, 4)},
                         {"id": "after", "kind": "llm", "after": ["big"], "lengths": fixed(5, 2)},
-                        {"id": "slow", "kind": "tool", "delay": {"type": "fixed", "s": 30}},
+                        {"id": "slow", "kind": "tool", "delay": {"name": "fixed", "params": {"s": 30}}},
                     ],
                 }
             ],

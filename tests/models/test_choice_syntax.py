@@ -1,6 +1,7 @@
 """One syntax for every choice: ``{name, params}`` for workloads, length distributions, waiting policies, the
-sim mode and failure injectors. The old forms (``type:``/``kind:`` beside the parameters, a bare name) load into the same frozen
-config, each with one note naming the file and the field; the shipped scenarios are in the new form."""
+sim mode, failure injectors, workflow arrivals and tool delays, and the live actuator. The old forms
+(``type:``/``kind:`` beside the parameters, a bare name) load into the same frozen config, each with one note
+naming the file and the field; the shipped scenarios are in the new form."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fleettwin.live.config import load_live, parse_live
 from fleettwin.models.config import load_scenario, parse_scenario
 from fleettwin.models.config.legacy import LegacyFormWarning
 
@@ -20,13 +22,29 @@ ROOT = Path(__file__).resolve().parents[2]
 LENGTHS = {"name": "geometric", "params": {"prompt_mean": 300, "output_mean": 60}}
 OLD_LENGTHS = {"type": "geometric", **LENGTHS["params"]}  # the length distribution's old form
 POOL = {"name": "chat", "gpu": "h100-80g", "model": "llama-3-8b", "replicas": 2}
+ARRIVALS = [  # a workflow section's arrival processes: the workload sources' ones, and fixed times
+    {"name": "poisson", "params": {"rate": 0.5, "duration_s": 30}},
+    {"name": "gamma", "params": {"rate": 1.0, "cv": 2.0, "duration_s": 30}},
+    {"name": "mmpp", "params": {"rates": [0.2, 2.0], "mean_sojourn_s": [5, 2], "duration_s": 30}},
+    {"name": "times", "params": {"at_s": [0.0, 1.5]}},
+]
+DELAYS = [  # a tool node's delay
+    {"name": "fixed", "params": {"s": 0.5}},
+    {"name": "lognormal", "params": {"median_s": 0.3, "sigma": 0.4, "max_s": 5}},
+    {"name": "exponential", "params": {"mean_s": 0.2}},
+]
+LIVE = {
+    "name": "live",
+    "pools": [{**{k: v for k, v in POOL.items() if k != "replicas"}, "backends": ["http://127.0.0.1:1"]}],
+    "controller": {"allocator": {"name": "static"}},
+}
 
 
-def _parse(data: dict) -> tuple:
+def _parse(data: dict, parse=parse_scenario) -> tuple:
     """The config and the notes its loading gave."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        cfg = parse_scenario(data, source="s.yaml")
+        cfg = parse(data, source="s.yaml")
     return cfg, [str(w.message) for w in caught if issubclass(w.category, LegacyFormWarning)]
 
 
@@ -71,18 +89,34 @@ def scenarios(draw) -> tuple[dict, dict, list[str]]:
         )
     )
     kind = "straggler" if "factor" in spec else "replica_failure"
+    arrivals = draw(st.sampled_from(ARRIVALS))
+    delay = draw(st.sampled_from(DELAYS))
     new = {
         "name": "x",
         "workload": new_workload,
         "pools": [{**POOL, "engine": {"waiting_policy": {"name": policy}}}],
         "sim": {"mode": {"name": mode}},
         "failures": {"injectors": [{"name": kind, "params": spec}]},
+        "workflows": {
+            "arrivals": arrivals,
+            "templates": [
+                {
+                    "name": "t",
+                    "nodes": [
+                        {"id": "a", "kind": "llm", "lengths": LENGTHS},
+                        {"id": "b", "kind": "tool", "after": ["a"], "delay": delay},
+                    ],
+                }
+            ],
+        },
     }
     olds = {
         "workload": old_workload,
         "pools[0].engine.waiting_policy": policy,
         "sim.mode": mode,
         "failures.injectors[0]": {"kind": kind, **spec},
+        "workflows.arrivals": {"type": arrivals["name"], **arrivals["params"]},
+        "workflows.templates[0].nodes[1].delay": {"type": delay["name"], **delay["params"]},
     }
     which = draw(st.lists(st.sampled_from(sorted(olds)), min_size=1, unique=True))
     old = yaml.safe_load(yaml.safe_dump(new))  # a deep copy
@@ -96,7 +130,7 @@ def scenarios(draw) -> tuple[dict, dict, list[str]]:
 
 
 def _put(data: dict, field: str, value) -> None:
-    path = field.replace("[0]", ".0").split(".")
+    path = re.sub(r"\[(\d+)\]", r".\1", field).split(".")
     node = data
     for key in path[:-1]:
         node = node[int(key)] if key.isdigit() else node[key]
@@ -116,6 +150,53 @@ def test_old_and_new_forms_give_the_same_frozen_config(case):
     assert len(notes_old) == len(which)  # one note per field written the old way, naming file and field
     for field in which:
         assert sum(n.startswith(f"s.yaml: {field}: old form") for n in notes_old) == 1
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    params=st.fixed_dictionaries(
+        {},
+        optional={
+            "max_replicas_per_pool": st.integers(1, 8),
+            "startup_timeout_s": st.floats(1, 60),
+            "drain_timeout_s": st.floats(1, 60),
+        },
+    ),
+    old_form=st.sampled_from(["type", "bare"]),
+)
+def test_old_and_new_actuator_forms_give_the_same_live_config(params, old_form):
+    """The live actuator: ``{type: local_process, ...}`` or the parameters alone (local_process was the one
+    kind) load as ``{name: local_process, params: {...}}`` with one note naming the field."""
+    new, notes_new = _parse({**LIVE, "actuator": {"name": "local_process", "params": params}}, parse_live)
+    old_actuator = {"type": "local_process", **params} if old_form == "type" else params
+    old, notes_old = _parse({**LIVE, "actuator": old_actuator}, parse_live)
+    assert old == new and old.model_dump() == new.model_dump()
+    assert new.model_dump()["actuator"] == {"name": "local_process", "params": new.actuator.model_dump()}
+    assert notes_new == [] and len(notes_old) == 1 and notes_old[0].startswith("s.yaml: actuator: old form")
+
+
+def test_shipped_live_scenario_is_in_the_new_form():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LegacyFormWarning)
+        assert load_live(ROOT / "configs" / "live.yaml").actuator.registry_name == "local_process"
+
+
+def test_overrides_reach_a_workflow_choices_params(tmp_path):
+    """``--set workflows.arrivals.rate=2`` reaches ``params`` of a choice validated into its entry."""
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "pools": [POOL], **_workflows_only()}))
+    cfg = load_scenario(path, {"workflows.arrivals.rate": 2, "workflows.arrivals.duration_s": 60})
+    assert (cfg.workflows.arrivals.rate, cfg.workflows.arrivals.duration_s) == (2, 60)
+
+
+def _workflows_only() -> dict:
+    return {
+        "workload": {"name": "poisson", "params": {"rate": 0, "duration_s": 1, "lengths": LENGTHS}},
+        "workflows": {
+            "arrivals": ARRIVALS[0],
+            "templates": [{"name": "t", "nodes": [{"id": "a", "kind": "llm", "lengths": LENGTHS}]}],
+        },
+    }
 
 
 @pytest.mark.parametrize("path", _shipped_scenarios(), ids=lambda p: str(p.relative_to(ROOT)))

@@ -57,7 +57,7 @@ AGENT = [  # plan -> 2 x (search -> read) + lookup -> answer
         "id": "lookup",
         "kind": "tool",
         "after": ["plan"],
-        "delay": {"type": "fixed", "s": 0.1},
+        "delay": {"name": "fixed", "params": {"s": 0.1}},
         "result_tokens": 30,
     },
     {
@@ -72,7 +72,7 @@ AGENT = [  # plan -> 2 x (search -> read) + lookup -> answer
 def workflows(nodes: list[dict], at_s=(1.0,), **kw) -> WorkflowsConfig:
     return WorkflowsConfig.model_validate(
         {
-            "arrivals": {"type": "times", "at_s": list(at_s)},
+            "arrivals": {"name": "times", "params": {"at_s": list(at_s)}},
             "templates": [{"name": "t", "nodes": nodes}],
             **kw,
         }
@@ -100,7 +100,7 @@ def workflows(nodes: list[dict], at_s=(1.0,), **kw) -> WorkflowsConfig:
         ),
         (
             [
-                {"id": "a", "kind": "tool", "delay": {"type": "fixed", "s": 1}},
+                {"id": "a", "kind": "tool", "delay": {"name": "fixed", "params": {"s": 1}}},
                 {"id": "a", "kind": "llm", "lengths": FIXED},
             ],
             "node id 'a' is used twice",
@@ -112,7 +112,7 @@ def workflows(nodes: list[dict], at_s=(1.0,), **kw) -> WorkflowsConfig:
             "node 'a': lengths is for llm nodes, not retrieval",
         ),
         (
-            [{"id": "a", "kind": "llm", "lengths": FIXED, "delay": {"type": "fixed", "s": 1}}],
+            [{"id": "a", "kind": "llm", "lengths": FIXED, "delay": {"name": "fixed", "params": {"s": 1}}}],
             "node 'a': delay is for tool nodes, not llm",
         ),
         (
@@ -148,7 +148,10 @@ def scenario(**extra) -> dict:
 
 
 def test_scenario_checks_name_the_section_and_the_node():
-    wf = {"arrivals": {"type": "times", "at_s": [0]}, "templates": [{"name": "agent", "nodes": AGENT}]}
+    wf = {
+        "arrivals": {"name": "times", "params": {"at_s": [0]}},
+        "templates": [{"name": "agent", "nodes": AGENT}],
+    }
     with pytest.raises(
         ConfigError,
         match=r"x.yaml: workflows: agent.search query the knowledge fabric, but the "
@@ -224,12 +227,12 @@ def test_random_widths_stay_in_range_and_a_seed_gives_the_same_instances():
             "kind": "tool",
             "after": ["a"],
             "fanout": {"min": 1, "max": 4},
-            "delay": {"type": "lognormal", "median_s": 0.2, "sigma": 1.0},
+            "delay": {"name": "lognormal", "params": {"median_s": 0.2, "sigma": 1.0}},
         },
     ]
     cfg = WorkflowsConfig.model_validate(
         {
-            "arrivals": {"type": "poisson", "rate": 5, "duration_s": 20},
+            "arrivals": {"name": "poisson", "params": {"rate": 5, "duration_s": 20}},
             "templates": [{"name": "t", "nodes": nodes}],
         }
     )
@@ -288,7 +291,7 @@ def test_a_simulated_workflow_takes_exactly_the_hand_computed_time():
     df = raw.requests
     assert len(df) == 4 and (df["status"] == "completed").all()
     # with a slow tool the path goes through it instead
-    slow = [*AGENT[:3], {**AGENT[3], "delay": {"type": "fixed", "s": 0.5}}, AGENT[4]]
+    slow = [*AGENT[:3], {**AGENT[3], "delay": {"name": "fixed", "params": {"s": 0.5}}}, AGENT[4]]
     row = run_driver(workflows(slow))[0].frames()[0].iloc[0]
     assert row["critical_path"] == "plan>lookup>answer"
     assert row["e2e_s"] == pytest.approx(plan + 0.5 + answer, abs=1e-9)
@@ -303,7 +306,7 @@ def test_a_rejected_call_fails_its_workflow_and_skips_the_descendants():
             "after": ["a"],
             "lengths": {"name": "fixed", "params": {"prompt": 5000, "output": 4}},
         },
-        {"id": "side", "kind": "tool", "after": ["a"], "delay": {"type": "fixed", "s": 0.2}},
+        {"id": "side", "kind": "tool", "after": ["a"], "delay": {"name": "fixed", "params": {"s": 0.2}}},
         {"id": "z", "kind": "llm", "after": ["big", "side"], "lengths": FIXED},
     ]
     driver, raw = run_driver(workflows(nodes, at_s=(0.0, 0.5)))
@@ -349,7 +352,7 @@ def random_templates(draw):
             }
             node["rag"] = draw(st.booleans())
         elif kind == "tool":
-            node["delay"] = {"type": "exponential", "mean_s": 0.05}
+            node["delay"] = {"name": "exponential", "params": {"mean_s": 0.05}}
         nodes.append(node)
     return nodes
 
@@ -364,7 +367,7 @@ def random_templates(draw):
 def test_every_node_request_is_counted_once_and_the_timing_is_consistent(nodes, seed, horizon, max_len):
     cfg = WorkflowsConfig.model_validate(
         {
-            "arrivals": {"type": "poisson", "rate": 4, "duration_s": 2},
+            "arrivals": {"name": "poisson", "params": {"rate": 4, "duration_s": 2}},
             "templates": [{"name": "t", "nodes": nodes}],
         }
     )
@@ -436,13 +439,18 @@ def test_behind_a_regions_front_door_a_call_ends_when_its_answer_reaches_the_use
             "users": {"duration_s": 1},
         },
         workflows={
-            "arrivals": {"type": "poisson", "rate": 2, "duration_s": 10},
+            "arrivals": {"name": "poisson", "params": {"rate": 2, "duration_s": 10}},
             "templates": [
                 {
                     "name": "t",
                     "nodes": [
                         {"id": "a", "kind": "llm", "lengths": lengths},
-                        {"id": "b", "kind": "tool", "after": ["a"], "delay": {"type": "fixed", "s": 0.2}},
+                        {
+                            "id": "b",
+                            "kind": "tool",
+                            "after": ["a"],
+                            "delay": {"name": "fixed", "params": {"s": 0.2}},
+                        },
                         {"id": "c", "kind": "llm", "after": ["b"], "lengths": lengths},
                     ],
                 }
