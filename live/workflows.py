@@ -43,14 +43,7 @@ from fleettwin.live.loadgen import discover_models
 from fleettwin.live.metrics import InFlightView
 from fleettwin.live.tracing import NOOP, Tracing
 from fleettwin.models.routing.replica import REPLICA_ROUTERS
-from fleettwin.models.workflows.records import (
-    NODE_COLUMNS,
-    WORKFLOW_COLUMNS,
-    NodeOutcome,
-    WorkflowProgress,
-    node_rows,
-    workflow_row,
-)
+from fleettwin.models.workflows.records import NodeOutcome, WorkflowProgress, frames
 from fleettwin.models.workflows.templates import (
     COMPLETED,
     FAILED,
@@ -326,15 +319,11 @@ async def run_workflows(
         await asyncio.gather(
             *(c.aclose() for c in clients), *([service.aclose()] if service else []), return_exceptions=True
         )
-    wf, nodes = [], []
-    for inst in runs.values():
-        scaled = dataclasses.replace(inst, arrival_s=inst.arrival_s / speedup)
-        out = results.get(inst.id) or [NodeOutcome(status=UNFINISHED, reason="cancelled")] * len(
-            inst.nodes
-        )  # never ran
-        wf.append(workflow_row(scaled, out))
-        nodes += node_rows(scaled, out)
-    return (
-        pd.DataFrame.from_records(wf, columns=list(WORKFLOW_COLUMNS)),
-        pd.DataFrame.from_records(nodes, columns=list(NODE_COLUMNS)),
+    never_ran = NodeOutcome(status=UNFINISHED, reason="cancelled")
+    return frames(
+        (
+            dataclasses.replace(inst, arrival_s=inst.arrival_s / speedup),
+            results.get(inst.id) or [never_ran] * len(inst.nodes),
+        )
+        for inst in runs.values()
     )

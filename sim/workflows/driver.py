@@ -29,14 +29,7 @@ import numpy as np
 import pandas as pd
 import simpy
 
-from fleettwin.models.workflows.records import (
-    NODE_COLUMNS,
-    WORKFLOW_COLUMNS,
-    NodeOutcome,
-    WorkflowProgress,
-    node_rows,
-    workflow_row,
-)
+from fleettwin.models.workflows.records import NodeOutcome, WorkflowProgress, frames
 from fleettwin.models.workflows.templates import (
     COMPLETED,
     FAILED,
@@ -206,15 +199,7 @@ class WorkflowDriver:
 
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(one row per workflow, one row per node)."""
-        wf, nodes = [], []
-        for run in self.runs:
-            out = run.progress.outcomes()
-            wf.append(workflow_row(run.inst, out))
-            nodes += node_rows(run.inst, out)
-        return (
-            pd.DataFrame.from_records(wf, columns=list(WORKFLOW_COLUMNS)),
-            pd.DataFrame.from_records(nodes, columns=list(NODE_COLUMNS)),
-        )
+        return frames((run.inst, run.progress.outcomes()) for run in self.runs)
 
     def annotate(self, df: pd.DataFrame) -> pd.DataFrame:
         """The request table with the ``workflow`` (-1: not a workflow's) and ``node`` of each request."""
