@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from fleettwin.live.tls import TlsFiles
+from fleettwin.models.base import require_unique
 from fleettwin.models.config import (
     CatalogOverrides,
     ControllerConfig,
@@ -196,11 +197,7 @@ class LiveConfig(StrictModel):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> LiveConfig:
-        names = [p.name for p in self.pools]
-        if len(set(names)) != len(names):
-            raise ValueError(
-                f"pool names must be unique; repeated: {sorted({n for n in names if names.count(n) > 1})}"
-            )
+        require_unique((p.name for p in self.pools), "pool names")
         seen: dict[str, str] = {}
         catalog = self.build_catalog()
         for i, pool in enumerate(self.pools):

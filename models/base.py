@@ -12,6 +12,7 @@ dependencies point one way, without lazy imports.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,3 +55,12 @@ class StrictFiniteModel(StrictModel):
 STRICT_RECORD = ConfigDict(extra="forbid", allow_inf_nan=False)
 """The same rules for the policy seam's frozen dataclasses (``models/snapshot.py``), which are pydantic
 dataclasses rather than models so that they stay plain, slotted records."""
+
+
+def require_unique(names: Iterable[str], what: str) -> None:
+    """A ``ValueError`` (pydantic reports it at the field) naming the repeated ones: ``{what} must be unique;
+    repeated: a, b``, for the sections whose entries are referred to by name."""
+    names = list(names)
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"{what} must be unique; repeated: {', '.join(dupes)}")

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import Field, PrivateAttr, model_validator
 
-from fleettwin.models.base import StrictModel
+from fleettwin.models.base import StrictModel, require_unique
 from fleettwin.models.catalog import Catalog
 from fleettwin.models.config.controller import ControllerConfig
 from fleettwin.models.config.pools import PoolConfig
@@ -91,9 +91,7 @@ class ScenarioConfig(StrictModel):
     @model_validator(mode="after")
     def _cross_checks(self) -> ScenarioConfig:
         names = [p.name for p in self.pools]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"pool names must be unique; repeated: {', '.join(dupes)}")
+        require_unique(names, "pool names")
         catalog = self.build_catalog()
         for i, pool in enumerate(self.pools):
             check_pool_in_catalog(i, pool, catalog)

@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from fleettwin.models.base import StrictModel
+from fleettwin.models.base import StrictModel, require_unique
 from fleettwin.models.errors import FleettwinError
 from fleettwin.models.regions.routing import REGION_ROUTERS
 from fleettwin.models.regions.sites import RttMatrix, region_catalog
@@ -94,10 +94,7 @@ class RegionsConfig(StrictModel):
     @field_validator("regions")
     @classmethod
     def _unique(cls, v: list[RegionConfig]) -> list[RegionConfig]:
-        names = [r.name for r in v]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"region names must be unique; repeated: {', '.join(dupes)}")
+        require_unique((r.name for r in v), "region names")
         pools = [p for r in v for p in r.pools]
         twice = sorted({p for p in pools if pools.count(p) > 1})
         if twice:

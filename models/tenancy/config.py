@@ -26,7 +26,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from fleettwin.models.base import StrictModel
+from fleettwin.models.base import StrictModel, require_unique
 from fleettwin.models.slo import Slo
 from fleettwin.models.tenancy.quotas import Tenancy, TenantSpec
 
@@ -62,10 +62,7 @@ class TenantsConfig(StrictModel):
 
     @model_validator(mode="after")
     def _names(self) -> TenantsConfig:
-        names = [t.name for t in self.members]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"members: tenant names must be unique; repeated: {', '.join(dupes)}")
+        require_unique((t.name for t in self.members), "members: tenant names")
         for i, t in enumerate(self.members):
             if t.slo_class is not None and t.slo_class not in self.slo_classes:
                 known = ", ".join(sorted(self.slo_classes)) or "none defined"

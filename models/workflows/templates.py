@@ -45,7 +45,7 @@ from pydantic import (
     model_validator,
 )
 
-from fleettwin.models.base import StrictModel
+from fleettwin.models.base import StrictModel, require_unique
 from fleettwin.models.workflows.delays import ToolDelay
 from fleettwin.models.workload.arrival_specs import ArrivalsChoice
 from fleettwin.models.workload.lengths import LengthDist
@@ -224,10 +224,7 @@ class WorkflowsConfig(StrictModel):
 
     @model_validator(mode="after")
     def _unique_names(self) -> WorkflowsConfig:
-        names = [t.name for t in self.templates]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"template names must be unique; repeated: {', '.join(dupes)}")
+        require_unique((t.name for t in self.templates), "template names")
         return self
 
     def needs_retrieval(self) -> list[str]:
