@@ -22,14 +22,7 @@ from fleettwin.sim.calibration.runs import MeasuredRun
 # cannot pin them starts from a sibling's fitted values, and fits only what its runs can move.
 ENGINE_PRIOR_FROM = {"h200-vllm-v1": "h100-vllm-v1"}
 FIT_ONLY = {
-    "h200-vllm-v1": [
-        "gpu_time_scale",
-        "fp8_gemm_scale",
-        "step_fixed_s",
-        "step_per_seq_s",
-        "tp_worker_s",
-        "allreduce_scale",
-    ]
+    "h200-vllm-v1": ["gpu_time_scale", "fp8_gemm_scale", "step_fixed_s", "step_per_seq_s", "tp_worker_s"]
 }
 # Where every build starts (a rebuild does not depend on the values a profile had before): vLLM V1's CPU time
 # per step is a few ms (scheduler, input preparation, sampling, output hand-off), small kernels a few us each.
@@ -43,7 +36,6 @@ PRIOR_ENGINE = {
     "eager_layer_s": 60e-6,
     "kv_reserve_gb": 0.0,
     "fp8_gemm_scale": 1.0,
-    "allreduce_scale": 1.0,
 }
 PRIOR_FRONTEND = {"request_s": 5e-3, "per_prompt_token_s": 1e-6}
 FIT_RUNS_PER_DEPLOYMENT = 10  # spread over each deployment's loads; the leave-one-out errors cover every run

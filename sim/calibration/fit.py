@@ -59,7 +59,6 @@ COEFFICIENTS = (
     ),
     Coefficient("step_per_prefill_s", "engine_costs", 1e-7, 5e-3, "bursts of many short prompts"),
     Coefficient("tp_worker_s", "engine_costs", 1e-7, 5e-3, "runs of one model at two or more TP degrees"),
-    Coefficient("allreduce_scale", "engine_costs", 0.2, 3.0, "runs of one model at two or more TP degrees"),
     Coefficient(
         "layer_fixed_s", "engine_costs", 1e-7, 2e-4, "small-batch runs of models with different depths"
     ),
@@ -274,7 +273,7 @@ def _data_cannot_pin(name: str, runs: Sequence[MeasuredRun], rows) -> str:
     """Why the runs cannot move ``name`` at all (checked before any simulation), or "" when they may."""
     fitted = {(i, m) for i, m, _ in rows}
     ttft = [runs[i] for i, m in fitted if m.startswith("ttft")]
-    if name in ("tp_worker_s", "allreduce_scale"):
+    if name == "tp_worker_s":
         tps: dict[str, set[int]] = {}
         for r in runs:
             tps.setdefault(r.settings.model, set()).add(r.settings.tp)
