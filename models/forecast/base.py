@@ -37,6 +37,7 @@ from fleettwin.models.forecast.conformal import (
     QUANTILES,
     Calibration,
     ConformalParams,
+    backcast_actuals,
     calibration_origins,
     quantile_bands,
 )
@@ -160,11 +161,14 @@ class Forecaster(ABC):
         cache = _FIT_CACHE.get()
         key = None
         if cache is not None:
+            # keyed on the history as fitted (capped, gaps masked): an ensemble hands its members the masked
+            # history, the same model run on its own gets the raw one; both are the same fit
+            seen = self._cap(arr) if self.params.zeros_are_demand else mask_gaps(self._cap(arr))[0]
             key = (
                 type(self).__name__,
                 self.params.model_dump_json(),
                 self.bucket_s,
-                hashlib.sha1(arr.tobytes()).hexdigest(),
+                hashlib.sha1(seen.tobytes()).hexdigest(),
             )
             if key in cache:
                 self.__dict__.update(copy.copy(cache[key].__dict__), alias=self.alias)
@@ -287,7 +291,7 @@ class Forecaster(ABC):
         twin.y_ = y[: origins[0]]
         with _quiet():
             twin._fit(twin.y_)
-            return np.vstack([twin._forward(y[:t], h) for t in origins])
+            return twin._forward_many(y, origins, h)
 
     # ---- for subclasses -------------------------------------------------------------------------------
     @abstractmethod
@@ -305,6 +309,10 @@ class Forecaster(ABC):
         twin.offset_, twin.y_ = self.offset_, y
         twin._fit(y)
         return twin._predict(h).mean
+
+    def _forward_many(self, y: np.ndarray, origins: np.ndarray, h: int) -> np.ndarray:
+        """``_forward(y[:t], h)`` for each origin ``t`` (rows); a model that can batch them overrides this."""
+        return np.vstack([self._forward(y[:t], h) for t in origins])
 
     def _update(self, new: np.ndarray) -> None:
         """Cheap state update after ``self.y_`` grew by ``new``; the default refits (and recalibrates)."""
@@ -342,8 +350,7 @@ class Forecaster(ABC):
             self.note(f"calibration failed ({type(exc).__name__}); using the last value's rolling errors")
             self.cal_ = naive_calibration(y, H)
             return
-        actual = np.vstack([y[t : t + H] for t in origins])
-        self.cal_ = Calibration(origins=origins, points=points, actual=actual)
+        self.cal_ = Calibration(origins=origins, points=points, actual=backcast_actuals(y, origins, H))
 
     def _conformal(self, point: np.ndarray, h: int) -> Forecast:
         base = np.log1p(np.maximum(np.asarray(point, dtype=float), 0.0))
