@@ -83,6 +83,10 @@ class Forecast:
     def horizon(self) -> int:
         return len(self.mean)
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The mean and the quantiles by name (to build another forecast or a result from them)."""
+        return {"mean": self.mean, "p10": self.p10, "p50": self.p50, "p90": self.p90}
+
     def quantile(self, q: float) -> np.ndarray:
         try:
             return {0.1: self.p10, 0.5: self.p50, 0.9: self.p90}[round(q, 6)]
@@ -91,10 +95,7 @@ class Forecast:
 
     def head(self, h: int) -> Forecast:
         return Forecast(
-            mean=self.mean[:h],
-            p10=self.p10[:h],
-            p50=self.p50[:h],
-            p90=self.p90[:h],
+            **{name: a[:h] for name, a in self.arrays().items()},
             model=self.model,
             notes=self.notes,
             fallback=self.fallback,
@@ -219,10 +220,7 @@ class Forecaster(ABC):
             self._memo[h] = (fc, self.fallback_why_ or fc.fallback, tuple(self.notes_))
         fc, why, notes = self._memo[h]
         return Forecast(
-            mean=fc.mean,
-            p10=fc.p10,
-            p50=fc.p50,
-            p90=fc.p90,
+            **fc.arrays(),
             model=self.alias,
             notes=tuple(dict.fromkeys([*notes, *fc.notes])),
             fallback=why,
@@ -242,12 +240,9 @@ class Forecaster(ABC):
         top = float(np.nanmax(self.y_))
         worst = max(float(np.max(a)) for a in (fc.mean, fc.p10, fc.p50, fc.p90))
         if self.last_resort_ and worst > self.params.max_ratio * top:
-            cap = lambda a: np.minimum(a, self.params.max_ratio * top)  # noqa: E731
+            bound = self.params.max_ratio * top
             return Forecast(
-                mean=cap(fc.mean),
-                p10=cap(fc.p10),
-                p50=cap(fc.p50),
-                p90=cap(fc.p90),
+                **{name: np.minimum(a, bound) for name, a in fc.arrays().items()},
                 model=fc.model,
                 notes=(*fc.notes, f"clipped at {self.params.max_ratio:g} x the history's largest bucket"),
             )
