@@ -316,8 +316,11 @@ class Forecaster(ABC):
             self._calibrate(self.y_)
 
     def min_fit(self) -> int:
-        """Fewest buckets the calibration fit may have (a day of history where a season is involved)."""
-        return max(self.buckets("1d"), 24)
+        """Fewest buckets the calibration fit may have: 1.25 days (a daily season's ``min_seasons``) for every
+        model, so that an ensemble's members backcast from the same origins even on a short history and the
+        ensemble calibrates its own band (with differing minimums it averaged its members' quantiles, wider:
+        the best model's p90 coverage on ServeGen's first 4-day windows was 0.97-1.00)."""
+        return max(int(1.25 * self.buckets("1d")), 24)
 
     def buckets(self, duration: str | float) -> int:
         return to_buckets(duration, self.bucket_s, what=f"{self.alias} duration")

@@ -95,9 +95,7 @@ class StatsForecaster(Forecaster):
 
     def min_fit(self) -> int:
         m = self._season() or 0
-        return max(
-            int(self.params.min_seasons * m) if self.registry_name in ("mstl", "auto_theta") else 0, 24
-        )
+        return max(int(self.params.min_seasons * m), super().min_fit())
 
 
 @FORECASTERS.register("auto_ets")
