@@ -5,6 +5,7 @@ file.
     .venv/bin/python tools/forecast_tables.py --headline results/forecast/*/backtest.csv
     .venv/bin/python tools/forecast_tables.py --windows results/forecast_windows.csv
     .venv/bin/python tools/forecast_tables.py results/forecast/*/backtest.csv
+    .venv/bin/python tools/forecast_tables.py --by-history results/forecast/servegen_m_mid/forecasts.csv
 """
 
 from __future__ import annotations
@@ -87,10 +88,38 @@ def windows(path: Path) -> str:
     return "\n".join(lines)
 
 
+HISTORY_DAYS = (0.0, 2.6, 3.5, 5.0, 7.0, 10.0, 14.0, 21.0)
+
+
+def by_history(path: Path) -> str:
+    """``forecasts.csv``: each model's p90 coverage (all leads) over the origins grouped by days of history."""
+    df = pd.read_csv(path)
+    first = df[df["lead"] <= 2].pivot_table(index=["model", "origin"], columns="lead", values="timestamp_s")
+    bucket_s = float((first[2] - first[1]).median())  # the forecast points are one bucket apart
+    df = df[df["actual"].notna()]
+    df = df.assign(
+        days=pd.cut(df["origin"] * bucket_s / 86400, HISTORY_DAYS),
+        covered=df["actual"] <= df["p90"],
+    )
+    grid = df.groupby(["model", "days"], observed=True, sort=False)["covered"].mean().unstack()
+    cols = [str(c) for c in grid.columns]
+    lines = [
+        f"`{path.parent.name}`: p90 coverage by days of history",
+        "",
+        "| model | " + " | ".join(cols) + " |",
+    ]
+    lines.append("|---|" + "---:|" * len(cols))
+    for model, row in grid.iterrows():
+        lines.append(f"| `{model}` | " + " | ".join("" if pd.isna(v) else f"{v:.3f}" for v in row) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
     if args and args[0] == "--windows":
         print(windows(Path(args[1])))
+    elif args and args[0] == "--by-history":
+        print("\n\n".join(by_history(Path(p)) for p in args[1:]))
     elif args and args[0] == "--headline":
         print(headline([Path(p) for p in args[1:]]))
     else:

@@ -99,10 +99,7 @@ def run_origin(task: tuple[Sequence[ModelSpec], float, np.ndarray, int, int]) ->
                     alias=spec.alias,
                     origin=origin,
                     fit_seconds=time.perf_counter() - start,
-                    mean=fc.mean,
-                    p10=fc.p10,
-                    p50=fc.p50,
-                    p90=fc.p90,
+                    **fc.arrays(),
                     notes=fc.notes,
                     fallback=fc.fallback,
                 )

@@ -3,8 +3,8 @@
 Every member is fitted with the ensemble's calibration settings, so each has backcasts from the same
 recent origins (``conformal.py``): their sMAPE there is the member's recent error, and the weight is
 ``1 / error ** power``. The forecast is the weighted mean of the members' point forecasts; the intervals come
-from the ensemble's own backcasts (the same weighted mean of the members' backcasts) and so are calibrated
-like any member's. A member whose fit failed gets no weight. ``update`` scores the forecasts the members made
+from the ensemble's own backcasts (the weighted mean of the members' backcasts, each weighted by the errors
+observed before its origin) and so are calibrated like any member's. A member whose fit failed gets no weight. ``update`` scores the forecasts the members made
 before the new buckets arrived and blends that error into the weights, so a live twin adapts between refits.
 """
 
@@ -55,6 +55,9 @@ class Ensemble(Forecaster):
         out: on ServeGen m-mid and m-large it was 1.4-2.7x the last value's error and still took weight."""
         power: float = Field(default=4.0, ge=0)
         """Weight = 1 / error ** power: 0 is an equal-weight average; large picks the recent best."""
+        recent: str = "1d"
+        """The members' "recent error" is their sMAPE on the calibration backcasts from origins this close to
+        the end of the history (the calibration span may be longer: intervals need more scores than weights)."""
         memory: float = Field(default=0.9, ge=0, le=1)
         """On update, the weight of the old error against the newly scored buckets."""
         conformal: ConformalParams | None = ConformalParams()
@@ -80,21 +83,28 @@ class Ensemble(Forecaster):
         self.members_ = [self._member(m) for m in self.params.members]
         for member in self.members_:
             member.fit(y)
-        self.error_ = np.array([self._recent_error(m) for m in self.members_])
+        since = len(y) - self.buckets(self.params.recent)
+        self.error_ = np.array([self._recent_error(m, since) for m in self.members_])
         if np.isnan(self.error_).all():
             self.note(f"history of {len(y)} buckets too short to score members; equal weights")
         self._pending: list[Forecast] = []
 
     @staticmethod
-    def _recent_error(member: Forecaster) -> float:
+    def _recent_error(member: Forecaster, since: int) -> float:
+        """The member's sMAPE on its backcasts from origins at or after bucket ``since`` (all, if none is)."""
         cal = member.cal_
         if member.fallback_ is not None or cal is None or cal.source != "backcast":
             return float("nan")
-        return cal.error()
+        rows = cal.origins >= since
+        return cal.error(np.broadcast_to(rows[:, None], cal.points.shape) if rows.any() else None)
 
     @property
     def weights_(self) -> np.ndarray:
-        err = np.asarray(self.error_, dtype=float)
+        return self._weights(self.error_)
+
+    def _weights(self, error: np.ndarray) -> np.ndarray:
+        """Normalised 1 / error ** power; a failed member gets none, an unscored one the worst error's."""
+        err = np.asarray(error, dtype=float)
         failed = np.array([m.fallback_ is not None for m in self.members_])
         if np.isnan(err).all():
             w = np.where(failed, 0.0, 1.0)
@@ -106,16 +116,20 @@ class Ensemble(Forecaster):
         return w / w.sum()
 
     def _calibrate(self, y: np.ndarray) -> None:
-        """The ensemble's backcasts are the weighted mean of its members' (no refit): when every weighted
-        member calibrated on the same origins; else the members' quantiles are averaged (noted)."""
-        w = self.weights_
-        cals = [(wi, m.cal_) for wi, m in zip(w, self.members_, strict=True) if wi > 0]
-        same = all(
+        """The ensemble's backcast from each calibration origin is the weighted mean of its members' (no
+        refit), weighted by their errors on the targets observed before that origin only: weights chosen on
+        the same backcasts they are scored on would make the ensemble look better than it is, and the bands
+        too narrow. Members calibrated on different origins (a short history): the members' quantiles are
+        averaged instead (noted)."""
+        cals = [None if m.fallback_ is not None else m.cal_ for m in self.members_]  # failed: no weight
+        live = [c for c, m in zip(cals, self.members_, strict=True) if m.fallback_ is None]
+        ref = live[0] if live else None
+        same = ref is not None and all(
             c is not None
             and c.source == "backcast"
-            and np.array_equal(c.origins, cals[0][1].origins)
-            and c.points.shape == cals[0][1].points.shape
-            for _, c in cals
+            and np.array_equal(c.origins, ref.origins)
+            and c.points.shape == ref.points.shape
+            for c in live
         )
         if not same:
             self.cal_ = None
@@ -124,8 +138,13 @@ class Ensemble(Forecaster):
                 "weighted mean of the members'"
             )
             return
-        points = sum(wi * c.points for wi, c in cals) / sum(wi for wi, _ in cals)
-        self.cal_ = Calibration(origins=cals[0][1].origins, points=points, actual=cals[0][1].actual)
+        points = np.empty_like(ref.points)
+        recent = self.buckets(self.params.recent)
+        for k in range(len(ref.origins)):
+            seen = ref.observed_before(k) & (ref.origins >= ref.origins[k] - recent)[:, None]
+            w = self._weights(np.array([np.nan if c is None else c.error(seen) for c in cals]))
+            points[k] = np.sum([wi * c.points[k] for wi, c in zip(w, cals, strict=True) if c is not None], 0)
+        self.cal_ = Calibration(origins=ref.origins, points=points, actual=ref.actual)
 
     def _update(self, new: np.ndarray) -> None:
         # Score what each member predicted for these buckets before they arrived, then move on.

@@ -130,5 +130,19 @@ class LightGBMForecaster(Forecaster):
     def _forward(self, y: np.ndarray, h: int) -> np.ndarray:
         return self._point(y, h)
 
+    def _forward_many(self, y: np.ndarray, origins: np.ndarray, h: int) -> np.ndarray:
+        """All calibration origins in one recursive predict, each origin's history as its own series (the
+        per-step cost of mlforecast's recursion is per call, not per series: one call instead of one each)."""
+        import pandas as pd
+
+        frames = []
+        for i, t in enumerate(origins):
+            frame = self._frame(y[:t])
+            frame["unique_id"] = i
+            frames.append(frame)
+        out = self.mlf_.predict(h, new_df=pd.concat(frames, ignore_index=True))
+        out = out.sort_values(["unique_id", "ds"])
+        return np.expm1(out["lgb"].to_numpy(dtype=float).reshape(len(origins), h))
+
     def _update(self, new: np.ndarray) -> None:
         """Between refits the trees stay; the next forecast reads the new buckets through its lags."""

@@ -162,18 +162,23 @@ def _sum_strict(values: np.ndarray, n: int, k: int) -> np.ndarray:
 def mask_zeros(series: CountSeries) -> CountSeries:
     """Treat zero-request buckets as collection gaps (for sources whose zero bins are known outages)."""
     zero = series.requests == 0
-    if not zero.any():
+    return _mask_columns(series, zero, f"{int(zero.sum())} zero buckets masked as gaps")
+
+
+def _mask_columns(series: CountSeries, gap: np.ndarray, note: str) -> CountSeries:
+    """``series`` with every column NaN at ``gap`` and ``note`` added; unchanged when nothing is masked."""
+    if not gap.any():
         return series
 
     def masked(values: np.ndarray | None) -> np.ndarray | None:
-        return None if values is None else np.where(zero, np.nan, values)
+        return None if values is None else np.where(gap, np.nan, values)
 
     return replace(
         series,
         requests=masked(series.requests),
         prompt_tokens=masked(series.prompt_tokens),
         output_tokens=masked(series.output_tokens),
-        notes=series.notes + (f"{int(zero.sum())} zero buckets masked as gaps",),
+        notes=series.notes + (note,),
     )
 
 
@@ -234,22 +239,11 @@ def mask_gaps(y: np.ndarray) -> tuple[np.ndarray, int]:
 def mask_series_gaps(series: CountSeries) -> CountSeries:
     """Mask the requests column's zero/near-zero gaps (``find_gaps``) in every column, with a note."""
     gap = find_gaps(series.requests) & ~np.isnan(series.requests)
-    if not gap.any():
-        return series
-
-    def masked(values: np.ndarray | None) -> np.ndarray | None:
-        return None if values is None else np.where(gap, np.nan, values)
-
-    return replace(
+    return _mask_columns(
         series,
-        requests=masked(series.requests),
-        prompt_tokens=masked(series.prompt_tokens),
-        output_tokens=masked(series.output_tokens),
-        notes=series.notes
-        + (
-            f"{int(gap.sum())} zero or near-zero buckets far below the level around "
-            f"them masked as gaps (--zeros-are-demand keeps them)",
-        ),
+        gap,
+        f"{int(gap.sum())} zero or near-zero buckets far below the level around them masked as gaps "
+        "(--zeros-are-demand keeps them)",
     )
 
 

@@ -9,6 +9,7 @@ import or first fit since 2.0), so a fit costs tens to a few hundred millisecond
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -94,9 +95,7 @@ class StatsForecaster(Forecaster):
 
     def min_fit(self) -> int:
         m = self._season() or 0
-        return max(
-            int(self.params.min_seasons * m) if self.registry_name in ("mstl", "auto_theta") else 0, 24
-        )
+        return max(int(self.params.min_seasons * m), super().min_fit())
 
 
 @FORECASTERS.register("auto_ets")
@@ -125,6 +124,21 @@ class AutoARIMAForecaster(StatsForecaster):
         return AutoARIMA(season_length=1)
 
 
+def stl_jumps(period: int, seasonal: int = 11) -> dict[str, int]:
+    """R ``stl``'s default jumps (a tenth of each LOESS window, interpolated between) for the shortest season:
+    statsmodels' default of 1 smooths at every point: a fit with daily and weekly seasons on 9.6 days of
+    ten-minute buckets took 4.3 s, with these jumps 0.4 s, its forecast moved by under 2 %. One
+    set of jumps serves every season (statsforecast passes the same ``stl_kwargs``), so the longer seasons'
+    windows are smoothed more finely than R would."""
+    odd = lambda x: int(math.ceil(x)) | 1  # noqa: E731 - statsmodels' windows are odd
+    trend = odd(1.5 * period / (1 - 1.5 / seasonal))
+    return {
+        "seasonal_jump": math.ceil(seasonal / 10),
+        "trend_jump": math.ceil(trend / 10),
+        "low_pass_jump": math.ceil(odd(period + 1) / 10),
+    }
+
+
 @FORECASTERS.register("mstl")
 class MSTLForecaster(StatsForecaster):
     """statsforecast MSTL: daily and weekly seasons (each once the history holds ``min_seasons`` cycles of it)
@@ -142,7 +156,11 @@ class MSTLForecaster(StatsForecaster):
         if not seasons:
             self.note(f"history of {n} buckets holds too little of any season; MSTL fitted as AutoETS")
             return AutoETS(season_length=1, model=self.params.trend)
-        return MSTL(season_length=seasons, trend_forecaster=AutoETS(model=self.params.trend))
+        return MSTL(
+            season_length=seasons,
+            trend_forecaster=AutoETS(model=self.params.trend),
+            stl_kwargs=stl_jumps(min(seasons)),
+        )
 
     def _seasonal(self, n: int, h: int = 0) -> np.ndarray | None:
         """The fitted seasonal components summed over buckets ``0..n + h``: the fit's own values, then each

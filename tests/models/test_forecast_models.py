@@ -216,3 +216,34 @@ def test_forecast_is_nonnegative_and_ordered(values, h, name):
     for arr in (fc.mean, fc.p10, fc.p50, fc.p90):
         assert np.all(np.isfinite(arr)) and np.all(arr >= 0)
     assert np.all(fc.p10 <= fc.p50) and np.all(fc.p50 <= fc.p90)
+
+
+def test_lightgbm_backcasts_in_one_batch_match_one_origin_at_a_time():
+    """The calibration's batched recursive predict (one series per origin) gives each origin's own forecast."""
+    y, _ = synthetic(days=8)
+    model = create("lightgbm", n_estimators=20).fit(y[: 5 * DAY])
+    origins = np.array([5 * DAY, 5 * DAY + 7, 6 * DAY, 8 * DAY - 1])
+    one_by_one = np.vstack([model._forward(y[:t], 12) for t in origins])
+    np.testing.assert_allclose(model._forward_many(y, origins, 12), one_by_one, rtol=1e-12)
+
+
+def test_ensemble_members_reuse_the_fits_of_the_same_models_on_a_history_with_zero_gaps(monkeypatch):
+    """The ensemble hands its members the gap-masked history, the backtest the raw one: still one fit each."""
+    from fleettwin.models.forecast.base import Forecaster, shared_fits
+
+    y, _ = synthetic(days=6)
+    y[40:44] = 0  # a collection outage, masked as a gap
+    fits: list[str] = []
+    real = Forecaster._fit_from
+    monkeypatch.setattr(
+        Forecaster,
+        "_fit_from",
+        lambda self, arr, offset: fits.append(self.alias) or real(self, arr, offset=offset),
+    )
+    members = [{"model": "naive"}, {"model": "auto_theta"}]
+    with shared_fits():
+        for name in ("naive", "auto_theta"):
+            create(name).fit(y).predict(12)
+        fc = create("ensemble", members=members).fit(y).predict(12)
+    assert fits.count("auto_theta") == 1  # (the member naive is calibrated, the baseline is not: two fits)
+    assert any("masked as gaps" in n for n in fc.notes)
