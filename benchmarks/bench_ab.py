@@ -134,7 +134,8 @@ def main() -> None:
                 make_shim(trees["a"], Path(a_path))
             if args.instructions:
                 print(
-                    f"instructions per simulation (valgrind cachegrind), A = {args.a or 'working tree'}, B = {args.base}"
+                    f"instructions per simulation (valgrind cachegrind), A = {args.a or 'working tree'}, B = "
+                    f"{args.base}"
                 )
                 print(f"{'replicas':>8} {'A instr':>15} {'B instr':>15} {'A/B':>6} {'A instr/req':>11}")
                 for r in args.replicas:

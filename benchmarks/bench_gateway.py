@@ -192,8 +192,8 @@ def main() -> None:
         f"{args.blocks} alternating blocks; audit lines written by the gateway: {len(audit)}"
     )
     print(
-        f"{'path':8s} {'ok':>6s} {'req/s':>8s} {'TTFT p50':>9s} {'TTFT p99':>9s} {'E2E p50':>8s} {'E2E p99':>8s} "
-        f"{'CPU/req: emulator':>18s} {'gateway':>8s}  (ms)"
+        f"{'path':8s} {'ok':>6s} {'req/s':>8s} {'TTFT p50':>9s} {'TTFT p99':>9s} {'E2E p50':>8s} "
+        f"{'E2E p99':>8s} {'CPU/req: emulator':>18s} {'gateway':>8s}  (ms)"
     )
     for name, r in rows.items():
         print(

@@ -8,7 +8,8 @@ H100 (at most about 60 % of what they sustain): 1 M requests are one 29-minute p
 seven periods (3.4 h) at 820 requests/s. Each case runs in a fresh process, so its peak RSS (``ru_maxrss``) is
 its own.
 
-    .venv/bin/python benchmarks/bench_memory.py                       # 1 M streamed and in memory, 10 M streamed
+    .venv/bin/python benchmarks/bench_memory.py                       # 1 M streamed and in memory, 10 M \
+streamed
     .venv/bin/python benchmarks/bench_memory.py --requests 1000000 --modes stream
 """
 
@@ -119,8 +120,9 @@ def main() -> int:
             results.append(r)
             print(
                 f"{r['requests']:>10,} requests  {mode:6s}  peak RSS {r['peak_rss_mb']:7.0f} MB  "
-                f"{r['requests_per_wall_s']:8.0f} requests/s  ({r['wall_s']:.0f} s simulating, {r['setup_s']:.1f} s "
-                f"building the workload, {r['sim_s']:.0f} s simulated, compiled={r['compiled']})",
+                f"{r['requests_per_wall_s']:8.0f} requests/s  ({r['wall_s']:.0f} s simulating, "
+                f"{r['setup_s']:.1f} s building the workload, {r['sim_s']:.0f} s simulated, "
+                f"compiled={r['compiled']})",
                 flush=True,
             )
     if args.json:

@@ -176,7 +176,8 @@ def main() -> None:
     )
     mmc = bench_bare_mmc(8, 200_000)
     print(
-        f"bare SimPy M/M/8 loop: {mmc['customers_per_s']:,.0f} customers/s, {mmc['events_per_s']:,.0f} events/s"
+        f"bare SimPy M/M/8 loop: {mmc['customers_per_s']:,.0f} customers/s, {mmc['events_per_s']:,.0f} "
+        "events/s"
     )
     header = (
         f"{'replicas':>8} {'requests':>9} {'sim s':>8} {'wall s':>7} {'req/s':>9} {'req/cpu-s':>9} "

@@ -5,10 +5,11 @@ Two stacks run side by side as separate processes — emulator + gateway with ``
 emulator + gateway with ``FLEETTWIN_TRACING=console`` writing every span to /dev/null through the SDK's batch
 processor (the span work of an OTLP exporter without a collector's network; ``--exporter memory`` keeps them
 in the processes instead). This process is a closed-loop client with a fixed number of requests in flight;
-blocks of requests rotate over four paths — straight to each emulator and through each gateway — so that all
-four see the same machine load. Reported per path: client-side throughput, TTFT/E2E p50 and p95, and the CPU
-seconds each server process used per request (``/proc``); then the on/off ratios of the traced path against
-the untraced one. The cost of one span (start, four attributes, end, exported) is also timed in-process.
+blocks of requests rotate over four paths — straight to each emulator and through each gateway — so that
+all four see the same machine load. Reported per path: client-side throughput, TTFT/E2E p50 and p95, and the
+CPU seconds each server process used per request (``/proc``); then the on/off ratios of the traced path
+against the untraced one. The cost of one span (start, four attributes, end, exported) is also timed
+in-process.
 
     .venv/bin/python benchmarks/bench_tracing.py
     .venv/bin/python benchmarks/bench_tracing.py --requests 2000 --concurrency 32 --out results/bench_tracing.json
@@ -148,13 +149,13 @@ def main() -> None:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average {load}; "
-        f"concurrency {args.concurrency}, max_tokens {args.max_tokens}, emulator step {args.step_ms} ms, streamed, "
-        f"{args.blocks} rotations, traced stack exports to {args.exporter}"
-        f"{' (/dev/null)' if args.exporter == 'console' else ''}"
+        f"concurrency {args.concurrency}, max_tokens {args.max_tokens}, emulator step {args.step_ms} ms, "
+        f"streamed, {args.blocks} rotations, traced stack exports to "
+        f"{args.exporter}{' (/dev/null)' if args.exporter == 'console' else ''}"
     )
     print(
-        f"{'path':13s} {'ok':>5s} {'req/s':>7s} {'TTFT p50':>9s} {'TTFT p95':>9s} {'E2E p50':>8s} {'E2E p95':>8s} "
-        f"{'CPU/req: emulator':>18s} {'gateway':>8s}  (ms)"
+        f"{'path':13s} {'ok':>5s} {'req/s':>7s} {'TTFT p50':>9s} {'TTFT p95':>9s} {'E2E p50':>8s} "
+        f"{'E2E p95':>8s} {'CPU/req: emulator':>18s} {'gateway':>8s}  (ms)"
     )
     for name, r in rows.items():
         gw = f"{r['gateway_cpu_ms_per_req']:8.2f}" if "gateway_cpu_ms_per_req" in r else f"{'-':>8s}"

@@ -110,12 +110,13 @@ def published_latency_check(
 
 def markdown_table(rows: list[LatencyComparison]) -> str:
     lines = [
-        "| test | GPU | model | TP | predicted (ms) | measured (ms) | error | prefill (ms) | mean decode step (ms) |",
+        "| test | GPU | model | TP | predicted (ms) | measured (ms) | error | prefill (ms) | mean decode "
+        "step (ms) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r.test} | {r.gpu} | {r.llm} | {r.tp} | {r.predicted_ms:.0f} | {r.measured_ms:.0f} | {r.error:+.1%} "
-        f"| {r.prefill_ms:.1f} | {r.decode_step_ms:.2f} |"
+        f"| {r.test} | {r.gpu} | {r.llm} | {r.tp} | {r.predicted_ms:.0f} | {r.measured_ms:.0f} | "
+        f"{r.error:+.1%} | {r.prefill_ms:.1f} | {r.decode_step_ms:.2f} |"
         for r in rows
     ]
     return "\n".join(lines)

@@ -2,13 +2,14 @@
 time.
 
 Setup (Vidur's defaults for its ``vllm`` replica scheduler, which fleettwin is configured to match):
-- Llama-2-7B on one A100 80 GB, TP1; Vidur's measured MLP/network tables and the peer kit's synthetic attention
-  table (``/work/shared/peers/vidur/make_profile_cache.py``). fleettwin's ``profiled`` model reads the *same*
-  attention.csv.xz that Vidur trains on, no decode batching overhead (Vidur applies its 0.1 to GQA models only;
-  Llama-2-7B is not one), no CPU overhead and no LM
-  head (Vidur models neither), so that differences come from scheduling, not from inputs.
+- Llama-2-7B on one A100 80 GB, TP1; Vidur's measured MLP/network tables and the peer kit's synthetic
+  attention table (``/work/shared/peers/vidur/make_profile_cache.py``). fleettwin's ``profiled`` model reads
+  the *same* attention.csv.xz that Vidur trains on, no decode batching overhead (Vidur applies its 0.1 to GQA
+  models only; Llama-2-7B is not one), no CPU overhead and no LM head (Vidur models neither), so that
+  differences come from scheduling, not from inputs.
 - KV cache: 7,424 blocks of 16 (what Vidur's MemoryPlanner computes: 80 GiB x 0.9 less weights, rounded down
-  to whole 4,096-token request slots); batch cap 128 sequences; 4,096 tokens per iteration; no chunked prefill.
+  to whole 4,096-token request slots); batch cap 128 sequences; 4,096 tokens per iteration; no chunked
+  prefill.
 - One request list, fed identically to both: lengths from the Azure 2023 conversation trace (rows in order,
   prompt+output clipped to 4,096 tokens the way Vidur's trace generators do), Poisson arrivals at each QPS.
   Vidur reads it through its ``trace_replay`` generator.
@@ -407,8 +408,9 @@ def compare(n: int, qps: float, seed: int, work: Path, fix_restart: bool = True)
 
 def markdown(rows: list[dict]) -> str:
     head = (
-        "| QPS | TTFT p50 ft / vidur (s) | diff | TTFT p95 ft / vidur (s) | diff | E2E p50 ft / vidur (s) | diff "
-        "| E2E p95 ft / vidur (s) | diff | preempt ft / vidur | wall ft / vidur (s) | req/s ft / vidur | speed |"
+        "| QPS | TTFT p50 ft / vidur (s) | diff | TTFT p95 ft / vidur (s) | diff | E2E p50 ft / vidur (s) | "
+        "diff | E2E p95 ft / vidur (s) | diff | preempt ft / vidur | wall ft / vidur (s) | req/s ft / vidur "
+        "| speed |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:

@@ -51,14 +51,15 @@ CASES = (
         "storm_nearest",
         "failures_storm.yaml",
         {},
-        "12 + 12 replicas; us-east-1's replicas fail at random (MTBF 120 s each) for 300 s at its peak; nearest "
-        "region routing keeps east users in the east while any replica is up",
+        "12 + 12 replicas; us-east-1's replicas fail at random (MTBF 120 s each) for 300 s at its peak; "
+        "nearest region routing keeps east users in the east while any replica is up",
     ),
     Case(
         "storm_latency_aware",
         "failures_storm.yaml",
         {"regions.router.name": "latency_aware"},
-        "the same storm with latency-aware routing (RTT + prefill backlog): load moves west as the east queues",
+        "the same storm with latency-aware routing (RTT + prefill backlog): load moves west as the east "
+        "queues",
     ),
     Case(
         "outage_sized_for_failover",

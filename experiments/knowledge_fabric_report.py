@@ -49,18 +49,20 @@ def report(
     out = [
         "# Knowledge fabric: routed multi-store vs monolithic vs fan-out retrieval",
         "",
-        f"Command: `{cmd}` (config `{config.name}`, seed {exp.seed}, {int(results['queries'].iloc[0])} queries "
-        f"per run{'; quick run' if quick else ''}).",
+        f"Command: `{cmd}` (config `{config.name}`, seed {exp.seed}, {int(results['queries'].iloc[0])} "
+        f"queries per run{'; quick run' if quick else ''}).",
         "",
-        f"Claim tested (seed paper): {CLAIM_HIGH:.0f} to {CLAIM_LOW:.0f} % retrieval latency with semantic recall "
-        "99.2 % from a multi-vector-store fabric with intelligent query routing. The paper gives no baseline, "
-        "index type, corpus size or load; here the baseline is one store holding the whole corpus.",
+        f"Claim tested (seed paper): {CLAIM_HIGH:.0f} to {CLAIM_LOW:.0f} % retrieval latency with semantic "
+        "recall 99.2 % from a multi-vector-store fabric with intelligent query routing. The paper gives "
+        "no baseline, index type, corpus size or load; here the baseline is one store holding the whole "
+        "corpus.",
         "",
         f"Set-up: {c.n_vectors:,} vectors of {c.dim} dimensions; the multi-store set-ups split them into "
-        f"{c.domains} equal domain stores. The total query parallelism is the same everywhere (the monolithic "
-        "store's servers split evenly), and so is the Poisson query stream (topics uniform over the domains; "
-        "offered load a fraction of the monolithic store's capacity). Locality (the share of a query's true "
-        f"top-10 inside its topic's store) is {exp.locality}, the best case for routing.",
+        f"{c.domains} equal domain stores. The total query parallelism is the same everywhere (the "
+        "monolithic store's servers split evenly), and so is the Poisson query stream (topics uniform "
+        "over the domains; offered load a fraction of the monolithic store's capacity). Locality (the "
+        f"share of a query's true top-10 inside its topic's store) is {exp.locality}, the best case for "
+        "routing.",
         "",
         "## Inputs: measured or estimated",
         "",

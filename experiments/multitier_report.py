@@ -37,9 +37,9 @@ def table(results: pd.DataFrame) -> str:
         "| deadline miss |\n|---|---|---|---|---|---|---|---|---|"
     )
     rows = [
-        f"| {r.policy} | {r.cost_per_hour:.1f} | {_pct(r.gpu_util)} | {r.p95_ttft_s:.2f} | {r.p95_ttft_cv:.3f} "
-        f"| {r.p95_e2e_s:.1f} | {_pct(r.slo_attainment)} | {r.training_gpu_hours:.1f} "
-        f"| {_pct(r.batch_deadline_miss)} |"
+        f"| {r.policy} | {r.cost_per_hour:.1f} | {_pct(r.gpu_util)} | {r.p95_ttft_s:.2f} | "
+        f"{r.p95_ttft_cv:.3f} | {r.p95_e2e_s:.1f} | {_pct(r.slo_attainment)} | {r.training_gpu_hours:.1f} | "
+        f"{_pct(r.batch_deadline_miss)} |"
         for r in results.itertuples()
     ]
     return "\n".join([head, *rows])
@@ -116,8 +116,8 @@ def _decomposition(results: pd.DataFrame, details: pd.DataFrame) -> list[str]:
         per_work = d.training_usd_per_hour * d.sim_hours / work if work > 0 else math.nan
         parts.append(f"{name} {_pct(1 - rest / rest_u)} / {per_work:.2f} $")
     return [
-        "- Where the saving comes from. Inference + operational cost (the same requests and batch jobs for every "
-        "policy) saved against unified, and training cost per GPU-hour of training work done: "
+        "- Where the saving comes from. Inference + operational cost (the same requests and batch jobs for "
+        "every policy) saved against unified, and training cost per GPU-hour of training work done: "
         + "; ".join(parts)
         + ". A policy that runs less training is cheaper by that alone, so compare the "
         "first figure across policies and the second for training efficiency.",
@@ -137,9 +137,9 @@ def report(results: pd.DataFrame, details: pd.DataFrame, meta: dict, *, wall_s: 
         [
             f"# Multi-tier allocation: {'quick run' if quick else 'one simulated day'}",
             "",
-            f"Claim tested ({SEED}): dynamic reallocation of GPUs across inference, training and operational tiers "
-            "on a 2-4 h prediction horizon costs 40-55 % less than unified pools, makes p95 latency 25-35 % more "
-            "consistent, and lifts GPU utilisation from 62-68 % to 78-81 %.",
+            f"Claim tested ({SEED}): dynamic reallocation of GPUs across inference, training and "
+            "operational tiers on a 2-4 h prediction horizon costs 40-55 % less than unified pools, makes "
+            "p95 latency 25-35 % more consistent, and lifts GPU utilisation from 62-68 % to 78-81 %.",
             "",
             f"Scenario `{meta['scenario']}` with the policies of `{meta['policies']}`; seed {meta['seed']}, "
             f"{meta['requests']} requests served by every policy"
@@ -150,18 +150,20 @@ def report(results: pd.DataFrame, details: pd.DataFrame, meta: dict, *, wall_s: 
             "",
             table(results),
             "",
-            "Columns: cost of every GPU held (provisioning included) at its on-demand price, per simulated hour; GPU "
-            "util = busy GPU-seconds / held GPU-seconds over all tiers (inference: a replica running an engine "
-            "iteration, like nvidia-smi; jobs: computing, not restoring); p95 TTFT/E2E over all completed requests; "
-            "hourly p95 TTFT CV = population standard deviation / mean of the p95 TTFT of each hour's arrivals "
-            "(the consistency measure); SLO = share of all requests with TTFT <= 2 s and TPOT <= 100 ms; training "
-            "GPU-h = work the training jobs completed (GPU-hours at their reference size, net of work lost to "
-            "preemption); deadline miss = share of operational jobs due in the run that finished late or not at all.",
+            "Columns: cost of every GPU held (provisioning included) at its on-demand price, per "
+            "simulated hour; GPU util = busy GPU-seconds / held GPU-seconds over all tiers (inference: a "
+            "replica running an engine iteration, like nvidia-smi; jobs: computing, not restoring); p95 "
+            "TTFT/E2E over all completed requests; hourly p95 TTFT CV = population standard deviation / "
+            "mean of the p95 TTFT of each hour's arrivals (the consistency measure); SLO = share of all "
+            "requests with TTFT <= 2 s and TPOT <= 100 ms; training GPU-h = work the training jobs "
+            "completed (GPU-hours at their reference size, net of work lost to preemption); deadline miss "
+            "= share of operational jobs due in the run that finished late or not at all.",
             "",
             details_table(details),
             "",
-            "Inference load at knee = requests served / (replica-hours held x the measured knee): how full the "
-            "inference GPUs were in requests, which busy time (near 100 % whenever a replica has any request) hides.",
+            "Inference load at knee = requests served / (replica-hours held x the measured knee): how "
+            "full the inference GPUs were in requests, which busy time (near 100 % whenever a replica has "
+            "any request) hides.",
             "",
             "## Against the claims",
             "",
@@ -169,11 +171,12 @@ def report(results: pd.DataFrame, details: pd.DataFrame, meta: dict, *, wall_s: 
             "",
             "## What this does not model",
             "",
-            "- Interference: a unified pool here is a peak-sized fleet booked per tier; it does not share GPUs between "
-            "inference and training, so the tail-latency unpredictability the seed attributes to unified pools is "
-            "not reproduced. Consistency differences come from under- and over-provisioning alone.",
-            "- One model, one GPU type, on-demand prices (no spot, no reserved discount, no failures); training "
-            "scales by a fixed exponent; job shapes are assumptions, not a trace.",
+            "- Interference: a unified pool here is a peak-sized fleet booked per tier; it does not share "
+            "GPUs between inference and training, so the tail-latency unpredictability the seed "
+            "attributes to unified pools is not reproduced. Consistency differences come from under- and "
+            "over-provisioning alone.",
+            "- One model, one GPU type, on-demand prices (no spot, no reserved discount, no failures); "
+            "training scales by a fixed exponent; job shapes are assumptions, not a trace.",
         ]
     )
 
@@ -236,9 +239,8 @@ def _fallbacks(details: pd.DataFrame) -> str:
     ]
     return (
         (
-            "Decisions whose forecaster fell back to the last value (history warm-started from the week before): "
-            + ", ".join(parts)
-            + "."
+            "Decisions whose forecaster fell back to the last value (history warm-started from the week "
+            "before): " + ", ".join(parts) + "."
         )
         if parts
         else ""

@@ -53,32 +53,33 @@ def report(
         "# Noisy neighbour: one tenant bursts 10x on a shared pool",
         "",
         f"Command: `{cmd}` (seeds {', '.join(map(str, seeds))}, pooled; {wall_s:.0f} s wall). Scenario: "
-        f"`{config.name}` ({pools['replicas']}x {pools['gpu']} serving {pools['model']}); tenant {noisy} sends "
-        f"10x its rate from {start:g} s to {end:g} s. Set-ups differ only in isolation; the requests are the same.",
+        f"`{config.name}` ({pools['replicas']}x {pools['gpu']} serving {pools['model']}); tenant {noisy} "
+        f"sends 10x its rate from {start:g} s to {end:g} s. Set-ups differ only in isolation; the requests "
+        "are the same.",
         f"Pool capacity, measured by saturating it with the same length mix: {capacity:,.0f} tokens/s "
         "(prompt + output).",
         "",
         "## Per tenant",
         "",
-        "| set-up | tenant | p95 TTFT (s) | p95 TTFT, arrived in burst (s) | p95 E2E (s) | p95 TPOT (ms) | SLO met | "
-        "rejected (quota) | req/s | share of tokens |",
+        "| set-up | tenant | p95 TTFT (s) | p95 TTFT, arrived in burst (s) | p95 E2E (s) | p95 TPOT (ms) "
+        "| SLO met | rejected (quota) | req/s | share of tokens |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in df.itertuples():
         lines.append(
-            f"| {r.setup} | {r.tenant} | {_f(r.p95_ttft_s)} | {_f(r.p95_ttft_burst_s)} | {_f(r.p95_e2e_s, 1)} "
-            f"| {_f(1000 * r.p95_tpot_s, 0)} | {100 * r.slo_attainment:.1f} % | {r.rejected} "
-            f"({r.rejected_by_quota}) | {_f(r.throughput_rps)} | {100 * r.token_share:.1f} % |"
+            f"| {r.setup} | {r.tenant} | {_f(r.p95_ttft_s)} | {_f(r.p95_ttft_burst_s)} | "
+            f"{_f(r.p95_e2e_s, 1)} | {_f(1000 * r.p95_tpot_s, 0)} | {100 * r.slo_attainment:.1f} % | "
+            f"{r.rejected} ({r.rejected_by_quota}) | {_f(r.throughput_rps)} | {100 * r.token_share:.1f} % |"
         )
     lines += [
         "",
-        "SLO met: completed within the tenant's SLO class (TTFT and TPOT), over all its requests (a refused request "
-        "counts as missed). Rejected includes the gateway's simulated policy refusals.",
+        "SLO met: completed within the tenant's SLO class (TTFT and TPOT), over all its requests (a "
+        "refused request counts as missed). Rejected includes the gateway's simulated policy refusals.",
         "",
         "## What isolation costs in utilisation",
         "",
-        "| set-up | gpu_util (served / capacity) | served tokens per GPU-second | busy fraction | requests refused by "
-        "quota |",
+        "| set-up | gpu_util (served / capacity) | served tokens per GPU-second | busy fraction | "
+        "requests refused by quota |",
         "|---|---:|---:|---:|---:|",
     ]
     for s in df["setup"].unique():
@@ -105,11 +106,12 @@ def _gateway(df: pd.DataFrame) -> list[str]:
     return [
         "## The gateway's cost",
         "",
-        f"With the gateway stage (quotas + wfq) against the same set-up without it: p50 TTFT {_f(on.p50_ttft_s, 3)} s "
-        f"vs {_f(off.p50_ttft_s, 3)} s (+{1000 * (on.p50_ttft_s - off.p50_ttft_s):.1f} ms), p95 TTFT "
-        f"{_f(on.p95_ttft_s, 3)} s vs {_f(off.p95_ttft_s, 3)} s; {on.rejected_by_gateway} of {on.requests} requests "
-        "refused by its simulated policy check. The stage is an assumption (a fixed delay plus a per-prompt-token "
-        "term, a refusal rate); docs/gateway.md has the live gateway's measured cost to set it from.",
+        "With the gateway stage (quotas + wfq) against the same set-up without it: p50 TTFT "
+        f"{_f(on.p50_ttft_s, 3)} s vs {_f(off.p50_ttft_s, 3)} s "
+        f"(+{1000 * (on.p50_ttft_s - off.p50_ttft_s):.1f} ms), p95 TTFT {_f(on.p95_ttft_s, 3)} s vs "
+        f"{_f(off.p95_ttft_s, 3)} s; {on.rejected_by_gateway} of {on.requests} requests refused by its "
+        "simulated policy check. The stage is an assumption (a fixed delay plus a per-prompt-token term, "
+        "a refusal rate); docs/gateway.md has the live gateway's measured cost to set it from.",
         "",
     ]
 
@@ -151,35 +153,36 @@ def _conclusions(df: pd.DataFrame, noisy: str, quiet: list[str]) -> list[str]:
     a_wfq, a_none = _row(df, "wfq only", noisy), _row(df, "no isolation", noisy)
     lines = ["## Conclusions", ""]
     lines.append(
-        f"- Without isolation the burst is everyone's problem: worst quiet-tenant p95 TTFT {_f(worst('no isolation', 'p95_ttft_s'))} s, "
-        f"{noisy}'s own {_f(a_none.p95_ttft_s)} s."
+        "- Without isolation the burst is everyone's problem: worst quiet-tenant p95 TTFT "
+        f"{_f(worst('no isolation', 'p95_ttft_s'))} s, {noisy}'s own {_f(a_none.p95_ttft_s)} s."
     )
     lines.append(
-        f"- WFQ alone protects the quiet tenants' TTFT ({_f(worst('wfq only', 'p95_ttft_s'))} s) and moves the whole "
-        f"backlog onto {noisy} (p95 TTFT {_f(a_wfq.p95_ttft_s)} s), serving every request. It does not protect "
-        f"TPOT: the batch is still shared, p95 TPOT {_f(1000 * worst('wfq only', 'p95_tpot_s'), 0)} ms vs "
+        f"- WFQ alone protects the quiet tenants' TTFT ({_f(worst('wfq only', 'p95_ttft_s'))} s) and moves "
+        f"the whole backlog onto {noisy} (p95 TTFT {_f(a_wfq.p95_ttft_s)} s), serving every request. It does "
+        "not protect TPOT: the batch is still shared, p95 TPOT "
+        f"{_f(1000 * worst('wfq only', 'p95_tpot_s'), 0)} ms vs "
         f"{_f(1000 * worst('quotas only', 'p95_tpot_s'), 0)} ms with quotas."
     )
     caps = _row(df, "wfq + slot caps", noisy)
     if caps is not None:
         lines.append(
-            f"- WFQ with slot caps (gpu_share) also bounds the batch the bursting tenant holds: quiet p95 TPOT "
-            f"{_f(1000 * worst('wfq + slot caps', 'p95_tpot_s'), 0)} ms, and {noisy} is still served in full "
-            f"(p95 TTFT {_f(caps.p95_ttft_s)} s) at gpu_util {100 * caps.gpu_util:.1f} %."
+            "- WFQ with slot caps (gpu_share) also bounds the batch the bursting tenant holds: quiet p95 "
+            f"TPOT {_f(1000 * worst('wfq + slot caps', 'p95_tpot_s'), 0)} ms, and {noisy} is still served in "
+            f"full (p95 TTFT {_f(caps.p95_ttft_s)} s) at gpu_util {100 * caps.gpu_util:.1f} %."
         )
     both, a_both = _row(df, "quotas + wfq", "all"), _row(df, "quotas + wfq", noisy)
     lines.append(
-        f"- Rate quotas keep the requests {noisy} gets admitted fast (p95 TTFT {_f(a_both.p95_ttft_s)} s) by refusing "
-        f"{a_both.rejected_by_quota} of its {a_both.requests}, and are the set-ups that cost "
+        f"- Rate quotas keep the requests {noisy} gets admitted fast (p95 TTFT {_f(a_both.p95_ttft_s)} s) by "
+        f"refusing {a_both.rejected_by_quota} of its {a_both.requests}, and are the set-ups that cost "
         f"utilisation: gpu_util {100 * both.gpu_util:.1f} % with quotas + wfq vs "
-        f"{100 * _row(df, 'wfq only', 'all').gpu_util:.1f} % with wfq only, because refused work is never done "
-        "while the pool has room for it after the burst."
+        f"{100 * _row(df, 'wfq only', 'all').gpu_util:.1f} % with wfq only, because refused work is never "
+        "done while the pool has room for it after the burst."
     )
     lines += [
         "",
         "Limits: one pool, one model, one length mix (Azure conversations), equal weights; preemption "
-        "victims are chosen by vLLM's FCFS rule under every policy; the gateway's cost is an assumed constant "
-        "plus a per-token term, not a measurement.",
+        "victims are chosen by vLLM's FCFS rule under every policy; the gateway's cost is an assumed "
+        "constant plus a per-token term, not a measurement.",
         "",
     ]
     return lines

@@ -15,13 +15,13 @@ to ``<pool>-<n>.log``) is handed to the controller to scrape. A replica's life, 
   before active ones are drained, as in the simulator.
 
 Crash safety (``live/replicas.py``): every replica is written to a durable ledger before it is started, and
-``recover()`` — run by a restarted controller before its first scrape — adopts the live ones (oldest first,
-never more than ``max_replicas_per_pool``), stops strays (over the maximum, launched with another
+``recover()`` — run by a restarted controller before its first scrape — adopts the live ones (oldest
+first, never more than ``max_replicas_per_pool``), stops strays (over the maximum, launched with another
 configuration, draining or stopping when the controller died, or never recorded as started) and forgets
-records whose process is gone. A replica that exits or fails to start while wanted is *missing*: the
-snapshot counts it as wanted (not serving), so the next decision still asks for it, and ``apply`` starts a
-replacement, logged as ``replace``. ``targets.json`` beside the ledger lists the serving replicas in
-Prometheus' ``file_sd`` format, so a Prometheus server can scrape what the actuator started.
+records whose process is gone. A replica that exits or fails to start while wanted is *missing*: the snapshot
+counts it as wanted (not serving), so the next decision still asks for it, and ``apply`` starts a replacement,
+logged as ``replace``. ``targets.json`` beside the ledger lists the serving replicas in Prometheus'
+``file_sd`` format, so a Prometheus server can scrape what the actuator started.
 
 Traffic is not the actuator's business: whatever routes requests (a gateway, the load generator) must learn
 the URLs from ``backends()``; draining ones are excluded from the controller's router view. Not here: a

@@ -4,9 +4,10 @@ the next interval starts.
 Every record carries ``seq``, one more than the record before it. A record is written with one ``write`` of
 the whole line and ``fsync``ed, so a crash can only leave the *last* line incomplete; on opening, such a torn
 line is cut off (and reported in ``recovery``) and numbering continues after the last complete record, so a
-restarted controller neither loses a durable record nor writes a number twice. Anything else that is wrong — a
-bad line in the middle, a number out of order — means something other than this writer touched the file: it is
-an error naming the line, never silently repaired. An exclusive lock keeps a second controller off the file.
+restarted controller neither loses a durable record nor writes a number twice. Anything else that is wrong —
+a bad line in the middle, a number out of order — means something other than this writer touched the file:
+it is an error naming the line, never silently repaired. An exclusive lock keeps a second controller off the
+file.
 """
 
 from __future__ import annotations

@@ -5,11 +5,12 @@ For the observed window the simulator (``sim.runner.simulate``) replays, per poo
 pool's backends with the pool's engine limits and performance model and as many replicas as served it. Two
 sources for that load:
 
-- the load generator's own rows (``fleettwin live loadgen --out``): every request a backend received (completed,
-  rejected or timed out — not those that never connected), at the time it was sent, with its exact lengths;
+- the load generator's own rows (``fleettwin live loadgen --out``): every request a backend received
+  (completed, rejected or timed out — not those that never connected), at the time it was sent, with its
+  exact lengths;
 - without them, the decision log: each interval's arrivals (counted from ``/metrics``, ``live/observe.py``),
-  spread evenly over the interval, at the pool's mean prompt and output lengths — an approximation that keeps
-  the rate but not the lengths' spread or the burstiness inside an interval.
+  spread evenly over the interval, at the pool's mean prompt and output lengths — an approximation that
+  keeps the rate but not the lengths' spread or the burstiness inside an interval.
 
 Measured values come from the load generator (client side: TTFT to the first token received, E2E to the last)
 and from the decision log (server side: the intervals' TTFT/E2E histograms merged, percentiles interpolated

@@ -212,8 +212,8 @@ class Engine:
         if total > self.limits.max_model_len:
             raise RequestTooLong(
                 f"This model's maximum context length is {self.limits.max_model_len} tokens. However, you "
-                f"requested {total} tokens ({prompt_tokens} in the messages, {max_tokens} in the completion). "
-                "Please reduce the length of the messages or completion."
+                f"requested {total} tokens ({prompt_tokens} in the messages, {max_tokens} in the "
+                "completion). Please reduce the length of the messages or completion."
             )
 
     def submit(

@@ -137,8 +137,8 @@ class GateRegistry:
         now = time.time()
         with self._db:
             cur = self._db.execute(
-                "INSERT INTO validations (policy, config_hash, config, suite, suite_hash, baseline, metrics, passed,"
-                " reasons, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO validations (policy, config_hash, config, suite, suite_hash, baseline, "
+                "metrics, passed, reasons, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     policy,
                     config_hash,

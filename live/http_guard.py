@@ -1,9 +1,10 @@
 """What every fleettwin HTTP server (emulator, gateway, retrieval service) does before a handler sees a
 request.
 
-- **Timeouts.** A connection must deliver a request's headers within ``header_timeout_s`` of opening (or of the
-  previous response), however slowly it trickles bytes, and its body within ``body_timeout_s`` of the headers;
-  otherwise it gets 408 and is closed. uvicorn alone has neither, so half-open connections were held forever.
+- **Timeouts.** A connection must deliver a request's headers within ``header_timeout_s`` of opening (or of
+  the previous response), however slowly it trickles bytes, and its body within ``body_timeout_s`` of the
+  headers; otherwise it gets 408 and is closed. uvicorn alone has neither, so half-open connections were held
+  forever.
 - **Body size.** A body over ``max_body_bytes`` is answered 413 without reading past the limit: at once when
   ``Content-Length`` says so, else as soon as the chunks read exceed it; the connection is then closed.
 - **Media type.** A POST body must be ``application/json`` (400 otherwise, as vLLM answers).

@@ -1,7 +1,7 @@
 """Hybrid lexical + dense retrieval over a local corpus: what a workflow's retrieval node runs live.
 
-- **Lexical**: BM25 (Okapi, ``k1`` 1.2, ``b`` 0.75, Lucene's idf ``log(1 + (N - df + 0.5) / (df + 0.5))``) over
-  a sparse term-document matrix.
+- **Lexical**: BM25 (Okapi, ``k1`` 1.2, ``b`` 0.75, Lucene's idf ``log(1 + (N - df + 0.5) / (df + 0.5))``)
+  over a sparse term-document matrix.
 - **Dense**: latent semantic embeddings — log-tf x idf rows, L2-normalised, projected on their top ``dim``
   singular vectors (a document's embedding is its row times ``V``, a query's the same fold-in) — searched by
   inner product in a FAISS ``IndexFlatIP``. No model weights are needed, so nothing is downloaded; any

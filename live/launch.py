@@ -1,5 +1,5 @@
-"""Start a ``fleettwin`` server command (emulator, gateway, retrieval service) as a child process and learn its
-URL from the status line it prints once it listens (``... at http://127.0.0.1:PORT[;, ...]``).
+"""Start a ``fleettwin`` server command (emulator, gateway, retrieval service) as a child process and learn
+its URL from the status line it prints once it listens (``... at http://127.0.0.1:PORT[;, ...]``).
 
 The servers bind port 0 themselves, so no port can be taken between choosing and binding. Benchmarks and
 tests that need real processes start them here. Only the standard library is used, and the commands use the

@@ -15,8 +15,9 @@ Per pool, every control interval:
   ``..._generation_tokens`` sums over counts), as the simulator averages over all arrivals;
 - TTFT and per-request TPOT percentiles of the requests finished in the interval, from the difference of two
   scrapes of each backend's histograms merged over the pool (``HistogramSummary.minus`` / ``plus``), with
-  Prometheus' interpolation inside a bucket — coarser than the simulator's exact percentiles. A server without
-  the per-request TPOT histogram (vLLM before it existed) gives its per-token inter-token latency instead.
+  Prometheus' interpolation inside a bucket — coarser than the simulator's exact percentiles. A server
+  without the per-request TPOT histogram (vLLM before it existed) gives its per-token inter-token latency
+  instead.
 
 A backend whose counters went down was restarted; its next interval starts from that scrape.
 """

@@ -127,7 +127,8 @@ class EngineMetrics:
             "vllm:request_success", "Count of successfully processed requests.", ("finished_reason",)
         )
         # One series per finish reason from the start, at 0, as vLLM creates them: a series that first appears
-        # mid-window has no earlier sample, and Prometheus' increase() over that window misses its first count.
+        # mid-window has no earlier sample, and Prometheus' increase() over that window misses its first
+        # count.
         for reason in FINISH_REASONS:
             self._success.labels(*lv, reason)
         self.ttft = histogram(

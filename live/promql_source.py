@@ -120,8 +120,8 @@ class PromQLSource:
             pct = round(q * 100)
             out[f"ttft_p{pct}_s"] = self.quantile_expr(q, ["vllm:time_to_first_token_seconds"], w)
             out[f"tpot_p{pct}_s"] = (
-                f"{self.quantile_expr(q, ['vllm:request_time_per_output_token_seconds'], w)}"
-                f" or {self.quantile_expr(q, ['vllm:inter_token_latency_seconds', 'vllm:time_per_output_token_seconds'], w)}"
+                f"{self.quantile_expr(q, ['vllm:request_time_per_output_token_seconds'], w)} or "
+                f"{self.quantile_expr(q, ['vllm:inter_token_latency_seconds', 'vllm:time_per_output_token_seconds'], w)}"
             )
         for name, metric in (
             ("ttft", "vllm:time_to_first_token_seconds"),

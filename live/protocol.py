@@ -11,9 +11,9 @@ Token counts without a tokenizer (documented approximations, deterministic; ``li
 - chat: for each message ``ceil(chars of its text / 4) + 4`` (role header and end-of-turn markers; the text
   includes tool-call arguments), plus 3 for the assistant header the template appends.
 Output: ``max_tokens`` tokens of synthetic text (``max_completion_tokens`` for chat takes precedence), fewer
-when a ``stop`` string or ``stop_token_ids`` ends it (``finish_reason: "stop"``), else ``"length"``: the emulator
-has no EOS to stop at, with or without ``ignore_eos``. Without ``max_tokens``: 16 for completions (vLLM's
-default), the rest of the context for chat (vLLM's).
+when a ``stop`` string or ``stop_token_ids`` ends it (``finish_reason: "stop"``), else ``"length"``: the
+emulator has no EOS to stop at, with or without ``ignore_eos``. Without ``max_tokens``: 16 for completions
+(vLLM's default), the rest of the context for chat (vLLM's).
 """
 
 from __future__ import annotations

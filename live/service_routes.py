@@ -13,7 +13,8 @@ from fleettwin import __version__
 
 
 def add_version_and_metrics(app: FastAPI, component: str, exposition: Callable[[], bytes]) -> None:
-    """``/version`` as ``fleettwin-<component> <version>``; ``/metrics`` from ``exposition()`` at each scrape."""
+    """``/version`` as ``fleettwin-<component> <version>``; ``/metrics`` from ``exposition()`` at each
+    scrape."""
 
     @app.get("/version")
     async def version() -> dict:

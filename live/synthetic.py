@@ -7,10 +7,10 @@
   ``live/protocol.py``); a piece's id is a stable hash into ``[PIECE_ID_BASE, vocab_size)``. Ids of prompt
   pieces cannot be turned back into their text (``/detokenize`` shows them as filler words): the emulator has
   no vocabulary, only the counts a real tokenizer would approximately give.
-- **Stop conditions** (``plan_output``): the first stop string completed at or after token ``min_tokens``
-  ends the text before it (or after it, with ``include_stop_str_in_output``), ``finish_reason: "stop"`` and
-  ``stop_reason`` naming it; a stop token id likewise ends it (the token's own text is left out). The engine is
-  then asked for just the tokens up to that point, so the timing is that of the shorter generation.
+- **Stop conditions** (``plan_output``): the first stop string completed at or after token ``min_tokens`` ends
+  the text before it (or after it, with ``include_stop_str_in_output``), ``finish_reason: "stop"`` and
+  ``stop_reason`` naming it; a stop token id likewise ends it (the token's own text is left out). The engine
+  is then asked for just the tokens up to that point, so the timing is that of the shorter generation.
 - **Logprobs.** The chosen word has the highest log probability, the next words follow in order with lower
   ones; all deterministic.
 """

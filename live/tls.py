@@ -107,5 +107,8 @@ def transport_reason(exc: BaseException, url: str, *, presented_cert: bool) -> s
             if presented_cert
             else "no client certificate was presented"
         )
-        return f"TLS: the server closed the connection without answering; an mTLS server does so when {which} ({text})"
+        return (
+            f"TLS: the server closed the connection without answering; an mTLS server does so when {which} "
+            f"({text})"
+        )
     return text

@@ -7,12 +7,13 @@ starts as soon as all its parents have completed, as an asyncio task:
 
 - ``llm``: one streamed completion of exactly ``prompt_tokens`` token ids and ``output_tokens`` outputs
   (``max_tokens`` + ``ignore_eos``, as ``live/loadgen.py``; ``chat`` sends text instead) to the target a
-  replica router picks over this executor's own in-flight counts; ``rag: true`` first runs a retrieval and sends
-  ``context_tokens`` more prompt tokens, as the simulator's RAG stage does;
-- ``retrieval``: a hybrid BM25 + dense search of a local corpus (``live/hybrid.py``), in a worker thread so the
-  event loop keeps going; the query is a window of a corpus paragraph drawn from the workflow's own stream. With
-  ``retrieval_collection`` the search goes instead to ``POST /v1/retrieve`` of the first target — a gateway in
-  front of a retrieval service (``live/retrieval_service.py``), or the service itself — in that collection;
+  replica router picks over this executor's own in-flight counts; ``rag: true`` first runs a retrieval and
+  sends ``context_tokens`` more prompt tokens, as the simulator's RAG stage does;
+- ``retrieval``: a hybrid BM25 + dense search of a local corpus (``live/hybrid.py``), in a worker thread so
+  the event loop keeps going; the query is a window of a corpus paragraph drawn from the workflow's own
+  stream. With ``retrieval_collection`` the search goes instead to ``POST /v1/retrieve`` of the first target
+  — a gateway in front of a retrieval service (``live/retrieval_service.py``), or the service itself — in
+  that collection;
 - ``tool``: a sleep of the instance's delay (not sped up: ``speedup`` compresses the arrivals only, as in the
   load generator, never the work).
 

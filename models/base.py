@@ -36,8 +36,8 @@ class PolicyRef(StrictModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
     def check(self, registry: Registry) -> PolicyRef:
-        """Validate the name and parameters against ``registry`` (a ValueError pydantic reports with the field);
-        returns itself, so a validator can end with ``return v.check(...)``."""
+        """Validate the name and parameters against ``registry`` (a ValueError pydantic reports with the
+        field); returns itself, so a validator can end with ``return v.check(...)``."""
         try:
             registry.validate_params(self.name, self.params)
         except FleettwinError as exc:

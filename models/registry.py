@@ -1,8 +1,9 @@
 """One registry mechanism for everything chosen by name in YAML.
 
 A registered class declares its parameters as a pydantic model in a nested ``Params`` class (no parameters:
-leave it out; a registered pydantic model is its own parameter model). ``create(name, params, **deps)`` validates the user's parameters against that model and passes
-the validated object as ``params=`` together with any runtime dependencies the caller supplies.
+leave it out; a registered pydantic model is its own parameter model). ``create(name, params, **deps)``
+validates the user's parameters against that model and passes the validated object as ``params=`` together
+with any runtime dependencies the caller supplies.
 
     ROUTERS = Registry("replica router")
 
@@ -65,7 +66,8 @@ class Registry(Generic[T]):
             ) from None
 
     def params_model(self, name: str) -> type[BaseModel]:
-        """The class's nested ``Params``; a registered pydantic model is its own (a failure injector's spec)."""
+        """The class's nested ``Params``; a registered pydantic model is its own (a failure injector's
+        spec)."""
         cls = self.get(name)
         own = cls if isinstance(cls, type) and issubclass(cls, BaseModel) else NoParams
         return getattr(cls, "Params", own)
@@ -147,9 +149,9 @@ def by_name(base: type[Chosen]) -> Any:
 
 
 def legacy_key_form(raw: Any, key: str, keep: Sequence[str] = ()) -> dict[str, Any] | None:
-    """``{key: x, a: 1, ...}`` (the name beside its parameters) as ``{name: x, params: {a: 1, ...}}``; the keys
-    in ``keep`` belong to the choice itself and stay beside ``name``. ``None`` when ``raw`` has no ``key`` or
-    already a ``name``."""
+    """``{key: x, a: 1, ...}`` (the name beside its parameters) as ``{name: x, params: {a: 1, ...}}``; the
+    keys in ``keep`` belong to the choice itself and stay beside ``name``. ``None`` when ``raw`` has no
+    ``key`` or already a ``name``."""
     if not isinstance(raw, Mapping) or key not in raw or "name" in raw:
         return None
     own = {k: raw[k] for k in keep if k in raw}
@@ -167,9 +169,9 @@ def _hint(model: type[BaseModel], err: Any) -> str:
 
 # -- "did you mean" hints for misspelt keys and names (scenario files, --set overrides, parameters) --------
 #
-# Pydantic says *that* a key is not allowed (``Extra inputs are not permitted``); a user wants to know which key
-# was meant. ``keys_at`` walks a model class along an error's location to the mapping the key was found in, and
-# ``did_you_mean`` picks the closest known key (difflib's ratio, as Python's own NameError hints do).
+# Pydantic says *that* a key is not allowed (``Extra inputs are not permitted``); a user wants to know which
+# key was meant. ``keys_at`` walks a model class along an error's location to the mapping the key was found
+# in, and ``did_you_mean`` picks the closest known key (difflib's ratio, as Python's own NameError hints do).
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -183,7 +185,8 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 
 
 def model_in(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model inside ``X``, ``X | None``, ``Annotated[X, ...]``, ``list[X]`` or ``dict[str, X]``."""
+    """The pydantic model inside ``X``, ``X | None``, ``Annotated[X, ...]``, ``list[X]`` or ``dict[str,
+    X]``."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     origin = typing.get_origin(annotation)

@@ -1,6 +1,6 @@
 """Sizing rules on the catalogs' specs, following vLLM's own start-up arithmetic, so that the simulator, the
-allocators and a live vLLM agree on how many GPUs a replica needs (:func:`min_tensor_parallel`) and how many KV
-blocks it holds (:func:`kv_cache_blocks`).
+allocators and a live vLLM agree on how many GPUs a replica needs (:func:`min_tensor_parallel`) and how many
+KV blocks it holds (:func:`kv_cache_blocks`).
 
 Units: ``memory_gb`` is read as GiB (see :attr:`GpuSpec.memory_bytes`); every other "GB" is decimal.
 """

@@ -1,6 +1,6 @@
-"""The one SLO type (``Slo``: the scenario's ``slo:`` section, a tenant's SLO class, a pool's SLO in the policy
-seam's snapshot) and its percentile targets: ``ttft_p95_s: 2`` means "the 95th percentile of time to first
-token, over all requests, is at most 2 s".
+"""The one SLO type (``Slo``: the scenario's ``slo:`` section, a tenant's SLO class, a pool's SLO in the
+policy seam's snapshot) and its percentile targets: ``ttft_p95_s: 2`` means "the 95th percentile of time to
+first token, over all requests, is at most 2 s".
 
 Over *all* requests: one that was rejected or never finished counts as infinitely late, so a deployment that
 turns work away cannot meet a target by serving only the easy requests (the attainment form, ``ttft_s`` and
@@ -91,7 +91,8 @@ class Slo(BaseModel):
 
     @property
     def bounds(self) -> Slo:
-        """The attainment bounds alone, without the percentile targets (what a tenant's share is judged by)."""
+        """The attainment bounds alone, without the percentile targets (what a tenant's share is judged
+        by)."""
         return Slo(ttft_s=self.ttft_s, tpot_s=self.tpot_s) if self.model_extra else self
 
 

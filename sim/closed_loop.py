@@ -1,7 +1,7 @@
 """Closed-loop clients: ``concurrency`` users, each sending its next request when its previous one ends (after
 an optional think time). This is how concurrency benchmarks drive a server (``vllm bench serve
---max-concurrency``, genai-perf/aiperf ``--concurrency``, guidellm ``concurrent``), and it differs from an open
-loop: the offered rate falls as the server slows, so queues stay bounded by the number of users.
+--max-concurrency``, genai-perf/aiperf ``--concurrency``, guidellm ``concurrent``), and it differs from an
+open loop: the offered rate falls as the server slows, so queues stay bounded by the number of users.
 """
 
 from __future__ import annotations

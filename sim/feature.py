@@ -1,8 +1,9 @@
-"""What a feature of the simulator is: the ``Feature`` protocol that ``run_scenario`` loops over, and the ``World``
-the features build together.
+"""What a feature of the simulator is: the ``Feature`` protocol that ``run_scenario`` loops over, and the
+``World`` the features build together.
 
 A feature (regions, failures, retrieval, tenancy, tiers, workflows, the control loop) is switched on by its
-scenario section and takes part in a run at four points, each a method with a no-op default in ``BaseFeature``:
+scenario section and takes part in a run at four points, each a method with a no-op default in
+``BaseFeature``:
 
 1. ``shape``: the workload's requests before the run (regions give them origins, retrieval tags RAG requests);
 2. ``build``: its parts in the world: processes beside the arrivals, pre-submit stages on the request path, a
@@ -10,11 +11,11 @@ scenario section and takes part in a run at four points, each a method with a no
 3. ``annotate``: per-request columns after the run (where a request went, its tenant, its workflow);
 4. ``summarize``: its section of the run's summary.
 
-The order is declared once, in ``sim/features.py``: ``build`` and ``summarize`` run in that order, from what sits
-next to the pools (the control loop, tenancy's gateway stages) to what wraps them (the regions' front door, the
-workflow drivers that submit through it); ``shape`` and ``annotate`` run in the reverse order, from the outside
-in (users are placed in regions before retrieval tags what they ask). docs/contributing.md has the recipe for a
-new feature.
+The order is declared once, in ``sim/features.py``: ``build`` and ``summarize`` run in that order, from what
+sits next to the pools (the control loop, tenancy's gateway stages) to what wraps them (the regions' front
+door, the workflow drivers that submit through it); ``shape`` and ``annotate`` run in the reverse order, from
+the outside in (users are placed in regions before retrieval tags what they ask). docs/contributing.md has the
+recipe for a new feature.
 """
 
 from __future__ import annotations

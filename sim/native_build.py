@@ -1,7 +1,8 @@
 """Compile the simulator's hot modules with mypyc into this interpreter's site-packages (see
 fleettwin/native.py).
 
-    fleettwin sim native                        # or, in a clone: make install / .venv/bin/python tools/build_native.py
+    fleettwin sim native                        # or, in a clone: make install / .venv/bin/python \
+tools/build_native.py
     fleettwin sim native --remove               # back to pure Python
     FLEETTWIN_PURE_PYTHON=1 fleettwin ...   # ignore the compiled copies for one run
 
@@ -42,7 +43,8 @@ SETUP = """
 from setuptools import setup
 from mypyc.build import mypycify
 setup(name="fleettwin-native", ext_modules=mypycify(
-    ["--ignore-missing-imports", "--follow-imports=skip", *{files!r}], opt_level="3", group_name="fleettwin_native"))
+    ["--ignore-missing-imports", "--follow-imports=skip", *{files!r}], opt_level="3", \
+group_name="fleettwin_native"))
 """
 MANIFEST = "fleettwin_native.files"  # what the last build put in site-packages, one name per line
 

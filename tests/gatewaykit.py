@@ -56,7 +56,10 @@ def recording_backend(seen: list[dict]) -> FastAPI:
 
         async def events():
             for w in ("a", " b", " c"):
-                yield f"data: {json.dumps({'model': body.get('model'), 'choices': [{'index': 0, 'delta': {'content': w}}]})}\n\n"
+                yield (
+                    "data: "
+                    f"{json.dumps({'model': body.get('model'), 'choices': [{'index': 0, 'delta': {'content': w}}]})}\n\n"
+                )
             if body.get("stream_options", {}).get("include_usage"):
                 yield f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n"
             yield "data: [DONE]\n\n"

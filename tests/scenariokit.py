@@ -75,7 +75,8 @@ def fleet_controller(
     allocator: str, interval_s: float, gpu_limits: dict[str, int], acquire_s: float, storage_gbps: float
 ) -> dict:
     """A controller section for a fleet of tiers: the allocator registered as ``allocator`` deciding every
-    ``interval_s`` within ``gpu_limits``, a GPU acquired in ``acquire_s`` and weights read at ``storage_gbps``."""
+    ``interval_s`` within ``gpu_limits``, a GPU acquired in ``acquire_s`` and weights read at
+    ``storage_gbps``."""
     return {
         "allocator": {"name": allocator},
         "interval_s": interval_s,

@@ -40,8 +40,10 @@ def build_kernels() -> None:
         version = folder.split("vllm_")[1]
         fit = dict(old.get("fit", {}))
         fit["kernels"] = {
-            "source": f"ai-dynamo/aiconfigurator @ 095f58a5, systems/data/{folder.replace('/vllm_', '/*/vllm/')}"
-            f" (vLLM {version} kernels, CUDA-graph replays on one GPU)",
+            "source": (
+                f"ai-dynamo/aiconfigurator @ 095f58a5, systems/data/{folder.replace('/vllm_', '/*/vllm/')} "
+                f"(vLLM {version} kernels, CUDA-graph replays on one GPU)"
+            ),
             "laws": summary,
         }
         fit.setdefault("also_for_gpus", also)

@@ -212,7 +212,10 @@ with (
             x.json().get("model") == "rec",
         )
         # defect 6
-        text = "AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe sk_live_4eC39HqLyjWDarjtT1zdp7dc password=hunter2 DE89 3704 0044 0532 0130 00"
+        text = (
+            "AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe sk_live_4eC39HqLyjWDarjtT1zdp7dc password=hunter2 "
+            "DE89 3704 0044 0532 0130 00"
+        )
         httpx.post(
             g + "/v1/chat/completions",
             json={

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from fleettwin.live.http_guard import HttpLimits
 
 DEFAULT_CLIENTS = ("gateway", "controller")
-"""The client-certificate identities a server with --tls-ca accepts unless --tls-client-name says otherwise."""
+"""The client-certificate identities a server with --tls-ca accepts unless --tls-client-name says
+otherwise."""
 CA_HELP = "PEM CA: require client certificates signed by it (mTLS)"
 
 

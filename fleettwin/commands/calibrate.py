@@ -30,10 +30,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         __doc__,
         help="fit the performance model to measured vLLM runs and report its error",
         description=(
-            "Fit a calibration profile (kernel laws + engine and API-server costs) from measured serving runs, "
-            "and check it: every measured run replayed in the simulator next to the measurement. Run "
-            "`fleettwin data calibrate ACTION --help` for each action. Profiles are YAML; a scenario names one as "
-            "`perf_model: {name: calibrated, params: {profile: NAME_OR_PATH}}`."
+            "Fit a calibration profile (kernel laws + engine and API-server costs) from measured serving "
+            "runs, and check it: every measured run replayed in the simulator next to the measurement. Run "
+            "`fleettwin data calibrate ACTION --help` for each action. Profiles are YAML; a scenario names "
+            "one as `perf_model: {name: calibrated, params: {profile: NAME_OR_PATH}}`."
         ),
     )
     parser.add_argument("--report", type=Path, metavar="DIR", help=argparse.SUPPRESS)  # old form of `tables`
@@ -309,7 +309,8 @@ def _kernels(args: argparse.Namespace) -> int:
     for law, s in summary.items():
         print(f"  {law:<24} rows {s['rows']:>6}  MAPE {s['mape']:.1%}  bias {s['bias']:+.1%}")
     print(
-        f"wrote {args.out} (engine costs are {base.name}'s until `fleettwin data calibrate fit --base {args.out}`)"
+        f"wrote {args.out} (engine costs are {base.name}'s until `fleettwin data calibrate fit --base "
+        f"{args.out}`)"
     )
     return 0
 

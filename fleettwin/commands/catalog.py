@@ -18,8 +18,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="list the GPUs and LLMs scenarios can name",
         description=(
             "List the GPU and LLM catalogs shipped with fleettwin (sources in models/data/SOURCES.md). "
-            "`gpus` shows specs and prices per GPU-hour; `models` shows each LLM's shapes and, for the GPU given "
-            "with --gpu, the smallest tensor-parallel size that fits it and the KV blocks such a replica holds."
+            "`gpus` shows specs and prices per GPU-hour; `models` shows each LLM's shapes and, for the GPU "
+            "given with --gpu, the smallest tensor-parallel size that fits it and the KV blocks such a "
+            "replica holds."
         ),
     )
     parser.add_argument("what", choices=["gpus", "models"], help="which catalog to print")

@@ -28,9 +28,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "certs",
         EPILOG,
         help="create a local CA and mTLS certificates for the gateway, emulators, controller, retrieval",
-        description="Write a local certificate authority and, for each component, a server certificate and a "
-        "client certificate signed by it (ECDSA P-256), so that every link of the live twin can require mutual "
-        "TLS. An existing CA in --out is reused.",
+        description=(
+            "Write a local certificate authority and, for each component, a server certificate and a "
+            "client certificate signed by it (ECDSA P-256), so that every link of the live twin can "
+            "require mutual TLS. An existing CA in --out is reused."
+        ),
     )
     p.add_argument("--out", required=True, type=Path, help="folder for the PEM files")
     p.add_argument(

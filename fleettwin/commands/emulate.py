@@ -11,7 +11,8 @@ from fleettwin.commands._serving import add_limit_args, add_listen_args, add_tls
 EPILOG = """examples:
   fleettwin live emulate --model llama-3-8b --gpu h100-80g --port 8000
   fleettwin live emulate --model llama-3-70b --gpu h100-80g --tp 4 --max-num-seqs 256 --token s3cret
-  fleettwin live emulate --model llama-3-8b --gpu a100-80g --perf-model constant --perf-param step_s=0.02 --port 0
+  fleettwin live emulate --model llama-3-8b --gpu a100-80g --perf-model constant --perf-param step_s=0.02 \
+--port 0
   fleettwin live emulate --model llama-3-8b --gpu h100-80g --tls-cert cert.pem --tls-key key.pem --port 8443
   fleettwin live emulate --model llama-3-8b --gpu h100-80g --tls-cert certs/emulator.pem \
       --tls-key certs/emulator.key --tls-ca certs/ca.pem --port 8443   # mTLS (fleettwin data certs)
@@ -32,9 +33,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "emulate",
         EPILOG,
         help="serve a vLLM-compatible API whose timing comes from the simulator's engine model",
-        description="Run an HTTP server that speaks vLLM's OpenAI-compatible API and Prometheus metrics, with "
-        "the simulator's vLLM V1 scheduler and a performance model for (MODEL, GPU) setting the pace on the "
-        "wall clock. Load generators, routers and scrapers can be tested against it without a GPU.",
+        description=(
+            "Run an HTTP server that speaks vLLM's OpenAI-compatible API and Prometheus metrics, with the "
+            "simulator's vLLM V1 scheduler and a performance model for (MODEL, GPU) setting the pace on "
+            "the wall clock. Load generators, routers and scrapers can be tested against it without a GPU."
+        ),
     )
     p.add_argument("--model", required=True, help="catalog model id (fleettwin data catalog models)")
     p.add_argument("--gpu", required=True, help="catalog GPU id (fleettwin data catalog gpus)")

@@ -23,8 +23,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "experiment",
         EPILOG,
         help="run a named experiment (all policies, same workload and seed) and write a report",
-        description="Run one of fleettwin's experiments: several policies or set-ups on the same workload and "
-        "seed, summarised in results.csv and a markdown report that sets the numbers next to the claim tested.",
+        description=(
+            "Run one of fleettwin's experiments: several policies or set-ups on the same workload and "
+            "seed, summarised in results.csv and a markdown report that sets the numbers next to the "
+            "claim tested."
+        ),
     )
     p.add_argument("name", choices=list(EXPERIMENTS), help="which experiment")
     p.add_argument("--out", type=Path, required=True, help="directory for results.csv, report.md and plots")

@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_gateway(args.config)
     if args.check:
         print(
-            f"{args.config}: {len(cfg.tenants)} tenants, {len(cfg.backends)} models, audit log {cfg.audit_log}"
+            f"{args.config}: {len(cfg.tenants)} tenants, {len(cfg.backends)} models, audit log "
+            f"{cfg.audit_log}"
         )
         return 0
     from fleettwin.live.gateway.app import create_gateway_app
@@ -72,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
     def ready(url: str) -> None:
         mtls = ", client certificates required" if args.tls_ca else ""
         print(
-            f"fleettwin gateway: {len(cfg.tenants)} tenants, models {', '.join(cfg.backends)} at {url}{mtls}; "
-            f"audit log {cfg.audit_log}",
+            f"fleettwin gateway: {len(cfg.tenants)} tenants, models {', '.join(cfg.backends)} at "
+            f"{url}{mtls}; audit log {cfg.audit_log}",
             flush=True,
         )
 

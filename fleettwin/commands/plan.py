@@ -47,9 +47,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "plan",
         EPILOG,
         help="cheapest deployment meeting percentile SLOs at a rate (or the most a budget serves)",
-        description="Find, by simulation, the cheapest deployment (GPU type x tensor parallelism x precision x "
-        "replicas) of a scenario's pool that meets percentile latency targets on the scenario's workload at "
-        "each rate; with --budget, the highest rate each candidate serves within it.",
+        description=(
+            "Find, by simulation, the cheapest deployment (GPU type x tensor parallelism x precision x "
+            "replicas) of a scenario's pool that meets percentile latency targets on the scenario's "
+            "workload at each rate; with --budget, the highest rate each candidate serves within it."
+        ),
     )
     p.add_argument(
         "scenario", type=Path, help="scenario YAML: the workload, model, engine and seed to plan for"

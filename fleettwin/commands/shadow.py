@@ -10,13 +10,17 @@ from fleettwin.commands._common import add_overrides_arg, add_registry_arg, comm
 
 EPILOG = """examples:
   fleettwin live shadow --scenario configs/live.yaml                        # until Ctrl-C
-  fleettwin live shadow --scenario configs/live.yaml --duration 120 --drift-report results/drift --load replay.parquet
+  fleettwin live shadow --scenario configs/live.yaml --duration 120 --drift-report results/drift --load \
+replay.parquet
   fleettwin live shadow --scenario configs/live.yaml --report-only --drift-report results/drift
-  fleettwin live shadow --scenario configs/live.yaml --act                  # needs a promoted policy (fleettwin policy promote)
-  fleettwin live shadow --scenario configs/live-prometheus.yaml --metrics-port 9100   # read Prometheus, expose own metrics
+  fleettwin live shadow --scenario configs/live.yaml --act                  # needs a promoted policy \
+(fleettwin policy promote)
+  fleettwin live shadow --scenario configs/live-prometheus.yaml --metrics-port 9100   # read Prometheus, \
+expose own metrics
 
 Every interval the controller scrapes /health and /metrics of every backend (or, with a `source: {prometheus:
-URL, selector: '{job="vllm"}'}` section, asks Prometheus with PromQL; configs/live-prometheus.yaml), builds the
+URL, selector: '{job="vllm"}'}` section, asks Prometheus with PromQL; configs/live-prometheus.yaml), builds \
+the
 FleetSnapshot, runs the
 scenario's allocator and each pool's router as the simulator does, and appends one JSON record to the
 decision log (scenario field decision_log): the backends' status and backoff state, each pool's observed load,
@@ -31,9 +35,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "shadow",
         EPILOG,
         help="run the allocator live against vLLM-compatible backends and log its decisions (or act on them)",
-        description="Run the live twin's control loop: scrape the backends of a live scenario every interval, "
-        "decide with the same allocator and routers the simulator runs, and append each decision to a "
-        "durable JSONL log; with --act a promoted policy starts and stops emulator replicas.",
+        description=(
+            "Run the live twin's control loop: scrape the backends of a live scenario every interval, "
+            "decide with the same allocator and routers the simulator runs, and append each decision to a "
+            "durable JSONL log; with --act a promoted policy starts and stops emulator replicas."
+        ),
     )
     p.add_argument("--scenario", required=True, type=Path, help="live scenario YAML (see configs/live.yaml)")
     add_overrides_arg(p, "override a field by dotted path, e.g. controller.interval_s=5 (repeatable)")

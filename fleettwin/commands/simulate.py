@@ -25,7 +25,8 @@ long runs: --stream writes requests.parquet in row groups as requests end and ta
 outputs (with --out DIR): requests.parquet (one row per request: arrival, queue, TTFT, TPOT, E2E, preemptions,
 status), timeseries.parquet (running/waiting/KV/busy per pool every sample interval), summary.json
 (percentiles, throughput, goodput under the SLO, GPU-hours, cost) and, with --plot, latency_cdf.png and
-pool_timeseries.png. A scenario with a workflows: section (configs/workflows.yaml, docs/workflows.md) also prints
+pool_timeseries.png. A scenario with a workflows: section (configs/workflows.yaml, docs/workflows.md) also \
+prints
 workflow E2E percentiles, the critical path and tokens per workflow, and writes workflows.parquet and
 workflow_nodes.parquet."""
 
@@ -36,8 +37,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "simulate",
         EPILOG,
         help="simulate a scenario YAML (GPU pools serving a workload)",
-        description="Simulate the GPU pools of a scenario serving its workload with a vLLM-like engine model, "
-        "then print latency percentiles, throughput, SLO attainment and cost.",
+        description=(
+            "Simulate the GPU pools of a scenario serving its workload with a vLLM-like engine model, "
+            "then print latency percentiles, throughput, SLO attainment and cost."
+        ),
     )
     p.add_argument("scenario", type=Path, help="scenario YAML file (see configs/)")
     p.add_argument("--out", type=Path, help="directory for results (Parquet, JSON, plots)")

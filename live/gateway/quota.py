@@ -67,8 +67,8 @@ class TenantLimiter:
         q = self.quotas
         if reason == "too_large":
             return (
-                f"the request needs up to {tokens:.0f} tokens, more than tenant '{self.tenant}' may use in one "
-                f"burst ({self.tokens.burst:.0f}); lower max_tokens"
+                f"the request needs up to {tokens:.0f} tokens, more than tenant '{self.tenant}' may use in "
+                f"one burst ({self.tokens.burst:.0f}); lower max_tokens"
             )
         what = (
             f"{q.requests_per_s:g} requests/s"

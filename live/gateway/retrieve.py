@@ -5,8 +5,8 @@ The caller is authenticated as for completions; the body names one ``collection`
 ``collections`` rule must allow (403 otherwise, as for documents from that collection in a chat request); an
 allowed request takes one slot of the tenant's request quota (requests/s, concurrent). The retrieval service
 (``live/retrieval_service.py``) is reached with the gateway's own credentials — its bearer token from
-``retrieval.token_env`` and the client certificate of ``retrieval.tls`` (default ``backend_tls``) — never the
-caller's, and its answer is passed on as it is.
+``retrieval.token_env`` and the client certificate of ``retrieval.tls`` (default ``backend_tls``) — never
+the caller's, and its answer is passed on as it is.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """Context sanitisation: detectors chosen by name, each with an action, over every piece of text a request
 carries; retrieved passages are wrapped and labelled as untrusted data.
 
-Detectors (registry ``DETECTORS``) find spans; the action decides what happens to them:
-``block`` refuses the request, ``strip`` deletes the span, ``redact`` replaces it with ``[REDACTED:<name>]``,
-``log`` only records the hit. Detectors run in a fixed order (``order``) over the text the previous ones left,
-so a redacted credit card cannot be matched again as a phone number. A hit records the detector, where (a
-field path such as ``messages[1].content``), how many matches and the action — never the matched text, so the
-audit log cannot leak what it was meant to keep out.
+Detectors (registry ``DETECTORS``) find spans; the action decides what happens to them: ``block`` refuses the
+request, ``strip`` deletes the span, ``redact`` replaces it with ``[REDACTED:<name>]``, ``log`` only records
+the hit. Detectors run in a fixed order (``order``) over the text the previous ones left, so a redacted credit
+card cannot be matched again as a phone number. A hit records the detector, where (a field path such as
+``messages[1].content``), how many matches and the action — never the matched text, so the audit log cannot
+leak what it was meant to keep out.
 
 Pattern detectors are heuristics, not a guarantee: an attacker can paraphrase an injection, and a phone
 number without separators is not matched (to keep token-like digit strings from being flagged).
@@ -80,16 +80,8 @@ class PromptInjection(_Regex):
 
     category, order, default_action = "injection", 10, "block"
     pattern = re.compile(
-        rf"\b(?:ignore|disregard|forget|override|bypass)\b{_GAP}\b(?:previous|prior|above|earlier|preceding|all"
-        rf"|any|your|the)\b{_GAP}\b(?:instructions?|prompts?|rules|directions|guidelines|guardrails)\b"
-        r"|\b(?:reveal|print|show|repeat|output|leak|dump)\b[^.\n]{0,30}?\b(?:system|hidden|initial|developer)"
-        r"\s+(?:prompt|instructions?|message)"
-        r"|\byou\s+are\s+now\s+(?:in\s+)?(?:DAN|developer\s+mode|jailbroken|unrestricted|unfiltered)\b"
-        r"|\bdo\s+anything\s+now\b"
-        r"|\bnew\s+(?:system\s+)?instructions?\s*:"
-        r"|<\|(?:im_start|im_end|system|endoftext|start_header_id|end_header_id|eot_id)\|>"
-        r"|\[/?INST\]|<</?SYS>>"
-        r"|^[ \t]*#{2,}[ \t]*(?:system|instructions?)[ \t]*:",
+        rf"\b(?:ignore|disregard|forget|override|bypass)\b{_GAP}\b(?:previous|prior|above|earlier|preceding|all|any|your|the)\b{_GAP}\b(?:instructions?|prompts?|rules|directions|guidelines|guardrails)\b|\b(?:reveal|print|show|repeat|output|leak|dump)\b[^.\n]{{0,30}}?\b(?:system|hidden|initial|developer)\s+(?:prompt|instructions?|message)|\byou\s+are\s+now\s+(?:in\s+)?(?:DAN|developer\s+mode|jailbroken|unrestricted|unfiltered)\b|\bdo\s+anything\s+now\b|\bnew\s+(?:system\s+)?instructions?\s*:|<\|(?:im_start|im_end|system|endoftext|start_header_id|end_header_id|eot_id)\|>|\[/?INST\]|<</?SYS>>|^[ "
+        r"\t]*#{2,}[ \t]*(?:system|instructions?)[ \t]*:",
         re.IGNORECASE | re.MULTILINE,
     )
 
@@ -125,16 +117,15 @@ _SECRETS: dict[str, tuple[str, str]] = {
         r"\bAIza[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-])",
     ),
     "stripe_key": (
-        "Stripe secret and restricted keys, live or test (``sk_live_...``, ``rk_test_...``); publishable keys "
-        "(``pk_``) are public by design.",
+        "Stripe secret and restricted keys, live or test (``sk_live_...``, ``rk_test_...``); publishable "
+        "keys (``pk_``) are public by design.",
         r"\b(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{10,}",
     ),
     "password": (
         'A credential written as an assignment, ``password=...``, ``secret: "..."``, ``api_key=...``: only the '
         "value is matched (a value another detector already redacted is left alone).",
         (
-            r"(?i:\b(?:password|passwd|passphrase|pwd|secret|client_secret|api[_-]?key|access[_-]?token|auth[_-]?token)"
-            r")\b[\"']?\s*[:=]\s*(?!\[REDACTED)(?P<secret>\"[^\"\n]{1,200}\"|'[^'\n]{1,200}'|[^\s\"',;&]{1,200})"
+            r"(?i:\b(?:password|passwd|passphrase|pwd|secret|client_secret|api[_-]?key|access[_-]?token|auth[_-]?token))\b[\"']?\s*[:=]\s*(?!\[REDACTED)(?P<secret>\"[^\"\n]{1,200}\"|'[^'\n]{1,200}'|[^\s\"',;&]{1,200})"
         ),
     ),
 }
@@ -194,8 +185,8 @@ class Phone(_Regex):
 
     category, order = "pii", 33
     pattern = re.compile(
-        r"(?<![\w+.])(?:\+\d{1,3}[ .-]?\d{6,14}(?!\d)|(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,5}\)|\d{2,5})[ .-]\d{3,4}[ .-]?"
-        r"\d{3,5})(?![\w-]|\.\d)"
+        r"(?<![\w+.])(?:\+\d{1,3}[ .-]?\d{6,14}(?!\d)|(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,5}\)|\d{2,5})[ "
+        r".-]\d{3,4}[ .-]?\d{3,5})(?![\w-]|\.\d)"
     )
 
 

@@ -1,6 +1,7 @@
-"""Choices of the core sections that name a behaviour of the engine or the simulator: the waiting queue's order
-and the simulator's stepping. Each is a registry (``models/registry.py``) like the routers and allocators, so
-YAML writes them the one way, ``{name, params}``, and a typo gets the same "did you mean" as any other name.
+"""Choices of the core sections that name a behaviour of the engine or the simulator: the waiting queue's
+order and the simulator's stepping. Each is a registry (``models/registry.py``) like the routers and
+allocators, so YAML writes them the one way, ``{name, params}``, and a typo gets the same "did you mean" as
+any other name.
 
 The waiting policies are registered where they are carried out (``models/engine/waiting.py``: each entry
 makes its queue); the sim modes' entries are the names and what they mean, carried out by the runner.

@@ -23,8 +23,8 @@ class ControllerConfig(StrictModel):
     interval_s: PositiveFloat = 60.0
     provisioning: ProvisioningConfig = ProvisioningConfig()
     gpu_limits: dict[str, PositiveInt] = Field(default_factory=dict)  # GPUs available per type (default 4096)
-    # Seed the arrival-rate history with this many seconds from before t = 0 (rate_series workloads know them),
-    # as a live controller has its metrics history; the first decision is then taken at t = 0.
+    # Seed the arrival-rate history with this many seconds from before t = 0 (rate_series workloads know
+    # them), as a live controller has its metrics history; the first decision is then taken at t = 0.
     prior_history_s: float = Field(0.0, ge=0, allow_inf_nan=False)
     # Or take that history from a counts CSV (timestamp_s,requests) of the traffic before t = 0, e.g. the live
     # service's last week: its last prior_history_s seconds (all of it when 0), req/s x prior_history_scale.

@@ -37,7 +37,8 @@ class CatalogOverrides(StrictModel):
     llms: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     def build(self) -> Catalog:
-        """The built-in catalog with these changes; a ValueError (reported under ``catalog``) if one is bad."""
+        """The built-in catalog with these changes; a ValueError (reported under ``catalog``) if one is
+        bad."""
         try:
             return Catalog.default().with_overrides(gpus=self.gpus, llms=self.llms)
         except FleettwinError as exc:

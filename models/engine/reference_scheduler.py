@@ -176,8 +176,8 @@ class ReferenceScheduler(EngineQueue):
         return self.used_blocks + extra
 
     def finish_decode_run(self, k: int, start_s: float, first_end_s: float, end_s: float) -> list[SeqState]:
-        """Apply ``k`` decode-only iterations at once (the first one planned by ``schedule()``), which ran from
-        ``start_s`` to ``end_s``; the first of them ended at ``first_end_s``."""
+        """Apply ``k`` decode-only iterations at once (the first one planned by ``schedule()``), which ran
+        from ``start_s`` to ``end_s``; the first of them ended at ``first_end_s``."""
         self.steps += k
         finished: list[SeqState] = []
         bs = self.limits.block_size

@@ -113,14 +113,14 @@ def resolve_pool(cfg: PoolConfig, catalog: Catalog, tenancy: Tenancy | None = No
     if max_len > capacity:
         raise PoolFitError(
             "engine.max_model_len",
-            f"{max_len} does not fit the KV cache of {capacity} tokens ({cfg.model} on {tp}x {cfg.gpu}); lower "
-            "max_model_len or raise tp / gpu_memory_utilization",
+            f"{max_len} does not fit the KV cache of {capacity} tokens ({cfg.model} on {tp}x {cfg.gpu}); "
+            "lower max_model_len or raise tp / gpu_memory_utilization",
         )
     if not eng.enable_chunked_prefill and eng.max_num_batched_tokens < max_len:
         raise PoolFitError(
             "engine.max_num_batched_tokens",
-            f"without chunked prefill it ({eng.max_num_batched_tokens}) must be >= max_model_len ({max_len}), as "
-            "vLLM requires",
+            f"without chunked prefill it ({eng.max_num_batched_tokens}) must be >= max_model_len "
+            f"({max_len}), as vLLM requires",
         )
     limits = EngineLimits(
         num_blocks=blocks,

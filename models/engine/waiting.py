@@ -5,8 +5,8 @@
 ``PolicyQueue`` (``WfqQueue``, ``PriorityQueue``) otherwise. ``PolicyQueue`` offers the deque operations the
 schedulers use, so both schedulers run the same admission code on it:
 
-- ``append``: a new request, ordered by its key: the WFQ finish tag (``models/tenancy/quotas.py`` ``FairClock``) or
-  the tenant's priority (lower first), ties by arrival at this replica;
+- ``append``: a new request, ordered by its key: the WFQ finish tag (``models/tenancy/quotas.py``
+  ``FairClock``) or the tenant's priority (lower first), ties by arrival at this replica;
 - ``[0]`` / ``popleft``: the head, the next to admit; taking a request into service moves the fair clock;
 - ``appendleft``: a preempted sequence. It goes to the head, as under FCFS (its tag was the smallest when it
   was admitted, and tags only grow), so the last one preempted is resumed first. Under ``priority`` this

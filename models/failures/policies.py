@@ -7,7 +7,8 @@ MTTR) from a generator the caller seeds per injector. Policies are chosen by nam
 
 - ``TRUNCATION_POLICIES``: a prompt (with its retrieved context) that does not fit the pool's window is
   truncated to its last tokens, compressed at a latency cost, or re-routed to a pool with a longer window;
-- ``COHERENCE_POLICIES``: an answer flagged bad is retried on another replica or sent to a larger model's pool.
+- ``COHERENCE_POLICIES``: an answer flagged bad is retried on another replica or sent to a larger model's
+  pool.
 
 Each returns a frozen record (``Admission``, ``Reissue``); the simulator carries it out.
 """

@@ -2,13 +2,15 @@
 
     step = overhead + layers x mlp_side(tokens) + TP all-reduces(tokens) + attention + LM head
 
-- ``mlp_side``: the sum of the measured per-layer operators (QKV/O projections, RoPE, norms, MLP, residual add)
-  at the batch's token count, piecewise-linear between table rows (``models/perf/tables.py``).
-- all-reduce: two per layer, from the measured NCCL table at ``tokens x hidden x 2`` bytes, plus a CPU launch cost.
+- ``mlp_side``: the sum of the measured per-layer operators (QKV/O projections, RoPE, norms, MLP, residual
+  add) at the batch's token count, piecewise-linear between table rows (``models/perf/tables.py``).
+- all-reduce: two per layer, from the measured NCCL table at ``tokens x hidden x 2`` bytes, plus a CPU launch
+  cost.
 - attention: no measured attention table ships (see ``models/data/vidur/SOURCE.md``), so by default it is a
-  roofline term (FLOPs of the query-key pairs against HBM traffic of the KV cache) with the efficiencies fitted
-  on the GEMM tables. A Vidur-format ``attention.csv`` can be given instead (``attention_table``).
-- LM head and embedding gather: not per-layer operators; a roofline term for the head plus the measured ``emb``.
+  roofline term (FLOPs of the query-key pairs against HBM traffic of the KV cache) with the efficiencies
+  fitted on the GEMM tables. A Vidur-format ``attention.csv`` can be given instead (``attention_table``).
+- LM head and embedding gather: not per-layer operators; a roofline term for the head plus the measured
+  ``emb``.
 
 GPU/model pairs without tables fall back to the roofline model with the efficiencies fitted on the pairs that
 have them (:func:`fit_roofline_efficiencies`); ``describe()`` names the path taken. Everything that depends

@@ -3,8 +3,8 @@
 Active-active: every region with a pool for the request's model can serve any request. A router sees one
 ``RegionView`` per such region, built for this request (RTT from the request's origin, health, load, the
 prefix-cache warmth for this request), and returns the index of its choice, or ``None`` when no region is up
-with a routable replica. The simulator's front door (``sim/regions/front_door.py``) builds the views from its pools;
-a live gateway would build them from scraped metrics and its own bookkeeping. Routers hold no hidden
+with a routable replica. The simulator's front door (``sim/regions/front_door.py``) builds the views from its
+pools; a live gateway would build them from scraped metrics and its own bookkeeping. Routers hold no hidden
 randomness: ``content_aware`` hashes with BLAKE2b, so the same key gets the same home in every run.
 
 - ``nearest``: the smallest RTT among available regions (failover: the next nearest).
@@ -20,10 +20,10 @@ randomness: ``content_aware`` hashes with BLAKE2b, so the same key gets the same
   spilled 43 % of the reference scenario's requests from their homes: with one or two replicas per region the
   counts are too small for a ratio to the mean to mean much. The first acceptable region in the key's order
   wins unless another acceptable one holds at least ``min_warm_blocks`` more of the request's prefix blocks in
-  its cache (after a spill or a failover the key follows its warm KV prefix and retrieval shard). A margin, not
-  "the warmest": a prefix shared by every request (Mooncake's block 0) is warm wherever a request has finished,
-  and "warmest" then starved regions that were cold at the start. With no acceptable region: the smallest RTT +
-  predicted queueing.
+  its cache (after a spill or a failover the key follows its warm KV prefix and retrieval shard). A margin,
+  not "the warmest": a prefix shared by every request (Mooncake's block 0) is warm wherever a request has
+  finished, and "warmest" then starved regions that were cold at the start. With no acceptable region: the
+  smallest RTT + predicted queueing.
 """
 
 from __future__ import annotations
@@ -162,8 +162,8 @@ def prefix_key(request: Request) -> str:
 
 
 def rendezvous_score(key: str, region: str, weight: float) -> float:
-    """Weighted rendezvous (highest-random-weight) score, smallest wins: ``-ln(u) / weight`` with ``u`` uniform
-    in (0, 1] from a hash of (key, region). A region wins with probability weight / total weight."""
+    """Weighted rendezvous (highest-random-weight) score, smallest wins: ``-ln(u) / weight`` with ``u``
+    uniform in (0, 1] from a hash of (key, region). A region wins with probability weight / total weight."""
     h = int.from_bytes(hashlib.blake2b(f"{key}\x00{region}".encode(), digest_size=8).digest(), "big")
     u = (h + 1) / 2.0**64
     return -math.log(u) / weight if weight > 0 else math.inf

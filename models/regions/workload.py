@@ -4,19 +4,19 @@ region's day.
 A workload (typically a real trace with prefix blocks, the Mooncake conversation trace) says *what* users ask;
 this module says *where they are and when they ask*:
 
-1. **Sessions.** Requests whose first ``key_blocks`` prefix blocks agree belong to one session (a conversation:
-   its later turns repeat the earlier turns as their prefix). That key becomes ``Request.prefix_key``.
-   ``copies`` > 1 replays the workload several times as distinct users: blocks private to one session get new
-   ids in each copy, blocks shared across sessions (Mooncake's block 0, a common system prompt) keep theirs, and
-   copy ``c`` is shifted by ``c / copies`` of the trace's span so that copies of one request do not arrive
-   together (unshifted, two copies homed in one region arrived within seconds: correlated bursts of 118k-token
-   prompts that no real population would send).
+1. **Sessions.** Requests whose first ``key_blocks`` prefix blocks agree belong to one session (a
+   conversation: its later turns repeat the earlier turns as their prefix). That key becomes
+   ``Request.prefix_key``. ``copies`` > 1 replays the workload several times as distinct users: blocks private
+   to one session get new ids in each copy, blocks shared across sessions (Mooncake's block 0, a common system
+   prompt) keep theirs, and copy ``c`` is shifted by ``c / copies`` of the trace's span so that copies of one
+   request do not arrive together (unshifted, two copies homed in one region arrived within seconds:
+   correlated bursts of 118k-token prompts that no real population would send).
 2. **Origins.** Each session gets a home region drawn by the regions' weights; each of its requests comes from
    that home with probability ``session_locality``, else from a region drawn by weight (1: a conversation
    belongs to one user; 0: the key is a topic that users everywhere ask about).
 3. **Times.** A region's requests keep their trace order (a session's turns stay in order) and get the sorted
-   arrival times of a Poisson process conditioned on their count, whose rate follows the region's day:
-   ``1 + a cos(2 pi (t - peak) / day_s)`` peaking at ``peak_local_h`` local time (``arrivals.Diurnal``), so the
+   arrival times of a Poisson process conditioned on their count, whose rate follows the region's day: ``1 + a
+   cos(2 pi (t - peak) / day_s)`` peaking at ``peak_local_h`` local time (``arrivals.Diurnal``), so the
    regions' peaks are shifted by their time zones.
 
 Deterministic: every random choice comes from ``rng`` through child streams (homes, origins, one per region).

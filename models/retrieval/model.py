@@ -16,8 +16,9 @@ How a lookup between rows works (``RetrievalModel.lookup``):
   search_param), so noisy measured rows cannot make a larger nprobe faster or less accurate.
 * **n_vectors**: log latency is linear in log n between slices (a power law per segment); outside the rows it
   continues as a power of n: the outer segment's exponent (largest over the table's search_params going up,
-  smallest going down, clamped to [0, 1]), or a per-type default exponent when only one n was measured. Recall is linear in log n and clamped outside. Across n, latency takes a running maximum and
-  recall a running minimum, so a bigger index is never modelled faster or more accurate.
+  smallest going down, clamped to [0, 1]), or a per-type default exponent when only one n was measured. Recall
+  is linear in log n and clamped outside. Across n, latency takes a running maximum and recall a running
+  minimum, so a bigger index is never modelled faster or more accurate.
 * **dim**: between two table dims, log latency and recall are linear in log dim; outside, latency scales in
   proportion to dim (distance computations dominate; for PQ codes this is pessimistic) and recall is kept.
 

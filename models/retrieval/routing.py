@@ -4,32 +4,32 @@ The knowledge fabric is several stores that split one corpus by domain (or tenan
 embedding model, so distances from different stores can be compared and merged. A query has a true ``topic``.
 
 **Where a query's true neighbours are.** ``locality`` (L) is the fraction of a query's exact top-k (over the
-whole corpus) that lies in the store holding its topic. The rest, 1 − L, is spread over all stores in proportion
-to their size. L = 1 is the best case for routing: the domains separate perfectly. The experiment also runs
-lower values.
+whole corpus) that lies in the store holding its topic. The rest, 1 − L, is spread over all stores in
+proportion to their size. L = 1 is the best case for routing: the domains separate perfectly. The experiment
+also runs lower values.
 
 **Recall of a merged answer.** Each queried store returns its own approximate top-k. The fabric merges those
-lists by distance and keeps k. A true global top-k neighbour ranks above every other vector, so it survives the
-merge whenever its store returned it. Its store returns it with that store's recall@10 r_i. That figure is a
-little pessimistic for the first few ranks, which ANN search finds more often. So
+lists by distance and keeps k. A true global top-k neighbour ranks above every other vector, so it survives
+the merge whenever its store returned it. Its store returns it with that store's recall@10 r_i. That figure is
+a little pessimistic for the first few ranks, which ANN search finds more often. So
 
     recall = Σ over queried stores i of share_i(topic) · r_i
 
 This is the expected recall given the route; the realised randomness is the route itself. A store that is not
 queried contributes nothing, and that is how a misroute loses recall.
 
-**The routed classifier.** A content classifier sees the query and predicts a domain with a confidence c. It is
-modelled as calibrated: c ~ Beta(κ·a, κ·(1 − a)), and the prediction is right with probability c. The overall
-accuracy is then a, and raising the threshold keeps the predictions more likely to be right. A wrong prediction
-picks one of the other domains uniformly. If c ≥ threshold, only the predicted store is queried; otherwise the
-query fans out to every store. The classifier adds ``classifier_ms`` before the store queries start (a linear
-head over the query embedding, which dense retrieval computes anyway: an assumption).
+**The routed classifier.** A content classifier sees the query and predicts a domain with a confidence c. It
+is modelled as calibrated: c ~ Beta(κ·a, κ·(1 − a)), and the prediction is right with probability c. The
+overall accuracy is then a, and raising the threshold keeps the predictions more likely to be right. A wrong
+prediction picks one of the other domains uniformly. If c ≥ threshold, only the predicted store is queried;
+otherwise the query fans out to every store. The classifier adds ``classifier_ms`` before the store queries
+start (a linear head over the query embedding, which dense retrieval computes anyway: an assumption).
 
-**Hybrid lexical + dense (reciprocal rank fusion)** is a store option. BM25 runs in parallel with the dense search
-on its own engine, so the store answers when the slower of the two is done (``sim/retrieval/rag.py``). Its effect on recall is an assumed relative cut in misses,
-``recall_uplift``: r' = 1 − (1 − r)(1 − u). Published gains are nDCG@10, not recall@10: RRF hybrids beat
-dense-only by roughly 5-15 % on BEIR, and by 6.1 % on TREC-COVID (arXiv 2604.13728). So u is a scenario
-assumption, not a measured figure.
+**Hybrid lexical + dense (reciprocal rank fusion)** is a store option. BM25 runs in parallel with the dense
+search on its own engine, so the store answers when the slower of the two is done (``sim/retrieval/rag.py``).
+Its effect on recall is an assumed relative cut in misses, ``recall_uplift``: r' = 1 − (1 − r)(1 − u).
+Published gains are nDCG@10, not recall@10: RRF hybrids beat dense-only by roughly 5-15 % on BEIR, and by 6.1
+% on TREC-COVID (arXiv 2604.13728). So u is a scenario assumption, not a measured figure.
 """
 
 from __future__ import annotations

@@ -72,7 +72,8 @@ class LeastOutstanding(ReplicaRouter):
 
 @REPLICA_ROUTERS.register("least_kv")
 class LeastKvUsage(ReplicaRouter):
-    """Lowest KV-cache usage, then fewest outstanding requests (memory-pressure aware, like llm-d's KV scorer)."""
+    """Lowest KV-cache usage, then fewest outstanding requests (memory-pressure aware, like llm-d's KV
+    scorer)."""
 
     def __init__(self, params: NoParams):
         self._start = 0
@@ -88,8 +89,8 @@ class LeastKvUsage(ReplicaRouter):
 class PrefixAffinity(ReplicaRouter):
     """The replica holding the longest cached prefix of the request, unless it is more than ``max_load_gap``
     outstanding requests above the least loaded one; otherwise (or with no hit anywhere) the least loaded.
-    Ties go to the fewest outstanding, then rotate. Like llm-d's prefix-cache scorer paired with a load scorer:
-    a warm cache skips prefill, but not at the price of an unbounded queue."""
+    Ties go to the fewest outstanding, then rotate. Like llm-d's prefix-cache scorer paired with a load
+    scorer: a warm cache skips prefill, but not at the price of an unbounded queue."""
 
     class Params(StrictModel):
         max_load_gap: int = Field(8, ge=0)

@@ -2,14 +2,14 @@
 I/O).
 
 - ``TokenBucket``: ``rate`` per second up to ``burst``, starting full. Time is always passed in, so the same
-  object serves the simulator's admission stage (``sim/tenancy/stages.py``, simulated seconds) and the live gateway
-  (``live/gateway/quota.py`` uses this class on ``time.monotonic``).
+  object serves the simulator's admission stage (``sim/tenancy/stages.py``, simulated seconds) and the live
+  gateway (``live/gateway/quota.py`` uses this class on ``time.monotonic``).
 - ``QuotaGate``: one tenant's requests/s and tokens/s buckets; a request is admitted only if every bucket can
   take it at once, and a refusal takes nothing (so it costs the tenant nothing).
 - ``FairClock``: weighted fair queueing tags, self-clocked (Golestani's SCFQ). A request of tenant ``t`` with
-  cost ``c`` arriving when the clock reads ``V`` gets the start tag ``S = max(V, F_t)`` and the finish tag
-  ``F = S + c / w_t`` (``F_t``: the finish tag of ``t``'s previous request); requests are served in order of
-  ``F`` and ``V`` moves to the finish tag of each request taken into service. A tenant that was idle starts from
+  cost ``c`` arriving when the clock reads ``V`` gets the start tag ``S = max(V, F_t)`` and the finish tag ``F
+  = S + c / w_t`` (``F_t``: the finish tag of ``t``'s previous request); requests are served in order of ``F``
+  and ``V`` moves to the finish tag of each request taken into service. A tenant that was idle starts from
   ``V`` (no credit for idling), and two backlogged tenants get service in the ratio of their weights, within
   one request's cost of each (``tests/sim/test_wfq.py``).
 - ``RateLimits``/``Quotas``/``TenantSpec``: a tenant's limits and spec as the scenario's ``tenants:`` section

@@ -2,8 +2,8 @@
 
 Both worlds report what happened to each node of a ``WorkflowInstance`` as a ``NodeOutcome`` (when it started
 and ended on their clock, its status, the tokens its LLM request really used); ``workflow_row`` and
-``node_rows`` turn those into rows with the columns ``WORKFLOW_COLUMNS`` / ``NODE_COLUMNS`` and ``frames`` into
-the two tables, so a simulated and a measured run of the same instances can be compared column by column.
+``node_rows`` turn those into rows with the columns ``WORKFLOW_COLUMNS`` / ``NODE_COLUMNS`` and ``frames``
+into the two tables, so a simulated and a measured run of the same instances can be compared column by column.
 
 A workflow is ``completed`` when every node completed, ``failed`` when a node failed (its descendants are then
 ``skipped``), else ``unfinished`` (the run ended first). Its E2E runs from its arrival to the end of its last
@@ -173,8 +173,8 @@ def node_rows(inst: WorkflowInstance, outcomes: Sequence[NodeOutcome]) -> list[t
 def frames(
     runs: Iterable[tuple[WorkflowInstance, Sequence[NodeOutcome]]],
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(one row per workflow, one row per node) of ``(instance, its nodes' outcomes)`` pairs: the result tables
-    both worlds write."""
+    """(one row per workflow, one row per node) of ``(instance, its nodes' outcomes)`` pairs: the result
+    tables both worlds write."""
     wf, nodes = [], []
     for inst, outcomes in runs:
         wf.append(workflow_row(inst, outcomes))

@@ -149,7 +149,8 @@ _ADAPTER: TypeAdapter[Any] = TypeAdapter(LengthDist)
 
 
 def parse_lengths(data: Any) -> _Lengths:
-    """Validate a mapping such as ``{"name": "geometric", "params": {"prompt_mean": 500, "output_mean": 100}}``."""
+    """Validate a mapping such as ``{"name": "geometric", "params": {"prompt_mean": 500, "output_mean":
+    100}}``."""
     if isinstance(data, _Lengths):
         return data
     try:

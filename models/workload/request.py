@@ -10,10 +10,11 @@ from dataclasses import dataclass
 class Request:
     """One LLM request as it arrives at the fleet.
 
-    ``arrival_s`` is seconds from the start of the run. ``model`` is a catalog id; ``None`` means "whatever the
-    pool serves" (single-model scenarios). ``prefix_blocks`` carries prefix-cache block ids where the trace has
-    them (Mooncake ``hash_ids``, 512 tokens per block there), for prefix-cache and content-aware routing models.
-    ``rag`` requests first query the knowledge fabric (about ``topic``), then prefill with the retrieved context.
+    ``arrival_s`` is seconds from the start of the run. ``model`` is a catalog id; ``None`` means "whatever
+    the pool serves" (single-model scenarios). ``prefix_blocks`` carries prefix-cache block ids where the
+    trace has them (Mooncake ``hash_ids``, 512 tokens per block there), for prefix-cache and content-aware
+    routing models. ``rag`` requests first query the knowledge fabric (about ``topic``), then prefill with the
+    retrieved context.
     """
 
     id: int

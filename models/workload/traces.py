@@ -90,8 +90,8 @@ class TraceTable:
         if hi <= lo:
             shown = "end" if duration_s is None else f"{end_s:g}"
             raise ConfigError(
-                f"{self.path}: the window [{start_s:g}, {shown}) s selects no rows; the trace has {len(self)} "
-                f"rows spanning [0, {self.span_s:g}] s"
+                f"{self.path}: the window [{start_s:g}, {shown}) s selects no rows; the trace has "
+                f"{len(self)} rows spanning [0, {self.span_s:g}] s"
             )
         blocks = None if self.prefix_blocks is None else self.prefix_blocks[lo:hi]
         return TraceTable(

@@ -1,14 +1,14 @@
 """Fit per step: where a client kept every request's inter-token latencies (``vllm bench serve
---save-detailed``: ``itls``, with send times), each gap between two streamed tokens of a request times one engine
-iteration. Rebuilt from the token times of all requests, an iteration's batch is known too: the sequences that
-had streamed their first token and not yet their last, and the KV tokens they had. So the decode costs can be
-fitted on the iterations themselves, without the simulator in the loop.
+--save-detailed``: ``itls``, with send times), each gap between two streamed tokens of a request times one
+engine iteration. Rebuilt from the token times of all requests, an iteration's batch is known too: the
+sequences that had streamed their first token and not yet their last, and the KV tokens they had. So the
+decode costs can be fitted on the iterations themselves, without the simulator in the loop.
 
 Decode step time in the calibrated model is ``step_fixed_s + tp_worker_s x (TP - 1) + step_per_seq_s x B +
-gpu_time_scale x gpu(B, KV)``, with ``gpu`` the kernel laws' time: linear in those four coefficients. The fit is
-bounded weighted least squares on relative error over bins of (batch size, KV tokens), each bin's median gap
-(robust to a server that streams two tokens in one chunk, or to a client's scheduling hiccup), weighted by its
-number of gaps.
+gpu_time_scale x gpu(B, KV)``, with ``gpu`` the kernel laws' time: linear in those four coefficients. The fit
+is bounded weighted least squares on relative error over bins of (batch size, KV tokens), each bin's median
+gap (robust to a server that streams two tokens in one chunk, or to a client's scheduling hiccup), weighted by
+its number of gaps.
 
 Which gaps count: a gap whose iteration also ran a prefill (some request's first token landed in it) is left
 out, since its time is mostly that prefill's; so are runs served by several replicas (the client cannot tell

@@ -1,9 +1,9 @@
 """Failure injection in the simulator: SimPy processes that break replicas and regions on a schedule or at
 random, and the pool hooks that carry out the policies of ``models/failures/policies.py``.
 
-- **Replica failure**: the replica dies at once; the requests it held (running and queued) are re-queued on the
-  pool's other replicas with their progress lost, each retry and the time its lost attempt took attributed to
-  the request (``RequestLog.retried``); a replacement is acquired at the failure and takes requests
+- **Replica failure**: the replica dies at once; the requests it held (running and queued) are re-queued on
+  the pool's other replicas with their progress lost, each retry and the time its lost attempt took attributed
+  to the request (``RequestLog.retried``); a replacement is acquired at the failure and takes requests
   ``mttr_s`` later. After ``max_retries`` re-queues a request fails with the reason.
 - **Straggler**: the replica's iterations take ``factor`` times as long for the episode (its performance model
   is swapped for a scaled one; an iteration already running keeps its duration).
@@ -11,9 +11,9 @@ random, and the pool hooks that carry out the policies of ``models/failures/poli
   request goes again per its policy (another replica, or a fallback pool) and its E2E includes every attempt.
 - **Token truncation**: a request longer than the pool's window is truncated, compressed or re-routed by the
   scenario's truncation policy instead of rejected; a policy that cannot help drops it with the reason.
-- **Region outage** (needs the regions front door, ``sim/regions/front_door.py``): the region leaves routing, every replica
-  of its pools fails and their requests (and those queued at the pools) go back through the front door to
-  another region as retries; replacements are acquired at once and serve when the outage ends.
+- **Region outage** (needs the regions front door, ``sim/regions/front_door.py``): the region leaves routing,
+  every replica of its pools fails and their requests (and those queued at the pools) go back through the
+  front door to another region as retries; replacements are acquired at once and serve when the outage ends.
 - **Network partition**: users on either side cannot reach the other side's regions (new requests and retries;
   requests already in service across the cut finish). **RTT spike**: round trips to and from the region are
   multiplied while it lasts (a request keeps the RTT it was routed with).

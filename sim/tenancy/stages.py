@@ -5,8 +5,8 @@ a pool, and per-tenant results.
   ``per_token_s`` per prompt token, and a seeded fraction ``reject_rate`` refused by a policy check. Whether a
   request is refused is drawn when it arrives, in arrival order, so every set-up of one seed refuses the same
   requests (common random numbers).
-- ``QuotaStage``: each tenant's token buckets (``models/tenancy/quotas.py`` ``QuotaGate``, the arithmetic the live
-  gateway uses) at the moment the request leaves the gateway; a refused request is rejected with a reason
+- ``QuotaStage``: each tenant's token buckets (``models/tenancy/quotas.py`` ``QuotaGate``, the arithmetic the
+  live gateway uses) at the moment the request leaves the gateway; a refused request is rejected with a reason
   starting ``tenant quota``. Tokens are charged as prompt + output: the simulator knows the output length,
   where the live gateway charges ``max_tokens`` and settles afterwards.
 - ``TenantCaps``: a pool's bookkeeping of each tenant's requests in replicas; over ``max_concurrent`` or

@@ -5,8 +5,8 @@ and a node runs once all its parents have completed:
 
 - an ``llm`` node becomes a ``Request`` (fresh id, ``arrival_s`` = now) sent down the normal request path —
   the regions front door, then the pre-submit stages (the tenants' gateway and quotas, the RAG stage that
-  retrieves first for ``rag: true``) and a pool — and ends when the request's outcome reaches the request log
-  (``RequestLog.on_outcome``), plus the return leg of the network behind a front door (the workflow's
+  retrieves first for ``rag: true``) and a pool — and ends when the request's outcome reaches the request
+  log (``RequestLog.on_outcome``), plus the return leg of the network behind a front door (the workflow's
   orchestrator is where its user is);
 - a ``retrieval`` node queries the scenario's knowledge fabric (the RAG stage's stores and router, so they
   queue with the RAG requests) and ends when the merged answer is ready;

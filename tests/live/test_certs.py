@@ -1,8 +1,8 @@
 """``fleettwin data certs`` and mutual TLS: the certificates it writes (modes, SANs, key usages, CA reuse) and
-the links that require them — an emulator and the gateway refuse a client without a certificate, with one from
-another CA, or with a server certificate, and accept the right client certificate; the gateway reaches an mTLS
-backend with its own client certificate, and reports why when it cannot; every link checks the identity (SAN)
-of the certificate against the component expected there, both ways."""
+the links that require them — an emulator and the gateway refuse a client without a certificate, with one
+from another CA, or with a server certificate, and accept the right client certificate; the gateway reaches an
+mTLS backend with its own client certificate, and reports why when it cannot; every link checks the identity
+(SAN) of the certificate against the component expected there, both ways."""
 
 from __future__ import annotations
 

@@ -85,9 +85,8 @@ def raw_exchange(url: str, data: bytes, *, wait_s: float = 3.0) -> tuple[bytes, 
 def test_a_body_over_the_limit_is_413_before_it_is_read(servers, which):
     url, path = servers[which], PATHS[which]
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {50 * 2**20}\r\n"
-        + "".join(f"{k}: {v}\r\n" for k, v in AUTH.get(which, {}).items())
-        + "\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+        f"{50 * 2**20}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in AUTH.get(which, {}).items()) + "\r\n"
     ).encode()
     got, took = raw_exchange(url, head)  # 50 MB announced, none sent: the answer cannot wait for it
     assert got.startswith(b"HTTP/1.1 413 "), got[:200]
@@ -121,9 +120,8 @@ def test_slow_headers_and_slow_bodies_are_408_and_closed(servers, which):
     assert got.startswith(b"HTTP/1.1 408 "), got[:120]
     assert time.monotonic() - t0 < 2.0  # the 0.5 s header timeout, not the trickle, decided
     head = (
-        f"POST {PATHS[which]} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n"
-        + "".join(f"{k}: {v}\r\n" for k, v in AUTH.get(which, {}).items())
-        + '\r\n{"pro'
+        f"POST {PATHS[which]} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+        "100\r\n" + "".join(f"{k}: {v}\r\n" for k, v in AUTH.get(which, {}).items()) + '\r\n{"pro'
     ).encode()
     got, took = raw_exchange(url, head)
     assert got.startswith(b"HTTP/1.1 408 ") and b"did not arrive within 0.5 s" in got and took < 2.0

@@ -186,7 +186,8 @@ def test_sigkilled_controller_restarts_adopting_its_replicas_and_stopping_strays
         assert len(running) == 2 and running < pids, (
             "exactly the target runs, and it is what the first one started"
         )
-        # the order recovery adopts in: start time (10 ms resolution: replicas started in one tick tie), then index
+        # the order recovery adopts in: start time (10 ms resolution: replicas started in one tick tie), then
+        # index
         youngest = max(active, key=lambda r: (r["started_s"], r["index"]))["pid"]
         assert youngest not in running and not alive(youngest)
 

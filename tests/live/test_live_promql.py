@@ -128,8 +128,9 @@ def test_promql_snapshot_equals_the_direct_scrape_snapshot_under_load(fleet, tmp
     assert win_p["chat"].arrival_rate == pytest.approx(win_d["chat"].arrival_rate, rel=extrapolation)
     assert win_p["chat"].ttft.count == pytest.approx(90, rel=extrapolation)
     print(
-        f"\nwindow {window_s:.2f} s; arrivals direct {win_d['chat'].arrivals:.0f}, PromQL {win_p['chat'].arrivals:.2f}"
-        f" (bound +{extrapolation:.1%}); rate {win_d['chat'].arrival_rate:.3f} vs {win_p['chat'].arrival_rate:.3f} req/s"
+        f"\nwindow {window_s:.2f} s; arrivals direct {win_d['chat'].arrivals:.0f}, PromQL "
+        f"{win_p['chat'].arrivals:.2f} (bound +{extrapolation:.1%}); rate {win_d['chat'].arrival_rate:.3f} "
+        f"vs {win_p['chat'].arrival_rate:.3f} req/s"
     )
     for name in ("ttft_p50_s", "ttft_p95_s", "ttft_p99_s", "tpot_p50_s", "tpot_p95_s", "tpot_p99_s"):
         da, db = getattr(sa, name), getattr(sb, name)

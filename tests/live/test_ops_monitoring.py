@@ -1,7 +1,7 @@
 """The monitoring shipped in ``ops/``: the rules pass ``promtool check rules`` and their unit tests, the
 example Prometheus configuration is valid, and every query of the Grafana dashboard and every recording rule
-runs on a real Prometheus scraping an emulator, a gateway in front of it and a shadow controller — and returns
-series."""
+runs on a real Prometheus scraping an emulator, a gateway in front of it and a shadow controller — and
+returns series."""
 
 from __future__ import annotations
 

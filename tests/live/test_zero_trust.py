@@ -1,15 +1,17 @@
 """Issue 9's zero-trust links end to end, with certificates from ``fleettwin data certs`` (``make_certs``) in
 tmp_path:
 
-- the retrieval service (``fleettwin live retrieval`` as a subprocess, mTLS + bearer token) answers a client with
-  a valid certificate and the right token, and refuses one without a certificate, with one from another CA, with
-  a server certificate, with one issued to a component it does not serve (403), and with a wrong or missing
-  token;
-- the shadow controller's scraper reaches an mTLS emulator with its client certificate (global or per pool, paths
-  relative to the scenario) and reports the backend down with a TLS reason without one or with a foreign one;
-- ``fleettwin live loadgen`` replays against an mTLS emulator with ``--tls-*`` and fails without a certificate;
-- the gateway forwards ``/v1/retrieve`` over mTLS only for collections the tenant may use (a forbidden one never
-  reaches the service), and reports its own missing certificate or wrong service token as 502.
+- the retrieval service (``fleettwin live retrieval`` as a subprocess, mTLS + bearer token) answers a client
+  with a valid certificate and the right token, and refuses one without a certificate, with one from another
+  CA, with a server certificate, with one issued to a component it does not serve (403), and with a wrong or
+  missing token;
+- the shadow controller's scraper reaches an mTLS emulator with its client certificate (global or per pool,
+  paths relative to the scenario) and reports the backend down with a TLS reason without one or with a foreign
+  one;
+- ``fleettwin live loadgen`` replays against an mTLS emulator with ``--tls-*`` and fails without a
+  certificate;
+- the gateway forwards ``/v1/retrieve`` over mTLS only for collections the tenant may use (a forbidden one
+  never reaches the service), and reports its own missing certificate or wrong service token as 502.
 """
 
 from __future__ import annotations

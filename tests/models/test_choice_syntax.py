@@ -220,7 +220,10 @@ def test_the_old_form_note_is_shown_to_users_and_names_the_file_and_field(tmp_pa
     assert issubclass(LegacyFormWarning, FutureWarning)  # FutureWarning: shown by default, unlike Deprecation
     with pytest.warns(
         LegacyFormWarning,
-        match=rf"^{re.escape(str(path))}: workload: old form `type: poisson` beside its parameters; write {{name: poisson, params: {{",
+        match=(
+            rf"^{re.escape(str(path))}: workload: old form `type: poisson` beside its parameters; write "
+            r"{name: poisson, params: {"
+        ),
     ):
         cfg = load_scenario(path)
     assert cfg.workload.name == "poisson" and cfg.workload.params["rate"] == 2

@@ -188,7 +188,8 @@ AZURE_BAD = [
 
 
 def bad_trace(read, f, text: str, line: int, reason: str) -> TraceFormatError:
-    """The error ``read`` raises on ``text`` written to ``f``: it matches ``reason`` and starts ``f:line:``."""
+    """The error ``read`` raises on ``text`` written to ``f``: it matches ``reason`` and starts
+    ``f:line:``."""
     f.write_text(text)
     with pytest.raises(TraceFormatError, match=reason) as info:
         read(f)

@@ -218,12 +218,13 @@ def test_prompts_longer_than_max_model_len_are_refused_naming_the_field(tmp_path
     [
         ("source: x\nruns: []\n", "runs: List should have at least 1 item"),
         (
-            "source: x\nruns:\n- name: a\n  settings: {model: llama-3-8b, gpu: h100-80g}\n  load: {kind: open}\n",
+            "source: x\nruns:\n- name: a\n  settings: {model: llama-3-8b, gpu: h100-80g}\n  load: {kind: "
+            "open}\n",
             "needs requests_file or lengths",
         ),
         (
-            "source: x\nruns:\n- name: a\n  settings: {model: llama-9, gpu: h100-80g}\n  load: {kind: batch}\n"
-            "  lengths: {prompt_tokens: 10, output_tokens: 10, count: 2}\n",
+            "source: x\nruns:\n- name: a\n  settings: {model: llama-9, gpu: h100-80g}\n  load: {kind: "
+            "batch}\n  lengths: {prompt_tokens: 10, output_tokens: 10, count: 2}\n",
             "settings.model: unknown llm 'llama-9'",
         ),
     ],

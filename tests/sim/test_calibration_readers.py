@@ -1,6 +1,6 @@
-"""The readers of other tools' run files (vllm-bench, inference-perf, guidellm; prometheus in its own file): each fixture maps
-to the load, requests and metrics worked out by hand in the comments; each reader claims only its own files;
-bad input is a one-line ConfigError naming the file and the field or line.
+"""The readers of other tools' run files (vllm-bench, inference-perf, guidellm; prometheus in its own file):
+each fixture maps to the load, requests and metrics worked out by hand in the comments; each reader claims
+only its own files; bad input is a one-line ConfigError naming the file and the field or line.
 
 Fixtures and their origins: tests/data/runs/SOURCE.md."""
 

@@ -1,9 +1,9 @@
 """Pinned latency percentiles of small fixed scenarios, so that unintended changes of scheduler semantics or
 of the profiled model show up as a failing number rather than a silent drift.
 
-The values were produced by this file's own cases (event skipping and the per-iteration oracle agree on them to
-rounding). A change that moves them on purpose (a semantic fix, recalibrated tables) should update them in the
-same commit and say why. Cases:
+The values were produced by this file's own cases (event skipping and the per-iteration oracle agree on them
+to rounding). A change that moves them on purpose (a semantic fix, recalibrated tables) should update them in
+the same commit and say why. Cases:
 - ``linear_kv_pressure``: the closed-form ``LinearPerf`` and a KV cache small enough to force 170 recompute
   preemptions: pure scheduler semantics (chunked prefill, preemption order, KV accounting).
 - ``profiled_a100_7b``: the profiled model on Vidur's A100 Llama-2-7B tables, V1 defaults, no KV pressure.

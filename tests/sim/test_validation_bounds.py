@@ -1,11 +1,12 @@
-"""The built-in profiles against the shipped public measurements, leave-one-run-out: the issue's bounds (median
-|error| of mean E2E <= 5 %, of mean TTFT <= 15 %, of p99 E2E <= 8 %, no saturation disagreement).
+"""The built-in profiles against the shipped public measurements, leave-one-run-out: the issue's bounds
+(median |error| of mean E2E <= 5 %, of mean TTFT <= 15 %, of p99 E2E <= 8 %, no saturation disagreement).
 
-Leave-one-run-out is computed as ``make validate`` reports it: over every shipped run of the profile's GPU (the
-runs its engine costs were fitted on), each run predicted by the coefficients refitted without it. The default
-suite checks H100, over all its runs and over the open-loop per-request runs (llm-d-benchmark, the runs closest
-to how a planner's traffic looks: constant-rate arrivals, client-side TTFT and E2E over HTTP); ``-m slow``
-checks H200 and A100 too, each a strict expected failure for its known miss (so that fixing it is noticed)."""
+Leave-one-run-out is computed as ``make validate`` reports it: over every shipped run of the profile's GPU
+(the runs its engine costs were fitted on), each run predicted by the coefficients refitted without it. The
+default suite checks H100, over all its runs and over the open-loop per-request runs (llm-d-benchmark, the
+runs closest to how a planner's traffic looks: constant-rate arrivals, client-side TTFT and E2E over HTTP);
+``-m slow`` checks H200 and A100 too, each a strict expected failure for its known miss (so that fixing it is
+noticed)."""
 
 from __future__ import annotations
 

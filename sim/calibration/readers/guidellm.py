@@ -3,19 +3,21 @@ per entry of ``benchmarks`` (a sweep writes one per strategy it ran).
 
 What guidellm records and how it maps (v0.2/v0.3 and v0.4+ schemas):
 
-- the strategy, ``args.strategy`` (v0.3) or ``config.strategy`` (v0.4+), by ``type_``: ``synchronous`` -> closed
-  loop of 1; ``concurrent`` -> closed loop of ``streams``; ``throughput`` -> closed loop of its
-  ``max_concurrency`` where set, else batch; ``constant`` / ``poisson`` -> open loop at ``rate``, at the recorded
-  start times when every successful request was kept; ``trace`` -> open loop at the recorded start times.
+- the strategy, ``args.strategy`` (v0.3) or ``config.strategy`` (v0.4+), by ``type_``: ``synchronous`` ->
+  closed loop of 1; ``concurrent`` -> closed loop of ``streams``; ``throughput`` -> closed loop of its
+  ``max_concurrency`` where set, else batch; ``constant`` / ``poisson`` -> open loop at ``rate``, at the
+  recorded start times when every successful request was kept; ``trace`` -> open loop at the recorded start
+  times.
 - ``requests.successful``: ``prompt_tokens``, ``output_tokens``, ``time_to_first_token_ms`` (else
   ``first_token_time - start_time``), ``request_latency`` s (else ``end_time - start_time``), start time
   ``request_start_time`` (v0.4+) or ``start_time`` (v0.3). ``errored`` and ``incomplete`` requests are counted
-  in a note. When guidellm kept a sample (``sample_size``), the rows are that sample and the load is replayed at
-  the rate, not at the sampled times (a note says so).
-- ``metrics`` -> ``reported`` (seconds): ``time_to_first_token_ms`` -> ttft, ``inter_token_latency_ms`` -> tpot
-  (guidellm's ITL is (last - first token) / (output tokens - 1), our TPOT; its own ``time_per_output_token_ms``
-  divides by all output tokens, or includes the TTFT in newer versions, so it is not used), ``request_latency``
-  -> e2e; each from its ``successful`` summary: ``mean``, ``median``, ``percentiles.p50/p90/p99``.
+  in a note. When guidellm kept a sample (``sample_size``), the rows are that sample and the load is replayed
+  at the rate, not at the sampled times (a note says so).
+- ``metrics`` -> ``reported`` (seconds): ``time_to_first_token_ms`` -> ttft, ``inter_token_latency_ms`` ->
+  tpot (guidellm's ITL is (last - first token) / (output tokens - 1), our TPOT; its own
+  ``time_per_output_token_ms`` divides by all output tokens, or includes the TTFT in newer versions, so it is
+  not used), ``request_latency`` -> e2e; each from its ``successful`` summary: ``mean``, ``median``,
+  ``percentiles.p50/p90/p99``.
 - without request rows (``sample_size: 0``): the successful count at the mean prompt/output token counts.
 """
 

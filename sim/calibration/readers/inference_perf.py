@@ -5,18 +5,19 @@ What inference-perf writes and how it maps:
 
 - ``stage_N_lifecycle_metrics.json``: ``load_summary`` (``count``, ``requested_rate``, ``send_duration``,
   ``concurrency`` for a concurrent stage) and ``successes`` (``count``; ``latency.{request_latency,
-  time_to_first_token, time_per_output_token}`` with ``mean, median, p90, p99...`` in seconds; prompt and output
-  lengths as ``prompt_len``/``output_len``, newer versions ``prompt_tokens``/``output_tokens``). The latencies go
-  into ``reported`` (its TPOT is (last token - first token) / (output tokens - 1), the same as ours).
-- ``config.yaml`` (beside it): ``load.type`` (constant, the default, poisson, concurrent, trace replay) and the
-  stages. Without it the stage is read as inference-perf's default, constant spacing (said in a note).
+  time_to_first_token, time_per_output_token}`` with ``mean, median, p90, p99...`` in seconds; prompt and
+  output lengths as ``prompt_len``/``output_len``, newer versions ``prompt_tokens``/``output_tokens``). The
+  latencies go into ``reported`` (its TPOT is (last token - first token) / (output tokens - 1), the same as
+  ours).
+- ``config.yaml`` (beside it): ``load.type`` (constant, the default, poisson, concurrent, trace replay) and
+  the stages. Without it the stage is read as inference-perf's default, constant spacing (said in a note).
 - ``per_request_lifecycle_metrics.json`` (with ``report.request_lifecycle.per_request: true``): one entry per
-  request, ``start_time``, ``end_time``, ``info`` (old: ``input_tokens, output_tokens, output_token_times``; new:
-  ``request_metrics.text.input_tokens``, ``response_metrics.{output_tokens, output_token_times, server_usage}``),
-  ``error``. The entries carry no stage number: stages run one after another, so the entries sorted by start
-  time are cut by the stages' counts, and a stage keeps its rows only where their mean latency equals the
-  stage's reported mean (else its aggregates are used and a note says why). TTFT = first token time - start,
-  E2E = end - start; the server's ``completion_tokens`` where reported, else the client's count.
+  request, ``start_time``, ``end_time``, ``info`` (old: ``input_tokens, output_tokens, output_token_times``;
+  new: ``request_metrics.text.input_tokens``, ``response_metrics.{output_tokens, output_token_times,
+  server_usage}``), ``error``. The entries carry no stage number: stages run one after another, so the entries
+  sorted by start time are cut by the stages' counts, and a stage keeps its rows only where their mean latency
+  equals the stage's reported mean (else its aggregates are used and a note says why). TTFT = first token time
+  - start, E2E = end - start; the server's ``completion_tokens`` where reported, else the client's count.
 - load: constant / poisson -> open loop at the stage's requested rate (at the recorded send times where
   per-request rows exist); concurrent -> closed loop at the stage's concurrency. Without per-request rows the
   stage's successful requests are synthesised at its mean prompt/output lengths (said in a note).

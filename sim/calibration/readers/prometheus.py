@@ -8,8 +8,8 @@ Inputs, one of:
 
       while sleep 15; do echo "# scrape at $(date +%s.%N)"; curl -s http://server:8000/metrics; done >> run.prom
 
-- a folder of ``*.prom`` / ``*.txt`` files, one scrape each, timed by a ``# scrape at`` line in the file or by a
-  file name that is the unix time (``1717000000.prom``);
+- a folder of ``*.prom`` / ``*.txt`` files, one scrape each, timed by a ``# scrape at`` line in the file or by
+  a file name that is the unix time (``1717000000.prom``);
 - a Prometheus range-query export (``resultType: matrix``), e.g.
   ``curl -G http://prometheus:9090/api/v1/query_range --data-urlencode 'query={__name__=~"vllm:.*"}'
   -d start=... -d end=... -d step=15s > run.json``: each series' first and last points stand for the scrapes.

@@ -4,19 +4,20 @@ file (or one per line of a file written with ``--append-result``).
 What the tool records and how it maps:
 
 - per request, only with ``--save-detailed`` (or in the old script, always): ``input_lens`` -> prompt_tokens,
-  ``output_lens`` -> output_tokens (``len(itls) + 1`` where absent), ``ttfts`` (s) -> ttft_s, ``latencies`` (s,
-  newer) or else ``ttft + sum(itls)`` -> e2e_s, ``start_times`` (newer; minus ``queue_times``, the wait for the
-  concurrency cap) -> arrival_s, and then ``itls`` -> itl_s (the per-token gaps, which time the engine's
-  iterations for the per-step fit, ``calibration/steps.py``). A request with an ``errors`` entry, or with TTFT 0 and no ITLs (nothing was
-  streamed: old files count those as successes), is dropped and counted in a note.
+  ``output_lens`` -> output_tokens (``len(itls) + 1`` where absent), ``ttfts`` (s) -> ttft_s, ``latencies``
+  (s, newer) or else ``ttft + sum(itls)`` -> e2e_s, ``start_times`` (newer; minus ``queue_times``, the wait
+  for the concurrency cap) -> arrival_s, and then ``itls`` -> itl_s (the per-token gaps, which time the
+  engine's iterations for the per-step fit, ``calibration/steps.py``). A request with an ``errors`` entry, or
+  with TTFT 0 and no ITLs (nothing was streamed: old files count those as successes), is dropped and counted
+  in a note.
 - without per-request data: ``completed`` requests at the mean lengths ``total_input_tokens / completed`` and
   ``total_output_tokens / completed`` (said in a note).
-- aggregates (ms in the file) -> ``reported`` in seconds: ``mean_/median_/p90_/p99_{ttft,tpot,e2el}_ms`` (older
-  files: ``*_latency_ms`` for E2E; some: ``percentiles_*_ms`` as ``[[percentile, value], ...]``).
-- load: ``request_rate`` ``inf`` without ``max_concurrency`` -> batch; ``max_concurrency`` -> closed loop at that
-  concurrency (unless the rate was finite and the cap is recorded never to have bound: then open); a finite rate
-  -> open loop at that rate, Poisson for ``burstiness`` 1 (constant spacing for ``inf``), at the recorded send
-  times where ``start_times`` exist. A ramp-up run needs ``start_times``.
+- aggregates (ms in the file) -> ``reported`` in seconds: ``mean_/median_/p90_/p99_{ttft,tpot,e2el}_ms``
+  (older files: ``*_latency_ms`` for E2E; some: ``percentiles_*_ms`` as ``[[percentile, value], ...]``).
+- load: ``request_rate`` ``inf`` without ``max_concurrency`` -> batch; ``max_concurrency`` -> closed loop at
+  that concurrency (unless the rate was finite and the cap is recorded never to have bound: then open); a
+  finite rate -> open loop at that rate, Poisson for ``burstiness`` 1 (constant spacing for ``inf``), at the
+  recorded send times where ``start_times`` exist. A ramp-up run needs ``start_times``.
 """
 
 from __future__ import annotations
