@@ -4,8 +4,7 @@ quotas, and what the gateway in front of the pools costs.
     tenants:
       members:
         - {name: search, weight: 2, slo_class: interactive, quotas: {requests_per_s: 8, tokens_per_s: 12000}}
-        - {name: batch, weight: 1, priority: 10, slo_class: batch, quotas: {max_concurrent: 64, gpu_share:
-          0.5}}
+        - {name: batch, weight: 1, priority: 10, slo_class: batch, quotas: {max_concurrent: 64, gpu_share: 0.5}}
       slo_classes:
         interactive: {ttft_s: 1.0, tpot_s: 0.1}
         batch: {ttft_s: 30.0, tpot_s: 0.5}
