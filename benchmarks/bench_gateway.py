@@ -8,7 +8,8 @@ side by side. The policy pipeline alone (``Gatekeeper.check``: auth, authz, sani
 timed in-process too: that is the number a simulated gateway stage should be given.
 
     .venv/bin/python benchmarks/bench_gateway.py
-    .venv/bin/python benchmarks/bench_gateway.py --requests 2000 --concurrency 32 --max-tokens 32 --out results/bench_gateway.json
+    .venv/bin/python benchmarks/bench_gateway.py --requests 2000 --concurrency 32 --max-tokens 32 \\
+        --out results/bench_gateway.json
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ against the untraced one. The cost of one span (start, four attributes, end, exp
 in-process.
 
     .venv/bin/python benchmarks/bench_tracing.py
-    .venv/bin/python benchmarks/bench_tracing.py --requests 2000 --concurrency 32 --out results/bench_tracing.json
+    .venv/bin/python benchmarks/bench_tracing.py --requests 2000 --concurrency 32 \\
+        --out results/bench_tracing.json
 """
 
 from __future__ import annotations

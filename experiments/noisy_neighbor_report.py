@@ -131,16 +131,17 @@ def _seed(df: pd.DataFrame, noisy: str, quiet: list[str]) -> list[str]:
     ]
     lines += [
         f'- *"{SEED_QUOTES[0][1]}"* On one shared pool without isolation, the quiet tenants\' p95 TTFT is '
-        f"{_f(q_none)} s while {noisy} bursts. Hard limits (quotas only) give every tenant a p95 TTFT of at most "
-        f"{_f(max(q_quota, lost.p95_ttft_s))} s, the predictability, by refusing {lost.rejected_by_quota} of "
-        f"{noisy}'s {lost.requests} requests; gpu_util falls from {100 * none.gpu_util:.1f} % to "
-        f"{100 * quotas.gpu_util:.1f} %. Weighted fair queueing keeps the quiet tenants at {_f(q_wfq)} s without "
-        f"refusing anything and at the unisolated gpu_util ({100 * wfq.gpu_util:.1f} %): the trade-off the quote "
-        "describes holds for hard partitioning, not for a work-conserving scheduler.",
-        f'- *"{SEED_QUOTES[1][1]}"* Not comparable number for number: the paper does not define its utilisation '
-        f"measure. Here gpu_util is served tokens over saturated capacity; the workload was chosen to load the pool "
-        f"to about two thirds outside the burst, so {100 * none.gpu_util:.1f} % without isolation says more about "
-        "that choice than about pooling.",
+        f"{_f(q_none)} s while {noisy} bursts. Hard limits (quotas only) give every tenant a p95 TTFT of at "
+        f"most {_f(max(q_quota, lost.p95_ttft_s))} s, the predictability, by refusing "
+        f"{lost.rejected_by_quota} of {noisy}'s {lost.requests} requests; gpu_util falls from "
+        f"{100 * none.gpu_util:.1f} % to {100 * quotas.gpu_util:.1f} %. Weighted fair queueing keeps the "
+        f"quiet tenants at {_f(q_wfq)} s without refusing anything and at the unisolated gpu_util "
+        f"({100 * wfq.gpu_util:.1f} %): the trade-off the quote describes holds for hard partitioning, not "
+        "for a work-conserving scheduler.",
+        f'- *"{SEED_QUOTES[1][1]}"* Not comparable number for number: the paper does not define its '
+        "utilisation measure. Here gpu_util is served tokens over saturated capacity; the workload was "
+        f"chosen to load the pool to about two thirds outside the burst, so {100 * none.gpu_util:.1f} % "
+        "without isolation says more about that choice than about pooling.",
         "",
     ]
     return lines

@@ -119,9 +119,10 @@ class PromQLSource:
         for q in QUANTILES:
             pct = round(q * 100)
             out[f"ttft_p{pct}_s"] = self.quantile_expr(q, ["vllm:time_to_first_token_seconds"], w)
+            per_token = ["vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"]
             out[f"tpot_p{pct}_s"] = (
                 f"{self.quantile_expr(q, ['vllm:request_time_per_output_token_seconds'], w)} or "
-                f"{self.quantile_expr(q, ['vllm:inter_token_latency_seconds', 'vllm:time_per_output_token_seconds'], w)}"
+                f"{self.quantile_expr(q, per_token, w)}"
             )
         for name, metric in (
             ("ttft", "vllm:time_to_first_token_seconds"),

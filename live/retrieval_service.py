@@ -1,7 +1,8 @@
 """The retrieval service: saved FAISS stores (``live/faiss_store.py``) served by collection name over HTTP.
 
     POST /v1/retrieve     {"collection": "docs", "query": "text" | "vector": [...], "k": 5, "nprobe": 8}
-                          -> {"collection", "index_type", "ids", "scores", "passages" (when stored), "took_ms"}
+                          -> {"collection", "index_type", "ids", "scores", "passages" (when stored),
+                              "took_ms"}
     GET  /v1/collections  name, index type, vectors, dimension, embedder and search knob of each collection
     GET  /health          200 (every collection is loaded before the server listens); /livez, /readyz alike
     GET  /metrics         Prometheus text: requests by collection and status, latency per collection

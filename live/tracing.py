@@ -1,7 +1,8 @@
 """OpenTelemetry traces of the live path: a workflow and its nodes, retrieval, the gateway (request, policy
 checks, routing, backend call) and the emulator's request handling. Off by default.
 
-    FLEETTWIN_TRACING=console fleettwin live gateway --config configs/gateway.yaml --port 9000    # spans on stdout
+    # spans on stdout:
+    FLEETTWIN_TRACING=console fleettwin live gateway --config configs/gateway.yaml --port 9000
     FLEETTWIN_TRACING=otlp OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4318 fleettwin live emulate ...
 
 ``FLEETTWIN_TRACING`` picks the exporter: ``none`` (default), ``console`` (one JSON span per line, to stdout
@@ -227,7 +228,8 @@ def setup_tracing(
         provider.add_span_processor(SimpleSpanProcessor(out))  # synchronous: a test sees a span once it ended
     else:
         if exporter == "console":
-            stream = open(file, "a", buffering=1) if file else None  # noqa: SIM115 - lives as long as the provider
+            # the stream lives as long as the provider
+            stream = open(file, "a", buffering=1) if file else None  # noqa: SIM115
             out = ConsoleSpanExporter(
                 out=stream or sys.stdout, formatter=lambda span: span.to_json(indent=None) + "\n"
             )

@@ -5,8 +5,8 @@ This is the knee that ``models/capacity.py`` approximates in closed form; the al
 or the other (``CapacityParams.measured``). Bisection on the rate, each step a short simulation with the same
 seed (so the result is deterministic)::
 
-    knee = measure_knee({"gpu": "h100-80g", "model": "llama-3-70b", "tp": 2},
-                        {"name": "empirical", "params": {"path": "traces/azure2023_conv/...", "format": "azure"}},
+    lengths = {"name": "empirical", "params": {"path": "traces/azure2023_conv/...", "format": "azure"}}
+    knee = measure_knee({"gpu": "h100-80g", "model": "llama-3-70b", "tp": 2}, lengths,
                         ttft_s=2.0, tpot_s=0.1, base_dir=Path("."))
     knee.requests_per_s, knee.closed_form_rps
 """

@@ -118,7 +118,8 @@ def run(*, remove_only: bool = False, strict: bool = False) -> int:
         import mypyc  # noqa: F401  (the dev extra brings mypy, which ships mypyc)
 
         build()
-    except Exception as exc:  # noqa: BLE001  (any failure leaves the pure-Python simulator, which is complete)
+    # any failure leaves the pure-Python simulator, which is complete
+    except Exception as exc:  # noqa: BLE001
         print(f"build_native: not compiled, the simulator stays pure Python ({exc})", file=sys.stderr)
         return 1 if strict else 0
     return 0

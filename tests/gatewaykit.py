@@ -56,10 +56,8 @@ def recording_backend(seen: list[dict]) -> FastAPI:
 
         async def events():
             for w in ("a", " b", " c"):
-                yield (
-                    "data: "
-                    f"{json.dumps({'model': body.get('model'), 'choices': [{'index': 0, 'delta': {'content': w}}]})}\n\n"
-                )
+                chunk = {"model": body.get("model"), "choices": [{"index": 0, "delta": {"content": w}}]}
+                yield f"data: {json.dumps(chunk)}\n\n"
             if body.get("stream_options", {}).get("include_usage"):
                 yield f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n"
             yield "data: [DONE]\n\n"

@@ -17,8 +17,8 @@ from fleettwin.cli import ALIASES, GROUPS, build_parser, main
 SCENARIO = """
 name: tiny
 seed: 3
-workload: {type: poisson, rate: 20, duration_s: 20, lengths: {name: uniform, params: {prompt_min: 50, prompt_max: 900,
-           output_min: 5, output_max: 200}}}
+workload: {type: poisson, rate: 20, duration_s: 20, lengths: {name: uniform, params: {prompt_min: 50,
+           prompt_max: 900, output_min: 5, output_max: 200}}}
 pools:
   - {name: chat, gpu: h100-80g, model: llama-3-8b, replicas: 2}
 slo: {ttft_s: 1.0, tpot_s: 0.05}

@@ -4,8 +4,8 @@ wants) or DEFECT, then a JSON count. Defect 2 (a 50 MB body stalling another ten
 ``benchmarks/bench_isolation.py``.
 
     .venv/bin/python tools/probe_live_defects.py
-    PYTHONPATH=/tmp/basepkg .venv/bin/python tools/probe_live_defects.py   # an older tree, laid out as in
-                                                                          # docs/live.md (Limits and hardening)
+    # an older tree, laid out as in docs/live.md (Limits and hardening):
+    PYTHONPATH=/tmp/basepkg .venv/bin/python tools/probe_live_defects.py
 
 Takes about 30 s (12 s of it waiting for half-open connections to be closed).
 """

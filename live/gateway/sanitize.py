@@ -80,8 +80,13 @@ class PromptInjection(_Regex):
 
     category, order, default_action = "injection", 10, "block"
     pattern = re.compile(
-        rf"\b(?:ignore|disregard|forget|override|bypass)\b{_GAP}\b(?:previous|prior|above|earlier|preceding|all|any|your|the)\b{_GAP}\b(?:instructions?|prompts?|rules|directions|guidelines|guardrails)\b|\b(?:reveal|print|show|repeat|output|leak|dump)\b[^.\n]{{0,30}}?\b(?:system|hidden|initial|developer)\s+(?:prompt|instructions?|message)|\byou\s+are\s+now\s+(?:in\s+)?(?:DAN|developer\s+mode|jailbroken|unrestricted|unfiltered)\b|\bdo\s+anything\s+now\b|\bnew\s+(?:system\s+)?instructions?\s*:|<\|(?:im_start|im_end|system|endoftext|start_header_id|end_header_id|eot_id)\|>|\[/?INST\]|<</?SYS>>|^[ "
-        r"\t]*#{2,}[ \t]*(?:system|instructions?)[ \t]*:",
+        rf"\b(?:ignore|disregard|forget|override|bypass)\b{_GAP}\b(?:previous|prior|above|earlier|preceding|"
+        rf"all|any|your|the)\b{_GAP}\b(?:instructions?|prompts?|rules|directions|guidelines|guardrails)\b|"
+        r"\b(?:reveal|print|show|repeat|output|leak|dump)\b[^.\n]{0,30}?\b(?:system|hidden|initial|"
+        r"developer)\s+(?:prompt|instructions?|message)|\byou\s+are\s+now\s+(?:in\s+)?(?:DAN|"
+        r"developer\s+mode|jailbroken|unrestricted|unfiltered)\b|\bdo\s+anything\s+now\b|"
+        r"\bnew\s+(?:system\s+)?instructions?\s*:|<\|(?:im_start|im_end|system|endoftext|start_header_id|"
+        r"end_header_id|eot_id)\|>|\[/?INST\]|<</?SYS>>|^[ \t]*#{2,}[ \t]*(?:system|instructions?)[ \t]*:",
         re.IGNORECASE | re.MULTILINE,
     )
 
@@ -106,11 +111,17 @@ _SECRETS: dict[str, tuple[str, str]] = {
     ),
     "bearer_token": (
         "``Bearer <token>`` credentials and bare JWTs (three base64url parts, the first two JSON objects).",
-        r"\b[Bb]earer\s+[A-Za-z0-9\-._~+/]{16,}=*|\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
+        (
+            r"\b[Bb]earer\s+[A-Za-z0-9\-._~+/]{16,}=*|"
+            r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
+        ),
     ),
     "api_key": (
         "Well-known API key formats: OpenAI/Anthropic ``sk-...``, GitHub ``ghp_...``, Slack ``xox?-...``.",
-        r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}|\bgh[pousr]_[A-Za-z0-9]{36,}\b|\bxox[abprs]-[A-Za-z0-9-]{10,}",
+        (
+            r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}|\bgh[pousr]_[A-Za-z0-9]{36,}\b|"
+            r"\bxox[abprs]-[A-Za-z0-9-]{10,}"
+        ),
     ),
     "gcp_api_key": (
         "Google Cloud / Firebase API keys: ``AIza`` and 35 more characters.",
@@ -122,10 +133,12 @@ _SECRETS: dict[str, tuple[str, str]] = {
         r"\b(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{10,}",
     ),
     "password": (
-        'A credential written as an assignment, ``password=...``, ``secret: "..."``, ``api_key=...``: only the '
-        "value is matched (a value another detector already redacted is left alone).",
+        'A credential written as an assignment, ``password=...``, ``secret: "..."``, ``api_key=...``: '
+        "only the value is matched (a value another detector already redacted is left alone).",
         (
-            r"(?i:\b(?:password|passwd|passphrase|pwd|secret|client_secret|api[_-]?key|access[_-]?token|auth[_-]?token))\b[\"']?\s*[:=]\s*(?!\[REDACTED)(?P<secret>\"[^\"\n]{1,200}\"|'[^'\n]{1,200}'|[^\s\"',;&]{1,200})"
+            r"(?i:\b(?:password|passwd|passphrase|pwd|secret|client_secret|api[_-]?key|access[_-]?token|"
+            r"auth[_-]?token))\b[\"']?\s*[:=]\s*(?!\[REDACTED)"
+            r"(?P<secret>\"[^\"\n]{1,200}\"|'[^'\n]{1,200}'|[^\s\"',;&]{1,200})"
         ),
     ),
 }

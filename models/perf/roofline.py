@@ -1,6 +1,7 @@
 """Roofline performance model: an iteration costs the slower of its compute and its memory traffic.
 
-    step = overhead + max(FLOPs / (TP x peak x flops_eff), bytes per GPU / (HBM x bandwidth_eff)) + all-reduces
+    step = overhead + max(FLOPs / (TP x peak x flops_eff), bytes per GPU / (HBM x bandwidth_eff))
+           + all-reduces
 
 Everything that does not depend on the batch is computed once in ``__init__`` so that ``step_time`` is a few
 float operations (it sits on the simulator's hot path). Formulas, assumptions and the calibration against

@@ -2,7 +2,7 @@
 
     regions:
       router: {name: content_aware, params: {overload: 1.5}}   # nearest | latency_aware | content_aware
-      rtt: {symmetric: false}          # package data (cloudping p50, models/data/regions.md) unless overridden
+      rtt: {symmetric: false}          # package data (cloudping p50, models/data/regions.md) unless set
       users: {day_s: 7200, peak_to_trough: 3, session_locality: 1.0}
       regions:
         - {name: us-east-1, weight: 0.18, pools: [use1]}

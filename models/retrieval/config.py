@@ -3,8 +3,8 @@
     retrieval:
       stores:
         - {name: hr, domain: hr, index_type: hnsw, n_vectors: 1000000, dim: 768, search_param: 64, servers: 2}
-        - {name: eng, domain: eng, index_type: hnsw, n_vectors: 1000000, dim: 768, search_param: 64, servers: 2,
-           hybrid: {lexical_ms_p50: 5, lexical_ms_p95: 15, recall_uplift: 0.3}}
+        - {name: eng, domain: eng, index_type: hnsw, n_vectors: 1000000, dim: 768, search_param: 64,
+           servers: 2, hybrid: {lexical_ms_p50: 5, lexical_ms_p95: 15, recall_uplift: 0.3}}
       router: {name: routed, params: {accuracy: 0.95, threshold: 0.8}}
       k: 10
       tokens_per_passage: 128

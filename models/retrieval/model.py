@@ -300,7 +300,10 @@ class _Slice:
         for r in rows:
             by_param.setdefault(r.search_param, []).append(r)
         ks = sorted(by_param)
-        avg = lambda attr: np.array([np.mean([getattr(r, attr) for r in by_param[k]]) for k in ks])  # noqa: E731
+
+        def avg(attr: str) -> np.ndarray:
+            return np.array([np.mean([getattr(r, attr) for r in by_param[k]]) for k in ks])
+
         p50 = np.maximum.accumulate(avg("latency_ms_p50"))
         return cls(
             np.array(ks, dtype=float),

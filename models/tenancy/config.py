@@ -4,12 +4,13 @@ quotas, and what the gateway in front of the pools costs.
     tenants:
       members:
         - {name: search, weight: 2, slo_class: interactive, quotas: {requests_per_s: 8, tokens_per_s: 12000}}
-        - {name: batch, weight: 1, priority: 10, slo_class: batch, quotas: {max_concurrent: 64, gpu_share: 0.5}}
+        - {name: batch, weight: 1, priority: 10, slo_class: batch,
+           quotas: {max_concurrent: 64, gpu_share: 0.5}}
       slo_classes:
         interactive: {ttft_s: 1.0, tpot_s: 0.1}
         batch: {ttft_s: 30.0, tpot_s: 0.5}
       gateway: {fixed_ms: 2.0, per_token_us: 0.5, reject_rate: 0.001}
-      cost: tokens            # what weighted fair queueing charges a request: tokens (prompt + output) | requests
+      cost: tokens            # what WFQ charges a request: tokens (prompt + output) | requests
 
 The names follow the live gateway's policy file (``live/gateway/config.py``): ``priority`` (lower first),
 ``slo_class``, ``quotas.requests_per_s``/``burst_requests``/``tokens_per_s``/``burst_tokens``. Two differ

@@ -5,15 +5,19 @@ A workflow is a DAG of nodes: ``llm`` (one LLM request), ``retrieval`` (a query 
 planner can fan out to parallel branches that an aggregator joins:
 
     workflows:
-      arrivals: {name: poisson, params: {rate: 0.2, duration_s: 600}}   # workflows/s (models/workload/arrival_specs.py)
+      # workflows/s (models/workload/arrival_specs.py)
+      arrivals: {name: poisson, params: {rate: 0.2, duration_s: 600}}
       templates:
         - name: research
           nodes:
             - {id: plan, kind: llm, lengths: {name: fixed, params: {prompt: 400, output: 80}}}
             - {id: search, kind: retrieval, after: [plan], fanout: 3, topic: eng}
-            - {id: read, kind: llm, after: [search], branch_of: search, lengths: {name: fixed, params: {prompt: 200, output: 150}}}
-            - {id: weather, kind: tool, after: [plan], delay: {name: lognormal, params: {median_s: 0.3, sigma: 0.4}}}
-            - {id: answer, kind: llm, after: [read, weather], lengths: {name: fixed, params: {prompt: 100, output: 300}}}
+            - {id: read, kind: llm, after: [search], branch_of: search,
+               lengths: {name: fixed, params: {prompt: 200, output: 150}}}
+            - {id: weather, kind: tool, after: [plan],
+               delay: {name: lognormal, params: {median_s: 0.3, sigma: 0.4}}}
+            - {id: answer, kind: llm, after: [read, weather],
+               lengths: {name: fixed, params: {prompt: 100, output: 300}}}
 
 ``fanout: n`` (or ``{min: a, max: b}``, a uniform width per instance) runs ``n`` copies of a node in parallel,
 named ``id[0]``, ``id[1]``, ...; a node ``branch_of`` a fanned-out node gets as many copies and copy ``i``

@@ -8,7 +8,9 @@
         start_s: 691200          # trace time at which the simulation's t = 0 falls (here: day 8, 00:00)
         duration_s: 86400
         mean_rate: 12            # scale the window so its mean is 12 req/s (or give `scale`)
-        lengths: {name: empirical, params: {path: ../traces/azure2023_conv/AzureLLMInferenceTrace_conv.csv, format: azure}}
+        lengths:
+          name: empirical
+          params: {path: ../traces/azure2023_conv/AzureLLMInferenceTrace_conv.csv, format: azure}
 
 Within a bucket the rate is constant (the trace gives no finer detail). Zero buckets are collection gaps in
 ServeGen (see its SOURCE.md), so by default they are masked and filled from the same time a season earlier

@@ -218,4 +218,5 @@ def summarize(requests: list[Request]) -> dict[str, float]:
     return out
 
 
-from fleettwin.models.workload import rate_series as _rate_series  # noqa: E402, F401 - registers "rate_series"
+# registers "rate_series"
+from fleettwin.models.workload import rate_series as _rate_series  # noqa: E402, F401

@@ -90,7 +90,9 @@ class Fleet:
         for pool in self.pools.values():
             pool.on_release = self._released
         for spec in self.job_specs:
-            jp = JobPool(env, spec.name, spec.tier, spec.gpu, spec.purchase, spec.region)  # type: ignore[arg-type]
+            jp = JobPool(  # type: ignore[arg-type]
+                env, spec.name, spec.tier, spec.gpu, spec.purchase, spec.region
+            )
             jp.on_change.append(self.serve)
             self.job_pools[spec.name] = jp
         for spec in self.job_specs:
@@ -222,7 +224,11 @@ def job_pool_summary(jp: JobPool, end: float, price: float) -> dict:
     per_job = [j.at(end) for j in jp.jobs]
     busy_h = sum(r["busy"] for r in per_job) / 3600
     due = [j for j in jp.jobs if j.deadline_s is not None and j.deadline_s <= end]
-    missed = [j for j in due if j.finished_s is None or j.finished_s > j.deadline_s + 1e-9]  # type: ignore[operator]
+    missed = [
+        j
+        for j in due
+        if j.finished_s is None or j.finished_s > j.deadline_s + 1e-9  # type: ignore[operator]
+    ]
     return {
         "name": jp.name,
         "tier": jp.tier,

@@ -26,7 +26,11 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 
 from fleettwin.live.gateway.app import create_gateway_app  # noqa: E402
 from fleettwin.live.gateway.config import hash_key, parse_gateway  # noqa: E402
-from fleettwin.live.retrieval_service import build_collection, create_retrieval_app, load_collection  # noqa: E402
+from fleettwin.live.retrieval_service import (  # noqa: E402
+    build_collection,
+    create_retrieval_app,
+    load_collection,
+)
 from fleettwin.live.server import create_app, serve_in_thread  # noqa: E402
 from fleettwin.models.engine.queue import EngineLimits  # noqa: E402
 from tests.emukit import constant_emulator  # noqa: E402

@@ -124,7 +124,8 @@ def shadow(path: Path, registry: Path, out: Path, *sets: str) -> subprocess.Pope
         str(registry),
         *[a for s in sets for a in ("--set", s)],
     ]
-    return subprocess.Popen(cmd, stdout=open(out, "wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # noqa: SIM115
+    log = open(out, "wb")  # noqa: SIM115
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
 @contextlib.contextmanager

@@ -67,7 +67,9 @@ def test_llmd_h100_runs_within_bounds_leave_one_run_out():
             "a100-80g",
             marks=pytest.mark.xfail(
                 strict=True,
-                reason="2 saturation disagreements on the single-replica A100 deployment (docs/validation.md)",
+                reason=(
+                    "2 saturation disagreements on the single-replica A100 deployment (docs/validation.md)"
+                ),
             ),
         ),
     ],

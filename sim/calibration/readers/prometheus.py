@@ -6,7 +6,9 @@ Inputs, one of:
 
 - one text file of scrapes, each after a line ``# scrape at <unix seconds>``, e.g. written by::
 
-      while sleep 15; do echo "# scrape at $(date +%s.%N)"; curl -s http://server:8000/metrics; done >> run.prom
+      while sleep 15; do
+        echo "# scrape at $(date +%s.%N)"; curl -s http://server:8000/metrics
+      done >> run.prom
 
 - a folder of ``*.prom`` / ``*.txt`` files, one scrape each, timed by a ``# scrape at`` line in the file or by
   a file name that is the unix time (``1717000000.prom``);
