@@ -11,7 +11,8 @@ ROOTS = {
     "fleettwin.live": "live",
     "fleettwin.experiments": "experiments",
 }
-DATA_PACKAGES = ["fleettwin.configs", "fleettwin.traces"]  # scenarios and traces, found with importlib.resources
+# scenarios and traces, found with importlib.resources
+DATA_PACKAGES = ["fleettwin.configs", "fleettwin.traces"]
 
 packages = list(DATA_PACKAGES)
 for package, folder in ROOTS.items():
