@@ -48,8 +48,8 @@ def table(path: Path) -> str:
 
 def headline(paths: list[Path]) -> str:
     lines = [
-        "| series | horizon | best model (not a baseline) | sMAPE | vs naive | vs seasonal naive | its p90 coverage "
-        "| largest forecast / series max (any model) |",
+        "| series | horizon | best model (not a baseline) | sMAPE | vs naive | vs seasonal naive "
+        "| its p90 coverage | largest forecast / series max (any model) |",
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for path in paths:
@@ -92,7 +92,8 @@ HISTORY_DAYS = (0.0, 2.6, 3.5, 5.0, 7.0, 10.0, 14.0, 21.0)
 
 
 def by_history(path: Path) -> str:
-    """``forecasts.csv``: each model's p90 coverage (all leads) over the origins grouped by days of history."""
+    """``forecasts.csv``: each model's p90 coverage (all leads) over the origins grouped by days of
+    history."""
     df = pd.read_csv(path)
     first = df[df["lead"] <= 2].pivot_table(index=["model", "origin"], columns="lead", values="timestamp_s")
     bucket_s = float((first[2] - first[1]).median())  # the forecast points are one bucket apart

@@ -64,11 +64,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         EXAMPLE,
         help="rolling-origin backtest of workload forecasters on a trace",
         description=textwrap.fill(
-            "Rolling-origin backtest: for each origin after the warm-up, fit each forecaster on the past only, "
-            "forecast the horizon and score it (MAE, sMAPE, p90 pinball loss and coverage, skill against the "
-            "last value and the seasonal naive). Zero or near-zero buckets far below the level around them "
-            "are collection gaps: masked for fitting and scoring. Writes DIR/backtest.csv, DIR/forecasts.csv "
-            "and DIR/backtest.png (one panel per horizon) and prints the table. "
+            "Rolling-origin backtest: for each origin after the warm-up, fit each forecaster on the past "
+            "only, forecast the horizon and score it (MAE, sMAPE, p90 pinball loss and coverage, skill "
+            "against the last value and the seasonal naive). Zero or near-zero buckets far below the level "
+            "around them are collection gaps: masked for fitting and scoring. Writes DIR/backtest.csv, "
+            "DIR/forecasts.csv and DIR/backtest.png (one panel per horizon) and prints the table. "
             f"Forecasters: {', '.join(FORECASTERS.names())}.",
             width=100,
         ),
@@ -90,7 +90,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--models",
         default=DEFAULT_MODELS,
-        help=f"comma-separated forecasters (default: the baselines and the recommended set, {DEFAULT_MODELS})",
+        help="comma-separated forecasters (default: the baselines and the recommended set, "
+        f"{DEFAULT_MODELS})",
     )
     p.add_argument(
         "--config", default=None, help="YAML with a `forecasters:` map of alias -> {model, params}"

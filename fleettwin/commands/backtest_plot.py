@@ -113,7 +113,8 @@ def _panel(
         f"horizon {h} buckets ({h * bucket_s / 3600:g} h): paths of leads 1..{h} from every origin {h}+ apart"
     )
     if best is not None and "naive" in row.index:
-        title += f"; best {best}, sMAPE {row.loc[best, 'smape']:.2f} = {row.loc[best, 'smape_vs_naive']:.2f} x naive"
+        smape, ratio = row.loc[best, "smape"], row.loc[best, "smape_vs_naive"]
+        title += f"; best {best}, sMAPE {smape:.2f} = {ratio:.2f} x naive"
     ax.set_title(title, fontsize=9, loc="left")
     ax.set_ylabel("per bucket")
     ax.legend(loc="upper left", fontsize=7, ncol=3)

@@ -40,8 +40,8 @@ class ConformalParams(StrictModel):
 
 @dataclass(frozen=True, kw_only=True)
 class Calibration:
-    """Backcasts from ``origins`` (rows) for leads 1..H (columns), and what then happened (NaN = gap or not yet
-    observed)."""
+    """Backcasts from ``origins`` (rows) for leads 1..H (columns), and what then happened (NaN = gap or not
+    yet observed)."""
 
     origins: np.ndarray
     points: np.ndarray

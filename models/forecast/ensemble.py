@@ -4,8 +4,9 @@ Every member is fitted with the ensemble's calibration settings, so each has bac
 recent origins (``conformal.py``): their sMAPE there is the member's recent error, and the weight is
 ``1 / error ** power``. The forecast is the weighted mean of the members' point forecasts; the intervals come
 from the ensemble's own backcasts (the weighted mean of the members' backcasts, each weighted by the errors
-observed before its origin) and so are calibrated like any member's. A member whose fit failed gets no weight. ``update`` scores the forecasts the members made
-before the new buckets arrived and blends that error into the weights, so a live twin adapts between refits.
+observed before its origin) and so are calibrated like any member's. A member whose fit failed gets no weight.
+``update`` scores the forecasts the members made before the new buckets arrived and blends that error into the
+weights, so a live twin adapts between refits.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ class Ensemble(Forecaster):
         """Weight = 1 / error ** power: 0 is an equal-weight average; large picks the recent best."""
         recent: str = "1d"
         """The members' "recent error" is their sMAPE on the calibration backcasts from origins this close to
-        the end of the history (the calibration span may be longer: intervals need more scores than weights)."""
+        the end of the history (the calibration span may be longer: intervals need more scores than
+        weights)."""
         memory: float = Field(default=0.9, ge=0, le=1)
         """On update, the weight of the old error against the newly scored buckets."""
         conformal: ConformalParams | None = ConformalParams()

@@ -102,7 +102,8 @@ class LightGBMForecaster(Forecaster):
         self.m_ = period if len(y) >= 3 * period else 0  # the seasonal lag needs seasons of rows to train on
         if period and not self.m_:
             self.note(
-                f"history of {len(y)} buckets is under three seasons; lightgbm fitted without the seasonal lag"
+                f"history of {len(y)} buckets is under three seasons; "
+                "lightgbm fitted without the seasonal lag"
             )
         self.week_ = (
             7 * period if len(y) >= 14 * period else 0

@@ -59,7 +59,8 @@ class Sarimax(Forecaster):
                 self.seasons_.append((period, min(p.fourier, period // 2)))
             else:
                 self.note(
-                    f"history of {len(y)} buckets is shorter than one season ({period}); fitted without Fourier terms"
+                    f"history of {len(y)} buckets is shorter than one season ({period}); "
+                    "fitted without Fourier terms"
                 )
         if p.weekly_fourier > 0 and len(y) >= 2 * self.buckets("7d"):
             self.seasons_.append((self.buckets("7d"), p.weekly_fourier))

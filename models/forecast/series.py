@@ -93,7 +93,8 @@ def check_history(y: np.ndarray | list[float], *, what: str = "history") -> np.n
     bad = np.flatnonzero(arr < 0)
     if bad.size:
         raise FleettwinError(
-            f"{what} has negative counts at buckets {bad[:5].tolist()} (counts must be >= 0; mark a gap with NaN)"
+            f"{what} has negative counts at buckets {bad[:5].tolist()} "
+            "(counts must be >= 0; mark a gap with NaN)"
         )
     return arr
 

@@ -219,7 +219,8 @@ def test_forecast_is_nonnegative_and_ordered(values, h, name):
 
 
 def test_lightgbm_backcasts_in_one_batch_match_one_origin_at_a_time():
-    """The calibration's batched recursive predict (one series per origin) gives each origin's own forecast."""
+    """The calibration's batched recursive predict (one series per origin) gives each origin's own
+    forecast."""
     y, _ = synthetic(days=8)
     model = create("lightgbm", n_estimators=20).fit(y[: 5 * DAY])
     origins = np.array([5 * DAY, 5 * DAY + 7, 6 * DAY, 8 * DAY - 1])
