@@ -11,12 +11,12 @@ from fleettwin.commands._serving import add_limit_args, add_listen_args, add_tls
 EPILOG = """examples:
   fleettwin live emulate --model llama-3-8b --gpu h100-80g --port 8000
   fleettwin live emulate --model llama-3-70b --gpu h100-80g --tp 4 --max-num-seqs 256 --token s3cret
-  fleettwin live emulate --model llama-3-8b --gpu a100-80g --perf-model constant --perf-param step_s=0.02 \
---port 0
+  fleettwin live emulate --model llama-3-8b --gpu a100-80g --perf-model constant --perf-param step_s=0.02 \\
+      --port 0
   fleettwin live emulate --model llama-3-8b --gpu h100-80g --tls-cert cert.pem --tls-key key.pem --port 8443
-  fleettwin live emulate --model llama-3-8b --gpu h100-80g --tls-cert certs/emulator.pem \
-      --tls-key certs/emulator.key --tls-ca certs/ca.pem --port 8443   # mTLS (fleettwin data certs)
-
+  # mTLS, with the certificates of fleettwin data certs
+  fleettwin live emulate --model llama-3-8b --gpu h100-80g --tls-cert certs/emulator.pem \\
+      --tls-key certs/emulator.key --tls-ca certs/ca.pem --port 8443
   fleettwin live emulate --model llama-3-8b --gpu h100-80g --enable-prefix-caching --max-body-bytes 2097152
 
 endpoints: POST /v1/completions, POST /v1/chat/completions (stream or not; n, batched prompts, stop,

@@ -10,29 +10,24 @@ from pathlib import Path
 from fleettwin.commands._common import command_parser
 
 EPILOG = """examples:
-  fleettwin live loadgen --trace traces/azure2023_conv/AzureLLMInferenceTrace_conv.csv --targets \
-http://127.0.0.1:8000 \\
-      --speedup 10 --duration 60 --out results/replay.parquet
-  fleettwin live loadgen --trace T.jsonl --format mooncake --targets http://a:8000,http://b:8000 --router \
-least_outstanding
-  fleettwin live loadgen --workflows configs/workflows.yaml --targets http://127.0.0.1:9000 --token KEY \
---duration 60 \
-      --out results/workflows_live.parquet      # agent/RAG workflows (docs/workflows.md), e.g. through the \
-gateway
+  fleettwin live loadgen --trace traces/azure2023_conv/AzureLLMInferenceTrace_conv.csv \\
+      --targets http://127.0.0.1:8000 --speedup 10 --duration 60 --out results/replay.parquet
+  fleettwin live loadgen --trace T.jsonl --format mooncake --targets http://a:8000,http://b:8000 \\
+      --router least_outstanding
+  # agent/RAG workflows (docs/workflows.md), e.g. through the gateway
+  fleettwin live loadgen --workflows configs/workflows.yaml --targets http://127.0.0.1:9000 --token KEY \\
+      --duration 60 --out results/workflows_live.parquet
 
 Bounded: at most --max-requests requests, none sent after --duration seconds, and whatever is still in flight
 --drain-timeout seconds later is cancelled and reported as 'timeout'. The Parquet file has one row per request
 sent: arrival/sent/first-token/finish times, client-side TTFT/TPOT/E2E, tokens requested and received, status
 (completed | rejected | error | timeout), HTTP status and error message.
 
-With --workflows SCENARIO (instead of --trace) the scenario's workflows: section is executed: the same \
-instances
-as `fleettwin sim run` draws from the scenario's seed, each node as soon as its parents completed, \
-retrieval nodes
-as hybrid BM25 + dense searches of --corpus. The Parquet file then has one row per workflow (the simulator's
-columns: E2E, critical path, tokens, calls) and OUT_nodes.parquet one row per node. \
-FLEETTWIN_TRACING=console|otlp
-traces each workflow (docs/live.md, Tracing)."""
+With --workflows SCENARIO (instead of --trace) the scenario's workflows: section is executed: the same
+instances as `fleettwin sim run` draws from the scenario's seed, each node as soon as its parents completed,
+retrieval nodes as hybrid BM25 + dense searches of --corpus. The Parquet file then has one row per workflow
+(the simulator's columns: E2E, critical path, tokens, calls) and OUT_nodes.parquet one row per node.
+FLEETTWIN_TRACING=console|otlp traces each workflow (docs/live.md, Tracing)."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
