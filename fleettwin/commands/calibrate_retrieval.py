@@ -35,11 +35,9 @@ K = 10
 MIN_CALLS = 20  # timed calls per row at least, so a p95 rests on more than a handful of samples
 DEFAULT_OUT = "results/retrieval_calibration.csv"
 EPILOG = """examples:
-  fleettwin data calibrate-retrieval --sizes 10k,100k            # all CPU index types, synthetic clustered \
-vectors
-  fleettwin data calibrate-retrieval --sizes 20k --index-types ivf_flat,hnsw --nprobe 1,8,32 --ef-search \
-16,64 \\
-      --batch 1,32 --out results/ivf_hnsw.csv
+  fleettwin data calibrate-retrieval --sizes 10k,100k   # all CPU index types, synthetic clustered vectors
+  fleettwin data calibrate-retrieval --sizes 20k --index-types ivf_flat,hnsw --nprobe 1,8,32 \\
+      --ef-search 16,64 --batch 1,32 --out results/ivf_hnsw.csv
   fleettwin data calibrate-retrieval --corpus docs.txt --embedder minilm   # one document per line
 
 search_param in the CSV is nprobe for IVF types, efSearch for hnsw, itopk_size for cagra and 0 for flat;

@@ -7,8 +7,8 @@ import argparse
 from fleettwin.commands._common import add_policy_arg, add_registry_arg, command_parser
 
 EPILOG = """examples:
-  fleettwin policy validate configs/live.yaml --suite configs/validation/ && fleettwin policy promote \
-configs/live.yaml
+  fleettwin policy validate configs/live.yaml --suite configs/validation/ && \\
+      fleettwin policy promote configs/live.yaml
   fleettwin policy promote configs/allocators/reactive.yaml --registry /tmp/gate.sqlite
 
 Refused unless the latest validation of exactly this configuration (same config hash: allocator name and

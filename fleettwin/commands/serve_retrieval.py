@@ -18,13 +18,13 @@ EPILOG = """examples:
       --token-env FLEETTWIN_RETRIEVAL_TOKEN --tls-cert certs/retrieval.pem --tls-key certs/retrieval.key \\
       --tls-ca certs/ca.pem                                                        # bearer token + mTLS
 
-POST /v1/retrieve {"collection": "docs", "query": "..." | "vector": [...], "k": 5, "nprobe": 8} answers the \
-ids,
-scores and (when stored) passages of the top k; GET /v1/collections lists them; /health and /metrics are open.
---build NAME=FOLDER splits FOLDER's .md/.txt files into paragraphs, embeds them (--embedder, default hashing:
-no model, no download) and saves STORE_DIR/NAME.faiss with its metadata, embedder and passages beside it.
-With --tls-ca, only client certificates naming one of --tls-client-name (default: gateway, controller) are
-accepted. See docs/live.md (Retrieval service) and docs/gateway.md (Zero-trust links)."""
+POST /v1/retrieve {"collection": "docs", "query": "..." | "vector": [...], "k": 5, "nprobe": 8} answers
+the ids, scores and (when stored) passages of the top k; GET /v1/collections lists them; /health and
+/metrics are open. --build NAME=FOLDER splits FOLDER's .md/.txt files into paragraphs, embeds them
+(--embedder, default hashing: no model, no download) and saves STORE_DIR/NAME.faiss with its metadata,
+embedder and passages beside it. With --tls-ca, only client certificates naming one of --tls-client-name
+(default: gateway, controller) are accepted. See docs/live.md (Retrieval service) and docs/gateway.md
+(Zero-trust links)."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -10,21 +10,20 @@ from fleettwin.commands._common import add_overrides_arg, add_registry_arg, comm
 
 EPILOG = """examples:
   fleettwin live shadow --scenario configs/live.yaml                        # until Ctrl-C
-  fleettwin live shadow --scenario configs/live.yaml --duration 120 --drift-report results/drift --load \
-replay.parquet
+  fleettwin live shadow --scenario configs/live.yaml --duration 120 --drift-report results/drift \\
+      --load replay.parquet
   fleettwin live shadow --scenario configs/live.yaml --report-only --drift-report results/drift
-  fleettwin live shadow --scenario configs/live.yaml --act                  # needs a promoted policy \
-(fleettwin policy promote)
-  fleettwin live shadow --scenario configs/live-prometheus.yaml --metrics-port 9100   # read Prometheus, \
-expose own metrics
+  # acting needs a promoted policy (fleettwin policy promote)
+  fleettwin live shadow --scenario configs/live.yaml --act
+  # read the backends' metrics from Prometheus, expose the controller's own metrics on port 9100
+  fleettwin live shadow --scenario configs/live-prometheus.yaml --metrics-port 9100
 
 Every interval the controller scrapes /health and /metrics of every backend (or, with a `source: {prometheus:
-URL, selector: '{job="vllm"}'}` section, asks Prometheus with PromQL; configs/live-prometheus.yaml), builds \
-the
-FleetSnapshot, runs the
-scenario's allocator and each pool's router as the simulator does, and appends one JSON record to the
-decision log (scenario field decision_log): the backends' status and backoff state, each pool's observed load,
-latency and replicas, the decision, and what the actuator did. Restarting continues the same log.
+URL, selector: '{job="vllm"}'}` section, asks Prometheus with PromQL; configs/live-prometheus.yaml), builds
+the FleetSnapshot, runs the scenario's allocator and each pool's router as the simulator does, and appends
+one JSON record to the decision log (scenario field decision_log): the backends' status and backoff state,
+each pool's observed load, latency and replicas, the decision, and what the actuator did. Restarting
+continues the same log.
 --drift-report DIR writes drift.csv and drift.md: the simulator's prediction for the load observed (from
 --load, the load generator's Parquet file, else from the counted arrivals) next to the measured values."""
 

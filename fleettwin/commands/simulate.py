@@ -25,9 +25,8 @@ long runs: --stream writes requests.parquet in row groups as requests end and ta
 outputs (with --out DIR): requests.parquet (one row per request: arrival, queue, TTFT, TPOT, E2E, preemptions,
 status), timeseries.parquet (running/waiting/KV/busy per pool every sample interval), summary.json
 (percentiles, throughput, goodput under the SLO, GPU-hours, cost) and, with --plot, latency_cdf.png and
-pool_timeseries.png. A scenario with a workflows: section (configs/workflows.yaml, docs/workflows.md) also \
-prints
-workflow E2E percentiles, the critical path and tokens per workflow, and writes workflows.parquet and
+pool_timeseries.png. A scenario with a workflows: section (configs/workflows.yaml, docs/workflows.md) also
+prints workflow E2E percentiles, the critical path and tokens per workflow, and writes workflows.parquet and
 workflow_nodes.parquet."""
 
 

@@ -16,8 +16,8 @@ from fleettwin.commands._common import (
 
 EPILOG = """parameters (--param, repeatable; the grid is their cartesian product):
   PATH=start:stop:n     n evenly spaced values from start to stop (integers stay integers): replicas=1:8:8
-  PATH=a,b,c            a list, each value read as YAML: pools.0.gpu=h100-80g,a100-80g  \
-purchase=on_demand,spot
+  PATH=a,b,c            a list, each value read as YAML: pools.0.gpu=h100-80g,a100-80g
+                        or purchase=on_demand,spot
   PATH=[[1,2],[3]]      one YAML list, for values that are themselves lists or contain commas
 PATH is a dotted path as `fleettwin sim run --set` takes it (pools.0.replicas, workload.speedup, slo.ttft_s,
 controller.interval_s, seed, ...) or a shorthand:
@@ -27,21 +27,18 @@ Every point is validated before anything runs; a run that fails (e.g. a model th
 recorded in the `error` column and the sweep goes on.
 
 examples:
-  fleettwin sim sweep configs/autoscale.yaml --param allocator.target=16:64:4 --param \
-allocator.min_replicas=1,2 \\
-      --out results/sweep-autoscale
-  fleettwin sim sweep configs/quickstart.yaml --param pools.0.replicas=4:12:5 --param \
-workload.speedup=10,20,30 \\
+  fleettwin sim sweep configs/autoscale.yaml \\
+      --param allocator.target=16:64:4 --param allocator.min_replicas=1,2 --out results/sweep-autoscale
+  fleettwin sim sweep configs/quickstart.yaml \\
+      --param pools.0.replicas=4:12:5 --param workload.speedup=10,20,30 \\
       --y e2e_p99_s --jobs 2 --out results/sweep-quickstart
-  fleettwin sim sweep configs/quickstart.yaml --param pool.replicas=6,8 --seeds 3 --executor ray --out \
-results/s
+  fleettwin sim sweep configs/quickstart.yaml --param pool.replicas=6,8 --seeds 3 --executor ray \\
+      --out results/s
 
 outputs: DIR/sweep.csv (one row per point: parameter values, TTFT/E2E percentiles, SLO attainment, goodput,
-cost, GPU-hours, error, pareto; with --seeds N the mean over seeds and a *_ci95 half-width per metric), \
-written
-as runs finish; DIR/runs.csv (with --seeds N: one row per run); DIR/pareto.png (the latency-cost scatter \
-with the
-frontier); DIR/sweep.json (the grid, executor, wall time, failures)."""
+cost, GPU-hours, error, pareto; with --seeds N the mean over seeds and a *_ci95 half-width per metric),
+written as runs finish; DIR/runs.csv (with --seeds N: one row per run); DIR/pareto.png (the latency-cost
+scatter with the frontier); DIR/sweep.json (the grid, executor, wall time, failures)."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
