@@ -67,11 +67,10 @@ def report(table: pd.DataFrame, cases, *, quick: bool) -> str:
 
 {markdown_table(table)}
 
-Times in seconds; p99 of E2E as the user sees it (lost attempts and network included) for requests sent \
-before,
-during and after the failure window; the baseline is the same scenario without failures. Lost = requests not
-completed (failed after their retries, dropped, rejected or unfinished). Time to recover: from the end of the
-failure window to the first minute whose p99 is within 10 % of the baseline's in that minute.
+Times in seconds; p99 of E2E as the user sees it (lost attempts and network included) for requests sent
+before, during and after the failure window; the baseline is the same scenario without failures. Lost =
+requests not completed (failed after their retries, dropped, rejected or unfinished). Time to recover: from
+the end of the failure window to the first minute whose p99 is within 10 % of the baseline's in that minute.
 
 {lines}
 
@@ -83,11 +82,9 @@ coherence degradation", and an active-active multi-region deployment. They give 
 tail latency under failure or recovery time, so no figure of theirs can be confirmed or refuted here.
 
 - "Active-active survives a region outage when another region has the capacity" {verdict}.
-- Token truncation and coherence degradation are modelled (truncate / compress / reroute; retry / fallback) \
-and
-  tested (tests/sim/test_truncation.py, tests/sim/test_failures.py); these runs use truncation only for the \
-few trace
-  prompts longer than the model's window (the `truncated` column of results.csv).
+- Token truncation and coherence degradation are modelled (truncate / compress / reroute; retry / fallback)
+  and tested (tests/sim/test_truncation.py, tests/sim/test_failures.py); these runs use truncation only for
+  the few trace prompts longer than the model's window (the `truncated` column of results.csv).
 """
 
 
