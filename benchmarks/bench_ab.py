@@ -15,8 +15,9 @@ pool), and the difference is the instructions the simulation took. About 50x slo
     .venv/bin/python benchmarks/bench_ab.py --base 5d4238b --rounds 5
     .venv/bin/python benchmarks/bench_ab.py --base 5d4238b --instructions --replicas 8 64
     .venv/bin/python benchmarks/bench_ab.py --base HEAD --pure-b     # compiled hot path against pure Python
-    .venv/bin/python benchmarks/bench_ab.py --base db52bd0 --replicas 64 --a-perf-model calibrated \
-        --b-perf-model roofline                                       # a performance model's cost
+    # a performance model's cost
+    .venv/bin/python benchmarks/bench_ab.py --base db52bd0 --replicas 64 --a-perf-model calibrated \\
+        --b-perf-model roofline
 
 The compiled hot path (``fleettwin/native.py``) is used by any side whose source it was built from;
 ``--pure-b`` runs side B with ``FLEETTWIN_PURE_PYTHON=1`` (set that variable for the whole command to compare

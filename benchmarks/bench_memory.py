@@ -8,8 +8,7 @@ H100 (at most about 60 % of what they sustain): 1 M requests are one 29-minute p
 seven periods (3.4 h) at 820 requests/s. Each case runs in a fresh process, so its peak RSS (``ru_maxrss``) is
 its own.
 
-    .venv/bin/python benchmarks/bench_memory.py                       # 1 M streamed and in memory, 10 M \
-streamed
+    .venv/bin/python benchmarks/bench_memory.py         # 1 M streamed and in memory, 10 M streamed
     .venv/bin/python benchmarks/bench_memory.py --requests 1000000 --modes stream
 """
 

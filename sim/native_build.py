@@ -1,10 +1,10 @@
 """Compile the simulator's hot modules with mypyc into this interpreter's site-packages (see
 fleettwin/native.py).
 
-    fleettwin sim native                        # or, in a clone: make install / .venv/bin/python \
-tools/build_native.py
+    # in a clone, make install or .venv/bin/python tools/build_native.py does the same
+    fleettwin sim native
     fleettwin sim native --remove               # back to pure Python
-    FLEETTWIN_PURE_PYTHON=1 fleettwin ...   # ignore the compiled copies for one run
+    FLEETTWIN_PURE_PYTHON=1 fleettwin ...       # ignore the compiled copies for one run
 
 Each module is copied under a top-level name, stamped with the SHA-256 of its source and compiled in a
 temporary folder; the extension files land in site-packages next to fleettwin's own packages. A compiled copy
@@ -42,9 +42,14 @@ NATIVE_IMPORTS = {"fleettwin.models.engine.scheduler": ("fleettwin.models.engine
 SETUP = """
 from setuptools import setup
 from mypyc.build import mypycify
-setup(name="fleettwin-native", ext_modules=mypycify(
-    ["--ignore-missing-imports", "--follow-imports=skip", *{files!r}], opt_level="3", \
-group_name="fleettwin_native"))
+setup(
+    name="fleettwin-native",
+    ext_modules=mypycify(
+        ["--ignore-missing-imports", "--follow-imports=skip", *{files!r}],
+        opt_level="3",
+        group_name="fleettwin_native",
+    ),
+)
 """
 MANIFEST = "fleettwin_native.files"  # what the last build put in site-packages, one name per line
 
