@@ -314,11 +314,11 @@ def test_a_measured_capacity_replaces_the_closed_form_for_its_replica_shape():
     model = CapacityModel(
         ALLOCATORS.get("forecast")
         .Params.model_fields["capacity"]
-        .annotation(measured={"h100-80g/llama-3-70b/2": 1.55})
+        .annotation(measured={"h100-80g/llama-3-70b/2": 1.62})
     )
     cap = model.replica("h100-80g", "llama-3-70b", tp=2, prompt_tokens=1237, output_tokens=221)
-    assert (cap.requests_per_s, cap.limit, cap.gpus) == (1.55, "measured", 2)
-    assert cap.tokens_per_s == pytest.approx(plain.tokens_per_s * 1.55 / plain.requests_per_s)
+    assert (cap.requests_per_s, cap.limit, cap.gpus) == (1.62, "measured", 2)
+    assert cap.tokens_per_s == pytest.approx(plain.tokens_per_s * 1.62 / plain.requests_per_s)
     assert model.replica("h100-80g", "llama-3-70b", tp=4).limit != "measured"  # another shape: closed form
     with pytest.raises(ConfigError, match="expected 'gpu/model/tp'"):
         ALLOCATORS.create("forecast", {"capacity": {"measured": {"h100-80g/llama-3-70b": 1.0}}})
@@ -338,4 +338,6 @@ def test_closed_form_capacity_is_above_the_simulated_knee_by_a_bounded_margin():
     knee = measure_knee(
         {"gpu": "h100-80g", "model": "llama-3-8b", "tp": 1}, lengths, ttft_s=2.0, tpot_s=0.1, base_dir=ROOT
     )
-    assert 0.8 <= knee.ratio <= 1.0  # measured 23.1 vs 25.7 req/s (docs/experiments/multitier.md)
+    # measured 16.81 vs 17.08 req/s (0.98; docs/experiments/multitier.md). With the mix rounded to 2 significant
+    # digits (1251 -> 1300 prompt tokens) the closed form read 16.62, under the knee: models/capacity.py uses 3.
+    assert 0.8 <= knee.ratio <= 1.0
