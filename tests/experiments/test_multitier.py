@@ -338,6 +338,7 @@ def test_closed_form_capacity_is_above_the_simulated_knee_by_a_bounded_margin():
     knee = measure_knee(
         {"gpu": "h100-80g", "model": "llama-3-8b", "tp": 1}, lengths, ttft_s=2.0, tpot_s=0.1, base_dir=ROOT
     )
-    # measured 16.81 vs 17.08 req/s (0.98; docs/experiments/multitier.md). With the mix rounded to 2 significant
-    # digits (1251 -> 1300 prompt tokens) the closed form read 16.62, under the knee: models/capacity.py uses 3.
+    # measured 16.81 vs 17.08 req/s (0.98; docs/experiments/multitier.md). With the mix rounded to 2
+    # significant digits (1251 -> 1300 prompt tokens) the closed form read 16.62, under the knee:
+    # models/capacity.py now rounds to 3.
     assert 0.8 <= knee.ratio <= 1.0
