@@ -70,7 +70,7 @@ def step_table(run: MeasuredRun) -> StepTable:
     times = [f + np.cumsum(g) for f, g in zip(first, itls, strict=True)]
     last = np.array([t[-1] if len(t) else f for f, t in zip(first, times, strict=True)])
     emitted = np.array([len(t) + 1 for t in times], float)  # tokens each request streamed, the first included
-    s = np.concatenate([np.concatenate([[f], t[:-1]]) for f, t in zip(first, times, strict=True)])
+    s = np.concatenate([np.concatenate([[f], t])[:-1] for f, t in zip(first, times, strict=True)])
     t = np.concatenate(times)
     mid = (s + t) / 2
 

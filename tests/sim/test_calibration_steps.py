@@ -135,6 +135,25 @@ def test_per_step_fit_recovers_the_decode_costs(timed_runs):
     assert fit.profile.engine_costs.step_fixed_s == fit.fitted["step_fixed_s"]
 
 
+def test_step_table_takes_one_token_requests_and_leaves_out_prefill_steps():
+    """Two requests decode together; a third, with one output token, prefills in the step that ends at 0.15 s:
+    that step is left out of both decoders' gaps, and the third's lack of gaps is no error."""
+    df = pd.DataFrame(
+        {
+            "prompt_tokens": [100, 200, 50],
+            "output_tokens": [21, 21, 1],
+            "arrival_s": [0.0, 0.0, 0.1],
+            "ttft_s": [0.05, 0.05, 0.05],
+            "itl_s": [[0.01] * 20, [0.01] * 20, []],
+        }
+    )
+    settings = ServerSettings(model="llama-3-8b", gpu="h100-80g")
+    table = step_table(MeasuredRun("tiny", "synthetic", settings, Load(kind="open"), df))
+    assert table.batch.tolist() == [2]
+    assert table.total_gaps == 2 * 20 - 2
+    assert table.gap_s[0] == pytest.approx(0.01)
+
+
 def test_a_single_tp_degree_cannot_pin_the_worker_cost(timed_runs):
     tmp, runs = timed_runs
     fit = fit_steps(runs[:2], load_profile(str(_profile(tmp, START, "start"))))
