@@ -202,8 +202,8 @@ def _fit_per_step(runs, base, coefficients: list[str] | None):
     record = steps.record()
     errors = record["median_abs_step_error"]
     print(
-        f"per step: {record['iterations']} decode-only iterations of {record['runs']} runs with per-token "
-        f"times; median |step time error| {errors['in_sample']:.1%} in sample, "
+        f"per step: {record['token_gaps']} inter-token gaps in decode-only iterations of {record['runs']} "
+        f"runs with per-token times; median |step time error| {errors['in_sample']:.1%} in sample, "
         f"{errors['leave_one_run_out']:.1%} leave-one-run-out"
     )
     for n, v in steps.fitted.items():

@@ -124,7 +124,7 @@ class StepFit:
                 "tokens (median gap); bounded weighted least squares on relative error"
             ),
             "runs": len(self.tables),
-            "iterations": sum(t.total_gaps for t in self.tables),
+            "token_gaps": sum(t.total_gaps for t in self.tables),  # one per sequence per iteration
             "fitted": {
                 n: {"value": float(f"{v:.4g}"), "relative_std_error": round(self.rse[n], 3)}
                 for n, v in self.fitted.items()
