@@ -179,10 +179,13 @@ def test_sigkilled_controller_restarts_adopting_its_replicas_and_stopping_strays
         wait_for("one stray stopped", lambda: len(tagged()) == 2, timeout_s=60)
 
         def since_restart() -> list[dict]:
+            # The stray's "stopped" lands in the decision after its drain ends, which on a loaded machine can
+            # come later than the fourth decision: wait for it too.
             recs = read_log(tmp_path / "decisions.jsonl")[seq_after_kill:]
-            return recs if len(recs) >= 4 else []
+            stopped = any(e["event"] == "stopped" for r in recs for e in r.get("actions", ()))
+            return recs if len(recs) >= 4 and stopped else []
 
-        recs = wait_for("four decisions after the restart", since_restart)
+        recs = wait_for("four decisions after the restart, the stray's stop among them", since_restart)
         running = {p.pid for p in tagged().values()}
         assert len(running) == 2 and running < pids, (
             "exactly the target runs, and it is what the first one started"
