@@ -138,33 +138,36 @@ class StepFit:
 
 
 class _Design:
-    """Per bin: the columns of the linear step-time model and the part held fixed."""
+    """Per bin: the columns of the linear step-time model and the part held fixed. The columns come from the
+    model itself: step time is linear in STEP_COEFFICIENTS, so each column is the step time's change per unit
+    of its coefficient (the model built with that coefficient raised), and the fit restates no formula."""
 
     def __init__(self, tables: Sequence[StepTable], profile: CalibrationProfile, catalog: Catalog):
         from fleettwin.models.engine.resolve import resolve_pool
         from fleettwin.sim.calibration.replay import pool_config
 
+        own = np.array([getattr(profile.engine_costs, n) for n in STEP_COEFFICIENTS])
+        step = np.where(own > 0, own, [BY_NAME[n].lower for n in STEP_COEFFICIENTS])
+        raised = [{n: float(own[j] + step[j])} for j, n in enumerate(STEP_COEFFICIENTS)]
         cols, offsets, owner = [], [], []
         with tempfile.TemporaryDirectory(prefix="fleettwin-steps-") as folder:
             path = Path(folder) / f"{profile.name}.yaml"
             path.write_text(profile.to_yaml())
-            perfs = [
-                resolve_pool(pool_config(t.run, "calibrated", {"profile": str(path)}), catalog).perf
-                for t in tables
-            ]
-        for k, (table, perf) in enumerate(zip(tables, perfs, strict=True)):
-            run = table.run
-            c, tp = perf.costs, run.settings.tp
-            eager = c.eager_layer_s * perf.llm.num_layers if run.settings.engine.enforce_eager else 0.0
-            for b, ctx in zip(table.batch, table.ctx, strict=True):
-                stats = BatchStats()
-                stats.decode_seqs, stats.decode_ctx_tokens = int(b), int(round(ctx))
-                total = perf.step_time(stats)
-                cpu = c.step_fixed_s + c.tp_worker_s * (tp - 1) + eager + c.step_per_seq_s * b
-                gpu = (total - cpu) / c.gpu_time_scale
-                cols.append([1.0, tp - 1.0, float(b), gpu])
-                offsets.append(eager)
-                owner.append(k)
+            for k, table in enumerate(tables):
+
+                def perf(costs: dict[str, float], run: MeasuredRun = table.run):
+                    params = {"profile": str(path), "engine_costs": costs}
+                    return resolve_pool(pool_config(run, "calibrated", params), catalog).perf
+
+                base, moved = perf({}), [perf(costs) for costs in raised]
+                for b, ctx in zip(table.batch, table.ctx, strict=True):
+                    stats = BatchStats()
+                    stats.decode_seqs, stats.decode_ctx_tokens = int(b), int(round(ctx))
+                    t0 = base.step_time(stats)
+                    col = (np.array([m.step_time(stats) for m in moved]) - t0) / step
+                    cols.append(col)
+                    offsets.append(t0 - col @ own)
+                    owner.append(k)
         self.x = np.array(cols).reshape(-1, len(STEP_COEFFICIENTS))
         self.offset = np.array(offsets)
         self.owner = np.array(owner)
