@@ -106,7 +106,11 @@ def _add_fit(actions: argparse._SubParsersAction) -> None:
         help="profile to start from: built-in name or path (default: the built-in profile of the runs' GPU)",
     )
     p.add_argument("--name", help="name of the new profile (default: the output file's name)")
-    p.add_argument("--coefficients", help="comma-separated subset to fit (default: all)")
+    p.add_argument(
+        "--coefficients",
+        help="comma-separated coefficients to fit (default: all but allreduce_scale, which is fitted only "
+        "when named: docs/perf_model.md)",
+    )
     p.add_argument("--no-loro", action="store_true", help="skip the leave-one-run-out errors")
     p.add_argument(
         "--workers", type=int, default=None, help="processes replaying runs (default: cores, max 4)"
@@ -142,13 +146,13 @@ def _fit(args: argparse.Namespace) -> int:
     import time
 
     t0 = time.perf_counter()
-    from fleettwin.sim.calibration.fit import BY_NAME, fit_profile
+    from fleettwin.sim.calibration.fit import DEFAULT_FREE, fit_profile
 
     steps = _fit_per_step(runs, base, coefficients)
     refit = True
     if steps is not None:
         base = steps.profile
-        coefficients = [n for n in coefficients or BY_NAME if n not in steps.fitted]
+        coefficients = [n for n in coefficients or DEFAULT_FREE if n not in steps.fitted]
         if not coefficients:  # nothing left for the simulator: it only replays, for the errors
             coefficients, refit = list(steps.fitted), False
     res = fit_profile(

@@ -197,7 +197,7 @@ class CalibratedModel(PerformanceModel):
         tp = self.tp
         curve = laws.allreduce(tp, graph=not self.params.enforce_eager)
         if curve is not None and tp <= GPUS_PER_NODE:
-            return curve.time(nbytes)
+            return self.costs.allreduce_scale * curve.time(nbytes)
         # Not measured (e.g. TP 16 across two nodes): ring all-reduce on the link that bounds it.
         link = INTERNODE_BYTES_PER_S if tp > GPUS_PER_NODE else self.gpu.link_bytes_per_s
         latency = INTERNODE_LATENCY_S if tp > GPUS_PER_NODE else 25e-6

@@ -58,6 +58,13 @@ class EngineCosts(StrictFiniteModel):
         description="per layer: the small kernels outside the laws (norms, "
         "rotary embedding, activation, residual adds) at their latency floor",
     )
+    allreduce_scale: float = Field(
+        1.0,
+        gt=0,
+        description="multiplier on the all-reduce curves, which time the collective alone: in a model vLLM "
+        "fuses it with the residual add and RMSNorm that follow, and launches it inside the layer's CUDA "
+        "graph",
+    )
     gpu_time_scale: float = Field(
         1.0,
         gt=0,

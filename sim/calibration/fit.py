@@ -50,6 +50,7 @@ class Coefficient:
     upper: float
     pinned_by: str  # the data that pins it, for the message when it is not pinned
     typical: float | None = None  # where a fit starts when the profile's value sits at the floor (unset)
+    opt_in: bool = False  # fitted only where named (a build's or the user's list), else held at the profile's
 
 
 COEFFICIENTS = (
@@ -59,6 +60,15 @@ COEFFICIENTS = (
     ),
     Coefficient("step_per_prefill_s", "engine_costs", 1e-7, 5e-3, "bursts of many short prompts"),
     Coefficient("tp_worker_s", "engine_costs", 1e-7, 5e-3, "runs of one model at two or more TP degrees"),
+    # Opt-in: freed per GPU where leave-one-deployment-out says it helps (FIT_ONLY in calibration/build.py).
+    Coefficient(
+        "allreduce_scale",
+        "engine_costs",
+        0.2,
+        3.0,
+        "runs of one model at two or more TP degrees",
+        opt_in=True,
+    ),
     Coefficient(
         "layer_fixed_s", "engine_costs", 1e-7, 2e-4, "small-batch runs of models with different depths"
     ),
@@ -78,6 +88,7 @@ COEFFICIENTS = (
     Coefficient("per_prompt_token_s", "frontend", 1e-9, 1e-4, "low-load TTFT at two or more prompt lengths"),
 )
 BY_NAME = {c.name: c for c in COEFFICIENTS}
+DEFAULT_FREE = tuple(c.name for c in COEFFICIENTS if not c.opt_in)  # what a fit frees when not told
 Progress = Callable[[str], None]
 
 
@@ -192,13 +203,13 @@ def fit_profile(
     refit: bool = True,
     progress: Progress | None = None,
 ) -> FitResult:
-    """Fit ``coefficients`` (default: all of COEFFICIENTS) of ``profile`` on ``runs``.
+    """Fit ``coefficients`` (default: DEFAULT_FREE, all but the opt-in ones) of ``profile`` on ``runs``.
 
     ``refit=False`` keeps the profile's values (a shipped profile) and only derives what the leave-out errors
     need (the Jacobian there), so the report can show leave-one-run-out errors of the coefficients as
     shipped."""
     say = progress or (lambda _msg: None)
-    names = list(coefficients or BY_NAME)
+    names = list(coefficients or DEFAULT_FREE)
     unknown = [n for n in names if n not in BY_NAME]
     if unknown:
         raise ConfigError(f"unknown coefficient(s) {', '.join(unknown)}; expected {', '.join(BY_NAME)}")
@@ -273,7 +284,7 @@ def _data_cannot_pin(name: str, runs: Sequence[MeasuredRun], rows) -> str:
     """Why the runs cannot move ``name`` at all (checked before any simulation), or "" when they may."""
     fitted = {(i, m) for i, m, _ in rows}
     ttft = [runs[i] for i, m in fitted if m.startswith("ttft")]
-    if name == "tp_worker_s":
+    if name in ("tp_worker_s", "allreduce_scale"):
         tps: dict[str, set[int]] = {}
         for r in runs:
             tps.setdefault(r.settings.model, set()).add(r.settings.tp)
