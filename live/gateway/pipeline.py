@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from fleettwin.live.api_error import ApiError
@@ -35,23 +35,21 @@ from fleettwin.models.tenancy.quotas import Refusal
 COMPLETIONS, CHAT = "completions", "chat.completions"
 
 
+@dataclass(eq=False)
 class Refused(Exception):
     """A request the gateway answers itself. ``reason``: unauthenticated | forbidden | not_found |
     bad_request | blocked | quota."""
 
-    def __init__(
-        self,
-        error: ApiError,
-        reason: str,
-        *,
-        principal: Principal | None = None,
-        model: str | None = None,
-        hits: list[Hit] | None = None,
-        headers: dict[str, str] | None = None,
-    ):
-        super().__init__(error.message)
-        self.error, self.reason, self.principal, self.model = error, reason, principal, model
-        self.hits, self.headers = hits or [], headers or {}
+    error: ApiError
+    reason: str
+    _: KW_ONLY
+    principal: Principal | None = None
+    model: str | None = None
+    hits: list[Hit] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.error.message)
 
 
 def rate_limited(
@@ -64,7 +62,7 @@ def rate_limited(
         type="RateLimitError",
     )
     headers = {"Retry-After": retry_after_header(got.retry_after_s)}
-    return Refused(err, "quota", principal=principal, model=model, hits=hits, headers=headers)
+    return Refused(err, "quota", principal=principal, model=model, hits=hits or [], headers=headers)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
