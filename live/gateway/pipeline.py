@@ -82,17 +82,13 @@ class Examined:
 class Rejected:
     """Why ``examine`` refused a body (picklable, unlike ``Refused``)."""
 
-    status: int
-    message: str
-    param: str | None
-    type: str
+    error: ApiError
     reason: str
     model: str | None
     hits: tuple[Hit, ...] = ()
 
     def refused(self, principal: Principal) -> Refused:
-        err = ApiError(self.status, self.message, param=self.param, type=self.type)
-        return Refused(err, self.reason, principal=principal, model=self.model, hits=list(self.hits))
+        return Refused(self.error, self.reason, principal=principal, model=self.model, hits=list(self.hits))
 
 
 @dataclass(kw_only=True)
@@ -129,25 +125,12 @@ def examine(
         max_tokens = authorize(cfg, tenant, view, chat=chat)
         hits = sanitize_body(body, chat, sanitizer)
     except ContextBlocked as exc:
-        return Rejected(
-            status=400,
-            message=f"The request was blocked by the gateway's context policy: {exc}.",
-            param=exc.hit.where.split("[")[0].split(".")[0],
-            type="BadRequestError",
-            reason="blocked",
-            model=model,
-            hits=tuple(exc.hits),
-        )
+        where = exc.hit.where.split("[")[0].split(".")[0]
+        msg = f"The request was blocked by the gateway's context policy: {exc}."
+        err = ApiError(400, msg, param=where, type="BadRequestError")
+        return Rejected(error=err, reason="blocked", model=model, hits=tuple(exc.hits))
     except ApiError as exc:
-        return Rejected(
-            status=exc.status,
-            message=exc.message,
-            param=exc.param,
-            type=exc.type,
-            reason=_reason(exc),
-            model=model,
-            hits=tuple(hits),
-        )
+        return Rejected(error=exc, reason=_reason(exc), model=model, hits=tuple(hits))
     prompt = chat_tokens_of(body["messages"]) if chat else view.prompt_tokens  # documents count too
     backend = cfg.backends[model]
     stream, wants = _rewrite(body, view.max_tokens, max_tokens, backend, cfg.tenants[tenant].priority, model)
