@@ -268,20 +268,24 @@ class LocalProcessActuator:
         return ""
 
     def _adopt(self, rec: ReplicaRecord, proc: psutil.Process, now: float, stopping: str = "") -> dict:
-        r = ManagedReplica(
-            record=rec,
-            proc=proc,
-            popen=None,
-            started_at=now,
-            since=now,
-            url=rec.url,
-            log_path=self.log_dir / f"{rec.pool}-{rec.index}.log",
-        )
-        self.replicas.append(r)
+        r = self._manage(rec, proc, None, now)
         if stopping:
             return self._stop(r, now, stopping)
         r.record = self.ledger.put(rec.replace(state="provisioning"))
         return r.event("adopt", started_s=rec.started_s)
+
+    def _log_path(self, pool: str, index: int) -> Path:
+        """Where replica ``index`` of ``pool`` writes; ``_number_from_logs`` reads the numbers back."""
+        return self.log_dir / f"{pool}-{index}.log"
+
+    def _manage(
+        self, rec: ReplicaRecord, proc: psutil.Process, popen: subprocess.Popen | None, now: float
+    ) -> ManagedReplica:
+        """Take ``rec``'s process (started here: ``popen``; adopted: None) into the managed replicas."""
+        log_path = self._log_path(rec.pool, rec.index)
+        r = ManagedReplica(rec, proc, popen, started_at=now, since=now, log_path=log_path, url=rec.url)
+        self.replicas.append(r)
+        return r
 
     def _number_from_logs(self) -> None:
         """Continue each pool's replica numbering after the logs already in the folder."""
@@ -341,8 +345,7 @@ class LocalProcessActuator:
                 created_s=self.wall(),
             )
         )
-        log_path = self.log_dir / f"{pool.name}-{index}.log"
-        with open(log_path, "ab") as log:  # the child keeps its own descriptor
+        with open(self._log_path(pool.name, index), "ab") as log:  # the child keeps its own descriptor
             popen = subprocess.Popen(
                 [self.python, *self.emulate_args(pool)],
                 stdout=log,
@@ -353,8 +356,7 @@ class LocalProcessActuator:
             )
         proc = psutil.Process(popen.pid)  # our child: there until we reap it, even if it died at once
         rec = self.ledger.put(rec.replace(pid=popen.pid, started_s=proc.create_time(), state="provisioning"))
-        r = ManagedReplica(record=rec, proc=proc, popen=popen, started_at=now, since=now, log_path=log_path)
-        self.replicas.append(r)
+        r = self._manage(rec, proc, popen, now)
         if replaces is not None:
             return r.event("replace", replaces=replaces)
         return r.event("start")

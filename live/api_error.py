@@ -31,6 +31,10 @@ class ApiError(Exception):
         self.status, self.message, self.param = status, message, param
         self.type = type or self.TYPES.get(status, "APIError")
 
+    def __reduce__(self) -> tuple:
+        """Picklable with its status, param and type (the gateway's checker processes send refusals back)."""
+        return type(self), (self.status, self.message), {"param": self.param, "type": self.type}
+
     def body(self) -> dict[str, Any]:
         return {
             "error": {"message": self.message, "type": self.type, "param": self.param, "code": self.status}

@@ -181,26 +181,18 @@ class VllmClient:
 
     # -- generation -------------------------------------------------------------------------------------
 
-    async def completion(
-        self,
-        prompt: str | list[int],
-        max_tokens: int,
-        *,
-        model: str | None = None,
-        stream: bool = True,
-        ignore_eos: bool = True,
-        headers: dict[str, str] | None = None,
-        **extra: Any,
-    ) -> CompletionResult:
-        """``/v1/completions``; ``ignore_eos`` with ``min_tokens = max_tokens`` asks for exactly that many.
-        ``headers`` are added to this request (a ``traceparent``, say)."""
-        body = self._body(model, max_tokens, stream, ignore_eos, extra)
-        body["prompt"] = prompt
-        return await self._generate("/v1/completions", body, stream, headers)
+    async def completion(self, prompt: str | list[int], max_tokens: int, **options: Any) -> CompletionResult:
+        """``/v1/completions`` of ``prompt``; ``options`` as for ``generate``."""
+        return await self.generate("/v1/completions", {"prompt": prompt}, max_tokens, **options)
 
-    async def chat(
+    async def chat(self, messages: list[dict[str, Any]], max_tokens: int, **options: Any) -> CompletionResult:
+        """``/v1/chat/completions`` of ``messages``; ``options`` as for ``generate``."""
+        return await self.generate("/v1/chat/completions", {"messages": messages}, max_tokens, **options)
+
+    async def generate(
         self,
-        messages: list[dict[str, Any]],
+        path: str,
+        content: dict[str, Any],
         max_tokens: int,
         *,
         model: str | None = None,
@@ -209,9 +201,12 @@ class VllmClient:
         headers: dict[str, str] | None = None,
         **extra: Any,
     ) -> CompletionResult:
+        """One request to a generation route: ``content`` (the prompt or the messages) and the options the two
+        routes share. ``ignore_eos`` with ``min_tokens = max_tokens`` asks for exactly that many; ``headers``
+        are added to this request (a ``traceparent``, say); ``extra`` goes into the body as given."""
         body = self._body(model, max_tokens, stream, ignore_eos, extra)
-        body["messages"] = messages
-        return await self._generate("/v1/chat/completions", body, stream, headers)
+        body.update(content)
+        return await self._generate(path, body, stream, headers)
 
     @staticmethod
     def _body(

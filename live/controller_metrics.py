@@ -8,66 +8,57 @@ say more than the log does.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Gauge, start_http_server
+
+from fleettwin.live.metric_set import MetricSet
 
 INTERVAL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 STATES = ("active", "provisioning", "missing", "draining")
 
 
-class ControllerMetrics:
+class ControllerMetrics(MetricSet):
     def __init__(self, pools: list[str]):
-        r = self.registry = CollectorRegistry()
-        self.intervals = Counter(
-            "fleettwin_shadow_intervals",
+        super().__init__("shadow")
+        self.intervals = self.counter(
+            "intervals",
             "Control intervals by outcome (decided, "
             "policy_error: the allocator raised, source_error: no metrics).",
-            ["outcome"],
-            registry=r,
+            ("outcome",),
         )
-        self.interval_seconds = Histogram(
-            "fleettwin_shadow_interval_seconds",
+        self.interval_seconds = self.histogram(
+            "interval_seconds",
             "Wall time of one control interval: observe, decide, act.",
             buckets=INTERVAL_BUCKETS,
-            registry=r,
         )
-        self.last_decision = Gauge(
-            "fleettwin_shadow_last_decision_timestamp_seconds", "Unix time of the last decision.", registry=r
-        )
-        self.backends = Gauge(
-            "fleettwin_shadow_backends",
+        self.last_decision = self.gauge("last_decision_timestamp_seconds", "Unix time of the last decision.")
+        self.backends = self.gauge(
+            "backends",
             "Backends per pool and status (up, down, backoff) at the last interval.",
-            ["pool", "status"],
-            registry=r,
+            ("pool", "status"),
         )
-        self.replicas = Gauge(
-            "fleettwin_shadow_pool_replicas",
+        self.replicas = self.gauge(
+            "pool_replicas",
             "Replicas per pool and state: active, "
             "provisioning (starting), missing (wanted but not serving: backends down, failed "
             "replicas not replaced yet), draining.",
-            ["pool", "state"],
-            registry=r,
+            ("pool", "state"),
         )
-        self.gpus = Gauge(
-            "fleettwin_shadow_pool_gpus",
+        self.gpus = self.gauge(
+            "pool_gpus",
             "GPUs the snapshot counts for the pool (every state but "
             "draining is what a decision compares with its target).",
-            ["pool"],
-            registry=r,
+            ("pool",),
         )
-        self.target = Gauge(
-            "fleettwin_shadow_target_gpus", "GPUs the last decision asks for, per pool.", ["pool"], registry=r
-        )
-        self.arrival = Gauge(
-            "fleettwin_shadow_arrival_rate",
+        self.target = self.gauge("target_gpus", "GPUs the last decision asks for, per pool.", ("pool",))
+        self.arrival = self.gauge(
+            "arrival_rate",
             "Requests per second that reached the pool in the last interval (NaN: unknown).",
-            ["pool"],
-            registry=r,
+            ("pool",),
         )
-        self.actions = Counter(
-            "fleettwin_shadow_actions",
+        self.actions = self.counter(
+            "actions",
             "Actuator events (start, replace, drain, stop, exited, adopt, ...) per pool.",
-            ["pool", "event"],
-            registry=r,
+            ("pool", "event"),
         )
         for outcome in ("decided", "policy_error", "source_error"):
             self.intervals.labels(outcome)

@@ -33,7 +33,6 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from fleettwin.io import atomic_write, write_json
@@ -41,6 +40,7 @@ from fleettwin.live.api_error import ApiError
 from fleettwin.live.embed import Embedder, make_embedder
 from fleettwin.live.faiss_store import SEARCH_PARAM, IndexSpec, VectorStore, VectorStoreError
 from fleettwin.live.http_guard import HttpLimits, parse_json_body
+from fleettwin.live.metric_set import MetricSet
 from fleettwin.live.openapi_doc import document_bodies
 from fleettwin.live.retrieval_api import MAX_K, RetrieveRequest, parse_request
 from fleettwin.live.server import bearer_guard, server_app
@@ -162,42 +162,28 @@ def load_collection(name: str, path: str | Path) -> Collection:
     return Collection(name, store, emb, ref, passages)
 
 
-class RetrievalMetrics:
+class RetrievalMetrics(MetricSet):
     def __init__(self, collections: dict[str, Collection]):
-        r = self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "fleettwin_retrieval_requests",
-            "Retrieve requests by collection and HTTP status.",
-            ["collection", "status"],
-            registry=r,
+        super().__init__("retrieval")
+        self.requests = self.counter(
+            "requests", "Retrieve requests by collection and HTTP status.", ("collection", "status")
         )
-        self.duration = Histogram(
-            "fleettwin_retrieval_request_duration_seconds",
+        self.duration = self.histogram(
+            "request_duration_seconds",
             "Retrieve requests, body read to answer ready (embedding and search included).",
-            ["collection"],
+            ("collection",),
             buckets=LATENCY_BUCKETS,
-            registry=r,
         )
-        self.search = Histogram(
-            "fleettwin_retrieval_search_seconds",
-            "Time in the index search alone.",
-            ["collection"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+        self.search = self.histogram(
+            "search_seconds", "Time in the index search alone.", ("collection",), buckets=LATENCY_BUCKETS
         )
-        vectors = Gauge(
-            "fleettwin_retrieval_collection_vectors",
-            "Vectors in each served collection.",
-            ["collection", "index_type"],
-            registry=r,
+        vectors = self.gauge(
+            "collection_vectors", "Vectors in each served collection.", ("collection", "index_type")
         )
         for name, c in collections.items():
             vectors.labels(name, c.store.spec.index_type).set(c.store.ntotal)
             self.duration.labels(name)
             self.search.labels(name)
-
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
 
 
 def _search(c: Collection, req: RetrieveRequest) -> tuple[list[int], list[float], float]:

@@ -75,24 +75,6 @@ def _budget(gpu: GpuSpec, llm: LlmSpec, tp: int, util: float, reserve: float, dt
     )
 
 
-def kv_cache_free_bytes_per_gpu(
-    gpu: GpuSpec,
-    llm: LlmSpec,
-    tp: int,
-    *,
-    gpu_memory_utilization: float = 0.9,
-    activation_reserve_gb: float | None = None,
-    dtype_bytes: float = 2,
-    extra_reserve_gb: float = 0.0,
-) -> float:
-    """Bytes per GPU left for the KV cache (may be negative): memory x utilization - weights/TP - reserve.
-    ``extra_reserve_gb`` is memory the engine keeps beyond the activation reserve (a calibration profile's
-    ``kv_reserve_gb``: CUDA-graph pool, communication buffers, allocator fragmentation)."""
-    _check_sizing_args(llm, tp, gpu_memory_utilization)
-    reserve = _reserve_bytes(llm, tp, activation_reserve_gb, dtype_bytes, extra_reserve_gb)
-    return gpu.memory_bytes * gpu_memory_utilization - llm.weight_bytes(dtype_bytes) / tp - reserve
-
-
 @dataclass(frozen=True, slots=True)
 class _Memory:
     """The memory settings ``kv_cache_blocks`` and ``min_tensor_parallel`` size with: the free bytes per GPU
@@ -104,19 +86,17 @@ class _Memory:
     extra_reserve_gb: float
 
     def free(self, gpu: GpuSpec, llm: LlmSpec, tp: int) -> float:
-        return kv_cache_free_bytes_per_gpu(
-            gpu,
-            llm,
-            tp,
-            gpu_memory_utilization=self.util,
-            activation_reserve_gb=self.activation_reserve_gb,
-            dtype_bytes=self.dtype_bytes,
-            extra_reserve_gb=self.extra_reserve_gb,
-        )
+        """Bytes per GPU left for the KV cache (may be negative): memory x utilization - weights/TP - reserve.
+        ``extra_reserve_gb`` is memory the engine keeps beyond the activation reserve (a calibration profile's
+        ``kv_reserve_gb``: CUDA-graph pool, communication buffers, allocator fragmentation)."""
+        _check_sizing_args(llm, tp, self.util)
+        return gpu.memory_bytes * self.util - llm.weight_bytes(self.dtype_bytes) / tp - self.reserve(llm, tp)
+
+    def reserve(self, llm: LlmSpec, tp: int) -> float:
+        return _reserve_bytes(llm, tp, self.activation_reserve_gb, self.dtype_bytes, self.extra_reserve_gb)
 
     def budget(self, gpu: GpuSpec, llm: LlmSpec, tp: int) -> str:
-        reserve = _reserve_bytes(llm, tp, self.activation_reserve_gb, self.dtype_bytes, self.extra_reserve_gb)
-        return _budget(gpu, llm, tp, self.util, reserve, self.dtype_bytes)
+        return _budget(gpu, llm, tp, self.util, self.reserve(llm, tp), self.dtype_bytes)
 
 
 def kv_cache_blocks(

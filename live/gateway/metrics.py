@@ -7,10 +7,10 @@ Requests that fail authentication are counted under ``tenant="(none)"``.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from fleettwin.live.gateway.sanitize import Hit
+from fleettwin.live.metric_set import MetricSet
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 NO_TENANT = "(none)"
@@ -18,51 +18,37 @@ CHECK_BUCKETS = (0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.0
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
-class GatewayMetrics:
+class GatewayMetrics(MetricSet):
     def __init__(self, tenants: list[str]):
-        r = self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "fleettwin_gateway_requests",
+        super().__init__("gateway")
+        self.requests = self.counter(
+            "requests",
             "Requests by tenant, route, decision and HTTP status.",
-            ["tenant", "route", "decision", "status"],
-            registry=r,
+            ("tenant", "route", "decision", "status"),
         )
-        self.refusals = Counter(
-            "fleettwin_gateway_refusals",
-            "Refused requests by tenant and reason.",
-            ["tenant", "reason"],
-            registry=r,
+        self.refusals = self.counter(
+            "refusals", "Refused requests by tenant and reason.", ("tenant", "reason")
         )
-        self.hits = Counter(
-            "fleettwin_gateway_detector_hits",
+        self.hits = self.counter(
+            "detector_hits",
             "Context detector matches by tenant, detector and action.",
-            ["tenant", "detector", "action"],
-            registry=r,
+            ("tenant", "detector", "action"),
         )
-        self.prompt_tokens = Counter(
-            "fleettwin_gateway_prompt_tokens",
+        self.prompt_tokens = self.counter(
+            "prompt_tokens",
             "Prompt tokens of admitted requests (backend usage where reported, else the gateway's estimate).",
-            ["tenant"],
-            registry=r,
+            ("tenant",),
         )
-        self.completion_tokens = Counter(
-            "fleettwin_gateway_completion_tokens", "Completion tokens returned.", ["tenant"], registry=r
+        self.completion_tokens = self.counter("completion_tokens", "Completion tokens returned.", ("tenant",))
+        self.in_flight = self.gauge("in_flight", "Admitted requests not finished yet.", ("tenant",))
+        self.check_seconds = self.histogram(
+            "check_seconds", "Time in the policy pipeline per request.", buckets=CHECK_BUCKETS
         )
-        self.in_flight = Gauge(
-            "fleettwin_gateway_in_flight", "Admitted requests not finished yet.", ["tenant"], registry=r
-        )
-        self.check_seconds = Histogram(
-            "fleettwin_gateway_check_seconds",
-            "Time in the policy pipeline per request.",
-            buckets=CHECK_BUCKETS,
-            registry=r,
-        )
-        self.duration = Histogram(
-            "fleettwin_gateway_request_duration_seconds",
+        self.duration = self.histogram(
+            "request_duration_seconds",
             "Admitted requests, arrival at the gateway to the end of the response.",
-            ["tenant"],
+            ("tenant",),
             buckets=DURATION_BUCKETS,
-            registry=r,
         )
         for t in tenants:  # every tenant's series exist from the start, so rates work from the first scrape
             self.in_flight.labels(t).set(0)
@@ -78,6 +64,3 @@ class GatewayMetrics:
     def detector_hits(self, tenant: str, hits: list[Hit]) -> None:
         for h in hits:
             self.hits.labels(tenant, h.detector, h.action).inc(h.count)
-
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)

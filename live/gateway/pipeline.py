@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from fleettwin.live.api_error import ApiError
@@ -35,23 +35,21 @@ from fleettwin.models.tenancy.quotas import Refusal
 COMPLETIONS, CHAT = "completions", "chat.completions"
 
 
+@dataclass(eq=False)
 class Refused(Exception):
     """A request the gateway answers itself. ``reason``: unauthenticated | forbidden | not_found |
     bad_request | blocked | quota."""
 
-    def __init__(
-        self,
-        error: ApiError,
-        reason: str,
-        *,
-        principal: Principal | None = None,
-        model: str | None = None,
-        hits: list[Hit] | None = None,
-        headers: dict[str, str] | None = None,
-    ):
-        super().__init__(error.message)
-        self.error, self.reason, self.principal, self.model = error, reason, principal, model
-        self.hits, self.headers = hits or [], headers or {}
+    error: ApiError
+    reason: str
+    _: KW_ONLY
+    principal: Principal | None = None
+    model: str | None = None
+    hits: list[Hit] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.error.message)
 
 
 def rate_limited(
@@ -64,7 +62,7 @@ def rate_limited(
         type="RateLimitError",
     )
     headers = {"Retry-After": retry_after_header(got.retry_after_s)}
-    return Refused(err, "quota", principal=principal, model=model, hits=hits, headers=headers)
+    return Refused(err, "quota", principal=principal, model=model, hits=hits or [], headers=headers)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,17 +82,13 @@ class Examined:
 class Rejected:
     """Why ``examine`` refused a body (picklable, unlike ``Refused``)."""
 
-    status: int
-    message: str
-    param: str | None
-    type: str
+    error: ApiError
     reason: str
     model: str | None
     hits: tuple[Hit, ...] = ()
 
     def refused(self, principal: Principal) -> Refused:
-        err = ApiError(self.status, self.message, param=self.param, type=self.type)
-        return Refused(err, self.reason, principal=principal, model=self.model, hits=list(self.hits))
+        return Refused(self.error, self.reason, principal=principal, model=self.model, hits=list(self.hits))
 
 
 @dataclass(kw_only=True)
@@ -131,25 +125,12 @@ def examine(
         max_tokens = authorize(cfg, tenant, view, chat=chat)
         hits = sanitize_body(body, chat, sanitizer)
     except ContextBlocked as exc:
-        return Rejected(
-            status=400,
-            message=f"The request was blocked by the gateway's context policy: {exc}.",
-            param=exc.hit.where.split("[")[0].split(".")[0],
-            type="BadRequestError",
-            reason="blocked",
-            model=model,
-            hits=tuple(exc.hits),
-        )
+        where = exc.hit.where.split("[")[0].split(".")[0]
+        msg = f"The request was blocked by the gateway's context policy: {exc}."
+        err = ApiError(400, msg, param=where, type="BadRequestError")
+        return Rejected(error=err, reason="blocked", model=model, hits=tuple(exc.hits))
     except ApiError as exc:
-        return Rejected(
-            status=exc.status,
-            message=exc.message,
-            param=exc.param,
-            type=exc.type,
-            reason=_reason(exc),
-            model=model,
-            hits=tuple(hits),
-        )
+        return Rejected(error=exc, reason=_reason(exc), model=model, hits=tuple(hits))
     prompt = chat_tokens_of(body["messages"]) if chat else view.prompt_tokens  # documents count too
     backend = cfg.backends[model]
     stream, wants = _rewrite(body, view.max_tokens, max_tokens, backend, cfg.tenants[tenant].priority, model)

@@ -72,44 +72,39 @@ def fit_kernel_folder(folder: Path) -> tuple[KernelLaws, dict[str, dict]]:
     """Every law that the folder's tables pin, and a summary of each fit (rows, MAPE, bias)."""
     if not folder.is_dir():
         raise ConfigError(f"{folder}: not a folder of kernel tables")
-    fits: dict[str, LawFit] = {}
-    gemm, pre, dec, moe = {}, {}, {}, {}
+    fits: dict[str, LawFit] = {}  # by "<KernelLaws field>.<dtype>"
+    laws: dict[str, dict] = {"gemm": {}, "prefill_attention": {}, "decode_attention": {}, "moe": {}}
+
+    def keep(kind: str, dtype: str, fit: LawFit) -> None:
+        fits[f"{kind}.{dtype}"] = fit
+        laws[kind][dtype] = fit.law
+
     for dtype, (name, wbytes) in GEMM_FILES.items():
         if (folder / name).exists():
-            fits[f"gemm.{dtype}"] = f = fit_gemm(_read(folder / name, "gemm"), wbytes)
-            gemm[dtype] = f.law
-    if "bf16" not in gemm:
+            keep("gemm", dtype, fit_gemm(_read(folder / name, "gemm"), wbytes))
+    if "bf16" not in laws["gemm"]:
         raise ConfigError(
             f"{folder}: {GEMM_FILES['bf16'][0]} is required (the bf16 GEMM law, also used for the LM head)"
         )
     ctx = _read(folder / "context_attention_perf.csv", "attention")
     gen = _read(folder / "generation_attention_perf.csv", "attention")
     for raw, dtype in KV_DTYPES.items():
-        for name, table, fitter, into in (
-            ("prefill_attention", ctx, fit_prefill_attention, pre),
-            ("decode_attention", gen, fit_decode_attention, dec),
+        for name, table, fitter in (
+            ("prefill_attention", ctx, fit_prefill_attention),
+            ("decode_attention", gen, fit_decode_attention),
         ):
             try:
-                fits[f"{name}.{dtype}"] = f = fitter(table, raw)
+                keep(name, dtype, fitter(table, raw))
             except NoRows:
                 continue  # e.g. no FP8 KV cache on Ampere
-            into[dtype] = f.law
-    if "bf16" not in pre or "bf16" not in dec:
+    if "bf16" not in laws["prefill_attention"] or "bf16" not in laws["decode_attention"]:
         raise ConfigError(f"{folder}: the attention tables have no bf16 rows with head_dim <= 256 to fit")
     for dtype, (name, wbytes) in MOE_FILES.items():
         if (folder / name).exists():
-            fits[f"moe.{dtype}"] = f = fit_moe(_read(folder / name, "moe"), wbytes)
-            moe[dtype] = f.law
+            keep("moe", dtype, fit_moe(_read(folder / name, "moe"), wbytes))
     graph = eager = []
     if (folder / "custom_allreduce_perf.csv").exists():
         ar = _read(folder / "custom_allreduce_perf.csv", "allreduce")
         graph, eager = allreduce_curves(ar, "vllm_graph"), allreduce_curves(ar, "vllm_eager")
-    laws = KernelLaws(
-        gemm=gemm,
-        prefill_attention=pre,
-        decode_attention=dec,
-        moe=moe,
-        allreduce_graph=graph,
-        allreduce_eager=eager,
-    )
-    return laws, {name: f.summary() for name, f in fits.items()}
+    kernel_laws = KernelLaws(**laws, allreduce_graph=graph, allreduce_eager=eager)
+    return kernel_laws, {name: f.summary() for name, f in fits.items()}
