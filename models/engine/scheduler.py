@@ -133,11 +133,6 @@ class Scheduler(EngineQueue):
 
     # -- one iteration -----------------------------------------------------------------------------------
 
-    def _chunk(self, seq: SeqState, budget: int) -> int:
-        n = min(seq.num_tokens - seq.num_computed, budget)
-        threshold = self.limits.long_prefill_token_threshold
-        return threshold if threshold and n > threshold else n
-
     def schedule(self) -> StepPlan:
         plan = self._schedule_fast()
         if plan is None:
@@ -205,18 +200,11 @@ class Scheduler(EngineQueue):
         while i < len(running) and budget > 0:
             seq = running[i]
             n = self._chunk(seq, budget)
-            while not self._allocate(seq, seq.num_computed + n):
-                victim = running.pop()  # latest admitted goes first, as in vLLM V1
-                self._preempt(victim)
-                plan.preempted.append(victim)
-                if victim is seq:
-                    break
-            else:
-                self._add_explicit(plan, seq, n)
-                budget -= n
-                i += 1
-                continue
-            break  # the sequence preempted itself: nothing later in the list remains
+            if not self._make_room(running, seq, n, plan):
+                break  # the sequence preempted itself: nothing later in the list remains
+            self._add_explicit(plan, seq, n)
+            budget -= n
+            i += 1
         if not plan.preempted:
             self._admit_waiting(plan, budget)
         return plan
@@ -237,14 +225,8 @@ class Scheduler(EngineQueue):
         admitted = False
         while waiting and budget > 0 and len(self.order) < lim.max_num_seqs:
             seq = waiting[0]
-            n = seq.req.prompt_tokens + seq.num_output - seq.num_computed
-            if n > budget:
-                if not lim.enable_chunked_prefill:
-                    break
-                n = budget
-            if lim.long_prefill_token_threshold and n > lim.long_prefill_token_threshold:
-                n = lim.long_prefill_token_threshold
-            if not self._allocate(seq, seq.num_computed + n):
+            n = self._admission_chunk(seq.req.prompt_tokens + seq.num_output - seq.num_computed, budget)
+            if not n or not self._allocate(seq, seq.num_computed + n):
                 break
             waiting.popleft()
             self._admissions += 1
