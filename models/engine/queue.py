@@ -184,6 +184,28 @@ class EngineQueue:
         threshold = self.limits.long_prefill_token_threshold
         return threshold if threshold and n > threshold else n
 
+    def _schedule_running(self, plan: StepPlan, running: list[SeqState], budget: int) -> int:
+        """vLLM's ordered pass over ``running`` (admission order): each sequence its chunk while the budget
+        lasts, preempting the latest admitted where the KV cache is short; returns the budget left."""
+        i = 0
+        while i < len(running) and budget > 0:
+            seq = running[i]
+            n = self._chunk(seq, budget)
+            if not self._make_room(running, seq, n, plan):
+                break  # the sequence preempted itself: nothing later in the list remains
+            self._add_to_plan(plan, seq, n)
+            budget -= n
+            i += 1
+        return budget
+
+    def _add_to_plan(self, plan: StepPlan, seq: SeqState, n: int) -> None:
+        plan.seqs.append(seq)
+        plan.tokens.append(n)
+        if seq.req.prompt_tokens + seq.num_output - seq.num_computed == 1:  # ``num_tokens`` written out: hot
+            plan.batch.add_decode(seq.num_computed)
+        else:
+            plan.batch.add_prefill(n, seq.num_computed)
+
     def _make_room(self, running: list[SeqState], seq: SeqState, n: int, plan: StepPlan) -> bool:
         """KV blocks for ``n`` more tokens of the running ``seq``, preempting from the end of ``running``
         (the latest admitted first, as in vLLM V1) until they fit; False if ``seq`` itself had to go, so

@@ -35,23 +35,10 @@ class ReferenceScheduler(EngineQueue):
     # -- one iteration -----------------------------------------------------------------------------------
 
     def schedule(self) -> StepPlan:
-        lim = self.limits
         plan = StepPlan()
-        budget = lim.max_num_batched_tokens
         running = self.running
-        all_decode = True
-
-        i = 0
-        while i < len(running) and budget > 0:
-            seq = running[i]
-            n = self._chunk(seq, budget)
-            if not self._make_room(running, seq, n, plan):
-                break  # the sequence preempted itself: nothing later in the list remains
-            self._add_to_plan(plan, seq, n)
-            if seq.num_tokens - seq.num_computed != 1:
-                all_decode = False
-            budget -= n
-            i += 1
+        budget = self._schedule_running(plan, running, self.limits.max_num_batched_tokens)
+        all_decode = plan.batch.prefill_seqs == 0  # every running sequence got its one decode token
 
         head_blocked = True
         if not plan.preempted:
@@ -78,14 +65,6 @@ class ReferenceScheduler(EngineQueue):
             budget -= n
             admitted = True
         return not admitted
-
-    def _add_to_plan(self, plan: StepPlan, seq: SeqState, n: int) -> None:
-        plan.seqs.append(seq)
-        plan.tokens.append(n)
-        if seq.num_tokens - seq.num_computed == 1:
-            plan.batch.add_decode(seq.num_computed)
-        else:
-            plan.batch.add_prefill(n, seq.num_computed)
 
     def _preempt(self, seq: SeqState) -> None:
         self._release(seq)

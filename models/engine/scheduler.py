@@ -183,7 +183,7 @@ class Scheduler(EngineQueue):
         for seq in pre:
             c = self._chunk(seq, budget)
             self._allocate(seq, seq.num_computed + c)
-            self._add_explicit(plan, seq, c)
+            self._add_to_plan(plan, seq, c)
             budget -= c
         blocked = self._admit_waiting(plan, budget)
         # Explicit sequences are prefilling (or sampling their first token), so only a pure group step
@@ -194,28 +194,11 @@ class Scheduler(EngineQueue):
     def _schedule_plain(self) -> StepPlan:
         """vLLM's ordered pass over explicit sequences (the decode group has been dissolved)."""
         plan = StepPlan()
-        budget = self.limits.max_num_batched_tokens
-        running = self.prefilling  # all running sequences, in admission order
-        i = 0
-        while i < len(running) and budget > 0:
-            seq = running[i]
-            n = self._chunk(seq, budget)
-            if not self._make_room(running, seq, n, plan):
-                break  # the sequence preempted itself: nothing later in the list remains
-            self._add_explicit(plan, seq, n)
-            budget -= n
-            i += 1
+        # ``prefilling`` holds all running sequences here, in admission order
+        budget = self._schedule_running(plan, self.prefilling, self.limits.max_num_batched_tokens)
         if not plan.preempted:
             self._admit_waiting(plan, budget)
         return plan
-
-    def _add_explicit(self, plan: StepPlan, seq: SeqState, n: int) -> None:
-        plan.seqs.append(seq)
-        plan.tokens.append(n)
-        if seq.req.prompt_tokens + seq.num_output - seq.num_computed == 1:  # ``num_tokens`` written out: hot
-            plan.batch.add_decode(seq.num_computed)
-        else:
-            plan.batch.add_prefill(n, seq.num_computed)
 
     def _admit_waiting(self, plan: StepPlan, budget: int) -> bool:
         """Admit FCFS while budget, sequence cap and KV allow; True if nothing was admitted (the queue is
@@ -233,7 +216,7 @@ class Scheduler(EngineQueue):
             seq.admitted = self._admissions
             self.order[seq] = None
             self.prefilling.append(seq)
-            self._add_explicit(plan, seq, n)
+            self._add_to_plan(plan, seq, n)
             budget -= n
             admitted = True
         return not admitted
