@@ -29,6 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         subparsers,
         "calibrate",
         __doc__,
+        _legacy_or_help,
         help="fit the performance model to measured vLLM runs and report its error",
         description=(
             "Fit a calibration profile (kernel laws + engine and API-server costs) from measured serving "
@@ -42,7 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     for add in (_add_fit, _add_report, _add_kernels, _add_show, _add_convert, _add_tables):
         add(actions)
-    parser.set_defaults(func=_legacy_or_help, parser=parser)
+    parser.set_defaults(parser=parser)
 
 
 def _legacy_or_help(args: argparse.Namespace) -> int:
