@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from fleettwin.experiments import CONFIG_DIR
-from fleettwin.experiments.base import ExperimentProgress, ExperimentResult
+from fleettwin.experiments.base import ExperimentProgress, ExperimentResult, progress_ticker
 from fleettwin.models.config import ScenarioConfig, load_scenario
 from fleettwin.sim.metrics import COMPLETED
 from fleettwin.sim.runner import SimulationResult, run_scenario
@@ -168,19 +168,18 @@ def run(out: Path, *, quick: bool, progress: ExperimentProgress | None = None) -
     baselines: dict[str, SimulationResult] = {}
     keys = [_baseline_key(cfg) for _, cfg in cfgs]
     total = len(cfgs) + len(set(keys))
-    rows, minutes, done_runs = [], {}, 0
+    rows, minutes = [], {}
+    tick = progress_ticker(progress, total)
     for (case, cfg), key in zip(cfgs, keys, strict=True):
         if key not in baselines:
-            _tick(progress, done_runs, total, f"{case.name}: baseline")
+            tick(f"{case.name}: baseline")
             baselines[key] = run_scenario(cfg.model_copy(update={"failures": _no_failures(cfg)}))
-            done_runs += 1
-        _tick(progress, done_runs, total, case.name)
+        tick(case.name)
         res = run_scenario(cfg)
-        done_runs += 1
         rows.append(case_row(case, cfg, res, baselines[key]))
         minutes[case.name] = per_minute(res)
         minutes[f"{case.name} (baseline)"] = per_minute(baselines[key])
-    _tick(progress, done_runs, total, "done")
+    tick("done")
     table = pd.DataFrame(rows)
     from fleettwin.experiments.failures_report import plot_minutes, report
 
@@ -208,8 +207,3 @@ def _no_failures(cfg: ScenarioConfig):
 
 def _baseline_key(cfg: ScenarioConfig) -> str:
     return cfg.model_copy(update={"failures": _no_failures(cfg), "name": ""}).model_dump_json()
-
-
-def _tick(progress: ExperimentProgress | None, done: int, total: int, label: str) -> None:
-    if progress:
-        progress(done, total, label)

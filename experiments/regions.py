@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from fleettwin.experiments import CONFIG_DIR
-from fleettwin.experiments.base import ExperimentProgress, ExperimentResult
+from fleettwin.experiments.base import ExperimentProgress, ExperimentResult, progress_ticker
 from fleettwin.models.config import ScenarioConfig, load_scenario
 from fleettwin.sim.metrics import COMPLETED
 from fleettwin.sim.regions.front_door import minute_p99
@@ -127,10 +127,9 @@ def run(out: Path, *, quick: bool, progress: ExperimentProgress | None = None) -
         for seed in (seeds if w == "conversations" else seeds[:1])
     ]
     rows, minutes = [], {}
-    for k, (workload, policy, seed) in enumerate(plan):
-        label = f"{workload}/{policy.name} seed {seed}"
-        if progress:
-            progress(k, len(plan), label)
+    tick = progress_ticker(progress, len(plan))
+    for workload, policy, seed in plan:
+        tick(f"{workload}/{policy.name} seed {seed}")
         res = run_scenario(scenario(policy, workload, quick=quick), seed=seed)
         rows.append(
             {
@@ -143,8 +142,7 @@ def run(out: Path, *, quick: bool, progress: ExperimentProgress | None = None) -
         )
         if workload == "conversations" and seed == seeds[0]:
             minutes[policy.name] = minute_p99(res.requests)
-    if progress:
-        progress(len(plan), len(plan), "done")
+    tick("done")
     runs = pd.DataFrame(rows)
     table = aggregate(runs)
     figures = [plot_minutes(minutes, Path(out) / "p99_per_minute.png")]

@@ -15,6 +15,7 @@ from fleettwin.models.snapshot import (
     FleetSnapshot,
     GpuKey,
     JsonRecord,
+    KeyedByGpu,
     LendKind,
     Purchase,
     _check,
@@ -24,7 +25,7 @@ from fleettwin.models.snapshot import (
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Target:
+class Target(KeyedByGpu):
     """Pool ``pool`` should hold ``gpus`` GPUs of ``gpu``/``purchase`` (own and borrowed, provisioning
     included, draining excluded)."""
 
@@ -37,13 +38,9 @@ class Target:
     def __post_init__(self) -> None:
         _check(self.gpus >= 0, f"target for {self.pool}: gpus must be >= 0, got {self.gpus}")
 
-    @property
-    def key(self) -> GpuKey:
-        return (self.gpu, self.purchase)
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Lend:
+class Lend(KeyedByGpu):
     """Move ``count`` ready GPUs from ``from_pool`` to ``to_pool`` now, without provisioning.
 
     ``lend``: an owner lends idle GPUs to a job pool; ``reclaim``: a borrower gives GPUs back to their owner
@@ -61,10 +58,6 @@ class Lend:
     def __post_init__(self) -> None:
         _check(self.count > 0, "a lend moves at least one GPU")
         _check(self.from_pool != self.to_pool, "a lend moves GPUs between two different pools")
-
-    @property
-    def key(self) -> GpuKey:
-        return (self.gpu, self.purchase)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

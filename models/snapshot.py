@@ -35,6 +35,19 @@ GpuKey = tuple[str, Purchase]
 """(gpu type, purchase option): the unit in which targets, inventories and prices are counted."""
 
 
+class KeyedByGpu:
+    """A record with ``gpu`` and ``purchase`` fields (a GPU group, a pool, a target, a lend), counted under
+    their ``GpuKey``."""
+
+    __slots__ = ()
+    gpu: str
+    purchase: Purchase
+
+    @property
+    def key(self) -> GpuKey:
+        return (self.gpu, self.purchase)
+
+
 class SeamError(FleettwinError):
     """A snapshot that contradicts itself, or a decision that does not fit its snapshot."""
 
@@ -68,7 +81,7 @@ class JsonRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class GpuGroup:
+class GpuGroup(KeyedByGpu):
     """``count`` GPUs of one type and purchase option in one state, held by a pool.
 
     ``lent_from`` names the pool that owns them when they are on loan here (a lent GPU is counted once, where
@@ -85,10 +98,6 @@ class GpuGroup:
 
     def __post_init__(self) -> None:
         _check(self.count >= 0, f"gpu group {self.gpu}: count must be >= 0, got {self.count}")
-
-    @property
-    def key(self) -> GpuKey:
-        return (self.gpu, self.purchase)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,7 +144,7 @@ class ServingStats:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PoolState:
+class PoolState(KeyedByGpu):
     """One pool: a tier's GPUs in one region, serving one model (inference) or running jobs.
 
     ``gpu``/``purchase`` are the pool's configured type, which every allocator but ``milp`` keeps. ``tp`` is
@@ -160,10 +169,6 @@ class PoolState:
         _check(self.tp is None or self.tp >= 1, f"pool {self.name}: tp must be >= 1")
         if self.tier == "inference":
             _check(self.model is not None, f"inference pool {self.name} needs a model")
-
-    @property
-    def key(self) -> GpuKey:
-        return (self.gpu, self.purchase)
 
     def held(
         self,

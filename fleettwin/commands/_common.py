@@ -16,17 +16,26 @@ if TYPE_CHECKING:
 
 
 def command_parser(
-    subparsers: argparse._SubParsersAction, name: str, epilog: str, *, help: str, description: str
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    epilog: str,
+    run: Callable[[argparse.Namespace], int],
+    *,
+    help: str,
+    description: str | None = None,
 ) -> argparse.ArgumentParser:
-    """A command's parser: ``help`` is its line in the group's list; ``description`` and ``epilog`` (examples,
-    outputs) are printed as written, since they are laid out by hand."""
-    return subparsers.add_parser(
+    """The parser of a command that ``run`` carries out: ``help`` is its line in the group's list, the
+    description ``run``'s docstring as one paragraph unless ``description`` is given; ``description`` and
+    ``epilog`` (examples, outputs) are printed as written, since they are laid out by hand."""
+    p = subparsers.add_parser(
         name,
         help=help,
-        description=description,
+        description=" ".join((run.__doc__ or "").split()) if description is None else description,
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.set_defaults(func=run)
+    return p
 
 
 def add_overrides_arg(p: argparse.ArgumentParser, help: str) -> None:

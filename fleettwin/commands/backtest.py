@@ -62,6 +62,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         subparsers,
         "backtest",
         EXAMPLE,
+        run,
         help="rolling-origin backtest of workload forecasters on a trace",
         description=textwrap.fill(
             "Rolling-origin backtest: for each origin after the warm-up, fit each forecaster on the past "
@@ -129,7 +130,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "results are identical whatever the number)",
     )
     p.add_argument("--no-plot", action="store_true", help="skip backtest.png")
-    p.set_defaults(func=run)
     return p
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from fleettwin.commands._common import command_parser
@@ -28,6 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         subparsers,
         "calibrate",
         __doc__,
+        _legacy_or_help,
         help="fit the performance model to measured vLLM runs and report its error",
         description=(
             "Fit a calibration profile (kernel laws + engine and API-server costs) from measured serving "
@@ -41,7 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     for add in (_add_fit, _add_report, _add_kernels, _add_show, _add_convert, _add_tables):
         add(actions)
-    parser.set_defaults(func=_legacy_or_help, parser=parser)
+    parser.set_defaults(parser=parser)
 
 
 def _legacy_or_help(args: argparse.Namespace) -> int:
@@ -64,6 +66,16 @@ def _add_tables(actions: argparse._SubParsersAction) -> None:
     p.set_defaults(func=calibrate_tables.run)
 
 
+def _action(
+    actions: argparse._SubParsersAction, run: Callable[[argparse.Namespace], int], help: str
+) -> argparse.ArgumentParser:
+    """The parser of the action ``run`` carries out, named after it: ``help`` is its line in the list of
+    actions, ``run``'s docstring its description (argparse re-flows it), so that the two are written once."""
+    p = actions.add_parser(run.__name__.lstrip("_"), help=help, description=run.__doc__)
+    p.set_defaults(func=run)
+    return p
+
+
 def _say(msg: str) -> None:
     print(f"  {msg}", file=sys.stderr, flush=True)
 
@@ -82,17 +94,7 @@ def _read(paths: list[Path], fmt: str | None, settings: Path | None):
 
 def _add_fit(actions: argparse._SubParsersAction) -> None:
     """``calibrate fit``: a profile fitted on measured runs."""
-    p = actions.add_parser(
-        "fit",
-        help="fit a profile's engine and API-server costs on measured runs",
-        description=(
-            "Replay RUN files in the simulator and fit the profile's engine costs (CPU per "
-            "iteration, per sequence, per TP worker, small kernels, kernel gaps) and API-"
-            "server costs so that simulated TTFT, TPOT and E2E match. Prints the fitted "
-            "coefficients, any it could not pin (held at the base profile's value, with the "
-            "data that would pin them), and leave-one-run-out errors per run and metric."
-        ),
-    )
+    p = _action(actions, _fit, help="fit a profile's engine and API-server costs on measured runs")
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run files or folders")
     p.add_argument("--format", dest="fmt", help=FORMATS_HELP)
     p.add_argument(
@@ -117,10 +119,13 @@ def _add_fit(actions: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--strict", action="store_true", help="exit 1 when a coefficient could not be pinned")
     p.add_argument("--out", type=Path, required=True, help="profile YAML to write")
-    p.set_defaults(func=_fit)
 
 
 def _fit(args: argparse.Namespace) -> int:
+    """Replay RUN files in the simulator and fit the profile's engine costs (CPU per iteration, per sequence,
+    per TP worker, small kernels, kernel gaps) and API-server costs so that simulated TTFT, TPOT and E2E
+    match. Prints the fitted coefficients, any it could not pin (held at the base profile's value, with the
+    data that would pin them), and leave-one-run-out errors per run and metric."""
     from fleettwin.models.catalog import Catalog
     from fleettwin.models.perf.calibrated import resolve_profile
     from fleettwin.models.perf.profile import load_profile
@@ -220,17 +225,7 @@ def _fit_per_step(runs, base, coefficients: list[str] | None):
 
 def _add_report(actions: argparse._SubParsersAction) -> None:
     """``calibrate report``: every run simulated next to its measurement."""
-    p = actions.add_parser(
-        "report",
-        help="every measured run simulated next to its measurement",
-        description=(
-            "Simulate every run (default: the public runs shipped with fleettwin) with each "
-            "performance model and compare with the measurement: median |error| of mean "
-            "TTFT, TPOT, E2E and p99 E2E per source, saturation disagreements, a plot of "
-            "predicted against measured. The calibrated model is shown in sample and, "
-            "refitted without each run / each deployment, leave-one-out."
-        ),
-    )
+    p = _action(actions, _report, help="every measured run simulated next to its measurement")
     p.add_argument(
         "--models", default="calibrated,roofline,profiled", help="comma-separated (default %(default)s)"
     )
@@ -240,10 +235,13 @@ def _add_report(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--no-loro", action="store_true", help="in-sample errors only (fast)")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--out", type=Path, required=True, help="folder for errors.csv, report.md and the plot")
-    p.set_defaults(func=_report)
 
 
 def _report(args: argparse.Namespace) -> int:
+    """Simulate every run (default: the public runs shipped with fleettwin) with each performance model and
+    compare with the measurement: median |error| of mean TTFT, TPOT, E2E and p99 E2E per source, saturation
+    disagreements, a plot of predicted against measured. The calibrated model is shown in sample and,
+    refitted without each run / each deployment, leave-one-out."""
     from fleettwin.sim.calibration.build import shipped_runs
     from fleettwin.sim.calibration.report import markdown, plot, summary_table, validation_frame
 
@@ -271,26 +269,19 @@ def _report(args: argparse.Namespace) -> int:
 
 def _add_kernels(actions: argparse._SubParsersAction) -> None:
     """``calibrate kernels``: kernel laws from measured kernel tables."""
-    p = actions.add_parser(
-        "kernels",
-        help="fit kernel laws from a folder of measured kernel tables",
-        description=(
-            "Fit the GEMM, attention, MoE and all-reduce laws of one GPU from measured "
-            "kernel tables (aiconfigurator's vLLM collector format: gemm_perf.*.csv, "
-            "context_/generation_attention_perf.csv, moe_perf.*.csv, "
-            "custom_allreduce_perf.csv) and write a profile whose engine costs are priors: "
-            "then `calibrate fit` it on end-to-end runs of that GPU."
-        ),
-    )
+    p = _action(actions, _kernels, help="fit kernel laws from a folder of measured kernel tables")
     p.add_argument("folder", type=Path)
     p.add_argument("--gpu", required=True, help="catalog GPU id the tables were measured on")
     p.add_argument("--name", required=True)
     p.add_argument("--base", default=None, help="take engine costs from this profile (default: H100 priors)")
     p.add_argument("--out", type=Path, required=True)
-    p.set_defaults(func=_kernels)
 
 
 def _kernels(args: argparse.Namespace) -> int:
+    """Fit the GEMM, attention, MoE and all-reduce laws of one GPU from measured kernel tables
+    (aiconfigurator's vLLM collector format: gemm_perf.*.csv, context_/generation_attention_perf.csv,
+    moe_perf.*.csv, custom_allreduce_perf.csv) and write a profile whose engine costs are priors: then
+    `calibrate fit` it on end-to-end runs of that GPU."""
     from fleettwin.models.catalog import Catalog
     from fleettwin.models.perf.profile import CalibrationProfile, load_profile
     from fleettwin.sim.calibration.kernel_tables import fit_kernel_folder
@@ -321,9 +312,8 @@ def _kernels(args: argparse.Namespace) -> int:
 
 def _add_show(actions: argparse._SubParsersAction) -> None:
     """``calibrate show``: a profile, or the list of built-in ones."""
-    p = actions.add_parser("show", help="print a profile (default: list the built-in ones)")
+    p = _action(actions, _show, help="print a profile (default: list the built-in ones)")
     p.add_argument("profile", nargs="?")
-    p.set_defaults(func=_show)
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -340,21 +330,17 @@ def _show(args: argparse.Namespace) -> int:
 
 def _add_convert(actions: argparse._SubParsersAction) -> None:
     """``calibrate convert``: runs rewritten in fleettwin's run format."""
-    p = actions.add_parser(
-        "convert",
-        help="write measured runs in fleettwin's run format",
-        description="Read runs in any supported format and write them as a fleettwin run "
-        "file (YAML + per-request CSVs), e.g. to keep a corpus of your own deployments.",
-    )
+    p = _action(actions, _convert, help="write measured runs in fleettwin's run format")
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--format", dest="fmt", help=FORMATS_HELP)
     p.add_argument("--settings", type=Path)
     p.add_argument("--source", default="", help="citation for the file's source line")
     p.add_argument("--out", type=Path, required=True)
-    p.set_defaults(func=_convert)
 
 
 def _convert(args: argparse.Namespace) -> int:
+    """Read runs in any supported format and write them as a fleettwin run file (YAML + per-request CSVs),
+    e.g. to keep a corpus of your own deployments."""
     from fleettwin.sim.calibration.readers import native
 
     runs = _read(args.runs, args.fmt, args.settings)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fleettwin.commands._common import command_parser
 
+HELP = "create a local CA and mTLS certificates for the gateway, emulators, controller, retrieval"
 EPILOG = """examples:
   fleettwin data certs --out certs
   fleettwin data certs --out certs --names gateway,emulator --san gpu-node-1 --san 10.0.0.7 --days 30
@@ -23,17 +24,7 @@ with a real PKI, point the --tls-* options at its files instead."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = command_parser(
-        subparsers,
-        "certs",
-        EPILOG,
-        help="create a local CA and mTLS certificates for the gateway, emulators, controller, retrieval",
-        description=(
-            "Write a local certificate authority and, for each component, a server certificate and a "
-            "client certificate signed by it (ECDSA P-256), so that every link of the live twin can "
-            "require mutual TLS. An existing CA in --out is reused."
-        ),
-    )
+    p = command_parser(subparsers, "certs", EPILOG, run, help=HELP)
     p.add_argument("--out", required=True, type=Path, help="folder for the PEM files")
     p.add_argument(
         "--names",
@@ -48,10 +39,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="extra DNS name or IP address for the server certificates (repeatable)",
     )
     p.add_argument("--days", type=int, default=365, help="validity in days (default %(default)s)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Write a local certificate authority and, for each component, a server certificate and a client
+    certificate signed by it (ECDSA P-256), so that every link of the live twin can require mutual TLS. An
+    existing CA in --out is reused."""
     from fleettwin.live.certs import make_certs
 
     names = [n.strip() for n in args.names.split(",") if n.strip()]

@@ -8,6 +8,7 @@ import argparse
 from fleettwin.commands._common import command_parser
 from fleettwin.commands._serving import add_limit_args, add_listen_args, add_tls_args
 
+HELP = "serve a vLLM-compatible API whose timing comes from the simulator's engine model"
 EPILOG = """examples:
   fleettwin live emulate --model llama-3-8b --gpu h100-80g --port 8000
   fleettwin live emulate --model llama-3-70b --gpu h100-80g --tp 4 --max-num-seqs 256 --token s3cret
@@ -28,17 +29,7 @@ counted and for the request limits. With --tls-ca, only client certificates nami
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = command_parser(
-        subparsers,
-        "emulate",
-        EPILOG,
-        help="serve a vLLM-compatible API whose timing comes from the simulator's engine model",
-        description=(
-            "Run an HTTP server that speaks vLLM's OpenAI-compatible API and Prometheus metrics, with the "
-            "simulator's vLLM V1 scheduler and a performance model for (MODEL, GPU) setting the pace on "
-            "the wall clock. Load generators, routers and scrapers can be tested against it without a GPU."
-        ),
-    )
+    p = command_parser(subparsers, "emulate", EPILOG, run, help=HELP)
     p.add_argument("--model", required=True, help="catalog model id (fleettwin data catalog models)")
     p.add_argument("--gpu", required=True, help="catalog GPU id (fleettwin data catalog gpus)")
     add_listen_args(p, port=8000)
@@ -79,7 +70,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also expose pre-0.11 names (vllm:gpu_cache_usage_perc, vllm:time_per_output_token_seconds)",
     )
-    p.set_defaults(func=run)
 
 
 # The vLLM engine flags emulate takes; each sets the EngineConfig field of the same name.
@@ -137,6 +127,9 @@ def build_spec(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run an HTTP server that speaks vLLM's OpenAI-compatible API and Prometheus metrics, with the
+    simulator's vLLM V1 scheduler and a performance model for (MODEL, GPU) setting the pace on the wall
+    clock. Load generators, routers and scrapers can be tested against it without a GPU."""
     from fleettwin.commands._serving import check_tls_files, serve_until_stopped
 
     check_tls_files(args)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fleettwin.commands._common import command_parser, labelled, progress_bar
 
+HELP = "run a named experiment (all policies, same workload and seed) and write a report"
 EPILOG = """examples:
   fleettwin sim experiment multitier --quick --out results/multitier-quick
   fleettwin sim experiment regions --out results/regions
@@ -18,25 +19,16 @@ test), DIR/meta.json (wall time, seeds, settings) and any plots the experiment d
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from fleettwin.experiments import EXPERIMENTS
 
-    p = command_parser(
-        subparsers,
-        "experiment",
-        EPILOG,
-        help="run a named experiment (all policies, same workload and seed) and write a report",
-        description=(
-            "Run one of fleettwin's experiments: several policies or set-ups on the same workload and "
-            "seed, summarised in results.csv and a markdown report that sets the numbers next to the "
-            "claim tested."
-        ),
-    )
+    p = command_parser(subparsers, "experiment", EPILOG, run, help=HELP)
     p.add_argument("name", choices=list(EXPERIMENTS), help="which experiment")
     p.add_argument("--out", type=Path, required=True, help="directory for results.csv, report.md and plots")
     p.add_argument("--quick", action="store_true", help="a smaller, faster version (a smoke run, minutes)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run one of fleettwin's experiments: several policies or set-ups on the same workload and seed,
+    summarised in results.csv and a markdown report that sets the numbers next to the claim tested."""
     from rich.console import Console
     from rich.markdown import Markdown
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from fleettwin.commands._common import command_parser
 from fleettwin.commands._serving import add_listen_args, add_tls_args
 
+HELP = "serve the policy-aware OpenAI-compatible gateway (auth, per-tenant rules, sanitising, quotas)"
 EPILOG = """examples:
   fleettwin live gateway --new-key                       # a random API key and the sha256 line for the YAML
   fleettwin live gateway --config configs/gateway.yaml --check
@@ -25,15 +26,7 @@ strict JSON 400); large bodies are examined in worker processes. See docs/gatewa
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = command_parser(
-        subparsers,
-        "gateway",
-        EPILOG,
-        help="serve the policy-aware OpenAI-compatible gateway (auth, per-tenant rules, sanitising, quotas)",
-        description="Run an OpenAI-compatible HTTP gateway in front of vLLM or emulator backends that "
-        "authenticates callers, applies per-tenant authorization rules and quotas from a YAML policy, "
-        "sanitises the context, and appends every decision to a JSONL audit log.",
-    )
+    p = command_parser(subparsers, "gateway", EPILOG, run, help=HELP)
     p.add_argument("--config", type=Path, help="gateway policy YAML (see configs/gateway.yaml)")
     add_listen_args(p, port=9000)
     add_tls_args(p)
@@ -41,10 +34,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--new-key", action="store_true", help="print a new API key and its stored form, then exit"
     )
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run an OpenAI-compatible HTTP gateway in front of vLLM or emulator backends that authenticates
+    callers, applies per-tenant authorization rules and quotas from a YAML policy, sanitises the context,
+    and appends every decision to a JSONL audit log."""
     from fleettwin.commands._serving import check_tls_files, serve_until_stopped
     from fleettwin.models.errors import ConfigError
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fleettwin.commands._common import command_parser
 
+HELP = "replay a trace open-loop against vLLM-compatible servers and measure client-side latency"
 EPILOG = """examples:
   fleettwin live loadgen --trace traces/azure2023_conv/AzureLLMInferenceTrace_conv.csv \\
       --targets http://127.0.0.1:8000 --speedup 10 --duration 60 --out results/replay.parquet
@@ -31,15 +32,7 @@ FLEETTWIN_TRACING=console|otlp traces each workflow (docs/live.md, Tracing)."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = command_parser(
-        subparsers,
-        "loadgen",
-        EPILOG,
-        help="replay a trace open-loop against vLLM-compatible servers and measure client-side latency",
-        description="Send each request of a trace at its (sped-up) arrival time to one of the targets, with "
-        "exact prompt lengths (token ids) and exact output lengths (max_tokens + ignore_eos), streaming, and "
-        "measure TTFT, TPOT and E2E as the client sees them.",
-    )
+    p = command_parser(subparsers, "loadgen", EPILOG, run, help=HELP)
     p.add_argument("--trace", type=Path, help="trace file (CSV for azure, JSONL for mooncake)")
     p.add_argument(
         "--workflows",
@@ -90,10 +83,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--timeout", type=float, default=120.0, help="per-request read timeout, s (default %(default)s)"
     )
     p.add_argument("--out", type=Path, help="Parquet file for the per-request results")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Send each request of a trace at its (sped-up) arrival time to one of the targets, with exact prompt
+    lengths (token ids) and exact output lengths (max_tokens + ignore_eos), streaming, and measure TTFT,
+    TPOT and E2E as the client sees them."""
     from fleettwin.io import write_parquet
     from fleettwin.live.loadgen import replay, summarize
     from fleettwin.models.errors import ConfigError

@@ -14,6 +14,7 @@ from fleettwin.commands._common import (
     progress_bar,
 )
 
+HELP = "cheapest deployment meeting percentile SLOs at a rate (or the most a budget serves)"
 EPILOG = """examples:
   # GPUs for a rate: the cheapest H100 deployment of the scenario's model at 30 req/s within both targets
   fleettwin sim plan configs/planning/llama70b_chat.yaml --rate 30 --slo ttft_p95=2s --slo tpot_p95=50ms \\
@@ -42,17 +43,7 @@ the recommended deployment (`fleettwin sim run DIR/recommended.yaml`)."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = command_parser(
-        subparsers,
-        "plan",
-        EPILOG,
-        help="cheapest deployment meeting percentile SLOs at a rate (or the most a budget serves)",
-        description=(
-            "Find, by simulation, the cheapest deployment (GPU type x tensor parallelism x precision x "
-            "replicas) of a scenario's pool that meets percentile latency targets on the scenario's "
-            "workload at each rate; with --budget, the highest rate each candidate serves within it."
-        ),
-    )
+    p = command_parser(subparsers, "plan", EPILOG, run, help=HELP)
     p.add_argument(
         "scenario", type=Path, help="scenario YAML: the workload, model, engine and seed to plan for"
     )
@@ -112,7 +103,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         jobs_help="candidates searched at once (default: the CPUs)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
 
 
 def question(args: argparse.Namespace):
@@ -155,6 +145,9 @@ def question(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    """Find, by simulation, the cheapest deployment (GPU type x tensor parallelism x precision x replicas)
+    of a scenario's pool that meets percentile latency targets on the scenario's workload at each rate;
+    with --budget, the highest rate each candidate serves within it."""
     from rich.console import Console
 
     from fleettwin.sim.executors import make_executor

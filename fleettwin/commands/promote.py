@@ -6,6 +6,7 @@ import argparse
 
 from fleettwin.commands._common import add_policy_arg, add_registry_arg, command_parser
 
+HELP = "promote a policy whose latest validation passed, so that shadow --act may run it"
 EPILOG = """examples:
   fleettwin policy validate configs/live.yaml --suite configs/validation/ && \\
       fleettwin policy promote configs/live.yaml
@@ -16,20 +17,14 @@ parameters, defaults filled in) passed. `fleettwin live shadow --act` then acts 
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = command_parser(
-        subparsers,
-        "promote",
-        EPILOG,
-        help="promote a policy whose latest validation passed, so that shadow --act may run it",
-        description="Record in the gate registry that a policy configuration may act on the fleet; refused "
-        "without a passing validation of the same config hash.",
-    )
+    p = command_parser(subparsers, "promote", EPILOG, run, help=HELP)
     add_policy_arg(p)
     add_registry_arg(p)
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Record in the gate registry that a policy configuration may act on the fleet; refused without a
+    passing validation of the same config hash."""
     from fleettwin.live.gate import GateRegistry, policy_hash
     from fleettwin.live.suite import load_policy
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from fleettwin.commands._common import command_parser
 from fleettwin.commands._serving import add_limit_args, add_listen_args, add_tls_args
 
+HELP = "serve saved FAISS stores by collection name (POST /v1/retrieve), with bearer token and mTLS"
 EPILOG = """examples:
   fleettwin live retrieval --build docs=docs --store-dir stores --build-only     # embed docs/*.md paragraphs
   fleettwin live retrieval --collection docs=stores/docs.faiss --port 9100
@@ -28,15 +29,7 @@ embedder and passages beside it. With --tls-ca, only client certificates naming 
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = command_parser(
-        subparsers,
-        "serve-retrieval",
-        EPILOG,
-        help="serve saved FAISS stores by collection name (POST /v1/retrieve), with bearer token and mTLS",
-        description="Run an HTTP(S) retrieval service over one or more FAISS vector stores saved by the live "
-        "twin's vector store (or built here from a folder of documents): top-k search by text or vector per "
-        "collection, Prometheus metrics per collection, optional bearer token and client certificates.",
-    )
+    p = command_parser(subparsers, "serve-retrieval", EPILOG, run, help=HELP)
     p.add_argument(
         "--collection",
         action="append",
@@ -72,7 +65,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--token-env", metavar="VAR", help="require 'Authorization: Bearer $VAR' on /v1/*")
     add_tls_args(p)
     add_limit_args(p)
-    p.set_defaults(func=run)
 
 
 def _pairs(items: list[str], flag: str) -> list[tuple[str, Path]]:
@@ -88,6 +80,9 @@ def _pairs(items: list[str], flag: str) -> list[tuple[str, Path]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run an HTTP(S) retrieval service over one or more FAISS vector stores saved by the live twin's
+    vector store (or built here from a folder of documents): top-k search by text or vector per collection,
+    Prometheus metrics per collection, optional bearer token and client certificates."""
     from fleettwin.commands._serving import check_tls_files, http_limits, serve_until_stopped
     from fleettwin.models.config import parse_override
     from fleettwin.models.errors import ConfigError

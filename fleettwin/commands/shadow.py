@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fleettwin.commands._common import add_overrides_arg, add_registry_arg, command_parser
 
+HELP = "run the allocator live against vLLM-compatible backends and log its decisions (or act on them)"
 EPILOG = """examples:
   fleettwin live shadow --scenario configs/live.yaml                        # until Ctrl-C
   fleettwin live shadow --scenario configs/live.yaml --duration 120 --drift-report results/drift \\
@@ -29,17 +30,7 @@ continues the same log.
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = command_parser(
-        subparsers,
-        "shadow",
-        EPILOG,
-        help="run the allocator live against vLLM-compatible backends and log its decisions (or act on them)",
-        description=(
-            "Run the live twin's control loop: scrape the backends of a live scenario every interval, "
-            "decide with the same allocator and routers the simulator runs, and append each decision to a "
-            "durable JSONL log; with --act a promoted policy starts and stops emulator replicas."
-        ),
-    )
+    p = command_parser(subparsers, "shadow", EPILOG, run, help=HELP)
     p.add_argument("--scenario", required=True, type=Path, help="live scenario YAML (see configs/live.yaml)")
     add_overrides_arg(p, "override a field by dotted path, e.g. controller.interval_s=5 (repeatable)")
     p.add_argument("--duration", type=float, help="stop after S seconds (default: run until interrupted)")
@@ -70,7 +61,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)"
     )
-    p.set_defaults(func=run)
 
 
 def _line(rec: dict) -> str:
@@ -94,6 +84,9 @@ def _line(rec: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the live twin's control loop: scrape the backends of a live scenario every interval, decide with
+    the same allocator and routers the simulator runs, and append each decision to a durable JSONL log;
+    with --act a promoted policy starts and stops emulator replicas."""
     import asyncio
 
     from fleettwin.live.config import load_live

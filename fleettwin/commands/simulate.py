@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fleettwin.commands._common import add_overrides_arg, command_parser, progress_bar
 
+HELP = "simulate a scenario YAML (GPU pools serving a workload)"
 EPILOG = """examples:
   fleettwin sim run configs/quickstart.yaml --out results/quickstart --plot
   fleettwin sim run configs/quickstart.yaml --set pools.0.replicas=4 --set workload.speedup=2
@@ -31,16 +32,7 @@ workflow_nodes.parquet."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = command_parser(
-        subparsers,
-        "simulate",
-        EPILOG,
-        help="simulate a scenario YAML (GPU pools serving a workload)",
-        description=(
-            "Simulate the GPU pools of a scenario serving its workload with a vLLM-like engine model, "
-            "then print latency percentiles, throughput, SLO attainment and cost."
-        ),
-    )
+    p = command_parser(subparsers, "simulate", EPILOG, run, help=HELP)
     p.add_argument("scenario", type=Path, help="scenario YAML file (see configs/)")
     p.add_argument("--out", type=Path, help="directory for results (Parquet, JSON, plots)")
     p.add_argument("--seed", type=int, help="override the scenario's seed")
@@ -59,10 +51,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="bounded memory without the per-request file: summary.json and timeseries only",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Simulate the GPU pools of a scenario serving its workload with a vLLM-like engine model, then print
+    latency percentiles, throughput, SLO attainment and cost."""
     from rich.console import Console
 
     from fleettwin.models.config import load_scenario, parse_override

@@ -14,6 +14,7 @@ from fleettwin.commands._common import (
     progress_bar,
 )
 
+HELP = "simulate a scenario over a grid of parameters; table and latency-cost Pareto frontier"
 EPILOG = """parameters (--param, repeatable; the grid is their cartesian product):
   PATH=start:stop:n     n evenly spaced values from start to stop (integers stay integers): replicas=1:8:8
   PATH=a,b,c            a list, each value read as YAML: pools.0.gpu=h100-80g,a100-80g
@@ -42,17 +43,7 @@ scatter with the frontier); DIR/sweep.json (the grid, executor, wall time, failu
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = command_parser(
-        subparsers,
-        "sweep",
-        EPILOG,
-        help="simulate a scenario over a grid of parameters; table and latency-cost Pareto frontier",
-        description=(
-            "Simulate a scenario at every point of a parameter grid (in a local process pool or on Ray, "
-            "with identical results), write one table row per point and plot the points that no other "
-            "point beats on both cost and latency (the Pareto frontier)."
-        ),
-    )
+    p = command_parser(subparsers, "sweep", EPILOG, run, help=HELP)
     p.add_argument("scenario", type=Path, help="scenario YAML file (see configs/)")
     p.add_argument(
         "--param",
@@ -85,10 +76,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(slo_attainment, goodput_rps, throughput_rps, completed_fraction) (default ttft_p95_s)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Simulate a scenario at every point of a parameter grid (in a local process pool or on Ray, with
+    identical results), write one table row per point and plot the points that no other point beats on both
+    cost and latency (the Pareto frontier)."""
     from rich.console import Console
 
     from fleettwin.models.config import parse_override

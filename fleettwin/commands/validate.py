@@ -14,6 +14,7 @@ from fleettwin.commands._common import (
     progress_bar,
 )
 
+HELP = "validate a policy in simulation on a scenario suite and record the verdict (promotion gate)"
 EPILOG = """examples:
   fleettwin policy validate configs/allocators/reactive.yaml --suite configs/validation/
   fleettwin policy validate configs/live.yaml --suite configs/validation/ --registry /tmp/gate.sqlite
@@ -26,15 +27,7 @@ criteria. The verdict is recorded with the policy's config hash (SHA-256 of its 
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = command_parser(
-        subparsers,
-        "validate",
-        EPILOG,
-        help="validate a policy in simulation on a scenario suite and record the verdict (promotion gate)",
-        description="Run a policy in simulation on every scenario of a validation suite and on the suite's "
-        "baseline, judge it by the suite's criteria, and record pass/fail with the policy's config hash in "
-        "the local gate registry.",
-    )
+    p = command_parser(subparsers, "validate", EPILOG, run, help=HELP)
     add_policy_arg(p)
     p.add_argument(
         "--suite",
@@ -44,10 +37,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_registry_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run a policy in simulation on every scenario of a validation suite and on the suite's baseline,
+    judge it by the suite's criteria, and record pass/fail with the policy's config hash in the local gate
+    registry."""
     from rich.console import Console
     from rich.table import Table
 

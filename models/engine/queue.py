@@ -126,8 +126,9 @@ class StepPlan:
 )  # the plain reference scheduler extends it (fleettwin/native.py)
 class EngineQueue:
     """What every scheduler of a replica shares: the limits, the waiting queue, the KV block pool and vLLM's
-    rejection rule. The scheduling algorithms themselves are kept apart (``Scheduler`` here and the plain
-    ``ReferenceScheduler``) so that one can check the other."""
+    rules for one sequence (rejection, its chunk of the token budget, preempting the latest admitted). The
+    scheduling algorithms themselves are kept apart (``Scheduler`` here and the plain ``ReferenceScheduler``)
+    so that one can check the other."""
 
     def __init__(self, limits: EngineLimits):
         check_limits(limits)
@@ -172,6 +173,63 @@ class EngineQueue:
             if n > 1:
                 total += n
         return total
+
+    def _preempt(self, seq: SeqState) -> None:
+        raise NotImplementedError
+
+    def _chunk(self, seq: SeqState, budget: int) -> int:
+        """Tokens this iteration for the running ``seq``: what it has left, within ``budget`` and capped by
+        ``long_prefill_token_threshold``."""
+        n = min(seq.num_tokens - seq.num_computed, budget)
+        threshold = self.limits.long_prefill_token_threshold
+        return threshold if threshold and n > threshold else n
+
+    def _schedule_running(self, plan: StepPlan, running: list[SeqState], budget: int) -> int:
+        """vLLM's ordered pass over ``running`` (admission order): each sequence its chunk while the budget
+        lasts, preempting the latest admitted where the KV cache is short; returns the budget left."""
+        i = 0
+        while i < len(running) and budget > 0:
+            seq = running[i]
+            n = self._chunk(seq, budget)
+            if not self._make_room(running, seq, n, plan):
+                break  # the sequence preempted itself: nothing later in the list remains
+            self._add_to_plan(plan, seq, n)
+            budget -= n
+            i += 1
+        return budget
+
+    def _add_to_plan(self, plan: StepPlan, seq: SeqState, n: int) -> None:
+        plan.seqs.append(seq)
+        plan.tokens.append(n)
+        if seq.req.prompt_tokens + seq.num_output - seq.num_computed == 1:  # ``num_tokens`` written out: hot
+            plan.batch.add_decode(seq.num_computed)
+        else:
+            plan.batch.add_prefill(n, seq.num_computed)
+
+    def _make_room(self, running: list[SeqState], seq: SeqState, n: int, plan: StepPlan) -> bool:
+        """KV blocks for ``n`` more tokens of the running ``seq``, preempting from the end of ``running``
+        (the latest admitted first, as in vLLM V1) until they fit; False if ``seq`` itself had to go, so
+        nothing later in the list remains."""
+        while not self._allocate(seq, seq.num_computed + n):
+            victim = running.pop()
+            self._preempt(victim)
+            plan.preempted.append(victim)
+            if victim is seq:
+                return False
+        return True
+
+    def _admission_chunk(self, n: int, budget: int) -> int:
+        """vLLM's tokens this iteration for a waiting sequence with ``n`` to compute: all of them or, with
+        chunked prefill, what ``budget`` leaves (0 without it: the queue waits), capped by
+        ``long_prefill_token_threshold``."""
+        lim = self.limits
+        if n > budget:
+            if not lim.enable_chunked_prefill:
+                return 0
+            n = budget
+        if lim.long_prefill_token_threshold and n > lim.long_prefill_token_threshold:
+            n = lim.long_prefill_token_threshold
+        return n
 
     def _allocate(self, seq: SeqState, tokens: int) -> bool:
         """Make ``seq`` hold blocks for ``tokens`` tokens; False (and no change) if the cache is short."""

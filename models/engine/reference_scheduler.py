@@ -35,33 +35,10 @@ class ReferenceScheduler(EngineQueue):
     # -- one iteration -----------------------------------------------------------------------------------
 
     def schedule(self) -> StepPlan:
-        lim = self.limits
         plan = StepPlan()
-        budget = lim.max_num_batched_tokens
-        threshold = lim.long_prefill_token_threshold
         running = self.running
-        all_decode = True
-
-        i = 0
-        while i < len(running) and budget > 0:
-            seq = running[i]
-            n = min(seq.num_tokens - seq.num_computed, budget)
-            if threshold and n > threshold:
-                n = threshold
-            while not self._allocate(seq, seq.num_computed + n):
-                victim = running.pop()  # latest admitted goes first, as in vLLM V1
-                self._preempt(victim)
-                plan.preempted.append(victim)
-                if victim is seq:
-                    break
-            else:
-                self._add_to_plan(plan, seq, n)
-                if seq.num_tokens - seq.num_computed != 1:
-                    all_decode = False
-                budget -= n
-                i += 1
-                continue
-            break  # the sequence preempted itself: nothing later in the list remains
+        budget = self._schedule_running(plan, running, self.limits.max_num_batched_tokens)
+        all_decode = plan.batch.prefill_seqs == 0  # every running sequence got its one decode token
 
         head_blocked = True
         if not plan.preempted:
@@ -79,14 +56,8 @@ class ReferenceScheduler(EngineQueue):
         admitted = False
         while waiting and budget > 0 and len(running) < lim.max_num_seqs:
             seq = waiting[0]
-            n = seq.num_tokens - seq.num_computed
-            if n > budget:
-                if not lim.enable_chunked_prefill:
-                    break
-                n = budget
-            if lim.long_prefill_token_threshold and n > lim.long_prefill_token_threshold:
-                n = lim.long_prefill_token_threshold
-            if not self._allocate(seq, seq.num_computed + n):
+            n = self._admission_chunk(seq.num_tokens - seq.num_computed, budget)
+            if not n or not self._allocate(seq, seq.num_computed + n):
                 break
             waiting.popleft()
             running.append(seq)
@@ -94,14 +65,6 @@ class ReferenceScheduler(EngineQueue):
             budget -= n
             admitted = True
         return not admitted
-
-    def _add_to_plan(self, plan: StepPlan, seq: SeqState, n: int) -> None:
-        plan.seqs.append(seq)
-        plan.tokens.append(n)
-        if seq.num_tokens - seq.num_computed == 1:
-            plan.batch.add_decode(seq.num_computed)
-        else:
-            plan.batch.add_prefill(n, seq.num_computed)
 
     def _preempt(self, seq: SeqState) -> None:
         self._release(seq)

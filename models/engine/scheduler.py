@@ -133,11 +133,6 @@ class Scheduler(EngineQueue):
 
     # -- one iteration -----------------------------------------------------------------------------------
 
-    def _chunk(self, seq: SeqState, budget: int) -> int:
-        n = min(seq.num_tokens - seq.num_computed, budget)
-        threshold = self.limits.long_prefill_token_threshold
-        return threshold if threshold and n > threshold else n
-
     def schedule(self) -> StepPlan:
         plan = self._schedule_fast()
         if plan is None:
@@ -188,7 +183,7 @@ class Scheduler(EngineQueue):
         for seq in pre:
             c = self._chunk(seq, budget)
             self._allocate(seq, seq.num_computed + c)
-            self._add_explicit(plan, seq, c)
+            self._add_to_plan(plan, seq, c)
             budget -= c
         blocked = self._admit_waiting(plan, budget)
         # Explicit sequences are prefilling (or sampling their first token), so only a pure group step
@@ -199,35 +194,11 @@ class Scheduler(EngineQueue):
     def _schedule_plain(self) -> StepPlan:
         """vLLM's ordered pass over explicit sequences (the decode group has been dissolved)."""
         plan = StepPlan()
-        budget = self.limits.max_num_batched_tokens
-        running = self.prefilling  # all running sequences, in admission order
-        i = 0
-        while i < len(running) and budget > 0:
-            seq = running[i]
-            n = self._chunk(seq, budget)
-            while not self._allocate(seq, seq.num_computed + n):
-                victim = running.pop()  # latest admitted goes first, as in vLLM V1
-                self._preempt(victim)
-                plan.preempted.append(victim)
-                if victim is seq:
-                    break
-            else:
-                self._add_explicit(plan, seq, n)
-                budget -= n
-                i += 1
-                continue
-            break  # the sequence preempted itself: nothing later in the list remains
+        # ``prefilling`` holds all running sequences here, in admission order
+        budget = self._schedule_running(plan, self.prefilling, self.limits.max_num_batched_tokens)
         if not plan.preempted:
             self._admit_waiting(plan, budget)
         return plan
-
-    def _add_explicit(self, plan: StepPlan, seq: SeqState, n: int) -> None:
-        plan.seqs.append(seq)
-        plan.tokens.append(n)
-        if seq.req.prompt_tokens + seq.num_output - seq.num_computed == 1:  # ``num_tokens`` written out: hot
-            plan.batch.add_decode(seq.num_computed)
-        else:
-            plan.batch.add_prefill(n, seq.num_computed)
 
     def _admit_waiting(self, plan: StepPlan, budget: int) -> bool:
         """Admit FCFS while budget, sequence cap and KV allow; True if nothing was admitted (the queue is
@@ -237,21 +208,15 @@ class Scheduler(EngineQueue):
         admitted = False
         while waiting and budget > 0 and len(self.order) < lim.max_num_seqs:
             seq = waiting[0]
-            n = seq.req.prompt_tokens + seq.num_output - seq.num_computed
-            if n > budget:
-                if not lim.enable_chunked_prefill:
-                    break
-                n = budget
-            if lim.long_prefill_token_threshold and n > lim.long_prefill_token_threshold:
-                n = lim.long_prefill_token_threshold
-            if not self._allocate(seq, seq.num_computed + n):
+            n = self._admission_chunk(seq.req.prompt_tokens + seq.num_output - seq.num_computed, budget)
+            if not n or not self._allocate(seq, seq.num_computed + n):
                 break
             waiting.popleft()
             self._admissions += 1
             seq.admitted = self._admissions
             self.order[seq] = None
             self.prefilling.append(seq)
-            self._add_explicit(plan, seq, n)
+            self._add_to_plan(plan, seq, n)
             budget -= n
             admitted = True
         return not admitted

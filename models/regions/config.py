@@ -16,7 +16,7 @@ RTTs of a new one (and ``utc_offset_h`` its time zone).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import (
     AfterValidator,
@@ -30,6 +30,7 @@ from fleettwin.models.base import StrictModel, require_unique
 from fleettwin.models.errors import FleettwinError
 from fleettwin.models.regions.routing import REGION_ROUTERS
 from fleettwin.models.regions.sites import RttMatrix, region_catalog
+from fleettwin.models.registry import Choice
 
 
 class RegionConfig(StrictModel):
@@ -70,17 +71,11 @@ class UsersConfig(StrictModel):
     copies: int = Field(1, ge=1)  # replay the workload this many times with renamed sessions (more users)
 
 
-class RouterRef(StrictModel):
-    name: str = "nearest"
-    params: dict[str, Any] = Field(default_factory=dict)
+class RouterRef(Choice):
+    """``{name: content_aware, params: {...}}``, checked against the region-router registry."""
 
-    @model_validator(mode="after")
-    def _known(self) -> RouterRef:
-        try:
-            REGION_ROUTERS.validate_params(self.name, self.params)
-        except FleettwinError as exc:
-            raise ValueError(str(exc)) from None
-        return self
+    registry = REGION_ROUTERS
+    name: str = "nearest"
 
 
 class RegionsConfig(StrictModel):

@@ -18,12 +18,13 @@ imports it.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from fleettwin.models.base import StrictModel
 from fleettwin.models.errors import FleettwinError
+from fleettwin.models.registry import Choice
 from fleettwin.models.retrieval.model import INDEX_TYPES, RetrievalModel, StoreProfile, default_model
 from fleettwin.models.retrieval.routing import ALL_DOMAINS, RETRIEVAL_ROUTERS, StoreView, hybrid_recall
 
@@ -66,19 +67,11 @@ class StoreConfig(StrictModel):
         )
 
 
-class RetrievalRouterRef(StrictModel):
+class RetrievalRouterRef(Choice):
     """``{name: routed, params: {...}}``, checked against the retrieval-router registry."""
 
+    registry = RETRIEVAL_ROUTERS
     name: str = "fanout_all"
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _known(self) -> RetrievalRouterRef:
-        try:
-            RETRIEVAL_ROUTERS.validate_params(self.name, self.params)
-        except FleettwinError as exc:
-            raise ValueError(str(exc)) from None
-        return self
 
 
 class RetrievalConfig(StrictModel):

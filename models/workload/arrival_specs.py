@@ -10,7 +10,8 @@ form, ``{type: poisson, rate: ...}``, still loads from a scenario file with a no
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import dataclasses
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -41,10 +42,14 @@ class Arrivals(Chosen):
 
 
 class _Process(Arrivals, Window):
-    """An entry that is one of the ``ArrivalProcess`` of ``arrivals.py``."""
+    """An entry that is one of the ``ArrivalProcess`` of ``arrivals.py``: ``process_class`` made from the
+    entry's fields, where they are its parameters by the same names (else ``process`` says how)."""
+
+    process_class: ClassVar[type[ArrivalProcess]]
 
     def process(self) -> ArrivalProcess:
-        raise NotImplementedError
+        cls = self.process_class
+        return cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
 
     def times(self, rng: np.random.Generator) -> np.ndarray:
         return self.process().times(rng)
@@ -54,21 +59,17 @@ class _Process(Arrivals, Window):
 class PoissonArrivals(_Process):
     """Poisson arrivals at ``rate`` per second."""
 
+    process_class = Poisson
     rate: Rate
-
-    def process(self) -> ArrivalProcess:
-        return Poisson(rate=self.rate, duration_s=self.duration_s)
 
 
 @ARRIVALS.register("gamma")
 class GammaArrivals(_Process):
     """Renewal arrivals with Gamma gaps: ``cv`` 1 is Poisson, above 1 bursty."""
 
+    process_class = Gamma
     rate: Rate
     cv: float = Field(gt=0, allow_inf_nan=False)
-
-    def process(self) -> ArrivalProcess:
-        return Gamma(rate=self.rate, cv=self.cv, duration_s=self.duration_s)
 
 
 @ARRIVALS.register("mmpp")
@@ -102,19 +103,11 @@ class MMPPArrivals(_Process):
 class DiurnalArrivals(_Process):
     """Poisson arrivals whose rate follows a daily sinusoid (``arrivals.Diurnal``)."""
 
+    process_class = Diurnal
     mean_rate: Rate
     peak_to_trough: float = Field(ge=1, allow_inf_nan=False)
     period_s: float = Field(default=86400.0, gt=0, allow_inf_nan=False)
     peak_at_s: float = Field(default=14 * 3600.0, allow_inf_nan=False)
-
-    def process(self) -> ArrivalProcess:
-        return Diurnal(
-            mean_rate=self.mean_rate,
-            peak_to_trough=self.peak_to_trough,
-            period_s=self.period_s,
-            peak_at_s=self.peak_at_s,
-            duration_s=self.duration_s,
-        )
 
 
 @ARRIVALS.register("burst")

@@ -122,16 +122,16 @@ def _request_duration_s(perf, lengths: list[tuple[int, int]], users: int) -> flo
 
 
 def predicted_metrics(
-    run: MeasuredRun,
-    perf_model: str = "calibrated",
-    perf_params: Mapping[str, Any] | None = None,
-    *,
-    seed: int = 0,
-    catalog: Catalog | None = None,
+    run: MeasuredRun, perf_model: str = "calibrated", perf_params: Mapping[str, Any] | None = None
 ) -> dict[str, float]:
     """METRICS of the simulated run, plus ``completed`` (fraction of requests that finished) and
-    ``saturated`` (1.0 when the simulated queue grew without bound: see ``saturation``)."""
-    df = replay(run, perf_model, perf_params, seed=seed, catalog=catalog)
+    ``saturated`` (1.0 when the simulated queue grew without bound: see ``saturation``); ``{"error": why}``
+    when the run cannot be replayed with that model (a ConfigError), so that one such run does not stop the
+    batch of replays a fit or a report runs in a process pool."""
+    try:
+        df = replay(run, perf_model, perf_params)
+    except ConfigError as exc:
+        return {"error": str(exc)}  # type: ignore[dict-item]
     done = df[df["status"] == COMPLETED]
     out = request_metrics(done) if len(done) else {}
     out["completed"] = len(done) / max(len(df), 1)

@@ -37,14 +37,10 @@ def simulate_all(
 
 
 def _one_model(job: tuple[MeasuredRun, dict], model: str = "calibrated") -> dict[str, float]:
-    from fleettwin.models.errors import ConfigError
     from fleettwin.sim.calibration.replay import predicted_metrics
 
     run, params = job
-    try:
-        return predicted_metrics(run, model, params)
-    except ConfigError as exc:
-        return {"error": str(exc)}  # type: ignore[dict-item]
+    return predicted_metrics(run, model, params)
 
 
 def validation_frame(
