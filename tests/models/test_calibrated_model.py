@@ -160,6 +160,29 @@ def test_a_gpu_without_a_profile_says_how_to_get_one():
         model(gpu="l40s")
 
 
+def _with_allreduce_scale(tmp_path, scale: float) -> str:
+    base = load_profile("h100-vllm-v1")
+    costs = base.engine_costs.model_copy(update={"allreduce_scale": scale})
+    path = tmp_path / f"ar{scale}.yaml"
+    path.write_text(base.model_copy(update={"name": f"ar{scale}", "engine_costs": costs}).to_yaml())
+    return str(path)
+
+
+def test_allreduce_scale_scales_only_the_all_reduces(tmp_path):
+    """Halving the scale takes half the all-reduce time off a TP2 step and nothing off a TP1 step; the
+    scale is opt-in for a fit (a build or ``--coefficients`` names it)."""
+    from fleettwin.sim.calibration.fit import DEFAULT_FREE
+
+    one, half = _with_allreduce_scale(tmp_path, 1.0), _with_allreduce_scale(tmp_path, 0.5)
+    b = batch(prefill=512, decodes=16, dctx=1000)
+    assert model(profile=half).step_time(b) == model(profile=one).step_time(b)
+    tp2 = {s: model(llm="llama-3-70b", tp=2, profile=p).step_time(b) for s, p in ((1.0, one), (0.5, half))}
+    zero = model(llm="llama-3-70b", tp=2, profile=_with_allreduce_scale(tmp_path, 1e-9)).step_time(b)
+    assert tp2[0.5] == pytest.approx((tp2[1.0] + zero) / 2, rel=1e-9)
+    assert zero < tp2[0.5] < tp2[1.0]
+    assert "allreduce_scale" not in DEFAULT_FREE and "gpu_time_scale" in DEFAULT_FREE
+
+
 def test_profile_by_path(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text(load_profile("h100-vllm-v1").model_copy(update={"name": "mine"}).to_yaml())
