@@ -29,14 +29,19 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import RidgeCV
 
+from fleettwin.models.errors import FleettwinError
+from fleettwin.models.forecast.backtest import rolling_origins, smape
+from fleettwin.models.forecast.series import read_counts_csv, rebucket
+
+BUCKET_S = 600.0
 DAY, WARMUP, STEP, LAGS = 144, 216, 18, 36  # buckets of 10 minutes
 HORIZONS = {"2h": 12, "4h": 24}
 
 
-def smape(actual: np.ndarray, forecast: np.ndarray) -> float:
+def mean_smape(actual: np.ndarray, forecast: np.ndarray) -> float:
+    """The backtest's sMAPE over the buckets that are not gaps."""
     ok = ~np.isnan(actual)
-    a, f = actual[ok], forecast[ok]
-    return float(np.mean(2 * np.abs(a - f) / (np.abs(a) + np.abs(f))))
+    return float(np.mean(smape(actual[ok], forecast[ok])))
 
 
 def _features(log_level: np.ndarray, t: int) -> list[float]:
@@ -88,25 +93,25 @@ def headroom(counts: pd.Series) -> dict[str, dict[str, float]]:
     y = counts.astype(float).replace(0, np.nan).to_numpy()
     filled = pd.Series(y).ffill().bfill().to_numpy()
     log_level = np.log(filled)
+    # the variance of the h-bucket log change over h one-bucket ones: 1 for a random walk, < 1 mean-reverting
+    interpolated = pd.Series(np.log(pd.Series(y).interpolate().to_numpy()))
+    one_step = interpolated.diff().var()
     out: dict[str, dict[str, float]] = {}
     for label, h in HORIZONS.items():
         predictors = _predictors(filled, log_level, h)
-        origins = range(WARMUP, len(y) - h, STEP)
-        scores = {n: np.mean([smape(y[o : o + h], p(o)) for o in origins]) for n, p in predictors.items()}
+        origins = rolling_origins(len(y), first=WARMUP, horizon=h, step=STEP)
+        scores = {
+            n: np.mean([mean_smape(y[o : o + h], p(o)) for o in origins]) for n, p in predictors.items()
+        }
         out[label] = {n: round(s / scores["last"], 3) for n, s in scores.items() if n != "last"}
-        # variance of the h-bucket log change over h one-bucket ones: 1 for a random walk, < 1 mean-reverting
-        changes = pd.Series(np.log(pd.Series(y).interpolate().to_numpy()))
-        out[label]["variance_ratio"] = round(changes.diff(h).var() / (h * changes.diff().var()), 2)
+        out[label]["variance_ratio"] = round(interpolated.diff(h).var() / (h * one_step), 2)
     return out
 
 
 def read_counts(path: Path) -> pd.Series:
-    """The ``requests`` column in 10-minute buckets (finer buckets, by ``timestamp_s``, are summed)."""
-    table = pd.read_csv(path)
-    step = float(np.median(np.diff(table["timestamp_s"]))) if "timestamp_s" in table else 600.0
-    if step < 600:
-        return table.groupby(table["timestamp_s"] // 600)["requests"].sum()
-    return table["requests"]
+    """The ``requests`` column in 10-minute buckets (finer buckets are summed, as ``--bucket 10min`` does)."""
+    series = read_counts_csv(str(path))
+    return pd.Series(rebucket(series, BUCKET_S).requests if series.bucket_s < BUCKET_S else series.requests)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.series:
         try:
             counts = read_counts(path)
-        except (OSError, KeyError, pd.errors.ParserError) as exc:
-            print(f"{path}: cannot read a 'requests' column: {exc}", file=sys.stderr)
+        except FleettwinError as exc:
+            print(exc, file=sys.stderr)
             return 2
         for horizon, ratios in headroom(counts).items():
             rows.append({"series": path.parent.name, "horizon": horizon, **ratios})
